@@ -1,0 +1,3 @@
+"""voxgate: on-device voice biometrics for door access."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,45 @@
+"""The audio-source interface: every source yields 16 kHz mono int16 frames."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from types import TracebackType
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(Exception):
+    """An audio source that cannot be opened or read; str() is meant for the user."""
+
+
+class AudioSource(ABC):
+    """A stream of 16 kHz mono int16 frames of a fixed length (10, 20 or 30 ms)."""
+
+    sample_rate: int = SAMPLE_RATE
+
+    @abstractmethod
+    def frames(self, frame_ms: int = 30) -> Iterator[np.ndarray]:
+        """Yield int16 arrays of frame_ms * 16 samples each until the source ends."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the device or file."""
+
+    def __enter__(self) -> AudioSource:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def frame_samples(frame_ms: int) -> int:
+    if frame_ms not in (10, 20, 30):
+        raise ValueError(f"frame_ms must be 10, 20 or 30, not {frame_ms}")
+    return SAMPLE_RATE * frame_ms // 1000

@@ -1,0 +1,167 @@
+"""Microphone input through PyAudio (PortAudio), resampled to 16 kHz when the device needs it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from voxgate.audio.base import SAMPLE_RATE, AudioError, AudioSource, frame_samples
+from voxgate.audio.convert import Framer, StreamResampler, float_to_int16, int16_to_float
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    index: int
+    name: str
+    channels: int
+    default_rate: int
+
+
+def _pyaudio() -> Any:
+    try:
+        import pyaudio
+    except ImportError:
+        raise AudioError(
+            "microphone input needs PyAudio: pip install 'voxgate[mic]' "
+            "(and apt-get install portaudio19-dev before it, to build it)"
+        ) from None
+    # PortAudio prints ALSA probing noise on stderr; hide it while initialising.
+    with _quiet_stderr():
+        return pyaudio.PyAudio()
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+def _devices(pa: Any) -> list[DeviceInfo]:
+    out = []
+    for i in range(pa.get_device_count()):
+        info = pa.get_device_info_by_index(i)
+        if int(info.get("maxInputChannels", 0)) > 0:
+            out.append(
+                DeviceInfo(i, str(info["name"]), int(info["maxInputChannels"]),
+                           int(info["defaultSampleRate"]))
+            )
+    return out
+
+
+def list_input_devices() -> list[DeviceInfo]:
+    pa = _pyaudio()
+    try:
+        return _devices(pa)
+    finally:
+        pa.terminate()
+
+
+def find_device(devices: list[DeviceInfo], want: str | int | None, default: int | None
+                ) -> DeviceInfo:
+    """Pick by index, or by case-insensitive name substring; the error lists what exists."""
+    listing = "\n".join(f"  {d.index}: {d.name} ({d.channels} ch, {d.default_rate} Hz)"
+                        for d in devices) or "  (none)"
+    if want is None:
+        match = [d for d in devices if d.index == default] or devices[:1]
+    elif isinstance(want, int) or (isinstance(want, str) and want.isdigit()):
+        match = [d for d in devices if d.index == int(want)]
+    else:
+        exact = [d for d in devices if d.name.lower() == want.lower()]
+        match = exact or [d for d in devices if want.lower() in d.name.lower()]
+    if not match:
+        what = "no default input device" if want is None else f"no input device matches {want!r}"
+        raise AudioError(f"{what}; available inputs:\n{listing}")
+    return match[0]
+
+
+class MicSource(AudioSource):
+    """Blocking reads from a PortAudio input stream."""
+
+    def __init__(self, device: str | int | None = None, device_rate: int | None = None) -> None:
+        self._pa = _pyaudio()
+        try:
+            default = None
+            with contextlib.suppress(OSError, IOError):
+                default = int(self._pa.get_default_input_device_info()["index"])
+            self.device = find_device(_devices(self._pa), device, default)
+            self.rate = self._pick_rate(device_rate)
+            self.channels = 1 if self._supported(self.rate, 1) else self.device.channels
+        except Exception:
+            self._pa.terminate()
+            raise
+        self._stream: Any = None
+        log.info("microphone %r (index %d) at %d Hz, %d channel(s)%s", self.device.name,
+                 self.device.index, self.rate, self.channels,
+                 "" if self.rate == SAMPLE_RATE else ", resampled to 16000 Hz")
+
+    def _supported(self, rate: int, channels: int) -> bool:
+        import pyaudio
+
+        try:
+            return bool(self._pa.is_format_supported(
+                rate, input_device=self.device.index, input_channels=channels,
+                input_format=pyaudio.paInt16))
+        except ValueError:
+            return False
+
+    def _pick_rate(self, asked: int | None) -> int:
+        for rate in (asked, SAMPLE_RATE, self.device.default_rate, 48000, 44100):
+            if rate and (self._supported(rate, 1) or self._supported(rate, self.device.channels)):
+                return rate
+        raise AudioError(f"input device {self.device.name!r} supports none of 16/44.1/48 kHz "
+                         "with 16-bit samples")
+
+    def frames(self, frame_ms: int = 30) -> Iterator[np.ndarray]:
+        import pyaudio
+
+        framer = Framer(frame_samples(frame_ms))
+        resampler = StreamResampler(self.rate)
+        block = max(1, self.rate * frame_ms // 1000)
+        try:
+            self._stream = self._pa.open(
+                format=pyaudio.paInt16, channels=self.channels, rate=self.rate, input=True,
+                input_device_index=self.device.index, frames_per_buffer=block)
+        except OSError as exc:
+            raise AudioError(f"cannot open input device {self.device.name!r}: {exc}") from None
+        while self._stream is not None:
+            try:
+                raw = self._stream.read(block, exception_on_overflow=False)
+            except OSError as exc:
+                raise AudioError(f"reading from {self.device.name!r} failed: {exc}") from None
+            if not raw:
+                return
+            data = np.frombuffer(raw, dtype=np.int16)
+            if self.channels > 1:
+                data = data.reshape(-1, self.channels).mean(axis=1).astype(np.int16)
+            if self.rate == SAMPLE_RATE:
+                yield from framer.push(data)
+            else:
+                yield from framer.push(float_to_int16(resampler.process(int16_to_float(data))))
+
+    def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.stop_stream()
+                stream.close()
+        if self._pa is not None:
+            self._pa.terminate()
+            self._pa = None

@@ -1,0 +1,52 @@
+"""Raw 16 kHz mono S16_LE PCM from a byte stream (standard input by default)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import numpy as np
+
+from voxgate.audio.base import SAMPLE_RATE, AudioSource, frame_samples
+
+
+class StdinSource(AudioSource):
+    """e.g. `arecord -f S16_LE -r 16000 -c 1 | voxgate run --source stdin`."""
+
+    def __init__(self, stream: BinaryIO | None = None, realtime: bool = False) -> None:
+        self.stream = stream if stream is not None else sys.stdin.buffer
+        self.realtime = realtime
+        self._closed = False
+
+    def frames(self, frame_ms: int = 30) -> Iterator[np.ndarray]:
+        n = frame_samples(frame_ms)
+        want = 2 * n
+        t0 = time.monotonic()
+        emitted = 0
+        pending = b""
+        while not self._closed:
+            chunk = self.stream.read(want - len(pending))
+            if not chunk:
+                break
+            pending += chunk
+            if len(pending) < want:
+                continue
+            frame = np.frombuffer(pending, dtype="<i2").astype(np.int16)
+            pending = b""
+            if self.realtime:
+                delay = t0 + emitted / SAMPLE_RATE - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            emitted += n
+            yield frame
+        if pending:
+            # An odd trailing byte cannot be a sample; the rest is padded, not lost.
+            usable = len(pending) // 2 * 2
+            last = np.zeros(n, dtype=np.int16)
+            last[: usable // 2] = np.frombuffer(pending[:usable], dtype="<i2")
+            yield last
+
+    def close(self) -> None:
+        self._closed = True

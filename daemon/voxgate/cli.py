@@ -1,0 +1,76 @@
+"""The `voxgate` command: one subcommand per job, each in voxgate/commands/<name>.py."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import textwrap
+
+from voxgate import __version__
+
+# Order is the order --help lists them in.
+COMMANDS = [
+    "run",
+    "enroll",
+    "verify",
+    "identify",
+    "users",
+    "eval",
+    "bench",
+    "config",
+    "devices",
+    "actuator",
+    "audit",
+]
+
+DESCRIPTION = textwrap.dedent(
+    """\
+    voxgate: on-device voice biometrics for door access.
+
+    It listens to a microphone, finds speech, checks who is speaking against enrolled
+    voiceprints and what they said against a one-time spoken challenge, then publishes a
+    signed decision over MQTT. Everything runs on the device.
+    """
+)
+
+EPILOG = textwrap.dedent(
+    """\
+    examples:
+      voxgate config check firmware_config/pi4.yaml   validate a device config
+      voxgate devices                                  list microphones
+      voxgate run -c firmware_config/dev.yaml          run the daemon
+      voxgate COMMAND --help                           details and examples for one command
+    """
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voxgate",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"voxgate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"voxgate.commands.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

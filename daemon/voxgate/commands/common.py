@@ -1,0 +1,43 @@
+"""Helpers shared by subcommands: the --config option, config loading, log setup."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+from voxgate.config import ConfigError, VoxgateConfig, load_config
+
+
+def add_parser(
+    sub: argparse._SubParsersAction, name: str, help: str, examples: str, description: str = ""
+) -> argparse.ArgumentParser:
+    """A subcommand parser whose --help ends with examples."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip("\n"), "  "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", metavar="FILE",
+        help="device config (YAML); without it the embedded defaults are used",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> VoxgateConfig | None:
+    """Load --config, printing the problems and returning None when it is invalid."""
+    try:
+        return load_config(getattr(args, "config", None))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def not_yet(name: str) -> int:
+    print(f"voxgate {name}: not yet available in this build", file=sys.stderr)
+    return 3

@@ -1,0 +1,111 @@
+"""Read a YAML config file into VoxgateConfig, reporting errors with file, line and key path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from voxgate.config.schema import VoxgateConfig
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; str() is a message meant for the user."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: invalid config ({len(problems)} problem(s)):\n{lines}")
+
+
+def _key_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    """Record the 1-based line of every key path, so errors can point into the file."""
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _key_lines(value_node, (*path, key), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _key_lines(item, (*path, i), out)
+
+
+def _describe(err: dict[str, Any], lines: dict[tuple[Any, ...], int]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    # pydantic puts union member names into loc ("str", "int"); drop them for the key path.
+    key_path = tuple(p for p in loc if not (isinstance(p, str) and p in {"str", "int"}))
+    dotted = ".".join(str(p) for p in key_path) or "(top level)"
+    line = None
+    probe = key_path
+    while probe and line is None:
+        line = lines.get(probe)
+        probe = probe[:-1]
+    where = f"line {line}: " if line else ""
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = key_path[:-1]
+        allowed = _allowed_keys(parent)
+        hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+        return f"{where}{dotted}: unknown key{hint}"
+    msg = err["msg"]
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    return f"{where}{dotted}: {msg}{shown}"
+
+
+def _allowed_keys(parent: tuple[Any, ...]) -> list[str]:
+    model: Any = VoxgateConfig
+    for part in parent:
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if hasattr(c, "model_fields")), None)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def parse_config(text: str, source: str = "<config>") -> VoxgateConfig:
+    """Validate YAML text; raises ConfigError with every problem found."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"{where}not valid YAML: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["the top level must be a mapping of section: settings"])
+    lines: dict[tuple[Any, ...], int] = {}
+    if root is not None:
+        _key_lines(root, (), lines)
+    try:
+        return VoxgateConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e, lines) for e in exc.errors()]) from None
+
+
+def load_config(path: str | os.PathLike[str] | None) -> VoxgateConfig:
+    """Load a config file; None gives the embedded defaults."""
+    if path is None:
+        return VoxgateConfig()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(p), ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(p), [f"cannot read: {exc}"]) from None
+    return parse_config(text, str(p))

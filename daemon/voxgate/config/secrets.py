@@ -1,0 +1,43 @@
+"""Secrets come from the environment, a systemd credential, or a 0600 file, in that order."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class SecretError(Exception):
+    pass
+
+
+def read_secret(name: str, file: Path | None = None, *, required: bool = True) -> bytes | None:
+    """Return secret `name` (e.g. 'mqtt-password').
+
+    Looks at $VOXGATE_<NAME> (dashes become underscores), then
+    $CREDENTIALS_DIRECTORY/<name> (systemd LoadCredential=), then `file`.
+    """
+    env_name = "VOXGATE_" + name.upper().replace("-", "_")
+    if env_name in os.environ:
+        return os.environ[env_name].encode()
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    candidates: list[Path] = []
+    if cred_dir:
+        candidates.append(Path(cred_dir) / name)
+    if file is not None:
+        candidates.append(Path(file))
+    for path in candidates:
+        if not path.exists():
+            continue
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("secret file %s is readable by others (mode %o); chmod 600 it", path,
+                        stat.S_IMODE(mode))
+        return path.read_bytes().strip()
+    if required:
+        where = [f"${env_name}"] + [str(c) for c in candidates]
+        raise SecretError(f"secret '{name}' not found (looked at: {', '.join(where)})")
+    return None
