@@ -151,8 +151,9 @@ class Endpointer:
         return SpeechEnded(Utterance(pcm, start_s, end_s, speech_s, split))
 
 
-def segment(frames: list[np.ndarray] | np.ndarray, cfg: VadConfig | None = None,
-            frame_ms: int = 30) -> list[Utterance]:
+def segment(
+    frames: list[np.ndarray] | np.ndarray, cfg: VadConfig | None = None, frame_ms: int = 30
+) -> list[Utterance]:
     """Endpoint a whole recording (int16 16 kHz array or list of frames): its utterances."""
     ep = Endpointer(cfg, frame_ms)
     if isinstance(frames, np.ndarray):

@@ -77,8 +77,9 @@ class FileSource(AudioSource):
                     data = f.read(block, dtype="float32", always_2d=True)
                 except (sf.LibsndfileError, RuntimeError) as exc:
                     # A truncated or damaged file: keep what was read, say what happened.
-                    log.error("%s: read error after %.1f s: %s", self.path,
-                              f.tell() / self.file_rate, exc)
+                    log.error(
+                        "%s: read error after %.1f s: %s", self.path, f.tell() / self.file_rate, exc
+                    )
                     break
                 if not len(data):
                     break

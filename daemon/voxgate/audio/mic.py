@@ -60,8 +60,12 @@ def _devices(pa: Any) -> list[DeviceInfo]:
         info = pa.get_device_info_by_index(i)
         if int(info.get("maxInputChannels", 0)) > 0:
             out.append(
-                DeviceInfo(i, str(info["name"]), int(info["maxInputChannels"]),
-                           int(info["defaultSampleRate"]))
+                DeviceInfo(
+                    i,
+                    str(info["name"]),
+                    int(info["maxInputChannels"]),
+                    int(info["defaultSampleRate"]),
+                )
             )
     return out
 
@@ -74,11 +78,14 @@ def list_input_devices() -> list[DeviceInfo]:
         pa.terminate()
 
 
-def find_device(devices: list[DeviceInfo], want: str | int | None, default: int | None
-                ) -> DeviceInfo:
+def find_device(
+    devices: list[DeviceInfo], want: str | int | None, default: int | None
+) -> DeviceInfo:
     """Pick by index, or by case-insensitive name substring; the error lists what exists."""
-    listing = "\n".join(f"  {d.index}: {d.name} ({d.channels} ch, {d.default_rate} Hz)"
-                        for d in devices) or "  (none)"
+    listing = (
+        "\n".join(f"  {d.index}: {d.name} ({d.channels} ch, {d.default_rate} Hz)" for d in devices)
+        or "  (none)"
+    )
     if want is None:
         match = [d for d in devices if d.index == default] or devices[:1]
     elif isinstance(want, int) or (isinstance(want, str) and want.isdigit()):
@@ -108,17 +115,27 @@ class MicSource(AudioSource):
             self._pa.terminate()
             raise
         self._stream: Any = None
-        log.info("microphone %r (index %d) at %d Hz, %d channel(s)%s", self.device.name,
-                 self.device.index, self.rate, self.channels,
-                 "" if self.rate == SAMPLE_RATE else ", resampled to 16000 Hz")
+        log.info(
+            "microphone %r (index %d) at %d Hz, %d channel(s)%s",
+            self.device.name,
+            self.device.index,
+            self.rate,
+            self.channels,
+            "" if self.rate == SAMPLE_RATE else ", resampled to 16000 Hz",
+        )
 
     def _supported(self, rate: int, channels: int) -> bool:
         import pyaudio
 
         try:
-            return bool(self._pa.is_format_supported(
-                rate, input_device=self.device.index, input_channels=channels,
-                input_format=pyaudio.paInt16))
+            return bool(
+                self._pa.is_format_supported(
+                    rate,
+                    input_device=self.device.index,
+                    input_channels=channels,
+                    input_format=pyaudio.paInt16,
+                )
+            )
         except ValueError:
             return False
 
@@ -126,8 +143,9 @@ class MicSource(AudioSource):
         for rate in (asked, SAMPLE_RATE, self.device.default_rate, 48000, 44100):
             if rate and (self._supported(rate, 1) or self._supported(rate, self.device.channels)):
                 return rate
-        raise AudioError(f"input device {self.device.name!r} supports none of 16/44.1/48 kHz "
-                         "with 16-bit samples")
+        raise AudioError(
+            f"input device {self.device.name!r} supports none of 16/44.1/48 kHz with 16-bit samples"
+        )
 
     def frames(self, frame_ms: int = 30) -> Iterator[np.ndarray]:
         import pyaudio
@@ -137,8 +155,13 @@ class MicSource(AudioSource):
         block = max(1, self.rate * frame_ms // 1000)
         try:
             self._stream = self._pa.open(
-                format=pyaudio.paInt16, channels=self.channels, rate=self.rate, input=True,
-                input_device_index=self.device.index, frames_per_buffer=block)
+                format=pyaudio.paInt16,
+                channels=self.channels,
+                rate=self.rate,
+                input=True,
+                input_device_index=self.device.index,
+                frames_per_buffer=block,
+            )
         except OSError as exc:
             raise AudioError(f"cannot open input device {self.device.name!r}: {exc}") from None
         while self._stream is not None:

@@ -24,7 +24,9 @@ def add_parser(
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-c", "--config", metavar="FILE",
+        "-c",
+        "--config",
+        metavar="FILE",
         help="device config (YAML); without it the embedded defaults are used",
     )
 

@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from voxgate.commands.common import add_parser
 
     p = add_parser(
-        sub, "config", help="check a config file",
+        sub,
+        "config",
+        help="check a config file",
         examples="""
             voxgate config check firmware_config/pi4.yaml
             voxgate config check --quiet /etc/voxgate/voxgate.yaml && echo valid

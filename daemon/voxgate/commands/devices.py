@@ -10,7 +10,9 @@ from voxgate.commands.common import add_parser
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(
-        sub, "devices", help="list microphones (audio input devices)",
+        sub,
+        "devices",
+        help="list microphones (audio input devices)",
         examples="""
             voxgate devices
             # then put the name or index into the config:  audio: {device: "ReSpeaker"}

@@ -8,6 +8,8 @@ from voxgate.commands.common import add_config_option, add_parser, not_yet
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_parser(sub, "enroll", help="enroll (not yet available)", examples="voxgate enroll --help")
+    p = add_parser(
+        sub, "enroll", help="enroll (not yet available)", examples="voxgate enroll --help"
+    )
     add_config_option(p)
     p.set_defaults(func=lambda args: not_yet("enroll"))

@@ -12,16 +12,20 @@ from voxgate.config.base import Section
 
 class AudioConfig(Section):
     source: Literal["mic", "file", "stdin"] = Field(
-        "mic", description="Where audio comes from: a PyAudio microphone, a WAV/FLAC file, or raw "
-        "16 kHz mono S16_LE PCM on standard input."
+        "mic",
+        description="Where audio comes from: a PyAudio microphone, a WAV/FLAC file, or raw "
+        "16 kHz mono S16_LE PCM on standard input.",
     )
     device: str | int | None = Field(
-        None, description="Microphone name (substring, case-insensitive) or PyAudio index; "
-        "None picks the default input device."
+        None,
+        description="Microphone name (substring, case-insensitive) or PyAudio index; "
+        "None picks the default input device.",
     )
     path: Path | None = Field(None, description="Audio file, for source: file.")
     device_rate: int | None = Field(
-        None, ge=8000, le=192000,
+        None,
+        ge=8000,
+        le=192000,
         description="Capture rate to ask the device for; None tries 16000 then the device's "
         "default rate. Audio is resampled to 16 kHz at the boundary.",
     )
@@ -47,14 +51,18 @@ class VadConfig(Section):
         500, ge=30, le=5000, description="Silence that must follow speech to end an utterance."
     )
     start_ms: int = Field(
-        90, ge=10, le=1000,
+        90,
+        ge=10,
+        le=1000,
         description="Speech needed (within a short window) before an utterance starts.",
     )
     min_utterance_ms: int = Field(
         400, ge=0, le=10000, description="Shorter utterances are dropped as clicks or coughs."
     )
     max_utterance_ms: int = Field(
-        15000, ge=1000, le=120000,
+        15000,
+        ge=1000,
+        le=120000,
         description="Longer speech is split here so memory stays bounded.",
     )
 

@@ -24,8 +24,9 @@ class MqttConfig(Section):
     protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
     username: str | None = Field(None, description="Broker user name.")
     password_file: Path | None = Field(
-        None, description="File holding the broker password; $VOXGATE_MQTT_PASSWORD or the "
-        "systemd credential 'mqtt-password' override it."
+        None,
+        description="File holding the broker password; $VOXGATE_MQTT_PASSWORD or the "
+        "systemd credential 'mqtt-password' override it.",
     )
     tls: TlsConfig | None = Field(None, description="Connect with TLS when set.")
     topic_prefix: str = Field("voxgate", pattern=r"^[^#+/]+$", description="Root topic.")
@@ -33,8 +34,9 @@ class MqttConfig(Section):
         "homeassistant", description="Home Assistant discovery prefix; None disables discovery."
     )
     hmac_key_file: Path | None = Field(
-        None, description="Per-device decision signing key; $CREDENTIALS_DIRECTORY/decision-key "
-        "is used when unset."
+        None,
+        description="Per-device decision signing key; $CREDENTIALS_DIRECTORY/decision-key "
+        "is used when unset.",
     )
     decision_ttl_s: float = Field(
         5.0, gt=0, le=60, description="A decision expires this long after it is issued."

@@ -8,15 +8,10 @@ from pydantic import Field
 
 from voxgate.config.audio import AudioConfig, VadConfig
 from voxgate.config.base import Section
+from voxgate.config.fleet import ApiConfig, FleetConfig
 from voxgate.config.logging import LoggingConfig
 from voxgate.config.mqtt import MqttConfig
-from voxgate.config.service import (
-    ApiConfig,
-    AuditConfig,
-    FleetConfig,
-    LockoutConfig,
-    MetricsConfig,
-)
+from voxgate.config.service import AuditConfig, LockoutConfig, MetricsConfig
 from voxgate.config.speaker import SpeakerConfig
 from voxgate.config.stt import ChallengeConfig, SttConfig
 

@@ -34,8 +34,11 @@ def read_secret(name: str, file: Path | None = None, *, required: bool = True) -
             continue
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("secret file %s is readable by others (mode %o); chmod 600 it", path,
-                        stat.S_IMODE(mode))
+            log.warning(
+                "secret file %s is readable by others (mode %o); chmod 600 it",
+                path,
+                stat.S_IMODE(mode),
+            )
         return path.read_bytes().strip()
     if required:
         where = [f"${env_name}"] + [str(c) for c in candidates]

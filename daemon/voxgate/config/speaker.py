@@ -28,8 +28,9 @@ class SpeakerConfig(Section):
     )
     enroll_min_takes: int = Field(3, ge=1, le=20, description="Takes needed to enroll.")
     key_file: Path | None = Field(
-        None, description="AES-256 key for voiceprints (0600 file, 32 raw bytes or 64 hex); "
-        "$CREDENTIALS_DIRECTORY/voiceprint-key is used when unset."
+        None,
+        description="AES-256 key for voiceprints (0600 file, 32 raw bytes or 64 hex); "
+        "$CREDENTIALS_DIRECTORY/voiceprint-key is used when unset.",
     )
     database: Path | None = Field(
         None, description="Voiceprint SQLite file; default <data_dir>/voiceprints.db."

@@ -1,0 +1,18 @@
+"""Shared fixtures. ../shared/data is optional: tests that need it skip when it is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real speech); skips the test on a machine without it."""
+    if not (SHARED_DATA / "fsdd" / "manifest.csv").exists():
+        pytest.skip("../shared/data is not present (evaluation audio lives beside the checkout)")
+    return SHARED_DATA
