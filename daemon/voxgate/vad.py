@@ -101,6 +101,9 @@ class Endpointer:
         """End of stream: close an open utterance."""
         if not self._in_speech:
             return []
+        if not self._chunks:  # the stream ended right after a split: nothing is open
+            self._in_speech = False
+            return []
         return [self._finish(split=False)]
 
     def _idle(self, frame: np.ndarray, speech: bool) -> list[Event]:

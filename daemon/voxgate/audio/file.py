@@ -19,10 +19,10 @@ BLOCK_S = 0.5  # read files in half-second blocks so an hour-long file costs no 
 
 
 def _open(path: Path) -> sf.SoundFile:
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
     try:
         return sf.SoundFile(str(path))
-    except FileNotFoundError:
-        raise AudioError(f"{path}: no such file") from None
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{path}: not a readable WAV/FLAC file ({exc})") from None
 

@@ -57,7 +57,7 @@ class VadConfig(Section):
         description="Speech needed (within a short window) before an utterance starts.",
     )
     min_utterance_ms: int = Field(
-        400, ge=0, le=10000, description="Shorter utterances are dropped as clicks or coughs."
+        300, ge=0, le=10000, description="Less speech than this is dropped as a click or cough."
     )
     max_utterance_ms: int = Field(
         15000,

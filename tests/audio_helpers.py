@@ -1,0 +1,25 @@
+"""Real audio for tests: espeak-ng speech (always available in CI) and shared recordings."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voxgate.audio.file import read_audio
+
+
+def espeak(text: str, path: Path, voice: str = "en") -> np.ndarray:
+    """Synthesize text to a WAV with espeak-ng and return it as 16 kHz int16."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True,
+                   capture_output=True)
+    return read_audio(path)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(16000 * seconds), dtype=np.int16)

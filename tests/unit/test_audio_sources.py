@@ -1,0 +1,99 @@
+"""File and stdin sources: any rate and channel count in, 16 kHz mono int16 frames out."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.audio_helpers import espeak
+from voxgate.audio import AudioError, open_source
+from voxgate.audio.file import FileSource, read_audio
+from voxgate.audio.stdin import StdinSource
+from voxgate.config.audio import AudioConfig
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    return espeak("open the door one two three", tmp_path_factory.mktemp("a") / "s.wav")
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    n = min(len(a), len(b))
+    return float(np.corrcoef(a[:n].astype(float), b[:n].astype(float))[0, 1])
+
+
+@pytest.mark.parametrize(("rate", "channels", "fmt"), [
+    (16000, 1, "WAV"), (44100, 2, "WAV"), (48000, 1, "FLAC"), (8000, 1, "WAV"),
+])
+def test_file_source_converts_any_rate_and_layout(
+    tmp_path: Path, speech: np.ndarray, rate: int, channels: int, fmt: str
+) -> None:
+    from voxgate.audio.convert import int16_to_float, resample
+
+    data = resample(int16_to_float(speech), 16000, rate)
+    if channels == 2:
+        data = np.stack([data, data * 0.5], axis=1)
+    path = tmp_path / f"in.{fmt.lower()}"
+    sf.write(path, data, rate, format=fmt, subtype="PCM_16")
+    frames = list(FileSource(path).frames(20))
+    assert all(f.dtype == np.int16 and len(f) == 320 for f in frames)
+    got = np.concatenate(frames)
+    assert abs(len(got) - len(speech)) <= 320
+    # Stereo is averaged: 0.75 of the level; band-limiting at 8 kHz costs a little shape.
+    assert correlation(got, speech) > (0.9 if rate == 8000 else 0.99)
+
+
+def test_corrupt_and_missing_files_raise_audio_error(tmp_path: Path) -> None:
+    bad = tmp_path / "corrupt.wav"
+    bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage that is not audio")
+    with pytest.raises(AudioError, match="not a readable WAV/FLAC"):
+        FileSource(bad)
+    with pytest.raises(AudioError, match="no such file"):
+        read_audio(tmp_path / "missing.flac")
+
+
+def test_truncated_file_keeps_what_was_there(tmp_path: Path, speech: np.ndarray) -> None:
+    path = tmp_path / "cut.wav"
+    sf.write(path, speech, 16000, subtype="PCM_16")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])  # header still claims the full length
+    got = read_audio(path)
+    assert 0.4 * len(speech) < len(got) < 0.6 * len(speech)
+    assert correlation(got, speech) > 0.99
+
+
+def test_stdin_source_frames_raw_pcm_and_pads_partial_tail(speech: np.ndarray) -> None:
+    raw = speech.astype("<i2").tobytes() + b"\x01"  # odd trailing byte: not a sample
+    frames = list(StdinSource(io.BytesIO(raw)).frames(10))
+    got = np.concatenate(frames)
+    assert all(len(f) == 160 for f in frames)
+    assert np.array_equal(got[: len(speech)], speech)
+    assert not got[len(speech) :].any()
+
+
+def test_stdin_source_on_empty_input() -> None:
+    assert list(StdinSource(io.BytesIO(b"")).frames(30)) == []
+
+
+def test_open_source_follows_config(tmp_path: Path, speech: np.ndarray) -> None:
+    path = tmp_path / "s.wav"
+    sf.write(path, speech, 16000, subtype="PCM_16")
+    src = open_source(AudioConfig(source="file", path=path))
+    assert isinstance(src, FileSource)
+    assert isinstance(open_source(AudioConfig(source="stdin")), StdinSource)
+
+
+def test_looping_file_source_stops_on_close(tmp_path: Path, speech: np.ndarray) -> None:
+    path = tmp_path / "s.wav"
+    sf.write(path, speech, 16000, subtype="PCM_16")
+    src = FileSource(path, loop=True)
+    n = 0
+    for _ in src.frames(30):
+        n += 1
+        if n == 3 * (len(speech) // 480):
+            src.close()
+    assert n == 3 * (len(speech) // 480)  # went round more than once, then stopped

@@ -1,0 +1,138 @@
+"""Config: one schema, errors that name the file, the line and the key path."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from voxgate.cli import main
+from voxgate.config import ConfigError, VoxgateConfig, load_config, parse_config, read_secret
+from voxgate.config.secrets import SecretError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "door.yaml")
+    assert str(info.value).startswith("door.yaml: invalid config")
+    return info.value.problems
+
+
+def test_empty_file_gives_defaults() -> None:
+    assert parse_config("") == VoxgateConfig()
+    assert parse_config("# only a comment\n").vad.aggressiveness == 2
+
+
+def test_unknown_key_names_path_line_and_allowed_keys() -> None:
+    (msg,) = problems("vad:\n  aggressiveness: 1\n  hangover: 300\n")
+    assert msg.startswith("line 3: vad.hangover: unknown key")
+    assert "hangover_ms" in msg and "pre_roll_ms" in msg
+
+
+def test_unknown_top_level_section() -> None:
+    (msg,) = problems("audo:\n  source: mic\n")
+    assert "line 1: audo: unknown key" in msg and "audio" in msg
+
+
+def test_out_of_range_reports_bound_and_value() -> None:
+    (msg,) = problems("vad:\n  aggressiveness: 7\n")
+    assert msg.startswith("line 2: vad.aggressiveness:")
+    assert "less than or equal to 3" in msg and "7" in msg
+
+
+def test_wrong_type_and_choice() -> None:
+    msgs = problems("mqtt:\n  port: eighty\naudio:\n  frame_ms: 25\n")
+    assert any(m.startswith("line 2: mqtt.port:") and "integer" in m for m in msgs)
+    assert any(m.startswith("line 4: audio.frame_ms:") and "10, 20 or 30" in m for m in msgs)
+
+
+def test_cross_field_rule() -> None:
+    (msg,) = problems("audio:\n  source: file\n")
+    assert "audio.path is not set" in msg
+    (msg,) = problems("vad:\n  min_utterance_ms: 5000\n  max_utterance_ms: 4000\n")
+    assert "min_utterance_ms must be below" in msg
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    assert len(problems("device_id: Bad Name\nvad:\n  aggressiveness: -1\nx: 1\n")) == 3
+
+
+def test_broken_yaml_and_wrong_shape() -> None:
+    (msg,) = problems("vad:\n  aggressiveness: [1\n")
+    assert "not valid YAML" in msg and msg.startswith("line ")
+    (msg,) = problems("- just\n- a list\n")
+    assert "top level must be a mapping" in msg
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(binary)
+
+
+def test_shipped_device_configs_are_valid() -> None:
+    files = sorted((REPO / "firmware_config").glob("*.yaml"))
+    names = {f.name for f in files}
+    assert {"pi4.yaml", "pi-zero-2w.yaml", "jetson-orin-nano.yaml", "dev.yaml"} <= names
+    for f in files:
+        cfg = load_config(f)
+        assert cfg.device_id
+
+
+def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("device_id: front-door\nvad:\n  aggressiveness: 3\n")
+    assert main(["config", "check", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "device_id: front-door" in out and "aggressiveness: 3" in out
+    assert "hangover_ms: 500" in out  # defaults are filled in
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vad:\n  aggressivenes: 3\n")
+    assert main(["config", "check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "line 2: vad.aggressivenes: unknown key" in err
+
+
+def test_secret_order_env_credential_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "mqtt.pw"
+    f.write_text("from-file\n")
+    os.chmod(f, 0o600)
+    monkeypatch.delenv("VOXGATE_MQTT_PASSWORD", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert read_secret("mqtt-password", f) == b"from-file"
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("from-credential")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert read_secret("mqtt-password", f) == b"from-credential"
+
+    monkeypatch.setenv("VOXGATE_MQTT_PASSWORD", "from-env")
+    assert read_secret("mqtt-password", f) == b"from-env"
+
+
+def test_missing_secret_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("VOXGATE_DECISION_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(SecretError, match=r"VOXGATE_DECISION_KEY.*key\.bin"):
+        read_secret("decision-key", tmp_path / "key.bin")
+    assert read_secret("decision-key", tmp_path / "key.bin", required=False) is None
+
+    loose = tmp_path / "loose"
+    loose.write_text("k")
+    os.chmod(loose, 0o644)
+    assert read_secret("decision-key", loose) == b"k"
+    assert "readable by others" in caplog.text
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o644  # reported, not changed behind the back
