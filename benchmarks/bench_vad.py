@@ -100,7 +100,9 @@ def noise_pad(data: Path, level_db: float) -> np.ndarray:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
     ap.add_argument("--per-set", type=int, default=40)
     ap.add_argument("--noise-db", type=float, default=-45.0, help="noise padding level, dBFS RMS")
     ap.add_argument("--aggressiveness", type=int, default=VadConfig().aggressiveness)
@@ -110,15 +112,21 @@ def main() -> int:
         return 1
     cfg = VadConfig(aggressiveness=args.aggressiveness)
     print(f"webrtcvad aggressiveness {cfg.aggressiveness}, 30 ms frames, {PAD_S} s padding")
-    print(f"{'set':<28} {'padding':<14} {'n':>4} {'false alarm':>12} {'speech hit':>11} "
-          f"{'in utterance':>13}")
+    print(
+        f"{'set':<28} {'padding':<14} {'n':>4} {'false alarm':>12} {'speech hit':>11} "
+        f"{'in utterance':>13}"
+    )
     for name in SETS:
         paths = pick(args.data, name, args.per_set)
-        for label, noise in (("silence", None), (f"tap {args.noise_db:g} dB", noise_pad(
-                args.data, args.noise_db))):
+        for label, noise in (
+            ("silence", None),
+            (f"tap {args.noise_db:g} dB", noise_pad(args.data, args.noise_db)),
+        ):
             a = measure(paths, noise, cfg)
-            print(f"{name:<28} {label:<14} {a.recordings:>4} {a.false_alarm_rate:>11.1%} "
-                  f"{a.hit_rate:>11.1%} {a.covered_rate:>13.1%}")
+            print(
+                f"{name:<28} {label:<14} {a.recordings:>4} {a.false_alarm_rate:>11.1%} "
+                f"{a.hit_rate:>11.1%} {a.covered_rate:>13.1%}"
+            )
     return 0
 
 

@@ -16,8 +16,9 @@ def espeak(text: str, path: Path, voice: str = "en") -> np.ndarray:
     """Synthesize text to a WAV with espeak-ng and return it as 16 kHz int16."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-w", str(path), text], check=True, capture_output=True
+    )
     return read_audio(path)
 
 

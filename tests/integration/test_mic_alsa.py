@@ -65,7 +65,10 @@ def run_reader(tmp_path: Path, raw: Path, device: str, rate: int | None, frames:
     out = tmp_path / "captured.npy"
     proc = subprocess.run(
         [sys.executable, "-c", READER, device, str(rate or "none"), str(frames), str(out)],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -26,9 +26,15 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[:n].astype(float), b[:n].astype(float))[0, 1])
 
 
-@pytest.mark.parametrize(("rate", "channels", "fmt"), [
-    (16000, 1, "WAV"), (44100, 2, "WAV"), (48000, 1, "FLAC"), (8000, 1, "WAV"),
-])
+@pytest.mark.parametrize(
+    ("rate", "channels", "fmt"),
+    [
+        (16000, 1, "WAV"),
+        (44100, 2, "WAV"),
+        (48000, 1, "FLAC"),
+        (8000, 1, "WAV"),
+    ],
+)
 def test_file_source_converts_any_rate_and_layout(
     tmp_path: Path, speech: np.ndarray, rate: int, channels: int, fmt: str
 ) -> None:

@@ -101,9 +101,7 @@ def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert str(bad) in err and "line 2: vad.aggressivenes: unknown key" in err
 
 
-def test_secret_order_env_credential_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_secret_order_env_credential_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     f = tmp_path / "mqtt.pw"
     f.write_text("from-file\n")
     os.chmod(f, 0o600)
