@@ -349,12 +349,13 @@ class Issuer:
         `liveness`: an stt LivenessResult (uses .ok/.score/.threshold) or None."""
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}")
+        now = round(now, 3)  # the wire precision, so the object equals what is signed
         return Decision(
             device=self.device,
             outcome=outcome,
             user=user,
             issued_at=now,
-            expires_at=now + self.ttl_s,
+            expires_at=round(now + self.ttl_s, 3),
             nonce=secrets.token_hex(16),
             seq=self.seq.next(),
             speaker_score=getattr(speaker, "score", None),

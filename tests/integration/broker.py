@@ -365,12 +365,13 @@ class Broker:
 
 
 # Users and ACL most tests want: the device publishes under its prefix, a lock controller only
-# reads, an admin may send commands, an intruder may only read status.
+# reads, an admin may send commands, an intruder may only read status, Home Assistant reads.
 STANDARD_USERS = {
     "device": "device-pass-1",
     "lock": "lock-pass-2",
     "admin": "admin-pass-3",
     "intruder": "intruder-pass-4",
+    "ha": "ha-pass-5",
 }
 
 
@@ -389,4 +390,8 @@ topic write {prefix}/+/cmd/#
 
 user intruder
 topic read {prefix}/+/status
+
+user ha
+topic read {prefix}/#
+topic read {discovery}/#
 """

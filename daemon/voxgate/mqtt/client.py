@@ -173,6 +173,7 @@ class MqttLink:
         """Publish 'offline', disconnect and stop the threads."""
         if self._worker is None:
             return
+        self.connection_state = "stopped"
         if self.connected:
             info = self._client.publish(self.topics.status, b"offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
@@ -441,9 +442,11 @@ class MqttLink:
     ) -> None:
         was = self.connected
         self.connected = False
-        if self.connection_state != "stopped":
-            self.connection_state = "disconnected"
+        if self.connection_state == "stopped":
+            log.info("MQTT: disconnected")
+            return
         if was:
+            self.connection_state = "disconnected"
             self._count("disconnects")
             log.warning("MQTT: connection lost (%s); reconnecting", reason_code)
             self._notify(False)
