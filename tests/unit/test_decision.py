@@ -188,9 +188,18 @@ def test_corrupt_state_file_is_an_error_not_a_reset(tmp_path: Path) -> None:
 
 def test_sequence_counter_persists(tmp_path: Path) -> None:
     path = tmp_path / "seq.json"
-    c = SequenceCounter(path)
+    c = SequenceCounter(path, reserve=1)
     assert [c.next(), c.next(), c.next()] == [1, 2, 3]
     assert SequenceCounter(path).next() == 4
+    # With a reserve, a restart (or crash) skips ahead but never repeats.
+    other = tmp_path / "seq2.json"
+    c = SequenceCounter(other, reserve=10)
+    handed = [c.next() for _ in range(15)]
+    assert handed == list(range(1, 16))
+    assert SequenceCounter(other, reserve=10).next() == 21  # ceiling was 20
+    path.write_text('{"seq": "x"}')
+    with pytest.raises(DecisionError, match="state-unreadable"):
+        SequenceCounter(path)
 
 
 def test_issuer_fills_fields(tmp_path: Path) -> None:
