@@ -252,3 +252,27 @@ def test_commands_authenticated(
         admin.disconnect()
         admin.loop_stop()
         replies.close()
+
+
+def test_reconnect_republishes_retained(
+    broker: Broker, link_factory: Callable[..., MqttLink]
+) -> None:
+    link = link_factory()
+    wait_until(lambda: link.connected, 10, "link connected")
+    link.publish_state("idle")
+    link.publish_lockout("alice", True, until=time.time() + 60, failures=5)
+    time.sleep(0.2)
+    # This broker keeps nothing across a restart (persistence off), like a fresh broker would.
+    broker.restart(hard=True)
+    wait_until(lambda: link.connected and link.stats["connects"] == 2, 10, "reconnect")
+    time.sleep(0.3)
+    ha = Recorder(broker, "ha", ["voxgate/#", "homeassistant/#"])
+    try:
+        assert ha.wait_for("voxgate/front-door/status", lambda m: m.retain).payload == b"online"
+        assert ha.wait_for("voxgate/front-door/state", lambda m: m.retain).payload == b"idle"
+        lockout = ha.wait_for("voxgate/front-door/lockout", lambda m: m.retain)
+        assert json.loads(lockout.payload)["locked"] is True
+        ha.wait_for("homeassistant/sensor/front-door/last_user/config", lambda m: m.retain)
+        assert link.stats["disconnects"] == 1
+    finally:
+        ha.close()
