@@ -124,7 +124,7 @@ class Actuator:
             self._reject(topic, exc.reason, exc.detail)
             return None
         log.info(
-            "decision accepted: device=%s seq=%d outcome=%s user=%s",
+            "decision accepted: device=%s seq=%d outcome=%s user=%r",
             d.device,
             d.seq,
             d.outcome,
@@ -149,7 +149,7 @@ class Actuator:
             return
         if self.cfg.gpio is not None:
             log.info(
-                "GRANTED user=%s seq=%d: %s on for %g s",
+                "GRANTED user=%r seq=%d: %s on for %g s",
                 d.user,
                 d.seq,
                 self.cfg.gpio.pin,
@@ -164,7 +164,7 @@ class Actuator:
             assert self.cfg.command is not None
             argv = self.cfg.command.argv
             env = {**os.environ, **decision_env(d)}
-            log.info("GRANTED user=%s seq=%d: running %s", d.user, d.seq, argv[0])
+            log.info("GRANTED user=%r seq=%d: running %s", d.user, d.seq, argv[0])
             try:
                 done = subprocess.run(
                     argv,
