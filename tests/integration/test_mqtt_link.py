@@ -276,3 +276,21 @@ def test_reconnect_republishes_retained(
         assert link.stats["disconnects"] == 1
     finally:
         ha.close()
+
+
+def test_acl_refusals_are_logged(
+    make_broker: Callable[..., Broker], caplog: pytest.LogCaptureFixture, issuer: Issuer
+) -> None:
+    # A device account that may only write its decision topic: everything else is refused.
+    acl = "user device\ntopic write voxgate/front-door/decision\n"
+    b = make_broker(tls=True, users=STANDARD_USERS, acl=acl)
+    link = MqttLink(link_config(b), DEV, decision_key=DKEY, command_key=CKEY)
+    link.start()
+    try:
+        wait_until(lambda: link.connected, 10, "link connected")
+        # (mosquitto grants any subscription and filters on delivery, so no SUBACK refusal.)
+        wait_until(lambda: "check the ACL" in caplog.text, 5, "PUBACK refusal log")
+        link.publish_decision(issuer.issue("denied", None, time.time()))
+        wait_until(lambda: link.stats["decisions_acked"] == 1, 5, "decision allowed")
+    finally:
+        link.stop()

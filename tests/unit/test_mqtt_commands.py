@@ -125,6 +125,7 @@ def test_discovery_payloads() -> None:
     assert event["event_types"] == ["granted", "denied", "retry"]
     assert event["state_topic"] == "voxgate/front-door/event"
     assert event["availability_topic"] == "voxgate/front-door/status"
+    assert event["default_entity_id"] == "event.voxgate_front_door_decision"
     user = json.loads(msgs["homeassistant/sensor/front-door/last_user/config"])
     assert user["state_topic"] == "voxgate/front-door/user"
     ids = {json.loads(p)["unique_id"] for p in msgs.values()}

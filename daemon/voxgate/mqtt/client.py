@@ -122,6 +122,7 @@ class MqttLink:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         # paho's own lock over its outgoing queue: taking it for our bookkeeping keeps one
         # lock order with paho's callbacks (on_publish runs while paho holds it).
         self._out_lock: threading.RLock = getattr(
@@ -456,12 +457,23 @@ class MqttLink:
     ) -> None:
         # paho holds _out_message_mutex here, so _pending is safe to touch.
         if self._pending.pop(mid, None) is None:
+            if getattr(reason_code, "is_failure", False):
+                log.warning(
+                    "MQTT: broker refused a publish (mid %d): %s; check the ACL", mid, reason_code
+                )
             return
         if getattr(reason_code, "is_failure", False):
             self.stats["decisions_refused"] += 1
             log.error("MQTT: broker refused a decision (mid %d): %s", mid, reason_code)
         else:
             self.stats["decisions_acked"] += 1
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        for rc in reason_codes:
+            if getattr(rc, "is_failure", False):
+                log.error("MQTT: command subscription refused (%s): commands will not arrive", rc)
 
     def _notify(self, up: bool) -> None:
         cb = self.on_connection_change
