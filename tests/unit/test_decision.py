@@ -219,3 +219,24 @@ def test_issuer_fills_fields(tmp_path: Path) -> None:
     assert b.speaker_score is None and b.liveness_ok is None
     with pytest.raises(ValueError):
         issuer.issue("open", None, NOW)
+
+
+def test_issuer_from_attempt(tmp_path: Path) -> None:
+    from types import SimpleNamespace as NS
+
+    issuer = Issuer("front-door", SequenceCounter(tmp_path / "seq.json"), ttl_s=5)
+    res = NS(
+        verdict=NS(outcome="granted", user="alice", reasons=("speaker-match",)),
+        speaker=NS(score=0.9, threshold=0.6),
+        liveness=NS(ok=True, score=0.8, threshold=0.5),
+        issued_at=NOW,
+    )
+    d = issuer.from_attempt(res)
+    assert (d.outcome, d.user, d.reasons, d.issued_at, d.expires_at) == (
+        "granted",
+        "alice",
+        ("speaker-match",),
+        NOW,
+        NOW + 5,
+    )
+    assert (d.speaker_score, d.liveness_ok, d.liveness_threshold) == (0.9, True, 0.5)

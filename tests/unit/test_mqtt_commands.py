@@ -82,6 +82,14 @@ def test_refusals() -> None:
         "expires_at": NOW + 5,
     }
     assert _code(gate, "reload", seal(body, KEY, COMMAND_DOMAIN)) == "malformed"
+    # attempt: user is optional, but no other argument is accepted.
+    assert (
+        gate.check("attempt", make_command(KEY, "front-door", "attempt", now=NOW), NOW).args == {}
+    )
+    claimed = make_command(KEY, "front-door", "attempt", {"user": "bob"}, now=NOW)
+    assert gate.check("attempt", claimed, NOW).args == {"user": "bob"}
+    odd = make_command(KEY, "front-door", "attempt", {"door": "open"}, now=NOW)
+    assert _code(gate, "attempt", odd) == "bad-args"
     # None of the refusals used up the nonce of the good one.
     assert gate.check("reload", ok, NOW + 1).name == "reload"
 
