@@ -298,3 +298,24 @@ def test_acl_refusals_are_logged(
         wait_until(lambda: link.stats["decisions_acked"] == 1, 5, "decision allowed")
     finally:
         link.stop()
+
+
+def test_mutual_tls_client_certificate(make_broker: Callable[..., Broker]) -> None:
+    b = make_broker(tls=True, require_client_cert=True)
+    cert, key = b.client_cert("front-door")
+    with_cert = link_config(
+        b,
+        user=None,
+        tls={"ca_file": str(b.ca_file), "cert_file": str(cert), "key_file": str(key)},
+    )
+    link = MqttLink(with_cert, DEV, decision_key=DKEY)
+    no_cert = MqttLink(link_config(b, user=None), "back-door", decision_key=DKEY)
+    link.start()
+    no_cert.start()
+    try:
+        wait_until(lambda: link.connected, 10, "mutual-TLS connect")
+        wait_until(lambda: no_cert.stats["connect_failures"] >= 2, 10, "refusals without a cert")
+        assert not no_cert.connected
+    finally:
+        link.stop()
+        no_cert.stop()
