@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from broker import STANDARD_USERS, Broker, have_mosquitto, standard_acl  # noqa: E402
 from mqtt_helpers import ActuatorProcess, Recorder, link_config, wait_until, write_key  # noqa: E402
+
 from voxgate.decision import Issuer, SequenceCounter  # noqa: E402
 from voxgate.mqtt.client import MqttLink  # noqa: E402
 

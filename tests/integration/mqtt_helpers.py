@@ -16,6 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import yaml
 from broker import STANDARD_USERS, Broker
+
 from voxgate.config.mqtt import MqttConfig
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from broker import STANDARD_USERS, Broker
 from mqtt_helpers import REPO, ActuatorProcess, link_config, wait_until, write_key
+
 from voxgate.decision import Issuer, SequenceCounter, sign
 from voxgate.mqtt.client import MqttLink
 

@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from broker import STANDARD_USERS, Broker
 from mqtt_helpers import REPO, Recorder, link_config, wait_until
+
 from voxgate.decision import Issuer, SequenceCounter, verify
 from voxgate.mqtt.client import MqttLink, MqttSetupError
 from voxgate.mqtt.commands import make_command, read_reply

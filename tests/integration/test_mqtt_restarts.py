@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from broker import Broker
 from mqtt_helpers import ActuatorProcess, Recorder, link_config, rss_kb_self, wait_until, write_key
+
 from voxgate.decision import Issuer, SequenceCounter
 from voxgate.mqtt.client import MqttLink
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from voxgate.actuator import Actuator, ActuatorSetupError, decision_env, load_actuator_config
 from voxgate.config.mqtt import ActuatorConfig
 from voxgate.decision import Issuer, SequenceCounter, sign

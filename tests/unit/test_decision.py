@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from voxgate.decision import (
     DECISION_DOMAIN,
     Decision,

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from pydantic import ValidationError
+
 from voxgate.config.mqtt import ActuatorConfig, MqttConfig
 from voxgate.decision import DecisionError, seal
 from voxgate.mqtt import discovery
