@@ -35,3 +35,17 @@ class SpeakerConfig(Section):
     database: Path | None = Field(
         None, description="Voiceprint SQLite file; default <data_dir>/voiceprints.db."
     )
+    min_snr_db: float = Field(
+        5.0, ge=-10, le=60, description="Attempts with a lower estimated SNR give 'retry'."
+    )
+    enroll_min_snr_db: float = Field(
+        10.0, ge=-10, le=60, description="Enrollment takes with a lower estimated SNR are rejected."
+    )
+    cohort: Path | None = Field(
+        None,
+        description="Score-normalization cohort (.npz from 'voxgate eval --build-cohort'); "
+        "None uses the one shipped for the loaded model.",
+    )
+    cohort_top_k: int = Field(
+        100, ge=5, le=5000, description="AS-norm: the closest cohort scores used per side."
+    )
