@@ -1,0 +1,260 @@
+"""The reference lock controller: obeys signed, fresh, new 'granted' decisions, nothing else.
+
+It subscribes to `<prefix>/<device>/decision` for each configured door, verifies every message
+with decision.verify (signature, version, device, expiry, sequence replay against a state file
+that survives restarts), logs every refusal with its reason, and on 'granted' either pulses a
+GPIO (gpiozero, optional) or runs a program without a shell, passing the decision in VOXGATE_*
+environment variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from voxgate.config.mqtt import ActuatorConfig
+from voxgate.config.secrets import read_secret
+from voxgate.decision import Decision, DecisionError, ReplayGuard, verify
+from voxgate.mqtt.client import build_client, connect_async
+from voxgate.mqtt.topics import device_from_decision_topic
+
+log = logging.getLogger(__name__)
+
+
+class ActuatorSetupError(Exception):
+    """The actuator cannot start (bad config, missing key, unreadable state); a user message."""
+
+
+def load_actuator_config(path: str | os.PathLike[str]) -> ActuatorConfig:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ActuatorSetupError(f"{p}: file not found") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ActuatorSetupError(f"{p}: cannot read: {exc}") from None
+    try:
+        return ActuatorConfig.model_validate(data or {})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"  - {where}: {msg}")
+        raise ActuatorSetupError(f"{p}: invalid actuator config:\n" + "\n".join(problems)) from None
+
+
+def decision_env(d: Decision) -> dict[str, str]:
+    """The VOXGATE_* variables a command action receives."""
+    return {
+        "VOXGATE_DEVICE": d.device,
+        "VOXGATE_OUTCOME": d.outcome,
+        "VOXGATE_USER": d.user or "",
+        "VOXGATE_SEQ": str(d.seq),
+        "VOXGATE_NONCE": d.nonce,
+        "VOXGATE_ISSUED_AT": f"{d.issued_at:.3f}",
+        "VOXGATE_EXPIRES_AT": f"{d.expires_at:.3f}",
+        "VOXGATE_SPEAKER_SCORE": "" if d.speaker_score is None else f"{d.speaker_score:.4f}",
+        "VOXGATE_REASONS": ",".join(d.reasons),
+    }
+
+
+class Actuator:
+    """Verifies decisions and acts on grants. `handle()` is the whole policy; `run()` adds MQTT."""
+
+    def __init__(
+        self,
+        cfg: ActuatorConfig,
+        *,
+        keys: dict[str, bytes] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        if keys is None:
+            keys = {}
+            for dev in cfg.devices:
+                try:
+                    key = read_secret("decision-key", dev.key_file)
+                except Exception as exc:
+                    raise ActuatorSetupError(f"device {dev.id}: {exc}") from None
+                keys[dev.id] = key or b""
+        for dev_id, key in keys.items():
+            if not key:
+                raise ActuatorSetupError(f"device {dev_id}: empty decision key")
+        self.keys = keys
+        try:
+            self.guard = ReplayGuard(cfg.state_file)
+        except DecisionError as exc:
+            raise ActuatorSetupError(f"state file: {exc.detail}") from None
+        self.rejected: Counter[str] = Counter()
+        self.acted = 0
+        self._gpio: Any = None
+        if cfg.gpio is not None:
+            self._gpio = _open_gpio(cfg.gpio.pin, cfg.gpio.active_high)
+        self._jobs: queue.Queue[Decision | None] = queue.Queue(maxsize=64)
+        self._worker: threading.Thread | None = None
+
+    # -- policy ------------------------------------------------------------------------------
+
+    def handle(self, topic: str, payload: bytes) -> Decision | None:
+        """Verify one message; queue the action for a grant. Returns the accepted decision."""
+        device = device_from_decision_topic(self.cfg.broker.topic_prefix, topic)
+        key = self.keys.get(device or "")
+        if device is None or key is None:
+            self._reject(topic, "unknown-device", "not a configured door")
+            return None
+        try:
+            skew = self.cfg.max_skew_s
+            d = verify(payload, key, self.clock(), self.guard, device=device, max_skew_s=skew)
+        except DecisionError as exc:
+            self._reject(topic, exc.reason, exc.detail)
+            return None
+        log.info(
+            "decision accepted: device=%s seq=%d outcome=%s user=%s",
+            d.device,
+            d.seq,
+            d.outcome,
+            d.user,
+        )
+        if d.outcome == "granted":
+            try:
+                self._jobs.put_nowait(d)
+            except queue.Full:
+                self._reject(topic, "busy", f"action queue full; seq {d.seq} not acted on")
+        return d
+
+    def _reject(self, topic: str, reason: str, detail: str) -> None:
+        self.rejected[reason] += 1
+        log.warning("decision REJECTED on %s: %s (%s)", topic, reason, detail)
+
+    def act(self, d: Decision) -> None:
+        """Open the door for `d`, unless it expired while waiting for an earlier action."""
+        now = self.clock()
+        if now >= d.expires_at:
+            self._reject(f"seq {d.seq}", "expired", "expired while queued behind another action")
+            return
+        if self.cfg.gpio is not None:
+            log.info(
+                "GRANTED user=%s seq=%d: %s on for %g s",
+                d.user,
+                d.seq,
+                self.cfg.gpio.pin,
+                self.cfg.gpio.hold_s,
+            )
+            self._gpio.on()
+            try:
+                time.sleep(self.cfg.gpio.hold_s)
+            finally:
+                self._gpio.off()
+        else:
+            assert self.cfg.command is not None
+            argv = self.cfg.command.argv
+            env = {**os.environ, **decision_env(d)}
+            log.info("GRANTED user=%s seq=%d: running %s", d.user, d.seq, argv[0])
+            try:
+                done = subprocess.run(
+                    argv,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=self.cfg.command.timeout_s,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                log.error("action command failed for seq %d: %s", d.seq, exc)
+                return
+            if done.returncode != 0:
+                log.error(
+                    "action command exited %d for seq %d: %s",
+                    done.returncode,
+                    d.seq,
+                    done.stderr.decode(errors="replace").strip()[-500:],
+                )
+                return
+        self.acted += 1
+
+    def _work_loop(self) -> None:
+        while True:
+            d = self._jobs.get()
+            if d is None:
+                return
+            try:
+                self.act(d)
+            except Exception:  # keep obeying later decisions whatever one action did
+                log.exception("action for seq %d failed", d.seq)
+
+    # -- MQTT --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Connect (retrying forever), obey decisions until `stop` is set."""
+        b = self.cfg.broker
+        client = build_client(b, b.client_id or f"voxgate-actuator-{os.getpid()}")
+        topics = [f"{b.topic_prefix}/{dev.id}/decision" for dev in self.cfg.devices]
+
+        def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+            if rc.is_failure:
+                log.error("broker refused the connection: %s (retrying)", rc)
+                return
+            log.info("connected to %s:%d; subscribing to %s", b.host, b.port, ", ".join(topics))
+            c.subscribe([(t, 1) for t in topics])
+
+        def on_disconnect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+            log.warning("disconnected from the broker (%s); reconnecting", rc)
+
+        def on_connect_fail(c: Any, userdata: Any) -> None:
+            log.warning("cannot reach %s:%d; retrying", b.host, b.port)
+
+        def on_message(c: Any, userdata: Any, msg: Any) -> None:
+            try:
+                self.handle(msg.topic, bytes(msg.payload))
+            except Exception:  # a bad message must never stop the lock controller
+                log.exception("error handling a message on %s", msg.topic)
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_connect_fail = on_connect_fail
+        client.on_message = on_message
+        self._worker = threading.Thread(target=self._work_loop, name="actions", daemon=True)
+        self._worker.start()
+        connect_async(client, b)
+        client.loop_start()
+        log.info("actuator started for %s", ", ".join(d.id for d in self.cfg.devices))
+        try:
+            stop.wait()
+        finally:
+            client.disconnect()
+            client.loop_stop()
+            self._jobs.put(None)
+            self._worker.join(5)
+            if self._gpio is not None:
+                self._gpio.close()
+            log.info(
+                "actuator stopped: %d action(s), rejections %s", self.acted, dict(self.rejected)
+            )
+
+
+def _open_gpio(pin: str, active_high: bool) -> Any:
+    try:
+        from gpiozero import OutputDevice
+    except ImportError:
+        raise ActuatorSetupError(
+            "gpio action needs gpiozero: pip install 'voxgate[gpio]'"
+        ) from None
+    try:
+        return OutputDevice(pin, active_high=active_high, initial_value=False)
+    except Exception as exc:  # gpiozero raises many kinds for a bad pin or no GPIO chip
+        raise ActuatorSetupError(f"gpio pin {pin}: {exc}") from None

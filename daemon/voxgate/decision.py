@@ -1,0 +1,367 @@
+"""The signed, versioned decision message that door locks act on.
+
+Wire format (see docs/mqtt.md for the full description and a test vector):
+
+    {"alg":"HMAC-SHA256","body":"<canonical JSON of the decision>","sig":"<64 hex>"}
+
+`sig` = HMAC-SHA256(key, "voxgate.decision.v1\\n" + body), where body is sent as a string so a
+verifier in any language checks the exact bytes it received and never has to re-serialize
+JSON. The body itself is canonical (sorted keys, no spaces, ASCII) so the same decision always
+gives the same bytes, which is what makes a fixed test vector possible.
+
+A verifier must check, in this order: signature, version, device, freshness (issued_at /
+expires_at), then the sequence number against the last one it accepted from that device.
+`ReplayGuard` keeps that last sequence in a small state file so a lock restart does not reopen
+the replay window; `SequenceCounter` is the publisher side of the same idea.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import tempfile
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+ALG = "HMAC-SHA256"
+DECISION_DOMAIN = b"voxgate.decision.v1\n"
+OUTCOMES = ("granted", "denied", "retry")
+# A decision is a few hundred bytes; anything much bigger is not ours.
+MAX_PAYLOAD = 8192
+# Longest validity a verifier accepts, whatever the message claims.
+MAX_TTL_S = 60.0
+DEVICE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class DecisionError(Exception):
+    """A decision that must not be acted on; `reason` is a short stable code for logs."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@dataclass(frozen=True)
+class Decision:
+    device: str
+    outcome: str  # "granted" | "denied" | "retry"
+    user: str | None
+    issued_at: float  # unix seconds
+    expires_at: float
+    nonce: str  # 32 hex chars
+    seq: int  # strictly increasing per device
+    speaker_score: float | None = None
+    speaker_threshold: float | None = None
+    liveness_ok: bool | None = None  # None: liveness was not checked
+    liveness_score: float | None = None
+    liveness_threshold: float | None = None
+    reasons: tuple[str, ...] = ()
+    version: int = VERSION
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "v": self.version,
+            "device": self.device,
+            "outcome": self.outcome,
+            "user": self.user,
+            "scores": {
+                "speaker": _num(self.speaker_score),
+                "speaker_threshold": _num(self.speaker_threshold),
+                "liveness": _num(self.liveness_score),
+                "liveness_threshold": _num(self.liveness_threshold),
+            },
+            "liveness": self.liveness_ok,
+            "reasons": list(self.reasons),
+            "issued_at": round(self.issued_at, 3),
+            "expires_at": round(self.expires_at, 3),
+            "nonce": self.nonce,
+            "seq": self.seq,
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Decision:
+        """Build from a parsed body, checking every field's type (raises DecisionError)."""
+        if not isinstance(body, Mapping):
+            raise DecisionError("malformed", "body is not a JSON object")
+        version = body.get("v")
+        if version != VERSION:
+            raise DecisionError("unsupported-version", f"v={version!r}, this build reads v=1")
+        expected = {"v", "device", "outcome", "user", "scores", "liveness", "reasons"}
+        expected |= {"issued_at", "expires_at", "nonce", "seq"}
+        missing = expected - set(body)
+        if missing:
+            raise DecisionError("malformed", f"missing fields: {', '.join(sorted(missing))}")
+        device = _typed(body, "device", str)
+        if not DEVICE_RE.match(device):
+            raise DecisionError("malformed", "device id has an invalid form")
+        outcome = _typed(body, "outcome", str)
+        if outcome not in OUTCOMES:
+            raise DecisionError("malformed", f"outcome {outcome!r} is not one of {OUTCOMES}")
+        user = body["user"]
+        if user is not None and not isinstance(user, str):
+            raise DecisionError("malformed", "user must be a string or null")
+        scores = body["scores"]
+        if not isinstance(scores, Mapping):
+            raise DecisionError("malformed", "scores must be an object")
+        liveness = body["liveness"]
+        if liveness is not None and not isinstance(liveness, bool):
+            raise DecisionError("malformed", "liveness must be true, false or null")
+        reasons = body["reasons"]
+        if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+            raise DecisionError("malformed", "reasons must be a list of strings")
+        nonce = _typed(body, "nonce", str)
+        seq = body["seq"]
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise DecisionError("malformed", "seq must be a non-negative integer")
+        return cls(
+            device=device,
+            outcome=outcome,
+            user=user,
+            issued_at=_number(body, "issued_at"),
+            expires_at=_number(body, "expires_at"),
+            nonce=nonce,
+            seq=seq,
+            speaker_score=_opt_number(scores, "speaker"),
+            speaker_threshold=_opt_number(scores, "speaker_threshold"),
+            liveness_ok=liveness,
+            liveness_score=_opt_number(scores, "liveness"),
+            liveness_threshold=_opt_number(scores, "liveness_threshold"),
+            reasons=tuple(reasons),
+        )
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 4)
+
+
+def _typed(body: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = body.get(name)
+    if not isinstance(value, kind):
+        raise DecisionError("malformed", f"{name} must be a {kind.__name__}")
+    return value
+
+
+def _number(body: Mapping[str, Any], name: str) -> float:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DecisionError("malformed", f"{name} must be a finite number")
+    return float(value)
+
+
+def _opt_number(body: Mapping[str, Any], name: str) -> float | None:
+    return None if body.get(name) is None else _number(body, name)
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no whitespace, ASCII only: one decision, one byte string."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+
+
+def mac(key: bytes, domain: bytes, body: str) -> str:
+    return hmac.new(key, domain + body.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def seal(body: Mapping[str, Any], key: bytes, domain: bytes) -> bytes:
+    """The signed envelope for `body` (also used for commands and replies, with their domain)."""
+    text = canonical_json(body)
+    return canonical_json({"alg": ALG, "body": text, "sig": mac(key, domain, text)}).encode()
+
+
+def open_sealed(payload: bytes, key: bytes, domain: bytes, max_size: int = MAX_PAYLOAD) -> Any:
+    """Check an envelope's signature and return its parsed body (raises DecisionError)."""
+    if len(payload) > max_size:
+        raise DecisionError("oversized", f"{len(payload)} bytes > {max_size}")
+    try:
+        env = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecisionError("malformed", f"not JSON ({exc.__class__.__name__})") from None
+    if not isinstance(env, dict):
+        raise DecisionError("malformed", "envelope is not a JSON object")
+    if env.get("alg") != ALG:
+        raise DecisionError("malformed", f"alg must be {ALG}")
+    body, sig = env.get("body"), env.get("sig")
+    if not isinstance(body, str) or not isinstance(sig, str):
+        raise DecisionError("malformed", "envelope needs string 'body' and 'sig'")
+    try:
+        body.encode("ascii")
+    except UnicodeEncodeError:
+        raise DecisionError("malformed", "body must be ASCII (canonical JSON)") from None
+    if not hmac.compare_digest(mac(key, domain, body), sig.lower()):
+        raise DecisionError("bad-signature", "HMAC does not match")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise DecisionError("malformed", "body is not JSON") from None
+
+
+def sign(decision: Decision, key: bytes) -> bytes:
+    """The MQTT payload for `decision`."""
+    if not key:
+        raise ValueError("empty signing key")
+    return seal(decision.to_body(), key, DECISION_DOMAIN)
+
+
+def verify(
+    payload: bytes,
+    key: bytes,
+    now: float,
+    replay_guard: ReplayGuard | None,
+    *,
+    device: str | None = None,
+    max_skew_s: float = 2.0,
+) -> Decision:
+    """Return the decision if it is authentic, fresh and new; raise DecisionError otherwise.
+
+    `device`: the device the message claims to be from must be this one (e.g. taken from
+    the topic). `max_skew_s`: how far in the future issued_at may be (clock differences).
+    The replay guard is updated only when every other check passed.
+    """
+    d = Decision.from_body(open_sealed(payload, key, DECISION_DOMAIN))
+    if device is not None and d.device != device:
+        raise DecisionError("wrong-device", f"signed for {d.device!r}, arrived for {device!r}")
+    if d.expires_at <= d.issued_at or d.expires_at - d.issued_at > MAX_TTL_S:
+        raise DecisionError("bad-validity", f"validity {d.expires_at - d.issued_at:.3f} s")
+    if now >= d.expires_at:
+        raise DecisionError("expired", f"expired {now - d.expires_at:.3f} s ago")
+    if d.issued_at > now + max_skew_s:
+        raise DecisionError("not-yet-valid", f"issued {d.issued_at - now:.3f} s in the future")
+    if replay_guard is not None:
+        replay_guard.check_and_record(d)
+    return d
+
+
+class _JsonState:
+    """A tiny JSON file written atomically (temp file + fsync + rename)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            # Refusing to start beats silently forgetting the last sequence (which would
+            # reopen the replay window).
+            raise DecisionError("state-unreadable", f"{self.path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise DecisionError("state-unreadable", f"{self.path}: not a JSON object")
+        return data
+
+    def save(self, data: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class ReplayGuard:
+    """Verifier side: remembers the last accepted sequence number per device, on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self._state = _JsonState(path)
+        raw = self._state.load().get("last_seq", {})
+        self._last = {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        self._lock = threading.Lock()
+
+    def last(self, device: str) -> int | None:
+        return self._last.get(device)
+
+    def check_and_record(self, d: Decision) -> None:
+        with self._lock:
+            last = self._last.get(d.device)
+            if last is not None and d.seq <= last:
+                raise DecisionError("replayed", f"seq {d.seq} <= last accepted {last}")
+            self._last[d.device] = d.seq
+            self._state.save({"last_seq": self._last})
+
+
+class SequenceCounter:
+    """Publisher side: strictly increasing sequence numbers that survive restarts.
+
+    Every number handed out is persisted before it is used, so a crash can skip numbers but
+    never repeat one (a lock would refuse a repeat as a replay).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._state = _JsonState(path)
+        last = self._state.load().get("seq", 0)
+        self._seq = int(last) if isinstance(last, int) and last >= 0 else 0
+        self._lock = threading.Lock()
+
+    @property
+    def last(self) -> int:
+        return self._seq
+
+    def next(self) -> int:
+        with self._lock:
+            self._seq += 1
+            self._state.save({"seq": self._seq})
+            return self._seq
+
+
+class Issuer:
+    """Makes decisions for one device: fills nonce, sequence and validity window."""
+
+    def __init__(self, device: str, seq: SequenceCounter, ttl_s: float) -> None:
+        if not DEVICE_RE.match(device):
+            raise ValueError(f"invalid device id {device!r}")
+        if not 0 < ttl_s <= MAX_TTL_S:
+            raise ValueError(f"ttl_s must be in (0, {MAX_TTL_S}]")
+        self.device = device
+        self.seq = seq
+        self.ttl_s = ttl_s
+
+    def issue(
+        self,
+        outcome: str,
+        user: str | None,
+        now: float,
+        *,
+        reasons: tuple[str, ...] | list[str] = (),
+        speaker: Any = None,
+        liveness: Any = None,
+    ) -> Decision:
+        """`speaker`: a scoring.SpeakerResult (uses .score/.threshold) or None;
+        `liveness`: an stt LivenessResult (uses .ok/.score/.threshold) or None."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {OUTCOMES}")
+        now = round(now, 3)  # the wire precision, so the object equals what is signed
+        return Decision(
+            device=self.device,
+            outcome=outcome,
+            user=user,
+            issued_at=now,
+            expires_at=round(now + self.ttl_s, 3),
+            nonce=secrets.token_hex(16),
+            seq=self.seq.next(),
+            speaker_score=getattr(speaker, "score", None),
+            speaker_threshold=getattr(speaker, "threshold", None),
+            liveness_ok=getattr(liveness, "ok", None),
+            liveness_score=getattr(liveness, "score", None),
+            liveness_threshold=getattr(liveness, "threshold", None),
+            reasons=tuple(reasons),
+        )

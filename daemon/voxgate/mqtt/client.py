@@ -1,0 +1,476 @@
+"""MqttLink: the daemon's one connection to the broker (paho-mqtt 2.x, threaded loop).
+
+What it guarantees:
+- start() never blocks and never raises for an unreachable broker; paho's loop thread keeps
+  retrying with exponential back-off (reconnect_min_s .. reconnect_max_s).
+- status is retained 'online' on every (re)connect and 'offline' through the last will; Home
+  Assistant discovery and the last state/lockout are re-published on every reconnect.
+- a decision is never delivered after it expires: it carries an MQTT 5 message expiry, and
+  decisions queued in paho while the link was down (or unacknowledged when it dropped) are
+  dropped on reconnect once expired (counted in stats["decisions_expired"] and logged);
+  the survivors get their expiry interval shortened to what is left.
+- commands are verified (mqtt.commands.CommandGate) and run on a worker thread, so a slow
+  handler never stalls the network loop; every command gets a signed reply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from voxgate import __version__
+from voxgate.config.mqtt import BrokerConfig, MqttConfig
+from voxgate.config.secrets import read_secret
+from voxgate.decision import Decision, sign
+from voxgate.mqtt import discovery
+from voxgate.mqtt.commands import CommandError, CommandGate, make_reply
+from voxgate.mqtt.topics import STATES, Topics
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class MqttSetupError(Exception):
+    """The MQTT settings cannot be used (missing CA file, unreadable key, ...)."""
+
+
+def build_client(cfg: BrokerConfig, client_id: str) -> paho.Client:
+    """A paho client with protocol, credentials, TLS and back-off from `cfg` (no I/O yet)."""
+    v5 = cfg.protocol == "5"
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        clean_session=None if v5 else True,
+    )
+    if cfg.username is not None:
+        password = read_secret("mqtt-password", cfg.password_file, required=False)
+        client.username_pw_set(cfg.username, password.decode() if password else None)
+    if cfg.tls is not None:
+        tls = cfg.tls
+        for name, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file)):
+            if path is not None and not path.is_file():
+                raise MqttSetupError(f"mqtt.tls.{name}: {path} does not exist")
+        try:
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise MqttSetupError(f"mqtt.tls: cannot load certificates: {exc}") from None
+        if tls.insecure:
+            log.warning("mqtt.tls.insecure is set: the broker's host name is not checked")
+            client.tls_insecure_set(True)
+    client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
+    return client
+
+
+def connect_async(client: paho.Client, cfg: BrokerConfig) -> None:
+    if cfg.protocol == "5":
+        client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=True)
+    else:
+        client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
+
+
+def _expiry_props(seconds: float) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = max(1, math.ceil(seconds))
+    return props
+
+
+class MqttLink:
+    """Publishes one device's status, state, challenges, decisions; receives its commands."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        device_id: str,
+        *,
+        decision_key: bytes | None = None,
+        command_key: bytes | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device_id = device_id
+        self.topics = Topics(cfg.topic_prefix, device_id, cfg.discovery_prefix)
+        self._key = decision_key or read_secret("decision-key", cfg.hmac_key_file)
+        if not self._key:
+            raise MqttSetupError("the decision key is empty")
+        if command_key is None:
+            command_key = read_secret("command-key", cfg.command_key_file, required=False)
+        if command_key is None:
+            log.warning("no command key: every MQTT command to %s will be refused", device_id)
+        self._v5 = cfg.protocol == "5"
+        self._client = build_client(cfg, cfg.client_id or f"voxgate-{device_id}")
+        self._client.will_set(self.topics.status, b"offline", qos=1, retain=True)
+        self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
+        # paho's own lock over its outgoing queue: taking it for our bookkeeping keeps one
+        # lock order with paho's callbacks (on_publish runs while paho holds it).
+        self._out_lock: threading.RLock = getattr(
+            self._client, "_out_message_mutex", threading.RLock()
+        )
+        self._pending: dict[int, float] = {}  # mid -> expires_at, for queued decisions
+        self._state_lock = threading.Lock()
+        self._last_state: str | None = None
+        self._last_lockout: bytes | None = None
+        self._handlers: dict[str, CommandHandler] = {}
+        self._gate = CommandGate(
+            device_id,
+            command_key,
+            started_at=time.time(),
+            max_bytes=cfg.command_max_bytes,
+            max_skew_s=cfg.command_max_skew_s,
+        )
+        self._work: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=16)
+        self._worker: threading.Thread | None = None
+        self.connected = False
+        self.connection_state = "stopped"
+        self.on_connection_change: Callable[[bool], None] | None = None
+        self.stats: dict[str, int] = {
+            "connects": 0,
+            "disconnects": 0,
+            "connect_failures": 0,
+            "decisions_published": 0,
+            "decisions_acked": 0,
+            "decisions_expired": 0,
+            "decisions_refused": 0,
+            "commands_ok": 0,
+            "commands_rejected": 0,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin connecting in the background; returns at once."""
+        if self._worker is not None:
+            return
+        self.connection_state = "connecting"
+        self._worker = threading.Thread(target=self._work_loop, name="mqtt-commands", daemon=True)
+        self._worker.start()
+        connect_async(self._client, self.cfg)
+        self._client.loop_start()
+        log.info("MQTT: connecting to %s:%d as %s", self.cfg.host, self.cfg.port, self.device_id)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Publish 'offline', disconnect and stop the threads."""
+        if self._worker is None:
+            return
+        self.connection_state = "stopped"
+        if self.connected:
+            info = self._client.publish(self.topics.status, b"offline", qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._work.put(None)
+        self._worker.join(timeout)
+        self._worker = None
+        self.connected = False
+        self.connection_state = "stopped"
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def publish_state(self, state: str) -> None:
+        if state not in STATES:
+            raise ValueError(f"state must be one of {STATES}")
+        with self._state_lock:
+            self._last_state = state
+        self._publish_if_connected(self.topics.state, state.encode(), qos=1, retain=True)
+
+    def publish_challenge(self, challenge: Any) -> None:
+        """A challenge from challenge.new_challenge: what to show or say, valid until expiry."""
+        text = getattr(challenge, "digits", None) or getattr(challenge, "phrase", None) or ""
+        body = {
+            "text": text,
+            "words": list(getattr(challenge, "words", ())),
+            "nonce": getattr(challenge, "nonce", None),
+            "issued_at": getattr(challenge, "issued_at", None),
+            "expires_at": getattr(challenge, "expires_at", None),
+        }
+        ttl = None
+        if body["expires_at"] is not None:
+            ttl = float(body["expires_at"]) - time.time()
+            if ttl <= 0:
+                log.warning("MQTT: challenge already expired; not published")
+                return
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        self._publish_if_connected(self.topics.challenge, payload, qos=1, ttl=ttl)
+
+    def publish_lockout(
+        self, user: str | None, locked: bool, until: float | None = None, failures: int = 0
+    ) -> None:
+        payload = json.dumps(
+            {"user": user, "locked": locked, "until": until, "failures": failures},
+            separators=(",", ":"),
+        ).encode()
+        with self._state_lock:
+            self._last_lockout = payload
+        self._publish_if_connected(self.topics.lockout, payload, qos=1, retain=True)
+
+    def publish_decision(self, decision: Decision) -> bool:
+        """Sign and publish (QoS 1, not retained). False if it expired before it could go."""
+        now = time.time()
+        if decision.device != self.device_id:
+            raise ValueError(f"decision for {decision.device!r} on link {self.device_id!r}")
+        if now >= decision.expires_at:
+            self._count("decisions_expired")
+            log.warning("MQTT: decision seq=%d expired before publishing; dropped", decision.seq)
+            return False
+        payload = sign(decision, self._key)
+        props = _expiry_props(decision.expires_at - now) if self._v5 else None
+        with self._out_lock:
+            if not self.connected:
+                self._drop_expired(now)
+            # When the link is down paho keeps the message and sends it on reconnect;
+            # _on_connect drops it then if it has expired by that time.
+            info = self._client.publish(
+                self.topics.decision, payload, qos=1, retain=False, properties=props
+            )
+            self._pending[info.mid] = decision.expires_at
+            self.stats["decisions_published"] += 1
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            log.warning(
+                "MQTT: link down; decision seq=%d held until %.1f s from now",
+                decision.seq,
+                decision.expires_at - now,
+            )
+        summary = {
+            "event_type": decision.outcome,
+            "user": decision.user,
+            "reasons": list(decision.reasons),
+            "seq": decision.seq,
+            "issued_at": round(decision.issued_at, 3),
+        }
+        self._publish_if_connected(
+            self.topics.event, json.dumps(summary, separators=(",", ":")).encode(), qos=0
+        )
+        if decision.user is not None and decision.outcome == "granted":
+            self._publish_if_connected(self.topics.user, decision.user.encode(), 1, retain=True)
+        return True
+
+    def pending_decisions(self) -> int:
+        """Decisions handed to paho and not yet acknowledged by the broker."""
+        with self._out_lock:
+            return len(self._pending)
+
+    def _publish_if_connected(
+        self, topic: str, payload: bytes, qos: int, retain: bool = False, ttl: float | None = None
+    ) -> None:
+        # Non-decision messages are not worth holding while disconnected: state and lockout
+        # are re-published on reconnect, challenges and events are only useful right now.
+        if not self.connected:
+            log.debug("MQTT: not connected; %s not published", topic)
+            return
+        props = _expiry_props(ttl) if (ttl is not None and self._v5) else None
+        self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+
+    def _drop_expired(self, now: float) -> None:
+        """Remove expired decisions from paho's outgoing queue; shorten the rest's expiry."""
+        out = getattr(self._client, "_out_messages", None)
+        with self._out_lock:
+            for mid, expires_at in list(self._pending.items()):
+                msg = out.get(mid) if out is not None else None
+                if msg is None:
+                    self._pending.pop(mid, None)
+                    continue
+                if now >= expires_at:
+                    out.pop(mid, None)
+                    self._pending.pop(mid, None)
+                    self.stats["decisions_expired"] += 1
+                    log.warning(
+                        "MQTT: decision (mid %d) expired %.1f s ago while the broker was "
+                        "unreachable; dropped, not delivered late",
+                        mid,
+                        now - expires_at,
+                    )
+                elif msg.properties is not None:
+                    msg.properties.MessageExpiryInterval = max(1, math.ceil(expires_at - now))
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def on_command(self, name: str, handler: CommandHandler) -> None:
+        """handler(args) -> result dict, run on the command worker thread.
+
+        Raise ValueError for a request that cannot be done (its message goes into the reply);
+        any other exception is logged and answered with 'internal-error'.
+        """
+        self._handlers[name] = handler
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        name = self.topics.command_name(msg.topic)
+        if name is None:
+            return
+        try:
+            self._work.put_nowait((name, bytes(msg.payload)))
+        except queue.Full:
+            log.warning("MQTT: command queue full; %s refused", name)
+            self._reply(name, None, ok=False, error="busy", detail="too many pending commands")
+
+    def _work_loop(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            try:
+                self._run_command(*item)
+            except Exception:  # the worker must survive anything a command does
+                log.exception("MQTT: command worker error")
+
+    def _run_command(self, name: str, payload: bytes) -> None:
+        try:
+            cmd = self._gate.check(name, payload, time.time())
+        except CommandError as exc:
+            self._count("commands_rejected")
+            log.warning("MQTT: command %r rejected: %s", name[:64], exc)
+            self._reply(name, None, ok=False, error=exc.code, detail=exc.detail)
+            return
+        handler = self._handlers.get(name)
+        if handler is None:
+            self._count("commands_rejected")
+            log.warning("MQTT: command %r has no handler in this daemon", name)
+            self._reply(name, cmd.nonce, ok=False, error="unsupported", detail=None)
+            return
+        try:
+            result = handler(dict(cmd.args))
+        except ValueError as exc:
+            self._count("commands_rejected")
+            log.warning("MQTT: command %s failed: %s", name, exc)
+            self._reply(name, cmd.nonce, ok=False, error="failed", detail=str(exc))
+            return
+        except Exception:
+            self._count("commands_rejected")
+            log.exception("MQTT: command %s raised", name)
+            self._reply(name, cmd.nonce, ok=False, error="internal-error", detail=None)
+            return
+        self._count("commands_ok")
+        log.info("MQTT: command %s done (nonce %s)", name, cmd.nonce)
+        self._reply(name, cmd.nonce, ok=True, result=result if isinstance(result, dict) else {})
+
+    def _reply(
+        self,
+        name: str,
+        nonce: str | None,
+        *,
+        ok: bool,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        payload = make_reply(
+            self._key,
+            self.device_id,
+            name,
+            nonce=nonce,
+            ok=ok,
+            now=time.time(),
+            result=result,
+            error=error,
+            detail=detail,
+        )
+        self._publish_if_connected(self.topics.command_result(name), payload, qos=1)
+
+    # -- paho callbacks (network thread) -----------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: Any,
+        reason_code: Any,
+        properties: Any,
+    ) -> None:
+        if reason_code.is_failure:
+            self._count("connect_failures")
+            self.connection_state = f"refused: {reason_code}"
+            log.error("MQTT: broker refused the connection: %s (retrying)", reason_code)
+            return
+        # Runs before paho re-sends its queue, so stale decisions never leave.
+        self._drop_expired(time.time())
+        self.connected = True
+        self.connection_state = "connected"
+        self._count("connects")
+        log.info("MQTT: connected to %s:%d", self.cfg.host, self.cfg.port)
+        t = self.topics
+        client.publish(t.status, b"online", qos=1, retain=True)
+        if self.cfg.discovery_prefix is not None:
+            for topic, payload in discovery.messages(t, __version__):
+                client.publish(topic, payload, qos=1, retain=True)
+        with self._state_lock:
+            state, lockout = self._last_state, self._last_lockout
+        if state is not None:
+            client.publish(t.state, state.encode(), qos=1, retain=True)
+        if lockout is not None:
+            client.publish(t.lockout, lockout, qos=1, retain=True)
+        client.subscribe(t.command_filter, qos=1)
+        self._notify(True)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self._count("connect_failures")
+        self.connection_state = "unreachable"
+        log.warning(
+            "MQTT: cannot reach %s:%d; retrying (back-off up to %g s)",
+            self.cfg.host,
+            self.cfg.port,
+            self.cfg.reconnect_max_s,
+        )
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: Any,
+        reason_code: Any,
+        properties: Any,
+    ) -> None:
+        was = self.connected
+        self.connected = False
+        if self.connection_state == "stopped":
+            log.info("MQTT: disconnected")
+            return
+        if was:
+            self.connection_state = "disconnected"
+            self._count("disconnects")
+            log.warning("MQTT: connection lost (%s); reconnecting", reason_code)
+            self._notify(False)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        # paho holds _out_message_mutex here, so _pending is safe to touch.
+        if self._pending.pop(mid, None) is None:
+            return
+        if getattr(reason_code, "is_failure", False):
+            self.stats["decisions_refused"] += 1
+            log.error("MQTT: broker refused a decision (mid %d): %s", mid, reason_code)
+        else:
+            self.stats["decisions_acked"] += 1
+
+    def _notify(self, up: bool) -> None:
+        cb = self.on_connection_change
+        if cb is not None:
+            try:
+                cb(up)
+            except Exception:
+                log.exception("MQTT: connection-change callback failed")
+
+    def _count(self, name: str) -> None:
+        with self._out_lock:
+            self.stats[name] += 1

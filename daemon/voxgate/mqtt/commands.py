@@ -1,0 +1,171 @@
+"""Signed commands to a device (`<prefix>/<device>/cmd/<name>`) and their signed replies.
+
+A command is the same envelope as a decision (decision.seal), signed with the device's
+*command key* under the domain "voxgate.command.v1". The broker ACL decides who may publish
+on cmd/#; the signature decides whether the device obeys. A command is accepted once: its
+nonce is remembered until it expires, and a command issued before the daemon started is
+refused, so a restart does not reopen that window either.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from voxgate.decision import MAX_TTL_S, DecisionError, open_sealed, seal
+
+COMMAND_DOMAIN = b"voxgate.command.v1\n"
+REPLY_DOMAIN = b"voxgate.reply.v1\n"
+USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@ -]{0,63}$")
+NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
+
+# Which arguments each command takes (all strings, all required).
+ARGS: dict[str, tuple[str, ...]] = {
+    "verify": ("user",),
+    "enroll-start": ("user",),
+    "enroll-finish": ("user",),
+    "reload": (),
+    "erase-user": ("user",),
+}
+
+
+class CommandError(Exception):
+    """A command refused before its handler ran; `code` goes into the error reply."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        self.code = code
+        self.detail = detail
+        super().__init__(f"{code}: {detail}" if detail else code)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: dict[str, str]
+    nonce: str
+    issued_at: float
+    expires_at: float
+
+
+def make_command(
+    key: bytes,
+    device: str,
+    name: str,
+    args: Mapping[str, str] | None = None,
+    *,
+    now: float,
+    ttl_s: float = 30.0,
+    nonce: str | None = None,
+) -> bytes:
+    """The payload an operator tool publishes to `<prefix>/<device>/cmd/<name>`."""
+    body = {
+        "v": 1,
+        "device": device,
+        "cmd": name,
+        "args": dict(args or {}),
+        "issued_at": round(now, 3),
+        "expires_at": round(now + ttl_s, 3),
+        "nonce": nonce or secrets.token_hex(16),
+    }
+    return seal(body, key, COMMAND_DOMAIN)
+
+
+@dataclass
+class CommandGate:
+    """Checks incoming commands for one device: signature, shape, freshness, single use."""
+
+    device: str
+    key: bytes | None
+    started_at: float
+    max_bytes: int = 4096
+    max_skew_s: float = 5.0
+    _seen: dict[str, float] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def check(self, name: str, payload: bytes, now: float) -> Command:
+        if len(payload) > self.max_bytes:
+            raise CommandError("oversized", f"{len(payload)} bytes > {self.max_bytes}")
+        if name not in ARGS:
+            raise CommandError("unknown-command", f"{name!r} is not one of {', '.join(ARGS)}")
+        if self.key is None:
+            raise CommandError("unauthorized", "this device has no command key configured")
+        try:
+            body = open_sealed(payload, self.key, COMMAND_DOMAIN, self.max_bytes)
+        except DecisionError as exc:
+            code = "unauthorized" if exc.reason == "bad-signature" else exc.reason
+            raise CommandError(code, exc.detail) from None
+        if not isinstance(body, dict) or body.get("v") != 1:
+            raise CommandError("malformed", "body must be an object with v=1")
+        if body.get("device") != self.device:
+            raise CommandError("wrong-device", f"addressed to {body.get('device')!r}")
+        if body.get("cmd") != name:
+            raise CommandError("malformed", "cmd in the body does not match the topic")
+        args = body.get("args")
+        if not isinstance(args, dict) or set(args) != set(ARGS[name]):
+            raise CommandError("bad-args", f"{name} takes exactly: {', '.join(ARGS[name]) or '-'}")
+        for k, v in args.items():
+            if not isinstance(v, str) or (k == "user" and not USER_RE.match(v)):
+                raise CommandError("bad-args", f"invalid {k}")
+        nonce = body.get("nonce")
+        if not isinstance(nonce, str) or not NONCE_RE.match(nonce):
+            raise CommandError("malformed", "nonce must be 16-64 lowercase hex digits")
+        issued, expires = body.get("issued_at"), body.get("expires_at")
+        if not all(_is_number(t) for t in (issued, expires)):
+            raise CommandError("malformed", "issued_at and expires_at must be numbers")
+        if not 0 < expires - issued <= MAX_TTL_S:
+            raise CommandError("bad-validity", f"validity must be in (0, {MAX_TTL_S:g}] s")
+        if now >= expires:
+            raise CommandError("expired", f"expired {now - expires:.1f} s ago")
+        if issued > now + self.max_skew_s:
+            raise CommandError("not-yet-valid", "issued in the future")
+        if issued < self.started_at - self.max_skew_s:
+            raise CommandError("replayed", "issued before this daemon started")
+        with self._lock:
+            self._seen = {n: t for n, t in self._seen.items() if t > now}
+            if nonce in self._seen:
+                raise CommandError("replayed", "nonce already used")
+            self._seen[nonce] = float(expires)
+        return Command(name, dict(args), nonce, float(issued), float(expires))
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def make_reply(
+    key: bytes,
+    device: str,
+    name: str,
+    *,
+    nonce: str | None,
+    ok: bool,
+    now: float,
+    result: Mapping[str, Any] | None = None,
+    error: str | None = None,
+    detail: str | None = None,
+) -> bytes:
+    """A reply on cmd/<name>/result, signed with the decision key so the sender can trust it."""
+    body = {
+        "v": 1,
+        "device": device,
+        "cmd": name,
+        "nonce": nonce,
+        "ok": ok,
+        "error": error,
+        "detail": detail,
+        "result": dict(result or {}),
+        "at": round(now, 3),
+    }
+    return seal(body, key, REPLY_DOMAIN)
+
+
+def read_reply(payload: bytes, key: bytes) -> dict[str, Any]:
+    body = open_sealed(payload, key, REPLY_DOMAIN)
+    if not isinstance(body, dict):
+        raise DecisionError("malformed", "reply body is not an object")
+    return body

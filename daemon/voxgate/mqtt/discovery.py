@@ -1,0 +1,64 @@
+"""Home Assistant MQTT discovery: what a door looks like in HA.
+
+Three entities, all tied to one HA device and made unavailable by the retained `status`:
+- event  `<device> decision`: fires on every decision (event_type granted/denied/retry), from
+  the unsigned `event` summary; dashboards only, never for actuation;
+- sensor `<device> last user`: the last user granted access (retained `user` topic);
+- sensor `<device> state`: idle / listening / challenge / verifying / decided.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from voxgate.decision import OUTCOMES
+from voxgate.mqtt.topics import Topics
+
+
+def _common(t: Topics, version: str, object_id: str, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "unique_id": f"voxgate_{t.device_id}_{object_id}",
+        "object_id": f"voxgate_{t.device_id}_{object_id}",
+        "availability_topic": t.status,
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "device": {
+            "identifiers": [f"voxgate_{t.device_id}"],
+            "name": f"voxgate {t.device_id}",
+            "manufacturer": "voxgate",
+            "model": "voice access gate",
+            "sw_version": version,
+        },
+        "origin": {"name": "voxgate", "sw_version": version},
+    }
+
+
+def configs(t: Topics, version: str) -> dict[str, dict[str, Any]]:
+    """Discovery topic -> config payload (as a dict)."""
+    event = _common(t, version, "decision", "Decision")
+    event.update(
+        {
+            "state_topic": t.event,
+            "event_types": list(OUTCOMES),
+            "icon": "mdi:account-lock",
+        }
+    )
+    user = _common(t, version, "last_user", "Last user")
+    user.update({"state_topic": t.user, "icon": "mdi:account-check"})
+    state = _common(t, version, "state", "State")
+    state.update({"state_topic": t.state, "icon": "mdi:microphone-message"})
+    return {
+        t.discovery("event", "decision"): event,
+        t.discovery("sensor", "last_user"): user,
+        t.discovery("sensor", "state"): state,
+    }
+
+
+def messages(t: Topics, version: str) -> list[tuple[str, bytes]]:
+    """(topic, payload) pairs to publish retained on every connect."""
+    return [
+        (topic, json.dumps(cfg, separators=(",", ":"), sort_keys=True).encode())
+        for topic, cfg in configs(t, version).items()
+    ]

@@ -1,0 +1,254 @@
+"""MqttLink against a real mosquitto (TLS, passwords, ACL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from broker import STANDARD_USERS, Broker
+from mqtt_helpers import REPO, Recorder, link_config, wait_until
+from voxgate.decision import Issuer, SequenceCounter, verify
+from voxgate.mqtt.client import MqttLink, MqttSetupError
+from voxgate.mqtt.commands import make_command, read_reply
+
+DEV = "front-door"
+DKEY = b"decision-key-for-tests-0123456789"
+CKEY = b"command-key-for-tests-0123456789"
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> Issuer:
+    return Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=5)
+
+
+@pytest.fixture
+def link_factory(broker: Broker) -> Iterator[Callable[..., MqttLink]]:
+    links: list[MqttLink] = []
+
+    def make(b: Broker | None = None, **overrides: object) -> MqttLink:
+        link = MqttLink(
+            link_config(b or broker, **overrides), DEV, decision_key=DKEY, command_key=CKEY
+        )
+        links.append(link)
+        link.start()
+        return link
+
+    yield make
+    for link in links:
+        link.stop()
+
+
+def test_status_discovery_state_decision(
+    broker: Broker, link_factory: Callable[..., MqttLink], issuer: Issuer
+) -> None:
+    ha = Recorder(broker, "ha", ["voxgate/#", "homeassistant/#"])
+    try:
+        link = link_factory()
+        wait_until(lambda: link.connected, 10, "link connected")
+        ha.wait_for("voxgate/front-door/status", lambda m: m.payload == b"online")
+        disc = ha.wait_for("homeassistant/event/front-door/decision/config", lambda m: True)
+        assert json.loads(disc.payload)["event_types"] == ["granted", "denied", "retry"]
+        link.publish_state("listening")
+        ha.wait_for("voxgate/front-door/state", lambda m: m.payload == b"listening")
+        d = issuer.issue("granted", "alice", time.time(), reasons=["speaker-match"])
+        assert link.publish_decision(d)
+        got = ha.wait_for("voxgate/front-door/decision", lambda m: True)
+        assert not got.retain
+        assert verify(got.payload, DKEY, time.time(), None, device=DEV) == d
+        event = ha.wait_for("voxgate/front-door/event", lambda m: True)
+        assert json.loads(event.payload)["event_type"] == "granted"
+        ha.wait_for("voxgate/front-door/user", lambda m: m.payload == b"alice")
+        wait_until(lambda: link.stats["decisions_acked"] == 1, 5, "PUBACK")
+        link.stop()
+        ha.wait_for("voxgate/front-door/status", lambda m: m.payload == b"offline")
+    finally:
+        ha.close()
+
+
+def test_retained_status_seen_by_late_subscriber(
+    broker: Broker, link_factory: Callable[..., MqttLink]
+) -> None:
+    link = link_factory()
+    wait_until(lambda: link.connected, 10, "link connected")
+    time.sleep(0.2)
+    late = Recorder(broker, "lock", ["voxgate/front-door/status"])
+    try:
+        assert late.wait_for("voxgate/front-door/status", lambda m: m.retain).payload == b"online"
+    finally:
+        late.close()
+
+
+def test_unreachable_broker_at_start_then_connects(
+    make_broker: Callable[..., Broker], tmp_path: Path
+) -> None:
+    from broker import standard_acl
+
+    b = make_broker(start=False, tls=True, users=STANDARD_USERS, acl=standard_acl())
+    link = MqttLink(link_config(b), DEV, decision_key=DKEY, command_key=CKEY)
+    t0 = time.monotonic()
+    link.start()
+    try:
+        assert time.monotonic() - t0 < 0.5, "start() must not block on the broker"
+        wait_until(lambda: link.stats["connect_failures"] >= 2, 10, "retries")
+        assert not link.connected and link.connection_state == "unreachable"
+        b.start()
+        wait_until(lambda: link.connected, 10, "connect after the broker came up")
+        rec = Recorder(b, "lock", ["voxgate/front-door/status"])
+        assert rec.wait_for("voxgate/front-door/status", lambda m: True).payload == b"online"
+        rec.close()
+    finally:
+        link.stop()
+
+
+def test_wrong_password_keeps_retrying_without_crash(
+    broker: Broker, tmp_path: Path, issuer: Issuer
+) -> None:
+    bad = tmp_path / "bad.password"
+    bad.write_text("nope")
+    bad.chmod(0o600)
+    cfg = link_config(broker, password_file=str(bad))
+    link = MqttLink(cfg, DEV, decision_key=DKEY, command_key=CKEY)
+    link.start()
+    try:
+        wait_until(lambda: link.stats["connect_failures"] >= 2, 10, "refusals")
+        assert not link.connected and link.connection_state.startswith("refused")
+        # Decisions made meanwhile are held, and dropped once expired rather than sent late.
+        assert link.publish_decision(issuer.issue("granted", "a", time.time() - 4.9))
+        time.sleep(0.2)
+        assert link.publish_decision(issuer.issue("denied", None, time.time()))
+        assert link.stats["decisions_expired"] == 1
+    finally:
+        link.stop()
+
+
+def test_missing_ca_file_is_a_setup_error(broker: Broker, tmp_path: Path) -> None:
+    cfg = link_config(broker, tls={"ca_file": str(tmp_path / "nope.crt")})
+    with pytest.raises(MqttSetupError, match="does not exist"):
+        MqttLink(cfg, DEV, decision_key=DKEY)
+
+
+def test_mqtt311_protocol(
+    broker: Broker, link_factory: Callable[..., MqttLink], issuer: Issuer
+) -> None:
+    rec = Recorder(broker, "lock", ["voxgate/front-door/decision"])
+    try:
+        link = link_factory(protocol="3.1.1")
+        wait_until(lambda: link.connected, 10, "link connected")
+        link.publish_decision(issuer.issue("denied", None, time.time()))
+        got = rec.wait_for("voxgate/front-door/decision", lambda m: True)
+        assert verify(got.payload, DKEY, time.time(), None).outcome == "denied"
+    finally:
+        rec.close()
+
+
+def test_last_will_on_crash(broker: Broker, tmp_path: Path) -> None:
+    rec = Recorder(broker, "lock", ["voxgate/front-door/status"])
+    cfg = link_config(broker)
+    script = f"""
+import time
+from voxgate.config.mqtt import MqttConfig
+from voxgate.mqtt.client import MqttLink
+cfg = MqttConfig.model_validate_json({cfg.model_dump_json()!r})
+link = MqttLink(cfg, "front-door", decision_key=b"k")
+link.start()
+while not link.connected:
+    time.sleep(0.01)
+print("up", flush=True)
+time.sleep(60)
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"up"
+        rec.wait_for("voxgate/front-door/status", lambda m: m.payload == b"online")
+        proc.send_signal(signal.SIGKILL)
+        rec.wait_for("voxgate/front-door/status", lambda m: m.payload == b"offline", timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+        rec.close()
+
+
+def _admin(broker: Broker, user: str = "admin") -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.username_pw_set(user, STANDARD_USERS[user])
+    c.tls_set(ca_certs=str(broker.ca_file))
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    return c
+
+
+def test_commands_authenticated(
+    broker: Broker, link_factory: Callable[..., MqttLink], caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[dict[str, str]] = []
+
+    def erase(args: dict[str, str]) -> dict[str, object]:
+        if args["user"] == "ghost":
+            raise ValueError("no such user")
+        if args["user"] == "boom":
+            raise RuntimeError("bug")
+        calls.append(args)
+        return {"erased": args["user"]}
+
+    link = link_factory()
+    link.on_command("erase-user", erase)
+    link.on_command("reload", lambda args: {"reloaded": True})
+    wait_until(lambda: link.connected, 10, "link connected")
+    replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
+    admin = _admin(broker)
+    topic = "voxgate/front-door/cmd/erase-user"
+    result = "voxgate/front-door/cmd/erase-user/result"
+
+    def send(payload: bytes, t: str = topic) -> dict[str, object]:
+        before = len(replies.on(t + "/result"))
+        admin.publish(t, payload, qos=1).wait_for_publish(5)
+        wait_until(lambda: len(replies.on(t + "/result")) > before, 5, "a reply")
+        return read_reply(replies.on(t + "/result")[-1].payload, DKEY)
+
+    try:
+        now = time.time()
+        good = make_command(CKEY, DEV, "erase-user", {"user": "alice"}, now=now)
+        r = send(good)
+        assert r["ok"] is True and r["result"] == {"erased": "alice"}
+        assert calls == [{"user": "alice"}]
+        # Every bad case gets an error reply, and the handler is not called.
+        assert send(good)["error"] == "replayed"
+        forged = make_command(b"guessed key", DEV, "erase-user", {"user": "bob"}, now=now)
+        assert send(forged)["error"] == "unauthorized"
+        assert send(b"{definitely not json")["error"] == "malformed"
+        assert send(b"x" * 10_000)["error"] == "oversized"
+        assert send(b"", "voxgate/front-door/cmd/format-disk")["error"] == "unknown-command"
+        no_handler = make_command(CKEY, DEV, "enroll-start", {"user": "c"}, now=now)
+        assert send(no_handler, "voxgate/front-door/cmd/enroll-start")["error"] == "unsupported"
+        ghost = make_command(CKEY, DEV, "erase-user", {"user": "ghost"}, now=now)
+        r = send(ghost)
+        assert (r["error"], r["detail"]) == ("failed", "no such user")
+        boom = make_command(CKEY, DEV, "erase-user", {"user": "boom"}, now=now)
+        assert send(boom)["error"] == "internal-error"
+        assert calls == [{"user": "alice"}]
+        # An account without write access on cmd/# cannot even reach the device.
+        intruder = _admin(broker, "intruder")
+        n = len(replies.on(result))
+        intruder.publish(topic, make_command(CKEY, DEV, "erase-user", {"user": "x"}, now=now), 1)
+        time.sleep(0.5)
+        assert len(replies.on(result)) == n and calls == [{"user": "alice"}]
+        intruder.disconnect()
+        intruder.loop_stop()
+        # Still alive and obeying.
+        ok = make_command(CKEY, DEV, "reload", now=time.time())
+        assert send(ok, "voxgate/front-door/cmd/reload")["ok"] is True
+        assert link.stats["commands_rejected"] == 8
+        assert "rejected: unauthorized" in caplog.text
+    finally:
+        admin.disconnect()
+        admin.loop_stop()
+        replies.close()

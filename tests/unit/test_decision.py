@@ -1,0 +1,212 @@
+"""Signed decisions: the documented test vector, and every way a decision must be refused."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from pathlib import Path
+
+import pytest
+from voxgate.decision import (
+    DECISION_DOMAIN,
+    Decision,
+    DecisionError,
+    Issuer,
+    ReplayGuard,
+    SequenceCounter,
+    seal,
+    sign,
+    verify,
+)
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "mqtt.md"
+KEY = b"k" * 32
+NOW = 1_767_225_600.0
+
+
+def _vector(name: str) -> str:
+    text = DOCS.read_text()
+    m = re.search(rf"<!-- vector:{name} -->\n```\w*\n(.*?)\n```", text, re.S)
+    assert m, f"docs/mqtt.md lacks the vector:{name} block"
+    return m.group(1)
+
+
+def _decision(**kw: object) -> Decision:
+    base: dict[str, object] = dict(
+        device="front-door",
+        outcome="granted",
+        user="alice",
+        issued_at=NOW,
+        expires_at=NOW + 5,
+        nonce="ab" * 16,
+        seq=7,
+        speaker_score=0.8,
+        speaker_threshold=0.6,
+        liveness_ok=True,
+        reasons=("speaker-match",),
+    )
+    base.update(kw)
+    return Decision(**base)  # type: ignore[arg-type]
+
+
+def test_documented_vector_matches_code_and_plain_hmac() -> None:
+    key = _vector("key").encode()
+    body = _vector("body")
+    sig = _vector("sig")
+    payload = _vector("payload").encode()
+    # Independent of voxgate: what a lock in any language computes.
+    assert (
+        hmac.new(key, b"voxgate.decision.v1\n" + body.encode(), hashlib.sha256).hexdigest() == sig
+    )
+    assert json.loads(payload) == {"alg": "HMAC-SHA256", "body": body, "sig": sig}
+    d = verify(payload, key, now=1767225601.0, replay_guard=None)
+    assert (d.device, d.outcome, d.user, d.seq) == ("front-door", "granted", "alice", 42)
+    # And the code produces exactly these bytes from the same decision.
+    assert sign(d, key) == payload
+
+
+def test_round_trip_keeps_fields() -> None:
+    d = _decision(liveness_ok=None, user=None, outcome="denied", reasons=("low-score", "x"))
+    got = verify(sign(d, KEY), KEY, NOW + 1, None)
+    assert got == d
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda env: env.__setitem__("body", env["body"].replace('"alice"', '"mallory"')),
+        lambda env: env.__setitem__("body", env["body"].replace('"denied"', '"granted"')),
+        lambda env: env.__setitem__("body", env["body"].replace('"seq":7', '"seq":8')),
+        lambda env: env.__setitem__("sig", "0" * 64),
+        lambda env: env.__setitem__("sig", env["sig"][:-2]),
+    ],
+    ids=["user", "outcome", "seq", "zero-sig", "short-sig"],
+)
+def test_tampered_is_bad_signature(mutate) -> None:  # type: ignore[no-untyped-def]
+    env = json.loads(sign(_decision(outcome="denied"), KEY))
+    mutate(env)
+    with pytest.raises(DecisionError) as e:
+        verify(json.dumps(env).encode(), KEY, NOW + 1, None)
+    assert e.value.reason == "bad-signature"
+
+
+def test_wrong_key_and_domain() -> None:
+    payload = sign(_decision(), KEY)
+    with pytest.raises(DecisionError, match="bad-signature"):
+        verify(payload, b"another key", NOW + 1, None)
+    # Same key, other domain (e.g. a command re-sent as a decision): refused.
+    other = seal(_decision().to_body(), KEY, b"voxgate.command.v1\n")
+    with pytest.raises(DecisionError, match="bad-signature"):
+        verify(other, KEY, NOW + 1, None)
+
+
+@pytest.mark.parametrize(
+    ("now", "kw", "reason"),
+    [
+        (NOW + 5, {}, "expired"),
+        (NOW + 100, {}, "expired"),
+        (NOW - 10, {}, "not-yet-valid"),
+        (NOW + 1, {"expires_at": NOW + 600}, "bad-validity"),
+        (NOW + 1, {"expires_at": NOW}, "bad-validity"),
+    ],
+)
+def test_freshness(now: float, kw: dict[str, float], reason: str) -> None:
+    with pytest.raises(DecisionError) as e:
+        verify(sign(_decision(**kw), KEY), KEY, now, None)
+    assert e.value.reason == reason
+
+
+def test_wrong_device() -> None:
+    with pytest.raises(DecisionError, match="wrong-device"):
+        verify(sign(_decision(), KEY), KEY, NOW + 1, None, device="back-door")
+
+
+def _sealed(body: object) -> bytes:
+    return seal(body, KEY, DECISION_DOMAIN)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "malformed"),
+        (b"\xff\xfe", "malformed"),
+        (b"[1,2]", "malformed"),
+        (b'{"alg":"none","body":"{}","sig":""}', "malformed"),
+        (b'{"alg":"HMAC-SHA256","body":{},"sig":"00"}', "malformed"),
+        (b"{" + b'"a":1,' * 3000 + b'"b":2}', "oversized"),
+        (_sealed([1]), "malformed"),
+        (_sealed({"v": 2}), "unsupported-version"),
+        (_sealed({"v": 1, "device": "x"}), "malformed"),
+        (_sealed({**_decision().to_body(), "seq": -1}), "malformed"),
+        (_sealed({**_decision().to_body(), "seq": True}), "malformed"),
+        (_sealed({**_decision().to_body(), "outcome": "open"}), "malformed"),
+        (_sealed({**_decision().to_body(), "issued_at": "now"}), "malformed"),
+        (_sealed({**_decision().to_body(), "user": 5}), "malformed"),
+        (_sealed({**_decision().to_body(), "reasons": "x"}), "malformed"),
+        (_sealed({**_decision().to_body(), "device": "Bad/Id"}), "malformed"),
+    ],
+)
+def test_malformed(payload: bytes, reason: str) -> None:
+    with pytest.raises(DecisionError) as e:
+        verify(payload, KEY, NOW + 1, None)
+    assert e.value.reason == reason
+
+
+def test_replay_guard_survives_restart(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    guard = ReplayGuard(state)
+    first = sign(_decision(seq=10), KEY)
+    verify(first, KEY, NOW + 1, guard)
+    with pytest.raises(DecisionError, match="replayed"):
+        verify(first, KEY, NOW + 1, guard)
+    # A new process with the same state file still refuses it, and anything older.
+    guard2 = ReplayGuard(state)
+    assert guard2.last("front-door") == 10
+    for seq in (10, 9):
+        with pytest.raises(DecisionError, match="replayed"):
+            verify(sign(_decision(seq=seq), KEY), KEY, NOW + 1, guard2)
+    verify(sign(_decision(seq=11), KEY), KEY, NOW + 1, guard2)
+    # Other devices have their own counters.
+    verify(sign(_decision(device="back-door", seq=1), KEY), KEY, NOW + 1, guard2)
+
+
+def test_rejected_decision_does_not_advance_guard(tmp_path: Path) -> None:
+    guard = ReplayGuard(tmp_path / "s.json")
+    with pytest.raises(DecisionError, match="expired"):
+        verify(sign(_decision(seq=50), KEY), KEY, NOW + 9, guard)
+    assert guard.last("front-door") is None
+
+
+def test_corrupt_state_file_is_an_error_not_a_reset(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text("{not json")
+    with pytest.raises(DecisionError, match="state-unreadable"):
+        ReplayGuard(state)
+
+
+def test_sequence_counter_persists(tmp_path: Path) -> None:
+    path = tmp_path / "seq.json"
+    c = SequenceCounter(path)
+    assert [c.next(), c.next(), c.next()] == [1, 2, 3]
+    assert SequenceCounter(path).next() == 4
+
+
+def test_issuer_fills_fields(tmp_path: Path) -> None:
+    class Speaker:
+        score, threshold = 0.71, 0.6
+
+    class Live:
+        ok, score, threshold = False, 0.2, 0.5
+
+    issuer = Issuer("front-door", SequenceCounter(tmp_path / "seq.json"), ttl_s=5)
+    a = issuer.issue(
+        "denied", "bob", NOW, reasons=["liveness-failed"], speaker=Speaker(), liveness=Live()
+    )
+    b = issuer.issue("retry", None, NOW + 1)
+    assert (a.expires_at - a.issued_at, a.speaker_score, a.liveness_ok) == (5, 0.71, False)
+    assert b.seq == a.seq + 1 and a.nonce != b.nonce and len(a.nonce) == 32
+    assert b.speaker_score is None and b.liveness_ok is None
+    with pytest.raises(ValueError):
+        issuer.issue("open", None, NOW)

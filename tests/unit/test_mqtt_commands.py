@@ -1,0 +1,163 @@
+"""Command authentication, topics, discovery and MQTT config validation (no broker)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+from voxgate.config.mqtt import ActuatorConfig, MqttConfig
+from voxgate.decision import DecisionError, seal
+from voxgate.mqtt import discovery
+from voxgate.mqtt.commands import (
+    COMMAND_DOMAIN,
+    CommandError,
+    CommandGate,
+    make_command,
+    make_reply,
+    read_reply,
+)
+from voxgate.mqtt.topics import Topics, device_from_decision_topic
+
+KEY = b"command-key-for-tests"
+NOW = 1_767_225_600.0
+
+
+def _gate(key: bytes | None = KEY) -> CommandGate:
+    return CommandGate("front-door", key, started_at=NOW - 100, max_bytes=2048, max_skew_s=5)
+
+
+def test_valid_command_accepted_once() -> None:
+    gate = _gate()
+    payload = make_command(KEY, "front-door", "erase-user", {"user": "alice"}, now=NOW)
+    cmd = gate.check("erase-user", payload, NOW + 1)
+    assert (cmd.name, cmd.args) == ("erase-user", {"user": "alice"})
+    with pytest.raises(CommandError) as e:
+        gate.check("erase-user", payload, NOW + 2)
+    assert e.value.code == "replayed"
+
+
+def _code(gate: CommandGate, name: str, payload: bytes, now: float = NOW + 1) -> str:
+    with pytest.raises(CommandError) as e:
+        gate.check(name, payload, now)
+    return e.value.code
+
+
+def test_refusals() -> None:
+    gate = _gate()
+    ok = make_command(KEY, "front-door", "reload", now=NOW)
+    assert _code(gate, "reload", make_command(b"wrong", "front-door", "reload", now=NOW)) == (
+        "unauthorized"
+    )
+    assert _code(_gate(key=None), "reload", ok) == "unauthorized"
+    assert _code(gate, "self-destruct", ok) == "unknown-command"
+    assert _code(gate, "reload", b"x" * 3000) == "oversized"
+    assert _code(gate, "reload", b"not json") == "malformed"
+    assert _code(gate, "reload", b'{"alg":"HMAC-SHA256"}') == "malformed"
+    assert _code(gate, "erase-user", ok) == "malformed"  # body says reload
+    assert _code(gate, "reload", make_command(KEY, "back-door", "reload", now=NOW)) == (
+        "wrong-device"
+    )
+    extra = make_command(KEY, "front-door", "reload", {"user": "x"}, now=NOW)
+    assert _code(gate, "reload", extra) == "bad-args"
+    missing = make_command(KEY, "front-door", "erase-user", {}, now=NOW)
+    assert _code(gate, "erase-user", missing) == "bad-args"
+    inject = make_command(KEY, "front-door", "erase-user", {"user": "../../etc"}, now=NOW)
+    assert _code(gate, "erase-user", inject) == "bad-args"
+    assert _code(gate, "reload", ok, now=NOW + 31) == "expired"
+    assert _code(gate, "reload", ok, now=NOW - 60) == "not-yet-valid"
+    long = make_command(KEY, "front-door", "reload", now=NOW, ttl_s=3600)
+    assert _code(gate, "reload", long) == "bad-validity"
+    old = make_command(KEY, "front-door", "reload", now=NOW - 200, ttl_s=30)
+    assert _code(gate, "reload", old, now=NOW - 190) == "replayed"  # before daemon start
+    bad_nonce = make_command(KEY, "front-door", "reload", now=NOW, nonce="XYZ")
+    assert _code(gate, "reload", bad_nonce) == "malformed"
+    body = {
+        "v": 1,
+        "device": "front-door",
+        "cmd": "reload",
+        "args": {},
+        "nonce": "ab" * 8,
+        "issued_at": "now",
+        "expires_at": NOW + 5,
+    }
+    assert _code(gate, "reload", seal(body, KEY, COMMAND_DOMAIN)) == "malformed"
+    # None of the refusals used up the nonce of the good one.
+    assert gate.check("reload", ok, NOW + 1).name == "reload"
+
+
+def test_reply_is_signed() -> None:
+    payload = make_reply(
+        KEY,
+        "front-door",
+        "reload",
+        nonce="ab" * 8,
+        ok=False,
+        now=NOW,
+        error="failed",
+        detail="no such user",
+    )
+    body = read_reply(payload, KEY)
+    assert (body["ok"], body["error"], body["nonce"]) == (False, "failed", "ab" * 8)
+    with pytest.raises(DecisionError):
+        read_reply(payload, b"other")
+
+
+def test_topics() -> None:
+    t = Topics("voxgate", "front-door", "homeassistant")
+    assert t.decision == "voxgate/front-door/decision"
+    assert t.command_result("reload") == "voxgate/front-door/cmd/reload/result"
+    assert t.command_name("voxgate/front-door/cmd/reload") == "reload"
+    assert t.command_name("voxgate/front-door/cmd/reload/result") is None
+    assert t.command_name("voxgate/back-door/cmd/reload") is None
+    assert device_from_decision_topic("voxgate", "voxgate/front-door/decision") == "front-door"
+    assert device_from_decision_topic("voxgate", "voxgate/front-door/event") is None
+    with pytest.raises(ValueError):
+        Topics("voxgate", "a/b")
+    with pytest.raises(ValueError):
+        Topics("vox#", "a")
+
+
+def test_discovery_payloads() -> None:
+    t = Topics("voxgate", "front-door", "homeassistant")
+    msgs = dict(discovery.messages(t, "0.1.0"))
+    event = json.loads(msgs["homeassistant/event/front-door/decision/config"])
+    assert event["event_types"] == ["granted", "denied", "retry"]
+    assert event["state_topic"] == "voxgate/front-door/event"
+    assert event["availability_topic"] == "voxgate/front-door/status"
+    user = json.loads(msgs["homeassistant/sensor/front-door/last_user/config"])
+    assert user["state_topic"] == "voxgate/front-door/user"
+    ids = {json.loads(p)["unique_id"] for p in msgs.values()}
+    assert len(ids) == 3
+    assert {json.dumps(json.loads(p)["device"]) for p in msgs.values()} == {
+        json.dumps(event["device"])
+    }
+
+
+def test_mqtt_config_validation() -> None:
+    MqttConfig(tls={"ca_file": "/x/ca.crt"}, protocol="3.1.1")
+    with pytest.raises(ValidationError, match="go together"):
+        MqttConfig(tls={"cert_file": "/x/c.crt"})
+    with pytest.raises(ValidationError, match="reconnect_min_s"):
+        MqttConfig(reconnect_min_s=50, reconnect_max_s=10)
+    with pytest.raises(ValidationError):
+        MqttConfig(protocol="4")
+    with pytest.raises(ValidationError):
+        MqttConfig(topic_prefix="a/b")
+    with pytest.raises(ValidationError):
+        MqttConfig(bogus=1)
+
+
+def test_actuator_config_validation() -> None:
+    ok = {"devices": [{"id": "front-door"}], "command": {"argv": ["/bin/true"]}}
+    ActuatorConfig.model_validate(ok)
+    with pytest.raises(ValidationError, match="exactly one"):
+        ActuatorConfig.model_validate({"devices": [{"id": "front-door"}]})
+    with pytest.raises(ValidationError, match="exactly one"):
+        ActuatorConfig.model_validate({**ok, "gpio": {"pin": "GPIO17"}})
+    with pytest.raises(ValidationError, match="unique"):
+        ActuatorConfig.model_validate({**ok, "devices": [{"id": "a"}, {"id": "a"}]})
+    with pytest.raises(ValidationError):
+        ActuatorConfig.model_validate({**ok, "command": {"argv": []}})
+    with pytest.raises(ValidationError):
+        ActuatorConfig.model_validate({**ok, "devices": []})
