@@ -56,9 +56,14 @@ def _snr_db(pcm: np.ndarray, vad_cfg: VadConfig) -> float:
     if speech.sum() == 0:
         return 0.0
     speech_power = power[speech].mean()
+    # Digital silence (joined or padded files) says nothing about the room: leave it out.
+    live = np.any(frames != 0, axis=1)
+    pauses = power[~speech & live]
     # A file trimmed to its speech has few pauses: then the quietest frames are the floor.
-    enough_pauses = (~speech).sum() >= 5
-    noise_power = np.median(power[~speech]) if enough_pauses else np.percentile(power, 10)
+    if len(pauses) >= 5:
+        noise_power = np.median(pauses)
+    else:
+        noise_power = np.percentile(power[live], 10) if live.any() else 1.0
     signal = max(speech_power - noise_power, 1e-3)
     return float(min(10 * np.log10(signal / noise_power), SNR_CEILING_DB))
 

@@ -91,7 +91,7 @@ class Scorer:
                 f"no calibrated cohort for model {self.model_id} and no speaker.threshold set; "
                 "build one with 'voxgate eval SET_DIR --build-cohort DIR'"
             )
-        self.top_k = cfg.cohort_top_k
+        self.top_k = cohort.top_k if cohort is not None else 0
 
     def threshold(self, n_users: int = 1) -> float:
         """The decision threshold. For 1:N the per-comparison FMR is target_fmr / N, so the

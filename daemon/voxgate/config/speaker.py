@@ -46,6 +46,3 @@ class SpeakerConfig(Section):
         description="Score-normalization cohort (.npz from 'voxgate eval --build-cohort'); "
         "None uses the one shipped for the loaded model.",
     )
-    cohort_top_k: int = Field(
-        100, ge=5, le=5000, description="AS-norm: the closest cohort scores used per side."
-    )
