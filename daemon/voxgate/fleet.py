@@ -20,6 +20,7 @@ How it works (docs/fleet.md has the full design and the broker ACL):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -255,8 +256,11 @@ class Codec:
             plain = self._aead.decrypt(_unb64(msg["nonce"]), _unb64(msg["ct"]), _canonical(header))
         except (InvalidTag, ValueError):
             raise MessageError("cannot decrypt (another site's fleet key?)") from None
-        body = json.loads(plain)
-        name = body.get("name")
+        try:
+            body = json.loads(plain)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise MessageError("damaged body") from None
+        name = body.get("name") if isinstance(body, dict) else None
         if not isinstance(name, str) or self.user_tag(name) != msg["tag"]:
             raise MessageError("the user inside does not match the topic's user tag")
         update = Update(
@@ -277,8 +281,10 @@ class Codec:
             emb = emb.astype(np.float32).reshape(-1, dim)
         except (KeyError, ValueError, TypeError):
             raise MessageError("damaged voiceprint body") from None
-        return Update(
-            **{**update.__dict__, "model_id": str(body.get("model_id")), "embeddings": emb},
+        return dataclasses.replace(
+            update,
+            model_id=str(body.get("model_id")),
+            embeddings=emb,
             meta=dict(body.get("meta") or {}),
         )
 
@@ -379,6 +385,11 @@ def topic_root(prefix: str, site: str) -> str:
     # "_fleet" cannot be a device_id (those start with a letter or digit), so the fleet tree
     # never collides with a device's own topics.
     return f"{prefix}/_fleet/{site}"
+
+
+def state_path(cfg: Any) -> Path:
+    """The sync state file: fleet.state_file or <data_dir>/fleet.db."""
+    return Path(cfg.fleet.state_file or Path(cfg.data_dir) / "fleet.db")
 
 
 def allows(access: dict[str, list[str]], group: str, name: str) -> bool:
