@@ -251,3 +251,66 @@ def test_the_api_will_not_start_without_a_good_token(
         load_token(cfg)
     token_file.write_text(TOKEN + "\n")
     assert load_token(cfg) == TOKEN.encode()
+
+
+@pytest.fixture()
+def enroll_api(tmp_path: Path) -> Iterator[dict]:
+    from fleet_tts import ESPEAK
+
+    if ESPEAK is None:
+        pytest.skip("espeak-ng is not installed")
+    from voxgate.embedding import load_embedder
+
+    cfg = parse_config(
+        f"device_id: door-test\ndata_dir: {tmp_path}\nspeaker: {{enroll_min_speech_s: 6}}\n"
+    )
+    store = VoiceprintStore(tmp_path / "voiceprints.db", bytes(range(32)))
+    changes: list[tuple[str, str]] = []
+    admin = UserAdmin(
+        store, cfg.speaker, cfg.vad, load_embedder, on_change=lambda k, n: changes.append((k, n))
+    )
+    server = ApiServer(create_app(cfg, admin, TOKEN.encode()), "127.0.0.1", 0, poll_interval=0.05)
+    server.start()
+    yield {"client": Client(server.port), "store": store, "changes": changes}
+    server.stop()
+    store.close()
+
+
+def test_enroll_from_uploaded_takes(enroll_api: dict, tmp_path: Path) -> None:
+    from fleet_tts import DIGITS, say, write_wav
+
+    c = enroll_api["client"]
+    takes = [
+        (f"take{i}.wav", write_wav(tmp_path / f"t{i}.wav", say(t, "en+m3")).read_bytes())
+        for i, t in enumerate(DIGITS[:3])
+    ]
+    status, body, _ = c.upload("/api/v1/users/carol", takes)
+    assert status == 201, body
+    assert body["name"] == "carol" and body["version"] == 1
+    assert [t["accepted"] for t in body["takes"]] == [True, True, True]
+    assert body["model_id"].startswith("ge2e")
+    assert enroll_api["store"].get("carol").embeddings.shape == (3, 256)
+    assert enroll_api["changes"] == [("enrolled", "carol")]
+    # Again without replace: refused; with replace: a new version.
+    status, body, _ = c.upload("/api/v1/users/carol", takes)
+    assert status == 409 and body["error"] == "conflict"
+    status, body, _ = c.upload("/api/v1/users/carol", takes, {"replace": "true"})
+    assert status == 201 and body["version"] == 2
+
+
+def test_enrollment_with_unusable_takes_is_refused_with_reasons(
+    enroll_api: dict, tmp_path: Path
+) -> None:
+    from fleet_tts import write_wav
+
+    c = enroll_api["client"]
+    rng = np.random.default_rng(5)
+    quiet = (rng.standard_normal(16000 * 3) * 30).astype(np.int16)  # 3 s of faint hiss
+    takes = [(f"n{i}.wav", write_wav(tmp_path / f"n{i}.wav", quiet).read_bytes()) for i in range(3)]
+    status, body, _ = c.upload("/api/v1/users/dan", takes)
+    assert status == 422, body
+    assert body["error"] == "enrollment_refused"
+    assert [t["accepted"] for t in body["report"]["takes"]] == [False, False, False]
+    assert body["report"]["takes"][0]["reason"] == "too_short"
+    assert enroll_api["store"].get("dan") is None
+    assert enroll_api["changes"] == []
