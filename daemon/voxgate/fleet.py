@@ -415,6 +415,7 @@ class FleetSync:
         keys: FleetKeys | None = None,
         model_id: str | None = None,
         clock: Callable[[], float] = time.time,
+        client_id: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.mqtt_cfg = mqtt_cfg
@@ -433,6 +434,8 @@ class FleetSync:
         self.connected = threading.Event()
         self.stats = {"applied": 0, "ignored_old": 0, "refused": 0, "not_allowed": 0, "sent": 0}
         self._client: Any = None
+        # Its own MQTT session, apart from the daemon's MqttLink (whose id it must not reuse).
+        self.client_id = client_id or f"voxgate-{device_id}-fleet"
 
     # -- which users and groups
 
@@ -458,7 +461,7 @@ class FleetSync:
         from voxgate.mqtt.client import build_client, connect_async
 
         self.enforce_access()
-        client = build_client(self.mqtt_cfg, f"{self.device_id}-fleet")
+        client = build_client(self.mqtt_cfg, self.client_id)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -474,6 +477,24 @@ class FleetSync:
             self.mqtt_cfg.host,
             self.mqtt_cfg.port,
         )
+
+    @classmethod
+    def from_config(
+        cls, cfg: Any, store: VoiceprintStore, model_id: str | None = None, **kwargs: Any
+    ) -> FleetSync:
+        """The agent for a whole device config (raises FleetError for missing keys)."""
+        return cls(
+            cfg.fleet, cfg.mqtt, cfg.device_id, store, state_path(cfg), model_id=model_id, **kwargs
+        )
+
+    def wait_sent(self, timeout: float) -> bool:
+        """Wait until the broker has acknowledged every queued update."""
+        deadline = time.monotonic() + timeout
+        while self.state.outbox():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def stop(self) -> None:
         if self._client is not None:

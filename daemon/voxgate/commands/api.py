@@ -58,13 +58,35 @@ def run(args: argparse.Namespace) -> int:
     except (ApiError, StoreError) as exc:
         print(f"voxgate api: {exc}", file=sys.stderr)
         return 1
-    admin = UserAdmin(store, cfg.speaker, cfg.vad, lambda: load_embedder_for(cfg))
+    agent = None
+    if cfg.fleet.enabled:
+        from voxgate.embedding import ModelError, load_card
+        from voxgate.fleet import FleetError, FleetSync
+
+        try:
+            model_id = load_card(cfg.speaker.model).id
+            agent = FleetSync.from_config(cfg, store, model_id)
+        except (FleetError, ModelError) as exc:
+            print(f"voxgate api: {exc}", file=sys.stderr)
+            store.close()
+            return 1
+        agent.start()
+    admin = UserAdmin(
+        store,
+        cfg.speaker,
+        cfg.vad,
+        lambda: load_embedder_for(cfg),
+        on_change=agent.on_local_change if agent else None,
+    )
     if host not in {"127.0.0.1", "::1", "localhost"}:
         log.warning("admin API bound to %s: reachable from the network, keep the token safe", host)
     try:
         server = ApiServer(create_app(cfg, admin, token), host, port)
     except OSError as exc:
         print(f"voxgate api: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        if agent is not None:
+            agent.stop()
+        store.close()
         return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -73,5 +95,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"voxgate api: serving on {server.url}", file=sys.stderr)
     stop.wait()
     server.stop()
+    if agent is not None:
+        agent.stop()
     store.close()
     return 0
