@@ -366,7 +366,9 @@ class SyncState:
 
     def outbox(self) -> list[tuple[str, bytes, int]]:
         with self._lock:
-            rows = self._db.execute("SELECT topic, payload, version FROM outbox").fetchall()
+            rows = self._db.execute(
+                "SELECT topic, payload, version FROM outbox ORDER BY rowid"
+            ).fetchall()
         return [(r[0], bytes(r[1]), int(r[2])) for r in rows]
 
     def sent(self, topic: str, version: int) -> None:
