@@ -124,7 +124,7 @@ class Actuator:
             self._reject(topic, exc.reason, exc.detail)
             return None
         log.info(
-            "decision accepted: device=%s seq=%d outcome=%s user=%s",
+            "decision accepted: device=%s seq=%d outcome=%s user=%r",
             d.device,
             d.seq,
             d.outcome,
@@ -149,7 +149,7 @@ class Actuator:
             return
         if self.cfg.gpio is not None:
             log.info(
-                "GRANTED user=%s seq=%d: %s on for %g s",
+                "GRANTED user=%r seq=%d: %s on for %g s",
                 d.user,
                 d.seq,
                 self.cfg.gpio.pin,
@@ -164,7 +164,7 @@ class Actuator:
             assert self.cfg.command is not None
             argv = self.cfg.command.argv
             env = {**os.environ, **decision_env(d)}
-            log.info("GRANTED user=%s seq=%d: running %s", d.user, d.seq, argv[0])
+            log.info("GRANTED user=%r seq=%d: running %s", d.user, d.seq, argv[0])
             try:
                 done = subprocess.run(
                     argv,
@@ -212,6 +212,13 @@ class Actuator:
             log.info("connected to %s:%d; subscribing to %s", b.host, b.port, ", ".join(topics))
             c.subscribe([(t, 1) for t in topics])
 
+        def on_subscribe(c: Any, userdata: Any, mid: Any, rcs: Any, props: Any) -> None:
+            refused = [str(rc) for rc in rcs if getattr(rc, "is_failure", False)]
+            if refused:
+                log.error("broker refused the subscription: %s (check the ACL)", refused)
+            else:
+                log.info("subscribed to %d topic(s)", len(rcs))
+
         def on_disconnect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
             log.warning("disconnected from the broker (%s); reconnecting", rc)
 
@@ -226,6 +233,7 @@ class Actuator:
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
+        client.on_subscribe = on_subscribe
         client.on_connect_fail = on_connect_fail
         client.on_message = on_message
         self._worker = threading.Thread(target=self._work_loop, name="actions", daemon=True)

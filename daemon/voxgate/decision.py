@@ -142,6 +142,19 @@ class Decision:
             reasons=tuple(reasons),
         )
 
+    def from_attempt(self, result: Any) -> Decision:
+        """The decision for a finished attempt (service.stages.AttemptResult, duck-typed:
+        .verdict.outcome/.user/.reasons, .speaker, .liveness, .issued_at)."""
+        v = result.verdict
+        return self.issue(
+            v.outcome,
+            v.user,
+            float(result.issued_at),
+            reasons=tuple(v.reasons),
+            speaker=result.speaker,
+            liveness=result.liveness,
+        )
+
 
 def _num(x: float | None) -> float | None:
     return None if x is None else round(float(x), 4)
@@ -302,14 +315,20 @@ class ReplayGuard:
 class SequenceCounter:
     """Publisher side: strictly increasing sequence numbers that survive restarts.
 
-    Every number handed out is persisted before it is used, so a crash can skip numbers but
-    never repeat one (a lock would refuse a repeat as a replay).
+    The file holds a ceiling: every number handed out is <= it, and a restart continues above
+    it. Raising the ceiling `reserve` numbers at a time keeps the fsync off most decisions; a
+    crash only skips numbers, it never repeats one (a lock would refuse a repeat as a replay).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reserve: int = 100) -> None:
+        if reserve < 1:
+            raise ValueError("reserve must be >= 1")
         self._state = _JsonState(path)
-        last = self._state.load().get("seq", 0)
-        self._seq = int(last) if isinstance(last, int) and last >= 0 else 0
+        stored = self._state.load().get("seq", 0)
+        if not isinstance(stored, int) or isinstance(stored, bool) or stored < 0:
+            raise DecisionError("state-unreadable", f"{path}: 'seq' is not a counter")
+        self._seq = self._ceiling = stored
+        self._reserve = reserve
         self._lock = threading.Lock()
 
     @property
@@ -319,7 +338,9 @@ class SequenceCounter:
     def next(self) -> int:
         with self._lock:
             self._seq += 1
-            self._state.save({"seq": self._seq})
+            if self._seq > self._ceiling:
+                self._ceiling = self._seq + self._reserve - 1
+                self._state.save({"seq": self._ceiling})
             return self._seq
 
 
@@ -364,4 +385,17 @@ class Issuer:
             liveness_score=getattr(liveness, "score", None),
             liveness_threshold=getattr(liveness, "threshold", None),
             reasons=tuple(reasons),
+        )
+
+    def from_attempt(self, result: Any) -> Decision:
+        """The decision for a finished attempt (service.stages.AttemptResult, duck-typed:
+        .verdict.outcome/.user/.reasons, .speaker, .liveness, .issued_at)."""
+        v = result.verdict
+        return self.issue(
+            v.outcome,
+            v.user,
+            float(result.issued_at),
+            reasons=tuple(v.reasons),
+            speaker=result.speaker,
+            liveness=result.liveness,
         )

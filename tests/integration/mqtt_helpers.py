@@ -120,7 +120,9 @@ class ActuatorProcess:
         *,
         user: str = "lock",
         state_file: Path | None = None,
+        argv: list[str] | None = None,
     ) -> None:
+        """argv: the action; by default a script appending the VOXGATE_* env to `out`."""
         self.out = tmp / "acted.jsonl"
         script = tmp / "record_action.py"
         script.write_text(RECORD_ACTION)
@@ -130,7 +132,7 @@ class ActuatorProcess:
             "broker": settings,
             "devices": [{"id": d, "key_file": str(k)} for d, k in devices.items()],
             "state_file": str(state_file or tmp / "actuator-state.json"),
-            "command": {"argv": [sys.executable, str(script), str(self.out)]},
+            "command": {"argv": argv or [sys.executable, str(script), str(self.out)]},
         }
         self.config = tmp / "actuator.yaml"
         self.config.write_text(yaml.safe_dump(cfg))

@@ -202,6 +202,7 @@ def test_commands_authenticated(
     link = link_factory()
     link.on_command("erase-user", erase)
     link.on_command("reload", lambda args: {"reloaded": True})
+    link.on_command("attempt", lambda args: {"ok": False, "error": "challenge mode is off"})
     wait_until(lambda: link.connected, 10, "link connected")
     replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
     admin = _admin(broker)
@@ -235,6 +236,9 @@ def test_commands_authenticated(
         boom = make_command(CKEY, DEV, "erase-user", {"user": "boom"}, now=now)
         assert send(boom)["error"] == "internal-error"
         assert calls == [{"user": "alice"}]
+        att = make_command(CKEY, DEV, "attempt", now=now)
+        r = send(att, "voxgate/front-door/cmd/attempt")
+        assert (r["ok"], r["error"], r["detail"]) == (False, "failed", "challenge mode is off")
         # An account without write access on cmd/# cannot even reach the device.
         intruder = _admin(broker, "intruder")
         n = len(replies.on(result))
@@ -246,9 +250,51 @@ def test_commands_authenticated(
         # Still alive and obeying.
         ok = make_command(CKEY, DEV, "reload", now=time.time())
         assert send(ok, "voxgate/front-door/cmd/reload")["ok"] is True
-        assert link.stats["commands_rejected"] == 8
+        assert link.stats["commands_rejected"] == 9
         assert "rejected: unauthorized" in caplog.text
     finally:
         admin.disconnect()
         admin.loop_stop()
         replies.close()
+
+
+def test_reconnect_republishes_retained(
+    broker: Broker, link_factory: Callable[..., MqttLink]
+) -> None:
+    link = link_factory()
+    wait_until(lambda: link.connected, 10, "link connected")
+    link.publish_state("idle")
+    link.publish_lockout([{"key": "alice", "failures": 5, "until": time.time() + 60}])
+    time.sleep(0.2)
+    # This broker keeps nothing across a restart (persistence off), like a fresh broker would.
+    broker.restart(hard=True)
+    wait_until(lambda: link.connected and link.stats["connects"] == 2, 10, "reconnect")
+    time.sleep(0.3)
+    ha = Recorder(broker, "ha", ["voxgate/#", "homeassistant/#"])
+    try:
+        assert ha.wait_for("voxgate/front-door/status", lambda m: m.retain).payload == b"online"
+        assert ha.wait_for("voxgate/front-door/state", lambda m: m.retain).payload == b"idle"
+        lockout = ha.wait_for("voxgate/front-door/lockout", lambda m: m.retain)
+        assert json.loads(lockout.payload)["locked"][0]["key"] == "alice"
+        ha.wait_for("homeassistant/sensor/front-door/last_user/config", lambda m: m.retain)
+        assert link.stats["disconnects"] == 1
+    finally:
+        ha.close()
+
+
+def test_acl_refusals_are_logged(
+    make_broker: Callable[..., Broker], caplog: pytest.LogCaptureFixture, issuer: Issuer
+) -> None:
+    # A device account that may only write its decision topic: everything else is refused.
+    acl = "user device\ntopic write voxgate/front-door/decision\n"
+    b = make_broker(tls=True, users=STANDARD_USERS, acl=acl)
+    link = MqttLink(link_config(b), DEV, decision_key=DKEY, command_key=CKEY)
+    link.start()
+    try:
+        wait_until(lambda: link.connected, 10, "link connected")
+        # (mosquitto grants any subscription and filters on delivery, so no SUBACK refusal.)
+        wait_until(lambda: "check the ACL" in caplog.text, 5, "PUBACK refusal log")
+        link.publish_decision(issuer.issue("denied", None, time.time()))
+        wait_until(lambda: link.stats["decisions_acked"] == 1, 5, "decision allowed")
+    finally:
+        link.stop()

@@ -188,9 +188,18 @@ def test_corrupt_state_file_is_an_error_not_a_reset(tmp_path: Path) -> None:
 
 def test_sequence_counter_persists(tmp_path: Path) -> None:
     path = tmp_path / "seq.json"
-    c = SequenceCounter(path)
+    c = SequenceCounter(path, reserve=1)
     assert [c.next(), c.next(), c.next()] == [1, 2, 3]
     assert SequenceCounter(path).next() == 4
+    # With a reserve, a restart (or crash) skips ahead but never repeats.
+    other = tmp_path / "seq2.json"
+    c = SequenceCounter(other, reserve=10)
+    handed = [c.next() for _ in range(15)]
+    assert handed == list(range(1, 16))
+    assert SequenceCounter(other, reserve=10).next() == 21  # ceiling was 20
+    path.write_text('{"seq": "x"}')
+    with pytest.raises(DecisionError, match="state-unreadable"):
+        SequenceCounter(path)
 
 
 def test_issuer_fills_fields(tmp_path: Path) -> None:
@@ -210,3 +219,24 @@ def test_issuer_fills_fields(tmp_path: Path) -> None:
     assert b.speaker_score is None and b.liveness_ok is None
     with pytest.raises(ValueError):
         issuer.issue("open", None, NOW)
+
+
+def test_issuer_from_attempt(tmp_path: Path) -> None:
+    from types import SimpleNamespace as NS
+
+    issuer = Issuer("front-door", SequenceCounter(tmp_path / "seq.json"), ttl_s=5)
+    res = NS(
+        verdict=NS(outcome="granted", user="alice", reasons=("speaker-match",)),
+        speaker=NS(score=0.9, threshold=0.6),
+        liveness=NS(ok=True, score=0.8, threshold=0.5),
+        issued_at=NOW,
+    )
+    d = issuer.from_attempt(res)
+    assert (d.outcome, d.user, d.reasons, d.issued_at, d.expires_at) == (
+        "granted",
+        "alice",
+        ("speaker-match",),
+        NOW,
+        NOW + 5,
+    )
+    assert (d.speaker_score, d.liveness_ok, d.liveness_threshold) == (0.9, True, 0.5)

@@ -82,6 +82,14 @@ def test_refusals() -> None:
         "expires_at": NOW + 5,
     }
     assert _code(gate, "reload", seal(body, KEY, COMMAND_DOMAIN)) == "malformed"
+    # attempt: user is optional, but no other argument is accepted.
+    assert (
+        gate.check("attempt", make_command(KEY, "front-door", "attempt", now=NOW), NOW).args == {}
+    )
+    claimed = make_command(KEY, "front-door", "attempt", {"user": "bob"}, now=NOW)
+    assert gate.check("attempt", claimed, NOW).args == {"user": "bob"}
+    odd = make_command(KEY, "front-door", "attempt", {"door": "open"}, now=NOW)
+    assert _code(gate, "attempt", odd) == "bad-args"
     # None of the refusals used up the nonce of the good one.
     assert gate.check("reload", ok, NOW + 1).name == "reload"
 
@@ -125,6 +133,7 @@ def test_discovery_payloads() -> None:
     assert event["event_types"] == ["granted", "denied", "retry"]
     assert event["state_topic"] == "voxgate/front-door/event"
     assert event["availability_topic"] == "voxgate/front-door/status"
+    assert event["default_entity_id"] == "event.voxgate_front_door_decision"
     user = json.loads(msgs["homeassistant/sensor/front-door/last_user/config"])
     assert user["state_topic"] == "voxgate/front-door/user"
     ids = {json.loads(p)["unique_id"] for p in msgs.values()}

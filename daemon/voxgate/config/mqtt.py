@@ -46,7 +46,7 @@ class BrokerConfig(Section):
         0.5, ge=0.1, le=60, description="First retry delay after a lost connection."
     )
     reconnect_max_s: float = Field(
-        30.0, ge=1, le=600, description="Longest retry delay (the delay doubles up to this)."
+        30.0, ge=0.1, le=600, description="Longest retry delay (the delay doubles up to this)."
     )
     topic_prefix: str = Field("voxgate", pattern=r"^[^#+/]+$", description="Root topic.")
 

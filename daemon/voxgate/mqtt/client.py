@@ -122,6 +122,7 @@ class MqttLink:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         # paho's own lock over its outgoing queue: taking it for our bookkeeping keeps one
         # lock order with paho's callbacks (on_publish runs while paho holds it).
         self._out_lock: threading.RLock = getattr(
@@ -214,12 +215,10 @@ class MqttLink:
         payload = json.dumps(body, separators=(",", ":")).encode()
         self._publish_if_connected(self.topics.challenge, payload, qos=1, ttl=ttl)
 
-    def publish_lockout(
-        self, user: str | None, locked: bool, until: float | None = None, failures: int = 0
-    ) -> None:
+    def publish_lockout(self, locked: list[dict[str, Any]]) -> None:
+        """Who is locked out right now: [{"key": user-or-scope, "failures": n, "until": t}]."""
         payload = json.dumps(
-            {"user": user, "locked": locked, "until": until, "failures": failures},
-            separators=(",", ":"),
+            {"locked": locked, "at": round(time.time(), 3)}, separators=(",", ":"), default=str
         ).encode()
         with self._state_lock:
             self._last_lockout = payload
@@ -309,8 +308,9 @@ class MqttLink:
     def on_command(self, name: str, handler: CommandHandler) -> None:
         """handler(args) -> result dict, run on the command worker thread.
 
-        Raise ValueError for a request that cannot be done (its message goes into the reply);
-        any other exception is logged and answered with 'internal-error'.
+        Raise ValueError, or return {"ok": False, "error": why}, for a request that cannot be
+        done (the reason goes into the reply); any other exception is logged and answered
+        with 'internal-error'. The args were already checked by CommandGate.
         """
         self._handlers[name] = handler
 
@@ -360,9 +360,17 @@ class MqttLink:
             log.exception("MQTT: command %s raised", name)
             self._reply(name, cmd.nonce, ok=False, error="internal-error", detail=None)
             return
+        result = result if isinstance(result, dict) else {}
+        if result.get("ok") is False:
+            # Handlers may answer {"ok": False, "error": "why"} instead of raising ValueError.
+            self._count("commands_rejected")
+            why = str(result.get("error") or "refused")
+            log.warning("MQTT: command %s refused by the daemon: %s", name, why)
+            self._reply(name, cmd.nonce, ok=False, error="failed", detail=why)
+            return
         self._count("commands_ok")
         log.info("MQTT: command %s done (nonce %s)", name, cmd.nonce)
-        self._reply(name, cmd.nonce, ok=True, result=result if isinstance(result, dict) else {})
+        self._reply(name, cmd.nonce, ok=True, result=result)
 
     def _reply(
         self,
@@ -456,12 +464,23 @@ class MqttLink:
     ) -> None:
         # paho holds _out_message_mutex here, so _pending is safe to touch.
         if self._pending.pop(mid, None) is None:
+            if getattr(reason_code, "is_failure", False):
+                log.warning(
+                    "MQTT: broker refused a publish (mid %d): %s; check the ACL", mid, reason_code
+                )
             return
         if getattr(reason_code, "is_failure", False):
             self.stats["decisions_refused"] += 1
             log.error("MQTT: broker refused a decision (mid %d): %s", mid, reason_code)
         else:
             self.stats["decisions_acked"] += 1
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        for rc in reason_codes:
+            if getattr(rc, "is_failure", False):
+                log.error("MQTT: command subscription refused (%s): commands will not arrive", rc)
 
     def _notify(self, up: bool) -> None:
         cb = self.on_connection_change

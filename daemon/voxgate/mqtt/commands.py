@@ -24,13 +24,13 @@ REPLY_DOMAIN = b"voxgate.reply.v1\n"
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@ -]{0,63}$")
 NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
 
-# Which arguments each command takes (all strings, all required).
-ARGS: dict[str, tuple[str, ...]] = {
-    "verify": ("user",),
-    "enroll-start": ("user",),
-    "enroll-finish": ("user",),
-    "reload": (),
-    "erase-user": ("user",),
+# Each command's (required, optional) arguments; all are strings.
+ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "attempt": ((), ("user",)),  # start an attempt; with user: verify that claimed user
+    "enroll-start": (("user",), ()),
+    "enroll-finish": (("user",), ()),
+    "reload": ((), ()),
+    "erase-user": (("user",), ()),
 }
 
 
@@ -106,8 +106,14 @@ class CommandGate:
         if body.get("cmd") != name:
             raise CommandError("malformed", "cmd in the body does not match the topic")
         args = body.get("args")
-        if not isinstance(args, dict) or set(args) != set(ARGS[name]):
-            raise CommandError("bad-args", f"{name} takes exactly: {', '.join(ARGS[name]) or '-'}")
+        required, optional = ARGS[name]
+        if (
+            not isinstance(args, dict)
+            or not set(required) <= set(args)
+            or not set(args) <= set(required) | set(optional)
+        ):
+            wants = ", ".join([*required, *(f"[{o}]" for o in optional)]) or "nothing"
+            raise CommandError("bad-args", f"{name} takes: {wants}")
         for k, v in args.items():
             if not isinstance(v, str) or (k == "user" and not USER_RE.match(v)):
                 raise CommandError("bad-args", f"invalid {k}")

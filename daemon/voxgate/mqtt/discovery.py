@@ -16,11 +16,13 @@ from voxgate.decision import OUTCOMES
 from voxgate.mqtt.topics import Topics
 
 
-def _common(t: Topics, version: str, object_id: str, name: str) -> dict[str, Any]:
+def _common(t: Topics, version: str, domain: str, object_id: str, name: str) -> dict[str, Any]:
+    slug = f"voxgate_{t.device_id}_{object_id}".replace("-", "_")
     return {
         "name": name,
-        "unique_id": f"voxgate_{t.device_id}_{object_id}",
-        "object_id": f"voxgate_{t.device_id}_{object_id}",
+        "unique_id": slug,
+        # HA 2025.10 replaced object_id with default_entity_id ("<domain>.<slug>").
+        "default_entity_id": f"{domain}.{slug}",
         "availability_topic": t.status,
         "payload_available": "online",
         "payload_not_available": "offline",
@@ -37,7 +39,7 @@ def _common(t: Topics, version: str, object_id: str, name: str) -> dict[str, Any
 
 def configs(t: Topics, version: str) -> dict[str, dict[str, Any]]:
     """Discovery topic -> config payload (as a dict)."""
-    event = _common(t, version, "decision", "Decision")
+    event = _common(t, version, "event", "decision", "Decision")
     event.update(
         {
             "state_topic": t.event,
@@ -45,9 +47,9 @@ def configs(t: Topics, version: str) -> dict[str, dict[str, Any]]:
             "icon": "mdi:account-lock",
         }
     )
-    user = _common(t, version, "last_user", "Last user")
+    user = _common(t, version, "sensor", "last_user", "Last user")
     user.update({"state_topic": t.user, "icon": "mdi:account-check"})
-    state = _common(t, version, "state", "State")
+    state = _common(t, version, "sensor", "state", "State")
     state.update({"state_topic": t.state, "icon": "mdi:microphone-message"})
     return {
         t.discovery("event", "decision"): event,

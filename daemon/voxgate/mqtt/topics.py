@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-COMMANDS = ("verify", "enroll-start", "enroll-finish", "reload", "erase-user")
-STATES = ("idle", "listening", "challenge", "verifying", "decided")
+COMMANDS = ("attempt", "enroll-start", "enroll-finish", "reload", "erase-user")
+# "offline" is the daemon's last word on a clean stop (status says the same via the will).
+STATES = ("idle", "listening", "challenge", "verifying", "decided", "offline")
 _LEVEL = re.compile(r"^[^#+/]+$")
 
 

@@ -1,0 +1,197 @@
+"""End to end: MqttLink publishes signed decisions -> `voxgate actuator` (a real child process)
+acts by running a command, and refuses tampered, replayed, expired and wrongly signed ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from broker import STANDARD_USERS, Broker
+from mqtt_helpers import REPO, ActuatorProcess, link_config, wait_until, write_key
+from voxgate.decision import Issuer, SequenceCounter, sign
+from voxgate.mqtt.client import MqttLink
+
+DEV = "front-door"
+OTHER = "back-door"
+DKEY = b"front-door-decision-key-0123456789"
+OKEY = b"back-door-decision-key-9876543210"
+
+
+@pytest.fixture
+def link(broker: Broker) -> Iterator[MqttLink]:
+    link = MqttLink(link_config(broker), DEV, decision_key=DKEY)
+    link.start()
+    wait_until(lambda: link.connected, 10, "link connected")
+    yield link
+    link.stop()
+
+
+@pytest.fixture
+def raw(broker: Broker) -> Iterator[mqtt.Client]:
+    """The device account publishing hand-made payloads (what a compromised network could send
+    is modelled by the payloads; the ACL already keeps other accounts out)."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.username_pw_set("device", STANDARD_USERS["device"])
+    c.tls_set(ca_certs=str(broker.ca_file))
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    yield c
+    c.disconnect()
+    c.loop_stop()
+
+
+@pytest.fixture
+def actuator(tmp_path: Path, broker: Broker) -> Iterator[ActuatorProcess]:
+    keys = {
+        DEV: write_key(tmp_path / "front.key", DKEY),
+        OTHER: write_key(tmp_path / "back.key", OKEY),
+    }
+    a = ActuatorProcess(tmp_path, broker, keys).start()
+    yield a
+    a.stop()
+
+
+def _send(raw: mqtt.Client, payload: bytes, device: str = DEV) -> None:
+    raw.publish(f"voxgate/{device}/decision", payload, qos=1).wait_for_publish(5)
+
+
+def test_grant_acts_and_bad_decisions_are_refused(
+    tmp_path: Path,
+    broker: Broker,
+    link: MqttLink,
+    raw: mqtt.Client,
+    actuator: ActuatorProcess,
+) -> None:
+    issuer = Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=30)
+    now = time.time()
+    grant = issuer.issue("granted", "alice", now, reasons=["speaker-match"])
+    assert link.publish_decision(grant)
+    wait_until(lambda: len(actuator.actions()) == 1, 10, "the grant to be acted on")
+    act = actuator.actions()[0]
+    assert (act["VOXGATE_USER"], act["VOXGATE_SEQ"], act["VOXGATE_OUTCOME"]) == (
+        "alice",
+        str(grant.seq),
+        "granted",
+    )
+    assert act["acted_at"] < grant.expires_at
+
+    # Denied: accepted (advances seq) but nothing happens.
+    link.publish_decision(issuer.issue("denied", "bob", time.time(), reasons=["low-score"]))
+    actuator.wait_log(r"accepted: device=front-door seq=2 outcome=denied")
+
+    # Replayed: the exact bytes of the accepted grant, still within its validity.
+    _send(raw, sign(grant, DKEY))
+    actuator.wait_log(r"REJECTED on voxgate/front-door/decision: replayed")
+
+    # Tampered: a denial turned into a grant after signing.
+    denial = issuer.issue("denied", "mallory", time.time())
+    env = json.loads(sign(denial, DKEY))
+    env["body"] = env["body"].replace('"denied"', '"granted"')
+    _send(raw, json.dumps(env).encode())
+    actuator.wait_log(r"REJECTED on voxgate/front-door/decision: bad-signature")
+
+    # Wrongly signed: right shape, wrong key.
+    _send(raw, sign(issuer.issue("granted", "eve", time.time()), b"not-the-device-key"))
+    actuator.wait_log(r"REJECTED .*: bad-signature", count=2)
+
+    # Expired: correctly signed, but its validity ended before it arrived.
+    old = issuer.issue("granted", "alice", time.time() - 40)
+    _send(raw, sign(old, DKEY))
+    actuator.wait_log(r"REJECTED on voxgate/front-door/decision: expired")
+
+    # Signed for front-door, replayed onto back-door's topic (other key): refused.
+    _send(raw, sign(issuer.issue("granted", "alice", time.time()), DKEY), device=OTHER)
+    actuator.wait_log(r"REJECTED on voxgate/back-door/decision: bad-signature")
+
+    # Same key on both doors would still not help: the body names the device.
+    _send(raw, sign(issuer.issue("granted", "x", time.time()), OKEY), device=OTHER)
+    actuator.wait_log(r"REJECTED on voxgate/back-door/decision: wrong-device")
+
+    # Garbage and oversized payloads.
+    _send(raw, b"\x00\x01 not json")
+    _send(raw, b"[" * 20_000)
+    actuator.wait_log(r"REJECTED .*: malformed")
+    actuator.wait_log(r"REJECTED .*: oversized")
+
+    # A user name full of shell syntax reaches the program as plain data.
+    marker = tmp_path / "pwned"
+    evil = issuer.issue("granted", f"x; touch {marker}; $(touch {marker})", time.time())
+    assert link.publish_decision(evil)
+    wait_until(lambda: len(actuator.actions()) == 2, 10, "the second grant")
+    assert actuator.actions()[1]["VOXGATE_USER"] == evil.user
+    assert not marker.exists()
+
+    assert actuator.alive
+    assert len(actuator.actions()) == 2
+
+
+def test_restart_does_not_reopen_replay_window(
+    tmp_path: Path, broker: Broker, link: MqttLink, raw: mqtt.Client
+) -> None:
+    keys = {DEV: write_key(tmp_path / "front.key", DKEY)}
+    a = ActuatorProcess(tmp_path, broker, keys).start()
+    issuer = Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=30)
+    grant = issuer.issue("granted", "alice", time.time())
+    try:
+        link.publish_decision(grant)
+        wait_until(lambda: len(a.actions()) == 1, 10, "the grant")
+    finally:
+        assert a.stop() == 0
+    state = json.loads((tmp_path / "actuator-state.json").read_text())
+    assert state == {"last_seq": {DEV: grant.seq}}
+    b = ActuatorProcess(tmp_path, broker, keys).start()
+    try:
+        _send(raw, sign(grant, DKEY))  # still fresh: only the stored seq stops it
+        b.wait_log(r"REJECTED .*: replayed")
+        assert len(b.actions()) == 1
+    finally:
+        b.stop()
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+    return subprocess.run(
+        [sys.executable, "-m", "voxgate", "actuator", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+
+
+def test_cli_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("devices: []\nbogus: 1\n")
+    r = _run_cli("-c", str(bad), "--check")
+    assert r.returncode == 2
+    assert "bogus: unknown key" in r.stderr and "devices" in r.stderr
+    nokey = tmp_path / "nokey.yaml"
+    nokey.write_text(
+        f"devices: [{{id: door, key_file: {tmp_path}/missing.key}}]\n"
+        f"state_file: {tmp_path}/s.json\ncommand: {{argv: [/bin/true]}}\n"
+    )
+    r = _run_cli("-c", str(nokey), "--check")
+    assert r.returncode == 2 and "decision-key" in r.stderr
+    write_key(tmp_path / "missing.key", b"k")
+    r = _run_cli("-c", str(nokey), "--check")
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "s.json").write_text("garbage")
+    r = _run_cli("-c", str(nokey), "--check")
+    assert r.returncode == 2 and "state file" in r.stderr
+    gpio = tmp_path / "gpio.yaml"
+    gpio.write_text(
+        f"devices: [{{id: door, key_file: {tmp_path}/missing.key}}]\n"
+        f"state_file: {tmp_path}/s2.json\ngpio: {{pin: GPIO17}}\n"
+    )
+    r = _run_cli("-c", str(gpio), "--check")
+    try:
+        import gpiozero  # noqa: F401
+    except ImportError:
+        assert r.returncode == 2 and "pip install 'voxgate[gpio]'" in r.stderr

@@ -1,0 +1,108 @@
+"""Actuator policy without a broker: what runs, with which environment, and what is refused."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+from voxgate.actuator import Actuator, ActuatorSetupError, decision_env, load_actuator_config
+from voxgate.config.mqtt import ActuatorConfig
+from voxgate.decision import Issuer, SequenceCounter, sign
+
+KEY = b"unit-test-decision-key"
+TOPIC = "voxgate/front-door/decision"
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _actuator(tmp_path: Path, argv: list[str], clock: Clock, timeout: float = 5) -> Actuator:
+    cfg = ActuatorConfig.model_validate(
+        {
+            "devices": [{"id": "front-door"}],
+            "state_file": str(tmp_path / "state.json"),
+            "command": {"argv": argv, "timeout_s": timeout},
+        }
+    )
+    return Actuator(cfg, keys={"front-door": KEY}, clock=clock)
+
+
+def _issuer(tmp_path: Path) -> Issuer:
+    return Issuer("front-door", SequenceCounter(tmp_path / "seq.json"), ttl_s=5)
+
+
+def test_grant_runs_command_with_env(tmp_path: Path) -> None:
+    out = tmp_path / "env.json"
+    script = "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
+    clock = Clock(1000.0)
+    a = _actuator(tmp_path, [sys.executable, "-c", script, str(out)], clock)
+    d = _issuer(tmp_path).issue("granted", "alice", 1000.0, reasons=["speaker-match"])
+    assert a.handle(TOPIC, sign(d, KEY)) == d
+    a.act(a._jobs.get_nowait())
+    env = json.loads(out.read_text())
+    assert {k: env[k] for k in decision_env(d)} == decision_env(d)
+    assert env["VOXGATE_REASONS"] == "speaker-match" and a.acted == 1
+
+
+def test_denied_and_unknown_topic_do_not_act(tmp_path: Path) -> None:
+    a = _actuator(tmp_path, ["/bin/true"], Clock(1000.0))
+    issuer = _issuer(tmp_path)
+    assert a.handle(TOPIC, sign(issuer.issue("denied", None, 1000.0), KEY)) is not None
+    assert a._jobs.empty()
+    granted = sign(issuer.issue("granted", "a", 1000.0), KEY)
+    assert a.handle("voxgate/other-door/decision", granted) is None
+    assert a.handle("voxgate/front-door/event", granted) is None
+    assert a.rejected["unknown-device"] == 2 and a._jobs.empty()
+
+
+def test_grant_expiring_in_queue_is_not_acted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = tmp_path / "opened"
+    clock = Clock(1000.0)
+    a = _actuator(tmp_path, ["/usr/bin/touch", str(marker)], clock)
+    a.handle(TOPIC, sign(_issuer(tmp_path).issue("granted", "a", 1000.0), KEY))
+    clock.t = 1006.0  # an earlier action held the queue past this grant's expiry
+    with caplog.at_level(logging.WARNING):
+        a.act(a._jobs.get_nowait())
+    assert not marker.exists() and a.rejected["expired"] == 1
+    assert "expired while queued" in caplog.text
+
+
+def test_failing_and_hanging_commands_are_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    issuer = _issuer(tmp_path)
+    for argv, expect, timeout in (
+        ([sys.executable, "-c", "import sys; sys.exit('relay jammed')"], "relay jammed", 5),
+        (["/bin/sleep", "30"], "timed out", 0.3),
+        ([str(tmp_path / "missing-program")], "No such file", 5),
+    ):
+        a = _actuator(tmp_path, argv, Clock(1000.0), timeout)
+        a.handle(TOPIC, sign(issuer.issue("granted", "a", 1000.0), KEY))
+        with caplog.at_level(logging.ERROR):
+            a.act(a._jobs.get_nowait())
+        assert expect in caplog.text and a.acted == 0
+
+
+def test_load_config_errors(tmp_path: Path) -> None:
+    p = tmp_path / "a.yaml"
+    p.write_text("devices: [{id: Front Door}]\ncommand: {argv: [x]}\n")
+    with pytest.raises(ActuatorSetupError, match=r"devices\.0\.id"):
+        load_actuator_config(p)
+    p.write_text("devices: [\n")
+    with pytest.raises(ActuatorSetupError, match="cannot read"):
+        load_actuator_config(p)
+    with pytest.raises(ActuatorSetupError, match="not found"):
+        load_actuator_config(tmp_path / "none.yaml")
+    cfg = ActuatorConfig.model_validate({"devices": [{"id": "d"}], "command": {"argv": ["x"]}})
+    with pytest.raises(ActuatorSetupError, match="empty decision key"):
+        Actuator(cfg, keys={"d": b""})
