@@ -30,6 +30,15 @@ HOST = "door-hq-lab-1"
 VAULT_PASSWORD = ANSIBLE_DIR / "inventory" / "example" / "demo-vault-password.txt"
 VAULT = ANSIBLE_DIR / "inventory" / "example" / "group_vars" / "all" / "vault.yml"
 UNIT = REPO / "systemd" / "voxgate.service"
+# Until the service's unit is in this branch, a unit with the same ExecStart and credentials.
+STAND_IN_UNIT = """[Service]
+Type=notify
+ExecStart=/opt/voxgate/bin/voxgate run --config /etc/voxgate/voxgate.yaml
+LoadCredential=voiceprint-key:/etc/voxgate/credentials/voiceprint-key
+LoadCredential=decision-key:/etc/voxgate/credentials/decision-key
+LoadCredential=mqtt-password:/etc/voxgate/credentials/mqtt-password
+LoadCredential=audit-key:/etc/voxgate/credentials/audit-key
+"""
 
 
 def _tool(name: str) -> str | None:
@@ -89,6 +98,10 @@ def _mode(path: Path) -> int:
 def staged(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("ansible")
     root = tmp / "root"
+    unit = UNIT
+    if not unit.exists():
+        unit = tmp / "voxgate.service"
+        unit.write_text(STAND_IN_UNIT)
     model = tmp / "tiny-model.onnx"
     model.write_bytes(os.urandom(4096))
     extra = {
@@ -98,7 +111,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> dict:
         # Ansible's interpreter discovery picks a Python without our packages here.
         "ansible_python_interpreter": sys.executable,
         "voxgate_validate_command": f"{sys.executable} -m voxgate config check --quiet %s",
-        "voxgate_install_unit": UNIT.exists(),
+        "voxgate_systemd_unit_src": str(unit),
         "voxgate_alsa_profile": "usb-mic",
         "voxgate_alsa_card": "Microphone",
         "voxgate_models": [
@@ -111,7 +124,14 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
     first = _play(tmp, extra)
     second = _play(tmp, extra)
-    return {"tmp": tmp, "root": root, "model": model, "extra": extra, "runs": (first, second)}
+    return {
+        "tmp": tmp,
+        "root": root,
+        "model": model,
+        "unit": unit,
+        "extra": extra,
+        "runs": (first, second),
+    }
 
 
 def test_first_run_installs_and_second_run_changes_nothing(staged: dict) -> None:
@@ -130,11 +150,12 @@ def test_files_and_permissions(staged: dict) -> None:
     creds = root / "etc/voxgate/credentials"
     assert _mode(cfg_file) == 0o640
     assert _mode(creds) == 0o700
-    assert _mode(root / "var/lib/voxgate") == 0o750
+    assert _mode(root / "var/lib/voxgate") == 0o700  # as the unit's StateDirectoryMode
     names = {p.name for p in creds.iterdir()}
     assert names == {
         "mqtt-password",
         "decision-key",
+        "audit-key",
         "voiceprint-key",
         "api-token",
         "fleet-key",
@@ -147,8 +168,27 @@ def test_files_and_permissions(staged: dict) -> None:
     alsa = (root / "etc/alsa/conf.d/60-voxgate-mic.conf").read_text()
     assert 'pcm "hw:CARD=Microphone,DEV=0"' in alsa
     assert "pcm.voxgate_mic " in alsa
-    if UNIT.exists():
-        assert (root / "etc/systemd/system/voxgate.service").read_bytes() == UNIT.read_bytes()
+    unit = root / "etc/systemd/system/voxgate.service"
+    assert unit.read_bytes() == staged["unit"].read_bytes()  # installed as shipped
+    assert _mode(unit) == 0o644
+
+
+def test_dropin_adds_paths_and_the_missing_credentials(staged: dict) -> None:
+    dropin = (staged["root"] / "etc/systemd/system/voxgate.service.d/ansible.conf").read_text()
+    lines = [x for x in dropin.splitlines() if x and not x.startswith("#")]
+    assert lines[:3] == [
+        "[Service]",
+        "ExecStart=",
+        "ExecStart=/opt/voxgate/bin/voxgate run --config /etc/voxgate/voxgate.yaml",
+    ]
+    in_unit = set(re.findall(r"(?m)^LoadCredential=([^:]+):", staged["unit"].read_text()))
+    added = set(re.findall(r"(?m)^LoadCredential=([^:]+):", dropin))
+    # Together they pass every secret on, each exactly once.
+    assert in_unit | added == {
+        p.name for p in (staged["root"] / "etc/voxgate/credentials").iterdir()
+    }
+    assert not in_unit & added
+    assert "LoadCredential=api-token:/etc/voxgate/credentials/api-token" in dropin
 
 
 def test_secrets_come_from_the_vault(staged: dict) -> None:
@@ -193,6 +233,35 @@ def test_rendered_config_passes_the_schema(staged: dict) -> None:
     assert cfg.fleet.groups == ["hq_lab"]  # inventory groups that appear in the access map
     assert cfg.fleet.access["hq_lab"] == ["alice", "bob"]
     assert len(cfg.fleet.signers) == 4
+
+
+PARSE_PROBLEM = re.compile(r"Unknown (key|section)|Invalid|Failed to parse|Missing '='|bad-setting")
+
+
+def _analyze(root: Path) -> list[str]:
+    run = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", "/etc/systemd/system/voxgate.service"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Other complaints (no sysinit.target, no /bin/kill) come from the empty staging root.
+    return [line for line in run.stderr.splitlines() if PARSE_PROBLEM.search(line)]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_unit_and_dropin_parse_with_systemd_analyze(staged: dict, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(staged["root"] / "etc/systemd", root / "etc/systemd")
+    exe = root / "opt/voxgate/bin/voxgate"  # verify wants ExecStart's binary to exist
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    assert _analyze(root) == []
+    # The check can fail: a damaged drop-in is reported.
+    dropin = root / "etc/systemd/system/voxgate.service.d/ansible.conf"
+    dropin.write_text(dropin.read_text() + "LoadCredentail=x:/y\n")
+    assert any("LoadCredentail" in p for p in _analyze(root))
 
 
 def test_wrong_model_checksum_is_refused(staged: dict) -> None:
