@@ -418,6 +418,7 @@ class FleetSync:
         model_id: str | None = None,
         clock: Callable[[], float] = time.time,
         client_id: str | None = None,
+        audit_event: Callable[..., Any] | None = None,
     ) -> None:
         self.cfg = cfg
         self.mqtt_cfg = mqtt_cfg
@@ -438,6 +439,8 @@ class FleetSync:
         self._client: Any = None
         # Its own MQTT session, apart from the daemon's MqttLink (whose id it must not reuse).
         self.client_id = client_id or f"voxgate-{device_id}-fleet"
+        # e.g. the daemon's AuditLog.append: every voiceprint change the fleet makes is audited.
+        self.audit_event = audit_event
 
     # -- which users and groups
 
@@ -647,9 +650,27 @@ class FleetSync:
         except MessageError as exc:
             log.warning("fleet sync: refused message on %s: %s", topic, exc)
             self.stats["refused"] += 1
+            self._audit("fleet_refused", topic=topic, reason=str(exc))
             return "refused"
         with self._apply_lock:
-            return self._apply(upd)
+            outcome = self._apply(upd)
+        if outcome in {"stored", "erased", "erased_absent", "revoked", "not_allowed"}:
+            self._audit(
+                "fleet_" + outcome,
+                user=upd.name,
+                version=upd.version,
+                signer=upd.signer,
+                group=upd.group,
+            )
+        return outcome
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        if self.audit_event is None:
+            return
+        try:
+            self.audit_event(event, **fields)
+        except Exception:
+            log.exception("fleet sync: could not write audit event %s", event)
 
     def _apply(self, upd: Update) -> str:
         known = self.state.user(upd.tag)

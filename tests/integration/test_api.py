@@ -101,9 +101,19 @@ def api(tmp_path: Path) -> Iterator[dict]:
         load_embedder=lambda: pytest.fail("listing/erasing must not load the model"),
         on_change=lambda kind, name: changes.append((kind, name)),
     )
-    server = ApiServer(create_app(cfg, admin, TOKEN.encode()), "127.0.0.1", 0, poll_interval=0.05)
+    audit: list[tuple[str, dict]] = []
+    app = create_app(
+        cfg, admin, TOKEN.encode(), audit_event=lambda event, **f: audit.append((event, f))
+    )
+    server = ApiServer(app, "127.0.0.1", 0, poll_interval=0.05)
     server.start()
-    yield {"client": Client(server.port), "port": server.port, "store": store, "changes": changes}
+    yield {
+        "client": Client(server.port),
+        "port": server.port,
+        "store": store,
+        "changes": changes,
+        "audit": audit,
+    }
     server.stop()
     store.close()
 
@@ -140,6 +150,10 @@ def test_export_then_erase(api: dict) -> None:
     assert status == 200 and body == {"erased": "alice"}
     assert api["store"].get("alice") is None
     assert api["changes"] == [("erased", "alice")]
+    assert [(e, f["user"], f["via"]) for e, f in api["audit"]] == [
+        ("admin_export", "alice", "api"),
+        ("admin_erase", "alice", "api"),
+    ]
     status, body, _ = c.request("DELETE", "/api/v1/users/alice")
     assert status == 404 and body["error"] == "not_found"
     status, _, _ = c.request("GET", "/api/v1/users/alice/export")

@@ -66,6 +66,7 @@ class Door:
         self.fleet = fleet
         self.store = VoiceprintStore(self.dir / "voiceprints.db", os.urandom(32))
         self.agent: FleetSync | None = None
+        self.audit: list[tuple[str, dict]] = []
 
     def config(self) -> Any:
         mqtt_cfg = {**self.broker.mqtt_settings(self.name), "reconnect_min_s": 0.1}
@@ -100,6 +101,7 @@ class Door:
             self.store,
             self.dir / "fleet.db",
             model_id=model_id,
+            audit_event=lambda event, **f: self.audit.append((event, f)),
         )
         self.agent.start()
         wait_until(self.agent.connected.is_set, 10, f"{self.name} connected")
@@ -216,6 +218,9 @@ def test_enroll_on_a_verify_on_b_erase_on_a_then_b_refuses(
     wait_until(lambda: b.store.get("alice") is None, 10, "alice erased on door B")
     refused = on_b.verify(attempt, "alice")
     assert not refused.accepted and "unknown_user" in refused.reasons
+    wait_until(lambda: len(b.audit) >= 2, 10, "B's audit events")
+    events = [(e, f["user"], f["signer"]) for e, f in b.audit]
+    assert events == [("fleet_stored", "alice", "door-a"), ("fleet_erased", "alice", "door-a")]
     snoop_c.close()
 
 

@@ -64,8 +64,13 @@ def create_app(
     *,
     audit_file: Path | None = None,
     clock: Callable[[], float] = time.time,
+    audit_event: Callable[..., Any] | None = None,
 ) -> Flask:
-    """The Flask app. `token` is the bearer token every request must carry."""
+    """The Flask app. `token` is the bearer token every request must carry.
+
+    `audit_event(event, **fields)` (e.g. the daemon's AuditLog.append) records every change
+    made through the API: admin_enroll, admin_erase, admin_export.
+    """
     if len(token) < MIN_TOKEN_LEN:
         raise ApiError(f"admin API token must be at least {MIN_TOKEN_LEN} characters")
     app = Flask("voxgate.api")
@@ -112,6 +117,14 @@ def create_app(
     def _unexpected(exc: Exception) -> tuple[Response, int]:
         log.exception("API: %s %s failed", request.method, request.path)
         return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+    def _audit(event: str, **fields: Any) -> None:
+        if audit_event is None:
+            return
+        try:
+            audit_event(event, via="api", remote=request.remote_addr, **fields)
+        except Exception:
+            log.exception("API: could not write audit event %s", event)
 
     def _name(raw: str) -> str:
         try:
@@ -167,7 +180,9 @@ def create_app(
         except UserExists as exc:
             return _error(409, "conflict", str(exc))
         except EnrollRefused as exc:
+            _audit("admin_enroll", user=name, ok=False, problems=exc.report["problems"])
             return _error(422, "enrollment_refused", str(exc), report=exc.report)
+        _audit("admin_enroll", user=result["name"], ok=True, version=result["version"])
         return jsonify(result), 201
 
     @app.delete(f"{PREFIX}/users/<name>")
@@ -177,15 +192,18 @@ def create_app(
             admin.erase(name)
         except UnknownUser as exc:
             return _error(404, "not_found", str(exc))
+        _audit("admin_erase", user=name)
         return jsonify({"erased": name}), 200
 
     @app.get(f"{PREFIX}/users/<name>/export")
     def export(name: str) -> tuple[Response, int]:
         name = _name(name)
         try:
-            return jsonify(admin.export(name)), 200
+            doc = admin.export(name)
         except UnknownUser as exc:
             return _error(404, "not_found", str(exc))
+        _audit("admin_export", user=name)
+        return jsonify(doc), 200
 
     @app.get(f"{PREFIX}/decisions")
     def decisions() -> Response:
