@@ -689,10 +689,18 @@ class FleetSync:
             self.stats["applied"] += 1
             return "erased" if erased else "erased_absent"
         if upd.kind == "revoke":
-            self.state.set_grant(upd.tag, upd.group, upd.version, "revoke")
-            if self.state.granting_groups(upd.tag):
+            others = [
+                g
+                for g in self.state.granting_groups(upd.tag)
+                if g != upd.group and g in self.cfg.groups
+            ]
+            if others:
+                self.state.set_grant(upd.tag, upd.group, upd.version, "revoke")
                 return "revoked_group"  # another of this door's groups still lets them in
+            # State is written after the store changed, so a failure here means the retained
+            # message is applied again on the next connect rather than skipped.
             self.store.erase(upd.name)
+            self.state.set_grant(upd.tag, upd.group, upd.version, "revoke")
             version = max(upd.version, known[0] if known else 0)
             self.state.set_user(upd.tag, version, "revoke", held=False)
             log.info("fleet sync: %s revoked here (version %d)", upd.name, upd.version)
@@ -713,12 +721,13 @@ class FleetSync:
             )
             self.stats["refused"] += 1
             return "model_mismatch"
-        self.state.set_grant(upd.tag, upd.group, upd.version, "voiceprint")
         if known is not None and known[2] and upd.version <= known[0]:
+            self.state.set_grant(upd.tag, upd.group, upd.version, "voiceprint")
             return "already_have"  # the same enrollment, through another group
         assert upd.embeddings is not None and upd.model_id is not None
         meta = {**(upd.meta or {}), "fleet_version": upd.version, "fleet_signer": upd.signer}
         self.store.replace(upd.name, upd.embeddings, upd.model_id, meta)
+        self.state.set_grant(upd.tag, upd.group, upd.version, "voiceprint")
         self.state.set_user(upd.tag, upd.version, "voiceprint", held=True)
         log.info(
             "fleet sync: %s stored (version %d, from %s via %s)",
