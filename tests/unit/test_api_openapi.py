@@ -58,3 +58,28 @@ def test_every_operation_documents_auth_failure() -> None:
             if method == "parameters":
                 continue
             assert "401" in op["responses"], f"{method} {path}"
+
+
+def test_every_reference_resolves() -> None:
+    spec = yaml.safe_load(SPEC.read_text())
+    refs: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "$ref":
+                    refs.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(spec)
+    assert refs
+    for ref in refs:
+        assert ref.startswith("#/"), ref
+        node = spec
+        for part in ref[2:].split("/"):
+            assert part in node, f"unresolved $ref {ref}"
+            node = node[part]
