@@ -123,6 +123,10 @@ class Actuator:
         except DecisionError as exc:
             self._reject(topic, exc.reason, exc.detail)
             return None
+        except OSError as exc:
+            # Without a durable record of the sequence we cannot rule out a later replay.
+            self._reject(topic, "state-write-failed", f"{self.cfg.state_file}: {exc}")
+            return None
         log.info(
             "decision accepted: device=%s seq=%d outcome=%s user=%r",
             d.device,

@@ -308,8 +308,11 @@ class ReplayGuard:
             last = self._last.get(d.device)
             if last is not None and d.seq <= last:
                 raise DecisionError("replayed", f"seq {d.seq} <= last accepted {last}")
-            self._last[d.device] = d.seq
-            self._state.save({"last_seq": self._last})
+            # Persist first: if the write fails the decision is refused (by the exception)
+            # and memory still agrees with the disk.
+            updated = {**self._last, d.device: d.seq}
+            self._state.save({"last_seq": updated})
+            self._last = updated
 
 
 class SequenceCounter:

@@ -29,7 +29,7 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-def link_config(broker: Broker, user: str = "device", **overrides: Any) -> MqttConfig:
+def link_config(broker: Broker, user: str | None = "device", **overrides: Any) -> MqttConfig:
     settings = broker.mqtt_settings(user)
     settings.update({"reconnect_min_s": 0.2, "reconnect_max_s": 1.0})
     settings.update(overrides)

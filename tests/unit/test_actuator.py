@@ -106,3 +106,11 @@ def test_load_config_errors(tmp_path: Path) -> None:
     cfg = ActuatorConfig.model_validate({"devices": [{"id": "d"}], "command": {"argv": ["x"]}})
     with pytest.raises(ActuatorSetupError, match="empty decision key"):
         Actuator(cfg, keys={"d": b""})
+
+
+def test_unwritable_state_refuses_grant(tmp_path: Path) -> None:
+    clock = Clock(1000.0)
+    a = _actuator(tmp_path / "sub", ["/bin/true"], clock)
+    (tmp_path / "sub").write_text("not a directory")  # so the state file cannot be written
+    assert a.handle(TOPIC, sign(_issuer(tmp_path).issue("granted", "a", 1000.0), KEY)) is None
+    assert a.rejected["state-write-failed"] == 1 and a._jobs.empty()

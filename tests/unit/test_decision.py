@@ -240,3 +240,14 @@ def test_issuer_from_attempt(tmp_path: Path) -> None:
         NOW + 5,
     )
     assert (d.speaker_score, d.liveness_ok, d.liveness_threshold) == (0.9, True, 0.5)
+
+
+def test_guard_write_failure_refuses_and_keeps_memory(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    guard = ReplayGuard(state_dir / "s.json")
+    state_dir.rmdir()
+    state_dir.write_text("a file where the state directory was")  # any write now fails
+    with pytest.raises(OSError):
+        verify(sign(_decision(seq=5), KEY), KEY, NOW + 1, guard)
+    assert guard.last("front-door") is None

@@ -458,6 +458,17 @@ class MqttLink:
             self._count("disconnects")
             log.warning("MQTT: connection lost (%s); reconnecting", reason_code)
             self._notify(False)
+        elif not self.connection_state.startswith("refused"):
+            # Closed before any CONNACK: typically the broker rejected our TLS certificate.
+            self._count("connect_failures")
+            self.connection_state = "unreachable"
+            log.warning(
+                "MQTT: %s:%d closed the connection before accepting it (%s); check TLS "
+                "settings; retrying",
+                self.cfg.host,
+                self.cfg.port,
+                reason_code,
+            )
 
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
