@@ -7,6 +7,8 @@ among the cohort speakers themselves (leave-two-out: neither side of a trial is 
 used to normalize it, as with a real impostor). Both are built by one command:
 
     voxgate eval ../shared/data/resemblyzer_ls --build-cohort models/cohort
+    voxgate eval ../shared/data/resemblyzer_ls --build-cohort models/cohort \
+        --model models/shipped/ge2e-float.yaml
 """
 
 from __future__ import annotations
@@ -64,19 +66,15 @@ def slug(model_id: str) -> str:
 
 
 def default_dir() -> Path:
-    """models/cohort beside the package (source checkout) or under /usr/share/voxgate."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent.parent / "models" / "cohort", here / "models" / "cohort"):
-        if candidate.is_dir():
-            return candidate
-    return Path("/usr/share/voxgate/models/cohort")
+    """The shipped cohorts: package data in voxgate/cohorts (models/cohort in a checkout)."""
+    return Path(__file__).resolve().parent / "cohorts"
 
 
 def save(cohort: Cohort, directory: Path) -> Path:
     """Write <slug>.npz (embeddings) and <slug>.json (calibration, provenance)."""
     directory.mkdir(parents=True, exist_ok=True)
-    base = directory / slug(cohort.model_id)
-    np.savez_compressed(base.with_suffix(".npz"), embeddings=cohort.embeddings.astype(np.float32))
+    npz = directory / (slug(cohort.model_id) + ".npz")
+    np.savez_compressed(npz, embeddings=cohort.embeddings.astype(np.float32))
     doc = {
         "format": COHORT_FORMAT,
         "model_id": cohort.model_id,
@@ -86,14 +84,18 @@ def save(cohort: Cohort, directory: Path) -> Path:
         "calibration": [{"fmr": f, "threshold": t} for f, t in cohort.calibration],
         **cohort.info,
     }
-    base.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    return base.with_suffix(".npz")
+    _meta_path(npz).write_text(json.dumps(doc, indent=2) + "\n")
+    return npz
+
+
+def _meta_path(npz: Path) -> Path:
+    return npz.parent / (npz.name.removesuffix(".npz") + ".json")
 
 
 def load(path: Path) -> Cohort:
     """A cohort from its .npz (the .json beside it holds model id and calibration)."""
     path = Path(path)
-    meta_path = path.with_suffix(".json")
+    meta_path = _meta_path(path)
     try:
         doc = json.loads(meta_path.read_text())
         with np.load(path) as data:

@@ -17,7 +17,7 @@ class CommandError(Exception):
 
 def fail(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
-    log.error("%s", msg)
+    log.info("command failed: %s", msg)
     return 1
 
 
