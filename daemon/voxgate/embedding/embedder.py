@@ -75,11 +75,15 @@ class SpeakerEmbedder:
     def _gains(self, audio: np.ndarray, starts: list[int]) -> np.ndarray:
         """Power gain per window: level normalisation over the audio up to the window's end."""
         target = getattr(self.card.frontend, "level_dbfs", None)
+        if target is None:
+            return np.ones(len(starts), np.float32)
         hop = self.frontend.hop
+        # Running energy without BLAS (a dot product would wake a thread pool per call).
+        energy = np.cumsum(np.square(audio, dtype=np.float64))
         gains = []
         for start in starts:
-            head = audio[: (start + self._win.frames) * hop].astype(np.float64)
-            amp = level_gain(float(np.dot(head, head)), head.size, target)
+            end = min((start + self._win.frames) * hop, audio.size)
+            amp = level_gain(float(energy[end - 1]) if end else 0.0, end, target)
             gains.append(amp * amp)  # the features are power: amplitude gain squared
         return np.asarray(gains, np.float32)
 
