@@ -123,8 +123,15 @@ def load(path: Path) -> Cohort:
     )
 
 
-def for_model(model_id: str, path: Path | None = None) -> Cohort:
-    """The cohort for a model: `path` if given, else the shipped one for model_id."""
+def model_sha256(embedder: Any) -> str | None:
+    """The sha256 of the embedder's model file (from its card), when known."""
+    card = getattr(embedder, "card", None)
+    return getattr(getattr(card, "model", None), "sha256", None)
+
+
+def for_model(model_id: str, path: Path | None = None, sha256: str | None = None) -> Cohort:
+    """The cohort for a model: `path` if given, else the shipped one for model_id. With sha256,
+    a cohort built from another build of the model file is refused too."""
     if path is None:
         path = default_dir() / (slug(model_id) + ".npz")
         if not path.exists():
@@ -136,6 +143,12 @@ def for_model(model_id: str, path: Path | None = None) -> Cohort:
     if cohort.model_id != model_id:
         raise CohortError(
             f"{path}: cohort made with model {cohort.model_id}, but {model_id} is loaded"
+        )
+    built_with = cohort.info.get("model_sha256")
+    if sha256 and built_with and built_with != sha256:
+        raise CohortError(
+            f"{path}: cohort built from another file of model {model_id} (sha256 "
+            f"{built_with[:12]}, loaded {sha256[:12]}); rebuild it: {cohort.info.get('command')}"
         )
     return cohort
 
