@@ -53,10 +53,54 @@ def _onnx_gates(w: np.ndarray) -> np.ndarray:
     return np.concatenate([i, o, f, g], axis=0)
 
 
+ANCHOR_BIAS = 40.0  # saturates sigmoid and tanh to exactly 1.0 in float32
+
+
+def add_range_anchors(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Two extra hidden units per LSTM layer whose outputs are +tanh(t) and -tanh(t) at step t.
+
+    ONNX Runtime's int8 LSTM and MatMul quantize their inputs per call, with the range of the
+    whole batch; without anchors an embedding would change slightly with the other windows
+    sharing its call. Every real unit has |c_t| < t (each step adds at most |i*g| < 1 to a
+    forgotten cell), so |h_t| < tanh(t): a unit with input, forget and output gates pinned at
+    1 and g = +-1 reaches exactly that bound, which makes every quantized range the same for
+    any batch. The anchors feed nothing: their columns in the next layer's weights and in the
+    linear layer are zero.
+    """
+    out = {}
+    for layer in range(N_LAYERS):
+        w_ih = weights[f"lstm.weight_ih_l{layer}"]
+        w_hh = weights[f"lstm.weight_hh_l{layer}"]
+        h = w_hh.shape[1]
+        n_in = w_ih.shape[1] + (2 if layer > 0 else 0)
+        new_ih = np.zeros((4, h + 2, n_in), np.float32)
+        new_ih[:, :h, : w_ih.shape[1]] = w_ih.reshape(4, h, -1)
+        new_hh = np.zeros((4, h + 2, h + 2), np.float32)
+        new_hh[:, :h, :h] = w_hh.reshape(4, h, h)
+        b_ih = np.zeros((4, h + 2), np.float32)
+        b_ih[:, :h] = weights[f"lstm.bias_ih_l{layer}"].reshape(4, h)
+        b_hh = np.zeros((4, h + 2), np.float32)
+        b_hh[:, :h] = weights[f"lstm.bias_hh_l{layer}"].reshape(4, h)
+        # PyTorch gate order i, f, g, o.
+        b_ih[[0, 1, 3], h:] = ANCHOR_BIAS
+        b_ih[2, h] = ANCHOR_BIAS
+        b_ih[2, h + 1] = -ANCHOR_BIAS
+        out[f"lstm.weight_ih_l{layer}"] = new_ih.reshape(4 * (h + 2), n_in)
+        out[f"lstm.weight_hh_l{layer}"] = new_hh.reshape(4 * (h + 2), h + 2)
+        out[f"lstm.bias_ih_l{layer}"] = b_ih.reshape(-1)
+        out[f"lstm.bias_hh_l{layer}"] = b_hh.reshape(-1)
+    lin = weights["linear.weight"]
+    out["linear.weight"] = np.concatenate([lin, np.zeros((lin.shape[0], 2), np.float32)], axis=1)
+    out["linear.bias"] = weights["linear.bias"]
+    return out
+
+
 def build_float(weights: dict[str, np.ndarray]):  # -> onnx.ModelProto
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    hidden = weights["lstm.weight_hh_l0"].shape[1]
+    dim = weights["linear.weight"].shape[0]
     inits = []
     nodes = [helper.make_node("Transpose", [INPUT_NAME], ["x0"], perm=[1, 0, 2])]  # time-major
     inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
@@ -81,7 +125,7 @@ def build_float(weights: dict[str, np.ndarray]):  # -> onnx.ModelProto
                 [x, f"W{layer}", f"R{layer}", f"B{layer}"],
                 outputs,
                 name=f"lstm{layer}",
-                hidden_size=HIDDEN,
+                hidden_size=hidden,
             )
         )
         if not last:
@@ -104,7 +148,7 @@ def build_float(weights: dict[str, np.ndarray]):  # -> onnx.ModelProto
         nodes,
         "ge2e_speaker_encoder",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", "frames", 40])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", HIDDEN])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", dim])],
         inits,
     )
     model = helper.make_model(
@@ -226,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     int8_path = args.out / "ge2e-resemblyzer-int8.onnx"
     with tempfile.TemporaryDirectory() as tmp:
         # The quantizer writes side files; keep them out of the output folder.
+        anchored = Path(tmp) / "anchored.onnx"
+        onnx.save(build_float(add_range_anchors(weights)), anchored)
         tmp_out = Path(tmp) / int8_path.name
-        quantize(float_path, tmp_out)
+        quantize(anchored, tmp_out)
         int8_path.write_bytes(tmp_out.read_bytes())
 
     write_card(

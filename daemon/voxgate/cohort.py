@@ -7,6 +7,8 @@ among the cohort speakers themselves (leave-two-out: neither side of a trial is 
 used to normalize it, as with a real impostor). Both are built by one command:
 
     voxgate eval ../shared/data/resemblyzer_ls --build-cohort models/cohort
+    voxgate eval ../shared/data/resemblyzer_ls --build-cohort models/cohort \
+        --model models/shipped/ge2e-float.yaml
 """
 
 from __future__ import annotations
@@ -64,19 +66,15 @@ def slug(model_id: str) -> str:
 
 
 def default_dir() -> Path:
-    """models/cohort beside the package (source checkout) or under /usr/share/voxgate."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent.parent / "models" / "cohort", here / "models" / "cohort"):
-        if candidate.is_dir():
-            return candidate
-    return Path("/usr/share/voxgate/models/cohort")
+    """The shipped cohorts: package data in voxgate/cohorts (models/cohort in a checkout)."""
+    return Path(__file__).resolve().parent / "cohorts"
 
 
 def save(cohort: Cohort, directory: Path) -> Path:
     """Write <slug>.npz (embeddings) and <slug>.json (calibration, provenance)."""
     directory.mkdir(parents=True, exist_ok=True)
-    base = directory / slug(cohort.model_id)
-    np.savez_compressed(base.with_suffix(".npz"), embeddings=cohort.embeddings.astype(np.float32))
+    npz = directory / (slug(cohort.model_id) + ".npz")
+    np.savez_compressed(npz, embeddings=cohort.embeddings.astype(np.float32))
     doc = {
         "format": COHORT_FORMAT,
         "model_id": cohort.model_id,
@@ -86,14 +84,18 @@ def save(cohort: Cohort, directory: Path) -> Path:
         "calibration": [{"fmr": f, "threshold": t} for f, t in cohort.calibration],
         **cohort.info,
     }
-    base.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    return base.with_suffix(".npz")
+    _meta_path(npz).write_text(json.dumps(doc, indent=2) + "\n")
+    return npz
+
+
+def _meta_path(npz: Path) -> Path:
+    return npz.parent / (npz.name.removesuffix(".npz") + ".json")
 
 
 def load(path: Path) -> Cohort:
     """A cohort from its .npz (the .json beside it holds model id and calibration)."""
     path = Path(path)
-    meta_path = path.with_suffix(".json")
+    meta_path = _meta_path(path)
     try:
         doc = json.loads(meta_path.read_text())
         with np.load(path) as data:
@@ -121,8 +123,15 @@ def load(path: Path) -> Cohort:
     )
 
 
-def for_model(model_id: str, path: Path | None = None) -> Cohort:
-    """The cohort for a model: `path` if given, else the shipped one for model_id."""
+def model_sha256(embedder: Any) -> str | None:
+    """The sha256 of the embedder's model file (from its card), when known."""
+    card = getattr(embedder, "card", None)
+    return getattr(getattr(card, "model", None), "sha256", None)
+
+
+def for_model(model_id: str, path: Path | None = None, sha256: str | None = None) -> Cohort:
+    """The cohort for a model: `path` if given, else the shipped one for model_id. With sha256,
+    a cohort built from another build of the model file is refused too."""
     if path is None:
         path = default_dir() / (slug(model_id) + ".npz")
         if not path.exists():
@@ -134,6 +143,12 @@ def for_model(model_id: str, path: Path | None = None) -> Cohort:
     if cohort.model_id != model_id:
         raise CohortError(
             f"{path}: cohort made with model {cohort.model_id}, but {model_id} is loaded"
+        )
+    built_with = cohort.info.get("model_sha256")
+    if sha256 and built_with and built_with != sha256:
+        raise CohortError(
+            f"{path}: cohort built from another file of model {model_id} (sha256 "
+            f"{built_with[:12]}, loaded {sha256[:12]}); rebuild it: {cohort.info.get('command')}"
         )
     return cohort
 

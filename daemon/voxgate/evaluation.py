@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from voxgate.audio.base import SAMPLE_RATE
+from voxgate.cohort import model_sha256
 from voxgate.quality import Quality, assess, gate_reasons
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class EmbeddingCache:
         self.embedder = embedder
         self.model_id: str = embedder.model_id
         self.dim: int = embedder.dim
+        self.sha256 = model_sha256(embedder)
         self.root = root
         self.vad_cfg = vad_cfg
         self.cache_file = cache_file
@@ -133,7 +135,7 @@ class EmbeddingCache:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
-                if meta.get("model_id") != self.model_id:
+                if meta.get("model_id") != self.model_id or meta.get("sha256") != self.sha256:
                     return
                 for rec, emb, q in zip(meta["recordings"], data["emb"], meta["quality"],
                                        strict=True):  # fmt: skip
@@ -151,6 +153,7 @@ class EmbeddingCache:
         ).astype(np.float32)
         meta = {
             "model_id": self.model_id,
+            "sha256": self.sha256,
             "recordings": recs,
             "quality": [self._quality[r].__dict__ for r in recs],
         }
@@ -445,6 +448,12 @@ def evaluate(
     base = _system("cosine (upstream recipe)", baseline, es)
     back = _system("voxgate back end", backend, es, threshold)
     back.extra["retry_rate_percent"] = round(100 * retry / len(es.trials), 2)
+    # What threshold this set itself would need for the target FMR (shows calibration drift;
+    # needs well over 1/target_fmr impostor trials to mean much).
+    non = backend[np.array([t for _, _, t in es.trials]) == 0]
+    back.extra["threshold_for_target_fmr_on_this_set"] = round(
+        float(np.quantile(non, 1 - cfg.speaker.target_fmr)), 3
+    )
     back.extra["rejected_enroll_takes"] = sum(len(v) for v in rejected.values())
     qualities = [cache.quality(r) for r in dict.fromkeys(r for _, r, _ in es.trials)]
     gated = [gate_reasons(q, cfg.speaker.min_speech_s, cfg.speaker.min_snr_db) for q in qualities]
@@ -517,6 +526,7 @@ def build_cohort(
     out_dir: Path,
     top_k: int,
     progress: bool = True,
+    model_arg: str | None = None,
 ) -> Any:
     """Cohort + calibration from a set's speakers that have no trials (e.g. resemblyzer_ls's
     251 train-clean-100 speakers). Only embeddings are written, never audio."""
@@ -532,9 +542,15 @@ def build_cohort(
     loaded = ((spk, load_recording(es.root, p)) for spk, p in recs)
     speakers = cohortmod.embed_chunks(list(loaded), embedder.embed, show)
     info = {
+        "model_sha256": cohortmod.model_sha256(embedder),
         "source": f"{es.name}: {len(recs)} recordings of speakers without trials, "
         f"cut into {cohortmod.CHUNK_S:g} s pieces",
-        "command": f"voxgate eval {set_dir} --build-cohort {out_dir}",
+        "command": f"voxgate eval {set_dir} --build-cohort {out_dir}"
+        + (f" --model {model_arg}" if model_arg else ""),
+        "license": "derived embeddings (numbers, no audio) of LibriSpeech train-clean-100, "
+        "CC BY 4.0, Panayotov et al. 2015"
+        if es.name == "resemblyzer_ls"
+        else "see the source set's license",
     }
     c = cohortmod.build(embedder.model_id, speakers, top_k=top_k, info=info)
     cohortmod.save(c, out_dir)

@@ -117,6 +117,33 @@ def povey_window(n: int) -> np.ndarray:
     return np.power(hann, 0.85).astype(np.float32)
 
 
+class SparseBank:
+    """Apply a filterbank using only its non-zero weights.
+
+    Triangular filters touch a few FFT bins each, and a dense matmul would go through BLAS,
+    whose thread pool wakes every core for a tiny product: this stays on the calling thread.
+    """
+
+    def __init__(self, bank: np.ndarray) -> None:
+        cols: list[np.ndarray] = []
+        weights: list[np.ndarray] = []
+        starts: list[int] = []
+        for row in bank:
+            nz = np.flatnonzero(row)
+            if nz.size == 0:  # an empty band (possible with many bands): weight 0 on bin 0
+                nz = np.array([0])
+            starts.append(sum(c.size for c in cols))
+            cols.append(nz)
+            weights.append(row[nz])
+        self.cols = np.concatenate(cols)
+        self.weights = np.concatenate(weights).astype(np.float32)
+        self.starts = np.asarray(starts)
+
+    def apply(self, power: np.ndarray) -> np.ndarray:
+        """(T, bins) power -> (T, bands)."""
+        return np.add.reduceat(power[:, self.cols] * self.weights, self.starts, axis=1)
+
+
 # --- GE2E: mel power --------------------------------------------------------------------------
 
 
@@ -150,9 +177,8 @@ class MelPower:
         self.n_bins = cfg.n_mels
         self.hop = cfg.hop_length
         self._window = hann_periodic(cfg.n_fft)
-        # Transposed so frames @ bank gives (T, n_mels).
-        self._bank_t = np.ascontiguousarray(
-            slaney_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax).T
+        self._bank = SparseBank(
+            slaney_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
         )
 
     def default_frames(self, n_samples: int) -> int:
@@ -170,7 +196,7 @@ class MelPower:
         idx = np.arange(count)[:, None] * hop + np.arange(n_fft)[None, :]
         spec = np.fft.rfft(padded[idx] * self._window, axis=1)
         power = (spec.real**2 + spec.imag**2).astype(np.float32)
-        return power @ self._bank_t
+        return self._bank.apply(power)
 
     def frames(self, pcm: np.ndarray, n_frames: int | None = None) -> np.ndarray:
         x = to_float(pcm)
@@ -259,10 +285,10 @@ class KaldiFbank:
             self._window = (
                 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(self.length) / (self.length - 1))
             ).astype(np.float32)
-        self._bank_t = np.ascontiguousarray(
+        self._bank = SparseBank(
             kaldi_filterbank(
                 cfg.sample_rate, self.n_fft, cfg.num_mel_bins, cfg.low_freq, cfg.high_freq
-            ).T
+            )
         )
 
     def default_frames(self, n_samples: int) -> int:
@@ -282,7 +308,7 @@ class KaldiFbank:
         fr *= self._window
         spec = np.fft.rfft(fr, n=self.n_fft, axis=1)
         power = (spec.real**2 + spec.imag**2).astype(np.float32)
-        energies = power @ self._bank_t
+        energies = self._bank.apply(power)
         if cfg.log:
             energies = np.log(np.maximum(energies, np.finfo(np.float32).eps))
         return energies.astype(np.float32)

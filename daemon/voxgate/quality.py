@@ -74,7 +74,17 @@ def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None) -> Quality:
 
     vad_cfg = vad_cfg or VadConfig()
     pcm = np.asarray(pcm, dtype=np.int16)
-    speech_s = sum(u.speech_s for u in segment(pcm, vad_cfg, FRAME_MS))
+    # Measuring a whole recording needs no memory bound, so utterances are not split; an
+    # utterance still split at the bound's edge (vad.Endpointer.flush with nothing buffered)
+    # raises ValueError: then count the speech of the utterances already closed.
+    whole = vad_cfg.model_copy(update={"max_utterance_ms": 120000})
+    try:
+        speech_s = sum(u.speech_s for u in segment(pcm, whole, FRAME_MS))
+    except ValueError:
+        n = 120 * SAMPLE_RATE
+        speech_s = sum(
+            u.speech_s for i in range(0, len(pcm), n) for u in segment(pcm[i : i + n], whole)
+        )
     return Quality(
         duration_s=len(pcm) / SAMPLE_RATE,
         speech_s=float(speech_s),

@@ -163,3 +163,19 @@ class Scorer:
         if q_ok:
             reasons = (*reasons, "unknown_speaker")
         return SpeakerResult(None, score, raw, threshold, False, q_ok, reasons)
+
+
+def load_scorer(cfg: Any, store: VoiceprintStore, embedder: Any) -> Scorer:
+    """A Scorer for the device config (the whole VoxgateConfig): the configured or shipped
+    cohort of the loaded model. ScoringError with a message when no cohort fits and no fixed
+    speaker.threshold is set."""
+    from voxgate.cohort import CohortError, for_model, model_sha256
+
+    try:
+        cohort = for_model(embedder.model_id, cfg.speaker.cohort, model_sha256(embedder))
+    except CohortError as exc:
+        if cfg.speaker.threshold is None:
+            raise ScoringError(str(exc)) from None
+        log.warning("%s; scoring raw cosine against speaker.threshold", exc)
+        cohort = None
+    return Scorer(store, embedder, cfg.speaker, cohort)

@@ -124,3 +124,16 @@ def test_level_gain_raises_quiet_audio_only() -> None:
     assert level_gain(0.5**2 * 100, 100, -30.0) == 1.0
     assert level_gain(0.0, 100, -30.0) == 1.0
     assert level_gain(quiet**2 * 100, 100, None) == 1.0
+
+
+def test_mel_power_matches_librosa() -> None:
+    """librosa is what Resemblyzer trained with; an optional cross-check (skips without it)."""
+    librosa = pytest.importorskip("librosa")
+    rng = np.random.default_rng(3)
+    x = np.concatenate([tone(220.0, 0.5), (rng.standard_normal(9000) * 3000).astype(np.int16)])
+    ref = librosa.feature.melspectrogram(
+        y=x.astype(np.float32) / 32768, sr=SR, n_fft=400, hop_length=160, n_mels=40
+    ).T
+    mine = MelPower(MelPowerConfig()).frames(x)
+    assert mine.shape == ref.shape
+    np.testing.assert_allclose(mine, ref, rtol=1e-4, atol=1e-6 * float(ref.max()))

@@ -138,3 +138,15 @@ def test_build_is_reproducible(tmp_path: Path) -> None:
         sys.stdout = saved_stdout
     for name in ("ge2e-resemblyzer-int8.onnx", "ge2e-resemblyzer-float.onnx", "ge2e-int8.yaml"):
         assert (tmp_path / name).read_bytes() == (SHIPPED / name).read_bytes(), name
+
+
+def test_int8_window_embeddings_do_not_depend_on_the_batch() -> None:
+    """The range anchors make dynamic int8 quantization independent of a call's other windows."""
+    q = load_embedder(SHIPPED / "ge2e-int8.yaml")
+    pcm = np.concatenate([speak(SENTENCE, "en-us"), speak(SENTENCE, "en-us+f3")])
+    starts = q.window_starts(pcm.size)
+    frames = q.frontend.frames(pcm, n_frames=starts[-1] + 160)
+    batch = np.stack([frames[s : s + 160] for s in starts]).astype(np.float32)
+    together = q.runtime.run(batch)
+    alone = np.concatenate([q.runtime.run(batch[i : i + 1]) for i in range(len(batch))])
+    assert np.all(1.0 - np.sum(together * alone, axis=1) < 1e-5)

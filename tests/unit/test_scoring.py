@@ -15,7 +15,7 @@ from voxgate.scoring import Scorer, ScoringError, asnorm, asnorm_stats
 from voxgate.voiceprints import VoiceprintStore, l2_normalize
 
 DIM = 64
-MODEL = "synthetic/float"
+MODEL = "synthetic-1.0/float"
 
 
 class Voices:
@@ -96,7 +96,8 @@ def test_cohort_save_load_and_model_check(tmp_path: Path) -> None:
     assert back.calibration == cohort.calibration and back.top_k == 10
     with pytest.raises(cohortmod.CohortError, match="loaded"):
         cohortmod.for_model("other/int8", path)
-    path.with_suffix(".json").write_text("{}")
+    assert path.name == "synthetic-1.0--float.npz"
+    (tmp_path / "synthetic-1.0--float.json").write_text("{}")
     with pytest.raises(cohortmod.CohortError, match="not a"):
         cohortmod.load(path)
     with pytest.raises(cohortmod.CohortError, match="no cohort shipped"):

@@ -49,13 +49,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         embedder = load_embedder(cfg, args.model)
         if args.build_cohort:
-            c = build_cohort(args.set_dir, embedder, args.build_cohort, args.top_k)
+            c = build_cohort(
+                args.set_dir,
+                embedder,
+                args.build_cohort,
+                args.top_k,
+                model_arg=str(args.model) if args.model else None,
+            )
             print(f"cohort for {c.model_id}: {len(c.embeddings)} speakers, "
                   f"{c.info['calibration_trials']} impostor calibration trials")  # fmt: skip
             for fmr, thr in c.calibration:
                 print(f"  FMR {fmr:<7g} threshold {thr:.3f}")
             return 0
-        cohort = load_cohort(cfg, embedder.model_id)
+        cohort = load_cohort(cfg, embedder)
         out = args.out or Path(f"eval-{args.set_dir.resolve().name}")
         report = evaluate(args.set_dir, embedder, cfg, cohort, out)
     except (CommandError, EvalError) as exc:

@@ -17,7 +17,7 @@ class CommandError(Exception):
 
 def fail(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
-    log.error("%s", msg)
+    log.info("command failed: %s", msg)
     return 1
 
 
@@ -41,11 +41,11 @@ def load_embedder(cfg: Any, model: Path | None = None) -> Any:
         raise CommandError(f"cannot load the speaker model: {exc}") from None
 
 
-def load_cohort(cfg: Any, model_id: str, required: bool = True) -> Any:
-    from voxgate.cohort import CohortError, for_model
+def load_cohort(cfg: Any, embedder: Any, required: bool = True) -> Any:
+    from voxgate.cohort import CohortError, for_model, model_sha256
 
     try:
-        return for_model(model_id, cfg.speaker.cohort)
+        return for_model(embedder.model_id, cfg.speaker.cohort, model_sha256(embedder))
     except CohortError as exc:
         if required and cfg.speaker.threshold is None:
             raise CommandError(str(exc)) from None

@@ -47,7 +47,7 @@ def score_file(cfg: Any, path: str, claimed: str | None) -> tuple[Any, Any]:
 
     pcm = read_file(path)
     embedder = load_embedder(cfg)
-    cohort = load_cohort(cfg, embedder.model_id)
+    cohort = load_cohort(cfg, embedder)
     quality = assess(pcm, cfg.vad)
     try:
         emb = embedder.embed(pcm)
