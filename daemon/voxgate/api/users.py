@@ -88,8 +88,15 @@ class UserAdmin:
         if not result.ok:
             raise EnrollRefused("; ".join(result.problems), report)
         meta = {"takes": len(result.embeddings), "speech_s": round(result.speech_s, 2)}
-        put = self.store.replace if replace else self.store.add_user
-        vp = put(name, result.embeddings, embedder.model_id, meta)
+        if replace:
+            vp = self.store.replace(name, result.embeddings, embedder.model_id, meta)
+        else:
+            try:
+                vp = self.store.add_user(name, result.embeddings, embedder.model_id, meta)
+            except StoreError:
+                if self.store.get(name) is not None:  # a concurrent enrollment won the race
+                    raise UserExists(f"user '{name}' was enrolled meanwhile") from None
+                raise
         log.info("enrolled %s over the API (%d takes)", vp.name, len(vp.embeddings))
         self._changed("enrolled", vp.name)
         return {"name": vp.name, "version": vp.version, "model_id": vp.model_id, **report}
