@@ -1,13 +1,261 @@
-"""voxgate bench (stub until its stage lands)."""
+"""voxgate bench: speed and memory of the speaker-embedding models on one CPU core.
+
+Each system runs in a fresh subprocess pinned to one core with one inference thread, so load
+time and resident memory are its own. Reported per system: model load time, median and 90th
+percentile milliseconds to embed one utterance (default 3 s), the time finish() takes after
+a stream has been fed the same audio (the latency left once the speaker stops), and the peak
+resident memory of the process. Upstream Resemblyzer (PyTorch) is added when it is importable,
+and ratios are taken against it from the same run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
-from voxgate.commands.common import add_config_option, add_parser, not_yet
+from voxgate.commands.common import add_config_option, add_parser, config_from_args
+
+EXAMPLES = """\
+voxgate bench                                   shipped models (+ PyTorch Resemblyzer if importable)
+voxgate bench -n 50 --seconds 5                 50 runs on 5 s of audio
+voxgate bench --model my/campp.yaml --no-torch  a dropped-in model only
+voxgate bench --audio speech.wav --cpu 1        your own audio, pinned to core 1
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_parser(sub, "bench", help="bench (not yet available)", examples="voxgate bench --help")
+    p = add_parser(
+        sub,
+        "bench",
+        help="measure speaker-embedding speed and memory on one core",
+        description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+        examples=EXAMPLES,
+    )
     add_config_option(p)
-    p.set_defaults(func=lambda args: not_yet("bench"))
+    p.add_argument(
+        "--model",
+        action="append",
+        type=Path,
+        metavar="CARD",
+        help="model card or model file (repeatable); default: every shipped card",
+    )
+    p.add_argument("-n", "--runs", type=int, default=30, help="timed runs (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=3.0, help="utterance length (default: 3)")
+    p.add_argument("--audio", type=Path, help="WAV/FLAC to use instead of synthetic audio")
+    p.add_argument("--cpu", type=int, default=None, help="core to pin to (default: last core)")
+    p.add_argument("--no-torch", action="store_true", help="skip upstream PyTorch Resemblyzer")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=run)
+
+
+# --- worker (runs in the subprocess) -----------------------------------------------------------
+
+
+def synthetic_speech(seconds: float, seed: int = 0):  # -> np.ndarray
+    """Deterministic speech-like audio: a gliding harmonic voice with syllable-rate bursts
+    and pauses. Speed does not depend on what is said, only on how long it is."""
+    import numpy as np
+
+    sr = 16000
+    n = int(sr * seconds)
+    t = np.arange(n) / sr
+    rng = np.random.default_rng(seed)
+    f0 = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    voice = sum(np.sin(k * phase) / k for k in range(1, 20))
+    envelope = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) ** 0.5
+    x = 0.2 * voice * envelope + 0.01 * rng.standard_normal(n)
+    return np.clip(np.round(x / np.abs(x).max() * 0.5 * 32767), -32768, 32767).astype(np.int16)
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(fn, runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    if spec.get("cpu") is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {spec["cpu"]})
+    if spec.get("audio"):
+        from voxgate.audio.file import read_audio
+
+        pcm = read_audio(spec["audio"])[: int(16000 * spec["seconds"])]
+    else:
+        pcm = synthetic_speech(spec["seconds"])
+    runs = spec["runs"]
+    result: dict[str, Any] = {"system": spec["system"], "seconds": pcm.size / 16000}
+    t0 = time.perf_counter()
+    if spec["system"] == "torch":
+        import torch
+
+        torch.set_num_threads(1)
+        from resemblyzer import VoiceEncoder
+
+        encoder = VoiceEncoder("cpu", verbose=False)
+        wav = pcm.astype(np.float32) / 32768
+        result["load_ms"] = (time.perf_counter() - t0) * 1000
+        result["name"] = "resemblyzer-torch (upstream)"
+        result["runtime"] = f"torch {torch.__version__}"
+        encoder.embed_utterance(wav)
+        times = _timed(lambda: encoder.embed_utterance(wav), runs)
+        result["finish_ms"] = None
+    else:
+        from voxgate.embedding import load_embedder
+
+        e = load_embedder(Path(spec["system"]) if spec["system"] != "default" else None, 1)
+        result["load_ms"] = (time.perf_counter() - t0) * 1000
+        result["name"] = e.model_id
+        result["runtime"] = e.runtime.name
+        e.embed(pcm)
+        times = _timed(lambda: e.embed(pcm), runs)
+        finish = []
+        for _ in range(max(3, runs // 3)):
+            s = e.stream()
+            for i in range(0, pcm.size, 480):  # 30 ms microphone frames
+                s.push(pcm[i : i + 480])
+            t1 = time.perf_counter()
+            s.finish()
+            finish.append((time.perf_counter() - t1) * 1000)
+        result["finish_ms"] = float(np.median(finish))
+    result["median_ms"] = float(np.median(times))
+    result["p90_ms"] = float(np.percentile(times, 90))
+    result["peak_rss_mb"] = _peak_rss_mb()
+    return result
+
+
+# --- parent ------------------------------------------------------------------------------------
+
+
+def _shipped_cards() -> list[Path]:
+    from voxgate.embedding import default_card_path
+
+    folder = default_card_path().parent
+    default = default_card_path()
+    return [default, *sorted(p for p in folder.glob("*.yaml") if p != default)]
+
+
+def _torch_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "librosa", "resemblyzer"))
+
+
+def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    env = dict(os.environ)
+    # One thread everywhere: BLAS pools in numpy/torch would otherwise use every core.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = "1"
+    daemon_dir = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = daemon_dir + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "voxgate.commands.bench", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"system": spec["system"], "error": tail[0]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fmt(v: float | None, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args) if getattr(args, "config", None) else None
+    if getattr(args, "config", None) and cfg is None:
+        return 2
+    if args.runs < 1 or args.seconds <= 0:
+        print("voxgate bench: --runs must be >= 1 and --seconds > 0", file=sys.stderr)
+        return 2
+    cpu = args.cpu
+    if cpu is None and hasattr(os, "sched_getaffinity"):
+        cpu = max(os.sched_getaffinity(0))
+    systems: list[str] = [str(p) for p in (args.model or [])]
+    if not systems:
+        if cfg is not None and cfg.speaker.model is not None:
+            systems = [str(cfg.speaker.model)]
+        else:
+            systems = [str(p) for p in _shipped_cards()]
+    if not args.no_torch:
+        if _torch_available():
+            systems.append("torch")
+        else:
+            print("(upstream PyTorch Resemblyzer not installed: skipped)", file=sys.stderr)
+    results = []
+    for i, system in enumerate(systems, 1):
+        print(f"[{i}/{len(systems)}] {system} ...", file=sys.stderr, flush=True)
+        spec = {
+            "system": system,
+            "runs": args.runs,
+            "seconds": args.seconds,
+            "audio": str(args.audio) if args.audio else None,
+            "cpu": cpu,
+        }
+        results.append(_run_worker(spec))
+    torch_ms = next(
+        (r["median_ms"] for r in results if r["system"] == "torch" and "error" not in r), None
+    )
+    torch_rss = next(
+        (r["peak_rss_mb"] for r in results if r["system"] == "torch" and "error" not in r), None
+    )
+    for r in results:
+        if "error" not in r and torch_ms:
+            r["speedup_vs_torch"] = torch_ms / r["median_ms"]
+            r["rss_ratio_vs_torch"] = r["peak_rss_mb"] / torch_rss
+    failed = 1 if any("error" in r for r in results) else 0
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return failed
+    seconds = next((r["seconds"] for r in results if "seconds" in r), args.seconds)
+    print(
+        f"speaker embedding, {seconds:.1f} s utterance, 1 thread pinned to core {cpu}, "
+        f"median of {args.runs} runs"
+    )
+    head = (
+        f"{'model':34s} {'runtime':18s} {'load ms':>8s} {'ms/utt':>7s} {'p90':>6s} "
+        f"{'finish':>7s} {'RSS MB':>7s} {'x torch':>8s}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        if "error" in r:
+            print(f"{r['system']:34s} failed: {r['error']}")
+            continue
+        speed = r.get("speedup_vs_torch")
+        print(
+            f"{r['name'][:34]:34s} {r['runtime'][:18]:18s} {r['load_ms']:8.0f} "
+            f"{r['median_ms']:7.1f} {r['p90_ms']:6.1f} {_fmt(r['finish_ms']):>7s} "
+            f"{r['peak_rss_mb']:7.0f} {_fmt(speed, '.2f'):>8s}"
+        )
+    print("finish = time left after the last audio of a stream (windows run while speaking)")
+    return failed
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker(json.loads(sys.argv[1]))))

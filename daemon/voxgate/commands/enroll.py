@@ -1,15 +1,173 @@
-"""voxgate enroll (stub until its stage lands)."""
+"""voxgate enroll NAME [--from FILE ...]: record or read enrollment takes and store a voiceprint."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
-from voxgate.commands.common import add_config_option, add_parser, not_yet
+import numpy as np
+
+from voxgate.commands.common import add_config_option, add_parser, config_from_args
+from voxgate.commands.speaker_common import (
+    CommandError,
+    fail,
+    load_embedder,
+    open_store,
+    read_file,
+)
+
+REASONS = {
+    "too_short": "too little speech",
+    "clipped": "clipped (too loud: move back or lower the gain)",
+    "too_noisy": "too noisy",
+    "outlier": "inconsistent with the other takes (another voice?)",
+    "no_embedding": "the model could not use it",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(
-        sub, "enroll", help="enroll (not yet available)", examples="voxgate enroll --help"
+        sub,
+        "enroll",
+        help="enroll a user from the microphone (guided) or from recordings",
+        description="Enroll NAME. Without --from, shows a random digit string per take and "
+        "records until you stop speaking, until speaker.enroll_min_takes takes and "
+        "speaker.enroll_min_speech_s seconds of net speech are in. Takes should be the same "
+        "kind of speech as a door attempt (digit strings, same microphone). Takes that are "
+        "too short, clipped, noisy or inconsistent with the others are named and left out.",
+        examples="""
+        voxgate enroll alice
+        voxgate enroll alice --from take1.wav take2.wav take3.wav take4.wav take5.wav
+        voxgate enroll alice --replace -c /etc/voxgate/voxgate.yaml
+        """,
+    )
+    p.add_argument("name", metavar="NAME", help="the user's name (1-64 characters)")
+    p.add_argument(
+        "--from",
+        dest="files",
+        nargs="+",
+        metavar="FILE",
+        help="enrollment takes as WAV/FLAC files, one take per file (default: microphone)",
+    )
+    p.add_argument("--replace", action="store_true", help="re-enroll a user who exists")
+    p.add_argument(
+        "--max-takes", type=int, default=20, help="microphone: give up after this many takes"
     )
     add_config_option(p)
-    p.set_defaults(func=lambda args: not_yet("enroll"))
+    p.set_defaults(func=run)
+
+
+def _print_takes(result: Any, labels: list[str]) -> None:
+    for t in result.takes:
+        q = t.quality
+        line = (
+            f"  take {t.index:2d} {labels[t.index - 1]:24.24s} speech {q.speech_s:4.1f} s  "
+            f"SNR {q.snr_db:3.0f} dB  clipped {100 * q.clipped:4.2f} %"
+        )
+        if t.consistency is not None:
+            line += f"  consistency {t.consistency:.2f}"
+        line += "  ok" if t.accepted else f"  REJECTED: {REASONS.get(t.reason or '', t.reason)}"
+        print(line)
+
+
+def _record_takes(cfg: Any, embedder: Any, max_takes: int) -> tuple[list[np.ndarray], Any]:
+    """Guided microphone enrollment: prompt, record to end of speech, check, repeat."""
+    from voxgate.audio import AudioError, open_source
+    from voxgate.enrollment import check_takes, prompt_digits, take_problem
+    from voxgate.quality import assess
+    from voxgate.vad import Endpointer, SpeechEnded
+
+    sp = cfg.speaker
+    takes: list[np.ndarray] = []
+    speech = 0.0
+    result = None
+    try:
+        source = open_source(cfg.audio)
+    except AudioError as exc:
+        raise CommandError(str(exc)) from None
+    with source:
+        frames = source.frames(cfg.audio.frame_ms)
+        ep = Endpointer(cfg.vad, cfg.audio.frame_ms)
+        for attempt in range(1, max_takes + 1):
+            print(f"\ntake {attempt}: say   {prompt_digits(4)}", flush=True)
+            pcm = None
+            for frame in frames:
+                ended = [e for e in ep.feed(frame) if isinstance(e, SpeechEnded)]
+                if ended and ended[0].utterance is not None:
+                    pcm = ended[0].utterance.pcm
+                    break
+            if pcm is None:
+                print("  (audio source ended)")
+                break
+            q = assess(pcm, cfg.vad)
+            problem = take_problem(q, sp)
+            if problem:
+                print(f"  not used: {REASONS[problem]} ({q.speech_s:.1f} s, {q.snr_db:.0f} dB)")
+                continue
+            takes.append(pcm)
+            speech += q.speech_s
+            print(
+                f"  ok: {q.speech_s:.1f} s of speech, SNR {q.snr_db:.0f} dB   progress: "
+                f"{len(takes)}/{sp.enroll_min_takes} takes, "
+                f"{speech:.1f}/{sp.enroll_min_speech_s:.0f} s"
+            )
+            if len(takes) >= sp.enroll_min_takes and speech >= sp.enroll_min_speech_s:
+                result = check_takes(takes, embedder, sp, cfg.vad)
+                if result.ok:
+                    break
+                # An outlier was dropped: keep only the good takes and record more.
+                _print_takes(result, [f"mic take {i}" for i in range(1, len(takes) + 1)])
+                takes = [takes[t.index - 1] for t in result.accepted]
+                speech = result.speech_s
+    if result is None or len(result.takes) != len(takes):
+        result = check_takes(takes, embedder, sp, cfg.vad)
+    return takes, result
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg is None:
+        return 1
+    from voxgate.enrollment import check_takes
+    from voxgate.voiceprints import StoreError, normalize_name
+
+    try:
+        name = normalize_name(args.name)
+        store = open_store(cfg)
+    except (CommandError, StoreError) as exc:
+        return fail(str(exc))
+    with store:
+        try:
+            if store.get(name) is not None and not args.replace:
+                return fail(f"user '{name}' is already enrolled; add --replace to re-enroll")
+            embedder = load_embedder(cfg)
+            if args.files:
+                takes = [read_file(f) for f in args.files]
+                labels = list(args.files)
+                result = check_takes(takes, embedder, cfg.speaker, cfg.vad)
+            else:
+                takes, result = _record_takes(cfg, embedder, args.max_takes)
+                labels = [f"mic take {i}" for i in range(1, len(takes) + 1)]
+        except CommandError as exc:
+            return fail(str(exc))
+        except StoreError as exc:
+            return fail(str(exc))
+        print(f"enrollment of {name}: {len(result.accepted)} of {len(result.takes)} takes used, "
+              f"{result.speech_s:.1f} s of net speech")  # fmt: skip
+        _print_takes(result, labels)
+        if not result.ok:
+            for problem in result.problems:
+                print(f"  not enrolled: {problem}", file=sys.stderr)
+            return 1
+        meta = {
+            "takes": len(result.accepted),
+            "speech_s": round(result.speech_s, 1),
+            "source": "files" if args.files else "microphone",
+        }
+        try:
+            store.replace(name, result.embeddings, embedder.model_id, meta)
+        except StoreError as exc:
+            return fail(str(exc))
+    print(f"enrolled {name} with model {embedder.model_id}")
+    return 0

@@ -1,13 +1,70 @@
-"""voxgate eval (stub until its stage lands)."""
+"""voxgate eval SET_DIR: speaker-verification accuracy on a protocol folder; cohort building."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from voxgate.commands.common import add_config_option, add_parser, not_yet
+from voxgate.commands.common import add_config_option, add_parser, config_from_args
+from voxgate.commands.speaker_common import CommandError, fail, load_cohort, load_embedder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_parser(sub, "eval", help="eval (not yet available)", examples="voxgate eval --help")
+    p = add_parser(
+        sub,
+        "eval",
+        help="measure EER, minDCF, FMR/FNMR and a DET curve on a protocol folder",
+        description="SET_DIR holds manifest.csv, enroll.csv and trials.csv (a path of files "
+        "joined by ';' is one recording with 0.2 s gaps). Scores every trial with the "
+        "upstream recipe (mean embedding, cosine) and with voxgate's back end (enrollment "
+        "checks, AS-norm, threshold from speaker.target_fmr, quality gate), and writes "
+        "report.json, scores.csv, det.png and an embedding cache to --out. "
+        "With --build-cohort, instead builds the normalization cohort and its threshold "
+        "calibration from the set's speakers that have no trials.",
+        examples="""
+        voxgate eval ../shared/data/fsdd --out eval-out/fsdd
+        voxgate eval ../shared/data/vcc2018_eval --model models/speaker/ge2e-float.yaml
+        voxgate eval ../shared/data/resemblyzer_ls --build-cohort models/cohort
+        """,
+    )
+    p.add_argument("set_dir", metavar="SET_DIR", type=Path, help="protocol folder")
+    p.add_argument("--out", metavar="DIR", type=Path, help="output folder (default eval-SET)")
+    p.add_argument("--model", metavar="FILE", type=Path, help="speaker model (default: config)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--build-cohort", metavar="DIR", type=Path, help="build cohort + calibration into DIR"
+    )
+    p.add_argument("--top-k", type=int, default=100, help="AS-norm top-k for --build-cohort")
     add_config_option(p)
-    p.set_defaults(func=lambda args: not_yet("eval"))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg is None:
+        return 1
+    from voxgate.evaluation import EvalError, build_cohort, evaluate, format_report
+
+    try:
+        embedder = load_embedder(cfg, args.model)
+        if args.build_cohort:
+            c = build_cohort(
+                args.set_dir,
+                embedder,
+                args.build_cohort,
+                args.top_k,
+                model_arg=str(args.model) if args.model else None,
+            )
+            print(f"cohort for {c.model_id}: {len(c.embeddings)} speakers, "
+                  f"{c.info['calibration_trials']} impostor calibration trials")  # fmt: skip
+            for fmr, thr in c.calibration:
+                print(f"  FMR {fmr:<7g} threshold {thr:.3f}")
+            return 0
+        cohort = load_cohort(cfg, embedder)
+        out = args.out or Path(f"eval-{args.set_dir.resolve().name}")
+        report = evaluate(args.set_dir, embedder, cfg, cohort, out)
+    except (CommandError, EvalError) as exc:
+        return fail(str(exc))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0

@@ -1,15 +1,40 @@
-"""voxgate identify (stub until its stage lands)."""
+"""voxgate identify FILE: which enrolled user is speaking, if any? (1:N, open set)"""
 
 from __future__ import annotations
 
 import argparse
 
-from voxgate.commands.common import add_config_option, add_parser, not_yet
+from voxgate.commands.common import add_config_option, add_parser, config_from_args
+from voxgate.commands.speaker_common import CommandError, fail
+from voxgate.commands.verify import score_file, show
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(
-        sub, "identify", help="identify (not yet available)", examples="voxgate identify --help"
+        sub,
+        "identify",
+        help="find which enrolled user speaks in a recording (1:N, may say unknown)",
+        description="Score a recording against every enrolled user. The best match is named "
+        "only if it clears the threshold for speaker.target_fmr divided by the number of "
+        "users; otherwise the answer is 'unknown speaker'. Exit status: 0 identified, "
+        "1 unknown or error, 4 retry (too little speech or too noisy).",
+        examples="""
+        voxgate identify attempt.wav
+        voxgate identify attempt.flac -c /etc/voxgate/voxgate.yaml --json
+        """,
     )
+    p.add_argument("file", metavar="FILE", help="WAV/FLAC recording (any rate; converted)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_config_option(p)
-    p.set_defaults(func=lambda args: not_yet("identify"))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg is None:
+        return 1
+    try:
+        result, quality = score_file(cfg, args.file, None)
+    except CommandError as exc:
+        return fail(str(exc))
+    return show(result, quality, args.json)

@@ -1,13 +1,141 @@
-"""voxgate users (stub until its stage lands)."""
+"""voxgate users list|erase|export|init-key: manage enrolled voiceprints and their key."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from pathlib import Path
 
-from voxgate.commands.common import add_config_option, add_parser, not_yet
+from voxgate.commands.common import add_config_option, add_parser, config_from_args
+from voxgate.commands.speaker_common import CommandError, fail, open_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_parser(sub, "users", help="users (not yet available)", examples="voxgate users --help")
+    p = add_parser(
+        sub,
+        "users",
+        help="list, erase or export enrolled users; create the voiceprint key",
+        description="Voiceprints live in an encrypted SQLite file (speaker.database). "
+        "'erase' removes a user's bytes from the file and its journal (for deletion "
+        "requests); 'export' prints everything stored about a user as JSON.",
+        examples="""
+        voxgate users init-key /etc/voxgate/voiceprint.key
+        voxgate users list -c /etc/voxgate/voxgate.yaml
+        voxgate users export alice > alice.json
+        voxgate users erase alice
+        """,
+    )
     add_config_option(p)
-    p.set_defaults(func=lambda args: not_yet("users"))
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls = add_parser(
+        actions,
+        "list",
+        help="enrolled users, their model and dates",
+        examples="voxgate users list\nvoxgate users list -c /etc/voxgate/voxgate.yaml",
+    )
+    add_config_option(ls)
+    ls.set_defaults(func=run_list)
+    er = add_parser(
+        actions,
+        "erase",
+        help="delete a user's voiceprint from disk (file and journal)",
+        examples="voxgate users erase alice\n"
+        "voxgate users erase alice -c /etc/voxgate/voxgate.yaml",
+    )
+    er.add_argument("name", metavar="NAME")
+    add_config_option(er)
+    er.set_defaults(func=run_erase)
+    ex = add_parser(
+        actions,
+        "export",
+        help="print a user's stored data as JSON",
+        examples="voxgate users export alice > alice.json\n"
+        "voxgate users export alice -o alice.json",
+    )
+    ex.add_argument("name", metavar="NAME")
+    ex.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    add_config_option(ex)
+    ex.set_defaults(func=run_export)
+    ik = add_parser(
+        actions,
+        "init-key",
+        help="create a new random voiceprint key (mode 0600)",
+        examples="voxgate users init-key /etc/voxgate/voiceprint.key",
+    )
+    ik.add_argument("file", metavar="FILE", type=Path)
+    ik.set_defaults(func=run_init_key)
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def run_list(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg is None:
+        return 1
+    try:
+        store = open_store(cfg)
+    except CommandError as exc:
+        return fail(str(exc))
+    with store:
+        users = store.users()
+    if not users:
+        print("no users enrolled")
+        return 0
+    print(f"{'name':20s} {'model':32s} {'takes':>5s}  {'enrolled':16s}  {'updated':16s}  ver")
+    for u in users:
+        print(
+            f"{u.name:20s} {u.model_id:32s} {u.takes:5d}  {_when(u.created_at):16s}  "
+            f"{_when(u.updated_at):16s}  {u.version}"
+        )
+    return 0
+
+
+def run_erase(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg is None:
+        return 1
+    from voxgate.voiceprints import StoreError
+
+    try:
+        with open_store(cfg) as store:
+            gone = store.erase(args.name)
+    except (CommandError, StoreError) as exc:
+        return fail(str(exc))
+    if not gone:
+        return fail(f"no user '{args.name}' enrolled")
+    print(f"erased {args.name}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg is None:
+        return 1
+    from voxgate.voiceprints import StoreError
+
+    try:
+        with open_store(cfg) as store:
+            doc = store.export(args.name)
+    except (CommandError, StoreError) as exc:
+        return fail(str(exc))
+    text = json.dumps(doc, indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def run_init_key(args: argparse.Namespace) -> int:
+    from voxgate.voiceprints import StoreError, write_key_file
+
+    try:
+        write_key_file(args.file)
+    except StoreError as exc:
+        return fail(str(exc))
+    print(f"wrote a new voiceprint key to {args.file} (mode 0600); set speaker.key_file to it")
+    return 0

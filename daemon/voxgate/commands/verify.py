@@ -1,15 +1,98 @@
-"""voxgate verify (stub until its stage lands)."""
+"""voxgate verify NAME FILE: is the speaker in FILE the enrolled user NAME? (1:1)"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from typing import Any
 
-from voxgate.commands.common import add_config_option, add_parser, not_yet
+from voxgate.commands.common import add_config_option, add_parser, config_from_args
+from voxgate.commands.speaker_common import (
+    CommandError,
+    fail,
+    load_cohort,
+    load_embedder,
+    open_store,
+    read_file,
+)
+
+EXIT_MATCH, EXIT_NO_MATCH, EXIT_RETRY = 0, 1, 4
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(
-        sub, "verify", help="verify (not yet available)", examples="voxgate verify --help"
+        sub,
+        "verify",
+        help="check a recording against one enrolled user (1:1)",
+        description="Score a WAV/FLAC recording against the voiceprint of NAME, with the "
+        "threshold set for speaker.target_fmr. Exit status: 0 match, 1 no match or error, "
+        "4 retry (too little speech or too noisy to decide).",
+        examples="""
+        voxgate verify alice attempt.wav
+        voxgate verify alice attempt.flac -c /etc/voxgate/voxgate.yaml --json
+        """,
     )
+    p.add_argument("name", metavar="NAME", help="the claimed user")
+    p.add_argument("file", metavar="FILE", help="WAV/FLAC recording (any rate; converted)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_config_option(p)
-    p.set_defaults(func=lambda args: not_yet("verify"))
+    p.set_defaults(func=run)
+
+
+def score_file(cfg: Any, path: str, claimed: str | None) -> tuple[Any, Any]:
+    """(SpeakerResult, Quality) for one recording; claimed=None identifies (1:N)."""
+    from voxgate.quality import assess
+    from voxgate.scoring import Scorer, ScoringError
+
+    pcm = read_file(path)
+    embedder = load_embedder(cfg)
+    cohort = load_cohort(cfg, embedder)
+    quality = assess(pcm, cfg.vad)
+    try:
+        emb = embedder.embed(pcm)
+    except Exception as exc:  # TooShort: not enough audio for one window
+        raise CommandError(f"{path}: cannot embed ({exc}); record a longer attempt") from None
+    store = open_store(cfg)
+    try:
+        scorer = Scorer(store, embedder, cfg.speaker, cohort)
+        if claimed is None:
+            return scorer.identify(emb, quality), quality
+        return scorer.verify(emb, claimed, quality), quality
+    except ScoringError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        store.close()
+
+
+def show(result: Any, quality: Any, as_json: bool) -> int:
+    if as_json:
+        doc = {**result.__dict__, "speech_s": quality.speech_s, "snr_db": quality.snr_db}
+        print(json.dumps(doc, default=float))
+    else:
+        who = result.user or "unknown speaker"
+        verdict = "MATCH" if result.accepted else ("RETRY" if not result.quality_ok else "NO MATCH")
+        print(f"{verdict}: {who}")
+        print(
+            f"  score {result.score:.3f} (threshold {result.threshold:.3f}), "
+            f"cosine {result.raw_cosine:.3f}"
+        )
+        print(f"  net speech {quality.speech_s:.1f} s, SNR {quality.snr_db:.0f} dB")
+        if result.reasons:
+            print(f"  reasons: {', '.join(result.reasons)}")
+    if result.accepted:
+        return EXIT_MATCH
+    return EXIT_RETRY if not result.quality_ok else EXIT_NO_MATCH
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg is None:
+        return 1
+    try:
+        result, quality = score_file(cfg, args.file, args.name)
+    except CommandError as exc:
+        return fail(str(exc))
+    if "unknown_user" in result.reasons:
+        print(f"error: no user '{args.name}' enrolled", file=sys.stderr)
+    return show(result, quality, args.json)

@@ -35,3 +35,14 @@ class SpeakerConfig(Section):
     database: Path | None = Field(
         None, description="Voiceprint SQLite file; default <data_dir>/voiceprints.db."
     )
+    min_snr_db: float = Field(
+        5.0, ge=-10, le=60, description="Attempts with a lower estimated SNR give 'retry'."
+    )
+    enroll_min_snr_db: float = Field(
+        10.0, ge=-10, le=60, description="Enrollment takes with a lower estimated SNR are rejected."
+    )
+    cohort: Path | None = Field(
+        None,
+        description="Score-normalization cohort (.npz from 'voxgate eval --build-cohort'); "
+        "None uses the one shipped for the loaded model.",
+    )

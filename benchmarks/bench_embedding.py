@@ -1,0 +1,132 @@
+"""Speaker-verification accuracy of embedding models on ../shared/data (EER, minDCF).
+
+    PYTHONPATH=daemon python benchmarks/bench_embedding.py                      # shipped int8
+    PYTHONPATH=daemon python benchmarks/bench_embedding.py --torch \
+        --model daemon/voxgate/models/ge2e-int8.yaml --model daemon/voxgate/models/ge2e-float.yaml
+
+Protocol (../shared/README.md): each item is one recording (`;`-joined files with 0.2 s of
+silence between them), embedded as one stream; a speaker model is the normalised mean of its
+enrollment takes' embeddings; the score is the cosine; EER and minDCF (P_target 0.01,
+C_miss = C_fa = 1) per set, never pooled. `--torch` adds upstream Resemblyzer (PyTorch,
+`preprocess_wav` + `embed_utterance`) when it is importable. This is the embedding alone; the
+full decision path (VAD, score normalisation, thresholds) is `voxgate eval`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+SETS = ("vcc2018_eval", "fsdd", "speechcommands_v001_sample", "resemblyzer_ls")
+GAP_S = 0.2
+
+
+def load_item(set_dir: Path, item: str) -> np.ndarray:
+    from voxgate.audio.file import read_audio
+
+    gap = np.zeros(int(16000 * GAP_S), np.int16)
+    parts: list[np.ndarray] = []
+    for i, rel in enumerate(item.split(";")):
+        if i:
+            parts.append(gap)
+        parts.append(read_audio(set_dir / rel))
+    return np.concatenate(parts)
+
+
+def eer_and_mindcf(
+    scores: np.ndarray, labels: np.ndarray, p_target: float = 0.01
+) -> tuple[float, float]:
+    order = np.argsort(scores)[::-1]
+    labels = labels[order].astype(bool)
+    n_t, n_n = labels.sum(), (~labels).sum()
+    # Threshold just below each score in turn: accept everything above.
+    fa = np.concatenate([[0], np.cumsum(~labels)]) / n_n
+    miss = 1.0 - np.concatenate([[0], np.cumsum(labels)]) / n_t
+    i = int(np.argmin(np.abs(miss - fa)))
+    eer = float((miss[i] + fa[i]) / 2)
+    dcf = p_target * miss + (1 - p_target) * fa
+    mindcf = float(dcf.min() / min(p_target, 1 - p_target))
+    return eer, mindcf
+
+
+def evaluate(set_dir: Path, embed: Callable[[np.ndarray], np.ndarray]) -> tuple[float, float, int]:
+    cache: dict[str, np.ndarray] = {}
+
+    def vec(item: str) -> np.ndarray:
+        if item not in cache:
+            cache[item] = embed(load_item(set_dir, item))
+        return cache[item]
+
+    models: dict[str, list[np.ndarray]] = {}
+    with open(set_dir / "enroll.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            models.setdefault(row["model"], []).append(vec(row["path"]))
+    means = {}
+    for name, takes in models.items():
+        m = np.mean(takes, axis=0)
+        means[name] = m / np.linalg.norm(m)
+    scores, labels = [], []
+    with open(set_dir / "trials.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            scores.append(float(means[row["model"]] @ vec(row["path"])))
+            labels.append(int(row["target"]))
+    eer, mindcf = eer_and_mindcf(np.asarray(scores), np.asarray(labels))
+    return eer, mindcf, len(scores)
+
+
+def torch_embedder() -> Callable[[np.ndarray], np.ndarray] | None:
+    try:
+        from resemblyzer import VoiceEncoder, preprocess_wav
+    except Exception as exc:  # torch/librosa missing: upstream is an optional comparison
+        print(
+            f"upstream Resemblyzer not importable ({exc.__class__.__name__}: {exc})",
+            file=sys.stderr,
+        )
+        return None
+    encoder = VoiceEncoder("cpu", verbose=False)
+    return lambda pcm: encoder.embed_utterance(preprocess_wav(pcm.astype(np.float32) / 32768))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from voxgate.embedding import load_embedder
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--model", action="append", type=Path, help="model card (repeat); default: shipped"
+    )
+    ap.add_argument("--torch", action="store_true", help="also upstream Resemblyzer (PyTorch)")
+    ap.add_argument("--set", action="append", choices=SETS, help="evaluation set (repeat)")
+    ap.add_argument("--data", type=Path, default=SHARED, help="shared data folder")
+    args = ap.parse_args(argv)
+    if not (args.data / "fsdd" / "manifest.csv").exists():
+        print(f"{args.data}: evaluation data not found", file=sys.stderr)
+        return 2
+    systems: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = []
+    for card in args.model or [None]:
+        e = load_embedder(card)
+        systems.append((e.model_id, e.embed))
+    if args.torch and (up := torch_embedder()) is not None:
+        systems.append(("resemblyzer-torch (upstream)", up))
+    print(f"{'system':36s} {'set':28s} {'EER %':>7s} {'minDCF':>7s} {'trials':>7s} {'time s':>7s}")
+    for name, embed in systems:
+        for set_name in args.set or SETS:
+            t0 = time.perf_counter()
+            eer, mindcf, n = evaluate(args.data / set_name, embed)
+            took = time.perf_counter() - t0
+            print(
+                f"{name:36s} {set_name:28s} {100 * eer:7.2f} {mindcf:7.3f} {n:7d} {took:7.1f}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

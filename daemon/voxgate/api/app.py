@@ -1,0 +1,272 @@
+"""The local admin HTTP API (Flask): token-authenticated, JSON in and out, bounded uploads.
+
+Routes are described in docs/api/openapi.yaml (a test checks every route appears there).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from voxgate import __version__
+from voxgate.api.decisions import recent_events
+from voxgate.api.users import EnrollRefused, UnknownUser, UserAdmin, UserExists
+from voxgate.config import ConfigError, VoxgateConfig, parse_config
+from voxgate.voiceprints import StoreError, normalize_name
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1"
+MIN_TOKEN_LEN = 16
+DEFAULT_EVENTS = "decision"
+
+
+class ApiError(Exception):
+    """An API that must not start (no token, short token); str() is meant for the user."""
+
+
+def load_token(cfg: VoxgateConfig) -> bytes:
+    from voxgate.config.secrets import SecretError, read_secret
+
+    try:
+        token = read_secret("api-token", cfg.api.token_file)
+    except SecretError as exc:
+        raise ApiError(f"admin API: {exc}") from None
+    assert token is not None
+    if len(token) < MIN_TOKEN_LEN:
+        raise ApiError(
+            f"admin API: the token is {len(token)} characters; use at least {MIN_TOKEN_LEN} "
+            "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return token
+
+
+def audit_path(cfg: VoxgateConfig) -> Path:
+    return Path(cfg.audit.path or Path(cfg.data_dir) / "audit.jsonl")
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
+    return jsonify({"error": code, "message": message, **extra}), status
+
+
+def create_app(
+    cfg: VoxgateConfig,
+    admin: UserAdmin,
+    token: bytes,
+    *,
+    audit_file: Path | None = None,
+    clock: Callable[[], float] = time.time,
+    audit_event: Callable[..., Any] | None = None,
+) -> Flask:
+    """The Flask app. `token` is the bearer token every request must carry.
+
+    `audit_event(event, **fields)` (e.g. the daemon's AuditLog.append) records every change
+    made through the API: admin_enroll, admin_erase, admin_export.
+    """
+    if len(token) < MIN_TOKEN_LEN:
+        raise ApiError(f"admin API token must be at least {MIN_TOKEN_LEN} characters")
+    app = Flask("voxgate.api")
+    app.config["MAX_CONTENT_LENGTH"] = int(cfg.api.max_upload_mb * 1024 * 1024)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    started = clock()
+    audit = audit_file or audit_path(cfg)
+
+    @app.before_request
+    def _authenticate() -> tuple[Response, int] | None:
+        g.t0 = time.monotonic()
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+        if not ok:
+            log.warning(
+                "API: rejected %s %s from %s (bad or missing token)",
+                request.method,
+                request.path,
+                request.remote_addr,
+            )
+            resp, status = _error(401, "unauthorized", "missing or wrong bearer token")
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="voxgate"'
+            return resp, status
+        return None
+
+    @app.after_request
+    def _log(resp: Response) -> Response:
+        t0 = getattr(g, "t0", None)
+        ms = (time.monotonic() - t0) * 1000 if t0 is not None else 0.0
+        log.info("API %s %s -> %d (%.0f ms)", request.method, request.path, resp.status_code, ms)
+        return resp
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> tuple[Response, int]:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        if exc.code == 413:
+            msg = f"request body larger than {cfg.api.max_upload_mb:g} MB (api.max_upload_mb)"
+        else:
+            msg = exc.description or exc.name
+        return _error(exc.code or 500, code, msg)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("API: %s %s failed", request.method, request.path)
+        return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+    def _audit(event: str, **fields: Any) -> None:
+        if audit_event is None:
+            return
+        try:
+            audit_event(event, via="api", remote=request.remote_addr, **fields)
+        except Exception:
+            log.exception("API: could not write audit event %s", event)
+
+    def _name(raw: str) -> str:
+        try:
+            return normalize_name(raw)
+        except StoreError as exc:
+            raise _BadRequest(str(exc)) from None
+
+    @app.errorhandler(_BadRequest)
+    def _bad_request(exc: _BadRequest) -> tuple[Response, int]:
+        log.warning("API: bad request %s %s: %s", request.method, request.path, exc)
+        return _error(400, "bad_request", str(exc))
+
+    @app.errorhandler(StoreError)
+    def _store_error(exc: StoreError) -> tuple[Response, int]:
+        log.error("API: voiceprint store: %s", exc)
+        return _error(503, "store_unavailable", str(exc))
+
+    # -- routes ---------------------------------------------------------------------------
+
+    @app.get(f"{PREFIX}/health")
+    def health() -> tuple[Response, int]:
+        body: dict[str, Any] = {
+            "status": "ok",
+            "version": __version__,
+            "device_id": cfg.device_id,
+            "uptime_s": round(clock() - started, 1),
+        }
+        try:
+            body["users"] = len(admin.store.users())
+        except StoreError as exc:
+            body.update(status="degraded", problem=str(exc))
+            return jsonify(body), 503
+        return jsonify(body), 200
+
+    @app.get(f"{PREFIX}/users")
+    def list_users() -> Response:
+        return jsonify({"users": admin.users()})
+
+    @app.post(f"{PREFIX}/users/<name>")
+    def enroll(name: str) -> tuple[Response, int]:
+        name = _name(name)
+        if request.mimetype != "multipart/form-data":
+            raise _BadRequest("send multipart/form-data with one or more 'take' audio files")
+        files = request.files.getlist("take")
+        if not files:
+            raise _BadRequest("no 'take' files in the upload")
+        if len(files) > cfg.api.max_takes:
+            raise _BadRequest(f"{len(files)} takes; at most {cfg.api.max_takes} (api.max_takes)")
+        replace = request.form.get("replace", "false").lower() in {"1", "true", "yes"}
+        takes = _read_takes(files)
+        try:
+            result = admin.enroll(name, takes, replace=replace)
+        except UserExists as exc:
+            return _error(409, "conflict", str(exc))
+        except EnrollRefused as exc:
+            _audit("admin_enroll", user=name, ok=False, problems=exc.report["problems"])
+            return _error(422, "enrollment_refused", str(exc), report=exc.report)
+        _audit("admin_enroll", user=result["name"], ok=True, version=result["version"])
+        return jsonify(result), 201
+
+    @app.delete(f"{PREFIX}/users/<name>")
+    def erase(name: str) -> tuple[Response, int]:
+        name = _name(name)
+        try:
+            admin.erase(name)
+        except UnknownUser as exc:
+            return _error(404, "not_found", str(exc))
+        _audit("admin_erase", user=name)
+        return jsonify({"erased": name}), 200
+
+    @app.get(f"{PREFIX}/users/<name>/export")
+    def export(name: str) -> tuple[Response, int]:
+        name = _name(name)
+        try:
+            doc = admin.export(name)
+        except UnknownUser as exc:
+            return _error(404, "not_found", str(exc))
+        _audit("admin_export", user=name)
+        return jsonify(doc), 200
+
+    @app.get(f"{PREFIX}/decisions")
+    def decisions() -> Response:
+        try:
+            limit = int(request.args.get("limit", "50"))
+        except ValueError:
+            raise _BadRequest("limit must be an integer") from None
+        if not 1 <= limit <= cfg.api.decisions_limit:
+            raise _BadRequest(f"limit must be 1..{cfg.api.decisions_limit}")
+        wanted = request.args.get("event", DEFAULT_EVENTS)
+        events = None if wanted == "*" else {e for e in wanted.split(",") if e}
+        found = recent_events(audit, limit, events)
+        return jsonify(
+            {
+                "events": found.events,
+                "skipped_lines": found.skipped_lines,
+                "complete": found.complete,
+            }
+        )
+
+    @app.get(f"{PREFIX}/config")
+    def running_config() -> Response:
+        # Secrets are never in the config (only the paths of their files).
+        return jsonify(cfg.model_dump(mode="json"))
+
+    @app.post(f"{PREFIX}/config/check")
+    def config_check() -> tuple[Response, int]:
+        try:
+            text = request.get_data(cache=False).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _BadRequest("the config must be UTF-8 text") from None
+        try:
+            parse_config(text, "upload")
+        except ConfigError as exc:
+            return jsonify({"valid": False, "problems": exc.problems}), 200
+        return jsonify({"valid": True, "problems": []}), 200
+
+    return app
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _read_takes(files: list[Any]) -> list[Any]:
+    """Decode every uploaded take to 16 kHz mono int16, or explain which one is unusable."""
+    from voxgate.audio import AudioError
+    from voxgate.audio.file import read_audio
+
+    takes = []
+    with tempfile.TemporaryDirectory(prefix="voxgate-upload-") as tmp:
+        for i, f in enumerate(files, 1):
+            label = f"take {i} ({f.filename or 'unnamed'})"
+            path = Path(tmp) / f"take-{i}"
+            f.save(path)
+            if path.stat().st_size == 0:
+                raise _BadRequest(f"{label}: empty file")
+            try:
+                pcm = read_audio(path)
+            except AudioError as exc:
+                msg = str(exc).replace(str(path), label)
+                raise _BadRequest(f"{msg}; send WAV or FLAC") from None
+            if len(pcm) == 0:
+                raise _BadRequest(f"{label}: no audio samples")
+            takes.append(pcm)
+    return takes

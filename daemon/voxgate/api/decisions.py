@@ -1,0 +1,82 @@
+"""Recent audit events, read from the end of the audit log (hash-chained JSON lines).
+
+The audit log belongs to voxgate.audit; this module only reads it: one JSON object per line
+with at least `seq`, `ts` and `event`. Lines that do not parse are skipped and counted (the
+log's own `voxgate audit verify` reports what is wrong with them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BLOCK = 64 * 1024
+MAX_SCAN_BYTES = 64 * 1024 * 1024  # never read more than this per request, however big the log
+
+
+@dataclass
+class Recent:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    skipped_lines: int = 0
+    scanned_bytes: int = 0
+    complete: bool = True  # False when the scan stopped at MAX_SCAN_BYTES
+
+
+def _lines_backwards(path: Path, limit_bytes: int, stats: Recent) -> Iterator[bytes]:
+    """Yield the file's lines from last to first, reading blocks from the end."""
+    with open(path, "rb") as f:
+        pos = f.seek(0, os.SEEK_END)
+        tail = b""
+        while pos > 0:
+            if stats.scanned_bytes >= limit_bytes:
+                stats.complete = False
+                return
+            step = min(BLOCK, pos)
+            pos -= step
+            f.seek(pos)
+            chunk = f.read(step)
+            stats.scanned_bytes += step
+            parts = (chunk + tail).split(b"\n")
+            tail = parts[0]
+            for line in reversed(parts[1:]):
+                if line.strip():
+                    yield line
+        if tail.strip():
+            yield tail
+
+
+def recent_events(
+    path: Path,
+    limit: int,
+    events: set[str] | None = None,
+    *,
+    max_scan_bytes: int = MAX_SCAN_BYTES,
+) -> Recent:
+    """Up to `limit` newest entries (newest first) whose `event` is in `events` (None: all)."""
+    out = Recent()
+    if not path.exists():
+        return out
+    for raw in _lines_backwards(path, max_scan_bytes, out):
+        try:
+            rec = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            out.skipped_lines += 1
+            continue
+        if not isinstance(rec, dict):
+            out.skipped_lines += 1
+            continue
+        if events is not None and rec.get("event") not in events:
+            continue
+        out.events.append(rec)
+        if len(out.events) >= limit:
+            break
+    if out.skipped_lines:
+        log.warning("%s: skipped %d unreadable audit line(s)", path, out.skipped_lines)
+    return out

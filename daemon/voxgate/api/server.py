@@ -1,0 +1,44 @@
+"""Serve a WSGI app on a real socket from a background thread (werkzeug's threaded server)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class ApiServer:
+    """`start()` binds and serves in a thread; `stop()` shuts down and joins. port=0 picks one."""
+
+    def __init__(self, app: Any, host: str, port: int, poll_interval: float = 0.5) -> None:
+        from werkzeug.serving import make_server
+
+        self._server = make_server(host, port, app, threaded=True)
+        self.host = host
+        self.port = int(self._server.server_port)
+        self._thread: threading.Thread | None = None
+        self._poll = poll_interval  # how long stop() may wait for the serving loop to notice
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            args=(self._poll,),
+            name="voxgate-api",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("admin API listening on %s", self.url)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        log.info("admin API stopped")

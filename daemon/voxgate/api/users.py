@@ -1,0 +1,127 @@
+"""User administration behind the API: list, enroll from uploaded takes, erase, export.
+
+Wraps the voiceprint store and the enrollment checks; `on_change(kind, name)` (kind is
+"enrolled" or "erased") lets the fleet sync agent pass each change on to the other doors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from voxgate.voiceprints import StoreError, VoiceprintStore, normalize_name
+
+log = logging.getLogger(__name__)
+
+ChangeHook = Callable[[str, str], None]
+
+
+class EnrollRefused(Exception):
+    """The takes were not good enough; `report` says why, take by take."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class UserExists(Exception):
+    pass
+
+
+class UnknownUser(Exception):
+    pass
+
+
+class UserAdmin:
+    def __init__(
+        self,
+        store: VoiceprintStore,
+        speaker_cfg: Any,
+        vad_cfg: Any,
+        load_embedder: Callable[[], Any],
+        on_change: ChangeHook | None = None,
+    ) -> None:
+        self.store = store
+        self.speaker_cfg = speaker_cfg
+        self.vad_cfg = vad_cfg
+        self._load_embedder = load_embedder
+        self._embedder: Any = None
+        self._lock = threading.Lock()
+        self.on_change = on_change
+
+    def embedder(self) -> Any:
+        # Loaded on first enrollment: listing or erasing users must not pay for the model.
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = self._load_embedder()
+            return self._embedder
+
+    def users(self) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(u) for u in self.store.users()]
+
+    def enroll(self, name: str, takes: list[np.ndarray], replace: bool = False) -> dict[str, Any]:
+        from voxgate.enrollment import check_takes
+
+        name = normalize_name(name)
+        if not replace and self.store.get(name) is not None:
+            raise UserExists(f"user '{name}' is already enrolled (send replace=true to re-enroll)")
+        embedder = self.embedder()
+        result = check_takes(takes, embedder, self.speaker_cfg, self.vad_cfg)
+        report = {
+            "takes": [
+                {
+                    "index": t.index,
+                    "accepted": t.accepted,
+                    "reason": t.reason,
+                    "speech_s": round(float(t.quality.speech_s), 2),
+                }
+                for t in result.takes
+            ],
+            "speech_s": round(result.speech_s, 2),
+            "problems": list(result.problems),
+        }
+        if not result.ok:
+            raise EnrollRefused("; ".join(result.problems), report)
+        meta = {"takes": len(result.embeddings), "speech_s": round(result.speech_s, 2)}
+        if replace:
+            vp = self.store.replace(name, result.embeddings, embedder.model_id, meta)
+        else:
+            try:
+                vp = self.store.add_user(name, result.embeddings, embedder.model_id, meta)
+            except StoreError:
+                if self.store.get(name) is not None:  # a concurrent enrollment won the race
+                    raise UserExists(f"user '{name}' was enrolled meanwhile") from None
+                raise
+        log.info("enrolled %s over the API (%d takes)", vp.name, len(vp.embeddings))
+        self._changed("enrolled", vp.name)
+        return {"name": vp.name, "version": vp.version, "model_id": vp.model_id, **report}
+
+    def erase(self, name: str) -> None:
+        name = normalize_name(name)
+        if not self.store.erase(name):
+            raise UnknownUser(f"no user '{name}' enrolled")
+        log.info("erased %s over the API", name)
+        self._changed("erased", name)
+
+    def export(self, name: str) -> dict[str, Any]:
+        name = normalize_name(name)
+        if self.store.get(name) is None:
+            raise UnknownUser(f"no user '{name}' enrolled")
+        return self.store.export(name)
+
+    def _changed(self, kind: str, name: str) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(kind, name)
+        except Exception:
+            # The local change stands; the sync agent logs and retries on its side.
+            log.exception("could not hand %s of %s to the fleet sync", kind, name)
+
+
+__all__ = ["EnrollRefused", "StoreError", "UnknownUser", "UserAdmin", "UserExists"]

@@ -1,0 +1,101 @@
+"""voxgate api: serve the local admin HTTP API on its own (the daemon can also host it)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from voxgate.commands.common import add_config_option, add_parser, config_from_args
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_parser(
+        sub,
+        "api",
+        help="serve the local admin HTTP API",
+        description="Serve the token-authenticated admin API (users, enrollment upload, erase, "
+        "export, recent decisions, config check) described in docs/api/openapi.yaml. The token "
+        "comes from $VOXGATE_API_TOKEN, the systemd credential 'api-token' or api.token_file.",
+        examples="""
+            voxgate api -c /etc/voxgate/voxgate.yaml
+            VOXGATE_API_TOKEN=$(cat token) voxgate api -c firmware_config/dev.yaml --port 9800
+            curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:9722/api/v1/users
+        """,
+    )
+    add_config_option(p)
+    p.add_argument("--host", help="bind address (default: api.host, normally 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: api.port)")
+    p.set_defaults(func=run)
+
+
+def load_embedder_for(cfg: Any) -> Any:
+    from voxgate.embedding import load_embedder
+
+    return load_embedder(cfg.speaker.model, threads=cfg.speaker.threads)
+
+
+def run(args: argparse.Namespace) -> int:
+    from voxgate.api import ApiError, ApiServer, UserAdmin, create_app, load_token
+    from voxgate.voiceprints import StoreError, open_store
+
+    cfg = config_from_args(args)
+    if cfg is None:
+        return 1
+    logging.basicConfig(
+        level=cfg.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    host = args.host or cfg.api.host
+    port = args.port or cfg.api.port
+    try:
+        token = load_token(cfg)
+        store = open_store(cfg)
+    except (ApiError, StoreError) as exc:
+        print(f"voxgate api: {exc}", file=sys.stderr)
+        return 1
+    agent = None
+    if cfg.fleet.enabled:
+        from voxgate.embedding import ModelError, load_card
+        from voxgate.fleet import FleetError, FleetSync
+
+        try:
+            model_id = load_card(cfg.speaker.model).id
+            agent = FleetSync.from_config(cfg, store, model_id)
+        except (FleetError, ModelError) as exc:
+            print(f"voxgate api: {exc}", file=sys.stderr)
+            store.close()
+            return 1
+        agent.start()
+    admin = UserAdmin(
+        store,
+        cfg.speaker,
+        cfg.vad,
+        lambda: load_embedder_for(cfg),
+        on_change=agent.on_local_change if agent else None,
+    )
+    if host not in {"127.0.0.1", "::1", "localhost"}:
+        log.warning("admin API bound to %s: reachable from the network, keep the token safe", host)
+    try:
+        server = ApiServer(create_app(cfg, admin, token), host, port)
+    except OSError as exc:
+        print(f"voxgate api: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        if agent is not None:
+            agent.stop()
+        store.close()
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    print(f"voxgate api: serving on {server.url}", file=sys.stderr)
+    stop.wait()
+    server.stop()
+    if agent is not None:
+        agent.stop()
+    store.close()
+    return 0

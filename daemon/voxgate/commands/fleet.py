@@ -1,0 +1,118 @@
+"""voxgate fleet: signing keys for fleet sync, and sending/withdrawing a user by hand."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from voxgate.commands.common import add_config_option, add_parser, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_parser(
+        sub,
+        "fleet",
+        help="fleet sync: keys, resend or revoke a user",
+        description="Voiceprint sync between doors (docs/fleet.md). keygen makes a door's "
+        "Ed25519 signing key and prints the public half for fleet.signers; resend publishes a "
+        "locally enrolled user again; revoke withdraws a user from some groups.",
+        examples="""
+            voxgate fleet keygen /etc/voxgate/credentials/fleet-signing-key
+            voxgate fleet pubkey /etc/voxgate/credentials/fleet-signing-key
+            voxgate fleet resend alice -c /etc/voxgate/voxgate.yaml
+            voxgate fleet revoke alice --group hq_lab -c /etc/voxgate/voxgate.yaml
+        """,
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    kg = actions.add_parser("keygen", help="write a new signing key (0600); print its public key")
+    kg.add_argument("file", type=Path)
+    kg.set_defaults(func=keygen)
+    pk = actions.add_parser("pubkey", help="print the public key of a signing key file")
+    pk.add_argument("file", type=Path)
+    pk.set_defaults(func=pubkey)
+    rs = actions.add_parser("resend", help="publish a locally stored user to its groups again")
+    rs.add_argument("user")
+    add_config_option(rs)
+    rs.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for the broker")
+    rs.set_defaults(func=resend)
+    rv = actions.add_parser("revoke", help="withdraw a user from groups (doors there erase it)")
+    rv.add_argument("user")
+    rv.add_argument("--group", action="append", required=True, help="group (repeatable)")
+    add_config_option(rv)
+    rv.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for the broker")
+    rv.set_defaults(func=revoke)
+
+
+def keygen(args: argparse.Namespace) -> int:
+    from voxgate.fleet import public_key_hex
+
+    key = os.urandom(32)
+    try:
+        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        print(
+            f"voxgate fleet keygen: {args.file}: {exc.strerror} (not overwritten)", file=sys.stderr
+        )
+        return 1
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+    print(public_key_hex(key))
+    return 0
+
+
+def pubkey(args: argparse.Namespace) -> int:
+    from voxgate.fleet import FleetError, parse_key32, public_key_hex
+
+    try:
+        print(public_key_hex(parse_key32(args.file.read_bytes(), "signing key")))
+    except (OSError, FleetError) as exc:
+        print(f"voxgate fleet pubkey: {args.file}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _with_agent(args: argparse.Namespace, act: str) -> int:
+    from voxgate.fleet import FleetError, FleetSync
+    from voxgate.voiceprints import StoreError, open_store
+
+    cfg = config_from_args(args)
+    if cfg is None:
+        return 1
+    try:
+        store = open_store(cfg)
+        agent = FleetSync.from_config(cfg, store, client_id=f"voxgate-{cfg.device_id}-fleet-cli")
+    except (StoreError, FleetError) as exc:
+        print(f"voxgate fleet {act}: {exc}", file=sys.stderr)
+        return 1
+    agent.start()
+    try:
+        if act == "resend":
+            groups = agent.publish_enrollment(args.user)
+        else:
+            agent.publish_revoke(args.user, args.group)
+            groups = args.group
+        if not agent.wait_sent(args.timeout):
+            print(
+                f"voxgate fleet {act}: broker not reached in {args.timeout:g} s; the update is "
+                "queued and goes out with the daemon's next connection",
+                file=sys.stderr,
+            )
+            return 2
+    except (StoreError, FleetError) as exc:
+        print(f"voxgate fleet {act}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        agent.stop()
+        store.close()
+    print(f"{act}: {args.user} -> {', '.join(groups) or '(no group allows this user)'}")
+    return 0
+
+
+def resend(args: argparse.Namespace) -> int:
+    return _with_agent(args, "resend")
+
+
+def revoke(args: argparse.Namespace) -> int:
+    return _with_agent(args, "revoke")

@@ -1,0 +1,147 @@
+"""Model cards: the YAML beside each model file that says how to feed it.
+
+A card names the model file and its sha256, the front end (features.py), how audio is cut
+into network inputs (`windowing`), the input/output tensor names and the embedding size.
+The runtime follows the model file's suffix: .onnx -> ONNX Runtime, .tflite -> LiteRT.
+Format reference: docs/models.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from voxgate.embedding.errors import ModelError
+from voxgate.features import KaldiFbankConfig, MelPowerConfig
+
+CARD_SUFFIXES = (".yaml", ".yml")
+MODEL_SUFFIXES = {".onnx": "onnxruntime", ".tflite": "litert"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    file: str = Field(description="Model file, relative to the card's folder.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the model file.")
+    input: str = Field(description="Input tensor name: features (batch, frames, bins).")
+    output: str = Field(description="Output tensor name: embeddings (batch, dim).")
+    dim: int = Field(ge=2, le=4096, description="Embedding size.")
+
+
+class WindowingSpec(_Strict):
+    type: Literal["sliding", "whole"] = Field(
+        description="sliding: fixed windows averaged (GE2E); whole: one input per utterance."
+    )
+    frames: int = Field(160, ge=1, le=10000, description="sliding: frames per window.")
+    hop: int = Field(80, ge=1, le=10000, description="sliding: frames between window starts.")
+    min_coverage: float = Field(
+        0.75, gt=0, le=1, description="sliding: keep a last, partly filled window this full."
+    )
+    min_audio_s: float = Field(
+        0.5, gt=0, le=60, description="Shorter audio raises TooShort instead of an embedding."
+    )
+
+
+FrontendSpec = Annotated[MelPowerConfig | KaldiFbankConfig, Field(discriminator="type")]
+
+
+class ModelCard(_Strict):
+    format: Literal[1] = 1
+    id: str = Field(min_length=1, description="Stored beside voiceprints: 'name/variant'.")
+    description: str = ""
+    license: str = Field(min_length=1)
+    source: dict[str, Any] = Field(default_factory=dict, description="Where the weights came from.")
+    build: dict[str, Any] = Field(default_factory=dict, description="How the file was made.")
+    model: ModelSpec
+    frontend: FrontendSpec
+    windowing: WindowingSpec
+    evaluation: dict[str, Any] = Field(default_factory=dict, description="Measured figures.")
+    path: Path | None = Field(None, exclude=True, description="The card file (set on load).")
+
+    @property
+    def model_path(self) -> Path:
+        base = self.path.parent if self.path else Path.cwd()
+        return base / self.model.file
+
+    @property
+    def runtime(self) -> str:
+        suffix = Path(self.model.file).suffix.lower()
+        if suffix not in MODEL_SUFFIXES:
+            raise ModelError(
+                f"{self.model.file}: unknown model type {suffix!r} (use .onnx or .tflite)"
+            )
+        return MODEL_SUFFIXES[suffix]
+
+
+def default_card_path() -> Path:
+    """The shipped default model card (package data, also present in a source checkout)."""
+    return Path(__file__).resolve().parent.parent / "models" / "ge2e-int8.yaml"
+
+
+def read_card(path: Path) -> ModelCard:
+    """Parse and validate a card; ModelError with the file name when it is unusable."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"model card {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelError(f"model card {path} is unreadable: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"model card {path} is not a YAML mapping")
+    try:
+        return ModelCard.model_validate({**data, "path": path})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ModelError(f"model card {path} is invalid: {problems}") from None
+
+
+def find_card(model: Path) -> Path:
+    """The card for a model: the path itself if it is a card, else a card in the same folder
+    whose `model.file` names it."""
+    if model.suffix.lower() in CARD_SUFFIXES:
+        return model
+    if not model.exists():
+        raise ModelError(f"model file {model} does not exist")
+    for candidate in sorted(model.parent.glob("*.y*ml")):
+        try:
+            data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and (data.get("model") or {}).get("file") == model.name:
+            return candidate
+    raise ModelError(
+        f"no model card for {model}: put a .yaml card naming it beside it (see docs/models.md)"
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_model_file(card: ModelCard) -> Path:
+    """The model file, after checking it exists and matches the card's sha256."""
+    path = card.model_path
+    if not path.is_file():
+        raise ModelError(
+            f"model file {path} (named by card {card.path}) does not exist; "
+            f"expected sha256 {card.model.sha256}"
+        )
+    actual = sha256_file(path)
+    if actual != card.model.sha256:
+        raise ModelError(
+            f"model file {path} has sha256 {actual}, but card {card.path} expects "
+            f"{card.model.sha256}: the file is corrupt or not the one the card describes"
+        )
+    return path

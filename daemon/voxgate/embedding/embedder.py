@@ -1,0 +1,203 @@
+"""SpeakerEmbedder: audio -> one L2-normalised speaker embedding, in one go or streaming.
+
+Two ways to cut audio into network inputs (the card's `windowing.type`):
+- sliding (GE2E): windows of `frames` frames every `hop` frames; every full window is used,
+  plus a last partly filled one (zero padded) when it is at least `min_coverage` full, or
+  when there is no full window at all. The embedding is the normalised mean of the window
+  embeddings. A stream runs each window as soon as its audio has arrived.
+- whole (CAM++/ECAPA/ResNet exports): the whole utterance's frames, mean-normalised, in one
+  input of shape (1, T, bins). A stream computes the frames as audio arrives; the network runs
+  at finish(), since mean normalisation needs the whole utterance.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from voxgate.embedding.card import ModelCard
+from voxgate.embedding.errors import EmbeddingError, TooShort
+from voxgate.embedding.runtime import Runtime
+from voxgate.features import KaldiFbank, MelPower, level_gain, make_frontend, to_float
+
+log = logging.getLogger(__name__)
+
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, np.float64)
+    norm = float(np.linalg.norm(v))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise EmbeddingError("the model gave an all-zero or non-finite embedding")
+    return (v / norm).astype(np.float32)
+
+
+def _check_pcm(pcm: np.ndarray) -> np.ndarray:
+    pcm = np.asarray(pcm)
+    if pcm.ndim != 1:
+        raise EmbeddingError(f"expected mono audio as a 1-D array, got shape {pcm.shape}")
+    return pcm
+
+
+class SpeakerEmbedder:
+    def __init__(self, card: ModelCard, runtime: Runtime) -> None:
+        self.card = card
+        self.model_id = card.id
+        self.dim = card.model.dim
+        self.runtime = runtime
+        self.frontend: MelPower | KaldiFbank = make_frontend(card.frontend)
+        self._win = card.windowing
+        self._sr = card.frontend.sample_rate
+        self._min_samples = round(card.windowing.min_audio_s * self._sr)
+
+    # -- shared pieces ---------------------------------------------------------------------
+
+    def window_starts(self, n_samples: int) -> list[int]:
+        """First frame of each sliding window used for audio of this length."""
+        if n_samples < self._min_samples:
+            raise TooShort(
+                f"{n_samples / self._sr:.2f} s of audio; the model needs at least "
+                f"{self._win.min_audio_s:.2f} s"
+            )
+        hop = self.frontend.hop
+        span = self._win.frames * hop
+        starts: list[int] = []
+        while True:
+            start = len(starts) * self._win.hop
+            coverage = (n_samples - start * hop) / span
+            if coverage >= 1.0:
+                starts.append(start)
+                continue
+            if coverage >= self._win.min_coverage or not starts:
+                starts.append(start)
+            return starts
+
+    def _gains(self, audio: np.ndarray, starts: list[int]) -> np.ndarray:
+        """Power gain per window: level normalisation over the audio up to the window's end."""
+        target = getattr(self.card.frontend, "level_dbfs", None)
+        if target is None:
+            return np.ones(len(starts), np.float32)
+        hop = self.frontend.hop
+        # Running energy without BLAS (a dot product would wake a thread pool per call).
+        energy = np.cumsum(np.square(audio, dtype=np.float64))
+        gains = []
+        for start in starts:
+            end = min((start + self._win.frames) * hop, audio.size)
+            amp = level_gain(float(energy[end - 1]) if end else 0.0, end, target)
+            gains.append(amp * amp)  # the features are power: amplitude gain squared
+        return np.asarray(gains, np.float32)
+
+    def _run_windows(self, frames: np.ndarray, starts: list[int], gains: np.ndarray) -> np.ndarray:
+        n = self._win.frames
+        # All windows in one call. (The shipped int8 model carries range anchors, see
+        # models/build_ge2e.py, so its dynamic quantization does not depend on the batch.)
+        batch = np.stack([frames[s : s + n] * g for s, g in zip(starts, gains, strict=True)])
+        out = self.runtime.run(batch)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+    def _run_whole(self, frames: np.ndarray) -> np.ndarray:
+        if frames.shape[0] == 0:
+            raise TooShort("too little audio for one feature frame")
+        frames = self.frontend.post(frames) if isinstance(self.frontend, KaldiFbank) else frames
+        return _normalise(self.runtime.run(frames[None].astype(np.float32))[0])
+
+    # -- public ----------------------------------------------------------------------------
+
+    def embed(self, pcm: np.ndarray) -> np.ndarray:
+        """int16 16 kHz mono audio -> float32 (dim,) L2-normalised embedding."""
+        pcm = _check_pcm(pcm)
+        if self._win.type == "whole":
+            if pcm.size < self._min_samples:
+                raise TooShort(
+                    f"{pcm.size / self._sr:.2f} s of audio; the model needs at least "
+                    f"{self._win.min_audio_s:.2f} s"
+                )
+            return self._run_whole(self.frontend.frames(pcm))
+        starts = self.window_starts(pcm.size)
+        audio = to_float(pcm)
+        frames = self.frontend.frames(audio, n_frames=starts[-1] + self._win.frames)
+        per_window = self._run_windows(frames, starts, self._gains(audio, starts))
+        return _normalise(per_window.mean(axis=0))
+
+    def stream(self) -> EmbeddingStream:
+        return EmbeddingStream(self)
+
+
+class EmbeddingStream:
+    """push() audio while the person speaks; finish() returns the utterance's embedding."""
+
+    def __init__(self, embedder: SpeakerEmbedder) -> None:
+        self._e = embedder
+        self._fe = embedder.frontend.stream()
+        self._chunks: list[np.ndarray] = []
+        self._n = 0
+        self._frames: list[np.ndarray] = []
+        self._n_frames = 0
+        self._done: list[np.ndarray] = []  # embeddings of windows already run
+        self._finished = False
+
+    @property
+    def windows_done(self) -> int:
+        return len(self._done)
+
+    def _audio(self) -> np.ndarray:
+        if len(self._chunks) > 1:
+            self._chunks = [np.concatenate(self._chunks)]
+        return self._chunks[0] if self._chunks else np.zeros(0, np.float32)
+
+    def _all_frames(self) -> np.ndarray:
+        if len(self._frames) > 1:
+            self._frames = [np.concatenate(self._frames)]
+        return (
+            self._frames[0] if self._frames else np.zeros((0, self._e.frontend.n_bins), np.float32)
+        )
+
+    def push(self, pcm: np.ndarray) -> None:
+        if self._finished:
+            raise EmbeddingError("push() after finish()")
+        audio = to_float(_check_pcm(pcm))
+        if audio.size == 0:
+            return
+        self._chunks.append(audio)
+        self._n += audio.size
+        new = self._fe.push(audio)
+        if new.shape[0]:
+            self._frames.append(new)
+            self._n_frames += new.shape[0]
+        e = self._e
+        if e._win.type != "sliding":
+            return
+        # Run every window whose audio is complete and whose frames are all computed.
+        win, hop_frames, hop = e._win.frames, e._win.hop, e.frontend.hop
+        ready = []
+        while True:
+            start = (len(self._done) + len(ready)) * hop_frames
+            if self._n < (start + win) * hop or self._n_frames < start + win:
+                break
+            ready.append(start)
+        if ready:
+            gains = e._gains(self._audio(), ready)
+            self._done.extend(e._run_windows(self._all_frames(), ready, gains))
+
+    def finish(self) -> np.ndarray:
+        if self._finished:
+            raise EmbeddingError("finish() called twice")
+        self._finished = True
+        e = self._e
+        if e._win.type == "whole":
+            if self._n < e._min_samples:
+                raise TooShort(
+                    f"{self._n / e._sr:.2f} s of audio; the model needs at least "
+                    f"{e._win.min_audio_s:.2f} s"
+                )
+            return e._run_whole(self._all_frames())
+        starts = e.window_starts(self._n)
+        todo = starts[len(self._done) :]
+        if todo:
+            rest = self._fe.finish(n_frames=starts[-1] + e._win.frames)
+            if rest.shape[0]:
+                self._frames.append(rest)
+            gains = e._gains(self._audio(), todo)
+            self._done.extend(e._run_windows(self._all_frames(), todo, gains))
+        return _normalise(np.mean(self._done[: len(starts)], axis=0))

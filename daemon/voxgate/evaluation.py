@@ -1,0 +1,557 @@
+"""Speaker-verification evaluation on a protocol folder (manifest.csv, enroll.csv, trials.csv).
+
+Two systems are scored on the same trials:
+- "cosine": the upstream recipe (model = normalized mean of the take embeddings, raw cosine).
+- "backend": voxgate's back end as the daemon runs it: enrollment checks (bad and outlier
+  takes dropped), voiceprints in a real encrypted store, AS-norm against the shipped cohort,
+  the threshold from the target FMR, and the quality gate.
+Every trial counts towards EER; the quality gate's retry rate is reported beside it. Nothing
+here is tuned on the trials: the back end's settings come from the config and the cohort.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voxgate.audio.base import SAMPLE_RATE
+from voxgate.cohort import model_sha256
+from voxgate.quality import Quality, assess, gate_reasons
+
+log = logging.getLogger(__name__)
+
+GAP_S = 0.2  # silence between ';'-joined files: one recording, as a microphone gives it
+P_TARGET = 0.01
+
+
+class EvalError(Exception):
+    """A protocol folder that cannot be evaluated; str() is meant for the user."""
+
+
+# --- the protocol -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    root: Path
+    speaker_of: dict[str, str]  # file path -> speaker (from manifest.csv)
+    enroll: dict[str, list[str]]  # model -> recordings (a recording may be 'a;b;c')
+    trials: list[tuple[str, str, int]]  # (model, recording, target)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def speaker(self, recording: str) -> str:
+        return self.speaker_of.get(recording.split(";")[0], "?")
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise EvalError(f"{path}: missing (a protocol folder needs {path.name})") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise EvalError(f"{path}: unreadable: {exc}") from None
+    for n, row in enumerate(rows, 2):
+        if any(not row.get(c) for c in columns):
+            raise EvalError(f"{path}, line {n}: needs columns {', '.join(columns)}")
+    return rows
+
+
+def read_set(root: Path, need_trials: bool = True) -> EvalSet:
+    root = Path(root)
+    if not root.is_dir():
+        raise EvalError(f"{root}: not a folder")
+    manifest = _read_csv(root / "manifest.csv", ("path", "speaker"))
+    speaker_of = {r["path"]: r["speaker"] for r in manifest}
+    enroll: dict[str, list[str]] = {}
+    trials: list[tuple[str, str, int]] = []
+    if need_trials or (root / "enroll.csv").exists():
+        for r in _read_csv(root / "enroll.csv", ("model", "path")):
+            enroll.setdefault(r["model"], []).append(r["path"])
+        for n, r in enumerate(_read_csv(root / "trials.csv", ("model", "path", "target")), 2):
+            if r["target"] not in ("0", "1"):
+                raise EvalError(f"{root / 'trials.csv'}, line {n}: target must be 0 or 1")
+            if r["model"] not in enroll:
+                raise EvalError(f"{root / 'trials.csv'}, line {n}: model {r['model']} not enrolled")
+            trials.append((r["model"], r["path"], int(r["target"])))
+    return EvalSet(root, speaker_of, enroll, trials)
+
+
+def load_recording(root: Path, recording: str) -> np.ndarray:
+    """One recording: ';'-joined files in order with GAP_S of silence between them."""
+    from voxgate.audio.file import read_audio
+
+    gap = np.zeros(int(GAP_S * SAMPLE_RATE), dtype=np.int16)
+    parts: list[np.ndarray] = []
+    for i, rel in enumerate(recording.split(";")):
+        if i:
+            parts.append(gap)
+        parts.append(read_audio(root / rel))
+    return np.concatenate(parts)
+
+
+# --- embeddings, computed once per recording ----------------------------------------------------
+
+
+class EmbeddingCache:
+    """Embeds each recording once; also an embedder (embed(pcm)) keyed by the audio's hash,
+    so enrollment checks reuse the same numbers. Optionally persisted to an .npz file."""
+
+    def __init__(
+        self,
+        embedder: Any,
+        root: Path,
+        vad_cfg: Any = None,
+        cache_file: Path | None = None,
+    ) -> None:
+        self.embedder = embedder
+        self.model_id: str = embedder.model_id
+        self.dim: int = embedder.dim
+        self.sha256 = model_sha256(embedder)
+        self.root = root
+        self.vad_cfg = vad_cfg
+        self.cache_file = cache_file
+        self._emb: dict[str, np.ndarray | None] = {}
+        self._quality: dict[str, Quality] = {}
+        self._by_hash: dict[str, np.ndarray | None] = {}
+        self.errors: dict[str, str] = {}
+        if cache_file is not None and cache_file.exists():
+            self._load(cache_file)
+
+    def _load(self, path: Path) -> None:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                if meta.get("model_id") != self.model_id or meta.get("sha256") != self.sha256:
+                    return
+                for rec, emb, q in zip(meta["recordings"], data["emb"], meta["quality"],
+                                       strict=True):  # fmt: skip
+                    self._emb[rec] = emb if np.all(np.isfinite(emb)) else None
+                    self._quality[rec] = Quality(**q)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("%s: embedding cache ignored (%s)", path, exc)
+
+    def save(self) -> None:
+        if self.cache_file is None:
+            return
+        recs = sorted(self._emb)
+        emb = np.stack(
+            [self._emb[r] if self._emb[r] is not None else np.full(self.dim, np.nan) for r in recs]
+        ).astype(np.float32)
+        meta = {
+            "model_id": self.model_id,
+            "sha256": self.sha256,
+            "recordings": recs,
+            "quality": [self._quality[r].__dict__ for r in recs],
+        }
+        np.savez(self.cache_file, emb=emb, meta=np.array(json.dumps(meta)))
+
+    def embed(self, pcm: np.ndarray) -> np.ndarray:
+        key = hashlib.sha1(np.asarray(pcm, np.int16).tobytes()).hexdigest()
+        if key not in self._by_hash:
+            self._by_hash[key] = self.embedder.embed(pcm)
+        emb = self._by_hash[key]
+        if emb is None:
+            raise ValueError("no embedding")
+        return emb
+
+    def fill(self, recordings: Iterable[str], progress: Callable[[int, int], None]) -> None:
+        todo = [r for r in dict.fromkeys(recordings) if r not in self._emb]
+        for n, rec in enumerate(todo, 1):
+            pcm = load_recording(self.root, rec)
+            self._quality[rec] = assess(pcm, self.vad_cfg)
+            try:
+                emb = self.embedder.embed(pcm)
+            except Exception as exc:  # TooShort, or audio the model cannot take
+                self.errors[rec] = str(exc)
+                log.warning("%s: no embedding: %s", rec, exc)
+                emb = None
+            self._emb[rec] = emb
+            self._by_hash[hashlib.sha1(pcm.tobytes()).hexdigest()] = emb
+            progress(n, len(todo))
+
+    def get(self, rec: str) -> np.ndarray | None:
+        return self._emb[rec]
+
+    def quality(self, rec: str) -> Quality:
+        return self._quality[rec]
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def _curve(
+    tar: np.ndarray,
+    non: np.ndarray,
+    w_tar: np.ndarray | None = None,
+    w_non: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds, FNMR, FMR) over every distinct score; accept when score >= threshold."""
+    w_tar = np.ones(len(tar)) if w_tar is None else w_tar
+    w_non = np.ones(len(non)) if w_non is None else w_non
+    scores = np.concatenate([tar, non])
+    is_tar = np.concatenate([np.ones(len(tar), bool), np.zeros(len(non), bool)])
+    w = np.concatenate([w_tar, w_non])
+    order = np.argsort(scores, kind="mergesort")
+    scores, is_tar, w = scores[order], is_tar[order], w[order]
+    # Threshold at each score: everything strictly below it is rejected.
+    miss = np.concatenate([[0.0], np.cumsum(np.where(is_tar, w, 0.0))])
+    fa_below = np.concatenate([[0.0], np.cumsum(np.where(~is_tar, w, 0.0))])
+    thr = np.concatenate([scores, [np.inf]])
+    keep = np.concatenate([[True], scores[1:] != scores[:-1], [True]])
+    total_t, total_n = max(w[is_tar].sum(), 1e-12), max(w[~is_tar].sum(), 1e-12)
+    fnmr = miss[keep] / total_t
+    fmr = 1 - fa_below[keep] / total_n
+    return thr[keep], fnmr, fmr
+
+
+def eer(tar: np.ndarray, non: np.ndarray, w_tar: Any = None, w_non: Any = None) -> float:
+    """Equal error rate (0..1), linearly interpolated where FNMR crosses FMR."""
+    _, fnmr, fmr = _curve(np.asarray(tar, float), np.asarray(non, float), w_tar, w_non)
+    i = int(np.argmax(fnmr >= fmr))
+    if i == 0:
+        return float((fnmr[0] + fmr[0]) / 2)
+    d0, d1 = fmr[i - 1] - fnmr[i - 1], fnmr[i] - fmr[i]
+    a = d0 / (d0 + d1) if d0 + d1 > 0 else 0.5
+    return float(fnmr[i - 1] + a * (fnmr[i] - fnmr[i - 1]))
+
+
+def min_dcf(tar: np.ndarray, non: np.ndarray, p_target: float = P_TARGET) -> float:
+    """Normalized minimum detection cost (C_miss = C_fa = 1)."""
+    _, fnmr, fmr = _curve(np.asarray(tar, float), np.asarray(non, float))
+    cost = p_target * fnmr + (1 - p_target) * fmr
+    return float(cost.min() / min(p_target, 1 - p_target))
+
+
+def rates_at(tar: np.ndarray, non: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(FMR, FNMR) when accepting score >= threshold."""
+    tar, non = np.asarray(tar), np.asarray(non)
+    fmr = float((non >= threshold).mean()) if len(non) else 0.0
+    fnmr = float((tar < threshold).mean()) if len(tar) else 0.0
+    return fmr, fnmr
+
+
+def bootstrap_eer_ci(
+    scores: np.ndarray,
+    target: np.ndarray,
+    spk_model: np.ndarray,
+    spk_test: np.ndarray,
+    n: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """95 % interval of the EER, resampling speakers with replacement (a trial counts
+    m_model * m_test times), since trials of one speaker are not independent."""
+    rng = np.random.default_rng(seed)
+    speakers = np.unique(np.concatenate([spk_model, spk_test]))
+    index = {s: i for i, s in enumerate(speakers)}
+    mi = np.array([index[s] for s in spk_model])
+    ti = np.array([index[s] for s in spk_test])
+    out = []
+    for _ in range(n):
+        m = np.bincount(rng.integers(0, len(speakers), len(speakers)), minlength=len(speakers))
+        w = (m[mi] * m[ti]).astype(float)
+        wt, wn = w[target == 1], w[target == 0]
+        if wt.sum() == 0 or wn.sum() == 0:
+            continue
+        out.append(eer(scores[target == 1], scores[target == 0], wt, wn))
+    lo, hi = np.percentile(out, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def det_plot(systems: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> bool:
+    """DET curves (probit axes) to a PNG; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'voxgate[dev]'): no DET plot")
+        return False
+    from scipy.stats import norm
+
+    ticks = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    for name, (tar, non) in systems.items():
+        _, fnmr, fmr = _curve(np.asarray(tar, float), np.asarray(non, float))
+        clip = np.clip
+        ax.plot(norm.ppf(clip(fmr, 1e-4, 0.5)), norm.ppf(clip(fnmr, 1e-4, 0.5)), label=name)
+    ax.set_xticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks])
+    ax.set_yticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks])
+    lim = norm.ppf([0.0008, 0.45])
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
+    ax.set_xlabel("false match rate (%)")
+    ax.set_ylabel("false non-match rate (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# --- the evaluation -----------------------------------------------------------------------------
+
+
+@dataclass
+class SystemResult:
+    name: str
+    scores: np.ndarray
+    eer: float
+    eer_ci: tuple[float, float]
+    min_dcf: float
+    threshold: float | None = None
+    fmr: float | None = None
+    fnmr: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        out = {
+            "eer_percent": round(100 * self.eer, 2),
+            "eer_ci95_percent": [round(100 * x, 2) for x in self.eer_ci],
+            "min_dcf": round(self.min_dcf, 4),
+        }
+        if self.threshold is not None:
+            out.update(
+                threshold=round(self.threshold, 4),
+                fmr_percent=round(100 * (self.fmr or 0.0), 3),
+                fnmr_percent=round(100 * (self.fnmr or 0.0), 2),
+            )
+        out.update(self.extra)
+        return out
+
+
+def _progress_printer(label: str) -> Callable[[int, int], None]:
+    tty = sys.stderr.isatty()
+    state = {"last": -1}
+
+    def show(n: int, total: int) -> None:
+        pct = 100 * n // max(total, 1)
+        if tty:
+            end = "\n" if n == total else ""
+            print(f"\r{label}: {n}/{total} ({pct} %)", end=end, file=sys.stderr, flush=True)
+        elif pct // 10 != state["last"] or n == total:
+            state["last"] = pct // 10
+            print(f"{label}: {n}/{total} ({pct} %)", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _system(
+    name: str, scores: np.ndarray, es: EvalSet, threshold: float | None = None
+) -> SystemResult:
+    target = np.array([t for _, _, t in es.trials])
+    tar, non = scores[target == 1], scores[target == 0]
+    spk_m = np.array([m for m, _, _ in es.trials])
+    spk_t = np.array([es.speaker(r) for _, r, _ in es.trials])
+    # Models are named after speakers in the protocols; map a model to its speaker via its takes.
+    model_spk = {m: es.speaker(recs[0]) for m, recs in es.enroll.items()}
+    spk_m = np.array([model_spk.get(m, m) for m in spk_m])
+    res = SystemResult(
+        name,
+        scores,
+        eer(tar, non),
+        bootstrap_eer_ci(scores, target, spk_m, spk_t),
+        min_dcf(tar, non),
+    )
+    if threshold is not None:
+        res.threshold = threshold
+        res.fmr, res.fnmr = rates_at(tar, non, threshold)
+    return res
+
+
+def evaluate(
+    set_dir: Path,
+    embedder: Any,
+    cfg: Any,
+    cohort: Any,
+    out_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run both systems on a protocol folder; returns the report (also written to out_dir)."""
+    from voxgate.enrollment import check_takes
+    from voxgate.scoring import Scorer
+    from voxgate.voiceprints import VoiceprintStore, l2_normalize, normalize_name
+
+    es = read_set(set_dir)
+    if not es.trials:
+        raise EvalError(f"{set_dir}: no trials")
+    cache_file = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cache_file = out_dir / f"embeddings-{embedder.model_id.replace('/', '--')}.npz"
+    cache = EmbeddingCache(embedder, es.root, cfg.vad, cache_file)
+    recordings = [r for recs in es.enroll.values() for r in recs] + [r for _, r, _ in es.trials]
+    noop: Callable[[int, int], None] = lambda n, total: None  # noqa: E731
+    cache.fill(recordings, _progress_printer(f"embedding {es.name}") if progress else noop)
+    cache.save()
+
+    # Upstream recipe: normalized mean of the take embeddings, raw cosine.
+    means: dict[str, np.ndarray] = {}
+    for model, recs in es.enroll.items():
+        embs = [e for e in (cache.get(r) for r in recs) if e is not None]
+        if embs:
+            means[model] = l2_normalize(np.mean(l2_normalize(np.stack(embs)), axis=0))
+
+    def cos(model: str, rec: str) -> float:
+        e, m = cache.get(rec), means.get(model)
+        return float(m @ e) if e is not None and m is not None else float("-inf")
+
+    baseline = np.array([cos(m, r) for m, r, _ in es.trials])
+
+    # voxgate back end: enrollment checks, a real encrypted store, AS-norm, FMR threshold.
+    # Protocol takes are a few seconds each: the enrollment totals (20 s, 3 takes) are a
+    # device policy, so they are relaxed here; per-take checks and outlier removal stay.
+    speaker_cfg = cfg.speaker.model_copy(update={"enroll_min_speech_s": 1, "enroll_min_takes": 1})
+    rejected: dict[str, list[str]] = {}
+    retry = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        store = VoiceprintStore(Path(tmp) / "eval.db", bytes(32))
+        for model, recs in es.enroll.items():
+            takes = [load_recording(es.root, r) for r in recs]
+            result = check_takes(takes, cache, speaker_cfg, cfg.vad)
+            embs = result.embeddings
+            if len(embs) == 0:  # every take rejected: enroll from all so trials still count
+                embs = np.stack([e for e in (cache.get(r) for r in recs) if e is not None])
+            rejected[model] = [f"{recs[t.index - 1]}: {t.reason}" for t in result.rejected]
+            store.add_user(model, embs, embedder.model_id)
+        scorer = Scorer(store, embedder, speaker_cfg, cohort)
+        threshold = scorer.threshold(1)
+        backend = np.empty(len(es.trials))
+        for n, (model, rec, _) in enumerate(es.trials):
+            emb = cache.get(rec)
+            if emb is None:
+                backend[n] = -np.inf
+                retry += 1
+                continue
+            q = cache.quality(rec)
+            r = scorer.verify(emb, normalize_name(model), quality=q)
+            backend[n] = r.score
+            retry += not r.quality_ok
+        store.close()
+
+    base = _system("cosine (upstream recipe)", baseline, es)
+    back = _system("voxgate back end", backend, es, threshold)
+    back.extra["retry_rate_percent"] = round(100 * retry / len(es.trials), 2)
+    # What threshold this set itself would need for the target FMR (shows calibration drift;
+    # needs well over 1/target_fmr impostor trials to mean much).
+    non = backend[np.array([t for _, _, t in es.trials]) == 0]
+    back.extra["threshold_for_target_fmr_on_this_set"] = round(
+        float(np.quantile(non, 1 - cfg.speaker.target_fmr)), 3
+    )
+    back.extra["rejected_enroll_takes"] = sum(len(v) for v in rejected.values())
+    qualities = [cache.quality(r) for r in dict.fromkeys(r for _, r, _ in es.trials)]
+    gated = [gate_reasons(q, cfg.speaker.min_speech_s, cfg.speaker.min_snr_db) for q in qualities]
+    report = {
+        "set": es.name,
+        "model_id": embedder.model_id,
+        "trials": len(es.trials),
+        "target_trials": int(sum(t for _, _, t in es.trials)),
+        "models": len(es.enroll),
+        "target_fmr": cfg.speaker.target_fmr,
+        "cohort": {
+            "speakers": len(cohort.embeddings) if cohort is not None else 0,
+            "top_k": cohort.top_k if cohort is not None else None,
+        },
+        "test_recordings": len(qualities),
+        "test_net_speech_s_median": round(float(np.median([q.speech_s for q in qualities])), 2),
+        "test_snr_db_median": round(float(np.median([q.snr_db for q in qualities])), 1),
+        "gate_too_little_speech": sum("too_little_speech" in g for g in gated),
+        "gate_too_noisy": sum("too_noisy" in g for g in gated),
+        "embedding_errors": cache.errors,
+        "rejected_enroll_takes": rejected,
+        "systems": {"cosine": base.summary(), "backend": back.summary()},
+    }
+    if out_dir is not None:
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        with open(out_dir / "scores.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["model", "path", "target", "cosine", "backend"])
+            for (m, r, t), a, b in zip(es.trials, baseline, backend, strict=True):
+                w.writerow([m, r, t, f"{a:.6f}", f"{b:.6f}"])
+        systems = {}
+        target = np.array([t for _, _, t in es.trials])
+        for res in (base, back):
+            systems[f"{res.name}: EER {100 * res.eer:.2f} %"] = (
+                res.scores[target == 1],
+                res.scores[target == 0],
+            )
+        if det_plot(systems, out_dir / "det.png", f"{es.name} ({embedder.model_id})"):
+            report["det_png"] = str(out_dir / "det.png")
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"{report['set']}: {report['trials']} trials ({report['target_trials']} target), "
+        f"{report['models']} models, model {report['model_id']}",
+    ]
+    for key, label in (("cosine", "cosine (upstream recipe)"), ("backend", "voxgate back end")):
+        s = report["systems"][key]
+        lo, hi = s["eer_ci95_percent"]
+        line = (
+            f"  {label:26s} EER {s['eer_percent']:5.2f} % (95 % CI {lo:.2f}-{hi:.2f})  "
+            f"minDCF {s['min_dcf']:.3f}"
+        )
+        if "threshold" in s:
+            line += (
+                f"\n  {'':26s} at threshold {s['threshold']:.3f} (target FMR "
+                f"{report['target_fmr']:g}): FMR {s['fmr_percent']:.2f} %, "
+                f"FNMR {s['fnmr_percent']:.2f} %, retry {s['retry_rate_percent']:.1f} %"
+            )
+        lines.append(line)
+    if report.get("det_png"):
+        lines.append(f"  DET curve: {report['det_png']}")
+    return "\n".join(lines)
+
+
+def build_cohort(
+    set_dir: Path,
+    embedder: Any,
+    out_dir: Path,
+    top_k: int,
+    progress: bool = True,
+    model_arg: str | None = None,
+) -> Any:
+    """Cohort + calibration from a set's speakers that have no trials (e.g. resemblyzer_ls's
+    251 train-clean-100 speakers). Only embeddings are written, never audio."""
+    from voxgate import cohort as cohortmod
+
+    es = read_set(set_dir, need_trials=False)
+    in_trials = {es.speaker(r) for recs in es.enroll.values() for r in recs}
+    in_trials |= {es.speaker(r) for _, r, _ in es.trials}
+    recs = [(spk, p) for p, spk in es.speaker_of.items() if spk not in in_trials]
+    if len(recs) < 10:
+        raise EvalError(f"{set_dir}: only {len(recs)} recordings from speakers without trials")
+    show = _progress_printer(f"cohort {es.name}") if progress else (lambda n, t: None)
+    loaded = ((spk, load_recording(es.root, p)) for spk, p in recs)
+    speakers = cohortmod.embed_chunks(list(loaded), embedder.embed, show)
+    info = {
+        "model_sha256": cohortmod.model_sha256(embedder),
+        "source": f"{es.name}: {len(recs)} recordings of speakers without trials, "
+        f"cut into {cohortmod.CHUNK_S:g} s pieces",
+        "command": f"voxgate eval {set_dir} --build-cohort {out_dir}"
+        + (f" --model {model_arg}" if model_arg else ""),
+        "license": "derived embeddings (numbers, no audio) of LibriSpeech train-clean-100, "
+        "CC BY 4.0, Panayotov et al. 2015"
+        if es.name == "resemblyzer_ls"
+        else "see the source set's license",
+    }
+    c = cohortmod.build(embedder.model_id, speakers, top_k=top_k, info=info)
+    cohortmod.save(c, out_dir)
+    return c

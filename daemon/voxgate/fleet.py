@@ -1,0 +1,760 @@
+"""Fleet sync: one enrollment reaches every door allowed for the person, and only those.
+
+How it works (docs/fleet.md has the full design and the broker ACL):
+- Doors are in groups (fleet.groups); fleet.access says which users each group lets in.
+- After an enrollment, the door publishes the voiceprint once per group that allows the user,
+  retained, on  <prefix>/_fleet/<site>/<group>/<user tag>. The user tag is a keyed hash of the
+  name, so topic names do not reveal who is enrolled. The broker ACL lets a door read only its
+  own groups' topics, so a door outside those groups never even receives the ciphertext.
+- Each message is encrypted with the site's fleet key (AES-256-GCM; the header is the
+  associated data) and signed with the enrolling door's Ed25519 key (fleet.signers lists the
+  public keys doors trust).
+- Erase and revoke are retained tombstones on the same topics. Every message carries a
+  per-user version (milliseconds, always above the last one seen); a door applies a message
+  only if its version is newer than what it already has for that user, so an erase wins over
+  any older voiceprint, including one replayed later.
+- A door that was offline gets the retained messages when it reconnects and catches up. Its
+  own outgoing changes wait in an outbox (in the sync state file) until the broker has them.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voxgate.config.fleet import ALL_USERS, FleetConfig
+from voxgate.voiceprints import VoiceprintStore, normalize_name
+
+log = logging.getLogger(__name__)
+
+WIRE_VERSION = 1
+KINDS = ("voiceprint", "erase", "revoke")
+MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_SKEW_S = 24 * 3600  # refuse messages claiming to be from the far future (clock bugs)
+
+
+class FleetError(Exception):
+    """Keys or settings the sync agent cannot use; str() is meant for the user."""
+
+
+class MessageError(Exception):
+    """A fleet message that is refused (bad signature, unknown signer, damaged, ...)."""
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+def parse_key32(raw: bytes, what: str) -> bytes:
+    """32 bytes from 64 hex characters or 32 raw bytes."""
+    text = raw.strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    if len(raw) == 32:
+        return bytes(raw)
+    raise FleetError(f"{what} must be 64 hex characters or 32 raw bytes (got {len(raw)} bytes)")
+
+
+def _derive(key: bytes, purpose: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(hashes.SHA256(), 32, salt=None, info=b"voxgate fleet " + purpose).derive(key)
+
+
+@dataclass(frozen=True)
+class FleetKeys:
+    """The site key (encryption, user tags), this door's signing key, the trusted signers."""
+
+    fleet_key: bytes
+    signing_key: bytes | None  # None: this door only receives
+    signers: dict[str, bytes]  # device_id -> Ed25519 public key
+
+    @classmethod
+    def load(cls, cfg: FleetConfig) -> FleetKeys:
+        from voxgate.config.secrets import SecretError, read_secret
+
+        try:
+            raw = read_secret("fleet-key", cfg.key_file)
+        except SecretError as exc:
+            raise FleetError(f"fleet sync: {exc}") from None
+        assert raw is not None
+        signing = read_secret("fleet-signing-key", cfg.signing_key_file, required=False)
+        return cls(
+            fleet_key=parse_key32(raw, "fleet key"),
+            signing_key=parse_key32(signing, "fleet signing key") if signing else None,
+            signers={d: bytes.fromhex(k) for d, k in cfg.signers.items()},
+        )
+
+
+def public_key_hex(signing_key: bytes) -> str:
+    """The public half of an Ed25519 private key (what goes into fleet.signers)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    pub = Ed25519PrivateKey.from_private_bytes(signing_key).public_key()
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+# --- the wire format ---------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise MessageError("expected base64 text")
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise MessageError("bad base64") from None
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class Update:
+    """One decoded, verified fleet message."""
+
+    kind: str  # voiceprint | erase | revoke
+    site: str
+    group: str
+    tag: str
+    name: str
+    version: int
+    signer: str
+    issued_at: float
+    model_id: str | None = None
+    embeddings: np.ndarray | None = None
+    meta: dict[str, Any] | None = None
+
+
+class Codec:
+    """Encrypts, signs, verifies and decrypts fleet messages for one site."""
+
+    def __init__(self, keys: FleetKeys, site: str, device_id: str) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self.keys = keys
+        self.site = site
+        self.device_id = device_id
+        self._aead = AESGCM(_derive(keys.fleet_key, b"seal v1"))
+        self._tag_key = _derive(keys.fleet_key, b"user tag v1")
+
+    def user_tag(self, name: str) -> str:
+        """The name's topic level: a keyed hash, the same on every door of the site."""
+        digest = hmac.new(self._tag_key, normalize_name(name).casefold().encode(), hashlib.sha256)
+        return digest.hexdigest()[:32]
+
+    def encode(
+        self,
+        kind: str,
+        group: str,
+        name: str,
+        version: int,
+        *,
+        model_id: str | None = None,
+        embeddings: np.ndarray | None = None,
+        meta: dict[str, Any] | None = None,
+        now: float | None = None,
+    ) -> bytes:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        if self.keys.signing_key is None:
+            raise FleetError(
+                "this door has no fleet signing key (fleet.signing_key_file or the credential "
+                "'fleet-signing-key'), so it cannot publish enrollments"
+            )
+        name = normalize_name(name)
+        header = {
+            "v": WIRE_VERSION,
+            "kind": kind,
+            "site": self.site,
+            "group": group,
+            "tag": self.user_tag(name),
+            "version": int(version),
+            "signer": self.device_id,
+            "issued_at": round(time.time() if now is None else now, 3),
+        }
+        body: dict[str, Any] = {"name": name}
+        if kind == "voiceprint":
+            assert embeddings is not None and model_id is not None
+            emb = np.asarray(embeddings, dtype="<f4")
+            body.update(
+                model_id=model_id,
+                dim=int(emb.shape[1]),
+                embeddings=emb.tobytes().hex(),
+                meta=meta or {},
+            )
+        nonce = os.urandom(12)
+        ct = self._aead.encrypt(nonce, _canonical(body), _canonical(header))
+        msg = {**header, "nonce": _b64(nonce), "ct": _b64(ct)}
+        signer = Ed25519PrivateKey.from_private_bytes(self.keys.signing_key)
+        msg["sig"] = _b64(signer.sign(_canonical(msg)))
+        return _canonical(msg)
+
+    def decode(self, topic_group: str, topic_tag: str, payload: bytes, now: float) -> Update:
+        """Verify and decrypt; raises MessageError saying why a message is refused."""
+        from cryptography.exceptions import InvalidSignature, InvalidTag
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        if len(payload) > MAX_MESSAGE_BYTES:
+            raise MessageError(f"message of {len(payload)} bytes is too large")
+        try:
+            msg = json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise MessageError("not JSON") from None
+        if not isinstance(msg, dict):
+            raise MessageError("not a JSON object")
+        if msg.get("v") != WIRE_VERSION:
+            raise MessageError(f"unknown wire version {msg.get('v')!r}")
+        fields = ("kind", "site", "group", "tag", "version", "signer", "issued_at", "nonce", "ct")
+        missing = [f for f in (*fields, "sig") if f not in msg]
+        if missing:
+            raise MessageError(f"missing fields {missing}")
+        if msg["kind"] not in KINDS:
+            raise MessageError(f"unknown kind {msg['kind']!r}")
+        if not isinstance(msg["version"], int) or not isinstance(msg["issued_at"], (int, float)):
+            raise MessageError("version/issued_at have the wrong type")
+        # The topic is not signed, so the signed header must name the same place.
+        if (msg["site"], msg["group"], msg["tag"]) != (self.site, topic_group, topic_tag):
+            raise MessageError("header does not match the topic it came on")
+        signer = msg["signer"]
+        pub = self.keys.signers.get(signer) if isinstance(signer, str) else None
+        if pub is None:
+            raise MessageError(f"signer {signer!r} is not in fleet.signers")
+        signed = {k: v for k, v in msg.items() if k != "sig"}
+        try:
+            Ed25519PublicKey.from_public_bytes(pub).verify(_unb64(msg["sig"]), _canonical(signed))
+        except (InvalidSignature, ValueError):
+            raise MessageError(f"bad signature (claimed signer {signer})") from None
+        if msg["issued_at"] > now + MAX_SKEW_S:
+            raise MessageError("issued in the future; check the clocks")
+        header = {k: msg[k] for k in fields if k not in ("nonce", "ct")}
+        header["v"] = WIRE_VERSION
+        try:
+            plain = self._aead.decrypt(_unb64(msg["nonce"]), _unb64(msg["ct"]), _canonical(header))
+        except (InvalidTag, ValueError):
+            raise MessageError("cannot decrypt (another site's fleet key?)") from None
+        try:
+            body = json.loads(plain)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise MessageError("damaged body") from None
+        name = body.get("name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or self.user_tag(name) != msg["tag"]:
+            raise MessageError("the user inside does not match the topic's user tag")
+        update = Update(
+            kind=msg["kind"],
+            site=msg["site"],
+            group=msg["group"],
+            tag=msg["tag"],
+            name=name,
+            version=msg["version"],
+            signer=signer,
+            issued_at=float(msg["issued_at"]),
+        )
+        if update.kind != "voiceprint":
+            return update
+        try:
+            dim = int(body["dim"])
+            emb = np.frombuffer(bytes.fromhex(body["embeddings"]), dtype="<f4")
+            emb = emb.astype(np.float32).reshape(-1, dim)
+        except (KeyError, ValueError, TypeError):
+            raise MessageError("damaged voiceprint body") from None
+        return dataclasses.replace(
+            update,
+            model_id=str(body.get("model_id")),
+            embeddings=emb,
+            meta=dict(body.get("meta") or {}),
+        )
+
+
+# --- sync state: versions, tombstones, outbox ------------------------------------------------
+
+
+class SyncState:
+    """What this door has applied per user (by tag) and per group, plus unsent messages."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS users (
+                    tag TEXT PRIMARY KEY, version INTEGER NOT NULL, kind TEXT NOT NULL,
+                    held INTEGER NOT NULL);
+                CREATE TABLE IF NOT EXISTS grants (
+                    tag TEXT NOT NULL, grp TEXT NOT NULL, version INTEGER NOT NULL,
+                    kind TEXT NOT NULL, PRIMARY KEY (tag, grp));
+                CREATE TABLE IF NOT EXISTS outbox (
+                    topic TEXT PRIMARY KEY, payload BLOB NOT NULL, version INTEGER NOT NULL);
+                """
+            )
+        except sqlite3.DatabaseError as exc:
+            raise FleetError(f"{self.path}: unusable fleet sync state ({exc})") from None
+        os.chmod(self.path, 0o600)
+
+    def user(self, tag: str) -> tuple[int, str, bool] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT version, kind, held FROM users WHERE tag = ?", (tag,)
+            ).fetchone()
+        return (int(row[0]), str(row[1]), bool(row[2])) if row else None
+
+    def set_user(self, tag: str, version: int, kind: str, held: bool) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)", (tag, version, kind, int(held))
+            )
+
+    def grant(self, tag: str, group: str) -> tuple[int, str] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT version, kind FROM grants WHERE tag = ? AND grp = ?", (tag, group)
+            ).fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    def set_grant(self, tag: str, group: str, version: int, kind: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?)", (tag, group, version, kind)
+            )
+
+    def granting_groups(self, tag: str) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT grp FROM grants WHERE tag = ? AND kind = 'voiceprint'", (tag,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def held_tags(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT tag FROM users WHERE held = 1").fetchall()
+        return [r[0] for r in rows]
+
+    def queue(self, topic: str, payload: bytes, version: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO outbox VALUES (?, ?, ?)", (topic, payload, version)
+            )
+
+    def outbox(self) -> list[tuple[str, bytes, int]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT topic, payload, version FROM outbox ORDER BY rowid"
+            ).fetchall()
+        return [(r[0], bytes(r[1]), int(r[2])) for r in rows]
+
+    def sent(self, topic: str, version: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE topic = ? AND version = ?", (topic, version))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+# --- the agent -------------------------------------------------------------------------------
+
+
+def topic_root(prefix: str, site: str) -> str:
+    # "_fleet" cannot be a device_id (those start with a letter or digit), so the fleet tree
+    # never collides with a device's own topics.
+    return f"{prefix}/_fleet/{site}"
+
+
+def state_path(cfg: Any) -> Path:
+    """The sync state file: fleet.state_file or <data_dir>/fleet.db."""
+    return Path(cfg.fleet.state_file or Path(cfg.data_dir) / "fleet.db")
+
+
+def allows(access: dict[str, list[str]], group: str, name: str) -> bool:
+    users = access.get(group, [])
+    return ALL_USERS in users or normalize_name(name) in {normalize_name(u) for u in users}
+
+
+class FleetSync:
+    """The sync agent of one door: publishes local changes, applies the fleet's.
+
+    Thread-safe: publish_* may be called from API threads while MQTT callbacks run on
+    paho's loop thread.
+    """
+
+    def __init__(
+        self,
+        cfg: FleetConfig,
+        mqtt_cfg: Any,
+        device_id: str,
+        store: VoiceprintStore,
+        state_path: Path,
+        *,
+        keys: FleetKeys | None = None,
+        model_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+        client_id: str | None = None,
+        audit_event: Callable[..., Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.mqtt_cfg = mqtt_cfg
+        self.device_id = device_id
+        self.store = store
+        self.model_id = model_id
+        self.clock = clock
+        self.keys = keys or FleetKeys.load(cfg)
+        self.codec = Codec(self.keys, cfg.site, device_id)
+        self.state = SyncState(state_path)
+        self.root = topic_root(mqtt_cfg.topic_prefix, cfg.site)
+        self._apply_lock = threading.Lock()
+        self._inflight: dict[int, tuple[str, int]] = {}
+        self._acked: set[int] = set()
+        self._inflight_lock = threading.Lock()
+        self.connected = threading.Event()
+        self.stats = {"applied": 0, "ignored_old": 0, "refused": 0, "not_allowed": 0, "sent": 0}
+        self._client: Any = None
+        # Its own MQTT session, apart from the daemon's MqttLink (whose id it must not reuse).
+        self.client_id = client_id or f"voxgate-{device_id}-fleet"
+        # e.g. the daemon's AuditLog.append: every voiceprint change the fleet makes is audited.
+        self.audit_event = audit_event
+
+    # -- which users and groups
+
+    def allowed_here(self, name: str) -> bool:
+        """May this door hold `name`'s voiceprint? (its groups' access, then allowed_users)"""
+        if self.cfg.allowed_users is not None:
+            allowed = {normalize_name(u) for u in self.cfg.allowed_users}
+            if normalize_name(name) not in allowed:
+                return False
+        return any(allows(self.cfg.access, g, name) for g in self.cfg.groups)
+
+    def groups_for(self, name: str) -> list[str]:
+        """Every group whose doors let `name` in: where an enrollment is sent."""
+        return [g for g in self.cfg.access if allows(self.cfg.access, g, name)]
+
+    def topic(self, group: str, name: str) -> str:
+        return f"{self.root}/{group}/{self.codec.user_tag(name)}"
+
+    # -- connection
+
+    def start(self) -> None:
+        """Connect in the background (never raises for an unreachable broker)."""
+        from voxgate.mqtt.client import build_client, connect_async
+
+        self.enforce_access()
+        client = build_client(self.mqtt_cfg, self.client_id)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.max_inflight_messages_set(100)
+        self._client = client
+        connect_async(client, self.mqtt_cfg)
+        client.loop_start()
+        log.info(
+            "fleet sync: site %s, groups %s, broker %s:%d",
+            self.cfg.site,
+            ",".join(self.cfg.groups) or "(none)",
+            self.mqtt_cfg.host,
+            self.mqtt_cfg.port,
+        )
+
+    @classmethod
+    def from_config(
+        cls, cfg: Any, store: VoiceprintStore, model_id: str | None = None, **kwargs: Any
+    ) -> FleetSync:
+        """The agent for a whole device config (raises FleetError for missing keys)."""
+        return cls(
+            cfg.fleet, cfg.mqtt, cfg.device_id, store, state_path(cfg), model_id=model_id, **kwargs
+        )
+
+    def wait_sent(self, timeout: float) -> bool:
+        """Wait until the broker has acknowledged every queued update."""
+        deadline = time.monotonic() + timeout
+        while self.state.outbox():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+        self.connected.clear()
+        self.state.close()
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            log.error("fleet sync: broker refused the connection: %s", rc)
+            return
+        subs = [(f"{self.root}/{g}/+", 1) for g in self.cfg.groups]
+        if subs:
+            client.subscribe(subs)
+        self.connected.set()
+        pending = self.state.outbox()
+        if pending:
+            log.info("fleet sync: connected; sending %d queued update(s)", len(pending))
+        for topic, payload, version in pending:
+            self._send(topic, payload, version)
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self.connected.clear()
+        if rc.is_failure:
+            log.warning("fleet sync: lost the broker (%s); retrying", rc)
+
+    def _send(self, topic: str, payload: bytes, version: int) -> None:
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return  # stays in the outbox until the next connect
+        info = client.publish(topic, payload, qos=1, retain=True)
+        # The PUBACK can beat us here (paho's loop thread): then on_publish left the mid in
+        # _acked. No lock is held around publish() itself, which takes paho's own locks.
+        with self._inflight_lock:
+            done = info.mid in self._acked
+            if done:
+                self._acked.discard(info.mid)
+            else:
+                self._inflight[info.mid] = (topic, version)
+        if done:
+            self._delivered(topic, version)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        with self._inflight_lock:
+            item = self._inflight.pop(mid, None)
+            if item is None:
+                self._acked.add(mid)
+        if item is not None:
+            self._delivered(*item)
+
+    def _delivered(self, topic: str, version: int) -> None:
+        self.state.sent(topic, version)
+        self.stats["sent"] += 1
+
+    # -- publishing local changes
+
+    def _next_version(self, tag: str) -> int:
+        known = self.state.user(tag)
+        now_ms = int(self.clock() * 1000)
+        return max(now_ms, known[0] + 1 if known else 0)
+
+    def _publish(self, kind: str, name: str, groups: list[str], **body: Any) -> int:
+        tag = self.codec.user_tag(name)
+        version = self._next_version(tag)
+        for group in groups:
+            payload = self.codec.encode(kind, group, name, version, now=self.clock(), **body)
+            topic = f"{self.root}/{group}/{tag}"
+            self.state.queue(topic, payload, version)
+            self._send(topic, payload, version)
+        return version
+
+    def publish_enrollment(self, name: str) -> list[str]:
+        """Send the stored voiceprint of `name` to every group allowed for it."""
+        vp = self.store.get(name)
+        if vp is None:
+            raise FleetError(f"no voiceprint for '{name}' in the local store")
+        groups = self.groups_for(vp.name)
+        if not groups:
+            log.warning("fleet sync: no group in fleet.access allows %s; kept on this door", name)
+            return []
+        with self._apply_lock:
+            version = self._publish(
+                "voiceprint",
+                vp.name,
+                groups,
+                model_id=vp.model_id,
+                embeddings=vp.embeddings,
+                meta={**vp.meta, "enrolled_at": vp.updated_at, "enrolled_by": self.device_id},
+            )
+            tag = self.codec.user_tag(vp.name)
+            self.state.set_user(tag, version, "voiceprint", held=True)
+            for g in groups:
+                self.state.set_grant(tag, g, version, "voiceprint")
+        log.info("fleet sync: %s (version %d) sent to %s", vp.name, version, ",".join(groups))
+        return groups
+
+    def publish_erase(self, name: str) -> None:
+        """Tell every group (every group, since access may have changed) to erase `name`."""
+        with self._apply_lock:
+            version = self._publish("erase", name, list(self.cfg.access))
+            self.state.set_user(self.codec.user_tag(name), version, "erase", held=False)
+        log.info("fleet sync: erase of %s (version %d) sent to every group", name, version)
+
+    def publish_revoke(self, name: str, groups: list[str]) -> None:
+        """Withdraw `name` from some groups; doors left with no granting group erase it."""
+        unknown = [g for g in groups if g not in self.cfg.access]
+        if unknown:
+            raise FleetError(f"unknown groups {unknown} (not in fleet.access)")
+        with self._apply_lock:
+            version = self._publish("revoke", name, groups)
+            tag = self.codec.user_tag(name)
+            for g in groups:
+                self.state.set_grant(tag, g, version, "revoke")
+        log.info("fleet sync: revoke of %s from %s (version %d)", name, ",".join(groups), version)
+
+    def on_local_change(self, kind: str, name: str) -> None:
+        """Hook for voxgate.api.UserAdmin(on_change=...): 'enrolled' or 'erased'."""
+        if kind == "enrolled":
+            self.publish_enrollment(name)
+        elif kind == "erased":
+            self.publish_erase(name)
+
+    # -- applying the fleet's changes
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            self.handle(msg.topic, bytes(msg.payload))
+        except Exception:
+            # Whatever a message does, the agent keeps running.
+            log.exception("fleet sync: failed to handle a message on %s", msg.topic)
+
+    def handle(self, topic: str, payload: bytes) -> str:
+        """Apply one message; returns what happened (for logs and tests)."""
+        if not payload:
+            return "empty"  # a cleared retained message
+        parts = topic.split("/")
+        if topic.rsplit("/", 2)[0] != self.root or len(parts) < 2:
+            return "foreign"
+        group, tag = parts[-2], parts[-1]
+        if group not in self.cfg.groups:
+            log.warning("fleet sync: message for group %s, which this door is not in", group)
+            self.stats["not_allowed"] += 1
+            return "not_my_group"
+        try:
+            upd = self.codec.decode(group, tag, payload, self.clock())
+        except MessageError as exc:
+            log.warning("fleet sync: refused message on %s: %s", topic, exc)
+            self.stats["refused"] += 1
+            self._audit("fleet_refused", topic=topic, reason=str(exc))
+            return "refused"
+        with self._apply_lock:
+            outcome = self._apply(upd)
+        if outcome in {"stored", "erased", "erased_absent", "revoked", "not_allowed"}:
+            self._audit(
+                "fleet_" + outcome,
+                user=upd.name,
+                version=upd.version,
+                signer=upd.signer,
+                group=upd.group,
+            )
+        return outcome
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        if self.audit_event is None:
+            return
+        try:
+            self.audit_event(event, **fields)
+        except Exception:
+            log.exception("fleet sync: could not write audit event %s", event)
+
+    def _apply(self, upd: Update) -> str:
+        known = self.state.user(upd.tag)
+        if known is not None and upd.version <= known[0] and known[1] == "erase":
+            self.stats["ignored_old"] += 1
+            return "ignored_old"  # erased later than this message was made
+        grant = self.state.grant(upd.tag, upd.group)
+        if grant is not None and upd.version <= grant[0]:
+            self.stats["ignored_old"] += 1
+            return "ignored_old"
+        if upd.kind == "erase":
+            erased = self.store.erase(upd.name)
+            self.state.set_user(upd.tag, upd.version, "erase", held=False)
+            self.state.set_grant(upd.tag, upd.group, upd.version, "erase")
+            log.info("fleet sync: %s erased (version %d, by %s)", upd.name, upd.version, upd.signer)
+            self.stats["applied"] += 1
+            return "erased" if erased else "erased_absent"
+        if upd.kind == "revoke":
+            others = [
+                g
+                for g in self.state.granting_groups(upd.tag)
+                if g != upd.group and g in self.cfg.groups
+            ]
+            if others:
+                self.state.set_grant(upd.tag, upd.group, upd.version, "revoke")
+                return "revoked_group"  # another of this door's groups still lets them in
+            # State is written after the store changed, so a failure here means the retained
+            # message is applied again on the next connect rather than skipped.
+            self.store.erase(upd.name)
+            self.state.set_grant(upd.tag, upd.group, upd.version, "revoke")
+            version = max(upd.version, known[0] if known else 0)
+            self.state.set_user(upd.tag, version, "revoke", held=False)
+            log.info("fleet sync: %s revoked here (version %d)", upd.name, upd.version)
+            self.stats["applied"] += 1
+            return "revoked"
+        # A voiceprint.
+        if not self.allowed_here(upd.name):
+            # Defence in depth: the ACL should have kept it away; never store it.
+            log.warning("fleet sync: %s is not allowed at this door; not stored", upd.name)
+            self.stats["not_allowed"] += 1
+            return "not_allowed"
+        if self.model_id is not None and upd.model_id != self.model_id:
+            log.error(
+                "fleet sync: %s was enrolled with model %s, this door runs %s; not stored",
+                upd.name,
+                upd.model_id,
+                self.model_id,
+            )
+            self.stats["refused"] += 1
+            return "model_mismatch"
+        if known is not None and known[2] and upd.version <= known[0]:
+            self.state.set_grant(upd.tag, upd.group, upd.version, "voiceprint")
+            return "already_have"  # the same enrollment, through another group
+        assert upd.embeddings is not None and upd.model_id is not None
+        meta = {**(upd.meta or {}), "fleet_version": upd.version, "fleet_signer": upd.signer}
+        self.store.replace(upd.name, upd.embeddings, upd.model_id, meta)
+        self.state.set_grant(upd.tag, upd.group, upd.version, "voiceprint")
+        self.state.set_user(upd.tag, upd.version, "voiceprint", held=True)
+        log.info(
+            "fleet sync: %s stored (version %d, from %s via %s)",
+            upd.name,
+            upd.version,
+            upd.signer,
+            upd.group,
+        )
+        self.stats["applied"] += 1
+        return "stored"
+
+    def enforce_access(self) -> list[str]:
+        """Erase voiceprints received from the fleet that this door's config no longer allows.
+
+        Run at start, so shrinking fleet.access / fleet.groups (an Ansible run) revokes
+        access even for doors that were offline when it changed.
+        """
+        dropped = []
+        held = set(self.state.held_tags())
+        if not held:
+            return dropped
+        for vp in self.store.all():
+            tag = self.codec.user_tag(vp.name)
+            if tag in held and "fleet_version" in vp.meta and not self.allowed_here(vp.name):
+                self.store.erase(vp.name)
+                known = self.state.user(tag)
+                self.state.set_user(tag, known[0] if known else 0, "revoke", held=False)
+                dropped.append(vp.name)
+                log.info("fleet sync: %s no longer allowed here (config); erased", vp.name)
+        return dropped

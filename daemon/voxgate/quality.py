@@ -1,0 +1,103 @@
+"""Signal quality of one recording: net speech, estimated SNR, clipping.
+
+Used by the quality gate (an attempt with too little speech or too much noise gets 'retry',
+not a guess) and by enrollment (bad takes are rejected with the reason named).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from voxgate.audio.base import SAMPLE_RATE
+from voxgate.config.audio import VadConfig
+
+FRAME_MS = 30
+FULL_SCALE = 32767
+CLIP_LEVEL = 0.99 * FULL_SCALE
+CLIP_RUN = 3  # consecutive samples at full scale: a clipped peak, not a loud sample
+SNR_CEILING_DB = 60.0
+
+
+@dataclass(frozen=True)
+class Quality:
+    duration_s: float
+    speech_s: float  # net speech: frames the VAD called speech, inside utterances it kept
+    snr_db: float  # speech power over noise power, estimated from VAD labels
+    clipped: float  # fraction of samples inside runs of full-scale samples
+
+
+def _clipped_fraction(pcm: np.ndarray) -> float:
+    if len(pcm) == 0:
+        return 0.0
+    hot = np.abs(pcm.astype(np.int32)) >= CLIP_LEVEL
+    if not hot.any():
+        return 0.0
+    # Count samples in runs of at least CLIP_RUN consecutive hot samples.
+    padded = np.concatenate(([False], hot, [False])).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    starts, ends = edges[::2], edges[1::2]
+    runs = ends - starts
+    return float(runs[runs >= CLIP_RUN].sum() / len(pcm))
+
+
+def _snr_db(pcm: np.ndarray, vad_cfg: VadConfig) -> float:
+    from voxgate.vad import Endpointer
+
+    ep = Endpointer(vad_cfg, FRAME_MS)
+    n = ep.frame_len
+    usable = len(pcm) // n * n
+    if usable == 0:
+        return 0.0
+    frames = pcm[:usable].reshape(-1, n)
+    power = (frames.astype(np.float64) ** 2).mean(axis=1) + 1.0  # +1: 16-bit dither floor
+    speech = np.array([ep.is_speech(f) for f in frames])
+    if speech.sum() == 0:
+        return 0.0
+    speech_power = power[speech].mean()
+    # Digital silence (joined or padded files) says nothing about the room: leave it out.
+    live = np.any(frames != 0, axis=1)
+    pauses = power[~speech & live]
+    # A file trimmed to its speech has few pauses: then the quietest frames are the floor.
+    if len(pauses) >= 5:
+        noise_power = np.median(pauses)
+    else:
+        noise_power = np.percentile(power[live], 10) if live.any() else 1.0
+    signal = max(speech_power - noise_power, 1e-3)
+    return float(min(10 * np.log10(signal / noise_power), SNR_CEILING_DB))
+
+
+def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None) -> Quality:
+    """Measure one recording (int16, 16 kHz mono)."""
+    from voxgate.vad import segment
+
+    vad_cfg = vad_cfg or VadConfig()
+    pcm = np.asarray(pcm, dtype=np.int16)
+    # Measuring a whole recording needs no memory bound, so utterances are not split; an
+    # utterance still split at the bound's edge (vad.Endpointer.flush with nothing buffered)
+    # raises ValueError: then count the speech of the utterances already closed.
+    whole = vad_cfg.model_copy(update={"max_utterance_ms": 120000})
+    try:
+        speech_s = sum(u.speech_s for u in segment(pcm, whole, FRAME_MS))
+    except ValueError:
+        n = 120 * SAMPLE_RATE
+        speech_s = sum(
+            u.speech_s for i in range(0, len(pcm), n) for u in segment(pcm[i : i + n], whole)
+        )
+    return Quality(
+        duration_s=len(pcm) / SAMPLE_RATE,
+        speech_s=float(speech_s),
+        snr_db=_snr_db(pcm, vad_cfg),
+        clipped=_clipped_fraction(pcm),
+    )
+
+
+def gate_reasons(q: Quality, min_speech_s: float, min_snr_db: float) -> tuple[str, ...]:
+    """Why an attempt of this quality must be retried (empty when it may be scored)."""
+    reasons = []
+    if q.speech_s < min_speech_s:
+        reasons.append("too_little_speech")
+    if q.snr_db < min_snr_db:
+        reasons.append("too_noisy")
+    return tuple(reasons)

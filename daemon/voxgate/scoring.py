@@ -1,0 +1,181 @@
+"""Scoring: cosine against the enrolled voiceprint, AS-norm against an impostor cohort, and a
+threshold set from a target false-match rate (speaker.target_fmr), not a magic constant.
+
+AS-norm (adaptive symmetric normalization): a raw cosine s between enrollment e and test t is
+turned into 0.5 * ((s - mu_e) / sd_e + (s - mu_t) / sd_t), where mu/sd are the mean and spread
+of the top_k highest cosines of e (resp. t) against the cohort. It says how far s stands out
+above what each side scores against strangers, which makes one threshold hold across voices,
+microphones and utterance lengths much better than a raw cosine does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from voxgate.cohort import Cohort
+from voxgate.quality import Quality, gate_reasons
+from voxgate.voiceprints import ModelMismatch, Voiceprint, l2_normalize
+
+if TYPE_CHECKING:
+    from voxgate.config.speaker import SpeakerConfig
+    from voxgate.voiceprints import VoiceprintStore
+
+log = logging.getLogger(__name__)
+
+
+class ScoringError(Exception):
+    """No usable threshold or cohort; str() is meant for the user."""
+
+
+@dataclass(frozen=True)
+class SpeakerResult:
+    user: str | None  # the claimed user (verify) or the best match (identify); None = unknown
+    score: float  # normalized score (raw cosine when no cohort is used)
+    raw_cosine: float
+    threshold: float
+    accepted: bool
+    quality_ok: bool
+    reasons: tuple[str, ...] = ()
+
+
+def asnorm_stats(cohort_scores: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the top_k highest finite values of each row (-inf marks excluded)."""
+    s = np.atleast_2d(np.asarray(cohort_scores, dtype=np.float64))
+    finite = np.isfinite(s).sum(axis=1).min()
+    k = int(max(2, min(top_k, finite)))
+    top = -np.partition(-s, k - 1, axis=1)[:, :k]
+    return top.mean(axis=1), top.std(axis=1) + 1e-6
+
+
+def asnorm(
+    raw: np.ndarray | float,
+    enroll: np.ndarray,
+    test: np.ndarray,
+    cohort: np.ndarray,
+    top_k: int,
+) -> np.ndarray:
+    """AS-norm scores for raw cosines between enroll[i] and test[i] (rows, or one each)."""
+    e = np.atleast_2d(enroll)
+    t = np.atleast_2d(test)
+    e_mu, e_sd = asnorm_stats(e @ cohort.T, top_k)
+    t_mu, t_sd = asnorm_stats(t @ cohort.T, top_k)
+    raw = np.asarray(raw, dtype=np.float64)
+    return 0.5 * ((raw - e_mu) / e_sd + (raw - t_mu) / t_sd)
+
+
+class Scorer:
+    """1:1 verify and 1:N open-set identify against the store, for one embedder's model."""
+
+    def __init__(
+        self,
+        store: VoiceprintStore,
+        embedder: Any,
+        cfg: SpeakerConfig,
+        cohort: Cohort | None,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.cfg = cfg
+        self.model_id: str = embedder.model_id
+        self.cohort = cohort
+        if cohort is not None and cohort.model_id != self.model_id:
+            raise ScoringError(
+                f"cohort made with model {cohort.model_id}, but {self.model_id} is loaded"
+            )
+        if cfg.threshold is None and (cohort is None or not cohort.calibration):
+            raise ScoringError(
+                f"no calibrated cohort for model {self.model_id} and no speaker.threshold set; "
+                "build one with 'voxgate eval SET_DIR --build-cohort DIR'"
+            )
+        self.top_k = cohort.top_k if cohort is not None else 0
+
+    def threshold(self, n_users: int = 1) -> float:
+        """The decision threshold. For 1:N the per-comparison FMR is target_fmr / N, so the
+        chance that any of N voiceprints falsely matches stays near target_fmr."""
+        if self.cfg.threshold is not None:
+            return self.cfg.threshold
+        assert self.cohort is not None
+        return self.cohort.threshold_for(self.cfg.target_fmr / max(1, n_users))
+
+    def score(self, emb: np.ndarray, vp: Voiceprint) -> tuple[float, float]:
+        """(normalized score, raw cosine) of a test embedding against a voiceprint."""
+        t = l2_normalize(emb)
+        raw = float(vp.mean @ t)
+        if self.cohort is None:
+            return raw, raw
+        norm = asnorm(raw, vp.mean, t, self.cohort.embeddings, self.top_k)
+        return float(norm[0]), raw
+
+    def _quality(self, quality: Quality | None) -> tuple[bool, tuple[str, ...]]:
+        if quality is None:
+            return True, ()
+        reasons = gate_reasons(quality, self.cfg.min_speech_s, self.cfg.min_snr_db)
+        return not reasons, reasons
+
+    def verify(
+        self, emb: np.ndarray, claimed_user: str, quality: Quality | None = None
+    ) -> SpeakerResult:
+        """Is this the claimed user? A bad-quality attempt is scored but never accepted."""
+        q_ok, reasons = self._quality(quality)
+        threshold = self.threshold(1)
+        try:
+            vp = self.store.get(claimed_user, model_id=self.model_id)
+        except ModelMismatch as exc:
+            log.error("%s", exc)
+            return SpeakerResult(
+                claimed_user, float("-inf"), float("-inf"), threshold, False, q_ok,
+                (*reasons, "model_mismatch"),
+            )  # fmt: skip
+        if vp is None:
+            return SpeakerResult(
+                claimed_user, float("-inf"), float("-inf"), threshold, False, q_ok,
+                (*reasons, "unknown_user"),
+            )  # fmt: skip
+        score, raw = self.score(emb, vp)
+        accepted = q_ok and score >= threshold
+        if not accepted and q_ok:
+            reasons = (*reasons, "score_below_threshold")
+        return SpeakerResult(vp.name, score, raw, threshold, accepted, q_ok, reasons)
+
+    def identify(self, emb: np.ndarray, quality: Quality | None = None) -> SpeakerResult:
+        """Who is this, among all users? user=None when nobody clears the threshold (open set)."""
+        q_ok, reasons = self._quality(quality)
+        prints = []
+        for vp in self.store.all():
+            if vp.model_id != self.model_id:
+                log.warning("identify: %s skipped (enrolled with %s)", vp.name, vp.model_id)
+                continue
+            prints.append(vp)
+        threshold = self.threshold(len(prints))
+        if not prints:
+            return SpeakerResult(
+                None, float("-inf"), float("-inf"), threshold, False, q_ok, (*reasons, "no_users")
+            )
+        scored = [(*self.score(emb, vp), vp.name) for vp in prints]
+        score, raw, name = max(scored)
+        accepted = q_ok and score >= threshold
+        if accepted:
+            return SpeakerResult(name, score, raw, threshold, True, q_ok, reasons)
+        if q_ok:
+            reasons = (*reasons, "unknown_speaker")
+        return SpeakerResult(None, score, raw, threshold, False, q_ok, reasons)
+
+
+def load_scorer(cfg: Any, store: VoiceprintStore, embedder: Any) -> Scorer:
+    """A Scorer for the device config (the whole VoxgateConfig): the configured or shipped
+    cohort of the loaded model. ScoringError with a message when no cohort fits and no fixed
+    speaker.threshold is set."""
+    from voxgate.cohort import CohortError, for_model, model_sha256
+
+    try:
+        cohort = for_model(embedder.model_id, cfg.speaker.cohort, model_sha256(embedder))
+    except CohortError as exc:
+        if cfg.speaker.threshold is None:
+            raise ScoringError(str(exc)) from None
+        log.warning("%s; scoring raw cosine against speaker.threshold", exc)
+        cohort = None
+    return Scorer(store, embedder, cfg.speaker, cohort)

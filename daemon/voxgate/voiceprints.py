@@ -1,0 +1,493 @@
+"""Voiceprint store: one SQLite file (WAL, versioned schema), every voiceprint sealed with AES-GCM.
+
+What a stolen SD card reveals (the threat this layout is built for):
+- The number of enrolled users (one row each) and the file's timestamps.
+- Nothing else without the key: user names are stored only as a keyed hash (HMAC-SHA256 under a
+  key derived from the voiceprint key), and the name, model id, embeddings, mean, times and
+  metadata live inside one AES-256-GCM sealed blob per user, padded to a 4 KiB bucket so its
+  size does not tell how many takes were enrolled. The row id is the blob's associated data,
+  so a blob cannot be moved onto another user's row.
+Erasing a user deletes the row with `secure_delete` on, checkpoints the WAL (TRUNCATE) and
+VACUUMs, so the bytes are gone from the file and its WAL, not just unlinked from the b-tree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x56584750  # "VXGP" in the SQLite header: marks the file as ours
+SQLITE_MAGIC = b"SQLite format 3\x00"
+KEY_BYTES = 32
+PAD_BUCKET = 4096
+KEY_CHECK = b"voxgate voiceprint key check v1"
+MAX_NAME_LEN = 64
+
+
+class StoreError(Exception):
+    """A voiceprint file or key that cannot be used; str() is meant for the user."""
+
+
+class ModelMismatch(StoreError):
+    """The voiceprint was made by another speaker model; scores across models mean nothing."""
+
+
+@dataclass(frozen=True)
+class Voiceprint:
+    name: str
+    model_id: str
+    embeddings: np.ndarray  # (k, dim) float32, each L2-normalized
+    mean: np.ndarray  # (dim,) float32, L2-normalized mean of the embeddings
+    created_at: float
+    updated_at: float
+    version: int  # 1 at enrollment, +1 for each re-enrollment
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    name: str
+    model_id: str
+    takes: int
+    created_at: float
+    updated_at: float
+    version: int
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+def parse_key(raw: bytes) -> bytes:
+    """A 32-byte key from 64 hex characters (what init-key writes) or 32 raw bytes."""
+    text = raw.strip()
+    if len(text) == 2 * KEY_BYTES:
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    if len(raw) == KEY_BYTES:
+        return bytes(raw)
+    raise StoreError(
+        f"voiceprint key must be 64 hex characters or 32 raw bytes (got {len(raw)} bytes); "
+        "create one with: voxgate users init-key FILE"
+    )
+
+
+def load_key(speaker_cfg: Any) -> bytes:
+    """The voiceprint key from $VOXGATE_VOICEPRINT_KEY, a systemd credential or cfg.key_file."""
+    from voxgate.config.secrets import SecretError, read_secret
+
+    try:
+        raw = read_secret("voiceprint-key", speaker_cfg.key_file)
+    except SecretError as exc:
+        raise StoreError(f"{exc}; create a key with: voxgate users init-key FILE") from None
+    assert raw is not None
+    return parse_key(raw)
+
+
+def write_key_file(path: Path) -> None:
+    """Create a new random key in `path` (mode 0600). Refuses to overwrite an existing file."""
+    key = os.urandom(KEY_BYTES)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise StoreError(
+            f"{path} already exists; not overwriting a key (voiceprints sealed with it "
+            "would become unreadable)"
+        ) from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create key file: {exc}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+    os.chmod(path, 0o600)
+
+
+def _subkey(key: bytes, purpose: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(hashes.SHA256(), 32, salt=None, info=b"voxgate voiceprints " + purpose).derive(key)
+
+
+def normalize_name(name: str) -> str:
+    """Check a user name; returns it NFC-normalized and stripped."""
+    clean = unicodedata.normalize("NFC", name).strip()
+    if not clean or len(clean) > MAX_NAME_LEN:
+        raise StoreError(f"user name must be 1-{MAX_NAME_LEN} characters")
+    if any(unicodedata.category(c).startswith("C") for c in clean):
+        raise StoreError("user name must not contain control characters")
+    return clean
+
+
+# --- store ------------------------------------------------------------------------------------
+
+
+def _check_header(path: Path) -> None:
+    """Refuse files that are not SQLite before SQLite touches them."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    with open(path, "rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if head != SQLITE_MAGIC:
+        raise StoreError(f"{path}: not a voxgate voiceprint database (not SQLite); left untouched")
+
+
+class VoiceprintStore:
+    """Encrypted voiceprints in one SQLite file. Thread-safe (one connection, one lock)."""
+
+    def __init__(self, path: Path, key: bytes) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        if len(key) != KEY_BYTES:
+            raise StoreError(f"voiceprint key must be {KEY_BYTES} bytes, not {len(key)}")
+        self.path = Path(path)
+        self._aead = AESGCM(_subkey(key, b"seal v1"))
+        self._name_key = _subkey(key, b"name v1")
+        self._lock = threading.Lock()
+        _check_header(self.path)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if new:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+        try:
+            self._db = sqlite3.connect(
+                str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA secure_delete = ON")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: unreadable voiceprint database ({exc})") from None
+        try:
+            self._open(new)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"{self.path}: unreadable voiceprint database ({exc})") from None
+        except StoreError:
+            self._db.close()
+            raise
+
+    # -- opening, schema, migrations
+
+    def _open(self, new: bool) -> None:
+        db = self._db
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id == 0 and tables == 0:
+            new = True
+        elif app_id != APPLICATION_ID:
+            raise StoreError(
+                f"{self.path}: a SQLite database that is not a voxgate voiceprint store; "
+                "left untouched (point speaker.database elsewhere)"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: written by a newer voxgate (schema {version}, this build "
+                f"reads up to {SCHEMA_VERSION}); upgrade voxgate, the file is left untouched"
+            )
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            log.warning("%s: journal_mode is %s, not WAL", self.path, mode)
+        if new:
+            self._create()
+        else:
+            self._check_key()
+            self._migrate(version)
+
+    def _create(self) -> None:
+        now = time.time()
+        with self._tx():
+            self._db.execute("CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
+            self._db.execute("CREATE TABLE voiceprints (id BLOB PRIMARY KEY, sealed BLOB NOT NULL)")
+            self._db.execute(
+                "INSERT INTO meta VALUES ('key_check', ?)", (self._seal(KEY_CHECK, b"key"),)
+            )
+            self._db.execute("INSERT INTO meta VALUES ('created_at', ?)", (str(int(now)),))
+            self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        log.info("created voiceprint store %s (schema %d)", self.path, SCHEMA_VERSION)
+
+    # Each entry upgrades the schema from version i+1 to i+2; none yet beyond version 1.
+    MIGRATIONS: tuple[str, ...] = ()
+
+    def _migrate(self, version: int) -> None:
+        if version < 1:
+            raise StoreError(f"{self.path}: voiceprint store without a schema version; damaged?")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self._tx():
+                self._db.executescript(self.MIGRATIONS[target - 2])
+                self._db.execute(f"PRAGMA user_version = {target}")
+            log.info("%s: migrated voiceprint schema to %d", self.path, target)
+
+    def _check_key(self) -> None:
+        try:
+            row = self._db.execute("SELECT v FROM meta WHERE k = 'key_check'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: damaged voiceprint store ({exc})") from None
+        if row is None:
+            raise StoreError(f"{self.path}: voiceprint store has no key check; damaged?")
+        try:
+            ok = self._unseal(row[0], b"key") == KEY_CHECK
+        except StoreError:
+            ok = False
+        if not ok:
+            raise StoreError(
+                f"{self.path}: wrong voiceprint key (it does not open this store); "
+                "nothing was changed"
+            )
+
+    # -- sealing
+
+    def _seal(self, plain: bytes, aad: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plain, b"voxgate-vp-v1|" + aad)
+
+    def _unseal(self, sealed: bytes, aad: bytes) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], b"voxgate-vp-v1|" + aad)
+        except (InvalidTag, ValueError):
+            raise StoreError(f"{self.path}: a voiceprint fails authentication") from None
+
+    def _user_id(self, name: str) -> bytes:
+        import hashlib
+        import hmac
+
+        return hmac.new(self._name_key, name.casefold().encode(), hashlib.sha256).digest()
+
+    @staticmethod
+    def _pack(vp: Voiceprint) -> bytes:
+        doc = {
+            "name": vp.name,
+            "model_id": vp.model_id,
+            "dim": int(vp.mean.shape[0]),
+            "embeddings": vp.embeddings.astype("<f4").tobytes().hex(),
+            "created_at": vp.created_at,
+            "updated_at": vp.updated_at,
+            "version": vp.version,
+            "meta": vp.meta,
+        }
+        raw = json.dumps(doc, separators=(",", ":")).encode()
+        # Pad with spaces (valid JSON whitespace) to hide the number of takes.
+        return raw + b" " * (-len(raw) % PAD_BUCKET)
+
+    @staticmethod
+    def _unpack(raw: bytes) -> Voiceprint:
+        doc = json.loads(raw)
+        emb = np.frombuffer(bytes.fromhex(doc["embeddings"]), dtype="<f4").astype(np.float32)
+        emb = emb.reshape(-1, int(doc["dim"]))
+        return Voiceprint(
+            name=doc["name"],
+            model_id=doc["model_id"],
+            embeddings=emb,
+            mean=mean_embedding(emb),
+            created_at=float(doc["created_at"]),
+            updated_at=float(doc["updated_at"]),
+            version=int(doc["version"]),
+            meta=dict(doc.get("meta") or {}),
+        )
+
+    # -- transactions
+
+    def _tx(self) -> _Tx:
+        return _Tx(self._db)
+
+    # -- public API
+
+    def add_user(
+        self,
+        name: str,
+        embeddings: np.ndarray,
+        model_id: str,
+        meta: dict[str, Any] | None = None,
+    ) -> Voiceprint:
+        """Enroll a new user; StoreError if the name is taken."""
+        return self._put(name, embeddings, model_id, meta, allow_existing=False)
+
+    def replace(
+        self,
+        name: str,
+        embeddings: np.ndarray,
+        model_id: str,
+        meta: dict[str, Any] | None = None,
+    ) -> Voiceprint:
+        """Enroll or re-enroll: the old voiceprint is replaced, created_at kept, version +1."""
+        return self._put(name, embeddings, model_id, meta, allow_existing=True)
+
+    def _put(
+        self,
+        name: str,
+        embeddings: np.ndarray,
+        model_id: str,
+        meta: dict[str, Any] | None,
+        allow_existing: bool,
+    ) -> Voiceprint:
+        name = normalize_name(name)
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] < 1 or emb.shape[1] < 1:
+            raise StoreError(f"embeddings must be a (takes, dim) array, got shape {emb.shape}")
+        if not np.all(np.isfinite(emb)):
+            raise StoreError("embeddings contain NaN or infinity")
+        emb = l2_normalize(emb)
+        uid = self._user_id(name)
+        now = time.time()
+        with self._lock, self._tx():
+            row = self._db.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()
+            if row is not None and not allow_existing:
+                raise StoreError(f"user '{name}' is already enrolled (re-enroll to replace)")
+            old = self._unpack(self._unseal(row[0], uid)) if row is not None else None
+            vp = Voiceprint(
+                name=name,
+                model_id=model_id,
+                embeddings=emb,
+                mean=mean_embedding(emb),
+                created_at=old.created_at if old else now,
+                updated_at=now,
+                version=old.version + 1 if old else 1,
+                meta=dict(meta or {}),
+            )
+            sealed = self._seal(self._pack(vp), uid)
+            self._db.execute("INSERT OR REPLACE INTO voiceprints VALUES (?, ?)", (uid, sealed))
+        log.info("voiceprint for %s stored (version %d, %d takes)", name, vp.version, len(emb))
+        return vp
+
+    def get(self, name: str, model_id: str | None = None) -> Voiceprint | None:
+        """The user's voiceprint, or None. With model_id, ModelMismatch if made by another model."""
+        name = normalize_name(name)
+        uid = self._user_id(name)
+        with self._lock:
+            row = self._db.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()
+        if row is None:
+            return None
+        vp = self._unpack(self._unseal(row[0], uid))
+        if model_id is not None and vp.model_id != model_id:
+            raise ModelMismatch(
+                f"user '{vp.name}' was enrolled with model {vp.model_id}, but {model_id} is "
+                f"loaded; re-enroll: voxgate enroll {vp.name}"
+            )
+        return vp
+
+    def all(self) -> list[Voiceprint]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, sealed FROM voiceprints").fetchall()
+        out = [self._unpack(self._unseal(sealed, uid)) for uid, sealed in rows]
+        return sorted(out, key=lambda v: v.name.casefold())
+
+    def users(self) -> list[UserInfo]:
+        return [
+            UserInfo(v.name, v.model_id, len(v.embeddings), v.created_at, v.updated_at, v.version)
+            for v in self.all()
+        ]
+
+    def erase(self, name: str) -> bool:
+        """Delete a user so the bytes are gone from the file and the WAL. False if unknown."""
+        name = normalize_name(name)
+        uid = self._user_id(name)
+        with self._lock:
+            with self._tx():
+                cur = self._db.execute("DELETE FROM voiceprints WHERE id = ?", (uid,))
+            if cur.rowcount == 0:
+                return False
+            self._scrub()
+        log.info("voiceprint for %s erased", name)
+        return True
+
+    def _scrub(self) -> None:
+        db = self._db
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("VACUUM")
+        busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:
+            # Another process holds a read snapshot; its pages may still sit in the WAL.
+            log.warning("%s: WAL checkpoint blocked by a reader; rerun erase later", self.path)
+
+    def export(self, name: str) -> dict[str, Any]:
+        """Everything stored about a user, as JSON-ready data (for data-subject requests)."""
+        vp = self.get(name)
+        if vp is None:
+            raise StoreError(f"no user '{normalize_name(name)}' enrolled")
+        return {
+            "format": "voxgate-voiceprint-export/1",
+            "name": vp.name,
+            "model_id": vp.model_id,
+            "created_at": vp.created_at,
+            "updated_at": vp.updated_at,
+            "version": vp.version,
+            "meta": vp.meta,
+            "embeddings": [[round(float(x), 7) for x in e] for e in vp.embeddings],
+            "mean": [round(float(x), 7) for x in vp.mean],
+            "stored": "name, model id, times, enrollment metadata, one embedding per accepted "
+            "take (no audio). Encrypted with AES-256-GCM; the name is indexed by a keyed hash.",
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> VoiceprintStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error (the connection is in autocommit)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def mean_embedding(embeddings: np.ndarray) -> np.ndarray:
+    return l2_normalize(l2_normalize(embeddings).mean(axis=0))
+
+
+def store_path(cfg: Any) -> Path:
+    """The configured voiceprint file: speaker.database or <data_dir>/voiceprints.db."""
+    return Path(cfg.speaker.database or Path(cfg.data_dir) / "voiceprints.db")
+
+
+def open_store(cfg: Any) -> VoiceprintStore:
+    """The device's store, with its key (StoreError with a message for each problem)."""
+    return VoiceprintStore(store_path(cfg), load_key(cfg.speaker))

@@ -1,0 +1,330 @@
+"""The admin API over a real socket: werkzeug server in a thread, http.client requests."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("flask")
+
+from voxgate.api import ApiError, ApiServer, UserAdmin, create_app, load_token
+from voxgate.config import parse_config
+from voxgate.voiceprints import VoiceprintStore
+
+TOKEN = "test-token-0123456789abcdef"
+GENESIS = "0" * 64
+
+
+class Client:
+    def __init__(self, port: int, token: str | None = TOKEN) -> None:
+        self.port = port
+        self.token = token
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, dict[str, Any], http.client.HTTPResponse]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        h = dict(headers or {})
+        if self.token is not None:
+            h["Authorization"] = f"Bearer {self.token}"
+        conn.request(method, path, body=body, headers=h)
+        resp = conn.getresponse()
+        raw = resp.read()
+        conn.close()
+        assert resp.getheader("Content-Type", "").startswith("application/json"), raw[:200]
+        return resp.status, json.loads(raw), resp
+
+    def upload(self, path: str, files: list[tuple[str, bytes]], fields: dict | None = None):
+        boundary = uuid.uuid4().hex
+        parts = []
+        for key, value in (fields or {}).items():
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n'
+                f"{value}\r\n".encode()
+            )
+        for name, data in files:
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="take"; '
+                f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+                + data
+                + b"\r\n"
+            )
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        ctype = f"multipart/form-data; boundary={boundary}"
+        return self.request("POST", path, body, {"Content-Type": ctype})
+
+
+def _audit_lines(path: Path, events: list[tuple[str, dict]]) -> None:
+    """Write audit entries in voxgate.audit's format (seq, ts, event, fields, prev, hash)."""
+    prev = GENESIS
+    with open(path, "w") as f:
+        for seq, (event, fields) in enumerate(events, 1):
+            rec = {"seq": seq, "ts": 1000.0 + seq, "event": event, **fields, "prev": prev}
+            body = json.dumps(rec, sort_keys=True, separators=(",", ":")).encode()
+            rec["hash"] = prev = hashlib.sha256(body).hexdigest()
+            f.write(json.dumps(rec) + "\n")
+
+
+@pytest.fixture()
+def api(tmp_path: Path) -> Iterator[dict]:
+    cfg = parse_config(f"device_id: door-test\ndata_dir: {tmp_path}\napi: {{max_upload_mb: 1}}\n")
+    store = VoiceprintStore(tmp_path / "voiceprints.db", bytes(range(32)))
+    rng = np.random.default_rng(0)
+    store.add_user("alice", rng.standard_normal((3, 256)), "test-model/1", {"takes": 3})
+    store.add_user("bob", rng.standard_normal((4, 256)), "test-model/1", {"takes": 4})
+    _audit_lines(
+        tmp_path / "audit.jsonl",
+        [
+            ("daemon_started", {}),
+            ("decision", {"outcome": "granted", "user": "alice"}),
+            ("lockout", {"user": "mallory"}),
+            ("decision", {"outcome": "denied", "user": None}),
+        ],
+    )
+    with open(tmp_path / "audit.jsonl", "a") as f:
+        f.write("this line is damaged\n")
+    changes: list[tuple[str, str]] = []
+    admin = UserAdmin(
+        store,
+        cfg.speaker,
+        cfg.vad,
+        load_embedder=lambda: pytest.fail("listing/erasing must not load the model"),
+        on_change=lambda kind, name: changes.append((kind, name)),
+    )
+    audit: list[tuple[str, dict]] = []
+    app = create_app(
+        cfg, admin, TOKEN.encode(), audit_event=lambda event, **f: audit.append((event, f))
+    )
+    server = ApiServer(app, "127.0.0.1", 0, poll_interval=0.05)
+    server.start()
+    yield {
+        "client": Client(server.port),
+        "port": server.port,
+        "store": store,
+        "changes": changes,
+        "audit": audit,
+    }
+    server.stop()
+    store.close()
+
+
+def test_requests_without_the_right_token_are_refused(api: dict) -> None:
+    for token in (None, "wrong-token-0123456789abcdef", TOKEN[:-1]):
+        status, body, resp = Client(api["port"], token).request("GET", "/api/v1/users")
+        assert status == 401
+        assert body["error"] == "unauthorized"
+        assert resp.getheader("WWW-Authenticate", "").startswith("Bearer")
+    # A Basic header carrying the token is not accepted either.
+    c = Client(api["port"], None)
+    status, _, _ = c.request("GET", "/api/v1/health", headers={"Authorization": f"Basic {TOKEN}"})
+    assert status == 401
+
+
+def test_health_and_users(api: dict) -> None:
+    c = api["client"]
+    status, body, _ = c.request("GET", "/api/v1/health")
+    assert status == 200
+    assert body["status"] == "ok" and body["device_id"] == "door-test" and body["users"] == 2
+    status, body, _ = c.request("GET", "/api/v1/users")
+    assert status == 200
+    assert [u["name"] for u in body["users"]] == ["alice", "bob"]
+    assert body["users"][1]["takes"] == 4
+
+
+def test_export_then_erase(api: dict) -> None:
+    c = api["client"]
+    status, body, _ = c.request("GET", "/api/v1/users/alice/export")
+    assert status == 200
+    assert body["name"] == "alice" and len(body["embeddings"]) == 3
+    status, body, _ = c.request("DELETE", "/api/v1/users/alice")
+    assert status == 200 and body == {"erased": "alice"}
+    assert api["store"].get("alice") is None
+    assert api["changes"] == [("erased", "alice")]
+    assert [(e, f["user"], f["via"]) for e, f in api["audit"]] == [
+        ("admin_export", "alice", "api"),
+        ("admin_erase", "alice", "api"),
+    ]
+    status, body, _ = c.request("DELETE", "/api/v1/users/alice")
+    assert status == 404 and body["error"] == "not_found"
+    status, _, _ = c.request("GET", "/api/v1/users/alice/export")
+    assert status == 404
+
+
+def test_recent_decisions_from_the_audit_log(api: dict) -> None:
+    c = api["client"]
+    status, body, _ = c.request("GET", "/api/v1/decisions?limit=10")
+    assert status == 200
+    assert [e["outcome"] for e in body["events"]] == ["denied", "granted"]  # newest first
+    assert body["skipped_lines"] == 1
+    status, body, _ = c.request("GET", "/api/v1/decisions?limit=2&event=*")
+    assert [e["event"] for e in body["events"]] == ["decision", "lockout"]
+    for bad in ("limit=0", "limit=abc", "limit=100000"):
+        status, body, _ = c.request("GET", f"/api/v1/decisions?{bad}")
+        assert status == 400, bad
+        assert body["error"] == "bad_request"
+
+
+def test_config_check(api: dict) -> None:
+    c = api["client"]
+    status, body, _ = c.request("POST", "/api/v1/config/check", b"speaker:\n  threads: 2\n")
+    assert status == 200 and body == {"valid": True, "problems": []}
+    status, body, _ = c.request("POST", "/api/v1/config/check", b"speaker:\n  threads: 99\n")
+    assert status == 200 and not body["valid"]
+    assert "line 2" in body["problems"][0] and "speaker.threads" in body["problems"][0]
+    status, body, _ = c.request("POST", "/api/v1/config/check", b"\xff\xfe bad")
+    assert status == 400
+    status, body, _ = c.request("GET", "/api/v1/config")
+    assert status == 200 and body["device_id"] == "door-test"
+
+
+def test_malformed_uploads_are_rejected_cleanly(
+    api: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = api["client"]
+    caplog.set_level(logging.WARNING, logger="voxgate.api")
+    # Not multipart at all.
+    status, body, _ = c.request(
+        "POST", "/api/v1/users/carol", b'{"x":1}', {"Content-Type": "application/json"}
+    )
+    assert status == 400 and "multipart" in body["message"]
+    # Multipart without takes.
+    status, body, _ = c.upload("/api/v1/users/carol", [], {"replace": "false"})
+    assert status == 400 and "take" in body["message"]
+    # A take that is not audio.
+    status, body, _ = c.upload("/api/v1/users/carol", [("notes.wav", b"RIFF....not a wave")])
+    assert status == 400
+    assert "take 1 (notes.wav)" in body["message"]
+    assert str(tmp_path) not in body["message"]  # no server paths leak into replies
+    # An empty take.
+    status, body, _ = c.upload("/api/v1/users/carol", [("empty.wav", b"")])
+    assert status == 400 and "empty" in body["message"]
+    # A bad user name (control character).
+    status, body, _ = c.upload("/api/v1/users/car%07ol", [("a.wav", b"x")])
+    assert status == 400 and "control" in body["message"]
+    # Too many takes.
+    wav = tmp_path / "short.wav"
+    sf.write(wav, np.zeros(1600, dtype=np.int16), 16000)
+    status, body, _ = c.upload("/api/v1/users/carol", [("t.wav", wav.read_bytes())] * 21)
+    assert status == 400 and "at most 20" in body["message"]
+    assert api["store"].get("carol") is None
+    assert any("bad request" in r.getMessage() for r in caplog.records)
+
+
+def test_oversized_upload_gets_413_before_the_body_is_read(api: dict) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", api["port"], timeout=30)
+    conn.putrequest("POST", "/api/v1/users/carol")
+    conn.putheader("Authorization", f"Bearer {TOKEN}")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+    conn.putheader("Content-Length", str(50 * 1024 * 1024))
+    conn.endheaders()
+    conn.send(b"--x\r\n" + b"\0" * 65536)  # the rest never comes
+    resp = conn.getresponse()
+    body = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 413
+    assert body["error"] == "request_entity_too_large"
+    assert "1 MB" in body["message"]
+    # The server is still serving.
+    assert api["client"].request("GET", "/api/v1/health")[0] == 200
+
+
+def test_a_full_oversized_upload_is_refused_too(api: dict) -> None:
+    big = np.random.default_rng(1).integers(-3000, 3000, 16000 * 40, dtype=np.int16)
+    data = big.tobytes()  # ~1.3 MB, over the 1 MB limit of this fixture
+    try:
+        status, body, _ = api["client"].upload("/api/v1/users/carol", [("big.wav", data)])
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server may close before the client has sent everything: also a refusal
+    else:
+        assert status == 413 and body["error"] == "request_entity_too_large"
+    assert api["store"].get("carol") is None
+
+
+def test_the_api_will_not_start_without_a_good_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VOXGATE_API_TOKEN", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    token_file = tmp_path / "api-token"
+    cfg = parse_config(f"api: {{token_file: {token_file}}}\n")
+    with pytest.raises(ApiError, match="not found"):
+        load_token(cfg)
+    token_file.write_text("short\n")
+    token_file.chmod(0o600)
+    with pytest.raises(ApiError, match="at least 16"):
+        load_token(cfg)
+    token_file.write_text(TOKEN + "\n")
+    assert load_token(cfg) == TOKEN.encode()
+
+
+@pytest.fixture()
+def enroll_api(tmp_path: Path) -> Iterator[dict]:
+    from fleet_tts import ESPEAK
+
+    if ESPEAK is None:
+        pytest.skip("espeak-ng is not installed")
+    from voxgate.embedding import load_embedder
+
+    cfg = parse_config(
+        f"device_id: door-test\ndata_dir: {tmp_path}\nspeaker: {{enroll_min_speech_s: 6}}\n"
+    )
+    store = VoiceprintStore(tmp_path / "voiceprints.db", bytes(range(32)))
+    changes: list[tuple[str, str]] = []
+    admin = UserAdmin(
+        store, cfg.speaker, cfg.vad, load_embedder, on_change=lambda k, n: changes.append((k, n))
+    )
+    server = ApiServer(create_app(cfg, admin, TOKEN.encode()), "127.0.0.1", 0, poll_interval=0.05)
+    server.start()
+    yield {"client": Client(server.port), "store": store, "changes": changes}
+    server.stop()
+    store.close()
+
+
+def test_enroll_from_uploaded_takes(enroll_api: dict, tmp_path: Path) -> None:
+    from fleet_tts import DIGITS, say, write_wav
+
+    c = enroll_api["client"]
+    takes = [
+        (f"take{i}.wav", write_wav(tmp_path / f"t{i}.wav", say(t, "en+m3")).read_bytes())
+        for i, t in enumerate(DIGITS[:3])
+    ]
+    status, body, _ = c.upload("/api/v1/users/carol", takes)
+    assert status == 201, body
+    assert body["name"] == "carol" and body["version"] == 1
+    assert [t["accepted"] for t in body["takes"]] == [True, True, True]
+    assert body["model_id"].startswith("ge2e")
+    assert enroll_api["store"].get("carol").embeddings.shape == (3, 256)
+    assert enroll_api["changes"] == [("enrolled", "carol")]
+    # Again without replace: refused; with replace: a new version.
+    status, body, _ = c.upload("/api/v1/users/carol", takes)
+    assert status == 409 and body["error"] == "conflict"
+    status, body, _ = c.upload("/api/v1/users/carol", takes, {"replace": "true"})
+    assert status == 201 and body["version"] == 2
+
+
+def test_enrollment_with_unusable_takes_is_refused_with_reasons(
+    enroll_api: dict, tmp_path: Path
+) -> None:
+    from fleet_tts import write_wav
+
+    c = enroll_api["client"]
+    rng = np.random.default_rng(5)
+    quiet = (rng.standard_normal(16000 * 3) * 30).astype(np.int16)  # 3 s of faint hiss
+    takes = [(f"n{i}.wav", write_wav(tmp_path / f"n{i}.wav", quiet).read_bytes()) for i in range(3)]
+    status, body, _ = c.upload("/api/v1/users/dan", takes)
+    assert status == 422, body
+    assert body["error"] == "enrollment_refused"
+    assert [t["accepted"] for t in body["report"]["takes"]] == [False, False, False]
+    assert body["report"]["takes"][0]["reason"] == "too_short"
+    assert enroll_api["store"].get("dan") is None
+    assert enroll_api["changes"] == []

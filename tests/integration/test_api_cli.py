@@ -1,0 +1,111 @@
+"""`voxgate api` and `voxgate fleet keygen/pubkey` as real processes."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flask")
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "cli-test-token-0123456789"
+# Runs one subcommand module directly, whether or not cli.py lists it yet.
+RUNNER = (
+    "import argparse, sys, importlib\n"
+    "p = argparse.ArgumentParser(prog='voxgate')\n"
+    "s = p.add_subparsers()\n"
+    "importlib.import_module('voxgate.commands.' + sys.argv[1]).register(s)\n"
+    "a = p.parse_args(sys.argv[1:])\n"
+    "sys.exit(a.func(a))\n"
+)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    env.pop("CREDENTIALS_DIRECTORY", None)
+    env["PYTHONPATH"] = str(REPO / "daemon")
+    env.update(extra)
+    return env
+
+
+def _voxgate(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_api_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(f"device_id: door-cli\ndata_dir: {tmp_path}\n")
+    port = _free_port()
+    env = _env(VOXGATE_API_TOKEN=TOKEN, VOXGATE_VOICEPRINT_KEY="ab" * 32)
+    proc = _voxgate("api", "-c", str(cfg), "--port", str(port), env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/api/v1/health", headers={"Authorization": f"Bearer {TOKEN}"})
+                resp = conn.getresponse()
+                break
+            except ConnectionRefusedError:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "voxgate api did not come up"
+                time.sleep(0.1)
+        body = json.loads(resp.read())
+        assert resp.status == 200 and body["device_id"] == "door-cli" and body["users"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert f"serving on http://127.0.0.1:{port}" in err
+
+
+def test_api_command_refuses_to_start_without_a_token(tmp_path: Path) -> None:
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(f"data_dir: {tmp_path}\napi: {{token_file: {tmp_path / 'missing'}}}\n")
+    proc = _voxgate("api", "-c", str(cfg), env=_env(VOXGATE_VOICEPRINT_KEY="ab" * 32))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "api-token" in err and "not found" in err
+
+
+def test_fleet_keygen_and_pubkey(tmp_path: Path) -> None:
+    key = tmp_path / "signing-key"
+    proc = _voxgate("fleet", "keygen", str(key), env=_env())
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    pub = out.strip()
+    assert len(pub) == 64 and int(pub, 16) >= 0
+    assert key.stat().st_mode & 0o777 == 0o600
+    proc = _voxgate("fleet", "pubkey", str(key), env=_env())
+    assert proc.communicate(timeout=30)[0].strip() == pub
+    # Never overwrites a key.
+    proc = _voxgate("fleet", "keygen", str(key), env=_env())
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "exists" in err
+    # A damaged key file is reported.
+    key.write_text("not a key\n")
+    proc = _voxgate("fleet", "pubkey", str(key), env=_env())
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "64 hex" in err

@@ -1,0 +1,318 @@
+"""Fleet sync between real doors: sync agents with their own stores, one real mosquitto.
+
+Doors A and B are in group "lobby", C in group "lab"; the broker ACL lets each door read only
+its groups' topics. Speech is espeak-ng, embedded by the shipped speaker model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from broker import Broker
+from fleet_tts import DIGITS, ESPEAK, say
+from mqtt_helpers import wait_until
+from voxgate.api.users import UserAdmin
+from voxgate.config import parse_config
+from voxgate.fleet import FleetSync, public_key_hex, topic_root
+from voxgate.scoring import Scorer
+from voxgate.voiceprints import VoiceprintStore
+
+pytestmark = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed")
+
+ROOT = topic_root("voxgate", "acme")
+ACCESS = {"lobby": ["alice", "bob", "dave"], "lab": ["carol"]}
+USERS = {"door-a": "pw-a-123", "door-b": "pw-b-456", "door-c": "pw-c-789"}
+ACL = f"""
+user door-a
+topic read {ROOT}/lobby/#
+topic write {ROOT}/#
+
+user door-b
+topic read {ROOT}/lobby/#
+topic write {ROOT}/#
+
+user door-c
+topic read {ROOT}/lab/#
+"""
+ALICE, MALLORY = "en+m3", "en+f2"  # espeak voices
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Any:
+    from voxgate.embedding import load_embedder
+
+    return load_embedder()
+
+
+@pytest.fixture(scope="module")
+def alice_takes() -> list[np.ndarray]:
+    return [say(t, ALICE) for t in DIGITS[:3]]
+
+
+class Door:
+    def __init__(self, base: Path, name: str, broker: Broker, groups: list[str], **fleet: Any):
+        self.name = name
+        self.dir = base / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.broker = broker
+        self.groups = groups
+        self.fleet = fleet
+        self.store = VoiceprintStore(self.dir / "voiceprints.db", os.urandom(32))
+        self.agent: FleetSync | None = None
+        self.audit: list[tuple[str, dict]] = []
+
+    def config(self) -> Any:
+        mqtt_cfg = {**self.broker.mqtt_settings(self.name), "reconnect_min_s": 0.1}
+        mqtt_cfg["reconnect_max_s"] = 1.0
+        fleet = {
+            "enabled": True,
+            "site": "acme",
+            "key_file": str(self.dir.parent / "fleet-key"),
+            "signing_key_file": str(self.dir / "signing-key"),
+            "signers": SIGNERS,
+            "groups": self.groups,
+            "access": ACCESS,
+            **self.fleet,
+        }
+        return parse_config_dict(
+            {
+                "device_id": self.name,
+                "data_dir": str(self.dir),
+                "mqtt": mqtt_cfg,
+                "fleet": fleet,
+                "speaker": {"enroll_min_speech_s": 6, "threshold": 0.9},
+            }
+        )
+
+    def start(self, model_id: str | None = None) -> FleetSync:
+        cfg = self.config()
+        self.cfg = cfg
+        self.agent = FleetSync(
+            cfg.fleet,
+            cfg.mqtt,
+            cfg.device_id,
+            self.store,
+            self.dir / "fleet.db",
+            model_id=model_id,
+            audit_event=lambda event, **f: self.audit.append((event, f)),
+        )
+        self.agent.start()
+        wait_until(self.agent.connected.is_set, 10, f"{self.name} connected")
+        return self.agent
+
+    def stop(self) -> None:
+        if self.agent is not None:
+            self.agent.stop()
+            self.agent = None
+
+    def admin(self, embedder: Any) -> UserAdmin:
+        assert self.agent is not None
+        return UserAdmin(
+            self.store,
+            self.cfg.speaker,
+            self.cfg.vad,
+            lambda: embedder,
+            on_change=self.agent.on_local_change,
+        )
+
+
+SIGNERS: dict[str, str] = {}
+
+
+def parse_config_dict(doc: dict) -> Any:
+    import yaml
+
+    return parse_config(yaml.safe_dump(doc))
+
+
+@pytest.fixture()
+def fleet(
+    tmp_path: Path, make_broker: Callable[..., Broker], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Any]]:
+    for var in ("VOXGATE_FLEET_KEY", "VOXGATE_FLEET_SIGNING_KEY", "VOXGATE_MQTT_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    broker = make_broker(tls=False, users=USERS, acl=ACL)
+    key = tmp_path / "fleet-key"
+    key.write_text(os.urandom(32).hex() + "\n")
+    key.chmod(0o600)
+    SIGNERS.clear()
+    doors = {
+        "a": Door(tmp_path, "door-a", broker, ["lobby"]),
+        "b": Door(tmp_path, "door-b", broker, ["lobby"]),
+        "c": Door(tmp_path, "door-c", broker, ["lab"]),
+    }
+    for d in doors.values():
+        sk = os.urandom(32)
+        (d.dir / "signing-key").write_text(sk.hex() + "\n")
+        (d.dir / "signing-key").chmod(0o600)
+        if d.name != "door-c":  # C only receives: nobody trusts its signature
+            SIGNERS[d.name] = public_key_hex(sk)
+    yield {"broker": broker, **doors}
+    for d in doors.values():
+        d.stop()
+        d.store.close()
+
+
+def _scorer(door: Door, embedder: Any) -> Scorer:
+    return Scorer(door.store, embedder, door.config().speaker, cohort=None)
+
+
+class Snoop:
+    """A raw client with a door's broker account, recording every message it may read."""
+
+    def __init__(self, broker: Broker, user: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.subscribed = False
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        c.username_pw_set(user, USERS[user])
+        c.on_connect = lambda c, *a: c.subscribe([(f"{ROOT}/#", 1)])
+        c.on_subscribe = lambda *a: setattr(self, "subscribed", True)
+        c.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload)))
+        c.connect(broker.host, broker.port)
+        c.loop_start()
+        self.client = c
+        wait_until(lambda: self.subscribed, 10, "snoop subscription")
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_enroll_on_a_verify_on_b_erase_on_a_then_b_refuses(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray]
+) -> None:
+    a, b, c = fleet["a"], fleet["b"], fleet["c"]
+    for d in (a, b, c):
+        d.start(model_id=embedder.model_id)
+    snoop_c = Snoop(fleet["broker"], "door-c")  # what door C's account can see at all
+    result = a.admin(embedder).enroll("alice", alice_takes)
+    assert result["name"] == "alice"
+
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    attempt = embedder.embed(say(DIGITS[3], ALICE))
+    impostor = embedder.embed(say(DIGITS[3], MALLORY))
+    on_b = _scorer(b, embedder)
+    ok = on_b.verify(attempt, "alice")
+    assert ok.accepted, ok
+    assert not on_b.verify(impostor, "alice").accepted
+    # B holds its own, differently encrypted copy of the same voiceprint.
+    np.testing.assert_allclose(b.store.get("alice").mean, a.store.get("alice").mean, atol=1e-6)
+
+    # Door C (group lab) is not allowed for alice: it neither stores nor even receives her.
+    assert c.store.get("alice") is None
+    assert snoop_c.messages == []
+    assert c.agent.stats["applied"] == 0
+
+    a.admin(embedder).erase("alice")
+    wait_until(lambda: b.store.get("alice") is None, 10, "alice erased on door B")
+    refused = on_b.verify(attempt, "alice")
+    assert not refused.accepted and "unknown_user" in refused.reasons
+    wait_until(lambda: len(b.audit) >= 2, 10, "B's audit events")
+    events = [(e, f["user"], f["signer"]) for e, f in b.audit]
+    assert events == [("fleet_stored", "alice", "door-a"), ("fleet_erased", "alice", "door-a")]
+    snoop_c.close()
+
+
+def test_offline_door_catches_up_and_erase_wins_over_a_replay(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = fleet["a"], fleet["b"]
+    a.start(embedder.model_id)
+    b.start(embedder.model_id)
+    snoop = Snoop(fleet["broker"], "door-a")  # e.g. a stolen door's broker credentials
+    admin_a = a.admin(embedder)
+    admin_a.enroll("alice", alice_takes)
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    old = [m for m in snoop.messages if m[0].startswith(f"{ROOT}/lobby/")]
+    assert len(old) == 1
+
+    b.stop()  # door B goes offline; meanwhile alice is erased and bob enrolled
+    admin_a.erase("alice")
+    admin_a.enroll("bob", [say(t, "en-us") for t in DIGITS[:3]])
+    b.start(embedder.model_id)
+    wait_until(lambda: b.store.get("bob") is not None, 10, "bob on door B after reconnect")
+    wait_until(lambda: b.store.get("alice") is None, 10, "alice erased on door B")
+
+    # Someone replays alice's old (validly signed) voiceprint: the newer erase wins.
+    caplog.set_level(logging.INFO, logger="voxgate.fleet")
+    ignored = b.agent.stats["ignored_old"]
+    snoop.publish(old[0][0], old[0][1])
+    wait_until(lambda: b.agent.stats["ignored_old"] > ignored, 10, "replay ignored")
+    assert b.store.get("alice") is None
+    snoop.close()
+
+
+def test_forged_and_damaged_messages_are_refused_and_logged(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = fleet["a"], fleet["b"]
+    caplog.set_level(logging.WARNING, logger="voxgate.fleet")
+    b.start(embedder.model_id)
+    snoop = Snoop(fleet["broker"], "door-a")
+    tag = b.agent.codec.user_tag("alice")
+    # C's key is not in fleet.signers: a message it signs is refused, as is garbage.
+    c_codec = type(b.agent.codec)(
+        type(b.agent.keys)(b.agent.keys.fleet_key, os.urandom(32), {}), "acme", "door-a"
+    )
+    forged = c_codec.encode(
+        "voiceprint", "lobby", "alice", 1, model_id=embedder.model_id, embeddings=np.ones((1, 256))
+    )
+    snoop.publish(f"{ROOT}/lobby/{tag}", forged)
+    snoop.publish(f"{ROOT}/lobby/{b.agent.codec.user_tag('bob')}", b"\x00not json")
+    wait_until(lambda: b.agent.stats["refused"] >= 2, 10, "two refusals")
+    assert b.store.users() == []
+    assert any("bad signature" in r.getMessage() for r in caplog.records)
+    assert any("not JSON" in r.getMessage() for r in caplog.records)
+    # The agent keeps working: a real enrollment still arrives.
+    a.start(embedder.model_id)
+    a.admin(embedder).enroll("alice", alice_takes)
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    snoop.close()
+
+
+def test_revoke_and_config_change_remove_access(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray]
+) -> None:
+    a, b = fleet["a"], fleet["b"]
+    a.start(embedder.model_id)
+    b.start(embedder.model_id)
+    admin_a = a.admin(embedder)
+    admin_a.enroll("alice", alice_takes)
+    admin_a.enroll("dave", [say(t, "en-us") for t in DIGITS[:3]])
+    wait_until(lambda: b.store.get("dave") is not None, 10, "dave on door B")
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+
+    a.agent.publish_revoke("dave", ["lobby"])
+    wait_until(lambda: b.store.get("dave") is None, 10, "dave revoked on door B")
+
+    # The access map shrinks (an Ansible run): at its next start door B drops alice itself.
+    b.stop()
+    b.fleet["access"] = {"lobby": ["bob"], "lab": ["carol"]}
+    b.start(embedder.model_id)
+    assert b.store.get("alice") is None
+
+
+def test_changes_made_while_the_broker_is_down_are_sent_later(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray]
+) -> None:
+    a, b = fleet["a"], fleet["b"]
+    a.start(embedder.model_id)
+    b.start(embedder.model_id)
+    fleet["broker"].stop()
+    wait_until(lambda: not a.agent.connected.is_set(), 10, "A notices the broker is gone")
+    a.admin(embedder).enroll("alice", alice_takes)
+    assert len(a.agent.state.outbox()) == 1  # kept, not lost
+    fleet["broker"].start()
+    wait_until(lambda: b.store.get("alice") is not None, 15, "alice on door B")
+    wait_until(lambda: a.agent.state.outbox() == [], 10, "A's outbox drained")

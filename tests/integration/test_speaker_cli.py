@@ -1,0 +1,150 @@
+"""enroll / verify / identify / users on real files, a real SQLite store and the shipped model;
+espeak-ng voices play the people. The microphone path reads a file source (no mock needed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from voxgate.cli import main
+
+pytest.importorskip("voxgate.embedding")
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+TAKES = [
+    "three nine one four, seven two eight five",
+    "six zero two eight, one one five nine",
+    "four four seven one, two six three zero",
+    "eight five zero two, nine three one seven",
+]
+
+
+def say(path: Path, text: str, voice: str, pause_s: float = 0.5) -> Path:
+    """espeak-ng speech with pauses either side and a faint noise floor, like a microphone."""
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
+    audio, rate = sf.read(path)
+    pad = np.zeros(int(pause_s * rate))
+    audio = np.concatenate([pad, audio, pad])
+    audio = audio + np.random.default_rng(len(text)).normal(0, 3e-4, len(audio))
+    sf.write(path, audio, rate)
+    return path
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> dict[str, Path]:
+    key = tmp_path / "voiceprint.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        "speaker:\n"
+        f"  key_file: {key}\n"
+        "  enroll_min_speech_s: 6\n"
+        "  enroll_min_takes: 3\n"
+    )
+    return {"cfg": cfg, "key": key, "db": tmp_path / "data" / "voiceprints.db", "dir": tmp_path}
+
+
+def _enroll(device: dict[str, Path], name: str, voice: str) -> list[str]:
+    files = [str(say(device["dir"] / f"{name}{i}.wav", t, voice)) for i, t in enumerate(TAKES)]
+    assert main(["enroll", name, "--from", *files, "-c", str(device["cfg"])]) == 0
+    return files
+
+
+def test_enroll_verify_identify_erase(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = str(device["cfg"])
+    _enroll(device, "alice", "en+f2")
+    _enroll(device, "bob", "en+m3")
+    assert "enrolled bob" in capsys.readouterr().out
+
+    alice_try = say(device["dir"] / "a.wav", "five one nine two, zero eight", "en+f2")
+    bob_try = say(device["dir"] / "b.wav", "five one nine two, zero eight", "en+m3")
+    stranger = say(device["dir"] / "s.wav", "five one nine two, zero eight", "en+whisper")
+    assert main(["verify", "alice", str(alice_try), "-c", cfg]) == 0
+    assert main(["verify", "alice", str(bob_try), "-c", cfg]) == 1
+    capsys.readouterr()
+    assert main(["identify", str(bob_try), "-c", cfg, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["user"] == "bob"
+    assert main(["identify", str(stranger), "-c", cfg]) == 1
+    assert "unknown speaker" in capsys.readouterr().out
+
+    # Too little speech: retry (exit 4), not a guess.
+    short = say(device["dir"] / "short.wav", "two", "en+f2")
+    assert main(["verify", "alice", str(short), "-c", cfg]) == 4
+    assert "RETRY" in capsys.readouterr().out
+
+    assert main(["users", "list", "-c", cfg]) == 0
+    listing = capsys.readouterr().out
+    assert "alice" in listing and "bob" in listing and "ge2e" in listing
+
+    assert main(["users", "export", "alice", "-c", cfg]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["name"] == "alice" and len(exported["embeddings"]) == 4
+
+    # Re-enrolling needs --replace.
+    assert main(["enroll", "alice", "--from", str(alice_try), "-c", cfg]) == 1
+    assert "--replace" in capsys.readouterr().err
+
+    assert main(["users", "erase", "alice", "-c", cfg]) == 0
+    assert main(["users", "erase", "alice", "-c", cfg]) == 1
+    assert main(["verify", "alice", str(alice_try), "-c", cfg]) == 1
+    assert main(["verify", "bob", str(bob_try), "-c", cfg]) == 0
+
+
+def test_enroll_rejects_bad_takes(device: dict[str, Path], capsys: pytest.CaptureFixture[str]):
+    d = device["dir"]
+    good = [str(say(d / f"g{i}.wav", t, "en+m3")) for i, t in enumerate(TAKES[:3])]
+    other = str(say(d / "other.wav", TAKES[3], "en+f2"))
+    assert main(["enroll", "carol", "--from", *good, other, "-c", str(device["cfg"])]) == 0
+    out = capsys.readouterr().out
+    assert "REJECTED: inconsistent" in out and "3 of 4 takes used" in out
+    # Too little speech overall: nothing stored, the reason said.
+    one = str(say(d / "one.wav", "one two", "en+m3"))
+    assert main(["enroll", "dave", "--from", one, "-c", str(device["cfg"])]) == 1
+    assert "not enrolled" in capsys.readouterr().err
+    assert main(["users", "list", "-c", str(device["cfg"])]) == 0
+    assert "dave" not in capsys.readouterr().out
+
+
+def test_guided_enrollment_from_audio_source(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The "microphone" is a file of four takes separated by pauses.
+    parts = [sf.read(say(device["dir"] / f"m{i}.wav", t, "en+m3", 1.0)) for i, t in
+             enumerate(TAKES)]  # fmt: skip
+    rate = parts[0][1]
+    sf.write(device["dir"] / "mic.wav", np.concatenate([p[0] for p in parts]), rate)
+    cfg = device["cfg"]
+    cfg.write_text(
+        cfg.read_text() + f"audio:\n  source: file\n  path: {device['dir'] / 'mic.wav'}\n"
+    )
+    assert main(["enroll", "erin", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("take ") >= 3 and "say" in out and "progress" in out
+    assert "enrolled erin" in out
+
+
+def test_bad_store_and_key(device: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = str(device["cfg"])
+    device["db"].parent.mkdir(parents=True)
+    device["db"].write_bytes(b"this is not a database" * 100)
+    assert main(["users", "list", "-c", cfg]) == 1
+    assert "not SQLite" in capsys.readouterr().err
+    assert device["db"].read_bytes() == b"this is not a database" * 100
+    device["db"].unlink()
+    assert main(["users", "list", "-c", cfg]) == 0  # a fresh store
+    device["key"].unlink()
+    assert main(["users", "init-key", str(device["key"])]) == 0  # a different key
+    assert main(["users", "list", "-c", cfg]) == 1
+    assert "wrong voiceprint key" in capsys.readouterr().err
+    assert main(["users", "init-key", str(device["key"])]) == 1  # never overwrites a key
+    device["key"].unlink()
+    assert main(["users", "list", "-c", cfg]) == 1
+    assert "init-key" in capsys.readouterr().err

@@ -1,0 +1,237 @@
+"""The embedder: shipped default, streaming == batch, bad input, bad model files, other cards."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from voxgate.audio.convert import float_to_int16, resample
+from voxgate.embedding import (
+    EmbeddingError,
+    ModelError,
+    TooShort,
+    default_card_path,
+    load_card,
+    load_embedder,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "daemon" / "voxgate" / "models"
+
+
+@cache
+def speak(text: str, voice: str = "en-us") -> np.ndarray:
+    """Synthetic speech from espeak-ng, as 16 kHz int16."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", "150", "--stdout", text],
+        check=True,
+        capture_output=True,
+    ).stdout
+    data, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    return float_to_int16(resample(data, rate))
+
+
+SENTENCE = "The quick brown fox jumps over the lazy dog, and then it runs far away home."
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return load_embedder()
+
+
+def build_fbank_demo(out: Path) -> Path:
+    spec = importlib.util.spec_from_file_location(
+        "build_fbank_demo", REPO / "models" / "build_fbank_demo.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["build_fbank_demo"] = module
+    spec.loader.exec_module(module)
+    return module.build(out)
+
+
+def test_default_model_loads_and_embeds(embedder) -> None:
+    assert embedder.model_id.startswith("ge2e-resemblyzer-")
+    assert embedder.model_id.endswith("/int8")
+    assert embedder.dim == 256
+    assert embedder.card.path == default_card_path()
+    v = embedder.embed(speak(SENTENCE))
+    assert v.dtype == np.float32 and v.shape == (256,)
+    assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_same_voice_scores_higher_than_other_voice(embedder) -> None:
+    a = embedder.embed(speak(SENTENCE, "en-us"))
+    b = embedder.embed(speak("Please open the front door for me, I live here.", "en-us"))
+    c = embedder.embed(speak("Please open the front door for me, I live here.", "en-us+f3"))
+    assert float(a @ b) > float(a @ c)
+
+
+@pytest.mark.parametrize("chunk", [480, 1600, 7777])
+def test_stream_equals_embed(embedder, chunk: int) -> None:
+    pcm = speak(SENTENCE)
+    batch = embedder.embed(pcm)
+    stream = embedder.stream()
+    seen_before_finish = 0
+    for i in range(0, pcm.size, chunk):
+        stream.push(pcm[i : i + chunk])
+        seen_before_finish = stream.windows_done
+    # The windows that filled while "speaking" were computed then, not at finish().
+    assert seen_before_finish >= len(embedder.window_starts(pcm.size)) - 2
+    streamed = stream.finish()
+    assert 1.0 - float(batch @ streamed) < 1e-5
+
+
+def test_stream_rejects_use_after_finish(embedder) -> None:
+    s = embedder.stream()
+    s.push(speak(SENTENCE))
+    s.finish()
+    with pytest.raises(EmbeddingError):
+        s.push(np.zeros(160, np.int16))
+    with pytest.raises(EmbeddingError):
+        s.finish()
+
+
+def test_window_plan() -> None:
+    e = load_embedder()
+    assert e.window_starts(16000 * 3) == [0, 80, 160]  # last window 87 % full: kept
+    assert e.window_starts(25600) == [0]
+    assert e.window_starts(25600 + 12800) == [0, 80]
+    assert e.window_starts(25600 + 12800 + 1000) == [0, 80]  # next one only 54 % full
+    assert e.window_starts(12000) == [0]  # no full window: the partial one is used
+
+
+def test_too_short_raises(embedder) -> None:
+    with pytest.raises(TooShort, match="needs at least"):
+        embedder.embed(np.zeros(4000, np.int16))
+    s = embedder.stream()
+    s.push(np.ones(100, np.int16))
+    with pytest.raises(TooShort):
+        s.finish()
+    with pytest.raises(TooShort):
+        embedder.embed(np.zeros(0, np.int16))
+
+
+def test_silence_and_clipping_stay_finite(embedder) -> None:
+    silent = embedder.embed(np.zeros(32000, np.int16))
+    assert np.all(np.isfinite(silent))
+    assert np.linalg.norm(silent) == pytest.approx(1.0, abs=1e-5)
+    speech = speak(SENTENCE)
+    clipped = np.clip(speech.astype(np.int32) * 20, -32768, 32767).astype(np.int16)
+    v = embedder.embed(clipped)
+    assert np.all(np.isfinite(v))
+    # Float input with NaN/inf is cleaned rather than poisoning the embedding.
+    noisy = speech.astype(np.float32) / 32768
+    noisy[100:200] = np.nan
+    assert np.all(np.isfinite(embedder.embed(noisy)))
+
+
+def test_stereo_array_is_rejected(embedder) -> None:
+    with pytest.raises(EmbeddingError, match="mono"):
+        embedder.embed(np.zeros((16000, 2), np.int16))
+
+
+# --- bad model files --------------------------------------------------------------------------
+
+
+def copy_shipped(tmp_path: Path, card: str = "ge2e-int8.yaml") -> Path:
+    data = load_card(SHIPPED / card)
+    shutil.copy(SHIPPED / card, tmp_path / card)
+    shutil.copy(data.model_path, tmp_path / data.model.file)
+    return tmp_path / card
+
+
+def test_missing_card(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        load_embedder(tmp_path / "nope.yaml")
+
+
+def test_missing_model_file_names_file_and_sha(tmp_path: Path) -> None:
+    card = copy_shipped(tmp_path)
+    expected = load_card(card).model.sha256
+    (tmp_path / load_card(card).model.file).unlink()
+    with pytest.raises(ModelError) as err:
+        load_embedder(card)
+    assert "ge2e-resemblyzer-int8.onnx" in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_corrupt_model_file_fails_sha_check(tmp_path: Path) -> None:
+    card = copy_shipped(tmp_path)
+    info = load_card(card)
+    blob = bytearray(info.model_path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    info.model_path.write_bytes(bytes(blob))
+    with pytest.raises(ModelError) as err:
+        load_embedder(card)
+    msg = str(err.value)
+    assert str(info.model_path) in msg and info.model.sha256 in msg and "corrupt" in msg
+
+
+def test_garbage_model_with_matching_sha(tmp_path: Path) -> None:
+    import hashlib
+
+    card = copy_shipped(tmp_path)
+    info = load_card(card)
+    info.model_path.write_bytes(b"this is not an onnx file")
+    sha = hashlib.sha256(b"this is not an onnx file").hexdigest()
+    card.write_text(card.read_text().replace(info.model.sha256, sha))
+    with pytest.raises(ModelError, match="ONNX Runtime cannot load"):
+        load_embedder(card)
+
+
+def test_card_with_unknown_key_or_wrong_tensor(tmp_path: Path) -> None:
+    card = copy_shipped(tmp_path)
+    text = card.read_text()
+    card.write_text(text.replace("windowing:\n", "windowing:\n  colour: blue\n"))
+    with pytest.raises(ModelError, match="colour"):
+        load_embedder(card)
+    card.write_text(text.replace("input: mels", "input: features"))
+    with pytest.raises(ModelError, match="no input tensor 'features'"):
+        load_embedder(card)
+    card.write_text("just a string")
+    with pytest.raises(ModelError, match="not a YAML mapping"):
+        load_embedder(card)
+
+
+def test_model_file_without_card(tmp_path: Path) -> None:
+    shutil.copy(SHIPPED / "ge2e-resemblyzer-int8.onnx", tmp_path / "x.onnx")
+    with pytest.raises(ModelError, match="no model card"):
+        load_embedder(tmp_path / "x.onnx")
+
+
+def test_model_file_with_card_beside_it_is_found() -> None:
+    e = load_embedder(SHIPPED / "ge2e-resemblyzer-float.onnx")
+    assert e.model_id.endswith("/float")
+
+
+# --- a model with another front end, from its card alone ----------------------------------------
+
+
+def test_fbank_whole_utterance_model(tmp_path: Path) -> None:
+    card = build_fbank_demo(tmp_path)
+    e = load_embedder(tmp_path / "fbank-demo.onnx")
+    assert e.card.frontend.type == "kaldi_fbank"
+    assert e.dim == 32
+    pcm = speak(SENTENCE)
+    v = e.embed(pcm)
+    assert v.shape == (32,) and np.linalg.norm(v) == pytest.approx(1.0, abs=1e-5)
+    s = e.stream()
+    for i in range(0, pcm.size, 1234):
+        s.push(pcm[i : i + 1234])
+    assert 1.0 - float(v @ s.finish()) < 1e-5
+    # Mean normalisation makes a whole-utterance fbank model blind to a fixed gain.
+    louder = np.clip(pcm.astype(np.int32) * 2, -32768, 32767).astype(np.int16)
+    assert float(v @ e.embed(louder)) > 0.999
+    with pytest.raises(TooShort):
+        e.embed(pcm[:4000])
+    assert load_card(card).model.input == "feats"

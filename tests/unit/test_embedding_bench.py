@@ -1,0 +1,30 @@
+"""`voxgate bench` runs each model in its own process and prints a table (figures not checked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from voxgate.cli import main
+
+SHIPPED = Path(__file__).resolve().parents[2] / "daemon" / "voxgate" / "models"
+
+
+def test_bench_reports_each_model(capsys) -> None:
+    card = SHIPPED / "ge2e-int8.yaml"
+    rc = main(["bench", "--model", str(card), "-n", "2", "--seconds", "2", "--no-torch", "--json"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    (row,) = json.loads(out)
+    assert row["name"].endswith("/int8")
+    assert row["runtime"] == "onnxruntime"
+    assert row["median_ms"] > 0 and row["peak_rss_mb"] > 10 and row["finish_ms"] is not None
+    assert row["seconds"] == 2.0
+
+
+def test_bench_reports_a_broken_model_without_crashing(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("format: 1\n")
+    assert main(["bench", "--model", str(bad), "-n", "1", "--no-torch"]) == 1
+    out = capsys.readouterr().out
+    assert "failed" in out and "bad.yaml" in out

@@ -1,0 +1,101 @@
+"""Enrollment checks on real (synthesized) speech: short, clipped, noisy and outlier takes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from voxgate.audio.file import read_audio
+from voxgate.config.speaker import SpeakerConfig
+from voxgate.enrollment import check_takes, find_outliers, prompt_digits, take_problem
+from voxgate.quality import assess, gate_reasons
+from voxgate.voiceprints import l2_normalize
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+
+def say(tmp: Path, text: str, voice: str = "en+m3") -> np.ndarray:
+    """Speech from espeak-ng, 16 kHz int16, with half a second of pause either side and a
+    faint noise floor, as a microphone gives it."""
+    wav = tmp / f"{abs(hash((text, voice)))}.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True)
+    pcm = read_audio(wav)
+    pad = np.zeros(8000, np.int16)
+    return noisy(np.concatenate([pad, pcm, pad]), 10, seed=len(text))
+
+
+def noisy(pcm: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (pcm + rng.normal(0, sigma, len(pcm))).clip(-32768, 32767).astype(np.int16)
+
+
+@needs_espeak
+def test_quality_of_clean_noisy_clipped_and_short(tmp_path: Path) -> None:
+    cfg = SpeakerConfig()
+    clean = say(tmp_path, "three nine one four, seven two eight five")
+    q = assess(clean)
+    assert 1.5 < q.speech_s < q.duration_s and q.snr_db > 30 and q.clipped == 0
+    assert take_problem(q, cfg) is None and gate_reasons(q, 1.0, 5.0) == ()
+
+    loud = (clean.astype(np.float64) * 8).clip(-32768, 32767).astype(np.int16)
+    assert take_problem(assess(loud), cfg) == "clipped"
+
+    hiss = assess(noisy(clean, 3000))
+    assert hiss.snr_db < 5
+    assert take_problem(hiss, cfg) == "too_noisy"
+    assert "too_noisy" in gate_reasons(hiss, 1.0, 5.0)
+
+    short = say(tmp_path, "one")
+    qs = assess(short)
+    assert qs.speech_s < 1.0
+    assert take_problem(qs, cfg) == "too_short"
+    assert gate_reasons(qs, 1.0, 5.0) == ("too_little_speech",)
+
+    silence = assess(np.zeros(32000, np.int16))
+    assert silence.speech_s == 0 and take_problem(silence, cfg) == "too_short"
+
+
+def test_find_outliers_names_the_odd_take() -> None:
+    rng = np.random.default_rng(3)
+    centre = l2_normalize(rng.normal(size=64))
+    takes = l2_normalize(centre + rng.normal(size=(6, 64)) * 0.03)
+    other = l2_normalize(rng.normal(size=64))
+    mixed = np.vstack([takes[:3], other, takes[3:]])
+    out, loo = find_outliers(mixed)
+    assert out == [3]
+    assert loo[3] < np.median(loo) - 0.5
+    assert find_outliers(takes)[0] == []  # a consistent set loses nothing
+    assert find_outliers(mixed[:2])[0] == []  # two takes: nothing to compare against
+
+
+def test_prompt_digits() -> None:
+    p = prompt_digits(4)
+    assert len(p.split()) == 4 and all(d.isdigit() for d in p.split())
+
+
+@needs_espeak
+def test_check_takes_with_real_embedder(tmp_path: Path) -> None:
+    embedding = pytest.importorskip("voxgate.embedding")
+    embedder = embedding.load_embedder()
+    texts = [
+        "three nine one four, seven two eight five",
+        "six zero two eight, one one five nine",
+        "four four seven one, two six three zero",
+        "eight five zero two, nine three one seven",
+    ]
+    takes = [say(tmp_path, t, "en+m3") for t in texts]
+    takes.insert(2, say(tmp_path, "five eight two six, zero four nine one", "en+f2"))
+    takes.append(noisy(takes[0], 3000))
+    takes.append(say(tmp_path, "two"))
+    cfg = SpeakerConfig(enroll_min_speech_s=5, enroll_min_takes=3)
+    result = check_takes(takes, embedder, cfg)
+    by_index = {t.index: t.reason for t in result.rejected}
+    assert by_index[6] == "too_noisy" and by_index[7] == "too_short"
+    assert by_index[3] == "outlier"  # the other voice is named, not averaged in
+    assert len(result.accepted) == 4 and result.ok
+    assert result.embeddings.shape == (4, embedder.dim)
+    strict = check_takes(takes[:2], embedder, SpeakerConfig())
+    assert not strict.ok and any("good takes" in p for p in strict.problems)

@@ -1,0 +1,92 @@
+"""Evaluation metrics and protocol reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from voxgate.evaluation import (
+    EvalError,
+    bootstrap_eer_ci,
+    eer,
+    load_recording,
+    min_dcf,
+    rates_at,
+    read_set,
+)
+
+
+def test_eer_known_cases() -> None:
+    assert eer(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0
+    # One target below one impostor of four each: 25 % both ways at the crossing.
+    tar = np.array([0.5, 2.0, 3.0, 4.0])
+    non = np.array([-1.0, 0.0, 0.2, 1.0])
+    assert eer(tar, non) == pytest.approx(0.25)
+    rng = np.random.default_rng(0)
+    # Two unit normals 2 sigma apart: EER = Phi(-1) = 15.87 %.
+    big_t, big_n = rng.normal(2, 1, 20000), rng.normal(0, 1, 20000)
+    assert eer(big_t, big_n) == pytest.approx(0.1587, abs=0.01)
+    assert eer(big_n, big_n) == pytest.approx(0.5, abs=0.01)
+
+
+def test_min_dcf_and_rates() -> None:
+    tar = np.array([2.0, 3.0, 4.0])
+    non = np.array([0.0, 1.0, 5.0])
+    # Best: reject all (cost P_target*1 = 0.01 -> normalized 1.0) or accept above 5 -> same.
+    assert min_dcf(tar, non) == pytest.approx(1.0)
+    assert min_dcf(np.array([2.0]), np.array([1.0])) == 0.0
+    assert rates_at(tar, non, 2.5) == (pytest.approx(1 / 3), pytest.approx(1 / 3))
+
+
+def test_bootstrap_ci_brackets_estimate() -> None:
+    rng = np.random.default_rng(1)
+    spk = np.repeat(np.arange(10), 40).astype(str)
+    test_spk = np.tile(np.repeat(np.arange(10), 4), 10).astype(str)
+    target = (spk == test_spk).astype(int)
+    scores = rng.normal(0, 1, len(spk)) + 2.0 * target
+    lo, hi = bootstrap_eer_ci(scores, target, spk, test_spk, n=200)
+    point = eer(scores[target == 1], scores[target == 0])
+    assert lo <= point <= hi and hi - lo > 0.01
+
+
+def _write_set(root: Path, trials: str) -> None:
+    (root / "a").mkdir(parents=True)
+    t = np.arange(1600) / 16000
+    for name, f in (("x.wav", 200), ("y.wav", 300)):
+        sf.write(root / "a" / name, (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32), 16000)
+    (root / "manifest.csv").write_text("path,speaker,text\na/x.wav,s1,\na/y.wav,s2,\n")
+    (root / "enroll.csv").write_text("model,path\ns1,a/x.wav\n")
+    (root / "trials.csv").write_text(trials)
+
+
+def test_read_set_and_joined_recording(tmp_path: Path) -> None:
+    _write_set(tmp_path, "model,path,target\ns1,a/x.wav;a/y.wav,1\n")
+    es = read_set(tmp_path)
+    assert es.enroll == {"s1": ["a/x.wav"]} and es.trials == [("s1", "a/x.wav;a/y.wav", 1)]
+    assert es.speaker("a/y.wav;a/x.wav") == "s2"
+    pcm = load_recording(tmp_path, "a/x.wav;a/y.wav")
+    assert len(pcm) == 1600 + 3200 + 1600  # 0.2 s of silence between the files
+    assert not pcm[1600:4800].any() and pcm[:1600].any() and pcm[4800:].any()
+
+
+@pytest.mark.parametrize(
+    ("trials", "match"),
+    [
+        ("model,path,target\ns1,a/x.wav,2\n", "target must be 0 or 1"),
+        ("model,path,target\nzz,a/x.wav,1\n", "not enrolled"),
+        ("model,path\ns1,a/x.wav\n", "needs columns"),
+    ],
+)
+def test_bad_protocols(tmp_path: Path, trials: str, match: str) -> None:
+    _write_set(tmp_path, trials)
+    with pytest.raises(EvalError, match=match):
+        read_set(tmp_path)
+
+
+def test_missing_folder_and_files(tmp_path: Path) -> None:
+    with pytest.raises(EvalError, match="not a folder"):
+        read_set(tmp_path / "nope")
+    with pytest.raises(EvalError, match=r"manifest\.csv"):
+        read_set(tmp_path)

@@ -1,0 +1,119 @@
+"""Fleet wire format: what a door accepts and what it refuses, without a broker."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from voxgate.config.fleet import FleetConfig
+from voxgate.fleet import Codec, FleetError, FleetKeys, MessageError, parse_key32, public_key_hex
+
+NOW = 1_800_000_000.0
+
+
+def _codec(device: str, signing: bytes | None, signers: dict[str, bytes], fleet_key: bytes):
+    return Codec(FleetKeys(fleet_key, signing, signers), "acme", device)
+
+
+@pytest.fixture()
+def pair() -> tuple[Codec, Codec, bytes]:
+    fleet_key = os.urandom(32)
+    sk = os.urandom(32)
+    pub = bytes.fromhex(public_key_hex(sk))
+    sender = _codec("door-a", sk, {"door-a": pub}, fleet_key)
+    receiver = _codec("door-b", None, {"door-a": pub}, fleet_key)
+    return sender, receiver, fleet_key
+
+
+def _emb() -> np.ndarray:
+    e = np.random.default_rng(3).standard_normal((3, 256)).astype(np.float32)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def test_round_trip(pair: tuple[Codec, Codec, bytes]) -> None:
+    sender, receiver, _ = pair
+    emb = _emb()
+    msg = sender.encode(
+        "voiceprint", "lobby", "Alice", 17, model_id="m/1", embeddings=emb, meta={"k": 1}, now=NOW
+    )
+    tag = sender.user_tag("Alice")
+    upd = receiver.decode("lobby", tag, msg, NOW)
+    assert (upd.kind, upd.name, upd.version, upd.signer) == ("voiceprint", "Alice", 17, "door-a")
+    assert upd.model_id == "m/1" and upd.meta == {"k": 1}
+    np.testing.assert_array_equal(upd.embeddings, emb)
+    # Neither the name nor the embeddings travel in the clear.
+    assert b"Alice" not in msg and tag != "Alice"
+    assert emb.astype("<f4").tobytes().hex()[:32].encode() not in msg
+    erase = sender.encode("erase", "lobby", "Alice", 18, now=NOW)
+    assert receiver.decode("lobby", tag, erase, NOW).kind == "erase"
+
+
+def test_user_tags_are_stable_and_keyed(pair: tuple[Codec, Codec, bytes]) -> None:
+    sender, receiver, _ = pair
+    assert sender.user_tag("alice") == receiver.user_tag("ALICE ")  # casefold + strip
+    other_site = _codec("x", None, {}, os.urandom(32))
+    assert other_site.user_tag("alice") != sender.user_tag("alice")
+
+
+def _tamper(msg: bytes, **changes: object) -> bytes:
+    doc = json.loads(msg)
+    doc.update(changes)
+    return json.dumps(doc).encode()
+
+
+def test_refusals(pair: tuple[Codec, Codec, bytes]) -> None:
+    sender, receiver, fleet_key = pair
+    tag = sender.user_tag("alice")
+    good = sender.encode("voiceprint", "lobby", "alice", 5, model_id="m", embeddings=_emb())
+    cases = {
+        "not JSON": b"\xff\x00garbage",
+        "not a JSON object": b"[1, 2]",
+        "unknown wire version": _tamper(good, v=2),
+        "missing fields": json.dumps({"v": 1}).encode(),
+        "bad signature": _tamper(good, version=6),
+        "not in fleet.signers": _tamper(good, signer="door-z"),
+    }
+    for reason, payload in cases.items():
+        with pytest.raises(MessageError, match=reason):
+            receiver.decode("lobby", tag, payload, NOW)
+    # The same message moved to another group's or user's topic is refused.
+    with pytest.raises(MessageError, match="does not match the topic"):
+        receiver.decode("lab", tag, good, NOW)
+    with pytest.raises(MessageError, match="does not match the topic"):
+        receiver.decode("lobby", sender.user_tag("bob"), good, NOW)
+    # Signed by a trusted door but sealed with another site's key.
+    sk = os.urandom(32)
+    pub = bytes.fromhex(public_key_hex(sk))
+    foreign = _codec("door-a", sk, {}, os.urandom(32))
+    wrong_key = foreign.encode("erase", "lobby", "alice", 9)
+    trusting = _codec("door-b", None, {"door-a": pub}, fleet_key)
+    with pytest.raises(MessageError):
+        trusting.decode("lobby", tag, wrong_key, NOW)
+    # Oversized.
+    with pytest.raises(MessageError, match="too large"):
+        receiver.decode("lobby", tag, b" " * (1024 * 1024 + 1), NOW)
+
+
+def test_a_receive_only_door_cannot_publish(pair: tuple[Codec, Codec, bytes]) -> None:
+    _, receiver, _ = pair
+    with pytest.raises(FleetError, match="signing key"):
+        receiver.encode("erase", "lobby", "alice", 1)
+
+
+def test_keys_from_files(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("VOXGATE_FLEET_KEY", "VOXGATE_FLEET_SIGNING_KEY", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(var, raising=False)
+    key = tmp_path / "fleet-key"
+    cfg = FleetConfig(key_file=key, signing_key_file=tmp_path / "absent")
+    with pytest.raises(FleetError, match="fleet-key"):
+        FleetKeys.load(cfg)
+    key.write_text("ab" * 31 + "\n")
+    key.chmod(0o600)
+    with pytest.raises(FleetError, match="64 hex"):
+        FleetKeys.load(cfg)
+    key.write_text("ab" * 32 + "\n")
+    keys = FleetKeys.load(cfg)
+    assert keys.fleet_key == bytes([0xAB]) * 32 and keys.signing_key is None
+    assert parse_key32(bytes(range(32)), "k") == bytes(range(32))

@@ -1,0 +1,152 @@
+"""The shipped model files: weights reader, float ONNX == numpy reference, int8 parity, cards."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from voxgate.embedding import load_card, load_embedder
+from voxgate.embedding.card import sha256_file
+from voxgate.embedding.reference import ge2e_forward, load_ge2e_weights
+from voxgate.embedding.torchfile import LEGACY_MAGIC, TorchFileError, load_legacy
+
+from .test_embedding import SENTENCE, speak
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "daemon" / "voxgate" / "models"
+
+
+def pretrained() -> Path:
+    spec = importlib.util.find_spec("resemblyzer")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("resemblyzer (weights only) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "pretrained.pt"
+
+
+@pytest.fixture(scope="module")
+def weights() -> dict[str, np.ndarray]:
+    return load_ge2e_weights(pretrained())
+
+
+def test_reader_reproduces_the_ge2e_weights(weights) -> None:
+    shapes = {k: v.shape for k, v in weights.items()}
+    assert shapes["lstm.weight_ih_l0"] == (1024, 40)
+    for layer in range(3):
+        assert shapes[f"lstm.weight_hh_l{layer}"] == (1024, 256)
+        assert shapes[f"lstm.bias_ih_l{layer}"] == (1024,)
+    assert shapes["linear.weight"] == (256, 256)
+    assert sum(v.size for v in weights.values()) == 1_423_616
+    assert all(np.all(np.isfinite(v)) for v in weights.values())
+    # Tensors that share one storage (cuDNN's flat weight buffer) must not alias each other.
+    assert not np.array_equal(weights["lstm.weight_hh_l0"][:, :40], weights["lstm.weight_ih_l0"])
+
+
+def test_reader_refuses_code_in_a_checkpoint(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    with open(bad, "wb") as fh:
+        for obj in (LEGACY_MAGIC, 1001, {"little_endian": True}):
+            pickle.dump(obj, fh, protocol=2)
+        fh.write(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    with pytest.raises(TorchFileError, match=r"os\.system"):
+        load_legacy(bad)
+    (tmp_path / "zip.pt").write_bytes(b"PK\x03\x04" + b"\0" * 64)
+    with pytest.raises(TorchFileError):
+        load_legacy(tmp_path / "zip.pt")
+
+
+def test_float_onnx_equals_numpy_reference(weights) -> None:
+    e = load_embedder(SHIPPED / "ge2e-float.yaml")
+    pcm = speak(SENTENCE)
+    starts = e.window_starts(pcm.size)
+    frames = e.frontend.frames(pcm, n_frames=starts[-1] + 160)
+    batch = np.stack([frames[s : s + 160] for s in starts[:2]]).astype(np.float32)
+    ref = ge2e_forward(weights, batch)
+    got = e.runtime.run(batch)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_int8_close_to_float_on_synthetic_speech() -> None:
+    f = load_embedder(SHIPPED / "ge2e-float.yaml")
+    q = load_embedder(SHIPPED / "ge2e-int8.yaml")
+    for voice in ("en-us", "en-us+f3", "en-gb"):
+        pcm = speak(SENTENCE, voice)
+        assert float(f.embed(pcm) @ q.embed(pcm)) >= 0.99
+
+
+def _shared_items(shared: Path, limit: int) -> list[Path]:
+    paths = []
+    for name in ("vcc2018_eval", "resemblyzer_ls", "fsdd"):
+        with open(shared / name / "manifest.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        step = max(1, len(rows) // limit)
+        paths += [shared / name / r["path"] for r in rows[::step][:limit]]
+    return paths
+
+
+@pytest.mark.shared
+def test_int8_parity_on_real_speech(shared_data: Path) -> None:
+    from voxgate.audio.file import read_audio
+
+    f = load_embedder(SHIPPED / "ge2e-float.yaml")
+    q = load_embedder(SHIPPED / "ge2e-int8.yaml")
+    cosines = []
+    for path in _shared_items(shared_data, 8):
+        pcm = read_audio(path)
+        if pcm.size < 8000:
+            continue
+        cosines.append(float(f.embed(pcm) @ q.embed(pcm)))
+    assert len(cosines) >= 12
+    assert min(cosines) >= 0.99, cosines
+
+
+def test_cards_match_shipped_files() -> None:
+    for name in ("ge2e-int8.yaml", "ge2e-float.yaml"):
+        card = load_card(SHIPPED / name)
+        assert sha256_file(card.model_path) == card.model.sha256
+        assert card.license == "Apache-2.0"
+        assert card.source["package"] == "resemblyzer"
+    assert (SHIPPED / "ge2e-resemblyzer-int8.onnx").stat().st_size < 3_000_000
+
+
+def test_build_is_reproducible(tmp_path: Path) -> None:
+    """models/build_ge2e.py rebuilds byte-identical files (same onnx/onnxruntime versions)."""
+    import onnx
+    import onnxruntime
+
+    pretrained()
+    card = load_card(SHIPPED / "ge2e-int8.yaml")
+    if (
+        card.build.get("onnx") != onnx.__version__
+        or card.build.get("onnxruntime") != onnxruntime.__version__
+    ):
+        pytest.skip("different onnx/onnxruntime versions than the shipped build")
+    spec = importlib.util.spec_from_file_location("build_ge2e", REPO / "models" / "build_ge2e.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["build_ge2e"] = module
+    spec.loader.exec_module(module)
+    saved_stdout = sys.stdout
+    sys.stdout = io.StringIO()
+    try:
+        module.main(["--out", str(tmp_path)])
+    finally:
+        sys.stdout = saved_stdout
+    for name in ("ge2e-resemblyzer-int8.onnx", "ge2e-resemblyzer-float.onnx", "ge2e-int8.yaml"):
+        assert (tmp_path / name).read_bytes() == (SHIPPED / name).read_bytes(), name
+
+
+def test_int8_window_embeddings_do_not_depend_on_the_batch() -> None:
+    """The range anchors make dynamic int8 quantization independent of a call's other windows."""
+    q = load_embedder(SHIPPED / "ge2e-int8.yaml")
+    pcm = np.concatenate([speak(SENTENCE, "en-us"), speak(SENTENCE, "en-us+f3")])
+    starts = q.window_starts(pcm.size)
+    frames = q.frontend.frames(pcm, n_frames=starts[-1] + 160)
+    batch = np.stack([frames[s : s + 160] for s in starts]).astype(np.float32)
+    together = q.runtime.run(batch)
+    alone = np.concatenate([q.runtime.run(batch[i : i + 1]) for i in range(len(batch))])
+    assert np.all(1.0 - np.sum(together * alone, axis=1) < 1e-5)

@@ -1,0 +1,174 @@
+"""Scoring: AS-norm arithmetic, FMR-calibrated thresholds, verify / open-set identify, gate."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from voxgate import cohort as cohortmod
+from voxgate.config.speaker import SpeakerConfig
+from voxgate.quality import Quality
+from voxgate.scoring import Scorer, ScoringError, asnorm, asnorm_stats
+from voxgate.voiceprints import VoiceprintStore, l2_normalize
+
+DIM = 64
+MODEL = "synthetic-1.0/float"
+
+
+class Voices:
+    """Synthetic speakers: a unit centre each, utterances scattered around it."""
+
+    def __init__(self, seed: int, n: int, spread: float = 0.9) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.centres = l2_normalize(self.rng.normal(size=(n, DIM)))
+        self.spread = spread
+
+    def utt(self, spk: int, k: int = 1) -> np.ndarray:
+        noise = self.rng.normal(size=(k, DIM)) * self.spread / np.sqrt(DIM)
+        return l2_normalize(self.centres[spk] + noise)
+
+
+@functools.lru_cache(maxsize=4)
+def _cohort(seed: int = 0, n: int = 120, top_k: int = 40) -> cohortmod.Cohort:
+    v = Voices(seed, n)
+    speakers = {f"c{i}": list(v.utt(i, 4)) for i in range(n)}
+    return cohortmod.build(MODEL, speakers, top_k=top_k)
+
+
+def test_asnorm_stats_matches_definition() -> None:
+    rng = np.random.default_rng(1)
+    s = rng.normal(size=(3, 50))
+    mu, sd = asnorm_stats(s, 10)
+    for row, m, d in zip(s, mu, sd, strict=True):
+        top = np.sort(row)[::-1][:10]
+        assert m == pytest.approx(top.mean())
+        assert d == pytest.approx(top.std() + 1e-6)
+    s[0, np.argsort(s[0])[-3:]] = -np.inf  # excluded entries never count
+    mu2, _ = asnorm_stats(s[:1], 10)
+    finite = np.sort(s[0][np.isfinite(s[0])])[::-1][:10]
+    assert mu2[0] == pytest.approx(finite.mean())
+
+
+def test_asnorm_symmetric_and_shift_invariant() -> None:
+    v = Voices(2, 30)
+    coh = v.centres[10:]
+    e, t = v.utt(0)[0], v.utt(1)[0]
+    a = asnorm(float(e @ t), e, t, coh, 10)
+    b = asnorm(float(t @ e), t, e, coh, 10)
+    assert a == pytest.approx(b)
+
+
+def test_threshold_interpolation() -> None:
+    c = cohortmod.Cohort(MODEL, np.eye(12, dtype=np.float32), 5, ((0.01, 2.0), (0.001, 3.0)))
+    assert c.threshold_for(0.01) == pytest.approx(2.0)
+    assert c.threshold_for(0.001) == pytest.approx(3.0)
+    assert 2.0 < c.threshold_for(0.003) < 3.0
+    assert c.threshold_for(0.5) == 2.0 and c.threshold_for(1e-6) == 3.0
+
+
+def test_calibrated_threshold_gives_target_fmr_on_new_impostors() -> None:
+    cohort = _cohort()
+    thr = cohort.threshold_for(0.01)
+    # Fresh speakers, none in the cohort: the impostor rate at thr should be near 1 %.
+    v = Voices(99, 60)
+    models = np.stack([l2_normalize(v.utt(i, 3).mean(0)) for i in range(60)])
+    tests = np.concatenate([v.utt(i, 3) for i in range(60)])
+    owner = np.repeat(np.arange(60), 3)
+    raw = tests @ models.T
+    fa = n = 0
+    for i in range(60):
+        imp = owner != i
+        s = asnorm(raw[imp, i], np.repeat(models[i : i + 1], imp.sum(), 0), tests[imp],
+                   cohort.embeddings, cohort.top_k)  # fmt: skip
+        fa += int((s >= thr).sum())
+        n += int(imp.sum())
+    assert 0.002 < fa / n < 0.03
+
+
+def test_cohort_save_load_and_model_check(tmp_path: Path) -> None:
+    cohort = _cohort(n=30, top_k=10)
+    path = cohortmod.save(cohort, tmp_path)
+    back = cohortmod.for_model(MODEL, path)
+    np.testing.assert_allclose(back.embeddings, cohort.embeddings, atol=1e-6)
+    assert back.calibration == cohort.calibration and back.top_k == 10
+    with pytest.raises(cohortmod.CohortError, match="loaded"):
+        cohortmod.for_model("other/int8", path)
+    assert path.name == "synthetic-1.0--float.npz"
+    (tmp_path / "synthetic-1.0--float.json").write_text("{}")
+    with pytest.raises(cohortmod.CohortError, match="not a"):
+        cohortmod.load(path)
+    with pytest.raises(cohortmod.CohortError, match="no cohort shipped"):
+        cohortmod.for_model("no-such-model/x")
+
+
+@pytest.fixture
+def enrolled(tmp_path: Path) -> tuple[VoiceprintStore, Voices]:
+    v = Voices(7, 5)
+    store = VoiceprintStore(tmp_path / "vp.db", bytes(32))
+    for i, name in enumerate(["ann", "ben", "cat"]):
+        store.add_user(name, v.utt(i, 5), MODEL)
+    yield store, v
+    store.close()
+
+
+def _scorer(store: VoiceprintStore, **cfg: object) -> Scorer:
+    return Scorer(store, SimpleNamespace(model_id=MODEL), SpeakerConfig(**cfg), _cohort())
+
+
+def test_verify_genuine_and_impostor(enrolled: tuple[VoiceprintStore, Voices]) -> None:
+    store, v = enrolled
+    sc = _scorer(store)
+    ok = sc.verify(v.utt(0)[0], "ann")
+    assert ok.accepted and ok.quality_ok and ok.user == "ann" and ok.score >= ok.threshold
+    bad = sc.verify(v.utt(4)[0], "ann")
+    assert not bad.accepted and "score_below_threshold" in bad.reasons
+    assert bad.raw_cosine < ok.raw_cosine
+    missing = sc.verify(v.utt(0)[0], "zed")
+    assert not missing.accepted and missing.reasons == ("unknown_user",)
+
+
+def test_identify_open_set(enrolled: tuple[VoiceprintStore, Voices]) -> None:
+    store, v = enrolled
+    sc = _scorer(store)
+    hit = sc.identify(v.utt(1)[0])
+    assert hit.accepted and hit.user == "ben"
+    stranger = sc.identify(v.utt(3)[0])
+    assert stranger.user is None and not stranger.accepted
+    assert stranger.reasons == ("unknown_speaker",)
+    # 1:N uses a stricter per-comparison threshold than 1:1.
+    assert sc.threshold(3) > sc.threshold(1)
+
+
+def test_quality_gate_gives_retry_not_a_guess(enrolled: tuple[VoiceprintStore, Voices]) -> None:
+    store, v = enrolled
+    sc = _scorer(store, min_speech_s=1.0, min_snr_db=5.0)
+    short = Quality(duration_s=1.0, speech_s=0.4, snr_db=30.0, clipped=0.0)
+    r = sc.verify(v.utt(0)[0], "ann", quality=short)
+    assert not r.accepted and not r.quality_ok and r.reasons == ("too_little_speech",)
+    noisy = Quality(duration_s=3.0, speech_s=2.5, snr_db=1.0, clipped=0.0)
+    r = sc.identify(v.utt(0)[0], quality=noisy)
+    assert not r.accepted and not r.quality_ok and "too_noisy" in r.reasons
+    good = Quality(duration_s=3.0, speech_s=2.5, snr_db=25.0, clipped=0.0)
+    assert sc.verify(v.utt(0)[0], "ann", quality=good).accepted
+
+
+def test_model_mismatch_is_refused(enrolled: tuple[VoiceprintStore, Voices]) -> None:
+    store, v = enrolled
+    store.add_user("old", v.utt(2, 3), "previous-model/float")
+    sc = _scorer(store)
+    r = sc.verify(v.utt(2)[0], "old")
+    assert not r.accepted and "model_mismatch" in r.reasons
+    assert sc.identify(v.utt(2)[0]).user == "cat"  # 'old' is skipped, not compared
+
+
+def test_fixed_threshold_and_missing_calibration(tmp_path: Path) -> None:
+    store = VoiceprintStore(tmp_path / "vp.db", bytes(32))
+    emb = SimpleNamespace(model_id=MODEL)
+    with pytest.raises(ScoringError, match="no calibrated cohort"):
+        Scorer(store, emb, SpeakerConfig(), None)
+    sc = Scorer(store, emb, SpeakerConfig(threshold=0.7), None)
+    assert sc.threshold(5) == 0.7
+    store.close()

@@ -1,0 +1,207 @@
+"""Voiceprint store: encryption at rest, erase leaves no bytes, bad files are refused untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from voxgate import voiceprints as vpmod
+from voxgate.voiceprints import ModelMismatch, StoreError, VoiceprintStore
+
+KEY = bytes(range(32))
+MODEL = "test-model/float"
+
+
+def _emb(seed: int, k: int = 4, dim: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    e = rng.normal(size=(k, dim)).astype(np.float32)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def _raw_bytes(db: Path) -> bytes:
+    out = b""
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(db) + suffix)
+        if p.exists():
+            out += p.read_bytes()
+    return out
+
+
+def test_roundtrip_and_metadata(tmp_path: Path) -> None:
+    db = tmp_path / "vp.db"
+    emb = _emb(1)
+    with VoiceprintStore(db, KEY) as store:
+        vp = store.add_user("Alice", emb, MODEL, {"takes": 4})
+        assert vp.version == 1
+        got = store.get("alice")  # names match case-insensitively
+        assert got is not None and got.name == "Alice"
+        np.testing.assert_allclose(got.embeddings, emb, atol=1e-6)
+        expect_mean = emb.mean(axis=0) / np.linalg.norm(emb.mean(axis=0))
+        np.testing.assert_allclose(got.mean, expect_mean, atol=1e-6)
+        assert got.meta == {"takes": 4}
+        assert store.get("bob") is None
+        with pytest.raises(StoreError, match="already enrolled"):
+            store.add_user("ALICE", emb, MODEL)
+        again = store.replace("Alice", _emb(2, k=3), MODEL)
+        assert again.version == 2 and again.created_at == vp.created_at
+        assert [u.name for u in store.users()] == ["Alice"]
+        assert store.users()[0].takes == 3
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    # Reopens with the same key; the file is WAL and carries our schema version.
+    with VoiceprintStore(db, KEY) as store:
+        assert store.get("Alice") is not None
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("PRAGMA user_version").fetchone()[0] == vpmod.SCHEMA_VERSION
+    con.close()
+
+
+def test_nothing_readable_without_key(tmp_path: Path) -> None:
+    db = tmp_path / "vp.db"
+    emb = _emb(3)
+    with VoiceprintStore(db, KEY) as store:
+        store.add_user("Zebediah Quux", emb, MODEL)
+        store.add_user("x", _emb(4, k=9), MODEL)
+    raw = _raw_bytes(db)
+    assert b"Zebediah" not in raw and b"zebediah" not in raw
+    assert MODEL.encode() not in raw
+    assert emb[0].astype("<f4").tobytes()[:8] not in raw
+    assert emb[0].astype("<f4").tobytes().hex().encode()[:16] not in raw
+    # Blob sizes do not tell how many takes a user gave.
+    con = sqlite3.connect(db)
+    sizes = {len(r[0]) for r in con.execute("SELECT sealed FROM voiceprints")}
+    con.close()
+    assert len(sizes) == 1
+
+
+def test_model_mismatch_refused(tmp_path: Path) -> None:
+    with VoiceprintStore(tmp_path / "vp.db", KEY) as store:
+        store.add_user("alice", _emb(5), MODEL)
+        assert store.get("alice", model_id=MODEL) is not None
+        with pytest.raises(ModelMismatch, match="re-enroll"):
+            store.get("alice", model_id="other-model/int8")
+
+
+def test_erase_removes_bytes_from_disk(tmp_path: Path) -> None:
+    db = tmp_path / "vp.db"
+    with VoiceprintStore(db, KEY) as store:
+        store.add_user("alice", _emb(6), MODEL)
+        store.add_user("bob", _emb(7), MODEL)
+        uid = store._user_id("alice")
+        con = sqlite3.connect(db)
+        sealed = con.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()[0]
+        con.close()
+        raw = _raw_bytes(db)
+        assert uid in raw and sealed[40:72] in raw
+        assert store.erase("alice") is True
+        assert store.erase("alice") is False
+        raw = _raw_bytes(db)
+        assert uid not in raw
+        assert sealed[40:72] not in raw
+        assert store.get("bob") is not None
+        export = store.export("bob")
+    assert json.loads(json.dumps(export))["name"] == "bob"
+    assert len(export["embeddings"]) == 4 and len(export["mean"]) == 16
+
+
+def test_random_bytes_file_refused_untouched(tmp_path: Path) -> None:
+    db = tmp_path / "vp.db"
+    junk = os.urandom(8192)
+    db.write_bytes(junk)
+    with pytest.raises(StoreError, match="not SQLite"):
+        VoiceprintStore(db, KEY)
+    assert db.read_bytes() == junk
+
+
+def test_corrupt_sqlite_refused(tmp_path: Path) -> None:
+    db = tmp_path / "vp.db"
+    with VoiceprintStore(db, KEY) as store:
+        store.add_user("alice", _emb(8), MODEL)
+    data = bytearray(db.read_bytes())
+    data[100:4096] = os.urandom(3996)  # smash the schema page after the magic header
+    db.write_bytes(bytes(data))
+    with pytest.raises(StoreError):
+        VoiceprintStore(db, KEY)
+    assert db.read_bytes() == bytes(data)
+
+
+def test_foreign_sqlite_refused_untouched(tmp_path: Path) -> None:
+    db = tmp_path / "other.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE photos (id INTEGER, path TEXT)")
+    con.execute("INSERT INTO photos VALUES (1, 'a.jpg')")
+    con.commit()
+    con.close()
+    before = db.read_bytes()
+    with pytest.raises(StoreError, match="not a voxgate voiceprint store"):
+        VoiceprintStore(db, KEY)
+    assert db.read_bytes() == before
+
+
+def test_newer_schema_refused(tmp_path: Path) -> None:
+    db = tmp_path / "vp.db"
+    VoiceprintStore(db, KEY).close()
+    con = sqlite3.connect(db)
+    con.execute(f"PRAGMA user_version = {vpmod.SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(StoreError, match="newer voxgate"):
+        VoiceprintStore(db, KEY)
+
+
+def test_wrong_key_refused(tmp_path: Path) -> None:
+    db = tmp_path / "vp.db"
+    with VoiceprintStore(db, KEY) as store:
+        store.add_user("alice", _emb(9), MODEL)
+    with pytest.raises(StoreError, match="wrong voiceprint key"):
+        VoiceprintStore(db, bytes(32))
+    with VoiceprintStore(db, KEY) as store:
+        assert store.get("alice") is not None
+
+
+def test_swapped_blob_fails_authentication(tmp_path: Path) -> None:
+    # Someone with write access moves Bob's voiceprint onto Alice's row: it must not load.
+    db = tmp_path / "vp.db"
+    with VoiceprintStore(db, KEY) as store:
+        store.add_user("alice", _emb(10), MODEL)
+        store.add_user("bob", _emb(11), MODEL)
+        a, b = store._user_id("alice"), store._user_id("bob")
+    con = sqlite3.connect(db)
+    bob_blob = con.execute("SELECT sealed FROM voiceprints WHERE id = ?", (b,)).fetchone()[0]
+    con.execute("UPDATE voiceprints SET sealed = ? WHERE id = ?", (bob_blob, a))
+    con.commit()
+    con.close()
+    with VoiceprintStore(db, KEY) as store, pytest.raises(StoreError, match="authentication"):
+        store.get("alice")
+
+
+def test_bad_names_and_embeddings(tmp_path: Path) -> None:
+    with VoiceprintStore(tmp_path / "vp.db", KEY) as store:
+        for name in ("", "   ", "a" * 65, "bad\nname"):
+            with pytest.raises(StoreError):
+                store.add_user(name, _emb(12), MODEL)
+        with pytest.raises(StoreError, match="shape"):
+            store.add_user("alice", np.zeros(16, np.float32), MODEL)
+        bad = _emb(13)
+        bad[0, 0] = np.nan
+        with pytest.raises(StoreError, match="NaN"):
+            store.add_user("alice", bad, MODEL)
+        assert store.users() == []
+
+
+def test_key_file_create_and_parse(tmp_path: Path) -> None:
+    path = tmp_path / "voiceprint.key"
+    vpmod.write_key_file(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = vpmod.parse_key(path.read_bytes())
+    assert len(key) == 32
+    with pytest.raises(StoreError, match="already exists"):
+        vpmod.write_key_file(path)
+    assert vpmod.parse_key(path.read_bytes()) == key  # not overwritten
+    assert vpmod.parse_key(bytes(range(32))) == bytes(range(32))
+    with pytest.raises(StoreError, match="64 hex"):
+        vpmod.parse_key(b"short")
