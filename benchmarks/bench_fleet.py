@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from broker import Broker, have_mosquitto  # noqa: E402
 from mqtt_helpers import wait_until  # noqa: E402
+
 from voxgate.config import VoxgateConfig  # noqa: E402
 from voxgate.fleet import FleetKeys, FleetSync, public_key_hex, topic_root  # noqa: E402
 from voxgate.voiceprints import VoiceprintStore  # noqa: E402

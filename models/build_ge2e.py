@@ -248,6 +248,7 @@ def write_card(
 
 def main(argv: list[str] | None = None) -> int:
     import onnx
+
     from voxgate.embedding.reference import load_ge2e_weights
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -22,6 +22,8 @@ COMMANDS = [
     "devices",
     "actuator",
     "audit",
+    "api",
+    "fleet",
 ]
 
 DESCRIPTION = textwrap.dedent(

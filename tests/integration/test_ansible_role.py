@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from voxgate.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,6 +18,7 @@ import pytest
 from broker import Broker
 from fleet_tts import DIGITS, ESPEAK, say
 from mqtt_helpers import wait_until
+
 from voxgate.api.users import UserAdmin
 from voxgate.config import parse_config
 from voxgate.fleet import FleetSync, public_key_hex, topic_root

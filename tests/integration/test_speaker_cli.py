@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from voxgate.cli import main
 
 pytest.importorskip("voxgate.embedding")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from voxgate.audio.convert import float_to_int16, resample
 from voxgate.embedding import (
     EmbeddingError,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from voxgate.audio.file import read_audio
 from voxgate.config.speaker import SpeakerConfig
 from voxgate.enrollment import check_takes, find_outliers, prompt_digits, take_problem

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from voxgate.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]

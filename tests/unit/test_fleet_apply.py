@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from voxgate.config import parse_config
 from voxgate.fleet import Codec, FleetKeys, FleetSync, public_key_hex
 from voxgate.voiceprints import VoiceprintStore

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+
 from voxgate.config.fleet import FleetConfig
 from voxgate.fleet import Codec, FleetError, FleetKeys, MessageError, parse_key32, public_key_hex
 

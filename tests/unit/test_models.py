@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from voxgate.embedding import load_card, load_embedder
 from voxgate.embedding.card import sha256_file
 from voxgate.embedding.reference import ge2e_forward, load_ge2e_weights

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
 from voxgate import cohort as cohortmod
 from voxgate.config.speaker import SpeakerConfig
 from voxgate.quality import Quality

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from voxgate import voiceprints as vpmod
 from voxgate.voiceprints import ModelMismatch, StoreError, VoiceprintStore
 
