@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_embedding import SENTENCE, speak
 from voxgate.embedding import load_card, load_embedder
 from voxgate.embedding.card import sha256_file
 from voxgate.embedding.reference import ge2e_forward, load_ge2e_weights
 from voxgate.embedding.torchfile import LEGACY_MAGIC, TorchFileError, load_legacy
-
-from .test_embedding import SENTENCE, speak
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "daemon" / "voxgate" / "models"
