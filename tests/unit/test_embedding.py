@@ -205,6 +205,17 @@ def test_card_with_unknown_key_or_wrong_tensor(tmp_path: Path) -> None:
         load_embedder(card)
 
 
+def test_card_that_does_not_fit_the_model(tmp_path: Path) -> None:
+    card = copy_shipped(tmp_path)
+    text = card.read_text()
+    card.write_text(text.replace("dim: 256", "dim: 192"))
+    with pytest.raises(ModelError, match="says dim 192"):
+        load_embedder(card)
+    card.write_text(text.replace("n_mels: 40", "n_mels: 80"))
+    with pytest.raises(ModelError, match=r"rejects input \(1, 160, 80\)"):
+        load_embedder(card)
+
+
 def test_model_file_without_card(tmp_path: Path) -> None:
     shutil.copy(SHIPPED / "ge2e-resemblyzer-int8.onnx", tmp_path / "x.onnx")
     with pytest.raises(ModelError, match="no model card"):

@@ -17,7 +17,7 @@ import logging
 import numpy as np
 
 from voxgate.embedding.card import ModelCard
-from voxgate.embedding.errors import EmbeddingError, TooShort
+from voxgate.embedding.errors import EmbeddingError, ModelError, TooShort
 from voxgate.embedding.runtime import Runtime
 from voxgate.features import KaldiFbank, MelPower, level_gain, make_frontend, to_float
 
@@ -59,6 +59,24 @@ class SpeakerEmbedder:
         self._win = card.windowing
         self._sr = card.frontend.sample_rate
         self._min_samples = round(card.windowing.min_audio_s * self._sr)
+
+    def self_check(self) -> None:
+        """Run one silent input through the model: the card's feature size and `dim` must fit
+        the file. Raises ModelError naming the card; also warms the runtime up."""
+        frames = self._win.frames if self._win.type == "sliding" else 100
+        probe = np.zeros((1, frames, self.frontend.n_bins), np.float32)
+        try:
+            out = self.runtime.run(probe)
+        except Exception as exc:  # runtimes raise their own types for shape mismatches
+            raise ModelError(
+                f"{self.card.model_path}: rejects input (1, {frames}, {self.frontend.n_bins}) "
+                f"made as card {self.card.path} describes: {exc}"
+            ) from None
+        if out.shape != (1, self.dim):
+            raise ModelError(
+                f"{self.card.model_path}: gives output of shape {out.shape}, but card "
+                f"{self.card.path} says dim {self.dim}"
+            )
 
     # -- shared pieces ---------------------------------------------------------------------
 
