@@ -111,6 +111,29 @@ def torch_embedder() -> Callable[[np.ndarray], np.ndarray] | None:
     return lambda pcm: encoder.embed_utterance(preprocess_wav(pcm.astype(np.float32) / 32768))
 
 
+def parity(args: argparse.Namespace, systems: list) -> int:
+    from voxgate.embedding import load_embedder
+
+    ref = load_embedder(args.parity)
+    print(f"cosine to {ref.model_id}, utterance embeddings")
+    print(f"{'system':36s} {'set':28s} {'min':>7s} {'median':>7s} {'items':>6s}")
+    for set_name in args.set or SETS:
+        with open(args.data / set_name / "manifest.csv", newline="") as fh:
+            items = [row["path"] for row in csv.DictReader(fh)][::10]
+        audio = [load_item(args.data / set_name, it, 10 ** (args.gain_db / 20)) for it in items]
+        audio = [pcm for pcm in audio if pcm.size >= 8000]  # shorter single words: skipped
+        if not audio:
+            continue
+        ref_vecs = [ref.embed(pcm) for pcm in audio]
+        for name, embed in systems:
+            cos = [float(r @ embed(pcm)) for r, pcm in zip(ref_vecs, audio, strict=True)]
+            print(
+                f"{name:36s} {set_name:28s} {min(cos):7.4f} {np.median(cos):7.4f} {len(cos):6d}",
+                flush=True,
+            )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from voxgate.embedding import load_embedder
 
@@ -121,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torch", action="store_true", help="also upstream Resemblyzer (PyTorch)")
     ap.add_argument("--set", action="append", choices=SETS, help="evaluation set (repeat)")
     ap.add_argument("--data", type=Path, default=SHARED, help="shared data folder")
+    ap.add_argument(
+        "--parity",
+        type=Path,
+        metavar="CARD",
+        help="instead of EER: cosine of each model's embeddings to this reference model's, "
+        "over every 10th item of each set's manifest",
+    )
     ap.add_argument(
         "--gain-db", type=float, default=0.0, help="scale every item (e.g. -20: a quiet microphone)"
     )
@@ -145,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.torch and (up := torch_embedder()) is not None:
         systems.append(("resemblyzer-torch (upstream)", up))
+    if args.parity:
+        return parity(args, systems)
     print(f"{'system':36s} {'set':28s} {'EER %':>7s} {'minDCF':>7s} {'trials':>7s} {'time s':>7s}")
     for name, embed in systems:
         for set_name in args.set or SETS:

@@ -161,7 +161,7 @@ def build_float(weights: dict[str, np.ndarray]):  # -> onnx.ModelProto
     return model
 
 
-def quantize(float_path: Path, out_path: Path) -> None:
+def quantize(float_path: Path, out_path: Path, keep_first_float: bool = True) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
@@ -170,7 +170,7 @@ def quantize(float_path: Path, out_path: Path) -> None:
         weight_type=QuantType.QInt8,
         per_channel=True,
         op_types_to_quantize=["LSTM", "MatMul"],
-        nodes_to_exclude=["lstm0"],
+        nodes_to_exclude=["lstm0"] if keep_first_float else [],
     )
 
 
@@ -276,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--weights", type=Path, help="pretrained.pt (default: from the resemblyzer package)"
     )
+    ap.add_argument(
+        "--all-int8",
+        action="store_true",
+        help="also write ge2e-resemblyzer-int8all.onnx + card, every layer int8 (a comparison; "
+        "not shipped)",
+    )
     args = ap.parse_args(argv)
 
     source = args.weights or find_pretrained()
@@ -319,7 +325,25 @@ def main(argv: list[str] | None = None) -> int:
         params,
         build,
     )
-    for p in (float_path, int8_path):
+    outputs = [float_path, int8_path]
+    if args.all_int8:
+        all_path = args.out / "ge2e-resemblyzer-int8all.onnx"
+        with tempfile.TemporaryDirectory() as tmp:
+            anchored = Path(tmp) / "anchored.onnx"
+            onnx.save(build_float(add_range_anchors(weights)), anchored)
+            quantize(anchored, Path(tmp) / all_path.name, keep_first_float=False)
+            all_path.write_bytes((Path(tmp) / all_path.name).read_bytes())
+        write_card(
+            args.out / "ge2e-int8all.yaml",
+            all_path,
+            f"ge2e-resemblyzer-{version}/int8all",
+            "Every layer dynamic int8 (comparison only: the raw mel-power input defeats it).",
+            source,
+            params,
+            build,
+        )
+        outputs.append(all_path)
+    for p in outputs:
         print(f"{p}  {p.stat().st_size / 1e6:.2f} MB  sha256 {sha256(p)}")
     return 0
 
