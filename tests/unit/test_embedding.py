@@ -212,6 +212,9 @@ def test_card_that_does_not_fit_the_model(tmp_path: Path) -> None:
     card.write_text(text.replace("dim: 256", "dim: 192"))
     with pytest.raises(ModelError, match="says dim 192"):
         load_embedder(card)
+    card.write_text(text.replace("sample_rate: 16000", "sample_rate: 8000"))
+    with pytest.raises(ModelError, match="8000 Hz"):
+        load_embedder(card)
     card.write_text(text.replace("n_mels: 40", "n_mels: 80"))
     with pytest.raises(ModelError, match=r"rejects input \(1, 160, 80\)"):
         load_embedder(card)

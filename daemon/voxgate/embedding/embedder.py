@@ -23,6 +23,8 @@ from voxgate.features import KaldiFbank, MelPower, level_gain, make_frontend, to
 
 log = logging.getLogger(__name__)
 
+SAMPLE_RATE = 16000
+
 
 def _normalise(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, np.float64)
@@ -51,6 +53,12 @@ def _check_pcm(pcm: np.ndarray) -> np.ndarray:
 
 class SpeakerEmbedder:
     def __init__(self, card: ModelCard, runtime: Runtime) -> None:
+        if card.frontend.sample_rate != SAMPLE_RATE:
+            # Audio is 16 kHz everywhere in voxgate (converted once at the source).
+            raise ModelError(
+                f"card {card.path}: the model wants {card.frontend.sample_rate} Hz audio; "
+                f"voxgate provides {SAMPLE_RATE} Hz"
+            )
         self.card = card
         self.model_id = card.id
         self.dim = card.model.dim
