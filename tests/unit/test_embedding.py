@@ -51,6 +51,7 @@ def embedder():
 
 
 def build_fbank_demo(out: Path) -> Path:
+    pytest.importorskip("onnx", reason="building the test model needs onnx (the dev extra)")
     spec = importlib.util.spec_from_file_location(
         "build_fbank_demo", REPO / "models" / "build_fbank_demo.py"
     )
@@ -111,9 +112,10 @@ def test_window_plan() -> None:
     assert e.window_starts(12000) == [0]  # no full window: the partial one is used
 
 
-def test_too_short_raises(embedder) -> None:
-    with pytest.raises(TooShort, match="needs at least"):
+def test_too_short_raises(embedder, caplog) -> None:
+    with caplog.at_level("INFO"), pytest.raises(TooShort, match="needs at least"):
         embedder.embed(np.zeros(4000, np.int16))
+    assert "0.25 s of audio" in caplog.text
     s = embedder.stream()
     s.push(np.ones(100, np.int16))
     with pytest.raises(TooShort):
@@ -151,9 +153,10 @@ def copy_shipped(tmp_path: Path, card: str = "ge2e-int8.yaml") -> Path:
     return tmp_path / card
 
 
-def test_missing_card(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="does not exist"):
+def test_missing_card(tmp_path: Path, caplog) -> None:
+    with caplog.at_level("ERROR"), pytest.raises(ModelError, match="does not exist"):
         load_embedder(tmp_path / "nope.yaml")
+    assert "nope.yaml" in caplog.text
 
 
 def test_missing_model_file_names_file_and_sha(tmp_path: Path) -> None:
@@ -201,6 +204,20 @@ def test_card_with_unknown_key_or_wrong_tensor(tmp_path: Path) -> None:
         load_embedder(card)
     card.write_text("just a string")
     with pytest.raises(ModelError, match="not a YAML mapping"):
+        load_embedder(card)
+
+
+def test_card_that_does_not_fit_the_model(tmp_path: Path) -> None:
+    card = copy_shipped(tmp_path)
+    text = card.read_text()
+    card.write_text(text.replace("dim: 256", "dim: 192"))
+    with pytest.raises(ModelError, match="says dim 192"):
+        load_embedder(card)
+    card.write_text(text.replace("sample_rate: 16000", "sample_rate: 8000"))
+    with pytest.raises(ModelError, match="8000 Hz"):
+        load_embedder(card)
+    card.write_text(text.replace("n_mels: 40", "n_mels: 80"))
+    with pytest.raises(ModelError, match=r"rejects input \(1, 160, 80\)"):
         load_embedder(card)
 
 

@@ -45,11 +45,18 @@ def load_card(model: Path | None = None) -> ModelCard:
 
 def load_embedder(model: Path | None = None, threads: int = 1) -> SpeakerEmbedder:
     """Load a speaker model. Raises ModelError (naming the file) when it cannot be used."""
+    if not 1 <= threads <= 64:
+        raise ValueError(f"threads must be 1..64, not {threads}")
     started = time.perf_counter()
-    card = load_card(model)
-    path = check_model_file(card)
-    runtime = open_runtime(card.runtime, path, card.model.input, card.model.output, threads)
-    embedder = SpeakerEmbedder(card, runtime)
+    try:
+        card = load_card(model)
+        path = check_model_file(card)
+        runtime = open_runtime(card.runtime, path, card.model.input, card.model.output, threads)
+        embedder = SpeakerEmbedder(card, runtime)
+        embedder.self_check()
+    except ModelError as exc:
+        log.error("cannot load speaker model: %s", exc)
+        raise
     log.info(
         "speaker model %s (%s, %s) loaded in %.0f ms",
         card.id,
