@@ -1,0 +1,376 @@
+"""The audit log: append-only, hash-chained JSON lines, with a head anchor beside it.
+
+Every line is one JSON object with `seq` (1, 2, ...), `ts`, `event`, the event's fields,
+`prev` (the previous line's hash; 64 zeros for the first) and `hash` = sha256 of the line's
+canonical JSON without `hash`. Editing, inserting, removing or reordering any line breaks
+the chain at that point. Cutting lines off the end leaves a valid chain, so the head (last
+seq and hash) is also kept in `<log>.anchor`, rewritten atomically after every line, and
+HMAC-signed when an audit key is configured. Limits (docs/service.md): without a key, anyone
+who can write both files can rewrite them consistently; with a key, they can still put back
+an older log together with its older anchor. The daemon also logs each head to the journal,
+which lives elsewhere, so a rollback can be seen by comparing the two.
+
+fsync: with fsync "always" (default) a line and then the anchor are fsynced before append()
+returns; with "never" the kernel writes them when it likes.
+
+A write that fails (disk full, I/O error) is logged with the cause; the line is kept in
+memory and written, in order, by the next append or flush_pending(). The daemon goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+RESERVED = frozenset({"seq", "ts", "event", "prev", "hash"})
+MAX_PENDING = 10000  # lines held in memory while the disk refuses writes
+
+
+class AuditError(Exception):
+    pass
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe form of numpy scalars, paths, tuples and non-finite floats."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):  # numpy scalar
+        return _plain(value.item())
+    return str(value)
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    return json.dumps(
+        record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+def line_hash(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def anchor_path_for(path: Path) -> Path:
+    return path.with_name(path.name + ".anchor")
+
+
+def anchor_mac(key: bytes, seq: int, head: str) -> str:
+    return hmac.new(key, f"voxgate-audit:{seq}:{head}".encode(), hashlib.sha256).hexdigest()
+
+
+class AuditLog:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: bool = True,
+        key: bytes | None = None,
+        anchor: Path | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.anchor = anchor or anchor_path_for(self.path)
+        self.fsync = fsync
+        self.key = key
+        self._lock = threading.Lock()
+        self._pending: deque[bytes] = deque()
+        self.write_errors = 0
+        self.dropped = 0  # lines lost because the backlog overflowed
+        self._failing = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.seq, self.head, torn = self._read_tail()
+        if torn:
+            self.append("audit_torn_tail", dropped_bytes=torn)
+        self._check_anchor()
+
+    # -- writing ------------------------------------------------------------------------
+
+    def append(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Add one event; returns the record (with seq and hash). Never raises for I/O."""
+        clash = RESERVED & fields.keys()
+        if clash:
+            raise ValueError(f"audit fields may not be named {sorted(clash)}")
+        with self._lock:
+            record: dict[str, Any] = {
+                "seq": self.seq + 1,
+                "ts": round(time.time(), 3),
+                "event": event,
+                **_plain(fields),
+                "prev": self.head,
+            }
+            record["hash"] = line_hash(record)
+            self.seq, self.head = record["seq"], record["hash"]
+            if len(self._pending) >= MAX_PENDING:
+                self._pending.popleft()
+                self.dropped += 1
+                log.error(
+                    "audit backlog full: oldest unwritten line dropped (%d so far)", self.dropped
+                )
+            self._pending.append(canonical(record) + b"\n")
+            self._flush_locked()
+        log.debug("audit #%d %s %s", record["seq"], event, record["hash"])
+        return record
+
+    def flush_pending(self) -> int:
+        """Retry lines a failed write left in memory; returns how many are still pending."""
+        with self._lock:
+            if self._pending:
+                self._flush_locked()
+            return len(self._pending)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _flush_locked(self) -> None:
+        data = b"".join(self._pending)
+        try:
+            self._write(data)
+        except OSError as exc:
+            self.write_errors += 1
+            if not self._failing:
+                why = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+                log.error(
+                    "audit log %s: cannot write (%s); keeping %d line(s) in memory and going on",
+                    self.path,
+                    why,
+                    len(self._pending),
+                )
+            self._failing = True
+            return
+        if self._failing:
+            log.warning(
+                "audit log %s: writable again; %d held line(s) written",
+                self.path,
+                len(self._pending),
+            )
+        self._failing = False
+        self._pending.clear()
+        self._write_anchor()
+
+    def _write(self, data: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if self.fsync:
+                    os.fsync(fd)
+            except OSError:
+                # Leave no half line behind: the held lines are written whole later.
+                with contextlib.suppress(OSError):
+                    if os.path.isfile(self.path):
+                        os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
+
+    def _write_anchor(self) -> None:
+        body: dict[str, Any] = {"seq": self.seq, "hash": self.head}
+        if self.key:
+            body["mac"] = anchor_mac(self.key, self.seq, self.head)
+        tmp = self.anchor.with_name(self.anchor.name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(canonical(body) + b"\n")
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, self.anchor)
+            if self.fsync:
+                dfd = os.open(self.anchor.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:
+            self.write_errors += 1
+            log.error(
+                "audit anchor %s: cannot write (%s); the log is ahead of it", self.anchor, exc
+            )
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _read_tail(self) -> tuple[int, str, int]:
+        """(last seq, last hash, bytes of a torn last line removed)."""
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            return 0, GENESIS, 0
+        if size == 0:
+            return 0, GENESIS, 0
+        with open(self.path, "rb") as f:
+            back = min(size, 65536)
+            f.seek(size - back)
+            tail = f.read(back)
+        torn = 0
+        if not tail.endswith(b"\n"):
+            cut = tail.rfind(b"\n")
+            torn = len(tail) - (cut + 1)
+            log.error(
+                "audit log %s ends in a torn line (%d bytes, a crash or full disk mid-write); "
+                "removing it and recording that",
+                self.path,
+                torn,
+            )
+            with open(self.path, "r+b") as f:
+                f.truncate(size - torn)
+            tail = tail[: cut + 1]
+            if not tail:
+                return 0, GENESIS, torn
+        last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        try:
+            rec = json.loads(last)
+            return int(rec["seq"]), str(rec["hash"]), torn
+        except (ValueError, KeyError, TypeError):
+            log.error(
+                "audit log %s: last line is damaged; new lines chain from its bytes", self.path
+            )
+            return -1, hashlib.sha256(last).hexdigest(), torn
+
+    def _check_anchor(self) -> None:
+        try:
+            anchored = json.loads(self.anchor.read_text())
+            a_seq = int(anchored["seq"])
+        except FileNotFoundError:
+            a_seq = 0 if self.seq <= 0 else -1
+        except (OSError, ValueError, KeyError, TypeError):
+            a_seq = -1
+        if a_seq == self.seq:
+            return
+        if a_seq > self.seq:
+            log.error(
+                "audit log %s has %d line(s) but its anchor says %d: lines were removed",
+                self.path,
+                self.seq,
+                a_seq,
+            )
+            self.append("audit_anchor_gap", anchored_seq=a_seq, log_seq=self.seq)
+        elif self.seq > 0:
+            log.warning(
+                "audit log %s is ahead of its anchor (%s vs %d); recording that and re-anchoring",
+                self.path,
+                a_seq if a_seq >= 0 else "missing/unreadable",
+                self.seq,
+            )
+            self.append("audit_anchor_gap", anchored_seq=a_seq, log_seq=self.seq)
+
+
+@dataclass
+class VerifyReport:
+    lines: int = 0
+    head_seq: int = 0
+    head: str = GENESIS
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(
+    path: Path,
+    anchor: Path | None = None,
+    key: bytes | None = None,
+    *,
+    use_anchor: bool = True,
+) -> VerifyReport:
+    """Check the chain line by line and the head against the anchor."""
+    path = Path(path)
+    rep = VerifyReport()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data = b""
+        rep.notes.append(f"{path}: no such file (an empty log)")
+    except OSError as exc:
+        rep.problems.append(f"{path}: cannot read: {exc}")
+        return rep
+    if data and not data.endswith(b"\n"):
+        rep.problems.append(f"line {len(data.splitlines())}: torn (no newline at the end)")
+    prev, seq = GENESIS, 0
+    hashes: dict[int, str] = {0: GENESIS}
+    for n, raw in enumerate(data.splitlines(), start=1):
+        rep.lines = n
+        try:
+            rec = json.loads(raw)
+            if not isinstance(rec, dict):
+                raise ValueError("not an object")
+            got_hash, got_prev, got_seq = rec["hash"], rec["prev"], rec["seq"]
+        except (ValueError, KeyError) as exc:
+            rep.problems.append(f"line {n}: not an audit record ({exc})")
+            prev, seq = hashlib.sha256(raw).hexdigest(), seq + 1
+            continue
+        if line_hash(rec) != got_hash:
+            rep.problems.append(f"line {n} (seq {got_seq}): edited (its hash does not match)")
+        if got_prev != prev:
+            rep.problems.append(
+                f"line {n} (seq {got_seq}): chain broken (a line before it was removed, "
+                "inserted or reordered)"
+            )
+        if got_seq != seq + 1:
+            rep.problems.append(f"line {n}: seq {got_seq} where {seq + 1} was expected")
+        if rec.get("event") in ("audit_anchor_gap", "audit_torn_tail"):
+            rep.notes.append(f"line {n}: the daemon recorded {rec['event']}: {raw.decode()}")
+        prev, seq = got_hash, got_seq if isinstance(got_seq, int) else seq + 1
+        hashes[seq] = prev
+    rep.head_seq, rep.head = seq, prev
+    if use_anchor:
+        _check_head(rep, anchor or anchor_path_for(path), key, hashes)
+    return rep
+
+
+def _check_head(rep: VerifyReport, anchor: Path, key: bytes | None, hashes: dict[int, str]) -> None:
+    try:
+        body = json.loads(anchor.read_text())
+        a_seq, a_hash = int(body["seq"]), str(body["hash"])
+    except FileNotFoundError:
+        if rep.lines:
+            rep.problems.append(
+                f"{anchor}: anchor missing (cannot tell whether lines were cut off)"
+            )
+        return
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        rep.problems.append(f"{anchor}: unreadable anchor ({exc})")
+        return
+    if key is not None:
+        mac = body.get("mac")
+        if not isinstance(mac, str) or not hmac.compare_digest(mac, anchor_mac(key, a_seq, a_hash)):
+            rep.problems.append(f"{anchor}: signature does not match (wrong key or forged anchor)")
+    elif "mac" in body:
+        rep.notes.append("the anchor is signed; pass the audit key to check the signature")
+    if a_seq > rep.head_seq:
+        rep.problems.append(
+            f"truncated: the anchor records {a_seq} line(s), the log ends at seq {rep.head_seq}"
+        )
+    elif hashes.get(a_seq) != a_hash:
+        rep.problems.append(f"line seq {a_seq} is not the one the anchor records")
+    elif a_seq < rep.head_seq:
+        rep.problems.append(
+            f"{rep.head_seq - a_seq} line(s) after the anchored head (seq {a_seq}) were "
+            "appended without updating the anchor"
+        )
