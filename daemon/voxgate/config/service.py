@@ -23,6 +23,13 @@ class ServiceConfig(Section):
         le=30,
         description="On SIGTERM, how long an attempt in progress may take to finish.",
     )
+    audio_timeout_s: float = Field(
+        10.0,
+        ge=1,
+        le=300,
+        description="No audio for this long at start (or from a microphone later) is an error "
+        "and the daemon exits so systemd restarts it.",
+    )
     decided_hold_s: float = Field(
         1.0, ge=0, le=30, description="How long the 'decided' state shows before 'idle'."
     )

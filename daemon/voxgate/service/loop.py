@@ -1,0 +1,687 @@
+"""The daemon loop: source -> VAD -> (embedding + STT, streamed) -> policy -> decision.
+
+One thread captures audio into a bounded queue (service/capture.py); the main thread runs
+this loop. An attempt goes idle -> listening (someone speaks) -> challenge (a one-time
+challenge is published; the answer's audio is pushed into the embedding stream and the
+speech decoder frame by frame while it is spoken) -> verifying (only the last window and the
+decoder's end remain) -> decided -> idle. With challenge.mode off, the first utterance is
+the attempt. An MQTT `attempt` command ({"user": NAME}) starts a challenge for a claimed user.
+
+Start steps run in order and are undone in reverse. Signals only set flags; the loop acts
+on them between frames: SIGTERM/SIGINT finish the answer in progress (up to
+service.stop_timeout_s) or abort it, publish offline and return 0; SIGHUP reloads the config
+(an invalid file keeps the old one). The loop sends WATCHDOG=1 from its own iterations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voxgate.audit import AuditLog
+from voxgate.config import ConfigError, VoxgateConfig, load_config
+from voxgate.lockout import LockoutBook, RecordResult
+from voxgate.policy import LivenessLike, ReplayLike, SpeakerLike, decide
+from voxgate.service.capture import Capture, EndOfStream, FrameQueue
+from voxgate.service.notify import Notifier
+from voxgate.service.stages import AttemptResult, Challenge, Stages, build_stages
+from voxgate.service.states import State, StateMachine
+from voxgate.vad import Endpointer, SpeechAudio, SpeechEnded, SpeechStarted, Utterance
+
+log = logging.getLogger(__name__)
+
+EX_OK = 0
+EX_UNAVAILABLE = 69  # a stage or model could not be loaded
+EX_CANTCREAT = 73  # data_dir not writable
+EX_CONFIG = 78  # a setting or secret is missing or wrong
+EX_IOERR = 74  # audio capture failed while running (systemd restarts us)
+
+TICK_S = 0.1  # longest the loop waits for a frame before doing its housekeeping
+HOUSEKEEPING_S = 1.0
+# Sections a SIGHUP applies live; the rest needs a restart (audio device, models, broker).
+HOT_SECTIONS = ("logging", "lockout", "challenge", "vad", "service")
+
+STATUS = {
+    State.IDLE: "idle: listening for speech",
+    State.LISTENING: "listening: someone is speaking",
+    State.CHALLENGE: "challenge: waiting for the spoken answer",
+    State.VERIFYING: "verifying: finishing embedding and transcript",
+    State.DECIDED: "decided",
+}
+
+
+@dataclass
+class Attempt:
+    claimed_user: str | None
+    challenge: Challenge | None = None
+    emb_stream: Any = None
+    prompt_stream: Any = None
+    answer_started_at: float | None = None  # wall clock of the answer's first speech
+    ended_at: float = 0.0  # monotonic, end of speech
+    frames_pushed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def answering(self) -> bool:
+        return self.emb_stream is not None
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: VoxgateConfig,
+        *,
+        config_path: str | Path | None = None,
+        stage_factory: Callable[[VoxgateConfig], Stages] = build_stages,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = Path(config_path) if config_path else None
+        self.stage_factory = stage_factory
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.sm = StateMachine()
+        self.stages: Stages | None = None
+        self.audit: AuditLog | None = None
+        self.lockout: LockoutBook | None = None
+        self.metrics: Any = None
+        self.metrics_port: int | None = None
+        self.capture: Capture | None = None
+        self.frames: FrameQueue | None = None
+        self.endpointer: Endpointer | None = None
+        self.attempt: Attempt | None = None
+        self.decisions: list[AttemptResult] = []  # last few, for status and tests
+        self.exit_code = EX_OK
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._reload = threading.Event()
+        self._commands: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(maxsize=16)
+        self._undo: list[tuple[str, Callable[[], None]]] = []
+        self._decided_until = 0.0
+        self._stop_deadline: float | None = None
+        self._next_housekeeping = 0.0
+        self._dropped_seen = 0
+        self._drop_warned_at = 0.0
+        self._vad_pending = False
+        self.keeper: Any = None
+        self.sm.subscribe(self._on_state)
+
+    # -- public -------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "requested") -> None:
+        self._stop_reason = self._stop_reason or reason
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def run(self) -> int:
+        """Start, loop until stopped or the source ends, shut down; returns the exit code."""
+        restore = self._install_signals()
+        try:
+            if not self._start():
+                return self.exit_code
+            self._loop()
+            return self.exit_code
+        finally:
+            self._shutdown()
+            restore()
+
+    # -- start and stop -----------------------------------------------------------------
+
+    def _step(self, name: str, undo: Callable[[], None] | None = None) -> None:
+        self.notifier.status(f"starting: {name}")
+        self.notifier.watchdog_if_due()
+        if undo is not None:
+            self._undo.append((name, undo))
+
+    def _start(self) -> bool:
+        from voxgate.audio import AudioError
+        from voxgate.config.secrets import SecretError
+        from voxgate.service.keep import KeepError
+        from voxgate.service.stages import StageUnavailable
+
+        cfg = self.cfg
+        self._step("audit log and lockout state")
+        try:
+            self.audit = self._open_audit(cfg)
+            self.lockout = LockoutBook(cfg.lockout.path or cfg.data_dir / "lockout.db", cfg.lockout)
+            self._undo.append(("lockout", self.lockout.close))
+            self.keeper = self._open_keeper(cfg)
+        except OSError as exc:
+            log.error("cannot use data_dir %s: %s", cfg.data_dir, exc)
+            self.exit_code = EX_CANTCREAT
+            return False
+        except (SecretError, KeepError) as exc:
+            log.error("cannot start: %s", exc)
+            self.exit_code = EX_CONFIG
+            return False
+
+        self._step("loading models and opening audio")
+        try:
+            self.stages = self.stage_factory(cfg)
+        except StageUnavailable as exc:
+            log.error("cannot start: %s", exc)
+            self.exit_code = EX_UNAVAILABLE
+            return False
+        except AudioError as exc:
+            log.error("cannot open audio input: %s", exc)
+            self.exit_code = EX_IOERR
+            return False
+        stages = self.stages
+        self._undo.append(("stages", self._close_stages))
+
+        if cfg.metrics.enabled:
+            self._step("metrics endpoint")
+            from voxgate.service.metrics import Metrics
+
+            self.metrics = Metrics()
+            self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+            self._undo.append(("metrics", self.metrics.stop))
+
+        self._step("MQTT link", undo=self._stop_link)
+        stages.link.on_command("attempt", self._command_attempt)
+        stages.link.start()
+
+        self._step("audio capture")
+        live = cfg.audio.source == "mic" or cfg.audio.realtime
+        per_s = 1000 / cfg.audio.frame_ms
+        self.frames = FrameQueue(int(cfg.service.queue_s * per_s), drop_oldest=live)
+        self.endpointer = Endpointer(cfg.vad, cfg.audio.frame_ms)
+        self.capture = Capture(stages.source, cfg.audio.frame_ms, self.frames)
+        self.capture.start()
+        self._undo.append(("capture", self.capture.stop))
+        self.notifier.status(f"starting: waiting for audio from {cfg.audio.source}")
+        deadline = time.monotonic() + cfg.service.audio_timeout_s
+        while not self.capture.first_frame.wait(TICK_S):
+            self.notifier.watchdog_if_due()
+            if self._stop.is_set():
+                return False
+            if time.monotonic() > deadline:
+                log.error(
+                    "no audio from %s within %.0f s; check the device (voxgate devices)",
+                    cfg.audio.source,
+                    cfg.service.audio_timeout_s,
+                )
+                self.exit_code = EX_IOERR
+                return False
+
+        self.notifier.ready(STATUS[State.IDLE])
+        self._publish_state()
+        self._audit("service_start", device=cfg.device_id, source=cfg.audio.source)
+        log.info("ready: %s", STATUS[State.IDLE])
+        return True
+
+    def _open_audit(self, cfg: VoxgateConfig) -> AuditLog:
+        from voxgate.config.secrets import read_secret
+
+        key = read_secret("audit-key", cfg.audit.key_file, required=False)
+        return AuditLog(
+            cfg.audit.path or cfg.data_dir / "audit.jsonl",
+            fsync=cfg.audit.fsync == "always",
+            key=key,
+        )
+
+    def _open_keeper(self, cfg: VoxgateConfig) -> Any:
+        if not cfg.audit.keep_audio:
+            return None
+        from voxgate.config.secrets import read_secret
+        from voxgate.service.keep import AudioKeeper
+
+        key = read_secret("audio-key", cfg.audit.audio_key_file)
+        assert key is not None
+        return AudioKeeper(
+            cfg.audit.audio_dir or cfg.data_dir / "audio", key, cfg.audit.audio_retention_days
+        )
+
+    def _close_stages(self) -> None:
+        if self.stages is None:
+            return
+        for closer in reversed(self.stages.close):
+            try:
+                closer()
+            except Exception as exc:
+                log.warning("closing a stage: %s", exc)
+
+    def _stop_link(self) -> None:
+        if self.stages is None:
+            return
+        link = self.stages.link
+        with contextlib.suppress(Exception):
+            link.publish_state("offline")
+        link.stop()
+
+    def _shutdown(self) -> None:
+        if self.attempt is not None:
+            self._abort_attempt(f"shutdown ({self._stop_reason or 'source ended'})")
+        self.notifier.stopping(f"stopping: {self._stop_reason or 'source ended'}")
+        if self.audit is not None and self.stages is not None:
+            self._audit("service_stop", reason=self._stop_reason or "source ended")
+        for name, undo in reversed(self._undo):
+            try:
+                undo()
+            except Exception:
+                log.exception("stopping %s failed", name)
+        self._undo.clear()
+        self.notifier.close()
+
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None  # tests running the loop on a thread: no signals there
+        old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+        def restore() -> None:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        assert self.frames is not None and self.endpointer is not None
+        while True:
+            self.notifier.watchdog_if_due()
+            now = time.monotonic()
+            if self._stop.is_set() and self._finished_stopping(now):
+                break
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            self._run_commands()
+            item = self.frames.get(TICK_S)
+            if isinstance(item, EndOfStream):
+                for ev in self.endpointer.flush():
+                    self._on_event(ev)
+                if item.error is not None and not self._stop.is_set():
+                    self.exit_code = EX_IOERR
+                self._stop_reason = self._stop_reason or (
+                    f"audio error: {item.error}" if item.error else "source ended"
+                )
+                break
+            if item is not None:
+                for ev in self.endpointer.feed(item):
+                    self._on_event(ev)
+            self._tick(time.monotonic())
+
+    def _finished_stopping(self, now: float) -> bool:
+        """On SIGTERM an answer being spoken may finish, within stop_timeout_s."""
+        if self.attempt is None or not self.attempt.answering:
+            return True
+        if self._stop_deadline is None:
+            self._stop_deadline = now + self.cfg.service.stop_timeout_s
+            log.info("stop requested: letting the answer in progress finish")
+        return now >= self._stop_deadline
+
+    def _tick(self, now: float) -> None:
+        state = self.sm.state
+        if state == State.DECIDED and now >= self._decided_until:
+            self.sm.move(State.IDLE, "decision shown")
+        elif state == State.CHALLENGE and self.attempt is not None:
+            ch = self.attempt.challenge
+            if ch is not None and not self.attempt.answering and self.clock() > ch.expires_at:
+                self._audit("attempt_expired", user=self.attempt.claimed_user, nonce=ch.nonce)
+                self.attempt = None
+                self.sm.move(State.IDLE, "challenge expired without an answer")
+        if self._vad_pending and self.sm.state == State.IDLE and not self.endpointer.in_speech:
+            self.endpointer = Endpointer(self.cfg.vad, self.cfg.audio.frame_ms)
+            self._vad_pending = False
+            log.info("new VAD settings in effect")
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + HOUSEKEEPING_S
+            self._housekeeping(now)
+
+    def _housekeeping(self, now: float) -> None:
+        assert self.frames is not None and self.stages is not None
+        dropped = self.frames.dropped
+        new = dropped - self._dropped_seen
+        self._dropped_seen = dropped
+        if new:
+            if self.metrics is not None:
+                self.metrics.dropped_audio.inc(new * self.cfg.audio.frame_ms / 1000)
+            if now - self._drop_warned_at > 10:
+                self._drop_warned_at = now
+                log.warning(
+                    "processing fell behind: %d frame(s) of audio dropped (%d in total)",
+                    new,
+                    dropped,
+                )
+        if self.audit is not None and self.audit.pending:
+            self.audit.flush_pending()
+        if self.metrics is not None:
+            try:
+                connected = bool(self.stages.link.connected)
+            except Exception:
+                connected = False
+            self.metrics.mqtt_connected.set(1 if connected else 0)
+            if self.lockout is not None:
+                self.metrics.locked.set(len(self.lockout.locked()))
+
+    # -- events -------------------------------------------------------------------------
+
+    def _on_event(self, ev: SpeechStarted | SpeechAudio | SpeechEnded) -> None:
+        try:
+            if isinstance(ev, SpeechStarted):
+                self._speech_started(ev)
+            elif isinstance(ev, SpeechAudio):
+                self._push(ev.pcm)
+            else:
+                self._speech_ended(ev.utterance)
+        except Exception as exc:
+            # A stage failing on odd audio must not take the door down.
+            log.exception("attempt aborted by a stage error: %s", exc)
+            if self.metrics is not None:
+                self.metrics.attempt_errors.inc()
+            self._abort_attempt(f"error: {type(exc).__name__}: {exc}")
+
+    def _speech_started(self, ev: SpeechStarted) -> None:
+        state = self.sm.state
+        if state in (State.IDLE, State.DECIDED):
+            challenge_on = self.stages is not None and self.stages.new_challenge is not None
+            self.attempt = Attempt(claimed_user=None)
+            if not challenge_on:
+                self._open_streams(ev.pre_roll)
+            self.sm.move(State.LISTENING, "speech started")
+        elif state == State.CHALLENGE and self.attempt is not None:
+            self.attempt.answer_started_at = self.clock()
+            self._open_streams(ev.pre_roll)
+
+    def _open_streams(self, pre_roll: np.ndarray) -> None:
+        assert self.stages is not None and self.attempt is not None
+        a = self.attempt
+        a.emb_stream = self.stages.embedder.stream()
+        if self.stages.recognizer is not None and a.challenge is not None:
+            a.prompt_stream = self.stages.recognizer.start(a.challenge.words)
+        a.answer_started_at = a.answer_started_at or self.clock()
+        self._push(pre_roll)
+
+    def _push(self, pcm: np.ndarray) -> None:
+        a = self.attempt
+        if a is None or not a.answering or not len(pcm):
+            return
+        a.emb_stream.push(pcm)
+        if a.prompt_stream is not None:
+            a.prompt_stream.push(pcm)
+        a.frames_pushed += 1
+
+    def _speech_ended(self, utt: Utterance | None) -> None:
+        if self.metrics is not None and utt is not None:
+            self.metrics.utterances.inc()
+        a = self.attempt
+        if a is None:
+            return
+        if utt is None:  # a click or cough, not speech
+            if self.sm.state == State.LISTENING:
+                self.attempt = None
+                self.sm.move(State.IDLE, "too short to be speech")
+            else:  # during a challenge: drop the partial answer, wait for the real one
+                a.emb_stream = a.prompt_stream = None
+                a.answer_started_at = None
+            return
+        if self.sm.state == State.LISTENING and not a.answering:
+            self._issue_challenge(a)  # the wake utterance: now ask for the answer
+            return
+        a.ended_at = time.monotonic()
+        self.sm.move(State.VERIFYING, "answer ended")
+        self._verify(a, utt)
+
+    def _issue_challenge(self, a: Attempt) -> None:
+        assert self.stages is not None and self.stages.new_challenge is not None
+        assert self.lockout is not None
+        st = self.lockout.state(a.claimed_user, self.clock())
+        if st.locked:
+            log.info(
+                "not issuing a challenge: %s locked for %.0f s more",
+                st.scope,
+                st.remaining_s(self.clock()),
+            )
+            self.attempt = None
+            self.sm.move(State.IDLE, "locked out")
+            return
+        a.challenge = self.stages.new_challenge(self.cfg.challenge, self.clock())
+        self.stages.link.publish_challenge(a.challenge)
+        self.sm.move(State.CHALLENGE, "challenge issued")
+
+    def _command_attempt(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """MQTT thread: queue a claimed-user attempt for the loop."""
+        user = payload.get("user")
+        if user is not None and (not isinstance(user, str) or not 0 < len(user) <= 64):
+            return {"ok": False, "error": "user must be a name of 1-64 characters"}
+        if self.stages is None or self.stages.new_challenge is None:
+            return {"ok": False, "error": "challenge mode is off; just speak"}
+        try:
+            self._commands.put_nowait(("attempt", {"user": user}))
+        except queue.Full:
+            return {"ok": False, "error": "busy"}
+        return {"ok": True}
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                name, payload = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if name == "attempt":
+                if self.sm.state not in (State.IDLE, State.DECIDED) or self.endpointer.in_speech:
+                    log.info("attempt command ignored: busy (%s)", self.sm.state.value)
+                    continue
+                self.attempt = Attempt(claimed_user=payload.get("user"))
+                self._issue_challenge(self.attempt)
+
+    # -- deciding -----------------------------------------------------------------------
+
+    def _verify(self, a: Attempt, utt: Utterance) -> None:
+        stages = self.stages
+        assert stages is not None and self.lockout is not None
+        speaker: SpeakerLike | None = None
+        try:
+            emb = a.emb_stream.finish()
+        except stages.no_speech_errors as exc:
+            log.info("no embedding: %s", exc)
+            emb = None
+        if emb is not None:
+            if a.claimed_user:
+                speaker = stages.scorer.verify(emb, a.claimed_user)
+            else:
+                speaker = stages.scorer.identify(emb)
+        liveness: LivenessLike | None = (
+            a.prompt_stream.finish() if a.prompt_stream is not None else None
+        )
+        now = self.clock()
+        replay: ReplayLike | None = (
+            stages.replay.check_and_add(utt.pcm, now) if stages.replay is not None else None
+        )
+        identified = speaker.user if speaker is not None and speaker.accepted else None
+        lock_user = a.claimed_user or identified
+        lock_state = self.lockout.state(lock_user, now)
+        expired = (
+            a.challenge is not None
+            and a.answer_started_at is not None
+            and a.answer_started_at > a.challenge.expires_at
+        )
+        verdict = decide(
+            speaker,
+            liveness,
+            replay,
+            lock_state,
+            expired,
+            require_liveness=self.cfg.challenge.mode != "off",
+        )
+        if verdict.outcome == "granted" or verdict.counts_as_failure:
+            rec = self.lockout.record(lock_user, verdict.outcome == "granted", now)
+            self._announce_locks(rec, lock_user)
+        result = AttemptResult(
+            device_id=self.cfg.device_id,
+            verdict=verdict,
+            claimed_user=a.claimed_user,
+            speaker=speaker,
+            liveness=liveness,
+            replay=replay,
+            challenge=a.challenge,
+            issued_at=now,
+            ttl_s=self.cfg.mqtt.decision_ttl_s,
+            speech_s=utt.speech_s,
+        )
+        stages.link.publish_decision(stages.make_decision(result))
+        latency = time.monotonic() - a.ended_at
+        self.attempt = None
+        self.decisions = [*self.decisions[-9:], result]
+        if self.metrics is not None:
+            self.metrics.decisions.labels(verdict.outcome).inc()
+            self.metrics.latency.observe(latency)
+        kept = None
+        if self.keeper is not None:
+            tag = a.challenge.nonce if a.challenge is not None else f"{now:.0f}"
+            kept = self.keeper.store(utt.pcm, tag, now)
+        self._audit(
+            "decision",
+            outcome=verdict.outcome,
+            user=verdict.user,
+            claimed_user=a.claimed_user,
+            reasons=list(verdict.reasons),
+            score=getattr(speaker, "score", None),
+            threshold=getattr(speaker, "threshold", None),
+            liveness_ok=getattr(liveness, "ok", None),
+            liveness_score=getattr(liveness, "score", None),
+            replay=getattr(replay, "is_replay", None),
+            nonce=a.challenge.nonce if a.challenge is not None else None,
+            speech_s=round(utt.speech_s, 2),
+            latency_s=round(latency, 3),
+            audio=str(kept) if kept else None,
+        )
+        log.info(
+            "decision %s user=%s reasons=%s (%.0f ms after end of speech)",
+            verdict.outcome,
+            verdict.user,
+            ",".join(verdict.reasons) or "-",
+            latency * 1000,
+        )
+        self._decided_until = time.monotonic() + self.cfg.service.decided_hold_s
+        self.sm.move(State.DECIDED, verdict.outcome)
+
+    def _announce_locks(self, rec: RecordResult, user: str | None) -> None:
+        if not rec.new_locks:
+            return
+        assert self.stages is not None and self.lockout is not None
+        for entry in rec.new_locks:
+            scope = "device" if entry.key == "device" else "user"
+            log.warning(
+                "lockout: %s after %d consecutive failures, until %s",
+                entry.key,
+                entry.failures,
+                time.strftime("%H:%M:%S", time.localtime(entry.locked_until or 0)),
+            )
+            if self.metrics is not None:
+                self.metrics.lockouts.labels(scope).inc()
+            self._audit("lockout", key=entry.key, failures=entry.failures, until=entry.locked_until)
+        locked = [
+            {"key": e.key, "failures": e.failures, "until": e.locked_until}
+            for e in self.lockout.locked(self.clock())
+        ]
+        try:
+            self.stages.link.publish_lockout(locked)
+        except Exception as exc:
+            log.warning("publishing the lockout state failed: %s", exc)
+
+    def _abort_attempt(self, why: str) -> None:
+        a, self.attempt = self.attempt, None
+        if a is not None:
+            self._audit(
+                "attempt_aborted",
+                reason=why,
+                user=a.claimed_user,
+                nonce=a.challenge.nonce if a.challenge is not None else None,
+            )
+        if self.sm.state != State.IDLE:
+            self.sm.move(State.IDLE, why)
+
+    # -- reload ---------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the config file; apply what can change live. Invalid -> keep the old."""
+        from voxgate.logs import setup_logging
+
+        if self.config_path is None:
+            log.warning("SIGHUP: no config file was given; nothing to reload")
+            return False
+        self.notifier.reloading()
+        try:
+            digest = hashlib.sha256(self.config_path.read_bytes()).hexdigest()
+        except OSError:
+            digest = None
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("config reload rejected, keeping the running config: %s", exc)
+            self._audit(
+                "config_reload",
+                ok=False,
+                file=self.config_path,
+                sha256=digest,
+                problems=exc.problems,
+            )
+            self.notifier.ready(STATUS[self.sm.state])
+            return False
+        changed = [k for k in type(new).model_fields if getattr(new, k) != getattr(self.cfg, k)]
+        hot = [k for k in changed if k in HOT_SECTIONS]
+        cold = [k for k in changed if k not in HOT_SECTIONS]
+        if cold:
+            log.warning("config changes that need a restart (not applied): %s", ", ".join(cold))
+        self.cfg = self.cfg.model_copy(update={k: getattr(new, k) for k in hot})
+        if "logging" in hot:
+            setup_logging(self.cfg.logging)
+        if "lockout" in hot and self.lockout is not None:
+            self.lockout.reconfigure(self.cfg.lockout)
+        if "vad" in hot:
+            self._vad_pending = True
+        self._audit(
+            "config_reload",
+            ok=True,
+            file=self.config_path,
+            sha256=digest,
+            applied=hot,
+            needs_restart=cold,
+        )
+        log.info("config reloaded: applied %s", ", ".join(hot) or "nothing (unchanged)")
+        self.notifier.ready(STATUS[self.sm.state])
+        return True
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        if self.audit is None:
+            return
+        before = self.audit.write_errors
+        self.audit.append(event, **fields)
+        if self.metrics is not None and self.audit.write_errors > before:
+            self.metrics.audit_write_errors.inc(self.audit.write_errors - before)
+
+    def _on_state(self, old: State, new: State, why: str) -> None:
+        text = STATUS[new] + (f": {why}" if new == State.DECIDED else "")
+        self.notifier.status(text)
+        if self.metrics is not None:
+            self.metrics.state.state(new.value)
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        if self.stages is None:
+            return
+        try:
+            self.stages.link.publish_state(self.sm.state.value)
+        except Exception as exc:
+            log.warning("publishing state %s failed: %s", self.sm.state.value, exc)
