@@ -270,10 +270,12 @@ class Daemon:
         if self.audit is not None and self.stages is not None:
             self._audit("service_stop", reason=self._stop_reason or "source ended")
         for name, undo in reversed(self._undo):
+            t0 = time.monotonic()
             try:
                 undo()
             except Exception:
                 log.exception("stopping %s failed", name)
+            log.debug("stopped %s in %.3f s", name, time.monotonic() - t0)
         self._undo.clear()
         self.notifier.close()
 
