@@ -212,3 +212,64 @@ def test_kept_audio_is_encrypted(tmp_path: Path, audio_dir: Path, voiceprint: np
     assert pcm.tobytes()[:4000] not in raw  # not stored in the clear
     decision = next(e for e in audit_events(tmp_path) if e["event"] == "decision")
     assert decision["audio"] == str(kept)
+
+
+def test_mqtt_attempt_command_starts_a_challenge_for_a_claimed_user(
+    tmp_path: Path, audio_dir: Path, voiceprint: np.ndarray
+) -> None:
+    import threading
+
+    from service_standins import wait_until
+
+    path = write_wav(
+        audio_dir / "late_answer.wav",
+        np.concatenate([silence(1.5), espeak("four, seven, one, nine, two", "en+m3"), silence(1)]),
+    )
+    link = RecordingLink()
+    stages = standin_stages(FileSource(path, realtime=True), {"me": voiceprint}, link)
+    d = Daemon(config(tmp_path, path), stage_factory=lambda c: stages, notifier=Notifier({}))
+    replies: list[dict] = []
+
+    def door_keypad() -> None:  # what the MQTT thread does when a command arrives
+        assert wait_until(lambda: "attempt" in link.handlers and link.of("state"), 10)
+        handler = link.handlers["attempt"]
+        replies.append(handler(["not", "an", "object"]))  # type: ignore[arg-type]
+        replies.append(handler({"user": ""}))
+        replies.append(handler({"user": "me"}))
+
+    t = threading.Thread(target=door_keypad)
+    t.start()
+    assert d.run() == 0
+    t.join()
+    assert [r["ok"] for r in replies] == [False, False, True]
+    assert link.of("state")[:4] == ["idle", "challenge", "verifying", "decided"]
+    (decision,) = link.of("decision")
+    assert (decision["outcome"], decision["user"]) == ("granted", "me")
+    audited = next(e for e in audit_events(tmp_path) if e["event"] == "decision")
+    assert audited["claimed_user"] == "me"
+
+
+def test_full_disk_for_the_audit_log_is_logged_and_the_door_still_decides(
+    tmp_path: Path, audio_dir: Path, voiceprint: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = attempt_recording(audio_dir)
+    full = tmp_path / "audit-on-full-disk.jsonl"
+    full.symlink_to("/dev/full")  # every write: ENOSPC
+    link = RecordingLink()
+    stages = standin_stages(FileSource(rec), {"me": voiceprint}, link)
+    cfg = config(tmp_path, rec, audit={"path": str(full)}, metrics={"port": 0})
+    d, code = run(cfg, stages)
+    assert code == 0
+    assert [x["outcome"] for x in link.of("decision")] == ["granted"]
+    assert "cannot write (disk full)" in caplog.text
+    assert d.audit is not None and d.audit.pending == 3  # start, decision, stop: held in memory
+
+
+def test_no_audio_is_kept_by_default(
+    tmp_path: Path, audio_dir: Path, voiceprint: np.ndarray
+) -> None:
+    rec = attempt_recording(audio_dir)
+    _, code = run(config(tmp_path, rec), standin_stages(FileSource(rec), {"me": voiceprint}))
+    assert code == 0
+    files = sorted(p.name for p in (tmp_path / "data").rglob("*") if p.is_file())
+    assert all(f.startswith(("audit.jsonl", "lockout.db")) for f in files), files

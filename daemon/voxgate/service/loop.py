@@ -438,6 +438,8 @@ class Daemon:
         if self.sm.state == State.LISTENING and not a.answering:
             self._issue_challenge(a)  # the wake utterance: now ask for the answer
             return
+        if not a.answering:
+            return  # speech that began before the challenge (a long wake split by the VAD)
         a.ended_at = time.monotonic()
         self.sm.move(State.VERIFYING, "answer ended")
         self._verify(a, utt)
@@ -461,6 +463,8 @@ class Daemon:
 
     def _command_attempt(self, payload: dict[str, Any]) -> dict[str, Any]:
         """MQTT thread: queue a claimed-user attempt for the loop."""
+        if not isinstance(payload, dict):
+            return {"ok": False, "error": "payload must be a JSON object"}
         user = payload.get("user")
         if user is not None and (not isinstance(user, str) or not 0 < len(user) <= 64):
             return {"ok": False, "error": "user must be a name of 1-64 characters"}
