@@ -141,7 +141,7 @@ def test_daemon_process_lifecycle(tmp_path: Path) -> None:
     assert code == 0, log_path.read_text()
     assert took < 5.0
     assert listener.has("STOPPING=1")
-    published = [json.loads(x) for x in (tmp_path / "lnk").read_text().splitlines()]
+    published = [json.loads(x) for x in (tmp_path / "link").read_text().splitlines()]
     states = [v for k, v in published if k == "state"]
     assert states[0] == "idle" and states[-1] == "offline"
     assert published[-1] == ["stop", None]
