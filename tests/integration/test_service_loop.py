@@ -273,3 +273,30 @@ def test_no_audio_is_kept_by_default(
     assert code == 0
     files = sorted(p.name for p in (tmp_path / "data").rglob("*") if p.is_file())
     assert all(f.startswith(("audit.jsonl", "lockout.db")) for f in files), files
+
+
+def test_a_wake_phrase_longer_than_the_vad_limit_is_not_taken_as_the_answer(
+    tmp_path: Path, audio_dir: Path, voiceprint: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by benchmarks/soak.py: the VAD splits long speech at max_utterance_ms; the rest
+    # of the wake phrase ends after the challenge was issued and must be ignored.
+    path = write_wav(
+        audio_dir / "long_wake.wav",
+        np.concatenate(
+            [
+                silence(0.5),
+                espeak("hello, this is a rather long greeting for a door, and it goes on and on"),
+                silence(1.5),
+                espeak("four, seven, one, nine, two", "en+m3"),
+                silence(1.5),
+            ]
+        ),
+    )
+    link = RecordingLink()
+    stages = standin_stages(FileSource(path), {"me": voiceprint}, link)
+    cfg = config(tmp_path, path, vad={"max_utterance_ms": 3300})
+    _, code = run(cfg, stages)
+    assert code == 0
+    assert "stage error" not in caplog.text
+    assert link.of("state")[:4] == ["idle", "listening", "challenge", "verifying"]
+    assert [x["outcome"] for x in link.of("decision")] == ["granted"]
