@@ -178,3 +178,16 @@ def test_run_with_missing_audio_file_is_a_clear_error(tmp_path: Path) -> None:
     res = run_cli("-c", str(conf), "--source", "file", cwd=tmp_path)
     assert res.returncode == 78
     assert "audio.path is not set" in res.stderr
+
+
+def test_run_with_a_missing_microphone_lists_the_inputs(tmp_path: Path) -> None:
+    conf = tmp_path / "mic.yaml"
+    conf.write_text(
+        f"data_dir: {tmp_path / 'data'}\naudio: {{source: mic, device: no-such-mic-here}}\n"
+    )
+    res = run_cli("-c", str(conf), cwd=tmp_path)
+    assert res.returncode == 74, res.stderr
+    # With PyAudio: the device list; without it: how to install it.
+    assert "no input device matches 'no-such-mic-here'; available inputs:" in res.stderr or (
+        "needs PyAudio" in res.stderr
+    )

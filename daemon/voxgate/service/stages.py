@@ -119,6 +119,17 @@ def build_stages(cfg: VoxgateConfig) -> Stages:
     or audio.AudioError when the input cannot be opened."""
     from voxgate.audio import open_source
 
+    # The input first: a missing microphone fails in a moment, with the list of inputs,
+    # instead of after the models have loaded. (A microphone stream opens on first read.)
+    source = open_source(cfg.audio)
+    try:
+        return _build_with_source(cfg, source)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
     try:
         from voxgate import embedding, scoring, voiceprints
         from voxgate.decision import Decision
@@ -126,7 +137,6 @@ def build_stages(cfg: VoxgateConfig) -> Stages:
     except ImportError as exc:
         raise StageUnavailable(f"a stage is missing from this build: {exc}") from None
 
-    closers: list[Callable[[], None]] = []
     try:
         embedder = embedding.load_embedder(cfg.speaker.model, cfg.speaker.threads)
         store = voiceprints.VoiceprintStore(
@@ -157,8 +167,6 @@ def build_stages(cfg: VoxgateConfig) -> Stages:
         # The mqtt stage owns the message; the lead maps AttemptResult onto it when wiring.
         return Decision.from_attempt(res)  # type: ignore[attr-defined]
 
-    source = open_source(cfg.audio)
-    closers.append(source.close)
     return Stages(
         source=source,
         embedder=embedder,
@@ -169,5 +177,5 @@ def build_stages(cfg: VoxgateConfig) -> Stages:
         new_challenge=new_challenge,
         replay=replay,
         no_speech_errors=(getattr(embedding, "TooShort", ValueError),),
-        close=closers,
+        close=[source.close],
     )
