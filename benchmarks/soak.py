@@ -118,7 +118,7 @@ def build(args: argparse.Namespace, cfg: VoxgateConfig, source: MixSource):  # t
         stages.source.close()
         stages.source = source
         return lambda c: stages
-    from service_standins import MelEmbedder, standin_stages
+    from service_standins import MelEmbedder, RecordingLink, standin_stages
 
     # Enroll two FSDD speakers from their first 20 recordings, so some attempts are granted.
     emb = MelEmbedder()
@@ -126,7 +126,7 @@ def build(args: argparse.Namespace, cfg: VoxgateConfig, source: MixSource):  # t
     for spk in sorted(source.digits)[:2]:
         takes = np.concatenate([read_audio(p) for p in source.digits[spk][:20]])
         prints[spk] = emb.embed(takes)
-    stages = standin_stages(source, prints, threshold=0.97)
+    stages = standin_stages(source, prints, RecordingLink(keep=1000), threshold=0.97)
     return lambda c: stages
 
 

@@ -300,3 +300,48 @@ def test_a_wake_phrase_longer_than_the_vad_limit_is_not_taken_as_the_answer(
     assert "stage error" not in caplog.text
     assert link.of("state")[:4] == ["idle", "listening", "challenge", "verifying"]
     assert [x["outcome"] for x in link.of("decision")] == ["granted"]
+
+
+class WedgedMic:
+    """Gives a little room tone, then blocks like a wedged USB microphone."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.closed = threading.Event()
+
+    def frames(self, frame_ms: int = 30):  # type: ignore[no-untyped-def]
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            yield rng.normal(0, 30, 16 * frame_ms).astype(np.int16)
+        self.closed.wait()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def test_a_microphone_that_stops_delivering_exits_74_for_a_restart(tmp_path: Path) -> None:
+    from service_standins import CosineScorer, MelEmbedder
+    from voxgate.service.stages import Stages
+
+    mic = WedgedMic()
+    stages = Stages(
+        source=mic,
+        embedder=MelEmbedder(),
+        scorer=CosineScorer({}),
+        link=RecordingLink(),
+        make_decision=dict,
+        close=[mic.close],
+    )
+    cfg = VoxgateConfig.model_validate(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "audio": {"source": "mic"},
+            "service": {"audio_timeout_s": 1},
+            "metrics": {"enabled": False},
+        }
+    )
+    d = Daemon(cfg, stage_factory=lambda c: stages, notifier=Notifier({}))
+    assert d.run() == 74
+    last = audit_events(tmp_path)[-1]
+    assert last["event"] == "service_stop" and last["reason"] == "microphone stalled"

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,8 @@ class MelEmbedder:
 
     def __init__(self) -> None:
         self.pushes = 0
-        self.finishes: list[tuple[int, int]] = []  # (windows done before finish, samples left)
+        # (windows done before finish, samples left), for the last 100 attempts
+        self.finishes: deque[tuple[int, int]] = deque(maxlen=100)
         self.stall: threading.Event | None = None  # set to a cleared Event to block push()
 
     def stream(self) -> MelStream:
@@ -176,23 +178,26 @@ class ReplayResult:
 
 
 class HashReplay:
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 10000) -> None:
         self.seen: dict[str, float] = {}
+        self.keep = keep
 
     def check_and_add(self, pcm: np.ndarray, now: float) -> ReplayResult:
         h = hashlib.sha256(pcm.tobytes()).hexdigest()
-        at = self.seen.get(h)
+        at = self.seen.pop(h, None)
         self.seen[h] = now
+        while len(self.seen) > self.keep:  # oldest first (dicts keep insertion order)
+            del self.seen[next(iter(self.seen))]
         return ReplayResult(at is not None, 1.0 if at is not None else 0.0, at)
 
 
 class RecordingLink:
     """Keeps what the loop publishes (and appends it to `log_file` as JSON lines)."""
 
-    def __init__(self, log_file: Path | None = None) -> None:
+    def __init__(self, log_file: Path | None = None, keep: int | None = None) -> None:
         self.log_file = log_file
         self.connected = True
-        self.events: list[tuple[str, Any]] = []
+        self.events: deque[tuple[str, Any]] = deque(maxlen=keep)
         self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
         self._lock = threading.Lock()
 

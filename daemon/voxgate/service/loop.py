@@ -180,6 +180,10 @@ class Daemon:
             log.error("cannot open audio input: %s", exc)
             self.exit_code = EX_IOERR
             return False
+        except Exception:
+            log.exception("cannot start: building the stages failed")
+            self.exit_code = EX_UNAVAILABLE
+            return False
         stages = self.stages
         self._undo.append(("stages", self._close_stages))
 
@@ -350,6 +354,13 @@ class Daemon:
 
     def _housekeeping(self, now: float) -> None:
         assert self.frames is not None and self.stages is not None
+        if self.cfg.audio.source == "mic" and self.capture is not None:
+            silent_for = now - self.capture.last_frame_at
+            if silent_for > self.cfg.service.audio_timeout_s:
+                # A wedged device: exit non-zero so systemd restarts us and reopens it.
+                log.error("no audio from the microphone for %.0f s; stopping", silent_for)
+                self.exit_code = EX_IOERR
+                self.request_stop("microphone stalled")
         dropped = self.frames.dropped
         new = dropped - self._dropped_seen
         self._dropped_seen = dropped
