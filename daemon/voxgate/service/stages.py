@@ -62,6 +62,9 @@ class ReplayDetector(Protocol):
     def check_and_add(self, pcm: np.ndarray, now: float) -> ReplayLike: ...
 
 
+CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
 class Link(Protocol):
     """What the loop uses of mqtt.client.MqttLink."""
 
@@ -73,9 +76,7 @@ class Link(Protocol):
     def publish_challenge(self, challenge: Any) -> None: ...
     def publish_decision(self, decision: Any) -> None: ...
     def publish_lockout(self, locked: list[dict[str, Any]]) -> None: ...
-    def on_command(
-        self, name: str, handler: Callable[[dict[str, Any]], dict[str, Any]]
-    ) -> None: ...
+    def on_command(self, name: str, handler: CommandHandler) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,33 @@ class Stages:
     close: list[Callable[[], None]] = field(default_factory=list)
 
 
+class NoLink:
+    """The link when mqtt.enabled is false: decisions reach only the log and the audit log."""
+
+    connected = False
+
+    def start(self) -> None:
+        log.warning("mqtt.enabled is false: decisions are not sent to any lock")
+
+    def stop(self) -> None:
+        pass
+
+    def publish_state(self, state: str) -> None:
+        pass
+
+    def publish_challenge(self, challenge: Any) -> None:
+        log.info("challenge (not published, MQTT off): %s", " ".join(challenge.words))
+
+    def publish_decision(self, decision: Any) -> None:
+        pass
+
+    def publish_lockout(self, locked: list[dict[str, Any]]) -> None:
+        pass
+
+    def on_command(self, name: str, handler: CommandHandler) -> None:
+        pass
+
+
 class StageUnavailable(Exception):
     """A stage could not be built (module missing in this build, model file bad, no key)."""
 
@@ -132,7 +160,7 @@ def build_stages(cfg: VoxgateConfig) -> Stages:
 def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
     try:
         from voxgate import embedding, scoring, voiceprints
-        from voxgate.decision import Decision
+        from voxgate.decision import Issuer, SequenceCounter
         from voxgate.mqtt.client import MqttLink
     except ImportError as exc:
         raise StageUnavailable(f"a stage is missing from this build: {exc}") from None
@@ -161,18 +189,22 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
         except Exception as exc:
             raise StageUnavailable(f"challenge stage: {exc}") from None
 
-    link = MqttLink(cfg.mqtt, cfg.device_id)
-
-    def make_decision(res: AttemptResult) -> Any:
-        # The mqtt stage owns the message; the lead maps AttemptResult onto it when wiring.
-        return Decision.from_attempt(res)  # type: ignore[attr-defined]
+    try:
+        link: Link = MqttLink(cfg.mqtt, cfg.device_id) if cfg.mqtt.enabled else NoLink()
+        issuer = Issuer(
+            cfg.device_id,
+            SequenceCounter(cfg.data_dir / "decision-seq.json"),
+            cfg.mqtt.decision_ttl_s,
+        )
+    except Exception as exc:  # MqttSetupError, SecretError (no decision key), bad state file
+        raise StageUnavailable(f"mqtt stage: {exc}") from None
 
     return Stages(
         source=source,
         embedder=embedder,
         scorer=scorer,
         link=link,
-        make_decision=make_decision,
+        make_decision=issuer.from_attempt,
         recognizer=recognizer,
         new_challenge=new_challenge,
         replay=replay,
