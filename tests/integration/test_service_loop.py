@@ -345,3 +345,21 @@ def test_a_microphone_that_stops_delivering_exits_74_for_a_restart(tmp_path: Pat
     assert d.run() == 74
     last = audit_events(tmp_path)[-1]
     assert last["event"] == "service_stop" and last["reason"] == "microphone stalled"
+
+
+def test_a_decision_that_cannot_be_published_is_still_audited_and_counted(
+    tmp_path: Path, audio_dir: Path, voiceprint: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = attempt_recording(audio_dir)
+    stages = standin_stages(FileSource(rec), {"me": voiceprint})
+
+    def unsignable(result):  # type: ignore[no-untyped-def]
+        raise ValueError("Out of range float values are not JSON compliant")
+
+    stages.make_decision = unsignable
+    d, code = run(config(tmp_path, rec), stages)
+    assert code == 0
+    assert "could not be published" in caplog.text
+    audited = next(e for e in audit_events(tmp_path) if e["event"] == "decision")
+    assert audited["outcome"] == "granted" and audited["published"] is False
+    assert d.lockout is not None and d.lockout.state("me").device_failures == 0

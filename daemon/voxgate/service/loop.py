@@ -554,7 +554,7 @@ class Daemon:
             ttl_s=self.cfg.mqtt.decision_ttl_s,
             speech_s=utt.speech_s,
         )
-        stages.link.publish_decision(stages.make_decision(result))
+        published = self._publish_decision(result)
         latency = time.monotonic() - a.ended_at
         self.attempt = None
         self.decisions = [*self.decisions[-9:], result]
@@ -580,6 +580,7 @@ class Daemon:
             speech_s=round(utt.speech_s, 2),
             latency_s=round(latency, 3),
             audio=str(kept) if kept else None,
+            published=published,
         )
         log.info(
             "decision %s user=%s reasons=%s (%.0f ms after end of speech)",
@@ -590,6 +591,19 @@ class Daemon:
         )
         self._decided_until = time.monotonic() + self.cfg.service.decided_hold_s
         self.sm.move(State.DECIDED, verdict.outcome)
+
+    def _publish_decision(self, result: AttemptResult) -> bool:
+        """Sign and send; a failure here is logged and audited, the verdict still stands
+        (lockout already counted it) and the loop goes on."""
+        assert self.stages is not None
+        try:
+            self.stages.link.publish_decision(self.stages.make_decision(result))
+            return True
+        except Exception:
+            log.exception("decision %s could not be published", result.verdict.outcome)
+            if self.metrics is not None:
+                self.metrics.attempt_errors.inc()
+            return False
 
     def _announce_locks(self, rec: RecordResult, user: str | None) -> None:
         if not rec.new_locks:

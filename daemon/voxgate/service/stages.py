@@ -157,6 +157,15 @@ def build_stages(cfg: VoxgateConfig) -> Stages:
         raise
 
 
+def _cohort(cfg: VoxgateConfig, model_id: str) -> Any:
+    """The score-normalization cohort for the model, unless a fixed threshold makes it moot."""
+    from voxgate import cohort
+
+    if cfg.speaker.threshold is not None and getattr(cfg.speaker, "cohort", None) is None:
+        return None
+    return cohort.for_model(model_id, getattr(cfg.speaker, "cohort", None))
+
+
 def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
     try:
         from voxgate import embedding, scoring, voiceprints
@@ -171,7 +180,7 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
             cfg.speaker.database or cfg.data_dir / "voiceprints.db",
             voiceprints.load_key(cfg.speaker),
         )
-        scorer = scoring.Scorer(store, embedder, cfg.speaker, None)
+        scorer = scoring.Scorer(store, embedder, cfg.speaker, _cohort(cfg, embedder.model_id))
     except Exception as exc:  # ModelError, StoreError, SecretError: all say what is wrong
         raise StageUnavailable(f"speaker stage: {exc}") from None
 
