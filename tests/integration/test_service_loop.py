@@ -363,3 +363,36 @@ def test_a_decision_that_cannot_be_published_is_still_audited_and_counted(
     audited = next(e for e in audit_events(tmp_path) if e["event"] == "decision")
     assert audited["outcome"] == "granted" and audited["published"] is False
     assert d.lockout is not None and d.lockout.state("me").device_failures == 0
+
+
+def test_stop_during_an_answer_lets_it_finish(
+    tmp_path: Path, audio_dir: Path, voiceprint: np.ndarray
+) -> None:
+    import threading
+    import time
+
+    from service_standins import wait_until
+
+    path = write_wav(
+        audio_dir / "answer_then_more.wav",
+        np.concatenate(
+            [silence(0.3), espeak("four, seven, one, nine, two", "en+m3"), silence(10.0)]
+        ),
+    )
+    link = RecordingLink()
+    stages = standin_stages(
+        FileSource(path, realtime=True), {"me": voiceprint}, link, challenge=False
+    )
+    cfg = config(tmp_path, path, challenge={"mode": "off"})
+    d = Daemon(cfg, stage_factory=lambda c: stages, notifier=Notifier({}))
+    codes: list[int] = []
+    t = threading.Thread(target=lambda: codes.append(d.run()))
+    t.start()
+    assert wait_until(lambda: stages.embedder.pushes > 5, 10)  # the answer is being spoken
+    t0 = time.monotonic()
+    d.request_stop("SIGTERM")  # what the signal handler does
+    t.join(10)
+    assert codes == [0]
+    assert time.monotonic() - t0 < 5
+    assert [x["outcome"] for x in link.of("decision")] == ["granted"]  # finished, not dropped
+    assert link.of("state")[-1] == "offline"
