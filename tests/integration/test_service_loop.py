@@ -141,7 +141,9 @@ def test_five_failures_lock_the_door_and_no_more_challenges(
     assert code == 0
     outcomes = [x["outcome"] for x in link.of("decision")]
     assert outcomes == ["denied"] * 5
-    (locked,) = link.of("lockout")
+    published = link.of("lockout")
+    assert published[0] == []  # at start: nothing locked
+    locked = published[1]
     assert locked[0]["key"] == "device" and locked[0]["failures"] == 5
     assert len(link.of("challenge")) == 5  # the sixth visitor got no challenge
     events = [e["event"] for e in audit_events(tmp_path)]
@@ -396,3 +398,28 @@ def test_stop_during_an_answer_lets_it_finish(
     assert time.monotonic() - t0 < 5
     assert [x["outcome"] for x in link.of("decision")] == ["granted"]  # finished, not dropped
     assert link.of("state")[-1] == "offline"
+
+
+def test_an_ended_lock_is_published_as_ended(tmp_path: Path, audio_dir: Path) -> None:
+    path = write_wav(
+        audio_dir / "one_failure.wav",
+        np.concatenate(
+            [
+                silence(0.5),
+                espeak("hello"),
+                silence(1.2),
+                espeak("one two three", "en+f2"),
+                silence(4.0),
+            ]
+        ),
+    )
+    link = RecordingLink()
+    other = MelEmbedder().embed(espeak("three, eight, two, five, six", "en+m3"))
+    stages = standin_stages(FileSource(path), {"me": other}, link, threshold=0.99)
+    cfg = config(tmp_path, path, lockout={"device_max_failures": 1, "initial_s": 1})
+    d = Daemon(cfg, stage_factory=lambda c: stages, notifier=Notifier({}))
+    # Lock time follows the audio, so the test does not wait for the wall clock.
+    d.clock = lambda: 1.0e9 + (d.endpointer.time_s if d.endpointer else 0.0)
+    assert d.run() == 0
+    published = link.of("lockout")
+    assert [[e["key"] for e in p] for p in published] == [[], ["device"], []]

@@ -112,10 +112,13 @@ class Daemon:
         self._decided_until = 0.0
         self._stop_deadline: float | None = None
         self._next_housekeeping = 0.0
+        self._frames_since = 0
+        self._frames_per_s = 1000 // cfg.audio.frame_ms
         self._dropped_seen = 0
         self._drop_warned_at = 0.0
         self._vad_pending = False
         self.keeper: Any = None
+        self._published_locks: tuple[tuple[str, float | None], ...] | None = None
         self.sm.subscribe(self._on_state)
 
     # -- public -------------------------------------------------------------------------
@@ -224,6 +227,7 @@ class Daemon:
 
         self.notifier.ready(STATUS[State.IDLE])
         self._publish_state()
+        self._sync_lockout()  # after a restart: what is still locked
         self._audit("service_start", device=cfg.device_id, source=cfg.audio.source)
         log.info("ready: %s", STATUS[State.IDLE])
         return True
@@ -321,6 +325,7 @@ class Daemon:
                 )
                 break
             if item is not None:
+                self._frames_since += 1
                 for ev in self.endpointer.feed(item):
                     self._on_event(ev)
             self._tick(time.monotonic())
@@ -348,8 +353,10 @@ class Daemon:
             self.endpointer = Endpointer(self.cfg.vad, self.cfg.audio.frame_ms)
             self._vad_pending = False
             log.info("new VAD settings in effect")
-        if now >= self._next_housekeeping:
+        # Every second of wall time or of audio (a file read faster than real time).
+        if now >= self._next_housekeeping or self._frames_since >= self._frames_per_s:
             self._next_housekeeping = now + HOUSEKEEPING_S
+            self._frames_since = 0
             self._housekeeping(now)
 
     def _housekeeping(self, now: float) -> None:
@@ -382,8 +389,7 @@ class Daemon:
             except Exception:
                 connected = False
             self.metrics.mqtt_connected.set(1 if connected else 0)
-            if self.lockout is not None:
-                self.metrics.locked.set(len(self.lockout.locked()))
+        self._sync_lockout()
 
     # -- events -------------------------------------------------------------------------
 
@@ -606,9 +612,6 @@ class Daemon:
             return False
 
     def _announce_locks(self, rec: RecordResult, user: str | None) -> None:
-        if not rec.new_locks:
-            return
-        assert self.stages is not None and self.lockout is not None
         for entry in rec.new_locks:
             scope = "device" if entry.key == "device" else "user"
             log.warning(
@@ -620,12 +623,24 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.lockouts.labels(scope).inc()
             self._audit("lockout", key=entry.key, failures=entry.failures, until=entry.locked_until)
-        locked = [
-            {"key": e.key, "failures": e.failures, "until": e.locked_until}
-            for e in self.lockout.locked(self.clock())
-        ]
+        self._sync_lockout()
+
+    def _sync_lockout(self) -> None:
+        """Publish the locked keys whenever the set changes: new locks, and locks that ran
+        out (checked every second), so MQTT never shows a lock that has ended."""
+        if self.stages is None or self.lockout is None:
+            return
+        locked = self.lockout.locked(self.clock())
+        keys = tuple((e.key, e.locked_until) for e in locked)
+        if keys == self._published_locks:
+            return
+        self._published_locks = keys
+        if self.metrics is not None:
+            self.metrics.locked.set(len(locked))
         try:
-            self.stages.link.publish_lockout(locked)
+            self.stages.link.publish_lockout(
+                [{"key": e.key, "failures": e.failures, "until": e.locked_until} for e in locked]
+            )
         except Exception as exc:
             log.warning("publishing the lockout state failed: %s", exc)
 
