@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import hmac
 import json
@@ -80,6 +81,11 @@ def anchor_mac(key: bytes, seq: int, head: str) -> str:
 
 
 class AuditLog:
+    """Appends chained lines. Several processes may append to one log (the daemon, and
+    `voxgate enroll` / `voxgate users erase` run by an admin): each write takes an exclusive
+    flock on the file, re-reads the head another process may have moved, and chains its
+    lines from there."""
+
     def __init__(
         self,
         path: Path,
@@ -93,41 +99,34 @@ class AuditLog:
         self.fsync = fsync
         self.key = key
         self._lock = threading.Lock()
-        self._pending: deque[bytes] = deque()
+        self._pending: deque[dict[str, Any]] = deque()  # bodies not yet chained and written
         self.write_errors = 0
         self.dropped = 0  # lines lost because the backlog overflowed
         self._failing = False
+        self.seq, self.head = 0, GENESIS
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.seq, self.head, torn = self._read_tail()
-        if torn:
-            self.append("audit_torn_tail", dropped_bytes=torn)
-        self._check_anchor()
+        for event, fields in self._open_checks():
+            self.append(event, **fields)
 
     # -- writing ------------------------------------------------------------------------
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Add one event; returns the record (with seq and hash). Never raises for I/O."""
+        """Add one event; returns the record as written (with seq and hash), or, while the
+        disk refuses writes, as it would be written now. Never raises for I/O."""
         clash = RESERVED & fields.keys()
         if clash:
             raise ValueError(f"audit fields may not be named {sorted(clash)}")
+        body = {"ts": round(time.time(), 3), "event": event, **_plain(fields)}
         with self._lock:
-            record: dict[str, Any] = {
-                "seq": self.seq + 1,
-                "ts": round(time.time(), 3),
-                "event": event,
-                **_plain(fields),
-                "prev": self.head,
-            }
-            record["hash"] = line_hash(record)
-            self.seq, self.head = record["seq"], record["hash"]
             if len(self._pending) >= MAX_PENDING:
                 self._pending.popleft()
                 self.dropped += 1
                 log.error(
                     "audit backlog full: oldest unwritten line dropped (%d so far)", self.dropped
                 )
-            self._pending.append(canonical(record) + b"\n")
-            self._flush_locked()
+            self._pending.append(body)
+            records = self._flush_locked()
+            record = records[-1] if records else self._chain([body], self.seq, self.head)[0]
         log.debug("audit #%d %s %s", record["seq"], event, record["hash"])
         return record
 
@@ -142,51 +141,65 @@ class AuditLog:
     def pending(self) -> int:
         return len(self._pending)
 
-    def _flush_locked(self) -> None:
-        data = b"".join(self._pending)
-        try:
-            self._write(data)
-        except OSError as exc:
-            self.write_errors += 1
-            if not self._failing:
-                why = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
-                log.error(
-                    "audit log %s: cannot write (%s); keeping %d line(s) in memory and going on",
-                    self.path,
-                    why,
-                    len(self._pending),
-                )
-            self._failing = True
-            return
-        if self._failing:
-            log.warning(
-                "audit log %s: writable again; %d held line(s) written",
-                self.path,
-                len(self._pending),
-            )
-        self._failing = False
-        self._pending.clear()
-        self._write_anchor()
+    @staticmethod
+    def _chain(bodies: list[dict[str, Any]], seq: int, head: str) -> list[dict[str, Any]]:
+        out = []
+        for body in bodies:
+            seq += 1
+            rec = {"seq": seq, **body, "prev": head}
+            rec["hash"] = head = line_hash(rec)
+            out.append(rec)
+        return out
 
-    def _write(self, data: bytes) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    def _flush_locked(self) -> list[dict[str, Any]]:
         try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            self._write_failed(exc)
+            return []
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
+            self.seq, self.head = _tail_head(fd, size, self.seq, self.head)
+            records = self._chain(list(self._pending), self.seq, self.head)
+            data = b"".join(canonical(r) + b"\n" for r in records)
             try:
                 view = memoryview(data)
                 while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
+                    view = view[os.write(fd, view) :]
                 if self.fsync:
                     os.fsync(fd)
-            except OSError:
+            except OSError as exc:
                 # Leave no half line behind: the held lines are written whole later.
                 with contextlib.suppress(OSError):
-                    if os.path.isfile(self.path):
-                        os.ftruncate(fd, size)
-                raise
+                    os.ftruncate(fd, size)
+                self._write_failed(exc)
+                return []
+            self.seq, self.head = records[-1]["seq"], records[-1]["hash"]
+            if self._failing:
+                log.warning(
+                    "audit log %s: writable again; %d held line(s) written",
+                    self.path,
+                    len(records),
+                )
+            self._failing = False
+            self._pending.clear()
+            self._write_anchor()  # still under the flock: anchors follow the file's order
+            return records
         finally:
-            os.close(fd)
+            os.close(fd)  # also releases the flock
+
+    def _write_failed(self, exc: OSError) -> None:
+        self.write_errors += 1
+        if not self._failing:
+            why = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            log.error(
+                "audit log %s: cannot write (%s); keeping %d line(s) in memory and going on",
+                self.path,
+                why,
+                len(self._pending),
+            )
+        self._failing = True
 
     def _write_anchor(self) -> None:
         body: dict[str, Any] = {"seq": self.seq, "hash": self.head}
@@ -214,44 +227,38 @@ class AuditLog:
 
     # -- opening ------------------------------------------------------------------------
 
-    def _read_tail(self) -> tuple[int, str, int]:
-        """(last seq, last hash, bytes of a torn last line removed)."""
+    def _open_checks(self) -> list[tuple[str, dict[str, Any]]]:
+        """Repair a torn last line and compare the anchor, under the flock; returns the
+        events that record what was found."""
+        events: list[tuple[str, dict[str, Any]]] = []
         try:
-            size = os.stat(self.path).st_size
-        except FileNotFoundError:
-            return 0, GENESIS, 0
-        if size == 0:
-            return 0, GENESIS, 0
-        with open(self.path, "rb") as f:
-            back = min(size, 65536)
-            f.seek(size - back)
-            tail = f.read(back)
-        torn = 0
-        if not tail.endswith(b"\n"):
-            cut = tail.rfind(b"\n")
-            torn = len(tail) - (cut + 1)
-            log.error(
-                "audit log %s ends in a torn line (%d bytes, a crash or full disk mid-write); "
-                "removing it and recording that",
-                self.path,
-                torn,
-            )
-            with open(self.path, "r+b") as f:
-                f.truncate(size - torn)
-            tail = tail[: cut + 1]
-            if not tail:
-                return 0, GENESIS, torn
-        last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            log.error("audit log %s: cannot open (%s)", self.path, exc)
+            return events
         try:
-            rec = json.loads(last)
-            return int(rec["seq"]), str(rec["hash"]), torn
-        except (ValueError, KeyError, TypeError):
-            log.error(
-                "audit log %s: last line is damaged; new lines chain from its bytes", self.path
-            )
-            return -1, hashlib.sha256(last).hexdigest(), torn
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            torn = _torn_tail(fd, size)
+            if torn:
+                log.error(
+                    "audit log %s ends in a torn line (%d bytes, a crash or full disk "
+                    "mid-write); removing it and recording that",
+                    self.path,
+                    torn,
+                )
+                os.ftruncate(fd, size - torn)
+                size -= torn
+                events.append(("audit_torn_tail", {"dropped_bytes": torn}))
+            self.seq, self.head = _tail_head(fd, size, 0, GENESIS)
+            gap = self._anchor_gap()
+            if gap:
+                events.append(("audit_anchor_gap", gap))
+        finally:
+            os.close(fd)
+        return events
 
-    def _check_anchor(self) -> None:
+    def _anchor_gap(self) -> dict[str, Any] | None:
         try:
             anchored = json.loads(self.anchor.read_text())
             a_seq = int(anchored["seq"])
@@ -259,8 +266,8 @@ class AuditLog:
             a_seq = 0 if self.seq <= 0 else -1
         except (OSError, ValueError, KeyError, TypeError):
             a_seq = -1
-        if a_seq == self.seq:
-            return
+        if a_seq == self.seq or (a_seq == 0 and self.seq <= 0):
+            return None
         if a_seq > self.seq:
             log.error(
                 "audit log %s has %d line(s) but its anchor says %d: lines were removed",
@@ -268,15 +275,54 @@ class AuditLog:
                 self.seq,
                 a_seq,
             )
-            self.append("audit_anchor_gap", anchored_seq=a_seq, log_seq=self.seq)
-        elif self.seq > 0:
+        else:
             log.warning(
                 "audit log %s is ahead of its anchor (%s vs %d); recording that and re-anchoring",
                 self.path,
                 a_seq if a_seq >= 0 else "missing/unreadable",
                 self.seq,
             )
-            self.append("audit_anchor_gap", anchored_seq=a_seq, log_seq=self.seq)
+        return {"anchored_seq": a_seq, "log_seq": self.seq}
+
+
+def _read_back(fd: int, size: int, limit: int = 65536) -> bytes:
+    n = min(size, limit)
+    return os.pread(fd, n, size - n) if n else b""
+
+
+def _torn_tail(fd: int, size: int) -> int:
+    """Bytes after the last newline (a line whose write never finished)."""
+    tail = _read_back(fd, size)
+    if not tail or tail.endswith(b"\n"):
+        return 0
+    return len(tail) - (tail.rfind(b"\n") + 1)
+
+
+def _tail_head(fd: int, size: int, seq: int, head: str) -> tuple[int, str]:
+    """(seq, hash) of the file's last line; the given values when the file is empty or
+    unreadable (a character device such as /dev/full reports size 0)."""
+    tail = _read_back(fd, size).rstrip(b"\n")
+    if not tail:
+        return seq, head
+    last = tail.rsplit(b"\n", 1)[-1]
+    try:
+        rec = json.loads(last)
+        return int(rec["seq"]), str(rec["hash"])
+    except (ValueError, KeyError, TypeError):
+        log.error("audit log: the last line is damaged; new lines chain from its bytes")
+        return -1, hashlib.sha256(last).hexdigest()
+
+
+def open_log(cfg: Any) -> AuditLog:
+    """The audit log a VoxgateConfig names, for the daemon and for commands that change
+    users (`enrollment`, `erase` events): AuditLog(cfg...).append("erase", user=name)."""
+    from voxgate.config.secrets import read_secret
+
+    return AuditLog(
+        cfg.audit.path or cfg.data_dir / "audit.jsonl",
+        fsync=cfg.audit.fsync == "always",
+        key=read_secret("audit-key", cfg.audit.key_file, required=False),
+    )
 
 
 @dataclass

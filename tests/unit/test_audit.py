@@ -215,3 +215,34 @@ def test_cli_verify_reads_the_path_from_config(tmp_path: Path) -> None:
     assert res.returncode == 0 and "2 line(s)" in res.stdout
     cfg.write_text("data_dir: [\n")
     assert cli("verify", "-c", str(cfg)).returncode == 78
+
+
+def test_two_writers_share_one_chain(tmp_path: Path) -> None:
+    # The daemon and an admin's `voxgate enroll` append to the same file.
+    p = tmp_path / "audit.jsonl"
+    daemon, admin = AuditLog(p), AuditLog(p)
+    daemon.append("service_start")
+    admin.append("enrollment", user="alice")
+    rec = daemon.append("decision", outcome="granted", user="alice")
+    assert rec["seq"] == 3
+    rep = verify(p)
+    assert rep.ok, rep.problems
+    assert rep.head_seq == 3
+
+
+def test_concurrent_processes_keep_the_chain(tmp_path: Path) -> None:
+    p = tmp_path / "audit.jsonl"
+    code = (
+        "import sys; from voxgate.audit import AuditLog\n"
+        "log = AuditLog(sys.argv[1], fsync=False)\n"
+        "for i in range(400): log.append('decision', writer=sys.argv[2], i=i)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(p), name], env=env)
+        for name in ("a", "b", "c", "d")
+    ]
+    assert [proc.wait(60) for proc in procs] == [0, 0, 0, 0]
+    rep = verify(p)
+    assert rep.ok, rep.problems[:3]
+    assert rep.lines == 1600

@@ -233,14 +233,9 @@ class Daemon:
         return True
 
     def _open_audit(self, cfg: VoxgateConfig) -> AuditLog:
-        from voxgate.config.secrets import read_secret
+        from voxgate.audit import open_log
 
-        key = read_secret("audit-key", cfg.audit.key_file, required=False)
-        return AuditLog(
-            cfg.audit.path or cfg.data_dir / "audit.jsonl",
-            fsync=cfg.audit.fsync == "always",
-            key=key,
-        )
+        return open_log(cfg)
 
     def _open_keeper(self, cfg: VoxgateConfig) -> Any:
         if not cfg.audit.keep_audio:
