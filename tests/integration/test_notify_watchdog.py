@@ -99,3 +99,53 @@ def _metric(d: Daemon, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
+
+
+def test_status_says_when_the_broker_is_unreachable(tmp_path: Path) -> None:
+    from service_standins import RecordingLink
+
+    path = write_wav(tmp_path / "quiet.wav", silence(3.0))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(0.1)
+    statuses: list[str] = []
+    running = True
+
+    def listen() -> None:
+        while running:
+            try:
+                msg = sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            statuses.extend(x[7:] for x in msg.split("\n") if x.startswith("STATUS="))
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    cfg = VoxgateConfig.model_validate(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "audio": {"source": "file", "path": str(path), "realtime": True, "loop": True},
+            "metrics": {"enabled": False},
+        }
+    )
+    link = RecordingLink()
+    stages = standin_stages(FileSource(path, realtime=True, loop=True), {}, link)
+    d = Daemon(
+        cfg,
+        stage_factory=lambda c: stages,
+        notifier=Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")}),
+    )
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    try:
+        assert wait_until(lambda: "idle: listening for speech" in statuses, 20)
+        link.connected = False
+        assert wait_until(lambda: any("MQTT broker not connected" in s for s in statuses), 5)
+        link.connected = True
+        assert wait_until(lambda: statuses[-1] == "idle: listening for speech", 5)
+    finally:
+        d.request_stop("test over")
+        t.join(10)
+        running = False
+        listener.join(1)
+        sock.close()

@@ -118,6 +118,7 @@ class Daemon:
         self._drop_warned_at = 0.0
         self._vad_pending = False
         self.keeper: Any = None
+        self._mqtt_up = True  # until housekeeping learns otherwise
         self._published_locks: tuple[tuple[str, float | None], ...] | None = None
         self.sm.subscribe(self._on_state)
 
@@ -378,12 +379,15 @@ class Daemon:
                 )
         if self.audit is not None and self.audit.pending:
             self.audit.flush_pending()
+        try:
+            connected = bool(self.stages.link.connected)
+        except Exception:
+            connected = False
         if self.metrics is not None:
-            try:
-                connected = bool(self.stages.link.connected)
-            except Exception:
-                connected = False
             self.metrics.mqtt_connected.set(1 if connected else 0)
+        if connected != self._mqtt_up:
+            self._mqtt_up = connected
+            self._status()
         self._sync_lockout()
 
     # -- events -------------------------------------------------------------------------
@@ -712,9 +716,15 @@ class Daemon:
         if self.metrics is not None and self.audit.write_errors > before:
             self.metrics.audit_write_errors.inc(self.audit.write_errors - before)
 
-    def _on_state(self, old: State, new: State, why: str) -> None:
-        text = STATUS[new] + (f": {why}" if new == State.DECIDED else "")
+    def _status(self, why: str = "") -> None:
+        """STATUS= for systemctl status: the state, and what the door is waiting for."""
+        text = STATUS[self.sm.state] + (f": {why}" if why else "")
+        if self.cfg.mqtt.enabled and not self._mqtt_up:
+            text += "; MQTT broker not connected (decisions are not reaching the lock)"
         self.notifier.status(text)
+
+    def _on_state(self, old: State, new: State, why: str) -> None:
+        self._status(why if new == State.DECIDED else "")
         if self.metrics is not None:
             self.metrics.state.state(new.value)
         self._publish_state()
