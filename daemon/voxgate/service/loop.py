@@ -23,7 +23,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,11 @@ import numpy as np
 from voxgate.audit import AuditLog
 from voxgate.config import ConfigError, VoxgateConfig, load_config
 from voxgate.lockout import LockoutBook, RecordResult
-from voxgate.policy import LivenessLike, ReplayLike, SpeakerLike, decide
+from voxgate.service.attempt import Attempt, conclude
 from voxgate.service.capture import Capture, EndOfStream, FrameQueue
 from voxgate.service.notify import Notifier
-from voxgate.service.stages import AttemptResult, Challenge, Stages, build_stages
+from voxgate.service.reload import plan_reload
+from voxgate.service.stages import AttemptResult, Stages, build_stages
 from voxgate.service.states import State, StateMachine
 from voxgate.vad import Endpointer, SpeechAudio, SpeechEnded, SpeechStarted, Utterance
 
@@ -49,8 +49,6 @@ EX_IOERR = 74  # audio capture failed while running (systemd restarts us)
 
 TICK_S = 0.1  # longest the loop waits for a frame before doing its housekeeping
 HOUSEKEEPING_S = 1.0
-# Sections a SIGHUP applies live; the rest needs a restart (audio device, models, broker).
-HOT_SECTIONS = ("logging", "lockout", "challenge", "vad", "service")
 
 STATUS = {
     State.IDLE: "idle: listening for speech",
@@ -59,22 +57,6 @@ STATUS = {
     State.VERIFYING: "verifying: finishing embedding and transcript",
     State.DECIDED: "decided",
 }
-
-
-@dataclass
-class Attempt:
-    claimed_user: str | None
-    challenge: Challenge | None = None
-    emb_stream: Any = None
-    prompt_stream: Any = None
-    answer_started_at: float | None = None  # wall clock of the answer's first speech
-    ended_at: float = 0.0  # monotonic, end of speech
-    frames_pushed: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def answering(self) -> bool:
-        return self.emb_stream is not None
 
 
 class Daemon:
@@ -508,57 +490,13 @@ class Daemon:
     # -- deciding -----------------------------------------------------------------------
 
     def _verify(self, a: Attempt, utt: Utterance) -> None:
-        stages = self.stages
-        assert stages is not None and self.lockout is not None
-        speaker: SpeakerLike | None = None
-        try:
-            emb = a.emb_stream.finish()
-        except stages.no_speech_errors as exc:
-            log.info("no embedding: %s", exc)
-            emb = None
-        if emb is not None:
-            if a.claimed_user:
-                speaker = stages.scorer.verify(emb, a.claimed_user)
-            else:
-                speaker = stages.scorer.identify(emb)
-        liveness: LivenessLike | None = (
-            a.prompt_stream.finish() if a.prompt_stream is not None else None
-        )
+        assert self.stages is not None and self.lockout is not None
         now = self.clock()
-        replay: ReplayLike | None = (
-            stages.replay.check_and_add(utt.pcm, now) if stages.replay is not None else None
-        )
-        identified = speaker.user if speaker is not None and speaker.accepted else None
-        lock_user = a.claimed_user or identified
-        lock_state = self.lockout.state(lock_user, now)
-        expired = (
-            a.challenge is not None
-            and a.answer_started_at is not None
-            and a.answer_started_at > a.challenge.expires_at
-        )
-        verdict = decide(
-            speaker,
-            liveness,
-            replay,
-            lock_state,
-            expired,
-            require_liveness=self.cfg.challenge.mode != "off",
-        )
-        if verdict.outcome == "granted" or verdict.counts_as_failure:
-            rec = self.lockout.record(lock_user, verdict.outcome == "granted", now)
-            self._announce_locks(rec, lock_user)
-        result = AttemptResult(
-            device_id=self.cfg.device_id,
-            verdict=verdict,
-            claimed_user=a.claimed_user,
-            speaker=speaker,
-            liveness=liveness,
-            replay=replay,
-            challenge=a.challenge,
-            issued_at=now,
-            ttl_s=self.cfg.mqtt.decision_ttl_s,
-            speech_s=utt.speech_s,
-        )
+        done = conclude(a, utt, self.stages, self.lockout, self.cfg, now)
+        if done.record is not None:
+            self._announce_locks(done.record)
+        result = done.result
+        verdict = result.verdict
         published = self._publish_decision(result)
         latency = time.monotonic() - a.ended_at
         self.attempt = None
@@ -576,11 +514,11 @@ class Daemon:
             user=verdict.user,
             claimed_user=a.claimed_user,
             reasons=list(verdict.reasons),
-            score=getattr(speaker, "score", None),
-            threshold=getattr(speaker, "threshold", None),
-            liveness_ok=getattr(liveness, "ok", None),
-            liveness_score=getattr(liveness, "score", None),
-            replay=getattr(replay, "is_replay", None),
+            score=getattr(result.speaker, "score", None),
+            threshold=getattr(result.speaker, "threshold", None),
+            liveness_ok=getattr(result.liveness, "ok", None),
+            liveness_score=getattr(result.liveness, "score", None),
+            replay=getattr(result.replay, "is_replay", None),
             nonce=a.challenge.nonce if a.challenge is not None else None,
             speech_s=round(utt.speech_s, 2),
             latency_s=round(latency, 3),
@@ -610,7 +548,7 @@ class Daemon:
                 self.metrics.attempt_errors.inc()
             return False
 
-    def _announce_locks(self, rec: RecordResult, user: str | None) -> None:
+    def _announce_locks(self, rec: RecordResult) -> None:
         for entry in rec.new_locks:
             scope = "device" if entry.key == "device" else "user"
             log.warning(
@@ -682,12 +620,11 @@ class Daemon:
             )
             self.notifier.ready(STATUS[self.sm.state])
             return False
-        changed = [k for k in type(new).model_fields if getattr(new, k) != getattr(self.cfg, k)]
-        hot = [k for k in changed if k in HOT_SECTIONS]
-        cold = [k for k in changed if k not in HOT_SECTIONS]
+        plan = plan_reload(self.cfg, new)
+        hot, cold = plan.applied, plan.needs_restart
         if cold:
             log.warning("config changes that need a restart (not applied): %s", ", ".join(cold))
-        self.cfg = self.cfg.model_copy(update={k: getattr(new, k) for k in hot})
+        self.cfg = plan.cfg
         if "logging" in hot:
             setup_logging(self.cfg.logging)
         if "lockout" in hot and self.lockout is not None:
