@@ -423,3 +423,33 @@ def test_an_ended_lock_is_published_as_ended(tmp_path: Path, audio_dir: Path) ->
     assert d.run() == 0
     published = link.of("lockout")
     assert [[e["key"] for e in p] for p in published] == [[], ["device"], []]
+
+
+def test_a_spoken_challenge_heard_by_the_microphone_is_not_the_answer(
+    tmp_path: Path, audio_dir: Path, voiceprint: np.ndarray
+) -> None:
+    # The door's loudspeaker reads the digits right after the wake phrase; the microphone
+    # hears that too. Only the person's answer after it may count.
+    path = write_wav(
+        audio_dir / "prompt_echo.wav",
+        np.concatenate(
+            [
+                silence(0.5),
+                espeak("hello there"),
+                silence(0.6),  # hangover: the challenge is issued in here
+                espeak("three, one, four, one, five", "en+f3"),  # the prompt, as heard
+                silence(1.5),
+                espeak("four, seven, one, nine, two", "en+m3"),  # the person
+                silence(1.5),
+            ]
+        ),
+    )
+    link = RecordingLink()
+    stages = standin_stages(FileSource(path), {"me": voiceprint}, link)
+    spoken: list[str] = []
+    stages.speak = lambda ch: spoken.append(ch.digits)
+    _, code = run(config(tmp_path, path, challenge={"speak": True}), stages)
+    assert code == 0
+    assert spoken == link.of("challenge")
+    # One decision, on the person's answer (the stand-in scorer matches only that voice).
+    assert [x["outcome"] for x in link.of("decision")] == ["granted"]

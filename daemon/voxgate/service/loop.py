@@ -47,6 +47,9 @@ EX_CANTCREAT = 73  # data_dir not writable
 EX_CONFIG = 78  # a setting or secret is missing or wrong
 EX_IOERR = 74  # audio capture failed while running (systemd restarts us)
 
+# How long a spoken challenge plays (espeak-ng at 140 words/min, digits with pauses).
+SPEAK_S_PER_WORD = 0.45
+SPEAK_TAIL_S = 0.8
 TICK_S = 0.1  # longest the loop waits for a frame before doing its housekeeping
 HOUSEKEEPING_S = 1.0
 
@@ -95,6 +98,7 @@ class Daemon:
         self._stop_deadline: float | None = None
         self._next_housekeeping = 0.0
         self._frames_since = 0
+        self._deaf_frames = 0
         self._frames_per_s = 1000 // cfg.audio.frame_ms
         self._dropped_seen = 0
         self._drop_warned_at = 0.0
@@ -304,6 +308,11 @@ class Daemon:
                 break
             if item is not None:
                 self._frames_since += 1
+                if self._deaf_frames > 0:  # our own prompt is playing
+                    self._deaf_frames -= 1
+                    if not self._deaf_frames:
+                        self.endpointer = Endpointer(self.cfg.vad, self.cfg.audio.frame_ms)
+                    continue
                 for ev in self.endpointer.feed(item):
                     self._on_event(ev)
             self._tick(time.monotonic())
@@ -457,7 +466,22 @@ class Daemon:
             return
         a.challenge = self.stages.new_challenge(self.cfg.challenge, self.clock())
         self.stages.link.publish_challenge(a.challenge)
+        if self.stages.speak is not None:
+            self._speak(a.challenge)
         self.sm.move(State.CHALLENGE, "challenge issued")
+
+    def _speak(self, challenge: Any) -> None:
+        """Say the challenge on the door's speaker. The microphone hears it too, and a
+        machine reading the digits must not become the answer: the loop is deaf (frames
+        are dropped, not fed to the VAD) for about as long as the prompt plays."""
+        assert self.stages is not None and self.stages.speak is not None
+        try:
+            self.stages.speak(challenge)
+        except Exception as exc:
+            log.warning("speaking the challenge failed: %s", exc)
+            return
+        seconds = SPEAK_S_PER_WORD * len(challenge.words) + SPEAK_TAIL_S
+        self._deaf_frames = int(seconds * 1000 / self.cfg.audio.frame_ms)
 
     def _command_attempt(self, payload: dict[str, Any]) -> dict[str, Any]:
         """MQTT thread: queue a claimed-user attempt for the loop."""

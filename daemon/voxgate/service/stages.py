@@ -107,6 +107,7 @@ class Stages:
     recognizer: Recognizer | None = None  # None when challenge.mode is off
     new_challenge: Callable[[ChallengeConfig, float], Challenge] | None = None
     replay: ReplayDetector | None = None
+    speak: Callable[[Any], Any] | None = None  # says a challenge aloud (challenge.speak)
     no_speech_errors: tuple[type[BaseException], ...] = ()  # e.g. embedding.TooShort
     close: list[Callable[[], None]] = field(default_factory=list)
 
@@ -184,7 +185,7 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
     except Exception as exc:  # ModelError, StoreError, SecretError: all say what is wrong
         raise StageUnavailable(f"speaker stage: {exc}") from None
 
-    recognizer = new_challenge = replay = None
+    recognizer = new_challenge = replay = speak = None
     if cfg.challenge.mode != "off":
         try:
             from voxgate import challenge, stt
@@ -192,6 +193,7 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
 
             recognizer = stt.load_recognizer(cfg.stt)
             new_challenge = challenge.new_challenge
+            speak = challenge.speak if cfg.challenge.speak else None
             replay = replay_mod.ReplayDetector(
                 cfg.data_dir / "replay.db", cfg.challenge.replay_window_s
             )
@@ -217,6 +219,7 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
         recognizer=recognizer,
         new_challenge=new_challenge,
         replay=replay,
+        speak=speak,
         no_speech_errors=(getattr(embedding, "TooShort", ValueError),),
         close=[source.close],
     )
