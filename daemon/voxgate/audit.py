@@ -300,17 +300,25 @@ def _torn_tail(fd: int, size: int) -> int:
 
 def _tail_head(fd: int, size: int, seq: int, head: str) -> tuple[int, str]:
     """(seq, hash) of the file's last line; the given values when the file is empty or
-    unreadable (a character device such as /dev/full reports size 0)."""
+    unreadable (a character device such as /dev/full reports size 0). A damaged last line
+    is chained from by its bytes, with the seq it would have had, so verify reports that
+    one line and nothing after it."""
     tail = _read_back(fd, size).rstrip(b"\n")
     if not tail:
         return seq, head
-    last = tail.rsplit(b"\n", 1)[-1]
+    lines = tail.split(b"\n")
+    last_seq = -1
+    for back, raw in enumerate(reversed(lines)):
+        try:
+            last_seq = int(json.loads(raw)["seq"]) + back
+            break
+        except (ValueError, KeyError, TypeError):
+            continue
     try:
-        rec = json.loads(last)
-        return int(rec["seq"]), str(rec["hash"])
+        return last_seq, str(json.loads(lines[-1])["hash"])
     except (ValueError, KeyError, TypeError):
         log.error("audit log: the last line is damaged; new lines chain from its bytes")
-        return -1, hashlib.sha256(last).hexdigest()
+        return last_seq, hashlib.sha256(lines[-1]).hexdigest()
 
 
 def open_log(cfg: Any) -> AuditLog:

@@ -246,3 +246,18 @@ def test_concurrent_processes_keep_the_chain(tmp_path: Path) -> None:
     rep = verify(p)
     assert rep.ok, rep.problems[:3]
     assert rep.lines == 1600
+
+
+def test_a_damaged_last_line_is_reported_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = tmp_path / "audit.jsonl"
+    write_log(p, 3)
+    with open(p, "ab") as f:
+        f.write(b"\x00\x00garbage from a bad sector\n")
+    log = AuditLog(p)
+    assert "damaged" in caplog.text
+    log.append("decision", outcome="granted")
+    rep = verify(p, use_anchor=False)
+    assert len(rep.problems) == 1 and rep.problems[0].startswith("line 4: not an audit record")
+    assert json.loads(lines(p)[-1])["seq"] == 5
