@@ -177,14 +177,6 @@ class Daemon:
         stages = self.stages
         self._undo.append(("stages", self._close_stages))
 
-        if cfg.metrics.enabled:
-            self._step("metrics endpoint")
-            from voxgate.service.metrics import Metrics
-
-            self.metrics = Metrics()
-            self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
-            self._undo.append(("metrics", self.metrics.stop))
-
         self._step("MQTT link", undo=self._stop_link)
         stages.link.on_command("attempt", self._command_attempt)
         stages.link.start()
@@ -213,6 +205,14 @@ class Daemon:
                 return False
 
         self.notifier.ready(STATUS[State.IDLE])
+        if cfg.metrics.enabled:
+            # After READY: the door works without it, and prometheus_client costs ~0.2 s
+            # of import on a small board.
+            from voxgate.service.metrics import Metrics
+
+            self.metrics = Metrics()
+            self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+            self._undo.append(("metrics", self.metrics.stop))
         self._publish_state()
         self._sync_lockout()  # after a restart: what is still locked
         self._audit("service_start", device=cfg.device_id, source=cfg.audio.source)
