@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -157,6 +158,7 @@ def main() -> int:
     )
     print(f"SIGTERM to exit: max {max(stops):.2f} s over {len(stops)} stops (limit 5 s)")
     sock.close()
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
