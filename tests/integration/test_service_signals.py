@@ -8,10 +8,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,48 +19,12 @@ import yaml
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 sys.path.insert(0, str(SUPPORT))
 
-from service_standins import attempt_recording, wait_until  # noqa: E402
+from service_standins import NotifyListener, attempt_recording, wait_until  # noqa: E402
 from voxgate.audit import verify  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
-
-
-class NotifyListener:
-    """A real AF_UNIX datagram socket standing in for systemd's notify socket."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self._run = True
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while self._run:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            now = time.monotonic()
-            for line in data.decode().split("\n"):
-                self.messages.append((now, line))
-
-    def times(self, line: str) -> list[float]:
-        return [t for t, m in list(self.messages) if m == line]
-
-    def has(self, prefix: str) -> bool:
-        return any(m.startswith(prefix) for _, m in list(self.messages))
-
-    def close(self) -> None:
-        self._run = False
-        self._thread.join(1)
-        self.sock.close()
 
 
 def write_config(path: Path, data_dir: Path, audio: Path, **extra: object) -> None:

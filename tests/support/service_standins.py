@@ -12,6 +12,7 @@ import hashlib
 import json
 import secrets
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -262,6 +263,48 @@ def standin_stages(
         no_speech_errors=(TooShort,),
         close=[source.close],
     )
+
+
+# -- systemd's side of sd_notify ---------------------------------------------------------
+
+
+class NotifyListener:
+    """A real AF_UNIX datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._run = True
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while self._run:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            for line in data.decode().split("\n"):
+                self.messages.append((now, line))
+
+    def times(self, line: str) -> list[float]:
+        return [t for t, m in list(self.messages) if m == line]
+
+    def has(self, prefix: str) -> bool:
+        return any(m.startswith(prefix) for _, m in list(self.messages))
+
+    def statuses(self) -> list[str]:
+        return [m[len("STATUS=") :] for _, m in list(self.messages) if m.startswith("STATUS=")]
+
+    def close(self) -> None:
+        self._run = False
+        self._thread.join(1)
+        self.sock.close()
 
 
 # -- audio -------------------------------------------------------------------------------

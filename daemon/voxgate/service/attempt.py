@@ -29,7 +29,6 @@ class Attempt:
     prompt_stream: Any = None
     answer_started_at: float | None = None  # wall clock of the answer's first speech
     ended_at: float = 0.0  # monotonic, end of speech
-    frames_pushed: int = 0
 
     @property
     def answering(self) -> bool:

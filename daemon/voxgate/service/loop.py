@@ -87,7 +87,6 @@ class Daemon:
         self.frames: FrameQueue | None = None
         self.endpointer: Endpointer | None = None
         self.attempt: Attempt | None = None
-        self.decisions: list[AttemptResult] = []  # last few, for status and tests
         self.exit_code = EX_OK
         self._stop = threading.Event()
         self._stop_reason = ""
@@ -426,7 +425,6 @@ class Daemon:
         a.emb_stream.push(pcm)
         if a.prompt_stream is not None:
             a.prompt_stream.push(pcm)
-        a.frames_pushed += 1
 
     def _speech_ended(self, utt: Utterance | None) -> None:
         if self.metrics is not None and utt is not None:
@@ -524,7 +522,6 @@ class Daemon:
         published = self._publish_decision(result)
         latency = time.monotonic() - a.ended_at
         self.attempt = None
-        self.decisions = [*self.decisions[-9:], result]
         if self.metrics is not None:
             self.metrics.decisions.labels(verdict.outcome).inc()
             self.metrics.latency.observe(latency)
