@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from voxgate.audio.base import SAMPLE_RATE
 
@@ -30,6 +29,8 @@ def resample(x: np.ndarray, src_rate: int, dst_rate: int = SAMPLE_RATE) -> np.nd
     if src_rate == dst_rate:
         return np.asarray(x, dtype=np.float32)
     g = math.gcd(src_rate, dst_rate)
+    from scipy.signal import resample_poly  # 1-2 s to import: only when a rate differs
+
     return resample_poly(x, dst_rate // g, src_rate // g).astype(np.float32)
 
 
@@ -59,6 +60,8 @@ class StreamResampler:
         if usable <= 0:
             return np.zeros(0, dtype=np.float32)
         window = self._buf[: 2 * self.pad + usable]
+        from scipy.signal import resample_poly  # cached after the first call
+
         y = resample_poly(window, self.up, self.down)
         start = self.pad * self.up // self.down
         out = y[start : start + usable * self.up // self.down]

@@ -1,13 +1,100 @@
-"""voxgate audit (stub until its stage lands)."""
+"""voxgate audit: check the hash chain of the audit log, or show its last lines."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections import deque
+from pathlib import Path
 
-from voxgate.commands.common import add_config_option, add_parser, not_yet
+from voxgate.commands.common import add_config_option, add_parser, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_parser(sub, "audit", help="audit (not yet available)", examples="voxgate audit --help")
-    add_config_option(p)
-    p.set_defaults(func=lambda args: not_yet("audit"))
+    p = add_parser(
+        sub,
+        "audit",
+        help="verify or show the audit log",
+        description="The audit log is append-only, hash-chained JSON lines (one per decision, "
+        "enrollment, erase and config reload) with its head kept in FILE.anchor.",
+        examples="""
+            voxgate audit verify                          # the log the default config names
+            voxgate audit verify /var/lib/voxgate/audit.jsonl
+            voxgate audit verify -c /etc/voxgate/voxgate.yaml --key-file /root/audit-key
+            voxgate audit show -n 20 /var/lib/voxgate/audit.jsonl
+        """,
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    v = actions.add_parser(
+        "verify", help="check every line and the anchor; exit 0 intact, 1 tampered or damaged"
+    )
+    add_config_option(v)
+    v.add_argument("file", nargs="?", metavar="FILE", help="log file (default: from config)")
+    v.add_argument("--anchor", metavar="FILE", help="anchor file (default: FILE.anchor)")
+    v.add_argument("--no-anchor", action="store_true", help="check the chain only")
+    v.add_argument("--key-file", metavar="FILE", help="audit key, to check the anchor's signature")
+    v.set_defaults(func=verify_command)
+    s = actions.add_parser("show", help="print the last lines")
+    add_config_option(s)
+    s.add_argument("file", nargs="?", metavar="FILE", help="log file (default: from config)")
+    s.add_argument("-n", "--lines", type=int, default=10, help="how many (default 10)")
+    s.set_defaults(func=show_command)
+
+
+def _log_path(args: argparse.Namespace) -> Path | None:
+    if args.file:
+        return Path(args.file)
+    cfg = config_from_args(args)
+    if cfg is None:
+        return None
+    return cfg.audit.path or cfg.data_dir / "audit.jsonl"
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    from voxgate.audit import verify
+    from voxgate.config.secrets import SecretError, read_secret
+
+    path = _log_path(args)
+    if path is None:
+        return 78
+    key = None
+    if args.key_file:
+        try:
+            key = read_secret("audit-key", Path(args.key_file))
+        except (SecretError, OSError) as exc:
+            print(f"voxgate audit verify: {exc}", file=sys.stderr)
+            return 2
+    anchor = Path(args.anchor) if args.anchor else None
+    rep = verify(path, anchor, key, use_anchor=not args.no_anchor)
+    for note in rep.notes:
+        print(f"note: {note}")
+    if rep.ok:
+        print(f"{path}: intact, {rep.lines} line(s), head seq {rep.head_seq} {rep.head}")
+        return 0
+    print(f"{path}: NOT intact ({len(rep.problems)} problem(s)):", file=sys.stderr)
+    for problem in rep.problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return 1
+
+
+def show_command(args: argparse.Namespace) -> int:
+    path = _log_path(args)
+    if path is None:
+        return 78
+    try:
+        with open(path, "rb") as f:
+            last = deque(f, maxlen=max(1, args.lines))
+    except OSError as exc:
+        print(f"voxgate audit show: {path}: {exc}", file=sys.stderr)
+        return 1
+    for raw in last:
+        try:
+            rec = json.loads(raw)
+            extra = {
+                k: v for k, v in rec.items() if k not in ("seq", "ts", "event", "prev", "hash")
+            }
+            print(f"{rec['seq']:>6} {rec['ts']:.3f} {rec['event']:<14} {json.dumps(extra)}")
+        except (ValueError, KeyError, TypeError):
+            print(f"  (damaged) {raw[:120]!r}")
+    return 0

@@ -11,7 +11,7 @@ from voxgate.config.base import Section
 from voxgate.config.fleet import ApiConfig, FleetConfig
 from voxgate.config.logging import LoggingConfig
 from voxgate.config.mqtt import MqttConfig
-from voxgate.config.service import AuditConfig, LockoutConfig, MetricsConfig
+from voxgate.config.service import AuditConfig, LockoutConfig, MetricsConfig, ServiceConfig
 from voxgate.config.speaker import SpeakerConfig
 from voxgate.config.stt import ChallengeConfig, SttConfig
 
@@ -32,6 +32,7 @@ class VoxgateConfig(Section):
     stt: SttConfig = Field(default_factory=SttConfig)
     challenge: ChallengeConfig = Field(default_factory=ChallengeConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
     lockout: LockoutConfig = Field(default_factory=LockoutConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

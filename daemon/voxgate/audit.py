@@ -1,0 +1,430 @@
+"""The audit log: append-only, hash-chained JSON lines, with a head anchor beside it.
+
+Every line is one JSON object with `seq` (1, 2, ...), `ts`, `event`, the event's fields,
+`prev` (the previous line's hash; 64 zeros for the first) and `hash` = sha256 of the line's
+canonical JSON without `hash`. Editing, inserting, removing or reordering any line breaks
+the chain at that point. Cutting lines off the end leaves a valid chain, so the head (last
+seq and hash) is also kept in `<log>.anchor`, rewritten atomically after every line, and
+HMAC-signed when an audit key is configured. Limits (docs/service.md): without a key, anyone
+who can write both files can rewrite them consistently; with a key, they can still put back
+an older log together with its older anchor. The daemon also logs each head to the journal,
+which lives elsewhere, so a rollback can be seen by comparing the two.
+
+fsync: with fsync "always" (default) a line and then the anchor are fsynced before append()
+returns; with "never" the kernel writes them when it likes.
+
+A write that fails (disk full, I/O error) is logged with the cause; the line is kept in
+memory and written, in order, by the next append or flush_pending(). The daemon goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+RESERVED = frozenset({"seq", "ts", "event", "prev", "hash"})
+MAX_PENDING = 10000  # lines held in memory while the disk refuses writes
+
+
+class AuditError(Exception):
+    pass
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe form of numpy scalars, paths, tuples and non-finite floats."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):  # numpy scalar
+        return _plain(value.item())
+    return str(value)
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    return json.dumps(
+        record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+def line_hash(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def anchor_path_for(path: Path) -> Path:
+    return path.with_name(path.name + ".anchor")
+
+
+def anchor_mac(key: bytes, seq: int, head: str) -> str:
+    return hmac.new(key, f"voxgate-audit:{seq}:{head}".encode(), hashlib.sha256).hexdigest()
+
+
+class AuditLog:
+    """Appends chained lines. Several processes may append to one log (the daemon, and
+    `voxgate enroll` / `voxgate users erase` run by an admin): each write takes an exclusive
+    flock on the file, re-reads the head another process may have moved, and chains its
+    lines from there."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: bool = True,
+        key: bytes | None = None,
+        anchor: Path | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.anchor = anchor or anchor_path_for(self.path)
+        self.fsync = fsync
+        self.key = key
+        self._lock = threading.Lock()
+        self._pending: deque[dict[str, Any]] = deque()  # bodies not yet chained and written
+        self.write_errors = 0
+        self.dropped = 0  # lines lost because the backlog overflowed
+        self._failing = False
+        self.seq, self.head = 0, GENESIS
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for event, fields in self._open_checks():
+            self.append(event, **fields)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def append(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Add one event; returns the record as written (with seq and hash), or, while the
+        disk refuses writes, as it would be written now. Never raises for I/O."""
+        clash = RESERVED & fields.keys()
+        if clash:
+            raise ValueError(f"audit fields may not be named {sorted(clash)}")
+        body = {"ts": round(time.time(), 3), "event": event, **_plain(fields)}
+        with self._lock:
+            if len(self._pending) >= MAX_PENDING:
+                self._pending.popleft()
+                self.dropped += 1
+                log.error(
+                    "audit backlog full: oldest unwritten line dropped (%d so far)", self.dropped
+                )
+            self._pending.append(body)
+            records = self._flush_locked()
+            record = records[-1] if records else self._chain([body], self.seq, self.head)[0]
+        log.debug("audit #%d %s %s", record["seq"], event, record["hash"])
+        return record
+
+    def flush_pending(self) -> int:
+        """Retry lines a failed write left in memory; returns how many are still pending."""
+        with self._lock:
+            if self._pending:
+                self._flush_locked()
+            return len(self._pending)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @staticmethod
+    def _chain(bodies: list[dict[str, Any]], seq: int, head: str) -> list[dict[str, Any]]:
+        out = []
+        for body in bodies:
+            seq += 1
+            rec = {"seq": seq, **body, "prev": head}
+            rec["hash"] = head = line_hash(rec)
+            out.append(rec)
+        return out
+
+    def _flush_locked(self) -> list[dict[str, Any]]:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            self._write_failed(exc)
+            return []
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            self.seq, self.head = _tail_head(fd, size, self.seq, self.head)
+            records = self._chain(list(self._pending), self.seq, self.head)
+            data = b"".join(canonical(r) + b"\n" for r in records)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.fsync:
+                    os.fsync(fd)
+            except OSError as exc:
+                # Leave no half line behind: the held lines are written whole later.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                self._write_failed(exc)
+                return []
+            self.seq, self.head = records[-1]["seq"], records[-1]["hash"]
+            if self._failing:
+                log.warning(
+                    "audit log %s: writable again; %d held line(s) written",
+                    self.path,
+                    len(records),
+                )
+            self._failing = False
+            self._pending.clear()
+            self._write_anchor()  # still under the flock: anchors follow the file's order
+            return records
+        finally:
+            os.close(fd)  # also releases the flock
+
+    def _write_failed(self, exc: OSError) -> None:
+        self.write_errors += 1
+        if not self._failing:
+            why = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            log.error(
+                "audit log %s: cannot write (%s); keeping %d line(s) in memory and going on",
+                self.path,
+                why,
+                len(self._pending),
+            )
+        self._failing = True
+
+    def _write_anchor(self) -> None:
+        body: dict[str, Any] = {"seq": self.seq, "hash": self.head}
+        if self.key:
+            body["mac"] = anchor_mac(self.key, self.seq, self.head)
+        tmp = self.anchor.with_name(self.anchor.name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(canonical(body) + b"\n")
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, self.anchor)
+            if self.fsync:
+                dfd = os.open(self.anchor.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:
+            self.write_errors += 1
+            log.error(
+                "audit anchor %s: cannot write (%s); the log is ahead of it", self.anchor, exc
+            )
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _open_checks(self) -> list[tuple[str, dict[str, Any]]]:
+        """Repair a torn last line and compare the anchor, under the flock; returns the
+        events that record what was found."""
+        events: list[tuple[str, dict[str, Any]]] = []
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            log.error("audit log %s: cannot open (%s)", self.path, exc)
+            return events
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            torn = _torn_tail(fd, size)
+            if torn:
+                log.error(
+                    "audit log %s ends in a torn line (%d bytes, a crash or full disk "
+                    "mid-write); removing it and recording that",
+                    self.path,
+                    torn,
+                )
+                os.ftruncate(fd, size - torn)
+                size -= torn
+                events.append(("audit_torn_tail", {"dropped_bytes": torn}))
+            self.seq, self.head = _tail_head(fd, size, 0, GENESIS)
+            gap = self._anchor_gap()
+            if gap:
+                events.append(("audit_anchor_gap", gap))
+        finally:
+            os.close(fd)
+        return events
+
+    def _anchor_gap(self) -> dict[str, Any] | None:
+        try:
+            anchored = json.loads(self.anchor.read_text())
+            a_seq = int(anchored["seq"])
+        except FileNotFoundError:
+            a_seq = 0 if self.seq <= 0 else -1
+        except (OSError, ValueError, KeyError, TypeError):
+            a_seq = -1
+        if a_seq == self.seq or (a_seq == 0 and self.seq <= 0):
+            return None
+        if a_seq > self.seq:
+            log.error(
+                "audit log %s has %d line(s) but its anchor says %d: lines were removed",
+                self.path,
+                self.seq,
+                a_seq,
+            )
+        else:
+            log.warning(
+                "audit log %s is ahead of its anchor (%s vs %d); recording that and re-anchoring",
+                self.path,
+                a_seq if a_seq >= 0 else "missing/unreadable",
+                self.seq,
+            )
+        return {"anchored_seq": a_seq, "log_seq": self.seq}
+
+
+def _read_back(fd: int, size: int, limit: int = 65536) -> bytes:
+    n = min(size, limit)
+    return os.pread(fd, n, size - n) if n else b""
+
+
+def _torn_tail(fd: int, size: int) -> int:
+    """Bytes after the last newline (a line whose write never finished)."""
+    tail = _read_back(fd, size)
+    if not tail or tail.endswith(b"\n"):
+        return 0
+    return len(tail) - (tail.rfind(b"\n") + 1)
+
+
+def _tail_head(fd: int, size: int, seq: int, head: str) -> tuple[int, str]:
+    """(seq, hash) of the file's last line; the given values when the file is empty or
+    unreadable (a character device such as /dev/full reports size 0). A damaged last line
+    is chained from by its bytes, with the seq it would have had, so verify reports that
+    one line and nothing after it."""
+    tail = _read_back(fd, size).rstrip(b"\n")
+    if not tail:
+        return seq, head
+    lines = tail.split(b"\n")
+    last_seq = -1
+    for back, raw in enumerate(reversed(lines)):
+        try:
+            last_seq = int(json.loads(raw)["seq"]) + back
+            break
+        except (ValueError, KeyError, TypeError):
+            continue
+    try:
+        return last_seq, str(json.loads(lines[-1])["hash"])
+    except (ValueError, KeyError, TypeError):
+        log.error("audit log: the last line is damaged; new lines chain from its bytes")
+        return last_seq, hashlib.sha256(lines[-1]).hexdigest()
+
+
+def open_log(cfg: Any) -> AuditLog:
+    """The audit log a VoxgateConfig names, for the daemon and for commands that change
+    users (`enrollment`, `erase` events): AuditLog(cfg...).append("erase", user=name)."""
+    from voxgate.config.secrets import read_secret
+
+    return AuditLog(
+        cfg.audit.path or cfg.data_dir / "audit.jsonl",
+        fsync=cfg.audit.fsync == "always",
+        key=read_secret("audit-key", cfg.audit.key_file, required=False),
+    )
+
+
+@dataclass
+class VerifyReport:
+    lines: int = 0
+    head_seq: int = 0
+    head: str = GENESIS
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(
+    path: Path,
+    anchor: Path | None = None,
+    key: bytes | None = None,
+    *,
+    use_anchor: bool = True,
+) -> VerifyReport:
+    """Check the chain line by line and the head against the anchor."""
+    path = Path(path)
+    rep = VerifyReport()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data = b""
+        rep.notes.append(f"{path}: no such file (an empty log)")
+    except OSError as exc:
+        rep.problems.append(f"{path}: cannot read: {exc}")
+        return rep
+    if data and not data.endswith(b"\n"):
+        rep.problems.append(f"line {len(data.splitlines())}: torn (no newline at the end)")
+    prev, seq = GENESIS, 0
+    hashes: dict[int, str] = {0: GENESIS}
+    for n, raw in enumerate(data.splitlines(), start=1):
+        rep.lines = n
+        try:
+            rec = json.loads(raw)
+            if not isinstance(rec, dict):
+                raise ValueError("not an object")
+            got_hash, got_prev, got_seq = rec["hash"], rec["prev"], rec["seq"]
+        except (ValueError, KeyError) as exc:
+            rep.problems.append(f"line {n}: not an audit record ({exc})")
+            prev, seq = hashlib.sha256(raw).hexdigest(), seq + 1
+            continue
+        if line_hash(rec) != got_hash:
+            rep.problems.append(f"line {n} (seq {got_seq}): edited (its hash does not match)")
+        if got_prev != prev:
+            rep.problems.append(
+                f"line {n} (seq {got_seq}): chain broken (a line before it was removed, "
+                "inserted or reordered)"
+            )
+        if got_seq != seq + 1:
+            rep.problems.append(f"line {n}: seq {got_seq} where {seq + 1} was expected")
+        if rec.get("event") in ("audit_anchor_gap", "audit_torn_tail"):
+            rep.notes.append(f"line {n}: the daemon recorded {rec['event']}: {raw.decode()}")
+        prev, seq = got_hash, got_seq if isinstance(got_seq, int) else seq + 1
+        hashes[seq] = prev
+    rep.head_seq, rep.head = seq, prev
+    if use_anchor:
+        _check_head(rep, anchor or anchor_path_for(path), key, hashes)
+    return rep
+
+
+def _check_head(rep: VerifyReport, anchor: Path, key: bytes | None, hashes: dict[int, str]) -> None:
+    try:
+        body = json.loads(anchor.read_text())
+        a_seq, a_hash = int(body["seq"]), str(body["hash"])
+    except FileNotFoundError:
+        if rep.lines:
+            rep.problems.append(
+                f"{anchor}: anchor missing (cannot tell whether lines were cut off)"
+            )
+        return
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        rep.problems.append(f"{anchor}: unreadable anchor ({exc})")
+        return
+    if key is not None:
+        mac = body.get("mac")
+        if not isinstance(mac, str) or not hmac.compare_digest(mac, anchor_mac(key, a_seq, a_hash)):
+            rep.problems.append(f"{anchor}: signature does not match (wrong key or forged anchor)")
+    elif "mac" in body:
+        rep.notes.append("the anchor is signed; pass the audit key to check the signature")
+    if a_seq > rep.head_seq:
+        rep.problems.append(
+            f"truncated: the anchor records {a_seq} line(s), the log ends at seq {rep.head_seq}"
+        )
+    elif hashes.get(a_seq) != a_hash:
+        rep.problems.append(f"line seq {a_seq} is not the one the anchor records")
+    elif a_seq < rep.head_seq:
+        rep.problems.append(
+            f"{rep.head_seq - a_seq} line(s) after the anchored head (seq {a_seq}) were "
+            "appended without updating the anchor"
+        )

@@ -1,0 +1,222 @@
+"""Lockout: back-off after repeated failures, per claimed user and per door, kept on disk.
+
+After `max_failures` consecutive failures a key is locked for `initial_s`; each further
+failure (once the lock has passed) doubles the period, up to `max_s` (NIST SP 800-63B
+5.2.2 rate limiting). A success resets the user and the door. State lives in a small SQLite
+file so a restart (or a crash loop an attacker provokes) does not clear it. Times are wall
+clock (time.time()) because they must survive a reboot: a clock set back lengthens a lock,
+one set forward shortens it (setting the clock needs root).
+
+The in-memory table is the truth the daemon acts on; the file is written through. A write
+that fails (disk full, read-only) is logged and the daemon keeps enforcing from memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from voxgate.config.service import LockoutConfig
+from voxgate.policy import LockoutState
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEVICE_KEY = "device"
+
+
+def user_key(user: str) -> str:
+    return f"user:{user}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str  # "device" or "user:<name>"
+    failures: int  # consecutive
+    locked_until: float | None  # wall clock; None when not locked
+
+    def locked(self, now: float) -> bool:
+        return self.locked_until is not None and now < self.locked_until
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    state: LockoutState  # after this attempt
+    new_locks: tuple[Entry, ...]  # keys this failure has just locked (for metrics, MQTT, audit)
+
+
+class LockoutError(Exception):
+    pass
+
+
+class LockoutBook:
+    def __init__(self, path: Path, cfg: LockoutConfig) -> None:
+        self.path = Path(path)
+        self.cfg = cfg
+        self._lock = threading.Lock()
+        self._entries: dict[str, Entry] = {}
+        self._db = self._open()
+        self._load()
+
+    # -- public -------------------------------------------------------------------------
+
+    def state(self, user: str | None, now: float | None = None) -> LockoutState:
+        now = time.time() if now is None else now
+        with self._lock:
+            return self._state(user, now)
+
+    def record(self, user: str | None, ok: bool, now: float | None = None) -> RecordResult:
+        """Count one attempt's result for the claimed user (None: identify) and the door."""
+        now = time.time() if now is None else now
+        keys = [DEVICE_KEY] + ([user_key(user)] if user else [])
+        new_locks: list[Entry] = []
+        with self._lock:
+            for key in keys:
+                if ok:
+                    entry = Entry(key, 0, None)
+                else:
+                    entry = self._fail(key, now)
+                    if entry.locked_until is not None and entry.locked(now):
+                        new_locks.append(entry)
+                self._entries[key] = entry
+                self._write(entry)
+            return RecordResult(self._state(user, now), tuple(new_locks))
+
+    def reset(self, user: str | None) -> None:
+        """Clear a user's counter (an admin unlock, or the user was erased); None: the door."""
+        key = user_key(user) if user else DEVICE_KEY
+        with self._lock:
+            self._entries[key] = Entry(key, 0, None)
+            self._write(self._entries[key])
+
+    def locked(self, now: float | None = None) -> list[Entry]:
+        """Every key locked now (published on MQTT, shown in metrics)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            return sorted((e for e in self._entries.values() if e.locked(now)), key=lambda e: e.key)
+
+    def reconfigure(self, cfg: LockoutConfig) -> None:
+        """New settings apply from the next failure; running locks keep their end time."""
+        with self._lock:
+            self.cfg = cfg
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _limit(self, key: str) -> int:
+        return self.cfg.device_max_failures if key == DEVICE_KEY else self.cfg.max_failures
+
+    def _fail(self, key: str, now: float) -> Entry:
+        old = self._entries.get(key, Entry(key, 0, None))
+        failures = old.failures + 1
+        over = failures - self._limit(key)
+        if over < 0:
+            return Entry(key, failures, old.locked_until)
+        period = min(self.cfg.max_s, self.cfg.initial_s * 2.0 ** min(over, 30))
+        return Entry(key, failures, now + period)
+
+    def _state(self, user: str | None, now: float) -> LockoutState:
+        dev = self._entries.get(DEVICE_KEY, Entry(DEVICE_KEY, 0, None))
+        usr = self._entries.get(user_key(user)) if user else None
+        usr = usr or Entry(user_key(user or ""), 0, None)
+        dev_locked, usr_locked = dev.locked(now), usr.locked(now)
+        ends = [e.locked_until for e, on in ((dev, dev_locked), (usr, usr_locked)) if on]
+        scope = (
+            "both"
+            if dev_locked and usr_locked
+            else "device"
+            if dev_locked
+            else "user"
+            if usr_locked
+            else None
+        )
+        return LockoutState(
+            locked=bool(ends),
+            until=max(ends) if ends else None,  # type: ignore[type-var]
+            user_failures=usr.failures,
+            device_failures=dev.failures,
+            scope=scope,
+        )
+
+    def _open(self) -> sqlite3.Connection | None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            # A damaged file must not stop the door; keep it for inspection and start over.
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error(
+                "lockout state %s is unreadable (%s); moved to %s, starting with no lockouts",
+                self.path,
+                exc,
+                aside,
+            )
+            with contextlib.suppress(OSError):
+                self.path.rename(aside)
+            try:
+                return self._connect()
+            except sqlite3.DatabaseError as exc2:
+                log.error(
+                    "cannot create lockout state %s: %s; keeping it in memory", self.path, exc2
+                )
+                return None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS lockout (key TEXT PRIMARY KEY, "
+                "failures INTEGER NOT NULL, locked_until REAL)"
+            )
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _load(self) -> None:
+        if self._db is None:
+            return
+        try:
+            rows = self._db.execute("SELECT key, failures, locked_until FROM lockout").fetchall()
+        except sqlite3.DatabaseError as exc:
+            log.error("cannot read lockout state %s: %s; starting with no lockouts", self.path, exc)
+            return
+        for key, failures, until in rows:
+            self._entries[key] = Entry(str(key), int(failures), until)
+        if rows:
+            log.info("lockout state: %d key(s) loaded from %s", len(rows), self.path)
+
+    def _write(self, entry: Entry) -> None:
+        if self._db is None:
+            return
+        try:
+            if entry.failures == 0 and entry.locked_until is None:
+                self._db.execute("DELETE FROM lockout WHERE key = ?", (entry.key,))
+            else:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO lockout (key, failures, locked_until) VALUES (?, ?, ?)",
+                    (entry.key, entry.failures, entry.locked_until),
+                )
+        except sqlite3.Error as exc:
+            log.error(
+                "cannot save lockout state for %s to %s: %s (still enforced until restart)",
+                entry.key,
+                self.path,
+                exc,
+            )

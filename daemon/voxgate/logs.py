@@ -1,0 +1,87 @@
+"""Logging setup from config.logging: text, JSON lines, or journald fields.
+
+Called at start and again on SIGHUP; it replaces only the handler it installed itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+from voxgate.config.logging import LoggingConfig
+
+_MARK = "_voxgate_handler"
+# LogRecord attributes that are not "extra" fields.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra={...}` fields are kept as top-level keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = (
+                    value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+                )
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def _journal_handler() -> logging.Handler | None:
+    try:
+        from systemd.journal import JournalHandler  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return JournalHandler(SYSLOG_IDENTIFIER="voxgate")
+
+
+def setup_logging(cfg: LoggingConfig, stream: TextIO | None = None) -> str:
+    """Install the configured handler and levels; returns the format actually used."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, _MARK, False):
+            root.removeHandler(h)
+            h.close()
+    used = cfg.format
+    handler: logging.Handler | None = None
+    if cfg.format == "journal":
+        handler = _journal_handler()
+        if handler is None:
+            used = "text"
+    if handler is None:
+        handler = logging.StreamHandler(stream or sys.stderr)
+        if used == "json":
+            handler.setFormatter(JsonFormatter())
+        else:
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+            )
+    setattr(handler, _MARK, True)
+    root.addHandler(handler)
+    root.setLevel(cfg.level.upper())
+    # Per-module levels; names set by an earlier config but absent now go back to inheriting.
+    previous: set[str] = getattr(setup_logging, "_modules", set())
+    for name in previous - set(cfg.modules):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    for name, level in cfg.modules.items():
+        logging.getLogger(name).setLevel(level.upper())
+    setup_logging._modules = set(cfg.modules)  # type: ignore[attr-defined]
+    if used != cfg.format:
+        logging.getLogger(__name__).warning(
+            "logging.format is 'journal' but systemd-python is not installed "
+            "(pip install 'voxgate[journal]'); logging text to stderr, which journald keeps too"
+        )
+    return used

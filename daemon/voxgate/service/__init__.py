@@ -1,0 +1,1 @@
+"""The daemon: the loop that wires the stages, its states, sd_notify, metrics."""

@@ -1,0 +1,95 @@
+"""One attempt: what the loop keeps while it runs, and how it is concluded.
+
+conclude() finishes the streams (only the last embedding window and the decoder's end are
+left, because the audio was pushed while it was spoken), scores, checks replay and lockout,
+asks policy.decide and counts the result in the lockout book. Publishing, auditing and
+metrics stay in the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from voxgate.config import VoxgateConfig
+from voxgate.lockout import LockoutBook, RecordResult
+from voxgate.policy import LivenessLike, ReplayLike, SpeakerLike, decide
+from voxgate.service.stages import AttemptResult, Challenge, Stages
+from voxgate.vad import Utterance
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Attempt:
+    claimed_user: str | None
+    challenge: Challenge | None = None
+    emb_stream: Any = None  # open while the answer is being spoken
+    prompt_stream: Any = None
+    answer_started_at: float | None = None  # wall clock of the answer's first speech
+    ended_at: float = 0.0  # monotonic, end of speech
+
+    @property
+    def answering(self) -> bool:
+        return self.emb_stream is not None
+
+
+@dataclass(frozen=True)
+class Conclusion:
+    result: AttemptResult
+    lock_user: str | None  # whose lockout counter the attempt touched (besides the door's)
+    record: RecordResult | None  # None when the attempt did not count (retry, locked out)
+
+
+def conclude(
+    a: Attempt, utt: Utterance, stages: Stages, lockout: LockoutBook, cfg: VoxgateConfig, now: float
+) -> Conclusion:
+    speaker: SpeakerLike | None = None
+    try:
+        emb = a.emb_stream.finish()
+    except stages.no_speech_errors as exc:
+        log.info("no embedding: %s", exc)
+        emb = None
+    if emb is not None:
+        if a.claimed_user:
+            speaker = stages.scorer.verify(emb, a.claimed_user)
+        else:
+            speaker = stages.scorer.identify(emb)
+    liveness: LivenessLike | None = (
+        a.prompt_stream.finish() if a.prompt_stream is not None else None
+    )
+    replay: ReplayLike | None = (
+        stages.replay.check_and_add(utt.pcm, now) if stages.replay is not None else None
+    )
+    identified = speaker.user if speaker is not None and speaker.accepted else None
+    lock_user = a.claimed_user or identified
+    expired = (
+        a.challenge is not None
+        and a.answer_started_at is not None
+        and a.answer_started_at > a.challenge.expires_at
+    )
+    verdict = decide(
+        speaker,
+        liveness,
+        replay,
+        lockout.state(lock_user, now),
+        expired,
+        require_liveness=cfg.challenge.mode != "off",
+    )
+    record = None
+    if verdict.outcome == "granted" or verdict.counts_as_failure:
+        record = lockout.record(lock_user, verdict.outcome == "granted", now)
+    result = AttemptResult(
+        device_id=cfg.device_id,
+        verdict=verdict,
+        claimed_user=a.claimed_user,
+        speaker=speaker,
+        liveness=liveness,
+        replay=replay,
+        challenge=a.challenge,
+        issued_at=now,
+        ttl_s=cfg.mqtt.decision_ttl_s,
+        speech_s=utt.speech_s,
+    )
+    return Conclusion(result, lock_user, record)

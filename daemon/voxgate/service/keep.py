@@ -1,0 +1,91 @@
+"""Kept attempt audio (only when audit.keep_audio is on): AES-256-GCM files with a retention.
+
+Each attempt's utterance is one file `<unix time>-<nonce>.vxa`: 12-byte random nonce, then
+the AES-GCM ciphertext of the raw int16 PCM; the file name is bound in as associated data so
+files cannot be swapped. Files older than the retention are deleted at each store() and at
+start. Nothing is written in the clear.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".vxa"
+
+
+class KeepError(Exception):
+    pass
+
+
+def parse_key(raw: bytes) -> bytes:
+    """32 raw bytes or 64 hex characters."""
+    raw = raw.strip()
+    if len(raw) == 64 and re.fullmatch(rb"[0-9a-fA-F]{64}", raw):
+        return bytes.fromhex(raw.decode())
+    if len(raw) == 32:
+        return raw
+    raise KeepError("the audio key must be 32 raw bytes or 64 hex characters")
+
+
+class AudioKeeper:
+    def __init__(self, directory: Path, key: bytes, retention_days: int) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._aead = AESGCM(parse_key(key))
+        self.retention_s = retention_days * 86400.0
+        self.purge()
+
+    def store(self, pcm: np.ndarray, tag: str, now: float | None = None) -> Path | None:
+        """Encrypt and write one utterance; None (logged) when the disk refuses."""
+        now = time.time() if now is None else now
+        safe = re.sub(r"[^A-Za-z0-9_-]", "_", tag)[:64]
+        path = self.dir / f"{int(now)}-{safe}{SUFFIX}"
+        nonce = os.urandom(12)
+        blob = nonce + self._aead.encrypt(nonce, pcm.astype("<i2").tobytes(), path.name.encode())
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+        except OSError as exc:
+            log.error("kept audio %s not written: %s", path, exc)
+            return None
+        self.purge(now)
+        return path
+
+    def load(self, path: Path) -> np.ndarray:
+        from cryptography.exceptions import InvalidTag
+
+        blob = Path(path).read_bytes()
+        try:
+            raw = self._aead.decrypt(blob[:12], blob[12:], Path(path).name.encode())
+        except InvalidTag:
+            raise KeepError(f"{path}: wrong key, renamed or damaged file") from None
+        return np.frombuffer(raw, dtype="<i2").astype(np.int16)
+
+    def purge(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        removed = 0
+        for path in self.dir.glob(f"*{SUFFIX}"):
+            try:
+                born = int(path.name.split("-", 1)[0])
+            except ValueError:
+                continue
+            if now - born > self.retention_s:
+                try:
+                    path.unlink()
+                    removed += 1
+                except OSError as exc:
+                    log.warning("cannot remove expired audio %s: %s", path, exc)
+        if removed:
+            log.info("removed %d kept recording(s) past retention", removed)
+        return removed

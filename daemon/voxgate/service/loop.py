@@ -1,0 +1,696 @@
+"""The daemon loop: source -> VAD -> (embedding + STT, streamed) -> policy -> decision.
+
+One thread captures audio into a bounded queue (service/capture.py); the main thread runs
+this loop. An attempt goes idle -> listening (someone speaks) -> challenge (a one-time
+challenge is published; the answer's audio is pushed into the embedding stream and the
+speech decoder frame by frame while it is spoken) -> verifying (only the last window and the
+decoder's end remain) -> decided -> idle. With challenge.mode off, the first utterance is
+the attempt. An MQTT `attempt` command ({"user": NAME}) starts a challenge for a claimed user.
+
+Start steps run in order and are undone in reverse. Signals only set flags; the loop acts
+on them between frames: SIGTERM/SIGINT finish the answer in progress (up to
+service.stop_timeout_s) or abort it, publish offline and return 0; SIGHUP reloads the config
+(an invalid file keeps the old one). The loop sends WATCHDOG=1 from its own iterations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voxgate.audit import AuditLog
+from voxgate.config import ConfigError, VoxgateConfig, load_config
+from voxgate.lockout import LockoutBook, RecordResult
+from voxgate.service.attempt import Attempt, conclude
+from voxgate.service.capture import Capture, EndOfStream, FrameQueue
+from voxgate.service.notify import Notifier
+from voxgate.service.reload import plan_reload
+from voxgate.service.stages import AttemptResult, Stages, build_stages
+from voxgate.service.states import State, StateMachine
+from voxgate.vad import Endpointer, SpeechAudio, SpeechEnded, SpeechStarted, Utterance
+
+log = logging.getLogger(__name__)
+
+EX_OK = 0
+EX_UNAVAILABLE = 69  # a stage or model could not be loaded
+EX_CANTCREAT = 73  # data_dir not writable
+EX_CONFIG = 78  # a setting or secret is missing or wrong
+EX_IOERR = 74  # audio capture failed while running (systemd restarts us)
+
+# How long a spoken challenge plays (espeak-ng at 140 words/min, digits with pauses).
+SPEAK_S_PER_WORD = 0.45
+SPEAK_TAIL_S = 0.8
+TICK_S = 0.1  # longest the loop waits for a frame before doing its housekeeping
+HOUSEKEEPING_S = 1.0
+
+STATUS = {
+    State.IDLE: "idle: listening for speech",
+    State.LISTENING: "listening: someone is speaking",
+    State.CHALLENGE: "challenge: waiting for the spoken answer",
+    State.VERIFYING: "verifying: finishing embedding and transcript",
+    State.DECIDED: "decided",
+}
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: VoxgateConfig,
+        *,
+        config_path: str | Path | None = None,
+        stage_factory: Callable[[VoxgateConfig], Stages] = build_stages,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = Path(config_path) if config_path else None
+        self.stage_factory = stage_factory
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.sm = StateMachine()
+        self.stages: Stages | None = None
+        self.audit: AuditLog | None = None
+        self.lockout: LockoutBook | None = None
+        self.metrics: Any = None
+        self.metrics_port: int | None = None
+        self.capture: Capture | None = None
+        self.frames: FrameQueue | None = None
+        self.endpointer: Endpointer | None = None
+        self.attempt: Attempt | None = None
+        self.exit_code = EX_OK
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._reload = threading.Event()
+        self._commands: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(maxsize=16)
+        self._undo: list[tuple[str, Callable[[], None]]] = []
+        self._decided_until = 0.0
+        self._stop_deadline: float | None = None
+        self._next_housekeeping = 0.0
+        self._frames_since = 0
+        self._deaf_frames = 0
+        self._frames_per_s = 1000 // cfg.audio.frame_ms
+        self._dropped_seen = 0
+        self._drop_warned_at = 0.0
+        self._vad_pending = False
+        self.keeper: Any = None
+        self._mqtt_up = True  # until housekeeping learns otherwise
+        self._published_locks: tuple[tuple[str, float | None], ...] | None = None
+        self.sm.subscribe(self._on_state)
+
+    # -- public -------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "requested") -> None:
+        self._stop_reason = self._stop_reason or reason
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def run(self) -> int:
+        """Start, loop until stopped or the source ends, shut down; returns the exit code."""
+        restore = self._install_signals()
+        try:
+            if not self._start():
+                return self.exit_code
+            self._loop()
+            return self.exit_code
+        finally:
+            self._shutdown()
+            restore()
+
+    # -- start and stop -----------------------------------------------------------------
+
+    def _step(self, name: str, undo: Callable[[], None] | None = None) -> None:
+        self.notifier.status(f"starting: {name}")
+        self.notifier.watchdog_if_due()
+        if undo is not None:
+            self._undo.append((name, undo))
+
+    def _start(self) -> bool:
+        from voxgate.audio import AudioError
+        from voxgate.config.secrets import SecretError
+        from voxgate.service.keep import KeepError
+        from voxgate.service.stages import StageUnavailable
+
+        cfg = self.cfg
+        self._step("audit log and lockout state")
+        try:
+            self.audit = self._open_audit(cfg)
+            self.lockout = LockoutBook(cfg.lockout.path or cfg.data_dir / "lockout.db", cfg.lockout)
+            self._undo.append(("lockout", self.lockout.close))
+            self.keeper = self._open_keeper(cfg)
+        except OSError as exc:
+            log.error("cannot use data_dir %s: %s", cfg.data_dir, exc)
+            self.exit_code = EX_CANTCREAT
+            return False
+        except (SecretError, KeepError) as exc:
+            log.error("cannot start: %s", exc)
+            self.exit_code = EX_CONFIG
+            return False
+
+        self._step("loading models and opening audio")
+        try:
+            self.stages = self.stage_factory(cfg)
+        except StageUnavailable as exc:
+            log.error("cannot start: %s", exc)
+            self.exit_code = EX_UNAVAILABLE
+            return False
+        except AudioError as exc:
+            log.error("cannot open audio input: %s", exc)
+            self.exit_code = EX_IOERR
+            return False
+        except Exception:
+            log.exception("cannot start: building the stages failed")
+            self.exit_code = EX_UNAVAILABLE
+            return False
+        stages = self.stages
+        self._undo.append(("stages", self._close_stages))
+
+        self._step("MQTT link", undo=self._stop_link)
+        stages.link.on_command("attempt", self._command_attempt)
+        stages.link.start()
+
+        self._step("audio capture")
+        live = cfg.audio.source == "mic" or cfg.audio.realtime
+        per_s = 1000 / cfg.audio.frame_ms
+        self.frames = FrameQueue(int(cfg.service.queue_s * per_s), drop_oldest=live)
+        self.endpointer = Endpointer(cfg.vad, cfg.audio.frame_ms)
+        self.capture = Capture(stages.source, cfg.audio.frame_ms, self.frames)
+        self.capture.start()
+        self._undo.append(("capture", self.capture.stop))
+        self.notifier.status(f"starting: waiting for audio from {cfg.audio.source}")
+        deadline = time.monotonic() + cfg.service.audio_timeout_s
+        while not self.capture.first_frame.wait(TICK_S):
+            self.notifier.watchdog_if_due()
+            if self._stop.is_set():
+                return False
+            if time.monotonic() > deadline:
+                log.error(
+                    "no audio from %s within %.0f s; check the device (voxgate devices)",
+                    cfg.audio.source,
+                    cfg.service.audio_timeout_s,
+                )
+                self.exit_code = EX_IOERR
+                return False
+
+        self.notifier.ready(STATUS[State.IDLE])
+        if cfg.metrics.enabled:
+            # After READY: the door works without it, and prometheus_client costs ~0.2 s
+            # of import on a small board.
+            from voxgate.service.metrics import Metrics
+
+            self.metrics = Metrics()
+            self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+            self._undo.append(("metrics", self.metrics.stop))
+        self._publish_state()
+        self._sync_lockout()  # after a restart: what is still locked
+        self._audit("service_start", device=cfg.device_id, source=cfg.audio.source)
+        log.info("ready: %s", STATUS[State.IDLE])
+        return True
+
+    def _open_audit(self, cfg: VoxgateConfig) -> AuditLog:
+        from voxgate.audit import open_log
+
+        return open_log(cfg)
+
+    def _open_keeper(self, cfg: VoxgateConfig) -> Any:
+        if not cfg.audit.keep_audio:
+            return None
+        from voxgate.config.secrets import read_secret
+        from voxgate.service.keep import AudioKeeper
+
+        key = read_secret("audio-key", cfg.audit.audio_key_file)
+        assert key is not None
+        return AudioKeeper(
+            cfg.audit.audio_dir or cfg.data_dir / "audio", key, cfg.audit.audio_retention_days
+        )
+
+    def _close_stages(self) -> None:
+        if self.stages is None:
+            return
+        for closer in reversed(self.stages.close):
+            try:
+                closer()
+            except Exception as exc:
+                log.warning("closing a stage: %s", exc)
+
+    def _stop_link(self) -> None:
+        if self.stages is None:
+            return
+        link = self.stages.link
+        with contextlib.suppress(Exception):
+            link.publish_state("offline")
+        link.stop()
+
+    def _shutdown(self) -> None:
+        if self.attempt is not None:
+            self._abort_attempt(f"shutdown ({self._stop_reason or 'source ended'})")
+        self.notifier.stopping(f"stopping: {self._stop_reason or 'source ended'}")
+        if self.audit is not None and self.stages is not None:
+            self._audit("service_stop", reason=self._stop_reason or "source ended")
+        for name, undo in reversed(self._undo):
+            t0 = time.monotonic()
+            try:
+                undo()
+            except Exception:
+                log.exception("stopping %s failed", name)
+            log.debug("stopped %s in %.3f s", name, time.monotonic() - t0)
+        self._undo.clear()
+        self.notifier.close()
+
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None  # tests running the loop on a thread: no signals there
+        old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+        def restore() -> None:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        assert self.frames is not None and self.endpointer is not None
+        while True:
+            self.notifier.watchdog_if_due()
+            now = time.monotonic()
+            if self._stop.is_set() and self._finished_stopping(now):
+                break
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            self._run_commands()
+            item = self.frames.get(TICK_S)
+            if isinstance(item, EndOfStream):
+                for ev in self.endpointer.flush():
+                    self._on_event(ev)
+                if item.error is not None and not self._stop.is_set():
+                    self.exit_code = EX_IOERR
+                self._stop_reason = self._stop_reason or (
+                    f"audio error: {item.error}" if item.error else "source ended"
+                )
+                break
+            if item is not None:
+                self._frames_since += 1
+                if self._deaf_frames > 0:  # our own prompt is playing
+                    self._deaf_frames -= 1
+                    if not self._deaf_frames:
+                        self.endpointer = Endpointer(self.cfg.vad, self.cfg.audio.frame_ms)
+                    continue
+                for ev in self.endpointer.feed(item):
+                    self._on_event(ev)
+            self._tick(time.monotonic())
+
+    def _finished_stopping(self, now: float) -> bool:
+        """On SIGTERM an answer being spoken may finish, within stop_timeout_s."""
+        if self.attempt is None or not self.attempt.answering:
+            return True
+        if self._stop_deadline is None:
+            self._stop_deadline = now + self.cfg.service.stop_timeout_s
+            log.info("stop requested: letting the answer in progress finish")
+        return now >= self._stop_deadline
+
+    def _tick(self, now: float) -> None:
+        state = self.sm.state
+        if state == State.DECIDED and now >= self._decided_until:
+            self.sm.move(State.IDLE, "decision shown")
+        elif state == State.CHALLENGE and self.attempt is not None:
+            ch = self.attempt.challenge
+            if ch is not None and not self.attempt.answering and self.clock() > ch.expires_at:
+                self._audit("attempt_expired", user=self.attempt.claimed_user, nonce=ch.nonce)
+                self.attempt = None
+                self.sm.move(State.IDLE, "challenge expired without an answer")
+        if self._vad_pending and self.sm.state == State.IDLE and not self.endpointer.in_speech:
+            self.endpointer = Endpointer(self.cfg.vad, self.cfg.audio.frame_ms)
+            self._vad_pending = False
+            log.info("new VAD settings in effect")
+        # Every second of wall time or of audio (a file read faster than real time).
+        if now >= self._next_housekeeping or self._frames_since >= self._frames_per_s:
+            self._next_housekeeping = now + HOUSEKEEPING_S
+            self._frames_since = 0
+            self._housekeeping(now)
+
+    def _housekeeping(self, now: float) -> None:
+        assert self.frames is not None and self.stages is not None
+        if self.cfg.audio.source == "mic" and self.capture is not None:
+            silent_for = now - self.capture.last_frame_at
+            if silent_for > self.cfg.service.audio_timeout_s:
+                # A wedged device: exit non-zero so systemd restarts us and reopens it.
+                log.error("no audio from the microphone for %.0f s; stopping", silent_for)
+                self.exit_code = EX_IOERR
+                self.request_stop("microphone stalled")
+        dropped = self.frames.dropped
+        new = dropped - self._dropped_seen
+        self._dropped_seen = dropped
+        if new:
+            if self.metrics is not None:
+                self.metrics.dropped_audio.inc(new * self.cfg.audio.frame_ms / 1000)
+            if now - self._drop_warned_at > 10:
+                self._drop_warned_at = now
+                log.warning(
+                    "processing fell behind: %d frame(s) of audio dropped (%d in total)",
+                    new,
+                    dropped,
+                )
+        if self.audit is not None and self.audit.pending:
+            self.audit.flush_pending()
+        try:
+            connected = bool(self.stages.link.connected)
+        except Exception:
+            connected = False
+        if self.metrics is not None:
+            self.metrics.mqtt_connected.set(1 if connected else 0)
+        if connected != self._mqtt_up:
+            self._mqtt_up = connected
+            self._status()
+        self._sync_lockout()
+
+    # -- events -------------------------------------------------------------------------
+
+    def _on_event(self, ev: SpeechStarted | SpeechAudio | SpeechEnded) -> None:
+        try:
+            if isinstance(ev, SpeechStarted):
+                self._speech_started(ev)
+            elif isinstance(ev, SpeechAudio):
+                self._push(ev.pcm)
+            else:
+                self._speech_ended(ev.utterance)
+        except Exception as exc:
+            # A stage failing on odd audio must not take the door down.
+            log.exception("attempt aborted by a stage error: %s", exc)
+            if self.metrics is not None:
+                self.metrics.attempt_errors.inc()
+            self._abort_attempt(f"error: {type(exc).__name__}: {exc}")
+
+    def _speech_started(self, ev: SpeechStarted) -> None:
+        state = self.sm.state
+        if state in (State.IDLE, State.DECIDED):
+            challenge_on = self.stages is not None and self.stages.new_challenge is not None
+            self.attempt = Attempt(claimed_user=None)
+            if not challenge_on:
+                self._open_streams(ev.pre_roll)
+            self.sm.move(State.LISTENING, "speech started")
+        elif state == State.CHALLENGE and self.attempt is not None:
+            self.attempt.answer_started_at = self.clock()
+            self._open_streams(ev.pre_roll)
+
+    def _open_streams(self, pre_roll: np.ndarray) -> None:
+        assert self.stages is not None and self.attempt is not None
+        a = self.attempt
+        a.emb_stream = self.stages.embedder.stream()
+        if self.stages.recognizer is not None and a.challenge is not None:
+            a.prompt_stream = self.stages.recognizer.start(a.challenge.words)
+        a.answer_started_at = a.answer_started_at or self.clock()
+        self._push(pre_roll)
+
+    def _push(self, pcm: np.ndarray) -> None:
+        a = self.attempt
+        if a is None or not a.answering or not len(pcm):
+            return
+        a.emb_stream.push(pcm)
+        if a.prompt_stream is not None:
+            a.prompt_stream.push(pcm)
+
+    def _speech_ended(self, utt: Utterance | None) -> None:
+        if self.metrics is not None and utt is not None:
+            self.metrics.utterances.inc()
+        a = self.attempt
+        if a is None:
+            return
+        if utt is None:  # a click or cough, not speech
+            if self.sm.state == State.LISTENING:
+                self.attempt = None
+                self.sm.move(State.IDLE, "too short to be speech")
+            else:  # during a challenge: drop the partial answer, wait for the real one
+                a.emb_stream = a.prompt_stream = None
+                a.answer_started_at = None
+            return
+        if self.sm.state == State.LISTENING and not a.answering:
+            self._issue_challenge(a)  # the wake utterance: now ask for the answer
+            return
+        if not a.answering:
+            return  # speech that began before the challenge (a long wake split by the VAD)
+        a.ended_at = time.monotonic()
+        self.sm.move(State.VERIFYING, "answer ended")
+        self._verify(a, utt)
+
+    def _issue_challenge(self, a: Attempt) -> None:
+        assert self.stages is not None and self.stages.new_challenge is not None
+        assert self.lockout is not None
+        st = self.lockout.state(a.claimed_user, self.clock())
+        if st.locked:
+            log.info(
+                "not issuing a challenge: %s locked for %.0f s more",
+                st.scope,
+                st.remaining_s(self.clock()),
+            )
+            self.attempt = None
+            self.sm.move(State.IDLE, "locked out")
+            return
+        a.challenge = self.stages.new_challenge(self.cfg.challenge, self.clock())
+        self.stages.link.publish_challenge(a.challenge)
+        if self.stages.speak is not None:
+            self._speak(a.challenge)
+        self.sm.move(State.CHALLENGE, "challenge issued")
+
+    def _speak(self, challenge: Any) -> None:
+        """Say the challenge on the door's speaker. The microphone hears it too, and a
+        machine reading the digits must not become the answer: the loop is deaf (frames
+        are dropped, not fed to the VAD) for about as long as the prompt plays."""
+        assert self.stages is not None and self.stages.speak is not None
+        try:
+            self.stages.speak(challenge)
+        except Exception as exc:
+            log.warning("speaking the challenge failed: %s", exc)
+            return
+        seconds = SPEAK_S_PER_WORD * len(challenge.words) + SPEAK_TAIL_S
+        self._deaf_frames = int(seconds * 1000 / self.cfg.audio.frame_ms)
+
+    def _command_attempt(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """MQTT thread: queue a claimed-user attempt for the loop."""
+        if not isinstance(payload, dict):
+            return {"ok": False, "error": "payload must be a JSON object"}
+        user = payload.get("user")
+        if user is not None and (not isinstance(user, str) or not 0 < len(user) <= 64):
+            return {"ok": False, "error": "user must be a name of 1-64 characters"}
+        if self.stages is None or self.stages.new_challenge is None:
+            return {"ok": False, "error": "challenge mode is off; just speak"}
+        try:
+            self._commands.put_nowait(("attempt", {"user": user}))
+        except queue.Full:
+            return {"ok": False, "error": "busy"}
+        return {"ok": True}
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                name, payload = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if name == "attempt":
+                if self.sm.state not in (State.IDLE, State.DECIDED) or self.endpointer.in_speech:
+                    log.info("attempt command ignored: busy (%s)", self.sm.state.value)
+                    continue
+                self.attempt = Attempt(claimed_user=payload.get("user"))
+                self._issue_challenge(self.attempt)
+
+    # -- deciding -----------------------------------------------------------------------
+
+    def _verify(self, a: Attempt, utt: Utterance) -> None:
+        assert self.stages is not None and self.lockout is not None
+        now = self.clock()
+        done = conclude(a, utt, self.stages, self.lockout, self.cfg, now)
+        if done.record is not None:
+            self._announce_locks(done.record)
+        result = done.result
+        verdict = result.verdict
+        published = self._publish_decision(result)
+        latency = time.monotonic() - a.ended_at
+        self.attempt = None
+        if self.metrics is not None:
+            self.metrics.decisions.labels(verdict.outcome).inc()
+            self.metrics.latency.observe(latency)
+        kept = None
+        if self.keeper is not None:
+            tag = a.challenge.nonce if a.challenge is not None else f"{now:.0f}"
+            kept = self.keeper.store(utt.pcm, tag, now)
+        self._audit(
+            "decision",
+            outcome=verdict.outcome,
+            user=verdict.user,
+            claimed_user=a.claimed_user,
+            reasons=list(verdict.reasons),
+            score=getattr(result.speaker, "score", None),
+            threshold=getattr(result.speaker, "threshold", None),
+            liveness_ok=getattr(result.liveness, "ok", None),
+            liveness_score=getattr(result.liveness, "score", None),
+            replay=getattr(result.replay, "is_replay", None),
+            nonce=a.challenge.nonce if a.challenge is not None else None,
+            speech_s=round(utt.speech_s, 2),
+            latency_s=round(latency, 3),
+            audio=str(kept) if kept else None,
+            published=published,
+        )
+        log.info(
+            "decision %s user=%s reasons=%s (%.0f ms after end of speech)",
+            verdict.outcome,
+            verdict.user,
+            ",".join(verdict.reasons) or "-",
+            latency * 1000,
+        )
+        self._decided_until = time.monotonic() + self.cfg.service.decided_hold_s
+        self.sm.move(State.DECIDED, verdict.outcome)
+
+    def _publish_decision(self, result: AttemptResult) -> bool:
+        """Sign and send; a failure here is logged and audited, the verdict still stands
+        (lockout already counted it) and the loop goes on."""
+        assert self.stages is not None
+        try:
+            self.stages.link.publish_decision(self.stages.make_decision(result))
+            return True
+        except Exception:
+            log.exception("decision %s could not be published", result.verdict.outcome)
+            if self.metrics is not None:
+                self.metrics.attempt_errors.inc()
+            return False
+
+    def _announce_locks(self, rec: RecordResult) -> None:
+        for entry in rec.new_locks:
+            scope = "device" if entry.key == "device" else "user"
+            log.warning(
+                "lockout: %s after %d consecutive failures, until %s",
+                entry.key,
+                entry.failures,
+                time.strftime("%H:%M:%S", time.localtime(entry.locked_until or 0)),
+            )
+            if self.metrics is not None:
+                self.metrics.lockouts.labels(scope).inc()
+            self._audit("lockout", key=entry.key, failures=entry.failures, until=entry.locked_until)
+        self._sync_lockout()
+
+    def _sync_lockout(self) -> None:
+        """Publish the locked keys whenever the set changes: new locks, and locks that ran
+        out (checked every second), so MQTT never shows a lock that has ended."""
+        if self.stages is None or self.lockout is None:
+            return
+        locked = self.lockout.locked(self.clock())
+        keys = tuple((e.key, e.locked_until) for e in locked)
+        if keys == self._published_locks:
+            return
+        self._published_locks = keys
+        if self.metrics is not None:
+            self.metrics.locked.set(len(locked))
+        try:
+            self.stages.link.publish_lockout(
+                [{"key": e.key, "failures": e.failures, "until": e.locked_until} for e in locked]
+            )
+        except Exception as exc:
+            log.warning("publishing the lockout state failed: %s", exc)
+
+    def _abort_attempt(self, why: str) -> None:
+        a, self.attempt = self.attempt, None
+        if a is not None:
+            self._audit(
+                "attempt_aborted",
+                reason=why,
+                user=a.claimed_user,
+                nonce=a.challenge.nonce if a.challenge is not None else None,
+            )
+        if self.sm.state != State.IDLE:
+            self.sm.move(State.IDLE, why)
+
+    # -- reload ---------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the config file; apply what can change live. Invalid -> keep the old."""
+        from voxgate.logs import setup_logging
+
+        if self.config_path is None:
+            log.warning("SIGHUP: no config file was given; nothing to reload")
+            return False
+        self.notifier.reloading()
+        try:
+            digest = hashlib.sha256(self.config_path.read_bytes()).hexdigest()
+        except OSError:
+            digest = None
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("config reload rejected, keeping the running config: %s", exc)
+            self._audit(
+                "config_reload",
+                ok=False,
+                file=self.config_path,
+                sha256=digest,
+                problems=exc.problems,
+            )
+            self.notifier.ready(STATUS[self.sm.state])
+            return False
+        plan = plan_reload(self.cfg, new)
+        hot, cold = plan.applied, plan.needs_restart
+        if cold:
+            log.warning("config changes that need a restart (not applied): %s", ", ".join(cold))
+        self.cfg = plan.cfg
+        if "logging" in hot:
+            setup_logging(self.cfg.logging)
+        if "lockout" in hot and self.lockout is not None:
+            self.lockout.reconfigure(self.cfg.lockout)
+        if "vad" in hot:
+            self._vad_pending = True
+        self._audit(
+            "config_reload",
+            ok=True,
+            file=self.config_path,
+            sha256=digest,
+            applied=hot,
+            needs_restart=cold,
+        )
+        log.info("config reloaded: applied %s", ", ".join(hot) or "nothing (unchanged)")
+        self.notifier.ready(STATUS[self.sm.state])
+        return True
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        if self.audit is None:
+            return
+        before = self.audit.write_errors
+        self.audit.append(event, **fields)
+        if self.metrics is not None and self.audit.write_errors > before:
+            self.metrics.audit_write_errors.inc(self.audit.write_errors - before)
+
+    def _status(self, why: str = "") -> None:
+        """STATUS= for systemctl status: the state, and what the door is waiting for."""
+        text = STATUS[self.sm.state] + (f": {why}" if why else "")
+        if self.cfg.mqtt.enabled and not self._mqtt_up:
+            text += "; MQTT broker not connected (decisions are not reaching the lock)"
+        self.notifier.status(text)
+
+    def _on_state(self, old: State, new: State, why: str) -> None:
+        self._status(why if new == State.DECIDED else "")
+        if self.metrics is not None:
+            self.metrics.state.state(new.value)
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        if self.stages is None:
+            return
+        try:
+            self.stages.link.publish_state(self.sm.state.value)
+        except Exception as exc:
+            log.warning("publishing state %s failed: %s", self.sm.state.value, exc)

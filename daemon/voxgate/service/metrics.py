@@ -1,0 +1,78 @@
+"""Prometheus metrics, served over HTTP on localhost (prometheus_client).
+
+Each Metrics object has its own registry, so tests and benchmarks can run several daemons in
+one process. A port that cannot be bound is logged and the door works on without metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from voxgate.service.states import State
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        self.decisions = Counter(
+            "voxgate_decisions", "Decisions published, by outcome.", ["outcome"], registry=r
+        )
+        self.latency = Histogram(
+            "voxgate_decision_latency_seconds",
+            "End of speech to decision published.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.utterances = Counter("voxgate_utterances", "Utterances the VAD ended.", registry=r)
+        self.dropped_audio = Counter(
+            "voxgate_audio_dropped_seconds",
+            "Audio dropped because processing fell behind capture.",
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "voxgate_mqtt_connected", "1 while the MQTT broker connection is up.", registry=r
+        )
+        self.lockouts = Counter(
+            "voxgate_lockouts", "Back-off periods started, by scope.", ["scope"], registry=r
+        )
+        self.locked = Gauge("voxgate_locked", "Users and doors in back-off now.", registry=r)
+        self.attempt_errors = Counter(
+            "voxgate_attempt_errors", "Attempts aborted by a stage error.", registry=r
+        )
+        self.audit_write_errors = Counter(
+            "voxgate_audit_write_errors", "Audit log writes that failed.", registry=r
+        )
+        self.state = Enum(
+            "voxgate_state", "The loop's state.", states=[s.value for s in State], registry=r
+        )
+        self.state.state(State.IDLE.value)
+        self._server: Any = None
+        self._thread: Any = None
+
+    def serve(self, host: str, port: int) -> int | None:
+        """Start the HTTP endpoint; returns the bound port, or None when it could not bind."""
+        from prometheus_client import start_http_server
+
+        try:
+            self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            log.error(
+                "metrics endpoint %s:%d not started: %s (going on without it)", host, port, exc
+            )
+            return None
+        bound = int(self._server.server_port)
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        return bound
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,117 @@
+"""sd_notify: tell systemd we are ready, alive, busy with what, and stopping.
+
+The protocol is one datagram of newline-separated KEY=VALUE lines to the AF_UNIX socket
+named by $NOTIFY_SOCKET (an abstract-namespace socket when the name starts with '@').
+systemd-python's daemon.notify is used when it is installed; otherwise the datagram is sent
+here directly. Without $NOTIFY_SOCKET (not started by systemd) every call is a no-op.
+
+Watchdog: systemd sets $WATCHDOG_USEC (and $WATCHDOG_PID) from WatchdogSec=. The loop calls
+watchdog_if_due() from its own iteration, so a stalled loop stops the pings and systemd
+kills and restarts the service; pings go out at half the period.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+
+log = logging.getLogger(__name__)
+
+
+def _watchdog_period(env: Mapping[str, str]) -> float | None:
+    usec = env.get("WATCHDOG_USEC")
+    pid = env.get("WATCHDOG_PID")
+    if not usec:
+        return None
+    if pid and pid.isdigit() and int(pid) != os.getpid():
+        return None  # meant for another process (e.g. our parent)
+    try:
+        value = int(usec)
+    except ValueError:
+        log.warning("ignoring WATCHDOG_USEC=%r (not a number)", usec)
+        return None
+    return value / 1e6 if value > 0 else None
+
+
+class Notifier:
+    def __init__(self, env: Mapping[str, str] | None = None, use_systemd_python: bool = True):
+        env = os.environ if env is None else env
+        self.address = env.get("NOTIFY_SOCKET") or None
+        self.watchdog_period = _watchdog_period(env)
+        self._next_ping = 0.0
+        self._status: str | None = None
+        self._sock: socket.socket | None = None
+        self._sd_notify = None
+        if self.address and use_systemd_python:
+            try:
+                from systemd import daemon  # type: ignore[import-not-found]
+
+                self._sd_notify = daemon.notify
+            except ImportError:
+                pass
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def send(self, *lines: str) -> bool:
+        """Send KEY=VALUE lines in one datagram; False (logged) when it could not be sent."""
+        if not self.address:
+            return False
+        message = "\n".join(lines)
+        if self._sd_notify is not None:
+            return bool(self._sd_notify(message))
+        target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.sendto(message.encode(), target)
+            return True
+        except OSError as exc:
+            log.warning("sd_notify to %s failed: %s", self.address, exc)
+            return False
+
+    def ready(self, status: str | None = None) -> bool:
+        lines = ["READY=1", f"MAINPID={os.getpid()}"]
+        if status:
+            self._status = status
+            lines.append(f"STATUS={status}")
+        return self.send(*lines)
+
+    def status(self, text: str) -> bool:
+        """STATUS= (only sent when it changed; systemctl status shows it)."""
+        if text == self._status:
+            return True
+        self._status = text
+        return self.send(f"STATUS={text}")
+
+    def watchdog(self) -> bool:
+        return self.send("WATCHDOG=1")
+
+    def watchdog_if_due(self, now: float | None = None) -> bool:
+        """Ping when half the watchdog period has passed since the last ping."""
+        if self.watchdog_period is None or not self.address:
+            return False
+        now = time.monotonic() if now is None else now
+        if now < self._next_ping:
+            return False
+        self._next_ping = now + self.watchdog_period / 2
+        return self.watchdog()
+
+    def reloading(self) -> bool:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
+
+    def stopping(self, status: str | None = None) -> bool:
+        lines = ["STOPPING=1"]
+        if status:
+            lines.append(f"STATUS={status}")
+        return self.send(*lines)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -1,0 +1,225 @@
+"""The stages the loop drives, as small Protocols, and the one factory that builds them.
+
+The loop only knows these shapes (from CONTRACTS.md), never the stage modules, so a test or
+a benchmark can hand it other objects, and the real wiring lives in one function:
+build_stages(cfg). Each stage module is imported inside it (heavy imports stay out of the
+loop and out of `voxgate --help`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from voxgate.config import VoxgateConfig
+from voxgate.config.stt import ChallengeConfig
+from voxgate.policy import LivenessLike, ReplayLike, SpeakerLike, Verdict
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddingStream(Protocol):
+    def push(self, pcm: np.ndarray) -> None: ...
+    def finish(self) -> np.ndarray: ...
+
+
+class Embedder(Protocol):
+    model_id: str
+
+    def stream(self) -> EmbeddingStream: ...
+
+
+class Scorer(Protocol):
+    def verify(self, emb: np.ndarray, claimed_user: str) -> SpeakerLike: ...
+    def identify(self, emb: np.ndarray) -> SpeakerLike: ...
+
+
+class PromptStream(Protocol):
+    def push(self, pcm: np.ndarray) -> None: ...
+    def finish(self) -> LivenessLike: ...
+
+
+class Recognizer(Protocol):
+    def start(self, words: Sequence[str]) -> PromptStream: ...
+
+
+class Challenge(Protocol):
+    @property
+    def words(self) -> tuple[str, ...]: ...
+    @property
+    def nonce(self) -> str: ...
+    @property
+    def issued_at(self) -> float: ...
+    @property
+    def expires_at(self) -> float: ...
+
+
+class ReplayDetector(Protocol):
+    def check_and_add(self, pcm: np.ndarray, now: float) -> ReplayLike: ...
+
+
+CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Link(Protocol):
+    """What the loop uses of mqtt.client.MqttLink."""
+
+    @property
+    def connected(self) -> bool: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def publish_state(self, state: str) -> None: ...
+    def publish_challenge(self, challenge: Any) -> None: ...
+    def publish_decision(self, decision: Any) -> None: ...
+    def publish_lockout(self, locked: list[dict[str, Any]]) -> None: ...
+    def on_command(self, name: str, handler: CommandHandler) -> None: ...
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """Everything known about one finished attempt; make_decision turns it into the message."""
+
+    device_id: str
+    verdict: Verdict
+    claimed_user: str | None
+    speaker: SpeakerLike | None
+    liveness: LivenessLike | None
+    replay: ReplayLike | None
+    challenge: Challenge | None
+    issued_at: float  # wall clock
+    ttl_s: float
+    speech_s: float
+
+
+@dataclass
+class Stages:
+    """The loop's collaborators. `close` runs in reverse order at shutdown."""
+
+    source: Any  # audio.AudioSource
+    embedder: Embedder
+    scorer: Scorer
+    link: Link
+    make_decision: Callable[[AttemptResult], Any]
+    recognizer: Recognizer | None = None  # None when challenge.mode is off
+    new_challenge: Callable[[ChallengeConfig, float], Challenge] | None = None
+    replay: ReplayDetector | None = None
+    speak: Callable[[Any], Any] | None = None  # says a challenge aloud (challenge.speak)
+    no_speech_errors: tuple[type[BaseException], ...] = ()  # e.g. embedding.TooShort
+    close: list[Callable[[], None]] = field(default_factory=list)
+
+
+class NoLink:
+    """The link when mqtt.enabled is false: decisions reach only the log and the audit log."""
+
+    connected = False
+
+    def start(self) -> None:
+        log.warning("mqtt.enabled is false: decisions are not sent to any lock")
+
+    def stop(self) -> None:
+        pass
+
+    def publish_state(self, state: str) -> None:
+        pass
+
+    def publish_challenge(self, challenge: Any) -> None:
+        log.info("challenge (not published, MQTT off): %s", " ".join(challenge.words))
+
+    def publish_decision(self, decision: Any) -> None:
+        pass
+
+    def publish_lockout(self, locked: list[dict[str, Any]]) -> None:
+        pass
+
+    def on_command(self, name: str, handler: CommandHandler) -> None:
+        pass
+
+
+class StageUnavailable(Exception):
+    """A stage could not be built (module missing in this build, model file bad, no key)."""
+
+
+def build_stages(cfg: VoxgateConfig) -> Stages:
+    """The real stages for `cfg`, per CONTRACTS.md. Raises StageUnavailable with the cause,
+    or audio.AudioError when the input cannot be opened."""
+    from voxgate.audio import open_source
+
+    # The input first: a missing microphone fails in a moment, with the list of inputs,
+    # instead of after the models have loaded. (A microphone stream opens on first read.)
+    source = open_source(cfg.audio)
+    try:
+        return _build_with_source(cfg, source)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _cohort(cfg: VoxgateConfig, model_id: str) -> Any:
+    """The score-normalization cohort for the model, unless a fixed threshold makes it moot."""
+    from voxgate import cohort
+
+    if cfg.speaker.threshold is not None and getattr(cfg.speaker, "cohort", None) is None:
+        return None
+    return cohort.for_model(model_id, getattr(cfg.speaker, "cohort", None))
+
+
+def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
+    try:
+        from voxgate import embedding, scoring, voiceprints
+        from voxgate.decision import Issuer, SequenceCounter
+        from voxgate.mqtt.client import MqttLink
+    except ImportError as exc:
+        raise StageUnavailable(f"a stage is missing from this build: {exc}") from None
+
+    try:
+        embedder = embedding.load_embedder(cfg.speaker.model, cfg.speaker.threads)
+        store = voiceprints.VoiceprintStore(
+            cfg.speaker.database or cfg.data_dir / "voiceprints.db",
+            voiceprints.load_key(cfg.speaker),
+        )
+        scorer = scoring.Scorer(store, embedder, cfg.speaker, _cohort(cfg, embedder.model_id))
+    except Exception as exc:  # ModelError, StoreError, SecretError: all say what is wrong
+        raise StageUnavailable(f"speaker stage: {exc}") from None
+
+    recognizer = new_challenge = replay = speak = None
+    if cfg.challenge.mode != "off":
+        try:
+            from voxgate import challenge, stt
+            from voxgate import replay as replay_mod
+
+            recognizer = stt.load_recognizer(cfg.stt)
+            new_challenge = challenge.new_challenge
+            speak = challenge.speak if cfg.challenge.speak else None
+            replay = replay_mod.ReplayDetector(
+                cfg.data_dir / "replay.db", cfg.challenge.replay_window_s
+            )
+        except Exception as exc:
+            raise StageUnavailable(f"challenge stage: {exc}") from None
+
+    try:
+        link: Link = MqttLink(cfg.mqtt, cfg.device_id) if cfg.mqtt.enabled else NoLink()
+        issuer = Issuer(
+            cfg.device_id,
+            SequenceCounter(cfg.data_dir / "decision-seq.json"),
+            cfg.mqtt.decision_ttl_s,
+        )
+    except Exception as exc:  # MqttSetupError, SecretError (no decision key), bad state file
+        raise StageUnavailable(f"mqtt stage: {exc}") from None
+
+    return Stages(
+        source=source,
+        embedder=embedder,
+        scorer=scorer,
+        link=link,
+        make_decision=issuer.from_attempt,
+        recognizer=recognizer,
+        new_challenge=new_challenge,
+        replay=replay,
+        speak=speak,
+        no_speech_errors=(getattr(embedding, "TooShort", ValueError),),
+        close=[source.close],
+    )

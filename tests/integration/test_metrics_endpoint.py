@@ -1,0 +1,89 @@
+"""Prometheus metrics scraped over real HTTP from a running daemon loop."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+
+from prometheus_client.parser import text_string_to_metric_families
+from service_standins import (
+    MelEmbedder,
+    RecordingLink,
+    attempt_recording,
+    espeak,
+    standin_stages,
+    wait_until,
+)
+
+from voxgate.audio.file import FileSource
+from voxgate.config import VoxgateConfig
+from voxgate.service.loop import Daemon
+from voxgate.service.metrics import Metrics
+from voxgate.service.notify import Notifier
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+
+def scrape(port: int) -> dict[str, float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def test_metrics_from_a_running_daemon(tmp_path: Path) -> None:
+    rec = attempt_recording(tmp_path)
+    vp = MelEmbedder().embed(espeak("three, eight, two, five, six", voice="en+m3"))
+    link = RecordingLink()
+    # The same recording over and over: the first pass is granted, the repeats are replays.
+    stages = standin_stages(FileSource(rec, loop=True), {"me": vp}, link)
+    cfg = VoxgateConfig.model_validate(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "audio": {"source": "file", "path": str(rec), "loop": True},
+            "metrics": {"port": 0},
+            "service": {"decided_hold_s": 0},
+        }
+    )
+    d = Daemon(cfg, stage_factory=lambda c: stages, notifier=Notifier({}))
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    try:
+        assert wait_until(lambda: len(link.of("decision")) >= 3, 30)
+        assert d.metrics_port
+        m = scrape(d.metrics_port)
+    finally:
+        d.request_stop("test over")
+        t.join(10)
+    assert m["voxgate_decisions_total{outcome=granted}"] == 1
+    assert m["voxgate_decisions_total{outcome=denied}"] >= 2
+    assert m["voxgate_decision_latency_seconds_count"] >= 3
+    assert 0 < m["voxgate_decision_latency_seconds_sum"] < 10
+    assert m["voxgate_utterances_total"] >= 6  # wake + answer per attempt
+    assert m["voxgate_mqtt_connected"] == 1
+    assert m["voxgate_audio_dropped_seconds_total"] == 0  # file input waits, never drops
+    assert sum(v for k, v in m.items() if k.startswith("voxgate_state{")) == 1
+    # After stop the endpoint is gone.
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/metrics", timeout=2)
+
+
+def test_port_in_use_is_logged_and_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    first = Metrics()
+    port = first.serve("127.0.0.1", 0)
+    assert port
+    try:
+        assert Metrics().serve("127.0.0.1", port) is None
+        assert "not started" in caplog.text
+    finally:
+        first.stop()

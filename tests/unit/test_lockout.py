@@ -1,0 +1,122 @@
+"""LockoutBook: back-off schedule, per-user and per-door keys, persistence in a real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from voxgate.config.service import LockoutConfig
+from voxgate.lockout import LockoutBook
+
+CFG = LockoutConfig(max_failures=5, device_max_failures=8, initial_s=30, max_s=600)
+
+
+def book(tmp_path: Path, cfg: LockoutConfig = CFG) -> LockoutBook:
+    return LockoutBook(tmp_path / "lockout.db", cfg)
+
+
+def test_five_failures_lock_for_30_s_then_doubling(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    now = 1000.0
+    for _ in range(4):
+        res = b.record("alice", ok=False, now=now)
+        assert not res.state.locked and not res.new_locks
+    res = b.record("alice", ok=False, now=now)
+    assert res.state.locked and res.state.scope == "user"
+    assert res.state.until == now + 30
+    assert [e.key for e in res.new_locks] == ["user:alice"]
+    assert b.state("alice", now + 29.9).locked
+    assert not b.state("alice", now + 30).locked
+    # After the lock passes, each further failure doubles the period: 60, 120, 240, 480, 600 cap.
+    t = now + 30
+    for want in (60, 120, 240, 480, 600, 600):
+        st = b.record("alice", ok=False, now=t).state
+        assert st.until == t + want
+        t += want
+
+
+def test_other_users_are_not_affected_but_the_door_is(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    for _ in range(5):
+        b.record("alice", ok=False, now=0)
+    assert b.state("alice", 1).locked
+    assert not b.state("bob", 1).locked
+    # Three more failures by anyone reach the door's limit (8): everybody waits.
+    for _ in range(3):
+        b.record("bob", ok=False, now=2)
+    st = b.state("carol", 3)
+    assert st.locked and st.scope == "device" and st.device_failures == 8
+    assert b.state(None, 3).locked  # identify mode checks the door only
+    assert b.state("alice", 3).scope == "both"
+
+
+def test_success_resets_user_and_door(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    for _ in range(4):
+        b.record("alice", ok=False, now=0)
+    b.record("alice", ok=True, now=1)
+    st = b.state("alice", 1)
+    assert (st.user_failures, st.device_failures) == (0, 0)
+    for _ in range(4):
+        b.record("alice", ok=False, now=2)
+    assert not b.state("alice", 2).locked  # counting started over
+
+
+def test_state_survives_a_restart(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    for _ in range(5):
+        b.record("alice", ok=False, now=100)
+    b.close()
+    again = book(tmp_path)
+    st = again.state("alice", 110)
+    assert st.locked and st.until == 130 and st.user_failures == 5
+    assert [e.key for e in again.locked(110)] == ["user:alice"]
+    # The file is plain SQLite: an operator can read it.
+    rows = sqlite3.connect(tmp_path / "lockout.db").execute("SELECT key FROM lockout").fetchall()
+    assert ("user:alice",) in rows
+
+
+def test_reset_unlocks(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    for _ in range(5):
+        b.record("alice", ok=False, now=0)
+    b.reset("alice")
+    b.close()
+    assert not book(tmp_path).state("alice", 1).locked
+
+
+def test_reconfigure_applies_to_next_failures(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    b.reconfigure(LockoutConfig(max_failures=2, initial_s=5, max_s=5))
+    b.record("alice", ok=False, now=0)
+    assert b.record("alice", ok=False, now=0).state.until == 5
+
+
+def test_corrupt_file_is_moved_aside_and_the_door_keeps_working(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "lockout.db").write_bytes(b"this is not a database" * 100)
+    b = book(tmp_path)
+    assert "unreadable" in caplog.text
+    assert list(tmp_path.glob("lockout.db.corrupt-*"))
+    for _ in range(5):
+        b.record("alice", ok=False, now=0)
+    assert b.state("alice", 1).locked
+
+
+def test_unwritable_file_keeps_enforcing_from_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = book(tmp_path)
+    b._db.execute("PRAGMA query_only=ON")  # every write now fails like a read-only disk
+    for _ in range(5):
+        b.record("alice", ok=False, now=0)
+    assert "cannot save lockout state" in caplog.text
+    assert b.state("alice", 1).locked
+
+
+def test_config_rejects_max_below_initial() -> None:
+    with pytest.raises(ValueError, match="max_s"):
+        LockoutConfig(initial_s=60, max_s=30)
