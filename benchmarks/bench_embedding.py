@@ -29,7 +29,7 @@ SETS = ("vcc2018_eval", "fsdd", "speechcommands_v001_sample", "resemblyzer_ls")
 GAP_S = 0.2
 
 
-def load_item(set_dir: Path, item: str) -> np.ndarray:
+def load_item(set_dir: Path, item: str, gain: float = 1.0) -> np.ndarray:
     from voxgate.audio.file import read_audio
 
     gap = np.zeros(int(16000 * GAP_S), np.int16)
@@ -38,7 +38,10 @@ def load_item(set_dir: Path, item: str) -> np.ndarray:
         if i:
             parts.append(gap)
         parts.append(read_audio(set_dir / rel))
-    return np.concatenate(parts)
+    pcm = np.concatenate(parts)
+    if gain != 1.0:
+        pcm = np.clip(np.round(pcm * gain), -32768, 32767).astype(np.int16)
+    return pcm
 
 
 def eer_and_mindcf(
@@ -57,12 +60,14 @@ def eer_and_mindcf(
     return eer, mindcf
 
 
-def evaluate(set_dir: Path, embed: Callable[[np.ndarray], np.ndarray]) -> tuple[float, float, int]:
+def evaluate(
+    set_dir: Path, embed: Callable[[np.ndarray], np.ndarray], gain: float = 1.0
+) -> tuple[float, float, int]:
     cache: dict[str, np.ndarray] = {}
 
     def vec(item: str) -> np.ndarray:
         if item not in cache:
-            cache[item] = embed(load_item(set_dir, item))
+            cache[item] = embed(load_item(set_dir, item, gain))
         return cache[item]
 
     models: dict[str, list[np.ndarray]] = {}
@@ -80,6 +85,17 @@ def evaluate(set_dir: Path, embed: Callable[[np.ndarray], np.ndarray]) -> tuple[
             labels.append(int(row["target"]))
     eer, mindcf = eer_and_mindcf(np.asarray(scores), np.asarray(labels))
     return eer, mindcf, len(scores)
+
+
+def vad_first(embed: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    from voxgate.vad import segment
+
+    def run(pcm: np.ndarray) -> np.ndarray:
+        utterances = segment(pcm)
+        speech = np.concatenate([u.pcm for u in utterances]) if utterances else pcm
+        return embed(speech if speech.size >= 8000 else pcm)
+
+    return run
 
 
 def torch_embedder() -> Callable[[np.ndarray], np.ndarray] | None:
@@ -105,21 +121,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torch", action="store_true", help="also upstream Resemblyzer (PyTorch)")
     ap.add_argument("--set", action="append", choices=SETS, help="evaluation set (repeat)")
     ap.add_argument("--data", type=Path, default=SHARED, help="shared data folder")
+    ap.add_argument(
+        "--gain-db", type=float, default=0.0, help="scale every item (e.g. -20: a quiet microphone)"
+    )
+    ap.add_argument(
+        "--vad",
+        action="store_true",
+        help="embed only what voxgate's endpointer keeps (utterances joined), as the daemon does",
+    )
     args = ap.parse_args(argv)
     if not (args.data / "fsdd" / "manifest.csv").exists():
         print(f"{args.data}: evaluation data not found", file=sys.stderr)
         return 2
     systems: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = []
+
     for card in args.model or [None]:
         e = load_embedder(card)
-        systems.append((e.model_id, e.embed))
+        systems.append(
+            (
+                e.model_id + (" +vad" if args.vad else ""),
+                vad_first(e.embed) if args.vad else e.embed,
+            )
+        )
     if args.torch and (up := torch_embedder()) is not None:
         systems.append(("resemblyzer-torch (upstream)", up))
     print(f"{'system':36s} {'set':28s} {'EER %':>7s} {'minDCF':>7s} {'trials':>7s} {'time s':>7s}")
     for name, embed in systems:
         for set_name in args.set or SETS:
             t0 = time.perf_counter()
-            eer, mindcf, n = evaluate(args.data / set_name, embed)
+            eer, mindcf, n = evaluate(args.data / set_name, embed, 10 ** (args.gain_db / 20))
             took = time.perf_counter() - t0
             print(
                 f"{name:36s} {set_name:28s} {100 * eer:7.2f} {mindcf:7.3f} {n:7d} {took:7.1f}",

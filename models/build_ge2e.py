@@ -179,13 +179,14 @@ def sha256(path: Path) -> str:
 
 
 CARD = """\
-# voxgate model card (format: docs/models.md). Written by models/build_ge2e.py; do not edit
-# the sha256 by hand: rebuild instead.
+# voxgate model card (format: docs/models.md), written by the script named under build:.
+# Do not edit the sha256 by hand: rebuild instead.
 format: 1
 id: {model_id}
 description: >-
   GE2E speaker encoder (Wan et al. 2018) as trained by Resemblyzer: 3 LSTM layers
-  (40->256->256->256), linear 256->256, ReLU, L2 norm; {params} parameters. {variant_text}
+  (40->256->256->256), linear 256->256, ReLU, L2 norm; {params} parameters.
+  {variant_text}
 source:
   package: resemblyzer
   version: "{version}"
@@ -194,10 +195,7 @@ source:
   url: https://pypi.org/project/Resemblyzer/{version}/
 license: Apache-2.0
 build:
-  command: python models/build_ge2e.py
-  onnx: "{onnx_version}"
-  onnxruntime: "{ort_version}"
-model:
+{build}model:
   file: {file}
   sha256: {sha}
   input: {input}
@@ -218,36 +216,57 @@ windowing:
   hop: 80
   min_coverage: 0.75
   min_audio_s: 0.5
-evaluation:
-  eer_percent: null
-"""
+{evaluation}"""
+
+NO_EVALUATION = "evaluation:\n  eer_percent: null\n"
 
 
 def write_card(
-    path: Path, model_file: Path, model_id: str, variant_text: str, source: Path, params: int
+    path: Path,
+    model_file: Path,
+    model_id: str,
+    variant_text: str,
+    source: Path,
+    params: int,
+    build: dict[str, str],
+    tensors: tuple[str, str] = (INPUT_NAME, OUTPUT_NAME),
 ) -> None:
-    import onnx
-    import onnxruntime
-
+    """Write a card. A rebuild that gives the same model bytes keeps the card's measured
+    `evaluation:` block; new bytes reset it, since old figures would not describe them."""
+    sha = sha256(model_file)
+    evaluation = NO_EVALUATION
+    if path.exists():
+        old = path.read_text()
+        if f"sha256: {sha}" in old and "\nevaluation:" in old:
+            evaluation = old[old.index("\nevaluation:") + 1 :]
+    build_lines = "".join(f"  {k}: {v}\n" for k, v in build.items())
     path.write_text(
         CARD.format(
             model_id=model_id,
             params=f"{params:,}",
             variant_text=variant_text,
-            version=importlib.metadata.version("resemblyzer"),
+            version=resemblyzer_version(),
             source_sha=sha256(source),
-            onnx_version=onnx.__version__,
-            ort_version=onnxruntime.__version__,
+            build=build_lines,
             file=model_file.name,
-            sha=sha256(model_file),
-            input=INPUT_NAME,
-            output=OUTPUT_NAME,
+            sha=sha,
+            input=tensors[0],
+            output=tensors[1],
+            evaluation=evaluation,
         )
     )
 
 
+def resemblyzer_version() -> str:
+    try:
+        return importlib.metadata.version("resemblyzer")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.1.4"
+
+
 def main(argv: list[str] | None = None) -> int:
     import onnx
+    import onnxruntime
     from voxgate.embedding.reference import load_ge2e_weights
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -262,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     source = args.weights or find_pretrained()
     weights = load_ge2e_weights(source)
     params = sum(v.size for v in weights.values())
-    version = importlib.metadata.version("resemblyzer")
+    version = resemblyzer_version()
     args.out.mkdir(parents=True, exist_ok=True)
 
     float_path = args.out / "ge2e-resemblyzer-float.onnx"
@@ -276,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         quantize(anchored, tmp_out)
         int8_path.write_bytes(tmp_out.read_bytes())
 
+    build = {
+        "command": "python models/build_ge2e.py",
+        "onnx": f'"{onnx.__version__}"',
+        "onnxruntime": f'"{onnxruntime.__version__}"',
+    }
     write_card(
         args.out / "ge2e-float.yaml",
         float_path,
@@ -283,14 +307,17 @@ def main(argv: list[str] | None = None) -> int:
         "Float32 weights.",
         source,
         params,
+        build,
     )
     write_card(
         args.out / "ge2e-int8.yaml",
         int8_path,
         f"ge2e-resemblyzer-{version}/int8",
-        "Dynamic int8 weights per output channel, except the first LSTM layer (float).",
+        "Dynamic int8 weights per output channel, except the first LSTM layer (float);\n"
+        "  two range-anchor units per layer keep int8 ranges independent of the batch.",
         source,
         params,
+        build,
     )
     for p in (float_path, int8_path):
         print(f"{p}  {p.stat().st_size / 1e6:.2f} MB  sha256 {sha256(p)}")

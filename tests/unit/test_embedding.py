@@ -110,9 +110,10 @@ def test_window_plan() -> None:
     assert e.window_starts(12000) == [0]  # no full window: the partial one is used
 
 
-def test_too_short_raises(embedder) -> None:
-    with pytest.raises(TooShort, match="needs at least"):
+def test_too_short_raises(embedder, caplog) -> None:
+    with caplog.at_level("INFO"), pytest.raises(TooShort, match="needs at least"):
         embedder.embed(np.zeros(4000, np.int16))
+    assert "0.25 s of audio" in caplog.text
     s = embedder.stream()
     s.push(np.ones(100, np.int16))
     with pytest.raises(TooShort):
@@ -150,9 +151,10 @@ def copy_shipped(tmp_path: Path, card: str = "ge2e-int8.yaml") -> Path:
     return tmp_path / card
 
 
-def test_missing_card(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="does not exist"):
+def test_missing_card(tmp_path: Path, caplog) -> None:
+    with caplog.at_level("ERROR"), pytest.raises(ModelError, match="does not exist"):
         load_embedder(tmp_path / "nope.yaml")
+    assert "nope.yaml" in caplog.text
 
 
 def test_missing_model_file_names_file_and_sha(tmp_path: Path) -> None:

@@ -136,8 +136,10 @@ def test_build_is_reproducible(tmp_path: Path) -> None:
         module.main(["--out", str(tmp_path)])
     finally:
         sys.stdout = saved_stdout
-    for name in ("ge2e-resemblyzer-int8.onnx", "ge2e-resemblyzer-float.onnx", "ge2e-int8.yaml"):
+    for name in ("ge2e-resemblyzer-int8.onnx", "ge2e-resemblyzer-float.onnx"):
         assert (tmp_path / name).read_bytes() == (SHIPPED / name).read_bytes(), name
+    for name in ("ge2e-int8.yaml", "ge2e-float.yaml"):
+        assert load_card(tmp_path / name).model == load_card(SHIPPED / name).model
 
 
 def test_int8_window_embeddings_do_not_depend_on_the_batch() -> None:
@@ -150,3 +152,31 @@ def test_int8_window_embeddings_do_not_depend_on_the_batch() -> None:
     together = q.runtime.run(batch)
     alone = np.concatenate([q.runtime.run(batch[i : i + 1]) for i in range(len(batch))])
     assert np.all(1.0 - np.sum(together * alone, axis=1) < 1e-5)
+
+
+def test_litert_model_matches_float_onnx() -> None:
+    pytest.importorskip("ai_edge_litert")
+    card = SHIPPED / "ge2e-fp16-litert.yaml"
+    if not card.exists():
+        pytest.skip("LiteRT model not built (models/build_ge2e_tflite.py)")
+    t = load_embedder(card)
+    f = load_embedder(SHIPPED / "ge2e-float.yaml")
+    assert t.runtime.name == "litert"
+    pcm = speak(SENTENCE)
+    assert float(t.embed(pcm) @ f.embed(pcm)) > 0.999
+    # The fused TFLite LSTM keeps state between invokes unless reset: the same window run
+    # twice, and after another window, must give the same output.
+    starts = t.window_starts(pcm.size)
+    frames = t.frontend.frames(pcm, n_frames=starts[-1] + 160)
+    w0 = frames[None, 0:160].astype(np.float32)
+    w1 = frames[None, 80:240].astype(np.float32)
+    first = t.runtime.run(w0)
+    t.runtime.run(w1)
+    np.testing.assert_array_equal(t.runtime.run(w0), first)
+    # Batches are split into single windows (the graph has batch 1).
+    both = t.runtime.run(np.concatenate([w0, w1]))
+    np.testing.assert_allclose(both[0], first[0], atol=1e-6)
+    s = t.stream()
+    for i in range(0, pcm.size, 480):
+        s.push(pcm[i : i + 480])
+    assert 1.0 - float(s.finish() @ t.embed(pcm)) < 1e-5

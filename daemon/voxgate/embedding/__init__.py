@@ -46,9 +46,13 @@ def load_card(model: Path | None = None) -> ModelCard:
 def load_embedder(model: Path | None = None, threads: int = 1) -> SpeakerEmbedder:
     """Load a speaker model. Raises ModelError (naming the file) when it cannot be used."""
     started = time.perf_counter()
-    card = load_card(model)
-    path = check_model_file(card)
-    runtime = open_runtime(card.runtime, path, card.model.input, card.model.output, threads)
+    try:
+        card = load_card(model)
+        path = check_model_file(card)
+        runtime = open_runtime(card.runtime, path, card.model.input, card.model.output, threads)
+    except ModelError as exc:
+        log.error("cannot load speaker model: %s", exc)
+        raise
     embedder = SpeakerEmbedder(card, runtime)
     log.info(
         "speaker model %s (%s, %s) loaded in %.0f ms",

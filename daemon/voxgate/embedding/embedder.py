@@ -28,13 +28,23 @@ def _normalise(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, np.float64)
     norm = float(np.linalg.norm(v))
     if not np.isfinite(norm) or norm == 0.0:
+        log.warning("the model gave an all-zero or non-finite embedding")
         raise EmbeddingError("the model gave an all-zero or non-finite embedding")
     return (v / norm).astype(np.float32)
+
+
+def _too_short(n_samples: int, sample_rate: int, min_s: float) -> TooShort:
+    exc = TooShort(
+        f"{n_samples / sample_rate:.2f} s of audio; the model needs at least {min_s:.2f} s"
+    )
+    log.info("no embedding: %s", exc)
+    return exc
 
 
 def _check_pcm(pcm: np.ndarray) -> np.ndarray:
     pcm = np.asarray(pcm)
     if pcm.ndim != 1:
+        log.warning("rejected audio of shape %s: expected mono (1-D)", pcm.shape)
         raise EmbeddingError(f"expected mono audio as a 1-D array, got shape {pcm.shape}")
     return pcm
 
@@ -55,10 +65,7 @@ class SpeakerEmbedder:
     def window_starts(self, n_samples: int) -> list[int]:
         """First frame of each sliding window used for audio of this length."""
         if n_samples < self._min_samples:
-            raise TooShort(
-                f"{n_samples / self._sr:.2f} s of audio; the model needs at least "
-                f"{self._win.min_audio_s:.2f} s"
-            )
+            raise _too_short(n_samples, self._sr, self._win.min_audio_s)
         hop = self.frontend.hop
         span = self._win.frames * hop
         starts: list[int] = []
@@ -98,7 +105,7 @@ class SpeakerEmbedder:
 
     def _run_whole(self, frames: np.ndarray) -> np.ndarray:
         if frames.shape[0] == 0:
-            raise TooShort("too little audio for one feature frame")
+            raise _too_short(0, self._sr, self._win.min_audio_s)
         frames = self.frontend.post(frames) if isinstance(self.frontend, KaldiFbank) else frames
         return _normalise(self.runtime.run(frames[None].astype(np.float32))[0])
 
@@ -109,10 +116,7 @@ class SpeakerEmbedder:
         pcm = _check_pcm(pcm)
         if self._win.type == "whole":
             if pcm.size < self._min_samples:
-                raise TooShort(
-                    f"{pcm.size / self._sr:.2f} s of audio; the model needs at least "
-                    f"{self._win.min_audio_s:.2f} s"
-                )
+                raise _too_short(pcm.size, self._sr, self._win.min_audio_s)
             return self._run_whole(self.frontend.frames(pcm))
         starts = self.window_starts(pcm.size)
         audio = to_float(pcm)
@@ -187,10 +191,7 @@ class EmbeddingStream:
         e = self._e
         if e._win.type == "whole":
             if self._n < e._min_samples:
-                raise TooShort(
-                    f"{self._n / e._sr:.2f} s of audio; the model needs at least "
-                    f"{e._win.min_audio_s:.2f} s"
-                )
+                raise _too_short(self._n, e._sr, e._win.min_audio_s)
             return e._run_whole(self._all_frames())
         starts = e.window_starts(self._n)
         todo = starts[len(self._done) :]
