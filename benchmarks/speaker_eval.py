@@ -22,7 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 SETS = ["vcc2018_eval", "fsdd", "speechcommands_v001_sample", "resemblyzer_ls"]
 UPSTREAM = {"vcc2018_eval": 3.39, "fsdd": 2.06, "speechcommands_v001_sample": 1.20,
             "resemblyzer_ls": 0.00}  # fmt: skip
-MODELS = {"float": "ge2e-float.yaml", "int8": "ge2e-int8.yaml"}
+MODELS = {
+    "float": "ge2e-float.yaml",
+    "int8": "ge2e-int8.yaml",
+    "fp16-litert": "ge2e-fp16-litert.yaml",
+}
 
 
 def main() -> int:
@@ -30,13 +34,15 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=Path("eval-out"))
     ap.add_argument("--sets", nargs="+", default=SETS)
+    ap.add_argument("--models", nargs="+", default=["float", "int8"], choices=sorted(MODELS))
     args = ap.parse_args()
     if not (args.data / "fsdd").is_dir():
         print(f"{args.data}: no evaluation data here", file=sys.stderr)
         return 1
     cfg = VoxgateConfig()
     rows = []
-    for kind, card in MODELS.items():
+    for kind in args.models:
+        card = MODELS[kind]
         embedder = load_embedder(REPO / "daemon" / "voxgate" / "models" / card)
         cohort = for_model(embedder.model_id, None, model_sha256(embedder))
         for name in args.sets:

@@ -93,6 +93,11 @@ def test_enroll_verify_identify_erase(
     assert main(["enroll", "alice", "--from", str(alice_try), "-c", cfg]) == 1
     assert "--replace" in capsys.readouterr().err
 
+    capsys.readouterr()
+    assert main(["verify", "zed", str(bob_try), "-c", cfg, "--json"]) == 1
+    nobody = json.loads(capsys.readouterr().out)
+    assert nobody["score"] is None and nobody["reasons"] == ["unknown_user"]
+
     assert main(["users", "erase", "alice", "-c", cfg]) == 0
     assert main(["users", "erase", "alice", "-c", cfg]) == 1
     assert main(["verify", "alice", str(alice_try), "-c", cfg]) == 1

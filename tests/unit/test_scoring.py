@@ -98,6 +98,13 @@ def test_cohort_save_load_and_model_check(tmp_path: Path) -> None:
     with pytest.raises(cohortmod.CohortError, match="loaded"):
         cohortmod.for_model("other/int8", path)
     assert path.name == "synthetic-1.0--float.npz"
+    # A cohort made from another build of the same model id is refused when the sha is known.
+    tagged = cohortmod.Cohort(MODEL, cohort.embeddings, 10, cohort.calibration,
+                              {"model_sha256": "a" * 64, "command": "voxgate eval X"})  # fmt: skip
+    tagged_path = cohortmod.save(tagged, tmp_path / "tagged")
+    assert cohortmod.for_model(MODEL, tagged_path, "a" * 64).info["model_sha256"] == "a" * 64
+    with pytest.raises(cohortmod.CohortError, match="rebuild it: voxgate eval X"):
+        cohortmod.for_model(MODEL, tagged_path, "b" * 64)
     (tmp_path / "synthetic-1.0--float.json").write_text("{}")
     with pytest.raises(cohortmod.CohortError, match="not a"):
         cohortmod.load(path)

@@ -206,3 +206,26 @@ def test_key_file_create_and_parse(tmp_path: Path) -> None:
     assert vpmod.parse_key(bytes(range(32))) == bytes(range(32))
     with pytest.raises(StoreError, match="64 hex"):
         vpmod.parse_key(b"short")
+
+
+def test_side_files_private_and_second_process_sees_changes(tmp_path: Path) -> None:
+    db = tmp_path / "vp.db"
+    daemon = VoiceprintStore(db, KEY)  # e.g. the running daemon keeps its store open
+    with VoiceprintStore(db, KEY) as cli:  # while the CLI enrolls and erases
+        cli.add_user("alice", _emb(14), MODEL)
+        assert daemon.get("alice") is not None
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(db) + suffix)
+            if side.exists():
+                assert stat.S_IMODE(side.stat().st_mode) == 0o600
+        assert cli.erase("alice")
+    assert daemon.get("alice") is None
+    daemon.close()
+
+
+def test_export_unknown_user(tmp_path: Path) -> None:
+    with (
+        VoiceprintStore(tmp_path / "vp.db", KEY) as store,
+        pytest.raises(StoreError, match="no user"),
+    ):
+        store.export("nobody")

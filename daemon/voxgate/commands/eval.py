@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "calibration from the set's speakers that have no trials.",
         examples="""
         voxgate eval ../shared/data/fsdd --out eval-out/fsdd
-        voxgate eval ../shared/data/vcc2018_eval --model models/speaker/ge2e-float.yaml
+        voxgate eval ../shared/data/vcc2018_eval --model models/shipped/ge2e-float.yaml
         voxgate eval ../shared/data/resemblyzer_ls --build-cohort models/cohort
         """,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -68,7 +69,10 @@ def score_file(cfg: Any, path: str, claimed: str | None) -> tuple[Any, Any]:
 def show(result: Any, quality: Any, as_json: bool) -> int:
     if as_json:
         doc = {**result.__dict__, "speech_s": quality.speech_s, "snr_db": quality.snr_db}
-        print(json.dumps(doc, default=float))
+        # No score (unknown user, model mismatch) is -inf inside; JSON has no infinity.
+        doc = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+               for k, v in doc.items()}  # fmt: skip
+        print(json.dumps(doc))
     else:
         who = result.user or "unknown speaker"
         verdict = "MATCH" if result.accepted else ("RETRY" if not result.quality_ok else "NO MATCH")
