@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
 from voxgate.cohort import chunk, for_model, model_sha256
 from voxgate.embedding import load_embedder
 from voxgate.evaluation import eer, load_recording, read_set
