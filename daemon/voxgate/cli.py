@@ -24,6 +24,7 @@ COMMANDS = [
     "audit",
     "api",
     "fleet",
+    "demo",
 ]
 
 DESCRIPTION = textwrap.dedent(
