@@ -210,9 +210,9 @@ def _run(work: Path, stack: ExitStack) -> int:
         f"command_key_file: {keys['command']}, discovery_prefix: null}}\n"
     )
 
-    step(2, f"enrolling 'alice' (espeak-ng voice {OWNER_VOICE}) from 8 prompted digit strings")
+    step(2, f"enrolling 'alice' (espeak-ng voice {OWNER_VOICE}) from 10 prompted digit strings")
     takes, prompts = [], []
-    for i in range(8):
+    for i in range(10):
         digits = "".join(secrets.choice("0123456789") for _ in range(5))
         path = work / f"take{i}.wav"
         say(spoken(digits), OWNER_VOICE, path)
