@@ -121,6 +121,9 @@ class EmbeddingCache:
         self.model_id: str = embedder.model_id
         self.dim: int = embedder.dim
         self.sha256 = model_sha256(embedder)
+        # Embeddings also depend on the card's preprocessing: a cache made without it is stale.
+        trim = getattr(getattr(embedder, "card", None), "trim", None)
+        self.preprocess = trim.model_dump() if trim is not None else None
         self.root = root
         self.vad_cfg = vad_cfg
         self.cache_file = cache_file
@@ -135,7 +138,11 @@ class EmbeddingCache:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
-                if meta.get("model_id") != self.model_id or meta.get("sha256") != self.sha256:
+                if (
+                    meta.get("model_id") != self.model_id
+                    or meta.get("sha256") != self.sha256
+                    or meta.get("preprocess") != self.preprocess
+                ):
                     return
                 for rec, emb, q in zip(meta["recordings"], data["emb"], meta["quality"],
                                        strict=True):  # fmt: skip
@@ -154,6 +161,7 @@ class EmbeddingCache:
         meta = {
             "model_id": self.model_id,
             "sha256": self.sha256,
+            "preprocess": self.preprocess,
             "recordings": recs,
             "quality": [self._quality[r].__dict__ for r in recs],
         }

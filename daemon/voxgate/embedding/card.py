@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from voxgate.embedding.errors import ModelError
+from voxgate.embedding.trim import TrimSpec
 from voxgate.features import KaldiFbankConfig, MelPowerConfig
 
 CARD_SUFFIXES = (".yaml", ".yml")
@@ -61,6 +62,9 @@ class ModelCard(_Strict):
     model: ModelSpec
     frontend: FrontendSpec
     windowing: WindowingSpec
+    trim: TrimSpec | None = Field(
+        None, description="Drop non-speech before embedding (embedding/trim.py); absent = off."
+    )
     evaluation: dict[str, Any] = Field(default_factory=dict, description="Measured figures.")
     path: Path | None = Field(None, exclude=True, description="The card file (set on load).")
 

@@ -19,6 +19,7 @@ import numpy as np
 from voxgate.embedding.card import ModelCard
 from voxgate.embedding.errors import EmbeddingError, ModelError, TooShort
 from voxgate.embedding.runtime import Runtime
+from voxgate.embedding.trim import SpeechTrim, trim_speech
 from voxgate.features import KaldiFbank, MelPower, level_gain, make_frontend, to_float
 
 log = logging.getLogger(__name__)
@@ -137,8 +138,20 @@ class SpeakerEmbedder:
 
     # -- public ----------------------------------------------------------------------------
 
+    def speech_of(self, pcm: np.ndarray) -> np.ndarray:
+        """The audio the network sees: the card's speech trim (when it has one) applied,
+        unless that leaves less than min_audio_s: then the audio as given."""
+        pcm = _check_pcm(pcm)
+        if self.card.trim is None:
+            return pcm
+        speech = trim_speech(pcm, self.card.trim)
+        return speech if speech.size >= self._min_samples else pcm
+
     def embed(self, pcm: np.ndarray) -> np.ndarray:
         """int16 16 kHz mono audio -> float32 (dim,) L2-normalised embedding."""
+        return self._embed_plain(self.speech_of(pcm))
+
+    def _embed_plain(self, pcm: np.ndarray) -> np.ndarray:
         pcm = _check_pcm(pcm)
         if self._win.type == "whole":
             if pcm.size < self._min_samples:
@@ -155,10 +168,15 @@ class SpeakerEmbedder:
 
 
 class EmbeddingStream:
-    """push() audio while the person speaks; finish() returns the utterance's embedding."""
+    """push() audio while the person speaks; finish() returns the utterance's embedding.
+    With a card `trim:` block, pushed audio goes through the speech trim first and only the
+    speech reaches the windows (finish() == embed() of the whole audio, always)."""
 
     def __init__(self, embedder: SpeakerEmbedder) -> None:
         self._e = embedder
+        spec = embedder.card.trim
+        self._trim = SpeechTrim(spec) if spec is not None else None
+        self._raw: list[np.ndarray] = []  # given audio, kept for the too-little-speech fallback
         self._fe = embedder.frontend.stream()
         self._chunks: list[np.ndarray] = []
         self._n = 0
@@ -186,7 +204,14 @@ class EmbeddingStream:
     def push(self, pcm: np.ndarray) -> None:
         if self._finished:
             raise EmbeddingError("push() after finish()")
-        audio = to_float(_check_pcm(pcm))
+        pcm = _check_pcm(pcm)
+        if self._trim is not None:
+            self._raw.append(np.asarray(pcm).copy())
+            pcm = self._trim.push(pcm)
+        self._push_speech(pcm)
+
+    def _push_speech(self, pcm: np.ndarray) -> None:
+        audio = to_float(pcm)
         if audio.size == 0:
             return
         self._chunks.append(audio)
@@ -213,8 +238,14 @@ class EmbeddingStream:
     def finish(self) -> np.ndarray:
         if self._finished:
             raise EmbeddingError("finish() called twice")
-        self._finished = True
         e = self._e
+        if self._trim is not None:
+            self._push_speech(self._trim.finish())
+            if self._n < e._min_samples:  # too little speech kept: embed the audio as given
+                self._finished = True
+                raw = np.concatenate(self._raw) if self._raw else np.zeros(0, np.int16)
+                return e._embed_plain(raw)
+        self._finished = True
         if e._win.type == "whole":
             if self._n < e._min_samples:
                 raise _too_short(self._n, e._sr, e._win.min_audio_s)
