@@ -133,3 +133,25 @@ def test_bad_trim_block_is_refused(tmp_path: Path) -> None:
     t.finish()
     with pytest.raises(ValueError):
         t.push(np.zeros(480, np.int16))
+
+
+@pytest.mark.parametrize("seconds", [0.9, 1.3, 2.1, 2.9])
+def test_short_and_end_windows_stream_equals_batch(embedder, seconds: float) -> None:
+    a, _ = words()
+    pcm = np.concatenate([a, a, a])[: int(seconds * RATE)]
+    s = embedder.stream()
+    for i in range(0, pcm.size, 480):
+        s.push(pcm[i : i + 480])
+    assert 1.0 - float(s.finish() @ embedder.embed(pcm)) < 1e-5
+
+
+def test_short_audio_is_repeated_not_padded(embedder) -> None:
+    a, _ = words()
+    speech = embedder.speech_of(a[: int(1.0 * RATE)])
+    frames = embedder.frontend.frames(speech, n_frames=160)
+    filled = embedder._fill_short(frames, speech.size)
+    own = embedder.frontend.default_frames(speech.size)
+    assert 80 <= own < 160 and filled.shape == (160, frames.shape[1])
+    np.testing.assert_array_equal(filled[:own], frames[:own])
+    np.testing.assert_array_equal(filled[own:], frames[: 160 - own])  # again, not zeros
+    assert (filled.sum(axis=1) > 0).all()

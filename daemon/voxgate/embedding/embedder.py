@@ -2,9 +2,12 @@
 
 Two ways to cut audio into network inputs (the card's `windowing.type`):
 - sliding (GE2E): windows of `frames` frames every `hop` frames; every full window is used,
-  plus a last partly filled one (zero padded) when it is at least `min_coverage` full, or
-  when there is no full window at all. The embedding is the normalised mean of the window
-  embeddings. A stream runs each window as soon as its audio has arrived.
+  plus, with `last: pad`, a last partly filled one (zero padded) when it is at least
+  `min_coverage` full, or, with `last: end`, one that ends where the audio ends. Audio
+  shorter than one window is zero padded (`short: pad`) or repeated (`short: repeat`). The
+  embedding is the normalised mean of the window embeddings. A stream runs each window as
+  soon as its audio has arrived; with `last: end` the window ending at the audio's end is
+  the only one left for finish().
 - whole (CAM++/ECAPA/ResNet exports): the whole utterance's frames, mean-normalised, in one
   input of shape (1, T, bins). A stream computes the frames as audio arrives; the network runs
   at finish(), since mean normalisation needs the whole utterance.
@@ -96,6 +99,13 @@ class SpeakerEmbedder:
         hop = self.frontend.hop
         span = self._win.frames * hop
         starts: list[int] = []
+        if self._win.last == "end":
+            while (len(starts) * self._win.hop + self._win.frames) * hop <= n_samples:
+                starts.append(len(starts) * self._win.hop)
+            if not starts:
+                return [0]
+            end = self.frontend.default_frames(n_samples) - self._win.frames
+            return [*starts, end] if end > starts[-1] else starts
         while True:
             start = len(starts) * self._win.hop
             coverage = (n_samples - start * hop) / span
@@ -120,6 +130,15 @@ class SpeakerEmbedder:
             amp = level_gain(float(energy[end - 1]) if end else 0.0, end, target)
             gains.append(amp * amp)  # the features are power: amplitude gain squared
         return np.asarray(gains, np.float32)
+
+    def _fill_short(self, frames: np.ndarray, n_samples: int) -> np.ndarray:
+        """Frames for audio shorter than one window, with the card's `short: repeat`: the
+        audio's own frames repeated to fill the window instead of zero padding."""
+        n = self._win.frames
+        if self._win.short != "repeat" or n_samples >= n * self.frontend.hop:
+            return frames
+        own = max(1, min(self.frontend.default_frames(n_samples), frames.shape[0]))
+        return np.tile(frames[:own], (-(-n // own), 1))[:n]
 
     def _run_windows(self, frames: np.ndarray, starts: list[int], gains: np.ndarray) -> np.ndarray:
         n = self._win.frames
@@ -160,6 +179,7 @@ class SpeakerEmbedder:
         starts = self.window_starts(pcm.size)
         audio = to_float(pcm)
         frames = self.frontend.frames(audio, n_frames=starts[-1] + self._win.frames)
+        frames = self._fill_short(frames, pcm.size)
         per_window = self._run_windows(frames, starts, self._gains(audio, starts))
         return _normalise(per_window.mean(axis=0))
 
@@ -257,5 +277,6 @@ class EmbeddingStream:
             if rest.shape[0]:
                 self._frames.append(rest)
             gains = e._gains(self._audio(), todo)
-            self._done.extend(e._run_windows(self._all_frames(), todo, gains))
+            frames = e._fill_short(self._all_frames(), self._n)
+            self._done.extend(e._run_windows(frames, todo, gains))
         return _normalise(np.mean(self._done[: len(starts)], axis=0))
