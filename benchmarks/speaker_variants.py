@@ -1,10 +1,15 @@
-"""Back-end variants on cached embeddings, for information (docs/speaker-verification.md).
+"""Back-end variants on cached embeddings, and how the shipped one was chosen
+(docs/speaker-verification.md).
 
     PYTHONPATH=daemon python benchmarks/speaker_eval.py --out eval-out      # fills the caches
     PYTHONPATH=daemon python benchmarks/speaker_variants.py --out eval-out [--kind int8]
 
-Prints EER (%) per set for several scoring variants, from the embedding caches that
-`voxgate eval` wrote. Nothing here feeds back into the shipped settings.
+For each scoring variant it prints, per protocol set, the EER (%) and the false-match rate at
+the threshold that the variant's own calibration sets for FMR 1/1000 (the calibration uses only
+the LibriSpeech cohort speakers: two speaker folds, door-like trials of 1.5-3 s pieces, the
+normalizing speakers never on either side of a trial). Then the leave-one-set-out choice: for
+each set, the variant with the lowest mean EER on the two other sets, and its EER on the held-out
+set. Enrollment here is every protocol take (no enrollment checks), as in the cosine recipe.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxgate.cohort import chunk, for_model, model_sha256
+from voxgate import cohort as cohortmod
 from voxgate.embedding import load_embedder
 from voxgate.evaluation import eer, load_recording, read_set
 from voxgate.scoring import asnorm_stats
@@ -25,6 +30,11 @@ from voxgate.voiceprints import l2_normalize
 
 REPO = Path(__file__).resolve().parent.parent
 SETS = ["vcc2018_eval", "fsdd", "speechcommands_v001_sample"]
+FMR = 1e-3
+
+# Cohort material for a group of speakers: short pieces, 3-piece "models", 3 s chunk means.
+Material = dict[str, np.ndarray]
+Variant = Callable[[list[np.ndarray], np.ndarray, Material], np.ndarray]
 
 
 def cached(out: Path, name: str, kind: str) -> dict[str, np.ndarray]:
@@ -34,69 +44,107 @@ def cached(out: Path, name: str, kind: str) -> dict[str, np.ndarray]:
         return dict(zip(meta["recordings"], data["emb"], strict=True))
 
 
-def cohort_pieces(data: Path, embedder: object) -> tuple[np.ndarray, np.ndarray]:
-    """Chunk embeddings of the cohort speakers (for the LDA variant)."""
-    es = read_set(data / "resemblyzer_ls")
-    trial_spk = {es.speaker(r) for recs in es.enroll.values() for r in recs}
-    x, y = [], []
-    for path, spk in es.speaker_of.items():
-        if spk in trial_spk:
-            continue
-        for piece in chunk(load_recording(es.root, path)):
-            x.append(embedder.embed(piece))  # type: ignore[attr-defined]
-            y.append(spk)
-    return np.stack(x), np.array(y)
+def cohort_embeddings(
+    data: Path, embedder: object
+) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
+    """Per cohort speaker: 1.5-3 s piece embeddings (cut exactly as `--build-cohort` cuts
+    them) and 3 s chunk embeddings (the cohort shipped before)."""
+    es = read_set(data / "resemblyzer_ls", need_trials=False)
+    in_trials = {es.speaker(r) for recs in es.enroll.values() for r in recs}
+    in_trials |= {es.speaker(r) for _, r, _ in es.trials}
+    recs = [(spk, p) for p, spk in es.speaker_of.items() if spk not in in_trials]
+    short: dict[str, list[np.ndarray]] = {}
+    long: dict[str, list[np.ndarray]] = {}
+    for i, (spk, p) in enumerate(recs, 1):
+        pcm = load_recording(es.root, p)
+        for piece in cohortmod.pieces(pcm, seed=i):
+            short.setdefault(spk, []).append(embedder.embed(piece))  # type: ignore[attr-defined]
+        for piece in cohortmod.chunk(pcm):
+            long.setdefault(spk, []).append(embedder.embed(piece))  # type: ignore[attr-defined]
+    return short, long
 
 
-def lda(x: np.ndarray, y: np.ndarray, dims: int) -> Callable[[np.ndarray], np.ndarray]:
-    from scipy.linalg import eigh
-
-    mu = x.mean(0)
-    xc = x - mu
-    sw = np.zeros((x.shape[1],) * 2)
-    sb = np.zeros_like(sw)
-    for s in np.unique(y):
-        part = xc[y == s]
-        m = part.mean(0)
-        sw += (part - m).T @ (part - m)
-        sb += len(part) * np.outer(m, m)
-    sw += 1e-3 * np.trace(sw) / len(sw) * np.eye(len(sw))
-    _, vecs = eigh(sb, sw)
-    proj = vecs[:, ::-1][:, :dims]
-    return lambda v: l2_normalize((v - mu) @ proj)
+def material(speakers: list[str], short: dict, long: dict) -> Material:
+    pieces = np.stack([e for s in speakers for e in short.get(s, [])])
+    models = [
+        l2_normalize(np.mean(short[s][i : i + 3], 0))
+        for s in speakers
+        for i in range(0, len(short.get(s, [])) - 2, 3)
+    ]
+    chunks = [l2_normalize(np.mean(long[s], 0)) for s in speakers if s in long]
+    return {
+        "pieces": l2_normalize(pieces),
+        "models": np.stack(models),
+        "long": np.stack(chunks),
+        "center": cohortmod.center_of(pieces),
+    }
 
 
-def run(
-    data: Path,
-    name: str,
-    emb: dict[str, np.ndarray],
-    cohort: np.ndarray,
-    transform: Callable[[np.ndarray], np.ndarray] | None,
-    norm: bool,
-    top_k: int,
-    with_users: bool = False,
-) -> float:
+def _asnorm(m: np.ndarray, t: np.ndarray, cm: np.ndarray, ct: np.ndarray, k: int) -> np.ndarray:
+    raw = np.sum(m * t, 1)
+    em, esd = asnorm_stats(m @ cm.T, k)
+    tm, tsd = asnorm_stats(t @ ct.T, k)
+    return 0.5 * ((raw - em) / esd + (raw - tm) / tsd)
+
+
+def _mean(takes: list[np.ndarray]) -> np.ndarray:
+    return np.stack([l2_normalize(np.mean(t, 0)) for t in takes])
+
+
+def _centered(takes: list[np.ndarray], t: np.ndarray, c: Material) -> np.ndarray:
+    return cohortmod.centered_cosine(_mean(takes), t, c["center"])
+
+
+def _centered_asnorm(takes: list[np.ndarray], t: np.ndarray, c: Material) -> np.ndarray:
+    mu = c["center"]
+    f = lambda x: l2_normalize(x - mu)  # noqa: E731
+    return _asnorm(f(_mean(takes)), f(t), f(c["models"]), f(c["pieces"]), 100)
+
+
+VARIANTS: dict[str, Variant] = {
+    "raw cosine (upstream recipe)": lambda takes, t, c: np.sum(_mean(takes) * t, 1),
+    "best take (max cosine over takes)": lambda takes, t, c: np.array(
+        [float(np.max(k @ x)) for k, x in zip(takes, t, strict=True)]
+    ),
+    "AS-norm top-100, 3 s chunk cohort (shipped before)": lambda takes, t, c: _asnorm(
+        _mean(takes), t, c["long"], c["long"], 100
+    ),
+    "AS-norm top-100, 1.5-3 s piece cohort": lambda takes, t, c: _asnorm(
+        _mean(takes), t, c["models"], c["pieces"], 100
+    ),
+    "S-norm, 1.5-3 s piece cohort": lambda takes, t, c: _asnorm(
+        _mean(takes), t, c["models"], c["pieces"], 10**6
+    ),
+    "centered cosine (shipped)": _centered,
+    "centered + AS-norm top-100": _centered_asnorm,
+}
+
+
+def calibrate(variant: Variant, short: dict, long: dict) -> float:
+    """The variant's FMR-1/1000 threshold from door-like impostor trials among the cohort
+    speakers: two folds, the other fold normalizes (as cohort.build_centered does)."""
+    names = sorted(short)
+    folds = [names[0::2], names[1::2]]
+    non = []
+    for f in (0, 1):
+        mat = material(folds[1 - f], short, long)
+        usable = [s for s in folds[f] if len(short[s]) > 3]
+        takes = [np.stack(short[s][:3]) for s in usable]
+        for i, s in enumerate(usable):
+            tests = [(j, e) for j, o in enumerate(usable) if o != s for e in short[o][3:]]
+            t = np.stack([e for _, e in tests])
+            non.append(variant([takes[i]] * len(t), t, mat))
+    return float(np.quantile(np.concatenate(non), 1 - FMR))
+
+
+def evaluate(
+    data: Path, name: str, emb: dict[str, np.ndarray], variant: Variant, mat: Material
+) -> tuple[np.ndarray, np.ndarray]:
     es = read_set(data / name)
-    f = transform or (lambda v: v)
-    coh = l2_normalize(np.stack([f(c) for c in cohort]))
-    means = {m: l2_normalize(np.mean([f(emb[r]) for r in rs], 0)) for m, rs in es.enroll.items()}
-    model_spk = {m: es.speaker(rs[0]) for m, rs in es.enroll.items()}
-    scores, target = [], []
-    for m, r, t in es.trials:
-        e, x = means[m], f(emb[r])
-        raw = float(e @ x)
-        if norm:
-            c = coh
-            if with_users:  # other enrolled users join the cohort (never the test speaker)
-                others = [means[o] for o in means if o != m and model_spk[o] != es.speaker(r)]
-                c = np.concatenate([coh, np.stack(others)]) if others else coh
-            em, esd = asnorm_stats((c @ e)[None], top_k)
-            tm, tsd = asnorm_stats((c @ x)[None], top_k)
-            raw = 0.5 * ((raw - em[0]) / esd[0] + (raw - tm[0]) / tsd[0])
-        scores.append(raw)
-        target.append(t)
-    s, tg = np.array(scores), np.array(target)
-    return 100 * eer(s[tg == 1], s[tg == 0])
+    takes = {m: np.stack([emb[r] for r in rs]) for m, rs in es.enroll.items()}
+    t = np.stack([emb[r] for _, r, _ in es.trials])
+    scores = variant([takes[m] for m, _, _ in es.trials], t, mat)
+    return scores, np.array([tg for _, _, tg in es.trials])
 
 
 def main() -> int:
@@ -106,24 +154,28 @@ def main() -> int:
     ap.add_argument("--kind", choices=["int8", "float"], default="int8")
     args = ap.parse_args()
     embedder = load_embedder(REPO / "daemon" / "voxgate" / "models" / f"ge2e-{args.kind}.yaml")
-    cohort = for_model(embedder.model_id, None, model_sha256(embedder)).embeddings
     caches = {s: cached(args.out, s, args.kind) for s in SETS}
-    x, y = cohort_pieces(args.data, embedder)
-    centre = x.mean(0)
-    variants: list[tuple[str, Callable | None, bool, int, bool]] = [
-        ("raw cosine", None, False, 0, False),
-        ("AS-norm top-k 100 (shipped)", None, True, 100, False),
-        ("S-norm (all 251 cohort scores)", None, True, 251, False),
-        ("AS-norm, cohort + other enrolled users", None, True, 100, True),
-        ("cosine after subtracting the cohort mean", lambda v: l2_normalize(v - centre), False,
-         0, False),
-        ("LDA 128 dims from cohort pieces, cosine", lda(x, y, 128), False, 0, False),
-    ]  # fmt: skip
-    print(f"| variant ({args.kind}) | " + " | ".join(SETS) + " |")
+    short, long = cohort_embeddings(args.data, embedder)
+    everyone = material(sorted(short), short, long)
+    results: dict[str, list[tuple[float, float]]] = {}
+    print(f"| variant ({args.kind}) | " + " | ".join(f"{s} EER / FMR" for s in SETS) + " |")
     print("|---|" + "---|" * len(SETS))
-    for label, transform, norm, k, users in variants:
-        eers = [run(args.data, s, caches[s], cohort, transform, norm, k, users) for s in SETS]
-        print(f"| {label} | " + " | ".join(f"{e:.2f}" for e in eers) + " |", flush=True)
+    for label, variant in VARIANTS.items():
+        thr = calibrate(variant, short, long)
+        row = []
+        for s in SETS:
+            scores, tg = evaluate(args.data, s, caches[s], variant, everyone)
+            row.append(
+                (100 * eer(scores[tg == 1], scores[tg == 0]), 100 * (scores[tg == 0] >= thr).mean())
+            )
+        results[label] = row
+        cells = " | ".join(f"{e:.2f} / {f:.2f} %" for e, f in row)
+        print(f"| {label} | {cells} |", flush=True)
+    print("\nleave-one-set-out: variant chosen on the other two sets -> EER on the held-out set")
+    for i, s in enumerate(SETS):
+        others = [j for j in range(len(SETS)) if j != i]
+        pick = min(results, key=lambda v: np.mean([results[v][j][0] for j in others]))
+        print(f"  {s}: {pick} -> {results[pick][i][0]:.2f}")
     return 0
 
 

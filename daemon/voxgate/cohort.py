@@ -1,10 +1,16 @@
 """The score-normalization cohort and the threshold calibration that travels with it.
 
-A cohort is a set of impostor embeddings (one per speaker, none of them users) made by one
-speaker model. Scores are normalized against it (AS-norm, see scoring.py), and the threshold
-for a target false-match rate is read from a calibration table measured on impostor trials
-among the cohort speakers themselves (leave-two-out: neither side of a trial is in the cohort
-used to normalize it, as with a real impostor). Both are built by one command:
+A cohort is a set of impostor embeddings (none of them users) made by one speaker model and
+one preprocessing. Scores are normalized against it (scoring.py) by one of two methods:
+
+- "center" (built by `build_centered`, shipped): the mean direction of the cohort's speech
+  pieces is subtracted from both embeddings before the cosine. What every voice shares (the
+  language, the channel, the network's bias) stops counting as similarity.
+- "asnorm" (built by `build`; files without a method): AS-norm against per-speaker entries.
+
+The threshold for a target false-match rate is read from a calibration table measured on
+impostor trials among the cohort speakers themselves, never with the normalizing speakers on
+either side of a trial, as with a real impostor. Both are built by one command:
 
     voxgate eval ../shared/data/resemblyzer_ls --build-cohort models/cohort
     voxgate eval ../shared/data/resemblyzer_ls --build-cohort models/cohort \
@@ -13,6 +19,7 @@ used to normalize it, as with a real impostor). Both are built by one command:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -31,6 +38,9 @@ log = logging.getLogger(__name__)
 COHORT_FORMAT = "voxgate-cohort/1"
 CHUNK_S = 3.0  # cohort speech is cut into door-attempt-sized pieces
 CALIBRATION_FMRS = (0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001)
+METHODS = ("asnorm", "center")
+PIECE_S = (1.5, 3.0)  # centered cohorts: pieces as long as a spoken 4-digit string
+MODEL_PIECES = 3  # calibration: a model is the mean of this many pieces, like enrollment takes
 
 
 class CohortError(Exception):
@@ -45,6 +55,8 @@ class Cohort:
     # [(fmr, normalized-score threshold)], fmr descending; measured at build time.
     calibration: tuple[tuple[float, float], ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
+    method: str = "asnorm"  # "asnorm" or "center" (see the module docstring)
+    center: np.ndarray | None = None  # (dim,) unit vector, for method "center"
 
     def threshold_for(self, fmr: float) -> float:
         """The normalized-score threshold giving `fmr` on the calibration trials
@@ -74,10 +86,14 @@ def save(cohort: Cohort, directory: Path) -> Path:
     """Write <slug>.npz (embeddings) and <slug>.json (calibration, provenance)."""
     directory.mkdir(parents=True, exist_ok=True)
     npz = directory / (slug(cohort.model_id) + ".npz")
-    np.savez_compressed(npz, embeddings=cohort.embeddings.astype(np.float32))
+    arrays = {"embeddings": cohort.embeddings.astype(np.float32)}
+    if cohort.center is not None:
+        arrays["center"] = cohort.center.astype(np.float32)
+    np.savez_compressed(npz, **arrays)
     doc = {
         "format": COHORT_FORMAT,
         "model_id": cohort.model_id,
+        "method": cohort.method,
         "speakers": len(cohort.embeddings),
         "dim": int(cohort.embeddings.shape[1]),
         "top_k": cohort.top_k,
@@ -100,6 +116,7 @@ def load(path: Path) -> Cohort:
         doc = json.loads(meta_path.read_text())
         with np.load(path) as data:
             emb = np.asarray(data["embeddings"], dtype=np.float32)
+            center = np.asarray(data["center"], np.float32) if "center" in data else None
     except FileNotFoundError as exc:
         raise CohortError(f"cohort file missing: {exc.filename}") from None
     except (OSError, ValueError, KeyError) as exc:
@@ -108,11 +125,20 @@ def load(path: Path) -> Cohort:
         raise CohortError(f"{meta_path}: not a {COHORT_FORMAT} file")
     if emb.ndim != 2 or emb.shape[0] < 10 or not np.all(np.isfinite(emb)):
         raise CohortError(f"{path}: cohort embeddings must be a finite (n>=10, dim) array")
+    method = doc.get("method", "asnorm")
+    if method not in METHODS:
+        raise CohortError(f"{meta_path}: unknown method {method!r} (known: {', '.join(METHODS)})")
+    if method == "center" and (
+        center is None or center.shape != (emb.shape[1],) or not np.all(np.isfinite(center))
+    ):
+        raise CohortError(
+            f"{path}: method 'center' needs a finite center vector of the cohort's size"
+        )
     calibration = tuple((float(r["fmr"]), float(r["threshold"])) for r in doc["calibration"])
     info = {
         k: v
         for k, v in doc.items()
-        if k not in ("format", "model_id", "speakers", "dim", "top_k", "calibration")
+        if k not in ("format", "model_id", "method", "speakers", "dim", "top_k", "calibration")
     }
     return Cohort(
         model_id=str(doc["model_id"]),
@@ -120,13 +146,22 @@ def load(path: Path) -> Cohort:
         top_k=int(doc.get("top_k", 100)),
         calibration=calibration,
         info=info,
+        method=method,
+        center=center,
     )
 
 
 def model_sha256(embedder: Any) -> str | None:
-    """The sha256 of the embedder's model file (from its card), when known."""
+    """What a cohort is tied to: the sha256 of the embedder's model file (from its card), when
+    known; with a card `trim:` block, a sha256 over the model's sha256 and the trim settings,
+    since the preprocessing changes the embeddings as much as the weights do."""
     card = getattr(embedder, "card", None)
-    return getattr(getattr(card, "model", None), "sha256", None)
+    sha = getattr(getattr(card, "model", None), "sha256", None)
+    trim = getattr(card, "trim", None)
+    if sha is None or trim is None:
+        return sha
+    blob = json.dumps({"model_sha256": sha, "trim": trim.model_dump()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def for_model(model_id: str, path: Path | None = None, sha256: str | None = None) -> Cohort:
@@ -147,7 +182,7 @@ def for_model(model_id: str, path: Path | None = None, sha256: str | None = None
     built_with = cohort.info.get("model_sha256")
     if sha256 and built_with and built_with != sha256:
         raise CohortError(
-            f"{path}: cohort built from another file of model {model_id} (sha256 "
+            f"{path}: cohort built from another file or preprocessing of model {model_id} (tie "
             f"{built_with[:12]}, loaded {sha256[:12]}); rebuild it: {cohort.info.get('command')}"
         )
     return cohort
@@ -232,15 +267,106 @@ def build(
     return Cohort(model_id, entries, top_k, calibration, info)
 
 
+def pieces(pcm: np.ndarray, seed: int, lengths_s: tuple[float, float] = PIECE_S,
+           rate: int = 16000) -> list[np.ndarray]:  # fmt: skip
+    """Cut a recording into consecutive pieces of random length in lengths_s (seeded, so a
+    rebuild gives the same pieces); a tail shorter than the shortest length is dropped."""
+    rng = np.random.default_rng(seed)
+    out, start = [], 0
+    while True:
+        n = int(rng.uniform(*lengths_s) * rate)
+        if start + n > len(pcm):
+            return out
+        out.append(pcm[start : start + n])
+        start += n
+
+
+def center_of(pieces_emb: np.ndarray) -> np.ndarray:
+    """The centre direction: the normalized mean of the cohort's piece embeddings."""
+    return l2_normalize(np.asarray(pieces_emb, np.float64).mean(axis=0)).astype(np.float32)
+
+
+def centered_cosine(a: np.ndarray, b: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Cosine of a and b (rows, or one each) after subtracting the centre from both."""
+    a = l2_normalize(np.atleast_2d(a) - center)
+    b = l2_normalize(np.atleast_2d(b) - center)
+    return np.sum(a * b, axis=1)
+
+
+def build_centered(
+    model_id: str,
+    speakers: dict[str, list[np.ndarray]],
+    top_k: int = 100,
+    info: dict[str, Any] | None = None,
+    model_pieces: int = MODEL_PIECES,
+) -> Cohort:
+    """A "center" cohort from short-piece embeddings per speaker, calibrated like a door.
+
+    Calibration, in two speaker folds: the speakers of one fold make the trials (a model is the
+    mean of a speaker's first `model_pieces` pieces, as enrollment averages takes; each later
+    piece is one attempt, against every model of the fold), while the centre is taken from the
+    other fold only, so no trial speaker shapes its own normalization.
+    """
+    names = sorted(s for s in speakers if len(speakers[s]) > 0)
+    if len(names) < 10:
+        raise CohortError("need at least 10 cohort speakers")
+    entries = l2_normalize(np.stack([l2_normalize(np.stack(speakers[s]).mean(0)) for s in names]))
+    all_pieces = np.stack([e for s in names for e in speakers[s]])
+    folds = [names[0::2], names[1::2]]
+    non: list[np.ndarray] = []
+    tar: list[np.ndarray] = []
+    raw_non: list[np.ndarray] = []
+    for f in (0, 1):
+        center = center_of(np.stack([e for s in folds[1 - f] for e in speakers[s]]))
+        usable = [s for s in folds[f] if len(speakers[s]) > model_pieces]
+        if len(usable) < 5:
+            raise CohortError(f"need speakers with more than {model_pieces} pieces in each fold")
+        models = l2_normalize(np.stack([np.mean(speakers[s][:model_pieces], 0) for s in usable]))
+        tests = [(i, e) for i, s in enumerate(usable) for e in speakers[s][model_pieces:]]
+        owner = np.array([i for i, _ in tests])
+        t_mat = l2_normalize(np.stack([e for _, e in tests]))
+        cm = l2_normalize(models - center)
+        ct = l2_normalize(t_mat - center)
+        scores = ct @ cm.T  # (tests, models)
+        same = owner[:, None] == np.arange(len(usable))[None, :]
+        tar.append(scores[same])
+        non.append(scores[~same])
+        raw_non.append((t_mat @ models.T)[~same])
+    norm, cos = np.concatenate(non), np.concatenate(raw_non)
+    calibration = tuple((f, float(np.quantile(norm, 1 - f))) for f in CALIBRATION_FMRS)
+    from voxgate.evaluation import eer
+
+    info = dict(info or {})
+    info.update(
+        {
+            "calibration_trials": len(norm),
+            "calibration_target_trials": int(sum(len(t) for t in tar)),
+            "calibration_eer_percent": round(100 * eer(np.concatenate(tar), norm), 3),
+            "calibration_protocol": f"two speaker folds; model = mean of {model_pieces} "
+            f"pieces of {PIECE_S[0]:g}-{PIECE_S[1]:g} s, attempt = one later piece; centre "
+            "from the other fold",
+            "raw_cosine_calibration": [
+                {"fmr": f, "threshold": float(np.quantile(cos, 1 - f))} for f in CALIBRATION_FMRS
+            ],
+        }
+    )
+    log.info("cohort: %d speakers, %d impostor calibration trials", len(names), len(norm))
+    return Cohort(
+        model_id, entries, top_k, calibration, info, method="center", center=center_of(all_pieces)
+    )
+
+
 def embed_chunks(
     recordings: Sequence[tuple[str, np.ndarray]],
     embed: Callable[[np.ndarray], np.ndarray],
     progress: Callable[[int, int], None] | None = None,
+    cut: Callable[[int, np.ndarray], list[np.ndarray]] | None = None,
 ) -> dict[str, list[np.ndarray]]:
-    """Chunk each (speaker, pcm) and embed the chunks; returns speaker -> chunk embeddings."""
+    """Cut each (speaker, pcm) (default: CHUNK_S chunks; `cut(index, pcm)` otherwise) and embed
+    the pieces; returns speaker -> piece embeddings."""
     out: dict[str, list[np.ndarray]] = {}
     for n, (spk, pcm) in enumerate(recordings, 1):
-        for piece in chunk(pcm):
+        for piece in cut(n, pcm) if cut else chunk(pcm):
             try:
                 out.setdefault(spk, []).append(embed(piece))
             except Exception as exc:  # a too-short piece: skip it, keep building

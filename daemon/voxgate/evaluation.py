@@ -3,7 +3,7 @@
 Two systems are scored on the same trials:
 - "cosine": the upstream recipe (model = normalized mean of the take embeddings, raw cosine).
 - "backend": voxgate's back end as the daemon runs it: enrollment checks (bad and outlier
-  takes dropped), voiceprints in a real encrypted store, AS-norm against the shipped cohort,
+  takes dropped), voiceprints in a real encrypted store, the shipped cohort's normalization,
   the threshold from the target FMR, and the quality gate.
 Every trial counts towards EER; the quality gate's retry rate is reported beside it. Nothing
 here is tuned on the trials: the back end's settings come from the config and the cohort.
@@ -121,6 +121,9 @@ class EmbeddingCache:
         self.model_id: str = embedder.model_id
         self.dim: int = embedder.dim
         self.sha256 = model_sha256(embedder)
+        # Embeddings also depend on the card's preprocessing: a cache made without it is stale.
+        trim = getattr(getattr(embedder, "card", None), "trim", None)
+        self.preprocess = trim.model_dump() if trim is not None else None
         self.root = root
         self.vad_cfg = vad_cfg
         self.cache_file = cache_file
@@ -135,7 +138,11 @@ class EmbeddingCache:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
-                if meta.get("model_id") != self.model_id or meta.get("sha256") != self.sha256:
+                if (
+                    meta.get("model_id") != self.model_id
+                    or meta.get("sha256") != self.sha256
+                    or meta.get("preprocess") != self.preprocess
+                ):
                     return
                 for rec, emb, q in zip(meta["recordings"], data["emb"], meta["quality"],
                                        strict=True):  # fmt: skip
@@ -154,6 +161,7 @@ class EmbeddingCache:
         meta = {
             "model_id": self.model_id,
             "sha256": self.sha256,
+            "preprocess": self.preprocess,
             "recordings": recs,
             "quality": [self._quality[r].__dict__ for r in recs],
         }
@@ -466,6 +474,7 @@ def evaluate(
         "target_fmr": cfg.speaker.target_fmr,
         "cohort": {
             "speakers": len(cohort.embeddings) if cohort is not None else 0,
+            "method": cohort.method if cohort is not None else None,
             "top_k": cohort.top_k if cohort is not None else None,
         },
         "test_recordings": len(qualities),
@@ -540,11 +549,18 @@ def build_cohort(
         raise EvalError(f"{set_dir}: only {len(recs)} recordings from speakers without trials")
     show = _progress_printer(f"cohort {es.name}") if progress else (lambda n, t: None)
     loaded = ((spk, load_recording(es.root, p)) for spk, p in recs)
-    speakers = cohortmod.embed_chunks(list(loaded), embedder.embed, show)
+    # Door attempts are short (a 4-digit string is ~2 s of speech): the cohort and its
+    # calibration trials are made of pieces that short. Piece n of recording i is seeded by i.
+    speakers = cohortmod.embed_chunks(
+        list(loaded), embedder.embed, show, cut=lambda i, pcm: cohortmod.pieces(pcm, seed=i)
+    )
+    lo, hi = cohortmod.PIECE_S
+    trim = getattr(getattr(embedder, "card", None), "trim", None)
     info = {
         "model_sha256": cohortmod.model_sha256(embedder),
+        "preprocess": {"trim": trim.model_dump() if trim is not None else None},
         "source": f"{es.name}: {len(recs)} recordings of speakers without trials, "
-        f"cut into {cohortmod.CHUNK_S:g} s pieces",
+        f"cut into pieces of {lo:g}-{hi:g} s",
         "command": f"voxgate eval {set_dir} --build-cohort {out_dir}"
         + (f" --model {model_arg}" if model_arg else ""),
         "license": "derived embeddings (numbers, no audio) of LibriSpeech train-clean-100, "
@@ -552,6 +568,6 @@ def build_cohort(
         if es.name == "resemblyzer_ls"
         else "see the source set's license",
     }
-    c = cohortmod.build(embedder.model_id, speakers, top_k=top_k, info=info)
+    c = cohortmod.build_centered(embedder.model_id, speakers, top_k=top_k, info=info)
     cohortmod.save(c, out_dir)
     return c

@@ -1,5 +1,7 @@
-"""Scoring: cosine against the enrolled voiceprint, AS-norm against an impostor cohort, and a
-threshold set from a target false-match rate (speaker.target_fmr), not a magic constant.
+"""Scoring: cosine against the enrolled voiceprint, normalized with an impostor cohort (the
+cohort file says how: "center" = cosine after subtracting the cohort's mean direction, the
+shipped method; "asnorm" = AS-norm, below), and a threshold set from a target false-match
+rate (speaker.target_fmr), not a magic constant.
 
 AS-norm (adaptive symmetric normalization): a raw cosine s between enrollment e and test t is
 turned into 0.5 * ((s - mu_e) / sd_e + (s - mu_t) / sd_t), where mu/sd are the mean and spread
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from voxgate.cohort import Cohort
+from voxgate.cohort import Cohort, centered_cosine
 from voxgate.quality import Quality, gate_reasons
 from voxgate.voiceprints import ModelMismatch, Voiceprint, l2_normalize
 
@@ -107,6 +109,9 @@ class Scorer:
         raw = float(vp.mean @ t)
         if self.cohort is None:
             return raw, raw
+        if self.cohort.method == "center":
+            assert self.cohort.center is not None  # cohort.load checks it
+            return float(centered_cosine(vp.mean, t, self.cohort.center)[0]), raw
         norm = asnorm(raw, vp.mean, t, self.cohort.embeddings, self.top_k)
         return float(norm[0]), raw
 

@@ -180,3 +180,101 @@ def test_fixed_threshold_and_missing_calibration(tmp_path: Path) -> None:
     sc = Scorer(store, emb, SpeakerConfig(threshold=0.7), None)
     assert sc.threshold(5) == 0.7
     store.close()
+
+
+# --- "center" cohorts (the shipped method) ------------------------------------------------------
+
+
+class SharedChannel(Voices):
+    """Voices that all share one strong direction (language, channel): raw cosines between
+    different speakers are high, which centering removes."""
+
+    def __init__(self, seed: int, n: int) -> None:
+        super().__init__(seed, n, spread=0.9)
+        common = l2_normalize(np.random.default_rng(1234).normal(size=DIM))
+        self.centres = l2_normalize(self.centres + 2.0 * common)
+
+
+@functools.lru_cache(maxsize=2)
+def _centered(seed: int = 0, n: int = 80) -> cohortmod.Cohort:
+    v = SharedChannel(seed, n)
+    speakers = {f"c{i}": list(v.utt(i, 6)) for i in range(n)}
+    return cohortmod.build_centered(MODEL, speakers, top_k=20)
+
+
+def test_centered_cohort_calibrates_and_transfers() -> None:
+    cohort = _centered()
+    assert cohort.method == "center" and cohort.center.shape == (DIM,)
+    assert cohort.info["calibration_trials"] > 1000
+    thr = cohort.threshold_for(0.01)
+    v = SharedChannel(77, 50)  # fresh speakers, same channel
+    models = np.stack([l2_normalize(v.utt(i, 3).mean(0)) for i in range(50)])
+    tests = np.concatenate([v.utt(i, 2) for i in range(50)])
+    owner = np.repeat(np.arange(50), 2)
+    scores = np.stack([cohortmod.centered_cosine(models, t, cohort.center) for t in tests])
+    imp = owner[:, None] != np.arange(50)[None, :]
+    fmr = float((scores[imp] >= thr).mean())
+    assert 0.002 < fmr < 0.03
+    # Centering separates what the shared direction hides in the raw cosine.
+    raw = tests @ models.T
+    gap_raw = raw[~imp].mean() - raw[imp].mean()
+    gap_centered = scores[~imp].mean() - scores[imp].mean()
+    assert gap_centered > gap_raw
+
+
+def test_scorer_uses_the_cohort_method(tmp_path: Path) -> None:
+    v = SharedChannel(5, 3)
+    store = VoiceprintStore(tmp_path / "vp.db", bytes(32))
+    store.add_user("ann", v.utt(0, 4), MODEL)
+    cohort = _centered()
+    sc = Scorer(store, SimpleNamespace(model_id=MODEL), SpeakerConfig(), cohort)
+    t = v.utt(0)[0]
+    r = sc.verify(t, "ann")
+    vp = store.get("ann")
+    expected = float(l2_normalize(vp.mean - cohort.center) @ l2_normalize(t - cohort.center))
+    assert r.score == pytest.approx(expected, abs=1e-6)
+    assert r.raw_cosine == pytest.approx(float(vp.mean @ t), abs=1e-6)
+    assert r.accepted and not sc.verify(v.utt(1)[0], "ann").accepted
+    store.close()
+
+
+def test_centered_cohort_file_round_trip_and_bad_files(tmp_path: Path) -> None:
+    cohort = _centered()
+    path = cohortmod.save(cohort, tmp_path)
+    back = cohortmod.load(path)
+    assert back.method == "center" and back.calibration == cohort.calibration
+    np.testing.assert_allclose(back.center, cohort.center, atol=1e-6)
+    old = cohortmod.load(cohortmod.save(_cohort(n=30, top_k=10), tmp_path / "old"))
+    assert old.method == "asnorm" and old.center is None  # files from before: AS-norm
+    meta = tmp_path / "synthetic-1.0--float.json"
+    text = meta.read_text()
+    meta.write_text(text.replace('"method": "center"', '"method": "magic"'))
+    with pytest.raises(cohortmod.CohortError, match="unknown method"):
+        cohortmod.load(path)
+    meta.write_text(text)
+    np.savez(path, embeddings=cohort.embeddings)  # the centre vector lost
+    with pytest.raises(cohortmod.CohortError, match="center vector"):
+        cohortmod.load(path)
+
+
+def test_pieces_are_short_and_reproducible() -> None:
+    pcm = np.arange(16000 * 13, dtype=np.int16)
+    a = cohortmod.pieces(pcm, seed=3)
+    assert a and all(1.5 * 16000 - 1 <= len(p) <= 3.0 * 16000 for p in a)
+    assert sum(len(p) for p in a) > len(pcm) - 3 * 16000
+    assert [len(p) for p in a] == [len(p) for p in cohortmod.pieces(pcm, seed=3)]
+    assert cohortmod.pieces(pcm[:16000], seed=3) == []
+
+
+def test_cohort_tie_covers_the_preprocessing(tmp_path: Path) -> None:
+    from voxgate.embedding import load_card
+
+    card = load_card()
+    assert card.trim is not None
+    trimmed = cohortmod.model_sha256(SimpleNamespace(card=card))
+    plain = cohortmod.model_sha256(SimpleNamespace(card=card.model_copy(update={"trim": None})))
+    assert plain == card.model.sha256 and trimmed != plain and len(trimmed) == 64
+    shipped = cohortmod.for_model(card.id, None, trimmed)  # the shipped cohort fits
+    assert shipped.method == "center"
+    with pytest.raises(cohortmod.CohortError, match="preprocessing"):
+        cohortmod.for_model(card.id, None, plain)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from voxgate.embedding.errors import ModelError
+from voxgate.embedding.trim import TrimSpec
 from voxgate.features import KaldiFbankConfig, MelPowerConfig
 
 CARD_SUFFIXES = (".yaml", ".yml")
@@ -46,6 +47,17 @@ class WindowingSpec(_Strict):
     min_audio_s: float = Field(
         0.5, gt=0, le=60, description="Shorter audio raises TooShort instead of an embedding."
     )
+    last: Literal["pad", "end"] = Field(
+        "pad",
+        description="sliding: the audio after the last full window; pad: one more window, zero "
+        "padded, if at least min_coverage full (else dropped); end: one more window that ends "
+        "where the audio ends (no padding, nothing dropped).",
+    )
+    short: Literal["pad", "repeat"] = Field(
+        "pad",
+        description="sliding: audio shorter than one window; pad: zero padded; repeat: its "
+        "frames repeated until the window is full.",
+    )
 
 
 FrontendSpec = Annotated[MelPowerConfig | KaldiFbankConfig, Field(discriminator="type")]
@@ -61,6 +73,9 @@ class ModelCard(_Strict):
     model: ModelSpec
     frontend: FrontendSpec
     windowing: WindowingSpec
+    trim: TrimSpec | None = Field(
+        None, description="Drop non-speech before embedding (embedding/trim.py); absent = off."
+    )
     evaluation: dict[str, Any] = Field(default_factory=dict, description="Measured figures.")
     path: Path | None = Field(None, exclude=True, description="The card file (set on load).")
 

@@ -2,9 +2,12 @@
 
 Two ways to cut audio into network inputs (the card's `windowing.type`):
 - sliding (GE2E): windows of `frames` frames every `hop` frames; every full window is used,
-  plus a last partly filled one (zero padded) when it is at least `min_coverage` full, or
-  when there is no full window at all. The embedding is the normalised mean of the window
-  embeddings. A stream runs each window as soon as its audio has arrived.
+  plus, with `last: pad`, a last partly filled one (zero padded) when it is at least
+  `min_coverage` full, or, with `last: end`, one that ends where the audio ends. Audio
+  shorter than one window is zero padded (`short: pad`) or repeated (`short: repeat`). The
+  embedding is the normalised mean of the window embeddings. A stream runs each window as
+  soon as its audio has arrived; with `last: end` the window ending at the audio's end is
+  the only one left for finish().
 - whole (CAM++/ECAPA/ResNet exports): the whole utterance's frames, mean-normalised, in one
   input of shape (1, T, bins). A stream computes the frames as audio arrives; the network runs
   at finish(), since mean normalisation needs the whole utterance.
@@ -19,6 +22,7 @@ import numpy as np
 from voxgate.embedding.card import ModelCard
 from voxgate.embedding.errors import EmbeddingError, ModelError, TooShort
 from voxgate.embedding.runtime import Runtime
+from voxgate.embedding.trim import SpeechTrim, trim_speech
 from voxgate.features import KaldiFbank, MelPower, level_gain, make_frontend, to_float
 
 log = logging.getLogger(__name__)
@@ -95,6 +99,13 @@ class SpeakerEmbedder:
         hop = self.frontend.hop
         span = self._win.frames * hop
         starts: list[int] = []
+        if self._win.last == "end":
+            while (len(starts) * self._win.hop + self._win.frames) * hop <= n_samples:
+                starts.append(len(starts) * self._win.hop)
+            if not starts:
+                return [0]
+            end = self.frontend.default_frames(n_samples) - self._win.frames
+            return [*starts, end] if end > starts[-1] else starts
         while True:
             start = len(starts) * self._win.hop
             coverage = (n_samples - start * hop) / span
@@ -120,6 +131,15 @@ class SpeakerEmbedder:
             gains.append(amp * amp)  # the features are power: amplitude gain squared
         return np.asarray(gains, np.float32)
 
+    def _fill_short(self, frames: np.ndarray, n_samples: int) -> np.ndarray:
+        """Frames for audio shorter than one window, with the card's `short: repeat`: the
+        audio's own frames repeated to fill the window instead of zero padding."""
+        n = self._win.frames
+        if self._win.short != "repeat" or n_samples >= n * self.frontend.hop:
+            return frames
+        own = max(1, min(self.frontend.default_frames(n_samples), frames.shape[0]))
+        return np.tile(frames[:own], (-(-n // own), 1))[:n]
+
     def _run_windows(self, frames: np.ndarray, starts: list[int], gains: np.ndarray) -> np.ndarray:
         n = self._win.frames
         # All windows in one call. (The shipped int8 model carries range anchors, see
@@ -137,8 +157,20 @@ class SpeakerEmbedder:
 
     # -- public ----------------------------------------------------------------------------
 
+    def speech_of(self, pcm: np.ndarray) -> np.ndarray:
+        """The audio the network sees: the card's speech trim (when it has one) applied,
+        unless that leaves less than min_audio_s: then the audio as given."""
+        pcm = _check_pcm(pcm)
+        if self.card.trim is None:
+            return pcm
+        speech = trim_speech(pcm, self.card.trim)
+        return speech if speech.size >= self._min_samples else pcm
+
     def embed(self, pcm: np.ndarray) -> np.ndarray:
         """int16 16 kHz mono audio -> float32 (dim,) L2-normalised embedding."""
+        return self._embed_plain(self.speech_of(pcm))
+
+    def _embed_plain(self, pcm: np.ndarray) -> np.ndarray:
         pcm = _check_pcm(pcm)
         if self._win.type == "whole":
             if pcm.size < self._min_samples:
@@ -147,6 +179,7 @@ class SpeakerEmbedder:
         starts = self.window_starts(pcm.size)
         audio = to_float(pcm)
         frames = self.frontend.frames(audio, n_frames=starts[-1] + self._win.frames)
+        frames = self._fill_short(frames, pcm.size)
         per_window = self._run_windows(frames, starts, self._gains(audio, starts))
         return _normalise(per_window.mean(axis=0))
 
@@ -155,10 +188,15 @@ class SpeakerEmbedder:
 
 
 class EmbeddingStream:
-    """push() audio while the person speaks; finish() returns the utterance's embedding."""
+    """push() audio while the person speaks; finish() returns the utterance's embedding.
+    With a card `trim:` block, pushed audio goes through the speech trim first and only the
+    speech reaches the windows (finish() == embed() of the whole audio, always)."""
 
     def __init__(self, embedder: SpeakerEmbedder) -> None:
         self._e = embedder
+        spec = embedder.card.trim
+        self._trim = SpeechTrim(spec) if spec is not None else None
+        self._raw: list[np.ndarray] = []  # given audio, kept for the too-little-speech fallback
         self._fe = embedder.frontend.stream()
         self._chunks: list[np.ndarray] = []
         self._n = 0
@@ -186,7 +224,14 @@ class EmbeddingStream:
     def push(self, pcm: np.ndarray) -> None:
         if self._finished:
             raise EmbeddingError("push() after finish()")
-        audio = to_float(_check_pcm(pcm))
+        pcm = _check_pcm(pcm)
+        if self._trim is not None:
+            self._raw.append(np.asarray(pcm).copy())
+            pcm = self._trim.push(pcm)
+        self._push_speech(pcm)
+
+    def _push_speech(self, pcm: np.ndarray) -> None:
+        audio = to_float(pcm)
         if audio.size == 0:
             return
         self._chunks.append(audio)
@@ -213,8 +258,14 @@ class EmbeddingStream:
     def finish(self) -> np.ndarray:
         if self._finished:
             raise EmbeddingError("finish() called twice")
-        self._finished = True
         e = self._e
+        if self._trim is not None:
+            self._push_speech(self._trim.finish())
+            if self._n < e._min_samples:  # too little speech kept: embed the audio as given
+                self._finished = True
+                raw = np.concatenate(self._raw) if self._raw else np.zeros(0, np.int16)
+                return e._embed_plain(raw)
+        self._finished = True
         if e._win.type == "whole":
             if self._n < e._min_samples:
                 raise _too_short(self._n, e._sr, e._win.min_audio_s)
@@ -226,5 +277,6 @@ class EmbeddingStream:
             if rest.shape[0]:
                 self._frames.append(rest)
             gains = e._gains(self._audio(), todo)
-            self._done.extend(e._run_windows(self._all_frames(), todo, gains))
+            frames = e._fill_short(self._all_frames(), self._n)
+            self._done.extend(e._run_windows(frames, todo, gains))
         return _normalise(np.mean(self._done[: len(starts)], axis=0))
