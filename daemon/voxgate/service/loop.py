@@ -103,6 +103,7 @@ class Daemon:
         self._drop_warned_at = 0.0
         self._vad_pending = False
         self.keeper: Any = None
+        self.users: Any = None  # service.users.UserServices, once the stages are built
         self._mqtt_up = True  # until housekeeping learns otherwise
         self._published_locks: tuple[tuple[str, float | None], ...] | None = None
         self.sm.subscribe(self._on_state)
@@ -176,9 +177,23 @@ class Daemon:
         stages = self.stages
         self._undo.append(("stages", self._close_stages))
 
+        from voxgate.service.users import StartError, UserServices
+
+        self.users = UserServices(cfg, stages.store, stages.embedder, self._audit)
         self._step("MQTT link", undo=self._stop_link)
         stages.link.on_command("attempt", self._command_attempt)
+        stages.link.on_command("reload", self._command_reload)
+        if stages.store is not None:
+            stages.link.on_command("erase-user", self.users.command_erase)
         stages.link.start()
+
+        self._step("fleet sync and admin API")
+        try:
+            self.users.start(lambda name, stop: self._undo.append((name, stop)))
+        except StartError as exc:
+            log.error("cannot start: %s", exc)
+            self.exit_code = EX_CONFIG if exc.config else EX_UNAVAILABLE
+            return False
 
         self._step("audio capture")
         live = cfg.audio.source == "mic" or cfg.audio.realtime
@@ -369,6 +384,8 @@ class Daemon:
                 )
         if self.audit is not None and self.audit.pending:
             self.audit.flush_pending()
+        if self.users is not None:
+            self.users.housekeeping(now)
         try:
             connected = bool(self.stages.link.connected)
         except Exception:
@@ -495,6 +512,14 @@ class Daemon:
         except queue.Full:
             return {"ok": False, "error": "busy"}
         return {"ok": True}
+
+    def _command_reload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """MQTT `reload`: the same as SIGHUP (the loop re-reads the file between frames).
+        Voiceprints need no reload: the scorer reads the store at every attempt."""
+        if self.config_path is None:
+            return {"ok": False, "error": "no config file was given; nothing to reload"}
+        self.request_reload()
+        return {"queued": True}
 
     def _run_commands(self) -> None:
         while True:

@@ -1,0 +1,147 @@
+"""The daemon's user administration: fleet sync agent, local admin API, MQTT user commands.
+
+Started by the loop after the MQTT link and before READY, so that a taken API port or a
+missing token or fleet key stops the start with a clear error instead of surfacing later;
+stopped in reverse order. Every local change to the voiceprints (API, MQTT `erase-user`)
+goes to the audit log and to the fleet (`FleetSync.on_local_change`); changes another
+process made (`voxgate enroll`, `voxgate users erase`) reach the fleet through the outbox
+in the sync state file, which `housekeeping` sends now and then.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from voxgate.config import VoxgateConfig
+
+log = logging.getLogger(__name__)
+
+OUTBOX_EVERY_S = 5.0  # how often the outbox is checked for changes other processes left
+
+
+class StartError(Exception):
+    """A part that was asked for cannot start. `config` True: a setting or secret is wrong
+    (restarting will not help); False: a resource is unavailable (e.g. the port is taken)."""
+
+    def __init__(self, message: str, *, config: bool) -> None:
+        super().__init__(message)
+        self.config = config
+
+
+Undo = Callable[[str, Callable[[], None]], None]
+
+
+class UserServices:
+    def __init__(
+        self,
+        cfg: VoxgateConfig,
+        store: Any,
+        embedder: Any,
+        audit_event: Callable[..., Any],
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.embedder = embedder
+        self.audit_event = audit_event
+        self.agent: Any = None
+        self.api: Any = None
+        self._next_flush = 0.0
+        self._lock = threading.Lock()  # one erase at a time (store scrub + fleet tombstone)
+
+    def start(self, undo: Undo) -> None:
+        """Start what the config enables; `undo(name, stop)` registers each for shutdown.
+        Raises StartError."""
+        cfg = self.cfg
+        if (cfg.fleet.enabled or cfg.api.enabled) and self.store is None:
+            raise StartError("the stages have no voiceprint store to share", config=False)
+        if cfg.fleet.enabled:
+            from voxgate.fleet import FleetError, FleetSync
+
+            try:
+                self.agent = FleetSync.from_config(
+                    cfg, self.store, model_id=self.embedder.model_id, audit_event=self.audit_event
+                )
+            except FleetError as exc:
+                raise StartError(str(exc), config=True) from None
+            self.agent.start()
+            undo("fleet sync", self.agent.stop)
+        if cfg.api.enabled:
+            from voxgate.api import ApiError, ApiServer, UserAdmin, create_app, load_token
+
+            try:
+                token = load_token(cfg)
+                admin = UserAdmin(
+                    self.store,
+                    cfg.speaker,
+                    cfg.vad,
+                    lambda: self.embedder,
+                    on_change=self._to_fleet,
+                )
+                app = create_app(cfg, admin, token, audit_event=self.audit_event)
+            except ApiError as exc:
+                raise StartError(str(exc), config=True) from None
+            try:
+                self.api = ApiServer(app, cfg.api.host, cfg.api.port)
+            except OSError as exc:
+                raise StartError(
+                    f"admin API: cannot listen on {cfg.api.host}:{cfg.api.port}: {exc.strerror}"
+                    " (another voxgate api running? change api.port)",
+                    config=False,
+                ) from None
+            if cfg.api.host not in {"127.0.0.1", "::1", "localhost"}:
+                log.warning("admin API bound to %s: reachable from the network", cfg.api.host)
+            self.api.start()
+            undo("admin API", self.api.stop)
+
+    # -- changes ------------------------------------------------------------------------
+
+    def _to_fleet(self, kind: str, name: str) -> None:
+        if self.agent is not None:
+            self.agent.on_local_change(kind, name)
+
+    def changed(self, kind: str, name: str, via: str) -> None:
+        """A local change made by the daemon itself: audit it and tell the fleet."""
+        event = {"enrolled": "enrollment", "erased": "erase"}[kind]
+        self.audit_event(event, user=name, via=via)
+        try:
+            self._to_fleet(kind, name)
+        except Exception:
+            # The local change stands; the outbox keeps what could not be sent.
+            log.exception("could not hand %s of %s to the fleet sync", kind, name)
+
+    def command_erase(self, args: dict[str, Any]) -> dict[str, Any]:
+        """MQTT `erase-user` {"user": NAME} (runs on the command worker thread)."""
+        from voxgate.voiceprints import StoreError, normalize_name
+
+        if self.store is None:
+            raise ValueError("no voiceprint store in this daemon")
+        try:
+            name = normalize_name(str(args.get("user", "")))
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
+        with self._lock:
+            if not self.store.erase(name):
+                raise ValueError(f"no user '{name}' enrolled")
+        log.info("erased %s (MQTT command)", name)
+        self.changed("erased", name, via="mqtt")
+        return {"user": name, "erased": True}
+
+    def housekeeping(self, now: float | None = None) -> None:
+        """Send changes other processes queued in the fleet outbox."""
+        if self.agent is None:
+            return
+        now = time.monotonic() if now is None else now
+        if now < self._next_flush:
+            return
+        self._next_flush = now + OUTBOX_EVERY_S
+        try:
+            sent = self.agent.flush_outbox()
+        except Exception as exc:
+            log.warning("fleet sync: sending the outbox failed: %s", exc)
+            return
+        if sent:
+            log.info("fleet sync: sent %d queued update(s)", sent)
