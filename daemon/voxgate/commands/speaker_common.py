@@ -105,7 +105,7 @@ def _to_fleet(cfg: Any, store: Any, kind: str, name: str, model_id: str | None) 
         agent.on_local_change(kind, name)
         agent.start()
         if agent.wait_sent(FLEET_WAIT_S):
-            print(f"fleet: {kind} of {name} sent")
+            print(f"fleet: {name} ({kind}) sent to the broker")
         else:
             print(
                 f"fleet: broker not reachable within {FLEET_WAIT_S:.0f} s; the {kind} of "
