@@ -387,3 +387,22 @@ def test_admin_api_that_cannot_start_stops_the_daemon(device: dict[str, Any]) ->
         )
     assert run.returncode == 69, run.stderr.decode()
     assert b"cannot listen on 127.0.0.1" in run.stderr
+
+
+def test_sigterm_while_stdin_is_idle_exits_cleanly(device: dict[str, Any]) -> None:
+    """The capture thread waits on a quiet pipe; SIGTERM must still give exit 0, not Python's
+    "could not acquire lock for <stdin> at interpreter shutdown" abort."""
+    doc = device["doc"]
+    doc["mqtt"] = {"enabled": False}
+    daemon = DaemonProcess(write_config(device["dir"], doc))
+    try:
+        daemon.feed(pause(0.3))
+        daemon.wait_log("ready:", 30)
+        daemon.proc.terminate()
+        code = daemon.proc.wait(15)
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    time.sleep(0.1)
+    assert code == 0, daemon.log()
+    assert "Fatal Python error" not in daemon.log()
