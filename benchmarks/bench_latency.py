@@ -172,7 +172,7 @@ def main() -> int:
             "speaker": {
                 "key_file": secret("voiceprint.key", os.urandom(32).hex().encode()),
                 "enroll_min_takes": 2,
-                "enroll_min_speech_s": 3,
+                "enroll_min_speech_s": 2,
             },
             "challenge": {"mode": "off"},
             "mqtt": {

@@ -14,7 +14,6 @@ import numpy as np
 
 from voxgate.audio.base import SAMPLE_RATE, AudioSource, frame_samples
 
-
 POLL_S = 0.2
 
 
