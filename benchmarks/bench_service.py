@@ -102,6 +102,12 @@ def real_extras(work: Path, with_api_fleet: bool) -> dict:
         "speaker": {"key_file": secret("voiceprint.key", pysecrets.token_hex(32).encode())},
         "mqtt": {"hmac_key_file": secret("decision.key", pysecrets.token_hex(32).encode())},
     }
+    try:  # the spoken challenge (STT) is loaded when this build has it
+        import voxgate.challenge  # noqa: F401
+        import voxgate.stt  # noqa: F401
+    except ImportError:
+        print("bench_service: no challenge/STT stage in this build: challenge.mode off")
+        out["challenge"] = {"mode": "off"}
     if with_api_fleet:
         signing = pysecrets.token_bytes(32)
         out["api"] = {"enabled": True, "port": free_port()}
