@@ -243,6 +243,11 @@ def test_enrolled_voice_opens_the_door_and_another_voice_does_not(
     ]
     made = [x for x in lines if x["event"] == "decision"]
     assert [(x["outcome"], x["published"]) for x in made] == [("granted", True), ("denied", True)]
+    erased = voxgate("users", "erase", "bob", "-c", str(device["config"]))
+    assert erased.returncode == 0, erased.stderr
+    assert ("erase", "bob", "cli") in [
+        (x["event"], x.get("user"), x.get("via")) for x in audit_lines(device)
+    ]
     assert voxgate("audit", "verify", "-c", str(device["config"])).returncode == 0
 
 
