@@ -103,7 +103,7 @@ def real_extras(work: Path, with_api_fleet: bool) -> dict:
         "mqtt": {"hmac_key_file": secret("decision.key", pysecrets.token_hex(32).encode())},
     }
     try:  # the spoken challenge (STT) is loaded when this build has it
-        import voxgate.challenge  # noqa: F401
+        import voxgate.challenge
         import voxgate.stt  # noqa: F401
     except ImportError:
         print("bench_service: no challenge/STT stage in this build: challenge.mode off")

@@ -70,7 +70,14 @@ class UserServices:
             self.agent.start()
             undo("fleet sync", self.agent.stop)
         if cfg.api.enabled:
-            from voxgate.api import ApiError, ApiServer, UserAdmin, create_app, load_token
+            try:
+                from voxgate.api import ApiError, ApiServer, UserAdmin, create_app, load_token
+            except ImportError as exc:
+                raise StartError(
+                    f"api.enabled, but the admin API is not installed ({exc}); "
+                    "pip install 'voxgate[api]' or set api.enabled: false",
+                    config=False,
+                ) from None
 
             try:
                 token = load_token(cfg)
