@@ -411,3 +411,53 @@ def test_sigterm_while_stdin_is_idle_exits_cleanly(device: dict[str, Any]) -> No
     time.sleep(0.1)
     assert code == 0, daemon.log()
     assert "Fatal Python error" not in daemon.log()
+
+
+def test_enrollment_at_the_door_over_mqtt(
+    device: dict[str, Any], broker: Broker, lock_side: tuple[ActuatorProcess, Recorder]
+) -> None:
+    """enroll-start: the next utterances are takes (no attempts); enroll-finish checks and
+    stores them, audits and answers with the take report; the voice then opens the door."""
+    from voxgate.decision import open_sealed
+
+    actuator, rec = lock_side
+    results = Recorder(broker, "lock", [f"voxgate/{DEV}/cmd/+/result"])
+    admin = mqtt_admin(broker)
+
+    def command(name: str, user: str) -> dict[str, Any]:
+        before = len(results.on(f"voxgate/{DEV}/cmd/{name}/result"))
+        cmd = make_command(CKEY, DEV, name, {"user": user}, now=time.time())
+        admin.publish(f"voxgate/{DEV}/cmd/{name}", cmd, qos=1).wait_for_publish(5)
+        topic = f"voxgate/{DEV}/cmd/{name}/result"
+        wait_until(lambda: len(results.on(topic)) > before, 15, f"{name} reply")
+        return open_sealed(results.on(topic)[-1].payload, DKEY, REPLY_DOMAIN)
+
+    daemon = DaemonProcess(device["config"])
+    try:
+        daemon.feed(pause(0.3))
+        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+        refused = command("enroll-finish", "bob")
+        assert refused["ok"] is False and "no enrollment of 'bob'" in refused["detail"]
+        assert command("enroll-start", "bob")["ok"] is True
+        for text in TAKES:
+            daemon.feed(np.concatenate([pause(0.5), speech(text, "en+m3"), pause(1.0)]))
+        daemon.wait_log("enrollment of bob: take 4", 20)
+        done = command("enroll-finish", "bob")
+        assert done["ok"] is True, done
+        assert done["result"]["used"] >= 3 and done["result"]["user"] == "bob"
+        assert decisions(rec) == []  # the takes were not attempts
+
+        daemon.feed(np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)]))
+        wait_until(lambda: len(decisions(rec)) >= 1, 20, "a decision")
+        assert daemon.close() == 0
+    finally:
+        admin.disconnect()
+        results.close()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    (d,) = decisions(rec)
+    assert (d.outcome, d.user) == ("granted", "bob"), daemon.log()
+    wait_until(lambda: len(actuator.actions()) == 1, 10, "the actuator to act")
+    events = [(x["event"], x.get("user"), x.get("via")) for x in audit_lines(device)]
+    assert ("enrollment_started", "bob", "mqtt") in events
+    assert ("enrollment", "bob", "mqtt") in events

@@ -68,3 +68,32 @@ def test_fleet_without_key_is_a_config_error(store: Any, tmp_path: Path) -> None
     with pytest.raises(StartError, match="fleet-key") as err:
         users.start(lambda name, stop: None)
     assert err.value.config
+
+
+def test_enrollment_session_refusals_and_expiry(
+    store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voxgate.embedding import load_embedder
+    from voxgate.service import users as users_mod
+
+    events: list[tuple[str, dict]] = []
+    cfg = VoxgateConfig(data_dir=tmp_path)
+    users = UserServices(cfg, store, load_embedder(), lambda e, **f: events.append((e, f)))
+    noise = np.random.default_rng(1).normal(0, 30, 16000).astype(np.int16)
+    assert not users.take(noise)  # no session: the loop makes it an attempt
+    with pytest.raises(ValueError, match="no enrollment of 'bob'"):
+        users.command_enroll_finish({"user": "bob"})
+    users.command_enroll_start({"user": "bob"})
+    assert users.enrolling
+    with pytest.raises(ValueError, match="busy: enrolling bob"):
+        users.command_enroll_start({"user": "carol"})
+    assert users.take(noise)
+    with pytest.raises(ValueError, match="not enrolled: need"):
+        users.command_enroll_finish({"user": "bob"})
+    assert store.get("bob") is None and not users.enrolling
+    assert [e for e, _ in events] == ["enrollment_started", "enrollment_refused"]
+
+    monkeypatch.setattr(users_mod, "ENROLL_TIMEOUT_S", 0.0)
+    users.command_enroll_start({"user": "carol"})
+    assert not users.take(noise)  # expired: dropped, audited, the utterance is an attempt
+    assert events[-1] == ("enrollment_expired", {"user": "carol"})

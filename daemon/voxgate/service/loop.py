@@ -185,6 +185,8 @@ class Daemon:
         stages.link.on_command("reload", self._command_reload)
         if stages.store is not None:
             stages.link.on_command("erase-user", self.users.command_erase)
+            stages.link.on_command("enroll-start", self.users.command_enroll_start)
+            stages.link.on_command("enroll-finish", self.users.command_enroll_finish)
         stages.link.start()
 
         self._step("fleet sync and admin API")
@@ -415,6 +417,8 @@ class Daemon:
             self._abort_attempt(f"error: {type(exc).__name__}: {exc}")
 
     def _speech_started(self, ev: SpeechStarted) -> None:
+        if self.attempt is None and self.users is not None and self.users.enrolling:
+            return  # an enrollment takes the utterances (MQTT enroll-start)
         state = self.sm.state
         if state in (State.IDLE, State.DECIDED):
             challenge_on = self.stages is not None and self.stages.new_challenge is not None
@@ -448,6 +452,8 @@ class Daemon:
             self.metrics.utterances.inc()
         a = self.attempt
         if a is None:
+            if utt is not None and self.users is not None:
+                self.users.take(utt.pcm)
             return
         if utt is None:  # a click or cough, not speech
             if self.sm.state == State.LISTENING:

@@ -21,6 +21,8 @@ from voxgate.config import VoxgateConfig
 log = logging.getLogger(__name__)
 
 OUTBOX_EVERY_S = 5.0  # how often the outbox is checked for changes other processes left
+ENROLL_TIMEOUT_S = 120.0  # an enrollment nobody finishes is dropped after this
+MAX_TAKES = 20
 
 
 class StartError(Exception):
@@ -51,6 +53,12 @@ class UserServices:
         self.api: Any = None
         self._next_flush = 0.0
         self._lock = threading.Lock()  # one erase at a time (store scrub + fleet tombstone)
+        # MQTT enrollment at the door: enroll-start opens a session, the loop hands it each
+        # utterance (instead of starting attempts), enroll-finish checks and stores the takes.
+        self._enroll_lock = threading.Lock()
+        self._enroll_user: str | None = None
+        self._enroll_takes: list[Any] = []
+        self._enroll_until = 0.0
 
     def start(self, undo: Undo) -> None:
         """Start what the config enables; `undo(name, stop)` registers each for shutdown.
@@ -138,8 +146,98 @@ class UserServices:
         self.changed("erased", name, via="mqtt")
         return {"user": name, "erased": True}
 
+    # -- enrollment at the door (MQTT enroll-start / enroll-finish) ------------------------
+
+    @property
+    def enrolling(self) -> bool:
+        with self._enroll_lock:
+            return self._session_open(time.monotonic())
+
+    def _session_open(self, now: float) -> bool:
+        if self._enroll_user is not None and now > self._enroll_until:
+            log.warning(
+                "enrollment of %s dropped: not finished within %.0f s",
+                self._enroll_user,
+                ENROLL_TIMEOUT_S,
+            )
+            self.audit_event("enrollment_expired", user=self._enroll_user)
+            self._enroll_user, self._enroll_takes = None, []
+        return self._enroll_user is not None
+
+    def take(self, pcm: Any) -> bool:
+        """Loop thread: an utterance ended while no attempt runs. True if it was taken as an
+        enrollment take (then it is not an attempt)."""
+        with self._enroll_lock:
+            if not self._session_open(time.monotonic()):
+                return False
+            if len(self._enroll_takes) >= MAX_TAKES:
+                log.warning("enrollment of %s: %d takes already; ignored", self._enroll_user,
+                            MAX_TAKES)  # fmt: skip
+                return True
+            self._enroll_takes.append(pcm)
+            log.info(
+                "enrollment of %s: take %d (%.1f s)",
+                self._enroll_user,
+                len(self._enroll_takes),
+                len(pcm) / 16000,
+            )
+            return True
+
+    def command_enroll_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        """MQTT `enroll-start` {"user": NAME}: the next utterances are NAME's takes."""
+        from voxgate.voiceprints import StoreError, normalize_name
+
+        if self.store is None:
+            raise ValueError("no voiceprint store in this daemon")
+        try:
+            name = normalize_name(str(args.get("user", "")))
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
+        with self._enroll_lock:
+            now = time.monotonic()
+            if self._session_open(now) and self._enroll_user != name:
+                raise ValueError(f"busy: enrolling {self._enroll_user}")
+            self._enroll_user, self._enroll_takes = name, []
+            self._enroll_until = now + ENROLL_TIMEOUT_S
+        log.info("enrollment of %s started (MQTT); say the takes, then enroll-finish", name)
+        self.audit_event("enrollment_started", user=name, via="mqtt")
+        return {"user": name, "timeout_s": ENROLL_TIMEOUT_S}
+
+    def command_enroll_finish(self, args: dict[str, Any]) -> dict[str, Any]:
+        """MQTT `enroll-finish` {"user": NAME}: check the takes, store the voiceprint (an
+        existing one is replaced), audit, tell the fleet."""
+        from voxgate.enrollment import check_takes
+        from voxgate.voiceprints import StoreError, normalize_name
+
+        try:
+            name = normalize_name(str(args.get("user", "")))
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
+        with self._enroll_lock:
+            if not self._session_open(time.monotonic()) or self._enroll_user != name:
+                raise ValueError(f"no enrollment of '{name}' in progress (send enroll-start)")
+            takes, self._enroll_user, self._enroll_takes = self._enroll_takes, None, []
+        result = check_takes(takes, self.embedder, self.cfg.speaker, self.cfg.vad)
+        report = {
+            "user": name,
+            "takes": len(result.takes),
+            "used": len(result.accepted),
+            "speech_s": round(result.speech_s, 2),
+            "rejected": [{"take": t.index, "reason": t.reason} for t in result.rejected],
+        }
+        if not result.ok:
+            self.audit_event("enrollment_refused", user=name, via="mqtt", problems=result.problems)
+            raise ValueError("not enrolled: " + "; ".join(result.problems))
+        meta = {"takes": len(result.accepted), "speech_s": report["speech_s"], "source": "mqtt"}
+        self.store.replace(name, result.embeddings, self.embedder.model_id, meta)
+        log.info("enrolled %s from %d takes (MQTT)", name, len(result.accepted))
+        self.changed("enrolled", name, via="mqtt")
+        return report
+
     def housekeeping(self, now: float | None = None) -> None:
-        """Send changes other processes queued in the fleet outbox."""
+        """Drop an enrollment left open too long; send what waits in the fleet outbox."""
+        with self._enroll_lock:
+            self._session_open(time.monotonic())
         if self.agent is None:
             return
         now = time.monotonic() if now is None else now
