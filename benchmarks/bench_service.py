@@ -85,11 +85,59 @@ def stop(proc: subprocess.Popen) -> float:
     return time.monotonic() - t0
 
 
+def real_extras(work: Path, with_api_fleet: bool) -> dict:
+    """Keys and sections the real daemon needs (the broker need not run: the link retries in
+    the background), and with_api_fleet: the admin API and fleet sync loaded too."""
+    import secrets as pysecrets
+
+    from voxgate.fleet import public_key_hex
+
+    def secret(name: str, value: bytes) -> str:
+        p = work / name
+        p.write_bytes(value)
+        p.chmod(0o600)
+        return str(p)
+
+    out: dict = {
+        "speaker": {"key_file": secret("voiceprint.key", pysecrets.token_hex(32).encode())},
+        "mqtt": {"hmac_key_file": secret("decision.key", pysecrets.token_hex(32).encode())},
+    }
+    try:  # the spoken challenge (STT) is loaded when this build has it
+        import voxgate.challenge
+        import voxgate.stt  # noqa: F401
+    except ImportError:
+        print("bench_service: no challenge/STT stage in this build: challenge.mode off")
+        out["challenge"] = {"mode": "off"}
+    if with_api_fleet:
+        signing = pysecrets.token_bytes(32)
+        out["api"] = {"enabled": True, "port": free_port()}
+        out["fleet"] = {
+            "enabled": True,
+            "key_file": secret("fleet.key", pysecrets.token_hex(32).encode()),
+            "signing_key_file": secret("fleet-signing.key", signing.hex().encode()),
+            "signers": {"voxgate": public_key_hex(signing)},
+            "groups": ["all"],
+            "access": {"all": ["*"]},
+        }
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--starts", type=int, default=3, help="cold starts to time")
     ap.add_argument("--idle-s", type=float, default=30.0, help="idle window to measure CPU over")
     ap.add_argument("--daemon", choices=["auto", "real", "standin"], default="auto")
+    ap.add_argument(
+        "--no-api-fleet",
+        action="store_true",
+        help="real daemon without the admin API and fleet sync (they are on by default)",
+    )
     args = ap.parse_args()
     if args.daemon == "auto":
         try:
@@ -106,16 +154,15 @@ def main() -> int:
     # Room tone: low-level noise, not digital zeros, so the VAD sees what a quiet mic gives.
     sf.write(str(quiet), (rng.normal(0, 30, 16000 * 10)).astype(np.int16), 16000)
     conf = work / "voxgate.yaml"
-    conf.write_text(
-        yaml.safe_dump(
-            {
-                "data_dir": str(work / "data"),
-                "audio": {"source": "file", "path": str(quiet), "realtime": True, "loop": True},
-                "metrics": {"port": 0},
-                "logging": {"level": "warning"},
-            }
-        )
-    )
+    doc: dict = {
+        "data_dir": str(work / "data"),
+        "audio": {"source": "file", "path": str(quiet), "realtime": True, "loop": True},
+        "metrics": {"port": 0},
+        "logging": {"level": "warning"},
+    }
+    if args.daemon == "real":
+        doc.update(real_extras(work, with_api_fleet=not args.no_api_fleet))
+    conf.write_text(yaml.safe_dump(doc))
     if args.daemon == "real":
         cmd = [sys.executable, "-m", "voxgate", "run", "-c", str(conf)]
     else:
@@ -129,9 +176,11 @@ def main() -> int:
         "PYTHONPATH": str(REPO / "daemon"),
         "NOTIFY_SOCKET": str(sock_path),
         "WATCHDOG_USEC": "10000000",
+        "VOXGATE_API_TOKEN": "b" * 40,
     }
 
-    print(f"bench_service: daemon={args.daemon}; {os.cpu_count()} CPU(s); {' '.join(cmd[1:2])}")
+    extras = "" if args.daemon != "real" or args.no_api_fleet else " + admin API + fleet sync"
+    print(f"bench_service: daemon={args.daemon}{extras}; {os.cpu_count()} CPU(s)")
     starts, stops = [], []
     for i in range(args.starts):
         proc, took = start(cmd, env, sock, work / "daemon.log")

@@ -347,6 +347,17 @@ class SequenceCounter:
             return self._seq
 
 
+def _score(result: Any, name: str) -> float | None:
+    """A stage's score for the message: null when there is none. The scorer reports "no
+    voiceprint to compare with" (nobody enrolled, unknown claimed user, other model) as -inf;
+    the wire format has no infinity, and a denial must still reach the lock signed."""
+    value = getattr(result, name, None)
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 class Issuer:
     """Makes decisions for one device: fills nonce, sequence and validity window."""
 
@@ -382,11 +393,11 @@ class Issuer:
             expires_at=round(now + self.ttl_s, 3),
             nonce=secrets.token_hex(16),
             seq=self.seq.next(),
-            speaker_score=getattr(speaker, "score", None),
-            speaker_threshold=getattr(speaker, "threshold", None),
+            speaker_score=_score(speaker, "score"),
+            speaker_threshold=_score(speaker, "threshold"),
             liveness_ok=getattr(liveness, "ok", None),
-            liveness_score=getattr(liveness, "score", None),
-            liveness_threshold=getattr(liveness, "threshold", None),
+            liveness_score=_score(liveness, "score"),
+            liveness_threshold=_score(liveness, "threshold"),
             reasons=tuple(reasons),
         )
 

@@ -523,6 +523,23 @@ class FleetSync:
         for topic, payload, version in pending:
             self._send(topic, payload, version)
 
+    def flush_outbox(self) -> int:
+        """Send what waits in the outbox and is not already on its way; returns how many.
+
+        Another process sharing the state file (`voxgate enroll`, `voxgate users erase` while
+        the broker was unreachable) leaves its changes there; the daemon calls this now and
+        then so they go out without waiting for a reconnect. A duplicate is harmless: the
+        message is retained and versioned, and receivers skip a version they have.
+        """
+        if self._client is None or not self.connected.is_set():
+            return 0
+        with self._inflight_lock:
+            busy = set(self._inflight.values())
+        todo = [(t, p, v) for t, p, v in self.state.outbox() if (t, v) not in busy]
+        for topic, payload, version in todo:
+            self._send(topic, payload, version)
+        return len(todo)
+
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self.connected.clear()
         if rc.is_failure:

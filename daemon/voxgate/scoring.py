@@ -36,7 +36,10 @@ class ScoringError(Exception):
 @dataclass(frozen=True)
 class SpeakerResult:
     user: str | None  # the claimed user (verify) or the best match (identify); None = unknown
-    score: float  # normalized score (raw cosine when no cohort is used)
+    # normalized score (raw cosine when no cohort is used); -inf when there was no voiceprint
+    # to compare with (no_users, unknown_user, model_mismatch). Outputs that cannot carry
+    # infinity map it to null (decision.Issuer, the audit log, verify --json).
+    score: float
     raw_cosine: float
     threshold: float
     accepted: bool

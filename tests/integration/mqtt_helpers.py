@@ -84,6 +84,10 @@ class Recorder:
         with self._lock:
             return [m for m in self.messages if m.topic == topic]
 
+    def on_prefix(self, prefix: str) -> list[Received]:
+        with self._lock:
+            return [m for m in self.messages if m.topic.startswith(prefix)]
+
     def wait_for(
         self, topic: str, pred: Callable[[Received], bool], timeout: float = 5
     ) -> Received:

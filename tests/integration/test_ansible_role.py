@@ -174,7 +174,7 @@ def test_files_and_permissions(staged: dict) -> None:
     assert _mode(unit) == 0o644
 
 
-def test_dropin_adds_paths_and_the_missing_credentials(staged: dict) -> None:
+def test_dropin_adds_paths_and_any_missing_credentials(staged: dict) -> None:
     dropin = (staged["root"] / "etc/systemd/system/voxgate.service.d/ansible.conf").read_text()
     lines = [x for x in dropin.splitlines() if x and not x.startswith("#")]
     assert lines[:3] == [
@@ -189,7 +189,9 @@ def test_dropin_adds_paths_and_the_missing_credentials(staged: dict) -> None:
         p.name for p in (staged["root"] / "etc/voxgate/credentials").iterdir()
     }
     assert not in_unit & added
-    assert "LoadCredential=api-token:/etc/voxgate/credentials/api-token" in dropin
+    if staged["unit"] == UNIT:  # the shipped unit loads every secret the role can install
+        assert {"api-token", "fleet-key", "fleet-signing-key"} <= in_unit
+        assert not added
 
 
 def test_secrets_come_from_the_vault(staged: dict) -> None:
@@ -296,3 +298,28 @@ def test_ansible_lint_is_clean(tmp_path: Path) -> None:
         timeout=180,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_door_without_api_or_fleet_gets_empty_placeholders(tmp_path: Path, staged: dict) -> None:
+    """The unit loads api-token and the fleet keys on every door (systemd refuses to start
+    when a listed file is missing); a door without them gets empty 0600 files, which the
+    daemon reads as "not set"."""
+    extra = {
+        **staged["extra"],
+        "voxgate_root": str(tmp_path / "root"),
+        "vault_voxgate_api_token": "",
+        "vault_voxgate_fleet_key": "",
+        "vault_voxgate_fleet_signing_keys": {},
+        "voxgate_fleet_enabled": False,
+    }
+    run = _play(tmp_path, extra)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    creds = tmp_path / "root/etc/voxgate/credentials"
+    for name in ("api-token", "fleet-key", "fleet-signing-key"):
+        assert (creds / name).read_bytes() == b"", name
+        assert _mode(creds / name) == 0o600
+    assert (creds / "decision-key").read_bytes().strip()
+    in_unit = set(re.findall(r"(?m)^LoadCredential=([^:]+):", staged["unit"].read_text()))
+    assert in_unit <= {p.name for p in creds.iterdir()}  # systemd finds every file it loads
+    cfg = load_config(tmp_path / "root/etc/voxgate/voxgate.yaml")
+    assert not cfg.fleet.enabled

@@ -134,3 +134,21 @@ def test_missing_secret_says_where_it_looked(
     assert read_secret("decision-key", loose) == b"k"
     assert "readable by others" in caplog.text
     assert stat.S_IMODE(loose.stat().st_mode) == 0o644  # reported, not changed behind the back
+
+
+def test_empty_credential_is_a_placeholder_not_a_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unit loads every credential a door may use; unused ones are empty files."""
+    monkeypatch.delenv("VOXGATE_FLEET_KEY", raising=False)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "fleet-key").write_text("\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert read_secret("fleet-key", required=False) is None
+    with pytest.raises(SecretError, match=r"empty: .*creds/fleet-key"):
+        read_secret("fleet-key")
+    f = tmp_path / "fleet.key"
+    f.write_text("from-file")
+    os.chmod(f, 0o600)
+    assert read_secret("fleet-key", f) == b"from-file"  # the next place still counts

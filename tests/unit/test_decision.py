@@ -252,3 +252,33 @@ def test_guard_write_failure_refuses_and_keeps_memory(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         verify(sign(_decision(seq=5), KEY), KEY, NOW + 1, guard)
     assert guard.last("front-door") is None
+
+
+def test_issuer_maps_no_score_to_null_and_still_signs(tmp_path: Path) -> None:
+    """The scorer says "no voiceprint to compare with" as -inf (nobody enrolled, unknown
+    claimed user); the decision carries null and is signed and verifiable like any other."""
+    from types import SimpleNamespace as NS
+
+    from voxgate.scoring import SpeakerResult
+
+    issuer = Issuer("front-door", SequenceCounter(tmp_path / "seq.json"), ttl_s=5)
+    speaker = SpeakerResult(
+        "mallory", float("-inf"), float("-inf"), 1.9, False, True, ("unknown_user",)
+    )
+    res = NS(
+        verdict=NS(outcome="denied", user=None, reasons=("no_match",)),
+        speaker=speaker,
+        liveness=NS(ok=True, score=float("nan"), threshold=0.5),
+        issued_at=NOW,
+    )
+    d = issuer.from_attempt(res)
+    assert (d.speaker_score, d.speaker_threshold, d.liveness_score) == (None, 1.9, None)
+    payload = sign(d, KEY)
+    body = json.loads(json.loads(payload)["body"])
+    assert body["scores"] == {
+        "liveness": None,
+        "liveness_threshold": 0.5,
+        "speaker": None,
+        "speaker_threshold": 1.9,
+    }
+    assert verify(payload, KEY, NOW + 1, None) == d

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from typing import Any
@@ -15,7 +16,14 @@ class ApiServer:
     def __init__(self, app: Any, host: str, port: int, poll_interval: float = 0.5) -> None:
         from werkzeug.serving import make_server
 
-        self._server = make_server(host, port, app, threaded=True)
+        try:
+            self._server = make_server(host, port, app, threaded=True)
+        except SystemExit:
+            # werkzeug prints "Address already in use" and calls sys.exit(1) itself; a
+            # daemon hosting the API must decide what that means, so make it an OSError.
+            raise OSError(
+                errno.EADDRINUSE, "address already in use or not available", f"{host}:{port}"
+            ) from None
         self.host = host
         self.port = int(self._server.server_port)
         self._thread: threading.Thread | None = None

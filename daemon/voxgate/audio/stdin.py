@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import os
+import select
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import numpy as np
 
 from voxgate.audio.base import SAMPLE_RATE, AudioSource, frame_samples
+
+POLL_S = 0.2
 
 
 class StdinSource(AudioSource):
@@ -26,8 +31,11 @@ class StdinSource(AudioSource):
         t0 = time.monotonic()
         emitted = 0
         pending = b""
+        read = self._reader()
         while not self._closed:
-            chunk = self.stream.read(want - len(pending))
+            chunk = read(want - len(pending))
+            if chunk is None:
+                continue  # nothing yet; look at _closed again
             if not chunk:
                 break
             pending += chunk
@@ -47,6 +55,22 @@ class StdinSource(AudioSource):
             last = np.zeros(n, dtype=np.int16)
             last[: usable // 2] = np.frombuffer(pending[:usable], dtype="<i2")
             yield last
+
+    def _reader(self) -> Callable[[int], bytes | None]:
+        """A pipe or file is read with os.read after select(), never through the buffered
+        reader: a thread blocked inside BufferedReader.read holds its lock, and at exit
+        (SIGTERM while the writer is idle) Python then aborts with "could not acquire lock
+        for <stdin> at interpreter shutdown". Polling also lets close() end the loop."""
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            return self.stream.read  # an in-memory stream (tests) never blocks
+
+        def read(k: int) -> bytes | None:
+            ready, _, _ = select.select([fd], [], [], POLL_S)
+            return os.read(fd, k) if ready else None
+
+        return read
 
     def close(self) -> None:
         self._closed = True

@@ -15,6 +15,7 @@ from voxgate.commands.speaker_common import (
     load_embedder,
     open_store,
     read_file,
+    record_change,
 )
 
 REASONS = {
@@ -169,5 +170,6 @@ def run(args: argparse.Namespace) -> int:
             store.replace(name, result.embeddings, embedder.model_id, meta)
         except StoreError as exc:
             return fail(str(exc))
+        record_change(cfg, store, "enrolled", name, embedder.model_id)
     print(f"enrolled {name} with model {embedder.model_id}")
     return 0

@@ -64,3 +64,54 @@ def read_file(path: str) -> Any:
     if len(pcm) == 0:
         raise CommandError(f"{path}: no audio in the file")
     return pcm
+
+
+def record_change(cfg: Any, store: Any, kind: str, name: str, model_id: str | None) -> None:
+    """After `kind` ("enrolled" or "erased") of `name` on the command line: a line in the
+    audit log, and with fleet.enabled the change handed to the fleet. The local change stands
+    whatever happens here; problems are printed as warnings."""
+    from voxgate.audit import open_log
+
+    event = {"enrolled": "enrollment", "erased": "erase"}[kind]
+    try:
+        open_log(cfg).append(event, user=name, via="cli", model_id=model_id)
+    except Exception as exc:  # SecretError, OSError: say so, do not undo the change
+        print(f"warning: could not write the audit log: {exc}", file=sys.stderr)
+    if cfg.fleet.enabled:
+        _to_fleet(cfg, store, kind, name, model_id)
+
+
+FLEET_WAIT_S = 5.0
+
+
+def _to_fleet(cfg: Any, store: Any, kind: str, name: str, model_id: str | None) -> None:
+    """Queue the change in the fleet outbox (the sync state file the daemon shares) and try
+    to deliver it now over a session of our own; what the broker has not acknowledged stays
+    in the outbox, and the running daemon sends it (it checks the outbox every few seconds)."""
+    from voxgate.fleet import FleetError, FleetSync
+
+    try:
+        if model_id is None:
+            from voxgate.embedding import load_card
+
+            model_id = load_card(cfg.speaker.model).id
+        agent = FleetSync.from_config(
+            cfg, store, model_id=model_id, client_id=f"voxgate-{cfg.device_id}-cli"
+        )
+    except Exception as exc:  # FleetError (keys), ModelError (card): say what is wrong
+        print(f"warning: not passed to the fleet: {exc}", file=sys.stderr)
+        return
+    try:
+        agent.on_local_change(kind, name)
+        agent.start()
+        if agent.wait_sent(FLEET_WAIT_S):
+            print(f"fleet: {name} ({kind}) sent to the broker")
+        else:
+            print(
+                f"fleet: broker not reachable within {FLEET_WAIT_S:.0f} s; the {kind} of "
+                f"{name} waits in {agent.state.path} and the daemon sends it"
+            )
+    except FleetError as exc:
+        print(f"warning: not passed to the fleet: {exc}", file=sys.stderr)
+    finally:
+        agent.stop()

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from voxgate.commands.common import add_config_option, add_parser, config_from_args
-from voxgate.commands.speaker_common import CommandError, fail, open_store
+from voxgate.commands.speaker_common import CommandError, fail, open_store, record_change
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,11 +97,13 @@ def run_erase(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
-    from voxgate.voiceprints import StoreError
+    from voxgate.voiceprints import StoreError, normalize_name
 
     try:
         with open_store(cfg) as store:
             gone = store.erase(args.name)
+            if gone:
+                record_change(cfg, store, "erased", normalize_name(args.name), None)
     except (CommandError, StoreError) as exc:
         return fail(str(exc))
     if not gone:

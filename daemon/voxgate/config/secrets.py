@@ -29,6 +29,7 @@ def read_secret(name: str, file: Path | None = None, *, required: bool = True) -
         candidates.append(Path(cred_dir) / name)
     if file is not None:
         candidates.append(Path(file))
+    empty: list[str] = []
     for path in candidates:
         if not path.exists():
             continue
@@ -39,8 +40,14 @@ def read_secret(name: str, file: Path | None = None, *, required: bool = True) -
                 path,
                 stat.S_IMODE(mode),
             )
-        return path.read_bytes().strip()
+        value = path.read_bytes().strip()
+        if value:
+            return value
+        # An empty file is a placeholder (the systemd unit loads every credential a door
+        # may use; systemd refuses to start when a listed file is missing): not set.
+        empty.append(str(path))
     if required:
         where = [f"${env_name}"] + [str(c) for c in candidates]
-        raise SecretError(f"secret '{name}' not found (looked at: {', '.join(where)})")
+        found = f"; empty: {', '.join(empty)}" if empty else ""
+        raise SecretError(f"secret '{name}' not found (looked at: {', '.join(where)}{found})")
     return None

@@ -103,6 +103,7 @@ class Daemon:
         self._drop_warned_at = 0.0
         self._vad_pending = False
         self.keeper: Any = None
+        self.users: Any = None  # service.users.UserServices, once the stages are built
         self._mqtt_up = True  # until housekeeping learns otherwise
         self._published_locks: tuple[tuple[str, float | None], ...] | None = None
         self.sm.subscribe(self._on_state)
@@ -176,9 +177,25 @@ class Daemon:
         stages = self.stages
         self._undo.append(("stages", self._close_stages))
 
+        from voxgate.service.users import StartError, UserServices
+
+        self.users = UserServices(cfg, stages.store, stages.embedder, self._audit)
         self._step("MQTT link", undo=self._stop_link)
         stages.link.on_command("attempt", self._command_attempt)
+        stages.link.on_command("reload", self._command_reload)
+        if stages.store is not None:
+            stages.link.on_command("erase-user", self.users.command_erase)
+            stages.link.on_command("enroll-start", self.users.command_enroll_start)
+            stages.link.on_command("enroll-finish", self.users.command_enroll_finish)
         stages.link.start()
+
+        self._step("fleet sync and admin API")
+        try:
+            self.users.start(lambda name, stop: self._undo.append((name, stop)))
+        except StartError as exc:
+            log.error("cannot start: %s", exc)
+            self.exit_code = EX_CONFIG if exc.config else EX_UNAVAILABLE
+            return False
 
         self._step("audio capture")
         live = cfg.audio.source == "mic" or cfg.audio.realtime
@@ -369,6 +386,8 @@ class Daemon:
                 )
         if self.audit is not None and self.audit.pending:
             self.audit.flush_pending()
+        if self.users is not None:
+            self.users.housekeeping(now)
         try:
             connected = bool(self.stages.link.connected)
         except Exception:
@@ -398,6 +417,8 @@ class Daemon:
             self._abort_attempt(f"error: {type(exc).__name__}: {exc}")
 
     def _speech_started(self, ev: SpeechStarted) -> None:
+        if self.attempt is None and self.users is not None and self.users.enrolling:
+            return  # an enrollment takes the utterances (MQTT enroll-start)
         state = self.sm.state
         if state in (State.IDLE, State.DECIDED):
             challenge_on = self.stages is not None and self.stages.new_challenge is not None
@@ -431,6 +452,8 @@ class Daemon:
             self.metrics.utterances.inc()
         a = self.attempt
         if a is None:
+            if utt is not None and self.users is not None:
+                self.users.take(utt.pcm)
             return
         if utt is None:  # a click or cough, not speech
             if self.sm.state == State.LISTENING:
@@ -495,6 +518,14 @@ class Daemon:
         except queue.Full:
             return {"ok": False, "error": "busy"}
         return {"ok": True}
+
+    def _command_reload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """MQTT `reload`: the same as SIGHUP (the loop re-reads the file between frames).
+        Voiceprints need no reload: the scorer reads the store at every attempt."""
+        if self.config_path is None:
+            return {"ok": False, "error": "no config file was given; nothing to reload"}
+        self.request_reload()
+        return {"queued": True}
 
     def _run_commands(self) -> None:
         while True:

@@ -109,6 +109,7 @@ class Stages:
     replay: ReplayDetector | None = None
     speak: Callable[[Any], Any] | None = None  # says a challenge aloud (challenge.speak)
     no_speech_errors: tuple[type[BaseException], ...] = ()  # e.g. embedding.TooShort
+    store: Any = None  # voiceprints.VoiceprintStore, shared with the fleet sync and the API
     close: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -221,5 +222,6 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
         replay=replay,
         speak=speak,
         no_speech_errors=(getattr(embedding, "TooShort", ValueError),),
-        close=[source.close],
+        store=store,
+        close=[source.close, store.close],
     )

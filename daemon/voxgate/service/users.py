@@ -1,0 +1,253 @@
+"""The daemon's user administration: fleet sync agent, local admin API, MQTT user commands.
+
+Started by the loop after the MQTT link and before READY, so that a taken API port or a
+missing token or fleet key stops the start with a clear error instead of surfacing later;
+stopped in reverse order. Every local change to the voiceprints (API, MQTT `erase-user`)
+goes to the audit log and to the fleet (`FleetSync.on_local_change`); changes another
+process made (`voxgate enroll`, `voxgate users erase`) reach the fleet through the outbox
+in the sync state file, which `housekeeping` sends now and then.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from voxgate.config import VoxgateConfig
+
+log = logging.getLogger(__name__)
+
+OUTBOX_EVERY_S = 5.0  # how often the outbox is checked for changes other processes left
+ENROLL_TIMEOUT_S = 120.0  # an enrollment nobody finishes is dropped after this
+MAX_TAKES = 20
+
+
+class StartError(Exception):
+    """A part that was asked for cannot start. `config` True: a setting or secret is wrong
+    (restarting will not help); False: a resource is unavailable (e.g. the port is taken)."""
+
+    def __init__(self, message: str, *, config: bool) -> None:
+        super().__init__(message)
+        self.config = config
+
+
+Undo = Callable[[str, Callable[[], None]], None]
+
+
+class UserServices:
+    def __init__(
+        self,
+        cfg: VoxgateConfig,
+        store: Any,
+        embedder: Any,
+        audit_event: Callable[..., Any],
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.embedder = embedder
+        self.audit_event = audit_event
+        self.agent: Any = None
+        self.api: Any = None
+        self._next_flush = 0.0
+        self._lock = threading.Lock()  # one erase at a time (store scrub + fleet tombstone)
+        # MQTT enrollment at the door: enroll-start opens a session, the loop hands it each
+        # utterance (instead of starting attempts), enroll-finish checks and stores the takes.
+        self._enroll_lock = threading.Lock()
+        self._enroll_user: str | None = None
+        self._enroll_takes: list[Any] = []
+        self._enroll_until = 0.0
+
+    def start(self, undo: Undo) -> None:
+        """Start what the config enables; `undo(name, stop)` registers each for shutdown.
+        Raises StartError."""
+        cfg = self.cfg
+        if (cfg.fleet.enabled or cfg.api.enabled) and self.store is None:
+            raise StartError("the stages have no voiceprint store to share", config=False)
+        if cfg.fleet.enabled:
+            from voxgate.fleet import FleetError, FleetSync
+
+            try:
+                self.agent = FleetSync.from_config(
+                    cfg, self.store, model_id=self.embedder.model_id, audit_event=self.audit_event
+                )
+            except FleetError as exc:
+                raise StartError(str(exc), config=True) from None
+            self.agent.start()
+            undo("fleet sync", self.agent.stop)
+        if cfg.api.enabled:
+            try:
+                from voxgate.api import ApiError, ApiServer, UserAdmin, create_app, load_token
+            except ImportError as exc:
+                raise StartError(
+                    f"api.enabled, but the admin API is not installed ({exc}); "
+                    "pip install 'voxgate[api]' or set api.enabled: false",
+                    config=False,
+                ) from None
+
+            try:
+                token = load_token(cfg)
+                admin = UserAdmin(
+                    self.store,
+                    cfg.speaker,
+                    cfg.vad,
+                    lambda: self.embedder,
+                    on_change=self._to_fleet,
+                )
+                app = create_app(cfg, admin, token, audit_event=self.audit_event)
+            except ApiError as exc:
+                raise StartError(str(exc), config=True) from None
+            try:
+                # A shorter poll than the default 0.5 s: SIGTERM waits for it at shutdown.
+                self.api = ApiServer(app, cfg.api.host, cfg.api.port, poll_interval=0.2)
+            except OSError as exc:
+                raise StartError(
+                    f"admin API: cannot listen on {cfg.api.host}:{cfg.api.port}: {exc.strerror}"
+                    " (another voxgate api running? change api.port)",
+                    config=False,
+                ) from None
+            if cfg.api.host not in {"127.0.0.1", "::1", "localhost"}:
+                log.warning("admin API bound to %s: reachable from the network", cfg.api.host)
+            self.api.start()
+            undo("admin API", self.api.stop)
+
+    # -- changes ------------------------------------------------------------------------
+
+    def _to_fleet(self, kind: str, name: str) -> None:
+        if self.agent is not None:
+            self.agent.on_local_change(kind, name)
+
+    def changed(self, kind: str, name: str, via: str) -> None:
+        """A local change made by the daemon itself: audit it and tell the fleet."""
+        event = {"enrolled": "enrollment", "erased": "erase"}[kind]
+        self.audit_event(event, user=name, via=via)
+        try:
+            self._to_fleet(kind, name)
+        except Exception:
+            # The local change stands; the outbox keeps what could not be sent.
+            log.exception("could not hand %s of %s to the fleet sync", kind, name)
+
+    def command_erase(self, args: dict[str, Any]) -> dict[str, Any]:
+        """MQTT `erase-user` {"user": NAME} (runs on the command worker thread)."""
+        from voxgate.voiceprints import StoreError, normalize_name
+
+        if self.store is None:
+            raise ValueError("no voiceprint store in this daemon")
+        try:
+            name = normalize_name(str(args.get("user", "")))
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
+        with self._lock:
+            if not self.store.erase(name):
+                raise ValueError(f"no user '{name}' enrolled")
+        log.info("erased %s (MQTT command)", name)
+        self.changed("erased", name, via="mqtt")
+        return {"user": name, "erased": True}
+
+    # -- enrollment at the door (MQTT enroll-start / enroll-finish) ------------------------
+
+    @property
+    def enrolling(self) -> bool:
+        with self._enroll_lock:
+            return self._session_open(time.monotonic())
+
+    def _session_open(self, now: float) -> bool:
+        if self._enroll_user is not None and now > self._enroll_until:
+            log.warning(
+                "enrollment of %s dropped: not finished within %.0f s",
+                self._enroll_user,
+                ENROLL_TIMEOUT_S,
+            )
+            self.audit_event("enrollment_expired", user=self._enroll_user)
+            self._enroll_user, self._enroll_takes = None, []
+        return self._enroll_user is not None
+
+    def take(self, pcm: Any) -> bool:
+        """Loop thread: an utterance ended while no attempt runs. True if it was taken as an
+        enrollment take (then it is not an attempt)."""
+        with self._enroll_lock:
+            if not self._session_open(time.monotonic()):
+                return False
+            if len(self._enroll_takes) >= MAX_TAKES:
+                log.warning("enrollment of %s: %d takes already; ignored", self._enroll_user,
+                            MAX_TAKES)  # fmt: skip
+                return True
+            self._enroll_takes.append(pcm)
+            log.info(
+                "enrollment of %s: take %d (%.1f s)",
+                self._enroll_user,
+                len(self._enroll_takes),
+                len(pcm) / 16000,
+            )
+            return True
+
+    def command_enroll_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        """MQTT `enroll-start` {"user": NAME}: the next utterances are NAME's takes."""
+        from voxgate.voiceprints import StoreError, normalize_name
+
+        if self.store is None:
+            raise ValueError("no voiceprint store in this daemon")
+        try:
+            name = normalize_name(str(args.get("user", "")))
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
+        with self._enroll_lock:
+            now = time.monotonic()
+            if self._session_open(now) and self._enroll_user != name:
+                raise ValueError(f"busy: enrolling {self._enroll_user}")
+            self._enroll_user, self._enroll_takes = name, []
+            self._enroll_until = now + ENROLL_TIMEOUT_S
+        log.info("enrollment of %s started (MQTT); say the takes, then enroll-finish", name)
+        self.audit_event("enrollment_started", user=name, via="mqtt")
+        return {"user": name, "timeout_s": ENROLL_TIMEOUT_S}
+
+    def command_enroll_finish(self, args: dict[str, Any]) -> dict[str, Any]:
+        """MQTT `enroll-finish` {"user": NAME}: check the takes, store the voiceprint (an
+        existing one is replaced), audit, tell the fleet."""
+        from voxgate.enrollment import check_takes
+        from voxgate.voiceprints import StoreError, normalize_name
+
+        try:
+            name = normalize_name(str(args.get("user", "")))
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
+        with self._enroll_lock:
+            if not self._session_open(time.monotonic()) or self._enroll_user != name:
+                raise ValueError(f"no enrollment of '{name}' in progress (send enroll-start)")
+            takes, self._enroll_user, self._enroll_takes = self._enroll_takes, None, []
+        result = check_takes(takes, self.embedder, self.cfg.speaker, self.cfg.vad)
+        report = {
+            "user": name,
+            "takes": len(result.takes),
+            "used": len(result.accepted),
+            "speech_s": round(result.speech_s, 2),
+            "rejected": [{"take": t.index, "reason": t.reason} for t in result.rejected],
+        }
+        if not result.ok:
+            self.audit_event("enrollment_refused", user=name, via="mqtt", problems=result.problems)
+            raise ValueError("not enrolled: " + "; ".join(result.problems))
+        meta = {"takes": len(result.accepted), "speech_s": report["speech_s"], "source": "mqtt"}
+        self.store.replace(name, result.embeddings, self.embedder.model_id, meta)
+        log.info("enrolled %s from %d takes (MQTT)", name, len(result.accepted))
+        self.changed("enrolled", name, via="mqtt")
+        return report
+
+    def housekeeping(self, now: float | None = None) -> None:
+        """Drop an enrollment left open too long; send what waits in the fleet outbox."""
+        with self._enroll_lock:
+            self._session_open(time.monotonic())
+        if self.agent is None:
+            return
+        now = time.monotonic() if now is None else now
+        if now < self._next_flush:
+            return
+        self._next_flush = now + OUTBOX_EVERY_S
+        try:
+            sent = self.agent.flush_outbox()
+        except Exception as exc:
+            log.warning("fleet sync: sending the outbox failed: %s", exc)
+            return
+        if sent:
+            log.info("fleet sync: sent %d queued update(s)", sent)

@@ -1,0 +1,463 @@
+"""The whole door, end to end, as separate processes: a real mosquitto (TLS, passwords, ACL),
+`voxgate enroll --from` (the real CLI), `voxgate run` on a stdin audio source with the real
+stages (shipped speaker model, scorer, signed decisions over MQTT), and `voxgate actuator`
+running a command that writes a file. espeak-ng voices play the people.
+
+These run with `challenge.mode: off`: the spoken-challenge stage (stt/, challenge.py) is
+not in this branch yet; a challenge-mode variant follows once it is merged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+from broker import STANDARD_USERS, Broker
+from mqtt_helpers import REPO, ActuatorProcess, Recorder, wait_until, write_key
+
+from voxgate.decision import verify
+from voxgate.mqtt.commands import REPLY_DOMAIN, make_command
+
+pytest.importorskip("voxgate.embedding")
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+DEV = "front-door"
+DKEY = b"front-door-decision-key-0123456789ab"
+CKEY = b"front-door-command-key-0123456789abc"
+RATE = 16000
+TAKES = [
+    "three nine one four, seven two eight five",
+    "six zero two eight, one one five nine",
+    "four four seven one, two six three zero",
+    "eight five zero two, nine three one seven",
+]
+ATTEMPT = "five one nine two, zero eight"
+
+
+def speech(text: str, voice: str) -> np.ndarray:
+    """espeak-ng at 16 kHz int16 with a faint noise floor, like a microphone."""
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "--stdout", text], check=True, capture_output=True
+    ).stdout
+    import io
+
+    audio, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    if rate != RATE:
+        from scipy.signal import resample_poly
+
+        audio = resample_poly(audio, RATE, rate).astype(np.float32)
+    audio = audio + np.random.default_rng(len(text)).normal(0, 3e-4, len(audio))
+    return (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+
+
+def pause(seconds: float) -> np.ndarray:
+    return (
+        np.random.default_rng(int(seconds * 1000))
+        .normal(0, 10, int(seconds * RATE))
+        .astype(np.int16)
+    )
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    env.pop("CREDENTIALS_DIRECTORY", None)
+    env["PYTHONPATH"] = str(REPO / "daemon")
+    env.update(extra)
+    return env
+
+
+def voxgate(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "voxgate", *args],
+        env=child_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class DaemonProcess:
+    """`voxgate run -c CONFIG --source stdin` as a child; audio is written to its stdin."""
+
+    def __init__(self, config: Path, **env: str) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "voxgate", "run", "-c", str(config), "--source", "stdin"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=child_env(**env),
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def feed(self, pcm: np.ndarray) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(pcm.astype("<i2").tobytes())
+        self.proc.stdin.flush()
+
+    def wait_log(self, text: str, timeout: float = 30) -> None:
+        def seen() -> bool:
+            if self.proc.poll() is not None and text not in self.log():
+                raise AssertionError(f"daemon exited ({self.proc.returncode}):\n{self.log()}")
+            return text in self.log()
+
+        try:
+            wait_until(seen, timeout, f"daemon log {text!r}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log()[-4000:]}") from None
+
+    def close(self, timeout: float = 15) -> int:
+        """End of input: the daemon finishes and exits."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError(f"daemon did not exit at end of input:\n{self.log()}") from None
+
+
+@pytest.fixture
+def device(tmp_path: Path, broker: Broker) -> dict[str, Any]:
+    key = tmp_path / "voiceprint.key"
+    assert voxgate("users", "init-key", str(key)).returncode == 0
+    mqtt = broker.mqtt_settings("device")
+    mqtt.update(
+        {
+            "hmac_key_file": str(write_key(tmp_path / "decision.key", DKEY)),
+            "command_key_file": str(write_key(tmp_path / "command.key", CKEY)),
+            "reconnect_min_s": 0.2,
+            "reconnect_max_s": 1.0,
+        }
+    )
+    doc: dict[str, Any] = {
+        "device_id": DEV,
+        "data_dir": str(tmp_path / "data"),
+        "logging": {"level": "info"},
+        "audio": {"source": "stdin"},
+        "speaker": {"key_file": str(key), "enroll_min_speech_s": 6, "enroll_min_takes": 3},
+        "challenge": {"mode": "off"},
+        "mqtt": mqtt,
+        "metrics": {"enabled": False},
+        "service": {"decided_hold_s": 0.5},
+    }
+    return {"dir": tmp_path, "doc": doc, "config": write_config(tmp_path, doc)}
+
+
+def write_config(tmp: Path, doc: dict[str, Any]) -> Path:
+    path = tmp / "voxgate.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture
+def lock_side(tmp_path: Path, broker: Broker) -> Iterator[tuple[ActuatorProcess, Recorder]]:
+    lock_dir = tmp_path / "lock"
+    lock_dir.mkdir()
+    actuator = ActuatorProcess(lock_dir, broker, {DEV: write_key(lock_dir / "front.key", DKEY)})
+    actuator.start()
+    rec = Recorder(broker, "lock", [f"voxgate/{DEV}/#"])
+    yield actuator, rec
+    rec.close()
+    actuator.stop()
+
+
+def decisions(rec: Recorder) -> list[Any]:
+    return [verify(m.payload, DKEY, m.at, None) for m in rec.on(f"voxgate/{DEV}/decision")]
+
+
+def audit_lines(device: dict[str, Any]) -> list[dict[str, Any]]:
+    path = Path(device["doc"]["data_dir"]) / "audit.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def enroll(device: dict[str, Any], name: str, voice: str) -> subprocess.CompletedProcess[str]:
+    files = []
+    for i, text in enumerate(TAKES):
+        f = device["dir"] / f"{name}{i}.wav"
+        sf.write(f, np.concatenate([pause(0.5), speech(text, voice), pause(0.5)]), RATE)
+        files.append(str(f))
+    return voxgate("enroll", name, "--from", *files, "-c", str(device["config"]))
+
+
+def test_enrolled_voice_opens_the_door_and_another_voice_does_not(
+    device: dict[str, Any], lock_side: tuple[ActuatorProcess, Recorder]
+) -> None:
+    actuator, rec = lock_side
+    done = enroll(device, "bob", "en+m3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "enrolled bob" in done.stdout
+
+    daemon = DaemonProcess(device["config"])
+    try:
+        daemon.feed(pause(0.3))
+        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+        daemon.feed(np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)]))
+        wait_until(lambda: len(decisions(rec)) >= 1, 20, "the first decision")
+        daemon.feed(np.concatenate([pause(0.5), speech(ATTEMPT, "en+f2"), pause(1.2)]))
+        wait_until(lambda: len(decisions(rec)) >= 2, 20, "the second decision")
+        actuator.wait_log(r"decision accepted: .*outcome=denied", 10)
+        code = daemon.close()
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert code == 0, daemon.log()
+
+    first, second = decisions(rec)
+    assert (first.outcome, first.user) == ("granted", "bob"), daemon.log()
+    assert first.speaker_score is not None and first.speaker_score >= first.speaker_threshold
+    assert (second.outcome, second.user, second.reasons) == ("denied", None, ("no_match",))
+    assert second.seq > first.seq
+    # The lock acted on the grant, once, and not on the denial.
+    wait_until(lambda: len(actuator.actions()) == 1, 10, "the actuator to act")
+    time.sleep(0.3)
+    acts = actuator.actions()
+    assert len(acts) == 1 and acts[0]["VOXGATE_USER"] == "bob"
+    assert acts[0]["VOXGATE_SEQ"] == str(first.seq)
+
+    lines = audit_lines(device)
+    assert [(x["event"], x.get("via")) for x in lines if x["event"] == "enrollment"] == [
+        ("enrollment", "cli")
+    ]
+    made = [x for x in lines if x["event"] == "decision"]
+    assert [(x["outcome"], x["published"]) for x in made] == [("granted", True), ("denied", True)]
+    erased = voxgate("users", "erase", "bob", "-c", str(device["config"]))
+    assert erased.returncode == 0, erased.stderr
+    assert ("erase", "bob", "cli") in [
+        (x["event"], x.get("user"), x.get("via")) for x in audit_lines(device)
+    ]
+    assert voxgate("audit", "verify", "-c", str(device["config"])).returncode == 0
+
+
+def test_nobody_enrolled_still_gets_a_signed_denial(
+    device: dict[str, Any], lock_side: tuple[ActuatorProcess, Recorder]
+) -> None:
+    """An empty store scores -inf inside; the lock must still get a signed `denied` (score
+    null), not silence."""
+    actuator, rec = lock_side
+    daemon = DaemonProcess(device["config"])
+    try:
+        daemon.feed(pause(0.3))
+        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+        daemon.feed(np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)]))
+        wait_until(lambda: len(decisions(rec)) >= 1, 20, "a decision")
+        actuator.wait_log(r"decision accepted: .*outcome=denied", 10)
+        assert daemon.close() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    (d,) = decisions(rec)
+    assert (d.outcome, d.user, d.reasons) == ("denied", None, ("no_match",))
+    assert d.speaker_score is None and d.speaker_threshold is not None
+    body = json.loads(json.loads(rec.on(f"voxgate/{DEV}/decision")[0].payload)["body"])
+    assert body["scores"]["speaker"] is None
+    made = [x for x in audit_lines(device) if x["event"] == "decision"]
+    assert [(x["outcome"], x["published"], x["score"]) for x in made] == [("denied", True, None)]
+    assert actuator.actions() == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_admin_api_fleet_and_erase_command_run_inside_the_daemon(
+    device: dict[str, Any], broker: Broker
+) -> None:
+    """api.enabled and fleet.enabled: the daemon serves the API, its fleet agent passes a CLI
+    enrollment (via the outbox or directly) and an MQTT erase-user on to the fleet, and both
+    land in the audit log."""
+    import urllib.request
+
+    from voxgate.fleet import public_key_hex
+
+    tmp = device["dir"]
+    signing = os.urandom(32)
+    port = _free_port()
+    doc = device["doc"]
+    doc["api"] = {"enabled": True, "port": port}
+    doc["fleet"] = {
+        "enabled": True,
+        "site": "acme",
+        "key_file": str(write_key(tmp / "fleet.key", os.urandom(32).hex().encode())),
+        "signing_key_file": str(write_key(tmp / "fleet-signing.key", signing.hex().encode())),
+        "signers": {DEV: public_key_hex(signing)},
+        "groups": ["lobby"],
+        "access": {"lobby": ["*"]},
+    }
+    config = write_config(tmp, doc)
+    token = "t" * 40
+    rec = Recorder(broker, "lock", ["voxgate/_fleet/#", f"voxgate/{DEV}/cmd/+/result"])
+    daemon = DaemonProcess(config, VOXGATE_API_TOKEN=token)
+    try:
+        daemon.feed(pause(0.3))
+        daemon.wait_log("ready:", 30)
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/users", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert json.load(resp)["users"] == []
+
+        done = enroll(device, "bob", "en+m3")  # a second process, while the daemon runs
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "fleet: bob (enrolled) sent to the broker" in done.stdout
+        wait_until(lambda: len(rec.on_prefix("voxgate/_fleet/acme/lobby/")) >= 1, 10, "fleet")
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert [u["name"] for u in json.load(resp)["users"]] == ["bob"]
+
+        admin = mqtt_admin(broker)
+        cmd = make_command(CKEY, DEV, "erase-user", {"user": "bob"}, now=time.time())
+        admin.publish(f"voxgate/{DEV}/cmd/erase-user", cmd, qos=1).wait_for_publish(5)
+        reply = rec.wait_for(f"voxgate/{DEV}/cmd/erase-user/result", lambda m: True, 10)
+        admin.disconnect()
+        from voxgate.decision import open_sealed
+
+        body = open_sealed(reply.payload, DKEY, REPLY_DOMAIN)
+        assert body["ok"] is True, body
+        # The tombstone replaces the retained voiceprint on the group's topic.
+        wait_until(
+            lambda: len(rec.on_prefix("voxgate/_fleet/acme/lobby/")) >= 2, 10, "erase to fleet"
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert json.load(resp)["users"] == []
+        assert daemon.close() == 0
+    finally:
+        rec.close()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    events = [(x["event"], x.get("user"), x.get("via")) for x in audit_lines(device)]
+    assert ("enrollment", "bob", "cli") in events
+    assert ("erase", "bob", "mqtt") in events
+    assert "admin API stopped" in daemon.log()
+
+
+def mqtt_admin(broker: Broker) -> Any:
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.username_pw_set("admin", STANDARD_USERS["admin"])
+    c.tls_set(ca_certs=str(broker.ca_file))
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    return c
+
+
+def test_admin_api_that_cannot_start_stops_the_daemon(device: dict[str, Any]) -> None:
+    """No token: exit 78 (config; systemd does not restart). Port taken: exit 69."""
+    doc = device["doc"]
+    doc["mqtt"] = {"enabled": False}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        doc["api"] = {"enabled": True, "port": taken.getsockname()[1]}
+        config = write_config(device["dir"], doc)
+        run = subprocess.run(
+            [sys.executable, "-m", "voxgate", "run", "-c", str(config), "--source", "stdin"],
+            input=pause(0.5).tobytes(),
+            env=child_env(),
+            capture_output=True,
+            timeout=60,
+        )
+        assert run.returncode == 78, run.stderr.decode()
+        assert b"api-token" in run.stderr
+        run = subprocess.run(
+            [sys.executable, "-m", "voxgate", "run", "-c", str(config), "--source", "stdin"],
+            input=pause(0.5).tobytes(),
+            env=child_env(VOXGATE_API_TOKEN="t" * 40),
+            capture_output=True,
+            timeout=60,
+        )
+    assert run.returncode == 69, run.stderr.decode()
+    assert b"cannot listen on 127.0.0.1" in run.stderr
+
+
+def test_sigterm_while_stdin_is_idle_exits_cleanly(device: dict[str, Any]) -> None:
+    """The capture thread waits on a quiet pipe; SIGTERM must still give exit 0, not Python's
+    "could not acquire lock for <stdin> at interpreter shutdown" abort."""
+    doc = device["doc"]
+    doc["mqtt"] = {"enabled": False}
+    daemon = DaemonProcess(write_config(device["dir"], doc))
+    try:
+        daemon.feed(pause(0.3))
+        daemon.wait_log("ready:", 30)
+        daemon.proc.terminate()
+        code = daemon.proc.wait(15)
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    time.sleep(0.1)
+    assert code == 0, daemon.log()
+    assert "Fatal Python error" not in daemon.log()
+
+
+def test_enrollment_at_the_door_over_mqtt(
+    device: dict[str, Any], broker: Broker, lock_side: tuple[ActuatorProcess, Recorder]
+) -> None:
+    """enroll-start: the next utterances are takes (no attempts); enroll-finish checks and
+    stores them, audits and answers with the take report; the voice then opens the door."""
+    from voxgate.decision import open_sealed
+
+    actuator, rec = lock_side
+    results = Recorder(broker, "lock", [f"voxgate/{DEV}/cmd/+/result"])
+    admin = mqtt_admin(broker)
+
+    def command(name: str, user: str) -> dict[str, Any]:
+        before = len(results.on(f"voxgate/{DEV}/cmd/{name}/result"))
+        cmd = make_command(CKEY, DEV, name, {"user": user}, now=time.time())
+        admin.publish(f"voxgate/{DEV}/cmd/{name}", cmd, qos=1).wait_for_publish(5)
+        topic = f"voxgate/{DEV}/cmd/{name}/result"
+        wait_until(lambda: len(results.on(topic)) > before, 15, f"{name} reply")
+        return open_sealed(results.on(topic)[-1].payload, DKEY, REPLY_DOMAIN)
+
+    daemon = DaemonProcess(device["config"])
+    try:
+        daemon.feed(pause(0.3))
+        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+        refused = command("enroll-finish", "bob")
+        assert refused["ok"] is False and "no enrollment of 'bob'" in refused["detail"]
+        assert command("enroll-start", "bob")["ok"] is True
+        for text in TAKES:
+            daemon.feed(np.concatenate([pause(0.5), speech(text, "en+m3"), pause(1.0)]))
+        daemon.wait_log("enrollment of bob: take 4", 20)
+        done = command("enroll-finish", "bob")
+        assert done["ok"] is True, done
+        assert done["result"]["used"] >= 3 and done["result"]["user"] == "bob"
+        assert decisions(rec) == []  # the takes were not attempts
+
+        daemon.feed(np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)]))
+        wait_until(lambda: len(decisions(rec)) >= 1, 20, "a decision")
+        assert daemon.close() == 0
+    finally:
+        admin.disconnect()
+        results.close()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    (d,) = decisions(rec)
+    assert (d.outcome, d.user) == ("granted", "bob"), daemon.log()
+    wait_until(lambda: len(actuator.actions()) == 1, 10, "the actuator to act")
+    events = [(x["event"], x.get("user"), x.get("via")) for x in audit_lines(device)]
+    assert ("enrollment_started", "bob", "mqtt") in events
+    assert ("enrollment", "bob", "mqtt") in events

@@ -1,0 +1,99 @@
+"""service/users.py: MQTT erase-user on a real store, audit events, start errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from voxgate.config import VoxgateConfig
+from voxgate.service.users import StartError, UserServices
+from voxgate.voiceprints import VoiceprintStore
+
+
+class Embedder:
+    model_id = "test/int8"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    s = VoiceprintStore(tmp_path / "voiceprints.db", os.urandom(32))
+    emb = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    s.add_user("alice", emb / np.linalg.norm(emb, axis=1, keepdims=True), "test/int8")
+    yield s
+    s.close()
+
+
+def test_erase_command_erases_audits_and_refuses_unknown(store: Any, tmp_path: Path) -> None:
+    events: list[tuple[str, dict]] = []
+    users = UserServices(
+        VoxgateConfig(data_dir=tmp_path), store, Embedder(), lambda e, **f: events.append((e, f))
+    )
+    assert users.command_erase({"user": " alice "}) == {"user": "alice", "erased": True}
+    assert store.get("alice") is None
+    assert events == [("erase", {"user": "alice", "via": "mqtt"})]
+    with pytest.raises(ValueError, match="no user 'alice' enrolled"):
+        users.command_erase({"user": "alice"})
+    with pytest.raises(ValueError, match="1-64 characters"):
+        users.command_erase({"user": ""})
+    assert len(events) == 1  # refusals change nothing and audit nothing
+
+
+def test_api_without_token_is_a_config_error(
+    store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VOXGATE_API_TOKEN", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    cfg = VoxgateConfig.model_validate(
+        {"data_dir": str(tmp_path), "api": {"enabled": True, "token_file": str(tmp_path / "t")}}
+    )
+    started: list[str] = []
+    users = UserServices(cfg, store, Embedder(), lambda e, **f: None)
+    with pytest.raises(StartError, match="api-token") as err:
+        users.start(lambda name, stop: started.append(name))
+    assert err.value.config and started == []
+
+
+def test_fleet_without_key_is_a_config_error(store: Any, tmp_path: Path) -> None:
+    cfg = VoxgateConfig.model_validate(
+        {
+            "data_dir": str(tmp_path),
+            "fleet": {"enabled": True, "key_file": str(tmp_path / "missing"), "groups": []},
+        }
+    )
+    users = UserServices(cfg, store, Embedder(), lambda e, **f: None)
+    with pytest.raises(StartError, match="fleet-key") as err:
+        users.start(lambda name, stop: None)
+    assert err.value.config
+
+
+def test_enrollment_session_refusals_and_expiry(
+    store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voxgate.embedding import load_embedder
+    from voxgate.service import users as users_mod
+
+    events: list[tuple[str, dict]] = []
+    cfg = VoxgateConfig(data_dir=tmp_path)
+    users = UserServices(cfg, store, load_embedder(), lambda e, **f: events.append((e, f)))
+    noise = np.random.default_rng(1).normal(0, 30, 16000).astype(np.int16)
+    assert not users.take(noise)  # no session: the loop makes it an attempt
+    with pytest.raises(ValueError, match="no enrollment of 'bob'"):
+        users.command_enroll_finish({"user": "bob"})
+    users.command_enroll_start({"user": "bob"})
+    assert users.enrolling
+    with pytest.raises(ValueError, match="busy: enrolling bob"):
+        users.command_enroll_start({"user": "carol"})
+    assert users.take(noise)
+    with pytest.raises(ValueError, match="not enrolled: need"):
+        users.command_enroll_finish({"user": "bob"})
+    assert store.get("bob") is None and not users.enrolling
+    assert [e for e, _ in events] == ["enrollment_started", "enrollment_refused"]
+
+    monkeypatch.setattr(users_mod, "ENROLL_TIMEOUT_S", 0.0)
+    users.command_enroll_start({"user": "carol"})
+    assert not users.take(noise)  # expired: dropped, audited, the utterance is an attempt
+    assert events[-1] == ("enrollment_expired", {"user": "carol"})
