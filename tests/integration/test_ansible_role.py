@@ -156,6 +156,7 @@ def test_files_and_permissions(staged: dict) -> None:
     assert names == {
         "mqtt-password",
         "decision-key",
+        "command-key",
         "audit-key",
         "voiceprint-key",
         "api-token",
