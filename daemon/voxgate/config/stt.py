@@ -21,6 +21,44 @@ class SttConfig(Section):
     deepspeech_sha256: str | None = Field(
         None, pattern=r"^[0-9a-f]{64}$", description="Expected sha256 of deepspeech_model."
     )
+    deepspeech_beam: int = Field(
+        16, ge=1, le=512, description="CTC beam width of the DeepSpeech decoder."
+    )
+    deepspeech_threshold: float = Field(
+        -2.0,
+        ge=-100,
+        le=0,
+        description="Prompt check without templates, DeepSpeech: minimum per-word log-probability "
+        "ratio of the prompt against the best free digit string.",
+    )
+    use_templates: bool = Field(
+        True,
+        description="Check digit prompts against the user's own enrolled digit templates when "
+        "they cover the prompt (much stronger than the engine alone; see docs/challenge.md).",
+    )
+    template_threshold: float = Field(
+        0.6,
+        ge=0,
+        le=10,
+        description="Template check: largest accepted per-frame cost gap between the prompt "
+        "and the best free digit string (set from data, docs/challenge.md).",
+    )
+    pocketsphinx_threshold: float = Field(
+        -2.0,
+        ge=-1000,
+        le=0,
+        description="Prompt check without templates, pocketsphinx: minimum per-frame log score "
+        "of the prompt grammar minus the free digit grammar.",
+    )
+    min_speech_s: float = Field(
+        0.25, ge=0.05, le=5, description="Less speech than this in an answer means 'try again'."
+    )
+    max_answer_s: float = Field(
+        20.0,
+        ge=2,
+        le=120,
+        description="Longer answers are not decoded (bounded work) and mean 'try again'.",
+    )
 
 
 class ChallengeConfig(Section):
