@@ -114,7 +114,7 @@ def speak(challenge: Challenge, voice: str = "en", wpm: int = 140) -> bool:
         log.warning("challenge.speak is on but espeak-ng is not installed")
         return False
     try:
-        subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        subprocess.Popen(
             [exe, "-v", voice, "-s", str(wpm), challenge.spoken_form()],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

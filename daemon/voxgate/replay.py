@@ -70,9 +70,7 @@ def similarity(a: np.ndarray, b: np.ndarray, max_shift: int = MAX_SHIFT) -> floa
 class ReplayDetector:
     """Fingerprints of recent attempts in SQLite; check_and_add() compares and remembers."""
 
-    def __init__(
-        self, path: Path, window_s: float, threshold: float = DEFAULT_THRESHOLD
-    ) -> None:
+    def __init__(self, path: Path, window_s: float, threshold: float = DEFAULT_THRESHOLD) -> None:
         self.path = Path(path)
         self.window_s = window_s
         self.threshold = threshold
@@ -83,7 +81,9 @@ class ReplayDetector:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._init_schema()
         except sqlite3.DatabaseError as exc:
-            raise ReplayStoreError(f"{self.path}: not a replay-fingerprint database ({exc})") from None
+            raise ReplayStoreError(
+                f"{self.path}: not a replay-fingerprint database ({exc})"
+            ) from None
 
     def _init_schema(self) -> None:
         cur = self._db.execute("PRAGMA user_version")
@@ -122,12 +122,16 @@ class ReplayDetector:
                     )
         is_replay = best >= self.threshold
         if is_replay:
-            log.warning("replay: answer matches an attempt from %.0f s ago (%.2f)", now - when, best)
+            log.warning(
+                "replay: answer matches an attempt from %.0f s ago (%.2f)", now - when, best
+            )
         return ReplayResult(is_replay, best, when if is_replay else None)
 
     def _prune(self, now: float) -> None:
         with self._db:
-            self._db.execute("DELETE FROM fingerprints WHERE created_at < ?", (now - self.window_s,))
+            self._db.execute(
+                "DELETE FROM fingerprints WHERE created_at < ?", (now - self.window_s,)
+            )
 
     def count(self) -> int:
         with self._lock:

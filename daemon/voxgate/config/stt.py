@@ -43,12 +43,12 @@ class SttConfig(Section):
         description="Template check: largest accepted per-frame cost gap between the prompt "
         "and the best free digit string (set from data, docs/challenge.md).",
     )
-    pocketsphinx_threshold: float = Field(
-        -2.0,
-        ge=-1000,
-        le=0,
-        description="Prompt check without templates, pocketsphinx: minimum per-frame log score "
-        "of the prompt grammar minus the free digit grammar.",
+    pocketsphinx_prompt_bias: float = Field(
+        0.0,
+        ge=-50,
+        le=50,
+        description="Prompt check without templates, pocketsphinx: log10 prior weight of the "
+        "prompt against any other digit string (higher accepts more; set from data).",
     )
     min_speech_s: float = Field(
         0.25, ge=0.05, le=5, description="Less speech than this in an answer means 'try again'."

@@ -28,7 +28,7 @@ def load_recognizer(cfg: SttConfig | None = None) -> Recognizer:
         return Recognizer(cfg, DeepSpeechEngine(cfg))
     from voxgate.stt.pocketsphinx_backend import PocketsphinxEngine
 
-    return Recognizer(cfg, PocketsphinxEngine())
+    return Recognizer(cfg, PocketsphinxEngine(cfg.pocketsphinx_prompt_bias))
 
 
 __all__ = [

@@ -62,9 +62,7 @@ class StreamingAligner:
         self.n_free = len(prompt) + extra_levels
         k = self.n_free + len(prompt)
         # Level k takes its entry from level pred[k] (-1: the start of the utterance).
-        self.pred = np.array(
-            [-1] + list(range(self.n_free - 1)) + [-1] + list(range(self.n_free, k - 1))
-        )
+        self.pred = np.array([-1, *range(self.n_free - 1), -1, *range(self.n_free, k - 1)])
         # Forced levels may only use templates of their prompt digit.
         mask = np.zeros((k, r_count, 1), dtype=np.float32)
         for j, ch in enumerate(prompt):

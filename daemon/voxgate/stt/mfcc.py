@@ -23,21 +23,25 @@ class MfccSpec:
     n_ceps: int = 13
     f_min: float = 20.0
     f_max: float = 8000.0
+    # TensorFlow's AudioSpectrogram + Mfcc ops (DeepSpeech's front end) differ from the usual
+    # recipe in three ways: a periodic Hann window, mel filters over the magnitude (not
+    # power) spectrum, and a DCT without the orthonormal c0 scaling.
+    tf_style: bool = False
 
     @property
     def win(self) -> int:
-        return int(round(self.win_ms * SAMPLE_RATE / 1000))
+        return round(self.win_ms * SAMPLE_RATE / 1000)
 
     @property
     def step(self) -> int:
-        return int(round(self.step_ms * SAMPLE_RATE / 1000))
+        return round(self.step_ms * SAMPLE_RATE / 1000)
 
     @property
     def n_fft(self) -> int:
         return 1 << (self.win - 1).bit_length()
 
 
-DEEPSPEECH = MfccSpec(win_ms=32.0, step_ms=20.0, n_mels=40, n_ceps=26, f_min=20.0)
+DEEPSPEECH = MfccSpec(win_ms=32.0, step_ms=20.0, n_mels=40, n_ceps=26, f_min=20.0, tf_style=True)
 TEMPLATES = MfccSpec()
 
 
@@ -59,12 +63,13 @@ def _mel_matrix(spec: MfccSpec) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def dct_matrix(n_mels: int, n_ceps: int) -> np.ndarray:
-    """Orthonormal DCT-II, shape (n_mels, n_ceps)."""
+def dct_matrix(n_mels: int, n_ceps: int, orthonormal: bool = True) -> np.ndarray:
+    """DCT-II, shape (n_mels, n_ceps); orthonormal or TensorFlow's sqrt(2/N) scaling."""
     k = np.arange(n_ceps)[None, :]
     n = np.arange(n_mels)[:, None]
     m = np.cos(np.pi * k * (2 * n + 1) / (2 * n_mels)) * np.sqrt(2.0 / n_mels)
-    m[:, 0] /= np.sqrt(2.0)
+    if orthonormal:
+        m[:, 0] /= np.sqrt(2.0)
     return m.astype(np.float32)
 
 
@@ -82,11 +87,16 @@ def log_mel(pcm: np.ndarray, spec: MfccSpec = TEMPLATES) -> np.ndarray:
     if count == 0:
         return np.zeros((0, spec.n_mels), dtype=np.float32)
     idx = np.arange(spec.win)[None, :] + spec.step * np.arange(count)[:, None]
-    frames = x[idx] * np.hanning(spec.win + 2)[1:-1].astype(np.float32)
-    power = np.abs(np.fft.rfft(frames, n=spec.n_fft, axis=1)) ** 2
-    return np.log(power.astype(np.float32) @ _mel_matrix(spec) + 1e-10)
+    if spec.tf_style:
+        window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(spec.win) / spec.win)
+    else:
+        window = np.hanning(spec.win + 2)[1:-1]
+    frames = x[idx] * window.astype(np.float32)
+    mag = np.abs(np.fft.rfft(frames, n=spec.n_fft, axis=1)).astype(np.float32)
+    spectrum = mag if spec.tf_style else mag**2
+    return np.log(np.maximum(spectrum @ _mel_matrix(spec), 1e-12 if spec.tf_style else 1e-10))
 
 
 def mfcc(pcm: np.ndarray, spec: MfccSpec = TEMPLATES) -> np.ndarray:
     """(frames, n_ceps) MFCCs; c0 is kept (callers decide whether they want energy)."""
-    return log_mel(pcm, spec) @ dct_matrix(spec.n_mels, spec.n_ceps)
+    return log_mel(pcm, spec) @ dct_matrix(spec.n_mels, spec.n_ceps, not spec.tf_style)

@@ -1,14 +1,16 @@
 """pocketsphinx engine: JSGF grammars built per challenge, decoded while the person speaks.
 
-The prompt score is a likelihood ratio: the path score of a grammar that only allows the
-prompt minus the path score of a free grammar (any number of digit words; a phone loop for
-passphrases), per 10 ms frame. Two decoders run side by side so both searches stream.
+Prompt check: ONE search over a grammar with two branches, the prompt itself and a free
+loop of digit words (of any length). Path scores of two separate searches are not
+comparable (pocketsphinx renormalises scores per frame within a search; subtracting them
+gave ratios with no meaning), but within one search the best path is a proper
+likelihood-ratio decision. The prompt branch carries a prior weight 10**prompt_bias, which
+is the threshold: the answer passes when the best path spells the prompt.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 
@@ -47,33 +49,41 @@ def _decoder(**kw: object):  # type: ignore[no-untyped-def]
 
     try:
         # loglevel FATAL: pocketsphinx otherwise writes hundreds of lines to stderr.
-        return Decoder(samprate=16000, loglevel="FATAL", **kw)
+        # bestpath off: the lattice pass cost ~250 ms after speech ended, for no gain here.
+        return Decoder(samprate=16000, loglevel="FATAL", bestpath=False, **kw)
     except (RuntimeError, ValueError) as exc:
         raise SttError(f"pocketsphinx could not start: {exc}") from None
+
+
+def _plain(x: float) -> str:
+    """A JSGF weight: plain decimal (the parser does not read exponents)."""
+    return f"{x:.12f}".rstrip("0").rstrip(".") or "0"
+
+
+def check_grammar(words: tuple[str, ...], bias_log10: float) -> str:
+    """Prompt branch (weight 10**bias) against a free loop of digit words (weight 1)."""
+    prompt = " ".join(_word_alts(w) for w in words)
+    alts = " | ".join((*DIGIT_WORDS, "oh"))
+    weight = 10.0**bias_log10
+    return (
+        f"#JSGF V1.0;\ngrammar check;\n<d> = {alts};\n"
+        f"public <s> = /{_plain(weight)}/ ( {prompt} ) | /1/ ( <d>+ );\n"
+    )
 
 
 class PocketsphinxEngine(Engine):
     name = "pocketsphinx"
 
-    def __init__(self) -> None:
-        self._forced = _decoder(lm=None)
-        self._free = _decoder(lm=None)
-        self._free.add_jsgf_string("digits", digit_loop_grammar())
-        from pocketsphinx import get_model_path
-
-        self._free.add_allphone_file("phones", get_model_path("en-us-phone.lm.bin"))
+    def __init__(self, prompt_bias: float = 0.0) -> None:
+        self.prompt_bias = prompt_bias
+        self._dec = _decoder(lm=None)
+        self._dec.add_jsgf_string("digits", digit_loop_grammar())
         self._lm = None  # the general English decoder, loaded on first use
         self._serial = 0
 
-    def _search(self, dec, grammar: str) -> None:  # type: ignore[no-untyped-def]
-        self._serial += 1
-        name = f"g{self._serial}"
-        dec.add_jsgf_string(name, grammar)
-        dec.activate_search(name)
-
     def transcribe(self, pcm: np.ndarray, digits_only: bool = False) -> Transcript:
         if digits_only:
-            dec = self._free
+            dec = self._dec
             dec.activate_search("digits")
         else:
             if self._lm is None:
@@ -82,14 +92,20 @@ class PocketsphinxEngine(Engine):
         words = _decode(dec, pcm)[1]
         return Transcript(" ".join(words), words_to_digits(words), self.name)
 
-    def start_prompt(self, words: tuple[str, ...]) -> EngineStream:
+    def start_prompt(self, words: tuple[str, ...], bias: float | None = None) -> EngineStream:
         for w in words:
-            if self._forced.lookup_word(w) is None:
+            if self._dec.lookup_word(w) is None:
                 raise SttError(f"'{w}' is not in the pocketsphinx dictionary")
-        self._search(self._forced, prompt_grammar(words))
-        digits = words_to_digits(words) is not None
-        self._free.activate_search("digits" if digits else "phones")
-        return _PsStream(self._forced, self._free, words)
+        self._serial += 1
+        name = f"check{self._serial}"
+        try:
+            self._dec.add_jsgf_string(
+                name, check_grammar(words, self.prompt_bias if bias is None else bias)
+            )
+        except ValueError as exc:
+            raise SttError(f"pocketsphinx refused the prompt grammar: {exc}") from None
+        self._dec.activate_search(name)
+        return _PsStream(self._dec, words)
 
 
 def _decode(dec, pcm: np.ndarray) -> tuple[float, tuple[str, ...]]:  # type: ignore[no-untyped-def]
@@ -101,37 +117,39 @@ def _decode(dec, pcm: np.ndarray) -> tuple[float, tuple[str, ...]]:  # type: ign
 
 def _read(dec) -> tuple[float, tuple[str, ...]]:  # type: ignore[no-untyped-def]
     hyp = dec.hyp()
-    frames = max(1, dec.n_frames())
-    if hyp is None or hyp.score <= 0:
+    if hyp is None:
         return NO_MATCH, ()
-    words = tuple(s.word for s in dec.seg() if not s.word.startswith(("<", "[", "+")))
-    words = tuple(w.split("(")[0] for w in words)  # "zero(2)" -> "zero"
-    return dec.get_logmath().log(hyp.score) / frames, words
+    # Grammar searches report null transitions as empty words and silence as <sil>.
+    words = tuple(s.word.split("(")[0] for s in dec.seg())  # "zero(2)" -> "zero"
+    words = tuple(w for w in words if w and not w.startswith(("<", "[", "+")))
+    return 0.0, words
 
 
 class _PsStream(EngineStream):
-    def __init__(self, forced, free, words: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
-        self.forced, self.free, self.words = forced, free, words
-        self.frames = 0
-        for dec in (forced, free):
-            dec.start_utt()
+    """Buffers the answer and decodes it whole at the end.
+
+    pocketsphinx's live cepstral mean starts from a generic guess and needs several
+    utterances to settle (the first answers after start-up decoded as garbage), while a
+    whole-utterance decode normalises on the answer itself. The caller bounds the length.
+    """
+
+    def __init__(self, dec, words: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+        self.dec, self.words = dec, words
+        self.parts: list[np.ndarray] = []
 
     def push(self, pcm: np.ndarray) -> None:
-        data = np.ascontiguousarray(pcm, dtype=np.int16).tobytes()
-        for dec in (self.forced, self.free):
-            dec.process_raw(data, False, False)
+        self.parts.append(np.asarray(pcm, dtype=np.int16))
 
     def finish(self) -> tuple[float, str]:
-        for dec in (self.forced, self.free):
-            dec.end_utt()
-        f_score, f_words = _read(self.forced)
-        g_score, g_words = _read(self.free)
-        heard = " ".join(g_words)
-        # The forced search returns its best partial path when no complete one exists.
-        spoken = tuple("zero" if w == "oh" else w for w in f_words)
-        if f_score == NO_MATCH or spoken != self.words:
-            return NO_MATCH, heard
-        if g_score == NO_MATCH:
-            return 0.0, heard
-        score = f_score - g_score
-        return (score if math.isfinite(score) else NO_MATCH), heard
+        pcm = np.concatenate(self.parts) if self.parts else np.zeros(0, np.int16)
+        heard: tuple[str, ...] = ()
+        try:
+            if len(pcm):
+                _, heard = _decode(self.dec, pcm)
+        finally:
+            used = self.dec.current_search()
+            self.dec.activate_search("digits")
+            self.dec.remove_search(used)
+        spoken = tuple("zero" if w == "oh" else w for w in heard)
+        # Binary by construction: 1 when the prompt is the best path under the prior.
+        return (1.0 if spoken == self.words else -1.0), " ".join(heard)

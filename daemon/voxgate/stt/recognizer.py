@@ -2,7 +2,7 @@
 
 Order of checks for one answer: enough speech? not too long? then, for digit prompts that
 the user's enrolled templates cover, the template aligner decides; otherwise the engine's
-likelihood-ratio score does. The engine always runs too, so a transcript exists for the log.
+likelihood-ratio score does.
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ class _Stream(PromptStream):
             self.aligner = StreamingAligner(refs, labels, self.digits)
         elif templates is not None and self.digits is not None:
             log.info("templates do not cover prompt digits; using %s alone", rec.engine.name)
-        self.engine = rec.engine.start_prompt(words)
+        # The template check decides on its own (and names the digits it heard), so the
+        # engine only runs without one: half the CPU, and no engine wait after speech ends.
+        self.engine = None if self.aligner else rec.engine.start_prompt(words)
 
     def push(self, pcm: np.ndarray) -> None:
         pcm = check_pcm(pcm)
@@ -97,14 +99,21 @@ class _Stream(PromptStream):
         feats = self.front.push(pcm)
         if self.aligner is not None and len(feats):
             self.aligner.push(feats)
-        self.engine.push(pcm)
+        if self.engine is not None:
+            self.engine.push(pcm)
 
-    def _result(self, ok: bool, score: float, thr: float, heard: str | None, reason: str | None,
-                method: str) -> LivenessResult:
-        res = LivenessResult(ok, score, thr, heard, reason, method)
+    def _result(
+        self, ok: bool, score: float, thr: float, heard: str | None, reason: str | None, method: str
+    ) -> LivenessResult:
+        res = LivenessResult(bool(ok), float(score), float(thr), heard, reason, method)
         log.info(
             "prompt check (%s): ok=%s score=%.3f threshold=%.3f heard=%r reason=%s",
-            method, ok, score, thr, heard, reason,
+            method,
+            ok,
+            score,
+            thr,
+            heard,
+            reason,
         )
         return res
 
@@ -112,7 +121,7 @@ class _Stream(PromptStream):
         feats = self.front.flush()
         if self.aligner is not None and len(feats):
             self.aligner.push(feats)
-        score, heard = self.engine.finish()
+        score, heard = self.engine.finish() if self.engine else (0.0, None)
         if self.samples > self.max_samples:
             return self._result(False, 0.0, 0.0, heard, TOO_LONG, "checks")
         speech_s = self.front.speech_frames * self.front.spec.step / SAMPLE_RATE
@@ -129,15 +138,12 @@ class _Stream(PromptStream):
                 wrong_count = self.digits is not None and len(a.free_digits) != len(self.digits)
                 reason = WRONG_COUNT if wrong_count else PROMPT_MISMATCH
             return self._result(ok, score, thr, a.free_digits, reason, "templates")
-        thr = (
-            self.cfg.pocketsphinx_threshold
-            if self.engine_name == "pocketsphinx"
-            else self.cfg.deepspeech_threshold
-        )
+        # pocketsphinx decides inside its search (score +1/-1, the prior is its threshold).
+        thr = 0.0 if self.engine_name == "pocketsphinx" else self.cfg.deepspeech_threshold
         ok = score >= thr
         reason = None
         if not ok:
-            heard_digits = words_to_digits(tuple(heard.split())) if heard else None
+            heard_digits = words_to_digits(tuple((heard or "").split())) if heard else None
             wrong_count = (
                 self.digits is not None
                 and heard_digits is not None

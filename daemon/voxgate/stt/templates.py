@@ -246,8 +246,10 @@ class DigitTemplates:
                 if int(z["version"][0]) != FORMAT_VERSION:
                     raise TemplateError(f"template format {int(z['version'][0])} not supported")
                 out = cls()
-                for key in sorted(z.files, key=lambda k: (k[:2], int(k.split("_")[1] or 0))
-                                  if k != "version" else ("", 0)):
+                for key in sorted(
+                    z.files,
+                    key=lambda k: (k[:2], int(k.split("_")[1] or 0)) if k != "version" else ("", 0),
+                ):
                     if key == "version":
                         continue
                     out.add(key[1], z[key])
