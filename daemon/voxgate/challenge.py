@@ -70,6 +70,25 @@ def new_challenge(cfg: ChallengeConfig, now: float) -> Challenge:
     raise ChallengeError("challenge.mode is off: no spoken challenge")
 
 
+def enrollment_prompts(takes: int = 4, length: int = 5) -> list[str]:
+    """Prompts for enrollment takes that together say every digit about equally often.
+
+    The template check needs each digit at least twice per user; 4 takes of 5 digits give
+    exactly two of each. The order is shuffled with the CSPRNG.
+    """
+    if takes * length < 10:
+        raise ValueError("enrollment needs at least 10 digits in total to cover every digit")
+    rng = secrets.SystemRandom()
+    pool: list[str] = []
+    while len(pool) < takes * length:
+        batch = list("0123456789")
+        rng.shuffle(batch)
+        pool += batch
+    pool = pool[: takes * length]
+    rng.shuffle(pool)
+    return ["".join(pool[i * length : (i + 1) * length]) for i in range(takes)]
+
+
 class ChallengeBook:
     """Outstanding challenges; each is redeemed at most once and only before it expires."""
 

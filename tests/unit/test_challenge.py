@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from voxgate.challenge import ChallengeBook, ChallengeError, new_challenge
+from voxgate.challenge import ChallengeBook, ChallengeError, enrollment_prompts, new_challenge
 from voxgate.config.stt import ChallengeConfig
 
 
@@ -81,3 +81,13 @@ def test_to_dict_is_json_ready() -> None:
     ch = new_challenge(ChallengeConfig(), 0.0)
     d = json.loads(json.dumps(ch.to_dict()))
     assert d["text"] == ch.text and d["nonce"] == ch.nonce and d["words"] == list(ch.words)
+
+
+def test_enrollment_prompts_cover_every_digit_twice() -> None:
+    from collections import Counter
+
+    prompts = enrollment_prompts(4, 5)
+    assert len(prompts) == 4 and all(len(p) == 5 and p.isdigit() for p in prompts)
+    assert Counter("".join(prompts)) == Counter("0123456789" * 2)
+    with pytest.raises(ValueError, match="every digit"):
+        enrollment_prompts(1, 5)

@@ -24,6 +24,11 @@ class SttConfig(Section):
     deepspeech_beam: int = Field(
         16, ge=1, le=512, description="CTC beam width of the DeepSpeech decoder."
     )
+    deepspeech_xnnpack: bool = Field(
+        False,
+        description="Run DeepSpeech with LiteRT's XNNPACK delegate: ~25 % faster but ~590 MB "
+        "resident instead of ~60 MB (weights unpacked to float).",
+    )
     deepspeech_threshold: float = Field(
         -2.0,
         ge=-100,

@@ -40,33 +40,50 @@ def to_log_probs(out: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
+class Forward:
+    """Streaming CTC forward algorithm: push rows of log-probs, read log P(labels) any time."""
+
+    def __init__(self, labels: list[int], classes: int) -> None:
+        blank = classes - 1
+        ext = [blank]
+        for lab in labels:
+            ext += [lab, blank]
+        self.ext = np.array(ext)
+        # A move from s-2 is allowed onto a label that differs from the label two back.
+        skip = np.zeros(len(ext), dtype=bool)
+        skip[2:] = (self.ext[2:] != blank) & (self.ext[2:] != self.ext[:-2])
+        self.skip = skip
+        self.alpha: np.ndarray | None = None
+
+    def push(self, logp: np.ndarray) -> None:
+        for row in np.asarray(logp, dtype=np.float64):
+            if self.alpha is None:
+                self.alpha = np.full(len(self.ext), NEG)
+                self.alpha[:2] = row[self.ext[:2]]
+                continue
+            alpha = self.alpha
+            a1 = np.concatenate([[NEG], alpha[:-1]])
+            a2 = np.where(self.skip, np.concatenate([[NEG, NEG], alpha[:-2]]), NEG)
+            m = np.maximum(np.maximum(alpha, a1), a2)
+            dead = m <= NEG
+            m_safe = np.where(dead, 0.0, m)
+            tot = np.exp(alpha - m_safe) + np.exp(a1 - m_safe) + np.exp(a2 - m_safe)
+            self.alpha = np.where(dead, NEG, m_safe + np.log(np.maximum(tot, 1e-300)))
+            self.alpha = self.alpha + row[self.ext]
+
+    def result(self) -> float:
+        if self.alpha is None:
+            return NEG
+        if len(self.alpha) == 1:
+            return float(self.alpha[-1])
+        return float(_lse(self.alpha[-1], self.alpha[-2]))
+
+
 def sequence_log_prob(logp: np.ndarray, labels: list[int]) -> float:
     """log P(labels | audio) summed over all CTC alignments (forward algorithm)."""
-    t_len, classes = logp.shape
-    blank = classes - 1
-    ext = [blank]
-    for lab in labels:
-        ext += [lab, blank]
-    s_len = len(ext)
-    if t_len == 0:
-        return NEG
-    ext_a = np.array(ext)
-    # Transitions from s-2 are allowed onto a label that differs from the label two back.
-    skip = np.zeros(s_len, dtype=bool)
-    skip[2:] = (ext_a[2:] != blank) & (ext_a[2:] != ext_a[:-2])
-    alpha = np.full(s_len, NEG)
-    alpha[0] = logp[0, ext[0]]
-    if s_len > 1:
-        alpha[1] = logp[0, ext[1]]
-    for t in range(1, t_len):
-        a1 = np.concatenate([[NEG], alpha[:-1]])
-        a2 = np.where(skip, np.concatenate([[NEG, NEG], alpha[:-2]]), NEG)
-        m = np.maximum(np.maximum(alpha, a1), a2)
-        m_safe = np.where(m <= NEG, 0.0, m)
-        tot = np.exp(alpha - m_safe) + np.exp(a1 - m_safe) + np.exp(a2 - m_safe)
-        alpha = np.where(m <= NEG, NEG, m_safe + np.log(np.maximum(tot, 1e-300)))
-        alpha = alpha + logp[t, ext_a]
-    return float(_lse(alpha[-1], alpha[-2]) if s_len > 1 else alpha[-1])
+    f = Forward(labels, logp.shape[1])
+    f.push(logp)
+    return f.result()
 
 
 @dataclass
@@ -85,66 +102,82 @@ def _trie(words: list[str], alphabet: str) -> _Trie:
     return root
 
 
-def beam_decode(
-    logp: np.ndarray, words: list[str], beam: int = 16, alphabet: str = ALPHABET
-) -> tuple[list[str], float]:
-    """Best word sequence (words from `words`, separated by spaces) and its beam log-prob.
+Key = tuple[tuple[str, ...], tuple[int, ...]]  # (finished words, letters of the current one)
 
-    Prefix beam search whose prefixes must follow the word trie: inside a word only its
-    continuations; after a complete word a space (then a new word) or the end.
+
+class PrefixBeam:
+    """Streaming prefix beam search whose prefixes must follow a word list.
+
+    Inside a word only its continuations may follow; after a complete word a space (then a
+    new word) or the end. push() rows as they come; result() at any time.
     """
-    t_len, classes = logp.shape
-    blank = classes - 1
-    space = alphabet.index(" ")
-    root = _trie(words, alphabet)
-    # prefix key: (tuple of finished words, chars of current word) -> (p_blank, p_nonblank)
-    beams: dict[tuple[tuple[str, ...], tuple[int, ...]], list[float]] = {((), ()): [0.0, NEG]}
 
-    def node_of(chars: tuple[int, ...]) -> _Trie | None:
-        node: _Trie | None = root
+    def __init__(self, words: list[str], beam: int = 16, alphabet: str = ALPHABET) -> None:
+        self.root = _trie(words, alphabet)
+        self.beam = beam
+        self.space = alphabet.index(" ")
+        self.beams: dict[Key, list[float]] = {((), ()): [0.0, NEG]}
+
+    def _node(self, chars: tuple[int, ...]) -> _Trie | None:
+        node: _Trie | None = self.root
         for c in chars:
             node = node.kids.get(c) if node else None
         return node
 
-    for t in range(t_len):
-        row = logp[t]
-        nxt: dict[tuple[tuple[str, ...], tuple[int, ...]], list[float]] = {}
+    def push(self, logp: np.ndarray) -> None:
+        for row in np.asarray(logp, dtype=np.float64):
+            self._step(row)
 
-        def add(key, pb: float, pnb: float, nxt=nxt) -> None:  # type: ignore[no-untyped-def]
+    def _step(self, row: np.ndarray) -> None:
+        blank = len(row) - 1
+        space = self.space
+        nxt: dict[Key, list[float]] = {}
+
+        def add(key: Key, pb: float, pnb: float) -> None:
             cur = nxt.setdefault(key, [NEG, NEG])
             cur[0] = _lse(cur[0], pb)
             cur[1] = _lse(cur[1], pnb)
 
-        for (done, chars), (pb, pnb) in beams.items():
+        for (done, chars), (pb, pnb) in self.beams.items():
             total = _lse(pb, pnb)
             add((done, chars), total + row[blank], NEG)  # blank
             last = chars[-1] if chars else (space if done else None)
-            if last is not None:  # repeat of the last symbol collapses
+            if last is not None:  # a repeat of the last symbol collapses into it
                 add((done, chars), NEG, pnb + row[last])
-            node = node_of(chars)
+            node = self._node(chars)
             if node is None:
                 continue
-            for c, _child in node.kids.items():
-                # the same letter twice needs a blank in between
-                p = pb if c == last else total
+            for c in node.kids:
+                p = pb if c == last else total  # the same letter twice needs a blank between
                 add((done, (*chars, c)), NEG, p + row[c])
             if node.word is not None and chars:
                 p = pb if last == space else total
                 add(((*done, node.word), ()), NEG, p + row[space])
         ranked = sorted(nxt.items(), key=lambda kv: -_lse(*kv[1]))
-        beams = dict(ranked[:beam])
+        self.beams = dict(ranked[: self.beam])
 
-    best_words: list[str] = []
-    best = NEG
-    for (done, chars), (pb, pnb) in beams.items():
-        node = node_of(chars)
-        if chars and (node is None or node.word is None):
-            continue  # ends inside a word
-        seq = [*done, node.word] if chars and node else list(done)
-        score = _lse(pb, pnb)
-        if seq and score > best:
-            best, best_words = score, seq
-    return best_words, best
+    def result(self) -> tuple[list[str], float]:
+        """Best complete word sequence and its (beam) log-probability."""
+        best_words: list[str] = []
+        best = NEG
+        for (done, chars), (pb, pnb) in self.beams.items():
+            node = self._node(chars)
+            if chars and (node is None or node.word is None):
+                continue  # ends inside a word
+            seq = [*done, node.word] if chars and node and node.word else list(done)
+            score = _lse(pb, pnb)
+            if seq and score > best:
+                best, best_words = score, seq
+        return best_words, best
+
+
+def beam_decode(
+    logp: np.ndarray, words: list[str], beam: int = 16, alphabet: str = ALPHABET
+) -> tuple[list[str], float]:
+    """Best word sequence (words from `words`, separated by spaces) and its beam log-prob."""
+    search = PrefixBeam(words, beam, alphabet)
+    search.push(logp)
+    return search.result()
 
 
 def greedy(logp: np.ndarray, alphabet: str = ALPHABET) -> str:
