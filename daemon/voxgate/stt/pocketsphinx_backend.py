@@ -50,9 +50,10 @@ def _decoder(**kw: object):  # type: ignore[no-untyped-def]
     try:
         # loglevel FATAL: pocketsphinx otherwise writes hundreds of lines to stderr.
         # bestpath off: the lattice pass cost ~250 ms after speech ended, for no gain here.
-        return Decoder(samprate=16000, loglevel="FATAL", bestpath=False, **kw)
+        dec = Decoder(samprate=16000, loglevel="FATAL", bestpath=False, **kw)
     except (RuntimeError, ValueError) as exc:
         raise SttError(f"pocketsphinx could not start: {exc}") from None
+    return dec
 
 
 def _plain(x: float) -> str:
@@ -78,6 +79,7 @@ class PocketsphinxEngine(Engine):
         self.prompt_bias = prompt_bias
         self._dec = _decoder(lm=None)
         self._dec.add_jsgf_string("digits", digit_loop_grammar())
+        self._cmn0 = self._dec.get_cmn(False)
         self._lm = None  # the general English decoder, loaded on first use
         self._serial = 0
 
@@ -89,7 +91,7 @@ class PocketsphinxEngine(Engine):
             if self._lm is None:
                 self._lm = _decoder()
             dec = self._lm
-        words = _decode(dec, pcm)[1]
+        words = _decode(dec, pcm, self._cmn0)[1]
         return Transcript(" ".join(words), words_to_digits(words), self.name)
 
     def start_prompt(self, words: tuple[str, ...], bias: float | None = None) -> EngineStream:
@@ -105,10 +107,13 @@ class PocketsphinxEngine(Engine):
         except ValueError as exc:
             raise SttError(f"pocketsphinx refused the prompt grammar: {exc}") from None
         self._dec.activate_search(name)
-        return _PsStream(self._dec, words)
+        return _PsStream(self._dec, words, self._cmn0)
 
 
-def _decode(dec, pcm: np.ndarray) -> tuple[float, tuple[str, ...]]:  # type: ignore[no-untyped-def]
+def _decode(dec, pcm: np.ndarray, cmn0: str) -> tuple[float, tuple[str, ...]]:  # type: ignore[no-untyped-def]
+    # Every answer starts from the same cepstral mean, so results never depend on what
+    # was decoded before (a carried-over mean changed later answers' words).
+    dec.set_cmn(cmn0)
     dec.start_utt()
     dec.process_raw(np.ascontiguousarray(pcm, dtype=np.int16).tobytes(), False, True)
     dec.end_utt()
@@ -133,8 +138,8 @@ class _PsStream(EngineStream):
     whole-utterance decode normalises on the answer itself. The caller bounds the length.
     """
 
-    def __init__(self, dec, words: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
-        self.dec, self.words = dec, words
+    def __init__(self, dec, words: tuple[str, ...], cmn0: str) -> None:  # type: ignore[no-untyped-def]
+        self.dec, self.words, self.cmn0 = dec, words, cmn0
         self.parts: list[np.ndarray] = []
 
     def push(self, pcm: np.ndarray) -> None:
@@ -145,7 +150,7 @@ class _PsStream(EngineStream):
         heard: tuple[str, ...] = ()
         try:
             if len(pcm):
-                _, heard = _decode(self.dec, pcm)
+                _, heard = _decode(self.dec, pcm, self.cmn0)
         finally:
             used = self.dec.current_search()
             self.dec.activate_search("digits")
