@@ -100,11 +100,12 @@ def fsdd_trials(data: Path, n_strings: int, seed: int) -> list[dict]:
         templates = templates_from_takes(takes)
         for _ in range(n_strings):
             digits = random_digits(rng, rng.choice([4, 5]))
-            pcm = join([rng.choice(test[d]) for d in digits])
+            paths = [rng.choice(test[d]) for d in digits]
             trials.append(
                 {
                     "speaker": spk,
-                    "pcm": pcm,
+                    "pcm": join(paths),
+                    "paths": paths,
                     "prompt": digits,
                     "wrong": random_digits(rng, len(digits), digits),
                     "one_off": one_off(rng, digits),
@@ -159,12 +160,12 @@ def score_engine(rec, trials: list[dict]) -> None:  # type: ignore[no-untyped-de
     for tr in trials:
         for kind in ("prompt", "wrong", "one_off"):
             tr[f"e_{kind}"] = -1e9
+            if kind == "prompt":
+                tr["e_heard"] = rec.transcribe(tr["pcm"]).text
             for bias in BIASES:
                 stream = rec.engine.start_prompt(digits_to_words(tr[kind]), bias=bias)
                 stream.push(tr["pcm"])
-                won, heard = stream.finish()
-                if kind == "prompt" and bias == 0.0:
-                    tr["e_heard"] = heard
+                won, _ = stream.finish()
                 if won > 0:
                     tr[f"e_{kind}"] = -bias
                     break
@@ -185,11 +186,25 @@ def transcript_accuracy(trials: list[dict], tag: str) -> float:
     )
 
 
-def pick_threshold(impostor: list[float], target_fa: float) -> float:
+def edge_threshold(impostor: list[float], target_fa: float) -> float:
     """Smallest threshold with acceptance (score >= thr) of at most target_fa."""
     s = sorted(impostor, reverse=True)
     k = int(np.floor(target_fa * len(s)))  # this many impostors may pass
     return float(np.nextafter(s[k], np.inf)) if k < len(s) else float("-inf")
+
+
+def pick_threshold(genuine: list[float], impostor: list[float], target_fa: float) -> float:
+    """Mid-gap rule: halfway between the edge threshold (target_fa on calibration) and the
+    genuine 1st percentile, when the edge is below it; else the edge itself.
+
+    The plain edge rule sits right on the highest calibration impostors, so held-out
+    impostors just beyond them pass: it gave 1.7 % wrong-content acceptance held out
+    (docs/challenge.md); halfway into the gap keeps a margin on both sides.
+    """
+    edge = edge_threshold(impostor, target_fa)
+    g = [x for x in genuine if x > -1e8]
+    low = float(np.quantile(g, 0.01)) if g else edge
+    return (edge + low) / 2 if low > edge else edge
 
 
 def rates(trials: list[dict], tag: str, thr: float) -> dict[str, float]:
@@ -212,7 +227,9 @@ def two_fold(trials: list[dict], tag: str, target_fa: float) -> dict:
     for calib, report in ((half[0], half[1]), (half[1], half[0])):
         cal = [t for t in trials if t["speaker"] in calib]
         rep = [t for t in trials if t["speaker"] in report]
-        thr = pick_threshold([t[f"{tag}_wrong"] for t in cal], target_fa)
+        thr = pick_threshold(
+            [t[f"{tag}_prompt"] for t in cal], [t[f"{tag}_wrong"] for t in cal], target_fa
+        )
         out["thresholds"].append(thr)
         out["folds"].append(rates(rep, tag, thr))
         pooled += [
@@ -226,21 +243,41 @@ def two_fold(trials: list[dict], tag: str, target_fa: float) -> dict:
         "one_digit_off_accept": float(arr[:, 2].mean()),
         "n": len(arr),
     }
-    # Also the threshold from ALL data at target_fa (what a deployment would ship).
-    out["all_data_threshold"] = pick_threshold([t[f"{tag}_wrong"] for t in trials], target_fa)
+    # Also the threshold from ALL data (what the shipped default is set from).
+    out["all_data_threshold"] = pick_threshold(
+        [t[f"{tag}_prompt"] for t in trials], [t[f"{tag}_wrong"] for t in trials], target_fa
+    )
+    # And the plain edge rule, for comparison.
+    edge = []
+    for calib, report in ((half[0], half[1]), (half[1], half[0])):
+        thr = edge_threshold(
+            [t[f"{tag}_wrong"] for t in trials if t["speaker"] in calib], target_fa
+        )
+        edge += [
+            (t[f"{tag}_prompt"] >= thr, t[f"{tag}_wrong"] >= thr)
+            for t in trials
+            if t["speaker"] in report
+        ]
+    e = np.array(edge)
+    out["held_out_edge_rule"] = {
+        "genuine_accept": float(e[:, 0].mean()),
+        "wrong_content_accept": float(e[:, 1].mean()),
+    }
     return out
 
 
 def replay_bench(trials: list[dict], seed: int) -> dict:
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        det = ReplayDetector(Path(tmp) / "replay.db", window_s=3600)
+        det = ReplayDetector(Path(tmp) / "replay.db", window_s=10**7)
         now = 1000.0
-        false_alarms, sims_live = 0, []
-        for t in trials:  # live attempts: every one a fresh recording
+        false_alarms, sims_live, shared = 0, [], []
+        for i, t in enumerate(trials):  # live attempts: no two are the same waveform...
             r = det.check_and_add(t["pcm"], now)
             false_alarms += r.is_replay
             sims_live.append(r.similarity)
+            if r.is_replay:  # ...but strings built from a finite pool can share recordings
+                shared.append(max(common_run(t["paths"], u["paths"]) for u in trials[:i]))
             now += 10
         caught: dict[str, list[bool]] = defaultdict(list)
         sims: dict[str, list[float]] = defaultdict(list)
@@ -264,10 +301,23 @@ def replay_bench(trials: list[dict], seed: int) -> dict:
     return {
         "live_attempts": len(trials),
         "live_false_replay": false_alarms,
+        "false_replays_share_recordings_in_a_row": shared,
         "live_similarity_max": float(max(sims_live)),
         "caught": {k: float(np.mean(v)) for k, v in caught.items()},
         "replay_similarity_min": {k: float(min(v)) for k, v in sims.items()},
     }
+
+
+def common_run(a: list[Path], b: list[Path]) -> int:
+    """Longest run of the same recordings in the same order in two strings."""
+    best = 0
+    for i in range(len(a)):
+        for j in range(len(b)):
+            k = 0
+            while i + k < len(a) and j + k < len(b) and a[i + k] == b[j + k]:
+                k += 1
+            best = max(best, k)
+    return best
 
 
 def latency_bench(rec, trials: list[dict], runs: int, use_templates: bool) -> dict:  # type: ignore[no-untyped-def]

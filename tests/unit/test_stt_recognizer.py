@@ -153,3 +153,13 @@ def test_a_take_without_speech_gives_no_templates() -> None:
         templates_from_takes([(np.zeros(16000, np.int16), "123")])
     with pytest.raises(TemplateError, match="not a digit string"):
         templates_from_takes([(np.zeros(16000, np.int16), "12a")])
+
+
+def test_pocketsphinx_results_do_not_depend_on_earlier_answers() -> None:
+    first, second = say_digits("40712", 140), say_digits("456", 160)
+    alone = load_recognizer(SttConfig()).check_prompt(first, digits_to_words("40712"))
+    rec = load_recognizer(SttConfig())
+    rec.check_prompt(second, digits_to_words("456"))
+    rec.transcribe(second)
+    after = rec.check_prompt(first, digits_to_words("40712"))
+    assert after == alone
