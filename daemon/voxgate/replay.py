@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 SPEC = MfccSpec(win_ms=32.0, step_ms=10.0, n_mels=33, f_min=200.0, f_max=5000.0)
 MAX_SHIFT = 30  # frames (+-300 ms) searched when comparing two answers
 MIN_FRAMES = 20  # shorter answers (200 ms of speech) are too short to fingerprint
-DEFAULT_THRESHOLD = 0.75  # similarity at or above this is a replay (see docs/challenge.md)
+LOUD_DB = 30.0  # frames this far below the loudest are pauses
+SUB_HOP = (0, 40, 80, 120)  # samples (2.5 ms steps) tried when comparing a new answer
+DEFAULT_THRESHOLD = 0.85  # similarity at or above this is a replay (docs/challenge.md)
 SCHEMA_VERSION = 1
 
 
@@ -36,35 +38,55 @@ class ReplayResult:
     matched_at: float | None  # when the matching earlier attempt was made
 
 
-def fingerprint(pcm: np.ndarray) -> np.ndarray:
-    """uint32 per frame over the loud part of the recording (silence at the ends trimmed)."""
+Fingerprint = tuple[np.ndarray, np.ndarray]  # (uint32 bits per frame, bool "loud" per frame)
+
+
+def fingerprint(pcm: np.ndarray) -> Fingerprint:
+    """Bits per frame over the recording from its first to its last loud frame.
+
+    Pauses inside stay in (so frames keep their timing) but are flagged quiet and left out
+    of comparisons: they carry no identity, and digital silence would make any two
+    answers look alike.
+    """
     lm = log_mel(np.asarray(pcm), SPEC).astype(np.float64)
     if len(lm) < 2:
-        return np.zeros(0, dtype=np.uint32)
+        return np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=bool)
     energy = np.log(np.exp(lm).sum(1) + 1e-10)
-    loud = np.flatnonzero(energy > energy.max() - np.log(10) * 3.5)  # within 35 dB of peak
-    lm = lm[max(0, loud[0] - 1) : loud[-1] + 1]
+    loud = energy > energy.max() - np.log(10) * LOUD_DB / 10
+    idx = np.flatnonzero(loud)
+    lo, hi = max(0, idx[0] - 1), idx[-1] + 1
+    lm, loud = lm[lo:hi], loud[lo + 1 : hi]
     band = lm[:, :-1] - lm[:, 1:]
     bits = (band[1:] - band[:-1]) > 0  # (frames-1, 32)
     weights = (1 << np.arange(32, dtype=np.uint64)).astype(np.uint64)
-    return (bits.astype(np.uint64) @ weights).astype(np.uint32)
+    return (bits.astype(np.uint64) @ weights).astype(np.uint32), loud
 
 
-def similarity(a: np.ndarray, b: np.ndarray, max_shift: int = MAX_SHIFT) -> float:
-    """1 - the lowest bit error rate over offsets; the overlap must cover 80 % of the shorter."""
-    if min(len(a), len(b)) < MIN_FRAMES:
+def similarity(a: Fingerprint, b: Fingerprint, max_shift: int = MAX_SHIFT) -> float:
+    """1 - the lowest bit error rate over offsets, on frames loud in either answer (a frame
+    loud in one and quiet in the other counts as unlike); at least 80 % of the shorter
+    answer's loud frames must overlap. All offsets are compared in one vectorised pass."""
+    (fa, la), (fb, lb) = a, b
+    if min(int(la.sum()), int(lb.sum())) < MIN_FRAMES:
         return 0.0
-    need = int(0.8 * min(len(a), len(b)))
-    best = 1.0
-    for shift in range(-max_shift, max_shift + 1):
-        x = a[max(0, shift) :]
-        y = b[max(0, -shift) :]
-        n = min(len(x), len(y))
-        if n < need:
-            continue
-        ber = np.bitwise_count(x[:n] ^ y[:n]).sum() / (32.0 * n)
-        best = min(best, float(ber))
-    return 1.0 - best
+    need = int(0.8 * min(int(la.sum()), int(lb.sum())))
+    n, s = len(fa), max_shift
+    # b padded so that window k of length n holds b[i + k - s] for every frame i of a.
+    size = n + 2 * s
+    pb = np.zeros(size, dtype=np.uint32)
+    pl = np.zeros(size, dtype=bool)
+    inside = np.zeros(size, dtype=bool)
+    m = min(len(fb), size - s)
+    pb[s : s + m], pl[s : s + m], inside[s : s + m] = fb[:m], lb[:m], True
+    win = np.lib.stride_tricks.sliding_window_view
+    bits, loud, real = win(pb, n), win(pl, n), win(inside, n)  # (2s+1, n)
+    counted = (loud | la[None, :]) & real
+    counts = counted.sum(1)
+    errors = np.where(counted, np.bitwise_count(bits ^ fa[None, :]), 0).sum(1)
+    ok = counts >= max(need, 1)
+    if not ok.any():
+        return 0.0
+    return float(1.0 - (errors[ok] / (32.0 * counts[ok])).min())
 
 
 class ReplayDetector:
@@ -93,7 +115,7 @@ class ReplayDetector:
                 self._db.execute(
                     "CREATE TABLE IF NOT EXISTS fingerprints ("
                     " id INTEGER PRIMARY KEY, created_at REAL NOT NULL,"
-                    " frames INTEGER NOT NULL, fp BLOB NOT NULL)"
+                    " frames INTEGER NOT NULL, fp BLOB NOT NULL, loud BLOB NOT NULL)"
                 )
                 self._db.execute("CREATE INDEX IF NOT EXISTS fp_time ON fingerprints(created_at)")
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -101,24 +123,36 @@ class ReplayDetector:
             raise ReplayStoreError(f"{self.path}: schema version {version} is not supported")
 
     def check_and_add(self, pcm: np.ndarray, now: float) -> ReplayResult:
-        fp = fingerprint(pcm)
+        pcm = np.asarray(pcm)
+        fp, loud = fingerprint(pcm)
+        # The replay may be shifted by a fraction of the 10 ms hop: compare the answer at
+        # four sub-hop offsets too (stored: offset 0 only).
+        views = [(fp, loud)] + [fingerprint(pcm[k:]) for k in SUB_HOP[1:]]
         with self._lock:
             self._prune(now)
             best, when = 0.0, None
-            if len(fp) >= MIN_FRAMES:
-                lo, hi = int(len(fp) * 0.75), int(len(fp) / 0.75) + 1
+            count = int(loud.sum())
+            if count >= MIN_FRAMES:
+                lo, hi = int(count * 0.8), int(count / 0.8) + 1
                 rows = self._db.execute(
-                    "SELECT created_at, fp FROM fingerprints WHERE frames BETWEEN ? AND ?",
+                    "SELECT created_at, fp, loud FROM fingerprints WHERE frames BETWEEN ? AND ?",
                     (lo, hi),
                 )
-                for created, blob in rows:
-                    sim = similarity(fp, np.frombuffer(blob, dtype=np.uint32))
+                for created, blob, mask in rows:
+                    other = (
+                        np.frombuffer(blob, dtype="<u4"),
+                        np.unpackbits(np.frombuffer(mask, dtype=np.uint8))[: len(blob) // 4].astype(
+                            bool
+                        ),
+                    )
+                    sim = max(similarity(v, other) for v in views)
                     if sim > best:
                         best, when = sim, created
                 with self._db:
                     self._db.execute(
-                        "INSERT INTO fingerprints (created_at, frames, fp) VALUES (?, ?, ?)",
-                        (now, len(fp), fp.astype("<u4").tobytes()),
+                        "INSERT INTO fingerprints (created_at, frames, fp, loud)"
+                        " VALUES (?, ?, ?, ?)",
+                        (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes()),
                     )
         is_replay = best >= self.threshold
         if is_replay:

@@ -68,8 +68,9 @@ def test_only_fingerprints_are_stored_and_they_persist(tmp_path: Path) -> None:
     det.check_and_add(pcm, now=0.0)
     det.close()
     with sqlite3.connect(path) as db:
-        (blob,) = db.execute("SELECT fp FROM fingerprints").fetchone()
-    assert len(blob) < len(pcm.tobytes()) / 4  # a fingerprint, far smaller than the audio
+        (blob, mask) = db.execute("SELECT fp, loud FROM fingerprints").fetchone()
+    # a fingerprint, far smaller than the audio
+    assert len(blob) + len(mask) < len(pcm.tobytes()) / 4
     again = ReplayDetector(path, window_s=3600)  # a restarted daemon still knows it
     assert again.check_and_add(pcm, now=5.0).is_replay
 
@@ -91,8 +92,10 @@ def test_silence_and_tiny_inputs_do_not_crash(tmp_path: Path) -> None:
     for pcm in (np.zeros(0, np.int16), np.zeros(100, np.int16), np.zeros(16000, np.int16)):
         res = det.check_and_add(pcm, now=1.0)
         assert not res.is_replay
-    assert len(fingerprint(np.zeros(0, np.int16))) == 0
-    assert similarity(np.zeros(3, np.uint32), np.zeros(3, np.uint32)) == 0.0
+    bits, loud = fingerprint(np.zeros(0, np.int16))
+    assert len(bits) == 0 and len(loud) == 0
+    tiny = (np.zeros(3, np.uint32), np.ones(3, bool))
+    assert similarity(tiny, tiny) == 0.0  # too short to judge
 
 
 def test_a_foreign_file_is_a_clear_error(tmp_path: Path) -> None:

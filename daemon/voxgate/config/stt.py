@@ -42,7 +42,7 @@ class SttConfig(Section):
         "they cover the prompt (much stronger than the engine alone; see docs/challenge.md).",
     )
     template_threshold: float = Field(
-        0.6,
+        0.76,
         ge=0,
         le=10,
         description="Template check: largest accepted per-frame cost gap between the prompt "
