@@ -6,8 +6,9 @@ It has the same tensors as the real model's acoustic graph:
   outputs logits [1, 16, 29] (softmax), new_state_c [1, S], new_state_h [1, S]
 so the whole voxgate path (front end, 16-step chunks, state carried across chunks, CTC
 decoding) runs against LiteRT. With --full-size OUT it instead writes a random-weight model
-with the release's sizes (not committed: ~47 MB) so latency and memory can be measured. The weights are also written to tiny_weights.npz so tests can
-check LiteRT's output against a plain numpy version of the same network.
+with the release's sizes (not committed: ~47 MB) so latency and memory can be measured.
+The tiny model's weights are also written to tiny_weights.npz so tests can check LiteRT's
+output against a plain numpy version of the same network.
 
 TensorFlow is needed only here, at build time (a separate venv is fine):
   python -m venv /tmp/tf && /tmp/tf/bin/pip install tensorflow-cpu
