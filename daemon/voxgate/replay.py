@@ -62,6 +62,14 @@ def fingerprint(pcm: np.ndarray) -> Fingerprint:
     return (bits.astype(np.uint64) @ weights).astype(np.uint32), loud
 
 
+_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits per uint32 (np.bitwise_count needs numpy 2; the project allows 1.24+)."""
+    return _POP8[x.astype(np.uint32)[..., None].view(np.uint8)].sum(-1, dtype=np.int32)
+
+
 def similarity(a: Fingerprint, b: Fingerprint, max_shift: int = MAX_SHIFT) -> float:
     """1 - the lowest bit error rate over offsets, on frames loud in either answer (a frame
     loud in one and quiet in the other counts as unlike); at least 80 % of the shorter
@@ -82,7 +90,7 @@ def similarity(a: Fingerprint, b: Fingerprint, max_shift: int = MAX_SHIFT) -> fl
     bits, loud, real = win(pb, n), win(pl, n), win(inside, n)  # (2s+1, n)
     counted = (loud | la[None, :]) & real
     counts = counted.sum(1)
-    errors = np.where(counted, np.bitwise_count(bits ^ fa[None, :]), 0).sum(1)
+    errors = np.where(counted, _popcount(bits ^ fa[None, :]), 0).sum(1)
     ok = counts >= max(need, 1)
     if not ok.any():
         return 0.0
