@@ -21,6 +21,49 @@ class SttConfig(Section):
     deepspeech_sha256: str | None = Field(
         None, pattern=r"^[0-9a-f]{64}$", description="Expected sha256 of deepspeech_model."
     )
+    deepspeech_beam: int = Field(
+        16, ge=1, le=512, description="CTC beam width of the DeepSpeech decoder."
+    )
+    deepspeech_xnnpack: bool = Field(
+        False,
+        description="Run DeepSpeech with LiteRT's XNNPACK delegate: ~25 % faster but ~590 MB "
+        "resident instead of ~60 MB (weights unpacked to float).",
+    )
+    deepspeech_threshold: float = Field(
+        -2.0,
+        ge=-100,
+        le=0,
+        description="Prompt check without templates, DeepSpeech: minimum per-word log-probability "
+        "ratio of the prompt against the best free digit string.",
+    )
+    use_templates: bool = Field(
+        True,
+        description="Check digit prompts against the user's own enrolled digit templates when "
+        "they cover the prompt (much stronger than the engine alone; see docs/challenge.md).",
+    )
+    template_threshold: float = Field(
+        0.76,
+        ge=0,
+        le=10,
+        description="Template check: largest accepted per-frame cost gap between the prompt "
+        "and the best free digit string (set from data, docs/challenge.md).",
+    )
+    pocketsphinx_prompt_bias: float = Field(
+        0.0,
+        ge=-50,
+        le=50,
+        description="Prompt check without templates, pocketsphinx: log10 prior weight of the "
+        "prompt against any other digit string (higher accepts more; set from data).",
+    )
+    min_speech_s: float = Field(
+        0.25, ge=0.05, le=5, description="Less speech than this in an answer means 'try again'."
+    )
+    max_answer_s: float = Field(
+        20.0,
+        ge=2,
+        le=120,
+        description="Longer answers are not decoded (bounded work) and mean 'try again'.",
+    )
 
 
 class ChallengeConfig(Section):

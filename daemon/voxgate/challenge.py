@@ -1,0 +1,144 @@
+"""Spoken challenges: a fresh CSPRNG digit string (or the fixed passphrase), one use only.
+
+The Challenge object is published on MQTT for a display or TTS (by the mqtt stage) and may
+be spoken locally with espeak-ng. ChallengeBook hands each nonce out for exactly one answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+
+from voxgate.config.stt import ChallengeConfig
+from voxgate.stt.base import digits_to_words
+
+log = logging.getLogger(__name__)
+
+
+class ChallengeError(Exception):
+    """A challenge that cannot be used: unknown, already used or expired (str() says which)."""
+
+
+@dataclass(frozen=True)
+class Challenge:
+    text: str  # the digits ("40712") or the passphrase
+    words: tuple[str, ...]  # what must be said, as dictionary words
+    nonce: str  # 128-bit random, hex; ties the answer and the signed decision together
+    issued_at: float
+    expires_at: float
+    mode: str = "digits"
+
+    @property
+    def digits(self) -> str | None:
+        return self.text if self.mode == "digits" else None
+
+    def expired(self, now: float) -> bool:
+        return now >= self.expires_at
+
+    def spoken_form(self) -> str:
+        """What a display or TTS should say: digits one by one, with pauses."""
+        return ", ".join(self.words)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "mode": self.mode,
+            "text": self.text,
+            "words": list(self.words),
+            "nonce": self.nonce,
+            "issued_at": self.issued_at,
+            "expires_at": self.expires_at,
+        }
+
+
+def new_challenge(cfg: ChallengeConfig, now: float) -> Challenge:
+    """A new challenge; raises ChallengeError when the config asks for none."""
+    nonce = secrets.token_hex(16)
+    expires = now + cfg.timeout_s
+    if cfg.mode == "digits":
+        text = "".join(secrets.choice("0123456789") for _ in range(cfg.length))
+        return Challenge(text, digits_to_words(text), nonce, now, expires, "digits")
+    if cfg.mode == "passphrase":
+        phrase = (cfg.passphrase or "").strip().lower()
+        words = tuple(phrase.split())
+        if not words:
+            raise ChallengeError("challenge.mode is passphrase but challenge.passphrase is empty")
+        return Challenge(" ".join(words), words, nonce, now, expires, "passphrase")
+    raise ChallengeError("challenge.mode is off: no spoken challenge")
+
+
+def enrollment_prompts(takes: int = 4, length: int = 5) -> list[str]:
+    """Prompts for enrollment takes that together say every digit about equally often.
+
+    The template check needs each digit at least twice per user; 4 takes of 5 digits give
+    exactly two of each. The order is shuffled with the CSPRNG.
+    """
+    if takes * length < 10:
+        raise ValueError("enrollment needs at least 10 digits in total to cover every digit")
+    rng = secrets.SystemRandom()
+    pool: list[str] = []
+    while len(pool) < takes * length:
+        batch = list("0123456789")
+        rng.shuffle(batch)
+        pool += batch
+    pool = pool[: takes * length]
+    rng.shuffle(pool)
+    return ["".join(pool[i * length : (i + 1) * length]) for i in range(takes)]
+
+
+class ChallengeBook:
+    """Outstanding challenges; each is redeemed at most once and only before it expires."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self._open: dict[str, Challenge] = {}
+        self._lock = threading.Lock()
+        self.limit = limit
+
+    def issue(self, cfg: ChallengeConfig, now: float) -> Challenge:
+        ch = new_challenge(cfg, now)
+        with self._lock:
+            self._drop_expired(now)
+            while len(self._open) >= self.limit:  # bounded: the oldest goes first
+                self._open.pop(next(iter(self._open)))
+            self._open[ch.nonce] = ch
+        return ch
+
+    def redeem(self, nonce: str, now: float) -> Challenge:
+        """Take the challenge out of the book (whatever happens next it cannot be reused)."""
+        with self._lock:
+            ch = self._open.pop(nonce, None)
+        if ch is None:
+            raise ChallengeError("unknown or already used challenge")
+        if ch.expired(now):
+            raise ChallengeError(f"challenge expired {now - ch.expires_at:.1f} s ago")
+        return ch
+
+    def pending(self, now: float) -> int:
+        with self._lock:
+            self._drop_expired(now)
+            return len(self._open)
+
+    def _drop_expired(self, now: float) -> None:
+        for n in [n for n, c in self._open.items() if c.expired(now)]:
+            del self._open[n]
+
+
+def speak(challenge: Challenge, voice: str = "en", wpm: int = 140) -> bool:
+    """Say the challenge with espeak-ng (non-blocking). False when espeak-ng is missing."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        log.warning("challenge.speak is on but espeak-ng is not installed")
+        return False
+    try:
+        subprocess.Popen(
+            [exe, "-v", voice, "-s", str(wpm), challenge.spoken_form()],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError as exc:
+        log.warning("espeak-ng failed: %s", exc)
+        return False
+    return True

@@ -1,0 +1,188 @@
+"""Replay detection: fingerprint every answer and reject near-duplicates of earlier ones.
+
+A recording played back at the door is the same waveform as an earlier attempt (perhaps
+louder or quieter, a little earlier or later). A live person never says the same thing
+twice in exactly the same way. The fingerprint is one 32-bit word per 10 ms frame: the
+signs of the band-energy differences across frequency and time on a log-mel scale, which
+do not change with volume. Two answers are compared at every offset up to MAX_SHIFT frames;
+similarity = 1 - bit error rate. Only fingerprints are stored (SQLite), never audio.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voxgate.stt.mfcc import MfccSpec, log_mel
+
+log = logging.getLogger(__name__)
+
+SPEC = MfccSpec(win_ms=32.0, step_ms=10.0, n_mels=33, f_min=200.0, f_max=5000.0)
+MAX_SHIFT = 30  # frames (+-300 ms) searched when comparing two answers
+MIN_FRAMES = 20  # shorter answers (200 ms of speech) are too short to fingerprint
+LOUD_DB = 30.0  # frames this far below the loudest are pauses
+SUB_HOP = (0, 40, 80, 120)  # samples (2.5 ms steps) tried when comparing a new answer
+DEFAULT_THRESHOLD = 0.85  # similarity at or above this is a replay (docs/challenge.md)
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    is_replay: bool
+    similarity: float  # best similarity to any kept fingerprint (0..1; ~0.5 = unrelated)
+    matched_at: float | None  # when the matching earlier attempt was made
+
+
+Fingerprint = tuple[np.ndarray, np.ndarray]  # (uint32 bits per frame, bool "loud" per frame)
+
+
+def fingerprint(pcm: np.ndarray) -> Fingerprint:
+    """Bits per frame over the recording from its first to its last loud frame.
+
+    Pauses inside stay in (so frames keep their timing) but are flagged quiet and left out
+    of comparisons: they carry no identity, and digital silence would make any two
+    answers look alike.
+    """
+    lm = log_mel(np.asarray(pcm), SPEC).astype(np.float64)
+    if len(lm) < 2:
+        return np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=bool)
+    energy = np.log(np.exp(lm).sum(1) + 1e-10)
+    loud = energy > energy.max() - np.log(10) * LOUD_DB / 10
+    idx = np.flatnonzero(loud)
+    lo, hi = max(0, idx[0] - 1), idx[-1] + 1
+    lm, loud = lm[lo:hi], loud[lo + 1 : hi]
+    band = lm[:, :-1] - lm[:, 1:]
+    bits = (band[1:] - band[:-1]) > 0  # (frames-1, 32)
+    weights = (1 << np.arange(32, dtype=np.uint64)).astype(np.uint64)
+    return (bits.astype(np.uint64) @ weights).astype(np.uint32), loud
+
+
+_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits per uint32 (np.bitwise_count needs numpy 2; the project allows 1.24+)."""
+    return _POP8[x.astype(np.uint32)[..., None].view(np.uint8)].sum(-1, dtype=np.int32)
+
+
+def similarity(a: Fingerprint, b: Fingerprint, max_shift: int = MAX_SHIFT) -> float:
+    """1 - the lowest bit error rate over offsets, on frames loud in either answer (a frame
+    loud in one and quiet in the other counts as unlike); at least 80 % of the shorter
+    answer's loud frames must overlap. All offsets are compared in one vectorised pass."""
+    (fa, la), (fb, lb) = a, b
+    if min(int(la.sum()), int(lb.sum())) < MIN_FRAMES:
+        return 0.0
+    need = int(0.8 * min(int(la.sum()), int(lb.sum())))
+    n, s = len(fa), max_shift
+    # b padded so that window k of length n holds b[i + k - s] for every frame i of a.
+    size = n + 2 * s
+    pb = np.zeros(size, dtype=np.uint32)
+    pl = np.zeros(size, dtype=bool)
+    inside = np.zeros(size, dtype=bool)
+    m = min(len(fb), size - s)
+    pb[s : s + m], pl[s : s + m], inside[s : s + m] = fb[:m], lb[:m], True
+    win = np.lib.stride_tricks.sliding_window_view
+    bits, loud, real = win(pb, n), win(pl, n), win(inside, n)  # (2s+1, n)
+    counted = (loud | la[None, :]) & real
+    counts = counted.sum(1)
+    errors = np.where(counted, _popcount(bits ^ fa[None, :]), 0).sum(1)
+    ok = counts >= max(need, 1)
+    if not ok.any():
+        return 0.0
+    return float(1.0 - (errors[ok] / (32.0 * counts[ok])).min())
+
+
+class ReplayDetector:
+    """Fingerprints of recent attempts in SQLite; check_and_add() compares and remembers."""
+
+    def __init__(self, path: Path, window_s: float, threshold: float = DEFAULT_THRESHOLD) -> None:
+        self.path = Path(path)
+        self.window_s = window_s
+        self.threshold = threshold
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._init_schema()
+        except sqlite3.DatabaseError as exc:
+            raise ReplayStoreError(
+                f"{self.path}: not a replay-fingerprint database ({exc})"
+            ) from None
+
+    def _init_schema(self) -> None:
+        cur = self._db.execute("PRAGMA user_version")
+        version = cur.fetchone()[0]
+        if version == 0:
+            with self._db:
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS fingerprints ("
+                    " id INTEGER PRIMARY KEY, created_at REAL NOT NULL,"
+                    " frames INTEGER NOT NULL, fp BLOB NOT NULL, loud BLOB NOT NULL)"
+                )
+                self._db.execute("CREATE INDEX IF NOT EXISTS fp_time ON fingerprints(created_at)")
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        elif version != SCHEMA_VERSION:
+            raise ReplayStoreError(f"{self.path}: schema version {version} is not supported")
+
+    def check_and_add(self, pcm: np.ndarray, now: float) -> ReplayResult:
+        pcm = np.asarray(pcm)
+        fp, loud = fingerprint(pcm)
+        # The replay may be shifted by a fraction of the 10 ms hop: compare the answer at
+        # four sub-hop offsets too (stored: offset 0 only).
+        views = [(fp, loud)] + [fingerprint(pcm[k:]) for k in SUB_HOP[1:]]
+        with self._lock:
+            self._prune(now)
+            best, when = 0.0, None
+            count = int(loud.sum())
+            if count >= MIN_FRAMES:
+                lo, hi = int(count * 0.8), int(count / 0.8) + 1
+                rows = self._db.execute(
+                    "SELECT created_at, fp, loud FROM fingerprints WHERE frames BETWEEN ? AND ?",
+                    (lo, hi),
+                )
+                for created, blob, mask in rows:
+                    other = (
+                        np.frombuffer(blob, dtype="<u4"),
+                        np.unpackbits(np.frombuffer(mask, dtype=np.uint8))[: len(blob) // 4].astype(
+                            bool
+                        ),
+                    )
+                    sim = max(similarity(v, other) for v in views)
+                    if sim > best:
+                        best, when = sim, created
+                with self._db:
+                    self._db.execute(
+                        "INSERT INTO fingerprints (created_at, frames, fp, loud)"
+                        " VALUES (?, ?, ?, ?)",
+                        (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes()),
+                    )
+        is_replay = best >= self.threshold
+        if is_replay:
+            log.warning(
+                "replay: answer matches an attempt from %.0f s ago (%.2f)", now - when, best
+            )
+        return ReplayResult(is_replay, best, when if is_replay else None)
+
+    def _prune(self, now: float) -> None:
+        with self._db:
+            self._db.execute(
+                "DELETE FROM fingerprints WHERE created_at < ?", (now - self.window_s,)
+            )
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM fingerprints").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class ReplayStoreError(Exception):
+    """The fingerprint database cannot be opened or has a foreign schema."""

@@ -1,0 +1,93 @@
+"""Challenges: CSPRNG digits, one use, expiry, passphrase mode."""
+
+from __future__ import annotations
+
+import pytest
+from voxgate.challenge import ChallengeBook, ChallengeError, enrollment_prompts, new_challenge
+from voxgate.config.stt import ChallengeConfig
+
+
+def test_digit_challenge_has_the_configured_length_and_words() -> None:
+    ch = new_challenge(ChallengeConfig(length=7, timeout_s=10), now=100.0)
+    assert len(ch.text) == 7 and ch.text.isdigit()
+    assert ch.digits == ch.text
+    assert len(ch.words) == 7
+    assert ch.words[0] in (
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+    )
+    assert ch.expires_at == 110.0 and ch.issued_at == 100.0
+    assert len(ch.nonce) == 32
+    assert ch.spoken_form().count(",") == 6
+
+
+def test_challenges_differ_and_cover_all_digits() -> None:
+    cfg = ChallengeConfig(length=5)
+    seen = [new_challenge(cfg, 0.0) for _ in range(300)]
+    assert len({c.nonce for c in seen}) == 300
+    assert len({c.text for c in seen}) > 290  # 10^5 possibilities
+    assert set("".join(c.text for c in seen)) == set("0123456789")
+
+
+def test_a_challenge_is_redeemed_once_only() -> None:
+    book = ChallengeBook()
+    ch = book.issue(ChallengeConfig(), now=0.0)
+    assert book.redeem(ch.nonce, now=1.0) == ch
+    with pytest.raises(ChallengeError, match="already used"):
+        book.redeem(ch.nonce, now=1.5)
+
+
+def test_an_expired_challenge_is_refused() -> None:
+    book = ChallengeBook()
+    ch = book.issue(ChallengeConfig(timeout_s=5), now=0.0)
+    with pytest.raises(ChallengeError, match="expired"):
+        book.redeem(ch.nonce, now=5.0)
+
+
+def test_the_book_stays_bounded() -> None:
+    book = ChallengeBook(limit=3)
+    issued = [book.issue(ChallengeConfig(timeout_s=100), now=0.0) for _ in range(5)]
+    assert book.pending(now=1.0) == 3
+    with pytest.raises(ChallengeError):
+        book.redeem(issued[0].nonce, now=1.0)
+    assert book.redeem(issued[-1].nonce, now=1.0) == issued[-1]
+
+
+def test_passphrase_mode() -> None:
+    cfg = ChallengeConfig(mode="passphrase", passphrase="  Open   Sesame ")
+    ch = new_challenge(cfg, 0.0)
+    assert ch.words == ("open", "sesame") and ch.text == "open sesame"
+    assert ch.digits is None
+
+
+def test_passphrase_mode_without_a_phrase_and_off_mode_say_why() -> None:
+    with pytest.raises(ChallengeError, match="passphrase is empty"):
+        new_challenge(ChallengeConfig(mode="passphrase"), 0.0)
+    with pytest.raises(ChallengeError, match="off"):
+        new_challenge(ChallengeConfig(mode="off"), 0.0)
+
+
+def test_to_dict_is_json_ready() -> None:
+    import json
+
+    ch = new_challenge(ChallengeConfig(), 0.0)
+    d = json.loads(json.dumps(ch.to_dict()))
+    assert d["text"] == ch.text and d["nonce"] == ch.nonce and d["words"] == list(ch.words)
+
+
+def test_enrollment_prompts_cover_every_digit_twice() -> None:
+    from collections import Counter
+
+    prompts = enrollment_prompts(4, 5)
+    assert len(prompts) == 4 and all(len(p) == 5 and p.isdigit() for p in prompts)
+    assert Counter("".join(prompts)) == Counter("0123456789" * 2)
+    with pytest.raises(ValueError, match="every digit"):
+        enrollment_prompts(1, 5)

@@ -1,0 +1,165 @@
+"""The prompt check end to end on real synthetic speech (espeak-ng) with pocketsphinx.
+
+espeak-ng stands in for a person: enrollment takes at two speaking rates and pitches give
+the templates; the challenge is read at a third. It is one "speaker", as in real use.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from voxgate.audio.file import read_audio
+from voxgate.config.stt import SttConfig
+from voxgate.stt import (
+    DigitTemplates,
+    TemplateError,
+    digits_to_words,
+    load_recognizer,
+    templates_from_takes,
+    words_to_digits,
+)
+from voxgate.stt.base import NO_SPEECH, PROMPT_MISMATCH, TOO_LONG
+from voxgate.stt.recognizer import WRONG_COUNT
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng missing")
+ENROLL = ("01234", "56789", "97531", "86420")
+
+
+def say(text: str, speed: int = 150, pitch: int = 50) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as d:
+        wav = Path(d) / "a.wav"
+        cmd = ["espeak-ng", "-v", "en", "-s", str(speed), "-p", str(pitch), "-w", str(wav), text]
+        subprocess.run(cmd, check=True)
+        return read_audio(wav)
+
+
+def say_digits(digits: str, speed: int = 150, pitch: int = 50) -> np.ndarray:
+    return say(", ".join(digits_to_words(digits)), speed, pitch)
+
+
+@pytest.fixture(scope="module")
+def rec():  # type: ignore[no-untyped-def]
+    return load_recognizer(SttConfig())
+
+
+@pytest.fixture(scope="module")
+def templates() -> DigitTemplates:
+    takes = [(say_digits(d, s, p), d) for d in ENROLL for s, p in ((130, 45), (170, 55))]
+    return templates_from_takes(takes)
+
+
+def test_templates_cover_every_digit_from_prompted_takes(templates: DigitTemplates) -> None:
+    assert templates.digits() == set("0123456789")
+    assert all(len(v) == 4 for v in templates.refs.values())  # each digit said 4 times
+
+
+def test_template_bytes_round_trip(templates: DigitTemplates) -> None:
+    blob = templates.to_bytes()
+    back = DigitTemplates.from_bytes(blob)
+    assert back.digits() == templates.digits()
+    for d in templates.refs:
+        for a, b in zip(templates.refs[d], back.refs[d], strict=True):
+            assert np.array_equal(a, b)
+    with pytest.raises(TemplateError):
+        DigitTemplates.from_bytes(b"garbage")
+
+
+@pytest.mark.parametrize("prompt", ["40712", "93385", "6208"])
+def test_the_prompt_spoken_is_accepted(rec, templates, prompt: str) -> None:  # type: ignore[no-untyped-def]
+    res = rec.check_prompt(say_digits(prompt), digits_to_words(prompt), templates)
+    assert res.ok, res
+    assert res.method == "templates" and res.reason is None
+    assert res.transcript == prompt
+
+
+@pytest.mark.parametrize(("spoken", "prompt"), [("40712", "12345"), ("40712", "40718")])
+def test_other_digits_are_denied(rec, templates, spoken: str, prompt: str) -> None:  # type: ignore[no-untyped-def]
+    res = rec.check_prompt(say_digits(spoken), digits_to_words(prompt), templates)
+    assert not res.ok and not res.retry
+    assert res.reason == PROMPT_MISMATCH
+    assert res.score < res.threshold
+
+
+def test_a_wrong_number_of_digits_is_denied_with_that_reason(rec, templates) -> None:  # type: ignore[no-untyped-def]
+    res = rec.check_prompt(say_digits("4071"), digits_to_words("40712"), templates)
+    assert not res.ok and res.reason == WRONG_COUNT
+    assert res.transcript == "4071"
+
+
+def test_streaming_gives_the_same_result_as_one_call(rec, templates) -> None:  # type: ignore[no-untyped-def]
+    pcm = say_digits("58213")
+    whole = rec.check_prompt(pcm, digits_to_words("58213"), templates)
+    stream = rec.start(digits_to_words("58213"), templates)
+    for i in range(0, len(pcm), 480):  # 30 ms frames, as from the VAD
+        stream.push(pcm[i : i + 480])
+    assert stream.finish() == whole
+
+
+def test_templates_missing_a_digit_fall_back_to_pocketsphinx(rec) -> None:  # type: ignore[no-untyped-def]
+    partial = templates_from_takes([(say_digits("123", 140), "123")])
+    res = rec.check_prompt(say_digits("456"), digits_to_words("456"), partial)
+    assert res.method == "pocketsphinx"
+
+
+@pytest.mark.parametrize("prompt", ["40712", "58213"])
+def test_pocketsphinx_alone_accepts_the_prompt_and_denies_others(rec, prompt: str) -> None:  # type: ignore[no-untyped-def]
+    pcm = say_digits(prompt, 140)
+    res = rec.check_prompt(pcm, digits_to_words(prompt))
+    assert res.ok and res.method == "pocketsphinx"
+    for other in ("99999", prompt[::-1]):
+        res = rec.check_prompt(pcm, digits_to_words(other))
+        assert not res.ok and res.reason in (PROMPT_MISMATCH, WRONG_COUNT)
+
+
+def test_transcribe_gives_digits_under_the_digit_grammar(rec) -> None:  # type: ignore[no-untyped-def]
+    t = rec.transcribe(say_digits("40712", 140))
+    assert t.digits is not None and 3 <= len(t.digits) <= 6
+    assert words_to_digits(tuple(t.text.split())) == t.digits
+
+
+def test_silence_means_try_again(rec, templates) -> None:  # type: ignore[no-untyped-def]
+    res = rec.check_prompt(np.zeros(32000, np.int16), digits_to_words("12345"), templates)
+    assert not res.ok and res.retry and res.reason == NO_SPEECH
+
+
+def test_laughter_and_music_are_not_accepted(rec, templates) -> None:  # type: ignore[no-untyped-def]
+    laugh = say("ha ha ha ha, hee hee hee", 180, 80)
+    t = np.arange(3 * 16000) / 16000
+    chord = sum(np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0, 523.3))
+    music = (3000 * chord * (0.6 + 0.4 * np.sin(2 * np.pi * 2 * t))).astype(np.int16)
+    for pcm in (laugh, music):
+        for tm in (templates, None):
+            res = rec.check_prompt(pcm, digits_to_words("40712"), tm)
+            assert not res.ok, res
+            assert res.reason is not None
+
+
+def test_a_long_monologue_is_cut_off_and_means_try_again(templates) -> None:  # type: ignore[no-untyped-def]
+    speech = say("The quick brown fox jumps over the lazy dog near the old river bank.")
+    reps = int(np.ceil(60 * 16000 / len(speech)))
+    monologue = np.tile(speech, reps)[: 60 * 16000]
+    rec = load_recognizer(SttConfig(max_answer_s=20))
+    res = rec.check_prompt(monologue, digits_to_words("40712"), templates)
+    assert not res.ok and res.retry and res.reason == TOO_LONG
+
+
+def test_a_take_without_speech_gives_no_templates() -> None:
+    with pytest.raises(TemplateError, match="no usable enrollment take"):
+        templates_from_takes([(np.zeros(16000, np.int16), "123")])
+    with pytest.raises(TemplateError, match="not a digit string"):
+        templates_from_takes([(np.zeros(16000, np.int16), "12a")])
+
+
+def test_pocketsphinx_results_do_not_depend_on_earlier_answers() -> None:
+    first, second = say_digits("40712", 140), say_digits("456", 160)
+    alone = load_recognizer(SttConfig()).check_prompt(first, digits_to_words("40712"))
+    rec = load_recognizer(SttConfig())
+    rec.check_prompt(second, digits_to_words("456"))
+    rec.transcribe(second)
+    after = rec.check_prompt(first, digits_to_words("40712"))
+    assert after == alone
