@@ -30,6 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
 from voxgate.audio.file import read_audio
 from voxgate.config.stt import SttConfig
 from voxgate.replay import ReplayDetector

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from voxgate.challenge import ChallengeBook, ChallengeError, enrollment_prompts, new_challenge
 from voxgate.config.stt import ChallengeConfig
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from voxgate.audio.file import read_audio
 from voxgate.replay import ReplayDetector, ReplayStoreError, fingerprint, similarity
 

@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from voxgate.stt import ctc
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "oh"]

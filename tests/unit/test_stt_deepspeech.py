@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from voxgate.config.stt import SttConfig
 from voxgate.stt import SttError, digits_to_words, load_recognizer
 from voxgate.stt.mfcc import DEEPSPEECH, mfcc

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from voxgate.audio.file import read_audio
 from voxgate.config.stt import SttConfig
 from voxgate.stt import (
