@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from voxgate.audio.file import read_audio
+from voxgate.enrollment import prompt_plan
 
 FRAME = 480  # 30 ms at 16 kHz
 OWNER_VOICE = "en+m3"
@@ -65,7 +66,7 @@ def write_secret(path: Path, data: str) -> Path:
 
 
 class Feeder(threading.Thread):
-    """Writes 30 ms frames to the daemon's stdin at real time: queued speech, else room hiss."""
+    """Writes 30 ms frames to the daemon's stdin at real time: queued speech, else silence."""
 
     def __init__(self, pipe: object) -> None:
         super().__init__(daemon=True)
@@ -73,7 +74,6 @@ class Feeder(threading.Thread):
         self.clips: queue.Queue[np.ndarray] = queue.Queue()
         self.stop = threading.Event()
         self.idle = threading.Event()
-        self._rng = np.random.default_rng(7)
 
     def play(self, pcm: np.ndarray) -> None:
         self.idle.clear()
@@ -89,7 +89,7 @@ class Feeder(threading.Thread):
                     current = self.clips.get_nowait()
                 except queue.Empty:
                     self.idle.set()
-                    current = (self._rng.standard_normal(FRAME) * 20).astype(np.int16)
+                    current = np.zeros(FRAME, dtype=np.int16)
             frame, current = current[:FRAME], current[FRAME:]
             if len(frame) < FRAME:
                 frame = np.concatenate([frame, np.zeros(FRAME - len(frame), np.int16)])
@@ -212,15 +212,16 @@ def _run(work: Path, stack: ExitStack) -> int:
 
     step(2, f"enrolling 'alice' (espeak-ng voice {OWNER_VOICE}) from 10 prompted digit strings")
     takes, prompts = [], []
-    for i in range(10):
-        digits = "".join(secrets.choice("0123456789") for _ in range(5))
+    for i, digits in enumerate(prompt_plan(10)):
         path = work / f"take{i}.wav"
         say(spoken(digits), OWNER_VOICE, path)
         takes.append(str(path))
         prompts.append(digits)
         print(f'    take {i + 1}: "{spoken(digits)}"')
     enroll = subprocess.run(
-        [*exe, "enroll", "alice", "-c", str(cfg), "--from", *takes], capture_output=True, text=True
+        [*exe, "enroll", "alice", "-c", str(cfg), "--from", *takes, "--prompts", *prompts],
+        capture_output=True,
+        text=True,
     )
     print("    " + "\n    ".join((enroll.stdout + enroll.stderr).strip().splitlines()[-4:]))
     if enroll.returncode != 0:

@@ -8,7 +8,6 @@ docs/speaker-verification.md). A rejected take is named with its reason, never a
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +131,56 @@ def check_takes(
     return EnrollResult(l2_normalize(emb) if good else emb, ordered, speech, tuple(problems))
 
 
-def prompt_digits(n: int = 4) -> str:
-    """A random digit string to read aloud for one take (like a door challenge)."""
-    return " ".join(str(secrets.randbelow(10)) for _ in range(n))
+TEMPLATES_META = "digit_templates"  # key in the sealed voiceprint meta (base64 npz)
+
+
+def prompt_plan(takes: int, length: int = 5) -> list[str]:
+    """Prompts for `takes` takes that say every digit about equally often (so the spoken
+    challenge can use the person's own digit templates), as digit strings."""
+    from voxgate.challenge import enrollment_prompts
+
+    plan: list[str] = []
+    while len(plan) < takes:
+        plan += enrollment_prompts(takes=4, length=length)
+    return plan[:takes]
+
+
+def attach_templates(
+    meta: dict[str, Any], result: EnrollResult, takes: list[np.ndarray], prompts: list[str]
+) -> None:
+    """Cut the accepted, prompted takes into per-digit templates and keep them in `meta`.
+
+    Templates are biometric data like the embeddings: they live inside the sealed voiceprint.
+    Without them the spoken challenge falls back to the speaker-independent engine check.
+    """
+    from base64 import b64encode
+
+    from voxgate.stt import TemplateError, templates_from_takes
+
+    pairs = [(takes[t.index - 1], prompts[t.index - 1]) for t in result.accepted]
+    pairs = [(pcm, p.replace(" ", "")) for pcm, p in pairs if p]
+    if not pairs:
+        return
+    try:
+        tm = templates_from_takes(pairs)
+    except TemplateError as exc:
+        log.warning("no digit templates from the enrollment takes: %s", exc)
+        return
+    meta[TEMPLATES_META] = b64encode(tm.to_bytes()).decode()
+    meta["template_digits"] = "".join(sorted(tm.digits()))
+
+
+def templates_of(meta: dict[str, Any]) -> Any:
+    """The DigitTemplates kept in a voiceprint's meta, or None."""
+    blob = meta.get(TEMPLATES_META)
+    if not blob:
+        return None
+    from base64 import b64decode
+
+    from voxgate.stt import DigitTemplates, TemplateError
+
+    try:
+        return DigitTemplates.from_bytes(b64decode(blob))
+    except (TemplateError, ValueError) as exc:
+        log.error("stored digit templates are unreadable (%s); re-enroll to restore them", exc)
+        return None

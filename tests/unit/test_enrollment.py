@@ -11,7 +11,7 @@ import pytest
 
 from voxgate.audio.file import read_audio
 from voxgate.config.speaker import SpeakerConfig
-from voxgate.enrollment import check_takes, find_outliers, prompt_digits, take_problem
+from voxgate.enrollment import check_takes, find_outliers, take_problem
 from voxgate.quality import assess, gate_reasons
 from voxgate.voiceprints import l2_normalize
 
@@ -70,11 +70,6 @@ def test_find_outliers_names_the_odd_take() -> None:
     assert loo[3] < np.median(loo) - 0.5
     assert find_outliers(takes)[0] == []  # a consistent set loses nothing
     assert find_outliers(mixed[:2])[0] == []  # two takes: nothing to compare against
-
-
-def test_prompt_digits() -> None:
-    p = prompt_digits(4)
-    assert len(p.split()) == 4 and all(d.isdigit() for d in p.split())
 
 
 @needs_espeak

@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples="""
         voxgate enroll alice
         voxgate enroll alice --from take1.wav take2.wav take3.wav take4.wav take5.wav
+        voxgate enroll alice --from t1.wav t2.wav --prompts 40712 95368   # what each take says
         voxgate enroll alice --replace -c /etc/voxgate/voxgate.yaml
         """,
     )
@@ -50,6 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="FILE",
         help="enrollment takes as WAV/FLAC files, one take per file (default: microphone)",
+    )
+    p.add_argument(
+        "--prompts",
+        nargs="+",
+        metavar="DIGITS",
+        help="with --from: the digit string each file says, in the same order; the spoken "
+        "challenge then checks answers against this person's own digits",
     )
     p.add_argument("--replace", action="store_true", help="re-enroll a user who exists")
     p.add_argument(
@@ -72,15 +80,19 @@ def _print_takes(result: Any, labels: list[str]) -> None:
         print(line)
 
 
-def _record_takes(cfg: Any, embedder: Any, max_takes: int) -> tuple[list[np.ndarray], Any]:
+def _record_takes(
+    cfg: Any, embedder: Any, max_takes: int
+) -> tuple[list[np.ndarray], list[str], Any]:
     """Guided microphone enrollment: prompt, record to end of speech, check, repeat."""
     from voxgate.audio import AudioError, open_source
-    from voxgate.enrollment import check_takes, prompt_digits, take_problem
+    from voxgate.enrollment import check_takes, prompt_plan, take_problem
     from voxgate.quality import assess
     from voxgate.vad import Endpointer, SpeechEnded
 
     sp = cfg.speaker
     takes: list[np.ndarray] = []
+    said: list[str] = []
+    plan = prompt_plan(max_takes)
     speech = 0.0
     result = None
     try:
@@ -91,7 +103,8 @@ def _record_takes(cfg: Any, embedder: Any, max_takes: int) -> tuple[list[np.ndar
         frames = source.frames(cfg.audio.frame_ms)
         ep = Endpointer(cfg.vad, cfg.audio.frame_ms)
         for attempt in range(1, max_takes + 1):
-            print(f"\ntake {attempt}: say   {prompt_digits(4)}", flush=True)
+            prompt = plan[attempt - 1]
+            print(f"\ntake {attempt}: say   {' '.join(prompt)}", flush=True)
             pcm = None
             for frame in frames:
                 ended = [e for e in ep.feed(frame) if isinstance(e, SpeechEnded)]
@@ -107,6 +120,7 @@ def _record_takes(cfg: Any, embedder: Any, max_takes: int) -> tuple[list[np.ndar
                 print(f"  not used: {REASONS[problem]} ({q.speech_s:.1f} s, {q.snr_db:.0f} dB)")
                 continue
             takes.append(pcm)
+            said.append(prompt)
             speech += q.speech_s
             print(
                 f"  ok: {q.speech_s:.1f} s of speech, SNR {q.snr_db:.0f} dB   progress: "
@@ -120,18 +134,24 @@ def _record_takes(cfg: Any, embedder: Any, max_takes: int) -> tuple[list[np.ndar
                 # An outlier was dropped: keep only the good takes and record more.
                 _print_takes(result, [f"mic take {i}" for i in range(1, len(takes) + 1)])
                 takes = [takes[t.index - 1] for t in result.accepted]
+                said = [said[t.index - 1] for t in result.accepted]
                 speech = result.speech_s
     if result is None or len(result.takes) != len(takes):
         result = check_takes(takes, embedder, sp, cfg.vad)
-    return takes, result
+    return takes, said, result
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
-    from voxgate.enrollment import check_takes
+    from voxgate.enrollment import attach_templates, check_takes
     from voxgate.voiceprints import StoreError, normalize_name
+
+    if args.prompts and (not args.files or len(args.prompts) != len(args.files)):
+        return fail("--prompts needs --from and one digit string per file")
+    if args.prompts and not all(p.isdigit() for p in args.prompts):
+        return fail("--prompts takes digit strings, e.g. --prompts 40712 95368")
 
     try:
         name = normalize_name(args.name)
@@ -145,10 +165,11 @@ def run(args: argparse.Namespace) -> int:
             embedder = load_embedder(cfg)
             if args.files:
                 takes = [read_file(f) for f in args.files]
+                prompts = list(args.prompts or [""] * len(takes))
                 labels = list(args.files)
                 result = check_takes(takes, embedder, cfg.speaker, cfg.vad)
             else:
-                takes, result = _record_takes(cfg, embedder, args.max_takes)
+                takes, prompts, result = _record_takes(cfg, embedder, args.max_takes)
                 labels = [f"mic take {i}" for i in range(1, len(takes) + 1)]
         except CommandError as exc:
             return fail(str(exc))
@@ -166,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
             "speech_s": round(result.speech_s, 1),
             "source": "files" if args.files else "microphone",
         }
+        attach_templates(meta, result, takes, prompts)
         try:
             store.replace(name, result.embeddings, embedder.model_id, meta)
         except StoreError as exc:

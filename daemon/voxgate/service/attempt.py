@@ -59,10 +59,11 @@ def conclude(
     liveness: LivenessLike | None = (
         a.prompt_stream.finish() if a.prompt_stream is not None else None
     )
+    identified = speaker.user if speaker is not None and speaker.accepted else None
+    liveness = _own_digits_check(a, utt, stages, a.claimed_user or identified) or liveness
     replay: ReplayLike | None = (
         stages.replay.check_and_add(utt.pcm, now) if stages.replay is not None else None
     )
-    identified = speaker.user if speaker is not None and speaker.accepted else None
     lock_user = a.claimed_user or identified
     expired = (
         a.challenge is not None
@@ -93,3 +94,20 @@ def conclude(
         speech_s=utt.speech_s,
     )
     return Conclusion(result, lock_user, record)
+
+
+def _own_digits_check(
+    a: Attempt, utt: Utterance, stages: Stages, user: str | None
+) -> LivenessLike | None:
+    """Check the answer against the person's own enrolled digits, when we know who it is
+    and their templates cover the prompt: far stronger than the speaker-independent engine
+    (docs/challenge.md). None means: keep the engine's result."""
+    if user is None or a.challenge is None or stages.templates_for is None:
+        return None
+    if stages.recognizer is None:
+        return None
+    templates = stages.templates_for(user)
+    digits = getattr(a.challenge, "digits", None)
+    if templates is None or not digits or not templates.covers(digits):
+        return None
+    return stages.recognizer.check_prompt(utt.pcm, a.challenge.words, user_templates=templates)

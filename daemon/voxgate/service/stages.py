@@ -45,6 +45,9 @@ class PromptStream(Protocol):
 
 class Recognizer(Protocol):
     def start(self, words: Sequence[str]) -> PromptStream: ...
+    def check_prompt(
+        self, pcm: np.ndarray, words: Sequence[str], user_templates: Any = None
+    ) -> LivenessLike: ...
 
 
 class Challenge(Protocol):
@@ -108,6 +111,8 @@ class Stages:
     new_challenge: Callable[[ChallengeConfig, float], Challenge] | None = None
     replay: ReplayDetector | None = None
     speak: Callable[[Any], Any] | None = None  # says a challenge aloud (challenge.speak)
+    # The person's own digit templates (from enrollment), for the spoken-challenge check.
+    templates_for: Callable[[str], Any] | None = None
     no_speech_errors: tuple[type[BaseException], ...] = ()  # e.g. embedding.TooShort
     store: Any = None  # voiceprints.VoiceprintStore, shared with the fleet sync and the API
     close: list[Callable[[], None]] = field(default_factory=list)
@@ -168,6 +173,20 @@ def _cohort(cfg: VoxgateConfig, model_id: str) -> Any:
     return cohort.for_model(model_id, getattr(cfg.speaker, "cohort", None))
 
 
+def _templates_lookup(store: Any) -> Callable[[str], Any]:
+    from voxgate.enrollment import templates_of
+
+    def lookup(user: str) -> Any:
+        try:
+            vp = store.get(user)
+        except Exception as exc:  # a damaged row must not take the attempt down
+            log.error("cannot read %s's voiceprint for digit templates: %s", user, exc)
+            return None
+        return templates_of(vp.meta) if vp is not None else None
+
+    return lookup
+
+
 def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
     try:
         from voxgate import embedding, scoring, voiceprints
@@ -221,6 +240,7 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
         new_challenge=new_challenge,
         replay=replay,
         speak=speak,
+        templates_for=_templates_lookup(store) if recognizer is not None else None,
         no_speech_errors=(getattr(embedding, "TooShort", ValueError),),
         store=store,
         close=[source.close, store.close],
