@@ -9,7 +9,7 @@ metrics stay in the loop.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from voxgate.config import VoxgateConfig
@@ -26,7 +26,8 @@ class Attempt:
     claimed_user: str | None
     challenge: Challenge | None = None
     emb_stream: Any = None  # open while the answer is being spoken
-    prompt_stream: Any = None
+    prompt_stream: Any = None  # the speaker-independent engine check, when needed
+    user_streams: dict[str, Any] = field(default_factory=dict)  # checks on own digits
     answer_started_at: float | None = None  # wall clock of the answer's first speech
     ended_at: float = 0.0  # monotonic, end of speech
 
@@ -56,11 +57,8 @@ def conclude(
             speaker = stages.scorer.verify(emb, a.claimed_user)
         else:
             speaker = stages.scorer.identify(emb)
-    liveness: LivenessLike | None = (
-        a.prompt_stream.finish() if a.prompt_stream is not None else None
-    )
     identified = speaker.user if speaker is not None and speaker.accepted else None
-    liveness = _own_digits_check(a, utt, stages, a.claimed_user or identified) or liveness
+    liveness = _liveness(a, a.claimed_user or identified)
     replay: ReplayLike | None = (
         stages.replay.check_and_add(utt.pcm, now) if stages.replay is not None else None
     )
@@ -96,18 +94,10 @@ def conclude(
     return Conclusion(result, lock_user, record)
 
 
-def _own_digits_check(
-    a: Attempt, utt: Utterance, stages: Stages, user: str | None
-) -> LivenessLike | None:
-    """Check the answer against the person's own enrolled digits, when we know who it is
-    and their templates cover the prompt: far stronger than the speaker-independent engine
-    (docs/challenge.md). None means: keep the engine's result."""
-    if user is None or a.challenge is None or stages.templates_for is None:
-        return None
-    if stages.recognizer is None:
-        return None
-    templates = stages.templates_for(user)
-    digits = getattr(a.challenge, "digits", None)
-    if templates is None or not digits or not templates.covers(digits):
-        return None
-    return stages.recognizer.check_prompt(utt.pcm, a.challenge.words, user_templates=templates)
+def _liveness(a: Attempt, user: str | None) -> LivenessLike | None:
+    """The prompt check for whoever the speaker turned out to be: their own digits when
+    they have templates, else the engine; only that stream is finished."""
+    own = a.user_streams.get(user) if user is not None else None
+    if own is not None:
+        return own.finish()
+    return a.prompt_stream.finish() if a.prompt_stream is not None else None

@@ -435,7 +435,18 @@ class Daemon:
         a = self.attempt
         a.emb_stream = self.stages.embedder.stream()
         if self.stages.recognizer is not None and a.challenge is not None:
-            a.prompt_stream = self.stages.recognizer.start(a.challenge.words)
+            words = a.challenge.words
+            digits = getattr(a.challenge, "digits", None)
+            lookup = self.stages.templates_for
+            own = lookup(a.claimed_user) if lookup is not None and digits else {}
+            a.user_streams = {
+                user: self.stages.recognizer.start(words, user_templates=tm)
+                for user, tm in own.items()
+                if tm is not None and tm.covers(digits)
+            }
+            # The engine runs only when someone may answer without templates of their own.
+            if not a.user_streams or len(a.user_streams) < len(own):
+                a.prompt_stream = self.stages.recognizer.start(words)
         a.answer_started_at = a.answer_started_at or self.clock()
         self._push(pre_roll)
 
@@ -446,6 +457,8 @@ class Daemon:
         a.emb_stream.push(pcm)
         if a.prompt_stream is not None:
             a.prompt_stream.push(pcm)
+        for stream in a.user_streams.values():
+            stream.push(pcm)
 
     def _speech_ended(self, utt: Utterance | None) -> None:
         if self.metrics is not None and utt is not None:
@@ -461,6 +474,7 @@ class Daemon:
                 self.sm.move(State.IDLE, "too short to be speech")
             else:  # during a challenge: drop the partial answer, wait for the real one
                 a.emb_stream = a.prompt_stream = None
+                a.user_streams = {}
                 a.answer_started_at = None
             return
         if self.sm.state == State.LISTENING and not a.answering:

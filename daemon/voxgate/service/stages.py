@@ -44,10 +44,7 @@ class PromptStream(Protocol):
 
 
 class Recognizer(Protocol):
-    def start(self, words: Sequence[str]) -> PromptStream: ...
-    def check_prompt(
-        self, pcm: np.ndarray, words: Sequence[str], user_templates: Any = None
-    ) -> LivenessLike: ...
+    def start(self, words: Sequence[str], user_templates: Any = None) -> PromptStream: ...
 
 
 class Challenge(Protocol):
@@ -111,8 +108,10 @@ class Stages:
     new_challenge: Callable[[ChallengeConfig, float], Challenge] | None = None
     replay: ReplayDetector | None = None
     speak: Callable[[Any], Any] | None = None  # says a challenge aloud (challenge.speak)
-    # The person's own digit templates (from enrollment), for the spoken-challenge check.
-    templates_for: Callable[[str], Any] | None = None
+    # Digit templates (from enrollment) of the people an answer may come from: the claimed
+    # user, or every enrolled user when nobody is claimed. Answers are checked against the
+    # speaker's own digits, streamed while they speak (docs/challenge.md).
+    templates_for: Callable[[str | None], dict[str, Any | None]] | None = None
     no_speech_errors: tuple[type[BaseException], ...] = ()  # e.g. embedding.TooShort
     store: Any = None  # voiceprints.VoiceprintStore, shared with the fleet sync and the API
     close: list[Callable[[], None]] = field(default_factory=list)
@@ -173,16 +172,24 @@ def _cohort(cfg: VoxgateConfig, model_id: str) -> Any:
     return cohort.for_model(model_id, getattr(cfg.speaker, "cohort", None))
 
 
-def _templates_lookup(store: Any) -> Callable[[str], Any]:
+MAX_TEMPLATE_USERS = 8  # above this, unclaimed answers use the engine check (CPU bound)
+
+
+def _templates_lookup(store: Any) -> Callable[[str | None], dict[str, Any | None]]:
     from voxgate.enrollment import templates_of
 
-    def lookup(user: str) -> Any:
+    def lookup(claimed: str | None) -> dict[str, Any | None]:
         try:
-            vp = store.get(user)
-        except Exception as exc:  # a damaged row must not take the attempt down
-            log.error("cannot read %s's voiceprint for digit templates: %s", user, exc)
-            return None
-        return templates_of(vp.meta) if vp is not None else None
+            if claimed is not None:
+                vps = [vp for vp in [store.get(claimed)] if vp is not None]
+            else:
+                vps = store.all()
+        except Exception as exc:  # a damaged store must not take the attempt down
+            log.error("cannot read voiceprints for digit templates: %s", exc)
+            return {}
+        if len(vps) > MAX_TEMPLATE_USERS:
+            return {}
+        return {vp.name: templates_of(vp.meta) for vp in vps}  # None: has no templates
 
     return lookup
 
