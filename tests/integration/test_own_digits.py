@@ -1,0 +1,91 @@
+"""Prompted enrollment keeps the person's digit templates (sealed in the voiceprint), and an
+attempt's answer is checked against the speaker's own digits."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voxgate.audio.file import read_audio
+from voxgate.cli import main
+from voxgate.config import load_config
+from voxgate.enrollment import TEMPLATES_META, templates_of
+from voxgate.service.attempt import Attempt, _liveness
+from voxgate.stt import digits_to_words, load_recognizer
+from voxgate.voiceprints import open_store
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+PROMPTS = ["40712", "95368", "28140", "63957", "17250", "84693"]
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def say(path: Path, digits: str, voice: str = "en+m3") -> Path:
+    text = ", ".join(NAMES[int(d)] for d in digits)
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
+    return path
+
+
+@pytest.fixture
+def cfg_file(tmp_path: Path) -> Path:
+    key = tmp_path / "vp.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        f"speaker: {{key_file: {key}, enroll_min_speech_s: 6, enroll_min_takes: 3}}\n"
+    )
+    return cfg
+
+
+def test_prompted_enrollment_stores_templates_that_check_answers(
+    tmp_path: Path, cfg_file: Path
+) -> None:
+    files = [str(say(tmp_path / f"t{i}.wav", p)) for i, p in enumerate(PROMPTS)]
+    assert main(["enroll", "alice", "-c", str(cfg_file), "--from", *files,
+                 "--prompts", *PROMPTS]) == 0  # fmt: skip
+    cfg = load_config(cfg_file)
+    with open_store(cfg) as store:
+        vp = store.get("alice")
+    assert vp is not None and set(vp.meta["template_digits"]) == set("0123456789")
+    # Sealed with the rest of the voiceprint: the raw file holds no template bytes.
+    blob = vp.meta[TEMPLATES_META]
+    assert blob[:40].encode() not in (tmp_path / "data" / "voiceprints.db").read_bytes()
+    templates = templates_of(vp.meta)
+
+    recognizer = load_recognizer(cfg.stt)
+    answer = read_audio(say(tmp_path / "answer.wav", "52814"))
+    right = tuple(digits_to_words("52814"))
+    wrong = tuple(digits_to_words("93076"))
+    a = Attempt(claimed_user=None)
+    a.user_streams = {"alice": recognizer.start(right, user_templates=templates)}
+    for chunk in np.array_split(answer, 20):  # streamed while spoken
+        a.user_streams["alice"].push(chunk)
+    ok = _liveness(a, "alice")
+    assert ok is not None and ok.ok and ok.method == "templates"
+    bad = recognizer.check_prompt(answer, wrong, user_templates=templates)
+    assert not bad.ok and bad.reason == "prompt_mismatch"
+    # An unidentified speaker gets no own-digit check (and no engine stream was opened).
+    assert _liveness(Attempt(claimed_user=None), None) is None
+
+
+def test_prompts_must_match_the_files(
+    tmp_path: Path, cfg_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = str(say(tmp_path / "t.wav", "123"))
+    assert main(["enroll", "bob", "-c", str(cfg_file), "--from", f, "--prompts", "1", "2"]) == 1
+    assert "one digit string per file" in capsys.readouterr().err
+    assert main(["enroll", "bob", "-c", str(cfg_file), "--from", f, "--prompts", "12a"]) == 1
+    assert "digit strings" in capsys.readouterr().err
+
+
+def test_unprompted_enrollment_has_no_templates(tmp_path: Path, cfg_file: Path) -> None:
+    files = [str(say(tmp_path / f"t{i}.wav", p)) for i, p in enumerate(PROMPTS[:4])]
+    assert main(["enroll", "carol", "-c", str(cfg_file), "--from", *files]) == 0
+    with open_store(load_config(cfg_file)) as store:
+        vp = store.get("carol")
+    assert vp is not None and templates_of(vp.meta) is None
