@@ -142,19 +142,6 @@ class Decision:
             reasons=tuple(reasons),
         )
 
-    def from_attempt(self, result: Any) -> Decision:
-        """The decision for a finished attempt (service.stages.AttemptResult, duck-typed:
-        .verdict.outcome/.user/.reasons, .speaker, .liveness, .issued_at)."""
-        v = result.verdict
-        return self.issue(
-            v.outcome,
-            v.user,
-            float(result.issued_at),
-            reasons=tuple(v.reasons),
-            speaker=result.speaker,
-            liveness=result.liveness,
-        )
-
 
 def _num(x: float | None) -> float | None:
     return None if x is None else round(float(x), 4)
