@@ -33,7 +33,9 @@ need_venv() {
     python3 -m venv "$VENV"
   fi
   echo ">> pip install -e .[$1]"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+  # setuptools >= 77 reads pyproject's SPDX license (venvs may bundle an older one).
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip \
+    "setuptools>=77" wheel >/dev/null
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$1]"
 }
 

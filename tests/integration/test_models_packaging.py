@@ -19,7 +19,7 @@ def test_wheel_carries_the_default_model(tmp_path: Path) -> None:
         REPO,
         src,
         ignore=shutil.ignore_patterns(
-            ".git", "__pycache__", "*.egg-info", "build", ".pytest_cache"
+            ".git", ".venv", "__pycache__", "*.egg-info", "build", ".pytest_cache", "var"
         ),
         symlinks=True,
     )
