@@ -312,6 +312,24 @@ def test_enroll_from_uploaded_takes(enroll_api: dict, tmp_path: Path) -> None:
     assert status == 201 and body["version"] == 2
 
 
+def test_enroll_with_prompts_keeps_digit_templates(enroll_api: dict, tmp_path: Path) -> None:
+    from fleet_tts import DIGITS, say, write_wav
+
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    prompts = ["".join(str(names.index(w)) for w in t.split()) for t in DIGITS[:3]]
+    c = enroll_api["client"]
+    takes = [
+        (f"take{i}.wav", write_wav(tmp_path / f"t{i}.wav", say(t, "en+m3")).read_bytes())
+        for i, t in enumerate(DIGITS[:3])
+    ]
+    status, body, _ = c.upload("/api/v1/users/dave", takes, {"prompts": "1 2"})
+    assert status == 400 and "one digit string per take" in body["message"]
+    status, body, _ = c.upload("/api/v1/users/dave", takes, {"prompts": " ".join(prompts)})
+    assert status == 201, body
+    meta = enroll_api["store"].get("dave").meta
+    assert set(meta["template_digits"]) == set("".join(prompts))
+
+
 def test_enrollment_with_unusable_takes_is_refused_with_reasons(
     enroll_api: dict, tmp_path: Path
 ) -> None:

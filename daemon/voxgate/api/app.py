@@ -174,9 +174,14 @@ def create_app(
         if len(files) > cfg.api.max_takes:
             raise _BadRequest(f"{len(files)} takes; at most {cfg.api.max_takes} (api.max_takes)")
         replace = request.form.get("replace", "false").lower() in {"1", "true", "yes"}
+        prompts = request.form.get("prompts", "").replace(",", " ").split() or None
+        if prompts is not None and (
+            len(prompts) != len(files) or not all(p.isdigit() and len(p) <= 32 for p in prompts)
+        ):
+            raise _BadRequest("'prompts' must hold one digit string per take, in order")
         takes = _read_takes(files)
         try:
-            result = admin.enroll(name, takes, replace=replace)
+            result = admin.enroll(name, takes, replace=replace, prompts=prompts)
         except UserExists as exc:
             return _error(409, "conflict", str(exc))
         except EnrollRefused as exc:

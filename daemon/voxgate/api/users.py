@@ -64,8 +64,16 @@ class UserAdmin:
     def users(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(u) for u in self.store.users()]
 
-    def enroll(self, name: str, takes: list[np.ndarray], replace: bool = False) -> dict[str, Any]:
-        from voxgate.enrollment import check_takes
+    def enroll(
+        self,
+        name: str,
+        takes: list[np.ndarray],
+        replace: bool = False,
+        prompts: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Enroll from takes; `prompts` (the digits each take says) adds the person's digit
+        templates for the spoken challenge."""
+        from voxgate.enrollment import attach_templates, check_takes
 
         name = normalize_name(name)
         if not replace and self.store.get(name) is not None:
@@ -88,6 +96,8 @@ class UserAdmin:
         if not result.ok:
             raise EnrollRefused("; ".join(result.problems), report)
         meta = {"takes": len(result.embeddings), "speech_s": round(result.speech_s, 2)}
+        if prompts:
+            attach_templates(meta, result, takes, prompts)
         if replace:
             vp = self.store.replace(name, result.embeddings, embedder.model_id, meta)
         else:
