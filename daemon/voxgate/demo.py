@@ -178,13 +178,13 @@ def run_demo(workdir: Path | None = None) -> int:
         work = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="voxgate-")))
         work.mkdir(parents=True, exist_ok=True)
         try:
-            return _run(work, stack)
+            return _run(work, stack, keep=workdir is not None)
         except DemoError as exc:
             print(f"\ndemo failed: {exc}", file=sys.stderr)
             return 1
 
 
-def _run(work: Path, stack: ExitStack) -> int:
+def _run(work: Path, stack: ExitStack, keep: bool) -> int:
     exe = [sys.executable, "-m", "voxgate"]
     device = "demo-door"
     port = free_port()
@@ -289,7 +289,7 @@ def _run(work: Path, stack: ExitStack) -> int:
         d: Outcome = wait_for(watcher.decisions, 30, "decision", daemon_log)  # type: ignore[assignment]
         results.append(d.outcome)
         who = f" user={d.user}" if d.user else ""
-        print(f"    decision: {d.outcome.upper()}{who}  reasons: {', '.join(d.reasons)}")
+        print(f"    decision: {d.outcome.upper()}{who}  reasons: {', '.join(d.reasons) or '-'}")
         time.sleep(2.5)  # the door shows the decision, then listens again
 
     time.sleep(1.0)
@@ -299,7 +299,10 @@ def _run(work: Path, stack: ExitStack) -> int:
         [*exe, "audit", "verify", "-c", str(cfg)], capture_output=True, text=True
     )
     print("    audit log: " + (audit.stdout + audit.stderr).strip().splitlines()[-1])
-    print(f"\nlogs: {daemon_log}, {work / 'actuator.log'}")
+    if keep:
+        print(f"\nkept in {work}: config, keys, daemon.log, actuator.log, state/audit.jsonl")
+    else:
+        print("\n(voxgate demo --keep DIR keeps the config, keys, logs and audit log)")
     expected = ["granted", "denied", "denied"]
     if results == expected and len(acted) == 1:
         print("demo: done - alice was let in; the impostor and the replay were refused.")
