@@ -133,6 +133,68 @@ def pick(data: Path, sets: list[str], speakers: int, items: int, seed: int) -> t
     return enroll, tests
 
 
+ALSA_CONF = """\
+</usr/share/alsa/alsa.conf>
+pcm.voxgate_bench_mic {{
+  type file
+  slave.pcm "null"
+  file "/dev/null"
+  infile "{raw}"
+  format "raw"
+  hint {{ show on description "voxgate benchmark microphone" }}
+}}
+"""
+
+
+def run_alsa_route(
+    args: argparse.Namespace,
+    work: Path,
+    config: Path,
+    cfg: dict[str, Any],
+    env: dict[str, str],
+    audio: np.ndarray,
+    procs: list[subprocess.Popen[Any]],
+) -> int:
+    """The daemon reads the session through PyAudio from an ALSA `file` PCM, paced by the
+    source. Latency is the daemon's own (audit `latency_s`): end of utterance -> published."""
+    raw = work / "session.raw"
+    raw.write_bytes(audio.astype("<i2").tobytes())
+    conf = work / "asound.conf"
+    conf.write_text(ALSA_CONF.format(raw=raw))
+    cfg["audio"] = {
+        "source": "mic",
+        "device": "voxgate_bench_mic",
+        "device_rate": RATE,
+        "realtime": True,
+    }
+    config.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "voxgate", "run", "-c", str(config)]
+    core = args.core % (os.cpu_count() or 1)
+    daemon = subprocess.Popen(
+        cmd,
+        env={**env, "ALSA_CONFIG_PATH": str(conf)},
+        stdin=subprocess.DEVNULL,
+        stderr=open(work / "daemon.log", "w"),  # noqa: SIM115
+        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+    )
+    procs.append(daemon)
+    seconds = len(audio) / RATE
+    print(f"playing {seconds:.0f} s through PyAudio/ALSA (paced) ...", flush=True)
+    time.sleep(seconds + 3.0)  # after the file, ALSA repeats its last (quiet) buffer
+    status = Path(f"/proc/{daemon.pid}/status").read_text().splitlines()
+    rss = {k: int(v.split()[0]) for k, _, v in (x.partition(":") for x in status) if k == "VmRSS"}
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(15)
+    audit = [json.loads(x) for x in (work / "data" / "audit.jsonl").read_text().splitlines()]
+    made = [x for x in audit if x["event"] == "decision"]
+    print(f"bench_latency: route alsa (PyAudio -> PortAudio -> ALSA file PCM), CPU {core}")
+    print(f"rerun: python {shlex.join(['benchmarks/bench_latency.py', *sys.argv[1:]])}")
+    print(f"decisions: {len(made)}; published {sum(1 for x in made if x['published'])}")
+    print(summary("endpoint -> published", [x["latency_s"] * 1000 for x in made]))
+    print(f"daemon RSS at the end: {rss.get('VmRSS', 0) / 1024:.1f} MB")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -143,6 +205,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     ap.add_argument("--gap-s", type=float, default=2.0, help="silence after each recording")
+    ap.add_argument(
+        "--route",
+        choices=["stdin", "alsa"],
+        default="stdin",
+        help="stdin: paced writes into `voxgate run --source stdin`; alsa: the PyAudio/"
+        "PortAudio/ALSA microphone path, fed by an ALSA `file` PCM and paced by the source "
+        "(audio.realtime); only the in-daemon latency is measured then",
+    )
     args = ap.parse_args()
     if not args.data.is_dir():
         print(f"bench_latency: no data at {args.data}", file=sys.stderr)
@@ -267,6 +337,14 @@ def main() -> int:
         sub.loop_start()
         subscribed.wait(10)
 
+        rng = np.random.default_rng(args.seed)
+        lead = room_tone(0.3, rng)  # lets it reach READY (sent after the first frame)
+        stream: list[np.ndarray] = [lead, room_tone(1.0, rng)]
+        for set_name, _model, field, _target in tests:
+            stream += [load_recording(args.data / set_name, field), room_tone(args.gap_s, rng)]
+        audio = np.concatenate(stream)
+        if args.route == "alsa":
+            return run_alsa_route(args, work, config, cfg, env, audio, procs)
         cmd = [sys.executable, "-m", "voxgate", "run", "-c", str(config)]
         core = args.core % (os.cpu_count() or 1)
         daemon = subprocess.Popen(
@@ -278,12 +356,6 @@ def main() -> int:
         )
         procs.append(daemon)
         assert daemon.stdin is not None
-        rng = np.random.default_rng(args.seed)
-        lead = room_tone(0.3, rng)  # lets it reach READY (sent after the first frame)
-        stream: list[np.ndarray] = [lead, room_tone(1.0, rng)]
-        for set_name, _model, field, _target in tests:
-            stream += [load_recording(args.data / set_name, field), room_tone(args.gap_s, rng)]
-        audio = np.concatenate(stream)
         # The daemon's endpointer is deterministic: run the same one over the same frames to
         # know at which sample each utterance ends (a recording with a long pause inside can
         # give two utterances, and two decisions). The k-th utterance gives the k-th decision.

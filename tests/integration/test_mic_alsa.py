@@ -38,12 +38,15 @@ import numpy as np
 from voxgate.audio.base import AudioError
 from voxgate.audio.mic import MicSource, list_input_devices
 want, rate, n = sys.argv[1], int(sys.argv[2]) if sys.argv[2] != "none" else None, int(sys.argv[3])
+realtime = sys.argv[5] == "1"
 try:
-    src = MicSource(want, rate)
+    src = MicSource(want, rate, realtime=realtime)
 except AudioError as exc:
     print(json.dumps({"error": str(exc)}))
     sys.exit(0)
+import time
 frames = []
+t0 = time.monotonic()
 for f in src.frames(30):
     assert f.dtype == np.int16 and len(f) == 480
     frames.append(f)
@@ -51,12 +54,14 @@ for f in src.frames(30):
         break
 src.close()
 np.save(sys.argv[4], np.concatenate(frames))
-print(json.dumps({"rate": src.rate, "name": src.device.name,
+print(json.dumps({"rate": src.rate, "name": src.device.name, "seconds": time.monotonic() - t0,
                   "devices": [d.name for d in list_input_devices()]}))
 """
 
 
-def run_reader(tmp_path: Path, raw: Path, device: str, rate: int | None, frames: int) -> dict:
+def run_reader(
+    tmp_path: Path, raw: Path, device: str, rate: int | None, frames: int, realtime: bool = False
+) -> dict:
     if not Path("/usr/share/alsa/alsa.conf").exists():
         pytest.skip("ALSA is not installed (apt-get install libasound2 alsa-utils)")
     conf = tmp_path / "asound.conf"
@@ -64,7 +69,16 @@ def run_reader(tmp_path: Path, raw: Path, device: str, rate: int | None, frames:
     env = dict(os.environ, ALSA_CONFIG_PATH=str(conf))
     out = tmp_path / "captured.npy"
     proc = subprocess.run(
-        [sys.executable, "-c", READER, device, str(rate or "none"), str(frames), str(out)],
+        [
+            sys.executable,
+            "-c",
+            READER,
+            device,
+            str(rate or "none"),
+            str(frames),
+            str(out),
+            "1" if realtime else "0",
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -105,3 +119,16 @@ def test_missing_device_lists_the_available_ones(tmp_path: Path) -> None:
     result = run_reader(tmp_path, raw, "no such microphone", None, 1)
     assert "no input device matches 'no such microphone'" in result["error"]
     assert "voxgate_test_mic" in result["error"]  # the listing names what does exist
+
+
+def test_realtime_pacing_makes_a_file_pcm_behave_like_a_microphone(tmp_path: Path) -> None:
+    speech = espeak("one two three four", tmp_path / "s.wav")
+    raw = tmp_path / "mic.raw"
+    write_raw(speech, 48000, raw)
+    fast = run_reader(tmp_path, raw, "voxgate_test_mic", 48000, 100)
+    paced = run_reader(tmp_path, raw, "voxgate_test_mic", 48000, 100, realtime=True)
+    # 100 frames of 30 ms: an unpaced file PCM hands them over as fast as the stream opens
+    # and reads; a paced one takes (at least) the 3 s they last.
+    assert paced["seconds"] >= 100 * 0.03 * 0.95
+    assert fast["seconds"] < paced["seconds"] - 1.0
+    assert np.array_equal(fast["audio"], paced["audio"])

@@ -19,7 +19,7 @@ def open_source(cfg: AudioConfig) -> AudioSource:
         return StdinSource(realtime=cfg.realtime)
     from voxgate.audio.mic import MicSource
 
-    return MicSource(cfg.device, cfg.device_rate)
+    return MicSource(cfg.device, cfg.device_rate, realtime=cfg.realtime)
 
 
 __all__ = ["SAMPLE_RATE", "AudioError", "AudioSource", "frame_samples", "open_source"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -102,7 +103,15 @@ def find_device(
 class MicSource(AudioSource):
     """Blocking reads from a PortAudio input stream."""
 
-    def __init__(self, device: str | int | None = None, device_rate: int | None = None) -> None:
+    def __init__(
+        self,
+        device: str | int | None = None,
+        device_rate: int | None = None,
+        realtime: bool = False,
+    ) -> None:
+        # realtime: pace reads by the wall clock. A microphone paces itself; an ALSA `file`
+        # PCM (tests, benchmarks) has no clock and would hand over a whole file at once.
+        self.realtime = realtime
         self._pa = _pyaudio()
         try:
             default = None
@@ -164,11 +173,19 @@ class MicSource(AudioSource):
             )
         except OSError as exc:
             raise AudioError(f"cannot open input device {self.device.name!r}: {exc}") from None
+        t0: float | None = None  # the clock starts at the first block (the first read is slow)
+        blocks = 0
         while self._stream is not None:
+            if self.realtime and t0 is not None:
+                blocks += 1
+                delay = t0 + blocks * block / self.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
             try:
                 raw = self._stream.read(block, exception_on_overflow=False)
             except OSError as exc:
                 raise AudioError(f"reading from {self.device.name!r} failed: {exc}") from None
+            t0 = t0 if t0 is not None else time.monotonic()
             if not raw:
                 return
             data = np.frombuffer(raw, dtype=np.int16)

@@ -31,7 +31,9 @@ class AudioConfig(Section):
     )
     frame_ms: Literal[10, 20, 30] = Field(30, description="Frame length handed to the VAD.")
     realtime: bool = Field(
-        False, description="Pace file/stdin sources at real time (as a microphone would)."
+        False,
+        description="Pace the source at real time, as a microphone would: for files, stdin, "
+        "and ALSA `file` PCMs used in tests (a real microphone paces itself).",
     )
     loop: bool = Field(False, description="Replay a file source forever (soak tests, demos).")
 
