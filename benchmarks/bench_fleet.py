@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -30,6 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
+from _stats import report  # noqa: E402
 from broker import Broker, have_mosquitto  # noqa: E402
 from mqtt_helpers import wait_until  # noqa: E402
 
@@ -50,18 +50,6 @@ ACL = "\n".join(
         f"topic read {ROOT}/lobby/#",
     ]
 )
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
-
-
-def report(name: str, ms: list[float]) -> None:
-    print(
-        f"{name:10s} n={len(ms):4d}  p50={pct(ms, 50):7.2f} ms  p95={pct(ms, 95):7.2f} ms  "
-        f"max={max(ms):7.2f} ms  mean={statistics.fmean(ms):7.2f} ms"
-    )
 
 
 class Door:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
+from _stats import report  # noqa: E402
 from broker import STANDARD_USERS, Broker, have_mosquitto, standard_acl  # noqa: E402
 from mqtt_helpers import ActuatorProcess, Recorder, link_config, wait_until, write_key  # noqa: E402
 
@@ -34,18 +34,6 @@ from voxgate.mqtt.client import MqttLink  # noqa: E402
 DEV = "bench-door"
 KEY = b"bench-decision-key-0123456789abcdef"
 ACTION = 'echo "$VOXGATE_SEQ $(date +%s.%N)" >> "$0"'
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
-
-
-def report(name: str, ms: list[float]) -> None:
-    print(
-        f"{name:10s} n={len(ms):4d}  p50={pct(ms, 50):7.2f} ms  p95={pct(ms, 95):7.2f} ms  "
-        f"max={max(ms):7.2f} ms  mean={statistics.fmean(ms):7.2f} ms"
-    )
 
 
 def main() -> int:
