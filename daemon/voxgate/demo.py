@@ -210,9 +210,11 @@ def _run(work: Path, stack: ExitStack, keep: bool) -> int:
         f"command_key_file: {keys['command']}, discovery_prefix: null}}\n"
     )
 
-    step(2, f"enrolling 'alice' (espeak-ng voice {OWNER_VOICE}) from 10 prompted digit strings")
+    step(2, f"enrolling 'alice' (espeak-ng voice {OWNER_VOICE}) from 14 prompted digit strings")
     takes, prompts = [], []
-    for i, digits in enumerate(prompt_plan(10)):
+    # More takes than the 20 s minimum needs: a take can be refused (e.g. its pauses make the
+    # SNR estimate low) and enrollment must still go through.
+    for i, digits in enumerate(prompt_plan(14)):
         path = work / f"take{i}.wav"
         say(spoken(digits), OWNER_VOICE, path)
         takes.append(str(path))
