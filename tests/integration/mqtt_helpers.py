@@ -184,7 +184,10 @@ class ActuatorProcess:
 
         if not self.out.exists():
             return []
-        return [json.loads(line) for line in self.out.read_text().splitlines() if line]
+        # The action program may be mid-write: only lines it has finished count.
+        text = self.out.read_text()
+        done = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in done.splitlines() if line]
 
     def rss_kb(self) -> int:
         assert self.proc is not None

@@ -190,7 +190,8 @@ def decisions(rec: Recorder) -> list[Any]:
 
 def audit_lines(device: dict[str, Any]) -> list[dict[str, Any]]:
     path = Path(device["doc"]["data_dir"]) / "audit.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    text = path.read_text()  # the daemon may be mid-append: whole lines only
+    return [json.loads(x) for x in text[: text.rfind("\n") + 1].splitlines() if x.strip()]
 
 
 def enroll(device: dict[str, Any], name: str, voice: str) -> subprocess.CompletedProcess[str]:
