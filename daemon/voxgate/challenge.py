@@ -30,7 +30,8 @@ class Challenge:
     nonce: str  # 128-bit random, hex; ties the answer and the signed decision together
     issued_at: float
     expires_at: float
-    mode: str = "digits"
+    mode: str = "digits"  # "digits", "passphrase", or "enroll" (a prompt for enrollment take N)
+    take: int | None = None  # enroll: which take this prompt is for (1-based)
 
     @property
     def digits(self) -> str | None:
@@ -51,7 +52,14 @@ class Challenge:
             "nonce": self.nonce,
             "issued_at": self.issued_at,
             "expires_at": self.expires_at,
+            **({"take": self.take} if self.take is not None else {}),
         }
+
+
+def enroll_prompt(digits: str, take: int, now: float, ttl_s: float) -> Challenge:
+    """What enrollment take `take` should say: shown and spoken like a challenge, but it
+    opens nothing (no nonce: no decision can ever refer to it)."""
+    return Challenge(digits, digits_to_words(digits), "", now, now + ttl_s, "enroll", take)
 
 
 def new_challenge(cfg: ChallengeConfig, now: float) -> Challenge:

@@ -3,8 +3,8 @@
 stages (shipped speaker model, scorer, signed decisions over MQTT), and `voxgate actuator`
 running a command that writes a file. espeak-ng voices play the people.
 
-These run with `challenge.mode: off`: the spoken-challenge stage (stt/, challenge.py) is
-not in this branch yet; a challenge-mode variant follows once it is merged.
+Most run with `challenge.mode: off` (the speaker path alone); the enrollment-at-the-door
+test runs the spoken challenge too (prompted takes, then a challenge answered by voice).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ TAKES = [
     "eight five zero two, nine three one seven",
 ]
 ATTEMPT = "five one nine two, zero eight"
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 def speech(text: str, voice: str) -> np.ndarray:
@@ -417,38 +418,61 @@ def test_sigterm_while_stdin_is_idle_exits_cleanly(device: dict[str, Any]) -> No
 def test_enrollment_at_the_door_over_mqtt(
     device: dict[str, Any], broker: Broker, lock_side: tuple[ActuatorProcess, Recorder]
 ) -> None:
-    """enroll-start: the next utterances are takes (no attempts); enroll-finish checks and
-    stores them, audits and answers with the take report; the voice then opens the door."""
+    """enroll-start: the next utterances are takes (no attempts), each prompted with a digit
+    string on the `challenge` topic; enroll-finish checks and stores them with the person's
+    digit templates, audits and answers with the take report. Then the door runs with the
+    spoken challenge on: the voice answers a fresh challenge and the door opens."""
     from voxgate.decision import open_sealed
 
     actuator, rec = lock_side
     results = Recorder(broker, "lock", [f"voxgate/{DEV}/cmd/+/result"])
     admin = mqtt_admin(broker)
+    doc = device["doc"]
+    doc["challenge"] = {"mode": "digits", "length": 4}
+    config = write_config(device["dir"], doc)
+    topic = f"voxgate/{DEV}/challenge"
 
     def command(name: str, user: str) -> dict[str, Any]:
         before = len(results.on(f"voxgate/{DEV}/cmd/{name}/result"))
         cmd = make_command(CKEY, DEV, name, {"user": user}, now=time.time())
         admin.publish(f"voxgate/{DEV}/cmd/{name}", cmd, qos=1).wait_for_publish(5)
-        topic = f"voxgate/{DEV}/cmd/{name}/result"
-        wait_until(lambda: len(results.on(topic)) > before, 15, f"{name} reply")
-        return open_sealed(results.on(topic)[-1].payload, DKEY, REPLY_DOMAIN)
+        reply = f"voxgate/{DEV}/cmd/{name}/result"
+        wait_until(lambda: len(results.on(reply)) > before, 15, f"{name} reply")
+        return open_sealed(results.on(reply)[-1].payload, DKEY, REPLY_DOMAIN)
 
-    daemon = DaemonProcess(device["config"])
+    def shown(mode: str, take: int | None = None) -> dict[str, Any]:
+        def match(m: Any) -> bool:
+            body = json.loads(m.payload)
+            return body["mode"] == mode and body.get("take") == take
+
+        return json.loads(rec.wait_for(topic, match, timeout=20).payload)
+
+    def say(digits: str) -> np.ndarray:
+        return speech(", ".join(NAMES[int(d)] for d in digits), "en+m3")
+
+    daemon = DaemonProcess(config)
     try:
         daemon.feed(pause(0.3))
         rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
         refused = command("enroll-finish", "bob")
         assert refused["ok"] is False and "no enrollment of 'bob'" in refused["detail"]
-        assert command("enroll-start", "bob")["ok"] is True
-        for text in TAKES:
-            daemon.feed(np.concatenate([pause(0.5), speech(text, "en+m3"), pause(1.0)]))
-        daemon.wait_log("enrollment of bob: take 4", 20)
+        started = command("enroll-start", "bob")
+        assert started["ok"] is True
+        prompts = started["result"]["prompts"]
+        assert all(len(p) == 4 and p.isdigit() for p in prompts)
+        for take, digits in enumerate(prompts[:5], start=1):
+            assert shown("enroll", take)["text"] == digits  # the display shows each in turn
+            daemon.feed(np.concatenate([pause(0.5), say(digits), pause(1.0)]))
+            daemon.wait_log(f"enrollment of bob: take {take} ", 20)
         done = command("enroll-finish", "bob")
         assert done["ok"] is True, done
         assert done["result"]["used"] >= 3 and done["result"]["user"] == "bob"
+        assert done["result"]["digit_templates"] is True
         assert decisions(rec) == []  # the takes were not attempts
 
         daemon.feed(np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)]))
+        challenge = shown("digits")
+        daemon.feed(np.concatenate([pause(0.3), say(challenge["text"]), pause(1.2)]))
         wait_until(lambda: len(decisions(rec)) >= 1, 20, "a decision")
         assert daemon.close() == 0
     finally:
@@ -457,7 +481,8 @@ def test_enrollment_at_the_door_over_mqtt(
         if daemon.proc.poll() is None:
             daemon.proc.kill()
     (d,) = decisions(rec)
-    assert (d.outcome, d.user) == ("granted", "bob"), daemon.log()
+    assert (d.outcome, d.user, d.liveness_ok) == ("granted", "bob", True), daemon.log()
+    assert "prompt check (templates): ok=True" in daemon.log()
     wait_until(lambda: len(actuator.actions()) == 1, 10, "the actuator to act")
     events = [(x["event"], x.get("user"), x.get("via")) for x in audit_lines(device)]
     assert ("enrollment_started", "bob", "mqtt") in events

@@ -97,3 +97,26 @@ def test_enrollment_session_refusals_and_expiry(
     users.command_enroll_start({"user": "carol"})
     assert not users.take(noise)  # expired: dropped, audited, the utterance is an attempt
     assert events[-1] == ("enrollment_expired", {"user": "carol"})
+
+
+def test_enrollment_prompts_are_shown_one_take_at_a_time(store: Any, tmp_path: Path) -> None:
+    from voxgate.embedding import load_embedder
+
+    cfg = VoxgateConfig.model_validate({"data_dir": str(tmp_path), "challenge": {"length": 6}})
+    users = UserServices(cfg, store, load_embedder(), lambda e, **f: None)
+    shown: list[tuple[str, int]] = []
+    users.on_prompt = lambda digits, take: shown.append((digits, take))
+    prompts = users.command_enroll_start({"user": "bob"})["prompts"]
+    assert len(prompts) == 20 and all(len(p) == 6 and p.isdigit() for p in prompts)
+    assert sorted(set("".join(prompts[:4]))) == list("0123456789")  # first takes cover every digit
+    assert shown == [(prompts[0], 1)]
+    noise = np.random.default_rng(1).normal(0, 30, 16000).astype(np.int16)
+    users.take(noise)
+    users.take(noise)
+    assert shown == [(prompts[0], 1), (prompts[1], 2), (prompts[2], 3)]
+
+    def broken(digits: str, take: int) -> None:
+        raise OSError("display unreachable")
+
+    users.on_prompt = broken
+    assert users.take(noise)  # a prompt that cannot be shown does not stop the enrollment

@@ -24,7 +24,7 @@ from voxgate.stt import (
     templates_from_takes,
     words_to_digits,
 )
-from voxgate.stt.base import NO_SPEECH, PROMPT_MISMATCH, TOO_LONG
+from voxgate.stt.base import NO_SPEECH, PROMPT_MISMATCH, TOO_LONG, SttError
 from voxgate.stt.recognizer import WRONG_COUNT
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng missing")
@@ -164,3 +164,17 @@ def test_pocketsphinx_results_do_not_depend_on_earlier_answers() -> None:
     rec.transcribe(second)
     after = rec.check_prompt(first, digits_to_words("40712"))
     assert after == alone
+
+
+def test_an_abandoned_prompt_is_dropped_when_the_next_one_starts(rec) -> None:  # type: ignore[no-untyped-def]
+    # An attempt that times out never calls finish(); its grammar must not stay behind
+    # (each one kept about 0.4 MB of decoder memory: a leak over months at a door).
+    abandoned = rec.start(digits_to_words("12345"), None)
+    abandoned.push(say_digits("123", 140))
+    rec.transcribe(say_digits("456", 160))  # the digit search in between must not matter
+    fresh = rec.start(digits_to_words("40712"), None)
+    fresh.push(say_digits("40712", 140))
+    assert fresh.finish().ok
+    with pytest.raises(SttError, match="replaced by a newer one"):
+        abandoned.finish()
+    assert rec.check_prompt(say_digits("58213", 140), digits_to_words("58213")).ok

@@ -198,14 +198,17 @@ class MqttLink:
 
     def publish_challenge(self, challenge: Any) -> None:
         """A challenge from challenge.new_challenge: what to show or say, valid until expiry."""
-        text = getattr(challenge, "digits", None) or getattr(challenge, "phrase", None) or ""
+        text = getattr(challenge, "text", None) or getattr(challenge, "digits", None) or ""
         body = {
+            "mode": getattr(challenge, "mode", "digits"),
             "text": text,
             "words": list(getattr(challenge, "words", ())),
             "nonce": getattr(challenge, "nonce", None),
             "issued_at": getattr(challenge, "issued_at", None),
             "expires_at": getattr(challenge, "expires_at", None),
         }
+        if getattr(challenge, "take", None) is not None:
+            body["take"] = challenge.take
         ttl = None
         if body["expires_at"] is not None:
             ttl = float(body["expires_at"]) - time.time()

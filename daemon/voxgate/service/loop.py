@@ -119,6 +119,9 @@ class Daemon:
 
     def run(self) -> int:
         """Start, loop until stopped or the source ends, shut down; returns the exit code."""
+        from voxgate.service.malloc import tune_malloc
+
+        tune_malloc()
         restore = self._install_signals()
         try:
             if not self._start():
@@ -180,6 +183,7 @@ class Daemon:
         from voxgate.service.users import StartError, UserServices
 
         self.users = UserServices(cfg, stages.store, stages.embedder, self._audit)
+        self.users.on_prompt = self._queue_enroll_prompt
         self._step("MQTT link", undo=self._stop_link)
         stages.link.on_command("attempt", self._command_attempt)
         stages.link.on_command("reload", self._command_reload)
@@ -547,12 +551,33 @@ class Daemon:
                 name, payload = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if name == "attempt":
+            if name == "prompt":
+                self._show_enroll_prompt(payload["digits"], payload["take"])
+            elif name == "attempt":
                 if self.sm.state not in (State.IDLE, State.DECIDED) or self.endpointer.in_speech:
                     log.info("attempt command ignored: busy (%s)", self.sm.state.value)
                     continue
                 self.attempt = Attempt(claimed_user=payload.get("user"))
                 self._issue_challenge(self.attempt)
+
+    def _queue_enroll_prompt(self, digits: str, take: int) -> None:
+        """Any thread: show enrollment take `take`'s prompt from the loop (which may speak it
+        and must then be deaf while it plays)."""
+        try:
+            self._commands.put_nowait(("prompt", {"digits": digits, "take": take}))
+        except queue.Full:
+            log.warning("enrollment prompt %d not shown: command queue full", take)
+
+    def _show_enroll_prompt(self, digits: str, take: int) -> None:
+        from voxgate.challenge import enroll_prompt
+        from voxgate.service.users import ENROLL_TIMEOUT_S
+
+        assert self.stages is not None
+        prompt = enroll_prompt(digits, take, self.clock(), ENROLL_TIMEOUT_S)
+        log.info("enrollment take %d: say %s", take, prompt.spoken_form())
+        self.stages.link.publish_challenge(prompt)
+        if self.stages.speak is not None:
+            self._speak(prompt)
 
     # -- deciding -----------------------------------------------------------------------
 

@@ -58,7 +58,11 @@ class UserServices:
         self._enroll_lock = threading.Lock()
         self._enroll_user: str | None = None
         self._enroll_takes: list[Any] = []
+        self._enroll_prompts: list[str] = []
         self._enroll_until = 0.0
+        # Shows/says the next enrollment prompt at the door: on_prompt(digits, take_number).
+        # The loop sets it (MQTT `challenge` topic, and the speaker when one is configured).
+        self.on_prompt: Callable[[str, int], None] | None = None
 
     def start(self, undo: Undo) -> None:
         """Start what the config enables; `undo(name, stop)` registers each for shutdown.
@@ -161,7 +165,7 @@ class UserServices:
                 ENROLL_TIMEOUT_S,
             )
             self.audit_event("enrollment_expired", user=self._enroll_user)
-            self._enroll_user, self._enroll_takes = None, []
+            self._enroll_user, self._enroll_takes, self._enroll_prompts = None, [], []
         return self._enroll_user is not None
 
     def take(self, pcm: Any) -> bool:
@@ -175,16 +179,29 @@ class UserServices:
                             MAX_TAKES)  # fmt: skip
                 return True
             self._enroll_takes.append(pcm)
-            log.info(
-                "enrollment of %s: take %d (%.1f s)",
-                self._enroll_user,
-                len(self._enroll_takes),
-                len(pcm) / 16000,
-            )
-            return True
+            n = len(self._enroll_takes)
+            log.info("enrollment of %s: take %d (%.1f s)", self._enroll_user, n, len(pcm) / 16000)
+        self._announce(n)
+        return True
+
+    def _announce(self, done: int) -> None:
+        """Show the prompt of take done+1 (outside the lock: publishing may block)."""
+        with self._enroll_lock:
+            prompts = self._enroll_prompts
+        if self.on_prompt is None or done >= len(prompts):
+            return
+        try:
+            self.on_prompt(prompts[done], done + 1)
+        except Exception as exc:  # a display that cannot be reached must not stop enrolling
+            log.warning("enrollment prompt %d not shown: %s", done + 1, exc)
 
     def command_enroll_start(self, args: dict[str, Any]) -> dict[str, Any]:
-        """MQTT `enroll-start` {"user": NAME}: the next utterances are NAME's takes."""
+        """MQTT `enroll-start` {"user": NAME}: the next utterances are NAME's takes.
+
+        Each take should say its prompt (a digit string; the reply lists them in order and
+        each is shown on the `challenge` topic when its turn comes): the spoken challenge
+        later checks answers against the person's own digits cut from these takes."""
+        from voxgate.enrollment import prompt_plan
         from voxgate.voiceprints import StoreError, normalize_name
 
         if self.store is None:
@@ -197,16 +214,19 @@ class UserServices:
             now = time.monotonic()
             if self._session_open(now) and self._enroll_user != name:
                 raise ValueError(f"busy: enrolling {self._enroll_user}")
+            prompts = prompt_plan(MAX_TAKES, length=self.cfg.challenge.length)
             self._enroll_user, self._enroll_takes = name, []
+            self._enroll_prompts = prompts
             self._enroll_until = now + ENROLL_TIMEOUT_S
         log.info("enrollment of %s started (MQTT); say the takes, then enroll-finish", name)
         self.audit_event("enrollment_started", user=name, via="mqtt")
-        return {"user": name, "timeout_s": ENROLL_TIMEOUT_S}
+        self._announce(0)
+        return {"user": name, "timeout_s": ENROLL_TIMEOUT_S, "prompts": prompts}
 
     def command_enroll_finish(self, args: dict[str, Any]) -> dict[str, Any]:
         """MQTT `enroll-finish` {"user": NAME}: check the takes, store the voiceprint (an
         existing one is replaced), audit, tell the fleet."""
-        from voxgate.enrollment import check_takes
+        from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes
         from voxgate.voiceprints import StoreError, normalize_name
 
         try:
@@ -216,7 +236,8 @@ class UserServices:
         with self._enroll_lock:
             if not self._session_open(time.monotonic()) or self._enroll_user != name:
                 raise ValueError(f"no enrollment of '{name}' in progress (send enroll-start)")
-            takes, self._enroll_user, self._enroll_takes = self._enroll_takes, None, []
+            takes, prompts = self._enroll_takes, self._enroll_prompts
+            self._enroll_user, self._enroll_takes, self._enroll_prompts = None, [], []
         result = check_takes(takes, self.embedder, self.cfg.speaker, self.cfg.vad)
         report = {
             "user": name,
@@ -229,6 +250,8 @@ class UserServices:
             self.audit_event("enrollment_refused", user=name, via="mqtt", problems=result.problems)
             raise ValueError("not enrolled: " + "; ".join(result.problems))
         meta = {"takes": len(result.accepted), "speech_s": report["speech_s"], "source": "mqtt"}
+        attach_templates(meta, result, takes, prompts[: len(takes)])
+        report["digit_templates"] = TEMPLATES_META in meta
         self.store.replace(name, result.embeddings, self.embedder.model_id, meta)
         log.info("enrolled %s from %d takes (MQTT)", name, len(result.accepted))
         self.changed("enrolled", name, via="mqtt")

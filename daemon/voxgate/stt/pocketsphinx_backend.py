@@ -82,6 +82,7 @@ class PocketsphinxEngine(Engine):
         self._cmn0 = self._dec.get_cmn(False)
         self._lm = None  # the general English decoder, loaded on first use
         self._serial = 0
+        self._dec_search: str | None = None  # the prompt search still in the decoder
 
     def transcribe(self, pcm: np.ndarray, digits_only: bool = False) -> Transcript:
         if digits_only:
@@ -98,6 +99,9 @@ class PocketsphinxEngine(Engine):
         for w in words:
             if self._dec.lookup_word(w) is None:
                 raise SttError(f"'{w}' is not in the pocketsphinx dictionary")
+        # One prompt search at a time: an attempt that ended without finish() (timed out,
+        # aborted) left its search behind, about 0.4 MB each, so drop it before adding one.
+        self._drop_stale_search()
         self._serial += 1
         name = f"check{self._serial}"
         try:
@@ -107,7 +111,15 @@ class PocketsphinxEngine(Engine):
         except ValueError as exc:
             raise SttError(f"pocketsphinx refused the prompt grammar: {exc}") from None
         self._dec.activate_search(name)
-        return _PsStream(self._dec, words, self._cmn0)
+        self._dec_search = name
+        return _PsStream(self, words)
+
+    def _drop_stale_search(self) -> None:
+        # Tracked here: Decoder.current_search() crashes when no search was ever activated.
+        if self._dec_search is not None:
+            self._dec.activate_search("digits")
+            self._dec.remove_search(self._dec_search)
+            self._dec_search = None
 
 
 def _decode(dec, pcm: np.ndarray, cmn0: str) -> tuple[float, tuple[str, ...]]:  # type: ignore[no-untyped-def]
@@ -138,23 +150,26 @@ class _PsStream(EngineStream):
     whole-utterance decode normalises on the answer itself. The caller bounds the length.
     """
 
-    def __init__(self, dec, words: tuple[str, ...], cmn0: str) -> None:  # type: ignore[no-untyped-def]
-        self.dec, self.words, self.cmn0 = dec, words, cmn0
+    def __init__(self, engine: PocketsphinxEngine, words: tuple[str, ...]) -> None:
+        self.engine, self.words = engine, words
+        self.search = engine._dec_search
         self.parts: list[np.ndarray] = []
 
     def push(self, pcm: np.ndarray) -> None:
         self.parts.append(np.asarray(pcm, dtype=np.int16))
 
     def finish(self) -> tuple[float, str]:
+        e = self.engine
+        if e._dec_search != self.search:
+            raise SttError("this prompt was replaced by a newer one before it was finished")
         pcm = np.concatenate(self.parts) if self.parts else np.zeros(0, np.int16)
         heard: tuple[str, ...] = ()
         try:
             if len(pcm):
-                _, heard = _decode(self.dec, pcm, self.cmn0)
+                e._dec.activate_search(self.search)  # transcribe() may have switched it
+                _, heard = _decode(e._dec, pcm, e._cmn0)
         finally:
-            used = self.dec.current_search()
-            self.dec.activate_search("digits")
-            self.dec.remove_search(used)
+            e._drop_stale_search()
         spoken = tuple("zero" if w == "oh" else w for w in heard)
         # Binary by construction: 1 when the prompt is the best path under the prior.
         return (1.0 if spoken == self.words else -1.0), " ".join(heard)
