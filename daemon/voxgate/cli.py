@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import textwrap
+from pathlib import Path
 
 from voxgate import __version__
 
@@ -73,6 +75,22 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    finally:
+        _hand_over_data_dir(args)
+
+
+def _hand_over_data_dir(args: argparse.Namespace) -> None:
+    """Run as root against a service's data folder: leave no root-owned files in it."""
+    if os.geteuid() != 0 or not hasattr(args, "config"):
+        return
+    from voxgate.config import ConfigError, load_config
+    from voxgate.ownership import hand_over
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError:
+        return
+    hand_over(Path(cfg.data_dir))
 
 
 if __name__ == "__main__":

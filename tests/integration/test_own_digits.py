@@ -3,6 +3,7 @@ attempt's answer is checked against the speaker's own digits."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -89,3 +90,25 @@ def test_unprompted_enrollment_has_no_templates(tmp_path: Path, cfg_file: Path) 
     with open_store(load_config(cfg_file)) as store:
         vp = store.get("carol")
     assert vp is not None and templates_of(vp.meta) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown)")
+def test_enrolling_as_root_leaves_the_service_users_files_to_it(
+    tmp_path: Path, cfg_file: Path
+) -> None:
+    """An administrator's `sudo voxgate enroll` next to the running service (whose user owns
+    the data folder) must not leave files the service cannot write."""
+    service_uid, service_gid = 61234, 61234
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    os.chown(data, service_uid, service_gid)
+    files = [str(say(tmp_path / f"t{i}.wav", p)) for i, p in enumerate(PROMPTS[:4])]
+    assert main(["enroll", "bob", "-c", str(cfg_file), "--from", *files,
+                 "--prompts", *PROMPTS[:4]]) == 0  # fmt: skip
+    made = [p for p in data.rglob("*")]
+    assert any(p.name == "voiceprints.db" for p in made)
+    assert all((p.stat().st_uid, p.stat().st_gid) == (service_uid, service_gid) for p in made)
+    # With the folder owned by root, nothing is handed to anyone.
+    os.chown(data, 0, 0)
+    assert main(["users", "list", "-c", str(cfg_file)]) == 0
+    assert (data / "voiceprints.db").stat().st_uid == service_uid
