@@ -107,12 +107,14 @@ class SpeechTrim:
         buf = np.concatenate([self._pending, pcm]) if self._pending.size else pcm
         usable = buf.size // self._n * self._n
         self._pending = buf[usable:].copy()
-        total = self._energy[-1] if self._energy else 0.0
-        for frame in buf[:usable].reshape(-1, self._n):
-            f = frame.astype(np.float64) / INT16_SCALE
-            total += float(np.sum(f * f))
-            self._frames.append(frame.copy())
-            self._energy.append(total)
+        if usable:
+            frames = buf[:usable].reshape(-1, self._n).copy()
+            f = frames.astype(np.float64) / INT16_SCALE
+            # Sequential running sum, as frame-by-frame addition: chunking never changes it.
+            start = self._energy[-1] if self._energy else 0.0
+            ends = np.cumsum(np.concatenate([[start], np.sum(f * f, axis=1)]))[1:]
+            self._frames.extend(frames)
+            self._energy.extend(ends.tolist())
         return self._step(final=False)
 
     def finish(self) -> np.ndarray:
