@@ -20,7 +20,12 @@ log = logging.getLogger(__name__)
 
 def hand_over(folder: Path) -> list[Path]:
     """chown root-owned entries under `folder` to the owner of `folder`; returns them.
-    Does nothing unless we are root and the folder belongs to someone else."""
+    Does nothing unless we are root and the folder belongs to someone else.
+
+    The folder's owner can change its contents while this runs, so nothing here follows a
+    name twice: the walk holds directory fds and never enters symlinks, and each entry is
+    opened without following links, checked through its fd and changed through that fd.
+    A file with other hard links is skipped (it may be someone else's file linked in)."""
     if os.geteuid() != 0:
         return []
     try:
@@ -30,16 +35,32 @@ def hand_over(folder: Path) -> list[Path]:
     if owner.st_uid == 0:
         return []
     changed: list[Path] = []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files, root_fd in os.fwalk(folder, follow_symlinks=False):
         for name in dirs + files:
             path = Path(root) / name
             try:
-                st = path.lstat()
-                if st.st_uid == 0 and not stat.S_ISLNK(st.st_mode):
-                    os.chown(path, owner.st_uid, owner.st_gid)
+                if _hand_over_one(name, root_fd, owner.st_uid, owner.st_gid):
                     changed.append(path)
             except OSError as exc:
                 log.warning("cannot hand %s to uid %d: %s", path, owner.st_uid, exc)
     if changed:
         log.info("gave %d file(s) in %s to uid %d", len(changed), folder, owner.st_uid)
     return changed
+
+
+def _hand_over_one(name: str, dir_fd: int, uid: int, gid: int) -> bool:
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if st.st_uid != 0 or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return False
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(name, flags, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)  # the inode we hold, whatever the name points to now
+        if st.st_uid != 0 or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+            return False
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            return False
+        os.fchown(fd, uid, gid)
+        return True
+    finally:
+        os.close(fd)

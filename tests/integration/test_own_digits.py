@@ -110,5 +110,6 @@ def test_enrolling_as_root_leaves_the_service_users_files_to_it(
     assert all((p.stat().st_uid, p.stat().st_gid) == (service_uid, service_gid) for p in made)
     # With the folder owned by root, nothing is handed to anyone.
     os.chown(data, 0, 0)
+    (data / "root-file").write_text("x")
     assert main(["users", "list", "-c", str(cfg_file)]) == 0
-    assert (data / "voiceprints.db").stat().st_uid == service_uid
+    assert (data / "root-file").stat().st_uid == 0

@@ -104,18 +104,27 @@ def test_enrollment_prompts_are_shown_one_take_at_a_time(store: Any, tmp_path: P
 
     cfg = VoxgateConfig.model_validate({"data_dir": str(tmp_path), "challenge": {"length": 6}})
     users = UserServices(cfg, store, load_embedder(), lambda e, **f: None)
-    shown: list[tuple[str, int]] = []
-    users.on_prompt = lambda digits, take: shown.append((digits, take))
-    prompts = users.command_enroll_start({"user": "bob"})["prompts"]
+    shown: list[tuple[str, int, int]] = []
+    users.on_prompt = lambda digits, take, session, ttl: shown.append((digits, take, session))
+    noise = np.random.default_rng(1).normal(0, 30, 16000).astype(np.int16)
+
+    assert users.command_enroll_start({"user": "bob"})["prompts"] == []  # not asked for
+    users.take(noise)
+    assert shown == []
+    with pytest.raises(ValueError, match="prompted must be"):
+        users.command_enroll_start({"user": "bob", "prompted": "maybe"})
+
+    prompts = users.command_enroll_start({"user": "bob", "prompted": "yes"})["prompts"]
     assert len(prompts) == 20 and all(len(p) == 6 and p.isdigit() for p in prompts)
     assert sorted(set("".join(prompts[:4]))) == list("0123456789")  # first takes cover every digit
-    assert shown == [(prompts[0], 1)]
-    noise = np.random.default_rng(1).normal(0, 30, 16000).astype(np.int16)
+    assert shown == [(prompts[0], 1, 2)]
+    assert users.prompt_is_current(2, 1) and not users.prompt_is_current(1, 1)
     users.take(noise)
     users.take(noise)
-    assert shown == [(prompts[0], 1), (prompts[1], 2), (prompts[2], 3)]
+    assert shown == [(prompts[0], 1, 2), (prompts[1], 2, 2), (prompts[2], 3, 2)]
+    assert not users.prompt_is_current(2, 2)  # take 2 was said already: its prompt is stale
 
-    def broken(digits: str, take: int) -> None:
+    def broken(digits: str, take: int, session: int, ttl: float) -> None:
         raise OSError("display unreachable")
 
     users.on_prompt = broken

@@ -177,4 +177,6 @@ def test_an_abandoned_prompt_is_dropped_when_the_next_one_starts(rec) -> None:  
     assert fresh.finish().ok
     with pytest.raises(SttError, match="replaced by a newer one"):
         abandoned.finish()
+    with pytest.raises(KeyError):  # its grammar is gone from the decoder, not just forgotten
+        rec.engine._dec.activate_search(abandoned.engine.search)
     assert rec.check_prompt(say_digits("58213", 140), digits_to_words("58213")).ok

@@ -27,7 +27,7 @@ NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
 # Each command's (required, optional) arguments; all are strings.
 ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "attempt": ((), ("user",)),  # start an attempt; with user: verify that claimed user
-    "enroll-start": (("user",), ()),
+    "enroll-start": (("user",), ("prompted",)),  # prompted: "yes" | "no"
     "enroll-finish": (("user",), ()),
     "reload": ((), ()),
     "erase-user": (("user",), ()),

@@ -102,6 +102,7 @@ class Daemon:
         self._dropped_seen = 0
         self._drop_warned_at = 0.0
         self._vad_pending = False
+        self._enroll_prompt: dict[str, Any] | None = None  # waits while an attempt runs
         self.keeper: Any = None
         self.users: Any = None  # service.users.UserServices, once the stages are built
         self._mqtt_up = True  # until housekeeping learns otherwise
@@ -546,13 +547,19 @@ class Daemon:
         return {"queued": True}
 
     def _run_commands(self) -> None:
+        if self._enroll_prompt is not None and self._quiet():
+            pending, self._enroll_prompt = self._enroll_prompt, None
+            self._show_enroll_prompt(pending)
         while True:
             try:
                 name, payload = self._commands.get_nowait()
             except queue.Empty:
                 return
             if name == "prompt":
-                self._show_enroll_prompt(payload["digits"], payload["take"])
+                if self._quiet():
+                    self._show_enroll_prompt(payload)
+                else:  # never over a live challenge or into someone's speech
+                    self._enroll_prompt = payload
             elif name == "attempt":
                 if self.sm.state not in (State.IDLE, State.DECIDED) or self.endpointer.in_speech:
                     log.info("attempt command ignored: busy (%s)", self.sm.state.value)
@@ -560,21 +567,26 @@ class Daemon:
                 self.attempt = Attempt(claimed_user=payload.get("user"))
                 self._issue_challenge(self.attempt)
 
-    def _queue_enroll_prompt(self, digits: str, take: int) -> None:
+    def _queue_enroll_prompt(self, digits: str, take: int, session: int, ttl_s: float) -> None:
         """Any thread: show enrollment take `take`'s prompt from the loop (which may speak it
         and must then be deaf while it plays)."""
+        item = {"digits": digits, "take": take, "session": session, "ttl_s": ttl_s}
         try:
-            self._commands.put_nowait(("prompt", {"digits": digits, "take": take}))
+            self._commands.put_nowait(("prompt", item))
         except queue.Full:
             log.warning("enrollment prompt %d not shown: command queue full", take)
 
-    def _show_enroll_prompt(self, digits: str, take: int) -> None:
-        from voxgate.challenge import enroll_prompt
-        from voxgate.service.users import ENROLL_TIMEOUT_S
+    def _quiet(self) -> bool:
+        return self.attempt is None and not self.endpointer.in_speech
 
-        assert self.stages is not None
-        prompt = enroll_prompt(digits, take, self.clock(), ENROLL_TIMEOUT_S)
-        log.info("enrollment take %d: say %s", take, prompt.spoken_form())
+    def _show_enroll_prompt(self, p: dict[str, Any]) -> None:
+        from voxgate.challenge import enroll_prompt
+
+        assert self.stages is not None and self.users is not None
+        if not self.users.prompt_is_current(p["session"], p["take"]):
+            return  # a take arrived meanwhile, or the enrollment ended
+        prompt = enroll_prompt(p["digits"], p["take"], self.clock(), p["ttl_s"])
+        log.info("enrollment take %d: say %s", p["take"], prompt.spoken_form())
         self.stages.link.publish_challenge(prompt)
         if self.stages.speak is not None:
             self._speak(prompt)

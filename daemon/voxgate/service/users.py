@@ -58,11 +58,12 @@ class UserServices:
         self._enroll_lock = threading.Lock()
         self._enroll_user: str | None = None
         self._enroll_takes: list[Any] = []
-        self._enroll_prompts: list[str] = []
+        self._enroll_prompts: list[str] = []  # empty unless enroll-start asked for prompts
         self._enroll_until = 0.0
-        # Shows/says the next enrollment prompt at the door: on_prompt(digits, take_number).
-        # The loop sets it (MQTT `challenge` topic, and the speaker when one is configured).
-        self.on_prompt: Callable[[str, int], None] | None = None
+        self._session = 0  # counts enroll-starts, so a late prompt of an old session is known
+        # Shows/says the next enrollment prompt at the door: on_prompt(digits, take, session,
+        # ttl_s). The loop sets it (MQTT `challenge` topic, and the speaker when configured).
+        self.on_prompt: Callable[[str, int, int, float], None] | None = None
 
     def start(self, undo: Undo) -> None:
         """Start what the config enables; `undo(name, stop)` registers each for shutdown.
@@ -181,26 +182,48 @@ class UserServices:
             self._enroll_takes.append(pcm)
             n = len(self._enroll_takes)
             log.info("enrollment of %s: take %d (%.1f s)", self._enroll_user, n, len(pcm) / 16000)
-        self._announce(n)
+            nxt = self._next_prompt()
+        self._announce(nxt)
         return True
 
-    def _announce(self, done: int) -> None:
-        """Show the prompt of take done+1 (outside the lock: publishing may block)."""
-        with self._enroll_lock:
-            prompts = self._enroll_prompts
-        if self.on_prompt is None or done >= len(prompts):
+    def _next_prompt(self) -> tuple[str, int, int, float] | None:
+        """Under the lock: (digits, take, session, ttl_s) of the prompt to show next."""
+        done = len(self._enroll_takes)
+        if done >= len(self._enroll_prompts):
+            return None
+        ttl = max(0.0, self._enroll_until - time.monotonic())
+        return self._enroll_prompts[done], done + 1, self._session, ttl
+
+    def _announce(self, prompt: tuple[str, int, int, float] | None) -> None:
+        """Hand a prompt to on_prompt (outside the lock: publishing may block)."""
+        if self.on_prompt is None or prompt is None:
             return
         try:
-            self.on_prompt(prompts[done], done + 1)
+            self.on_prompt(*prompt)
         except Exception as exc:  # a display that cannot be reached must not stop enrolling
-            log.warning("enrollment prompt %d not shown: %s", done + 1, exc)
+            log.warning("enrollment prompt %d not shown: %s", prompt[1], exc)
+
+    def prompt_is_current(self, session: int, take: int) -> bool:
+        """Is `take` of `session` still the one to say? (The loop shows prompts later.)"""
+        with self._enroll_lock:
+            return (
+                self._session_open(time.monotonic())
+                and session == self._session
+                and take == len(self._enroll_takes) + 1
+                and take <= len(self._enroll_prompts)
+            )
 
     def command_enroll_start(self, args: dict[str, Any]) -> dict[str, Any]:
-        """MQTT `enroll-start` {"user": NAME}: the next utterances are NAME's takes.
+        """MQTT `enroll-start` {"user": NAME, "prompted": "yes"|"no"}: the next utterances are
+        NAME's takes.
 
-        Each take should say its prompt (a digit string; the reply lists them in order and
-        each is shown on the `challenge` topic when its turn comes): the spoken challenge
-        later checks answers against the person's own digits cut from these takes."""
+        prompted "yes" (for doors with a display or speaker): each take must say its prompt,
+        a digit string (the reply lists them in order and each is shown on the `challenge`
+        topic when its turn comes); the spoken challenge then checks this person's answers
+        against their own digits cut from these takes. The takes are cut by position, not
+        checked word by word, so a person who says something else gets templates that deny
+        them: without a way to show the prompts, leave it "no" (the default; answers are then
+        checked by the speaker-independent engine)."""
         from voxgate.enrollment import prompt_plan
         from voxgate.voiceprints import StoreError, normalize_name
 
@@ -210,17 +233,22 @@ class UserServices:
             name = normalize_name(str(args.get("user", "")))
         except StoreError as exc:
             raise ValueError(str(exc)) from None
+        prompted = str(args.get("prompted", "no"))
+        if prompted not in ("yes", "no"):
+            raise ValueError("prompted must be 'yes' or 'no'")
+        prompts = prompt_plan(MAX_TAKES, self.cfg.challenge.length) if prompted == "yes" else []
         with self._enroll_lock:
             now = time.monotonic()
             if self._session_open(now) and self._enroll_user != name:
                 raise ValueError(f"busy: enrolling {self._enroll_user}")
-            prompts = prompt_plan(MAX_TAKES, length=self.cfg.challenge.length)
+            self._session += 1
             self._enroll_user, self._enroll_takes = name, []
             self._enroll_prompts = prompts
             self._enroll_until = now + ENROLL_TIMEOUT_S
+            first = self._next_prompt()
         log.info("enrollment of %s started (MQTT); say the takes, then enroll-finish", name)
         self.audit_event("enrollment_started", user=name, via="mqtt")
-        self._announce(0)
+        self._announce(first)
         return {"user": name, "timeout_s": ENROLL_TIMEOUT_S, "prompts": prompts}
 
     def command_enroll_finish(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -250,7 +278,8 @@ class UserServices:
             self.audit_event("enrollment_refused", user=name, via="mqtt", problems=result.problems)
             raise ValueError("not enrolled: " + "; ".join(result.problems))
         meta = {"takes": len(result.accepted), "speech_s": report["speech_s"], "source": "mqtt"}
-        attach_templates(meta, result, takes, prompts[: len(takes)])
+        if prompts:
+            attach_templates(meta, result, takes, prompts[: len(takes)])
         report["digit_templates"] = TEMPLATES_META in meta
         self.store.replace(name, result.embeddings, self.embedder.model_id, meta)
         log.info("enrolled %s from %d takes (MQTT)", name, len(result.accepted))

@@ -154,12 +154,16 @@ class _PsStream(EngineStream):
         self.engine, self.words = engine, words
         self.search = engine._dec_search
         self.parts: list[np.ndarray] = []
+        self.finished = False
 
     def push(self, pcm: np.ndarray) -> None:
         self.parts.append(np.asarray(pcm, dtype=np.int16))
 
     def finish(self) -> tuple[float, str]:
         e = self.engine
+        if self.finished:
+            raise SttError("finish() called twice")
+        self.finished = True
         if e._dec_search != self.search:
             raise SttError("this prompt was replaced by a newer one before it was finished")
         pcm = np.concatenate(self.parts) if self.parts else np.zeros(0, np.int16)
