@@ -99,6 +99,7 @@ def fsdd_trials(data: Path, n_strings: int, seed: int) -> list[dict]:
                 used[d] += 1
             takes.append((join(paths), digits))
         templates = templates_from_takes(takes)
+        trials_before = len(trials)
         for _ in range(n_strings):
             digits = random_digits(rng, rng.choice([4, 5]))
             paths = [rng.choice(test[d]) for d in digits]
@@ -113,7 +114,31 @@ def fsdd_trials(data: Path, n_strings: int, seed: int) -> list[dict]:
                     "templates": templates,
                 }
             )
+        trials[trials_before]["enroll_takes"] = takes  # once per speaker
     return trials
+
+
+def enrollment_check(trials: list[dict], threshold: float) -> dict:
+    """The leave-one-out check on prompted enrollment takes (enrollment.attach_templates):
+    genuine takes it drops, and takes paired with another take's prompt that it catches."""
+    from voxgate.stt.templates import inconsistent_takes
+
+    genuine = wrong = caught = dropped = 0
+    for tr in trials:
+        takes = tr.get("enroll_takes")
+        if not takes:
+            continue
+        genuine += len(takes)
+        dropped += len(inconsistent_takes(takes, threshold))
+        shifted = [(pcm, takes[(k + 1) % len(takes)][1]) for k, (pcm, _) in enumerate(takes)]
+        wrong += len(shifted)
+        caught += len(inconsistent_takes(shifted, threshold))
+    return {
+        "genuine_takes": genuine,
+        "genuine_dropped": dropped,
+        "wrong_prompt_takes": wrong,
+        "wrong_prompt_caught": caught,
+    }
 
 
 def sc_trials(data: Path, seed: int) -> list[dict]:
@@ -415,6 +440,7 @@ def main() -> int:
     report["sc_pocketsphinx_only"]["free_string_correct"] = transcript_accuracy(sc, "e")
 
     report["replay_fsdd"] = replay_bench(fsdd, args.seed)
+    report["enrollment_prompt_check"] = enrollment_check(fsdd, SttConfig().template_threshold)
     return latency_and_memory(args, rec, fsdd, report)
 
 

@@ -146,28 +146,48 @@ def prompt_plan(takes: int, length: int = 5) -> list[str]:
 
 
 def attach_templates(
-    meta: dict[str, Any], result: EnrollResult, takes: list[np.ndarray], prompts: list[str]
-) -> None:
+    meta: dict[str, Any],
+    result: EnrollResult,
+    takes: list[np.ndarray],
+    prompts: list[str],
+    threshold: float | None = None,
+) -> list[int]:
     """Cut the accepted, prompted takes into per-digit templates and keep them in `meta`.
 
     Templates are biometric data like the embeddings: they live inside the sealed voiceprint.
     Without them the spoken challenge falls back to the speaker-independent engine check.
+    Takes that do not say their prompt (leave-one-out check at the challenge's
+    `threshold`, stt.template_threshold by default) give no templates; their numbers
+    (1-based, as in the take report) are returned.
     """
     from base64 import b64encode
 
+    from voxgate.config.stt import SttConfig
     from voxgate.stt import TemplateError, templates_from_takes
+    from voxgate.stt.templates import inconsistent_takes
 
-    pairs = [(takes[t.index - 1], prompts[t.index - 1]) for t in result.accepted]
-    pairs = [(pcm, p.replace(" ", "")) for pcm, p in pairs if p]
+    if threshold is None:
+        threshold = SttConfig().template_threshold
+    numbered = [
+        (t.index, takes[t.index - 1], prompts[t.index - 1].replace(" ", ""))
+        for t in result.accepted
+        if t.index - 1 < len(prompts) and prompts[t.index - 1]
+    ]
+    pairs = [(pcm, p) for _, pcm, p in numbered]
+    dropped = [numbered[k][0] for k in inconsistent_takes(pairs, threshold)]
+    if dropped:
+        log.warning("takes %s do not say their prompts: no digit templates from them", dropped)
+        pairs = [(pcm, p) for n, pcm, p in numbered if n not in dropped]
     if not pairs:
-        return
+        return dropped
     try:
         tm = templates_from_takes(pairs)
     except TemplateError as exc:
         log.warning("no digit templates from the enrollment takes: %s", exc)
-        return
+        return dropped
     meta[TEMPLATES_META] = b64encode(tm.to_bytes()).decode()
     meta["template_digits"] = "".join(sorted(tm.digits()))
+    return dropped
 
 
 def templates_of(meta: dict[str, Any]) -> Any:

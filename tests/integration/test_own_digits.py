@@ -113,3 +113,36 @@ def test_enrolling_as_root_leaves_the_service_users_files_to_it(
     (data / "root-file").write_text("x")
     assert main(["users", "list", "-c", str(cfg_file)]) == 0
     assert (data / "root-file").stat().st_uid == 0
+
+
+def test_takes_that_do_not_say_their_prompts_give_no_templates(
+    tmp_path: Path, cfg_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    said = [*PROMPTS[:5], "86420"]  # the last take says other digits than its prompt
+    files = [str(say(tmp_path / f"t{i}.wav", p)) for i, p in enumerate(said)]
+    assert main(["enroll", "carol", "-c", str(cfg_file), "--from", *files,
+                 "--prompts", *PROMPTS]) == 0  # fmt: skip
+    assert "take 6: did not say its prompt" in capsys.readouterr().out
+    cfg = load_config(cfg_file)
+    with open_store(cfg) as store:
+        vp = store.get("carol")
+    assert vp is not None and set(vp.meta["template_digits"]) == set("0123456789")
+    # The templates kept still accept carol's answers.
+    res = load_recognizer(cfg.stt).check_prompt(
+        read_audio(say(tmp_path / "answer.wav", "52814")),
+        tuple(digits_to_words("52814")),
+        user_templates=templates_of(vp.meta),
+    )
+    assert res.ok and res.method == "templates"
+
+    # Prompts that fit none of the takes (shifted by one): no templates at all.
+    files = [str(say(tmp_path / f"d{i}.wav", p)) for i, p in enumerate(PROMPTS[:5])]
+    shifted = PROMPTS[1:6]
+    assert main(["enroll", "dave", "-c", str(cfg_file), "--from", *files,
+                 "--prompts", *shifted]) == 0  # fmt: skip
+    assert "no digit templates: answers will be checked by the speech engine alone" in (
+        capsys.readouterr().out
+    )
+    with open_store(cfg) as store:
+        vp = store.get("dave")
+    assert vp is not None and TEMPLATES_META not in vp.meta

@@ -45,8 +45,10 @@ class UserAdmin:
         vad_cfg: Any,
         load_embedder: Callable[[], Any],
         on_change: ChangeHook | None = None,
+        template_threshold: float | None = None,
     ) -> None:
         self.store = store
+        self.template_threshold = template_threshold  # stt.template_threshold; None: default
         self.speaker_cfg = speaker_cfg
         self.vad_cfg = vad_cfg
         self._load_embedder = load_embedder
@@ -97,7 +99,10 @@ class UserAdmin:
             raise EnrollRefused("; ".join(result.problems), report)
         meta = {"takes": len(result.embeddings), "speech_s": round(result.speech_s, 2)}
         if prompts:
-            attach_templates(meta, result, takes, prompts)
+            report["prompt_mismatch_takes"] = attach_templates(
+                meta, result, takes, prompts, self.template_threshold
+            )
+        report["digit_templates"] = "template_digits" in meta
         if replace:
             vp = self.store.replace(name, result.embeddings, embedder.model_id, meta)
         else:

@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.vad,
         lambda: load_embedder_for(cfg),
         on_change=agent.on_local_change if agent else None,
+        template_threshold=cfg.stt.template_threshold,
     )
     if host not in {"127.0.0.1", "::1", "localhost"}:
         log.warning("admin API bound to %s: reachable from the network, keep the token safe", host)

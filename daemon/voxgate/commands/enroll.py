@@ -187,7 +187,11 @@ def run(args: argparse.Namespace) -> int:
             "speech_s": round(result.speech_s, 1),
             "source": "files" if args.files else "microphone",
         }
-        attach_templates(meta, result, takes, prompts)
+        dropped = attach_templates(meta, result, takes, prompts, cfg.stt.template_threshold)
+        for n in dropped:
+            print(f"  take {n}: did not say its prompt; no digit templates from it")
+        if any(prompts) and "template_digits" not in meta:
+            print("  no digit templates: answers will be checked by the speech engine alone")
         try:
             store.replace(name, result.embeddings, embedder.model_id, meta)
         except StoreError as exc:

@@ -100,6 +100,7 @@ class UserServices:
                     cfg.vad,
                     lambda: self.embedder,
                     on_change=self._to_fleet,
+                    template_threshold=cfg.stt.template_threshold,
                 )
                 app = create_app(cfg, admin, token, audit_event=self.audit_event)
             except ApiError as exc:
@@ -279,7 +280,9 @@ class UserServices:
             raise ValueError("not enrolled: " + "; ".join(result.problems))
         meta = {"takes": len(result.accepted), "speech_s": report["speech_s"], "source": "mqtt"}
         if prompts:
-            attach_templates(meta, result, takes, prompts[: len(takes)])
+            report["prompt_mismatch_takes"] = attach_templates(
+                meta, result, takes, prompts[: len(takes)], self.cfg.stt.template_threshold
+            )
         report["digit_templates"] = TEMPLATES_META in meta
         self.store.replace(name, result.embeddings, self.embedder.model_id, meta)
         log.info("enrolled %s from %d takes (MQTT)", name, len(result.accepted))

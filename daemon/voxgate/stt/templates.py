@@ -286,3 +286,30 @@ def templates_from_takes(
     if not out.refs:
         raise TemplateError("no usable enrollment take")
     return out
+
+
+def inconsistent_takes(
+    takes: list[tuple[np.ndarray, str]], threshold: float, spec: MfccSpec = TEMPLATES
+) -> list[int]:
+    """Indexes of prompted takes that do not say their prompt, judged leave-one-out: each
+    take is checked like a challenge answer against templates cut from the other takes.
+
+    Templates are cut by position, not recognised, so a take that says something else
+    would give templates that later deny their owner. A take whose digits the others do
+    not cover cannot be judged and is kept.
+    """
+    from voxgate.stt.dtw import align
+
+    bad = []
+    for k, (pcm, digits) in enumerate(takes):
+        try:
+            others = templates_from_takes(takes[:k] + takes[k + 1 :], spec)
+        except TemplateError:
+            continue
+        if not others.covers(digits):
+            continue
+        refs, labels = others.flat()
+        a = align(speech_features(pcm, spec), refs, labels, digits)
+        if not a.frames or a.margin > threshold:
+            bad.append(k)
+    return bad
