@@ -2,7 +2,9 @@
 
 Written here in numpy so the same numbers come out on every platform. The DeepSpeech
 preset follows DeepSpeech 0.9.3's feature settings: 16 kHz, 32 ms Hann window, 20 ms step,
-40 mel bands up to 8 kHz (20 Hz floor), 26 cepstra from the log mel energies, no liftering.
+40 mel bands up to 8 kHz (20 Hz floor), 26 cepstra from the log mel energies, no liftering;
+it matches TensorFlow's AudioSpectrogram + Mfcc ops to float32 rounding
+(tests/unit/test_stt_mfcc.py).
 """
 
 from __future__ import annotations
@@ -59,7 +61,14 @@ def _mel_matrix(spec: MfccSpec) -> np.ndarray:
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     up = (mel[None, :] - lo) / (mid - lo)
     down = (hi - mel[None, :]) / (hi - mid)
-    return np.maximum(0.0, np.minimum(up, down)).T.astype(np.float32)
+    weights = np.maximum(0.0, np.minimum(up, down)).T
+    if spec.tf_style:
+        # TensorFlow's filterbank only reads bins from int(1.5 + f_min / bin width) up to
+        # int(f_max / bin width): at 16 kHz / 512 points the 31 Hz bin is left out.
+        width = SAMPLE_RATE / spec.n_fft
+        weights[: int(1.5 + spec.f_min / width)] = 0.0
+        weights[int(spec.f_max / width) + 1 :] = 0.0
+    return weights.astype(np.float32)
 
 
 @lru_cache(maxsize=8)
