@@ -260,6 +260,35 @@ class DigitTemplates:
             raise TemplateError(f"not a digit-template blob: {exc}") from None
 
 
+def _cut_take(k: int, pcm: np.ndarray, digits: str, spec: MfccSpec) -> list[tuple[str, np.ndarray]]:
+    """One prompted take as (digit, features) pieces; [] (logged) when it cannot be cut."""
+    if not digits.isdigit():
+        raise TemplateError(f"take {k}: prompt {digits!r} is not a digit string")
+    try:
+        segs = segment_words(pcm, len(digits), spec)
+    except TemplateError as exc:
+        log.warning("enrollment take %d (%s) gives no templates: %s", k, digits, exc)
+        return []
+    feats = features(pcm, spec)
+    mask = speech_mask(pcm, spec)[: len(feats)]
+    pieces = []
+    for (s, e), d in zip(segs, digits, strict=True):
+        seg = feats[s:e][mask[s:e]]
+        if len(seg) >= MIN_WORD_FRAMES // 2:
+            pieces.append((d, seg))
+    return pieces
+
+
+def _templates(cuts: list[list[tuple[str, np.ndarray]]], spec: MfccSpec) -> DigitTemplates:
+    out = DigitTemplates(spec=spec)
+    for pieces in cuts:
+        for d, seg in pieces:
+            out.add(d, seg)
+    if not out.refs:
+        raise TemplateError("no usable enrollment take")
+    return out
+
+
 def templates_from_takes(
     takes: list[tuple[np.ndarray, str]], spec: MfccSpec = TEMPLATES
 ) -> DigitTemplates:
@@ -268,24 +297,7 @@ def templates_from_takes(
     Takes that cannot be cut into the right number of words are skipped with a log line;
     TemplateError when no take could be used at all.
     """
-    out = DigitTemplates(spec=spec)
-    for k, (pcm, digits) in enumerate(takes):
-        if not digits.isdigit():
-            raise TemplateError(f"take {k}: prompt {digits!r} is not a digit string")
-        try:
-            segs = segment_words(pcm, len(digits), spec)
-        except TemplateError as exc:
-            log.warning("enrollment take %d (%s) gives no templates: %s", k, digits, exc)
-            continue
-        feats = features(pcm, spec)
-        mask = speech_mask(pcm, spec)[: len(feats)]
-        for (s, e), d in zip(segs, digits, strict=True):
-            seg = feats[s:e][mask[s:e]]
-            if len(seg) >= MIN_WORD_FRAMES // 2:
-                out.add(d, seg)
-    if not out.refs:
-        raise TemplateError("no usable enrollment take")
-    return out
+    return _templates([_cut_take(k, pcm, d, spec) for k, (pcm, d) in enumerate(takes)], spec)
 
 
 def inconsistent_takes(
@@ -300,10 +312,11 @@ def inconsistent_takes(
     """
     from voxgate.stt.dtw import align
 
+    cuts = [_cut_take(k, pcm, d, spec) for k, (pcm, d) in enumerate(takes)]  # each take once
     bad = []
     for k, (pcm, digits) in enumerate(takes):
         try:
-            others = templates_from_takes(takes[:k] + takes[k + 1 :], spec)
+            others = _templates(cuts[:k] + cuts[k + 1 :], spec)
         except TemplateError:
             continue
         if not others.covers(digits):
