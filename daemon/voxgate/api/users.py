@@ -75,7 +75,7 @@ class UserAdmin:
     ) -> dict[str, Any]:
         """Enroll from takes; `prompts` (the digits each take says) adds the person's digit
         templates for the spoken challenge."""
-        from voxgate.enrollment import attach_templates, check_takes
+        from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes
 
         name = normalize_name(name)
         if not replace and self.store.get(name) is not None:
@@ -102,7 +102,7 @@ class UserAdmin:
             report["prompt_mismatch_takes"] = attach_templates(
                 meta, result, takes, prompts, self.template_threshold
             )
-        report["digit_templates"] = "template_digits" in meta
+        report["digit_templates"] = TEMPLATES_META in meta
         if replace:
             vp = self.store.replace(name, result.embeddings, embedder.model_id, meta)
         else:

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
-    from voxgate.enrollment import attach_templates, check_takes
+    from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes
     from voxgate.voiceprints import StoreError, normalize_name
 
     if args.prompts and (not args.files or len(args.prompts) != len(args.files)):
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         dropped = attach_templates(meta, result, takes, prompts, cfg.stt.template_threshold)
         for n in dropped:
             print(f"  take {n}: did not say its prompt; no digit templates from it")
-        if any(prompts) and "template_digits" not in meta:
+        if any(prompts) and TEMPLATES_META not in meta:
             print("  no digit templates: answers will be checked by the speech engine alone")
         try:
             store.replace(name, result.embeddings, embedder.model_id, meta)
