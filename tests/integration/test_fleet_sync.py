@@ -235,7 +235,13 @@ def test_offline_door_catches_up_and_erase_wins_over_a_replay(
     admin_a = a.admin(embedder)
     admin_a.enroll("alice", alice_takes)
     wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
-    old = [m for m in snoop.messages if m[0].startswith(f"{ROOT}/lobby/")]
+
+    def lobby() -> list[tuple[str, bytes]]:
+        return [m for m in snoop.messages if m[0].startswith(f"{ROOT}/lobby/")]
+
+    # The snoop's copy may arrive after door B's: wait for it rather than race it.
+    wait_until(lambda: len(lobby()) >= 1, 10, "alice's voiceprint seen by the snoop")
+    old = lobby()
     assert len(old) == 1
 
     b.stop()  # door B goes offline; meanwhile alice is erased and bob enrolled

@@ -180,3 +180,23 @@ def test_an_abandoned_prompt_is_dropped_when_the_next_one_starts(rec) -> None:  
     with pytest.raises(KeyError):  # its grammar is gone from the decoder, not just forgotten
         rec.engine._dec.activate_search(abandoned.engine.search)
     assert rec.check_prompt(say_digits("58213", 140), digits_to_words("58213")).ok
+
+
+def test_a_take_that_starts_with_room_noise_keeps_its_templates(rec) -> None:  # type: ignore[no-untyped-def]
+    """Half a second of faint noise before the first word (a file recorded by hand) is not
+    cut as a digit: the take gives every template, passes the leave-one-out prompt check,
+    and the templates still check an answer."""
+    from voxgate.stt.templates import inconsistent_takes
+
+    rng = np.random.default_rng(3)
+    noise = (rng.standard_normal(8000) * 32768 * 10 ** (-70 / 20)).astype(np.int16)
+    takes = [
+        (np.concatenate([noise, say_digits(d, s, p)]), d)
+        for d in ENROLL
+        for s, p in ((130, 45), (170, 55))
+    ]
+    assert inconsistent_takes(takes, SttConfig().template_threshold) == []
+    noisy = templates_from_takes(takes)
+    assert all(len(v) == 4 for v in noisy.refs.values())
+    res = rec.check_prompt(say_digits("40712", 150), digits_to_words("40712"), noisy)
+    assert res.ok and "templates" in res.method

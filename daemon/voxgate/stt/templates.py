@@ -77,11 +77,26 @@ class SpeechGate:
         self.pending = []
         return out
 
+    @classmethod
+    def whole(cls, db: np.ndarray) -> np.ndarray:
+        """Decisions for a finished recording: loudest and quietest frame of all of it."""
+        gate = cls()
+        if len(db):
+            gate.peak, gate.floor = float(db.max()), float(db.min())
+        return np.array([gate._decide(float(v)) for v in db], dtype=bool)
+
 
 def speech_mask(pcm: np.ndarray, spec: MfccSpec = TEMPLATES) -> np.ndarray:
-    """Boolean per frame: speech by the causal gate."""
+    """Boolean per frame: speech by the causal gate (what a streamed answer gets)."""
     gate = SpeechGate()
     return np.concatenate([gate.push(_frame_db(pcm, spec)), gate.flush()])
+
+
+def take_speech_mask(pcm: np.ndarray, spec: MfccSpec = TEMPLATES) -> np.ndarray:
+    """Boolean per frame for a whole enrollment take. Unlike the causal gate, room noise
+    before the first word is judged against the take's loudest word, not against itself,
+    so a take that starts with half a second of noise does not get it cut as a digit."""
+    return SpeechGate.whole(_frame_db(pcm, spec))
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -90,8 +105,8 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 def segment_words(pcm: np.ndarray, n: int, spec: MfccSpec = TEMPLATES) -> list[tuple[int, int]]:
-    """Cut speech into exactly n (start, end) frame ranges, or raise TemplateError."""
-    mask = speech_mask(pcm, spec)
+    """Cut a whole take into exactly n (start, end) frame ranges, or raise TemplateError."""
+    mask = take_speech_mask(pcm, spec)
     runs = _runs(mask)
     # Close short dips, then drop blobs too short to be a word.
     merged: list[tuple[int, int]] = []
@@ -270,7 +285,7 @@ def _cut_take(k: int, pcm: np.ndarray, digits: str, spec: MfccSpec) -> list[tupl
         log.warning("enrollment take %d (%s) gives no templates: %s", k, digits, exc)
         return []
     feats = features(pcm, spec)
-    mask = speech_mask(pcm, spec)[: len(feats)]
+    mask = take_speech_mask(pcm, spec)[: len(feats)]
     pieces = []
     for (s, e), d in zip(segs, digits, strict=True):
         seg = feats[s:e][mask[s:e]]
@@ -322,7 +337,8 @@ def inconsistent_takes(
         if not others.covers(digits):
             continue
         refs, labels = others.flat()
-        a = align(speech_features(pcm, spec), refs, labels, digits)
+        feats = features(pcm, spec)
+        a = align(feats[take_speech_mask(pcm, spec)[: len(feats)]], refs, labels, digits)
         if not a.frames or a.margin > threshold:
             bad.append(k)
     return bad
