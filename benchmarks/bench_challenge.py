@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from voxgate.audio.file import read_audio
 from voxgate.config.stt import SttConfig
 from voxgate.replay import ReplayDetector
 from voxgate.stt import digits_to_words, load_recognizer, templates_from_takes, words_to_digits
+
+if TYPE_CHECKING:
+    from voxgate.stt import Recognizer
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -168,7 +172,7 @@ def sc_trials(data: Path, seed: int) -> list[dict]:
     return trials
 
 
-def score_templates(rec, trials: list[dict]) -> None:  # type: ignore[no-untyped-def]
+def score_templates(rec: Recognizer, trials: list[dict]) -> None:
     """Template check; score = -(forced - free cost per frame); retry outcomes count as fails."""
     for tr in trials:
         for kind in ("prompt", "wrong", "one_off"):
@@ -181,7 +185,7 @@ def score_templates(rec, trials: list[dict]) -> None:  # type: ignore[no-untyped
 BIASES = (-2.0, 0.0, 1.0, 2.0, 3.0, 5.0, 8.0)
 
 
-def score_engine(rec, trials: list[dict]) -> None:  # type: ignore[no-untyped-def]
+def score_engine(rec: Recognizer, trials: list[dict]) -> None:
     """pocketsphinx alone: score = -(smallest prompt bias, log10, at which the prompt wins)."""
     for tr in trials:
         for kind in ("prompt", "wrong", "one_off"):
@@ -189,7 +193,7 @@ def score_engine(rec, trials: list[dict]) -> None:  # type: ignore[no-untyped-de
             if kind == "prompt":
                 tr["e_heard"] = rec.transcribe(tr["pcm"]).text
             for bias in BIASES:
-                stream = rec.engine.start_prompt(digits_to_words(tr[kind]), bias=bias)
+                stream = rec.engine.start_prompt(digits_to_words(tr[kind]), bias=bias)  # type: ignore[call-arg]
                 stream.push(tr["pcm"])
                 won, _ = stream.finish()
                 if won > 0:
@@ -346,7 +350,7 @@ def common_run(a: list[Path], b: list[Path]) -> int:
     return best
 
 
-def latency_bench(rec, trials: list[dict], runs: int, use_templates: bool) -> dict:  # type: ignore[no-untyped-def]
+def latency_bench(rec: Recognizer, trials: list[dict], runs: int, use_templates: bool) -> dict:
     """Time from the last pushed frame to the result, for ~3 s answers streamed in 30 ms."""
     long = [t for t in trials if len(t["prompt"]) == 5][:runs]
     out: dict[str, list[float]] = {"after_end_ms": [], "push_rtf": [], "audio_s": []}
@@ -444,7 +448,9 @@ def main() -> int:
     return latency_and_memory(args, rec, fsdd, report)
 
 
-def latency_and_memory(args: argparse.Namespace, rec, fsdd: list[dict], report: dict) -> int:  # type: ignore[no-untyped-def]
+def latency_and_memory(
+    args: argparse.Namespace, rec: Recognizer, fsdd: list[dict], report: dict
+) -> int:
     report["latency_templates"] = latency_bench(rec, fsdd, 20, use_templates=True)
     report["latency_pocketsphinx_only"] = latency_bench(rec, fsdd, 20, use_templates=False)
     report["rss_mb_after_pocketsphinx_runs"] = rss_mb()

@@ -22,8 +22,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from voxgate.audio.file import read_audio  # noqa: E402
 from voxgate.config import VoxgateConfig  # noqa: E402
 from voxgate.service.loop import Daemon  # noqa: E402
 from voxgate.service.notify import Notifier  # noqa: E402
+
+if TYPE_CHECKING:
+    from voxgate.service.stages import Stages
 
 SR = 16000
 
@@ -110,7 +114,9 @@ def proc_status() -> dict[str, int]:
     return out
 
 
-def build(args: argparse.Namespace, cfg: VoxgateConfig, source: MixSource):  # type: ignore[no-untyped-def]
+def build(
+    args: argparse.Namespace, cfg: VoxgateConfig, source: MixSource
+) -> Callable[[VoxgateConfig], Stages]:
     if args.stages == "real":
         from voxgate.service.stages import build_stages
 

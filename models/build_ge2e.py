@@ -23,8 +23,12 @@ import importlib.util
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "daemon"))
@@ -95,7 +99,7 @@ def add_range_anchors(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def build_float(weights: dict[str, np.ndarray]):  # -> onnx.ModelProto
+def build_float(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 

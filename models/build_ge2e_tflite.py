@@ -21,15 +21,21 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    import tf_keras
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "daemon" / "voxgate" / "models"
 FRAMES, BANDS, HIDDEN = 160, 40, 256
 
 
-def _load_module(name: str, path: Path):
+def _load_module(name: str, path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -44,7 +50,7 @@ def find_pretrained() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pretrained.pt"
 
 
-def build_keras(weights: dict[str, np.ndarray]):
+def build_keras(weights: dict[str, np.ndarray]) -> tf_keras.Model:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tf_keras as keras
 

@@ -89,7 +89,8 @@ def save(cohort: Cohort, directory: Path) -> Path:
     arrays = {"embeddings": cohort.embeddings.astype(np.float32)}
     if cohort.center is not None:
         arrays["center"] = cohort.center.astype(np.float32)
-    np.savez_compressed(npz, **arrays)
+    # ignore: numpy's stubs cannot rule out a ** key named allow_pickle (a bool).
+    np.savez_compressed(npz, **arrays)  # type: ignore[arg-type]
     doc = {
         "format": COHORT_FORMAT,
         "model_id": cohort.model_id,
@@ -272,7 +273,8 @@ def pieces(pcm: np.ndarray, seed: int, lengths_s: tuple[float, float] = PIECE_S,
     """Cut a recording into consecutive pieces of random length in lengths_s (seeded, so a
     rebuild gives the same pieces); a tail shorter than the shortest length is dropped."""
     rng = np.random.default_rng(seed)
-    out, start = [], 0
+    out: list[np.ndarray] = []
+    start = 0
     while True:
         n = int(rng.uniform(*lengths_s) * rate)
         if start + n > len(pcm):

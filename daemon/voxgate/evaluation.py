@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from voxgate.audio.base import SAMPLE_RATE
+from voxgate.audio.base import SAMPLE_RATE, AudioError
 from voxgate.cohort import model_sha256
 from voxgate.quality import Quality, assess, gate_reasons
 
@@ -156,7 +156,7 @@ class EmbeddingCache:
             return
         recs = sorted(self._emb)
         emb = np.stack(
-            [self._emb[r] if self._emb[r] is not None else np.full(self.dim, np.nan) for r in recs]
+            [e if (e := self._emb[r]) is not None else np.full(self.dim, np.nan) for r in recs]
         ).astype(np.float32)
         meta = {
             "model_id": self.model_id,
@@ -179,8 +179,17 @@ class EmbeddingCache:
     def fill(self, recordings: Iterable[str], progress: Callable[[int, int], None]) -> None:
         todo = [r for r in dict.fromkeys(recordings) if r not in self._emb]
         for n, rec in enumerate(todo, 1):
-            pcm = load_recording(self.root, rec)
+            try:
+                pcm = load_recording(self.root, rec)
+            except AudioError as exc:  # a corrupt or missing file: counted, the run goes on
+                self.errors[rec] = str(exc)
+                log.warning("%s: no embedding: %s", rec, exc)
+                pcm = np.zeros(0, np.int16)
             self._quality[rec] = assess(pcm, self.vad_cfg)
+            if rec in self.errors:
+                self._emb[rec] = None
+                progress(n, len(todo))
+                continue
             try:
                 emb = self.embedder.embed(pcm)
             except Exception as exc:  # TooShort, or audio the model cannot take
@@ -430,14 +439,27 @@ def evaluate(
     retry = 0
     with tempfile.TemporaryDirectory() as tmp:
         store = VoiceprintStore(Path(tmp) / "eval.db", bytes(32))
-        for model, recs in es.enroll.items():
-            takes = [load_recording(es.root, r) for r in recs]
+        for model, all_recs in es.enroll.items():
+            recs = []
+            takes: list[np.ndarray] = []
+            for rec_path in all_recs:
+                try:
+                    takes.append(load_recording(es.root, rec_path))
+                    recs.append(rec_path)
+                except AudioError:
+                    pass  # unreadable: already counted among the embedding errors
             result = check_takes(takes, cache, speaker_cfg, cfg.vad)
-            embs = result.embeddings
-            if len(embs) == 0:  # every take rejected: enroll from all so trials still count
-                embs = np.stack([e for e in (cache.get(r) for r in recs) if e is not None])
+            enroll_embs = result.embeddings
+            if len(enroll_embs) == 0:  # every take rejected: enroll from all so trials still count
+                usable = [e for e in (cache.get(r) for r in recs) if e is not None]
+                enroll_embs = np.stack(usable) if usable else np.zeros((0, 0))
             rejected[model] = [f"{recs[t.index - 1]}: {t.reason}" for t in result.rejected]
-            store.add_user(model, embs, embedder.model_id)
+            if len(enroll_embs) == 0:
+                # No take could be embedded at all: the model stays unenrolled and its trials
+                # score -inf (counted, as every trial is), instead of stopping the whole run.
+                log.warning("%s: no enrollment take of %s could be embedded", es.name, model)
+                continue
+            store.add_user(model, enroll_embs, embedder.model_id)
         scorer = Scorer(store, embedder, speaker_cfg, cohort)
         threshold = scorer.threshold(1)
         backend = np.empty(len(es.trials))
@@ -491,8 +513,8 @@ def evaluate(
         with open(out_dir / "scores.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["model", "path", "target", "cosine", "backend"])
-            for (m, r, t), a, b in zip(es.trials, baseline, backend, strict=True):
-                w.writerow([m, r, t, f"{a:.6f}", f"{b:.6f}"])
+            for (m, path, t), a, b in zip(es.trials, baseline, backend, strict=True):
+                w.writerow([m, path, t, f"{a:.6f}", f"{b:.6f}"])
         systems = {}
         target = np.array([t for _, _, t in es.trials])
         for res in (base, back):

@@ -53,7 +53,7 @@ def to_float(pcm: np.ndarray) -> np.ndarray:
 # --- mel scales and filterbanks (written from the published formulas) -------------------------
 
 
-def slaney_hz_to_mel(f: np.ndarray) -> np.ndarray:
+def slaney_hz_to_mel(f: np.ndarray | float) -> np.ndarray:
     """Slaney's Auditory Toolbox scale: linear below 1 kHz (3 mels per 200 Hz), log above."""
     f = np.asarray(f, dtype=np.float64)
     linear = f / (200.0 / 3.0)
@@ -61,7 +61,7 @@ def slaney_hz_to_mel(f: np.ndarray) -> np.ndarray:
     return np.where(f >= 1000.0, log_part, linear)
 
 
-def slaney_mel_to_hz(m: np.ndarray) -> np.ndarray:
+def slaney_mel_to_hz(m: np.ndarray | float) -> np.ndarray:
     m = np.asarray(m, dtype=np.float64)
     linear = m * (200.0 / 3.0)
     log_part = 1000.0 * np.exp((math.log(6.4) / 27.0) * (m - 15.0))

@@ -762,7 +762,7 @@ class FleetSync:
         Run at start, so shrinking fleet.access / fleet.groups (an Ansible run) revokes
         access even for doors that were offline when it changed.
         """
-        dropped = []
+        dropped: list[str] = []
         held = set(self.state.held_tags())
         if not held:
             return dropped

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from voxgate.config.service import LockoutConfig
 from voxgate.policy import LockoutState
@@ -130,8 +131,13 @@ class LockoutBook:
         usr = self._entries.get(user_key(user)) if user else None
         usr = usr or Entry(user_key(user or ""), 0, None)
         dev_locked, usr_locked = dev.locked(now), usr.locked(now)
-        ends = [e.locked_until for e, on in ((dev, dev_locked), (usr, usr_locked)) if on]
-        scope = (
+        # locked() implies locked_until is set; the second test only narrows the type.
+        ends = [
+            e.locked_until
+            for e, on in ((dev, dev_locked), (usr, usr_locked))
+            if on and e.locked_until is not None
+        ]
+        scope: Literal["user", "device", "both"] | None = (
             "both"
             if dev_locked and usr_locked
             else "device"
@@ -142,7 +148,7 @@ class LockoutBook:
         )
         return LockoutState(
             locked=bool(ends),
-            until=max(ends) if ends else None,  # type: ignore[type-var]
+            until=max(ends) if ends else None,
             user_failures=usr.failures,
             device_failures=dev.failures,
             scope=scope,

@@ -162,12 +162,14 @@ class ReplayDetector:
                         " VALUES (?, ?, ?, ?)",
                         (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes()),
                     )
-        is_replay = best >= self.threshold
-        if is_replay:
+        # A replay needs an earlier attempt it matches: with threshold <= 0 and nothing
+        # stored, best stays 0.0 and when None (this crashed on `now - when`).
+        if when is not None and best >= self.threshold:
             log.warning(
                 "replay: answer matches an attempt from %.0f s ago (%.2f)", now - when, best
             )
-        return ReplayResult(is_replay, best, when if is_replay else None)
+            return ReplayResult(True, best, when)
+        return ReplayResult(False, best, None)
 
     def _prune(self, now: float) -> None:
         with self._db:

@@ -44,7 +44,9 @@ class Client:
         assert resp.getheader("Content-Type", "").startswith("application/json"), raw[:200]
         return resp.status, json.loads(raw), resp
 
-    def upload(self, path: str, files: list[tuple[str, bytes]], fields: dict | None = None):
+    def upload(
+        self, path: str, files: list[tuple[str, bytes]], fields: dict | None = None
+    ) -> tuple[int, dict[str, Any], http.client.HTTPResponse]:
         boundary = uuid.uuid4().hex
         parts = []
         for key, value in (fields or {}).items():

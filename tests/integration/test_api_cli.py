@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _voxgate(*args: str, **kw) -> subprocess.Popen:
+def _voxgate(*args: str, **kw: Any) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", RUNNER, *args],
         stdout=subprocess.PIPE,

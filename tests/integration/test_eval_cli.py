@@ -100,3 +100,25 @@ def test_eval_bad_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     (tmp_path / "manifest.csv").write_text("path,speaker,text\n")
     assert main(["eval", str(tmp_path)]) == 1
     assert "enroll.csv" in capsys.readouterr().err
+
+
+@needs_espeak
+def test_corrupt_recordings_are_counted_and_do_not_stop_the_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = synth_set(tmp_path / "set", takes=2, tests=2)
+    for take in (root / "audio" / "spk1").glob("[01].wav"):  # spk1's two enrollment takes
+        take.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    (root / "audio" / "spk2" / "2.wav").write_bytes(b"not audio")  # and one test recording
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    report = _check_outputs(out, 8 * 4)  # every trial still counts
+    assert "no enrollment take of spk1" in caplog.text
+    with open(out / "scores.csv") as f:
+        spk1 = [r for r in csv.DictReader(f) if r["model"] == "spk1"]
+    assert spk1 and all(float(r["backend"]) == float("-inf") for r in spk1)
+    assert set(report["embedding_errors"]) == {
+        "audio/spk1/0.wav",
+        "audio/spk1/1.wav",
+        "audio/spk2/2.wav",
+    }

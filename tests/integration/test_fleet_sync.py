@@ -58,7 +58,9 @@ def alice_takes() -> list[np.ndarray]:
 
 
 class Door:
-    def __init__(self, base: Path, name: str, broker: Broker, groups: list[str], **fleet: Any):
+    def __init__(
+        self, base: Path, name: str, broker: Broker, groups: list[str], **fleet: Any
+    ) -> None:
         self.name = name
         self.dir = base / name
         self.dir.mkdir(parents=True, exist_ok=True)

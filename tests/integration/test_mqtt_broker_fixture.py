@@ -6,10 +6,15 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 import pytest
 from broker import STANDARD_USERS, Broker
+
+if TYPE_CHECKING:
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
 
 
 def _client(broker: Broker, user: str | None, password: str | None = None) -> mqtt.Client:
@@ -25,7 +30,13 @@ def _connect_rc(c: mqtt.Client, broker: Broker) -> int:
     done = threading.Event()
     result: list[int] = []
 
-    def on_connect(client, userdata, flags, reason_code, properties) -> None:
+    def on_connect(
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         result.append(reason_code.value)
         done.set()
 

@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 import pytest
@@ -31,6 +32,11 @@ from voxgate.audit import verify
 from voxgate.config import VoxgateConfig
 from voxgate.service.loop import Daemon
 from voxgate.service.notify import Notifier
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from voxgate.service.stages import AttemptResult, EmbeddingStream, Stages
 
 pytestmark = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="needs espeak-ng for test speech"
@@ -58,7 +64,7 @@ def config(tmp_path: Path, path: Path, **extra: object) -> VoxgateConfig:
     return VoxgateConfig.model_validate(data)
 
 
-def run(cfg: VoxgateConfig, stages, **kw: object) -> tuple[Daemon, int]:  # type: ignore[no-untyped-def]
+def run(cfg: VoxgateConfig, stages: Stages, **kw: object) -> tuple[Daemon, int]:
     d = Daemon(cfg, stage_factory=lambda c: stages, notifier=Notifier({}), **kw)  # type: ignore[arg-type]
     return d, d.run()
 
@@ -166,7 +172,7 @@ def test_a_stage_error_aborts_the_attempt_and_the_daemon_goes_on(
     calls = {"n": 0}
     real_stream = stages.embedder.stream
 
-    def flaky_stream():  # type: ignore[no-untyped-def]
+    def flaky_stream() -> EmbeddingStream:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("model exploded")
@@ -186,7 +192,7 @@ def test_missing_stage_exits_69_and_unwritable_data_dir_73(tmp_path: Path, audio
 
     rec = attempt_recording(audio_dir)
 
-    def missing(cfg: VoxgateConfig):  # type: ignore[no-untyped-def]
+    def missing(cfg: VoxgateConfig) -> NoReturn:
         raise StageUnavailable("speaker stage: model file is corrupt")
 
     d = Daemon(config(tmp_path, rec), stage_factory=missing, notifier=Notifier({}))
@@ -313,7 +319,7 @@ class WedgedMic:
 
         self.closed = threading.Event()
 
-    def frames(self, frame_ms: int = 30):  # type: ignore[no-untyped-def]
+    def frames(self, frame_ms: int = 30) -> Iterator[np.ndarray]:
         rng = np.random.default_rng(0)
         for _ in range(20):
             yield rng.normal(0, 30, 16 * frame_ms).astype(np.int16)
@@ -357,7 +363,7 @@ def test_a_decision_that_cannot_be_published_is_still_audited_and_counted(
     rec = attempt_recording(audio_dir)
     stages = standin_stages(FileSource(rec), {"me": voiceprint})
 
-    def unsignable(result):  # type: ignore[no-untyped-def]
+    def unsignable(result: AttemptResult) -> NoReturn:
         raise ValueError("Out of range float values are not JSON compliant")
 
     stages.make_decision = unsignable

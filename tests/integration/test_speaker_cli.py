@@ -104,7 +104,9 @@ def test_enroll_verify_identify_erase(
     assert main(["verify", "bob", str(bob_try), "-c", cfg]) == 0
 
 
-def test_enroll_rejects_bad_takes(device: dict[str, Path], capsys: pytest.CaptureFixture[str]):
+def test_enroll_rejects_bad_takes(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     d = device["dir"]
     good = [str(say(d / f"g{i}.wav", t, "en+m3")) for i, t in enumerate(TAKES[:3])]
     other = str(say(d / "other.wav", TAKES[3], "en+f2"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -19,6 +20,9 @@ from voxgate.audio import open_source
 from voxgate.config import ConfigError, VoxgateConfig, load_config
 from voxgate.logs import setup_logging
 from voxgate.service.loop import Daemon
+
+if TYPE_CHECKING:
+    from voxgate.service.stages import Stages
 
 
 def main() -> int:
@@ -34,7 +38,7 @@ def main() -> int:
         return 78
     setup_logging(cfg.logging)
 
-    def factory(c: VoxgateConfig):  # type: ignore[no-untyped-def]
+    def factory(c: VoxgateConfig) -> Stages:
         from service_standins import MelEmbedder
 
         prints = {}

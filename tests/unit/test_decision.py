@@ -7,6 +7,7 @@ import hmac
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,6 +22,9 @@ from voxgate.decision import (
     sign,
     verify,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "mqtt.md"
 KEY = b"k" * 32
@@ -85,7 +89,7 @@ def test_round_trip_keeps_fields() -> None:
     ],
     ids=["user", "outcome", "seq", "zero-sig", "short-sig"],
 )
-def test_tampered_is_bad_signature(mutate) -> None:  # type: ignore[no-untyped-def]
+def test_tampered_is_bad_signature(mutate: Callable[[dict[str, str]], None]) -> None:
     env = json.loads(sign(_decision(outcome="denied"), KEY))
     mutate(env)
     with pytest.raises(DecisionError) as e:

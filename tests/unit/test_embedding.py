@@ -9,6 +9,7 @@ import subprocess
 import sys
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -23,6 +24,9 @@ from voxgate.embedding import (
     load_card,
     load_embedder,
 )
+
+if TYPE_CHECKING:
+    from voxgate.embedding import SpeakerEmbedder
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "daemon" / "voxgate" / "models"
@@ -46,7 +50,7 @@ SENTENCE = "The quick brown fox jumps over the lazy dog, and then it runs far aw
 
 
 @pytest.fixture(scope="module")
-def embedder():
+def embedder() -> SpeakerEmbedder:
     return load_embedder()
 
 
@@ -61,7 +65,7 @@ def build_fbank_demo(out: Path) -> Path:
     return module.build(out)
 
 
-def test_default_model_loads_and_embeds(embedder) -> None:
+def test_default_model_loads_and_embeds(embedder: SpeakerEmbedder) -> None:
     assert embedder.model_id.startswith("ge2e-resemblyzer-")
     assert embedder.model_id.endswith("/int8")
     assert embedder.dim == 256
@@ -71,7 +75,7 @@ def test_default_model_loads_and_embeds(embedder) -> None:
     assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_same_voice_scores_higher_than_other_voice(embedder) -> None:
+def test_same_voice_scores_higher_than_other_voice(embedder: SpeakerEmbedder) -> None:
     a = embedder.embed(speak(SENTENCE, "en-us"))
     b = embedder.embed(speak("Please open the front door for me, I live here.", "en-us"))
     c = embedder.embed(speak("Please open the front door for me, I live here.", "en-us+f3"))
@@ -79,7 +83,7 @@ def test_same_voice_scores_higher_than_other_voice(embedder) -> None:
 
 
 @pytest.mark.parametrize("chunk", [480, 1600, 7777])
-def test_stream_equals_embed(embedder, chunk: int) -> None:
+def test_stream_equals_embed(embedder: SpeakerEmbedder, chunk: int) -> None:
     pcm = speak(SENTENCE)
     batch = embedder.embed(pcm)
     stream = embedder.stream()
@@ -93,7 +97,7 @@ def test_stream_equals_embed(embedder, chunk: int) -> None:
     assert 1.0 - float(batch @ streamed) < 1e-5
 
 
-def test_stream_rejects_use_after_finish(embedder) -> None:
+def test_stream_rejects_use_after_finish(embedder: SpeakerEmbedder) -> None:
     s = embedder.stream()
     s.push(speak(SENTENCE))
     s.finish()
@@ -124,7 +128,7 @@ def test_window_plan(tmp_path: Path) -> None:
     assert p.window_starts(12000) == [0]  # no full window: the partial one is used
 
 
-def test_too_short_raises(embedder, caplog) -> None:
+def test_too_short_raises(embedder: SpeakerEmbedder, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("INFO"), pytest.raises(TooShort, match="needs at least"):
         embedder.embed(np.zeros(4000, np.int16))
     assert "0.25 s of audio" in caplog.text
@@ -136,7 +140,7 @@ def test_too_short_raises(embedder, caplog) -> None:
         embedder.embed(np.zeros(0, np.int16))
 
 
-def test_silence_and_clipping_stay_finite(embedder) -> None:
+def test_silence_and_clipping_stay_finite(embedder: SpeakerEmbedder) -> None:
     silent = embedder.embed(np.zeros(32000, np.int16))
     assert np.all(np.isfinite(silent))
     assert np.linalg.norm(silent) == pytest.approx(1.0, abs=1e-5)
@@ -150,7 +154,7 @@ def test_silence_and_clipping_stay_finite(embedder) -> None:
     assert np.all(np.isfinite(embedder.embed(noisy)))
 
 
-def test_stereo_array_is_rejected(embedder) -> None:
+def test_stereo_array_is_rejected(embedder: SpeakerEmbedder) -> None:
     with pytest.raises(EmbeddingError, match="mono"):
         embedder.embed(np.zeros((16000, 2), np.int16))
 
@@ -165,7 +169,7 @@ def copy_shipped(tmp_path: Path, card: str = "ge2e-int8.yaml") -> Path:
     return tmp_path / card
 
 
-def test_missing_card(tmp_path: Path, caplog) -> None:
+def test_missing_card(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("ERROR"), pytest.raises(ModelError, match="does not exist"):
         load_embedder(tmp_path / "nope.yaml")
     assert "nope.yaml" in caplog.text

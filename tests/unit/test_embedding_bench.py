@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from voxgate.cli import main
 
 SHIPPED = Path(__file__).resolve().parents[2] / "daemon" / "voxgate" / "models"
 
 
-def test_bench_reports_each_model(capsys) -> None:
+def test_bench_reports_each_model(capsys: pytest.CaptureFixture[str]) -> None:
     card = SHIPPED / "ge2e-int8.yaml"
     rc = main(["bench", "--model", str(card), "-n", "2", "--seconds", "2", "--no-torch", "--json"])
     assert rc == 0
@@ -22,7 +24,9 @@ def test_bench_reports_each_model(capsys) -> None:
     assert row["seconds"] == 2.0
 
 
-def test_bench_reports_a_broken_model_without_crashing(tmp_path: Path, capsys) -> None:
+def test_bench_reports_a_broken_model_without_crashing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("format: 1\n")
     assert main(["bench", "--model", str(bad), "-n", "1", "--no-torch"]) == 1

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -17,6 +18,9 @@ from voxgate.audio.convert import float_to_int16, resample
 from voxgate.embedding import ModelError, load_embedder
 from voxgate.embedding.card import read_card
 from voxgate.embedding.trim import SpeechTrim, TrimSpec, trim_speech
+
+if TYPE_CHECKING:
+    from voxgate.embedding import SpeakerEmbedder
 
 SHIPPED = Path(__file__).resolve().parents[2] / "daemon" / "voxgate" / "models"
 RATE = 16000
@@ -43,12 +47,12 @@ def noise(seconds: float, dbfs: float = -60.0, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def embedder():
+def embedder() -> SpeakerEmbedder:
     return load_embedder()
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory):
+def plain(tmp_path_factory: pytest.TempPathFactory) -> SpeakerEmbedder:
     """The shipped int8 model without its trim block."""
     d = tmp_path_factory.mktemp("card")
     text = (SHIPPED / "ge2e-int8.yaml").read_text()
@@ -71,7 +75,7 @@ def test_shipped_cards_trim() -> None:
         assert read_card(SHIPPED / name).trim == SPEC
 
 
-def test_pauses_are_dropped(embedder, plain) -> None:
+def test_pauses_are_dropped(embedder: SpeakerEmbedder, plain: SpeakerEmbedder) -> None:
     a, b = words()
     padded = np.concatenate([noise(0.5), a, noise(2.0, seed=1), b, noise(1.5, seed=2)])
     speech_only = np.concatenate([a, b])
@@ -97,7 +101,7 @@ def test_trim_stream_equals_batch(chunk: int) -> None:
     assert np.array_equal(np.concatenate(parts), trim_speech(pcm, SPEC))
 
 
-def test_embedding_stream_equals_batch_and_leaves_one_window(embedder) -> None:
+def test_embedding_stream_equals_batch_and_leaves_one_window(embedder: SpeakerEmbedder) -> None:
     a, b = words()
     # As the daemon pushes an utterance: pre-roll, speech with a pause, 0.5 s hangover.
     pcm = np.concatenate([noise(0.3), a, noise(0.8, seed=5), b, noise(0.5, seed=6)])
@@ -112,7 +116,9 @@ def test_embedding_stream_equals_batch_and_leaves_one_window(embedder) -> None:
     assert 1.0 - float(embedder.embed(pcm) @ embedder._embed_plain(speech)) < 1e-6
 
 
-def test_too_little_speech_falls_back_to_the_audio(embedder, plain) -> None:
+def test_too_little_speech_falls_back_to_the_audio(
+    embedder: SpeakerEmbedder, plain: SpeakerEmbedder
+) -> None:
     pcm = noise(2.0, dbfs=-70)  # nothing the VAD calls speech
     assert trim_speech(pcm, SPEC).size < embedder._min_samples
     v = embedder.embed(pcm)
@@ -136,7 +142,9 @@ def test_bad_trim_block_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("seconds", [0.9, 1.3, 2.1, 2.9])
-def test_short_and_end_windows_stream_equals_batch(embedder, seconds: float) -> None:
+def test_short_and_end_windows_stream_equals_batch(
+    embedder: SpeakerEmbedder, seconds: float
+) -> None:
     a, _ = words()
     pcm = np.concatenate([a, a, a])[: int(seconds * RATE)]
     s = embedder.stream()
@@ -145,7 +153,7 @@ def test_short_and_end_windows_stream_equals_batch(embedder, seconds: float) -> 
     assert 1.0 - float(s.finish() @ embedder.embed(pcm)) < 1e-5
 
 
-def test_short_audio_is_repeated_not_padded(embedder) -> None:
+def test_short_audio_is_repeated_not_padded(embedder: SpeakerEmbedder) -> None:
     a, _ = words()
     speech = embedder.speech_of(a[: int(1.0 * RATE)])
     frames = embedder.frontend.frames(speech, n_frames=160)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,9 @@ from voxgate.fleet import Codec, FleetError, FleetKeys, MessageError, parse_key3
 NOW = 1_800_000_000.0
 
 
-def _codec(device: str, signing: bytes | None, signers: dict[str, bytes], fleet_key: bytes):
+def _codec(
+    device: str, signing: bytes | None, signers: dict[str, bytes], fleet_key: bytes
+) -> Codec:
     return Codec(FleetKeys(fleet_key, signing, signers), "acme", device)
 
 
@@ -103,7 +106,7 @@ def test_a_receive_only_door_cannot_publish(pair: tuple[Codec, Codec, bytes]) ->
         receiver.encode("erase", "lobby", "alice", 1)
 
 
-def test_keys_from_files(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keys_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("VOXGATE_FLEET_KEY", "VOXGATE_FLEET_SIGNING_KEY", "CREDENTIALS_DIRECTORY"):
         monkeypatch.delenv(var, raising=False)
     key = tmp_path / "fleet-key"

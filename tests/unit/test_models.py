@@ -34,7 +34,7 @@ def weights() -> dict[str, np.ndarray]:
     return load_ge2e_weights(pretrained())
 
 
-def test_reader_reproduces_the_ge2e_weights(weights) -> None:
+def test_reader_reproduces_the_ge2e_weights(weights: dict[str, np.ndarray]) -> None:
     shapes = {k: v.shape for k, v in weights.items()}
     assert shapes["lstm.weight_ih_l0"] == (1024, 40)
     for layer in range(3):
@@ -60,7 +60,7 @@ def test_reader_refuses_code_in_a_checkpoint(tmp_path: Path) -> None:
         load_legacy(tmp_path / "zip.pt")
 
 
-def test_float_onnx_equals_numpy_reference(weights) -> None:
+def test_float_onnx_equals_numpy_reference(weights: dict[str, np.ndarray]) -> None:
     e = load_embedder(SHIPPED / "ge2e-float.yaml")
     pcm = speak(SENTENCE)
     starts = e.window_starts(pcm.size)

@@ -140,7 +140,14 @@ CASES = [
     [c[1:] for c in CASES],
     ids=[c[0] for c in CASES],
 )
-def test_decide(speaker, liveness, replay, lockout, expired, want) -> None:
+def test_decide(
+    speaker: Speaker | None,
+    liveness: Liveness | None,
+    replay: Replay | None,
+    lockout: LockoutState,
+    expired: bool,
+    want: Verdict,
+) -> None:
     assert decide(speaker, liveness, replay, lockout, expired) == want
 
 

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -26,6 +27,9 @@ from voxgate.stt import (
 )
 from voxgate.stt.base import NO_SPEECH, PROMPT_MISMATCH, TOO_LONG, SttError
 from voxgate.stt.recognizer import WRONG_COUNT
+
+if TYPE_CHECKING:
+    from voxgate.stt import Recognizer
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng missing")
 ENROLL = ("01234", "56789", "97531", "86420")
@@ -44,7 +48,7 @@ def say_digits(digits: str, speed: int = 150, pitch: int = 50) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def rec():  # type: ignore[no-untyped-def]
+def rec() -> Recognizer:
     return load_recognizer(SttConfig())
 
 
@@ -71,7 +75,9 @@ def test_template_bytes_round_trip(templates: DigitTemplates) -> None:
 
 
 @pytest.mark.parametrize("prompt", ["40712", "93385", "6208"])
-def test_the_prompt_spoken_is_accepted(rec, templates, prompt: str) -> None:  # type: ignore[no-untyped-def]
+def test_the_prompt_spoken_is_accepted(
+    rec: Recognizer, templates: DigitTemplates, prompt: str
+) -> None:
     res = rec.check_prompt(say_digits(prompt), digits_to_words(prompt), templates)
     assert res.ok, res
     assert res.method == "templates" and res.reason is None
@@ -79,20 +85,26 @@ def test_the_prompt_spoken_is_accepted(rec, templates, prompt: str) -> None:  # 
 
 
 @pytest.mark.parametrize(("spoken", "prompt"), [("40712", "12345"), ("40712", "40718")])
-def test_other_digits_are_denied(rec, templates, spoken: str, prompt: str) -> None:  # type: ignore[no-untyped-def]
+def test_other_digits_are_denied(
+    rec: Recognizer, templates: DigitTemplates, spoken: str, prompt: str
+) -> None:
     res = rec.check_prompt(say_digits(spoken), digits_to_words(prompt), templates)
     assert not res.ok and not res.retry
     assert res.reason == PROMPT_MISMATCH
     assert res.score < res.threshold
 
 
-def test_a_wrong_number_of_digits_is_denied_with_that_reason(rec, templates) -> None:  # type: ignore[no-untyped-def]
+def test_a_wrong_number_of_digits_is_denied_with_that_reason(
+    rec: Recognizer, templates: DigitTemplates
+) -> None:
     res = rec.check_prompt(say_digits("4071"), digits_to_words("40712"), templates)
     assert not res.ok and res.reason == WRONG_COUNT
     assert res.transcript == "4071"
 
 
-def test_streaming_gives_the_same_result_as_one_call(rec, templates) -> None:  # type: ignore[no-untyped-def]
+def test_streaming_gives_the_same_result_as_one_call(
+    rec: Recognizer, templates: DigitTemplates
+) -> None:
     pcm = say_digits("58213")
     whole = rec.check_prompt(pcm, digits_to_words("58213"), templates)
     stream = rec.start(digits_to_words("58213"), templates)
@@ -101,14 +113,16 @@ def test_streaming_gives_the_same_result_as_one_call(rec, templates) -> None:  #
     assert stream.finish() == whole
 
 
-def test_templates_missing_a_digit_fall_back_to_pocketsphinx(rec) -> None:  # type: ignore[no-untyped-def]
+def test_templates_missing_a_digit_fall_back_to_pocketsphinx(rec: Recognizer) -> None:
     partial = templates_from_takes([(say_digits("123", 140), "123")])
     res = rec.check_prompt(say_digits("456"), digits_to_words("456"), partial)
     assert res.method == "pocketsphinx"
 
 
 @pytest.mark.parametrize("prompt", ["40712", "58213"])
-def test_pocketsphinx_alone_accepts_the_prompt_and_denies_others(rec, prompt: str) -> None:  # type: ignore[no-untyped-def]
+def test_pocketsphinx_alone_accepts_the_prompt_and_denies_others(
+    rec: Recognizer, prompt: str
+) -> None:
     pcm = say_digits(prompt, 140)
     res = rec.check_prompt(pcm, digits_to_words(prompt))
     assert res.ok and res.method == "pocketsphinx"
@@ -117,18 +131,18 @@ def test_pocketsphinx_alone_accepts_the_prompt_and_denies_others(rec, prompt: st
         assert not res.ok and res.reason in (PROMPT_MISMATCH, WRONG_COUNT)
 
 
-def test_transcribe_gives_digits_under_the_digit_grammar(rec) -> None:  # type: ignore[no-untyped-def]
+def test_transcribe_gives_digits_under_the_digit_grammar(rec: Recognizer) -> None:
     t = rec.transcribe(say_digits("40712", 140))
     assert t.digits is not None and 3 <= len(t.digits) <= 6
     assert words_to_digits(tuple(t.text.split())) == t.digits
 
 
-def test_silence_means_try_again(rec, templates) -> None:  # type: ignore[no-untyped-def]
+def test_silence_means_try_again(rec: Recognizer, templates: DigitTemplates) -> None:
     res = rec.check_prompt(np.zeros(32000, np.int16), digits_to_words("12345"), templates)
     assert not res.ok and res.retry and res.reason == NO_SPEECH
 
 
-def test_laughter_and_music_are_not_accepted(rec, templates) -> None:  # type: ignore[no-untyped-def]
+def test_laughter_and_music_are_not_accepted(rec: Recognizer, templates: DigitTemplates) -> None:
     laugh = say("ha ha ha ha, hee hee hee", 180, 80)
     t = np.arange(3 * 16000) / 16000
     chord = sum(np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0, 523.3))
@@ -140,7 +154,7 @@ def test_laughter_and_music_are_not_accepted(rec, templates) -> None:  # type: i
             assert res.reason is not None
 
 
-def test_a_long_monologue_is_cut_off_and_means_try_again(templates) -> None:  # type: ignore[no-untyped-def]
+def test_a_long_monologue_is_cut_off_and_means_try_again(templates: DigitTemplates) -> None:
     speech = say("The quick brown fox jumps over the lazy dog near the old river bank.")
     reps = int(np.ceil(60 * 16000 / len(speech)))
     monologue = np.tile(speech, reps)[: 60 * 16000]
@@ -166,7 +180,7 @@ def test_pocketsphinx_results_do_not_depend_on_earlier_answers() -> None:
     assert after == alone
 
 
-def test_an_abandoned_prompt_is_dropped_when_the_next_one_starts(rec) -> None:  # type: ignore[no-untyped-def]
+def test_an_abandoned_prompt_is_dropped_when_the_next_one_starts(rec: Recognizer) -> None:
     # An attempt that times out never calls finish(); its grammar must not stay behind
     # (each one kept about 0.4 MB of decoder memory: a leak over months at a door).
     abandoned = rec.start(digits_to_words("12345"), None)
@@ -178,11 +192,11 @@ def test_an_abandoned_prompt_is_dropped_when_the_next_one_starts(rec) -> None:  
     with pytest.raises(SttError, match="replaced by a newer one"):
         abandoned.finish()
     with pytest.raises(KeyError):  # its grammar is gone from the decoder, not just forgotten
-        rec.engine._dec.activate_search(abandoned.engine.search)
+        rec.engine._dec.activate_search(abandoned.engine.search)  # type: ignore[attr-defined]
     assert rec.check_prompt(say_digits("58213", 140), digits_to_words("58213")).ok
 
 
-def test_a_take_that_starts_with_room_noise_keeps_its_templates(rec) -> None:  # type: ignore[no-untyped-def]
+def test_a_take_that_starts_with_room_noise_keeps_its_templates(rec: Recognizer) -> None:
     """Half a second of faint noise before the first word (a file recorded by hand) is not
     cut as a digit: the take gives every template, passes the leave-one-out prompt check,
     and the templates still check an answer."""

@@ -16,10 +16,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voxgate.commands.common import add_config_option, add_parser, config_from_args
+
+if TYPE_CHECKING:
+    import numpy as np  # imported at run time only by the worker
 
 EXAMPLES = """\
 voxgate bench                                   shipped models (+ PyTorch Resemblyzer if importable)
@@ -57,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # --- worker (runs in the subprocess) -----------------------------------------------------------
 
 
-def synthetic_speech(seconds: float, seed: int = 0):  # -> np.ndarray
+def synthetic_speech(seconds: float, seed: int = 0) -> np.ndarray:
     """Deterministic speech-like audio: a gliding harmonic voice with syllable-rate bursts
     and pauses. Speed does not depend on what is said, only on how long it is."""
     import numpy as np
@@ -84,8 +88,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _timed(fn, runs: int) -> list[float]:
-    out = []
+def _timed(fn: Callable[[], object], runs: int) -> list[float]:
+    out: list[float] = []
     for _ in range(runs):
         t0 = time.perf_counter()
         fn()

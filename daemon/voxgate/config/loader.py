@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
 from voxgate.config.schema import VoxgateConfig
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 
 class ConfigError(Exception):
@@ -27,15 +30,16 @@ def _key_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...]
     out.setdefault(path, node.start_mark.line + 1)  # a key's own line wins over its value's
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            key = key_node.value
-            out[(*path, key)] = key_node.start_mark.line + 1
-            _key_lines(value_node, (*path, key), out)
+            # Not out[(*path, key)]: valid on 3.10, but mypy reads it as 3.11-only syntax.
+            key_path = (*path, key_node.value)
+            out[key_path] = key_node.start_mark.line + 1
+            _key_lines(value_node, key_path, out)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _key_lines(item, (*path, i), out)
 
 
-def _describe(err: dict[str, Any], lines: dict[tuple[Any, ...], int]) -> str:
+def _describe(err: ErrorDetails, lines: dict[tuple[Any, ...], int]) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     # pydantic puts union member names into loc ("str", "int"); drop them for the key path.
     key_path = tuple(p for p in loc if not (isinstance(p, str) and p in {"str", "int"}))

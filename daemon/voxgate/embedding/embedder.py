@@ -254,7 +254,7 @@ class EmbeddingStream:
             return
         # Run every window whose audio is complete and whose frames are all computed.
         win, hop_frames, hop = e._win.frames, e._win.hop, e.frontend.hop
-        ready = []
+        ready: list[int] = []
         while True:
             start = (len(self._done) + len(ready)) * hop_frames
             if self._n < (start + win) * hop or self._n_frames < start + win:

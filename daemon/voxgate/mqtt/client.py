@@ -107,9 +107,10 @@ class MqttLink:
         self.cfg = cfg
         self.device_id = device_id
         self.topics = Topics(cfg.topic_prefix, device_id, cfg.discovery_prefix)
-        self._key = decision_key or read_secret("decision-key", cfg.hmac_key_file)
-        if not self._key:
+        key = decision_key or read_secret("decision-key", cfg.hmac_key_file)
+        if not key:
             raise MqttSetupError("the decision key is empty")
+        self._key: bytes = key
         if command_key is None:
             command_key = read_secret("command-key", cfg.command_key_file, required=False)
         if command_key is None:
@@ -199,7 +200,7 @@ class MqttLink:
     def publish_challenge(self, challenge: Any) -> None:
         """A challenge from challenge.new_challenge: what to show or say, valid until expiry."""
         text = getattr(challenge, "text", None) or getattr(challenge, "digits", None) or ""
-        body = {
+        body: dict[str, Any] = {
             "mode": getattr(challenge, "mode", "digits"),
             "text": text,
             "words": list(getattr(challenge, "words", ())),
@@ -290,7 +291,7 @@ class MqttLink:
         with self._out_lock:
             for mid, expires_at in list(self._pending.items()):
                 msg = out.get(mid) if out is not None else None
-                if msg is None:
+                if msg is None or out is None:  # msg is None whenever out is
                     self._pending.pop(mid, None)
                     continue
                 if now >= expires_at:

@@ -15,7 +15,7 @@ import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from voxgate.decision import MAX_TTL_S, DecisionError, open_sealed, seal
 
@@ -121,7 +121,7 @@ class CommandGate:
         if not isinstance(nonce, str) or not NONCE_RE.match(nonce):
             raise CommandError("malformed", "nonce must be 16-64 lowercase hex digits")
         issued, expires = body.get("issued_at"), body.get("expires_at")
-        if not all(_is_number(t) for t in (issued, expires)):
+        if not (_is_number(issued) and _is_number(expires)):
             raise CommandError("malformed", "issued_at and expires_at must be numbers")
         if not 0 < expires - issued <= MAX_TTL_S:
             raise CommandError("bad-validity", f"validity must be in (0, {MAX_TTL_S:g}] s")
@@ -139,7 +139,7 @@ class CommandGate:
         return Command(name, dict(args), nonce, float(issued), float(expires))
 
 
-def _is_number(x: Any) -> bool:
+def _is_number(x: object) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 

@@ -348,6 +348,7 @@ class Daemon:
         return now >= self._stop_deadline
 
     def _tick(self, now: float) -> None:
+        assert self.endpointer is not None  # only called from _loop, after _start set it
         state = self.sm.state
         if state == State.DECIDED and now >= self._decided_until:
             self.sm.move(State.IDLE, "decision shown")
@@ -547,6 +548,7 @@ class Daemon:
         return {"queued": True}
 
     def _run_commands(self) -> None:
+        assert self.endpointer is not None  # only called from _loop, after _start set it
         if self._enroll_prompt is not None and self._quiet():
             pending, self._enroll_prompt = self._enroll_prompt, None
             self._show_enroll_prompt(pending)
@@ -577,6 +579,7 @@ class Daemon:
             log.warning("enrollment prompt %d not shown: command queue full", take)
 
     def _quiet(self) -> bool:
+        assert self.endpointer is not None  # only called from _loop, after _start set it
         return self.attempt is None and not self.endpointer.in_speech
 
     def _show_enroll_prompt(self, p: dict[str, Any]) -> None:
@@ -643,8 +646,9 @@ class Daemon:
         (lockout already counted it) and the loop goes on."""
         assert self.stages is not None
         try:
-            self.stages.link.publish_decision(self.stages.make_decision(result))
-            return True
+            sent = self.stages.link.publish_decision(self.stages.make_decision(result))
+            # MqttLink returns False for a decision that expired before it could be sent.
+            return sent is not False
         except Exception:
             log.exception("decision %s could not be published", result.verdict.outcome)
             if self.metrics is not None:

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +37,20 @@ def _watchdog_period(env: Mapping[str, str]) -> float | None:
 
 
 class Notifier:
-    def __init__(self, env: Mapping[str, str] | None = None, use_systemd_python: bool = True):
+    def __init__(
+        self, env: Mapping[str, str] | None = None, use_systemd_python: bool = True
+    ) -> None:
         env = os.environ if env is None else env
         self.address = env.get("NOTIFY_SOCKET") or None
         self.watchdog_period = _watchdog_period(env)
         self._next_ping = 0.0
         self._status: str | None = None
         self._sock: socket.socket | None = None
-        self._sd_notify = None
+        self._sd_notify: Callable[[str], object] | None = None
         if self.address and use_systemd_python:
             try:
-                from systemd import daemon  # type: ignore[import-not-found]
+                # attr-defined: for mypy, the repo's systemd/ (unit files) shadows the package.
+                from systemd import daemon  # type: ignore[import-not-found,attr-defined]
 
                 self._sd_notify = daemon.notify
             except ImportError:

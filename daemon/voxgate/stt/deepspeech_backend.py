@@ -13,6 +13,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -196,7 +197,7 @@ class AcousticStream:
         return np.concatenate(self.out)
 
 
-def _native_model(path: Path):  # type: ignore[no-untyped-def]
+def _native_model(path: Path) -> Any:  # a deepspeech.Model (untyped package) or None
     """The upstream `deepspeech-tflite` package, when it imports (Python <= 3.9 only).
 
     It is used for free transcription only: its API returns text, not the per-frame

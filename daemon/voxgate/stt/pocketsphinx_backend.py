@@ -11,6 +11,7 @@ is the threshold: the answer passes when the best path spells the prompt.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from voxgate.stt.base import (
     Transcript,
     words_to_digits,
 )
+
+if TYPE_CHECKING:
+    from pocketsphinx import Decoder  # untyped: Any for mypy
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ def digit_loop_grammar(count: int | None = None) -> str:
     return f"#JSGF V1.0;\ngrammar digits;\n<d> = {alts};\npublic <s> = {rule};\n"
 
 
-def _decoder(**kw: object):  # type: ignore[no-untyped-def]
+def _decoder(**kw: object) -> Decoder:
     from pocketsphinx import Decoder  # heavy import stays here
 
     try:
@@ -80,7 +84,7 @@ class PocketsphinxEngine(Engine):
         self._dec = _decoder(lm=None)
         self._dec.add_jsgf_string("digits", digit_loop_grammar())
         self._cmn0 = self._dec.get_cmn(False)
-        self._lm = None  # the general English decoder, loaded on first use
+        self._lm: Decoder | None = None  # the general English decoder, loaded on first use
         self._serial = 0
         self._dec_search: str | None = None  # the prompt search still in the decoder
 
@@ -122,7 +126,7 @@ class PocketsphinxEngine(Engine):
             self._dec_search = None
 
 
-def _decode(dec, pcm: np.ndarray, cmn0: str) -> tuple[float, tuple[str, ...]]:  # type: ignore[no-untyped-def]
+def _decode(dec: Decoder, pcm: np.ndarray, cmn0: str) -> tuple[float, tuple[str, ...]]:
     # Every answer starts from the same cepstral mean, so results never depend on what
     # was decoded before (a carried-over mean changed later answers' words).
     dec.set_cmn(cmn0)
@@ -132,7 +136,7 @@ def _decode(dec, pcm: np.ndarray, cmn0: str) -> tuple[float, tuple[str, ...]]:  
     return _read(dec)
 
 
-def _read(dec) -> tuple[float, tuple[str, ...]]:  # type: ignore[no-untyped-def]
+def _read(dec: Decoder) -> tuple[float, tuple[str, ...]]:
     hyp = dec.hyp()
     if hyp is None:
         return NO_MATCH, ()

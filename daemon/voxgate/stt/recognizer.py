@@ -126,7 +126,7 @@ class _Stream(PromptStream):
             return self._result(False, 0.0, 0.0, heard, TOO_LONG, "checks")
         speech_s = self.front.speech_frames * self.front.spec.step / SAMPLE_RATE
         if speech_s < self.cfg.min_speech_s:
-            reason = NO_SPEECH if speech_s < 0.05 else TOO_SHORT
+            reason: str | None = NO_SPEECH if speech_s < 0.05 else TOO_SHORT
             return self._result(False, 0.0, 0.0, heard, reason, "checks")
         if self.aligner is not None:
             a = self.aligner.finish()

@@ -251,7 +251,8 @@ class DigitTemplates:
             for i, r in enumerate(lst):
                 arrays[f"d{d}_{i}"] = r
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        # ignore: numpy's stubs cannot rule out a ** key named allow_pickle (a bool).
+        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
         return buf.getvalue()
 
     @classmethod
