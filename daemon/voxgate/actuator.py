@@ -42,7 +42,12 @@ def load_actuator_config(path: str | os.PathLike[str]) -> ActuatorConfig:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ActuatorSetupError(f"{p}: file not found") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:  # one line, as voxgate config check says it
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ActuatorSetupError(f"{p}: {where}not valid YAML: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise ActuatorSetupError(f"{p}: cannot read: {exc}") from None
     try:
         return ActuatorConfig.model_validate(data or {})

@@ -17,7 +17,9 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +150,7 @@ class EmbeddingCache:
                                        strict=True):  # fmt: skip
                     self._emb[rec] = emb if np.all(np.isfinite(emb)) else None
                     self._quality[rec] = Quality(**q)
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             log.warning("%s: embedding cache ignored (%s)", path, exc)
 
     def save(self) -> None:
@@ -165,7 +167,11 @@ class EmbeddingCache:
             "recordings": recs,
             "quality": [self._quality[r].__dict__ for r in recs],
         }
-        np.savez(self.cache_file, emb=emb, meta=np.array(json.dumps(meta)))
+        try:
+            np.savez(self.cache_file, emb=emb, meta=np.array(json.dumps(meta)))
+        except OSError:
+            self.cache_file.unlink(missing_ok=True)  # a half cache is only a warning next time
+            raise
 
     def embed(self, pcm: np.ndarray) -> np.ndarray:
         key = hashlib.sha1(np.asarray(pcm, np.int16).tobytes()).hexdigest()
@@ -392,6 +398,17 @@ def _system(
     return res
 
 
+@contextmanager
+def _writing(out_dir: Path | None) -> Iterator[None]:
+    """An output that cannot be written (a file where the folder should be, a full disk):
+    EvalError naming the file, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or out_dir
+        raise EvalError(f"{where}: cannot write the results ({exc.strerror or exc})") from None
+
+
 def evaluate(
     set_dir: Path,
     embedder: Any,
@@ -410,13 +427,15 @@ def evaluate(
         raise EvalError(f"{set_dir}: no trials")
     cache_file = None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        with _writing(out_dir):
+            out_dir.mkdir(parents=True, exist_ok=True)
         cache_file = out_dir / f"embeddings-{embedder.model_id.replace('/', '--')}.npz"
     cache = EmbeddingCache(embedder, es.root, cfg.vad, cache_file)
     recordings = [r for recs in es.enroll.values() for r in recs] + [r for _, r, _ in es.trials]
     noop: Callable[[int, int], None] = lambda n, total: None  # noqa: E731
     cache.fill(recordings, _progress_printer(f"embedding {es.name}") if progress else noop)
-    cache.save()
+    with _writing(out_dir):
+        cache.save()
 
     # Upstream recipe: normalized mean of the take embeddings, raw cosine.
     means: dict[str, np.ndarray] = {}
@@ -509,12 +528,13 @@ def evaluate(
         "systems": {"cosine": base.summary(), "backend": back.summary()},
     }
     if out_dir is not None:
-        (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        with open(out_dir / "scores.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["model", "path", "target", "cosine", "backend"])
-            for (m, path, t), a, b in zip(es.trials, baseline, backend, strict=True):
-                w.writerow([m, path, t, f"{a:.6f}", f"{b:.6f}"])
+        with _writing(out_dir):
+            (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            with open(out_dir / "scores.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["model", "path", "target", "cosine", "backend"])
+                for (m, path, t), a, b in zip(es.trials, baseline, backend, strict=True):
+                    w.writerow([m, path, t, f"{a:.6f}", f"{b:.6f}"])
         systems = {}
         target = np.array([t for _, _, t in es.trials])
         for res in (base, back):
@@ -522,8 +542,9 @@ def evaluate(
                 res.scores[target == 1],
                 res.scores[target == 0],
             )
-        if det_plot(systems, out_dir / "det.png", f"{es.name} ({embedder.model_id})"):
-            report["det_png"] = str(out_dir / "det.png")
+        with _writing(out_dir):
+            if det_plot(systems, out_dir / "det.png", f"{es.name} ({embedder.model_id})"):
+                report["det_png"] = str(out_dir / "det.png")
     return report
 
 
@@ -591,5 +612,6 @@ def build_cohort(
         else "see the source set's license",
     }
     c = cohortmod.build_centered(embedder.model_id, speakers, top_k=top_k, info=info)
-    cohortmod.save(c, out_dir)
+    with _writing(out_dir):
+        cohortmod.save(c, out_dir)
     return c

@@ -89,10 +89,12 @@ def parse_key(raw: bytes) -> bytes:
 
 def load_key(speaker_cfg: Any) -> bytes:
     """The voiceprint key from $VOXGATE_VOICEPRINT_KEY, a systemd credential or cfg.key_file."""
-    from voxgate.config.secrets import SecretError, read_secret
+    from voxgate.config.secrets import SecretError, SecretUnreadable, read_secret
 
     try:
         raw = read_secret("voiceprint-key", speaker_cfg.key_file)
+    except SecretUnreadable as exc:  # a new key would not open the stored voiceprints
+        raise StoreError(str(exc)) from None
     except SecretError as exc:
         raise StoreError(f"{exc}; create a key with: voxgate users init-key FILE") from None
     assert raw is not None
@@ -111,8 +113,14 @@ def write_key_file(path: Path) -> None:
         ) from None
     except OSError as exc:
         raise StoreError(f"{path}: cannot create key file: {exc}") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(key.hex() + "\n")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(key.hex() + "\n")
+    except OSError as exc:
+        # An empty or half key file would block the next init-key: remove it.
+        path.unlink(missing_ok=True)
+        msg = f"{path}: cannot write the key ({exc.strerror}); nothing written"
+        raise StoreError(msg) from None
     os.chmod(path, 0o600)
 
 
@@ -162,12 +170,17 @@ class VoiceprintStore:
         self._aead = AESGCM(_subkey(key, b"seal v1"))
         self._name_key = _subkey(key, b"name v1")
         self._lock = threading.Lock()
-        _check_header(self.path)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        if new:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
-            os.close(fd)
+        try:
+            _check_header(self.path)
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            if new:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+                os.close(fd)
+        except OSError as exc:  # a directory where the file should be, no permission, full disk
+            raise StoreError(
+                f"{self.path}: cannot open the voiceprint database ({exc.strerror})"
+            ) from None
         try:
             self._db = sqlite3.connect(
                 str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False

@@ -100,8 +100,9 @@ def test_load_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ActuatorSetupError, match=r"devices\.0\.id"):
         load_actuator_config(p)
     p.write_text("devices: [\n")
-    with pytest.raises(ActuatorSetupError, match="cannot read"):
+    with pytest.raises(ActuatorSetupError, match="line 2: not valid YAML") as bad_yaml:
         load_actuator_config(p)
+    assert "\n" not in str(bad_yaml.value)  # one line, like voxgate config check
     with pytest.raises(ActuatorSetupError, match="not found"):
         load_actuator_config(tmp_path / "none.yaml")
     cfg = ActuatorConfig.model_validate({"devices": [{"id": "d"}], "command": {"argv": ["x"]}})

@@ -62,6 +62,25 @@ def test_corrupt_and_missing_files_raise_audio_error(tmp_path: Path) -> None:
         read_audio(tmp_path / "missing.flac")
 
 
+def test_directory_and_empty_file_are_named_as_such(tmp_path: Path) -> None:
+    folder = tmp_path / "take.wav"
+    folder.mkdir()
+    with pytest.raises(AudioError, match=r"take\.wav: is a directory"):
+        read_audio(folder)
+    empty = tmp_path / "empty.wav"
+    empty.touch()
+    with pytest.raises(AudioError, match=r"empty\.wav: empty file"):
+        FileSource(empty)
+
+
+def test_read_audio_refuses_more_than_max_s(tmp_path: Path) -> None:
+    path = tmp_path / "long.wav"
+    sf.write(path, np.zeros(10 * 16000, np.int16), 16000, subtype="PCM_16")
+    with pytest.raises(AudioError, match=r"long\.wav: longer than 5 s"):
+        read_audio(path, max_s=5)
+    assert len(read_audio(path, max_s=20)) == 10 * 16000
+
+
 def test_truncated_file_keeps_what_was_there(tmp_path: Path, speech: np.ndarray) -> None:
     path = tmp_path / "cut.wav"
     sf.write(path, speech, 16000, subtype="PCM_16")

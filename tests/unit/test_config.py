@@ -136,6 +136,17 @@ def test_missing_secret_says_where_it_looked(
     assert stat.S_IMODE(loose.stat().st_mode) == 0o644  # reported, not changed behind the back
 
 
+def test_secret_path_that_is_a_directory_is_an_error_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VOXGATE_DECISION_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    folder = tmp_path / "decision.key"
+    folder.mkdir()
+    with pytest.raises(SecretError, match=rf"cannot read {folder} \(Is a directory\)"):
+        read_secret("decision-key", folder)
+
+
 def test_empty_credential_is_a_placeholder_not_a_secret(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

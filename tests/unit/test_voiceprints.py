@@ -131,6 +131,33 @@ def test_corrupt_sqlite_refused(tmp_path: Path) -> None:
     assert db.read_bytes() == bytes(data)
 
 
+def test_store_path_not_a_file_is_a_store_error(tmp_path: Path) -> None:
+    folder = tmp_path / "vp.db"
+    folder.mkdir()
+    with pytest.raises(StoreError, match=r"vp\.db: cannot open .*Is a directory"):
+        VoiceprintStore(folder, KEY)
+    not_dir = tmp_path / "data"
+    not_dir.write_text("a file where data_dir should be")
+    with pytest.raises(StoreError, match=r"cannot open .*Not a directory"):
+        VoiceprintStore(not_dir / "vp.db", KEY)
+    assert not_dir.read_text() == "a file where data_dir should be"
+
+
+def test_unreadable_key_file_gives_no_new_key_advice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new key would not open the stored voiceprints: say what is wrong with this one.
+    from voxgate.config.speaker import SpeakerConfig
+
+    monkeypatch.delenv("VOXGATE_VOICEPRINT_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    folder = tmp_path / "voiceprint.key"
+    folder.mkdir()
+    with pytest.raises(StoreError, match="Is a directory") as exc:
+        vpmod.load_key(SpeakerConfig(key_file=folder))
+    assert "init-key" not in str(exc.value)
+
+
 def test_foreign_sqlite_refused_untouched(tmp_path: Path) -> None:
     db = tmp_path / "other.db"
     con = sqlite3.connect(db)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,19 +20,45 @@ BLOCK_S = 0.5  # read files in half-second blocks so an hour-long file costs no 
 
 
 def _open(path: Path) -> sf.SoundFile:
-    if not path.is_file():
-        raise AudioError(f"{path}: no such file")
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise AudioError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioError(f"{path}: not a regular file")
+    if st.st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    try:
+        # libsndfile reports an unreadable file as "System error": open it ourselves first.
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         return sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{path}: not a readable WAV/FLAC file ({exc})") from None
 
 
-def read_audio(path: str | Path) -> np.ndarray:
-    """The whole file as 16 kHz mono int16."""
+def read_audio(path: str | Path, max_s: float | None = None) -> np.ndarray:
+    """The whole file as 16 kHz mono int16. With max_s, AudioError for a longer file, found
+    while reading so that a long stream is never held in memory."""
     src = FileSource(path)
-    frames = list(src.frames(10))
-    src.close()
+    frames: list[np.ndarray] = []
+    n = 0
+    limit = None if max_s is None else int(max_s * SAMPLE_RATE)
+    try:
+        for frame in src.frames(10):
+            frames.append(frame)
+            n += len(frame)
+            if limit is not None and n > limit:
+                raise AudioError(f"{path}: longer than {max_s:g} s; cut it to one recording")
+    finally:
+        src.close()
     return np.concatenate(frames) if frames else np.zeros(0, dtype=np.int16)
 
 

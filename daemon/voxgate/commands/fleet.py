@@ -56,8 +56,14 @@ def keygen(args: argparse.Namespace) -> int:
             f"voxgate fleet keygen: {args.file}: {exc.strerror} (not overwritten)", file=sys.stderr
         )
         return 1
-    with os.fdopen(fd, "w") as f:
-        f.write(key.hex() + "\n")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(key.hex() + "\n")
+    except OSError as exc:
+        args.file.unlink(missing_ok=True)  # an empty key file would block the next keygen
+        msg = f"{args.file}: {exc.strerror}; nothing written"
+        print(f"voxgate fleet keygen: {msg}", file=sys.stderr)
+        return 1
     print(public_key_hex(key))
     return 0
 

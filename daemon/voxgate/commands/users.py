@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -75,12 +76,13 @@ def run_list(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
+    from voxgate.voiceprints import StoreError
+
     try:
-        store = open_store(cfg)
-    except CommandError as exc:
+        with open_store(cfg) as store:
+            users = store.users()
+    except (CommandError, StoreError) as exc:  # StoreError: a voiceprint fails authentication
         return fail(str(exc))
-    with store:
-        users = store.users()
     if not users:
         print("no users enrolled")
         return 0
@@ -125,11 +127,26 @@ def run_export(args: argparse.Namespace) -> int:
         return fail(str(exc))
     text = json.dumps(doc, indent=2) + "\n"
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            _write_new(Path(args.output), text)
+        except OSError as exc:
+            return fail(f"{args.output}: cannot write the export ({exc.strerror})")
         print(f"wrote {args.output}")
     else:
         print(text, end="")
     return 0
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write via a temporary file beside `path`: a full disk leaves no half export behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def run_init_key(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ def score_file(cfg: Any, path: str, claimed: str | None) -> tuple[Any, Any]:
     """(SpeakerResult, Quality) for one recording; claimed=None identifies (1:N)."""
     from voxgate.quality import assess
     from voxgate.scoring import Scorer, ScoringError
+    from voxgate.voiceprints import StoreError
 
     pcm = read_file(path)
     embedder = load_embedder(cfg)
@@ -60,7 +61,7 @@ def score_file(cfg: Any, path: str, claimed: str | None) -> tuple[Any, Any]:
         if claimed is None:
             return scorer.identify(emb, quality), quality
         return scorer.verify(emb, claimed, quality), quality
-    except ScoringError as exc:
+    except (ScoringError, StoreError) as exc:  # StoreError: a voiceprint fails authentication
         raise CommandError(str(exc)) from None
     finally:
         store.close()

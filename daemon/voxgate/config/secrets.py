@@ -14,6 +14,10 @@ class SecretError(Exception):
     pass
 
 
+class SecretUnreadable(SecretError):
+    """The secret's file is there but cannot be read (a directory, no permission)."""
+
+
 def read_secret(name: str, file: Path | None = None, *, required: bool = True) -> bytes | None:
     """Return secret `name` (e.g. 'mqtt-password').
 
@@ -33,14 +37,18 @@ def read_secret(name: str, file: Path | None = None, *, required: bool = True) -
     for path in candidates:
         if not path.exists():
             continue
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning(
-                "secret file %s is readable by others (mode %o); chmod 600 it",
-                path,
-                stat.S_IMODE(mode),
-            )
-        value = path.read_bytes().strip()
+        try:
+            mode = path.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO) and not stat.S_ISDIR(mode):
+                log.warning(
+                    "secret file %s is readable by others (mode %o); chmod 600 it",
+                    path,
+                    stat.S_IMODE(mode),
+                )
+            value = path.read_bytes().strip()
+        except OSError as exc:  # a directory, no permission: say which file
+            msg = f"secret '{name}': cannot read {path} ({exc.strerror})"
+            raise SecretUnreadable(msg) from None
         if value:
             return value
         # An empty file is a placeholder (the systemd unit loads every credential a door

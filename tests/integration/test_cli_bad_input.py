@@ -1,0 +1,184 @@
+"""Bad input on the command line: each case ends in one "error: <file>: <what>" line and exit
+status 1, never a traceback. Real files, a real SQLite store, the shipped model."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import voxgate
+from voxgate.cli import main
+from voxgate.voiceprints import VoiceprintStore, parse_key
+
+MODEL = "test-model/float"
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> dict[str, Path]:
+    key = tmp_path / "voiceprint.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nspeaker:\n  key_file: {key}\n")
+    return {"cfg": cfg, "key": key, "db": tmp_path / "data" / "voiceprints.db", "dir": tmp_path}
+
+
+def _noise(path: Path, seconds: float, rate: int = 16000) -> Path:
+    rng = np.random.default_rng(3)
+    sf.write(path, (0.1 * rng.standard_normal(int(seconds * rate))).astype(np.float32), rate)
+    return path
+
+
+def _damage_alice(device: dict[str, Path]) -> None:
+    """Enroll alice and bob, then move bob's sealed voiceprint onto alice's row."""
+    key = parse_key(device["key"].read_bytes())
+    rng = np.random.default_rng(4)
+    with VoiceprintStore(device["db"], key) as store:
+        for name in ("alice", "bob"):
+            store.add_user(name, rng.standard_normal((3, 256)).astype(np.float32), MODEL)
+        a, b = store._user_id("alice"), store._user_id("bob")
+    con = sqlite3.connect(device["db"])
+    blob = con.execute("SELECT sealed FROM voiceprints WHERE id = ?", (b,)).fetchone()[0]
+    con.execute("UPDATE voiceprints SET sealed = ? WHERE id = ?", (blob, a))
+    con.commit()
+    con.close()
+
+
+def _one_error_line(err: str, *parts: str) -> None:
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "Traceback" not in err, err
+    assert all(p in lines[-1] for p in parts), lines[-1]
+
+
+def test_users_list_with_a_damaged_voiceprint(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _damage_alice(device)
+    capsys.readouterr()
+    assert main(["users", "list", "-c", str(device["cfg"])]) == 1
+    _one_error_line(capsys.readouterr().err, str(device["db"]), "fails authentication")
+    # The damaged user can still be erased, which repairs the store.
+    assert main(["users", "erase", "alice", "-c", str(device["cfg"])]) == 0
+    assert main(["users", "list", "-c", str(device["cfg"])]) == 0
+
+
+def test_verify_and_identify_with_a_damaged_voiceprint(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("voxgate.embedding")
+    _damage_alice(device)
+    attempt = str(_noise(device["dir"] / "attempt.wav", 2.0))
+    capsys.readouterr()
+    assert main(["verify", "alice", attempt, "-c", str(device["cfg"])]) == 1
+    _one_error_line(capsys.readouterr().err, "fails authentication")
+    assert main(["identify", attempt, "-c", str(device["cfg"])]) == 1
+    _one_error_line(capsys.readouterr().err, "fails authentication")
+
+
+def test_audio_path_is_a_directory_or_too_long(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("voxgate.embedding")
+    folder = device["dir"] / "take.wav"
+    folder.mkdir()
+    assert main(["verify", "alice", str(folder), "-c", str(device["cfg"])]) == 1
+    _one_error_line(capsys.readouterr().err, str(folder), "is a directory")
+    # Minutes of audio would cost the embedder hundreds of MB: refused while reading.
+    long = _noise(device["dir"] / "long.wav", 130, rate=8000)
+    assert main(["identify", str(long), "-c", str(device["cfg"])]) == 1
+    _one_error_line(capsys.readouterr().err, str(long), "longer than 120 s")
+    assert main(["enroll", "carol", "--from", str(long), "-c", str(device["cfg"])]) == 1
+    _one_error_line(capsys.readouterr().err, "longer than 120 s")
+
+
+def test_store_and_key_paths_that_are_directories(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    device["db"].mkdir(parents=True)  # a directory where voiceprints.db should be
+    assert main(["users", "list", "-c", str(device["cfg"])]) == 1
+    _one_error_line(capsys.readouterr().err, str(device["db"]), "Is a directory")
+    device["db"].rmdir()
+    folder = device["dir"] / "key-folder"
+    folder.mkdir()
+    cfg = device["dir"] / "dir-key.yaml"
+    cfg.write_text(f"data_dir: {device['dir'] / 'data'}\nspeaker:\n  key_file: {folder}\n")
+    assert main(["users", "list", "-c", str(cfg)]) == 1
+    _one_error_line(capsys.readouterr().err, str(folder), "Is a directory")
+
+
+def test_export_to_a_directory_or_missing_folder(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = parse_key(device["key"].read_bytes())
+    with VoiceprintStore(device["db"], key) as store:
+        store.add_user("alice", np.ones((2, 8), np.float32), MODEL)
+    cfg = str(device["cfg"])
+    for out in (device["dir"], device["dir"] / "no-such-folder" / "alice.json"):
+        assert main(["users", "export", "alice", "-o", str(out), "-c", cfg]) == 1
+        _one_error_line(capsys.readouterr().err, str(out), "cannot write the export")
+    assert not list(device["dir"].glob(".*.tmp"))  # no half export left behind
+    good = device["dir"] / "alice.json"
+    assert main(["users", "export", "alice", "-o", str(good), "-c", cfg]) == 0
+    assert '"name": "alice"' in good.read_text()
+
+
+def _tiny_set(root: Path) -> Path:
+    (root / "a").mkdir(parents=True)
+    for name in ("x", "y", "z"):
+        _noise(root / "a" / f"{name}.wav", 1.0)
+    (root / "manifest.csv").write_text("path,speaker\na/x.wav,s1\na/y.wav,s1\na/z.wav,s2\n")
+    (root / "enroll.csv").write_text("model,path\nm1,a/x.wav\n")
+    (root / "trials.csv").write_text("model,path,target\nm1,a/y.wav,1\nm1,a/z.wav,0\n")
+    return root
+
+
+def test_eval_output_is_a_file_and_damaged_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("voxgate.embedding")
+    root = _tiny_set(tmp_path / "set")
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    assert main(["eval", str(root), "--out", str(taken)]) == 1
+    _one_error_line(capsys.readouterr().err, str(taken), "cannot write the results")
+    assert taken.read_text() == "not a folder"
+
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    (cache,) = out.glob("embeddings-*.npz")
+    cache.write_bytes(cache.read_bytes()[:300])  # cut short, e.g. by a full disk
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    assert "embedding cache ignored" in caplog.text
+
+
+def _limit_file_size() -> None:
+    """In the child: files may not grow past 16 bytes (EFBIG), like a disk that fills up."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["users", "init-key"], "error: "), (["fleet", "keygen"], "voxgate fleet keygen: ")],
+)
+def test_key_file_that_cannot_be_written_is_not_left_behind(
+    tmp_path: Path, argv: list[str], message: str
+) -> None:
+    key = tmp_path / "new.key"
+    cmd = [sys.executable, "-m", "voxgate", *argv, str(key)]
+    env = {**os.environ, "PYTHONPATH": str(Path(voxgate.__file__).parents[1])}
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, preexec_fn=_limit_file_size, check=False
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(message) and "nothing written" in proc.stderr
+    # A half-written key would make the next try say "already exists".
+    assert not key.exists()
