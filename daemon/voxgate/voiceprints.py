@@ -187,12 +187,12 @@ class VoiceprintStore:
             )
             self._db.execute("PRAGMA secure_delete = ON")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: unreadable voiceprint database ({exc})") from None
+            raise StoreError(f"{self.path}: cannot use the voiceprint database ({exc})") from None
         try:
             self._open(new)
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise StoreError(f"{self.path}: unreadable voiceprint database ({exc})") from None
+            raise StoreError(f"{self.path}: cannot use the voiceprint database ({exc})") from None
         except StoreError:
             self._db.close()
             raise

@@ -348,3 +348,18 @@ def test_enrollment_with_unusable_takes_is_refused_with_reasons(
     assert body["report"]["takes"][0]["reason"] == "too_short"
     assert enroll_api["store"].get("dan") is None
     assert enroll_api["changes"] == []
+
+
+def test_an_upload_longer_than_a_take_is_refused_before_it_is_decoded(
+    enroll_api: dict, tmp_path: Path
+) -> None:
+    """The API decodes uploads inside the daemon: a long recording must not grow its memory."""
+    import soundfile as sf
+
+    c = enroll_api["client"]
+    long = tmp_path / "long.flac"  # 130 s of digital silence: FLAC makes it a few kB
+    sf.write(long, np.zeros(16000 * 130, np.int16), 16000, subtype="PCM_16")
+    status, body, _ = c.upload("/api/v1/users/erin", [("long.flac", long.read_bytes())])
+    assert status == 400, body
+    assert "take 1 (long.flac): longer than 120 s" in body["message"]
+    assert enroll_api["store"].get("erin") is None

@@ -256,7 +256,7 @@ class _BadRequest(Exception):
 def _read_takes(files: list[Any]) -> list[Any]:
     """Decode every uploaded take to 16 kHz mono int16, or explain which one is unusable."""
     from voxgate.audio import AudioError
-    from voxgate.audio.file import read_audio
+    from voxgate.audio.file import MAX_TAKE_S, read_audio
 
     takes = []
     with tempfile.TemporaryDirectory(prefix="voxgate-upload-") as tmp:
@@ -267,7 +267,7 @@ def _read_takes(files: list[Any]) -> list[Any]:
             if path.stat().st_size == 0:
                 raise _BadRequest(f"{label}: empty file")
             try:
-                pcm = read_audio(path)
+                pcm = read_audio(path, max_s=MAX_TAKE_S)  # uploads decode inside the daemon
             except AudioError as exc:
                 msg = str(exc).replace(str(path), label)
                 raise _BadRequest(f"{msg}; send WAV or FLAC") from None

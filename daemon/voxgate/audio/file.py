@@ -17,6 +17,9 @@ from voxgate.audio.convert import Framer, StreamResampler, float_to_int16, to_mo
 log = logging.getLogger(__name__)
 
 BLOCK_S = 0.5  # read files in half-second blocks so an hour-long file costs no memory
+# A take or an attempt is seconds long; a longer file is refused before it is all read (the
+# embedder's working memory grows ~1 MB per second of audio: 10 minutes took 860 MB).
+MAX_TAKE_S = 120.0
 
 
 def _open(path: Path) -> sf.SoundFile:

@@ -53,17 +53,12 @@ def load_cohort(cfg: Any, embedder: Any, required: bool = True) -> Any:
         return None
 
 
-# A take or an attempt is seconds long; a longer file is refused before it is all read (the
-# embedder's working memory grows ~1 MB per second of audio: 10 minutes took 860 MB).
-MAX_FILE_S = 120.0
-
-
 def read_file(path: str) -> Any:
     from voxgate.audio import AudioError
-    from voxgate.audio.file import read_audio
+    from voxgate.audio.file import MAX_TAKE_S, read_audio
 
     try:
-        pcm = read_audio(path, max_s=MAX_FILE_S)
+        pcm = read_audio(path, max_s=MAX_TAKE_S)
     except AudioError as exc:
         raise CommandError(str(exc)) from None
     if len(pcm) == 0:
