@@ -74,6 +74,8 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
 
 def read_set(root: Path, need_trials: bool = True) -> EvalSet:
     root = Path(root)
+    if not root.exists():
+        raise EvalError(f"{root}: no such folder")
     if not root.is_dir():
         raise EvalError(f"{root}: not a folder")
     manifest = _read_csv(root / "manifest.csv", ("path", "speaker"))

@@ -32,3 +32,14 @@ def test_bench_reports_a_broken_model_without_crashing(
     assert main(["bench", "--model", str(bad), "-n", "1", "--no-torch"]) == 1
     out = capsys.readouterr().out
     assert "failed" in out and "bad.yaml" in out
+
+
+def test_bench_with_a_bad_audio_file_says_so_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "speech.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    assert main(["bench", "--audio", str(bad), "-n", "1", "--no-torch"]) == 2
+    err = capsys.readouterr().err
+    (line,) = err.strip().splitlines()  # once, not once per model
+    assert line.startswith("voxgate bench: ") and "not a readable WAV/FLAC file" in line

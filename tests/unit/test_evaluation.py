@@ -87,7 +87,10 @@ def test_bad_protocols(tmp_path: Path, trials: str, match: str) -> None:
 
 
 def test_missing_folder_and_files(tmp_path: Path) -> None:
-    with pytest.raises(EvalError, match="not a folder"):
+    with pytest.raises(EvalError, match="no such folder"):
         read_set(tmp_path / "nope")
+    (tmp_path / "file.csv").write_text("x")
+    with pytest.raises(EvalError, match="not a folder"):
+        read_set(tmp_path / "file.csv")
     with pytest.raises(EvalError, match=r"manifest\.csv"):
         read_set(tmp_path)

@@ -197,6 +197,17 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.seconds <= 0:
         print("voxgate bench: --runs must be >= 1 and --seconds > 0", file=sys.stderr)
         return 2
+    if args.audio:
+        # Checked once here, not once per model in each worker.
+        from voxgate.audio import AudioError
+        from voxgate.audio.file import MAX_TAKE_S, read_audio
+
+        try:
+            if read_audio(args.audio, max_s=MAX_TAKE_S).size == 0:
+                raise AudioError(f"{args.audio}: no audio samples")
+        except AudioError as exc:
+            print(f"voxgate bench: {exc}", file=sys.stderr)
+            return 2
     cpu = args.cpu
     if cpu is None and hasattr(os, "sched_getaffinity"):
         cpu = max(os.sched_getaffinity(0))
