@@ -135,6 +135,7 @@ class EmbeddingCache:
         self._quality: dict[str, Quality] = {}
         self._by_hash: dict[str, np.ndarray | None] = {}
         self.errors: dict[str, str] = {}
+        self.unreadable: set[str] = set()  # never cached: a fixed file is read next run
         if cache_file is not None and cache_file.exists():
             self._load(cache_file)
 
@@ -158,7 +159,7 @@ class EmbeddingCache:
     def save(self) -> None:
         if self.cache_file is None:
             return
-        recs = sorted(self._emb)
+        recs = sorted(r for r in self._emb if r not in self.unreadable)
         emb = np.stack(
             [e if (e := self._emb[r]) is not None else np.full(self.dim, np.nan) for r in recs]
         ).astype(np.float32)
@@ -191,13 +192,12 @@ class EmbeddingCache:
                 pcm = load_recording(self.root, rec)
             except AudioError as exc:  # a corrupt or missing file: counted, the run goes on
                 self.errors[rec] = str(exc)
+                self.unreadable.add(rec)
                 log.warning("%s: no embedding: %s", rec, exc)
-                pcm = np.zeros(0, np.int16)
-            self._quality[rec] = assess(pcm, self.vad_cfg)
-            if rec in self.errors:
                 self._emb[rec] = None
                 progress(n, len(todo))
                 continue
+            self._quality[rec] = assess(pcm, self.vad_cfg)
             try:
                 emb = self.embedder.embed(pcm)
             except Exception as exc:  # TooShort, or audio the model cannot take
@@ -211,8 +211,9 @@ class EmbeddingCache:
     def get(self, rec: str) -> np.ndarray | None:
         return self._emb[rec]
 
-    def quality(self, rec: str) -> Quality:
-        return self._quality[rec]
+    def quality(self, rec: str) -> Quality | None:
+        """None for a recording that could not be read."""
+        return self._quality.get(rec)
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -468,7 +469,7 @@ def evaluate(
                     takes.append(load_recording(es.root, rec_path))
                     recs.append(rec_path)
                 except AudioError:
-                    pass  # unreadable: already counted among the embedding errors
+                    pass  # unreadable: fill() counted it among the embedding errors
             result = check_takes(takes, cache, speaker_cfg, cfg.vad)
             enroll_embs = result.embeddings
             if len(enroll_embs) == 0:  # every take rejected: enroll from all so trials still count
@@ -506,7 +507,9 @@ def evaluate(
         float(np.quantile(non, 1 - cfg.speaker.target_fmr)), 3
     )
     back.extra["rejected_enroll_takes"] = sum(len(v) for v in rejected.values())
-    qualities = [cache.quality(r) for r in dict.fromkeys(r for _, r, _ in es.trials)]
+    # Unreadable recordings are reported as embedding errors, not as short or noisy audio.
+    readable = (cache.quality(r) for r in dict.fromkeys(r for _, r, _ in es.trials))
+    qualities = [q for q in readable if q is not None]
     gated = [gate_reasons(q, cfg.speaker.min_speech_s, cfg.speaker.min_snr_db) for q in qualities]
     report = {
         "set": es.name,
@@ -521,8 +524,12 @@ def evaluate(
             "top_k": cohort.top_k if cohort is not None else None,
         },
         "test_recordings": len(qualities),
-        "test_net_speech_s_median": round(float(np.median([q.speech_s for q in qualities])), 2),
-        "test_snr_db_median": round(float(np.median([q.snr_db for q in qualities])), 1),
+        "test_net_speech_s_median": (
+            round(float(np.median([q.speech_s for q in qualities])), 2) if qualities else None
+        ),
+        "test_snr_db_median": (
+            round(float(np.median([q.snr_db for q in qualities])), 1) if qualities else None
+        ),
         "gate_too_little_speech": sum("too_little_speech" in g for g in gated),
         "gate_too_noisy": sum("too_noisy" in g for g in gated),
         "embedding_errors": cache.errors,
@@ -593,7 +600,14 @@ def build_cohort(
     if len(recs) < 10:
         raise EvalError(f"{set_dir}: only {len(recs)} recordings from speakers without trials")
     show = _progress_printer(f"cohort {es.name}") if progress else (lambda n, t: None)
-    loaded = ((spk, load_recording(es.root, p)) for spk, p in recs)
+
+    def load(p: str) -> np.ndarray:
+        try:
+            return load_recording(es.root, p)
+        except AudioError as exc:  # a cohort is built from clean data: stop and name the file
+            raise EvalError(f"cohort recording {exc}") from None
+
+    loaded = ((spk, load(p)) for spk, p in recs)
     # Door attempts are short (a 4-digit string is ~2 s of speech): the cohort and its
     # calibration trials are made of pieces that short. Piece n of recording i is seeded by i.
     speakers = cohortmod.embed_chunks(

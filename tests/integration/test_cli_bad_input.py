@@ -7,6 +7,7 @@ import os
 import resource
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -124,7 +125,7 @@ def test_export_to_a_directory_or_missing_folder(
     for out in (device["dir"], device["dir"] / "no-such-folder" / "alice.json"):
         assert main(["users", "export", "alice", "-o", str(out), "-c", cfg]) == 1
         _one_error_line(capsys.readouterr().err, str(out), "cannot write the export")
-    assert not list(device["dir"].glob(".*.tmp"))  # no half export left behind
+        assert not out.with_name(f".{out.name}.tmp").exists()
     good = device["dir"] / "alice.json"
     assert main(["users", "export", "alice", "-o", str(good), "-c", cfg]) == 0
     assert '"name": "alice"' in good.read_text()
@@ -182,3 +183,31 @@ def test_key_file_that_cannot_be_written_is_not_left_behind(
     assert proc.stderr.startswith(message) and "nothing written" in proc.stderr
     # A half-written key would make the next try say "already exists".
     assert not key.exists()
+
+
+def test_export_is_private_atomic_and_writes_through_links(tmp_path: Path) -> None:
+    from voxgate.commands.users import _write_new
+
+    old = tmp_path / "alice.json"
+    old.write_text("old")
+    old.chmod(0o644)
+    _write_new(old, "new")
+    assert old.read_text() == "new" and stat.S_IMODE(old.stat().st_mode) == 0o600
+    # A link (e.g. to /dev/stdout or into an encrypted folder) is written through, not replaced.
+    real = tmp_path / "real.json"
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    _write_new(link, "via link")
+    assert link.is_symlink() and real.read_text() == "via link"
+    # A write that fails half way (a full disk: here a 16-byte file size limit) leaves nothing.
+    target = tmp_path / "big.json"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16, hard))
+    try:
+        with pytest.raises(OSError):
+            _write_new(target, "x" * 100_000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert not target.exists() and not (tmp_path / ".big.json.tmp").exists()

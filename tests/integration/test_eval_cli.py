@@ -109,7 +109,9 @@ def test_corrupt_recordings_are_counted_and_do_not_stop_the_run(
     root = synth_set(tmp_path / "set", takes=2, tests=2)
     for take in (root / "audio" / "spk1").glob("[01].wav"):  # spk1's two enrollment takes
         take.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
-    (root / "audio" / "spk2" / "2.wav").write_bytes(b"not audio")  # and one test recording
+    test_file = root / "audio" / "spk2" / "2.wav"
+    good = test_file.read_bytes()
+    test_file.write_bytes(b"not audio")  # and one test recording
     out = tmp_path / "out"
     assert main(["eval", str(root), "--out", str(out)]) == 0
     report = _check_outputs(out, 8 * 4)  # every trial still counts
@@ -122,3 +124,12 @@ def test_corrupt_recordings_are_counted_and_do_not_stop_the_run(
         "audio/spk1/1.wav",
         "audio/spk2/2.wav",
     }
+    # The file fixed, the same --out again: it is read now (a read error is not cached).
+    test_file.write_bytes(good)
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    report = _check_outputs(out, 8 * 4)
+    assert set(report["embedding_errors"]) == {"audio/spk1/0.wav", "audio/spk1/1.wav"}
+    with open(out / "scores.csv") as f:
+        fixed = [r for r in csv.DictReader(f) if r["path"] == "audio/spk2/2.wav"]
+    scored = [r for r in fixed if r["model"] != "spk1"]  # spk1 has no usable enrollment
+    assert len(scored) == 3 and all(np.isfinite(float(r["cosine"])) for r in scored)

@@ -147,6 +147,19 @@ def test_secret_path_that_is_a_directory_is_an_error_not_a_traceback(
         read_secret("decision-key", folder)
 
 
+def test_secret_path_that_cannot_be_looked_up_is_an_error_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only "no such file" means "not set": a path the lookup itself fails on (here a link to
+    # itself; for a normal user, a credentials folder they may not enter) is an error.
+    monkeypatch.delenv("VOXGATE_DECISION_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    loop = tmp_path / "decision.key"
+    loop.symlink_to(loop)
+    with pytest.raises(SecretError, match=rf"cannot read {loop} \(Too many levels"):
+        read_secret("decision-key", loop)
+
+
 def test_empty_credential_is_a_placeholder_not_a_secret(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

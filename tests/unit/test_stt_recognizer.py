@@ -214,3 +214,20 @@ def test_a_take_that_starts_with_room_noise_keeps_its_templates(rec: Recognizer)
     assert all(len(v) == 4 for v in noisy.refs.values())
     res = rec.check_prompt(say_digits("40712", 150), digits_to_words("40712"), noisy)
     assert res.ok and "templates" in res.method
+
+
+def test_streamed_answer_features_do_not_depend_on_chunking() -> None:
+    from voxgate.stt.templates import FrontEnd
+
+    pcm = say_digits("40712", 150)
+
+    def run(step: int) -> np.ndarray:
+        fe = FrontEnd()
+        parts = [fe.push(pcm[i : i + step]) for i in range(0, len(pcm), step)]
+        return np.concatenate([*parts, fe.flush()])
+
+    whole = run(len(pcm))
+    assert len(whole) > 100  # speech frames were kept
+    for step in (160, 480, 4000):
+        part = run(step)  # the same frames kept; values equal to float rounding
+        assert part.shape == whole.shape and np.allclose(part, whole, atol=1e-4)

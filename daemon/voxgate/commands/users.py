@@ -138,10 +138,17 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _write_new(path: Path, text: str) -> None:
-    """Write via a temporary file beside `path`: a full disk leaves no half export behind."""
+    """Write an export (biometric data: mode 0600). A new or regular file goes through a
+    temporary file beside it, so a full disk leaves no half export behind; anything else
+    (a symlink, /dev/stdout, a pipe) is written through as given."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except OSError:

@@ -18,6 +18,10 @@ class SecretUnreadable(SecretError):
     """The secret's file is there but cannot be read (a directory, no permission)."""
 
 
+def _unreadable(name: str, path: Path, exc: OSError) -> SecretUnreadable:
+    return SecretUnreadable(f"secret '{name}': cannot read {path} ({exc.strerror})")
+
+
 def read_secret(name: str, file: Path | None = None, *, required: bool = True) -> bytes | None:
     """Return secret `name` (e.g. 'mqtt-password').
 
@@ -35,20 +39,26 @@ def read_secret(name: str, file: Path | None = None, *, required: bool = True) -
         candidates.append(Path(file))
     empty: list[str] = []
     for path in candidates:
-        if not path.exists():
-            continue
         try:
             mode = path.stat().st_mode
-            if mode & (stat.S_IRWXG | stat.S_IRWXO) and not stat.S_ISDIR(mode):
-                log.warning(
-                    "secret file %s is readable by others (mode %o); chmod 600 it",
-                    path,
-                    stat.S_IMODE(mode),
-                )
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:  # e.g. a credentials folder this user may not enter
+            raise SecretUnreadable(
+                f"secret '{name}': cannot read {path} ({exc.strerror})"
+            ) from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO) and not stat.S_ISDIR(mode):
+            log.warning(
+                "secret file %s is readable by others (mode %o); chmod 600 it",
+                path,
+                stat.S_IMODE(mode),
+            )
+        try:
             value = path.read_bytes().strip()
         except OSError as exc:  # a directory, no permission: say which file
-            msg = f"secret '{name}': cannot read {path} ({exc.strerror})"
-            raise SecretUnreadable(msg) from None
+            raise SecretUnreadable(
+                f"secret '{name}': cannot read {path} ({exc.strerror})"
+            ) from None
         if value:
             return value
         # An empty file is a placeholder (the systemd unit loads every credential a door

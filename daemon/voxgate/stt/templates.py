@@ -152,17 +152,13 @@ def features(pcm: np.ndarray, spec: MfccSpec = TEMPLATES) -> np.ndarray:
     return np.hstack([c, _deltas(c)]).astype(np.float32)
 
 
-def speech_features(pcm: np.ndarray, spec: MfccSpec = TEMPLATES) -> np.ndarray:
-    """Features of the speech frames only (pauses removed, so they need no model)."""
-    fe = FrontEnd(spec)
-    return np.concatenate([fe.push(pcm), fe.flush()])
-
-
 class FrontEnd:
-    """Streaming speech_features(): push audio, get speech feature frames as they settle.
+    """Features of an answer's speech frames (pauses removed, so they need no model), as
+    the person speaks: push audio, get feature frames as the causal gate settles them.
 
     Output lags the input by the gate's look-ahead; flush() at the end of speech returns
-    the rest. Concatenated output equals speech_features() on the whole recording.
+    the rest. Concatenated output does not depend on how the audio was chunked (the same
+    frames kept, values equal to float rounding).
     """
 
     def __init__(self, spec: MfccSpec = TEMPLATES) -> None:
@@ -320,7 +316,8 @@ def inconsistent_takes(
     takes: list[tuple[np.ndarray, str]], threshold: float, spec: MfccSpec = TEMPLATES
 ) -> list[int]:
     """Indexes of prompted takes that do not say their prompt, judged leave-one-out: each
-    take is checked like a challenge answer against templates cut from the other takes.
+    take is aligned like a challenge answer against templates cut from the other takes
+    (its speech frames chosen by the whole-take gate, as for cutting, not the streaming one).
 
     Templates are cut by position, not recognised, so a take that says something else
     would give templates that later deny their owner. A take whose digits the others do
