@@ -158,6 +158,7 @@ def test_files_and_permissions(staged: dict) -> None:
         "decision-key",
         "command-key",
         "audit-key",
+        "audio-key",
         "voiceprint-key",
         "api-token",
         "fleet-key",
