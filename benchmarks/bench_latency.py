@@ -8,10 +8,10 @@ acted, over real recordings from ../shared/data, with `voxgate run` pinned to on
 What runs (each a real process): mosquitto on loopback; `voxgate enroll NAME --from TAKES`
 for each speaker from the set's enroll.csv (a `;`-joined row is one recording with 0.2 s gaps,
 as the README of the data says); `voxgate run` with the real stages (shipped speaker model,
-cohort-centred cosine scoring, identify mode, signed decisions over MQTT 5) plus the admin API and fleet sync
-loaded, `challenge.mode: off`; `voxgate actuator` running a small program that records when it
-ran. The recordings are written into the daemon's standard input at real-time pace, in 30 ms
-chunks, the way a microphone delivers them.
+cohort-centred cosine scoring, identify mode, signed decisions over MQTT 5) plus the admin API
+and fleet sync loaded, `challenge.mode: off`; `voxgate actuator` running a small program that
+records when it ran. The recordings are written into the daemon's standard input at real-time
+pace, in 30 ms chunks, the way a microphone delivers them.
 
 Why stdin and not the PyAudio/ALSA `file` PCM (tests/integration/test_mic_alsa.py): that PCM
 has no clock (its `null` slave is always ready), so PyAudio reads a whole file in a few

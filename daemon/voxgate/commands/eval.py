@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="SET_DIR holds manifest.csv, enroll.csv and trials.csv (a path of files "
         "joined by ';' is one recording with 0.2 s gaps). Scores every trial with the "
         "upstream recipe (mean embedding, cosine) and with voxgate's back end (enrollment "
-        "checks, cohort-centred cosine, threshold from speaker.target_fmr, quality gate), and writes "
+        "checks, cohort-centred cosine, threshold from speaker.target_fmr, quality gate), and "
+        "writes "
         "report.json, scores.csv, det.png and an embedding cache to --out. "
         "With --build-cohort, instead builds the normalization cohort and its threshold "
         "calibration from the set's speakers that have no trials.",
