@@ -13,6 +13,7 @@ VACUUMs, so the bytes are gone from the file and its WAL, not just unlinked from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -144,6 +146,15 @@ def normalize_name(name: str) -> str:
 # --- store ------------------------------------------------------------------------------------
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path` now; None when there is none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _check_header(path: Path) -> None:
     """Refuse files that are not SQLite before SQLite touches them."""
     try:
@@ -170,6 +181,10 @@ class VoiceprintStore:
         self._aead = AESGCM(_subkey(key, b"seal v1"))
         self._name_key = _subkey(key, b"name v1")
         self._lock = threading.Lock()
+        self._connect()
+
+    def _connect(self) -> None:
+        """Open (or create) the file; StoreError says what is wrong with it."""
         try:
             _check_header(self.path)
             new = not self.path.exists() or self.path.stat().st_size == 0
@@ -196,6 +211,35 @@ class VoiceprintStore:
         except StoreError:
             self._db.close()
             raise
+        self._file_id = _file_id(self.path)
+
+    def _follow_file(self) -> None:
+        """Under the lock: a file deleted or replaced since it was opened is opened again
+        (a deleted one as a new empty store, as at start), so reads see what is on disk and
+        writes never go to an unlinked file that is lost at the next start."""
+        if self._file_id is not None and _file_id(self.path) == self._file_id:
+            return
+        log.warning("%s was deleted or replaced while open; opening it again", self.path)
+        self._file_id = None  # stays unknown (tried again next time) until an open succeeds
+        # Empty the WAL into the old file first: left behind, its frames would be applied to
+        # the new file of the same name and make it look damaged.
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.close()
+        self._connect()
+
+    @contextlib.contextmanager
+    def _using(self, doing: str) -> Iterator[None]:
+        """One operation on the file, under the lock; SQLite errors (a damaged file, a full
+        disk) become StoreError naming the file."""
+        with self._lock:
+            try:
+                self._follow_file()
+                yield
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(
+                    f"{self.path}: cannot {doing} the voiceprint database ({exc})"
+                ) from None
 
     # -- opening, schema, migrations
 
@@ -363,7 +407,7 @@ class VoiceprintStore:
         emb = l2_normalize(emb)
         uid = self._user_id(name)
         now = time.time()
-        with self._lock, self._tx():
+        with self._using("write to"), self._tx():
             row = self._db.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()
             if row is not None and not allow_existing:
                 raise StoreError(f"user '{name}' is already enrolled (re-enroll to replace)")
@@ -387,7 +431,7 @@ class VoiceprintStore:
         """The user's voiceprint, or None. With model_id, ModelMismatch if made by another model."""
         name = normalize_name(name)
         uid = self._user_id(name)
-        with self._lock:
+        with self._using("read"):
             row = self._db.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()
         if row is None:
             return None
@@ -400,7 +444,7 @@ class VoiceprintStore:
         return vp
 
     def all(self) -> list[Voiceprint]:
-        with self._lock:
+        with self._using("read"):
             rows = self._db.execute("SELECT id, sealed FROM voiceprints").fetchall()
         out = [self._unpack(self._unseal(sealed, uid)) for uid, sealed in rows]
         return sorted(out, key=lambda v: v.name.casefold())
@@ -415,7 +459,7 @@ class VoiceprintStore:
         """Delete a user so the bytes are gone from the file and the WAL. False if unknown."""
         name = normalize_name(name)
         uid = self._user_id(name)
-        with self._lock:
+        with self._using("erase from"):
             with self._tx():
                 cur = self._db.execute("DELETE FROM voiceprints WHERE id = ?", (uid,))
             if cur.rowcount == 0:

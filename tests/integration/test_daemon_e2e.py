@@ -489,3 +489,120 @@ def test_enrollment_at_the_door_over_mqtt(
     events = [(x["event"], x.get("user"), x.get("via")) for x in audit_lines(device)]
     assert ("enrollment_started", "bob", "mqtt") in events
     assert ("enrollment", "bob", "mqtt") in events
+
+
+def _flip_one_voiceprint(db: Path) -> None:
+    """Damage one row's sealed blob in place, as a bad SD card sector would."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    uid, sealed = con.execute("SELECT id, sealed FROM voiceprints").fetchone()
+    bad = bytearray(sealed)
+    bad[40] ^= 0xFF
+    con.execute("UPDATE voiceprints SET sealed = ? WHERE id = ?", (bytes(bad), uid))
+    con.commit()
+    con.close()
+
+
+def test_a_damaged_or_replaced_voiceprint_file_still_gets_signed_answers(
+    device: dict[str, Any], broker: Broker
+) -> None:
+    """A voiceprint that fails authentication while the daemon runs: the lock gets a signed
+    `denied` (no_match, no score) and one clear log line, not silence and a traceback, and
+    it does not count towards the lockout. A good copy renamed over the file is used from
+    the next attempt (the daemon does not go on reading the file it had open)."""
+    done = enroll(device, "bob", "en+m3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    db = Path(device["doc"]["data_dir"]) / "voiceprints.db"
+    good = device["dir"] / "voiceprints-backup.db"
+    shutil.copy(db, good)
+    rec = Recorder(broker, "lock", [f"voxgate/{DEV}/#"])
+    daemon = DaemonProcess(device["config"])
+    try:
+        daemon.feed(pause(0.3))
+        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+        attempt = np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)])
+        daemon.feed(attempt)
+        wait_until(lambda: len(decisions(rec)) >= 1, 20, "the first decision")
+        _flip_one_voiceprint(db)
+        daemon.feed(attempt)
+        wait_until(lambda: len(decisions(rec)) >= 2, 20, "a decision from the damaged store")
+        shutil.copy(good, device["dir"] / "restore.db")
+        os.replace(device["dir"] / "restore.db", db)
+        daemon.feed(attempt)
+        wait_until(lambda: len(decisions(rec)) >= 3, 20, "a decision from the restored store")
+        assert daemon.close() == 0
+    finally:
+        rec.close()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    first, damaged, restored = decisions(rec)
+    assert (first.outcome, first.user) == ("granted", "bob"), daemon.log()
+    assert (damaged.outcome, damaged.user, damaged.reasons) == ("denied", None, ("no_match",))
+    assert damaged.speaker_score is None
+    assert (restored.outcome, restored.user) == ("granted", "bob"), daemon.log()
+    assert "cannot read the voiceprints, attempt denied" in daemon.log()
+    assert "fails authentication" in daemon.log() and "Traceback" not in daemon.log()
+    assert "lockout" not in [x["event"] for x in audit_lines(device)]
+
+
+def test_enrollment_over_mqtt_when_the_store_is_deleted_or_cannot_be_written(
+    device: dict[str, Any], broker: Broker
+) -> None:
+    """The voiceprint file deleted while the daemon runs: the next attempt still gets a
+    decision, and a voice enrolled over MQTT lands in a new file on disk, not in the deleted
+    one (lost at the next start). A store that cannot be written (file size limit, like a
+    full disk) fails enroll-finish with the cause and keeps the takes, so that a second
+    enroll-finish stores them once it can."""
+    import resource
+
+    from voxgate.decision import open_sealed
+
+    done = enroll(device, "bob", "en+m3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    db = Path(device["doc"]["data_dir"]) / "voiceprints.db"
+    rec = Recorder(broker, "lock", [f"voxgate/{DEV}/#"])
+    admin = mqtt_admin(broker)
+
+    def command(name: str, **args: str) -> dict[str, Any]:
+        reply = f"voxgate/{DEV}/cmd/{name}/result"
+        before = len(rec.on(reply))
+        cmd = make_command(CKEY, DEV, name, args, now=time.time())
+        admin.publish(f"voxgate/{DEV}/cmd/{name}", cmd, qos=1).wait_for_publish(5)
+        wait_until(lambda: len(rec.on(reply)) > before, 30, f"{name} reply")
+        return open_sealed(rec.on(reply)[-1].payload, DKEY, REPLY_DOMAIN)
+
+    daemon = DaemonProcess(device["config"])
+    try:
+        daemon.feed(pause(0.3))
+        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+        db.unlink()
+        daemon.feed(np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)]))
+        wait_until(lambda: len(decisions(rec)) >= 1, 20, "a decision after the deletion")
+        daemon.feed(pause(1.5))
+        assert command("enroll-start", user="carol")["ok"] is True
+        for take, text in enumerate(TAKES, start=1):
+            daemon.feed(np.concatenate([pause(0.5), speech(text, "en+f3"), pause(1.0)]))
+            daemon.wait_log(f"enrollment of carol: take {take} ", 20)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE, (1024, hard))
+        try:
+            refused = command("enroll-finish", user="carol")
+        finally:
+            resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE, (soft, hard))
+        stored = command("enroll-finish", user="carol")
+        assert daemon.close() == 0
+    finally:
+        admin.disconnect()
+        rec.close()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    (after_delete,) = decisions(rec)
+    assert (after_delete.outcome, after_delete.reasons) == ("denied", ("no_match",))
+    assert (refused["ok"], refused["error"]) == (False, "failed"), refused
+    assert str(db) in refused["detail"] and "takes are kept" in refused["detail"], refused
+    assert stored["ok"] is True and stored["result"]["used"] >= 3, stored
+    assert "deleted or replaced while open" in daemon.log()
+    listed = voxgate("users", "list", "-c", str(device["config"]))
+    assert listed.returncode == 0, listed.stderr
+    assert "carol" in listed.stdout and "bob" not in listed.stdout

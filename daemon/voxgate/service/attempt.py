@@ -17,6 +17,7 @@ from voxgate.lockout import LockoutBook, RecordResult
 from voxgate.policy import LivenessLike, ReplayLike, SpeakerLike, decide
 from voxgate.service.stages import AttemptResult, Challenge, Stages
 from voxgate.vad import Utterance
+from voxgate.voiceprints import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,19 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class Unscored:
+    """The speaker result when the voiceprint store could not be read (policy: no_match;
+    the decision carries no score or threshold)."""
+
+    user: str | None
+    accepted: bool = False
+    quality_ok: bool = True
+    reasons: tuple[str, ...] = ("store_unreadable",)
+    score: float | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
 class Conclusion:
     result: AttemptResult
     lock_user: str | None  # whose lockout counter the attempt touched (besides the door's)
@@ -52,11 +66,20 @@ def conclude(
     except stages.no_speech_errors as exc:
         log.info("no embedding: %s", exc)
         emb = None
+    store_failed = False
     if emb is not None:
-        if a.claimed_user:
-            speaker = stages.scorer.verify(emb, a.claimed_user)
-        else:
-            speaker = stages.scorer.identify(emb)
+        try:
+            if a.claimed_user:
+                speaker = stages.scorer.verify(emb, a.claimed_user)
+            else:
+                speaker = stages.scorer.identify(emb)
+        except StoreError as exc:
+            # A damaged, unreadable or replaced voiceprint file: nothing to compare with.
+            # The lock still gets an answer (denied, no_match, no score); the next attempt
+            # reads the store again.
+            log.error("cannot read the voiceprints, attempt denied: %s", exc)
+            speaker = Unscored(a.claimed_user)
+            store_failed = True
     identified = speaker.user if speaker is not None and speaker.accepted else None
     liveness = _liveness(a, a.claimed_user or identified)
     replay: ReplayLike | None = (
@@ -77,7 +100,8 @@ def conclude(
         require_liveness=cfg.challenge.mode != "off",
     )
     record = None
-    if verdict.outcome == "granted" or verdict.counts_as_failure:
+    # A store that cannot be read is the door's fault, not a guess at anyone's voice.
+    if verdict.outcome == "granted" or (verdict.counts_as_failure and not store_failed):
         record = lockout.record(lock_user, verdict.outcome == "granted", now)
     result = AttemptResult(
         device_id=cfg.device_id,

@@ -146,7 +146,11 @@ class UserServices:
         except StoreError as exc:
             raise ValueError(str(exc)) from None
         with self._lock:
-            if not self.store.erase(name):
+            try:
+                erased = self.store.erase(name)
+            except StoreError as exc:  # a damaged file, a full disk: say so in the reply
+                raise ValueError(f"not erased: {exc}") from None
+            if not erased:
                 raise ValueError(f"no user '{name}' enrolled")
         log.info("erased %s (MQTT command)", name)
         self.changed("erased", name, via="mqtt")
@@ -284,7 +288,21 @@ class UserServices:
                 meta, result, takes, prompts[: len(takes)], self.cfg.stt.template_threshold
             )
         report["digit_templates"] = TEMPLATES_META in meta
-        self.store.replace(name, result.embeddings, self.embedder.model_id, meta)
+        try:
+            self.store.replace(name, result.embeddings, self.embedder.model_id, meta)
+        except StoreError as exc:
+            # A full disk or a damaged file: keep the spoken takes, so that enroll-finish can
+            # be sent again once the store is fixed (within the session's time).
+            with self._enroll_lock:
+                if self._enroll_user is None:
+                    self._enroll_user, self._enroll_takes = name, takes
+                    self._enroll_prompts = prompts
+                    self._enroll_until = time.monotonic() + ENROLL_TIMEOUT_S
+                    kept = "the takes are kept; send enroll-finish again"
+                else:
+                    kept = "the takes are lost (another enrollment started)"
+            log.error("enrollment of %s not stored: %s; %s", name, exc, kept)
+            raise ValueError(f"not stored: {exc}; {kept}") from None
         log.info("enrolled %s from %d takes (MQTT)", name, len(result.accepted))
         self.changed("enrolled", name, via="mqtt")
         return report
