@@ -13,6 +13,7 @@ Reason codes (stable strings; they go into decisions, the audit log and metrics)
   no_speech           no speaker embedding could be made (too little speech)
   low_quality         the audio was usable for nothing trustworthy (clipped, noisy, short)
   no_match            the voice did not match (verify) or matched nobody (identify)
+  store_unreadable    the door could not read its voiceprints (damaged file): nothing compared
 """
 
 from __future__ import annotations
@@ -78,9 +79,12 @@ class Verdict:
     @property
     def counts_as_failure(self) -> bool:
         """Whether lockout counts this attempt. Attempts refused by a lockout do not extend
-        it (so a locked door cannot be kept locked forever by one passer-by), and 'retry'
-        (no usable speech) is not a guess at anyone's voice."""
-        return self.outcome == "denied" and "locked_out" not in self.reasons
+        it (so a locked door cannot be kept locked forever by one passer-by); 'retry' (no
+        usable speech) and a door that cannot read its voiceprints are not a guess at
+        anyone's voice."""
+        return self.outcome == "denied" and not {"locked_out", "store_unreadable"} & set(
+            self.reasons
+        )
 
 
 # The most severe outcome among the failed checks wins; every failing reason is kept.
@@ -119,6 +123,8 @@ def decide(
         found.append(("retry", "no_speech"))
     elif not speaker.quality_ok:
         found.append(("retry", "low_quality"))
+    elif "store_unreadable" in speaker.reasons:
+        found.append(("denied", "store_unreadable"))
     elif not speaker.accepted or speaker.user is None:
         found.append(("denied", "no_match"))
 

@@ -508,7 +508,7 @@ def test_a_damaged_or_replaced_voiceprint_file_still_gets_signed_answers(
     device: dict[str, Any], broker: Broker
 ) -> None:
     """A voiceprint that fails authentication while the daemon runs: the lock gets a signed
-    `denied` (no_match, no score) and one clear log line, not silence and a traceback, and
+    `denied` (store_unreadable, no score) and one clear log line, not silence and a traceback, and
     it does not count towards the lockout. A good copy renamed over the file is used from
     the next attempt (the daemon does not go on reading the file it had open)."""
     done = enroll(device, "bob", "en+m3")
@@ -538,7 +538,11 @@ def test_a_damaged_or_replaced_voiceprint_file_still_gets_signed_answers(
             daemon.proc.kill()
     first, damaged, restored = decisions(rec)
     assert (first.outcome, first.user) == ("granted", "bob"), daemon.log()
-    assert (damaged.outcome, damaged.user, damaged.reasons) == ("denied", None, ("no_match",))
+    assert (damaged.outcome, damaged.user, damaged.reasons) == (
+        "denied",
+        None,
+        ("store_unreadable",),
+    )
     assert damaged.speaker_score is None
     assert (restored.outcome, restored.user) == ("granted", "bob"), daemon.log()
     assert "cannot read the voiceprints, attempt denied" in daemon.log()

@@ -42,6 +42,7 @@ ALICE = Speaker("alice", score=0.8, accepted=True)
 STRANGER = Speaker("alice", score=0.1, accepted=False)
 NOBODY = Speaker(None, score=0.1, accepted=False)
 NOISY = Speaker("alice", accepted=False, quality_ok=False, reasons=("clipped",))
+UNREAD = Speaker("alice", accepted=False, reasons=("store_unreadable",))  # damaged voiceprints
 LIVE = Liveness(True, transcript="4 7 1 9 2")
 DEAD = Liveness(False, transcript="4 7", reason="wrong_digits")
 FRESH = Replay(False)
@@ -50,6 +51,15 @@ LOCKED = LockoutState(locked=True, until=100.0, user_failures=5, scope="user")
 
 CASES = [
     # name, speaker, liveness, replay, lockout, expired, expected verdict
+    (
+        "voiceprints unreadable",
+        UNREAD,
+        LIVE,
+        FRESH,
+        NOT_LOCKED,
+        False,
+        Verdict("denied", None, ("store_unreadable",)),
+    ),
     ("all pass", ALICE, LIVE, FRESH, NOT_LOCKED, False, Verdict("granted", "alice", ())),
     ("replay check off", ALICE, LIVE, None, NOT_LOCKED, False, Verdict("granted", "alice", ())),
     (
@@ -166,6 +176,7 @@ def test_liveness_optional_when_challenge_is_off() -> None:
         (Verdict("denied", None, ("no_match",)), True),
         (Verdict("denied", None, ("liveness_failed", "no_match")), True),
         (Verdict("denied", None, ("locked_out", "no_match")), False),
+        (Verdict("denied", None, ("liveness_failed", "store_unreadable")), False),
         (Verdict("retry", None, ("no_speech",)), False),
         (Verdict("granted", "alice", ()), False),
     ],

@@ -39,8 +39,8 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Unscored:
-    """The speaker result when the voiceprint store could not be read (policy: no_match;
-    the decision carries no score or threshold)."""
+    """The speaker result when the voiceprint store could not be read (policy: denied,
+    store_unreadable, not counted by the lockout; the decision carries no score)."""
 
     user: str | None
     accepted: bool = False
@@ -66,7 +66,6 @@ def conclude(
     except stages.no_speech_errors as exc:
         log.info("no embedding: %s", exc)
         emb = None
-    store_failed = False
     if emb is not None:
         try:
             if a.claimed_user:
@@ -75,11 +74,10 @@ def conclude(
                 speaker = stages.scorer.identify(emb)
         except StoreError as exc:
             # A damaged, unreadable or replaced voiceprint file: nothing to compare with.
-            # The lock still gets an answer (denied, no_match, no score); the next attempt
-            # reads the store again.
+            # The lock still gets an answer (denied, store_unreadable, no score); the next
+            # attempt reads the store again.
             log.error("cannot read the voiceprints, attempt denied: %s", exc)
             speaker = Unscored(a.claimed_user)
-            store_failed = True
     identified = speaker.user if speaker is not None and speaker.accepted else None
     liveness = _liveness(a, a.claimed_user or identified)
     replay: ReplayLike | None = (
@@ -100,8 +98,7 @@ def conclude(
         require_liveness=cfg.challenge.mode != "off",
     )
     record = None
-    # A store that cannot be read is the door's fault, not a guess at anyone's voice.
-    if verdict.outcome == "granted" or (verdict.counts_as_failure and not store_failed):
+    if verdict.outcome == "granted" or verdict.counts_as_failure:
         record = lockout.record(lock_user, verdict.outcome == "granted", now)
     result = AttemptResult(
         device_id=cfg.device_id,
