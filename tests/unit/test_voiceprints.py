@@ -256,3 +256,29 @@ def test_export_unknown_user(tmp_path: Path) -> None:
         pytest.raises(StoreError, match="no user"),
     ):
         store.export("nobody")
+
+
+def test_a_full_disk_while_replacing_keeps_the_old_voiceprint(tmp_path: Path) -> None:
+    """No data loss: a re-enrollment that cannot be written leaves the stored one intact."""
+    import resource
+    import signal
+
+    path = tmp_path / "vp.db"
+    old = np.random.default_rng(1).standard_normal((3, 256)).astype(np.float32)
+    with VoiceprintStore(path, KEY) as store:
+        store.add_user("alice", old, MODEL)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16, hard))  # no file may grow: a full disk
+        try:
+            with pytest.raises(StoreError, match="cannot write to the voiceprint database"):
+                store.replace("alice", np.ones((8, 256), np.float32), MODEL)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, handler)
+        vp = store.get("alice")
+        assert vp is not None and vp.version == 1
+        assert np.allclose(vp.embeddings, old / np.linalg.norm(old, axis=1, keepdims=True))
+    with VoiceprintStore(path, KEY) as again:  # and after a restart
+        vp = again.get("alice")
+        assert vp is not None and vp.version == 1 and vp.embeddings.shape == (3, 256)
