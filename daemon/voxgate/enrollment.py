@@ -163,8 +163,7 @@ def attach_templates(
     from base64 import b64encode
 
     from voxgate.config.stt import SttConfig
-    from voxgate.stt import TemplateError, templates_from_takes
-    from voxgate.stt.templates import inconsistent_takes
+    from voxgate.stt.templates import checked_templates
 
     if threshold is None:
         threshold = SttConfig().template_threshold
@@ -173,17 +172,13 @@ def attach_templates(
         for t in result.accepted
         if t.index - 1 < len(prompts) and prompts[t.index - 1]
     ]
-    pairs = [(pcm, p) for _, pcm, p in numbered]
-    dropped = [numbered[k][0] for k in inconsistent_takes(pairs, threshold)]
+    bad, tm = checked_templates([(pcm, p) for _, pcm, p in numbered], threshold)
+    dropped = [numbered[k][0] for k in bad]
     if dropped:
         log.warning("takes %s do not say their prompts: no digit templates from them", dropped)
-        pairs = [(pcm, p) for n, pcm, p in numbered if n not in dropped]
-    if not pairs:
-        return dropped
-    try:
-        tm = templates_from_takes(pairs)
-    except TemplateError as exc:
-        log.warning("no digit templates from the enrollment takes: %s", exc)
+    if tm is None:
+        if len(numbered) > len(dropped):
+            log.warning("no digit templates from the enrollment takes: no usable enrollment take")
         return dropped
     meta[TEMPLATES_META] = b64encode(tm.to_bytes()).decode()
     meta["template_digits"] = "".join(sorted(tm.digits()))

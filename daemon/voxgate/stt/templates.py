@@ -79,7 +79,10 @@ class SpeechGate:
 
     @classmethod
     def whole(cls, db: np.ndarray) -> np.ndarray:
-        """Decisions for a finished recording: loudest and quietest frame of all of it."""
+        """Decisions for a finished recording (an enrollment take), against its loudest and
+        quietest frame. Unlike the causal gate, room noise before the first word is judged
+        against the take's loudest word, not against itself, so a take that starts with half
+        a second of noise does not get it cut as a digit."""
         gate = cls()
         if len(db):
             gate.peak, gate.floor = float(db.max()), float(db.min())
@@ -92,21 +95,14 @@ def speech_mask(pcm: np.ndarray, spec: MfccSpec = TEMPLATES) -> np.ndarray:
     return np.concatenate([gate.push(_frame_db(pcm, spec)), gate.flush()])
 
 
-def take_speech_mask(pcm: np.ndarray, spec: MfccSpec = TEMPLATES) -> np.ndarray:
-    """Boolean per frame for a whole enrollment take. Unlike the causal gate, room noise
-    before the first word is judged against the take's loudest word, not against itself,
-    so a take that starts with half a second of noise does not get it cut as a digit."""
-    return SpeechGate.whole(_frame_db(pcm, spec))
-
-
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
 
 
-def segment_words(pcm: np.ndarray, n: int, spec: MfccSpec = TEMPLATES) -> list[tuple[int, int]]:
-    """Cut a whole take into exactly n (start, end) frame ranges, or raise TemplateError."""
-    mask = take_speech_mask(pcm, spec)
+def _segments(mask: np.ndarray, db: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """Cut a whole take (its speech mask and frame energies) into exactly n (start, end)
+    frame ranges, or raise TemplateError."""
     runs = _runs(mask)
     # Close short dips, then drop blobs too short to be a word.
     merged: list[tuple[int, int]] = []
@@ -122,7 +118,6 @@ def segment_words(pcm: np.ndarray, n: int, spec: MfccSpec = TEMPLATES) -> list[t
         gaps = [segs[i + 1][0] - segs[i][1] for i in range(len(segs) - 1)]
         i = int(np.argmin(gaps))
         segs[i : i + 2] = [(segs[i][0], segs[i + 1][1])]
-    db = _frame_db(pcm, spec)
     while len(segs) < n:  # too few: split the longest piece at its quietest middle frame
         i = int(np.argmax([e - s for s, e in segs]))
         s, e = segs[i]
@@ -272,29 +267,48 @@ class DigitTemplates:
             raise TemplateError(f"not a digit-template blob: {exc}") from None
 
 
-def _cut_take(k: int, pcm: np.ndarray, digits: str, spec: MfccSpec) -> list[tuple[str, np.ndarray]]:
-    """One prompted take as (digit, features) pieces; [] (logged) when it cannot be cut."""
+@dataclass(frozen=True)
+class _Take:
+    """One prompted take, analysed once: frame features, the whole-take speech mask, and
+    the (digit, features) pieces it was cut into ([] when it could not be cut)."""
+
+    feats: np.ndarray
+    speech: np.ndarray
+    pieces: list[tuple[str, np.ndarray]]
+
+    def speech_feats(self) -> np.ndarray:
+        return self.feats[self.speech[: len(self.feats)]]
+
+
+def _analyse(k: int, pcm: np.ndarray, digits: str, spec: MfccSpec) -> _Take:
+    """Take k cut into its digits; TemplateError only for a prompt that is not digits."""
     if not digits.isdigit():
         raise TemplateError(f"take {k}: prompt {digits!r} is not a digit string")
+    db = _frame_db(pcm, spec)
+    speech = SpeechGate.whole(db)
+    feats = features(pcm, spec)
     try:
-        segs = segment_words(pcm, len(digits), spec)
+        segs = _segments(speech, db, len(digits))
     except TemplateError as exc:
         log.warning("enrollment take %d (%s) gives no templates: %s", k, digits, exc)
-        return []
-    feats = features(pcm, spec)
-    mask = take_speech_mask(pcm, spec)[: len(feats)]
+        return _Take(feats, speech, [])
+    mask = speech[: len(feats)]
     pieces = []
     for (s, e), d in zip(segs, digits, strict=True):
         seg = feats[s:e][mask[s:e]]
         if len(seg) >= MIN_WORD_FRAMES // 2:
             pieces.append((d, seg))
-    return pieces
+    return _Take(feats, speech, pieces)
 
 
-def _templates(cuts: list[list[tuple[str, np.ndarray]]], spec: MfccSpec) -> DigitTemplates:
+def _analyse_all(takes: list[tuple[np.ndarray, str]], spec: MfccSpec) -> list[_Take]:
+    return [_analyse(k, pcm, d, spec) for k, (pcm, d) in enumerate(takes)]
+
+
+def _templates(analysed: list[_Take], spec: MfccSpec) -> DigitTemplates:
     out = DigitTemplates(spec=spec)
-    for pieces in cuts:
-        for d, seg in pieces:
+    for take in analysed:
+        for d, seg in take.pieces:
             out.add(d, seg)
     if not out.refs:
         raise TemplateError("no usable enrollment take")
@@ -309,7 +323,27 @@ def templates_from_takes(
     Takes that cannot be cut into the right number of words are skipped with a log line;
     TemplateError when no take could be used at all.
     """
-    return _templates([_cut_take(k, pcm, d, spec) for k, (pcm, d) in enumerate(takes)], spec)
+    return _templates(_analyse_all(takes, spec), spec)
+
+
+def _mismatched(
+    analysed: list[_Take], prompts: list[str], threshold: float, spec: MfccSpec
+) -> list[int]:
+    from voxgate.stt.dtw import align
+
+    bad = []
+    for k, digits in enumerate(prompts):
+        try:
+            others = _templates(analysed[:k] + analysed[k + 1 :], spec)
+        except TemplateError:
+            continue
+        if not others.covers(digits):
+            continue
+        refs, labels = others.flat()
+        a = align(analysed[k].speech_feats(), refs, labels, digits)
+        if not a.frames or a.margin > threshold:
+            bad.append(k)
+    return bad
 
 
 def inconsistent_takes(
@@ -323,20 +357,17 @@ def inconsistent_takes(
     would give templates that later deny their owner. A take whose digits the others do
     not cover cannot be judged and is kept.
     """
-    from voxgate.stt.dtw import align
+    return _mismatched(_analyse_all(takes, spec), [d for _, d in takes], threshold, spec)
 
-    cuts = [_cut_take(k, pcm, d, spec) for k, (pcm, d) in enumerate(takes)]  # each take once
-    bad = []
-    for k, (pcm, digits) in enumerate(takes):
-        try:
-            others = _templates(cuts[:k] + cuts[k + 1 :], spec)
-        except TemplateError:
-            continue
-        if not others.covers(digits):
-            continue
-        refs, labels = others.flat()
-        feats = features(pcm, spec)
-        a = align(feats[take_speech_mask(pcm, spec)[: len(feats)]], refs, labels, digits)
-        if not a.frames or a.margin > threshold:
-            bad.append(k)
-    return bad
+
+def checked_templates(
+    takes: list[tuple[np.ndarray, str]], threshold: float, spec: MfccSpec = TEMPLATES
+) -> tuple[list[int], DigitTemplates | None]:
+    """inconsistent_takes() and templates_from_takes() of the takes that pass, with each
+    take analysed once: (indexes dropped, templates or None when no take could be cut)."""
+    analysed = _analyse_all(takes, spec)
+    bad = _mismatched(analysed, [d for _, d in takes], threshold, spec)
+    try:
+        return bad, _templates([a for k, a in enumerate(analysed) if k not in bad], spec)
+    except TemplateError:
+        return bad, None
