@@ -105,25 +105,20 @@ def load_key(speaker_cfg: Any) -> bytes:
 
 def write_key_file(path: Path) -> None:
     """Create a new random key in `path` (mode 0600). Refuses to overwrite an existing file."""
-    key = os.urandom(KEY_BYTES)
+    from voxgate.config.secrets import PartialWrite, write_new_secret
+
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_new_secret(path, os.urandom(KEY_BYTES).hex() + "\n")
     except FileExistsError:
         raise StoreError(
             f"{path} already exists; not overwriting a key (voiceprints sealed with it "
             "would become unreadable)"
         ) from None
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot create key file: {exc}") from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(key.hex() + "\n")
-    except OSError as exc:
-        # An empty or half key file would block the next init-key: remove it.
-        path.unlink(missing_ok=True)
+    except PartialWrite as exc:
         msg = f"{path}: cannot write the key ({exc.strerror}); nothing written"
         raise StoreError(msg) from None
-    os.chmod(path, 0o600)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create key file: {exc}") from None
 
 
 def _subkey(key: bytes, purpose: bytes) -> bytes:

@@ -46,23 +46,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def keygen(args: argparse.Namespace) -> int:
+    from voxgate.config.secrets import PartialWrite, write_new_secret
     from voxgate.fleet import public_key_hex
 
     key = os.urandom(32)
     try:
-        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_new_secret(args.file, key.hex() + "\n")
+    except PartialWrite as exc:
+        msg = f"{args.file}: {exc.strerror}; nothing written"
+        print(f"voxgate fleet keygen: {msg}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(
             f"voxgate fleet keygen: {args.file}: {exc.strerror} (not overwritten)", file=sys.stderr
         )
-        return 1
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(key.hex() + "\n")
-    except OSError as exc:
-        args.file.unlink(missing_ok=True)  # an empty key file would block the next keygen
-        msg = f"{args.file}: {exc.strerror}; nothing written"
-        print(f"voxgate fleet keygen: {msg}", file=sys.stderr)
         return 1
     print(public_key_hex(key))
     return 0

@@ -14,6 +14,24 @@ class SecretError(Exception):
     pass
 
 
+class PartialWrite(OSError):
+    """write_new_secret created the file but could not fill it; the file was removed."""
+
+
+def write_new_secret(path: Path, text: str) -> None:
+    """Create `path` holding `text`, mode 0600, never over an existing file (OSError from
+    the create as raised, e.g. FileExistsError). A file that could not be written completely
+    is removed, since an empty key file would block the next try: PartialWrite."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except OSError as exc:
+        Path(path).unlink(missing_ok=True)
+        raise PartialWrite(exc.errno, exc.strerror, str(path)) from exc
+    os.chmod(path, 0o600)
+
+
 class SecretUnreadable(SecretError):
     """The secret's file is there but cannot be read (a directory, no permission)."""
 
