@@ -161,15 +161,18 @@ def main() -> int:
     )
     work = Path(tempfile.mkdtemp(prefix="voxgate-soak-"))
     source = MixSource(args.data)
-    cfg = VoxgateConfig.model_validate(
-        {
-            "data_dir": str(work),
-            "audio": {"source": "file", "path": str(source.sentences[0])},
-            "metrics": {"port": 0},
-            "lockout": {"device_max_failures": 20, "initial_s": 1, "max_s": 2},
-            "challenge": {"timeout_s": 120},
-        }
-    )
+    settings: dict = {
+        "data_dir": str(work),
+        "audio": {"source": "file", "path": str(source.sentences[0])},
+        "metrics": {"port": 0},
+        "lockout": {"device_max_failures": 20, "initial_s": 1, "max_s": 2},
+    }
+    if args.stages == "real":
+        from bench_service import real_extras  # the keys the real stages need, in `work`
+
+        settings.update(real_extras(work, with_api_fleet=False))
+    settings["challenge"] = {**settings.get("challenge", {}), "timeout_s": 120}
+    cfg = VoxgateConfig.model_validate(settings)
     daemon = Daemon(cfg, stage_factory=build(args, cfg, source), notifier=Notifier({}))
     samples: list[tuple[float, dict[str, int], float, int]] = []
 
