@@ -3,28 +3,35 @@
     PYTHONPATH=daemon python benchmarks/embed_breakdown.py [--runs 300] [--cpu 0] [--card CARD]
 
 The steps of SpeakerEmbedder.embed() are run one after the other, as embed() runs them, on
-the synthetic 3 s utterance `voxgate bench` uses, each timed on its own; medians over the
-runs, one thread pinned to one core. The network is also timed alone on random input, to
-see whether the steps before it slow it down (caches).
+the synthetic utterance `voxgate bench` uses (3 s by default), each timed on its own; medians
+over the runs, one thread pinned to one core, the daemon's allocator settings. The network
+is also timed alone on random input of the same shape, to see whether the steps before it
+slow it down (caches). The script checks once that its steps give embed()'s embedding.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-import time
-from itertools import pairwise
-from pathlib import Path
 
-import numpy as np
+# Before numpy loads its BLAS: one thread, like the daemon's inference.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from voxgate.commands.bench import synthetic_speech
-from voxgate.embedding import load_embedder
-from voxgate.embedding.embedder import _normalise
-from voxgate.features import to_float
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from itertools import pairwise  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-STEPS = ("silence trim", "window starts", "mel front end", "level gains", "stack", "network")
+import numpy as np  # noqa: E402
+
+from voxgate.commands.bench import synthetic_speech  # noqa: E402
+from voxgate.embedding import load_embedder  # noqa: E402
+from voxgate.embedding.embedder import _MAX_BATCH, _normalise  # noqa: E402
+from voxgate.features import to_float  # noqa: E402
+from voxgate.service.malloc import tune_malloc  # noqa: E402
+
+STEPS = ("silence trim", "to float, starts", "mel front end", "level gains", "network", "mean")
 
 
 def main() -> int:
@@ -34,18 +41,17 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--card", type=Path, help="model card (default: the shipped default)")
     args = ap.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
+    tune_malloc()
     emb = load_embedder(args.card, 1)
     if emb.card.windowing.type != "sliding":
         print("embed_breakdown: only sliding-window cards are broken down", file=sys.stderr)
         return 2
     pcm = synthetic_speech(args.seconds)
     n = emb.card.windowing.frames
-    times: dict[str, list[float]] = {k: [] for k in (*STEPS, "the rest", "embed() total")}
 
-    def one() -> dict[str, float]:
+    def steps() -> tuple[np.ndarray, list[float]]:
         marks = [time.perf_counter()]
         speech = emb.speech_of(pcm)
         marks.append(time.perf_counter())
@@ -57,35 +63,43 @@ def main() -> int:
         marks.append(time.perf_counter())
         gains = emb._gains(audio, starts)
         marks.append(time.perf_counter())
-        batch = np.stack([frames[s : s + n] * g for s, g in zip(starts, gains, strict=True)])
+        per_window = emb._run_windows(frames, starts, gains)
         marks.append(time.perf_counter())
-        out = emb.runtime.run(batch)
+        out = _normalise(per_window.mean(axis=0))
         marks.append(time.perf_counter())
-        out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-        _normalise(out.mean(axis=0))
-        marks.append(time.perf_counter())
-        ms = [(b - a) * 1000 for a, b in pairwise(marks)]
-        return {**dict(zip(STEPS, ms, strict=False)), "the rest": ms[-1]}
+        return out, [(b - a) * 1000 for a, b in pairwise(marks)]
 
+    if not np.array_equal(steps()[0], emb.embed(pcm)):
+        print("embed_breakdown: these steps no longer match embed(); update the script")
+        return 1
     for _ in range(20):  # warm-up
-        one()
+        steps()
+    times: dict[str, list[float]] = {k: [] for k in (*STEPS, "embed() total")}
     for _ in range(args.runs):
-        for k, v in one().items():
+        for k, v in zip(STEPS, steps()[1], strict=True):
             times[k].append(v)
         t0 = time.perf_counter()
         emb.embed(pcm)
         times["embed() total"].append((time.perf_counter() - t0) * 1000)
+    windows = len(emb.window_starts(emb.speech_of(pcm).size))
     rng = np.random.default_rng(0)
-    batch = rng.random((3, n, emb.frontend.n_bins), dtype=np.float32)
+    batches = [  # the batch sizes embed() uses
+        rng.random((min(_MAX_BATCH, windows - i), n, emb.frontend.n_bins), dtype=np.float32)
+        for i in range(0, windows, _MAX_BATCH)
+    ]
     alone = []
     for _ in range(args.runs):
         t0 = time.perf_counter()
-        emb.runtime.run(batch)
+        for batch in batches:
+            emb.runtime.run(batch)
         alone.append((time.perf_counter() - t0) * 1000)
-    print(f"{emb.model_id}, {args.seconds:g} s utterance, core {args.cpu}, median of {args.runs}")
+    print(
+        f"{emb.model_id}, {args.seconds:g} s utterance ({windows} windows), "
+        f"core {args.cpu}, median of {args.runs}"
+    )
     for k, v in times.items():
-        print(f"  {k:<16} {float(np.median(v)):7.2f} ms")
-    print(f"  {'network alone':<16} {float(np.median(alone)):7.2f} ms (3 windows, random input)")
+        print(f"  {k:<17} {float(np.median(v)):7.2f} ms")
+    print(f"  {'network alone':<17} {float(np.median(alone)):7.2f} ms (random input)")
     return 0
 
 

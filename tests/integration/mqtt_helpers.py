@@ -156,7 +156,9 @@ class ActuatorProcess:
             env=env,
         )
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-        self.wait_log(r"subscribing to", 15)
+        # Until the broker has acknowledged the subscription, a decision published by a test
+        # would be dropped (it is not retained): "subscribing to" was too early (a CI flake).
+        self.wait_log(r"subscribed to|refused the subscription", 15)
         return self
 
     def _read(self, proc: subprocess.Popen[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 import pytest
 
@@ -57,19 +58,18 @@ for attempt in (lambda: embedder.embed(pcm), streamed):
 
 
 def test_a_repeated_attempt_reuses_memory_instead_of_faulting_in_fresh_pages() -> None:
-    """Every attempt allocates the same ~15 MB of buffers (features, LSTM gates). With a
-    128 kB mmap threshold each was a fresh mapping, and touching it cost ~3900 page faults
-    per 3 s utterance: 18 ms instead of 10 ms per embedding here, more on a Pi. Now most
-    attempts fault in nothing; the heap's top is still handed back now and then (a few
-    hundred faults), so the median of 11 attempts is what is checked."""
+    """With 128 kB thresholds every buffer of an attempt was a fresh mapping (~3900 page
+    faults per 3 s utterance; service/malloc.py has the figures). Most attempts should now
+    fault in nothing; the heap's top may still go back now and then, so the median of 11
+    attempts is checked."""
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run(
-        [sys.executable, "-c", _FAULTS], capture_output=True, text=True, env=env, check=True
-    ).stdout.split()
-    whole, streamed = (int(n) for n in out)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "daemon")
+    proc = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    whole, streamed = (int(n) for n in proc.stdout.split())
     assert whole < 300, f"median {whole} page faults per repeated embedding"
     assert streamed < 300, f"median {streamed} page faults per repeated streamed embedding"

@@ -3,16 +3,20 @@
 The loop makes and drops many short numpy buffers (audio, features, windows) in several
 threads. With glibc's defaults each thread gets its own heap and large freed blocks stay in
 the heap, so RSS creeps up with fragmentation (benchmarks/soak.py, real stages, 3 min: 152-163
-MB with the defaults). Two arenas and fixed thresholds instead.
+MB with the defaults); glibc also raises its mmap threshold after the first big free, so a
+long recording's buffer would stay in the heap for good. Hence two arenas and fixed thresholds.
 
 The thresholds must not be too low: every attempt allocates the same ~15 MB of short buffers
 (features, LSTM gates). At 128 kB each was a fresh mapping, and touching it cost ~3900 page
-faults per 3 s utterance: 18 instead of 10 ms per embedding here (tests/unit/test_malloc.py
-counts them). Below 4 MB they now come from the heap and are reused; the heap's top goes back
-to the OS only past 8 MB free (at 4 MB, 7 of 10 processes handed back and faulted in ~1000
-pages on every attempt; at 6 and 8 MB none did). Buffers of 4 MB and more (two minutes of
-audio) are still mapped and returned when freed. Soak, 3 min: 139 MB at 128 kB, 143-146 MB
-at 4/4 MB, 147-151 MB at 4/8 MB, 156 MB at 4/16 MB.
+faults per 3 s utterance (tests/unit/test_malloc.py counts them): 18-23 instead of 10 ms per
+embedding on the x86 machine this was measured on (`MALLOC_MMAP_THRESHOLD_=131072
+MALLOC_TRIM_THRESHOLD_=131072 voxgate bench --no-torch` against plain `voxgate bench
+--no-torch`; the environment wins over these settings). Below 4 MB they now come from the
+heap and are reused; the heap's top goes back to the OS only past 8 MB free (at 4 MB, 7 of 10
+processes handed back and faulted in ~1000 pages on every attempt; at 6 and 8 MB none did).
+Buffers of 4 MB and more (two minutes of int16 audio, one of float32) are still mapped and
+returned when freed. Soak, 3 min: 139 MB at 128 kB, 143-146 MB at 4/4 MB, 147-151 MB at 4/8
+MB, 156 MB at 4/16 MB.
 """
 
 from __future__ import annotations
