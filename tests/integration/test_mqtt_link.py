@@ -13,7 +13,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import STANDARD_USERS, Broker
+from broker import STANDARD_USERS, Broker, standard_acl
 from mqtt_helpers import REPO, Recorder, link_config, wait_until
 
 from voxgate.decision import Issuer, SequenceCounter, verify
@@ -185,6 +185,24 @@ def _admin(broker: Broker, user: str = "admin") -> mqtt.Client:
     c.connect(broker.host, broker.port)
     c.loop_start()
     return c
+
+
+def test_commands_are_subscribed_before_online_is_announced(
+    make_broker: Callable[..., Broker], link_factory: Callable[..., MqttLink]
+) -> None:
+    """An integrator may send a command the moment it sees 'online'; the broker handles the
+    door's packets in order, so the SUBSCRIBE must come before that PUBLISH (it came after)."""
+    b = make_broker(tls=True, users=STANDARD_USERS, acl=standard_acl(), extra_conf="log_type debug")
+    link = link_factory(b)
+    wait_until(lambda: "voxgate/front-door/status" in b.log_text(), 10, "the status publish")
+    wait_until(lambda: "Received SUBSCRIBE" in b.log_text(), 10, "the subscription")
+    lines = b.log_text().splitlines()
+    subscribe = next(i for i, x in enumerate(lines) if "Received SUBSCRIBE" in x)
+    online = next(
+        i for i, x in enumerate(lines) if "Received PUBLISH" in x and "front-door/status" in x
+    )
+    assert link.connected
+    assert subscribe < online, "\n".join(lines[min(subscribe, online) : max(subscribe, online) + 1])
 
 
 def test_commands_authenticated(

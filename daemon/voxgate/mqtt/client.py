@@ -421,6 +421,9 @@ class MqttLink:
         self._count("connects")
         log.info("MQTT: connected to %s:%d", self.cfg.host, self.cfg.port)
         t = self.topics
+        # Subscribe first: the broker handles a client's packets in order, so whoever sees
+        # 'online' and sends a command at once finds the subscription in place.
+        client.subscribe(t.command_filter, qos=1)
         client.publish(t.status, b"online", qos=1, retain=True)
         if self.cfg.discovery_prefix is not None:
             for topic, payload in discovery.messages(t, __version__):
@@ -431,7 +434,6 @@ class MqttLink:
             client.publish(t.state, state.encode(), qos=1, retain=True)
         if lockout is not None:
             client.publish(t.lockout, lockout, qos=1, retain=True)
-        client.subscribe(t.command_filter, qos=1)
         self._notify(True)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
