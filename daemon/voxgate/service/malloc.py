@@ -8,15 +8,16 @@ long recording's buffer would stay in the heap for good. Hence two arenas and fi
 
 The thresholds must not be too low: every attempt allocates the same ~15 MB of short buffers
 (features, LSTM gates). At 128 kB each was a fresh mapping, and touching it cost ~3900 page
-faults per 3 s utterance (tests/unit/test_malloc.py counts them): 18-23 instead of 10 ms per
-embedding on the x86 machine this was measured on (`MALLOC_MMAP_THRESHOLD_=131072
-MALLOC_TRIM_THRESHOLD_=131072 voxgate bench --no-torch` against plain `voxgate bench
---no-torch`; the environment wins over these settings). Below 4 MB they now come from the
-heap and are reused; the heap's top goes back to the OS only past 8 MB free (at 4 MB, 7 of 10
-processes handed back and faulted in ~1000 pages on every attempt; at 6 and 8 MB none did).
-Buffers of 4 MB and more (two minutes of int16 audio, one of float32) are still mapped and
-returned when freed. Soak, 3 min: 139 MB at 128 kB, 143-146 MB at 4/4 MB, 147-151 MB at 4/8
-MB, 156 MB at 4/16 MB.
+faults per 3 s utterance (tests/unit/test_malloc.py counts them) and about twice the time:
+18.6-24.8 against 10.8-12.3 ms per embedding in four runs on the x86 machine this was
+measured on (`MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072 voxgate bench
+--no-torch` against plain `voxgate bench --no-torch`; the environment wins over these).
+
+Below 4 MB they now come from the heap and are reused; the heap's top goes back to the OS only
+past 8 MB free (at 4 MB, 7 of 10 processes handed back and faulted in ~1000 pages on every
+attempt; at 6 and 8 MB none did). Buffers of 4 MB and more (two minutes of int16 audio, one
+of float32) are still mapped and returned when freed. Soak, 3 min: 139 MB at 128 kB, 143-146
+MB at 4/4 MB, 147-151 MB at 4/8 MB, 156 MB at 4/16 MB.
 """
 
 from __future__ import annotations
