@@ -10,8 +10,10 @@ Runtime's DynamicQuantizeLSTM rounds it, and prints the cosine to the exact embe
 - the recurrent weights R, int8 per output row.
 That operator quantizes all three together, so one that breaks rules the layer out.
 Then the ways around it tried: W rounded after a per-band balance (W*D, x/D, with D the 99th
-percentile of each band), and X with more bits than uint8 (what splitting X into a coarse
-part and a scaled residual could give at best): how small a mel power still matters.
+percentile of each band), X rounded with one scale per time step after that balance (a
+kernel that quantises its input step by step), and X with more bits than uint8 (what
+splitting X into a coarse part and a scaled residual could give at best): how small a mel
+power still matters.
 """
 
 from __future__ import annotations
@@ -71,6 +73,18 @@ def quantize_input_bits(x: np.ndarray, bits: int, per_call: int = 3) -> np.ndarr
     return out
 
 
+def quantize_input_per_step(x: np.ndarray, band: np.ndarray, per_call: int = 3) -> np.ndarray:
+    """uint8 with one scale per time step of a call (what a kernel quantising its input step
+    by step, like TFLite's hybrid LSTM, does), after dividing each band by `band`."""
+    out = np.empty_like(x)
+    for i in range(0, len(x), per_call):
+        part = x[i : i + per_call] / band
+        step = part.max(axis=(0, 2), keepdims=True) / 255
+        step = np.where(step == 0, 1.0, step)
+        out[i : i + per_call] = np.round(part / step) * step * band
+    return out
+
+
 def quantize_rows(w: np.ndarray) -> np.ndarray:
     step = np.abs(w).max(axis=1, keepdims=True) / 127
     return np.round(w / np.where(step == 0, 1, step)) * step
@@ -122,6 +136,7 @@ def main() -> int:
         {**weights, "lstm.weight_ih_l0": quantize_rows(w0 * band) / band},
         x,
     )
+    cases["X uint8 per step, band balance"] = (weights, quantize_input_per_step(x, band))
     for bits in (11, 14):
         cases[f"X {bits} bits per call"] = (weights, quantize_input_bits(x, bits))
     for rel in (1e-6, 1e-5):
