@@ -434,6 +434,10 @@ class FleetSync:
         self._inflight: dict[int, tuple[str, int]] = {}
         self._acked: set[int] = set()
         self._inflight_lock = threading.Lock()
+        # Held while reading the outbox and publishing from it, and while queueing and
+        # publishing a local change: a topic's newer version must never go out before an
+        # older one read a moment earlier (retained, so the last to arrive is what stays).
+        self._send_lock = threading.RLock()
         self.connected = threading.Event()
         self.stats = {"applied": 0, "ignored_old": 0, "refused": 0, "not_allowed": 0, "sent": 0}
         self._client: Any = None
@@ -516,12 +520,21 @@ class FleetSync:
         subs = [(f"{self.root}/{g}/+", 1) for g in self.cfg.groups]
         if subs:
             client.subscribe(subs)
-        self.connected.set()
-        pending = self.state.outbox()
-        if pending:
-            log.info("fleet sync: connected; sending %d queued update(s)", len(pending))
-        for topic, payload, version in pending:
-            self._send(topic, payload, version)
+        with self._send_lock:
+            # paho would re-send what the broker had not acknowledged after this returns, i.e.
+            # after the outbox, and a voiceprint erased meanwhile would come back as the
+            # retained message. The outbox holds the newest version of every unacknowledged
+            # topic, so paho's copies are dropped and the outbox alone is sent.
+            client.drop_out_messages()
+            with self._inflight_lock:
+                self._inflight.clear()
+                self._acked.clear()
+            self.connected.set()
+            pending = self.state.outbox()
+            if pending:
+                log.info("fleet sync: connected; sending %d queued update(s)", len(pending))
+            for topic, payload, version in pending:
+                self._send(topic, payload, version)
 
     def flush_outbox(self) -> int:
         """Send what waits in the outbox and is not already on its way; returns how many.
@@ -533,11 +546,12 @@ class FleetSync:
         """
         if self._client is None or not self.connected.is_set():
             return 0
-        with self._inflight_lock:
-            busy = set(self._inflight.values())
-        todo = [(t, p, v) for t, p, v in self.state.outbox() if (t, v) not in busy]
-        for topic, payload, version in todo:
-            self._send(topic, payload, version)
+        with self._send_lock:
+            with self._inflight_lock:
+                busy = set(self._inflight.values())
+            todo = [(t, p, v) for t, p, v in self.state.outbox() if (t, v) not in busy]
+            for topic, payload, version in todo:
+                self._send(topic, payload, version)
         return len(todo)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -582,12 +596,13 @@ class FleetSync:
 
     def _publish(self, kind: str, name: str, groups: list[str], **body: Any) -> int:
         tag = self.codec.user_tag(name)
-        version = self._next_version(tag)
-        for group in groups:
-            payload = self.codec.encode(kind, group, name, version, now=self.clock(), **body)
-            topic = f"{self.root}/{group}/{tag}"
-            self.state.queue(topic, payload, version)
-            self._send(topic, payload, version)
+        with self._send_lock:
+            version = self._next_version(tag)
+            for group in groups:
+                payload = self.codec.encode(kind, group, name, version, now=self.clock(), **body)
+                topic = f"{self.root}/{group}/{tag}"
+                self.state.queue(topic, payload, version)
+                self._send(topic, payload, version)
         return version
 
     def publish_enrollment(self, name: str) -> list[str]:

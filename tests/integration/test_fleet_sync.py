@@ -325,3 +325,32 @@ def test_changes_made_while_the_broker_is_down_are_sent_later(
     fleet["broker"].start()
     wait_until(lambda: b.store.get("alice") is not None, 15, "alice on door B")
     wait_until(lambda: a.agent.state.outbox() == [], 10, "A's outbox drained")
+
+
+def test_an_erase_made_offline_is_not_undone_by_the_unacknowledged_enrollment(
+    fleet: dict,
+) -> None:
+    """The broker stalls before acknowledging alice's voiceprint, the link drops, alice is
+    erased on door A while it is offline. On reconnect paho used to re-send its held copy of
+    the voiceprint after the outbox's erase, so the voiceprint became the retained message and
+    a door that syncs later enrolled the erased user."""
+    import signal
+
+    a, b, broker = fleet["a"], fleet["b"], fleet["broker"]
+    emb = np.random.default_rng(0).normal(size=(3, 256)).astype(np.float32)
+    a.store.add_user("alice", emb / np.linalg.norm(emb, axis=1, keepdims=True), "test-model")
+    a.start("test-model")
+    assert broker.proc is not None
+    os.kill(broker.proc.pid, signal.SIGSTOP)  # no PUBACK for what comes next
+    a.agent.publish_enrollment("alice")
+    wait_until(lambda: len(a.agent.state.outbox()) == 1, 5, "the voiceprint queued")
+    broker.kill()
+    wait_until(lambda: not a.agent.connected.is_set(), 10, "A notices the broker is gone")
+    assert a.store.erase("alice")
+    a.agent.on_local_change("erased", "alice")
+    broker.start()
+    wait_until(a.agent.connected.is_set, 10, "A reconnected")
+    wait_until(lambda: a.agent.state.outbox() == [], 10, "A's outbox drained")
+    b.start("test-model")  # a door that was offline all along (or a new one)
+    wait_until(lambda: b.agent.stats["applied"] >= 1, 10, "door B synced")
+    assert b.store.get("alice") is None
