@@ -31,6 +31,21 @@ from voxgate.mqtt.topics import device_from_decision_topic
 
 log = logging.getLogger(__name__)
 
+# How long the broker keeps this lock's session while it is away (longer than any restart;
+# decisions expire much sooner anyway).
+SESSION_S = 600
+
+
+def default_client_id(cfg: ActuatorConfig) -> str:
+    """Stable across restarts, so the broker resumes the session; distinct per host and set
+    of doors, so two actuators never take each other's session."""
+    import hashlib
+    import socket
+
+    doors = ",".join(sorted(d.id for d in cfg.devices))
+    tag = hashlib.sha256(f"{socket.gethostname()}|{doors}".encode()).hexdigest()[:12]
+    return f"voxgate-actuator-{tag}"
+
 
 class ActuatorSetupError(Exception):
     """The actuator cannot start (bad config, missing key, unreadable state); a user message."""
@@ -211,7 +226,11 @@ class Actuator:
     def run(self, stop: threading.Event) -> None:
         """Connect (retrying forever), obey decisions until `stop` is set."""
         b = self.cfg.broker
-        client = build_client(b, b.client_id or f"voxgate-actuator-{os.getpid()}")
+        # A stable id and a kept session: while this lock's link is down (or it restarts),
+        # the broker holds its subscription and the decisions sent meanwhile; with a fresh
+        # session each time, a grant published before it had re-subscribed was dropped.
+        # Held decisions still expire (MQTT 5 expiry at the broker, verify() here).
+        client = build_client(b, b.client_id or default_client_id(self.cfg), SESSION_S)
         topics = [f"{b.topic_prefix}/{dev.id}/decision" for dev in self.cfg.devices]
 
         def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -247,7 +266,7 @@ class Actuator:
         client.on_message = on_message
         self._worker = threading.Thread(target=self._work_loop, name="actions", daemon=True)
         self._worker.start()
-        connect_async(client, b)
+        connect_async(client, b, SESSION_S)
         client.loop_start()
         log.info("actuator started for %s", ", ".join(d.id for d in self.cfg.devices))
         try:

@@ -156,6 +156,31 @@ def test_restart_does_not_reopen_replay_window(
         b.stop()
 
 
+def test_a_grant_sent_while_the_lock_is_away_is_acted_on_when_it_is_back(
+    tmp_path: Path, broker: Broker, link: MqttLink
+) -> None:
+    """The broker keeps the lock's session: a grant published while the actuator is down
+    (killed here; a network blip or both reconnecting after a broker restart look the same
+    to the broker) is delivered when it comes back. With a fresh session per connect the
+    broker dropped it and the door stayed shut."""
+    keys = {DEV: write_key(tmp_path / "front.key", DKEY)}
+    a = ActuatorProcess(tmp_path, broker, keys).start()
+    assert a.proc is not None
+    a.proc.kill()
+    a.proc.wait()
+    grant = Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=30).issue(
+        "granted", "alice", time.time()
+    )
+    link.publish_decision(grant)
+    wait_until(lambda: link.pending_decisions() == 0, 10, "the broker has the grant")
+    b = ActuatorProcess(tmp_path, broker, keys).start()
+    try:
+        wait_until(lambda: len(b.actions()) == 1, 10, "the held grant acted on")
+        assert int(b.actions()[0]["VOXGATE_SEQ"]) == grant.seq
+    finally:
+        b.stop()
+
+
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
     return subprocess.run(

@@ -47,14 +47,16 @@ class MqttSetupError(Exception):
     """The MQTT settings cannot be used (missing CA file, unreadable key, ...)."""
 
 
-def build_client(cfg: BrokerConfig, client_id: str) -> paho.Client:
-    """A paho client with protocol, credentials, TLS and back-off from `cfg` (no I/O yet)."""
+def build_client(cfg: BrokerConfig, client_id: str, session_s: int = 0) -> paho.Client:
+    """A paho client with protocol, credentials, TLS and back-off from `cfg` (no I/O yet).
+    session_s > 0: the broker keeps the session (subscriptions, QoS 1 messages) that long
+    while the client is away; pass the same value to connect_async()."""
     v5 = cfg.protocol == "5"
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-        clean_session=None if v5 else True,
+        clean_session=None if v5 else session_s <= 0,
     )
     if cfg.username is not None:
         password = read_secret("mqtt-password", cfg.password_file, required=False)
@@ -80,11 +82,17 @@ def build_client(cfg: BrokerConfig, client_id: str) -> paho.Client:
     return client
 
 
-def connect_async(client: paho.Client, cfg: BrokerConfig) -> None:
-    if cfg.protocol == "5":
-        client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=True)
-    else:
+def connect_async(client: paho.Client, cfg: BrokerConfig, session_s: int = 0) -> None:
+    if cfg.protocol != "5":
         client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
+        return
+    props = None
+    if session_s > 0:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = session_s
+    client.connect_async(
+        cfg.host, cfg.port, cfg.keepalive_s, clean_start=session_s <= 0, properties=props
+    )
 
 
 def _expiry_props(seconds: float) -> Properties:
