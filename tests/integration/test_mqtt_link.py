@@ -205,6 +205,56 @@ def test_commands_are_subscribed_before_online_is_announced(
     assert subscribe < online, "\n".join(lines[min(subscribe, online) : max(subscribe, online) + 1])
 
 
+def test_messages_held_in_a_dead_connection_do_not_overwrite_the_republished_state(
+    plain_broker: Broker, link_factory: Callable[..., MqttLink]
+) -> None:
+    """'listening' and a challenge are published into a connection that is dead but not yet
+    noticed (broker stopped, then killed); the attempt ends ('idle') while offline. paho used
+    to re-send the held messages after the reconnect's republish: 'listening' stayed retained
+    and the display got the challenge after it had expired."""
+    import signal
+    from types import SimpleNamespace
+
+    b = plain_broker
+    link = link_factory(b, user=None, reconnect_min_s=1.0, reconnect_max_s=1.0)
+    wait_until(lambda: link.connected, 10, "link connected")
+    link.publish_state("idle")
+    display = Recorder(b, "admin", ["voxgate/front-door/challenge"])
+    try:
+        assert b.proc is not None
+        os.kill(b.proc.pid, signal.SIGSTOP)  # the link's socket is dead, not yet noticed
+        link.publish_state("listening")
+        now = time.time()
+        link.publish_challenge(
+            SimpleNamespace(
+                mode="digits",
+                text="4719",
+                words=(),
+                nonce="ab" * 8,
+                issued_at=now,
+                expires_at=now + 2.0,
+            )
+        )
+        time.sleep(0.2)
+        b.kill()
+        wait_until(lambda: not link.connected, 10, "the link notices")
+        link.publish_state("idle")  # the attempt is over; offline, so only remembered
+        time.sleep(2.3)  # the challenge expires
+        b.start()
+        wait_until(lambda: link.connected, 10, "the link reconnects")
+        wait_until(lambda: display.subscribed_gen >= 2, 10, "the display re-subscribed")
+        time.sleep(1.0)
+        late = Recorder(b, "admin", ["voxgate/front-door/state"])
+        try:
+            state = late.wait_for("voxgate/front-door/state", lambda m: m.retain)
+            assert state.payload == b"idle"
+        finally:
+            late.close()
+        assert display.on("voxgate/front-door/challenge") == []
+    finally:
+        display.close()
+
+
 def test_commands_authenticated(
     broker: Broker, link_factory: Callable[..., MqttLink], caplog: pytest.LogCaptureFixture
 ) -> None:

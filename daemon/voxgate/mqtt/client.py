@@ -201,9 +201,9 @@ class MqttLink:
     def publish_state(self, state: str) -> None:
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}")
-        with self._state_lock:
+        with self._state_lock:  # with the publish, so a reconnect's republish never overtakes it
             self._last_state = state
-        self._publish_if_connected(self.topics.state, state.encode(), qos=1, retain=True)
+            self._publish_if_connected(self.topics.state, state.encode(), qos=1, retain=True)
 
     def publish_challenge(self, challenge: Any) -> None:
         """A challenge from challenge.new_challenge: what to show or say, valid until expiry."""
@@ -234,7 +234,7 @@ class MqttLink:
         ).encode()
         with self._state_lock:
             self._last_lockout = payload
-        self._publish_if_connected(self.topics.lockout, payload, qos=1, retain=True)
+            self._publish_if_connected(self.topics.lockout, payload, qos=1, retain=True)
 
     def publish_decision(self, decision: Decision) -> bool:
         """Sign and publish (QoS 1, not retained). False if it expired before it could go."""
@@ -292,6 +292,24 @@ class MqttLink:
             return
         props = _expiry_props(ttl) if (ttl is not None and self._v5) else None
         self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+
+    def _drop_superseded(self) -> None:
+        """Remove held state, lockout and challenge messages from paho's outgoing queue.
+
+        A message published into a connection that was dead but not yet noticed is held and
+        re-sent when on_connect returns, i.e. after the republish of the current state: the
+        old state would stay retained and an expired challenge reach the display. The
+        republish carries the current state and lockout; a challenge is only useful at once.
+        """
+        out = getattr(self._client, "_out_messages", None)
+        if out is None:
+            return
+        t = self.topics
+        superseded = {t.state, t.lockout, t.challenge}
+        with self._out_lock:
+            for mid, msg in list(out.items()):
+                if msg.topic in superseded and mid not in self._pending:
+                    out.pop(mid, None)
 
     def _drop_expired(self, now: float) -> None:
         """Remove expired decisions from paho's outgoing queue; shorten the rest's expiry."""
@@ -424,6 +442,7 @@ class MqttLink:
             return
         # Runs before paho re-sends its queue, so stale decisions never leave.
         self._drop_expired(time.time())
+        self._drop_superseded()
         self.connected = True
         self.connection_state = "connected"
         self._count("connects")
@@ -437,11 +456,10 @@ class MqttLink:
             for topic, payload in discovery.messages(t, __version__):
                 client.publish(topic, payload, qos=1, retain=True)
         with self._state_lock:
-            state, lockout = self._last_state, self._last_lockout
-        if state is not None:
-            client.publish(t.state, state.encode(), qos=1, retain=True)
-        if lockout is not None:
-            client.publish(t.lockout, lockout, qos=1, retain=True)
+            if self._last_state is not None:
+                client.publish(t.state, self._last_state.encode(), qos=1, retain=True)
+            if self._last_lockout is not None:
+                client.publish(t.lockout, self._last_lockout, qos=1, retain=True)
         self._notify(True)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
