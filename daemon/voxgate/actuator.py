@@ -32,19 +32,42 @@ from voxgate.mqtt.topics import device_from_decision_topic
 log = logging.getLogger(__name__)
 
 # How long the broker keeps this lock's session while it is away (longer than any restart;
-# decisions expire much sooner anyway).
+# decisions expire much sooner anyway). MQTT 5 only: a 3.1.1 session never expires and its
+# messages carry no expiry, so the broker would hand a lock back grants of any age and only
+# the lock's clock (wrong after a power cut without NTP) would stand between them and the door.
 SESSION_S = 600
 
 
-def default_client_id(cfg: ActuatorConfig) -> str:
-    """Stable across restarts, so the broker resumes the session; distinct per host and set
-    of doors, so two actuators never take each other's session."""
-    import hashlib
-    import socket
+def session_seconds(cfg: ActuatorConfig) -> int:
+    return SESSION_S if cfg.broker.protocol == "5" else 0
 
-    doors = ",".join(sorted(d.id for d in cfg.devices))
-    tag = hashlib.sha256(f"{socket.gethostname()}|{doors}".encode()).hexdigest()[:12]
-    return f"voxgate-actuator-{tag}"
+
+def default_client_id(cfg: ActuatorConfig) -> str:
+    """Stable across restarts, so the broker resumes the session, and unique to this
+    installation: a random id made once and kept beside the state file (host names repeat:
+    every Raspberry Pi is 'raspberrypi' until renamed, and two locks sharing an id keep
+    taking the connection from each other). Where it cannot be kept, a per-process id."""
+    import secrets
+
+    path = cfg.state_file.with_name(cfg.state_file.name + ".client-id")
+    try:
+        text = path.read_text(encoding="ascii").strip()
+        if text.startswith("voxgate-actuator-") and len(text) <= 64:
+            return text
+    except (OSError, UnicodeDecodeError):
+        pass
+    new = f"voxgate-actuator-{secrets.token_hex(8)}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(new + "\n", encoding="ascii")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning(
+            "cannot keep the MQTT client id in %s (%s); using a new one per start", path, exc
+        )
+        return f"voxgate-actuator-{os.getpid()}-{secrets.token_hex(4)}"
+    return new
 
 
 class ActuatorSetupError(Exception):
@@ -230,7 +253,8 @@ class Actuator:
         # the broker holds its subscription and the decisions sent meanwhile; with a fresh
         # session each time, a grant published before it had re-subscribed was dropped.
         # Held decisions still expire (MQTT 5 expiry at the broker, verify() here).
-        client = build_client(b, b.client_id or default_client_id(self.cfg), SESSION_S)
+        session_s = session_seconds(self.cfg)
+        client = build_client(b, b.client_id or default_client_id(self.cfg), session_s)
         topics = [f"{b.topic_prefix}/{dev.id}/decision" for dev in self.cfg.devices]
 
         def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -266,7 +290,7 @@ class Actuator:
         client.on_message = on_message
         self._worker = threading.Thread(target=self._work_loop, name="actions", daemon=True)
         self._worker.start()
-        connect_async(client, b, SESSION_S)
+        connect_async(client, b, session_s)
         client.loop_start()
         log.info("actuator started for %s", ", ".join(d.id for d in self.cfg.devices))
         try:

@@ -433,13 +433,21 @@ class FleetSync:
         self._apply_lock = threading.Lock()
         self._inflight: dict[int, tuple[str, int]] = {}
         self._acked: set[int] = set()
+        self._refused: set[int] = set()  # failed PUBACKs that arrived before _send recorded them
         self._inflight_lock = threading.Lock()
         # Held while reading the outbox and publishing from it, and while queueing and
         # publishing a local change: a topic's newer version must never go out before an
         # older one read a moment earlier (retained, so the last to arrive is what stays).
         self._send_lock = threading.RLock()
         self.connected = threading.Event()
-        self.stats = {"applied": 0, "ignored_old": 0, "refused": 0, "not_allowed": 0, "sent": 0}
+        self.stats = {
+            "applied": 0,
+            "ignored_old": 0,
+            "refused": 0,
+            "not_allowed": 0,
+            "sent": 0,
+            "refused_by_broker": 0,
+        }
         self._client: Any = None
         # Its own MQTT session, apart from the daemon's MqttLink (whose id it must not reuse).
         self.client_id = client_id or f"voxgate-{device_id}-fleet"
@@ -529,6 +537,7 @@ class FleetSync:
             with self._inflight_lock:
                 self._inflight.clear()
                 self._acked.clear()
+                self._refused.clear()
             self.connected.set()
             pending = self.state.outbox()
             if pending:
@@ -570,12 +579,29 @@ class FleetSync:
             done = info.mid in self._acked
             if done:
                 self._acked.discard(info.mid)
+            elif info.mid in self._refused:
+                self._refused.discard(info.mid)  # stays in the outbox
             else:
                 self._inflight[info.mid] = (topic, version)
         if done:
             self._delivered(topic, version)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        if getattr(rc, "is_failure", False):
+            # An MQTT 5 broker answers a publish its ACL forbids with a failed PUBACK: the
+            # update did not go out, so it stays in the outbox (flush_outbox tries again).
+            with self._inflight_lock:
+                item = self._inflight.pop(mid, None)
+                if item is None:
+                    self._refused.add(mid)  # beat _send: it must not wait for this one
+            self.stats["refused_by_broker"] += 1
+            log.error(
+                "fleet sync: the broker refused an update on %s (%s); kept in the outbox; "
+                "check the broker ACL for this door",
+                item[0] if item else f"mid {mid}",
+                rc,
+            )
+            return
         with self._inflight_lock:
             item = self._inflight.pop(mid, None)
             if item is None:

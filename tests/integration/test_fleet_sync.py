@@ -354,3 +354,17 @@ def test_an_erase_made_offline_is_not_undone_by_the_unacknowledged_enrollment(
     b.start("test-model")  # a door that was offline all along (or a new one)
     wait_until(lambda: b.agent.stats["applied"] >= 1, 10, "door B synced")
     assert b.store.get("alice") is None
+
+
+def test_an_update_the_broker_refuses_stays_in_the_outbox(fleet: dict) -> None:
+    """Door C may not write to the fleet topics (broker ACL). mosquitto answers such a publish
+    with a 'not authorized' PUBACK, which used to count as sent: the outbox row was deleted
+    and the update silently lost."""
+    c = fleet["c"]
+    emb = np.random.default_rng(1).normal(size=(3, 256)).astype(np.float32)
+    c.store.add_user("carol", emb / np.linalg.norm(emb, axis=1, keepdims=True), "test-model")
+    c.start("test-model")
+    c.agent.publish_enrollment("carol")
+    wait_until(lambda: c.agent.stats["refused_by_broker"] >= 1, 10, "the broker's refusal")
+    assert len(c.agent.state.outbox()) == 1
+    assert c.agent.stats["sent"] == 0

@@ -208,10 +208,11 @@ def test_commands_are_subscribed_before_online_is_announced(
 def test_messages_held_in_a_dead_connection_do_not_overwrite_the_republished_state(
     plain_broker: Broker, link_factory: Callable[..., MqttLink]
 ) -> None:
-    """'listening' and a challenge are published into a connection that is dead but not yet
-    noticed (broker stopped, then killed); the attempt ends ('idle') while offline. paho used
-    to re-send the held messages after the reconnect's republish: 'listening' stayed retained
-    and the display got the challenge after it had expired."""
+    """'listening' and two challenges are published into a connection that is dead but not
+    yet noticed (broker stopped, then killed); the attempt ends ('idle') while offline. paho
+    used to re-send the held messages after the reconnect's republish: 'listening' stayed
+    retained and the display got a challenge after it had expired. The challenge still
+    valid must arrive."""
     import signal
     from types import SimpleNamespace
 
@@ -225,16 +226,17 @@ def test_messages_held_in_a_dead_connection_do_not_overwrite_the_republished_sta
         os.kill(b.proc.pid, signal.SIGSTOP)  # the link's socket is dead, not yet noticed
         link.publish_state("listening")
         now = time.time()
-        link.publish_challenge(
-            SimpleNamespace(
-                mode="digits",
-                text="4719",
-                words=(),
-                nonce="ab" * 8,
-                issued_at=now,
-                expires_at=now + 2.0,
+        for text, valid_s in (("4719", 2.0), ("8052", 60.0)):  # one expires while offline
+            link.publish_challenge(
+                SimpleNamespace(
+                    mode="digits",
+                    text=text,
+                    words=(),
+                    nonce="ab" * 8,
+                    issued_at=now,
+                    expires_at=now + valid_s,
+                )
             )
-        )
         time.sleep(0.2)
         b.kill()
         wait_until(lambda: not link.connected, 10, "the link notices")
@@ -250,7 +252,10 @@ def test_messages_held_in_a_dead_connection_do_not_overwrite_the_republished_sta
             assert state.payload == b"idle"
         finally:
             late.close()
-        assert display.on("voxgate/front-door/challenge") == []
+        # The expired challenge is not shown; the one still valid is, with its time left.
+        wait_until(lambda: display.on("voxgate/front-door/challenge"), 5, "the valid challenge")
+        shown = [json.loads(m.payload)["text"] for m in display.on("voxgate/front-door/challenge")]
+        assert shown == ["8052"]
     finally:
         display.close()
 

@@ -116,3 +116,37 @@ def test_unwritable_state_refuses_grant(tmp_path: Path) -> None:
     (tmp_path / "sub").write_text("not a directory")  # so the state file cannot be written
     assert a.handle(TOPIC, sign(_issuer(tmp_path).issue("granted", "a", 1000.0), KEY)) is None
     assert a.rejected["state-write-failed"] == 1 and a._jobs.empty()
+
+
+def _bare_cfg(tmp_path: Path, protocol: str = "5") -> ActuatorConfig:
+    return ActuatorConfig.model_validate(
+        {
+            "broker": {"protocol": protocol},
+            "devices": [{"id": "front-door"}],
+            "state_file": str(tmp_path / "state.json"),
+            "command": {"argv": ["true"]},
+        }
+    )
+
+
+def test_the_client_id_is_kept_across_restarts_and_unique_per_installation(
+    tmp_path: Path,
+) -> None:
+    """Same installation (state folder): the same id, so the broker resumes the session.
+    Another installation with the same host name and door: another id (a shared id makes
+    two locks take the connection from each other)."""
+    from voxgate.actuator import default_client_id
+
+    first = default_client_id(_bare_cfg(tmp_path / "a"))
+    assert first == default_client_id(_bare_cfg(tmp_path / "a"))
+    assert first != default_client_id(_bare_cfg(tmp_path / "b"))
+    assert first.startswith("voxgate-actuator-") and len(first) <= 64
+
+
+def test_the_session_is_kept_only_on_mqtt_5(tmp_path: Path) -> None:
+    """A 3.1.1 session never expires and its messages carry no expiry: the broker would hand
+    back grants of any age, with only the lock's clock to refuse them."""
+    from voxgate.actuator import session_seconds
+
+    assert session_seconds(_bare_cfg(tmp_path, "5")) > 0
+    assert session_seconds(_bare_cfg(tmp_path, "3.1.1")) == 0

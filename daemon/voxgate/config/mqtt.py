@@ -39,7 +39,10 @@ class BrokerConfig(Section):
     )
     tls: TlsConfig | None = Field(None, description="Connect with TLS when set.")
     client_id: str | None = Field(
-        None, max_length=64, description="MQTT client id; default voxgate-<device_id>."
+        None,
+        max_length=64,
+        description="MQTT client id; default voxgate-<device_id> for the daemon, a random id "
+        "kept beside state_file for voxgate actuator.",
     )
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive.")
     reconnect_min_s: float = Field(

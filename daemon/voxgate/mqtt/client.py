@@ -138,6 +138,7 @@ class MqttLink:
             self._client, "_out_message_mutex", threading.RLock()
         )
         self._pending: dict[int, float] = {}  # mid -> expires_at, for queued decisions
+        self._challenges: dict[int, float] = {}  # mid -> expires_at, challenges paho may hold
         self._state_lock = threading.Lock()
         self._last_state: str | None = None
         self._last_lockout: bytes | None = None
@@ -225,7 +226,13 @@ class MqttLink:
                 log.warning("MQTT: challenge already expired; not published")
                 return
         payload = json.dumps(body, separators=(",", ":")).encode()
-        self._publish_if_connected(self.topics.challenge, payload, qos=1, ttl=ttl)
+        with self._out_lock:  # paho's queue lock: the mid is known before a reconnect looks
+            mid = self._publish_if_connected(self.topics.challenge, payload, qos=1, ttl=ttl)
+            out = getattr(self._client, "_out_messages", {})
+            # Only challenges paho still holds are tracked (acknowledged ones leave its queue).
+            self._challenges = {m: e for m, e in self._challenges.items() if m in out}
+            if mid is not None and ttl is not None:
+                self._challenges[mid] = time.time() + ttl
 
     def publish_lockout(self, locked: list[dict[str, Any]]) -> None:
         """Who is locked out right now: [{"key": user-or-scope, "failures": n, "until": t}]."""
@@ -284,32 +291,42 @@ class MqttLink:
 
     def _publish_if_connected(
         self, topic: str, payload: bytes, qos: int, retain: bool = False, ttl: float | None = None
-    ) -> None:
+    ) -> int | None:
+        """Publish unless disconnected; returns paho's message id, or None if not sent."""
         # Non-decision messages are not worth holding while disconnected: state and lockout
         # are re-published on reconnect, challenges and events are only useful right now.
         if not self.connected:
             log.debug("MQTT: not connected; %s not published", topic)
-            return
+            return None
         props = _expiry_props(ttl) if (ttl is not None and self._v5) else None
-        self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        return int(
+            self._client.publish(topic, payload, qos=qos, retain=retain, properties=props).mid
+        )
 
-    def _drop_superseded(self) -> None:
-        """Remove held state, lockout and challenge messages from paho's outgoing queue.
+    def _drop_superseded(self, now: float) -> None:
+        """Remove held state and lockout messages and expired challenges from paho's queue.
 
         A message published into a connection that was dead but not yet noticed is held and
         re-sent when on_connect returns, i.e. after the republish of the current state: the
         old state would stay retained and an expired challenge reach the display. The
-        republish carries the current state and lockout; a challenge is only useful at once.
+        republish carries the current state and lockout; a challenge still valid goes out
+        with its remaining lifetime, like a decision.
         """
         out = getattr(self._client, "_out_messages", None)
         if out is None:
             return
         t = self.topics
-        superseded = {t.state, t.lockout, t.challenge}
         with self._out_lock:
             for mid, msg in list(out.items()):
-                if msg.topic in superseded and mid not in self._pending:
+                if msg.topic in (t.state, t.lockout) and mid not in self._pending:
                     out.pop(mid, None)
+                elif msg.topic == t.challenge:
+                    expires_at = self._challenges.get(mid, 0.0)
+                    if now >= expires_at:
+                        out.pop(mid, None)
+                    elif msg.properties is not None:
+                        msg.properties.MessageExpiryInterval = max(1, math.ceil(expires_at - now))
+            self._challenges = {m: e for m, e in self._challenges.items() if m in out}
 
     def _drop_expired(self, now: float) -> None:
         """Remove expired decisions from paho's outgoing queue; shorten the rest's expiry."""
@@ -441,8 +458,9 @@ class MqttLink:
             log.error("MQTT: broker refused the connection: %s (retrying)", reason_code)
             return
         # Runs before paho re-sends its queue, so stale decisions never leave.
-        self._drop_expired(time.time())
-        self._drop_superseded()
+        now = time.time()
+        self._drop_expired(now)
+        self._drop_superseded(now)
         self.connected = True
         self.connection_state = "connected"
         self._count("connects")
