@@ -393,3 +393,53 @@ def test_mutual_tls_client_certificate(make_broker: Callable[..., Broker]) -> No
     finally:
         link.stop()
         no_cert.stop()
+
+
+def test_a_grant_made_while_offline_reaches_the_user_sensor_on_reconnect(
+    broker: Broker, link_factory: Callable[..., MqttLink], issuer: Issuer
+) -> None:
+    """The retained `user` topic (Home Assistant's sensor) was only published while
+    connected, and not re-published on reconnect: a grant made offline never showed."""
+    link = link_factory()
+    wait_until(lambda: link.connected, 10, "link connected")
+    link.publish_decision(issuer.issue("granted", "alice", time.time()))
+    broker.stop()
+    wait_until(lambda: not link.connected, 10, "the link notices")
+    link.publish_decision(issuer.issue("granted", "bob", time.time()))
+    broker.start()
+    wait_until(lambda: link.connected, 15, "the link reconnects")
+    late = Recorder(broker, "ha", ["voxgate/front-door/user"])
+    try:
+        user = late.wait_for("voxgate/front-door/user", lambda m: m.retain)
+        assert user.payload == b"bob"
+    finally:
+        late.close()
+
+
+def test_a_retained_command_is_not_run_again_after_a_restart(
+    broker: Broker, link_factory: Callable[..., MqttLink]
+) -> None:
+    """A signed command published with retain runs once; the door restarting within the
+    start-up skew got the retained copy and, its nonce memory gone, ran it again."""
+    calls: list[dict[str, str]] = []
+    first = link_factory()
+    first.on_command("erase-user", lambda args: calls.append(args) or {"erased": args["user"]})
+    wait_until(lambda: first.connected, 10, "link connected")
+    admin = _admin(broker)
+    try:
+        cmd = make_command(CKEY, DEV, "erase-user", {"user": "alice"}, now=time.time())
+        admin.publish("voxgate/front-door/cmd/erase-user", cmd, qos=1, retain=True)
+        wait_until(lambda: len(calls) == 1, 10, "the command run once")
+        first.stop()
+        second = link_factory()  # the restarted door, well within the 5 s skew
+        second.on_command("erase-user", lambda args: calls.append(args) or {"erased": args["user"]})
+        wait_until(lambda: second.connected, 10, "restarted link connected")
+        wait_until(
+            lambda: second.stats["commands_rejected"] >= 1 or len(calls) > 1,
+            5,
+            "the retained copy seen",
+        )
+        assert len(calls) == 1
+    finally:
+        admin.publish("voxgate/front-door/cmd/erase-user", b"", qos=1, retain=True)
+        admin.disconnect()

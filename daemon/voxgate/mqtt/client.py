@@ -142,6 +142,7 @@ class MqttLink:
         self._state_lock = threading.Lock()
         self._last_state: str | None = None
         self._last_lockout: bytes | None = None
+        self._last_user: bytes | None = None  # the last user granted (retained `user` topic)
         self._handlers: dict[str, CommandHandler] = {}
         self._gate = CommandGate(
             device_id,
@@ -281,7 +282,9 @@ class MqttLink:
             self.topics.event, json.dumps(summary, separators=(",", ":")).encode(), qos=0
         )
         if decision.user is not None and decision.outcome == "granted":
-            self._publish_if_connected(self.topics.user, decision.user.encode(), 1, retain=True)
+            with self._state_lock:  # remembered: a grant made while offline shows on reconnect
+                self._last_user = decision.user.encode()
+                self._publish_if_connected(self.topics.user, self._last_user, 1, retain=True)
         return True
 
     def pending_decisions(self) -> int:
@@ -304,13 +307,14 @@ class MqttLink:
         )
 
     def _drop_superseded(self, now: float) -> None:
-        """Remove held state and lockout messages and expired challenges from paho's queue.
+        """Remove held state, lockout and user messages and expired challenges from paho's
+        queue.
 
         A message published into a connection that was dead but not yet noticed is held and
         re-sent when on_connect returns, i.e. after the republish of the current state: the
         old state would stay retained and an expired challenge reach the display. The
-        republish carries the current state and lockout; a challenge still valid goes out
-        with its remaining lifetime, like a decision.
+        republish carries the current state, lockout and user; a challenge still valid goes
+        out with its remaining lifetime, like a decision.
         """
         out = getattr(self._client, "_out_messages", None)
         if out is None:
@@ -318,7 +322,7 @@ class MqttLink:
         t = self.topics
         with self._out_lock:
             for mid, msg in list(out.items()):
-                if msg.topic in (t.state, t.lockout) and mid not in self._pending:
+                if msg.topic in (t.state, t.lockout, t.user) and mid not in self._pending:
                     out.pop(mid, None)
                 elif msg.topic == t.challenge:
                     expires_at = self._challenges.get(mid, 0.0)
@@ -364,6 +368,12 @@ class MqttLink:
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         name = self.topics.command_name(msg.topic)
         if name is None:
+            return
+        if msg.retain:
+            # A command is never retained on purpose; a retained one would come back on every
+            # connect (and within the start-up skew after a restart, run once more).
+            self._count("commands_rejected")
+            log.warning("MQTT: retained command %r ignored (send commands without retain)", name)
             return
         try:
             self._work.put_nowait((name, bytes(msg.payload)))
@@ -478,6 +488,8 @@ class MqttLink:
                 client.publish(t.state, self._last_state.encode(), qos=1, retain=True)
             if self._last_lockout is not None:
                 client.publish(t.lockout, self._last_lockout, qos=1, retain=True)
+            if self._last_user is not None:
+                client.publish(t.user, self._last_user, qos=1, retain=True)
         self._notify(True)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
