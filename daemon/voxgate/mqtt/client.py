@@ -306,6 +306,27 @@ class MqttLink:
             self._client.publish(topic, payload, qos=qos, retain=retain, properties=props).mid
         )
 
+    def _expire_held(self, held: dict[int, float], now: float) -> list[tuple[int, float]]:
+        """Messages with a deadline (mid -> expires_at) that paho may still hold: forget those
+        it no longer holds, take the expired ones out of its queue (returned), and shorten
+        the MQTT 5 expiry of the rest to the time they have left. Call with _out_lock held."""
+        out = getattr(self._client, "_out_messages", None)
+        if out is None:  # not paho as we know it: nothing can be held
+            held.clear()
+            return []
+        expired = []
+        for mid, expires_at in list(held.items()):
+            msg = out.get(mid)
+            if msg is None:
+                held.pop(mid, None)
+            elif now >= expires_at:
+                out.pop(mid, None)
+                held.pop(mid, None)
+                expired.append((mid, expires_at))
+            elif msg.properties is not None:
+                msg.properties.MessageExpiryInterval = max(1, math.ceil(expires_at - now))
+        return expired
+
     def _drop_superseded(self, now: float) -> None:
         """Remove held state, lockout and user messages and expired challenges from paho's
         queue.
@@ -322,37 +343,23 @@ class MqttLink:
         t = self.topics
         with self._out_lock:
             for mid, msg in list(out.items()):
-                if msg.topic in (t.state, t.lockout, t.user) and mid not in self._pending:
+                untimed_challenge = msg.topic == t.challenge and mid not in self._challenges
+                superseded = msg.topic in (t.state, t.lockout, t.user) or untimed_challenge
+                if superseded and mid not in self._pending:
                     out.pop(mid, None)
-                elif msg.topic == t.challenge:
-                    expires_at = self._challenges.get(mid, 0.0)
-                    if now >= expires_at:
-                        out.pop(mid, None)
-                    elif msg.properties is not None:
-                        msg.properties.MessageExpiryInterval = max(1, math.ceil(expires_at - now))
-            self._challenges = {m: e for m, e in self._challenges.items() if m in out}
+            self._expire_held(self._challenges, now)
 
     def _drop_expired(self, now: float) -> None:
         """Remove expired decisions from paho's outgoing queue; shorten the rest's expiry."""
-        out = getattr(self._client, "_out_messages", None)
         with self._out_lock:
-            for mid, expires_at in list(self._pending.items()):
-                msg = out.get(mid) if out is not None else None
-                if msg is None or out is None:  # msg is None whenever out is
-                    self._pending.pop(mid, None)
-                    continue
-                if now >= expires_at:
-                    out.pop(mid, None)
-                    self._pending.pop(mid, None)
-                    self.stats["decisions_expired"] += 1
-                    log.warning(
-                        "MQTT: decision (mid %d) expired %.1f s ago while the broker was "
-                        "unreachable; dropped, not delivered late",
-                        mid,
-                        now - expires_at,
-                    )
-                elif msg.properties is not None:
-                    msg.properties.MessageExpiryInterval = max(1, math.ceil(expires_at - now))
+            for mid, expires_at in self._expire_held(self._pending, now):
+                self.stats["decisions_expired"] += 1
+                log.warning(
+                    "MQTT: decision (mid %d) expired %.1f s ago while the broker was "
+                    "unreachable; dropped, not delivered late",
+                    mid,
+                    now - expires_at,
+                )
 
     # -- commands ----------------------------------------------------------------------------
 
