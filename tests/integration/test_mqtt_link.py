@@ -80,11 +80,7 @@ def test_retained_status_seen_by_late_subscriber(
     link = link_factory()
     wait_until(lambda: link.connected, 10, "link connected")
     time.sleep(0.2)
-    late = Recorder(broker, "lock", ["voxgate/front-door/status"])
-    try:
-        assert late.wait_for("voxgate/front-door/status", lambda m: m.retain).payload == b"online"
-    finally:
-        late.close()
+    assert _retained(broker, "lock", "voxgate/front-door/status") == b"online"
 
 
 def test_unreachable_broker_at_start_then_connects(
@@ -178,6 +174,15 @@ time.sleep(60)
         rec.close()
 
 
+def _retained(broker: Broker, user: str, topic: str) -> bytes:
+    """What the broker retains on `topic`, as a client subscribing now receives it."""
+    late = Recorder(broker, user, [topic])
+    try:
+        return late.wait_for(topic, lambda m: m.retain).payload
+    finally:
+        late.close()
+
+
 def _admin(broker: Broker, user: str = "admin") -> mqtt.Client:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     c.username_pw_set(user, STANDARD_USERS[user])
@@ -246,12 +251,7 @@ def test_messages_held_in_a_dead_connection_do_not_overwrite_the_republished_sta
         wait_until(lambda: link.connected, 10, "the link reconnects")
         wait_until(lambda: display.subscribed_gen >= 2, 10, "the display re-subscribed")
         time.sleep(1.0)
-        late = Recorder(b, "admin", ["voxgate/front-door/state"])
-        try:
-            state = late.wait_for("voxgate/front-door/state", lambda m: m.retain)
-            assert state.payload == b"idle"
-        finally:
-            late.close()
+        assert _retained(b, "admin", "voxgate/front-door/state") == b"idle"
         # The expired challenge is not shown; the one still valid is, with its time left.
         wait_until(lambda: display.on("voxgate/front-door/challenge"), 5, "the valid challenge")
         shown = [json.loads(m.payload)["text"] for m in display.on("voxgate/front-door/challenge")]
@@ -408,12 +408,7 @@ def test_a_grant_made_while_offline_reaches_the_user_sensor_on_reconnect(
     link.publish_decision(issuer.issue("granted", "bob", time.time()))
     broker.start()
     wait_until(lambda: link.connected, 15, "the link reconnects")
-    late = Recorder(broker, "ha", ["voxgate/front-door/user"])
-    try:
-        user = late.wait_for("voxgate/front-door/user", lambda m: m.retain)
-        assert user.payload == b"bob"
-    finally:
-        late.close()
+    assert _retained(broker, "ha", "voxgate/front-door/user") == b"bob"
 
 
 def test_a_retained_command_is_not_run_again_after_a_restart(
