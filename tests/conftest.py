@@ -17,3 +17,13 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "fsdd" / "manifest.csv").exists():
         pytest.skip("../shared/data is not present (evaluation audio lives beside the checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def no_secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets come only from the files a test names: no $VOXGATE_* variable and no systemd
+    credentials folder leak in from the environment the tests run in."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    for var in list(os.environ):
+        if var.startswith("VOXGATE_") and var != "VOXGATE_SHARED_DATA":
+            monkeypatch.delenv(var)

@@ -252,11 +252,7 @@ def test_a_full_oversized_upload_is_refused_too(api: dict) -> None:
     assert api["store"].get("carol") is None
 
 
-def test_the_api_will_not_start_without_a_good_token(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("VOXGATE_API_TOKEN", raising=False)
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+def test_the_api_will_not_start_without_a_good_token(tmp_path: Path, no_secret_env: None) -> None:
     token_file = tmp_path / "api-token"
     cfg = parse_config(f"api: {{token_file: {token_file}}}\n")
     with pytest.raises(ApiError, match="not found"):

@@ -137,11 +137,8 @@ def parse_config_dict(doc: dict) -> Any:
 
 @pytest.fixture()
 def fleet(
-    tmp_path: Path, make_broker: Callable[..., Broker], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, make_broker: Callable[..., Broker], no_secret_env: None
 ) -> Iterator[dict[str, Any]]:
-    for var in ("VOXGATE_FLEET_KEY", "VOXGATE_FLEET_SIGNING_KEY", "VOXGATE_MQTT_PASSWORD"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     broker = make_broker(tls=False, users=USERS, acl=ACL)
     key = tmp_path / "fleet-key"
     key.write_text(os.urandom(32).hex() + "\n")

@@ -101,12 +101,12 @@ def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert str(bad) in err and "line 2: vad.aggressivenes: unknown key" in err
 
 
-def test_secret_order_env_credential_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_order_env_credential_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_secret_env: None
+) -> None:
     f = tmp_path / "mqtt.pw"
     f.write_text("from-file\n")
     os.chmod(f, 0o600)
-    monkeypatch.delenv("VOXGATE_MQTT_PASSWORD", raising=False)
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     assert read_secret("mqtt-password", f) == b"from-file"
 
     creds = tmp_path / "creds"
@@ -120,10 +120,8 @@ def test_secret_order_env_credential_file(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_missing_secret_says_where_it_looked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, no_secret_env: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.delenv("VOXGATE_DECISION_KEY", raising=False)
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     with pytest.raises(SecretError, match=r"VOXGATE_DECISION_KEY.*key\.bin"):
         read_secret("decision-key", tmp_path / "key.bin")
     assert read_secret("decision-key", tmp_path / "key.bin", required=False) is None
@@ -137,10 +135,8 @@ def test_missing_secret_says_where_it_looked(
 
 
 def test_secret_path_that_is_a_directory_is_an_error_not_a_traceback(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, no_secret_env: None
 ) -> None:
-    monkeypatch.delenv("VOXGATE_DECISION_KEY", raising=False)
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     folder = tmp_path / "decision.key"
     folder.mkdir()
     with pytest.raises(SecretError, match=rf"cannot read {folder} \(Is a directory\)"):
@@ -148,12 +144,10 @@ def test_secret_path_that_is_a_directory_is_an_error_not_a_traceback(
 
 
 def test_secret_path_that_cannot_be_looked_up_is_an_error_not_a_traceback(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, no_secret_env: None
 ) -> None:
     # Only "no such file" means "not set": a path the lookup itself fails on (here a link to
     # itself; for a normal user, a credentials folder they may not enter) is an error.
-    monkeypatch.delenv("VOXGATE_DECISION_KEY", raising=False)
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     loop = tmp_path / "decision.key"
     loop.symlink_to(loop)
     with pytest.raises(SecretError, match=rf"cannot read {loop} \(Too many levels"):

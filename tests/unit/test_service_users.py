@@ -43,10 +43,8 @@ def test_erase_command_erases_audits_and_refuses_unknown(store: Any, tmp_path: P
 
 
 def test_api_without_token_is_a_config_error(
-    store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Any, tmp_path: Path, no_secret_env: None
 ) -> None:
-    monkeypatch.delenv("VOXGATE_API_TOKEN", raising=False)
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     cfg = VoxgateConfig.model_validate(
         {"data_dir": str(tmp_path), "api": {"enabled": True, "token_file": str(tmp_path / "t")}}
     )

@@ -143,14 +143,10 @@ def test_store_path_not_a_file_is_a_store_error(tmp_path: Path) -> None:
     assert not_dir.read_text() == "a file where data_dir should be"
 
 
-def test_unreadable_key_file_gives_no_new_key_advice(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unreadable_key_file_gives_no_new_key_advice(tmp_path: Path, no_secret_env: None) -> None:
     # A new key would not open the stored voiceprints: say what is wrong with this one.
     from voxgate.config.speaker import SpeakerConfig
 
-    monkeypatch.delenv("VOXGATE_VOICEPRINT_KEY", raising=False)
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     folder = tmp_path / "voiceprint.key"
     folder.mkdir()
     with pytest.raises(StoreError, match="Is a directory") as exc:
