@@ -150,3 +150,24 @@ def test_the_session_is_kept_only_on_mqtt_5(tmp_path: Path) -> None:
 
     assert session_seconds(_bare_cfg(tmp_path, "5")) > 0
     assert session_seconds(_bare_cfg(tmp_path, "3.1.1")) == 0
+
+
+def test_a_damaged_client_id_file_is_replaced_and_an_unwritable_one_is_survived(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from voxgate.actuator import default_client_id
+
+    cfg = _bare_cfg(tmp_path / "a")
+    kept = tmp_path / "a" / "state.json.client-id"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"\xff\xfe garbage")
+    fresh = default_client_id(cfg)
+    assert fresh.startswith("voxgate-actuator-")
+    assert kept.read_text().strip() == fresh
+    # A state folder that is a file: no id can be kept; a per-start id, no exception.
+    blocked = tmp_path / "blocked"
+    blocked.write_text("")
+    cfg = _bare_cfg(blocked)
+    with caplog.at_level(logging.WARNING, logger="voxgate.actuator"):
+        assert default_client_id(cfg).startswith("voxgate-actuator-")
+    assert "cannot keep the MQTT client id" in caplog.text
