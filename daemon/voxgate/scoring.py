@@ -153,7 +153,18 @@ class Scorer:
         """Who is this, among all users? user=None when nobody clears the threshold (open set)."""
         q_ok, reasons = self._quality(quality)
         prints = []
-        for vp in self.store.all():
+        readable, damaged = self.store.readable()
+        if damaged:
+            # One bad row must not lock every user out: the others are still compared. The
+            # row's owner cannot be named (names are sealed inside the rows).
+            log.error(
+                "identify: %d voiceprint(s) in %s cannot be read (damaged, or sealed with "
+                "another key) and were skipped; `voxgate users list` counts them; re-enroll "
+                "the user it no longer lists",
+                damaged,
+                self.store.path,
+            )
+        for vp in readable:
             if vp.model_id != self.model_id:
                 log.warning("identify: %s skipped (enrolled with %s)", vp.name, vp.model_id)
                 continue

@@ -439,16 +439,39 @@ class VoiceprintStore:
         return vp
 
     def all(self) -> list[Voiceprint]:
-        with self._using("read"):
-            rows = self._db.execute("SELECT id, sealed FROM voiceprints").fetchall()
-        out = [self._unpack(self._unseal(sealed, uid)) for uid, sealed in rows]
+        """Every voiceprint; StoreError if any one cannot be read."""
+        out = [self._unpack(self._unseal(sealed, uid)) for uid, sealed in self._rows()]
         return sorted(out, key=lambda v: v.name.casefold())
 
+    def readable(self) -> tuple[list[Voiceprint], int]:
+        """The voiceprints that open, and how many rows do not (damaged, or sealed with
+        another key). StoreError when there are rows and none opens: then the store as a
+        whole is unreadable (a wrong key or a damaged file), not one row."""
+        rows = self._rows()
+        out = []
+        for uid, sealed in rows:
+            try:
+                out.append(self._unpack(self._unseal(sealed, uid)))
+            except StoreError:
+                continue
+            except (ValueError, KeyError, TypeError):  # authentic but not a voiceprint
+                continue
+        if rows and not out:
+            raise StoreError(f"{self.path}: none of its {len(rows)} voiceprints can be read")
+        return sorted(out, key=lambda v: v.name.casefold()), len(rows) - len(out)
+
+    def _rows(self) -> list[tuple[bytes, bytes]]:
+        with self._using("read"):
+            return self._db.execute("SELECT id, sealed FROM voiceprints").fetchall()
+
     def users(self) -> list[UserInfo]:
-        return [
-            UserInfo(v.name, v.model_id, len(v.embeddings), v.created_at, v.updated_at, v.version)
-            for v in self.all()
-        ]
+        return [self.info(v) for v in self.all()]
+
+    @staticmethod
+    def info(v: Voiceprint) -> UserInfo:
+        return UserInfo(
+            v.name, v.model_id, len(v.embeddings), v.created_at, v.updated_at, v.version
+        )
 
     def erase(self, name: str) -> bool:
         """Delete a user so the bytes are gone from the file and the WAL. False if unknown."""

@@ -13,7 +13,7 @@ from voxgate import cohort as cohortmod
 from voxgate.config.speaker import SpeakerConfig
 from voxgate.quality import Quality
 from voxgate.scoring import Scorer, ScoringError, asnorm, asnorm_stats
-from voxgate.voiceprints import VoiceprintStore, l2_normalize
+from voxgate.voiceprints import StoreError, VoiceprintStore, l2_normalize
 
 DIM = 64
 MODEL = "synthetic-1.0/float"
@@ -148,6 +148,43 @@ def test_identify_open_set(enrolled: tuple[VoiceprintStore, Voices]) -> None:
     assert stranger.reasons == ("unknown_speaker",)
     # 1:N uses a stricter per-comparison threshold than 1:1.
     assert sc.threshold(3) > sc.threshold(1)
+
+
+def _damage(store: VoiceprintStore, name: str) -> None:
+    """Flip one byte of a user's sealed row, as a bad SD card sector would."""
+    import sqlite3
+
+    uid = store._user_id(name)
+    con = sqlite3.connect(store.path)
+    sealed = bytearray(
+        con.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()[0]
+    )
+    sealed[40] ^= 0xFF
+    con.execute("UPDATE voiceprints SET sealed = ? WHERE id = ?", (bytes(sealed), uid))
+    con.commit()
+    con.close()
+
+
+def test_identify_skips_a_damaged_voiceprint_and_still_finds_the_others(
+    enrolled: tuple[VoiceprintStore, Voices], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One damaged row used to deny every user of an identify-mode door; now only its owner
+    (who cannot be verified anyway) is missing, with an error line per attempt."""
+    store, v = enrolled
+    _damage(store, "ann")
+    sc = _scorer(store)
+    hit = sc.identify(v.utt(1)[0])
+    assert hit.accepted and hit.user == "ben"
+    assert "1 voiceprint(s)" in caplog.text and "skipped" in caplog.text
+    assert not sc.identify(v.utt(0)[0]).accepted  # ann's own voice finds nobody
+    assert [p.name for p in store.readable()[0]] == ["ben", "cat"]
+    with pytest.raises(StoreError, match="fails authentication"):
+        store.all()  # listing and export stay strict
+    # Every row damaged (or a wrong key): the store as a whole is unreadable.
+    _damage(store, "ben")
+    _damage(store, "cat")
+    with pytest.raises(StoreError, match="none of its 3 voiceprints"):
+        sc.identify(v.utt(1)[0])
 
 
 def test_quality_gate_gives_retry_not_a_guess(enrolled: tuple[VoiceprintStore, Voices]) -> None:

@@ -80,10 +80,11 @@ def run_list(args: argparse.Namespace) -> int:
 
     try:
         with open_store(cfg) as store:
-            users = store.users()
-    except (CommandError, StoreError) as exc:  # StoreError: a voiceprint fails authentication
+            prints, damaged = store.readable()
+    except (CommandError, StoreError) as exc:  # StoreError: no voiceprint opens
         return fail(str(exc))
-    if not users:
+    users = [store.info(vp) for vp in prints]
+    if not users and not damaged:
         print("no users enrolled")
         return 0
     print(f"{'name':20s} {'model':32s} {'takes':>5s}  {'enrolled':16s}  {'updated':16s}  ver")
@@ -91,6 +92,12 @@ def run_list(args: argparse.Namespace) -> int:
         print(
             f"{u.name:20s} {u.model_id:32s} {u.takes:5d}  {_when(u.created_at):16s}  "
             f"{_when(u.updated_at):16s}  {u.version}"
+        )
+    if damaged:
+        # Listed as far as possible, but an exit status that scripts and Ansible notice.
+        return fail(
+            f"{damaged} more voiceprint(s) in {store.path} cannot be read (damaged, or sealed "
+            "with another key); their users are not recognised until re-enrolled"
         )
     return 0
 

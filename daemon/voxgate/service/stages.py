@@ -184,7 +184,7 @@ def _templates_lookup(store: Any) -> Callable[[str | None], dict[str, Any | None
             if claimed is not None:
                 vps = [vp for vp in [store.get(claimed)] if vp is not None]
             else:
-                vps = store.all()
+                vps = store.readable()[0]  # a damaged row is skipped, as identify skips it
         except Exception as exc:  # a damaged store must not take the attempt down
             log.error("cannot read voiceprints for digit templates: %s", exc)
             return {}
