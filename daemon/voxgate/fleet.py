@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from voxgate.config.fleet import ALL_USERS, FleetConfig
-from voxgate.voiceprints import VoiceprintStore, normalize_name
+from voxgate.voiceprints import StoreError, VoiceprintStore, normalize_name
 
 log = logging.getLogger(__name__)
 
@@ -807,7 +807,16 @@ class FleetSync:
         held = set(self.state.held_tags())
         if not held:
             return dropped
-        for vp in self.store.all():
+        try:
+            prints, damaged = self.store.readable()
+        except StoreError as exc:
+            # The door still starts (its attempts are denied as store_unreadable); access is
+            # checked again at the next start.
+            log.error("fleet sync: cannot check access at start: %s", exc)
+            return dropped
+        if damaged:
+            log.error("fleet sync: %d unreadable voiceprint(s) not checked against access", damaged)
+        for vp in prints:
             tag = self.codec.user_tag(vp.name)
             if tag in held and "fleet_version" in vp.meta and not self.allowed_here(vp.name):
                 self.store.erase(vp.name)

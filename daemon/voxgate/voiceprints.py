@@ -406,7 +406,7 @@ class VoiceprintStore:
             row = self._db.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()
             if row is not None and not allow_existing:
                 raise StoreError(f"user '{name}' is already enrolled (re-enroll to replace)")
-            old = self._unpack(self._unseal(row[0], uid)) if row is not None else None
+            old = self._old_row(row[0], uid, name) if row is not None else None
             vp = Voiceprint(
                 name=name,
                 model_id=model_id,
@@ -421,6 +421,15 @@ class VoiceprintStore:
             self._db.execute("INSERT OR REPLACE INTO voiceprints VALUES (?, ?)", (uid, sealed))
         log.info("voiceprint for %s stored (version %d, %d takes)", name, vp.version, len(emb))
         return vp
+
+    def _old_row(self, sealed: bytes, uid: bytes, name: str) -> Voiceprint | None:
+        """The voiceprint a re-enrollment replaces; None when its row is damaged (re-enrolling
+        is how a damaged row is repaired, so it must not be refused)."""
+        try:
+            return self._unpack(self._unseal(sealed, uid))
+        except (StoreError, ValueError, KeyError, TypeError):
+            log.warning("the stored voiceprint of %s cannot be read (damaged); replacing it", name)
+            return None
 
     def get(self, name: str, model_id: str | None = None) -> Voiceprint | None:
         """The user's voiceprint, or None. With model_id, ModelMismatch if made by another model."""

@@ -199,8 +199,16 @@ def test_swapped_blob_fails_authentication(tmp_path: Path) -> None:
     con.execute("UPDATE voiceprints SET sealed = ? WHERE id = ?", (bob_blob, a))
     con.commit()
     con.close()
-    with VoiceprintStore(db, KEY) as store, pytest.raises(StoreError, match="authentication"):
-        store.get("alice")
+    with VoiceprintStore(db, KEY) as store:
+        with pytest.raises(StoreError, match="authentication"):
+            store.get("alice")
+        assert [v.name for v in store.readable()[0]] == ["bob"] and store.readable()[1] == 1
+        # Re-enrolling is how the damaged row is repaired: replace() must not be refused.
+        with pytest.raises(StoreError, match="already enrolled"):
+            store.add_user("alice", _emb(12), MODEL)
+        vp = store.replace("alice", _emb(12), MODEL)
+        assert vp.version == 1 and store.get("alice") is not None
+        assert store.readable()[1] == 0
 
 
 def test_bad_names_and_embeddings(tmp_path: Path) -> None:
