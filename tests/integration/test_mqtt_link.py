@@ -10,11 +10,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from broker import STANDARD_USERS, Broker, standard_acl
-from mqtt_helpers import REPO, Recorder, link_config, wait_until
+from mqtt_helpers import REPO, ActuatorProcess, Recorder, link_config, wait_until, write_key
 
 from voxgate.decision import Issuer, SequenceCounter, verify
 from voxgate.mqtt.client import MqttLink, MqttSetupError
@@ -23,6 +24,7 @@ from voxgate.mqtt.commands import make_command, read_reply
 DEV = "front-door"
 DKEY = b"decision-key-for-tests-0123456789"
 CKEY = b"command-key-for-tests-0123456789"
+TOPIC_DECISION = "voxgate/front-door/decision"
 
 
 @pytest.fixture
@@ -438,3 +440,63 @@ def test_a_retained_command_is_not_run_again_after_a_restart(
     finally:
         admin.publish("voxgate/front-door/cmd/erase-user", b"", qos=1, retain=True)
         admin.disconnect()
+
+
+def test_decisions_held_over_an_outage_reach_the_lock_before_newer_ones(
+    broker: Broker, link_factory: Callable[..., MqttLink], tmp_path: Path
+) -> None:
+    """paho re-sends what it held over an outage only after on_connect returns: a decision
+    made while the link reconnected (or the moment it was back) reached the broker first,
+    and the lock refused the older held ones as replayed. Here one grant is in flight in a
+    connection that died unnoticed, two are made while the link is down, one while it
+    reconnects (CONNACK in, the link's on_connect not yet run) and one just after: the lock
+    must get all five, in the order they were made."""
+    issuer = Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=30)
+    actuator = ActuatorProcess(tmp_path, broker, {DEV: write_key(tmp_path / "k", DKEY)}).start()
+    lock = Recorder(broker, "lock", [TOPIC_DECISION])
+    link = link_factory()
+    wait_until(lambda: link.connected, 10, "link connected")
+    made = [issuer.issue("granted", f"u{i}", time.time()) for i in range(5)]
+    gen = lock.subscribed_gen
+    errors: list[BaseException] = []
+    link_on_connect = link._client.on_connect
+    assert link_on_connect is not None
+
+    def subscribers_back() -> bool:
+        return lock.subscribed_gen > gen and actuator.log_count(r"subscribed to 1 topic") >= 2
+
+    def reconnecting(*args: Any) -> None:
+        # Runs on paho's thread once the CONNACK is in; nothing but CONNECT has been sent
+        # yet, so waiting here for both subscribers loses nothing.
+        try:
+            wait_until(subscribers_back, 15, "the lock and the recorder back")
+            assert link.publish_decision(made[3])  # during the reconnect
+            link_on_connect(*args)
+            assert link.publish_decision(made[4])  # as soon as the link is up
+        except BaseException as exc:  # reported by the test thread, not lost in paho's
+            errors.append(exc)
+
+    try:
+        assert broker.proc is not None
+        pid = broker.proc.pid
+        os.kill(pid, signal.SIGSTOP)  # the link's connection dies, not yet noticed
+        stat = Path(f"/proc/{pid}/stat")
+        wait_until(lambda: stat.read_text().split(") ")[1][0] == "T", 5, "the broker stopped")
+        assert link.publish_decision(made[0])  # in flight when the connection drops
+        broker.kill()
+        wait_until(lambda: not link.connected, 10, "the link notices")
+        link._client.on_connect = reconnecting
+        assert link.publish_decision(made[1]) and link.publish_decision(made[2])  # held
+        broker.start()
+        wait_until(lambda: len(lock.on(TOPIC_DECISION)) >= 5, 20, "5 decisions")
+        assert not errors, errors
+        got = [verify(m.payload, DKEY, time.time(), None).seq for m in lock.on(TOPIC_DECISION)]
+        assert got == [d.seq for d in made]
+        wait_until(lambda: len(actuator.actions()) == 5, 10, "5 grants acted on")
+        assert [int(a["VOXGATE_SEQ"]) for a in actuator.actions()] == [d.seq for d in made]
+        assert actuator.log_count("REJECTED") == 0
+        assert link.stats["decisions_expired"] == 0
+        wait_until(lambda: link.pending_decisions() == 0, 5, "PUBACKs")
+    finally:
+        lock.close()
+        actuator.stop()

@@ -6,9 +6,13 @@ What it guarantees:
 - status is retained 'online' on every (re)connect and 'offline' through the last will; Home
   Assistant discovery and the last state/lockout are re-published on every reconnect.
 - a decision is never delivered after it expires: it carries an MQTT 5 message expiry, and
-  decisions queued in paho while the link was down (or unacknowledged when it dropped) are
-  dropped on reconnect once expired (counted in stats["decisions_expired"] and logged);
-  the survivors get their expiry interval shortened to what is left.
+  decisions held while the link was down (or unacknowledged when it dropped) are dropped on
+  reconnect once expired (counted in stats["decisions_expired"] and logged); the survivors
+  get their expiry interval shortened to what is left.
+- decisions reach the broker in the order they were made, across reconnects: a lock refuses
+  any decision whose seq is not above the last it accepted. Those made while the link is
+  down wait in the link's own queue, and on_connect sends every held decision, oldest first,
+  before it marks the link connected (see _send_held).
 - commands are verified (mqtt.commands.CommandGate) and run on a worker thread, so a slow
   handler never stalls the network loop; every command gets a signed reply.
 """
@@ -24,7 +28,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -101,6 +105,14 @@ def _expiry_props(seconds: float) -> Properties:
     return props
 
 
+class _HeldDecision(NamedTuple):
+    """A signed decision made while the link was down, waiting for the reconnect."""
+
+    seq: int
+    payload: bytes
+    expires_at: float
+
+
 class MqttLink:
     """Publishes one device's status, state, challenges, decisions; receives its commands."""
 
@@ -137,7 +149,8 @@ class MqttLink:
         self._out_lock: threading.RLock = getattr(
             self._client, "_out_message_mutex", threading.RLock()
         )
-        self._pending: dict[int, float] = {}  # mid -> expires_at, for queued decisions
+        self._pending: dict[int, float] = {}  # mid -> expires_at, decisions paho holds
+        self._held: list[_HeldDecision] = []  # made while down, oldest first (_out_lock)
         self._challenges: dict[int, float] = {}  # mid -> expires_at, challenges paho may hold
         self._state_lock = threading.Lock()
         self._last_state: str | None = None
@@ -254,18 +267,17 @@ class MqttLink:
             log.warning("MQTT: decision seq=%d expired before publishing; dropped", decision.seq)
             return False
         payload = sign(decision, self._key)
-        props = _expiry_props(decision.expires_at - now) if self._v5 else None
-        with self._out_lock:
-            if not self.connected:
+        with self._out_lock:  # connected only changes under it: see _send_held
+            if self.connected:
+                held = not self._publish_decision_now(payload, decision.expires_at, now)
+            else:
+                # Kept here, not in paho, which re-sends its queue only after on_connect
+                # returns, behind a decision made meanwhile; _send_held keeps the order.
                 self._drop_expired(now)
-            # When the link is down paho keeps the message and sends it on reconnect;
-            # _on_connect drops it then if it has expired by that time.
-            info = self._client.publish(
-                self.topics.decision, payload, qos=1, retain=False, properties=props
-            )
-            self._pending[info.mid] = decision.expires_at
+                self._held.append(_HeldDecision(decision.seq, payload, decision.expires_at))
+                held = True
             self.stats["decisions_published"] += 1
-        if info.rc != paho.MQTT_ERR_SUCCESS:
+        if held:
             log.warning(
                 "MQTT: link down; decision seq=%d held until %.1f s from now",
                 decision.seq,
@@ -288,9 +300,19 @@ class MqttLink:
         return True
 
     def pending_decisions(self) -> int:
-        """Decisions handed to paho and not yet acknowledged by the broker."""
+        """Decisions not yet acknowledged by the broker (held while down, or in flight)."""
         with self._out_lock:
-            return len(self._pending)
+            return len(self._pending) + len(self._held)
+
+    def _publish_decision_now(self, payload: bytes, expires_at: float, now: float) -> bool:
+        """Hand a signed decision to paho, tracked until acknowledged; False if paho has no
+        connection (it then holds it: _send_held takes it over). Call with _out_lock held."""
+        props = _expiry_props(expires_at - now) if self._v5 else None
+        info = self._client.publish(
+            self.topics.decision, payload, qos=1, retain=False, properties=props
+        )
+        self._pending[info.mid] = expires_at
+        return info.rc == paho.MQTT_ERR_SUCCESS
 
     def _publish_if_connected(
         self, topic: str, payload: bytes, qos: int, retain: bool = False, ttl: float | None = None
@@ -350,16 +372,45 @@ class MqttLink:
             self._expire_held(self._challenges, now)
 
     def _drop_expired(self, now: float) -> None:
-        """Remove expired decisions from paho's outgoing queue; shorten the rest's expiry."""
+        """Remove expired decisions from paho's outgoing queue and from the link's own;
+        shorten the expiry of those left in paho's."""
         with self._out_lock:
-            for mid, expires_at in self._expire_held(self._pending, now):
+            expired = [(f"mid {mid}", at) for mid, at in self._expire_held(self._pending, now)]
+            expired += [(f"seq={h.seq}", h.expires_at) for h in self._held if now >= h.expires_at]
+            self._held = [h for h in self._held if now < h.expires_at]
+            for which, expires_at in expired:
                 self.stats["decisions_expired"] += 1
                 log.warning(
-                    "MQTT: decision (mid %d) expired %.1f s ago while the broker was "
+                    "MQTT: decision (%s) expired %.1f s ago while the broker was "
                     "unreachable; dropped, not delivered late",
-                    mid,
+                    which,
                     now - expires_at,
                 )
+
+    def _send_held(self, now: float) -> None:
+        """Send every decision held over the outage, oldest first. Call from _on_connect with
+        _out_lock held, before setting connected.
+
+        paho re-sends the messages it holds only after on_connect returns, while a publish
+        made once its socket is open goes out at once: a decision made during the reconnect
+        reached the broker before the older held ones, and the lock then refused those as
+        replayed. So nothing is left for paho to re-send: the decisions it still holds
+        (unacknowledged when the link dropped, made before any in the link's queue) are
+        taken out of its queue and published again here (a copy the broker did get is a
+        QoS 1 duplicate, which the lock's seq check drops), then the link's queue. A decision
+        made meanwhile is already in that queue, or waits for _out_lock and goes after them.
+        """
+        self._drop_expired(now)
+        out = getattr(self._client, "_out_messages", {})
+        backlog = [
+            (bytes(out.pop(mid).payload), self._pending.pop(mid))
+            for mid in list(out)  # paho's queue is in publication order
+            if mid in self._pending
+        ]
+        backlog += [(h.payload, h.expires_at) for h in self._held]
+        self._held = []
+        for payload, expires_at in backlog:
+            self._publish_decision_now(payload, expires_at, now)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -474,11 +525,12 @@ class MqttLink:
             self.connection_state = f"refused: {reason_code}"
             log.error("MQTT: broker refused the connection: %s (retrying)", reason_code)
             return
-        # Runs before paho re-sends its queue, so stale decisions never leave.
+        # Runs before paho re-sends its queue, so stale messages never leave.
         now = time.time()
-        self._drop_expired(now)
-        self._drop_superseded(now)
-        self.connected = True
+        with self._out_lock:
+            self._drop_superseded(now)
+            self._send_held(now)
+            self.connected = True
         self.connection_state = "connected"
         self._count("connects")
         log.info("MQTT: connected to %s:%d", self.cfg.host, self.cfg.port)
@@ -517,8 +569,9 @@ class MqttLink:
         reason_code: Any,
         properties: Any,
     ) -> None:
-        was = self.connected
-        self.connected = False
+        with self._out_lock:  # from now on decisions wait in _held (see _send_held)
+            was = self.connected
+            self.connected = False
         if self.connection_state == "stopped":
             log.info("MQTT: disconnected")
             return
