@@ -26,20 +26,10 @@ from pydantic import ValidationError
 from voxgate.config.mqtt import ActuatorConfig
 from voxgate.config.secrets import read_secret
 from voxgate.decision import Decision, DecisionError, ReplayGuard, verify
-from voxgate.mqtt.client import build_client, connect_async
+from voxgate.mqtt.client import build_client, connect_async, session_seconds
 from voxgate.mqtt.topics import device_from_decision_topic
 
 log = logging.getLogger(__name__)
-
-# How long the broker keeps this lock's session while it is away (longer than any restart;
-# decisions expire much sooner anyway). MQTT 5 only: a 3.1.1 session never expires and its
-# messages carry no expiry, so the broker would hand a lock back grants of any age and only
-# the lock's clock (wrong after a power cut without NTP) would stand between them and the door.
-SESSION_S = 600
-
-
-def session_seconds(cfg: ActuatorConfig) -> int:
-    return SESSION_S if cfg.broker.protocol == "5" else 0
 
 
 def default_client_id(cfg: ActuatorConfig) -> str:
@@ -253,7 +243,7 @@ class Actuator:
         # the broker holds its subscription and the decisions sent meanwhile; with a fresh
         # session each time, a grant published before it had re-subscribed was dropped.
         # Held decisions still expire (MQTT 5 expiry at the broker, verify() here).
-        session_s = session_seconds(self.cfg)
+        session_s = session_seconds(b)
         client = build_client(b, b.client_id or default_client_id(self.cfg), session_s)
         topics = [f"{b.topic_prefix}/{dev.id}/decision" for dev in self.cfg.devices]
 

@@ -500,3 +500,67 @@ def test_decisions_held_over_an_outage_reach_the_lock_before_newer_ones(
     finally:
         lock.close()
         actuator.stop()
+
+
+def test_a_command_sent_while_the_link_reconnects_is_run_when_it_is_back(
+    broker: Broker, link_factory: Callable[..., MqttLink]
+) -> None:
+    """The link keeps its session (MQTT 5) while it is down, so the broker holds a command
+    sent meanwhile; with a clean session each connect it was dropped without a reply."""
+    import socket
+
+    calls: list[dict[str, str]] = []
+    # Reconnecting only after 2 s leaves a window in which the door is away.
+    link = link_factory(reconnect_min_s=2.0, reconnect_max_s=2.0)
+    link.on_command("erase-user", lambda args: calls.append(args) or {"erased": args["user"]})
+    wait_until(lambda: link.connected, 10, "link connected")
+    replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
+    admin = _admin(broker)
+    try:
+        sock = link._client.socket()
+        assert sock is not None
+        sock.shutdown(socket.SHUT_RDWR)  # the network drops; the broker sees the link go
+        wait_until(lambda: not link.connected, 5, "link down")
+        cmd = make_command(CKEY, DEV, "erase-user", {"user": "alice"}, now=time.time())
+        admin.publish("voxgate/front-door/cmd/erase-user", cmd, qos=1).wait_for_publish(5)
+        wait_until(lambda: link.stats["connects"] == 2, 10, "link back")
+        result = "voxgate/front-door/cmd/erase-user/result"
+        wait_until(lambda: replies.on(result), 10, "a reply to the command")
+        assert read_reply(replies.on(result)[-1].payload, DKEY)["ok"] is True
+        assert calls == [{"user": "alice"}]
+    finally:
+        admin.disconnect()
+        admin.loop_stop()
+        replies.close()
+
+
+def test_a_new_process_does_not_resume_the_last_ones_session(
+    broker: Broker, link_factory: Callable[..., MqttLink]
+) -> None:
+    """Only reconnects resume the session: a restarted daemon starts a fresh one, so commands
+    the broker held for the old process (one it may have run, if it crashed before its
+    acknowledgement) are not delivered to a process without its nonce memory."""
+    calls: list[dict[str, str]] = []
+    first = link_factory()
+    wait_until(lambda: first.connected, 10, "link connected")
+    first._client.loop_stop()
+    sock = first._client.socket()
+    assert sock is not None
+    sock.close()  # a crash: no DISCONNECT, so the broker keeps the session
+    admin = _admin(broker)
+    try:
+        wait_until(
+            lambda: "voxgate-front-door closed its connection" in broker.log_text(),
+            10,
+            "the broker noticed the crash",
+        )
+        cmd = make_command(CKEY, DEV, "erase-user", {"user": "alice"}, now=time.time())
+        admin.publish("voxgate/front-door/cmd/erase-user", cmd, qos=1).wait_for_publish(5)
+        second = link_factory()
+        second.on_command("erase-user", lambda args: calls.append(args) or {})
+        wait_until(lambda: second.connected, 10, "restarted link connected")
+        time.sleep(1.0)
+        assert calls == [] and second.stats["commands_rejected"] == 0
+    finally:
+        admin.disconnect()
+        admin.loop_stop()

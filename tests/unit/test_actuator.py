@@ -146,10 +146,10 @@ def test_the_client_id_is_kept_across_restarts_and_unique_per_installation(
 def test_the_session_is_kept_only_on_mqtt_5(tmp_path: Path) -> None:
     """A 3.1.1 session never expires and its messages carry no expiry: the broker would hand
     back grants of any age, with only the lock's clock to refuse them."""
-    from voxgate.actuator import session_seconds
+    from voxgate.mqtt.client import session_seconds
 
-    assert session_seconds(_bare_cfg(tmp_path, "5")) > 0
-    assert session_seconds(_bare_cfg(tmp_path, "3.1.1")) == 0
+    assert session_seconds(_bare_cfg(tmp_path, "5").broker) > 0
+    assert session_seconds(_bare_cfg(tmp_path, "3.1.1").broker) == 0
 
 
 def test_a_damaged_client_id_file_is_replaced_and_an_unwritable_one_is_survived(

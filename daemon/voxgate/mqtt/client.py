@@ -51,6 +51,18 @@ class MqttSetupError(Exception):
     """The MQTT settings cannot be used (missing CA file, unreadable key, ...)."""
 
 
+# How long the broker keeps a client's session (its subscriptions and the QoS 1 messages for
+# it) while the client is away: longer than a network blip or a restart; decisions and
+# commands expire much sooner anyway. MQTT 5 only: a 3.1.1 session never expires and its
+# messages carry no expiry, so a broker could hand back messages of any age, leaving only
+# the receiver's clock (wrong after a power cut without NTP) to refuse them.
+SESSION_S = 600
+
+
+def session_seconds(cfg: BrokerConfig) -> int:
+    return SESSION_S if cfg.protocol == "5" else 0
+
+
 def build_client(cfg: BrokerConfig, client_id: str, session_s: int = 0) -> paho.Client:
     """A paho client with protocol, credentials, TLS and back-off from `cfg` (no I/O yet).
     session_s > 0: the broker keeps the session (subscriptions, QoS 1 messages) that long
@@ -86,7 +98,12 @@ def build_client(cfg: BrokerConfig, client_id: str, session_s: int = 0) -> paho.
     return client
 
 
-def connect_async(client: paho.Client, cfg: BrokerConfig, session_s: int = 0) -> None:
+def connect_async(
+    client: paho.Client, cfg: BrokerConfig, session_s: int = 0, fresh_first: bool = False
+) -> None:
+    """Connect in the background. session_s > 0 (MQTT 5): the broker keeps the session that
+    long while the client is away; fresh_first: except the one a previous process left, which
+    the first connect discards (only reconnects of this process resume their session)."""
     if cfg.protocol != "5":
         client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
         return
@@ -94,9 +111,10 @@ def connect_async(client: paho.Client, cfg: BrokerConfig, session_s: int = 0) ->
     if session_s > 0:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = session_s
-    client.connect_async(
-        cfg.host, cfg.port, cfg.keepalive_s, clean_start=session_s <= 0, properties=props
-    )
+    clean: bool | int = session_s <= 0
+    if session_s > 0 and fresh_first:
+        clean = paho.MQTT_CLEAN_START_FIRST_ONLY
+    client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=clean, properties=props)
 
 
 def _expiry_props(seconds: float) -> Properties:
@@ -136,7 +154,13 @@ class MqttLink:
         if command_key is None:
             log.warning("no command key: every MQTT command to %s will be refused", device_id)
         self._v5 = cfg.protocol == "5"
-        self._client = build_client(cfg, cfg.client_id or f"voxgate-{device_id}")
+        # A session the broker keeps while the link is down, so that a command sent during a
+        # reconnect is delivered when the link is back instead of dropped. A new process
+        # starts a fresh one: a command the last process received but never acknowledged
+        # (it crashed) would come back within the start-up skew, its nonce memory gone, and
+        # run twice. The id is the device id, unique in a deployment (its topics are).
+        self._session_s = session_seconds(cfg)
+        self._client = build_client(cfg, cfg.client_id or f"voxgate-{device_id}", self._session_s)
         self._client.will_set(self.topics.status, b"offline", qos=1, retain=True)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
@@ -190,7 +214,7 @@ class MqttLink:
         self.connection_state = "connecting"
         self._worker = threading.Thread(target=self._work_loop, name="mqtt-commands", daemon=True)
         self._worker.start()
-        connect_async(self._client, self.cfg)
+        connect_async(self._client, self.cfg, self._session_s, fresh_first=True)
         self._client.loop_start()
         log.info("MQTT: connecting to %s:%d as %s", self.cfg.host, self.cfg.port, self.device_id)
 
