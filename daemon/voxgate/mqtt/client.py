@@ -111,7 +111,7 @@ def connect_async(
     if session_s > 0:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = session_s
-    clean: bool | int = session_s <= 0
+    clean: paho.CleanStartOption = session_s <= 0
     if session_s > 0 and fresh_first:
         clean = paho.MQTT_CLEAN_START_FIRST_ONLY
     client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=clean, properties=props)
