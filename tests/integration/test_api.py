@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import logging
+import struct
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,6 +251,28 @@ def test_a_full_oversized_upload_is_refused_too(api: dict) -> None:
     else:
         assert status == 413 and body["error"] == "request_entity_too_large"
     assert api["store"].get("carol") is None
+
+
+def _wav_claiming(rate: int, samples: int = 8000) -> bytes:
+    """A small 16-bit mono WAV whose header says `rate` (any value the field can hold)."""
+    data = b"\x00\x01" * samples
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, (rate * 2) & 0xFFFFFFFF, 2, 16)
+    return (
+        b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack("<I", 16) + fmt
+        + b"data" + struct.pack("<I", len(data)) + data
+    )  # fmt: skip
+
+
+def test_an_upload_claiming_an_absurd_sample_rate_gets_400(api: dict) -> None:
+    """The resampler's memory grows with the rate: 2147483647 Hz asked for 8 GiB (a 500, or
+    the daemon killed by the OOM killer); 1 Hz took seconds of CPU per take."""
+    c = api["client"]
+    for rate in (1_000_000, 2_147_483_647, 1):
+        status, body, _ = c.upload("/api/v1/users/carol", [("odd.wav", _wav_claiming(rate))])
+        assert status == 400, (rate, body)
+        assert f"take 1 (odd.wav): sample rate {rate} Hz; use 8000-192000 Hz" in body["message"]
+    assert api["store"].get("carol") is None
+    assert c.request("GET", "/api/v1/health")[0] == 200
 
 
 def test_the_api_will_not_start_without_a_good_token(tmp_path: Path, no_secret_env: None) -> None:
