@@ -177,6 +177,30 @@ def test_recent_decisions_from_the_audit_log(api: dict) -> None:
         assert body["error"] == "bad_request"
 
 
+def test_damaged_or_unreadable_audit_log_does_not_break_decisions(
+    api: dict, tmp_path: Path
+) -> None:
+    """A line that parses but whose `event` is a list or an object made every call a 500;
+    so did an audit log that cannot be read."""
+    c = api["client"]
+    log_file = tmp_path / "audit.jsonl"
+    with open(log_file, "a") as f:
+        f.write('{"seq": 9, "ts": 1009.0, "event": ["decision"]}\n')
+        f.write('{"seq": 10, "ts": 1010.0, "event": {"a": 1}}\n')
+    for query in ("", "?event=*"):
+        status, body, _ = c.request("GET", f"/api/v1/decisions{query}")
+        assert status == 200, body
+        assert body["skipped_lines"] == 3  # the two above and the fixture's damaged line
+    status, body, _ = c.request("GET", "/api/v1/decisions")
+    assert [e["outcome"] for e in body["events"]] == ["denied", "granted"]
+    log_file.unlink()
+    log_file.mkdir()  # a folder where the log should be
+    status, body, _ = c.request("GET", "/api/v1/decisions")
+    assert status == 503 and body["error"] == "audit_unavailable"
+    assert str(tmp_path) not in body["message"]
+    assert c.request("GET", "/api/v1/health")[0] == 200
+
+
 def test_config_check(api: dict) -> None:
     c = api["client"]
     status, body, _ = c.request("POST", "/api/v1/config/check", b"speaker:\n  threads: 2\n")

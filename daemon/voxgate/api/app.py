@@ -211,7 +211,7 @@ def create_app(
         return jsonify(doc), 200
 
     @app.get(f"{PREFIX}/decisions")
-    def decisions() -> Response:
+    def decisions() -> Response | tuple[Response, int]:
         try:
             limit = int(request.args.get("limit", "50"))
         except ValueError:
@@ -220,7 +220,11 @@ def create_app(
             raise _BadRequest(f"limit must be 1..{cfg.api.decisions_limit}")
         wanted = request.args.get("event", DEFAULT_EVENTS)
         events = None if wanted == "*" else {e for e in wanted.split(",") if e}
-        found = recent_events(audit, limit, events)
+        try:
+            found = recent_events(audit, limit, events)
+        except OSError as exc:  # e.g. a folder or an unreadable file where the log should be
+            log.error("API: cannot read the audit log %s: %s", audit, exc)
+            return _error(503, "audit_unavailable", f"cannot read the audit log ({exc.strerror})")
         return jsonify(
             {
                 "events": found.events,
