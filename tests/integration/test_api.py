@@ -369,6 +369,11 @@ def test_enroll_with_prompts_keeps_digit_templates(enroll_api: dict, tmp_path: P
     ]
     status, body, _ = c.upload("/api/v1/users/dave", takes, {"prompts": "1 2"})
     assert status == 400 and "one digit string per take" in body["message"]
+    # Digits of other scripts pass str.isdigit() but no challenge ever asks for them.
+    for odd in ("²¹⁴ ²⁷¹ ¹⁴¹", "١٢٣ 456 789", "１２３ 456 789"):
+        status, body, _ = c.upload("/api/v1/users/dave", takes, {"prompts": odd})
+        assert status == 400 and "one digit string per take" in body["message"], odd
+    assert enroll_api["store"].get("dave") is None
     status, body, _ = c.upload("/api/v1/users/dave", takes, {"prompts": " ".join(prompts)})
     assert status == 201, body
     meta = enroll_api["store"].get("dave").meta

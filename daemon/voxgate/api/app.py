@@ -175,8 +175,11 @@ def create_app(
             raise _BadRequest(f"{len(files)} takes; at most {cfg.api.max_takes} (api.max_takes)")
         replace = request.form.get("replace", "false").lower() in {"1", "true", "yes"}
         prompts = request.form.get("prompts", "").replace(",", " ").split() or None
+        # isdigit() alone also takes '²' or '١' (other scripts' digits): stored as templates
+        # of "digits" no challenge ever asks for.
         if prompts is not None and (
-            len(prompts) != len(files) or not all(p.isdigit() and len(p) <= 32 for p in prompts)
+            len(prompts) != len(files)
+            or not all(p.isascii() and p.isdigit() and len(p) <= 32 for p in prompts)
         ):
             raise _BadRequest("'prompts' must hold one digit string per take, in order")
         takes = _read_takes(files)
