@@ -265,6 +265,27 @@ def test_oversized_upload_gets_413_before_the_body_is_read(api: dict) -> None:
     assert api["client"].request("GET", "/api/v1/health")[0] == 200
 
 
+def test_a_chunked_config_larger_than_the_limit_gets_413(api: dict) -> None:
+    """Without Content-Length the body was cut at api.max_upload_mb and the cut part judged:
+    a config whose bad setting lay past the limit came back valid."""
+    padding = b"# " + b"x" * 1000 + b"\n"
+    body = [padding] * 1100 + [b"speaker:\n  threads: 99\n"]  # ~1.1 MB, over the 1 MB limit
+    conn = http.client.HTTPConnection("127.0.0.1", api["port"], timeout=30)
+    conn.request(
+        "POST",
+        "/api/v1/config/check",
+        body=iter(body),
+        headers={"Authorization": f"Bearer {TOKEN}", "Transfer-Encoding": "chunked"},
+        encode_chunked=True,
+    )
+    resp = conn.getresponse()
+    reply = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 413, reply
+    assert reply["error"] == "request_entity_too_large"
+    assert api["client"].request("GET", "/api/v1/health")[0] == 200
+
+
 def test_a_full_oversized_upload_is_refused_too(api: dict) -> None:
     big = np.random.default_rng(1).integers(-3000, 3000, 16000 * 40, dtype=np.int16)
     data = big.tobytes()  # ~1.3 MB, over the 1 MB limit of this fixture

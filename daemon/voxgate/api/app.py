@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from voxgate import __version__
 from voxgate.api.decisions import recent_events
@@ -243,8 +243,12 @@ def create_app(
 
     @app.post(f"{PREFIX}/config/check")
     def config_check() -> tuple[Response, int]:
+        data = request.get_data(cache=False)
+        if request.content_length is None and len(data) >= app.config["MAX_CONTENT_LENGTH"]:
+            # A chunked body is cut at the limit, not refused: the check would judge a part.
+            raise RequestEntityTooLarge()
         try:
-            text = request.get_data(cache=False).decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise _BadRequest("the config must be UTF-8 text") from None
         try:
