@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -88,6 +90,19 @@ def load_actuator_config(path: str | os.PathLike[str]) -> ActuatorConfig:
                 msg = "unknown key"
             problems.append(f"  - {where}: {msg}")
         raise ActuatorSetupError(f"{p}: invalid actuator config:\n" + "\n".join(problems)) from None
+
+
+def check_action(cfg: ActuatorConfig) -> None:
+    """ActuatorSetupError when the command action cannot run at all: found at start (and by
+    --check), not when the first grant leaves the door shut."""
+    if cfg.command is None:
+        return
+    program = cfg.command.argv[0]
+    if shutil.which(program) is None:
+        raise ActuatorSetupError(
+            f"command.argv[0]: {program!r} is not an executable program "
+            "(missing, not executable, or not on PATH)"
+        )
 
 
 def decision_env(d: Decision) -> dict[str, str]:
@@ -202,26 +217,32 @@ class Actuator:
             argv = self.cfg.command.argv
             env = {**os.environ, **decision_env(d)}
             log.info("GRANTED user=%r seq=%d: running %s", d.user, d.seq, argv[0])
-            try:
-                done = subprocess.run(
-                    argv,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    timeout=self.cfg.command.timeout_s,
-                    check=False,
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                log.error("action command failed for seq %d: %s", d.seq, exc)
-                return
-            if done.returncode != 0:
-                log.error(
-                    "action command exited %d for seq %d: %s",
-                    done.returncode,
-                    d.seq,
-                    done.stderr.decode(errors="replace").strip()[-500:],
-                )
-                return
+            # stderr to a file, not a pipe: a program that leaves a background child (e.g.
+            # "relay off in 5 s") keeps a pipe open, and the wait for its end took the whole
+            # timeout, reported success as a failure and held up the grants behind it.
+            with tempfile.TemporaryFile() as err:
+                try:
+                    done = subprocess.run(
+                        argv,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                        timeout=self.cfg.command.timeout_s,
+                        check=False,
+                    )
+                except (OSError, subprocess.TimeoutExpired) as exc:
+                    log.error("action command failed for seq %d: %s", d.seq, exc)
+                    return
+                if done.returncode != 0:
+                    err.seek(max(0, err.seek(0, os.SEEK_END) - 2000))  # its last words
+                    log.error(
+                        "action command exited %d for seq %d: %s",
+                        done.returncode,
+                        d.seq,
+                        err.read().decode(errors="replace").strip()[-500:],
+                    )
+                    return
         self.acted += 1
 
     def _work_loop(self) -> None:

@@ -284,7 +284,16 @@ class ReplayGuard:
     def __init__(self, path: Path) -> None:
         self._state = _JsonState(path)
         raw = self._state.load().get("last_seq", {})
-        self._last = {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        # A damaged record must stop the start, like an unparsable file: int() of a string or
+        # null was a traceback, and a record that was not a map was silently dropped, which
+        # reopened the replay window for every grant ever issued.
+        if not isinstance(raw, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in raw.values()
+        ):
+            raise DecisionError(
+                "state-unreadable", f"{path}: 'last_seq' is not a map of device to sequence number"
+            )
+        self._last = {str(k): v for k, v in raw.items()}
         self._lock = threading.Lock()
 
     def last(self, device: str) -> int | None:

@@ -60,7 +60,8 @@ class EvalSet:
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: a spreadsheet's BOM would otherwise become part of the first column's name
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
     except FileNotFoundError:
         raise EvalError(f"{path}: missing (a protocol folder needs {path.name})") from None
@@ -423,11 +424,17 @@ def evaluate(
     """Run both systems on a protocol folder; returns the report (also written to out_dir)."""
     from voxgate.enrollment import check_takes
     from voxgate.scoring import Scorer
-    from voxgate.voiceprints import VoiceprintStore, l2_normalize, normalize_name
+    from voxgate.voiceprints import VoiceprintStore, l2_normalize
 
     es = read_set(set_dir)
     if not es.trials:
         raise EvalError(f"{set_dir}: no trials")
+    n_target = sum(t for _, _, t in es.trials)
+    if n_target in (0, len(es.trials)):  # EER and minDCF are undefined with one class
+        raise EvalError(
+            f"{es.root / 'trials.csv'}: needs both target (1) and non-target (0) trials; "
+            f"has {n_target} target and {len(es.trials) - n_target} non-target"
+        )
     cache_file = None
     if out_dir is not None:
         with _writing(out_dir):
@@ -459,6 +466,9 @@ def evaluate(
     speaker_cfg = cfg.speaker.model_copy(update={"enroll_min_speech_s": 1, "enroll_min_takes": 1})
     rejected: dict[str, list[str]] = {}
     retry = 0
+    # Store names of our own: a protocol's model labels need not be valid user names (longer
+    # than 64 characters, or two labels the same after normalization raised StoreError).
+    store_name = {model: f"model-{i}" for i, model in enumerate(es.enroll)}
     with tempfile.TemporaryDirectory() as tmp:
         store = VoiceprintStore(Path(tmp) / "eval.db", bytes(32))
         for model, all_recs in es.enroll.items():
@@ -481,7 +491,7 @@ def evaluate(
                 # score -inf (counted, as every trial is), instead of stopping the whole run.
                 log.warning("%s: no enrollment take of %s could be embedded", es.name, model)
                 continue
-            store.add_user(model, enroll_embs, embedder.model_id)
+            store.add_user(store_name[model], enroll_embs, embedder.model_id)
         scorer = Scorer(store, embedder, speaker_cfg, cohort)
         threshold = scorer.threshold(1)
         backend = np.empty(len(es.trials))
@@ -492,7 +502,7 @@ def evaluate(
                 retry += 1
                 continue
             q = cache.quality(rec)
-            r = scorer.verify(emb, normalize_name(model), quality=q)
+            r = scorer.verify(emb, store_name[model], quality=q)
             backend[n] = r.score
             retry += not r.quality_ok
         store.close()

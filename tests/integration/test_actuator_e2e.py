@@ -221,3 +221,34 @@ def test_cli_config_errors(tmp_path: Path) -> None:
         import gpiozero  # noqa: F401
     except ImportError:
         assert r.returncode == 2 and "pip install 'voxgate[gpio]'" in r.stderr
+
+
+def test_cli_refuses_a_damaged_state_file_and_a_command_that_cannot_run(tmp_path: Path) -> None:
+    """A state file whose 'last_seq' held a string or null was a traceback, and one that was
+    not a map was silently forgotten (the replay window reopened); a missing or
+    non-executable action program passed --check and left the door shut at the first grant."""
+    write_key(tmp_path / "door.key", b"k")
+    cfg = tmp_path / "a.yaml"
+    state = tmp_path / "s.json"
+
+    def write_cfg(program: str) -> None:
+        cfg.write_text(
+            f"devices: [{{id: door, key_file: {tmp_path}/door.key}}]\n"
+            f"state_file: {state}\ncommand: {{argv: ['{program}']}}\n"
+        )
+
+    write_cfg("/bin/true")
+    for damaged in ('{"door": "abc"}', '{"door": null}', "[5]", '"x"', '{"door": 1.5}'):
+        state.write_text(f'{{"last_seq": {damaged}}}')
+        r = _run_cli("-c", str(cfg), "--check")
+        assert r.returncode == 2, (damaged, r.stdout, r.stderr)
+        assert "state file" in r.stderr and "last_seq" in r.stderr and "Traceback" not in r.stderr
+    state.write_text('{"last_seq": {"door": 7}}')
+    assert _run_cli("-c", str(cfg), "--check").returncode == 0
+    not_executable = tmp_path / "open-door"
+    not_executable.write_text("#!/bin/sh\n")
+    for program in (str(tmp_path / "missing"), str(not_executable), "no-such-program-on-path"):
+        write_cfg(program)
+        r = _run_cli("-c", str(cfg), "--check")
+        assert r.returncode == 2, (program, r.stdout)
+        assert f"command.argv[0]: '{program}' is not an executable program" in r.stderr

@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import logging
+import struct
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,6 +177,30 @@ def test_recent_decisions_from_the_audit_log(api: dict) -> None:
         assert body["error"] == "bad_request"
 
 
+def test_damaged_or_unreadable_audit_log_does_not_break_decisions(
+    api: dict, tmp_path: Path
+) -> None:
+    """A line that parses but whose `event` is a list or an object made every call a 500;
+    so did an audit log that cannot be read."""
+    c = api["client"]
+    log_file = tmp_path / "audit.jsonl"
+    with open(log_file, "a") as f:
+        f.write('{"seq": 9, "ts": 1009.0, "event": ["decision"]}\n')
+        f.write('{"seq": 10, "ts": 1010.0, "event": {"a": 1}}\n')
+    for query in ("", "?event=*"):
+        status, body, _ = c.request("GET", f"/api/v1/decisions{query}")
+        assert status == 200, body
+        assert body["skipped_lines"] == 3  # the two above and the fixture's damaged line
+    status, body, _ = c.request("GET", "/api/v1/decisions")
+    assert [e["outcome"] for e in body["events"]] == ["denied", "granted"]
+    log_file.unlink()
+    log_file.mkdir()  # a folder where the log should be
+    status, body, _ = c.request("GET", "/api/v1/decisions")
+    assert status == 503 and body["error"] == "audit_unavailable"
+    assert str(tmp_path) not in body["message"]
+    assert c.request("GET", "/api/v1/health")[0] == 200
+
+
 def test_config_check(api: dict) -> None:
     c = api["client"]
     status, body, _ = c.request("POST", "/api/v1/config/check", b"speaker:\n  threads: 2\n")
@@ -240,6 +265,27 @@ def test_oversized_upload_gets_413_before_the_body_is_read(api: dict) -> None:
     assert api["client"].request("GET", "/api/v1/health")[0] == 200
 
 
+def test_a_chunked_config_larger_than_the_limit_gets_413(api: dict) -> None:
+    """Without Content-Length the body was cut at api.max_upload_mb and the cut part judged:
+    a config whose bad setting lay past the limit came back valid."""
+    padding = b"# " + b"x" * 1000 + b"\n"
+    body = [padding] * 1100 + [b"speaker:\n  threads: 99\n"]  # ~1.1 MB, over the 1 MB limit
+    conn = http.client.HTTPConnection("127.0.0.1", api["port"], timeout=30)
+    conn.request(
+        "POST",
+        "/api/v1/config/check",
+        body=iter(body),
+        headers={"Authorization": f"Bearer {TOKEN}", "Transfer-Encoding": "chunked"},
+        encode_chunked=True,
+    )
+    resp = conn.getresponse()
+    reply = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 413, reply
+    assert reply["error"] == "request_entity_too_large"
+    assert api["client"].request("GET", "/api/v1/health")[0] == 200
+
+
 def test_a_full_oversized_upload_is_refused_too(api: dict) -> None:
     big = np.random.default_rng(1).integers(-3000, 3000, 16000 * 40, dtype=np.int16)
     data = big.tobytes()  # ~1.3 MB, over the 1 MB limit of this fixture
@@ -250,6 +296,28 @@ def test_a_full_oversized_upload_is_refused_too(api: dict) -> None:
     else:
         assert status == 413 and body["error"] == "request_entity_too_large"
     assert api["store"].get("carol") is None
+
+
+def _wav_claiming(rate: int, samples: int = 8000) -> bytes:
+    """A small 16-bit mono WAV whose header says `rate` (any value the field can hold)."""
+    data = b"\x00\x01" * samples
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, (rate * 2) & 0xFFFFFFFF, 2, 16)
+    return (
+        b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack("<I", 16) + fmt
+        + b"data" + struct.pack("<I", len(data)) + data
+    )  # fmt: skip
+
+
+def test_an_upload_claiming_an_absurd_sample_rate_gets_400(api: dict) -> None:
+    """The resampler's memory grows with the rate: 2147483647 Hz asked for 8 GiB (a 500, or
+    the daemon killed by the OOM killer); 1 Hz took seconds of CPU per take."""
+    c = api["client"]
+    for rate in (1_000_000, 2_147_483_647, 1):
+        status, body, _ = c.upload("/api/v1/users/carol", [("odd.wav", _wav_claiming(rate))])
+        assert status == 400, (rate, body)
+        assert f"take 1 (odd.wav): sample rate {rate} Hz; use 8000-192000 Hz" in body["message"]
+    assert api["store"].get("carol") is None
+    assert c.request("GET", "/api/v1/health")[0] == 200
 
 
 def test_the_api_will_not_start_without_a_good_token(tmp_path: Path, no_secret_env: None) -> None:
@@ -322,6 +390,11 @@ def test_enroll_with_prompts_keeps_digit_templates(enroll_api: dict, tmp_path: P
     ]
     status, body, _ = c.upload("/api/v1/users/dave", takes, {"prompts": "1 2"})
     assert status == 400 and "one digit string per take" in body["message"]
+    # Digits of other scripts pass str.isdigit() but no challenge ever asks for them.
+    for odd in ("²¹⁴ ²⁷¹ ¹⁴¹", "١٢٣ 456 789", "１２３ 456 789"):
+        status, body, _ = c.upload("/api/v1/users/dave", takes, {"prompts": odd})
+        assert status == 400 and "one digit string per take" in body["message"], odd
+    assert enroll_api["store"].get("dave") is None
     status, body, _ = c.upload("/api/v1/users/dave", takes, {"prompts": " ".join(prompts)})
     assert status == 201, body
     meta = enroll_api["store"].get("dave").meta

@@ -7,6 +7,7 @@ import csv
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,55 @@ def test_corrupt_recordings_are_counted_and_do_not_stop_the_run(
         fixed = [r for r in csv.DictReader(f) if r["path"] == "audio/spk2/2.wav"]
     scored = [r for r in fixed if r["model"] != "spk1"]  # spk1 has no usable enrollment
     assert len(scored) == 3 and all(np.isfinite(float(r["cosine"])) for r in scored)
+
+
+def _rewrite(path: Path, edit: Callable[[str], str], bom: bool = False) -> None:
+    text = edit(path.read_text(encoding="utf-8"))
+    path.write_bytes(("\ufeff" if bom else "").encode() + text.encode())
+
+
+@needs_espeak
+def test_spreadsheet_csv_and_any_model_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A BOM (as spreadsheets save CSV) was read into the first column's name ('needs
+    columns path, speaker'); a model label longer than 64 characters, or two labels that
+    are one user name after normalization, stopped the run with a StoreError traceback."""
+    root = synth_set(tmp_path / "set", takes=2, tests=1)
+    long = "speaker-" + "x" * 70
+
+    def relabel(text: str) -> str:
+        lines = text.splitlines(keepends=True)
+        return "".join(
+            lines[:1]
+            + [
+                long + ln[4:] if ln.startswith("spk1,") else "spk0 " + ln[4:]
+                if ln.startswith("spk2,") else ln
+                for ln in lines[1:]
+            ]
+        )  # fmt: skip
+
+    _rewrite(root / "manifest.csv", lambda t: t, bom=True)
+    for name in ("enroll.csv", "trials.csv"):
+        _rewrite(root / name, relabel, bom=True)
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 0, capsys.readouterr().err
+    report = _check_outputs(out, 4 * 4)
+    assert report["models"] == 4
+    with open(out / "scores.csv") as f:
+        models = {r["model"] for r in csv.DictReader(f)}
+    assert models == {"spk0", long, "spk0 ", "spk3"}
+
+
+def test_trials_of_one_class_are_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only targets or only non-targets: EER is undefined; it was an IndexError traceback."""
+    (tmp_path / "manifest.csv").write_text("path,speaker\na.wav,s1\nb.wav,s1\n")
+    (tmp_path / "enroll.csv").write_text("model,path\ns1,a.wav\n")
+    for target in ("1", "0"):
+        (tmp_path / "trials.csv").write_text(f"model,path,target\ns1,b.wav,{target}\n")
+        assert main(["eval", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err
+        assert "trials.csv: needs both target (1) and non-target (0) trials" in err
+        assert "Traceback" not in err

@@ -82,6 +82,10 @@ def test_prompts_must_match_the_files(
     assert "one digit string per file" in capsys.readouterr().err
     assert main(["enroll", "bob", "-c", str(cfg_file), "--from", f, "--prompts", "12a"]) == 1
     assert "digit strings" in capsys.readouterr().err
+    # '²' or '１' pass str.isdigit() but are no digit a challenge asks for.
+    for odd in ("¹²³", "１２３"):
+        assert main(["enroll", "bob", "-c", str(cfg_file), "--from", f, "--prompts", odd]) == 1
+        assert "digit strings" in capsys.readouterr().err
 
 
 def test_unprompted_enrollment_has_no_templates(tmp_path: Path, cfg_file: Path) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +95,22 @@ def test_failing_and_hanging_commands_are_logged(
         with caplog.at_level(logging.ERROR):
             a.act(a._jobs.get_nowait())
         assert expect in caplog.text and a.acted == 0
+
+
+def test_a_command_leaving_a_background_child_is_done_when_it_exits(tmp_path: Path) -> None:
+    """An action script that turns the relay off later from a background child ('sleep 5;
+    relay off' &) exits at once; reading its output through pipes waited for the child too,
+    so the grant was logged as timed out, not counted, and held up the ones behind it."""
+    pid_file = tmp_path / "child.pid"
+    script = f"sleep 20 & echo $! > {pid_file}; echo relay on"
+    a = _actuator(tmp_path, ["/bin/sh", "-c", script], Clock(1000.0), timeout=4)
+    a.handle(TOPIC, sign(_issuer(tmp_path).issue("granted", "a", 1000.0), KEY))
+    t0 = time.monotonic()
+    try:
+        a.act(a._jobs.get_nowait())
+        assert time.monotonic() - t0 < 3 and a.acted == 1
+    finally:
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 def test_load_config_errors(tmp_path: Path) -> None:

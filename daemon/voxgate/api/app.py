@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from voxgate import __version__
 from voxgate.api.decisions import recent_events
@@ -175,8 +175,11 @@ def create_app(
             raise _BadRequest(f"{len(files)} takes; at most {cfg.api.max_takes} (api.max_takes)")
         replace = request.form.get("replace", "false").lower() in {"1", "true", "yes"}
         prompts = request.form.get("prompts", "").replace(",", " ").split() or None
+        # isdigit() alone also takes '²' or '١' (other scripts' digits): stored as templates
+        # of "digits" no challenge ever asks for.
         if prompts is not None and (
-            len(prompts) != len(files) or not all(p.isdigit() and len(p) <= 32 for p in prompts)
+            len(prompts) != len(files)
+            or not all(p.isascii() and p.isdigit() and len(p) <= 32 for p in prompts)
         ):
             raise _BadRequest("'prompts' must hold one digit string per take, in order")
         takes = _read_takes(files)
@@ -211,7 +214,7 @@ def create_app(
         return jsonify(doc), 200
 
     @app.get(f"{PREFIX}/decisions")
-    def decisions() -> Response:
+    def decisions() -> Response | tuple[Response, int]:
         try:
             limit = int(request.args.get("limit", "50"))
         except ValueError:
@@ -220,7 +223,11 @@ def create_app(
             raise _BadRequest(f"limit must be 1..{cfg.api.decisions_limit}")
         wanted = request.args.get("event", DEFAULT_EVENTS)
         events = None if wanted == "*" else {e for e in wanted.split(",") if e}
-        found = recent_events(audit, limit, events)
+        try:
+            found = recent_events(audit, limit, events)
+        except OSError as exc:  # e.g. a folder or an unreadable file where the log should be
+            log.error("API: cannot read the audit log %s: %s", audit, exc)
+            return _error(503, "audit_unavailable", f"cannot read the audit log ({exc.strerror})")
         return jsonify(
             {
                 "events": found.events,
@@ -236,8 +243,12 @@ def create_app(
 
     @app.post(f"{PREFIX}/config/check")
     def config_check() -> tuple[Response, int]:
+        data = request.get_data(cache=False)
+        if request.content_length is None and len(data) >= app.config["MAX_CONTENT_LENGTH"]:
+            # A chunked body is cut at the limit, not refused: the check would judge a part.
+            raise RequestEntityTooLarge()
         try:
-            text = request.get_data(cache=False).decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise _BadRequest("the config must be UTF-8 text") from None
         try:

@@ -69,7 +69,9 @@ def recent_events(
         except (json.JSONDecodeError, UnicodeDecodeError):
             out.skipped_lines += 1
             continue
-        if not isinstance(rec, dict):
+        # A damaged line may still parse; an `event` that is not a string cannot be filtered
+        # on (a list in the `in` test raised TypeError: one such line made every call a 500).
+        if not isinstance(rec, dict) or not isinstance(rec.get("event"), str):
             out.skipped_lines += 1
             continue
         if events is not None and rec.get("event") not in events:

@@ -20,6 +20,11 @@ BLOCK_S = 0.5  # read files in half-second blocks so an hour-long file costs no 
 # A take or an attempt is seconds long; a longer file is refused before it is all read (the
 # embedder's working memory grows ~1 MB per second of audio: 10 minutes took 860 MB).
 MAX_TAKE_S = 120.0
+# Rates a microphone or recorder gives. A header may claim any rate up to 2**31-1 Hz; the
+# resampler's filter and buffers grow with the rate (a 16 kB WAV claiming 2147483647 Hz
+# asked for 8 GiB), so a file outside this range is refused before it is resampled.
+MIN_RATE = 8000
+MAX_RATE = 192000
 
 
 def _open(path: Path) -> sf.SoundFile:
@@ -42,9 +47,13 @@ def _open(path: Path) -> sf.SoundFile:
     except OSError as exc:
         raise AudioError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        return sf.SoundFile(str(path))
+        f = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{path}: not a readable WAV/FLAC file ({exc})") from None
+    if not MIN_RATE <= f.samplerate <= MAX_RATE:
+        f.close()
+        raise AudioError(f"{path}: sample rate {f.samplerate} Hz; use {MIN_RATE}-{MAX_RATE} Hz")
+    return f
 
 
 def read_audio(path: str | Path, max_s: float | None = None) -> np.ndarray:

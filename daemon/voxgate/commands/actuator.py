@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from voxgate.actuator import Actuator, ActuatorSetupError, load_actuator_config
+    from voxgate.actuator import Actuator, ActuatorSetupError, check_action, load_actuator_config
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("paho").setLevel(logging.WARNING)
     try:
         cfg = load_actuator_config(args.config)
+        check_action(cfg)
         actuator = Actuator(cfg)
     except ActuatorSetupError as exc:
         print(f"voxgate actuator: {exc}", file=sys.stderr)

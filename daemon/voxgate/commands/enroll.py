@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.prompts and (not args.files or len(args.prompts) != len(args.files)):
         return fail("--prompts needs --from and one digit string per file")
-    if args.prompts and not all(p.isdigit() for p in args.prompts):
+    if args.prompts and not all(p.isascii() and p.isdigit() for p in args.prompts):  # not '²'
         return fail("--prompts takes digit strings, e.g. --prompts 40712 95368")
 
     try:
