@@ -9,6 +9,7 @@ environment variables.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -20,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 from pydantic import ValidationError
@@ -220,14 +221,18 @@ class Actuator:
             # stderr to a file, not a pipe: a program that leaves a background child (e.g.
             # "relay off in 5 s") keeps a pipe open, and the wait for its end took the whole
             # timeout, reported success as a failure and held up the grants behind it.
-            with tempfile.TemporaryFile() as err:
+            with contextlib.ExitStack() as stack:
+                try:
+                    err: IO[bytes] | None = stack.enter_context(tempfile.TemporaryFile())
+                except OSError:  # a full /tmp must not keep the door shut: run without it
+                    err = None
                 try:
                     done = subprocess.run(
                         argv,
                         env=env,
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.DEVNULL,
-                        stderr=err,
+                        stderr=err if err is not None else subprocess.DEVNULL,
                         timeout=self.cfg.command.timeout_s,
                         check=False,
                     )
@@ -235,12 +240,12 @@ class Actuator:
                     log.error("action command failed for seq %d: %s", d.seq, exc)
                     return
                 if done.returncode != 0:
-                    err.seek(max(0, err.seek(0, os.SEEK_END) - 2000))  # its last words
+                    said = ""
+                    if err is not None:
+                        err.seek(max(0, err.seek(0, os.SEEK_END) - 2000))  # its last words
+                        said = err.read().decode(errors="replace").strip()[-500:]
                     log.error(
-                        "action command exited %d for seq %d: %s",
-                        done.returncode,
-                        d.seq,
-                        err.read().decode(errors="replace").strip()[-500:],
+                        "action command exited %d for seq %d: %s", done.returncode, d.seq, said
                     )
                     return
         self.acted += 1

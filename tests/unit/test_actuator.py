@@ -113,6 +113,23 @@ def test_a_command_leaving_a_background_child_is_done_when_it_exits(tmp_path: Pa
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
+def test_the_door_opens_when_no_temporary_file_can_be_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The program's stderr goes to a temporary file; a full or missing temp folder must not
+    keep the door shut (the action runs, only its last words are not kept)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    marker = tmp_path / "opened"
+    a = _actuator(
+        tmp_path, ["/bin/sh", "-c", f"touch {marker}; echo oops >&2; exit 3"], Clock(1000.0)
+    )
+    a.handle(TOPIC, sign(_issuer(tmp_path).issue("granted", "a", 1000.0), KEY))
+    a.act(a._jobs.get_nowait())
+    assert marker.exists() and "action command exited 3" in caplog.text
+
+
 def test_load_config_errors(tmp_path: Path) -> None:
     p = tmp_path / "a.yaml"
     p.write_text("devices: [{id: Front Door}]\ncommand: {argv: [x]}\n")
