@@ -201,6 +201,16 @@ def score_engine(rec: Recognizer, trials: list[dict]) -> None:
                     break
 
 
+def score_plain(rec: Recognizer, trials: list[dict], tag: str) -> None:
+    """An engine's own prompt check without templates (phonemes); retries count as fails."""
+    for tr in trials:
+        for kind in ("prompt", "wrong", "one_off"):
+            res = rec.check_prompt(tr["pcm"], digits_to_words(tr[kind]))
+            tr[f"{tag}_{kind}"] = -1e9 if res.retry else res.score
+            if kind == "prompt":
+                tr[f"{tag}_heard"] = res.transcript
+
+
 def transcript_accuracy(trials: list[dict], tag: str) -> float:
     return float(
         np.mean(
@@ -390,13 +400,16 @@ def main() -> int:
         "--engine-strings",
         type=int,
         default=15,
-        help="strings per FSDD speaker for the (slower) pocketsphinx-only sweep",
+        help="strings per FSDD speaker for the (slower) pocketsphinx and phonemes runs",
     )
     ap.add_argument(
         "--deepspeech-model",
         type=Path,
         default=None,
         help="also time the DeepSpeech path with this .tflite",
+    )
+    ap.add_argument(
+        "--no-phonemes", action="store_true", help="skip the phonemes engine (hama) runs"
     )
     ap.add_argument("--json", type=Path, help="write all figures here too")
     ap.add_argument(
@@ -443,6 +456,20 @@ def main() -> int:
     report["sc_pocketsphinx_only"] = two_fold(sc, "e", args.target_fa)
     report["sc_pocketsphinx_only"]["free_string_correct"] = transcript_accuracy(sc, "e")
 
+    if not args.no_phonemes:
+        t0 = time.perf_counter()
+        ph = load_recognizer(SttConfig(backend="phonemes"))
+        report["phonemes_load_s"] = time.perf_counter() - t0
+        sub = [t for i, t in enumerate(fsdd) if i % n < args.engine_strings]
+        t0 = time.perf_counter()
+        score_plain(ph, sub, "p")
+        report["fsdd_phonemes_only"] = two_fold(sub, "p", args.target_fa)
+        report["fsdd_phonemes_only"]["free_string_correct"] = transcript_accuracy(sub, "p")
+        report["fsdd_phonemes_score_s"] = time.perf_counter() - t0
+        score_plain(ph, sc, "p")
+        report["sc_phonemes_only"] = two_fold(sc, "p", args.target_fa)
+        report["sc_phonemes_only"]["free_string_correct"] = transcript_accuracy(sc, "p")
+
     report["replay_fsdd"] = replay_bench(fsdd, args.seed)
     report["enrollment_prompt_check"] = enrollment_check(fsdd, SttConfig().template_threshold)
     return latency_and_memory(args, rec, fsdd, report)
@@ -454,6 +481,11 @@ def latency_and_memory(
     report["latency_templates"] = latency_bench(rec, fsdd, 20, use_templates=True)
     report["latency_pocketsphinx_only"] = latency_bench(rec, fsdd, 20, use_templates=False)
     report["rss_mb_after_pocketsphinx_runs"] = rss_mb()
+    if not args.no_phonemes:
+        before = rss_mb()
+        ph = load_recognizer(SttConfig(backend="phonemes"))
+        report["latency_phonemes_only"] = latency_bench(ph, fsdd, 20, use_templates=False)
+        report["rss_mb_phonemes_added"] = rss_mb() - before
     if args.deepspeech_model:
         before = rss_mb()
         t0 = time.perf_counter()

@@ -466,7 +466,10 @@ class VoiceprintStore:
             except (ValueError, KeyError, TypeError):  # authentic but not a voiceprint
                 continue
         if rows and not out:
-            raise StoreError(f"{self.path}: none of its {len(rows)} voiceprints can be read")
+            raise StoreError(
+                f"{self.path}: none of its {len(rows)} voiceprint(s) can be read: each fails "
+                "authentication or is not a voiceprint (a damaged file, or another key)"
+            )
         return sorted(out, key=lambda v: v.name.casefold()), len(rows) - len(out)
 
     def _rows(self) -> list[tuple[bytes, bytes]]:

@@ -183,7 +183,7 @@ def test_identify_skips_a_damaged_voiceprint_and_still_finds_the_others(
     # Every row damaged (or a wrong key): the store as a whole is unreadable.
     _damage(store, "ben")
     _damage(store, "cat")
-    with pytest.raises(StoreError, match="none of its 3 voiceprints"):
+    with pytest.raises(StoreError, match="none of its 3 voiceprint"):
         sc.identify(v.utt(1)[0])
 
 

@@ -49,7 +49,7 @@ def say_digits(digits: str, speed: int = 150, pitch: int = 50) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def rec() -> Recognizer:
-    return load_recognizer(SttConfig())
+    return load_recognizer(SttConfig(backend="pocketsphinx"))
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +172,10 @@ def test_a_take_without_speech_gives_no_templates() -> None:
 
 def test_pocketsphinx_results_do_not_depend_on_earlier_answers() -> None:
     first, second = say_digits("40712", 140), say_digits("456", 160)
-    alone = load_recognizer(SttConfig()).check_prompt(first, digits_to_words("40712"))
-    rec = load_recognizer(SttConfig())
+    alone = load_recognizer(SttConfig(backend="pocketsphinx")).check_prompt(
+        first, digits_to_words("40712")
+    )
+    rec = load_recognizer(SttConfig(backend="pocketsphinx"))
     rec.check_prompt(second, digits_to_words("456"))
     rec.transcribe(second)
     after = rec.check_prompt(first, digits_to_words("40712"))

@@ -11,8 +11,13 @@ from voxgate.config.base import Section
 
 
 class SttConfig(Section):
-    backend: Literal["pocketsphinx", "deepspeech"] = Field(
-        "pocketsphinx", description="Speech-to-text engine for the spoken challenge."
+    backend: Literal["auto", "phonemes", "pocketsphinx", "deepspeech"] = Field(
+        "auto",
+        description="Speech-to-text engine for the spoken challenge, used when the person has "
+        "no enrolled digit templates: phonemes (hama's phoneme recogniser: far more accurate, "
+        "decodes after the answer), pocketsphinx (streams; weak on unknown voices), deepspeech "
+        "(a user-supplied model); auto: phonemes where hama runs (64-bit Linux), else "
+        "pocketsphinx. docs/challenge.md compares them.",
     )
     deepspeech_model: Path | None = Field(
         None,
@@ -35,6 +40,13 @@ class SttConfig(Section):
         le=0,
         description="Prompt check without templates, DeepSpeech: minimum per-word log-probability "
         "ratio of the prompt against the best free digit string.",
+    )
+    phonemes_threshold: float = Field(
+        -1.0,
+        ge=-100,
+        le=0,
+        description="Prompt check without templates, phonemes: minimum per-word log-probability "
+        "ratio of the prompt against the best free digit string (set from data).",
     )
     use_templates: bool = Field(
         True,

@@ -220,6 +220,7 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
             from voxgate import replay as replay_mod
 
             recognizer = stt.load_recognizer(cfg.stt)
+            log.info("speech engine for challenges: %s", recognizer.name)
             new_challenge = challenge.new_challenge
             speak = challenge.speak if cfg.challenge.speak else None
             replay = replay_mod.ReplayDetector(

@@ -1,10 +1,13 @@
-"""On-device speech-to-text for the spoken challenge (pocketsphinx default, DeepSpeech TFLite).
+"""On-device speech-to-text for the spoken challenge: phonemes (hama; the default where it runs),
+pocketsphinx, DeepSpeech TFLite.
 
 `load_recognizer(cfg)` gives a Recognizer with `transcribe`, `check_prompt` and the streaming
 `start(words).push()/.finish()`. Raises SttError for a missing or wrong model.
 """
 
 from __future__ import annotations
+
+import logging
 
 from voxgate.config.stt import SttConfig
 from voxgate.stt.base import (
@@ -19,6 +22,8 @@ from voxgate.stt.base import (
 from voxgate.stt.recognizer import Recognizer
 from voxgate.stt.templates import DigitTemplates, TemplateError, templates_from_takes
 
+log = logging.getLogger(__name__)
+
 
 def load_recognizer(cfg: SttConfig | None = None) -> Recognizer:
     cfg = cfg or SttConfig()
@@ -26,6 +31,15 @@ def load_recognizer(cfg: SttConfig | None = None) -> Recognizer:
         from voxgate.stt.deepspeech_backend import DeepSpeechEngine
 
         return Recognizer(cfg, DeepSpeechEngine(cfg))
+    if cfg.backend in ("phonemes", "auto"):
+        from voxgate.stt.phoneme_backend import PhonemeEngine
+
+        try:
+            return Recognizer(cfg, PhonemeEngine())
+        except SttError as exc:
+            if cfg.backend == "phonemes":
+                raise
+            log.warning("speech engine: %s; using pocketsphinx", exc)
     from voxgate.stt.pocketsphinx_backend import PocketsphinxEngine
 
     return Recognizer(cfg, PocketsphinxEngine(cfg.pocketsphinx_prompt_bias))

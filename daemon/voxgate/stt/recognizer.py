@@ -139,7 +139,10 @@ class _Stream(PromptStream):
                 reason = WRONG_COUNT if wrong_count else PROMPT_MISMATCH
             return self._result(ok, score, thr, a.free_digits, reason, "templates")
         # pocketsphinx decides inside its search (score +1/-1, the prior is its threshold).
-        thr = 0.0 if self.engine_name == "pocketsphinx" else self.cfg.deepspeech_threshold
+        thr = {
+            "pocketsphinx": 0.0,
+            "phonemes": self.cfg.phonemes_threshold,
+        }.get(self.engine_name, self.cfg.deepspeech_threshold)
         ok = score >= thr
         reason = None
         if not ok:

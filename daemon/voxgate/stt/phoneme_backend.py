@@ -1,0 +1,206 @@
+"""Phoneme engine: the speaker-independent phoneme recogniser that ships inside the PyPI
+package `hama` (Apache-2.0; its `asr_waveform` model, run by the package's own native
+library), with the digit words spelled in its phoneme set.
+
+The model maps 16 kHz audio to log-probabilities over its IPA tokens, a word-boundary token
+and the CTC blank, one row per 20 ms. The prompt check is the likelihood ratio the DeepSpeech
+engine uses: the best reading of the prompt against the best free digit string, both from a
+word-constrained CTC beam search, per word.
+
+The model reads its whole input at once (it looks far in both directions: run in
+overlapping windows while the person spoke, it accepted far fewer genuine answers), so an
+answer is decoded after the end of speech: about 0.2 s for 3 s of speech on one x86 core
+(benchmarks/bench_challenge.py measures it), several times that on a Raspberry Pi.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from voxgate.stt import ctc
+from voxgate.stt.base import (
+    DIGIT_WORDS,
+    Engine,
+    EngineStream,
+    SttError,
+    Transcript,
+    words_to_digits,
+)
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+# Each digit word as the model's tokens. The model was trained on transcripts phonemised by
+# hama's own G2P, which spells some English words oddly ("one" letter by letter, "two" with a
+# w), so each word has that spelling (`hama.G2PModel`, checked by the tests) and, where it
+# differs, the dictionary one. "oh" is not accepted: one vowel alone matches too much.
+LEXICON: dict[str, tuple[str, ...]] = {
+    "zero": ("z ɛ ɹ oʊ", "z ɪ ɹ oʊ"),
+    "one": ("o n e", "w ʌ n"),
+    "two": ("t w oʊ", "t u"),
+    "three": ("θ ɹ i",),
+    "four": ("f ɔ ɹ",),
+    "five": ("f aɪ v",),
+    "six": ("s ɪ k s",),
+    "seven": ("s ɛ v ə n",),
+    "eight": ("eɪ t",),
+    "nine": ("n aɪ n",),
+}
+WORD_BOUNDARY = "<wb>"
+BLANK = "<blank>"
+
+
+def load_model() -> Any:
+    """hama's ASR model object (its `session` runs the network). SttError when unusable."""
+    try:
+        from hama import ASRModel
+    except ImportError as exc:
+        raise SttError(
+            f"stt.backend phonemes needs the 'hama' package ({exc}); pip install hama==1.7.0"
+        ) from None
+    try:
+        return ASRModel()
+    except Exception as exc:  # its native library is missing on this platform, or a bad asset
+        raise SttError(
+            f"stt.backend phonemes: hama cannot load its model here ({exc}); hama ships its "
+            "engine for 64-bit Linux (x86_64, aarch64) only: use stt.backend: pocketsphinx"
+        ) from None
+
+
+class PhonemeEngine(Engine):
+    name = "phonemes"
+
+    def __init__(self, beam: int = 16, model: Any = None) -> None:
+        self.model = model if model is not None else load_model()
+        self.session = self.model.session
+        tokens = list(self.model.decoder_tokens)
+        if not tokens or tokens[-1] != BLANK or WORD_BOUNDARY not in tokens:
+            raise SttError("stt.backend phonemes: hama's token list is not the expected one")
+        self.classes = len(tokens)
+        self.index = index = {t: i for i, t in enumerate(tokens)}
+        self._g2p: Any = None
+        # ctc.PrefixBeam spells words in one-character symbols with " " between words:
+        # the word boundary token becomes " ", every other token a private-use character.
+        self.alphabet = "".join(
+            " " if t == WORD_BOUNDARY else chr(0xE000 + i) for i, t in enumerate(tokens[:-1])
+        )
+        self.spellings: dict[str, str] = {}  # spelling -> digit word
+        for word, forms in LEXICON.items():
+            for form in forms:
+                missing = [p for p in form.split() if p not in index]
+                if missing:
+                    raise SttError(f"stt.backend phonemes: the model has no token {missing[0]!r}")
+                self.spellings["".join(self.alphabet[index[p]] for p in form.split())] = word
+        self.beam = beam
+        probe = self.log_probs(np.zeros(SAMPLE_RATE // 2, np.float32))
+        if probe.ndim != 2 or probe.shape[1] != self.classes:
+            raise SttError(f"stt.backend phonemes: unexpected model output shape {probe.shape}")
+
+    def log_probs(self, audio: np.ndarray) -> np.ndarray:
+        """(rows, classes) log-probabilities for float audio in [-1, 1]."""
+        wav = np.ascontiguousarray(audio, dtype=np.float32).reshape(1, -1)
+        lp, n = self.session.run(
+            ["log_probs", "out_lengths"],
+            {"waveform": wav, "waveform_lengths": np.array([wav.shape[1]], np.int64)},
+        )
+        rows = int(np.asarray(n).reshape(-1)[0])
+        return np.asarray(lp, dtype=np.float64)[0, :rows]
+
+    def _search(self, sequence: list[set[str]] | None = None) -> ctc.PrefixBeam:
+        return ctc.PrefixBeam(list(self.spellings), self.beam, self.alphabet, sequence)
+
+    def transcribe(self, pcm: np.ndarray, digits_only: bool = False) -> Transcript:
+        logp = self.log_probs(np.asarray(pcm, np.float32) / 32768.0)
+        search = self._search()
+        search.push(logp)
+        spelled, _ = search.result()
+        text = " ".join(self.spellings[s] for s in spelled)
+        return Transcript(text, words_to_digits(text.split()), self.name)
+
+    def spell(self, words: tuple[str, ...]) -> list[int]:
+        """Token ids of a phrase as hama's G2P spells it, word boundaries between words (the
+        passphrase check; digit prompts use LEXICON)."""
+        if self._g2p is None:
+            from hama import G2PModel
+
+            self._g2p = G2PModel()
+        labels: list[int] = []
+        for word in words:
+            tokens = [a.phoneme for a in self._g2p.predict(word).alignments]
+            ids = [self.index[t] for t in tokens if t in self.index]
+            if not ids:
+                raise ValueError(f"the phonemes engine cannot spell {word!r}")
+            if labels:
+                labels.append(self.index[WORD_BOUNDARY])
+            labels += ids
+        return labels
+
+    def start_prompt(self, words: tuple[str, ...]) -> EngineStream:
+        if all(w in LEXICON for w in words):
+            return _PromptStream(self, words)
+        return _PhraseStream(self, words)
+
+
+class _PromptStream(EngineStream):
+    def __init__(self, engine: PhonemeEngine, words: tuple[str, ...]) -> None:
+        self.engine = engine
+        self.words = words
+        by_word: dict[str, set[str]] = {}
+        for spelling, word in engine.spellings.items():
+            by_word.setdefault(word, set()).add(spelling)
+        self.sequence = [by_word[w] for w in words]
+        self.parts: list[np.ndarray] = []
+
+    def push(self, pcm: np.ndarray) -> None:
+        self.parts.append(np.asarray(pcm, np.int16))
+
+    def finish(self) -> tuple[float, str]:
+        pcm = np.concatenate(self.parts) if self.parts else np.zeros(0, np.int16)
+        self.parts = []
+        if len(pcm) == 0:
+            return ctc.NEG, ""
+        logp = self.engine.log_probs(pcm.astype(np.float32) / 32768.0)
+        prompt = self.engine._search(self.sequence)
+        prompt.push(logp)
+        free = self.engine._search()
+        free.push(logp)
+        _, p_score = prompt.result()
+        spelled, f_score = free.result()
+        heard = " ".join(self.engine.spellings[s] for s in spelled)
+        if p_score <= ctc.NEG:
+            return ctc.NEG / 2, heard
+        # A beam can miss the true best; the ratio is capped at 0 (prompt = best).
+        return min(0.0, p_score - max(f_score, p_score)) / max(1, len(self.words)), heard
+
+
+class _PhraseStream(EngineStream):
+    """A fixed passphrase: its probability against the best path through any tokens."""
+
+    def __init__(self, engine: PhonemeEngine, words: tuple[str, ...]) -> None:
+        self.engine = engine
+        self.words = words
+        self.labels = engine.spell(words)
+        self.parts: list[np.ndarray] = []
+
+    def push(self, pcm: np.ndarray) -> None:
+        self.parts.append(np.asarray(pcm, np.int16))
+
+    def finish(self) -> tuple[float, str]:
+        pcm = np.concatenate(self.parts) if self.parts else np.zeros(0, np.int16)
+        self.parts = []
+        if len(pcm) == 0:
+            return ctc.NEG, ""
+        logp = self.engine.log_probs(pcm.astype(np.float32) / 32768.0)
+        prompt = ctc.sequence_log_prob(logp, self.labels)
+        free = ctc.best_path_log_prob(logp)
+        heard = ctc.greedy(logp, self.engine.alphabet)
+        tokens = {ch: t for t, ch in zip(self.engine.index, self.engine.alphabet, strict=False)}
+        heard = " ".join("".join(tokens.get(ch, "") for ch in w) for w in heard.split())
+        return min(0.0, prompt - max(free, prompt)) / max(1, len(self.words)), heard
+
+
+__all__ = ["DIGIT_WORDS", "LEXICON", "PhonemeEngine"]

@@ -1,0 +1,75 @@
+"""The phonemes engine (hama's phoneme recogniser) on real speech: espeak-ng here, the Speech
+Commands sample in tests/integration/test_stt_speech_commands.py."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voxgate.audio.file import read_audio
+from voxgate.config.stt import SttConfig
+from voxgate.stt import digits_to_words, load_recognizer
+from voxgate.stt.base import NO_SPEECH, PROMPT_MISMATCH
+from voxgate.stt.phoneme_backend import LEXICON, PhonemeEngine
+
+pytest.importorskip("hama")
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng missing")
+
+
+def say(text: str, voice: str = "en-us") -> np.ndarray:
+    with tempfile.TemporaryDirectory() as d:
+        wav = Path(d) / "a.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", "140", "-w", str(wav), text], check=True)
+        pcm = read_audio(wav)
+    pad = np.zeros(4800, np.int16)
+    return np.concatenate([pad, pcm, pad])
+
+
+@pytest.fixture(scope="module")
+def rec() -> object:
+    return load_recognizer(SttConfig(backend="phonemes"))
+
+
+def test_the_lexicon_holds_hamas_own_spelling_of_every_digit_word() -> None:
+    """The model learned from transcripts its G2P phonemised: that spelling must be listed."""
+    from hama import G2PModel
+
+    g2p = G2PModel()
+    for word, forms in LEXICON.items():
+        spelled = " ".join(a.phoneme for a in g2p.predict(word).alignments)
+        assert spelled in forms, (word, spelled)
+
+
+def test_a_spoken_prompt_is_accepted_and_other_digits_are_not(rec: object) -> None:
+    pcm = say("three, eight, four, six, five")
+    ok = rec.check_prompt(pcm, digits_to_words("38465"))  # type: ignore[attr-defined]
+    assert ok.ok and ok.method == "phonemes", ok
+    assert ok.transcript == "three eight four six five"
+    for other in ("12790", "38467", "83465"):
+        bad = rec.check_prompt(pcm, digits_to_words(other))  # type: ignore[attr-defined]
+        assert not bad.ok and bad.reason in (PROMPT_MISMATCH, "wrong_digit_count"), (other, bad)
+        assert bad.score < ok.score
+
+
+def test_silence_is_a_retry_not_a_mismatch(rec: object) -> None:
+    res = rec.check_prompt(np.zeros(32000, np.int16), digits_to_words("12345"))  # type: ignore[attr-defined]
+    assert not res.ok and res.reason == NO_SPEECH and res.retry
+
+
+def test_a_passphrase_is_spelled_by_the_g2p(rec: object) -> None:
+    pcm = say("open the gate")
+    ok = rec.check_prompt(pcm, ("open", "the", "gate"))  # type: ignore[attr-defined]
+    other = rec.check_prompt(pcm, ("seven", "blue", "horses"))  # type: ignore[attr-defined]
+    assert other.score < ok.score
+    assert not other.ok
+
+
+def test_transcribe_gives_digit_words() -> None:
+    engine = PhonemeEngine()
+    t = engine.transcribe(say("nine, two, seven"), digits_only=True)
+    assert t.digits == "927" and t.engine == "phonemes"
