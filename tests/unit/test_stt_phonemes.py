@@ -73,3 +73,19 @@ def test_transcribe_gives_digit_words() -> None:
     engine = PhonemeEngine()
     t = engine.transcribe(say("nine, two, seven"), digits_only=True)
     assert t.digits == "927" and t.engine == "phonemes"
+
+
+def test_noise_music_and_other_speech_are_denied(rec: object) -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(48000) / 16000
+    cases = {
+        "white noise": (rng.standard_normal(48000) * 6000).astype(np.int16),
+        "two tones": (
+            8000 * (np.sin(2 * np.pi * 440 * t) + 0.5 * np.sin(2 * np.pi * 660 * t))
+        ).astype(np.int16),
+        "laughter": say("ha ha ha ha ha ha"),
+        "a sentence": say("hello, how are you today, I would like to come in"),
+    }
+    for name, pcm in cases.items():
+        res = rec.check_prompt(pcm, digits_to_words("38465"))  # type: ignore[attr-defined]
+        assert not res.ok and not res.retry and res.score >= -1000.0, (name, res)

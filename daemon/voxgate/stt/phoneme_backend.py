@@ -51,6 +51,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     "nine": ("n aɪ n",),
 }
 WORD_BOUNDARY = "<wb>"
+NO_READING = -1000.0
 BLANK = "<blank>"
 
 
@@ -172,7 +173,9 @@ class _PromptStream(EngineStream):
         spelled, f_score = free.result()
         heard = " ".join(self.engine.spellings[s] for s in spelled)
         if p_score <= ctc.NEG:
-            return ctc.NEG / 2, heard
+            # No reading of the prompt survived the beam: far below any threshold, and a
+            # number the logs and the audit trail can show.
+            return NO_READING, heard
         # A beam can miss the true best; the ratio is capped at 0 (prompt = best).
         return min(0.0, p_score - max(f_score, p_score)) / max(1, len(self.words)), heard
 
