@@ -89,3 +89,19 @@ def test_noise_music_and_other_speech_are_denied(rec: object) -> None:
     for name, pcm in cases.items():
         res = rec.check_prompt(pcm, digits_to_words("38465"))  # type: ignore[attr-defined]
         assert not res.ok and not res.retry and res.score >= -1000.0, (name, res)
+
+
+def test_auto_falls_back_to_pocketsphinx_where_hama_cannot_run(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hama's native engine exists for 64-bit Linux only (not 32-bit Raspberry Pi OS):
+    without it `auto` uses pocketsphinx and says so, and `phonemes` is a clear start error."""
+    import hama._engine
+
+    from voxgate.stt.base import SttError
+
+    monkeypatch.setattr(hama._engine, "_LIB", None)  # what a platform without libhama has
+    assert load_recognizer(SttConfig()).name == "pocketsphinx"
+    assert "using pocketsphinx" in caplog.text
+    with pytest.raises(SttError, match=r"use stt\.backend: pocketsphinx"):
+        load_recognizer(SttConfig(backend="phonemes"))
