@@ -105,3 +105,27 @@ def test_auto_falls_back_to_pocketsphinx_where_hama_cannot_run(
     assert "using pocketsphinx" in caplog.text
     with pytest.raises(SttError, match=r"use stt\.backend: pocketsphinx"):
         load_recognizer(SttConfig(backend="phonemes"))
+
+
+def test_the_answer_is_decoded_during_the_quiet_before_the_utterance_ends() -> None:
+    """The decode starts once a quarter second of quiet follows speech (the VAD's hang-over
+    is longer), and finish() uses it; speech after that start is not lost."""
+    engine = PhonemeEngine()
+    words = digits_to_words("38465")
+    speech = say("three, eight, four, six, five")
+    quiet = np.zeros(8000, np.int16)  # 0.5 s, the default hang-over
+    whole = engine.start_prompt(words)
+    whole.push(np.concatenate([speech, quiet]))
+    expected = whole.finish()
+    stream = engine.start_prompt(words)
+    for chunk in np.array_split(np.concatenate([speech, quiet]), 60):
+        stream.push(chunk)
+    answer = stream.answer  # type: ignore[attr-defined]
+    assert answer.thread is not None and answer.upto < answer.n  # decoded before the end
+    assert stream.finish() == expected
+    # More speech after the background decode began: it is decoded, not dropped.
+    late = engine.start_prompt(digits_to_words("384657"))
+    for part in (speech, quiet, say("seven"), quiet):
+        late.push(part)
+    _, heard = late.finish()
+    assert heard == "three eight four six five seven"

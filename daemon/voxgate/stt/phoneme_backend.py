@@ -9,13 +9,17 @@ word-constrained CTC beam search, per word.
 
 The model reads its whole input at once (it looks far in both directions: run in
 overlapping windows while the person spoke, it accepted far fewer genuine answers), so an
-answer is decoded after the end of speech: about 0.2 s for 3 s of speech on one x86 core
-(benchmarks/bench_challenge.py measures it), several times that on a Raspberry Pi.
+answer is decoded once the person has stopped: about 80 ms per second of audio on one x86
+core, several times that on a Raspberry Pi. The daemon declares the end of an utterance only
+after the VAD's hang-over (0.5 s of quiet by default); the decode starts in the background as
+soon as a quarter second of quiet follows speech, so in the usual case only the searches are
+left when the utterance ends (`_Answer`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -50,6 +54,9 @@ LEXICON: dict[str, tuple[str, ...]] = {
     "eight": ("eɪ t",),
     "nine": ("n aɪ n",),
 }
+BLOCK = 320  # 20 ms: the unit of the quiet detector
+QUIET_RMS = 180.0  # int16 RMS of a block below this is quiet (about -45 dBFS)
+QUIET_BLOCKS = 13  # ~0.25 s of quiet after speech starts the background decode
 WORD_BOUNDARY = "<wb>"
 NO_READING = -1000.0
 BLANK = "<blank>"
@@ -97,6 +104,7 @@ class PhonemeEngine(Engine):
                     raise SttError(f"stt.backend phonemes: the model has no token {missing[0]!r}")
                 self.spellings["".join(self.alphabet[index[p]] for p in form.split())] = word
         self.beam = beam
+        self._run_lock = threading.Lock()  # one model run at a time (background decodes)
         probe = self.log_probs(np.zeros(SAMPLE_RATE // 2, np.float32))
         if probe.ndim != 2 or probe.shape[1] != self.classes:
             raise SttError(f"stt.backend phonemes: unexpected model output shape {probe.shape}")
@@ -104,10 +112,11 @@ class PhonemeEngine(Engine):
     def log_probs(self, audio: np.ndarray) -> np.ndarray:
         """(rows, classes) log-probabilities for float audio in [-1, 1]."""
         wav = np.ascontiguousarray(audio, dtype=np.float32).reshape(1, -1)
-        lp, n = self.session.run(
-            ["log_probs", "out_lengths"],
-            {"waveform": wav, "waveform_lengths": np.array([wav.shape[1]], np.int64)},
-        )
+        with self._run_lock:
+            lp, n = self.session.run(
+                ["log_probs", "out_lengths"],
+                {"waveform": wav, "waveform_lengths": np.array([wav.shape[1]], np.int64)},
+            )
         rows = int(np.asarray(n).reshape(-1)[0])
         return np.asarray(lp, dtype=np.float64)[0, :rows]
 
@@ -146,6 +155,73 @@ class PhonemeEngine(Engine):
         return _PhraseStream(self, words)
 
 
+class _Answer:
+    """An answer's audio, and its log-probabilities once it is over.
+
+    While audio comes in, 20 ms blocks are sorted into loud and quiet. When a quarter second
+    of quiet follows speech, the audio so far is decoded on a background thread. finish()
+    uses that result when nothing loud came after it (the rest is quiet, which only adds
+    blank rows), and decodes everything itself otherwise.
+    """
+
+    def __init__(self, engine: PhonemeEngine) -> None:
+        self.engine = engine
+        self.parts: list[np.ndarray] = []
+        self.n = 0
+        self.loud_end = 0  # sample index just after the last loud block
+        self.tail = np.zeros(0, np.int16)  # samples not yet in a whole block
+        self.quiet_blocks = 0
+        self.thread: threading.Thread | None = None
+        self.upto = 0  # samples the background decode covers
+        self.result: np.ndarray | None = None
+
+    def push(self, pcm: np.ndarray) -> None:
+        pcm = np.asarray(pcm, np.int16)
+        self.parts.append(pcm)
+        data = np.concatenate([self.tail, pcm]).astype(np.float32)
+        whole = len(data) // BLOCK
+        start = self.n - len(self.tail)
+        self.n += len(pcm)
+        self.tail = data[whole * BLOCK :].astype(np.int16)
+        if whole:
+            rms = np.sqrt((data[: whole * BLOCK].reshape(whole, BLOCK) ** 2).mean(axis=1))
+            loud = np.flatnonzero(rms >= QUIET_RMS)
+            if len(loud):
+                self.loud_end = start + (int(loud[-1]) + 1) * BLOCK
+                self.quiet_blocks = whole - 1 - int(loud[-1])
+            else:
+                self.quiet_blocks += whole
+        if (
+            self.loud_end > self.upto
+            and self.quiet_blocks >= QUIET_BLOCKS
+            and (self.thread is None or not self.thread.is_alive())
+        ):
+            self._start_background()
+
+    def _start_background(self) -> None:
+        audio = np.concatenate(self.parts).astype(np.float32) / 32768.0
+        self.upto, self.result = len(audio), None
+
+        def decode() -> None:
+            try:
+                self.result = self.engine.log_probs(audio)
+            except Exception as exc:  # finish() then decodes in the foreground
+                log.warning("background decode failed: %s", exc)
+
+        self.thread = threading.Thread(target=decode, name="phonemes-decode", daemon=True)
+        self.thread.start()
+
+    def log_probs(self) -> np.ndarray | None:
+        """The answer's rows; None when there was no audio at all."""
+        if self.n == 0:
+            return None
+        if self.thread is not None:
+            self.thread.join()
+            if self.result is not None and self.upto >= self.loud_end:
+                return self.result
+        return self.engine.log_probs(np.concatenate(self.parts).astype(np.float32) / 32768.0)
+
+
 class _PromptStream(EngineStream):
     def __init__(self, engine: PhonemeEngine, words: tuple[str, ...]) -> None:
         self.engine = engine
@@ -154,17 +230,15 @@ class _PromptStream(EngineStream):
         for spelling, word in engine.spellings.items():
             by_word.setdefault(word, set()).add(spelling)
         self.sequence = [by_word[w] for w in words]
-        self.parts: list[np.ndarray] = []
+        self.answer = _Answer(engine)
 
     def push(self, pcm: np.ndarray) -> None:
-        self.parts.append(np.asarray(pcm, np.int16))
+        self.answer.push(pcm)
 
     def finish(self) -> tuple[float, str]:
-        pcm = np.concatenate(self.parts) if self.parts else np.zeros(0, np.int16)
-        self.parts = []
-        if len(pcm) == 0:
+        logp = self.answer.log_probs()
+        if logp is None:
             return ctc.NEG, ""
-        logp = self.engine.log_probs(pcm.astype(np.float32) / 32768.0)
         prompt = self.engine._search(self.sequence)
         prompt.push(logp)
         free = self.engine._search()
@@ -187,17 +261,15 @@ class _PhraseStream(EngineStream):
         self.engine = engine
         self.words = words
         self.labels = engine.spell(words)
-        self.parts: list[np.ndarray] = []
+        self.answer = _Answer(engine)
 
     def push(self, pcm: np.ndarray) -> None:
-        self.parts.append(np.asarray(pcm, np.int16))
+        self.answer.push(pcm)
 
     def finish(self) -> tuple[float, str]:
-        pcm = np.concatenate(self.parts) if self.parts else np.zeros(0, np.int16)
-        self.parts = []
-        if len(pcm) == 0:
+        logp = self.answer.log_probs()
+        if logp is None:
             return ctc.NEG, ""
-        logp = self.engine.log_probs(pcm.astype(np.float32) / 32768.0)
         prompt = ctc.sequence_log_prob(logp, self.labels)
         free = ctc.best_path_log_prob(logp)
         heard = ctc.greedy(logp, self.engine.alphabet)
