@@ -169,7 +169,9 @@ class Scorer:
                 log.warning("identify: %s skipped (enrolled with %s)", vp.name, vp.model_id)
                 continue
             prints.append(vp)
-        threshold = self.threshold(len(prints))
+        # Damaged rows still count: the 1:N threshold keeps the false-match bound of the
+        # enrolled set rather than loosening with every row lost.
+        threshold = self.threshold(len(prints) + damaged)
         if not prints:
             return SpeakerResult(
                 None, float("-inf"), float("-inf"), threshold, False, q_ok, (*reasons, "no_users")

@@ -14,9 +14,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import STANDARD_USERS, Broker, standard_acl
+from broker import MOSQUITTO_PASSWD, STANDARD_USERS, Broker, standard_acl
 from mqtt_helpers import REPO, ActuatorProcess, Recorder, link_config, wait_until, write_key
 
+from voxgate.config.mqtt import MqttConfig
 from voxgate.decision import Issuer, SequenceCounter, verify
 from voxgate.mqtt.client import MqttLink, MqttSetupError
 from voxgate.mqtt.commands import make_command, read_reply
@@ -564,3 +565,35 @@ def test_a_new_process_does_not_resume_the_last_ones_session(
     finally:
         admin.disconnect()
         admin.loop_stop()
+
+
+def test_a_refused_first_connect_still_starts_a_fresh_session(
+    make_broker: Callable[..., Broker], tmp_path: Path
+) -> None:
+    """paho took a refused CONNACK (here: a password the broker does not know yet) for the
+    first connect, and the retry resumed the last process's session (clean start 0), with the
+    commands it may have held (found in review)."""
+    users = {**STANDARD_USERS, "device": "not-yet"}
+    broker = make_broker(users=users, acl=standard_acl())
+    settings = broker.mqtt_settings("device")
+    secret = tmp_path / "device.password"
+    secret.write_text(STANDARD_USERS["device"] + "\n")
+    secret.chmod(0o600)
+    settings.update({"password_file": str(secret), "reconnect_min_s": 0.5, "reconnect_max_s": 0.5})
+    link = MqttLink(MqttConfig.model_validate(settings), DEV, decision_key=DKEY, command_key=CKEY)
+    link.start()
+    try:
+        wait_until(lambda: link.stats["connect_failures"] >= 1, 10, "a refused connect")
+        # The broker learns the password: its file rewritten and hashed as the fixture does.
+        passwd = broker.directory / "passwd"
+        passwd.write_text("".join(f"{u}:{p}\n" for u, p in STANDARD_USERS.items()))
+        subprocess.run([str(MOSQUITTO_PASSWD), "-U", str(passwd)], check=True, timeout=30)
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)  # mosquitto reloads its password file
+        wait_until(lambda: link.connected, 15, "the link connected")
+        joined = [
+            line for line in broker.log_text().splitlines() if "as voxgate-front-door" in line
+        ]
+        assert joined and "c1," in joined[-1], joined
+    finally:
+        link.stop()

@@ -175,6 +175,7 @@ def test_identify_skips_a_damaged_voiceprint_and_still_finds_the_others(
     sc = _scorer(store)
     hit = sc.identify(v.utt(1)[0])
     assert hit.accepted and hit.user == "ben"
+    assert hit.threshold == sc.threshold(3)  # the damaged row still counts for the 1:N bound
     assert "1 voiceprint(s)" in caplog.text and "skipped" in caplog.text
     assert not sc.identify(v.utt(0)[0]).accepted  # ann's own voice finds nobody
     assert [p.name for p in store.readable()[0]] == ["ben", "cat"]

@@ -160,6 +160,7 @@ class MqttLink:
         # (it crashed) would come back within the start-up skew, its nonce memory gone, and
         # run twice. The id is the device id, unique in a deployment (its topics are).
         self._session_s = session_seconds(cfg)
+        self._connected_once = False
         self._client = build_client(cfg, cfg.client_id or f"voxgate-{device_id}", self._session_s)
         self._client.will_set(self.topics.status, b"offline", qos=1, retain=True)
         self._client.on_connect = self._on_connect
@@ -548,7 +549,12 @@ class MqttLink:
             self._count("connect_failures")
             self.connection_state = f"refused: {reason_code}"
             log.error("MQTT: broker refused the connection: %s (retrying)", reason_code)
+            if not self._connected_once and hasattr(client, "_mqttv5_first_connect"):
+                # paho counts a refused CONNACK as the first connect and would resume the last
+                # process's session on the retry: keep the next attempt a clean start.
+                client._mqttv5_first_connect = True
             return
+        self._connected_once = True
         # Runs before paho re-sends its queue, so stale messages never leave.
         now = time.time()
         with self._out_lock:

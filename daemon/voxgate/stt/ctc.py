@@ -14,6 +14,7 @@ import numpy as np
 # DeepSpeech 0.9.3 English alphabet: space, a-z, apostrophe; the blank follows (index 28).
 ALPHABET = " abcdefghijklmnopqrstuvwxyz'"
 NEG = -1e30
+NO_READING = -1000.0  # a prompt score far below any threshold that logs can still show
 
 
 def encode(text: str, alphabet: str = ALPHABET) -> list[int]:
@@ -167,6 +168,11 @@ class PrefixBeam:
         ranked = sorted(nxt.items(), key=lambda kv: -_lse(*kv[1]))
         self.beams = dict(ranked[: self.beam])
 
+    def best_any(self) -> float:
+        """The best log-probability of any prefix kept, complete or ending inside a word: what
+        a prompt is compared with (when every prefix ends inside a word, result() has none)."""
+        return max((_lse(pb, pnb) for pb, pnb in self.beams.values()), default=NEG)
+
     def result(self) -> tuple[list[str], float]:
         """Best complete word sequence and its (beam) log-probability."""
         best_words: list[str] = []
@@ -205,3 +211,16 @@ def greedy(logp: np.ndarray, alphabet: str = ALPHABET) -> str:
 
 def best_path_log_prob(logp: np.ndarray) -> float:
     return float(logp.max(1).sum()) if len(logp) else NEG
+
+
+def prompt_ratio(prompt: float, free: float, words: int) -> float:
+    """Per-word log-probability ratio of a prompt against the best free reading, at most 0.
+
+    Fails closed: a prompt with no reading, or anything not finite, gives NO_READING; a free
+    search with no reading is not a reason to accept (the caller passes the best of any
+    prefix it kept, complete or not).
+    """
+    if not (math.isfinite(prompt) and math.isfinite(free)) or prompt <= NEG:
+        return NO_READING
+    # A beam can miss the true best; the ratio is capped at 0 (prompt = best).
+    return min(0.0, prompt - max(free, prompt)) / max(1, words)

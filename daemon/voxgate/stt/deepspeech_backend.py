@@ -282,10 +282,9 @@ class _DsStream(EngineStream):
         prompt = max(f.result() for f in self.prompts)
         if self.digits:
             free_words, free = self.beam.result()
+            free = max(free, self.beam.best_any())
             heard = " ".join(free_words)
         else:
             heard = ctc.greedy(logp)
             free = ctc.best_path_log_prob(logp)
-        # A beam can miss the true best; the ratio is capped at 0 (prompt = best).
-        score = min(0.0, prompt - max(free, prompt)) / max(1, len(self.words))
-        return score, heard
+        return ctc.prompt_ratio(prompt, free, len(self.words)), heard

@@ -19,6 +19,7 @@ left when the utterance ends (`_Answer`).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import Any
 
@@ -58,7 +59,9 @@ BLOCK = 320  # 20 ms: the unit of the quiet detector
 QUIET_RMS = 180.0  # int16 RMS of a block below this is quiet (about -45 dBFS)
 QUIET_BLOCKS = 13  # ~0.25 s of quiet after speech starts the background decode
 WORD_BOUNDARY = "<wb>"
-NO_READING = -1000.0
+# What an English spelling may contain: IPA letters and their modifiers, not tone marks,
+# digits or spaces (which the G2P gives for words it takes for another language).
+PHONE_RE = re.compile(r"^[a-zæçðŋœøɐ-ʯβθχˈˌːʰʲʷ̩̃͡]+$")
 BLANK = "<blank>"
 
 
@@ -68,14 +71,16 @@ def load_model() -> Any:
         from hama import ASRModel
     except ImportError as exc:
         raise SttError(
-            f"stt.backend phonemes needs the 'hama' package ({exc}); pip install hama==1.7.0"
+            f"stt.backend phonemes needs the 'hama' package, a dependency of voxgate ({exc}); "
+            "reinstall voxgate, or pip install hama==1.7.0"
         ) from None
     try:
         return ASRModel()
     except Exception as exc:  # its native library is missing on this platform, or a bad asset
         raise SttError(
             f"stt.backend phonemes: hama cannot load its model here ({exc}); hama ships its "
-            "engine for 64-bit Linux (x86_64, aarch64) only: use stt.backend: pocketsphinx"
+            "engine for 64-bit Linux (x86_64, aarch64) and macOS only: use stt.backend: "
+            "pocketsphinx"
         ) from None
 
 
@@ -96,6 +101,8 @@ class PhonemeEngine(Engine):
         self.alphabet = "".join(
             " " if t == WORD_BOUNDARY else chr(0xE000 + i) for i, t in enumerate(tokens[:-1])
         )
+        self.token_of = dict(zip(self.alphabet, tokens[:-1], strict=True))
+        self._spelled: dict[tuple[str, ...], list[int]] = {}
         self.spellings: dict[str, str] = {}  # spelling -> digit word
         for word, forms in LEXICON.items():
             for form in forms:
@@ -120,8 +127,10 @@ class PhonemeEngine(Engine):
         rows = int(np.asarray(n).reshape(-1)[0])
         return np.asarray(lp, dtype=np.float64)[0, :rows]
 
-    def _search(self, sequence: list[set[str]] | None = None) -> ctc.PrefixBeam:
-        return ctc.PrefixBeam(list(self.spellings), self.beam, self.alphabet, sequence)
+    def _search(
+        self, sequence: list[set[str]] | None = None, beam: int | None = None
+    ) -> ctc.PrefixBeam:
+        return ctc.PrefixBeam(list(self.spellings), beam or self.beam, self.alphabet, sequence)
 
     def transcribe(self, pcm: np.ndarray, digits_only: bool = False) -> Transcript:
         logp = self.log_probs(np.asarray(pcm, np.float32) / 32768.0)
@@ -134,19 +143,27 @@ class PhonemeEngine(Engine):
     def spell(self, words: tuple[str, ...]) -> list[int]:
         """Token ids of a phrase as hama's G2P spells it, word boundaries between words (the
         passphrase check; digit prompts use LEXICON)."""
+        # Letters only: with punctuation ("gate.") hama's G2P switches to another language's
+        # rules and spells tone marks, and the phrase was then denied to everyone.
+        clean = tuple(w for w in (re.sub(r"[^a-z']", "", w.lower()) for w in words) if w)
+        if clean in self._spelled:
+            return self._spelled[clean]
+        if not clean:
+            raise ValueError("the passphrase has no letters to spell")
         if self._g2p is None:
             from hama import G2PModel
 
             self._g2p = G2PModel()
         labels: list[int] = []
-        for word in words:
+        for word in clean:
             tokens = [a.phoneme for a in self._g2p.predict(word).alignments]
-            ids = [self.index[t] for t in tokens if t in self.index]
-            if not ids:
-                raise ValueError(f"the phonemes engine cannot spell {word!r}")
+            odd = [t for t in tokens if t not in self.index or not PHONE_RE.match(t)]
+            if odd or not tokens:
+                raise ValueError(f"the phonemes engine cannot spell {word!r} (got {tokens})")
             if labels:
                 labels.append(self.index[WORD_BOUNDARY])
-            labels += ids
+            labels += [self.index[t] for t in tokens]
+        self._spelled[clean] = labels
         return labels
 
     def start_prompt(self, words: tuple[str, ...]) -> EngineStream:
@@ -239,19 +256,18 @@ class _PromptStream(EngineStream):
         logp = self.answer.log_probs()
         if logp is None:
             return ctc.NEG, ""
-        prompt = self.engine._search(self.sequence)
+        # The prompt search holds few readings, so a wider beam is cheap; at 16 a genuine
+        # 10-digit answer could lose every complete reading.
+        prompt = self.engine._search(self.sequence, max(self.engine.beam, 4 * len(self.words)))
         prompt.push(logp)
         free = self.engine._search()
         free.push(logp)
         _, p_score = prompt.result()
         spelled, f_score = free.result()
         heard = " ".join(self.engine.spellings[s] for s in spelled)
-        if p_score <= ctc.NEG:
-            # No reading of the prompt survived the beam: far below any threshold, and a
-            # number the logs and the audit trail can show.
-            return NO_READING, heard
-        # A beam can miss the true best; the ratio is capped at 0 (prompt = best).
-        return min(0.0, p_score - max(f_score, p_score)) / max(1, len(self.words)), heard
+        # Against the best prefix the free search kept, complete or not: a recording cut
+        # off inside a word left it no complete reading, and was accepted with score 0.
+        return ctc.prompt_ratio(p_score, max(f_score, free.best_any()), len(self.words)), heard
 
 
 class _PhraseStream(EngineStream):
@@ -273,9 +289,10 @@ class _PhraseStream(EngineStream):
         prompt = ctc.sequence_log_prob(logp, self.labels)
         free = ctc.best_path_log_prob(logp)
         heard = ctc.greedy(logp, self.engine.alphabet)
-        tokens = {ch: t for t, ch in zip(self.engine.index, self.engine.alphabet, strict=False)}
-        heard = " ".join("".join(tokens.get(ch, "") for ch in w) for w in heard.split())
-        return min(0.0, prompt - max(free, prompt)) / max(1, len(self.words)), heard
+        heard = " ".join(
+            "".join(self.engine.token_of.get(ch, "") for ch in w) for w in heard.split()
+        )
+        return ctc.prompt_ratio(prompt, free, len(self.words)), heard
 
 
 __all__ = ["DIGIT_WORDS", "LEXICON", "PhonemeEngine"]
