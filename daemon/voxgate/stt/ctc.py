@@ -168,11 +168,6 @@ class PrefixBeam:
         ranked = sorted(nxt.items(), key=lambda kv: -_lse(*kv[1]))
         self.beams = dict(ranked[: self.beam])
 
-    def best_any(self) -> float:
-        """The best log-probability of any prefix kept, complete or ending inside a word: what
-        a prompt is compared with (when every prefix ends inside a word, result() has none)."""
-        return max((_lse(pb, pnb) for pb, pnb in self.beams.values()), default=NEG)
-
     def result(self) -> tuple[list[str], float]:
         """Best complete word sequence and its (beam) log-probability."""
         best_words: list[str] = []
@@ -216,11 +211,11 @@ def best_path_log_prob(logp: np.ndarray) -> float:
 def prompt_ratio(prompt: float, free: float, words: int) -> float:
     """Per-word log-probability ratio of a prompt against the best free reading, at most 0.
 
-    Fails closed: a prompt with no reading, or anything not finite, gives NO_READING; a free
-    search with no reading is not a reason to accept (the caller passes the best of any
-    prefix it kept, complete or not).
+    Fails closed: NO_READING when the prompt has no reading, when the free search has none
+    (every prefix it kept ended inside a word, as in a recording cut off mid-word: the ratio
+    used to come out 0 there and accept any prompt), or when anything is not finite.
     """
-    if not (math.isfinite(prompt) and math.isfinite(free)) or prompt <= NEG:
+    if not (math.isfinite(prompt) and math.isfinite(free)) or prompt <= NEG or free <= NEG:
         return NO_READING
     # A beam can miss the true best; the ratio is capped at 0 (prompt = best).
     return min(0.0, prompt - max(free, prompt)) / max(1, words)

@@ -282,7 +282,6 @@ class _DsStream(EngineStream):
         prompt = max(f.result() for f in self.prompts)
         if self.digits:
             free_words, free = self.beam.result()
-            free = max(free, self.beam.best_any())
             heard = " ".join(free_words)
         else:
             heard = ctc.greedy(logp)

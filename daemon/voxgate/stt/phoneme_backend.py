@@ -256,18 +256,17 @@ class _PromptStream(EngineStream):
         logp = self.answer.log_probs()
         if logp is None:
             return ctc.NEG, ""
-        # The prompt search holds few readings, so a wider beam is cheap; at 16 a genuine
-        # 10-digit answer could lose every complete reading.
-        prompt = self.engine._search(self.sequence, max(self.engine.beam, 4 * len(self.words)))
+        # At 16 a genuine 10-digit answer could lose every complete reading of the prompt;
+        # the free search is as wide, so it keeps whatever reading the prompt search keeps.
+        beam = max(self.engine.beam, 4 * len(self.words))
+        prompt = self.engine._search(self.sequence, beam)
         prompt.push(logp)
-        free = self.engine._search()
+        free = self.engine._search(None, beam)
         free.push(logp)
         _, p_score = prompt.result()
         spelled, f_score = free.result()
         heard = " ".join(self.engine.spellings[s] for s in spelled)
-        # Against the best prefix the free search kept, complete or not: a recording cut
-        # off inside a word left it no complete reading, and was accepted with score 0.
-        return ctc.prompt_ratio(p_score, max(f_score, free.best_any()), len(self.words)), heard
+        return ctc.prompt_ratio(p_score, f_score, len(self.words)), heard
 
 
 class _PhraseStream(EngineStream):
