@@ -425,10 +425,17 @@ class VoiceprintStore:
     def _old_row(self, sealed: bytes, uid: bytes, name: str) -> Voiceprint | None:
         """The voiceprint a re-enrollment replaces; None when its row is damaged (re-enrolling
         is how a damaged row is repaired, so it must not be refused)."""
+        vp = self._try_open(sealed, uid)
+        if vp is None:
+            log.warning("the stored voiceprint of %s cannot be read (damaged); replacing it", name)
+        return vp
+
+    def _try_open(self, sealed: bytes, uid: bytes) -> Voiceprint | None:
+        """The row's voiceprint, or None when it fails authentication (damaged, another key)
+        or is authentic but not a voiceprint."""
         try:
             return self._unpack(self._unseal(sealed, uid))
         except (StoreError, ValueError, KeyError, TypeError):
-            log.warning("the stored voiceprint of %s cannot be read (damaged); replacing it", name)
             return None
 
     def get(self, name: str, model_id: str | None = None) -> Voiceprint | None:
@@ -457,14 +464,7 @@ class VoiceprintStore:
         another key). StoreError when there are rows and none opens: then the store as a
         whole is unreadable (a wrong key or a damaged file), not one row."""
         rows = self._rows()
-        out = []
-        for uid, sealed in rows:
-            try:
-                out.append(self._unpack(self._unseal(sealed, uid)))
-            except StoreError:
-                continue
-            except (ValueError, KeyError, TypeError):  # authentic but not a voiceprint
-                continue
+        out = [vp for uid, sealed in rows if (vp := self._try_open(sealed, uid)) is not None]
         if rows and not out:
             raise StoreError(
                 f"{self.path}: none of its {len(rows)} voiceprint(s) can be read: each fails "

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.store_helpers import damage_row
 from voxgate.config import parse_config
 from voxgate.fleet import Codec, FleetKeys, FleetSync, public_key_hex
 from voxgate.voiceprints import VoiceprintStore
@@ -92,29 +93,16 @@ def test_shrunken_access_map_erases_fleet_users_at_start(tmp_path: Path) -> None
     assert [u.name for u in door.store.users()] == ["bob", "carol"]
 
 
-def _damage(store: VoiceprintStore, name: str) -> None:
-    import sqlite3
-
-    uid = store._user_id(name)
-    con = sqlite3.connect(store.path)
-    (sealed,) = con.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()
-    bad = bytearray(sealed)
-    bad[40] ^= 0xFF
-    con.execute("UPDATE voiceprints SET sealed = ? WHERE id = ?", (bytes(bad), uid))
-    con.commit()
-    con.close()
-
-
 def test_a_damaged_voiceprint_neither_stops_the_start_nor_blocks_its_repair(tmp_path: Path) -> None:
     """A damaged row used to make enforce_access raise, and the daemon with fleet sync did not
     start; a fleet re-enrollment of that user could not replace the row either."""
     door = _door(tmp_path, ["lobby"], {"lobby": ["alice", "bob"]})
     door.handle(*_vp("lobby", "alice", 1))
     door.handle(*_vp("lobby", "bob", 1))
-    _damage(door.store, "bob")
+    damage_row(door.store, "bob")
     door.cfg = door.cfg.model_copy(update={"access": {"lobby": ["bob"]}})
     assert door.enforce_access() == ["alice"]  # the readable rows are still checked
     assert door.handle(*_vp("lobby", "bob", 2)) == "stored"  # the new version repairs the row
     assert door.store.get("bob").meta["fleet_version"] == 2
-    _damage(door.store, "bob")  # nothing readable left at all: logged, not raised
+    damage_row(door.store, "bob")  # nothing readable left at all: logged, not raised
     assert door.enforce_access() == []

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tests.store_helpers import damage_row
 from voxgate import cohort as cohortmod
 from voxgate.config.speaker import SpeakerConfig
 from voxgate.quality import Quality
@@ -150,28 +151,13 @@ def test_identify_open_set(enrolled: tuple[VoiceprintStore, Voices]) -> None:
     assert sc.threshold(3) > sc.threshold(1)
 
 
-def _damage(store: VoiceprintStore, name: str) -> None:
-    """Flip one byte of a user's sealed row, as a bad SD card sector would."""
-    import sqlite3
-
-    uid = store._user_id(name)
-    con = sqlite3.connect(store.path)
-    sealed = bytearray(
-        con.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()[0]
-    )
-    sealed[40] ^= 0xFF
-    con.execute("UPDATE voiceprints SET sealed = ? WHERE id = ?", (bytes(sealed), uid))
-    con.commit()
-    con.close()
-
-
 def test_identify_skips_a_damaged_voiceprint_and_still_finds_the_others(
     enrolled: tuple[VoiceprintStore, Voices], caplog: pytest.LogCaptureFixture
 ) -> None:
     """One damaged row used to deny every user of an identify-mode door; now only its owner
     (who cannot be verified anyway) is missing, with an error line per attempt."""
     store, v = enrolled
-    _damage(store, "ann")
+    damage_row(store, "ann")
     sc = _scorer(store)
     hit = sc.identify(v.utt(1)[0])
     assert hit.accepted and hit.user == "ben"
@@ -182,8 +168,8 @@ def test_identify_skips_a_damaged_voiceprint_and_still_finds_the_others(
     with pytest.raises(StoreError, match="fails authentication"):
         store.all()  # listing and export stay strict
     # Every row damaged (or a wrong key): the store as a whole is unreadable.
-    _damage(store, "ben")
-    _damage(store, "cat")
+    damage_row(store, "ben")
+    damage_row(store, "cat")
     with pytest.raises(StoreError, match="none of its 3 voiceprint"):
         sc.identify(v.utt(1)[0])
 

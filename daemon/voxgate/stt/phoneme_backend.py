@@ -239,14 +239,12 @@ class _Answer:
         return self.engine.log_probs(np.concatenate(self.parts).astype(np.float32) / 32768.0)
 
 
-class _PromptStream(EngineStream):
+class _AnswerStream(EngineStream):
+    """Buffers the answer (_Answer); finish() scores its rows once the answer is over."""
+
     def __init__(self, engine: PhonemeEngine, words: tuple[str, ...]) -> None:
         self.engine = engine
         self.words = words
-        by_word: dict[str, set[str]] = {}
-        for spelling, word in engine.spellings.items():
-            by_word.setdefault(word, set()).add(spelling)
-        self.sequence = [by_word[w] for w in words]
         self.answer = _Answer(engine)
 
     def push(self, pcm: np.ndarray) -> None:
@@ -256,6 +254,21 @@ class _PromptStream(EngineStream):
         logp = self.answer.log_probs()
         if logp is None:
             return ctc.NEG, ""
+        return self._score(logp)
+
+    def _score(self, logp: np.ndarray) -> tuple[float, str]:
+        raise NotImplementedError
+
+
+class _PromptStream(_AnswerStream):
+    def __init__(self, engine: PhonemeEngine, words: tuple[str, ...]) -> None:
+        super().__init__(engine, words)
+        by_word: dict[str, set[str]] = {}
+        for spelling, word in engine.spellings.items():
+            by_word.setdefault(word, set()).add(spelling)
+        self.sequence = [by_word[w] for w in words]
+
+    def _score(self, logp: np.ndarray) -> tuple[float, str]:
         # At 16 a genuine 10-digit answer could lose every complete reading of the prompt;
         # the free search is as wide, so it keeps whatever reading the prompt search keeps.
         beam = max(self.engine.beam, 4 * len(self.words))
@@ -269,22 +282,14 @@ class _PromptStream(EngineStream):
         return ctc.prompt_ratio(p_score, f_score, len(self.words)), heard
 
 
-class _PhraseStream(EngineStream):
+class _PhraseStream(_AnswerStream):
     """A fixed passphrase: its probability against the best path through any tokens."""
 
     def __init__(self, engine: PhonemeEngine, words: tuple[str, ...]) -> None:
-        self.engine = engine
-        self.words = words
+        super().__init__(engine, words)
         self.labels = engine.spell(words)
-        self.answer = _Answer(engine)
 
-    def push(self, pcm: np.ndarray) -> None:
-        self.answer.push(pcm)
-
-    def finish(self) -> tuple[float, str]:
-        logp = self.answer.log_probs()
-        if logp is None:
-            return ctc.NEG, ""
+    def _score(self, logp: np.ndarray) -> tuple[float, str]:
         prompt = ctc.sequence_log_prob(logp, self.labels)
         free = ctc.best_path_log_prob(logp)
         heard = ctc.greedy(logp, self.engine.alphabet)
