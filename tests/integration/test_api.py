@@ -298,6 +298,27 @@ def test_a_full_oversized_upload_is_refused_too(api: dict) -> None:
     assert api["store"].get("carol") is None
 
 
+def test_a_wrong_method_names_the_allowed_ones_in_json(api: dict) -> None:
+    """A 405 must carry Allow (RFC 9110); OPTIONS answered an empty text/html body."""
+    c = api["client"]
+    status, body, resp = c.request("PUT", "/api/v1/users/alice")
+    assert status == 405 and body["error"] == "method_not_allowed"
+    assert {m.strip() for m in resp.getheader("Allow", "").split(",")} >= {"POST", "DELETE"}
+    status, body, resp = c.request("OPTIONS", "/api/v1/users")
+    assert status == 200 and "GET" in body["allow"] and "GET" in resp.getheader("Allow", "")
+
+
+def test_each_request_is_logged_once_without_terminal_codes(
+    api: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """werkzeug's own access line repeated the app's, with colour codes inside the JSON log."""
+    caplog.set_level(logging.INFO)
+    api["client"].request("GET", "/api/v1/nothing-here")
+    lines = [r.getMessage() for r in caplog.records if "nothing-here" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("API GET /api/v1/nothing-here -> 404")
+    assert not any("\x1b" in r.getMessage() for r in caplog.records)
+
+
 def _wav_claiming(rate: int, samples: int = 8000) -> bytes:
     """A small 16-bit mono WAV whose header says `rate` (any value the field can hold)."""
     data = b"\x00\x01" * samples

@@ -99,6 +99,11 @@ def create_app(
 
     @app.after_request
     def _log(resp: Response) -> Response:
+        if request.method == "OPTIONS" and resp.status_code == 200 and not resp.data:
+            # Flask's automatic answer is an empty text/html body; say the same in JSON.
+            allow = resp.headers.get("Allow", "")
+            resp = jsonify({"allow": [m.strip() for m in allow.split(",") if m.strip()]})
+            resp.headers["Allow"] = allow
         t0 = getattr(g, "t0", None)
         ms = (time.monotonic() - t0) * 1000 if t0 is not None else 0.0
         log.info("API %s %s -> %d (%.0f ms)", request.method, request.path, resp.status_code, ms)
@@ -111,7 +116,11 @@ def create_app(
             msg = f"request body larger than {cfg.api.max_upload_mb:g} MB (api.max_upload_mb)"
         else:
             msg = exc.description or exc.name
-        return _error(exc.code or 500, code, msg)
+        resp, status = _error(exc.code or 500, code, msg)
+        for name, value in exc.get_headers():  # e.g. the Allow list a 405 must carry
+            if name.lower() != "content-type":
+                resp.headers[name] = value
+        return resp, status
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

@@ -24,6 +24,11 @@ class ApiServer:
             raise OSError(
                 errno.EADDRINUSE, "address already in use or not available", f"{host}:{port}"
             ) from None
+        # The app logs every request once (method, path, status, time); werkzeug's own access
+        # line repeated it, with terminal colour codes inside the JSON log and the journal.
+        access = logging.getLogger("werkzeug")
+        if access.level == logging.NOTSET:  # unless logging.modules sets it
+            access.setLevel(logging.WARNING)
         self.host = host
         self.port = int(self._server.server_port)
         self._thread: threading.Thread | None = None
