@@ -503,6 +503,24 @@ def test_decisions_held_over_an_outage_reach_the_lock_before_newer_ones(
         actuator.stop()
 
 
+def test_decisions_still_held_at_stop_are_reported(
+    broker: Broker,
+    link_factory: Callable[..., MqttLink],
+    issuer: Issuer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stop while the broker is away dropped the held decisions without a word."""
+    link = link_factory()
+    wait_until(lambda: link.connected, 10, "link connected")
+    broker.kill()
+    wait_until(lambda: not link.connected, 10, "the link notices")
+    for user in ("alice", "bob"):
+        assert link.publish_decision(issuer.issue("granted", user, time.time()))
+    link.stop()
+    warned = [r.getMessage() for r in caplog.records if "never acknowledged" in r.getMessage()]
+    assert warned and warned[0].startswith("MQTT: stopping with 2 decision(s)")
+
+
 def test_a_command_sent_while_the_link_reconnects_is_run_when_it_is_back(
     broker: Broker, link_factory: Callable[..., MqttLink]
 ) -> None:

@@ -228,6 +228,13 @@ class MqttLink:
             info = self._client.publish(self.topics.status, b"offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout)
+        undelivered = self.pending_decisions()
+        if undelivered:  # expiring anyway; said, so a missing decision has an explanation
+            log.warning(
+                "MQTT: stopping with %d decision(s) the broker never acknowledged (held while "
+                "it was unreachable); they are in the audit log only",
+                undelivered,
+            )
         self._client.disconnect()
         self._client.loop_stop()
         self._work.put(None)
