@@ -33,7 +33,8 @@ def test_speech_commands_digits_without_templates(shared_data: Path) -> None:
         other = rng.choice([w for w in DIGIT_WORDS if w != row["text"]])
         genuine += rec.check_prompt(pcm, (row["text"],)).ok
         wrong += rec.check_prompt(pcm, (other,)).ok
-    # Measured with this seed: 98 of 100 accepted, 1 of 100 other digits accepted
-    # (benchmarks/bench_challenge.py reports held-out figures; docs/challenge.md).
+    # Measured with this seed at the shipped threshold: 98 of 100 accepted, 1 of 100 other
+    # digits accepted (benchmarks/bench_challenge.py scores every other digit and reports
+    # held-out figures; docs/challenge.md).
     assert genuine / len(rows) >= 0.95
     assert wrong / len(rows) <= 0.02

@@ -73,6 +73,18 @@ def test_a_passphrase_is_spelled_by_the_g2p(rec: object) -> None:
     assert dotted.score == ok.score
 
 
+def test_a_passphrase_has_its_own_threshold(rec: object) -> None:
+    """Against the best path through any tokens a genuine phrase scores far lower than a
+    digit prompt against the digit loop: with the digit threshold this one was denied in
+    every voice tried (-1.1 to -1.6)."""
+    phrase = ("good", "morning", "house")
+    res = rec.check_prompt(say(" ".join(phrase)), phrase)  # type: ignore[attr-defined]
+    assert res.threshold == SttConfig().phonemes_phrase_threshold
+    assert res.ok and res.score < SttConfig().phonemes_threshold, res
+    other = rec.check_prompt(say("seven blue horses"), phrase)  # type: ignore[attr-defined]
+    assert not other.ok and other.reason == PROMPT_MISMATCH
+
+
 def test_transcribe_gives_digit_words() -> None:
     engine = PhonemeEngine()
     t = engine.transcribe(say("nine, two, seven"), digits_only=True)
@@ -126,7 +138,10 @@ def test_the_answer_is_decoded_during_the_quiet_before_the_utterance_ends() -> N
         stream.push(chunk)
     answer = stream.answer  # type: ignore[attr-defined]
     assert answer.thread is not None and answer.upto < answer.n  # decoded before the end
-    assert stream.finish() == expected
+    # The background rows lack the last quiet (blank rows and a little model context), so
+    # the sums over every reading differ by a hair; the reading heard is the same.
+    score, heard = stream.finish()
+    assert heard == expected[1] and score == pytest.approx(expected[0], abs=0.01)
     # More speech after the background decode began: it is decoded, not dropped.
     late = engine.start_prompt(digits_to_words("384657"))
     for part in (speech, quiet, say("seven"), quiet):
@@ -136,9 +151,9 @@ def test_the_answer_is_decoded_during_the_quiet_before_the_utterance_ends() -> N
 
 
 def test_a_recording_cut_off_inside_a_word_is_not_accepted_for_any_prompt(rec: object) -> None:
-    """When every digit string the free search kept ended inside a word, it had no complete
+    """When every digit string a beam search kept ended inside a word, it had no complete
     reading, the ratio became 0 and about one random prompt in five was accepted (found in
-    review). The prompt is now compared with the best prefix kept, complete or not."""
+    review). The loop graph now sums over every complete digit string."""
     import random
 
     with tempfile.TemporaryDirectory() as d:

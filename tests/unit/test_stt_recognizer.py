@@ -100,6 +100,9 @@ def test_a_wrong_number_of_digits_is_denied_with_that_reason(
     res = rec.check_prompt(say_digits("4071"), digits_to_words("40712"), templates)
     assert not res.ok and res.reason == WRONG_COUNT
     assert res.transcript == "4071"
+    # Close to the prompt (its digits but one): the per-frame margin alone let this through.
+    res = rec.check_prompt(say_digits("4488"), digits_to_words("44888"), templates)
+    assert not res.ok and res.reason == WRONG_COUNT and res.transcript == "4488"
 
 
 def test_streaming_gives_the_same_result_as_one_call(

@@ -42,11 +42,20 @@ class SttConfig(Section):
         "ratio of the prompt against the best free digit string.",
     )
     phonemes_threshold: float = Field(
-        -1.0,
+        -1.4,
         ge=-100,
         le=0,
         description="Prompt check without templates, phonemes: minimum per-word log-probability "
-        "ratio of the prompt against the best free digit string (set from data).",
+        "ratio of the prompt against any digit string (set from data: "
+        "benchmarks/bench_challenge.py, docs/challenge.md).",
+    )
+    phonemes_phrase_threshold: float = Field(
+        -4.0,
+        ge=-100,
+        le=0,
+        description="Passphrase check, phonemes: minimum per-word log-probability ratio of the "
+        "phrase against the best path through any tokens (a stronger rival than the digit "
+        "loop, hence lower; set from the Speech Commands words: benchmarks/bench_passphrase.py).",
     )
     use_templates: bool = Field(
         True,

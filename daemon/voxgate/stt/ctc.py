@@ -113,25 +113,14 @@ class PrefixBeam:
     new word) or the end. push() rows as they come; result() at any time.
     """
 
-    def __init__(
-        self,
-        words: list[str],
-        beam: int = 16,
-        alphabet: str = ALPHABET,
-        sequence: list[set[str]] | None = None,
-    ) -> None:
-        """sequence: the words allowed at each position, for the best reading of a prompt
-        whose words have several spellings; then only sequences of exactly that length."""
+    def __init__(self, words: list[str], beam: int = 16, alphabet: str = ALPHABET) -> None:
         self.root = _trie(words, alphabet)
-        self.roots = None if sequence is None else [_trie(sorted(s), alphabet) for s in sequence]
         self.beam = beam
         self.space = alphabet.index(" ")
         self.beams: dict[Key, list[float]] = {((), ()): [0.0, NEG]}
 
-    def _node(self, chars: tuple[int, ...], position: int = 0) -> _Trie | None:
+    def _node(self, chars: tuple[int, ...]) -> _Trie | None:
         node: _Trie | None = self.root
-        if self.roots is not None:
-            node = self.roots[position] if position < len(self.roots) else _Trie()
         for c in chars:
             node = node.kids.get(c) if node else None
         return node
@@ -156,7 +145,7 @@ class PrefixBeam:
             last = chars[-1] if chars else (space if done else None)
             if last is not None:  # a repeat of the last symbol collapses into it
                 add((done, chars), NEG, pnb + row[last])
-            node = self._node(chars, len(done))
+            node = self._node(chars)
             if node is None:
                 continue
             for c in node.kids:
@@ -173,12 +162,10 @@ class PrefixBeam:
         best_words: list[str] = []
         best = NEG
         for (done, chars), (pb, pnb) in self.beams.items():
-            node = self._node(chars, len(done))
+            node = self._node(chars)
             if chars and (node is None or node.word is None):
                 continue  # ends inside a word
             seq = [*done, node.word] if chars and node and node.word else list(done)
-            if self.roots is not None and len(seq) != len(self.roots):
-                continue
             score = _lse(pb, pnb)
             if seq and score > best:
                 best, best_words = score, seq

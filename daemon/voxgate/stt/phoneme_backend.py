@@ -3,9 +3,9 @@ package `hama` (Apache-2.0; its `asr_waveform` model, run by the package's own n
 library), with the digit words spelled in its phoneme set.
 
 The model maps 16 kHz audio to log-probabilities over its IPA tokens, a word-boundary token
-and the CTC blank, one row per 20 ms. The prompt check is the likelihood ratio the DeepSpeech
-engine uses: the best reading of the prompt against the best free digit string, both from a
-word-constrained CTC beam search, per word.
+and the CTC blank, one row per 20 ms. The prompt check is a likelihood ratio per word: the
+probability of the prompt (every spelling and alignment) against that of any digit string,
+both summed exactly over small word graphs (`graph`).
 
 The model reads its whole input at once (it looks far in both directions: run in
 overlapping windows while the person spoke, it accepted far fewer genuine answers), so an
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from voxgate.stt import ctc
+from voxgate.stt import ctc, graph
 from voxgate.stt.base import (
     DIGIT_WORDS,
     Engine,
@@ -87,7 +87,7 @@ def load_model() -> Any:
 class PhonemeEngine(Engine):
     name = "phonemes"
 
-    def __init__(self, beam: int = 16, model: Any = None) -> None:
+    def __init__(self, model: Any = None) -> None:
         self.model = model if model is not None else load_model()
         self.session = self.model.session
         tokens = list(self.model.decoder_tokens)
@@ -95,22 +95,24 @@ class PhonemeEngine(Engine):
             raise SttError("stt.backend phonemes: hama's token list is not the expected one")
         self.classes = len(tokens)
         self.index = index = {t: i for i, t in enumerate(tokens)}
+        self.blank = self.classes - 1
+        self.boundary = index[WORD_BOUNDARY]
         self._g2p: Any = None
-        # ctc.PrefixBeam spells words in one-character symbols with " " between words:
-        # the word boundary token becomes " ", every other token a private-use character.
+        # ctc.greedy spells in one-character symbols, words split at " ": the word boundary
+        # token becomes " ", every other token a private-use character (passphrase logs).
         self.alphabet = "".join(
             " " if t == WORD_BOUNDARY else chr(0xE000 + i) for i, t in enumerate(tokens[:-1])
         )
         self.token_of = dict(zip(self.alphabet, tokens[:-1], strict=True))
         self._spelled: dict[tuple[str, ...], list[int]] = {}
-        self.spellings: dict[str, str] = {}  # spelling -> digit word
+        self.forms: dict[str, list[list[int]]] = {}  # digit word -> its spellings
         for word, forms in LEXICON.items():
             for form in forms:
                 missing = [p for p in form.split() if p not in index]
                 if missing:
                     raise SttError(f"stt.backend phonemes: the model has no token {missing[0]!r}")
-                self.spellings["".join(self.alphabet[index[p]] for p in form.split())] = word
-        self.beam = beam
+            self.forms[word] = [[index[p] for p in form.split()] for form in forms]
+        self.loop = graph.loop_graph(self.forms, self.boundary, self.blank)
         self._run_lock = threading.Lock()  # one model run at a time (background decodes)
         probe = self.log_probs(np.zeros(SAMPLE_RATE // 2, np.float32))
         if probe.ndim != 2 or probe.shape[1] != self.classes:
@@ -127,17 +129,9 @@ class PhonemeEngine(Engine):
         rows = int(np.asarray(n).reshape(-1)[0])
         return np.asarray(lp, dtype=np.float64)[0, :rows]
 
-    def _search(
-        self, sequence: list[set[str]] | None = None, beam: int | None = None
-    ) -> ctc.PrefixBeam:
-        return ctc.PrefixBeam(list(self.spellings), beam or self.beam, self.alphabet, sequence)
-
     def transcribe(self, pcm: np.ndarray, digits_only: bool = False) -> Transcript:
         logp = self.log_probs(np.asarray(pcm, np.float32) / 32768.0)
-        search = self._search()
-        search.push(logp)
-        spelled, _ = search.result()
-        text = " ".join(self.spellings[s] for s in spelled)
+        text = " ".join(self.loop.best(logp)[0])
         return Transcript(text, words_to_digits(text.split()), self.name)
 
     def spell(self, words: tuple[str, ...]) -> list[int]:
@@ -263,23 +257,17 @@ class _AnswerStream(EngineStream):
 class _PromptStream(_AnswerStream):
     def __init__(self, engine: PhonemeEngine, words: tuple[str, ...]) -> None:
         super().__init__(engine, words)
-        by_word: dict[str, set[str]] = {}
-        for spelling, word in engine.spellings.items():
-            by_word.setdefault(word, set()).add(spelling)
-        self.sequence = [by_word[w] for w in words]
+        self.graph = graph.prompt_graph(
+            [engine.forms[w] for w in words], list(words), engine.boundary, engine.blank
+        )
 
     def _score(self, logp: np.ndarray) -> tuple[float, str]:
-        # At 16 a genuine 10-digit answer could lose every complete reading of the prompt;
-        # the free search is as wide, so it keeps whatever reading the prompt search keeps.
-        beam = max(self.engine.beam, 4 * len(self.words))
-        prompt = self.engine._search(self.sequence, beam)
-        prompt.push(logp)
-        free = self.engine._search(None, beam)
-        free.push(logp)
-        _, p_score = prompt.result()
-        spelled, f_score = free.result()
-        heard = " ".join(self.engine.spellings[s] for s in spelled)
-        return ctc.prompt_ratio(p_score, f_score, len(self.words)), heard
+        # Every reading counts on both sides (exact sums, no beam): the prompt's probability
+        # against that of any digit string; the best digit string is what was heard.
+        prompt = self.graph.forward(logp)
+        free = self.engine.loop.forward(logp)
+        heard, _ = self.engine.loop.best(logp)
+        return ctc.prompt_ratio(prompt, free, len(self.words)), " ".join(heard)
 
 
 class _PhraseStream(_AnswerStream):
