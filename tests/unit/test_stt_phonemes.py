@@ -85,6 +85,29 @@ def test_a_passphrase_has_its_own_threshold(rec: object) -> None:
     assert not other.ok and other.reason == PROMPT_MISMATCH
 
 
+def test_a_phrase_with_oh_is_a_phrase_to_this_engine(rec: object) -> None:
+    """ "oh" reads as a digit elsewhere, not in this engine's lexicon: the phrase was scored
+    as a phrase but held to the digit threshold (found in review)."""
+    phrase = ("oh", "seven", "four")
+    res = rec.check_prompt(say("oh, seven, four"), phrase)  # type: ignore[attr-defined]
+    assert res.threshold == SttConfig().phonemes_phrase_threshold
+
+
+def test_a_prompt_scored_above_the_digit_loop_is_denied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop holds every digit string, so it can only fall below the prompt when its best
+    reading underflowed (a reviewer built such rows by hand); the ratio, capped at 0, then
+    accepted. Here the loop's sum is forced low to stand for that case."""
+    engine = PhonemeEngine()
+    pcm = say("three, eight, four, six, five")
+    stream = engine.start_prompt(digits_to_words("38465"))
+    stream.push(pcm)
+    assert stream.finish()[0] > -1.0  # the genuine answer, scored normally
+    monkeypatch.setattr(engine.loop, "forward", lambda logp: -1e6)
+    stream = engine.start_prompt(digits_to_words("38465"))
+    stream.push(pcm)
+    assert stream.finish()[0] == -1000.0
+
+
 def test_transcribe_gives_digit_words() -> None:
     engine = PhonemeEngine()
     t = engine.transcribe(say("nine, two, seven"), digits_only=True)

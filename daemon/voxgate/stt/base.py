@@ -93,6 +93,10 @@ class Engine(ABC):
 
 
 class EngineStream(ABC):
+    # True when the words are checked as a free phrase rather than as digit words (the
+    # engine's own lexicon decides: "oh" is a digit to some engines, not to others).
+    phrase = False
+
     @abstractmethod
     def push(self, pcm: np.ndarray) -> None: ...
 

@@ -267,11 +267,18 @@ class _PromptStream(_AnswerStream):
         prompt = self.graph.forward(logp)
         free = self.engine.loop.forward(logp)
         heard, _ = self.engine.loop.best(logp)
+        if prompt > free + 1e-6:
+            # Impossible for exact sums (the loop holds the prompt): the loop's best reading
+            # was lost to underflow. prompt_ratio would cap this at 0 and accept; deny.
+            log.warning("prompt check: prompt %.1f above the digit loop %.1f", prompt, free)
+            return ctc.NO_READING, " ".join(heard)
         return ctc.prompt_ratio(prompt, free, len(self.words)), " ".join(heard)
 
 
 class _PhraseStream(_AnswerStream):
     """A fixed passphrase: its probability against the best path through any tokens."""
+
+    phrase = True
 
     def __init__(self, engine: PhonemeEngine, words: tuple[str, ...]) -> None:
         super().__init__(engine, words)

@@ -141,9 +141,9 @@ class _Stream(PromptStream):
         # pocketsphinx decides inside its search (score +1/-1, the prior is its threshold).
         thr = {
             "pocketsphinx": 0.0,
-            "phonemes": self.cfg.phonemes_threshold
-            if self.digits is not None
-            else self.cfg.phonemes_phrase_threshold,
+            "phonemes": self.cfg.phonemes_phrase_threshold
+            if self.engine is not None and self.engine.phrase
+            else self.cfg.phonemes_threshold,
         }.get(self.engine_name, self.cfg.deepspeech_threshold)
         ok = score >= thr
         reason = None
