@@ -9,10 +9,14 @@ recordings.
 
 Thresholds are set on one half of the speakers (calibration) and reported on the other half;
 then the halves swap, so every figure is on speakers the threshold never saw. The threshold
-is the one that keeps wrong-content acceptance at or below --target-fa on calibration.
+keeps wrong-content acceptance at or below --target-fa on calibration (then moves halfway
+towards the genuine 1st percentile when that is higher: pick_threshold). The engines score
+each answer against several wrong strings: 5 per FSDD answer, every other digit for Speech
+Commands.
 
-Run:  PYTHONPATH=daemon python benchmarks/bench_challenge.py            (about 5 minutes)
-      PYTHONPATH=daemon python benchmarks/bench_challenge.py --quick    (smaller, ~1 minute)
+Run:  PYTHONPATH=daemon python benchmarks/bench_challenge.py --strings 40 --engine-strings 20
+      (the figures in docs/challenge.md; about 20 minutes on 2 cores, mostly the engines)
+      PYTHONPATH=daemon python benchmarks/bench_challenge.py --quick    (fewer strings per speaker)
 """
 
 from __future__ import annotations
