@@ -224,7 +224,7 @@ def score_plain(rec: Recognizer, trials: list[dict], tag: str) -> None:
     Also every string in "wrongs" (Speech Commands: every other digit) and the wrong-length
     prompts, where the trial has them."""
 
-    def score(digits: str) -> float:
+    def score(tr: dict, digits: str) -> float:
         res = rec.check_prompt(tr["pcm"], digits_to_words(digits))
         if digits == tr["prompt"]:
             tr[f"{tag}_heard"] = res.transcript
@@ -233,8 +233,8 @@ def score_plain(rec: Recognizer, trials: list[dict], tag: str) -> None:
     for tr in trials:
         for kind in ("prompt", "wrong", "one_off", "extra", "missing"):
             if kind in tr:
-                tr[f"{tag}_{kind}"] = score(tr[kind])
-        tr[f"{tag}_wrongs"] = [tr[f"{tag}_wrong"], *(score(w) for w in tr["wrongs"])]
+                tr[f"{tag}_{kind}"] = score(tr, tr[kind])
+        tr[f"{tag}_wrongs"] = [tr[f"{tag}_wrong"], *(score(tr, w) for w in tr["wrongs"])]
 
 
 def transcript_accuracy(trials: list[dict], tag: str) -> float:
@@ -301,7 +301,7 @@ def two_fold(trials: list[dict], tag: str, target_fa: float, shipped: float | No
     speakers = sorted({t["speaker"] for t in trials})
     half = [set(speakers[0::2]), set(speakers[1::2])]
     out: dict = {"thresholds": [], "folds": []}
-    genuine = wrong = 0
+    genuine = wrong = one_off = 0
     for calib, report in ((half[0], half[1]), (half[1], half[0])):
         cal = [t for t in trials if t["speaker"] in calib]
         rep = [t for t in trials if t["speaker"] in report]
@@ -310,6 +310,7 @@ def two_fold(trials: list[dict], tag: str, target_fa: float, shipped: float | No
         out["folds"].append(rates(rep, tag, thr))
         genuine += sum(t[f"{tag}_prompt"] >= thr for t in rep)
         wrong += sum(x >= thr for x in wrong_scores(rep, tag))
+        one_off += sum(t[f"{tag}_one_off"] >= thr for t in rep)
     n_wrong = len(wrong_scores(trials, tag))
     out["held_out"] = {
         "genuine_accept": genuine / len(trials),
@@ -317,6 +318,7 @@ def two_fold(trials: list[dict], tag: str, target_fa: float, shipped: float | No
         "wrong_content_accepted": wrong,
         "n": len(trials),
         "wrong_content_trials": n_wrong,
+        "one_digit_off_accept": one_off / len(trials),
     }
     # Also the threshold from ALL data (what the shipped default is set from).
     out["all_data_threshold"] = pick_threshold(
