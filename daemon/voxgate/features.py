@@ -18,6 +18,7 @@ import math
 from typing import Literal, Protocol
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import BaseModel, ConfigDict, Field
 
 INT16_SCALE = 32768.0
@@ -193,9 +194,10 @@ class MelPower:
         need = (count - 1) * hop + n_fft
         if padded.size < need:
             padded = np.concatenate([padded, np.zeros(need - padded.size, np.float32)])
-        idx = np.arange(count)[:, None] * hop + np.arange(n_fft)[None, :]
-        spec = np.fft.rfft(padded[idx] * self._window, axis=1)
-        power = (spec.real**2 + spec.imag**2).astype(np.float32)
+        # A strided view, not an index array: the frames are copied once, by the window product.
+        framed = sliding_window_view(padded[:need], n_fft)[::hop]
+        spec = np.fft.rfft(framed * self._window, axis=1)
+        power = (spec.real**2 + spec.imag**2).astype(np.float32, copy=False)
         return self._bank.apply(power)
 
     def frames(self, pcm: np.ndarray, n_frames: int | None = None) -> np.ndarray:
