@@ -72,14 +72,15 @@ def attempt(door: dict[str, Any], spk: str, first: int, n: int = 4) -> np.ndarra
     return _string(door["digits"][spk][100 + first : 100 + first + n])
 
 
-def run_door(door: dict[str, Any], name: str, attempts: list[np.ndarray],
-             speaker: str = "") -> list[dict[str, Any]]:  # fmt: skip
-    """Run the daemon (challenge off, MQTT off) on the attempts, 1.5 s of room noise apart;
-    the decision lines of its audit log."""
+def run_door(door: dict[str, Any], name: str, attempts: list[np.ndarray], speaker: str = "",
+             room_noise: float = 3.0) -> list[dict[str, Any]]:  # fmt: skip
+    """Run the daemon (challenge off, MQTT off) on the attempts, 1.5 s apart, in a room with
+    white noise of this level (int16 standard deviation); the decision lines of its audit log."""
     work: Path = door["work"]
     rng = np.random.default_rng(0)
-    room = [rng.normal(0, 3, int(1.5 * RATE)).astype(np.int16)]
-    audio = np.concatenate([x for a in attempts for x in (*room, a)] + room)
+    gap = [np.zeros(int(1.5 * RATE), np.int16)]
+    audio = np.concatenate([x for a in attempts for x in (*gap, a)] + gap).astype(np.float64)
+    audio = np.clip(audio + rng.normal(0, room_noise, len(audio)), -32768, 32767).astype(np.int16)
     wav = work / f"{name}.wav"
     sf.write(wav, audio, RATE, subtype="PCM_16")
     cfg_path = work / f"{name}.yaml"
@@ -140,3 +141,24 @@ def test_a_cohort_built_with_other_preprocessing_stops_the_start(
     )
     assert Daemon(load_config(cfg_path), config_path=cfg_path).run() == 69
     assert "another file or preprocessing" in caplog.text and "rebuild it" in caplog.text
+
+
+def test_too_little_speech_or_too_much_noise_is_a_retry(door: dict[str, Any]) -> None:
+    """The quality gate (speaker.min_speech_s, speaker.min_snr_db): the daemon used to score
+    such attempts like any other and grant them, while `voxgate verify` said RETRY."""
+    # An enrolled voice saying one digit: well under 1 s of net speech.
+    short = [_string(door["digits"]["george"][100 + i : 101 + i]) for i in range(4)]
+    got = run_door(door, "short", short)
+    assert len(got) >= 3  # a digit too short to be an utterance at all gets no decision
+    assert all(d["speech_s"] < 1.0 for d in got)
+    assert [(d["outcome"], d["reasons"], d["user"]) for d in got] == [
+        ("retry", ["low_quality"], None)
+    ] * len(got)
+    # A genuine digit string in a room about as loud as the speech (about 2 dB SNR).
+    clean = attempt(door, "george", 8)
+    noisy = run_door(door, "noisy", [clean], room_noise=1500)
+    assert [(d["outcome"], d["reasons"]) for d in noisy] == [("retry", ["low_quality"])]
+    # The same string in a quiet room is let in: the gate is not what denies.
+    assert [(d["outcome"], d["user"]) for d in run_door(door, "clean", [clean])] == [
+        ("granted", "george")
+    ]
