@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -302,3 +303,36 @@ def test_cohort_tie_covers_the_preprocessing(tmp_path: Path) -> None:
     assert shipped.method == "center"
     with pytest.raises(cohortmod.CohortError, match="preprocessing"):
         cohortmod.for_model(card.id, None, plain)
+
+
+def _damaged_tables(doc: dict) -> dict[str, object]:
+    rows = doc["calibration"]
+    return {
+        "list": [doc],  # a JSON list, not an object
+        "no-table": {k: v for k, v in doc.items() if k != "calibration"},
+        "text": {**doc, "calibration": [{"fmr": "x", "threshold": 1}]},
+        "no-threshold": {**doc, "calibration": [{"fmr": 0.01}]},
+        "fmr-zero": {**doc, "calibration": [*rows, {"fmr": 0.0, "threshold": 0.9}]},
+        "nan": {**doc, "calibration": [{**r, "threshold": float("nan")} for r in rows]},
+        "not-monotonic": {
+            **doc,
+            "calibration": [{"fmr": 0.1, "threshold": 0.5}, {"fmr": 0.001, "threshold": 0.2}],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["list", "no-table", "text", "no-threshold", "fmr-zero", "nan", "not-monotonic"]
+)
+def test_a_damaged_calibration_table_is_refused_when_loaded(tmp_path: Path, case: str) -> None:
+    """The table is read when the cohort loads (at the daemon's start), not at the first
+    attempt: these used to escape as KeyError/AttributeError/ValueError tracebacks from
+    `voxgate verify`, or load and then deny everyone (a NaN threshold) or fail at an
+    attempt whose FMR fell next to an fmr-0 row (log of 0)."""
+    path = cohortmod.save(_centered(), tmp_path)
+    meta = tmp_path / "synthetic-1.0--float.json"
+    meta.write_text(json.dumps(_damaged_tables(json.loads(meta.read_text()))[case]))
+    with pytest.raises(cohortmod.CohortError) as err:
+        cohortmod.load(path)
+    assert str(meta) in str(err.value)
+    assert "calibration" in str(err.value) or case == "list"
