@@ -97,6 +97,8 @@ class Scorer:
                 "build one with 'voxgate eval SET_DIR --build-cohort DIR'"
             )
         self.top_k = cohort.top_k if cohort is not None else 0
+        self._beyond_table: set[int] = set()  # user counts already warned about
+        self.threshold(1)  # a target beyond the calibration is said at start
 
     def threshold(self, n_users: int = 1) -> float:
         """The decision threshold. For 1:N the per-comparison FMR is target_fmr / N, so the
@@ -104,7 +106,24 @@ class Scorer:
         if self.cfg.threshold is not None:
             return self.cfg.threshold
         assert self.cohort is not None
-        return self.cohort.threshold_for(self.cfg.target_fmr / max(1, n_users))
+        n = max(1, n_users)
+        fmr = self.cfg.target_fmr / n
+        lowest = min(f for f, _ in self.cohort.calibration)
+        if fmr < lowest and n not in self._beyond_table:
+            # The table is clamped there (nothing was measured beyond it), so the door is
+            # looser than configured: say so once, with the way out.
+            self._beyond_table.add(n)
+            log.warning(
+                "speaker.target_fmr %g%s asks for a false-match rate of %.2g per comparison, "
+                "below the %g the cohort was calibrated for: using that rate's threshold "
+                "%.3f; set speaker.threshold for a stricter one",
+                self.cfg.target_fmr,
+                f" over {n} users" if n > 1 else "",
+                fmr,
+                lowest,
+                self.cohort.threshold_for(lowest),
+            )
+        return self.cohort.threshold_for(fmr)
 
     def score(self, emb: np.ndarray, vp: Voiceprint) -> tuple[float, float]:
         """(normalized score, raw cosine) of a test embedding against a voiceprint."""

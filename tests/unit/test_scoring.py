@@ -336,3 +336,24 @@ def test_a_damaged_calibration_table_is_refused_when_loaded(tmp_path: Path, case
         cohortmod.load(path)
     assert str(meta) in str(err.value)
     assert "calibration" in str(err.value) or case == "list"
+
+
+def test_a_target_beyond_the_calibration_table_is_said(
+    enrolled: tuple[VoiceprintStore, Voices], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The table ends at fmr 1e-4; a stricter target (asked for, or target_fmr / N in 1:N
+    identify) gets that row's threshold. That used to happen in silence: a door configured
+    for 1e-5, or identifying among more than 10 users at 1e-3, was looser than it said."""
+    store, v = enrolled
+    lowest = min(f for f, _ in _cohort().calibration)
+    assert lowest == pytest.approx(1e-4)
+    strict = _scorer(store, target_fmr=1e-5)  # said at start, not at the first attempt
+    assert "target_fmr 1e-05" in caplog.text and "0.0001" in caplog.text
+    assert strict.threshold(1) == _cohort().threshold_for(1e-4)
+    caplog.clear()
+    sc = _scorer(store, target_fmr=2e-4)
+    assert not caplog.text  # 2e-4 is inside the table
+    sc.identify(v.utt(1)[0])  # 3 users: 6.7e-5 per comparison, beyond the table
+    sc.identify(v.utt(2)[0])
+    warnings = [r for r in caplog.records if "calibrated" in r.getMessage()]
+    assert len(warnings) == 1 and "3 users" in warnings[0].getMessage()  # once, not per attempt
