@@ -205,17 +205,27 @@ class Scorer:
         return SpeakerResult(None, score, raw, threshold, False, q_ok, reasons)
 
 
-def load_scorer(cfg: Any, store: VoiceprintStore, embedder: Any) -> Scorer:
-    """A Scorer for the device config (the whole VoxgateConfig): the configured or shipped
-    cohort of the loaded model. ScoringError with a message when no cohort fits and no fixed
-    speaker.threshold is set."""
-    from voxgate.cohort import CohortError, for_model, model_sha256
+def cohort_for(cfg: Any, embedder: Any) -> Cohort | None:
+    """The cohort to score with (cfg: the whole VoxgateConfig): speaker.cohort, else the one
+    shipped for the loaded model. None only for a model that has neither, with a fixed
+    speaker.threshold (which then applies to the raw cosine). A cohort that is configured
+    or shipped but unusable (missing, damaged, another model or preprocessing) is a
+    ScoringError even with a fixed threshold: falling back to the raw cosine changed the
+    threshold's scale, and strangers' raw cosines cleared a threshold meant for the
+    normalized score."""
+    from voxgate.cohort import CohortError, default_dir, for_model, model_sha256, slug
 
     try:
-        cohort = for_model(embedder.model_id, cfg.speaker.cohort, model_sha256(embedder))
+        return for_model(embedder.model_id, cfg.speaker.cohort, model_sha256(embedder))
     except CohortError as exc:
-        if cfg.speaker.threshold is None:
+        shipped = (default_dir() / (slug(embedder.model_id) + ".npz")).exists()
+        if cfg.speaker.threshold is None or cfg.speaker.cohort is not None or shipped:
             raise ScoringError(str(exc)) from None
         log.warning("%s; scoring raw cosine against speaker.threshold", exc)
-        cohort = None
-    return Scorer(store, embedder, cfg.speaker, cohort)
+        return None
+
+
+def load_scorer(cfg: Any, store: VoiceprintStore, embedder: Any) -> Scorer:
+    """A Scorer for the device config (the whole VoxgateConfig) with cohort_for's cohort.
+    ScoringError with a message when that cohort cannot be used."""
+    return Scorer(store, embedder, cfg.speaker, cohort_for(cfg, embedder))

@@ -162,3 +162,29 @@ def test_too_little_speech_or_too_much_noise_is_a_retry(door: dict[str, Any]) ->
     assert [(d["outcome"], d["user"]) for d in run_door(door, "clean", [clean])] == [
         ("granted", "george")
     ]
+
+
+def test_a_fixed_threshold_with_an_unusable_cohort_stops_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With speaker.threshold set, a configured cohort that could not be used (here a typo in
+    its path) was only a warning: the daemon then compared the raw cosine with a threshold
+    meant for the normalized score, and FSDD strangers were granted as enrolled users. Only
+    a model with no cohort at all may score raw cosines; this is an error at start."""
+    key = tmp_path / "voiceprint.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    wav = tmp_path / "quiet.wav"
+    sf.write(wav, np.zeros(RATE, np.int16), RATE, subtype="PCM_16")
+    cfg_path = tmp_path / "voxgate.yaml"
+    cfg_path.write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        f"audio: {{source: file, path: {wav}}}\n"
+        "metrics: {enabled: false}\n"
+        "challenge: {mode: 'off'}\n"
+        "mqtt: {enabled: false}\n"
+        f"speaker: {{key_file: {key}, threshold: 0.68, cohort: {tmp_path / 'cohrot.npz'}}}\n"
+    )
+    assert Daemon(load_config(cfg_path), config_path=cfg_path).run() == 69
+    assert "cohort file missing" in caplog.text
+    assert main(["verify", "alice", str(wav), "-c", str(cfg_path)]) == 1
+    assert "cohort file missing" in capsys.readouterr().err

@@ -357,3 +357,24 @@ def test_a_target_beyond_the_calibration_table_is_said(
     sc.identify(v.utt(2)[0])
     warnings = [r for r in caplog.records if "calibrated" in r.getMessage()]
     assert len(warnings) == 1 and "3 users" in warnings[0].getMessage()  # once, not per attempt
+
+
+def test_raw_cosine_only_for_a_model_without_any_cohort(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from voxgate.config import VoxgateConfig
+    from voxgate.scoring import cohort_for
+
+    custom = SimpleNamespace(model_id="custom-net/1")  # nothing shipped for it
+    fixed = VoxgateConfig.model_validate({"speaker": {"threshold": 0.7}})
+    assert cohort_for(fixed, custom) is None and "raw cosine" in caplog.text
+    with pytest.raises(ScoringError, match="no cohort shipped"):
+        cohort_for(VoxgateConfig(), custom)  # no fixed threshold: nothing to score against
+    typo = fixed.model_copy(update={"speaker": fixed.speaker.model_copy(
+        update={"cohort": tmp_path / "missing.npz"})})  # fmt: skip
+    with pytest.raises(ScoringError, match="cohort file missing"):
+        cohort_for(typo, custom)
+    path = cohortmod.save(_centered(), tmp_path)  # shipped or configured, of another model
+    other = fixed.model_copy(update={"speaker": fixed.speaker.model_copy(update={"cohort": path})})
+    with pytest.raises(ScoringError, match="cohort made with model"):
+        cohort_for(other, custom)
