@@ -122,7 +122,7 @@ def load(path: Path) -> Cohort:
         raise CohortError(f"cohort file missing: {exc.filename}") from None
     except (OSError, ValueError, KeyError) as exc:
         raise CohortError(f"{path}: unreadable cohort ({exc})") from None
-    if doc.get("format") != COHORT_FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") != COHORT_FORMAT:
         raise CohortError(f"{meta_path}: not a {COHORT_FORMAT} file")
     if emb.ndim != 2 or emb.shape[0] < 10 or not np.all(np.isfinite(emb)):
         raise CohortError(f"{path}: cohort embeddings must be a finite (n>=10, dim) array")
@@ -135,7 +135,7 @@ def load(path: Path) -> Cohort:
         raise CohortError(
             f"{path}: method 'center' needs a finite center vector of the cohort's size"
         )
-    calibration = tuple((float(r["fmr"]), float(r["threshold"])) for r in doc["calibration"])
+    calibration = _calibration(doc.get("calibration"), meta_path)
     info = {
         k: v
         for k, v in doc.items()
@@ -150,6 +150,27 @@ def load(path: Path) -> Cohort:
         method=method,
         center=center,
     )
+
+
+def _calibration(rows: Any, meta_path: Path) -> tuple[tuple[float, float], ...]:
+    """The calibration table, checked now so that a damaged file stops the start instead of
+    failing (or denying everyone) at the first attempt: 0 < fmr < 1, finite thresholds, and
+    a lower fmr never with a lower threshold (the rows are quantiles of one score list)."""
+    bad = CohortError(
+        f"{meta_path}: damaged calibration table (want a list of {{fmr, threshold}} with "
+        "0 < fmr < 1, finite thresholds rising as fmr falls); rebuild the cohort"
+    )
+    try:
+        table = tuple((float(r["fmr"]), float(r["threshold"])) for r in rows)
+    except (KeyError, TypeError, ValueError):
+        raise bad from None
+    if any(not 0 < f < 1 or not math.isfinite(t) for f, t in table):
+        raise bad
+    ordered = sorted(table, reverse=True)
+    if any(f_lo == f_hi or t_lo < t_hi for (f_hi, t_hi), (f_lo, t_lo) in
+           itertools.pairwise(ordered)):  # fmt: skip
+        raise bad
+    return table
 
 
 def model_sha256(embedder: Any) -> str | None:

@@ -97,6 +97,8 @@ class Scorer:
                 "build one with 'voxgate eval SET_DIR --build-cohort DIR'"
             )
         self.top_k = cohort.top_k if cohort is not None else 0
+        self._beyond_table: set[int] = set()  # user counts already warned about
+        self.threshold(1)  # a target beyond the calibration is said at start
 
     def threshold(self, n_users: int = 1) -> float:
         """The decision threshold. For 1:N the per-comparison FMR is target_fmr / N, so the
@@ -104,7 +106,24 @@ class Scorer:
         if self.cfg.threshold is not None:
             return self.cfg.threshold
         assert self.cohort is not None
-        return self.cohort.threshold_for(self.cfg.target_fmr / max(1, n_users))
+        n = max(1, n_users)
+        fmr = self.cfg.target_fmr / n
+        lowest = min(f for f, _ in self.cohort.calibration)
+        if fmr < lowest and n not in self._beyond_table:
+            # The table is clamped there (nothing was measured beyond it), so the door is
+            # looser than configured: say so once, with the way out.
+            self._beyond_table.add(n)
+            log.warning(
+                "speaker.target_fmr %g%s asks for a false-match rate of %.2g per comparison, "
+                "below the %g the cohort was calibrated for: using that rate's threshold "
+                "%.3f; set speaker.threshold for a stricter one",
+                self.cfg.target_fmr,
+                f" over {n} users" if n > 1 else "",
+                fmr,
+                lowest,
+                self.cohort.threshold_for(lowest),
+            )
+        return self.cohort.threshold_for(fmr)
 
     def score(self, emb: np.ndarray, vp: Voiceprint) -> tuple[float, float]:
         """(normalized score, raw cosine) of a test embedding against a voiceprint."""
@@ -186,17 +205,27 @@ class Scorer:
         return SpeakerResult(None, score, raw, threshold, False, q_ok, reasons)
 
 
-def load_scorer(cfg: Any, store: VoiceprintStore, embedder: Any) -> Scorer:
-    """A Scorer for the device config (the whole VoxgateConfig): the configured or shipped
-    cohort of the loaded model. ScoringError with a message when no cohort fits and no fixed
-    speaker.threshold is set."""
-    from voxgate.cohort import CohortError, for_model, model_sha256
+def cohort_for(cfg: Any, embedder: Any) -> Cohort | None:
+    """The cohort to score with (cfg: the whole VoxgateConfig): speaker.cohort, else the one
+    shipped for the loaded model. None only for a model that has neither, with a fixed
+    speaker.threshold (which then applies to the raw cosine). A cohort that is configured
+    or shipped but unusable (missing, damaged, another model or preprocessing) is a
+    ScoringError even with a fixed threshold: falling back to the raw cosine changed the
+    threshold's scale, and strangers' raw cosines cleared a threshold meant for the
+    normalized score."""
+    from voxgate.cohort import CohortError, default_dir, for_model, model_sha256, slug
 
     try:
-        cohort = for_model(embedder.model_id, cfg.speaker.cohort, model_sha256(embedder))
+        return for_model(embedder.model_id, cfg.speaker.cohort, model_sha256(embedder))
     except CohortError as exc:
-        if cfg.speaker.threshold is None:
+        shipped = (default_dir() / (slug(embedder.model_id) + ".npz")).exists()
+        if cfg.speaker.threshold is None or cfg.speaker.cohort is not None or shipped:
             raise ScoringError(str(exc)) from None
         log.warning("%s; scoring raw cosine against speaker.threshold", exc)
-        cohort = None
-    return Scorer(store, embedder, cfg.speaker, cohort)
+        return None
+
+
+def load_scorer(cfg: Any, store: VoiceprintStore, embedder: Any) -> Scorer:
+    """A Scorer for the device config (the whole VoxgateConfig) with cohort_for's cohort.
+    ScoringError with a message when that cohort cannot be used."""
+    return Scorer(store, embedder, cfg.speaker, cohort_for(cfg, embedder))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -302,3 +303,78 @@ def test_cohort_tie_covers_the_preprocessing(tmp_path: Path) -> None:
     assert shipped.method == "center"
     with pytest.raises(cohortmod.CohortError, match="preprocessing"):
         cohortmod.for_model(card.id, None, plain)
+
+
+def _damaged_tables(doc: dict) -> dict[str, object]:
+    rows = doc["calibration"]
+    return {
+        "list": [doc],  # a JSON list, not an object
+        "no-table": {k: v for k, v in doc.items() if k != "calibration"},
+        "text": {**doc, "calibration": [{"fmr": "x", "threshold": 1}]},
+        "no-threshold": {**doc, "calibration": [{"fmr": 0.01}]},
+        "fmr-zero": {**doc, "calibration": [*rows, {"fmr": 0.0, "threshold": 0.9}]},
+        "nan": {**doc, "calibration": [{**r, "threshold": float("nan")} for r in rows]},
+        "not-monotonic": {
+            **doc,
+            "calibration": [{"fmr": 0.1, "threshold": 0.5}, {"fmr": 0.001, "threshold": 0.2}],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["list", "no-table", "text", "no-threshold", "fmr-zero", "nan", "not-monotonic"]
+)
+def test_a_damaged_calibration_table_is_refused_when_loaded(tmp_path: Path, case: str) -> None:
+    """The table is read when the cohort loads (at the daemon's start), not at the first
+    attempt: these used to escape as KeyError/AttributeError/ValueError tracebacks from
+    `voxgate verify`, or load and then deny everyone (a NaN threshold) or fail at an
+    attempt whose FMR fell next to an fmr-0 row (log of 0)."""
+    path = cohortmod.save(_centered(), tmp_path)
+    meta = tmp_path / "synthetic-1.0--float.json"
+    meta.write_text(json.dumps(_damaged_tables(json.loads(meta.read_text()))[case]))
+    with pytest.raises(cohortmod.CohortError) as err:
+        cohortmod.load(path)
+    assert str(meta) in str(err.value)
+    assert "calibration" in str(err.value) or case == "list"
+
+
+def test_a_target_beyond_the_calibration_table_is_said(
+    enrolled: tuple[VoiceprintStore, Voices], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The table ends at fmr 1e-4; a stricter target (asked for, or target_fmr / N in 1:N
+    identify) gets that row's threshold. That used to happen in silence: a door configured
+    for 1e-5, or identifying among more than 10 users at 1e-3, was looser than it said."""
+    store, v = enrolled
+    lowest = min(f for f, _ in _cohort().calibration)
+    assert lowest == pytest.approx(1e-4)
+    strict = _scorer(store, target_fmr=1e-5)  # said at start, not at the first attempt
+    assert "target_fmr 1e-05" in caplog.text and "0.0001" in caplog.text
+    assert strict.threshold(1) == _cohort().threshold_for(1e-4)
+    caplog.clear()
+    sc = _scorer(store, target_fmr=2e-4)
+    assert not caplog.text  # 2e-4 is inside the table
+    sc.identify(v.utt(1)[0])  # 3 users: 6.7e-5 per comparison, beyond the table
+    sc.identify(v.utt(2)[0])
+    warnings = [r for r in caplog.records if "calibrated" in r.getMessage()]
+    assert len(warnings) == 1 and "3 users" in warnings[0].getMessage()  # once, not per attempt
+
+
+def test_raw_cosine_only_for_a_model_without_any_cohort(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from voxgate.config import VoxgateConfig
+    from voxgate.scoring import cohort_for
+
+    custom = SimpleNamespace(model_id="custom-net/1")  # nothing shipped for it
+    fixed = VoxgateConfig.model_validate({"speaker": {"threshold": 0.7}})
+    assert cohort_for(fixed, custom) is None and "raw cosine" in caplog.text
+    with pytest.raises(ScoringError, match="no cohort shipped"):
+        cohort_for(VoxgateConfig(), custom)  # no fixed threshold: nothing to score against
+    typo = fixed.model_copy(update={"speaker": fixed.speaker.model_copy(
+        update={"cohort": tmp_path / "missing.npz"})})  # fmt: skip
+    with pytest.raises(ScoringError, match="cohort file missing"):
+        cohort_for(typo, custom)
+    path = cohortmod.save(_centered(), tmp_path)  # shipped or configured, of another model
+    other = fixed.model_copy(update={"speaker": fixed.speaker.model_copy(update={"cohort": path})})
+    with pytest.raises(ScoringError, match="cohort made with model"):
+        cohort_for(other, custom)

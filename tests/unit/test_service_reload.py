@@ -29,3 +29,26 @@ def test_plan(change: dict, applied: list[str], needs_restart: list[str]) -> Non
         assert getattr(plan.cfg, section) == getattr(new, section)
     for section in needs_restart:  # the running value stays
         assert getattr(plan.cfg, section) == getattr(BASE, section)
+
+
+def test_challenge_mode_speak_and_replay_window_wait_for_a_restart() -> None:
+    """The challenge stages (speech engine, replay detector, espeak) are built at start for
+    the mode. A SIGHUP that turned the challenge on was reported as applied, yet no challenge
+    was ever issued and every attempt was denied as liveness_missing, counting towards the
+    lockout (found running the daemon on FSDD attempts and reloading it); turned off, the
+    door kept issuing challenges."""
+    running = VoxgateConfig.model_validate({"challenge": {"mode": "off"}})
+    new = VoxgateConfig.model_validate(
+        {"challenge": {"mode": "digits", "length": 6, "speak": True, "replay_window_s": 60}}
+    )
+    plan = plan_reload(running, new)
+    assert plan.applied == ["challenge"]  # the length applies live
+    assert plan.needs_restart == [
+        "challenge.mode",
+        "challenge.speak",
+        "challenge.replay_window_s",
+    ]
+    assert plan.cfg.challenge == running.challenge.model_copy(update={"length": 6})
+    only_mode = plan_reload(BASE, VoxgateConfig.model_validate({"challenge": {"mode": "off"}}))
+    assert (only_mode.applied, only_mode.needs_restart) == ([], ["challenge.mode"])
+    assert only_mode.cfg.challenge.mode == "digits"

@@ -41,16 +41,14 @@ def load_embedder(cfg: Any, model: Path | None = None) -> Any:
         raise CommandError(f"cannot load the speaker model: {exc}") from None
 
 
-def load_cohort(cfg: Any, embedder: Any, required: bool = True) -> Any:
-    from voxgate.cohort import CohortError, for_model, model_sha256
+def load_cohort(cfg: Any, embedder: Any) -> Any:
+    """The cohort the daemon would score with (scoring.cohort_for)."""
+    from voxgate.scoring import ScoringError, cohort_for
 
     try:
-        return for_model(embedder.model_id, cfg.speaker.cohort, model_sha256(embedder))
-    except CohortError as exc:
-        if required and cfg.speaker.threshold is None:
-            raise CommandError(str(exc)) from None
-        log.warning("%s; scoring raw cosine against speaker.threshold", exc)
-        return None
+        return cohort_for(cfg, embedder)
+    except ScoringError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def read_file(path: str) -> Any:

@@ -1,9 +1,9 @@
 """One attempt: what the loop keeps while it runs, and how it is concluded.
 
 conclude() finishes the streams (only the last embedding window and the decoder's end are
-left, because the audio was pushed while it was spoken), scores, checks replay and lockout,
-asks policy.decide and counts the result in the lockout book. Publishing, auditing and
-metrics stay in the loop.
+left, because the audio was pushed while it was spoken), scores behind the quality gate,
+checks replay and lockout, asks policy.decide and counts the result in the lockout book.
+Publishing, auditing and metrics stay in the loop.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from voxgate.config import VoxgateConfig
 from voxgate.lockout import LockoutBook, RecordResult
 from voxgate.policy import LivenessLike, ReplayLike, SpeakerLike, decide
+from voxgate.quality import assess
 from voxgate.service.stages import AttemptResult, Challenge, Stages
 from voxgate.vad import Utterance
 from voxgate.voiceprints import StoreError
@@ -67,11 +68,13 @@ def conclude(
         log.info("no embedding: %s", exc)
         emb = None
     if emb is not None:
+        # The quality gate: too little net speech or too much noise is a retry, not a guess.
+        quality = assess(utt.pcm, cfg.vad)
         try:
             if a.claimed_user:
-                speaker = stages.scorer.verify(emb, a.claimed_user)
+                speaker = stages.scorer.verify(emb, a.claimed_user, quality=quality)
             else:
-                speaker = stages.scorer.identify(emb)
+                speaker = stages.scorer.identify(emb, quality=quality)
         except StoreError as exc:
             # A damaged, unreadable or replaced voiceprint file: nothing to compare with.
             # The lock still gets an answer (denied, store_unreadable, no score); the next

@@ -531,6 +531,15 @@ class Daemon:
         user = payload.get("user")
         if user is not None and (not isinstance(user, str) or not 0 < len(user) <= 64):
             return {"ok": False, "error": "user must be a name of 1-64 characters"}
+        if user is not None:
+            from voxgate.voiceprints import StoreError, normalize_name
+
+            try:
+                # As the store reads names: one it refuses would reach the scorer as a
+                # StoreError, i.e. a decision saying the voiceprint file is unreadable.
+                user = normalize_name(user)
+            except StoreError as exc:
+                return {"ok": False, "error": str(exc)}
         if self.stages is None or self.stages.new_challenge is None:
             return {"ok": False, "error": "challenge mode is off; just speak"}
         try:

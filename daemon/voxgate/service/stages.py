@@ -34,8 +34,9 @@ class Embedder(Protocol):
 
 
 class Scorer(Protocol):
-    def verify(self, emb: np.ndarray, claimed_user: str) -> SpeakerLike: ...
-    def identify(self, emb: np.ndarray) -> SpeakerLike: ...
+    # quality: quality.Quality of the attempt's audio (the gate: retry when it is poor)
+    def verify(self, emb: np.ndarray, claimed_user: str, quality: Any = None) -> SpeakerLike: ...
+    def identify(self, emb: np.ndarray, quality: Any = None) -> SpeakerLike: ...
 
 
 class PromptStream(Protocol):
@@ -164,15 +165,6 @@ def build_stages(cfg: VoxgateConfig) -> Stages:
         raise
 
 
-def _cohort(cfg: VoxgateConfig, model_id: str) -> Any:
-    """The score-normalization cohort for the model, unless a fixed threshold makes it moot."""
-    from voxgate import cohort
-
-    if cfg.speaker.threshold is not None and getattr(cfg.speaker, "cohort", None) is None:
-        return None
-    return cohort.for_model(model_id, getattr(cfg.speaker, "cohort", None))
-
-
 MAX_TEMPLATE_USERS = 8  # above this, unclaimed answers use the engine check (CPU bound)
 
 
@@ -209,8 +201,10 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
             cfg.speaker.database or cfg.data_dir / "voiceprints.db",
             voiceprints.load_key(cfg.speaker),
         )
-        scorer = scoring.Scorer(store, embedder, cfg.speaker, _cohort(cfg, embedder.model_id))
-    except Exception as exc:  # ModelError, StoreError, SecretError: all say what is wrong
+        # As `voxgate verify` scores: the cohort tied to this model file and preprocessing,
+        # also under a fixed speaker.threshold (which is on the normalized score's scale).
+        scorer = scoring.load_scorer(cfg, store, embedder)
+    except Exception as exc:  # ModelError, StoreError, SecretError, ScoringError: all say why
         raise StageUnavailable(f"speaker stage: {exc}") from None
 
     recognizer = new_challenge = replay = speak = None
