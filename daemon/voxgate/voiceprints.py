@@ -454,6 +454,13 @@ class VoiceprintStore:
             )
         return vp
 
+    def has(self, name: str) -> bool:
+        """Whether the user has a row, readable or not (a damaged row counts)."""
+        uid = self._user_id(normalize_name(name))
+        with self._using("read"):
+            row = self._db.execute("SELECT 1 FROM voiceprints WHERE id = ?", (uid,)).fetchone()
+        return row is not None
+
     def all(self) -> list[Voiceprint]:
         """Every voiceprint; StoreError if any one cannot be read."""
         out = [self._unpack(self._unseal(sealed, uid)) for uid, sealed in self._rows()]

@@ -156,3 +156,23 @@ def test_bad_store_and_key(device: dict[str, Path], capsys: pytest.CaptureFixtur
     device["key"].unlink()
     assert main(["users", "list", "-c", cfg]) == 1
     assert "init-key" in capsys.readouterr().err
+
+
+def test_enroll_replace_repairs_a_damaged_voiceprint(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.store_helpers import damage_row
+    from voxgate.voiceprints import VoiceprintStore, parse_key
+
+    cfg = str(device["cfg"])
+    files = _enroll(device, "alice", "en+f2")
+    with VoiceprintStore(device["db"], parse_key(device["key"].read_bytes())) as store:
+        damage_row(store, "alice")
+    capsys.readouterr()
+    # Without --replace the row is still there: the way out is named.
+    assert main(["enroll", "alice", "--from", *files, "-c", cfg]) == 1
+    assert "--replace" in capsys.readouterr().err
+    # users list says "not recognised until re-enrolled": re-enrolling must work.
+    assert main(["enroll", "alice", "--replace", "--from", *files, "-c", cfg]) == 0
+    assert main(["users", "list", "-c", cfg]) == 0
+    assert "alice" in capsys.readouterr().out

@@ -160,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     with store:
         try:
-            if store.get(name) is not None and not args.replace:
+            # Presence only: a damaged row must not stop its repair with --replace.
+            if not args.replace and store.has(name):
                 return fail(f"user '{name}' is already enrolled; add --replace to re-enroll")
             embedder = load_embedder(cfg)
             if args.files:
