@@ -176,3 +176,42 @@ def test_enroll_replace_repairs_a_damaged_voiceprint(
     assert main(["enroll", "alice", "--replace", "--from", *files, "-c", cfg]) == 0
     assert main(["users", "list", "-c", cfg]) == 0
     assert "alice" in capsys.readouterr().out
+
+
+def test_enrollment_made_meanwhile_is_not_overwritten(device: dict[str, Path]) -> None:
+    """A guided enrollment takes a minute; if the daemon's API, the fleet or another shell
+    enrolls the same name meanwhile, that voiceprint stays (without --replace)."""
+    import os
+    import sys
+
+    import voxgate
+    from voxgate.audio.file import read_audio
+    from voxgate.voiceprints import VoiceprintStore, parse_key
+
+    cfg = device["cfg"]
+    cfg.write_text(cfg.read_text() + "audio:\n  source: stdin\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(voxgate.__file__).parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voxgate", "enroll", "erin", "-c", str(cfg)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    first = proc.stdout.readline() + proc.stdout.readline()  # a blank line, then the prompt
+    assert b"take 1: say" in first, first
+    key = parse_key(device["key"].read_bytes())
+    with VoiceprintStore(device["db"], key) as store:
+        theirs = store.add_user("Erin", np.eye(3, 256, dtype=np.float32), "another/model")
+    gap = np.zeros(16000, np.int16)
+    for i, text in enumerate(TAKES[:3]):
+        pcm = read_audio(say(device["dir"] / f"e{i}.wav", text, "en+m3"))
+        proc.stdin.write(np.concatenate([gap, pcm, gap]).tobytes())
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err.decode(), err.decode()
+    assert "already enrolled" in err.decode().splitlines()[-1]
+    with VoiceprintStore(device["db"], key) as store:
+        kept = store.get("erin")
+    assert kept is not None and kept.model_id == "another/model" and kept.version == 1
+    assert np.array_equal(kept.embeddings, theirs.embeddings)

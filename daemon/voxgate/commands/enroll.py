@@ -194,7 +194,12 @@ def run(args: argparse.Namespace) -> int:
         if any(prompts) and TEMPLATES_META not in meta:
             print("  no digit templates: answers will be checked by the speech engine alone")
         try:
-            store.replace(name, result.embeddings, embedder.model_id, meta)
+            if args.replace:
+                store.replace(name, result.embeddings, embedder.model_id, meta)
+            else:
+                # Not replace(): the daemon's API, the fleet or another shell may have
+                # enrolled this name while the takes were recorded; theirs stays.
+                store.add_user(name, result.embeddings, embedder.model_id, meta)
         except StoreError as exc:
             return fail(str(exc))
         record_change(cfg, store, "enrolled", name, embedder.model_id)
