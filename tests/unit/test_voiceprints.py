@@ -286,3 +286,40 @@ def test_a_full_disk_while_replacing_keeps_the_old_voiceprint(tmp_path: Path) ->
     with VoiceprintStore(path, KEY) as again:  # and after a restart
         vp = again.get("alice")
         assert vp is not None and vp.version == 1 and vp.embeddings.shape == (3, 256)
+
+
+def test_erase_that_cannot_compact_the_file_still_counts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A nearly full disk: the DELETE fits, the VACUUM after it does not. The user is gone,
+    so erase() must say so (the CLI then audits it and tells the fleet), not raise as if
+    nothing had happened; a second erase would only answer "no user"."""
+    import resource
+    import signal
+
+    db = tmp_path / "vp.db"
+    with VoiceprintStore(db, KEY) as store:
+        for i in range(30):
+            store.add_user(f"u{i}", _emb(i, k=5, dim=256), MODEL)
+        uid = store._user_id("u0")
+        con = sqlite3.connect(db)
+        sealed = con.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()[0]
+        con.close()
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = db.stat().st_size
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        # Room for the DELETE's few WAL pages, not for a compacted copy of the file.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, hard))
+        try:
+            assert store.erase("u0") is True
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, handler)
+        assert "u0 erased, but" in caplog.text
+        assert store.get("u0") is None and store.get("u1") is not None
+    # secure_delete overwrote the row before the compaction failed.
+    raw = _raw_bytes(db)
+    assert uid not in raw and sealed[40:72] not in raw
+    with VoiceprintStore(db, KEY) as again:
+        assert again.get("u0") is None and len(again.all()) == 29
