@@ -74,7 +74,8 @@ class UserInfo:
 
 
 def parse_key(raw: bytes) -> bytes:
-    """A 32-byte key from 64 hex characters (what init-key writes) or 32 raw bytes."""
+    """A 32-byte key from 64 hex characters (what init-key writes) or 32 raw bytes, as
+    stored: a raw key may start or end with a whitespace byte."""
     text = raw.strip()
     if len(text) == 2 * KEY_BYTES:
         try:
@@ -83,8 +84,10 @@ def parse_key(raw: bytes) -> bytes:
             pass
     if len(raw) == KEY_BYTES:
         return bytes(raw)
+    if len(text) == KEY_BYTES:  # raw bytes and a newline, as read before
+        return text
     raise StoreError(
-        f"voiceprint key must be 64 hex characters or 32 raw bytes (got {len(raw)} bytes); "
+        f"voiceprint key must be 64 hex characters or 32 raw bytes (got {len(text)} bytes); "
         "create one with: voxgate users init-key FILE"
     )
 
@@ -94,7 +97,7 @@ def load_key(speaker_cfg: Any) -> bytes:
     from voxgate.config.secrets import SecretError, SecretUnreadable, read_secret
 
     try:
-        raw = read_secret("voiceprint-key", speaker_cfg.key_file)
+        raw = read_secret("voiceprint-key", speaker_cfg.key_file, strip=False)
     except SecretUnreadable as exc:  # a new key would not open the stored voiceprints
         raise StoreError(str(exc)) from None
     except SecretError as exc:

@@ -323,3 +323,26 @@ def test_erase_that_cannot_compact_the_file_still_counts(
     assert uid not in raw and sealed[40:72] not in raw
     with VoiceprintStore(db, KEY) as again:
         assert again.get("u0") is None and len(again.all()) == 29
+
+
+def test_raw_key_may_start_or_end_with_a_whitespace_byte(
+    tmp_path: Path, no_secret_env: None
+) -> None:
+    """'32 raw bytes' (e.g. head -c 32 /dev/urandom): about 1 key in 20 starts or ends with
+    a whitespace byte, which must not be trimmed away ("got 30 bytes")."""
+    from voxgate.config.speaker import SpeakerConfig
+
+    path = tmp_path / "voiceprint.key"
+    raw = b"\t" + bytes(range(100, 130)) + b" "
+    path.write_bytes(raw)
+    path.chmod(0o600)
+    cfg = SpeakerConfig(key_file=path)
+    assert vpmod.load_key(cfg) == raw
+    # What was read before still reads the same: hex with a newline, raw bytes and a newline.
+    path.write_text(KEY.hex() + "\n")
+    assert vpmod.load_key(cfg) == KEY
+    path.write_bytes(KEY[::-1] + b"\n")
+    assert vpmod.load_key(cfg) == KEY[::-1]
+    path.write_bytes(bytes(range(31)))
+    with pytest.raises(StoreError, match=r"got 31 bytes"):
+        vpmod.load_key(cfg)

@@ -40,11 +40,15 @@ def _unreadable(name: str, path: Path, exc: OSError) -> SecretUnreadable:
     return SecretUnreadable(f"secret '{name}': cannot read {path} ({exc.strerror})")
 
 
-def read_secret(name: str, file: Path | None = None, *, required: bool = True) -> bytes | None:
+def read_secret(
+    name: str, file: Path | None = None, *, required: bool = True, strip: bool = True
+) -> bytes | None:
     """Return secret `name` (e.g. 'mqtt-password').
 
     Looks at $VOXGATE_<NAME> (dashes become underscores), then
-    $CREDENTIALS_DIRECTORY/<name> (systemd LoadCredential=), then `file`.
+    $CREDENTIALS_DIRECTORY/<name> (systemd LoadCredential=), then `file`. Surrounding
+    whitespace is dropped; with strip=False a file's bytes come as stored, for keys that may
+    be 32 raw bytes (about 1 in 20 random keys starts or ends with a whitespace byte).
     """
     env_name = "VOXGATE_" + name.upper().replace("-", "_")
     if env_name in os.environ:
@@ -72,13 +76,13 @@ def read_secret(name: str, file: Path | None = None, *, required: bool = True) -
                 stat.S_IMODE(mode),
             )
         try:
-            value = path.read_bytes().strip()
+            value = path.read_bytes()
         except OSError as exc:  # a directory, no permission: say which file
             raise SecretUnreadable(
                 f"secret '{name}': cannot read {path} ({exc.strerror})"
             ) from None
-        if value:
-            return value
+        if value.strip():
+            return value.strip() if strip else value
         # An empty file is a placeholder (the systemd unit loads every credential a door
         # may use; systemd refuses to start when a listed file is missing): not set.
         empty.append(str(path))
