@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +216,45 @@ def test_enrollment_made_meanwhile_is_not_overwritten(device: dict[str, Path]) -
         kept = store.get("erin")
     assert kept is not None and kept.model_id == "another/model" and kept.version == 1
     assert np.array_equal(kept.embeddings, theirs.embeddings)
+
+
+class _UnpluggedMic:
+    """Stands in for a physical USB microphone that is pulled out after the first take (the
+    only mock here: no microphone on a CI machine). PortAudio's read then fails, which
+    MicSource.frames raises as AudioError."""
+
+    def __init__(self, take: np.ndarray) -> None:
+        self.take = take
+
+    def frames(self, frame_ms: int = 30) -> Iterator[np.ndarray]:
+        from voxgate.audio import AudioError
+
+        n = 16 * frame_ms
+        pcm = np.concatenate([np.zeros(16000, np.int16), self.take, np.zeros(16000, np.int16)])
+        for i in range(0, len(pcm) - n + 1, n):
+            yield pcm[i : i + n]
+        raise AudioError(
+            "reading from 'USB Audio Device' failed: [Errno -9999] Unanticipated host error"
+        )
+
+    def __enter__(self) -> _UnpluggedMic:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def test_microphone_lost_during_guided_enrollment(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import voxgate.audio
+    from voxgate.audio.file import read_audio
+
+    take = read_audio(say(device["dir"] / "m.wav", TAKES[0], "en+m3"))
+    monkeypatch.setattr(voxgate.audio, "open_source", lambda cfg: _UnpluggedMic(take))
+    assert main(["enroll", "erin", "-c", str(device["cfg"])]) == 1
+    out, err = capsys.readouterr()
+    assert "take 1" in out and "progress: 1/3" in out
+    assert err.strip().splitlines()[-1].startswith("error: reading from 'USB Audio Device'"), err
+    assert main(["users", "list", "-c", str(device["cfg"])]) == 0
+    assert "no users enrolled" in capsys.readouterr().out

@@ -106,11 +106,14 @@ def _record_takes(
             prompt = plan[attempt - 1]
             print(f"\ntake {attempt}: say   {' '.join(prompt)}", flush=True)
             pcm = None
-            for frame in frames:
-                ended = [e for e in ep.feed(frame) if isinstance(e, SpeechEnded)]
-                if ended and ended[0].utterance is not None:
-                    pcm = ended[0].utterance.pcm
-                    break
+            try:
+                for frame in frames:
+                    ended = [e for e in ep.feed(frame) if isinstance(e, SpeechEnded)]
+                    if ended and ended[0].utterance is not None:
+                        pcm = ended[0].utterance.pcm
+                        break
+            except AudioError as exc:  # the device is opened here; or unplugged mid-way
+                raise CommandError(f"{exc}; nothing stored") from None
             if pcm is None:
                 print("  (audio source ended)")
                 break
