@@ -140,6 +140,26 @@ def test_guided_enrollment_from_audio_source(
     assert "enrolled erin" in out
 
 
+def test_guided_enrollment_keeps_a_take_cut_off_by_the_end_of_the_stream(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`arecord ... | voxgate enroll` stopped right after the last take: the stream ends
+    before the endpointer's hangover, and that take must still count (as in the daemon)."""
+    parts = [sf.read(say(device["dir"] / f"m{i}.wav", t, "en+m3", 1.0))[0] for i, t in
+             enumerate(TAKES[:3])]  # fmt: skip
+    last = parts[-1]
+    parts[-1] = last[: np.nonzero(np.abs(last) > 0.01)[0][-1] + 1]  # ends as speech ends
+    rate = sf.info(device["dir"] / "m0.wav").samplerate
+    sf.write(device["dir"] / "mic.wav", np.concatenate(parts), rate)
+    cfg = device["cfg"]
+    cfg.write_text(
+        cfg.read_text() + f"audio:\n  source: file\n  path: {device['dir'] / 'mic.wav'}\n"
+    )
+    assert main(["enroll", "erin", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 3 takes used" in out and "enrolled erin" in out
+
+
 def test_bad_store_and_key(device: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     cfg = str(device["cfg"])
     device["db"].parent.mkdir(parents=True)

@@ -80,6 +80,14 @@ def _print_takes(result: Any, labels: list[str]) -> None:
         print(line)
 
 
+def _ended_take(events: list[Any]) -> np.ndarray | None:
+    """The audio of an utterance that ends among endpointer `events` (None if too short)."""
+    from voxgate.vad import SpeechEnded
+
+    ended = [e for e in events if isinstance(e, SpeechEnded)]
+    return ended[0].utterance.pcm if ended and ended[0].utterance is not None else None
+
+
 def _record_takes(
     cfg: Any, embedder: Any, max_takes: int
 ) -> tuple[list[np.ndarray], list[str], Any]:
@@ -87,7 +95,7 @@ def _record_takes(
     from voxgate.audio import AudioError, open_source
     from voxgate.enrollment import check_takes, prompt_plan, take_problem
     from voxgate.quality import assess
-    from voxgate.vad import Endpointer, SpeechEnded
+    from voxgate.vad import Endpointer
 
     sp = cfg.speaker
     takes: list[np.ndarray] = []
@@ -108,10 +116,11 @@ def _record_takes(
             pcm = None
             try:
                 for frame in frames:
-                    ended = [e for e in ep.feed(frame) if isinstance(e, SpeechEnded)]
-                    if ended and ended[0].utterance is not None:
-                        pcm = ended[0].utterance.pcm
+                    pcm = _ended_take(ep.feed(frame))
+                    if pcm is not None:
                         break
+                else:  # the source ended (a pipe closed): a take still open counts
+                    pcm = _ended_take(ep.flush())
             except AudioError as exc:  # the device is opened here; or unplugged mid-way
                 raise CommandError(f"{exc}; nothing stored") from None
             if pcm is None:
