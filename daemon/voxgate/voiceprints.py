@@ -202,7 +202,7 @@ class VoiceprintStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot use the voiceprint database ({exc})") from None
         try:
-            self._open(new)
+            self._open()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise StoreError(f"{self.path}: cannot use the voiceprint database ({exc})") from None
@@ -241,14 +241,19 @@ class VoiceprintStore:
 
     # -- opening, schema, migrations
 
-    def _open(self, new: bool) -> None:
+    def _open(self) -> None:
         db = self._db
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if app_id == 0 and tables == 0:
-            new = True
-        elif app_id != APPLICATION_ID:
+        # One snapshot: another process (the daemon, a second command) may be creating this
+        # file right now; read apart, its header and tables could look like a foreign file.
+        db.execute("BEGIN")
+        try:
+            app_id = db.execute("PRAGMA application_id").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        finally:
+            db.execute("COMMIT")
+        new = app_id == 0 and tables == 0
+        if not new and app_id != APPLICATION_ID:
             raise StoreError(
                 f"{self.path}: a SQLite database that is not a voxgate voiceprint store; "
                 "left untouched (point speaker.database elsewhere)"
@@ -261,15 +266,18 @@ class VoiceprintStore:
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             log.warning("%s: journal_mode is %s, not WAL", self.path, mode)
-        if new:
-            self._create()
-        else:
+        if new and not self._create():
+            self._open()  # another process created it since the snapshot: open what it made
+        elif not new:
             self._check_key()
             self._migrate(version)
 
-    def _create(self) -> None:
+    def _create(self) -> bool:
+        """Create the schema in an empty file; False when another process got there first."""
         now = time.time()
         with self._tx():
+            if self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                return False
             self._db.execute("CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
             self._db.execute("CREATE TABLE voiceprints (id BLOB PRIMARY KEY, sealed BLOB NOT NULL)")
             self._db.execute(
@@ -279,6 +287,7 @@ class VoiceprintStore:
             self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         log.info("created voiceprint store %s (schema %d)", self.path, SCHEMA_VERSION)
+        return True
 
     # Each entry upgrades the schema from version i+1 to i+2; none yet beyond version 1.
     MIGRATIONS: tuple[str, ...] = ()

@@ -346,3 +346,35 @@ def test_raw_key_may_start_or_end_with_a_whitespace_byte(
     path.write_bytes(bytes(range(31)))
     with pytest.raises(StoreError, match=r"got 31 bytes"):
         vpmod.load_key(cfg)
+
+
+def test_a_store_created_by_another_process_meanwhile_is_opened(tmp_path: Path) -> None:
+    """First start: the daemon and a command open the new, empty file at the same moment.
+    The one that finds the schema written while it waited for the write lock opens it
+    (it used to fail with "table meta already exists", or took the half-read file for a
+    foreign database)."""
+    import threading
+
+    ref = tmp_path / "ref.db"
+    VoiceprintStore(ref, KEY).close()
+    dump = [
+        s for s in sqlite3.connect(ref).iterdump() if s not in ("BEGIN TRANSACTION;", "COMMIT;")
+    ]
+    db = tmp_path / "vp.db"
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("PRAGMA journal_mode = WAL")
+    other.execute("BEGIN IMMEDIATE")  # the other process is creating the store right now
+    for statement in dump:
+        other.execute(statement)
+    other.execute(f"PRAGMA application_id = {vpmod.APPLICATION_ID}")
+    other.execute(f"PRAGMA user_version = {vpmod.SCHEMA_VERSION}")
+    done = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+    done.start()
+    try:
+        with VoiceprintStore(db, KEY) as store:
+            store.add_user("alice", _emb(1), MODEL)
+    finally:
+        done.join()
+        other.close()
+    with VoiceprintStore(db, KEY) as again:
+        assert [u.name for u in again.users()] == ["alice"]
