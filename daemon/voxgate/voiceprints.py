@@ -81,7 +81,11 @@ def parse_key(raw: bytes) -> bytes:
         try:
             return bytes.fromhex(text.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
-            pass
+            # Not "create one": a new key would not open the voiceprints sealed with this one.
+            raise StoreError(
+                "voiceprint key has 64 characters, but not all are hex digits (0-9, a-f); "
+                "is the key file mistyped?"
+            ) from None
     if len(raw) == KEY_BYTES:
         return bytes(raw)
     if len(text) == KEY_BYTES:  # raw bytes and a newline, as read before

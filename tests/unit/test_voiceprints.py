@@ -237,6 +237,11 @@ def test_key_file_create_and_parse(tmp_path: Path) -> None:
     assert vpmod.parse_key(bytes(range(32))) == bytes(range(32))
     with pytest.raises(StoreError, match="64 hex"):
         vpmod.parse_key(b"short")
+    # A mistyped hex key (O for 0): say so, not "got 64 bytes" against "must be 64 hex".
+    typo = b"O" + key.hex()[1:].encode() + b"\n"
+    with pytest.raises(StoreError, match="not all are hex digits") as exc:
+        vpmod.parse_key(typo)
+    assert "init-key" not in str(exc.value)
 
 
 def test_side_files_private_and_second_process_sees_changes(tmp_path: Path) -> None:
