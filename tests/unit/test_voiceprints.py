@@ -383,3 +383,24 @@ def test_a_store_created_by_another_process_meanwhile_is_opened(tmp_path: Path) 
         other.close()
     with VoiceprintStore(db, KEY) as again:
         assert [u.name for u in again.users()] == ["alice"]
+
+
+def test_init_key_is_on_disk_before_it_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every voiceprint is sealed with this key right after `init-key`; a power cut before
+    the file system writes it back (seconds on ext4, longer elsewhere) would leave an empty
+    key file and nothing readable. The key's bytes and its directory entry are synced."""
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((st.st_ino, st.st_size))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "voiceprint.key"
+    vpmod.write_key_file(path)
+    assert (path.stat().st_ino, 65) in synced  # the file, holding its 64 hex + newline
+    assert tmp_path.stat().st_ino in [ino for ino, _ in synced]  # the folder's entry

@@ -26,10 +26,22 @@ def write_new_secret(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            # On disk before anything is sealed or signed with it: after a power cut the
+            # file could otherwise be empty (delayed allocation) and all it sealed unreadable.
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as exc:
         Path(path).unlink(missing_ok=True)
         raise PartialWrite(exc.errno, exc.strerror, str(path)) from exc
     os.chmod(path, 0o600)
+    try:  # and its name in the folder
+        dir_fd = os.open(Path(path).parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:  # some file systems cannot sync a folder: the key is written
+        log.warning("%s: could not sync its folder (%s)", path, exc.strerror)
 
 
 class SecretUnreadable(SecretError):
