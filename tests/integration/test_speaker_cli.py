@@ -114,6 +114,9 @@ def test_enroll_rejects_bad_takes(
     assert main(["enroll", "carol", "--from", *good, other, "-c", str(device["cfg"])]) == 0
     out = capsys.readouterr().out
     assert "REJECTED: inconsistent" in out and "3 of 4 takes used" in out
+    # The rejected take is named by its file, also under a long folder (tmp_path's).
+    (rejected,) = [line for line in out.splitlines() if "REJECTED" in line]
+    assert "other.wav" in rejected, out
     # Too little speech overall: nothing stored, the reason said.
     one = str(say(d / "one.wav", "one two", "en+m3"))
     assert main(["enroll", "dave", "--from", one, "-c", str(device["cfg"])]) == 1

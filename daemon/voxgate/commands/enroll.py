@@ -67,11 +67,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _label(text: str, width: int = 24) -> str:
+    """`text` in `width` columns; a long path keeps its end, where the file name is."""
+    return f"{text:{width}s}" if len(text) <= width else "..." + text[-(width - 3) :]
+
+
 def _print_takes(result: Any, labels: list[str]) -> None:
     for t in result.takes:
         q = t.quality
         line = (
-            f"  take {t.index:2d} {labels[t.index - 1]:24.24s} speech {q.speech_s:4.1f} s  "
+            f"  take {t.index:2d} {_label(labels[t.index - 1])} speech {q.speech_s:4.1f} s  "
             f"SNR {q.snr_db:3.0f} dB  clipped {100 * q.clipped:4.2f} %"
         )
         if t.consistency is not None:
