@@ -142,7 +142,7 @@ def _record_takes(
             print(
                 f"  ok: {q.speech_s:.1f} s of speech, SNR {q.snr_db:.0f} dB   progress: "
                 f"{len(takes)}/{sp.enroll_min_takes} takes, "
-                f"{speech:.1f}/{sp.enroll_min_speech_s:.0f} s"
+                f"{speech:.1f}/{sp.enroll_min_speech_s:g} s"
             )
             if len(takes) >= sp.enroll_min_takes and speech >= sp.enroll_min_speech_s:
                 result = check_takes(takes, embedder, sp, cfg.vad)
