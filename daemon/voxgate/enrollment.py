@@ -8,6 +8,7 @@ docs/speaker-verification.md). A rejected take is named with its reason, never a
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,7 +126,9 @@ def check_takes(
     if len(good) < cfg.enroll_min_takes:
         problems.append(f"need {cfg.enroll_min_takes} good takes, have {len(good)}")
     if speech < cfg.enroll_min_speech_s:
-        problems.append(f"need {cfg.enroll_min_speech_s:.0f} s of net speech, have {speech:.1f} s")
+        # Rounded down: 5.96 of 6 s is not "have 6.0 s"; and a minimum of 6.5 s is not "6 s".
+        have = math.floor(speech * 10) / 10
+        problems.append(f"need {cfg.enroll_min_speech_s:g} s of net speech, have {have:.1f} s")
     dim = int(getattr(embedder, "dim", 0) or (good[0][2].shape[0] if good else 0))
     emb = np.stack([g[2] for g in good]) if good else np.zeros((0, dim), np.float32)
     return EnrollResult(l2_normalize(emb) if good else emb, ordered, speech, tuple(problems))

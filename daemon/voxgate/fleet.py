@@ -59,7 +59,8 @@ class MessageError(Exception):
 
 
 def parse_key32(raw: bytes, what: str) -> bytes:
-    """32 bytes from 64 hex characters or 32 raw bytes."""
+    """32 bytes from 64 hex characters or 32 raw bytes (as stored: a raw key may start or
+    end with a whitespace byte)."""
     text = raw.strip()
     if len(text) == 64:
         try:
@@ -68,7 +69,9 @@ def parse_key32(raw: bytes, what: str) -> bytes:
             pass
     if len(raw) == 32:
         return bytes(raw)
-    raise FleetError(f"{what} must be 64 hex characters or 32 raw bytes (got {len(raw)} bytes)")
+    if len(text) == 32:  # raw bytes and a newline, as read before
+        return text
+    raise FleetError(f"{what} must be 64 hex characters or 32 raw bytes (got {len(text)} bytes)")
 
 
 def _derive(key: bytes, purpose: bytes) -> bytes:
@@ -91,11 +94,13 @@ class FleetKeys:
         from voxgate.config.secrets import SecretError, read_secret
 
         try:
-            raw = read_secret("fleet-key", cfg.key_file)
+            raw = read_secret("fleet-key", cfg.key_file, strip=False)
         except SecretError as exc:
             raise FleetError(f"fleet sync: {exc}") from None
         assert raw is not None
-        signing = read_secret("fleet-signing-key", cfg.signing_key_file, required=False)
+        signing = read_secret(
+            "fleet-signing-key", cfg.signing_key_file, required=False, strip=False
+        )
         return cls(
             fleet_key=parse_key32(raw, "fleet key"),
             signing_key=parse_key32(signing, "fleet signing key") if signing else None,

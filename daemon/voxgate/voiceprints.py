@@ -74,17 +74,24 @@ class UserInfo:
 
 
 def parse_key(raw: bytes) -> bytes:
-    """A 32-byte key from 64 hex characters (what init-key writes) or 32 raw bytes."""
+    """A 32-byte key from 64 hex characters (what init-key writes) or 32 raw bytes, as
+    stored: a raw key may start or end with a whitespace byte."""
     text = raw.strip()
     if len(text) == 2 * KEY_BYTES:
         try:
             return bytes.fromhex(text.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
-            pass
+            # Not "create one": a new key would not open the voiceprints sealed with this one.
+            raise StoreError(
+                "voiceprint key has 64 characters, but not all are hex digits (0-9, a-f); "
+                "is the key file mistyped?"
+            ) from None
     if len(raw) == KEY_BYTES:
         return bytes(raw)
+    if len(text) == KEY_BYTES:  # raw bytes and a newline, as read before
+        return text
     raise StoreError(
-        f"voiceprint key must be 64 hex characters or 32 raw bytes (got {len(raw)} bytes); "
+        f"voiceprint key must be 64 hex characters or 32 raw bytes (got {len(text)} bytes); "
         "create one with: voxgate users init-key FILE"
     )
 
@@ -94,7 +101,7 @@ def load_key(speaker_cfg: Any) -> bytes:
     from voxgate.config.secrets import SecretError, SecretUnreadable, read_secret
 
     try:
-        raw = read_secret("voiceprint-key", speaker_cfg.key_file)
+        raw = read_secret("voiceprint-key", speaker_cfg.key_file, strip=False)
     except SecretUnreadable as exc:  # a new key would not open the stored voiceprints
         raise StoreError(str(exc)) from None
     except SecretError as exc:
@@ -199,7 +206,7 @@ class VoiceprintStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot use the voiceprint database ({exc})") from None
         try:
-            self._open(new)
+            self._open()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise StoreError(f"{self.path}: cannot use the voiceprint database ({exc})") from None
@@ -238,14 +245,19 @@ class VoiceprintStore:
 
     # -- opening, schema, migrations
 
-    def _open(self, new: bool) -> None:
+    def _open(self) -> None:
         db = self._db
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if app_id == 0 and tables == 0:
-            new = True
-        elif app_id != APPLICATION_ID:
+        # One snapshot: another process (the daemon, a second command) may be creating this
+        # file right now; read apart, its header and tables could look like a foreign file.
+        db.execute("BEGIN")
+        try:
+            app_id = db.execute("PRAGMA application_id").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        finally:
+            db.execute("COMMIT")
+        new = app_id == 0 and tables == 0
+        if not new and app_id != APPLICATION_ID:
             raise StoreError(
                 f"{self.path}: a SQLite database that is not a voxgate voiceprint store; "
                 "left untouched (point speaker.database elsewhere)"
@@ -258,15 +270,18 @@ class VoiceprintStore:
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             log.warning("%s: journal_mode is %s, not WAL", self.path, mode)
-        if new:
-            self._create()
-        else:
+        if new and not self._create():
+            self._open()  # another process created it since the snapshot: open what it made
+        elif not new:
             self._check_key()
             self._migrate(version)
 
-    def _create(self) -> None:
+    def _create(self) -> bool:
+        """Create the schema in an empty file; False when another process got there first."""
         now = time.time()
         with self._tx():
+            if self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                return False
             self._db.execute("CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
             self._db.execute("CREATE TABLE voiceprints (id BLOB PRIMARY KEY, sealed BLOB NOT NULL)")
             self._db.execute(
@@ -276,6 +291,7 @@ class VoiceprintStore:
             self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         log.info("created voiceprint store %s (schema %d)", self.path, SCHEMA_VERSION)
+        return True
 
     # Each entry upgrades the schema from version i+1 to i+2; none yet beyond version 1.
     MIGRATIONS: tuple[str, ...] = ()
@@ -454,6 +470,13 @@ class VoiceprintStore:
             )
         return vp
 
+    def has(self, name: str) -> bool:
+        """Whether the user has a row, readable or not (a damaged row counts)."""
+        uid = self._user_id(normalize_name(name))
+        with self._using("read"):
+            row = self._db.execute("SELECT 1 FROM voiceprints WHERE id = ?", (uid,)).fetchone()
+        return row is not None
+
     def all(self) -> list[Voiceprint]:
         """Every voiceprint; StoreError if any one cannot be read."""
         out = [self._unpack(self._unseal(sealed, uid)) for uid, sealed in self._rows()]
@@ -494,7 +517,21 @@ class VoiceprintStore:
                 cur = self._db.execute("DELETE FROM voiceprints WHERE id = ?", (uid,))
             if cur.rowcount == 0:
                 return False
-            self._scrub()
+            try:
+                self._scrub()
+            except sqlite3.DatabaseError as exc:
+                # The DELETE is committed (and its cells zeroed by secure_delete): the erase
+                # happened and must be reported as done, or it is never audited nor sent to
+                # the fleet, and a second try only answers "no user". E.g. a full disk: the
+                # VACUUM needs room for a copy of the file.
+                log.error(
+                    "%s: %s erased, but the clean-up after it failed (%s); old copies of its "
+                    "pages may stay in the file until the next erase",
+                    self.path,
+                    name,
+                    exc,
+                )
+                return True
         log.info("voiceprint for %s erased", name)
         return True
 

@@ -399,6 +399,27 @@ def test_enroll_from_uploaded_takes(enroll_api: dict, tmp_path: Path) -> None:
     assert status == 201 and body["version"] == 2
 
 
+def test_enrolling_over_a_damaged_voiceprint(enroll_api: dict, tmp_path: Path) -> None:
+    """A damaged row still belongs to its user: without replace the answer is 409 with the
+    way out (not 503 'store unavailable'); with replace=true it is repaired."""
+    from fleet_tts import DIGITS, say, write_wav
+
+    from tests.store_helpers import damage_row
+
+    c = enroll_api["client"]
+    takes = [
+        (f"take{i}.wav", write_wav(tmp_path / f"t{i}.wav", say(t, "en+m3")).read_bytes())
+        for i, t in enumerate(DIGITS[:3])
+    ]
+    assert c.upload("/api/v1/users/erin", takes)[0] == 201
+    damage_row(enroll_api["store"], "erin")
+    status, body, _ = c.upload("/api/v1/users/erin", takes)
+    assert status == 409 and "replace=true" in body["message"], body
+    status, body, _ = c.upload("/api/v1/users/erin", takes, {"replace": "true"})
+    assert status == 201 and body["version"] == 1, body
+    assert enroll_api["store"].get("erin") is not None
+
+
 def test_enroll_with_prompts_keeps_digit_templates(enroll_api: dict, tmp_path: Path) -> None:
     from fleet_tts import DIGITS, say, write_wav
 

@@ -3,6 +3,7 @@ status 1, never a traceback. Real files, a real SQLite store, the shipped model.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -217,3 +218,37 @@ def test_export_is_private_atomic_and_writes_through_links(tmp_path: Path) -> No
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)
     assert not target.exists() and not (tmp_path / ".big.json.tmp").exists()
+
+
+def _limit_output_size() -> None:
+    """In the child: no file may grow past 16 kB, like a disk that fills up mid-export."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+
+
+def test_export_to_standard_output_on_a_full_disk(device: dict[str, Path]) -> None:
+    """`voxgate users export alice > alice.json`: a disk that fills up must not leave a cut
+    export behind with exit status 0 (Python's stdout drops the rest of a short write), nor
+    a traceback when nothing can be written."""
+    key = parse_key(device["key"].read_bytes())
+    rng = np.random.default_rng(5)
+    # The store stays open here, so the child needs no new file space to read it.
+    with VoiceprintStore(device["db"], key) as store:
+        store.add_user("alice", rng.standard_normal((20, 256)).astype(np.float32), MODEL)
+        cmd = [sys.executable, "-m", "voxgate", "users", "export", "alice"]
+        cmd += ["-c", str(device["cfg"])]
+        env = {**os.environ, "PYTHONPATH": str(Path(voxgate.__file__).parents[1])}
+        out = device["dir"] / "alice.json"
+        for target, limit in ((out, _limit_output_size), (Path("/dev/full"), None)):
+            with open(target, "wb") as stdout:
+                proc = subprocess.run(
+                    cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env,
+                    preexec_fn=limit, check=False,
+                )  # fmt: skip
+            assert proc.returncode == 1, (target, proc.stderr)
+            _one_error_line(proc.stderr, "cannot write the export", "standard output")
+        assert out.stat().st_size == 16384
+        # With room, the same command writes all of it.
+        with open(out, "wb") as stdout:
+            subprocess.run(cmd, stdout=stdout, env=env, check=True)
+    assert len(json.loads(out.read_text())["embeddings"]) == 20

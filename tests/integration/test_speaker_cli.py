@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,9 @@ def test_enroll_rejects_bad_takes(
     assert main(["enroll", "carol", "--from", *good, other, "-c", str(device["cfg"])]) == 0
     out = capsys.readouterr().out
     assert "REJECTED: inconsistent" in out and "3 of 4 takes used" in out
+    # The rejected take is named by its file, also under a long folder (tmp_path's).
+    (rejected,) = [line for line in out.splitlines() if "REJECTED" in line]
+    assert "other.wav" in rejected, out
     # Too little speech overall: nothing stored, the reason said.
     one = str(say(d / "one.wav", "one two", "en+m3"))
     assert main(["enroll", "dave", "--from", one, "-c", str(device["cfg"])]) == 1
@@ -139,6 +143,26 @@ def test_guided_enrollment_from_audio_source(
     assert "enrolled erin" in out
 
 
+def test_guided_enrollment_keeps_a_take_cut_off_by_the_end_of_the_stream(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`arecord ... | voxgate enroll` stopped right after the last take: the stream ends
+    before the endpointer's hangover, and that take must still count (as in the daemon)."""
+    parts = [sf.read(say(device["dir"] / f"m{i}.wav", t, "en+m3", 1.0))[0] for i, t in
+             enumerate(TAKES[:3])]  # fmt: skip
+    last = parts[-1]
+    parts[-1] = last[: np.nonzero(np.abs(last) > 0.01)[0][-1] + 1]  # ends as speech ends
+    rate = sf.info(device["dir"] / "m0.wav").samplerate
+    sf.write(device["dir"] / "mic.wav", np.concatenate(parts), rate)
+    cfg = device["cfg"]
+    cfg.write_text(
+        cfg.read_text() + f"audio:\n  source: file\n  path: {device['dir'] / 'mic.wav'}\n"
+    )
+    assert main(["enroll", "erin", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 3 takes used" in out and "enrolled erin" in out
+
+
 def test_bad_store_and_key(device: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     cfg = str(device["cfg"])
     device["db"].parent.mkdir(parents=True)
@@ -156,3 +180,104 @@ def test_bad_store_and_key(device: dict[str, Path], capsys: pytest.CaptureFixtur
     device["key"].unlink()
     assert main(["users", "list", "-c", cfg]) == 1
     assert "init-key" in capsys.readouterr().err
+
+
+def test_enroll_replace_repairs_a_damaged_voiceprint(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.store_helpers import damage_row
+    from voxgate.voiceprints import VoiceprintStore, parse_key
+
+    cfg = str(device["cfg"])
+    files = _enroll(device, "alice", "en+f2")
+    with VoiceprintStore(device["db"], parse_key(device["key"].read_bytes())) as store:
+        damage_row(store, "alice")
+    capsys.readouterr()
+    # Without --replace the row is still there: the way out is named.
+    assert main(["enroll", "alice", "--from", *files, "-c", cfg]) == 1
+    assert "--replace" in capsys.readouterr().err
+    # users list says "not recognised until re-enrolled": re-enrolling must work.
+    assert main(["enroll", "alice", "--replace", "--from", *files, "-c", cfg]) == 0
+    assert main(["users", "list", "-c", cfg]) == 0
+    assert "alice" in capsys.readouterr().out
+
+
+def test_enrollment_made_meanwhile_is_not_overwritten(device: dict[str, Path]) -> None:
+    """A guided enrollment takes a minute; if the daemon's API, the fleet or another shell
+    enrolls the same name meanwhile, that voiceprint stays (without --replace)."""
+    import os
+    import sys
+
+    import voxgate
+    from voxgate.audio.file import read_audio
+    from voxgate.voiceprints import VoiceprintStore, parse_key
+
+    cfg = device["cfg"]
+    cfg.write_text(cfg.read_text() + "audio:\n  source: stdin\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(voxgate.__file__).parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voxgate", "enroll", "erin", "-c", str(cfg)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    first = proc.stdout.readline() + proc.stdout.readline()  # a blank line, then the prompt
+    assert b"take 1: say" in first, first
+    key = parse_key(device["key"].read_bytes())
+    with VoiceprintStore(device["db"], key) as store:
+        theirs = store.add_user("Erin", np.eye(3, 256, dtype=np.float32), "another/model")
+    gap = np.zeros(16000, np.int16)
+    for i, text in enumerate(TAKES[:3]):
+        pcm = read_audio(say(device["dir"] / f"e{i}.wav", text, "en+m3"))
+        proc.stdin.write(np.concatenate([gap, pcm, gap]).tobytes())
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err.decode(), err.decode()
+    assert "already enrolled" in err.decode().splitlines()[-1]
+    with VoiceprintStore(device["db"], key) as store:
+        kept = store.get("erin")
+    assert kept is not None and kept.model_id == "another/model" and kept.version == 1
+    assert np.array_equal(kept.embeddings, theirs.embeddings)
+
+
+class _UnpluggedMic:
+    """Stands in for a physical USB microphone that is pulled out after the first take (the
+    only mock here: no microphone on a CI machine). PortAudio's read then fails, which
+    MicSource.frames raises as AudioError."""
+
+    def __init__(self, take: np.ndarray) -> None:
+        self.take = take
+
+    def frames(self, frame_ms: int = 30) -> Iterator[np.ndarray]:
+        from voxgate.audio import AudioError
+
+        n = 16 * frame_ms
+        pcm = np.concatenate([np.zeros(16000, np.int16), self.take, np.zeros(16000, np.int16)])
+        for i in range(0, len(pcm) - n + 1, n):
+            yield pcm[i : i + n]
+        raise AudioError(
+            "reading from 'USB Audio Device' failed: [Errno -9999] Unanticipated host error"
+        )
+
+    def __enter__(self) -> _UnpluggedMic:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def test_microphone_lost_during_guided_enrollment(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import voxgate.audio
+    from voxgate.audio.file import read_audio
+
+    take = read_audio(say(device["dir"] / "m.wav", TAKES[0], "en+m3"))
+    monkeypatch.setattr(voxgate.audio, "open_source", lambda cfg: _UnpluggedMic(take))
+    assert main(["enroll", "erin", "-c", str(device["cfg"])]) == 1
+    out, err = capsys.readouterr()
+    assert "take 1" in out and "progress: 1/3" in out
+    assert err.strip().splitlines()[-1].startswith("error: reading from 'USB Audio Device'"), err
+    assert main(["users", "list", "-c", str(device["cfg"])]) == 0
+    assert "no users enrolled" in capsys.readouterr().out

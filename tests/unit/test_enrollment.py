@@ -95,3 +95,22 @@ def test_check_takes_with_real_embedder(tmp_path: Path) -> None:
     assert result.embeddings.shape == (4, embedder.dim)
     strict = check_takes(takes[:2], embedder, SpeakerConfig())
     assert not strict.ok and any("good takes" in p for p in strict.problems)
+
+
+@needs_espeak
+def test_a_speech_shortfall_reads_as_one(tmp_path: Path) -> None:
+    """Just under a minimum that is not a whole number of seconds, the message must say the
+    minimum and less than it (it read "need 6 s, have 6.0 s", or "need 4 s" for 3.84 s)."""
+    import re
+
+    embedding = pytest.importorskip("voxgate.embedding")
+    embedder = embedding.load_embedder()
+    texts = ("three nine one four", "six zero two eight", "seven two eight five")
+    takes = [say(tmp_path, t) for t in texts]
+    speech = check_takes(takes, embedder, SpeakerConfig(enroll_min_speech_s=1)).speech_s
+    for missing in (0.04, 0.01):
+        minimum = speech + missing
+        short = check_takes(takes, embedder, SpeakerConfig(enroll_min_speech_s=minimum))
+        (problem,) = short.problems
+        need, have = map(float, re.findall(r"(\d+(?:\.\d+)?) s", problem))
+        assert abs(need - minimum) < 0.01 and have < need, problem

@@ -121,3 +121,19 @@ def test_keys_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     keys = FleetKeys.load(cfg)
     assert keys.fleet_key == bytes([0xAB]) * 32 and keys.signing_key is None
     assert parse_key32(bytes(range(32)), "k") == bytes(range(32))
+
+
+def test_raw_keys_keep_their_whitespace_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("VOXGATE_FLEET_KEY", "VOXGATE_FLEET_SIGNING_KEY", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(var, raising=False)
+    fleet, signing = b" " + bytes(range(31)), bytes(range(1, 32)) + b"\n"
+    (tmp_path / "fleet-key").write_bytes(fleet)
+    (tmp_path / "signing").write_bytes(signing)
+    for f in tmp_path.iterdir():
+        f.chmod(0o600)
+    keys = FleetKeys.load(
+        FleetConfig(key_file=tmp_path / "fleet-key", signing_key_file=tmp_path / "signing")
+    )
+    assert keys.fleet_key == fleet and keys.signing_key == signing

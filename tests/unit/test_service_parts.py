@@ -133,3 +133,25 @@ def test_kept_audio_roundtrip_tamper_and_retention(tmp_path: Path) -> None:
     assert list(tmp_path.glob("*.vxa")) == []
     with pytest.raises(KeepError):
         AudioKeeper(tmp_path, b"short", 1)
+
+
+def test_raw_audio_key_keeps_its_whitespace_bytes(tmp_path: Path) -> None:
+    from voxgate.config import VoxgateConfig
+    from voxgate.service.keep import parse_key
+    from voxgate.service.loop import Daemon
+
+    raw = b"\n" + bytes(range(40, 70)) + b"\r"
+    assert parse_key(raw) == raw
+    key_file = tmp_path / "audio.key"
+    key_file.write_bytes(raw)
+    key_file.chmod(0o600)
+    cfg = VoxgateConfig.model_validate(
+        {
+            "data_dir": str(tmp_path),
+            "audit": {"keep_audio": True, "audio_key_file": str(key_file)},
+        }
+    )
+    keeper = Daemon._open_keeper(None, cfg)  # type: ignore[arg-type]
+    pcm = np.arange(1600, dtype=np.int16)
+    stored = keeper.store(pcm, "n1", time.time())
+    assert np.array_equal(AudioKeeper(tmp_path / "audio", raw, 1).load(stored), pcm)

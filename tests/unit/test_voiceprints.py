@@ -237,6 +237,11 @@ def test_key_file_create_and_parse(tmp_path: Path) -> None:
     assert vpmod.parse_key(bytes(range(32))) == bytes(range(32))
     with pytest.raises(StoreError, match="64 hex"):
         vpmod.parse_key(b"short")
+    # A mistyped hex key (O for 0): say so, not "got 64 bytes" against "must be 64 hex".
+    typo = b"O" + key.hex()[1:].encode() + b"\n"
+    with pytest.raises(StoreError, match="not all are hex digits") as exc:
+        vpmod.parse_key(typo)
+    assert "init-key" not in str(exc.value)
 
 
 def test_side_files_private_and_second_process_sees_changes(tmp_path: Path) -> None:
@@ -286,3 +291,116 @@ def test_a_full_disk_while_replacing_keeps_the_old_voiceprint(tmp_path: Path) ->
     with VoiceprintStore(path, KEY) as again:  # and after a restart
         vp = again.get("alice")
         assert vp is not None and vp.version == 1 and vp.embeddings.shape == (3, 256)
+
+
+def test_erase_that_cannot_compact_the_file_still_counts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A nearly full disk: the DELETE fits, the VACUUM after it does not. The user is gone,
+    so erase() must say so (the CLI then audits it and tells the fleet), not raise as if
+    nothing had happened; a second erase would only answer "no user"."""
+    import resource
+    import signal
+
+    db = tmp_path / "vp.db"
+    with VoiceprintStore(db, KEY) as store:
+        for i in range(30):
+            store.add_user(f"u{i}", _emb(i, k=5, dim=256), MODEL)
+        uid = store._user_id("u0")
+        con = sqlite3.connect(db)
+        sealed = con.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()[0]
+        con.close()
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = db.stat().st_size
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        # Room for the DELETE's few WAL pages, not for a compacted copy of the file.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, hard))
+        try:
+            assert store.erase("u0") is True
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, handler)
+        assert "u0 erased, but" in caplog.text
+        assert store.get("u0") is None and store.get("u1") is not None
+    # secure_delete overwrote the row before the compaction failed.
+    raw = _raw_bytes(db)
+    assert uid not in raw and sealed[40:72] not in raw
+    with VoiceprintStore(db, KEY) as again:
+        assert again.get("u0") is None and len(again.all()) == 29
+
+
+def test_raw_key_may_start_or_end_with_a_whitespace_byte(
+    tmp_path: Path, no_secret_env: None
+) -> None:
+    """'32 raw bytes' (e.g. head -c 32 /dev/urandom): about 1 key in 20 starts or ends with
+    a whitespace byte, which must not be trimmed away ("got 30 bytes")."""
+    from voxgate.config.speaker import SpeakerConfig
+
+    path = tmp_path / "voiceprint.key"
+    raw = b"\t" + bytes(range(100, 130)) + b" "
+    path.write_bytes(raw)
+    path.chmod(0o600)
+    cfg = SpeakerConfig(key_file=path)
+    assert vpmod.load_key(cfg) == raw
+    # What was read before still reads the same: hex with a newline, raw bytes and a newline.
+    path.write_text(KEY.hex() + "\n")
+    assert vpmod.load_key(cfg) == KEY
+    path.write_bytes(KEY[::-1] + b"\n")
+    assert vpmod.load_key(cfg) == KEY[::-1]
+    path.write_bytes(bytes(range(31)))
+    with pytest.raises(StoreError, match=r"got 31 bytes"):
+        vpmod.load_key(cfg)
+
+
+def test_a_store_created_by_another_process_meanwhile_is_opened(tmp_path: Path) -> None:
+    """First start: the daemon and a command open the new, empty file at the same moment.
+    The one that finds the schema written while it waited for the write lock opens it
+    (it used to fail with "table meta already exists", or took the half-read file for a
+    foreign database)."""
+    import threading
+
+    ref = tmp_path / "ref.db"
+    VoiceprintStore(ref, KEY).close()
+    dump = [
+        s for s in sqlite3.connect(ref).iterdump() if s not in ("BEGIN TRANSACTION;", "COMMIT;")
+    ]
+    db = tmp_path / "vp.db"
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("PRAGMA journal_mode = WAL")
+    other.execute("BEGIN IMMEDIATE")  # the other process is creating the store right now
+    for statement in dump:
+        other.execute(statement)
+    other.execute(f"PRAGMA application_id = {vpmod.APPLICATION_ID}")
+    other.execute(f"PRAGMA user_version = {vpmod.SCHEMA_VERSION}")
+    done = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+    done.start()
+    try:
+        with VoiceprintStore(db, KEY) as store:
+            store.add_user("alice", _emb(1), MODEL)
+    finally:
+        done.join()
+        other.close()
+    with VoiceprintStore(db, KEY) as again:
+        assert [u.name for u in again.users()] == ["alice"]
+
+
+def test_init_key_is_on_disk_before_it_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every voiceprint is sealed with this key right after `init-key`; a power cut before
+    the file system writes it back (seconds on ext4, longer elsewhere) would leave an empty
+    key file and nothing readable. The key's bytes and its directory entry are synced."""
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((st.st_ino, st.st_size))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "voiceprint.key"
+    vpmod.write_key_file(path)
+    assert (path.stat().st_ino, 65) in synced  # the file, holding its 64 hex + newline
+    assert tmp_path.stat().st_ino in [ino for ino, _ in synced]  # the folder's entry

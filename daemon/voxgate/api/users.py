@@ -78,7 +78,7 @@ class UserAdmin:
         from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes
 
         name = normalize_name(name)
-        if not replace and self.store.get(name) is not None:
+        if not replace and self.store.has(name):  # a damaged row counts: replace repairs it
             raise UserExists(f"user '{name}' is already enrolled (send replace=true to re-enroll)")
         embedder = self.embedder()
         result = check_takes(takes, embedder, self.speaker_cfg, self.vad_cfg)
@@ -109,7 +109,7 @@ class UserAdmin:
             try:
                 vp = self.store.add_user(name, result.embeddings, embedder.model_id, meta)
             except StoreError:
-                if self.store.get(name) is not None:  # a concurrent enrollment won the race
+                if self.store.has(name):  # a concurrent enrollment won the race
                     raise UserExists(f"user '{name}' was enrolled meanwhile") from None
                 raise
         log.info("enrolled %s over the API (%d takes)", vp.name, len(vp.embeddings))

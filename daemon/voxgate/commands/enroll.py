@@ -67,17 +67,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _label(text: str, width: int = 24) -> str:
+    """`text` in `width` columns; a long path keeps its end, where the file name is."""
+    return f"{text:{width}s}" if len(text) <= width else "..." + text[-(width - 3) :]
+
+
 def _print_takes(result: Any, labels: list[str]) -> None:
     for t in result.takes:
         q = t.quality
         line = (
-            f"  take {t.index:2d} {labels[t.index - 1]:24.24s} speech {q.speech_s:4.1f} s  "
+            f"  take {t.index:2d} {_label(labels[t.index - 1])} speech {q.speech_s:4.1f} s  "
             f"SNR {q.snr_db:3.0f} dB  clipped {100 * q.clipped:4.2f} %"
         )
         if t.consistency is not None:
             line += f"  consistency {t.consistency:.2f}"
         line += "  ok" if t.accepted else f"  REJECTED: {REASONS.get(t.reason or '', t.reason)}"
         print(line)
+
+
+def _ended_take(events: list[Any]) -> np.ndarray | None:
+    """The audio of an utterance that ends among endpointer `events` (None if too short)."""
+    from voxgate.vad import SpeechEnded
+
+    ended = [e for e in events if isinstance(e, SpeechEnded)]
+    return ended[0].utterance.pcm if ended and ended[0].utterance is not None else None
 
 
 def _record_takes(
@@ -87,7 +100,7 @@ def _record_takes(
     from voxgate.audio import AudioError, open_source
     from voxgate.enrollment import check_takes, prompt_plan, take_problem
     from voxgate.quality import assess
-    from voxgate.vad import Endpointer, SpeechEnded
+    from voxgate.vad import Endpointer
 
     sp = cfg.speaker
     takes: list[np.ndarray] = []
@@ -106,11 +119,15 @@ def _record_takes(
             prompt = plan[attempt - 1]
             print(f"\ntake {attempt}: say   {' '.join(prompt)}", flush=True)
             pcm = None
-            for frame in frames:
-                ended = [e for e in ep.feed(frame) if isinstance(e, SpeechEnded)]
-                if ended and ended[0].utterance is not None:
-                    pcm = ended[0].utterance.pcm
-                    break
+            try:
+                for frame in frames:
+                    pcm = _ended_take(ep.feed(frame))
+                    if pcm is not None:
+                        break
+                else:  # the source ended (a pipe closed): a take still open counts
+                    pcm = _ended_take(ep.flush())
+            except AudioError as exc:  # the device is opened here; or unplugged mid-way
+                raise CommandError(f"{exc}; nothing stored") from None
             if pcm is None:
                 print("  (audio source ended)")
                 break
@@ -125,7 +142,7 @@ def _record_takes(
             print(
                 f"  ok: {q.speech_s:.1f} s of speech, SNR {q.snr_db:.0f} dB   progress: "
                 f"{len(takes)}/{sp.enroll_min_takes} takes, "
-                f"{speech:.1f}/{sp.enroll_min_speech_s:.0f} s"
+                f"{speech:.1f}/{sp.enroll_min_speech_s:g} s"
             )
             if len(takes) >= sp.enroll_min_takes and speech >= sp.enroll_min_speech_s:
                 result = check_takes(takes, embedder, sp, cfg.vad)
@@ -160,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     with store:
         try:
-            if store.get(name) is not None and not args.replace:
+            # Presence only: a damaged row must not stop its repair with --replace.
+            if not args.replace and store.has(name):
                 return fail(f"user '{name}' is already enrolled; add --replace to re-enroll")
             embedder = load_embedder(cfg)
             if args.files:
@@ -193,7 +211,12 @@ def run(args: argparse.Namespace) -> int:
         if any(prompts) and TEMPLATES_META not in meta:
             print("  no digit templates: answers will be checked by the speech engine alone")
         try:
-            store.replace(name, result.embeddings, embedder.model_id, meta)
+            if args.replace:
+                store.replace(name, result.embeddings, embedder.model_id, meta)
+            else:
+                # Not replace(): the daemon's API, the fleet or another shell may have
+                # enrolled this name while the takes were recorded; theirs stays.
+                store.add_user(name, result.embeddings, embedder.model_id, meta)
         except StoreError as exc:
             return fail(str(exc))
         record_change(cfg, store, "enrolled", name, embedder.model_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -140,8 +141,26 @@ def run_export(args: argparse.Namespace) -> int:
             return fail(f"{args.output}: cannot write the export ({exc.strerror})")
         print(f"wrote {args.output}")
     else:
-        print(text, end="")
+        try:
+            _to_stdout(text)
+        except OSError as exc:  # `> alice.json` on a full disk, a closed pipe
+            return fail(f"cannot write the export to standard output ({exc.strerror})")
     return 0
+
+
+def _to_stdout(text: str) -> None:
+    """All of `text` on standard output, or OSError. Python's buffered stdout drops the rest
+    of a short write (a disk filling up under `> alice.json`): the export was cut, exit 0.
+    So the bytes go to the descriptor, until all are written."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError):  # not a file (captured output)
+        sys.stdout.write(text)
+        return
+    sys.stdout.flush()
+    data = memoryview(text.encode())
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def _write_new(path: Path, text: str) -> None:

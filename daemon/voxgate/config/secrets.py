@@ -26,10 +26,22 @@ def write_new_secret(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            # On disk before anything is sealed or signed with it: after a power cut the
+            # file could otherwise be empty (delayed allocation) and all it sealed unreadable.
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as exc:
         Path(path).unlink(missing_ok=True)
         raise PartialWrite(exc.errno, exc.strerror, str(path)) from exc
     os.chmod(path, 0o600)
+    try:  # and its name in the folder
+        dir_fd = os.open(Path(path).parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:  # some file systems cannot sync a folder: the key is written
+        log.warning("%s: could not sync its folder (%s)", path, exc.strerror)
 
 
 class SecretUnreadable(SecretError):
@@ -40,11 +52,15 @@ def _unreadable(name: str, path: Path, exc: OSError) -> SecretUnreadable:
     return SecretUnreadable(f"secret '{name}': cannot read {path} ({exc.strerror})")
 
 
-def read_secret(name: str, file: Path | None = None, *, required: bool = True) -> bytes | None:
+def read_secret(
+    name: str, file: Path | None = None, *, required: bool = True, strip: bool = True
+) -> bytes | None:
     """Return secret `name` (e.g. 'mqtt-password').
 
     Looks at $VOXGATE_<NAME> (dashes become underscores), then
-    $CREDENTIALS_DIRECTORY/<name> (systemd LoadCredential=), then `file`.
+    $CREDENTIALS_DIRECTORY/<name> (systemd LoadCredential=), then `file`. Surrounding
+    whitespace is dropped; with strip=False a file's bytes come as stored, for keys that may
+    be 32 raw bytes (about 1 in 20 random keys starts or ends with a whitespace byte).
     """
     env_name = "VOXGATE_" + name.upper().replace("-", "_")
     if env_name in os.environ:
@@ -72,13 +88,13 @@ def read_secret(name: str, file: Path | None = None, *, required: bool = True) -
                 stat.S_IMODE(mode),
             )
         try:
-            value = path.read_bytes().strip()
+            value = path.read_bytes()
         except OSError as exc:  # a directory, no permission: say which file
             raise SecretUnreadable(
                 f"secret '{name}': cannot read {path} ({exc.strerror})"
             ) from None
-        if value:
-            return value
+        if value.strip():
+            return value.strip() if strip else value
         # An empty file is a placeholder (the systemd unit loads every credential a door
         # may use; systemd refuses to start when a listed file is missing): not set.
         empty.append(str(path))

@@ -26,12 +26,15 @@ class KeepError(Exception):
 
 
 def parse_key(raw: bytes) -> bytes:
-    """32 raw bytes or 64 hex characters."""
-    raw = raw.strip()
-    if len(raw) == 64 and re.fullmatch(rb"[0-9a-fA-F]{64}", raw):
-        return bytes.fromhex(raw.decode())
+    """32 raw bytes or 64 hex characters (as stored: a raw key may start or end with a
+    whitespace byte)."""
+    text = raw.strip()
+    if len(text) == 64 and re.fullmatch(rb"[0-9a-fA-F]{64}", text):
+        return bytes.fromhex(text.decode())
     if len(raw) == 32:
-        return raw
+        return bytes(raw)
+    if len(text) == 32:  # raw bytes and a newline, as read before
+        return text
     raise KeepError("the audio key must be 32 raw bytes or 64 hex characters")
 
 

@@ -251,7 +251,7 @@ class Daemon:
         from voxgate.config.secrets import read_secret
         from voxgate.service.keep import AudioKeeper
 
-        key = read_secret("audio-key", cfg.audit.audio_key_file)
+        key = read_secret("audio-key", cfg.audit.audio_key_file, strip=False)
         assert key is not None
         return AudioKeeper(
             cfg.audit.audio_dir or cfg.data_dir / "audio", key, cfg.audit.audio_retention_days
