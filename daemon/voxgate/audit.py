@@ -207,7 +207,9 @@ class AuditLog:
             body["mac"] = anchor_mac(self.key, self.seq, self.head)
         tmp = self.anchor.with_name(self.anchor.name + ".tmp")
         try:
-            with open(tmp, "wb") as f:
+            # 0600 like the log itself, whatever the umask of the command writing it.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "wb") as f:
                 f.write(canonical(body) + b"\n")
                 if self.fsync:
                     f.flush()

@@ -281,3 +281,13 @@ def test_microphone_lost_during_guided_enrollment(
     assert err.strip().splitlines()[-1].startswith("error: reading from 'USB Audio Device'"), err
     assert main(["users", "list", "-c", str(device["cfg"])]) == 0
     assert "no users enrolled" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["0", "1000000000"])
+def test_max_takes_out_of_range_is_refused(
+    device: dict[str, Path], value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 10**9 used to hang building the prompt plan before the first take.
+    assert main(["enroll", "erin", "--max-takes", value, "-c", str(device["cfg"])]) == 1
+    assert "--max-takes must be 1-200" in capsys.readouterr().err
+    assert not device["db"].exists()

@@ -39,6 +39,15 @@ def test_intact_log_verifies(tmp_path: Path) -> None:
     assert oct(p.stat().st_mode & 0o777) == "0o600"
 
 
+def test_anchor_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)  # a command run from a shell, not the daemon's unit (UMask=0077)
+    try:
+        AuditLog(tmp_path / "audit.jsonl").append("erase", user="alice")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "audit.jsonl.anchor").stat().st_mode & 0o777) == "0o600"
+
+
 def test_values_from_numpy_and_paths_are_stored(tmp_path: Path) -> None:
     p = tmp_path / "audit.jsonl"
     AuditLog(p).append("x", score=np.float32(0.25), n=np.int64(3), where=p, bad=float("nan"))

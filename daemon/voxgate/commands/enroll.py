@@ -61,10 +61,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--replace", action="store_true", help="re-enroll a user who exists")
     p.add_argument(
-        "--max-takes", type=int, default=20, help="microphone: give up after this many takes"
+        "--max-takes",
+        type=int,
+        default=20,
+        help="microphone: give up after this many takes (1-200)",
     )
     add_config_option(p)
     p.set_defaults(func=run)
+
+
+MAX_TAKES_LIMIT = 200  # a guided enrollment needs a handful; more is a typo
 
 
 def _label(text: str, width: int = 24) -> str:
@@ -169,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
         return fail("--prompts needs --from and one digit string per file")
     if args.prompts and not all(p.isascii() and p.isdigit() for p in args.prompts):  # not '²'
         return fail("--prompts takes digit strings, e.g. --prompts 40712 95368")
+    if not 1 <= args.max_takes <= MAX_TAKES_LIMIT:  # a typo of 10**9 hung in the prompt plan
+        return fail(f"--max-takes must be 1-{MAX_TAKES_LIMIT}")
 
     try:
         name = normalize_name(args.name)
