@@ -43,3 +43,19 @@ def test_bench_with_a_bad_audio_file_says_so_once(
     err = capsys.readouterr().err
     (line,) = err.strip().splitlines()  # once, not once per model
     assert line.startswith("voxgate bench: ") and "not a readable WAV/FLAC file" in line
+
+
+def test_bench_without_torch_says_what_is_missing_and_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    # A fresh machine has no torch (an optional extra); this one may have it.
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
+    )
+    card = SHIPPED / "ge2e-int8.yaml"
+    assert main(["bench", "--model", str(card), "-n", "1", "--seconds", "1", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped: no torch;" in err and "voxgate[upstream]" in err

@@ -167,10 +167,14 @@ def _shipped_cards() -> list[Path]:
     return [default, *sorted(p for p in folder.glob("*.yaml") if p != default)]
 
 
-def _torch_available() -> bool:
+UPSTREAM_MODULES = ("torch", "librosa", "resemblyzer")
+
+
+def _torch_missing() -> list[str]:
+    """The modules upstream Resemblyzer needs that are not installed."""
     import importlib.util
 
-    return all(importlib.util.find_spec(m) is not None for m in ("torch", "librosa", "resemblyzer"))
+    return [m for m in UPSTREAM_MODULES if importlib.util.find_spec(m) is None]
 
 
 def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -225,10 +229,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             systems = [str(p) for p in _shipped_cards()]
     if not args.no_torch:
-        if _torch_available():
+        missing = _torch_missing()
+        if not missing:
             systems.append("torch")
         else:
-            print("(upstream PyTorch Resemblyzer not installed: skipped)", file=sys.stderr)
+            print(
+                f"(upstream PyTorch Resemblyzer skipped: no {', '.join(missing)}; "
+                "pip install 'voxgate[upstream]' && pip install --no-deps resemblyzer==0.1.4, "
+                "see docs/models.md)",
+                file=sys.stderr,
+            )
     results = []
     for i, system in enumerate(systems, 1):
         print(f"[{i}/{len(systems)}] {system} ...", file=sys.stderr, flush=True)
