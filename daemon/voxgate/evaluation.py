@@ -83,14 +83,24 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
     speaker_of = {r["path"]: r["speaker"] for r in manifest}
     enroll: dict[str, list[str]] = {}
     trials: list[tuple[str, str, int]] = []
+
+    def listed(where: str, n: int, recording: str) -> None:
+        # The manifest gives each recording its speaker; without it a trial's speaker was '?'
+        # and the speaker bootstrap's interval collapsed onto the estimate.
+        for part in recording.split(";"):
+            if part not in speaker_of:
+                raise EvalError(f"{root / where}, line {n}: {part} is not in manifest.csv")
+
     if need_trials or (root / "enroll.csv").exists():
-        for r in _read_csv(root / "enroll.csv", ("model", "path")):
+        for n, r in enumerate(_read_csv(root / "enroll.csv", ("model", "path")), 2):
+            listed("enroll.csv", n, r["path"])
             enroll.setdefault(r["model"], []).append(r["path"])
         for n, r in enumerate(_read_csv(root / "trials.csv", ("model", "path", "target")), 2):
             if r["target"] not in ("0", "1"):
                 raise EvalError(f"{root / 'trials.csv'}, line {n}: target must be 0 or 1")
             if r["model"] not in enroll:
                 raise EvalError(f"{root / 'trials.csv'}, line {n}: model {r['model']} not enrolled")
+            listed("trials.csv", n, r["path"])
             trials.append((r["model"], r["path"], int(r["target"])))
     return EvalSet(root, speaker_of, enroll, trials)
 

@@ -94,3 +94,23 @@ def test_missing_folder_and_files(tmp_path: Path) -> None:
         read_set(tmp_path / "file.csv")
     with pytest.raises(EvalError, match=r"manifest\.csv"):
         read_set(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("enroll", "trials", "where"),
+    [
+        ("s1,a/x.wav\n", "s1,a/zz.wav,1\n", r"trials\.csv, line 2: a/zz\.wav"),
+        ("s1,a/x.wav\n", "s1,a/y.wav;a/q.wav,0\n", r"trials\.csv, line 2: a/q\.wav"),
+        ("s1,a/x.wav\ns1,b/x.wav\n", "s1,a/y.wav,1\n", r"enroll\.csv, line 3: b/x\.wav"),
+    ],
+)
+def test_recordings_missing_from_the_manifest_are_named(
+    tmp_path: Path, enroll: str, trials: str, where: str
+) -> None:
+    """A recording the manifest does not list has no speaker: every such trial fell into one
+    speaker '?', and the speaker bootstrap printed an interval like '1.74-1.74' (found with an
+    empty manifest.csv on speechcommands_v001_sample: EER 1.74 %, '95 % CI 1.74-1.74')."""
+    _write_set(tmp_path, "model,path,target\n" + trials)
+    (tmp_path / "enroll.csv").write_text("model,path\n" + enroll)
+    with pytest.raises(EvalError, match=where + r" is not in manifest\.csv"):
+        read_set(tmp_path)
