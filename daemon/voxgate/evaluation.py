@@ -123,7 +123,8 @@ def load_recording(root: Path, recording: str) -> np.ndarray:
 
 class EmbeddingCache:
     """Embeds each recording once; also an embedder (embed(pcm)) keyed by the audio's hash,
-    so enrollment checks reuse the same numbers. Optionally persisted to an .npz file."""
+    so enrollment checks reuse the same numbers. Optionally persisted to an .npz file, where
+    an embedding is reused only while its files keep their size and modification time."""
 
     def __init__(
         self,
@@ -145,6 +146,7 @@ class EmbeddingCache:
         self._emb: dict[str, np.ndarray | None] = {}
         self._quality: dict[str, Quality] = {}
         self._by_hash: dict[str, np.ndarray | None] = {}
+        self._stamps: dict[str, str | None] = {}
         self.errors: dict[str, str] = {}
         self.unreadable: set[str] = set()  # never cached: a fixed file is read next run
         if cache_file is not None and cache_file.exists():
@@ -158,12 +160,14 @@ class EmbeddingCache:
                     meta.get("model_id") != self.model_id
                     or meta.get("sha256") != self.sha256
                     or meta.get("preprocess") != self.preprocess
+                    or "stamps" not in meta  # from before the stamps: which audio is unknown
                 ):
                     return
-                for rec, emb, q in zip(meta["recordings"], data["emb"], meta["quality"],
-                                       strict=True):  # fmt: skip
+                for rec, emb, q, stamp in zip(meta["recordings"], data["emb"], meta["quality"],
+                                              meta["stamps"], strict=True):  # fmt: skip
                     self._emb[rec] = emb if np.all(np.isfinite(emb)) else None
                     self._quality[rec] = Quality(**q)
+                    self._stamps[rec] = stamp
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             log.warning("%s: embedding cache ignored (%s)", path, exc)
 
@@ -180,6 +184,7 @@ class EmbeddingCache:
             "preprocess": self.preprocess,
             "recordings": recs,
             "quality": [self._quality[r].__dict__ for r in recs],
+            "stamps": [self._stamps.get(r) for r in recs],
         }
         try:
             np.savez(self.cache_file, emb=emb, meta=np.array(json.dumps(meta)))
@@ -196,9 +201,25 @@ class EmbeddingCache:
             raise ValueError("no embedding")
         return emb
 
+    def _stamp(self, rec: str) -> str | None:
+        """Size and modification time of each file of a recording. The cache was keyed by
+        the relative path alone, so another copy of a set (other audio, same names) or a
+        replaced file was scored with the old embeddings."""
+        try:
+            st = [(self.root / part).stat() for part in rec.split(";")]
+        except OSError:
+            return None
+        return ";".join(f"{s.st_size}:{s.st_mtime_ns}" for s in st)
+
     def fill(self, recordings: Iterable[str], progress: Callable[[int, int], None]) -> None:
-        todo = [r for r in dict.fromkeys(recordings) if r not in self._emb]
+        stamps = {r: self._stamp(r) for r in dict.fromkeys(recordings)}
+        todo = [
+            r
+            for r, st in stamps.items()
+            if r not in self._emb or st is None or self._stamps.get(r) != st
+        ]
         for n, rec in enumerate(todo, 1):
+            self._stamps[rec] = stamps[rec]
             try:
                 pcm = load_recording(self.root, rec)
             except AudioError as exc:  # a corrupt or missing file: counted, the run goes on

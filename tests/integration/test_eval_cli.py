@@ -186,3 +186,40 @@ def test_trials_of_one_class_are_one_clear_error(
         err = capsys.readouterr().err
         assert "trials.csv: needs both target (1) and non-target (0) trials" in err
         assert "Traceback" not in err
+
+
+def _noise_set(root: Path, seed: int) -> Path:
+    """Three 1.5 s recordings of coloured noise; the seed makes the audio, not the names."""
+    rng = np.random.default_rng(seed)
+    (root / "a").mkdir(parents=True)
+    for name in ("x", "y", "z"):
+        sig = np.cumsum(rng.standard_normal(24000))
+        sig = sig - np.convolve(sig, np.ones(50) / 50, mode="same")
+        sf.write(
+            root / "a" / f"{name}.wav", (0.3 * sig / np.abs(sig).max()).astype(np.float32), 16000
+        )
+    (root / "manifest.csv").write_text("path,speaker\na/x.wav,s1\na/y.wav,s1\na/z.wav,s2\n")
+    (root / "enroll.csv").write_text("model,path\nm1,a/x.wav\n")
+    (root / "trials.csv").write_text("model,path,target\nm1,a/y.wav,1\nm1,a/z.wav,0\n")
+    return root
+
+
+def test_embedding_cache_is_not_reused_for_other_audio(tmp_path: Path) -> None:
+    """The cache was keyed by relative path only: a second copy of a set with other audio
+    under the same names (a noisier version, say) run with the same --out (the default,
+    eval-<folder name>, is the same for both) was scored with the first set's embeddings.
+    Found by evaluating a white-noise copy of a fsdd subset: it printed fsdd's EER."""
+    first = _noise_set(tmp_path / "v1" / "set", seed=1)
+    second = _noise_set(tmp_path / "v2" / "set", seed=2)
+    shared, fresh = tmp_path / "shared-out", tmp_path / "fresh-out"
+    assert main(["eval", str(first), "--out", str(shared)]) == 0
+    first_scores = (shared / "scores.csv").read_text()
+    assert main(["eval", str(second), "--out", str(shared)]) == 0
+    assert main(["eval", str(second), "--out", str(fresh)]) == 0
+    assert (fresh / "scores.csv").read_text() != first_scores  # the audio does differ
+    assert (shared / "scores.csv").read_text() == (fresh / "scores.csv").read_text()
+    # A file replaced in place is embedded again too.
+    shutil.copy(first / "a" / "z.wav", second / "a" / "z.wav")
+    assert main(["eval", str(second), "--out", str(shared)]) == 0
+    assert main(["eval", str(second), "--out", str(tmp_path / "fresh2")]) == 0
+    assert (shared / "scores.csv").read_text() == (tmp_path / "fresh2" / "scores.csv").read_text()
