@@ -163,13 +163,21 @@ class EmbeddingCache:
                     or "stamps" not in meta  # from before the stamps: which audio is unknown
                 ):
                     return
+                # Read whole before any of it is used: entries that do not fit (another
+                # layout, lists of different lengths) leave nothing half taken in.
+                embs, quality, stamps = {}, {}, {}
                 for rec, emb, q, stamp in zip(meta["recordings"], data["emb"], meta["quality"],
                                               meta["stamps"], strict=True):  # fmt: skip
-                    self._emb[rec] = emb if np.all(np.isfinite(emb)) else None
-                    self._quality[rec] = Quality(**q)
-                    self._stamps[rec] = stamp
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+                    embs[rec] = emb if np.all(np.isfinite(emb)) else None
+                    quality[rec] = Quality(**q)
+                    stamps[rec] = stamp
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError,
+                zipfile.BadZipFile) as exc:  # fmt: skip
             log.warning("%s: embedding cache ignored (%s)", path, exc)
+            return
+        self._emb.update(embs)
+        self._quality.update(quality)
+        self._stamps.update(stamps)
 
     def save(self) -> None:
         if self.cache_file is None:

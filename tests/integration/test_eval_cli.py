@@ -223,3 +223,41 @@ def test_embedding_cache_is_not_reused_for_other_audio(tmp_path: Path) -> None:
     assert main(["eval", str(second), "--out", str(shared)]) == 0
     assert main(["eval", str(second), "--out", str(tmp_path / "fresh2")]) == 0
     assert (shared / "scores.csv").read_text() == (tmp_path / "fresh2" / "scores.csv").read_text()
+
+
+def _rewrite_cache(out: Path, edit: Callable[[dict, np.ndarray], tuple[dict, np.ndarray]]) -> None:
+    (cache,) = out.glob("embeddings-*.npz")
+    with np.load(cache) as data:
+        meta, emb = json.loads(str(data["meta"])), data["emb"]
+    meta, emb = edit(meta, emb)
+    np.savez(cache, emb=emb, meta=np.array(json.dumps(meta)))
+
+
+def test_embedding_cache_of_another_layout_is_ignored_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache whose entries do not fit (quality records of another layout, one list longer
+    than another) ended in a TypeError traceback, or was said to be 'ignored' after its
+    first entries had been taken in. Found by editing the .npz cache of a fsdd subset."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert main(["eval", str(root), "--out", str(fresh)]) == 0
+    want = (fresh / "scores.csv").read_text()
+
+    def other_quality(meta: dict, emb: np.ndarray) -> tuple[dict, np.ndarray]:
+        meta["quality"] = [{"duration_s": q["duration_s"]} for q in meta["quality"]]
+        return meta, emb
+
+    def one_more_recording(meta: dict, emb: np.ndarray) -> tuple[dict, np.ndarray]:
+        # The first row now holds another recording's embedding; the lists' lengths differ.
+        emb = np.concatenate([emb[::-1], emb[:1]])
+        return {**meta, "recordings": [*meta["recordings"], "a/w.wav"]}, emb[:-2]
+
+    for edit in (other_quality, one_more_recording):
+        shutil.rmtree(out, ignore_errors=True)
+        assert main(["eval", str(root), "--out", str(out)]) == 0
+        _rewrite_cache(out, edit)
+        caplog.clear()
+        assert main(["eval", str(root), "--out", str(out)]) == 0
+        assert "embedding cache ignored" in caplog.text
+        assert (out / "scores.csv").read_text() == want
