@@ -588,7 +588,8 @@ def evaluate(
     if out_dir is not None:
         with _writing(out_dir):
             (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-            with open(out_dir / "scores.csv", "w", newline="") as f:
+            # UTF-8 like the protocol it came from, whatever the locale (non-ASCII labels)
+            with open(out_dir / "scores.csv", "w", newline="", encoding="utf-8") as f:
                 w = csv.writer(f)
                 w.writerow(["model", "path", "target", "cosine", "backend"])
                 for (m, path, t), a, b in zip(es.trials, baseline, backend, strict=True):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import voxgate
 from voxgate.cli import main
 
 pytest.importorskip("voxgate.embedding")
@@ -261,3 +264,26 @@ def test_embedding_cache_of_another_layout_is_ignored_whole(
         assert main(["eval", str(root), "--out", str(out)]) == 0
         assert "embedding cache ignored" in caplog.text
         assert (out / "scores.csv").read_text() == want
+
+
+def test_scores_csv_is_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """The protocol is read as UTF-8, but scores.csv was written in the locale's encoding:
+    under an ASCII locale a model label such as 'Jörg' ended in a UnicodeEncodeError
+    traceback after the whole set had been embedded."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    for name in ("enroll.csv", "trials.csv"):
+        path = root / name
+        path.write_text(path.read_text().replace("m1,", "Jörg 日本,"), encoding="utf-8")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    env["PYTHONPATH"] = str(Path(voxgate.__file__).parents[1])
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "voxgate", "eval", str(root), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((out / "scores.csv").read_text(encoding="utf-8").splitlines()))
+    assert {r["model"] for r in rows} == {"Jörg 日本"}
