@@ -647,8 +647,12 @@ def build_cohort(
     in_trials = {es.speaker(r) for recs in es.enroll.values() for r in recs}
     in_trials |= {es.speaker(r) for _, r, _ in es.trials}
     recs = [(spk, p) for p, spk in es.speaker_of.items() if spk not in in_trials]
-    if len(recs) < 10:
-        raise EvalError(f"{set_dir}: only {len(recs)} recordings from speakers without trials")
+    n_spk = len({spk for spk, _ in recs})
+    if len(recs) < 10 or n_spk < 10:  # said before embedding, not after
+        raise EvalError(
+            f"{set_dir}: only {len(recs)} recordings of {n_spk} speakers without trials; "
+            "a cohort needs at least 10 speakers"
+        )
     show = _progress_printer(f"cohort {es.name}") if progress else (lambda n, t: None)
 
     def load(p: str) -> np.ndarray:
@@ -677,7 +681,10 @@ def build_cohort(
         if es.name == "resemblyzer_ls"
         else "see the source set's license",
     }
-    c = cohortmod.build_centered(embedder.model_id, speakers, top_k=top_k, info=info)
+    try:
+        c = cohortmod.build_centered(embedder.model_id, speakers, top_k=top_k, info=info)
+    except cohortmod.CohortError as exc:  # e.g. recordings too short for enough pieces
+        raise EvalError(f"{set_dir}: cannot build a cohort: {exc}") from None
     with _writing(out_dir):
         cohortmod.save(c, out_dir)
     return c

@@ -287,3 +287,28 @@ def test_scores_csv_is_utf8_whatever_the_locale(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader((out / "scores.csv").read_text(encoding="utf-8").splitlines()))
     assert {r["model"] for r in rows} == {"Jörg 日本"}
+
+
+@pytest.mark.parametrize(("speakers", "per_speaker"), [(2, 6), (12, 1)])
+def test_build_cohort_from_too_little_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], speakers: int, per_speaker: int
+) -> None:
+    """Fewer than 10 speakers (but 10 recordings), or speakers with too little audio for
+    the calibration's pieces, ended in a CohortError traceback, the first only after every
+    recording had been embedded. Found with --build-cohort on a copy of fsdd without
+    enroll.csv (6 speakers)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "set"
+    (root / "a").mkdir(parents=True)
+    rows = []
+    for s in range(speakers):
+        for i in range(per_speaker):
+            rel = f"a/{s}-{i}.wav"
+            sf.write(root / rel, (0.1 * rng.standard_normal(80000)).astype(np.float32), 16000)
+            rows.append(f"{rel},spk{s}\n")
+    (root / "manifest.csv").write_text("path,speaker\n" + "".join(rows))
+    out = tmp_path / "cohort"
+    assert main(["eval", str(root), "--build-cohort", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {root}: " in err and "cohort" in err and "Traceback" not in err
+    assert not out.exists()
