@@ -91,7 +91,9 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
             if part not in speaker_of:
                 raise EvalError(f"{root / where}, line {n}: {part} is not in manifest.csv")
 
-    if need_trials or (root / "enroll.csv").exists():
+    # A cohort pool (need_trials=False) with either protocol file needs both: the protocol's
+    # speakers must be known to be kept out of the cohort.
+    if need_trials or any((root / n).exists() for n in ("enroll.csv", "trials.csv")):
         for n, r in enumerate(_read_csv(root / "enroll.csv", ("model", "path")), 2):
             listed("enroll.csv", n, r["path"])
             enroll.setdefault(r["model"], []).append(r["path"])

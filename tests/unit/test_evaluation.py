@@ -114,3 +114,15 @@ def test_recordings_missing_from_the_manifest_are_named(
     (tmp_path / "enroll.csv").write_text("model,path\n" + enroll)
     with pytest.raises(EvalError, match=where + r" is not in manifest\.csv"):
         read_set(tmp_path)
+
+
+def test_cohort_pool_with_trials_but_no_enroll_csv_is_refused(tmp_path: Path) -> None:
+    """--build-cohort reads a set with need_trials=False and leaves out the speakers of its
+    protocol; with trials.csv present but enroll.csv missing the trials were not read at
+    all, so trial speakers went silently into the cohort that would then normalize them."""
+    _write_set(tmp_path, "model,path,target\ns1,a/y.wav,0\n")
+    (tmp_path / "enroll.csv").unlink()
+    with pytest.raises(EvalError, match=r"enroll\.csv: missing"):
+        read_set(tmp_path, need_trials=False)
+    (tmp_path / "trials.csv").unlink()  # a plain pool of recordings: fine
+    assert read_set(tmp_path, need_trials=False).trials == []
