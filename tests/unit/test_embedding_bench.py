@@ -43,3 +43,17 @@ def test_bench_with_a_bad_audio_file_says_so_once(
     err = capsys.readouterr().err
     (line,) = err.strip().splitlines()  # once, not once per model
     assert line.startswith("voxgate bench: ") and "not a readable WAV/FLAC file" in line
+
+
+@pytest.mark.parametrize("cpu", ["99999", "-1"])
+def test_bench_on_a_core_it_cannot_use_says_so_once(
+    cpu: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--cpu outside this process's cores: every model's worker failed on its own with
+    'OSError: [Errno 22] Invalid argument' (or 'negative CPU number'), after loading torch."""
+    card = SHIPPED / "ge2e-int8.yaml"
+    assert main(["bench", "--model", str(card), "-n", "1", "--no-torch", "--cpu", cpu]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()  # said once, before any worker starts
+    assert line.startswith(f"voxgate bench: --cpu {cpu}: ") and "cores" in line
+    assert captured.out == ""

@@ -216,8 +216,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"voxgate bench: {exc}", file=sys.stderr)
             return 2
     cpu = args.cpu
-    if cpu is None and hasattr(os, "sched_getaffinity"):
-        cpu = max(os.sched_getaffinity(0))
+    if hasattr(os, "sched_getaffinity"):
+        cores = os.sched_getaffinity(0)
+        if cpu is None:
+            cpu = max(cores)
+        elif cpu not in cores:  # else every worker fails alone with "Invalid argument"
+            usable = ", ".join(str(c) for c in sorted(cores))
+            print(f"voxgate bench: --cpu {cpu}: not one of this process's cores ({usable})",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     systems: list[str] = [str(p) for p in (args.model or [])]
     if not systems:
         if cfg is not None and cfg.speaker.model is not None:
