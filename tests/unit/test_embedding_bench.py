@@ -57,3 +57,17 @@ def test_bench_on_a_core_it_cannot_use_says_so_once(
     (line,) = captured.err.strip().splitlines()  # said once, before any worker starts
     assert line.startswith(f"voxgate bench: --cpu {cpu}: ") and "cores" in line
     assert captured.out == ""
+
+
+@pytest.mark.parametrize("seconds", ["0", "121", "1e9"])
+def test_bench_utterance_length_is_checked_once(
+    seconds: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--seconds 1e9 had every worker try to allocate 116 TiB ('_ArrayMemoryError'); a
+    file longer than a take (120 s) is refused for --audio, and now for --seconds too."""
+    card = SHIPPED / "ge2e-int8.yaml"
+    assert main(["bench", "--model", str(card), "--no-torch", "--seconds", seconds]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("voxgate bench: ") and "--seconds" in line and "120" in line
+    assert captured.out == ""

@@ -50,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="model card or model file (repeatable); default: every shipped card",
     )
     p.add_argument("-n", "--runs", type=int, default=30, help="timed runs (default: %(default)s)")
-    p.add_argument("--seconds", type=float, default=3.0, help="utterance length (default: 3)")
+    p.add_argument(
+        "--seconds", type=float, default=3.0, help="utterance length, at most 120 (default: 3)"
+    )
     p.add_argument("--audio", type=Path, help="WAV/FLAC to use instead of synthetic audio")
     p.add_argument("--cpu", type=int, default=None, help="core to pin to (default: last core)")
     p.add_argument("--no-torch", action="store_true", help="skip upstream PyTorch Resemblyzer")
@@ -201,13 +203,17 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args) if getattr(args, "config", None) else None
     if getattr(args, "config", None) and cfg is None:
         return 2
-    if args.runs < 1 or args.seconds <= 0:
-        print("voxgate bench: --runs must be >= 1 and --seconds > 0", file=sys.stderr)
+    from voxgate.audio.file import MAX_TAKE_S
+
+    # Longer than a take is refused like a long --audio file (1e9 s: 116 TiB per worker).
+    if args.runs < 1 or not 0 < args.seconds <= MAX_TAKE_S:
+        print(f"voxgate bench: --runs must be >= 1 and --seconds in (0, {MAX_TAKE_S:g}]",
+              file=sys.stderr)  # fmt: skip
         return 2
     if args.audio:
         # Checked once here, not once per model in each worker.
         from voxgate.audio import AudioError
-        from voxgate.audio.file import MAX_TAKE_S, read_audio
+        from voxgate.audio.file import read_audio
 
         try:
             if read_audio(args.audio, max_s=MAX_TAKE_S).size == 0:
