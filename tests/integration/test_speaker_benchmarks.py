@@ -1,0 +1,48 @@
+"""The speaker benchmark scripts on bad input, as a researcher runs them by hand: one line on
+stderr naming the file or option, exit status 1 or 2, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("voxgate.embedding")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def no_protocol(tmp_path: Path) -> Path:
+    """A data folder whose fsdd has a manifest but no protocol files, and no other set."""
+    (tmp_path / "data" / "fsdd").mkdir(parents=True)
+    (tmp_path / "data" / "fsdd" / "manifest.csv").write_text("path,speaker,text\n")
+    return tmp_path
+
+
+CASES = [
+    ("speaker_eval.py", ["--data", "{tmp}/data", "--sets", "fsdd", "--out", "{tmp}/o"], "enroll"),
+    ("speaker_eval.py", ["--data", "{tmp}/data", "--sets", "nosuch"], "nosuch"),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "named"), CASES)
+def test_bad_input_is_one_line_not_a_traceback(
+    no_protocol: Path, script: str, args: list[str], named: str
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script)]
+        + [a.format(tmp=no_protocol) for a in args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=no_protocol,
+        timeout=120,
+    )
+    assert proc.returncode in (1, 2), proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"{script}: ") and named in line
