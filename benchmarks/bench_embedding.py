@@ -63,26 +63,28 @@ def eer_and_mindcf(
 def evaluate(
     set_dir: Path, embed: Callable[[np.ndarray], np.ndarray], gain: float = 1.0
 ) -> tuple[float, float, int]:
+    from voxgate.embedding import EmbeddingError
+    from voxgate.evaluation import read_set
+
     cache: dict[str, np.ndarray] = {}
 
     def vec(item: str) -> np.ndarray:
         if item not in cache:
-            cache[item] = embed(load_item(set_dir, item, gain))
+            try:
+                cache[item] = embed(load_item(set_dir, item, gain))
+            except EmbeddingError as exc:  # too short: name the recording
+                raise EmbeddingError(f"{set_dir / item}: {exc}") from None
         return cache[item]
 
-    models: dict[str, list[np.ndarray]] = {}
-    with open(set_dir / "enroll.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            models.setdefault(row["model"], []).append(vec(row["path"]))
+    es = read_set(set_dir)  # the protocol checked as `voxgate eval` checks it (EvalError)
     means = {}
-    for name, takes in models.items():
-        m = np.mean(takes, axis=0)
+    for name, recs in es.enroll.items():
+        m = np.mean([vec(r) for r in recs], axis=0)
         means[name] = m / np.linalg.norm(m)
     scores, labels = [], []
-    with open(set_dir / "trials.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            scores.append(float(means[row["model"]] @ vec(row["path"])))
-            labels.append(int(row["target"]))
+    for model, rec, target in es.trials:
+        scores.append(float(means[model] @ vec(rec)))
+        labels.append(target)
     eer, mindcf = eer_and_mindcf(np.asarray(scores), np.asarray(labels))
     return eer, mindcf, len(scores)
 
@@ -191,4 +193,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from voxgate.audio import AudioError
+    from voxgate.embedding import EmbeddingError, ModelError
+    from voxgate.evaluation import EvalError
+
+    try:
+        sys.exit(main())
+    except (AudioError, EmbeddingError, ModelError, EvalError) as exc:  # say which card/file
+        print(f"bench_embedding.py: {exc}", file=sys.stderr)
+        sys.exit(1)
