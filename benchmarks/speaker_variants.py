@@ -153,6 +153,14 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("eval-out"))
     ap.add_argument("--kind", choices=["int8", "float"], default="int8")
     args = ap.parse_args()
+    for s in SETS:  # said before the cohort is embedded, not as a StopIteration traceback
+        if not any((args.out / f"{s}-{args.kind}").glob("embeddings-*.npz")):
+            print(
+                f"speaker_variants.py: no embedding cache in {args.out / f'{s}-{args.kind}'}; "
+                f"run first: benchmarks/speaker_eval.py --out {args.out} --models {args.kind}",
+                file=sys.stderr,
+            )
+            return 1
     embedder = load_embedder(REPO / "daemon" / "voxgate" / "models" / f"ge2e-{args.kind}.yaml")
     caches = {s: cached(args.out, s, args.kind) for s in SETS}
     short, long = cohort_embeddings(args.data, embedder)

@@ -1,5 +1,5 @@
-"""The speaker benchmark scripts on bad input, as a researcher runs them by hand: one line on
-stderr naming the file or option, exit status 1 or 2, never a traceback."""
+"""The speaker benchmark scripts on bad input, as a researcher runs them by hand: a last line
+on stderr naming the file or option, exit status 1 or 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ CASES = [
     ("speaker_eval.py", ["--data", "{tmp}/data", "--sets", "nosuch"], "nosuch"),
     ("bench_embedding.py", ["--data", "{tmp}/data", "--set", "fsdd"], "enroll.csv"),
     ("bench_embedding.py", ["--data", "{tmp}/data", "--model", "{tmp}/none.yaml"], "none.yaml"),
+    ("speaker_variants.py", ["--data", "{tmp}/data", "--out", "{tmp}/o"], "speaker_eval.py"),
 ]
 
 
