@@ -28,6 +28,7 @@ CASES = [
     ("bench_embedding.py", ["--data", "{tmp}/data", "--set", "fsdd"], "enroll.csv"),
     ("bench_embedding.py", ["--data", "{tmp}/data", "--model", "{tmp}/none.yaml"], "none.yaml"),
     ("speaker_variants.py", ["--data", "{tmp}/data", "--out", "{tmp}/o"], "speaker_eval.py"),
+    ("speaker_trim_cost.py", ["--data", "{tmp}/data"], "vcc2018_eval"),
 ]
 
 
