@@ -29,6 +29,10 @@ CASES = [
     ("bench_embedding.py", ["--data", "{tmp}/data", "--model", "{tmp}/none.yaml"], "none.yaml"),
     ("speaker_variants.py", ["--data", "{tmp}/data", "--out", "{tmp}/o"], "speaker_eval.py"),
     ("speaker_trim_cost.py", ["--data", "{tmp}/data"], "vcc2018_eval"),
+    ("embed_breakdown.py", ["--card", "{tmp}/none.yaml"], "none.yaml"),
+    ("embed_breakdown.py", ["--cpu", "99999"], "--cpu"),
+    ("embed_breakdown.py", ["--runs", "0"], "--runs"),
+    ("embed_breakdown.py", ["--seconds", "0.2"], "--seconds"),
 ]
 
 
