@@ -88,6 +88,8 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
         # The manifest gives each recording its speaker; without it a trial's speaker was '?'
         # and the speaker bootstrap's interval collapsed onto the estimate.
         for part in recording.split(";"):
+            if not part:  # 'a;' or 'a;;b': would be read as the set folder itself
+                raise EvalError(f"{root / where}, line {n}: empty file name in {recording!r}")
             if part not in speaker_of:
                 raise EvalError(f"{root / where}, line {n}: {part} is not in manifest.csv")
 

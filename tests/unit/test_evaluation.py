@@ -126,3 +126,11 @@ def test_cohort_pool_with_trials_but_no_enroll_csv_is_refused(tmp_path: Path) ->
         read_set(tmp_path, need_trials=False)
     (tmp_path / "trials.csv").unlink()  # a plain pool of recordings: fine
     assert read_set(tmp_path, need_trials=False).trials == []
+
+
+def test_an_empty_part_of_a_joined_path_is_named(tmp_path: Path) -> None:
+    """'a/x.wav;' (a trailing ';', or ';;') was read as the set folder itself: 'SET: is a
+    directory, not an audio file' at embedding time, or now ' is not in manifest.csv'."""
+    _write_set(tmp_path, "model,path,target\ns1,a/y.wav;,0\n")
+    with pytest.raises(EvalError, match=r"trials\.csv, line 2: empty file name in 'a/y\.wav;'"):
+        read_set(tmp_path)
