@@ -556,8 +556,11 @@ def evaluate(
     # What threshold this set itself would need for the target FMR (shows calibration drift;
     # needs well over 1/target_fmr impostor trials to mean much).
     non = backend[np.array([t for _, _, t in es.trials]) == 0]
-    back.extra["threshold_for_target_fmr_on_this_set"] = round(
-        float(np.quantile(non, 1 - cfg.speaker.target_fmr)), 3
+    with np.errstate(invalid="ignore"):
+        need = float(np.quantile(non, 1 - cfg.speaker.target_fmr))
+    # Unscorable trials score -inf; next to them the quantile is NaN, which is not JSON.
+    back.extra["threshold_for_target_fmr_on_this_set"] = (
+        round(need, 3) if np.isfinite(need) else None
     )
     back.extra["rejected_enroll_takes"] = sum(len(v) for v in rejected.values())
     # Unreadable recordings are reported as embedding errors, not as short or noisy audio.

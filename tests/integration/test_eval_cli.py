@@ -312,3 +312,21 @@ def test_build_cohort_from_too_little_is_one_clear_error(
     err = capsys.readouterr().err
     assert f"error: {root}: " in err and "cohort" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_report_is_strict_json_when_no_impostor_trial_could_be_scored(tmp_path: Path) -> None:
+    """Every non-target recording unreadable: the threshold this set would need came out as
+    NaN and report.json held a bare NaN, which strict JSON readers (jq, browsers) refuse.
+    Found with a fsdd subset whose impostor trials all named a missing file."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    (root / "manifest.csv").write_text((root / "manifest.csv").read_text() + "a/gone.wav,s3\n")
+    (root / "trials.csv").write_text("model,path,target\nm1,a/y.wav,1\nm1,a/gone.wav,0\n")
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    report = json.loads((out / "report.json").read_text(), parse_constant=refuse)
+    assert report["systems"]["backend"]["threshold_for_target_fmr_on_this_set"] is None
+    assert report["embedding_errors"].keys() == {"a/gone.wav"}
