@@ -52,7 +52,7 @@ class EvalSet:
 
     @property
     def name(self) -> str:
-        return self.root.name
+        return self.root.resolve().name  # resolved: the name of '.' or '..' is not the folder's
 
     def speaker(self, recording: str) -> str:
         return self.speaker_of.get(recording.split(";")[0], "?")

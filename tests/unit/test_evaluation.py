@@ -134,3 +134,15 @@ def test_an_empty_part_of_a_joined_path_is_named(tmp_path: Path) -> None:
     _write_set(tmp_path, "model,path,target\ns1,a/y.wav;,0\n")
     with pytest.raises(EvalError, match=r"trials\.csv, line 2: empty file name in 'a/y\.wav;'"):
         read_set(tmp_path)
+
+
+def test_set_named_after_its_folder_when_given_as_dot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`voxgate eval .` inside a set printed ': 60 trials ...', 'embedding : 1/28' and wrote
+    "set": "" to report.json (the name of Path('.') is empty)."""
+    _write_set(tmp_path / "myset", "model,path,target\ns1,a/x.wav,1\ns1,a/y.wav,0\n")
+    monkeypatch.chdir(tmp_path / "myset" / "a")
+    assert read_set(Path("..")).name == "myset"
+    monkeypatch.chdir(tmp_path / "myset")
+    assert read_set(Path(".")).name == "myset"
