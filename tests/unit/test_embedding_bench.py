@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from voxgate.cli import main
+from voxgate.commands import bench
 
 SHIPPED = Path(__file__).resolve().parents[2] / "daemon" / "voxgate" / "models"
 
@@ -71,3 +72,15 @@ def test_bench_utterance_length_is_checked_once(
     (line,) = captured.err.strip().splitlines()
     assert line.startswith("voxgate bench: ") and "--seconds" in line and "120" in line
     assert captured.out == ""
+
+
+def test_bench_worker_past_its_time_limit_is_a_failed_row(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker that outlived the subprocess timeout (900 s: e.g. -n 20000 with torch) raised
+    TimeoutExpired out of `voxgate bench`: a traceback, and the other models' rows lost."""
+    monkeypatch.setattr(bench, "WORKER_TIMEOUT_S", 0.5)  # the real worker, a shorter limit
+    card = SHIPPED / "ge2e-int8.yaml"
+    assert main(["bench", "--model", str(card), "-n", "100000", "--no-torch"]) == 1
+    out = capsys.readouterr().out
+    assert "failed: no result within 0.5 s" in out

@@ -175,6 +175,9 @@ def _torch_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "librosa", "resemblyzer"))
 
 
+WORKER_TIMEOUT_S = 900.0  # per model; a worker past it is killed and its row says so
+
+
 def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     env = dict(os.environ)
     # One thread everywhere: BLAS pools in numpy/torch would otherwise use every core.
@@ -182,13 +185,19 @@ def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         env[var] = "1"
     daemon_dir = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = daemon_dir + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, "-m", "voxgate.commands.bench", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "voxgate.commands.bench", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=WORKER_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:  # killed by run(); the other models still get a row
+        return {
+            "system": spec["system"],
+            "error": f"no result within {WORKER_TIMEOUT_S:g} s (fewer --runs?)",
+        }
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"system": spec["system"], "error": tail[0]}
