@@ -62,11 +62,18 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     try:
         # utf-8-sig: a spreadsheet's BOM would otherwise become part of the first column's name
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            rows = list(reader)
     except FileNotFoundError:
         raise EvalError(f"{path}: missing (a protocol folder needs {path.name})") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise EvalError(f"{path}: unreadable: {exc}") from None
+    # Said of the header itself: an empty file, or a ';'-separated spreadsheet export, was
+    # blamed on line 2 or on another file ("model X not enrolled").
+    if any(c not in header for c in columns):
+        found = ",".join(header) if header else "nothing"
+        raise EvalError(f"{path}, line 1: needs columns {', '.join(columns)}; it has {found}")
     for n, row in enumerate(rows, 2):
         if any(not row.get(c) for c in columns):
             raise EvalError(f"{path}, line {n}: needs columns {', '.join(columns)}")

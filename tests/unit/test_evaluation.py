@@ -146,3 +146,26 @@ def test_set_named_after_its_folder_when_given_as_dot(
     assert read_set(Path("..")).name == "myset"
     monkeypatch.chdir(tmp_path / "myset")
     assert read_set(Path(".")).name == "myset"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        # An empty enroll.csv was reported as "trials.csv, line 2: model s1 not enrolled".
+        ("enroll.csv", "", r"enroll\.csv, line 1: needs columns model, path; it has nothing"),
+        # A spreadsheet's ';'-separated export was "line 2: needs columns ...".
+        (
+            "trials.csv",
+            "model;path;target\ns1;a/x.wav;1\n",
+            r"trials\.csv, line 1: needs columns model, path, target; it has model;path;target",
+        ),
+        ("manifest.csv", "", r"manifest\.csv, line 1: needs columns path, speaker"),
+    ],
+)
+def test_a_header_without_the_columns_is_named(
+    tmp_path: Path, name: str, text: str, match: str
+) -> None:
+    _write_set(tmp_path, "model,path,target\ns1,a/x.wav,1\n")
+    (tmp_path / name).write_text(text)
+    with pytest.raises(EvalError, match=match):
+        read_set(tmp_path)
