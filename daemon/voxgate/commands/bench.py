@@ -169,6 +169,20 @@ def _shipped_cards() -> list[Path]:
     return [default, *sorted(p for p in folder.glob("*.yaml") if p != default)]
 
 
+def _runtime_missing(card: Path) -> str | None:
+    """Why a shipped card cannot run on this install: LiteRT is an optional extra, like torch
+    for the upstream column, so its card is skipped with a note rather than a failed row."""
+    from voxgate.embedding import load_card
+
+    if not load_card(card).model.file.endswith(".tflite"):
+        return None
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401
+    except ImportError:
+        return "LiteRT not installed (pip install 'voxgate[litert]')"
+    return None
+
+
 def _torch_available() -> bool:
     import importlib.util
 
@@ -245,7 +259,11 @@ def run(args: argparse.Namespace) -> int:
         if cfg is not None and cfg.speaker.model is not None:
             systems = [str(cfg.speaker.model)]
         else:
-            systems = [str(p) for p in _shipped_cards()]
+            for card in _shipped_cards():
+                if why := _runtime_missing(card):
+                    print(f"({card.name}: {why}: skipped)", file=sys.stderr)
+                else:
+                    systems.append(str(card))
     if not args.no_torch:
         if _torch_available():
             systems.append("torch")
