@@ -15,7 +15,7 @@ from pathlib import Path
 
 from voxgate.cohort import for_model, model_sha256
 from voxgate.config import VoxgateConfig
-from voxgate.embedding import load_embedder
+from voxgate.embedding import ModelError, load_embedder
 from voxgate.evaluation import EvalError, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +43,11 @@ def main() -> int:
     rows = []
     for kind in args.models:
         card = MODELS[kind]
-        embedder = load_embedder(REPO / "daemon" / "voxgate" / "models" / card)
+        try:
+            embedder = load_embedder(REPO / "daemon" / "voxgate" / "models" / card)
+        except ModelError as exc:  # e.g. fp16-litert without the 'litert' extra
+            print(f"speaker_eval.py: {exc}", file=sys.stderr)
+            return 1
         cohort = for_model(embedder.model_id, None, model_sha256(embedder))
         for name in args.sets:
             try:

@@ -54,3 +54,24 @@ def test_bad_input_is_one_line_not_a_traceback(
     assert "Traceback" not in proc.stderr, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]  # after the library's own log line, if any
     assert line.startswith(f"{script}: ") and named in line
+
+
+def test_speaker_eval_without_litert_names_the_extra(no_protocol: Path) -> None:
+    """--models fp16-litert on an install without the 'litert' extra: a ModelError traceback."""
+    tmp_path = no_protocol
+    stub = tmp_path / "stub" / "ai_edge_litert"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('not installed (test stand-in)')\n")
+    env = {**os.environ, "PYTHONPATH": f"{stub.parent}{os.pathsep}{REPO / 'daemon'}"}
+    args = ["--data", str(tmp_path / "data"), "--models", "fp16-litert"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "speaker_eval.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("speaker_eval.py: ") and "voxgate[litert]" in line
