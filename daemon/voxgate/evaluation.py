@@ -87,7 +87,16 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
     if not root.is_dir():
         raise EvalError(f"{root}: not a folder")
     manifest = _read_csv(root / "manifest.csv", ("path", "speaker"))
-    speaker_of = {r["path"]: r["speaker"] for r in manifest}
+    speaker_of: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for n, r in enumerate(manifest, 2):
+        path, spk = r["path"], r["speaker"]
+        if speaker_of.setdefault(path, spk) != spk:  # the later row silently won before
+            raise EvalError(
+                f"{root / 'manifest.csv'}, line {n}: {path} is {spk} here, "
+                f"{speaker_of[path]} on line {first_line[path]}"
+            )
+        first_line.setdefault(path, n)
     enroll: dict[str, list[str]] = {}
     trials: list[tuple[str, str, int]] = []
 

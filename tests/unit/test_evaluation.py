@@ -169,3 +169,17 @@ def test_a_header_without_the_columns_is_named(
     (tmp_path / name).write_text(text)
     with pytest.raises(EvalError, match=match):
         read_set(tmp_path)
+
+
+def test_a_file_given_two_speakers_in_the_manifest_is_named(tmp_path: Path) -> None:
+    """The later row silently won, so the file's trials were counted under a speaker the
+    other row contradicts (the model's speaker and the bootstrap both come from here)."""
+    _write_set(tmp_path, "model,path,target\ns1,a/y.wav,0\n")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(manifest.read_text() + "a/y.wav,s2,again\n")
+    assert read_set(tmp_path).speaker("a/y.wav") == "s2"  # the same speaker twice: fine
+    manifest.write_text(manifest.read_text() + "a/x.wav,s9,\n")
+    with pytest.raises(
+        EvalError, match=r"manifest\.csv, line 5: a/x\.wav is s9 here, s1 on line 2"
+    ):
+        read_set(tmp_path)
