@@ -118,8 +118,12 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
         for n, r in enumerate(_read_csv(root / "trials.csv", ("model", "path", "target")), 2):
             if r["target"] not in ("0", "1"):
                 raise EvalError(f"{root / 'trials.csv'}, line {n}: target must be 0 or 1")
-            if r["model"] not in enroll:
-                raise EvalError(f"{root / 'trials.csv'}, line {n}: model {r['model']} not enrolled")
+            if r["model"] not in enroll:  # quoted: a stray space is otherwise invisible
+                known = ", ".join(repr(m) for m in list(enroll)[:5]) + (", ..." * (len(enroll) > 5))
+                raise EvalError(
+                    f"{root / 'trials.csv'}, line {n}: model {r['model']!r} is not in "
+                    f"enroll.csv (it has {known or 'none'})"
+                )
             listed("trials.csv", n, r["path"])
             trials.append((r["model"], r["path"], int(r["target"])))
     return EvalSet(root, speaker_of, enroll, trials)

@@ -76,7 +76,7 @@ def test_read_set_and_joined_recording(tmp_path: Path) -> None:
     ("trials", "match"),
     [
         ("model,path,target\ns1,a/x.wav,2\n", "target must be 0 or 1"),
-        ("model,path,target\nzz,a/x.wav,1\n", "not enrolled"),
+        ("model,path,target\nzz,a/x.wav,1\n", r"is not in enroll\.csv"),
         ("model,path\ns1,a/x.wav\n", "needs columns"),
     ],
 )
@@ -181,5 +181,16 @@ def test_a_file_given_two_speakers_in_the_manifest_is_named(tmp_path: Path) -> N
     manifest.write_text(manifest.read_text() + "a/x.wav,s9,\n")
     with pytest.raises(
         EvalError, match=r"manifest\.csv, line 5: a/x\.wav is s9 here, s1 on line 2"
+    ):
+        read_set(tmp_path)
+
+
+def test_a_model_label_not_in_enroll_csv_is_quoted(tmp_path: Path) -> None:
+    """'model s1  not enrolled' gave no hint that the label had a trailing space (a
+    spreadsheet's "s1 ") while enroll.csv said "s1"; the label is now shown quoted, with
+    the labels enroll.csv has."""
+    _write_set(tmp_path, "model,path,target\ns1 ,a/x.wav,1\n")
+    with pytest.raises(
+        EvalError, match=r"line 2: model 's1 ' is not in enroll\.csv \(it has 's1'\)"
     ):
         read_set(tmp_path)
