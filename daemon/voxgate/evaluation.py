@@ -67,7 +67,11 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
             rows = list(reader)
     except FileNotFoundError:
         raise EvalError(f"{path}: missing (a protocol folder needs {path.name})") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:  # a spreadsheet's "Unicode text" (UTF-16) or Latin-1
+        raise EvalError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save it as CSV UTF-8"
+        ) from None
+    except (OSError, csv.Error) as exc:
         raise EvalError(f"{path}: unreadable: {exc}") from None
     # Said of the header itself: an empty file, or a ';'-separated spreadsheet export, was
     # blamed on line 2 or on another file ("model X not enrolled").

@@ -194,3 +194,16 @@ def test_a_model_label_not_in_enroll_csv_is_quoted(tmp_path: Path) -> None:
         EvalError, match=r"line 2: model 's1 ' is not in enroll\.csv \(it has 's1'\)"
     ):
         read_set(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "data",
+    ["model,path\ns1,a/x.wav\n".encode("utf-16"), "model,path\nJörg,a/x.wav\n".encode("latin-1")],
+)
+def test_a_protocol_file_not_in_utf8_says_how_to_save_it(tmp_path: Path, data: bytes) -> None:
+    """A spreadsheet's 'Unicode text' (UTF-16) or Latin-1 export was reported with the codec's
+    own words ("'utf-8' codec can't decode byte 0xff in position 0: invalid start byte")."""
+    _write_set(tmp_path, "model,path,target\ns1,a/x.wav,1\n")
+    (tmp_path / "enroll.csv").write_bytes(data)
+    with pytest.raises(EvalError, match=r"enroll\.csv: not UTF-8 text \(byte \d+\); save it as"):
+        read_set(tmp_path)
