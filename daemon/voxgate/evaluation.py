@@ -511,6 +511,12 @@ def evaluate(
     recordings = [r for recs in es.enroll.values() for r in recs] + [r for _, r, _ in es.trials]
     noop: Callable[[int, int], None] = lambda n, total: None  # noqa: E731
     cache.fill(recordings, _progress_printer(f"embedding {es.name}") if progress else noop)
+    if cache.unreadable >= set(recordings):  # e.g. the CSV files copied without the audio
+        first = next(iter(cache.errors.values()))
+        raise EvalError(
+            f"{es.root}: none of the {len(cache.unreadable)} recordings could be read "
+            f"(the first: {first})"
+        )
     with _writing(out_dir):
         cache.save()
 

@@ -330,3 +330,19 @@ def test_report_is_strict_json_when_no_impostor_trial_could_be_scored(tmp_path: 
     report = json.loads((out / "report.json").read_text(), parse_constant=refuse)
     assert report["systems"]["backend"]["threshold_for_target_fmr_on_this_set"] is None
     assert report["embedding_errors"].keys() == {"a/gone.wav"}
+
+
+def test_a_set_whose_audio_is_all_missing_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The protocol copied without its audio folder (or a broken symlink to it): every
+    recording unreadable, then 'ValueError: need at least one array to stack' from saving
+    an empty embedding cache. Found by running eval on a copy of a set's CSV files alone."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    shutil.rmtree(root / "a")
+    assert main(["eval", str(root), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {root}: none of the 3 recordings could be read")
+    assert "a/x.wav: no such file" in last
