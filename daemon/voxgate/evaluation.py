@@ -690,6 +690,9 @@ def build_cohort(
             f"{set_dir}: only {len(recs)} recordings of {n_spk} speakers without trials; "
             "a cohort needs at least 10 speakers"
         )
+    # Checked before embedding (seconds to minutes), not when the result is saved.
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvalError(f"{out_dir}: not a folder")
     show = _progress_printer(f"cohort {es.name}") if progress else (lambda n, t: None)
 
     def load(p: str) -> np.ndarray:

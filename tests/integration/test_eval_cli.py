@@ -346,3 +346,25 @@ def test_a_set_whose_audio_is_all_missing_is_one_clear_error(
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"error: {root}: none of the 3 recordings could be read")
     assert "a/x.wav: no such file" in last
+
+
+def test_build_cohort_into_a_file_fails_before_embedding(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--build-cohort DIR where DIR is a file: the error came only after every recording had
+    been embedded (12 s for resemblyzer_ls here, minutes on a Pi), and said 'File exists'."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "set"
+    (root / "a").mkdir(parents=True)
+    for s in range(12):
+        sf.write(root / f"a/{s}.wav", (0.1 * rng.standard_normal(80000)).astype(np.float32), 16000)
+    (root / "manifest.csv").write_text(
+        "path,speaker\n" + "".join(f"a/{s}.wav,spk{s}\n" for s in range(12))
+    )
+    taken = tmp_path / "cohort"
+    taken.write_text("a file")
+    assert main(["eval", str(root), "--build-cohort", str(taken)]) == 1
+    err = capsys.readouterr().err
+    assert "cohort set:" not in err  # no recording was embedded
+    assert err.strip().splitlines()[-1] == f"error: {taken}: not a folder"
+    assert taken.read_text() == "a file"
