@@ -368,3 +368,31 @@ def test_build_cohort_into_a_file_fails_before_embedding(
     assert "cohort set:" not in err  # no recording was embedded
     assert err.strip().splitlines()[-1] == f"error: {taken}: not a folder"
     assert taken.read_text() == "a file"
+
+
+def test_built_cohort_says_where_it_is_and_how_to_use_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Dropping in a model (docs/models.md): eval says no cohort is shipped for it and to
+    build one with --build-cohort DIR. The build printed neither the file it wrote nor the
+    setting that uses it, and speaker.cohort set to that DIR failed with 'cohort file
+    missing: DIR.json', a file nobody wrote."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pool"
+    (root / "a").mkdir(parents=True)
+    for s in range(12):
+        sf.write(root / f"a/{s}.wav", (0.1 * rng.standard_normal(220000)).astype(np.float32), 16000)
+    (root / "manifest.csv").write_text(
+        "path,speaker\n" + "".join(f"a/{s}.wav,spk{s}\n" for s in range(12))
+    )
+    folder = tmp_path / "cohort"
+    assert main(["eval", str(root), "--build-cohort", str(folder)]) == 0
+    (npz,) = folder.glob("*.npz")
+    assert f"speaker.cohort: {npz}" in capsys.readouterr().out
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(f"speaker:\n  cohort: {folder}\n")
+    test_set = _noise_set(tmp_path / "set", seed=1)
+    assert main(["eval", str(test_set), "-c", str(cfg), "--out", str(tmp_path / "o")]) == 1
+    assert f"{folder}: a folder; set speaker.cohort to the file {npz}" in capsys.readouterr().err
+    cfg.write_text(f"speaker:\n  cohort: {npz}\n")
+    assert main(["eval", str(test_set), "-c", str(cfg), "--out", str(tmp_path / "o")]) == 0
