@@ -121,7 +121,9 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
             enroll.setdefault(r["model"], []).append(r["path"])
         for n, r in enumerate(_read_csv(root / "trials.csv", ("model", "path", "target")), 2):
             if r["target"] not in ("0", "1"):
-                raise EvalError(f"{root / 'trials.csv'}, line {n}: target must be 0 or 1")
+                raise EvalError(
+                    f"{root / 'trials.csv'}, line {n}: target must be 0 or 1, not {r['target']!r}"
+                )
             if r["model"] not in enroll:  # quoted: a stray space is otherwise invisible
                 known = ", ".join(repr(m) for m in list(enroll)[:5]) + (", ..." * (len(enroll) > 5))
                 raise EvalError(

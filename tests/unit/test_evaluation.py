@@ -76,6 +76,8 @@ def test_read_set_and_joined_recording(tmp_path: Path) -> None:
     ("trials", "match"),
     [
         ("model,path,target\ns1,a/x.wav,2\n", "target must be 0 or 1"),
+        # The value is shown quoted: " 1" or "1.0" from a spreadsheet looked like a 1.
+        ("model,path,target\ns1,a/x.wav, 1\n", r"line 2: target must be 0 or 1, not ' 1'"),
         ("model,path,target\nzz,a/x.wav,1\n", r"is not in enroll\.csv"),
         ("model,path\ns1,a/x.wav\n", "needs columns"),
     ],
