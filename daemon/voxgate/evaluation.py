@@ -172,6 +172,8 @@ class EmbeddingCache:
         self.preprocess = trim.model_dump() if trim is not None else None
         self.root = root
         self.vad_cfg = vad_cfg
+        # The cached quality (net speech, SNR) is the VAD's reading: other settings, other cache.
+        self.vad = vad_cfg.model_dump() if vad_cfg is not None else None
         self.cache_file = cache_file
         self._emb: dict[str, np.ndarray | None] = {}
         self._quality: dict[str, Quality] = {}
@@ -190,6 +192,7 @@ class EmbeddingCache:
                     meta.get("model_id") != self.model_id
                     or meta.get("sha256") != self.sha256
                     or meta.get("preprocess") != self.preprocess
+                    or meta.get("vad") != self.vad
                     or "stamps" not in meta  # from before the stamps: which audio is unknown
                 ):
                     return
@@ -220,6 +223,7 @@ class EmbeddingCache:
             "model_id": self.model_id,
             "sha256": self.sha256,
             "preprocess": self.preprocess,
+            "vad": self.vad,
             "recordings": recs,
             "quality": [self._quality[r].__dict__ for r in recs],
             "stamps": [self._stamps.get(r) for r in recs],
