@@ -179,6 +179,7 @@ class EmbeddingCache:
         self._quality: dict[str, Quality] = {}
         self._by_hash: dict[str, np.ndarray | None] = {}
         self._stamps: dict[str, str | None] = {}
+        self._cached_errors: dict[str, str] = {}  # why a cached recording has no embedding
         self.errors: dict[str, str] = {}
         self.unreadable: set[str] = set()  # never cached: a fixed file is read next run
         if cache_file is not None and cache_file.exists():
@@ -204,6 +205,7 @@ class EmbeddingCache:
                     embs[rec] = emb if np.all(np.isfinite(emb)) else None
                     quality[rec] = Quality(**q)
                     stamps[rec] = stamp
+                errors = {str(k): str(v) for k, v in meta.get("errors", {}).items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError,
                 zipfile.BadZipFile) as exc:  # fmt: skip
             log.warning("%s: embedding cache ignored (%s)", path, exc)
@@ -211,6 +213,7 @@ class EmbeddingCache:
         self._emb.update(embs)
         self._quality.update(quality)
         self._stamps.update(stamps)
+        self._cached_errors.update(errors)
 
     def save(self) -> None:
         if self.cache_file is None:
@@ -227,6 +230,12 @@ class EmbeddingCache:
             "recordings": recs,
             "quality": [self._quality[r].__dict__ for r in recs],
             "stamps": [self._stamps.get(r) for r in recs],
+            # Reported again by the next run, which reuses these recordings' missing embeddings.
+            "errors": {
+                r: self.errors.get(r) or self._cached_errors.get(r, "no embedding")
+                for r in recs
+                if self._emb[r] is None
+            },
         }
         try:
             np.savez(self.cache_file, emb=emb, meta=np.array(json.dumps(meta)))
@@ -260,6 +269,10 @@ class EmbeddingCache:
             for r, st in stamps.items()
             if r not in self._emb or st is None or self._stamps.get(r) != st
         ]
+        fresh = set(todo)
+        for r in stamps:  # in protocol order, as fill() reports them
+            if r not in fresh and r in self._cached_errors:
+                self.errors[r] = self._cached_errors[r]
         for n, rec in enumerate(todo, 1):
             self._stamps[rec] = stamps[rec]
             try:

@@ -419,3 +419,18 @@ def test_embedding_cache_is_not_reused_under_other_vad_settings(tmp_path: Path) 
     keys = ("test_net_speech_s_median", "test_snr_db_median")
     assert [first[k] for k in keys] != [want[k] for k in keys]  # the settings do matter here
     assert [again[k] for k in keys] == [want[k] for k in keys]
+
+
+def test_embedding_errors_are_reported_again_from_the_cache(tmp_path: Path) -> None:
+    """A recording too short to embed is cached as 'no embedding' and still scores -inf on
+    the next run with the same --out, but that run's report.json said "embedding_errors": {}
+    (found by running eval twice on a fsdd subset with a header-only WAV among its trials)."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    sf.write(root / "a" / "z.wav", np.zeros(4800, np.float32), 16000)  # 0.3 s: too short
+    out = tmp_path / "out"
+    reports = []
+    for _ in range(2):
+        assert main(["eval", str(root), "--out", str(out)]) == 0
+        reports.append(json.loads((out / "report.json").read_text()))
+    assert set(reports[0]["embedding_errors"]) == {"a/z.wav"}
+    assert reports[1]["embedding_errors"] == reports[0]["embedding_errors"]
