@@ -15,7 +15,6 @@ full decision path (VAD, score normalisation, thresholds) is `voxgate eval`.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from collections.abc import Callable
@@ -115,13 +114,14 @@ def torch_embedder() -> Callable[[np.ndarray], np.ndarray] | None:
 
 def parity(args: argparse.Namespace, systems: list) -> int:
     from voxgate.embedding import load_embedder
+    from voxgate.evaluation import read_set
 
     ref = load_embedder(args.parity)
     print(f"cosine to {ref.model_id}, utterance embeddings")
     print(f"{'system':36s} {'set':28s} {'min':>7s} {'median':>7s} {'items':>6s}")
     for set_name in args.set or SETS:
-        with open(args.data / set_name / "manifest.csv", newline="") as fh:
-            items = [row["path"] for row in csv.DictReader(fh)][::10]
+        # read_set: a missing or malformed manifest is an EvalError naming it, not a traceback
+        items = list(read_set(args.data / set_name, need_trials=False).speaker_of)[::10]
         audio = [load_item(args.data / set_name, it, 10 ** (args.gain_db / 20)) for it in items]
         audio = [pcm for pcm in audio if pcm.size >= 8000]  # shorter single words: skipped
         if not audio:

@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("voxgate.embedding")
 REPO = Path(__file__).resolve().parents[2]
+SHIPPED_CARD = REPO / "daemon" / "voxgate" / "models" / "ge2e-int8.yaml"
 
 
 @pytest.fixture
@@ -27,6 +28,16 @@ CASES = [
     ("speaker_eval.py", ["--data", "{tmp}/data", "--sets", "nosuch"], "nosuch"),
     ("bench_embedding.py", ["--data", "{tmp}/data", "--set", "fsdd"], "enroll.csv"),
     ("bench_embedding.py", ["--data", "{tmp}/data", "--model", "{tmp}/none.yaml"], "none.yaml"),
+    (
+        "bench_embedding.py",
+        ["--data", "{tmp}/data", "--parity", "{tmp}/none.yaml", "--set", "vcc2018_eval"],
+        "none.yaml",
+    ),
+    (
+        "bench_embedding.py",
+        ["--data", "{tmp}/data", "--set", "vcc2018_eval", "--parity", "{card}"],
+        "vcc2018_eval",
+    ),
     ("speaker_variants.py", ["--data", "{tmp}/data", "--out", "{tmp}/o"], "speaker_eval.py"),
     ("speaker_trim_cost.py", ["--data", "{tmp}/data"], "vcc2018_eval"),
     ("embed_breakdown.py", ["--card", "{tmp}/none.yaml"], "none.yaml"),
@@ -43,7 +54,7 @@ def test_bad_input_is_one_line_not_a_traceback(
     env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / script)]
-        + [a.format(tmp=no_protocol) for a in args],
+        + [a.format(tmp=no_protocol, card=SHIPPED_CARD) for a in args],
         capture_output=True,
         text=True,
         env=env,
