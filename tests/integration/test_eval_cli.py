@@ -434,3 +434,16 @@ def test_embedding_errors_are_reported_again_from_the_cache(tmp_path: Path) -> N
         reports.append(json.loads((out / "report.json").read_text()))
     assert set(reports[0]["embedding_errors"]) == {"a/z.wav"}
     assert reports[1]["embedding_errors"] == reports[0]["embedding_errors"]
+
+
+def test_a_cohort_file_that_is_not_there_is_named_as_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """speaker.cohort: /x/typo.npz (a typo) was reported as 'cohort file missing:
+    /x/typo.json', a file the user never named."""
+    cfg = tmp_path / "voxgate.yaml"
+    missing = tmp_path / "nope" / "typo.npz"
+    cfg.write_text(f"speaker:\n  cohort: {missing}\n")
+    root = _noise_set(tmp_path / "set", seed=1)
+    assert main(["eval", str(root), "-c", str(cfg), "--out", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {missing}: no such file"
