@@ -642,14 +642,7 @@ def evaluate(
         "systems": {"cosine": base.summary(), "backend": back.summary()},
     }
     if out_dir is not None:
-        with _writing(out_dir):
-            (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-            # UTF-8 like the protocol it came from, whatever the locale (non-ASCII labels)
-            with open(out_dir / "scores.csv", "w", newline="", encoding="utf-8") as f:
-                w = csv.writer(f)
-                w.writerow(["model", "path", "target", "cosine", "backend"])
-                for (m, path, t), a, b in zip(es.trials, baseline, backend, strict=True):
-                    w.writerow([m, path, t, f"{a:.6f}", f"{b:.6f}"])
+        # The plot first, so that report.json names it as the printed summary does.
         systems = {}
         target = np.array([t for _, _, t in es.trials])
         for res in (base, back):
@@ -660,6 +653,14 @@ def evaluate(
         with _writing(out_dir):
             if det_plot(systems, out_dir / "det.png", f"{es.name} ({embedder.model_id})"):
                 report["det_png"] = str(out_dir / "det.png")
+        with _writing(out_dir):
+            (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            # UTF-8 like the protocol it came from, whatever the locale (non-ASCII labels)
+            with open(out_dir / "scores.csv", "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["model", "path", "target", "cosine", "backend"])
+                for (m, path, t), a, b in zip(es.trials, baseline, backend, strict=True):
+                    w.writerow([m, path, t, f"{a:.6f}", f"{b:.6f}"])
     return report
 
 

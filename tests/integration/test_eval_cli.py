@@ -447,3 +447,16 @@ def test_a_cohort_file_that_is_not_there_is_named_as_set(
     root = _noise_set(tmp_path / "set", seed=1)
     assert main(["eval", str(root), "-c", str(cfg), "--out", str(tmp_path / "o")]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {missing}: no such file"
+
+
+def test_report_json_names_the_det_plot_it_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The DET plot was drawn after report.json had been written: the printed summary (and
+    --json) named det.png, report.json did not."""
+    pytest.importorskip("matplotlib")
+    root = _noise_set(tmp_path / "set", seed=1)
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    assert f"DET curve: {out / 'det.png'}" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["det_png"] == str(out / "det.png")
