@@ -180,7 +180,7 @@ def for_model(model_id: str, path: Path | None = None, sha256: str | None = None
         npz = Path(path) / (slug(model_id) + ".npz")
         raise CohortError(f"{path}: a folder; set speaker.cohort to the file {npz}")
     elif not Path(path).exists():  # load() reads the .json first and would name that one
-        raise CohortError(f"{path}: no such file")
+        raise CohortError(f"cohort file missing: {path}")
     cohort = load(path)
     if cohort.model_id != model_id:
         raise CohortError(
