@@ -15,7 +15,6 @@ full decision path (VAD, score normalisation, thresholds) is `voxgate eval`.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from collections.abc import Callable
@@ -63,26 +62,28 @@ def eer_and_mindcf(
 def evaluate(
     set_dir: Path, embed: Callable[[np.ndarray], np.ndarray], gain: float = 1.0
 ) -> tuple[float, float, int]:
+    from voxgate.embedding import EmbeddingError
+    from voxgate.evaluation import read_set
+
     cache: dict[str, np.ndarray] = {}
 
     def vec(item: str) -> np.ndarray:
         if item not in cache:
-            cache[item] = embed(load_item(set_dir, item, gain))
+            try:
+                cache[item] = embed(load_item(set_dir, item, gain))
+            except EmbeddingError as exc:  # too short: name the recording
+                raise EmbeddingError(f"{set_dir / item}: {exc}") from None
         return cache[item]
 
-    models: dict[str, list[np.ndarray]] = {}
-    with open(set_dir / "enroll.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            models.setdefault(row["model"], []).append(vec(row["path"]))
+    es = read_set(set_dir)  # the protocol checked as `voxgate eval` checks it (EvalError)
     means = {}
-    for name, takes in models.items():
-        m = np.mean(takes, axis=0)
+    for name, recs in es.enroll.items():
+        m = np.mean([vec(r) for r in recs], axis=0)
         means[name] = m / np.linalg.norm(m)
     scores, labels = [], []
-    with open(set_dir / "trials.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            scores.append(float(means[row["model"]] @ vec(row["path"])))
-            labels.append(int(row["target"]))
+    for model, rec, target in es.trials:
+        scores.append(float(means[model] @ vec(rec)))
+        labels.append(target)
     eer, mindcf = eer_and_mindcf(np.asarray(scores), np.asarray(labels))
     return eer, mindcf, len(scores)
 
@@ -113,13 +114,14 @@ def torch_embedder() -> Callable[[np.ndarray], np.ndarray] | None:
 
 def parity(args: argparse.Namespace, systems: list) -> int:
     from voxgate.embedding import load_embedder
+    from voxgate.evaluation import read_set
 
     ref = load_embedder(args.parity)
     print(f"cosine to {ref.model_id}, utterance embeddings")
     print(f"{'system':36s} {'set':28s} {'min':>7s} {'median':>7s} {'items':>6s}")
     for set_name in args.set or SETS:
-        with open(args.data / set_name / "manifest.csv", newline="") as fh:
-            items = [row["path"] for row in csv.DictReader(fh)][::10]
+        # read_set: a missing or malformed manifest is an EvalError naming it, not a traceback
+        items = list(read_set(args.data / set_name, need_trials=False).speaker_of)[::10]
         audio = [load_item(args.data / set_name, it, 10 ** (args.gain_db / 20)) for it in items]
         audio = [pcm for pcm in audio if pcm.size >= 8000]  # shorter single words: skipped
         if not audio:
@@ -191,4 +193,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from voxgate.audio import AudioError
+    from voxgate.embedding import EmbeddingError, ModelError
+    from voxgate.evaluation import EvalError
+
+    try:
+        sys.exit(main())
+    except (AudioError, EmbeddingError, ModelError, EvalError) as exc:  # say which card/file
+        print(f"bench_embedding.py: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -26,7 +26,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from voxgate.commands.bench import synthetic_speech  # noqa: E402
-from voxgate.embedding import load_embedder  # noqa: E402
+from voxgate.embedding import EmbeddingError, ModelError, load_embedder  # noqa: E402
 from voxgate.embedding.embedder import _MAX_BATCH, _normalise  # noqa: E402
 from voxgate.features import to_float  # noqa: E402
 from voxgate.service.malloc import tune_malloc  # noqa: E402
@@ -41,10 +41,22 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--card", type=Path, help="model card (default: the shipped default)")
     args = ap.parse_args()
+    if args.runs < 1:
+        print("embed_breakdown.py: --runs must be >= 1", file=sys.stderr)
+        return 2
     if hasattr(os, "sched_setaffinity"):
+        if args.cpu not in os.sched_getaffinity(0):
+            cores = ", ".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+            print(f"embed_breakdown.py: --cpu {args.cpu}: not one of ours ({cores})",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         os.sched_setaffinity(0, {args.cpu})
     tune_malloc()
-    emb = load_embedder(args.card, 1)
+    try:
+        emb = load_embedder(args.card, 1)
+    except ModelError as exc:
+        print(f"embed_breakdown.py: {exc}", file=sys.stderr)
+        return 1
     if emb.card.windowing.type != "sliding":
         print("embed_breakdown: only sliding-window cards are broken down", file=sys.stderr)
         return 2
@@ -69,7 +81,12 @@ def main() -> int:
         marks.append(time.perf_counter())
         return out, [(b - a) * 1000 for a, b in pairwise(marks)]
 
-    if not np.array_equal(steps()[0], emb.embed(pcm)):
+    try:
+        same = np.array_equal(steps()[0], emb.embed(pcm))
+    except EmbeddingError as exc:  # e.g. --seconds below the card's minimum
+        print(f"embed_breakdown.py: --seconds {args.seconds:g}: {exc}", file=sys.stderr)
+        return 2
+    if not same:
         print("embed_breakdown: these steps no longer match embed(); update the script")
         return 1
     for _ in range(20):  # warm-up

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from voxgate.cohort import for_model, model_sha256
 from voxgate.config import VoxgateConfig
-from voxgate.embedding import load_embedder
-from voxgate.evaluation import evaluate
+from voxgate.embedding import ModelError, load_embedder
+from voxgate.evaluation import EvalError, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 SETS = ["vcc2018_eval", "fsdd", "speechcommands_v001_sample", "resemblyzer_ls"]
@@ -43,10 +43,18 @@ def main() -> int:
     rows = []
     for kind in args.models:
         card = MODELS[kind]
-        embedder = load_embedder(REPO / "daemon" / "voxgate" / "models" / card)
+        try:
+            embedder = load_embedder(REPO / "daemon" / "voxgate" / "models" / card)
+        except ModelError as exc:  # e.g. fp16-litert without the 'litert' extra
+            print(f"speaker_eval.py: {exc}", file=sys.stderr)
+            return 1
         cohort = for_model(embedder.model_id, None, model_sha256(embedder))
         for name in args.sets:
-            rep = evaluate(args.data / name, embedder, cfg, cohort, args.out / f"{name}-{kind}")
+            try:
+                rep = evaluate(args.data / name, embedder, cfg, cohort, args.out / f"{name}-{kind}")
+            except EvalError as exc:  # a set or --out that cannot be used: say which
+                print(f"speaker_eval.py: {exc}", file=sys.stderr)
+                return 1
             rows.append((name, kind, rep))
     print(
         "| set | model | upstream ref. EER | cosine EER (95 % CI) | back end EER (95 % CI) "

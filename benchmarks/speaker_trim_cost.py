@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voxgate.audio import AudioError
 from voxgate.embedding import load_embedder
 from voxgate.embedding.trim import trim_speech
 from voxgate.evaluation import load_recording
@@ -47,7 +48,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     args = ap.parse_args()
-    rec = load_recording(args.data / "vcc2018_eval", "audio/VCC2SF1/30001.flac")
+    try:
+        rec = load_recording(args.data / "vcc2018_eval", "audio/VCC2SF1/30001.flac")
+    except AudioError as exc:
+        print(f"speaker_trim_cost.py: {exc} (--data must hold vcc2018_eval)", file=sys.stderr)
+        return 2
     pcm = np.tile(rec, 3)[:48000]  # 3 s of read speech with its pauses
     trimmed = load_embedder(CARD)
     with tempfile.TemporaryDirectory() as tmp:

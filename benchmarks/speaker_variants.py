@@ -24,7 +24,7 @@ import numpy as np
 
 from voxgate import cohort as cohortmod
 from voxgate.embedding import load_embedder
-from voxgate.evaluation import eer, load_recording, read_set
+from voxgate.evaluation import _progress_printer, eer, load_recording, read_set
 from voxgate.scoring import asnorm_stats
 from voxgate.voiceprints import l2_normalize
 
@@ -55,12 +55,14 @@ def cohort_embeddings(
     recs = [(spk, p) for p, spk in es.speaker_of.items() if spk not in in_trials]
     short: dict[str, list[np.ndarray]] = {}
     long: dict[str, list[np.ndarray]] = {}
+    show = _progress_printer(f"cohort {es.name}")  # most of this script's time is spent here
     for i, (spk, p) in enumerate(recs, 1):
         pcm = load_recording(es.root, p)
         for piece in cohortmod.pieces(pcm, seed=i):
             short.setdefault(spk, []).append(embedder.embed(piece))  # type: ignore[attr-defined]
         for piece in cohortmod.chunk(pcm):
             long.setdefault(spk, []).append(embedder.embed(piece))  # type: ignore[attr-defined]
+        show(i, len(recs))
     return short, long
 
 
@@ -153,6 +155,14 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("eval-out"))
     ap.add_argument("--kind", choices=["int8", "float"], default="int8")
     args = ap.parse_args()
+    for s in SETS:  # said before the cohort is embedded, not as a StopIteration traceback
+        if not any((args.out / f"{s}-{args.kind}").glob("embeddings-*.npz")):
+            print(
+                f"speaker_variants.py: no embedding cache in {args.out / f'{s}-{args.kind}'}; "
+                f"run first: benchmarks/speaker_eval.py --out {args.out} --models {args.kind}",
+                file=sys.stderr,
+            )
+            return 1
     embedder = load_embedder(REPO / "daemon" / "voxgate" / "models" / f"ge2e-{args.kind}.yaml")
     caches = {s: cached(args.out, s, args.kind) for s in SETS}
     short, long = cohort_embeddings(args.data, embedder)

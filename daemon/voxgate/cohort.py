@@ -194,8 +194,14 @@ def for_model(model_id: str, path: Path | None = None, sha256: str | None = None
         if not path.exists():
             raise CohortError(
                 f"no cohort shipped for model {model_id} (looked for {path}); build one with "
-                "'voxgate eval SET_DIR --build-cohort DIR' or set speaker.threshold"
+                "'voxgate eval SET_DIR --build-cohort DIR' and set speaker.cohort to the .npz "
+                "it writes, or set speaker.threshold"
             )
+    elif Path(path).is_dir():  # the DIR of --build-cohort: was "cohort file missing: DIR.json"
+        npz = Path(path) / (slug(model_id) + ".npz")
+        raise CohortError(f"{path}: a folder; set speaker.cohort to the file {npz}")
+    elif not Path(path).exists():  # load() reads the .json first and would name that one
+        raise CohortError(f"cohort file missing: {path}")
     cohort = load(path)
     if cohort.model_id != model_id:
         raise CohortError(

@@ -52,7 +52,7 @@ class EvalSet:
 
     @property
     def name(self) -> str:
-        return self.root.name
+        return self.root.resolve().name  # resolved: the name of '.' or '..' is not the folder's
 
     def speaker(self, recording: str) -> str:
         return self.speaker_of.get(recording.split(";")[0], "?")
@@ -62,11 +62,22 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     try:
         # utf-8-sig: a spreadsheet's BOM would otherwise become part of the first column's name
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            rows = list(reader)
     except FileNotFoundError:
         raise EvalError(f"{path}: missing (a protocol folder needs {path.name})") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:  # a spreadsheet's "Unicode text" (UTF-16) or Latin-1
+        raise EvalError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save it as CSV UTF-8"
+        ) from None
+    except (OSError, csv.Error) as exc:
         raise EvalError(f"{path}: unreadable: {exc}") from None
+    # Said of the header itself: an empty file, or a ';'-separated spreadsheet export, was
+    # blamed on line 2 or on another file ("model X not enrolled").
+    if any(c not in header for c in columns):
+        found = ",".join(header) if header else "nothing"
+        raise EvalError(f"{path}, line 1: needs columns {', '.join(columns)}; it has {found}")
     for n, row in enumerate(rows, 2):
         if any(not row.get(c) for c in columns):
             raise EvalError(f"{path}, line {n}: needs columns {', '.join(columns)}")
@@ -80,17 +91,46 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
     if not root.is_dir():
         raise EvalError(f"{root}: not a folder")
     manifest = _read_csv(root / "manifest.csv", ("path", "speaker"))
-    speaker_of = {r["path"]: r["speaker"] for r in manifest}
+    speaker_of: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for n, r in enumerate(manifest, 2):
+        path, spk = r["path"], r["speaker"]
+        if speaker_of.setdefault(path, spk) != spk:  # the later row silently won before
+            raise EvalError(
+                f"{root / 'manifest.csv'}, line {n}: {path} is {spk} here, "
+                f"{speaker_of[path]} on line {first_line[path]}"
+            )
+        first_line.setdefault(path, n)
     enroll: dict[str, list[str]] = {}
     trials: list[tuple[str, str, int]] = []
-    if need_trials or (root / "enroll.csv").exists():
-        for r in _read_csv(root / "enroll.csv", ("model", "path")):
+
+    def listed(where: str, n: int, recording: str) -> None:
+        # The manifest gives each recording its speaker; without it a trial's speaker was '?'
+        # and the speaker bootstrap's interval collapsed onto the estimate.
+        for part in recording.split(";"):
+            if not part:  # 'a;' or 'a;;b': would be read as the set folder itself
+                raise EvalError(f"{root / where}, line {n}: empty file name in {recording!r}")
+            if part not in speaker_of:
+                raise EvalError(f"{root / where}, line {n}: {part} is not in manifest.csv")
+
+    # A cohort pool (need_trials=False) with either protocol file needs both: the protocol's
+    # speakers must be known to be kept out of the cohort.
+    if need_trials or any((root / n).exists() for n in ("enroll.csv", "trials.csv")):
+        for n, r in enumerate(_read_csv(root / "enroll.csv", ("model", "path")), 2):
+            listed("enroll.csv", n, r["path"])
             enroll.setdefault(r["model"], []).append(r["path"])
         for n, r in enumerate(_read_csv(root / "trials.csv", ("model", "path", "target")), 2):
             if r["target"] not in ("0", "1"):
-                raise EvalError(f"{root / 'trials.csv'}, line {n}: target must be 0 or 1")
-            if r["model"] not in enroll:
-                raise EvalError(f"{root / 'trials.csv'}, line {n}: model {r['model']} not enrolled")
+                raise EvalError(
+                    f"{root / 'trials.csv'}, line {n}: target must be 0 or 1, not {r['target']!r}"
+                )
+            if r["model"] not in enroll:  # quoted: a stray space is otherwise invisible
+                known = ", ".join(repr(m) for m in list(enroll)[:5]) + (", ..." * (len(enroll) > 5))
+                raise EvalError(
+                    f"{root / 'trials.csv'}, line {n}: model {r['model']!r} is not in "
+                    f"enroll.csv (it has {known or 'none'})"
+                )
+            listed("trials.csv", n, r["path"])
             trials.append((r["model"], r["path"], int(r["target"])))
     return EvalSet(root, speaker_of, enroll, trials)
 
@@ -113,7 +153,8 @@ def load_recording(root: Path, recording: str) -> np.ndarray:
 
 class EmbeddingCache:
     """Embeds each recording once; also an embedder (embed(pcm)) keyed by the audio's hash,
-    so enrollment checks reuse the same numbers. Optionally persisted to an .npz file."""
+    so enrollment checks reuse the same numbers. Optionally persisted to an .npz file, where
+    an embedding is reused only while its files keep their size and modification time."""
 
     def __init__(
         self,
@@ -131,10 +172,14 @@ class EmbeddingCache:
         self.preprocess = trim.model_dump() if trim is not None else None
         self.root = root
         self.vad_cfg = vad_cfg
+        # The cached quality (net speech, SNR) is the VAD's reading: other settings, other cache.
+        self.vad = vad_cfg.model_dump() if vad_cfg is not None else None
         self.cache_file = cache_file
         self._emb: dict[str, np.ndarray | None] = {}
         self._quality: dict[str, Quality] = {}
         self._by_hash: dict[str, np.ndarray | None] = {}
+        self._stamps: dict[str, str | None] = {}
+        self._cached_errors: dict[str, str] = {}  # why a cached recording has no embedding
         self.errors: dict[str, str] = {}
         self.unreadable: set[str] = set()  # never cached: a fixed file is read next run
         if cache_file is not None and cache_file.exists():
@@ -148,14 +193,27 @@ class EmbeddingCache:
                     meta.get("model_id") != self.model_id
                     or meta.get("sha256") != self.sha256
                     or meta.get("preprocess") != self.preprocess
+                    or meta.get("vad") != self.vad
+                    or "stamps" not in meta  # from before the stamps: which audio is unknown
                 ):
                     return
-                for rec, emb, q in zip(meta["recordings"], data["emb"], meta["quality"],
-                                       strict=True):  # fmt: skip
-                    self._emb[rec] = emb if np.all(np.isfinite(emb)) else None
-                    self._quality[rec] = Quality(**q)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+                # Read whole before any of it is used: entries that do not fit (another
+                # layout, lists of different lengths) leave nothing half taken in.
+                embs, quality, stamps = {}, {}, {}
+                for rec, emb, q, stamp in zip(meta["recordings"], data["emb"], meta["quality"],
+                                              meta["stamps"], strict=True):  # fmt: skip
+                    embs[rec] = emb if np.all(np.isfinite(emb)) else None
+                    quality[rec] = Quality(**q)
+                    stamps[rec] = stamp
+                errors = {str(k): str(v) for k, v in meta.get("errors", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError,
+                zipfile.BadZipFile) as exc:  # fmt: skip
             log.warning("%s: embedding cache ignored (%s)", path, exc)
+            return
+        self._emb.update(embs)
+        self._quality.update(quality)
+        self._stamps.update(stamps)
+        self._cached_errors.update(errors)
 
     def save(self) -> None:
         if self.cache_file is None:
@@ -168,8 +226,16 @@ class EmbeddingCache:
             "model_id": self.model_id,
             "sha256": self.sha256,
             "preprocess": self.preprocess,
+            "vad": self.vad,
             "recordings": recs,
             "quality": [self._quality[r].__dict__ for r in recs],
+            "stamps": [self._stamps.get(r) for r in recs],
+            # Reported again by the next run, which reuses these recordings' missing embeddings.
+            "errors": {
+                r: self.errors.get(r) or self._cached_errors.get(r, "no embedding")
+                for r in recs
+                if self._emb[r] is None
+            },
         }
         try:
             np.savez(self.cache_file, emb=emb, meta=np.array(json.dumps(meta)))
@@ -186,9 +252,29 @@ class EmbeddingCache:
             raise ValueError("no embedding")
         return emb
 
+    def _stamp(self, rec: str) -> str | None:
+        """Size and modification time of each file of a recording. The cache was keyed by
+        the relative path alone, so another copy of a set (other audio, same names) or a
+        replaced file was scored with the old embeddings."""
+        try:
+            st = [(self.root / part).stat() for part in rec.split(";")]
+        except OSError:
+            return None
+        return ";".join(f"{s.st_size}:{s.st_mtime_ns}" for s in st)
+
     def fill(self, recordings: Iterable[str], progress: Callable[[int, int], None]) -> None:
-        todo = [r for r in dict.fromkeys(recordings) if r not in self._emb]
+        stamps = {r: self._stamp(r) for r in dict.fromkeys(recordings)}
+        todo = [
+            r
+            for r, st in stamps.items()
+            if r not in self._emb or st is None or self._stamps.get(r) != st
+        ]
+        fresh = set(todo)
+        for r in stamps:  # in protocol order, as fill() reports them
+            if r not in fresh and r in self._cached_errors:
+                self.errors[r] = self._cached_errors[r]
         for n, rec in enumerate(todo, 1):
+            self._stamps[rec] = stamps[rec]
             try:
                 pcm = load_recording(self.root, rec)
             except AudioError as exc:  # a corrupt or missing file: counted, the run goes on
@@ -444,6 +530,12 @@ def evaluate(
     recordings = [r for recs in es.enroll.values() for r in recs] + [r for _, r, _ in es.trials]
     noop: Callable[[int, int], None] = lambda n, total: None  # noqa: E731
     cache.fill(recordings, _progress_printer(f"embedding {es.name}") if progress else noop)
+    if cache.unreadable >= set(recordings):  # e.g. the CSV files copied without the audio
+        first = next(iter(cache.errors.values()))
+        raise EvalError(
+            f"{es.root}: none of the {len(cache.unreadable)} recordings could be read "
+            f"(the first: {first})"
+        )
     with _writing(out_dir):
         cache.save()
 
@@ -513,8 +605,11 @@ def evaluate(
     # What threshold this set itself would need for the target FMR (shows calibration drift;
     # needs well over 1/target_fmr impostor trials to mean much).
     non = backend[np.array([t for _, _, t in es.trials]) == 0]
-    back.extra["threshold_for_target_fmr_on_this_set"] = round(
-        float(np.quantile(non, 1 - cfg.speaker.target_fmr)), 3
+    with np.errstate(invalid="ignore"):
+        need = float(np.quantile(non, 1 - cfg.speaker.target_fmr))
+    # Unscorable trials score -inf; next to them the quantile is NaN, which is not JSON.
+    back.extra["threshold_for_target_fmr_on_this_set"] = (
+        round(need, 3) if np.isfinite(need) else None
     )
     back.extra["rejected_enroll_takes"] = sum(len(v) for v in rejected.values())
     # Unreadable recordings are reported as embedding errors, not as short or noisy audio.
@@ -547,13 +642,7 @@ def evaluate(
         "systems": {"cosine": base.summary(), "backend": back.summary()},
     }
     if out_dir is not None:
-        with _writing(out_dir):
-            (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-            with open(out_dir / "scores.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["model", "path", "target", "cosine", "backend"])
-                for (m, path, t), a, b in zip(es.trials, baseline, backend, strict=True):
-                    w.writerow([m, path, t, f"{a:.6f}", f"{b:.6f}"])
+        # The plot first, so that report.json names it as the printed summary does.
         systems = {}
         target = np.array([t for _, _, t in es.trials])
         for res in (base, back):
@@ -564,6 +653,14 @@ def evaluate(
         with _writing(out_dir):
             if det_plot(systems, out_dir / "det.png", f"{es.name} ({embedder.model_id})"):
                 report["det_png"] = str(out_dir / "det.png")
+        with _writing(out_dir):
+            (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            # UTF-8 like the protocol it came from, whatever the locale (non-ASCII labels)
+            with open(out_dir / "scores.csv", "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["model", "path", "target", "cosine", "backend"])
+                for (m, path, t), a, b in zip(es.trials, baseline, backend, strict=True):
+                    w.writerow([m, path, t, f"{a:.6f}", f"{b:.6f}"])
     return report
 
 
@@ -607,8 +704,15 @@ def build_cohort(
     in_trials = {es.speaker(r) for recs in es.enroll.values() for r in recs}
     in_trials |= {es.speaker(r) for _, r, _ in es.trials}
     recs = [(spk, p) for p, spk in es.speaker_of.items() if spk not in in_trials]
-    if len(recs) < 10:
-        raise EvalError(f"{set_dir}: only {len(recs)} recordings from speakers without trials")
+    n_spk = len({spk for spk, _ in recs})
+    if len(recs) < 10 or n_spk < 10:  # said before embedding, not after
+        raise EvalError(
+            f"{set_dir}: only {len(recs)} recordings of {n_spk} speakers without trials; "
+            "a cohort needs at least 10 speakers"
+        )
+    # Checked before embedding (seconds to minutes), not when the result is saved.
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvalError(f"{out_dir}: not a folder")
     show = _progress_printer(f"cohort {es.name}") if progress else (lambda n, t: None)
 
     def load(p: str) -> np.ndarray:
@@ -637,7 +741,10 @@ def build_cohort(
         if es.name == "resemblyzer_ls"
         else "see the source set's license",
     }
-    c = cohortmod.build_centered(embedder.model_id, speakers, top_k=top_k, info=info)
+    try:
+        c = cohortmod.build_centered(embedder.model_id, speakers, top_k=top_k, info=info)
+    except cohortmod.CohortError as exc:  # e.g. recordings too short for enough pieces
+        raise EvalError(f"{set_dir}: cannot build a cohort: {exc}") from None
     with _writing(out_dir):
         cohortmod.save(c, out_dir)
     return c

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import voxgate
 from voxgate.cli import main
 
 pytest.importorskip("voxgate.embedding")
@@ -186,3 +189,275 @@ def test_trials_of_one_class_are_one_clear_error(
         err = capsys.readouterr().err
         assert "trials.csv: needs both target (1) and non-target (0) trials" in err
         assert "Traceback" not in err
+
+
+def _noise_set(root: Path, seed: int) -> Path:
+    """Three 1.5 s recordings of coloured noise; the seed makes the audio, not the names."""
+    rng = np.random.default_rng(seed)
+    (root / "a").mkdir(parents=True)
+    for name in ("x", "y", "z"):
+        sig = np.cumsum(rng.standard_normal(24000))
+        sig = sig - np.convolve(sig, np.ones(50) / 50, mode="same")
+        sf.write(
+            root / "a" / f"{name}.wav", (0.3 * sig / np.abs(sig).max()).astype(np.float32), 16000
+        )
+    (root / "manifest.csv").write_text("path,speaker\na/x.wav,s1\na/y.wav,s1\na/z.wav,s2\n")
+    (root / "enroll.csv").write_text("model,path\nm1,a/x.wav\n")
+    (root / "trials.csv").write_text("model,path,target\nm1,a/y.wav,1\nm1,a/z.wav,0\n")
+    return root
+
+
+def test_embedding_cache_is_not_reused_for_other_audio(tmp_path: Path) -> None:
+    """The cache was keyed by relative path only: a second copy of a set with other audio
+    under the same names (a noisier version, say) run with the same --out (the default,
+    eval-<folder name>, is the same for both) was scored with the first set's embeddings.
+    Found by evaluating a white-noise copy of a fsdd subset: it printed fsdd's EER."""
+    first = _noise_set(tmp_path / "v1" / "set", seed=1)
+    second = _noise_set(tmp_path / "v2" / "set", seed=2)
+    shared, fresh = tmp_path / "shared-out", tmp_path / "fresh-out"
+    assert main(["eval", str(first), "--out", str(shared)]) == 0
+    first_scores = (shared / "scores.csv").read_text()
+    assert main(["eval", str(second), "--out", str(shared)]) == 0
+    assert main(["eval", str(second), "--out", str(fresh)]) == 0
+    assert (fresh / "scores.csv").read_text() != first_scores  # the audio does differ
+    assert (shared / "scores.csv").read_text() == (fresh / "scores.csv").read_text()
+    # A file replaced in place is embedded again too.
+    shutil.copy(first / "a" / "z.wav", second / "a" / "z.wav")
+    assert main(["eval", str(second), "--out", str(shared)]) == 0
+    assert main(["eval", str(second), "--out", str(tmp_path / "fresh2")]) == 0
+    assert (shared / "scores.csv").read_text() == (tmp_path / "fresh2" / "scores.csv").read_text()
+
+
+def _rewrite_cache(out: Path, edit: Callable[[dict, np.ndarray], tuple[dict, np.ndarray]]) -> None:
+    (cache,) = out.glob("embeddings-*.npz")
+    with np.load(cache) as data:
+        meta, emb = json.loads(str(data["meta"])), data["emb"]
+    meta, emb = edit(meta, emb)
+    np.savez(cache, emb=emb, meta=np.array(json.dumps(meta)))
+
+
+def test_embedding_cache_of_another_layout_is_ignored_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache whose entries do not fit (quality records of another layout, one list longer
+    than another) ended in a TypeError traceback, or was said to be 'ignored' after its
+    first entries had been taken in. Found by editing the .npz cache of a fsdd subset."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert main(["eval", str(root), "--out", str(fresh)]) == 0
+    want = (fresh / "scores.csv").read_text()
+
+    def other_quality(meta: dict, emb: np.ndarray) -> tuple[dict, np.ndarray]:
+        meta["quality"] = [{"duration_s": q["duration_s"]} for q in meta["quality"]]
+        return meta, emb
+
+    def one_more_recording(meta: dict, emb: np.ndarray) -> tuple[dict, np.ndarray]:
+        # The first row now holds another recording's embedding; the lists' lengths differ.
+        emb = np.concatenate([emb[::-1], emb[:1]])
+        return {**meta, "recordings": [*meta["recordings"], "a/w.wav"]}, emb[:-2]
+
+    for edit in (other_quality, one_more_recording):
+        shutil.rmtree(out, ignore_errors=True)
+        assert main(["eval", str(root), "--out", str(out)]) == 0
+        _rewrite_cache(out, edit)
+        caplog.clear()
+        assert main(["eval", str(root), "--out", str(out)]) == 0
+        assert "embedding cache ignored" in caplog.text
+        assert (out / "scores.csv").read_text() == want
+
+
+def test_scores_csv_is_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """The protocol is read as UTF-8, but scores.csv was written in the locale's encoding:
+    under an ASCII locale a model label such as 'Jörg' ended in a UnicodeEncodeError
+    traceback after the whole set had been embedded."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    for name in ("enroll.csv", "trials.csv"):
+        path = root / name
+        path.write_text(path.read_text().replace("m1,", "Jörg 日本,"), encoding="utf-8")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    env["PYTHONPATH"] = str(Path(voxgate.__file__).parents[1])
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "voxgate", "eval", str(root), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((out / "scores.csv").read_text(encoding="utf-8").splitlines()))
+    assert {r["model"] for r in rows} == {"Jörg 日本"}
+
+
+@pytest.mark.parametrize(("speakers", "per_speaker"), [(2, 6), (12, 1)])
+def test_build_cohort_from_too_little_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], speakers: int, per_speaker: int
+) -> None:
+    """Fewer than 10 speakers (but 10 recordings), or speakers with too little audio for
+    the calibration's pieces, ended in a CohortError traceback, the first only after every
+    recording had been embedded. Found with --build-cohort on a copy of fsdd without
+    enroll.csv (6 speakers)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "set"
+    (root / "a").mkdir(parents=True)
+    rows = []
+    for s in range(speakers):
+        for i in range(per_speaker):
+            rel = f"a/{s}-{i}.wav"
+            sf.write(root / rel, (0.1 * rng.standard_normal(80000)).astype(np.float32), 16000)
+            rows.append(f"{rel},spk{s}\n")
+    (root / "manifest.csv").write_text("path,speaker\n" + "".join(rows))
+    out = tmp_path / "cohort"
+    assert main(["eval", str(root), "--build-cohort", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {root}: " in err and "cohort" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_report_is_strict_json_when_no_impostor_trial_could_be_scored(tmp_path: Path) -> None:
+    """Every non-target recording unreadable: the threshold this set would need came out as
+    NaN and report.json held a bare NaN, which strict JSON readers (jq, browsers) refuse.
+    Found with a fsdd subset whose impostor trials all named a missing file."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    (root / "manifest.csv").write_text((root / "manifest.csv").read_text() + "a/gone.wav,s3\n")
+    (root / "trials.csv").write_text("model,path,target\nm1,a/y.wav,1\nm1,a/gone.wav,0\n")
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    report = json.loads((out / "report.json").read_text(), parse_constant=refuse)
+    assert report["systems"]["backend"]["threshold_for_target_fmr_on_this_set"] is None
+    assert report["embedding_errors"].keys() == {"a/gone.wav"}
+
+
+def test_a_set_whose_audio_is_all_missing_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The protocol copied without its audio folder (or a broken symlink to it): every
+    recording unreadable, then 'ValueError: need at least one array to stack' from saving
+    an empty embedding cache. Found by running eval on a copy of a set's CSV files alone."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    shutil.rmtree(root / "a")
+    assert main(["eval", str(root), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {root}: none of the 3 recordings could be read")
+    assert "a/x.wav: no such file" in last
+
+
+def test_build_cohort_into_a_file_fails_before_embedding(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--build-cohort DIR where DIR is a file: the error came only after every recording had
+    been embedded (12 s for resemblyzer_ls here, minutes on a Pi), and said 'File exists'."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "set"
+    (root / "a").mkdir(parents=True)
+    for s in range(12):
+        sf.write(root / f"a/{s}.wav", (0.1 * rng.standard_normal(80000)).astype(np.float32), 16000)
+    (root / "manifest.csv").write_text(
+        "path,speaker\n" + "".join(f"a/{s}.wav,spk{s}\n" for s in range(12))
+    )
+    taken = tmp_path / "cohort"
+    taken.write_text("a file")
+    assert main(["eval", str(root), "--build-cohort", str(taken)]) == 1
+    err = capsys.readouterr().err
+    assert "cohort set:" not in err  # no recording was embedded
+    assert err.strip().splitlines()[-1] == f"error: {taken}: not a folder"
+    assert taken.read_text() == "a file"
+
+
+def test_built_cohort_says_where_it_is_and_how_to_use_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Dropping in a model (docs/models.md): eval says no cohort is shipped for it and to
+    build one with --build-cohort DIR. The build printed neither the file it wrote nor the
+    setting that uses it, and speaker.cohort set to that DIR failed with 'cohort file
+    missing: DIR.json', a file nobody wrote."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pool"
+    (root / "a").mkdir(parents=True)
+    for s in range(12):
+        sf.write(root / f"a/{s}.wav", (0.1 * rng.standard_normal(220000)).astype(np.float32), 16000)
+    (root / "manifest.csv").write_text(
+        "path,speaker\n" + "".join(f"a/{s}.wav,spk{s}\n" for s in range(12))
+    )
+    folder = tmp_path / "cohort"
+    assert main(["eval", str(root), "--build-cohort", str(folder)]) == 0
+    (npz,) = folder.glob("*.npz")
+    assert f"speaker.cohort: {npz}" in capsys.readouterr().out
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(f"speaker:\n  cohort: {folder}\n")
+    test_set = _noise_set(tmp_path / "set", seed=1)
+    assert main(["eval", str(test_set), "-c", str(cfg), "--out", str(tmp_path / "o")]) == 1
+    assert f"{folder}: a folder; set speaker.cohort to the file {npz}" in capsys.readouterr().err
+    cfg.write_text(f"speaker:\n  cohort: {npz}\n")
+    assert main(["eval", str(test_set), "-c", str(cfg), "--out", str(tmp_path / "o")]) == 0
+
+
+def test_embedding_cache_is_not_reused_under_other_vad_settings(tmp_path: Path) -> None:
+    """The cache keeps each recording's quality (net speech, SNR), which the VAD settings
+    decide, but was keyed by model only: rerun with another `vad:` config and the same --out,
+    the quality gate's figures were the first run's. Found on speechcommands_v001_sample:
+    retry 4.8 % printed again where a fresh run with aggressiveness 0 gives 1.2 %."""
+    from voxgate.commands.bench import synthetic_speech
+
+    root = _noise_set(tmp_path / "set", seed=1)
+    for i, name in enumerate("xyz"):  # voiced bursts and pauses: the VAD has work to do
+        sf.write(root / "a" / f"{name}.wav", synthetic_speech(1.5 + i, seed=i), 16000)
+    cfg = tmp_path / "vad.yaml"
+    cfg.write_text("vad:\n  aggressiveness: 0\n")
+    shared, fresh = tmp_path / "shared-out", tmp_path / "fresh-out"
+    assert main(["eval", str(root), "--out", str(shared)]) == 0
+    first = json.loads((shared / "report.json").read_text())
+    assert main(["eval", str(root), "--out", str(shared), "-c", str(cfg)]) == 0
+    assert main(["eval", str(root), "--out", str(fresh), "-c", str(cfg)]) == 0
+    again, want = (json.loads((d / "report.json").read_text()) for d in (shared, fresh))
+    keys = ("test_net_speech_s_median", "test_snr_db_median")
+    assert [first[k] for k in keys] != [want[k] for k in keys]  # the settings do matter here
+    assert [again[k] for k in keys] == [want[k] for k in keys]
+
+
+def test_embedding_errors_are_reported_again_from_the_cache(tmp_path: Path) -> None:
+    """A recording too short to embed is cached as 'no embedding' and still scores -inf on
+    the next run with the same --out, but that run's report.json said "embedding_errors": {}
+    (found by running eval twice on a fsdd subset with a header-only WAV among its trials)."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    sf.write(root / "a" / "z.wav", np.zeros(4800, np.float32), 16000)  # 0.3 s: too short
+    out = tmp_path / "out"
+    reports = []
+    for _ in range(2):
+        assert main(["eval", str(root), "--out", str(out)]) == 0
+        reports.append(json.loads((out / "report.json").read_text()))
+    assert set(reports[0]["embedding_errors"]) == {"a/z.wav"}
+    assert reports[1]["embedding_errors"] == reports[0]["embedding_errors"]
+
+
+def test_a_cohort_file_that_is_not_there_is_named_as_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """speaker.cohort: /x/typo.npz (a typo) was reported as 'cohort file missing:
+    /x/typo.json', a file the user never named."""
+    cfg = tmp_path / "voxgate.yaml"
+    missing = tmp_path / "nope" / "typo.npz"
+    cfg.write_text(f"speaker:\n  cohort: {missing}\n")
+    root = _noise_set(tmp_path / "set", seed=1)
+    assert main(["eval", str(root), "-c", str(cfg), "--out", str(tmp_path / "o")]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"error: cohort file missing: {missing}"
+
+
+def test_report_json_names_the_det_plot_it_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The DET plot was drawn after report.json had been written: the printed summary (and
+    --json) named det.png, report.json did not."""
+    pytest.importorskip("matplotlib")
+    root = _noise_set(tmp_path / "set", seed=1)
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    assert f"DET curve: {out / 'det.png'}" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["det_png"] == str(out / "det.png")

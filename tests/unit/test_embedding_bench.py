@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from voxgate.cli import main
+from voxgate.commands import bench
 
 SHIPPED = Path(__file__).resolve().parents[2] / "daemon" / "voxgate" / "models"
 
@@ -59,3 +61,57 @@ def test_bench_without_torch_says_what_is_missing_and_how_to_install(
     assert main(["bench", "--model", str(card), "-n", "1", "--seconds", "1", "--json"]) == 0
     err = capsys.readouterr().err
     assert "skipped: no torch;" in err and "voxgate[upstream]" in err
+
+
+@pytest.mark.parametrize("cpu", ["99999", "-1"])
+def test_bench_on_a_core_it_cannot_use_says_so_once(
+    cpu: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--cpu outside this process's cores: every model's worker failed on its own with
+    'OSError: [Errno 22] Invalid argument' (or 'negative CPU number'), after loading torch."""
+    card = SHIPPED / "ge2e-int8.yaml"
+    assert main(["bench", "--model", str(card), "-n", "1", "--no-torch", "--cpu", cpu]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()  # said once, before any worker starts
+    assert line.startswith(f"voxgate bench: --cpu {cpu}: ") and "cores" in line
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("seconds", ["0", "121", "1e9"])
+def test_bench_utterance_length_is_checked_once(
+    seconds: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--seconds 1e9 had every worker try to allocate 116 TiB ('_ArrayMemoryError'); a
+    file longer than a take (120 s) is refused for --audio, and now for --seconds too."""
+    card = SHIPPED / "ge2e-int8.yaml"
+    assert main(["bench", "--model", str(card), "--no-torch", "--seconds", seconds]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("voxgate bench: ") and "--seconds" in line and "120" in line
+    assert captured.out == ""
+
+
+def test_bench_worker_past_its_time_limit_is_a_failed_row(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker that outlived the subprocess timeout (900 s: e.g. -n 20000 with torch) raised
+    TimeoutExpired out of `voxgate bench`: a traceback, and the other models' rows lost."""
+    monkeypatch.setattr(bench, "WORKER_TIMEOUT_S", 0.5)  # the real worker, a shorter limit
+    card = SHIPPED / "ge2e-int8.yaml"
+    assert main(["bench", "--model", str(card), "-n", "100000", "--no-torch"]) == 1
+    out = capsys.readouterr().out
+    assert "failed: no result within 0.5 s" in out
+
+
+def test_bench_default_skips_a_shipped_card_whose_runtime_is_not_installed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """LiteRT is an optional extra, like torch for the upstream column; without it plain
+    `voxgate bench` gave the fp16 card a 'failed: ModelError: LiteRT is not installed' row
+    and exit status 1 on an install that is as documented."""
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # as if not installed
+    assert main(["bench", "-n", "1", "--no-torch", "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert [r["runtime"] for r in rows] == ["onnxruntime", "onnxruntime"]
+    assert "ge2e-fp16-litert.yaml" in captured.err and "voxgate[litert]" in captured.err

@@ -76,7 +76,9 @@ def test_read_set_and_joined_recording(tmp_path: Path) -> None:
     ("trials", "match"),
     [
         ("model,path,target\ns1,a/x.wav,2\n", "target must be 0 or 1"),
-        ("model,path,target\nzz,a/x.wav,1\n", "not enrolled"),
+        # The value is shown quoted: " 1" or "1.0" from a spreadsheet looked like a 1.
+        ("model,path,target\ns1,a/x.wav, 1\n", r"line 2: target must be 0 or 1, not ' 1'"),
+        ("model,path,target\nzz,a/x.wav,1\n", r"is not in enroll\.csv"),
         ("model,path\ns1,a/x.wav\n", "needs columns"),
     ],
 )
@@ -93,4 +95,117 @@ def test_missing_folder_and_files(tmp_path: Path) -> None:
     with pytest.raises(EvalError, match="not a folder"):
         read_set(tmp_path / "file.csv")
     with pytest.raises(EvalError, match=r"manifest\.csv"):
+        read_set(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("enroll", "trials", "where"),
+    [
+        ("s1,a/x.wav\n", "s1,a/zz.wav,1\n", r"trials\.csv, line 2: a/zz\.wav"),
+        ("s1,a/x.wav\n", "s1,a/y.wav;a/q.wav,0\n", r"trials\.csv, line 2: a/q\.wav"),
+        ("s1,a/x.wav\ns1,b/x.wav\n", "s1,a/y.wav,1\n", r"enroll\.csv, line 3: b/x\.wav"),
+    ],
+)
+def test_recordings_missing_from_the_manifest_are_named(
+    tmp_path: Path, enroll: str, trials: str, where: str
+) -> None:
+    """A recording the manifest does not list has no speaker: every such trial fell into one
+    speaker '?', and the speaker bootstrap printed an interval like '1.74-1.74' (found with an
+    empty manifest.csv on speechcommands_v001_sample: EER 1.74 %, '95 % CI 1.74-1.74')."""
+    _write_set(tmp_path, "model,path,target\n" + trials)
+    (tmp_path / "enroll.csv").write_text("model,path\n" + enroll)
+    with pytest.raises(EvalError, match=where + r" is not in manifest\.csv"):
+        read_set(tmp_path)
+
+
+def test_cohort_pool_with_trials_but_no_enroll_csv_is_refused(tmp_path: Path) -> None:
+    """--build-cohort reads a set with need_trials=False and leaves out the speakers of its
+    protocol; with trials.csv present but enroll.csv missing the trials were not read at
+    all, so trial speakers went silently into the cohort that would then normalize them."""
+    _write_set(tmp_path, "model,path,target\ns1,a/y.wav,0\n")
+    (tmp_path / "enroll.csv").unlink()
+    with pytest.raises(EvalError, match=r"enroll\.csv: missing"):
+        read_set(tmp_path, need_trials=False)
+    (tmp_path / "trials.csv").unlink()  # a plain pool of recordings: fine
+    assert read_set(tmp_path, need_trials=False).trials == []
+
+
+def test_an_empty_part_of_a_joined_path_is_named(tmp_path: Path) -> None:
+    """'a/x.wav;' (a trailing ';', or ';;') was read as the set folder itself: 'SET: is a
+    directory, not an audio file' at embedding time, or now ' is not in manifest.csv'."""
+    _write_set(tmp_path, "model,path,target\ns1,a/y.wav;,0\n")
+    with pytest.raises(EvalError, match=r"trials\.csv, line 2: empty file name in 'a/y\.wav;'"):
+        read_set(tmp_path)
+
+
+def test_set_named_after_its_folder_when_given_as_dot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`voxgate eval .` inside a set printed ': 60 trials ...', 'embedding : 1/28' and wrote
+    "set": "" to report.json (the name of Path('.') is empty)."""
+    _write_set(tmp_path / "myset", "model,path,target\ns1,a/x.wav,1\ns1,a/y.wav,0\n")
+    monkeypatch.chdir(tmp_path / "myset" / "a")
+    assert read_set(Path("..")).name == "myset"
+    monkeypatch.chdir(tmp_path / "myset")
+    assert read_set(Path(".")).name == "myset"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        # An empty enroll.csv was reported as "trials.csv, line 2: model s1 not enrolled".
+        ("enroll.csv", "", r"enroll\.csv, line 1: needs columns model, path; it has nothing"),
+        # A spreadsheet's ';'-separated export was "line 2: needs columns ...".
+        (
+            "trials.csv",
+            "model;path;target\ns1;a/x.wav;1\n",
+            r"trials\.csv, line 1: needs columns model, path, target; it has model;path;target",
+        ),
+        ("manifest.csv", "", r"manifest\.csv, line 1: needs columns path, speaker"),
+    ],
+)
+def test_a_header_without_the_columns_is_named(
+    tmp_path: Path, name: str, text: str, match: str
+) -> None:
+    _write_set(tmp_path, "model,path,target\ns1,a/x.wav,1\n")
+    (tmp_path / name).write_text(text)
+    with pytest.raises(EvalError, match=match):
+        read_set(tmp_path)
+
+
+def test_a_file_given_two_speakers_in_the_manifest_is_named(tmp_path: Path) -> None:
+    """The later row silently won, so the file's trials were counted under a speaker the
+    other row contradicts (the model's speaker and the bootstrap both come from here)."""
+    _write_set(tmp_path, "model,path,target\ns1,a/y.wav,0\n")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(manifest.read_text() + "a/y.wav,s2,again\n")
+    assert read_set(tmp_path).speaker("a/y.wav") == "s2"  # the same speaker twice: fine
+    manifest.write_text(manifest.read_text() + "a/x.wav,s9,\n")
+    with pytest.raises(
+        EvalError, match=r"manifest\.csv, line 5: a/x\.wav is s9 here, s1 on line 2"
+    ):
+        read_set(tmp_path)
+
+
+def test_a_model_label_not_in_enroll_csv_is_quoted(tmp_path: Path) -> None:
+    """'model s1  not enrolled' gave no hint that the label had a trailing space (a
+    spreadsheet's "s1 ") while enroll.csv said "s1"; the label is now shown quoted, with
+    the labels enroll.csv has."""
+    _write_set(tmp_path, "model,path,target\ns1 ,a/x.wav,1\n")
+    with pytest.raises(
+        EvalError, match=r"line 2: model 's1 ' is not in enroll\.csv \(it has 's1'\)"
+    ):
+        read_set(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "data",
+    ["model,path\ns1,a/x.wav\n".encode("utf-16"), "model,path\nJörg,a/x.wav\n".encode("latin-1")],
+)
+def test_a_protocol_file_not_in_utf8_says_how_to_save_it(tmp_path: Path, data: bytes) -> None:
+    """A spreadsheet's 'Unicode text' (UTF-16) or Latin-1 export was reported with the codec's
+    own words ("'utf-8' codec can't decode byte 0xff in position 0: invalid start byte")."""
+    _write_set(tmp_path, "model,path,target\ns1,a/x.wav,1\n")
+    (tmp_path / "enroll.csv").write_bytes(data)
+    with pytest.raises(EvalError, match=r"enroll\.csv: not UTF-8 text \(byte \d+\); save it as"):
         read_set(tmp_path)

@@ -50,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="model card or model file (repeatable); default: every shipped card",
     )
     p.add_argument("-n", "--runs", type=int, default=30, help="timed runs (default: %(default)s)")
-    p.add_argument("--seconds", type=float, default=3.0, help="utterance length (default: 3)")
+    p.add_argument(
+        "--seconds", type=float, default=3.0, help="utterance length, at most 120 (default: 3)"
+    )
     p.add_argument("--audio", type=Path, help="WAV/FLAC to use instead of synthetic audio")
     p.add_argument("--cpu", type=int, default=None, help="core to pin to (default: last core)")
     p.add_argument("--no-torch", action="store_true", help="skip upstream PyTorch Resemblyzer")
@@ -167,6 +169,20 @@ def _shipped_cards() -> list[Path]:
     return [default, *sorted(p for p in folder.glob("*.yaml") if p != default)]
 
 
+def _runtime_missing(card: Path) -> str | None:
+    """Why a shipped card cannot run on this install: LiteRT is an optional extra, like torch
+    for the upstream column, so its card is skipped with a note rather than a failed row."""
+    from voxgate.embedding import load_card
+
+    if not load_card(card).model.file.endswith(".tflite"):
+        return None
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401
+    except ImportError:
+        return "LiteRT not installed (pip install 'voxgate[litert]')"
+    return None
+
+
 UPSTREAM_MODULES = ("torch", "librosa", "resemblyzer")
 
 
@@ -177,6 +193,9 @@ def _torch_missing() -> list[str]:
     return [m for m in UPSTREAM_MODULES if importlib.util.find_spec(m) is None]
 
 
+WORKER_TIMEOUT_S = 900.0  # per model; a worker past it is killed and its row says so
+
+
 def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     env = dict(os.environ)
     # One thread everywhere: BLAS pools in numpy/torch would otherwise use every core.
@@ -184,13 +203,19 @@ def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         env[var] = "1"
     daemon_dir = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = daemon_dir + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, "-m", "voxgate.commands.bench", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "voxgate.commands.bench", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=WORKER_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:  # killed by run(); the other models still get a row
+        return {
+            "system": spec["system"],
+            "error": f"no result within {WORKER_TIMEOUT_S:g} s (fewer --runs?)",
+        }
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"system": spec["system"], "error": tail[0]}
@@ -205,13 +230,17 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args) if getattr(args, "config", None) else None
     if getattr(args, "config", None) and cfg is None:
         return 2
-    if args.runs < 1 or args.seconds <= 0:
-        print("voxgate bench: --runs must be >= 1 and --seconds > 0", file=sys.stderr)
+    from voxgate.audio.file import MAX_TAKE_S
+
+    # Longer than a take is refused like a long --audio file (1e9 s: 116 TiB per worker).
+    if args.runs < 1 or not 0 < args.seconds <= MAX_TAKE_S:
+        print(f"voxgate bench: --runs must be >= 1 and --seconds in (0, {MAX_TAKE_S:g}]",
+              file=sys.stderr)  # fmt: skip
         return 2
     if args.audio:
         # Checked once here, not once per model in each worker.
         from voxgate.audio import AudioError
-        from voxgate.audio.file import MAX_TAKE_S, read_audio
+        from voxgate.audio.file import read_audio
 
         try:
             if read_audio(args.audio, max_s=MAX_TAKE_S).size == 0:
@@ -220,14 +249,25 @@ def run(args: argparse.Namespace) -> int:
             print(f"voxgate bench: {exc}", file=sys.stderr)
             return 2
     cpu = args.cpu
-    if cpu is None and hasattr(os, "sched_getaffinity"):
-        cpu = max(os.sched_getaffinity(0))
+    if hasattr(os, "sched_getaffinity"):
+        cores = os.sched_getaffinity(0)
+        if cpu is None:
+            cpu = max(cores)
+        elif cpu not in cores:  # else every worker fails alone with "Invalid argument"
+            usable = ", ".join(str(c) for c in sorted(cores))
+            print(f"voxgate bench: --cpu {cpu}: not one of this process's cores ({usable})",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     systems: list[str] = [str(p) for p in (args.model or [])]
     if not systems:
         if cfg is not None and cfg.speaker.model is not None:
             systems = [str(cfg.speaker.model)]
         else:
-            systems = [str(p) for p in _shipped_cards()]
+            for card in _shipped_cards():
+                if why := _runtime_missing(card):
+                    print(f"({card.name}: {why}: skipped)", file=sys.stderr)
+                else:
+                    systems.append(str(card))
     if not args.no_torch:
         missing = _torch_missing()
         if not missing:

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
+    from voxgate.cohort import slug
     from voxgate.evaluation import EvalError, build_cohort, evaluate, format_report
 
     try:
@@ -61,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
                   f"{c.info['calibration_trials']} impostor calibration trials")  # fmt: skip
             for fmr, thr in c.calibration:
                 print(f"  FMR {fmr:<7g} threshold {thr:.3f}")
+            npz = args.build_cohort / (slug(c.model_id) + ".npz")
+            print(f"written to {npz}; to score with it, set in the device config:")
+            print(f"  speaker.cohort: {npz}")
             return 0
         cohort = load_cohort(cfg, embedder)
         out = args.out or Path(f"eval-{args.set_dir.resolve().name}")

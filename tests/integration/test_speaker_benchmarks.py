@@ -1,0 +1,115 @@
+"""The speaker benchmark scripts on bad input, as a researcher runs them by hand: a last line
+on stderr naming the file or option, exit status 1 or 2, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("voxgate.embedding")
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED_CARD = REPO / "daemon" / "voxgate" / "models" / "ge2e-int8.yaml"
+
+
+@pytest.fixture
+def no_protocol(tmp_path: Path) -> Path:
+    """A data folder whose fsdd has a manifest but no protocol files, and no other set."""
+    (tmp_path / "data" / "fsdd").mkdir(parents=True)
+    (tmp_path / "data" / "fsdd" / "manifest.csv").write_text("path,speaker,text\n")
+    return tmp_path
+
+
+CASES = [
+    ("speaker_eval.py", ["--data", "{tmp}/data", "--sets", "fsdd", "--out", "{tmp}/o"], "enroll"),
+    ("speaker_eval.py", ["--data", "{tmp}/data", "--sets", "nosuch"], "nosuch"),
+    ("bench_embedding.py", ["--data", "{tmp}/data", "--set", "fsdd"], "enroll.csv"),
+    ("bench_embedding.py", ["--data", "{tmp}/data", "--model", "{tmp}/none.yaml"], "none.yaml"),
+    (
+        "bench_embedding.py",
+        ["--data", "{tmp}/data", "--parity", "{tmp}/none.yaml", "--set", "vcc2018_eval"],
+        "none.yaml",
+    ),
+    (
+        "bench_embedding.py",
+        ["--data", "{tmp}/data", "--set", "vcc2018_eval", "--parity", "{card}"],
+        "vcc2018_eval",
+    ),
+    ("speaker_variants.py", ["--data", "{tmp}/data", "--out", "{tmp}/o"], "speaker_eval.py"),
+    ("speaker_trim_cost.py", ["--data", "{tmp}/data"], "vcc2018_eval"),
+    ("embed_breakdown.py", ["--card", "{tmp}/none.yaml"], "none.yaml"),
+    ("embed_breakdown.py", ["--cpu", "99999"], "--cpu"),
+    ("embed_breakdown.py", ["--runs", "0"], "--runs"),
+    ("embed_breakdown.py", ["--seconds", "0.2"], "--seconds"),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "named"), CASES)
+def test_bad_input_is_one_line_not_a_traceback(
+    no_protocol: Path, script: str, args: list[str], named: str
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script)]
+        + [a.format(tmp=no_protocol, card=SHIPPED_CARD) for a in args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=no_protocol,
+        timeout=120,
+    )
+    assert proc.returncode in (1, 2), proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]  # after the library's own log line, if any
+    assert line.startswith(f"{script}: ") and named in line
+
+
+def test_speaker_eval_without_litert_names_the_extra(no_protocol: Path) -> None:
+    """--models fp16-litert on an install without the 'litert' extra: a ModelError traceback."""
+    tmp_path = no_protocol
+    stub = tmp_path / "stub" / "ai_edge_litert"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('not installed (test stand-in)')\n")
+    env = {**os.environ, "PYTHONPATH": f"{stub.parent}{os.pathsep}{REPO / 'daemon'}"}
+    args = ["--data", str(tmp_path / "data"), "--models", "fp16-litert"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "speaker_eval.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("speaker_eval.py: ") and "voxgate[litert]" in line
+
+
+def test_speaker_variants_shows_progress_while_it_embeds_the_cohort(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Embedding the 251 cohort recordings takes most of speaker_variants.py's ~50 s, and it
+    printed nothing until the table came out."""
+    import numpy as np
+    import soundfile as sf
+
+    from benchmarks.speaker_variants import cohort_embeddings
+    from voxgate.embedding import load_embedder
+
+    root = tmp_path / "resemblyzer_ls"
+    (root / "a").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(
+            root / "a" / f"{i}.wav", (0.1 * rng.standard_normal(64000)).astype(np.float32), 16000
+        )
+    (root / "manifest.csv").write_text(
+        "path,speaker\n" + "".join(f"a/{i}.wav,s{i}\n" for i in range(3))
+    )
+    short, long = cohort_embeddings(tmp_path, load_embedder(None))
+    assert sorted(short) == ["s0", "s1", "s2"] and sorted(long) == ["s0", "s1", "s2"]
+    err = capsys.readouterr().err
+    assert "cohort resemblyzer_ls: 3/3 (100 %)" in err
