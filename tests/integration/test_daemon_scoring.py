@@ -113,6 +113,24 @@ def test_a_fixed_threshold_is_compared_with_the_normalized_score(door: dict[str,
     assert [(d["outcome"], d["user"]) for d in got[4:]] == [("granted", s) for s in OWNERS]
 
 
+def _quiet_door(tmp_path: Path, speaker: str) -> Path:
+    """A door config on one second of silence, with a new key and `speaker` settings."""
+    key = tmp_path / "voiceprint.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    wav = tmp_path / "quiet.wav"
+    sf.write(wav, np.zeros(RATE, np.int16), RATE, subtype="PCM_16")
+    cfg_path = tmp_path / "voxgate.yaml"
+    cfg_path.write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        f"audio: {{source: file, path: {wav}}}\n"
+        "metrics: {enabled: false}\n"
+        "challenge: {mode: 'off'}\n"
+        "mqtt: {enabled: false}\n"
+        f"speaker: {{key_file: {key}, {speaker}}}\n"
+    )
+    return cfg_path
+
+
 def test_a_cohort_built_with_other_preprocessing_stops_the_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -126,19 +144,7 @@ def test_a_cohort_built_with_other_preprocessing_stops_the_start(
     doc = json.loads(shipped.with_suffix(".json").read_text())
     doc["model_sha256"] = "0" * 64  # as if built before a change of the speech trim
     (tmp_path / shipped.with_suffix(".json").name).write_text(json.dumps(doc))
-    key = tmp_path / "voiceprint.key"
-    assert main(["users", "init-key", str(key)]) == 0
-    wav = tmp_path / "quiet.wav"
-    sf.write(wav, np.zeros(RATE, np.int16), RATE, subtype="PCM_16")
-    cfg_path = tmp_path / "voxgate.yaml"
-    cfg_path.write_text(
-        f"data_dir: {tmp_path / 'data'}\n"
-        f"audio: {{source: file, path: {wav}}}\n"
-        "metrics: {enabled: false}\n"
-        "challenge: {mode: 'off'}\n"
-        "mqtt: {enabled: false}\n"
-        f"speaker: {{key_file: {key}, cohort: {tmp_path / shipped.name}}}\n"
-    )
+    cfg_path = _quiet_door(tmp_path, f"cohort: {tmp_path / shipped.name}")
     assert Daemon(load_config(cfg_path), config_path=cfg_path).run() == 69
     assert "another file or preprocessing" in caplog.text and "rebuild it" in caplog.text
 
@@ -171,19 +177,8 @@ def test_a_fixed_threshold_with_an_unusable_cohort_stops_the_start(
     its path) was only a warning: the daemon then compared the raw cosine with a threshold
     meant for the normalized score, and FSDD strangers were granted as enrolled users. Only
     a model with no cohort at all may score raw cosines; this is an error at start."""
-    key = tmp_path / "voiceprint.key"
-    assert main(["users", "init-key", str(key)]) == 0
+    cfg_path = _quiet_door(tmp_path, f"threshold: 0.68, cohort: {tmp_path / 'cohrot.npz'}")
     wav = tmp_path / "quiet.wav"
-    sf.write(wav, np.zeros(RATE, np.int16), RATE, subtype="PCM_16")
-    cfg_path = tmp_path / "voxgate.yaml"
-    cfg_path.write_text(
-        f"data_dir: {tmp_path / 'data'}\n"
-        f"audio: {{source: file, path: {wav}}}\n"
-        "metrics: {enabled: false}\n"
-        "challenge: {mode: 'off'}\n"
-        "mqtt: {enabled: false}\n"
-        f"speaker: {{key_file: {key}, threshold: 0.68, cohort: {tmp_path / 'cohrot.npz'}}}\n"
-    )
     assert Daemon(load_config(cfg_path), config_path=cfg_path).run() == 69
     assert "cohort file missing" in caplog.text
     assert main(["verify", "alice", str(wav), "-c", str(cfg_path)]) == 1

@@ -348,19 +348,25 @@ def test_a_set_whose_audio_is_all_missing_is_one_clear_error(
     assert "a/x.wav: no such file" in last
 
 
+def _cohort_pool(root: Path, samples: int) -> Path:
+    """A manifest-only set (no trials) of 12 noise 'speakers', one recording each."""
+    rng = np.random.default_rng(0)
+    (root / "a").mkdir(parents=True)
+    for s in range(12):
+        noise = (0.1 * rng.standard_normal(samples)).astype(np.float32)
+        sf.write(root / f"a/{s}.wav", noise, 16000)
+    (root / "manifest.csv").write_text(
+        "path,speaker\n" + "".join(f"a/{s}.wav,spk{s}\n" for s in range(12))
+    )
+    return root
+
+
 def test_build_cohort_into_a_file_fails_before_embedding(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--build-cohort DIR where DIR is a file: the error came only after every recording had
     been embedded (12 s for resemblyzer_ls here, minutes on a Pi), and said 'File exists'."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "set"
-    (root / "a").mkdir(parents=True)
-    for s in range(12):
-        sf.write(root / f"a/{s}.wav", (0.1 * rng.standard_normal(80000)).astype(np.float32), 16000)
-    (root / "manifest.csv").write_text(
-        "path,speaker\n" + "".join(f"a/{s}.wav,spk{s}\n" for s in range(12))
-    )
+    root = _cohort_pool(tmp_path / "set", samples=80000)
     taken = tmp_path / "cohort"
     taken.write_text("a file")
     assert main(["eval", str(root), "--build-cohort", str(taken)]) == 1
@@ -377,14 +383,7 @@ def test_built_cohort_says_where_it_is_and_how_to_use_it(
     build one with --build-cohort DIR. The build printed neither the file it wrote nor the
     setting that uses it, and speaker.cohort set to that DIR failed with 'cohort file
     missing: DIR.json', a file nobody wrote."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "pool"
-    (root / "a").mkdir(parents=True)
-    for s in range(12):
-        sf.write(root / f"a/{s}.wav", (0.1 * rng.standard_normal(220000)).astype(np.float32), 16000)
-    (root / "manifest.csv").write_text(
-        "path,speaker\n" + "".join(f"a/{s}.wav,spk{s}\n" for s in range(12))
-    )
+    root = _cohort_pool(tmp_path / "pool", samples=220000)
     folder = tmp_path / "cohort"
     assert main(["eval", str(root), "--build-cohort", str(folder)]) == 0
     (npz,) = folder.glob("*.npz")
