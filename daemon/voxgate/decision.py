@@ -43,6 +43,7 @@ MAX_PAYLOAD = 8192
 # Longest validity a verifier accepts, whatever the message claims.
 MAX_TTL_S = 60.0
 DEVICE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SIG_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class DecisionError(Exception):
@@ -197,6 +198,10 @@ def open_sealed(payload: bytes, key: bytes, domain: bytes, max_size: int = MAX_P
     body, sig = env.get("body"), env.get("sig")
     if not isinstance(body, str) or not isinstance(sig, str):
         raise DecisionError("malformed", "envelope needs string 'body' and 'sig'")
+    if not SIG_RE.fullmatch(sig):
+        # compare_digest raises TypeError on a non-ASCII string: a traceback, and no reply
+        # to the command, instead of a refusal.
+        raise DecisionError("bad-signature", "sig is not 64 hex digits")
     try:
         body.encode("ascii")
     except UnicodeEncodeError:

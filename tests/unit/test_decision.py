@@ -286,3 +286,14 @@ def test_issuer_maps_no_score_to_null_and_still_signs(tmp_path: Path) -> None:
         "speaker_threshold": 1.9,
     }
     assert verify(payload, KEY, NOW + 1, None) == d
+
+
+@pytest.mark.parametrize("sig", ["\u00e9" * 64, "\u2603", "zz" * 32, "ab" * 33, ""])
+def test_a_signature_that_is_not_hex_is_refused_not_a_traceback(sig: str) -> None:
+    # hmac.compare_digest raises TypeError for a non-ASCII string: the actuator logged a
+    # traceback and the daemon's command worker sent no reply. Found sending '\u00e9' as sig.
+    env = json.loads(sign(_decision(), KEY))
+    env["sig"] = sig
+    with pytest.raises(DecisionError) as e:
+        verify(json.dumps(env).encode(), KEY, NOW + 1, None)
+    assert e.value.reason == "bad-signature"

@@ -171,3 +171,9 @@ def test_actuator_config_validation() -> None:
         ActuatorConfig.model_validate({**ok, "command": {"argv": []}})
     with pytest.raises(ValidationError):
         ActuatorConfig.model_validate({**ok, "devices": []})
+
+
+def test_a_non_ascii_signature_is_unauthorized() -> None:
+    env = json.loads(make_command(KEY, "front-door", "reload", now=NOW))
+    env["sig"] = "\u00e9" * 64
+    assert _code(_gate(), "reload", json.dumps(env).encode()) == "unauthorized"
