@@ -189,7 +189,8 @@ def open_sealed(payload: bytes, key: bytes, domain: bytes, max_size: int = MAX_P
         raise DecisionError("oversized", f"{len(payload)} bytes > {max_size}")
     try:
         env = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    # RecursionError: deep nesting ("[[[[..." fits in a few kB); it was a traceback.
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DecisionError("malformed", f"not JSON ({exc.__class__.__name__})") from None
     if not isinstance(env, dict):
         raise DecisionError("malformed", "envelope is not a JSON object")
@@ -210,7 +211,7 @@ def open_sealed(payload: bytes, key: bytes, domain: bytes, max_size: int = MAX_P
         raise DecisionError("bad-signature", "HMAC does not match")
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise DecisionError("malformed", "body is not JSON") from None
 
 

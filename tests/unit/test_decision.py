@@ -297,3 +297,18 @@ def test_a_signature_that_is_not_hex_is_refused_not_a_traceback(sig: str) -> Non
     with pytest.raises(DecisionError) as e:
         verify(json.dumps(env).encode(), KEY, NOW + 1, None)
     assert e.value.reason == "bad-signature"
+
+
+def test_deeply_nested_json_is_malformed_not_a_traceback() -> None:
+    # A few kB of '[' made json.loads raise RecursionError, which nothing caught.
+    for payload in (b"[" * 5000, b'{"a":' * 1600):
+        with pytest.raises(DecisionError) as e:
+            verify(payload, KEY, NOW + 1, None)
+        assert e.value.reason == "malformed"
+    # ... and inside a correctly signed body too.
+    body = "[" * 5000
+    sig = hmac.new(KEY, DECISION_DOMAIN + body.encode(), hashlib.sha256).hexdigest()
+    env = json.dumps({"alg": "HMAC-SHA256", "body": body, "sig": sig}).encode()
+    with pytest.raises(DecisionError) as e:
+        verify(env, KEY, NOW + 1, None, max_skew_s=2)
+    assert e.value.reason == "malformed"

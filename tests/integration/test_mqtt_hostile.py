@@ -1,0 +1,100 @@
+"""Hostile payloads on a real mosquitto: the door's command topic and the lock's decision topic.
+
+Every bad message gets its refusal (a reply for a command, a REJECTED line at the lock), no
+traceback, and the program keeps obeying good messages afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from broker import STANDARD_USERS, Broker
+from mqtt_helpers import ActuatorProcess, Recorder, link_config, wait_until, write_key
+
+from voxgate.decision import Issuer, SequenceCounter, sign
+from voxgate.mqtt.client import MqttLink
+from voxgate.mqtt.commands import make_command, read_reply
+
+DEV = "front-door"
+DKEY = b"decision-key-for-tests-0123456789"
+CKEY = b"command-key-for-tests-0123456789"
+
+# (payload, the error code the reply must carry)
+HOSTILE_COMMANDS = [
+    # sig not ASCII: hmac.compare_digest raised TypeError (traceback, no reply)
+    (b'{"alg":"HMAC-SHA256","body":"{}","sig":"\\u00e9"}', "unauthorized"),
+    (
+        json.dumps({"alg": "HMAC-SHA256", "body": "{}", "sig": "\u2603" * 64}).encode(),
+        "unauthorized",
+    ),
+    # deep nesting: json.loads raised RecursionError (traceback, no reply)
+    (b"[" * 3000, "malformed"),
+    (b"\x00\xff\xfe", "malformed"),
+    (b'{"alg":"HMAC-SHA256","body":7,"sig":"00"}', "malformed"),
+]
+
+
+def _client(broker: Broker, user: str) -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.username_pw_set(user, STANDARD_USERS[user])
+    c.tls_set(ca_certs=str(broker.ca_file))
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    return c
+
+
+def test_hostile_command_payloads_each_get_a_reply(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = MqttLink(link_config(broker), DEV, decision_key=DKEY, command_key=CKEY)
+    link.on_command("reload", lambda args: {"reloaded": True})
+    link.start()
+    replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
+    admin = _client(broker, "admin")
+    topic = "voxgate/front-door/cmd/reload"
+    try:
+        wait_until(lambda: link.connected, 10, "link connected")
+        for n, (payload, code) in enumerate([*HOSTILE_COMMANDS, (None, None)], 1):
+            if payload is None:  # still obeying
+                payload = make_command(CKEY, DEV, "reload", now=time.time())
+            admin.publish(topic, payload, qos=1).wait_for_publish(5)
+            wait_until(lambda n=n: len(replies.on(topic + "/result")) >= n, 5, f"reply {n}")
+            reply = read_reply(replies.on(topic + "/result")[-1].payload, DKEY)
+            assert reply["error"] == code, (payload[:40], reply)
+        assert link.stats["commands_rejected"] == len(HOSTILE_COMMANDS)
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, [r.getMessage() for r in errors]
+    finally:
+        admin.disconnect()
+        admin.loop_stop()
+        replies.close()
+        link.stop()
+
+
+def test_hostile_decisions_are_rejected_by_the_actuator_without_a_traceback(
+    broker: Broker, tmp_path: Path
+) -> None:
+    key = write_key(tmp_path / "front-door.key", DKEY)
+    act = ActuatorProcess(tmp_path, broker, {DEV: key}).start()
+    device = _client(broker, "device")
+    topic = "voxgate/front-door/decision"
+    try:
+        hostile = [p for p, _ in HOSTILE_COMMANDS]
+        for payload in hostile:
+            device.publish(topic, payload, qos=1).wait_for_publish(5)
+        act.wait_log(r"decision REJECTED", 10, count=len(hostile))
+        issuer = Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=5)
+        grant = sign(issuer.issue("granted", "alice", time.time()), DKEY)
+        device.publish(topic, grant, qos=1).wait_for_publish(5)
+        wait_until(lambda: len(act.actions()) == 1, 10, "the good grant acted on")
+        assert act.log_count("Traceback|error handling a message") == 0, "\n".join(act.lines)
+        assert act.alive
+    finally:
+        device.disconnect()
+        device.loop_stop()
+        act.stop()
