@@ -177,3 +177,12 @@ def test_a_non_ascii_signature_is_unauthorized() -> None:
     env = json.loads(make_command(KEY, "front-door", "reload", now=NOW))
     env["sig"] = "\u00e9" * 64
     assert _code(_gate(), "reload", json.dumps(env).encode()) == "unauthorized"
+
+
+def test_an_unknown_command_name_is_quoted_short() -> None:
+    # The name comes from the topic: the log line (which cut the name to 64 characters)
+    # carried all 5000 through the detail, and so did the reply.
+    with pytest.raises(CommandError) as e:
+        _gate().check("x" * 5000, b"{}", NOW)
+    assert e.value.code == "unknown-command"
+    assert len(str(e.value)) < 200

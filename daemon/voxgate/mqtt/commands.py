@@ -91,7 +91,8 @@ class CommandGate:
         if len(payload) > self.max_bytes:
             raise CommandError("oversized", f"{len(payload)} bytes > {self.max_bytes}")
         if name not in ARGS:
-            raise CommandError("unknown-command", f"{name!r} is not one of {', '.join(ARGS)}")
+            # The name is a topic level (up to 64 kB); the log line and reply quote its start.
+            raise CommandError("unknown-command", f"{name[:64]!r} is not one of {', '.join(ARGS)}")
         if self.key is None:
             raise CommandError("unauthorized", "this device has no command key configured")
         try:
