@@ -98,3 +98,23 @@ def test_hostile_decisions_are_rejected_by_the_actuator_without_a_traceback(
         device.disconnect()
         device.loop_stop()
         act.stop()
+
+
+def test_two_daemons_with_one_device_id_are_named_and_back_off(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Same device_id, same client id: each connect takes the connection from the other.
+    # paho restarts its back-off at every accepted connect, so the two flapped every
+    # reconnect_min_s (0.2 s here) forever, logging only 'connection lost (Unspecified error)'.
+    cfg = link_config(broker, reconnect_min_s=0.2, reconnect_max_s=2.0)
+    links = [MqttLink(cfg, DEV, decision_key=DKEY, command_key=CKEY) for _ in range(2)]
+    try:
+        for link in links:
+            link.start()
+        time.sleep(6)
+        connects = sum(link.stats["connects"] for link in links)
+        assert connects < 16, connects  # about 30 without the back-off
+        assert "is another client connecting as 'voxgate-front-door'" in caplog.text
+    finally:
+        for link in links:
+            link.stop()
