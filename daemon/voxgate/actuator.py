@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from voxgate.config.mqtt import ActuatorConfig
 from voxgate.config.secrets import read_secret
 from voxgate.decision import Decision, DecisionError, ReplayGuard, verify
-from voxgate.mqtt.client import build_client, connect_async, session_seconds
+from voxgate.mqtt.client import build_client, connect_async, connect_error, session_seconds
 from voxgate.mqtt.topics import device_from_decision_topic
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,7 @@ class Actuator:
             log.warning("disconnected from the broker (%s); reconnecting", rc)
 
         def on_connect_fail(c: Any, userdata: Any) -> None:
-            log.warning("cannot reach %s:%d; retrying", b.host, b.port)
+            log.warning("cannot connect to %s:%d (%s); retrying", b.host, b.port, connect_error())
 
         def on_message(c: Any, userdata: Any, msg: Any) -> None:
             try:

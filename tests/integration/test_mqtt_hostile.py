@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import STANDARD_USERS, Broker
-from mqtt_helpers import ActuatorProcess, Recorder, link_config, wait_until, write_key
+from broker import STANDARD_USERS, Broker, TestCA
+from mqtt_helpers import REPO, ActuatorProcess, Recorder, link_config, wait_until, write_key
 
 from voxgate.decision import Issuer, SequenceCounter, sign
 from voxgate.mqtt.client import MqttLink
@@ -118,3 +122,31 @@ def test_two_daemons_with_one_device_id_are_named_and_back_off(
     finally:
         for link in links:
             link.stop()
+
+
+def test_a_wrong_ca_is_named_in_the_log_not_called_unreachable(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # paho hides the reason from on_connect_fail: a certificate from another CA was logged
+    # as 'cannot reach 127.0.0.1:<port>', at the door and at the lock alike.
+    other = TestCA(tmp_path / "other-ca", name="someone else's CA")
+    cfg = link_config(broker, tls={"ca_file": str(other.cert_file)})
+    link = MqttLink(cfg, DEV, decision_key=DKEY, command_key=CKEY)
+    link.start()
+    try:
+        wait_until(lambda: link.stats["connect_failures"] >= 1, 10, "a failed connect")
+    finally:
+        link.stop()
+    assert "check tls.ca_file" in caplog.text and "cannot reach" not in caplog.text
+    key = write_key(tmp_path / "front-door.key", DKEY)
+    act = ActuatorProcess(tmp_path, broker, {DEV: key})
+    broker_cfg = act.config.read_text().replace(str(broker.ca_file), str(other.cert_file))
+    act.config.write_text(broker_cfg)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    env["PYTHONPATH"] = str(REPO / "daemon")
+    argv = [sys.executable, "-m", "voxgate", "actuator", "-c", str(act.config)]
+    with pytest.raises(subprocess.TimeoutExpired) as run:  # it keeps retrying
+        subprocess.run(argv, env=env, capture_output=True, text=True, timeout=4)
+    said = run.value.stderr or ""
+    said = said if isinstance(said, str) else said.decode()
+    assert re.search(r"cannot connect to .*TLS: .*check tls.ca_file", said), said

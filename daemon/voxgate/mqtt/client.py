@@ -25,6 +25,7 @@ import logging
 import math
 import queue
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -120,6 +121,20 @@ def connect_async(
     if session_s > 0 and fresh_first:
         clean = paho.MQTT_CLEAN_START_FIRST_ONLY
     client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=clean, properties=props)
+
+
+def connect_error() -> str:
+    """Why the connect failed, for an on_connect_fail callback: paho calls it inside its
+    `except OSError`, without passing the exception. A wrong CA or an expired certificate
+    was logged as 'cannot reach' the broker, which sent people to check the network."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: {exc.verify_message or exc}; check tls.ca_file and the host name"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or exc.__class__.__name__
+    return "no connection"
 
 
 def _expiry_props(seconds: float) -> Properties:
@@ -600,9 +615,10 @@ class MqttLink:
         self._count("connect_failures")
         self.connection_state = "unreachable"
         log.warning(
-            "MQTT: cannot reach %s:%d; retrying (back-off up to %g s)",
+            "MQTT: cannot connect to %s:%d (%s); retrying (back-off up to %g s)",
             self.cfg.host,
             self.cfg.port,
+            connect_error(),
             self.cfg.reconnect_max_s,
         )
 
