@@ -186,3 +186,17 @@ def test_an_unknown_command_name_is_quoted_short() -> None:
         _gate().check("x" * 5000, b"{}", NOW)
     assert e.value.code == "unknown-command"
     assert len(str(e.value)) < 200
+
+
+@pytest.mark.parametrize("user", ["José García", "O'Brien", "Zoë", "李小龍", "eve.o@example"])
+def test_user_names_the_store_accepts_are_accepted(user: str) -> None:
+    # The pattern was ASCII-only: users the CLI and the API enrolled under such names could
+    # not be erased (nor enrolled or claimed) over MQTT: 'bad-args: invalid user'.
+    payload = make_command(KEY, "front-door", "erase-user", {"user": user}, now=NOW)
+    assert _gate().check("erase-user", payload, NOW + 1).args == {"user": user}
+
+
+@pytest.mark.parametrize("user", ["", " ", "a\x07b", "../../etc", "a\\b", "x" * 65, "\u200b"])
+def test_user_names_the_store_refuses_are_bad_args(user: str) -> None:
+    payload = make_command(KEY, "front-door", "erase-user", {"user": user}, now=NOW)
+    assert _code(_gate(), "erase-user", payload) == "bad-args"
