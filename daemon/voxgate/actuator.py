@@ -27,9 +27,15 @@ import yaml
 from pydantic import ValidationError
 
 from voxgate.config.mqtt import ActuatorConfig
-from voxgate.config.secrets import read_secret
+from voxgate.config.secrets import SecretError, read_secret
 from voxgate.decision import Decision, DecisionError, ReplayGuard, verify
-from voxgate.mqtt.client import build_client, connect_async, connect_error, session_seconds
+from voxgate.mqtt.client import (
+    MqttSetupError,
+    build_client,
+    connect_async,
+    connect_error,
+    session_seconds,
+)
 from voxgate.mqtt.topics import device_from_decision_topic
 
 log = logging.getLogger(__name__)
@@ -149,6 +155,12 @@ class Actuator:
             self.guard = ReplayGuard(cfg.state_file)
         except DecisionError as exc:
             raise ActuatorSetupError(f"state file: {exc.detail}") from None
+        # The broker settings too (TLS files, password), here and so by --check: run() met
+        # a missing CA file as a traceback, after --check had said OK.
+        try:
+            build_client(cfg.broker, "voxgate-actuator-check")
+        except (MqttSetupError, SecretError) as exc:
+            raise ActuatorSetupError(f"broker: {exc}") from None
         self.rejected: Counter[str] = Counter()
         self.acted = 0
         self._gpio: Any = None

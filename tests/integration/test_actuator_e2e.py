@@ -252,3 +252,23 @@ def test_cli_refuses_a_damaged_state_file_and_a_command_that_cannot_run(tmp_path
         r = _run_cli("-c", str(cfg), "--check")
         assert r.returncode == 2, (program, r.stdout)
         assert f"command.argv[0]: '{program}' is not an executable program" in r.stderr
+
+
+def test_cli_refuses_broker_settings_it_cannot_use(tmp_path: Path) -> None:
+    """A missing CA file or an unreadable password file passed --check, and the actuator
+    then stopped with a MqttSetupError / SecretUnreadable traceback when it built its client."""
+    write_key(tmp_path / "door.key", b"k")
+    cfg = tmp_path / "a.yaml"
+    (tmp_path / "pw-dir").mkdir()
+    for broker, said in (
+        (f"{{tls: {{ca_file: {tmp_path}/missing-ca.crt}}}}", "missing-ca.crt does not exist"),
+        (f"{{username: lock, password_file: {tmp_path}/pw-dir}}", "cannot read"),
+    ):
+        cfg.write_text(
+            f"broker: {broker}\ndevices: [{{id: door, key_file: {tmp_path}/door.key}}]\n"
+            f"state_file: {tmp_path}/s.json\ncommand: {{argv: [/bin/true]}}\n"
+        )
+        for args in (("--check",), ()):
+            r = _run_cli("-c", str(cfg), *args)
+            assert r.returncode == 2 and said in r.stderr, r.stderr
+            assert "Traceback" not in r.stderr
