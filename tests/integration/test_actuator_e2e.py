@@ -263,6 +263,7 @@ def test_cli_refuses_broker_settings_it_cannot_use(tmp_path: Path) -> None:
     for broker, said in (
         (f"{{tls: {{ca_file: {tmp_path}/missing-ca.crt}}}}", "missing-ca.crt does not exist"),
         (f"{{username: lock, password_file: {tmp_path}/pw-dir}}", "cannot read"),
+        (f"{{username: lock, password_file: {tmp_path}/typo}}", "'mqtt-password' not found"),
     ):
         cfg.write_text(
             f"broker: {broker}\ndevices: [{{id: door, key_file: {tmp_path}/door.key}}]\n"

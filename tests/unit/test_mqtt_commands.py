@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from voxgate.config.mqtt import ActuatorConfig, MqttConfig
+from voxgate.config.secrets import SecretError
 from voxgate.decision import DecisionError, seal
 from voxgate.mqtt import discovery
+from voxgate.mqtt.client import MqttLink
 from voxgate.mqtt.commands import (
     COMMAND_DOMAIN,
     CommandError,
@@ -200,3 +203,17 @@ def test_user_names_the_store_accepts_are_accepted(user: str) -> None:
 def test_user_names_the_store_refuses_are_bad_args(user: str) -> None:
     payload = make_command(KEY, "front-door", "erase-user", {"user": user}, now=NOW)
     assert _code(_gate(), "erase-user", payload) == "bad-args"
+
+
+def test_a_named_password_file_that_is_missing_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was skipped without a word: the door connected with no password and the broker's
+    # 'Not authorized' was all the integrator saw of a typo in password_file.
+    monkeypatch.delenv("VOXGATE_MQTT_PASSWORD", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    cfg = MqttConfig.model_validate({"username": "door", "password_file": str(tmp_path / "nope")})
+    with pytest.raises(SecretError, match="'mqtt-password' not found"):
+        MqttLink(cfg, "front-door", decision_key=b"k", command_key=b"c")
+    # Without a password_file, a user name alone is still allowed (broker without passwords).
+    MqttLink(cfg.model_copy(update={"password_file": None}), "front-door", decision_key=b"k")

@@ -81,7 +81,10 @@ def build_client(cfg: BrokerConfig, client_id: str, session_s: int = 0) -> paho.
         clean_session=None if v5 else session_s <= 0,
     )
     if cfg.username is not None:
-        password = read_secret("mqtt-password", cfg.password_file, required=False)
+        # A password_file that is named but missing is an error: it was skipped without a
+        # word, and the broker's 'Not authorized' did not say the file was not found.
+        named = cfg.password_file is not None
+        password = read_secret("mqtt-password", cfg.password_file, required=named)
         client.username_pw_set(cfg.username, password.decode() if password else None)
     if cfg.tls is not None:
         tls = cfg.tls
