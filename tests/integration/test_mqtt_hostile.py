@@ -150,3 +150,30 @@ def test_a_wrong_ca_is_named_in_the_log_not_called_unreachable(
     said = run.value.stderr or ""
     said = said if isinstance(said, str) else said.decode()
     assert re.search(r"cannot connect to .*TLS: .*check tls.ca_file", said), said
+
+
+def test_a_command_topic_too_long_for_a_reply_is_logged_not_a_traceback(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = MqttLink(link_config(broker), DEV, decision_key=DKEY, command_key=CKEY)
+    link.on_command("reload", lambda args: {"reloaded": True})
+    link.start()
+    replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
+    admin = _client(broker, "admin")
+    base = "voxgate/front-door/cmd/"
+    try:
+        wait_until(lambda: link.connected, 10, "link connected")
+        # The longest topic MQTT allows: paho refused the reply topic (65535 + '/result').
+        admin.publish(base + "x" * (65535 - len(base)), b"{}", qos=1).wait_for_publish(5)
+        wait_until(lambda: link.stats["commands_rejected"] == 1, 5, "the refusal")
+        good = make_command(CKEY, DEV, "reload", now=time.time())
+        admin.publish(base + "reload", good, qos=1).wait_for_publish(5)
+        wait_until(lambda: replies.on(base + "reload/result"), 5, "the good command's reply")
+        assert "reply topic would be too long" in caplog.text
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, [r.getMessage()[:200] for r in errors]
+    finally:
+        admin.disconnect()
+        admin.loop_stop()
+        replies.close()
+        link.stop()

@@ -565,7 +565,15 @@ class MqttLink:
             error=error,
             detail=detail,
         )
-        self._publish_if_connected(self.topics.command_result(name), payload, qos=1)
+        topic = self.topics.command_result(name)
+        if len(topic.encode()) > 65535:
+            # A command topic near the MQTT limit leaves no room for '/result': paho raised
+            # ValueError (a traceback in the worker). Unknown commands only: ours are short.
+            log.warning(
+                "MQTT: no reply to command %r: its reply topic would be too long", name[:64]
+            )
+            return
+        self._publish_if_connected(topic, payload, qos=1)
 
     # -- paho callbacks (network thread) -----------------------------------------------------
 
