@@ -30,7 +30,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,20 @@ def _typed(body: Mapping[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+def is_finite_number(x: object) -> TypeGuard[float]:
+    """A JSON number usable as a float: not a bool, NaN or infinity, nor an integer too big
+    for a float (math.isfinite raised OverflowError on 10**400: a traceback, not a refusal)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
+
+
 def _number(body: Mapping[str, Any], name: str) -> float:
     value = body.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise DecisionError("malformed", f"{name} must be a finite number")
     return float(value)
 

@@ -312,3 +312,15 @@ def test_deeply_nested_json_is_malformed_not_a_traceback() -> None:
     with pytest.raises(DecisionError) as e:
         verify(env, KEY, NOW + 1, None, max_skew_s=2)
     assert e.value.reason == "malformed"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"issued_at": 10**400}, {"expires_at": -(10**400)}, {"scores": {"speaker": 10**400}}],
+)
+def test_an_integer_too_big_for_a_float_is_malformed(change: dict[str, object]) -> None:
+    # math.isfinite raised OverflowError: the actuator logged a traceback, not a refusal.
+    body = {**_decision().to_body(), **change}
+    with pytest.raises(DecisionError) as e:
+        verify(_sealed(body), KEY, NOW + 1, None)
+    assert e.value.reason == "malformed"

@@ -217,3 +217,16 @@ def test_a_named_password_file_that_is_missing_is_an_error(
         MqttLink(cfg, "front-door", decision_key=b"k", command_key=b"c")
     # Without a password_file, a user name alone is still allowed (broker without passwords).
     MqttLink(cfg.model_copy(update={"password_file": None}), "front-door", decision_key=b"k")
+
+
+def test_an_integer_too_big_for_a_float_is_malformed() -> None:
+    body = {
+        "v": 1,
+        "device": "front-door",
+        "cmd": "reload",
+        "args": {},
+        "nonce": "ab" * 8,
+        "issued_at": NOW,
+        "expires_at": 10**400,  # OverflowError from math.isfinite: no reply, a traceback
+    }
+    assert _code(_gate(), "reload", seal(body, KEY, COMMAND_DOMAIN)) == "malformed"

@@ -9,15 +9,14 @@ refused, so a restart does not reopen that window either.
 
 from __future__ import annotations
 
-import math
 import re
 import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any
 
-from voxgate.decision import MAX_TTL_S, DecisionError, open_sealed, seal
+from voxgate.decision import MAX_TTL_S, DecisionError, is_finite_number, open_sealed, seal
 
 COMMAND_DOMAIN = b"voxgate.command.v1\n"
 REPLY_DOMAIN = b"voxgate.reply.v1\n"
@@ -121,7 +120,7 @@ class CommandGate:
         if not isinstance(nonce, str) or not NONCE_RE.match(nonce):
             raise CommandError("malformed", "nonce must be 16-64 lowercase hex digits")
         issued, expires = body.get("issued_at"), body.get("expires_at")
-        if not (_is_number(issued) and _is_number(expires)):
+        if not (is_finite_number(issued) and is_finite_number(expires)):
             raise CommandError("malformed", "issued_at and expires_at must be numbers")
         if not 0 < expires - issued <= MAX_TTL_S:
             raise CommandError("bad-validity", f"validity must be in (0, {MAX_TTL_S:g}] s")
@@ -150,10 +149,6 @@ def _user_name_ok(name: str) -> bool:
     except StoreError:
         return False
     return "/" not in name and "\\" not in name
-
-
-def _is_number(x: object) -> TypeGuard[float]:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def make_reply(
