@@ -248,7 +248,9 @@ class Actuator:
                         timeout=self.cfg.command.timeout_s,
                         check=False,
                     )
-                except (OSError, subprocess.TimeoutExpired) as exc:
+                # ValueError: a signed field the environment cannot carry (a NUL or a lone
+                # surrogate in the user name) was a traceback from the action thread.
+                except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
                     log.error("action command failed for seq %d: %s", d.seq, exc)
                     return
                 if done.returncode != 0:
