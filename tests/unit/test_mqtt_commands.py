@@ -230,3 +230,17 @@ def test_an_integer_too_big_for_a_float_is_malformed() -> None:
         "expires_at": 10**400,  # OverflowError from math.isfinite: no reply, a traceback
     }
     assert _code(_gate(), "reload", seal(body, KEY, COMMAND_DOMAIN)) == "malformed"
+
+
+def test_a_named_command_key_file_that_is_missing_is_named_in_the_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The warning said 'no command key' while the config named one: it did not say that
+    # the file was not there.
+    monkeypatch.delenv("VOXGATE_COMMAND_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    missing = tmp_path / "command.key"
+    cfg = MqttConfig.model_validate({"command_key_file": str(missing)})
+    with caplog.at_level("WARNING"):
+        MqttLink(cfg, "front-door", decision_key=b"k")
+    assert f"mqtt.command_key_file {missing} is missing or empty" in caplog.text

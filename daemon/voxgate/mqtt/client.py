@@ -174,7 +174,15 @@ class MqttLink:
         self._key: bytes = key
         if command_key is None:
             command_key = read_secret("command-key", cfg.command_key_file, required=False)
-        if command_key is None:
+        if command_key is None and cfg.command_key_file is not None:
+            # Named but not there (a typo, a missing deployment step): say which file.
+            log.warning(
+                "mqtt.command_key_file %s is missing or empty: every MQTT command to %s will "
+                "be refused",
+                cfg.command_key_file,
+                device_id,
+            )
+        elif command_key is None:
             log.warning("no command key: every MQTT command to %s will be refused", device_id)
         self._v5 = cfg.protocol == "5"
         # A session the broker keeps while the link is down, so that a command sent during a
