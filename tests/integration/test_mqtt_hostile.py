@@ -177,3 +177,38 @@ def test_a_command_topic_too_long_for_a_reply_is_logged_not_a_traceback(
         admin.loop_stop()
         replies.close()
         link.stop()
+
+
+def test_oversized_commands_are_refused_at_once_not_queued(broker: Broker) -> None:
+    """While a command runs, others wait in a queue of 16; oversized ones waited there too,
+    each holding its payload (mosquitto accepts up to 256 MB by default), and the 17th got
+    'busy'. They are refused on arrival now, whatever is running."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow(args: dict[str, str]) -> dict[str, object]:
+        started.set()
+        return {"released": release.wait(20)}
+
+    link = MqttLink(link_config(broker), DEV, decision_key=DKEY, command_key=CKEY)
+    link.on_command("reload", slow)
+    link.start()
+    replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
+    admin = _client(broker, "admin")
+    topic = "voxgate/front-door/cmd/reload"
+    try:
+        wait_until(lambda: link.connected, 10, "link connected")
+        admin.publish(topic, make_command(CKEY, DEV, "reload", now=time.time()), qos=1)
+        wait_until(started.is_set, 5, "the slow command to start")
+        for _ in range(20):
+            admin.publish(topic, b"x" * 100_000, qos=1)
+        wait_until(lambda: len(replies.on(topic + "/result")) >= 20, 10, "20 replies")
+        errors = [read_reply(m.payload, DKEY)["error"] for m in replies.on(topic + "/result")]
+        assert errors == ["oversized"] * 20
+    finally:
+        release.set()
+        admin.disconnect()
+        admin.loop_stop()
+        replies.close()
+        link.stop()

@@ -498,6 +498,16 @@ class MqttLink:
             self._count("commands_rejected")
             log.warning("MQTT: retained command %r ignored (send commands without retain)", name)
             return
+        size, limit = len(msg.payload), self.cfg.command_max_bytes
+        if size > limit:
+            # Refused here, not queued: 16 waiting payloads of up to 256 MB each (mosquitto's
+            # default limit) could take the door's memory while a command runs.
+            self._count("commands_rejected")
+            log.warning(
+                "MQTT: command %r rejected: oversized: %d bytes > %d", name[:64], size, limit
+            )
+            self._reply(name, None, ok=False, error="oversized", detail=f"{size} bytes > {limit}")
+            return
         try:
             self._work.put_nowait((name, bytes(msg.payload)))
         except queue.Full:
