@@ -244,3 +244,22 @@ def test_a_named_command_key_file_that_is_missing_is_named_in_the_warning(
     with caplog.at_level("WARNING"):
         MqttLink(cfg, "front-door", decision_key=b"k")
     assert f"mqtt.command_key_file {missing} is missing or empty" in caplog.text
+
+
+def test_log_lines_quote_a_long_command_name_short(caplog: pytest.LogCaptureFixture) -> None:
+    """The name is the topic level (up to 64 kB from anyone allowed to write cmd/#): the
+    retained-command and queue-full warnings quoted all of it."""
+    import paho.mqtt.client as paho
+
+    link = MqttLink(MqttConfig(), "front-door", decision_key=b"k", command_key=b"c")
+    name = "x" * 5000
+    retained = paho.MQTTMessage(topic=f"voxgate/front-door/cmd/{name}".encode())
+    retained.retain = True
+    with caplog.at_level("WARNING"):
+        link._on_message(link._client, None, retained)
+        for _ in range(17):  # the worker is not started: the 17th finds the queue full
+            msg = paho.MQTTMessage(topic=f"voxgate/front-door/cmd/{name}".encode())
+            msg.payload = b"{}"
+            link._on_message(link._client, None, msg)
+    assert "retained command" in caplog.text and "command queue full" in caplog.text
+    assert max(len(r.getMessage()) for r in caplog.records) < 300

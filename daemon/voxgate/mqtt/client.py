@@ -496,7 +496,9 @@ class MqttLink:
             # A command is never retained on purpose; a retained one would come back on every
             # connect (and within the start-up skew after a restart, run once more).
             self._count("commands_rejected")
-            log.warning("MQTT: retained command %r ignored (send commands without retain)", name)
+            log.warning(
+                "MQTT: retained command %r ignored (send commands without retain)", name[:64]
+            )
             return
         size, limit = len(msg.payload), self.cfg.command_max_bytes
         if size > limit:
@@ -511,7 +513,7 @@ class MqttLink:
         try:
             self._work.put_nowait((name, bytes(msg.payload)))
         except queue.Full:
-            log.warning("MQTT: command queue full; %s refused", name)
+            log.warning("MQTT: command queue full; %r refused", name[:64])
             self._reply(name, None, ok=False, error="busy", detail="too many pending commands")
 
     def _work_loop(self) -> None:
