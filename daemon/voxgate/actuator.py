@@ -31,6 +31,7 @@ from voxgate.config.secrets import SecretError, read_secret
 from voxgate.decision import Decision, DecisionError, ReplayGuard, verify
 from voxgate.mqtt.client import (
     MqttSetupError,
+    QuickDrops,
     build_client,
     connect_async,
     connect_error,
@@ -286,11 +287,22 @@ class Actuator:
         session_s = session_seconds(b)
         client = build_client(b, b.client_id or default_client_id(self.cfg), session_s)
         topics = [f"{b.topic_prefix}/{dev.id}/decision" for dev in self.cfg.devices]
+        # A lock cloned from another's SD card has its client id: the two took the connection
+        # (and the session, with the decisions it holds) from each other every few seconds.
+        id_file = self.cfg.state_file.with_name(self.cfg.state_file.name + ".client-id")
+        drops = QuickDrops(
+            b,
+            "another lock with this client id: set broker.client_id"
+            if b.client_id
+            else f"another lock with the same {id_file}, e.g. a cloned SD card: delete the "
+            "file on one of them and restart it",
+        )
 
         def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
             if rc.is_failure:
                 log.error("broker refused the connection: %s (retrying)", rc)
                 return
+            drops.connected()
             log.info("connected to %s:%d; subscribing to %s", b.host, b.port, ", ".join(topics))
             c.subscribe([(t, 1) for t in topics])
 
@@ -302,7 +314,10 @@ class Actuator:
                 log.info("subscribed to %d topic(s)", len(rcs))
 
         def on_disconnect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+            if stop.is_set():
+                return
             log.warning("disconnected from the broker (%s); reconnecting", rc)
+            drops.dropped(c)
 
         def on_connect_fail(c: Any, userdata: Any) -> None:
             log.warning("cannot connect to %s:%d (%s); retrying", b.host, b.port, connect_error())

@@ -65,6 +65,45 @@ QUICK_DROP_S = 10.0
 QUICK_DROPS_TO_WARN = 3
 
 
+class QuickDrops:
+    """Says so, and backs off, when connections keep being lost right after the connect.
+
+    paho restarts its back-off at every accepted connect, so two clients with one id took
+    the connection from each other every reconnect_min_s, forever, each logging only
+    'connection lost (Unspecified error)'. `who` ends the warning: where the id comes from.
+    """
+
+    def __init__(self, cfg: BrokerConfig, who: str) -> None:
+        self.cfg = cfg
+        self.who = who
+        self.up_since = 0.0  # time.monotonic() of the last accepted connect
+        self.count = 0  # connections in a row lost within QUICK_DROP_S
+
+    def connected(self) -> None:
+        self.up_since = time.monotonic()
+
+    def dropped(self, client: paho.Client) -> None:
+        """After a connection the broker had accepted was lost (not a refused connect)."""
+        up, self.up_since = self.up_since, 0.0
+        if time.monotonic() - up >= QUICK_DROP_S:
+            self.count = 0
+            return
+        self.count += 1
+        if self.count == QUICK_DROPS_TO_WARN:
+            log.warning(
+                "MQTT: the broker dropped the connection %d times in a row within %g s of "
+                "accepting it: is another client connecting as %r (%s)? Backing off up to %g s",
+                self.count,
+                QUICK_DROP_S,
+                client._client_id.decode(errors="replace"),
+                self.who,
+                self.cfg.reconnect_max_s,
+            )
+        if hasattr(client, "_reconnect_delay"):  # the next wait doubles this
+            delay = self.cfg.reconnect_min_s * 2 ** (self.count - 1)
+            client._reconnect_delay = min(delay, self.cfg.reconnect_max_s)  # type: ignore[assignment]
+
+
 def session_seconds(cfg: BrokerConfig) -> int:
     return SESSION_S if cfg.protocol == "5" else 0
 
@@ -192,8 +231,9 @@ class MqttLink:
         # run twice. The id is the device id, unique in a deployment (its topics are).
         self._session_s = session_seconds(cfg)
         self._connected_once = False
-        self._up_since = 0.0  # time.monotonic() of the last accepted connect
-        self._quick_drops = 0  # connections in a row lost within QUICK_DROP_S
+        self._drops = QuickDrops(
+            cfg, f"a second daemon with device_id {device_id!r}, or a copied config or SD card"
+        )
         self._client = build_client(cfg, cfg.client_id or f"voxgate-{device_id}", self._session_s)
         self._client.will_set(self.topics.status, b"offline", qos=1, retain=True)
         self._client.on_connect = self._on_connect
@@ -615,7 +655,7 @@ class MqttLink:
                 client._mqttv5_first_connect = True
             return
         self._connected_once = True
-        self._up_since = time.monotonic()
+        self._drops.connected()
         # Runs before paho re-sends its queue, so stale messages never leave.
         now = time.time()
         with self._out_lock:
@@ -671,7 +711,7 @@ class MqttLink:
             self.connection_state = "disconnected"
             self._count("disconnects")
             log.warning("MQTT: connection lost (%s); reconnecting", reason_code)
-            self._after_drop(client)
+            self._drops.dropped(client)
             self._notify(False)
         elif not self.connection_state.startswith("refused"):
             # Closed before any CONNACK: typically the broker rejected our TLS certificate.
@@ -684,31 +724,6 @@ class MqttLink:
                 self.cfg.port,
                 reason_code,
             )
-
-    def _after_drop(self, client: paho.Client) -> None:
-        """Say so, and back off, when connections keep being lost right after the connect.
-
-        paho restarts its back-off at every accepted connect, so two clients with one id
-        took the connection from each other every reconnect_min_s, forever, each logging
-        only 'connection lost (Unspecified error)'."""
-        if time.monotonic() - self._up_since >= QUICK_DROP_S:
-            self._quick_drops = 0
-            return
-        self._quick_drops += 1
-        if self._quick_drops == QUICK_DROPS_TO_WARN:
-            log.warning(
-                "MQTT: the broker dropped the connection %d times in a row within %g s of "
-                "accepting it: is another client connecting as %r (a second daemon with "
-                "device_id %r, or a copied config or SD card)? Backing off up to %g s",
-                self._quick_drops,
-                QUICK_DROP_S,
-                client._client_id.decode(errors="replace"),
-                self.device_id,
-                self.cfg.reconnect_max_s,
-            )
-        if hasattr(client, "_reconnect_delay"):  # the next wait doubles this
-            delay = self.cfg.reconnect_min_s * 2 ** (self._quick_drops - 1)
-            client._reconnect_delay = min(delay, self.cfg.reconnect_max_s)  # type: ignore[assignment]
 
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
