@@ -207,17 +207,3 @@ def test_a_damaged_client_id_file_is_replaced_and_an_unwritable_one_is_survived(
     with caplog.at_level(logging.WARNING, logger="voxgate.actuator"):
         assert default_client_id(cfg).startswith("voxgate-actuator-")
     assert "cannot keep the MQTT client id" in caplog.text
-
-
-@pytest.mark.parametrize("user", ["a\x00b", "\ud800"])
-def test_a_user_name_the_environment_cannot_carry_is_logged_not_a_traceback(
-    tmp_path: Path, user: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Signed, fresh and new, but VOXGATE_USER cannot hold it: subprocess raised ValueError
-    # ('embedded null byte', UnicodeEncodeError), which act() let out as a traceback.
-    clock = Clock(1000.0)
-    a = _actuator(tmp_path, ["/bin/true"], clock)
-    a.handle(TOPIC, sign(_issuer(tmp_path).issue("granted", user, 1000.0), KEY))
-    with caplog.at_level(logging.ERROR):
-        a.act(a._jobs.get_nowait())
-    assert "action command failed for seq 1" in caplog.text and a.acted == 0
