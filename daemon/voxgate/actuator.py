@@ -159,9 +159,9 @@ class Actuator:
         # The broker settings too (TLS files, password), here and so by --check: run() met
         # a missing CA file as a traceback, after --check had said OK.
         try:
-            build_client(cfg.broker, "voxgate-actuator-check")
+            build_client(cfg.broker, "voxgate-actuator-check", section="broker")
         except (MqttSetupError, SecretError) as exc:
-            raise ActuatorSetupError(f"broker: {exc}") from None
+            raise ActuatorSetupError(str(exc)) from None
         self.rejected: Counter[str] = Counter()
         self.acted = 0
         self._gpio: Any = None
@@ -285,7 +285,8 @@ class Actuator:
         # session each time, a grant published before it had re-subscribed was dropped.
         # Held decisions still expire (MQTT 5 expiry at the broker, verify() here).
         session_s = session_seconds(b)
-        client = build_client(b, b.client_id or default_client_id(self.cfg), session_s)
+        client_id = b.client_id or default_client_id(self.cfg)
+        client = build_client(b, client_id, session_s, section="broker")
         topics = [f"{b.topic_prefix}/{dev.id}/decision" for dev in self.cfg.devices]
         # A lock cloned from another's SD card has its client id: the two took the connection
         # (and the session, with the decisions it holds) from each other every few seconds.

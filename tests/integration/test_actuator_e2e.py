@@ -261,7 +261,10 @@ def test_cli_refuses_broker_settings_it_cannot_use(tmp_path: Path) -> None:
     cfg = tmp_path / "a.yaml"
     (tmp_path / "pw-dir").mkdir()
     for broker, said in (
-        (f"{{tls: {{ca_file: {tmp_path}/missing-ca.crt}}}}", "missing-ca.crt does not exist"),
+        (
+            f"{{tls: {{ca_file: {tmp_path}/missing-ca.crt}}}}",
+            f"broker.tls.ca_file: {tmp_path}/missing-ca.crt does not exist",
+        ),
         (f"{{username: lock, password_file: {tmp_path}/pw-dir}}", "cannot read"),
         (f"{{username: lock, password_file: {tmp_path}/typo}}", "'mqtt-password' not found"),
     ):

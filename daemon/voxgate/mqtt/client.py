@@ -108,10 +108,13 @@ def session_seconds(cfg: BrokerConfig) -> int:
     return SESSION_S if cfg.protocol == "5" else 0
 
 
-def build_client(cfg: BrokerConfig, client_id: str, session_s: int = 0) -> paho.Client:
+def build_client(
+    cfg: BrokerConfig, client_id: str, session_s: int = 0, section: str = "mqtt"
+) -> paho.Client:
     """A paho client with protocol, credentials, TLS and back-off from `cfg` (no I/O yet).
     session_s > 0: the broker keeps the session (subscriptions, QoS 1 messages) that long
-    while the client is away; pass the same value to connect_async()."""
+    while the client is away; pass the same value to connect_async(). `section`: where
+    `cfg` sits in the config file, for messages ('broker' in the actuator's)."""
     v5 = cfg.protocol == "5"
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2,
@@ -129,7 +132,7 @@ def build_client(cfg: BrokerConfig, client_id: str, session_s: int = 0) -> paho.
         tls = cfg.tls
         for name, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file)):
             if path is not None and not path.is_file():
-                raise MqttSetupError(f"mqtt.tls.{name}: {path} does not exist")
+                raise MqttSetupError(f"{section}.tls.{name}: {path} does not exist")
         try:
             client.tls_set(
                 ca_certs=str(tls.ca_file) if tls.ca_file else None,
@@ -138,9 +141,9 @@ def build_client(cfg: BrokerConfig, client_id: str, session_s: int = 0) -> paho.
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         except (ssl.SSLError, OSError, ValueError) as exc:
-            raise MqttSetupError(f"mqtt.tls: cannot load certificates: {exc}") from None
+            raise MqttSetupError(f"{section}.tls: cannot load certificates: {exc}") from None
         if tls.insecure:
-            log.warning("mqtt.tls.insecure is set: the broker's host name is not checked")
+            log.warning("%s.tls.insecure is set: the broker's host name is not checked", section)
             client.tls_insecure_set(True)
     client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
     return client
