@@ -27,9 +27,16 @@ import yaml
 from pydantic import ValidationError
 
 from voxgate.config.mqtt import ActuatorConfig
-from voxgate.config.secrets import read_secret
+from voxgate.config.secrets import SecretError, read_secret
 from voxgate.decision import Decision, DecisionError, ReplayGuard, verify
-from voxgate.mqtt.client import build_client, connect_async, session_seconds
+from voxgate.mqtt.client import (
+    MqttSetupError,
+    QuickDrops,
+    build_client,
+    connect_async,
+    connect_error,
+    session_seconds,
+)
 from voxgate.mqtt.topics import device_from_decision_topic
 
 log = logging.getLogger(__name__)
@@ -149,6 +156,12 @@ class Actuator:
             self.guard = ReplayGuard(cfg.state_file)
         except DecisionError as exc:
             raise ActuatorSetupError(f"state file: {exc.detail}") from None
+        # The broker settings too (TLS files, password), here and so by --check: run() met
+        # a missing CA file as a traceback, after --check had said OK.
+        try:
+            build_client(cfg.broker, "voxgate-actuator-check", section="broker")
+        except (MqttSetupError, SecretError) as exc:
+            raise ActuatorSetupError(str(exc)) from None
         self.rejected: Counter[str] = Counter()
         self.acted = 0
         self._gpio: Any = None
@@ -236,7 +249,9 @@ class Actuator:
                         timeout=self.cfg.command.timeout_s,
                         check=False,
                     )
-                except (OSError, subprocess.TimeoutExpired) as exc:
+                # ValueError: a signed field the environment cannot carry (a NUL or a lone
+                # surrogate in the user name) was a traceback from the action thread.
+                except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
                     log.error("action command failed for seq %d: %s", d.seq, exc)
                     return
                 if done.returncode != 0:
@@ -270,13 +285,25 @@ class Actuator:
         # session each time, a grant published before it had re-subscribed was dropped.
         # Held decisions still expire (MQTT 5 expiry at the broker, verify() here).
         session_s = session_seconds(b)
-        client = build_client(b, b.client_id or default_client_id(self.cfg), session_s)
+        client_id = b.client_id or default_client_id(self.cfg)
+        client = build_client(b, client_id, session_s, section="broker")
         topics = [f"{b.topic_prefix}/{dev.id}/decision" for dev in self.cfg.devices]
+        # A lock cloned from another's SD card has its client id: the two took the connection
+        # (and the session, with the decisions it holds) from each other every few seconds.
+        id_file = self.cfg.state_file.with_name(self.cfg.state_file.name + ".client-id")
+        drops = QuickDrops(
+            b,
+            "another lock with this client id: set broker.client_id"
+            if b.client_id
+            else f"another lock with the same {id_file}, e.g. a cloned SD card: delete the "
+            "file on one of them and restart it",
+        )
 
         def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
             if rc.is_failure:
                 log.error("broker refused the connection: %s (retrying)", rc)
                 return
+            drops.connected()
             log.info("connected to %s:%d; subscribing to %s", b.host, b.port, ", ".join(topics))
             c.subscribe([(t, 1) for t in topics])
 
@@ -288,10 +315,13 @@ class Actuator:
                 log.info("subscribed to %d topic(s)", len(rcs))
 
         def on_disconnect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+            if stop.is_set():
+                return
             log.warning("disconnected from the broker (%s); reconnecting", rc)
+            drops.dropped(c)
 
         def on_connect_fail(c: Any, userdata: Any) -> None:
-            log.warning("cannot reach %s:%d; retrying", b.host, b.port)
+            log.warning("cannot connect to %s:%d (%s); retrying", b.host, b.port, connect_error())
 
         def on_message(c: Any, userdata: Any, msg: Any) -> None:
             try:

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ MAX_PAYLOAD = 8192
 # Longest validity a verifier accepts, whatever the message claims.
 MAX_TTL_S = 60.0
 DEVICE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SIG_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class DecisionError(Exception):
@@ -154,9 +155,20 @@ def _typed(body: Mapping[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+def is_finite_number(x: object) -> TypeGuard[float]:
+    """A JSON number usable as a float: not a bool, NaN or infinity, nor an integer too big
+    for a float (math.isfinite raised OverflowError on 10**400: a traceback, not a refusal)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
+
+
 def _number(body: Mapping[str, Any], name: str) -> float:
     value = body.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise DecisionError("malformed", f"{name} must be a finite number")
     return float(value)
 
@@ -188,7 +200,8 @@ def open_sealed(payload: bytes, key: bytes, domain: bytes, max_size: int = MAX_P
         raise DecisionError("oversized", f"{len(payload)} bytes > {max_size}")
     try:
         env = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    # RecursionError: deep nesting ("[[[[..." fits in a few kB); it was a traceback.
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DecisionError("malformed", f"not JSON ({exc.__class__.__name__})") from None
     if not isinstance(env, dict):
         raise DecisionError("malformed", "envelope is not a JSON object")
@@ -197,6 +210,10 @@ def open_sealed(payload: bytes, key: bytes, domain: bytes, max_size: int = MAX_P
     body, sig = env.get("body"), env.get("sig")
     if not isinstance(body, str) or not isinstance(sig, str):
         raise DecisionError("malformed", "envelope needs string 'body' and 'sig'")
+    if not SIG_RE.fullmatch(sig):
+        # compare_digest raises TypeError on a non-ASCII string: a traceback, and no reply
+        # to the command, instead of a refusal.
+        raise DecisionError("bad-signature", "sig is not 64 hex digits")
     try:
         body.encode("ascii")
     except UnicodeEncodeError:
@@ -205,7 +222,7 @@ def open_sealed(payload: bytes, key: bytes, domain: bytes, max_size: int = MAX_P
         raise DecisionError("bad-signature", "HMAC does not match")
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise DecisionError("malformed", "body is not JSON") from None
 
 

@@ -252,3 +252,52 @@ def test_cli_refuses_a_damaged_state_file_and_a_command_that_cannot_run(tmp_path
         r = _run_cli("-c", str(cfg), "--check")
         assert r.returncode == 2, (program, r.stdout)
         assert f"command.argv[0]: '{program}' is not an executable program" in r.stderr
+
+
+def test_cli_refuses_broker_settings_it_cannot_use(tmp_path: Path) -> None:
+    """A missing CA file or an unreadable password file passed --check, and the actuator
+    then stopped with a MqttSetupError / SecretUnreadable traceback when it built its client."""
+    write_key(tmp_path / "door.key", b"k")
+    cfg = tmp_path / "a.yaml"
+    (tmp_path / "pw-dir").mkdir()
+    for broker, said in (
+        (
+            f"{{tls: {{ca_file: {tmp_path}/missing-ca.crt}}}}",
+            f"broker.tls.ca_file: {tmp_path}/missing-ca.crt does not exist",
+        ),
+        (f"{{username: lock, password_file: {tmp_path}/pw-dir}}", "cannot read"),
+        (f"{{username: lock, password_file: {tmp_path}/typo}}", "'mqtt-password' not found"),
+    ):
+        cfg.write_text(
+            f"broker: {broker}\ndevices: [{{id: door, key_file: {tmp_path}/door.key}}]\n"
+            f"state_file: {tmp_path}/s.json\ncommand: {{argv: [/bin/true]}}\n"
+        )
+        for args in (("--check",), ()):
+            r = _run_cli("-c", str(cfg), *args)
+            assert r.returncode == 2 and said in r.stderr, r.stderr
+            assert "Traceback" not in r.stderr
+
+
+def test_two_locks_cloned_from_one_sd_card_are_named_and_back_off(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """A cloned card carries <state_file>.client-id: both locks connected with one id and
+    took the connection (and the session with its held decisions) from each other every
+    reconnect_min_s, forever, logging only 'disconnected from the broker'."""
+    locks = []
+    for n, (dev, key) in enumerate(((DEV, DKEY), (OTHER, OKEY))):
+        d = tmp_path / f"lock{n}"
+        d.mkdir()
+        (d / "actuator-state.json.client-id").write_text("voxgate-actuator-00c10ed0c10ed000\n")
+        locks.append(ActuatorProcess(d, broker, {dev: write_key(d / "door.key", key)}))
+    try:
+        locks[0].start()
+        locks[1].start()
+        time.sleep(5)
+        said = "is another client connecting as 'voxgate-actuator-00c10ed0c10ed000'"
+        assert any(a.log_count(said) for a in locks), locks[0].lines[-5:]
+        drops = sum(a.log_count("disconnected from the broker") for a in locks)
+        assert drops < 14, drops  # about 30 in 5 s without the back-off (0.1 .. 0.5 s)
+    finally:
+        for a in locks:
+            a.stop()

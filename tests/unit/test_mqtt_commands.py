@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from voxgate.config.mqtt import ActuatorConfig, MqttConfig
+from voxgate.config.secrets import SecretError
 from voxgate.decision import DecisionError, seal
 from voxgate.mqtt import discovery
+from voxgate.mqtt.client import MqttLink
 from voxgate.mqtt.commands import (
     COMMAND_DOMAIN,
     CommandError,
@@ -171,3 +174,92 @@ def test_actuator_config_validation() -> None:
         ActuatorConfig.model_validate({**ok, "command": {"argv": []}})
     with pytest.raises(ValidationError):
         ActuatorConfig.model_validate({**ok, "devices": []})
+
+
+def test_a_non_ascii_signature_is_unauthorized() -> None:
+    env = json.loads(make_command(KEY, "front-door", "reload", now=NOW))
+    env["sig"] = "\u00e9" * 64
+    assert _code(_gate(), "reload", json.dumps(env).encode()) == "unauthorized"
+
+
+def test_an_unknown_command_name_is_quoted_short() -> None:
+    # The name comes from the topic: the log line (which cut the name to 64 characters)
+    # carried all 5000 through the detail, and so did the reply.
+    with pytest.raises(CommandError) as e:
+        _gate().check("x" * 5000, b"{}", NOW)
+    assert e.value.code == "unknown-command"
+    assert len(str(e.value)) < 200
+
+
+@pytest.mark.parametrize("user", ["José García", "O'Brien", "Zoë", "李小龍", "eve.o@example"])
+def test_user_names_the_store_accepts_are_accepted(user: str) -> None:
+    # The pattern was ASCII-only: users the CLI and the API enrolled under such names could
+    # not be erased (nor enrolled or claimed) over MQTT: 'bad-args: invalid user'.
+    payload = make_command(KEY, "front-door", "erase-user", {"user": user}, now=NOW)
+    assert _gate().check("erase-user", payload, NOW + 1).args == {"user": user}
+
+
+@pytest.mark.parametrize("user", ["", " ", "a\x07b", "../../etc", "a\\b", "x" * 65, "\u200b"])
+def test_user_names_the_store_refuses_are_bad_args(user: str) -> None:
+    payload = make_command(KEY, "front-door", "erase-user", {"user": user}, now=NOW)
+    assert _code(_gate(), "erase-user", payload) == "bad-args"
+
+
+def test_a_named_password_file_that_is_missing_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was skipped without a word: the door connected with no password and the broker's
+    # 'Not authorized' was all the integrator saw of a typo in password_file.
+    monkeypatch.delenv("VOXGATE_MQTT_PASSWORD", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    cfg = MqttConfig.model_validate({"username": "door", "password_file": str(tmp_path / "nope")})
+    with pytest.raises(SecretError, match="'mqtt-password' not found"):
+        MqttLink(cfg, "front-door", decision_key=b"k", command_key=b"c")
+    # Without a password_file, a user name alone is still allowed (broker without passwords).
+    MqttLink(cfg.model_copy(update={"password_file": None}), "front-door", decision_key=b"k")
+
+
+def test_an_integer_too_big_for_a_float_is_malformed() -> None:
+    body = {
+        "v": 1,
+        "device": "front-door",
+        "cmd": "reload",
+        "args": {},
+        "nonce": "ab" * 8,
+        "issued_at": NOW,
+        "expires_at": 10**400,  # OverflowError from math.isfinite: no reply, a traceback
+    }
+    assert _code(_gate(), "reload", seal(body, KEY, COMMAND_DOMAIN)) == "malformed"
+
+
+def test_a_named_command_key_file_that_is_missing_is_named_in_the_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The warning said 'no command key' while the config named one: it did not say that
+    # the file was not there.
+    monkeypatch.delenv("VOXGATE_COMMAND_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    missing = tmp_path / "command.key"
+    cfg = MqttConfig.model_validate({"command_key_file": str(missing)})
+    with caplog.at_level("WARNING"):
+        MqttLink(cfg, "front-door", decision_key=b"k")
+    assert f"mqtt.command_key_file {missing} is missing or empty" in caplog.text
+
+
+def test_log_lines_quote_a_long_command_name_short(caplog: pytest.LogCaptureFixture) -> None:
+    """The name is the topic level (up to 64 kB from anyone allowed to write cmd/#): the
+    retained-command and queue-full warnings quoted all of it."""
+    import paho.mqtt.client as paho
+
+    link = MqttLink(MqttConfig(), "front-door", decision_key=b"k", command_key=b"c")
+    name = "x" * 5000
+    retained = paho.MQTTMessage(topic=f"voxgate/front-door/cmd/{name}".encode())
+    retained.retain = True
+    with caplog.at_level("WARNING"):
+        link._on_message(link._client, None, retained)
+        for _ in range(17):  # the worker is not started: the 17th finds the queue full
+            msg = paho.MQTTMessage(topic=f"voxgate/front-door/cmd/{name}".encode())
+            msg.payload = b"{}"
+            link._on_message(link._client, None, msg)
+    assert "retained command" in caplog.text and "command queue full" in caplog.text
+    assert max(len(r.getMessage()) for r in caplog.records) < 300

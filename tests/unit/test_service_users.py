@@ -127,3 +127,28 @@ def test_enrollment_prompts_are_shown_one_take_at_a_time(store: Any, tmp_path: P
 
     users.on_prompt = broken
     assert users.take(noise)  # a prompt that cannot be shown does not stop the enrollment
+
+
+def test_fleet_with_broker_settings_it_cannot_use_is_a_config_error(
+    store: Any, tmp_path: Path, no_secret_env: None
+) -> None:
+    """A named password file that is missing (or a missing CA file) escaped the fleet
+    agent's start as a SecretError / MqttSetupError, not a StartError."""
+    key = tmp_path / "fleet-key"
+    key.write_text(os.urandom(32).hex())
+    key.chmod(0o600)
+    for mqtt in (
+        {"username": "door", "password_file": str(tmp_path / "typo")},
+        {"tls": {"ca_file": str(tmp_path / "missing-ca.crt")}},
+    ):
+        cfg = VoxgateConfig.model_validate(
+            {
+                "data_dir": str(tmp_path),
+                "mqtt": {"enabled": False, **mqtt},
+                "fleet": {"enabled": True, "key_file": str(key), "groups": []},
+            }
+        )
+        users = UserServices(cfg, store, Embedder(), lambda e, **f: None)
+        with pytest.raises(StartError, match=r"mqtt-password|ca_file") as err:
+            users.start(lambda name, stop: None)
+        assert err.value.config

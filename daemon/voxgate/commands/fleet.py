@@ -77,7 +77,9 @@ def pubkey(args: argparse.Namespace) -> int:
 
 
 def _with_agent(args: argparse.Namespace, act: str) -> int:
+    from voxgate.config.secrets import SecretError
     from voxgate.fleet import FleetError, FleetSync
+    from voxgate.mqtt.client import MqttSetupError
     from voxgate.voiceprints import StoreError, open_store
 
     cfg = config_from_args(args)
@@ -89,7 +91,11 @@ def _with_agent(args: argparse.Namespace, act: str) -> int:
     except (StoreError, FleetError) as exc:
         print(f"voxgate fleet {act}: {exc}", file=sys.stderr)
         return 1
-    agent.start()
+    try:
+        agent.start()
+    except (MqttSetupError, SecretError) as exc:  # TLS files, a named password file
+        print(f"voxgate fleet {act}: {exc}", file=sys.stderr)
+        return 1
     try:
         if act == "resend":
             groups = agent.publish_enrollment(args.user)

@@ -25,6 +25,7 @@ import logging
 import math
 import queue
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -57,16 +58,63 @@ class MqttSetupError(Exception):
 # messages carry no expiry, so a broker could hand back messages of any age, leaving only
 # the receiver's clock (wrong after a power cut without NTP) to refuse them.
 SESSION_S = 600
+# A connection the broker drops this soon after accepting it, several times in a row, is
+# most likely taken over by another client with the same id (two daemons with one device_id,
+# a cloned SD card): each connect kicks the other out.
+QUICK_DROP_S = 10.0
+QUICK_DROPS_TO_WARN = 3
+
+
+class QuickDrops:
+    """Says so, and backs off, when connections keep being lost right after the connect.
+
+    paho restarts its back-off at every accepted connect, so two clients with one id took
+    the connection from each other every reconnect_min_s, forever, each logging only
+    'connection lost (Unspecified error)'. `who` ends the warning: where the id comes from.
+    """
+
+    def __init__(self, cfg: BrokerConfig, who: str) -> None:
+        self.cfg = cfg
+        self.who = who
+        self.up_since = 0.0  # time.monotonic() of the last accepted connect
+        self.count = 0  # connections in a row lost within QUICK_DROP_S
+
+    def connected(self) -> None:
+        self.up_since = time.monotonic()
+
+    def dropped(self, client: paho.Client) -> None:
+        """After a connection the broker had accepted was lost (not a refused connect)."""
+        up, self.up_since = self.up_since, 0.0
+        if time.monotonic() - up >= QUICK_DROP_S:
+            self.count = 0
+            return
+        self.count += 1
+        if self.count == QUICK_DROPS_TO_WARN:
+            log.warning(
+                "MQTT: the broker dropped the connection %d times in a row within %g s of "
+                "accepting it: is another client connecting as %r (%s)? Backing off up to %g s",
+                self.count,
+                QUICK_DROP_S,
+                client._client_id.decode(errors="replace"),
+                self.who,
+                self.cfg.reconnect_max_s,
+            )
+        if hasattr(client, "_reconnect_delay"):  # the next wait doubles this
+            delay = self.cfg.reconnect_min_s * 2 ** (self.count - 1)
+            client._reconnect_delay = min(delay, self.cfg.reconnect_max_s)  # type: ignore[assignment]
 
 
 def session_seconds(cfg: BrokerConfig) -> int:
     return SESSION_S if cfg.protocol == "5" else 0
 
 
-def build_client(cfg: BrokerConfig, client_id: str, session_s: int = 0) -> paho.Client:
+def build_client(
+    cfg: BrokerConfig, client_id: str, session_s: int = 0, section: str = "mqtt"
+) -> paho.Client:
     """A paho client with protocol, credentials, TLS and back-off from `cfg` (no I/O yet).
     session_s > 0: the broker keeps the session (subscriptions, QoS 1 messages) that long
-    while the client is away; pass the same value to connect_async()."""
+    while the client is away; pass the same value to connect_async(). `section`: where
+    `cfg` sits in the config file, for messages ('broker' in the actuator's)."""
     v5 = cfg.protocol == "5"
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2,
@@ -75,13 +123,16 @@ def build_client(cfg: BrokerConfig, client_id: str, session_s: int = 0) -> paho.
         clean_session=None if v5 else session_s <= 0,
     )
     if cfg.username is not None:
-        password = read_secret("mqtt-password", cfg.password_file, required=False)
+        # A password_file that is named but missing is an error: it was skipped without a
+        # word, and the broker's 'Not authorized' did not say the file was not found.
+        named = cfg.password_file is not None
+        password = read_secret("mqtt-password", cfg.password_file, required=named)
         client.username_pw_set(cfg.username, password.decode() if password else None)
     if cfg.tls is not None:
         tls = cfg.tls
         for name, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file)):
             if path is not None and not path.is_file():
-                raise MqttSetupError(f"mqtt.tls.{name}: {path} does not exist")
+                raise MqttSetupError(f"{section}.tls.{name}: {path} does not exist")
         try:
             client.tls_set(
                 ca_certs=str(tls.ca_file) if tls.ca_file else None,
@@ -90,9 +141,9 @@ def build_client(cfg: BrokerConfig, client_id: str, session_s: int = 0) -> paho.
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         except (ssl.SSLError, OSError, ValueError) as exc:
-            raise MqttSetupError(f"mqtt.tls: cannot load certificates: {exc}") from None
+            raise MqttSetupError(f"{section}.tls: cannot load certificates: {exc}") from None
         if tls.insecure:
-            log.warning("mqtt.tls.insecure is set: the broker's host name is not checked")
+            log.warning("%s.tls.insecure is set: the broker's host name is not checked", section)
             client.tls_insecure_set(True)
     client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
     return client
@@ -115,6 +166,20 @@ def connect_async(
     if session_s > 0 and fresh_first:
         clean = paho.MQTT_CLEAN_START_FIRST_ONLY
     client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=clean, properties=props)
+
+
+def connect_error() -> str:
+    """Why the connect failed, for an on_connect_fail callback: paho calls it inside its
+    `except OSError`, without passing the exception. A wrong CA or an expired certificate
+    was logged as 'cannot reach' the broker, which sent people to check the network."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: {exc.verify_message or exc}; check tls.ca_file and the host name"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or exc.__class__.__name__
+    return "no connection"
 
 
 def _expiry_props(seconds: float) -> Properties:
@@ -151,7 +216,15 @@ class MqttLink:
         self._key: bytes = key
         if command_key is None:
             command_key = read_secret("command-key", cfg.command_key_file, required=False)
-        if command_key is None:
+        if command_key is None and cfg.command_key_file is not None:
+            # Named but not there (a typo, a missing deployment step): say which file.
+            log.warning(
+                "mqtt.command_key_file %s is missing or empty: every MQTT command to %s will "
+                "be refused",
+                cfg.command_key_file,
+                device_id,
+            )
+        elif command_key is None:
             log.warning("no command key: every MQTT command to %s will be refused", device_id)
         self._v5 = cfg.protocol == "5"
         # A session the broker keeps while the link is down, so that a command sent during a
@@ -161,6 +234,9 @@ class MqttLink:
         # run twice. The id is the device id, unique in a deployment (its topics are).
         self._session_s = session_seconds(cfg)
         self._connected_once = False
+        self._drops = QuickDrops(
+            cfg, f"a second daemon with device_id {device_id!r}, or a copied config or SD card"
+        )
         self._client = build_client(cfg, cfg.client_id or f"voxgate-{device_id}", self._session_s)
         self._client.will_set(self.topics.status, b"offline", qos=1, retain=True)
         self._client.on_connect = self._on_connect
@@ -463,12 +539,24 @@ class MqttLink:
             # A command is never retained on purpose; a retained one would come back on every
             # connect (and within the start-up skew after a restart, run once more).
             self._count("commands_rejected")
-            log.warning("MQTT: retained command %r ignored (send commands without retain)", name)
+            log.warning(
+                "MQTT: retained command %r ignored (send commands without retain)", name[:64]
+            )
+            return
+        size, limit = len(msg.payload), self.cfg.command_max_bytes
+        if size > limit:
+            # Refused here, not queued: 16 waiting payloads of up to 256 MB each (mosquitto's
+            # default limit) could take the door's memory while a command runs.
+            self._count("commands_rejected")
+            log.warning(
+                "MQTT: command %r rejected: oversized: %d bytes > %d", name[:64], size, limit
+            )
+            self._reply(name, None, ok=False, error="oversized", detail=f"{size} bytes > {limit}")
             return
         try:
             self._work.put_nowait((name, bytes(msg.payload)))
         except queue.Full:
-            log.warning("MQTT: command queue full; %s refused", name)
+            log.warning("MQTT: command queue full; %r refused", name[:64])
             self._reply(name, None, ok=False, error="busy", detail="too many pending commands")
 
     def _work_loop(self) -> None:
@@ -540,7 +628,15 @@ class MqttLink:
             error=error,
             detail=detail,
         )
-        self._publish_if_connected(self.topics.command_result(name), payload, qos=1)
+        topic = self.topics.command_result(name)
+        if len(topic.encode()) > 65535:
+            # A command topic near the MQTT limit leaves no room for '/result': paho raised
+            # ValueError (a traceback in the worker). Unknown commands only: ours are short.
+            log.warning(
+                "MQTT: no reply to command %r: its reply topic would be too long", name[:64]
+            )
+            return
+        self._publish_if_connected(topic, payload, qos=1)
 
     # -- paho callbacks (network thread) -----------------------------------------------------
 
@@ -562,6 +658,7 @@ class MqttLink:
                 client._mqttv5_first_connect = True
             return
         self._connected_once = True
+        self._drops.connected()
         # Runs before paho re-sends its queue, so stale messages never leave.
         now = time.time()
         with self._out_lock:
@@ -592,9 +689,10 @@ class MqttLink:
         self._count("connect_failures")
         self.connection_state = "unreachable"
         log.warning(
-            "MQTT: cannot reach %s:%d; retrying (back-off up to %g s)",
+            "MQTT: cannot connect to %s:%d (%s); retrying (back-off up to %g s)",
             self.cfg.host,
             self.cfg.port,
+            connect_error(),
             self.cfg.reconnect_max_s,
         )
 
@@ -616,6 +714,7 @@ class MqttLink:
             self.connection_state = "disconnected"
             self._count("disconnects")
             log.warning("MQTT: connection lost (%s); reconnecting", reason_code)
+            self._drops.dropped(client)
             self._notify(False)
         elif not self.connection_state.startswith("refused"):
             # Closed before any CONNACK: typically the broker rejected our TLS certificate.

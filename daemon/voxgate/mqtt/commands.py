@@ -9,19 +9,17 @@ refused, so a restart does not reopen that window either.
 
 from __future__ import annotations
 
-import math
 import re
 import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any
 
-from voxgate.decision import MAX_TTL_S, DecisionError, open_sealed, seal
+from voxgate.decision import MAX_TTL_S, DecisionError, is_finite_number, open_sealed, seal
 
 COMMAND_DOMAIN = b"voxgate.command.v1\n"
 REPLY_DOMAIN = b"voxgate.reply.v1\n"
-USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@ -]{0,63}$")
 NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
 
 # Each command's (required, optional) arguments; all are strings.
@@ -91,7 +89,8 @@ class CommandGate:
         if len(payload) > self.max_bytes:
             raise CommandError("oversized", f"{len(payload)} bytes > {self.max_bytes}")
         if name not in ARGS:
-            raise CommandError("unknown-command", f"{name!r} is not one of {', '.join(ARGS)}")
+            # The name is a topic level (up to 64 kB); the log line and reply quote its start.
+            raise CommandError("unknown-command", f"{name[:64]!r} is not one of {', '.join(ARGS)}")
         if self.key is None:
             raise CommandError("unauthorized", "this device has no command key configured")
         try:
@@ -115,13 +114,13 @@ class CommandGate:
             wants = ", ".join([*required, *(f"[{o}]" for o in optional)]) or "nothing"
             raise CommandError("bad-args", f"{name} takes: {wants}")
         for k, v in args.items():
-            if not isinstance(v, str) or (k == "user" and not USER_RE.match(v)):
+            if not isinstance(v, str) or (k == "user" and not _user_name_ok(v)):
                 raise CommandError("bad-args", f"invalid {k}")
         nonce = body.get("nonce")
         if not isinstance(nonce, str) or not NONCE_RE.match(nonce):
             raise CommandError("malformed", "nonce must be 16-64 lowercase hex digits")
         issued, expires = body.get("issued_at"), body.get("expires_at")
-        if not (_is_number(issued) and _is_number(expires)):
+        if not (is_finite_number(issued) and is_finite_number(expires)):
             raise CommandError("malformed", "issued_at and expires_at must be numbers")
         if not 0 < expires - issued <= MAX_TTL_S:
             raise CommandError("bad-validity", f"validity must be in (0, {MAX_TTL_S:g}] s")
@@ -139,8 +138,17 @@ class CommandGate:
         return Command(name, dict(args), nonce, float(issued), float(expires))
 
 
-def _is_number(x: object) -> TypeGuard[float]:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+def _user_name_ok(name: str) -> bool:
+    """A name the voiceprint store accepts (as the CLI and the API do), without path
+    separators. An ASCII-only pattern refused 'José' and "O'Brien", so users enrolled
+    with the CLI or the API could not be erased, enrolled or claimed over MQTT."""
+    from voxgate.voiceprints import StoreError, normalize_name  # numpy: not for the actuator
+
+    try:
+        normalize_name(name)
+    except StoreError:
+        return False
+    return "/" not in name and "\\" not in name
 
 
 def make_reply(

@@ -80,7 +80,13 @@ class UserServices:
                 )
             except FleetError as exc:
                 raise StartError(str(exc), config=True) from None
-            self.agent.start()
+            from voxgate.config.secrets import SecretError
+            from voxgate.mqtt.client import MqttSetupError
+
+            try:
+                self.agent.start()
+            except (MqttSetupError, SecretError) as exc:  # TLS files, a named password file
+                raise StartError(f"fleet sync: {exc}", config=True) from None
             undo("fleet sync", self.agent.stop)
         if cfg.api.enabled:
             try:

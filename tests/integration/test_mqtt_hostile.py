@@ -1,0 +1,214 @@
+"""Hostile payloads on a real mosquitto: the door's command topic and the lock's decision topic.
+
+Every bad message gets its refusal (a reply for a command, a REJECTED line at the lock), no
+traceback, and the program keeps obeying good messages afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from broker import STANDARD_USERS, Broker, TestCA
+from mqtt_helpers import REPO, ActuatorProcess, Recorder, link_config, wait_until, write_key
+
+from voxgate.decision import Issuer, SequenceCounter, sign
+from voxgate.mqtt.client import MqttLink
+from voxgate.mqtt.commands import make_command, read_reply
+
+DEV = "front-door"
+DKEY = b"decision-key-for-tests-0123456789"
+CKEY = b"command-key-for-tests-0123456789"
+
+# (payload, the error code the reply must carry)
+HOSTILE_COMMANDS = [
+    # sig not ASCII: hmac.compare_digest raised TypeError (traceback, no reply)
+    (b'{"alg":"HMAC-SHA256","body":"{}","sig":"\\u00e9"}', "unauthorized"),
+    (
+        json.dumps({"alg": "HMAC-SHA256", "body": "{}", "sig": "\u2603" * 64}).encode(),
+        "unauthorized",
+    ),
+    # deep nesting: json.loads raised RecursionError (traceback, no reply)
+    (b"[" * 3000, "malformed"),
+    (b"\x00\xff\xfe", "malformed"),
+    (b'{"alg":"HMAC-SHA256","body":7,"sig":"00"}', "malformed"),
+]
+
+
+def _client(broker: Broker, user: str) -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.username_pw_set(user, STANDARD_USERS[user])
+    c.tls_set(ca_certs=str(broker.ca_file))
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    return c
+
+
+def test_hostile_command_payloads_each_get_a_reply(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = MqttLink(link_config(broker), DEV, decision_key=DKEY, command_key=CKEY)
+    link.on_command("reload", lambda args: {"reloaded": True})
+    link.start()
+    replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
+    admin = _client(broker, "admin")
+    topic = "voxgate/front-door/cmd/reload"
+    try:
+        wait_until(lambda: link.connected, 10, "link connected")
+        for n, (payload, code) in enumerate([*HOSTILE_COMMANDS, (None, None)], 1):
+            if payload is None:  # still obeying
+                payload = make_command(CKEY, DEV, "reload", now=time.time())
+            admin.publish(topic, payload, qos=1).wait_for_publish(5)
+            wait_until(lambda n=n: len(replies.on(topic + "/result")) >= n, 5, f"reply {n}")
+            reply = read_reply(replies.on(topic + "/result")[-1].payload, DKEY)
+            assert reply["error"] == code, (payload[:40], reply)
+        assert link.stats["commands_rejected"] == len(HOSTILE_COMMANDS)
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, [r.getMessage() for r in errors]
+    finally:
+        admin.disconnect()
+        admin.loop_stop()
+        replies.close()
+        link.stop()
+
+
+def test_hostile_decisions_are_rejected_by_the_actuator_without_a_traceback(
+    broker: Broker, tmp_path: Path
+) -> None:
+    key = write_key(tmp_path / "front-door.key", DKEY)
+    act = ActuatorProcess(tmp_path, broker, {DEV: key}).start()
+    device = _client(broker, "device")
+    topic = "voxgate/front-door/decision"
+    try:
+        hostile = [p for p, _ in HOSTILE_COMMANDS]
+        for payload in hostile:
+            device.publish(topic, payload, qos=1).wait_for_publish(5)
+        act.wait_log(r"decision REJECTED", 10, count=len(hostile))
+        issuer = Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=5)
+        grant = sign(issuer.issue("granted", "alice", time.time()), DKEY)
+        device.publish(topic, grant, qos=1).wait_for_publish(5)
+        wait_until(lambda: len(act.actions()) == 1, 10, "the good grant acted on")
+        assert act.log_count("Traceback|error handling a message") == 0, "\n".join(act.lines)
+        assert act.alive
+    finally:
+        device.disconnect()
+        device.loop_stop()
+        act.stop()
+
+
+def test_two_daemons_with_one_device_id_are_named_and_back_off(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Same device_id, same client id: each connect takes the connection from the other.
+    # paho restarts its back-off at every accepted connect, so the two flapped every
+    # reconnect_min_s (0.2 s here) forever, logging only 'connection lost (Unspecified error)'.
+    cfg = link_config(broker, reconnect_min_s=0.2, reconnect_max_s=2.0)
+    links = [MqttLink(cfg, DEV, decision_key=DKEY, command_key=CKEY) for _ in range(2)]
+    try:
+        for link in links:
+            link.start()
+        time.sleep(6)
+        connects = sum(link.stats["connects"] for link in links)
+        assert connects < 16, connects  # about 30 without the back-off
+        assert "is another client connecting as 'voxgate-front-door'" in caplog.text
+    finally:
+        for link in links:
+            link.stop()
+
+
+def test_a_wrong_ca_is_named_in_the_log_not_called_unreachable(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # paho hides the reason from on_connect_fail: a certificate from another CA was logged
+    # as 'cannot reach 127.0.0.1:<port>', at the door and at the lock alike.
+    other = TestCA(tmp_path / "other-ca", name="someone else's CA")
+    cfg = link_config(broker, tls={"ca_file": str(other.cert_file)})
+    link = MqttLink(cfg, DEV, decision_key=DKEY, command_key=CKEY)
+    link.start()
+    try:
+        wait_until(lambda: link.stats["connect_failures"] >= 1, 10, "a failed connect")
+    finally:
+        link.stop()
+    assert "check tls.ca_file" in caplog.text and "cannot reach" not in caplog.text
+    key = write_key(tmp_path / "front-door.key", DKEY)
+    act = ActuatorProcess(tmp_path, broker, {DEV: key})
+    broker_cfg = act.config.read_text().replace(str(broker.ca_file), str(other.cert_file))
+    act.config.write_text(broker_cfg)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    env["PYTHONPATH"] = str(REPO / "daemon")
+    argv = [sys.executable, "-m", "voxgate", "actuator", "-c", str(act.config)]
+    with pytest.raises(subprocess.TimeoutExpired) as run:  # it keeps retrying
+        subprocess.run(argv, env=env, capture_output=True, text=True, timeout=4)
+    said = run.value.stderr or ""
+    said = said if isinstance(said, str) else said.decode()
+    assert re.search(r"cannot connect to .*TLS: .*check tls.ca_file", said), said
+
+
+def test_a_command_topic_too_long_for_a_reply_is_logged_not_a_traceback(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = MqttLink(link_config(broker), DEV, decision_key=DKEY, command_key=CKEY)
+    link.on_command("reload", lambda args: {"reloaded": True})
+    link.start()
+    replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
+    admin = _client(broker, "admin")
+    base = "voxgate/front-door/cmd/"
+    try:
+        wait_until(lambda: link.connected, 10, "link connected")
+        # The longest topic MQTT allows: paho refused the reply topic (65535 + '/result').
+        admin.publish(base + "x" * (65535 - len(base)), b"{}", qos=1).wait_for_publish(5)
+        wait_until(lambda: link.stats["commands_rejected"] == 1, 5, "the refusal")
+        good = make_command(CKEY, DEV, "reload", now=time.time())
+        admin.publish(base + "reload", good, qos=1).wait_for_publish(5)
+        wait_until(lambda: replies.on(base + "reload/result"), 5, "the good command's reply")
+        assert "reply topic would be too long" in caplog.text
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, [r.getMessage()[:200] for r in errors]
+    finally:
+        admin.disconnect()
+        admin.loop_stop()
+        replies.close()
+        link.stop()
+
+
+def test_oversized_commands_are_refused_at_once_not_queued(broker: Broker) -> None:
+    """While a command runs, others wait in a queue of 16; oversized ones waited there too,
+    each holding its payload (mosquitto accepts up to 256 MB by default), and the 17th got
+    'busy'. They are refused on arrival now, whatever is running."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow(args: dict[str, str]) -> dict[str, object]:
+        started.set()
+        return {"released": release.wait(20)}
+
+    link = MqttLink(link_config(broker), DEV, decision_key=DKEY, command_key=CKEY)
+    link.on_command("reload", slow)
+    link.start()
+    replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
+    admin = _client(broker, "admin")
+    topic = "voxgate/front-door/cmd/reload"
+    try:
+        wait_until(lambda: link.connected, 10, "link connected")
+        admin.publish(topic, make_command(CKEY, DEV, "reload", now=time.time()), qos=1)
+        wait_until(started.is_set, 5, "the slow command to start")
+        for _ in range(20):
+            admin.publish(topic, b"x" * 100_000, qos=1)
+        wait_until(lambda: len(replies.on(topic + "/result")) >= 20, 10, "20 replies")
+        errors = [read_reply(m.payload, DKEY)["error"] for m in replies.on(topic + "/result")]
+        assert errors == ["oversized"] * 20
+    finally:
+        release.set()
+        admin.disconnect()
+        admin.loop_stop()
+        replies.close()
+        link.stop()
