@@ -17,7 +17,9 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -325,3 +327,70 @@ def test_door_without_api_or_fleet_gets_empty_placeholders(tmp_path: Path, stage
     assert in_unit <= {p.name for p in creds.iterdir()}  # systemd finds every file it loads
     cfg = load_config(tmp_path / "root/etc/voxgate/voxgate.yaml")
     assert not cfg.fleet.enabled
+
+
+def _as_service_user(cfg_file: Path, door: Path, creds: Path) -> None:
+    """Read the secrets the daemon reads at start, as uid/gid 65534 (file access follows the
+    effective ids). The config's *_file paths are moved under the door copy."""
+    from voxgate.fleet import FleetKeys
+    from voxgate.mqtt.client import MqttLink
+
+    cfg = load_config(cfg_file)
+
+    def moved(section: Any, *names: str) -> Any:
+        paths = {n: getattr(section, n) for n in names}
+        return section.model_copy(
+            update={n: door / p.relative_to("/") for n, p in paths.items() if p is not None}
+        )
+
+    # tls off: the example's CA file is not part of this door copy, and not what is tested.
+    mqtt = moved(cfg.mqtt, "hmac_key_file", "command_key_file", "password_file")
+    mqtt = mqtt.model_copy(update={"tls": None})
+    fleet = moved(cfg.fleet, "key_file", "signing_key_file")
+    old = os.environ.get("CREDENTIALS_DIRECTORY")
+    os.environ["CREDENTIALS_DIRECTORY"] = str(creds)
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        MqttLink(mqtt, cfg.device_id)
+        if cfg.fleet.enabled:
+            FleetKeys.load(fleet)
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        if old is None:
+            del os.environ["CREDENTIALS_DIRECTORY"]
+        else:
+            os.environ["CREDENTIALS_DIRECTORY"] = old
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_service_user_reads_the_secrets_its_config_names(staged: dict) -> None:
+    """The credentials folder is root-only, so the service user must get every secret its
+    config names from $CREDENTIALS_DIRECTORY. A secret this door does not have (the example
+    vault has no command key) is an empty credential there; the config must then not name
+    the root-only file either, or the daemon finds it unreadable and cannot start (found
+    reading the role's output as the unit's user)."""
+    # Not under pytest's tmp_path: that folder is root-only, the service user could not enter.
+    door = Path(tempfile.mkdtemp(prefix="voxgate-door-"))
+    try:
+        _door_reads_its_secrets(staged, door)
+    finally:
+        shutil.rmtree(door)
+
+
+def _door_reads_its_secrets(staged: dict, door: Path) -> None:
+    door.chmod(0o755)
+    shutil.copytree(staged["root"] / "etc", door / "etc")  # keeps the 0700 credentials folder
+    run_creds = door / "run-credentials"  # what LoadCredential= builds for the service
+    run_creds.mkdir()
+    unit = staged["unit"].read_text()
+    for name, path in re.findall(r"(?m)^LoadCredential=([^:]+):(\S+)$", unit):
+        shutil.copyfile(door / path.lstrip("/"), run_creds / name)
+        (run_creds / name).chmod(0o400)
+    assert (run_creds / "command-key").read_bytes() == b""  # this door has no command key
+    for p in [door, run_creds, *run_creds.iterdir()]:
+        os.chown(p, 65534, 65534)
+    for p in (door / "etc", door / "etc/voxgate"):
+        p.chmod(0o755)
+    _as_service_user(door / "etc/voxgate/voxgate.yaml", door, run_creds)
