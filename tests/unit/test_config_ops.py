@@ -26,3 +26,18 @@ def test_passphrase_mode_needs_a_passphrase() -> None:
     cfg = parse_config("challenge:\n  mode: passphrase\n  passphrase: open sesame\n")
     assert cfg.challenge.passphrase == "open sesame"
     assert parse_config("challenge:\n  mode: digits\n").challenge.passphrase is None
+
+
+def test_a_key_given_twice_is_an_error_not_a_silent_override() -> None:
+    # PyYAML keeps the last one: a second `mqtt:` section appended to a device file replaced
+    # the whole first one (host and port back to defaults) and config check said "valid".
+    text = (
+        "device_id: door-1\nmqtt:\n  host: broker.lan\n  port: 8883\n"
+        "vad:\n  aggressiveness: 3\nmqtt:\n  username: door-1\n"
+    )
+    (msg,) = problems(text)
+    assert msg == "line 7: mqtt: given twice (first on line 2); the second would replace the first"
+    (msg,) = problems("vad:\n  aggressiveness: 1\n  aggressiveness: 3\n")
+    assert msg.startswith("line 3: vad.aggressiveness: given twice (first on line 2)")
+    # The same name in different sections is fine.
+    assert parse_config("api:\n  port: 9722\nmqtt:\n  port: 1883\n").mqtt.port == 1883
