@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from voxgate.config import VoxgateConfig
+from voxgate.config import VoxgateConfig, load_config
+from voxgate.service.capture import FrameQueue
+from voxgate.service.loop import Daemon
+from voxgate.service.notify import Notifier
 from voxgate.service.reload import plan_reload
 
 BASE = VoxgateConfig()
@@ -52,3 +57,23 @@ def test_challenge_mode_speak_and_replay_window_wait_for_a_restart() -> None:
     only_mode = plan_reload(BASE, VoxgateConfig.model_validate({"challenge": {"mode": "off"}}))
     assert (only_mode.applied, only_mode.needs_restart) == ([], ["challenge.mode"])
     assert only_mode.cfg.challenge.mode == "digits"
+
+
+def _daemon_with_queue(tmp_path: Path, text: str) -> tuple[Daemon, Path]:
+    path = tmp_path / "voxgate.yaml"
+    path.write_text(text)
+    d = Daemon(load_config(path), config_path=path, notifier=Notifier({}))
+    d.frames = FrameQueue(int(d.cfg.service.queue_s * 1000 / d.cfg.audio.frame_ms))
+    return d, path
+
+
+def test_reload_applies_service_queue_s_to_the_running_queue(tmp_path: Path) -> None:
+    """docs/service.md: the service section applies live. A SIGHUP changing queue_s was
+    audited as applied ('service'), yet the capture queue kept the size it was built with at
+    start (found comparing the reload's 'applied' list with the loop's state)."""
+    d, path = _daemon_with_queue(tmp_path, f"data_dir: {tmp_path}\nservice: {{queue_s: 5}}\n")
+    assert d.frames is not None and d.frames.max_frames == 166
+    path.write_text(f"data_dir: {tmp_path}\nservice: {{queue_s: 2}}\n")
+    assert d.reload()
+    assert d.cfg.service.queue_s == 2
+    assert d.frames.max_frames == 66  # 2 s of 30 ms frames

@@ -747,6 +747,10 @@ class Daemon:
             self.lockout.reconfigure(self.cfg.lockout)
         if "vad" in hot:
             self._vad_pending = True
+        if "service" in hot and self.frames is not None:
+            # The capture queue was sized at start; its bound is read at every put.
+            per_s = 1000 / self.cfg.audio.frame_ms
+            self.frames.max_frames = max(1, int(self.cfg.service.queue_s * per_s))
         self._audit(
             "config_reload",
             ok=True,
