@@ -77,3 +77,17 @@ def test_reload_applies_service_queue_s_to_the_running_queue(tmp_path: Path) -> 
     assert d.reload()
     assert d.cfg.service.queue_s == 2
     assert d.frames.max_frames == 66  # 2 s of 30 ms frames
+
+
+def test_reload_reaches_enrollment_at_the_door(tmp_path: Path) -> None:
+    """MQTT enroll-start/enroll-finish read challenge.length (prompt digits) and vad (take
+    checks) from the user services' config, which kept the start-up copy after a SIGHUP that
+    applied both sections (found reading what reload updates)."""
+    from voxgate.service.users import UserServices
+
+    d, path = _daemon_with_queue(tmp_path, f"data_dir: {tmp_path}\n")
+    d.users = UserServices(d.cfg, None, None, lambda *a, **k: None)
+    path.write_text(f"data_dir: {tmp_path}\nchallenge: {{length: 7}}\nvad: {{aggressiveness: 3}}\n")
+    assert d.reload()
+    assert d.users.cfg.challenge.length == 7
+    assert d.users.cfg.vad.aggressiveness == 3

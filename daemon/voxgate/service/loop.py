@@ -741,6 +741,8 @@ class Daemon:
         if cold:
             log.warning("config changes that need a restart (not applied): %s", ", ".join(cold))
         self.cfg = plan.cfg
+        if self.users is not None:  # enrollment at the door reads challenge and vad
+            self.users.cfg = self.cfg
         if "logging" in hot:
             setup_logging(self.cfg.logging)
         if "lockout" in hot and self.lockout is not None:
