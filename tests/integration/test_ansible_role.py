@@ -315,6 +315,7 @@ def test_door_without_api_or_fleet_gets_empty_placeholders(tmp_path: Path, stage
         "vault_voxgate_fleet_key": "",
         "vault_voxgate_fleet_signing_keys": {},
         "voxgate_fleet_enabled": False,
+        "voxgate_host_config": {"api": {"enabled": False}},  # group_vars/all turns it on
     }
     run = _play(tmp_path, extra)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
@@ -326,7 +327,7 @@ def test_door_without_api_or_fleet_gets_empty_placeholders(tmp_path: Path, stage
     in_unit = set(re.findall(r"(?m)^LoadCredential=([^:]+):", staged["unit"].read_text()))
     assert in_unit <= {p.name for p in creds.iterdir()}  # systemd finds every file it loads
     cfg = load_config(tmp_path / "root/etc/voxgate/voxgate.yaml")
-    assert not cfg.fleet.enabled
+    assert not cfg.fleet.enabled and not cfg.api.enabled
 
 
 def _as_service_user(cfg_file: Path, door: Path, creds: Path) -> None:
@@ -394,3 +395,24 @@ def _door_reads_its_secrets(staged: dict, door: Path) -> None:
     for p in (door / "etc", door / "etc/voxgate"):
         p.chmod(0o755)
     _as_service_user(door / "etc/voxgate/voxgate.yaml", door, run_creds)
+
+
+def test_enabled_api_without_a_token_is_refused_before_the_service_starts(
+    tmp_path: Path, staged: dict
+) -> None:
+    """The example fleet turns the admin API on (group_vars/all). With no api-token in the
+    vault the play went through and the daemon then refused to start (exit 78, which systemd
+    does not retry): the role's secret check only knew the voiceprint, decision and fleet keys
+    (found running the play with that vault entry removed)."""
+    extra = {
+        **staged["extra"],
+        "voxgate_root": str(tmp_path / "root"),
+        "vault_voxgate_api_token": "",
+    }
+    run = _play(tmp_path, extra)
+    assert run.returncode != 0
+    assert "the daemon needs the credential 'api-token'" in run.stdout, run.stdout[-3000:]
+    # With the API off the same vault is fine.
+    extra["voxgate_host_config"] = {"api": {"enabled": False}}
+    run = _play(tmp_path, extra)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
