@@ -416,3 +416,22 @@ def test_enabled_api_without_a_token_is_refused_before_the_service_starts(
     extra["voxgate_host_config"] = {"api": {"enabled": False}}
     run = _play(tmp_path, extra)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def test_doors_get_systemd_python_for_journal_logging() -> None:
+    """Every device file asks for `logging.format: journal`, which needs systemd-python
+    (the `journal` extra, built against libsystemd). The role installed neither, so every
+    door warned at each start and logged plain text to stderr, which journald files at one
+    priority: `journalctl -p err -u voxgate` showed none of its errors (found comparing the
+    firmware files with what the role installs)."""
+    journal_doors = [
+        p.name
+        for p in (REPO / "firmware_config").glob("*.yaml")
+        if yaml.safe_load(p.read_text()).get("logging", {}).get("format") == "journal"
+    ]
+    assert journal_doors
+    defaults = yaml.safe_load((ANSIBLE_DIR / "roles/voxgate/defaults/main.yml").read_text())
+    fleet = yaml.safe_load((ANSIBLE_DIR / "inventory/example/group_vars/all/vars.yml").read_text())
+    for extras in (defaults["voxgate_package_extras"], fleet["voxgate_package_extras"]):
+        assert "journal" in extras, extras
+    assert {"libsystemd-dev", "pkg-config"} <= set(defaults["voxgate_apt_packages"])
