@@ -66,7 +66,7 @@ def _env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _play(tmp: Path, extra: dict, *args: str) -> subprocess.CompletedProcess[str]:
+def _play(tmp: Path, extra: dict, *args: str, host: str = HOST) -> subprocess.CompletedProcess[str]:
     vars_file = tmp / f"vars-{len(list(tmp.glob('vars-*')))}.json"
     vars_file.write_text(json.dumps(extra))
     cmd = [
@@ -75,7 +75,7 @@ def _play(tmp: Path, extra: dict, *args: str) -> subprocess.CompletedProcess[str
         "-c",
         "local",
         "--limit",
-        HOST,
+        host,
         "--vault-password-file",
         str(VAULT_PASSWORD),
         "-e",
@@ -412,10 +412,8 @@ def test_enabled_api_without_a_token_is_refused_before_the_service_starts(
     run = _play(tmp_path, extra)
     assert run.returncode != 0
     assert "the daemon needs the credential 'api-token'" in run.stdout, run.stdout[-3000:]
-    # With the API off the same vault is fine.
-    extra["voxgate_host_config"] = {"api": {"enabled": False}}
-    run = _play(tmp_path, extra)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    # (With the token, the `staged` runs pass this check; without the API,
+    # test_door_without_api_or_fleet_gets_empty_placeholders does.)
 
 
 def test_doors_get_systemd_python_for_journal_logging() -> None:
@@ -435,3 +433,22 @@ def test_doors_get_systemd_python_for_journal_logging() -> None:
     for extras in (defaults["voxgate_package_extras"], fleet["voxgate_package_extras"]):
         assert "journal" in extras, extras
     assert {"libsystemd-dev", "pkg-config"} <= set(defaults["voxgate_apt_packages"])
+
+
+def test_doors_read_the_microphone_pcm_the_role_installs(tmp_path: Path, staged: dict) -> None:
+    """The role installs the ALSA PCM voxgate_mic (dsnoop + plug, 16 kHz mono) on every door
+    with an ALSA profile, but only pi5.yaml read it: the Pi Zero 2 W door (usb-mic profile)
+    kept `device: null`, the default input, which on that board is card 0 (HDMI, no capture),
+    not the USB microphone; pi4 doors opened the raw USB device by name, bypassing dsnoop
+    (found comparing the example inventory's hardware groups with the firmware files)."""
+    extra = {**staged["extra"], "voxgate_root": str(tmp_path / "root")}
+    run = _play(tmp_path, extra, host="door-wh-dock-1")  # pizero_doors, usb-mic profile
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    cfg = load_config(tmp_path / "root/etc/voxgate/voxgate.yaml")
+    assert cfg.audio.device == "voxgate_mic"
+    assert cfg.speaker.threads == 1  # still firmware_config/pi-zero-2w.yaml underneath
+    # Without an ALSA profile the device file's own choice stays.
+    extra["voxgate_alsa_profile"] = ""
+    run = _play(tmp_path, extra, "--tags", "voxgate_config", host="door-wh-dock-1")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert load_config(tmp_path / "root/etc/voxgate/voxgate.yaml").audio.device is None
