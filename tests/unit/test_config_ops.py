@@ -3,9 +3,12 @@ start and SIGHUP, which use the same loader) instead of by the running door."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from voxgate.config import ConfigError, parse_config
+from voxgate.config.secrets import SecretError
 
 
 def problems(text: str) -> list[str]:
@@ -41,3 +44,32 @@ def test_a_key_given_twice_is_an_error_not_a_silent_override() -> None:
     assert msg.startswith("line 3: vad.aggressiveness: given twice (first on line 2)")
     # The same name in different sections is fine.
     assert parse_config("api:\n  port: 9722\nmqtt:\n  port: 1883\n").mqtt.port == 1883
+
+
+def test_an_empty_secret_variable_is_not_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`VOXGATE_COMMAND_KEY=` (e.g. `Environment=VOXGATE_COMMAND_KEY=` in a drop-in, or
+    `$(cat missing-file)` in a shell) became the key b'': the MQTT link then accepted any
+    command sealed with the empty key, erase-user included, from anyone on the broker, and
+    an empty VOXGATE_AUDIT_KEY signed the audit anchor with a key everyone knows. Empty
+    credential files already counted as not set (found trying env overrides)."""
+    from voxgate.config.secrets import read_secret
+    from voxgate.mqtt.commands import CommandError, CommandGate, make_command
+
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setenv("VOXGATE_COMMAND_KEY", "")
+    assert read_secret("command-key", None, required=False) is None
+    gate = CommandGate("door-1", read_secret("command-key", None, required=False), 0.0)
+    with pytest.raises(CommandError, match="no command key"):
+        gate.check(
+            "erase-user", make_command(b"", "door-1", "erase-user", {"user": "a"}, now=1.0), 1.0
+        )
+    # The next place is still looked at, and a required one says the variable was empty.
+    key_file = tmp_path / "command.key"
+    key_file.write_text("ab" * 32)
+    key_file.chmod(0o600)
+    monkeypatch.setenv("VOXGATE_COMMAND_KEY", "  \n")
+    assert read_secret("command-key", key_file) == b"ab" * 32
+    with pytest.raises(SecretError, match=r"empty: \$VOXGATE_COMMAND_KEY"):
+        read_secret("command-key", tmp_path / "absent.key")

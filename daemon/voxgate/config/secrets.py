@@ -58,20 +58,24 @@ def read_secret(
     """Return secret `name` (e.g. 'mqtt-password').
 
     Looks at $VOXGATE_<NAME> (dashes become underscores), then
-    $CREDENTIALS_DIRECTORY/<name> (systemd LoadCredential=), then `file`. Surrounding
+    $CREDENTIALS_DIRECTORY/<name> (systemd LoadCredential=), then `file`; an empty variable
+    or file counts as not set. Surrounding
     whitespace is dropped; with strip=False a file's bytes come as stored, for keys that may
     be 32 raw bytes (about 1 in 20 random keys starts or ends with a whitespace byte).
     """
     env_name = "VOXGATE_" + name.upper().replace("-", "_")
+    empty: list[str] = []
     if env_name in os.environ:
-        return os.environ[env_name].encode()
+        if os.environ[env_name].strip():
+            return os.environ[env_name].encode()
+        # Like an empty credential: not set. As a key, b"" would be one everyone knows.
+        empty.append(f"${env_name}")
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     candidates: list[Path] = []
     if cred_dir:
         candidates.append(Path(cred_dir) / name)
     if file is not None:
         candidates.append(Path(file))
-    empty: list[str] = []
     for path in candidates:
         try:
             mode = path.stat().st_mode
