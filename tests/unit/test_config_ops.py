@@ -3,6 +3,8 @@ start and SIGHUP, which use the same loader) instead of by the running door."""
 
 from __future__ import annotations
 
+import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,32 @@ def test_an_empty_secret_variable_is_not_set(
     assert read_secret("command-key", key_file) == b"ab" * 32
     with pytest.raises(SecretError, match=r"empty: \$VOXGATE_COMMAND_KEY"):
         read_secret("command-key", tmp_path / "absent.key")
+
+
+def test_keygen_fills_the_empty_credential_placeholder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/fleet.md: make a signing key with `voxgate fleet keygen
+    /etc/voxgate/credentials/fleet-signing-key`. The install steps (and the Ansible role) put
+    an empty placeholder there, since the unit loads it, so the command always failed with
+    'File exists (not overwritten)' (found running the documented command on an installed
+    layout). An empty file holds no key to lose; a key is still never overwritten."""
+    from voxgate.cli import main
+
+    placeholder = tmp_path / "fleet-signing-key"
+    placeholder.write_bytes(b"")
+    placeholder.chmod(0o600)
+    assert main(["fleet", "keygen", str(placeholder)]) == 0
+    key = placeholder.read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+    assert stat.S_IMODE(placeholder.stat().st_mode) == 0o600
+    printed = capsys.readouterr().out.strip()
+    assert main(["fleet", "pubkey", str(placeholder)]) == 0
+    assert capsys.readouterr().out.strip() == printed
+    assert main(["fleet", "keygen", str(placeholder)]) == 1  # a real key stays
+    assert placeholder.read_text().strip() == key
+    assert "not overwritten" in capsys.readouterr().err
+    voiceprint = tmp_path / "voiceprint-key"
+    voiceprint.write_bytes(b"")
+    assert main(["users", "init-key", str(voiceprint)]) == 0
+    assert len(voiceprint.read_text().strip()) == 64

@@ -19,10 +19,20 @@ class PartialWrite(OSError):
 
 
 def write_new_secret(path: Path, text: str) -> None:
-    """Create `path` holding `text`, mode 0600, never over an existing file (OSError from
-    the create as raised, e.g. FileExistsError). A file that could not be written completely
-    is removed, since an empty key file would block the next try: PartialWrite."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    """Create `path` holding `text`, mode 0600, never over an existing key (OSError from
+    the create as raised, e.g. FileExistsError). An empty regular file is the placeholder
+    the systemd unit needs for a credential not in use (docs/service.md): it holds no key,
+    so it is replaced. A file that could not be written completely is removed, since an
+    empty key file would block the next try: PartialWrite."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not (stat.S_ISREG(st.st_mode) and st.st_size == 0):
+            raise
+        os.unlink(path)
+        fd = os.open(path, flags, 0o600)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
