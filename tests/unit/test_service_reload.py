@@ -91,3 +91,24 @@ def test_reload_reaches_enrollment_at_the_door(tmp_path: Path) -> None:
     assert d.reload()
     assert d.users.cfg.challenge.length == 7
     assert d.users.cfg.vad.aggressiveness == 3
+
+
+def test_reload_keeps_the_command_line_overrides(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`voxgate run -c dev.yaml --source stdin` (docs/service.md): every SIGHUP compared the
+    plain file with the running config, which has the override, and logged and audited
+    'audio' as a change that needs a restart (found sending SIGHUP to `voxgate run --file
+    ... --realtime --loop`)."""
+    from voxgate.cli import build_parser
+    from voxgate.commands.run import build_daemon, resolve_config
+
+    path = tmp_path / "voxgate.yaml"
+    path.write_text(f"data_dir: {tmp_path}\n")
+    args = build_parser().parse_args(["run", "-c", str(path), "--source", "stdin"])
+    d = build_daemon(args, resolve_config(args))
+    path.write_text(f"data_dir: {tmp_path}\nlockout: {{max_failures: 3}}\n")
+    with caplog.at_level("WARNING"):
+        assert d.reload()
+    assert "need a restart" not in caplog.text
+    assert d.cfg.audio.source == "stdin" and d.cfg.lockout.max_failures == 3

@@ -71,9 +71,11 @@ class Daemon:
         stage_factory: Callable[[VoxgateConfig], Stages] = build_stages,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.time,
+        load: Callable[[Path], VoxgateConfig] = load_config,
     ) -> None:
         self.cfg = cfg
         self.config_path = Path(config_path) if config_path else None
+        self.load = load  # reads config_path again at a reload (with command-line overrides)
         self.stage_factory = stage_factory
         self.notifier = notifier or Notifier()
         self.clock = clock
@@ -724,7 +726,7 @@ class Daemon:
         except OSError:
             digest = None
         try:
-            new = load_config(self.config_path)
+            new = self.load(self.config_path)
         except ConfigError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
             self._audit(
