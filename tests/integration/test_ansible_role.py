@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,10 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> dict:
         unit.write_text(STAND_IN_UNIT)
     model = tmp / "tiny-model.onnx"
     model.write_bytes(os.urandom(4096))
+    ca = tmp / "mqtt-ca.crt"  # only copied, never parsed, by the role
+    ca.write_text(
+        "-----BEGIN CERTIFICATE-----\nZm9y IHRoZSByb2xlIHRlc3Q=\n-----END CERTIFICATE-----\n"
+    )
     extra = {
         "voxgate_root": str(root),
         "voxgate_test_mode": True,
@@ -117,6 +122,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "voxgate_systemd_unit_src": str(unit),
         "voxgate_alsa_profile": "usb-mic",
         "voxgate_alsa_card": "Microphone",
+        "voxgate_mqtt_ca_src": str(ca),
         "voxgate_models": [
             {
                 "src": str(model),
@@ -452,3 +458,28 @@ def test_doors_read_the_microphone_pcm_the_role_installs(tmp_path: Path, staged:
     run = _play(tmp_path, extra, "--tags", "voxgate_config", host="door-wh-dock-1")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert load_config(tmp_path / "root/etc/voxgate/voxgate.yaml").audio.device is None
+
+
+def _named_files(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _named_files(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, str) and key.endswith("_file"):
+        yield key, node
+
+
+def test_every_file_the_config_names_is_installed(staged: dict) -> None:
+    """The example fleet connects with TLS (group_vars/all: mqtt.tls.ca_file
+    /etc/voxgate/mqtt-ca.crt) but nothing installed that file: every door stopped at start
+    with 'mqtt.tls.ca_file: ... does not exist' (exit 69, restarted for ever), while
+    `voxgate config check` accepted the config (found checking each path the rendered
+    config names against the staged door)."""
+    root: Path = staged["root"]
+    rendered = yaml.safe_load((root / "etc/voxgate/voxgate.yaml").read_text())
+    named = dict(_named_files(rendered))
+    assert "mqtt.tls.ca_file" in named and "mqtt.hmac_key_file" in named
+    for key, path in named.items():
+        assert (root / path.lstrip("/")).is_file(), f"{key}: {path} is not installed"
+    ca = root / named["mqtt.tls.ca_file"].lstrip("/")
+    assert ca.read_bytes() == Path(staged["extra"]["voxgate_mqtt_ca_src"]).read_bytes()
+    assert _mode(ca) == 0o644
