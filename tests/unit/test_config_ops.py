@@ -104,3 +104,34 @@ def test_keygen_fills_the_empty_credential_placeholder(
     voiceprint.write_bytes(b"")
     assert main(["users", "init-key", str(voiceprint)]) == 0
     assert len(voiceprint.read_text().strip()) == 64
+
+
+def test_a_named_audit_key_file_that_is_missing_stops_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """audit.key_file names the key that signs the audit anchor. A path with a typo (or a
+    key not copied yet) was skipped without a word: the door ran with a plain-hash anchor
+    that anyone able to write the log can rebuild, while the config said it was signed
+    (found starting the daemon with each referenced file missing)."""
+    from voxgate.audit import open_log
+    from voxgate.config import VoxgateConfig
+    from voxgate.service.loop import Daemon
+    from voxgate.service.notify import Notifier
+
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("VOXGATE_AUDIT_KEY", raising=False)
+    cfg = VoxgateConfig.model_validate(
+        {"data_dir": str(tmp_path / "data"), "audit": {"key_file": str(tmp_path / "audit.kye")}}
+    )
+    with pytest.raises(SecretError, match=r"audit\.kye"):
+        open_log(cfg)
+
+    def no_stages(_cfg: VoxgateConfig) -> None:
+        raise AssertionError("the start must stop before the stages are built")
+
+    d = Daemon(cfg, stage_factory=no_stages, notifier=Notifier({}))  # type: ignore[arg-type]
+    assert d.run() == 78  # invalid config: systemd does not restart
+    # Without a key_file the anchor is a plain hash, as documented.
+    assert open_log(
+        cfg.model_copy(update={"audit": cfg.audit.model_copy(update={"key_file": None})})
+    )
