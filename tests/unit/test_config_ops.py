@@ -135,3 +135,22 @@ def test_a_named_audit_key_file_that_is_missing_stops_the_start(
     assert open_log(
         cfg.model_copy(update={"audit": cfg.audit.model_copy(update={"key_file": None})})
     )
+
+
+def _alias_bomb(levels: int) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join([*lines, f"fleet: {{groups: *a{levels - 1}}}"]) + "\n"
+
+
+def test_yaml_aliases_that_expand_without_bound_are_refused() -> None:
+    """Eight short lines of nested YAML aliases stand for 9**6 values: the line map and the
+    schema check walked each one, and the error quoted the whole expansion (0.9 s here, ten
+    times more per extra line, with memory to match). POST /api/v1/config/check runs this
+    loader inside the daemon, so one request could stall it or get it killed at MemoryMax
+    (found feeding config check an alias bomb). Normal anchors still work."""
+    (msg,) = problems(_alias_bomb(6))
+    assert msg.startswith("the config expands to more than") and "alias" in msg, msg
+    cfg = parse_config("fleet:\n  access:\n    hq_lobby: &staff [alice, bob]\n    hq_lab: *staff\n")
+    assert cfg.fleet.access["hq_lab"] == ["alice", "bob"]

@@ -25,11 +25,30 @@ class ConfigError(Exception):
         super().__init__(f"{source}: invalid config ({len(problems)} problem(s)):\n{lines}")
 
 
+# Values a config may expand to. A real one has hundreds (a large fleet access map some
+# thousands); nested YAML aliases can stand for billions in a few lines, and the line map, the
+# schema check and the error messages would each walk all of them.
+MAX_VALUES = 100_000
+
+
+class _TooBig(Exception):
+    pass
+
+
 def _key_lines(
-    node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int], twice: list[str]
+    node: yaml.Node,
+    path: tuple[Any, ...],
+    out: dict[tuple[Any, ...], int],
+    twice: list[str],
+    budget: list[int] | None = None,
 ) -> None:
     """Record the 1-based line of every key path, so errors can point into the file; a key
-    given twice in one mapping goes to `twice` (PyYAML silently keeps the last one)."""
+    given twice in one mapping goes to `twice` (PyYAML silently keeps the last one). Raises
+    _TooBig past MAX_VALUES nodes (aliases counted each time they are used)."""
+    budget = [MAX_VALUES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooBig
     out.setdefault(path, node.start_mark.line + 1)  # a key's own line wins over its value's
     if isinstance(node, yaml.MappingNode):
         first: dict[Any, int] = {}
@@ -45,10 +64,10 @@ def _key_lines(
                 )
             first.setdefault(key_node.value, line)
             out[key_path] = line
-            _key_lines(value_node, key_path, out, twice)
+            _key_lines(value_node, key_path, out, twice, budget)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _key_lines(item, (*path, i), out, twice)
+            _key_lines(item, (*path, i), out, twice, budget)
 
 
 def _describe(err: ErrorDetails, lines: dict[tuple[Any, ...], int]) -> str:
@@ -107,7 +126,13 @@ def parse_config(text: str, source: str = "<config>") -> VoxgateConfig:
     lines: dict[tuple[Any, ...], int] = {}
     twice: list[str] = []
     if root is not None:
-        _key_lines(root, (), lines, twice)
+        try:
+            _key_lines(root, (), lines, twice)
+        except _TooBig:
+            raise ConfigError(
+                source,
+                [f"the config expands to more than {MAX_VALUES} values (nested YAML aliases?)"],
+            ) from None
     if twice:
         raise ConfigError(source, twice)
     try:
