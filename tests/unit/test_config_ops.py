@@ -154,3 +154,18 @@ def test_yaml_aliases_that_expand_without_bound_are_refused() -> None:
     assert msg.startswith("the config expands to more than") and "alias" in msg, msg
     cfg = parse_config("fleet:\n  access:\n    hq_lobby: &staff [alice, bob]\n    hq_lab: *staff\n")
     assert cfg.fleet.access["hq_lab"] == ["alice", "bob"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &a [*a]\n",  # an alias inside its own anchor
+        "fleet: &f\n  x: *f\n",
+        "a: " + "[" * 500 + "]" * 500 + "\n",  # nesting deeper than Python's recursion limit
+    ],
+)
+def test_self_referencing_or_deeply_nested_yaml_is_an_error_not_a_traceback(text: str) -> None:
+    # Each ended in a RecursionError traceback from config check (and from the admin API's
+    # config check); found feeding config check recursive anchors.
+    (msg,) = problems(text)
+    assert "nested too deeply" in msg, msg

@@ -112,6 +112,14 @@ def _allowed_keys(parent: tuple[Any, ...]) -> list[str]:
 def parse_config(text: str, source: str = "<config>") -> VoxgateConfig:
     """Validate YAML text; raises ConfigError with every problem found."""
     try:
+        return _parse(text, source)
+    except RecursionError:  # PyYAML and the line map recurse per level of nesting
+        problem = "the YAML is nested too deeply, or an alias refers to the value holding it"
+        raise ConfigError(source, [problem]) from None
+
+
+def _parse(text: str, source: str) -> VoxgateConfig:
+    try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
