@@ -158,28 +158,23 @@ class Daemon:
             self.keeper = self._open_keeper(cfg)
         except OSError as exc:
             log.error("cannot use data_dir %s: %s", cfg.data_dir, exc)
-            self.exit_code = EX_CANTCREAT
-            return False
+            return self._cannot_start(EX_CANTCREAT, f"data_dir {cfg.data_dir}: {exc}")
         except (SecretError, KeepError) as exc:
             log.error("cannot start: %s", exc)
-            self.exit_code = EX_CONFIG
-            return False
+            return self._cannot_start(EX_CONFIG, str(exc))
 
         self._step("loading models and opening audio")
         try:
             self.stages = self.stage_factory(cfg)
         except StageUnavailable as exc:
             log.error("cannot start: %s", exc)
-            self.exit_code = EX_UNAVAILABLE
-            return False
+            return self._cannot_start(EX_UNAVAILABLE, str(exc))
         except AudioError as exc:
             log.error("cannot open audio input: %s", exc)
-            self.exit_code = EX_IOERR
-            return False
-        except Exception:
+            return self._cannot_start(EX_IOERR, f"audio input: {exc}")
+        except Exception as exc:
             log.exception("cannot start: building the stages failed")
-            self.exit_code = EX_UNAVAILABLE
-            return False
+            return self._cannot_start(EX_UNAVAILABLE, f"building the stages failed: {exc}")
         stages = self.stages
         self._undo.append(("stages", self._close_stages))
 
@@ -201,8 +196,7 @@ class Daemon:
             self.users.start(lambda name, stop: self._undo.append((name, stop)))
         except StartError as exc:
             log.error("cannot start: %s", exc)
-            self.exit_code = EX_CONFIG if exc.config else EX_UNAVAILABLE
-            return False
+            return self._cannot_start(EX_CONFIG if exc.config else EX_UNAVAILABLE, str(exc))
 
         self._step("audio capture")
         live = cfg.audio.source == "mic" or cfg.audio.realtime
@@ -224,8 +218,7 @@ class Daemon:
                     cfg.audio.source,
                     cfg.service.audio_timeout_s,
                 )
-                self.exit_code = EX_IOERR
-                return False
+                return self._cannot_start(EX_IOERR, f"no audio from {cfg.audio.source}")
 
         self.notifier.ready(STATUS[State.IDLE])
         if cfg.metrics.enabled:
@@ -241,6 +234,13 @@ class Daemon:
         self._audit("service_start", device=cfg.device_id, source=cfg.audio.source)
         log.info("ready: %s", STATUS[State.IDLE])
         return True
+
+    def _cannot_start(self, code: int, why: str) -> bool:
+        """The exit code, and the reason for the last STATUS= (what systemctl status shows
+        once the unit has failed)."""
+        self.exit_code = code
+        self._stop_reason = self._stop_reason or f"cannot start (exit {code}): {why}"
+        return False
 
     def _open_audit(self, cfg: VoxgateConfig) -> AuditLog:
         from voxgate.audit import open_log
