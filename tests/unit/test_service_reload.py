@@ -112,3 +112,22 @@ def test_reload_keeps_the_command_line_overrides(
         assert d.reload()
     assert "need a restart" not in caplog.text
     assert d.cfg.audio.source == "stdin" and d.cfg.lockout.max_failures == 3
+
+
+def test_api_shows_the_config_running_after_a_reload(tmp_path: Path) -> None:
+    """GET /api/v1/config is 'the running config' (docs/api/openapi.yaml), but the app kept
+    the start-up copy: after a SIGHUP that applied new lockout settings it still showed the
+    old ones (found comparing the API with a reload's applied list)."""
+    pytest.importorskip("flask")
+    from voxgate.api import create_app
+
+    d, path = _daemon_with_queue(tmp_path, f"data_dir: {tmp_path}\n")
+    token = b"t" * 32
+    app = create_app(d.cfg, None, token, current=lambda: d.cfg)  # type: ignore[arg-type]
+    path.write_text(f"data_dir: {tmp_path}\nlockout: {{max_failures: 3}}\n")
+    assert d.reload()
+    resp = app.test_client().get(
+        "/api/v1/config", headers={"Authorization": "Bearer " + token.decode()}
+    )
+    assert resp.status_code == 200
+    assert resp.get_json()["lockout"]["max_failures"] == 3
