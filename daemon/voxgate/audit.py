@@ -328,10 +328,13 @@ def open_log(cfg: Any) -> AuditLog:
     users (`enrollment`, `erase` events): AuditLog(cfg...).append("erase", user=name)."""
     from voxgate.config.secrets import read_secret
 
+    # A key_file that is named must be there: skipping it would leave the anchor unsigned
+    # while the config says it is signed.
+    key_file = cfg.audit.key_file
     return AuditLog(
         cfg.audit.path or cfg.data_dir / "audit.jsonl",
         fsync=cfg.audit.fsync == "always",
-        key=read_secret("audit-key", cfg.audit.key_file, required=False),
+        key=read_secret("audit-key", key_file, required=key_file is not None),
     )
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from types import TracebackType
 from typing import Any, TextIO
 
 from voxgate.config.logging import LoggingConfig
@@ -48,6 +50,24 @@ def _journal_handler() -> logging.Handler | None:
     return JournalHandler(SYSLOG_IDENTIFIER="voxgate")
 
 
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("voxgate").error(
+        "thread %s stopped by an uncaught exception",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )
+
+
+def _uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+        return
+    logging.getLogger("voxgate").critical("uncaught exception", exc_info=(kind, value, tb))
+
+
 def setup_logging(cfg: LoggingConfig, stream: TextIO | None = None) -> str:
     """Install the configured handler and levels; returns the format actually used."""
     root = logging.getLogger()
@@ -71,6 +91,14 @@ def setup_logging(cfg: LoggingConfig, stream: TextIO | None = None) -> str:
             )
     setattr(handler, _MARK, True)
     root.addHandler(handler)
+    # What Python would print to stderr itself (a dying thread, a library's warning) goes
+    # through the same handler, so json stays one object per line and journald gets levels.
+    # Hooks someone else installed (a test runner) are left alone.
+    logging.captureWarnings(True)
+    if threading.excepthook is threading.__excepthook__:
+        threading.excepthook = _thread_died
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _uncaught
     root.setLevel(cfg.level.upper())
     # Per-module levels; names set by an earlier config but absent now go back to inheriting.
     previous: set[str] = getattr(setup_logging, "_modules", set())

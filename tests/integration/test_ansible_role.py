@@ -17,7 +17,10 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -64,7 +67,7 @@ def _env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _play(tmp: Path, extra: dict, *args: str) -> subprocess.CompletedProcess[str]:
+def _play(tmp: Path, extra: dict, *args: str, host: str = HOST) -> subprocess.CompletedProcess[str]:
     vars_file = tmp / f"vars-{len(list(tmp.glob('vars-*')))}.json"
     vars_file.write_text(json.dumps(extra))
     cmd = [
@@ -73,7 +76,7 @@ def _play(tmp: Path, extra: dict, *args: str) -> subprocess.CompletedProcess[str
         "-c",
         "local",
         "--limit",
-        HOST,
+        host,
         "--vault-password-file",
         str(VAULT_PASSWORD),
         "-e",
@@ -105,6 +108,10 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> dict:
         unit.write_text(STAND_IN_UNIT)
     model = tmp / "tiny-model.onnx"
     model.write_bytes(os.urandom(4096))
+    ca = tmp / "mqtt-ca.crt"  # only copied, never parsed, by the role
+    ca.write_text(
+        "-----BEGIN CERTIFICATE-----\nZm9y IHRoZSByb2xlIHRlc3Q=\n-----END CERTIFICATE-----\n"
+    )
     extra = {
         "voxgate_root": str(root),
         "voxgate_test_mode": True,
@@ -115,6 +122,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "voxgate_systemd_unit_src": str(unit),
         "voxgate_alsa_profile": "usb-mic",
         "voxgate_alsa_card": "Microphone",
+        "voxgate_mqtt_ca_src": str(ca),
         "voxgate_models": [
             {
                 "src": str(model),
@@ -313,6 +321,7 @@ def test_door_without_api_or_fleet_gets_empty_placeholders(tmp_path: Path, stage
         "vault_voxgate_fleet_key": "",
         "vault_voxgate_fleet_signing_keys": {},
         "voxgate_fleet_enabled": False,
+        "voxgate_host_config": {"api": {"enabled": False}},  # group_vars/all turns it on
     }
     run = _play(tmp_path, extra)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
@@ -324,4 +333,153 @@ def test_door_without_api_or_fleet_gets_empty_placeholders(tmp_path: Path, stage
     in_unit = set(re.findall(r"(?m)^LoadCredential=([^:]+):", staged["unit"].read_text()))
     assert in_unit <= {p.name for p in creds.iterdir()}  # systemd finds every file it loads
     cfg = load_config(tmp_path / "root/etc/voxgate/voxgate.yaml")
-    assert not cfg.fleet.enabled
+    assert not cfg.fleet.enabled and not cfg.api.enabled
+
+
+def _as_service_user(cfg_file: Path, door: Path, creds: Path) -> None:
+    """Read the secrets the daemon reads at start, as uid/gid 65534 (file access follows the
+    effective ids). The config's *_file paths are moved under the door copy."""
+    from voxgate.fleet import FleetKeys
+    from voxgate.mqtt.client import MqttLink
+
+    cfg = load_config(cfg_file)
+
+    def moved(section: Any, *names: str) -> Any:
+        paths = {n: getattr(section, n) for n in names}
+        return section.model_copy(
+            update={n: door / p.relative_to("/") for n, p in paths.items() if p is not None}
+        )
+
+    # tls off: the example's CA file is not part of this door copy, and not what is tested.
+    mqtt = moved(cfg.mqtt, "hmac_key_file", "command_key_file", "password_file")
+    mqtt = mqtt.model_copy(update={"tls": None})
+    fleet = moved(cfg.fleet, "key_file", "signing_key_file")
+    old = os.environ.get("CREDENTIALS_DIRECTORY")
+    os.environ["CREDENTIALS_DIRECTORY"] = str(creds)
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        MqttLink(mqtt, cfg.device_id)
+        if cfg.fleet.enabled:
+            FleetKeys.load(fleet)
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        if old is None:
+            del os.environ["CREDENTIALS_DIRECTORY"]
+        else:
+            os.environ["CREDENTIALS_DIRECTORY"] = old
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_service_user_reads_the_secrets_its_config_names(staged: dict) -> None:
+    """The credentials folder is root-only, so the service user must get every secret its
+    config names from $CREDENTIALS_DIRECTORY. A secret this door does not have (the example
+    vault has no command key) is an empty credential there; the config must then not name
+    the root-only file either, or the daemon finds it unreadable and cannot start (found
+    reading the role's output as the unit's user)."""
+    # Not under pytest's tmp_path: that folder is root-only, the service user could not enter.
+    door = Path(tempfile.mkdtemp(prefix="voxgate-door-"))
+    try:
+        _door_reads_its_secrets(staged, door)
+    finally:
+        shutil.rmtree(door)
+
+
+def _door_reads_its_secrets(staged: dict, door: Path) -> None:
+    door.chmod(0o755)
+    shutil.copytree(staged["root"] / "etc", door / "etc")  # keeps the 0700 credentials folder
+    run_creds = door / "run-credentials"  # what LoadCredential= builds for the service
+    run_creds.mkdir()
+    unit = staged["unit"].read_text()
+    for name, path in re.findall(r"(?m)^LoadCredential=([^:]+):(\S+)$", unit):
+        shutil.copyfile(door / path.lstrip("/"), run_creds / name)
+        (run_creds / name).chmod(0o400)
+    assert (run_creds / "command-key").read_bytes() == b""  # this door has no command key
+    for p in [door, run_creds, *run_creds.iterdir()]:
+        os.chown(p, 65534, 65534)
+    for p in (door / "etc", door / "etc/voxgate"):
+        p.chmod(0o755)
+    _as_service_user(door / "etc/voxgate/voxgate.yaml", door, run_creds)
+
+
+def test_enabled_api_without_a_token_is_refused_before_the_service_starts(
+    tmp_path: Path, staged: dict
+) -> None:
+    """The example fleet turns the admin API on (group_vars/all). With no api-token in the
+    vault the play went through and the daemon then refused to start (exit 78, which systemd
+    does not retry): the role's secret check only knew the voiceprint, decision and fleet keys
+    (found running the play with that vault entry removed)."""
+    extra = {
+        **staged["extra"],
+        "voxgate_root": str(tmp_path / "root"),
+        "vault_voxgate_api_token": "",
+    }
+    run = _play(tmp_path, extra)
+    assert run.returncode != 0
+    assert "the daemon needs the credential 'api-token'" in run.stdout, run.stdout[-3000:]
+    # (With the token, the `staged` runs pass this check; without the API,
+    # test_door_without_api_or_fleet_gets_empty_placeholders does.)
+
+
+def test_doors_get_systemd_python_for_journal_logging() -> None:
+    """Every device file asks for `logging.format: journal`, which needs systemd-python
+    (the `journal` extra, built against libsystemd). The role installed neither, so every
+    door warned at each start and logged plain text to stderr, which journald files at one
+    priority: `journalctl -p err -u voxgate` showed none of its errors (found comparing the
+    firmware files with what the role installs)."""
+    journal_doors = [
+        p.name
+        for p in (REPO / "firmware_config").glob("*.yaml")
+        if yaml.safe_load(p.read_text()).get("logging", {}).get("format") == "journal"
+    ]
+    assert journal_doors
+    defaults = yaml.safe_load((ANSIBLE_DIR / "roles/voxgate/defaults/main.yml").read_text())
+    fleet = yaml.safe_load((ANSIBLE_DIR / "inventory/example/group_vars/all/vars.yml").read_text())
+    for extras in (defaults["voxgate_package_extras"], fleet["voxgate_package_extras"]):
+        assert "journal" in extras, extras
+    assert {"libsystemd-dev", "pkg-config"} <= set(defaults["voxgate_apt_packages"])
+
+
+def test_doors_read_the_microphone_pcm_the_role_installs(tmp_path: Path, staged: dict) -> None:
+    """The role installs the ALSA PCM voxgate_mic (dsnoop + plug, 16 kHz mono) on every door
+    with an ALSA profile, but only pi5.yaml read it: the Pi Zero 2 W door (usb-mic profile)
+    kept `device: null`, the default input, which on that board is card 0 (HDMI, no capture),
+    not the USB microphone; pi4 doors opened the raw USB device by name, bypassing dsnoop
+    (found comparing the example inventory's hardware groups with the firmware files)."""
+    extra = {**staged["extra"], "voxgate_root": str(tmp_path / "root")}
+    run = _play(tmp_path, extra, host="door-wh-dock-1")  # pizero_doors, usb-mic profile
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    cfg = load_config(tmp_path / "root/etc/voxgate/voxgate.yaml")
+    assert cfg.audio.device == "voxgate_mic"
+    assert cfg.speaker.threads == 1  # still firmware_config/pi-zero-2w.yaml underneath
+    # Without an ALSA profile the device file's own choice stays.
+    extra["voxgate_alsa_profile"] = ""
+    run = _play(tmp_path, extra, "--tags", "voxgate_config", host="door-wh-dock-1")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert load_config(tmp_path / "root/etc/voxgate/voxgate.yaml").audio.device is None
+
+
+def _named_files(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _named_files(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, str) and key.endswith("_file"):
+        yield key, node
+
+
+def test_every_file_the_config_names_is_installed(staged: dict) -> None:
+    """The example fleet connects with TLS (group_vars/all: mqtt.tls.ca_file
+    /etc/voxgate/mqtt-ca.crt) but nothing installed that file: every door stopped at start
+    with 'mqtt.tls.ca_file: ... does not exist' (exit 69, restarted for ever), while
+    `voxgate config check` accepted the config (found checking each path the rendered
+    config names against the staged door)."""
+    root: Path = staged["root"]
+    rendered = yaml.safe_load((root / "etc/voxgate/voxgate.yaml").read_text())
+    named = dict(_named_files(rendered))
+    assert "mqtt.tls.ca_file" in named and "mqtt.hmac_key_file" in named
+    for key, path in named.items():
+        assert (root / path.lstrip("/")).is_file(), f"{key}: {path} is not installed"
+    ca = root / named["mqtt.tls.ca_file"].lstrip("/")
+    assert ca.read_bytes() == Path(staged["extra"]["voxgate_mqtt_ca_src"]).read_bytes()
+    assert _mode(ca) == 0o644

@@ -65,8 +65,11 @@ def create_app(
     audit_file: Path | None = None,
     clock: Callable[[], float] = time.time,
     audit_event: Callable[..., Any] | None = None,
+    current: Callable[[], VoxgateConfig] | None = None,
 ) -> Flask:
-    """The Flask app. `token` is the bearer token every request must carry.
+    """The Flask app. `token` is the bearer token every request must carry. `current()`
+    gives the running config for GET /config (the daemon's changes at a reload); `cfg`
+    when not given.
 
     `audit_event(event, **fields)` (e.g. the daemon's AuditLog.append) records every change
     made through the API: admin_enroll, admin_erase, admin_export.
@@ -248,7 +251,7 @@ def create_app(
     @app.get(f"{PREFIX}/config")
     def running_config() -> Response:
         # Secrets are never in the config (only the paths of their files).
-        return jsonify(cfg.model_dump(mode="json"))
+        return jsonify((current() if current is not None else cfg).model_dump(mode="json"))
 
     @app.post(f"{PREFIX}/config/check")
     def config_check() -> tuple[Response, int]:

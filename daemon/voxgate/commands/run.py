@@ -11,6 +11,7 @@ from voxgate.commands.common import add_config_option, add_parser
 
 if TYPE_CHECKING:
     from voxgate.config import VoxgateConfig
+    from voxgate.service.loop import Daemon
 
 EX_CONFIG = 78
 
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "73 data_dir not writable, 74 audio input failed.",
         examples="""
             voxgate run -c /etc/voxgate/voxgate.yaml
-            voxgate run -c dev.yaml --file tests/data/attempt.flac    # a recording, then exit
+            voxgate run -c dev.yaml --file attempt.flac               # a recording, then exit
             voxgate run -c dev.yaml --file door.wav --realtime --loop # paced like a microphone
             arecord -q -f S16_LE -r 16000 -c 1 | voxgate run -c dev.yaml --source stdin
         """,
@@ -71,10 +72,17 @@ def resolve_config(args: argparse.Namespace) -> VoxgateConfig:
         raise ConfigError("command line", problems or [str(exc)]) from None
 
 
+def build_daemon(args: argparse.Namespace, cfg: VoxgateConfig) -> Daemon:
+    """The daemon for `cfg`; a reload reads the file and applies the same overrides, so
+    --source/--file are not taken for config changes that need a restart."""
+    from voxgate.service.loop import Daemon
+
+    return Daemon(cfg, config_path=args.config, load=lambda _path: resolve_config(args))
+
+
 def run_command(args: argparse.Namespace) -> int:
     from voxgate.config import ConfigError
     from voxgate.logs import setup_logging
-    from voxgate.service.loop import Daemon
 
     try:
         cfg = resolve_config(args)
@@ -82,7 +90,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"voxgate run: {exc}", file=sys.stderr)
         return EX_CONFIG
     setup_logging(cfg.logging)
-    code = Daemon(cfg, config_path=args.config).run()
+    code = build_daemon(args, cfg).run()
     if code:
         print(f"voxgate run: stopped with exit code {code} (see the log above)", file=sys.stderr)
     return code

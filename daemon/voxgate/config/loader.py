@@ -25,18 +25,49 @@ class ConfigError(Exception):
         super().__init__(f"{source}: invalid config ({len(problems)} problem(s)):\n{lines}")
 
 
-def _key_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    """Record the 1-based line of every key path, so errors can point into the file."""
+# Values a config may expand to. A real one has hundreds (a large fleet access map some
+# thousands); nested YAML aliases can stand for billions in a few lines, and the line map, the
+# schema check and the error messages would each walk all of them.
+MAX_VALUES = 100_000
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _key_lines(
+    node: yaml.Node,
+    path: tuple[Any, ...],
+    out: dict[tuple[Any, ...], int],
+    twice: list[str],
+    budget: list[int] | None = None,
+) -> None:
+    """Record the 1-based line of every key path, so errors can point into the file; a key
+    given twice in one mapping goes to `twice` (PyYAML silently keeps the last one). Raises
+    _TooBig past MAX_VALUES nodes (aliases counted each time they are used)."""
+    budget = [MAX_VALUES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooBig
     out.setdefault(path, node.start_mark.line + 1)  # a key's own line wins over its value's
     if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
         for key_node, value_node in node.value:
             # Not out[(*path, key)]: valid on 3.10, but mypy reads it as 3.11-only syntax.
             key_path = (*path, key_node.value)
-            out[key_path] = key_node.start_mark.line + 1
-            _key_lines(value_node, key_path, out)
+            line = key_node.start_mark.line + 1
+            if key_node.value in first and key_node.tag != "tag:yaml.org,2002:merge":
+                dotted = ".".join(str(p) for p in key_path)
+                twice.append(
+                    f"line {line}: {dotted}: given twice (first on line {first[key_node.value]});"
+                    " the second would replace the first"
+                )
+            first.setdefault(key_node.value, line)
+            out[key_path] = line
+            _key_lines(value_node, key_path, out, twice, budget)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _key_lines(item, (*path, i), out)
+            _key_lines(item, (*path, i), out, twice, budget)
 
 
 def _describe(err: ErrorDetails, lines: dict[tuple[Any, ...], int]) -> str:
@@ -81,6 +112,14 @@ def _allowed_keys(parent: tuple[Any, ...]) -> list[str]:
 def parse_config(text: str, source: str = "<config>") -> VoxgateConfig:
     """Validate YAML text; raises ConfigError with every problem found."""
     try:
+        return _parse(text, source)
+    except RecursionError:  # PyYAML and the line map recurse per level of nesting
+        problem = "the YAML is nested too deeply, or an alias refers to the value holding it"
+        raise ConfigError(source, [problem]) from None
+
+
+def _parse(text: str, source: str) -> VoxgateConfig:
+    try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -93,8 +132,17 @@ def parse_config(text: str, source: str = "<config>") -> VoxgateConfig:
     if not isinstance(data, dict):
         raise ConfigError(source, ["the top level must be a mapping of section: settings"])
     lines: dict[tuple[Any, ...], int] = {}
+    twice: list[str] = []
     if root is not None:
-        _key_lines(root, (), lines)
+        try:
+            _key_lines(root, (), lines, twice)
+        except _TooBig:
+            raise ConfigError(
+                source,
+                [f"the config expands to more than {MAX_VALUES} values (nested YAML aliases?)"],
+            ) from None
+    if twice:
+        raise ConfigError(source, twice)
     try:
         return VoxgateConfig.model_validate(data)
     except ValidationError as exc:

@@ -19,10 +19,20 @@ class PartialWrite(OSError):
 
 
 def write_new_secret(path: Path, text: str) -> None:
-    """Create `path` holding `text`, mode 0600, never over an existing file (OSError from
-    the create as raised, e.g. FileExistsError). A file that could not be written completely
-    is removed, since an empty key file would block the next try: PartialWrite."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    """Create `path` holding `text`, mode 0600, never over an existing key (OSError from
+    the create as raised, e.g. FileExistsError). An empty regular file is the placeholder
+    the systemd unit needs for a credential not in use (docs/service.md): it holds no key,
+    so it is replaced. A file that could not be written completely is removed, since an
+    empty key file would block the next try: PartialWrite."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not (stat.S_ISREG(st.st_mode) and st.st_size == 0):
+            raise
+        os.unlink(path)
+        fd = os.open(path, flags, 0o600)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -58,20 +68,24 @@ def read_secret(
     """Return secret `name` (e.g. 'mqtt-password').
 
     Looks at $VOXGATE_<NAME> (dashes become underscores), then
-    $CREDENTIALS_DIRECTORY/<name> (systemd LoadCredential=), then `file`. Surrounding
+    $CREDENTIALS_DIRECTORY/<name> (systemd LoadCredential=), then `file`; an empty variable
+    or file counts as not set. Surrounding
     whitespace is dropped; with strip=False a file's bytes come as stored, for keys that may
     be 32 raw bytes (about 1 in 20 random keys starts or ends with a whitespace byte).
     """
     env_name = "VOXGATE_" + name.upper().replace("-", "_")
+    empty: list[str] = []
     if env_name in os.environ:
-        return os.environ[env_name].encode()
+        if os.environ[env_name].strip():
+            return os.environ[env_name].encode()
+        # Like an empty credential: not set. As a key, b"" would be one everyone knows.
+        empty.append(f"${env_name}")
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     candidates: list[Path] = []
     if cred_dir:
         candidates.append(Path(cred_dir) / name)
     if file is not None:
         candidates.append(Path(file))
-    empty: list[str] = []
     for path in candidates:
         try:
             mode = path.stat().st_mode

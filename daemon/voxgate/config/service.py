@@ -69,7 +69,8 @@ class AuditConfig(Section):
     key_file: Path | None = Field(
         None,
         description="Key that signs the audit anchor (HMAC); the credential 'audit-key' or "
-        "$VOXGATE_AUDIT_KEY is used when set. Without a key the anchor is a plain hash.",
+        "$VOXGATE_AUDIT_KEY is used when set. A named file that is missing stops the start "
+        "(exit 78); without any key the anchor is a plain hash.",
     )
     keep_audio: bool = Field(False, description="Keep attempt audio (encrypted) for review.")
     audio_key_file: Path | None = Field(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from voxgate.config.base import Section
 
@@ -102,3 +102,10 @@ class ChallengeConfig(Section):
         ge=0,
         description="How long attempt fingerprints are kept for replay checks.",
     )
+
+    @model_validator(mode="after")
+    def _passphrase_needs_phrase(self) -> ChallengeConfig:
+        # Else the door starts, reports ready, and aborts every attempt at the challenge.
+        if self.mode == "passphrase" and not (self.passphrase or "").strip():
+            raise ValueError("challenge.mode is 'passphrase' but challenge.passphrase is not set")
+        return self

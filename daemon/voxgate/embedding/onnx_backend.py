@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ class OnnxRuntime:
     name = "onnxruntime"
 
     def __init__(self, path: Path, input_name: str, output_name: str, threads: int) -> None:
+        # Everything stays on the device: onnxruntime (1.32) otherwise queues 1DS telemetry
+        # for Microsoft's collector in ~/.cache/Microsoft. Read when the runtime starts.
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         try:
             import onnxruntime as ort
         except ImportError as exc:

@@ -71,9 +71,11 @@ class Daemon:
         stage_factory: Callable[[VoxgateConfig], Stages] = build_stages,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.time,
+        load: Callable[[Path], VoxgateConfig] = load_config,
     ) -> None:
         self.cfg = cfg
         self.config_path = Path(config_path) if config_path else None
+        self.load = load  # reads config_path again at a reload (with command-line overrides)
         self.stage_factory = stage_factory
         self.notifier = notifier or Notifier()
         self.clock = clock
@@ -156,28 +158,23 @@ class Daemon:
             self.keeper = self._open_keeper(cfg)
         except OSError as exc:
             log.error("cannot use data_dir %s: %s", cfg.data_dir, exc)
-            self.exit_code = EX_CANTCREAT
-            return False
+            return self._cannot_start(EX_CANTCREAT, f"data_dir {cfg.data_dir}: {exc}")
         except (SecretError, KeepError) as exc:
             log.error("cannot start: %s", exc)
-            self.exit_code = EX_CONFIG
-            return False
+            return self._cannot_start(EX_CONFIG, str(exc))
 
         self._step("loading models and opening audio")
         try:
             self.stages = self.stage_factory(cfg)
         except StageUnavailable as exc:
             log.error("cannot start: %s", exc)
-            self.exit_code = EX_UNAVAILABLE
-            return False
+            return self._cannot_start(EX_UNAVAILABLE, str(exc))
         except AudioError as exc:
             log.error("cannot open audio input: %s", exc)
-            self.exit_code = EX_IOERR
-            return False
-        except Exception:
+            return self._cannot_start(EX_IOERR, f"audio input: {exc}")
+        except Exception as exc:
             log.exception("cannot start: building the stages failed")
-            self.exit_code = EX_UNAVAILABLE
-            return False
+            return self._cannot_start(EX_UNAVAILABLE, f"building the stages failed: {exc}")
         stages = self.stages
         self._undo.append(("stages", self._close_stages))
 
@@ -199,8 +196,7 @@ class Daemon:
             self.users.start(lambda name, stop: self._undo.append((name, stop)))
         except StartError as exc:
             log.error("cannot start: %s", exc)
-            self.exit_code = EX_CONFIG if exc.config else EX_UNAVAILABLE
-            return False
+            return self._cannot_start(EX_CONFIG if exc.config else EX_UNAVAILABLE, str(exc))
 
         self._step("audio capture")
         live = cfg.audio.source == "mic" or cfg.audio.realtime
@@ -222,8 +218,7 @@ class Daemon:
                     cfg.audio.source,
                     cfg.service.audio_timeout_s,
                 )
-                self.exit_code = EX_IOERR
-                return False
+                return self._cannot_start(EX_IOERR, f"no audio from {cfg.audio.source}")
 
         self.notifier.ready(STATUS[State.IDLE])
         if cfg.metrics.enabled:
@@ -239,6 +234,13 @@ class Daemon:
         self._audit("service_start", device=cfg.device_id, source=cfg.audio.source)
         log.info("ready: %s", STATUS[State.IDLE])
         return True
+
+    def _cannot_start(self, code: int, why: str) -> bool:
+        """The exit code, and the reason for the last STATUS= (what systemctl status shows
+        once the unit has failed)."""
+        self.exit_code = code
+        self._stop_reason = self._stop_reason or f"cannot start (exit {code}): {why}"
+        return False
 
     def _open_audit(self, cfg: VoxgateConfig) -> AuditLog:
         from voxgate.audit import open_log
@@ -724,7 +726,7 @@ class Daemon:
         except OSError:
             digest = None
         try:
-            new = load_config(self.config_path)
+            new = self.load(self.config_path)
         except ConfigError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
             self._audit(
@@ -741,12 +743,18 @@ class Daemon:
         if cold:
             log.warning("config changes that need a restart (not applied): %s", ", ".join(cold))
         self.cfg = plan.cfg
+        if self.users is not None:  # enrollment at the door reads challenge and vad
+            self.users.cfg = self.cfg
         if "logging" in hot:
             setup_logging(self.cfg.logging)
         if "lockout" in hot and self.lockout is not None:
             self.lockout.reconfigure(self.cfg.lockout)
         if "vad" in hot:
             self._vad_pending = True
+        if "service" in hot and self.frames is not None:
+            # The capture queue was sized at start; its bound is read at every put.
+            per_s = 1000 / self.cfg.audio.frame_ms
+            self.frames.max_frames = max(1, int(self.cfg.service.queue_s * per_s))
         self._audit(
             "config_reload",
             ok=True,

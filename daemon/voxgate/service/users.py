@@ -108,7 +108,9 @@ class UserServices:
                     on_change=self._to_fleet,
                     template_threshold=cfg.stt.template_threshold,
                 )
-                app = create_app(cfg, admin, token, audit_event=self.audit_event)
+                app = create_app(
+                    cfg, admin, token, audit_event=self.audit_event, current=lambda: self.cfg
+                )
             except ApiError as exc:
                 raise StartError(str(exc), config=True) from None
             try:
