@@ -18,6 +18,7 @@ import logging
 import sqlite3
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,7 +33,9 @@ DEVICE_KEY = "device"
 
 
 def user_key(user: str) -> str:
-    return f"user:{user}"
+    # One key per voiceprint: the store matches names NFC-normalized, stripped and
+    # case-folded, so a lock on "alice" must also hold an attempt claiming "ALICE".
+    return f"user:{unicodedata.normalize('NFC', user).strip().casefold()}"
 
 
 @dataclass(frozen=True)
@@ -203,8 +206,24 @@ class LockoutBook:
         except sqlite3.DatabaseError as exc:
             log.error("cannot read lockout state %s: %s; starting with no lockouts", self.path, exc)
             return
-        for key, failures, until in rows:
-            self._entries[key] = Entry(str(key), int(failures), until)
+        renamed: list[tuple[str, str]] = []
+        for stored, failures, until in rows:
+            key = str(stored)
+            if key.startswith("user:"):  # a file from before names were folded
+                key = user_key(key[5:])
+                if key != stored:
+                    renamed.append((str(stored), key))
+            old = self._entries.get(key)
+            if old is not None:  # spellings of one user: keep the stricter of the two
+                failures = max(int(failures), old.failures)
+                until = max((t for t in (until, old.locked_until) if t is not None), default=None)
+            self._entries[key] = Entry(key, int(failures), until)
+        for stored, key in renamed:  # one row per user from now on
+            try:
+                self._db.execute("DELETE FROM lockout WHERE key = ?", (stored,))
+            except sqlite3.Error as exc:
+                log.error("cannot rename lockout key %s in %s: %s", stored, self.path, exc)
+            self._write(self._entries[key])
         if rows:
             log.info("lockout state: %d key(s) loaded from %s", len(rows), self.path)
 

@@ -120,3 +120,48 @@ def test_unwritable_file_keeps_enforcing_from_memory(
 def test_config_rejects_max_below_initial() -> None:
     with pytest.raises(ValueError, match="max_s"):
         LockoutConfig(initial_s=60, max_s=30)
+
+
+def test_names_the_store_reads_as_one_user_share_one_counter(tmp_path: Path) -> None:
+    """The voiceprint store matches names case-insensitively (`ALICE` opens alice's
+    voiceprint), but the lockout keyed users by the name as claimed: five wrong guesses as
+    `alice` locked `user:alice`, and an attempt claiming `Alice` then found no lock and could
+    be granted with alice's voiceprint. Found by claiming case variants after a lockout."""
+    import numpy as np
+
+    from voxgate.voiceprints import VoiceprintStore
+
+    emb = np.eye(4, 8, dtype=np.float32)
+    with VoiceprintStore(tmp_path / "vp.db", b"k" * 32) as store:
+        store.add_user("alice", emb, "m")
+        assert store.get("Alice") is not None and store.get("ALICE") is not None
+    b = book(tmp_path)
+    now = 1000.0
+    for _ in range(5):
+        b.record("alice", ok=False, now=now)
+    for other in ("Alice", "ALICE", " alice"):
+        st = b.state(other, now + 1)
+        assert st.locked and st.scope == "user", other
+    # Failures under different spellings add up, and survive a restart under one key.
+    b2 = book(tmp_path / "two")
+    for name in ("Bob", "bob", "BOB", "bOb", "boB"):
+        b2.record(name, ok=False, now=now)
+    assert b2.state("bob", now + 1).locked
+    b2.close()
+    assert book(tmp_path / "two").state("BoB", now + 1).locked
+
+
+def test_keys_saved_with_the_claimed_spelling_still_lock_after_an_upgrade(tmp_path: Path) -> None:
+    """A lockout.db written before names were folded holds `user:Alice`; it must still lock
+    whichever spelling is claimed next."""
+    b = book(tmp_path)
+    b.close()
+    con = sqlite3.connect(tmp_path / "lockout.db")
+    con.execute("INSERT INTO lockout VALUES ('user:Alice', 5, 2000.0)")
+    con.commit()
+    con.close()
+    b = book(tmp_path)
+    assert b.state("alice", 1500.0).locked
+    b.record("ALICE", ok=True, now=2500.0)  # a success clears every spelling for good
+    b.close()
+    assert book(tmp_path).state("Alice", 2500.0).user_failures == 0
