@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -165,3 +168,51 @@ def test_keys_saved_with_the_claimed_spelling_still_lock_after_an_upgrade(tmp_pa
     b.record("ALICE", ok=True, now=2500.0)  # a success clears every spelling for good
     b.close()
     assert book(tmp_path).state("Alice", 2500.0).user_failures == 0
+
+
+def _make_read_only(folder: Path) -> Callable[[], None] | None:
+    """Make `folder` read-only as a failing SD card does (ext4 remounted ro): a read-only
+    tmpfs mounted over it as root, else its mode; the returned function undoes it."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return lambda: folder.chmod(0o755)
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)]).returncode:
+        return None
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+    def undo() -> None:
+        subprocess.run(["umount", str(folder)], check=True)
+
+    return undo
+
+
+def test_a_restart_on_a_read_only_disk_keeps_the_locks_it_finds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file that cannot be opened for writing (read-only or full disk, a busy file) was
+    taken for a damaged one: moved aside, and the door restarted with no lockouts at all,
+    though the file was intact. Found restarting the daemon's lockout book on a read-only
+    and on a full tmpfs: both cleared alice's lock."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    b = book(folder)
+    for _ in range(5):
+        b.record("alice", ok=False, now=1000.0)
+    b.close()
+    undo = _make_read_only(folder)
+    if undo is None:
+        pytest.skip("cannot mount a read-only file system here")
+    try:
+        again = book(folder)
+        st = again.state("alice", 1001.0)
+        assert st.locked and st.user_failures == 5
+        assert not list(folder.glob("lockout.db.corrupt-*"))
+        assert "moved to" not in caplog.text
+        # Still enforced and counted from memory.
+        again.record("bob", ok=False, now=1001.0)
+        assert again.state("bob", 1001.0).user_failures == 1
+    finally:
+        undo()
