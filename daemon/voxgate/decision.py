@@ -43,6 +43,7 @@ MAX_PAYLOAD = 8192
 # Longest validity a verifier accepts, whatever the message claims.
 MAX_TTL_S = 60.0
 DEVICE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SIG_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class DecisionError(Exception):
@@ -201,7 +202,8 @@ def open_sealed(payload: bytes, key: bytes, domain: bytes, max_size: int = MAX_P
         body.encode("ascii")
     except UnicodeEncodeError:
         raise DecisionError("malformed", "body must be ASCII (canonical JSON)") from None
-    if not hmac.compare_digest(mac(key, domain, body), sig.lower()):
+    # compare_digest raises TypeError for non-ASCII text: check the form first.
+    if not SIG_RE.fullmatch(sig) or not hmac.compare_digest(mac(key, domain, body), sig.lower()):
         raise DecisionError("bad-signature", "HMAC does not match")
     try:
         return json.loads(body)
