@@ -142,6 +142,15 @@ class Actuator:
         self.clock = clock
         if keys is None:
             keys = {}
+            shared = _key_override()
+            if shared is not None and len(cfg.devices) > 1:
+                # The override has no device in its name: it would be every door's key, and
+                # one door's key would then open the others.
+                raise ActuatorSetupError(
+                    f"{shared} is set and would be the decision key of every door "
+                    f"({', '.join(d.id for d in cfg.devices)}); unset it and give each door "
+                    "its own key_file"
+                )
             for dev in cfg.devices:
                 try:
                     key = read_secret("decision-key", dev.key_file)
@@ -351,6 +360,16 @@ class Actuator:
             log.info(
                 "actuator stopped: %d action(s), rejections %s", self.acted, dict(self.rejected)
             )
+
+
+def _key_override() -> str | None:
+    """Where read_secret('decision-key', ...) takes a key from before any key_file, if set."""
+    if "VOXGATE_DECISION_KEY" in os.environ:
+        return "$VOXGATE_DECISION_KEY"
+    cred = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred and (Path(cred) / "decision-key").exists():
+        return "the credential decision-key ($CREDENTIALS_DIRECTORY/decision-key)"
+    return None
 
 
 def _open_gpio(pin: str, active_high: bool) -> Any:

@@ -18,6 +18,7 @@ import logging
 import sqlite3
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,7 +33,9 @@ DEVICE_KEY = "device"
 
 
 def user_key(user: str) -> str:
-    return f"user:{user}"
+    # One key per voiceprint: the store matches names NFC-normalized, stripped and
+    # case-folded, so a lock on "alice" must also hold an attempt claiming "ALICE".
+    return f"user:{unicodedata.normalize('NFC', user).strip().casefold()}"
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ class LockoutBook:
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
         self._db = self._open()
-        self._load()
+        if self._db is not None:
+            self._load(self._db)
 
     # -- public -------------------------------------------------------------------------
 
@@ -158,6 +162,17 @@ class LockoutBook:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             return self._connect()
+        except sqlite3.OperationalError as exc:
+            # Not damage: a read-only or full disk, a busy file. Moving the file aside here
+            # cleared every running lock at a restart; enforce what it holds from memory.
+            log.error(
+                "cannot open lockout state %s for writing (%s); enforcing the lockouts it "
+                "holds from memory, changes are not saved until a restart",
+                self.path,
+                exc,
+            )
+            self._load_read_only()
+            return None
         except sqlite3.DatabaseError as exc:
             # A damaged file must not stop the door; keep it for inspection and start over.
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
@@ -195,18 +210,50 @@ class LockoutBook:
             raise
         return db
 
-    def _load(self) -> None:
-        if self._db is None:
-            return
+    def _load_read_only(self) -> None:
+        # immutable=1: a read-only file system cannot hold the WAL's shared-memory file.
+        for query in ("mode=ro", "immutable=1"):
+            try:
+                db = sqlite3.connect(f"{self.path.absolute().as_uri()}?{query}", uri=True)
+            except sqlite3.Error:
+                continue
+            try:
+                if self._load(db, writable=False):
+                    return
+            finally:
+                db.close()
+        log.error("cannot read lockout state %s either; starting with no lockouts", self.path)
+
+    def _load(self, db: sqlite3.Connection, writable: bool = True) -> bool:
         try:
-            rows = self._db.execute("SELECT key, failures, locked_until FROM lockout").fetchall()
+            rows = db.execute("SELECT key, failures, locked_until FROM lockout").fetchall()
         except sqlite3.DatabaseError as exc:
-            log.error("cannot read lockout state %s: %s; starting with no lockouts", self.path, exc)
-            return
-        for key, failures, until in rows:
-            self._entries[key] = Entry(str(key), int(failures), until)
+            if writable:  # read-only tries say it once they have all failed
+                log.error(
+                    "cannot read lockout state %s: %s; starting with no lockouts", self.path, exc
+                )
+            return False
+        renamed: list[tuple[str, str]] = []
+        for stored, failures, until in rows:
+            key = str(stored)
+            if key.startswith("user:"):  # a file from before names were folded
+                key = user_key(key[5:])
+                if key != stored:
+                    renamed.append((str(stored), key))
+            old = self._entries.get(key)
+            if old is not None:  # spellings of one user: keep the stricter of the two
+                failures = max(int(failures), old.failures)
+                until = max((t for t in (until, old.locked_until) if t is not None), default=None)
+            self._entries[key] = Entry(key, int(failures), until)
+        for stored, key in renamed if writable else ():  # one row per user from now on
+            try:
+                db.execute("DELETE FROM lockout WHERE key = ?", (stored,))
+            except sqlite3.Error as exc:
+                log.error("cannot rename lockout key %s in %s: %s", stored, self.path, exc)
+            self._write(self._entries[key])
         if rows:
             log.info("lockout state: %d key(s) loaded from %s", len(rows), self.path)
+        return True
 
     def _write(self, entry: Entry) -> None:
         if self._db is None:

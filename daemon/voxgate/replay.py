@@ -70,14 +70,25 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return _POP8[x.astype(np.uint32)[..., None].view(np.uint8)].sum(-1, dtype=np.int32)
 
 
-def similarity(a: Fingerprint, b: Fingerprint, max_shift: int = MAX_SHIFT) -> float:
+def similarity(
+    a: Fingerprint, b: Fingerprint, max_shift: int = MAX_SHIFT, offset: int = 0
+) -> float:
     """1 - the lowest bit error rate over offsets, on frames loud in either answer (a frame
     loud in one and quiet in the other counts as unlike); at least 80 % of the shorter
-    answer's loud frames must overlap. All offsets are compared in one vectorised pass."""
+    answer's loud frames must overlap. All offsets are compared in one vectorised pass.
+
+    `offset`: frame i of a is compared with frame i + offset (+- max_shift) of b; frames
+    before the overlap are left out (the 80 % still counts whole answers)."""
     (fa, la), (fb, lb) = a, b
     if min(int(la.sum()), int(lb.sum())) < MIN_FRAMES:
         return 0.0
     need = int(0.8 * min(int(la.sum()), int(lb.sum())))
+    if offset > 0:
+        fb, lb = fb[offset:], lb[offset:]
+    elif offset < 0:
+        fa, la = fa[-offset:], la[-offset:]
+    if not len(fa) or not len(fb):
+        return 0.0
     n, s = len(fa), max_shift
     # b padded so that window k of length n holds b[i + k - s] for every frame i of a.
     size = n + 2 * s
@@ -95,6 +106,46 @@ def similarity(a: Fingerprint, b: Fingerprint, max_shift: int = MAX_SHIFT) -> fl
     if not ok.any():
         return 0.0
     return float(1.0 - (errors[ok] / (32.0 * counts[ok])).min())
+
+
+def far_offsets(a: Fingerprint, b: Fingerprint, k: int = 2) -> list[int]:
+    """Up to k offsets beyond +-MAX_SHIFT where the loud frames of a and b line up best.
+
+    The fingerprint starts at the first loud frame, so a click or a cough put before a
+    replayed answer moved it by more than MAX_SHIFT and no offset tried matched (a 50 ms
+    click 0.4 s ahead hid every replay). The loud/quiet rhythm of the answer still lines
+    up: its cross-correlation finds where."""
+    la, lb = a[1].astype(np.float32), b[1].astype(np.float32)
+    if not len(la) or not len(lb):
+        return []
+    corr = np.correlate(lb, la, mode="full")  # index j: frame i of a against i + j - (n-1) of b
+    found: list[int] = []
+    for j in np.argsort(corr, kind="stable")[::-1]:
+        if corr[j] <= 0:
+            break
+        lag = int(j) - (len(la) - 1)
+        if all(abs(lag - x) > MAX_SHIFT for x in (0, *found)):
+            found.append(lag)
+            if len(found) == k:
+                break
+    return found
+
+
+FAR_PROMISING = 0.65  # a far offset this similar is tried at the sub-hop offsets too
+
+
+def best_similarity(views: list[Fingerprint], other: Fingerprint) -> float:
+    """The highest similarity of any view of a new answer (sub-hop offsets) to `other`:
+    near the first loud frames, and at the far offset where the loud-frame rhythm lines up
+    best (unrelated answers score about 0.5-0.6 there, so the sub-hop views, which cost
+    most, run only when it looks like a match)."""
+    best = max(similarity(v, other) for v in views)
+    for o in far_offsets(views[0], other, k=1):
+        far = similarity(views[0], other, offset=o)
+        if far >= FAR_PROMISING:
+            far = max(far, *(similarity(v, other, offset=o) for v in views[1:]))
+        best = max(best, far)
+    return best
 
 
 class ReplayDetector:
@@ -153,7 +204,7 @@ class ReplayDetector:
                             bool
                         ),
                     )
-                    sim = max(similarity(v, other) for v in views)
+                    sim = best_similarity(views, other)
                     if sim > best:
                         best, when = sim, created
                 with self._db:

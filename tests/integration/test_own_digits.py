@@ -150,3 +150,34 @@ def test_takes_that_do_not_say_their_prompts_give_no_templates(
     with open_store(cfg) as store:
         vp = store.get("dave")
     assert vp is not None and TEMPLATES_META not in vp.meta
+
+
+def test_a_claim_spelled_in_another_case_is_checked_against_the_users_digits(
+    tmp_path: Path, cfg_file: Path
+) -> None:
+    """The store opens alice's voiceprint for an attempt claiming `ALICE`, but the digit
+    streams were keyed by the stored name and looked up by the claimed one: no stream was
+    found and every such attempt was `denied, liveness_missing`, however well alice answered.
+    Found claiming case variants of an enrolled user at the real daemon."""
+    from voxgate.service.stages import _templates_lookup
+
+    files = [str(say(tmp_path / f"t{i}.wav", p)) for i, p in enumerate(PROMPTS)]
+    assert main(["enroll", "alice", "-c", str(cfg_file), "--from", *files,
+                 "--prompts", *PROMPTS]) == 0  # fmt: skip
+    cfg = load_config(cfg_file)
+    recognizer = load_recognizer(cfg.stt)
+    answer = read_audio(say(tmp_path / "answer.wav", "52814"))
+    words = tuple(digits_to_words("52814"))
+    with open_store(cfg) as store:
+        lookup = _templates_lookup(store)
+        for claimed in ("ALICE", "Alice", "alice"):
+            a = Attempt(claimed_user=claimed)  # as the loop opens the streams
+            a.user_streams = {
+                user: recognizer.start(words, user_templates=tm)
+                for user, tm in lookup(claimed).items()
+                if tm is not None and tm.covers("52814")
+            }
+            for stream in a.user_streams.values():
+                stream.push(answer)
+            got = _liveness(a, a.claimed_user)
+            assert got is not None and got.ok and got.method == "templates", claimed

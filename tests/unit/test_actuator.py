@@ -207,3 +207,41 @@ def test_a_damaged_client_id_file_is_replaced_and_an_unwritable_one_is_survived(
     with caplog.at_level(logging.WARNING, logger="voxgate.actuator"):
         assert default_client_id(cfg).startswith("voxgate-actuator-")
     assert "cannot keep the MQTT client id" in caplog.text
+
+
+def test_one_key_from_the_environment_is_not_every_doors_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$VOXGATE_DECISION_KEY (or the credential decision-key) overrides a door's key_file.
+    With two doors configured it silently became the key of both: door A's key then
+    verified grants signed for door B, so one leaked or compromised door opened the other
+    (docs/mqtt.md: a different decision key per door). Found reading how the actuator loads
+    its keys; it now refuses to start."""
+    files = {}
+    for dev in ("front-door", "back-door"):
+        files[dev] = tmp_path / f"{dev}.key"
+        files[dev].write_text(f"{dev}-decision-key-0123456789")
+        files[dev].chmod(0o600)
+    cfg = ActuatorConfig.model_validate(
+        {
+            "devices": [{"id": d, "key_file": str(f)} for d, f in files.items()],
+            "state_file": str(tmp_path / "state.json"),
+            "command": {"argv": ["/bin/true"]},
+        }
+    )
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    a = Actuator(cfg, clock=Clock(1000.0))  # each door its own file
+    assert a.keys["front-door"] != a.keys["back-door"]
+    monkeypatch.setenv("VOXGATE_DECISION_KEY", "front-door-decision-key-0123456789")
+    with pytest.raises(ActuatorSetupError, match=r"VOXGATE_DECISION_KEY.*every door"):
+        Actuator(cfg, clock=Clock(1000.0))
+    monkeypatch.delenv("VOXGATE_DECISION_KEY")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "decision-key").write_text("front-door-decision-key-0123456789")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    with pytest.raises(ActuatorSetupError, match=r"decision-key.*every door"):
+        Actuator(cfg, clock=Clock(1000.0))
+    # One door: the override is that door's key, as documented.
+    one = cfg.model_copy(update={"devices": cfg.devices[:1]})
+    assert Actuator(one, clock=Clock(1000.0)).keys["front-door"].startswith(b"front-door")

@@ -286,3 +286,21 @@ def test_issuer_maps_no_score_to_null_and_still_signs(tmp_path: Path) -> None:
         "speaker_threshold": 1.9,
     }
     assert verify(payload, KEY, NOW + 1, None) == d
+
+
+@pytest.mark.parametrize("sig", ["é" * 64, "\u0663" * 64], ids=["latin", "arabic-digits"])
+def test_a_signature_that_is_not_hex_is_refused_as_a_decision_error(sig: str) -> None:
+    """hmac.compare_digest raises TypeError for non-ASCII text, so such a `sig` escaped
+    verify() (which promises DecisionError): the actuator logged a traceback instead of a
+    refusal and did not count it, and a command carrying one killed its check with
+    "command worker error" and no reply. Found sending hand-made envelopes to the lock."""
+    payload = json.dumps({"alg": "HMAC-SHA256", "body": "{}", "sig": sig}).encode()
+    with pytest.raises(DecisionError) as e:
+        verify(payload, KEY, NOW + 1, None)
+    assert e.value.reason == "bad-signature"
+    from voxgate.mqtt.commands import CommandError, CommandGate
+
+    gate = CommandGate("front-door", KEY, started_at=NOW)
+    with pytest.raises(CommandError) as ce:
+        gate.check("reload", payload, NOW + 1)
+    assert ce.value.code == "unauthorized"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,96 @@ def test_unwritable_file_keeps_enforcing_from_memory(
 def test_config_rejects_max_below_initial() -> None:
     with pytest.raises(ValueError, match="max_s"):
         LockoutConfig(initial_s=60, max_s=30)
+
+
+def test_names_the_store_reads_as_one_user_share_one_counter(tmp_path: Path) -> None:
+    """The voiceprint store matches names case-insensitively (`ALICE` opens alice's
+    voiceprint), but the lockout keyed users by the name as claimed: five wrong guesses as
+    `alice` locked `user:alice`, and an attempt claiming `Alice` then found no lock and could
+    be granted with alice's voiceprint. Found by claiming case variants after a lockout."""
+    import numpy as np
+
+    from voxgate.voiceprints import VoiceprintStore
+
+    emb = np.eye(4, 8, dtype=np.float32)
+    with VoiceprintStore(tmp_path / "vp.db", b"k" * 32) as store:
+        store.add_user("alice", emb, "m")
+        assert store.get("Alice") is not None and store.get("ALICE") is not None
+    b = book(tmp_path)
+    now = 1000.0
+    for _ in range(5):
+        b.record("alice", ok=False, now=now)
+    for other in ("Alice", "ALICE", " alice"):
+        st = b.state(other, now + 1)
+        assert st.locked and st.scope == "user", other
+    # Failures under different spellings add up, and survive a restart under one key.
+    b2 = book(tmp_path / "two")
+    for name in ("Bob", "bob", "BOB", "bOb", "boB"):
+        b2.record(name, ok=False, now=now)
+    assert b2.state("bob", now + 1).locked
+    b2.close()
+    assert book(tmp_path / "two").state("BoB", now + 1).locked
+
+
+def test_keys_saved_with_the_claimed_spelling_still_lock_after_an_upgrade(tmp_path: Path) -> None:
+    """A lockout.db written before names were folded holds `user:Alice`; it must still lock
+    whichever spelling is claimed next."""
+    b = book(tmp_path)
+    b.close()
+    con = sqlite3.connect(tmp_path / "lockout.db")
+    con.execute("INSERT INTO lockout VALUES ('user:Alice', 5, 2000.0)")
+    con.commit()
+    con.close()
+    b = book(tmp_path)
+    assert b.state("alice", 1500.0).locked
+    b.record("ALICE", ok=True, now=2500.0)  # a success clears every spelling for good
+    b.close()
+    assert book(tmp_path).state("Alice", 2500.0).user_failures == 0
+
+
+def _make_read_only(folder: Path) -> Callable[[], None] | None:
+    """Make `folder` read-only as a failing SD card does (ext4 remounted ro): a read-only
+    tmpfs mounted over it as root, else its mode; the returned function undoes it."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return lambda: folder.chmod(0o755)
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)]).returncode:
+        return None
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+    def undo() -> None:
+        subprocess.run(["umount", str(folder)], check=True)
+
+    return undo
+
+
+def test_a_restart_on_a_read_only_disk_keeps_the_locks_it_finds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file that cannot be opened for writing (read-only or full disk, a busy file) was
+    taken for a damaged one: moved aside, and the door restarted with no lockouts at all,
+    though the file was intact. Found restarting the daemon's lockout book on a read-only
+    and on a full tmpfs: both cleared alice's lock."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    b = book(folder)
+    for _ in range(5):
+        b.record("alice", ok=False, now=1000.0)
+    b.close()
+    undo = _make_read_only(folder)
+    if undo is None:
+        pytest.skip("cannot mount a read-only file system here")
+    try:
+        again = book(folder)
+        st = again.state("alice", 1001.0)
+        assert st.locked and st.user_failures == 5
+        assert not list(folder.glob("lockout.db.corrupt-*"))
+        assert "moved to" not in caplog.text
+        # Still enforced and counted from memory.
+        again.record("bob", ok=False, now=1001.0)
+        assert again.state("bob", 1001.0).user_failures == 1
+    finally:
+        undo()

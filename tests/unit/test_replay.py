@@ -112,3 +112,39 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         db.execute("PRAGMA user_version=99")
     with pytest.raises(ReplayStoreError, match="schema version 99"):
         ReplayDetector(path, window_s=10)
+
+
+@needs_espeak
+def test_a_sound_put_before_a_replay_does_not_hide_it(
+    takes: list[np.ndarray], tmp_path: Path
+) -> None:
+    """The fingerprint starts at the first loud frame, and only offsets up to 300 ms from
+    there were compared: a 50 ms click 0.4 s before the replayed answer (inside one
+    utterance: the VAD's hang-over is 0.5 s) moved that frame past the search and hid every
+    replay (similarity 0.51 on FSDD answers). Found replaying FSDD answers with edits."""
+    first = takes[0]
+    rng = np.random.default_rng(0)
+    click = rng.normal(0, int(np.abs(first).max()) / 3, 800).clip(-32767, 32767).astype(np.int16)
+
+    def gap(seconds: float) -> np.ndarray:
+        return np.zeros(int(16000 * seconds), np.int16)
+
+    cases = {
+        "click 0.4 s before": [click, gap(0.4), first],
+        "three clicks before": [click, gap(0.15), click, gap(0.15), click, gap(0.4), first],
+        "click 1 s before, quieter": [(click * 0.1).astype(np.int16), gap(1.0), first],
+    }
+    for i, (name, parts) in enumerate(cases.items()):
+        det = ReplayDetector(tmp_path / f"replay{i}.db", window_s=3600)
+        det.check_and_add(first, now=10.0)
+        res = det.check_and_add(np.concatenate(parts), now=11.0)
+        assert res.is_replay, (name, res.similarity)
+        # The stored answer may carry the sound instead: a replay cut from it still matches.
+        det2 = ReplayDetector(tmp_path / f"stored{i}.db", window_s=3600)
+        det2.check_and_add(np.concatenate(parts), now=10.0)
+        assert det2.check_and_add(first, now=11.0).is_replay, name
+    # A fresh answer behind the same click is still fresh.
+    det = ReplayDetector(tmp_path / "fresh.db", window_s=3600)
+    det.check_and_add(first, now=10.0)
+    res = det.check_and_add(np.concatenate([click, gap(0.4), takes[1]]), now=11.0)
+    assert not res.is_replay and res.similarity < det.threshold

@@ -95,7 +95,8 @@ class DeviceKey(Section):
     key_file: Path | None = Field(
         None,
         description="That device's decision key; $VOXGATE_DECISION_KEY or "
-        "$CREDENTIALS_DIRECTORY/decision-key override it.",
+        "$CREDENTIALS_DIRECTORY/decision-key override it (one door only: with several "
+        "the actuator refuses to start, as the override would be every door's key).",
     )
 
 

@@ -182,6 +182,10 @@ def _templates_lookup(store: Any) -> Callable[[str | None], dict[str, Any | None
             return {}
         if len(vps) > MAX_TEMPLATE_USERS:
             return {}
+        if claimed is not None:
+            # Keyed as claimed: the store matches names case-insensitively ("ALICE" opens
+            # alice), and the attempt looks its stream up by the claimed name.
+            return {claimed: templates_of(vps[0].meta)} if vps else {}
         return {vp.name: templates_of(vp.meta) for vp in vps}  # None: has no templates
 
     return lookup
