@@ -215,6 +215,16 @@ class ActuatorProcess:
         return self.proc.returncode
 
 
+def admin_client(broker: Broker, user: str = "admin") -> mqtt.Client:
+    """A paho client of one of the broker's standard users, connected over TLS and looping."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.username_pw_set(user, STANDARD_USERS[user])
+    c.tls_set(ca_certs=str(broker.ca_file))
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    return c
+
+
 def write_key(path: Path, key: bytes) -> Path:
     path.write_bytes(key + b"\n")
     path.chmod(0o600)

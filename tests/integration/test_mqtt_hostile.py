@@ -13,12 +13,22 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import STANDARD_USERS, Broker, TestCA
-from mqtt_helpers import REPO, ActuatorProcess, Recorder, link_config, wait_until, write_key
+from broker import Broker, TestCA
+from mqtt_helpers import (
+    REPO,
+    ActuatorProcess,
+    Recorder,
+    admin_client,
+    link_config,
+    wait_until,
+    write_key,
+)
 
 from voxgate.decision import Issuer, SequenceCounter, sign
 from voxgate.mqtt.client import MqttLink
@@ -43,26 +53,31 @@ HOSTILE_COMMANDS = [
 ]
 
 
-def _client(broker: Broker, user: str) -> mqtt.Client:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.username_pw_set(user, STANDARD_USERS[user])
-    c.tls_set(ca_certs=str(broker.ca_file))
-    c.connect(broker.host, broker.port)
-    c.loop_start()
-    return c
+@contextmanager
+def _door(
+    broker: Broker, reload: Callable[[dict[str, str]], dict[str, object]]
+) -> Iterator[tuple[MqttLink, Recorder, mqtt.Client]]:
+    """A door link obeying 'reload', a recorder of its replies and a connected admin client."""
+    link = MqttLink(link_config(broker), DEV, decision_key=DKEY, command_key=CKEY)
+    link.on_command("reload", reload)
+    link.start()
+    replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
+    admin = admin_client(broker)
+    try:
+        wait_until(lambda: link.connected, 10, "link connected")
+        yield link, replies, admin
+    finally:
+        admin.disconnect()
+        admin.loop_stop()
+        replies.close()
+        link.stop()
 
 
 def test_hostile_command_payloads_each_get_a_reply(
     broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    link = MqttLink(link_config(broker), DEV, decision_key=DKEY, command_key=CKEY)
-    link.on_command("reload", lambda args: {"reloaded": True})
-    link.start()
-    replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
-    admin = _client(broker, "admin")
     topic = "voxgate/front-door/cmd/reload"
-    try:
-        wait_until(lambda: link.connected, 10, "link connected")
+    with _door(broker, lambda args: {"reloaded": True}) as (link, replies, admin):
         for n, (payload, code) in enumerate([*HOSTILE_COMMANDS, (None, None)], 1):
             if payload is None:  # still obeying
                 payload = make_command(CKEY, DEV, "reload", now=time.time())
@@ -71,13 +86,8 @@ def test_hostile_command_payloads_each_get_a_reply(
             reply = read_reply(replies.on(topic + "/result")[-1].payload, DKEY)
             assert reply["error"] == code, (payload[:40], reply)
         assert link.stats["commands_rejected"] == len(HOSTILE_COMMANDS)
-        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-        assert not errors, [r.getMessage() for r in errors]
-    finally:
-        admin.disconnect()
-        admin.loop_stop()
-        replies.close()
-        link.stop()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
 
 
 def test_hostile_decisions_are_rejected_by_the_actuator_without_a_traceback(
@@ -85,7 +95,7 @@ def test_hostile_decisions_are_rejected_by_the_actuator_without_a_traceback(
 ) -> None:
     key = write_key(tmp_path / "front-door.key", DKEY)
     act = ActuatorProcess(tmp_path, broker, {DEV: key}).start()
-    device = _client(broker, "device")
+    device = admin_client(broker, "device")
     topic = "voxgate/front-door/decision"
     try:
         hostile = [p for p, _ in HOSTILE_COMMANDS]
@@ -155,28 +165,17 @@ def test_a_wrong_ca_is_named_in_the_log_not_called_unreachable(
 def test_a_command_topic_too_long_for_a_reply_is_logged_not_a_traceback(
     broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    link = MqttLink(link_config(broker), DEV, decision_key=DKEY, command_key=CKEY)
-    link.on_command("reload", lambda args: {"reloaded": True})
-    link.start()
-    replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
-    admin = _client(broker, "admin")
     base = "voxgate/front-door/cmd/"
-    try:
-        wait_until(lambda: link.connected, 10, "link connected")
+    with _door(broker, lambda args: {"reloaded": True}) as (link, replies, admin):
         # The longest topic MQTT allows: paho refused the reply topic (65535 + '/result').
         admin.publish(base + "x" * (65535 - len(base)), b"{}", qos=1).wait_for_publish(5)
         wait_until(lambda: link.stats["commands_rejected"] == 1, 5, "the refusal")
         good = make_command(CKEY, DEV, "reload", now=time.time())
         admin.publish(base + "reload", good, qos=1).wait_for_publish(5)
         wait_until(lambda: replies.on(base + "reload/result"), 5, "the good command's reply")
-        assert "reply topic would be too long" in caplog.text
-        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-        assert not errors, [r.getMessage()[:200] for r in errors]
-    finally:
-        admin.disconnect()
-        admin.loop_stop()
-        replies.close()
-        link.stop()
+    assert "reply topic would be too long" in caplog.text
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage()[:200] for r in errors]
 
 
 def test_oversized_commands_are_refused_at_once_not_queued(broker: Broker) -> None:
@@ -191,24 +190,15 @@ def test_oversized_commands_are_refused_at_once_not_queued(broker: Broker) -> No
         started.set()
         return {"released": release.wait(20)}
 
-    link = MqttLink(link_config(broker), DEV, decision_key=DKEY, command_key=CKEY)
-    link.on_command("reload", slow)
-    link.start()
-    replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
-    admin = _client(broker, "admin")
     topic = "voxgate/front-door/cmd/reload"
-    try:
-        wait_until(lambda: link.connected, 10, "link connected")
-        admin.publish(topic, make_command(CKEY, DEV, "reload", now=time.time()), qos=1)
-        wait_until(started.is_set, 5, "the slow command to start")
-        for _ in range(20):
-            admin.publish(topic, b"x" * 100_000, qos=1)
-        wait_until(lambda: len(replies.on(topic + "/result")) >= 20, 10, "20 replies")
-        errors = [read_reply(m.payload, DKEY)["error"] for m in replies.on(topic + "/result")]
-        assert errors == ["oversized"] * 20
-    finally:
-        release.set()
-        admin.disconnect()
-        admin.loop_stop()
-        replies.close()
-        link.stop()
+    with _door(broker, slow) as (_link, replies, admin):
+        try:
+            admin.publish(topic, make_command(CKEY, DEV, "reload", now=time.time()), qos=1)
+            wait_until(started.is_set, 5, "the slow command to start")
+            for _ in range(20):
+                admin.publish(topic, b"x" * 100_000, qos=1)
+            wait_until(lambda: len(replies.on(topic + "/result")) >= 20, 10, "20 replies")
+            errors = [read_reply(m.payload, DKEY)["error"] for m in replies.on(topic + "/result")]
+            assert errors == ["oversized"] * 20
+        finally:
+            release.set()  # before the link stops: its worker is inside slow()

@@ -12,10 +12,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from broker import MOSQUITTO_PASSWD, STANDARD_USERS, Broker, standard_acl
-from mqtt_helpers import REPO, ActuatorProcess, Recorder, link_config, wait_until, write_key
+from mqtt_helpers import (
+    REPO,
+    ActuatorProcess,
+    Recorder,
+    admin_client,
+    link_config,
+    wait_until,
+    write_key,
+)
 
 from voxgate.config.mqtt import MqttConfig
 from voxgate.decision import Issuer, SequenceCounter, verify
@@ -186,15 +193,6 @@ def _retained(broker: Broker, user: str, topic: str) -> bytes:
         late.close()
 
 
-def _admin(broker: Broker, user: str = "admin") -> mqtt.Client:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.username_pw_set(user, STANDARD_USERS[user])
-    c.tls_set(ca_certs=str(broker.ca_file))
-    c.connect(broker.host, broker.port)
-    c.loop_start()
-    return c
-
-
 def test_commands_are_subscribed_before_online_is_announced(
     make_broker: Callable[..., Broker], link_factory: Callable[..., MqttLink]
 ) -> None:
@@ -282,7 +280,7 @@ def test_commands_authenticated(
     link.on_command("attempt", lambda args: {"ok": False, "error": "challenge mode is off"})
     wait_until(lambda: link.connected, 10, "link connected")
     replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
-    admin = _admin(broker)
+    admin = admin_client(broker)
     topic = "voxgate/front-door/cmd/erase-user"
     result = "voxgate/front-door/cmd/erase-user/result"
 
@@ -317,7 +315,7 @@ def test_commands_authenticated(
         r = send(att, "voxgate/front-door/cmd/attempt")
         assert (r["ok"], r["error"], r["detail"]) == (False, "failed", "challenge mode is off")
         # An account without write access on cmd/# cannot even reach the device.
-        intruder = _admin(broker, "intruder")
+        intruder = admin_client(broker, "intruder")
         n = len(replies.on(result))
         intruder.publish(topic, make_command(CKEY, DEV, "erase-user", {"user": "x"}, now=now), 1)
         time.sleep(0.5)
@@ -423,7 +421,7 @@ def test_a_retained_command_is_not_run_again_after_a_restart(
     first = link_factory()
     first.on_command("erase-user", lambda args: calls.append(args) or {"erased": args["user"]})
     wait_until(lambda: first.connected, 10, "link connected")
-    admin = _admin(broker)
+    admin = admin_client(broker)
     try:
         cmd = make_command(CKEY, DEV, "erase-user", {"user": "alice"}, now=time.time())
         admin.publish("voxgate/front-door/cmd/erase-user", cmd, qos=1, retain=True)
@@ -534,7 +532,7 @@ def test_a_command_sent_while_the_link_reconnects_is_run_when_it_is_back(
     link.on_command("erase-user", lambda args: calls.append(args) or {"erased": args["user"]})
     wait_until(lambda: link.connected, 10, "link connected")
     replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
-    admin = _admin(broker)
+    admin = admin_client(broker)
     try:
         sock = link._client.socket()
         assert sock is not None
@@ -566,7 +564,7 @@ def test_a_new_process_does_not_resume_the_last_ones_session(
     sock = first._client.socket()
     assert sock is not None
     sock.close()  # a crash: no DISCONNECT, so the broker keeps the session
-    admin = _admin(broker)
+    admin = admin_client(broker)
     try:
         wait_until(
             lambda: "voxgate-front-door closed its connection" in broker.log_text(),

@@ -14,12 +14,12 @@ import logging
 from pathlib import Path
 
 import pytest
+from test_decision import KEY, NOW, _decision
 
 from voxgate.actuator import Actuator
 from voxgate.config.mqtt import ActuatorConfig
 from voxgate.decision import (
     DECISION_DOMAIN,
-    Decision,
     DecisionError,
     Issuer,
     SequenceCounter,
@@ -27,21 +27,6 @@ from voxgate.decision import (
     sign,
     verify,
 )
-
-KEY = b"k" * 32
-NOW = 1_767_225_600.0
-
-
-def _decision() -> Decision:
-    return Decision(
-        device="front-door",
-        outcome="granted",
-        user="alice",
-        issued_at=NOW,
-        expires_at=NOW + 5,
-        nonce="ab" * 16,
-        seq=7,
-    )
 
 
 @pytest.mark.parametrize("sig", ["\u00e9" * 64, "\u2603", "zz" * 32, "ab" * 33, ""])

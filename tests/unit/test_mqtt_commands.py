@@ -47,6 +47,22 @@ def _code(gate: CommandGate, name: str, payload: bytes, now: float = NOW + 1) ->
     return e.value.code
 
 
+def _sealed_reload(**change: object) -> bytes:
+    """A signed 'reload' command whose body fields are replaced by `change` (hand-made, so
+    fields make_command would refuse can be sent)."""
+    body = {
+        "v": 1,
+        "device": "front-door",
+        "cmd": "reload",
+        "args": {},
+        "nonce": "ab" * 8,
+        "issued_at": NOW,
+        "expires_at": NOW + 5,
+        **change,
+    }
+    return seal(body, KEY, COMMAND_DOMAIN)
+
+
 def test_refusals() -> None:
     gate = _gate()
     ok = make_command(KEY, "front-door", "reload", now=NOW)
@@ -76,16 +92,7 @@ def test_refusals() -> None:
     assert _code(gate, "reload", old, now=NOW - 190) == "replayed"  # before daemon start
     bad_nonce = make_command(KEY, "front-door", "reload", now=NOW, nonce="XYZ")
     assert _code(gate, "reload", bad_nonce) == "malformed"
-    body = {
-        "v": 1,
-        "device": "front-door",
-        "cmd": "reload",
-        "args": {},
-        "nonce": "ab" * 8,
-        "issued_at": "now",
-        "expires_at": NOW + 5,
-    }
-    assert _code(gate, "reload", seal(body, KEY, COMMAND_DOMAIN)) == "malformed"
+    assert _code(gate, "reload", _sealed_reload(issued_at="now")) == "malformed"
     # attempt: user is optional, but no other argument is accepted.
     assert (
         gate.check("attempt", make_command(KEY, "front-door", "attempt", now=NOW), NOW).args == {}
@@ -220,16 +227,8 @@ def test_a_named_password_file_that_is_missing_is_an_error(
 
 
 def test_an_integer_too_big_for_a_float_is_malformed() -> None:
-    body = {
-        "v": 1,
-        "device": "front-door",
-        "cmd": "reload",
-        "args": {},
-        "nonce": "ab" * 8,
-        "issued_at": NOW,
-        "expires_at": 10**400,  # OverflowError from math.isfinite: no reply, a traceback
-    }
-    assert _code(_gate(), "reload", seal(body, KEY, COMMAND_DOMAIN)) == "malformed"
+    # OverflowError from math.isfinite: no reply, a traceback
+    assert _code(_gate(), "reload", _sealed_reload(expires_at=10**400)) == "malformed"
 
 
 def test_a_named_command_key_file_that_is_missing_is_named_in_the_warning(
