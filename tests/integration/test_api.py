@@ -474,3 +474,19 @@ def test_an_upload_longer_than_a_take_is_refused_before_it_is_decoded(
     assert status == 400, body
     assert "take 1 (long.flac): longer than 120 s" in body["message"]
     assert enroll_api["store"].get("erin") is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "device_id: 2001-02-30\n",  # YAML reads it as a date; there is no 30 February
+        "metrics:\n  port: " + "9" * 5000 + "\n",  # past Python's int-from-text digit limit
+    ],
+)
+def test_a_value_yaml_cannot_build_is_a_problem_not_a_500(
+    api: dict, text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    status, body, _ = api["client"].request("POST", "/api/v1/config/check", text.encode())
+    assert status == 200 and body["valid"] is False, body
+    assert body["problems"][0].startswith("line "), body
+    assert "Traceback" not in caplog.text
