@@ -490,3 +490,32 @@ def test_a_value_yaml_cannot_build_is_a_problem_not_a_500(
     assert status == 200 and body["valid"] is False, body
     assert body["problems"][0].startswith("line "), body
     assert "Traceback" not in caplog.text
+
+
+def test_a_token_with_non_ascii_characters_can_authenticate(
+    tmp_path: Path, no_secret_env: None
+) -> None:
+    # load_token takes any UTF-8 token; the header reaches the app decoded as Latin-1 (the
+    # WSGI rule), so comparing its UTF-8 re-encoding refused the right token every time.
+    token_file = tmp_path / "api-token"
+    token_file.write_text("pässwörd-0123456789-ü\n")
+    token_file.chmod(0o600)
+    cfg = parse_config(f"data_dir: {tmp_path}\napi: {{token_file: {token_file}}}\n")
+    token = load_token(cfg)
+    store = VoiceprintStore(tmp_path / "voiceprints.db", bytes(range(32)))
+    admin = UserAdmin(store, cfg.speaker, cfg.vad, load_embedder=lambda: None)
+    server = ApiServer(create_app(cfg, admin, token), "127.0.0.1", 0, poll_interval=0.05)
+    server.start()
+    try:
+        for sent, want in ((token, 200), (token[:-1] + b"x", 401), ("pässwörd".encode(), 401)):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            conn.putrequest("GET", "/api/v1/health")
+            conn.putheader("Authorization", b"Bearer " + sent)  # the UTF-8 bytes, as curl sends
+            conn.endheaders()
+            resp = conn.getresponse()
+            body = json.loads(resp.read())
+            conn.close()
+            assert resp.status == want, (sent, body)
+    finally:
+        server.stop()
+        store.close()

@@ -87,7 +87,10 @@ def create_app(
         g.t0 = time.monotonic()
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        ok = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+        # WSGI hands headers over decoded as Latin-1: encoding back gives the bytes sent (a
+        # UTF-8 token's bytes included; .encode() made those never match).
+        sent = given.strip().encode("latin-1", "replace")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(sent, token)
         if not ok:
             log.warning(
                 "API: rejected %s %s from %s (bad or missing token)",
