@@ -519,3 +519,21 @@ def test_a_token_with_non_ascii_characters_can_authenticate(
     finally:
         server.stop()
         store.close()
+
+
+def test_a_name_that_is_not_utf8_is_refused_not_replaced(api: dict) -> None:
+    # Werkzeug decodes a path's bytes that are not UTF-8 to U+FFFD: 'Ren%E9' (Latin-1 é) and
+    # 'Ren%E8' (è) both named 'Ren\ufffd', so erasing one erased the other person.
+    store = api["store"]
+    store.add_user("Ren\ufffd", np.ones((3, 256)), "test-model/1", {"takes": 3})
+    c = api["client"]
+    for method, path in (
+        ("DELETE", "/api/v1/users/Ren%E8"),
+        ("GET", "/api/v1/users/Ren%E8/export"),
+        ("POST", "/api/v1/users/Ren%E8"),
+    ):
+        status, body, _ = c.request(method, path)
+        assert status == 400 and "UTF-8" in body["message"], (method, body)
+    assert store.get("Ren\ufffd") is not None and api["changes"] == []
+    status, body, _ = c.request("GET", "/api/v1/users/Ren%C3%A9/export")
+    assert status == 404 and body["error"] == "not_found"  # proper UTF-8 is still a name

@@ -142,6 +142,10 @@ def create_app(
             log.exception("API: could not write audit event %s", event)
 
     def _name(raw: str) -> str:
+        # Werkzeug turns path bytes that are not UTF-8 into U+FFFD: two different names
+        # ('Ren%E9', 'Ren%E8' in Latin-1) would become one, and erase the wrong person.
+        if "\ufffd" in raw:
+            raise _BadRequest("the user name must be UTF-8, percent-encoded")
         try:
             return normalize_name(raw)
         except StoreError as exc:
