@@ -74,3 +74,16 @@ def test_lines_longer_than_a_block_still_read(tmp_path: Path) -> None:
     _write(log, 4, pad=3 * BLOCK)
     got = recent_events(log, 10, None)
     assert [e["seq"] for e in got.events] == [4, 3, 2, 1] and got.skipped_lines == 0
+
+
+def test_a_line_with_nan_or_infinity_is_skipped(tmp_path: Path) -> None:
+    # Python's json reads NaN/Infinity, and Flask writes them back as is: one such line (the
+    # audit log never writes them) made GET /decisions answer text no JSON parser accepts.
+    log = tmp_path / "audit.jsonl"
+    _write(log, 2)
+    with open(log, "a") as f:
+        f.write('{"seq": 3, "event": "decision", "score": NaN}\n')
+        f.write('{"seq": 4, "event": "decision", "score": -Infinity}\n')
+    got = recent_events(log, 10, None)
+    assert [e["seq"] for e in got.events] == [2, 1] and got.skipped_lines == 2
+    json.dumps(got.events, allow_nan=False)

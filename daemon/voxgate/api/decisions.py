@@ -71,6 +71,12 @@ def _whole(pieces: list[bytes], length: int) -> Iterator[bytes]:
         yield line
 
 
+def _no_constant(name: str) -> Any:
+    # NaN/Infinity are not JSON: the audit log never writes them, and passed on they made
+    # the whole response unreadable to a strict client.
+    raise ValueError(f"{name} is not JSON")
+
+
 def recent_events(
     path: Path,
     limit: int,
@@ -84,8 +90,8 @@ def recent_events(
         return out
     for raw in _lines_backwards(path, max_scan_bytes, out):
         try:
-            rec = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            rec = json.loads(raw, parse_constant=_no_constant)
+        except ValueError:  # not JSON, not UTF-8 (both ValueErrors), or NaN/Infinity
             out.skipped_lines += 1
             continue
         # A damaged line may still parse; an `event` that is not a string cannot be filtered
