@@ -537,3 +537,20 @@ def test_a_name_that_is_not_utf8_is_refused_not_replaced(api: dict) -> None:
     assert store.get("Ren\ufffd") is not None and api["changes"] == []
     status, body, _ = c.request("GET", "/api/v1/users/Ren%C3%A9/export")
     assert status == 404 and body["error"] == "not_found"  # proper UTF-8 is still a name
+
+
+def test_a_path_with_line_breaks_cannot_forge_log_lines(
+    api: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The request path was logged as decoded: '%0A' started a new line in the text log (the
+    # journal), so anyone reaching the port, token or not, could write lines that look like
+    # the daemon's own ("enrolled mallory over the API").
+    caplog.set_level(logging.INFO)
+    forged = "/api/v1/users/x%0A2026-01-01%20voxgate.api.users%20INFO%20enrolled%20mallory%0D"
+    for token in (None, TOKEN):
+        Client(api["port"], token).request("DELETE", forged)
+        Client(api["port"], token).request("GET", forged + "/export")
+    api_lines = [r.getMessage() for r in caplog.records if r.name.startswith("voxgate.api")]
+    assert len(api_lines) >= 4
+    assert not any(c in line for line in api_lines for c in "\n\r"), api_lines
+    assert any("x\\n2026-01-01" in line for line in api_lines)  # still readable, escaped

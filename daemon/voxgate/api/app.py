@@ -53,6 +53,12 @@ def audit_path(cfg: VoxgateConfig) -> Path:
     return Path(cfg.audit.path or Path(cfg.data_dir) / "audit.jsonl")
 
 
+def _path() -> str:
+    """The request path for a log line. It arrives percent-decoded: a '%0A' in it would start
+    a forged line in the text log (the journal), so control characters are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in request.path)
+
+
 def _error(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
     return jsonify({"error": code, "message": message, **extra}), status
 
@@ -95,7 +101,7 @@ def create_app(
             log.warning(
                 "API: rejected %s %s from %s (bad or missing token)",
                 request.method,
-                request.path,
+                _path(),
                 request.remote_addr,
             )
             resp, status = _error(401, "unauthorized", "missing or wrong bearer token")
@@ -112,7 +118,7 @@ def create_app(
             resp.headers["Allow"] = allow
         t0 = getattr(g, "t0", None)
         ms = (time.monotonic() - t0) * 1000 if t0 is not None else 0.0
-        log.info("API %s %s -> %d (%.0f ms)", request.method, request.path, resp.status_code, ms)
+        log.info("API %s %s -> %d (%.0f ms)", request.method, _path(), resp.status_code, ms)
         return resp
 
     @app.errorhandler(HTTPException)
@@ -130,7 +136,7 @@ def create_app(
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:
-        log.exception("API: %s %s failed", request.method, request.path)
+        log.exception("API: %s %s failed", request.method, _path())
         return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
     def _audit(event: str, **fields: Any) -> None:
@@ -153,7 +159,7 @@ def create_app(
 
     @app.errorhandler(_BadRequest)
     def _bad_request(exc: _BadRequest) -> tuple[Response, int]:
-        log.warning("API: bad request %s %s: %s", request.method, request.path, exc)
+        log.warning("API: bad request %s %s: %s", request.method, _path(), exc)
         return _error(400, "bad_request", str(exc))
 
     @app.errorhandler(StoreError)
