@@ -554,3 +554,23 @@ def test_a_path_with_line_breaks_cannot_forge_log_lines(
     assert len(api_lines) >= 4
     assert not any(c in line for line in api_lines for c in "\n\r"), api_lines
     assert any("x\\n2026-01-01" in line for line in api_lines)  # still readable, escaped
+
+
+def test_an_upload_file_name_with_line_breaks_cannot_forge_log_lines(
+    api: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The take's file name (RFC 2231 form, decoded by werkzeug) is in the 400 message, which
+    # was logged as is.
+    caplog.set_level(logging.INFO)
+    body = (
+        b'--bb\r\nContent-Disposition: form-data; name="take"; '
+        b"filename*=UTF-8''a.wav%0A2026-01-01%20INFO%20enrolled%20mallory\r\n\r\nnot audio\r\n"
+        b"--bb--\r\n"
+    )
+    status, reply, _ = api["client"].request(
+        "POST", "/api/v1/users/carol", body, {"Content-Type": "multipart/form-data; boundary=bb"}
+    )
+    assert status == 400 and "a.wav\n2026" in reply["message"]  # the client sees its name
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("voxgate.api")]
+    assert any("a.wav\\n2026" in line for line in lines), lines
+    assert not any("\n" in line for line in lines), lines

@@ -53,10 +53,15 @@ def audit_path(cfg: VoxgateConfig) -> Path:
     return Path(cfg.audit.path or Path(cfg.data_dir) / "audit.jsonl")
 
 
+def _printable(text: str) -> str:
+    """Text from the request for a log line: a line break in it (a path arrives
+    percent-decoded, an upload's file name too) would start a forged line in the text log
+    (the journal), so control characters are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _path() -> str:
-    """The request path for a log line. It arrives percent-decoded: a '%0A' in it would start
-    a forged line in the text log (the journal), so control characters are shown escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in request.path)
+    return _printable(request.path)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
@@ -159,7 +164,7 @@ def create_app(
 
     @app.errorhandler(_BadRequest)
     def _bad_request(exc: _BadRequest) -> tuple[Response, int]:
-        log.warning("API: bad request %s %s: %s", request.method, _path(), exc)
+        log.warning("API: bad request %s %s: %s", request.method, _path(), _printable(str(exc)))
         return _error(400, "bad_request", str(exc))
 
     @app.errorhandler(StoreError)
