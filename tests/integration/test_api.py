@@ -474,3 +474,103 @@ def test_an_upload_longer_than_a_take_is_refused_before_it_is_decoded(
     assert status == 400, body
     assert "take 1 (long.flac): longer than 120 s" in body["message"]
     assert enroll_api["store"].get("erin") is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "device_id: 2001-02-30\n",  # YAML reads it as a date; there is no 30 February
+        "metrics:\n  port: " + "9" * 5000 + "\n",  # past Python's int-from-text digit limit
+    ],
+)
+def test_a_value_yaml_cannot_build_is_a_problem_not_a_500(
+    api: dict, text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    status, body, _ = api["client"].request("POST", "/api/v1/config/check", text.encode())
+    assert status == 200 and body["valid"] is False, body
+    assert body["problems"][0].startswith("line "), body
+    assert "Traceback" not in caplog.text
+
+
+def test_a_token_with_non_ascii_characters_can_authenticate(
+    tmp_path: Path, no_secret_env: None
+) -> None:
+    # load_token takes any UTF-8 token; the header reaches the app decoded as Latin-1 (the
+    # WSGI rule), so comparing its UTF-8 re-encoding refused the right token every time.
+    token_file = tmp_path / "api-token"
+    token_file.write_text("pässwörd-0123456789-ü\n")
+    token_file.chmod(0o600)
+    cfg = parse_config(f"data_dir: {tmp_path}\napi: {{token_file: {token_file}}}\n")
+    token = load_token(cfg)
+    store = VoiceprintStore(tmp_path / "voiceprints.db", bytes(range(32)))
+    admin = UserAdmin(store, cfg.speaker, cfg.vad, load_embedder=lambda: None)
+    server = ApiServer(create_app(cfg, admin, token), "127.0.0.1", 0, poll_interval=0.05)
+    server.start()
+    try:
+        for sent, want in ((token, 200), (token[:-1] + b"x", 401), ("pässwörd".encode(), 401)):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            conn.putrequest("GET", "/api/v1/health")
+            conn.putheader("Authorization", b"Bearer " + sent)  # the UTF-8 bytes, as curl sends
+            conn.endheaders()
+            resp = conn.getresponse()
+            body = json.loads(resp.read())
+            conn.close()
+            assert resp.status == want, (sent, body)
+    finally:
+        server.stop()
+        store.close()
+
+
+def test_a_name_that_is_not_utf8_is_refused_not_replaced(api: dict) -> None:
+    # Werkzeug decodes a path's bytes that are not UTF-8 to U+FFFD: 'Ren%E9' (Latin-1 é) and
+    # 'Ren%E8' (è) both named 'Ren\ufffd', so erasing one erased the other person.
+    store = api["store"]
+    store.add_user("Ren\ufffd", np.ones((3, 256)), "test-model/1", {"takes": 3})
+    c = api["client"]
+    for method, path in (
+        ("DELETE", "/api/v1/users/Ren%E8"),
+        ("GET", "/api/v1/users/Ren%E8/export"),
+        ("POST", "/api/v1/users/Ren%E8"),
+    ):
+        status, body, _ = c.request(method, path)
+        assert status == 400 and "UTF-8" in body["message"], (method, body)
+    assert store.get("Ren\ufffd") is not None and api["changes"] == []
+    status, body, _ = c.request("GET", "/api/v1/users/Ren%C3%A9/export")
+    assert status == 404 and body["error"] == "not_found"  # proper UTF-8 is still a name
+
+
+def test_a_path_with_line_breaks_cannot_forge_log_lines(
+    api: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The request path was logged as decoded: '%0A' started a new line in the text log (the
+    # journal), so anyone reaching the port, token or not, could write lines that look like
+    # the daemon's own ("enrolled mallory over the API").
+    caplog.set_level(logging.INFO)
+    forged = "/api/v1/users/x%0A2026-01-01%20voxgate.api.users%20INFO%20enrolled%20mallory%0D"
+    for token in (None, TOKEN):
+        Client(api["port"], token).request("DELETE", forged)
+        Client(api["port"], token).request("GET", forged + "/export")
+    api_lines = [r.getMessage() for r in caplog.records if r.name.startswith("voxgate.api")]
+    assert len(api_lines) >= 4
+    assert not any(c in line for line in api_lines for c in "\n\r"), api_lines
+    assert any("x\\n2026-01-01" in line for line in api_lines)  # still readable, escaped
+
+
+def test_an_upload_file_name_with_line_breaks_cannot_forge_log_lines(
+    api: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The take's file name (RFC 2231 form, decoded by werkzeug) is in the 400 message, which
+    # was logged as is.
+    caplog.set_level(logging.INFO)
+    body = (
+        b'--bb\r\nContent-Disposition: form-data; name="take"; '
+        b"filename*=UTF-8''a.wav%0A2026-01-01%20INFO%20enrolled%20mallory\r\n\r\nnot audio\r\n"
+        b"--bb--\r\n"
+    )
+    status, reply, _ = api["client"].request(
+        "POST", "/api/v1/users/carol", body, {"Content-Type": "multipart/form-data; boundary=bb"}
+    )
+    assert status == 400 and "a.wav\n2026" in reply["message"]  # the client sees its name
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("voxgate.api")]
+    assert any("a.wav\\n2026" in line for line in lines), lines
+    assert not any("\n" in line for line in lines), lines

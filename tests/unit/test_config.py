@@ -170,3 +170,11 @@ def test_empty_credential_is_a_placeholder_not_a_secret(
     f.write_text("from-file")
     os.chmod(f, 0o600)
     assert read_secret("fleet-key", f) == b"from-file"  # the next place still counts
+
+
+def test_a_scalar_yaml_cannot_build_names_its_line() -> None:
+    # PyYAML raises ValueError (not a YAMLError) for an impossible date or a huge integer.
+    (msg,) = problems("device_id: door-1\nlogging:\n  level: 2024-13-01\n")
+    assert msg.startswith("line 3: not valid YAML:") and "month" in msg, msg
+    (msg,) = problems("api:\n  port: " + "1" * 5000 + "\n")
+    assert msg.startswith("line 2: not valid YAML:"), msg

@@ -53,6 +53,17 @@ def audit_path(cfg: VoxgateConfig) -> Path:
     return Path(cfg.audit.path or Path(cfg.data_dir) / "audit.jsonl")
 
 
+def _printable(text: str) -> str:
+    """Text from the request for a log line: a line break in it (a path arrives
+    percent-decoded, an upload's file name too) would start a forged line in the text log
+    (the journal), so control characters are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _path() -> str:
+    return _printable(request.path)
+
+
 def _error(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
     return jsonify({"error": code, "message": message, **extra}), status
 
@@ -87,12 +98,15 @@ def create_app(
         g.t0 = time.monotonic()
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        ok = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+        # WSGI hands headers over decoded as Latin-1: encoding back gives the bytes sent (a
+        # UTF-8 token's bytes included; .encode() made those never match).
+        sent = given.strip().encode("latin-1", "replace")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(sent, token)
         if not ok:
             log.warning(
                 "API: rejected %s %s from %s (bad or missing token)",
                 request.method,
-                request.path,
+                _path(),
                 request.remote_addr,
             )
             resp, status = _error(401, "unauthorized", "missing or wrong bearer token")
@@ -109,7 +123,7 @@ def create_app(
             resp.headers["Allow"] = allow
         t0 = getattr(g, "t0", None)
         ms = (time.monotonic() - t0) * 1000 if t0 is not None else 0.0
-        log.info("API %s %s -> %d (%.0f ms)", request.method, request.path, resp.status_code, ms)
+        log.info("API %s %s -> %d (%.0f ms)", request.method, _path(), resp.status_code, ms)
         return resp
 
     @app.errorhandler(HTTPException)
@@ -127,7 +141,7 @@ def create_app(
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:
-        log.exception("API: %s %s failed", request.method, request.path)
+        log.exception("API: %s %s failed", request.method, _path())
         return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
     def _audit(event: str, **fields: Any) -> None:
@@ -139,6 +153,10 @@ def create_app(
             log.exception("API: could not write audit event %s", event)
 
     def _name(raw: str) -> str:
+        # Werkzeug turns path bytes that are not UTF-8 into U+FFFD: two different names
+        # ('Ren%E9', 'Ren%E8' in Latin-1) would become one, and erase the wrong person.
+        if "\ufffd" in raw:
+            raise _BadRequest("the user name must be UTF-8, percent-encoded")
         try:
             return normalize_name(raw)
         except StoreError as exc:
@@ -146,7 +164,7 @@ def create_app(
 
     @app.errorhandler(_BadRequest)
     def _bad_request(exc: _BadRequest) -> tuple[Response, int]:
-        log.warning("API: bad request %s %s: %s", request.method, request.path, exc)
+        log.warning("API: bad request %s %s: %s", request.method, _path(), _printable(str(exc)))
         return _error(400, "bad_request", str(exc))
 
     @app.errorhandler(StoreError)

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 BLOCK = 64 * 1024
 MAX_SCAN_BYTES = 64 * 1024 * 1024  # never read more than this per request, however big the log
+MAX_LINE_BYTES = 1024 * 1024  # audit entries are small; a longer "line" is damage (e.g. NULs)
+_OVERLONG = b"\0"  # stands for a skipped overlong line: not JSON, so counted as skipped
 
 
 @dataclass
@@ -33,7 +35,10 @@ def _lines_backwards(path: Path, limit_bytes: int, stats: Recent) -> Iterator[by
     """Yield the file's lines from last to first, reading blocks from the end."""
     with open(path, "rb") as f:
         pos = f.seek(0, os.SEEK_END)
-        tail = b""
+        # The line being read, as blocks from last to first: joined once when its start is
+        # found (gluing each block onto the rest took time in the square of a line's length).
+        pending: list[bytes] = []
+        pending_len = 0
         while pos > 0:
             if stats.scanned_bytes >= limit_bytes:
                 stats.complete = False
@@ -43,13 +48,33 @@ def _lines_backwards(path: Path, limit_bytes: int, stats: Recent) -> Iterator[by
             f.seek(pos)
             chunk = f.read(step)
             stats.scanned_bytes += step
-            parts = (chunk + tail).split(b"\n")
-            tail = parts[0]
-            for line in reversed(parts[1:]):
+            parts = chunk.split(b"\n")
+            if pending_len <= MAX_LINE_BYTES:
+                pending.append(parts[-1])
+            pending_len += len(parts[-1])
+            if len(parts) == 1:
+                continue
+            yield from _whole(pending, pending_len)
+            for line in reversed(parts[1:-1]):
                 if line.strip():
                     yield line
-        if tail.strip():
-            yield tail
+            pending, pending_len = [parts[0]], len(parts[0])
+        yield from _whole(pending, pending_len)
+
+
+def _whole(pieces: list[bytes], length: int) -> Iterator[bytes]:
+    if length > MAX_LINE_BYTES:
+        yield _OVERLONG
+        return
+    line = b"".join(reversed(pieces))
+    if line.strip():
+        yield line
+
+
+def _no_constant(name: str) -> Any:
+    # NaN/Infinity are not JSON: the audit log never writes them, and passed on they made
+    # the whole response unreadable to a strict client.
+    raise ValueError(f"{name} is not JSON")
 
 
 def recent_events(
@@ -65,8 +90,8 @@ def recent_events(
         return out
     for raw in _lines_backwards(path, max_scan_bytes, out):
         try:
-            rec = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            rec = json.loads(raw, parse_constant=_no_constant)
+        except ValueError:  # not JSON, not UTF-8 (both ValueErrors), or NaN/Infinity
             out.skipped_lines += 1
             continue
         # A damaged line may still parse; an `event` that is not a string cannot be filtered

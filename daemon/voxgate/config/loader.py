@@ -109,6 +109,21 @@ def _allowed_keys(parent: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose scalars that cannot be built (2001-02-30, an int of 5000 digits) are
+    YAML errors at their line: PyYAML raises a bare ValueError there, which escaped as a
+    traceback (a 500 from the API's config check)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as exc:
+            shown = str(node.value) if len(str(node.value)) <= 40 else f"{str(node.value)[:37]}..."
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read '{shown}': {exc}", node.start_mark
+            ) from None
+
+
 def parse_config(text: str, source: str = "<config>") -> VoxgateConfig:
     """Validate YAML text; raises ConfigError with every problem found."""
     try:
@@ -121,7 +136,7 @@ def parse_config(text: str, source: str = "<config>") -> VoxgateConfig:
 def _parse(text: str, source: str) -> VoxgateConfig:
     try:
         root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
