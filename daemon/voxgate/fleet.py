@@ -229,6 +229,8 @@ class Codec:
             msg = json.loads(payload)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise MessageError("not JSON") from None
+        except RecursionError:  # "[[[[..." well under the size limit; it was a traceback
+            raise MessageError("JSON nested too deeply") from None
         if not isinstance(msg, dict):
             raise MessageError("not a JSON object")
         if msg.get("v") != WIRE_VERSION:
@@ -263,7 +265,7 @@ class Codec:
             raise MessageError("cannot decrypt (another site's fleet key?)") from None
         try:
             body = json.loads(plain)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise MessageError("damaged body") from None
         name = body.get("name") if isinstance(body, dict) else None
         if not isinstance(name, str) or self.user_tag(name) != msg["tag"]:

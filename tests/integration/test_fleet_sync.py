@@ -365,3 +365,23 @@ def test_an_update_the_broker_refuses_stays_in_the_outbox(fleet: dict) -> None:
     wait_until(lambda: c.agent.stats["refused_by_broker"] >= 1, 10, "the broker's refusal")
     assert len(c.agent.state.outbox()) == 1
     assert c.agent.stats["sent"] == 0
+
+
+def test_deeply_nested_json_is_refused_with_a_log_line_not_a_traceback(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = fleet["a"], fleet["b"]
+    caplog.set_level(logging.WARNING, logger="voxgate.fleet")
+    b.start(embedder.model_id)
+    snoop = Snoop(fleet["broker"], "door-a")
+    # 200 kB, well under the size limit, but deeper than json.loads can recurse.
+    nested = b"[" * 100_000 + b"]" * 100_000
+    snoop.publish(f"{ROOT}/lobby/{b.agent.codec.user_tag('alice')}", nested)
+    wait_until(lambda: b.agent.stats["refused"] >= 1, 10, "the nested message refused")
+    assert any("nested too deeply" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert b.store.users() == []
+    a.start(embedder.model_id)
+    a.admin(embedder).enroll("alice", alice_takes)
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    snoop.close()
