@@ -747,6 +747,11 @@ class FleetSync:
             self.stats["ignored_old"] += 1
             return "ignored_old"
         if upd.kind == "erase":
+            if known is not None and upd.version <= known[0]:
+                # Older than what this door has, e.g. the erase still retained on another
+                # group's topic after the user was enrolled again: the newer change stands.
+                self.stats["ignored_old"] += 1
+                return "ignored_old"
             erased = self.store.erase(upd.name)
             self.state.set_user(upd.tag, upd.version, "erase", held=False)
             self.state.set_grant(upd.tag, upd.group, upd.version, "erase")

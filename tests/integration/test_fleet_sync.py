@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not install
 
 ROOT = topic_root("voxgate", "acme")
 ACCESS = {"lobby": ["alice", "bob", "dave"], "lab": ["carol"]}
-USERS = {"door-a": "pw-a-123", "door-b": "pw-b-456", "door-c": "pw-c-789"}
+USERS = {"door-a": "pw-a-123", "door-b": "pw-b-456", "door-c": "pw-c-789", "door-d": "pw-d-012"}
 ACL = f"""
 user door-a
 topic read {ROOT}/lobby/#
@@ -40,6 +40,10 @@ topic read {ROOT}/lobby/#
 topic write {ROOT}/#
 
 user door-c
+topic read {ROOT}/lab/#
+
+user door-d
+topic read {ROOT}/lobby/#
 topic read {ROOT}/lab/#
 """
 ALICE, MALLORY = "en+m3", "en+f2"  # espeak voices
@@ -385,3 +389,47 @@ def test_deeply_nested_json_is_refused_with_a_log_line_not_a_traceback(
     a.admin(embedder).enroll("alice", alice_takes)
     wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
     snoop.close()
+
+
+def test_an_older_erase_from_another_group_does_not_remove_a_newer_enrollment(
+    fleet: dict, tmp_path: Path
+) -> None:
+    """Door D is in lobby and lab. alice (lobby only) is enrolled, erased (the erase goes to
+    every group), enrolled again (lobby only). D, offline meanwhile, finds both retained: the
+    new voiceprint on lobby and the older erase on lab. The erase used to be applied because
+    D had no lab grant for alice: a valid, older message removed a newer user."""
+    a = fleet["a"]
+    d = Door(tmp_path, "door-d", fleet["broker"], ["lobby", "lab"])
+    (d.dir / "signing-key").write_text(os.urandom(32).hex() + "\n")
+    (d.dir / "signing-key").chmod(0o600)
+    try:
+        emb = np.random.default_rng(2).normal(size=(3, 256)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        a.store.add_user("alice", emb, "test-model")
+        a.start("test-model")
+        d.start("test-model")
+        a.agent.publish_enrollment("alice")
+        wait_until(lambda: d.store.get("alice") is not None, 10, "alice on door D")
+        d.stop()
+        assert a.store.erase("alice")
+        a.agent.on_local_change("erased", "alice")
+        a.store.add_user("alice", emb, "test-model")
+        version = a.agent.state.user(a.agent.codec.user_tag("alice"))[0]  # the erase's
+        a.agent.publish_enrollment("alice")
+        wait_until(lambda: a.agent.state.outbox() == [], 10, "A's outbox drained")
+        d.start("test-model")
+        tag = d.agent.codec.user_tag("alice")
+
+        def synced() -> bool:
+            lobby = d.agent.state.grant(tag, "lobby")
+            lab_seen = d.agent.state.grant(tag, "lab") is not None
+            return bool(lobby and lobby[0] > version) and (
+                lab_seen or d.agent.stats["ignored_old"] >= 1
+            )
+
+        wait_until(synced, 10, "door D synced both groups")
+        assert d.store.get("alice") is not None
+        assert d.agent.state.user(tag)[2]  # held
+    finally:
+        d.stop()
+        d.store.close()
