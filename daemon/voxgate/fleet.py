@@ -288,11 +288,14 @@ class Codec:
             emb = emb.astype(np.float32).reshape(-1, dim)
         except (KeyError, ValueError, TypeError):
             raise MessageError("damaged voiceprint body") from None
+        # Checked here, not left to the store: its refusal was a traceback per message.
+        if emb.shape[0] < 1 or not np.all(np.isfinite(emb)):
+            raise MessageError("voiceprint body without usable embeddings (none, NaN or inf)")
+        meta = body.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise MessageError("voiceprint meta is not a JSON object")
         return dataclasses.replace(
-            update,
-            model_id=str(body.get("model_id")),
-            embeddings=emb,
-            meta=dict(body.get("meta") or {}),
+            update, model_id=str(body.get("model_id")), embeddings=emb, meta=dict(meta)
         )
 
 
@@ -454,6 +457,7 @@ class FleetSync:
             "not_allowed": 0,
             "sent": 0,
             "refused_by_broker": 0,
+            "store_failed": 0,
         }
         self._client: Any = None
         # Its own MQTT session, apart from the daemon's MqttLink (whose id it must not reuse).
@@ -717,8 +721,15 @@ class FleetSync:
             self.stats["refused"] += 1
             self._audit("fleet_refused", topic=topic, reason=str(exc))
             return "refused"
-        with self._apply_lock:
-            outcome = self._apply(upd)
+        try:
+            with self._apply_lock:
+                outcome = self._apply(upd)
+        except StoreError as exc:
+            # e.g. a read-only or full disk: nothing recorded in the sync state either, so the
+            # retained message is applied again after the next connect.
+            log.error("fleet sync: could not apply %s of %s: %s", upd.kind, upd.name, exc)
+            self.stats["store_failed"] += 1
+            return "store_failed"
         if outcome in {"stored", "erased", "erased_absent", "revoked", "not_allowed"}:
             self._audit(
                 "fleet_" + outcome,

@@ -77,8 +77,7 @@ def test_a_failed_store_write_is_retried_on_redelivery(tmp_path: Path) -> None:
     door = _door(tmp_path, ["lobby"], {"lobby": ["alice"]})
     topic, msg = _vp("lobby", "alice", 3)
     door.store.close()  # e.g. the disk went away
-    with pytest.raises(Exception):  # noqa: B017 - whatever SQLite raises; _on_message logs it
-        door.handle(topic, msg)
+    assert door.handle(topic, msg) == "store_failed"  # a log line, not a traceback
     door.store = VoiceprintStore(tmp_path / "vp2.db", os.urandom(32))
     assert door.handle(topic, msg) == "stored"  # the state did not claim it was applied
 
@@ -106,3 +105,26 @@ def test_a_damaged_voiceprint_neither_stops_the_start_nor_blocks_its_repair(tmp_
     assert door.store.get("bob").meta["fleet_version"] == 2
     damage_row(door.store, "bob")  # nothing readable left at all: logged, not raised
     assert door.enforce_access() == []
+
+
+def test_unusable_voiceprint_bodies_are_refused_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A signed voiceprint with NaN or no embeddings, or a meta that is not an object, used
+    to raise from the store (or dict()) inside handle(): a traceback per message."""
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice"]})
+    topic = f"{ROOT}/lobby/{SENDER.user_tag('alice')}"
+    nan = np.full((2, 8), np.nan, dtype=np.float32)
+    none = np.zeros((0, 8), dtype=np.float32)
+    ok = np.ones((2, 8), dtype=np.float32)
+    bad = [
+        SENDER.encode("voiceprint", "lobby", "alice", 1, model_id="m", embeddings=nan),
+        SENDER.encode("voiceprint", "lobby", "alice", 2, model_id="m", embeddings=none),
+        SENDER.encode("voiceprint", "lobby", "alice", 3, model_id="m", embeddings=ok, meta="x"),  # type: ignore[arg-type]
+    ]
+    for msg in bad:
+        assert door.handle(topic, msg) == "refused"
+    assert door.store.users() == []
+    assert door.stats["refused"] == 3
+    assert not [r for r in caplog.records if r.exc_info]
+    assert door.handle(*_vp("lobby", "alice", 4)) == "stored"  # later versions still apply
