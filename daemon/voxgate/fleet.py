@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 WIRE_VERSION = 1
 KINDS = ("voiceprint", "erase", "revoke")
 MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_VERSION = 2**63 - 1
 MAX_SKEW_S = 24 * 3600  # refuse messages claiming to be from the far future (clock bugs)
 
 
@@ -243,6 +244,10 @@ class Codec:
             raise MessageError(f"unknown kind {msg['kind']!r}")
         if not isinstance(msg["version"], int) or not isinstance(msg["issued_at"], (int, float)):
             raise MessageError("version/issued_at have the wrong type")
+        # SQLite holds 64-bit integers: a larger version stored the voiceprint, then failed
+        # (a traceback) before the sync state recorded it.
+        if not 0 <= msg["version"] <= MAX_VERSION:
+            raise MessageError(f"version {msg['version']} out of range")
         # The topic is not signed, so the signed header must name the same place.
         if (msg["site"], msg["group"], msg["tag"]) != (self.site, topic_group, topic_tag):
             raise MessageError("header does not match the topic it came on")

@@ -128,3 +128,15 @@ def test_unusable_voiceprint_bodies_are_refused_not_raised(
     assert door.stats["refused"] == 3
     assert not [r for r in caplog.records if r.exc_info]
     assert door.handle(*_vp("lobby", "alice", 4)) == "stored"  # later versions still apply
+
+
+def test_a_version_sqlite_cannot_hold_is_refused_before_anything_is_stored(
+    tmp_path: Path,
+) -> None:
+    """A signed version above 2**63-1 stored the voiceprint, then raised OverflowError while
+    recording the version: a traceback, and a user in the store the sync state knew nothing of."""
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice"]})
+    assert door.handle(*_vp("lobby", "alice", 2**63)) == "refused"
+    assert door.handle(*_tomb("erase", "lobby", "alice", 2**64)) == "refused"
+    assert door.store.get("alice") is None
+    assert door.handle(*_vp("lobby", "alice", 2**63 - 1)) == "stored"  # the largest allowed
