@@ -449,6 +449,7 @@ class FleetSync:
         self._inflight: dict[int, tuple[str, int]] = {}
         self._acked: set[int] = set()
         self._refused: set[int] = set()  # failed PUBACKs that arrived before _send recorded them
+        self._sent: dict[str, int] = {}  # topic -> version this connection published there
         self._inflight_lock = threading.Lock()
         # Held while reading the outbox and publishing from it, and while queueing and
         # publishing a local change: a topic's newer version must never go out before an
@@ -463,6 +464,7 @@ class FleetSync:
             "sent": 0,
             "refused_by_broker": 0,
             "store_failed": 0,
+            "restored": 0,
         }
         self._client: Any = None
         # Its own MQTT session, apart from the daemon's MqttLink (whose id it must not reuse).
@@ -554,6 +556,7 @@ class FleetSync:
                 self._inflight.clear()
                 self._acked.clear()
                 self._refused.clear()
+            self._sent.clear()
             self.connected.set()
             pending = self.state.outbox()
             if pending:
@@ -589,6 +592,7 @@ class FleetSync:
         if client is None or not self.connected.is_set():
             return  # stays in the outbox until the next connect
         info = client.publish(topic, payload, qos=1, retain=True)
+        self._sent[topic] = version
         # The PUBACK can beat us here (paho's loop thread): then on_publish left the mid in
         # _acked. No lock is held around publish() itself, which takes paho's own locks.
         with self._inflight_lock:
@@ -726,6 +730,7 @@ class FleetSync:
             self.stats["refused"] += 1
             self._audit("fleet_refused", topic=topic, reason=str(exc))
             return "refused"
+        self._restore_newer(topic, payload, upd.version)
         try:
             with self._apply_lock:
                 outcome = self._apply(upd)
@@ -744,6 +749,30 @@ class FleetSync:
                 group=upd.group,
             )
         return outcome
+
+    def _restore_newer(self, topic: str, payload: bytes, version: int) -> None:
+        """Make a newer message the retained one again after this door sent an older one.
+
+        A door back online sends its outbox right after subscribing; if another door changed
+        the same user meanwhile (e.g. erased them), the older message replaced the newer one
+        as the retained message, and a door syncing later applied it (an erased user came
+        back). The newer one arrives here (retained, or live when the two crossed): it is sent
+        again as received (signed by its author), through the outbox so it is not lost.
+        """
+        with self._send_lock:
+            mine = self._sent.get(topic)
+            if mine is None or mine >= version:
+                return
+            del self._sent[topic]
+            self.state.queue(topic, payload, version)
+            self._send(topic, payload, version)
+        self.stats["restored"] += 1
+        log.info(
+            "fleet sync: version %d on %s is newer than the %d sent from here; sent it again",
+            version,
+            topic,
+            mine,
+        )
 
     def _audit(self, event: str, **fields: Any) -> None:
         if self.audit_event is None:

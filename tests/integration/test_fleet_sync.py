@@ -433,3 +433,50 @@ def test_an_older_erase_from_another_group_does_not_remove_a_newer_enrollment(
     finally:
         d.stop()
         d.store.close()
+
+
+def test_an_older_outbox_entry_does_not_replace_another_doors_newer_erase(
+    fleet: dict, tmp_path: Path
+) -> None:
+    """Door A, offline, re-enrolls alice (queued in its outbox); meanwhile door B erases her.
+    A reconnects and sends its outbox right after subscribing, so its older voiceprint became
+    the retained message over B's erase: the online doors ignored it (older), but a door
+    syncing later stored the erased user."""
+    import json
+
+    a, b, broker = fleet["a"], fleet["b"], fleet["broker"]
+    emb = np.random.default_rng(3).normal(size=(3, 256)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    a.store.add_user("alice", emb, "test-model")
+    b.start("test-model")
+    cfg = a.config()
+    offline_a = FleetSync(  # A's agent, not connected: the change waits in its outbox
+        cfg.fleet, cfg.mqtt, cfg.device_id, a.store, a.dir / "fleet.db", model_id="test-model"
+    )
+    offline_a.publish_enrollment("alice")
+    assert len(offline_a.state.outbox()) == 1
+    b.agent.publish_erase("alice")  # a newer version: B's clock has moved on
+    assert b.agent.wait_sent(10)
+
+    snoop = Snoop(broker, "door-a")
+    topic = b.agent.topic("lobby", "alice")
+    a.agent = offline_a
+    offline_a.start()
+    wait_until(lambda: offline_a.state.outbox() == [], 10, "A's outbox drained")
+
+    def retained_kind() -> str:
+        seen = [p for t, p in snoop.messages if t == topic]
+        return str(json.loads(seen[-1])["kind"]) if seen else ""  # the header is in the clear
+
+    wait_until(lambda: retained_kind() == "erase", 10, "B's erase retained again")
+    snoop.close()
+    d = Door(tmp_path, "door-d", broker, ["lobby"])  # a door that syncs later
+    (d.dir / "signing-key").write_text(os.urandom(32).hex() + "\n")
+    (d.dir / "signing-key").chmod(0o600)
+    try:
+        d.start("test-model")
+        wait_until(lambda: d.agent.stats["applied"] >= 1, 10, "door D synced")
+        assert d.store.get("alice") is None
+    finally:
+        d.stop()
+        d.store.close()
