@@ -140,3 +140,32 @@ def test_a_version_sqlite_cannot_hold_is_refused_before_anything_is_stored(
     assert door.handle(*_tomb("erase", "lobby", "alice", 2**64)) == "refused"
     assert door.store.get("alice") is None
     assert door.handle(*_vp("lobby", "alice", 2**63 - 1)) == "stored"  # the largest allowed
+
+
+def test_a_local_change_on_a_receive_only_door_is_a_warning_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A door without a signing key only receives; erasing a user through its admin API (or
+    the MQTT erase-user command) logged the FleetError with a traceback."""
+    from voxgate.api.users import UserAdmin
+
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice"]})  # KEYS: no signing key
+    door.store.add_user("alice", np.ones((2, 8)), "m")
+    admin = UserAdmin(door.store, None, None, lambda: None, on_change=door.on_local_change)
+    admin.erase("alice")
+    assert door.store.get("alice") is None  # the local change stands
+    assert not [r for r in caplog.records if r.exc_info]
+    assert any("no fleet signing key" in r.getMessage() for r in caplog.records)
+    assert door.state.outbox() == []
+    # The same through the daemon's MQTT erase-user command.
+    from types import SimpleNamespace
+
+    from voxgate.config import VoxgateConfig
+    from voxgate.service.users import UserServices
+
+    door.store.add_user("alice", np.ones((2, 8)), "m")
+    emb = SimpleNamespace(model_id="m")
+    users = UserServices(VoxgateConfig(data_dir=tmp_path), door.store, emb, lambda e, **f: None)
+    users.agent = door
+    assert users.command_erase({"user": "alice"}) == {"user": "alice", "erased": True}
+    assert not [r for r in caplog.records if r.exc_info]
