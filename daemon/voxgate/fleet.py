@@ -785,18 +785,15 @@ class FleetSync:
     def _apply(self, upd: Update) -> str:
         known = self.state.user(upd.tag)
         if known is not None and upd.version <= known[0] and known[1] == "erase":
-            self.stats["ignored_old"] += 1
-            return "ignored_old"  # erased later than this message was made
+            return self._ignored(upd, known[0])  # erased later than this message was made
         grant = self.state.grant(upd.tag, upd.group)
         if grant is not None and upd.version <= grant[0]:
-            self.stats["ignored_old"] += 1
-            return "ignored_old"
+            return self._ignored(upd, grant[0])
         if upd.kind == "erase":
             if known is not None and upd.version <= known[0]:
                 # Older than what this door has, e.g. the erase still retained on another
                 # group's topic after the user was enrolled again: the newer change stands.
-                self.stats["ignored_old"] += 1
-                return "ignored_old"
+                return self._ignored(upd, known[0])
             erased = self.store.erase(upd.name)
             self.state.set_user(upd.tag, upd.version, "erase", held=False)
             self.state.set_grant(upd.tag, upd.group, upd.version, "erase")
@@ -853,6 +850,22 @@ class FleetSync:
         )
         self.stats["applied"] += 1
         return "stored"
+
+    def _ignored(self, upd: Update, have: int) -> str:
+        self.stats["ignored_old"] += 1
+        if upd.version < have:
+            # The same version again is the retained copy after a reconnect; an older one is a
+            # replay, or a message that crossed a newer change: worth a line, never applied.
+            log.info(
+                "fleet sync: ignored %s of %s (version %d, by %s, via %s): version %d is newer",
+                upd.kind,
+                upd.name,
+                upd.version,
+                upd.signer,
+                upd.group,
+                have,
+            )
+        return "ignored_old"
 
     def enforce_access(self) -> list[str]:
         """Erase voiceprints received from the fleet that this door's config no longer allows.

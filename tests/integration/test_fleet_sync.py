@@ -260,6 +260,8 @@ def test_offline_door_catches_up_and_erase_wins_over_a_replay(
     snoop.publish(old[0][0], old[0][1])
     wait_until(lambda: b.agent.stats["ignored_old"] > ignored, 10, "replay ignored")
     assert b.store.get("alice") is None
+    # ...and says so (a replay was silent).
+    assert any("ignored voiceprint of alice" in r.getMessage() for r in caplog.records)
     snoop.close()
 
 
