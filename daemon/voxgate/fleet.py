@@ -756,14 +756,18 @@ class FleetSync:
         A door back online sends its outbox right after subscribing; if another door changed
         the same user meanwhile (e.g. erased them), the older message replaced the newer one
         as the retained message, and a door syncing later applied it (an erased user came
-        back). The newer one arrives here (retained, or live when the two crossed): it is sent
-        again as received (signed by its author), through the outbox so it is not lost.
+        back). The newer one arrives here (retained, or live when the two crossed) before our
+        own message comes back: it is sent again as received (signed by its author), through
+        the outbox so it is not lost. Once our own message has come back, a newer one is an
+        ordinary later change, which the broker keeps by itself.
         """
         with self._send_lock:
             mine = self._sent.get(topic)
-            if mine is None or mine >= version:
+            if mine is None or mine > version:
                 return
             del self._sent[topic]
+            if mine == version:
+                return  # our own message came back first: the broker keeps what came later
             self.state.queue(topic, payload, version)
             self._send(topic, payload, version)
         self.stats["restored"] += 1

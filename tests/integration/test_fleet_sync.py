@@ -482,3 +482,21 @@ def test_an_older_outbox_entry_does_not_replace_another_doors_newer_erase(
     finally:
         d.stop()
         d.store.close()
+
+
+def test_a_later_change_by_another_door_is_not_sent_again(fleet: dict) -> None:
+    """The counterpart of the test above: when A's own message has come back from the broker
+    first, B's later erase is an ordinary newer change, and A does not send it again."""
+    a, b = fleet["a"], fleet["b"]
+    emb = np.random.default_rng(4).normal(size=(3, 256)).astype(np.float32)
+    a.store.add_user("alice", emb / np.linalg.norm(emb, axis=1, keepdims=True), "test-model")
+    a.start("test-model")
+    b.start("test-model")
+    a.agent.publish_enrollment("alice")
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    tag = a.agent.codec.user_tag("alice")
+    wait_until(lambda: a.agent.state.grant(tag, "lobby") is not None, 10, "A's own echo")
+    wait_until(lambda: a.agent.stats["ignored_old"] >= 1, 10, "A's own echo")
+    b.agent.publish_erase("alice")
+    wait_until(lambda: a.store.get("alice") is None, 10, "alice erased on door A")
+    assert a.agent.stats["restored"] == 0
