@@ -361,6 +361,10 @@ class SyncState:
                 "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?)", (tag, group, version, kind)
             )
 
+    def forget_grants(self, tag: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM grants WHERE tag = ?", (tag,))
+
     def granting_groups(self, tag: str) -> list[str]:
         with self._lock:
             rows = self._db.execute(
@@ -896,6 +900,9 @@ class FleetSync:
                 self.store.erase(vp.name)
                 known = self.state.user(tag)
                 self.state.set_user(tag, known[0] if known else 0, "revoke", held=False)
+                # Not a tombstone: if the config allows them again, the retained voiceprint
+                # (same version) must be applied, not skipped as one already seen.
+                self.state.forget_grants(tag)
                 dropped.append(vp.name)
                 log.info("fleet sync: %s no longer allowed here (config); erased", vp.name)
         return dropped

@@ -169,3 +169,21 @@ def test_a_local_change_on_a_receive_only_door_is_a_warning_not_a_traceback(
     users.agent = door
     assert users.command_erase({"user": "alice"}) == {"user": "alice", "erased": True}
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_a_user_dropped_by_config_comes_back_when_the_config_allows_them_again(
+    tmp_path: Path,
+) -> None:
+    """enforce_access erased alice but kept her grant, so when the access map was put back
+    (an Ansible mistake reverted) the retained voiceprint was skipped as already seen and
+    alice stayed locked out of this door until someone re-enrolled her."""
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice", "bob"]})
+    topic, msg = _vp("lobby", "alice", 1)
+    assert door.handle(topic, msg) == "stored"
+    door.cfg = door.cfg.model_copy(update={"access": {"lobby": ["bob"]}})
+    assert door.enforce_access() == ["alice"]
+    assert door.handle(topic, msg) == "not_allowed"  # redelivered: still not allowed
+    assert door.store.get("alice") is None
+    door.cfg = door.cfg.model_copy(update={"access": {"lobby": ["alice", "bob"]}})
+    assert door.handle(topic, msg) == "stored"  # the retained copy after the next connect
+    assert door.store.get("alice") is not None
