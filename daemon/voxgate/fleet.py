@@ -361,9 +361,12 @@ class SyncState:
                 "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?)", (tag, group, version, kind)
             )
 
-    def forget_grants(self, tag: str) -> None:
+    def drop_grants(self, tag: str) -> None:
+        """Mark the user's voiceprint grants as dropped by this door's config."""
         with self._lock:
-            self._db.execute("DELETE FROM grants WHERE tag = ?", (tag,))
+            self._db.execute(
+                "UPDATE grants SET kind = 'dropped' WHERE tag = ? AND kind = 'voiceprint'", (tag,)
+            )
 
     def granting_groups(self, tag: str) -> list[str]:
         with self._lock:
@@ -795,7 +798,9 @@ class FleetSync:
         if known is not None and upd.version <= known[0] and known[1] == "erase":
             return self._ignored(upd, known[0])  # erased later than this message was made
         grant = self.state.grant(upd.tag, upd.group)
-        if grant is not None and upd.version <= grant[0]:
+        # A grant dropped by config takes its own version again (older ones stay ignored).
+        redo = grant is not None and grant[1] == "dropped" and upd.version == grant[0]
+        if grant is not None and upd.version <= grant[0] and not redo:
             return self._ignored(upd, grant[0])
         if upd.kind == "erase":
             if known is not None and upd.version <= known[0]:
@@ -902,7 +907,7 @@ class FleetSync:
                 self.state.set_user(tag, known[0] if known else 0, "revoke", held=False)
                 # Not a tombstone: if the config allows them again, the retained voiceprint
                 # (same version) must be applied, not skipped as one already seen.
-                self.state.forget_grants(tag)
+                self.state.drop_grants(tag)
                 dropped.append(vp.name)
                 log.info("fleet sync: %s no longer allowed here (config); erased", vp.name)
         return dropped

@@ -185,5 +185,7 @@ def test_a_user_dropped_by_config_comes_back_when_the_config_allows_them_again(
     assert door.handle(topic, msg) == "not_allowed"  # redelivered: still not allowed
     assert door.store.get("alice") is None
     door.cfg = door.cfg.model_copy(update={"access": {"lobby": ["alice", "bob"]}})
+    old_topic, old_msg = _vp("lobby", "alice", 0)
+    assert door.handle(old_topic, old_msg) == "ignored_old"  # a replay of an older one
     assert door.handle(topic, msg) == "stored"  # the retained copy after the next connect
     assert door.store.get("alice") is not None
