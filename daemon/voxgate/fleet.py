@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 WIRE_VERSION = 1
 KINDS = ("voiceprint", "erase", "revoke")
 MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_VERSION = 2**63 - 1
 MAX_SKEW_S = 24 * 3600  # refuse messages claiming to be from the far future (clock bugs)
 
 
@@ -229,6 +230,8 @@ class Codec:
             msg = json.loads(payload)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise MessageError("not JSON") from None
+        except RecursionError:  # "[[[[..." well under the size limit; it was a traceback
+            raise MessageError("JSON nested too deeply") from None
         if not isinstance(msg, dict):
             raise MessageError("not a JSON object")
         if msg.get("v") != WIRE_VERSION:
@@ -241,6 +244,10 @@ class Codec:
             raise MessageError(f"unknown kind {msg['kind']!r}")
         if not isinstance(msg["version"], int) or not isinstance(msg["issued_at"], (int, float)):
             raise MessageError("version/issued_at have the wrong type")
+        # SQLite holds 64-bit integers: a larger version stored the voiceprint, then failed
+        # (a traceback) before the sync state recorded it.
+        if not 0 <= msg["version"] <= MAX_VERSION:
+            raise MessageError(f"version {msg['version']} out of range")
         # The topic is not signed, so the signed header must name the same place.
         if (msg["site"], msg["group"], msg["tag"]) != (self.site, topic_group, topic_tag):
             raise MessageError("header does not match the topic it came on")
@@ -263,7 +270,7 @@ class Codec:
             raise MessageError("cannot decrypt (another site's fleet key?)") from None
         try:
             body = json.loads(plain)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise MessageError("damaged body") from None
         name = body.get("name") if isinstance(body, dict) else None
         if not isinstance(name, str) or self.user_tag(name) != msg["tag"]:
@@ -286,11 +293,14 @@ class Codec:
             emb = emb.astype(np.float32).reshape(-1, dim)
         except (KeyError, ValueError, TypeError):
             raise MessageError("damaged voiceprint body") from None
+        # Checked here, not left to the store: its refusal was a traceback per message.
+        if emb.shape[0] < 1 or not np.all(np.isfinite(emb)):
+            raise MessageError("voiceprint body without usable embeddings (none, NaN or inf)")
+        meta = body.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise MessageError("voiceprint meta is not a JSON object")
         return dataclasses.replace(
-            update,
-            model_id=str(body.get("model_id")),
-            embeddings=emb,
-            meta=dict(body.get("meta") or {}),
+            update, model_id=str(body.get("model_id")), embeddings=emb, meta=dict(meta)
         )
 
 
@@ -349,6 +359,13 @@ class SyncState:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?)", (tag, group, version, kind)
+            )
+
+    def drop_grants(self, tag: str) -> None:
+        """Mark the user's voiceprint grants as dropped by this door's config."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE grants SET kind = 'dropped' WHERE tag = ? AND kind = 'voiceprint'", (tag,)
             )
 
     def granting_groups(self, tag: str) -> list[str]:
@@ -439,6 +456,7 @@ class FleetSync:
         self._inflight: dict[int, tuple[str, int]] = {}
         self._acked: set[int] = set()
         self._refused: set[int] = set()  # failed PUBACKs that arrived before _send recorded them
+        self._sent: dict[str, int] = {}  # topic -> version this connection published there
         self._inflight_lock = threading.Lock()
         # Held while reading the outbox and publishing from it, and while queueing and
         # publishing a local change: a topic's newer version must never go out before an
@@ -452,6 +470,8 @@ class FleetSync:
             "not_allowed": 0,
             "sent": 0,
             "refused_by_broker": 0,
+            "store_failed": 0,
+            "restored": 0,
         }
         self._client: Any = None
         # Its own MQTT session, apart from the daemon's MqttLink (whose id it must not reuse).
@@ -543,6 +563,7 @@ class FleetSync:
                 self._inflight.clear()
                 self._acked.clear()
                 self._refused.clear()
+            self._sent.clear()
             self.connected.set()
             pending = self.state.outbox()
             if pending:
@@ -578,6 +599,7 @@ class FleetSync:
         if client is None or not self.connected.is_set():
             return  # stays in the outbox until the next connect
         info = client.publish(topic, payload, qos=1, retain=True)
+        self._sent[topic] = version
         # The PUBACK can beat us here (paho's loop thread): then on_publish left the mid in
         # _acked. No lock is held around publish() itself, which takes paho's own locks.
         with self._inflight_lock:
@@ -715,8 +737,16 @@ class FleetSync:
             self.stats["refused"] += 1
             self._audit("fleet_refused", topic=topic, reason=str(exc))
             return "refused"
-        with self._apply_lock:
-            outcome = self._apply(upd)
+        self._restore_newer(topic, payload, upd.version)
+        try:
+            with self._apply_lock:
+                outcome = self._apply(upd)
+        except StoreError as exc:
+            # e.g. a read-only or full disk: nothing recorded in the sync state either, so the
+            # retained message is applied again after the next connect.
+            log.error("fleet sync: could not apply %s of %s: %s", upd.kind, upd.name, exc)
+            self.stats["store_failed"] += 1
+            return "store_failed"
         if outcome in {"stored", "erased", "erased_absent", "revoked", "not_allowed"}:
             self._audit(
                 "fleet_" + outcome,
@@ -726,6 +756,34 @@ class FleetSync:
                 group=upd.group,
             )
         return outcome
+
+    def _restore_newer(self, topic: str, payload: bytes, version: int) -> None:
+        """Make a newer message the retained one again after this door sent an older one.
+
+        A door back online sends its outbox right after subscribing; if another door changed
+        the same user meanwhile (e.g. erased them), the older message replaced the newer one
+        as the retained message, and a door syncing later applied it (an erased user came
+        back). The newer one arrives here (retained, or live when the two crossed) before our
+        own message comes back: it is sent again as received (signed by its author), through
+        the outbox so it is not lost. Once our own message has come back, a newer one is an
+        ordinary later change, which the broker keeps by itself.
+        """
+        with self._send_lock:
+            mine = self._sent.get(topic)
+            if mine is None or mine > version:
+                return
+            del self._sent[topic]
+            if mine == version:
+                return  # our own message came back first: the broker keeps what came later
+            self.state.queue(topic, payload, version)
+            self._send(topic, payload, version)
+        self.stats["restored"] += 1
+        log.info(
+            "fleet sync: version %d on %s is newer than the %d sent from here; sent it again",
+            version,
+            topic,
+            mine,
+        )
 
     def _audit(self, event: str, **fields: Any) -> None:
         if self.audit_event is None:
@@ -738,13 +796,17 @@ class FleetSync:
     def _apply(self, upd: Update) -> str:
         known = self.state.user(upd.tag)
         if known is not None and upd.version <= known[0] and known[1] == "erase":
-            self.stats["ignored_old"] += 1
-            return "ignored_old"  # erased later than this message was made
+            return self._ignored(upd, known[0])  # erased later than this message was made
         grant = self.state.grant(upd.tag, upd.group)
-        if grant is not None and upd.version <= grant[0]:
-            self.stats["ignored_old"] += 1
-            return "ignored_old"
+        # A grant dropped by config takes its own version again (older ones stay ignored).
+        redo = grant is not None and grant[1] == "dropped" and upd.version == grant[0]
+        if grant is not None and upd.version <= grant[0] and not redo:
+            return self._ignored(upd, grant[0])
         if upd.kind == "erase":
+            if known is not None and upd.version <= known[0]:
+                # Older than what this door has, e.g. the erase still retained on another
+                # group's topic after the user was enrolled again: the newer change stands.
+                return self._ignored(upd, known[0])
             erased = self.store.erase(upd.name)
             self.state.set_user(upd.tag, upd.version, "erase", held=False)
             self.state.set_grant(upd.tag, upd.group, upd.version, "erase")
@@ -802,6 +864,22 @@ class FleetSync:
         self.stats["applied"] += 1
         return "stored"
 
+    def _ignored(self, upd: Update, have: int) -> str:
+        self.stats["ignored_old"] += 1
+        if upd.version < have:
+            # The same version again is the retained copy after a reconnect; an older one is a
+            # replay, or a message that crossed a newer change: worth a line, never applied.
+            log.info(
+                "fleet sync: ignored %s of %s (version %d, by %s, via %s): version %d is newer",
+                upd.kind,
+                upd.name,
+                upd.version,
+                upd.signer,
+                upd.group,
+                have,
+            )
+        return "ignored_old"
+
     def enforce_access(self) -> list[str]:
         """Erase voiceprints received from the fleet that this door's config no longer allows.
 
@@ -827,6 +905,9 @@ class FleetSync:
                 self.store.erase(vp.name)
                 known = self.state.user(tag)
                 self.state.set_user(tag, known[0] if known else 0, "revoke", held=False)
+                # Not a tombstone: if the config allows them again, the retained voiceprint
+                # (same version) must be applied, not skipped as one already seen.
+                self.state.drop_grants(tag)
                 dropped.append(vp.name)
                 log.info("fleet sync: %s no longer allowed here (config); erased", vp.name)
         return dropped

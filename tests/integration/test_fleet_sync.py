@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not install
 
 ROOT = topic_root("voxgate", "acme")
 ACCESS = {"lobby": ["alice", "bob", "dave"], "lab": ["carol"]}
-USERS = {"door-a": "pw-a-123", "door-b": "pw-b-456", "door-c": "pw-c-789"}
+USERS = {"door-a": "pw-a-123", "door-b": "pw-b-456", "door-c": "pw-c-789", "door-d": "pw-d-012"}
 ACL = f"""
 user door-a
 topic read {ROOT}/lobby/#
@@ -40,6 +40,10 @@ topic read {ROOT}/lobby/#
 topic write {ROOT}/#
 
 user door-c
+topic read {ROOT}/lab/#
+
+user door-d
+topic read {ROOT}/lobby/#
 topic read {ROOT}/lab/#
 """
 ALICE, MALLORY = "en+m3", "en+f2"  # espeak voices
@@ -256,6 +260,8 @@ def test_offline_door_catches_up_and_erase_wins_over_a_replay(
     snoop.publish(old[0][0], old[0][1])
     wait_until(lambda: b.agent.stats["ignored_old"] > ignored, 10, "replay ignored")
     assert b.store.get("alice") is None
+    # ...and says so (a replay was silent).
+    assert any("ignored voiceprint of alice" in r.getMessage() for r in caplog.records)
     snoop.close()
 
 
@@ -365,3 +371,132 @@ def test_an_update_the_broker_refuses_stays_in_the_outbox(fleet: dict) -> None:
     wait_until(lambda: c.agent.stats["refused_by_broker"] >= 1, 10, "the broker's refusal")
     assert len(c.agent.state.outbox()) == 1
     assert c.agent.stats["sent"] == 0
+
+
+def test_deeply_nested_json_is_refused_with_a_log_line_not_a_traceback(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = fleet["a"], fleet["b"]
+    caplog.set_level(logging.WARNING, logger="voxgate.fleet")
+    b.start(embedder.model_id)
+    snoop = Snoop(fleet["broker"], "door-a")
+    # 200 kB, well under the size limit, but deeper than json.loads can recurse.
+    nested = b"[" * 100_000 + b"]" * 100_000
+    snoop.publish(f"{ROOT}/lobby/{b.agent.codec.user_tag('alice')}", nested)
+    wait_until(lambda: b.agent.stats["refused"] >= 1, 10, "the nested message refused")
+    assert any("nested too deeply" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert b.store.users() == []
+    a.start(embedder.model_id)
+    a.admin(embedder).enroll("alice", alice_takes)
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    snoop.close()
+
+
+def test_an_older_erase_from_another_group_does_not_remove_a_newer_enrollment(
+    fleet: dict, tmp_path: Path
+) -> None:
+    """Door D is in lobby and lab. alice (lobby only) is enrolled, erased (the erase goes to
+    every group), enrolled again (lobby only). D, offline meanwhile, finds both retained: the
+    new voiceprint on lobby and the older erase on lab. The erase used to be applied because
+    D had no lab grant for alice: a valid, older message removed a newer user."""
+    a = fleet["a"]
+    d = Door(tmp_path, "door-d", fleet["broker"], ["lobby", "lab"])
+    (d.dir / "signing-key").write_text(os.urandom(32).hex() + "\n")
+    (d.dir / "signing-key").chmod(0o600)
+    try:
+        emb = np.random.default_rng(2).normal(size=(3, 256)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        a.store.add_user("alice", emb, "test-model")
+        a.start("test-model")
+        d.start("test-model")
+        a.agent.publish_enrollment("alice")
+        wait_until(lambda: d.store.get("alice") is not None, 10, "alice on door D")
+        d.stop()
+        assert a.store.erase("alice")
+        a.agent.on_local_change("erased", "alice")
+        a.store.add_user("alice", emb, "test-model")
+        version = a.agent.state.user(a.agent.codec.user_tag("alice"))[0]  # the erase's
+        a.agent.publish_enrollment("alice")
+        wait_until(lambda: a.agent.state.outbox() == [], 10, "A's outbox drained")
+        d.start("test-model")
+        tag = d.agent.codec.user_tag("alice")
+
+        def synced() -> bool:
+            lobby = d.agent.state.grant(tag, "lobby")
+            lab_seen = d.agent.state.grant(tag, "lab") is not None
+            return bool(lobby and lobby[0] > version) and (
+                lab_seen or d.agent.stats["ignored_old"] >= 1
+            )
+
+        wait_until(synced, 10, "door D synced both groups")
+        assert d.store.get("alice") is not None
+        assert d.agent.state.user(tag)[2]  # held
+    finally:
+        d.stop()
+        d.store.close()
+
+
+def test_an_older_outbox_entry_does_not_replace_another_doors_newer_erase(
+    fleet: dict, tmp_path: Path
+) -> None:
+    """Door A, offline, re-enrolls alice (queued in its outbox); meanwhile door B erases her.
+    A reconnects and sends its outbox right after subscribing, so its older voiceprint became
+    the retained message over B's erase: the online doors ignored it (older), but a door
+    syncing later stored the erased user."""
+    import json
+
+    a, b, broker = fleet["a"], fleet["b"], fleet["broker"]
+    emb = np.random.default_rng(3).normal(size=(3, 256)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    a.store.add_user("alice", emb, "test-model")
+    b.start("test-model")
+    cfg = a.config()
+    offline_a = FleetSync(  # A's agent, not connected: the change waits in its outbox
+        cfg.fleet, cfg.mqtt, cfg.device_id, a.store, a.dir / "fleet.db", model_id="test-model"
+    )
+    offline_a.publish_enrollment("alice")
+    assert len(offline_a.state.outbox()) == 1
+    b.agent.publish_erase("alice")  # a newer version: B's clock has moved on
+    assert b.agent.wait_sent(10)
+
+    snoop = Snoop(broker, "door-a")
+    topic = b.agent.topic("lobby", "alice")
+    a.agent = offline_a
+    offline_a.start()
+    wait_until(lambda: offline_a.state.outbox() == [], 10, "A's outbox drained")
+
+    def retained_kind() -> str:
+        seen = [p for t, p in snoop.messages if t == topic]
+        return str(json.loads(seen[-1])["kind"]) if seen else ""  # the header is in the clear
+
+    wait_until(lambda: retained_kind() == "erase", 10, "B's erase retained again")
+    snoop.close()
+    d = Door(tmp_path, "door-d", broker, ["lobby"])  # a door that syncs later
+    (d.dir / "signing-key").write_text(os.urandom(32).hex() + "\n")
+    (d.dir / "signing-key").chmod(0o600)
+    try:
+        d.start("test-model")
+        wait_until(lambda: d.agent.stats["applied"] >= 1, 10, "door D synced")
+        assert d.store.get("alice") is None
+    finally:
+        d.stop()
+        d.store.close()
+
+
+def test_a_later_change_by_another_door_is_not_sent_again(fleet: dict) -> None:
+    """The counterpart of the test above: when A's own message has come back from the broker
+    first, B's later erase is an ordinary newer change, and A does not send it again."""
+    a, b = fleet["a"], fleet["b"]
+    emb = np.random.default_rng(4).normal(size=(3, 256)).astype(np.float32)
+    a.store.add_user("alice", emb / np.linalg.norm(emb, axis=1, keepdims=True), "test-model")
+    a.start("test-model")
+    b.start("test-model")
+    a.agent.publish_enrollment("alice")
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    tag = a.agent.codec.user_tag("alice")
+    wait_until(lambda: a.agent.state.grant(tag, "lobby") is not None, 10, "A's own echo")
+    wait_until(lambda: a.agent.stats["ignored_old"] >= 1, 10, "A's own echo")
+    b.agent.publish_erase("alice")
+    wait_until(lambda: a.store.get("alice") is None, 10, "alice erased on door A")
+    assert a.agent.stats["restored"] == 0

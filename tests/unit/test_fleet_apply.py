@@ -77,8 +77,7 @@ def test_a_failed_store_write_is_retried_on_redelivery(tmp_path: Path) -> None:
     door = _door(tmp_path, ["lobby"], {"lobby": ["alice"]})
     topic, msg = _vp("lobby", "alice", 3)
     door.store.close()  # e.g. the disk went away
-    with pytest.raises(Exception):  # noqa: B017 - whatever SQLite raises; _on_message logs it
-        door.handle(topic, msg)
+    assert door.handle(topic, msg) == "store_failed"  # a log line, not a traceback
     door.store = VoiceprintStore(tmp_path / "vp2.db", os.urandom(32))
     assert door.handle(topic, msg) == "stored"  # the state did not claim it was applied
 
@@ -106,3 +105,87 @@ def test_a_damaged_voiceprint_neither_stops_the_start_nor_blocks_its_repair(tmp_
     assert door.store.get("bob").meta["fleet_version"] == 2
     damage_row(door.store, "bob")  # nothing readable left at all: logged, not raised
     assert door.enforce_access() == []
+
+
+def test_unusable_voiceprint_bodies_are_refused_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A signed voiceprint with NaN or no embeddings, or a meta that is not an object, used
+    to raise from the store (or dict()) inside handle(): a traceback per message."""
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice"]})
+    topic = f"{ROOT}/lobby/{SENDER.user_tag('alice')}"
+    nan = np.full((2, 8), np.nan, dtype=np.float32)
+    none = np.zeros((0, 8), dtype=np.float32)
+    ok = np.ones((2, 8), dtype=np.float32)
+    bad = [
+        SENDER.encode("voiceprint", "lobby", "alice", 1, model_id="m", embeddings=nan),
+        SENDER.encode("voiceprint", "lobby", "alice", 2, model_id="m", embeddings=none),
+        SENDER.encode("voiceprint", "lobby", "alice", 3, model_id="m", embeddings=ok, meta="x"),  # type: ignore[arg-type]
+    ]
+    for msg in bad:
+        assert door.handle(topic, msg) == "refused"
+    assert door.store.users() == []
+    assert door.stats["refused"] == 3
+    assert not [r for r in caplog.records if r.exc_info]
+    assert door.handle(*_vp("lobby", "alice", 4)) == "stored"  # later versions still apply
+
+
+def test_a_version_sqlite_cannot_hold_is_refused_before_anything_is_stored(
+    tmp_path: Path,
+) -> None:
+    """A signed version above 2**63-1 stored the voiceprint, then raised OverflowError while
+    recording the version: a traceback, and a user in the store the sync state knew nothing of."""
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice"]})
+    assert door.handle(*_vp("lobby", "alice", 2**63)) == "refused"
+    assert door.handle(*_tomb("erase", "lobby", "alice", 2**64)) == "refused"
+    assert door.store.get("alice") is None
+    assert door.handle(*_vp("lobby", "alice", 2**63 - 1)) == "stored"  # the largest allowed
+
+
+def test_a_local_change_on_a_receive_only_door_is_a_warning_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A door without a signing key only receives; erasing a user through its admin API (or
+    the MQTT erase-user command) logged the FleetError with a traceback."""
+    from voxgate.api.users import UserAdmin
+
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice"]})  # KEYS: no signing key
+    door.store.add_user("alice", np.ones((2, 8)), "m")
+    admin = UserAdmin(door.store, None, None, lambda: None, on_change=door.on_local_change)
+    admin.erase("alice")
+    assert door.store.get("alice") is None  # the local change stands
+    assert not [r for r in caplog.records if r.exc_info]
+    assert any("no fleet signing key" in r.getMessage() for r in caplog.records)
+    assert door.state.outbox() == []
+    # The same through the daemon's MQTT erase-user command.
+    from types import SimpleNamespace
+
+    from voxgate.config import VoxgateConfig
+    from voxgate.service.users import UserServices
+
+    door.store.add_user("alice", np.ones((2, 8)), "m")
+    emb = SimpleNamespace(model_id="m")
+    users = UserServices(VoxgateConfig(data_dir=tmp_path), door.store, emb, lambda e, **f: None)
+    users.agent = door
+    assert users.command_erase({"user": "alice"}) == {"user": "alice", "erased": True}
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_a_user_dropped_by_config_comes_back_when_the_config_allows_them_again(
+    tmp_path: Path,
+) -> None:
+    """enforce_access erased alice but kept her grant, so when the access map was put back
+    (an Ansible mistake reverted) the retained voiceprint was skipped as already seen and
+    alice stayed locked out of this door until someone re-enrolled her."""
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice", "bob"]})
+    topic, msg = _vp("lobby", "alice", 1)
+    assert door.handle(topic, msg) == "stored"
+    door.cfg = door.cfg.model_copy(update={"access": {"lobby": ["bob"]}})
+    assert door.enforce_access() == ["alice"]
+    assert door.handle(topic, msg) == "not_allowed"  # redelivered: still not allowed
+    assert door.store.get("alice") is None
+    door.cfg = door.cfg.model_copy(update={"access": {"lobby": ["alice", "bob"]}})
+    old_topic, old_msg = _vp("lobby", "alice", 0)
+    assert door.handle(old_topic, old_msg) == "ignored_old"  # a replay of an older one
+    assert door.handle(topic, msg) == "stored"  # the retained copy after the next connect
+    assert door.store.get("alice") is not None

@@ -78,6 +78,7 @@ def pubkey(args: argparse.Namespace) -> int:
 
 def _with_agent(args: argparse.Namespace, act: str) -> int:
     from voxgate.config.secrets import SecretError
+    from voxgate.embedding import ModelError, load_card
     from voxgate.fleet import FleetError, FleetSync
     from voxgate.mqtt.client import MqttSetupError
     from voxgate.voiceprints import StoreError, open_store
@@ -86,10 +87,20 @@ def _with_agent(args: argparse.Namespace, act: str) -> int:
     if cfg is None:
         return 1
     try:
+        # While connected the agent also applies the fleet's retained messages: without the
+        # model id it stored voiceprints of another model, which the daemon refuses.
+        model_id = load_card(cfg.speaker.model).id
         store = open_store(cfg)
-        agent = FleetSync.from_config(cfg, store, client_id=f"voxgate-{cfg.device_id}-fleet-cli")
-    except (StoreError, FleetError) as exc:
+    except (StoreError, ModelError) as exc:
         print(f"voxgate fleet {act}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        agent = FleetSync.from_config(
+            cfg, store, model_id=model_id, client_id=f"voxgate-{cfg.device_id}-fleet-cli"
+        )
+    except FleetError as exc:
+        print(f"voxgate fleet {act}: {exc}", file=sys.stderr)
+        store.close()
         return 1
     try:
         agent.start()
