@@ -122,3 +122,28 @@ def test_looping_file_source_stops_on_close(tmp_path: Path, speech: np.ndarray) 
         if n == 3 * (len(speech) // 480):
             src.close()
     assert n == 3 * (len(speech) // 480)  # went round more than once, then stopped
+
+
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_nan_and_inf_in_a_float_file_are_logged_and_kept_local(
+    tmp_path: Path, rate: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    t = np.arange(2 * rate) / rate
+    clean = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    bad = clean.copy()
+    bad[rate // 2] = np.nan
+    bad[rate] = np.inf
+    bad[rate + rate // 2] = -np.inf
+    path = tmp_path / "float.wav"
+    sf.write(path, bad, rate, subtype="FLOAT")
+    ref = tmp_path / "clean.wav"
+    sf.write(ref, clean, rate, subtype="FLOAT")
+    with caplog.at_level("WARNING", logger="voxgate.audio.file"):
+        got = read_audio(path)
+    assert "float.wav: 3 NaN/Inf sample(s) from 0.5 s on" in caplog.text
+    want = read_audio(ref)
+    assert len(got) == len(want)
+    # Only the samples at the bad ones change (a single silent or full-scale sample,
+    # filtered when resampled): no zeros or -32768 clicks spread around them.
+    differ = np.flatnonzero(np.abs(got.astype(int) - want.astype(int)) > 2000)
+    assert len(differ) <= 3 * (1 if rate == 16000 else 12)

@@ -111,6 +111,7 @@ class FileSource(AudioSource):
         f = _open(self.path)
         try:
             block = max(1, int(BLOCK_S * self.file_rate))
+            bad, first_bad_s = 0, 0.0
             while True:
                 try:
                     data = f.read(block, dtype="float32", always_2d=True)
@@ -122,7 +123,21 @@ class FileSource(AudioSource):
                     break
                 if not len(data):
                     break
+                if not np.isfinite(data).all():
+                    # A float file may hold NaN/Inf: NaN has no int16 value (the cast is
+                    # undefined) and either one smears over the resampler's whole filter.
+                    if not bad:
+                        first_bad_s = (f.tell() - len(data)) / self.file_rate
+                    bad += int(np.count_nonzero(~np.isfinite(data)))
+                    data = np.nan_to_num(data, nan=0.0, posinf=1.0, neginf=-1.0)
                 yield from framer.push(float_to_int16(resampler.process(to_mono(data))))
+            if bad:
+                log.warning(
+                    "%s: %d NaN/Inf sample(s) from %.1f s on, read as silence/full scale",
+                    self.path,
+                    bad,
+                    first_bad_s,
+                )
             yield from framer.push(float_to_int16(resampler.flush()))
             yield from framer.flush()
         finally:
