@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+import voxgate
 from tests.audio_helpers import espeak
 from voxgate.audio import AudioError, open_source
 from voxgate.audio.file import FileSource, read_audio
@@ -147,3 +151,23 @@ def test_nan_and_inf_in_a_float_file_are_logged_and_kept_local(
     # filtered when resampled): no zeros or -32768 clicks spread around them.
     differ = np.flatnonzero(np.abs(got.astype(int) - want.astype(int)) > 2000)
     assert len(differ) <= 3 * (1 if rate == 16000 else 12)
+
+
+def test_stdin_source_with_standard_input_closed_is_an_audio_error() -> None:
+    # A process started with fd 0 closed (`<&-`) has sys.stdin None: that was an
+    # AttributeError traceback from the daemon's start instead of an audio error.
+    code = (
+        "from voxgate.audio.stdin import StdinSource\n"
+        "from voxgate.audio import AudioError\n"
+        "try:\n    StdinSource()\nexcept AudioError as e:\n    print('AudioError:', e)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(voxgate.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.close(0),
+        timeout=30,
+    )
+    assert "AudioError: standard input is closed" in done.stdout, done.stderr

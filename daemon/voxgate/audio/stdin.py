@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from voxgate.audio.base import SAMPLE_RATE, AudioSource, frame_samples
+from voxgate.audio.base import SAMPLE_RATE, AudioError, AudioSource, frame_samples
 
 POLL_S = 0.2
 
@@ -21,7 +21,11 @@ class StdinSource(AudioSource):
     """e.g. `arecord -f S16_LE -r 16000 -c 1 | voxgate run --source stdin`."""
 
     def __init__(self, stream: BinaryIO | None = None, realtime: bool = False) -> None:
-        self.stream = stream if stream is not None else sys.stdin.buffer
+        if stream is None:
+            if sys.stdin is None:  # started with fd 0 closed (`<&-`, some supervisors)
+                raise AudioError("standard input is closed: pipe raw 16 kHz S16_LE PCM into it")
+            stream = sys.stdin.buffer
+        self.stream = stream
         self.realtime = realtime
         self._closed = False
 
