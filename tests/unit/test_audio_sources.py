@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,27 @@ def test_stdin_source_with_standard_input_closed_is_an_audio_error() -> None:
         timeout=30,
     )
     assert "AudioError: standard input is closed" in done.stdout, done.stderr
+
+
+def test_looping_a_file_without_samples_is_an_audio_error(tmp_path: Path) -> None:
+    # A header-only WAV (data size 0): the loop reopened it forever with no frame to give,
+    # and the daemon ended "no audio from file within 10 s; check the device".
+    path = tmp_path / "header-only.wav"
+    sf.write(path, np.zeros(0, np.int16), 16000, subtype="PCM_16")
+    assert list(FileSource(path).frames(30)) == []  # read once: simply no audio
+    src = FileSource(path, loop=True)
+    got: list[BaseException | np.ndarray] = []
+
+    def read_one() -> None:
+        try:
+            got.extend(src.frames(30))
+        except AudioError as exc:
+            got.append(exc)
+
+    reader = threading.Thread(target=read_one, daemon=True)
+    reader.start()
+    reader.join(5)
+    src.close()  # ends a reader that still spins
+    reader.join(5)
+    assert len(got) == 1 and isinstance(got[0], AudioError), got
+    assert "header-only.wav: no audio samples" in str(got[0])

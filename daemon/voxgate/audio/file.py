@@ -92,6 +92,7 @@ class FileSource(AudioSource):
         t0 = time.monotonic()
         emitted = 0
         while not self._closed:
+            passed = emitted
             for frame in self._one_pass(framer):
                 if self.realtime:
                     # Pace like a microphone: never hand out audio before it "exists".
@@ -105,6 +106,10 @@ class FileSource(AudioSource):
                     return
             if not self.loop:
                 return
+            if emitted == passed:
+                # Looping a file without samples (a header-only WAV) would reopen it
+                # forever, one CPU busy and no frame ever given.
+                raise AudioError(f"{self.path}: no audio samples in the file; cannot loop it")
 
     def _one_pass(self, framer: Framer) -> Iterator[np.ndarray]:
         resampler = StreamResampler(self.file_rate)
