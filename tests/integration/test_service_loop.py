@@ -461,3 +461,19 @@ def test_a_spoken_challenge_heard_by_the_microphone_is_not_the_answer(
     assert spoken == link.of("challenge")
     # One decision, on the person's answer (the stand-in scorer matches only that voice).
     assert [x["outcome"] for x in link.of("decision")] == ["granted"]
+
+
+def test_a_source_without_any_audio_is_logged_not_a_quiet_exit(
+    tmp_path: Path, audio_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `voxgate run --file x.wav` on a header-only WAV ended 'source ended', exit 0, with no
+    # line saying that nothing at all had been heard.
+    path = audio_dir / "header_only.wav"
+    sf.write(path, np.zeros(0, np.int16), SR, subtype="PCM_16")
+    stages = standin_stages(FileSource(path), {}, RecordingLink())
+    with caplog.at_level("WARNING", logger="voxgate.service.loop"):
+        _, code = run(config(tmp_path, path), stages)
+    assert code == 0
+    assert f"the file source ended without any audio ({path})" in caplog.text
+    stop = audit_events(tmp_path)[-1]
+    assert stop["event"] == "service_stop" and stop["reason"] == "source ended without audio"
