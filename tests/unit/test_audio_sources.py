@@ -196,3 +196,23 @@ def test_looping_a_file_without_samples_is_an_audio_error(tmp_path: Path) -> Non
     reader.join(5)
     assert len(got) == 1 and isinstance(got[0], AudioError), got
     assert "header-only.wav: no audio samples" in str(got[0])
+
+
+def test_a_looped_file_replaced_at_another_rate_is_resampled_at_its_own(
+    tmp_path: Path, speech: np.ndarray
+) -> None:
+    # Each pass of --loop reopens the file, but resampled at the rate the first one had: a
+    # door.wav swapped for a 48 kHz one played at three times its speed.
+    from voxgate.audio.convert import int16_to_float, resample
+
+    path = tmp_path / "door.wav"
+    sf.write(path, speech, 16000, subtype="PCM_16")
+    src = FileSource(path, loop=True)
+    frames = src.frames(30)
+    n_first = -(-len(speech) // 480)
+    first = np.concatenate([next(frames) for _ in range(n_first)])
+    sf.write(path, resample(int16_to_float(speech), 16000, 48000), 48000, subtype="PCM_16")
+    second = np.concatenate([next(frames) for _ in range(n_first)])
+    src.close()
+    assert correlation(first, speech) > 0.99
+    assert correlation(second, speech) > 0.99

@@ -112,8 +112,19 @@ class FileSource(AudioSource):
                 raise AudioError(f"{self.path}: no audio samples in the file; cannot loop it")
 
     def _one_pass(self, framer: Framer) -> Iterator[np.ndarray]:
-        resampler = StreamResampler(self.file_rate)
         f = _open(self.path)
+        if f.samplerate != self.file_rate or f.channels != self.channels:
+            # A looped file replaced between passes: resample at the new file's rate.
+            log.info(
+                "%s: now %d Hz, %d channel(s) (was %d Hz, %d)",
+                self.path,
+                f.samplerate,
+                f.channels,
+                self.file_rate,
+                self.channels,
+            )
+            self.file_rate, self.channels = f.samplerate, f.channels
+        resampler = StreamResampler(self.file_rate)
         try:
             block = max(1, int(BLOCK_S * self.file_rate))
             bad, first_bad_s = 0, 0.0
