@@ -216,3 +216,29 @@ def test_a_looped_file_replaced_at_another_rate_is_resampled_at_its_own(
     src.close()
     assert correlation(first, speech) > 0.99
     assert correlation(second, speech) > 0.99
+
+
+def wav_bytes(pcm: np.ndarray, rate: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, pcm, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_stdin_source_skips_the_wav_header_arecord_writes(
+    speech: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `arecord -f S16_LE -r 16000 -c 1 | voxgate run --source stdin` (without -t raw) sends
+    # a 44-byte WAV header first: it was read as 22 samples of loud garbage.
+    with caplog.at_level("INFO", logger="voxgate.audio.stdin"):
+        got = np.concatenate(list(StdinSource(io.BytesIO(wav_bytes(speech, 16000))).frames(10)))
+    assert np.array_equal(got[: len(speech)], speech)
+    assert "WAV header skipped" in caplog.text
+
+
+def test_stdin_source_refuses_a_wav_stream_of_another_rate_or_layout(speech: np.ndarray) -> None:
+    from voxgate.audio.convert import int16_to_float, resample
+
+    stereo48 = resample(int16_to_float(speech), 16000, 48000)
+    stereo48 = np.stack([stereo48, stereo48], axis=1)
+    with pytest.raises(AudioError, match=r"WAV stream \(48000 Hz, 2 channel\(s\), 16-bit\)"):
+        list(StdinSource(io.BytesIO(wav_bytes(stereo48, 48000))).frames(30))
