@@ -76,6 +76,12 @@ class FrameQueue:
             self._error = self._error or error
             self._cond.notify_all()
 
+    @property
+    def error(self) -> BaseException | None:
+        """Why the source ended, once it has failed."""
+        with self._cond:
+            return self._error
+
     def __len__(self) -> int:
         return len(self._q)
 

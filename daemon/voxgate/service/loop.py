@@ -219,6 +219,11 @@ class Daemon:
                     cfg.service.audio_timeout_s,
                 )
                 return self._cannot_start(EX_IOERR, f"no audio from {cfg.audio.source}")
+        if not self.frames.received and self.frames.error is not None:
+            # The source failed before its first frame (a microphone busy or gone, a stdin
+            # stream in the wrong format): a failed start, not READY and then a stop.
+            log.error("cannot open audio input: %s", self.frames.error)
+            return self._cannot_start(EX_IOERR, f"audio input: {self.frames.error}")
 
         self.notifier.ready(STATUS[State.IDLE])
         if cfg.metrics.enabled:
