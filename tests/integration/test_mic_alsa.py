@@ -132,3 +132,39 @@ def test_realtime_pacing_makes_a_file_pcm_behave_like_a_microphone(tmp_path: Pat
     assert paced["seconds"] >= 100 * 0.03 * 0.95
     assert fast["seconds"] < paced["seconds"] - 1.0
     assert np.array_equal(fast["audio"], paced["audio"])
+
+
+STOPPER = r"""
+import sys, time
+from voxgate.audio.mic import MicSource
+from voxgate.service.capture import Capture, FrameQueue
+for _ in range(int(sys.argv[1])):
+    src = MicSource("voxgate_test_mic", 16000)
+    frames = FrameQueue(50)
+    capture = Capture(src, 30, frames)
+    capture.start()
+    time.sleep(0.05)
+    capture.stop()  # what shutdown does, while the capture thread is inside a read
+    capture._thread.join(5)
+    assert not capture.alive
+    assert frames.received > 0
+print("stopped cleanly")
+"""
+
+
+def test_stopping_the_capture_during_a_read_does_not_crash(tmp_path: Path) -> None:
+    # MicSource.close() (shutdown's Capture.stop) closed the PortAudio stream and terminated
+    # PortAudio under the capture thread's blocked read: the process died with SIGSEGV
+    # (exit -11) within a few stops. The reader now releases the stream after its read.
+    if not Path("/usr/share/alsa/alsa.conf").exists():
+        pytest.skip("ALSA is not installed (apt-get install libasound2 alsa-utils)")
+    raw = tmp_path / "mic.raw"
+    raw.write_bytes(np.zeros(16000 * 5, np.int16).tobytes())
+    conf = tmp_path / "asound.conf"
+    conf.write_text(ALSA_CONF.format(raw=raw))
+    env = dict(os.environ, ALSA_CONFIG_PATH=str(conf))
+    proc = subprocess.run(
+        [sys.executable, "-c", STOPPER, "30"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stopped cleanly" in proc.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -19,6 +20,7 @@ from service_standins import (
     SR,
     WINDOW,
     MelEmbedder,
+    NotifyListener,
     RecordingLink,
     attempt_recording,
     espeak,
@@ -461,3 +463,50 @@ def test_a_spoken_challenge_heard_by_the_microphone_is_not_the_answer(
     assert spoken == link.of("challenge")
     # One decision, on the person's answer (the stand-in scorer matches only that voice).
     assert [x["outcome"] for x in link.of("decision")] == ["granted"]
+
+
+def test_a_source_without_any_audio_is_logged_not_a_quiet_exit(
+    tmp_path: Path, audio_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `voxgate run --file x.wav` on a header-only WAV ended 'source ended', exit 0, with no
+    # line saying that nothing at all had been heard.
+    path = audio_dir / "header_only.wav"
+    sf.write(path, np.zeros(0, np.int16), SR, subtype="PCM_16")
+    stages = standin_stages(FileSource(path), {}, RecordingLink())
+    with caplog.at_level("WARNING", logger="voxgate.service.loop"):
+        _, code = run(config(tmp_path, path), stages)
+    assert code == 0
+    assert f"the file source ended without any audio ({path})" in caplog.text
+    stop = audit_events(tmp_path)[-1]
+    assert stop["event"] == "service_stop" and stop["reason"] == "source ended without audio"
+
+
+def test_a_source_failing_before_its_first_frame_is_a_failed_start(
+    tmp_path: Path, audio_dir: Path
+) -> None:
+    # A microphone that cannot be opened (busy, unplugged) or a stdin stream in the wrong
+    # format fails inside the capture thread: the daemon sent READY=1, published 'idle' and
+    # audited service_start, then stopped. It is now a start that failed, as other audio
+    # errors at start are (exit 74, no READY).
+    path = audio_dir / "header_only_loop.wav"
+    sf.write(path, np.zeros(0, np.int16), SR, subtype="PCM_16")
+    listener = NotifyListener(tmp_path / "notify")
+    link = RecordingLink()
+    stages = standin_stages(FileSource(path, loop=True), {}, link)
+    d = Daemon(
+        config(tmp_path, path, audio={"source": "file", "path": str(path), "loop": True}),
+        stage_factory=lambda c: stages,
+        notifier=Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")}),
+    )
+    try:
+        assert d.run() == 74
+        deadline = time.monotonic() + 5
+        while not listener.has("STOPPING=1") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        listener.close()
+    assert not listener.has("READY=1")
+    last = listener.statuses()[-1]
+    assert last.startswith("stopping: cannot start (exit 74): audio input: "), last
+    assert "no audio samples" in last
+    assert "idle" not in link.of("state")

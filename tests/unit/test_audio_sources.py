@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+import voxgate
 from tests.audio_helpers import espeak
 from voxgate.audio import AudioError, open_source
 from voxgate.audio.file import FileSource, read_audio
@@ -122,3 +127,118 @@ def test_looping_file_source_stops_on_close(tmp_path: Path, speech: np.ndarray) 
         if n == 3 * (len(speech) // 480):
             src.close()
     assert n == 3 * (len(speech) // 480)  # went round more than once, then stopped
+
+
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_nan_and_inf_in_a_float_file_are_logged_and_kept_local(
+    tmp_path: Path, rate: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    t = np.arange(2 * rate) / rate
+    clean = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    bad = clean.copy()
+    bad[rate // 2] = np.nan
+    bad[rate] = np.inf
+    bad[rate + rate // 2] = -np.inf
+    path = tmp_path / "float.wav"
+    sf.write(path, bad, rate, subtype="FLOAT")
+    ref = tmp_path / "clean.wav"
+    sf.write(ref, clean, rate, subtype="FLOAT")
+    with caplog.at_level("WARNING", logger="voxgate.audio.file"):
+        got = read_audio(path)
+    assert "float.wav: 3 NaN/Inf sample(s) from 0.5 s on" in caplog.text
+    want = read_audio(ref)
+    assert len(got) == len(want)
+    # Only the samples at the bad ones change (a single silent or full-scale sample,
+    # filtered when resampled): no zeros or -32768 clicks spread around them.
+    differ = np.flatnonzero(np.abs(got.astype(int) - want.astype(int)) > 2000)
+    assert len(differ) <= 3 * (1 if rate == 16000 else 12)
+
+
+def test_stdin_source_with_standard_input_closed_is_an_audio_error() -> None:
+    # A process started with fd 0 closed (`<&-`) has sys.stdin None: that was an
+    # AttributeError traceback from the daemon's start instead of an audio error.
+    code = (
+        "from voxgate.audio.stdin import StdinSource\n"
+        "from voxgate.audio import AudioError\n"
+        "try:\n    StdinSource()\nexcept AudioError as e:\n    print('AudioError:', e)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(voxgate.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.close(0),
+        timeout=30,
+    )
+    assert "AudioError: standard input is closed" in done.stdout, done.stderr
+
+
+def test_looping_a_file_without_samples_is_an_audio_error(tmp_path: Path) -> None:
+    # A header-only WAV (data size 0): the loop reopened it forever with no frame to give,
+    # and the daemon ended "no audio from file within 10 s; check the device".
+    path = tmp_path / "header-only.wav"
+    sf.write(path, np.zeros(0, np.int16), 16000, subtype="PCM_16")
+    assert list(FileSource(path).frames(30)) == []  # read once: simply no audio
+    src = FileSource(path, loop=True)
+    got: list[BaseException | np.ndarray] = []
+
+    def read_one() -> None:
+        try:
+            got.extend(src.frames(30))
+        except AudioError as exc:
+            got.append(exc)
+
+    reader = threading.Thread(target=read_one, daemon=True)
+    reader.start()
+    reader.join(5)
+    src.close()  # ends a reader that still spins
+    reader.join(5)
+    assert len(got) == 1 and isinstance(got[0], AudioError), got
+    assert "header-only.wav: no audio samples" in str(got[0])
+
+
+def test_a_looped_file_replaced_at_another_rate_is_resampled_at_its_own(
+    tmp_path: Path, speech: np.ndarray
+) -> None:
+    # Each pass of --loop reopens the file, but resampled at the rate the first one had: a
+    # door.wav swapped for a 48 kHz one played at three times its speed.
+    from voxgate.audio.convert import int16_to_float, resample
+
+    path = tmp_path / "door.wav"
+    sf.write(path, speech, 16000, subtype="PCM_16")
+    src = FileSource(path, loop=True)
+    frames = src.frames(30)
+    n_first = -(-len(speech) // 480)
+    first = np.concatenate([next(frames) for _ in range(n_first)])
+    sf.write(path, resample(int16_to_float(speech), 16000, 48000), 48000, subtype="PCM_16")
+    second = np.concatenate([next(frames) for _ in range(n_first)])
+    src.close()
+    assert correlation(first, speech) > 0.99
+    assert correlation(second, speech) > 0.99
+
+
+def wav_bytes(pcm: np.ndarray, rate: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, pcm, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_stdin_source_skips_the_wav_header_arecord_writes(
+    speech: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `arecord -f S16_LE -r 16000 -c 1 | voxgate run --source stdin` (without -t raw) sends
+    # a 44-byte WAV header first: it was read as 22 samples of loud garbage.
+    with caplog.at_level("INFO", logger="voxgate.audio.stdin"):
+        got = np.concatenate(list(StdinSource(io.BytesIO(wav_bytes(speech, 16000))).frames(10)))
+    assert np.array_equal(got[: len(speech)], speech)
+    assert "WAV header skipped" in caplog.text
+
+
+def test_stdin_source_refuses_a_wav_stream_of_another_rate_or_layout(speech: np.ndarray) -> None:
+    from voxgate.audio.convert import int16_to_float, resample
+
+    stereo48 = resample(int16_to_float(speech), 16000, 48000)
+    stereo48 = np.stack([stereo48, stereo48], axis=1)
+    with pytest.raises(AudioError, match=r"WAV stream \(48000 Hz, 2 channel\(s\), 16-bit\)"):
+        list(StdinSource(io.BytesIO(wav_bytes(stereo48, 48000))).frames(30))

@@ -92,6 +92,7 @@ class FileSource(AudioSource):
         t0 = time.monotonic()
         emitted = 0
         while not self._closed:
+            passed = emitted
             for frame in self._one_pass(framer):
                 if self.realtime:
                     # Pace like a microphone: never hand out audio before it "exists".
@@ -105,12 +106,28 @@ class FileSource(AudioSource):
                     return
             if not self.loop:
                 return
+            if emitted == passed:
+                # Looping a file without samples (a header-only WAV) would reopen it
+                # forever, one CPU busy and no frame ever given.
+                raise AudioError(f"{self.path}: no audio samples in the file; cannot loop it")
 
     def _one_pass(self, framer: Framer) -> Iterator[np.ndarray]:
-        resampler = StreamResampler(self.file_rate)
         f = _open(self.path)
+        if f.samplerate != self.file_rate or f.channels != self.channels:
+            # A looped file replaced between passes: resample at the new file's rate.
+            log.info(
+                "%s: now %d Hz, %d channel(s) (was %d Hz, %d)",
+                self.path,
+                f.samplerate,
+                f.channels,
+                self.file_rate,
+                self.channels,
+            )
+            self.file_rate, self.channels = f.samplerate, f.channels
+        resampler = StreamResampler(self.file_rate)
         try:
             block = max(1, int(BLOCK_S * self.file_rate))
+            bad, first_bad_s = 0, 0.0
             while True:
                 try:
                     data = f.read(block, dtype="float32", always_2d=True)
@@ -122,7 +139,21 @@ class FileSource(AudioSource):
                     break
                 if not len(data):
                     break
+                if not np.isfinite(data).all():
+                    # A float file may hold NaN/Inf: NaN has no int16 value (the cast is
+                    # undefined) and either one smears over the resampler's whole filter.
+                    if not bad:
+                        first_bad_s = (f.tell() - len(data)) / self.file_rate
+                    bad += int(np.count_nonzero(~np.isfinite(data)))
+                    data = np.nan_to_num(data, nan=0.0, posinf=1.0, neginf=-1.0)
                 yield from framer.push(float_to_int16(resampler.process(to_mono(data))))
+            if bad:
+                log.warning(
+                    "%s: %d NaN/Inf sample(s) from %.1f s on, read as silence/full scale",
+                    self.path,
+                    bad,
+                    first_bad_s,
+                )
             yield from framer.push(float_to_int16(resampler.flush()))
             yield from framer.flush()
         finally:

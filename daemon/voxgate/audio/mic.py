@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -124,6 +125,12 @@ class MicSource(AudioSource):
             self._pa.terminate()
             raise
         self._stream: Any = None
+        # close() comes from another thread (Capture.stop, shutdown) while frames() is
+        # blocked in a read; closing the stream or PortAudio under that read crashes the
+        # process (SIGSEGV). The lock and _in_read hand the release to the reader.
+        self._lock = threading.Lock()
+        self._in_read = False
+        self._closed = False
         log.info(
             "microphone %r (index %d) at %d Hz, %d channel(s)%s",
             self.device.name,
@@ -162,29 +169,44 @@ class MicSource(AudioSource):
         framer = Framer(frame_samples(frame_ms))
         resampler = StreamResampler(self.rate)
         block = max(1, self.rate * frame_ms // 1000)
-        try:
-            self._stream = self._pa.open(
-                format=pyaudio.paInt16,
-                channels=self.channels,
-                rate=self.rate,
-                input=True,
-                input_device_index=self.device.index,
-                frames_per_buffer=block,
-            )
-        except OSError as exc:
-            raise AudioError(f"cannot open input device {self.device.name!r}: {exc}") from None
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._stream = self._pa.open(
+                    format=pyaudio.paInt16,
+                    channels=self.channels,
+                    rate=self.rate,
+                    input=True,
+                    input_device_index=self.device.index,
+                    frames_per_buffer=block,
+                )
+            except OSError as exc:
+                raise AudioError(f"cannot open input device {self.device.name!r}: {exc}") from None
+            stream = self._stream
         t0: float | None = None  # the clock starts at the first block (the first read is slow)
         blocks = 0
-        while self._stream is not None:
+        while True:
             if self.realtime and t0 is not None:
                 blocks += 1
                 delay = t0 + blocks * block / self.rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+            with self._lock:
+                if self._closed:
+                    return
+                self._in_read = True
             try:
-                raw = self._stream.read(block, exception_on_overflow=False)
+                raw = stream.read(block, exception_on_overflow=False)
             except OSError as exc:
+                if self._closed:
+                    return
                 raise AudioError(f"reading from {self.device.name!r} failed: {exc}") from None
+            finally:
+                with self._lock:
+                    self._in_read = False
+                    if self._closed:  # close() left the release to us
+                        self._release()
             t0 = t0 if t0 is not None else time.monotonic()
             if not raw:
                 return
@@ -197,6 +219,13 @@ class MicSource(AudioSource):
                 yield from framer.push(float_to_int16(resampler.process(int16_to_float(data))))
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if not self._in_read:
+                self._release()
+
+    def _release(self) -> None:
+        """Close the stream and PortAudio; called with the lock held, never under a read."""
         stream, self._stream = self._stream, None
         if stream is not None:
             with contextlib.suppress(OSError):

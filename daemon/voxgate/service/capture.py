@@ -76,6 +76,12 @@ class FrameQueue:
             self._error = self._error or error
             self._cond.notify_all()
 
+    @property
+    def error(self) -> BaseException | None:
+        """Why the source ended, once it has failed."""
+        with self._cond:
+            return self._error
+
     def __len__(self) -> int:
         return len(self._q)
 
@@ -106,8 +112,8 @@ class Capture:
             error = exc
             log.error("audio capture stopped: %s", exc)
         finally:
+            self.queue.close(error)  # first: the start reads the error once first_frame is set
             self.first_frame.set()
-            self.queue.close(error)
 
     def stop(self, timeout: float = 1.0) -> None:
         """Ask the source to stop and wait a little; a reader stuck in a blocking read (stdin)

@@ -219,6 +219,11 @@ class Daemon:
                     cfg.service.audio_timeout_s,
                 )
                 return self._cannot_start(EX_IOERR, f"no audio from {cfg.audio.source}")
+        if not self.frames.received and self.frames.error is not None:
+            # The source failed before its first frame (a microphone busy or gone, a stdin
+            # stream in the wrong format): a failed start, not READY and then a stop.
+            log.error("cannot open audio input: %s", self.frames.error)
+            return self._cannot_start(EX_IOERR, f"audio input: {self.frames.error}")
 
         self.notifier.ready(STATUS[State.IDLE])
         if cfg.metrics.enabled:
@@ -325,6 +330,16 @@ class Daemon:
                     self._on_event(ev)
                 if item.error is not None and not self._stop.is_set():
                     self.exit_code = EX_IOERR
+                elif item.error is None and not self.frames.received:
+                    # A header-only WAV or an empty pipe: say so, rather than a quiet exit
+                    # that looks like a recording with nobody in it.
+                    where = self.cfg.audio.path if self.cfg.audio.source == "file" else None
+                    log.warning(
+                        "the %s source ended without any audio%s: nothing was checked",
+                        self.cfg.audio.source,
+                        f" ({where})" if where else "",
+                    )
+                    self._stop_reason = self._stop_reason or "source ended without audio"
                 self._stop_reason = self._stop_reason or (
                     f"audio error: {item.error}" if item.error else "source ended"
                 )
