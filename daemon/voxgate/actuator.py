@@ -27,7 +27,7 @@ import yaml
 from pydantic import ValidationError
 
 from voxgate.config.mqtt import ActuatorConfig
-from voxgate.config.secrets import SecretError, read_secret
+from voxgate.config.secrets import SecretError, override_source, read_secret
 from voxgate.decision import Decision, DecisionError, ReplayGuard, verify
 from voxgate.mqtt.client import (
     MqttSetupError,
@@ -142,7 +142,7 @@ class Actuator:
         self.clock = clock
         if keys is None:
             keys = {}
-            shared = _key_override()
+            shared = override_source("decision-key")
             if shared is not None and len(cfg.devices) > 1:
                 # The override has no device in its name: it would be every door's key, and
                 # one door's key would then open the others.
@@ -360,16 +360,6 @@ class Actuator:
             log.info(
                 "actuator stopped: %d action(s), rejections %s", self.acted, dict(self.rejected)
             )
-
-
-def _key_override() -> str | None:
-    """Where read_secret('decision-key', ...) takes a key from before any key_file, if set."""
-    if "VOXGATE_DECISION_KEY" in os.environ:
-        return "$VOXGATE_DECISION_KEY"
-    cred = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cred and (Path(cred) / "decision-key").exists():
-        return "the credential decision-key ($CREDENTIALS_DIRECTORY/decision-key)"
-    return None
 
 
 def _open_gpio(pin: str, active_high: bool) -> Any:

@@ -245,3 +245,10 @@ def test_one_key_from_the_environment_is_not_every_doors_key(
     # One door: the override is that door's key, as documented.
     one = cfg.model_copy(update={"devices": cfg.devices[:1]})
     assert Actuator(one, clock=Clock(1000.0)).keys["front-door"].startswith(b"front-door")
+    # An empty credential (the unit's placeholder) or variable is not set, as for
+    # read_secret: each door keeps its own file, and the start is not refused.
+    (creds / "decision-key").write_text("")
+    monkeypatch.setenv("VOXGATE_DECISION_KEY", "")
+    a = Actuator(cfg, clock=Clock(1000.0))
+    assert a.keys["front-door"].startswith(b"front-door")
+    assert a.keys["back-door"].startswith(b"back-door")

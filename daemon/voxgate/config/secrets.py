@@ -62,6 +62,26 @@ def _unreadable(name: str, path: Path, exc: OSError) -> SecretUnreadable:
     return SecretUnreadable(f"secret '{name}': cannot read {path} ({exc.strerror})")
 
 
+def override_source(name: str) -> str | None:
+    """Where read_secret(name, file) takes the secret from ahead of `file`: the variable or
+    the systemd credential, when set and not empty (an empty one counts as not set, as in
+    read_secret); None when `file` would be read."""
+    env_name = "VOXGATE_" + name.upper().replace("-", "_")
+    if os.environ.get(env_name, "").strip():
+        return f"${env_name}"
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        path = Path(cred_dir) / name
+        try:
+            if path.read_bytes().strip():
+                return f"the credential {name} ({path})"
+        except FileNotFoundError:
+            pass
+        except OSError:  # read_secret stops there with the error
+            return f"the credential {name} ({path})"
+    return None
+
+
 def read_secret(
     name: str, file: Path | None = None, *, required: bool = True, strip: bool = True
 ) -> bytes | None:
