@@ -62,6 +62,11 @@ STATUS = {
 }
 
 
+def _queue_frames(cfg: VoxgateConfig) -> int:
+    """Frames the capture queue holds: service.queue_s of audio."""
+    return int(cfg.service.queue_s * (1000 / cfg.audio.frame_ms))
+
+
 class Daemon:
     def __init__(
         self,
@@ -200,8 +205,7 @@ class Daemon:
 
         self._step("audio capture")
         live = cfg.audio.source == "mic" or cfg.audio.realtime
-        per_s = 1000 / cfg.audio.frame_ms
-        self.frames = FrameQueue(int(cfg.service.queue_s * per_s), drop_oldest=live)
+        self.frames = FrameQueue(_queue_frames(cfg), drop_oldest=live)
         self.endpointer = Endpointer(cfg.vad, cfg.audio.frame_ms)
         self.capture = Capture(stages.source, cfg.audio.frame_ms, self.frames)
         self.capture.start()
@@ -768,8 +772,7 @@ class Daemon:
             self._vad_pending = True
         if "service" in hot and self.frames is not None:
             # The capture queue was sized at start; its bound is read at every put.
-            per_s = 1000 / self.cfg.audio.frame_ms
-            self.frames.max_frames = max(1, int(self.cfg.service.queue_s * per_s))
+            self.frames.max_frames = max(1, _queue_frames(self.cfg))
         self._audit(
             "config_reload",
             ok=True,
