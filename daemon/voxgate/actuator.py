@@ -224,16 +224,16 @@ class Actuator:
         """The door itself sent this (signed, fresh, newer than the last one accepted) but its
         numbers restarted lower: without this line the door just never opened again."""
         log.error(
-            "door %s: its decision sequence WENT BACKWARDS by %d (got seq %d, the last one "
-            "accepted was %d) and every decision from it is refused until its sequence passes "
-            "%d. Its data folder was probably restored from a backup, its SD card re-imaged or "
-            "its decision-seq.json lost. A door whose voxgate takes sequence numbers from its "
-            "clock recovers by itself once its clock is right: check the door's clock (NTP). "
-            "Otherwise (an older voxgate on the door, a door clock far behind): stop this "
-            'actuator, delete %r from "last_seq" in %s and start it again',
+            "door %s: its decision sequence WENT BACKWARDS (got seq %d in a new decision, %s the "
+            "last one accepted, %d) and every decision from it is refused until its sequence "
+            "passes %d. Its data folder was probably restored from a backup, its SD card "
+            "re-imaged or its decision-seq.json lost. A door whose voxgate takes sequence "
+            "numbers from its clock recovers by itself once its clock is right: check the "
+            "door's clock (NTP). Otherwise (an older voxgate on the door, a door clock far "
+            'behind): stop this actuator, delete %r from "last_seq" in %s and start it again',
             exc.device,
-            exc.behind,
             exc.seq,
+            exc.how_far,
             exc.last,
             exc.last,
             exc.device,

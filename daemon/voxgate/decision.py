@@ -308,9 +308,13 @@ class SequenceRewound(DecisionError):
         self.behind = last - seq
         super().__init__(
             "replayed",
-            f"seq {seq} is {self.behind} below the last accepted {last}, in a decision "
-            f"issued {later_s:.3f} s after that one: the sequence went backwards",
+            f"seq {seq} is {self.how_far} the last accepted {last}, in a decision issued "
+            f"{later_s:.3f} s after that one: the sequence went backwards",
         )
+
+    @property
+    def how_far(self) -> str:
+        return f"{self.behind} below" if self.behind else "equal to"
 
 
 class ReplayGuard:
@@ -352,7 +356,9 @@ class ReplayGuard:
             last = self._last.get(d.device)
             if last is not None and d.seq <= last:
                 before = self._issued.get(d.device)
-                if d.seq < last and before is not None and d.issued_at > before:
+                # The same bytes again (a QoS 1 duplicate, a replay) or an older message
+                # carry an issued_at at or before it; only the device makes a later one.
+                if before is not None and d.issued_at > before:
                     raise SequenceRewound(d.device, d.seq, last, d.issued_at - before)
                 raise DecisionError("replayed", f"seq {d.seq} <= last accepted {last}")
             # Persist first: if the write fails the decision is refused (by the exception)

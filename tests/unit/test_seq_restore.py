@@ -51,7 +51,7 @@ def test_a_restored_counter_file_continues_above_every_number_handed_out(
     sent += [c.next() for _ in range(3)]
     assert sent == sorted(set(sent))
     path.write_bytes(backup)  # the older copy comes back
-    while time.time() * 1000 <= max(sent):  # the clock moves on (by far more, in life)
+    while int(time.time() * 1000) <= max(sent):  # the clock moves on (far more, in life)
         time.sleep(0.01)
     assert SequenceCounter(path).next() > max(sent)
 
@@ -164,9 +164,18 @@ def test_a_door_whose_numbers_went_backwards_is_logged_loudly_and_a_replay_is_no
     loud = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(loud) == 1, caplog.text
     text = loud[0].getMessage()
-    assert "front-door" in text and "WENT BACKWARDS by 500" in text  # 501 -> 1
+    assert "front-door" in text and "WENT BACKWARDS (got seq 1 " in text
+    assert "500 below the last one accepted, 501" in text
     assert str(state) in text and "NTP" in text and "last_seq" in text
-    assert lock.rejected == {"replayed": 1}
+    # A counter restored to exactly the last number accepted: a new decision all the same.
+    (tmp_path / "new-seq.json").write_text('{"seq": 500}')
+    clock.t += 1
+    rewound = Issuer("front-door", SequenceCounter(tmp_path / "new-seq.json", clock=None), 5)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="voxgate.actuator"):
+        assert lock.handle(TOPIC, sign(rewound.issue("granted", "a", clock.t), KEY)) is None
+    assert "(got seq 501 in a new decision, equal to the last one accepted, 501)" in caplog.text
+    assert lock.rejected == {"replayed": 2}
 
     # A replay (the exact bytes of an earlier decision, still valid) is refused as before,
     # with no advice to reset the lock's record.
