@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from voxgate.config.mqtt import ActuatorConfig
 from voxgate.config.secrets import SecretError, override_source, read_secret
-from voxgate.decision import Decision, DecisionError, ReplayGuard, verify
+from voxgate.decision import Decision, DecisionError, ReplayGuard, SequenceRewound, verify
 from voxgate.mqtt.client import (
     MqttSetupError,
     QuickDrops,
@@ -191,6 +191,10 @@ class Actuator:
         try:
             skew = self.cfg.max_skew_s
             d = verify(payload, key, self.clock(), self.guard, device=device, max_skew_s=skew)
+        except SequenceRewound as exc:
+            self._reject(topic, exc.reason, exc.detail)
+            self._rewound(exc)
+            return None
         except DecisionError as exc:
             self._reject(topic, exc.reason, exc.detail)
             return None
@@ -215,6 +219,26 @@ class Actuator:
     def _reject(self, topic: str, reason: str, detail: str) -> None:
         self.rejected[reason] += 1
         log.warning("decision REJECTED on %s: %s (%s)", topic, reason, detail)
+
+    def _rewound(self, exc: SequenceRewound) -> None:
+        """The door itself sent this (signed, fresh, newer than the last one accepted) but its
+        numbers restarted lower: without this line the door just never opened again."""
+        log.error(
+            "door %s: its decision sequence WENT BACKWARDS (got seq %d in a new decision, %s the "
+            "last one accepted, %d) and every decision from it is refused until its sequence "
+            "passes %d. Its data folder was probably restored from a backup, its SD card "
+            "re-imaged or its decision-seq.json lost. A door whose voxgate takes sequence "
+            "numbers from its clock recovers by itself once its clock is right: check the "
+            "door's clock (NTP). Otherwise (an older voxgate on the door, a door clock far "
+            'behind): stop this actuator, delete %r from "last_seq" in %s and start it again',
+            exc.device,
+            exc.seq,
+            exc.how_far,
+            exc.last,
+            exc.last,
+            exc.device,
+            self.cfg.state_file,
+        )
 
     def act(self, d: Decision) -> None:
         """Open the door for `d`, unless it expired while waiting for an earlier action."""

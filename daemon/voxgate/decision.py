@@ -27,7 +27,8 @@ import re
 import secrets
 import tempfile
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -295,12 +296,39 @@ class _JsonState:
             raise
 
 
+class SequenceRewound(DecisionError):
+    """A refusal of a decision that is *newer* than the last one accepted from its device (a
+    later issued_at) but carries a lower sequence number: the device's counter went backwards
+    (its data restored from a backup, re-imaged, the counter file lost), which is not what a
+    replay looks like. Still refused: the lock cannot tell the device's new numbers from
+    old ones it already used."""
+
+    def __init__(self, device: str, seq: int, last: int, later_s: float) -> None:
+        self.device, self.seq, self.last, self.later_s = device, seq, last, later_s
+        self.behind = last - seq
+        super().__init__(
+            "replayed",
+            f"seq {seq} is {self.how_far} the last accepted {last}, in a decision issued "
+            f"{later_s:.3f} s after that one: the sequence went backwards",
+        )
+
+    @property
+    def how_far(self) -> str:
+        return f"{self.behind} below" if self.behind else "equal to"
+
+
 class ReplayGuard:
-    """Verifier side: remembers the last accepted sequence number per device, on disk."""
+    """Verifier side: remembers the last accepted sequence number per device, on disk.
+
+    With it, the issued_at of that decision ("last_issued_at"): only used to tell a device
+    whose sequence went backwards (SequenceRewound) from a replay; a lock of an older version
+    reads the file and ignores it.
+    """
 
     def __init__(self, path: Path) -> None:
         self._state = _JsonState(path)
-        raw = self._state.load().get("last_seq", {})
+        data = self._state.load()
+        raw = data.get("last_seq", {})
         # A damaged record must stop the start, like an unparsable file: int() of a string or
         # null was a traceback, and a record that was not a map was silently dropped, which
         # reopened the replay window for every grant ever issued.
@@ -311,6 +339,13 @@ class ReplayGuard:
                 "state-unreadable", f"{path}: 'last_seq' is not a map of device to sequence number"
             )
         self._last = {str(k): v for k, v in raw.items()}
+        times = data.get("last_issued_at", {})
+        # Diagnostics only: a damaged map is dropped, never a reason to keep the door shut.
+        self._issued = (
+            {str(k): float(v) for k, v in times.items() if is_finite_number(v)}
+            if isinstance(times, dict)
+            else {}
+        )
         self._lock = threading.Lock()
 
     def last(self, device: str) -> int | None:
@@ -320,31 +355,55 @@ class ReplayGuard:
         with self._lock:
             last = self._last.get(d.device)
             if last is not None and d.seq <= last:
+                before = self._issued.get(d.device)
+                # The same bytes again (a QoS 1 duplicate, a replay) or an older message
+                # carry an issued_at at or before it; only the device makes a later one.
+                if before is not None and d.issued_at > before:
+                    raise SequenceRewound(d.device, d.seq, last, d.issued_at - before)
                 raise DecisionError("replayed", f"seq {d.seq} <= last accepted {last}")
             # Persist first: if the write fails the decision is refused (by the exception)
             # and memory still agrees with the disk.
             updated = {**self._last, d.device: d.seq}
-            self._state.save({"last_seq": updated})
-            self._last = updated
+            issued = {**self._issued, d.device: d.issued_at}
+            self._state.save({"last_seq": updated, "last_issued_at": issued})
+            self._last, self._issued = updated, issued
 
 
 class SequenceCounter:
     """Publisher side: strictly increasing sequence numbers that survive restarts.
 
+    The next number is the larger of (last + 1) and a floor read from the wall clock (Unix
+    time in milliseconds). The file alone could be rewound (a data folder restored from a
+    backup, an SD card re-imaged, the file lost), and the lock, which remembers the highest
+    number it accepted, then refused every decision as a replay until someone edited its
+    state by hand; with the floor the door's numbers are back above anything it sent before
+    as soon as its clock has passed the time of its last decision. A clock that is behind (a
+    Pi without RTC before NTP) still gets last + 1.
+
     The file holds a ceiling: every number handed out is <= it, and a restart continues above
-    it. Raising the ceiling `reserve` numbers at a time keeps the fsync off most decisions; a
-    crash only skips numbers, it never repeats one (a lock would refuse a repeat as a replay).
+    it. Raising the ceiling `reserve` numbers at a time keeps the fsync off a run of decisions
+    counted from the file; a crash only skips numbers, it never repeats one (a lock would
+    refuse a repeat as a replay). Numbers taken from the clock usually pass the ceiling, so
+    then each decision raises it (one small fsync).
     """
 
-    def __init__(self, path: Path, reserve: int = 100) -> None:
+    def __init__(
+        self, path: Path, reserve: int = 100, clock: Callable[[], float] | None = time.time
+    ) -> None:
         if reserve < 1:
             raise ValueError("reserve must be >= 1")
         self._state = _JsonState(path)
-        stored = self._state.load().get("seq", 0)
+        try:
+            stored = self._state.load().get("seq", 0)
+        except DecisionError as exc:
+            raise DecisionError("state-unreadable", f"{exc.detail}; {_SEQ_FILE_ADVICE}") from None
         if not isinstance(stored, int) or isinstance(stored, bool) or stored < 0:
-            raise DecisionError("state-unreadable", f"{path}: 'seq' is not a counter")
+            raise DecisionError(
+                "state-unreadable", f"{path}: 'seq' is not a counter; {_SEQ_FILE_ADVICE}"
+            )
         self._seq = self._ceiling = stored
         self._reserve = reserve
+        self._clock = clock
         self._lock = threading.Lock()
 
     @property
@@ -353,11 +412,33 @@ class SequenceCounter:
 
     def next(self) -> int:
         with self._lock:
-            self._seq += 1
+            self._seq = max(self._seq + 1, clock_floor(self._clock))
             if self._seq > self._ceiling:
                 self._ceiling = self._seq + self._reserve - 1
                 self._state.save({"seq": self._ceiling})
             return self._seq
+
+
+_SEQ_FILE_ADVICE = (
+    "delete the file: the door's sequence then continues from its clock (keep the clock on NTP)"
+)
+# The floor stays an integer a double holds exactly (2**53): a lock written in a language
+# that reads JSON numbers as doubles compares the numbers it is sent exactly.
+MAX_CLOCK_SEQ = 2**53 - 1
+
+
+def clock_floor(clock: Callable[[], float] | None) -> int:
+    """The wall clock in Unix milliseconds, the lowest next sequence number; 0 for no clock
+    or one that reads nonsense (NaN, before 1970, beyond MAX_CLOCK_SEQ)."""
+    if clock is None:
+        return 0
+    try:
+        ms = clock() * 1000.0
+    except (OSError, OverflowError, ValueError):
+        return 0
+    if not math.isfinite(ms) or not 0 < ms <= MAX_CLOCK_SEQ:
+        return 0
+    return int(ms)
 
 
 def _score(result: Any, name: str) -> float | None:

@@ -84,8 +84,9 @@ def test_grant_acts_and_bad_decisions_are_refused(
     assert act["acted_at"] < grant.expires_at
 
     # Denied: accepted (advances seq) but nothing happens.
-    link.publish_decision(issuer.issue("denied", "bob", time.time(), reasons=["low-score"]))
-    actuator.wait_log(r"accepted: device=front-door seq=2 outcome=denied")
+    denied = issuer.issue("denied", "bob", time.time(), reasons=["low-score"])
+    link.publish_decision(denied)
+    actuator.wait_log(rf"accepted: device=front-door seq={denied.seq} outcome=denied")
 
     # Replayed: the exact bytes of the accepted grant, still within its validity.
     _send(raw, sign(grant, DKEY))
@@ -146,7 +147,7 @@ def test_restart_does_not_reopen_replay_window(
     finally:
         assert a.stop() == 0
     state = json.loads((tmp_path / "actuator-state.json").read_text())
-    assert state == {"last_seq": {DEV: grant.seq}}
+    assert state == {"last_seq": {DEV: grant.seq}, "last_issued_at": {DEV: grant.issued_at}}
     b = ActuatorProcess(tmp_path, broker, keys).start()
     try:
         _send(raw, sign(grant, DKEY))  # still fresh: only the stored seq stops it

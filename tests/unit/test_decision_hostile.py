@@ -82,7 +82,8 @@ def test_a_user_name_the_environment_cannot_carry_is_logged_not_a_traceback(
     )
     a = Actuator(cfg, keys={"front-door": KEY}, clock=lambda: 1000.0)
     issuer = Issuer("front-door", SequenceCounter(tmp_path / "seq.json"), ttl_s=5)
-    a.handle("voxgate/front-door/decision", sign(issuer.issue("granted", user, 1000.0), KEY))
+    d = issuer.issue("granted", user, 1000.0)
+    a.handle("voxgate/front-door/decision", sign(d, KEY))
     with caplog.at_level(logging.ERROR):
         a.act(a._jobs.get_nowait())
-    assert "action command failed for seq 1" in caplog.text and a.acted == 0
+    assert f"action command failed for seq {d.seq}:" in caplog.text and a.acted == 0

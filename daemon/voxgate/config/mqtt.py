@@ -125,7 +125,8 @@ class ActuatorConfig(Section):
     )
     state_file: Path = Field(
         Path("/var/lib/voxgate-actuator/state.json"),
-        description="Last accepted sequence number per device (replay protection).",
+        description="Last accepted sequence number (and its issued_at) per device: replay "
+        "protection.",
     )
     max_skew_s: float = Field(
         2.0, ge=0, le=60, description="How far in the future issued_at may be."
