@@ -1,0 +1,116 @@
+"""`voxgate run` as a real process: a SIGHUP sent while it is still starting (before the
+daemon's own handlers exist) must not kill it, and the reload it asked for is applied once the
+daemon is up. Python's default action for SIGHUP ends the process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
+sys.path.insert(0, str(SUPPORT))
+
+from service_standins import NotifyListener, attempt_recording, wait_until  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytest.importorskip("voxgate.embedding")
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+# Shared objects that only the heavy imports (config schema, numpy) map into the process.
+HEAVY = ("pydantic_core", "_multiarray_umath")
+
+
+def closed_port() -> int:
+    """A local port nobody listens on: the daemon's MQTT link keeps retrying, harmlessly."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def catches_sighup(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    return False
+
+
+@pytest.mark.parametrize("run", [0, 1, 2])
+def test_sighup_during_start_is_applied_after_start_not_fatal(tmp_path: Path, run: int) -> None:
+    audio = attempt_recording(tmp_path)
+    key = "11" * 32
+    conf = tmp_path / "voxgate.yaml"
+    data = tmp_path / "data"
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(data),
+                "audio": {"source": "file", "path": str(audio), "realtime": True, "loop": True},
+                "metrics": {"enabled": False},
+                "mqtt": {"host": "127.0.0.1", "port": closed_port()},
+            }
+        )
+    )
+    listener = NotifyListener(tmp_path / "notify")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    env.pop("CREDENTIALS_DIRECTORY", None)
+    env.update(
+        PYTHONPATH=str(REPO / "daemon"),
+        NOTIFY_SOCKET=str(tmp_path / "notify"),
+        VOXGATE_VOICEPRINT_KEY=key,
+        VOXGATE_DECISION_KEY=key,
+    )
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "voxgate", "run", "-c", str(conf)], env=env, stderr=log
+        )
+    try:
+        # The first moment the process catches SIGHUP: freeze it there and look at what
+        # it has loaded, then signal it.
+        deadline = time.monotonic() + 30
+        while not catches_sighup(proc.pid):
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "SIGHUP never caught"
+            time.sleep(0.0005)
+        proc.send_signal(signal.SIGSTOP)
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        loaded = [lib for lib in HEAVY if lib in maps]
+        proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGCONT)
+        assert not loaded, f"SIGHUP is caught only after the heavy imports ({loaded})"
+        # A second one later in the start (imports, models, audio): each run elsewhere.
+        time.sleep(0.2 * run)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGHUP)
+
+        assert wait_until(lambda: listener.has("READY=1") or proc.poll() is not None, 60)
+        assert proc.poll() is None, f"run {run}: killed ({proc.returncode})\n" + (
+            log_path.read_text()
+        )
+
+        def reloads() -> list[dict]:
+            audit = data / "audit.jsonl"
+            lines = audit.read_text().splitlines() if audit.exists() else []
+            return [r for r in map(json.loads, lines) if r["event"] == "config_reload"]
+
+        # The reload asked for during the start happens once the daemon is up.
+        assert wait_until(lambda: len(reloads()) >= 1, 10), log_path.read_text()
+        assert all(r["ok"] for r in reloads())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        listener.close()
