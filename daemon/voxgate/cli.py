@@ -66,8 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["run"]:
+        # Before the heavy imports below: a SIGHUP during the daemon's start must not kill it.
+        from voxgate.service.early_hup import hold
+
+        hold()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,10 +172,35 @@ def _check_header(path: Path) -> None:
         raise StoreError(f"{path}: not a voxgate voiceprint database (not SQLite); left untouched")
 
 
-class VoiceprintStore:
-    """Encrypted voiceprints in one SQLite file. Thread-safe (one connection, one lock)."""
+def _writable_folder(path: Path) -> bool:
+    """Whether SQLite may create files beside `path`, or the folder for it (access() also
+    reports a read-only mount or an immutable folder, even to root)."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return os.access(folder, os.W_OK)
 
-    def __init__(self, path: Path, key: bytes) -> None:
+
+def _wal_size(path: Path) -> int:
+    try:
+        return path.with_name(path.name + "-wal").stat().st_size
+    except OSError:
+        return 0
+
+
+def _snapshot(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, _wal_size(path)
+
+
+class VoiceprintStore:
+    """Encrypted voiceprints in one SQLite file. Thread-safe (one connection, one lock).
+
+    read_only=True (listing, export): on a folder that cannot be written (a read-only mount,
+    a snapshot) the file is opened read-only and nothing is created; elsewhere it is opened
+    as usual."""
+
+    def __init__(self, path: Path, key: bytes, *, read_only: bool = False) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         if len(key) != KEY_BYTES:
@@ -183,10 +209,15 @@ class VoiceprintStore:
         self._aead = AESGCM(_subkey(key, b"seal v1"))
         self._name_key = _subkey(key, b"name v1")
         self._lock = threading.Lock()
+        self._read_only = read_only and not _writable_folder(self.path)
+        self._unchanged: tuple[int, int, int] | None = None  # read without locks: must hold
         self._connect()
 
     def _connect(self) -> None:
         """Open (or create) the file; StoreError says what is wrong with it."""
+        if self._read_only:
+            self._connect_read_only()
+            return
         try:
             _check_header(self.path)
             new = not self.path.exists() or self.path.stat().st_size == 0
@@ -215,6 +246,60 @@ class VoiceprintStore:
             raise
         self._file_id = _file_id(self.path)
 
+    def _connect_read_only(self) -> None:
+        """Read a store in a folder that cannot be written. SQLite needs <db>-shm beside a
+        WAL database; it can use one that exists, but cannot make one. Without it, the file is
+        read as it is ('immutable', no locks), which is the whole store only while <db>-wal
+        is empty: changes in it are never skipped silently."""
+        self._unchanged = None
+        try:
+            _check_header(self.path)
+            if not self.path.is_file():
+                raise StoreError(
+                    f"{self.path}: no voiceprint database here, and the folder is read-only "
+                    "(nothing enrolled yet, or speaker.database points elsewhere)"
+                )
+            before = _snapshot(self.path)
+        except OSError as exc:
+            raise StoreError(
+                f"{self.path}: cannot open the voiceprint database ({exc.strerror})"
+            ) from None
+        uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=ro"
+        try:
+            try:
+                self._open_uri(uri)
+            except sqlite3.OperationalError as exc:
+                # SQLITE_CANTOPEN (its name is on the exception only from Python 3.11)
+                if "unable to open" not in str(exc):
+                    raise
+                if _wal_size(self.path):
+                    raise StoreError(self._pending_wal_message()) from None
+                self._unchanged = before
+                self._open_uri(uri + "&immutable=1")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot use the voiceprint database ({exc})") from None
+        self._file_id = _file_id(self.path)
+
+    def _open_uri(self, uri: str) -> None:
+        self._db = sqlite3.connect(
+            uri, uri=True, timeout=5.0, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._open()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _pending_wal_message(self) -> str:
+        name = self.path.name
+        return (
+            f"{self.path}: the folder is read-only and {name}-wal holds changes not yet "
+            f"merged into the database file; SQLite reads them only with a {name}-shm, which "
+            "it cannot create here, and the file alone would leave them out. Run this where "
+            "the folder is writable (on the door, as root or the service's user), or copy "
+            f"{name} and {name}-wal to a writable folder and point speaker.database at the copy"
+        )
+
     def _follow_file(self) -> None:
         """Under the lock: a file deleted or replaced since it was opened is opened again
         (a deleted one as a new empty store, as at start), so reads see what is on disk and
@@ -242,6 +327,10 @@ class VoiceprintStore:
                 raise StoreError(
                     f"{self.path}: cannot {doing} the voiceprint database ({exc})"
                 ) from None
+            if self._unchanged is not None and self._unchanged != _snapshot(self.path):
+                # Read without locks: someone wrote it meanwhile, so what was read may mix
+                # two versions.
+                raise StoreError(f"{self.path}: changed while it was read; run this again")
 
     # -- opening, schema, migrations
 
@@ -267,6 +356,16 @@ class VoiceprintStore:
                 f"{self.path}: written by a newer voxgate (schema {version}, this build "
                 f"reads up to {SCHEMA_VERSION}); upgrade voxgate, the file is left untouched"
             )
+        if self._read_only:  # nothing may be written: no journal mode, schema or migration
+            if new:
+                raise StoreError(f"{self.path}: an empty voiceprint database (nobody enrolled)")
+            self._check_key()
+            if version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: schema {version} needs an upgrade, which needs a writable "
+                    "folder; run voxgate once where it is writable"
+                )
+            return
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             log.warning("%s: journal_mode is %s, not WAL", self.path, mode)
@@ -612,6 +711,6 @@ def store_path(cfg: Any) -> Path:
     return Path(cfg.speaker.database or Path(cfg.data_dir) / "voiceprints.db")
 
 
-def open_store(cfg: Any) -> VoiceprintStore:
+def open_store(cfg: Any, *, read_only: bool = False) -> VoiceprintStore:
     """The device's store, with its key (StoreError with a message for each problem)."""
-    return VoiceprintStore(store_path(cfg), load_key(cfg.speaker))
+    return VoiceprintStore(store_path(cfg), load_key(cfg.speaker), read_only=read_only)

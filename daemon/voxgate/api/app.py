@@ -245,12 +245,7 @@ def create_app(
 
     @app.get(f"{PREFIX}/decisions")
     def decisions() -> Response | tuple[Response, int]:
-        try:
-            limit = int(request.args.get("limit", "50"))
-        except ValueError:
-            raise _BadRequest("limit must be an integer") from None
-        if not 1 <= limit <= cfg.api.decisions_limit:
-            raise _BadRequest(f"limit must be 1..{cfg.api.decisions_limit}")
+        limit = _query_int("limit", 50, 1, cfg.api.decisions_limit)
         wanted = request.args.get("event", DEFAULT_EVENTS)
         events = None if wanted == "*" else {e for e in wanted.split(",") if e}
         try:
@@ -292,6 +287,17 @@ def create_app(
 
 class _BadRequest(Exception):
     pass
+
+
+def _query_int(name: str, default: int, lo: int, hi: int) -> int:
+    """A query integer in ASCII digits: int() alone also read '٣' (3), ' 5', '+5' and '1_0'
+    (and raised on more than 4300 digits)."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18) or not lo <= int(raw) <= hi:
+        raise _BadRequest(f"{name} must be a whole number {lo}..{hi} in digits 0-9")
+    return int(raw)
 
 
 def _read_takes(files: list[Any]) -> list[Any]:

@@ -90,7 +90,7 @@ def find_device(
     )
     if want is None:
         match = [d for d in devices if d.index == default] or devices[:1]
-    elif isinstance(want, int) or (isinstance(want, str) and want.isdigit()):
+    elif isinstance(want, int) or (isinstance(want, str) and want.isascii() and want.isdigit()):
         match = [d for d in devices if d.index == int(want)]
     else:
         exact = [d for d in devices if d.name.lower() == want.lower()]

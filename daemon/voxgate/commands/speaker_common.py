@@ -21,11 +21,13 @@ def fail(msg: str) -> int:
     return 1
 
 
-def open_store(cfg: Any) -> Any:
+def open_store(cfg: Any, *, read_only: bool = False) -> Any:
+    """read_only: for commands that only read (list, export), which then work on a
+    read-only data folder too."""
     from voxgate.voiceprints import StoreError, open_store
 
     try:
-        return open_store(cfg)
+        return open_store(cfg, read_only=read_only)
     except StoreError as exc:
         raise CommandError(str(exc)) from None
 

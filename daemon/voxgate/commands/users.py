@@ -80,7 +80,7 @@ def run_list(args: argparse.Namespace) -> int:
     from voxgate.voiceprints import StoreError
 
     try:
-        with open_store(cfg) as store:
+        with open_store(cfg, read_only=True) as store:
             prints, damaged = store.readable()
     except (CommandError, StoreError) as exc:  # StoreError: no voiceprint opens
         return fail(str(exc))
@@ -129,7 +129,7 @@ def run_export(args: argparse.Namespace) -> int:
     from voxgate.voiceprints import StoreError
 
     try:
-        with open_store(cfg) as store:
+        with open_store(cfg, read_only=True) as store:
             doc = store.export(args.name)
     except (CommandError, StoreError) as exc:
         return fail(str(exc))

@@ -9,6 +9,7 @@ Three entities, all tied to one HA device and made unavailable by the retained `
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -16,8 +17,21 @@ from voxgate.decision import OUTCOMES
 from voxgate.mqtt.topics import Topics
 
 
+def entity_slug(device_id: str) -> str:
+    """The door's part of its HA ids (entity ids allow only [a-z0-9_]).
+
+    '-' becomes '_', so front-door and front_door would share every unique_id and HA would
+    drop one door. A device_id with no '_' keeps the plain slug, as before (DNS hostnames
+    cannot hold '_', and the examples use '-'); one with '_' adds 8 hex digits of the sha256
+    of the raw device_id, so no two device_ids share ids."""
+    slug = device_id.replace("-", "_")
+    if "_" in device_id:
+        slug += "_" + hashlib.sha256(device_id.encode()).hexdigest()[:8]
+    return slug
+
+
 def _common(t: Topics, version: str, domain: str, object_id: str, name: str) -> dict[str, Any]:
-    slug = f"voxgate_{t.device_id}_{object_id}".replace("-", "_")
+    slug = f"voxgate_{entity_slug(t.device_id)}_{object_id}"
     return {
         "name": name,
         "unique_id": slug,

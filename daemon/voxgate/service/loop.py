@@ -308,6 +308,11 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+        from voxgate.service.early_hup import take_pending
+
+        if take_pending():
+            log.info("a SIGHUP arrived while starting; the config is read again once started")
+            self.request_reload()
 
         def restore() -> None:
             for sig, handler in old.items():
