@@ -121,13 +121,16 @@ class _Stream(PromptStream):
         feats = self.front.flush()
         if self.aligner is not None and len(feats):
             self.aligner.push(feats)
-        score, heard = self.engine.finish() if self.engine else (0.0, None)
+        # A retry is decided before the engine decodes anything: its reading would change
+        # nothing, and a long answer took seconds to decode (the phonemes engine reads the
+        # whole answer at once). An unfinished engine stream is dropped with it.
         if self.samples > self.max_samples:
-            return self._result(False, 0.0, 0.0, heard, TOO_LONG, "checks")
+            return self._result(False, 0.0, 0.0, None, TOO_LONG, "checks")
         speech_s = self.front.speech_frames * self.front.spec.step / SAMPLE_RATE
         if speech_s < self.cfg.min_speech_s:
             reason: str | None = NO_SPEECH if speech_s < 0.05 else TOO_SHORT
-            return self._result(False, 0.0, 0.0, heard, reason, "checks")
+            return self._result(False, 0.0, 0.0, None, reason, "checks")
+        score, heard = self.engine.finish() if self.engine else (0.0, None)
         if self.aligner is not None:
             a = self.aligner.finish()
             thr = -self.cfg.template_threshold
