@@ -13,7 +13,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 
-from voxgate.config.stt import ChallengeConfig
+from voxgate.config.stt import ChallengeConfig, passphrase_words
 from voxgate.stt.base import digits_to_words
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ def new_challenge(cfg: ChallengeConfig, now: float) -> Challenge:
         text = "".join(secrets.choice("0123456789") for _ in range(cfg.length))
         return Challenge(text, digits_to_words(text), nonce, now, expires, "digits")
     if cfg.mode == "passphrase":
-        phrase = (cfg.passphrase or "").strip().lower()
-        words = tuple(phrase.split())
+        words = passphrase_words(cfg.passphrase or "")
         if not words:
             raise ChallengeError("challenge.mode is passphrase but challenge.passphrase is empty")
         return Challenge(" ".join(words), words, nonce, now, expires, "passphrase")

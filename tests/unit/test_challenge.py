@@ -93,3 +93,14 @@ def test_enrollment_prompts_cover_every_digit_twice() -> None:
     assert Counter("".join(prompts)) == Counter("0123456789" * 2)
     with pytest.raises(ValueError, match="every digit"):
         enrollment_prompts(1, 5)
+
+
+@pytest.mark.parametrize("phrase", ["öffne sesam", "open door 4", "gate №5", "..."])
+def test_a_passphrase_no_engine_can_say_is_a_config_error(phrase: str) -> None:
+    """Every engine spells English words in the letters a-z; such phrases validated and
+    then aborted every attempt (or were silently cut to other words)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"challenge\.passphrase"):
+        ChallengeConfig(mode="passphrase", passphrase=phrase)
+    ChallengeConfig(mode="passphrase", passphrase="Don't panic, Open-Sesame!")

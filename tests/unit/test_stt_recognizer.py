@@ -236,3 +236,18 @@ def test_streamed_answer_features_do_not_depend_on_chunking() -> None:
     for step in (160, 480, 4000):
         part = run(step)  # the same frames kept; values equal to float rounding
         assert part.shape == whole.shape and np.allclose(part, whole, atol=1e-4)
+
+
+def test_a_passphrase_with_punctuation_is_checked_on_its_words(rec: Recognizer) -> None:
+    """`passphrase: "Open, Sesame!"` validated, the door started, and every attempt was
+    aborted ("'sesame!' is not in the pocketsphinx dictionary"); "open-sesame" likewise.
+    The challenge's words are now the phrase's words without punctuation."""
+    from voxgate.challenge import new_challenge
+    from voxgate.config.stt import ChallengeConfig
+
+    pcm = say("open sesame")
+    for phrase in ("Open, Sesame!", "open-sesame", '"Open sesame."'):
+        ch = new_challenge(ChallengeConfig(mode="passphrase", passphrase=phrase), 0.0)
+        assert ch.words == ("open", "sesame"), phrase
+        res = rec.check_prompt(pcm, ch.words)
+        assert res.ok, (phrase, res)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import string
 from pathlib import Path
 from typing import Literal
 
@@ -87,6 +89,18 @@ class SttConfig(Section):
     )
 
 
+# What a passphrase may hold: the engines spell English words in a-z (and the apostrophe);
+# punctuation between words is dropped.
+_PHRASE_CHARS = frozenset(string.ascii_letters + string.whitespace + "'.,!?;:-\"()")
+
+
+def passphrase_words(phrase: str) -> tuple[str, ...]:
+    """The words to say, lower case, without punctuation: 'Open, Sesame!' -> (open, sesame).
+
+    The engines check words, and pocketsphinx has no 'sesame!' in its dictionary."""
+    return tuple(re.findall(r"[a-z]+(?:'[a-z]+)*", phrase.lower()))
+
+
 class ChallengeConfig(Section):
     mode: Literal["digits", "passphrase", "off"] = Field(
         "digits",
@@ -108,4 +122,15 @@ class ChallengeConfig(Section):
         # Else the door starts, reports ready, and aborts every attempt at the challenge.
         if self.mode == "passphrase" and not (self.passphrase or "").strip():
             raise ValueError("challenge.mode is 'passphrase' but challenge.passphrase is not set")
+        if self.passphrase is not None:
+            # Else the door starts and every attempt aborts where the engine cannot spell a
+            # word (or a word is silently cut to its a-z letters).
+            odd = sorted({c for c in self.passphrase if c not in _PHRASE_CHARS})
+            if odd:
+                raise ValueError(
+                    f"challenge.passphrase has {''.join(odd)!r}: the speech engines spell "
+                    "English words in the letters a-z (write numbers as words)"
+                )
+            if self.passphrase.strip() and not passphrase_words(self.passphrase):
+                raise ValueError("challenge.passphrase has no words to say")
         return self
