@@ -746,6 +746,7 @@ class Daemon:
             digest = None
         try:
             new = self.load(self.config_path)
+            self._check_passphrase(new)
         except ConfigError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
             self._audit(
@@ -784,6 +785,21 @@ class Daemon:
         log.info("config reloaded: applied %s", ", ".join(hot) or "nothing (unchanged)")
         self.notifier.ready(STATUS[self.sm.state])
         return True
+
+    def _check_passphrase(self, new: VoxgateConfig) -> None:
+        """A new passphrase must be one the running engine can score (the engine is built at
+        start): else every attempt after the reload was aborted. Raises ConfigError."""
+        ch = new.challenge
+        recognizer = self.stages.recognizer if self.stages is not None else None
+        if ch.mode != "passphrase" or recognizer is None or ch == self.cfg.challenge:
+            return
+        from voxgate.challenge import ChallengeError, new_challenge
+        from voxgate.stt import SttError
+
+        try:
+            recognizer.check_words(new_challenge(ch, 0.0).words)
+        except (ChallengeError, SttError) as exc:
+            raise ConfigError(str(self.config_path), [f"challenge.passphrase: {exc}"]) from None
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from voxgate.stt.base import (
     Engine,
     LivenessResult,
     PromptStream,
+    SttError,
     Transcript,
     check_pcm,
     words_to_digits,
@@ -51,6 +52,17 @@ class Recognizer:
         if not words:
             raise ValueError("empty prompt")
         return _Stream(self, tuple(w.lower() for w in words), user_templates)
+
+    def check_words(self, words: tuple[str, ...]) -> None:
+        """Raise SttError when the engine cannot score a prompt of these words (a word not in
+        its dictionary, letters it cannot spell): for a passphrase, checked at start-up and
+        at a reload instead of aborting every attempt."""
+        try:
+            self.engine.start_prompt(tuple(w.lower() for w in words)).finish()
+        except (SttError, ValueError) as exc:
+            raise SttError(
+                f"the {self.name} engine cannot check {' '.join(words)!r}: {exc}"
+            ) from None
 
     def check_prompt(
         self,
