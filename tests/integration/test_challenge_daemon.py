@@ -20,11 +20,12 @@ from voxgate.cli import main
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 REPO = Path(__file__).resolve().parents[2]
 RATE = 16000
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def say(text: str, tmp: Path) -> np.ndarray:
+def say(text: str, tmp: Path, voice: str = "en") -> np.ndarray:
     wav = tmp / "say.wav"
-    subprocess.run(["espeak-ng", "-v", "en", "-s", "150", "-w", str(wav), text], check=True)
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(wav), text], check=True)
     return read_audio(wav)
 
 
@@ -32,25 +33,52 @@ def quiet(seconds: float) -> np.ndarray:
     return np.random.default_rng(1).normal(0, 10, int(seconds * RATE)).astype(np.int16)
 
 
-def run_door(tmp: Path, config: str, parts: list[np.ndarray]) -> list[dict]:
-    """`voxgate run --file` on the parts played one after another; the decisions audited."""
-    key = tmp / "vp.key"
+def write_config(home: Path, config: str) -> Path:
+    key = home / "vp.key"
     if not key.exists():
         assert main(["users", "init-key", str(key)]) == 0
-    cfg = tmp / "voxgate.yaml"
+    cfg = home / "voxgate.yaml"
     cfg.write_text(
-        f"data_dir: {tmp / 'data'}\naudio: {{source: stdin}}\nmqtt: {{enabled: false}}\n"
-        f"speaker: {{key_file: {key}}}\n{config}"
+        f"data_dir: {home / 'data'}\naudio: {{source: stdin}}\nmqtt: {{enabled: false}}\n"
+        f"speaker: {{key_file: {key}, enroll_min_speech_s: 6, enroll_min_takes: 3}}\n{config}"
     )
-    audio = tmp / "attempt.wav"
+    return cfg
+
+
+def run_door(home: Path, config: str, parts: list[np.ndarray]) -> list[dict]:
+    """`voxgate run --file` on the parts played one after another; the decisions audited."""
+    cfg = write_config(home, config)
+    audio = home / "attempt.wav"
     sf.write(audio, np.concatenate(parts), RATE, subtype="PCM_16")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
     env["PYTHONPATH"] = str(REPO / "daemon")
     cmd = [sys.executable, "-m", "voxgate", "run", "-c", str(cfg), "--file", str(audio)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = (tmp / "data" / "audit.jsonl").read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e.get("event") == "decision"]
+    audit = home / "data" / "audit.jsonl"
+    decisions = [
+        e for e in map(json.loads, audit.read_text().splitlines()) if e.get("event") == "decision"
+    ]
+    audit.unlink()  # the next run of this door starts a fresh log
+    (home / "data" / "audit.jsonl.anchor").unlink(missing_ok=True)
+    return decisions
+
+
+@pytest.fixture(scope="module")
+def door(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A door where alice enrolled with prompted takes: she has digit templates, so nobody
+    else's answer needs the speech engine."""
+    home = tmp_path_factory.mktemp("door")
+    cfg = write_config(home, "")
+    prompts = ["40712", "95368", "28140", "63957", "17250", "84693"]
+    files = []
+    for i, digits in enumerate(prompts):
+        path = home / f"take{i}.wav"
+        text = ", ".join(NAMES[int(d)] for d in digits)
+        subprocess.run(["espeak-ng", "-v", "en+m3", "-w", str(path), text], check=True)
+        files.append(str(path))
+    assert main(["enroll", "alice", "-c", str(cfg), "--from", *files, "--prompts", *prompts]) == 0
+    return home
 
 
 def test_a_monologue_cut_by_the_vad_is_too_long_not_a_wrong_answer(tmp_path: Path) -> None:
@@ -73,3 +101,24 @@ def test_a_monologue_cut_by_the_vad_is_too_long_not_a_wrong_answer(tmp_path: Pat
     first = decisions[0]
     assert "liveness_retry" in first["reasons"], first
     assert "liveness_failed" not in first["reasons"], first
+
+
+def test_an_answer_nobody_can_be_matched_to_is_not_blamed_on_the_challenge(
+    door: Path, tmp_path: Path
+) -> None:
+    """Everyone enrolled here has templates, so the engine does not run; when the voice
+    matched nobody, no check was finished and the decision said `liveness_missing` beside
+    the real reason. A cough (no usable voice: the quality gate's retry) was thereby a
+    counted denial; an impostor's answer was blamed on a missing check."""
+    wake = say("hello door", tmp_path, "en+m3")
+    cough = np.random.default_rng(0).normal(0, 8000, 3000).astype(np.int16)
+    impostor = say("six, one, six, four, six", tmp_path, "en+f4")
+    decisions = run_door(
+        door,
+        "",
+        [quiet(0.5), wake, quiet(1.5), cough, quiet(3), wake, quiet(1.5), impostor, quiet(2)],
+    )
+    assert [(d["outcome"], d["reasons"]) for d in decisions] == [
+        ("retry", ["low_quality"]),
+        ("denied", ["no_match"]),
+    ]

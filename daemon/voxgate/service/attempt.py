@@ -83,6 +83,11 @@ def conclude(
             speaker = Unscored(a.claimed_user)
     identified = speaker.user if speaker is not None and speaker.accepted else None
     liveness = _liveness(a, a.claimed_user or identified, cut=utt.split)
+    # Everyone who might have answered has templates (no engine ran) and the voice matched
+    # nobody: no check was owed, as nobody can be granted. Reported as liveness_missing it
+    # turned the quality gate's retry into a counted denial and blamed an impostor's
+    # answer on a missing check.
+    unchecked = liveness is None and identified is None and bool(a.user_streams)
     replay: ReplayLike | None = (
         stages.replay.check_and_add(utt.pcm, now) if stages.replay is not None else None
     )
@@ -98,7 +103,7 @@ def conclude(
         replay,
         lockout.state(lock_user, now),
         expired,
-        require_liveness=cfg.challenge.mode != "off",
+        require_liveness=cfg.challenge.mode != "off" and not unchecked,
     )
     record = None
     if verdict.outcome == "granted" or verdict.counts_as_failure:
