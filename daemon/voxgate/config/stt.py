@@ -88,6 +88,16 @@ class SttConfig(Section):
         description="Longer answers are not decoded (bounded work) and mean 'try again'.",
     )
 
+    @model_validator(mode="after")
+    def _deepspeech_needs_model(self) -> SttConfig:
+        # Else `voxgate config check` passed and the daemon stopped at start (exit 69).
+        if self.backend == "deepspeech" and self.deepspeech_model is None:
+            raise ValueError(
+                "stt.backend is 'deepspeech' but stt.deepspeech_model is not set (a user "
+                "download: docs/challenge.md)"
+            )
+        return self
+
 
 # What a passphrase may hold: the engines spell English words in a-z (and the apostrophe);
 # punctuation between words is dropped.
