@@ -133,3 +133,10 @@ def test_deepspeech_without_a_model_fails_config_check(tmp_path: Path) -> None:
     assert main(["config", "check", str(cfg)]) != 0
     cfg.write_text(f"stt: {{backend: deepspeech, deepspeech_model: {MODEL}}}\n")
     assert main(["config", "check", str(cfg)]) == 0
+
+
+def test_a_folder_given_as_the_model_is_named_as_such(tmp_path: Path) -> None:
+    """`deepspeech_model: /var/lib/voxgate/models` (the folder, not the file) was reported
+    as a model that 'does not exist', sending the user to download a file they have."""
+    with pytest.raises(SttError, match=r"is a folder, not the \.tflite file"):
+        load_recognizer(SttConfig(backend="deepspeech", deepspeech_model=tmp_path))
