@@ -40,19 +40,20 @@ def write_config(home: Path, config: str) -> Path:
     cfg = home / "voxgate.yaml"
     cfg.write_text(
         f"data_dir: {home / 'data'}\naudio: {{source: stdin}}\nmqtt: {{enabled: false}}\n"
+        "metrics: {enabled: false}\n"
         f"speaker: {{key_file: {key}, enroll_min_speech_s: 6, enroll_min_takes: 3}}\n{config}"
     )
     return cfg
 
 
-def run_door(home: Path, config: str, parts: list[np.ndarray]) -> list[dict]:
+def run_door(home: Path, config: str, parts: list[np.ndarray], *flags: str) -> list[dict]:
     """`voxgate run --file` on the parts played one after another; the decisions audited."""
     cfg = write_config(home, config)
     audio = home / "attempt.wav"
     sf.write(audio, np.concatenate(parts), RATE, subtype="PCM_16")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
     env["PYTHONPATH"] = str(REPO / "daemon")
-    cmd = [sys.executable, "-m", "voxgate", "run", "-c", str(cfg), "--file", str(audio)]
+    cmd = [sys.executable, "-m", "voxgate", "run", "-c", str(cfg), "--file", str(audio), *flags]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     audit = home / "data" / "audit.jsonl"
@@ -122,3 +123,20 @@ def test_an_answer_nobody_can_be_matched_to_is_not_blamed_on_the_challenge(
         ("retry", ["low_quality"]),
         ("denied", ["no_match"]),
     ]
+
+
+def test_the_time_to_answer_starts_after_the_spoken_prompt(door: Path, tmp_path: Path) -> None:
+    """With challenge.speak the door is deaf while its prompt plays (0.45 s a word + 0.8 s:
+    3 s for 5 digits), but challenge.timeout_s ran from the moment the challenge was issued:
+    with `timeout_s: 2` (allowed) every answer came too late (challenge_expired)."""
+    wake = say("hello door", tmp_path, "en+m3")
+    answer = say("four, seven, one, two, nine", tmp_path, "en+m3")
+    # Prompt 3.05 s of deafness; the answer starts 0.5 s after it.
+    decisions = run_door(
+        door,
+        "challenge: {speak: true, timeout_s: 2}\n",
+        [quiet(0.5), wake, quiet(3.6), answer, quiet(1.5)],
+        "--realtime",
+    )
+    assert len(decisions) == 1
+    assert "challenge_expired" not in decisions[0]["reasons"], decisions[0]

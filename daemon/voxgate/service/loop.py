@@ -16,6 +16,7 @@ service.stop_timeout_s) or abort it, publish offline and return 0; SIGHUP reload
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import queue
@@ -60,6 +61,11 @@ STATUS = {
     State.VERIFYING: "verifying: finishing embedding and transcript",
     State.DECIDED: "decided",
 }
+
+
+def _speak_s(challenge: Any) -> float:
+    """How long the door takes to say a challenge (it does not listen meanwhile)."""
+    return SPEAK_S_PER_WORD * len(challenge.words) + SPEAK_TAIL_S
 
 
 def _queue_frames(cfg: VoxgateConfig) -> int:
@@ -527,6 +533,13 @@ class Daemon:
             self.sm.move(State.IDLE, "locked out")
             return
         a.challenge = self.stages.new_challenge(self.cfg.challenge, self.clock())
+        if self.stages.speak is not None:
+            # The door is deaf while it says the prompt, so challenge.timeout_s counts from
+            # the end of it: from the issue, `timeout_s: 2` expired every challenge while
+            # the door was still saying it (a new challenge at each answer, for ever).
+            a.challenge = dataclasses.replace(
+                a.challenge, expires_at=a.challenge.expires_at + _speak_s(a.challenge)
+            )
         self.stages.link.publish_challenge(a.challenge)
         if self.stages.speak is not None:
             self._speak(a.challenge)
@@ -542,8 +555,7 @@ class Daemon:
         except Exception as exc:
             log.warning("speaking the challenge failed: %s", exc)
             return
-        seconds = SPEAK_S_PER_WORD * len(challenge.words) + SPEAK_TAIL_S
-        self._deaf_frames = int(seconds * 1000 / self.cfg.audio.frame_ms)
+        self._deaf_frames = int(_speak_s(challenge) * 1000 / self.cfg.audio.frame_ms)
 
     def _command_attempt(self, payload: dict[str, Any]) -> dict[str, Any]:
         """MQTT thread: queue a claimed-user attempt for the loop."""
