@@ -104,3 +104,22 @@ def test_a_passphrase_no_engine_can_say_is_a_config_error(phrase: str) -> None:
     with pytest.raises(ValidationError, match=r"challenge\.passphrase"):
         ChallengeConfig(mode="passphrase", passphrase=phrase)
     ChallengeConfig(mode="passphrase", passphrase="Don't panic, Open-Sesame!")
+
+
+def test_an_answer_limit_too_short_for_the_prompt_is_a_config_error() -> None:
+    """A 10-digit answer takes about 5 s (espeak-ng, en+m3; people are slower), so with
+    `stt.max_answer_s: 4` every answer was too long: the config passed `voxgate config
+    check` and the door asked again for ever."""
+    from pydantic import ValidationError
+
+    from voxgate.config import VoxgateConfig
+
+    for change in (
+        {"challenge": {"length": 10}, "stt": {"max_answer_s": 4}},
+        {"stt": {"max_answer_s": 2}},
+    ):
+        with pytest.raises(ValidationError, match="too short for an answer"):
+            VoxgateConfig.model_validate(change)
+    VoxgateConfig.model_validate({"challenge": {"length": 10}})  # the defaults leave room
+    VoxgateConfig.model_validate({"challenge": {"length": 3}, "stt": {"max_answer_s": 5}})
+    VoxgateConfig.model_validate({"challenge": {"mode": "off"}, "stt": {"max_answer_s": 2}})
