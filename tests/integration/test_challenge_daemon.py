@@ -140,3 +140,19 @@ def test_the_time_to_answer_starts_after_the_spoken_prompt(door: Path, tmp_path:
     )
     assert len(decisions) == 1
     assert "challenge_expired" not in decisions[0]["reasons"], decisions[0]
+
+
+def test_the_audit_log_says_why_the_spoken_answer_failed(tmp_path: Path) -> None:
+    """The decision's audit line had liveness_ok and the score only: an analyst could not
+    tell a wrong phrase from an answer too long or too quiet to judge, nor which check
+    decided. It now names the reason and the method."""
+    wake = say("hello door", tmp_path)
+    right = say("open sesame", tmp_path)
+    wrong = say("close the window", tmp_path)
+    decisions = run_door(
+        tmp_path,
+        "challenge: {mode: passphrase, passphrase: open sesame}\n",
+        [quiet(0.5), wake, quiet(1.5), right, quiet(3), wake, quiet(1.5), wrong, quiet(2)],
+    )
+    got = [(d["liveness_ok"], d["liveness_reason"], d["liveness_method"]) for d in decisions]
+    assert got == [(True, None, "phonemes"), (False, "prompt_mismatch", "phonemes")]

@@ -666,6 +666,10 @@ class Daemon:
             threshold=getattr(result.speaker, "threshold", None),
             liveness_ok=getattr(result.liveness, "ok", None),
             liveness_score=getattr(result.liveness, "score", None),
+            # Why the answer failed (wrong content, or too long/short to judge) and which
+            # check decided (the user's templates or an engine); the score alone told neither.
+            liveness_reason=getattr(result.liveness, "reason", None),
+            liveness_method=getattr(result.liveness, "method", None),
             replay=getattr(result.replay, "is_replay", None),
             nonce=a.challenge.nonce if a.challenge is not None else None,
             speech_s=round(utt.speech_s, 2),
