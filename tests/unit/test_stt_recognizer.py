@@ -287,6 +287,9 @@ def test_a_passphrase_the_engine_cannot_score_stops_start_up_and_a_reload(
         path.write_text(base + "challenge: {mode: passphrase, passphrase: 'Open, Voxgate!'}\n")
         assert not d.reload()
         assert d.cfg.challenge.passphrase == "open sesame"
+        # The mode waits for a restart, the phrase would apply: still checked.
+        path.write_text(base + "challenge: {mode: digits, passphrase: open voxgate}\n")
+        assert not d.reload()
         path.write_text(base + "challenge: {mode: passphrase, passphrase: open the door}\n")
         assert d.reload() and d.cfg.challenge.passphrase == "open the door"
     finally:

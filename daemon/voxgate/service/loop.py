@@ -805,7 +805,8 @@ class Daemon:
     def _check_passphrase(self, new: VoxgateConfig) -> None:
         """A new passphrase must be one the running engine can score (the engine is built at
         start): else every attempt after the reload was aborted. Raises ConfigError."""
-        ch = new.challenge
+        # As it would run: the mode waits for a restart, the phrase applies at once.
+        ch = plan_reload(self.cfg, new).cfg.challenge
         recognizer = self.stages.recognizer if self.stages is not None else None
         if ch.mode != "passphrase" or recognizer is None or ch == self.cfg.challenge:
             return
