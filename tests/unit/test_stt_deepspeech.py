@@ -140,3 +140,12 @@ def test_a_folder_given_as_the_model_is_named_as_such(tmp_path: Path) -> None:
     as a model that 'does not exist', sending the user to download a file they have."""
     with pytest.raises(SttError, match=r"is a folder, not the \.tflite file"):
         load_recognizer(SttConfig(backend="deepspeech", deepspeech_model=tmp_path))
+
+
+def test_a_checksum_in_capitals_is_the_same_checksum() -> None:
+    """Tools differ in case (PowerShell's Get-FileHash prints capitals): the same sha256 in
+    capitals was refused as a config error ('should match pattern')."""
+    right = hashlib.sha256(MODEL.read_bytes()).hexdigest()
+    cfg = SttConfig(backend="deepspeech", deepspeech_model=MODEL, deepspeech_sha256=right.upper())
+    assert cfg.deepspeech_sha256 == right
+    assert load_recognizer(cfg).name == "deepspeech"

@@ -7,7 +7,7 @@ import string
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from voxgate.config.base import Section
 
@@ -87,6 +87,12 @@ class SttConfig(Section):
         le=120,
         description="Longer answers are not decoded (bounded work) and mean 'try again'.",
     )
+
+    @field_validator("deepspeech_sha256", mode="before")
+    @classmethod
+    def _hex_any_case(cls, v: object) -> object:
+        # A checksum is the same in capitals (PowerShell's Get-FileHash prints them).
+        return v.strip().lower() if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _deepspeech_needs_model(self) -> SttConfig:
