@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from voxgate.challenge import ChallengeBook, ChallengeError, enrollment_prompts, new_challenge
@@ -123,3 +126,26 @@ def test_an_answer_limit_too_short_for_the_prompt_is_a_config_error() -> None:
     VoxgateConfig.model_validate({"challenge": {"length": 10}})  # the defaults leave room
     VoxgateConfig.model_validate({"challenge": {"length": 3}, "stt": {"max_answer_s": 5}})
     VoxgateConfig.model_validate({"challenge": {"mode": "off"}, "stt": {"max_answer_s": 2}})
+
+
+def test_a_replay_window_that_keeps_nothing_is_a_config_error(tmp_path: Path) -> None:
+    """`replay_window_s: 0` (read as 'for ever' in many tools) validated and pruned every
+    fingerprint before the next answer was compared: an exact replay one second later was
+    not caught, with nothing in the log to say the detector was off."""
+    from pydantic import ValidationError
+
+    from voxgate.replay import ReplayDetector
+
+    answer = np.random.default_rng(0).normal(0, 3000, 32000).astype(np.int16)
+    answer[::4000] = 0  # some rhythm, as speech has
+    det = ReplayDetector(tmp_path / "replay.db", 0)
+    det.check_and_add(answer, 100.0)
+    assert not det.check_and_add(answer, 101.0).is_replay  # what 0 did
+    det.close()
+    kept = ReplayDetector(tmp_path / "kept.db", 60)
+    kept.check_and_add(answer, 100.0)
+    assert kept.check_and_add(answer, 101.0).is_replay  # what a window that keeps does
+    kept.close()
+    with pytest.raises(ValidationError, match="replay_window_s"):
+        ChallengeConfig(replay_window_s=0)
+    assert ChallengeConfig(replay_window_s=60).replay_window_s == 60

@@ -129,8 +129,9 @@ class ChallengeConfig(Section):
     speak: bool = Field(False, description="Speak the challenge locally with espeak-ng.")
     replay_window_s: int = Field(
         30 * 24 * 3600,
-        ge=0,
-        description="How long attempt fingerprints are kept for replay checks.",
+        ge=60,
+        description="How long attempt fingerprints are kept for replay checks (at least a "
+        "minute: 0 kept none, so no replay could be caught).",
     )
 
     @model_validator(mode="after")
