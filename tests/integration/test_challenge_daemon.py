@@ -156,3 +156,30 @@ def test_the_audit_log_says_why_the_spoken_answer_failed(tmp_path: Path) -> None
     )
     got = [(d["liveness_ok"], d["liveness_reason"], d["liveness_method"]) for d in decisions]
     assert got == [(True, None, "phonemes"), (False, "prompt_mismatch", "phonemes")]
+
+
+def test_the_door_does_not_take_the_end_of_its_own_spoken_prompt_as_the_answer(
+    tmp_path: Path,
+) -> None:
+    """With challenge.speak the door stops listening while it says the prompt, for a time
+    guessed from the word count (0.45 s a word + 0.8 s). espeak-ng takes longer for long
+    words: ten sevens end at 7.5 s, guessed 5.3 s. The door heard the rest of its own voice
+    as the start of the answer and judged that (denied). The microphone here is the file:
+    the door's prompt as espeak-ng says it, then the person's answer."""
+    phrase = "open the big old front door of the house right now"
+    wake = say("hello door", tmp_path, "en+m3")
+    prompt_wav = tmp_path / "prompt.wav"
+    spoken = ", ".join(phrase.split())  # Challenge.spoken_form(), as challenge.speak says it
+    subprocess.run(
+        ["espeak-ng", "-v", "en", "-s", "140", "-w", str(prompt_wav), spoken], check=True
+    )
+    door_voice = read_audio(prompt_wav)
+    answer = say(phrase, tmp_path, "en+m3")
+    decisions = run_door(
+        tmp_path,
+        f"challenge: {{mode: passphrase, passphrase: {phrase}, speak: true, timeout_s: 10}}\n",
+        # The VAD ends the wake 0.5 s after it; the door starts speaking then.
+        [quiet(0.5), wake, quiet(0.55), door_voice, quiet(1.0), answer, quiet(2)],
+    )
+    assert len(decisions) == 1, decisions
+    assert decisions[0]["liveness_ok"] is True, decisions[0]

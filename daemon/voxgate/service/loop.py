@@ -64,7 +64,7 @@ STATUS = {
 
 
 def _speak_s(challenge: Any) -> float:
-    """How long the door takes to say a challenge (it does not listen meanwhile)."""
+    """A guess at how long a challenge takes to say, for a speaker that does not tell."""
     return SPEAK_S_PER_WORD * len(challenge.words) + SPEAK_TAIL_S
 
 
@@ -534,28 +534,32 @@ class Daemon:
             return
         a.challenge = self.stages.new_challenge(self.cfg.challenge, self.clock())
         if self.stages.speak is not None:
+            seconds = self._speak(a.challenge)
             # The door is deaf while it says the prompt, so challenge.timeout_s counts from
             # the end of it: from the issue, `timeout_s: 2` expired every challenge while
             # the door was still saying it (a new challenge at each answer, for ever).
             a.challenge = dataclasses.replace(
-                a.challenge, expires_at=a.challenge.expires_at + _speak_s(a.challenge)
+                a.challenge, expires_at=a.challenge.expires_at + seconds
             )
         self.stages.link.publish_challenge(a.challenge)
-        if self.stages.speak is not None:
-            self._speak(a.challenge)
         self.sm.move(State.CHALLENGE, "challenge issued")
 
-    def _speak(self, challenge: Any) -> None:
+    def _speak(self, challenge: Any) -> float:
         """Say the challenge on the door's speaker. The microphone hears it too, and a
         machine reading the digits must not become the answer: the loop is deaf (frames
-        are dropped, not fed to the VAD) for about as long as the prompt plays."""
+        are dropped, not fed to the VAD) for as long as the prompt plays (as the speaker
+        measured it, else a guess from the word count). Returns those seconds."""
         assert self.stages is not None and self.stages.speak is not None
         try:
-            self.stages.speak(challenge)
+            played = self.stages.speak(challenge)
         except Exception as exc:
             log.warning("speaking the challenge failed: %s", exc)
-            return
-        self._deaf_frames = int(_speak_s(challenge) * 1000 / self.cfg.audio.frame_ms)
+            return 0.0
+        if played is False or played == 0:
+            return 0.0  # nothing was said (espeak-ng missing or failed)
+        seconds = played if isinstance(played, float) else _speak_s(challenge)
+        self._deaf_frames = int(seconds * 1000 / self.cfg.audio.frame_ms)
+        return seconds
 
     def _command_attempt(self, payload: dict[str, Any]) -> dict[str, Any]:
         """MQTT thread: queue a claimed-user attempt for the loop."""
