@@ -13,7 +13,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 
-from voxgate.config.stt import ChallengeConfig
+from voxgate.config.stt import ChallengeConfig, passphrase_words
 from voxgate.stt.base import digits_to_words
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ def new_challenge(cfg: ChallengeConfig, now: float) -> Challenge:
         text = "".join(secrets.choice("0123456789") for _ in range(cfg.length))
         return Challenge(text, digits_to_words(text), nonce, now, expires, "digits")
     if cfg.mode == "passphrase":
-        phrase = (cfg.passphrase or "").strip().lower()
-        words = tuple(phrase.split())
+        words = passphrase_words(cfg.passphrase or "")
         if not words:
             raise ChallengeError("challenge.mode is passphrase but challenge.passphrase is empty")
         return Challenge(" ".join(words), words, nonce, now, expires, "passphrase")
@@ -134,19 +133,41 @@ class ChallengeBook:
             del self._open[n]
 
 
-def speak(challenge: Challenge, voice: str = "en", wpm: int = 140) -> bool:
-    """Say the challenge with espeak-ng (non-blocking). False when espeak-ng is missing."""
+# espeak-ng's --stdout WAV: a 44-byte header (its length fields unset), 16-bit mono.
+WAV_HEADER = 44
+ECHO_S = 0.3  # after the last loud sample: the player's start-up and the room's echo
+
+
+def speak(challenge: Challenge, voice: str = "en", wpm: int = 140) -> float:
+    """Say the challenge with espeak-ng (non-blocking). Returns how long the prompt plays,
+    in seconds (measured on espeak-ng's own rendering), 0.0 when nothing was spoken.
+
+    The door must not listen meanwhile; a guess from the word count was 2 s short for ten
+    long digits, and the door took the end of its own voice for the answer."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         log.warning("challenge.speak is on but espeak-ng is not installed")
-        return False
+        return 0.0
+    cmd = [exe, "-v", voice, "-s", str(wpm), challenge.spoken_form()]
+    seconds = 0.0
     try:
-        subprocess.Popen(
-            [exe, "-v", voice, "-s", str(wpm), challenge.spoken_form()],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    except OSError as exc:
+        wav = subprocess.run([*cmd, "--stdout"], capture_output=True, timeout=10).stdout
+        seconds = _speech_end_s(wav)
+        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
         log.warning("espeak-ng failed: %s", exc)
-        return False
-    return True
+        return 0.0
+    return seconds
+
+
+def _speech_end_s(wav: bytes) -> float:
+    """Seconds to the last loud sample of espeak-ng's WAV (plus ECHO_S); 0.0 if silent."""
+    import numpy as np
+
+    if len(wav) < WAV_HEADER or wav[:4] != b"RIFF":
+        raise ValueError("espeak-ng gave no WAV")
+    rate = int.from_bytes(wav[24:28], "little")
+    body = wav[WAV_HEADER:]
+    pcm = np.frombuffer(body[: len(body) // 2 * 2], dtype="<i2")
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > 328)  # above 1 % of full scale
+    return 0.0 if not len(loud) or rate <= 0 else (int(loud[-1]) + 1) / rate + ECHO_S

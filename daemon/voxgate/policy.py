@@ -10,6 +10,8 @@ Reason codes (stable strings; they go into decisions, the audit log and metrics)
   replay              the audio matches an earlier attempt
   liveness_missing    a challenge was required but no liveness result exists
   liveness_failed     the spoken answer did not match the challenge
+  liveness_retry      the answer could not be judged (nothing said, too short, longer than
+                      stt.max_answer_s): try again; not counted by the lockout
   no_speech           no speaker embedding could be made (too little speech)
   low_quality         the audio was usable for nothing trustworthy (clipped, noisy, short)
   no_match            the voice did not match (verify) or matched nobody (identify)
@@ -44,6 +46,8 @@ class LivenessLike(Protocol):
     def ok(self) -> bool: ...
     @property
     def reason(self) -> str | None: ...
+    @property
+    def retry(self) -> bool: ...
 
 
 class ReplayLike(Protocol):
@@ -118,7 +122,11 @@ def decide(
         if require_liveness:
             found.append(("denied", "liveness_missing"))
     elif not liveness.ok:
-        found.append(("denied", "liveness_failed"))
+        # An answer that could not be judged grants nothing, so retrying gains an attacker
+        # nothing; counting it would lock out a person who hesitated or said nothing.
+        found.append(
+            ("retry", "liveness_retry") if liveness.retry else ("denied", "liveness_failed")
+        )
     if speaker is None:
         found.append(("retry", "no_speech"))
     elif not speaker.quality_ok:

@@ -133,6 +133,10 @@ class LivenessResult:
     transcript: str | None
     reason: str | None
 
+    @property
+    def retry(self) -> bool:  # as stt.LivenessResult: policy reads it
+        return self.reason in ("no_speech", "too_short", "too_long")
+
 
 class PromptStream:
     def __init__(self, owner: SpeechLengthRecognizer) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from voxgate.challenge import ChallengeBook, ChallengeError, enrollment_prompts, new_challenge
@@ -93,3 +96,56 @@ def test_enrollment_prompts_cover_every_digit_twice() -> None:
     assert Counter("".join(prompts)) == Counter("0123456789" * 2)
     with pytest.raises(ValueError, match="every digit"):
         enrollment_prompts(1, 5)
+
+
+@pytest.mark.parametrize("phrase", ["öffne sesam", "open door 4", "gate №5", "..."])
+def test_a_passphrase_no_engine_can_say_is_a_config_error(phrase: str) -> None:
+    """Every engine spells English words in the letters a-z; such phrases validated and
+    then aborted every attempt (or were silently cut to other words)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"challenge\.passphrase"):
+        ChallengeConfig(mode="passphrase", passphrase=phrase)
+    ChallengeConfig(mode="passphrase", passphrase="Don't panic, Open-Sesame!")
+
+
+def test_an_answer_limit_too_short_for_the_prompt_is_a_config_error() -> None:
+    """A 10-digit answer takes about 5 s (espeak-ng, en+m3; people are slower), so with
+    `stt.max_answer_s: 4` every answer was too long: the config passed `voxgate config
+    check` and the door asked again for ever."""
+    from pydantic import ValidationError
+
+    from voxgate.config import VoxgateConfig
+
+    for change in (
+        {"challenge": {"length": 10}, "stt": {"max_answer_s": 4}},
+        {"stt": {"max_answer_s": 2}},
+    ):
+        with pytest.raises(ValidationError, match="too short for an answer"):
+            VoxgateConfig.model_validate(change)
+    VoxgateConfig.model_validate({"challenge": {"length": 10}})  # the defaults leave room
+    VoxgateConfig.model_validate({"challenge": {"length": 3}, "stt": {"max_answer_s": 5}})
+    VoxgateConfig.model_validate({"challenge": {"mode": "off"}, "stt": {"max_answer_s": 2}})
+
+
+def test_a_replay_window_that_keeps_nothing_is_a_config_error(tmp_path: Path) -> None:
+    """`replay_window_s: 0` (read as 'for ever' in many tools) validated and pruned every
+    fingerprint before the next answer was compared: an exact replay one second later was
+    not caught, with nothing in the log to say the detector was off."""
+    from pydantic import ValidationError
+
+    from voxgate.replay import ReplayDetector
+
+    answer = np.random.default_rng(0).normal(0, 3000, 32000).astype(np.int16)
+    answer[::4000] = 0  # some rhythm, as speech has
+    det = ReplayDetector(tmp_path / "replay.db", 0)
+    det.check_and_add(answer, 100.0)
+    assert not det.check_and_add(answer, 101.0).is_replay  # what 0 did
+    det.close()
+    kept = ReplayDetector(tmp_path / "kept.db", 60)
+    kept.check_and_add(answer, 100.0)
+    assert kept.check_and_add(answer, 101.0).is_replay  # what a window that keeps does
+    kept.close()
+    with pytest.raises(ValidationError, match="replay_window_s"):
+        ChallengeConfig(replay_window_s=0)
+    assert ChallengeConfig(replay_window_s=60).replay_window_s == 60

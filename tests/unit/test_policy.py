@@ -30,6 +30,10 @@ class Liveness:
     transcript: str | None = None
     reason: str | None = None
 
+    @property
+    def retry(self) -> bool:
+        return self.reason in ("no_speech", "too_short", "too_long")
+
 
 @dataclass(frozen=True)
 class Replay:
@@ -189,3 +193,24 @@ def test_remaining_time() -> None:
     assert LOCKED.remaining_s(40.0) == 60.0
     assert LOCKED.remaining_s(140.0) == 0.0
     assert NOT_LOCKED.remaining_s(0.0) == 0.0
+
+
+@pytest.mark.parametrize("reason", ["no_speech", "too_short", "too_long"])
+def test_unusable_answer_is_a_retry_that_does_not_count(reason: str) -> None:
+    """An answer the speech check cannot judge (nothing said, a cough, a monologue past
+    stt.max_answer_s) is 'try again', like the quality gate: it grants nothing, so an
+    attacker gains nothing, and a person who said nothing is not pushed towards a lockout."""
+    from voxgate.stt.base import LivenessResult
+
+    unusable = LivenessResult(False, 0.0, 0.0, None, reason, "checks")
+    got = decide(ALICE, unusable, FRESH, NOT_LOCKED, False)
+    assert got == Verdict("retry", None, ("liveness_retry",))
+    assert not got.counts_as_failure
+    # Still never a grant, and a voice that does not match is still a counted denial.
+    wrong_voice = decide(STRANGER, unusable, FRESH, NOT_LOCKED, False)
+    assert wrong_voice == Verdict("denied", None, ("liveness_retry", "no_match"))
+    assert wrong_voice.counts_as_failure
+    assert decide(ALICE, unusable, REPLAYED, NOT_LOCKED, False).outcome == "denied"
+    # A wrong answer stays a counted denial.
+    wrong = LivenessResult(False, -3.0, -1.4, "1 2", "prompt_mismatch", "phonemes")
+    assert decide(ALICE, wrong, FRESH, NOT_LOCKED, False).counts_as_failure

@@ -103,7 +103,7 @@ def test_missing_model_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(SttError, match="does not exist"):
         load_recognizer(cfg)
     with pytest.raises(SttError, match="deepspeech_model is not set"):
-        load_recognizer(SttConfig(backend="deepspeech"))
+        load_recognizer(SttConfig.model_construct(backend="deepspeech", deepspeech_model=None))
 
 
 def test_wrong_checksum_is_a_config_error() -> None:
@@ -121,3 +121,31 @@ def test_truncated_or_foreign_file_is_a_config_error(tmp_path: Path, size: int) 
     bad.write_bytes(MODEL.read_bytes()[:size])
     with pytest.raises(SttError, match=r"not a usable \.tflite|not a DeepSpeech"):
         load_recognizer(SttConfig(backend="deepspeech", deepspeech_model=bad))
+
+
+def test_deepspeech_without_a_model_fails_config_check(tmp_path: Path) -> None:
+    """`stt.backend: deepspeech` without `stt.deepspeech_model` passed `voxgate config check`
+    and then stopped the daemon at start (exit 69): the check now names the setting."""
+    from voxgate.cli import main
+
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text("stt: {backend: deepspeech}\n")
+    assert main(["config", "check", str(cfg)]) != 0
+    cfg.write_text(f"stt: {{backend: deepspeech, deepspeech_model: {MODEL}}}\n")
+    assert main(["config", "check", str(cfg)]) == 0
+
+
+def test_a_folder_given_as_the_model_is_named_as_such(tmp_path: Path) -> None:
+    """`deepspeech_model: /var/lib/voxgate/models` (the folder, not the file) was reported
+    as a model that 'does not exist', sending the user to download a file they have."""
+    with pytest.raises(SttError, match=r"is a folder, not the \.tflite file"):
+        load_recognizer(SttConfig(backend="deepspeech", deepspeech_model=tmp_path))
+
+
+def test_a_checksum_in_capitals_is_the_same_checksum() -> None:
+    """Tools differ in case (PowerShell's Get-FileHash prints capitals): the same sha256 in
+    capitals was refused as a config error ('should match pattern')."""
+    right = hashlib.sha256(MODEL.read_bytes()).hexdigest()
+    cfg = SttConfig(backend="deepspeech", deepspeech_model=MODEL, deepspeech_sha256=right.upper())
+    assert cfg.deepspeech_sha256 == right
+    assert load_recognizer(cfg).name == "deepspeech"

@@ -189,3 +189,24 @@ def test_a_recording_cut_off_inside_a_word_is_not_accepted_for_any_prompt(rec: o
     prompts = ["".join(rng.choice("0123456789") for _ in range(5)) for _ in range(40)]
     accepted = [p for p in prompts if rec.check_prompt(cut, digits_to_words(p)).ok]  # type: ignore[attr-defined]
     assert accepted == []
+
+
+def test_an_answer_that_means_try_again_is_not_decoded(rec: object) -> None:
+    """Silence, a cough or a monologue past stt.max_answer_s is a retry whatever the engine
+    would hear, yet the whole answer was decoded first: 130 s of speech at max_answer_s 120
+    took 14 s after the end of speech on one x86 core (+130 MB), and silence was logged as
+    heard 'eight'. Now nothing is decoded and nothing is reported heard."""
+    from voxgate.stt import Recognizer
+    from voxgate.stt.base import TOO_LONG, TOO_SHORT
+
+    engine = rec.engine  # type: ignore[attr-defined]
+    short = Recognizer(SttConfig(backend="phonemes", max_answer_s=2), engine)
+    speech = say("three, eight, four, six, five, three, eight, four, six, five")
+    assert len(speech) > 2 * 16000
+    res = short.check_prompt(speech, digits_to_words("38465"))
+    assert res.reason == TOO_LONG and res.transcript is None, res
+    res = short.check_prompt(np.zeros(32000, np.int16), digits_to_words("38465"))
+    assert res.reason == NO_SPEECH and res.transcript is None, res
+    strict = Recognizer(SttConfig(backend="phonemes", min_speech_s=5), engine)
+    res = strict.check_prompt(say("three"), digits_to_words("38465"))
+    assert res.reason == TOO_SHORT and res.transcript is None, res

@@ -236,3 +236,62 @@ def test_streamed_answer_features_do_not_depend_on_chunking() -> None:
     for step in (160, 480, 4000):
         part = run(step)  # the same frames kept; values equal to float rounding
         assert part.shape == whole.shape and np.allclose(part, whole, atol=1e-4)
+
+
+def test_a_passphrase_with_punctuation_is_checked_on_its_words(rec: Recognizer) -> None:
+    """`passphrase: "Open, Sesame!"` validated, the door started, and every attempt was
+    aborted ("'sesame!' is not in the pocketsphinx dictionary"); "open-sesame" likewise.
+    The challenge's words are now the phrase's words without punctuation."""
+    from voxgate.challenge import new_challenge
+    from voxgate.config.stt import ChallengeConfig
+
+    pcm = say("open sesame")
+    for phrase in ("Open, Sesame!", "open-sesame", '"Open sesame."'):
+        ch = new_challenge(ChallengeConfig(mode="passphrase", passphrase=phrase), 0.0)
+        assert ch.words == ("open", "sesame"), phrase
+        res = rec.check_prompt(pcm, ch.words)
+        assert res.ok, (phrase, res)
+
+
+def test_a_passphrase_the_engine_cannot_score_stops_start_up_and_a_reload(
+    tmp_path: Path, rec: Recognizer
+) -> None:
+    """pocketsphinx has no 'voxgate' in its dictionary: the door started, reported ready and
+    aborted every attempt with a traceback; a SIGHUP to such a phrase was applied the same
+    way. Now start-up stops with the reason (exit 69) and the reload is refused."""
+    from voxgate.cli import main
+    from voxgate.config import load_config
+    from voxgate.service.loop import Daemon
+    from voxgate.service.notify import Notifier
+    from voxgate.service.stages import StageUnavailable, build_stages
+
+    with pytest.raises(SttError, match="voxgate"):
+        rec.check_words(("open", "voxgate"))
+    rec.check_words(("open", "sesame"))
+
+    key = tmp_path / "vp.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    base = (
+        f"data_dir: {tmp_path}\naudio: {{source: stdin}}\nmqtt: {{enabled: false}}\n"
+        f"speaker: {{key_file: {key}}}\nstt: {{backend: pocketsphinx}}\n"
+    )
+    path = tmp_path / "voxgate.yaml"
+    path.write_text(base + "challenge: {mode: passphrase, passphrase: open voxgate}\n")
+    with pytest.raises(StageUnavailable, match="'voxgate' is not in the pocketsphinx"):
+        build_stages(load_config(path))
+
+    path.write_text(base + "challenge: {mode: passphrase, passphrase: open sesame}\n")
+    d = Daemon(load_config(path), config_path=path, notifier=Notifier({}))
+    d.stages = build_stages(d.cfg)
+    try:
+        path.write_text(base + "challenge: {mode: passphrase, passphrase: 'Open, Voxgate!'}\n")
+        assert not d.reload()
+        assert d.cfg.challenge.passphrase == "open sesame"
+        # The mode waits for a restart, the phrase would apply: still checked.
+        path.write_text(base + "challenge: {mode: digits, passphrase: open voxgate}\n")
+        assert not d.reload()
+        path.write_text(base + "challenge: {mode: passphrase, passphrase: open the door}\n")
+        assert d.reload() and d.cfg.challenge.passphrase == "open the door"
+    finally:
+        for close in d.stages.close:
+            close()

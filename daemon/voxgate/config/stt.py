@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import string
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from voxgate.config.base import Section
 
@@ -86,6 +88,34 @@ class SttConfig(Section):
         description="Longer answers are not decoded (bounded work) and mean 'try again'.",
     )
 
+    @field_validator("deepspeech_sha256", mode="before")
+    @classmethod
+    def _hex_any_case(cls, v: object) -> object:
+        # A checksum is the same in capitals (PowerShell's Get-FileHash prints them).
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _deepspeech_needs_model(self) -> SttConfig:
+        # Else `voxgate config check` passed and the daemon stopped at start (exit 69).
+        if self.backend == "deepspeech" and self.deepspeech_model is None:
+            raise ValueError(
+                "stt.backend is 'deepspeech' but stt.deepspeech_model is not set (a user "
+                "download: docs/challenge.md)"
+            )
+        return self
+
+
+# What a passphrase may hold: the engines spell English words in a-z (and the apostrophe);
+# punctuation between words is dropped.
+_PHRASE_CHARS = frozenset(string.ascii_letters + string.whitespace + "'.,!?;:-\"()")
+
+
+def passphrase_words(phrase: str) -> tuple[str, ...]:
+    """The words to say, lower case, without punctuation: 'Open, Sesame!' -> (open, sesame).
+
+    The engines check words, and pocketsphinx has no 'sesame!' in its dictionary."""
+    return tuple(re.findall(r"[a-z]+(?:'[a-z]+)*", phrase.lower()))
+
 
 class ChallengeConfig(Section):
     mode: Literal["digits", "passphrase", "off"] = Field(
@@ -99,8 +129,9 @@ class ChallengeConfig(Section):
     speak: bool = Field(False, description="Speak the challenge locally with espeak-ng.")
     replay_window_s: int = Field(
         30 * 24 * 3600,
-        ge=0,
-        description="How long attempt fingerprints are kept for replay checks.",
+        ge=60,
+        description="How long attempt fingerprints are kept for replay checks (at least a "
+        "minute: 0 kept none, so no replay could be caught).",
     )
 
     @model_validator(mode="after")
@@ -108,4 +139,15 @@ class ChallengeConfig(Section):
         # Else the door starts, reports ready, and aborts every attempt at the challenge.
         if self.mode == "passphrase" and not (self.passphrase or "").strip():
             raise ValueError("challenge.mode is 'passphrase' but challenge.passphrase is not set")
+        if self.passphrase is not None:
+            # Else the door starts and every attempt aborts where the engine cannot spell a
+            # word (or a word is silently cut to its a-z letters).
+            odd = sorted({c for c in self.passphrase if c not in _PHRASE_CHARS})
+            if odd:
+                raise ValueError(
+                    f"challenge.passphrase has {''.join(odd)!r}: the speech engines spell "
+                    "English words in the letters a-z (write numbers as words)"
+                )
+            if self.passphrase.strip() and not passphrase_words(self.passphrase):
+                raise ValueError("challenge.passphrase has no words to say")
         return self

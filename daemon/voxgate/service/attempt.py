@@ -82,7 +82,12 @@ def conclude(
             log.error("cannot read the voiceprints, attempt denied: %s", exc)
             speaker = Unscored(a.claimed_user)
     identified = speaker.user if speaker is not None and speaker.accepted else None
-    liveness = _liveness(a, a.claimed_user or identified)
+    liveness = _liveness(a, a.claimed_user or identified, cut=utt.split)
+    # Everyone who might have answered has templates (no engine ran) and the voice matched
+    # nobody: no check was owed, as nobody can be granted. Reported as liveness_missing it
+    # turned the quality gate's retry into a counted denial and blamed an impostor's
+    # answer on a missing check.
+    unchecked = liveness is None and identified is None and bool(a.user_streams)
     replay: ReplayLike | None = (
         stages.replay.check_and_add(utt.pcm, now) if stages.replay is not None else None
     )
@@ -98,7 +103,7 @@ def conclude(
         replay,
         lockout.state(lock_user, now),
         expired,
-        require_liveness=cfg.challenge.mode != "off",
+        require_liveness=cfg.challenge.mode != "off" and not unchecked,
     )
     record = None
     if verdict.outcome == "granted" or verdict.counts_as_failure:
@@ -118,9 +123,20 @@ def conclude(
     return Conclusion(result, lock_user, record)
 
 
-def _liveness(a: Attempt, user: str | None) -> LivenessLike | None:
+def _liveness(a: Attempt, user: str | None, cut: bool = False) -> LivenessLike | None:
     """The prompt check for whoever the speaker turned out to be: their own digits when
-    they have templates, else the engine; only that stream is finished."""
+    they have templates, else the engine; only that stream is finished.
+
+    `cut`: the VAD split the answer at vad.max_utterance_ms and more speech follows. The
+    effective answer limit is then the VAD's (15 s by default, under stt.max_answer_s), so
+    the answer is too long: a retry, and nothing is decoded. Judged on its first piece, a
+    monologue was a wrong answer counted by the lockout, after seconds of decoding.
+    """
+    if cut and (a.user_streams or a.prompt_stream is not None):
+        from voxgate.stt.base import TOO_LONG, LivenessResult
+
+        log.info("the answer ran past vad.max_utterance_ms: too long")
+        return LivenessResult(False, 0.0, 0.0, None, TOO_LONG, "checks")
     own = a.user_streams.get(user) if user is not None else None
     if own is not None:
         return own.finish()

@@ -16,6 +16,7 @@ service.stop_timeout_s) or abort it, publish offline and return 0; SIGHUP reload
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import queue
@@ -60,6 +61,11 @@ STATUS = {
     State.VERIFYING: "verifying: finishing embedding and transcript",
     State.DECIDED: "decided",
 }
+
+
+def _speak_s(challenge: Any) -> float:
+    """A guess at how long a challenge takes to say, for a speaker that does not tell."""
+    return SPEAK_S_PER_WORD * len(challenge.words) + SPEAK_TAIL_S
 
 
 def _queue_frames(cfg: VoxgateConfig) -> int:
@@ -532,23 +538,33 @@ class Daemon:
             self.sm.move(State.IDLE, "locked out")
             return
         a.challenge = self.stages.new_challenge(self.cfg.challenge, self.clock())
-        self.stages.link.publish_challenge(a.challenge)
         if self.stages.speak is not None:
-            self._speak(a.challenge)
+            seconds = self._speak(a.challenge)
+            # The door is deaf while it says the prompt, so challenge.timeout_s counts from
+            # the end of it: from the issue, `timeout_s: 2` expired every challenge while
+            # the door was still saying it (a new challenge at each answer, for ever).
+            a.challenge = dataclasses.replace(
+                a.challenge, expires_at=a.challenge.expires_at + seconds
+            )
+        self.stages.link.publish_challenge(a.challenge)
         self.sm.move(State.CHALLENGE, "challenge issued")
 
-    def _speak(self, challenge: Any) -> None:
+    def _speak(self, challenge: Any) -> float:
         """Say the challenge on the door's speaker. The microphone hears it too, and a
         machine reading the digits must not become the answer: the loop is deaf (frames
-        are dropped, not fed to the VAD) for about as long as the prompt plays."""
+        are dropped, not fed to the VAD) for as long as the prompt plays (as the speaker
+        measured it, else a guess from the word count). Returns those seconds."""
         assert self.stages is not None and self.stages.speak is not None
         try:
-            self.stages.speak(challenge)
+            played = self.stages.speak(challenge)
         except Exception as exc:
             log.warning("speaking the challenge failed: %s", exc)
-            return
-        seconds = SPEAK_S_PER_WORD * len(challenge.words) + SPEAK_TAIL_S
+            return 0.0
+        if played is False or played == 0:
+            return 0.0  # nothing was said (espeak-ng missing or failed)
+        seconds = played if isinstance(played, float) else _speak_s(challenge)
         self._deaf_frames = int(seconds * 1000 / self.cfg.audio.frame_ms)
+        return seconds
 
     def _command_attempt(self, payload: dict[str, Any]) -> dict[str, Any]:
         """MQTT thread: queue a claimed-user attempt for the loop."""
@@ -659,6 +675,10 @@ class Daemon:
             threshold=getattr(result.speaker, "threshold", None),
             liveness_ok=getattr(result.liveness, "ok", None),
             liveness_score=getattr(result.liveness, "score", None),
+            # Why the answer failed (wrong content, or too long/short to judge) and which
+            # check decided (the user's templates or an engine); the score alone told neither.
+            liveness_reason=getattr(result.liveness, "reason", None),
+            liveness_method=getattr(result.liveness, "method", None),
             replay=getattr(result.replay, "is_replay", None),
             nonce=a.challenge.nonce if a.challenge is not None else None,
             speech_s=round(utt.speech_s, 2),
@@ -751,6 +771,7 @@ class Daemon:
             digest = None
         try:
             new = self.load(self.config_path)
+            self._check_passphrase(new)
         except ConfigError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
             self._audit(
@@ -789,6 +810,22 @@ class Daemon:
         log.info("config reloaded: applied %s", ", ".join(hot) or "nothing (unchanged)")
         self.notifier.ready(STATUS[self.sm.state])
         return True
+
+    def _check_passphrase(self, new: VoxgateConfig) -> None:
+        """A new passphrase must be one the running engine can score (the engine is built at
+        start): else every attempt after the reload was aborted. Raises ConfigError."""
+        # As it would run: the mode waits for a restart, the phrase applies at once.
+        ch = plan_reload(self.cfg, new).cfg.challenge
+        recognizer = self.stages.recognizer if self.stages is not None else None
+        if ch.mode != "passphrase" or recognizer is None or ch == self.cfg.challenge:
+            return
+        from voxgate.challenge import ChallengeError, new_challenge
+        from voxgate.stt import SttError
+
+        try:
+            recognizer.check_words(new_challenge(ch, 0.0).words)
+        except (ChallengeError, SttError) as exc:
+            raise ConfigError(str(self.config_path), [f"challenge.passphrase: {exc}"]) from None
 
     # -- helpers --------------------------------------------------------------------------
 

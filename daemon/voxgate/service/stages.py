@@ -219,6 +219,8 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
 
             recognizer = stt.load_recognizer(cfg.stt)
             log.info("speech engine for challenges: %s", recognizer.name)
+            if cfg.challenge.mode == "passphrase":
+                recognizer.check_words(challenge.new_challenge(cfg.challenge, 0.0).words)
             new_challenge = challenge.new_challenge
             speak = challenge.speak if cfg.challenge.speak else None
             replay = replay_mod.ReplayDetector(

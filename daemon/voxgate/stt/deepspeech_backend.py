@@ -51,6 +51,11 @@ class AcousticModel:
         self, path: Path, sha256: str | None = None, threads: int = 1, xnnpack: bool = False
     ) -> None:
         path = Path(path)
+        if path.is_dir():
+            raise SttError(
+                f"stt.deepspeech_model {path} is a folder, not the .tflite file: name the file "
+                "(e.g. deepspeech-0.9.3-models.tflite) inside it"
+            )
         if not path.is_file():
             raise SttError(
                 f"stt.deepspeech_model {path} does not exist: download DeepSpeech 0.9.3's "

@@ -20,6 +20,7 @@ from voxgate.stt.base import (
     Engine,
     LivenessResult,
     PromptStream,
+    SttError,
     Transcript,
     check_pcm,
     words_to_digits,
@@ -51,6 +52,17 @@ class Recognizer:
         if not words:
             raise ValueError("empty prompt")
         return _Stream(self, tuple(w.lower() for w in words), user_templates)
+
+    def check_words(self, words: tuple[str, ...]) -> None:
+        """Raise SttError when the engine cannot score a prompt of these words (a word not in
+        its dictionary, letters it cannot spell): for a passphrase, checked at start-up and
+        at a reload instead of aborting every attempt."""
+        try:
+            self.engine.start_prompt(tuple(w.lower() for w in words)).finish()
+        except (SttError, ValueError) as exc:
+            raise SttError(
+                f"the {self.name} engine cannot check {' '.join(words)!r}: {exc}"
+            ) from None
 
     def check_prompt(
         self,
@@ -121,13 +133,16 @@ class _Stream(PromptStream):
         feats = self.front.flush()
         if self.aligner is not None and len(feats):
             self.aligner.push(feats)
-        score, heard = self.engine.finish() if self.engine else (0.0, None)
+        # A retry is decided before the engine decodes anything: its reading would change
+        # nothing, and a long answer took seconds to decode (the phonemes engine reads the
+        # whole answer at once). An unfinished engine stream is dropped with it.
         if self.samples > self.max_samples:
-            return self._result(False, 0.0, 0.0, heard, TOO_LONG, "checks")
+            return self._result(False, 0.0, 0.0, None, TOO_LONG, "checks")
         speech_s = self.front.speech_frames * self.front.spec.step / SAMPLE_RATE
         if speech_s < self.cfg.min_speech_s:
             reason: str | None = NO_SPEECH if speech_s < 0.05 else TOO_SHORT
-            return self._result(False, 0.0, 0.0, heard, reason, "checks")
+            return self._result(False, 0.0, 0.0, None, reason, "checks")
+        score, heard = self.engine.finish() if self.engine else (0.0, None)
         if self.aligner is not None:
             a = self.aligner.finish()
             thr = -self.cfg.template_threshold
