@@ -173,7 +173,7 @@ class Daemon:
             self.stages = self.stage_factory(cfg)
         except StageUnavailable as exc:
             log.error("cannot start: %s", exc)
-            return self._cannot_start(EX_UNAVAILABLE, str(exc))
+            return self._cannot_start(EX_CONFIG if exc.config else EX_UNAVAILABLE, str(exc))
         except AudioError as exc:
             log.error("cannot open audio input: %s", exc)
             return self._cannot_start(EX_IOERR, f"audio input: {exc}")
