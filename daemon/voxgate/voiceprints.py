@@ -105,7 +105,14 @@ def load_key(speaker_cfg: Any) -> bytes:
     except SecretUnreadable as exc:  # a new key would not open the stored voiceprints
         raise StoreError(str(exc)) from None
     except SecretError as exc:
-        raise StoreError(f"{exc}; create a key with: voxgate users init-key FILE") from None
+        if speaker_cfg.key_file is not None:
+            hint = f"create it with: voxgate users init-key {speaker_cfg.key_file}"
+        else:  # init-key alone is not enough: nothing tells the config where the key is
+            hint = (
+                "create a key with: voxgate users init-key FILE, then set speaker.key_file: "
+                "FILE in the config"
+            )
+        raise StoreError(f"{exc}; {hint}") from None
     assert raw is not None
     return parse_key(raw)
 
