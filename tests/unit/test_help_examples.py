@@ -32,3 +32,16 @@ def test_every_command_help_ends_with_its_own_examples() -> None:
         ):
             missing.append(name)
     assert missing == []
+
+
+def test_api_help_curl_reaches_the_server_its_example_starts() -> None:
+    # `voxgate api --help` started the API on --port 9800 with the token from the file
+    # `token`, then showed curl on port 9722 with $TOKEN, a variable nothing set: pasted in
+    # order, curl got 'connection refused'.
+    (epilog,) = [e for name, e in leaves(build_parser(), "voxgate") if name == "voxgate api"]
+    lines = [ln.strip() for ln in epilog.splitlines()]
+    (server,) = [ln for ln in lines if "VOXGATE_API_TOKEN=$(cat token)" in ln]
+    port = server.split("--port")[1].split()[0]
+    (curl,) = [ln for ln in lines if ln.startswith("curl ")]
+    assert f"http://127.0.0.1:{port}/" in curl
+    assert 'Bearer $(cat token)"' in curl
