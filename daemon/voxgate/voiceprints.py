@@ -44,6 +44,10 @@ class StoreError(Exception):
     """A voiceprint file or key that cannot be used; str() is meant for the user."""
 
 
+class WrongKey(StoreError):
+    """The key does not open this store (it was sealed with another one)."""
+
+
 class ModelMismatch(StoreError):
     """The voiceprint was made by another speaker model; scores across models mean nothing."""
 
@@ -324,7 +328,7 @@ class VoiceprintStore:
         except StoreError:
             ok = False
         if not ok:
-            raise StoreError(
+            raise WrongKey(
                 f"{self.path}: wrong voiceprint key (it does not open this store); "
                 "nothing was changed"
             )

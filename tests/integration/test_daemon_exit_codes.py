@@ -66,3 +66,17 @@ def test_a_model_that_cannot_load_is_still_exit_69(tmp_path: Path) -> None:
     text = cfg.read_text().replace("speaker: {", f"speaker: {{model: {tmp_path / 'no.yaml'}, ")
     cfg.write_text(text)
     assert Daemon(load_config(cfg), config_path=cfg).run() == 69
+
+
+@pytest.mark.usefixtures("no_secret_env")
+def test_a_wrong_voiceprint_key_is_exit_78(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The store was sealed with another key (init-key run again into another file, a
+    # credential from another door): restarting cannot fix that, but 69 had systemd retry.
+    cfg = _door(tmp_path, voiceprint_key=True, decision_key=True)
+    assert main(["users", "list", "-c", str(cfg)]) == 0  # creates the store with this key
+    (tmp_path / "voiceprint.key").unlink()
+    assert main(["users", "init-key", str(tmp_path / "voiceprint.key")]) == 0
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 78
+    assert "wrong voiceprint key" in caplog.text

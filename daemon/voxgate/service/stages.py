@@ -219,6 +219,8 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
         # As `voxgate verify` scores: the cohort tied to this model file and preprocessing,
         # also under a fixed speaker.threshold (which is on the normalized score's scale).
         scorer = scoring.load_scorer(cfg, store, embedder)
+    except voiceprints.WrongKey as exc:  # the key of another store: a setting
+        raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
     except Exception as exc:  # ModelError, StoreError, SecretError, ScoringError: all say why
         raise StageUnavailable(f"speaker stage: {exc}") from None
 
