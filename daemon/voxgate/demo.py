@@ -141,6 +141,16 @@ class Watcher:
         self.client.disconnect()
 
 
+def enroll_summary(output: str) -> list[str]:
+    """The lines of `voxgate enroll` worth showing: how many takes were used, the takes
+    refused, the outcome. A failed enrollment is shown whole."""
+    lines = output.strip().splitlines()
+    if not lines or not lines[-1].startswith("enrolled "):
+        return lines
+    takes = [ln for ln in lines[1:-1] if not ln.endswith("  ok")]
+    return [lines[0], *takes, lines[-1]]
+
+
 def step(n: int, text: str) -> None:
     print(f"\n[{n}] {text}", flush=True)
 
@@ -215,7 +225,7 @@ def _run(work: Path, stack: ExitStack, keep: bool) -> int:
     # More takes than the 20 s minimum needs: a take can be refused (e.g. its pauses make the
     # SNR estimate low) and enrollment must still go through.
     for i, digits in enumerate(prompt_plan(14)):
-        path = work / f"take{i}.wav"
+        path = work / f"take{i + 1}.wav"  # named as the take is numbered
         say(spoken(digits), OWNER_VOICE, path)
         takes.append(str(path))
         prompts.append(digits)
@@ -225,7 +235,7 @@ def _run(work: Path, stack: ExitStack, keep: bool) -> int:
         capture_output=True,
         text=True,
     )
-    print("    " + "\n    ".join((enroll.stdout + enroll.stderr).strip().splitlines()[-4:]))
+    print("    " + "\n    ".join(enroll_summary(enroll.stdout + enroll.stderr)))
     if enroll.returncode != 0:
         raise DemoError("enrollment failed")
 

@@ -45,6 +45,10 @@ class StoreError(Exception):
     """A voiceprint file or key that cannot be used; str() is meant for the user."""
 
 
+class WrongKey(StoreError):
+    """The key does not open this store (it was sealed with another one)."""
+
+
 class ModelMismatch(StoreError):
     """The voiceprint was made by another speaker model; scores across models mean nothing."""
 
@@ -106,7 +110,14 @@ def load_key(speaker_cfg: Any) -> bytes:
     except SecretUnreadable as exc:  # a new key would not open the stored voiceprints
         raise StoreError(str(exc)) from None
     except SecretError as exc:
-        raise StoreError(f"{exc}; create a key with: voxgate users init-key FILE") from None
+        if speaker_cfg.key_file is not None:
+            hint = f"create it with: voxgate users init-key {speaker_cfg.key_file}"
+        else:  # init-key alone is not enough: nothing tells the config where the key is
+            hint = (
+                "create a key with: voxgate users init-key FILE, then set speaker.key_file: "
+                "FILE in the config"
+            )
+        raise StoreError(f"{exc}; {hint}") from None
     assert raw is not None
     return parse_key(raw)
 
@@ -416,7 +427,7 @@ class VoiceprintStore:
         except StoreError:
             ok = False
         if not ok:
-            raise StoreError(
+            raise WrongKey(
                 f"{self.path}: wrong voiceprint key (it does not open this store); "
                 "nothing was changed"
             )

@@ -24,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "comes from $VOXGATE_API_TOKEN, the systemd credential 'api-token' or api.token_file.",
         examples="""
             voxgate api -c /etc/voxgate/voxgate.yaml
+            openssl rand -hex 32 > token; chmod 600 token      # a token, once
             VOXGATE_API_TOKEN=$(cat token) voxgate api -c firmware_config/dev.yaml --port 9800
-            curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:9722/api/v1/users
+            curl -H "Authorization: Bearer $(cat token)" http://127.0.0.1:9800/api/v1/users
         """,
     )
     add_config_option(p)

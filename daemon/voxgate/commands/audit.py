@@ -26,8 +26,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         """,
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    v = actions.add_parser(
-        "verify", help="check every line and the anchor; exit 0 intact, 1 tampered or damaged"
+    v = add_parser(
+        actions,
+        "verify",
+        help="check every line and the anchor; exit 0 intact, 1 tampered or damaged",
+        description="Check the hash chain of every line and that the log ends where its "
+        "anchor (FILE.anchor) says. Exit 0 intact, 1 tampered or damaged (each problem is "
+        "printed with its line).",
+        examples="""
+            voxgate audit verify                          # the log the default config names
+            voxgate audit verify -c /etc/voxgate/voxgate.yaml
+            voxgate audit verify /var/lib/voxgate/audit.jsonl --key-file /root/audit-key
+        """,
     )
     add_config_option(v)
     v.add_argument("file", nargs="?", metavar="FILE", help="log file (default: from config)")
@@ -35,7 +45,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--no-anchor", action="store_true", help="check the chain only")
     v.add_argument("--key-file", metavar="FILE", help="audit key, to check the anchor's signature")
     v.set_defaults(func=verify_command)
-    s = actions.add_parser("show", help="print the last lines")
+    s = add_parser(
+        actions,
+        "show",
+        help="print the last lines",
+        description="Print the last lines of the audit log: sequence number, time, event and "
+        "its fields.",
+        examples="""
+            voxgate audit show -c /etc/voxgate/voxgate.yaml
+            voxgate audit show -n 20 /var/lib/voxgate/audit.jsonl
+        """,
+    )
     add_config_option(s)
     s.add_argument("file", nargs="?", metavar="FILE", help="log file (default: from config)")
     s.add_argument("-n", "--lines", type=int, default=10, help="how many (default 10)")

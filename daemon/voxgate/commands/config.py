@@ -23,7 +23,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         """,
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    check = actions.add_parser("check", help="validate FILE; print the resolved config or errors")
+    check = add_parser(
+        actions,
+        "check",
+        help="validate FILE; print the resolved config or errors",
+        description="Validate FILE against the config schema. Valid: print every setting with "
+        "the defaults filled in (exit 0). Invalid: print each problem with its line and key "
+        "path (exit 1).",
+        examples="""
+            voxgate config check firmware_config/dev.yaml
+            voxgate config check --quiet /etc/voxgate/voxgate.yaml && echo valid
+        """,
+    )
     check.add_argument("file", metavar="FILE", help="YAML config to validate")
     check.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
     check.set_defaults(func=check_command)

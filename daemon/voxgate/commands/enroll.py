@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         voxgate enroll alice --replace -c /etc/voxgate/voxgate.yaml
         """,
     )
-    p.add_argument("name", metavar="NAME", help="the user's name (1-64 characters)")
+    p.add_argument("name", metavar="NAME", help="the user's name (1-64 characters, no / or \\)")
     p.add_argument(
         "--from",
         dest="files",
@@ -180,6 +180,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         name = normalize_name(args.name)
+    except StoreError as exc:
+        return fail(str(exc))
+    if "/" in name or "\\" in name:  # as the MQTT commands refuse them; API paths split at /
+        return fail("user name must not contain / or \\ (the API and MQTT could not reach it)")
+    try:
         store = open_store(cfg)
     except (CommandError, StoreError) as exc:
         return fail(str(exc))

@@ -26,19 +26,44 @@ def register(sub: argparse._SubParsersAction) -> None:
         """,
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    kg = actions.add_parser("keygen", help="write a new signing key (0600); print its public key")
-    kg.add_argument("file", type=Path)
+    kg = add_parser(
+        actions,
+        "keygen",
+        help="write a new signing key (0600); print its public key",
+        description="Write a new Ed25519 signing key to FILE (mode 0600; an existing file is "
+        "not overwritten) and print its public key, for fleet.signers on the other doors.",
+        examples="voxgate fleet keygen /etc/voxgate/credentials/fleet-signing-key",
+    )
+    kg.add_argument("file", type=Path, metavar="FILE", help="where to write the key")
     kg.set_defaults(func=keygen)
-    pk = actions.add_parser("pubkey", help="print the public key of a signing key file")
-    pk.add_argument("file", type=Path)
+    pk = add_parser(
+        actions,
+        "pubkey",
+        help="print the public key of a signing key file",
+        examples="voxgate fleet pubkey /etc/voxgate/credentials/fleet-signing-key",
+    )
+    pk.add_argument("file", type=Path, metavar="FILE", help="a key written by keygen")
     pk.set_defaults(func=pubkey)
-    rs = actions.add_parser("resend", help="publish a locally stored user to its groups again")
-    rs.add_argument("user")
+    rs = add_parser(
+        actions,
+        "resend",
+        help="publish a locally stored user to its groups again",
+        examples="voxgate fleet resend alice -c /etc/voxgate/voxgate.yaml",
+    )
+    rs.add_argument("user", metavar="NAME", help="an enrolled user")
     add_config_option(rs)
     rs.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for the broker")
     rs.set_defaults(func=resend)
-    rv = actions.add_parser("revoke", help="withdraw a user from groups (doors there erase it)")
-    rv.add_argument("user")
+    rv = add_parser(
+        actions,
+        "revoke",
+        help="withdraw a user from groups (doors there erase it)",
+        examples="""
+            voxgate fleet revoke alice --group hq_lab -c /etc/voxgate/voxgate.yaml
+            voxgate fleet revoke alice --group hq_lab --group annex -c /etc/voxgate/voxgate.yaml
+        """,
+    )
+    rv.add_argument("user", metavar="NAME", help="the user to withdraw")
     rv.add_argument("--group", action="append", required=True, help="group (repeatable)")
     add_config_option(rv)
     rv.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for the broker")

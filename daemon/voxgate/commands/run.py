@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "73 data_dir not writable, 74 audio input failed.",
         examples="""
             voxgate run -c /etc/voxgate/voxgate.yaml
-            voxgate run -c dev.yaml --file attempt.flac               # a recording, then exit
+            voxgate run -c dev.yaml --file attempt.flac    # a recording, then exit (a decision
+                                                            # needs challenge.mode: off)
             voxgate run -c dev.yaml --file door.wav --realtime --loop # paced like a microphone
             arecord -q -f S16_LE -r 16000 -c 1 | voxgate run -c dev.yaml --source stdin
         """,

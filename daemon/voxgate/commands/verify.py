@@ -78,10 +78,13 @@ def show(result: Any, quality: Any, as_json: bool) -> int:
         who = result.user or "unknown speaker"
         verdict = "MATCH" if result.accepted else ("RETRY" if not result.quality_ok else "NO MATCH")
         print(f"{verdict}: {who}")
-        print(
-            f"  score {result.score:.3f} (threshold {result.threshold:.3f}), "
-            f"cosine {result.raw_cosine:.3f}"
-        )
+        if math.isfinite(result.score):
+            print(
+                f"  score {result.score:.3f} (threshold {result.threshold:.3f}), "
+                f"cosine {result.raw_cosine:.3f}"
+            )
+        else:  # unknown user, nobody enrolled, voiceprints of another model
+            print(f"  no score: no voiceprint to compare with (threshold {result.threshold:.3f})")
         print(f"  net speech {quality.speech_s:.1f} s, SNR {quality.snr_db:.0f} dB")
         if result.reasons:
             print(f"  reasons: {', '.join(result.reasons)}")

@@ -179,7 +179,7 @@ class Daemon:
             self.stages = self.stage_factory(cfg)
         except StageUnavailable as exc:
             log.error("cannot start: %s", exc)
-            return self._cannot_start(EX_UNAVAILABLE, str(exc))
+            return self._cannot_start(EX_CONFIG if exc.config else EX_UNAVAILABLE, str(exc))
         except AudioError as exc:
             log.error("cannot open audio input: %s", exc)
             return self._cannot_start(EX_IOERR, f"audio input: {exc}")
@@ -355,6 +355,15 @@ class Daemon:
                         f" ({where})" if where else "",
                     )
                     self._stop_reason = self._stop_reason or "source ended without audio"
+                elif item.error is None and self._waiting_for_answer():
+                    # A recording opens the challenge but cannot answer digits drawn after
+                    # it was made: say why nothing was decided, and what checks a recording.
+                    log.warning(
+                        "the %s source ended while the challenge waited for its answer: "
+                        "nothing was decided (to check a recording, use challenge.mode: off "
+                        "or voxgate verify)",
+                        self.cfg.audio.source,
+                    )
                 self._stop_reason = self._stop_reason or (
                     f"audio error: {item.error}" if item.error else "source ended"
                 )
@@ -369,6 +378,10 @@ class Daemon:
                 for ev in self.endpointer.feed(item):
                     self._on_event(ev)
             self._tick(time.monotonic())
+
+    def _waiting_for_answer(self) -> bool:
+        a = self.attempt
+        return a is not None and a.challenge is not None and not a.answering
 
     def _finished_stopping(self, now: float) -> bool:
         """On SIGTERM an answer being spoken may finish, within stop_timeout_s."""

@@ -147,7 +147,13 @@ class NoLink:
 
 
 class StageUnavailable(Exception):
-    """A stage could not be built (module missing in this build, model file bad, no key)."""
+    """A stage could not be built (module missing in this build, model file bad, no key).
+    `config` is true when a setting or secret is what is missing or wrong: restarting the
+    daemon cannot fix that (exit 78, not 69)."""
+
+    def __init__(self, message: str, *, config: bool = False) -> None:
+        super().__init__(message)
+        self.config = config
 
 
 def build_stages(cfg: VoxgateConfig) -> Stages:
@@ -192,22 +198,29 @@ def _templates_lookup(store: Any) -> Callable[[str | None], dict[str, Any | None
 
 
 def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
+    from voxgate.config.secrets import SecretError
+
     try:
         from voxgate import embedding, scoring, voiceprints
         from voxgate.decision import Issuer, SequenceCounter
-        from voxgate.mqtt.client import MqttLink
+        from voxgate.mqtt.client import MqttLink, MqttSetupError
     except ImportError as exc:
         raise StageUnavailable(f"a stage is missing from this build: {exc}") from None
 
     try:
+        key = voiceprints.load_key(cfg.speaker)
+    except voiceprints.StoreError as exc:  # no key, or not a key: a setting, not the build
+        raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
+    try:
         embedder = embedding.load_embedder(cfg.speaker.model, cfg.speaker.threads)
         store = voiceprints.VoiceprintStore(
-            cfg.speaker.database or cfg.data_dir / "voiceprints.db",
-            voiceprints.load_key(cfg.speaker),
+            cfg.speaker.database or cfg.data_dir / "voiceprints.db", key
         )
         # As `voxgate verify` scores: the cohort tied to this model file and preprocessing,
         # also under a fixed speaker.threshold (which is on the normalized score's scale).
         scorer = scoring.load_scorer(cfg, store, embedder)
+    except voiceprints.WrongKey as exc:  # the key of another store: a setting
+        raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
     except Exception as exc:  # ModelError, StoreError, SecretError, ScoringError: all say why
         raise StageUnavailable(f"speaker stage: {exc}") from None
 
@@ -231,12 +244,17 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
 
     try:
         link: Link = MqttLink(cfg.mqtt, cfg.device_id) if cfg.mqtt.enabled else NoLink()
+    except (SecretError, MqttSetupError) as exc:  # no decision key, a TLS file missing
+        raise StageUnavailable(f"mqtt stage: {exc}", config=True) from None
+    except Exception as exc:
+        raise StageUnavailable(f"mqtt stage: {exc}") from None
+    try:
         issuer = Issuer(
             cfg.device_id,
             SequenceCounter(cfg.data_dir / "decision-seq.json"),
             cfg.mqtt.decision_ttl_s,
         )
-    except Exception as exc:  # MqttSetupError, SecretError (no decision key), bad state file
+    except Exception as exc:  # a bad sequence state file
         raise StageUnavailable(f"mqtt stage: {exc}") from None
 
     return Stages(

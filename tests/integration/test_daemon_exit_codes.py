@@ -1,0 +1,82 @@
+"""`voxgate run` exit codes for a door that is not set up yet (docs/service.md, run --help):
+78, which systemd does not restart, for a missing secret; 69 for a stage that cannot load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from voxgate.cli import main
+from voxgate.config import load_config
+from voxgate.service.loop import Daemon
+
+RATE = 16000
+
+
+def _door(tmp_path: Path, *, voiceprint_key: bool, decision_key: bool) -> Path:
+    wav = tmp_path / "quiet.wav"
+    sf.write(wav, np.zeros(RATE, np.int16), RATE, subtype="PCM_16")
+    lines = [
+        f"data_dir: {tmp_path / 'data'}",
+        f"audio: {{source: file, path: {wav}}}",
+        "metrics: {enabled: false}",
+        "challenge: {mode: 'off'}",
+        # The broker is never reached: the link only connects after the keys are read.
+        "mqtt: {host: 127.0.0.1, port: 1, "
+        + (f"hmac_key_file: {tmp_path / 'decision.key'}}}" if decision_key else "}"),
+    ]
+    if voiceprint_key:
+        key = tmp_path / "voiceprint.key"
+        assert main(["users", "init-key", str(key)]) == 0
+        lines.append(f"speaker: {{key_file: {key}}}")
+    if decision_key:
+        (tmp_path / "decision.key").write_text("d" * 64)
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
+@pytest.mark.usefixtures("no_secret_env")
+def test_a_missing_decision_key_is_exit_78(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found following the README: a door config without mqtt.hmac_key_file stopped with 69,
+    # which systemd restarts every few seconds, although run --help and docs/service.md say
+    # a missing secret is 78 (RestartPreventExitStatus=78).
+    cfg = _door(tmp_path, voiceprint_key=True, decision_key=False)
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 78
+    assert "secret 'decision-key' not found" in caplog.text
+
+
+@pytest.mark.usefixtures("no_secret_env")
+def test_a_missing_voiceprint_key_is_exit_78(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = _door(tmp_path, voiceprint_key=False, decision_key=True)
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 78
+    assert "secret 'voiceprint-key' not found" in caplog.text
+
+
+@pytest.mark.usefixtures("no_secret_env")
+def test_a_model_that_cannot_load_is_still_exit_69(tmp_path: Path) -> None:
+    cfg = _door(tmp_path, voiceprint_key=True, decision_key=True)
+    text = cfg.read_text().replace("speaker: {", f"speaker: {{model: {tmp_path / 'no.yaml'}, ")
+    cfg.write_text(text)
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 69
+
+
+@pytest.mark.usefixtures("no_secret_env")
+def test_a_wrong_voiceprint_key_is_exit_78(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The store was sealed with another key (init-key run again into another file, a
+    # credential from another door): restarting cannot fix that, but 69 had systemd retry.
+    cfg = _door(tmp_path, voiceprint_key=True, decision_key=True)
+    assert main(["users", "list", "-c", str(cfg)]) == 0  # creates the store with this key
+    (tmp_path / "voiceprint.key").unlink()
+    assert main(["users", "init-key", str(tmp_path / "voiceprint.key")]) == 0
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 78
+    assert "wrong voiceprint key" in caplog.text

@@ -1,0 +1,41 @@
+"""`voxgate verify` / `voxgate identify` text output when there is nothing to compare with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from voxgate.cli import main
+
+RATE = 16000
+
+
+@pytest.fixture
+def door(tmp_path: Path) -> tuple[Path, Path]:
+    key = tmp_path / "voiceprint.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nspeaker: {{key_file: {key}}}\n")
+    wav = tmp_path / "voice.wav"
+    rng = np.random.default_rng(7)
+    t = np.arange(3 * RATE) / RATE
+    tone = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+    sf.write(wav, tone + 0.01 * rng.standard_normal(t.size), RATE, subtype="PCM_16")
+    return cfg, wav
+
+
+@pytest.mark.usefixtures("no_secret_env")
+@pytest.mark.parametrize("argv", [["verify", "carol"], ["identify"]])
+def test_no_voiceprint_prints_no_score_not_minus_infinity(
+    door: tuple[Path, Path], argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `voxgate verify carol x.wav` (nobody called carol) and `voxgate identify` on a door
+    # with nobody enrolled printed "score -inf (threshold 0.556), cosine -inf".
+    cfg, wav = door
+    assert main([*argv, str(wav), "-c", str(cfg)]) != 0
+    out = capsys.readouterr().out
+    assert "inf" not in out
+    assert "no score: no voiceprint to compare with (threshold" in out
