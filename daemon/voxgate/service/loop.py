@@ -557,7 +557,8 @@ class Daemon:
             # the end of it: from the issue, `timeout_s: 2` expired every challenge while
             # the door was still saying it (a new challenge at each answer, for ever).
             a.challenge = dataclasses.replace(
-                a.challenge, expires_at=a.challenge.expires_at + seconds
+                a.challenge,  # type: ignore[type-var]  # the stage's Challenge is a dataclass
+                expires_at=a.challenge.expires_at + seconds,
             )
         self.stages.link.publish_challenge(a.challenge)
         self.sm.move(State.CHALLENGE, "challenge issued")

@@ -46,6 +46,7 @@ class PromptStream(Protocol):
 
 class Recognizer(Protocol):
     def start(self, words: tuple[str, ...], user_templates: Any = None) -> PromptStream: ...
+    def check_words(self, words: tuple[str, ...]) -> None: ...
 
 
 class Challenge(Protocol):
