@@ -381,15 +381,14 @@ class SequenceCounter:
     Pi without RTC before NTP) still gets last + 1.
 
     The file holds a ceiling: every number handed out is <= it, and a restart continues above
-    it. A crash only skips numbers, it never repeats one (a lock would refuse a repeat as a
-    replay). The ceiling is raised `reserve` numbers at a time, one minute of the clock's
-    milliseconds by default, so the fsync happens about once a minute, not per decision
-    (with a reserve of 100, every decision more than 0.1 s after the last paid one: 10 ms
-    here, more on an SD card); a restart then runs at most that minute ahead of the clock.
+    it. Raising the ceiling `reserve` numbers at a time keeps the fsync off a run of decisions
+    counted from the file; a crash only skips numbers, it never repeats one (a lock would
+    refuse a repeat as a replay). Numbers taken from the clock usually pass the ceiling, so
+    then each decision raises it (one small fsync).
     """
 
     def __init__(
-        self, path: Path, reserve: int = 60_000, clock: Callable[[], float] | None = time.time
+        self, path: Path, reserve: int = 100, clock: Callable[[], float] | None = time.time
     ) -> None:
         if reserve < 1:
             raise ValueError("reserve must be >= 1")

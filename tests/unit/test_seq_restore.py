@@ -67,7 +67,7 @@ def test_the_rule_is_the_larger_of_last_plus_one_and_the_clock(tmp_path: Path) -
 
     path = tmp_path / "seq.json"
     clock = Clock(T0)
-    c = SequenceCounter(path, reserve=100, clock=clock)
+    c = SequenceCounter(path, clock=clock)
     assert c.next() == int(T0 * 1000)
     assert c.next() == int(T0 * 1000) + 1  # the same millisecond: last + 1
     clock.t = T0 + 2.5
@@ -76,7 +76,7 @@ def test_the_rule_is_the_larger_of_last_plus_one_and_the_clock(tmp_path: Path) -
     # restart too (above the ceiling saved with the reserve, never a repeat).
     clock.t = 86_400.0
     assert c.next() == int(T0 * 1000) + 2501
-    assert SequenceCounter(path, reserve=100, clock=clock).next() == int(T0 * 1000) + 2500 + 100
+    assert SequenceCounter(path, clock=clock).next() == int(T0 * 1000) + 2500 + 100
     # A clock that reads nonsense is no floor at all.
     for bad in (math.nan, math.inf, -5.0, 1e300):
         assert clock_floor(Clock(bad)) == 0
@@ -88,25 +88,6 @@ def test_the_rule_is_the_larger_of_last_plus_one_and_the_clock(tmp_path: Path) -
 
     c = SequenceCounter(tmp_path / "other.json", reserve=10, clock=broken)
     assert [c.next(), c.next()] == [1, 2]
-
-
-def test_decisions_a_door_spaces_out_do_not_each_write_the_file(tmp_path: Path) -> None:
-    """The default reserve is a minute of the clock: with 100, every decision more than
-    0.1 s after the last one passed the ceiling and paid a write + fsync (about 10 ms)."""
-    path = tmp_path / "seq.json"
-    clock = Clock(T0)
-    c = SequenceCounter(path, clock=clock)
-    writes, inode, sent = 0, None, []
-    for _ in range(200):  # 30 s of decisions 150 ms apart
-        clock.t += 0.15
-        sent.append(c.next())
-        if path.stat().st_ino != inode:  # each save writes a new file and renames it
-            writes, inode = writes + 1, path.stat().st_ino
-    assert writes == 1
-    assert sent == sorted(set(sent))
-    # A restart continues above everything sent, within a minute of the clock.
-    n = SequenceCounter(path, clock=clock).next()
-    assert max(sent) < n <= int(clock.t * 1000) + 60_000
 
 
 def test_a_damaged_counter_file_says_what_to_do(tmp_path: Path) -> None:
