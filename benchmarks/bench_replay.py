@@ -14,8 +14,8 @@ each recording at most once:
 - fresh answers (the same speakers as the history, and VCC speakers reading sentences other
   speakers in the history read too): every one that is flagged is a false replay;
 - replays of each fresh answer after it was checked (and so stored): exact, volume x0.3,
-  volume x2 clipped, delayed by 0.1-300 ms, a 50 ms click 0.4 s before it, light noise
-  (Gaussian, RMS 30 on the int16 scale).
+  volume x2 clipped, delayed by 0.1-300 ms, a 50 ms click 0.4 s before it, clicks 0.4 s
+  before and 0.3 s after it, light noise (Gaussian, RMS 30 on the int16 scale).
 
 Times are wall-clock per check_and_add() (fingerprinting included), one process pinned to
 one core.
@@ -45,8 +45,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from voxgate.audio.file import read_audio  # noqa: E402
 from voxgate import replay  # noqa: E402
+from voxgate.audio.file import read_audio  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("VOXGATE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -130,6 +130,9 @@ def replays(pcm: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         "volume x2 clipped": np.clip(pcm.astype(np.int32) * 2, -32768, 32767).astype(np.int16),
         "delayed 0.1-300 ms": np.concatenate([np.zeros(int(rng.integers(1, 4800)), np.int16), pcm]),
         "click 0.4 s before": np.concatenate([click, np.zeros(6400, np.int16), pcm]),
+        "clicks both sides": np.concatenate(
+            [click, np.zeros(6400, np.int16), pcm, np.zeros(4800, np.int16), click]
+        ),
         "noise RMS 30": np.clip(pcm + noise, -32768, 32767).astype(np.int16),
     }
 
@@ -146,7 +149,9 @@ def write_history(path: Path, fps: list[tuple[np.ndarray, np.ndarray]], now: flo
         rows = []
         for i, (bits, loud) in enumerate(fps):
             when = now - 29 * DAY + i * (29 * DAY / max(1, len(fps)))
-            rows.append((when, int(loud.sum()), bits.astype("<u4").tobytes(), np.packbits(loud).tobytes()))
+            rows.append(
+                (when, int(loud.sum()), bits.astype("<u4").tobytes(), np.packbits(loud).tobytes())
+            )
         db.executemany(
             "INSERT INTO fingerprints (created_at, frames, fp, loud) VALUES (?, ?, ?, ?)", rows
         )
@@ -207,7 +212,7 @@ def run(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stored", type=int, nargs="+", default=[0, 100, 1000, 3000])
-    ap.add_argument("--probes", type=int, default=20, help="fresh answers (each replayed 6 ways)")
+    ap.add_argument("--probes", type=int, default=20, help="fresh answers (each replayed 7 ways)")
     ap.add_argument("--cpu", type=int, default=0, help="core to pin to (default 0)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--window-days", type=float, default=30.0)
@@ -220,9 +225,10 @@ def main() -> int:
     if min(args.stored) < 0 or args.probes < 1:
         print("bench_replay.py: --stored must be >= 0 and --probes >= 1", file=sys.stderr)
         return 2
-    if not (DATA / "fsdd" / "manifest.csv").exists() or not (
-        DATA / "vcc2018_eval" / "manifest.csv"
-    ).exists():
+    if (
+        not (DATA / "fsdd" / "manifest.csv").exists()
+        or not (DATA / "vcc2018_eval" / "manifest.csv").exists()
+    ):
         print(f"bench_replay.py: skipped: no evaluation audio at {DATA} (fsdd, vcc2018_eval)")
         return 0
     has_prefilter = "exact_only" in inspect.signature(replay.ReplayDetector).parameters
@@ -249,7 +255,8 @@ def main() -> int:
         ms = sorted(r["ms"])
         p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
         print(
-            f"\nstored N={n:5d}: {len(ms)} checks  per check: median {statistics.median(ms):8.1f} ms"
+            f"\nstored N={n:5d}: {len(ms)} checks  per check: "
+            f"median {statistics.median(ms):8.1f} ms"
             f"  p95 {p95:8.1f} ms  mean {statistics.fmean(ms):8.1f} ms"
             f"  (open {r['open_ms']:.0f} ms, rows after {r['stored_after']})"
         )
