@@ -49,10 +49,16 @@ class _Row:
     row_id: int
     created: float
     count: int  # loud frames
-    bits: np.ndarray
-    loud: np.ndarray
-    padded: np.ndarray  # GAP zero frames, then bits (a piece of the flat array)
-    padded_loud: np.ndarray
+    padded: np.ndarray  # GAP zero frames, then the bits (a piece of the flat array)
+    padded_loud: np.ndarray  # GAP False, then the loud flags
+
+    @property
+    def bits(self) -> np.ndarray:
+        return self.padded[GAP:]
+
+    @property
+    def loud(self) -> np.ndarray:
+        return self.padded_loud[GAP:]
 
 
 class FingerprintIndex:
@@ -70,7 +76,7 @@ class FingerprintIndex:
         bits, loud = np.asarray(bits[:n], np.uint32), np.asarray(loud[:n], bool)
         padded = np.concatenate([np.zeros(GAP, np.uint32), bits])
         padded_loud = np.concatenate([np.zeros(GAP, bool), loud])
-        row = _Row(row_id, created, int(loud.sum()), bits, loud, padded, padded_loud)
+        row = _Row(row_id, created, int(loud.sum()), padded, padded_loud)
         self._rows.append(row)
         if self._flat is not None:
             self._flat.append(row)

@@ -169,3 +169,20 @@ def test_the_index_scores_a_replay_at_a_far_lag_and_leaves_short_rows_out() -> N
     assert index.coarse([fp, fp], count * 2, count * 3).tolist() == [0.0, 0.0, 0.0]
     empty = FingerprintIndex()
     assert empty.coarse([fp, fp], 0, 10**6).tolist() == []
+
+
+def test_the_cap_is_a_bounded_setting_that_waits_for_a_restart() -> None:
+    from pydantic import ValidationError
+
+    from voxgate.config import VoxgateConfig
+    from voxgate.service.reload import plan_reload
+
+    with pytest.raises(ValidationError, match="replay_max_stored"):
+        VoxgateConfig.model_validate({"challenge": {"replay_max_stored": 10}})
+    running = VoxgateConfig.model_validate({})
+    assert running.challenge.replay_max_stored == replay.MAX_ROWS
+    new = VoxgateConfig.model_validate({"challenge": {"replay_max_stored": 800}})
+    # The detector is built once at start with the cap: a reload must not claim to apply it.
+    plan = plan_reload(running, new)
+    assert plan.needs_restart == ["challenge.replay_max_stored"]
+    assert plan.cfg.challenge.replay_max_stored == replay.MAX_ROWS
