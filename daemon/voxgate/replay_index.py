@@ -34,7 +34,14 @@ _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 def _popcount(x: np.ndarray) -> np.ndarray:
     if hasattr(np, "bitwise_count"):  # numpy >= 2
         return np.bitwise_count(x)
-    return _POP8[x[..., None].view(np.uint8)].sum(-1, dtype=np.uint8)
+    return _popcount_table(x)
+
+
+def _popcount_table(x: np.ndarray) -> np.ndarray:
+    """Set bits per uint32 by table (numpy < 2, which the project still allows)."""
+    return _POP8[np.ascontiguousarray(x, np.uint32)[..., None].view(np.uint8)].sum(
+        -1, dtype=np.uint8
+    )
 
 
 def run_edges(loud: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -226,6 +233,8 @@ class _Flat:
         cnt = 32.0 * np.maximum(cnt, 1)
         best = np.zeros(len(sel))
         for bits, _ in views:
+            if not len(bits):
+                continue
             q = bits[np.minimum(pick, len(bits) - 1)]
             err = (_popcount(w_bits ^ q[None, :, None]) * w_in).sum(1)
             best = np.maximum(best, np.where(enough, 1.0 - err / cnt, 0.0).max(1))

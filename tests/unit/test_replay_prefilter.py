@@ -13,7 +13,7 @@ import pytest
 
 from voxgate import replay
 from voxgate.replay import ReplayDetector
-from voxgate.replay_index import COARSE_MIN, FingerprintIndex, run_edges
+from voxgate.replay_index import COARSE_MIN, FingerprintIndex, _popcount_table, run_edges
 
 OLD_DB = Path(__file__).resolve().parent.parent / "data" / "replay_v1.db"
 
@@ -167,6 +167,9 @@ def test_the_index_scores_a_replay_at_a_far_lag_and_leaves_short_rows_out() -> N
     assert score[0] >= 0.99 and score[1] < COARSE_MIN and score[2] == 0.0
     # Rows outside the loud-frame range the exact check compares are not scored.
     assert index.coarse([fp, fp], count * 2, count * 3).tolist() == [0.0, 0.0, 0.0]
+    nothing = (np.zeros(0, np.uint32), np.zeros(0, bool))
+    assert index.coarse([fp, nothing], int(count * 0.8), int(count / 0.8) + 1)[0] == 1.0
+    assert index.coarse([nothing, fp], 0, 10**6).tolist() == [0.0, 0.0, 0.0]
     empty = FingerprintIndex()
     assert empty.coarse([fp, fp], 0, 10**6).tolist() == []
 
@@ -186,3 +189,10 @@ def test_the_cap_is_a_bounded_setting_that_waits_for_a_restart() -> None:
     plan = plan_reload(running, new)
     assert plan.needs_restart == ["challenge.replay_max_stored"]
     assert plan.cfg.challenge.replay_max_stored == replay.MAX_ROWS
+
+
+def test_the_popcount_table_for_older_numpy_counts_bits() -> None:
+    x = np.array([[0, 1, 0xFFFFFFFF], [0x80000001, 0x0F0F0F0F, 12345]], np.uint32)
+    expected = [[bin(int(v)).count("1") for v in row] for row in x]
+    assert _popcount_table(x).tolist() == expected
+    assert _popcount_table(x[:, ::2]).tolist() == [r[::2] for r in expected]  # a strided view
