@@ -18,7 +18,11 @@ each recording at most once:
   before and 0.3 s after it, light noise (Gaussian, RMS 30 on the int16 scale).
 
 Times are wall-clock per check_and_add() (fingerprinting included), one process pinned to
-one core.
+one core. The probes depend on --seed and on the largest --stored (the history is drawn
+first): compare runs made with the same two. `--exact` turns the prefilter off (every stored
+answer compared exactly: the reference for its decisions). With the prefilter, the script
+also prints its scores: replays (that the exact check catches) against their original, and
+fresh answers against the whole history.
 """
 
 from __future__ import annotations
