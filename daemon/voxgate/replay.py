@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voxgate.replay_index import COARSE_MIN, FingerprintIndex
 from voxgate.stt.mfcc import MfccSpec, log_mel
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ LOUD_DB = 30.0  # frames this far below the loudest are pauses
 SUB_HOP = (0, 40, 80, 120)  # samples (2.5 ms steps) tried when comparing a new answer
 DEFAULT_THRESHOLD = 0.85  # similarity at or above this is a replay (docs/challenge.md)
 SCHEMA_VERSION = 1
+MAX_ROWS = 5000  # stored fingerprints kept at most; the oldest go first (docs/challenge.md)
+COARSE_VIEW = SUB_HOP.index(80)  # the sub-hop view the prefilter samples beside view 0
 
 
 @dataclass(frozen=True)
@@ -149,22 +152,51 @@ def best_similarity(views: list[Fingerprint], other: Fingerprint) -> float:
 
 
 class ReplayDetector:
-    """Fingerprints of recent attempts in SQLite; check_and_add() compares and remembers."""
+    """Fingerprints of recent attempts in SQLite; check_and_add() compares and remembers.
 
-    def __init__(self, path: Path, window_s: float, threshold: float = DEFAULT_THRESHOLD) -> None:
+    The fingerprints are also kept in memory (replay_index): a coarse pass over all of them
+    picks the few worth the exact comparison. `exact_only` compares every stored one
+    exactly (the benchmark's and the tests' reference). At most `max_rows` are kept."""
+
+    def __init__(
+        self,
+        path: Path,
+        window_s: float,
+        threshold: float = DEFAULT_THRESHOLD,
+        *,
+        max_rows: int = MAX_ROWS,
+        exact_only: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.window_s = window_s
         self.threshold = threshold
+        self.max_rows = max(1, max_rows)
+        self.exact_only = exact_only
+        self.last_examined = 0  # stored answers the last check compared exactly
+        self._index = FingerprintIndex()
+        self._cap_logged = False
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._init_schema()
+            self._load()
         except sqlite3.DatabaseError as exc:
             raise ReplayStoreError(
                 f"{self.path}: not a replay-fingerprint database ({exc})"
             ) from None
+
+    def _load(self) -> None:
+        for row_id, created, blob, mask in self._db.execute(
+            "SELECT id, created_at, fp, loud FROM fingerprints ORDER BY id"
+        ):
+            try:
+                self._index.add(row_id, created, *_decode(blob, mask))
+            except (ValueError, TypeError) as exc:  # a damaged row: the rest still count
+                log.warning(
+                    "%s: fingerprint row %s is unreadable, skipped (%s)", self.path, row_id, exc
+                )
 
     def _init_schema(self) -> None:
         cur = self._db.execute("PRAGMA user_version")
@@ -191,28 +223,22 @@ class ReplayDetector:
             self._prune(now)
             best, when = 0.0, None
             count = int(loud.sum())
+            self.last_examined = 0
             if count >= MIN_FRAMES:
                 lo, hi = int(count * 0.8), int(count / 0.8) + 1
-                rows = self._db.execute(
-                    "SELECT created_at, fp, loud FROM fingerprints WHERE frames BETWEEN ? AND ?",
-                    (lo, hi),
-                )
-                for created, blob, mask in rows:
-                    other = (
-                        np.frombuffer(blob, dtype="<u4"),
-                        np.unpackbits(np.frombuffer(mask, dtype=np.uint8))[: len(blob) // 4].astype(
-                            bool
-                        ),
-                    )
-                    sim = best_similarity(views, other)
+                for i in self._to_compare(views, lo, hi):
+                    row = self._index.row(i)
+                    sim = best_similarity(views, (row.bits, row.loud))
+                    self.last_examined += 1
                     if sim > best:
-                        best, when = sim, created
-                with self._db:
-                    self._db.execute(
-                        "INSERT INTO fingerprints (created_at, frames, fp, loud)"
-                        " VALUES (?, ?, ?, ?)",
-                        (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes()),
-                    )
+                        best, when = sim, row.created
+            with self._db:
+                cur = self._db.execute(
+                    "INSERT INTO fingerprints (created_at, frames, fp, loud) VALUES (?, ?, ?, ?)",
+                    (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes()),
+                )
+            self._index.add(int(cur.lastrowid or 0), now, fp, loud)
+            self._cap()
         # A replay needs an earlier attempt it matches: with threshold <= 0 and nothing
         # stored, best stays 0.0 and when None (this crashed on `now - when`).
         if when is not None and best >= self.threshold:
@@ -222,11 +248,49 @@ class ReplayDetector:
             return ReplayResult(True, best, when)
         return ReplayResult(False, best, None)
 
+    def _to_compare(self, views: list[Fingerprint], lo: int, hi: int) -> list[int]:
+        """Indices of the stored answers to compare exactly: those with lo..hi loud frames;
+        with the prefilter, only those it scores as possible replays, and always the
+        closest-looking one (so `similarity` still says how near the nearest answer came)."""
+        if self.exact_only:
+            return [i for i in range(len(self._index)) if lo <= self._index.row(i).count <= hi]
+        score = self._index.coarse([views[0], views[COARSE_VIEW]], lo, hi)
+        if not len(score) or score.max() <= 0:
+            return []
+        picked = set(np.flatnonzero(score >= COARSE_MIN).tolist()) | {int(score.argmax())}
+        return sorted(picked)
+
     def _prune(self, now: float) -> None:
         with self._db:
             self._db.execute(
                 "DELETE FROM fingerprints WHERE created_at < ?", (now - self.window_s,)
             )
+        self._index.drop_before(now - self.window_s)
+
+    def _cap(self) -> None:
+        """Keep at most max_rows fingerprints, dropping the oldest: the check's cost grows
+        with them, and a busy door would otherwise keep every attempt for the whole window."""
+        extra = len(self._index) - self.max_rows
+        if extra <= 0:
+            return
+        with self._db:
+            gone = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT id FROM fingerprints ORDER BY created_at, id LIMIT ?", (extra,)
+                )
+            ]
+            self._db.executemany("DELETE FROM fingerprints WHERE id = ?", [(i,) for i in gone])
+        self._index.drop(set(gone))
+        # One warning, then debug lines: at the cap every attempt drops one.
+        (log.debug if self._cap_logged else log.warning)(
+            "replay store holds %d fingerprints (the cap): dropped %d oldest; earlier "
+            "attempts are no longer checked for replays%s",
+            self.max_rows,
+            len(gone),
+            "" if self._cap_logged else " (further drops are logged at debug level)",
+        )
+        self._cap_logged = True
 
     def count(self) -> int:
         with self._lock:
@@ -235,6 +299,12 @@ class ReplayDetector:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _decode(blob: bytes, mask: bytes) -> Fingerprint:
+    bits = np.frombuffer(blob, dtype="<u4").astype(np.uint32)
+    loud = np.unpackbits(np.frombuffer(mask, dtype=np.uint8))[: len(bits)].astype(bool)
+    return bits, loud
 
 
 class ReplayStoreError(Exception):

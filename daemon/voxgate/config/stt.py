@@ -133,6 +133,13 @@ class ChallengeConfig(Section):
         description="How long attempt fingerprints are kept for replay checks (at least a "
         "minute: 0 kept none, so no replay could be caught).",
     )
+    replay_max_stored: int = Field(
+        5000,
+        ge=100,
+        le=100_000,
+        description="Most attempt fingerprints kept for replay checks; beyond it the "
+        "oldest are dropped (logged). Memory: about 1 kB per second of answer kept.",
+    )
 
     @model_validator(mode="after")
     def _passphrase_needs_phrase(self) -> ChallengeConfig:

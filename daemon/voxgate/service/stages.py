@@ -238,7 +238,9 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
             new_challenge = challenge.new_challenge
             speak = challenge.speak if cfg.challenge.speak else None
             replay = replay_mod.ReplayDetector(
-                cfg.data_dir / "replay.db", cfg.challenge.replay_window_s
+                cfg.data_dir / "replay.db",
+                cfg.challenge.replay_window_s,
+                max_rows=cfg.challenge.replay_max_stored,
             )
         except Exception as exc:
             raise StageUnavailable(f"challenge stage: {exc}") from None

@@ -1,0 +1,239 @@
+"""Coarse prefilter for the replay check: which stored fingerprints are worth comparing.
+
+The exact comparison (replay.best_similarity) costs about a millisecond per stored answer,
+and a busy door keeps thousands. This keeps every stored fingerprint in memory in one flat
+array and scores all of them at once with numpy, on a sample of the new answer's frames at
+a few alignments; only those that score like a possible replay go on to the exact check,
+which still decides.
+
+Alignment: a replay has the same loud/quiet rhythm as its original, so the starts and ends
+of their loud runs (syllables, digits) sit at one common lag, wherever a click or a cough
+put before or after the answer moved its first frame. Each stored answer gets a vote from
+every pair of run starts (and of run ends) with the new answer; the best-voted lag and lag
+0 (the answers' first loud frames together, the exact check's main alignment) are checked,
+each +- LAG_SLACK frames. The new answer is sampled at two sub-hop views (0 and half a
+frame): the stored one is at one sub-hop offset only, and half a frame apart the bits are
+least alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_FRAMES = 16  # loud frames of the new answer compared per alignment
+LAG_SLACK = 4  # frames either side of each voted lag (run edges move a frame or two)
+LAG_BIN = 4  # frames per vote bin
+GAP = 2 * LAG_SLACK + 1  # frames of padding between rows in the flat array (one window)
+COARSE_MIN = 0.70  # coarse similarity that sends a stored answer to the exact check
+
+_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):  # numpy >= 2
+        return np.bitwise_count(x)
+    return _popcount_table(x)
+
+
+def _popcount_table(x: np.ndarray) -> np.ndarray:
+    """Set bits per uint32 by table (numpy < 2, which the project still allows)."""
+    return _POP8[np.ascontiguousarray(x, np.uint32)[..., None].view(np.uint8)].sum(
+        -1, dtype=np.uint8
+    )
+
+
+def run_edges(loud: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frames where loud runs start and where they end."""
+    m = np.concatenate([[False], loud.astype(bool), [False]]).astype(np.int8)
+    d = np.diff(m)
+    return np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1
+
+
+@dataclass
+class _Row:
+    row_id: int
+    created: float
+    count: int  # loud frames
+    padded: np.ndarray  # GAP zero frames, then the bits (a piece of the flat array)
+    padded_loud: np.ndarray  # GAP False, then the loud flags
+
+    @property
+    def bits(self) -> np.ndarray:
+        return self.padded[GAP:]
+
+    @property
+    def loud(self) -> np.ndarray:
+        return self.padded_loud[GAP:]
+
+
+class FingerprintIndex:
+    """The stored fingerprints, in memory, in the order they were added."""
+
+    def __init__(self) -> None:
+        self._rows: list[_Row] = []
+        self._flat: _Flat | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, row_id: int, created: float, bits: np.ndarray, loud: np.ndarray) -> None:
+        n = min(len(bits), len(loud))
+        bits, loud = np.asarray(bits[:n], np.uint32), np.asarray(loud[:n], bool)
+        padded = np.concatenate([np.zeros(GAP, np.uint32), bits])
+        padded_loud = np.concatenate([np.zeros(GAP, bool), loud])
+        row = _Row(row_id, created, int(loud.sum()), padded, padded_loud)
+        self._rows.append(row)
+        if self._flat is not None:
+            self._flat.append(row)
+
+    def drop(self, row_ids: set[int]) -> None:
+        self._keep([r.row_id not in row_ids for r in self._rows])
+
+    def drop_before(self, cutoff: float) -> None:
+        self._keep([r.created >= cutoff for r in self._rows])
+
+    def _keep(self, keep: list[bool]) -> None:
+        if all(keep):
+            return
+        # Usually the oldest go, which the flat array drops without a rebuild.
+        k = keep.index(True) if any(keep) else len(keep)
+        self._rows = [r for r, kept in zip(self._rows, keep, strict=True) if kept]
+        if self._flat is not None and self._rows and all(keep[k:]):
+            self._flat.drop_first(k)
+        else:
+            self._flat = None
+
+    def row(self, i: int) -> _Row:
+        return self._rows[i]
+
+    def coarse(self, views: list[tuple[np.ndarray, np.ndarray]], lo: int, hi: int) -> np.ndarray:
+        """Coarse similarity (0..1) of the new answer (views: sub-hop offsets 0 and half a
+        frame) to every stored row; rows whose loud frame count is outside [lo, hi] (the
+        exact check's 80 % overlap rule) score 0."""
+        if self._flat is None:
+            self._flat = _Flat(self._rows)
+        flat = self._flat
+        score = np.zeros(len(self._rows))
+        sel = np.flatnonzero((flat.count >= lo) & (flat.count <= hi))
+        loud0 = views[0][1] if views else np.zeros(0, bool)
+        if not len(sel) or not loud0.any():
+            return score
+        voted = flat.voted_lag(*run_edges(loud0), len(loud0))[sel]
+        lags = [np.zeros(len(sel), np.int64), voted]  # first loud frames together; edges
+        best = np.zeros(len(sel))
+        for lag in lags:
+            best = np.maximum(best, flat.similarity(views, sel, lag))
+        score[sel] = best
+        return score
+
+
+class _Flat:
+    """All rows end to end (GAP padding frames before each, GAP after the last), and the
+    run edges of each row (frame numbers within the row; rows ascending)."""
+
+    def __init__(self, rows: list[_Row]) -> None:
+        sizes = np.array([len(r.padded) for r in rows], dtype=np.int64)
+        self.start = np.cumsum(sizes) - sizes + GAP  # flat index of each row's frame 0
+        self.length = sizes - GAP
+        self.count = np.array([r.count for r in rows], dtype=np.int64)
+        tail = np.zeros(GAP, np.uint32)
+        self.bits = np.concatenate([*(r.padded for r in rows), tail])
+        row_of = np.repeat(np.arange(len(rows)), sizes)
+        pos = np.arange(len(row_of)) - (self.start[row_of] if len(rows) else 0)
+        self.inside = np.concatenate([pos >= 0, np.zeros(GAP, bool)])
+        loud = np.concatenate([*(r.padded_loud for r in rows), tail > 0])
+        # Run edges of every row at once: padding frames are quiet, so no run crosses rows.
+        d = np.diff(loud.astype(np.int8), prepend=0)
+        s, e = np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1
+        self.start_row, self.end_row = row_of[s], row_of[e]
+        self.run_start = s - self.start[self.start_row]
+        self.run_end = e - self.start[self.end_row]
+        self._windows()
+
+    def _windows(self) -> None:
+        win = np.lib.stride_tricks.sliding_window_view
+        self.bit_win, self.inside_win = win(self.bits, GAP), win(self.inside, GAP)
+
+    def append(self, row: _Row) -> None:
+        i, n = len(self.length), len(row.bits)
+        self.start = np.append(self.start, len(self.bits))
+        self.length = np.append(self.length, n)
+        self.count = np.append(self.count, row.count)
+        self.bits = np.concatenate([self.bits, row.bits, np.zeros(GAP, np.uint32)])
+        self.inside = np.concatenate([self.inside, np.ones(n, bool), np.zeros(GAP, bool)])
+        s, e = run_edges(row.loud)
+        self.run_start, self.run_end = np.append(self.run_start, s), np.append(self.run_end, e)
+        self.start_row = np.append(self.start_row, np.full(len(s), i))
+        self.end_row = np.append(self.end_row, np.full(len(e), i))
+        self._windows()
+
+    def drop_first(self, k: int) -> None:
+        """Drop the first k rows (0 < k < rows: dropping all is a rebuild from no rows)."""
+        cut = int(self.start[k]) - GAP
+        self.bits, self.inside = self.bits[cut:], self.inside[cut:]
+        self.start, self.length, self.count = self.start[k:] - cut, self.length[k:], self.count[k:]
+        s, e = self.start_row >= k, self.end_row >= k
+        self.run_start, self.start_row = self.run_start[s], self.start_row[s] - k
+        self.run_end, self.end_row = self.run_end[e], self.end_row[e] - k
+        self._windows()
+
+    def voted_lag(self, qs: np.ndarray, qe: np.ndarray, n: int) -> np.ndarray:
+        """Per row, the lag (stored frame - new frame) that most pairs of run starts and
+        pairs of run ends agree on (0 for a row without runs)."""
+        rows = len(self.length)
+        span = int(self.length.max(initial=0)) + n + LAG_BIN
+        nbin = 2 * span // LAG_BIN + 3
+        pairs = []
+        for q, edge, edge_row in (
+            (qs, self.run_start, self.start_row),
+            (qe, self.run_end, self.end_row),
+        ):
+            b = (edge[:, None] - q[None, :] + span) // LAG_BIN + 1  # (edges, q): 1..nbin-2
+            pairs.append((edge_row[:, None] * nbin + b, b, edge_row))
+        votes = np.bincount(
+            np.concatenate([k.ravel() for k, _, _ in pairs]), minlength=rows * nbin
+        ).astype(np.int32)
+        top = 3 * int(votes.max(initial=0)) + 1
+        best = np.full(rows, -1, np.int64)
+        for key, b, edge_row in pairs:
+            if not key.size:
+                continue
+            # The bin with the most votes; run edges move a frame or two between a
+            # recording and its replay, so ties go to the bin whose neighbours have more.
+            # (Ranking by the neighbours' votes first would move off a sharp peak.)
+            own = votes[key]
+            rank = own * top + votes[key - 1] + own + votes[key + 1]
+            packed = (rank.astype(np.int64) * nbin + b).ravel()
+            first = np.flatnonzero(np.r_[True, edge_row[1:] != edge_row[:-1]])  # row blocks
+            rows_here = edge_row[first]
+            most = np.maximum.reduceat(packed, first * key.shape[1])
+            best[rows_here] = np.maximum(best[rows_here], most)
+        lag = ((best % nbin) - 1) * LAG_BIN - span + LAG_BIN // 2
+        return np.where(best < 0, 0, lag)
+
+    def similarity(
+        self, views: list[tuple[np.ndarray, np.ndarray]], sel: np.ndarray, lag: np.ndarray
+    ) -> np.ndarray:
+        """Best 1 - bit error rate over lag +- LAG_SLACK, on SAMPLE_FRAMES loud frames of the
+        new answer (frames beyond a stored row's ends do not count), for the best view. The
+        views share the frames sampled (view 0's loud ones) and so the stored windows."""
+        idx = np.flatnonzero(views[0][1])
+        pick = idx[np.linspace(0, len(idx) - 1, min(SAMPLE_FRAMES, len(idx))).round().astype(int)]
+        # Window k of row r covers stored frames pick[k] + lag[r] - LAG_SLACK .. + LAG_SLACK;
+        # a window wholly outside the row is clipped into the padding just before or after it.
+        first = pick[None, :] + (lag - LAG_SLACK)[:, None]
+        first = np.clip(first, -GAP, self.length[sel][:, None]) + self.start[sel][:, None]
+        w_bits, w_in = self.bit_win[first], self.inside_win[first]  # (rows, K, offsets)
+        cnt = w_in.sum(1)
+        enough = cnt >= (len(pick) + 1) // 2
+        cnt = 32.0 * np.maximum(cnt, 1)
+        best = np.zeros(len(sel))
+        for bits, _ in views:
+            if not len(bits):
+                continue
+            q = bits[np.minimum(pick, len(bits) - 1)]
+            err = (_popcount(w_bits ^ q[None, :, None]) * w_in).sum(1)
+            best = np.maximum(best, np.where(enough, 1.0 - err / cnt, 0.0).max(1))
+        return best
