@@ -32,3 +32,19 @@ def test_fleet_actions_with_sync_off_point_at_fleet_enabled(
     err = capsys.readouterr().err
     assert f"fleet sync is off in {cfg} (fleet.enabled: false)" in err
     assert "fleet-key" not in err
+
+
+def test_audit_show_on_a_missing_log_says_what_creates_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _device(tmp_path)
+    capsys.readouterr()
+    assert main(["audit", "show", "-c", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    log = tmp_path / "data" / "audit.jsonl"
+    assert err.startswith(f"voxgate audit show: {log}: no such file. The daemon (voxgate run)")
+    assert "audit.path" in err and "Errno" not in err
+    assert main(["audit", "show", str(tmp_path)]) == 1  # a folder: the reason, not a repr
+    assert (
+        capsys.readouterr().err == f"voxgate audit show: {tmp_path}: cannot read: Is a directory\n"
+    )

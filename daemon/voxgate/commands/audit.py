@@ -105,8 +105,17 @@ def show_command(args: argparse.Namespace) -> int:
     try:
         with open(path, "rb") as f:
             last = deque(f, maxlen=max(1, args.lines))
+    except FileNotFoundError:
+        print(
+            f"voxgate audit show: {path}: no such file. The daemon (voxgate run) creates it "
+            "with its first audited event (a decision, an enrollment, an erase, a reload); "
+            "until then there is nothing to show. Elsewhere? Give the file, or the config "
+            "that names it (audit.path, default <data_dir>/audit.jsonl) with -c",
+            file=sys.stderr,
+        )
+        return 1
     except OSError as exc:
-        print(f"voxgate audit show: {path}: {exc}", file=sys.stderr)
+        print(f"voxgate audit show: {path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return 1
     for raw in last:
         try:
