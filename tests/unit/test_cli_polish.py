@@ -48,3 +48,22 @@ def test_audit_show_on_a_missing_log_says_what_creates_it(
     assert (
         capsys.readouterr().err == f"voxgate audit show: {tmp_path}: cannot read: Is a directory\n"
     )
+
+
+def test_config_check_lists_problems_in_file_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(
+        "mqtt:\n  port: 99999\naudio:\n  bogus: 1\nvad:\n  nope: 2\n"
+        + "# padding\n" * 4
+        + 'data_dir: 5\ndevice_id: ""\n'
+    )
+    assert main(["config", "check", str(cfg)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"{cfg}: invalid config (5 problem(s)):"
+    lines = [int(p.split(":")[0].removeprefix("  - line ")) for p in err[1:]]
+    assert lines == [2, 4, 6, 11, 12]
+    assert err[1].startswith("  - line 2: mqtt.port:") and err[5].startswith(
+        "  - line 12: device_id"
+    )
