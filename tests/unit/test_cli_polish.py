@@ -67,3 +67,37 @@ def test_config_check_lists_problems_in_file_order(
     assert err[1].startswith("  - line 2: mqtt.port:") and err[5].startswith(
         "  - line 12: device_id"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "bad"),
+    [
+        (["api", "--port", "٨٠٨٠"], "٨٠٨٠"),  # Arabic-Indic 8080: int() reads it
+        (["audit", "show", "-n", "٣", "audit.jsonl"], "٣"),
+        (["enroll", "alice", "--max-takes", "²"], "²"),
+        (["bench", "--runs", "1_000"], "1_000"),
+        (["bench", "--cpu", " 1"], " 1"),
+        (["eval", "set", "--top-k", "+5"], "+5"),
+    ],
+)
+def test_integer_options_take_ascii_digits_only(
+    argv: list[str], bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The unknown option keeps a command whose number was taken from running at all.
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--no-such-option"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument " in err
+    assert f"{bad!r} is not a whole number (ASCII digits 0-9" in err
+
+
+def test_ascii_int_reads_plain_numbers() -> None:
+    import argparse
+
+    from voxgate.commands.common import ascii_int
+
+    assert [ascii_int(t) for t in ("0", "8080", "-1", "007")] == [0, 8080, -1, 7]
+    for bad in ("", "-", "٣", "1e3", "0x10", "9" * 19):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ascii_int(bad)

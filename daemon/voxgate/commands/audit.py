@@ -8,7 +8,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from voxgate.commands.common import add_config_option, add_parser, config_from_args
+from voxgate.commands.common import add_config_option, add_parser, ascii_int, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_config_option(s)
     s.add_argument("file", nargs="?", metavar="FILE", help="log file (default: from config)")
-    s.add_argument("-n", "--lines", type=int, default=10, help="how many (default 10)")
+    s.add_argument("-n", "--lines", type=ascii_int, default=10, help="how many (default 10)")
     s.set_defaults(func=show_command)
 
 

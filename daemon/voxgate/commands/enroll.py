@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from voxgate.commands.common import add_config_option, add_parser, config_from_args
+from voxgate.commands.common import add_config_option, add_parser, ascii_int, config_from_args
 from voxgate.commands.speaker_common import (
     CommandError,
     fail,
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replace", action="store_true", help="re-enroll a user who exists")
     p.add_argument(
         "--max-takes",
-        type=int,
+        type=ascii_int,
         default=20,
         help="microphone: give up after this many takes (1-200)",
     )
