@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import queue
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -28,7 +29,15 @@ from pydantic import ValidationError
 
 from voxgate.config.mqtt import ActuatorConfig
 from voxgate.config.secrets import SecretError, override_source, read_secret
-from voxgate.decision import Decision, DecisionError, ReplayGuard, SequenceRewound, verify
+from voxgate.decision import (
+    Decision,
+    DecisionError,
+    ReplayGuard,
+    SequenceRewound,
+    _JsonState,
+    is_finite_number,
+    verify,
+)
 from voxgate.mqtt.client import (
     MqttSetupError,
     QuickDrops,
@@ -100,6 +109,90 @@ def load_actuator_config(path: str | os.PathLike[str]) -> ActuatorConfig:
         raise ActuatorSetupError(f"{p}: invalid actuator config:\n" + "\n".join(problems)) from None
 
 
+def state_lock_path(cfg: ActuatorConfig) -> Path:
+    return cfg.state_file.with_name(cfg.state_file.name + ".lock")
+
+
+def hold_state_lock(cfg: ActuatorConfig) -> int | None:
+    """Take the exclusive flock on `<state_file>.lock` that a running actuator holds for its
+    whole life, so `--forget` (and a second actuator on the same state file) can tell it is
+    running. Returns the descriptor to keep open (the kernel drops the lock when the process
+    ends, however it ends); ActuatorSetupError when another process holds it; None when the
+    lock file cannot be made (the actuator still runs: the door must not stay shut for it)."""
+    import fcntl
+
+    path = state_lock_path(cfg)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Read-only is enough for flock, so a lock file root made stays usable by a service user.
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        log.warning("cannot make the lock file %s (%s): --forget cannot tell this runs", path, exc)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ActuatorSetupError(
+            f"another voxgate actuator is running with the state file {cfg.state_file} "
+            f"(it holds {path}); stop it first"
+        ) from None
+    return fd
+
+
+def forget_device(cfg: ActuatorConfig, device: str) -> tuple[int, float | None]:
+    """Drop `device`'s last accepted sequence number from the state file, so the lock accepts
+    that door's decisions again whatever their numbers (a door whose sequence went backwards).
+    Refused while an actuator runs on the file (it would write its own copy back). The edit is
+    atomic (temp file, fsync, rename) and keeps the file's owner and mode; a line naming what
+    was removed is kept in the file's "forgotten" list. Returns the removed (seq, issued_at)."""
+    fd = hold_state_lock(cfg)
+    if fd is None:
+        raise ActuatorSetupError(
+            f"cannot take {state_lock_path(cfg)}, so cannot tell whether the actuator is running"
+        )
+    try:
+        state = _JsonState(cfg.state_file)
+        try:
+            ReplayGuard(cfg.state_file)  # the same checks the actuator makes at its start
+            data = state.load()
+            before = cfg.state_file.stat() if cfg.state_file.exists() else None
+        except (DecisionError, OSError) as exc:
+            detail = exc.detail if isinstance(exc, DecisionError) else str(exc)
+            raise ActuatorSetupError(f"state file: {detail}") from None
+        seqs = dict(data.get("last_seq", {}))
+        if device not in seqs:
+            known = ", ".join(sorted(seqs)) or "none"
+            raise ActuatorSetupError(
+                f"{cfg.state_file} holds no sequence number for {device!r} (it holds: {known})"
+            )
+        last = seqs.pop(device)
+        times = data.get("last_issued_at")
+        times = dict(times) if isinstance(times, dict) else {}
+        issued = times.pop(device, None)
+        history = data.get("forgotten")
+        history = list(history)[-19:] if isinstance(history, list) else []
+        history.append(
+            {"device": device, "last_seq": last, "last_issued_at": issued, "at": time.time()}
+        )
+        data.update(last_seq=seqs, last_issued_at=times, forgotten=history)
+        try:
+            state.save(data, like=before)
+        except OSError as exc:
+            raise ActuatorSetupError(f"{cfg.state_file}: cannot write: {exc}") from None
+    finally:
+        os.close(fd)
+    log.warning(
+        "forgot door %s: removed its last accepted seq %d from %s (uid %d); its next signed "
+        "decision is accepted whatever its number",
+        device,
+        last,
+        cfg.state_file,
+        os.getuid(),
+    )
+    return last, issued if is_finite_number(issued) else None
+
+
 def check_action(cfg: ActuatorConfig) -> None:
     """ActuatorSetupError when the command action cannot run at all: found at start (and by
     --check), not when the first grant leaves the door shut."""
@@ -137,8 +230,10 @@ class Actuator:
         *,
         keys: dict[str, bytes] | None = None,
         clock: Callable[[], float] = time.time,
+        config_path: str | None = None,
     ) -> None:
         self.cfg = cfg
+        self.config_path = config_path  # named in the advice to run --forget
         self.clock = clock
         if keys is None:
             keys = {}
@@ -230,14 +325,15 @@ class Actuator:
             "re-imaged or its decision-seq.json lost. A door whose voxgate takes sequence "
             "numbers from its clock recovers by itself once its clock is right: check the "
             "door's clock (NTP). Otherwise (an older voxgate on the door, a door clock far "
-            'behind): stop this actuator, delete %r from "last_seq" in %s and start it again',
+            "behind): stop this actuator, run `voxgate actuator -c %s --forget %s` and start "
+            "it again",
             exc.device,
             exc.seq,
             exc.how_far,
             exc.last,
             exc.last,
-            exc.device,
-            self.cfg.state_file,
+            shlex.quote(self.config_path or "ACTUATOR.yaml"),
+            shlex.quote(exc.device),
         )
 
     def act(self, d: Decision) -> None:

@@ -282,10 +282,16 @@ class _JsonState:
             raise DecisionError("state-unreadable", f"{self.path}: not a JSON object")
         return data
 
-    def save(self, data: dict[str, Any]) -> None:
+    def save(self, data: dict[str, Any], like: os.stat_result | None = None) -> None:
+        """`like`: give the new file that owner and mode (an admin's edit as root must leave
+        a file the service's own user can still read)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".")
         try:
+            if like is not None:
+                os.fchmod(fd, like.st_mode & 0o7777)
+                if os.geteuid() == 0:
+                    os.fchown(fd, like.st_uid, like.st_gid)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(data, f, sort_keys=True)
                 f.flush()
@@ -346,6 +352,9 @@ class ReplayGuard:
             if isinstance(times, dict)
             else {}
         )
+        # Other keys (the "forgotten" history `voxgate actuator --forget` leaves) are kept as
+        # they are: this class only rewrites its own two maps.
+        self._other = {k: v for k, v in data.items() if k not in ("last_seq", "last_issued_at")}
         self._lock = threading.Lock()
 
     def last(self, device: str) -> int | None:
@@ -365,7 +374,7 @@ class ReplayGuard:
             # and memory still agrees with the disk.
             updated = {**self._last, d.device: d.seq}
             issued = {**self._issued, d.device: d.issued_at}
-            self._state.save({"last_seq": updated, "last_issued_at": issued})
+            self._state.save({**self._other, "last_seq": updated, "last_issued_at": issued})
             self._last, self._issued = updated, issued
 
 

@@ -87,6 +87,13 @@ def find_outliers(embeddings: np.ndarray) -> tuple[list[int], np.ndarray]:
     return out[: n // 3], loo
 
 
+def seconds_text(seconds: float) -> str:
+    """Speech seconds as every enroll line shows them: rounded DOWN to 0.1 s (5.96 of a 6 s
+    minimum is not "have 6.0 s"). One rule for the summary, the takes and the error: the
+    summary rounded and said 4.0 s where the error said "have 3.9 s" for the same takes."""
+    return f"{math.floor(seconds * 10 + 1e-9) / 10:.1f}"
+
+
 def check_takes(
     takes: list[np.ndarray],
     embedder: Any,
@@ -126,9 +133,8 @@ def check_takes(
     if len(good) < cfg.enroll_min_takes:
         problems.append(f"need {cfg.enroll_min_takes} good takes, have {len(good)}")
     if speech < cfg.enroll_min_speech_s:
-        # Rounded down: 5.96 of 6 s is not "have 6.0 s"; and a minimum of 6.5 s is not "6 s".
-        have = math.floor(speech * 10) / 10
-        problems.append(f"need {cfg.enroll_min_speech_s:g} s of net speech, have {have:.1f} s")
+        have = seconds_text(speech)
+        problems.append(f"need {cfg.enroll_min_speech_s:g} s of net speech, have {have} s")
     dim = int(getattr(embedder, "dim", 0) or (good[0][2].shape[0] if good else 0))
     emb = np.stack([g[2] for g in good]) if good else np.zeros((0, dim), np.float32)
     return EnrollResult(l2_normalize(emb) if good else emb, ordered, speech, tuple(problems))

@@ -574,3 +574,37 @@ def test_an_upload_file_name_with_line_breaks_cannot_forge_log_lines(
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("voxgate.api")]
     assert any("a.wav\\n2026" in line for line in lines), lines
     assert not any("\n" in line for line in lines), lines
+
+
+def test_a_name_with_a_backslash_is_not_enrolled_and_a_slash_gets_a_clear_400(
+    enroll_api: dict, tmp_path: Path
+) -> None:
+    # 'a%5Cb' was enrolled as 'a\b', a user voxgate enroll refuses and the MQTT commands
+    # could never erase; 'a%2Fb' got a bare "URL not found" although openapi.yaml said any
+    # percent-encoded name works.
+    from fleet_tts import DIGITS, say, write_wav
+
+    c = enroll_api["client"]
+    takes = [
+        (f"take{i}.wav", write_wav(tmp_path / f"t{i}.wav", say(t, "en+m3")).read_bytes())
+        for i, t in enumerate(DIGITS[:3])
+    ]
+    status, body, _ = c.upload("/api/v1/users/a%5Cb", takes)
+    assert status == 400 and body["error"] == "bad_request", body
+    assert "must not contain / or \\" in body["message"]
+    assert enroll_api["store"].users() == [] and enroll_api["changes"] == []
+    for method, path in (
+        ("POST", "/api/v1/users/a%2Fb"),
+        ("DELETE", "/api/v1/users/a%2fb"),
+        ("GET", "/api/v1/users/a%2Fb/export"),
+    ):
+        status, body, _ = c.request(method, path)
+        assert status == 400 and "cannot contain / (%2F)" in body["message"], (method, body)
+    status, body, _ = c.request("GET", "/api/v1/nothing%2Fhere")
+    assert status == 404  # other unknown paths are still plain 404s
+    # A user enrolled with a backslash before the rule can still be exported and erased.
+    enroll_api["store"].add_user("old\\name", np.ones((3, 256)), "test-model/1", {"takes": 3})
+    status, body, _ = c.request("GET", "/api/v1/users/old%5Cname/export")
+    assert status == 200 and body["name"] == "old\\name"
+    status, body, _ = c.request("DELETE", "/api/v1/users/old%5Cname")
+    assert status == 200 and body == {"erased": "old\\name"}

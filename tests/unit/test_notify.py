@@ -79,3 +79,37 @@ def test_a_vanished_socket_is_logged_not_raised(
     n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone")}, use_systemd_python=False)
     assert n.ready() is False
     assert "sd_notify" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("usec", "pid", "period"),
+    [
+        ("2000000", "²", 2.0),  # isdigit() passed '²' to int(): ValueError at start
+        ("2000000", "garbage", 2.0),
+        ("2000000", "٣", 2.0),
+        ("²", None, None),
+        ("٢٠٠٠٠٠٠", None, None),  # int() read other scripts' digits as a period
+        ("9" * 5000, None, None),
+    ],
+)
+def test_garbage_watchdog_variables_count_as_not_set_with_a_warning(
+    usec: str,
+    pid: str | None,
+    period: float | None,
+    notify_socket: tuple[socket.socket, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sock, path = notify_socket
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": usec}
+    if pid is not None:
+        env["WATCHDOG_PID"] = pid
+    with caplog.at_level("WARNING", logger="voxgate.service.notify"):
+        n = Notifier(env, use_systemd_python=False)
+    assert n.watchdog_period == period
+    bad = "WATCHDOG_PID" if pid is not None else "WATCHDOG_USEC"
+    assert f"ignoring {bad}=" in caplog.text and "treated as not set" in caplog.text
+    assert len(caplog.text) < 300  # a long value is cut short in the log line
+    assert n.watchdog_if_due(0.0) is (period is not None)
+    if period is not None:
+        assert recv(sock) == ["WATCHDOG=1"]
+    n.close()

@@ -64,6 +64,13 @@ def _path() -> str:
     return _printable(request.path)
 
 
+def _slash_in_name() -> bool:
+    """The request's undecoded path has an encoded / in a user name segment."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or ""
+    head, sep, rest = raw.partition(f"{PREFIX}/users/")
+    return bool(sep) and not head and "%2f" in rest.split("?")[0].lower()
+
+
 def _error(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
     return jsonify({"error": code, "message": message, **extra}), status
 
@@ -131,6 +138,11 @@ def create_app(
         code = (exc.name or "error").lower().replace(" ", "_")
         if exc.code == 413:
             msg = f"request body larger than {cfg.api.max_upload_mb:g} MB (api.max_upload_mb)"
+        elif exc.code == 404 and _slash_in_name():
+            # The server decodes %2F before routing, so 'a%2Fb' matched no route: a bare
+            # "URL not found" for what is a name no voxgate user can have.
+            msg = "a user name cannot contain / (%2F) in the API: voxgate enroll refuses it"
+            return _error(400, "bad_request", msg)
         else:
             msg = exc.description or exc.name
         resp, status = _error(exc.code or 500, code, msg)
@@ -152,15 +164,24 @@ def create_app(
         except Exception:
             log.exception("API: could not write audit event %s", event)
 
-    def _name(raw: str) -> str:
+    def _name(raw: str, new: bool = False) -> str:
         # Werkzeug turns path bytes that are not UTF-8 into U+FFFD: two different names
         # ('Ren%E9', 'Ren%E8' in Latin-1) would become one, and erase the wrong person.
         if "\ufffd" in raw:
             raise _BadRequest("the user name must be UTF-8, percent-encoded")
         try:
-            return normalize_name(raw)
+            name = normalize_name(raw)
         except StoreError as exc:
             raise _BadRequest(str(exc)) from None
+        # A new name with a backslash was enrolled here while voxgate enroll and the MQTT
+        # commands refuse it (MQTT could then never erase it). Erase and export still take
+        # one, so a user enrolled before the rule can be removed.
+        if new and "\\" in name:
+            raise _BadRequest(
+                "user name must not contain / or \\ (voxgate enroll and the MQTT commands "
+                "refuse them too)"
+            )
+        return name
 
     @app.errorhandler(_BadRequest)
     def _bad_request(exc: _BadRequest) -> tuple[Response, int]:
@@ -195,7 +216,7 @@ def create_app(
 
     @app.post(f"{PREFIX}/users/<name>")
     def enroll(name: str) -> tuple[Response, int]:
-        name = _name(name)
+        name = _name(name, new=True)
         if request.mimetype != "multipart/form-data":
             raise _BadRequest("send multipart/form-data with one or more 'take' audio files")
         files = request.files.getlist("take")

@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import Any
 
-from voxgate.commands.common import add_config_option, add_parser, config_from_args
+from voxgate.commands.common import add_config_option, add_parser, ascii_int, config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_config_option(p)
     p.add_argument("--host", help="bind address (default: api.host, normally 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default: api.port)")
+    p.add_argument("--port", type=ascii_int, help="port (default: api.port)")
     p.set_defaults(func=run)
 
 

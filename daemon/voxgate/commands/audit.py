@@ -8,7 +8,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from voxgate.commands.common import add_config_option, add_parser, config_from_args
+from voxgate.commands.common import add_config_option, add_parser, ascii_int, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_config_option(s)
     s.add_argument("file", nargs="?", metavar="FILE", help="log file (default: from config)")
-    s.add_argument("-n", "--lines", type=int, default=10, help="how many (default 10)")
+    s.add_argument("-n", "--lines", type=ascii_int, default=10, help="how many (default 10)")
     s.set_defaults(func=show_command)
 
 
@@ -105,8 +105,17 @@ def show_command(args: argparse.Namespace) -> int:
     try:
         with open(path, "rb") as f:
             last = deque(f, maxlen=max(1, args.lines))
+    except FileNotFoundError:
+        print(
+            f"voxgate audit show: {path}: no such file. The daemon (voxgate run) creates it "
+            "with its first audited event (a decision, an enrollment, an erase, a reload); "
+            "until then there is nothing to show. Elsewhere? Give the file, or the config "
+            "that names it (audit.path, default <data_dir>/audit.jsonl) with -c",
+            file=sys.stderr,
+        )
+        return 1
     except OSError as exc:
-        print(f"voxgate audit show: {path}: {exc}", file=sys.stderr)
+        print(f"voxgate audit show: {path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return 1
     for raw in last:
         try:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from voxgate.commands.common import add_config_option, add_parser, config_from_args
+from voxgate.commands.common import add_config_option, add_parser, ascii_int, config_from_args
 
 if TYPE_CHECKING:
     import numpy as np  # imported at run time only by the worker
@@ -49,12 +49,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="CARD",
         help="model card or model file (repeatable); default: every shipped card",
     )
-    p.add_argument("-n", "--runs", type=int, default=30, help="timed runs (default: %(default)s)")
+    p.add_argument(
+        "-n", "--runs", type=ascii_int, default=30, help="timed runs (default: %(default)s)"
+    )
     p.add_argument(
         "--seconds", type=float, default=3.0, help="utterance length, at most 120 (default: 3)"
     )
     p.add_argument("--audio", type=Path, help="WAV/FLAC to use instead of synthetic audio")
-    p.add_argument("--cpu", type=int, default=None, help="core to pin to (default: last core)")
+    p.add_argument(
+        "--cpu", type=ascii_int, default=None, help="core to pin to (default: last core)"
+    )
     p.add_argument("--no-torch", action="store_true", help="skip upstream PyTorch Resemblyzer")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)

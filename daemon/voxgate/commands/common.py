@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import textwrap
 
@@ -20,6 +21,17 @@ def add_parser(
         epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip("\n"), "  "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def ascii_int(text: str) -> int:
+    """argparse type for integer options: ASCII digits 0-9 with an optional '-' only.
+    type=int also took other scripts' digits ('--port ٨٠٨٠' was port 8080), '1_000', spaces
+    and '+5', none of which the config file, the API or MQTT accept."""
+    if not re.fullmatch(r"-?[0-9]{1,18}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number (ASCII digits 0-9, at most 18)"
+        )
+    return int(text)
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from voxgate.commands.common import add_config_option, add_parser, config_from_args
+from voxgate.commands.common import add_config_option, add_parser, ascii_int, config_from_args
 from voxgate.commands.speaker_common import (
     CommandError,
     fail,
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replace", action="store_true", help="re-enroll a user who exists")
     p.add_argument(
         "--max-takes",
-        type=int,
+        type=ascii_int,
         default=20,
         help="microphone: give up after this many takes (1-200)",
     )
@@ -79,10 +79,13 @@ def _label(text: str, width: int = 24) -> str:
 
 
 def _print_takes(result: Any, labels: list[str]) -> None:
+    from voxgate.enrollment import seconds_text
+
     for t in result.takes:
         q = t.quality
         line = (
-            f"  take {t.index:2d} {_label(labels[t.index - 1])} speech {q.speech_s:4.1f} s  "
+            f"  take {t.index:2d} {_label(labels[t.index - 1])} "
+            f"speech {seconds_text(q.speech_s):>4} s  "
             f"SNR {q.snr_db:3.0f} dB  clipped {100 * q.clipped:4.2f} %"
         )
         if t.consistency is not None:
@@ -104,7 +107,7 @@ def _record_takes(
 ) -> tuple[list[np.ndarray], list[str], Any]:
     """Guided microphone enrollment: prompt, record to end of speech, check, repeat."""
     from voxgate.audio import AudioError, open_source
-    from voxgate.enrollment import check_takes, prompt_plan, take_problem
+    from voxgate.enrollment import check_takes, prompt_plan, seconds_text, take_problem
     from voxgate.quality import assess
     from voxgate.vad import Endpointer
 
@@ -140,15 +143,16 @@ def _record_takes(
             q = assess(pcm, cfg.vad)
             problem = take_problem(q, sp)
             if problem:
-                print(f"  not used: {REASONS[problem]} ({q.speech_s:.1f} s, {q.snr_db:.0f} dB)")
+                heard = f"{seconds_text(q.speech_s)} s, {q.snr_db:.0f} dB"
+                print(f"  not used: {REASONS[problem]} ({heard})")
                 continue
             takes.append(pcm)
             said.append(prompt)
             speech += q.speech_s
             print(
-                f"  ok: {q.speech_s:.1f} s of speech, SNR {q.snr_db:.0f} dB   progress: "
+                f"  ok: {seconds_text(q.speech_s)} s of speech, SNR {q.snr_db:.0f} dB   progress: "
                 f"{len(takes)}/{sp.enroll_min_takes} takes, "
-                f"{speech:.1f}/{sp.enroll_min_speech_s:g} s"
+                f"{seconds_text(speech)}/{sp.enroll_min_speech_s:g} s"
             )
             if len(takes) >= sp.enroll_min_takes and speech >= sp.enroll_min_speech_s:
                 result = check_takes(takes, embedder, sp, cfg.vad)
@@ -168,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
-    from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes
+    from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes, seconds_text
     from voxgate.voiceprints import StoreError, normalize_name
 
     if args.prompts and (not args.files or len(args.prompts) != len(args.files)):
@@ -207,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         except StoreError as exc:
             return fail(str(exc))
         print(f"enrollment of {name}: {len(result.accepted)} of {len(result.takes)} takes used, "
-              f"{result.speech_s:.1f} s of net speech")  # fmt: skip
+              f"{seconds_text(result.speech_s)} s of net speech")  # fmt: skip
         _print_takes(result, labels)
         if not result.ok:
             for problem in result.problems:

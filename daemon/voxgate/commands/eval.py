@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from voxgate.commands.common import add_config_option, add_parser, config_from_args
+from voxgate.commands.common import add_config_option, add_parser, ascii_int, config_from_args
 from voxgate.commands.speaker_common import CommandError, fail, load_cohort, load_embedder
 
 
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--build-cohort", metavar="DIR", type=Path, help="build cohort + calibration into DIR"
     )
-    p.add_argument("--top-k", type=int, default=100, help="cohort top-k for --build-cohort")
+    p.add_argument("--top-k", type=ascii_int, default=100, help="cohort top-k for --build-cohort")
     add_config_option(p)
     p.set_defaults(func=run)
 

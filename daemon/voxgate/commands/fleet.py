@@ -111,6 +111,16 @@ def _with_agent(args: argparse.Namespace, act: str) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
+    if not cfg.fleet.enabled:
+        # Checked first: with sync off the fleet key is rarely set, and "fleet-key not found"
+        # sent people looking for a key when the switch was the problem.
+        where = args.config or "the embedded defaults (no --config)"
+        print(
+            f"voxgate fleet {act}: fleet sync is off in {where} (fleet.enabled: false); set "
+            "fleet.enabled: true and the fleet key there first (docs/fleet.md)",
+            file=sys.stderr,
+        )
+        return 1
     try:
         # While connected the agent also applies the fleet's retained messages: without the
         # model id it stored voiceprints of another model, which the daemon refuses.

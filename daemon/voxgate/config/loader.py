@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -161,7 +162,15 @@ def _parse(text: str, source: str) -> VoxgateConfig:
     try:
         return VoxgateConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [_describe(e, lines) for e in exc.errors()]) from None
+        # In file order: pydantic reports them in schema order, which jumped about the file.
+        found = [_describe(e, lines) for e in exc.errors()]
+        raise ConfigError(source, sorted(found, key=_line_of)) from None
+
+
+def _line_of(problem: str) -> tuple[bool, int]:
+    """Sort key: a problem's file line; those without one (a whole-file rule) go last."""
+    m = re.match(r"line (\d+): ", problem)
+    return (m is None, int(m.group(1)) if m else 0)
 
 
 def load_config(path: str | os.PathLike[str] | None) -> VoxgateConfig:

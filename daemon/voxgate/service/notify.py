@@ -21,19 +21,28 @@ from collections.abc import Callable, Mapping
 log = logging.getLogger(__name__)
 
 
+def _env_number(env: Mapping[str, str], name: str) -> int | None:
+    """A whole number systemd put in the environment, or None. Anything but ASCII digits is
+    treated as not set, with a warning: str.isdigit() passed '²' to int(), which raised
+    and stopped the daemon's start, and int() alone took other scripts' digits."""
+    text = env.get(name)
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        log.warning("ignoring %s=%r (not a number): treated as not set", name, shown)
+        return None
+    return int(text)
+
+
 def _watchdog_period(env: Mapping[str, str]) -> float | None:
-    usec = env.get("WATCHDOG_USEC")
-    pid = env.get("WATCHDOG_PID")
-    if not usec:
+    usec = _env_number(env, "WATCHDOG_USEC")
+    if usec is None:
         return None
-    if pid and pid.isdigit() and int(pid) != os.getpid():
+    pid = _env_number(env, "WATCHDOG_PID")
+    if pid is not None and pid != os.getpid():
         return None  # meant for another process (e.g. our parent)
-    try:
-        value = int(usec)
-    except ValueError:
-        log.warning("ignoring WATCHDOG_USEC=%r (not a number)", usec)
-        return None
-    return value / 1e6 if value > 0 else None
+    return usec / 1e6 if usec > 0 else None
 
 
 class Notifier:

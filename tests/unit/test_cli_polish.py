@@ -1,0 +1,103 @@
+"""Small CLI defects found using voxgate as an installer would: each test runs the real
+command (in-process, real files) and checks what the user is told."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voxgate.cli import main
+
+
+def _device(tmp_path: Path, extra: str = "") -> Path:
+    key = tmp_path / "voiceprint.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nspeaker:\n  key_file: {key}\n{extra}")
+    return cfg
+
+
+@pytest.mark.parametrize("action", [["resend", "alice"], ["revoke", "alice", "--group", "hq_lab"]])
+def test_fleet_actions_with_sync_off_point_at_fleet_enabled(
+    action: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("VOXGATE_FLEET_KEY", raising=False)
+    cfg = _device(tmp_path)
+    capsys.readouterr()
+    assert main(["fleet", *action, "-c", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert f"fleet sync is off in {cfg} (fleet.enabled: false)" in err
+    assert "fleet-key" not in err
+
+
+def test_audit_show_on_a_missing_log_says_what_creates_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _device(tmp_path)
+    capsys.readouterr()
+    assert main(["audit", "show", "-c", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    log = tmp_path / "data" / "audit.jsonl"
+    assert err.startswith(f"voxgate audit show: {log}: no such file. The daemon (voxgate run)")
+    assert "audit.path" in err and "Errno" not in err
+    assert main(["audit", "show", str(tmp_path)]) == 1  # a folder: the reason, not a repr
+    assert (
+        capsys.readouterr().err == f"voxgate audit show: {tmp_path}: cannot read: Is a directory\n"
+    )
+
+
+def test_config_check_lists_problems_in_file_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(
+        "mqtt:\n  port: 99999\naudio:\n  bogus: 1\nvad:\n  nope: 2\n"
+        + "# padding\n" * 4
+        + 'data_dir: 5\ndevice_id: ""\n'
+    )
+    assert main(["config", "check", str(cfg)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"{cfg}: invalid config (5 problem(s)):"
+    lines = [int(p.split(":")[0].removeprefix("  - line ")) for p in err[1:]]
+    assert lines == [2, 4, 6, 11, 12]
+    assert err[1].startswith("  - line 2: mqtt.port:") and err[5].startswith(
+        "  - line 12: device_id"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "bad"),
+    [
+        (["api", "--port", "٨٠٨٠"], "٨٠٨٠"),  # Arabic-Indic 8080: int() reads it
+        (["audit", "show", "-n", "٣", "audit.jsonl"], "٣"),
+        (["enroll", "alice", "--max-takes", "²"], "²"),
+        (["bench", "--runs", "1_000"], "1_000"),
+        (["bench", "--cpu", " 1"], " 1"),
+        (["eval", "set", "--top-k", "+5"], "+5"),
+    ],
+)
+def test_integer_options_take_ascii_digits_only(
+    argv: list[str], bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The unknown option keeps a command whose number was taken from running at all.
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--no-such-option"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument " in err
+    assert f"{bad!r} is not a whole number (ASCII digits 0-9" in err
+
+
+def test_ascii_int_reads_plain_numbers() -> None:
+    import argparse
+
+    from voxgate.commands.common import ascii_int
+
+    assert [ascii_int(t) for t in ("0", "8080", "-1", "007")] == [0, 8080, -1, 7]
+    for bad in ("", "-", "٣", "1e3", "0x10", "9" * 19):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ascii_int(bad)
