@@ -101,3 +101,32 @@ def test_ascii_int_reads_plain_numbers() -> None:
     for bad in ("", "-", "٣", "1e3", "0x10", "9" * 19):
         with pytest.raises(argparse.ArgumentTypeError):
             ascii_int(bad)
+
+
+@pytest.mark.parametrize(
+    ("argv", "bad"),
+    [
+        (["fleet", "resend", "alice", "--timeout", "nan"], "nan"),  # never timed out
+        (["fleet", "revoke", "alice", "--timeout", "inf"], "inf"),
+        (["bench", "--seconds", "٣"], "٣"),
+        (["bench", "--seconds", "0"], "0"),
+    ],
+)
+def test_duration_options_take_positive_ascii_numbers(
+    argv: list[str], bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--no-such-option"])
+    assert stop.value.code == 2
+    assert f"{bad!r} is not a number of seconds above 0" in capsys.readouterr().err
+
+
+def test_ascii_seconds_reads_plain_decimals() -> None:
+    import argparse
+
+    from voxgate.commands.common import ascii_seconds
+
+    assert [ascii_seconds(t) for t in ("20", "2.5", "0.25")] == [20.0, 2.5, 0.25]
+    for bad in ("", "nan", "-1", "1e3", ".5", "0.0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ascii_seconds(bad)

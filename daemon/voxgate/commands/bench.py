@@ -20,7 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from voxgate.commands.common import add_config_option, add_parser, ascii_int, config_from_args
+from voxgate.commands.common import (
+    add_config_option,
+    add_parser,
+    ascii_int,
+    ascii_seconds,
+    config_from_args,
+)
 
 if TYPE_CHECKING:
     import numpy as np  # imported at run time only by the worker
@@ -53,7 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "-n", "--runs", type=ascii_int, default=30, help="timed runs (default: %(default)s)"
     )
     p.add_argument(
-        "--seconds", type=float, default=3.0, help="utterance length, at most 120 (default: 3)"
+        "--seconds",
+        type=ascii_seconds,
+        default=3.0,
+        help="utterance length, at most 120 (default: 3)",
     )
     p.add_argument("--audio", type=Path, help="WAV/FLAC to use instead of synthetic audio")
     p.add_argument(

@@ -34,6 +34,15 @@ def ascii_int(text: str) -> int:
     return int(text)
 
 
+def ascii_seconds(text: str) -> float:
+    """argparse type for durations: a positive decimal in ASCII digits ('20', '2.5').
+    type=float took 'nan' (`fleet resend --timeout nan` never timed out), 'inf' and other
+    scripts' digits."""
+    if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,6})?", text) or float(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return float(text)
+
+
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c",

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from voxgate.commands.common import add_config_option, add_parser, config_from_args
+from voxgate.commands.common import add_config_option, add_parser, ascii_seconds, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     rs.add_argument("user", metavar="NAME", help="an enrolled user")
     add_config_option(rs)
-    rs.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for the broker")
+    rs.add_argument(
+        "--timeout", type=ascii_seconds, default=20.0, help="seconds to wait for the broker"
+    )
     rs.set_defaults(func=resend)
     rv = add_parser(
         actions,
@@ -66,7 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rv.add_argument("user", metavar="NAME", help="the user to withdraw")
     rv.add_argument("--group", action="append", required=True, help="group (repeatable)")
     add_config_option(rv)
-    rv.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for the broker")
+    rv.add_argument(
+        "--timeout", type=ascii_seconds, default=20.0, help="seconds to wait for the broker"
+    )
     rv.set_defaults(func=revoke)
 
 
