@@ -1,0 +1,128 @@
+"""Erase really erases: what the door holds about a person besides the voiceprint (lockout
+entries naming them) goes too, checked on the bytes of real SQLite files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from voxgate.config import VoxgateConfig
+from voxgate.config.service import LockoutConfig
+from voxgate.lockout import LockoutBook, forget_in_file
+from voxgate.service.users import UserServices
+from voxgate.voiceprints import VoiceprintStore
+
+
+def raw(path: Path) -> bytes:
+    """The database file and whatever SQLite keeps beside it, as bytes on disk."""
+    return b"".join(
+        p.read_bytes()
+        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
+        if p.exists()
+    )
+
+
+def fail(book: LockoutBook, user: str, times: int, now: float = 1000.0) -> None:
+    for _ in range(times):
+        book.record(user, ok=False, now=now)
+
+
+def test_forget_removes_the_name_from_the_lockout_file_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "lockout.db"
+    book = LockoutBook(path, LockoutConfig())
+    fail(book, "Alice-Erased", 7)
+    fail(book, "bob-stays", 2)
+    assert b"alice-erased" in raw(path)  # the key holds the name in plain text
+    assert book.forget("alice-erased")
+    assert book.users() == ["bob-stays"]
+    assert book.state("ALICE-ERASED", now=1001.0).user_failures == 0
+    assert b"alice-erased" not in raw(path)
+    assert b"bob-stays" in raw(path)
+    book.close()
+    # And it stays gone: a restart does not bring the entry back.
+    again = LockoutBook(path, LockoutConfig())
+    assert again.users() == ["bob-stays"]
+    again.close()
+
+
+def test_forget_in_file_while_the_daemon_has_the_book_open(tmp_path: Path) -> None:
+    """`voxgate users erase` runs in another process than the daemon holding the book."""
+    path = tmp_path / "lockout.db"
+    book = LockoutBook(path, LockoutConfig())
+    fail(book, "carol-erased", 6)
+    assert forget_in_file(path, "Carol-Erased")
+    assert b"carol-erased" not in raw(path)
+    assert not forget_in_file(path, "carol-erased")  # nothing left to drop
+    assert not forget_in_file(tmp_path / "none.db", "carol-erased")  # no file: none made
+    assert not (tmp_path / "none.db").exists()
+    book.close()
+
+
+KEY = os.urandom(32)
+
+
+def _store(tmp_path: Path) -> VoiceprintStore:
+    store = VoiceprintStore(tmp_path / "voiceprints.db", KEY)
+    emb = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
+    store.add_user("Dora", emb, "test/int8")
+    return store
+
+
+def test_daemon_forgets_a_user_erased_by_another_process(tmp_path: Path) -> None:
+    """The daemon's book kept Dora's entry (memory and file) after `voxgate users erase
+    dora` ran beside it; a name never enrolled keeps its lockout."""
+    store = _store(tmp_path)
+    book = LockoutBook(tmp_path / "lockout.db", LockoutConfig())
+    users = UserServices(
+        VoxgateConfig(data_dir=tmp_path), store, None, lambda e, **f: None, lockout=book
+    )
+    fail(book, "dora", 6)
+    fail(book, "mallory", 6)  # claimed, never enrolled
+    assert users.check_erased() == []
+    other = VoiceprintStore(store.path, KEY)
+    assert other.erase("DORA")
+    other.close()
+    assert users.check_erased() == ["dora"]
+    assert book.users() == ["mallory"]
+    assert b"dora" not in raw(tmp_path / "lockout.db")
+    store.close()
+    book.close()
+
+
+def test_mqtt_erase_command_drops_the_lockout_entry(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    book = LockoutBook(tmp_path / "lockout.db", LockoutConfig())
+    users = UserServices(
+        VoxgateConfig(data_dir=tmp_path), store, None, lambda e, **f: None, lockout=book
+    )
+    fail(book, "dora", 6)
+    assert users.command_erase({"user": "dora"}) == {"user": "dora", "erased": True}
+    assert book.users() == []
+    assert b"dora" not in raw(tmp_path / "lockout.db")
+    store.close()
+    book.close()
+
+
+def test_fleet_erase_revoke_and_config_drop_forget_the_user(tmp_path: Path) -> None:
+    """Erases that reach a door through fleet sync left the lockout entry behind too."""
+    from tests.unit.test_fleet_apply import _door, _tomb, _vp
+
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice", "bob", "carl"]})
+    book = LockoutBook(tmp_path / "lockout.db", LockoutConfig())
+    users = UserServices(
+        VoxgateConfig(data_dir=tmp_path), door.store, None, lambda e, **f: None, lockout=book
+    )
+    door.on_erased = users.forget  # what UserServices.start wires
+    for name in ("alice", "bob", "carl"):
+        assert door.handle(*_vp("lobby", name, 1)) == "stored"
+        fail(book, name, 6)
+    assert door.handle(*_tomb("erase", "lobby", "alice", 2)) == "erased"
+    assert door.handle(*_tomb("revoke", "lobby", "bob", 2)) == "revoked"
+    door.cfg = door.cfg.model_copy(update={"access": {"lobby": ["dan"]}})
+    assert door.enforce_access() == ["carl"]
+    assert book.users() == []
+    data = raw(tmp_path / "lockout.db")
+    assert not any(n in data for n in (b"alice", b"bob", b"carl"))
+    book.close()
