@@ -126,3 +126,29 @@ def test_fleet_erase_revoke_and_config_drop_forget_the_user(tmp_path: Path) -> N
     data = raw(tmp_path / "lockout.db")
     assert not any(n in data for n in (b"alice", b"bob", b"carl"))
     book.close()
+
+
+def test_fingerprints_out_of_the_replay_window_are_gone_from_the_file_bytes(
+    tmp_path: Path,
+) -> None:
+    """Fingerprints are derived from the voice: "kept for replay_window_s" held only for the
+    table; the deleted rows stayed readable in free pages and the WAL."""
+    import sqlite3
+
+    from voxgate.replay import ReplayDetector
+
+    rng = np.random.default_rng(7)
+    envelope = np.sin(np.linspace(0, 30, 16000))
+    old = (rng.normal(0, 3000, 16000) * envelope).astype(np.int16)
+    new = (rng.normal(0, 3000, 16000) * envelope[::-1]).astype(np.int16)
+    path = tmp_path / "replay.db"
+    det = ReplayDetector(path, window_s=100)
+    det.check_and_add(old, now=0.0)
+    with sqlite3.connect(path) as db:
+        (blob,) = db.execute("SELECT fp FROM fingerprints").fetchone()
+    probe = bytes(blob)[:48]
+    assert probe in raw(path)
+    det.check_and_add(new, now=151.0)  # the first one leaves the window
+    assert det.count() == 1
+    assert probe not in raw(path)
+    det.close()
