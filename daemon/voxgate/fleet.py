@@ -318,6 +318,9 @@ class SyncState:
             self._db = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False
             )
+            # The outbox holds sealed voiceprints until the broker has them: a sent or
+            # replaced one is zeroed, not left in a free page (and `sent` empties the WAL).
+            self._db.execute("PRAGMA secure_delete = ON")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.executescript(
                 """
@@ -396,6 +399,10 @@ class SyncState:
     def sent(self, topic: str, version: int) -> None:
         with self._lock:
             self._db.execute("DELETE FROM outbox WHERE topic = ? AND version = ?", (topic, version))
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # e.g. a reader in another process: next time
+                log.debug("%s: WAL checkpoint after a send failed: %s", self.path, exc)
 
     def close(self) -> None:
         with self._lock:

@@ -152,3 +152,24 @@ def test_fingerprints_out_of_the_replay_window_are_gone_from_the_file_bytes(
     assert det.count() == 1
     assert probe not in raw(path)
     det.close()
+
+
+def test_a_sent_fleet_message_is_gone_from_the_sync_state_bytes(tmp_path: Path) -> None:
+    """The outbox holds each enrollment's fleet message (the voiceprint, sealed with the
+    fleet key) until the broker has it; after that, and after an erase replaced it, its
+    bytes stayed in fleet.db's free pages and WAL."""
+    from voxgate.fleet import SyncState
+
+    path = tmp_path / "fleet.db"
+    state = SyncState(path)
+    topic = "voxgate/_fleet/acme/lobby/" + "ab" * 16
+    voiceprint = os.urandom(3000)  # stands for the sealed message
+    state.queue(topic, voiceprint, 1)
+    assert voiceprint[:64] in raw(path)
+    tombstone = os.urandom(300)
+    state.queue(topic, tombstone, 2)  # erased before it went out
+    state.sent(topic, 2)
+    assert state.outbox() == []
+    data = raw(path)
+    assert voiceprint[:64] not in data and tombstone[:64] not in data
+    state.close()
