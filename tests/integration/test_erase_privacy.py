@@ -121,3 +121,60 @@ def test_daemon_clears_the_name_after_an_erase_by_another_process(
     assert book.users() == []
     store.close()
     book.close()
+
+
+def test_users_erase_command_drops_lockout_entry_and_recordings(tmp_path: Path) -> None:
+    """`voxgate users erase` (another process than the daemon) left the lockout entry and
+    the kept recordings of the person on disk."""
+    import subprocess
+    import sys
+
+    import yaml
+    from mqtt_helpers import REPO
+
+    from voxgate.audit import AuditLog
+    from voxgate.service.keep import AudioKeeper
+
+    data = tmp_path / "data"
+    (tmp_path / "vp.key").write_text(KEY.hex() + "\n")
+    (tmp_path / "vp.key").chmod(0o600)
+    cfg = {
+        "device_id": DEV,
+        "data_dir": str(data),
+        "speaker": {"key_file": str(tmp_path / "vp.key")},
+    }
+    (tmp_path / "voxgate.yaml").write_text(yaml.safe_dump(cfg))
+    store = VoiceprintStore(data / "voiceprints.db", KEY)
+    store.add_user("Erin", np.eye(3, 8, dtype=np.float32), "test/int8")
+    store.close()
+    book = LockoutBook(data / "lockout.db", LockoutConfig())
+    for _ in range(6):
+        book.record("erin", ok=False)
+    book.close()
+    kept = AudioKeeper(data / "audio", os.urandom(32), 7).store(np.ones(800, np.int16), "n1")
+    AuditLog(data / "audit.jsonl").append("decision", user="Erin", audio=str(kept))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    env["PYTHONPATH"] = str(REPO / "daemon")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "voxgate",
+            "users",
+            "erase",
+            "erin",
+            "-c",
+            str(tmp_path / "voxgate.yaml"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "also dropped: lockout entry" in run.stdout
+    assert "also dropped: 1 kept recording(s)" in run.stdout
+    assert kept is not None and not kept.exists()
+    lock = b"".join(p.read_bytes() for p in data.glob("lockout.db*"))
+    assert b"erin" not in lock

@@ -173,3 +173,48 @@ def test_a_sent_fleet_message_is_gone_from_the_sync_state_bytes(tmp_path: Path) 
     data = raw(path)
     assert voiceprint[:64] not in data and tombstone[:64] not in data
     state.close()
+
+
+def test_kept_recordings_of_an_erased_user_are_deleted(tmp_path: Path) -> None:
+    """With audit.keep_audio on, the person's attempt recordings (their voice, encrypted)
+    stayed for the whole retention after they were erased."""
+    from voxgate.audit import AuditLog
+    from voxgate.service.keep import AudioKeeper
+
+    cfg = VoxgateConfig(data_dir=tmp_path)
+    keeper = AudioKeeper(tmp_path / "audio", os.urandom(32), retention_days=7)
+    log = AuditLog(tmp_path / "audit.jsonl")
+    pcm = np.arange(1600, dtype=np.int16)
+    granted = keeper.store(pcm, "a1")
+    denied = keeper.store(pcm, "a2")  # claimed by her, not recognised
+    other = keeper.store(pcm, "a3")
+    unknown = keeper.store(pcm, "a4")  # nobody identified or claimed: cannot be tied
+    outside = tmp_path / "notes.vxa"
+    outside.write_bytes(b"x")
+    assert None not in (granted, denied, other, unknown)
+    log.append("decision", outcome="granted", user="Dora", audio=str(granted))
+    log.append("decision", outcome="denied", user=None, claimed_user="DORA", audio=str(denied))
+    log.append("decision", outcome="granted", user="gus", audio=str(other))
+    log.append("decision", outcome="denied", user=None, claimed_user=None, audio=str(unknown))
+    log.append("decision", outcome="granted", user="dora", audio=str(outside))  # not ours
+    store = _store(tmp_path)
+    users = UserServices(cfg, store, None, lambda e, **f: None)
+    assert users.command_erase({"user": "dora"})["erased"]
+    assert not granted.exists() and not denied.exists()
+    assert other.exists() and unknown.exists() and outside.exists()
+    store.close()
+
+
+def test_standalone_api_erase_hook_forgets_then_tells_the_fleet(tmp_path: Path) -> None:
+    """`voxgate api` (without the daemon) erased the voiceprint only."""
+    from voxgate.erasure import after_erase
+
+    book = LockoutBook(tmp_path / "lockout.db", LockoutConfig())
+    fail(book, "dora", 6)
+    book.close()
+    told: list[tuple[str, str]] = []
+    hook = after_erase(VoxgateConfig(data_dir=tmp_path), lambda k, n: told.append((k, n)))
+    hook("enrolled", "eve")
+    hook("erased", "dora")
+    assert told == [("enrolled", "eve"), ("erased", "dora")]
+    assert b"dora" not in raw(tmp_path / "lockout.db")

@@ -107,7 +107,7 @@ def run_erase(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
-    from voxgate.lockout import forget_in_file
+    from voxgate.erasure import forget_on_disk
     from voxgate.voiceprints import StoreError, normalize_name
 
     try:
@@ -120,9 +120,10 @@ def run_erase(args: argparse.Namespace) -> int:
     if not gone:
         return fail(f"no user '{args.name}' enrolled")
     print(f"erased {args.name}")
-    # A running daemon drops its copy, and the retained `user` topic, within seconds.
-    if forget_in_file(cfg.lockout.path or cfg.data_dir / "lockout.db", args.name):
-        print(f"dropped the lockout entry of {args.name}")
+    # A running daemon drops its copy of the lockout entry, and the retained `user` topic
+    # naming them, within seconds.
+    for what in forget_on_disk(cfg, args.name):
+        print(f"also dropped: {what}")
     return 0
 
 

@@ -150,7 +150,8 @@ class UserServices:
 
     def forget(self, name: str) -> list[str]:
         """`name` was erased: drop the daemon's other state about them (the lockout entry,
-        the retained `user` topic if it names them). Returns what was dropped."""
+        the retained `user` topic if it names them, kept recordings the audit log ties to
+        them). Returns what was dropped."""
         from voxgate.lockout import user_key
 
         dropped = []
@@ -160,6 +161,11 @@ class UserServices:
             forget_user = getattr(self.link, "forget_user", None)
             if forget_user is not None and forget_user(name):
                 dropped.append("retained user topic")
+            from voxgate.service.keep import erase_recordings_for
+
+            removed = erase_recordings_for(self.cfg, name)
+            if removed:
+                dropped.append(f"{removed} kept recording(s)")
         except Exception:  # the erase itself stands; the next check tries again
             log.exception("after erasing %s: could not drop the rest of their state", name)
         self._seen_enrolled.discard(user_key(name)[5:])
