@@ -4,7 +4,10 @@ Assistant, anyone allowed to read the door's tree) no longer gets their name ret
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from broker import Broker
-from mqtt_helpers import Recorder, link_config, wait_until
+from mqtt_helpers import REPO, Recorder, link_config, wait_until
 
 from voxgate.config import VoxgateConfig
 from voxgate.config.service import LockoutConfig
@@ -123,14 +126,9 @@ def test_daemon_clears_the_name_after_an_erase_by_another_process(
     book.close()
 
 
-def test_users_erase_command_drops_lockout_entry_and_recordings(tmp_path: Path) -> None:
-    """`voxgate users erase` (another process than the daemon) left the lockout entry and
-    the kept recordings of the person on disk."""
-    import subprocess
-    import sys
-
+def _door_with_erin(tmp_path: Path) -> tuple[Path, Path | None]:
+    """A door's data folder: Erin enrolled, locked out, one kept recording of hers."""
     import yaml
-    from mqtt_helpers import REPO
 
     from voxgate.audit import AuditLog
     from voxgate.service.keep import AudioKeeper
@@ -153,28 +151,39 @@ def test_users_erase_command_drops_lockout_entry_and_recordings(tmp_path: Path) 
     book.close()
     kept = AudioKeeper(data / "audio", os.urandom(32), 7).store(np.ones(800, np.int16), "n1")
     AuditLog(data / "audit.jsonl").append("decision", user="Erin", audio=str(kept))
+    return data, kept
 
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
     env["PYTHONPATH"] = str(REPO / "daemon")
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "voxgate",
-            "users",
-            "erase",
-            "erin",
-            "-c",
-            str(tmp_path / "voxgate.yaml"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    cmd = [sys.executable, "-m", "voxgate", "users", *args, "-c", str(tmp_path / "voxgate.yaml")]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_users_erase_command_drops_lockout_entry_and_recordings(tmp_path: Path) -> None:
+    """`voxgate users erase` (another process than the daemon) left the lockout entry and
+    the kept recordings of the person on disk."""
+    data, kept = _door_with_erin(tmp_path)
+    run = _cli(tmp_path, "erase", "erin")
     assert run.returncode == 0, run.stderr
     assert "also dropped: lockout entry" in run.stdout
     assert "also dropped: 1 kept recording(s)" in run.stdout
     assert kept is not None and not kept.exists()
     lock = b"".join(p.read_bytes() for p in data.glob("lockout.db*"))
     assert b"erin" not in lock
+
+
+def test_users_export_lists_what_is_held_besides_the_voiceprint(tmp_path: Path) -> None:
+    """A data access request got the voiceprint only: not the lockout entry, the audit lines
+    naming the person, nor the recordings kept of them."""
+    _, kept = _door_with_erin(tmp_path)
+    run = _cli(tmp_path, "export", "ERIN")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    held = doc["also_held"]
+    assert doc["name"] == "Erin"
+    assert held["lockout"]["failures"] == 6
+    assert [e["event"] for e in held["audit_events"]] == ["decision"]
+    assert held["kept_recordings"] == [str(kept)]
+    assert any("journald" in x for x in held["not_included"])

@@ -240,6 +240,9 @@ def create_app(
             doc = admin.export(name)
         except UnknownUser as exc:
             return _error(404, "not_found", str(exc))
+        from voxgate.erasure import held_about
+
+        doc["also_held"] = held_about(current() if current is not None else cfg, doc["name"])
         _audit("admin_export", user=name)
         return jsonify(doc), 200
 

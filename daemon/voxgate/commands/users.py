@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex = add_parser(
         actions,
         "export",
-        help="print a user's stored data as JSON",
+        help="print everything held about a user as JSON (voiceprint, lockout, audit lines)",
         examples="voxgate users export alice > alice.json\n"
         "voxgate users export alice -o alice.json",
     )
@@ -131,6 +131,7 @@ def run_export(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
+    from voxgate.erasure import held_about
     from voxgate.voiceprints import StoreError
 
     try:
@@ -138,6 +139,7 @@ def run_export(args: argparse.Namespace) -> int:
             doc = store.export(args.name)
     except (CommandError, StoreError) as exc:
         return fail(str(exc))
+    doc["also_held"] = held_about(cfg, doc["name"])
     text = json.dumps(doc, indent=2) + "\n"
     if args.output:
         try:
