@@ -218,3 +218,34 @@ def test_standalone_api_erase_hook_forgets_then_tells_the_fleet(tmp_path: Path) 
     hook("erased", "dora")
     assert told == [("enrolled", "eve"), ("erased", "dora")]
     assert b"dora" not in raw(tmp_path / "lockout.db")
+
+
+def test_uploaded_takes_wait_in_ram_not_on_the_card(tmp_path: Path) -> None:
+    """API enrollment wrote each uploaded take (a voice, in the clear) to /tmp, on the SD
+    card of most doors, where the deleted file's blocks remain."""
+    import io
+
+    import pytest
+    import soundfile as sf
+    from werkzeug.datastructures import FileStorage
+
+    from voxgate.api.app import _read_takes, upload_folder
+
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        if not any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in f):
+            pytest.skip("no tmpfs at /dev/shm here")
+    assert upload_folder() == "/dev/shm"
+
+    saved: list[Path] = []
+
+    class Upload(FileStorage):
+        def save(self, dst: object, buffer_size: int = 16384) -> None:  # type: ignore[override]
+            saved.append(Path(str(dst)))
+            super().save(dst, buffer_size)
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(16000, np.int16), 16000, format="WAV")
+    take = Upload(io.BytesIO(buf.getvalue()), filename="t1.wav")
+    assert len(_read_takes([take])[0]) == 16000
+    assert saved and saved[0].parent.parent == Path("/dev/shm")
+    assert not saved[0].exists()
