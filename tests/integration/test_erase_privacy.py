@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import test_daemon_e2e as e2e
 from broker import Broker
 from mqtt_helpers import REPO, Recorder, link_config, wait_until
 
@@ -31,6 +34,7 @@ STATUS_TOPIC = f"voxgate/{DEV}/status"
 DKEY = b"decision-key-for-tests-0123456789"
 CKEY = b"command-key-for-tests-0123456789"
 KEY = os.urandom(32)
+device = e2e.device  # the fixture: a door's config on the broker, as in test_daemon_e2e
 
 
 def retained_user(broker: Broker) -> bytes | None:
@@ -187,3 +191,32 @@ def test_users_export_lists_what_is_held_besides_the_voiceprint(tmp_path: Path) 
     assert [e["event"] for e in held["audit_events"]] == ["decision"]
     assert held["kept_recordings"] == [str(kept)]
     assert any("journald" in x for x in held["not_included"])
+
+
+def test_a_running_daemon_clears_the_name_after_voxgate_users_erase(
+    device: dict[str, Any], broker: Broker
+) -> None:
+    """End to end: the real daemon grants Bob (retained `user` = bob), then an admin runs
+    `voxgate users erase bob` beside it; a new subscriber must no longer get his name."""
+    pytest.importorskip("voxgate.embedding")
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng")
+    done = e2e.enroll(device, "bob", "en+m3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    daemon = e2e.DaemonProcess(device["config"])
+    try:
+        daemon.feed(e2e.pause(0.3))
+        daemon.wait_log("ready")
+        daemon.feed(
+            np.concatenate([e2e.pause(0.5), e2e.speech(e2e.ATTEMPT, "en+m3"), e2e.pause(1.2)])
+        )
+        wait_until(lambda: retained_user(broker) == b"bob", 30, "bob's grant retained")
+        erased = e2e.voxgate("users", "erase", "bob", "-c", str(device["config"]))
+        assert erased.returncode == 0, erased.stderr
+        daemon.feed(e2e.pause(12.0))  # the daemon's housekeeping runs on audio time too
+        wait_until(lambda: retained_user(broker) is None, 15, "the retained name to go")
+        daemon.wait_log("no longer enrolled")
+        assert daemon.close() == 0, daemon.log()
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
