@@ -19,8 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "users",
         help="list, erase or export enrolled users; create the voiceprint key",
         description="Voiceprints live in an encrypted SQLite file (speaker.database). "
-        "'erase' removes a user's bytes from the file and its journal (for deletion "
-        "requests); 'export' prints everything stored about a user as JSON.",
+        "'erase' removes a user's bytes from the file and its journal, their lockout entry "
+        "and kept recordings (for deletion requests; the audit log keeps its lines, see "
+        "docs/speaker-verification.md); 'export' prints everything held about a user as JSON.",
         examples="""
         voxgate users init-key /etc/voxgate/voiceprint.key
         voxgate users list -c /etc/voxgate/voxgate.yaml
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     er = add_parser(
         actions,
         "erase",
-        help="delete a user's voiceprint from disk (file and journal)",
+        help="delete a user's voiceprint (file and journal), lockout entry and kept recordings",
         examples="voxgate users erase alice\n"
         "voxgate users erase alice -c /etc/voxgate/voxgate.yaml",
     )
