@@ -220,3 +220,52 @@ def test_a_running_daemon_clears_the_name_after_voxgate_users_erase(
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
+
+
+def test_the_retained_lockout_list_drops_an_erased_user(tmp_path: Path) -> None:
+    """The daemon (real loop, real lockout file and store; a recording link in place of
+    MQTT) publishes the locked keys; after an MQTT erase-user of a locked user, the list it
+    publishes no longer holds `user:<name>`."""
+    import threading
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+    import soundfile as sf
+    from service_standins import RecordingLink, standin_stages
+
+    from voxgate.audio.file import FileSource
+    from voxgate.service.loop import Daemon
+    from voxgate.service.notify import Notifier
+
+    wav = tmp_path / "quiet.wav"
+    noise = np.random.default_rng(3).normal(0, 20, 16000 * 5).astype(np.int16)
+    sf.write(wav, noise, 16000)
+    data = tmp_path / "data"
+    store = VoiceprintStore(data / "voiceprints.db", KEY)
+    store.add_user("Erin", np.eye(3, 8, dtype=np.float32), "test/int8")
+    book = LockoutBook(data / "lockout.db", LockoutConfig())
+    for _ in range(6):
+        book.record("erin", ok=False)  # locked now, for 30 s
+    book.close()
+    link = RecordingLink()
+    stages = standin_stages(FileSource(wav, realtime=True), {}, link, challenge=False)
+    stages.store = store
+    cfg = VoxgateConfig.model_validate(
+        {
+            "data_dir": str(data),
+            "audio": {"source": "file", "path": str(wav), "realtime": True},
+            "metrics": {"enabled": False},
+        }
+    )
+    d = Daemon(cfg, stage_factory=lambda c: stages, notifier=Notifier({}))
+
+    def erase_when_published() -> None:
+        wait_until(lambda: bool(link.of("lockout")), 10, "the first lockout list")
+        link.handlers["erase-user"]({"user": "erin"})
+
+    eraser = threading.Thread(target=erase_when_published)
+    eraser.start()
+    assert d.run() == 0
+    eraser.join()
+    keys = [[e["key"] for e in p] for p in link.of("lockout")]
+    assert keys == [["device", "user:erin"], ["device"]]
+    store.close()
