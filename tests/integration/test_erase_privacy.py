@@ -269,3 +269,32 @@ def test_the_retained_lockout_list_drops_an_erased_user(tmp_path: Path) -> None:
     keys = [[e["key"] for e in p] for p in link.of("lockout")]
     assert keys == [["device", "user:erin"], ["device"]]
     store.close()
+
+
+def test_a_retained_erase_user_command_does_not_keep_the_name_on_the_broker(
+    broker: Broker, links: Callable[[], MqttLink]
+) -> None:
+    """An erase-user sent with retain (a mistake the door refuses to run twice) stayed on
+    the broker with the erased person's name in its arguments."""
+    from mqtt_helpers import admin_client
+
+    from voxgate.mqtt.commands import make_command
+
+    topic = f"voxgate/{DEV}/cmd/erase-user"
+    admin = admin_client(broker)
+    cmd = make_command(CKEY, DEV, "erase-user", {"user": "alice"}, now=time.time())
+    admin.publish(topic, cmd, qos=1, retain=True).wait_for_publish(5)
+    admin.disconnect()
+    link = links()  # connects after it: gets the retained copy, refuses and clears it
+    wait_until(lambda: link.stats["commands_rejected"] >= 1, 5, "the retained copy seen")
+
+    def retained_command() -> bytes | None:
+        late = Recorder(broker, "ha", [topic, STATUS_TOPIC])
+        try:
+            late.wait_for(STATUS_TOPIC, lambda m: m.retain)
+            got = [m.payload for m in late.on(topic) if m.retain]
+            return got[0] if got else None
+        finally:
+            late.close()
+
+    wait_until(lambda: retained_command() is None, 5, "the retained command to go")

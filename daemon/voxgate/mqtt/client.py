@@ -569,8 +569,14 @@ class MqttLink:
             # connect (and within the start-up skew after a restart, run once more).
             self._count("commands_rejected")
             log.warning(
-                "MQTT: retained command %r ignored (send commands without retain)", name[:64]
+                "MQTT: retained command %r ignored (send commands without retain); "
+                "cleared from the broker",
+                name[:64],
             )
+            if msg.payload:
+                # Left there, it keeps its arguments (an erase-user names the person) on the
+                # broker for anyone allowed to read the door's tree, and comes back each time.
+                client.publish(msg.topic, b"", qos=1, retain=True)
             return
         size, limit = len(msg.payload), self.cfg.command_max_bytes
         if size > limit:
