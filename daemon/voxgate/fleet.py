@@ -318,6 +318,9 @@ class SyncState:
             self._db = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False
             )
+            # The outbox holds sealed voiceprints until the broker has them: a sent or
+            # replaced one is zeroed, not left in a free page (and `sent` empties the WAL).
+            self._db.execute("PRAGMA secure_delete = ON")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.executescript(
                 """
@@ -396,6 +399,10 @@ class SyncState:
     def sent(self, topic: str, version: int) -> None:
         with self._lock:
             self._db.execute("DELETE FROM outbox WHERE topic = ? AND version = ?", (topic, version))
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # e.g. a reader in another process: next time
+                log.debug("%s: WAL checkpoint after a send failed: %s", self.path, exc)
 
     def close(self) -> None:
         with self._lock:
@@ -478,6 +485,9 @@ class FleetSync:
         self.client_id = client_id or f"voxgate-{device_id}-fleet"
         # e.g. the daemon's AuditLog.append: every voiceprint change the fleet makes is audited.
         self.audit_event = audit_event
+        # Called with the name after each erase this agent makes (the daemon drops the
+        # person's lockout entry and retained name too).
+        self.on_erased: Callable[[str], None] | None = None
 
     # -- which users and groups
 
@@ -785,6 +795,14 @@ class FleetSync:
             mine,
         )
 
+    def _erased(self, name: str) -> None:
+        if self.on_erased is None:
+            return
+        try:
+            self.on_erased(name)
+        except Exception:  # the erase stands whatever the hook does
+            log.exception("fleet sync: after erasing %s, the on_erased hook failed", name)
+
     def _audit(self, event: str, **fields: Any) -> None:
         if self.audit_event is None:
             return
@@ -808,6 +826,7 @@ class FleetSync:
                 # group's topic after the user was enrolled again: the newer change stands.
                 return self._ignored(upd, known[0])
             erased = self.store.erase(upd.name)
+            self._erased(upd.name)
             self.state.set_user(upd.tag, upd.version, "erase", held=False)
             self.state.set_grant(upd.tag, upd.group, upd.version, "erase")
             log.info("fleet sync: %s erased (version %d, by %s)", upd.name, upd.version, upd.signer)
@@ -825,6 +844,7 @@ class FleetSync:
             # State is written after the store changed, so a failure here means the retained
             # message is applied again on the next connect rather than skipped.
             self.store.erase(upd.name)
+            self._erased(upd.name)
             self.state.set_grant(upd.tag, upd.group, upd.version, "revoke")
             version = max(upd.version, known[0] if known else 0)
             self.state.set_user(upd.tag, version, "revoke", held=False)
@@ -903,6 +923,7 @@ class FleetSync:
             tag = self.codec.user_tag(vp.name)
             if tag in held and "fleet_version" in vp.meta and not self.allowed_here(vp.name):
                 self.store.erase(vp.name)
+                self._erased(vp.name)
                 known = self.state.user(tag)
                 self.state.set_user(tag, known[0] if known else 0, "revoke", held=False)
                 # Not a tombstone: if the config allows them again, the retained voiceprint

@@ -99,6 +99,30 @@ class LockoutBook:
             self._entries[key] = Entry(key, 0, None)
             self._write(self._entries[key])
 
+    def forget(self, user: str) -> bool:
+        """Drop everything held about an erased user: the entry goes from memory and from the
+        file, and the file's free pages and WAL no longer hold the name (secure_delete, then a
+        checkpoint). True if there was an entry. Unlike reset(), no row is left behind."""
+        key = user_key(user)
+        with self._lock:
+            had = self._entries.pop(key, None) is not None
+            if self._db is None:
+                return had
+            try:
+                had = _drop(self._db, key) or had
+            except sqlite3.Error as exc:
+                log.error("cannot drop an erased user's lockout entry from %s: %s", self.path, exc)
+            return had
+
+    def users(self) -> list[str]:
+        """The (case-folded) names that have an entry: what the book holds about people."""
+        with self._lock:
+            return sorted(k[5:] for k in self._entries if k.startswith("user:"))
+
+    def entry(self, user: str) -> Entry | None:
+        with self._lock:
+            return self._entries.get(user_key(user))
+
     def locked(self, now: float | None = None) -> list[Entry]:
         """Every key locked now (published on MQTT, shown in metrics)."""
         now = time.time() if now is None else now
@@ -195,6 +219,8 @@ class LockoutBook:
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
+            # Keys name users: a deleted row is zeroed, not left readable in a free page.
+            db.execute("PRAGMA secure_delete=ON")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS lockout (key TEXT PRIMARY KEY, "
@@ -273,3 +299,34 @@ class LockoutBook:
                 self.path,
                 exc,
             )
+
+
+def forget_in_file(path: Path, user: str) -> bool:
+    """Drop an erased user's entry from a lockout file another process (the daemon) may have
+    open; for `voxgate users erase`. False when the file or the entry is not there."""
+    if not Path(path).is_file():
+        return False
+    try:
+        db = sqlite3.connect(str(path), timeout=5.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        log.error("cannot open lockout state %s: %s", path, exc)
+        return False
+    try:
+        db.execute("PRAGMA secure_delete=ON")
+        return _drop(db, user_key(user))
+    except sqlite3.Error as exc:
+        log.error("cannot drop the lockout entry of %s from %s: %s", user, path, exc)
+        return False
+    finally:
+        db.close()
+
+
+def _drop(db: sqlite3.Connection, key: str) -> bool:
+    """Delete one key so its name is gone from the file's bytes: zeroed (secure_delete), the
+    WAL emptied, and VACUUM rewrites pages that older versions (written before
+    secure_delete was on) left behind. The file holds a few rows: this takes milliseconds."""
+    gone = db.execute("DELETE FROM lockout WHERE key = ?", (key,)).rowcount > 0
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("VACUUM")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return gone

@@ -179,6 +179,9 @@ class ReplayDetector:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False)
+            # Fingerprints come from people's voices: one dropped from the window is zeroed,
+            # not left readable in a free page (see _scrub for the WAL).
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._init_schema()
             self._load()
@@ -262,10 +265,20 @@ class ReplayDetector:
 
     def _prune(self, now: float) -> None:
         with self._db:
-            self._db.execute(
+            cur = self._db.execute(
                 "DELETE FROM fingerprints WHERE created_at < ?", (now - self.window_s,)
             )
         self._index.drop_before(now - self.window_s)
+        if cur.rowcount > 0:
+            self._scrub()
+
+    def _scrub(self) -> None:
+        """Empty the WAL after rows were deleted: its frames still hold them otherwise.
+        Only when something left the window or the cap, not at every attempt."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("%s: WAL checkpoint after dropping fingerprints failed: %s", self.path, exc)
 
     def _cap(self) -> None:
         """Keep at most max_rows fingerprints, dropping the oldest: the check's cost grows
@@ -282,6 +295,7 @@ class ReplayDetector:
             ]
             self._db.executemany("DELETE FROM fingerprints WHERE id = ?", [(i,) for i in gone])
         self._index.drop(set(gone))
+        self._scrub()
         # One warning, then debug lines: at the cap every attempt drops one.
         (log.debug if self._cap_logged else log.warning)(
             "replay store holds %d fingerprints (the cap): dropped %d oldest; earlier "

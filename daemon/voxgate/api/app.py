@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -261,6 +262,9 @@ def create_app(
             doc = admin.export(name)
         except UnknownUser as exc:
             return _error(404, "not_found", str(exc))
+        from voxgate.erasure import held_about
+
+        doc["also_held"] = held_about(current() if current is not None else cfg, doc["name"])
         _audit("admin_export", user=name)
         return jsonify(doc), 200
 
@@ -321,13 +325,28 @@ def _query_int(name: str, default: int, lo: int, hi: int) -> int:
     return int(raw)
 
 
+def upload_folder() -> str | None:
+    """Where uploaded takes wait to be decoded: a RAM file system when there is one. The
+    takes are a person's voice in the clear; in /tmp on the SD card, their blocks stay on
+    the card after the file is deleted. None: the default temporary folder."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            mounts = [line.split()[1:3] for line in f]
+    except OSError:
+        return None
+    for point, fstype in mounts:
+        if point == "/dev/shm" and fstype == "tmpfs" and os.access(point, os.W_OK | os.X_OK):
+            return point
+    return None
+
+
 def _read_takes(files: list[Any]) -> list[Any]:
     """Decode every uploaded take to 16 kHz mono int16, or explain which one is unusable."""
     from voxgate.audio import AudioError
     from voxgate.audio.file import MAX_TAKE_S, read_audio
 
     takes = []
-    with tempfile.TemporaryDirectory(prefix="voxgate-upload-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="voxgate-upload-", dir=upload_folder()) as tmp:
         for i, f in enumerate(files, 1):
             label = f"take {i} ({f.filename or 'unnamed'})"
             path = Path(tmp) / f"take-{i}"

@@ -43,6 +43,7 @@ def load_embedder_for(cfg: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from voxgate.api import ApiError, ApiServer, UserAdmin, create_app, load_token
+    from voxgate.erasure import after_erase
     from voxgate.voiceprints import StoreError, open_store
 
     cfg = config_from_args(args)
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.speaker,
         cfg.vad,
         lambda: load_embedder_for(cfg),
-        on_change=agent.on_local_change if agent else None,
+        on_change=after_erase(cfg, agent.on_local_change if agent else None),
         template_threshold=cfg.stt.template_threshold,
     )
     if host not in {"127.0.0.1", "::1", "localhost"}:

@@ -19,8 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "users",
         help="list, erase or export enrolled users; create the voiceprint key",
         description="Voiceprints live in an encrypted SQLite file (speaker.database). "
-        "'erase' removes a user's bytes from the file and its journal (for deletion "
-        "requests); 'export' prints everything stored about a user as JSON.",
+        "'erase' removes a user's bytes from the file and its journal, their lockout entry "
+        "and kept recordings (for deletion requests; the audit log keeps its lines, see "
+        "docs/speaker-verification.md); 'export' prints everything held about a user as JSON.",
         examples="""
         voxgate users init-key /etc/voxgate/voiceprint.key
         voxgate users list -c /etc/voxgate/voxgate.yaml
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     er = add_parser(
         actions,
         "erase",
-        help="delete a user's voiceprint from disk (file and journal)",
+        help="delete a user's voiceprint (file and journal), lockout entry and kept recordings",
         examples="voxgate users erase alice\n"
         "voxgate users erase alice -c /etc/voxgate/voxgate.yaml",
     )
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex = add_parser(
         actions,
         "export",
-        help="print a user's stored data as JSON",
+        help="print everything held about a user as JSON (voiceprint, lockout, audit lines)",
         examples="voxgate users export alice > alice.json\n"
         "voxgate users export alice -o alice.json",
     )
@@ -107,6 +108,7 @@ def run_erase(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
+    from voxgate.erasure import forget_on_disk
     from voxgate.voiceprints import StoreError, normalize_name
 
     try:
@@ -119,6 +121,10 @@ def run_erase(args: argparse.Namespace) -> int:
     if not gone:
         return fail(f"no user '{args.name}' enrolled")
     print(f"erased {args.name}")
+    # A running daemon drops its copy of the lockout entry, and the retained `user` topic
+    # naming them, within seconds.
+    for what in forget_on_disk(cfg, args.name):
+        print(f"also dropped: {what}")
     return 0
 
 
@@ -126,6 +132,7 @@ def run_export(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
+    from voxgate.erasure import held_about
     from voxgate.voiceprints import StoreError
 
     try:
@@ -133,6 +140,7 @@ def run_export(args: argparse.Namespace) -> int:
             doc = store.export(args.name)
     except (CommandError, StoreError) as exc:
         return fail(str(exc))
+    doc["also_held"] = held_about(cfg, doc["name"])
     text = json.dumps(doc, indent=2) + "\n"
     if args.output:
         try:

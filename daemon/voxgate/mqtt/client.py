@@ -28,6 +28,7 @@ import ssl
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -257,6 +258,9 @@ class MqttLink:
         self._last_state: str | None = None
         self._last_lockout: bytes | None = None
         self._last_user: bytes | None = None  # the last user granted (retained `user` topic)
+        # That user was erased: the retained `user` topic is cleared at every connect until
+        # the next grant (a clear sent just before a drop would otherwise be lost).
+        self._clear_user = False
         self._handlers: dict[str, CommandHandler] = {}
         self._gate = CommandGate(
             device_id,
@@ -404,7 +408,29 @@ class MqttLink:
         if decision.user is not None and decision.outcome == "granted":
             with self._state_lock:  # remembered: a grant made while offline shows on reconnect
                 self._last_user = decision.user.encode()
+                self._clear_user = False
                 self._publish_if_connected(self.topics.user, self._last_user, 1, retain=True)
+        return True
+
+    @property
+    def last_user(self) -> str | None:
+        """The name the retained `user` topic holds (granted here, or found retained on the
+        broker at connect), or None."""
+        with self._state_lock:
+            return None if self._last_user is None else self._last_user.decode("utf-8", "replace")
+
+    def forget_user(self, name: str) -> bool:
+        """`name` was erased: if the retained `user` topic holds it, delete that retained
+        message (an empty retained publish; Home Assistant's last-user sensor goes empty).
+        True if it held the name."""
+        with self._state_lock:
+            last = self._last_user
+            if last is None or _fold(last.decode("utf-8", "replace")) != _fold(name):
+                return False
+            self._last_user = None
+            self._clear_user = True
+            self._publish_if_connected(self.topics.user, b"", 1, retain=True)
+        log.info("MQTT: retained user topic cleared (that user was erased)")
         return True
 
     def pending_decisions(self) -> int:
@@ -532,6 +558,9 @@ class MqttLink:
         self._handlers[name] = handler
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if msg.topic == self.topics.user:
+            self._retained_user(msg)
+            return
         name = self.topics.command_name(msg.topic)
         if name is None:
             return
@@ -540,8 +569,14 @@ class MqttLink:
             # connect (and within the start-up skew after a restart, run once more).
             self._count("commands_rejected")
             log.warning(
-                "MQTT: retained command %r ignored (send commands without retain)", name[:64]
+                "MQTT: retained command %r ignored (send commands without retain); "
+                "cleared from the broker",
+                name[:64],
             )
+            if msg.payload:
+                # Left there, it keeps its arguments (an erase-user names the person) on the
+                # broker for anyone allowed to read the door's tree, and comes back each time.
+                client.publish(msg.topic, b"", qos=1, retain=True)
             return
         size, limit = len(msg.payload), self.cfg.command_max_bytes
         if size > limit:
@@ -558,6 +593,15 @@ class MqttLink:
         except queue.Full:
             log.warning("MQTT: command queue full; %r refused", name[:64])
             self._reply(name, None, ok=False, error="busy", detail="too many pending commands")
+
+    def _retained_user(self, msg: paho.MQTTMessage) -> None:
+        """The `user` topic as the broker keeps it, read at connect: after a restart the name
+        a previous run left there is known again, so erasing that user clears it."""
+        if not (msg.retain and msg.payload):
+            return  # our own publications, or nothing retained
+        with self._state_lock:
+            if self._last_user is None and not self._clear_user:
+                self._last_user = bytes(msg.payload[:256])
 
     def _work_loop(self) -> None:
         while True:
@@ -672,6 +716,7 @@ class MqttLink:
         # Subscribe first: the broker handles a client's packets in order, so whoever sees
         # 'online' and sends a command at once finds the subscription in place.
         client.subscribe(t.command_filter, qos=1)
+        client.subscribe(t.user, qos=1)  # what a previous run left retained (forget_user)
         client.publish(t.status, b"online", qos=1, retain=True)
         if self.cfg.discovery_prefix is not None:
             for topic, payload in discovery.messages(t, __version__):
@@ -683,6 +728,8 @@ class MqttLink:
                 client.publish(t.lockout, self._last_lockout, qos=1, retain=True)
             if self._last_user is not None:
                 client.publish(t.user, self._last_user, qos=1, retain=True)
+            elif self._clear_user:
+                client.publish(t.user, b"", qos=1, retain=True)
         self._notify(True)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
@@ -762,3 +809,8 @@ class MqttLink:
     def _count(self, name: str) -> None:
         with self._out_lock:
             self.stats[name] += 1
+
+
+def _fold(name: str) -> str:
+    # As the voiceprint store matches names: NFC, stripped, case-folded.
+    return unicodedata.normalize("NFC", name).strip().casefold()

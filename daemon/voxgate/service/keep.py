@@ -8,11 +8,14 @@ start. Nothing is written in the clear.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import time
+import unicodedata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,3 +95,61 @@ class AudioKeeper:
         if removed:
             log.info("removed %d kept recording(s) past retention", removed)
         return removed
+
+
+def recordings_of(audit_path: Path, name: str) -> list[Path]:
+    """The kept recordings the audit log ties to `name`: decision lines whose `audio` file
+    was decided for them or claimed by them. (An attempt nobody was identified or claimed
+    for cannot be tied to anyone; it leaves with the retention.)"""
+    folded = _fold(name)
+    found: list[Path] = []
+    try:
+        with open(audit_path, encoding="utf-8", errors="replace") as f:
+            lines = [line for line in f if '"audio"' in line]
+    except FileNotFoundError:
+        return found
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a torn last line: audit verify reports it
+        if not isinstance(rec, dict) or rec.get("event") != "decision":
+            continue
+        audio = rec.get("audio")
+        if not isinstance(audio, str):
+            continue
+        who = (rec.get("user"), rec.get("claimed_user"))
+        if any(isinstance(w, str) and _fold(w) == folded for w in who):
+            found.append(Path(audio))
+    return found
+
+
+def erase_recordings(audit_path: Path, audio_dir: Path, name: str) -> int:
+    """Delete the kept recordings of an erased user; returns how many. Only `.vxa` files
+    in `audio_dir` are touched, whatever a line of the log names."""
+    folder = Path(audio_dir).resolve()
+    removed = 0
+    for path in recordings_of(audit_path, name):
+        if path.suffix != SUFFIX or path.resolve().parent != folder:
+            continue
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass  # already past the retention
+        except OSError as exc:
+            log.error("cannot remove the kept recording %s of an erased user: %s", path, exc)
+    return removed
+
+
+def erase_recordings_for(cfg: Any, name: str) -> int:
+    """erase_recordings with the paths a VoxgateConfig names (keep_audio on or not: it may
+    have been on when the recordings were made)."""
+    audio_dir = cfg.audit.audio_dir or cfg.data_dir / "audio"
+    if not Path(audio_dir).is_dir():
+        return 0
+    return erase_recordings(cfg.audit.path or cfg.data_dir / "audit.jsonl", audio_dir, name)
+
+
+def _fold(name: str) -> str:
+    return unicodedata.normalize("NFC", name).strip().casefold()

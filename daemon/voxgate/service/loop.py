@@ -191,7 +191,9 @@ class Daemon:
 
         from voxgate.service.users import StartError, UserServices
 
-        self.users = UserServices(cfg, stages.store, stages.embedder, self._audit)
+        self.users = UserServices(
+            cfg, stages.store, stages.embedder, self._audit, lockout=self.lockout, link=stages.link
+        )
         self.users.on_prompt = self._queue_enroll_prompt
         self._step("MQTT link", undo=self._stop_link)
         stages.link.on_command("attempt", self._command_attempt)

@@ -6,6 +6,10 @@ stopped in reverse order. Every local change to the voiceprints (API, MQTT `eras
 goes to the audit log and to the fleet (`FleetSync.on_local_change`); changes another
 process made (`voxgate enroll`, `voxgate users erase`) reach the fleet through the outbox
 in the sync state file, which `housekeeping` sends now and then.
+
+After every erase, whichever way it came (MQTT, API, the fleet, or `voxgate users erase` in
+another process, noticed by `housekeeping`), `forget` drops what the daemon holds about the
+person besides the voiceprint: their lockout entry and the retained `user` topic naming them.
 """
 
 from __future__ import annotations
@@ -44,8 +48,17 @@ class UserServices:
         store: Any,
         embedder: Any,
         audit_event: Callable[..., Any],
+        *,
+        lockout: Any = None,
+        link: Any = None,
     ) -> None:
         self.cfg = cfg
+        self.lockout = lockout  # lockout.LockoutBook
+        self.link = link  # mqtt.client.MqttLink (forget_user, last_user) or NoLink
+        # Folded names seen enrolled that the daemon holds state for: one of them gone from
+        # the store was erased (by another process, or while stopped) and is forgotten.
+        self._seen_enrolled: set[str] = set()
+        self._next_check = 0.0
         self.store = store
         self.embedder = embedder
         self.audit_event = audit_event
@@ -80,6 +93,7 @@ class UserServices:
                 )
             except FleetError as exc:
                 raise StartError(str(exc), config=True) from None
+            self.agent.on_erased = self.forget
             from voxgate.config.secrets import SecretError
             from voxgate.mqtt.client import MqttSetupError
 
@@ -105,7 +119,7 @@ class UserServices:
                     cfg.speaker,
                     cfg.vad,
                     lambda: self.embedder,
-                    on_change=self._to_fleet,
+                    on_change=self._api_change,
                     template_threshold=cfg.stt.template_threshold,
                 )
                 app = create_app(
@@ -128,6 +142,71 @@ class UserServices:
             undo("admin API", self.api.stop)
 
     # -- changes ------------------------------------------------------------------------
+
+    def _api_change(self, kind: str, name: str) -> None:
+        if kind == "erased":
+            self.forget(name)
+        self._to_fleet(kind, name)
+
+    def forget(self, name: str) -> list[str]:
+        """`name` was erased: drop the daemon's other state about them (the lockout entry,
+        the retained `user` topic if it names them, kept recordings the audit log ties to
+        them). Returns what was dropped."""
+        from voxgate.lockout import user_key
+
+        dropped = []
+        try:
+            if self.lockout is not None and self.lockout.forget(name):
+                dropped.append("lockout entry")
+            forget_user = getattr(self.link, "forget_user", None)
+            if forget_user is not None and forget_user(name):
+                dropped.append("retained user topic")
+            from voxgate.service.keep import erase_recordings_for
+
+            removed = erase_recordings_for(self.cfg, name)
+            if removed:
+                dropped.append(f"{removed} kept recording(s)")
+        except Exception:  # the erase itself stands; the next check tries again
+            log.exception("after erasing %s: could not drop the rest of their state", name)
+        self._seen_enrolled.discard(user_key(name)[5:])
+        if dropped:
+            log.info("erased %s: also dropped %s", name, ", ".join(dropped))
+        return dropped
+
+    def check_erased(self) -> list[str]:
+        """Forget the people erased behind the daemon's back: `voxgate users erase` in another
+        process, or while the daemon was stopped (the name a previous run left retained on
+        the broker). Only names once seen enrolled: a lockout on a name that was never
+        enrolled (someone claiming a stranger) stays."""
+        from voxgate.lockout import user_key
+        from voxgate.voiceprints import StoreError, normalize_name
+
+        if self.store is None:
+            return []
+        held = set(self.lockout.users()) if self.lockout is not None else set()
+        last = getattr(self.link, "last_user", None)
+        if last:
+            name = user_key(last)[5:]
+            held.add(name)
+            self._seen_enrolled.add(name)  # granted, so it was enrolled
+        gone = []
+        for name in sorted(held):
+            try:
+                normalize_name(name)
+            except StoreError:
+                continue  # a name the store cannot hold was never enrolled
+            try:
+                enrolled = self.store.has(name)
+            except StoreError as exc:  # a damaged file: do not take everyone for erased
+                log.warning("cannot check for erased users: %s", exc)
+                return gone
+            if enrolled:
+                self._seen_enrolled.add(name)
+            elif name in self._seen_enrolled:
+                log.info("%s is no longer enrolled (erased by another process)", name)
+                self.forget(name)
+                gone.append(name)
+        return gone
 
     def _to_fleet(self, kind: str, name: str) -> None:
         if self.agent is not None:
@@ -165,6 +244,7 @@ class UserServices:
             if not erased:
                 raise ValueError(f"no user '{name}' enrolled")
         log.info("erased %s (MQTT command)", name)
+        self.forget(name)
         self.changed("erased", name, via="mqtt")
         return {"user": name, "erased": True}
 
@@ -320,12 +400,19 @@ class UserServices:
         return report
 
     def housekeeping(self, now: float | None = None) -> None:
-        """Drop an enrollment left open too long; send what waits in the fleet outbox."""
+        """Drop an enrollment left open too long; forget users erased by another process;
+        send what waits in the fleet outbox."""
         with self._enroll_lock:
             self._session_open(time.monotonic())
+        now = time.monotonic() if now is None else now
+        if now >= self._next_check:
+            self._next_check = now + OUTBOX_EVERY_S
+            try:
+                self.check_erased()
+            except Exception:
+                log.exception("checking for erased users failed")
         if self.agent is None:
             return
-        now = time.monotonic() if now is None else now
         if now < self._next_flush:
             return
         self._next_flush = now + OUTBOX_EVERY_S

@@ -1,0 +1,119 @@
+"""What the door holds about a person besides the voiceprint: `held_about` lists it for an
+export (data-subject access request); `forget_on_disk` removes it after an erase, for the
+processes that are not the daemon (`voxgate users erase`, the standalone `voxgate api`): the
+person's lockout entry and the kept recordings the audit log ties to them. The daemon does
+the same through its own lockout book (service/users.py `UserServices.forget`), and also
+clears the retained MQTT `user` topic. docs/speaker-verification.md lists everything held
+per user and what erase does to each."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def forget_on_disk(cfg: Any, name: str) -> list[str]:
+    """Drop `name`'s lockout entry and kept recordings; returns what was dropped."""
+    from voxgate.lockout import forget_in_file
+    from voxgate.service.keep import erase_recordings_for
+
+    dropped = []
+    if forget_in_file(cfg.lockout.path or cfg.data_dir / "lockout.db", name):
+        dropped.append("lockout entry")
+    removed = erase_recordings_for(cfg, name)
+    if removed:
+        dropped.append(f"{removed} kept recording(s)")
+    if dropped:
+        log.info("erased %s: also dropped %s", name, ", ".join(dropped))
+    return dropped
+
+
+def after_erase(cfg: Any, then: Callable[[str, str], None] | None) -> Callable[[str, str], None]:
+    """An on_change hook (api.UserAdmin) that forgets the rest of an erased user, then calls
+    `then` (the fleet sync agent's hook) for every change."""
+
+    def hook(kind: str, name: str) -> None:
+        if kind == "erased":
+            forget_on_disk(cfg, name)
+        if then is not None:
+            then(kind, name)
+
+    return hook
+
+
+# What an export cannot contain, and why (for a data-subject access request).
+NOT_INCLUDED = (
+    "service logs (journald): lines name users at decisions, enrollments and erases; kept "
+    "as long as the journal keeps them (journalctl --vacuum-time)",
+    "replay fingerprints (replay.db): one per attempt for challenge.replay_window_s, derived "
+    "from the voice but stored without a name; only their time links them to an audit line",
+    "kept recordings: listed here by file; the audio itself is encrypted with the audio key "
+    "(decrypt with service.keep.AudioKeeper.load)",
+    "MQTT broker: the retained `user` topic holds the last granted name; fleet sync keeps "
+    "one retained message per group under a keyed hash of the name, the name sealed inside",
+    "Home Assistant keeps its own history of the `user` sensor and decision events",
+)
+
+
+def held_about(cfg: Any, name: str) -> dict[str, Any]:
+    """Everything the door holds about `name` besides the voiceprint, for `users export`
+    and the API export: lockout entry, audit events naming them, kept recordings."""
+    from voxgate.service.keep import recordings_of
+
+    audit_path = cfg.audit.path or cfg.data_dir / "audit.jsonl"
+    return {
+        "lockout": _lockout_entry(cfg.lockout.path or cfg.data_dir / "lockout.db", name),
+        "audit_events": _audit_events(audit_path, name),
+        "kept_recordings": [str(p) for p in recordings_of(audit_path, name) if p.exists()],
+        "not_included": list(NOT_INCLUDED),
+    }
+
+
+def _lockout_entry(path: Path, name: str) -> dict[str, Any] | None:
+    from voxgate.lockout import user_key
+
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return None
+    try:
+        row = db.execute(
+            "SELECT failures, locked_until FROM lockout WHERE key = ?", (user_key(name),)
+        ).fetchone()
+    except sqlite3.Error as exc:
+        log.warning("export: cannot read lockout state %s: %s", path, exc)
+        return None
+    finally:
+        db.close()
+    return None if row is None else {"failures": int(row[0]), "locked_until": row[1]}
+
+
+def _audit_events(path: Path, name: str) -> list[dict[str, Any]]:
+    """The audit log's lines that name the user (as the user or as the claimed user)."""
+    from voxgate.lockout import user_key
+
+    want = user_key(name)
+    found: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(rec, dict):
+                    continue
+                who = (rec.get("user"), rec.get("claimed_user"))
+                if any(isinstance(w, str) and user_key(w) == want for w in who):
+                    found.append(rec)
+    except FileNotFoundError:
+        pass
+    return found

@@ -1,0 +1,300 @@
+"""Erase really erases, on a real mosquitto: after a user is erased, a new subscriber (Home
+Assistant, anyone allowed to read the door's tree) no longer gets their name retained on the
+`user` topic, whichever way the daemon learns of the erase, also after a restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import test_daemon_e2e as e2e
+from broker import Broker
+from mqtt_helpers import REPO, Recorder, link_config, wait_until
+
+from voxgate.config import VoxgateConfig
+from voxgate.config.service import LockoutConfig
+from voxgate.decision import Issuer, SequenceCounter
+from voxgate.lockout import LockoutBook
+from voxgate.mqtt.client import MqttLink
+from voxgate.service.users import UserServices
+from voxgate.voiceprints import VoiceprintStore
+
+DEV = "front-door"
+USER_TOPIC = f"voxgate/{DEV}/user"
+STATUS_TOPIC = f"voxgate/{DEV}/status"
+DKEY = b"decision-key-for-tests-0123456789"
+CKEY = b"command-key-for-tests-0123456789"
+KEY = os.urandom(32)
+device = e2e.device  # the fixture: a door's config on the broker, as in test_daemon_e2e
+
+
+def retained_user(broker: Broker) -> bytes | None:
+    """What a client subscribing now gets retained on the `user` topic (None: nothing).
+    The broker sends the retained messages of one SUBSCRIBE in the order of its topics, so
+    once the retained `status` has arrived, a retained `user` would have arrived before it."""
+    late = Recorder(broker, "ha", [USER_TOPIC, STATUS_TOPIC])
+    try:
+        late.wait_for(STATUS_TOPIC, lambda m: m.retain)
+        got = [m.payload for m in late.on(USER_TOPIC) if m.retain]
+        return got[0] if got else None
+    finally:
+        late.close()
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> Issuer:
+    return Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=5)
+
+
+@pytest.fixture
+def links(broker: Broker) -> Iterator[Callable[[], MqttLink]]:
+    made: list[MqttLink] = []
+
+    def make() -> MqttLink:
+        link = MqttLink(link_config(broker), DEV, decision_key=DKEY, command_key=CKEY)
+        made.append(link)
+        link.start()
+        wait_until(lambda: link.connected, 10, "link connected")
+        return link
+
+    yield make
+    for link in made:
+        link.stop()
+
+
+def test_erasing_the_last_granted_user_clears_the_retained_name(
+    broker: Broker, links: Callable[[], MqttLink], issuer: Issuer
+) -> None:
+    link = links()
+    assert link.publish_decision(issuer.issue("granted", "Erin", time.time()))
+    wait_until(lambda: retained_user(broker) == b"Erin", 5, "the retained grant")
+    assert not link.forget_user("someone-else")  # holds another name: left as it is
+    assert retained_user(broker) == b"Erin"
+    assert link.forget_user("erin")
+    wait_until(lambda: retained_user(broker) is None, 5, "the retained name to go")
+    # A reconnect does not bring it back.
+    broker.stop()
+    wait_until(lambda: not link.connected, 10, "the link notices")
+    broker.start()
+    wait_until(lambda: link.connected, 15, "the link reconnects")
+    assert retained_user(broker) is None
+
+
+def test_a_name_left_retained_by_a_previous_run_is_cleared_when_erased(
+    broker: Broker, links: Callable[[], MqttLink], issuer: Issuer
+) -> None:
+    first = links()
+    assert first.publish_decision(issuer.issue("granted", "Erin", time.time()))
+    wait_until(lambda: retained_user(broker) == b"Erin", 5, "the retained grant")
+    first.stop()
+    second = links()  # the daemon restarted: it learns what the broker keeps
+    wait_until(lambda: second.last_user == "Erin", 5, "the restarted link to see it")
+    assert second.forget_user("ERIN")
+    wait_until(lambda: retained_user(broker) is None, 5, "the retained name to go")
+
+
+def test_daemon_clears_the_name_after_an_erase_by_another_process(
+    broker: Broker, links: Callable[[], MqttLink], issuer: Issuer, tmp_path: Path
+) -> None:
+    """`voxgate users erase erin` beside the running daemon: the daemon's housekeeping sees
+    she is gone and clears the retained name (and her lockout entry)."""
+    store = VoiceprintStore(tmp_path / "voiceprints.db", KEY)
+    store.add_user("Erin", np.eye(3, 8, dtype=np.float32), "test/int8")
+    book = LockoutBook(tmp_path / "lockout.db", LockoutConfig())
+    link = links()
+    users = UserServices(
+        VoxgateConfig(data_dir=tmp_path), store, None, lambda e, **f: None, lockout=book, link=link
+    )
+    assert link.publish_decision(issuer.issue("granted", "Erin", time.time()))
+    book.record("erin", ok=False)
+    wait_until(lambda: retained_user(broker) == b"Erin", 5, "the retained grant")
+    users.housekeeping(now=0.0)
+    assert retained_user(broker) == b"Erin"  # still enrolled: kept
+
+    other = VoiceprintStore(tmp_path / "voiceprints.db", KEY)  # the CLI's own connection
+    assert other.erase("erin")
+    other.close()
+    users.housekeeping(now=10.0)
+    wait_until(lambda: retained_user(broker) is None, 5, "the retained name to go")
+    assert book.users() == []
+    store.close()
+    book.close()
+
+
+def _door_with_erin(tmp_path: Path) -> tuple[Path, Path | None]:
+    """A door's data folder: Erin enrolled, locked out, one kept recording of hers."""
+    import yaml
+
+    from voxgate.audit import AuditLog
+    from voxgate.service.keep import AudioKeeper
+
+    data = tmp_path / "data"
+    (tmp_path / "vp.key").write_text(KEY.hex() + "\n")
+    (tmp_path / "vp.key").chmod(0o600)
+    cfg = {
+        "device_id": DEV,
+        "data_dir": str(data),
+        "speaker": {"key_file": str(tmp_path / "vp.key")},
+    }
+    (tmp_path / "voxgate.yaml").write_text(yaml.safe_dump(cfg))
+    store = VoiceprintStore(data / "voiceprints.db", KEY)
+    store.add_user("Erin", np.eye(3, 8, dtype=np.float32), "test/int8")
+    store.close()
+    book = LockoutBook(data / "lockout.db", LockoutConfig())
+    for _ in range(6):
+        book.record("erin", ok=False)
+    book.close()
+    kept = AudioKeeper(data / "audio", os.urandom(32), 7).store(np.ones(800, np.int16), "n1")
+    AuditLog(data / "audit.jsonl").append("decision", user="Erin", audio=str(kept))
+    return data, kept
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    env["PYTHONPATH"] = str(REPO / "daemon")
+    cmd = [sys.executable, "-m", "voxgate", "users", *args, "-c", str(tmp_path / "voxgate.yaml")]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_users_erase_command_drops_lockout_entry_and_recordings(tmp_path: Path) -> None:
+    """`voxgate users erase` (another process than the daemon) left the lockout entry and
+    the kept recordings of the person on disk."""
+    data, kept = _door_with_erin(tmp_path)
+    run = _cli(tmp_path, "erase", "erin")
+    assert run.returncode == 0, run.stderr
+    assert "also dropped: lockout entry" in run.stdout
+    assert "also dropped: 1 kept recording(s)" in run.stdout
+    assert kept is not None and not kept.exists()
+    lock = b"".join(p.read_bytes() for p in data.glob("lockout.db*"))
+    assert b"erin" not in lock
+
+
+def test_users_export_lists_what_is_held_besides_the_voiceprint(tmp_path: Path) -> None:
+    """A data access request got the voiceprint only: not the lockout entry, the audit lines
+    naming the person, nor the recordings kept of them."""
+    _, kept = _door_with_erin(tmp_path)
+    run = _cli(tmp_path, "export", "ERIN")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    held = doc["also_held"]
+    assert doc["name"] == "Erin"
+    assert held["lockout"]["failures"] == 6
+    assert [e["event"] for e in held["audit_events"]] == ["decision"]
+    assert held["kept_recordings"] == [str(kept)]
+    assert any("journald" in x for x in held["not_included"])
+
+
+def test_a_running_daemon_clears_the_name_after_voxgate_users_erase(
+    device: dict[str, Any], broker: Broker
+) -> None:
+    """End to end: the real daemon grants Bob (retained `user` = bob), then an admin runs
+    `voxgate users erase bob` beside it; a new subscriber must no longer get his name."""
+    pytest.importorskip("voxgate.embedding")
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng")
+    done = e2e.enroll(device, "bob", "en+m3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    daemon = e2e.DaemonProcess(device["config"])
+    try:
+        daemon.feed(e2e.pause(0.3))
+        daemon.wait_log("ready")
+        daemon.feed(
+            np.concatenate([e2e.pause(0.5), e2e.speech(e2e.ATTEMPT, "en+m3"), e2e.pause(1.2)])
+        )
+        wait_until(lambda: retained_user(broker) == b"bob", 30, "bob's grant retained")
+        erased = e2e.voxgate("users", "erase", "bob", "-c", str(device["config"]))
+        assert erased.returncode == 0, erased.stderr
+        daemon.feed(e2e.pause(12.0))  # the daemon's housekeeping runs on audio time too
+        wait_until(lambda: retained_user(broker) is None, 15, "the retained name to go")
+        daemon.wait_log("no longer enrolled")
+        assert daemon.close() == 0, daemon.log()
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+
+
+def test_the_retained_lockout_list_drops_an_erased_user(tmp_path: Path) -> None:
+    """The daemon (real loop, real lockout file and store; a recording link in place of
+    MQTT) publishes the locked keys; after an MQTT erase-user of a locked user, the list it
+    publishes no longer holds `user:<name>`."""
+    import threading
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+    import soundfile as sf
+    from service_standins import RecordingLink, standin_stages
+
+    from voxgate.audio.file import FileSource
+    from voxgate.service.loop import Daemon
+    from voxgate.service.notify import Notifier
+
+    wav = tmp_path / "quiet.wav"
+    noise = np.random.default_rng(3).normal(0, 20, 16000 * 5).astype(np.int16)
+    sf.write(wav, noise, 16000)
+    data = tmp_path / "data"
+    store = VoiceprintStore(data / "voiceprints.db", KEY)
+    store.add_user("Erin", np.eye(3, 8, dtype=np.float32), "test/int8")
+    book = LockoutBook(data / "lockout.db", LockoutConfig())
+    for _ in range(6):
+        book.record("erin", ok=False)  # locked now, for 30 s
+    book.close()
+    link = RecordingLink()
+    stages = standin_stages(FileSource(wav, realtime=True), {}, link, challenge=False)
+    stages.store = store
+    cfg = VoxgateConfig.model_validate(
+        {
+            "data_dir": str(data),
+            "audio": {"source": "file", "path": str(wav), "realtime": True},
+            "metrics": {"enabled": False},
+        }
+    )
+    d = Daemon(cfg, stage_factory=lambda c: stages, notifier=Notifier({}))
+
+    def erase_when_published() -> None:
+        wait_until(lambda: bool(link.of("lockout")), 10, "the first lockout list")
+        link.handlers["erase-user"]({"user": "erin"})
+
+    eraser = threading.Thread(target=erase_when_published)
+    eraser.start()
+    assert d.run() == 0
+    eraser.join()
+    keys = [[e["key"] for e in p] for p in link.of("lockout")]
+    assert keys == [["device", "user:erin"], ["device"]]
+    store.close()
+
+
+def test_a_retained_erase_user_command_does_not_keep_the_name_on_the_broker(
+    broker: Broker, links: Callable[[], MqttLink]
+) -> None:
+    """An erase-user sent with retain (a mistake the door refuses to run twice) stayed on
+    the broker with the erased person's name in its arguments."""
+    from mqtt_helpers import admin_client
+
+    from voxgate.mqtt.commands import make_command
+
+    topic = f"voxgate/{DEV}/cmd/erase-user"
+    admin = admin_client(broker)
+    cmd = make_command(CKEY, DEV, "erase-user", {"user": "alice"}, now=time.time())
+    admin.publish(topic, cmd, qos=1, retain=True).wait_for_publish(5)
+    admin.disconnect()
+    link = links()  # connects after it: gets the retained copy, refuses and clears it
+    wait_until(lambda: link.stats["commands_rejected"] >= 1, 5, "the retained copy seen")
+
+    def retained_command() -> bytes | None:
+        late = Recorder(broker, "ha", [topic, STATUS_TOPIC])
+        try:
+            late.wait_for(STATUS_TOPIC, lambda m: m.retain)
+            got = [m.payload for m in late.on(topic) if m.retain]
+            return got[0] if got else None
+        finally:
+            late.close()
+
+    wait_until(lambda: retained_command() is None, 5, "the retained command to go")

@@ -1,0 +1,251 @@
+"""Erase really erases: what the door holds about a person besides the voiceprint (lockout
+entries naming them) goes too, checked on the bytes of real SQLite files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from voxgate.config import VoxgateConfig
+from voxgate.config.service import LockoutConfig
+from voxgate.lockout import LockoutBook, forget_in_file
+from voxgate.service.users import UserServices
+from voxgate.voiceprints import VoiceprintStore
+
+
+def raw(path: Path) -> bytes:
+    """The database file and whatever SQLite keeps beside it, as bytes on disk."""
+    return b"".join(
+        p.read_bytes()
+        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
+        if p.exists()
+    )
+
+
+def fail(book: LockoutBook, user: str, times: int, now: float = 1000.0) -> None:
+    for _ in range(times):
+        book.record(user, ok=False, now=now)
+
+
+def test_forget_removes_the_name_from_the_lockout_file_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "lockout.db"
+    book = LockoutBook(path, LockoutConfig())
+    fail(book, "Alice-Erased", 7)
+    fail(book, "bob-stays", 2)
+    assert b"alice-erased" in raw(path)  # the key holds the name in plain text
+    assert book.forget("alice-erased")
+    assert book.users() == ["bob-stays"]
+    assert book.state("ALICE-ERASED", now=1001.0).user_failures == 0
+    assert b"alice-erased" not in raw(path)
+    assert b"bob-stays" in raw(path)
+    book.close()
+    # And it stays gone: a restart does not bring the entry back.
+    again = LockoutBook(path, LockoutConfig())
+    assert again.users() == ["bob-stays"]
+    again.close()
+
+
+def test_forget_in_file_while_the_daemon_has_the_book_open(tmp_path: Path) -> None:
+    """`voxgate users erase` runs in another process than the daemon holding the book."""
+    path = tmp_path / "lockout.db"
+    book = LockoutBook(path, LockoutConfig())
+    fail(book, "carol-erased", 6)
+    assert forget_in_file(path, "Carol-Erased")
+    assert b"carol-erased" not in raw(path)
+    assert not forget_in_file(path, "carol-erased")  # nothing left to drop
+    assert not forget_in_file(tmp_path / "none.db", "carol-erased")  # no file: none made
+    assert not (tmp_path / "none.db").exists()
+    book.close()
+
+
+KEY = os.urandom(32)
+
+
+def _store(tmp_path: Path) -> VoiceprintStore:
+    store = VoiceprintStore(tmp_path / "voiceprints.db", KEY)
+    emb = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
+    store.add_user("Dora", emb, "test/int8")
+    return store
+
+
+def test_daemon_forgets_a_user_erased_by_another_process(tmp_path: Path) -> None:
+    """The daemon's book kept Dora's entry (memory and file) after `voxgate users erase
+    dora` ran beside it; a name never enrolled keeps its lockout."""
+    store = _store(tmp_path)
+    book = LockoutBook(tmp_path / "lockout.db", LockoutConfig())
+    users = UserServices(
+        VoxgateConfig(data_dir=tmp_path), store, None, lambda e, **f: None, lockout=book
+    )
+    fail(book, "dora", 6)
+    fail(book, "mallory", 6)  # claimed, never enrolled
+    assert users.check_erased() == []
+    other = VoiceprintStore(store.path, KEY)
+    assert other.erase("DORA")
+    other.close()
+    assert users.check_erased() == ["dora"]
+    assert book.users() == ["mallory"]
+    assert b"dora" not in raw(tmp_path / "lockout.db")
+    store.close()
+    book.close()
+
+
+def test_mqtt_erase_command_drops_the_lockout_entry(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    book = LockoutBook(tmp_path / "lockout.db", LockoutConfig())
+    users = UserServices(
+        VoxgateConfig(data_dir=tmp_path), store, None, lambda e, **f: None, lockout=book
+    )
+    fail(book, "dora", 6)
+    assert users.command_erase({"user": "dora"}) == {"user": "dora", "erased": True}
+    assert book.users() == []
+    assert b"dora" not in raw(tmp_path / "lockout.db")
+    store.close()
+    book.close()
+
+
+def test_fleet_erase_revoke_and_config_drop_forget_the_user(tmp_path: Path) -> None:
+    """Erases that reach a door through fleet sync left the lockout entry behind too."""
+    from tests.unit.test_fleet_apply import _door, _tomb, _vp
+
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice", "bob", "carl"]})
+    book = LockoutBook(tmp_path / "lockout.db", LockoutConfig())
+    users = UserServices(
+        VoxgateConfig(data_dir=tmp_path), door.store, None, lambda e, **f: None, lockout=book
+    )
+    door.on_erased = users.forget  # what UserServices.start wires
+    for name in ("alice", "bob", "carl"):
+        assert door.handle(*_vp("lobby", name, 1)) == "stored"
+        fail(book, name, 6)
+    assert door.handle(*_tomb("erase", "lobby", "alice", 2)) == "erased"
+    assert door.handle(*_tomb("revoke", "lobby", "bob", 2)) == "revoked"
+    door.cfg = door.cfg.model_copy(update={"access": {"lobby": ["dan"]}})
+    assert door.enforce_access() == ["carl"]
+    assert book.users() == []
+    data = raw(tmp_path / "lockout.db")
+    assert not any(n in data for n in (b"alice", b"bob", b"carl"))
+    book.close()
+
+
+def test_fingerprints_out_of_the_replay_window_are_gone_from_the_file_bytes(
+    tmp_path: Path,
+) -> None:
+    """Fingerprints are derived from the voice: "kept for replay_window_s" held only for the
+    table; the deleted rows stayed readable in free pages and the WAL."""
+    import sqlite3
+
+    from voxgate.replay import ReplayDetector
+
+    rng = np.random.default_rng(7)
+    envelope = np.sin(np.linspace(0, 30, 16000))
+    old = (rng.normal(0, 3000, 16000) * envelope).astype(np.int16)
+    new = (rng.normal(0, 3000, 16000) * envelope[::-1]).astype(np.int16)
+    path = tmp_path / "replay.db"
+    det = ReplayDetector(path, window_s=100)
+    det.check_and_add(old, now=0.0)
+    with sqlite3.connect(path) as db:
+        (blob,) = db.execute("SELECT fp FROM fingerprints").fetchone()
+    probe = bytes(blob)[:48]
+    assert probe in raw(path)
+    det.check_and_add(new, now=151.0)  # the first one leaves the window
+    assert det.count() == 1
+    assert probe not in raw(path)
+    det.close()
+
+
+def test_a_sent_fleet_message_is_gone_from_the_sync_state_bytes(tmp_path: Path) -> None:
+    """The outbox holds each enrollment's fleet message (the voiceprint, sealed with the
+    fleet key) until the broker has it; after that, and after an erase replaced it, its
+    bytes stayed in fleet.db's free pages and WAL."""
+    from voxgate.fleet import SyncState
+
+    path = tmp_path / "fleet.db"
+    state = SyncState(path)
+    topic = "voxgate/_fleet/acme/lobby/" + "ab" * 16
+    voiceprint = os.urandom(3000)  # stands for the sealed message
+    state.queue(topic, voiceprint, 1)
+    assert voiceprint[:64] in raw(path)
+    tombstone = os.urandom(300)
+    state.queue(topic, tombstone, 2)  # erased before it went out
+    state.sent(topic, 2)
+    assert state.outbox() == []
+    data = raw(path)
+    assert voiceprint[:64] not in data and tombstone[:64] not in data
+    state.close()
+
+
+def test_kept_recordings_of_an_erased_user_are_deleted(tmp_path: Path) -> None:
+    """With audit.keep_audio on, the person's attempt recordings (their voice, encrypted)
+    stayed for the whole retention after they were erased."""
+    from voxgate.audit import AuditLog
+    from voxgate.service.keep import AudioKeeper
+
+    cfg = VoxgateConfig(data_dir=tmp_path)
+    keeper = AudioKeeper(tmp_path / "audio", os.urandom(32), retention_days=7)
+    log = AuditLog(tmp_path / "audit.jsonl")
+    pcm = np.arange(1600, dtype=np.int16)
+    granted = keeper.store(pcm, "a1")
+    denied = keeper.store(pcm, "a2")  # claimed by her, not recognised
+    other = keeper.store(pcm, "a3")
+    unknown = keeper.store(pcm, "a4")  # nobody identified or claimed: cannot be tied
+    outside = tmp_path / "notes.vxa"
+    outside.write_bytes(b"x")
+    assert None not in (granted, denied, other, unknown)
+    log.append("decision", outcome="granted", user="Dora", audio=str(granted))
+    log.append("decision", outcome="denied", user=None, claimed_user="DORA", audio=str(denied))
+    log.append("decision", outcome="granted", user="gus", audio=str(other))
+    log.append("decision", outcome="denied", user=None, claimed_user=None, audio=str(unknown))
+    log.append("decision", outcome="granted", user="dora", audio=str(outside))  # not ours
+    store = _store(tmp_path)
+    users = UserServices(cfg, store, None, lambda e, **f: None)
+    assert users.command_erase({"user": "dora"})["erased"]
+    assert not granted.exists() and not denied.exists()
+    assert other.exists() and unknown.exists() and outside.exists()
+    store.close()
+
+
+def test_standalone_api_erase_hook_forgets_then_tells_the_fleet(tmp_path: Path) -> None:
+    """`voxgate api` (without the daemon) erased the voiceprint only."""
+    from voxgate.erasure import after_erase
+
+    book = LockoutBook(tmp_path / "lockout.db", LockoutConfig())
+    fail(book, "dora", 6)
+    book.close()
+    told: list[tuple[str, str]] = []
+    hook = after_erase(VoxgateConfig(data_dir=tmp_path), lambda k, n: told.append((k, n)))
+    hook("enrolled", "eve")
+    hook("erased", "dora")
+    assert told == [("enrolled", "eve"), ("erased", "dora")]
+    assert b"dora" not in raw(tmp_path / "lockout.db")
+
+
+def test_uploaded_takes_wait_in_ram_not_on_the_card(tmp_path: Path) -> None:
+    """API enrollment wrote each uploaded take (a voice, in the clear) to /tmp, on the SD
+    card of most doors, where the deleted file's blocks remain."""
+    import io
+
+    import pytest
+    import soundfile as sf
+    from werkzeug.datastructures import FileStorage
+
+    from voxgate.api.app import _read_takes, upload_folder
+
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        if not any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in f):
+            pytest.skip("no tmpfs at /dev/shm here")
+    assert upload_folder() == "/dev/shm"
+
+    saved: list[Path] = []
+
+    class Upload(FileStorage):
+        def save(self, dst: object, buffer_size: int = 16384) -> None:  # type: ignore[override]
+            saved.append(Path(str(dst)))
+            super().save(dst, buffer_size)
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(16000, np.int16), 16000, format="WAV")
+    take = Upload(io.BytesIO(buf.getvalue()), filename="t1.wav")
+    assert len(_read_takes([take])[0]) == 16000
+    assert saved and saved[0].parent.parent == Path("/dev/shm")
+    assert not saved[0].exists()
