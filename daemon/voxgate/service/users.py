@@ -189,7 +189,7 @@ class UserServices:
             name = user_key(last)[5:]
             held.add(name)
             self._seen_enrolled.add(name)  # granted, so it was enrolled
-        gone = []
+        gone: list[str] = []
         for name in sorted(held):
             try:
                 normalize_name(name)
