@@ -13,13 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import yaml
 from answer_door import PauseDoor, wake_fields
 from mqtt_helpers import wait_until
 
+from tests.audio_helpers import espeak
+from voxgate.cli import main
 from voxgate.config.stt import ChallengeConfig
 
 SPEAKER = "george"
+RATE = 16000
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +64,30 @@ def test_a_pause_longer_than_answer_pause_ms_still_ends_the_answer(door: PauseDo
     whole = door.attempt(wakes[3], 1.6, rng)
     summary = [(d["outcome"], d["reasons"]) for d in whole.decisions]
     assert summary == [("granted", [])], (whole.challenge, summary)
+
+
+def test_guided_enrollment_keeps_a_take_said_with_pauses_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`voxgate enroll` without --from prompts digit strings and records each take to the
+    end of speech: at vad.hangover_ms a pause between digits ended the take, so a careful
+    speaker's take became single digits (each too short, or taken as the next take)."""
+    words = ["four", "seven", "one", "four", "seven"]
+    said = {w: espeak(w, tmp_path / f"{w}.wav", "en+m3") for w in set(words)}
+    tone = np.random.default_rng(0).normal(0, 3, 48000).astype(np.int16)
+    take: list[np.ndarray] = []
+    for w in words:
+        take += [said[w], tone[: int(0.8 * RATE)]]
+    mic = np.concatenate([tone[:RATE], *take[:-1], tone] * 3)
+    sf.write(tmp_path / "mic.wav", mic, RATE, subtype="PCM_16")
+    assert main(["users", "init-key", str(tmp_path / "vp.key")]) == 0
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        f"speaker: {{key_file: {tmp_path / 'vp.key'}, enroll_min_speech_s: 3, "
+        "enroll_min_takes: 3}\n"
+        f"audio: {{source: file, path: {tmp_path / 'mic.wav'}}}\n"
+    )
+    assert main(["enroll", "erin", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 3 takes used" in out and "enrolled erin" in out, out
