@@ -127,3 +127,43 @@ def test_the_daemon_uses_the_answer_endpoint_only_while_an_answer_is_due(
         assert d.endpointer.hangover_ms == 1200
     finally:
         store.close()
+
+
+def test_a_late_answer_counts_towards_the_lockout_only_when_something_else_failed(
+    tmp_path: Path,
+) -> None:
+    """challenge_expired (the answer began after the challenge expired) grants nothing. It
+    counted as a failure on its own, so a slow but right person was pushed towards a
+    lockout. Alone (or with a retry reason) it no longer counts; a wrong voice, a wrong
+    answer or a replay given late counts as it does on time, so a late answer probes
+    nothing for free. Checked on a real lockout file."""
+    from voxgate.config.service import LockoutConfig
+    from voxgate.lockout import LockoutBook
+    from voxgate.policy import NOT_LOCKED, decide
+    from voxgate.scoring import SpeakerResult
+    from voxgate.stt.base import LivenessResult
+
+    right = SpeakerResult("alice", 0.8, 0.8, 0.5, True, True)
+    wrong_voice = SpeakerResult("alice", 0.1, 0.1, 0.5, False, True)
+    live = LivenessResult(True, 0.0, -1.4, "4 7 1 9 2", None, "phonemes")
+    dead = LivenessResult(False, -3.0, -1.4, "1 2", "prompt_mismatch", "phonemes")
+    short = LivenessResult(False, 0.0, 0.0, None, "too_short", "checks")
+    cases = [
+        (right, live, False),
+        (right, short, False),
+        (right, dead, True),
+        (wrong_voice, live, True),
+    ]
+    book = LockoutBook(tmp_path / "lockout.db", LockoutConfig(max_failures=2))
+    try:
+        for speaker, liveness, counts in cases:
+            v = decide(speaker, liveness, None, NOT_LOCKED, challenge_expired=True)
+            assert v.outcome == "denied" and "challenge_expired" in v.reasons
+            assert v.counts_as_failure is counts, (speaker, liveness, v)
+        slow = decide(right, live, None, NOT_LOCKED, challenge_expired=True)
+        for i in range(5):
+            if slow.counts_as_failure:
+                book.record("alice", False, 1000.0 + i)
+        assert not book.state("alice", 1010.0).locked
+    finally:
+        book.close()
