@@ -93,6 +93,7 @@ class Outcome:
     challenge: str
     pause_s: float
     decisions: list[dict[str, Any]]  # every decision the attempt caused, in order
+    wait_s: float | None = None  # paced: end of the answer's speech -> first decision
 
     @property
     def first(self) -> dict[str, Any]:
@@ -111,7 +112,16 @@ class Outcome:
 class PauseDoor:
     """The enrolled door as a running daemon on stdin; `attempt()` plays one attempt."""
 
-    def __init__(self, home: Path, fsdd: Path, speaker: str, extra: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        home: Path,
+        fsdd: Path,
+        speaker: str,
+        extra: dict[str, Any],
+        templates: bool = True,
+    ) -> None:
+        """templates: enroll with the takes' prompts, so the speaker's answers are checked
+        against their own digits; False: without, so the phonemes engine checks them."""
         self.home = home
         self.digits = Digits(fsdd, speaker)
         self.broker = Broker(home / "broker", tls=False).start()
@@ -148,7 +158,7 @@ class PauseDoor:
             audio = np.concatenate([room_tone(0.5, i), self.digits.take(field), room_tone(0.5)])
             sf.write(path, audio, RATE, subtype="PCM_16")
             files.append(str(path))
-        prompts = ["--prompts", *self.digits.prompts]
+        prompts = ["--prompts", *self.digits.prompts] if templates else []
         self._voxgate("enroll", speaker, "-c", str(self.config), "--from", *files, *prompts)
         self.rec = Recorder(self.broker, "lock", [f"voxgate/{DEV}/#"])
         self.lines: list[str] = []
@@ -205,15 +215,34 @@ class PauseDoor:
         bodies = [json.loads(m.payload) for m in msgs if m.payload]
         return [b for b in bodies if b.get("mode") == "digits"]
 
-    def attempt(self, wake_field: str, pause_s: float, rng: np.random.Generator) -> Outcome:
+    def attempt(
+        self, wake_field: str, pause_s: float, rng: np.random.Generator, paced: bool = False
+    ) -> Outcome:
         """Wake, read the challenge, answer it with `pause_s` between digits; every decision
-        until the door is idle again (a cut answer's leftover digits wake it again)."""
+        until the door is idle again (a cut answer's leftover digits wake it again).
+
+        paced: the answer and the quiet after it go in at real time, 30 ms at a time, as a
+        microphone gives them; `Outcome.wait_s` is then the wall time from the end of the
+        answer's last loud sample to the first decision's audit line."""
         seen_ch, seen_dec = len(self.challenges()), len(self.decisions())
         self.feed(np.concatenate([room_tone(0.3), self.digits.take(wake_field), room_tone(1.0)]))
         wait_until(lambda: len(self.challenges()) > seen_ch, 30, "a challenge")
         challenge = self.challenges()[seen_ch]["text"]
-        answer = self.digits.say(challenge, pause_s, rng)
-        self.feed(np.concatenate([room_tone(0.3), answer, room_tone(3.0)]))
+        answer = np.concatenate([room_tone(0.3), self.digits.say(challenge, pause_s, rng)])
+        after = room_tone(3.0)
+        spoken_end = None
+        if paced:
+            loud = np.flatnonzero(np.abs(answer.astype(np.int32)) > 328)  # above 1 % of full
+            stream = np.concatenate([answer, after])
+            chunk = 480
+            t0 = time.monotonic()
+            for i in range(0, len(stream), chunk):
+                self.feed(stream[i : i + chunk])
+                if spoken_end is None and i + chunk > loud[-1]:
+                    spoken_end = time.time()
+                time.sleep(max(0.0, t0 + (i + chunk) / RATE - time.monotonic()))
+        else:
+            self.feed(np.concatenate([answer, after]))
         wait_until(lambda: len(self.decisions()) > seen_dec, 30, "a decision")
         # Leftover pieces may open further challenges: let them expire (challenge.timeout_s).
         last = [time.monotonic(), len(self.rec.on(f"voxgate/{DEV}/state"))]
@@ -225,7 +254,10 @@ class PauseDoor:
             return self.state() == "idle" and time.monotonic() - last[0] > 0.5
 
         wait_until(settled, 30, "the door to be idle again")
-        return Outcome(challenge, pause_s, self.decisions()[seen_dec:])
+        got = Outcome(challenge, pause_s, self.decisions()[seen_dec:])
+        if spoken_end is not None:
+            got.wait_s = got.first["ts"] - spoken_end
+        return got
 
     def close(self) -> int:
         try:
