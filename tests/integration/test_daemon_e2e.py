@@ -587,7 +587,8 @@ def test_enrollment_over_mqtt_when_the_store_is_deleted_or_cannot_be_written(
         daemon.feed(pause(1.5))
         assert command("enroll-start", user="carol")["ok"] is True
         for take, text in enumerate(TAKES, start=1):
-            daemon.feed(np.concatenate([pause(0.5), speech(text, "en+f3"), pause(1.0)]))
+            # A take ends after challenge.answer_pause_ms (1.2 s) of quiet.
+            daemon.feed(np.concatenate([pause(0.5), speech(text, "en+f3"), pause(1.5)]))
             daemon.wait_log(f"enrollment of carol: take {take} ", 20)
         soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
         resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE, (1024, hard))
