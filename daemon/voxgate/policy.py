@@ -6,7 +6,8 @@ The stage results are typed structurally (Protocols), so this module imports no 
 
 Reason codes (stable strings; they go into decisions, the audit log and metrics):
   locked_out          the claimed user or the door is in back-off
-  challenge_expired   the answer came after the challenge expired
+  challenge_expired   the answer came after the challenge expired (denied; counted by the
+                      lockout only together with a failed check, see counts_as_failure)
   replay              the audio matches an earlier attempt
   liveness_missing    a challenge was required but no liveness result exists
   liveness_failed     the spoken answer did not match the challenge
@@ -85,11 +86,18 @@ class Verdict:
         """Whether lockout counts this attempt. Attempts refused by a lockout do not extend
         it (so a locked door cannot be kept locked forever by one passer-by); 'retry' (no
         usable speech) and a door that cannot read its voiceprints are not a guess at
-        anyone's voice."""
-        return self.outcome == "denied" and not {"locked_out", "store_unreadable"} & set(
-            self.reasons
-        )
+        anyone's voice. A late answer (challenge_expired) counts only when something else
+        failed too: the voice and the answer are still checked, so a wrong voice or a wrong
+        answer given late counts as it would on time (answering late probes nothing for
+        free), while a right person who was slow is not pushed towards a lockout."""
+        reasons = set(self.reasons)
+        if self.outcome != "denied" or {"locked_out", "store_unreadable"} & reasons:
+            return False
+        return bool(reasons - _NOT_A_FAILURE)
 
+
+# Reasons that, alone or together, are no failed guess: lateness and the retry reasons.
+_NOT_A_FAILURE = frozenset({"challenge_expired", "liveness_retry", "no_speech", "low_quality"})
 
 # The most severe outcome among the failed checks wins; every failing reason is kept.
 _RANK: dict[Outcome, int] = {"granted": 0, "retry": 1, "denied": 2}

@@ -79,6 +79,15 @@ class Endpointer:
         return self._in_speech
 
     @property
+    def hangover_ms(self) -> int:
+        return self._hang_frames * self.frame_ms
+
+    def set_hangover_ms(self, ms: int) -> None:
+        """The silence that ends an utterance, from the next frame on (an utterance in
+        progress included): a spoken answer may pause longer than a wake phrase."""
+        self._hang_frames = max(1, ms // self.frame_ms)
+
+    @property
     def time_s(self) -> float:
         return self._frames_seen * self.frame_ms / 1000
 
@@ -132,7 +141,10 @@ class Endpointer:
             self._silence_run += 1
         if self._silence_run >= self._hang_frames:
             events.append(self._finish(split=False))
-        elif len(self._chunks) >= self._max_frames:
+        elif len(self._chunks) - self._silence_run >= self._max_frames:
+            # The pause that may end the utterance does not count: an answer's endpoint
+            # (challenge.answer_pause_ms) is longer than the wake's, and with it counted a
+            # 3 s answer hit a 4 s limit. Memory stays bounded (limit + hangover).
             events.append(self._finish(split=True))
             # Speech goes on: the next frame starts a new utterance right away.
             self._in_speech = True

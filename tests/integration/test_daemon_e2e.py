@@ -463,7 +463,8 @@ def test_enrollment_at_the_door_over_mqtt(
         assert all(len(p) == 4 and p.isdigit() for p in prompts)
         for take, digits in enumerate(prompts[:8], start=1):  # each digit at least twice
             assert shown("enroll", take)["text"] == digits  # the display shows each in turn
-            daemon.feed(np.concatenate([pause(0.5), say(digits), pause(1.0)]))
+            # A take ends after challenge.answer_pause_ms (1.2 s) of quiet, as an answer does.
+            daemon.feed(np.concatenate([pause(0.5), say(digits), pause(1.5)]))
             daemon.wait_log(f"enrollment of bob: take {take} ", 20)
         done = command("enroll-finish", "bob")
         assert done["ok"] is True, done
@@ -473,7 +474,7 @@ def test_enrollment_at_the_door_over_mqtt(
 
         daemon.feed(np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)]))
         challenge = shown("digits")
-        daemon.feed(np.concatenate([pause(0.3), say(challenge["text"]), pause(1.2)]))
+        daemon.feed(np.concatenate([pause(0.3), say(challenge["text"]), pause(1.5)]))
         wait_until(lambda: len(decisions(rec)) >= 1, 20, "a decision")
         assert daemon.close() == 0
     finally:
@@ -586,7 +587,8 @@ def test_enrollment_over_mqtt_when_the_store_is_deleted_or_cannot_be_written(
         daemon.feed(pause(1.5))
         assert command("enroll-start", user="carol")["ok"] is True
         for take, text in enumerate(TAKES, start=1):
-            daemon.feed(np.concatenate([pause(0.5), speech(text, "en+f3"), pause(1.0)]))
+            # A take ends after challenge.answer_pause_ms (1.2 s) of quiet.
+            daemon.feed(np.concatenate([pause(0.5), speech(text, "en+f3"), pause(1.5)]))
             daemon.wait_log(f"enrollment of carol: take {take} ", 20)
         soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
         resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE, (1024, hard))

@@ -124,6 +124,8 @@ def _record_takes(
     with source:
         frames = source.frames(cfg.audio.frame_ms)
         ep = Endpointer(cfg.vad, cfg.audio.frame_ms)
+        # Each take says a digit string, as an answer does: people pause between digits.
+        ep.set_hangover_ms(max(cfg.vad.hangover_ms, cfg.challenge.answer_pause_ms))
         for attempt in range(1, max_takes + 1):
             prompt = plan[attempt - 1]
             print(f"\ntake {attempt}: say   {' '.join(prompt)}", flush=True)

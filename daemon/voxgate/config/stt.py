@@ -126,6 +126,15 @@ class ChallengeConfig(Section):
     length: int = Field(5, ge=3, le=10, description="Digits in a challenge.")
     passphrase: str | None = Field(None, description="The phrase, for mode: passphrase.")
     timeout_s: float = Field(10.0, ge=2, le=120, description="Time to answer a challenge.")
+    answer_pause_ms: int = Field(
+        1200,
+        ge=300,
+        le=3000,
+        description="Silence that ends a spoken answer (and an enrollment take at the door), "
+        "in place of vad.hangover_ms, which ends the wake phrase: people pause between "
+        "digits. The larger of the two applies; each 100 ms adds as much to the wait "
+        "before every answer is judged (docs/challenge.md).",
+    )
     speak: bool = Field(False, description="Speak the challenge locally with espeak-ng.")
     replay_window_s: int = Field(
         30 * 24 * 3600,

@@ -409,11 +409,27 @@ class Daemon:
             self.endpointer = Endpointer(self.cfg.vad, self.cfg.audio.frame_ms)
             self._vad_pending = False
             log.info("new VAD settings in effect")
+        self._set_endpoint()
         # Every second of wall time or of audio (a file read faster than real time).
         if now >= self._next_housekeeping or self._frames_since >= self._frames_per_s:
             self._next_housekeeping = now + HOUSEKEEPING_S
             self._frames_since = 0
             self._housekeeping(now)
+
+    def _set_endpoint(self) -> None:
+        """The silence that ends an utterance: challenge.answer_pause_ms while a challenge
+        waits for its answer or an enrollment at the door takes its takes (people pause
+        between digits: at vad.hangover_ms a slow reader's first digit was judged as the
+        whole answer and the next one woke the door again), the VAD's own for the wake."""
+        assert self.endpointer is not None
+        ep = self.endpointer
+        ms = ep.cfg.hangover_ms
+        answer = self.sm.state == State.CHALLENGE or (
+            self.attempt is None and self.users is not None and self.users.enrolling
+        )
+        if answer:
+            ms = max(ms, self.cfg.challenge.answer_pause_ms)
+        ep.set_hangover_ms(ms)
 
     def _housekeeping(self, now: float) -> None:
         assert self.frames is not None and self.stages is not None
