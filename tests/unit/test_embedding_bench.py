@@ -77,18 +77,28 @@ def test_bench_on_a_core_it_cannot_use_says_so_once(
     assert captured.out == ""
 
 
-@pytest.mark.parametrize("seconds", ["0", "121", "1e9"])
-def test_bench_utterance_length_is_checked_once(
-    seconds: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """--seconds 1e9 had every worker try to allocate 116 TiB ('_ArrayMemoryError'); a
-    file longer than a take (120 s) is refused for --audio, and now for --seconds too."""
+def test_bench_utterance_length_is_checked_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """A file longer than a take (120 s) is refused for --audio, and for --seconds too."""
     card = SHIPPED / "ge2e-int8.yaml"
-    assert main(["bench", "--model", str(card), "--no-torch", "--seconds", seconds]) == 2
+    assert main(["bench", "--model", str(card), "--no-torch", "--seconds", "121"]) == 2
     captured = capsys.readouterr()
     (line,) = captured.err.strip().splitlines()
     assert line.startswith("voxgate bench: ") and "--seconds" in line and "120" in line
     assert captured.out == ""
+
+
+@pytest.mark.parametrize("seconds", ["0", "1e9"])
+def test_bench_utterance_length_that_is_no_duration_is_a_usage_error(
+    seconds: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--seconds 1e9 had every worker try to allocate 116 TiB ('_ArrayMemoryError'); now it
+    stops at the argument, before any worker starts."""
+    card = SHIPPED / "ge2e-int8.yaml"
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "--model", str(card), "--no-torch", "--seconds", seconds])
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert "argument --seconds" in captured.err and captured.out == ""
 
 
 def test_bench_worker_past_its_time_limit_is_a_failed_row(
