@@ -18,6 +18,7 @@ least alike.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,24 @@ def _popcount_table(x: np.ndarray) -> np.ndarray:
     return _POP8[np.ascontiguousarray(x, np.uint32)[..., None].view(np.uint8)].sum(
         -1, dtype=np.uint8
     )
+
+
+PAIRS_PER_PASS = 1 << 18  # (stored edge, new edge) pairs voted on at once (~16 MB)
+
+
+def _pairs(
+    sides: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...], span: int, nbin: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(vote key, lag bin, stored row) of every pair of a new answer's run edge with a stored
+    one, a block of stored edges at a time (rows ascending within each block)."""
+    for q, edge, edge_row in sides:
+        if not q.size or not edge.size:
+            continue
+        step = max(1, PAIRS_PER_PASS // q.size)
+        for i in range(0, edge.size, step):
+            e, r = edge[i : i + step], edge_row[i : i + step]
+            b = (e[:, None] - q[None, :] + span) // LAG_BIN + 1  # (edges, q): 1..nbin-2
+            yield r[:, None] * nbin + b, b, r
 
 
 def run_edges(loud: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -185,27 +204,21 @@ class _Flat:
         rows = len(self.length)
         span = int(self.length.max(initial=0)) + n + LAG_BIN
         nbin = 2 * span // LAG_BIN + 3
-        pairs = []
-        for q, edge, edge_row in (
-            (qs, self.run_start, self.start_row),
-            (qe, self.run_end, self.end_row),
-        ):
-            b = (edge[:, None] - q[None, :] + span) // LAG_BIN + 1  # (edges, q): 1..nbin-2
-            pairs.append((edge_row[:, None] * nbin + b, b, edge_row))
-        votes = np.bincount(
-            np.concatenate([k.ravel() for k, _, _ in pairs]), minlength=rows * nbin
-        ).astype(np.int32)
+        sides = ((qs, self.run_start, self.start_row), (qe, self.run_end, self.end_row))
+        # Pairs are made PAIRS_PER_PASS at a time: every stored edge against every new one at
+        # once took ~60 bytes a pair, gigabytes for a store of answers with many short runs.
+        votes = np.zeros(rows * nbin, np.int64)
+        for key, _, _ in _pairs(sides, span, nbin):
+            votes += np.bincount(key.ravel(), minlength=rows * nbin)
         top = 3 * int(votes.max(initial=0)) + 1
         best = np.full(rows, -1, np.int64)
-        for key, b, edge_row in pairs:
-            if not key.size:
-                continue
+        for key, b, edge_row in _pairs(sides, span, nbin):
             # The bin with the most votes; run edges move a frame or two between a
             # recording and its replay, so ties go to the bin whose neighbours have more.
             # (Ranking by the neighbours' votes first would move off a sharp peak.)
             own = votes[key]
             rank = own * top + votes[key - 1] + own + votes[key + 1]
-            packed = (rank.astype(np.int64) * nbin + b).ravel()
+            packed = (rank * nbin + b).ravel()
             first = np.flatnonzero(np.r_[True, edge_row[1:] != edge_row[:-1]])  # row blocks
             rows_here = edge_row[first]
             most = np.maximum.reduceat(packed, first * key.shape[1])
