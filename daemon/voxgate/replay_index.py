@@ -18,7 +18,7 @@ least alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +49,7 @@ PAIRS_PER_PASS = 1 << 18  # (stored edge, new edge) pairs voted on at once (~16 
 
 
 def _pairs(
-    sides: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...], span: int, nbin: int
+    sides: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], span: int, nbin: int
 ) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """(side, (vote key, lag bin, stored row)) of every pair of a new answer's run edge with
     a stored one, a block of stored edges at a time (rows ascending within each block)."""
@@ -222,7 +222,7 @@ class _Flat:
         nbin = 2 * span // LAG_BIN + 3
         place = np.full(len(self.length), -1, np.int64)
         place[sel] = np.arange(rows)
-        sides = []
+        sides: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for q, edge, edge_row in (
             (qs, self.run_start, self.start_row),
             (qe, self.run_end, self.end_row),
@@ -254,7 +254,8 @@ class _Flat:
                 most = np.maximum.reduceat(packed, first * key.shape[1])
                 out[rows_here] = np.maximum(out[rows_here], most)
         lags = [((x % nbin) - 1) * LAG_BIN - span + LAG_BIN // 2 for x in best]
-        return tuple(np.where(x < 0, 0, lag) for x, lag in zip(best, lags, strict=True))  # type: ignore[return-value]
+        lag_of = [np.where(x < 0, 0, lag) for x, lag in zip(best, lags, strict=True)]
+        return lag_of[0], lag_of[1], lag_of[2]
 
     def similarity(
         self, views: list[tuple[np.ndarray, np.ndarray]], sel: np.ndarray, lag: np.ndarray
