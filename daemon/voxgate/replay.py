@@ -235,13 +235,16 @@ class ReplayDetector:
                     self.last_examined += 1
                     if sim > best:
                         best, when = sim, row.created
-            with self._db:
-                cur = self._db.execute(
-                    "INSERT INTO fingerprints (created_at, frames, fp, loud) VALUES (?, ?, ?, ?)",
-                    (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes()),
-                )
-            self._index.add(int(cur.lastrowid or 0), now, fp, loud)
-            self._cap()
+                # Only answers long enough to compare are kept: a cough (a retry the lockout
+                # does not count) would otherwise take a place under the cap.
+                with self._db:
+                    cur = self._db.execute(
+                        "INSERT INTO fingerprints (created_at, frames, fp, loud)"
+                        " VALUES (?, ?, ?, ?)",
+                        (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes()),
+                    )
+                self._index.add(int(cur.lastrowid or 0), now, fp, loud)
+                self._cap()
         # A replay needs an earlier attempt it matches: with threshold <= 0 and nothing
         # stored, best stays 0.0 and when None (this crashed on `now - when`).
         if when is not None and best >= self.threshold:

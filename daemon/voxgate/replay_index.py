@@ -18,6 +18,7 @@ least alike.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,24 @@ def _popcount_table(x: np.ndarray) -> np.ndarray:
     return _POP8[np.ascontiguousarray(x, np.uint32)[..., None].view(np.uint8)].sum(
         -1, dtype=np.uint8
     )
+
+
+PAIRS_PER_PASS = 1 << 18  # (stored edge, new edge) pairs voted on at once (~16 MB)
+
+
+def _pairs(
+    sides: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], span: int, nbin: int
+) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """(side, (vote key, lag bin, stored row)) of every pair of a new answer's run edge with
+    a stored one, a block of stored edges at a time (rows ascending within each block)."""
+    for side, (q, edge, edge_row) in enumerate(sides):
+        if not q.size or not edge.size:
+            continue
+        step = max(1, PAIRS_PER_PASS // q.size)
+        for i in range(0, edge.size, step):
+            e, r = edge[i : i + step], edge_row[i : i + step]
+            b = (e[:, None] - q[None, :] + span) // LAG_BIN + 1  # (edges, q): 1..nbin-2
+            yield side, (r[:, None] * nbin + b, b, r)
 
 
 def run_edges(loud: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,11 +139,24 @@ class FingerprintIndex:
         loud0 = views[0][1] if views else np.zeros(0, bool)
         if not len(sel) or not loud0.any():
             return score
-        voted = flat.voted_lag(*run_edges(loud0), len(loud0))[sel]
-        lags = [np.zeros(len(sel), np.int64), voted]  # first loud frames together; edges
+        both, starts, ends = flat.voted_lags(*run_edges(loud0), len(loud0), sel)
+        # First loud frames together, and the lag the run edges vote for. A loud burst
+        # beside a replay raises the level its loud frames are measured against, so its
+        # runs start later and end earlier, by a few frames that depend on each run's
+        # slopes: the starts and the ends then vote lags either side of the true one. So
+        # the starts' and the ends' own lags and their midpoint are checked too, and each
+        # voted lag with the windows either side (+- 3 * LAG_SLACK + 1 frames in all).
+        mid = (starts + ends) // 2
+        step = 2 * LAG_SLACK + 1
+        lags = [np.zeros(len(sel), np.int64)]
+        lags += [v + d for v in (both, starts, ends, mid) for d in (-step, 0, step)]
+        # Each (row, lag) once: without a burst the starts, the ends and both agree.
+        at = np.arange(len(sel))
+        span = 2 * (int(flat.length.max(initial=0)) + len(loud0) + 4 * step)
+        pair = np.unique(np.concatenate([at * span + (lag + span // 2) for lag in lags]))
+        which, lag = pair // span, pair % span - span // 2
         best = np.zeros(len(sel))
-        for lag in lags:
-            best = np.maximum(best, flat.similarity(views, sel, lag))
+        np.maximum.at(best, which, flat.similarity(views, sel[which], lag))
         score[sel] = best
         return score
 
@@ -179,39 +211,51 @@ class _Flat:
         self.run_end, self.end_row = self.run_end[e], self.end_row[e] - k
         self._windows()
 
-    def voted_lag(self, qs: np.ndarray, qe: np.ndarray, n: int) -> np.ndarray:
-        """Per row, the lag (stored frame - new frame) that most pairs of run starts and
-        pairs of run ends agree on (0 for a row without runs)."""
-        rows = len(self.length)
+    def voted_lags(
+        self, qs: np.ndarray, qe: np.ndarray, n: int, sel: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For the rows `sel` (ascending), the lag (stored frame - new frame) that most pairs
+        of run starts and pairs of run ends agree on; the same from the starts alone and
+        from the ends alone (0 for a row without runs)."""
+        rows = len(sel)
         span = int(self.length.max(initial=0)) + n + LAG_BIN
         nbin = 2 * span // LAG_BIN + 3
-        pairs = []
+        place = np.full(len(self.length), -1, np.int64)
+        place[sel] = np.arange(rows)
+        sides: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for q, edge, edge_row in (
             (qs, self.run_start, self.start_row),
             (qe, self.run_end, self.end_row),
         ):
-            b = (edge[:, None] - q[None, :] + span) // LAG_BIN + 1  # (edges, q): 1..nbin-2
-            pairs.append((edge_row[:, None] * nbin + b, b, edge_row))
-        votes = np.bincount(
-            np.concatenate([k.ravel() for k, _, _ in pairs]), minlength=rows * nbin
-        ).astype(np.int32)
-        top = 3 * int(votes.max(initial=0)) + 1
-        best = np.full(rows, -1, np.int64)
-        for key, b, edge_row in pairs:
-            if not key.size:
-                continue
-            # The bin with the most votes; run edges move a frame or two between a
-            # recording and its replay, so ties go to the bin whose neighbours have more.
-            # (Ranking by the neighbours' votes first would move off a sharp peak.)
-            own = votes[key]
-            rank = own * top + votes[key - 1] + own + votes[key + 1]
-            packed = (rank.astype(np.int64) * nbin + b).ravel()
+            at = place[edge_row]
+            keep = at >= 0
+            sides.append((q, edge[keep], at[keep]))
+        # Pairs are made PAIRS_PER_PASS at a time: every stored edge against every new one at
+        # once took ~60 bytes a pair, gigabytes for a store of answers with many short runs.
+        votes = [np.zeros(rows * nbin, np.int64) for _ in sides]
+        for side, (key, _, _) in _pairs(sides, span, nbin):
+            votes[side] += np.bincount(key.ravel(), minlength=rows * nbin)
+        # Above any bin's neighbours and itself (3 bins), for starts and ends together too.
+        top = 3 * sum(int(v.max(initial=0)) for v in votes) + 1
+        best = [np.full(rows, -1, np.int64) for _ in range(3)]
+        for side, (key, b, edge_row) in _pairs(sides, span, nbin):
             first = np.flatnonzero(np.r_[True, edge_row[1:] != edge_row[:-1]])  # row blocks
             rows_here = edge_row[first]
-            most = np.maximum.reduceat(packed, first * key.shape[1])
-            best[rows_here] = np.maximum(best[rows_here], most)
-        lag = ((best % nbin) - 1) * LAG_BIN - span + LAG_BIN // 2
-        return np.where(best < 0, 0, lag)
+            mine = votes[side]
+            near = (mine[key - 1], mine[key], mine[key + 1])
+            other = votes[1 - side]
+            both = tuple(x + other[key + d] for x, d in zip(near, (-1, 0, 1), strict=True))
+            for (before, own, after), out in ((both, best[0]), (near, best[1 + side])):
+                # The bin with the most votes; run edges move a frame or two between a
+                # recording and its replay, so ties go to the bin whose neighbours have
+                # more. (Ranking by the neighbours' votes first would move off a sharp peak.)
+                rank = own * top + before + own + after
+                packed = (rank * nbin + b).ravel()
+                most = np.maximum.reduceat(packed, first * key.shape[1])
+                out[rows_here] = np.maximum(out[rows_here], most)
+        lags = [((x % nbin) - 1) * LAG_BIN - span + LAG_BIN // 2 for x in best]
+        lag_of = [np.where(x < 0, 0, lag) for x, lag in zip(best, lags, strict=True)]
+        return lag_of[0], lag_of[1], lag_of[2]
 
     def similarity(
         self, views: list[tuple[np.ndarray, np.ndarray]], sel: np.ndarray, lag: np.ndarray

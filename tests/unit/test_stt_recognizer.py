@@ -258,7 +258,7 @@ def test_a_passphrase_the_engine_cannot_score_stops_start_up_and_a_reload(
 ) -> None:
     """pocketsphinx has no 'voxgate' in its dictionary: the door started, reported ready and
     aborted every attempt with a traceback; a SIGHUP to such a phrase was applied the same
-    way. Now start-up stops with the reason (exit 69) and the reload is refused."""
+    way. Now start-up stops with the reason (exit 78) and the reload is refused."""
     from voxgate.cli import main
     from voxgate.config import load_config
     from voxgate.service.loop import Daemon

@@ -234,7 +234,12 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
             recognizer = stt.load_recognizer(cfg.stt)
             log.info("speech engine for challenges: %s", recognizer.name)
             if cfg.challenge.mode == "passphrase":
-                recognizer.check_words(challenge.new_challenge(cfg.challenge, 0.0).words)
+                try:
+                    recognizer.check_words(challenge.new_challenge(cfg.challenge, 0.0).words)
+                except stt.SttError as exc:  # the phrase (or stt.backend): no restart helps
+                    raise StageUnavailable(
+                        f"challenge stage: challenge.passphrase: {exc}", config=True
+                    ) from None
             new_challenge = challenge.new_challenge
             speak = challenge.speak if cfg.challenge.speak else None
             replay = replay_mod.ReplayDetector(
@@ -242,6 +247,8 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
                 cfg.challenge.replay_window_s,
                 max_rows=cfg.challenge.replay_max_stored,
             )
+        except StageUnavailable:
+            raise
         except Exception as exc:
             raise StageUnavailable(f"challenge stage: {exc}") from None
 

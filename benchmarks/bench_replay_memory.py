@@ -1,0 +1,74 @@
+"""Replay check: peak memory and time of one check against N stored answers with many short
+loud runs (a ticking or clicking background, or choppy noise), the prefilter's worst case.
+
+    PYTHONPATH=daemon python benchmarks/bench_replay_memory.py --stored 1000 [--seconds 15]
+
+The stored answers are made as fingerprints directly (random bits, loud in runs of 6 frames
+with 2 quiet frames between: 188 runs in 15 s); the new answer is one more like them, checked
+by ReplayDetector.check_and_add() on audio of the same rhythm. Prints the wall time of two
+checks and the process's peak resident memory (ru_maxrss) before and after them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from voxgate import replay
+
+
+def choppy_audio(seconds: float, seed: int) -> np.ndarray:
+    """30 ms noise bursts every 80 ms."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * 16000))
+    for i in range(0, len(out) - 480, 1280):
+        out[i : i + 480] = rng.normal(0, 5000, 480)
+    return out.clip(-32768, 32767).astype(np.int16)
+
+
+def choppy_fingerprint(frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 2**32, frames, dtype=np.uint64).astype(np.uint32)
+    return bits, (np.arange(frames) % 8) < 6
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stored", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=15.0, help="length of each answer")
+    args = ap.parse_args()
+    if args.stored < 1 or not 1 <= args.seconds <= 120:
+        print("bench_replay_memory.py: --stored >= 1, --seconds 1..120", file=sys.stderr)
+        return 2
+    logging.getLogger("voxgate.replay").setLevel(logging.ERROR)
+    pcm = choppy_audio(args.seconds, 0)
+    frames = len(replay.fingerprint(pcm)[0])
+    with tempfile.TemporaryDirectory(prefix="bench_replay_memory_") as tmp:
+        det = replay.ReplayDetector(Path(tmp) / "replay.db", window_s=10**9, max_rows=100_000)
+        for i in range(args.stored):  # straight into the in-memory copy, as _load() does
+            det._index.add(i + 1, 1.0, *choppy_fingerprint(frames, i + 1))
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        ms = []
+        for i, x in enumerate((choppy_audio(args.seconds, 1), pcm)):
+            t0 = time.perf_counter()
+            det.check_and_add(x, 2.0 + i)
+            ms.append((time.perf_counter() - t0) * 1000)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        det.close()
+    print(
+        f"{args.stored} stored answers of {args.seconds:g} s ({frames} frames each): "
+        f"first check {ms[0]:.0f} ms (builds the in-memory array), second {ms[1]:.0f} ms; "
+        f"peak resident memory {base:.0f} MB before the checks, {peak:.0f} MB after"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
