@@ -74,6 +74,17 @@ class Endpointer:
         self._speech_frames = 0
         self._silence_run = 0
 
+    def restart(self, cfg: VadConfig | None = None) -> Endpointer:
+        """A fresh endpointer (no utterance in progress, `cfg` or these settings) that keeps
+        this one's webrtcvad, which has adapted to the room: a new webrtcvad calls its first
+        ~0.5 s of room noise speech at any level from -58 dBFS up (mode 2;
+        benchmarks/vad_room_noise.py), so after the door's spoken prompt the room's noise
+        became an answer nobody gave."""
+        new = Endpointer(cfg or self.cfg, self.frame_ms)
+        new._vad = self._vad
+        new._vad.set_mode(new.cfg.aggressiveness)
+        return new
+
     @property
     def in_speech(self) -> bool:
         return self._in_speech

@@ -122,3 +122,30 @@ def test_wrong_frame_is_refused_clearly() -> None:
 def test_flush_closes_an_open_utterance(phrase: np.ndarray, tmp_path: Path) -> None:
     utts = segment(np.concatenate([silence(1), phrase]))  # the stream ends mid-speech
     assert len(utts) == 1
+
+
+def _room(seconds: float, dbfs: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 32767 * 10 ** (dbfs / 20), int(seconds * 16000))
+    return np.clip(noise, -32768, 32767).astype(np.int16)
+
+
+def _starts(ep: Endpointer, pcm: np.ndarray) -> int:
+    n = ep.frame_len
+    return sum(
+        isinstance(e, SpeechStarted)
+        for i in range(0, len(pcm) - n + 1, n)
+        for e in ep.feed(pcm[i : i + n])
+    )
+
+
+def test_a_restarted_endpointer_does_not_take_the_room_for_speech() -> None:
+    """After the door's spoken prompt the daemon starts a new endpointer. A new webrtcvad
+    calls its first ~0.5 s of room noise (here -50 dBFS) speech, so an answer nobody gave
+    began there; restart() keeps the webrtcvad that has learnt the room."""
+    ep = Endpointer(VadConfig())
+    assert _starts(ep, _room(3.0, -50, 0)) == 1  # the first ~0.5 s of a new webrtcvad
+    assert _starts(ep, _room(2.0, -50, 1)) == 0  # adapted
+    assert _starts(ep.restart(), _room(2.0, -50, 2)) == 0
+    assert _starts(ep.restart(VadConfig(aggressiveness=3)), _room(2.0, -50, 3)) == 0
+    assert _starts(Endpointer(VadConfig()), _room(2.0, -50, 2)) == 1  # what the loop did

@@ -375,7 +375,7 @@ class Daemon:
                 if self._deaf_frames > 0:  # our own prompt is playing
                     self._deaf_frames -= 1
                     if not self._deaf_frames:
-                        self.endpointer = Endpointer(self.cfg.vad, self.cfg.audio.frame_ms)
+                        self.endpointer = self.endpointer.restart()
                     continue
                 for ev in self.endpointer.feed(item):
                     self._on_event(ev)
@@ -406,7 +406,7 @@ class Daemon:
                 self.attempt = None
                 self.sm.move(State.IDLE, "challenge expired without an answer")
         if self._vad_pending and self.sm.state == State.IDLE and not self.endpointer.in_speech:
-            self.endpointer = Endpointer(self.cfg.vad, self.cfg.audio.frame_ms)
+            self.endpointer = self.endpointer.restart(self.cfg.vad)
             self._vad_pending = False
             log.info("new VAD settings in effect")
         self._set_endpoint()
