@@ -216,7 +216,14 @@ class ReplayDetector:
         elif version != SCHEMA_VERSION:
             raise ReplayStoreError(f"{self.path}: schema version {version} is not supported")
 
-    def check_and_add(self, pcm: np.ndarray, now: float) -> ReplayResult:
+    def check_and_add(self, pcm: np.ndarray, now: float, keep: bool = True) -> ReplayResult:
+        """Compare the answer with those kept; then keep it too, unless `keep` is False.
+
+        The daemon keeps only answers whose voice matched someone enrolled: a replay of any
+        other answer cannot be granted anyway, and keeping everything let a stranger push
+        a genuine answer out under `replay_max_stored` (about 5000 unusable answers, which
+        the lockout does not count) and then replay it.
+        """
         pcm = np.asarray(pcm)
         fp, loud = fingerprint(pcm)
         # The replay may be shifted by a fraction of the 10 ms hop: compare the answer at
@@ -235,8 +242,9 @@ class ReplayDetector:
                     self.last_examined += 1
                     if sim > best:
                         best, when = sim, row.created
-                # Only answers long enough to compare are kept: a cough (a retry the lockout
-                # does not count) would otherwise take a place under the cap.
+            # Only answers long enough to compare are kept: a cough (a retry the lockout
+            # does not count) would otherwise take a place under the cap.
+            if keep and count >= MIN_FRAMES:
                 with self._db:
                     cur = self._db.execute(
                         "INSERT INTO fingerprints (created_at, frames, fp, loud)"

@@ -190,10 +190,12 @@ class HashReplay:
         self.seen: dict[str, float] = {}
         self.keep = keep
 
-    def check_and_add(self, pcm: np.ndarray, now: float) -> ReplayResult:
+    def check_and_add(self, pcm: np.ndarray, now: float, keep: bool = True) -> ReplayResult:
         h = hashlib.sha256(pcm.tobytes()).hexdigest()
-        at = self.seen.pop(h, None)
-        self.seen[h] = now
+        at = self.seen.get(h)
+        if keep:  # moved to the end: the newest
+            self.seen.pop(h, None)
+            self.seen[h] = now
         while len(self.seen) > self.keep:  # oldest first (dicts keep insertion order)
             del self.seen[next(iter(self.seen))]
         return ReplayResult(at is not None, 1.0 if at is not None else 0.0, at)

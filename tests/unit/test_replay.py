@@ -148,3 +148,27 @@ def test_a_sound_put_before_a_replay_does_not_hide_it(
     det.check_and_add(first, now=10.0)
     res = det.check_and_add(np.concatenate([click, gap(0.4), takes[1]]), now=11.0)
     assert not res.is_replay and res.similarity < det.threshold
+
+
+def _stranger(i: int) -> np.ndarray:
+    """One second of a distinct voiced-like sound (long enough to fingerprint)."""
+    rng = np.random.default_rng(1000 + i)
+    t = np.arange(16000) / 16000
+    tone = np.sin(2 * np.pi * (120 + 7 * i) * t) * (1 + np.sin(2 * np.pi * 3 * t))
+    return (tone * 6000 + rng.normal(0, 800, t.size)).astype(np.int16)
+
+
+@needs_espeak
+def test_answers_not_kept_cannot_push_a_genuine_one_out(
+    takes: list[np.ndarray], tmp_path: Path
+) -> None:
+    """The daemon keeps only answers whose voice matched someone (keep=False otherwise).
+    Keeping all, a stranger's answers (unusable ones are retries the lockout does not
+    count) pushed the genuine answer out under replay_max_stored, and its replay passed."""
+    genuine = takes[0]
+    for keep_strangers, caught in ((True, False), (False, True)):
+        det = ReplayDetector(tmp_path / f"r{keep_strangers}.db", window_s=3600, max_rows=100)
+        assert not det.check_and_add(genuine, now=1.0).is_replay
+        for i in range(101):
+            det.check_and_add(_stranger(i), now=2.0 + i, keep=keep_strangers)
+        assert det.check_and_add(genuine, now=200.0).is_replay is caught

@@ -88,8 +88,12 @@ def conclude(
     # turned the quality gate's retry into a counted denial and blamed an impostor's
     # answer on a missing check.
     unchecked = liveness is None and identified is None and bool(a.user_streams)
+    # Kept for later comparison only when the voice matched someone enrolled (replay.py).
+    matched = speaker is not None and speaker.accepted
     replay: ReplayLike | None = (
-        stages.replay.check_and_add(utt.pcm, now) if stages.replay is not None else None
+        stages.replay.check_and_add(utt.pcm, now, keep=matched)
+        if stages.replay is not None
+        else None
     )
     lock_user = a.claimed_user or identified
     expired = (

@@ -61,7 +61,7 @@ class Challenge(Protocol):
 
 
 class ReplayDetector(Protocol):
-    def check_and_add(self, pcm: np.ndarray, now: float) -> ReplayLike: ...
+    def check_and_add(self, pcm: np.ndarray, now: float, keep: bool = True) -> ReplayLike: ...
 
 
 CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
