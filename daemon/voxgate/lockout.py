@@ -18,12 +18,12 @@ import logging
 import sqlite3
 import threading
 import time
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from voxgate.config.service import LockoutConfig
+from voxgate.names import fold
 from voxgate.policy import LockoutState
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,8 @@ DEVICE_KEY = "device"
 
 
 def user_key(user: str) -> str:
-    # One key per voiceprint: the store matches names NFC-normalized, stripped and
-    # case-folded, so a lock on "alice" must also hold an attempt claiming "ALICE".
-    return f"user:{unicodedata.normalize('NFC', user).strip().casefold()}"
+    # One key per voiceprint: a lock on "alice" must also hold an attempt claiming "ALICE".
+    return f"user:{fold(user)}"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ import ssl
 import sys
 import threading
 import time
-import unicodedata
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -43,6 +42,7 @@ from voxgate.decision import Decision, sign
 from voxgate.mqtt import discovery
 from voxgate.mqtt.commands import CommandError, CommandGate, make_reply
 from voxgate.mqtt.topics import STATES, Topics
+from voxgate.names import fold
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +425,7 @@ class MqttLink:
         True if it held the name."""
         with self._state_lock:
             last = self._last_user
-            if last is None or _fold(last.decode("utf-8", "replace")) != _fold(name):
+            if last is None or fold(last.decode("utf-8", "replace")) != fold(name):
                 return False
             self._last_user = None
             self._clear_user = True
@@ -809,8 +809,3 @@ class MqttLink:
     def _count(self, name: str) -> None:
         with self._out_lock:
             self.stats[name] += 1
-
-
-def _fold(name: str) -> str:
-    # As the voiceprint store matches names: NFC, stripped, case-folded.
-    return unicodedata.normalize("NFC", name).strip().casefold()

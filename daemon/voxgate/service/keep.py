@@ -13,11 +13,12 @@ import logging
 import os
 import re
 import time
-import unicodedata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from voxgate.names import fold
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def recordings_of(audit_path: Path, name: str) -> list[Path]:
     """The kept recordings the audit log ties to `name`: decision lines whose `audio` file
     was decided for them or claimed by them. (An attempt nobody was identified or claimed
     for cannot be tied to anyone; it leaves with the retention.)"""
-    folded = _fold(name)
+    folded = fold(name)
     found: list[Path] = []
     try:
         with open(audit_path, encoding="utf-8", errors="replace") as f:
@@ -119,7 +120,7 @@ def recordings_of(audit_path: Path, name: str) -> list[Path]:
         if not isinstance(audio, str):
             continue
         who = (rec.get("user"), rec.get("claimed_user"))
-        if any(isinstance(w, str) and _fold(w) == folded for w in who):
+        if any(isinstance(w, str) and fold(w) == folded for w in who):
             found.append(Path(audio))
     return found
 
@@ -149,7 +150,3 @@ def erase_recordings_for(cfg: Any, name: str) -> int:
     if not Path(audio_dir).is_dir():
         return 0
     return erase_recordings(cfg.audit.path or cfg.data_dir / "audit.jsonl", audio_dir, name)
-
-
-def _fold(name: str) -> str:
-    return unicodedata.normalize("NFC", name).strip().casefold()

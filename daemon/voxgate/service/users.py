@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from voxgate.config import VoxgateConfig
+from voxgate.names import fold
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +153,6 @@ class UserServices:
         """`name` was erased: drop the daemon's other state about them (the lockout entry,
         the retained `user` topic if it names them, kept recordings the audit log ties to
         them). Returns what was dropped."""
-        from voxgate.lockout import user_key
-
         dropped = []
         try:
             if self.lockout is not None and self.lockout.forget(name):
@@ -168,7 +167,7 @@ class UserServices:
                 dropped.append(f"{removed} kept recording(s)")
         except Exception:  # the erase itself stands; the next check tries again
             log.exception("after erasing %s: could not drop the rest of their state", name)
-        self._seen_enrolled.discard(user_key(name)[5:])
+        self._seen_enrolled.discard(fold(name))
         if dropped:
             log.info("erased %s: also dropped %s", name, ", ".join(dropped))
         return dropped
@@ -178,7 +177,6 @@ class UserServices:
         process, or while the daemon was stopped (the name a previous run left retained on
         the broker). Only names once seen enrolled: a lockout on a name that was never
         enrolled (someone claiming a stranger) stays."""
-        from voxgate.lockout import user_key
         from voxgate.voiceprints import StoreError, normalize_name
 
         if self.store is None:
@@ -186,7 +184,7 @@ class UserServices:
         held = set(self.lockout.users()) if self.lockout is not None else set()
         last = getattr(self.link, "last_user", None)
         if last:
-            name = user_key(last)[5:]
+            name = fold(last)
             held.add(name)
             self._seen_enrolled.add(name)  # granted, so it was enrolled
         gone: list[str] = []
