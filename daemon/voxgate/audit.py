@@ -323,6 +323,31 @@ def _tail_head(fd: int, size: int, seq: int, head: str) -> tuple[int, str]:
         return last_seq, hashlib.sha256(lines[-1]).hexdigest()
 
 
+def records_naming(path: Path, name: str) -> list[dict[str, Any]]:
+    """The log's records whose `user` or `claimed_user` is `name` (compared as the
+    voiceprint store compares names); a torn or foreign line is skipped (verify reports it).
+    No log yet: none."""
+    from voxgate.names import fold
+
+    want = fold(name)
+    found: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(rec, dict):
+                    continue
+                who = (rec.get("user"), rec.get("claimed_user"))
+                if any(isinstance(w, str) and fold(w) == want for w in who):
+                    found.append(rec)
+    except FileNotFoundError:
+        pass
+    return found
+
+
 def open_log(cfg: Any) -> AuditLog:
     """The audit log a VoxgateConfig names, for the daemon and for commands that change
     users (`enrollment`, `erase` events): AuditLog(cfg...).append("erase", user=name)."""

@@ -8,7 +8,6 @@ per user and what erase does to each."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -64,13 +63,14 @@ NOT_INCLUDED = (
 def held_about(cfg: Any, name: str) -> dict[str, Any]:
     """Everything the door holds about `name` besides the voiceprint, for `users export`
     and the API export: lockout entry, audit events naming them, kept recordings."""
-    from voxgate.service.keep import recordings_of
+    from voxgate.audit import records_naming
+    from voxgate.service.keep import recordings_in
 
-    audit_path = cfg.audit.path or cfg.data_dir / "audit.jsonl"
+    events = records_naming(cfg.audit.path or cfg.data_dir / "audit.jsonl", name)
     return {
         "lockout": _lockout_entry(cfg.lockout.path or cfg.data_dir / "lockout.db", name),
-        "audit_events": _audit_events(audit_path, name),
-        "kept_recordings": [str(p) for p in recordings_of(audit_path, name) if p.exists()],
+        "audit_events": events,
+        "kept_recordings": [str(p) for p in recordings_in(events) if p.exists()],
         "not_included": list(NOT_INCLUDED),
     }
 
@@ -94,26 +94,3 @@ def _lockout_entry(path: Path, name: str) -> dict[str, Any] | None:
     finally:
         db.close()
     return None if row is None else {"failures": int(row[0]), "locked_until": row[1]}
-
-
-def _audit_events(path: Path, name: str) -> list[dict[str, Any]]:
-    """The audit log's lines that name the user (as the user or as the claimed user)."""
-    from voxgate.lockout import user_key
-
-    want = user_key(name)
-    found: list[dict[str, Any]] = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(rec, dict):
-                    continue
-                who = (rec.get("user"), rec.get("claimed_user"))
-                if any(isinstance(w, str) and user_key(w) == want for w in who):
-                    found.append(rec)
-    except FileNotFoundError:
-        pass
-    return found

@@ -8,7 +8,6 @@ start. Nothing is written in the clear.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -17,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from voxgate.names import fold
 
 log = logging.getLogger(__name__)
 
@@ -102,27 +99,18 @@ def recordings_of(audit_path: Path, name: str) -> list[Path]:
     """The kept recordings the audit log ties to `name`: decision lines whose `audio` file
     was decided for them or claimed by them. (An attempt nobody was identified or claimed
     for cannot be tied to anyone; it leaves with the retention.)"""
-    folded = fold(name)
-    found: list[Path] = []
-    try:
-        with open(audit_path, encoding="utf-8", errors="replace") as f:
-            lines = [line for line in f if '"audio"' in line]
-    except FileNotFoundError:
-        return found
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a torn last line: audit verify reports it
-        if not isinstance(rec, dict) or rec.get("event") != "decision":
-            continue
-        audio = rec.get("audio")
-        if not isinstance(audio, str):
-            continue
-        who = (rec.get("user"), rec.get("claimed_user"))
-        if any(isinstance(w, str) and fold(w) == folded for w in who):
-            found.append(Path(audio))
-    return found
+    from voxgate.audit import records_naming
+
+    return recordings_in(records_naming(audit_path, name))
+
+
+def recordings_in(records: list[dict[str, Any]]) -> list[Path]:
+    """The `audio` files of the decision records among `records`."""
+    return [
+        Path(rec["audio"])
+        for rec in records
+        if rec.get("event") == "decision" and isinstance(rec.get("audio"), str)
+    ]
 
 
 def erase_recordings(audit_path: Path, audio_dir: Path, name: str) -> int:
