@@ -207,6 +207,14 @@ def test_a_running_daemon_clears_the_name_after_voxgate_users_erase(
     try:
         daemon.feed(e2e.pause(0.3))
         daemon.wait_log("ready")
+        # 'ready' does not wait for the broker (the link connects in the background), and
+        # retained_user() gives the door's retained status 5 s: on a loaded machine that
+        # was too little once. Wait for the connection first.
+        status = Recorder(broker, "ha", [STATUS_TOPIC])
+        try:
+            status.wait_for(STATUS_TOPIC, lambda m: m.retain or m.payload == b"online", 30)
+        finally:
+            status.close()
         daemon.feed(
             np.concatenate([e2e.pause(0.5), e2e.speech(e2e.ATTEMPT, "en+m3"), e2e.pause(1.2)])
         )
