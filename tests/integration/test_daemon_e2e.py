@@ -140,8 +140,9 @@ class DaemonProcess:
             raise AssertionError(f"daemon did not exit at end of input:\n{self.log()}") from None
 
 
-@pytest.fixture
-def device(tmp_path: Path, broker: Broker) -> dict[str, Any]:
+def door_setup(tmp_path: Path, broker: Broker, **mqtt_extra: Any) -> dict[str, Any]:
+    """The door these tests run: a voiceprint key, the broker's `device` account, decision
+    and command keys; `mqtt_extra` overrides MQTT settings. Returns dir, doc and config path."""
     key = tmp_path / "voiceprint.key"
     assert voxgate("users", "init-key", str(key)).returncode == 0
     mqtt = broker.mqtt_settings("device")
@@ -149,8 +150,7 @@ def device(tmp_path: Path, broker: Broker) -> dict[str, Any]:
         {
             "hmac_key_file": str(write_key(tmp_path / "decision.key", DKEY)),
             "command_key_file": str(write_key(tmp_path / "command.key", CKEY)),
-            "reconnect_min_s": 0.2,
-            "reconnect_max_s": 1.0,
+            **mqtt_extra,
         }
     )
     doc: dict[str, Any] = {
@@ -165,6 +165,11 @@ def device(tmp_path: Path, broker: Broker) -> dict[str, Any]:
         "service": {"decided_hold_s": 0.5},
     }
     return {"dir": tmp_path, "doc": doc, "config": write_config(tmp_path, doc)}
+
+
+@pytest.fixture
+def device(tmp_path: Path, broker: Broker) -> dict[str, Any]:
+    return door_setup(tmp_path, broker, reconnect_min_s=0.2, reconnect_max_s=1.0)
 
 
 def write_config(tmp: Path, doc: dict[str, Any]) -> Path:

@@ -32,28 +32,7 @@ def _door(tmp_path: Path, broker: Broker) -> dict[str, Any]:
     """The door of test_daemon_e2e, with the longest decision validity: the replayed grant
     below is then still fresh when it comes back, so only the lock's sequence check can
     refuse it."""
-    key = tmp_path / "voiceprint.key"
-    assert door.voxgate("users", "init-key", str(key)).returncode == 0
-    settings = broker.mqtt_settings("device")
-    settings.update(
-        {
-            "hmac_key_file": str(write_key(tmp_path / "decision.key", door.DKEY)),
-            "command_key_file": str(write_key(tmp_path / "command.key", door.CKEY)),
-            "decision_ttl_s": 60,
-        }
-    )
-    doc: dict[str, Any] = {
-        "device_id": DEV,
-        "data_dir": str(tmp_path / "data"),
-        "logging": {"level": "info"},
-        "audio": {"source": "stdin"},
-        "speaker": {"key_file": str(key), "enroll_min_speech_s": 6, "enroll_min_takes": 3},
-        "challenge": {"mode": "off"},
-        "mqtt": settings,
-        "metrics": {"enabled": False},
-        "service": {"decided_hold_s": 0.5},
-    }
-    return {"dir": tmp_path, "doc": doc, "config": door.write_config(tmp_path, doc)}
+    return door.door_setup(tmp_path, broker, decision_ttl_s=60)
 
 
 def _grant_once(config: Path, rec: Recorder, actuator: ActuatorProcess, acts: int) -> None:
