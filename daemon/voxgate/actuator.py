@@ -34,8 +34,6 @@ from voxgate.decision import (
     DecisionError,
     ReplayGuard,
     SequenceRewound,
-    _JsonState,
-    is_finite_number,
     verify,
 )
 from voxgate.mqtt.client import (
@@ -143,43 +141,30 @@ def hold_state_lock(cfg: ActuatorConfig) -> int | None:
 def forget_device(cfg: ActuatorConfig, device: str) -> tuple[int, float | None]:
     """Drop `device`'s last accepted sequence number from the state file, so the lock accepts
     that door's decisions again whatever their numbers (a door whose sequence went backwards).
-    Refused while an actuator runs on the file (it would write its own copy back). The edit is
-    atomic (temp file, fsync, rename) and keeps the file's owner and mode; a line naming what
-    was removed is kept in the file's "forgotten" list. Returns the removed (seq, issued_at)."""
+    Refused while an actuator runs on the file (it would write its own copy back). The edit
+    itself is ReplayGuard.forget (atomic, keeps the file's owner and mode and a line naming
+    what was removed). Returns the removed (seq, issued_at)."""
     fd = hold_state_lock(cfg)
     if fd is None:
         raise ActuatorSetupError(
             f"cannot take {state_lock_path(cfg)}, so cannot tell whether the actuator is running"
         )
     try:
-        state = _JsonState(cfg.state_file)
         try:
-            ReplayGuard(cfg.state_file)  # the same checks the actuator makes at its start
-            data = state.load()
-            before = cfg.state_file.stat() if cfg.state_file.exists() else None
-        except (DecisionError, OSError) as exc:
-            detail = exc.detail if isinstance(exc, DecisionError) else str(exc)
-            raise ActuatorSetupError(f"state file: {detail}") from None
-        seqs = dict(data.get("last_seq", {}))
-        if device not in seqs:
-            known = ", ".join(sorted(seqs)) or "none"
+            # The same checks the actuator makes at its start.
+            guard = ReplayGuard(cfg.state_file)
+        except DecisionError as exc:
+            raise ActuatorSetupError(f"state file: {exc.detail}") from None
+        try:
+            removed = guard.forget(device)
+        except OSError as exc:
+            raise ActuatorSetupError(f"{cfg.state_file}: cannot write: {exc}") from None
+        if removed is None:
+            known = ", ".join(guard.devices()) or "none"
             raise ActuatorSetupError(
                 f"{cfg.state_file} holds no sequence number for {device!r} (it holds: {known})"
             )
-        last = seqs.pop(device)
-        times = data.get("last_issued_at")
-        times = dict(times) if isinstance(times, dict) else {}
-        issued = times.pop(device, None)
-        history = data.get("forgotten")
-        history = list(history)[-19:] if isinstance(history, list) else []
-        history.append(
-            {"device": device, "last_seq": last, "last_issued_at": issued, "at": time.time()}
-        )
-        data.update(last_seq=seqs, last_issued_at=times, forgotten=history)
-        try:
-            state.save(data, like=before)
-        except OSError as exc:
-            raise ActuatorSetupError(f"{cfg.state_file}: cannot write: {exc}") from None
+        last, issued = removed
     finally:
         os.close(fd)
     log.warning(
@@ -190,7 +175,7 @@ def forget_device(cfg: ActuatorConfig, device: str) -> tuple[int, float | None]:
         cfg.state_file,
         os.getuid(),
     )
-    return last, issued if is_finite_number(issued) else None
+    return last, issued
 
 
 def check_action(cfg: ActuatorConfig) -> None:

@@ -360,6 +360,35 @@ class ReplayGuard:
     def last(self, device: str) -> int | None:
         return self._last.get(device)
 
+    def devices(self) -> list[str]:
+        """The devices this guard holds a sequence number for."""
+        with self._lock:
+            return sorted(self._last)
+
+    def forget(self, device: str, now: float | None = None) -> tuple[int, float | None] | None:
+        """Drop `device`'s record, so its next signed decision is accepted whatever its number
+        (a door whose sequence went backwards); None when there is none. What was removed goes
+        to the file's "forgotten" list (the last 20, with `now`), the file keeps its owner and
+        mode. Returns the removed (seq, issued_at). Raises OSError when the file cannot be
+        written (memory then still agrees with the disk)."""
+        with self._lock:
+            if device not in self._last:
+                return None
+            seqs, issued = dict(self._last), dict(self._issued)
+            last, when = seqs.pop(device), issued.pop(device, None)
+            history = self._other.get("forgotten")
+            history = list(history)[-19:] if isinstance(history, list) else []
+            at = time.time() if now is None else now
+            history.append({"device": device, "last_seq": last, "last_issued_at": when, "at": at})
+            other = {**self._other, "forgotten": history}
+            try:
+                like: os.stat_result | None = self._state.path.stat()
+            except FileNotFoundError:
+                like = None
+            self._state.save({**other, "last_seq": seqs, "last_issued_at": issued}, like=like)
+            self._last, self._issued, self._other = seqs, issued, other
+            return last, when
+
     def check_and_record(self, d: Decision) -> None:
         with self._lock:
             last = self._last.get(d.device)
