@@ -53,6 +53,9 @@ class DecisionError(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
         self.detail = detail
+        # The authentic decision refused (stale, replayed, ...), set by verify(); None when
+        # the message was not one (forged, malformed): a lock's refusal report names its seq.
+        self.decision: Decision | None = None
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
@@ -250,6 +253,17 @@ def verify(
     The replay guard is updated only when every other check passed.
     """
     d = Decision.from_body(open_sealed(payload, key, DECISION_DOMAIN))
+    try:
+        _check(d, now, replay_guard, device, max_skew_s)
+    except DecisionError as exc:
+        exc.decision = d
+        raise
+    return d
+
+
+def _check(
+    d: Decision, now: float, replay_guard: ReplayGuard | None, device: str | None, max_skew_s: float
+) -> None:
     if device is not None and d.device != device:
         raise DecisionError("wrong-device", f"signed for {d.device!r}, arrived for {device!r}")
     if d.expires_at <= d.issued_at or d.expires_at - d.issued_at > MAX_TTL_S:
@@ -260,7 +274,6 @@ def verify(
         raise DecisionError("not-yet-valid", f"issued {d.issued_at - now:.3f} s in the future")
     if replay_guard is not None:
         replay_guard.check_and_record(d)
-    return d
 
 
 class _JsonState:
