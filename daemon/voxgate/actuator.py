@@ -2,7 +2,8 @@
 
 It subscribes to `<prefix>/<device>/decision` for each configured door, verifies every message
 with decision.verify (signature, version, device, expiry, sequence replay against a state file
-that survives restarts), logs every refusal with its reason, and on 'granted' either pulses a
+that survives restarts), logs every refusal with its reason and reports it to the door on
+`<prefix>/<device>/decision/refused` (mqtt.refusal), and on 'granted' either pulses a
 GPIO (gpiozero, optional) or runs a program without a shell, passing the decision in VOXGATE_*
 environment variables.
 """
@@ -34,8 +35,6 @@ from voxgate.decision import (
     DecisionError,
     ReplayGuard,
     SequenceRewound,
-    _JsonState,
-    is_finite_number,
     verify,
 )
 from voxgate.mqtt.client import (
@@ -46,7 +45,8 @@ from voxgate.mqtt.client import (
     connect_error,
     session_seconds,
 )
-from voxgate.mqtt.topics import device_from_decision_topic
+from voxgate.mqtt.refusal import refusal_payload
+from voxgate.mqtt.topics import Topics, device_from_decision_topic
 
 log = logging.getLogger(__name__)
 
@@ -143,43 +143,30 @@ def hold_state_lock(cfg: ActuatorConfig) -> int | None:
 def forget_device(cfg: ActuatorConfig, device: str) -> tuple[int, float | None]:
     """Drop `device`'s last accepted sequence number from the state file, so the lock accepts
     that door's decisions again whatever their numbers (a door whose sequence went backwards).
-    Refused while an actuator runs on the file (it would write its own copy back). The edit is
-    atomic (temp file, fsync, rename) and keeps the file's owner and mode; a line naming what
-    was removed is kept in the file's "forgotten" list. Returns the removed (seq, issued_at)."""
+    Refused while an actuator runs on the file (it would write its own copy back). The edit
+    itself is ReplayGuard.forget (atomic, keeps the file's owner and mode and a line naming
+    what was removed). Returns the removed (seq, issued_at)."""
     fd = hold_state_lock(cfg)
     if fd is None:
         raise ActuatorSetupError(
             f"cannot take {state_lock_path(cfg)}, so cannot tell whether the actuator is running"
         )
     try:
-        state = _JsonState(cfg.state_file)
         try:
-            ReplayGuard(cfg.state_file)  # the same checks the actuator makes at its start
-            data = state.load()
-            before = cfg.state_file.stat() if cfg.state_file.exists() else None
-        except (DecisionError, OSError) as exc:
-            detail = exc.detail if isinstance(exc, DecisionError) else str(exc)
-            raise ActuatorSetupError(f"state file: {detail}") from None
-        seqs = dict(data.get("last_seq", {}))
-        if device not in seqs:
-            known = ", ".join(sorted(seqs)) or "none"
+            # The same checks the actuator makes at its start.
+            guard = ReplayGuard(cfg.state_file)
+        except DecisionError as exc:
+            raise ActuatorSetupError(f"state file: {exc.detail}") from None
+        try:
+            removed = guard.forget(device)
+        except OSError as exc:
+            raise ActuatorSetupError(f"{cfg.state_file}: cannot write: {exc}") from None
+        if removed is None:
+            known = ", ".join(guard.devices()) or "none"
             raise ActuatorSetupError(
                 f"{cfg.state_file} holds no sequence number for {device!r} (it holds: {known})"
             )
-        last = seqs.pop(device)
-        times = data.get("last_issued_at")
-        times = dict(times) if isinstance(times, dict) else {}
-        issued = times.pop(device, None)
-        history = data.get("forgotten")
-        history = list(history)[-19:] if isinstance(history, list) else []
-        history.append(
-            {"device": device, "last_seq": last, "last_issued_at": issued, "at": time.time()}
-        )
-        data.update(last_seq=seqs, last_issued_at=times, forgotten=history)
-        try:
-            state.save(data, like=before)
-        except OSError as exc:
-            raise ActuatorSetupError(f"{cfg.state_file}: cannot write: {exc}") from None
+        last, issued = removed
     finally:
         os.close(fd)
     log.warning(
@@ -190,7 +177,7 @@ def forget_device(cfg: ActuatorConfig, device: str) -> tuple[int, float | None]:
         cfg.state_file,
         os.getuid(),
     )
-    return last, issued if is_finite_number(issued) else None
+    return last, issued
 
 
 def check_action(cfg: ActuatorConfig) -> None:
@@ -268,6 +255,8 @@ class Actuator:
             raise ActuatorSetupError(str(exc)) from None
         self.rejected: Counter[str] = Counter()
         self.acted = 0
+        # publish(topic, payload): set by run(), so each refusal also reaches the door.
+        self.publish: Callable[[str, bytes], None] | None = None
         self._gpio: Any = None
         if cfg.gpio is not None:
             self._gpio = _open_gpio(cfg.gpio.pin, cfg.gpio.active_high)
@@ -287,15 +276,16 @@ class Actuator:
             skew = self.cfg.max_skew_s
             d = verify(payload, key, self.clock(), self.guard, device=device, max_skew_s=skew)
         except SequenceRewound as exc:
-            self._reject(topic, exc.reason, exc.detail)
+            self._reject(topic, exc.reason, exc.detail, device, exc.decision)
             self._rewound(exc)
             return None
         except DecisionError as exc:
-            self._reject(topic, exc.reason, exc.detail)
+            self._reject(topic, exc.reason, exc.detail, device, exc.decision)
             return None
         except OSError as exc:
             # Without a durable record of the sequence we cannot rule out a later replay.
-            self._reject(topic, "state-write-failed", f"{self.cfg.state_file}: {exc}")
+            detail = f"{self.cfg.state_file}: {exc}"
+            self._reject(topic, "state-write-failed", detail, device)
             return None
         log.info(
             "decision accepted: device=%s seq=%d outcome=%s user=%r",
@@ -308,12 +298,32 @@ class Actuator:
             try:
                 self._jobs.put_nowait(d)
             except queue.Full:
-                self._reject(topic, "busy", f"action queue full; seq {d.seq} not acted on")
+                detail = f"action queue full; seq {d.seq} not acted on"
+                self._reject(topic, "busy", detail, device, d)
         return d
 
-    def _reject(self, topic: str, reason: str, detail: str) -> None:
+    def _reject(
+        self,
+        topic: str,
+        reason: str,
+        detail: str,
+        device: str | None = None,
+        decision: Decision | None = None,
+    ) -> None:
         self.rejected[reason] += 1
         log.warning("decision REJECTED on %s: %s (%s)", topic, reason, detail)
+        if device is not None:
+            self._report(device, reason, detail, decision)
+
+    def _report(self, device: str, reason: str, detail: str, decision: Decision | None) -> None:
+        """Tell the door (its decision/refused topic): it logged a grant, the door stays shut."""
+        if self.publish is None:
+            return
+        topic = Topics(self.cfg.broker.topic_prefix, device).decision_refused
+        try:
+            self.publish(topic, refusal_payload(device, reason, detail, decision, time.time()))
+        except Exception as exc:  # the report is a courtesy: never let it stop the lock
+            log.warning("cannot report the refusal to %s: %s", topic, exc)
 
     def _rewound(self, exc: SequenceRewound) -> None:
         """The door itself sent this (signed, fresh, newer than the last one accepted) but its
@@ -340,7 +350,8 @@ class Actuator:
         """Open the door for `d`, unless it expired while waiting for an earlier action."""
         now = self.clock()
         if now >= d.expires_at:
-            self._reject(f"seq {d.seq}", "expired", "expired while queued behind another action")
+            why = "expired while queued behind another action"
+            self._reject(f"seq {d.seq}", "expired", why, d.device, d)
             return
         if self.cfg.gpio is not None:
             log.info(
@@ -382,6 +393,7 @@ class Actuator:
                 # surrogate in the user name) was a traceback from the action thread.
                 except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
                     log.error("action command failed for seq %d: %s", d.seq, exc)
+                    self._report(d.device, "action-failed", f"command failed: {exc}", d)
                     return
                 if done.returncode != 0:
                     said = ""
@@ -391,6 +403,8 @@ class Actuator:
                     log.error(
                         "action command exited %d for seq %d: %s", done.returncode, d.seq, said
                     )
+                    why = f"command exited {done.returncode}"
+                    self._report(d.device, "action-failed", why, d)
                     return
         self.acted += 1
 
@@ -401,8 +415,9 @@ class Actuator:
                 return
             try:
                 self.act(d)
-            except Exception:  # keep obeying later decisions whatever one action did
+            except Exception as exc:  # keep obeying later decisions whatever one action did
                 log.exception("action for seq %d failed", d.seq)
+                self._report(d.device, "action-failed", f"{exc.__class__.__name__}: {exc}", d)
 
     # -- MQTT --------------------------------------------------------------------------------
 
@@ -452,6 +467,10 @@ class Actuator:
         def on_connect_fail(c: Any, userdata: Any) -> None:
             log.warning("cannot connect to %s:%d (%s); retrying", b.host, b.port, connect_error())
 
+        def publish(topic: str, payload: bytes) -> None:
+            # QoS 1, not retained: a door that is away gets it from its kept session.
+            client.publish(topic, payload, qos=1, retain=False)
+
         def on_message(c: Any, userdata: Any, msg: Any) -> None:
             try:
                 self.handle(msg.topic, bytes(msg.payload))
@@ -463,6 +482,7 @@ class Actuator:
         client.on_subscribe = on_subscribe
         client.on_connect_fail = on_connect_fail
         client.on_message = on_message
+        self.publish = publish
         self._worker = threading.Thread(target=self._work_loop, name="actions", daemon=True)
         self._worker.start()
         connect_async(client, b, session_s)

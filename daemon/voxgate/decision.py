@@ -53,6 +53,9 @@ class DecisionError(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
         self.detail = detail
+        # The authentic decision refused (stale, replayed, ...), set by verify(); None when
+        # the message was not one (forged, malformed): a lock's refusal report names its seq.
+        self.decision: Decision | None = None
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
@@ -250,6 +253,17 @@ def verify(
     The replay guard is updated only when every other check passed.
     """
     d = Decision.from_body(open_sealed(payload, key, DECISION_DOMAIN))
+    try:
+        _check(d, now, replay_guard, device, max_skew_s)
+    except DecisionError as exc:
+        exc.decision = d
+        raise
+    return d
+
+
+def _check(
+    d: Decision, now: float, replay_guard: ReplayGuard | None, device: str | None, max_skew_s: float
+) -> None:
     if device is not None and d.device != device:
         raise DecisionError("wrong-device", f"signed for {d.device!r}, arrived for {device!r}")
     if d.expires_at <= d.issued_at or d.expires_at - d.issued_at > MAX_TTL_S:
@@ -260,7 +274,6 @@ def verify(
         raise DecisionError("not-yet-valid", f"issued {d.issued_at - now:.3f} s in the future")
     if replay_guard is not None:
         replay_guard.check_and_record(d)
-    return d
 
 
 class _JsonState:
@@ -359,6 +372,35 @@ class ReplayGuard:
 
     def last(self, device: str) -> int | None:
         return self._last.get(device)
+
+    def devices(self) -> list[str]:
+        """The devices this guard holds a sequence number for."""
+        with self._lock:
+            return sorted(self._last)
+
+    def forget(self, device: str, now: float | None = None) -> tuple[int, float | None] | None:
+        """Drop `device`'s record, so its next signed decision is accepted whatever its number
+        (a door whose sequence went backwards); None when there is none. What was removed goes
+        to the file's "forgotten" list (the last 20, with `now`), the file keeps its owner and
+        mode. Returns the removed (seq, issued_at). Raises OSError when the file cannot be
+        written (memory then still agrees with the disk)."""
+        with self._lock:
+            if device not in self._last:
+                return None
+            seqs, issued = dict(self._last), dict(self._issued)
+            last, when = seqs.pop(device), issued.pop(device, None)
+            history = self._other.get("forgotten")
+            history = list(history)[-19:] if isinstance(history, list) else []
+            at = time.time() if now is None else now
+            history.append({"device": device, "last_seq": last, "last_issued_at": when, "at": at})
+            other = {**self._other, "forgotten": history}
+            try:
+                like: os.stat_result | None = self._state.path.stat()
+            except FileNotFoundError:
+                like = None
+            self._state.save({**other, "last_seq": seqs, "last_issued_at": issued}, like=like)
+            self._last, self._issued, self._other = seqs, issued, other
+            return last, when
 
     def check_and_record(self, d: Decision) -> None:
         with self._lock:

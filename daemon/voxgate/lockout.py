@@ -3,9 +3,17 @@
 After `max_failures` consecutive failures a key is locked for `initial_s`; each further
 failure (once the lock has passed) doubles the period, up to `max_s` (NIST SP 800-63B
 5.2.2 rate limiting). A success resets the user and the door. State lives in a small SQLite
-file so a restart (or a crash loop an attacker provokes) does not clear it. Times are wall
-clock (time.time()) because they must survive a reboot: a clock set back lengthens a lock,
-one set forward shortens it (setting the clock needs root).
+file so a restart (or a crash loop an attacker provokes) does not clear it.
+
+End times are wall clock (they must survive a reboot, and MQTT shows them), but a lock lasts
+its period of real time whatever the clock does: a Raspberry Pi has no RTC, boots with
+fake-hwclock's saved time and NTP steps it forward, sometimes by hours, and admins step
+clocks back. Within a process the book compares the wall clock with the monotonic one at
+every call; a jump between them is a step, and every end time moves with it (and is written
+back), so a lock keeps the time it had left. A lock read back from the file at a start never
+has more left than its own period (a file written before the clock was set back, or by a
+clock ahead); one written by a clock that was behind, read after the clock was set right
+while the daemon was stopped, ends early (nothing on disk tells that apart from time passed).
 
 The in-memory table is the truth the daemon acts on; the file is written through. A write
 that fails (disk full, read-only) is logged and the daemon keeps enforcing from memory.
@@ -18,6 +26,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,6 +38,9 @@ from voxgate.policy import LockoutState
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# A wall-clock jump relative to the monotonic clock larger than this, between two calls, is a
+# step (settimeofday, NTP's step); slewing moves the clocks apart by at most 0.5 ms/s.
+STEP_S = 2.0
 DEVICE_KEY = "device"
 
 
@@ -58,28 +70,42 @@ class LockoutError(Exception):
 
 
 class LockoutBook:
-    def __init__(self, path: Path, cfg: LockoutConfig) -> None:
+    def __init__(
+        self,
+        path: Path,
+        cfg: LockoutConfig,
+        *,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`wall`, `monotonic`: the clocks the book watches for steps (injected by tests); the
+        `now` the methods take is the wall clock's time of the call."""
         self.path = Path(path)
         self.cfg = cfg
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
+        self._wall, self._monotonic = wall, monotonic
+        self._offset = wall() - monotonic()
         self._db = self._open()
         if self._db is not None:
             self._load(self._db)
+        self._bound_loaded()
 
     # -- public -------------------------------------------------------------------------
 
     def state(self, user: str | None, now: float | None = None) -> LockoutState:
-        now = time.time() if now is None else now
+        now = self._wall() if now is None else now
         with self._lock:
+            self._follow_steps()
             return self._state(user, now)
 
     def record(self, user: str | None, ok: bool, now: float | None = None) -> RecordResult:
         """Count one attempt's result for the claimed user (None: identify) and the door."""
-        now = time.time() if now is None else now
+        now = self._wall() if now is None else now
         keys = [DEVICE_KEY] + ([user_key(user)] if user else [])
         new_locks: list[Entry] = []
         with self._lock:
+            self._follow_steps()
             for key in keys:
                 if ok:
                     entry = Entry(key, 0, None)
@@ -124,8 +150,9 @@ class LockoutBook:
 
     def locked(self, now: float | None = None) -> list[Entry]:
         """Every key locked now (published on MQTT, shown in metrics)."""
-        now = time.time() if now is None else now
+        now = self._wall() if now is None else now
         with self._lock:
+            self._follow_steps()
             return sorted((e for e in self._entries.values() if e.locked(now)), key=lambda e: e.key)
 
     def reconfigure(self, cfg: LockoutConfig) -> None:
@@ -144,14 +171,59 @@ class LockoutBook:
     def _limit(self, key: str) -> int:
         return self.cfg.device_max_failures if key == DEVICE_KEY else self.cfg.max_failures
 
+    def _period(self, key: str, failures: int) -> float:
+        """The lock `failures` consecutive failures give (the first one's below the limit)."""
+        over = max(0, failures - self._limit(key))
+        return min(self.cfg.max_s, self.cfg.initial_s * 2.0 ** min(over, 30))
+
     def _fail(self, key: str, now: float) -> Entry:
         old = self._entries.get(key, Entry(key, 0, None))
         failures = old.failures + 1
-        over = failures - self._limit(key)
-        if over < 0:
+        if failures < self._limit(key):
             return Entry(key, failures, old.locked_until)
-        period = min(self.cfg.max_s, self.cfg.initial_s * 2.0 ** min(over, 30))
-        return Entry(key, failures, now + period)
+        return Entry(key, failures, now + self._period(key, failures))
+
+    def _follow_steps(self) -> None:
+        """Move every end time with a wall-clock step since the last call, so a lock keeps
+        the real time it had left (and one that ended stays ended). Call with _lock held."""
+        offset = self._wall() - self._monotonic()
+        step, self._offset = offset - self._offset, offset
+        if abs(step) <= STEP_S:
+            return
+        moved = [e for e in self._entries.values() if e.locked_until is not None]
+        log.warning(
+            "lockout: the wall clock stepped %+.0f s (NTP, fake-hwclock, an admin); %d lock "
+            "end time(s) moved with it, so each lock keeps the time it had left",
+            step,
+            len(moved),
+        )
+        for e in moved:
+            assert e.locked_until is not None
+            self._entries[e.key] = Entry(e.key, e.failures, e.locked_until + step)
+            self._write(self._entries[e.key])
+
+    def _bound_loaded(self) -> None:
+        """A lock read from the file ends within its own period from now: the file may have
+        been written before the clock was set back (fake-hwclock after a power cut), or by a
+        clock that was ahead, and the lock then lasted hours, or for good."""
+        now = self._wall()
+        for e in list(self._entries.values()):
+            if e.locked_until is None:
+                continue
+            period = self._period(e.key, e.failures)
+            if e.locked_until - now <= period:
+                continue
+            log.warning(
+                "lockout: %s ends %.0f s from now by %s, longer than its %g s period: the "
+                "clock was set back since it was written (or was ahead then); it ends in %g s",
+                e.key,
+                e.locked_until - now,
+                self.path,
+                period,
+                period,
+            )
+            self._entries[e.key] = Entry(e.key, e.failures, now + period)
+            self._write(self._entries[e.key])
 
     def _state(self, user: str | None, now: float) -> LockoutState:
         dev = self._entries.get(DEVICE_KEY, Entry(DEVICE_KEY, 0, None))

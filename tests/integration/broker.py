@@ -383,6 +383,7 @@ topic readwrite {discovery}/#
 
 user lock
 topic read {prefix}/#
+topic write {prefix}/+/decision/refused
 
 user admin
 topic read {prefix}/#

@@ -306,3 +306,48 @@ def test_a_signature_that_is_not_hex_is_refused_as_a_decision_error(sig: str) ->
     with pytest.raises(CommandError) as ce:
         gate.check("reload", payload, NOW + 1)
     assert ce.value.code == "unauthorized"
+
+
+def test_replay_guard_forget_drops_one_device_and_keeps_the_rest(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    guard = ReplayGuard(state)
+    verify(sign(_decision(seq=10), KEY), KEY, NOW + 1, guard)
+    verify(sign(_decision(device="back-door", seq=3), KEY), KEY, NOW + 1, guard)
+    state.chmod(0o640)
+    assert guard.devices() == ["back-door", "front-door"]
+
+    assert guard.forget("front-door", now=NOW + 2) == (10, NOW)
+    assert guard.forget("front-door") is None  # nothing left to drop
+    assert guard.forget("side-door") is None
+    data = json.loads(state.read_text())
+    assert data["last_seq"] == {"back-door": 3}
+    assert data["last_issued_at"] == {"back-door": NOW}
+    assert data["forgotten"] == [
+        {"device": "front-door", "last_seq": 10, "last_issued_at": NOW, "at": NOW + 2}
+    ]
+    assert state.stat().st_mode & 0o777 == 0o640
+
+    # The same guard, and a new one on the file, accept the door's low numbers again, and a
+    # later write keeps the history.
+    verify(sign(_decision(seq=1), KEY), KEY, NOW + 1, guard)
+    assert ReplayGuard(state).last("front-door") == 1
+    assert json.loads(state.read_text())["forgotten"][0]["last_seq"] == 10
+    # The history is bounded (the last 20).
+    for i in range(25):
+        verify(sign(_decision(seq=100 + i), KEY), KEY, NOW + 1, guard)
+        guard.forget("front-door", now=NOW + i)
+    kept = json.loads(state.read_text())["forgotten"]
+    assert len(kept) == 20 and kept[-1]["last_seq"] == 124
+
+
+def test_replay_guard_forget_that_cannot_write_changes_nothing(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    guard = ReplayGuard(state_dir / "s.json")
+    verify(sign(_decision(seq=5), KEY), KEY, NOW + 1, guard)
+    for p in state_dir.iterdir():
+        p.unlink()
+    state_dir.rmdir()
+    state_dir.write_text("a file where the state directory was")
+    with pytest.raises(OSError):
+        guard.forget("front-door")
+    assert guard.last("front-door") == 5

@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "actuator",
         help="reference lock controller: obey signed decisions",
         description="Subscribe to doors' decisions, refuse anything forged, tampered, replayed "
-        "or expired (each refusal is logged with its reason), and on 'granted' pulse a GPIO "
+        "or expired (each refusal is logged with its reason and reported to the door on "
+        "<prefix>/<device>/decision/refused), and on 'granted' pulse a GPIO "
         "or run a program (no shell; decision fields in VOXGATE_* environment variables).",
         examples=EXAMPLES,
     )

@@ -41,6 +41,7 @@ from voxgate.config.secrets import read_secret
 from voxgate.decision import Decision, sign
 from voxgate.mqtt import discovery
 from voxgate.mqtt.commands import CommandError, CommandGate, make_reply
+from voxgate.mqtt.refusal import ADVICE, Refusal, RefusalError, parse_refusal
 from voxgate.mqtt.topics import STATES, Topics
 from voxgate.names import fold
 
@@ -274,6 +275,8 @@ class MqttLink:
         self.connected = False
         self.connection_state = "stopped"
         self.on_connection_change: Callable[[bool], None] | None = None
+        # Called (network thread) for each refusal a lock reports (metrics).
+        self.on_lock_refusal: Callable[[Refusal], None] | None = None
         self.stats: dict[str, int] = {
             "connects": 0,
             "disconnects": 0,
@@ -284,6 +287,7 @@ class MqttLink:
             "decisions_refused": 0,
             "commands_ok": 0,
             "commands_rejected": 0,
+            "lock_refusals": 0,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -561,6 +565,9 @@ class MqttLink:
         if msg.topic == self.topics.user:
             self._retained_user(msg)
             return
+        if msg.topic == self.topics.decision_refused:
+            self._lock_refused(bytes(msg.payload))
+            return
         name = self.topics.command_name(msg.topic)
         if name is None:
             return
@@ -593,6 +600,31 @@ class MqttLink:
         except queue.Full:
             log.warning("MQTT: command queue full; %r refused", name[:64])
             self._reply(name, None, ok=False, error="busy", detail="too many pending commands")
+
+    def _lock_refused(self, payload: bytes) -> None:
+        """A lock did not act on one of this door's decisions: the door logged the outcome,
+        the person is still outside. Said here, where the door's administrator looks."""
+        try:
+            r = parse_refusal(payload)
+        except RefusalError as exc:
+            topic = self.topics.decision_refused
+            log.warning("MQTT: unreadable report on %s ignored: %s", topic, exc)
+            return
+        self._count("lock_refusals")
+        what = "a decision" if r.seq is None else f"{r.outcome or 'decision'} seq={r.seq}"
+        log.error(
+            "MQTT: the lock REFUSED %s: %s (%s); %s",
+            what,
+            r.reason,
+            r.detail or "no detail",
+            ADVICE.get(r.reason, "see the lock's log"),
+        )
+        cb = self.on_lock_refusal
+        if cb is not None:
+            try:
+                cb(r)
+            except Exception:
+                log.exception("MQTT: lock-refusal callback failed")
 
     def _retained_user(self, msg: paho.MQTTMessage) -> None:
         """The `user` topic as the broker keeps it, read at connect: after a restart the name
@@ -717,6 +749,7 @@ class MqttLink:
         # 'online' and sends a command at once finds the subscription in place.
         client.subscribe(t.command_filter, qos=1)
         client.subscribe(t.user, qos=1)  # what a previous run left retained (forget_user)
+        client.subscribe(t.decision_refused, qos=1)  # what the lock did not act on
         client.publish(t.status, b"online", qos=1, retain=True)
         if self.cfg.discovery_prefix is not None:
             for topic, payload in discovery.messages(t, __version__):

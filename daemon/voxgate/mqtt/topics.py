@@ -41,6 +41,11 @@ class Topics:
         return f"{self.base}/decision"
 
     @property
+    def decision_refused(self) -> str:
+        """A lock's report of a decision it did not act on (mqtt.refusal); never acted on."""
+        return f"{self.base}/decision/refused"
+
+    @property
     def event(self) -> str:
         """Unsigned decision summary for dashboards (Home Assistant event entity)."""
         return f"{self.base}/event"

@@ -32,6 +32,7 @@ import numpy as np
 from voxgate.audit import AuditLog
 from voxgate.config import ConfigError, VoxgateConfig, load_config
 from voxgate.lockout import LockoutBook, RecordResult
+from voxgate.mqtt.refusal import ADVICE, Refusal
 from voxgate.service.attempt import Attempt, conclude
 from voxgate.service.capture import Capture, EndOfStream, FrameQueue
 from voxgate.service.notify import Notifier
@@ -202,6 +203,10 @@ class Daemon:
             stages.link.on_command("erase-user", self.users.command_erase)
             stages.link.on_command("enroll-start", self.users.command_enroll_start)
             stages.link.on_command("enroll-finish", self.users.command_enroll_finish)
+        from voxgate.mqtt.client import MqttLink  # as build_stages does: paho only when used
+
+        if isinstance(stages.link, MqttLink):
+            stages.link.on_lock_refusal = self._lock_refused
         stages.link.start()
 
         self._step("fleet sync and admin API")
@@ -251,6 +256,11 @@ class Daemon:
         self._audit("service_start", device=cfg.device_id, source=cfg.audio.source)
         log.info("ready: %s", STATUS[State.IDLE])
         return True
+
+    def _lock_refused(self, r: Refusal) -> None:
+        """Counted (the link has logged it): the metrics endpoint starts after the link."""
+        if self.metrics is not None:
+            self.metrics.lock_refusals.labels(r.reason if r.reason in ADVICE else "other").inc()
 
     def _cannot_start(self, code: int, why: str) -> bool:
         """The exit code, and the reason for the last STATUS= (what systemctl status shows

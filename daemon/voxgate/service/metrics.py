@@ -39,6 +39,12 @@ class Metrics:
         self.mqtt_connected = Gauge(
             "voxgate_mqtt_connected", "1 while the MQTT broker connection is up.", registry=r
         )
+        self.lock_refusals = Counter(
+            "voxgate_lock_refusals",
+            "Decisions a lock reported it did not act on, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.lockouts = Counter(
             "voxgate_lockouts", "Back-off periods started, by scope.", ["scope"], registry=r
         )

@@ -1,0 +1,112 @@
+"""The lock's report of a decision it refused, on `<prefix>/<device>/decision/refused`.
+
+Without it a lock's refusal (a wrong key, a clock off, a rewound sequence) was only in the
+lock's own log: the door logged "granted" and the person stood at a shut door. The lock
+(voxgate actuator) publishes one small JSON object per refusal; the door logs it as an ERROR
+and counts it. Unsigned, like `event`: it explains, it never opens or shuts anything, and
+the broker ACL decides who may write it. No user name in it (the decision topic carries the
+name; this one need not).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from voxgate.decision import Decision, is_finite_number
+
+VERSION = 1
+MAX_BYTES = 2048
+MAX_DETAIL = 300
+_REASON = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+
+# What the door's administrator can do about each reason (the lock's log has the rest).
+ADVICE = {
+    "bad-signature": "the lock holds another decision key for this door than the door's "
+    "mqtt.hmac_key_file: give both the same key",
+    "expired": "the door's and the lock's clocks differ, or the decision was held up on the "
+    "way: check NTP on both",
+    "not-yet-valid": "the door's clock is ahead of the lock's: check NTP on both",
+    "bad-validity": "mqtt.decision_ttl_s must be at most 60 s",
+    "replayed": "the lock already accepted a higher sequence number from this door (data "
+    "folder restored? see 'Sequence numbers and restored doors' in docs/mqtt.md)",
+    "wrong-device": "a decision signed for another door arrived on this door's topic: two "
+    "doors share a decision key, or someone re-publishes decisions",
+    "malformed": "the lock cannot read this door's decisions: compare the voxgate versions",
+    "unsupported-version": "the lock cannot read this door's decisions: compare the voxgate "
+    "versions",
+    "oversized": "the message was larger than a lock accepts (8 kB): not this door's decision",
+    "busy": "the lock's action queue was full",
+    "state-write-failed": "the lock cannot write its state file",
+    "action-failed": "the lock's action (relay or program) failed",
+}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    device: str
+    reason: str
+    detail: str
+    seq: int | None  # None: the message was not an authentic decision
+    outcome: str | None
+    at: float | None
+
+
+def refusal_payload(
+    device: str, reason: str, detail: str, decision: Decision | None, now: float
+) -> bytes:
+    """What the lock publishes. seq and outcome only when the decision was authentic."""
+    body: dict[str, Any] = {
+        "v": VERSION,
+        "device": device,
+        "reason": reason,
+        "detail": detail[:MAX_DETAIL],
+        "seq": None if decision is None else decision.seq,
+        "outcome": None if decision is None else decision.outcome,
+        "at": round(now, 3),
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+class RefusalError(ValueError):
+    """A payload on the refusal topic that is not a refusal report."""
+
+
+def parse_refusal(payload: bytes) -> Refusal:
+    """Check a report's form (raises RefusalError); the text fields are cleaned for a log."""
+    if len(payload) > MAX_BYTES:
+        raise RefusalError(f"{len(payload)} bytes > {MAX_BYTES}")
+    try:
+        body = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RefusalError("not JSON") from None
+    if not isinstance(body, dict) or body.get("v") != VERSION:
+        raise RefusalError("not a version 1 refusal report")
+    reason, device = body.get("reason"), body.get("device")
+    if not isinstance(reason, str) or not _REASON.match(reason):
+        raise RefusalError("reason must be a short lowercase code")
+    if not isinstance(device, str):
+        raise RefusalError("device must be a string")
+    seq = body.get("seq")
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
+        raise RefusalError("seq must be a non-negative integer or null")
+    outcome = body.get("outcome")
+    if outcome is not None and not isinstance(outcome, str):
+        raise RefusalError("outcome must be a string or null")
+    detail = body.get("detail")
+    at = body.get("at")
+    return Refusal(
+        device=_clean(device, 64),
+        reason=reason,
+        detail=_clean(detail, MAX_DETAIL) if isinstance(detail, str) else "",
+        seq=seq,
+        outcome=_clean(outcome, 16) if outcome is not None else None,
+        at=float(at) if is_finite_number(at) else None,
+    )
+
+
+def _clean(text: str, limit: int) -> str:
+    # The report goes into the door's log: no control characters (forged log lines).
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])

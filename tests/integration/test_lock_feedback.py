@@ -1,0 +1,208 @@
+"""The door hears when its lock refuses a decision: a real mosquitto with the ACL example of
+docs/mqtt.md, the door's MqttLink, and `voxgate actuator` as a child process. Before, the
+refusal was only in the lock's log: the door said "granted" and stayed shut."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from broker import Broker
+from mqtt_helpers import ActuatorProcess, link_config, wait_until, write_key
+
+from voxgate.decision import Issuer, SequenceCounter, sign
+from voxgate.mqtt.client import MqttLink
+
+REPO = Path(__file__).resolve().parents[2]
+DEV = "front-door"
+KEY = b"front-door-decision-key-for-feedback"
+USERS = {"front-door": "p1", "lock-front": "p2", "operator": "p3", "homeassistant": "p4"}
+
+
+def docs_acl() -> str:
+    section = (REPO / "docs" / "mqtt.md").read_text().split("## Broker ACL", 1)[1]
+    return re.search(r"```text\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def acl_broker(make_broker: Callable[..., Broker]) -> Broker:
+    return make_broker(tls=False, users=USERS, acl=docs_acl())
+
+
+@pytest.fixture
+def door(acl_broker: Broker) -> Iterator[MqttLink]:
+    link = MqttLink(link_config(acl_broker, user="front-door"), DEV, decision_key=KEY)
+    link.start()
+    wait_until(lambda: link.connected, 10, "the door connected")
+    yield link
+    link.stop()
+
+
+def _client(broker: Broker, user: str) -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.username_pw_set(user, USERS[user])
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    return c
+
+
+def test_the_door_logs_and_counts_what_the_lock_refused(
+    tmp_path: Path, acl_broker: Broker, door: MqttLink, caplog: pytest.LogCaptureFixture
+) -> None:
+    lock = ActuatorProcess(
+        tmp_path, acl_broker, {DEV: write_key(tmp_path / "front.key", KEY)}, user="lock-front"
+    ).start()
+    seen: list[bytes] = []
+    observer = _client(acl_broker, "operator")  # reads voxgate/#
+    observer.on_message = lambda c, u, m: seen.append(bytes(m.payload))
+    observer.subscribe(f"voxgate/{DEV}/decision/refused", qos=1)
+    # The door's own account, sending what the door's link would not (a stale or forged
+    # decision): how a wrong clock or a wrong key looks to the lock.
+    raw = _client(acl_broker, "front-door")
+    issuer = Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=30)
+    try:
+        time.sleep(0.3)  # the observer's subscription
+        with caplog.at_level(logging.INFO, logger="voxgate.mqtt.client"):
+            grant = issuer.issue("granted", "alice", time.time())
+            assert door.publish_decision(grant)
+            wait_until(lambda: len(lock.actions()) == 1, 10, "the grant acted on")
+
+            def refused(n: int) -> None:
+                wait_until(lambda: door.stats["lock_refusals"] >= n, 10, f"{n} refusal(s)")
+
+            # The same bytes again: replayed.
+            raw.publish(f"voxgate/{DEV}/decision", sign(grant, KEY), qos=1).wait_for_publish(5)
+            refused(1)
+            # A door clock 40 s behind the lock's: expired on arrival.
+            stale = issuer.issue("granted", "alice", time.time() - 40)
+            raw.publish(f"voxgate/{DEV}/decision", sign(stale, KEY), qos=1).wait_for_publish(5)
+            refused(2)
+            # A key the lock does not hold: not authentic, so no seq is reported.
+            forged = issuer.issue("granted", "alice", time.time())
+            raw.publish(f"voxgate/{DEV}/decision", sign(forged, b"rotated-key-the-lock-lacks"))
+            refused(3)
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert errors == [
+            f"MQTT: the lock REFUSED granted seq={grant.seq}: replayed "
+            f"(seq {grant.seq} <= last accepted {grant.seq}); the lock already accepted a "
+            "higher sequence number from this door (data folder restored? see 'Sequence "
+            "numbers and restored doors' in docs/mqtt.md)",
+            errors[1],
+            "MQTT: the lock REFUSED a decision: bad-signature (HMAC does not match); the lock "
+            "holds another decision key for this door than the door's mqtt.hmac_key_file: "
+            "give both the same key",
+        ]
+        assert re.fullmatch(
+            rf"MQTT: the lock REFUSED granted seq={stale.seq}: expired \(expired 1\d\.\d{{3}} s "
+            r"ago\); the door's and the lock's clocks differ.*check NTP on both",
+            errors[1],
+        ), errors[1]
+        assert door.stats["lock_refusals"] == 3
+        wait_until(lambda: len(seen) == 3, 5, "the observer saw the three reports")
+        reports = [json.loads(p) for p in seen]
+        assert [(r["reason"], r["seq"], r["outcome"]) for r in reports] == [
+            ("replayed", grant.seq, "granted"),
+            ("expired", stale.seq, "granted"),
+            ("bad-signature", None, None),
+        ]
+        assert all(r["device"] == DEV and r["v"] == 1 for r in reports)
+        assert not any(b"alice" in p for p in seen)  # the report names no one
+        assert len(lock.actions()) == 1 and lock.alive
+    finally:
+        for c in (raw, observer):
+            c.disconnect()
+            c.loop_stop()
+        lock.stop()
+
+
+def test_a_lock_whose_account_may_not_report_still_obeys(
+    tmp_path: Path, make_broker: Callable[..., Broker]
+) -> None:
+    """An ACL from before the reports (the lock may only read decisions): the broker drops
+    the reports, and the lock keeps its connection and keeps acting on grants."""
+    old_acl = docs_acl().replace("topic write voxgate/front-door/decision/refused\n", "")
+    assert "decision/refused" not in old_acl
+    broker = make_broker(tls=False, users=USERS, acl=old_acl)
+    door = MqttLink(link_config(broker, user="front-door"), DEV, decision_key=KEY)
+    door.start()
+    lock = ActuatorProcess(
+        tmp_path, broker, {DEV: write_key(tmp_path / "front.key", KEY)}, user="lock-front"
+    ).start()
+    try:
+        wait_until(lambda: door.connected, 10, "the door connected")
+        issuer = Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=30)
+        first = issuer.issue("granted", "alice", time.time())
+        door.publish_decision(first)
+        wait_until(lambda: len(lock.actions()) == 1, 10, "the first grant")
+        raw = _client(broker, "front-door")
+        raw.publish(f"voxgate/{DEV}/decision", sign(first, KEY), qos=1).wait_for_publish(5)
+        raw.disconnect()
+        lock.wait_log(r"REJECTED .*: replayed")
+        door.publish_decision(issuer.issue("granted", "alice", time.time()))
+        wait_until(lambda: len(lock.actions()) == 2, 10, "the grant after the dropped report")
+        assert lock.log_count("disconnected from the broker") == 0 and lock.alive
+        assert door.stats["lock_refusals"] == 0
+    finally:
+        lock.stop()
+        door.stop()
+
+
+def test_a_running_daemon_logs_and_counts_a_lock_with_the_wrong_key(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """`voxgate run` and `voxgate actuator` as processes, the lock holding a key from before a
+    rotation: every decision is refused as bad-signature. The door's own log says so, and
+    its metrics count it."""
+    import urllib.request
+
+    import numpy as np
+    import yaml
+    from test_daemon_e2e import ATTEMPT, DaemonProcess, pause, speech, voxgate
+
+    key = tmp_path / "voiceprint.key"
+    assert voxgate("users", "init-key", str(key)).returncode == 0
+    mqtt_cfg = broker.mqtt_settings("device")
+    mqtt_cfg.update({"hmac_key_file": str(write_key(tmp_path / "decision.key", KEY))})
+    doc = {
+        "device_id": DEV,
+        "data_dir": str(tmp_path / "data"),
+        "logging": {"level": "info"},
+        "audio": {"source": "stdin"},
+        "speaker": {"key_file": str(key)},
+        "challenge": {"mode": "off"},
+        "mqtt": mqtt_cfg,
+        "metrics": {"port": 0},
+        "service": {"decided_hold_s": 0.5},
+    }
+    config = tmp_path / "voxgate.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    lock_dir = tmp_path / "lock"
+    lock_dir.mkdir()
+    old_key = write_key(lock_dir / "front.key", b"the-key-before-the-rotation-0123")
+    lock = ActuatorProcess(lock_dir, broker, {DEV: old_key}).start()
+    daemon = DaemonProcess(config)
+    try:
+        daemon.feed(pause(0.3))
+        daemon.wait_log("MQTT: connected")
+        daemon.wait_log("metrics on http://")
+        daemon.feed(np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)]))
+        lock.wait_log(r"REJECTED on voxgate/front-door/decision: bad-signature", 30)
+        daemon.wait_log("the lock REFUSED a decision: bad-signature (HMAC does not match)", 10)
+        m = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", daemon.log())
+        assert m is not None
+        url = f"http://127.0.0.1:{m.group(1)}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert 'voxgate_lock_refusals_total{reason="bad-signature"} 1.0' in text
+        assert daemon.close() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+        lock.stop()
+    line = next(x for x in daemon.lines if "the lock REFUSED" in x)
+    assert " ERROR " in line and "give both the same key" in line

@@ -1,0 +1,124 @@
+"""Refusal reports: what the actuator publishes when it does not act on a decision, and how
+the door reads a report (including ones that are not)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+from voxgate.actuator import Actuator
+from voxgate.config.mqtt import ActuatorConfig
+from voxgate.decision import Issuer, SequenceCounter, sign
+from voxgate.mqtt.refusal import RefusalError, parse_refusal, refusal_payload
+
+KEY = b"unit-test-feedback-decision-key"
+T0 = 1_790_000_000.0
+
+
+def _actuator(tmp_path: Path, argv: list[str]) -> tuple[Actuator, list[tuple[str, dict]]]:
+    cfg = ActuatorConfig.model_validate(
+        {
+            "broker": {"topic_prefix": "site"},
+            "devices": [{"id": "front-door"}],
+            "state_file": str(tmp_path / "state.json"),
+            "command": {"argv": argv, "timeout_s": 5},
+        }
+    )
+    a = Actuator(cfg, keys={"front-door": KEY}, clock=lambda: T0 + 1)
+    sent: list[tuple[str, dict]] = []
+    a.publish = lambda topic, payload: sent.append((topic, json.loads(payload)))
+    return a, sent
+
+
+def test_the_lock_reports_refusals_and_failed_actions_but_not_other_doors(
+    tmp_path: Path,
+) -> None:
+    a, sent = _actuator(tmp_path, [sys.executable, "-c", "raise SystemExit(3)"])
+    door = Issuer("front-door", SequenceCounter(tmp_path / "seq.json", clock=None), ttl_s=5)
+    grant = door.issue("granted", "alice", T0)
+    assert a.handle("site/front-door/decision", sign(grant, KEY)) == grant
+    a.act(a._jobs.get_nowait())  # the program exits 3: accepted, but the door stays shut
+    a.handle("site/front-door/decision", sign(grant, KEY))  # replayed
+    a.handle("site/front-door/decision", b"not json")
+    a.handle("site/back-door/decision", sign(grant, KEY))  # not a door of this lock: no one to tell
+    assert [t for t, _ in sent] == ["site/front-door/decision/refused"] * 3
+    got = [(b["reason"], b["seq"], b["outcome"]) for _, b in sent]
+    assert got == [
+        ("action-failed", grant.seq, "granted"),
+        ("replayed", grant.seq, "granted"),
+        ("malformed", None, None),
+    ]
+    assert sent[0][1]["detail"] == "command exited 3"
+    assert all("alice" not in json.dumps(b) for _, b in sent)
+
+
+def test_a_report_that_cannot_be_sent_does_not_stop_the_lock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, _ = _actuator(tmp_path, ["/bin/true"])
+
+    def broken(topic: str, payload: bytes) -> None:
+        raise RuntimeError("socket gone")
+
+    a.publish = broken
+    with caplog.at_level(logging.WARNING):
+        assert a.handle("site/front-door/decision", b"{}") is None
+    assert a.rejected["malformed"] == 1
+    assert "cannot report the refusal to site/front-door/decision/refused" in caplog.text
+
+
+def test_a_report_round_trips_and_hostile_ones_are_refused() -> None:
+    r = parse_refusal(refusal_payload("front-door", "expired", "expired 3 s ago", None, T0))
+    assert (r.device, r.reason, r.detail, r.seq, r.outcome, r.at) == (
+        "front-door",
+        "expired",
+        "expired 3 s ago",
+        None,
+        None,
+        T0,
+    )
+    # A forged log line in the detail arrives as one line.
+    body = {"v": 1, "device": "d", "reason": "busy", "detail": "x\nERROR fake line", "seq": 1}
+    assert parse_refusal(json.dumps(body).encode()).detail == "x?ERROR fake line"
+    for bad in (
+        b"x" * 3000,
+        b"\xff",
+        b"[" * 5000,
+        b"[]",
+        b'{"v": 2, "device": "d", "reason": "busy"}',
+        b'{"v": 1, "device": "d", "reason": "Not A Code"}',
+        b'{"v": 1, "device": 5, "reason": "busy"}',
+        b'{"v": 1, "device": "d", "reason": "busy", "seq": -1}',
+        b'{"v": 1, "device": "d", "reason": "busy", "seq": true}',
+        b'{"v": 1, "device": "d", "reason": "busy", "outcome": 7}',
+    ):
+        with pytest.raises(RefusalError):
+            parse_refusal(bad)
+
+
+def test_the_door_ignores_a_report_it_cannot_read(caplog: pytest.LogCaptureFixture) -> None:
+    import paho.mqtt.client as paho
+
+    from voxgate.config.mqtt import MqttConfig
+    from voxgate.mqtt.client import MqttLink
+
+    link = MqttLink(MqttConfig(), "front-door", decision_key=KEY, command_key=KEY)
+    counted: list[str] = []
+    link.on_lock_refusal = lambda r: counted.append(r.reason)
+
+    def deliver(payload: bytes) -> None:
+        msg = paho.MQTTMessage(topic=b"voxgate/front-door/decision/refused")
+        msg.payload = payload
+        link._on_message(link._client, None, msg)
+
+    with caplog.at_level(logging.WARNING):
+        deliver(b"garbage")
+        assert link.stats["lock_refusals"] == 0 and counted == []
+        assert "unreadable report on voxgate/front-door/decision/refused ignored" in caplog.text
+        deliver(refusal_payload("front-door", "not-yet-valid", "issued 9 s ahead", None, T0))
+    assert link.stats["lock_refusals"] == 1 and counted == ["not-yet-valid"]
+    assert "the door's clock is ahead of the lock's" in caplog.text
