@@ -9,7 +9,9 @@ How it works (docs/fleet.md has the full design and the broker ACL):
 - Each message is encrypted with the site's fleet key (AES-256-GCM; the header is the
   associated data) and signed with the enrolling door's Ed25519 key (fleet.signers lists the
   public keys doors trust).
-- Erase and revoke are retained tombstones on the same topics. Every message carries a
+- Erase and revoke are retained tombstones on the same topics. They name the user only by
+  the topic's user tag, never by name: a tombstone stays retained for good, and every door
+  holds the fleet key. A door finds the row to erase by the tag. Every message carries a
   per-user version (milliseconds, always above the last one seen); a door applies a message
   only if its version is newer than what it already has for that user, so an erase wins over
   any older voiceprint, including one replayed later.
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from voxgate.config.fleet import ALL_USERS, FleetConfig
+from voxgate.names import fold
 from voxgate.voiceprints import StoreError, VoiceprintStore, normalize_name
 
 log = logging.getLogger(__name__)
@@ -146,7 +149,7 @@ class Update:
     site: str
     group: str
     tag: str
-    name: str
+    name: str | None  # None: a tombstone (they carry no name; older versions sent one)
     version: int
     signer: str
     issued_at: float
@@ -169,8 +172,14 @@ class Codec:
 
     def user_tag(self, name: str) -> str:
         """The name's topic level: a keyed hash, the same on every door of the site."""
-        digest = hmac.new(self._tag_key, normalize_name(name).casefold().encode(), hashlib.sha256)
+        digest = hmac.new(self._tag_key, fold(normalize_name(name)).encode(), hashlib.sha256)
         return digest.hexdigest()[:32]
+
+    def _is_tag_of(self, name: Any, tag: str) -> bool:
+        try:
+            return isinstance(name, str) and self.user_tag(name) == tag
+        except StoreError:  # not a name the store could hold
+            return False
 
     def encode(
         self,
@@ -202,8 +211,11 @@ class Codec:
             "signer": self.device_id,
             "issued_at": round(time.time() if now is None else now, 3),
         }
-        body: dict[str, Any] = {"name": name}
+        # A tombstone carries no name: it stays retained after the person is gone, readable
+        # by every door of the site. The tag in the (signed) header says whose it is.
+        body: dict[str, Any] = {}
         if kind == "voiceprint":
+            body["name"] = name
             assert embeddings is not None and model_id is not None
             emb = np.asarray(embeddings, dtype="<f4")
             body.update(
@@ -272,8 +284,13 @@ class Codec:
             body = json.loads(plain)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise MessageError("damaged body") from None
-        name = body.get("name") if isinstance(body, dict) else None
-        if not isinstance(name, str) or self.user_tag(name) != msg["tag"]:
+        if not isinstance(body, dict):
+            raise MessageError("damaged body")
+        name = body.get("name")
+        # Tombstones have no name; those from doors running older code still carry one.
+        if (name is not None or msg["kind"] == "voiceprint") and not self._is_tag_of(
+            name, msg["tag"]
+        ):
             raise MessageError("the user inside does not match the topic's user tag")
         update = Update(
             kind=msg["kind"],
@@ -421,6 +438,11 @@ def topic_root(prefix: str, site: str) -> str:
 def state_path(cfg: Any) -> Path:
     """The sync state file: fleet.state_file or <data_dir>/fleet.db."""
     return Path(cfg.fleet.state_file or Path(cfg.data_dir) / "fleet.db")
+
+
+def _who(upd: Update) -> str:
+    """The user a message is about, for log lines: a tombstone may only have the tag."""
+    return upd.name if upd.name is not None else f"user tag {upd.tag}"
 
 
 def allows(access: dict[str, list[str]], group: str, name: str) -> bool:
@@ -754,17 +776,18 @@ class FleetSync:
         except StoreError as exc:
             # e.g. a read-only or full disk: nothing recorded in the sync state either, so the
             # retained message is applied again after the next connect.
-            log.error("fleet sync: could not apply %s of %s: %s", upd.kind, upd.name, exc)
+            log.error("fleet sync: could not apply %s of %s: %s", upd.kind, _who(upd), exc)
             self.stats["store_failed"] += 1
             return "store_failed"
-        if outcome in {"stored", "erased", "erased_absent", "revoked", "not_allowed"}:
-            self._audit(
-                "fleet_" + outcome,
-                user=upd.name,
-                version=upd.version,
-                signer=upd.signer,
-                group=upd.group,
-            )
+        return outcome
+
+    def _done(self, outcome: str, upd: Update) -> str:
+        """Audit a change `_apply` made (or refused to make); returns the outcome."""
+        # A tombstone for a user this door did not hold has no name to record.
+        who = {"user": upd.name} if upd.name is not None else {"user_tag": upd.tag}
+        self._audit(
+            "fleet_" + outcome, **who, version=upd.version, signer=upd.signer, group=upd.group
+        )
         return outcome
 
     def _restore_newer(self, topic: str, payload: bytes, version: int) -> None:
@@ -811,6 +834,28 @@ class FleetSync:
         except Exception:
             log.exception("fleet sync: could not write audit event %s", event)
 
+    def _name_for(self, upd: Update) -> Update:
+        """A tombstone with the name of the user it is about, when this door holds them.
+
+        Tombstones carry only the user tag; the name is found among this door's voiceprints
+        (the store keys rows by name, under its own key). StoreError when the store cannot be
+        read: then nothing is recorded and the retained tombstone is applied on a later connect.
+        """
+        if upd.name is not None:
+            return upd
+        prints, damaged = self.store.readable()
+        for vp in prints:
+            if self.codec.user_tag(vp.name) == upd.tag:
+                return dataclasses.replace(upd, name=vp.name)
+        if damaged:
+            log.warning(
+                "fleet sync: %d unreadable voiceprint(s) not checked against the %s of user tag %s",
+                damaged,
+                upd.kind,
+                upd.tag,
+            )
+        return upd
+
     def _apply(self, upd: Update) -> str:
         known = self.state.user(upd.tag)
         if known is not None and upd.version <= known[0] and known[1] == "erase":
@@ -825,13 +870,18 @@ class FleetSync:
                 # Older than what this door has, e.g. the erase still retained on another
                 # group's topic after the user was enrolled again: the newer change stands.
                 return self._ignored(upd, known[0])
-            erased = self.store.erase(upd.name)
-            self._erased(upd.name)
+            upd = self._name_for(upd)
+            erased = False
+            if upd.name is not None:  # else: not held here; the version is what matters
+                erased = self.store.erase(upd.name)
+                self._erased(upd.name)
             self.state.set_user(upd.tag, upd.version, "erase", held=False)
             self.state.set_grant(upd.tag, upd.group, upd.version, "erase")
-            log.info("fleet sync: %s erased (version %d, by %s)", upd.name, upd.version, upd.signer)
+            log.info(
+                "fleet sync: %s erased (version %d, by %s)", _who(upd), upd.version, upd.signer
+            )
             self.stats["applied"] += 1
-            return "erased" if erased else "erased_absent"
+            return self._done("erased" if erased else "erased_absent", upd)
         if upd.kind == "revoke":
             others = [
                 g
@@ -843,20 +893,23 @@ class FleetSync:
                 return "revoked_group"  # another of this door's groups still lets them in
             # State is written after the store changed, so a failure here means the retained
             # message is applied again on the next connect rather than skipped.
-            self.store.erase(upd.name)
-            self._erased(upd.name)
+            upd = self._name_for(upd)
+            if upd.name is not None:
+                self.store.erase(upd.name)
+                self._erased(upd.name)
             self.state.set_grant(upd.tag, upd.group, upd.version, "revoke")
             version = max(upd.version, known[0] if known else 0)
             self.state.set_user(upd.tag, version, "revoke", held=False)
-            log.info("fleet sync: %s revoked here (version %d)", upd.name, upd.version)
+            log.info("fleet sync: %s revoked here (version %d)", _who(upd), upd.version)
             self.stats["applied"] += 1
-            return "revoked"
-        # A voiceprint.
+            return self._done("revoked", upd)
+        # A voiceprint (decode made sure it has a name).
+        assert upd.name is not None
         if not self.allowed_here(upd.name):
             # Defence in depth: the ACL should have kept it away; never store it.
             log.warning("fleet sync: %s is not allowed at this door; not stored", upd.name)
             self.stats["not_allowed"] += 1
-            return "not_allowed"
+            return self._done("not_allowed", upd)
         if self.model_id is not None and upd.model_id != self.model_id:
             log.error(
                 "fleet sync: %s was enrolled with model %s, this door runs %s; not stored",
@@ -882,7 +935,7 @@ class FleetSync:
             upd.group,
         )
         self.stats["applied"] += 1
-        return "stored"
+        return self._done("stored", upd)
 
     def _ignored(self, upd: Update, have: int) -> str:
         self.stats["ignored_old"] += 1
@@ -892,7 +945,7 @@ class FleetSync:
             log.info(
                 "fleet sync: ignored %s of %s (version %d, by %s, via %s): version %d is newer",
                 upd.kind,
-                upd.name,
+                _who(upd),
                 upd.version,
                 upd.signer,
                 upd.group,

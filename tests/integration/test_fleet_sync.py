@@ -6,6 +6,7 @@ its groups' topics. Speech is espeak-ng, embedded by the shipped speaker model.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -500,3 +501,37 @@ def test_a_later_change_by_another_door_is_not_sent_again(fleet: dict) -> None:
     b.agent.publish_erase("alice")
     wait_until(lambda: a.store.get("alice") is None, 10, "alice erased on door A")
     assert a.agent.stats["restored"] == 0
+
+
+def test_after_an_erase_a_new_subscriber_with_the_fleet_key_finds_no_name(
+    fleet: dict, tmp_path: Path
+) -> None:
+    """The erase is retained on every group's topic for good. It used to hold the name sealed
+    with the fleet key, which every door has: any door, or anyone with a door's key and broker
+    account, could read who had been erased, for ever."""
+    from tests.fleet_wire import open_body
+
+    a, b = fleet["a"], fleet["b"]
+    emb = np.random.default_rng(5).normal(size=(3, 256)).astype(np.float32)
+    a.store.add_user("alice", emb / np.linalg.norm(emb, axis=1, keepdims=True), "test-model")
+    a.start("test-model")
+    b.start("test-model")
+    a.agent.publish_enrollment("alice")
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    assert a.store.erase("alice")
+    a.agent.on_local_change("erased", "alice")
+    wait_until(lambda: b.store.get("alice") is None, 10, "alice erased on door B")
+    wait_until(lambda: len(b.audit) >= 2, 10, "B's audit events")
+    assert ("fleet_erased", "alice") in [(e, f.get("user")) for e, f in b.audit]
+
+    snoop = Snoop(fleet["broker"], "door-d")  # reads lobby and lab, where the erase went
+    fleet_key = bytes.fromhex((tmp_path / "fleet-key").read_text())
+    tag = a.agent.codec.user_tag("alice")
+    wait_until(lambda: len(snoop.messages) >= 2, 10, "the retained tombstones")
+    seen = dict(snoop.messages)
+    assert set(seen) == {f"{ROOT}/lobby/{tag}", f"{ROOT}/lab/{tag}"}
+    for payload in seen.values():
+        assert json.loads(payload)["kind"] == "erase"
+        assert b"alice" not in payload.lower()
+        assert b"alice" not in open_body(fleet_key, payload).lower()
+    snoop.close()

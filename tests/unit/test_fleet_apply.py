@@ -189,3 +189,52 @@ def test_a_user_dropped_by_config_comes_back_when_the_config_allows_them_again(
     assert door.handle(old_topic, old_msg) == "ignored_old"  # a replay of an older one
     assert door.handle(topic, msg) == "stored"  # the retained copy after the next connect
     assert door.store.get("alice") is not None
+
+
+def test_a_nameless_tombstone_finds_the_user_by_tag_and_binds_doors_that_never_held_them(
+    tmp_path: Path,
+) -> None:
+    """Tombstones carry only the user tag. A door that holds the user finds the row by the tag
+    (and tells on_erased the name); a door that does not hold them still records the erase,
+    so an older voiceprint replayed later is ignored."""
+    door = _door(tmp_path, ["lobby"], {"lobby": ["*"]})
+    gone: list[str] = []
+    door.on_erased = gone.append
+    audit: list[tuple[str, dict]] = []
+    door.audit_event = lambda event, **f: audit.append((event, f))
+    assert door.handle(*_vp("lobby", "Alice", 3)) == "stored"
+    assert door.handle(*_vp("lobby", "bob", 3)) == "stored"
+    assert door.handle(*_tomb("erase", "lobby", "alice", 4)) == "erased"
+    assert [u.name for u in door.store.users()] == ["bob"] and gone == ["Alice"]
+    assert audit[-1][0] == "fleet_erased" and audit[-1][1]["user"] == "Alice"
+
+    assert door.handle(*_tomb("erase", "lobby", "carol", 5)) == "erased_absent"
+    assert gone == ["Alice"]  # no name to forget: the door never held carol
+    assert audit[-1][1]["user_tag"] == SENDER.user_tag("carol") and "user" not in audit[-1][1]
+    assert door.handle(*_vp("lobby", "carol", 4)) == "ignored_old"  # a replay
+    assert door.store.get("carol") is None
+
+    assert door.handle(*_tomb("revoke", "lobby", "bob", 6)) == "revoked"
+    assert door.store.users() == [] and gone == ["Alice", "bob"]
+
+
+def test_an_erase_from_a_door_running_older_code_still_applies(tmp_path: Path) -> None:
+    from tests.fleet_wire import old_tombstone
+
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice"]})
+    assert door.handle(*_vp("lobby", "alice", 3)) == "stored"
+    tag = SENDER.user_tag("alice")
+    msg = old_tombstone(
+        FLEET_KEY,
+        SIGNING,
+        kind="erase",
+        site="acme",
+        group="lobby",
+        tag=tag,
+        name="alice",
+        version=4,
+        signer="door-a",
+        issued_at=door.clock(),
+    )
+    assert door.handle(f"{ROOT}/lobby/{tag}", msg) == "erased"
+    assert door.store.get("alice") is None

@@ -137,3 +137,54 @@ def test_raw_keys_keep_their_whitespace_bytes(
         FleetConfig(key_file=tmp_path / "fleet-key", signing_key_file=tmp_path / "signing")
     )
     assert keys.fleet_key == fleet and keys.signing_key == signing
+
+
+def test_tombstones_carry_no_name_even_for_a_holder_of_the_fleet_key(
+    pair: tuple[Codec, Codec, bytes],
+) -> None:
+    """An erase stays retained for good and every door holds the fleet key: the sealed name
+    inside it told every door, for ever, who had been erased. The topic's tag says whose it is."""
+    from tests.fleet_wire import open_body
+
+    sender, receiver, fleet_key = pair
+    tag = sender.user_tag("Alice")
+    for kind in ("erase", "revoke"):
+        msg = sender.encode(kind, "lobby", "Alice", 18, now=NOW)
+        assert b"alice" not in open_body(fleet_key, msg).lower()
+        upd = receiver.decode("lobby", tag, msg, NOW)
+        assert (upd.kind, upd.tag, upd.name, upd.version) == (kind, tag, None, 18)
+    # A voiceprint still needs its name (the door stores it under that name).
+    vp = sender.encode("voiceprint", "lobby", "Alice", 19, model_id="m", embeddings=_emb())
+    assert b'"name":"Alice"' in open_body(fleet_key, vp)
+
+
+def test_tombstones_from_doors_running_older_code_are_still_accepted(
+    pair: tuple[Codec, Codec, bytes],
+) -> None:
+    """A mixed fleet during an upgrade: an old door's erase (the name inside) still applies;
+    one whose name does not match the topic's tag is refused as before."""
+    from tests.fleet_wire import old_tombstone
+
+    sender, receiver, fleet_key = pair
+    assert sender.keys.signing_key is not None
+    tag = sender.user_tag("alice")
+
+    def old(name: str) -> bytes:
+        return old_tombstone(
+            fleet_key,
+            sender.keys.signing_key,  # type: ignore[arg-type]
+            kind="erase",
+            site="acme",
+            group="lobby",
+            tag=tag,
+            name=name,
+            version=7,
+            signer="door-a",
+            issued_at=NOW,
+        )
+
+    upd = receiver.decode("lobby", tag, old("ALICE"), NOW)
+    assert (upd.kind, upd.name, upd.version) == ("erase", "ALICE", 7)
+    for wrong in ("bob", "", "\x00"):
+        with pytest.raises(MessageError, match="does not match the topic's user tag"):
+            receiver.decode("lobby", tag, old(wrong), NOW)
