@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from voxgate.config.fleet import FleetConfig
-from voxgate.fleet import Codec, FleetError, FleetKeys, MessageError, parse_key32, public_key_hex
+from voxgate.fleet import (
+    Codec,
+    FleetError,
+    FleetKeys,
+    MessageError,
+    newer,
+    parse_key32,
+    public_key_hex,
+)
 
 NOW = 1_800_000_000.0
 
@@ -188,3 +196,24 @@ def test_tombstones_from_doors_running_older_code_are_still_accepted(
     for wrong in ("bob", "", "\x00"):
         with pytest.raises(MessageError, match="does not match the topic's user tag"):
             receiver.decode("lobby", tag, old(wrong), NOW)
+
+
+def test_every_door_computes_the_same_tie_break_and_the_sender_knows_it(
+    pair: tuple[Codec, Codec, bytes],
+) -> None:
+    """The order of two changes with the same version is taken from the message itself, so
+    each door (and the sender, for its own echo) gets the same answer; the copies sent to
+    each group are one change."""
+    sender, receiver, _ = pair
+    emb = _emb()
+    lobby = sender.encode("voiceprint", "lobby", "alice", 5, model_id="m", embeddings=emb)
+    lab = sender.encode("voiceprint", "lab", "alice", 5, model_id="m", embeddings=emb)
+    tag = sender.user_tag("alice")
+    a, b = receiver.decode("lobby", tag, lobby, NOW), receiver.decode("lab", tag, lab, NOW)
+    own = sender.tiebreak(
+        "voiceprint", "door-a", sender.body("voiceprint", "alice", model_id="m", embeddings=emb)
+    )
+    assert a.order == b.order == (5, own)
+    erase = receiver.decode("lobby", tag, sender.encode("erase", "lobby", "alice", 5), NOW)
+    assert newer(erase.order, a.order) and not newer(a.order, erase.order)
+    assert newer((6, ""), erase.order) and not newer((5, ""), a.order)  # rows from before
