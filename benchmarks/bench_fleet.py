@@ -8,6 +8,9 @@ transport, crypto and store work do not depend on what the numbers are. Prints:
   propagate: A's publish_enrollment() called -> B has stored the voiceprint (sign, encrypt,
              broker, verify, decrypt, SQLite write), one user at a time
   catch-up:  a new door B2 connects -> it holds all N retained voiceprints
+  erase:     A's publish_erase() called -> B has erased the user, for --erases users while B
+             holds the N (a tombstone carries no name: B finds the row by the user tag, one
+             pass over its store)
 
     PYTHONPATH=daemon python benchmarks/bench_fleet.py            # 100 users
     PYTHONPATH=daemon python benchmarks/bench_fleet.py -n 300 --no-tls
@@ -68,6 +71,7 @@ class Door:
             }
         )
         self.stored: dict[str, float] = {}
+        self.erased: dict[str, float] = {}
         self.done = threading.Condition()
         self.store = VoiceprintStore(tmp / f"{name}.db", os.urandom(32))
         self.agent = FleetSync(
@@ -81,9 +85,10 @@ class Door:
         )
 
     def _audit(self, event: str, **fields: Any) -> None:
-        if event == "fleet_stored":
+        seen = {"fleet_stored": self.stored, "fleet_erased": self.erased}.get(event)
+        if seen is not None:
             with self.done:
-                self.stored[fields["user"]] = time.perf_counter()
+                seen[fields["user"]] = time.perf_counter()
                 self.done.notify_all()
 
     def start(self) -> None:
@@ -99,6 +104,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("-n", type=int, default=100, help="users to enroll (default 100)")
     ap.add_argument("--no-tls", action="store_true", help="plain TCP listener")
+    ap.add_argument("--erases", type=int, default=20, help="users erased at the end (default 20)")
     args = ap.parse_args()
     if not have_mosquitto():
         print("mosquitto is not installed", file=sys.stderr)
@@ -143,6 +149,19 @@ def main() -> int:
                 f"({args.n / took:.0f} users/s, connect included)"
             )
             b2.stop()
+
+            erase_ms = []
+            for i in range(min(args.erases, args.n)):
+                name = f"user{i:04d}"
+                t0 = time.perf_counter()
+                a.agent.publish_erase(name)
+                with b.done:
+                    if not b.done.wait_for(lambda name=name: name in b.erased, timeout=20):
+                        print(f"the erase of {name} never arrived", file=sys.stderr)
+                        return 1
+                erase_ms.append((b.erased[name] - t0) * 1000)
+            if erase_ms:
+                report("erase", erase_ms)
         finally:
             a.stop()
             b.stop()

@@ -55,7 +55,8 @@ NOT_INCLUDED = (
     "kept recordings: listed here by file; the audio itself is encrypted with the audio key "
     "(decrypt with service.keep.AudioKeeper.load)",
     "MQTT broker: the retained `user` topic holds the last granted name; fleet sync keeps "
-    "one retained message per group under a keyed hash of the name, the name sealed inside",
+    "one retained message per group under a keyed hash of the name: while enrolled, the "
+    "name and voiceprint sealed inside; once erased, a tombstone with no name",
     "Home Assistant keeps its own history of the `user` sensor and decision events",
 )
 

@@ -9,10 +9,14 @@ How it works (docs/fleet.md has the full design and the broker ACL):
 - Each message is encrypted with the site's fleet key (AES-256-GCM; the header is the
   associated data) and signed with the enrolling door's Ed25519 key (fleet.signers lists the
   public keys doors trust).
-- Erase and revoke are retained tombstones on the same topics. Every message carries a
+- Erase and revoke are retained tombstones on the same topics. They name the user only by
+  the topic's user tag, never by name: a tombstone stays retained for good, and every door
+  holds the fleet key. A door finds the row to erase by the tag. Every message carries a
   per-user version (milliseconds, always above the last one seen); a door applies a message
-  only if its version is newer than what it already has for that user, so an erase wins over
-  any older voiceprint, including one replayed later.
+  only if it is newer than what it already has for that user, so an erase wins over any older
+  voiceprint, including one replayed later. Equal versions (two doors in the same millisecond,
+  or skewed clocks) are ordered by a tie-break every door computes alike from the message:
+  erase before revoke before voiceprint, then the signer's id, then a keyed digest of the body.
 - A door that was offline gets the retained messages when it reconnects and catches up. Its
   own outgoing changes wait in an outbox (in the sync state file) until the broker has them.
 """
@@ -37,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from voxgate.config.fleet import ALL_USERS, FleetConfig
+from voxgate.names import fold
 from voxgate.voiceprints import StoreError, VoiceprintStore, normalize_name
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,19 @@ KINDS = ("voiceprint", "erase", "revoke")
 MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_VERSION = 2**63 - 1
 MAX_SKEW_S = 24 * 3600  # refuse messages claiming to be from the far future (clock bugs)
+# At equal versions, removing wins over enrolling: the conservative side for a tie.
+KIND_RANK = {"voiceprint": "0", "revoke": "1", "erase": "2"}
+
+# (version, tie-break): how changes to one user are ordered. A tie-break of "" is a row
+# written before tie-breaks existed; it ties with every message of its version, as it did.
+Order = tuple[int, str]
+
+
+def newer(a: Order, b: Order) -> bool:
+    """Whether change `a` comes after change `b` (the same answer on every door)."""
+    if a[0] != b[0]:
+        return a[0] > b[0]
+    return bool(a[1] and b[1]) and a[1] > b[1]
 
 
 class FleetError(Exception):
@@ -146,13 +164,18 @@ class Update:
     site: str
     group: str
     tag: str
-    name: str
+    name: str | None  # None: a tombstone (they carry no name; older versions sent one)
     version: int
     signer: str
     issued_at: float
     model_id: str | None = None
     embeddings: np.ndarray | None = None
     meta: dict[str, Any] | None = None
+    tiebreak: str = ""
+
+    @property
+    def order(self) -> Order:
+        return (self.version, self.tiebreak)
 
 
 class Codec:
@@ -166,11 +189,50 @@ class Codec:
         self.device_id = device_id
         self._aead = AESGCM(_derive(keys.fleet_key, b"seal v1"))
         self._tag_key = _derive(keys.fleet_key, b"user tag v1")
+        self._order_key = _derive(keys.fleet_key, b"order v1")
 
     def user_tag(self, name: str) -> str:
         """The name's topic level: a keyed hash, the same on every door of the site."""
-        digest = hmac.new(self._tag_key, normalize_name(name).casefold().encode(), hashlib.sha256)
+        digest = hmac.new(self._tag_key, fold(normalize_name(name)).encode(), hashlib.sha256)
         return digest.hexdigest()[:32]
+
+    def _is_tag_of(self, name: Any, tag: str) -> bool:
+        try:
+            return isinstance(name, str) and self.user_tag(name) == tag
+        except StoreError:  # not a name the store could hold
+            return False
+
+    def tiebreak(self, kind: str, signer: str, body: bytes) -> str:
+        """What orders two changes to one user with the same version: kind, signer, then a
+        digest of the sealed body (the same for the copies sent to each group). Keyed, so the
+        sync state file does not hold a plain hash of a name."""
+        digest = hmac.new(self._order_key, body, hashlib.sha256).hexdigest()[:16]
+        return f"{KIND_RANK[kind]}:{signer}:{digest}"
+
+    def body(
+        self,
+        kind: str,
+        name: str,
+        *,
+        model_id: str | None = None,
+        embeddings: np.ndarray | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> bytes:
+        """The plaintext that is sealed into a message (canonical JSON)."""
+        # A tombstone carries no name: it stays retained after the person is gone, readable
+        # by every door of the site. The tag in the (signed) header says whose it is.
+        body: dict[str, Any] = {}
+        if kind == "voiceprint":
+            body["name"] = normalize_name(name)
+            assert embeddings is not None and model_id is not None
+            emb = np.asarray(embeddings, dtype="<f4")
+            body.update(
+                model_id=model_id,
+                dim=int(emb.shape[1]),
+                embeddings=emb.tobytes().hex(),
+                meta=meta or {},
+            )
+        return _canonical(body)
 
     def encode(
         self,
@@ -191,7 +253,7 @@ class Codec:
                 "this door has no fleet signing key (fleet.signing_key_file or the credential "
                 "'fleet-signing-key'), so it cannot publish enrollments"
             )
-        name = normalize_name(name)
+        body = self.body(kind, name, model_id=model_id, embeddings=embeddings, meta=meta)
         header = {
             "v": WIRE_VERSION,
             "kind": kind,
@@ -202,18 +264,8 @@ class Codec:
             "signer": self.device_id,
             "issued_at": round(time.time() if now is None else now, 3),
         }
-        body: dict[str, Any] = {"name": name}
-        if kind == "voiceprint":
-            assert embeddings is not None and model_id is not None
-            emb = np.asarray(embeddings, dtype="<f4")
-            body.update(
-                model_id=model_id,
-                dim=int(emb.shape[1]),
-                embeddings=emb.tobytes().hex(),
-                meta=meta or {},
-            )
         nonce = os.urandom(12)
-        ct = self._aead.encrypt(nonce, _canonical(body), _canonical(header))
+        ct = self._aead.encrypt(nonce, body, _canonical(header))
         msg = {**header, "nonce": _b64(nonce), "ct": _b64(ct)}
         signer = Ed25519PrivateKey.from_private_bytes(self.keys.signing_key)
         msg["sig"] = _b64(signer.sign(_canonical(msg)))
@@ -272,8 +324,13 @@ class Codec:
             body = json.loads(plain)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise MessageError("damaged body") from None
-        name = body.get("name") if isinstance(body, dict) else None
-        if not isinstance(name, str) or self.user_tag(name) != msg["tag"]:
+        if not isinstance(body, dict):
+            raise MessageError("damaged body")
+        name = body.get("name")
+        # Tombstones have no name; those from doors running older code still carry one.
+        if (name is not None or msg["kind"] == "voiceprint") and not self._is_tag_of(
+            name, msg["tag"]
+        ):
             raise MessageError("the user inside does not match the topic's user tag")
         update = Update(
             kind=msg["kind"],
@@ -284,6 +341,7 @@ class Codec:
             version=msg["version"],
             signer=signer,
             issued_at=float(msg["issued_at"]),
+            tiebreak=self.tiebreak(msg["kind"], signer, plain),
         )
         if update.kind != "voiceprint":
             return update
@@ -326,42 +384,58 @@ class SyncState:
                 """
                 CREATE TABLE IF NOT EXISTS users (
                     tag TEXT PRIMARY KEY, version INTEGER NOT NULL, kind TEXT NOT NULL,
-                    held INTEGER NOT NULL);
+                    held INTEGER NOT NULL, tiebreak TEXT NOT NULL DEFAULT '');
                 CREATE TABLE IF NOT EXISTS grants (
                     tag TEXT NOT NULL, grp TEXT NOT NULL, version INTEGER NOT NULL,
-                    kind TEXT NOT NULL, PRIMARY KEY (tag, grp));
+                    kind TEXT NOT NULL, tiebreak TEXT NOT NULL DEFAULT '',
+                    PRIMARY KEY (tag, grp));
                 CREATE TABLE IF NOT EXISTS outbox (
-                    topic TEXT PRIMARY KEY, payload BLOB NOT NULL, version INTEGER NOT NULL);
+                    topic TEXT PRIMARY KEY, payload BLOB NOT NULL, version INTEGER NOT NULL,
+                    tiebreak TEXT NOT NULL DEFAULT '');
                 """
             )
+            # State files written before tie-breaks: their rows keep '' (see Order).
+            for table in ("users", "grants", "outbox"):
+                cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if "tiebreak" not in cols:
+                    self._db.execute(
+                        f"ALTER TABLE {table} ADD COLUMN tiebreak TEXT NOT NULL DEFAULT ''"
+                    )
         except sqlite3.DatabaseError as exc:
             raise FleetError(f"{self.path}: unusable fleet sync state ({exc})") from None
         os.chmod(self.path, 0o600)
 
-    def user(self, tag: str) -> tuple[int, str, bool] | None:
+    def user(self, tag: str) -> tuple[int, str, bool, str] | None:
+        """(version, kind, held, tie-break) of the newest change applied for the user."""
         with self._lock:
             row = self._db.execute(
-                "SELECT version, kind, held FROM users WHERE tag = ?", (tag,)
+                "SELECT version, kind, held, tiebreak FROM users WHERE tag = ?", (tag,)
             ).fetchone()
-        return (int(row[0]), str(row[1]), bool(row[2])) if row else None
+        return (int(row[0]), str(row[1]), bool(row[2]), str(row[3])) if row else None
 
-    def set_user(self, tag: str, version: int, kind: str, held: bool) -> None:
+    def set_user(self, tag: str, order: Order, kind: str, held: bool) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)", (tag, version, kind, int(held))
+                "INSERT OR REPLACE INTO users (tag, version, kind, held, tiebreak) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (tag, order[0], kind, int(held), order[1]),
             )
 
-    def grant(self, tag: str, group: str) -> tuple[int, str] | None:
+    def grant(self, tag: str, group: str) -> tuple[int, str, str] | None:
+        """(version, kind, tie-break) of the newest change applied from the group's topic."""
         with self._lock:
             row = self._db.execute(
-                "SELECT version, kind FROM grants WHERE tag = ? AND grp = ?", (tag, group)
+                "SELECT version, kind, tiebreak FROM grants WHERE tag = ? AND grp = ?",
+                (tag, group),
             ).fetchone()
-        return (int(row[0]), str(row[1])) if row else None
+        return (int(row[0]), str(row[1]), str(row[2])) if row else None
 
-    def set_grant(self, tag: str, group: str, version: int, kind: str) -> None:
+    def set_grant(self, tag: str, group: str, order: Order, kind: str) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?)", (tag, group, version, kind)
+                "INSERT OR REPLACE INTO grants (tag, grp, version, kind, tiebreak) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (tag, group, order[0], kind, order[1]),
             )
 
     def drop_grants(self, tag: str) -> None:
@@ -383,22 +457,27 @@ class SyncState:
             rows = self._db.execute("SELECT tag FROM users WHERE held = 1").fetchall()
         return [r[0] for r in rows]
 
-    def queue(self, topic: str, payload: bytes, version: int) -> None:
+    def queue(self, topic: str, payload: bytes, order: Order) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO outbox VALUES (?, ?, ?)", (topic, payload, version)
+                "INSERT OR REPLACE INTO outbox (topic, payload, version, tiebreak) "
+                "VALUES (?, ?, ?, ?)",
+                (topic, payload, order[0], order[1]),
             )
 
-    def outbox(self) -> list[tuple[str, bytes, int]]:
+    def outbox(self) -> list[tuple[str, bytes, Order]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT topic, payload, version FROM outbox ORDER BY rowid"
+                "SELECT topic, payload, version, tiebreak FROM outbox ORDER BY rowid"
             ).fetchall()
-        return [(r[0], bytes(r[1]), int(r[2])) for r in rows]
+        return [(r[0], bytes(r[1]), (int(r[2]), str(r[3]))) for r in rows]
 
-    def sent(self, topic: str, version: int) -> None:
+    def sent(self, topic: str, order: Order) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM outbox WHERE topic = ? AND version = ?", (topic, version))
+            self._db.execute(
+                "DELETE FROM outbox WHERE topic = ? AND version = ? AND tiebreak = ?",
+                (topic, order[0], order[1]),
+            )
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:  # e.g. a reader in another process: next time
@@ -421,6 +500,11 @@ def topic_root(prefix: str, site: str) -> str:
 def state_path(cfg: Any) -> Path:
     """The sync state file: fleet.state_file or <data_dir>/fleet.db."""
     return Path(cfg.fleet.state_file or Path(cfg.data_dir) / "fleet.db")
+
+
+def _who(upd: Update) -> str:
+    """The user a message is about, for log lines: a tombstone may only have the tag."""
+    return upd.name if upd.name is not None else f"user tag {upd.tag}"
 
 
 def allows(access: dict[str, list[str]], group: str, name: str) -> bool:
@@ -460,10 +544,10 @@ class FleetSync:
         self.state = SyncState(state_path)
         self.root = topic_root(mqtt_cfg.topic_prefix, cfg.site)
         self._apply_lock = threading.Lock()
-        self._inflight: dict[int, tuple[str, int]] = {}
+        self._inflight: dict[int, tuple[str, Order]] = {}
         self._acked: set[int] = set()
         self._refused: set[int] = set()  # failed PUBACKs that arrived before _send recorded them
-        self._sent: dict[str, int] = {}  # topic -> version this connection published there
+        self._sent: dict[str, Order] = {}  # topic -> what this connection published there
         self._inflight_lock = threading.Lock()
         # Held while reading the outbox and publishing from it, and while queueing and
         # publishing a local change: a topic's newer version must never go out before an
@@ -578,8 +662,8 @@ class FleetSync:
             pending = self.state.outbox()
             if pending:
                 log.info("fleet sync: connected; sending %d queued update(s)", len(pending))
-            for topic, payload, version in pending:
-                self._send(topic, payload, version)
+            for topic, payload, order in pending:
+                self._send(topic, payload, order)
 
     def flush_outbox(self) -> int:
         """Send what waits in the outbox and is not already on its way; returns how many.
@@ -594,9 +678,9 @@ class FleetSync:
         with self._send_lock:
             with self._inflight_lock:
                 busy = set(self._inflight.values())
-            todo = [(t, p, v) for t, p, v in self.state.outbox() if (t, v) not in busy]
-            for topic, payload, version in todo:
-                self._send(topic, payload, version)
+            todo = [(t, p, o) for t, p, o in self.state.outbox() if (t, o) not in busy]
+            for topic, payload, order in todo:
+                self._send(topic, payload, order)
         return len(todo)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -604,12 +688,12 @@ class FleetSync:
         if rc.is_failure:
             log.warning("fleet sync: lost the broker (%s); retrying", rc)
 
-    def _send(self, topic: str, payload: bytes, version: int) -> None:
+    def _send(self, topic: str, payload: bytes, order: Order) -> None:
         client = self._client
         if client is None or not self.connected.is_set():
             return  # stays in the outbox until the next connect
         info = client.publish(topic, payload, qos=1, retain=True)
-        self._sent[topic] = version
+        self._sent[topic] = order
         # The PUBACK can beat us here (paho's loop thread): then on_publish left the mid in
         # _acked. No lock is held around publish() itself, which takes paho's own locks.
         with self._inflight_lock:
@@ -619,9 +703,9 @@ class FleetSync:
             elif info.mid in self._refused:
                 self._refused.discard(info.mid)  # stays in the outbox
             else:
-                self._inflight[info.mid] = (topic, version)
+                self._inflight[info.mid] = (topic, order)
         if done:
-            self._delivered(topic, version)
+            self._delivered(topic, order)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         if getattr(rc, "is_failure", False):
@@ -646,8 +730,8 @@ class FleetSync:
         if item is not None:
             self._delivered(*item)
 
-    def _delivered(self, topic: str, version: int) -> None:
-        self.state.sent(topic, version)
+    def _delivered(self, topic: str, order: Order) -> None:
+        self.state.sent(topic, order)
         self.stats["sent"] += 1
 
     # -- publishing local changes
@@ -657,16 +741,17 @@ class FleetSync:
         now_ms = int(self.clock() * 1000)
         return max(now_ms, known[0] + 1 if known else 0)
 
-    def _publish(self, kind: str, name: str, groups: list[str], **body: Any) -> int:
+    def _publish(self, kind: str, name: str, groups: list[str], **body: Any) -> Order:
         tag = self.codec.user_tag(name)
+        tiebreak = self.codec.tiebreak(kind, self.device_id, self.codec.body(kind, name, **body))
         with self._send_lock:
-            version = self._next_version(tag)
+            order = (self._next_version(tag), tiebreak)
             for group in groups:
-                payload = self.codec.encode(kind, group, name, version, now=self.clock(), **body)
+                payload = self.codec.encode(kind, group, name, order[0], now=self.clock(), **body)
                 topic = f"{self.root}/{group}/{tag}"
-                self.state.queue(topic, payload, version)
-                self._send(topic, payload, version)
-        return version
+                self.state.queue(topic, payload, order)
+                self._send(topic, payload, order)
+        return order
 
     def publish_enrollment(self, name: str) -> list[str]:
         """Send the stored voiceprint of `name` to every group allowed for it."""
@@ -678,7 +763,7 @@ class FleetSync:
             log.warning("fleet sync: no group in fleet.access allows %s; kept on this door", name)
             return []
         with self._apply_lock:
-            version = self._publish(
+            order = self._publish(
                 "voiceprint",
                 vp.name,
                 groups,
@@ -687,18 +772,18 @@ class FleetSync:
                 meta={**vp.meta, "enrolled_at": vp.updated_at, "enrolled_by": self.device_id},
             )
             tag = self.codec.user_tag(vp.name)
-            self.state.set_user(tag, version, "voiceprint", held=True)
+            self.state.set_user(tag, order, "voiceprint", held=True)
             for g in groups:
-                self.state.set_grant(tag, g, version, "voiceprint")
-        log.info("fleet sync: %s (version %d) sent to %s", vp.name, version, ",".join(groups))
+                self.state.set_grant(tag, g, order, "voiceprint")
+        log.info("fleet sync: %s (version %d) sent to %s", vp.name, order[0], ",".join(groups))
         return groups
 
     def publish_erase(self, name: str) -> None:
         """Tell every group (every group, since access may have changed) to erase `name`."""
         with self._apply_lock:
-            version = self._publish("erase", name, list(self.cfg.access))
-            self.state.set_user(self.codec.user_tag(name), version, "erase", held=False)
-        log.info("fleet sync: erase of %s (version %d) sent to every group", name, version)
+            order = self._publish("erase", name, list(self.cfg.access))
+            self.state.set_user(self.codec.user_tag(name), order, "erase", held=False)
+        log.info("fleet sync: erase of %s (version %d) sent to every group", name, order[0])
 
     def publish_revoke(self, name: str, groups: list[str]) -> None:
         """Withdraw `name` from some groups; doors left with no granting group erase it."""
@@ -706,11 +791,11 @@ class FleetSync:
         if unknown:
             raise FleetError(f"unknown groups {unknown} (not in fleet.access)")
         with self._apply_lock:
-            version = self._publish("revoke", name, groups)
+            order = self._publish("revoke", name, groups)
             tag = self.codec.user_tag(name)
             for g in groups:
-                self.state.set_grant(tag, g, version, "revoke")
-        log.info("fleet sync: revoke of %s from %s (version %d)", name, ",".join(groups), version)
+                self.state.set_grant(tag, g, order, "revoke")
+        log.info("fleet sync: revoke of %s from %s (version %d)", name, ",".join(groups), order[0])
 
     def on_local_change(self, kind: str, name: str) -> None:
         """Hook for voxgate.api.UserAdmin(on_change=...): 'enrolled' or 'erased'."""
@@ -747,27 +832,28 @@ class FleetSync:
             self.stats["refused"] += 1
             self._audit("fleet_refused", topic=topic, reason=str(exc))
             return "refused"
-        self._restore_newer(topic, payload, upd.version)
+        self._restore_newer(topic, payload, upd.order)
         try:
             with self._apply_lock:
                 outcome = self._apply(upd)
         except StoreError as exc:
             # e.g. a read-only or full disk: nothing recorded in the sync state either, so the
             # retained message is applied again after the next connect.
-            log.error("fleet sync: could not apply %s of %s: %s", upd.kind, upd.name, exc)
+            log.error("fleet sync: could not apply %s of %s: %s", upd.kind, _who(upd), exc)
             self.stats["store_failed"] += 1
             return "store_failed"
-        if outcome in {"stored", "erased", "erased_absent", "revoked", "not_allowed"}:
-            self._audit(
-                "fleet_" + outcome,
-                user=upd.name,
-                version=upd.version,
-                signer=upd.signer,
-                group=upd.group,
-            )
         return outcome
 
-    def _restore_newer(self, topic: str, payload: bytes, version: int) -> None:
+    def _done(self, outcome: str, upd: Update) -> str:
+        """Audit a change `_apply` made (or refused to make); returns the outcome."""
+        # A tombstone for a user this door did not hold has no name to record.
+        who = {"user": upd.name} if upd.name is not None else {"user_tag": upd.tag}
+        self._audit(
+            "fleet_" + outcome, **who, version=upd.version, signer=upd.signer, group=upd.group
+        )
+        return outcome
+
+    def _restore_newer(self, topic: str, payload: bytes, order: Order) -> None:
         """Make a newer message the retained one again after this door sent an older one.
 
         A door back online sends its outbox right after subscribing; if another door changed
@@ -780,19 +866,22 @@ class FleetSync:
         """
         with self._send_lock:
             mine = self._sent.get(topic)
-            if mine is None or mine > version:
+            if mine is None or newer(mine, order):
                 return
             del self._sent[topic]
-            if mine == version:
+            if not newer(order, mine):
                 return  # our own message came back first: the broker keeps what came later
-            self.state.queue(topic, payload, version)
-            self._send(topic, payload, version)
+            self.state.queue(topic, payload, order)
+            self._send(topic, payload, order)
         self.stats["restored"] += 1
         log.info(
-            "fleet sync: version %d on %s is newer than the %d sent from here; sent it again",
-            version,
+            "fleet sync: version %d (%s) on %s is newer than the %d (%s) sent from here; "
+            "sent it again",
+            order[0],
+            order[1],
             topic,
-            mine,
+            mine[0],
+            mine[1],
         )
 
     def _erased(self, name: str) -> None:
@@ -811,27 +900,58 @@ class FleetSync:
         except Exception:
             log.exception("fleet sync: could not write audit event %s", event)
 
+    def _name_for(self, upd: Update) -> Update:
+        """A tombstone with the name of the user it is about, when this door holds them.
+
+        Tombstones carry only the user tag; the name is found among this door's voiceprints
+        (the store keys rows by name, under its own key). StoreError when the store cannot be
+        read: then nothing is recorded and the retained tombstone is applied on a later connect.
+        """
+        if upd.name is not None:
+            return upd
+        prints, damaged = self.store.readable()
+        for vp in prints:
+            if self.codec.user_tag(vp.name) == upd.tag:
+                return dataclasses.replace(upd, name=vp.name)
+        if damaged:
+            log.warning(
+                "fleet sync: %d unreadable voiceprint(s) not checked against the %s of user tag %s",
+                damaged,
+                upd.kind,
+                upd.tag,
+            )
+        return upd
+
     def _apply(self, upd: Update) -> str:
-        known = self.state.user(upd.tag)
-        if known is not None and upd.version <= known[0] and known[1] == "erase":
-            return self._ignored(upd, known[0])  # erased later than this message was made
-        grant = self.state.grant(upd.tag, upd.group)
-        # A grant dropped by config takes its own version again (older ones stay ignored).
-        redo = grant is not None and grant[1] == "dropped" and upd.version == grant[0]
-        if grant is not None and upd.version <= grant[0] and not redo:
-            return self._ignored(upd, grant[0])
+        row = self.state.user(upd.tag)
+        known: Order | None = (row[0], row[3]) if row else None
+        held = bool(row and row[2])
+        if row and known and row[1] == "erase" and not newer(upd.order, known):
+            return self._ignored(upd, known)  # erased later than this message was made
+        grant_row = self.state.grant(upd.tag, upd.group)
+        if grant_row is not None:
+            grant = (grant_row[0], grant_row[2])
+            # A grant dropped by config takes its own version again (older ones stay ignored).
+            redo = grant_row[1] == "dropped" and not newer(grant, upd.order)
+            if not newer(upd.order, grant) and not redo:
+                return self._ignored(upd, grant)
         if upd.kind == "erase":
-            if known is not None and upd.version <= known[0]:
+            if known is not None and not newer(upd.order, known):
                 # Older than what this door has, e.g. the erase still retained on another
                 # group's topic after the user was enrolled again: the newer change stands.
-                return self._ignored(upd, known[0])
-            erased = self.store.erase(upd.name)
-            self._erased(upd.name)
-            self.state.set_user(upd.tag, upd.version, "erase", held=False)
-            self.state.set_grant(upd.tag, upd.group, upd.version, "erase")
-            log.info("fleet sync: %s erased (version %d, by %s)", upd.name, upd.version, upd.signer)
+                return self._ignored(upd, known)
+            upd = self._name_for(upd)
+            erased = False
+            if upd.name is not None:  # else: not held here; the version is what matters
+                erased = self.store.erase(upd.name)
+                self._erased(upd.name)
+            self.state.set_user(upd.tag, upd.order, "erase", held=False)
+            self.state.set_grant(upd.tag, upd.group, upd.order, "erase")
+            log.info(
+                "fleet sync: %s erased (version %d, by %s)", _who(upd), upd.version, upd.signer
+            )
             self.stats["applied"] += 1
-            return "erased" if erased else "erased_absent"
+            return self._done("erased" if erased else "erased_absent", upd)
         if upd.kind == "revoke":
             others = [
                 g
@@ -839,24 +959,27 @@ class FleetSync:
                 if g != upd.group and g in self.cfg.groups
             ]
             if others:
-                self.state.set_grant(upd.tag, upd.group, upd.version, "revoke")
+                self.state.set_grant(upd.tag, upd.group, upd.order, "revoke")
                 return "revoked_group"  # another of this door's groups still lets them in
             # State is written after the store changed, so a failure here means the retained
             # message is applied again on the next connect rather than skipped.
-            self.store.erase(upd.name)
-            self._erased(upd.name)
-            self.state.set_grant(upd.tag, upd.group, upd.version, "revoke")
-            version = max(upd.version, known[0] if known else 0)
-            self.state.set_user(upd.tag, version, "revoke", held=False)
-            log.info("fleet sync: %s revoked here (version %d)", upd.name, upd.version)
+            upd = self._name_for(upd)
+            if upd.name is not None:
+                self.store.erase(upd.name)
+                self._erased(upd.name)
+            self.state.set_grant(upd.tag, upd.group, upd.order, "revoke")
+            top = known if known is not None and newer(known, upd.order) else upd.order
+            self.state.set_user(upd.tag, top, "revoke", held=False)
+            log.info("fleet sync: %s revoked here (version %d)", _who(upd), upd.version)
             self.stats["applied"] += 1
-            return "revoked"
-        # A voiceprint.
+            return self._done("revoked", upd)
+        # A voiceprint (decode made sure it has a name).
+        assert upd.name is not None
         if not self.allowed_here(upd.name):
             # Defence in depth: the ACL should have kept it away; never store it.
             log.warning("fleet sync: %s is not allowed at this door; not stored", upd.name)
             self.stats["not_allowed"] += 1
-            return "not_allowed"
+            return self._done("not_allowed", upd)
         if self.model_id is not None and upd.model_id != self.model_id:
             log.error(
                 "fleet sync: %s was enrolled with model %s, this door runs %s; not stored",
@@ -866,14 +989,14 @@ class FleetSync:
             )
             self.stats["refused"] += 1
             return "model_mismatch"
-        if known is not None and known[2] and upd.version <= known[0]:
-            self.state.set_grant(upd.tag, upd.group, upd.version, "voiceprint")
+        if held and known is not None and not newer(upd.order, known):
+            self.state.set_grant(upd.tag, upd.group, upd.order, "voiceprint")
             return "already_have"  # the same enrollment, through another group
         assert upd.embeddings is not None and upd.model_id is not None
         meta = {**(upd.meta or {}), "fleet_version": upd.version, "fleet_signer": upd.signer}
         self.store.replace(upd.name, upd.embeddings, upd.model_id, meta)
-        self.state.set_grant(upd.tag, upd.group, upd.version, "voiceprint")
-        self.state.set_user(upd.tag, upd.version, "voiceprint", held=True)
+        self.state.set_grant(upd.tag, upd.group, upd.order, "voiceprint")
+        self.state.set_user(upd.tag, upd.order, "voiceprint", held=True)
         log.info(
             "fleet sync: %s stored (version %d, from %s via %s)",
             upd.name,
@@ -882,21 +1005,23 @@ class FleetSync:
             upd.group,
         )
         self.stats["applied"] += 1
-        return "stored"
+        return self._done("stored", upd)
 
-    def _ignored(self, upd: Update, have: int) -> str:
+    def _ignored(self, upd: Update, have: Order) -> str:
         self.stats["ignored_old"] += 1
-        if upd.version < have:
-            # The same version again is the retained copy after a reconnect; an older one is a
-            # replay, or a message that crossed a newer change: worth a line, never applied.
+        if newer(have, upd.order):
+            # The same change again is the retained copy after a reconnect; an older one is a
+            # replay, a message that crossed a newer change, or the loser of a tie (same
+            # version): worth a line, never applied.
             log.info(
-                "fleet sync: ignored %s of %s (version %d, by %s, via %s): version %d is newer",
+                "fleet sync: ignored %s of %s (version %d, by %s, via %s): version %d%s is newer",
                 upd.kind,
-                upd.name,
+                _who(upd),
                 upd.version,
                 upd.signer,
                 upd.group,
-                have,
+                have[0],
+                f" ({have[1]}, the tie-break)" if have[0] == upd.version else "",
             )
         return "ignored_old"
 
@@ -925,7 +1050,8 @@ class FleetSync:
                 self.store.erase(vp.name)
                 self._erased(vp.name)
                 known = self.state.user(tag)
-                self.state.set_user(tag, known[0] if known else 0, "revoke", held=False)
+                order = (known[0], known[3]) if known else (0, "")
+                self.state.set_user(tag, order, "revoke", held=False)
                 # Not a tombstone: if the config allows them again, the retained voiceprint
                 # (same version) must be applied, not skipped as one already seen.
                 self.state.drop_grants(tag)

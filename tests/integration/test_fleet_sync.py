@@ -6,6 +6,7 @@ its groups' topics. Speech is espeak-ng, embedded by the shipped speaker model.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not install
 ROOT = topic_root("voxgate", "acme")
 ACCESS = {"lobby": ["alice", "bob", "dave"], "lab": ["carol"]}
 USERS = {"door-a": "pw-a-123", "door-b": "pw-b-456", "door-c": "pw-c-789", "door-d": "pw-d-012"}
+USERS["door-e"] = "pw-e-345"
 ACL = f"""
 user door-a
 topic read {ROOT}/lobby/#
@@ -45,6 +47,9 @@ topic read {ROOT}/lab/#
 user door-d
 topic read {ROOT}/lobby/#
 topic read {ROOT}/lab/#
+
+user door-e
+topic read {ROOT}/lobby/#
 """
 ALICE, MALLORY = "en+m3", "en+f2"  # espeak voices
 
@@ -98,7 +103,8 @@ class Door:
             }
         )
 
-    def start(self, model_id: str | None = None) -> FleetSync:
+    def agent_for(self, model_id: str | None = None, **kwargs: Any) -> FleetSync:
+        """This door's agent, not started (e.g. offline: its changes wait in the outbox)."""
         cfg = self.config()
         self.cfg = cfg
         self.agent = FleetSync(
@@ -109,7 +115,14 @@ class Door:
             self.dir / "fleet.db",
             model_id=model_id,
             audit_event=lambda event, **f: self.audit.append((event, f)),
+            **kwargs,
         )
+        return self.agent
+
+    def start(self, model_id: str | None = None, **kwargs: Any) -> FleetSync:
+        if self.agent is None:
+            self.agent_for(model_id, **kwargs)
+        assert self.agent is not None
         self.agent.start()
         wait_until(self.agent.connected.is_set, 10, f"{self.name} connected")
         return self.agent
@@ -500,3 +513,119 @@ def test_a_later_change_by_another_door_is_not_sent_again(fleet: dict) -> None:
     b.agent.publish_erase("alice")
     wait_until(lambda: a.store.get("alice") is None, 10, "alice erased on door A")
     assert a.agent.stats["restored"] == 0
+
+
+def test_after_an_erase_a_new_subscriber_with_the_fleet_key_finds_no_name(
+    fleet: dict, tmp_path: Path
+) -> None:
+    """The erase is retained on every group's topic for good. It used to hold the name sealed
+    with the fleet key, which every door has: any door, or anyone with a door's key and broker
+    account, could read who had been erased, for ever."""
+    from tests.fleet_wire import open_body
+
+    a, b = fleet["a"], fleet["b"]
+    emb = np.random.default_rng(5).normal(size=(3, 256)).astype(np.float32)
+    a.store.add_user("alice", emb / np.linalg.norm(emb, axis=1, keepdims=True), "test-model")
+    a.start("test-model")
+    b.start("test-model")
+    a.agent.publish_enrollment("alice")
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    assert a.store.erase("alice")
+    a.agent.on_local_change("erased", "alice")
+    wait_until(lambda: b.store.get("alice") is None, 10, "alice erased on door B")
+    wait_until(lambda: len(b.audit) >= 2, 10, "B's audit events")
+    assert ("fleet_erased", "alice") in [(e, f.get("user")) for e, f in b.audit]
+
+    snoop = Snoop(fleet["broker"], "door-d")  # reads lobby and lab, where the erase went
+    fleet_key = bytes.fromhex((tmp_path / "fleet-key").read_text())
+    tag = a.agent.codec.user_tag("alice")
+    wait_until(lambda: len(snoop.messages) >= 2, 10, "the retained tombstones")
+    seen = dict(snoop.messages)
+    assert set(seen) == {f"{ROOT}/lobby/{tag}", f"{ROOT}/lab/{tag}"}
+    for payload in seen.values():
+        assert json.loads(payload)["kind"] == "erase"
+        assert b"alice" not in payload.lower()
+        assert b"alice" not in open_body(fleet_key, payload).lower()
+    snoop.close()
+
+
+def test_two_doors_enrolling_a_user_in_the_same_clock_tick_end_with_one_voiceprint_everywhere(
+    fleet: dict, tmp_path: Path
+) -> None:
+    """Doors A and B enroll alice with the same version (same millisecond, or clocks skewed
+    just so). Door D, online, kept the first to arrive and ignored the other (same version);
+    door E, syncing later, got the retained one, i.e. the last: the doors disagreed on who
+    alice is, for ever. Now every door keeps the same one (here B's: the tie-break orders
+    equal versions by kind, then signer, then a digest)."""
+    a, b, broker = fleet["a"], fleet["b"], fleet["broker"]
+    tick = 1_790_000_000.0
+
+    def clock() -> float:
+        return tick
+
+    rng = np.random.default_rng(6)
+    x, y = (rng.normal(size=(3, 256)).astype(np.float32) for _ in range(2))
+    a.store.add_user("alice", x / np.linalg.norm(x, axis=1, keepdims=True), "test-model")
+    b.store.add_user("alice", y / np.linalg.norm(y, axis=1, keepdims=True), "test-model")
+    d = Door(tmp_path, "door-d", broker, ["lobby", "lab"])
+    e = Door(tmp_path, "door-e", broker, ["lobby"])
+    for door in (d, e):
+        (door.dir / "signing-key").write_text(os.urandom(32).hex() + "\n")
+        (door.dir / "signing-key").chmod(0o600)
+    try:
+        d.start("test-model")
+        a.start("test-model", clock=clock)
+        b.agent_for("test-model", clock=clock).publish_enrollment("alice")  # offline: queued
+        a.agent.publish_enrollment("alice")
+        wait_until(lambda: d.store.get("alice") is not None, 10, "A's alice on door D")
+        b.start()  # B's queued enrollment goes out now, with the same version
+        wait_until(lambda: b.agent.state.outbox() == [], 10, "B's outbox drained")
+        wait_until(lambda: d.agent.stats["applied"] + d.agent.stats["ignored_old"] >= 2, 10, "D")
+        e.start("test-model")  # a door that syncs later: gets what the broker retained
+        wait_until(lambda: e.store.get("alice") is not None, 10, "alice on door E")
+        want = b.store.get("alice").embeddings
+        for door in (a, d, e):
+            wait_until(
+                lambda door=door: np.array_equal(door.store.get("alice").embeddings, want),
+                5,
+                f"{door.name} holding B's alice",
+            )
+    finally:
+        for door in (d, e):
+            door.stop()
+            door.store.close()
+
+
+def test_an_erase_and_an_enrollment_in_the_same_clock_tick_end_erased_everywhere(
+    fleet: dict, tmp_path: Path
+) -> None:
+    """B erases alice while A, offline, holds an enrollment of her with the same version.
+    A's enrollment reached the broker last, so it became the retained message: A kept alice,
+    B did not, and door E syncing later stored her. At equal versions the erase now wins,
+    and A makes it the retained message again (it gets the erase before its own echo)."""
+    a, b, broker = fleet["a"], fleet["b"], fleet["broker"]
+    tick = 1_790_000_000.0
+
+    def clock() -> float:
+        return tick
+
+    emb = np.random.default_rng(7).normal(size=(3, 256)).astype(np.float32)
+    a.store.add_user("alice", emb / np.linalg.norm(emb, axis=1, keepdims=True), "test-model")
+    e = Door(tmp_path, "door-e", broker, ["lobby"])
+    (e.dir / "signing-key").write_text(os.urandom(32).hex() + "\n")
+    (e.dir / "signing-key").chmod(0o600)
+    try:
+        a.agent_for("test-model", clock=clock).publish_enrollment("alice")  # offline: queued
+        b.start("test-model", clock=clock)
+        b.agent.publish_erase("alice")
+        assert b.agent.wait_sent(10)
+        a.start()
+        wait_until(lambda: a.agent.state.outbox() == [], 10, "A's outbox drained")
+        wait_until(lambda: a.store.get("alice") is None, 5, "alice erased on door A too")
+        e.start("test-model")
+        wait_until(lambda: e.agent.stats["applied"] >= 1, 10, "door E synced")
+        assert e.store.get("alice") is None
+        assert e.agent.state.user(e.agent.codec.user_tag("alice"))[1] == "erase"
+    finally:
+        e.stop()
+        e.store.close()

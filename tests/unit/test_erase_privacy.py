@@ -164,11 +164,11 @@ def test_a_sent_fleet_message_is_gone_from_the_sync_state_bytes(tmp_path: Path) 
     state = SyncState(path)
     topic = "voxgate/_fleet/acme/lobby/" + "ab" * 16
     voiceprint = os.urandom(3000)  # stands for the sealed message
-    state.queue(topic, voiceprint, 1)
+    state.queue(topic, voiceprint, (1, "v"))
     assert voiceprint[:64] in raw(path)
     tombstone = os.urandom(300)
-    state.queue(topic, tombstone, 2)  # erased before it went out
-    state.sent(topic, 2)
+    state.queue(topic, tombstone, (2, "e"))  # erased before it went out
+    state.sent(topic, (2, "e"))
     assert state.outbox() == []
     data = raw(path)
     assert voiceprint[:64] not in data and tombstone[:64] not in data

@@ -189,3 +189,139 @@ def test_a_user_dropped_by_config_comes_back_when_the_config_allows_them_again(
     assert door.handle(old_topic, old_msg) == "ignored_old"  # a replay of an older one
     assert door.handle(topic, msg) == "stored"  # the retained copy after the next connect
     assert door.store.get("alice") is not None
+
+
+def test_a_nameless_tombstone_finds_the_user_by_tag_and_binds_doors_that_never_held_them(
+    tmp_path: Path,
+) -> None:
+    """Tombstones carry only the user tag. A door that holds the user finds the row by the tag
+    (and tells on_erased the name); a door that does not hold them still records the erase,
+    so an older voiceprint replayed later is ignored."""
+    door = _door(tmp_path, ["lobby"], {"lobby": ["*"]})
+    gone: list[str] = []
+    door.on_erased = gone.append
+    audit: list[tuple[str, dict]] = []
+    door.audit_event = lambda event, **f: audit.append((event, f))
+    assert door.handle(*_vp("lobby", "Alice", 3)) == "stored"
+    assert door.handle(*_vp("lobby", "bob", 3)) == "stored"
+    assert door.handle(*_tomb("erase", "lobby", "alice", 4)) == "erased"
+    assert [u.name for u in door.store.users()] == ["bob"] and gone == ["Alice"]
+    assert audit[-1][0] == "fleet_erased" and audit[-1][1]["user"] == "Alice"
+
+    assert door.handle(*_tomb("erase", "lobby", "carol", 5)) == "erased_absent"
+    assert gone == ["Alice"]  # no name to forget: the door never held carol
+    assert audit[-1][1]["user_tag"] == SENDER.user_tag("carol") and "user" not in audit[-1][1]
+    assert door.handle(*_vp("lobby", "carol", 4)) == "ignored_old"  # a replay
+    assert door.store.get("carol") is None
+
+    assert door.handle(*_tomb("revoke", "lobby", "bob", 6)) == "revoked"
+    assert door.store.users() == [] and gone == ["Alice", "bob"]
+
+
+def test_an_erase_from_a_door_running_older_code_still_applies(tmp_path: Path) -> None:
+    from tests.fleet_wire import old_tombstone
+
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice"]})
+    assert door.handle(*_vp("lobby", "alice", 3)) == "stored"
+    tag = SENDER.user_tag("alice")
+    msg = old_tombstone(
+        FLEET_KEY,
+        SIGNING,
+        kind="erase",
+        site="acme",
+        group="lobby",
+        tag=tag,
+        name="alice",
+        version=4,
+        signer="door-a",
+        issued_at=door.clock(),
+    )
+    assert door.handle(f"{ROOT}/lobby/{tag}", msg) == "erased"
+    assert door.store.get("alice") is None
+
+
+OTHER_SIGNING = os.urandom(32)
+OTHER = Codec(FleetKeys(FLEET_KEY, OTHER_SIGNING, {}), "acme", "door-z")
+
+
+def _from(codec: Codec, kind: str, name: str, version: int, seed: int) -> tuple[str, bytes]:
+    topic = f"{ROOT}/lobby/{codec.user_tag(name)}"
+    if kind != "voiceprint":
+        return topic, codec.encode(kind, "lobby", name, version)
+    emb = np.random.default_rng(seed).standard_normal((2, 8)).astype(np.float32)
+    return topic, codec.encode(kind, "lobby", name, version, model_id="m", embeddings=emb)
+
+
+@pytest.mark.parametrize(
+    "first,second",
+    [
+        ("voiceprint", "voiceprint"),
+        ("voiceprint", "erase"),
+        ("erase", "voiceprint"),
+        ("voiceprint", "revoke"),
+    ],
+)
+def test_two_changes_with_the_same_version_end_the_same_in_either_order(
+    tmp_path: Path, first: str, second: str
+) -> None:
+    """Two doors change alice within the same clock tick (or with skewed clocks) and both
+    messages carry the same version. A door applied whichever came first and ignored the
+    other; doors that got them in the other order (a door syncing later gets only the last,
+    retained one) kept the other change, for ever."""
+    keys = FleetKeys(
+        FLEET_KEY,
+        None,
+        {
+            "door-a": bytes.fromhex(public_key_hex(SIGNING)),
+            "door-z": bytes.fromhex(public_key_hex(OTHER_SIGNING)),
+        },
+    )
+    msgs = [_from(SENDER, first, "alice", 100, 1), _from(OTHER, second, "alice", 100, 2)]
+    outcomes = []
+    for n, order in enumerate((msgs, msgs[::-1])):
+        door = _door(tmp_path / str(n), ["lobby"], {"lobby": ["alice"]})
+        door.keys = keys
+        door.codec = Codec(keys, "acme", "door-b")
+        for topic, payload in order:
+            assert door.handle(topic, payload) != "refused"
+        vp = door.store.get("alice")
+        outcomes.append(None if vp is None else vp.embeddings.tobytes())
+        door.stop()
+        door.store.close()
+    assert outcomes[0] == outcomes[1]
+    if "erase" in (first, second) or "revoke" in (first, second):
+        # At the same version, removing wins over enrolling (the conservative side).
+        assert outcomes[0] is None
+
+
+def test_a_sync_state_file_from_before_tie_breaks_keeps_working(tmp_path: Path) -> None:
+    """Rows written by older code have no tie-break: they tie with every message of their
+    version, as before (the retained copy after an upgrade is not applied a second time)."""
+    import sqlite3
+
+    tag = SENDER.user_tag("alice")
+    con = sqlite3.connect(tmp_path / "fleet.db")
+    con.executescript(
+        """
+        CREATE TABLE users (tag TEXT PRIMARY KEY, version INTEGER NOT NULL, kind TEXT NOT NULL,
+            held INTEGER NOT NULL);
+        CREATE TABLE grants (tag TEXT NOT NULL, grp TEXT NOT NULL, version INTEGER NOT NULL,
+            kind TEXT NOT NULL, PRIMARY KEY (tag, grp));
+        CREATE TABLE outbox (topic TEXT PRIMARY KEY, payload BLOB NOT NULL,
+            version INTEGER NOT NULL);
+        """
+    )
+    con.execute("INSERT INTO users VALUES (?, 100, 'erase', 0)", (tag,))
+    con.execute("INSERT INTO grants VALUES (?, 'lobby', 100, 'erase')", (tag,))
+    con.execute("INSERT INTO outbox VALUES ('t', x'00', 100)")
+    con.commit()
+    con.close()
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice"]})
+    assert door.state.user(tag) == (100, "erase", False, "")
+    assert door.state.outbox() == [("t", b"\x00", (100, ""))]
+    assert door.handle(*_vp("lobby", "alice", 100)) == "ignored_old"
+    assert door.handle(*_tomb("erase", "lobby", "alice", 100)) == "ignored_old"
+    assert door.handle(*_vp("lobby", "alice", 101)) == "stored"
+    assert door.state.user(tag)[:3] == (101, "voiceprint", True)
+    door.state.sent("t", (100, ""))
+    assert door.state.outbox() == []

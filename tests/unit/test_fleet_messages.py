@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from voxgate.config.fleet import FleetConfig
-from voxgate.fleet import Codec, FleetError, FleetKeys, MessageError, parse_key32, public_key_hex
+from voxgate.fleet import (
+    Codec,
+    FleetError,
+    FleetKeys,
+    MessageError,
+    newer,
+    parse_key32,
+    public_key_hex,
+)
 
 NOW = 1_800_000_000.0
 
@@ -137,3 +145,75 @@ def test_raw_keys_keep_their_whitespace_bytes(
         FleetConfig(key_file=tmp_path / "fleet-key", signing_key_file=tmp_path / "signing")
     )
     assert keys.fleet_key == fleet and keys.signing_key == signing
+
+
+def test_tombstones_carry_no_name_even_for_a_holder_of_the_fleet_key(
+    pair: tuple[Codec, Codec, bytes],
+) -> None:
+    """An erase stays retained for good and every door holds the fleet key: the sealed name
+    inside it told every door, for ever, who had been erased. The topic's tag says whose it is."""
+    from tests.fleet_wire import open_body
+
+    sender, receiver, fleet_key = pair
+    tag = sender.user_tag("Alice")
+    for kind in ("erase", "revoke"):
+        msg = sender.encode(kind, "lobby", "Alice", 18, now=NOW)
+        assert b"alice" not in open_body(fleet_key, msg).lower()
+        upd = receiver.decode("lobby", tag, msg, NOW)
+        assert (upd.kind, upd.tag, upd.name, upd.version) == (kind, tag, None, 18)
+    # A voiceprint still needs its name (the door stores it under that name).
+    vp = sender.encode("voiceprint", "lobby", "Alice", 19, model_id="m", embeddings=_emb())
+    assert b'"name":"Alice"' in open_body(fleet_key, vp)
+
+
+def test_tombstones_from_doors_running_older_code_are_still_accepted(
+    pair: tuple[Codec, Codec, bytes],
+) -> None:
+    """A mixed fleet during an upgrade: an old door's erase (the name inside) still applies;
+    one whose name does not match the topic's tag is refused as before."""
+    from tests.fleet_wire import old_tombstone
+
+    sender, receiver, fleet_key = pair
+    assert sender.keys.signing_key is not None
+    tag = sender.user_tag("alice")
+
+    def old(name: str) -> bytes:
+        return old_tombstone(
+            fleet_key,
+            sender.keys.signing_key,  # type: ignore[arg-type]
+            kind="erase",
+            site="acme",
+            group="lobby",
+            tag=tag,
+            name=name,
+            version=7,
+            signer="door-a",
+            issued_at=NOW,
+        )
+
+    upd = receiver.decode("lobby", tag, old("ALICE"), NOW)
+    assert (upd.kind, upd.name, upd.version) == ("erase", "ALICE", 7)
+    for wrong in ("bob", "", "\x00"):
+        with pytest.raises(MessageError, match="does not match the topic's user tag"):
+            receiver.decode("lobby", tag, old(wrong), NOW)
+
+
+def test_every_door_computes_the_same_tie_break_and_the_sender_knows_it(
+    pair: tuple[Codec, Codec, bytes],
+) -> None:
+    """The order of two changes with the same version is taken from the message itself, so
+    each door (and the sender, for its own echo) gets the same answer; the copies sent to
+    each group are one change."""
+    sender, receiver, _ = pair
+    emb = _emb()
+    lobby = sender.encode("voiceprint", "lobby", "alice", 5, model_id="m", embeddings=emb)
+    lab = sender.encode("voiceprint", "lab", "alice", 5, model_id="m", embeddings=emb)
+    tag = sender.user_tag("alice")
+    a, b = receiver.decode("lobby", tag, lobby, NOW), receiver.decode("lab", tag, lab, NOW)
+    own = sender.tiebreak(
+        "voiceprint", "door-a", sender.body("voiceprint", "alice", model_id="m", embeddings=emb)
+    )
+    assert a.order == b.order == (5, own)
+    erase = receiver.decode("lobby", tag, sender.encode("erase", "lobby", "alice", 5), NOW)
+    assert newer(erase.order, a.order) and not newer(a.order, erase.order)
+    assert newer((6, ""), erase.order) and not newer((5, ""), a.order)  # rows from before
