@@ -509,7 +509,8 @@ def _who(upd: Update) -> str:
 
 def allows(access: dict[str, list[str]], group: str, name: str) -> bool:
     users = access.get(group, [])
-    return ALL_USERS in users or normalize_name(name) in {normalize_name(u) for u in users}
+    # Compared as the store compares names (names.fold): 'Alice' opens the 'alice' voiceprint.
+    return ALL_USERS in users or fold(name) in {fold(u) for u in users}
 
 
 class FleetSync:
@@ -578,8 +579,8 @@ class FleetSync:
     def allowed_here(self, name: str) -> bool:
         """May this door hold `name`'s voiceprint? (its groups' access, then allowed_users)"""
         if self.cfg.allowed_users is not None:
-            allowed = {normalize_name(u) for u in self.cfg.allowed_users}
-            if normalize_name(name) not in allowed:
+            allowed = {fold(u) for u in self.cfg.allowed_users}
+            if fold(name) not in allowed:
                 return False
         return any(allows(self.cfg.access, g, name) for g in self.cfg.groups)
 

@@ -325,3 +325,13 @@ def test_a_sync_state_file_from_before_tie_breaks_keeps_working(tmp_path: Path) 
     assert door.state.user(tag)[:3] == (101, "voiceprint", True)
     door.state.sent("t", (100, ""))
     assert door.state.outbox() == []
+
+
+def test_the_access_map_matches_names_as_the_store_does(tmp_path: Path) -> None:
+    """'Alice' and 'alice' open one voiceprint, so fleet.access listing 'alice' lets 'Alice'
+    in: before, her voiceprint was kept on the door it was enrolled at and never sent."""
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice"]}, allowed_users=[" ALICE"])
+    assert door.groups_for("Alice") == ["lobby"]
+    assert door.allowed_here("Alice")
+    assert door.handle(*_vp("lobby", "Alice", 1)) == "stored"
+    assert door.groups_for("bob") == []
