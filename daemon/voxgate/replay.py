@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxgate.replay_index import COARSE_MIN, FingerprintIndex
+from voxgate.replay_index import COARSE_MIN, FingerprintIndex, popcount
 from voxgate.stt.mfcc import MfccSpec, log_mel
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,9 @@ DEFAULT_THRESHOLD = 0.85  # similarity at or above this is a replay (docs/challe
 SCHEMA_VERSION = 1
 MAX_ROWS = 5000  # stored fingerprints kept at most; the oldest go first (docs/challenge.md)
 COARSE_VIEW = SUB_HOP.index(80)  # the sub-hop view the prefilter samples beside view 0
+# Stored answers compared exactly per check at most: the prefilter's best. Real answers send
+# 1-7 (earlier replays of the same answer); without a bound a store of near-copies sent all.
+MAX_EXACT = 8
 
 
 @dataclass(frozen=True)
@@ -65,14 +68,6 @@ def fingerprint(pcm: np.ndarray) -> Fingerprint:
     return (bits.astype(np.uint64) @ weights).astype(np.uint32), loud
 
 
-_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    """Set bits per uint32 (np.bitwise_count needs numpy 2; the project allows 1.24+)."""
-    return _POP8[x.astype(np.uint32)[..., None].view(np.uint8)].sum(-1, dtype=np.int32)
-
-
 def similarity(
     a: Fingerprint, b: Fingerprint, max_shift: int = MAX_SHIFT, offset: int = 0
 ) -> float:
@@ -104,7 +99,7 @@ def similarity(
     bits, loud, real = win(pb, n), win(pl, n), win(inside, n)  # (2s+1, n)
     counted = (loud | la[None, :]) & real
     counts = counted.sum(1)
-    errors = np.where(counted, _popcount(bits ^ fa[None, :]), 0).sum(1)
+    errors = np.where(counted, popcount(bits ^ fa[None, :]), 0).sum(1)
     ok = counts >= max(need, 1)
     if not ok.any():
         return 0.0
@@ -185,6 +180,7 @@ class ReplayDetector:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._init_schema()
             self._load()
+            self._index.build()  # at start, not in the first check
         except sqlite3.DatabaseError as exc:
             raise ReplayStoreError(
                 f"{self.path}: not a replay-fingerprint database ({exc})"
@@ -264,15 +260,18 @@ class ReplayDetector:
 
     def _to_compare(self, views: list[Fingerprint], lo: int, hi: int) -> list[int]:
         """Indices of the stored answers to compare exactly: those with lo..hi loud frames;
-        with the prefilter, only those it scores as possible replays, and always the
-        closest-looking one (so `similarity` still says how near the nearest answer came)."""
+        with the prefilter, only those it scores as possible replays (the MAX_EXACT best),
+        and always the closest-looking one (so `similarity` still says how near the nearest
+        answer came)."""
         if self.exact_only:
             return [i for i in range(len(self._index)) if lo <= self._index.row(i).count <= hi]
         score = self._index.coarse([views[0], views[COARSE_VIEW]], lo, hi)
         if not len(score) or score.max() <= 0:
             return []
-        picked = set(np.flatnonzero(score >= COARSE_MIN).tolist()) | {int(score.argmax())}
-        return sorted(picked)
+        picked = np.flatnonzero(score >= COARSE_MIN)
+        if len(picked) > MAX_EXACT:  # the best-scoring ones: the likeliest replays
+            picked = picked[np.argsort(-score[picked], kind="stable")[:MAX_EXACT]]
+        return sorted(set(picked.tolist()) | {int(score.argmax())})
 
     def _prune(self, now: float) -> None:
         with self._db:
