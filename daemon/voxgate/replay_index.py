@@ -123,6 +123,7 @@ class _Row:
     count: int  # loud frames
     padded: np.ndarray  # GAP zero frames, then the bits (a piece of the flat array)
     padded_loud: np.ndarray  # GAP False, then the loud flags
+    user: bytes | None = None  # the matched user's key (replay.user_key), None: nobody's
 
     @property
     def bits(self) -> np.ndarray:
@@ -143,15 +144,26 @@ class FingerprintIndex:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def add(self, row_id: int, created: float, bits: np.ndarray, loud: np.ndarray) -> None:
+    def add(
+        self,
+        row_id: int,
+        created: float,
+        bits: np.ndarray,
+        loud: np.ndarray,
+        user: bytes | None = None,
+    ) -> None:
         n = min(len(bits), len(loud))
         bits, loud = np.asarray(bits[:n], np.uint32), np.asarray(loud[:n], bool)
         padded = np.concatenate([np.zeros(GAP, np.uint32), bits])
         padded_loud = np.concatenate([np.zeros(GAP, bool), loud])
-        row = _Row(row_id, created, int(loud.sum()), padded, padded_loud)
+        row = _Row(row_id, created, int(loud.sum()), padded, padded_loud, user)
         self._rows.append(row)
         if self._flat is not None:
             self._flat.append(row)
+
+    def ids_of(self, user: bytes) -> set[int]:
+        """The rows stored under that user's key."""
+        return {r.row_id for r in self._rows if r.user == user}
 
     def drop(self, row_ids: set[int]) -> None:
         self._keep([r.row_id not in row_ids for r in self._rows])
