@@ -235,16 +235,19 @@ class _Flat:
         self.count = np.array([r.count for r in rows], dtype=np.int64)
         tail = np.zeros(GAP, np.uint32)
         self.bits = np.concatenate([*(r.padded for r in rows), tail])
-        row_of = np.repeat(np.arange(len(rows)), sizes)
-        pos = np.arange(len(row_of)) - (self.start[row_of] if len(rows) else 0)
-        self.inside = np.concatenate([pos >= 0, np.zeros(GAP, bool)])
+        # Not a row number per frame (8 bytes a frame, several such arrays at once: 370 MB
+        # at start for 5000 stored 15 s answers): the padding frames are known per row.
+        self.inside = np.ones(len(self.bits), bool)
+        self.inside[(self.start[:, None] - GAP + np.arange(GAP)).ravel()] = False
+        self.inside[len(self.bits) - GAP :] = False
         loud = np.concatenate([*(r.padded_loud for r in rows), tail > 0])
         # Run edges of every row at once: padding frames are quiet, so no run crosses rows.
         d = np.diff(loud.astype(np.int8), prepend=0)
         s, e = np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1
-        keep = _longest_runs(row_of[s], e - s) if len(s) else s
+        row_s = np.searchsorted(self.start, s, side="right") - 1
+        keep = _longest_runs(row_s, e - s) if len(s) else s
         s, e = s[keep], e[keep]
-        self.start_row, self.end_row = row_of[s], row_of[e]
+        self.start_row = self.end_row = row_s[keep]
         self.run_start = s - self.start[self.start_row]
         self.run_end = e - self.start[self.end_row]
         self._windows()
