@@ -360,6 +360,7 @@ class ReplayDetector:
                 cur = self._db.execute("DELETE FROM fingerprints WHERE user_key = ?", (tag,))
             gone = self._index.ids_of(tag)
             self._index.drop(gone)
+            self._index.build()  # here (an erase), not in the loop's next check
             if cur.rowcount > 0:
                 self._scrub()
             return max(len(gone), cur.rowcount)
