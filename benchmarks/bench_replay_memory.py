@@ -2,11 +2,14 @@
 loud runs (a ticking or clicking background, or choppy noise), the prefilter's worst case.
 
     PYTHONPATH=daemon python benchmarks/bench_replay_memory.py --stored 1000 [--seconds 15]
+        [--copies 0]
 
 The stored answers are made as fingerprints directly (random bits, loud in runs of 6 frames
 with 2 quiet frames between: 188 runs in 15 s); the new answer is one more like them, checked
-by ReplayDetector.check_and_add() on audio of the same rhythm. Prints the wall time of two
-checks and the process's peak resident memory (ru_maxrss) before and after them.
+by ReplayDetector.check_and_add() on audio of the same rhythm. `--copies K`: K of the stored
+answers are earlier replays of the second check's answer (each one a possible match the
+prefilter passes on). Prints the wall time of two checks, how many stored answers the second
+compared exactly, and the process's peak resident memory (ru_maxrss) before and after them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from voxgate import replay
+from voxgate.replay_index import FingerprintIndex
 
 
 def choppy_audio(seconds: float, seed: int) -> np.ndarray:
@@ -43,28 +47,43 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stored", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=15.0, help="length of each answer")
+    ap.add_argument("--copies", type=int, default=0, help="stored replays of the 2nd answer")
     args = ap.parse_args()
-    if args.stored < 1 or not 1 <= args.seconds <= 120:
-        print("bench_replay_memory.py: --stored >= 1, --seconds 1..120", file=sys.stderr)
+    if args.stored < 1 or not 1 <= args.seconds <= 120 or not 0 <= args.copies <= args.stored:
+        print(
+            "bench_replay_memory.py: --stored >= 1, --seconds 1..120, --copies 0..stored",
+            file=sys.stderr,
+        )
         return 2
     logging.getLogger("voxgate.replay").setLevel(logging.ERROR)
     pcm = choppy_audio(args.seconds, 0)
     frames = len(replay.fingerprint(pcm)[0])
     with tempfile.TemporaryDirectory(prefix="bench_replay_memory_") as tmp:
         det = replay.ReplayDetector(Path(tmp) / "replay.db", window_s=10**9, max_rows=100_000)
+        copy = replay.fingerprint(pcm)
+        index = FingerprintIndex()
         for i in range(args.stored):  # straight into the in-memory copy, as _load() does
-            det._index.add(i + 1, 1.0, *choppy_fingerprint(frames, i + 1))
+            fp = copy if i < args.copies else choppy_fingerprint(frames, i + 1)
+            index.add(i + 1, 1.0, *fp)
+        t0 = time.perf_counter()
+        if hasattr(index, "build"):  # as the detector does at start (else the first check)
+            index.build()
+        build_ms = (time.perf_counter() - t0) * 1000
+        det._index = index
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         ms = []
         for i, x in enumerate((choppy_audio(args.seconds, 1), pcm)):
             t0 = time.perf_counter()
             det.check_and_add(x, 2.0 + i)
             ms.append((time.perf_counter() - t0) * 1000)
+        examined = det.last_examined
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         det.close()
     print(
         f"{args.stored} stored answers of {args.seconds:g} s ({frames} frames each): "
-        f"first check {ms[0]:.0f} ms (builds the in-memory array), second {ms[1]:.0f} ms; "
+        f"in-memory array built in {build_ms:.0f} ms; "
+        f"first check {ms[0]:.0f} ms, second {ms[1]:.0f} ms "
+        f"({examined} compared exactly); "
         f"peak resident memory {base:.0f} MB before the checks, {peak:.0f} MB after"
     )
     return 0

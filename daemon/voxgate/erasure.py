@@ -1,9 +1,10 @@
 """What the door holds about a person besides the voiceprint: `held_about` lists it for an
 export (data-subject access request); `forget_on_disk` removes it after an erase, for the
 processes that are not the daemon (`voxgate users erase`, the standalone `voxgate api`): the
-person's lockout entry and the kept recordings the audit log ties to them. The daemon does
-the same through its own lockout book (service/users.py `UserServices.forget`), and also
-clears the retained MQTT `user` topic. docs/speaker-verification.md lists everything held
+person's lockout entry, the replay fingerprints of their answers and the kept recordings the
+audit log ties to them. The daemon does the same through its own lockout book and replay
+detector (service/users.py `UserServices.forget`), and also clears the retained MQTT `user`
+topic. docs/speaker-verification.md lists everything held
 per user and what erase does to each."""
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ log = logging.getLogger(__name__)
 
 
 def forget_on_disk(cfg: Any, name: str) -> list[str]:
-    """Drop `name`'s lockout entry and kept recordings; returns what was dropped."""
+    """Drop `name`'s lockout entry, replay fingerprints and kept recordings; returns what
+    was dropped."""
     from voxgate.lockout import forget_in_file
+    from voxgate.replay import forget_user_in_file
     from voxgate.service.keep import erase_recordings_for
 
     dropped = []
     if forget_in_file(cfg.lockout.path or cfg.data_dir / "lockout.db", name):
         dropped.append("lockout entry")
+    fingerprints = forget_user_in_file(cfg.data_dir / "replay.db", name)
+    if fingerprints:
+        dropped.append(f"{fingerprints} replay fingerprint(s)")
     removed = erase_recordings_for(cfg, name)
     if removed:
         dropped.append(f"{removed} kept recording(s)")
@@ -50,8 +56,9 @@ def after_erase(cfg: Any, then: Callable[[str, str], None] | None) -> Callable[[
 NOT_INCLUDED = (
     "service logs (journald): lines name users at decisions, enrollments and erases; kept "
     "as long as the journal keeps them (journalctl --vacuum-time)",
-    "replay fingerprints (replay.db): one per attempt for challenge.replay_window_s, derived "
-    "from the voice but stored without a name; only their time links them to an audit line",
+    "replay fingerprints (replay.db): one per answer whose voice matched, for "
+    "challenge.replay_window_s, derived from the voice; stored under a salted hash of the "
+    "matched name (not listed here: they are not audio, and erase drops them)",
     "kept recordings: listed here by file; the audio itself is encrypted with the audio key "
     "(decrypt with service.keep.AudioKeeper.load)",
     "MQTT broker: the retained `user` topic holds the last granted name; fleet sync keeps "

@@ -5,12 +5,17 @@ louder or quieter, a little earlier or later). A live person never says the same
 twice in exactly the same way. The fingerprint is one 32-bit word per 10 ms frame: the
 signs of the band-energy differences across frequency and time on a log-mel scale, which
 do not change with volume. Two answers are compared at every offset up to MAX_SHIFT frames;
-similarity = 1 - bit error rate. Only fingerprints are stored (SQLite), never audio.
+similarity = 1 - bit error rate. Only fingerprints are stored (SQLite), never audio, each
+under a salted hash of the user whose voice the answer matched, so that erasing the user
+drops them (forget, forget_user_in_file).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -18,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from voxgate.replay_index import COARSE_MIN, FingerprintIndex
+from voxgate.names import fold
+from voxgate.replay_index import COARSE_MIN, FingerprintIndex, popcount
 from voxgate.stt.mfcc import MfccSpec, log_mel
 
 log = logging.getLogger(__name__)
@@ -29,9 +35,12 @@ MIN_FRAMES = 20  # shorter answers (200 ms of speech) are too short to fingerpri
 LOUD_DB = 30.0  # frames this far below the loudest are pauses
 SUB_HOP = (0, 40, 80, 120)  # samples (2.5 ms steps) tried when comparing a new answer
 DEFAULT_THRESHOLD = 0.85  # similarity at or above this is a replay (docs/challenge.md)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: rows carry the matched user's key (user_key); schema 1 files migrate
 MAX_ROWS = 5000  # stored fingerprints kept at most; the oldest go first (docs/challenge.md)
 COARSE_VIEW = SUB_HOP.index(80)  # the sub-hop view the prefilter samples beside view 0
+# Stored answers compared exactly per check at most: the prefilter's best. Real answers send
+# 1-7 (earlier replays of the same answer); without a bound a store of near-copies sent all.
+MAX_EXACT = 8
 
 
 @dataclass(frozen=True)
@@ -65,14 +74,6 @@ def fingerprint(pcm: np.ndarray) -> Fingerprint:
     return (bits.astype(np.uint64) @ weights).astype(np.uint32), loud
 
 
-_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    """Set bits per uint32 (np.bitwise_count needs numpy 2; the project allows 1.24+)."""
-    return _POP8[x.astype(np.uint32)[..., None].view(np.uint8)].sum(-1, dtype=np.int32)
-
-
 def similarity(
     a: Fingerprint, b: Fingerprint, max_shift: int = MAX_SHIFT, offset: int = 0
 ) -> float:
@@ -104,7 +105,7 @@ def similarity(
     bits, loud, real = win(pb, n), win(pl, n), win(inside, n)  # (2s+1, n)
     counted = (loud | la[None, :]) & real
     counts = counted.sum(1)
-    errors = np.where(counted, _popcount(bits ^ fa[None, :]), 0).sum(1)
+    errors = np.where(counted, popcount(bits ^ fa[None, :]), 0).sum(1)
     ok = counts >= max(need, 1)
     if not ok.any():
         return 0.0
@@ -185,17 +186,18 @@ class ReplayDetector:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._init_schema()
             self._load()
+            self._index.build()  # at start, not in the first check
         except sqlite3.DatabaseError as exc:
             raise ReplayStoreError(
                 f"{self.path}: not a replay-fingerprint database ({exc})"
             ) from None
 
     def _load(self) -> None:
-        for row_id, created, blob, mask in self._db.execute(
-            "SELECT id, created_at, fp, loud FROM fingerprints ORDER BY id"
+        for row_id, created, blob, mask, user in self._db.execute(
+            "SELECT id, created_at, fp, loud, user_key FROM fingerprints ORDER BY id"
         ):
             try:
-                self._index.add(row_id, created, *_decode(blob, mask))
+                self._index.add(row_id, created, *_decode(blob, mask), user)
             except (ValueError, TypeError) as exc:  # a damaged row: the rest still count
                 log.warning(
                     "%s: fingerprint row %s is unreadable, skipped (%s)", self.path, row_id, exc
@@ -204,20 +206,47 @@ class ReplayDetector:
     def _init_schema(self) -> None:
         cur = self._db.execute("PRAGMA user_version")
         version = cur.fetchone()[0]
-        if version == 0:
-            with self._db:
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS fingerprints ("
-                    " id INTEGER PRIMARY KEY, created_at REAL NOT NULL,"
-                    " frames INTEGER NOT NULL, fp BLOB NOT NULL, loud BLOB NOT NULL)"
-                )
-                self._db.execute("CREATE INDEX IF NOT EXISTS fp_time ON fingerprints(created_at)")
-                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        elif version != SCHEMA_VERSION:
+        if version not in (0, 1, SCHEMA_VERSION):
             raise ReplayStoreError(f"{self.path}: schema version {version} is not supported")
+        if version != SCHEMA_VERSION:
+            # One transaction: a failed migration leaves the file as it was.
+            self._db.execute("BEGIN")
+            try:
+                if version == 0:
+                    self._db.execute(
+                        "CREATE TABLE IF NOT EXISTS fingerprints ("
+                        " id INTEGER PRIMARY KEY, created_at REAL NOT NULL,"
+                        " frames INTEGER NOT NULL, fp BLOB NOT NULL, loud BLOB NOT NULL)"
+                    )
+                    self._db.execute(
+                        "CREATE INDEX IF NOT EXISTS fp_time ON fingerprints(created_at)"
+                    )
+                # Schema 2: whose matched voice each row came from (NULL: written before).
+                self._db.execute("ALTER TABLE fingerprints ADD COLUMN user_key BLOB")
+                self._db.execute("CREATE INDEX fp_user ON fingerprints(user_key)")
+                self._db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
+                self._db.execute(
+                    "INSERT INTO meta (name, value) VALUES ('user_salt', ?)", (os.urandom(16),)
+                )
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+            if version == 1:
+                log.info(
+                    "%s: replay store upgraded to schema %d; fingerprints stored before name "
+                    "no user (erasing a user cannot drop those: they leave with the window)",
+                    self.path,
+                    SCHEMA_VERSION,
+                )
+        self._salt = _salt(self._db)
 
-    def check_and_add(self, pcm: np.ndarray, now: float, keep: bool = True) -> ReplayResult:
-        """Compare the answer with those kept; then keep it too, unless `keep` is False.
+    def check_and_add(
+        self, pcm: np.ndarray, now: float, keep: bool = True, user: str | None = None
+    ) -> ReplayResult:
+        """Compare the answer with those kept; then keep it too, unless `keep` is False,
+        under `user` (the enrolled user whose voice it matched; forget(user) drops it).
 
         The daemon keeps only answers whose voice matched someone enrolled: a replay of any
         other answer cannot be granted anyway, and keeping everything let a stranger push
@@ -245,13 +274,14 @@ class ReplayDetector:
             # Only answers long enough to compare are kept: a cough (a retry the lockout
             # does not count) would otherwise take a place under the cap.
             if keep and count >= MIN_FRAMES:
+                tag = user_key(self._salt, user) if user else None
                 with self._db:
                     cur = self._db.execute(
-                        "INSERT INTO fingerprints (created_at, frames, fp, loud)"
-                        " VALUES (?, ?, ?, ?)",
-                        (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes()),
+                        "INSERT INTO fingerprints (created_at, frames, fp, loud, user_key)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes(), tag),
                     )
-                self._index.add(int(cur.lastrowid or 0), now, fp, loud)
+                self._index.add(int(cur.lastrowid or 0), now, fp, loud, tag)
                 self._cap()
         # A replay needs an earlier attempt it matches: with threshold <= 0 and nothing
         # stored, best stays 0.0 and when None (this crashed on `now - when`).
@@ -264,15 +294,18 @@ class ReplayDetector:
 
     def _to_compare(self, views: list[Fingerprint], lo: int, hi: int) -> list[int]:
         """Indices of the stored answers to compare exactly: those with lo..hi loud frames;
-        with the prefilter, only those it scores as possible replays, and always the
-        closest-looking one (so `similarity` still says how near the nearest answer came)."""
+        with the prefilter, only those it scores as possible replays (the MAX_EXACT best),
+        and always the closest-looking one (so `similarity` still says how near the nearest
+        answer came)."""
         if self.exact_only:
             return [i for i in range(len(self._index)) if lo <= self._index.row(i).count <= hi]
         score = self._index.coarse([views[0], views[COARSE_VIEW]], lo, hi)
         if not len(score) or score.max() <= 0:
             return []
-        picked = set(np.flatnonzero(score >= COARSE_MIN).tolist()) | {int(score.argmax())}
-        return sorted(picked)
+        picked = np.flatnonzero(score >= COARSE_MIN)
+        if len(picked) > MAX_EXACT:  # the best-scoring ones: the likeliest replays
+            picked = picked[np.argsort(-score[picked], kind="stable")[:MAX_EXACT]]
+        return sorted(set(picked.tolist()) | {int(score.argmax())})
 
     def _prune(self, now: float) -> None:
         with self._db:
@@ -317,6 +350,21 @@ class ReplayDetector:
         )
         self._cap_logged = True
 
+    def forget(self, user: str) -> int:
+        """Drop the fingerprints of `user`'s answers (the user was erased): from memory and
+        from the file, zeroed (secure_delete) and the WAL emptied. Returns how many (those
+        `voxgate users erase` already dropped from the file count too: memory held them)."""
+        with self._lock:
+            tag = user_key(self._salt, user)
+            with self._db:
+                cur = self._db.execute("DELETE FROM fingerprints WHERE user_key = ?", (tag,))
+            gone = self._index.ids_of(tag)
+            self._index.drop(gone)
+            self._index.build()  # here (an erase), not in the loop's next check
+            if cur.rowcount > 0:
+                self._scrub()
+            return max(len(gone), cur.rowcount)
+
     def count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM fingerprints").fetchone()[0])
@@ -324,6 +372,48 @@ class ReplayDetector:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def user_key(salt: bytes, user: str) -> bytes:
+    """What a row stores instead of the name: a hash of the folded name (names.fold, as
+    the voiceprint store matches them) keyed with the file's random salt."""
+    return hmac.new(salt, fold(user).encode(), hashlib.sha256).digest()[:16]
+
+
+def _salt(db: sqlite3.Connection) -> bytes:
+    row = db.execute("SELECT value FROM meta WHERE name = 'user_salt'").fetchone()
+    if row is None or not isinstance(row[0], bytes) or len(row[0]) < 16:
+        raise sqlite3.DatabaseError("the user salt is missing or damaged")
+    return bytes(row[0])
+
+
+def forget_user_in_file(path: Path, user: str) -> int:
+    """Drop `user`'s fingerprints from a replay store another process (the daemon) may have
+    open; for `voxgate users erase` and the standalone API. Returns how many. A missing
+    file is not made, and a schema 1 file (never opened by this version's daemon) holds no
+    fingerprint tied to a user."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    try:
+        db = sqlite3.connect(str(path), timeout=5.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        log.error("cannot open the replay store %s: %s", path, exc)
+        return 0
+    try:
+        if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            return 0
+        db.execute("PRAGMA secure_delete=ON")
+        tag = user_key(_salt(db), user)
+        gone = db.execute("DELETE FROM fingerprints WHERE user_key = ?", (tag,)).rowcount
+        if gone > 0:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return max(0, gone)
+    except sqlite3.Error as exc:
+        log.error("cannot drop the replay fingerprints of %s from %s: %s", user, path, exc)
+        return 0
+    finally:
+        db.close()
 
 
 def _decode(blob: bytes, mask: bytes) -> Fingerprint:

@@ -18,7 +18,7 @@ least alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +32,8 @@ COARSE_MIN = 0.70  # coarse similarity that sends a stored answer to the exact c
 _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
-def _popcount(x: np.ndarray) -> np.ndarray:
+def popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits per uint32."""
     if hasattr(np, "bitwise_count"):  # numpy >= 2
         return np.bitwise_count(x)
     return _popcount_table(x)
@@ -46,21 +47,47 @@ def _popcount_table(x: np.ndarray) -> np.ndarray:
 
 
 PAIRS_PER_PASS = 1 << 18  # (stored edge, new edge) pairs voted on at once (~16 MB)
+# Loud runs per answer that vote on the lag (its longest; spoken answers have 7-20, replays
+# with clicks or bursts up to 27). Every run voted once: a store of 5000 answers with a
+# run every 80 ms (a ticking background) made one check take 18-22 s, past the watchdog.
+VOTE_RUNS = 16
 
 
-def _pairs(
-    sides: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], span: int, nbin: int
-) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """(side, (vote key, lag bin, stored row)) of every pair of a new answer's run edge with
-    a stored one, a block of stored edges at a time (rows ascending within each block)."""
-    for side, (q, edge, edge_row) in enumerate(sides):
-        if not q.size or not edge.size:
+def _vote(
+    sides: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], rows: int, span: int, nbin: int
+) -> list[np.ndarray]:
+    """For `rows` stored rows, the lag that most pairs of run starts and pairs of run ends
+    agree on; the same from the starts alone and from the ends alone (0 for a row without
+    runs). sides: (the new answer's edges, stored edges, their row 0..rows-1 ascending)
+    for the starts, then the ends."""
+    votes, pairs = [], []
+    for q, edge, edge_row in sides:
+        b = (edge[:, None] - q[None, :] + span) // LAG_BIN + 1  # (edges, q): 1..nbin-2
+        key = edge_row[:, None] * nbin + b
+        votes.append(np.bincount(key.ravel(), minlength=rows * nbin))
+        pairs.append((key, b, edge_row))
+    # Above any bin's neighbours and itself (3 bins), for starts and ends together too.
+    top = 3 * sum(int(v.max(initial=0)) for v in votes) + 1
+    best = [np.full(rows, -1, np.int64) for _ in range(3)]
+    for side, (key, b, edge_row) in enumerate(pairs):
+        if not key.size:
             continue
-        step = max(1, PAIRS_PER_PASS // q.size)
-        for i in range(0, edge.size, step):
-            e, r = edge[i : i + step], edge_row[i : i + step]
-            b = (e[:, None] - q[None, :] + span) // LAG_BIN + 1  # (edges, q): 1..nbin-2
-            yield side, (r[:, None] * nbin + b, b, r)
+        first = np.flatnonzero(np.r_[True, edge_row[1:] != edge_row[:-1]])  # row blocks
+        rows_here = edge_row[first]
+        mine = votes[side]
+        near = (mine[key - 1], mine[key], mine[key + 1])
+        other = votes[1 - side]
+        both = tuple(x + other[key + d] for x, d in zip(near, (-1, 0, 1), strict=True))
+        for (before, own, after), out in ((both, best[0]), (near, best[1 + side])):
+            # The bin with the most votes; run edges move a frame or two between a
+            # recording and its replay, so ties go to the bin whose neighbours have
+            # more. (Ranking by the neighbours' votes first would move off a sharp peak.)
+            rank = own * top + before + own + after
+            packed = (rank * nbin + b).ravel()
+            most = np.maximum.reduceat(packed, first * key.shape[1])
+            out[rows_here] = np.maximum(out[rows_here], most)
+    lags = [((x % nbin) - 1) * LAG_BIN - span + LAG_BIN // 2 for x in best]
+    return [np.where(x < 0, 0, lag) for x, lag in zip(best, lags, strict=True)]
 
 
 def run_edges(loud: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +97,25 @@ def run_edges(loud: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1
 
 
+def vote_runs(loud: np.ndarray, k: int = VOTE_RUNS) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and ends of the k longest loud runs (ties: the earlier), in order. The longest
+    runs are the ones a replay keeps whatever its volume or a burst beside it."""
+    starts, ends = run_edges(loud)
+    if len(starts) <= k:
+        return starts, ends
+    keep = np.sort(np.argsort(starts - ends, kind="stable")[:k])
+    return starts[keep], ends[keep]
+
+
+def _longest_runs(row: np.ndarray, length: np.ndarray, k: int = VOTE_RUNS) -> np.ndarray:
+    """Indices of the k longest runs of each row (ties: the earlier), in their order; runs
+    given in order (row ascending, then position)."""
+    order = np.lexsort((np.arange(len(row)), -length, row))
+    first = np.flatnonzero(np.r_[True, row[order][1:] != row[order][:-1]])
+    rank = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
+    return np.sort(order[rank < k])
+
+
 @dataclass
 class _Row:
     row_id: int
@@ -77,6 +123,7 @@ class _Row:
     count: int  # loud frames
     padded: np.ndarray  # GAP zero frames, then the bits (a piece of the flat array)
     padded_loud: np.ndarray  # GAP False, then the loud flags
+    user: bytes | None = None  # the matched user's key (replay.user_key), None: nobody's
 
     @property
     def bits(self) -> np.ndarray:
@@ -97,15 +144,26 @@ class FingerprintIndex:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def add(self, row_id: int, created: float, bits: np.ndarray, loud: np.ndarray) -> None:
+    def add(
+        self,
+        row_id: int,
+        created: float,
+        bits: np.ndarray,
+        loud: np.ndarray,
+        user: bytes | None = None,
+    ) -> None:
         n = min(len(bits), len(loud))
         bits, loud = np.asarray(bits[:n], np.uint32), np.asarray(loud[:n], bool)
         padded = np.concatenate([np.zeros(GAP, np.uint32), bits])
         padded_loud = np.concatenate([np.zeros(GAP, bool), loud])
-        row = _Row(row_id, created, int(loud.sum()), padded, padded_loud)
+        row = _Row(row_id, created, int(loud.sum()), padded, padded_loud, user)
         self._rows.append(row)
         if self._flat is not None:
             self._flat.append(row)
+
+    def ids_of(self, user: bytes) -> set[int]:
+        """The rows stored under that user's key."""
+        return {r.row_id for r in self._rows if r.user == user}
 
     def drop(self, row_ids: set[int]) -> None:
         self._keep([r.row_id not in row_ids for r in self._rows])
@@ -127,19 +185,24 @@ class FingerprintIndex:
     def row(self, i: int) -> _Row:
         return self._rows[i]
 
+    def build(self) -> _Flat:
+        """The flat copy, made now if need be (the detector makes it at start, else the
+        first check did: about a second for 5000 stored 15 s answers)."""
+        if self._flat is None:
+            self._flat = _Flat(self._rows)
+        return self._flat
+
     def coarse(self, views: list[tuple[np.ndarray, np.ndarray]], lo: int, hi: int) -> np.ndarray:
         """Coarse similarity (0..1) of the new answer (views: sub-hop offsets 0 and half a
         frame) to every stored row; rows whose loud frame count is outside [lo, hi] (the
         exact check's 80 % overlap rule) score 0."""
-        if self._flat is None:
-            self._flat = _Flat(self._rows)
-        flat = self._flat
+        flat = self.build()
         score = np.zeros(len(self._rows))
         sel = np.flatnonzero((flat.count >= lo) & (flat.count <= hi))
         loud0 = views[0][1] if views else np.zeros(0, bool)
         if not len(sel) or not loud0.any():
             return score
-        both, starts, ends = flat.voted_lags(*run_edges(loud0), len(loud0), sel)
+        both, starts, ends = flat.voted_lags(*vote_runs(loud0), len(loud0), sel)
         # First loud frames together, and the lag the run edges vote for. A loud burst
         # beside a replay raises the level its loud frames are measured against, so its
         # runs start later and end earlier, by a few frames that depend on each run's
@@ -172,14 +235,19 @@ class _Flat:
         self.count = np.array([r.count for r in rows], dtype=np.int64)
         tail = np.zeros(GAP, np.uint32)
         self.bits = np.concatenate([*(r.padded for r in rows), tail])
-        row_of = np.repeat(np.arange(len(rows)), sizes)
-        pos = np.arange(len(row_of)) - (self.start[row_of] if len(rows) else 0)
-        self.inside = np.concatenate([pos >= 0, np.zeros(GAP, bool)])
+        # Not a row number per frame (8 bytes a frame, several such arrays at once: 370 MB
+        # at start for 5000 stored 15 s answers): the padding frames are known per row.
+        self.inside = np.ones(len(self.bits), bool)
+        self.inside[(self.start[:, None] - GAP + np.arange(GAP)).ravel()] = False
+        self.inside[len(self.bits) - GAP :] = False
         loud = np.concatenate([*(r.padded_loud for r in rows), tail > 0])
         # Run edges of every row at once: padding frames are quiet, so no run crosses rows.
         d = np.diff(loud.astype(np.int8), prepend=0)
         s, e = np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1
-        self.start_row, self.end_row = row_of[s], row_of[e]
+        row_s = np.searchsorted(self.start, s, side="right") - 1
+        keep = _longest_runs(row_s, e - s) if len(s) else s
+        s, e = s[keep], e[keep]
+        self.start_row = self.end_row = row_s[keep]
         self.run_start = s - self.start[self.start_row]
         self.run_end = e - self.start[self.end_row]
         self._windows()
@@ -195,7 +263,7 @@ class _Flat:
         self.count = np.append(self.count, row.count)
         self.bits = np.concatenate([self.bits, row.bits, np.zeros(GAP, np.uint32)])
         self.inside = np.concatenate([self.inside, np.ones(n, bool), np.zeros(GAP, bool)])
-        s, e = run_edges(row.loud)
+        s, e = vote_runs(row.loud)
         self.run_start, self.run_end = np.append(self.run_start, s), np.append(self.run_end, e)
         self.start_row = np.append(self.start_row, np.full(len(s), i))
         self.end_row = np.append(self.end_row, np.full(len(e), i))
@@ -230,32 +298,20 @@ class _Flat:
             at = place[edge_row]
             keep = at >= 0
             sides.append((q, edge[keep], at[keep]))
-        # Pairs are made PAIRS_PER_PASS at a time: every stored edge against every new one at
-        # once took ~60 bytes a pair, gigabytes for a store of answers with many short runs.
-        votes = [np.zeros(rows * nbin, np.int64) for _ in sides]
-        for side, (key, _, _) in _pairs(sides, span, nbin):
-            votes[side] += np.bincount(key.ravel(), minlength=rows * nbin)
-        # Above any bin's neighbours and itself (3 bins), for starts and ends together too.
-        top = 3 * sum(int(v.max(initial=0)) for v in votes) + 1
-        best = [np.full(rows, -1, np.int64) for _ in range(3)]
-        for side, (key, b, edge_row) in _pairs(sides, span, nbin):
-            first = np.flatnonzero(np.r_[True, edge_row[1:] != edge_row[:-1]])  # row blocks
-            rows_here = edge_row[first]
-            mine = votes[side]
-            near = (mine[key - 1], mine[key], mine[key + 1])
-            other = votes[1 - side]
-            both = tuple(x + other[key + d] for x, d in zip(near, (-1, 0, 1), strict=True))
-            for (before, own, after), out in ((both, best[0]), (near, best[1 + side])):
-                # The bin with the most votes; run edges move a frame or two between a
-                # recording and its replay, so ties go to the bin whose neighbours have
-                # more. (Ranking by the neighbours' votes first would move off a sharp peak.)
-                rank = own * top + before + own + after
-                packed = (rank * nbin + b).ravel()
-                most = np.maximum.reduceat(packed, first * key.shape[1])
-                out[rows_here] = np.maximum(out[rows_here], most)
-        lags = [((x % nbin) - 1) * LAG_BIN - span + LAG_BIN // 2 for x in best]
-        lag_of = [np.where(x < 0, 0, lag) for x, lag in zip(best, lags, strict=True)]
-        return lag_of[0], lag_of[1], lag_of[2]
+        # A block of rows at a time: at most VOTE_RUNS runs a row and a new answer, so each
+        # block makes at most PAIRS_PER_PASS pairs a side, and its vote counts (rows x lag
+        # bins) stay small whatever the store holds.
+        out = [np.zeros(rows, np.int64) for _ in range(3)]
+        step = max(1, PAIRS_PER_PASS // VOTE_RUNS**2)
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            block = []
+            for q, edge, at in sides:
+                i, j = np.searchsorted(at, [r0, r1])
+                block.append((q, edge[i:j], at[i:j] - r0))
+            for lag, o in zip(_vote(block, r1 - r0, span, nbin), out, strict=True):
+                o[r0:r1] = lag
+        return out[0], out[1], out[2]
 
     def similarity(
         self, views: list[tuple[np.ndarray, np.ndarray]], sel: np.ndarray, lag: np.ndarray
@@ -278,6 +334,6 @@ class _Flat:
             if not len(bits):
                 continue
             q = bits[np.minimum(pick, len(bits) - 1)]
-            err = (_popcount(w_bits ^ q[None, :, None]) * w_in).sum(1)
+            err = (popcount(w_bits ^ q[None, :, None]) * w_in).sum(1)
             best = np.maximum(best, np.where(enough, 1.0 - err / cnt, 0.0).max(1))
         return best

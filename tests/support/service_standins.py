@@ -188,17 +188,30 @@ class ReplayResult:
 class HashReplay:
     def __init__(self, keep: int = 10000) -> None:
         self.seen: dict[str, float] = {}
+        self.users: dict[str, str | None] = {}  # whose matched voice each kept answer had
         self.keep = keep
 
-    def check_and_add(self, pcm: np.ndarray, now: float, keep: bool = True) -> ReplayResult:
+    def check_and_add(
+        self, pcm: np.ndarray, now: float, keep: bool = True, user: str | None = None
+    ) -> ReplayResult:
         h = hashlib.sha256(pcm.tobytes()).hexdigest()
         at = self.seen.get(h)
         if keep:  # moved to the end: the newest
             self.seen.pop(h, None)
             self.seen[h] = now
+            self.users[h] = user
         while len(self.seen) > self.keep:  # oldest first (dicts keep insertion order)
             del self.seen[next(iter(self.seen))]
         return ReplayResult(at is not None, 1.0 if at is not None else 0.0, at)
+
+    def forget(self, user: str) -> int:
+        gone = [
+            h for h, u in self.users.items() if u is not None and u.casefold() == user.casefold()
+        ]
+        for h in gone:
+            self.seen.pop(h, None)
+            del self.users[h]
+        return len(gone)
 
 
 class RecordingLink:

@@ -88,10 +88,13 @@ def conclude(
     # turned the quality gate's retry into a counted denial and blamed an impostor's
     # answer on a missing check.
     unchecked = liveness is None and identified is None and bool(a.user_streams)
-    # Kept for later comparison only when the voice matched someone enrolled (replay.py).
+    # Kept for later comparison only when the voice matched someone enrolled (replay.py),
+    # under that person, so that erasing them drops it.
     matched = speaker is not None and speaker.accepted
     replay: ReplayLike | None = (
-        stages.replay.check_and_add(utt.pcm, now, keep=matched)
+        stages.replay.check_and_add(
+            utt.pcm, now, keep=matched, user=speaker.user if speaker is not None else None
+        )
         if stages.replay is not None
         else None
     )

@@ -193,7 +193,13 @@ class Daemon:
         from voxgate.service.users import StartError, UserServices
 
         self.users = UserServices(
-            cfg, stages.store, stages.embedder, self._audit, lockout=self.lockout, link=stages.link
+            cfg,
+            stages.store,
+            stages.embedder,
+            self._audit,
+            lockout=self.lockout,
+            link=stages.link,
+            replay=stages.replay,
         )
         self.users.on_prompt = self._queue_enroll_prompt
         self._step("MQTT link", undo=self._stop_link)

@@ -61,7 +61,11 @@ class Challenge(Protocol):
 
 
 class ReplayDetector(Protocol):
-    def check_and_add(self, pcm: np.ndarray, now: float, keep: bool = True) -> ReplayLike: ...
+    def check_and_add(
+        self, pcm: np.ndarray, now: float, keep: bool = True, user: str | None = None
+    ) -> ReplayLike: ...
+
+    def forget(self, user: str) -> int: ...
 
 
 CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]

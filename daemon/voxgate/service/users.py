@@ -9,7 +9,8 @@ in the sync state file, which `housekeeping` sends now and then.
 
 After every erase, whichever way it came (MQTT, API, the fleet, or `voxgate users erase` in
 another process, noticed by `housekeeping`), `forget` drops what the daemon holds about the
-person besides the voiceprint: their lockout entry and the retained `user` topic naming them.
+person besides the voiceprint: their lockout entry, the retained `user` topic naming them,
+their kept recordings and the replay fingerprints of their answers.
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ class UserServices:
         *,
         lockout: Any = None,
         link: Any = None,
+        replay: Any = None,
     ) -> None:
         self.cfg = cfg
         self.lockout = lockout  # lockout.LockoutBook
+        self.replay = replay  # replay.ReplayDetector: the fingerprints of matched answers
         self.link = link  # mqtt.client.MqttLink (forget_user, last_user) or NoLink
         # Folded names seen enrolled that the daemon holds state for: one of them gone from
         # the store was erased (by another process, or while stopped) and is forgotten.
@@ -152,11 +155,14 @@ class UserServices:
     def forget(self, name: str) -> list[str]:
         """`name` was erased: drop the daemon's other state about them (the lockout entry,
         the retained `user` topic if it names them, kept recordings the audit log ties to
-        them). Returns what was dropped."""
+        them, the replay fingerprints of their answers). Returns what was dropped."""
         dropped = []
         try:
             if self.lockout is not None and self.lockout.forget(name):
                 dropped.append("lockout entry")
+            fingerprints = self.replay.forget(name) if self.replay is not None else 0
+            if fingerprints:
+                dropped.append(f"{fingerprints} replay fingerprint(s)")
             forget_user = getattr(self.link, "forget_user", None)
             if forget_user is not None and forget_user(name):
                 dropped.append("retained user topic")

@@ -1,0 +1,182 @@
+"""Erasing a user drops the replay fingerprints of their answers: each kept fingerprint is
+stored under a salted hash of the user whose voice it matched, and every erase path (the
+daemon's MQTT, API, fleet and noticed-CLI erases; `voxgate users erase` and the standalone
+API on disk) deletes them, checked on the bytes of real SQLite files. Before, they stayed
+until challenge.replay_window_s (30 days) aged them out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.unit.test_replay_prefilter import OLD_DB, signal
+from voxgate.config import VoxgateConfig
+from voxgate.config.service import LockoutConfig
+from voxgate.erasure import forget_on_disk
+from voxgate.lockout import LockoutBook
+from voxgate.replay import (
+    SCHEMA_VERSION,
+    ReplayDetector,
+    ReplayStoreError,
+    fingerprint,
+    forget_user_in_file,
+)
+from voxgate.service.users import UserServices
+from voxgate.voiceprints import VoiceprintStore
+
+
+def raw(path: Path) -> bytes:
+    """The database file and whatever SQLite keeps beside it, as bytes on disk."""
+    return b"".join(
+        p.read_bytes()
+        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
+        if p.exists()
+    )
+
+
+def probe(seed: int) -> bytes:
+    """The first 48 bytes of the fingerprint the detector stores for signal(seed)."""
+    return fingerprint(signal(seed))[0].astype("<u4").tobytes()[:48]
+
+
+def caught(det: ReplayDetector, seed: int, now: float) -> bool:
+    return det.check_and_add(signal(seed), now=now, keep=False).is_replay
+
+
+def test_forget_drops_the_users_fingerprints_from_memory_and_the_file_bytes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "replay.db"
+    det = ReplayDetector(path, window_s=10**9)
+    det.check_and_add(signal(1), now=1.0, user="Alice")
+    det.check_and_add(signal(2), now=2.0, user="bob")
+    det.check_and_add(signal(3), now=3.0, user=" ALICE ")  # the same person (names.fold)
+    data = raw(path)
+    assert all(probe(s) in data for s in (1, 2, 3))
+    assert b"alice" not in data.lower()  # the rows name nobody in plain text
+    assert det.forget("alice") == 2
+    assert det._index._flat is not None  # rebuilt by the erase, not by the next check
+    data = raw(path)
+    assert probe(1) not in data and probe(3) not in data
+    assert probe(2) in data
+    assert not caught(det, 1, 10.0) and not caught(det, 3, 11.0)
+    assert caught(det, 2, 12.0)
+    assert det.forget("alice") == 0
+    det.close()
+    again = ReplayDetector(path, window_s=10**9)  # and they stay gone
+    assert again.count() == 1 and not caught(again, 1, 20.0) and caught(again, 2, 21.0)
+    again.close()
+
+
+def test_a_schema_1_file_written_by_the_old_code_is_upgraded_and_keeps_working(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "replay.db"
+    shutil.copyfile(OLD_DB, path)  # written by the detector at ebad684 (schema 1)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert "user_key" not in {r[1] for r in db.execute("PRAGMA table_info(fingerprints)")}
+    db.close()
+    det = ReplayDetector(path, window_s=10**9)
+    assert det.count() == 3
+    assert det.check_and_add(signal(12), now=2000.0, keep=False).matched_at == 1001.0
+    det.check_and_add(signal(20), now=2001.0, user="carol")
+    assert det.forget("carol") == 1
+    assert probe(20) not in raw(path)
+    # Rows from before name nobody: erase cannot tie them to anyone; they stay, still used.
+    assert det.count() == 3 and caught(det, 11, 2002.0)
+    det.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()
+    again = ReplayDetector(path, window_s=10**9)  # reopened after the upgrade
+    again.check_and_add(signal(21), now=2003.0, user="dave")
+    again.close()
+    assert forget_user_in_file(path, "DAVE") == 1
+    assert probe(21) not in raw(path)
+
+
+def test_forget_user_in_file_beside_the_daemons_open_store(tmp_path: Path) -> None:
+    """`voxgate users erase` runs in another process than the daemon holding replay.db."""
+    path = tmp_path / "replay.db"
+    det = ReplayDetector(path, window_s=10**9)
+    det.check_and_add(signal(1), now=1.0, user="erin")
+    det.check_and_add(signal(2), now=2.0, user="frank")
+    assert forget_user_in_file(path, "Erin") == 1
+    assert probe(1) not in raw(path) and probe(2) in raw(path)
+    assert forget_user_in_file(path, "erin") == 0
+    # The daemon's copy in memory goes when it learns of the erase (UserServices.forget).
+    assert det.forget("erin") == 1
+    assert not caught(det, 1, 10.0) and caught(det, 2, 11.0)
+    det.close()
+    assert forget_user_in_file(tmp_path / "none.db", "erin") == 0
+    assert not (tmp_path / "none.db").exists()  # no file made
+    old = tmp_path / "old.db"
+    shutil.copyfile(OLD_DB, old)
+    before = old.read_bytes()
+    assert forget_user_in_file(old, "erin") == 0  # schema 1: nothing is tied to a user
+    assert old.read_bytes() == before
+
+
+def test_forget_user_in_file_on_a_damaged_file_logs_and_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = tmp_path / "replay.db"
+    bad.write_bytes(b"not a database at all" * 100)
+    with caplog.at_level(logging.ERROR, logger="voxgate.replay"):
+        assert forget_user_in_file(bad, "erin") == 0
+    assert "cannot drop the replay fingerprints of erin" in caplog.text
+    det = ReplayDetector(tmp_path / "ok.db", window_s=10**9)
+    det.close()
+    with sqlite3.connect(tmp_path / "ok.db") as db:
+        db.execute("DELETE FROM meta")  # the salt gone: nothing can be matched to a user
+    db.close()
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="voxgate.replay"):
+        assert forget_user_in_file(tmp_path / "ok.db", "erin") == 0
+    assert "salt is missing" in caplog.text
+    with pytest.raises(ReplayStoreError, match="salt is missing"):
+        ReplayDetector(tmp_path / "ok.db", window_s=10**9)
+
+
+KEY = os.urandom(32)
+
+
+def test_every_erase_path_of_the_daemon_drops_the_fingerprints(tmp_path: Path) -> None:
+    store = VoiceprintStore(tmp_path / "voiceprints.db", KEY)
+    emb = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
+    for name in ("Dora", "Eve", "Finn", "Gus"):
+        store.add_user(name, emb, "test/int8")
+    book = LockoutBook(tmp_path / "lockout.db", LockoutConfig())
+    path = tmp_path / "replay.db"
+    det = ReplayDetector(path, window_s=10**9)
+    cfg = VoxgateConfig(data_dir=tmp_path)
+    users = UserServices(cfg, store, None, lambda e, **f: None, lockout=book, replay=det)
+    for i, name in enumerate(("Dora", "Eve", "Finn", "Gus")):
+        det.check_and_add(signal(30 + i), now=float(i), user=name)
+        book.record(name, ok=True, now=float(i))  # a granted attempt leaves an entry
+    assert users.check_erased() == []  # all seen enrolled
+    # MQTT erase-user.
+    assert users.command_erase({"user": "dora"})["erased"]
+    # The daemon's API (and fleet sync, which calls forget the same way).
+    assert store.erase("Eve")
+    users._api_change("erased", "Eve")
+    # `voxgate users erase finn` in another process: its store handle and forget_on_disk.
+    other = VoiceprintStore(store.path, KEY)
+    assert other.erase("finn")
+    other.close()
+    assert "1 replay fingerprint(s)" in forget_on_disk(cfg, "finn")
+    assert users.check_erased() == ["finn"]  # the daemon drops its copy in memory
+    data = raw(path)
+    assert not any(probe(s) in data for s in (30, 31, 32))
+    assert probe(33) in data
+    assert [caught(det, s, 100.0 + s) for s in (30, 31, 32, 33)] == [False] * 3 + [True]
+    det.close()
+    book.close()
+    store.close()
