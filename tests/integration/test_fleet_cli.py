@@ -5,12 +5,14 @@ would."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
 import yaml
 from broker import Broker
+from mqtt_helpers import wait_until
 
 from voxgate.cli import main
 from voxgate.config import parse_config
@@ -66,3 +68,64 @@ def test_revoke_cli_does_not_store_a_voiceprint_of_another_model(
     with VoiceprintStore(tmp_path / "data" / "voiceprints.db", load_key(cfg.speaker)) as store:
         assert store.get("carol") is not None  # the CLI did receive and apply the fleet's
         assert store.get("alice") is None  # ...but not a voiceprint of another model
+
+
+def test_fleet_erase_tells_every_group_about_a_user_this_door_never_held(
+    tmp_path: Path, plain_broker: Broker, no_secret_env: None
+) -> None:
+    """A person enrolled at a door that was since re-imaged: `users erase` here finds nobody,
+    so nothing told the fleet. `fleet erase` sends a nameless erase to every group; a user this
+    door holds is refused and pointed to `users erase` (which erases here as well)."""
+    fleet_key, sk_b = os.urandom(32), os.urandom(32)
+    for name, value in (("fleet.key", fleet_key), ("signing.key", sk_b)):
+        (tmp_path / name).write_text(value.hex() + "\n")
+        (tmp_path / name).chmod(0o600)
+    assert main(["users", "init-key", str(tmp_path / "voiceprint.key")]) == 0
+    doc = {
+        "device_id": "door-b",
+        "data_dir": str(tmp_path / "data"),
+        "speaker": {"key_file": str(tmp_path / "voiceprint.key")},
+        "mqtt": {"host": plain_broker.host, "port": plain_broker.port},
+        "fleet": {
+            "enabled": True,
+            "site": "acme",
+            "key_file": str(tmp_path / "fleet.key"),
+            "signing_key_file": str(tmp_path / "signing.key"),
+            "signers": {"door-b": public_key_hex(sk_b)},
+            "groups": ["lobby"],
+            "access": {"lobby": ["*"], "lab": ["alice"]},
+        },
+    }
+    cfg_file = tmp_path / "voxgate.yaml"
+    cfg_file.write_text(yaml.safe_dump(doc))
+    cfg = parse_config(cfg_file.read_text())
+    with VoiceprintStore(tmp_path / "data" / "voiceprints.db", load_key(cfg.speaker)) as store:
+        emb = np.random.default_rng(1).normal(size=(3, 256)).astype(np.float32)
+        store.add_user("carol", emb, load_card(cfg.speaker.model).id)
+
+    assert main(["fleet", "erase", "carol", "-c", str(cfg_file)]) == 1
+    assert main(["fleet", "erase", "Alice", "-c", str(cfg_file)]) == 0
+
+    reader = Codec(
+        FleetKeys(fleet_key, None, {"door-b": bytes.fromhex(public_key_hex(sk_b))}),
+        "acme",
+        "door-b",
+    )
+    root = topic_root("voxgate", "acme")
+    got: dict[str, bytes] = {}
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.on_message = lambda c, u, m: got.__setitem__(m.topic, bytes(m.payload))
+    sub.connect(plain_broker.host, plain_broker.port)
+    sub.subscribe(f"{root}/#", qos=1)
+    sub.loop_start()
+    try:
+        wait_until(lambda: len(got) >= 2, 10, "two retained erases")
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    tag = reader.user_tag("alice")
+    assert sorted(got) == [f"{root}/lab/{tag}", f"{root}/lobby/{tag}"]
+    for topic, payload in got.items():
+        upd = reader.decode(topic.split("/")[-2], tag, payload, time.time())
+        assert upd.kind == "erase" and upd.name is None
+        assert b"alice" not in payload.lower()

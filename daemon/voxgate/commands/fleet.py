@@ -14,15 +14,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(
         sub,
         "fleet",
-        help="fleet sync: keys, resend or revoke a user",
+        help="fleet sync: keys, resend, revoke or erase a user",
         description="Voiceprint sync between doors (docs/fleet.md). keygen makes a door's "
         "Ed25519 signing key and prints the public half for fleet.signers; resend publishes a "
-        "locally enrolled user again; revoke withdraws a user from some groups.",
+        "locally enrolled user again; revoke withdraws a user from some groups; erase tells every "
+        "group to erase a user this door does not hold (`voxgate users erase` for one it does).",
         examples="""
             voxgate fleet keygen /etc/voxgate/credentials/fleet-signing-key
             voxgate fleet pubkey /etc/voxgate/credentials/fleet-signing-key
             voxgate fleet resend alice -c /etc/voxgate/voxgate.yaml
             voxgate fleet revoke alice --group hq_lab -c /etc/voxgate/voxgate.yaml
+            voxgate fleet erase alice -c /etc/voxgate/voxgate.yaml
         """,
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -72,6 +74,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--timeout", type=ascii_seconds, default=20.0, help="seconds to wait for the broker"
     )
     rv.set_defaults(func=revoke)
+    er = add_parser(
+        actions,
+        "erase",
+        help="tell every group to erase a user this door does not hold",
+        description="Publish an erase of NAME to every group in fleet.access: every door "
+        "erases its copy and ignores older voiceprints of NAME from then on. For a person "
+        "enrolled at a door that is gone or was re-imaged, and to replace an erase sent by "
+        "older doors (whose tombstone held the name) with a nameless one. A user this door "
+        "holds is erased with `voxgate users erase NAME`, which also tells the fleet.",
+        examples="voxgate fleet erase alice -c /etc/voxgate/voxgate.yaml",
+    )
+    er.add_argument("user", metavar="NAME", help="the user to erase on every door")
+    add_config_option(er)
+    er.add_argument(
+        "--timeout", type=ascii_seconds, default=20.0, help="seconds to wait for the broker"
+    )
+    er.set_defaults(func=erase)
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -149,6 +168,16 @@ def _with_agent(args: argparse.Namespace, act: str) -> int:
     try:
         if act == "resend":
             groups = agent.publish_enrollment(args.user)
+        elif act == "erase":
+            if store.get(args.user) is not None:
+                print(
+                    f"voxgate fleet erase: {args.user} is enrolled on this door; `voxgate users "
+                    f"erase {args.user}` erases it here and tells the fleet",
+                    file=sys.stderr,
+                )
+                return 1
+            agent.publish_erase(args.user)
+            groups = list(cfg.fleet.access)
         else:
             agent.publish_revoke(args.user, args.group)
             groups = args.group
@@ -175,3 +204,7 @@ def resend(args: argparse.Namespace) -> int:
 
 def revoke(args: argparse.Namespace) -> int:
     return _with_agent(args, "revoke")
+
+
+def erase(args: argparse.Namespace) -> int:
+    return _with_agent(args, "erase")
