@@ -608,3 +608,38 @@ def test_a_name_with_a_backslash_is_not_enrolled_and_a_slash_gets_a_clear_400(
     assert status == 200 and body["name"] == "old\\name"
     status, body, _ = c.request("DELETE", "/api/v1/users/old%5Cname")
     assert status == 200 and body == {"erased": "old\\name"}
+
+
+def test_idle_connections_without_a_token_cannot_exhaust_the_daemons_threads(
+    api: dict, tmp_path: Path
+) -> None:
+    """Each connection got a thread that waited for a request line for ever: 100 idle TCP
+    connections, no token needed, made 100 threads in the process that hosts the API (the
+    daemon, whose unit has TasksMax=64: then it could start no thread or program at all)."""
+    import socket
+    import threading
+    import time
+
+    from voxgate.api.server import MAX_CONNECTIONS
+
+    cfg = parse_config(f"device_id: door-test\ndata_dir: {tmp_path}\n")
+    app = create_app(cfg, UserAdmin(api["store"], cfg.speaker, cfg.vad, lambda: None), b"t" * 20)
+    server = ApiServer(app, "127.0.0.1", 0, poll_interval=0.05, request_timeout_s=1.0)
+    server.start()
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
+    try:
+        time.sleep(0.5)
+        assert threading.active_count() - before <= MAX_CONNECTIONS
+        # Over the limit: a short 503 and the connection closed, not a thread.
+        idle[-1].settimeout(5)
+        assert idle[-1].recv(200).startswith(b"HTTP/1.1 503")
+        # The idle ones are closed after the request timeout; then the API answers again.
+        idle[0].settimeout(5)
+        assert idle[0].recv(100) == b""
+        status, body, _ = Client(server.port, "t" * 20).request("GET", "/api/v1/health")
+        assert status == 200, body
+    finally:
+        for s in idle:
+            s.close()
+        server.stop()
