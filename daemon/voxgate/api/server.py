@@ -7,54 +7,27 @@ import logging
 import threading
 from typing import Any
 
-log = logging.getLogger(__name__)
+from voxgate.httplimits import REQUEST_TIMEOUT_S, ConnectionLimit, busy_reply
 
-# Connections served at once. Each has a thread in the process hosting the API (the daemon,
-# whose unit allows 64 tasks in all); one admin needs a few.
-MAX_CONNECTIONS = 8
-# How long a connection may stay silent (before its request, within an upload, between
-# keep-alive requests) before it is closed.
-REQUEST_TIMEOUT_S = 15.0
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Connection: close\r\nContent-Length: 68\r\n\r\n"
-    b'{"error":"busy","message":"too many open connections to the API"}\r\n'
-)
+log = logging.getLogger(__name__)
 
 
 def _make_server(host: str, port: int, app: Any, timeout_s: float) -> Any:
-    """werkzeug's threaded server with a thread limit and a read timeout. Without them every
-    connection, even one that never sent a byte (no token is asked before the request),
-    held a thread for ever: a few dozen idle sockets used up the daemon's tasks."""
+    """werkzeug's threaded server with a connection limit and a read timeout (httplimits)."""
     from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
     class Handler(WSGIRequestHandler):
         timeout = timeout_s  # socketserver sets it on the connection
 
-    class Server(ThreadedWSGIServer):
-        slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-
-        def process_request(self, request: Any, client_address: Any) -> None:
-            if not self.slots.acquire(blocking=False):
-                log.warning("admin API: %d connections open; refused one", MAX_CONNECTIONS)
-                try:
-                    request.settimeout(1.0)
-                    request.sendall(_BUSY)
-                except OSError:
-                    pass
-                self.shutdown_request(request)
+        def log_error(self, format: str, *args: Any) -> None:
+            if format.startswith("Request timed out"):
+                # An idle keep-alive connection closed: no error (werkzeug said ERROR).
+                log.debug("admin API: connection closed after %g s of silence", timeout_s)
                 return
-            try:
-                super().process_request(request, client_address)
-            except BaseException:
-                self.slots.release()
-                raise
+            super().log_error(format, *args)
 
-        def process_request_thread(self, request: Any, client_address: Any) -> None:
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                self.slots.release()
+    class Server(ConnectionLimit, ThreadedWSGIServer):
+        busy = busy_reply("too many open connections to the API")
 
     return Server(host, port, app, Handler)
 
