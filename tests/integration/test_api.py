@@ -651,3 +651,27 @@ def _reply(sock: Any) -> bytes:
         return sock.recv(200)
     except TimeoutError:
         return b""
+
+
+def test_a_request_without_a_token_cannot_write_long_lines_or_escapes_into_the_log(
+    api: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No token needed: a 60 kB path was logged whole, twice (120 kB of log per request),
+    and a method holding terminal escapes ('\\x1b[2J' clears the screen of whoever reads the
+    log in a terminal) was logged as sent."""
+    import socket
+
+    caplog.set_level(logging.INFO)
+    for request in (
+        b"GET /" + b"a" * 60_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"\x1b[2J\x1b[31mGET /api/v1/users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", api["port"]), timeout=10) as s:
+            s.sendall(request)
+            assert s.recv(100).startswith(b"HTTP/1.1 401")
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("voxgate.api")]
+    assert len(lines) >= 4
+    assert all(len(line) < 600 for line in lines), [len(line) for line in lines]
+    assert not any("\x1b" in line for line in lines), lines
+    assert any("60001 characters" in line for line in lines), lines  # the length is told
+    assert any("\\x1b[2J" in line for line in lines), lines  # shown escaped
