@@ -202,3 +202,33 @@ def test_oversized_commands_are_refused_at_once_not_queued(broker: Broker) -> No
             assert errors == ["oversized"] * 20
         finally:
             release.set()  # before the link stops: its worker is inside slow()
+
+
+def test_a_command_replayed_just_after_a_restart_is_refused(broker: Broker) -> None:
+    """The start-up check allowed command_max_skew_s (5 s) of clock difference: a signed
+    erase-user captured from the door's command topic, sent again after the door restarted
+    a second later (its nonce memory gone), was run a second time."""
+    ran: list[dict[str, str]] = []
+
+    def erase(args: dict[str, str]) -> dict[str, object]:
+        ran.append(args)
+        return {"erased": True}
+
+    topic = f"voxgate/{DEV}/cmd/erase-user"
+    with _door(broker, lambda a: {}) as (link, replies, admin):
+        link.on_command("erase-user", erase)
+        captured = make_command(CKEY, DEV, "erase-user", {"user": "alice"}, now=time.time())
+        admin.publish(topic, captured, qos=1).wait_for_publish(5)
+        wait_until(lambda: len(ran) == 1, 5, "the command to run")
+    time.sleep(0.2)  # the door restarts: a new process, a new link
+    with _door(broker, lambda a: {}) as (link, replies, admin):
+        link.on_command("erase-user", erase)
+        admin.publish(topic, captured, qos=1).wait_for_publish(5)
+        reply = replies.wait_for(f"{topic}/result", lambda m: True, timeout=5)
+        body = read_reply(reply.payload, DKEY)
+        assert (body["ok"], body["error"]) == (False, "replayed"), body
+        assert len(ran) == 1
+        # A new command (new nonce, issued now) is obeyed.
+        fresh = make_command(CKEY, DEV, "erase-user", {"user": "alice"}, now=time.time())
+        admin.publish(topic, fresh, qos=1).wait_for_publish(5)
+        wait_until(lambda: len(ran) == 2, 5, "the new command to run")
