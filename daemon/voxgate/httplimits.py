@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import threading
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,7 @@ MAX_CONNECTIONS = 8
 # How long a connection may stay silent (before its request, within an upload, between
 # keep-alive requests) before it is closed.
 REQUEST_TIMEOUT_S = 15.0
+REFUSAL_LOG_EVERY_S = 60.0
 
 
 def busy_reply(message: str) -> bytes:
@@ -44,13 +47,25 @@ class ConnectionLimit:
     request_queue_size = 128
     busy = busy_reply("too many open connections")
     _slots: threading.BoundedSemaphore | None = None
+    _refused = 0
+    _refusal_logged = -math.inf
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Only the serving thread calls this, so the lazy creation does not race.
         if self._slots is None:
             self._slots = threading.BoundedSemaphore(self.max_connections)
         if not self._slots.acquire(blocking=False):
-            log.warning("%d connections open to %s; refused one", self.max_connections, self)
+            self._refused += 1
+            now = time.monotonic()
+            # One line a minute at most: each refusal costs the sender only a connection.
+            if now - self._refusal_logged >= REFUSAL_LOG_EVERY_S:
+                log.warning(
+                    "%d connections open to %s; refused %d more since the last such line",
+                    self.max_connections,
+                    self,
+                    self._refused,
+                )
+                self._refused, self._refusal_logged = 0, now
             try:
                 request.settimeout(1.0)
                 request.sendall(self.busy)

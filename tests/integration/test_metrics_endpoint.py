@@ -122,6 +122,9 @@ def test_idle_connections_cannot_exhaust_the_daemons_threads(
             s.close()
         m.stop()
     assert "Traceback" not in caplog.text
+    # Refusals cost the sender a connection each: not a log line each.
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1, [r.getMessage() for r in refusals]
 
 
 def _reply(sock: Any) -> bytes:
