@@ -528,7 +528,8 @@ class FleetSync:
         client.on_publish = self._on_publish
         client.max_inflight_messages_set(100)
         self._client = client
-        connect_async(client, self.mqtt_cfg)
+        # A voiceprint message is at most MAX_MESSAGE_BYTES; its topic up to 64 kB.
+        connect_async(client, self.mqtt_cfg, max_packet=MAX_MESSAGE_BYTES + 128 * 1024)
         client.loop_start()
         log.info(
             "fleet sync: site %s, groups %s, broker %s:%d",
