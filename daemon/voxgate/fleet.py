@@ -491,6 +491,14 @@ class SyncState:
 # --- the agent -------------------------------------------------------------------------------
 
 
+def _shown(text: str, limit: int = 200) -> str:
+    """A topic (or a level of it) from the broker for a log or audit line: a level can be
+    64 kB, and each refused message wrote it whole (the audit log is append-only and
+    fsynced); control characters, which some brokers pass, are shown escaped."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown if len(text) <= limit else f"{shown}... ({len(text)} characters)"
+
+
 def topic_root(prefix: str, site: str) -> str:
     # "_fleet" cannot be a device_id (those start with a letter or digit), so the fleet tree
     # never collides with a device's own topics.
@@ -605,7 +613,8 @@ class FleetSync:
         client.on_publish = self._on_publish
         client.max_inflight_messages_set(100)
         self._client = client
-        connect_async(client, self.mqtt_cfg)
+        # A voiceprint message is at most MAX_MESSAGE_BYTES; its topic up to 64 kB.
+        connect_async(client, self.mqtt_cfg, max_packet=MAX_MESSAGE_BYTES + 128 * 1024)
         client.loop_start()
         log.info(
             "fleet sync: site %s, groups %s, broker %s:%d",
@@ -823,15 +832,17 @@ class FleetSync:
             return "foreign"
         group, tag = parts[-2], parts[-1]
         if group not in self.cfg.groups:
-            log.warning("fleet sync: message for group %s, which this door is not in", group)
+            log.warning(
+                "fleet sync: message for group %s, which this door is not in", _shown(group)
+            )
             self.stats["not_allowed"] += 1
             return "not_my_group"
         try:
             upd = self.codec.decode(group, tag, payload, self.clock())
         except MessageError as exc:
-            log.warning("fleet sync: refused message on %s: %s", topic, exc)
+            log.warning("fleet sync: refused message on %s: %s", _shown(topic), exc)
             self.stats["refused"] += 1
-            self._audit("fleet_refused", topic=topic, reason=str(exc))
+            self._audit("fleet_refused", topic=_shown(topic), reason=str(exc))
             return "refused"
         self._restore_newer(topic, payload, upd.order)
         try:

@@ -608,3 +608,70 @@ def test_a_name_with_a_backslash_is_not_enrolled_and_a_slash_gets_a_clear_400(
     assert status == 200 and body["name"] == "old\\name"
     status, body, _ = c.request("DELETE", "/api/v1/users/old%5Cname")
     assert status == 200 and body == {"erased": "old\\name"}
+
+
+def test_idle_connections_without_a_token_cannot_exhaust_the_daemons_threads(
+    api: dict, tmp_path: Path
+) -> None:
+    """Each connection got a thread that waited for a request line for ever: 100 idle TCP
+    connections, no token needed, made 100 threads in the process that hosts the API (the
+    daemon, whose unit has TasksMax=64: then it could start no thread or program at all)."""
+    import socket
+    import threading
+    import time
+
+    from voxgate.httplimits import MAX_CONNECTIONS
+
+    cfg = parse_config(f"device_id: door-test\ndata_dir: {tmp_path}\n")
+    app = create_app(cfg, UserAdmin(api["store"], cfg.speaker, cfg.vad, lambda: None), b"t" * 20)
+    server = ApiServer(app, "127.0.0.1", 0, poll_interval=0.05, request_timeout_s=1.0)
+    server.start()
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
+    try:
+        time.sleep(0.5)
+        assert threading.active_count() - before <= MAX_CONNECTIONS
+        # Over the limit: a short 503 and the connection closed, not a thread.
+        assert any(_reply(s).startswith(b"HTTP/1.1 503") for s in idle)
+        # The idle ones are closed after the request timeout; then the API answers again.
+        idle[0].settimeout(5)
+        assert idle[0].recv(100) == b""
+        status, body, _ = Client(server.port, "t" * 20).request("GET", "/api/v1/health")
+        assert status == 200, body
+    finally:
+        for s in idle:
+            s.close()
+        server.stop()
+
+
+def _reply(sock: Any) -> bytes:
+    """What the server has sent on `sock` so far (nothing: b"")."""
+    sock.settimeout(0.01)
+    try:
+        return sock.recv(200)
+    except TimeoutError:
+        return b""
+
+
+def test_a_request_without_a_token_cannot_write_long_lines_or_escapes_into_the_log(
+    api: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No token needed: a 60 kB path was logged whole, twice (120 kB of log per request),
+    and a method holding terminal escapes ('\\x1b[2J' clears the screen of whoever reads the
+    log in a terminal) was logged as sent."""
+    import socket
+
+    caplog.set_level(logging.INFO)
+    for request in (
+        b"GET /" + b"a" * 60_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"\x1b[2J\x1b[31mGET /api/v1/users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", api["port"]), timeout=10) as s:
+            s.sendall(request)
+            assert s.recv(100).startswith(b"HTTP/1.1 401")
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("voxgate.api")]
+    assert len(lines) >= 4
+    assert all(len(line) < 600 for line in lines), [len(line) for line in lines]
+    assert not any("\x1b" in line for line in lines), lines
+    assert any("60001 characters" in line for line in lines), lines  # the length is told
+    assert any("\\x1b[2J" in line for line in lines), lines  # shown escaped

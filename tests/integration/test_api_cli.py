@@ -82,6 +82,56 @@ def test_api_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert f"serving on http://127.0.0.1:{port}" in err
 
 
+def _request(port: int, method: str, path: str, proc: subprocess.Popen) -> tuple[int, Any]:
+    """One request to a `voxgate api` process, waiting for it to listen."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request(method, path, headers={"Authorization": f"Bearer {TOKEN}"})
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        except ConnectionRefusedError:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "voxgate api did not come up"
+            time.sleep(0.1)
+
+
+def test_an_erase_through_the_standalone_api_is_audited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`voxgate api` on its own erased voiceprints without a line in the audit log, while the
+    daemon's API, `voxgate users erase` and the MQTT command all write one."""
+    import numpy as np
+
+    from voxgate.config import load_config
+    from voxgate.voiceprints import open_store
+
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(f"device_id: door-cli\ndata_dir: {tmp_path}\n")
+    env = _env(VOXGATE_API_TOKEN=TOKEN, VOXGATE_VOICEPRINT_KEY="ab" * 32)
+    monkeypatch.setenv("VOXGATE_VOICEPRINT_KEY", "ab" * 32)
+    with open_store(load_config(cfg)) as store:
+        store.add_user("alice", np.ones((3, 256)), "test-model/1", {"takes": 3})
+    port = _free_port()
+    proc = _voxgate("api", "-c", str(cfg), "--port", str(port), env=env)
+    try:
+        status, body = _request(port, "DELETE", "/api/v1/users/alice", proc)
+        assert status == 200, body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    audit = tmp_path / "audit.jsonl"
+    assert audit.exists(), "no audit log written"
+    events = [json.loads(line) for line in audit.read_text().splitlines()]
+    erases = [e for e in events if e["event"] == "admin_erase"]
+    assert len(erases) == 1 and erases[0]["user"] == "alice" and erases[0]["via"] == "api"
+    proc = _voxgate("audit", "verify", str(audit), env=_env())
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out + err
+
+
 def test_api_command_refuses_to_start_without_a_token(tmp_path: Path) -> None:
     cfg = tmp_path / "voxgate.yaml"
     cfg.write_text(f"data_dir: {tmp_path}\napi: {{token_file: {tmp_path / 'missing'}}}\n")

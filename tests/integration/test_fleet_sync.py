@@ -629,3 +629,23 @@ def test_an_erase_and_an_enrollment_in_the_same_clock_tick_end_erased_everywhere
     finally:
         e.stop()
         e.store.close()
+
+
+def test_a_long_topic_is_not_written_whole_into_the_log_and_the_audit_log(
+    fleet: dict, embedder: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The user-tag level of a fleet topic can be 60 kB: each refused message on such a
+    topic wrote it whole into a log line and into the audit log (append-only, fsynced)."""
+    b = fleet["b"]
+    caplog.set_level(logging.WARNING, logger="voxgate.fleet")
+    b.start(embedder.model_id)
+    snoop = Snoop(fleet["broker"], "door-a")
+    snoop.publish(f"{ROOT}/lobby/{'t' * 60_000}", b"\x00not json")
+    wait_until(lambda: b.agent.stats["refused"] >= 1, 10, "the message refused")
+    lines = [r.getMessage() for r in caplog.records if "refused message" in r.getMessage()]
+    assert lines and all(len(line) < 600 for line in lines), [len(x) for x in lines]
+    refused = [f for event, f in b.audit if event == "fleet_refused"]
+    assert refused and all(len(f["topic"]) < 400 for f in refused)
+    assert "60" in refused[0]["topic"]  # its length is told
+    snoop.client.publish(f"{ROOT}/lobby/{'t' * 60_000}", b"", retain=True).wait_for_publish(5)
+    snoop.close()

@@ -7,6 +7,7 @@ import sys
 import threading
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +88,49 @@ def test_port_in_use_is_logged_and_not_fatal(caplog: pytest.LogCaptureFixture) -
         assert "not started" in caplog.text
     finally:
         first.stop()
+
+
+def test_idle_connections_cannot_exhaust_the_daemons_threads(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """prometheus_client's server gave every connection a thread that waited for a request
+    line for ever: 100 idle sockets to the metrics port (on by default, no token) made 100
+    threads in the daemon, whose unit has TasksMax=64."""
+    import socket
+    import time
+
+    from voxgate.httplimits import MAX_CONNECTIONS
+
+    m = Metrics()
+    port = m.serve("127.0.0.1", 0, request_timeout_s=1.0)
+    assert port
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+    try:
+        time.sleep(0.5)
+        assert threading.active_count() - before <= MAX_CONNECTIONS
+        # Over the limit: a short 503 and the connection closed, not a thread.
+        assert any(_reply(s).startswith(b"HTTP/1.1 503") for s in idle)
+        idle[0].settimeout(5)
+        assert idle[0].recv(100) == b""  # closed after the request timeout
+        for s in idle:
+            s.close()
+        assert wait_until(lambda: threading.active_count() <= before, 5)
+        assert "voxgate_state{voxgate_state=idle}" in scrape(port)
+    finally:
+        for s in idle:
+            s.close()
+        m.stop()
+    assert "Traceback" not in caplog.text
+    # Refusals cost the sender a connection each: not a log line each.
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1, [r.getMessage() for r in refusals]
+
+
+def _reply(sock: Any) -> bytes:
+    """What the server has sent on `sock` so far (nothing: b"")."""
+    sock.settimeout(0.01)
+    try:
+        return sock.recv(200)
+    except TimeoutError:
+        return b""

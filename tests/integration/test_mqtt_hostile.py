@@ -202,3 +202,62 @@ def test_oversized_commands_are_refused_at_once_not_queued(broker: Broker) -> No
             assert errors == ["oversized"] * 20
         finally:
             release.set()  # before the link stops: its worker is inside slow()
+
+
+def test_a_command_replayed_just_after_a_restart_is_refused(broker: Broker) -> None:
+    """The start-up check allowed command_max_skew_s (5 s) of clock difference: a signed
+    erase-user captured from the door's command topic, sent again after the door restarted
+    a second later (its nonce memory gone), was run a second time."""
+    ran: list[dict[str, str]] = []
+
+    def erase(args: dict[str, str]) -> dict[str, object]:
+        ran.append(args)
+        return {"erased": True}
+
+    topic = f"voxgate/{DEV}/cmd/erase-user"
+    with _door(broker, lambda a: {}) as (link, replies, admin):
+        link.on_command("erase-user", erase)
+        captured = make_command(CKEY, DEV, "erase-user", {"user": "alice"}, now=time.time())
+        admin.publish(topic, captured, qos=1).wait_for_publish(5)
+        wait_until(lambda: len(ran) == 1, 5, "the command to run")
+    time.sleep(0.2)  # the door restarts: a new process, a new link
+    with _door(broker, lambda a: {}) as (link, replies, admin):
+        link.on_command("erase-user", erase)
+        admin.publish(topic, captured, qos=1).wait_for_publish(5)
+        reply = replies.wait_for(f"{topic}/result", lambda m: True, timeout=5)
+        body = read_reply(reply.payload, DKEY)
+        assert (body["ok"], body["error"]) == (False, "replayed"), body
+        assert len(ran) == 1
+        # A new command (new nonce, issued now) is obeyed.
+        fresh = make_command(CKEY, DEV, "erase-user", {"user": "alice"}, now=time.time())
+        admin.publish(topic, fresh, qos=1).wait_for_publish(5)
+        wait_until(lambda: len(ran) == 2, 5, "the new command to run")
+
+
+def test_a_huge_command_is_not_delivered_to_the_door(broker: Broker, tmp_path: Path) -> None:
+    """mosquitto accepts messages up to 256 MB by default, and paho reads a whole message
+    before the door can look at its size: a 200 MB command (retained, it comes back at every
+    connect) took the door to 611 MB, twice its unit's MemoryMax. On MQTT 5 the door now
+    tells the broker the largest packet it takes (MAX_PACKET_BYTES), and the broker drops
+    larger ones for it."""
+    from voxgate.mqtt.client import MAX_PACKET_BYTES
+
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 5_000_000)  # well over the 1 MB limit, light for CI
+    topic = f"voxgate/{DEV}/cmd/reload"
+    with _door(broker, lambda a: {"reloaded": True}) as (link, replies, admin):
+        subprocess.run(
+            ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-u", "admin",
+             "-P", broker.users["admin"], "--cafile", str(broker.ca_file), "-t", topic,
+             "-q", "1", "-f", str(big)],
+            check=True, timeout=60,
+        )  # fmt: skip
+        # One just over the door's own limit still gets its refusal.
+        admin.publish(topic, b"x" * (MAX_PACKET_BYTES // 2), qos=1).wait_for_publish(5)
+        reply = replies.wait_for(f"{topic}/result", lambda m: True, timeout=20)
+        assert read_reply(reply.payload, DKEY)["error"] == "oversized"
+        time.sleep(0.5)
+        assert link.stats["commands_rejected"] == 1  # the huge one never reached the door
+        good = make_command(CKEY, DEV, "reload", now=time.time())
+        admin.publish(topic, good, qos=1).wait_for_publish(5)
+        wait_until(lambda: len(replies.on(f"{topic}/result")) == 2, 5, "the good reply")

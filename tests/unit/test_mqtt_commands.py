@@ -262,3 +262,13 @@ def test_log_lines_quote_a_long_command_name_short(caplog: pytest.LogCaptureFixt
             link._on_message(link._client, None, msg)
     assert "retained command" in caplog.text and "command queue full" in caplog.text
     assert max(len(r.getMessage()) for r in caplog.records) < 300
+
+
+def test_a_command_issued_before_the_start_is_refused_without_a_clock_allowance() -> None:
+    """A new process has forgotten the nonces its predecessor saw: a command issued a
+    moment before it started can only be a copy sent again."""
+    gate = CommandGate("front-door", KEY, started_at=NOW, max_skew_s=5)
+    before = make_command(KEY, "front-door", "reload", now=NOW - 2)
+    assert _code(gate, "reload", before, now=NOW + 1) == "replayed"
+    after = make_command(KEY, "front-door", "reload", now=NOW + 0.5)
+    assert gate.check("reload", after, NOW + 1).name == "reload"

@@ -54,15 +54,27 @@ def audit_path(cfg: VoxgateConfig) -> Path:
     return Path(cfg.audit.path or Path(cfg.data_dir) / "audit.jsonl")
 
 
-def _printable(text: str) -> str:
+# The longest request text (path, method, message) a log line quotes whole.
+LOG_TEXT_MAX = 200
+
+
+def _printable(text: str, limit: int = LOG_TEXT_MAX) -> str:
     """Text from the request for a log line: a line break in it (a path arrives
     percent-decoded, an upload's file name too) would start a forged line in the text log
-    (the journal), so control characters are shown escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    (the journal), and a terminal escape in it would act on the terminal of whoever reads
+    the log, so control characters are shown escaped. Past `limit` characters it is cut:
+    anyone reaching the port, token or not, sent 60 kB paths that were logged whole, twice."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown if len(text) <= limit else f"{shown}... ({len(text)} characters)"
 
 
 def _path() -> str:
     return _printable(request.path)
+
+
+def _method() -> str:
+    # Any token the client sends (an escape sequence too); ours are short.
+    return _printable(request.method, 16)
 
 
 def _slash_in_name() -> bool:
@@ -113,7 +125,7 @@ def create_app(
         if not ok:
             log.warning(
                 "API: rejected %s %s from %s (bad or missing token)",
-                request.method,
+                _method(),
                 _path(),
                 request.remote_addr,
             )
@@ -131,7 +143,7 @@ def create_app(
             resp.headers["Allow"] = allow
         t0 = getattr(g, "t0", None)
         ms = (time.monotonic() - t0) * 1000 if t0 is not None else 0.0
-        log.info("API %s %s -> %d (%.0f ms)", request.method, _path(), resp.status_code, ms)
+        log.info("API %s %s -> %d (%.0f ms)", _method(), _path(), resp.status_code, ms)
         return resp
 
     @app.errorhandler(HTTPException)
@@ -154,7 +166,7 @@ def create_app(
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:
-        log.exception("API: %s %s failed", request.method, _path())
+        log.exception("API: %s %s failed", _method(), _path())
         return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
     def _audit(event: str, **fields: Any) -> None:
@@ -186,7 +198,7 @@ def create_app(
 
     @app.errorhandler(_BadRequest)
     def _bad_request(exc: _BadRequest) -> tuple[Response, int]:
-        log.warning("API: bad request %s %s: %s", request.method, _path(), _printable(str(exc)))
+        log.warning("API: bad request %s %s: %s", _method(), _path(), _printable(str(exc), 1000))
         return _error(400, "bad_request", str(exc))
 
     @app.errorhandler(StoreError)

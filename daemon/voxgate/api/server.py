@@ -7,17 +7,44 @@ import logging
 import threading
 from typing import Any
 
+from voxgate.httplimits import REQUEST_TIMEOUT_S, ConnectionLimit, busy_reply
+
 log = logging.getLogger(__name__)
+
+
+def _make_server(host: str, port: int, app: Any, timeout_s: float) -> Any:
+    """werkzeug's threaded server with a connection limit and a read timeout (httplimits)."""
+    from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+
+    class Handler(WSGIRequestHandler):
+        timeout = timeout_s  # socketserver sets it on the connection
+
+        def log_error(self, format: str, *args: Any) -> None:
+            if format.startswith("Request timed out"):
+                # An idle keep-alive connection closed: no error (werkzeug said ERROR).
+                log.debug("admin API: connection closed after %g s of silence", timeout_s)
+                return
+            super().log_error(format, *args)
+
+    class Server(ConnectionLimit, ThreadedWSGIServer):
+        busy = busy_reply("too many open connections to the API")
+
+    return Server(host, port, app, Handler)
 
 
 class ApiServer:
     """`start()` binds and serves in a thread; `stop()` shuts down and joins. port=0 picks one."""
 
-    def __init__(self, app: Any, host: str, port: int, poll_interval: float = 0.5) -> None:
-        from werkzeug.serving import make_server
-
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        poll_interval: float = 0.5,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> None:
         try:
-            self._server = make_server(host, port, app, threaded=True)
+            self._server = _make_server(host, port, app, request_timeout_s)
         except SystemExit:
             # werkzeug prints "Address already in use" and calls sys.exit(1) itself; a
             # daemon hosting the API must decide what that means, so make it an OSError.

@@ -43,6 +43,8 @@ def load_embedder_for(cfg: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from voxgate.api import ApiError, ApiServer, UserAdmin, create_app, load_token
+    from voxgate.audit import open_log
+    from voxgate.config.secrets import SecretError
     from voxgate.erasure import after_erase
     from voxgate.voiceprints import StoreError, open_store
 
@@ -56,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
     port = args.port or cfg.api.port
     try:
         token = load_token(cfg)
+        # Changes made here go to the audit log like the daemon's API and the CLI's: without
+        # it an erase or enrollment through this server left no line at all.
+        audit = open_log(cfg)
         store = open_store(cfg)
-    except (ApiError, StoreError) as exc:
+    except (ApiError, StoreError, SecretError, OSError) as exc:
         print(f"voxgate api: {exc}", file=sys.stderr)
         return 1
     agent = None
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             model_id = load_card(cfg.speaker.model).id
-            agent = FleetSync.from_config(cfg, store, model_id)
+            agent = FleetSync.from_config(cfg, store, model_id, audit_event=audit.append)
         except (FleetError, ModelError) as exc:
             print(f"voxgate api: {exc}", file=sys.stderr)
             store.close()
@@ -84,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     if host not in {"127.0.0.1", "::1", "localhost"}:
         log.warning("admin API bound to %s: reachable from the network, keep the token safe", host)
     try:
-        server = ApiServer(create_app(cfg, admin, token), host, port)
+        app = create_app(cfg, admin, token, audit_event=audit.append)
+        server = ApiServer(app, host, port)
     except OSError as exc:
         print(f"voxgate api: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         if agent is not None:

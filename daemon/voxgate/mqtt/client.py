@@ -106,6 +106,13 @@ class QuickDrops:
             client._reconnect_delay = min(delay, self.cfg.reconnect_max_s)  # type: ignore[assignment]
 
 
+# The largest MQTT packet a voxgate client takes (MQTT 5 Maximum Packet Size): commands are a
+# few kB (mqtt.command_max_bytes <= 64 kB, plus a topic of up to 64 kB), decisions 8 kB, fleet
+# messages up to 1 MB (fleet passes its own). mosquitto accepts 256 MB by default, and a
+# 200 MB command took the door to 611 MB before its size could be checked.
+MAX_PACKET_BYTES = 1024 * 1024
+
+
 def session_seconds(cfg: BrokerConfig) -> int:
     return SESSION_S if cfg.protocol == "5" else 0
 
@@ -152,17 +159,23 @@ def build_client(
 
 
 def connect_async(
-    client: paho.Client, cfg: BrokerConfig, session_s: int = 0, fresh_first: bool = False
+    client: paho.Client,
+    cfg: BrokerConfig,
+    session_s: int = 0,
+    fresh_first: bool = False,
+    max_packet: int = MAX_PACKET_BYTES,
 ) -> None:
     """Connect in the background. session_s > 0 (MQTT 5): the broker keeps the session that
     long while the client is away; fresh_first: except the one a previous process left, which
-    the first connect discards (only reconnects of this process resume their session)."""
+    the first connect discards (only reconnects of this process resume their session).
+    max_packet (MQTT 5): the broker drops larger messages for this client instead of sending
+    them; paho reads a whole message into memory before anyone can look at its size."""
     if cfg.protocol != "5":
         client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
         return
-    props = None
+    props = Properties(PacketTypes.CONNECT)
+    props.MaximumPacketSize = max_packet
     if session_s > 0:
-        props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = session_s
     clean: paho.CleanStartOption = session_s <= 0
     if session_s > 0 and fresh_first:

@@ -128,7 +128,11 @@ class CommandGate:
             raise CommandError("expired", f"expired {now - expires:.1f} s ago")
         if issued > now + self.max_skew_s:
             raise CommandError("not-yet-valid", "issued in the future")
-        if issued < self.started_at - self.max_skew_s:
+        # No clock allowance here: the link starts a fresh session, so nothing sent before
+        # this process started is delivered to it, except a copy someone sends again. With
+        # the max_skew_s allowance, a command captured and sent again just after a restart
+        # (its nonce forgotten) ran a second time.
+        if issued < self.started_at:
             raise CommandError("replayed", "issued before this daemon started")
         with self._lock:
             self._seen = {n: t for n, t in self._seen.items() if t > now}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from voxgate.httplimits import REQUEST_TIMEOUT_S, ConnectionLimit
 from voxgate.service.states import State
 
 log = logging.getLogger(__name__)
@@ -62,17 +63,23 @@ class Metrics:
         self._server: Any = None
         self._thread: Any = None
 
-    def serve(self, host: str, port: int) -> int | None:
+    def serve(
+        self, host: str, port: int, request_timeout_s: float = REQUEST_TIMEOUT_S
+    ) -> int | None:
         """Start the HTTP endpoint; returns the bound port, or None when it could not bind."""
-        from prometheus_client import start_http_server
+        import threading
 
         try:
-            self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+            self._server = _make_server(host, port, self.registry, request_timeout_s)
         except OSError as exc:
             log.error(
                 "metrics endpoint %s:%d not started: %s (going on without it)", host, port, exc
             )
             return None
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="voxgate-metrics", daemon=True
+        )
+        self._thread.start()
         bound = int(self._server.server_port)
         log.info("metrics on http://%s:%d/metrics", host, bound)
         return bound
@@ -82,3 +89,26 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _make_server(host: str, port: int, registry: Any, timeout_s: float) -> Any:
+    """prometheus_client's WSGI app on a threaded server with a connection limit and a read
+    timeout (httplimits): its own start_http_server gave every connection, idle or not, a
+    thread for ever."""
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    class Handler(WSGIRequestHandler):
+        timeout = timeout_s  # socketserver sets it on the connection
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # a scrape every few seconds is not worth a log line
+
+    class Server(ConnectionLimit, ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    return make_server(host, port, make_wsgi_app(registry), Server, Handler)
