@@ -550,6 +550,11 @@ class Issuer:
         """The decision for a finished attempt (service.stages.AttemptResult, duck-typed:
         .verdict.outcome/.user/.reasons, .speaker, .liveness, .issued_at)."""
         v = result.verdict
+        if "locked_out" in v.reasons:
+            # Not counted by the lockout, so it must tell nothing: with scores and the other
+            # checks' reasons, anyone reading decisions (Home Assistant, the lock) could tune
+            # a voice or an answer for free while the lock lasts. The audit log keeps them.
+            return self.issue(v.outcome, v.user, float(result.issued_at), reasons=("locked_out",))
         return self.issue(
             v.outcome,
             v.user,

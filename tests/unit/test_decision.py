@@ -351,3 +351,35 @@ def test_replay_guard_forget_that_cannot_write_changes_nothing(tmp_path: Path) -
     with pytest.raises(OSError):
         guard.forget("front-door")
     assert guard.last("front-door") == 5
+
+
+def test_a_locked_out_decision_tells_nothing_about_the_voice_or_the_answer(
+    tmp_path: Path,
+) -> None:
+    """Attempts refused by a lockout are not counted, so their decision must not carry the
+    speaker score or the other checks' reasons: anyone reading decisions could otherwise
+    tune a voice or an answer for free while the lock lasts (the audit log keeps them)."""
+    from types import SimpleNamespace as NS
+
+    from voxgate.policy import LockoutState, decide
+
+    issuer = Issuer("front-door", SequenceCounter(tmp_path / "seq.json"), ttl_s=5)
+    speaker = NS(
+        user="alice", accepted=False, quality_ok=True, reasons=(), score=0.58, threshold=0.6
+    )
+    liveness = NS(ok=False, reason="wrong_digits", retry=False, score=0.2, threshold=0.5)
+    locked = LockoutState(locked=True, until=NOW + 60, user_failures=5, scope="user")
+    verdict = decide(speaker, liveness, None, locked, False)
+    assert set(verdict.reasons) == {"locked_out", "liveness_failed", "no_match"}
+    d = issuer.from_attempt(NS(verdict=verdict, speaker=speaker, liveness=liveness, issued_at=NOW))
+    assert (d.outcome, d.user, d.reasons) == ("denied", None, ("locked_out",))
+    assert (d.speaker_score, d.speaker_threshold, d.liveness_ok, d.liveness_score) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    # Not locked: the same attempt's decision says why, with its scores.
+    verdict = decide(speaker, liveness, None, LockoutState(), False)
+    d = issuer.from_attempt(NS(verdict=verdict, speaker=speaker, liveness=liveness, issued_at=NOW))
+    assert d.reasons == ("liveness_failed", "no_match") and d.speaker_score == 0.58
