@@ -628,10 +628,21 @@ class FleetSync:
     def from_config(
         cls, cfg: Any, store: VoiceprintStore, model_id: str | None = None, **kwargs: Any
     ) -> FleetSync:
-        """The agent for a whole device config (raises FleetError for missing keys)."""
-        return cls(
+        """The agent for a whole device config (raises FleetError for missing keys). An erase
+        it applies also drops the rest of the user from disk (lockout entry, replay
+        fingerprints, kept recordings); the daemon replaces the hook with its own, which
+        also clears what it holds in memory."""
+        agent = cls(
             cfg.fleet, cfg.mqtt, cfg.device_id, store, state_path(cfg), model_id=model_id, **kwargs
         )
+
+        def forget(name: str) -> None:
+            from voxgate.erasure import forget_on_disk
+
+            forget_on_disk(cfg, name)
+
+        agent.on_erased = forget
+        return agent
 
     def wait_sent(self, timeout: float) -> bool:
         """Wait until the broker has acknowledged every queued update."""

@@ -335,3 +335,28 @@ def test_the_access_map_matches_names_as_the_store_does(tmp_path: Path) -> None:
     assert door.allowed_here("Alice")
     assert door.handle(*_vp("lobby", "Alice", 1)) == "stored"
     assert door.groups_for("bob") == []
+
+
+def test_an_agent_outside_the_daemon_forgets_the_rest_of_a_user_the_fleet_erased(
+    tmp_path: Path,
+) -> None:
+    """`voxgate api` and the fleet/enroll commands run an agent of their own, which applies
+    the fleet's erases while connected: it erased the voiceprint and left the person's
+    lockout entry (their name in plain text) behind, since only the daemon set on_erased."""
+    from voxgate.lockout import LockoutBook
+
+    doc = {
+        "device_id": "door-b",
+        "data_dir": str(tmp_path),
+        "fleet": {"site": "acme", "groups": ["lobby"], "access": {"lobby": ["*"]}},
+    }
+    cfg = parse_config(yaml.safe_dump(doc))
+    book = LockoutBook(tmp_path / "lockout.db", cfg.lockout)
+    for _ in range(2):
+        book.record("alice", ok=False)
+    book.close()
+    store = VoiceprintStore(tmp_path / "vp.db", os.urandom(32))
+    door = FleetSync.from_config(cfg, store, keys=KEYS, model_id="m")
+    assert door.handle(*_vp("lobby", "alice", 3)) == "stored"
+    assert door.handle(*_tomb("erase", "lobby", "alice", 4)) == "erased"
+    assert b"alice" not in (tmp_path / "lockout.db").read_bytes()
