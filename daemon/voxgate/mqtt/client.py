@@ -20,6 +20,7 @@ What it guarantees:
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import math
@@ -241,6 +242,14 @@ class MqttLink:
             )
         elif command_key is None:
             log.warning("no command key: every MQTT command to %s will be refused", device_id)
+        elif hmac.compare_digest(command_key, key):
+            # The lock holds the decision key: with the same key it could sign commands to the
+            # door (erase-user, reload). Not refused, so that an upgrade does not stop a door.
+            log.error(
+                "the command key of %s is its decision key: whoever holds the lock's key can "
+                "command this door (erase users, reload); give it its own key (docs/mqtt.md)",
+                device_id,
+            )
         self._v5 = cfg.protocol == "5"
         # A session the broker keeps while the link is down, so that a command sent during a
         # reconnect is delivered when the link is back instead of dropped. A new process
