@@ -23,9 +23,10 @@ RATE = 16000
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def say(text: str, tmp: Path, voice: str = "en") -> np.ndarray:
+def say(text: str, tmp: Path, voice: str = "en", rate: int = 150) -> np.ndarray:
     wav = tmp / "say.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(wav), text], check=True)
+    cmd = ["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(wav), text]
+    subprocess.run(cmd, check=True)
     return read_audio(wav)
 
 
@@ -217,3 +218,27 @@ def test_the_door_does_not_take_the_end_of_its_own_spoken_prompt_as_the_answer(
     )
     assert len(decisions) == 1, decisions
     assert decisions[0]["liveness_ok"] is True, decisions[0]
+
+
+def test_a_short_passphrase_said_in_full_opens_the_door(door: Path, tmp_path: Path) -> None:
+    """ "open the gate" at espeak-ng's normal rate holds 0.96 s of net speech through the
+    door's endpointer, under speaker.min_speech_s (1 s): every attempt was a retry
+    (low_quality), so such a door never opened. A phrase the prompt
+    check heard in full needs only challenge.passphrase_min_speech_s; a cut-off or empty
+    answer gets no such allowance."""
+    from voxgate.quality import assess
+
+    wake = say("hello door", tmp_path, "en+m3")
+    phrase = say("open the gate", tmp_path, "en+m3", rate=175)  # espeak-ng's normal rate
+    assert 0.5 < assess(phrase).speech_s < 1.0
+    cut = say("open the", tmp_path, "en+m3", rate=175)
+    cough = np.random.default_rng(0).normal(0, 8000, 3000).astype(np.int16)
+    parts = [quiet(0.5), wake, quiet(1.5), phrase, quiet(3)]
+    for answer in (cut, cough):
+        parts += [wake, quiet(1.5), answer, quiet(3)]
+    decisions = run_door(door, "challenge: {mode: passphrase, passphrase: open the gate}\n", parts)
+    got = [(d["outcome"], d["user"], d["reasons"]) for d in decisions]
+    assert got[0] == ("granted", "alice", []), decisions[0]
+    assert got[1][0] != "granted" and "liveness_failed" in got[1][2], decisions[1]
+    assert got[2][0] == "retry", decisions[2]
+    assert len(got) == 3, got
