@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 
 from voxgate.config.stt import ChallengeConfig, passphrase_words
-from voxgate.stt.base import digits_to_words
+from voxgate.stt.base import digits_to_words, words_to_digits
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,21 @@ class Challenge:
             "expires_at": self.expires_at,
             **({"take": self.take} if self.take is not None else {}),
         }
+
+
+def audit_fields(digits: str | None, heard: str | None) -> dict[str, str | None]:
+    """The digits asked for (`digits`: Challenge.digits, None for a passphrase) and the
+    digits heard (LivenessResult.transcript), for the decision's audit line.
+
+    A digit challenge is no secret once answered (ChallengeBook hands it out once), and an
+    analyst needs both to tell a misheard answer from a wrong one. A passphrase is a secret
+    for as long as it is in use: neither it nor what was heard of it is written (the
+    recognizer does not even keep the latter); the score and the reason remain."""
+    if digits is None:
+        return {"liveness_prompt": None, "liveness_heard": None}
+    if heard and not heard.isdigit():
+        heard = words_to_digits(heard.split()) or heard  # engines say words, templates digits
+    return {"liveness_prompt": digits, "liveness_heard": heard}
 
 
 def enroll_prompt(digits: str, take: int, now: float, ttl_s: float) -> Challenge:

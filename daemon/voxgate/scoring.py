@@ -137,17 +137,26 @@ class Scorer:
         norm = asnorm(raw, vp.mean, t, self.cohort.embeddings, self.top_k)
         return float(norm[0]), raw
 
-    def _quality(self, quality: Quality | None) -> tuple[bool, tuple[str, ...]]:
+    def _quality(
+        self, quality: Quality | None, min_speech_s: float | None
+    ) -> tuple[bool, tuple[str, ...]]:
         if quality is None:
             return True, ()
-        reasons = gate_reasons(quality, self.cfg.min_speech_s, self.cfg.min_snr_db)
+        need = self.cfg.min_speech_s if min_speech_s is None else min_speech_s
+        reasons = gate_reasons(quality, need, self.cfg.min_snr_db)
         return not reasons, reasons
 
     def verify(
-        self, emb: np.ndarray, claimed_user: str, quality: Quality | None = None
+        self,
+        emb: np.ndarray,
+        claimed_user: str,
+        quality: Quality | None = None,
+        min_speech_s: float | None = None,
     ) -> SpeakerResult:
-        """Is this the claimed user? A bad-quality attempt is scored but never accepted."""
-        q_ok, reasons = self._quality(quality)
+        """Is this the claimed user? A bad-quality attempt is scored but never accepted.
+        `min_speech_s`: the gate's net-speech minimum for this attempt (default
+        speaker.min_speech_s; a passphrase heard in full needs less: service.attempt)."""
+        q_ok, reasons = self._quality(quality, min_speech_s)
         threshold = self.threshold(1)
         try:
             vp = self.store.get(claimed_user, model_id=self.model_id)
@@ -168,9 +177,11 @@ class Scorer:
             reasons = (*reasons, "score_below_threshold")
         return SpeakerResult(vp.name, score, raw, threshold, accepted, q_ok, reasons)
 
-    def identify(self, emb: np.ndarray, quality: Quality | None = None) -> SpeakerResult:
+    def identify(
+        self, emb: np.ndarray, quality: Quality | None = None, min_speech_s: float | None = None
+    ) -> SpeakerResult:
         """Who is this, among all users? user=None when nobody clears the threshold (open set)."""
-        q_ok, reasons = self._quality(quality)
+        q_ok, reasons = self._quality(quality, min_speech_s)
         prints = []
         readable, damaged = self.store.readable()
         if damaged:

@@ -23,9 +23,10 @@ RATE = 16000
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def say(text: str, tmp: Path, voice: str = "en") -> np.ndarray:
+def say(text: str, tmp: Path, voice: str = "en", rate: int = 150) -> np.ndarray:
     wav = tmp / "say.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(wav), text], check=True)
+    cmd = ["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(wav), text]
+    subprocess.run(cmd, check=True)
     return read_audio(wav)
 
 
@@ -56,6 +57,7 @@ def run_door(home: Path, config: str, parts: list[np.ndarray], *flags: str) -> l
     cmd = [sys.executable, "-m", "voxgate", "run", "-c", str(cfg), "--file", str(audio), *flags]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
+    (home / "run.log").write_text(done.stderr)  # the daemon's log of this run
     audit = home / "data" / "audit.jsonl"
     decisions = [
         e for e in map(json.loads, audit.read_text().splitlines()) if e.get("event") == "decision"
@@ -158,6 +160,39 @@ def test_the_audit_log_says_why_the_spoken_answer_failed(tmp_path: Path) -> None
     assert got == [(True, None, "phonemes"), (False, "prompt_mismatch", "phonemes")]
 
 
+def test_the_audit_log_says_what_was_heard_for_a_digit_challenge(tmp_path: Path) -> None:
+    """An analyst looking into failed answers saw the score and the reason, but neither the
+    digits asked for nor those heard. Both are in the decision line now: a challenge's
+    digits are no secret once it has been answered (it cannot be used again)."""
+    wake = say("hello door", tmp_path)
+    answer = say("six, one, six, four, six", tmp_path)
+    decisions = run_door(tmp_path, "", [quiet(0.5), wake, quiet(1.5), answer, quiet(2)])
+    assert len(decisions) == 1, decisions
+    d = decisions[0]
+    assert d["liveness_method"] == "phonemes" and d["liveness_heard"] == "61646", d
+    assert len(d["liveness_prompt"]) == 5 and d["liveness_prompt"].isdigit(), d
+
+
+def test_what_was_heard_of_a_passphrase_is_written_nowhere(tmp_path: Path) -> None:
+    """A passphrase is a secret: what the engine heard of an answer spells it (the phonemes
+    engine's IPA, pocketsphinx's words), and the log said it for every attempt. Neither
+    the decision line nor the daemon's log holds it; the score and reason stay."""
+    wake = say("hello door", tmp_path)
+    right = say("open sesame", tmp_path)
+    wrong = say("open the window", tmp_path)
+    decisions = run_door(
+        tmp_path,
+        "challenge: {mode: passphrase, passphrase: open sesame}\n",
+        [quiet(0.5), wake, quiet(1.5), right, quiet(3), wake, quiet(1.5), wrong, quiet(2)],
+    )
+    assert [d["liveness_reason"] for d in decisions] == [None, "prompt_mismatch"], decisions
+    for d in decisions:
+        assert d["liveness_heard"] is None and d["liveness_prompt"] is None, d
+        assert isinstance(d["liveness_score"], float), d
+    checks = [ln for ln in (tmp_path / "run.log").read_text().splitlines() if "prompt check" in ln]
+    assert len(checks) == 2 and all("heard=None" in ln for ln in checks), checks
+
+
 def test_the_door_does_not_take_the_end_of_its_own_spoken_prompt_as_the_answer(
     tmp_path: Path,
 ) -> None:
@@ -183,3 +218,27 @@ def test_the_door_does_not_take_the_end_of_its_own_spoken_prompt_as_the_answer(
     )
     assert len(decisions) == 1, decisions
     assert decisions[0]["liveness_ok"] is True, decisions[0]
+
+
+def test_a_short_passphrase_said_in_full_opens_the_door(door: Path, tmp_path: Path) -> None:
+    """ "open the gate" at espeak-ng's normal rate holds 0.96 s of net speech through the
+    door's endpointer, under speaker.min_speech_s (1 s): every attempt was a retry
+    (low_quality), so such a door never opened. A phrase the prompt
+    check heard in full needs only challenge.passphrase_min_speech_s; a cut-off or empty
+    answer gets no such allowance."""
+    from voxgate.quality import assess
+
+    wake = say("hello door", tmp_path, "en+m3")
+    phrase = say("open the gate", tmp_path, "en+m3", rate=175)  # espeak-ng's normal rate
+    assert 0.5 < assess(phrase).speech_s < 1.0
+    cut = say("open the", tmp_path, "en+m3", rate=175)
+    cough = np.random.default_rng(0).normal(0, 8000, 3000).astype(np.int16)
+    parts = [quiet(0.5), wake, quiet(1.5), phrase, quiet(3)]
+    for answer in (cut, cough):
+        parts += [wake, quiet(1.5), answer, quiet(3)]
+    decisions = run_door(door, "challenge: {mode: passphrase, passphrase: open the gate}\n", parts)
+    got = [(d["outcome"], d["user"], d["reasons"]) for d in decisions]
+    assert got[0] == ("granted", "alice", []), decisions[0]
+    assert got[1][0] != "granted" and "liveness_failed" in got[1][2], decisions[1]
+    assert got[2][0] == "retry", decisions[2]
+    assert len(got) == 3, got

@@ -110,13 +110,17 @@ class CosineScorer:
 
     # quality is accepted as the loop passes it, and not gated on: these loop tests are about
     # the loop, and their synthetic answers are often shorter than the real gate allows.
-    def verify(self, emb: np.ndarray, claimed_user: str, quality: Any = None) -> SpeakerResult:
+    def verify(
+        self, emb: np.ndarray, claimed_user: str, quality: Any = None, min_speech_s: Any = None
+    ) -> SpeakerResult:
         ref = self.voiceprints.get(claimed_user)
         score = float(emb @ ref) if ref is not None else -1.0
         ok = score >= self.threshold
         return SpeakerResult(claimed_user, score, score, self.threshold, ok, True, ())
 
-    def identify(self, emb: np.ndarray, quality: Any = None) -> SpeakerResult:
+    def identify(
+        self, emb: np.ndarray, quality: Any = None, min_speech_s: Any = None
+    ) -> SpeakerResult:
         if not self.voiceprints:
             return SpeakerResult(None, -1.0, -1.0, self.threshold, False, True, ("no users",))
         user, ref = max(self.voiceprints.items(), key=lambda kv: float(emb @ kv[1]))

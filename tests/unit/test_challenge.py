@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voxgate.challenge import ChallengeBook, ChallengeError, enrollment_prompts, new_challenge
+from voxgate.challenge import (
+    ChallengeBook,
+    ChallengeError,
+    audit_fields,
+    enrollment_prompts,
+    new_challenge,
+)
 from voxgate.config.stt import ChallengeConfig
 
 
@@ -149,3 +155,14 @@ def test_a_replay_window_that_keeps_nothing_is_a_config_error(tmp_path: Path) ->
     with pytest.raises(ValidationError, match="replay_window_s"):
         ChallengeConfig(replay_window_s=0)
     assert ChallengeConfig(replay_window_s=60).replay_window_s == 60
+
+
+def test_the_audit_names_the_digits_asked_for_and_heard_never_a_passphrase() -> None:
+    """Templates report digits, the engines words ("oh" among them for pocketsphinx):
+    the audit line gets digits either way; a passphrase gets neither field filled."""
+    assert audit_fields("40712", "40712") == {"liveness_prompt": "40712", "liveness_heard": "40712"}
+    heard = audit_fields("40712", "four oh seven one")["liveness_heard"]
+    assert heard == "4071"
+    assert audit_fields("40712", None)["liveness_heard"] is None  # a retry: nothing decoded
+    assert audit_fields("40712", "")["liveness_heard"] == ""  # decoded, nothing heard
+    assert audit_fields(None, "open sesame") == {"liveness_prompt": None, "liveness_heard": None}

@@ -186,6 +186,11 @@ def test_quality_gate_gives_retry_not_a_guess(enrolled: tuple[VoiceprintStore, V
     assert not r.accepted and not r.quality_ok and "too_noisy" in r.reasons
     good = Quality(duration_s=3.0, speech_s=2.5, snr_db=25.0, clipped=0.0)
     assert sc.verify(v.utt(0)[0], "ann", quality=good).accepted
+    # The caller may set this attempt's minimum (a passphrase heard in full: 0.6 s).
+    short = Quality(duration_s=1.0, speech_s=0.7, snr_db=30.0, clipped=0.0)
+    assert not sc.verify(v.utt(0)[0], "ann", quality=short).quality_ok
+    assert sc.verify(v.utt(0)[0], "ann", short, 0.6).accepted
+    assert sc.identify(v.utt(0)[0], short, 0.6).user == "ann"
 
 
 def test_model_mismatch_is_refused(enrolled: tuple[VoiceprintStore, Voices]) -> None:

@@ -93,6 +93,32 @@ def test_a_phrase_with_oh_is_a_phrase_to_this_engine(rec: object) -> None:
     assert res.threshold == SttConfig().phonemes_phrase_threshold
 
 
+def test_oh_for_zero_is_accepted_and_two_for_zero_is_not(rec: object) -> None:
+    """Many people read 0 as "oh": the engine denied every such answer (-3.6 to -10.5 in
+    four voices). "oh" is one vowel, the end of "two" ("t w oʊ"), so an "oh" reading counts
+    only when the engine's own best reading of the answer is the prompt."""
+    for voice in ("en-us", "en+f3"):
+        oh = say("four, oh, seven, one, two", voice)
+        res = rec.check_prompt(oh, digits_to_words("40712"))  # type: ignore[attr-defined]
+        assert res.ok and res.transcript == "four oh seven one two", (voice, res)
+        two = say("four, two, seven, one, two", voice)
+        # (An "oh" at a prompt's "two" or "eight" passed some voices before "oh" was accepted,
+        # and still does: docs/challenge.md.)
+        for pcm, prompt in ((two, "40712"), (two, "40710"), (oh, "40710"), (oh, "40772")):
+            res = rec.check_prompt(pcm, digits_to_words(prompt))  # type: ignore[attr-defined]
+            assert not res.ok, (voice, prompt, res)
+    both = say("oh, three, zero, nine", "en+m3")
+    assert rec.check_prompt(both, digits_to_words("0309")).ok  # type: ignore[attr-defined]
+
+
+def test_the_oh_spelling_is_hamas_own() -> None:
+    from hama import G2PModel
+
+    from voxgate.stt.phoneme_backend import OH
+
+    assert " ".join(a.phoneme for a in G2PModel().predict("oh").alignments) in OH
+
+
 def test_a_prompt_scored_above_the_digit_loop_is_denied(monkeypatch: pytest.MonkeyPatch) -> None:
     """The loop holds every digit string, so it can only fall below the prompt when its best
     reading underflowed (a reviewer built such rows by hand); the ratio, capped at 0, then

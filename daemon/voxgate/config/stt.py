@@ -126,6 +126,15 @@ class ChallengeConfig(Section):
     length: int = Field(5, ge=3, le=10, description="Digits in a challenge.")
     passphrase: str | None = Field(None, description="The phrase, for mode: passphrase.")
     timeout_s: float = Field(10.0, ge=2, le=120, description="Time to answer a challenge.")
+    passphrase_min_speech_s: float = Field(
+        0.6,
+        ge=0.2,
+        le=30,
+        description="mode passphrase: net speech the voiceprint needs when the prompt check "
+        "heard the whole phrase, in place of speaker.min_speech_s when lower (a short phrase "
+        "such as 'open the gate' has under 1 s); answers the check did not accept keep "
+        "speaker.min_speech_s (docs/challenge.md).",
+    )
     answer_pause_ms: int = Field(
         1200,
         ge=300,

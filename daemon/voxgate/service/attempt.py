@@ -67,14 +67,18 @@ def conclude(
     except stages.no_speech_errors as exc:
         log.info("no embedding: %s", exc)
         emb = None
+    # Without templates of anyone's (every passphrase) the check does not depend on who
+    # spoke: finished first, it can tell the quality gate that a short phrase was complete.
+    early = None if a.user_streams else _liveness(a, None, cut=utt.split)
     if emb is not None:
         # The quality gate: too little net speech or too much noise is a retry, not a guess.
         quality = assess(utt.pcm, cfg.vad)
+        need = _min_speech_s(a, early, cfg)
         try:
             if a.claimed_user:
-                speaker = stages.scorer.verify(emb, a.claimed_user, quality=quality)
+                speaker = stages.scorer.verify(emb, a.claimed_user, quality, need)
             else:
-                speaker = stages.scorer.identify(emb, quality=quality)
+                speaker = stages.scorer.identify(emb, quality, need)
         except StoreError as exc:
             # A damaged, unreadable or replaced voiceprint file: nothing to compare with.
             # The lock still gets an answer (denied, store_unreadable, no score); the next
@@ -82,7 +86,7 @@ def conclude(
             log.error("cannot read the voiceprints, attempt denied: %s", exc)
             speaker = Unscored(a.claimed_user)
     identified = speaker.user if speaker is not None and speaker.accepted else None
-    liveness = _liveness(a, a.claimed_user or identified, cut=utt.split)
+    liveness = early if early is not None else _liveness(a, a.claimed_user or identified, utt.split)
     # Everyone who might have answered has templates (no engine ran) and the voice matched
     # nobody: no check was owed, as nobody can be granted. Reported as liveness_missing it
     # turned the quality gate's retry into a counted denial and blamed an impostor's
@@ -128,6 +132,19 @@ def conclude(
         speech_s=utt.speech_s,
     )
     return Conclusion(result, lock_user, record)
+
+
+def _min_speech_s(a: Attempt, liveness: LivenessLike | None, cfg: VoxgateConfig) -> float | None:
+    """The quality gate's net-speech minimum for this attempt; None: speaker.min_speech_s.
+
+    A short passphrase ("open the gate": 0.96 s through the endpointer) was always under
+    speaker.min_speech_s (1 s), so every attempt was a retry and the door never opened.
+    When the prompt check heard the whole phrase, challenge.passphrase_min_speech_s
+    applies instead (when lower). An answer it did not accept (cut off, another phrase,
+    nothing said) keeps the usual minimum, and digit challenges always do."""
+    if getattr(a.challenge, "mode", None) == "passphrase" and liveness is not None and liveness.ok:
+        return min(cfg.speaker.min_speech_s, cfg.challenge.passphrase_min_speech_s)
+    return None
 
 
 def _liveness(a: Attempt, user: str | None, cut: bool = False) -> LivenessLike | None:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from voxgate.audit import AuditLog
+from voxgate.challenge import audit_fields
 from voxgate.config import ConfigError, VoxgateConfig, load_config
 from voxgate.lockout import LockoutBook, RecordResult
 from voxgate.mqtt.refusal import ADVICE, Refusal
@@ -727,6 +728,10 @@ class Daemon:
             # check decided (the user's templates or an engine); the score alone told neither.
             liveness_reason=getattr(result.liveness, "reason", None),
             liveness_method=getattr(result.liveness, "method", None),
+            # What was asked and heard (digit challenges only: a passphrase stays unwritten).
+            **audit_fields(
+                getattr(a.challenge, "digits", None), getattr(result.liveness, "transcript", None)
+            ),
             replay=getattr(result.replay, "is_replay", None),
             nonce=a.challenge.nonce if a.challenge is not None else None,
             speech_s=round(utt.speech_s, 2),

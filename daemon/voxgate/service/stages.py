@@ -35,8 +35,13 @@ class Embedder(Protocol):
 
 class Scorer(Protocol):
     # quality: quality.Quality of the attempt's audio (the gate: retry when it is poor)
-    def verify(self, emb: np.ndarray, claimed_user: str, quality: Any = None) -> SpeakerLike: ...
-    def identify(self, emb: np.ndarray, quality: Any = None) -> SpeakerLike: ...
+    # min_speech_s: the gate's net-speech minimum for this attempt (None: the configured one)
+    def verify(
+        self, emb: np.ndarray, claimed_user: str, quality: Any = None, min_speech_s: Any = None
+    ) -> SpeakerLike: ...
+    def identify(
+        self, emb: np.ndarray, quality: Any = None, min_speech_s: Any = None
+    ) -> SpeakerLike: ...
 
 
 class PromptStream(Protocol):

@@ -117,6 +117,9 @@ class _Stream(PromptStream):
     def _result(
         self, ok: bool, score: float, thr: float, heard: str | None, reason: str | None, method: str
     ) -> LivenessResult:
+        if self.digits is None:
+            # A passphrase: what was heard spells the secret (IPA, words); kept nowhere.
+            heard = None
         res = LivenessResult(bool(ok), float(score), float(thr), heard, reason, method)
         log.info(
             "prompt check (%s): ok=%s score=%.3f threshold=%.3f heard=%r reason=%s",
