@@ -1,0 +1,79 @@
+"""The door's data folder fills up (an SD card full of journal or kept audio) while
+`voxgate run` works: a real daemon process, a real mosquitto, the data folder on a small
+tmpfs filled to the last block, then freed again. The lock must still get its signed
+decisions, each failed write must say which file and why, and the door must catch up by
+itself once space is back (docs/service.md, "Disk full")."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from broker import Broker
+from mqtt_helpers import Recorder, wait_until
+from small_fs import fill, free, small_fs
+from test_daemon_e2e import (
+    ATTEMPT,
+    DEV,
+    DaemonProcess,
+    decisions,
+    device,  # noqa: F401 (the fixture, used through full_door)
+    enroll,
+    pause,
+    speech,
+)
+
+pytest.importorskip("voxgate.embedding")
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+
+@pytest.fixture
+def full_door(request: pytest.FixtureRequest) -> Any:
+    door = request.getfixturevalue("device")
+    data = Path(door["doc"]["data_dir"])
+    with small_fs(data):
+        done = enroll(door, "bob", "en+m3")
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield door, data
+
+
+def test_a_full_disk_still_sends_the_decision_and_saves_the_sequence_once_freed(
+    full_door: tuple[dict[str, Any], Path], broker: Broker
+) -> None:
+    """Seen: with the data folder full, decision-seq.json could not be replaced, every
+    decision failed with a traceback ("decision granted could not be published") and the
+    lock got nothing: bob stood at a shut door, while the log said "decision granted"."""
+    door, data = full_door
+    rec = Recorder(broker, "lock", [f"voxgate/{DEV}/#"])
+    daemon = DaemonProcess(door["config"])
+    attempt = np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)])
+    try:
+        daemon.feed(pause(0.3))
+        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+        fill(data)
+        daemon.feed(attempt)
+        wait_until(lambda: len(decisions(rec)) >= 1, 20, "a decision on the full disk")
+        daemon.feed(pause(1.0))
+        free(data)
+        daemon.feed(attempt)
+        wait_until(lambda: len(decisions(rec)) >= 2, 20, "a decision once space is back")
+        assert daemon.close() == 0
+    finally:
+        rec.close()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    full, freed = decisions(rec)
+    assert (full.outcome, full.user) == ("granted", "bob"), daemon.log()
+    assert (freed.outcome, freed.user) == ("granted", "bob"), daemon.log()
+    assert freed.seq > full.seq
+    log = daemon.log()
+    assert "could not be published" not in log and "Traceback" not in log, log
+    assert f"decision sequence {data / 'decision-seq.json'}: cannot save (disk full)" in log
+    assert log.count("cannot save (disk full)") == 1  # once, not per decision
+    assert "saved again" in log
+    # A restart continues above every number sent.
+    assert json.loads((data / "decision-seq.json").read_text())["seq"] >= freed.seq
