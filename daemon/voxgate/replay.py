@@ -175,6 +175,8 @@ class ReplayDetector:
         self.last_examined = 0  # stored answers the last check compared exactly
         self._index = FingerprintIndex()
         self._cap_logged = False
+        self._failing = False  # the last write failed (logged once until one succeeds)
+        self._memory_id = 0  # ids below 0: answers held in memory only
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -245,13 +247,7 @@ class ReplayDetector:
             # Only answers long enough to compare are kept: a cough (a retry the lockout
             # does not count) would otherwise take a place under the cap.
             if keep and count >= MIN_FRAMES:
-                with self._db:
-                    cur = self._db.execute(
-                        "INSERT INTO fingerprints (created_at, frames, fp, loud)"
-                        " VALUES (?, ?, ?, ?)",
-                        (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes()),
-                    )
-                self._index.add(int(cur.lastrowid or 0), now, fp, loud)
+                self._index.add(self._store(now, count, fp, loud), now, fp, loud)
                 self._cap()
         # A replay needs an earlier attempt it matches: with threshold <= 0 and nothing
         # stored, best stays 0.0 and when None (this crashed on `now - when`).
@@ -274,12 +270,47 @@ class ReplayDetector:
         picked = set(np.flatnonzero(score >= COARSE_MIN).tolist()) | {int(score.argmax())}
         return sorted(picked)
 
-    def _prune(self, now: float) -> None:
-        with self._db:
-            cur = self._db.execute(
-                "DELETE FROM fingerprints WHERE created_at < ?", (now - self.window_s,)
+    def _store(self, now: float, count: int, fp: np.ndarray, loud: np.ndarray) -> int:
+        """Save one fingerprint; its row id. One that cannot be saved (disk full, I/O
+        error) is still compared with from memory until a restart, under a negative id:
+        refusing the attempt would keep the door shut, and forgetting the answer would let
+        its replay pass."""
+        try:
+            with self._db:
+                cur = self._db.execute(
+                    "INSERT INTO fingerprints (created_at, frames, fp, loud) VALUES (?, ?, ?, ?)",
+                    (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes()),
+                )
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+            self._memory_id -= 1
+            return self._memory_id
+        if self._failing:
+            log.warning("replay store %s: writable again", self.path)
+            self._failing = False
+        return int(cur.lastrowid or 0)
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        if not self._failing:
+            log.error(
+                "replay store %s: cannot write (%s); answers are remembered in memory only "
+                "(until a restart) and the door goes on. Free space on %s",
+                self.path,
+                exc,
+                self.path.parent,
             )
+        self._failing = True
+
+    def _prune(self, now: float) -> None:
         self._index.drop_before(now - self.window_s)
+        try:
+            with self._db:
+                cur = self._db.execute(
+                    "DELETE FROM fingerprints WHERE created_at < ?", (now - self.window_s,)
+                )
+        except sqlite3.Error as exc:  # the rows go at a later prune
+            self._write_failed(exc)
+            return
         if cur.rowcount > 0:
             self._scrub()
 
@@ -297,16 +328,22 @@ class ReplayDetector:
         extra = len(self._index) - self.max_rows
         if extra <= 0:
             return
-        with self._db:
-            gone = [
-                r[0]
-                for r in self._db.execute(
-                    "SELECT id FROM fingerprints ORDER BY created_at, id LIMIT ?", (extra,)
-                )
-            ]
-            self._db.executemany("DELETE FROM fingerprints WHERE id = ?", [(i,) for i in gone])
+        # The oldest in memory, which holds what could not be saved too.
+        rows = sorted(
+            (self._index.row(i) for i in range(len(self._index))),
+            key=lambda r: (r.created, r.row_id < 0, abs(r.row_id)),
+        )
+        gone = [r.row_id for r in rows[:extra]]
         self._index.drop(set(gone))
-        self._scrub()
+        try:
+            with self._db:
+                self._db.executemany(
+                    "DELETE FROM fingerprints WHERE id = ?", [(i,) for i in gone if i > 0]
+                )
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+        else:
+            self._scrub()
         # One warning, then debug lines: at the cap every attempt drops one.
         (log.debug if self._cap_logged else log.warning)(
             "replay store holds %d fingerprints (the cap): dropped %d oldest; earlier "

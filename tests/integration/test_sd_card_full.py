@@ -25,6 +25,7 @@ from test_daemon_e2e import (
     enroll,
     pause,
     speech,
+    write_config,
 )
 
 pytest.importorskip("voxgate.embedding")
@@ -77,3 +78,42 @@ def test_a_full_disk_still_sends_the_decision_and_saves_the_sequence_once_freed(
     assert "saved again" in log
     # A restart continues above every number sent.
     assert json.loads((data / "decision-seq.json").read_text())["seq"] >= freed.seq
+
+
+PHRASE = "open the big old front door of the house right now"
+
+
+def test_a_full_disk_keeps_checking_replays_from_memory(
+    full_door: tuple[dict[str, Any], Path], broker: Broker
+) -> None:
+    """Seen: with the data folder full, replay.db refused the answer's fingerprint
+    ("database or disk is full"), the attempt was aborted by a stage error and the lock got
+    no decision at all. Now the fingerprint is held in memory: the answer gets its decision,
+    and the same recording played again is still caught as a replay."""
+    door, data = full_door
+    door["doc"]["challenge"] = {"mode": "passphrase", "passphrase": PHRASE, "timeout_s": 10}
+    write_config(door["dir"], door["doc"])
+    rec = Recorder(broker, "lock", [f"voxgate/{DEV}/#"])
+    daemon = DaemonProcess(door["config"])
+    wake = np.concatenate([pause(0.5), speech("hello door, it is bob", "en+m3"), pause(1.5)])
+    answer = np.concatenate([speech(PHRASE, "en+m3"), pause(2.0)])
+    try:
+        daemon.feed(pause(0.3))
+        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+        fill(data)
+        for n in (1, 2):
+            daemon.feed(wake)
+            daemon.feed(answer)
+            wait_until(lambda n=n: len(decisions(rec)) >= n, 20, f"decision {n}")
+            daemon.feed(pause(1.0))
+        assert daemon.close() == 0
+    finally:
+        rec.close()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    first, again = decisions(rec)
+    log = daemon.log()
+    assert (first.outcome, first.user) == ("granted", "bob"), log
+    assert (again.outcome, again.reasons) == ("denied", ("replay",)), log
+    assert "attempt aborted" not in log and "Traceback" not in log, log
+    assert f"replay store {data / 'replay.db'}: cannot write (database or disk is full)" in log
