@@ -188,8 +188,11 @@ class ReplayDetector:
             self._init_schema()
             self._load()
         except sqlite3.DatabaseError as exc:
+            # Malformed or foreign, or a folder in its place: a restart reads the same file.
+            # Other OperationalErrors (a full disk, locked, I/O) may pass.
+            damaged = not isinstance(exc, sqlite3.OperationalError) or self.path.is_dir()
             raise ReplayStoreError(
-                f"{self.path}: not a replay-fingerprint database ({exc})"
+                f"{self.path}: not a replay-fingerprint database ({exc})", damaged=damaged
             ) from None
 
     def _load(self) -> None:
@@ -370,4 +373,9 @@ def _decode(blob: bytes, mask: bytes) -> Fingerprint:
 
 
 class ReplayStoreError(Exception):
-    """The fingerprint database cannot be opened or has a foreign schema."""
+    """The fingerprint database cannot be opened or has a foreign schema. `damaged`: the
+    file itself is unusable (no restart helps)."""
+
+    def __init__(self, message: str, *, damaged: bool = True) -> None:
+        super().__init__(message)
+        self.damaged = damaged
