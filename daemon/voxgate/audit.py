@@ -141,6 +141,12 @@ class AuditLog:
     def pending(self) -> int:
         return len(self._pending)
 
+    def held(self) -> list[dict[str, Any]]:
+        """A copy of the lines still unwritten (without seq and hash: those are given when
+        they are written), for a caller that stops and must put them somewhere else."""
+        with self._lock:
+            return list(self._pending)
+
     @staticmethod
     def _chain(bodies: list[dict[str, Any]], seq: int, head: str) -> list[dict[str, Any]]:
         out = []

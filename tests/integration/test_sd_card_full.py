@@ -117,3 +117,42 @@ def test_a_full_disk_keeps_checking_replays_from_memory(
     assert (again.outcome, again.reasons) == ("denied", ("replay",)), log
     assert "attempt aborted" not in log and "Traceback" not in log, log
     assert f"replay store {data / 'replay.db'}: cannot write (database or disk is full)" in log
+
+
+def test_audit_lines_a_full_disk_held_are_not_lost_when_the_daemon_stops(
+    request: pytest.FixtureRequest, broker: Broker
+) -> None:
+    """Seen: with the audit log on a full disk the decision went out and its line was held in
+    memory, as documented; but a stop (SIGTERM, a restart) before space came back dropped
+    the held lines without a word: the log named the disk, never which decisions were lost.
+    Now the daemon's last log lines carry them whole. (/dev/full: every write ENOSPC.)"""
+    door = request.getfixturevalue("device")
+    done = enroll(door, "bob", "en+m3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    full = door["dir"] / "audit-on-full-disk.jsonl"
+    full.symlink_to("/dev/full")
+    door["doc"]["audit"] = {"path": str(full)}
+    write_config(door["dir"], door["doc"])
+    rec = Recorder(broker, "lock", [f"voxgate/{DEV}/#"])
+    daemon = DaemonProcess(door["config"])
+    try:
+        daemon.feed(pause(0.3))
+        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+        daemon.feed(np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)]))
+        wait_until(lambda: len(decisions(rec)) >= 1, 20, "the decision")
+        assert daemon.close() == 0
+    finally:
+        rec.close()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    (sent,) = decisions(rec)
+    log = daemon.log()
+    assert "cannot write (disk full)" in log
+    assert "line(s) could not be written before stopping" in log, log[-3000:]
+    held = [
+        json.loads(line.split("unwritten audit line: ", 1)[1])
+        for line in log.splitlines()
+        if "unwritten audit line: " in line
+    ]
+    assert [h["event"] for h in held] == ["service_start", "decision", "service_stop"]
+    assert (held[1]["outcome"], held[1]["user"]) == (sent.outcome, sent.user)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import queue
 import signal
@@ -307,7 +308,24 @@ class Daemon:
                 log.exception("stopping %s failed", name)
             log.debug("stopped %s in %.3f s", name, time.monotonic() - t0)
         self._undo.clear()
+        self._hand_over_unwritten_audit()
         self.notifier.close()
+
+    def _hand_over_unwritten_audit(self) -> None:
+        """Lines a full or failing disk held in memory die with the process: the journal
+        (kept elsewhere) gets them instead, whole, so none is lost without a trace."""
+        if self.audit is None or not self.audit.pending or not self.audit.flush_pending():
+            return
+        held = self.audit.held()
+        log.error(
+            "audit log %s: %d line(s) could not be written before stopping; each follows as "
+            "'unwritten audit line' so the record survives in this log (free space on %s)",
+            self.audit.path,
+            len(held),
+            self.audit.path.parent,
+        )
+        for body in held:
+            log.error("unwritten audit line: %s", json.dumps(body, sort_keys=True))
 
     def _install_signals(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
