@@ -239,6 +239,14 @@ class AuditLog:
         """Repair a torn last line and compare the anchor, under the flock; returns the
         events that record what was found."""
         events: list[tuple[str, dict[str, Any]]] = []
+        for path, what in ((self.path, "the audit log"), (self.anchor, "its anchor")):
+            if path.is_dir():
+                # Unlike a full disk this never passes: every line would be held in memory
+                # until the backlog overflows.
+                raise AuditError(
+                    f"{path} is a folder, not {what}: nothing could be audited. Move it aside "
+                    "(look inside first) and start again"
+                )
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:

@@ -81,13 +81,16 @@ def _snapshot(path: Path) -> bytes | str:
         ("decision-seq.json", "folder", "off", "delete the file"),
         ("replay.db", "garbage", "digits", "Move it aside"),
         ("replay.db", "folder", "digits", "Move it aside"),
+        ("audit.jsonl", "folder", "off", "Move it aside"),
+        ("audit.jsonl.anchor", "folder", "off", "Move it aside"),
     ],
 )
 def test_a_damaged_data_file_stops_the_start_with_78_and_is_left_alone(
     tmp_path: Path, name: str, how: str, challenge: str, advice: str
 ) -> None:
     """Seen: each of these exited 69, which the unit restarts every 2 s for ever (the file
-    is just as damaged the next time), although a damaged voiceprint key already gave 78."""
+    is just as damaged the next time), although a damaged voiceprint key already gave 78.
+    A folder in the audit log's place was worse: the door ran and audited nothing."""
     cfg, data = _door(tmp_path, challenge)
     _damage(data / name, how)
     before = _snapshot(data / name)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from voxgate.audit import AuditLog
+from voxgate.audit import AuditError, AuditLog
 from voxgate.config import ConfigError, VoxgateConfig, load_config
 from voxgate.lockout import LockoutBook, RecordResult
 from voxgate.service.attempt import Attempt, conclude
@@ -171,7 +171,7 @@ class Daemon:
         except OSError as exc:
             log.error("cannot use data_dir %s: %s", cfg.data_dir, exc)
             return self._cannot_start(EX_CANTCREAT, f"data_dir {cfg.data_dir}: {exc}")
-        except (SecretError, KeepError) as exc:
+        except (SecretError, KeepError, AuditError) as exc:
             log.error("cannot start: %s", exc)
             return self._cannot_start(EX_CONFIG, str(exc))
 
