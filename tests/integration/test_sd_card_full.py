@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from broker import Broker
 from mqtt_helpers import Recorder, wait_until
-from small_fs import fill, free, small_fs
+from small_fs import FILLER, fill, free, small_fs
 from test_daemon_e2e import (
     ATTEMPT,
     DEV,
@@ -156,3 +156,38 @@ def test_audit_lines_a_full_disk_held_are_not_lost_when_the_daemon_stops(
     ]
     assert [h["event"] for h in held] == ["service_start", "decision", "service_stop"]
     assert (held[1]["outcome"], held[1]["user"]) == (sent.outcome, sent.user)
+
+
+def test_a_recording_the_full_disk_cut_short_is_not_left_behind(
+    full_door: tuple[dict[str, Any], Path], broker: Broker
+) -> None:
+    """Seen with audit.keep_audio: the disk filled mid-write, "kept audio ... not written"
+    was logged and the decision's audit line said audio null, but the cut-off file stayed
+    in the audio folder. Nothing names it, so `users erase` never removed it: a piece of
+    the person's voice (AES-GCM without its tag still decrypts) kept until retention."""
+    door, data = full_door
+    audio_key = door["dir"] / "audio.key"
+    audio_key.write_bytes(bytes(range(32)))
+    audio_key.chmod(0o600)
+    door["doc"]["audit"] = {"keep_audio": True, "audio_key_file": str(audio_key)}
+    write_config(door["dir"], door["doc"])
+    rec = Recorder(broker, "lock", [f"voxgate/{DEV}/#"])
+    daemon = DaemonProcess(door["config"])
+    try:
+        daemon.feed(pause(0.3))
+        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+        fill(data)
+        free_kib = 24  # less than the recording: the write starts and is cut off
+        with open(data / FILLER, "r+b") as f:
+            f.truncate(f.seek(0, 2) - free_kib * 1024)
+        daemon.feed(np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)]))
+        wait_until(lambda: len(decisions(rec)) >= 1, 20, "the decision")
+        assert daemon.close() == 0
+    finally:
+        rec.close()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    (sent,) = decisions(rec)
+    assert (sent.outcome, sent.user) == ("granted", "bob"), daemon.log()
+    assert "kept audio" in daemon.log() and "not written" in daemon.log()
+    assert list((data / "audio").iterdir()) == []
