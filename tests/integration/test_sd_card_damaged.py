@@ -5,6 +5,7 @@ docs/service.md), names the file and says what to do, and leaves the damaged fil
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -99,3 +100,52 @@ def test_a_damaged_data_file_stops_the_start_with_78_and_is_left_alone(
     assert str(data / name) in done.stderr and advice in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert _snapshot(data / name) == before
+
+
+def test_an_empty_config_file_is_refused_at_start_and_at_reload(tmp_path: Path) -> None:
+    """Seen: a config file cut to 0 bytes (a full disk while Ansible or an admin wrote it)
+    was read as "every default": `voxgate run` started on /var/lib/voxgate, the microphone
+    and no MQTT key, and a SIGHUP with it reset the live sections (lockout, challenge,
+    logging) to their defaults, logged as an ordinary reload. Both refuse it now."""
+    import signal
+    import time
+
+    cfg, data = _door(tmp_path, "off")
+    good = cfg.read_text()
+    cfg.write_text(good.replace("metrics:", "lockout: {max_failures: 2}\nmetrics:"))
+    cfg_text = cfg.read_text()
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    done = _run(empty)
+    assert done.returncode == 78, done.stderr[-2000:]
+    assert f"{empty}" in done.stderr and "the file is empty (0 bytes)" in done.stderr
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    env["PYTHONPATH"] = str(REPO / "daemon")
+    argv = [sys.executable, "-m", "voxgate", "run", "-c", str(cfg), "--source", "stdin"]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        assert proc.stdin is not None and proc.stderr is not None
+        proc.stdin.write("\0" * 3200)  # 0.1 s of silence: the daemon becomes ready
+        proc.stdin.flush()
+        lines: list[str] = []
+        while not any("ready:" in x for x in lines):
+            line = proc.stderr.readline()
+            assert line, "\n".join(lines)
+            lines.append(line)
+        cfg.write_text("")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        cfg.write_text(cfg_text)
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+        log = "".join(lines) + proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "config reload rejected" in log and "the file is empty" in log, log[-3000:]
+    assert "config reloaded" not in log
+    reloads = [
+        json.loads(x) for x in (data / "audit.jsonl").read_text().splitlines() if "config_re" in x
+    ]
+    assert [r["ok"] for r in reloads] == [False]
