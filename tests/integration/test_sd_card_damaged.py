@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,31 @@ def test_an_empty_config_file_is_refused_at_start_and_at_reload(tmp_path: Path) 
         json.loads(x) for x in (data / "audit.jsonl").read_text().splitlines() if "config_re" in x
     ]
     assert [r["ok"] for r in reloads] == [False]
+
+
+def test_a_read_only_data_folder_is_exit_73_and_says_so(tmp_path: Path) -> None:
+    """Seen: on a data folder mounted read-only (ext4 remounts itself so after card errors)
+    `voxgate run` exited 69, "cannot use the voiceprint database (unable to open database
+    file)", which names neither the cause nor the folder; docs/service.md promises 73 for a
+    data_dir that is not writable. (A read-only bind mount in a private mount namespace;
+    root ignores permission bits.)"""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a read-only bind mount")
+    cfg, data = _door(tmp_path, "off")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    cfg.write_text(cfg.read_text().replace(f"data_dir: {data}", f"data_dir: {ro}"))
+    before = sorted(p.name for p in data.iterdir())
+    script = 'mount --bind "$1" "$2" && mount -o remount,bind,ro "$2" && shift 2 && exec "$@"'
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    env["PYTHONPATH"] = str(REPO / "daemon")
+    unshare = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
+    argv = [sys.executable, "-m", "voxgate", "run", "-c", str(cfg)]
+    done = subprocess.run(
+        [*unshare, str(data), str(ro), *argv], capture_output=True, text=True, env=env, timeout=120
+    )
+    if "mount:" in done.stderr:
+        pytest.skip(f"cannot make a read-only bind mount here: {done.stderr.strip()}")
+    assert done.returncode == 73, done.stderr[-2000:]
+    assert f"cannot use data_dir {ro}: Read-only file system" in done.stderr, done.stderr
+    assert sorted(p.name for p in data.iterdir()) == before

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import queue
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -67,6 +69,15 @@ STATUS = {
 def _speak_s(challenge: Any) -> float:
     """A guess at how long a challenge takes to say, for a speaker that does not tell."""
     return SPEAK_S_PER_WORD * len(challenge.words) + SPEAK_TAIL_S
+
+
+def _probe_writable(folder: Path) -> None:
+    """Raise OSError unless a file can be created in `folder` (made if missing). A data
+    folder that is read-only failed later and less clearly (exit 69, "cannot use the
+    voiceprint database (unable to open database file)")."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
 
 
 def _queue_frames(cfg: VoxgateConfig) -> int:
@@ -164,13 +175,17 @@ class Daemon:
         cfg = self.cfg
         self._step("audit log and lockout state")
         try:
+            _probe_writable(Path(cfg.data_dir))
             self.audit = self._open_audit(cfg)
             self.lockout = LockoutBook(cfg.lockout.path or cfg.data_dir / "lockout.db", cfg.lockout)
             self._undo.append(("lockout", self.lockout.close))
             self.keeper = self._open_keeper(cfg)
         except OSError as exc:
-            log.error("cannot use data_dir %s: %s", cfg.data_dir, exc)
-            return self._cannot_start(EX_CANTCREAT, f"data_dir {cfg.data_dir}: {exc}")
+            why = exc.strerror or str(exc)
+            if exc.errno == errno.EROFS:
+                why += " (an SD card the kernel remounted read-only after errors? see dmesg)"
+            log.error("cannot use data_dir %s: %s", cfg.data_dir, why)
+            return self._cannot_start(EX_CANTCREAT, f"data_dir {cfg.data_dir}: {why}")
         except (SecretError, KeepError, AuditError) as exc:
             log.error("cannot start: %s", exc)
             return self._cannot_start(EX_CONFIG, str(exc))
