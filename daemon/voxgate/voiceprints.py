@@ -193,7 +193,19 @@ def _open_error(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
     """What an SQLite error while opening means: a damaged file (malformed, not a database)
     stays damaged; an OperationalError (locked, cannot open, I/O) may pass."""
     kind = StoreError if isinstance(exc, sqlite3.OperationalError) else Damaged
-    return kind(f"{path}: cannot use the voiceprint database ({exc})")
+    return kind(f"{path}: cannot use the voiceprint database ({exc}){_disk_full(path)}")
+
+
+def _disk_full(path: Path) -> str:
+    """A hint for an SQLite error on a full disk, which SQLite may report as "disk I/O
+    error" (it cannot size the WAL index), naming neither cause nor remedy."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    if st.f_bavail * st.f_frsize >= 64 * 1024:
+        return ""
+    return f"; the disk is full: free space on {path.parent}"
 
 
 def _writable_folder(path: Path) -> bool:
@@ -351,6 +363,7 @@ class VoiceprintStore:
             except sqlite3.DatabaseError as exc:
                 raise StoreError(
                     f"{self.path}: cannot {doing} the voiceprint database ({exc})"
+                    f"{_disk_full(self.path)}"
                 ) from None
             if self._unchanged is not None and self._unchanged != _snapshot(self.path):
                 # Read without locks: someone wrote it meanwhile, so what was read may mix
@@ -368,8 +381,13 @@ class VoiceprintStore:
             app_id = db.execute("PRAGMA application_id").fetchone()[0]
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        finally:
-            db.execute("COMMIT")
+        except BaseException:
+            # A failed read ends the transaction: COMMIT here raised "cannot commit - no
+            # transaction is active" and hid the cause (a full disk: "disk I/O error").
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
         new = app_id == 0 and tables == 0
         if not new and app_id != APPLICATION_ID:
             raise Damaged(

@@ -25,6 +25,7 @@ from test_daemon_e2e import (
     enroll,
     pause,
     speech,
+    voxgate,
     write_config,
 )
 
@@ -191,3 +192,30 @@ def test_a_recording_the_full_disk_cut_short_is_not_left_behind(
     assert (sent.outcome, sent.user) == ("granted", "bob"), daemon.log()
     assert "kept audio" in daemon.log() and "not written" in daemon.log()
     assert list((data / "audio").iterdir()) == []
+
+
+def test_a_full_disk_at_start_is_named_and_passes_once_space_is_back(tmp_path: Path) -> None:
+    """Seen: on a full data folder `voxgate run` (exit 69) and `voxgate users list` both
+    said "cannot use the voiceprint database (cannot commit - no transaction is active)":
+    SQLite's real error (a "disk I/O error": it could not size voiceprints.db-shm) was
+    hidden by a COMMIT after it, and nothing said the disk was full."""
+    from test_sd_card_damaged import _door, _run
+
+    (tmp_path / "door").mkdir()
+    cfg, data = _door(tmp_path / "door", "off")
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    with small_fs(data, "1m"):
+        for f in moved.iterdir():
+            shutil.copy(f, data / f.name)
+        fill(data)
+        start = _run(cfg)
+        listed = voxgate("users", "list", "-c", str(cfg))
+        free(data)
+        again = voxgate("users", "list", "-c", str(cfg))
+    assert start.returncode == 69, start.stderr[-2000:]  # systemd restarts it: that may pass
+    for done in (start, listed):
+        assert f"the disk is full: free space on {data}" in done.stderr, done.stderr[-2000:]
+        assert "no transaction is active" not in done.stderr
+    assert listed.returncode != 0
+    assert again.returncode == 0 and "alice" in again.stdout, again.stderr
