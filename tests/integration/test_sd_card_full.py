@@ -219,3 +219,24 @@ def test_a_full_disk_at_start_is_named_and_passes_once_space_is_back(tmp_path: P
         assert "no transaction is active" not in done.stderr
     assert listed.returncode != 0
     assert again.returncode == 0 and "alice" in again.stdout, again.stderr
+
+
+def test_an_enrollment_or_erase_the_full_disk_kept_out_of_the_audit_log_is_shown(
+    request: pytest.FixtureRequest,
+) -> None:
+    """Seen: `voxgate enroll` and `voxgate users erase` with the audit log on a full disk
+    printed "cannot write (disk full); keeping 1 line(s) in memory and going on", then
+    exited: the enrollment or erase was done and its audit line was gone, unseen. The
+    command now says so and prints the line. (/dev/full: every write ENOSPC.)"""
+    door = request.getfixturevalue("device")
+    full = door["dir"] / "audit-on-full-disk.jsonl"
+    full.symlink_to("/dev/full")
+    door["doc"]["audit"] = {"path": str(full)}
+    write_config(door["dir"], door["doc"])
+    enrolled = enroll(door, "bob", "en+m3")
+    erased = voxgate("users", "erase", "bob", "-c", str(door["config"]))
+    for done, event in ((enrolled, "enrollment"), (erased, "erase")):
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"this {event} is not in it" in done.stderr, done.stderr
+        line = json.loads(done.stderr.strip().splitlines()[-1])
+        assert (line["event"], line["user"], line["via"]) == (event, "bob", "cli")
