@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -178,3 +179,68 @@ def test_a_read_only_data_folder_is_exit_73_and_says_so(tmp_path: Path) -> None:
     assert done.returncode == 73, done.stderr[-2000:]
     assert f"cannot use data_dir {ro}: Read-only file system" in done.stderr, done.stderr
     assert sorted(p.name for p in data.iterdir()) == before
+
+
+@pytest.fixture
+def as_nobody() -> Any:
+    """(a folder `nobody` can reach, argv prefix running a command as nobody); skips where
+    that is not possible (not root, no setpriv, nobody cannot run this Python)."""
+    import pwd
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv(1) to run the daemon as another user")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody'")
+    prefix = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}"]
+    prefix += ["--clear-groups", sys.executable]
+    env = {"PYTHONPATH": str(REPO / "daemon"), "PATH": os.environ.get("PATH", ""), "HOME": "/"}
+    probe = subprocess.run([*prefix, "-c", "import voxgate"], env=env, capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("user nobody cannot run this Python and the voxgate source")
+    with tempfile.TemporaryDirectory(prefix="voxgate-test-") as where:
+        home = Path(where)
+        home.chmod(0o755)
+        yield home, prefix, env, (nobody.pw_uid, nobody.pw_gid)
+
+
+@pytest.mark.parametrize(
+    ("name", "challenge"),
+    [
+        ("voiceprints.db", "off"),
+        ("audit.jsonl", "off"),
+        ("lockout.db", "off"),
+        ("replay.db", "digits"),
+    ],
+)
+def test_a_data_file_the_service_user_cannot_use_is_named_at_start(
+    as_nobody: Any, name: str, challenge: str
+) -> None:
+    """A file under data_dir owned by root, mode 0600 (written by a root shell, or a backup
+    restored as root), with the daemon running as its own user. Seen: the audit log was
+    given up ("cannot open (Permission denied)", the door ran and audited nothing), the
+    lockout state too ("starting with no lockouts": every running lock cleared), replay.db
+    gave 69 "not a replay-fingerprint database", voiceprints.db "restore the file from a
+    backup". Now each stops the start with 73 (data_dir not writable), naming the file,
+    its owner and the fix."""
+    home, prefix, env, (uid, gid) = as_nobody
+    cfg, data = _door(home, challenge)
+    (data / "lockout.db").write_bytes(b"")
+    (data / "audit.jsonl").write_bytes(b"")
+    (data / "replay.db").write_bytes(b"")
+    for path in [home, *home.rglob("*")]:
+        os.chown(path, uid, gid)
+    os.chown(data / name, 0, 0)
+    (data / name).chmod(0o600)
+    done = subprocess.run(
+        [*prefix, "-m", "voxgate", "run", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 73, done.stderr[-2000:]
+    assert f"{data / name} cannot be read and written by this user" in done.stderr
+    assert "belongs to uid 0" in done.stderr and "chown" in done.stderr

@@ -21,6 +21,7 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import queue
 import signal
 import tempfile
@@ -78,6 +79,44 @@ def _probe_writable(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     with tempfile.TemporaryFile(dir=folder):
         pass
+
+
+def _data_files(cfg: VoxgateConfig) -> list[Path]:
+    """Every file the daemon reads and writes under its config (those that exist are
+    checked at start), with the WAL and shared-memory files of its SQLite databases."""
+    data = Path(cfg.data_dir)
+    audit = Path(cfg.audit.path or data / "audit.jsonl")
+    dbs = [Path(cfg.speaker.database or data / "voiceprints.db")]
+    dbs.append(Path(cfg.lockout.path or data / "lockout.db"))
+    if cfg.challenge.mode != "off":
+        dbs.append(data / "replay.db")
+    if cfg.fleet.enabled:
+        dbs.append(Path(cfg.fleet.state_file or data / "fleet.db"))
+    files = [p.with_name(p.name + end) for p in dbs for end in ("", "-wal", "-shm")]
+    files += [audit, audit.with_name(audit.name + ".anchor"), data / "decision-seq.json"]
+    if cfg.audit.keep_audio:
+        files.append(Path(cfg.audit.audio_dir or data / "audio"))
+    return files
+
+
+def _check_access(paths: list[Path]) -> None:
+    """Raise PermissionError for a file this user cannot read and write. Such a file (left
+    by a command run as root without the hand-over to the service's user) failed in a
+    different way for each: the audit log and lockout state were given up in memory, the
+    replay store said "not a replay-fingerprint database", the voiceprints "restore from a
+    backup"; none said whose the file is."""
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue  # absent: created when needed
+        if not os.access(path, os.R_OK | os.W_OK | (os.X_OK if path.is_dir() else 0)):
+            raise PermissionError(
+                errno.EACCES,
+                f"{path} cannot be read and written by this user (uid {os.geteuid()}): it "
+                f"belongs to uid {st.st_uid}, mode {st.st_mode & 0o7777:o}. Give it to the "
+                "service's user (chown), as the daemon's own files are",
+            )
 
 
 def _queue_frames(cfg: VoxgateConfig) -> int:
@@ -176,6 +215,7 @@ class Daemon:
         self._step("audit log and lockout state")
         try:
             _probe_writable(Path(cfg.data_dir))
+            _check_access(_data_files(cfg))
             self.audit = self._open_audit(cfg)
             self.lockout = LockoutBook(cfg.lockout.path or cfg.data_dir / "lockout.db", cfg.lockout)
             self._undo.append(("lockout", self.lockout.close))
