@@ -240,3 +240,39 @@ def test_an_enrollment_or_erase_the_full_disk_kept_out_of_the_audit_log_is_shown
         assert f"this {event} is not in it" in done.stderr, done.stderr
         line = json.loads(done.stderr.strip().splitlines()[-1])
         assert (line["event"], line["user"], line["via"]) == (event, "bob", "cli")
+
+
+def test_locks_set_while_the_disk_was_full_are_saved_once_it_has_room(tmp_path: Path) -> None:
+    """Seen (the daemon's lockout book on a filled tmpfs): a lock set while the disk was
+    full lived only in memory, and stayed there after space came back (a restart on the
+    full disk even said "changes are not saved until a restart"); the next restart, for
+    any reason, cleared it. Both cases now save the held changes with the next write that
+    works."""
+    from voxgate.config.service import LockoutConfig
+    from voxgate.lockout import LockoutBook
+
+    cfg = LockoutConfig(max_failures=2)
+    with small_fs(tmp_path / "state", "1m") as folder:
+        path = folder / "lockout.db"
+        book = LockoutBook(path, cfg)
+        book.record("alice", ok=False, now=1000.0)
+        book.close()
+        fill(folder)
+        book = LockoutBook(path, cfg)  # a restart on the full disk
+        for _ in range(2):
+            book.record("bob", ok=False, now=1000.0)
+        assert book.state("bob", 1001.0).locked  # enforced from memory meanwhile
+        free(folder)
+        book.record("carol", ok=False, now=1002.0)  # the first write with room
+        fill(folder)  # and again, while it runs
+        for _ in range(2):
+            book.record("dave", ok=False, now=1003.0)
+        free(folder)
+        book.record("carol", ok=False, now=1004.0)
+        book.close()
+        after = LockoutBook(path, cfg)
+        assert after.state("bob", 1005.0).locked
+        assert after.state("dave", 1005.0).locked
+        assert after.state("carol", 1005.0).user_failures == 2
+        assert after.state("alice", 1005.0).user_failures == 1
+        after.close()
