@@ -103,13 +103,19 @@ def parse_key(raw: bytes) -> bytes:
         return text
     raise StoreError(
         f"voiceprint key must be 64 hex characters or 32 raw bytes (got {len(text)} bytes); "
-        "create one with: voxgate users init-key FILE"
+        "if users are enrolled, restore the key from its backup (a new key does not open "
+        "their voiceprints), else create one with: voxgate users init-key FILE"
     )
 
 
 def load_key(speaker_cfg: Any) -> bytes:
     """The voiceprint key from $VOXGATE_VOICEPRINT_KEY, a systemd credential or cfg.key_file."""
-    from voxgate.config.secrets import SecretError, SecretUnreadable, read_secret
+    from voxgate.config.secrets import (
+        SecretError,
+        SecretUnreadable,
+        override_source,
+        read_secret,
+    )
 
     try:
         raw = read_secret("voiceprint-key", speaker_cfg.key_file, strip=False)
@@ -125,7 +131,11 @@ def load_key(speaker_cfg: Any) -> bytes:
             )
         raise StoreError(f"{exc}; {hint}") from None
     assert raw is not None
-    return parse_key(raw)
+    try:
+        return parse_key(raw)
+    except StoreError as exc:  # a damaged or mistyped key: say which one
+        where = override_source("voiceprint-key") or str(speaker_cfg.key_file)
+        raise StoreError(f"{where}: {exc}") from None
 
 
 def write_key_file(path: Path) -> None:

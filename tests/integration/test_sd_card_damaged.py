@@ -244,3 +244,31 @@ def test_a_data_file_the_service_user_cannot_use_is_named_at_start(
     assert done.returncode == 73, done.stderr[-2000:]
     assert f"{data / name} cannot be read and written by this user" in done.stderr
     assert "belongs to uid 0" in done.stderr and "chown" in done.stderr
+
+
+def test_a_damaged_key_file_is_named_and_not_answered_with_make_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """Seen with a voiceprint key file cut in half (alice enrolled): "voiceprint key must
+    be 64 hex characters or 32 raw bytes (got 32 bytes); create one with: voxgate users
+    init-key FILE", naming no file, and the advice makes a key that opens none of the
+    stored voiceprints. The audio key said only "the audio key must be 32 raw bytes or 64
+    hex characters"."""
+    cfg, _ = _door(tmp_path, "off")
+    vp_key = tmp_path / "voiceprint.key"
+    vp_key.write_bytes(vp_key.read_bytes()[:40])
+    done = _run(cfg)
+    assert done.returncode == 78, done.stderr[-2000:]
+    assert f"{vp_key}: voiceprint key must be" in done.stderr, done.stderr[-2000:]
+    assert "restore the key from its backup" in done.stderr
+
+    tmp2 = tmp_path / "second"
+    tmp2.mkdir()
+    cfg, _ = _door(tmp2, "off")
+    audio_key = tmp2 / "audio.key"
+    audio_key.write_bytes(os.urandom(20))
+    audio_key.chmod(0o600)
+    cfg.write_text(cfg.read_text() + f"audit: {{keep_audio: true, audio_key_file: {audio_key}}}\n")
+    done = _run(cfg)
+    assert done.returncode == 78, done.stderr[-2000:]
+    assert f"{audio_key}: the audio key must be" in done.stderr, done.stderr[-2000:]

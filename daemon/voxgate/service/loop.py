@@ -323,11 +323,16 @@ class Daemon:
     def _open_keeper(self, cfg: VoxgateConfig) -> Any:
         if not cfg.audit.keep_audio:
             return None
-        from voxgate.config.secrets import read_secret
-        from voxgate.service.keep import AudioKeeper
+        from voxgate.config.secrets import override_source, read_secret
+        from voxgate.service.keep import AudioKeeper, KeepError, parse_key
 
         key = read_secret("audio-key", cfg.audit.audio_key_file, strip=False)
         assert key is not None
+        try:
+            parse_key(key)
+        except KeepError as exc:  # a damaged or mistyped key: say which one
+            where = override_source("audio-key") or str(cfg.audit.audio_key_file)
+            raise KeepError(f"{where}: {exc}") from None
         return AudioKeeper(
             cfg.audit.audio_dir or cfg.data_dir / "audio", key, cfg.audit.audio_retention_days
         )
