@@ -19,6 +19,7 @@ memory and written, in order, by the next append or flush_pending(). The daemon 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import fcntl
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 GENESIS = "0" * 64
 RESERVED = frozenset({"seq", "ts", "event", "prev", "hash"})
 MAX_PENDING = 10000  # lines held in memory while the disk refuses writes
+MAX_TORN_KEPT = 65536  # bytes of a torn last line copied into its audit_torn_tail event
 
 
 class AuditError(Exception):
@@ -263,9 +265,17 @@ class AuditLog:
                     self.path,
                     torn,
                 )
+                # The bytes go into the event that records their removal: a line a crash
+                # cut off, or what a card fault wrote there, is evidence, not rubbish.
+                cut = os.pread(fd, min(torn, MAX_TORN_KEPT), size - torn)
                 os.ftruncate(fd, size - torn)
                 size -= torn
-                events.append(("audit_torn_tail", {"dropped_bytes": torn}))
+                events.append(
+                    (
+                        "audit_torn_tail",
+                        {"dropped_bytes": torn, "dropped_b64": base64.b64encode(cut).decode()},
+                    )
+                )
             self.seq, self.head = _tail_head(fd, size, 0, GENESIS)
             gap = self._anchor_gap()
             if gap:

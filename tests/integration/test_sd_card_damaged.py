@@ -272,3 +272,30 @@ def test_a_damaged_key_file_is_named_and_not_answered_with_make_a_new_one(
     done = _run(cfg)
     assert done.returncode == 78, done.stderr[-2000:]
     assert f"{audio_key}: the audio key must be" in done.stderr, done.stderr[-2000:]
+
+
+def test_the_bytes_of_a_torn_audit_line_are_kept_in_the_event_recording_them(
+    tmp_path: Path,
+) -> None:
+    """Seen: a start after a crash (or a card fault) cut the last audit line removed it and
+    recorded only {"event":"audit_torn_tail","dropped_bytes":N}: the half decision line,
+    or whatever the fault wrote, was gone from the card for good. The event now carries
+    the bytes (base64), so the chain keeps them."""
+    import base64
+
+    cfg, data = _door(tmp_path, "off")
+    assert main(["users", "list", "-c", str(cfg)]) == 0
+    audit = data / "audit.jsonl"
+    audit.write_bytes(b"")
+    done = _run(cfg)  # a clean log: service_start, service_stop
+    assert done.returncode == 0, done.stderr[-2000:]
+    torn = b'{"event":"decision","outcome":"granted","user":"alice","se'
+    with open(audit, "ab") as f:
+        f.write(torn)
+    done = _run(cfg)
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = [json.loads(x) for x in audit.read_text().splitlines()]
+    (tail,) = [e for e in events if e["event"] == "audit_torn_tail"]
+    assert tail["dropped_bytes"] == len(torn)
+    assert base64.b64decode(tail["dropped_b64"]) == torn
+    assert main(["audit", "verify", str(audit)]) == 0
