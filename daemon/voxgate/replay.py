@@ -177,6 +177,10 @@ class ReplayDetector:
         self._cap_logged = False
         self._failing = False  # the last write failed (logged once until one succeeds)
         self._memory_id = 0  # ids below 0: answers held in memory only
+        # Answers a failed write left in memory (id -> row), saved with the next write that
+        # works; and the file's id of those saved since (the cap deletes by it).
+        self._unsaved: dict[int, tuple[float, int, bytes, bytes]] = {}
+        self._saved_as: dict[int, int] = {}
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -278,26 +282,50 @@ class ReplayDetector:
         error) is still compared with from memory until a restart, under a negative id:
         refusing the attempt would keep the door shut, and forgetting the answer would let
         its replay pass."""
+        row = (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes())
         try:
-            with self._db:
-                cur = self._db.execute(
-                    "INSERT INTO fingerprints (created_at, frames, fp, loud) VALUES (?, ?, ?, ?)",
-                    (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes()),
-                )
+            row_id = self._insert(row)
         except sqlite3.Error as exc:
             self._write_failed(exc)
             self._memory_id -= 1
+            self._unsaved[self._memory_id] = row
             return self._memory_id
         if self._failing:
-            log.warning("replay store %s: writable again", self.path)
+            held = self._save_held()
+            log.warning(
+                "replay store %s: writable again; %d answer(s) held in memory saved",
+                self.path,
+                held,
+            )
             self._failing = False
+        return row_id
+
+    def _insert(self, row: tuple[float, int, bytes, bytes]) -> int:
+        with self._db:
+            cur = self._db.execute(
+                "INSERT INTO fingerprints (created_at, frames, fp, loud) VALUES (?, ?, ?, ?)", row
+            )
         return int(cur.lastrowid or 0)
+
+    def _save_held(self) -> int:
+        """Save the answers a full disk kept in memory (a restart would forget them and
+        let their replays pass); how many were saved."""
+        saved = 0
+        for memory_id, row in sorted(self._unsaved.items(), reverse=True):  # oldest first
+            try:
+                self._saved_as[memory_id] = self._insert(row)
+            except sqlite3.Error as exc:
+                self._write_failed(exc)
+                break
+            del self._unsaved[memory_id]
+            saved += 1
+        return saved
 
     def _write_failed(self, exc: sqlite3.Error) -> None:
         if not self._failing:
             log.error(
                 "replay store %s: cannot write (%s); answers are remembered in memory only "
-                "(until a restart) and the door goes on. Free space on %s",
+                "until it can be written again, and the door goes on. Free space on %s",
                 self.path,
                 exc,
                 self.path.parent,
@@ -305,7 +333,12 @@ class ReplayDetector:
         self._failing = True
 
     def _prune(self, now: float) -> None:
-        self._index.drop_before(now - self.window_s)
+        cutoff = now - self.window_s
+        self._index.drop_before(cutoff)
+        self._unsaved = {k: v for k, v in self._unsaved.items() if v[0] >= cutoff}
+        if self._saved_as:  # only ids the index still holds
+            held = {self._index.row(i).row_id for i in range(len(self._index))}
+            self._saved_as = {k: v for k, v in self._saved_as.items() if k in held}
         try:
             with self._db:
                 cur = self._db.execute(
@@ -338,10 +371,15 @@ class ReplayDetector:
         )
         gone = [r.row_id for r in rows[:extra]]
         self._index.drop(set(gone))
+        for i in gone:
+            self._unsaved.pop(i, None)
+        in_file = [
+            i if i > 0 else self._saved_as.pop(i) for i in gone if i > 0 or i in self._saved_as
+        ]
         try:
             with self._db:
                 self._db.executemany(
-                    "DELETE FROM fingerprints WHERE id = ?", [(i,) for i in gone if i > 0]
+                    "DELETE FROM fingerprints WHERE id = ?", [(i,) for i in in_file]
                 )
         except sqlite3.Error as exc:
             self._write_failed(exc)

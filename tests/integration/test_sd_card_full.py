@@ -276,3 +276,26 @@ def test_locks_set_while_the_disk_was_full_are_saved_once_it_has_room(tmp_path: 
         assert after.state("carol", 1005.0).user_failures == 2
         assert after.state("alice", 1005.0).user_failures == 1
         after.close()
+
+
+def test_answers_held_while_the_disk_was_full_are_saved_once_it_has_room(tmp_path: Path) -> None:
+    """Seen (the daemon's replay store on a filled tmpfs): an answer whose fingerprint could
+    not be saved was compared with from memory, and stayed memory-only after space came
+    back; after the next restart its replay passed. It is saved now with the next write
+    that works."""
+    from voxgate.replay import ReplayDetector
+
+    first = speech("four one seven two nine", "en+m3")
+    second = speech("eight three zero six five", "en+m3")
+    with small_fs(tmp_path / "state", "1m") as folder:
+        store = ReplayDetector(folder / "replay.db", window_s=600)
+        fill(folder)
+        assert not store.check_and_add(first, 1000.0).is_replay  # held in memory
+        assert store.check_and_add(first, 1001.0, keep=False).is_replay
+        free(folder)
+        assert not store.check_and_add(second, 1002.0).is_replay  # the first write with room
+        store.close()
+        again = ReplayDetector(folder / "replay.db", window_s=600)  # a restart
+        assert again.check_and_add(first, 1003.0, keep=False).is_replay
+        assert again.count() == 2
+        again.close()
