@@ -105,6 +105,7 @@ class AuditLog:
         self.write_errors = 0
         self.dropped = 0  # lines lost because the backlog overflowed
         self._failing = False
+        self._anchor_failing = False
         self.seq, self.head = 0, GENESIS
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for event, fields in self._open_checks():
@@ -231,9 +232,17 @@ class AuditLog:
                     os.close(dfd)
         except OSError as exc:
             self.write_errors += 1
-            log.error(
-                "audit anchor %s: cannot write (%s); the log is ahead of it", self.anchor, exc
-            )
+            if not self._anchor_failing:  # once, not for every line while the disk is full
+                log.error(
+                    "audit anchor %s: cannot write (%s); the log is ahead of it until it can",
+                    self.anchor,
+                    exc,
+                )
+            self._anchor_failing = True
+            return
+        if self._anchor_failing:
+            log.warning("audit anchor %s: written again", self.anchor)
+            self._anchor_failing = False
 
     # -- opening ------------------------------------------------------------------------
 

@@ -299,3 +299,27 @@ def test_answers_held_while_the_disk_was_full_are_saved_once_it_has_room(tmp_pat
         assert again.check_and_add(first, 1003.0, keep=False).is_replay
         assert again.count() == 2
         again.close()
+
+
+def test_an_anchor_the_full_disk_refuses_is_logged_once_and_rewritten_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen (the daemon's audit log on a filled tmpfs): each new line still fitted in the
+    log file's last block, but the anchor (a new file, renamed over the old) did not, and
+    "audit anchor ...: cannot write" was logged for every single line; docs/service.md says
+    the error is logged once."""
+    from voxgate.audit import AuditLog, verify
+
+    with small_fs(tmp_path / "state", "1m") as folder:
+        log = AuditLog(folder / "audit.jsonl")
+        log.append("service_start")
+        fill(folder)
+        for _ in range(3):
+            log.append("decision", outcome="denied")
+        assert log.pending == 0  # the lines themselves were written
+        failed = caplog.text.count("audit anchor")
+        free(folder)
+        log.append("decision", outcome="denied")
+        assert verify(folder / "audit.jsonl").ok
+    assert failed == 1, caplog.text
+    assert "written again" in caplog.text
