@@ -19,6 +19,7 @@ memory and written, in order, by the next append or flush_pending(). The daemon 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import fcntl
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 GENESIS = "0" * 64
 RESERVED = frozenset({"seq", "ts", "event", "prev", "hash"})
 MAX_PENDING = 10000  # lines held in memory while the disk refuses writes
+MAX_TORN_KEPT = 65536  # bytes of a torn last line copied into its audit_torn_tail event
 
 
 class AuditError(Exception):
@@ -103,6 +105,7 @@ class AuditLog:
         self.write_errors = 0
         self.dropped = 0  # lines lost because the backlog overflowed
         self._failing = False
+        self._anchor_failing = False
         self.seq, self.head = 0, GENESIS
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for event, fields in self._open_checks():
@@ -140,6 +143,12 @@ class AuditLog:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    def held(self) -> list[dict[str, Any]]:
+        """A copy of the lines still unwritten (without seq and hash: those are given when
+        they are written), for a caller that stops and must put them somewhere else."""
+        with self._lock:
+            return list(self._pending)
 
     @staticmethod
     def _chain(bodies: list[dict[str, Any]], seq: int, head: str) -> list[dict[str, Any]]:
@@ -223,9 +232,17 @@ class AuditLog:
                     os.close(dfd)
         except OSError as exc:
             self.write_errors += 1
-            log.error(
-                "audit anchor %s: cannot write (%s); the log is ahead of it", self.anchor, exc
-            )
+            if not self._anchor_failing:  # once, not for every line while the disk is full
+                log.error(
+                    "audit anchor %s: cannot write (%s); the log is ahead of it until it can",
+                    self.anchor,
+                    exc,
+                )
+            self._anchor_failing = True
+            return
+        if self._anchor_failing:
+            log.warning("audit anchor %s: written again", self.anchor)
+            self._anchor_failing = False
 
     # -- opening ------------------------------------------------------------------------
 
@@ -233,6 +250,14 @@ class AuditLog:
         """Repair a torn last line and compare the anchor, under the flock; returns the
         events that record what was found."""
         events: list[tuple[str, dict[str, Any]]] = []
+        for path, what in ((self.path, "the audit log"), (self.anchor, "its anchor")):
+            if path.is_dir():
+                # Unlike a full disk this never passes: every line would be held in memory
+                # until the backlog overflows.
+                raise AuditError(
+                    f"{path} is a folder, not {what}: nothing could be audited. Move it aside "
+                    "(look inside first) and start again"
+                )
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -249,9 +274,17 @@ class AuditLog:
                     self.path,
                     torn,
                 )
+                # The bytes go into the event that records their removal: a line a crash
+                # cut off, or what a card fault wrote there, is evidence, not rubbish.
+                cut = os.pread(fd, min(torn, MAX_TORN_KEPT), size - torn)
                 os.ftruncate(fd, size - torn)
                 size -= torn
-                events.append(("audit_torn_tail", {"dropped_bytes": torn}))
+                events.append(
+                    (
+                        "audit_torn_tail",
+                        {"dropped_bytes": torn, "dropped_b64": base64.b64encode(cut).decode()},
+                    )
+                )
             self.seq, self.head = _tail_head(fd, size, 0, GENESIS)
             gap = self._anchor_gap()
             if gap:

@@ -17,6 +17,7 @@ the replay window; `SequenceCounter` is the publisher side of the same idea.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
@@ -456,18 +457,45 @@ class SequenceCounter:
         self._reserve = reserve
         self._clock = clock
         self._lock = threading.Lock()
+        self._unsaved = False  # the ceiling in memory is above the file's (a failed write)
+        self._unsaved_logged = False
 
     @property
     def last(self) -> int:
         return self._seq
 
     def next(self) -> int:
+        """The next number. A ceiling that cannot be saved (disk full, read-only, I/O
+        error) is logged and held in memory, and saved again with the next number: the
+        decision still goes out. A lost save only risks numbers a restart repeats when the
+        clock is also behind, which the lock refuses as replays (it fails closed); refusing
+        the decision here would keep every door shut until the disk is fixed."""
         with self._lock:
             self._seq = max(self._seq + 1, clock_floor(self._clock))
             if self._seq > self._ceiling:
                 self._ceiling = self._seq + self._reserve - 1
-                self._state.save({"seq": self._ceiling})
+                self._unsaved = True
+            if self._unsaved:
+                self._save()
             return self._seq
+
+    def _save(self) -> None:
+        try:
+            self._state.save({"seq": self._ceiling})
+        except OSError as exc:
+            if not self._unsaved_logged:
+                log.error(
+                    "decision sequence %s: cannot save (%s); numbering goes on from memory "
+                    "and is saved again with the next decision. Free space on %s",
+                    self._state.path,
+                    "disk full" if exc.errno == errno.ENOSPC else exc.strerror or exc,
+                    self._state.path.parent,
+                )
+                self._unsaved_logged = True
+            return
+        if self._unsaved_logged:
+            log.warning("decision sequence %s: saved again", self._state.path)
+        self._unsaved = self._unsaved_logged = False
 
 
 _SEQ_FILE_ADVICE = (

@@ -86,6 +86,11 @@ class LockoutBook:
         self._entries: dict[str, Entry] = {}
         self._wall, self._monotonic = wall, monotonic
         self._offset = wall() - monotonic()
+        # Keys changed in memory but not yet in the file (a write failed, or the file could
+        # not be opened for writing): saved with the next write that works.
+        self._dirty: set[str] = set()
+        self._failing = False
+        self._reopen = False  # the file could not be opened for writing: try again later
         self._db = self._open()
         if self._db is not None:
             self._load(self._db)
@@ -131,12 +136,15 @@ class LockoutBook:
         key = user_key(user)
         with self._lock:
             had = self._entries.pop(key, None) is not None
-            if self._db is None:
+            if self._db is None and not self._try_reopen():
+                self._dirty.add(key)  # dropped from the file once it can be written
                 return had
+            assert self._db is not None
             try:
                 had = _drop(self._db, key) or had
             except sqlite3.Error as exc:
                 log.error("cannot drop an erased user's lockout entry from %s: %s", self.path, exc)
+                self._dirty.add(key)
             return had
 
     def users(self) -> list[str]:
@@ -262,11 +270,12 @@ class LockoutBook:
             # cleared every running lock at a restart; enforce what it holds from memory.
             log.error(
                 "cannot open lockout state %s for writing (%s); enforcing the lockouts it "
-                "holds from memory, changes are not saved until a restart",
+                "holds from memory, changes are saved once it can be written again",
                 self.path,
                 exc,
             )
             self._load_read_only()
+            self._reopen = True
             return None
         except sqlite3.DatabaseError as exc:
             # A damaged file must not stop the door; keep it for inspection and start over.
@@ -353,23 +362,60 @@ class LockoutBook:
         return True
 
     def _write(self, entry: Entry) -> None:
-        if self._db is None:
+        """Save `entry`, and any change an earlier failure left only in memory: a lock set
+        while the disk was full must reach the file once it has room, or the next restart
+        clears it."""
+        self._dirty.add(entry.key)
+        if self._db is None and not self._try_reopen():
             return
+        assert self._db is not None
+        for key in sorted(self._dirty):
+            held = self._entries.get(key)
+            try:
+                if held is None:  # forgotten (an erased user) while the file was not writable
+                    _drop(self._db, key)
+                elif held.failures == 0 and held.locked_until is None:
+                    self._db.execute("DELETE FROM lockout WHERE key = ?", (key,))
+                else:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO lockout (key, failures, locked_until) "
+                        "VALUES (?, ?, ?)",
+                        (key, held.failures, held.locked_until),
+                    )
+            except sqlite3.Error as exc:
+                if not self._failing:
+                    log.error(
+                        "cannot save lockout state for %s to %s: %s (enforced from memory; "
+                        "saved once the file can be written)",
+                        key,
+                        self.path,
+                        exc,
+                    )
+                self._failing = True
+                return
+            self._dirty.discard(key)
+        if self._failing:
+            log.warning("lockout state %s: writable again, held changes saved", self.path)
+            self._failing = False
+
+    def _try_reopen(self) -> bool:
+        """Open the file for writing again after it could not be at start (a full disk);
+        True when it is open now."""
+        if not self._reopen:
+            return False
         try:
-            if entry.failures == 0 and entry.locked_until is None:
-                self._db.execute("DELETE FROM lockout WHERE key = ?", (entry.key,))
-            else:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO lockout (key, failures, locked_until) VALUES (?, ?, ?)",
-                    (entry.key, entry.failures, entry.locked_until),
-                )
-        except sqlite3.Error as exc:
-            log.error(
-                "cannot save lockout state for %s to %s: %s (still enforced until restart)",
-                entry.key,
-                self.path,
-                exc,
-            )
+            db = self._connect()
+        except sqlite3.Error:
+            return False
+        self._db, self._reopen = db, False
+        self._failing = True  # so that the save that follows says it
+        # The file may hold keys memory has dropped since (expired into a success, erased).
+        try:
+            stored = {str(r[0]) for r in db.execute("SELECT key FROM lockout")}
+        except sqlite3.Error:
+            stored = set()
+        self._dirty |= set(self._entries) | (stored - set(self._entries))
+        return True
 
 
 def forget_in_file(path: Path, user: str) -> bool:

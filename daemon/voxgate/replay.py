@@ -37,6 +37,8 @@ SUB_HOP = (0, 40, 80, 120)  # samples (2.5 ms steps) tried when comparing a new 
 DEFAULT_THRESHOLD = 0.85  # similarity at or above this is a replay (docs/challenge.md)
 SCHEMA_VERSION = 2  # 2: rows carry the matched user's key (user_key); schema 1 files migrate
 MAX_ROWS = 5000  # stored fingerprints kept at most; the oldest go first (docs/challenge.md)
+# A row as inserted: created_at, frames, fp, loud, user_key (None: matched nobody, or old).
+_HeldRow = tuple[float, int, bytes, bytes, bytes | None]
 COARSE_VIEW = SUB_HOP.index(80)  # the sub-hop view the prefilter samples beside view 0
 # Stored answers compared exactly per check at most: the prefilter's best. Real answers send
 # 1-7 (earlier replays of the same answer); without a bound a store of near-copies sent all.
@@ -176,6 +178,12 @@ class ReplayDetector:
         self.last_examined = 0  # stored answers the last check compared exactly
         self._index = FingerprintIndex()
         self._cap_logged = False
+        self._failing = False  # the last write failed (logged once until one succeeds)
+        self._memory_id = 0  # ids below 0: answers held in memory only
+        # Answers a failed write left in memory (id -> row), saved with the next write that
+        # works; and the file's id of those saved since (the cap deletes by it).
+        self._unsaved: dict[int, _HeldRow] = {}
+        self._saved_as: dict[int, int] = {}
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -188,8 +196,11 @@ class ReplayDetector:
             self._load()
             self._index.build()  # at start, not in the first check
         except sqlite3.DatabaseError as exc:
+            # Malformed or foreign, or a folder in its place: a restart reads the same file.
+            # Other OperationalErrors (a full disk, locked, I/O) may pass.
+            damaged = not isinstance(exc, sqlite3.OperationalError) or self.path.is_dir()
             raise ReplayStoreError(
-                f"{self.path}: not a replay-fingerprint database ({exc})"
+                f"{self.path}: not a replay-fingerprint database ({exc})", damaged=damaged
             ) from None
 
     def _load(self) -> None:
@@ -275,13 +286,7 @@ class ReplayDetector:
             # does not count) would otherwise take a place under the cap.
             if keep and count >= MIN_FRAMES:
                 tag = user_key(self._salt, user) if user else None
-                with self._db:
-                    cur = self._db.execute(
-                        "INSERT INTO fingerprints (created_at, frames, fp, loud, user_key)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes(), tag),
-                    )
-                self._index.add(int(cur.lastrowid or 0), now, fp, loud, tag)
+                self._index.add(self._store(now, count, fp, loud, tag), now, fp, loud, tag)
                 self._cap()
         # A replay needs an earlier attempt it matches: with threshold <= 0 and nothing
         # stored, best stays 0.0 and when None (this crashed on `now - when`).
@@ -307,12 +312,80 @@ class ReplayDetector:
             picked = picked[np.argsort(-score[picked], kind="stable")[:MAX_EXACT]]
         return sorted(set(picked.tolist()) | {int(score.argmax())})
 
-    def _prune(self, now: float) -> None:
+    def _store(
+        self, now: float, count: int, fp: np.ndarray, loud: np.ndarray, tag: bytes | None
+    ) -> int:
+        """Save one fingerprint; its row id. One that cannot be saved (disk full, I/O
+        error) is still compared with from memory until a restart, under a negative id:
+        refusing the attempt would keep the door shut, and forgetting the answer would let
+        its replay pass."""
+        row = (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes(), tag)
+        try:
+            row_id = self._insert(row)
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+            self._memory_id -= 1
+            self._unsaved[self._memory_id] = row
+            return self._memory_id
+        if self._failing:
+            held = self._save_held()
+            log.warning(
+                "replay store %s: writable again; %d answer(s) held in memory saved",
+                self.path,
+                held,
+            )
+            self._failing = False
+        return row_id
+
+    def _insert(self, row: _HeldRow) -> int:
         with self._db:
             cur = self._db.execute(
-                "DELETE FROM fingerprints WHERE created_at < ?", (now - self.window_s,)
+                "INSERT INTO fingerprints (created_at, frames, fp, loud, user_key)"
+                " VALUES (?, ?, ?, ?, ?)",
+                row,
             )
-        self._index.drop_before(now - self.window_s)
+        return int(cur.lastrowid or 0)
+
+    def _save_held(self) -> int:
+        """Save the answers a full disk kept in memory (a restart would forget them and
+        let their replays pass); how many were saved."""
+        saved = 0
+        for memory_id, row in sorted(self._unsaved.items(), reverse=True):  # oldest first
+            try:
+                self._saved_as[memory_id] = self._insert(row)
+            except sqlite3.Error as exc:
+                self._write_failed(exc)
+                break
+            del self._unsaved[memory_id]
+            saved += 1
+        return saved
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        if not self._failing:
+            log.error(
+                "replay store %s: cannot write (%s); answers are remembered in memory only "
+                "until it can be written again, and the door goes on. Free space on %s",
+                self.path,
+                exc,
+                self.path.parent,
+            )
+        self._failing = True
+
+    def _prune(self, now: float) -> None:
+        cutoff = now - self.window_s
+        self._index.drop_before(cutoff)
+        self._unsaved = {k: v for k, v in self._unsaved.items() if v[0] >= cutoff}
+        if self._saved_as:  # only ids the index still holds
+            held = {self._index.row(i).row_id for i in range(len(self._index))}
+            self._saved_as = {k: v for k, v in self._saved_as.items() if k in held}
+        try:
+            with self._db:
+                cur = self._db.execute(
+                    "DELETE FROM fingerprints WHERE created_at < ?", (now - self.window_s,)
+                )
+        except sqlite3.Error as exc:  # the rows go at a later prune
+            self._write_failed(exc)
+            return
         if cur.rowcount > 0:
             self._scrub()
 
@@ -330,16 +403,27 @@ class ReplayDetector:
         extra = len(self._index) - self.max_rows
         if extra <= 0:
             return
-        with self._db:
-            gone = [
-                r[0]
-                for r in self._db.execute(
-                    "SELECT id FROM fingerprints ORDER BY created_at, id LIMIT ?", (extra,)
-                )
-            ]
-            self._db.executemany("DELETE FROM fingerprints WHERE id = ?", [(i,) for i in gone])
+        # The oldest in memory, which holds what could not be saved too.
+        rows = sorted(
+            (self._index.row(i) for i in range(len(self._index))),
+            key=lambda r: (r.created, r.row_id < 0, abs(r.row_id)),
+        )
+        gone = [r.row_id for r in rows[:extra]]
         self._index.drop(set(gone))
-        self._scrub()
+        for i in gone:
+            self._unsaved.pop(i, None)
+        in_file = [
+            i if i > 0 else self._saved_as.pop(i) for i in gone if i > 0 or i in self._saved_as
+        ]
+        try:
+            with self._db:
+                self._db.executemany(
+                    "DELETE FROM fingerprints WHERE id = ?", [(i,) for i in in_file]
+                )
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+        else:
+            self._scrub()
         # One warning, then debug lines: at the cap every attempt drops one.
         (log.debug if self._cap_logged else log.warning)(
             "replay store holds %d fingerprints (the cap): dropped %d oldest; earlier "
@@ -360,6 +444,9 @@ class ReplayDetector:
                 cur = self._db.execute("DELETE FROM fingerprints WHERE user_key = ?", (tag,))
             gone = self._index.ids_of(tag)
             self._index.drop(gone)
+            for i in gone:  # held in memory by a full disk: never to be saved now
+                self._unsaved.pop(i, None)
+                self._saved_as.pop(i, None)
             self._index.build()  # here (an erase), not in the loop's next check
             if cur.rowcount > 0:
                 self._scrub()
@@ -423,4 +510,9 @@ def _decode(blob: bytes, mask: bytes) -> Fingerprint:
 
 
 class ReplayStoreError(Exception):
-    """The fingerprint database cannot be opened or has a foreign schema."""
+    """The fingerprint database cannot be opened or has a foreign schema. `damaged`: the
+    file itself is unusable (no restart helps)."""
+
+    def __init__(self, message: str, *, damaged: bool = True) -> None:
+        super().__init__(message)
+        self.damaged = damaged

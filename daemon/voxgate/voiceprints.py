@@ -14,6 +14,7 @@ VACUUMs, so the bytes are gone from the file and its WAL, not just unlinked from
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -47,6 +48,11 @@ class StoreError(Exception):
 
 class WrongKey(StoreError):
     """The key does not open this store (it was sealed with another one)."""
+
+
+class Damaged(StoreError):
+    """The file is not a voiceprint store this build can use (not SQLite, damaged, another
+    program's database, a newer schema, a folder): restarting cannot fix it, an admin must."""
 
 
 class ModelMismatch(StoreError):
@@ -97,13 +103,19 @@ def parse_key(raw: bytes) -> bytes:
         return text
     raise StoreError(
         f"voiceprint key must be 64 hex characters or 32 raw bytes (got {len(text)} bytes); "
-        "create one with: voxgate users init-key FILE"
+        "if users are enrolled, restore the key from its backup (a new key does not open "
+        "their voiceprints), else create one with: voxgate users init-key FILE"
     )
 
 
 def load_key(speaker_cfg: Any) -> bytes:
     """The voiceprint key from $VOXGATE_VOICEPRINT_KEY, a systemd credential or cfg.key_file."""
-    from voxgate.config.secrets import SecretError, SecretUnreadable, read_secret
+    from voxgate.config.secrets import (
+        SecretError,
+        SecretUnreadable,
+        override_source,
+        read_secret,
+    )
 
     try:
         raw = read_secret("voiceprint-key", speaker_cfg.key_file, strip=False)
@@ -119,7 +131,11 @@ def load_key(speaker_cfg: Any) -> bytes:
             )
         raise StoreError(f"{exc}; {hint}") from None
     assert raw is not None
-    return parse_key(raw)
+    try:
+        return parse_key(raw)
+    except StoreError as exc:  # a damaged or mistyped key: say which one
+        where = override_source("voiceprint-key") or str(speaker_cfg.key_file)
+        raise StoreError(f"{where}: {exc}") from None
 
 
 def write_key_file(path: Path) -> None:
@@ -180,7 +196,26 @@ def _check_header(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(len(SQLITE_MAGIC))
     if head != SQLITE_MAGIC:
-        raise StoreError(f"{path}: not a voxgate voiceprint database (not SQLite); left untouched")
+        raise Damaged(f"{path}: not a voxgate voiceprint database (not SQLite); left untouched")
+
+
+def _open_error(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
+    """What an SQLite error while opening means: a damaged file (malformed, not a database)
+    stays damaged; an OperationalError (locked, cannot open, I/O) may pass."""
+    kind = StoreError if isinstance(exc, sqlite3.OperationalError) else Damaged
+    return kind(f"{path}: cannot use the voiceprint database ({exc}){_disk_full(path)}")
+
+
+def _disk_full(path: Path) -> str:
+    """A hint for an SQLite error on a full disk, which SQLite may report as "disk I/O
+    error" (it cannot size the WAL index), naming neither cause nor remedy."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    if st.f_bavail * st.f_frsize >= 64 * 1024:
+        return ""
+    return f"; the disk is full: free space on {path.parent}"
 
 
 def _writable_folder(path: Path) -> bool:
@@ -237,21 +272,22 @@ class VoiceprintStore:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
                 os.close(fd)
         except OSError as exc:  # a directory where the file should be, no permission, full disk
-            raise StoreError(
-                f"{self.path}: cannot open the voiceprint database ({exc.strerror})"
-            ) from None
+            # A full disk may pass; a folder in the file's place or a permission does not.
+            kind = Damaged if exc.errno in (errno.EISDIR, errno.EACCES, errno.EPERM) else StoreError
+            why = f"cannot open the voiceprint database ({exc.strerror})"
+            raise kind(f"{self.path}: {why}") from None
         try:
             self._db = sqlite3.connect(
                 str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA secure_delete = ON")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot use the voiceprint database ({exc})") from None
+            raise _open_error(self.path, exc) from None
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise StoreError(f"{self.path}: cannot use the voiceprint database ({exc})") from None
+            raise _open_error(self.path, exc) from None
         except StoreError:
             self._db.close()
             raise
@@ -337,6 +373,7 @@ class VoiceprintStore:
             except sqlite3.DatabaseError as exc:
                 raise StoreError(
                     f"{self.path}: cannot {doing} the voiceprint database ({exc})"
+                    f"{_disk_full(self.path)}"
                 ) from None
             if self._unchanged is not None and self._unchanged != _snapshot(self.path):
                 # Read without locks: someone wrote it meanwhile, so what was read may mix
@@ -354,16 +391,21 @@ class VoiceprintStore:
             app_id = db.execute("PRAGMA application_id").fetchone()[0]
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        finally:
-            db.execute("COMMIT")
+        except BaseException:
+            # A failed read ends the transaction: COMMIT here raised "cannot commit - no
+            # transaction is active" and hid the cause (a full disk: "disk I/O error").
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
         new = app_id == 0 and tables == 0
         if not new and app_id != APPLICATION_ID:
-            raise StoreError(
+            raise Damaged(
                 f"{self.path}: a SQLite database that is not a voxgate voiceprint store; "
                 "left untouched (point speaker.database elsewhere)"
             )
         if version > SCHEMA_VERSION:
-            raise StoreError(
+            raise Damaged(
                 f"{self.path}: written by a newer voxgate (schema {version}, this build "
                 f"reads up to {SCHEMA_VERSION}); upgrade voxgate, the file is left untouched"
             )
@@ -408,7 +450,7 @@ class VoiceprintStore:
 
     def _migrate(self, version: int) -> None:
         if version < 1:
-            raise StoreError(f"{self.path}: voiceprint store without a schema version; damaged?")
+            raise Damaged(f"{self.path}: voiceprint store without a schema version; damaged?")
         for target in range(version + 1, SCHEMA_VERSION + 1):
             with self._tx():
                 self._db.executescript(self.MIGRATIONS[target - 2])
@@ -419,9 +461,9 @@ class VoiceprintStore:
         try:
             row = self._db.execute("SELECT v FROM meta WHERE k = 'key_check'").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: damaged voiceprint store ({exc})") from None
+            raise Damaged(f"{self.path}: damaged voiceprint store ({exc})") from None
         if row is None:
-            raise StoreError(f"{self.path}: voiceprint store has no key check; damaged?")
+            raise Damaged(f"{self.path}: voiceprint store has no key check; damaged?")
         try:
             ok = self._unseal(row[0], b"key") == KEY_CHECK
         except StoreError:

@@ -3,6 +3,7 @@ store, load the embedder and cohort, each failure turned into one clear line on 
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -74,9 +75,21 @@ def record_change(cfg: Any, store: Any, kind: str, name: str, model_id: str | No
 
     event = {"enrolled": "enrollment", "erased": "erase"}[kind]
     try:
-        open_log(cfg).append(event, user=name, via="cli", model_id=model_id)
+        audit = open_log(cfg)
+        audit.append(event, user=name, via="cli", model_id=model_id)
+        held = audit.held()
     except Exception as exc:  # SecretError, OSError: say so, do not undo the change
         print(f"warning: could not write the audit log: {exc}", file=sys.stderr)
+    else:
+        if held:
+            # The log keeps a line it cannot write in memory for a later try; a command
+            # exits now, and the line would go with it unseen.
+            lines = "\n".join(json.dumps(h, sort_keys=True) for h in held)
+            print(
+                f"warning: the audit log {audit.path} could not be written (see above); "
+                f"this {event} is not in it. The line(s), to add by hand:\n{lines}",
+                file=sys.stderr,
+            )
     if cfg.fleet.enabled:
         _to_fleet(cfg, store, kind, name, model_id)
 

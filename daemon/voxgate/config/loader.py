@@ -184,4 +184,15 @@ def load_config(path: str | os.PathLike[str] | None) -> VoxgateConfig:
         raise ConfigError(str(p), ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(p), [f"cannot read: {exc}"]) from None
+    if not text.strip():
+        # YAML reads nothing as "all defaults", but a config file with nothing in it was
+        # cut off or zeroed (a full disk during an edit, an SD card fault): running on the
+        # defaults would quietly change the door (its data folder, MQTT, lockout).
+        raise ConfigError(
+            str(p),
+            [
+                f"the file is empty ({p.stat().st_size} bytes): cut off or damaged? restore it; "
+                "a config meant to use every default is the line '{}'"
+            ],
+        )
     return parse_config(text, str(p))

@@ -8,6 +8,7 @@ start. Nothing is written in the clear.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -61,6 +62,10 @@ class AudioKeeper:
             with os.fdopen(fd, "wb") as f:
                 f.write(blob)
         except OSError as exc:
+            # A file cut off mid-write is named by no audit line, so erasing its user would
+            # never find it: remove it now.
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
             log.error("kept audio %s not written: %s", path, exc)
             return None
         self.purge(now)

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
+import json
 import logging
+import os
 import queue
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from voxgate.audit import AuditLog
+from voxgate.audit import AuditError, AuditLog
 from voxgate.challenge import audit_fields
 from voxgate.config import ConfigError, VoxgateConfig, load_config
 from voxgate.lockout import LockoutBook, RecordResult
@@ -68,6 +72,53 @@ STATUS = {
 def _speak_s(challenge: Any) -> float:
     """A guess at how long a challenge takes to say, for a speaker that does not tell."""
     return SPEAK_S_PER_WORD * len(challenge.words) + SPEAK_TAIL_S
+
+
+def _probe_writable(folder: Path) -> None:
+    """Raise OSError unless a file can be created in `folder` (made if missing). A data
+    folder that is read-only failed later and less clearly (exit 69, "cannot use the
+    voiceprint database (unable to open database file)")."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
+def _data_files(cfg: VoxgateConfig) -> list[Path]:
+    """Every file the daemon reads and writes under its config (those that exist are
+    checked at start), with the WAL and shared-memory files of its SQLite databases."""
+    data = Path(cfg.data_dir)
+    audit = Path(cfg.audit.path or data / "audit.jsonl")
+    dbs = [Path(cfg.speaker.database or data / "voiceprints.db")]
+    dbs.append(Path(cfg.lockout.path or data / "lockout.db"))
+    if cfg.challenge.mode != "off":
+        dbs.append(data / "replay.db")
+    if cfg.fleet.enabled:
+        dbs.append(Path(cfg.fleet.state_file or data / "fleet.db"))
+    files = [p.with_name(p.name + end) for p in dbs for end in ("", "-wal", "-shm")]
+    files += [audit, audit.with_name(audit.name + ".anchor"), data / "decision-seq.json"]
+    if cfg.audit.keep_audio:
+        files.append(Path(cfg.audit.audio_dir or data / "audio"))
+    return files
+
+
+def _check_access(paths: list[Path]) -> None:
+    """Raise PermissionError for a file this user cannot read and write. Such a file (left
+    by a command run as root without the hand-over to the service's user) failed in a
+    different way for each: the audit log and lockout state were given up in memory, the
+    replay store said "not a replay-fingerprint database", the voiceprints "restore from a
+    backup"; none said whose the file is."""
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue  # absent: created when needed
+        if not os.access(path, os.R_OK | os.W_OK | (os.X_OK if path.is_dir() else 0)):
+            raise PermissionError(
+                errno.EACCES,
+                f"{path} cannot be read and written by this user (uid {os.geteuid()}): it "
+                f"belongs to uid {st.st_uid}, mode {st.st_mode & 0o7777:o}. Give it to the "
+                "service's user (chown), as the daemon's own files are",
+            )
 
 
 def _queue_frames(cfg: VoxgateConfig) -> int:
@@ -165,14 +216,19 @@ class Daemon:
         cfg = self.cfg
         self._step("audit log and lockout state")
         try:
+            _probe_writable(Path(cfg.data_dir))
+            _check_access(_data_files(cfg))
             self.audit = self._open_audit(cfg)
             self.lockout = LockoutBook(cfg.lockout.path or cfg.data_dir / "lockout.db", cfg.lockout)
             self._undo.append(("lockout", self.lockout.close))
             self.keeper = self._open_keeper(cfg)
         except OSError as exc:
-            log.error("cannot use data_dir %s: %s", cfg.data_dir, exc)
-            return self._cannot_start(EX_CANTCREAT, f"data_dir {cfg.data_dir}: {exc}")
-        except (SecretError, KeepError) as exc:
+            why = exc.strerror or str(exc)
+            if exc.errno == errno.EROFS:
+                why += " (an SD card the kernel remounted read-only after errors? see dmesg)"
+            log.error("cannot use data_dir %s: %s", cfg.data_dir, why)
+            return self._cannot_start(EX_CANTCREAT, f"data_dir {cfg.data_dir}: {why}")
+        except (SecretError, KeepError, AuditError) as exc:
             log.error("cannot start: %s", exc)
             return self._cannot_start(EX_CONFIG, str(exc))
 
@@ -284,11 +340,16 @@ class Daemon:
     def _open_keeper(self, cfg: VoxgateConfig) -> Any:
         if not cfg.audit.keep_audio:
             return None
-        from voxgate.config.secrets import read_secret
-        from voxgate.service.keep import AudioKeeper
+        from voxgate.config.secrets import override_source, read_secret
+        from voxgate.service.keep import AudioKeeper, KeepError, parse_key
 
         key = read_secret("audio-key", cfg.audit.audio_key_file, strip=False)
         assert key is not None
+        try:
+            parse_key(key)
+        except KeepError as exc:  # a damaged or mistyped key: say which one
+            where = override_source("audio-key") or str(cfg.audit.audio_key_file)
+            raise KeepError(f"{where}: {exc}") from None
         return AudioKeeper(
             cfg.audit.audio_dir or cfg.data_dir / "audio", key, cfg.audit.audio_retention_days
         )
@@ -324,7 +385,24 @@ class Daemon:
                 log.exception("stopping %s failed", name)
             log.debug("stopped %s in %.3f s", name, time.monotonic() - t0)
         self._undo.clear()
+        self._hand_over_unwritten_audit()
         self.notifier.close()
+
+    def _hand_over_unwritten_audit(self) -> None:
+        """Lines a full or failing disk held in memory die with the process: the journal
+        (kept elsewhere) gets them instead, whole, so none is lost without a trace."""
+        if self.audit is None or not self.audit.pending or not self.audit.flush_pending():
+            return
+        held = self.audit.held()
+        log.error(
+            "audit log %s: %d line(s) could not be written before stopping; each follows as "
+            "'unwritten audit line' so the record survives in this log (free space on %s)",
+            self.audit.path,
+            len(held),
+            self.audit.path.parent,
+        )
+        for body in held:
+            log.error("unwritten audit line: %s", json.dumps(body, sort_keys=True))
 
     def _install_signals(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():

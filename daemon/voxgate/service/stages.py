@@ -212,7 +212,7 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
 
     try:
         from voxgate import embedding, scoring, voiceprints
-        from voxgate.decision import Issuer, SequenceCounter
+        from voxgate.decision import DecisionError, Issuer, SequenceCounter
         from voxgate.mqtt.client import MqttLink, MqttSetupError
     except ImportError as exc:
         raise StageUnavailable(f"a stage is missing from this build: {exc}") from None
@@ -231,6 +231,12 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
         scorer = scoring.load_scorer(cfg, store, embedder)
     except voiceprints.WrongKey as exc:  # the key of another store: a setting
         raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
+    except voiceprints.Damaged as exc:  # a restart reads the same file: the admin must act
+        raise StageUnavailable(
+            f"speaker stage: {exc}. Restore the file from a backup, or move it aside to "
+            "start with nobody enrolled",
+            config=True,
+        ) from None
     except Exception as exc:  # ModelError, StoreError, SecretError, ScoringError: all say why
         raise StageUnavailable(f"speaker stage: {exc}") from None
 
@@ -259,6 +265,12 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
         except StageUnavailable:
             raise
         except Exception as exc:
+            if getattr(exc, "damaged", False):  # replay.ReplayStoreError: stays damaged
+                raise StageUnavailable(
+                    f"challenge stage: {exc}. Move it aside: the door then starts with no "
+                    "answers to compare (a replay of an earlier answer passes that check)",
+                    config=True,
+                ) from None
             raise StageUnavailable(f"challenge stage: {exc}") from None
 
     try:
@@ -273,7 +285,9 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
             SequenceCounter(cfg.data_dir / "decision-seq.json"),
             cfg.mqtt.decision_ttl_s,
         )
-    except Exception as exc:  # a bad sequence state file
+    except DecisionError as exc:  # a damaged counter file: the message says what to do
+        raise StageUnavailable(f"mqtt stage: {exc}", config=True) from None
+    except Exception as exc:
         raise StageUnavailable(f"mqtt stage: {exc}") from None
 
     return Stages(
