@@ -130,6 +130,12 @@ def test_fleet_erase_tells_every_group_about_a_user_this_door_never_held(
         upd = reader.decode(topic.split("/")[-2], tag, payload, time.time())
         assert upd.kind == "erase" and upd.name is None
         assert b"alice" not in payload.lower()
+    # This door erased a person everywhere: its audit log says so (and who ran it: the CLI).
+    lines = (tmp_path / "data" / "audit.jsonl").read_text().splitlines()
+    sent = [r for r in map(json.loads, lines) if r["event"] == "fleet_sent"]
+    assert [(r["kind"], r["user"], r["groups"], r["via"]) for r in sent] == [
+        ("erase", "Alice", ["lab", "lobby"], "cli")
+    ]
 
 
 def test_fleet_changes_a_command_line_session_applies_are_audited(
