@@ -631,7 +631,17 @@ class FleetSync:
         """The agent for a whole device config (raises FleetError for missing keys). An erase
         it applies also drops the rest of the user from disk (lockout entry, replay
         fingerprints, kept recordings); the daemon replaces the hook with its own, which
-        also clears what it holds in memory."""
+        also clears what it holds in memory. Without `audit_event`, what it applies goes to
+        the config's audit log: the command-line agents apply the fleet's retained messages
+        and mark them seen in the shared sync state, so the daemon's agent never audits them."""
+        if kwargs.get("audit_event") is None:
+            from voxgate.audit import open_log
+            from voxgate.config.secrets import SecretError
+
+            try:
+                kwargs["audit_event"] = open_log(cfg).append
+            except (SecretError, OSError) as exc:  # the change itself still applies
+                log.error("fleet sync: cannot open the audit log: %s; changes not audited", exc)
         agent = cls(
             cfg.fleet, cfg.mqtt, cfg.device_id, store, state_path(cfg), model_id=model_id, **kwargs
         )

@@ -4,6 +4,7 @@ would."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -129,3 +130,60 @@ def test_fleet_erase_tells_every_group_about_a_user_this_door_never_held(
         upd = reader.decode(topic.split("/")[-2], tag, payload, time.time())
         assert upd.kind == "erase" and upd.name is None
         assert b"alice" not in payload.lower()
+    # This door erased a person everywhere: its audit log says so (and who ran it: the CLI).
+    lines = (tmp_path / "data" / "audit.jsonl").read_text().splitlines()
+    sent = [r for r in map(json.loads, lines) if r["event"] == "fleet_sent"]
+    assert [(r["kind"], r["user"], r["groups"], r["via"]) for r in sent] == [
+        ("erase", "Alice", ["lab", "lobby"], "cli")
+    ]
+
+
+def test_fleet_changes_a_command_line_session_applies_are_audited(
+    tmp_path: Path, plain_broker: Broker, no_secret_env: None
+) -> None:
+    """`voxgate fleet ...` (and `voxgate enroll`, `voxgate users erase`) apply the fleet's
+    retained messages while their session is up, and record them in the shared sync state, so
+    the daemon's agent then skips them as seen: a voiceprint the CLI stored (or erased) left no
+    line in the door's audit log at all."""
+    fleet_key, sk_a, sk_b = os.urandom(32), os.urandom(32), os.urandom(32)
+    for name, value in (("fleet.key", fleet_key), ("signing.key", sk_b)):
+        (tmp_path / name).write_text(value.hex() + "\n")
+        (tmp_path / name).chmod(0o600)
+    assert main(["users", "init-key", str(tmp_path / "voiceprint.key")]) == 0
+    doc = {
+        "device_id": "door-b",
+        "data_dir": str(tmp_path / "data"),
+        "speaker": {"key_file": str(tmp_path / "voiceprint.key")},
+        "mqtt": {"host": plain_broker.host, "port": plain_broker.port},
+        "fleet": {
+            "enabled": True,
+            "site": "acme",
+            "key_file": str(tmp_path / "fleet.key"),
+            "signing_key_file": str(tmp_path / "signing.key"),
+            "signers": {"door-a": public_key_hex(sk_a), "door-b": public_key_hex(sk_b)},
+            "groups": ["lobby"],
+            "access": {"lobby": ["*"]},
+        },
+    }
+    cfg_file = tmp_path / "voxgate.yaml"
+    cfg_file.write_text(yaml.safe_dump(doc))
+    cfg = parse_config(cfg_file.read_text())
+    door_a = Codec(FleetKeys(fleet_key, sk_a, {}), "acme", "door-a")
+    emb = np.random.default_rng(7).normal(size=(3, 256)).astype(np.float32)
+    msg = door_a.encode(
+        "voiceprint", "lobby", "carol", 5, model_id=load_card(cfg.speaker.model).id, embeddings=emb
+    )
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect(plain_broker.host, plain_broker.port)
+    pub.loop_start()
+    topic = f"{topic_root('voxgate', 'acme')}/lobby/{door_a.user_tag('carol')}"
+    pub.publish(topic, msg, qos=1, retain=True).wait_for_publish(5)
+    pub.loop_stop()
+    pub.disconnect()
+
+    assert main(["fleet", "revoke", "dave", "--group", "lobby", "-c", str(cfg_file)]) == 0
+    with VoiceprintStore(tmp_path / "data" / "voiceprints.db", load_key(cfg.speaker)) as store:
+        assert store.get("carol") is not None  # applied by the command's session
+    lines = (tmp_path / "data" / "audit.jsonl").read_text().splitlines()
+    stored = [r for r in map(json.loads, lines) if r["event"] == "fleet_stored"]
+    assert [(r["user"], r["signer"], r["version"]) for r in stored] == [("carol", "door-a", 5)]

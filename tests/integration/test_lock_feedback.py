@@ -206,3 +206,43 @@ def test_a_running_daemon_logs_and_counts_a_lock_with_the_wrong_key(
         lock.stop()
     line = next(x for x in daemon.lines if "the lock REFUSED" in x)
     assert " ERROR " in line and "give both the same key" in line
+
+
+def test_a_retained_report_is_not_taken_for_a_new_refusal_at_every_connect(
+    acl_broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lock never retains its reports (another make might, or a hand-made test message):
+    the broker then hands the same report to the door at every connect, and each time the
+    door logged "the lock REFUSED" as an ERROR and counted a refusal that happened once,
+    maybe long ago. A retained report is ignored with a warning and cleared."""
+    lock = _client(acl_broker, "lock-front")
+    body = {"v": 1, "device": DEV, "reason": "expired", "detail": "old", "seq": 7}
+    topic = f"voxgate/{DEV}/decision/refused"
+    lock.publish(topic, json.dumps(body), qos=1, retain=True).wait_for_publish(5)
+    lock.disconnect()
+    lock.loop_stop()
+    link = MqttLink(link_config(acl_broker, user="front-door"), DEV, decision_key=KEY)
+    with caplog.at_level(logging.WARNING, logger="voxgate.mqtt.client"):
+        link.start()
+        try:
+            wait_until(lambda: link.connected, 10, "the door connected")
+            wait_until(
+                lambda: link.stats["lock_refusals"] or "refusal report" in caplog.text,
+                5,
+                "the retained report handled",
+            )
+            time.sleep(0.3)
+        finally:
+            link.stop()
+    assert link.stats["lock_refusals"] == 0
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "retained refusal report on voxgate/front-door/decision/refused ignored" in caplog.text
+    # Cleared: a new reader of the topic gets nothing.
+    seen: list[bytes] = []
+    observer = _client(acl_broker, "operator")
+    observer.on_message = lambda c, u, m: seen.append(bytes(m.payload))
+    observer.subscribe(topic, qos=1)
+    time.sleep(0.5)
+    observer.disconnect()
+    observer.loop_stop()
+    assert seen == []

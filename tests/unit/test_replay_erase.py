@@ -180,3 +180,55 @@ def test_every_erase_path_of_the_daemon_drops_the_fingerprints(tmp_path: Path) -
     det.close()
     book.close()
     store.close()
+
+
+def test_a_replay_store_that_cannot_drop_rows_does_not_keep_the_rest_of_an_erase(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The replay step of an erase can fail (the file locked by `voxgate users erase` in
+    another process, a full disk). It ran before the retained-name clear and the recordings,
+    in one try: the failure skipped both, and nothing tried again (the lockout entry that
+    makes housekeeping look at the name was already gone): the erased person's recordings
+    stayed on disk for good."""
+    from voxgate.audit import AuditLog
+    from voxgate.service.keep import AudioKeeper
+
+    store = VoiceprintStore(tmp_path / "voiceprints.db", KEY)
+    store.add_user("Erin", np.eye(3, 8, dtype=np.float32), "test/int8")
+    kept = AudioKeeper(tmp_path / "audio", os.urandom(32), 7).store(np.ones(800, np.int16), "n1")
+    assert kept is not None
+    AuditLog(tmp_path / "audit.jsonl").append("decision", user="Erin", audio=str(kept))
+    book = LockoutBook(tmp_path / "lockout.db", LockoutConfig())
+    book.record("erin", ok=False)
+    det = ReplayDetector(tmp_path / "replay.db", window_s=10**9)
+    det.check_and_add(signal(40), now=1.0, user="Erin")
+    det._db.execute("PRAGMA busy_timeout=50")  # not the 5 s default: a fast test
+
+    class Link:
+        def __init__(self) -> None:
+            self.cleared: list[str] = []
+
+        def forget_user(self, name: str) -> bool:
+            self.cleared.append(name)
+            return True
+
+    link = Link()
+    cfg = VoxgateConfig(data_dir=tmp_path)
+    users = UserServices(cfg, store, None, lambda e, **f: None, lockout=book, link=link)
+    users.replay = det
+    assert store.erase("erin")
+    other = sqlite3.connect(tmp_path / "replay.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process writing the file
+    try:
+        with caplog.at_level(logging.ERROR):
+            dropped = users.forget("erin")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert not kept.exists() and "1 kept recording(s)" in dropped
+    assert "replay fingerprints" in caplog.text and "database is locked" in caplog.text
+    assert link.cleared == ["erin"] and "retained user topic" in dropped
+    assert "lockout entry" in dropped
+    det.close()
+    book.close()
+    store.close()

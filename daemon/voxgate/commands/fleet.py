@@ -125,6 +125,7 @@ def pubkey(args: argparse.Namespace) -> int:
 
 
 def _with_agent(args: argparse.Namespace, act: str) -> int:
+    from voxgate.audit import open_log
     from voxgate.config.secrets import SecretError
     from voxgate.embedding import ModelError, load_card
     from voxgate.fleet import FleetError, FleetSync
@@ -148,13 +149,19 @@ def _with_agent(args: argparse.Namespace, act: str) -> int:
         # While connected the agent also applies the fleet's retained messages: without the
         # model id it stored voiceprints of another model, which the daemon refuses.
         model_id = load_card(cfg.speaker.model).id
+        # What this door sends to the fleet, and what the session applies, is audited here.
+        audit = open_log(cfg)
         store = open_store(cfg)
-    except (StoreError, ModelError) as exc:
+    except (StoreError, ModelError, SecretError, OSError) as exc:
         print(f"voxgate fleet {act}: {exc}", file=sys.stderr)
         return 1
     try:
         agent = FleetSync.from_config(
-            cfg, store, model_id=model_id, client_id=f"voxgate-{cfg.device_id}-fleet-cli"
+            cfg,
+            store,
+            model_id=model_id,
+            client_id=f"voxgate-{cfg.device_id}-fleet-cli",
+            audit_event=audit.append,
         )
     except FleetError as exc:
         print(f"voxgate fleet {act}: {exc}", file=sys.stderr)
@@ -181,6 +188,9 @@ def _with_agent(args: argparse.Namespace, act: str) -> int:
         else:
             agent.publish_revoke(args.user, args.group)
             groups = args.group
+        if groups:
+            kind = {"resend": "voiceprint"}.get(act, act)
+            audit.append("fleet_sent", kind=kind, user=args.user, groups=sorted(groups), via="cli")
         if not agent.wait_sent(args.timeout):
             print(
                 f"voxgate fleet {act}: broker not reached in {args.timeout:g} s; the update is "

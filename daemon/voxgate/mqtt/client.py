@@ -588,7 +588,18 @@ class MqttLink:
             self._retained_user(msg)
             return
         if msg.topic == self.topics.decision_refused:
-            self._lock_refused(bytes(msg.payload))
+            if msg.retain:
+                # A lock never retains its reports: a retained one is old news the broker
+                # hands over at every connect, where it read as a new refusal each time.
+                log.warning(
+                    "MQTT: retained refusal report on %s ignored (a lock sends them without "
+                    "retain); cleared from the broker",
+                    msg.topic,
+                )
+                if msg.payload:
+                    client.publish(msg.topic, b"", qos=1, retain=True)
+            elif msg.payload:  # empty: the clearing above, forwarded back to us
+                self._lock_refused(bytes(msg.payload))
             return
         name = self.topics.command_name(msg.topic)
         if name is None:

@@ -156,23 +156,41 @@ class UserServices:
         """`name` was erased: drop the daemon's other state about them (the lockout entry,
         the retained `user` topic if it names them, kept recordings the audit log ties to
         them, the replay fingerprints of their answers). Returns what was dropped."""
-        dropped = []
-        try:
-            if self.lockout is not None and self.lockout.forget(name):
-                dropped.append("lockout entry")
-            fingerprints = self.replay.forget(name) if self.replay is not None else 0
-            if fingerprints:
-                dropped.append(f"{fingerprints} replay fingerprint(s)")
-            forget_user = getattr(self.link, "forget_user", None)
-            if forget_user is not None and forget_user(name):
-                dropped.append("retained user topic")
-            from voxgate.service.keep import erase_recordings_for
+        from voxgate.service.keep import erase_recordings_for
 
-            removed = erase_recordings_for(self.cfg, name)
-            if removed:
-                dropped.append(f"{removed} kept recording(s)")
-        except Exception:  # the erase itself stands; the next check tries again
-            log.exception("after erasing %s: could not drop the rest of their state", name)
+        def lockout() -> str | None:
+            return (
+                "lockout entry" if self.lockout is not None and self.lockout.forget(name) else None
+            )
+
+        def fingerprints() -> str | None:
+            n = self.replay.forget(name) if self.replay is not None else 0
+            return f"{n} replay fingerprint(s)" if n else None
+
+        def retained() -> str | None:
+            forget_user = getattr(self.link, "forget_user", None)
+            return "retained user topic" if forget_user is not None and forget_user(name) else None
+
+        def recordings() -> str | None:
+            n = erase_recordings_for(self.cfg, name)
+            return f"{n} kept recording(s)" if n else None
+
+        dropped = []
+        # Each step on its own: one that fails (a replay store locked by another process, a
+        # full disk) must not keep the others, which nothing would try again.
+        for what, step in (
+            ("the lockout entry", lockout),
+            ("the replay fingerprints", fingerprints),
+            ("the retained user topic", retained),
+            ("the kept recordings", recordings),
+        ):
+            try:
+                done = step()
+            except Exception as exc:  # the erase itself stands
+                log.error("after erasing %s: could not drop %s: %s", name, what, exc)
+                continue
+            if done:
+                dropped.append(done)
         self._seen_enrolled.discard(fold(name))
         if dropped:
             log.info("erased %s: also dropped %s", name, ", ".join(dropped))
