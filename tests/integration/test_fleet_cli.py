@@ -22,13 +22,13 @@ from voxgate.fleet import Codec, FleetKeys, public_key_hex, topic_root
 from voxgate.voiceprints import VoiceprintStore, load_key
 
 
-def test_revoke_cli_does_not_store_a_voiceprint_of_another_model(
-    tmp_path: Path, plain_broker: Broker, no_secret_env: None
-) -> None:
-    """The CLI's agent had no model id, so the model check was skipped: a retained voiceprint
-    made with another speaker model, which the daemon refuses, was stored by the CLI."""
-    fleet_key, sk_a, sk_b = os.urandom(32), os.urandom(32), os.urandom(32)
-    for name, value in (("fleet.key", fleet_key), ("signing.key", sk_b)):
+def _door_b(
+    tmp_path: Path, broker: Broker, signers: dict[str, bytes], access: dict[str, list[str]]
+) -> tuple[Path, bytes]:
+    """Door B's config file (fleet on, in group lobby, signing with signers['door-b']) and its
+    fleet key; `signers` maps door ids to their Ed25519 signing keys."""
+    fleet_key = os.urandom(32)
+    for name, value in (("fleet.key", fleet_key), ("signing.key", signers["door-b"])):
         (tmp_path / name).write_text(value.hex() + "\n")
         (tmp_path / name).chmod(0o600)
     assert main(["users", "init-key", str(tmp_path / "voiceprint.key")]) == 0
@@ -36,19 +36,31 @@ def test_revoke_cli_does_not_store_a_voiceprint_of_another_model(
         "device_id": "door-b",
         "data_dir": str(tmp_path / "data"),
         "speaker": {"key_file": str(tmp_path / "voiceprint.key")},
-        "mqtt": {"host": plain_broker.host, "port": plain_broker.port},
+        "mqtt": {"host": broker.host, "port": broker.port},
         "fleet": {
             "enabled": True,
             "site": "acme",
             "key_file": str(tmp_path / "fleet.key"),
             "signing_key_file": str(tmp_path / "signing.key"),
-            "signers": {"door-a": public_key_hex(sk_a), "door-b": public_key_hex(sk_b)},
+            "signers": {door: public_key_hex(sk) for door, sk in signers.items()},
             "groups": ["lobby"],
-            "access": {"lobby": ["*"]},
+            "access": access,
         },
     }
     cfg_file = tmp_path / "voxgate.yaml"
     cfg_file.write_text(yaml.safe_dump(doc))
+    return cfg_file, fleet_key
+
+
+def test_revoke_cli_does_not_store_a_voiceprint_of_another_model(
+    tmp_path: Path, plain_broker: Broker, no_secret_env: None
+) -> None:
+    """The CLI's agent had no model id, so the model check was skipped: a retained voiceprint
+    made with another speaker model, which the daemon refuses, was stored by the CLI."""
+    sk_a, sk_b = os.urandom(32), os.urandom(32)
+    cfg_file, fleet_key = _door_b(
+        tmp_path, plain_broker, {"door-a": sk_a, "door-b": sk_b}, {"lobby": ["*"]}
+    )
     cfg = parse_config(cfg_file.read_text())
     ours = load_card(cfg.speaker.model).id
 
@@ -77,28 +89,9 @@ def test_fleet_erase_tells_every_group_about_a_user_this_door_never_held(
     """A person enrolled at a door that was since re-imaged: `users erase` here finds nobody,
     so nothing told the fleet. `fleet erase` sends a nameless erase to every group; a user this
     door holds is refused and pointed to `users erase` (which erases here as well)."""
-    fleet_key, sk_b = os.urandom(32), os.urandom(32)
-    for name, value in (("fleet.key", fleet_key), ("signing.key", sk_b)):
-        (tmp_path / name).write_text(value.hex() + "\n")
-        (tmp_path / name).chmod(0o600)
-    assert main(["users", "init-key", str(tmp_path / "voiceprint.key")]) == 0
-    doc = {
-        "device_id": "door-b",
-        "data_dir": str(tmp_path / "data"),
-        "speaker": {"key_file": str(tmp_path / "voiceprint.key")},
-        "mqtt": {"host": plain_broker.host, "port": plain_broker.port},
-        "fleet": {
-            "enabled": True,
-            "site": "acme",
-            "key_file": str(tmp_path / "fleet.key"),
-            "signing_key_file": str(tmp_path / "signing.key"),
-            "signers": {"door-b": public_key_hex(sk_b)},
-            "groups": ["lobby"],
-            "access": {"lobby": ["*"], "lab": ["alice"]},
-        },
-    }
-    cfg_file = tmp_path / "voxgate.yaml"
-    cfg_file.write_text(yaml.safe_dump(doc))
+    sk_b = os.urandom(32)
+    access = {"lobby": ["*"], "lab": ["alice"]}
+    cfg_file, fleet_key = _door_b(tmp_path, plain_broker, {"door-b": sk_b}, access)
     cfg = parse_config(cfg_file.read_text())
     with VoiceprintStore(tmp_path / "data" / "voiceprints.db", load_key(cfg.speaker)) as store:
         emb = np.random.default_rng(1).normal(size=(3, 256)).astype(np.float32)
@@ -145,28 +138,10 @@ def test_fleet_changes_a_command_line_session_applies_are_audited(
     retained messages while their session is up, and record them in the shared sync state, so
     the daemon's agent then skips them as seen: a voiceprint the CLI stored (or erased) left no
     line in the door's audit log at all."""
-    fleet_key, sk_a, sk_b = os.urandom(32), os.urandom(32), os.urandom(32)
-    for name, value in (("fleet.key", fleet_key), ("signing.key", sk_b)):
-        (tmp_path / name).write_text(value.hex() + "\n")
-        (tmp_path / name).chmod(0o600)
-    assert main(["users", "init-key", str(tmp_path / "voiceprint.key")]) == 0
-    doc = {
-        "device_id": "door-b",
-        "data_dir": str(tmp_path / "data"),
-        "speaker": {"key_file": str(tmp_path / "voiceprint.key")},
-        "mqtt": {"host": plain_broker.host, "port": plain_broker.port},
-        "fleet": {
-            "enabled": True,
-            "site": "acme",
-            "key_file": str(tmp_path / "fleet.key"),
-            "signing_key_file": str(tmp_path / "signing.key"),
-            "signers": {"door-a": public_key_hex(sk_a), "door-b": public_key_hex(sk_b)},
-            "groups": ["lobby"],
-            "access": {"lobby": ["*"]},
-        },
-    }
-    cfg_file = tmp_path / "voxgate.yaml"
-    cfg_file.write_text(yaml.safe_dump(doc))
+    sk_a, sk_b = os.urandom(32), os.urandom(32)
+    cfg_file, fleet_key = _door_b(
+        tmp_path, plain_broker, {"door-a": sk_a, "door-b": sk_b}, {"lobby": ["*"]}
+    )
     cfg = parse_config(cfg_file.read_text())
     door_a = Codec(FleetKeys(fleet_key, sk_a, {}), "acme", "door-a")
     emb = np.random.default_rng(7).normal(size=(3, 256)).astype(np.float32)

@@ -53,10 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples="voxgate fleet resend alice -c /etc/voxgate/voxgate.yaml",
     )
     rs.add_argument("user", metavar="NAME", help="an enrolled user")
-    add_config_option(rs)
-    rs.add_argument(
-        "--timeout", type=ascii_seconds, default=20.0, help="seconds to wait for the broker"
-    )
+    _session_options(rs)
     rs.set_defaults(func=resend)
     rv = add_parser(
         actions,
@@ -69,10 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     rv.add_argument("user", metavar="NAME", help="the user to withdraw")
     rv.add_argument("--group", action="append", required=True, help="group (repeatable)")
-    add_config_option(rv)
-    rv.add_argument(
-        "--timeout", type=ascii_seconds, default=20.0, help="seconds to wait for the broker"
-    )
+    _session_options(rv)
     rv.set_defaults(func=revoke)
     er = add_parser(
         actions,
@@ -86,11 +80,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples="voxgate fleet erase alice -c /etc/voxgate/voxgate.yaml",
     )
     er.add_argument("user", metavar="NAME", help="the user to erase on every door")
-    add_config_option(er)
-    er.add_argument(
+    _session_options(er)
+    er.set_defaults(func=erase)
+
+
+def _session_options(p: argparse.ArgumentParser) -> None:
+    """-c and --timeout, for the actions that talk to the broker."""
+    add_config_option(p)
+    p.add_argument(
         "--timeout", type=ascii_seconds, default=20.0, help="seconds to wait for the broker"
     )
-    er.set_defaults(func=erase)
 
 
 def keygen(args: argparse.Namespace) -> int:
