@@ -140,6 +140,7 @@ class FingerprintIndex:
     def __init__(self) -> None:
         self._rows: list[_Row] = []
         self._flat: _Flat | None = None
+        self.frames = 0  # frames held, padding included (what the memory budget counts)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -158,6 +159,7 @@ class FingerprintIndex:
         padded_loud = np.concatenate([np.zeros(GAP, bool), loud])
         row = _Row(row_id, created, int(loud.sum()), padded, padded_loud, user)
         self._rows.append(row)
+        self.frames += len(padded)
         if self._flat is not None:
             self._flat.append(row)
 
@@ -177,6 +179,7 @@ class FingerprintIndex:
         # Usually the oldest go, which the flat array drops without a rebuild.
         k = keep.index(True) if any(keep) else len(keep)
         self._rows = [r for r, kept in zip(self._rows, keep, strict=True) if kept]
+        self.frames = sum(len(r.padded) for r in self._rows)
         if self._flat is not None and self._rows and all(keep[k:]):
             self._flat.drop_first(k)
         else:
