@@ -87,3 +87,33 @@ def test_the_memory_budget_is_a_bounded_setting_the_daemon_passes_on() -> None:
     assert replay.frames_for(64) * replay.BYTES_PER_FRAME <= 64 << 20
     # 64 MB holds 5000 answers of 4 s (the row cap) but not 5000 of 15 s.
     assert 5000 * (400 + GAP) <= replay.frames_for(64) < 5000 * (1500 + GAP)
+
+
+def test_a_checks_scratch_memory_stays_small_whatever_the_store_holds() -> None:
+    """A check's scratch arrays came on top of the store: the lag vote's blocks of rows
+    (about 45 MB each) and every (stored answer, lag) pair's windows at once (about 1 kB
+    each): a check against 5000 stored 3 s answers peaked 70 MB above the open."""
+    import tracemalloc
+
+    from voxgate.replay_index import FingerprintIndex
+
+    rng = np.random.default_rng(0)
+
+    def bits(n: int) -> np.ndarray:
+        return rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+
+    index = FingerprintIndex()
+    for i in range(6000):  # loud runs of 3-6 frames: the vote offers each row many lags
+        loud = (np.arange(300) % (6 + i % 4)) < 3 + i % 4
+        index.add(i, 0.0, bits(300), loud)
+    index.build()  # the store itself, before the check
+    views = [(bits(300), (np.arange(300) % 7) < 4)] * 2
+    tracemalloc.start()
+    try:
+        score = index.coarse(views, 0, 10**6)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(score) == 6000
+    # Per-row arrays (lags, scores: under 1 kB a row) remain, 6 MB here.
+    assert peak < 20 << 20, f"{peak / 2**20:.1f} MB"
