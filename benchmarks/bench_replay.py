@@ -2,6 +2,8 @@
 
     PYTHONPATH=daemon python benchmarks/bench_replay.py --stored 0 100 1000 3000 [--probes 20]
         [--cpu 0] [--seed 0]
+    PYTHONPATH=daemon python benchmarks/bench_replay.py --passphrase 291 --stored 100 \
+        --probes 12 [--max-exact 8]
 
 Data: ../shared/data (skips with a message when absent). Answers are 5-digit strings from
 FSDD (one speaker's single-digit recordings joined with 0.2 s of silence, 0.3 s of silence
@@ -25,6 +27,15 @@ first): compare runs made with the same two. `--exact` turns the prefilter off (
 answer compared exactly: the reference for its decisions). With the prefilter, the script
 also prints its scores: replays (that the exact check catches) against their original, and
 fresh answers against the whole history.
+
+`--passphrase DIGITS`: a passphrase door instead, where every genuine answer is the same
+phrase by the same few people. Each answer (stored or probe) is those FSDD digits said by
+one speaker, a recording of each (never one used twice: a live person never says a word
+twice the same way), 0.2 s apart; the history is every such answer the recordings make
+(about 20 per speaker and phrase; --stored caps it), in random order, so the stored answers
+all look alike to the prefilter and compete for its MAX_EXACT exact comparisons.
+`--max-exact K` sets replay.MAX_EXACT (the prefilter's exact comparisons per check) for
+the run, to compare the bound with a large value.
 """
 
 from __future__ import annotations
@@ -123,6 +134,34 @@ def answers(n_history: int, n_probes: int, seed: int) -> tuple[list, list]:
             break
         picked = rng.sample(digits, 5)
         probes.append((spk, join([left[(spk, d)].pop() for d in picked])))
+    return history, probes
+
+
+def phrase_answers(phrase: str, n_probes: int, seed: int) -> tuple[list, list]:
+    """(history, probes) for a passphrase door: `phrase` said by every FSDD speaker, each
+    recording used once; the first answers of each speaker in turn are the probes."""
+    rng = random.Random(seed)
+    by: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    for row in manifest("fsdd"):
+        by[(row["speaker"], row["text"])].append(DATA / "fsdd" / row["path"])
+    speakers = sorted({s for s, _ in by})
+    said: dict[str, list[list[Path]]] = {}
+    for spk in speakers:
+        takes = {d: sorted(by[(spk, d)]) for d in sorted(set(phrase))}  # (set order varies)
+        for v in takes.values():
+            rng.shuffle(v)
+        # A digit said twice in the phrase takes two of its recordings.
+        n = min(len(takes[d]) // phrase.count(d) for d in set(phrase))
+        said[spk] = [[takes[d].pop() for d in phrase] for _ in range(n)]
+    probes = []
+    while len(probes) < n_probes and any(said.values()):
+        spk = speakers[len(probes) % len(speakers)]
+        if said[spk]:
+            probes.append((spk, join(said[spk].pop())))
+        else:
+            speakers.remove(spk)
+    history = [(spk, join(paths)) for spk, left in said.items() for paths in left]
+    rng.shuffle(history)
     return history, probes
 
 
@@ -283,14 +322,38 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--window-days", type=float, default=30.0)
     ap.add_argument(
+        "--passphrase",
+        metavar="DIGITS",
+        help="a passphrase door: every answer says these FSDD digits (e.g. 291)",
+    )
+    ap.add_argument(
+        "--max-exact",
+        type=int,
+        help=f"stored answers compared exactly per check at most (default {replay.MAX_EXACT})",
+    )
+    ap.add_argument(
         "--exact",
         action="store_true",
         help="compare every stored answer exactly (no prefilter: the reference)",
     )
     args = ap.parse_args()
-    if min(args.stored) < 0 or args.probes < 1:
-        print("bench_replay.py: --stored must be >= 0 and --probes >= 1", file=sys.stderr)
+    if (
+        min(args.stored) < 0
+        or args.probes < 1
+        or (args.max_exact is not None and args.max_exact < 1)
+    ):
+        print(
+            "bench_replay.py: --stored must be >= 0, --probes and --max-exact >= 1",
+            file=sys.stderr,
+        )
         return 2
+    if args.passphrase is not None and (
+        not args.passphrase.isdigit() or not 1 <= len(args.passphrase) <= 5
+    ):
+        print("bench_replay.py: --passphrase takes 1-5 digits (e.g. 291)", file=sys.stderr)
+        return 2
+    if args.max_exact is not None:
+        replay.MAX_EXACT = args.max_exact
     if (
         not (DATA / "fsdd" / "manifest.csv").exists()
         or not (DATA / "vcc2018_eval" / "manifest.csv").exists()
@@ -308,13 +371,24 @@ def main() -> int:
             return 2
         os.sched_setaffinity(0, {args.cpu})
     t0 = time.perf_counter()
-    history, probes = answers(max(args.stored), args.probes, args.seed)
+    if args.passphrase:
+        history, probes = phrase_answers(args.passphrase, args.probes, args.seed)
+        if len(history) < max(args.stored):
+            print(
+                f"bench_replay.py: the recordings make {len(history)} stored answers of "
+                f"{args.passphrase!r} besides the probes: --stored above it uses them all"
+            )
+        args.stored = sorted({min(n, len(history)) for n in args.stored})
+    else:
+        history, probes = answers(max(args.stored), args.probes, args.seed)
     history_fps = [replay.fingerprint(pcm) for _, pcm in history]
     print(
         f"data: {len(history)} stored answers, {len(probes)} fresh probes "
         f"({sum(1 for s, _ in probes if s.startswith('VCC'))} VCC sentences), "
         f"built in {time.perf_counter() - t0:.1f} s; pinned to core {args.cpu}; "
         + ("prefilter" if has_prefilter and not args.exact else "every stored answer exactly")
+        + (f" (MAX_EXACT {replay.MAX_EXACT})" if has_prefilter and not args.exact else "")
+        + (f"; passphrase door: every answer says {args.passphrase}" if args.passphrase else "")
     )
     if has_prefilter:
         margins(history_fps, probes, args.seed)

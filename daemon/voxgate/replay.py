@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from voxgate.names import fold
-from voxgate.replay_index import COARSE_MIN, FingerprintIndex, popcount
+from voxgate.replay_index import COARSE_MIN, GAP, FingerprintIndex, popcount
 from voxgate.stt.mfcc import MfccSpec, log_mel
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,13 @@ SUB_HOP = (0, 40, 80, 120)  # samples (2.5 ms steps) tried when comparing a new 
 DEFAULT_THRESHOLD = 0.85  # similarity at or above this is a replay (docs/challenge.md)
 SCHEMA_VERSION = 2  # 2: rows carry the matched user's key (user_key); schema 1 files migrate
 MAX_ROWS = 5000  # stored fingerprints kept at most; the oldest go first (docs/challenge.md)
+# Resident memory per frame held (10 ms of answer; the bits and loud flags, kept per row and
+# in the prefilter's flat array) at its peak, when the detector opens the store and builds
+# the flat array: benchmarks/bench_replay_memory.py --open (docs/challenge.md, "Memory").
+BYTES_PER_FRAME = 32
+# challenge.replay_memory_mb: with the speaker model and the speech engine (about 90 MB
+# resident) it fits the unit's MemoryMax=300M on a Pi Zero 2 W.
+DEFAULT_MEMORY_MB = 64
 # A row as inserted: created_at, frames, fp, loud, user_key (None: matched nobody, or old).
 _HeldRow = tuple[float, int, bytes, bytes, bytes | None]
 COARSE_VIEW = SUB_HOP.index(80)  # the sub-hop view the prefilter samples beside view 0
@@ -168,12 +175,18 @@ class ReplayDetector:
         threshold: float = DEFAULT_THRESHOLD,
         *,
         max_rows: int = MAX_ROWS,
+        max_frames: int | None = None,
         exact_only: bool = False,
     ) -> None:
         self.path = Path(path)
         self.window_s = window_s
         self.threshold = threshold
         self.max_rows = max(1, max_rows)
+        # Frames held in memory at most (padding included): the row cap alone let a store
+        # of long answers outgrow the unit's MemoryMax at every start (a restart loop).
+        self.max_frames = max(
+            1, frames_for(DEFAULT_MEMORY_MB) if max_frames is None else max_frames
+        )
         self.exact_only = exact_only
         self.last_examined = 0  # stored answers the last check compared exactly
         self._index = FingerprintIndex()
@@ -204,8 +217,10 @@ class ReplayDetector:
             ) from None
 
     def _load(self) -> None:
+        first = self._first_kept()
         for row_id, created, blob, mask, user in self._db.execute(
-            "SELECT id, created_at, fp, loud, user_key FROM fingerprints ORDER BY id"
+            "SELECT id, created_at, fp, loud, user_key FROM fingerprints WHERE id >= ? ORDER BY id",
+            (first,),
         ):
             try:
                 self._index.add(row_id, created, *_decode(blob, mask), user)
@@ -213,6 +228,39 @@ class ReplayDetector:
                 log.warning(
                     "%s: fingerprint row %s is unreadable, skipped (%s)", self.path, row_id, exc
                 )
+
+    def _first_kept(self) -> int:
+        """The oldest row id that fits both caps, newest first, read without the blobs; the
+        older rows are deleted from the file. A store written under larger caps (or by a
+        version without the memory budget) would otherwise be read whole into memory."""
+        first, frames = 1 << 62, 0  # (none kept, if the newest alone is too big)
+        for rows, (row_id, size) in enumerate(
+            self._db.execute("SELECT id, length(fp) FROM fingerprints ORDER BY id DESC"), 1
+        ):
+            frames += int(size or 0) // 4 + GAP
+            if rows > self.max_rows or frames > self.max_frames:
+                break
+            first = int(row_id)
+        else:
+            return first
+        try:
+            with self._db:
+                gone = self._db.execute("DELETE FROM fingerprints WHERE id < ?", (first,)).rowcount
+        except sqlite3.OperationalError as exc:  # a full disk: they are left out all the same
+            log.warning("%s: cannot delete fingerprints beyond the caps: %s", self.path, exc)
+            gone = -1
+        else:
+            self._scrub()
+        log.warning(
+            "%s: the replay store holds more than the caps allow (%d fingerprints, %.1f MB of "
+            "memory: challenge.replay_max_stored, challenge.replay_memory_mb): the oldest "
+            "were dropped (%s); earlier attempts are no longer checked for replays",
+            self.path,
+            self.max_rows,
+            self.max_frames * BYTES_PER_FRAME / 2**20,
+            gone if gone >= 0 else "left in the file",
+        )
+        return first
 
     def _init_schema(self) -> None:
         cur = self._db.execute("PRAGMA user_version")
@@ -398,17 +446,24 @@ class ReplayDetector:
             log.warning("%s: WAL checkpoint after dropping fingerprints failed: %s", self.path, exc)
 
     def _cap(self) -> None:
-        """Keep at most max_rows fingerprints, dropping the oldest: the check's cost grows
-        with them, and a busy door would otherwise keep every attempt for the whole window."""
+        """Keep at most max_rows fingerprints and max_frames frames, dropping the oldest:
+        the check's cost grows with the rows and memory with the frames, and a busy door
+        would otherwise keep every attempt for the whole window."""
         extra = len(self._index) - self.max_rows
-        if extra <= 0:
+        over = self._index.frames - self.max_frames
+        if extra <= 0 and over <= 0:
             return
         # The oldest in memory, which holds what could not be saved too.
         rows = sorted(
             (self._index.row(i) for i in range(len(self._index))),
             key=lambda r: (r.created, r.row_id < 0, abs(r.row_id)),
         )
-        gone = [r.row_id for r in rows[:extra]]
+        k = max(extra, 0)
+        over -= sum(len(r.padded) for r in rows[:k])
+        while over > 0 and k < len(rows):
+            over -= len(rows[k].padded)
+            k += 1
+        gone = [r.row_id for r in rows[:k]]
         self._index.drop(set(gone))
         for i in gone:
             self._unsaved.pop(i, None)
@@ -426,9 +481,11 @@ class ReplayDetector:
             self._scrub()
         # One warning, then debug lines: at the cap every attempt drops one.
         (log.debug if self._cap_logged else log.warning)(
-            "replay store holds %d fingerprints (the cap): dropped %d oldest; earlier "
-            "attempts are no longer checked for replays%s",
+            "replay store at its cap (%d fingerprints or %.1f MB of memory: "
+            "challenge.replay_max_stored, challenge.replay_memory_mb): dropped %d oldest; "
+            "earlier attempts are no longer checked for replays%s",
             self.max_rows,
+            self.max_frames * BYTES_PER_FRAME / 2**20,
             len(gone),
             "" if self._cap_logged else " (further drops are logged at debug level)",
         )
@@ -459,6 +516,11 @@ class ReplayDetector:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def frames_for(memory_mb: int) -> int:
+    """Frames the replay store may hold in memory within `memory_mb` megabytes."""
+    return max(1, (memory_mb << 20) // BYTES_PER_FRAME)
 
 
 def user_key(salt: bytes, user: str) -> bytes:

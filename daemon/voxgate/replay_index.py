@@ -46,11 +46,12 @@ def _popcount_table(x: np.ndarray) -> np.ndarray:
     )
 
 
-PAIRS_PER_PASS = 1 << 18  # (stored edge, new edge) pairs voted on at once (~16 MB)
+PAIRS_PER_PASS = 1 << 16  # (stored edge, new edge) pairs voted on at once (~12 MB)
 # Loud runs per answer that vote on the lag (its longest; spoken answers have 7-20, replays
 # with clicks or bursts up to 27). Every run voted once: a store of 5000 answers with a
 # run every 80 ms (a ticking background) made one check take 18-22 s, past the watchdog.
 VOTE_RUNS = 16
+SCORE_PAIRS = 4096  # (stored row, lag) pairs the coarse similarity scores at once (~4 MB)
 
 
 def _vote(
@@ -140,6 +141,7 @@ class FingerprintIndex:
     def __init__(self) -> None:
         self._rows: list[_Row] = []
         self._flat: _Flat | None = None
+        self.frames = 0  # frames held, padding included (what the memory budget counts)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -158,6 +160,7 @@ class FingerprintIndex:
         padded_loud = np.concatenate([np.zeros(GAP, bool), loud])
         row = _Row(row_id, created, int(loud.sum()), padded, padded_loud, user)
         self._rows.append(row)
+        self.frames += len(padded)
         if self._flat is not None:
             self._flat.append(row)
 
@@ -177,6 +180,7 @@ class FingerprintIndex:
         # Usually the oldest go, which the flat array drops without a rebuild.
         k = keep.index(True) if any(keep) else len(keep)
         self._rows = [r for r, kept in zip(self._rows, keep, strict=True) if kept]
+        self.frames = sum(len(r.padded) for r in self._rows)
         if self._flat is not None and self._rows and all(keep[k:]):
             self._flat.drop_first(k)
         else:
@@ -219,7 +223,11 @@ class FingerprintIndex:
         pair = np.unique(np.concatenate([at * span + (lag + span // 2) for lag in lags]))
         which, lag = pair // span, pair % span - span // 2
         best = np.zeros(len(sel))
-        np.maximum.at(best, which, flat.similarity(views, sel[which], lag))
+        # A block of (row, lag) pairs at a time: each takes about 1 kB of windows, so all at
+        # once took about 14 kB a stored answer during a check (70 MB for 5000 short ones).
+        for i in range(0, len(pair), SCORE_PAIRS):
+            w, g = which[i : i + SCORE_PAIRS], lag[i : i + SCORE_PAIRS]
+            np.maximum.at(best, w, flat.similarity(views, sel[w], g))
         score[sel] = best
         return score
 

@@ -156,7 +156,17 @@ class ChallengeConfig(Section):
         ge=100,
         le=100_000,
         description="Most attempt fingerprints kept for replay checks; beyond it the "
-        "oldest are dropped (logged). Memory: about 1 kB per second of answer kept.",
+        "oldest are dropped (logged). Each check also takes about 14 kB per kept "
+        "fingerprint for a moment (docs/challenge.md).",
+    )
+    replay_memory_mb: int = Field(
+        64,
+        ge=8,
+        le=4096,
+        description="Memory the replay check's kept fingerprints may take (at their peak, "
+        "when the daemon starts: about 3 kB per second of answer kept); beyond it the "
+        "oldest are dropped (logged), as beyond replay_max_stored. The default fits a Pi "
+        "Zero 2 W's MemoryMax=300M with the models loaded (docs/challenge.md).",
     )
 
     @model_validator(mode="after")

@@ -16,7 +16,9 @@ from voxgate.config import VoxgateConfig
 HOT_SECTIONS = ("logging", "lockout", "challenge", "vad", "service")
 # Fields of hot sections that build_stages reads once (a live mode change denied every
 # attempt: policy asked for liveness that no stage had been built to check).
-COLD_FIELDS = {"challenge": ("mode", "speak", "replay_window_s", "replay_max_stored")}
+COLD_FIELDS = {
+    "challenge": ("mode", "speak", "replay_window_s", "replay_max_stored", "replay_memory_mb")
+}
 
 
 @dataclass(frozen=True)

@@ -261,6 +261,7 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
                 cfg.data_dir / "replay.db",
                 cfg.challenge.replay_window_s,
                 max_rows=cfg.challenge.replay_max_stored,
+                max_frames=replay_mod.frames_for(cfg.challenge.replay_memory_mb),
             )
         except StageUnavailable:
             raise
