@@ -4,6 +4,8 @@ Every clock is injected; the machine's clock is never touched."""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,3 +118,58 @@ def test_ntp_stepping_forward_during_an_attempt_does_not_end_the_lock_it_starts(
     assert lock.locked_until == pytest.approx(clk.wall() + 30)
     st = b.state("alice")
     assert st.locked and st.remaining_s(clk.wall()) == pytest.approx(30)
+
+
+class Machine:
+    """The clocks of a machine that can be suspended: the wall clock and CLOCK_BOOTTIME run
+    through a suspend, CLOCK_MONOTONIC does not."""
+
+    def __init__(self, wall: float) -> None:
+        self.wall, self.mono, self.boot = wall, 500.0, 700.0
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def clock_gettime(self, clk: int) -> float:
+        return self.boot if clk == time.CLOCK_BOOTTIME else self.mono
+
+    def run(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+        self.boot += seconds
+
+    def suspend(self, seconds: float) -> None:
+        self.wall += seconds
+        self.boot += seconds
+
+
+@pytest.mark.skipif(not hasattr(time, "CLOCK_BOOTTIME"), reason="CLOCK_BOOTTIME is Linux's")
+def test_a_suspend_does_not_lengthen_a_running_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    m = Machine(T)
+    monkeypatch.setattr(time, "monotonic", m.monotonic)
+    monkeypatch.setattr(time, "clock_gettime", m.clock_gettime)
+    b = LockoutBook(tmp_path / "lockout.db", LOCKOUT, wall=m.time)  # the daemon's clocks
+    for _ in range(5):
+        b.record("alice", ok=False)
+    m.run(5)
+    m.suspend(20)  # the Jetson sleeps 20 s of the lock's 30
+    with caplog.at_level(logging.WARNING, logger="voxgate.lockout"):
+        st = b.state("alice")
+    # The monotonic clock had not moved while asleep: the wake-up was taken for a step of
+    # +20 s, and the lock moved 20 s later (25 s left instead of 5).
+    assert st.locked and st.remaining_s(m.time()) == pytest.approx(5)
+    assert "stepped" not in caplog.text
+    m.run(5)
+    assert not b.state("alice").locked
+    # A real step is still followed (bob's failures also lock the door: 10 > 8, 120 s).
+    for _ in range(5):
+        b.record("bob", ok=False)
+    m.wall -= HOUR
+    with caplog.at_level(logging.WARNING, logger="voxgate.lockout"):
+        assert b.state("bob").remaining_s(m.time()) == pytest.approx(120)
+    assert "stepped -3600 s" in caplog.text
