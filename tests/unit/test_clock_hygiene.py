@@ -15,6 +15,7 @@ import pytest
 from voxgate.config import VoxgateConfig
 from voxgate.config.service import LockoutConfig
 from voxgate.lockout import LockoutBook
+from voxgate.mqtt.commands import CommandError, CommandGate, make_command
 from voxgate.service.attempt import Attempt, conclude
 from voxgate.service.stages import Stages
 from voxgate.vad import Utterance
@@ -173,3 +174,30 @@ def test_a_suspend_does_not_lengthen_a_running_lock(
     with caplog.at_level(logging.WARNING, logger="voxgate.lockout"):
         assert b.state("bob").remaining_s(m.time()) == pytest.approx(120)
     assert "stepped -3600 s" in caplog.text
+
+
+CKEY = b"command-key-for-tests-0123456789"
+
+
+def _refusal(gate: CommandGate, issued: float, now: float) -> str | None:
+    payload = make_command(CKEY, "front-door", "reload", now=issued)
+    try:
+        gate.check("reload", payload, now)
+    except CommandError as exc:
+        return exc.code
+    return None
+
+
+def test_the_command_gate_start_follows_clock_steps() -> None:
+    boot = [100.0]  # CLOCK_BOOTTIME
+    # Started with the clock an hour ahead; 10 s later NTP has set it right (now: T + 10).
+    gate = CommandGate("front-door", CKEY, started_at=T + HOUR, elapsed=lambda: boot[0])
+    boot[0] += 10
+    assert _refusal(gate, T + 9, T + 10) is None  # was 'replayed', for the next hour
+    assert _refusal(gate, T - 1, T + 10) == "replayed"  # issued before the start
+    # Started with the clock an hour behind, NTP steps it forward: a command signed before
+    # the start (captured, sent again after the restart) is still refused.
+    gate = CommandGate("front-door", CKEY, started_at=T - HOUR, elapsed=lambda: boot[0])
+    boot[0] += 5
+    assert _refusal(gate, T - 2, T + 5) == "replayed"  # was obeyed
+    assert _refusal(gate, T + 4, T + 5) is None
