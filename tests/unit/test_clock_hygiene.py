@@ -201,3 +201,22 @@ def test_the_command_gate_start_follows_clock_steps() -> None:
     boot[0] += 5
     assert _refusal(gate, T - 2, T + 5) == "replayed"  # was obeyed
     assert _refusal(gate, T + 4, T + 5) is None
+
+
+def test_the_unit_starts_after_the_clock_is_set_without_pulling_in_a_wait() -> None:
+    unit = Path(__file__).resolve().parents[2] / "systemd" / "voxgate.service"
+    deps: dict[str, set[str]] = {}
+    section = ""
+    for line in unit.read_text().splitlines():
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif section == "Unit" and "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            deps.setdefault(key, set()).update(value.split())
+    # With systemd-time-wait-sync enabled (the admin's choice), the door waited for nothing
+    # and started with fake-hwclock's time: its decisions were dated hours off.
+    assert "time-sync.target" in deps["After"]
+    # Only the services that sync the clock pull it in: pulled in by a consumer it is
+    # reached at once, whether or not the clock has been synchronized.
+    pulled = set().union(*(deps.get(k, set()) for k in ("Wants", "Requires", "BindsTo")))
+    assert "time-sync.target" not in pulled
