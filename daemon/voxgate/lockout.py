@@ -8,9 +8,11 @@ file so a restart (or a crash loop an attacker provokes) does not clear it.
 End times are wall clock (they must survive a reboot, and MQTT shows them), but a lock lasts
 its period of real time whatever the clock does: a Raspberry Pi has no RTC, boots with
 fake-hwclock's saved time and NTP steps it forward, sometimes by hours, and admins step
-clocks back. Within a process the book compares the wall clock with the monotonic one at
-every call; a jump between them is a step, and every end time moves with it (and is written
-back), so a lock keeps the time it had left. A lock read back from the file at a start never
+clocks back. Within a process the book compares the wall clock with one that is never
+stepped and runs through a suspend (clocks.elapsed: CLOCK_BOOTTIME; the monotonic clock
+stops while a Jetson sleeps, so a wake-up looked like a step) at every call; a jump between
+them is a step, and every end time moves with it (and is written back), so a lock keeps the
+time it had left. A lock read back from the file at a start never
 has more left than its own period (a file written before the clock was set back, or by a
 clock ahead); one written by a clock that was behind, read after the clock was set right
 while the daemon was stopped, ends early (nothing on disk tells that apart from time passed).
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from voxgate.clocks import elapsed
 from voxgate.config.service import LockoutConfig
 from voxgate.names import fold
 from voxgate.policy import LockoutState
@@ -38,7 +41,7 @@ from voxgate.policy import LockoutState
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-# A wall-clock jump relative to the monotonic clock larger than this, between two calls, is a
+# A wall-clock jump relative to clocks.elapsed larger than this, between two calls, is a
 # step (settimeofday, NTP's step); slewing moves the clocks apart by at most 0.5 ms/s.
 STEP_S = 2.0
 DEVICE_KEY = "device"
@@ -75,17 +78,19 @@ class LockoutBook:
         path: Path,
         cfg: LockoutConfig,
         *,
-        wall: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
-        """`wall`, `monotonic`: the clocks the book watches for steps (injected by tests); the
-        `now` the methods take is the wall clock's time of the call."""
+        """`wall`, `monotonic`: the clocks the book watches for steps (injected by tests; by
+        default time.time and clocks.elapsed, which runs through a suspend); the `now` the
+        methods take is the wall clock's time of the call."""
         self.path = Path(path)
         self.cfg = cfg
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
-        self._wall, self._monotonic = wall, monotonic
-        self._offset = wall() - monotonic()
+        self._wall = wall or time.time
+        self._monotonic = monotonic or elapsed
+        self._offset = self._wall() - self._monotonic()
         # Keys changed in memory but not yet in the file (a write failed, or the file could
         # not be opened for writing): saved with the next write that works.
         self._dirty: set[str] = set()

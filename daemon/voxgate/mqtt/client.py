@@ -37,6 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from voxgate import __version__
+from voxgate.clocks import elapsed
 from voxgate.config.mqtt import BrokerConfig, MqttConfig
 from voxgate.config.secrets import read_secret
 from voxgate.decision import Decision, sign
@@ -222,7 +223,9 @@ class MqttLink:
         *,
         decision_key: bytes | None = None,
         command_key: bytes | None = None,
+        command_clock: Callable[[], float] = time.time,
     ) -> None:
+        """`command_clock`: the wall clock commands are checked with (tests step one)."""
         self.cfg = cfg
         self.device_id = device_id
         self.topics = Topics(cfg.topic_prefix, device_id, cfg.discovery_prefix)
@@ -285,12 +288,14 @@ class MqttLink:
         # the next grant (a clear sent just before a drop would otherwise be lost).
         self._clear_user = False
         self._handlers: dict[str, CommandHandler] = {}
+        self._command_clock = command_clock
         self._gate = CommandGate(
             device_id,
             command_key,
-            started_at=time.time(),
+            started_at=command_clock(),
             max_bytes=cfg.command_max_bytes,
             max_skew_s=cfg.command_max_skew_s,
+            elapsed=elapsed,
         )
         self._work: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=16)
         self._worker: threading.Thread | None = None
@@ -680,7 +685,7 @@ class MqttLink:
 
     def _run_command(self, name: str, payload: bytes) -> None:
         try:
-            cmd = self._gate.check(name, payload, time.time())
+            cmd = self._gate.check(name, payload, self._command_clock())
         except CommandError as exc:
             self._count("commands_rejected")
             log.warning("MQTT: command %r rejected: %s", name[:64], exc)

@@ -4,7 +4,10 @@ A command is the same envelope as a decision (decision.seal), signed with the de
 *command key* under the domain "voxgate.command.v1". The broker ACL decides who may publish
 on cmd/#; the signature decides whether the device obeys. A command is accepted once: its
 nonce is remembered until it expires, and a command issued before the daemon started is
-refused, so a restart does not reopen that window either.
+refused, so a restart does not reopen that window either. That start follows clock steps
+(see CommandGate.start_in): a door that booted with its clock ahead refused every command,
+erase-user included, as "replayed" for as long as the clock had been ahead, after NTP set it
+right.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import re
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,11 +82,27 @@ class CommandGate:
 
     device: str
     key: bytes | None
-    started_at: float
+    started_at: float  # wall clock
     max_bytes: int = 4096
     max_skew_s: float = 5.0
+    # A clock that is never stepped (clocks.elapsed), read at the start and at each check:
+    # the start then follows clock steps. None: started_at is taken as it is.
+    elapsed: Callable[[], float] | None = None
     _seen: dict[str, float] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _started_elapsed: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.elapsed is not None:
+            self._started_elapsed = self.elapsed()
+
+    def start_in(self, now: float) -> float:
+        """When this gate started, in the terms of the wall clock that reads `now`: the time
+        passed since, taken back from `now`. A step of the wall clock since the start
+        (NTP setting back a clock that was ahead at boot, an admin) moves it with the clock."""
+        if self.elapsed is None:
+            return self.started_at
+        return now - (self.elapsed() - self._started_elapsed)
 
     def check(self, name: str, payload: bytes, now: float) -> Command:
         if len(payload) > self.max_bytes:
@@ -132,7 +151,7 @@ class CommandGate:
         # this process started is delivered to it, except a copy someone sends again. With
         # the max_skew_s allowance, a command captured and sent again just after a restart
         # (its nonce forgotten) ran a second time.
-        if issued < self.started_at:
+        if issued < self.start_in(now):
             raise CommandError("replayed", "issued before this daemon started")
         with self._lock:
             self._seen = {n: t for n, t in self._seen.items() if t > now}

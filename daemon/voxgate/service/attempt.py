@@ -9,6 +9,7 @@ Publishing, auditing and metrics stay in the loop.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,8 +60,15 @@ class Conclusion:
 
 
 def conclude(
-    a: Attempt, utt: Utterance, stages: Stages, lockout: LockoutBook, cfg: VoxgateConfig, now: float
+    a: Attempt,
+    utt: Utterance,
+    stages: Stages,
+    lockout: LockoutBook,
+    cfg: VoxgateConfig,
+    now: float,
+    clock: Callable[[], float],
 ) -> Conclusion:
+    """`now`: the wall clock when the attempt ended; `clock`: read again for the lockout."""
     speaker: SpeakerLike | None = None
     try:
         emb = a.emb_stream.finish()
@@ -108,17 +116,21 @@ def conclude(
         and a.answer_started_at is not None
         and a.answer_started_at > a.challenge.expires_at
     )
+    # The lockout gets the time of its own call, not `now`: the embedding, the speech check
+    # and the replay check ran since (seconds on a Pi), and the book follows clock steps at
+    # its call. With a step back in between, a running lock looked ended for this attempt;
+    # with a step forward, a lock this attempt started ended at once.
     verdict = decide(
         speaker,
         liveness,
         replay,
-        lockout.state(lock_user, now),
+        lockout.state(lock_user, clock()),
         expired,
         require_liveness=cfg.challenge.mode != "off" and not unchecked,
     )
     record = None
     if verdict.outcome == "granted" or verdict.counts_as_failure:
-        record = lockout.record(lock_user, verdict.outcome == "granted", now)
+        record = lockout.record(lock_user, verdict.outcome == "granted", clock())
     result = AttemptResult(
         device_id=cfg.device_id,
         verdict=verdict,

@@ -777,7 +777,7 @@ class Daemon:
     def _verify(self, a: Attempt, utt: Utterance) -> None:
         assert self.stages is not None and self.lockout is not None
         now = self.clock()
-        done = conclude(a, utt, self.stages, self.lockout, self.cfg, now)
+        done = conclude(a, utt, self.stages, self.lockout, self.cfg, now, self.clock)
         if done.record is not None:
             self._announce_locks(done.record)
         result = done.result
