@@ -104,8 +104,9 @@ def _derive(key: bytes, purpose: bytes) -> bytes:
 class FleetKeys:
     """The site key (encryption, user tags), this door's signing key, the trusted signers."""
 
-    fleet_key: bytes
-    signing_key: bytes | None  # None: this door only receives
+    # repr=False: a traceback or log line that shows the keys object must not show them
+    fleet_key: bytes = dataclasses.field(repr=False)
+    signing_key: bytes | None = dataclasses.field(repr=False)  # None: this door only receives
     signers: dict[str, bytes]  # device_id -> Ed25519 public key
 
     @classmethod

@@ -81,7 +81,7 @@ class CommandGate:
     """Checks incoming commands for one device: signature, shape, freshness, single use."""
 
     device: str
-    key: bytes | None
+    key: bytes | None = field(repr=False)  # a traceback or log line must not show it
     started_at: float  # wall clock
     max_bytes: int = 4096
     max_skew_s: float = 5.0
