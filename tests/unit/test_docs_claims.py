@@ -1,0 +1,182 @@
+"""What README.md and docs/*.md tell a user to type or set exists in the code: config keys,
+config examples, metric names, `voxgate` subcommands and their options. A newcomer copies
+these literally; a renamed key or flag left in the docs fails here, not at the door."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from voxgate.cli import build_parser
+from voxgate.config.mqtt import ActuatorConfig
+from voxgate.config.schema import VoxgateConfig
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# Dotted names in the docs that start like a config key but are something else: files
+# under data_dir, Python attributes and functions.
+NOT_KEYS = {"audit.append", "challenge.words", "mqtt.refusal", "stt.templates.inconsistent_takes"}
+FILE_SUFFIX = re.compile(r"\.(py|md|db|jsonl|json|yaml|yml|lan|key)$")
+
+
+def _lines() -> list[tuple[str, int, str]]:
+    out = []
+    for path in DOCS:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            out.append((path.relative_to(REPO).as_posix(), n, line))
+    return out
+
+
+def _config_keys() -> set[str]:
+    keys: set[str] = set()
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            keys.add(prefix + name)
+            t = field.annotation
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                walk(t, prefix + name + ".")
+            for arg in getattr(t, "__args__", ()):  # Optional[Section]
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    walk(arg, prefix + name + ".")
+
+    walk(VoxgateConfig, "")
+    return keys
+
+
+def test_every_config_key_the_docs_name_exists() -> None:
+    keys = _config_keys()
+    sections = {k for k in keys if "." not in k}
+    dotted = re.compile(r"(?<![\w./$<-])([a-z_]+(?:\.[a-z_0-9]+)+)(?![\w(/-])")
+    wrong = []
+    for where, n, line in _lines():
+        for m in dotted.finditer(line):
+            name = m.group(1)
+            if name.split(".")[0] not in sections or name in NOT_KEYS:
+                continue
+            if FILE_SUFFIX.search(name) or name in keys:
+                continue
+            wrong.append(f"{where}:{n}: {name}")
+    assert not wrong, "config keys the schema does not have:\n" + "\n".join(wrong)
+
+
+def _yaml_blocks() -> list[tuple[str, int, str]]:
+    blocks = []
+    fence = re.compile(r"^( *)```ya?ml\n(.*?)^\1```", re.S | re.M)
+    for path in DOCS:
+        text = path.read_text()
+        for m in fence.finditer(text):
+            body = "\n".join(ln[len(m.group(1)) :] for ln in m.group(2).splitlines())
+            # Placeholders a reader fills in: '<the 64 hex digits ...>', '0378...8428'.
+            body = re.sub(
+                r"<[^<>\n]*hex[^<>\n]*>|\b[0-9a-f]{2,8}\.\.\.[0-9a-f]{2,8}\b", "a" * 64, body
+            )
+            line = text[: m.start()].count("\n") + 1
+            blocks.append((path.relative_to(REPO).as_posix(), line, body))
+    return blocks
+
+
+def test_config_examples_in_the_docs_are_valid() -> None:
+    sections = set(VoxgateConfig.model_fields)
+    checked = 0
+    for where, line, body in _yaml_blocks():
+        try:
+            data = yaml.safe_load(body)
+        except yaml.YAMLError:
+            continue  # a model card template with free-text placeholders
+        if not isinstance(data, dict):
+            continue
+        try:
+            if set(data) <= sections:
+                VoxgateConfig.model_validate(data)
+            elif "devices" in data and "broker" in data:
+                ActuatorConfig.model_validate(data)
+            else:
+                continue
+        except ValueError as exc:
+            pytest.fail(f"{where}:{line}: the example is not a valid config: {exc}")
+        checked += 1
+    assert checked >= 4, "the docs' config examples were not found"
+
+
+def test_every_metric_the_docs_name_is_exported() -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import generate_latest
+
+    from voxgate.service.metrics import Metrics
+
+    m = Metrics()
+    m.decisions.labels(outcome="granted").inc()
+    m.lock_refusals.labels(reason="expired").inc()
+    m.lockouts.labels(scope="user").inc()
+    exported = set(re.findall(r"^# TYPE (\w+)", generate_latest(m.registry).decode(), re.M))
+    exported |= {f"{name}_total" for name in exported}
+    named = set()
+    for _, _, line in _lines():
+        if "metric" in line.lower() or "voxgate_" in line:
+            named |= set(re.findall(r"`(voxgate_[a-z_]+)", line))
+    # HA ids and fleet signer keys share the prefix; metrics are the ones with a suffix
+    # Prometheus uses or that the table lists.
+    metric_like = {n for n in named if not n.startswith(("voxgate_front", "voxgate_fleet"))}
+    metric_like.discard("voxgate_")
+    assert len(metric_like) >= 8
+    missing = sorted(metric_like - exported)
+    assert not missing, f"metrics the docs name that the daemon does not export: {missing}"
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _shown_commands() -> list[tuple[str, int, str]]:
+    """`voxgate ...` in code spans and in shell/console code blocks."""
+    shown = []
+    for path in DOCS:
+        where = path.relative_to(REPO).as_posix()
+        in_block = in_shell = False
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            stripped = line.strip()
+            if stripped.startswith("```"):
+                in_shell = not in_block and stripped[3:] in ("sh", "console", "")
+                in_block = not in_block
+                continue
+            pieces = re.findall(r"`([^`]*)`", line)
+            if in_shell:
+                pieces.append(line.split("#", 1)[0] if "voxgate" in line else "")
+            for piece in pieces:
+                for m in re.finditer(r"(?:^|[|;]\s*|\s)voxgate ([a-z][^|;#]*)", piece):
+                    shown.append((where, n, m.group(1).strip()))
+    return shown
+
+
+def test_every_command_and_option_the_docs_show_exists() -> None:
+    top = _subparsers(build_parser())
+    wrong = []
+    shown = _shown_commands()
+    assert len(shown) >= 40
+    for where, n, text in shown:
+        words = text.split()
+        if words[0] not in top:
+            wrong.append(f"{where}:{n}: no command 'voxgate {words[0]}'")
+            continue
+        parser = top[words[0]]
+        subs = _subparsers(parser)
+        if subs and len(words) > 1 and re.fullmatch(r"[a-z][a-z-]*", words[1]):
+            if words[1] not in subs:
+                wrong.append(f"{where}:{n}: no command 'voxgate {words[0]} {words[1]}'")
+                continue
+            parser = subs[words[1]]
+        options = {s for action in parser._actions for s in action.option_strings}
+        for word in words[1:]:
+            m = re.match(r"(--?[a-zA-Z][\w-]*)", word)
+            if m and m.group(1) not in options:
+                wrong.append(f"{where}:{n}: 'voxgate {text}': no option {m.group(1)}")
+    assert not wrong, "\n".join(wrong)
