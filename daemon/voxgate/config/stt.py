@@ -159,6 +159,12 @@ class ChallengeConfig(Section):
         "oldest are dropped (logged). Memory: about 1 kB per second of answer kept.",
     )
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _bare_off(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `mode: off` (as the docs write it) as false.
+        return "off" if value is False else value
+
     @model_validator(mode="after")
     def _passphrase_needs_phrase(self) -> ChallengeConfig:
         # Else the door starts, reports ready, and aborts every attempt at the challenge.
