@@ -180,3 +180,40 @@ def test_every_command_and_option_the_docs_show_exists() -> None:
             if m and m.group(1) not in options:
                 wrong.append(f"{where}:{n}: 'voxgate {text}': no option {m.group(1)}")
     assert not wrong, "\n".join(wrong)
+
+
+REPO_PATH = re.compile(
+    r"(?<![\w./-])((?:benchmarks|models|tests|scripts|daemon|systemd|ansible|firmware_config|docs)"
+    r"/[\w./-]*[\w/])"
+)
+
+
+def test_every_repository_path_the_docs_name_exists() -> None:
+    wrong, checked = [], 0
+    for where, n, line in _lines():
+        for m in REPO_PATH.finditer(line):
+            path = m.group(1).rstrip(".")
+            checked += 1
+            if not (REPO / path).exists():
+                wrong.append(f"{where}:{n}: {path}")
+    assert checked >= 30
+    assert not wrong, "paths the docs name that are not in the repository:\n" + "\n".join(wrong)
+
+
+def test_every_benchmark_option_the_docs_show_exists() -> None:
+    """`benchmarks/X.py --flag` (and models/ scripts): the script defines the option. Read from
+    its source: importing twenty benchmark scripts would be slow."""
+    shown = re.compile(r"((?:benchmarks|models)/[\w/]+\.py)((?: +(?:--?[\w-]+|[\w./,=-]+))*)")
+    wrong, checked = [], 0
+    for where, n, line in _lines():
+        for m in shown.finditer(line):
+            script = REPO / m.group(1)
+            if not script.exists():
+                continue  # test_every_repository_path_the_docs_name_exists names it
+            source = script.read_text()
+            for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", m.group(2)):
+                checked += 1
+                if f'"{flag}"' not in source and f"'{flag}'" not in source:
+                    wrong.append(f"{where}:{n}: {m.group(1)} has no {flag}")
+    assert checked >= 20
+    assert not wrong, "\n".join(wrong)
