@@ -32,6 +32,31 @@ def _lines() -> list[tuple[str, int, str]]:
     return out
 
 
+def _logical_lines() -> list[tuple[str, int, str]]:
+    """Like _lines, with a command wrapped over several lines joined again: a prose
+    paragraph (an indented code block too) is one line, and in a fenced block a line
+    ending in a backslash continues."""
+    out: list[tuple[str, int, str]] = []
+    for path in DOCS:
+        where = path.relative_to(REPO).as_posix()
+        in_block = False
+        start, parts = 0, list[str]()
+        for n, line in enumerate([*path.read_text().splitlines(), ""], 1):
+            stripped = line.strip()
+            fence = stripped.startswith("```")
+            if not fence and not parts:
+                start = n
+            if not fence and stripped:
+                parts.append(stripped.rstrip("\\").strip())
+            ends = fence or not stripped or (in_block and not stripped.endswith("\\"))
+            if ends and parts:
+                out.append((where, start, " ".join(parts)))
+                parts = []
+            if fence:
+                in_block = not in_block
+    return out
+
+
 def _config_keys() -> set[str]:
     keys: set[str] = set()
 
@@ -205,7 +230,7 @@ def test_every_benchmark_option_the_docs_show_exists() -> None:
     its source: importing twenty benchmark scripts would be slow."""
     shown = re.compile(r"((?:benchmarks|models)/[\w/]+\.py)((?: +(?:--?[\w-]+|[\w./,=-]+))*)")
     wrong, checked = [], 0
-    for where, n, line in _lines():
+    for where, n, line in _logical_lines():
         for m in shown.finditer(line):
             script = REPO / m.group(1)
             if not script.exists():
