@@ -177,9 +177,22 @@ def _shown_commands() -> list[tuple[str, int, str]]:
             if in_shell:
                 pieces.append(line.split("#", 1)[0] if "voxgate" in line else "")
             for piece in pieces:
-                for m in re.finditer(r"(?:^|[|;]\s*|\s)voxgate ([a-z][^|;#]*)", piece):
-                    shown.append((where, n, m.group(1).strip()))
+                shown += [(where, n, c) for c in _voxgate_commands(piece)]
+    # Indented code blocks.
+    for where, n, line in _lines():
+        if line.startswith("    ") and line.lstrip().startswith("voxgate "):
+            shown += [(where, n, c) for c in _voxgate_commands(line.split("#", 1)[0])]
+    # Code spans wrapped over two lines of a paragraph.
+    for where, n, line in _logical_lines():
+        for piece in re.findall(r"`([^`]*)`", line):
+            shown += [(where, n, c) for c in _voxgate_commands(piece)]
     return shown
+
+
+def _voxgate_commands(piece: str) -> list[str]:
+    return [
+        m.group(1).strip() for m in re.finditer(r"(?:^|[|;]\s*|\s)voxgate ([a-z][^|;#]*)", piece)
+    ]
 
 
 def test_every_command_and_option_the_docs_show_exists() -> None:
