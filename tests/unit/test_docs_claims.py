@@ -255,3 +255,62 @@ def test_every_benchmark_option_the_docs_show_exists() -> None:
                     wrong.append(f"{where}:{n}: {m.group(1)} has no {flag}")
     assert checked >= 20
     assert not wrong, "\n".join(wrong)
+
+
+def _table(doc: str, heading: str) -> list[list[str]]:
+    """Rows (cells, stripped) of the first table under `heading` in docs/<doc>."""
+    text = (REPO / "docs" / doc).read_text()
+    after = text[text.index(heading) :]
+    rows, started = [], False
+    for line in after.splitlines()[1:]:
+        if line.startswith("|"):
+            started = True
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not set("".join(cells)) <= set("-: "):
+                rows.append(cells)
+        elif started:
+            break
+    return rows[1:]  # without the header
+
+
+def test_the_topic_table_is_every_topic_the_door_uses() -> None:
+    from voxgate.mqtt.topics import Topics
+
+    t = Topics("<prefix>", "<device>")
+    built = {
+        t.status, t.state, t.challenge, t.decision, t.decision_refused, t.event, t.user,
+        t.lockout, t.command("<name>"), t.command_result("<name>"),
+    }  # fmt: skip
+    documented = {row[0].strip("`") for row in _table("mqtt.md", "## Topic tree")}
+    assert documented == built
+
+
+def test_the_command_table_is_every_command_the_door_takes() -> None:
+    from voxgate.mqtt.topics import COMMANDS
+
+    documented = {row[0].strip("`") for row in _table("mqtt.md", "## Commands")}
+    assert documented == set(COMMANDS)
+
+
+def test_the_state_tables_are_the_loops_states() -> None:
+    from voxgate.mqtt.topics import STATES
+    from voxgate.service.states import State
+
+    documented = {row[0].strip("`") for row in _table("service.md", "## States")}
+    assert documented == {s.value for s in State}
+    state_row = next(r for r in _table("mqtt.md", "## Topic tree") if "/state`" in r[0])
+    assert set(re.findall(r"`(\w+)`", state_row[3])) == set(STATES)
+
+
+def test_the_refusal_reasons_the_docs_list_are_the_locks() -> None:
+    from voxgate.mqtt.refusal import ADVICE
+
+    text = (REPO / "docs" / "mqtt.md").read_text()
+    para = text[text.index("`reason` is the code of the refusal list") :].split("\n\n")[0]
+    assert set(re.findall(r"`([a-z-]+)`", para)) - {
+        "reason",
+        "seq",
+        "outcome",
+        "null",
+        "detail",
+    } == set(ADVICE)
