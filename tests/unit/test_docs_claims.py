@@ -314,3 +314,18 @@ def test_the_refusal_reasons_the_docs_list_are_the_locks() -> None:
         "null",
         "detail",
     } == set(ADVICE)
+
+
+def test_every_test_the_docs_cite_exists() -> None:
+    """The docs back claims with a test's name ('test_x fails on the old code'): it exists."""
+    defined = set()
+    for path in (REPO / "tests").rglob("*.py"):
+        defined |= set(re.findall(r"^\s*def (test_\w+)", path.read_text(), re.M))
+    cited = {
+        (where, n, name)
+        for where, n, line in _lines() + _logical_lines()
+        for name in re.findall(r"\b(test_\w+)\b(?!\.py)", line)
+    }
+    assert len({name for _, _, name in cited}) >= 6
+    missing = sorted(f"{w}:{n}: {name}" for w, n, name in cited if name not in defined)
+    assert not missing, "tests the docs cite that do not exist:\n" + "\n".join(missing)
