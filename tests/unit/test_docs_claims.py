@@ -329,3 +329,62 @@ def test_every_test_the_docs_cite_exists() -> None:
     assert len({name for _, _, name in cited}) >= 6
     missing = sorted(f"{w}:{n}: {name}" for w, n, name in cited if name not in defined)
     assert not missing, "tests the docs cite that do not exist:\n" + "\n".join(missing)
+
+
+def _default(key: str) -> object:
+    value: object = VoxgateConfig()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+SCALE = {"ms": 0.001, "s": 1.0, "days": 86400.0, "dB": 1.0, "": 1.0}
+NUMBER = r"(-?\d[\d,]*(?:\.\d+)?(?:/[\d,]+)?) ?(ms|s|days|dB)?\b"
+
+
+def test_the_defaults_the_docs_give_are_the_schemas() -> None:
+    """'`vad.hangover_ms` (500 ms)', '`speaker.enroll_min_takes`, default 3', '(default
+    1/1000)': the number is the schema's default (units converted)."""
+    keys = _config_keys()
+    forms = [
+        re.compile(r"`([a-z_]+(?:\.[a-z_0-9]+)+)` \((?:default )?" + NUMBER + r"(?=[ ,;)])"),
+        re.compile(r"`([a-z_]+(?:\.[a-z_0-9]+)+)`,? default:? " + NUMBER),
+    ]
+    wrong, checked = [], 0
+    for where, n, line in _logical_lines():
+        for form in forms:
+            for m in form.finditer(line):
+                key, text, unit = m.group(1), m.group(2), m.group(3) or ""
+                default = _default(key) if key in keys else None
+                if not isinstance(default, (int, float)) or isinstance(default, bool):
+                    continue
+                num, _, den = text.replace(",", "").partition("/")
+                said = float(num) / (float(den) if den else 1.0)
+                own = key.rsplit("_", 1)[-1] if key.endswith(("_ms", "_s")) else ""
+                if unit and own:
+                    said = said * SCALE[unit] / SCALE[own]
+                checked += 1
+                if abs(said - float(default)) > 1e-9 * max(1.0, abs(float(default))):
+                    wrong.append(f"{where}:{n}: {key} is {default}, the docs say {m.group(0)}")
+    assert checked >= 20
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_stt_settings_table_gives_the_schemas_defaults() -> None:
+    rows = _table("challenge.md", "## Settings (`stt:`)")
+    assert len(rows) >= 8
+    for row in rows:
+        keys = re.findall(r"`(\w+)`", row[0])
+        said = [s.strip() for s in row[1].replace("\u2212", "-").split("/")]
+        if said == ["\u2013"]:  # no default ("–")
+            assert all(_default(f"stt.{k}") is None for k in keys), row
+            continue
+        assert len(said) == len(keys), row
+        for key, text in zip(keys, said, strict=True):
+            default = _default(f"stt.{key}")
+            if isinstance(default, bool):
+                assert text == str(default).lower(), (key, text)
+            elif isinstance(default, (int, float)):
+                assert float(text) == float(default), (key, text)
+            else:
+                assert text == default, (key, text)
