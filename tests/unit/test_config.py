@@ -178,3 +178,15 @@ def test_a_scalar_yaml_cannot_build_names_its_line() -> None:
     assert msg.startswith("line 3: not valid YAML:") and "month" in msg, msg
     (msg,) = problems("api:\n  port: " + "1" * 5000 + "\n")
     assert msg.startswith("line 2: not valid YAML:"), msg
+
+
+def test_challenge_mode_off_written_as_the_docs_show_it_is_off() -> None:
+    """README and docs/service.md say `challenge.mode: off`. YAML 1.1 reads a bare `off` as
+    false, and the config was refused with "Input should be 'digits', 'passphrase' or 'off'
+    (got False)", which reads as nonsense to whoever wrote exactly `off`."""
+    assert parse_config("challenge:\n  mode: off\n").challenge.mode == "off"
+    assert parse_config("challenge: {mode: off}\n").challenge.mode == "off"
+    assert parse_config("challenge:\n  mode: 'off'\n").challenge.mode == "off"
+    # A true value is still not a mode.
+    (msg,) = problems("challenge:\n  mode: on\n")
+    assert msg.startswith("line 2: challenge.mode:")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,23 @@ def test_a_command_issued_before_the_start_is_refused_without_a_clock_allowance(
     assert _code(gate, "reload", before, now=NOW + 1) == "replayed"
     after = make_command(KEY, "front-door", "reload", now=NOW + 0.5)
     assert gate.check("reload", after, NOW + 1).name == "reload"
+
+
+def test_a_password_file_without_a_user_name_is_named_in_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/mqtt.md: a named password_file that is missing stops the start. Without
+    mqtt.username the file was never read (the password goes to the broker only with a user
+    name): a missing, empty or right file gave the same anonymous connection and not a word.
+    Not refused, so an upgrade does not stop a door that connects anonymously."""
+    monkeypatch.delenv("VOXGATE_MQTT_PASSWORD", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    cfg = MqttConfig.model_validate({"password_file": str(tmp_path / "nope")})
+    with caplog.at_level(logging.WARNING, logger="voxgate.mqtt.client"):
+        MqttLink(cfg, "front-door", decision_key=b"k", command_key=b"c")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("password_file" in w and "username" in w for w in warned), warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="voxgate.mqtt.client"):
+        MqttLink(cfg.model_copy(update={"password_file": None}), "front-door", decision_key=b"k")
+    assert not [r for r in caplog.records if "password_file" in r.getMessage()]

@@ -282,7 +282,9 @@ def create_app(
 
     @app.get(f"{PREFIX}/decisions")
     def decisions() -> Response | tuple[Response, int]:
-        limit = _query_int("limit", 50, 1, cfg.api.decisions_limit)
+        # The default too stays within the configured bound (it may be set under 50).
+        bound = cfg.api.decisions_limit
+        limit = _query_int("limit", min(50, bound), 1, bound)
         wanted = request.args.get("event", DEFAULT_EVENTS)
         events = None if wanted == "*" else {e for e in wanted.split(",") if e}
         try:

@@ -169,6 +169,12 @@ class ChallengeConfig(Section):
         "Zero 2 W's MemoryMax=300M with the models loaded (docs/challenge.md).",
     )
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _bare_off(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `mode: off` (as the docs write it) as false.
+        return "off" if value is False else value
+
     @model_validator(mode="after")
     def _passphrase_needs_phrase(self) -> ChallengeConfig:
         # Else the door starts, reports ready, and aborts every attempt at the challenge.

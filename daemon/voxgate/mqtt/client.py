@@ -139,6 +139,16 @@ def build_client(
         named = cfg.password_file is not None
         password = read_secret("mqtt-password", cfg.password_file, required=named)
         client.username_pw_set(cfg.username, password.decode() if password else None)
+    elif cfg.password_file is not None:
+        # Not refused (a door connecting anonymously keeps working after an upgrade), but
+        # said: the file is not even read, so a typo in it went unnoticed.
+        log.warning(
+            "%s.password_file %s is set but %s.username is not: no password is sent (the "
+            "broker sees an anonymous client); set the user name",
+            section,
+            cfg.password_file,
+            section,
+        )
     if cfg.tls is not None:
         tls = cfg.tls
         for name, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file)):
