@@ -123,13 +123,15 @@ class ConnectionLimit:
             # One line a minute at most: each refusal costs the sender only a connection.
             if now - self._refusal_logged >= REFUSAL_LOG_EVERY_S:
                 log.warning(
-                    "%s is full (%d connections at most, %d per address); refused %d "
-                    "connection(s) since the last such line, the latest from %s",
+                    "%s refused %d connection(s) since the last such line, the latest from "
+                    "%s (limits: %d connections at once, %d per address, %d for clients "
+                    "other than loopback)",
                     self,
-                    self.max_connections,
-                    self.per_address,
                     self._refused,
                     host,
+                    self.max_connections,
+                    self.per_address,
+                    self.max_connections - self.loopback_reserved,
                 )
                 self._refused, self._refusal_logged = 0, now
             try:

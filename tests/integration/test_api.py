@@ -700,15 +700,19 @@ def _small_api(api: dict, tmp_path: Path, host: str = "127.0.0.1", **timeouts: f
     return server
 
 
-def test_idle_sockets_from_one_address_do_not_keep_the_admin_out(api: dict, tmp_path: Path) -> None:
+def test_idle_sockets_from_one_address_do_not_keep_the_admin_out(
+    api: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Eight idle sockets, no token needed, renewed before the silence timeout, took every
     slot: the administrator's own requests got 503 busy for as long as they were kept up."""
     import time
 
     server = _small_api(api, tmp_path)
-    idle = _idle_from("127.0.0.2", server.port, 8)
-    try:
+    with caplog.at_level(logging.WARNING, logger="voxgate.httplimits"):
+        idle = _idle_from("127.0.0.2", server.port, 8)
         time.sleep(0.3)
+    try:
+        assert any("the latest from 127.0.0.2" in r.getMessage() for r in caplog.records)
         # One address holds only its share; the rest are told so and closed.
         told = [_reply(s) for s in idle]
         assert sum(r.startswith(b"HTTP/1.1 503") for r in told) == 5, told
