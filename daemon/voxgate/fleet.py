@@ -573,6 +573,7 @@ class FleetSync:
             "refused_by_broker": 0,
             "store_failed": 0,
             "restored": 0,
+            "erase_unverified": 0,
         }
         self._client: Any = None
         # Its own MQTT session, apart from the daemon's MqttLink (whose id it must not reuse).
@@ -878,12 +879,17 @@ class FleetSync:
             return "store_failed"
         return outcome
 
-    def _done(self, outcome: str, upd: Update) -> str:
+    def _done(self, outcome: str, upd: Update, **extra: Any) -> str:
         """Audit a change `_apply` made (or refused to make); returns the outcome."""
         # A tombstone for a user this door did not hold has no name to record.
         who = {"user": upd.name} if upd.name is not None else {"user_tag": upd.tag}
         self._audit(
-            "fleet_" + outcome, **who, version=upd.version, signer=upd.signer, group=upd.group
+            "fleet_" + outcome,
+            **who,
+            version=upd.version,
+            signer=upd.signer,
+            group=upd.group,
+            **extra,
         )
         return outcome
 
@@ -934,47 +940,74 @@ class FleetSync:
         except Exception:
             log.exception("fleet sync: could not write audit event %s", event)
 
-    def _name_for(self, upd: Update) -> Update:
-        """A tombstone with the name of the user it is about, when this door holds them.
+    def _name_for(self, upd: Update) -> tuple[Update, int]:
+        """A tombstone with the name of the user it is about, when this door holds them, and
+        how many voiceprint rows could not be read to check (0 when the name was found).
 
         Tombstones carry only the user tag; the name is found among this door's voiceprints
         (the store keys rows by name, under its own key). StoreError when the store cannot be
         read: then nothing is recorded and the retained tombstone is applied on a later connect.
         """
         if upd.name is not None:
-            return upd
+            return upd, 0
         prints, damaged = self.store.readable()
         for vp in prints:
             if self.codec.user_tag(vp.name) == upd.tag:
-                return dataclasses.replace(upd, name=vp.name)
-        if damaged:
+                return dataclasses.replace(upd, name=vp.name), 0
+        if damaged and upd.kind != "erase":  # an erase says more (_erase_unverified)
             log.warning(
                 "fleet sync: %d unreadable voiceprint(s) not checked against the %s of user tag %s",
                 damaged,
                 upd.kind,
                 upd.tag,
             )
-        return upd
+        return upd, damaged
+
+    def _erase_unverified(self, upd: Update, damaged: int) -> str:
+        """An erase for a user this door could not find while some rows cannot be read: one
+        of them may be that user's. The erase is recorded (older voiceprints stay ignored)
+        with `held` set, meaning "this door may still hold them", so the retained tombstone is
+        applied again at each connect until no unreadable row is left."""
+        self.state.set_user(upd.tag, upd.order, "erase", held=True)
+        self.state.set_grant(upd.tag, upd.group, upd.order, "erase")
+        log.error(
+            "fleet sync: erase of user tag %s (version %d, by %s) may be incomplete: %d "
+            "voiceprint row(s) here cannot be read and may be that user's (`voxgate users "
+            "list` counts them); erase or re-enroll them by name (`voxgate users erase NAME`), "
+            "the erase is tried again at each connect",
+            upd.tag,
+            upd.version,
+            upd.signer,
+            damaged,
+        )
+        self.stats["erase_unverified"] += 1
+        return self._done("erase_unverified", upd, unreadable=damaged)
 
     def _apply(self, upd: Update) -> str:
         row = self.state.user(upd.tag)
         known: Order | None = (row[0], row[3]) if row else None
         held = bool(row and row[2])
-        if row and known and row[1] == "erase" and not newer(upd.order, known):
+        # An erase recorded while unreadable rows might have held the user: its retained
+        # copy is applied again (see _erase_unverified).
+        retry = bool(row and row[1] == "erase" and held and upd.kind == "erase")
+        retry = retry and upd.order == known
+        if row and known and row[1] == "erase" and not newer(upd.order, known) and not retry:
             return self._ignored(upd, known)  # erased later than this message was made
         grant_row = self.state.grant(upd.tag, upd.group)
         if grant_row is not None:
             grant = (grant_row[0], grant_row[2])
             # A grant dropped by config takes its own version again (older ones stay ignored).
             redo = grant_row[1] == "dropped" and not newer(grant, upd.order)
-            if not newer(upd.order, grant) and not redo:
+            if not newer(upd.order, grant) and not redo and not retry:
                 return self._ignored(upd, grant)
         if upd.kind == "erase":
-            if known is not None and not newer(upd.order, known):
+            if known is not None and not newer(upd.order, known) and not retry:
                 # Older than what this door has, e.g. the erase still retained on another
                 # group's topic after the user was enrolled again: the newer change stands.
                 return self._ignored(upd, known)
-            upd = self._name_for(upd)
+            upd, unreadable = self._name_for(upd)
+            if upd.name is None and unreadable:
+                return self._erase_unverified(upd, unreadable)
             erased = False
             if upd.name is not None:  # else: not held here; the version is what matters
                 erased = self.store.erase(upd.name)
@@ -997,7 +1030,7 @@ class FleetSync:
                 return "revoked_group"  # another of this door's groups still lets them in
             # State is written after the store changed, so a failure here means the retained
             # message is applied again on the next connect rather than skipped.
-            upd = self._name_for(upd)
+            upd, _ = self._name_for(upd)
             if upd.name is not None:
                 self.store.erase(upd.name)
                 self._erased(upd.name)

@@ -5,13 +5,24 @@ wait for the request line without a timeout: a connection that never sends a byt
 token or anything else is asked before the request) held a thread for ever. The daemon
 hosts these servers and its unit allows 64 tasks in all, so a few dozen idle sockets left it
 unable to start a thread or a program (the phoneme decoder's background thread, espeak-ng).
+
+A bound on the threads alone moved the problem: eight idle sockets from anyone, renewed
+before the silence timeout, kept the administrator out (503 busy). So the request line and
+headers have a short deadline of their own (a connection cannot hold a slot long without
+sending a request), one client address holds only a share of the slots, and the last slots
+are kept for loopback clients (the administrator on the device itself). Someone logged in on
+the device can still use many loopback addresses (127.0.0.2, ...): these limits keep out the
+network, not local users.
 """
 
 from __future__ import annotations
 
+import io
+import ipaddress
 import json
 import logging
 import math
+import socket
 import sys
 import threading
 import time
@@ -21,10 +32,25 @@ log = logging.getLogger(__name__)
 
 # Connections served at once, per server; a scraper or one admin needs one or two.
 MAX_CONNECTIONS = 8
-# How long a connection may stay silent (before its request, within an upload, between
-# keep-alive requests) before it is closed.
+# Connections one client address may hold at once, and slots only loopback clients may take.
+PER_ADDRESS_CONNECTIONS = 3
+LOOPBACK_RESERVED = 2
+# Time from the connection (or the end of the previous request) to the end of the headers;
+# a deadline, not a silence timeout: sending a byte now and then does not extend it.
+HEADER_TIMEOUT_S = 5.0
+# How long a connection may stay silent once its headers are in (within an upload).
 REQUEST_TIMEOUT_S = 15.0
 REFUSAL_LOG_EVERY_S = 60.0
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (::ffff:127.0.0.1)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool((mapped or ip).is_loopback)
 
 
 def busy_reply(message: str) -> bytes:
@@ -39,36 +65,78 @@ def busy_reply(message: str) -> bytes:
 
 class ConnectionLimit:
     """Mixin, placed before a ThreadingMixIn server class: at most `max_connections`
-    connections have a thread; one more gets `busy` and is closed at once."""
+    connections have a thread, at most `per_address` of them from one client address, and
+    clients that are not loopback together at most `max_connections - loopback_reserved`.
+    One more gets `busy` and is closed at once."""
 
     max_connections = MAX_CONNECTIONS
+    per_address = PER_ADDRESS_CONNECTIONS
+    loopback_reserved = LOOPBACK_RESERVED
     # The kernel's accept queue (socketserver's default is 5): connections past it wait in
     # SYN retries for seconds instead of being answered busy at once.
     request_queue_size = 128
     busy = busy_reply("too many open connections")
-    _slots: threading.BoundedSemaphore | None = None
+    busy_address = busy_reply("too many open connections from this address")
+    _lock: threading.Lock | None = None
+    _open: dict[str, int] | None = None
+    _remote = 0
     _refused = 0
     _refusal_logged = -math.inf
 
+    def _take(self, host: str) -> bytes | None:
+        """Take a slot for a connection from `host`; the reply to send when there is none."""
+        if self._lock is None or self._open is None:
+            # Only the serving thread calls this first, so the lazy creation does not race.
+            self._lock, self._open = threading.Lock(), {}
+        with self._lock:
+            total = sum(self._open.values())
+            mine = self._open.get(host, 0)
+            local = is_loopback(host)
+            if total >= self.max_connections:
+                return self.busy
+            if mine >= self.per_address:
+                return self.busy_address
+            if not local and self._remote >= self.max_connections - self.loopback_reserved:
+                return self.busy
+            self._open[host] = mine + 1
+            if not local:
+                self._remote += 1
+            return None
+
+    def _give_back(self, host: str) -> None:
+        assert self._lock is not None and self._open is not None
+        with self._lock:
+            left = self._open.get(host, 0) - 1
+            if left > 0:
+                self._open[host] = left
+            else:
+                self._open.pop(host, None)
+            if not is_loopback(host):
+                self._remote -= 1
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        # Only the serving thread calls this, so the lazy creation does not race.
-        if self._slots is None:
-            self._slots = threading.BoundedSemaphore(self.max_connections)
-        if not self._slots.acquire(blocking=False):
+        host = str(client_address[0]) if client_address else ""
+        reply = self._take(host)
+        if reply is not None:
             self._refused += 1
             now = time.monotonic()
             # One line a minute at most: each refusal costs the sender only a connection.
             if now - self._refusal_logged >= REFUSAL_LOG_EVERY_S:
                 log.warning(
-                    "%d connections open to %s; refused %d more since the last such line",
-                    self.max_connections,
+                    "%s refused %d connection(s) since the last such line, the latest from "
+                    "%s (limits: %d connections at once, %d per address, %d for clients "
+                    "other than loopback)",
                     self,
                     self._refused,
+                    host,
+                    self.max_connections,
+                    self.per_address,
+                    self.max_connections - self.loopback_reserved,
                 )
                 self._refused, self._refusal_logged = 0, now
             try:
                 request.settimeout(1.0)
-                request.sendall(self.busy)
+                request.sendall(reply)
             except OSError:
                 pass
             self.shutdown_request(request)  # type: ignore[attr-defined]
@@ -76,15 +144,14 @@ class ConnectionLimit:
         try:
             super().process_request(request, client_address)  # type: ignore[misc]
         except BaseException:
-            self._slots.release()
+            self._give_back(host)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)  # type: ignore[misc]
         finally:
-            assert self._slots is not None
-            self._slots.release()
+            self._give_back(str(client_address[0]) if client_address else "")
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went silent (the timeout) or away is no error worth a traceback.
@@ -96,3 +163,58 @@ class ConnectionLimit:
     def __str__(self) -> str:
         address = getattr(self, "server_address", ("?", 0))
         return f"the HTTP server on {address[0]}:{address[1]}"
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads, each given what is left of the header deadline (while one
+    is set) or the silence timeout: a per-read timeout alone is renewed by every byte."""
+
+    def __init__(self, sock: socket.socket, silence_s: float) -> None:
+        self._sock = sock
+        self._silence = silence_s
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is None:
+            self._sock.settimeout(self._silence)
+        else:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request line and headers not complete in time")
+            self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
+class HeaderDeadline:
+    """Mixin, placed before a BaseHTTPRequestHandler class: the request line and headers
+    must be complete within `header_timeout` of the connection (or of the end of the
+    previous request); after that, `timeout` is the silence allowed (the body)."""
+
+    header_timeout = HEADER_TIMEOUT_S
+    _reader: _DeadlineReader
+
+    def setup(self) -> None:
+        super().setup()  # type: ignore[misc]
+        connection: socket.socket = self.connection  # type: ignore[attr-defined]
+        silence = getattr(self, "timeout", None) or REQUEST_TIMEOUT_S
+        self._reader = _DeadlineReader(connection, silence)
+        self._reader.deadline = time.monotonic() + self.header_timeout
+        # The handler reads the request through this (StreamRequestHandler set a plain file).
+        setattr(self, "rfile", io.BufferedReader(self._reader))  # noqa: B010
+
+    def handle_one_request(self) -> None:
+        # Keep-alive: the next request has its own deadline (the first one's is set above).
+        if self._reader.deadline is None:
+            self._reader.deadline = time.monotonic() + self.header_timeout
+        super().handle_one_request()  # type: ignore[misc]
+
+    def parse_request(self) -> bool:
+        try:
+            return bool(super().parse_request())  # type: ignore[misc]
+        finally:
+            self._reader.deadline = None
+            # The reply is written with the socket's timeout: not what was left of the deadline.
+            self.connection.settimeout(getattr(self, "timeout", None))  # type: ignore[attr-defined]

@@ -36,6 +36,10 @@ LOUD_DB = 30.0  # frames this far below the loudest are pauses
 SUB_HOP = (0, 40, 80, 120)  # samples (2.5 ms steps) tried when comparing a new answer
 DEFAULT_THRESHOLD = 0.85  # similarity at or above this is a replay (docs/challenge.md)
 SCHEMA_VERSION = 2  # 2: rows carry the matched user's key (user_key); schema 1 files migrate
+# What the file's PRAGMA user_version says for schema 2 too. Schema 2 only adds a column and
+# a table, which the previous release (schema 1) does not read: it refused a file marked 2,
+# so rolling the package back one release stopped the door.
+FILE_VERSION = 1
 MAX_ROWS = 5000  # stored fingerprints kept at most; the oldest go first (docs/challenge.md)
 # Resident memory per frame held (10 ms of answer; the bits and loud flags, kept per row and
 # in the prefilter's flat array) at its peak, when the detector opens the store and builds
@@ -265,9 +269,11 @@ class ReplayDetector:
     def _init_schema(self) -> None:
         cur = self._db.execute("PRAGMA user_version")
         version = cur.fetchone()[0]
-        if version not in (0, 1, SCHEMA_VERSION):
+        # 2: marked so by this release's development builds; the same layout as 1 + user_key.
+        if version not in (0, 1, 2):
             raise ReplayStoreError(f"{self.path}: schema version {version} is not supported")
-        if version != SCHEMA_VERSION:
+        keyed = _has_user_key(self._db)
+        if version != FILE_VERSION or not keyed:
             # One transaction: a failed migration leaves the file as it was.
             self._db.execute("BEGIN")
             try:
@@ -280,19 +286,24 @@ class ReplayDetector:
                     self._db.execute(
                         "CREATE INDEX IF NOT EXISTS fp_time ON fingerprints(created_at)"
                     )
-                # Schema 2: whose matched voice each row came from (NULL: written before).
-                self._db.execute("ALTER TABLE fingerprints ADD COLUMN user_key BLOB")
-                self._db.execute("CREATE INDEX fp_user ON fingerprints(user_key)")
-                self._db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
-                self._db.execute(
-                    "INSERT INTO meta (name, value) VALUES ('user_salt', ?)", (os.urandom(16),)
-                )
-                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                if not keyed:
+                    # Schema 2: whose matched voice each row came from (NULL: written before,
+                    # or by the previous release after a rollback).
+                    self._db.execute("ALTER TABLE fingerprints ADD COLUMN user_key BLOB")
+                    self._db.execute("CREATE INDEX fp_user ON fingerprints(user_key)")
+                    self._db.execute(
+                        "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)"
+                    )
+                    self._db.execute(
+                        "INSERT INTO meta (name, value) VALUES ('user_salt', ?)",
+                        (os.urandom(16),),
+                    )
+                self._db.execute(f"PRAGMA user_version={FILE_VERSION}")
                 self._db.commit()
             except BaseException:
                 self._db.rollback()
                 raise
-            if version == 1:
+            if version == 1 and not keyed:
                 log.info(
                     "%s: replay store upgraded to schema %d; fingerprints stored before name "
                     "no user (erasing a user cannot drop those: they leave with the window)",
@@ -550,7 +561,7 @@ def forget_user_in_file(path: Path, user: str) -> int:
         log.error("cannot open the replay store %s: %s", path, exc)
         return 0
     try:
-        if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+        if not _has_user_key(db):
             return 0
         db.execute("PRAGMA secure_delete=ON")
         tag = user_key(_salt(db), user)
@@ -563,6 +574,12 @@ def forget_user_in_file(path: Path, user: str) -> int:
         return 0
     finally:
         db.close()
+
+
+def _has_user_key(db: sqlite3.Connection) -> bool:
+    """Schema 2 (whatever user_version says): the rows have user_key and the salt is kept."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(fingerprints)")}
+    return "user_key" in columns
 
 
 def _decode(blob: bytes, mask: bytes) -> Fingerprint:

@@ -624,7 +624,9 @@ def test_idle_connections_without_a_token_cannot_exhaust_the_daemons_threads(
 
     cfg = parse_config(f"device_id: door-test\ndata_dir: {tmp_path}\n")
     app = create_app(cfg, UserAdmin(api["store"], cfg.speaker, cfg.vad, lambda: None), b"t" * 20)
-    server = ApiServer(app, "127.0.0.1", 0, poll_interval=0.05, request_timeout_s=1.0)
+    server = ApiServer(
+        app, "127.0.0.1", 0, poll_interval=0.05, request_timeout_s=1.0, header_timeout_s=1.0
+    )
     server.start()
     before = threading.active_count()
     idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
@@ -675,3 +677,126 @@ def test_a_request_without_a_token_cannot_write_long_lines_or_escapes_into_the_l
     assert not any("\x1b" in line for line in lines), lines
     assert any("60001 characters" in line for line in lines), lines  # the length is told
     assert any("\\x1b[2J" in line for line in lines), lines  # shown escaped
+
+
+def _idle_from(source: str, port: int, count: int) -> list[Any]:
+    """`count` TCP connections to the API from the local address `source`, sending nothing."""
+    import socket
+
+    socks = []
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        socks.append(s)
+    return socks
+
+
+def _small_api(api: dict, tmp_path: Path, host: str = "127.0.0.1", **timeouts: float) -> Any:
+    cfg = parse_config(f"device_id: door-test\ndata_dir: {tmp_path}\n")
+    app = create_app(cfg, UserAdmin(api["store"], cfg.speaker, cfg.vad, lambda: None), b"t" * 20)
+    server = ApiServer(app, host, 0, poll_interval=0.05, **timeouts)
+    server.start()
+    return server
+
+
+def test_idle_sockets_from_one_address_do_not_keep_the_admin_out(
+    api: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Eight idle sockets, no token needed, renewed before the silence timeout, took every
+    slot: the administrator's own requests got 503 busy for as long as they were kept up."""
+    import time
+
+    server = _small_api(api, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="voxgate.httplimits"):
+        idle = _idle_from("127.0.0.2", server.port, 8)
+        time.sleep(0.3)
+    try:
+        assert any("the latest from 127.0.0.2" in r.getMessage() for r in caplog.records)
+        # One address holds only its share; the rest are told so and closed.
+        told = [_reply(s) for s in idle]
+        assert sum(r.startswith(b"HTTP/1.1 503") for r in told) == 5, told
+        assert any(b"from this address" in r for r in told)
+        status, body, _ = Client(server.port, "t" * 20).request("GET", "/api/v1/health")
+        assert status == 200, body
+    finally:
+        for s in idle:
+            s.close()
+        server.stop()
+
+
+def test_a_connection_dripping_its_headers_is_closed_at_the_header_deadline(
+    api: dict, tmp_path: Path
+) -> None:
+    """A byte now and then renewed the silence timeout for ever: a slot held without a
+    request. The request line and headers now have a deadline of their own."""
+    import time
+
+    server = _small_api(api, tmp_path, request_timeout_s=10.0, header_timeout_s=0.6)
+    drip = _idle_from("127.0.0.3", server.port, 1)[0]
+    drip.settimeout(0.1)
+    started = time.monotonic()
+    closed_after = None
+    try:
+        for byte in b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40:
+            try:
+                drip.sendall(bytes([byte]))  # one byte each 0.1 s: never 0.6 s of silence
+                if drip.recv(1) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+        assert closed_after is not None and closed_after < 1.5, closed_after
+        # The headers in time, then the body: the silence timeout applies, not the deadline.
+        c = Client(server.port, "t" * 20)
+        status, body, _ = c.request("GET", "/api/v1/health")
+        assert status == 200, body
+    finally:
+        drip.close()
+        server.stop()
+
+
+def _network_address() -> str | None:
+    """An address of this machine that is not loopback (None: it has none)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+def test_connections_from_the_network_leave_slots_for_the_administrator_on_loopback(
+    api: dict, tmp_path: Path
+) -> None:
+    """Clients that are not loopback together hold at most 6 of the 8 slots."""
+    import socket
+    import time
+
+    address = _network_address()
+    if address is None:
+        pytest.skip("this machine has no address besides loopback")
+    server = _small_api(api, tmp_path, host="0.0.0.0")
+    server._server.per_address = 8  # this machine has one such address: lift its share
+    idle = []
+    try:
+        idle = [socket.create_connection((address, server.port)) for _ in range(8)]
+        time.sleep(0.3)
+        told = [_reply(s) for s in idle]
+        assert sum(r.startswith(b"HTTP/1.1 503") for r in told) == 2, told
+        # Two at once from loopback still get in (one idle, one request).
+        idle += _idle_from("127.0.0.1", server.port, 1)
+        time.sleep(0.1)
+        assert _reply(idle[-1]) == b""
+        status, body, _ = Client(server.port, "t" * 20).request("GET", "/api/v1/health")
+        assert status == 200, body
+    finally:
+        for s in idle:
+            s.close()
+        server.stop()

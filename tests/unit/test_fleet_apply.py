@@ -360,3 +360,50 @@ def test_an_agent_outside_the_daemon_forgets_the_rest_of_a_user_the_fleet_erased
     assert door.handle(*_vp("lobby", "alice", 3)) == "stored"
     assert door.handle(*_tomb("erase", "lobby", "alice", 4)) == "erased"
     assert b"alice" not in (tmp_path / "lockout.db").read_bytes()
+
+
+def test_an_erase_a_damaged_row_may_hide_is_not_recorded_as_done(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tombstone finds the row by the user tag, computed from the decrypted name: bob's
+    unreadable row was never erased, yet the erase was recorded as applied (erased_absent)
+    and its retained copy ignored from then on, so bob stayed in the file for good."""
+    import logging
+
+    door = _door(tmp_path, ["lobby"], {"lobby": ["*"]})
+    audit: list[tuple[str, dict]] = []
+    door.audit_event = lambda event, **f: audit.append((event, f))
+    assert door.handle(*_vp("lobby", "alice", 3)) == "stored"
+    assert door.handle(*_vp("lobby", "bob", 3)) == "stored"
+    damage_row(door.store, "bob")
+    tomb = _tomb("erase", "lobby", "bob", 4)
+    with caplog.at_level(logging.WARNING, logger="voxgate.fleet"):
+        assert door.handle(*tomb) == "erase_unverified"
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "may be incomplete: 1 voiceprint row(s)" in errors[0], errors
+    assert SENDER.user_tag("bob") in errors[0]
+    event, fields = audit[-1]
+    assert event == "fleet_erase_unverified" and fields["unreadable"] == 1
+    assert fields["user_tag"] == SENDER.user_tag("bob") and fields["version"] == 4
+    # The retained copy, at the next connect: tried again, not skipped as already applied.
+    assert door.handle(*tomb) == "erase_unverified"
+    # The erase still counts against older messages: no older voiceprint comes back.
+    assert door.handle(*_vp("lobby", "bob", 3)) == "ignored_old"
+    # The row repaired (here: the same byte flipped back): the next try erases bob.
+    damage_row(door.store, "bob")
+    assert door.handle(*tomb) == "erased"
+    assert [u.name for u in door.store.users()] == ["alice"]
+    assert door.handle(*tomb) == "ignored_old"  # done now
+
+
+def test_an_erase_retried_after_the_damaged_row_was_removed_is_done(tmp_path: Path) -> None:
+    door = _door(tmp_path, ["lobby"], {"lobby": ["*"]})
+    assert door.handle(*_vp("lobby", "alice", 3)) == "stored"
+    assert door.handle(*_vp("lobby", "bob", 3)) == "stored"
+    damage_row(door.store, "bob")
+    tomb = _tomb("erase", "lobby", "carol", 4)  # someone else: this door cannot tell
+    assert door.handle(*tomb) == "erase_unverified"
+    assert door.store.erase("bob")  # what `voxgate users erase bob` does
+    assert door.handle(*tomb) == "erased_absent"
+    assert door.handle(*tomb) == "ignored_old"
+    assert door.handle(*_vp("lobby", "carol", 3)) == "ignored_old"

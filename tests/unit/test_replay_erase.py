@@ -21,7 +21,7 @@ from voxgate.config.service import LockoutConfig
 from voxgate.erasure import forget_on_disk
 from voxgate.lockout import LockoutBook
 from voxgate.replay import (
-    SCHEMA_VERSION,
+    FILE_VERSION,
     ReplayDetector,
     ReplayStoreError,
     fingerprint,
@@ -93,7 +93,8 @@ def test_a_schema_1_file_written_by_the_old_code_is_upgraded_and_keeps_working(
     assert det.count() == 3 and caught(det, 11, 2002.0)
     det.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("PRAGMA user_version").fetchone()[0] == FILE_VERSION
+        assert "user_key" in {r[1] for r in db.execute("PRAGMA table_info(fingerprints)")}
     db.close()
     again = ReplayDetector(path, window_s=10**9)  # reopened after the upgrade
     again.check_and_add(signal(21), now=2003.0, user="dave")

@@ -41,7 +41,7 @@ def test_a_database_written_before_the_prefilter_still_works(old_db: Path) -> No
     assert not det.check_and_add(signal(14), now=2001.0).is_replay
     det.close()
     with sqlite3.connect(old_db) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == replay.SCHEMA_VERSION
+        assert db.execute("PRAGMA user_version").fetchone()[0] == replay.FILE_VERSION
         assert db.execute("SELECT COUNT(*) FROM fingerprints").fetchone()[0] == 5
     # Reopened: the rows the new code wrote are read back like the old ones.
     again = ReplayDetector(old_db, window_s=10**9)

@@ -7,22 +7,30 @@ import logging
 import threading
 from typing import Any
 
-from voxgate.httplimits import REQUEST_TIMEOUT_S, ConnectionLimit, busy_reply
+from voxgate.httplimits import (
+    HEADER_TIMEOUT_S,
+    REQUEST_TIMEOUT_S,
+    ConnectionLimit,
+    HeaderDeadline,
+    busy_reply,
+)
 
 log = logging.getLogger(__name__)
 
 
-def _make_server(host: str, port: int, app: Any, timeout_s: float) -> Any:
-    """werkzeug's threaded server with a connection limit and a read timeout (httplimits)."""
+def _make_server(host: str, port: int, app: Any, timeout_s: float, header_s: float) -> Any:
+    """werkzeug's threaded server with connection limits, a header deadline and a read
+    timeout (httplimits)."""
     from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
-    class Handler(WSGIRequestHandler):
+    class Handler(HeaderDeadline, WSGIRequestHandler):
         timeout = timeout_s  # socketserver sets it on the connection
+        header_timeout = header_s
 
         def log_error(self, format: str, *args: Any) -> None:
             if format.startswith("Request timed out"):
                 # An idle keep-alive connection closed: no error (werkzeug said ERROR).
-                log.debug("admin API: connection closed after %g s of silence", timeout_s)
+                log.debug("admin API: connection closed: %s", args[0] if args else "timeout")
                 return
             super().log_error(format, *args)
 
@@ -42,9 +50,10 @@ class ApiServer:
         port: int,
         poll_interval: float = 0.5,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
     ) -> None:
         try:
-            self._server = _make_server(host, port, app, request_timeout_s)
+            self._server = _make_server(host, port, app, request_timeout_s, header_timeout_s)
         except SystemExit:
             # werkzeug prints "Address already in use" and calls sys.exit(1) itself; a
             # daemon hosting the API must decide what that means, so make it an OSError.

@@ -294,6 +294,7 @@ class MqttLink:
         self._last_state: str | None = None
         self._last_lockout: bytes | None = None
         self._last_user: bytes | None = None  # the last user granted (retained `user` topic)
+        self._subscribing: dict[int, str] = {}  # mid -> topic, until the broker's SUBACK
         # That user was erased: the retained `user` topic is cleared at every connect until
         # the next grant (a clear sent just before a drop would otherwise be lost).
         self._clear_user = False
@@ -795,9 +796,10 @@ class MqttLink:
         t = self.topics
         # Subscribe first: the broker handles a client's packets in order, so whoever sees
         # 'online' and sends a command at once finds the subscription in place.
-        client.subscribe(t.command_filter, qos=1)
-        client.subscribe(t.user, qos=1)  # what a previous run left retained (forget_user)
-        client.subscribe(t.decision_refused, qos=1)  # what the lock did not act on
+        self._subscribing.clear()  # SUBACKs lost with an earlier connection never come
+        self._subscribe(client, t.command_filter)
+        self._subscribe(client, t.user)  # what a previous run left retained (forget_user)
+        self._subscribe(client, t.decision_refused)  # what the lock did not act on
         client.publish(t.status, b"online", qos=1, retain=True)
         if self.cfg.discovery_prefix is not None:
             for topic, payload in discovery.messages(t, __version__):
@@ -872,12 +874,43 @@ class MqttLink:
         else:
             self.stats["decisions_acked"] += 1
 
+    def _subscribe(self, client: paho.Client, topic: str) -> None:
+        _, mid = client.subscribe(topic, qos=1)
+        # Called from paho's network thread, which is also the one that reads the SUBACK.
+        if mid is not None:
+            self._subscribing[mid] = topic
+
+    def _lost_without(self, topic: str) -> str:
+        """What the door misses while it cannot read `topic`."""
+        t = self.topics
+        if topic == t.command_filter:
+            return "MQTT commands (docs/mqtt.md) will not arrive"
+        if topic == t.user:
+            return (
+                "the last user name a previous run left retained there is not read, so "
+                "erasing that user cannot clear it"
+            )
+        if topic == t.decision_refused:
+            return (
+                "the lock's refusal reports will not arrive: decisions the lock did not act "
+                "on go unlogged and voxgate_lock_refusals_total stays 0"
+            )
+        return "its messages will not arrive"
+
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
     ) -> None:
+        topic = self._subscribing.pop(mid, None)
         for rc in reason_codes:
             if getattr(rc, "is_failure", False):
-                log.error("MQTT: command subscription refused (%s): commands will not arrive", rc)
+                log.error(
+                    "MQTT: the broker refused the subscription to %s (%s): %s; let user %s "
+                    "subscribe to (read) it in the broker's ACL",
+                    topic or f"(unknown topic, mid {mid})",
+                    rc,
+                    self._lost_without(topic) if topic else "its messages will not arrive",
+                    self.cfg.username or "(anonymous)",
+                )
 
     def _notify(self, up: bool) -> None:
         cb = self.on_connection_change

@@ -9,7 +9,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from voxgate.httplimits import REQUEST_TIMEOUT_S, ConnectionLimit
+from voxgate.httplimits import (
+    HEADER_TIMEOUT_S,
+    REQUEST_TIMEOUT_S,
+    ConnectionLimit,
+    HeaderDeadline,
+)
 from voxgate.service.states import State
 
 log = logging.getLogger(__name__)
@@ -64,13 +69,19 @@ class Metrics:
         self._thread: Any = None
 
     def serve(
-        self, host: str, port: int, request_timeout_s: float = REQUEST_TIMEOUT_S
+        self,
+        host: str,
+        port: int,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
     ) -> int | None:
         """Start the HTTP endpoint; returns the bound port, or None when it could not bind."""
         import threading
 
         try:
-            self._server = _make_server(host, port, self.registry, request_timeout_s)
+            self._server = _make_server(
+                host, port, self.registry, request_timeout_s, header_timeout_s
+            )
         except OSError as exc:
             log.error(
                 "metrics endpoint %s:%d not started: %s (going on without it)", host, port, exc
@@ -91,7 +102,7 @@ class Metrics:
             self._server = None
 
 
-def _make_server(host: str, port: int, registry: Any, timeout_s: float) -> Any:
+def _make_server(host: str, port: int, registry: Any, timeout_s: float, header_s: float) -> Any:
     """prometheus_client's WSGI app on a threaded server with a connection limit and a read
     timeout (httplimits): its own start_http_server gave every connection, idle or not, a
     thread for ever."""
@@ -101,8 +112,9 @@ def _make_server(host: str, port: int, registry: Any, timeout_s: float) -> Any:
 
     from prometheus_client import make_wsgi_app
 
-    class Handler(WSGIRequestHandler):
+    class Handler(HeaderDeadline, WSGIRequestHandler):
         timeout = timeout_s  # socketserver sets it on the connection
+        header_timeout = header_s
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # a scrape every few seconds is not worth a log line
