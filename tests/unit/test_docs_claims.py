@@ -21,7 +21,7 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # Dotted names in the docs that start like a config key but are something else: files
 # under data_dir, Python attributes and functions.
 NOT_KEYS = {"audit.append", "challenge.words", "mqtt.refusal", "stt.templates.inconsistent_takes"}
-FILE_SUFFIX = re.compile(r"\.(py|md|db|jsonl|json|yaml|yml|lan|key)$")
+FILE_SUFFIX = re.compile(r"\.(py|md|db|jsonl|json|yaml|yml|lan|key|anchor)$")
 
 
 def _lines() -> list[tuple[str, int, str]]:
