@@ -156,8 +156,8 @@ class ChallengeConfig(Section):
         ge=100,
         le=100_000,
         description="Most attempt fingerprints kept for replay checks; beyond it the "
-        "oldest are dropped (logged). Each check also takes about 14 kB per kept "
-        "fingerprint for a moment (docs/challenge.md).",
+        "oldest are dropped (logged). A check's time grows with them; its scratch memory "
+        "stays within what opening the store takes (docs/challenge.md, 'Memory').",
     )
     replay_memory_mb: int = Field(
         64,
