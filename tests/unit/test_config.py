@@ -190,3 +190,12 @@ def test_challenge_mode_off_written_as_the_docs_show_it_is_off() -> None:
     # A true value is still not a mode.
     (msg,) = problems("challenge:\n  mode: on\n")
     assert msg.startswith("line 2: challenge.mode:")
+
+
+def test_protocol_5_written_without_quotes_is_mqtt_5() -> None:
+    """YAML reads `protocol: 5` as an integer: it was refused with "Input should be '5' or
+    '3.1.1' (got 5)"; True (YAML's `yes`) is still refused."""
+    assert parse_config("mqtt:\n  protocol: 5\n").mqtt.protocol == "5"
+    assert parse_config("mqtt:\n  protocol: '3.1.1'\n").mqtt.protocol == "3.1.1"
+    with pytest.raises(ConfigError):
+        parse_config("mqtt:\n  protocol: yes\n")

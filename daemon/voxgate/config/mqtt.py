@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from voxgate.config.base import Section
 
@@ -52,6 +52,12 @@ class BrokerConfig(Section):
         30.0, ge=0.1, le=600, description="Longest retry delay (the delay doubles up to this)."
     )
     topic_prefix: str = Field("voxgate", pattern=r"^[^#+/]+$", description="Root topic.")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _bare_five(cls, value: object) -> object:
+        # YAML reads `protocol: 5` as the integer 5, which the choices ('5', '3.1.1') refused.
+        return "5" if value == 5 and not isinstance(value, bool) else value
 
 
 class MqttConfig(BrokerConfig):
