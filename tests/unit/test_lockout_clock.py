@@ -14,33 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.clock_helpers import HOUR, Clocks, T
 from voxgate.config.service import LockoutConfig
 from voxgate.lockout import LockoutBook
 
 CFG = LockoutConfig(max_failures=5, device_max_failures=8, initial_s=30, max_s=600)
-T = 1_790_000_000.0
-HOUR = 3600.0
-
-
-class Clocks:
-    """A wall clock that can be stepped and a monotonic clock that only runs."""
-
-    def __init__(self, wall: float) -> None:
-        self.w = wall
-        self.m = 1000.0
-
-    def wall(self) -> float:
-        return self.w
-
-    def mono(self) -> float:
-        return self.m
-
-    def run(self, seconds: float) -> None:
-        self.w += seconds
-        self.m += seconds
-
-    def step(self, seconds: float) -> None:
-        self.w += seconds
 
 
 def book(path: Path, clk: Clocks) -> LockoutBook:
