@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,22 @@ pytest.importorskip("voxgate.embedding")
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 
 
+@contextmanager
+def online_door(config: Path, broker: Broker) -> Iterator[tuple[DaemonProcess, Recorder]]:
+    """`voxgate run` on stdin, online on the broker, and the lock's view of its topics; the
+    daemon is killed on the way out if a test left it running."""
+    rec = Recorder(broker, "lock", [f"voxgate/{DEV}/#"])
+    daemon = DaemonProcess(config)
+    try:
+        daemon.feed(pause(0.3))
+        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+        yield daemon, rec
+    finally:
+        rec.close()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+
+
 @pytest.fixture
 def full_door(request: pytest.FixtureRequest) -> Any:
     door = request.getfixturevalue("device")
@@ -50,12 +68,8 @@ def test_a_full_disk_still_sends_the_decision_and_saves_the_sequence_once_freed(
     decision failed with a traceback ("decision granted could not be published") and the
     lock got nothing: bob stood at a shut door, while the log said "decision granted"."""
     door, data = full_door
-    rec = Recorder(broker, "lock", [f"voxgate/{DEV}/#"])
-    daemon = DaemonProcess(door["config"])
     attempt = np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)])
-    try:
-        daemon.feed(pause(0.3))
-        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+    with online_door(door["config"], broker) as (daemon, rec):
         fill(data)
         daemon.feed(attempt)
         wait_until(lambda: len(decisions(rec)) >= 1, 20, "a decision on the full disk")
@@ -64,10 +78,6 @@ def test_a_full_disk_still_sends_the_decision_and_saves_the_sequence_once_freed(
         daemon.feed(attempt)
         wait_until(lambda: len(decisions(rec)) >= 2, 20, "a decision once space is back")
         assert daemon.close() == 0
-    finally:
-        rec.close()
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     full, freed = decisions(rec)
     assert (full.outcome, full.user) == ("granted", "bob"), daemon.log()
     assert (freed.outcome, freed.user) == ("granted", "bob"), daemon.log()
@@ -94,13 +104,9 @@ def test_a_full_disk_keeps_checking_replays_from_memory(
     door, data = full_door
     door["doc"]["challenge"] = {"mode": "passphrase", "passphrase": PHRASE, "timeout_s": 10}
     write_config(door["dir"], door["doc"])
-    rec = Recorder(broker, "lock", [f"voxgate/{DEV}/#"])
-    daemon = DaemonProcess(door["config"])
     wake = np.concatenate([pause(0.5), speech("hello door, it is bob", "en+m3"), pause(1.5)])
     answer = np.concatenate([speech(PHRASE, "en+m3"), pause(2.0)])
-    try:
-        daemon.feed(pause(0.3))
-        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+    with online_door(door["config"], broker) as (daemon, rec):
         fill(data)
         for n in (1, 2):
             daemon.feed(wake)
@@ -108,10 +114,6 @@ def test_a_full_disk_keeps_checking_replays_from_memory(
             wait_until(lambda n=n: len(decisions(rec)) >= n, 20, f"decision {n}")
             daemon.feed(pause(1.0))
         assert daemon.close() == 0
-    finally:
-        rec.close()
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     first, again = decisions(rec)
     log = daemon.log()
     assert (first.outcome, first.user) == ("granted", "bob"), log
@@ -134,18 +136,10 @@ def test_audit_lines_a_full_disk_held_are_not_lost_when_the_daemon_stops(
     full.symlink_to("/dev/full")
     door["doc"]["audit"] = {"path": str(full)}
     write_config(door["dir"], door["doc"])
-    rec = Recorder(broker, "lock", [f"voxgate/{DEV}/#"])
-    daemon = DaemonProcess(door["config"])
-    try:
-        daemon.feed(pause(0.3))
-        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+    with online_door(door["config"], broker) as (daemon, rec):
         daemon.feed(np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)]))
         wait_until(lambda: len(decisions(rec)) >= 1, 20, "the decision")
         assert daemon.close() == 0
-    finally:
-        rec.close()
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     (sent,) = decisions(rec)
     log = daemon.log()
     assert "cannot write (disk full)" in log
@@ -172,11 +166,7 @@ def test_a_recording_the_full_disk_cut_short_is_not_left_behind(
     audio_key.chmod(0o600)
     door["doc"]["audit"] = {"keep_audio": True, "audio_key_file": str(audio_key)}
     write_config(door["dir"], door["doc"])
-    rec = Recorder(broker, "lock", [f"voxgate/{DEV}/#"])
-    daemon = DaemonProcess(door["config"])
-    try:
-        daemon.feed(pause(0.3))
-        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+    with online_door(door["config"], broker) as (daemon, rec):
         fill(data)
         free_kib = 24  # less than the recording: the write starts and is cut off
         with open(data / FILLER, "r+b") as f:
@@ -184,10 +174,6 @@ def test_a_recording_the_full_disk_cut_short_is_not_left_behind(
         daemon.feed(np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)]))
         wait_until(lambda: len(decisions(rec)) >= 1, 20, "the decision")
         assert daemon.close() == 0
-    finally:
-        rec.close()
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     (sent,) = decisions(rec)
     assert (sent.outcome, sent.user) == ("granted", "bob"), daemon.log()
     assert "kept audio" in daemon.log() and "not written" in daemon.log()
