@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +23,8 @@ from typing import Any
 import numpy as np
 import yaml
 from broker import Broker
-from mqtt_helpers import Recorder, wait_until, write_key
+from mqtt_helpers import DaemonProcess, Recorder, child_env, wait_until, write_key
 
-REPO = Path(__file__).resolve().parents[2]
 RATE = 16000
 DEV = "pause-door"
 DKEY = b"pause-door-decision-key-0123456789ab"
@@ -161,15 +158,8 @@ class PauseDoor:
         prompts = ["--prompts", *self.digits.prompts] if templates else []
         self._voxgate("enroll", speaker, "-c", str(self.config), "--from", *files, *prompts)
         self.rec = Recorder(self.broker, "lock", [f"voxgate/{DEV}/#"])
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "voxgate", "run", "-c", str(self.config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=_env(),
-        )
-        threading.Thread(target=self._read_log, daemon=True).start()
+        self.daemon = DaemonProcess(self.config)
+        self.proc = self.daemon.proc
         self.feed(room_tone(0.5))
         try:
             wait_until(lambda: self.state() == "idle", 60, "the daemon to be idle")
@@ -180,25 +170,18 @@ class PauseDoor:
     def _voxgate(self, *args: str) -> None:
         done = subprocess.run(
             [sys.executable, "-m", "voxgate", *args],
-            env=_env(),
+            env=child_env(),
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert done.returncode == 0, done.stdout + done.stderr
 
-    def _read_log(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-
     def log(self) -> str:
-        return "\n".join(self.lines)
+        return self.daemon.log()
 
     def feed(self, pcm: np.ndarray) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(pcm.astype("<i2").tobytes())
-        self.proc.stdin.flush()
+        self.daemon.feed(pcm)
 
     def state(self) -> str | None:
         states = self.rec.on(f"voxgate/{DEV}/state")
@@ -269,13 +252,6 @@ class PauseDoor:
                 self.proc.kill()
             self.rec.close()
             self.broker.kill()
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
-    env.pop("CREDENTIALS_DIRECTORY", None)
-    env["PYTHONPATH"] = str(REPO / "daemon")
-    return env
 
 
 def wake_fields(fsdd: Path, speaker: str) -> list[str]:

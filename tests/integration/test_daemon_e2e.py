@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,14 @@ import pytest
 import soundfile as sf
 import yaml
 from broker import STANDARD_USERS, Broker
-from mqtt_helpers import REPO, ActuatorProcess, Recorder, wait_until, write_key
+from mqtt_helpers import (
+    ActuatorProcess,
+    DaemonProcess,
+    Recorder,
+    child_env,
+    wait_until,
+    write_key,
+)
 
 from voxgate.decision import verify
 from voxgate.mqtt.commands import REPLY_DOMAIN, make_command
@@ -72,14 +78,6 @@ def pause(seconds: float) -> np.ndarray:
     )
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
-    env.pop("CREDENTIALS_DIRECTORY", None)
-    env["PYTHONPATH"] = str(REPO / "daemon")
-    env.update(extra)
-    return env
-
-
 def voxgate(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "voxgate", *args],
@@ -88,56 +86,6 @@ def voxgate(*args: str, timeout: float = 60, **env: str) -> subprocess.Completed
         text=True,
         timeout=timeout,
     )
-
-
-class DaemonProcess:
-    """`voxgate run -c CONFIG --source stdin` as a child; audio is written to its stdin."""
-
-    def __init__(self, config: Path, **env: str) -> None:
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "voxgate", "run", "-c", str(config), "--source", "stdin"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=child_env(**env),
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def feed(self, pcm: np.ndarray) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(pcm.astype("<i2").tobytes())
-        self.proc.stdin.flush()
-
-    def wait_log(self, text: str, timeout: float = 30) -> None:
-        def seen() -> bool:
-            if self.proc.poll() is not None and text not in self.log():
-                raise AssertionError(f"daemon exited ({self.proc.returncode}):\n{self.log()}")
-            return text in self.log()
-
-        try:
-            wait_until(seen, timeout, f"daemon log {text!r}")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.log()[-4000:]}") from None
-
-    def close(self, timeout: float = 15) -> int:
-        """End of input: the daemon finishes and exits."""
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            self.proc.stdin.close()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise AssertionError(f"daemon did not exit at end of input:\n{self.log()}") from None
 
 
 def door_setup(tmp_path: Path, broker: Broker, **mqtt_extra: Any) -> dict[str, Any]:
