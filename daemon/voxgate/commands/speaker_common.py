@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ def record_change(cfg: Any, store: Any, kind: str, name: str, model_id: str | No
     from voxgate.audit import open_log
 
     event = {"enrolled": "enrollment", "erased": "erase"}[kind]
+    audit = None
     try:
         audit = open_log(cfg)
         audit.append(event, user=name, via="cli", model_id=model_id)
@@ -91,13 +93,21 @@ def record_change(cfg: Any, store: Any, kind: str, name: str, model_id: str | No
                 file=sys.stderr,
             )
     if cfg.fleet.enabled:
-        _to_fleet(cfg, store, kind, name, model_id)
+        # The fleet session audits what it applies into the same log (None: it opens it).
+        _to_fleet(cfg, store, kind, name, model_id, audit.append if audit is not None else None)
 
 
 FLEET_WAIT_S = 5.0
 
 
-def _to_fleet(cfg: Any, store: Any, kind: str, name: str, model_id: str | None) -> None:
+def _to_fleet(
+    cfg: Any,
+    store: Any,
+    kind: str,
+    name: str,
+    model_id: str | None,
+    audit_event: Callable[..., Any] | None,
+) -> None:
     """Queue the change in the fleet outbox (the sync state file the daemon shares) and try
     to deliver it now over a session of our own; what the broker has not acknowledged stays
     in the outbox, and the running daemon sends it (it checks the outbox every few seconds)."""
@@ -109,7 +119,11 @@ def _to_fleet(cfg: Any, store: Any, kind: str, name: str, model_id: str | None) 
 
             model_id = load_card(cfg.speaker.model).id
         agent = FleetSync.from_config(
-            cfg, store, model_id=model_id, client_id=f"voxgate-{cfg.device_id}-cli"
+            cfg,
+            store,
+            model_id=model_id,
+            client_id=f"voxgate-{cfg.device_id}-cli",
+            audit_event=audit_event,
         )
     except Exception as exc:  # FleetError (keys), ModelError (card): say what is wrong
         print(f"warning: not passed to the fleet: {exc}", file=sys.stderr)
