@@ -250,10 +250,12 @@ def child_env(**extra: str) -> dict[str, str]:
 class DaemonProcess:
     """`voxgate run -c CONFIG --source stdin` as a child; audio is written to its stdin."""
 
-    def __init__(self, config: Path, **env: str) -> None:
+    def __init__(self, config: Path, *, python_args: tuple[str, ...] = (), **env: str) -> None:
+        """`python_args`: put before `-m voxgate` (e.g. stepped_clock.py and its file)."""
         self.lines: list[str] = []
+        argv = ["-m", "voxgate", "run", "-c", str(config), "--source", "stdin"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "voxgate", "run", "-c", str(config), "--source", "stdin"],
+            [sys.executable, *python_args, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -86,6 +86,8 @@ def _snapshot(path: Path) -> bytes | str:
         ("replay.db", "folder", "digits", "Move it aside"),
         ("audit.jsonl", "folder", "off", "Move it aside"),
         ("audit.jsonl.anchor", "folder", "off", "Move it aside"),
+        ("command-nonces.json", "garbage", "off", "move it aside"),
+        ("command-nonces.json", "folder", "off", "move it aside"),
     ],
 )
 def test_a_damaged_data_file_stops_the_start_with_78_and_is_left_alone(
@@ -213,6 +215,7 @@ def as_nobody() -> Any:
         ("audit.jsonl", "off"),
         ("lockout.db", "off"),
         ("replay.db", "digits"),
+        ("command-nonces.json", "off"),
     ],
 )
 def test_a_data_file_the_service_user_cannot_use_is_named_at_start(
@@ -230,6 +233,7 @@ def test_a_data_file_the_service_user_cannot_use_is_named_at_start(
     (data / "lockout.db").write_bytes(b"")
     (data / "audit.jsonl").write_bytes(b"")
     (data / "replay.db").write_bytes(b"")
+    (data / "command-nonces.json").write_text('{"floor": 0, "used": {}}')
     for path in [home, *home.rglob("*")]:
         os.chown(path, uid, gid)
     os.chown(data / name, 0, 0)

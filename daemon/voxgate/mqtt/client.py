@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
@@ -43,6 +44,7 @@ from voxgate.config.secrets import read_secret
 from voxgate.decision import Decision, sign
 from voxgate.mqtt import discovery
 from voxgate.mqtt.commands import CommandError, CommandGate, make_reply
+from voxgate.mqtt.nonces import UsedCommands
 from voxgate.mqtt.refusal import ADVICE, Refusal, RefusalError, parse_refusal
 from voxgate.mqtt.topics import STATES, Topics
 from voxgate.names import fold
@@ -234,8 +236,11 @@ class MqttLink:
         decision_key: bytes | None = None,
         command_key: bytes | None = None,
         command_clock: Callable[[], float] = time.time,
+        used_commands: Path | None = None,
     ) -> None:
-        """`command_clock`: the wall clock commands are checked with (tests step one)."""
+        """`command_clock`: the wall clock commands are checked with (tests step one).
+        `used_commands`: the file of used command nonces (mqtt.nonces); None: in memory.
+        A damaged one raises DecisionError ("state-unreadable", naming the file)."""
         self.cfg = cfg
         self.device_id = device_id
         self.topics = Topics(cfg.topic_prefix, device_id, cfg.discovery_prefix)
@@ -307,6 +312,7 @@ class MqttLink:
             max_bytes=cfg.command_max_bytes,
             max_skew_s=cfg.command_max_skew_s,
             elapsed=elapsed,
+            used=UsedCommands(used_commands),
         )
         self._work: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=16)
         self._worker: threading.Thread | None = None

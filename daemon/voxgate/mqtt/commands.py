@@ -3,8 +3,10 @@
 A command is the same envelope as a decision (decision.seal), signed with the device's
 *command key* under the domain "voxgate.command.v1". The broker ACL decides who may publish
 on cmd/#; the signature decides whether the device obeys. A command is accepted once: its
-nonce is remembered until it expires, and a command issued before the daemon started is
-refused, so a restart does not reopen that window either. That start follows clock steps
+nonce is kept on disk (mqtt.nonces.UsedCommands) until the senders' own clocks show it
+expired, so neither a restart nor the door's clock set back makes it fresh again (its nonce
+used to be forgotten once the door's clock passed expires_at: a clock set back then took a
+copy). A command issued before the daemon started is refused too. That start follows clock steps
 (see CommandGate.start_in): a door that booted with its clock ahead refused every command,
 erase-user included, as "replayed" for as long as the clock had been ahead, after NTP set it
 right.
@@ -14,12 +16,12 @@ from __future__ import annotations
 
 import re
 import secrets
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from voxgate.decision import MAX_TTL_S, DecisionError, is_finite_number, open_sealed, seal
+from voxgate.mqtt.nonces import UsedCommands
 
 COMMAND_DOMAIN = b"voxgate.command.v1\n"
 REPLY_DOMAIN = b"voxgate.reply.v1\n"
@@ -88,8 +90,8 @@ class CommandGate:
     # A clock that is never stepped (clocks.elapsed), read at the start and at each check:
     # the start then follows clock steps. None: started_at is taken as it is.
     elapsed: Callable[[], float] | None = None
-    _seen: dict[str, float] = field(default_factory=dict, init=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    # The nonces of commands run (on disk in the daemon); default: in memory only.
+    used: UsedCommands = field(default_factory=lambda: UsedCommands(None))
     _started_elapsed: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
@@ -153,11 +155,9 @@ class CommandGate:
         # (its nonce forgotten) ran a second time.
         if issued < self.start_in(now):
             raise CommandError("replayed", "issued before this daemon started")
-        with self._lock:
-            self._seen = {n: t for n, t in self._seen.items() if t > now}
-            if nonce in self._seen:
-                raise CommandError("replayed", "nonce already used")
-            self._seen[nonce] = float(expires)
+        why = self.used.use(nonce, float(issued), float(expires), self.max_skew_s)
+        if why is not None:
+            raise CommandError("replayed", why)
         return Command(name, dict(args), nonce, float(issued), float(expires))
 
 

@@ -37,6 +37,7 @@ from voxgate.audit import AuditError, AuditLog
 from voxgate.challenge import audit_fields
 from voxgate.config import ConfigError, VoxgateConfig, load_config
 from voxgate.lockout import LockoutBook, RecordResult
+from voxgate.mqtt.nonces import FILE_NAME as USED_COMMANDS_FILE
 from voxgate.mqtt.refusal import ADVICE, Refusal
 from voxgate.service.attempt import Attempt, conclude
 from voxgate.service.capture import Capture, EndOfStream, FrameQueue
@@ -96,6 +97,8 @@ def _data_files(cfg: VoxgateConfig) -> list[Path]:
         dbs.append(Path(cfg.fleet.state_file or data / "fleet.db"))
     files = [p.with_name(p.name + end) for p in dbs for end in ("", "-wal", "-shm")]
     files += [audit, audit.with_name(audit.name + ".anchor"), data / "decision-seq.json"]
+    if cfg.mqtt.enabled:
+        files.append(data / USED_COMMANDS_FILE)
     if cfg.audit.keep_audio:
         files.append(Path(cfg.audit.audio_dir or data / "audio"))
     return files

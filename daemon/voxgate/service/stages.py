@@ -214,6 +214,7 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
         from voxgate import embedding, scoring, voiceprints
         from voxgate.decision import DecisionError, Issuer, SequenceCounter
         from voxgate.mqtt.client import MqttLink, MqttSetupError
+        from voxgate.mqtt.nonces import FILE_NAME as USED_COMMANDS_FILE
     except ImportError as exc:
         raise StageUnavailable(f"a stage is missing from this build: {exc}") from None
 
@@ -275,8 +276,14 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
             raise StageUnavailable(f"challenge stage: {exc}") from None
 
     try:
-        link: Link = MqttLink(cfg.mqtt, cfg.device_id) if cfg.mqtt.enabled else NoLink()
+        link: Link = (
+            MqttLink(cfg.mqtt, cfg.device_id, used_commands=cfg.data_dir / USED_COMMANDS_FILE)
+            if cfg.mqtt.enabled
+            else NoLink()
+        )
     except (SecretError, MqttSetupError) as exc:  # no decision key, a TLS file missing
+        raise StageUnavailable(f"mqtt stage: {exc}", config=True) from None
+    except DecisionError as exc:  # a damaged used-commands file: the message says what to do
         raise StageUnavailable(f"mqtt stage: {exc}", config=True) from None
     except Exception as exc:
         raise StageUnavailable(f"mqtt stage: {exc}") from None

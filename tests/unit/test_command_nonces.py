@@ -1,0 +1,156 @@
+"""Used command nonces on disk (mqtt.nonces.UsedCommands): a command runs once, whatever the
+door's clock does after and across restarts. Real files; the clocks are injected."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.clock_helpers import Clocks, T
+from voxgate.decision import DecisionError
+from voxgate.mqtt.commands import CommandError, CommandGate, make_command
+from voxgate.mqtt.nonces import UsedCommands
+
+CKEY = b"command-key-for-tests-0123456789"
+
+
+def _gate(c: Clocks, used: UsedCommands | None = None) -> CommandGate:
+    return CommandGate(
+        "front-door",
+        CKEY,
+        started_at=c.wall(),
+        max_skew_s=5,
+        elapsed=c.mono,
+        used=used if used is not None else UsedCommands(None),
+    )
+
+
+def _signed_now(c: Clocks) -> bytes:
+    """A reload signed by a sender whose clock agrees with the door's."""
+    return make_command(CKEY, "front-door", "reload", now=c.wall())
+
+
+def _refusal(gate: CommandGate, payload: bytes, now: float) -> str | None:
+    try:
+        gate.check("reload", payload, now)
+    except CommandError as exc:
+        return f"{exc.code}: {exc.detail}"
+    return None
+
+
+def test_a_command_run_is_refused_after_the_clock_is_set_back() -> None:
+    """Seen: the nonce was forgotten once the door's clock passed the command's expiry; an
+    admin (or NTP undoing a clock that ran ahead) set the clock back into its validity and
+    the same captured command ran a second time."""
+    c = Clocks(T)
+    gate = _gate(c)
+    c.run(10)
+    erase = make_command(CKEY, "front-door", "reload", now=c.wall())
+    assert _refusal(gate, erase, c.wall() + 1) is None
+    c.run(90)  # another command, 90 s later, cleared the expired nonce
+    assert _refusal(gate, _signed_now(c), c.wall()) is None
+    c.step(-95)  # the clock set back: 5 s after the first command was issued
+    why = _refusal(gate, erase, c.wall())
+    assert why is not None and why.startswith("replayed"), why
+
+
+def test_a_restart_does_not_reopen_a_command_when_the_clock_is_set_back(tmp_path: Path) -> None:
+    """The attack of the review: a door started with a right clock takes a captured
+    pre-restart command once its clock is set back by more than the command's age."""
+    path = tmp_path / "command-nonces.json"
+    c = Clocks(T)
+    first = _gate(c, UsedCommands(path))
+    c.run(10)
+    captured = make_command(CKEY, "front-door", "erase-user", {"user": "alice"}, now=c.wall())
+    assert first.check("erase-user", captured, c.wall() + 1).args == {"user": "alice"}
+    c.run(200)
+    second = _gate(c, UsedCommands(path))  # a new process, clock right
+    c.run(20)
+    c.step(-225)  # set back: the captured command is 5 s old by the door's clock
+    with pytest.raises(CommandError) as e:
+        second.check("erase-user", captured, c.wall())
+    assert (e.value.code, e.value.detail) == ("replayed", "nonce already used")
+    # A command signed at the door's time now still runs.
+    assert _refusal(second, _signed_now(c), c.wall()) is None
+
+
+def test_the_floor_refuses_what_expired_before_a_later_command_and_nothing_else() -> None:
+    c = Clocks(T)
+    used = UsedCommands(None)
+    gate = _gate(c, used)
+    c.run(100)
+    a = make_command(CKEY, "front-door", "reload", now=c.wall(), ttl_s=10)
+    b = make_command(CKEY, "front-door", "reload", now=c.wall() - 9, ttl_s=10)  # a sender behind
+    assert _refusal(gate, a, c.wall()) is None
+    assert _refusal(gate, b, c.wall()) is None  # expires 1 s after a was issued: allowed
+    assert len(used) == 2
+    c.run(60)
+    assert _refusal(gate, _signed_now(c), c.wall()) is None
+    assert len(used) == 1  # a and b expired before the floor: refused by it, not kept
+    c.step(-60)
+    why = _refusal(gate, a, c.wall())
+    assert why is not None and "expired before a command this door ran" in why, why
+
+
+def test_the_kept_nonces_are_bounded_and_never_reopened(tmp_path: Path) -> None:
+    path = tmp_path / "command-nonces.json"
+    used = UsedCommands(path, max_kept=3)
+    c = Clocks(T)
+    gate = _gate(c, used)
+    c.run(1)
+    sent = [make_command(CKEY, "front-door", "reload", now=c.wall() + i * 0.01) for i in range(6)]
+    for p in sent:
+        assert _refusal(gate, p, c.wall() + 1) is None
+    assert len(used) == 3
+    assert len(json.loads(path.read_text())["used"]) == 3
+    for p in sent:  # evicted or kept: each is refused
+        assert str(_refusal(gate, p, c.wall() + 1)).startswith("replayed")
+    # Refused commands (a flood of unsigned ones) record nothing.
+    size = path.stat().st_size
+    for i in range(50):
+        forged = make_command(b"wrong-key", "front-door", "reload", now=c.wall(), nonce=f"{i:032x}")
+        assert str(_refusal(gate, forged, c.wall() + 1)).startswith("unauthorized")
+    assert path.stat().st_size == size
+
+
+@pytest.mark.parametrize(
+    "text", ["garbage", "[]", '{"floor": "x", "used": {}}', '{"floor": 1, "used": {"a": null}}']
+)
+def test_a_damaged_file_stops_with_its_name_and_is_left_alone(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "command-nonces.json"
+    path.write_text(text)
+    with pytest.raises(DecisionError) as e:
+        UsedCommands(path)
+    assert e.value.reason == "state-unreadable"
+    assert str(path) in e.value.detail and "move it aside" in e.value.detail
+    assert path.read_text() == text
+
+
+def test_a_file_that_cannot_be_written_keeps_the_nonces_in_memory_and_saves_them_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = folder / "command-nonces.json"
+    used = UsedCommands(path)
+    folder.rmdir()
+    folder.write_text("not a folder")  # every save fails (ENOTDIR), as on a full disk
+    c = Clocks(T)
+    gate = _gate(c, used)
+    c.run(1)
+    one, two, three = (make_command(CKEY, "front-door", "reload", now=c.wall()) for _ in range(3))
+    with caplog.at_level(logging.WARNING, logger="voxgate.mqtt.nonces"):
+        assert _refusal(gate, one, c.wall()) is None  # the command still runs
+        assert _refusal(gate, two, c.wall()) is None
+        assert str(_refusal(gate, one, c.wall())).startswith("replayed")  # from memory
+        assert caplog.text.count("cannot save") == 1, caplog.text  # once, not per command
+        folder.unlink()
+        folder.mkdir()
+        assert _refusal(gate, three, c.wall()) is None
+    assert "saved again" in caplog.text
+    again = _gate(c, UsedCommands(path))  # a restart reads all three
+    for p in (one, two, three):
+        assert str(_refusal(again, p, c.wall())).startswith("replayed")
