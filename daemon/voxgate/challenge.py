@@ -2,6 +2,10 @@
 
 The Challenge object is published on MQTT for a display or TTS (by the mqtt stage) and may
 be spoken locally with espeak-ng. ChallengeBook hands each nonce out for exactly one answer.
+Its issued_at and expires_at are wall-clock times, for display; whether a challenge has
+expired is decided on a clock no step moves (clocks.elapsed; the daemon's loop does the
+same): on the wall clock, NTP stepping it forward during a challenge expired it at once, and
+a step back left it open for as long as the step.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import secrets
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from voxgate import clocks
 from voxgate.config.stt import ChallengeConfig, passphrase_words
 from voxgate.stt.base import digits_to_words, words_to_digits
 
@@ -36,9 +42,6 @@ class Challenge:
     @property
     def digits(self) -> str | None:
         return self.text if self.mode == "digits" else None
-
-    def expired(self, now: float) -> bool:
-        return now >= self.expires_at
 
     def spoken_form(self) -> str:
         """What a display or TTS should say: digits one by one, with pauses."""
@@ -112,39 +115,46 @@ def enrollment_prompts(takes: int = 4, length: int = 5) -> list[str]:
 
 
 class ChallengeBook:
-    """Outstanding challenges; each is redeemed at most once and only before it expires."""
+    """Outstanding challenges; each is redeemed at most once and only before it expires.
+    `elapsed`: the clock expiry is measured on (never stepped; tests inject one)."""
 
-    def __init__(self, limit: int = 64) -> None:
-        self._open: dict[str, Challenge] = {}
+    def __init__(self, limit: int = 64, elapsed: Callable[[], float] = clocks.elapsed) -> None:
+        self._open: dict[str, tuple[Challenge, float]] = {}  # nonce -> (challenge, deadline)
         self._lock = threading.Lock()
+        self._elapsed = elapsed
         self.limit = limit
 
     def issue(self, cfg: ChallengeConfig, now: float) -> Challenge:
+        """`now`: the wall clock, for the challenge's issued_at and expires_at."""
         ch = new_challenge(cfg, now)
+        deadline = self._elapsed() + (ch.expires_at - ch.issued_at)
         with self._lock:
-            self._drop_expired(now)
+            self._drop_expired()
             while len(self._open) >= self.limit:  # bounded: the oldest goes first
                 self._open.pop(next(iter(self._open)))
-            self._open[ch.nonce] = ch
+            self._open[ch.nonce] = (ch, deadline)
         return ch
 
-    def redeem(self, nonce: str, now: float) -> Challenge:
+    def redeem(self, nonce: str) -> Challenge:
         """Take the challenge out of the book (whatever happens next it cannot be reused)."""
         with self._lock:
-            ch = self._open.pop(nonce, None)
-        if ch is None:
+            entry = self._open.pop(nonce, None)
+        if entry is None:
             raise ChallengeError("unknown or already used challenge")
-        if ch.expired(now):
-            raise ChallengeError(f"challenge expired {now - ch.expires_at:.1f} s ago")
+        ch, deadline = entry
+        late = self._elapsed() - deadline
+        if late >= 0:
+            raise ChallengeError(f"challenge expired {late:.1f} s ago")
         return ch
 
-    def pending(self, now: float) -> int:
+    def pending(self) -> int:
         with self._lock:
-            self._drop_expired(now)
+            self._drop_expired()
             return len(self._open)
 
-    def _drop_expired(self, now: float) -> None:
-        for n in [n for n, c in self._open.items() if c.expired(now)]:
+    def _drop_expired(self) -> None:
+        now = self._elapsed()
+        for n in [n for n, (_, deadline) in self._open.items() if now >= deadline]:
             del self._open[n]
 
 

@@ -125,7 +125,7 @@ def test_unanswered_challenge_expires_without_counting_as_failure(
     cfg = config(tmp_path, path, challenge={"timeout_s": 2})
     d = Daemon(cfg, stage_factory=lambda c: stages, notifier=Notifier({}))
     # Challenge time follows the audio, so expiry does not depend on how fast this machine is.
-    d.clock = lambda: d.endpointer.time_s if d.endpointer else 0.0
+    d.clock = d.elapsed = lambda: d.endpointer.time_s if d.endpointer else 0.0
     assert d.run() == 0
     assert link.of("state")[:4] == ["idle", "listening", "challenge", "idle"]
     assert not link.of("decision")

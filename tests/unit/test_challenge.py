@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.clock_helpers import HOUR, Clocks, T
 from voxgate.challenge import (
     ChallengeBook,
     ChallengeError,
@@ -48,27 +49,52 @@ def test_challenges_differ_and_cover_all_digits() -> None:
 
 
 def test_a_challenge_is_redeemed_once_only() -> None:
-    book = ChallengeBook()
-    ch = book.issue(ChallengeConfig(), now=0.0)
-    assert book.redeem(ch.nonce, now=1.0) == ch
+    clk = Clocks(T)
+    book = ChallengeBook(elapsed=clk.mono)
+    ch = book.issue(ChallengeConfig(), now=clk.wall())
+    clk.run(1)
+    assert book.redeem(ch.nonce) == ch
     with pytest.raises(ChallengeError, match="already used"):
-        book.redeem(ch.nonce, now=1.5)
+        book.redeem(ch.nonce)
 
 
 def test_an_expired_challenge_is_refused() -> None:
-    book = ChallengeBook()
-    ch = book.issue(ChallengeConfig(timeout_s=5), now=0.0)
+    clk = Clocks(T)
+    book = ChallengeBook(elapsed=clk.mono)
+    ch = book.issue(ChallengeConfig(timeout_s=5), now=clk.wall())
+    clk.run(5)
     with pytest.raises(ChallengeError, match="expired"):
-        book.redeem(ch.nonce, now=5.0)
+        book.redeem(ch.nonce)
+
+
+def test_a_clock_step_neither_cuts_nor_stretches_the_time_to_answer() -> None:
+    """Seen with the wall clock deciding: NTP stepping it forward an hour while the person
+    answered made the challenge expired at once; a step back kept it open an hour more.
+    The shown times stay wall-clock times."""
+    clk = Clocks(T)
+    book = ChallengeBook(elapsed=clk.mono)
+    ahead = book.issue(ChallengeConfig(timeout_s=10), now=clk.wall())
+    back = book.issue(ChallengeConfig(timeout_s=10), now=clk.wall())
+    assert (ahead.issued_at, ahead.expires_at) == (T, T + 10)
+    clk.run(3)
+    clk.step(HOUR)
+    assert book.redeem(ahead.nonce) == ahead  # 3 s of the 10 have passed
+    clk.step(-2 * HOUR)
+    clk.run(8)
+    with pytest.raises(ChallengeError, match=r"expired 1\.0 s ago"):
+        book.redeem(back.nonce)  # 11 s have passed, whatever the clock says
+    assert book.pending() == 0
 
 
 def test_the_book_stays_bounded() -> None:
-    book = ChallengeBook(limit=3)
-    issued = [book.issue(ChallengeConfig(timeout_s=100), now=0.0) for _ in range(5)]
-    assert book.pending(now=1.0) == 3
+    clk = Clocks(T)
+    book = ChallengeBook(limit=3, elapsed=clk.mono)
+    issued = [book.issue(ChallengeConfig(timeout_s=100), now=clk.wall()) for _ in range(5)]
+    clk.run(1)
+    assert book.pending() == 3
     with pytest.raises(ChallengeError):
-        book.redeem(issued[0].nonce, now=1.0)
-    assert book.redeem(issued[-1].nonce, now=1.0) == issued[-1]
+        book.redeem(issued[0].nonce)
+    assert book.redeem(issued[-1].nonce) == issued[-1]
 
 
 def test_passphrase_mode() -> None:

@@ -31,7 +31,11 @@ class Attempt:
     emb_stream: Any = None  # open while the answer is being spoken
     prompt_stream: Any = None  # the speaker-independent engine check, when needed
     user_streams: dict[str, Any] = field(default_factory=dict)  # checks on own digits
-    answer_started_at: float | None = None  # wall clock of the answer's first speech
+    # On the never-stepped clock (clocks.elapsed): a clock step while the person answers
+    # neither cuts nor stretches the time to answer. The challenge's own issued_at and
+    # expires_at (wall clock) are what a display shows.
+    answer_started: float | None = None  # when the answer's first speech began
+    deadline: float | None = None  # when the challenge expires
     ended_at: float = 0.0  # monotonic, end of speech
 
     @property
@@ -112,9 +116,7 @@ def conclude(
     )
     lock_user = a.claimed_user or identified
     expired = (
-        a.challenge is not None
-        and a.answer_started_at is not None
-        and a.answer_started_at > a.challenge.expires_at
+        a.deadline is not None and a.answer_started is not None and a.answer_started > a.deadline
     )
     # The lockout gets the time of its own call, not `now`: the embedding, the speech check
     # and the replay check ran since (seconds on a Pi), and the book follows clock steps at

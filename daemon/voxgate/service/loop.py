@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from voxgate import clocks
 from voxgate.audit import AuditError, AuditLog
 from voxgate.challenge import audit_fields
 from voxgate.config import ConfigError, VoxgateConfig, load_config
@@ -139,13 +140,17 @@ class Daemon:
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.time,
         load: Callable[[Path], VoxgateConfig] = load_config,
+        elapsed: Callable[[], float] = clocks.elapsed,
     ) -> None:
+        """`clock`: the wall clock (times shown, signed and audited); `elapsed`: a clock no
+        step moves, for how long a challenge stays open (tests inject both)."""
         self.cfg = cfg
         self.config_path = Path(config_path) if config_path else None
         self.load = load  # reads config_path again at a reload (with command-line overrides)
         self.stage_factory = stage_factory
         self.notifier = notifier or Notifier()
         self.clock = clock
+        self.elapsed = elapsed
         self.sm = StateMachine()
         self.stages: Stages | None = None
         self.audit: AuditLog | None = None
@@ -498,9 +503,9 @@ class Daemon:
         if state == State.DECIDED and now >= self._decided_until:
             self.sm.move(State.IDLE, "decision shown")
         elif state == State.CHALLENGE and self.attempt is not None:
-            ch = self.attempt.challenge
-            if ch is not None and not self.attempt.answering and self.clock() > ch.expires_at:
-                self._audit("attempt_expired", user=self.attempt.claimed_user, nonce=ch.nonce)
+            a = self.attempt
+            if a.challenge is not None and not a.answering and self._past(a.deadline):
+                self._audit("attempt_expired", user=a.claimed_user, nonce=a.challenge.nonce)
                 self.attempt = None
                 self.sm.move(State.IDLE, "challenge expired without an answer")
         if self._vad_pending and self.sm.state == State.IDLE and not self.endpointer.in_speech:
@@ -513,6 +518,10 @@ class Daemon:
             self._next_housekeeping = now + HOUSEKEEPING_S
             self._frames_since = 0
             self._housekeeping(now)
+
+    def _past(self, deadline: float | None) -> bool:
+        """`deadline` (on the elapsed clock) has passed."""
+        return deadline is not None and self.elapsed() > deadline
 
     def _set_endpoint(self) -> None:
         """The silence that ends an utterance: challenge.answer_pause_ms while a challenge
@@ -594,7 +603,7 @@ class Daemon:
                 self._open_streams(ev.pre_roll)
             self.sm.move(State.LISTENING, "speech started")
         elif state == State.CHALLENGE and self.attempt is not None:
-            self.attempt.answer_started_at = self.clock()
+            self.attempt.answer_started = self.elapsed()
             self._open_streams(ev.pre_roll)
 
     def _open_streams(self, pre_roll: np.ndarray) -> None:
@@ -614,7 +623,8 @@ class Daemon:
             # The engine runs only when someone may answer without templates of their own.
             if not a.user_streams or len(a.user_streams) < len(own):
                 a.prompt_stream = self.stages.recognizer.start(words)
-        a.answer_started_at = a.answer_started_at or self.clock()
+        if a.answer_started is None:
+            a.answer_started = self.elapsed()
         self._push(pre_roll)
 
     def _push(self, pcm: np.ndarray) -> None:
@@ -642,7 +652,7 @@ class Daemon:
             else:  # during a challenge: drop the partial answer, wait for the real one
                 a.emb_stream = a.prompt_stream = None
                 a.user_streams = {}
-                a.answer_started_at = None
+                a.answer_started = None
             return
         if self.sm.state == State.LISTENING and not a.answering:
             self._issue_challenge(a)  # the wake utterance: now ask for the answer
@@ -667,6 +677,10 @@ class Daemon:
             self.sm.move(State.IDLE, "locked out")
             return
         a.challenge = self.stages.new_challenge(self.cfg.challenge, self.clock())
+        # Its expiry is decided on the clock no step moves: an NTP step forward during the
+        # challenge expired it at once (the right person got challenge_expired), a step
+        # back kept it open for as long as the step.
+        a.deadline = self.elapsed() + (a.challenge.expires_at - a.challenge.issued_at)
         if self.stages.speak is not None:
             seconds = self._speak(a.challenge)
             # The door is deaf while it says the prompt, so challenge.timeout_s counts from
@@ -676,6 +690,7 @@ class Daemon:
                 a.challenge,  # type: ignore[type-var]  # the stage's Challenge is a dataclass
                 expires_at=a.challenge.expires_at + seconds,
             )
+            a.deadline += seconds
         self.stages.link.publish_challenge(a.challenge)
         self.sm.move(State.CHALLENGE, "challenge issued")
 
