@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -113,3 +115,77 @@ def setup_logging(cfg: LoggingConfig, stream: TextIO | None = None) -> str:
             "(pip install 'voxgate[journal]'); logging text to stderr, which journald keeps too"
         )
     return used
+
+
+class LogLimit:
+    """How many lines of one kind go to the log, for lines an outsider or a failure can
+    repeat without end (journald's own rate limit would otherwise drop the lines that
+    matter, with no word of what it dropped).
+
+    `allow()` counts a line and says whether to write it: the first `burst` of each window of
+    `every_s` seconds are written; the next one writes a notice that more are held back, and
+    the first one after the window writes how many were (then the window starts again).
+    `every_s` None: the window lasts until `reset()`, which is "log once while a failure
+    lasts": reset() when it is over says whether a line went out (so a recovery line is
+    due). Counting for metrics stays with the caller: every call is one event."""
+
+    def __init__(
+        self,
+        burst: int = 1,
+        every_s: float | None = None,
+        *,
+        what: str = "",
+        logger: logging.Logger | None = None,
+        level: int = logging.WARNING,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if burst < 1:
+            raise ValueError("burst must be >= 1")
+        self.burst, self.every_s, self.what = burst, every_s, what
+        self._log, self._level, self._clock = logger, level, clock
+        self._lock = threading.Lock()
+        self._start = -math.inf
+        self._written = self._held = 0
+
+    @property
+    def active(self) -> bool:
+        """A line was written since the last reset (with every_s None: the failure lasts)."""
+        with self._lock:
+            return self._written > 0
+
+    def allow(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            if self.every_s is not None and now - self._start >= self.every_s:
+                if self._held:
+                    self._say(
+                        "%s: %d more held back in the last %.0f s",
+                        self.what,
+                        self._held,
+                        now - self._start,
+                    )
+                self._start, self._written, self._held = now, 0, 0
+            if self._written < self.burst:
+                self._written += 1
+                return True
+            if not self._held and self.every_s is not None:
+                self._say(
+                    "%s: more than %d in %.0f s; the next ones are held back and counted in "
+                    "one line once that time has passed",
+                    self.what,
+                    self.burst,
+                    self.every_s,
+                )
+            self._held += 1
+            return False
+
+    def reset(self) -> bool:
+        """Start again (the failure is over); True when a line had been written."""
+        with self._lock:
+            was = self._written > 0
+            self._start, self._written, self._held = -math.inf, 0, 0
+            return was
+
+    def _say(self, msg: str, *args: object) -> None:
+        if self._log is not None:
+            self._log.log(self._level, msg, *args)

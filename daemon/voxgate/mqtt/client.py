@@ -42,6 +42,7 @@ from voxgate.clocks import elapsed
 from voxgate.config.mqtt import BrokerConfig, MqttConfig
 from voxgate.config.secrets import read_secret
 from voxgate.decision import Decision, sign
+from voxgate.logs import LogLimit
 from voxgate.mqtt import discovery
 from voxgate.mqtt.commands import CommandError, CommandGate, make_reply
 from voxgate.mqtt.nonces import UsedCommands
@@ -50,6 +51,10 @@ from voxgate.mqtt.topics import STATES, Topics
 from voxgate.names import fold
 
 log = logging.getLogger(__name__)
+
+# Refusal lines (commands, lock reports): the first 10 a minute, then one line with the count.
+REFUSAL_LOG_BURST = 10
+REFUSAL_LOG_EVERY_S = 60.0
 
 CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -321,6 +326,16 @@ class MqttLink:
         self.on_connection_change: Callable[[bool], None] | None = None
         # Called (network thread) for each refusal a lock reports (metrics).
         self.on_lock_refusal: Callable[[Refusal], None] | None = None
+        # Called (network or worker thread) with the code of each command refused (metrics).
+        self.on_command_refusal: Callable[[str], None] | None = None
+        # Whoever may publish on cmd/# or decision/refused can make these lines without end;
+        # unlimited, they flooded the journal, whose own rate limit then dropped real lines.
+        self._command_log = LogLimit(
+            REFUSAL_LOG_BURST, REFUSAL_LOG_EVERY_S, what="MQTT command refusals", logger=log
+        )
+        self._report_log = LogLimit(
+            REFUSAL_LOG_BURST, REFUSAL_LOG_EVERY_S, what="MQTT lock refusal reports", logger=log
+        )
         self.stats: dict[str, int] = {
             "connects": 0,
             "disconnects": 0,
@@ -613,11 +628,12 @@ class MqttLink:
             if msg.retain:
                 # A lock never retains its reports: a retained one is old news the broker
                 # hands over at every connect, where it read as a new refusal each time.
-                log.warning(
-                    "MQTT: retained refusal report on %s ignored (a lock sends them without "
-                    "retain); cleared from the broker",
-                    msg.topic,
-                )
+                if self._report_log.allow():
+                    log.warning(
+                        "MQTT: retained refusal report on %s ignored (a lock sends them "
+                        "without retain); cleared from the broker",
+                        msg.topic,
+                    )
                 if msg.payload:
                     client.publish(msg.topic, b"", qos=1, retain=True)
             elif msg.payload:  # empty: the clearing above, forwarded back to us
@@ -629,8 +645,8 @@ class MqttLink:
         if msg.retain:
             # A command is never retained on purpose; a retained one would come back on every
             # connect (and within the start-up skew after a restart, run once more).
-            self._count("commands_rejected")
-            log.warning(
+            self._command_refused(
+                "retained",
                 "MQTT: retained command %r ignored (send commands without retain); "
                 "cleared from the broker",
                 name[:64],
@@ -644,16 +660,19 @@ class MqttLink:
         if size > limit:
             # Refused here, not queued: 16 waiting payloads of up to 256 MB each (mosquitto's
             # default limit) could take the door's memory while a command runs.
-            self._count("commands_rejected")
-            log.warning(
-                "MQTT: command %r rejected: oversized: %d bytes > %d", name[:64], size, limit
+            self._command_refused(
+                "oversized",
+                "MQTT: command %r rejected: oversized: %d bytes > %d",
+                name[:64],
+                size,
+                limit,
             )
             self._reply(name, None, ok=False, error="oversized", detail=f"{size} bytes > {limit}")
             return
         try:
             self._work.put_nowait((name, bytes(msg.payload)))
         except queue.Full:
-            log.warning("MQTT: command queue full; %r refused", name[:64])
+            self._command_refused("busy", "MQTT: command queue full; %r refused", name[:64])
             self._reply(name, None, ok=False, error="busy", detail="too many pending commands")
 
     def _lock_refused(self, payload: bytes) -> None:
@@ -662,18 +681,20 @@ class MqttLink:
         try:
             r = parse_refusal(payload)
         except RefusalError as exc:
-            topic = self.topics.decision_refused
-            log.warning("MQTT: unreadable report on %s ignored: %s", topic, exc)
+            if self._report_log.allow():
+                topic = self.topics.decision_refused
+                log.warning("MQTT: unreadable report on %s ignored: %s", topic, exc)
             return
         self._count("lock_refusals")
-        what = "a decision" if r.seq is None else f"{r.outcome or 'decision'} seq={r.seq}"
-        log.error(
-            "MQTT: the lock REFUSED %s: %s (%s); %s",
-            what,
-            r.reason,
-            r.detail or "no detail",
-            ADVICE.get(r.reason, "see the lock's log"),
-        )
+        if self._report_log.allow():
+            what = "a decision" if r.seq is None else f"{r.outcome or 'decision'} seq={r.seq}"
+            log.error(
+                "MQTT: the lock REFUSED %s: %s (%s); %s",
+                what,
+                r.reason,
+                r.detail or "no detail",
+                ADVICE.get(r.reason, "see the lock's log"),
+            )
         cb = self.on_lock_refusal
         if cb is not None:
             try:
@@ -704,8 +725,7 @@ class MqttLink:
         try:
             cmd = self._gate.check(name, payload, self._command_clock())
         except CommandError as exc:
-            self._count("commands_rejected")
-            log.warning("MQTT: command %r rejected: %s", name[:64], exc)
+            self._command_refused(exc.code, "MQTT: command %r rejected: %s", name[:64], exc)
             self._reply(name, None, ok=False, error=exc.code, detail=exc.detail)
             return
         handler = self._handlers.get(name)
@@ -763,9 +783,10 @@ class MqttLink:
         if len(topic.encode()) > 65535:
             # A command topic near the MQTT limit leaves no room for '/result': paho raised
             # ValueError (a traceback in the worker). Unknown commands only: ours are short.
-            log.warning(
-                "MQTT: no reply to command %r: its reply topic would be too long", name[:64]
-            )
+            if self._command_log.allow():
+                log.warning(
+                    "MQTT: no reply to command %r: its reply topic would be too long", name[:64]
+                )
             return
         self._publish_if_connected(topic, payload, qos=1)
 
@@ -925,6 +946,20 @@ class MqttLink:
                 cb(up)
             except Exception:
                 log.exception("MQTT: connection-change callback failed")
+
+    def _command_refused(self, code: str, msg: str, *args: object) -> None:
+        """A command refused before a handler ran: counted every time (stats, the callback
+        for the metrics), logged within the rate limit (anyone allowed to publish on cmd/#
+        can send these without end)."""
+        self._count("commands_rejected")
+        if self._command_log.allow():
+            log.warning(msg, *args)
+        cb = self.on_command_refusal
+        if cb is not None:
+            try:
+                cb(code)
+            except Exception:
+                log.exception("MQTT: command-refusal callback failed")
 
     def _count(self, name: str) -> None:
         with self._out_lock:

@@ -56,6 +56,24 @@ EX_CANTCREAT = 73  # data_dir not writable
 EX_CONFIG = 78  # a setting or secret is missing or wrong
 EX_IOERR = 74  # audio capture failed while running (systemd restarts us)
 
+# The metric's label values (a bounded set: the code comes from the refusal, not the sender).
+COMMAND_REFUSAL_CODES = frozenset(
+    {
+        "oversized",
+        "unknown-command",
+        "unauthorized",
+        "malformed",
+        "wrong-device",
+        "bad-args",
+        "bad-validity",
+        "expired",
+        "not-yet-valid",
+        "replayed",
+        "retained",
+        "busy",
+    }
+)
+
 # How long a spoken challenge plays (espeak-ng at 140 words/min, digits with pauses).
 SPEAK_S_PER_WORD = 0.45
 SPEAK_TAIL_S = 0.8
@@ -278,6 +296,7 @@ class Daemon:
 
         if isinstance(stages.link, MqttLink):
             stages.link.on_lock_refusal = self._lock_refused
+            stages.link.on_command_refusal = self._command_refused
         stages.link.start()
 
         self._step("fleet sync and admin API")
@@ -332,6 +351,12 @@ class Daemon:
         """Counted (the link has logged it): the metrics endpoint starts after the link."""
         if self.metrics is not None:
             self.metrics.lock_refusals.labels(r.reason if r.reason in ADVICE else "other").inc()
+
+    def _command_refused(self, code: str) -> None:
+        """Counted (the link logs within its rate limit, so the count is the whole story)."""
+        if self.metrics is not None:
+            known = code in COMMAND_REFUSAL_CODES
+            self.metrics.command_refusals.labels(code if known else "other").inc()
 
     def _cannot_start(self, code: int, why: str) -> bool:
         """The exit code, and the reason for the last STATUS= (what systemctl status shows

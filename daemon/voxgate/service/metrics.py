@@ -51,6 +51,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.command_refusals = Counter(
+            "voxgate_command_refusals",
+            "MQTT commands refused before they ran (bad signature, replayed, ...), by code.",
+            ["code"],
+            registry=r,
+        )
         self.lockouts = Counter(
             "voxgate_lockouts", "Back-off periods started, by scope.", ["scope"], registry=r
         )
