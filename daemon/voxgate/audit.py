@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voxgate.logs import LogLimit
+
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
@@ -104,8 +106,8 @@ class AuditLog:
         self._pending: deque[dict[str, Any]] = deque()  # bodies not yet chained and written
         self.write_errors = 0
         self.dropped = 0  # lines lost because the backlog overflowed
-        self._failing = False
-        self._anchor_failing = False
+        self._write_log = LogLimit()  # a failed write: logged once until one works
+        self._anchor_log = LogLimit()  # the same for the anchor
         self.seq, self.head = 0, GENESIS
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for event, fields in self._open_checks():
@@ -185,13 +187,12 @@ class AuditLog:
                 self._write_failed(exc)
                 return []
             self.seq, self.head = records[-1]["seq"], records[-1]["hash"]
-            if self._failing:
+            if self._write_log.reset():
                 log.warning(
                     "audit log %s: writable again; %d held line(s) written",
                     self.path,
                     len(records),
                 )
-            self._failing = False
             self._pending.clear()
             self._write_anchor()  # still under the flock: anchors follow the file's order
             return records
@@ -200,7 +201,7 @@ class AuditLog:
 
     def _write_failed(self, exc: OSError) -> None:
         self.write_errors += 1
-        if not self._failing:
+        if self._write_log.allow():
             why = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
             log.error(
                 "audit log %s: cannot write (%s); keeping %d line(s) in memory and going on",
@@ -208,7 +209,6 @@ class AuditLog:
                 why,
                 len(self._pending),
             )
-        self._failing = True
 
     def _write_anchor(self) -> None:
         body: dict[str, Any] = {"seq": self.seq, "hash": self.head}
@@ -232,17 +232,15 @@ class AuditLog:
                     os.close(dfd)
         except OSError as exc:
             self.write_errors += 1
-            if not self._anchor_failing:  # once, not for every line while the disk is full
+            if self._anchor_log.allow():  # once, not for every line while the disk is full
                 log.error(
                     "audit anchor %s: cannot write (%s); the log is ahead of it until it can",
                     self.anchor,
                     exc,
                 )
-            self._anchor_failing = True
             return
-        if self._anchor_failing:
+        if self._anchor_log.reset():
             log.warning("audit anchor %s: written again", self.anchor)
-            self._anchor_failing = False
 
     # -- opening ------------------------------------------------------------------------
 

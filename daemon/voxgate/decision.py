@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from voxgate.logs import LogLimit
+
 log = logging.getLogger(__name__)
 
 VERSION = 1
@@ -458,7 +460,7 @@ class SequenceCounter:
         self._clock = clock
         self._lock = threading.Lock()
         self._unsaved = False  # the ceiling in memory is above the file's (a failed write)
-        self._unsaved_logged = False
+        self._save_log = LogLimit()  # the failed save: logged once until one works
 
     @property
     def last(self) -> int:
@@ -483,7 +485,7 @@ class SequenceCounter:
         try:
             self._state.save({"seq": self._ceiling})
         except OSError as exc:
-            if not self._unsaved_logged:
+            if self._save_log.allow():
                 log.error(
                     "decision sequence %s: cannot save (%s); numbering goes on from memory "
                     "and is saved again with the next decision. Free space on %s",
@@ -491,11 +493,10 @@ class SequenceCounter:
                     "disk full" if exc.errno == errno.ENOSPC else exc.strerror or exc,
                     self._state.path.parent,
                 )
-                self._unsaved_logged = True
             return
-        if self._unsaved_logged:
+        if self._save_log.reset():
             log.warning("decision sequence %s: saved again", self._state.path)
-        self._unsaved = self._unsaved_logged = False
+        self._unsaved = False
 
 
 _SEQ_FILE_ADVICE = (

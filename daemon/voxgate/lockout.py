@@ -35,6 +35,7 @@ from typing import Literal
 
 from voxgate.clocks import elapsed
 from voxgate.config.service import LockoutConfig
+from voxgate.logs import LogLimit
 from voxgate.names import fold
 from voxgate.policy import LockoutState
 
@@ -94,7 +95,7 @@ class LockoutBook:
         # Keys changed in memory but not yet in the file (a write failed, or the file could
         # not be opened for writing): saved with the next write that works.
         self._dirty: set[str] = set()
-        self._failing = False
+        self._save_log = LogLimit()  # a failed save: logged once until one works
         self._reopen = False  # the file could not be opened for writing: try again later
         self._db = self._open()
         if self._db is not None:
@@ -388,7 +389,7 @@ class LockoutBook:
                         (key, held.failures, held.locked_until),
                     )
             except sqlite3.Error as exc:
-                if not self._failing:
+                if self._save_log.allow():
                     log.error(
                         "cannot save lockout state for %s to %s: %s (enforced from memory; "
                         "saved once the file can be written)",
@@ -396,12 +397,10 @@ class LockoutBook:
                         self.path,
                         exc,
                     )
-                self._failing = True
                 return
             self._dirty.discard(key)
-        if self._failing:
+        if self._save_log.reset():
             log.warning("lockout state %s: writable again, held changes saved", self.path)
-            self._failing = False
 
     def _try_reopen(self) -> bool:
         """Open the file for writing again after it could not be at start (a full disk);
@@ -413,7 +412,7 @@ class LockoutBook:
         except sqlite3.Error:
             return False
         self._db, self._reopen = db, False
-        self._failing = True  # so that the save that follows says it
+        self._save_log.allow()  # the open failed (logged then): the save that follows says so
         # The file may hold keys memory has dropped since (expired into a success, erased).
         try:
             stored = {str(r[0]) for r in db.execute("SELECT key FROM lockout")}

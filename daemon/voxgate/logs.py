@@ -13,9 +13,10 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from voxgate.config.logging import LoggingConfig
+if TYPE_CHECKING:  # only a type here: LogLimit's users (audit, decision) need no pydantic
+    from voxgate.config.logging import LoggingConfig
 
 _MARK = "_voxgate_handler"
 # LogRecord attributes that are not "extra" fields.

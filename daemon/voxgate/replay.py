@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voxgate.logs import LogLimit
 from voxgate.names import fold
 from voxgate.replay_index import COARSE_MIN, GAP, FingerprintIndex, popcount
 from voxgate.stt.mfcc import MfccSpec, log_mel
@@ -194,8 +195,8 @@ class ReplayDetector:
         self.exact_only = exact_only
         self.last_examined = 0  # stored answers the last check compared exactly
         self._index = FingerprintIndex()
-        self._cap_logged = False
-        self._failing = False  # the last write failed (logged once until one succeeds)
+        self._cap_log = LogLimit()  # reaching the cap: one warning, then debug lines
+        self._write_log = LogLimit()  # the last write failed (logged once until one works)
         self._memory_id = 0  # ids below 0: answers held in memory only
         # Answers a failed write left in memory (id -> row), saved with the next write that
         # works; and the file's id of those saved since (the cap deletes by it).
@@ -386,14 +387,14 @@ class ReplayDetector:
             self._memory_id -= 1
             self._unsaved[self._memory_id] = row
             return self._memory_id
-        if self._failing:
+        if self._write_log.active:
             held = self._save_held()
             log.warning(
                 "replay store %s: writable again; %d answer(s) held in memory saved",
                 self.path,
                 held,
             )
-            self._failing = False
+            self._write_log.reset()
         return row_id
 
     def _insert(self, row: _HeldRow) -> int:
@@ -420,7 +421,7 @@ class ReplayDetector:
         return saved
 
     def _write_failed(self, exc: sqlite3.Error) -> None:
-        if not self._failing:
+        if self._write_log.allow():
             log.error(
                 "replay store %s: cannot write (%s); answers are remembered in memory only "
                 "until it can be written again, and the door goes on. Free space on %s",
@@ -428,7 +429,6 @@ class ReplayDetector:
                 exc,
                 self.path.parent,
             )
-        self._failing = True
 
     def _prune(self, now: float) -> None:
         cutoff = now - self.window_s
@@ -491,16 +491,16 @@ class ReplayDetector:
         else:
             self._scrub()
         # One warning, then debug lines: at the cap every attempt drops one.
-        (log.debug if self._cap_logged else log.warning)(
+        first = self._cap_log.allow()
+        (log.warning if first else log.debug)(
             "replay store at its cap (%d fingerprints or %.1f MB of memory: "
             "challenge.replay_max_stored, challenge.replay_memory_mb): dropped %d oldest; "
             "earlier attempts are no longer checked for replays%s",
             self.max_rows,
             self.max_frames * BYTES_PER_FRAME / 2**20,
             len(gone),
-            "" if self._cap_logged else " (further drops are logged at debug level)",
+            " (further drops are logged at debug level)" if first else "",
         )
-        self._cap_logged = True
 
     def forget(self, user: str) -> int:
         """Drop the fingerprints of `user`'s answers (the user was erased): from memory and

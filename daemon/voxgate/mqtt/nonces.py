@@ -30,6 +30,7 @@ import threading
 from pathlib import Path
 
 from voxgate.decision import DecisionError, _JsonState, is_finite_number
+from voxgate.logs import LogLimit
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class UsedCommands:
         self._lock = threading.Lock()
         self.floor = 0.0
         self._used: dict[str, float] = {}  # nonce -> expires_at
-        self._unsaved_logged = False
+        self._save_log = LogLimit()  # a failed save: logged once until one works
         if self._state is not None:
             self._load()
 
@@ -103,7 +104,7 @@ class UsedCommands:
         try:
             self._state.save({"floor": self.floor, "used": self._used})
         except OSError as exc:
-            if not self._unsaved_logged:
+            if self._save_log.allow():
                 log.error(
                     "used commands %s: cannot save (%s); the nonces are kept in memory and "
                     "saved with the next command (a restart before that forgets them). Free "
@@ -112,8 +113,6 @@ class UsedCommands:
                     "disk full" if exc.errno == errno.ENOSPC else exc.strerror or exc,
                     self._state.path.parent,
                 )
-                self._unsaved_logged = True
             return
-        if self._unsaved_logged:
+        if self._save_log.reset():
             log.warning("used commands %s: saved again", self.path)
-            self._unsaved_logged = False
