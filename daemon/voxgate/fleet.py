@@ -574,6 +574,7 @@ class FleetSync:
             "store_failed": 0,
             "restored": 0,
             "erase_unverified": 0,
+            "revoke_unverified": 0,
         }
         self._client: Any = None
         # Its own MQTT session, apart from the daemon's MqttLink (whose id it must not reuse).
@@ -954,42 +955,41 @@ class FleetSync:
         for vp in prints:
             if self.codec.user_tag(vp.name) == upd.tag:
                 return dataclasses.replace(upd, name=vp.name), 0
-        if damaged and upd.kind != "erase":  # an erase says more (_erase_unverified)
-            log.warning(
-                "fleet sync: %d unreadable voiceprint(s) not checked against the %s of user tag %s",
-                damaged,
-                upd.kind,
-                upd.tag,
-            )
         return upd, damaged
 
-    def _erase_unverified(self, upd: Update, damaged: int) -> str:
-        """An erase for a user this door could not find while some rows cannot be read: one
-        of them may be that user's. The erase is recorded (older voiceprints stay ignored)
-        with `held` set, meaning "this door may still hold them", so the retained tombstone is
-        applied again at each connect until no unreadable row is left."""
-        self.state.set_user(upd.tag, upd.order, "erase", held=True)
-        self.state.set_grant(upd.tag, upd.group, upd.order, "erase")
+    def _unverified(self, upd: Update, damaged: int, order: Order) -> str:
+        """An erase or revoke for a user this door could not find while some rows cannot be
+        read: one of them may be that user's (and a revoke would leave their access in
+        place once the row reads again, e.g. the file restored from a backup). It is
+        recorded (older voiceprints stay ignored) with `held` set, meaning "this door may
+        still hold them", so the retained tombstone is applied again at each connect until
+        the user is found or no unreadable row is left."""
+        self.state.set_user(upd.tag, order, upd.kind, held=True)
+        self.state.set_grant(upd.tag, upd.group, upd.order, upd.kind)
+        outcome = f"{upd.kind}_unverified"
+        self.stats[outcome] += 1
         log.error(
-            "fleet sync: erase of user tag %s (version %d, by %s) may be incomplete: %d "
+            "fleet sync: %s of user tag %s (version %d, by %s, via %s) may be incomplete: %d "
             "voiceprint row(s) here cannot be read and may be that user's (`voxgate users "
             "list` counts them); erase or re-enroll them by name (`voxgate users erase NAME`), "
-            "the erase is tried again at each connect",
+            "the %s is tried again at each connect",
+            upd.kind,
             upd.tag,
             upd.version,
             upd.signer,
+            upd.group,
             damaged,
+            upd.kind,
         )
-        self.stats["erase_unverified"] += 1
-        return self._done("erase_unverified", upd, unreadable=damaged)
+        return self._done(outcome, upd, unreadable=damaged)
 
     def _apply(self, upd: Update) -> str:
         row = self.state.user(upd.tag)
         known: Order | None = (row[0], row[3]) if row else None
         held = bool(row and row[2])
-        # An erase recorded while unreadable rows might have held the user: its retained
-        # copy is applied again (see _erase_unverified).
-        retry = bool(row and row[1] == "erase" and held and upd.kind == "erase")
+        # An erase or revoke recorded while unreadable rows might have held the user: its
+        # retained copy is applied again (see _unverified).
+        retry = bool(row and row[1] == upd.kind and held and upd.kind in ("erase", "revoke"))
         retry = retry and upd.order == known
         if row and known and row[1] == "erase" and not newer(upd.order, known) and not retry:
             return self._ignored(upd, known)  # erased later than this message was made
@@ -1007,7 +1007,7 @@ class FleetSync:
                 return self._ignored(upd, known)
             upd, unreadable = self._name_for(upd)
             if upd.name is None and unreadable:
-                return self._erase_unverified(upd, unreadable)
+                return self._unverified(upd, unreadable, upd.order)
             erased = False
             if upd.name is not None:  # else: not held here; the version is what matters
                 erased = self.store.erase(upd.name)
@@ -1030,12 +1030,14 @@ class FleetSync:
                 return "revoked_group"  # another of this door's groups still lets them in
             # State is written after the store changed, so a failure here means the retained
             # message is applied again on the next connect rather than skipped.
-            upd, _ = self._name_for(upd)
+            upd, unreadable = self._name_for(upd)
+            top = known if known is not None and newer(known, upd.order) else upd.order
+            if upd.name is None and unreadable:
+                return self._unverified(upd, unreadable, top)
             if upd.name is not None:
                 self.store.erase(upd.name)
                 self._erased(upd.name)
             self.state.set_grant(upd.tag, upd.group, upd.order, "revoke")
-            top = known if known is not None and newer(known, upd.order) else upd.order
             self.state.set_user(upd.tag, top, "revoke", held=False)
             log.info("fleet sync: %s revoked here (version %d)", _who(upd), upd.version)
             self.stats["applied"] += 1
@@ -1056,7 +1058,7 @@ class FleetSync:
             )
             self.stats["refused"] += 1
             return "model_mismatch"
-        if held and known is not None and not newer(upd.order, known):
+        if held and row and row[1] == "voiceprint" and known and not newer(upd.order, known):
             self.state.set_grant(upd.tag, upd.group, upd.order, "voiceprint")
             return "already_have"  # the same enrollment, through another group
         assert upd.embeddings is not None and upd.model_id is not None

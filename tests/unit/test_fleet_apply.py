@@ -407,3 +407,34 @@ def test_an_erase_retried_after_the_damaged_row_was_removed_is_done(tmp_path: Pa
     assert door.handle(*tomb) == "erased_absent"
     assert door.handle(*tomb) == "ignored_old"
     assert door.handle(*_vp("lobby", "carol", 3)) == "ignored_old"
+
+
+def test_a_revoke_a_damaged_row_may_hide_is_not_recorded_as_done(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen: a revoke whose user tag matched no readable row was recorded as applied
+    (`revoked`, held cleared) while bob's row could not be read. Once the row read again
+    (voiceprints.db restored from a backup), bob was let in: the retained revoke was skipped
+    as already seen, and the start's access check looks only at held users."""
+    import logging
+
+    door = _door(tmp_path, ["lobby"], {"lobby": ["*"]})
+    audit: list[tuple[str, dict]] = []
+    door.audit_event = lambda event, **f: audit.append((event, f))
+    assert door.handle(*_vp("lobby", "alice", 3)) == "stored"
+    assert door.handle(*_vp("lobby", "bob", 3)) == "stored"
+    damage_row(door.store, "bob")
+    tomb = _tomb("revoke", "lobby", "bob", 4)
+    with caplog.at_level(logging.WARNING, logger="voxgate.fleet"):
+        assert door.handle(*tomb) == "revoke_unverified"
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "revoke of user tag" in errors[0], errors
+    assert "may be incomplete: 1 voiceprint row(s)" in errors[0]
+    event, fields = audit[-1]
+    assert event == "fleet_revoke_unverified" and fields["unreadable"] == 1
+    assert door.handle(*tomb) == "revoke_unverified"  # the retained copy, next connect
+    assert door.handle(*_vp("lobby", "bob", 3)) == "ignored_old"
+    damage_row(door.store, "bob")  # the row reads again (the same byte flipped back)
+    assert door.handle(*tomb) == "revoked"
+    assert [u.name for u in door.store.users()] == ["alice"]
+    assert door.handle(*tomb) == "ignored_old"
