@@ -576,6 +576,9 @@ class FleetSync:
             "erase_unverified": 0,
             "revoke_unverified": 0,
         }
+        # (kind, tag, group, order) of the unverified tombstones already named at ERROR and in
+        # the audit log by this process: their retained copies come back at each connect.
+        self._unverified_told: set[tuple[str, str, str, Order]] = set()
         self._client: Any = None
         # Its own MQTT session, apart from the daemon's MqttLink (whose id it must not reuse).
         self.client_id = client_id or f"voxgate-{device_id}-fleet"
@@ -963,12 +966,17 @@ class FleetSync:
         place once the row reads again, e.g. the file restored from a backup). It is
         recorded (older voiceprints stay ignored) with `held` set, meaning "this door may
         still hold them", so the retained tombstone is applied again at each connect until
-        the user is found or no unreadable row is left."""
+        the user is found or no unreadable row is left. Named at ERROR and audited once per
+        tombstone and group in this process; the retries after that log at DEBUG."""
         self.state.set_user(upd.tag, order, upd.kind, held=True)
         self.state.set_grant(upd.tag, upd.group, upd.order, upd.kind)
         outcome = f"{upd.kind}_unverified"
         self.stats[outcome] += 1
-        log.error(
+        told = (upd.kind, upd.tag, upd.group, upd.order)
+        first = told not in self._unverified_told
+        self._unverified_told.add(told)
+        log.log(
+            logging.ERROR if first else logging.DEBUG,
             "fleet sync: %s of user tag %s (version %d, by %s, via %s) may be incomplete: %d "
             "voiceprint row(s) here cannot be read and may be that user's (`voxgate users "
             "list` counts them); erase or re-enroll them by name (`voxgate users erase NAME`), "
@@ -981,6 +989,8 @@ class FleetSync:
             damaged,
             upd.kind,
         )
+        if not first:
+            return outcome
         return self._done(outcome, upd, unreadable=damaged)
 
     def _apply(self, upd: Update) -> str:

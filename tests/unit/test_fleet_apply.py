@@ -438,3 +438,29 @@ def test_a_revoke_a_damaged_row_may_hide_is_not_recorded_as_done(
     assert door.handle(*tomb) == "revoked"
     assert [u.name for u in door.store.users()] == ["alice"]
     assert door.handle(*tomb) == "ignored_old"
+
+
+def test_unverified_tombstones_are_named_once_per_group_not_at_each_connect(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen: each connect applied the retained tombstones again and every one wrote the
+    same ERROR and the same audit line again (a door reconnecting all day filled its
+    journal and its append-only, fsynced audit log with copies)."""
+    import logging
+
+    door = _door(tmp_path, ["lobby", "lab"], {"lobby": ["*"], "lab": ["*"]})
+    audit: list[str] = []
+    door.audit_event = lambda event, **f: audit.append(event)
+    assert door.handle(*_vp("lobby", "alice", 3)) == "stored"
+    assert door.handle(*_vp("lobby", "bob", 3)) == "stored"
+    damage_row(door.store, "bob")
+    tombs = [_tomb("erase", g, "carol", 4) for g in ("lobby", "lab")]
+    with caplog.at_level(logging.WARNING, logger="voxgate.fleet"):
+        for _connect in range(3):
+            for tomb in tombs:
+                assert door.handle(*tomb) == "erase_unverified"
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2, [r.getMessage() for r in errors]
+    assert sorted("via lab" in r.getMessage() for r in errors) == [False, True]
+    assert audit.count("fleet_erase_unverified") == 2
+    assert door.stats["erase_unverified"] == 6
