@@ -511,6 +511,46 @@ def state_path(cfg: Any) -> Path:
     return Path(cfg.fleet.state_file or Path(cfg.data_dir) / "fleet.db")
 
 
+def held_in_state(cfg: Any, name: str) -> dict[str, Any] | None:
+    """What the sync state file holds about `name`, for an export: the user tag, the newest
+    change applied here, the change applied per group, and the messages about them still
+    waiting to be sent (sealed: the voiceprint or the tombstone). None without a state file
+    (fleet sync never ran here)."""
+    path = state_path(cfg)
+    if not path.is_file():
+        return None
+    try:
+        tag = Codec(FleetKeys.load(cfg.fleet), cfg.fleet.site, cfg.device_id).user_tag(name)
+    except Exception as exc:  # FleetError, SecretError: no key, no tag to look for
+        return {"state_file": str(path), "error": f"the user tag needs the fleet key: {exc}"}
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        try:
+            user = db.execute(
+                "SELECT version, kind, held FROM users WHERE tag = ?", (tag,)
+            ).fetchone()
+            groups = db.execute(
+                "SELECT grp, version, kind FROM grants WHERE tag = ? ORDER BY grp", (tag,)
+            ).fetchall()
+            outbox = db.execute(
+                "SELECT topic, version FROM outbox WHERE topic LIKE ? ORDER BY rowid",
+                (f"%/{tag}",),
+            ).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return {"state_file": str(path), "user_tag": tag, "error": f"cannot read it: {exc}"}
+    return {
+        "state_file": str(path),
+        "user_tag": tag,
+        "applied": None
+        if user is None
+        else {"version": int(user[0]), "kind": str(user[1]), "held": bool(user[2])},
+        "groups": [{"group": g, "version": int(v), "kind": str(k)} for g, v, k in groups],
+        "outbox": [{"topic": t, "version": int(v)} for t, v in outbox],
+    }
+
+
 def _who(upd: Update) -> str:
     """The user a message is about, for log lines: a tombstone may only have the tag."""
     return upd.name if upd.name is not None else f"user tag {upd.tag}"

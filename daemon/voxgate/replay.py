@@ -576,6 +576,43 @@ def forget_user_in_file(path: Path, user: str) -> int:
         db.close()
 
 
+def fingerprints_of(path: Path, user: str) -> list[dict[str, object]]:
+    """The fingerprints kept of `user`'s answers, for an export (read only, nothing made):
+    when each was stored, its length in frames and its bytes (base64: `fp` one uint32
+    per 10 ms frame, `loud` one bit per frame)."""
+    import base64
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        log.warning("export: cannot open the replay store %s: %s", path, exc)
+        return []
+    try:
+        if not _has_user_key(db):
+            return []
+        rows = db.execute(
+            "SELECT created_at, frames, fp, loud FROM fingerprints WHERE user_key = ? ORDER BY id",
+            (user_key(_salt(db), user),),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        log.warning("export: cannot read the replay store %s: %s", path, exc)
+        return []
+    finally:
+        db.close()
+    return [
+        {
+            "stored_at": float(created),
+            "frames": int(frames),
+            "fp_b64": base64.b64encode(bytes(fp)).decode("ascii"),
+            "loud_b64": base64.b64encode(bytes(loud)).decode("ascii"),
+        }
+        for created, frames, fp, loud in rows
+    ]
+
+
 def _has_user_key(db: sqlite3.Connection) -> bool:
     """Schema 2 (whatever user_version says): the rows have user_key and the salt is kept."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(fingerprints)")}
