@@ -86,6 +86,14 @@ def held_about(cfg: Any, name: str) -> dict[str, Any]:
     }
 
 
+def holds_anything(held: dict[str, Any]) -> bool:
+    """Whether `held_about` found anything about the person."""
+    fleet = held.get("fleet") or {}
+    in_fleet = bool(fleet.get("applied") or fleet.get("groups") or fleet.get("outbox"))
+    keys = ("lockout", "audit_events", "kept_recordings", "replay_fingerprints")
+    return in_fleet or any(held.get(k) for k in keys)
+
+
 def _lockout_entry(path: Path, name: str) -> dict[str, Any] | None:
     from voxgate.lockout import user_key
 

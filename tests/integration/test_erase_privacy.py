@@ -306,3 +306,21 @@ def test_a_retained_erase_user_command_does_not_keep_the_name_on_the_broker(
             late.close()
 
     wait_until(lambda: retained_command() is None, 5, "the retained command to go")
+
+
+def test_users_export_of_an_erased_user_gives_what_is_still_held(tmp_path: Path) -> None:
+    """Seen as the compliance officer: after `voxgate users erase erin`, `voxgate users
+    export erin` said only "no user 'erin' enrolled", while the audit log (kept by design)
+    still named her in the decision and the erase: an access request made after an erase
+    was answered "nothing". The export now gives what is still held, marked not enrolled."""
+    _door_with_erin(tmp_path)
+    assert _cli(tmp_path, "erase", "erin").returncode == 0
+    run = _cli(tmp_path, "export", "Erin")
+    assert run.returncode == 0, run.stderr
+    assert "not enrolled here" in run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["name"] == "Erin" and doc["enrolled"] is False and "embeddings" not in doc
+    assert [e["event"] for e in doc["also_held"]["audit_events"]] == ["decision", "erase"]
+    run = _cli(tmp_path, "export", "nobody")
+    assert run.returncode == 1
+    assert "no user 'nobody' enrolled, and nothing else is held about them" in run.stderr
