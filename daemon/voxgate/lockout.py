@@ -302,6 +302,9 @@ class LockoutBook:
                 return None
 
     def _connect(self) -> sqlite3.Connection:
+        from voxgate.ownership import create_private
+
+        create_private(self.path)  # keys name users
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
             # Keys name users: a deleted row is zeroed, not left readable in a free page.

@@ -203,6 +203,9 @@ class ReplayDetector:
         self._saved_as: dict[int, int] = {}
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        from voxgate.ownership import create_private
+
+        create_private(self.path)  # fingerprints derived from people's voices
         try:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False)
             # Fingerprints come from people's voices: one dropped from the window is zeroed,

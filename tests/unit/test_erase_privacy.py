@@ -303,3 +303,29 @@ def test_an_export_lists_the_replay_fingerprints_and_fleet_state_of_the_person(
     assert fleet["groups"] == [{"group": "lobby", "version": 7, "kind": "voiceprint"}]
     assert fleet["outbox"] == [{"topic": f"voxgate/_fleet/acme/lobby/{tag}", "version": 7}]
     assert not any("replay" in x for x in held["not_included"])
+
+
+def test_lockout_and_replay_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Seen in the data folder of a door started from a shell (umask 022): lockout.db and
+    its -wal/-shm were 0644 (readable by every local user, and they name users: the key is
+    `user:<name>`), and so was replay.db (fingerprints derived from voices), while
+    voiceprints.db, fleet.db and the audit log beside them are 0600."""
+    import stat
+
+    from tests.unit.test_replay_prefilter import signal
+    from voxgate.replay import ReplayDetector
+
+    old = os.umask(0o022)
+    try:
+        book = LockoutBook(tmp_path / "elsewhere" / "lockout.db", LockoutConfig())
+        book.record("erin", ok=False)
+        det = ReplayDetector(tmp_path / "replay.db", window_s=10**9)
+        det.check_and_add(signal(1), now=1.0, user="erin")
+        files = [p for p in tmp_path.rglob("*.db*") if p.is_file()]
+        assert {p.name for p in files} >= {"lockout.db", "lockout.db-wal", "replay.db"}
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+        assert set(modes.values()) == {0o600}, modes
+        det.close()
+        book.close()
+    finally:
+        os.umask(old)
