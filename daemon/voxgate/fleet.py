@@ -24,6 +24,7 @@ How it works (docs/fleet.md has the full design and the broker ACL):
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -366,6 +367,33 @@ class Codec:
 # --- sync state: versions, tombstones, outbox ------------------------------------------------
 
 
+def _sync_schema(db: sqlite3.Connection) -> None:
+    """The sync state's tables, made or brought up to date."""
+    # The outbox holds sealed voiceprints until the broker has them: a sent or replaced one
+    # is zeroed, not left in a free page (and `sent` empties the WAL).
+    db.execute("PRAGMA secure_delete = ON")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.executescript(
+        """
+        CREATE TABLE IF NOT EXISTS users (
+            tag TEXT PRIMARY KEY, version INTEGER NOT NULL, kind TEXT NOT NULL,
+            held INTEGER NOT NULL, tiebreak TEXT NOT NULL DEFAULT '');
+        CREATE TABLE IF NOT EXISTS grants (
+            tag TEXT NOT NULL, grp TEXT NOT NULL, version INTEGER NOT NULL,
+            kind TEXT NOT NULL, tiebreak TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (tag, grp));
+        CREATE TABLE IF NOT EXISTS outbox (
+            topic TEXT PRIMARY KEY, payload BLOB NOT NULL, version INTEGER NOT NULL,
+            tiebreak TEXT NOT NULL DEFAULT '');
+        """
+    )
+    # State files written before tie-breaks: their rows keep '' (see Order).
+    for table in ("users", "grants", "outbox"):
+        cols = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        if "tiebreak" not in cols:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN tiebreak TEXT NOT NULL DEFAULT ''")
+
+
 class SyncState:
     """What this door has applied per user (by tag) and per group, plus unsent messages."""
 
@@ -374,37 +402,64 @@ class SyncState:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
+            if self.path.is_file() and self.path.stat().st_size == 0:
+                raise FleetError(self._empty_message())
+            if not self.path.exists():
+                self._create()
             self._db = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False
             )
-            # The outbox holds sealed voiceprints until the broker has them: a sent or
-            # replaced one is zeroed, not left in a free page (and `sent` empties the WAL).
-            self._db.execute("PRAGMA secure_delete = ON")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS users (
-                    tag TEXT PRIMARY KEY, version INTEGER NOT NULL, kind TEXT NOT NULL,
-                    held INTEGER NOT NULL, tiebreak TEXT NOT NULL DEFAULT '');
-                CREATE TABLE IF NOT EXISTS grants (
-                    tag TEXT NOT NULL, grp TEXT NOT NULL, version INTEGER NOT NULL,
-                    kind TEXT NOT NULL, tiebreak TEXT NOT NULL DEFAULT '',
-                    PRIMARY KEY (tag, grp));
-                CREATE TABLE IF NOT EXISTS outbox (
-                    topic TEXT PRIMARY KEY, payload BLOB NOT NULL, version INTEGER NOT NULL,
-                    tiebreak TEXT NOT NULL DEFAULT '');
-                """
-            )
-            # State files written before tie-breaks: their rows keep '' (see Order).
-            for table in ("users", "grants", "outbox"):
-                cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-                if "tiebreak" not in cols:
-                    self._db.execute(
-                        f"ALTER TABLE {table} ADD COLUMN tiebreak TEXT NOT NULL DEFAULT ''"
-                    )
+            _sync_schema(self._db)
         except sqlite3.DatabaseError as exc:
             raise FleetError(f"{self.path}: unusable fleet sync state ({exc})") from None
+        except OSError as exc:
+            raise FleetError(f"{self.path}: cannot open the fleet sync state ({exc})") from None
         os.chmod(self.path, 0o600)
+
+    def _empty_message(self) -> str:
+        # Created whole (_create), so an empty file was cut: a power cut while it was
+        # written, a failed restore. Opened as new, the changes made here and not yet sent
+        # (an erase among them) were dropped without a word, and the retained voiceprint of
+        # a person erased here but not yet told to the fleet was stored again at the next
+        # connect: the erase undone.
+        return (
+            f"{self.path}: the fleet sync state is empty (0 bytes), so it was cut (a power "
+            "cut while it was written, a failed copy or restore); left untouched. Restore it "
+            "from a backup; or delete it (with any -wal and -shm file beside it): the door then "
+            "takes the fleet's retained messages again at the next connect, but what this door "
+            "had not sent yet is lost: erase again here any user erased since the last "
+            "successful send (voxgate users erase NAME, or voxgate fleet erase NAME when no "
+            "longer enrolled) and resend enrollments (voxgate fleet resend NAME)"
+        )
+
+    def _create(self) -> None:
+        """A new state file with its schema, built under a temporary name and linked into
+        place: a state file that exists is never empty (an empty one is damage), also
+        while another process (the daemon, `voxgate enroll`) creates it."""
+        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            db = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                _sync_schema(db)
+            finally:
+                db.close()
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process made it meanwhile: use theirs
+            except OSError:  # a file system without hard links
+                if not self.path.exists():
+                    os.replace(tmp, self.path)
+        finally:
+            for leftover in [tmp] + [tmp.with_name(tmp.name + x) for x in ("-wal", "-shm")]:
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
 
     def user(self, tag: str) -> tuple[int, str, bool, str] | None:
         """(version, kind, held, tie-break) of the newest change applied for the user."""

@@ -464,3 +464,25 @@ def test_unverified_tombstones_are_named_once_per_group_not_at_each_connect(
     assert sorted("via lab" in r.getMessage() for r in errors) == [False, True]
     assert audit.count("fleet_erase_unverified") == 2
     assert door.stats["erase_unverified"] == 6
+
+
+def test_an_empty_sync_state_file_is_refused_and_left_alone(tmp_path: Path) -> None:
+    """Seen: a fleet.db cut to 0 bytes was opened as a new state. The outbox went with it
+    (an erase made here while the broker was away was never sent), and at the next connect
+    the retained voiceprint of that person, still on the broker, was stored again: the
+    erase undone without a word. An absent file is still a new state."""
+    from voxgate.fleet import FleetError, SyncState
+
+    path = tmp_path / "fleet.db"
+    path.write_bytes(b"")
+    with pytest.raises(FleetError) as err:
+        _door(tmp_path, ["lobby"], {"lobby": ["*"]})
+    msg = str(err.value)
+    assert f"{path}: the fleet sync state is empty (0 bytes)" in msg
+    assert "Restore it from a backup" in msg and "voxgate users erase NAME" in msg
+    assert path.stat().st_size == 0
+    path.unlink()
+    state = SyncState(path)
+    assert path.stat().st_size > 0 and state.outbox() == []
+    state.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if ".new-" in p.name) == []
