@@ -12,6 +12,7 @@ drops them (forget, forget_user_in_file).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -205,6 +206,16 @@ class ReplayDetector:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         from voxgate.ownership import create_private
 
+        with contextlib.suppress(OSError):
+            if self.path.is_file() and self.path.stat().st_size == 0:
+                # Cut (a power cut, a failed restore). Made again rather than refused: it
+                # only ever makes the door refuse, a 0-byte file holds nothing to recover,
+                # and deleting it is the fix for a damaged one anyway.
+                log.warning(
+                    "%s is empty (0 bytes: cut by a power cut or a failed restore); starting "
+                    "an empty replay store: answers given before are not recognised as replays",
+                    self.path,
+                )
         create_private(self.path)  # fingerprints derived from people's voices
         try:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False)
