@@ -111,10 +111,14 @@ def run_erase(args: argparse.Namespace) -> int:
     from voxgate.erasure import forget_on_disk
     from voxgate.voiceprints import StoreError, normalize_name
 
+    dropped: list[str] = []
     try:
         with open_store(cfg) as store:
             gone = store.erase(args.name)
             if gone:
+                # Before the fleet session (up to 5 s): a running daemon checks every 5 s and
+                # would otherwise often drop these first, and this command report nothing.
+                dropped = forget_on_disk(cfg, args.name)
                 record_change(cfg, store, "erased", normalize_name(args.name), None)
     except (CommandError, StoreError) as exc:
         return fail(str(exc))
@@ -123,7 +127,7 @@ def run_erase(args: argparse.Namespace) -> int:
     print(f"erased {args.name}")
     # A running daemon drops its copy of the lockout entry, and the retained `user` topic
     # naming them, within seconds.
-    for what in forget_on_disk(cfg, args.name):
+    for what in dropped:
         print(f"also dropped: {what}")
     return 0
 
