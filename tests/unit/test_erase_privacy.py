@@ -329,3 +329,33 @@ def test_lockout_and_replay_files_are_private_whatever_the_umask(tmp_path: Path)
         book.close()
     finally:
         os.umask(old)
+
+
+def test_lockout_and_replay_files_made_before_are_closed_to_others(tmp_path: Path) -> None:
+    """Files an older version made 0644 (with their -wal and -shm) stayed so after an
+    upgrade; opening them now makes them 0600."""
+    import sqlite3
+    import stat
+
+    from voxgate.replay import ReplayDetector
+
+    old = os.umask(0o022)
+    try:
+        for name in ("lockout.db", "replay.db"):
+            db = sqlite3.connect(tmp_path / name)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE t (x)")
+            db.execute("INSERT INTO t VALUES (1)")
+            db.commit()
+            os.chmod(tmp_path / f"{name}-wal", 0o644)  # as a looser umask leaves it
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+            # `db` stays open: the -wal and -shm stay while a connection is open.
+            if name == "lockout.db":
+                LockoutBook(tmp_path / name, LockoutConfig()).close()
+            else:
+                ReplayDetector(tmp_path / name, window_s=10**9).close()
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob(f"{name}*")}
+            db.close()
+            assert set(modes.values()) == {0o600}, modes
+    finally:
+        os.umask(old)
