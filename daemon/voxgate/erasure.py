@@ -56,22 +56,23 @@ def after_erase(cfg: Any, then: Callable[[str, str], None] | None) -> Callable[[
 NOT_INCLUDED = (
     "service logs (journald): lines name users at decisions, enrollments and erases; kept "
     "as long as the journal keeps them (journalctl --vacuum-time)",
-    "replay fingerprints (replay.db): one per answer whose voice matched, for "
-    "challenge.replay_window_s, derived from the voice; stored under a salted hash of the "
-    "matched name (not listed here: they are not audio, and erase drops them)",
     "kept recordings: listed here by file; the audio itself is encrypted with the audio key "
     "(decrypt with service.keep.AudioKeeper.load)",
     "MQTT broker: the retained `user` topic holds the last granted name; fleet sync keeps "
-    "one retained message per group under a keyed hash of the name: while enrolled, the "
-    "name and voiceprint sealed inside; once erased, a tombstone with no name",
+    "one retained message per group under the user tag listed here (`fleet`): while "
+    "enrolled, the name and voiceprint sealed inside; once erased, a tombstone with no name",
     "Home Assistant keeps its own history of the `user` sensor and decision events",
 )
 
 
 def held_about(cfg: Any, name: str) -> dict[str, Any]:
     """Everything the door holds about `name` besides the voiceprint, for `users export`
-    and the API export: lockout entry, audit events naming them, kept recordings."""
+    and the API export: lockout entry, audit events naming them, kept recordings, the
+    replay fingerprints of their answers (derived from their voice) and the fleet sync
+    state about them (their user tag, versions, unsent messages)."""
     from voxgate.audit import records_naming
+    from voxgate.fleet import held_in_state
+    from voxgate.replay import fingerprints_of
     from voxgate.service.keep import recordings_in
 
     events = records_naming(cfg.audit.path or cfg.data_dir / "audit.jsonl", name)
@@ -79,8 +80,18 @@ def held_about(cfg: Any, name: str) -> dict[str, Any]:
         "lockout": _lockout_entry(cfg.lockout.path or cfg.data_dir / "lockout.db", name),
         "audit_events": events,
         "kept_recordings": [str(p) for p in recordings_in(events) if p.exists()],
+        "replay_fingerprints": fingerprints_of(cfg.data_dir / "replay.db", name),
+        "fleet": held_in_state(cfg, name),
         "not_included": list(NOT_INCLUDED),
     }
+
+
+def holds_anything(held: dict[str, Any]) -> bool:
+    """Whether `held_about` found anything about the person."""
+    fleet = held.get("fleet") or {}
+    in_fleet = bool(fleet.get("applied") or fleet.get("groups") or fleet.get("outbox"))
+    keys = ("lockout", "audit_events", "kept_recordings", "replay_fingerprints")
+    return in_fleet or any(held.get(k) for k in keys)
 
 
 def _lockout_entry(path: Path, name: str) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ How it works (docs/fleet.md has the full design and the broker ACL):
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -366,6 +367,33 @@ class Codec:
 # --- sync state: versions, tombstones, outbox ------------------------------------------------
 
 
+def _sync_schema(db: sqlite3.Connection) -> None:
+    """The sync state's tables, made or brought up to date."""
+    # The outbox holds sealed voiceprints until the broker has them: a sent or replaced one
+    # is zeroed, not left in a free page (and `sent` empties the WAL).
+    db.execute("PRAGMA secure_delete = ON")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.executescript(
+        """
+        CREATE TABLE IF NOT EXISTS users (
+            tag TEXT PRIMARY KEY, version INTEGER NOT NULL, kind TEXT NOT NULL,
+            held INTEGER NOT NULL, tiebreak TEXT NOT NULL DEFAULT '');
+        CREATE TABLE IF NOT EXISTS grants (
+            tag TEXT NOT NULL, grp TEXT NOT NULL, version INTEGER NOT NULL,
+            kind TEXT NOT NULL, tiebreak TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (tag, grp));
+        CREATE TABLE IF NOT EXISTS outbox (
+            topic TEXT PRIMARY KEY, payload BLOB NOT NULL, version INTEGER NOT NULL,
+            tiebreak TEXT NOT NULL DEFAULT '');
+        """
+    )
+    # State files written before tie-breaks: their rows keep '' (see Order).
+    for table in ("users", "grants", "outbox"):
+        cols = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        if "tiebreak" not in cols:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN tiebreak TEXT NOT NULL DEFAULT ''")
+
+
 class SyncState:
     """What this door has applied per user (by tag) and per group, plus unsent messages."""
 
@@ -374,37 +402,64 @@ class SyncState:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
+            if self.path.is_file() and self.path.stat().st_size == 0:
+                raise FleetError(self._empty_message())
+            if not self.path.exists():
+                self._create()
             self._db = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False
             )
-            # The outbox holds sealed voiceprints until the broker has them: a sent or
-            # replaced one is zeroed, not left in a free page (and `sent` empties the WAL).
-            self._db.execute("PRAGMA secure_delete = ON")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS users (
-                    tag TEXT PRIMARY KEY, version INTEGER NOT NULL, kind TEXT NOT NULL,
-                    held INTEGER NOT NULL, tiebreak TEXT NOT NULL DEFAULT '');
-                CREATE TABLE IF NOT EXISTS grants (
-                    tag TEXT NOT NULL, grp TEXT NOT NULL, version INTEGER NOT NULL,
-                    kind TEXT NOT NULL, tiebreak TEXT NOT NULL DEFAULT '',
-                    PRIMARY KEY (tag, grp));
-                CREATE TABLE IF NOT EXISTS outbox (
-                    topic TEXT PRIMARY KEY, payload BLOB NOT NULL, version INTEGER NOT NULL,
-                    tiebreak TEXT NOT NULL DEFAULT '');
-                """
-            )
-            # State files written before tie-breaks: their rows keep '' (see Order).
-            for table in ("users", "grants", "outbox"):
-                cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-                if "tiebreak" not in cols:
-                    self._db.execute(
-                        f"ALTER TABLE {table} ADD COLUMN tiebreak TEXT NOT NULL DEFAULT ''"
-                    )
+            _sync_schema(self._db)
         except sqlite3.DatabaseError as exc:
             raise FleetError(f"{self.path}: unusable fleet sync state ({exc})") from None
+        except OSError as exc:
+            raise FleetError(f"{self.path}: cannot open the fleet sync state ({exc})") from None
         os.chmod(self.path, 0o600)
+
+    def _empty_message(self) -> str:
+        # Created whole (_create), so an empty file was cut: a power cut while it was
+        # written, a failed restore. Opened as new, the changes made here and not yet sent
+        # (an erase among them) were dropped without a word, and the retained voiceprint of
+        # a person erased here but not yet told to the fleet was stored again at the next
+        # connect: the erase undone.
+        return (
+            f"{self.path}: the fleet sync state is empty (0 bytes), so it was cut (a power "
+            "cut while it was written, a failed copy or restore); left untouched. Restore it "
+            "from a backup; or delete it (with any -wal and -shm file beside it): the door then "
+            "takes the fleet's retained messages again at the next connect, but what this door "
+            "had not sent yet is lost: erase again here any user erased since the last "
+            "successful send (voxgate users erase NAME, or voxgate fleet erase NAME when no "
+            "longer enrolled) and resend enrollments (voxgate fleet resend NAME)"
+        )
+
+    def _create(self) -> None:
+        """A new state file with its schema, built under a temporary name and linked into
+        place: a state file that exists is never empty (an empty one is damage), also
+        while another process (the daemon, `voxgate enroll`) creates it."""
+        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            db = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                _sync_schema(db)
+            finally:
+                db.close()
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process made it meanwhile: use theirs
+            except OSError:  # a file system without hard links
+                if not self.path.exists():
+                    os.replace(tmp, self.path)
+        finally:
+            for leftover in [tmp] + [tmp.with_name(tmp.name + x) for x in ("-wal", "-shm")]:
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
 
     def user(self, tag: str) -> tuple[int, str, bool, str] | None:
         """(version, kind, held, tie-break) of the newest change applied for the user."""
@@ -511,6 +566,46 @@ def state_path(cfg: Any) -> Path:
     return Path(cfg.fleet.state_file or Path(cfg.data_dir) / "fleet.db")
 
 
+def held_in_state(cfg: Any, name: str) -> dict[str, Any] | None:
+    """What the sync state file holds about `name`, for an export: the user tag, the newest
+    change applied here, the change applied per group, and the messages about them still
+    waiting to be sent (sealed: the voiceprint or the tombstone). None without a state file
+    (fleet sync never ran here)."""
+    path = state_path(cfg)
+    if not path.is_file():
+        return None
+    try:
+        tag = Codec(FleetKeys.load(cfg.fleet), cfg.fleet.site, cfg.device_id).user_tag(name)
+    except Exception as exc:  # FleetError, SecretError: no key, no tag to look for
+        return {"state_file": str(path), "error": f"the user tag needs the fleet key: {exc}"}
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        try:
+            user = db.execute(
+                "SELECT version, kind, held FROM users WHERE tag = ?", (tag,)
+            ).fetchone()
+            groups = db.execute(
+                "SELECT grp, version, kind FROM grants WHERE tag = ? ORDER BY grp", (tag,)
+            ).fetchall()
+            outbox = db.execute(
+                "SELECT topic, version FROM outbox WHERE topic LIKE ? ORDER BY rowid",
+                (f"%/{tag}",),
+            ).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return {"state_file": str(path), "user_tag": tag, "error": f"cannot read it: {exc}"}
+    return {
+        "state_file": str(path),
+        "user_tag": tag,
+        "applied": None
+        if user is None
+        else {"version": int(user[0]), "kind": str(user[1]), "held": bool(user[2])},
+        "groups": [{"group": g, "version": int(v), "kind": str(k)} for g, v, k in groups],
+        "outbox": [{"topic": t, "version": int(v)} for t, v in outbox],
+    }
+
+
 def _who(upd: Update) -> str:
     """The user a message is about, for log lines: a tombstone may only have the tag."""
     return upd.name if upd.name is not None else f"user tag {upd.tag}"
@@ -574,7 +669,11 @@ class FleetSync:
             "store_failed": 0,
             "restored": 0,
             "erase_unverified": 0,
+            "revoke_unverified": 0,
         }
+        # (kind, tag, group, order) of the unverified tombstones already named at ERROR and in
+        # the audit log by this process: their retained copies come back at each connect.
+        self._unverified_told: set[tuple[str, str, str, Order]] = set()
         self._client: Any = None
         # Its own MQTT session, apart from the daemon's MqttLink (whose id it must not reuse).
         self.client_id = client_id or f"voxgate-{device_id}-fleet"
@@ -954,42 +1053,48 @@ class FleetSync:
         for vp in prints:
             if self.codec.user_tag(vp.name) == upd.tag:
                 return dataclasses.replace(upd, name=vp.name), 0
-        if damaged and upd.kind != "erase":  # an erase says more (_erase_unverified)
-            log.warning(
-                "fleet sync: %d unreadable voiceprint(s) not checked against the %s of user tag %s",
-                damaged,
-                upd.kind,
-                upd.tag,
-            )
         return upd, damaged
 
-    def _erase_unverified(self, upd: Update, damaged: int) -> str:
-        """An erase for a user this door could not find while some rows cannot be read: one
-        of them may be that user's. The erase is recorded (older voiceprints stay ignored)
-        with `held` set, meaning "this door may still hold them", so the retained tombstone is
-        applied again at each connect until no unreadable row is left."""
-        self.state.set_user(upd.tag, upd.order, "erase", held=True)
-        self.state.set_grant(upd.tag, upd.group, upd.order, "erase")
-        log.error(
-            "fleet sync: erase of user tag %s (version %d, by %s) may be incomplete: %d "
+    def _unverified(self, upd: Update, damaged: int, order: Order) -> str:
+        """An erase or revoke for a user this door could not find while some rows cannot be
+        read: one of them may be that user's (and a revoke would leave their access in
+        place once the row reads again, e.g. the file restored from a backup). It is
+        recorded (older voiceprints stay ignored) with `held` set, meaning "this door may
+        still hold them", so the retained tombstone is applied again at each connect until
+        the user is found or no unreadable row is left. Named at ERROR and audited once per
+        tombstone and group in this process; the retries after that log at DEBUG."""
+        self.state.set_user(upd.tag, order, upd.kind, held=True)
+        self.state.set_grant(upd.tag, upd.group, upd.order, upd.kind)
+        outcome = f"{upd.kind}_unverified"
+        self.stats[outcome] += 1
+        told = (upd.kind, upd.tag, upd.group, upd.order)
+        first = told not in self._unverified_told
+        self._unverified_told.add(told)
+        log.log(
+            logging.ERROR if first else logging.DEBUG,
+            "fleet sync: %s of user tag %s (version %d, by %s, via %s) may be incomplete: %d "
             "voiceprint row(s) here cannot be read and may be that user's (`voxgate users "
             "list` counts them); erase or re-enroll them by name (`voxgate users erase NAME`), "
-            "the erase is tried again at each connect",
+            "the %s is tried again at each connect",
+            upd.kind,
             upd.tag,
             upd.version,
             upd.signer,
+            upd.group,
             damaged,
+            upd.kind,
         )
-        self.stats["erase_unverified"] += 1
-        return self._done("erase_unverified", upd, unreadable=damaged)
+        if not first:
+            return outcome
+        return self._done(outcome, upd, unreadable=damaged)
 
     def _apply(self, upd: Update) -> str:
         row = self.state.user(upd.tag)
         known: Order | None = (row[0], row[3]) if row else None
         held = bool(row and row[2])
-        # An erase recorded while unreadable rows might have held the user: its retained
-        # copy is applied again (see _erase_unverified).
-        retry = bool(row and row[1] == "erase" and held and upd.kind == "erase")
+        # An erase or revoke recorded while unreadable rows might have held the user: its
+        # retained copy is applied again (see _unverified).
+        retry = bool(row and row[1] == upd.kind and held and upd.kind in ("erase", "revoke"))
         retry = retry and upd.order == known
         if row and known and row[1] == "erase" and not newer(upd.order, known) and not retry:
             return self._ignored(upd, known)  # erased later than this message was made
@@ -1007,7 +1112,7 @@ class FleetSync:
                 return self._ignored(upd, known)
             upd, unreadable = self._name_for(upd)
             if upd.name is None and unreadable:
-                return self._erase_unverified(upd, unreadable)
+                return self._unverified(upd, unreadable, upd.order)
             erased = False
             if upd.name is not None:  # else: not held here; the version is what matters
                 erased = self.store.erase(upd.name)
@@ -1030,12 +1135,14 @@ class FleetSync:
                 return "revoked_group"  # another of this door's groups still lets them in
             # State is written after the store changed, so a failure here means the retained
             # message is applied again on the next connect rather than skipped.
-            upd, _ = self._name_for(upd)
+            upd, unreadable = self._name_for(upd)
+            top = known if known is not None and newer(known, upd.order) else upd.order
+            if upd.name is None and unreadable:
+                return self._unverified(upd, unreadable, top)
             if upd.name is not None:
                 self.store.erase(upd.name)
                 self._erased(upd.name)
             self.state.set_grant(upd.tag, upd.group, upd.order, "revoke")
-            top = known if known is not None and newer(known, upd.order) else upd.order
             self.state.set_user(upd.tag, top, "revoke", held=False)
             log.info("fleet sync: %s revoked here (version %d)", _who(upd), upd.version)
             self.stats["applied"] += 1
@@ -1056,7 +1163,7 @@ class FleetSync:
             )
             self.stats["refused"] += 1
             return "model_mismatch"
-        if held and known is not None and not newer(upd.order, known):
+        if held and row and row[1] == "voiceprint" and known and not newer(upd.order, known):
             self.state.set_grant(upd.tag, upd.group, upd.order, "voiceprint")
             return "already_have"  # the same enrollment, through another group
         assert upd.embeddings is not None and upd.model_id is not None

@@ -269,6 +269,15 @@ class LockoutBook:
 
     def _open(self) -> sqlite3.Connection | None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            if self.path.is_file() and self.path.stat().st_size == 0:
+                # Cut (a power cut, a failed restore): nothing left to keep, and the door
+                # must not stop over it, as for a damaged file; but not without a word.
+                log.error(
+                    "lockout state %s is empty (0 bytes: cut by a power cut or a failed "
+                    "restore); starting with no lockouts",
+                    self.path,
+                )
         try:
             return self._connect()
         except sqlite3.OperationalError as exc:
@@ -303,6 +312,9 @@ class LockoutBook:
                 return None
 
     def _connect(self) -> sqlite3.Connection:
+        from voxgate.ownership import create_private
+
+        create_private(self.path)  # keys name users
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
             # Keys name users: a deleted row is zeroed, not left readable in a free page.

@@ -10,12 +10,30 @@ under the data folder goes to the folder's owner.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+def create_private(path: Path) -> None:
+    """Create `path` empty, mode 0600, unless it exists. For SQLite files that name users or
+    hold voice-derived data: SQLite makes a missing file (and later its -wal and -shm, which
+    take the file's mode) with the umask's mode, 0644 when the daemon or a command runs
+    outside the unit's UMask=0077. Errors (a read-only folder) are left to SQLite to report."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    # One made before (by an older version, or by SQLite under a looser umask): closed to
+    # others too, with its -wal and -shm (those keep their mode while they exist).
+    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(OSError):
+            st = os.stat(each, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077 and st.st_uid == os.geteuid():
+                os.chmod(each, 0o600)
+                log.info("%s was readable by others (mode %o); now 0600", each, st.st_mode & 0o777)
 
 
 def hand_over(folder: Path) -> list[Path]:

@@ -12,6 +12,7 @@ drops them (forget, forget_user_in_file).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -204,6 +205,19 @@ class ReplayDetector:
         self._saved_as: dict[int, int] = {}
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        from voxgate.ownership import create_private
+
+        with contextlib.suppress(OSError):
+            if self.path.is_file() and self.path.stat().st_size == 0:
+                # Cut (a power cut, a failed restore). Made again rather than refused: it
+                # only ever makes the door refuse, a 0-byte file holds nothing to recover,
+                # and deleting it is the fix for a damaged one anyway.
+                log.warning(
+                    "%s is empty (0 bytes: cut by a power cut or a failed restore); starting "
+                    "an empty replay store: answers given before are not recognised as replays",
+                    self.path,
+                )
+        create_private(self.path)  # fingerprints derived from people's voices
         try:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False)
             # Fingerprints come from people's voices: one dropped from the window is zeroed,
@@ -574,6 +588,43 @@ def forget_user_in_file(path: Path, user: str) -> int:
         return 0
     finally:
         db.close()
+
+
+def fingerprints_of(path: Path, user: str) -> list[dict[str, object]]:
+    """The fingerprints kept of `user`'s answers, for an export (read only, nothing made):
+    when each was stored, its length in frames and its bytes (base64: `fp` one uint32
+    per 10 ms frame, `loud` one bit per frame)."""
+    import base64
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        log.warning("export: cannot open the replay store %s: %s", path, exc)
+        return []
+    try:
+        if not _has_user_key(db):
+            return []
+        rows = db.execute(
+            "SELECT created_at, frames, fp, loud FROM fingerprints WHERE user_key = ? ORDER BY id",
+            (user_key(_salt(db), user),),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        log.warning("export: cannot read the replay store %s: %s", path, exc)
+        return []
+    finally:
+        db.close()
+    return [
+        {
+            "stored_at": float(created),
+            "frames": int(frames),
+            "fp_b64": base64.b64encode(bytes(fp)).decode("ascii"),
+            "loud_b64": base64.b64encode(bytes(loud)).decode("ascii"),
+        }
+        for created, frames, fp, loud in rows
+    ]
 
 
 def _has_user_key(db: sqlite3.Connection) -> bool:

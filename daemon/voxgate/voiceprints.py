@@ -55,6 +55,10 @@ class Damaged(StoreError):
     program's database, a newer schema, a folder): restarting cannot fix it, an admin must."""
 
 
+class EmptyFile(Damaged):
+    """A voiceprint file of 0 bytes; str() already says what to do."""
+
+
 class ModelMismatch(StoreError):
     """The voiceprint was made by another speaker model; scores across models mean nothing."""
 
@@ -192,7 +196,16 @@ def _check_header(path: Path) -> None:
     except FileNotFoundError:
         return
     if size == 0:
-        return
+        # This build creates the file whole (_create_file), and SQLite writes its header as
+        # soon as the WAL is switched on, so a 0-byte file was cut: a power cut while it was
+        # rewritten, a restore that copied nothing. Opened as new, the door would forget
+        # everyone and write a fresh schema over what is left to recover.
+        raise EmptyFile(
+            f"{path}: the file is empty (0 bytes), so it was cut (a power cut while it was "
+            "written, a failed copy or restore); left untouched. Restore it from a backup; or, "
+            "if nobody is to stay enrolled, delete it (with any -wal and -shm file beside it) "
+            "and the next start creates an empty store"
+        )
     with open(path, "rb") as f:
         head = f.read(len(SQLITE_MAGIC))
     if head != SQLITE_MAGIC:
@@ -266,11 +279,11 @@ class VoiceprintStore:
             return
         try:
             _check_header(self.path)
-            new = not self.path.exists() or self.path.stat().st_size == 0
-            if new:
+            if not self.path.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
-                os.close(fd)
+                self._create_file()
+        except sqlite3.DatabaseError as exc:
+            raise _open_error(self.path, exc) from None
         except OSError as exc:  # a directory where the file should be, no permission, full disk
             # A full disk may pass; a folder in the file's place or a permission does not.
             kind = Damaged if exc.errno in (errno.EISDIR, errno.EACCES, errno.EPERM) else StoreError
@@ -292,6 +305,41 @@ class VoiceprintStore:
             self._db.close()
             raise
         self._file_id = _file_id(self.path)
+
+    def _create_file(self) -> None:
+        """A new store at self.path, schema included, in one step: built under a temporary
+        name and linked into place. So a voiceprints.db that exists is never empty (an empty
+        one is damage, _check_header), also while another process creates it; when two
+        create it at once, the second opens the first's."""
+        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            self._db = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                self._create()
+            finally:
+                self._db.close()
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process created it meanwhile: open theirs
+            except OSError:  # a file system without hard links (vfat)
+                if not self.path.exists():
+                    os.replace(tmp, self.path)
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
 
     def _connect_read_only(self) -> None:
         """Read a store in a folder that cannot be written. SQLite needs <db>-shm beside a

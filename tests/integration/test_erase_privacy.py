@@ -306,3 +306,88 @@ def test_a_retained_erase_user_command_does_not_keep_the_name_on_the_broker(
             late.close()
 
     wait_until(lambda: retained_command() is None, 5, "the retained command to go")
+
+
+def test_users_export_of_an_erased_user_gives_what_is_still_held(tmp_path: Path) -> None:
+    """Seen as the compliance officer: after `voxgate users erase erin`, `voxgate users
+    export erin` said only "no user 'erin' enrolled", while the audit log (kept by design)
+    still named her in the decision and the erase: an access request made after an erase
+    was answered "nothing". The export now gives what is still held, marked not enrolled."""
+    _door_with_erin(tmp_path)
+    assert _cli(tmp_path, "erase", "erin").returncode == 0
+    run = _cli(tmp_path, "export", "Erin")
+    assert run.returncode == 0, run.stderr
+    assert "not enrolled here" in run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["name"] == "Erin" and doc["enrolled"] is False and "embeddings" not in doc
+    assert [e["event"] for e in doc["also_held"]["audit_events"]] == ["decision", "erase"]
+    run = _cli(tmp_path, "export", "nobody")
+    assert run.returncode == 1
+    assert "no user 'nobody' enrolled, and nothing else is held about them" in run.stderr
+
+
+def test_users_erase_reports_what_it_dropped_while_the_daemon_runs(tmp_path: Path) -> None:
+    """Seen as the compliance officer, with the daemon running: `voxgate users erase
+    "Xavier Plum"` printed only "erased xavier plum", while the daemon's log said it had
+    dropped his lockout entry and 4 replay fingerprints. The command told the fleet first (a
+    session of up to 5 s) and only then dropped the rest, so the daemon, checking every
+    5 s, had often done it already and the command reported nothing. Here the broker never
+    answers, so the fleet session takes its full 5 s."""
+    import socket
+
+    import yaml
+
+    data, _ = _door_with_erin(tmp_path)
+    hole = socket.socket()  # accepts connections (the kernel does) and never answers
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)
+    for name in ("decision.key", "fleet.key", "signing.key"):
+        (tmp_path / name).write_text(os.urandom(32).hex() + "\n")
+        (tmp_path / name).chmod(0o600)
+    doc = yaml.safe_load((tmp_path / "voxgate.yaml").read_text())
+    doc.update(
+        metrics={"enabled": False},
+        challenge={"mode": "off"},
+        mqtt={
+            "host": "127.0.0.1",
+            "port": hole.getsockname()[1],
+            "hmac_key_file": str(tmp_path / "decision.key"),
+        },
+        fleet={
+            "enabled": True,
+            "site": "acme",
+            "key_file": str(tmp_path / "fleet.key"),
+            "signing_key_file": str(tmp_path / "signing.key"),
+            "groups": ["lobby"],
+            "access": {"lobby": ["*"]},
+        },
+    )
+    (tmp_path / "voxgate.yaml").write_text(yaml.safe_dump(doc))
+    daemon = e2e.DaemonProcess(tmp_path / "voxgate.yaml")
+    try:
+        daemon.feed(e2e.pause(0.3))
+        daemon.wait_log("ready")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+        env["PYTHONPATH"] = str(REPO / "daemon")
+        argv = [sys.executable, "-m", "voxgate", "users", "erase", "erin"]
+        erase = subprocess.Popen(
+            [*argv, "-c", str(tmp_path / "voxgate.yaml")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        while erase.poll() is None:  # the daemon's housekeeping runs on audio time
+            daemon.feed(e2e.pause(1.0))
+            time.sleep(0.2)
+        out, err = erase.communicate()
+        assert erase.returncode == 0, err
+        daemon.wait_log("no longer enrolled")
+        assert daemon.close() == 0, daemon.log()
+    finally:
+        hole.close()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert "also dropped: lockout entry" in out, out + err
+    assert "also dropped: 1 kept recording(s)" in out, out + err
+    assert b"erin" not in b"".join(p.read_bytes() for p in data.glob("lockout.db*"))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
+import pytest
 import yaml
 from broker import Broker
 from mqtt_helpers import wait_until
@@ -162,3 +163,18 @@ def test_fleet_changes_a_command_line_session_applies_are_audited(
     lines = (tmp_path / "data" / "audit.jsonl").read_text().splitlines()
     stored = [r for r in map(json.loads, lines) if r["event"] == "fleet_stored"]
     assert [(r["user"], r["signer"], r["version"]) for r in stored] == [("carol", "door-a", 5)]
+
+
+def test_a_change_left_in_the_outbox_is_named_in_plain_words(
+    tmp_path: Path, no_secret_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seen with the broker down: `voxgate enroll` printed "the enrolled of Yusuf Brandt
+    waits in .../fleet.db" and `voxgate users erase` "the erased of ..."."""
+    down = Broker(tmp_path / "broker", port=1)  # never started: nothing listens there
+    cfg_file, _ = _door_b(tmp_path, down, {"door-b": os.urandom(32)}, {"lobby": ["*"]})
+    cfg = parse_config(cfg_file.read_text())
+    with VoiceprintStore(cfg.data_dir / "voiceprints.db", load_key(cfg.speaker)) as store:
+        store.add_user("alice", np.ones((2, 8), np.float32), "m/1")
+    assert main(["users", "erase", "alice", "-c", str(cfg_file)]) == 0
+    out = capsys.readouterr().out
+    assert "the erase of alice waits in" in out, out

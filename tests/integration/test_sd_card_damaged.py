@@ -65,6 +65,8 @@ def _damage(path: Path, how: str) -> None:
         path.write_bytes(os.urandom(4096))
     elif how == "half":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
     elif how == "folder":
         path.unlink(missing_ok=True)
         path.mkdir()
@@ -80,6 +82,7 @@ def _snapshot(path: Path) -> bytes | str:
         ("voiceprints.db", "garbage", "off", "Restore the file from a backup"),
         ("voiceprints.db", "half", "off", "Restore the file from a backup"),
         ("voiceprints.db", "folder", "off", "Restore the file from a backup"),
+        ("voiceprints.db", "empty", "off", "Restore it from a backup"),
         ("decision-seq.json", "garbage", "off", "delete the file"),
         ("decision-seq.json", "folder", "off", "delete the file"),
         ("replay.db", "garbage", "digits", "Move it aside"),
@@ -104,6 +107,51 @@ def test_a_damaged_data_file_stops_the_start_with_78_and_is_left_alone(
     assert str(data / name) in done.stderr and advice in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert _snapshot(data / name) == before
+
+
+def test_an_empty_voiceprint_file_is_refused_by_every_command_that_opens_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seen: a voiceprints.db cut to 0 bytes (a power cut while it was rewritten, a restore
+    that copied nothing) was opened as a new store: `users list` said nobody was enrolled,
+    `enroll` and the API wrote a fresh schema over it, and the door denied everyone without
+    a word. Each now refuses, names the file and says what to do, and leaves it at 0 bytes;
+    an absent file is still a new store."""
+    cfg, data = _door(tmp_path, "off")
+    db = data / "voiceprints.db"
+    db.write_bytes(b"")
+    fleet_key, signing = tmp_path / "fleet.key", tmp_path / "signing.key"
+    for key in (fleet_key, signing):
+        key.write_text(os.urandom(32).hex() + "\n")
+        key.chmod(0o600)
+    fleet_cfg = tmp_path / "fleet.yaml"
+    fleet_cfg.write_text(
+        cfg.read_text() + f"fleet: {{enabled: true, site: acme, key_file: {fleet_key}, "
+        f"signing_key_file: {signing}, groups: [lobby], access: {{lobby: ['*']}}}}\n"
+    )
+    token = tmp_path / "api.token"
+    token.write_text("t" * 40)
+    token.chmod(0o600)
+    api_cfg = tmp_path / "api.yaml"
+    api_cfg.write_text(cfg.read_text() + f"api: {{token_file: {token}, port: 1}}\n")
+    wav = tmp_path / "quiet.wav"
+    commands = [
+        ["users", "list", "-c", str(cfg)],
+        ["users", "export", "alice", "-c", str(cfg)],
+        ["users", "erase", "alice", "-c", str(cfg)],
+        ["enroll", "bob", "--from", str(wav), "-c", str(cfg)],
+        ["api", "-c", str(api_cfg)],
+        ["fleet", "erase", "alice", "-c", str(fleet_cfg)],
+    ]
+    for argv in commands:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert f"{db}: the file is empty (0 bytes)" in err, (argv, err)
+        assert "Restore it from a backup" in err and "delete it" in err, (argv, err)
+        assert db.stat().st_size == 0, argv
+    db.unlink()
+    assert main(["users", "list", "-c", str(cfg)]) == 0  # absent: a new, empty store
+    assert db.stat().st_size > 0
 
 
 def test_an_empty_config_file_is_refused_at_start_and_at_reload(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from voxgate.config import VoxgateConfig
 from voxgate.config.service import LockoutConfig
@@ -249,3 +250,112 @@ def test_uploaded_takes_wait_in_ram_not_on_the_card(tmp_path: Path) -> None:
     assert len(_read_takes([take])[0]) == 16000
     assert saved and saved[0].parent.parent == Path("/dev/shm")
     assert not saved[0].exists()
+
+
+def test_an_export_lists_the_replay_fingerprints_and_fleet_state_of_the_person(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen as the compliance officer: `voxgate users export` (and the API export) named
+    the replay fingerprints only as "not listed here", although they are derived from the
+    person's voice and held for 30 days, and said nothing of the fleet sync state: the
+    person's user tag (their topic on the broker), the versions applied per group, and an
+    enrollment or erase about them still waiting in the outbox (their voiceprint, sealed)."""
+    import base64
+    import sqlite3
+
+    from tests.unit.test_replay_prefilter import signal
+    from voxgate.erasure import held_about
+    from voxgate.fleet import Codec, FleetKeys, SyncState
+    from voxgate.replay import ReplayDetector
+
+    for var in ("VOXGATE_FLEET_KEY", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(var, raising=False)
+    data = tmp_path / "data"
+    key = tmp_path / "fleet.key"
+    key.write_text(os.urandom(32).hex() + "\n")
+    key.chmod(0o600)
+    cfg = VoxgateConfig.model_validate(
+        {"data_dir": str(data), "fleet": {"site": "acme", "key_file": str(key)}}
+    )
+    det = ReplayDetector(data / "replay.db", window_s=10**9)
+    det.check_and_add(signal(1), now=1.0, user="erin")
+    det.check_and_add(signal(2), now=2.0, user="frank")
+    det.check_and_add(signal(3), now=3.0, user="ERIN")
+    det.close()
+    tag = Codec(FleetKeys.load(cfg.fleet), "acme", cfg.device_id).user_tag("Erin")
+    state = SyncState(data / "fleet.db")
+    state.set_user(tag, (7, "t"), "voiceprint", held=True)
+    state.set_grant(tag, "lobby", (7, "t"), "voiceprint")
+    state.queue(f"voxgate/_fleet/acme/lobby/{tag}", b"sealed", (7, "t"))
+    state.queue("voxgate/_fleet/acme/lobby/" + "0" * 32, b"someone else", (8, "t"))
+    state.close()
+
+    held = held_about(cfg, "Erin")
+    db = sqlite3.connect(data / "replay.db")
+    stored = [bytes(r[0]) for r in db.execute("SELECT fp FROM fingerprints ORDER BY id")]
+    db.close()
+    prints = held["replay_fingerprints"]
+    assert [p["stored_at"] for p in prints] == [1.0, 3.0]
+    assert [base64.b64decode(p["fp_b64"]) for p in prints] == [stored[0], stored[2]]
+    fleet = held["fleet"]
+    assert fleet["user_tag"] == tag
+    assert fleet["applied"] == {"version": 7, "kind": "voiceprint", "held": True}
+    assert fleet["groups"] == [{"group": "lobby", "version": 7, "kind": "voiceprint"}]
+    assert fleet["outbox"] == [{"topic": f"voxgate/_fleet/acme/lobby/{tag}", "version": 7}]
+    assert not any("replay" in x for x in held["not_included"])
+
+
+def test_lockout_and_replay_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Seen in the data folder of a door started from a shell (umask 022): lockout.db and
+    its -wal/-shm were 0644 (readable by every local user, and they name users: the key is
+    `user:<name>`), and so was replay.db (fingerprints derived from voices), while
+    voiceprints.db, fleet.db and the audit log beside them are 0600."""
+    import stat
+
+    from tests.unit.test_replay_prefilter import signal
+    from voxgate.replay import ReplayDetector
+
+    old = os.umask(0o022)
+    try:
+        book = LockoutBook(tmp_path / "elsewhere" / "lockout.db", LockoutConfig())
+        book.record("erin", ok=False)
+        det = ReplayDetector(tmp_path / "replay.db", window_s=10**9)
+        det.check_and_add(signal(1), now=1.0, user="erin")
+        files = [p for p in tmp_path.rglob("*.db*") if p.is_file()]
+        assert {p.name for p in files} >= {"lockout.db", "lockout.db-wal", "replay.db"}
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+        assert set(modes.values()) == {0o600}, modes
+        det.close()
+        book.close()
+    finally:
+        os.umask(old)
+
+
+def test_lockout_and_replay_files_made_before_are_closed_to_others(tmp_path: Path) -> None:
+    """Files an older version made 0644 (with their -wal and -shm) stayed so after an
+    upgrade; opening them now makes them 0600."""
+    import sqlite3
+    import stat
+
+    from voxgate.replay import ReplayDetector
+
+    old = os.umask(0o022)
+    try:
+        for name in ("lockout.db", "replay.db"):
+            db = sqlite3.connect(tmp_path / name)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE t (x)")
+            db.execute("INSERT INTO t VALUES (1)")
+            db.commit()
+            os.chmod(tmp_path / f"{name}-wal", 0o644)  # as a looser umask leaves it
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+            # `db` stays open: the -wal and -shm stay while a connection is open.
+            if name == "lockout.db":
+                LockoutBook(tmp_path / name, LockoutConfig()).close()
+            else:
+                ReplayDetector(tmp_path / name, window_s=10**9).close()
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob(f"{name}*")}
+            db.close()
+            assert set(modes.values()) == {0o600}, modes
+    finally:
+        os.umask(old)

@@ -407,3 +407,82 @@ def test_an_erase_retried_after_the_damaged_row_was_removed_is_done(tmp_path: Pa
     assert door.handle(*tomb) == "erased_absent"
     assert door.handle(*tomb) == "ignored_old"
     assert door.handle(*_vp("lobby", "carol", 3)) == "ignored_old"
+
+
+def test_a_revoke_a_damaged_row_may_hide_is_not_recorded_as_done(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen: a revoke whose user tag matched no readable row was recorded as applied
+    (`revoked`, held cleared) while bob's row could not be read. Once the row read again
+    (voiceprints.db restored from a backup), bob was let in: the retained revoke was skipped
+    as already seen, and the start's access check looks only at held users."""
+    import logging
+
+    door = _door(tmp_path, ["lobby"], {"lobby": ["*"]})
+    audit: list[tuple[str, dict]] = []
+    door.audit_event = lambda event, **f: audit.append((event, f))
+    assert door.handle(*_vp("lobby", "alice", 3)) == "stored"
+    assert door.handle(*_vp("lobby", "bob", 3)) == "stored"
+    damage_row(door.store, "bob")
+    tomb = _tomb("revoke", "lobby", "bob", 4)
+    with caplog.at_level(logging.WARNING, logger="voxgate.fleet"):
+        assert door.handle(*tomb) == "revoke_unverified"
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "revoke of user tag" in errors[0], errors
+    assert "may be incomplete: 1 voiceprint row(s)" in errors[0]
+    event, fields = audit[-1]
+    assert event == "fleet_revoke_unverified" and fields["unreadable"] == 1
+    assert door.handle(*tomb) == "revoke_unverified"  # the retained copy, next connect
+    assert door.handle(*_vp("lobby", "bob", 3)) == "ignored_old"
+    damage_row(door.store, "bob")  # the row reads again (the same byte flipped back)
+    assert door.handle(*tomb) == "revoked"
+    assert [u.name for u in door.store.users()] == ["alice"]
+    assert door.handle(*tomb) == "ignored_old"
+
+
+def test_unverified_tombstones_are_named_once_per_group_not_at_each_connect(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen: each connect applied the retained tombstones again and every one wrote the
+    same ERROR and the same audit line again (a door reconnecting all day filled its
+    journal and its append-only, fsynced audit log with copies)."""
+    import logging
+
+    door = _door(tmp_path, ["lobby", "lab"], {"lobby": ["*"], "lab": ["*"]})
+    audit: list[str] = []
+    door.audit_event = lambda event, **f: audit.append(event)
+    assert door.handle(*_vp("lobby", "alice", 3)) == "stored"
+    assert door.handle(*_vp("lobby", "bob", 3)) == "stored"
+    damage_row(door.store, "bob")
+    tombs = [_tomb("erase", g, "carol", 4) for g in ("lobby", "lab")]
+    with caplog.at_level(logging.WARNING, logger="voxgate.fleet"):
+        for _connect in range(3):
+            for tomb in tombs:
+                assert door.handle(*tomb) == "erase_unverified"
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2, [r.getMessage() for r in errors]
+    assert sorted("via lab" in r.getMessage() for r in errors) == [False, True]
+    assert audit.count("fleet_erase_unverified") == 2
+    assert door.stats["erase_unverified"] == 6
+
+
+def test_an_empty_sync_state_file_is_refused_and_left_alone(tmp_path: Path) -> None:
+    """Seen: a fleet.db cut to 0 bytes was opened as a new state. The outbox went with it
+    (an erase made here while the broker was away was never sent), and at the next connect
+    the retained voiceprint of that person, still on the broker, was stored again: the
+    erase undone without a word. An absent file is still a new state."""
+    from voxgate.fleet import FleetError, SyncState
+
+    path = tmp_path / "fleet.db"
+    path.write_bytes(b"")
+    with pytest.raises(FleetError) as err:
+        _door(tmp_path, ["lobby"], {"lobby": ["*"]})
+    msg = str(err.value)
+    assert f"{path}: the fleet sync state is empty (0 bytes)" in msg
+    assert "Restore it from a backup" in msg and "voxgate users erase NAME" in msg
+    assert path.stat().st_size == 0
+    path.unlink()
+    state = SyncState(path)
+    assert path.stat().st_size > 0 and state.outbox() == []
+    state.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if ".new-" in p.name) == []

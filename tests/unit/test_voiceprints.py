@@ -404,3 +404,33 @@ def test_init_key_is_on_disk_before_it_is_used(
     vpmod.write_key_file(path)
     assert (path.stat().st_ino, 65) in synced  # the file, holding its 64 hex + newline
     assert tmp_path.stat().st_ino in [ino for ino, _ in synced]  # the folder's entry
+
+
+def test_stores_opened_at_once_on_a_new_path_all_open_the_same_file(tmp_path: Path) -> None:
+    """A new store is linked into place whole, so no opener sees it at 0 bytes (which is
+    refused as a cut file) and none writes a second schema over another's."""
+    import threading
+
+    path = tmp_path / "data" / "voiceprints.db"
+    errors: list[BaseException] = []
+    stores: list[VoiceprintStore] = []
+    start = threading.Barrier(6)
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            stores.append(VoiceprintStore(path, KEY))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    stores[0].add_user("alice", np.ones((1, 8)), "m/1")
+    assert all(s.has("alice") for s in stores)
+    for s in stores:
+        s.close()
+    assert sorted(p.name for p in path.parent.iterdir() if ".new-" in p.name) == []

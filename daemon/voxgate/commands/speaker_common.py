@@ -129,13 +129,14 @@ def _to_fleet(
         print(f"warning: not passed to the fleet: {exc}", file=sys.stderr)
         return
     try:
+        what = {"enrolled": "enrollment", "erased": "erase"}[kind]  # not "the enrolled of"
         agent.on_local_change(kind, name)
         agent.start()
         if agent.wait_sent(FLEET_WAIT_S):
             print(f"fleet: {name} ({kind}) sent to the broker")
         else:
             print(
-                f"fleet: broker not reachable within {FLEET_WAIT_S:.0f} s; the {kind} of "
+                f"fleet: broker not reachable within {FLEET_WAIT_S:.0f} s; the {what} of "
                 f"{name} waits in {agent.state.path} and the daemon sends it"
             )
     except FleetError as exc:

@@ -111,10 +111,14 @@ def run_erase(args: argparse.Namespace) -> int:
     from voxgate.erasure import forget_on_disk
     from voxgate.voiceprints import StoreError, normalize_name
 
+    dropped: list[str] = []
     try:
         with open_store(cfg) as store:
             gone = store.erase(args.name)
             if gone:
+                # Before the fleet session (up to 5 s): a running daemon checks every 5 s and
+                # would otherwise often drop these first, and this command report nothing.
+                dropped = forget_on_disk(cfg, args.name)
                 record_change(cfg, store, "erased", normalize_name(args.name), None)
     except (CommandError, StoreError) as exc:
         return fail(str(exc))
@@ -123,7 +127,7 @@ def run_erase(args: argparse.Namespace) -> int:
     print(f"erased {args.name}")
     # A running daemon drops its copy of the lockout entry, and the retained `user` topic
     # naming them, within seconds.
-    for what in forget_on_disk(cfg, args.name):
+    for what in dropped:
         print(f"also dropped: {what}")
     return 0
 
@@ -132,15 +136,35 @@ def run_export(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
-    from voxgate.erasure import held_about
-    from voxgate.voiceprints import StoreError
+    from voxgate.erasure import held_about, holds_anything
+    from voxgate.voiceprints import StoreError, normalize_name
 
     try:
+        name = normalize_name(args.name)
         with open_store(cfg, read_only=True) as store:
-            doc = store.export(args.name)
+            doc = store.export(name) if store.has(name) else None
     except (CommandError, StoreError) as exc:
         return fail(str(exc))
-    doc["also_held"] = held_about(cfg, doc["name"])
+    if doc is None:
+        # Erased (or never enrolled here): the audit log still names them, and the fleet
+        # state and replay store may hold more; an access request must get that too.
+        held = held_about(cfg, name)
+        if not holds_anything(held):
+            return fail(f"no user '{name}' enrolled, and nothing else is held about them")
+        print(
+            f"note: {name} is not enrolled here; exporting what is still held about them",
+            file=sys.stderr,
+        )
+        doc = {
+            "format": "voxgate-voiceprint-export/1",
+            "name": name,
+            "enrolled": False,
+            "stored": "no voiceprint: not enrolled on this door (erased, or never enrolled)",
+        }
+        doc["also_held"] = held
+    else:
+        doc["enrolled"] = True
+        doc["also_held"] = held_about(cfg, doc["name"])
     text = json.dumps(doc, indent=2) + "\n"
     if args.output:
         try:

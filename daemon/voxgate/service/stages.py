@@ -232,6 +232,8 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
         scorer = scoring.load_scorer(cfg, store, embedder)
     except voiceprints.WrongKey as exc:  # the key of another store: a setting
         raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
+    except voiceprints.EmptyFile as exc:  # its message says what to do
+        raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
     except voiceprints.Damaged as exc:  # a restart reads the same file: the admin must act
         raise StageUnavailable(
             f"speaker stage: {exc}. Restore the file from a backup, or move it aside to "
