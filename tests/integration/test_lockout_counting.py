@@ -131,3 +131,34 @@ def test_retries_do_not_count_and_a_locked_out_attempt_neither_counts_nor_extend
     st = book.state("alice", 1000.0)
     assert (st.until, st.device_failures, st.device_window_failures) == (1060.0, 3, 3)
     assert st.user_failures == 1
+
+
+def test_an_attempt_the_lockout_does_not_count_tells_nothing_about_the_voice(
+    door: tuple[Stages, VoxgateConfig, LockoutBook], speech: np.ndarray, tmp_path: Path
+) -> None:
+    """A retry (too little speech for the quality gate) is not counted by the lockout, but
+    the scorer still scores it and its decision carried the speaker score: a stranger who
+    keeps every attempt just short of the gate (or noisy) read how close their voice came,
+    as often as they liked, without a single counted failure, and could tune a voice against
+    it. Found sending short answers with a stranger's voice and reading the decisions."""
+    from voxgate.decision import Issuer, SequenceCounter
+
+    stages, cfg, book = door
+    issuer = Issuer("door", SequenceCounter(tmp_path / "seq.json"), ttl_s=5)
+
+    def decision(pcm: np.ndarray, voice: np.ndarray, answer: LivenessResult) -> Any:
+        a = Attempt("alice", emb_stream=Given(voice), prompt_stream=Given(answer))
+        utt = Utterance(pcm, 0.0, len(pcm) / 16000, len(pcm) / 16000)
+        done = conclude(a, utt, stages, book, cfg, 1000.0, lambda: 1000.0)
+        return issuer.from_attempt(done.result)
+
+    short = speech[: int(0.5 * 16000) + 4800]
+    near = np.array([0.7, 0.7, 0.0, 0.0], dtype=np.float32)  # a voice half-way to alice's
+    for d in (decision(short, near, RIGHT), decision(speech, ALICE, TOO_SHORT)):
+        assert d.outcome == "retry" and d.reasons in (("low_quality",), ("liveness_retry",))
+        assert (d.speaker_score, d.speaker_threshold, d.liveness_score) == (None, None, None)
+        assert d.liveness_ok is None and d.liveness_threshold is None
+    assert book.state("alice", 1000.0).user_failures == 0
+    # A counted denial still says how it failed (it costs a failure).
+    d = decision(speech, near, RIGHT)
+    assert d.reasons == ("no_match",) and d.speaker_score == pytest.approx(0.7071, abs=1e-3)
