@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from voxgate.logs import LogLimit
+from voxgate.policy import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -584,6 +585,13 @@ class Issuer:
             # checks' reasons, anyone reading decisions (Home Assistant, the lock) could tune
             # a voice or an answer for free while the lock lasts. The audit log keeps them.
             return self.issue(v.outcome, v.user, float(result.issued_at), reasons=("locked_out",))
+        counted = Verdict(v.outcome, v.user, tuple(v.reasons)).counts_as_failure
+        if v.outcome != "granted" and not counted:
+            # A retry (too little speech, noise, an answer that could not be judged) or a
+            # late answer alone is not counted either: with its scores a stranger could keep
+            # every attempt just under the quality gate and read how close the voice came,
+            # for free. The reasons stay (the person needs to know to speak longer).
+            return self.issue(v.outcome, v.user, float(result.issued_at), reasons=tuple(v.reasons))
         return self.issue(
             v.outcome,
             v.user,

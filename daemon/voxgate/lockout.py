@@ -1,9 +1,21 @@
 """Lockout: back-off after repeated failures, per claimed user and per door, kept on disk.
 
-After `max_failures` consecutive failures a key is locked for `initial_s`; each further
+After `max_failures` consecutive failures a user is locked for `initial_s`; each further
 failure (once the lock has passed) doubles the period, up to `max_s` (NIST SP 800-63B
-5.2.2 rate limiting). A success resets the user and the door. State lives in a small SQLite
-file so a restart (or a crash loop an attacker provokes) does not clear it.
+5.2.2 rate limiting). The user's own success resets their count.
+
+The door has two limits, and backs off at either: `device_max_failures` consecutive failures
+(any claimed name, identify mode; anyone's success starts it over), and
+`device_window_failures` failures within `device_window_s`, which no success clears (they
+leave as they age). The consecutive count alone gave a stranger at a busy door
+device_max_failures - 1 free guesses per legitimate entry, without limit over a day; the
+window alone would give a quiet door (a few entries a day) more than it had
+(benchmarks/bench_lockout.py). A lock's period doubles with the count over its limit,
+whichever count is further over.
+
+State lives in a small SQLite file so a restart (or a crash loop an attacker provokes) does
+not clear it; the door's failure times are in their own table (`door_failures`), which the
+previous release ignores (the file stays `user_version` 1, see docs/service.md).
 
 End times are wall clock (they must survive a reboot, and MQTT shows them), but a lock lasts
 its period of real time whatever the clock does: a Raspberry Pi has no RTC, boots with
@@ -41,7 +53,7 @@ from voxgate.policy import LockoutState
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # door_failures was added without a bump: the previous release ignores it
 # A wall-clock jump relative to clocks.elapsed larger than this, between two calls, is a
 # step (settimeofday, NTP's step); slewing moves the clocks apart by at most 0.5 ms/s.
 STEP_S = 2.0
@@ -89,6 +101,9 @@ class LockoutBook:
         self.cfg = cfg
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
+        # Wall times of the door's counted failures, oldest first; those older than
+        # device_window_s no longer count (pruned at the next failure).
+        self._door: list[float] = []
         self._wall = wall or time.time
         self._monotonic = monotonic or elapsed
         self._offset = self._wall() - self._monotonic()
@@ -118,7 +133,7 @@ class LockoutBook:
         with self._lock:
             self._follow_steps()
             for key in keys:
-                if ok:
+                if ok:  # the door's failure times stay: they leave with the window
                     entry = Entry(key, 0, None)
                 else:
                     entry = self._fail(key, now)
@@ -132,6 +147,8 @@ class LockoutBook:
         """Clear a user's counter (an admin unlock, or the user was erased); None: the door."""
         key = user_key(user) if user else DEVICE_KEY
         with self._lock:
+            if key == DEVICE_KEY:
+                self._door = []
             self._entries[key] = Entry(key, 0, None)
             self._write(self._entries[key])
 
@@ -182,20 +199,37 @@ class LockoutBook:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _limit(self, key: str) -> int:
-        return self.cfg.device_max_failures if key == DEVICE_KEY else self.cfg.max_failures
+    def _over(self, key: str, failures: int, now: float) -> int:
+        """How far `failures` consecutive failures (and for the door, its failures within the
+        window) are over their limit; >= 0: locked."""
+        if key != DEVICE_KEY:
+            return failures - self.cfg.max_failures
+        return max(
+            failures - self.cfg.device_max_failures,
+            self._door_count(now) - self.cfg.device_window_failures,
+        )
 
-    def _period(self, key: str, failures: int) -> float:
-        """The lock `failures` consecutive failures give (the first one's below the limit)."""
-        over = max(0, failures - self._limit(key))
-        return min(self.cfg.max_s, self.cfg.initial_s * 2.0 ** min(over, 30))
+    def _period(self, over: int) -> float:
+        """The lock a count `over` past its limit gives (0: the first lock)."""
+        return min(self.cfg.max_s, self.cfg.initial_s * 2.0 ** min(max(0, over), 30))
+
+    def _door_count(self, now: float) -> int:
+        return sum(1 for t in self._door if t > now - self.cfg.device_window_s)
+
+    def _keep(self) -> int:
+        # Only the newest times matter: 30 past the limit the period is at its cap.
+        return self.cfg.device_window_failures + 31
 
     def _fail(self, key: str, now: float) -> Entry:
         old = self._entries.get(key, Entry(key, 0, None))
         failures = old.failures + 1
-        if failures < self._limit(key):
+        if key == DEVICE_KEY:
+            recent = [t for t in self._door if t > now - self.cfg.device_window_s]
+            self._door = [*recent, now][-self._keep() :]
+        over = self._over(key, failures, now)
+        if over < 0:
             return Entry(key, failures, old.locked_until)
-        return Entry(key, failures, now + self._period(key, failures))
+        return Entry(key, failures, now + self._period(over))
 
     def _follow_steps(self) -> None:
         """Move every end time with a wall-clock step since the last call, so a lock keeps
@@ -207,24 +241,32 @@ class LockoutBook:
         moved = [e for e in self._entries.values() if e.locked_until is not None]
         log.warning(
             "lockout: the wall clock stepped %+.0f s (NTP, fake-hwclock, an admin); %d lock "
-            "end time(s) moved with it, so each lock keeps the time it had left",
+            "end time(s) and %d door failure time(s) moved with it, so each lock keeps the "
+            "time it had left and each failure counts as long as it would have",
             step,
             len(moved),
+            len(self._door),
         )
         for e in moved:
             assert e.locked_until is not None
             self._entries[e.key] = Entry(e.key, e.failures, e.locked_until + step)
             self._write(self._entries[e.key])
+        if self._door:
+            self._door = [t + step for t in self._door]
+            self._write(self._entries.get(DEVICE_KEY, Entry(DEVICE_KEY, 0, None)))
 
     def _bound_loaded(self) -> None:
         """A lock read from the file ends within its own period from now: the file may have
         been written before the clock was set back (fake-hwclock after a power cut), or by a
         clock that was ahead, and the lock then lasted hours, or for good."""
         now = self._wall()
+        if any(t > now for t in self._door):  # counted from now: a full window, no longer
+            self._door = [min(t, now) for t in self._door]
+            self._write(self._entries.get(DEVICE_KEY, Entry(DEVICE_KEY, 0, None)))
         for e in list(self._entries.values()):
             if e.locked_until is None:
                 continue
-            period = self._period(e.key, e.failures)
+            period = self._period(self._over(e.key, e.failures, now))
             if e.locked_until - now <= period:
                 continue
             log.warning(
@@ -264,6 +306,7 @@ class LockoutBook:
             until=max(ends) if ends else None,
             user_failures=usr.failures,
             device_failures=dev.failures,
+            device_window_failures=self._door_count(now),
             scope=scope,
         )
 
@@ -324,6 +367,9 @@ class LockoutBook:
                 "CREATE TABLE IF NOT EXISTS lockout (key TEXT PRIMARY KEY, "
                 "failures INTEGER NOT NULL, locked_until REAL)"
             )
+            # Added in place (a file from before gets it here); the previous release opens
+            # the file as before and never reads it.
+            db.execute("CREATE TABLE IF NOT EXISTS door_failures (at REAL NOT NULL)")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -375,9 +421,20 @@ class LockoutBook:
             except sqlite3.Error as exc:
                 log.error("cannot rename lockout key %s in %s: %s", stored, self.path, exc)
             self._write(self._entries[key])
+        self._load_door(db)
         if rows:
             log.info("lockout state: %d key(s) loaded from %s", len(rows), self.path)
         return True
+
+    def _load_door(self, db: sqlite3.Connection) -> None:
+        """Read the door's failure times. Failures the previous release counted while it ran
+        (rolled back to, then forward again) are in the `device` row's consecutive count
+        only: they are not in the window."""
+        try:
+            times = [float(r[0]) for r in db.execute("SELECT at FROM door_failures ORDER BY at")]
+        except sqlite3.DatabaseError:  # a file from before, opened read-only: none yet
+            times = []
+        self._door = times[-self._keep() :]
 
     def _write(self, entry: Entry) -> None:
         """Save `entry`, and any change an earlier failure left only in memory: a lock set
@@ -390,7 +447,9 @@ class LockoutBook:
         for key in sorted(self._dirty):
             held = self._entries.get(key)
             try:
-                if held is None:  # forgotten (an erased user) while the file was not writable
+                if key == DEVICE_KEY:
+                    self._write_door(self._db, held)
+                elif held is None:  # forgotten (an erased user) while the file was not writable
                     _drop(self._db, key)
                 elif held.failures == 0 and held.locked_until is None:
                     self._db.execute("DELETE FROM lockout WHERE key = ?", (key,))
@@ -413,6 +472,27 @@ class LockoutBook:
             self._dirty.discard(key)
         if self._save_log.reset():
             log.warning("lockout state %s: writable again, held changes saved", self.path)
+
+    def _write_door(self, db: sqlite3.Connection, held: Entry | None) -> None:
+        """The `device` row (the consecutive count, as the previous release reads it) and
+        the door's failure times, in one transaction."""
+        held = held or Entry(DEVICE_KEY, 0, None)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if held.failures == 0 and held.locked_until is None:
+                db.execute("DELETE FROM lockout WHERE key = ?", (DEVICE_KEY,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO lockout (key, failures, locked_until) VALUES (?, ?, ?)",
+                    (DEVICE_KEY, held.failures, held.locked_until),
+                )
+            db.execute("DELETE FROM door_failures")
+            db.executemany("INSERT INTO door_failures (at) VALUES (?)", [(t,) for t in self._door])
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
 
     def _try_reopen(self) -> bool:
         """Open the file for writing again after it could not be at start (a full disk);

@@ -65,7 +65,8 @@ class LockoutState:
     locked: bool = False
     until: float | None = None  # wall-clock time the back-off ends
     user_failures: int = 0
-    device_failures: int = 0
+    device_failures: int = 0  # consecutive (anyone's success starts it over)
+    device_window_failures: int = 0  # within lockout.device_window_s (no success clears them)
     scope: Literal["user", "device", "both"] | None = None  # who is locked
 
     def remaining_s(self, now: float) -> float:

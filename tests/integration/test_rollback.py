@@ -171,3 +171,45 @@ def test_a_replay_store_marked_2_by_a_development_build_is_marked_1_again(
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 1
     db.close()
+
+
+def test_the_previous_release_opens_the_lockout_state_this_release_wrote(
+    previous: Path, tmp_path: Path
+) -> None:
+    """lockout.db gained a table of the door's failure times (the door's window count, which
+    no success clears). The previous release must still open the file and enforce what it
+    knows (the consecutive counts and the locks); rolled forward again, the window is kept."""
+    import time
+
+    from voxgate.config.service import LockoutConfig
+    from voxgate.lockout import LockoutBook
+
+    path = tmp_path / "lockout.db"
+    cfg = LockoutConfig(device_max_failures=3, device_window_failures=4, device_window_s=600)
+    t = time.time()
+    book = LockoutBook(path, cfg)
+    book.record("bob", ok=False, now=t - 100)
+    book.record("bob", ok=True, now=t - 90)  # starts the consecutive count over, not the window
+    book.record("mallory", ok=False, now=t - 50)
+    book.record(None, ok=False, now=t - 40)
+    book.close()
+    out = _run_previous(
+        previous,
+        f"""
+        import voxgate
+        from voxgate.config.service import LockoutConfig
+        from voxgate.lockout import LockoutBook
+        print(voxgate.__file__)
+        b = LockoutBook({str(path)!r}, LockoutConfig(device_max_failures=3))
+        print("count", b.state(None, {t - 30}).device_failures)
+        print("locked", b.record(None, ok=False, now={t - 20}).state.scope)
+        b.close()
+        """,
+    )
+    assert "count 2" in out and "locked device" in out
+    # Forward again: the previous release's lock holds; its failure is not in the window.
+    book = LockoutBook(path, cfg)
+    st = book.state(None, t)
+    assert st.locked and st.scope == "device" and st.until == pytest.approx(t + 10)
+    assert (st.device_failures, st.device_window_failures) == (3, 3)
+    book.close()

@@ -157,6 +157,8 @@ def test_five_failures_lock_the_door_and_no_more_challenges(
     assert len(link.of("challenge")) == 5  # the sixth visitor got no challenge
     events = [e["event"] for e in audit_events(tmp_path)]
     assert events.count("lockout") == 1
+    (lock,) = [e for e in audit_events(tmp_path) if e["event"] == "lockout"]
+    assert (lock["key"], lock["failures"], lock["window_failures"]) == ("device", 5, 5)
     # The lockout outlives the process.
     from voxgate.lockout import LockoutBook
 

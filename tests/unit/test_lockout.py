@@ -55,16 +55,108 @@ def test_other_users_are_not_affected_but_the_door_is(tmp_path: Path) -> None:
     assert b.state("alice", 3).scope == "both"
 
 
-def test_success_resets_user_and_door(tmp_path: Path) -> None:
+def test_a_success_starts_the_consecutive_counts_over_but_not_the_doors_window(
+    tmp_path: Path,
+) -> None:
     b = book(tmp_path)
     for _ in range(4):
         b.record("alice", ok=False, now=0)
     b.record("alice", ok=True, now=1)
     st = b.state("alice", 1)
-    assert (st.user_failures, st.device_failures) == (0, 0)
+    assert (st.user_failures, st.device_failures, st.device_window_failures) == (0, 0, 4)
     for _ in range(4):
         b.record("alice", ok=False, now=2)
-    assert not b.state("alice", 2).locked  # counting started over
+    assert not b.state("alice", 2).locked  # the consecutive counts started over
+
+
+def test_a_stranger_between_other_peoples_entries_is_stopped_by_the_door(
+    tmp_path: Path,
+) -> None:
+    """The door's only count was reset by anyone's success: a stranger guessing between
+    the entries of the people who work there (claiming names that do not exist, or in
+    identify mode) got device_max_failures - 1 guesses per entry and the door never backed
+    off (at 20 entries an hour about 1,700 guesses a day with the defaults;
+    benchmarks/bench_lockout.py). Now the door also counts failures within
+    device_window_s, which no success clears."""
+    b = book(tmp_path)  # 8 consecutive; 20 within 2 h (the defaults)
+    now, guesses = 1000.0, 0
+    for entry in range(20):
+        for i in range(7):  # one fewer than the consecutive limit, then someone comes in
+            b.record(None if i % 2 else f"nobody{entry}-{i}", ok=False, now=now)
+            guesses += 1
+            now += 10
+            if b.state(None, now).locked:
+                break
+        if b.state(None, now).locked:
+            break
+        b.record(("bob", "carol", "dave")[entry % 3], ok=True, now=now)
+        now += 10
+    assert guesses == 20  # device_window_failures (default)
+    st = b.state("bob", now)
+    assert st.locked and st.scope == "device" and st.until == now - 10 + 30
+    assert (st.device_failures, st.device_window_failures) == (6, 20)
+    # Once the lock has passed, each further failure within the window doubles the period.
+    now = st.until
+    assert b.record(None, ok=False, now=now).state.until == now + 60
+
+
+def test_the_doors_failures_age_out_of_the_window(tmp_path: Path) -> None:
+    cfg = LockoutConfig(
+        device_max_failures=100, device_window_failures=3, device_window_s=600, initial_s=30
+    )
+    b = book(tmp_path, cfg)
+    b.record("x", ok=False, now=0)
+    b.record("y", ok=False, now=300)
+    assert b.state(None, 599).device_window_failures == 2
+    assert b.state(None, 600).device_window_failures == 1  # the first has left the window
+    assert not b.record(None, ok=False, now=600).state.locked
+    st = b.record(None, ok=False, now=700).state  # three within 600 s: 300, 600, 700
+    assert st.locked and st.until == 730 and st.scope == "device"
+    assert b.record(None, ok=False, now=730).state.until == 730 + 60
+    # An admin unlock of the door clears both counts.
+    b.reset(None)
+    st = b.state(None, 791)
+    assert (st.locked, st.device_failures, st.device_window_failures) == (False, 0, 0)
+
+
+def test_the_doors_failure_times_survive_a_restart(tmp_path: Path) -> None:
+    cfg = LockoutConfig(device_window_failures=3, device_window_s=600, initial_s=30)
+    b = book(tmp_path, cfg)
+    b.record("x", ok=False, now=0)
+    b.record("y", ok=False, now=300)
+    b.record("bob", ok=True, now=301)
+    b.close()
+    b = book(tmp_path, cfg)
+    assert b.state(None, 301).device_window_failures == 2
+    assert b.state(None, 600).device_window_failures == 1
+    assert b.record(None, ok=False, now=590).state.locked
+    b.close()
+    with sqlite3.connect(tmp_path / "lockout.db") as db:
+        times = [r[0] for r in db.execute("SELECT at FROM door_failures ORDER BY at")]
+        row = db.execute("SELECT failures FROM lockout WHERE key = 'device'").fetchone()
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    db.close()
+    # The row keeps the consecutive count, as the previous release reads it.
+    assert times == [0.0, 300.0, 590.0] and row == (1,) and version == 1
+
+
+def test_a_file_from_the_previous_release_gains_the_window_in_place(tmp_path: Path) -> None:
+    con = sqlite3.connect(tmp_path / "lockout.db")
+    con.execute(
+        "CREATE TABLE lockout (key TEXT PRIMARY KEY, failures INTEGER NOT NULL, locked_until REAL)"
+    )
+    con.execute("INSERT INTO lockout VALUES ('device', 4, NULL), ('user:alice', 2, NULL)")
+    con.execute("PRAGMA user_version=1")
+    con.commit()
+    con.close()
+    b = book(tmp_path)
+    st = b.state("alice", 10)
+    assert (st.device_failures, st.user_failures, st.device_window_failures) == (4, 2, 0)
+    for _ in range(4):
+        b.record(None, ok=False, now=10)
+    assert b.state(None, 10).locked  # 8 consecutive, as before the upgrade
+    b.close()
+    assert book(tmp_path).state(None, 11).device_window_failures == 4
 
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:

@@ -124,3 +124,30 @@ def test_an_ordinary_restart_keeps_the_time_left(tmp_path: Path) -> None:
     again = book(tmp_path / "lockout.db", clk)
     assert again.state("alice", clk.wall()).remaining_s(clk.wall()) == pytest.approx(18)
     assert again.state("alice", clk.wall()).user_failures == 5
+
+
+WINDOW = LockoutConfig(device_window_failures=3, device_window_s=HOUR, initial_s=30)
+
+
+def test_the_doors_failures_count_their_real_time_across_clock_steps(tmp_path: Path) -> None:
+    """The door's failures within device_window_s are wall-clock times: NTP stepping the
+    clock forward 3 h must not age them out at once (free guesses right after a boot), and
+    a clock set back must not keep them counting for hours more."""
+    clk = Clocks(T - 3 * HOUR)  # fake-hwclock's time
+    b = LockoutBook(tmp_path / "lockout.db", WINDOW, wall=clk.wall, monotonic=clk.mono)
+    b.record(None, ok=False, now=clk.wall())
+    b.record("nobody", ok=False, now=clk.wall())
+    clk.run(60)
+    clk.step(3 * HOUR)  # NTP syncs
+    assert b.state(None, clk.wall()).device_window_failures == 2
+    assert b.record(None, ok=False, now=clk.wall()).state.locked
+    b.close()
+    # A restart keeps them; a clock set back since (times in its future) counts them from now.
+    clk.run(40)
+    clk.step(-2 * HOUR)
+    again = LockoutBook(tmp_path / "lockout.db", WINDOW, wall=clk.wall, monotonic=clk.mono)
+    assert again.state(None, clk.wall()).device_window_failures == 3
+    clk.run(HOUR - 1)
+    assert again.state(None, clk.wall()).device_window_failures == 3
+    clk.run(1)
+    assert again.state(None, clk.wall()).device_window_failures == 0

@@ -43,7 +43,24 @@ class LockoutConfig(Section):
         5,
         ge=1,
         le=1000,
-        description="Consecutive failures on this door (any user) before the door backs off.",
+        description="Consecutive failures on this door (any user) before the door backs off; "
+        "anyone's success starts this count over (device_window_failures is the limit no "
+        "success clears).",
+    )
+    device_window_failures: int = Field(
+        20,
+        ge=1,
+        le=10000,
+        description="Failures on this door (any user, any claimed name, identify mode) within "
+        "device_window_s before the door backs off. No success clears them: a stranger at a "
+        "busy door gets at most device_window_failures - 1 guesses per window without a "
+        "back-off, however many people come in meanwhile.",
+    )
+    device_window_s: float = Field(
+        7200.0,
+        ge=60,
+        le=7 * 86400,
+        description="How long a failure counts towards device_window_failures.",
     )
     initial_s: float = Field(
         30.0, ge=1, le=3600, description="First back-off period; it doubles with each failure."

@@ -887,15 +887,22 @@ class Daemon:
     def _announce_locks(self, rec: RecordResult) -> None:
         for entry in rec.new_locks:
             scope = "device" if entry.key == "device" else "user"
+            # The door also locks on its failures within lockout.device_window_s, which no
+            # success clears: "after 2 consecutive failures" alone would puzzle an admin.
+            window = rec.state.device_window_failures if scope == "device" else None
             log.warning(
-                "lockout: %s after %d consecutive failures, until %s",
+                "lockout: %s after %d consecutive failures%s, until %s",
                 entry.key,
                 entry.failures,
+                "" if window is None else f" ({window} within lockout.device_window_s)",
                 time.strftime("%H:%M:%S", time.localtime(entry.locked_until or 0)),
             )
             if self.metrics is not None:
                 self.metrics.lockouts.labels(scope).inc()
-            self._audit("lockout", key=entry.key, failures=entry.failures, until=entry.locked_until)
+            extra = {} if window is None else {"window_failures": window}
+            self._audit(
+                "lockout", key=entry.key, failures=entry.failures, until=entry.locked_until, **extra
+            )
         self._sync_lockout()
 
     def _sync_lockout(self) -> None:
