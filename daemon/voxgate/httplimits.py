@@ -9,10 +9,13 @@ unable to start a thread or a program (the phoneme decoder's background thread, 
 A bound on the threads alone moved the problem: eight idle sockets from anyone, renewed
 before the silence timeout, kept the administrator out (503 busy). So the request line and
 headers have a short deadline of their own (a connection cannot hold a slot long without
-sending a request), one client address holds only a share of the slots, and the last slots
-are kept for loopback clients (the administrator on the device itself). Someone logged in on
-the device can still use many loopback addresses (127.0.0.2, ...): these limits keep out the
-network, not local users.
+sending a request), one client holds only a share of the slots, and the last slots are kept
+for loopback clients (the administrator on the device itself).
+
+"One client" is a group of addresses one party holds (client_group): an IPv6 host is given a
+whole /64 (often more) and can pick a new source address for each connection, so counting
+each IPv6 address took every shared slot from one host; all of loopback (127.0.0.0/8, ::1)
+is one party, the device itself, or a local user took every slot with 127.0.0.2, 127.0.0.3...
 """
 
 from __future__ import annotations
@@ -43,14 +46,41 @@ REQUEST_TIMEOUT_S = 15.0
 REFUSAL_LOG_EVERY_S = 60.0
 
 
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (::ffff:127.0.0.1)."""
+# IPv6 addresses one host is assumed to hold: the /64 every network hands out at least.
+IPV6_GROUP_PREFIX = 64
+LOOPBACK_GROUP = "loopback"
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address (an IPv4-mapped IPv6 one as IPv4), None when `host` is none."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     mapped = getattr(ip, "ipv4_mapped", None)
-    return bool((mapped or ip).is_loopback)
+    return mapped or ip
+
+
+def client_group(host: str) -> str:
+    """The party a client address counts for: loopback (127.0.0.0/8, ::1, their IPv4-mapped
+    forms) is one group, an IPv4 address its own, an IPv6 address its /64 prefix (a
+    link-local one with its interface: fe80::/64%eth0). Anything else: the text itself."""
+    ip = _ip(host)
+    if ip is None:
+        return host
+    if ip.is_loopback:
+        return LOOPBACK_GROUP
+    if ip.version == 4:
+        return str(ip)
+    net = ipaddress.ip_network(f"{ip}/{IPV6_GROUP_PREFIX}", strict=False)
+    scope = host.partition("%")[2] if ip.is_link_local else ""
+    return f"{net}%{scope}" if scope else str(net)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (::ffff:127.0.0.1)."""
+    ip = _ip(host)
+    return ip is not None and ip.is_loopback
 
 
 def busy_reply(message: str) -> bytes:
@@ -65,7 +95,8 @@ def busy_reply(message: str) -> bytes:
 
 class ConnectionLimit:
     """Mixin, placed before a ThreadingMixIn server class: at most `max_connections`
-    connections have a thread, at most `per_address` of them from one client address, and
+    connections have a thread, at most `per_address` of them from one client group
+    (client_group: an IPv4 address, an IPv6 /64, all of loopback), and
     clients that are not loopback together at most `max_connections - loopback_reserved`.
     One more gets `busy` and is closed at once."""
 
@@ -76,7 +107,7 @@ class ConnectionLimit:
     # SYN retries for seconds instead of being answered busy at once.
     request_queue_size = 128
     busy = busy_reply("too many open connections")
-    busy_address = busy_reply("too many open connections from this address")
+    busy_address = busy_reply("too many open connections from this address (or its network)")
     _lock: threading.Lock | None = None
     _open: dict[str, int] | None = None
     _remote = 0
@@ -84,14 +115,15 @@ class ConnectionLimit:
     _refusal_logged = -math.inf
 
     def _take(self, host: str) -> bytes | None:
-        """Take a slot for a connection from `host`; the reply to send when there is none."""
+        """Take a slot for a connection from group `host`; the reply to send when there is
+        none."""
         if self._lock is None or self._open is None:
             # Only the serving thread calls this first, so the lazy creation does not race.
             self._lock, self._open = threading.Lock(), {}
         with self._lock:
             total = sum(self._open.values())
             mine = self._open.get(host, 0)
-            local = is_loopback(host)
+            local = host == LOOPBACK_GROUP
             if total >= self.max_connections:
                 return self.busy
             if mine >= self.per_address:
@@ -111,12 +143,13 @@ class ConnectionLimit:
                 self._open[host] = left
             else:
                 self._open.pop(host, None)
-            if not is_loopback(host):
+            if host != LOOPBACK_GROUP:
                 self._remote -= 1
 
     def process_request(self, request: Any, client_address: Any) -> None:
         host = str(client_address[0]) if client_address else ""
-        reply = self._take(host)
+        group = client_group(host)
+        reply = self._take(group)
         if reply is not None:
             self._refused += 1
             now = time.monotonic()
@@ -124,11 +157,12 @@ class ConnectionLimit:
             if now - self._refusal_logged >= REFUSAL_LOG_EVERY_S:
                 log.warning(
                     "%s refused %d connection(s) since the last such line, the latest from "
-                    "%s (limits: %d connections at once, %d per address, %d for clients "
-                    "other than loopback)",
+                    "%s (%s; limits: %d connections at once, %d per address or IPv6 /64, %d "
+                    "for clients other than loopback)",
                     self,
                     self._refused,
                     host,
+                    group,
                     self.max_connections,
                     self.per_address,
                     self.max_connections - self.loopback_reserved,
@@ -144,14 +178,14 @@ class ConnectionLimit:
         try:
             super().process_request(request, client_address)  # type: ignore[misc]
         except BaseException:
-            self._give_back(host)
+            self._give_back(group)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)  # type: ignore[misc]
         finally:
-            self._give_back(str(client_address[0]) if client_address else "")
+            self._give_back(client_group(str(client_address[0]) if client_address else ""))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went silent (the timeout) or away is no error worth a traceback.
