@@ -102,3 +102,71 @@ def test_ipv6_loopback_and_ipv4_mapped_loopback_are_one_client(make_api: Any) ->
     finally:
         for s in idle:
             s.close()
+
+
+def _dribble(sock: socket.socket, seconds: float, every: float = 0.2) -> tuple[bytes, float | None]:
+    """Send one body byte each `every` s for up to `seconds`; what the server sent, and
+    when (from the start) it closed the connection (None: still open at the end)."""
+    sock.settimeout(every)
+    got = b""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        try:
+            sock.sendall(b"x")
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            continue
+        except OSError:
+            return got, time.monotonic() - started
+        if not chunk:
+            return got, time.monotonic() - started
+        got += chunk
+    return got, None
+
+
+def _post_head(path: str, length: int, token: str | None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/yaml\r\n{auth}"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def test_a_body_dribbled_after_a_401_does_not_hold_the_slot(make_api: Any) -> None:
+    """No token needed: the 401 went out at once, then the server read the unwanted body
+    (so the client sees the reply rather than a reset) for as long as a byte came within
+    the silence timeout: one slot held for ever per connection."""
+    server = make_api(request_timeout_s=1.0)
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(_post_head("/api/v1/config/check", 10_000_000, None))
+        got, closed = _dribble(s, 6.0)
+    assert got.startswith(b"HTTP/1.1 401"), got[:100]
+    # The reply, then at most DRAIN_S (2 s) of what the body still sends.
+    assert closed is not None and closed < 4.0, closed
+
+
+def test_an_upload_dribbled_with_the_token_ends_at_the_request_deadline(make_api: Any) -> None:
+    """A byte every 0.2 s renewed the 1 s silence timeout: a 100 kB body never ended."""
+    server = make_api(request_timeout_s=1.0, header_timeout_s=1.0, request_deadline_s=2.0)
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(_post_head("/api/v1/config/check", 100_000, TOKEN))
+        got, closed = _dribble(s, 6.0)
+    assert closed is not None and closed < 4.0, (closed, got[:200])
+    assert got.startswith(b"HTTP/1.1 408") and b"did not arrive whole in time" in got, got
+    # Slots are given back: the API answers.
+    assert _ask_health("127.0.0.1", server.port).startswith(b"HTTP/1.1 200")
+
+
+def test_an_upload_in_time_is_read_whole(make_api: Any) -> None:
+    """The deadline is for the whole request: a body sent in parts within it is read."""
+    server = make_api(request_timeout_s=1.0, request_deadline_s=3.0)
+    body = b"device_id: door-1\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(_post_head("/api/v1/config/check", len(body), TOKEN))
+        for part in (body[:5], body[5:]):
+            time.sleep(0.5)
+            s.sendall(part)
+        reply = b""
+        while chunk := s.recv(4096):  # the reply ends with the connection
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200") and b'"valid"' in reply, reply

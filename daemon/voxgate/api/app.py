@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from voxgate import __version__
 from voxgate.api.decisions import recent_events
@@ -149,6 +149,15 @@ def create_app(
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[Response, int]:
         code = (exc.name or "error").lower().replace(" ", "_")
+        if isinstance(exc, ClientDisconnected):
+            # The server stopped reading (httplimits: the request's deadline, its silence
+            # timeout) or the client went away: werkzeug's text blamed "the browser (or proxy)".
+            log.warning("API: %s %s: the request body was cut off", _method(), _path())
+            msg = (
+                "the request body did not arrive whole in time (send it faster, or check "
+                "api.max_upload_mb: the deadline grows with it)"
+            )
+            return _error(408, "request_timeout", msg)
         if exc.code == 413:
             msg = f"request body larger than {cfg.api.max_upload_mb:g} MB (api.max_upload_mb)"
         elif exc.code == 404 and _slash_in_name():
