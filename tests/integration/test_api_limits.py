@@ -146,10 +146,10 @@ def test_a_body_dribbled_after_a_401_does_not_hold_the_slot(make_api: Any) -> No
 
 
 def test_an_upload_dribbled_with_the_token_ends_at_the_request_deadline(make_api: Any) -> None:
-    """A byte every 0.2 s renewed the 1 s silence timeout: a 100 kB body never ended."""
+    """A byte every 0.2 s renewed the 1 s silence timeout: a 50 kB body never ended."""
     server = make_api(request_timeout_s=1.0, header_timeout_s=1.0, request_deadline_s=2.0)
     with socket.create_connection(("127.0.0.1", server.port)) as s:
-        s.sendall(_post_head("/api/v1/config/check", 100_000, TOKEN))
+        s.sendall(_post_head("/api/v1/config/check", 50_000, TOKEN))
         got, closed = _dribble(s, 6.0)
     assert closed is not None and closed < 4.0, (closed, got[:200])
     assert got.startswith(b"HTTP/1.1 408") and b"did not arrive whole in time" in got, got
@@ -170,3 +170,36 @@ def test_an_upload_in_time_is_read_whole(make_api: Any) -> None:
         while chunk := s.recv(4096):  # the reply ends with the connection
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 200") and b'"valid"' in reply, reply
+
+
+def _check_config(port: int, body: bytes, chunked: bool = False) -> tuple[int, dict]:
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/yaml"}
+    if chunked:
+        headers["Transfer-Encoding"] = "chunked"
+        parts = [body[i : i + 8192] for i in range(0, len(body), 8192)]
+        conn.request("POST", "/api/v1/config/check", iter(parts), headers, encode_chunked=True)
+    else:
+        conn.request("POST", "/api/v1/config/check", body, headers)
+    resp = conn.getresponse()
+    reply = json.loads(resp.read())
+    conn.close()
+    return resp.status, reply
+
+
+def test_a_config_to_check_is_at_most_64_kb(make_api: Any) -> None:
+    """POST /config/check took anything up to api.max_upload_mb (10 MB) and parsed it: a few
+    hundred kB of YAML values kept a core busy for tens of seconds per request."""
+    server = make_api()
+    padding = b"# " + b"x" * 998 + b"\n"
+    small = b"device_id: door-1\n" + padding * 60  # ~60 kB with comments: still checked
+    status, reply = _check_config(server.port, small)
+    assert status == 200 and reply["valid"] is True, reply
+    big = b"device_id: door-1\n" + padding * 100
+    for chunked in (False, True):
+        status, reply = _check_config(server.port, big, chunked)
+        assert status == 413, (chunked, reply)
+        assert reply["message"] == "a config is at most 64 kB", reply
