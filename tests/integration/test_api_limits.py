@@ -203,3 +203,68 @@ def test_a_config_to_check_is_at_most_64_kb(make_api: Any) -> None:
         status, reply = _check_config(server.port, big, chunked)
         assert status == 413, (chunked, reply)
         assert reply["message"] == "a config is at most 64 kB", reply
+
+
+# Run in a network namespace of its own (unshare -n): a /64 of addresses on its loopback
+# interface, as a host on the network has one, without touching this machine's network.
+_IPV6_ROTATION = r"""
+import socket, subprocess, sys, tempfile, time
+from pathlib import Path
+for cmd in ("ip link set lo up", "ip -6 route add local 2001:db8:1:2::/64 dev lo",
+            "ip -6 route add local 2001:db8:7::/64 dev lo",
+            "ip -6 addr add 2001:db8:9::1/64 dev lo nodad"):
+    subprocess.run(cmd.split(), check=True)
+from voxgate.api import ApiServer, UserAdmin, create_app
+from voxgate.config import parse_config
+from voxgate.voiceprints import VoiceprintStore
+tmp = Path(tempfile.mkdtemp())
+cfg = parse_config(f"device_id: d\ndata_dir: {tmp}\n")
+store = VoiceprintStore(tmp / "v.db", bytes(range(32)))
+server = ApiServer(create_app(cfg, UserAdmin(store, cfg.speaker, cfg.vad, lambda: None),
+                              b"t" * 20), "2001:db8:9::1", 0, 0.05)
+server.start()
+def idle(source):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, 78, 1)  # IPV6_FREEBIND: any address of the local route
+    s.bind((source, 0))
+    s.settimeout(5)
+    s.connect(("2001:db8:9::1", server.port))
+    return s
+def told(s):
+    s.settimeout(0.05)
+    try:
+        return s.recv(200)
+    except TimeoutError:
+        return b""
+# One host, a new source address from its /64 for each connection.
+rotating = [idle(f"2001:db8:1:2:{i:x}::{i:x}") for i in range(1, 9)]
+time.sleep(0.3)
+refused = sum(told(s).startswith(b"HTTP/1.1 503") for s in rotating)
+other = idle("2001:db8:7::1")  # another host (another /64): still let in
+time.sleep(0.2)
+print(refused, told(other) == b"")
+server.stop()
+"""
+
+
+def test_an_ipv6_host_rotating_addresses_in_its_64_counts_once() -> None:
+    """Each IPv6 source address had its own share of 3: one host with a /64 held every slot
+    open to the network, and a scraper or administrator coming over the network got 503."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare and ip (util-linux, iproute2)")
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a network namespace: {probe.stderr.decode().strip()}")
+    done = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", _IPV6_ROTATION],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    refused, other_let_in = done.stdout.split()
+    assert (int(refused), other_let_in) == (5, "True"), done.stdout
