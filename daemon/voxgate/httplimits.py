@@ -9,10 +9,13 @@ unable to start a thread or a program (the phoneme decoder's background thread, 
 A bound on the threads alone moved the problem: eight idle sockets from anyone, renewed
 before the silence timeout, kept the administrator out (503 busy). So the request line and
 headers have a short deadline of their own (a connection cannot hold a slot long without
-sending a request), one client address holds only a share of the slots, and the last slots
-are kept for loopback clients (the administrator on the device itself). Someone logged in on
-the device can still use many loopback addresses (127.0.0.2, ...): these limits keep out the
-network, not local users.
+sending a request), one client holds only a share of the slots, and the last slots are kept
+for loopback clients (the administrator on the device itself).
+
+"One client" is a group of addresses one party holds (client_group): an IPv6 host is given a
+whole /64 (often more) and can pick a new source address for each connection, so counting
+each IPv6 address took every shared slot from one host; all of loopback (127.0.0.0/8, ::1)
+is one party, the device itself, or a local user took every slot with 127.0.0.2, 127.0.0.3...
 """
 
 from __future__ import annotations
@@ -40,17 +43,58 @@ LOOPBACK_RESERVED = 2
 HEADER_TIMEOUT_S = 5.0
 # How long a connection may stay silent once its headers are in (within an upload).
 REQUEST_TIMEOUT_S = 15.0
+# Time from the connection (or the end of the previous request) to the end of the body: a
+# body dribbled a byte each few seconds held its slot for ever. The admin API raises it
+# with api.max_upload_mb (upload_deadline).
+REQUEST_DEADLINE_S = 60.0
+# What a request may still send once the reply has begun (a body the app did not read).
+DRAIN_S = 2.0
+DRAIN_BYTES = 1 << 20
+# The slowest upload the API's deadline allows for: 128 kB/s, about 1 Mbit/s.
+MIN_UPLOAD_BYTES_PER_S = 128 * 1024
 REFUSAL_LOG_EVERY_S = 60.0
+
+
+# IPv6 addresses one host is assumed to hold: the /64 every network hands out at least.
+IPV6_GROUP_PREFIX = 64
+LOOPBACK_GROUP = "loopback"
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address (an IPv4-mapped IPv6 one as IPv4), None when `host` is none."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return mapped or ip
+
+
+def client_group(host: str) -> str:
+    """The party a client address counts for: loopback (127.0.0.0/8, ::1, their IPv4-mapped
+    forms) is one group, an IPv4 address its own, an IPv6 address its /64 prefix (a
+    link-local one with its interface: fe80::/64%eth0). Anything else: the text itself."""
+    ip = _ip(host)
+    if ip is None:
+        return host
+    if ip.is_loopback:
+        return LOOPBACK_GROUP
+    if ip.version == 4:
+        return str(ip)
+    net = ipaddress.ip_network(f"{ip}/{IPV6_GROUP_PREFIX}", strict=False)
+    scope = host.partition("%")[2] if ip.is_link_local else ""
+    return f"{net}%{scope}" if scope else str(net)
 
 
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (::ffff:127.0.0.1)."""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return bool((mapped or ip).is_loopback)
+    ip = _ip(host)
+    return ip is not None and ip.is_loopback
+
+
+def upload_deadline(max_body_bytes: int) -> float:
+    """The whole-request deadline of a server that accepts bodies up to `max_body_bytes`."""
+    return REQUEST_DEADLINE_S + max_body_bytes / MIN_UPLOAD_BYTES_PER_S
 
 
 def busy_reply(message: str) -> bytes:
@@ -65,7 +109,8 @@ def busy_reply(message: str) -> bytes:
 
 class ConnectionLimit:
     """Mixin, placed before a ThreadingMixIn server class: at most `max_connections`
-    connections have a thread, at most `per_address` of them from one client address, and
+    connections have a thread, at most `per_address` of them from one client group
+    (client_group: an IPv4 address, an IPv6 /64, all of loopback), and
     clients that are not loopback together at most `max_connections - loopback_reserved`.
     One more gets `busy` and is closed at once."""
 
@@ -76,7 +121,7 @@ class ConnectionLimit:
     # SYN retries for seconds instead of being answered busy at once.
     request_queue_size = 128
     busy = busy_reply("too many open connections")
-    busy_address = busy_reply("too many open connections from this address")
+    busy_address = busy_reply("too many open connections from this address (or its network)")
     _lock: threading.Lock | None = None
     _open: dict[str, int] | None = None
     _remote = 0
@@ -84,14 +129,15 @@ class ConnectionLimit:
     _refusal_logged = -math.inf
 
     def _take(self, host: str) -> bytes | None:
-        """Take a slot for a connection from `host`; the reply to send when there is none."""
+        """Take a slot for a connection from group `host`; the reply to send when there is
+        none."""
         if self._lock is None or self._open is None:
             # Only the serving thread calls this first, so the lazy creation does not race.
             self._lock, self._open = threading.Lock(), {}
         with self._lock:
             total = sum(self._open.values())
             mine = self._open.get(host, 0)
-            local = is_loopback(host)
+            local = host == LOOPBACK_GROUP
             if total >= self.max_connections:
                 return self.busy
             if mine >= self.per_address:
@@ -111,12 +157,13 @@ class ConnectionLimit:
                 self._open[host] = left
             else:
                 self._open.pop(host, None)
-            if not is_loopback(host):
+            if host != LOOPBACK_GROUP:
                 self._remote -= 1
 
     def process_request(self, request: Any, client_address: Any) -> None:
         host = str(client_address[0]) if client_address else ""
-        reply = self._take(host)
+        group = client_group(host)
+        reply = self._take(group)
         if reply is not None:
             self._refused += 1
             now = time.monotonic()
@@ -124,11 +171,12 @@ class ConnectionLimit:
             if now - self._refusal_logged >= REFUSAL_LOG_EVERY_S:
                 log.warning(
                     "%s refused %d connection(s) since the last such line, the latest from "
-                    "%s (limits: %d connections at once, %d per address, %d for clients "
-                    "other than loopback)",
+                    "%s (%s; limits: %d connections at once, %d per address or IPv6 /64, %d "
+                    "for clients other than loopback)",
                     self,
                     self._refused,
                     host,
+                    group,
                     self.max_connections,
                     self.per_address,
                     self.max_connections - self.loopback_reserved,
@@ -144,14 +192,14 @@ class ConnectionLimit:
         try:
             super().process_request(request, client_address)  # type: ignore[misc]
         except BaseException:
-            self._give_back(host)
+            self._give_back(group)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)  # type: ignore[misc]
         finally:
-            self._give_back(str(client_address[0]) if client_address else "")
+            self._give_back(client_group(str(client_address[0]) if client_address else ""))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went silent (the timeout) or away is no error worth a traceback.
@@ -166,55 +214,101 @@ class ConnectionLimit:
 
 
 class _DeadlineReader(io.RawIOBase):
-    """The connection's reads, each given what is left of the header deadline (while one
-    is set) or the silence timeout: a per-read timeout alone is renewed by every byte."""
+    """The connection's reads, each given what is left of the deadline (and at most the
+    silence timeout, when one is set): a per-read timeout alone is renewed by every byte.
+    `budget` (None: no bound) is how many more bytes may be read."""
 
-    def __init__(self, sock: socket.socket, silence_s: float) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._silence = silence_s
-        self.deadline: float | None = None
+        self.deadline = math.inf
+        self.silence: float | None = None
+        self.what = "request"
+        self.budget: int | None = None
+        self.broken = False  # a limit was hit: the connection must not serve another request
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        if self.deadline is None:
-            self._sock.settimeout(self._silence)
-        else:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("request line and headers not complete in time")
-            self._sock.settimeout(left)
-        return self._sock.recv_into(buffer)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.broken = True
+            raise TimeoutError(f"{self.what} not complete in time")
+        if self.budget is not None:
+            if self.budget <= 0:
+                self.broken = True
+                raise ConnectionAbortedError(f"{self.what}: more bytes than it may send")
+            buffer = memoryview(buffer)[: self.budget]
+        before = self._sock.gettimeout()
+        self._sock.settimeout(left if self.silence is None else min(left, self.silence))
+        try:
+            got = self._sock.recv_into(buffer)
+        finally:
+            self._sock.settimeout(before)  # the replies are written with the usual timeout
+        if self.budget is not None:
+            self.budget -= got
+        return got
 
 
 class HeaderDeadline:
     """Mixin, placed before a BaseHTTPRequestHandler class: the request line and headers
     must be complete within `header_timeout` of the connection (or of the end of the
-    previous request); after that, `timeout` is the silence allowed (the body)."""
+    previous request), the whole request (its body too) within `request_deadline` of the
+    same moment; while the body comes, `timeout` is the silence allowed. What is read after
+    the reply has started (werkzeug reads a body the app did not want, so the client sees a
+    401 or 413 rather than a reset) has `drain_s` and `drain_bytes` at most: a body dribbled
+    after a 401 held the slot for as long as it came, no token needed."""
 
     header_timeout = HEADER_TIMEOUT_S
+    request_deadline = REQUEST_DEADLINE_S
+    drain_s = DRAIN_S
+    drain_bytes = DRAIN_BYTES
     _reader: _DeadlineReader
+    _request_due = math.inf
+    _in_headers = False
+    close_connection: bool
 
     def setup(self) -> None:
         super().setup()  # type: ignore[misc]
         connection: socket.socket = self.connection  # type: ignore[attr-defined]
-        silence = getattr(self, "timeout", None) or REQUEST_TIMEOUT_S
-        self._reader = _DeadlineReader(connection, silence)
-        self._reader.deadline = time.monotonic() + self.header_timeout
+        self._reader = _DeadlineReader(connection)
+        self._start_request()
         # The handler reads the request through this (StreamRequestHandler set a plain file).
         setattr(self, "rfile", io.BufferedReader(self._reader))  # noqa: B010
 
+    def _start_request(self) -> None:
+        now = time.monotonic()
+        self._in_headers = True
+        self._request_due = now + max(self.request_deadline, self.header_timeout)
+        reader = self._reader
+        reader.deadline, reader.silence, reader.budget = now + self.header_timeout, None, None
+        reader.what = "request line and headers"
+
     def handle_one_request(self) -> None:
-        # Keep-alive: the next request has its own deadline (the first one's is set above).
-        if self._reader.deadline is None:
-            self._reader.deadline = time.monotonic() + self.header_timeout
+        # Keep-alive: the next request has its own deadlines (the first one's are set above).
+        if not self._in_headers:
+            self._start_request()
         super().handle_one_request()  # type: ignore[misc]
+        if self._reader.broken:
+            # The rest of a body cut off would be read as the next request (werkzeug keeps
+            # the connection after an error it counts as the client's).
+            self.close_connection = True
 
     def parse_request(self) -> bool:
         try:
             return bool(super().parse_request())  # type: ignore[misc]
         finally:
-            self._reader.deadline = None
+            self._in_headers = False
+            reader = self._reader
+            reader.deadline, reader.what = self._request_due, "request (headers and body)"
+            reader.silence = getattr(self, "timeout", None) or REQUEST_TIMEOUT_S
             # The reply is written with the socket's timeout: not what was left of the deadline.
             self.connection.settimeout(getattr(self, "timeout", None))  # type: ignore[attr-defined]
+
+    def send_response(self, *args: Any, **kwargs: Any) -> None:
+        super().send_response(*args, **kwargs)  # type: ignore[misc]
+        reader = self._reader
+        if not self._in_headers:  # a reply to a request whose headers are in: the body is over
+            reader.deadline = min(reader.deadline, time.monotonic() + self.drain_s)
+            reader.budget = self.drain_bytes
+            reader.what = "request body after the reply"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from voxgate import __version__
 from voxgate.api.decisions import recent_events
@@ -26,6 +26,10 @@ from voxgate.voiceprints import StoreError, normalize_name
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
+# The largest config POST /config/check reads. A config is a few kB; the upload limit
+# (api.max_upload_mb, 10 MB) let one request keep a core busy for minutes in the YAML parser
+# (300 kB of values: 18 s on the x86 test host), the core the door's audio needs.
+MAX_CONFIG_BYTES = 64 * 1024
 MIN_TOKEN_LEN = 16
 DEFAULT_EVENTS = "decision"
 
@@ -149,7 +153,18 @@ def create_app(
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[Response, int]:
         code = (exc.name or "error").lower().replace(" ", "_")
-        if exc.code == 413:
+        if isinstance(exc, ClientDisconnected):
+            # The server stopped reading (httplimits: the request's deadline, its silence
+            # timeout) or the client went away: werkzeug's text blamed "the browser (or proxy)".
+            log.warning("API: %s %s: the request body was cut off", _method(), _path())
+            msg = (
+                "the request body did not arrive whole in time (send it faster, or check "
+                "api.max_upload_mb: the deadline grows with it)"
+            )
+            return _error(408, "request_timeout", msg)
+        if isinstance(exc, _ConfigTooLarge):
+            msg = f"a config is at most {MAX_CONFIG_BYTES // 1024} kB"
+        elif exc.code == 413:
             msg = f"request body larger than {cfg.api.max_upload_mb:g} MB (api.max_upload_mb)"
         elif exc.code == 404 and _slash_in_name():
             # The server decodes %2F before routing, so 'a%2Fb' matched no route: a bare
@@ -307,10 +322,12 @@ def create_app(
 
     @app.post(f"{PREFIX}/config/check")
     def config_check() -> tuple[Response, int]:
-        data = request.get_data(cache=False)
-        if request.content_length is None and len(data) >= app.config["MAX_CONTENT_LENGTH"]:
-            # A chunked body is cut at the limit, not refused: the check would judge a part.
-            raise RequestEntityTooLarge()
+        if (request.content_length or 0) > MAX_CONFIG_BYTES:
+            raise _ConfigTooLarge()
+        # A chunked body (no length) is read one byte past the limit to see it is over.
+        data = request.stream.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise _ConfigTooLarge()
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
@@ -325,6 +342,10 @@ def create_app(
 
 
 class _BadRequest(Exception):
+    pass
+
+
+class _ConfigTooLarge(RequestEntityTooLarge):
     pass
 
 

@@ -13,19 +13,23 @@ from voxgate.httplimits import (
     ConnectionLimit,
     HeaderDeadline,
     busy_reply,
+    upload_deadline,
 )
 
 log = logging.getLogger(__name__)
 
 
-def _make_server(host: str, port: int, app: Any, timeout_s: float, header_s: float) -> Any:
-    """werkzeug's threaded server with connection limits, a header deadline and a read
-    timeout (httplimits)."""
+def _make_server(
+    host: str, port: int, app: Any, timeout_s: float, header_s: float, deadline_s: float
+) -> Any:
+    """werkzeug's threaded server with connection limits, header and request deadlines and
+    a read timeout (httplimits)."""
     from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
     class Handler(HeaderDeadline, WSGIRequestHandler):
         timeout = timeout_s  # socketserver sets it on the connection
         header_timeout = header_s
+        request_deadline = deadline_s
 
         def log_error(self, format: str, *args: Any) -> None:
             if format.startswith("Request timed out"):
@@ -51,9 +55,17 @@ class ApiServer:
         poll_interval: float = 0.5,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         header_timeout_s: float = HEADER_TIMEOUT_S,
+        request_deadline_s: float | None = None,
     ) -> None:
+        """`request_deadline_s`: the time one request (headers and body) may take; None:
+        enough for the app's largest upload at about 1 Mbit/s (httplimits.upload_deadline)."""
+        if request_deadline_s is None:
+            largest = getattr(app, "config", {}).get("MAX_CONTENT_LENGTH") or 0
+            request_deadline_s = upload_deadline(int(largest))
         try:
-            self._server = _make_server(host, port, app, request_timeout_s, header_timeout_s)
+            self._server = _make_server(
+                host, port, app, request_timeout_s, header_timeout_s, request_deadline_s
+            )
         except SystemExit:
             # werkzeug prints "Address already in use" and calls sys.exit(1) itself; a
             # daemon hosting the API must decide what that means, so make it an OSError.
