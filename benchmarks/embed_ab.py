@@ -2,7 +2,7 @@
 
     git archive 04c1822 daemon | tar -x -C /tmp/old
     python benchmarks/embed_ab.py /tmp/old/daemon daemon [--rounds 40] [--per-turn 10] [--cpu 0]
-        [--front-end]
+        [--front-end | --stream]
 
 On a shared machine the load changes from one minute to the next, and two benchmark runs made
 one after the other differ by more than a small change makes. Here two worker processes (one
@@ -10,7 +10,8 @@ per checkout's `daemon/` folder, each pinned to the same core, one inference thr
 daemon's allocator settings) embed the same synthetic 3 s utterance `voxgate bench` uses, a
 few times each in turn, A then B then B then A...; printed per checkout: the median wall time
 and CPU time of one embed() over all turns, and the median over rounds of B's time / A's.
-With --front-end only embed()'s steps before the network are timed.
+With --front-end only embed()'s steps before the network are timed; with --stream a whole
+stream (30 ms pushes, then finish()), as the daemon embeds.
 """
 
 from __future__ import annotations
@@ -47,8 +48,14 @@ def front_end():
         emb._gains(audio, starts, from_int16=speech.dtype == np.int16)
     else:
         emb._gains(audio, starts)
+def streamed():
+    # what the daemon does: 30 ms pushes while the person speaks, then finish()
+    stream = emb.stream()
+    for i in range(0, pcm.size, 480):
+        stream.push(pcm[i : i + 480])
+    stream.finish()
 import numpy as np
-step = front_end if sys.argv[3] == "front" else (lambda: emb.embed(pcm))
+step = {"front": front_end, "stream": streamed}.get(sys.argv[3], lambda: emb.embed(pcm))
 for line in sys.stdin:
     wall, cpu = [], []
     for _ in range(int(line)):
@@ -85,8 +92,12 @@ def main() -> int:
     ap.add_argument("--per-turn", type=int, default=10, help="embed() calls per turn")
     ap.add_argument("--cpu", type=int, default=0)
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument(
+    what = ap.add_mutually_exclusive_group()
+    what.add_argument(
         "--front-end", action="store_true", help="time embed()'s steps before the network only"
+    )
+    what.add_argument(
+        "--stream", action="store_true", help="time a whole stream: 30 ms pushes and finish()"
     )
     args = ap.parse_args()
     for d in (args.a, args.b):
@@ -96,7 +107,7 @@ def main() -> int:
     if args.rounds < 1 or args.per_turn < 1:
         print("embed_ab.py: --rounds and --per-turn must be >= 1", file=sys.stderr)
         return 2
-    what = "front" if args.front_end else "embed"
+    what = "front" if args.front_end else "stream" if args.stream else "embed"
     workers = [start(d, args.cpu, args.seconds, what) for d in (args.a, args.b)]
     try:
         for w in workers:
@@ -124,7 +135,8 @@ def main() -> int:
             w.kill()
             w.wait()
     print(
-        f"{'front end' if args.front_end else 'embed()'} of {args.seconds:g} s, core {args.cpu}, "
+        f"{ {'front': 'front end', 'stream': 'stream'}.get(what, 'embed()') } of "
+        f"{args.seconds:g} s, core {args.cpu}, "
         f"{args.rounds} rounds x "
         f"{args.per_turn} calls each, turn about"
     )

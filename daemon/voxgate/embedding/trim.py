@@ -67,44 +67,51 @@ class SpeechTrim:
         self._finished = False
 
     # The smoothed flag of frame k needs flags up to k + after; its kept/dropped state needs
-    # smoothed flags up to k + pad. Each stage runs on all the frames it can settle at once;
-    # only the VAD goes frame by frame (it keeps state between frames).
+    # smoothed flags up to k + pad. Many frames at once (a whole utterance) go through array
+    # operations, except the VAD (it keeps state between frames); the frame or two of a
+    # stream's push go through plain Python, where numpy's per-call cost would dominate.
     def _step(self, final: bool) -> np.ndarray:
         n_frames = self._decided + len(self._held)
         k0 = len(self._flags)
         if k0 < n_frames and (final or n_frames >= self._onset):
-            ks = np.arange(k0, n_frames)
-            js = np.minimum(np.maximum(ks, self._onset - 1), n_frames - 1)
-            frames = self._held[k0 - self._decided :]
-            gains = np.ones(ks.size)
-            for i, j in enumerate(js.tolist()):
-                if self._energy[j] < (j + 1) * self._n * self._loud:
-                    gains[i] = level_gain(self._energy[j], (j + 1) * self._n, self.spec.level_dbfs)
-            if np.any(gains != 1.0):
-                scaled = np.round(frames * gains[:, None])
-                frames = np.clip(scaled, -32768, 32767).astype(np.int16)
-            data = np.ascontiguousarray(frames).tobytes()
-            size = 2 * self._n
-            for i in range(ks.size):
-                self._flags.append(
-                    self._vad.is_speech(data[i * size : (i + 1) * size], SAMPLE_RATE)
-                )
+            self._flag(k0, n_frames)
         s0 = len(self._smooth)
         s1 = len(self._flags) if final else max(s0, len(self._flags) - self._after)
         if s1 > s0:
             votes = _window_sums(self._flags, s0, s1, self._before, self._after)
-            self._smooth.extend((2 * votes > self.spec.smooth_frames).tolist())  # half: no
+            self._smooth.extend(2 * v > self.spec.smooth_frames for v in votes)  # half: no
         pad = self.spec.pad_frames
         d0 = self._decided
         d1 = len(self._smooth) if final else max(d0, len(self._smooth) - pad)
         if d1 == d0:
             return np.zeros(0, np.int16)
-        keep = _window_sums(self._smooth, d0, d1, pad, pad) > 0
-        out = self._held[: d1 - d0][keep].reshape(-1)
-        self.kept_frames += int(keep.sum())
+        keep = [v > 0 for v in _window_sums(self._smooth, d0, d1, pad, pad)]
+        out = self._held[: d1 - d0][np.array(keep)].reshape(-1)
+        self.kept_frames += sum(keep)
         self._held = self._held[d1 - d0 :]  # decided: the samples are no longer needed here
         self._decided = d1
         return out
+
+    def _flag(self, k0: int, n_frames: int) -> None:
+        """VAD flags of frames k0..n_frames-1, each heard with the gain of the audio up to
+        frame j = max(k, onset - 1) (the last frame, when there are fewer)."""
+        gains = []
+        for k in range(k0, n_frames):
+            j = min(max(k, self._onset - 1), n_frames - 1)
+            loud = self._energy[j] >= (j + 1) * self._n * self._loud
+            gains.append(
+                1.0
+                if loud
+                else level_gain(self._energy[j], (j + 1) * self._n, self.spec.level_dbfs)
+            )
+        frames = self._held[k0 - self._decided :]
+        if any(g != 1.0 for g in gains):
+            scaled = np.round(frames * np.array(gains)[:, None])
+            frames = np.clip(scaled, -32768, 32767).astype(np.int16)
+        data = np.ascontiguousarray(frames).tobytes()
+        size = 2 * self._n
+        for i in range(len(gains)):
+            self._flags.append(self._vad.is_speech(data[i * size : (i + 1) * size], SAMPLE_RATE))
 
     def push(self, pcm: np.ndarray) -> np.ndarray:
         if self._finished:
@@ -133,14 +140,16 @@ class SpeechTrim:
         return self._step(final=True)
 
 
-def _window_sums(flags: list[bool], first: int, stop: int, before: int, after: int) -> np.ndarray:
+def _window_sums(flags: list[bool], first: int, stop: int, before: int, after: int) -> list[int]:
     """For k in first..stop-1: how many of flags[k - before .. k + after] are set (the
     window cut at both ends of the list)."""
+    if stop - first <= 4:  # a stream's push: plain sums cost less than numpy calls
+        return [sum(flags[max(0, k - before) : k + after + 1]) for k in range(first, stop)]
     lo = max(0, first - before)
     counts = np.concatenate([[0], np.cumsum(np.asarray(flags[lo:], dtype=np.int64))])
     ks = np.arange(first, stop)
     hi = np.minimum(ks + after + 1, len(flags)) - lo
-    return counts[hi] - counts[np.maximum(ks - before, 0) - lo]
+    return (counts[hi] - counts[np.maximum(ks - before, 0) - lo]).tolist()
 
 
 def _as_int16(pcm: np.ndarray) -> np.ndarray:
