@@ -73,7 +73,7 @@ def main() -> int:
         frames = emb.frontend.frames(audio, n_frames=starts[-1] + n)
         frames = emb._fill_short(frames, speech.size)
         marks.append(time.perf_counter())
-        gains = emb._gains(audio, starts)
+        gains = emb._gains(audio, starts, from_int16=speech.dtype == np.int16)
         marks.append(time.perf_counter())
         per_window = emb._run_windows(frames, starts, gains)
         marks.append(time.perf_counter())

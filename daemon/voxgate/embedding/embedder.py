@@ -49,6 +49,26 @@ def _too_short(n_samples: int, sample_rate: int, min_s: float) -> TooShort:
     return exc
 
 
+def _energy_to(audio: np.ndarray, ends: list[int], block: int, exact: bool) -> list[float]:
+    """Sum of squares of audio[:end] for each end: the number a float64 running sum over the
+    samples gives (np.cumsum(np.square(audio, dtype=np.float64))[end - 1]), which is what the
+    level gains were made with. Without BLAS (a dot product would wake a thread pool per call).
+
+    `exact`: the audio came from int16, so each sample is k / 32768 with integer k. Then every
+    square and every partial sum is an exact float64 multiple of 2**-30 (below 2**22 samples),
+    so any order of adding gives the same number: per block, then block by block, is faster."""
+    if exact and audio.size < 2**22:
+        squares = np.square(audio, dtype=np.float64)
+        stop = max(ends, default=0) // block * block
+        per_block = squares[:stop].reshape(-1, block).sum(axis=1)
+        running = np.concatenate([[0.0], np.cumsum(per_block)])
+        return [
+            float(running[end // block] + squares[end // block * block : end].sum()) for end in ends
+        ]
+    energy = np.cumsum(np.square(audio, dtype=np.float64))
+    return [float(energy[end - 1]) if end else 0.0 for end in ends]
+
+
 def _check_pcm(pcm: np.ndarray) -> np.ndarray:
     pcm = np.asarray(pcm)
     if pcm.ndim != 1:
@@ -118,18 +138,17 @@ class SpeakerEmbedder:
                 starts.append(start)
             return starts
 
-    def _gains(self, audio: np.ndarray, starts: list[int]) -> np.ndarray:
-        """Power gain per window: level normalisation over the audio up to the window's end."""
+    def _gains(self, audio: np.ndarray, starts: list[int], from_int16: bool = False) -> np.ndarray:
+        """Power gain per window: level normalisation over the audio up to the window's end.
+        `from_int16`: `audio` is int16 samples / 32768 (a faster, identical sum)."""
         target = getattr(self.card.frontend, "level_dbfs", None)
         if target is None:
             return np.ones(len(starts), np.float32)
         hop = self.frontend.hop
-        # Running energy without BLAS (a dot product would wake a thread pool per call).
-        energy = np.cumsum(np.square(audio, dtype=np.float64))
+        ends = [min((start + self._win.frames) * hop, audio.size) for start in starts]
         gains = []
-        for start in starts:
-            end = min((start + self._win.frames) * hop, audio.size)
-            amp = level_gain(float(energy[end - 1]) if end else 0.0, end, target)
+        for end, energy in zip(ends, _energy_to(audio, ends, hop, from_int16), strict=True):
+            amp = level_gain(energy, end, target)
             gains.append(amp * amp)  # the features are power: amplitude gain squared
         return np.asarray(gains, np.float32)
 
@@ -189,7 +208,8 @@ class SpeakerEmbedder:
         audio = to_float(pcm)
         frames = self.frontend.frames(audio, n_frames=starts[-1] + self._win.frames)
         frames = self._fill_short(frames, pcm.size)
-        per_window = self._run_windows(frames, starts, self._gains(audio, starts))
+        gains = self._gains(audio, starts, from_int16=pcm.dtype == np.int16)
+        per_window = self._run_windows(frames, starts, gains)
         return _normalise(per_window.mean(axis=0))
 
     def stream(self) -> EmbeddingStream:
@@ -212,6 +232,7 @@ class EmbeddingStream:
         self._frames: list[np.ndarray] = []
         self._n_frames = 0
         self._done: list[np.ndarray] = []  # embeddings of windows already run
+        self._int16 = True  # all audio so far came as int16 (see SpeakerEmbedder._gains)
         self._finished = False
 
     @property
@@ -240,6 +261,7 @@ class EmbeddingStream:
         self._push_speech(pcm)
 
     def _push_speech(self, pcm: np.ndarray) -> None:
+        self._int16 = self._int16 and np.asarray(pcm).dtype == np.int16
         audio = to_float(pcm)
         if audio.size == 0:
             return
@@ -261,7 +283,7 @@ class EmbeddingStream:
                 break
             ready.append(start)
         if ready:
-            gains = e._gains(self._audio(), ready)
+            gains = e._gains(self._audio(), ready, self._int16)
             self._done.extend(e._run_windows(self._all_frames(), ready, gains))
 
     def finish(self) -> np.ndarray:
@@ -285,7 +307,7 @@ class EmbeddingStream:
             rest = self._fe.finish(n_frames=starts[-1] + e._win.frames)
             if rest.shape[0]:
                 self._frames.append(rest)
-            gains = e._gains(self._audio(), todo)
+            gains = e._gains(self._audio(), todo, self._int16)
             frames = e._fill_short(self._all_frames(), self._n)
             self._done.extend(e._run_windows(frames, todo, gains))
         return _normalise(np.mean(self._done[: len(starts)], axis=0))

@@ -55,50 +55,63 @@ class SpeechTrim:
         self._onset = max(1, round(spec.onset_s * 1000 / spec.frame_ms))
         self._before = (spec.smooth_frames - 1) // 2  # majority window: frames before and after
         self._after = spec.smooth_frames // 2
+        # level_gain() changes nothing at or above this mean square: frames that loud skip it.
+        self._loud = 10.0 ** (spec.level_dbfs / 10.0) * (1.0 + 1e-6)
         self._pending = np.zeros(0, np.int16)
-        self._frames: list[np.ndarray] = []
+        self._held = np.zeros((0, self._n), np.int16)  # frames _decided, _decided + 1, ...
         self._energy: list[float] = []  # running sum of squares (float scale) per frame end
         self._flags: list[bool] = []
         self._smooth: list[bool] = []
-        self._decided = 0  # frames whose keep/drop is settled
+        self._decided = 0  # frames whose keep/drop is settled (and no longer held)
         self.kept_frames = 0
         self._finished = False
 
     # The smoothed flag of frame k needs flags up to k + after; its kept/dropped state needs
-    # smoothed flags up to k + pad.
+    # smoothed flags up to k + pad. Many frames at once (a whole utterance) go through array
+    # operations, except the VAD (it keeps state between frames); the frame or two of a
+    # stream's push go through plain Python, where numpy's per-call cost would dominate.
     def _step(self, final: bool) -> np.ndarray:
-        n_frames = len(self._frames)
-        while len(self._flags) < n_frames:
-            k = len(self._flags)
-            j = max(k, self._onset - 1)
-            if j >= n_frames:
-                if not final:
-                    break
-                j = n_frames - 1
-            gain = level_gain(self._energy[j], (j + 1) * self._n, self.spec.level_dbfs)
-            frame = self._frames[k]
-            if gain != 1.0:
-                frame = np.clip(np.round(frame * gain), -32768, 32767).astype(np.int16)
-            self._flags.append(self._vad.is_speech(frame.tobytes(), SAMPLE_RATE))
-        w = self.spec.smooth_frames
-        while len(self._smooth) < len(self._flags):
-            k = len(self._smooth)
-            if k + self._after >= len(self._flags) and not final:
-                break
-            votes = sum(self._flags[max(0, k - self._before) : k + self._after + 1])
-            self._smooth.append(2 * votes > w)  # exact half is not a majority
+        n_frames = self._decided + len(self._held)
+        k0 = len(self._flags)
+        if k0 < n_frames and (final or n_frames >= self._onset):
+            self._flag(k0, n_frames)
+        s0 = len(self._smooth)
+        s1 = len(self._flags) if final else max(s0, len(self._flags) - self._after)
+        if s1 > s0:
+            votes = _window_sums(self._flags, s0, s1, self._before, self._after)
+            self._smooth.extend(2 * v > self.spec.smooth_frames for v in votes)  # half: no
         pad = self.spec.pad_frames
-        out = []
-        while self._decided < len(self._smooth):
-            k = self._decided
-            if k + pad >= len(self._smooth) and not final:
-                break
-            if any(self._smooth[max(0, k - pad) : k + pad + 1]):
-                out.append(self._frames[k])
-                self.kept_frames += 1
-            self._frames[k] = _EMPTY  # decided: the samples are no longer needed here
-            self._decided += 1
-        return np.concatenate(out) if out else np.zeros(0, np.int16)
+        d0 = self._decided
+        d1 = len(self._smooth) if final else max(d0, len(self._smooth) - pad)
+        if d1 == d0:
+            return np.zeros(0, np.int16)
+        keep = [v > 0 for v in _window_sums(self._smooth, d0, d1, pad, pad)]
+        out = self._held[: d1 - d0][np.array(keep)].reshape(-1)
+        self.kept_frames += sum(keep)
+        self._held = self._held[d1 - d0 :]  # decided: the samples are no longer needed here
+        self._decided = d1
+        return out
+
+    def _flag(self, k0: int, n_frames: int) -> None:
+        """VAD flags of frames k0..n_frames-1, each heard with the gain of the audio up to
+        frame j = max(k, onset - 1) (the last frame, when there are fewer)."""
+        gains = []
+        for k in range(k0, n_frames):
+            j = min(max(k, self._onset - 1), n_frames - 1)
+            loud = self._energy[j] >= (j + 1) * self._n * self._loud
+            gains.append(
+                1.0
+                if loud
+                else level_gain(self._energy[j], (j + 1) * self._n, self.spec.level_dbfs)
+            )
+        frames = self._held[k0 - self._decided :]
+        if any(g != 1.0 for g in gains):
+            scaled = np.round(frames * np.array(gains)[:, None])
+            frames = np.clip(scaled, -32768, 32767).astype(np.int16)
+        data = np.ascontiguousarray(frames).tobytes()
+        size = 2 * self._n
+        for i in range(len(gains)):
+            self._flags.append(self._vad.is_speech(data[i * size : (i + 1) * size], SAMPLE_RATE))
 
     def push(self, pcm: np.ndarray) -> np.ndarray:
         if self._finished:
@@ -108,12 +121,15 @@ class SpeechTrim:
         usable = buf.size // self._n * self._n
         self._pending = buf[usable:].copy()
         if usable:
-            frames = buf[:usable].reshape(-1, self._n).copy()
-            f = frames.astype(np.float64) / INT16_SCALE
+            frames = buf[:usable].reshape(-1, self._n)
+            # Each frame's sum of squares in integers (exact: below 2**53), then to float
+            # scale: the same number a float sum of (x / 32768) ** 2 gives, in less time.
+            wide = frames.astype(np.int32)
+            energy = (wide * wide).sum(axis=1, dtype=np.int64) / (INT16_SCALE * INT16_SCALE)
             # Sequential running sum, as frame-by-frame addition: chunking never changes it.
             start = self._energy[-1] if self._energy else 0.0
-            ends = np.cumsum(np.concatenate([[start], np.sum(f * f, axis=1)]))[1:]
-            self._frames.extend(frames)
+            ends = np.cumsum(np.concatenate([[start], energy]))[1:]
+            self._held = np.concatenate([self._held, frames])
             self._energy.extend(ends.tolist())
         return self._step(final=False)
 
@@ -124,7 +140,16 @@ class SpeechTrim:
         return self._step(final=True)
 
 
-_EMPTY = np.zeros(0, np.int16)
+def _window_sums(flags: list[bool], first: int, stop: int, before: int, after: int) -> list[int]:
+    """For k in first..stop-1: how many of flags[k - before .. k + after] are set (the
+    window cut at both ends of the list)."""
+    if stop - first <= 4:  # a stream's push: plain sums cost less than numpy calls
+        return [sum(flags[max(0, k - before) : k + after + 1]) for k in range(first, stop)]
+    lo = max(0, first - before)
+    counts = np.concatenate([[0], np.cumsum(np.asarray(flags[lo:], dtype=np.int64))])
+    ks = np.arange(first, stop)
+    hi = np.minimum(ks + after + 1, len(flags)) - lo
+    return (counts[hi] - counts[np.maximum(ks - before, 0) - lo]).tolist()
 
 
 def _as_int16(pcm: np.ndarray) -> np.ndarray:
