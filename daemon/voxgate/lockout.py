@@ -199,14 +199,16 @@ class LockoutBook:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _over(self, key: str, failures: int, now: float) -> int:
+    def _over(self, key: str, failures: int, now: float | None) -> int:
         """How far `failures` consecutive failures (and for the door, its failures within the
-        window) are over their limit; >= 0: locked."""
+        window at `now`) are over their limit; >= 0: locked. `now` None: the door's failures
+        as they were at its last one (the times kept are those then within the window)."""
         if key != DEVICE_KEY:
             return failures - self.cfg.max_failures
+        window = len(self._door) if now is None else self._door_count(now)
         return max(
             failures - self.cfg.device_max_failures,
-            self._door_count(now) - self.cfg.device_window_failures,
+            window - self.cfg.device_window_failures,
         )
 
     def _period(self, over: int) -> float:
@@ -266,7 +268,9 @@ class LockoutBook:
         for e in list(self._entries.values()):
             if e.locked_until is None:
                 continue
-            period = self._period(self._over(e.key, e.failures, now))
+            # The period the lock was set with: failures that left the window since (while
+            # the lock ran, or the daemon was down) must not shorten it at a restart.
+            period = self._period(self._over(e.key, e.failures, None))
             if e.locked_until - now <= period:
                 continue
             log.warning(

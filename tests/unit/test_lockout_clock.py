@@ -151,3 +151,30 @@ def test_the_doors_failures_count_their_real_time_across_clock_steps(tmp_path: P
     assert again.state(None, clk.wall()).device_window_failures == 3
     clk.run(1)
     assert again.state(None, clk.wall()).device_window_failures == 0
+
+
+def test_a_restart_keeps_a_door_lock_set_by_its_window_count(tmp_path: Path) -> None:
+    """A door lock set by its failures within device_window_s was cut at a restart once
+    the oldest of those failures had aged out while it ran: the bound on a lock read back
+    took the window count of the restart's time, not the one the lock was set with. Seen:
+    a 480 s lock with 232 s left cut to 30 s, so a crash loop shortened the back-off."""
+    cfg = LockoutConfig(
+        device_max_failures=100,
+        device_window_failures=3,
+        device_window_s=600,
+        initial_s=30,
+        max_s=3600,
+    )
+    clk = Clocks(T)
+    b = LockoutBook(tmp_path / "lockout.db", cfg, wall=clk.wall, monotonic=clk.mono)
+    for _ in range(3):  # the third: the first lock (30 s)
+        st = b.record(None, ok=False, now=clk.wall()).state
+    for want in (60, 120, 240, 480):  # each failure after a lock passes doubles it
+        clk.run(st.remaining_s(clk.wall()))
+        st = b.record(None, ok=False, now=clk.wall()).state
+        assert st.remaining_s(clk.wall()) == want
+    b.close()
+    clk.run(248)  # the failures of the first 90 s are no longer within the window
+    again = LockoutBook(tmp_path / "lockout.db", cfg, wall=clk.wall, monotonic=clk.mono)
+    st = again.state(None, clk.wall())
+    assert st.locked and st.remaining_s(clk.wall()) == 232  # was cut to 30
