@@ -95,6 +95,26 @@ def test_the_floor_refuses_what_expired_before_a_later_command_and_nothing_else(
     assert why is not None and "expired before a command this door ran" in why, why
 
 
+def test_with_a_steady_door_clock_the_floor_refuses_no_command_the_door_takes() -> None:
+    """docs/mqtt.md said a sender more than command_max_skew_s behind one the door obeyed
+    could get `replayed`. It cannot while the door's clock is steady: a floor is at most the
+    door's time when it was set (issued_at <= now + max_skew_s), and a command the door
+    still takes expires after its time now. Senders from the limit ahead to almost a whole
+    validity behind, in any order: each runs."""
+    import random
+
+    rnd = random.Random(7)
+    c = Clocks(T)
+    gate = _gate(c)
+    c.run(70)  # past the start check (nothing issued before the daemon started)
+    for _ in range(400):
+        ttl = rnd.choice([1.0, 5.0, 10.0, 30.0, 60.0])
+        offset = rnd.uniform(-ttl + 0.01, 5.0)  # the sender's clock against the door's
+        payload = make_command(CKEY, "front-door", "reload", now=c.wall() + offset, ttl_s=ttl)
+        assert _refusal(gate, payload, c.wall()) is None, (ttl, offset)
+        c.run(rnd.uniform(0.0, 2.0))
+
+
 def test_the_kept_nonces_are_bounded_and_never_reopened(tmp_path: Path) -> None:
     path = tmp_path / "command-nonces.json"
     used = UsedCommands(path, max_kept=3)
