@@ -171,8 +171,10 @@ class LogLimit:
                 return True
             if not self._held and self.every_s is not None:
                 self._say(
-                    "%s: more than %d in %.0f s; the next ones are held back and counted in "
-                    "one line once that time has passed",
+                    # The count goes out with the next line allowed (no timer here): a
+                    # flood that stops shows its count only then, and in the metrics.
+                    "%s: more than %d in %.0f s; the next ones are held back, and their "
+                    "count is written with the first one after that time",
                     self.what,
                     self.burst,
                     self.every_s,

@@ -25,9 +25,11 @@ def test_a_burst_then_one_notice_then_the_count_after_the_window(
     with caplog.at_level(logging.WARNING, logger="t"):
         assert [limit.allow() for _ in range(10)] == [True] * 3 + [False] * 7
         notices = [r.getMessage() for r in caplog.records]
+        # It said "counted in one line once that time has passed": the on-call waited for
+        # a line that comes only with the next refusal, however long after.
         assert notices == [
-            "refusals: more than 3 in 60 s; the next ones are held back and counted in one "
-            "line once that time has passed"
+            "refusals: more than 3 in 60 s; the next ones are held back, and their count is "
+            "written with the first one after that time"
         ]
         clock.t += 59
         assert not limit.allow()  # still the same window: 8 held back
