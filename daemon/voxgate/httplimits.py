@@ -16,6 +16,9 @@ for loopback clients (the administrator on the device itself).
 whole /64 (often more) and can pick a new source address for each connection, so counting
 each IPv6 address took every shared slot from one host; all of loopback (127.0.0.0/8, ::1)
 is one party, the device itself, or a local user took every slot with 127.0.0.2, 127.0.0.3...
+Clients on the door's own network (the /64 of the address they reached, or link-local) count
+per address, as on IPv4: with SLAAC every device of the LAN shares that /64, and one of them
+holding a few connections (a browser) had Home Assistant and the admin refused.
 """
 
 from __future__ import annotations
@@ -70,10 +73,11 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return mapped or ip
 
 
-def client_group(host: str) -> str:
+def client_group(host: str, local: str = "") -> str:
     """The party a client address counts for: loopback (127.0.0.0/8, ::1, their IPv4-mapped
-    forms) is one group, an IPv4 address its own, an IPv6 address its /64 prefix (a
-    link-local one with its interface: fe80::/64%eth0). Anything else: the text itself."""
+    forms) is one group, an IPv4 address its own, an IPv6 address its /64 prefix, unless it
+    is on the door's own network (link-local, or in the /64 of `local`, the address the
+    connection reached): then its own address. Anything else: the text itself."""
     ip = _ip(host)
     if ip is None:
         return host
@@ -82,8 +86,17 @@ def client_group(host: str) -> str:
     if ip.version == 4:
         return str(ip)
     net = ipaddress.ip_network(f"{ip}/{IPV6_GROUP_PREFIX}", strict=False)
-    scope = host.partition("%")[2] if ip.is_link_local else ""
-    return f"{net}%{scope}" if scope else str(net)
+    mine = _ip(local)
+    if ip.is_link_local or (mine is not None and mine.version == 6 and mine in net):
+        return host
+    return str(net)
+
+
+def _local_address(request: Any) -> str:
+    try:
+        return str(request.getsockname()[0])
+    except (OSError, AttributeError, IndexError, TypeError):
+        return ""
 
 
 def is_loopback(host: str) -> bool:
@@ -110,7 +123,8 @@ def busy_reply(message: str) -> bytes:
 class ConnectionLimit:
     """Mixin, placed before a ThreadingMixIn server class: at most `max_connections`
     connections have a thread, at most `per_address` of them from one client group
-    (client_group: an IPv4 address, an IPv6 /64, all of loopback), and
+    (client_group: an IPv4 address, an IPv6 /64 or on the door's network an address, all
+    of loopback), and
     clients that are not loopback together at most `max_connections - loopback_reserved`.
     One more gets `busy` and is closed at once."""
 
@@ -124,6 +138,7 @@ class ConnectionLimit:
     busy_address = busy_reply("too many open connections from this address (or its network)")
     _lock: threading.Lock | None = None
     _open: dict[str, int] | None = None
+    _groups: dict[int, str] | None = None  # id(socket) -> the group its slot counts for
     _remote = 0
     _refused = 0
     _refusal_logged = -math.inf
@@ -133,7 +148,7 @@ class ConnectionLimit:
         none."""
         if self._lock is None or self._open is None:
             # Only the serving thread calls this first, so the lazy creation does not race.
-            self._lock, self._open = threading.Lock(), {}
+            self._lock, self._open, self._groups = threading.Lock(), {}, {}
         with self._lock:
             total = sum(self._open.values())
             mine = self._open.get(host, 0)
@@ -162,7 +177,7 @@ class ConnectionLimit:
 
     def process_request(self, request: Any, client_address: Any) -> None:
         host = str(client_address[0]) if client_address else ""
-        group = client_group(host)
+        group = client_group(host, _local_address(request))
         reply = self._take(group)
         if reply is not None:
             self._refused += 1
@@ -171,7 +186,7 @@ class ConnectionLimit:
             if now - self._refusal_logged >= REFUSAL_LOG_EVERY_S:
                 log.warning(
                     "%s refused %d connection(s) since the last such line, the latest from "
-                    "%s (%s; limits: %d connections at once, %d per address or IPv6 /64, %d "
+                    "%s (%s; limits: %d connections at once, %d per client (address, IPv6 /64), %d "
                     "for clients other than loopback)",
                     self,
                     self._refused,
@@ -189,9 +204,13 @@ class ConnectionLimit:
                 pass
             self.shutdown_request(request)  # type: ignore[attr-defined]
             return
+        assert self._groups is not None
+        # The socket's own address is gone once it is closed: give back the group taken.
+        self._groups[id(request)] = group
         try:
             super().process_request(request, client_address)  # type: ignore[misc]
         except BaseException:
+            self._groups.pop(id(request), None)
             self._give_back(group)
             raise
 
@@ -199,7 +218,8 @@ class ConnectionLimit:
         try:
             super().process_request_thread(request, client_address)  # type: ignore[misc]
         finally:
-            self._give_back(client_group(str(client_address[0]) if client_address else ""))
+            assert self._groups is not None
+            self._give_back(self._groups.pop(id(request)))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went silent (the timeout) or away is no error worth a traceback.

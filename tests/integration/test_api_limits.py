@@ -212,7 +212,9 @@ import socket, subprocess, sys, tempfile, time
 from pathlib import Path
 for cmd in ("ip link set lo up", "ip -6 route add local 2001:db8:1:2::/64 dev lo",
             "ip -6 route add local 2001:db8:7::/64 dev lo",
-            "ip -6 addr add 2001:db8:9::1/64 dev lo nodad"):
+            "ip -6 addr add 2001:db8:9::1/64 dev lo nodad",
+            "ip -6 addr add 2001:db8:9::a/64 dev lo nodad",
+            "ip -6 addr add 2001:db8:9::b/64 dev lo nodad"):
     subprocess.run(cmd.split(), check=True)
 from voxgate.api import ApiServer, UserAdmin, create_app
 from voxgate.config import parse_config
@@ -242,14 +244,23 @@ time.sleep(0.3)
 refused = sum(told(s).startswith(b"HTTP/1.1 503") for s in rotating)
 other = idle("2001:db8:7::1")  # another host (another /64): still let in
 time.sleep(0.2)
-print(refused, told(other) == b"")
+other_let_in = told(other) == b""
+for s in rotating + [other]:
+    s.close()
+time.sleep(0.3)
+# Two devices on the door's own network (its /64, as SLAAC gives a LAN): three each.
+lan = [idle(f"2001:db8:9::{d}") for d in ("a", "a", "a", "b", "b", "b")]
+time.sleep(0.3)
+lan_refused = sum(told(s).startswith(b"HTTP/1.1 503") for s in lan)
+print(refused, other_let_in, lan_refused)
 server.stop()
 """
 
 
 def test_an_ipv6_host_rotating_addresses_in_its_64_counts_once() -> None:
     """Each IPv6 source address had its own share of 3: one host with a /64 held every slot
-    open to the network, and a scraper or administrator coming over the network got 503."""
+    open to the network, and a scraper or administrator coming over the network got 503.
+    Devices on the door's own /64 (its LAN) still count one each."""
     import shutil
     import subprocess
     import sys
@@ -266,5 +277,8 @@ def test_an_ipv6_host_rotating_addresses_in_its_64_counts_once() -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    refused, other_let_in = done.stdout.split()
+    refused, other_let_in, lan_refused = done.stdout.split()
     assert (int(refused), other_let_in) == (5, "True"), done.stdout
+    # Devices on the door's own /64 are clients of their own (as IPv4 addresses are): with
+    # the whole LAN one client, the second device's connections were refused.
+    assert int(lan_refused) == 0, done.stdout

@@ -32,9 +32,19 @@ def test_ipv4_mapped_addresses_count_as_the_ipv4_address() -> None:
     assert client_group("::ffff:192.0.2.8") == client_group("192.0.2.8") == "192.0.2.8"
 
 
-def test_link_local_addresses_are_grouped_per_interface() -> None:
-    assert client_group("fe80::1%eth0") == client_group("fe80::abcd%eth0") == "fe80::/64%eth0"
+def test_clients_on_the_doors_own_network_count_per_address() -> None:
+    # With SLAAC every device of the LAN shares the door's /64: grouped by it, a browser's
+    # three connections had Home Assistant and the admin laptop refused.
+    door = "2001:db8:1:2::10"
+    assert client_group("2001:db8:1:2::20", door) != client_group("2001:db8:1:2::21", door)
+    assert client_group("2001:db8:1:2::20", door) == "2001:db8:1:2::20"
+    # Another network is still one client per /64, whatever address the door has.
+    assert client_group("2001:db8:9:9::1", door) == client_group("2001:db8:9:9::2", door)
+    # Link-local addresses are all on the door's link: one each, per interface.
+    assert client_group("fe80::1%eth0") != client_group("fe80::abcd%eth0")
     assert client_group("fe80::1%wlan0") != client_group("fe80::1%eth0")
+    # An IPv4 (or no) local address says nothing about an IPv6 client's network.
+    assert client_group("2001:db8:1:2::20", "192.0.2.1") == "2001:db8:1:2::/64"
 
 
 def test_ipv4_addresses_stay_one_each_and_junk_is_itself() -> None:
