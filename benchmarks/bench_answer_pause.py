@@ -5,6 +5,7 @@ answer endpoint (challenge.answer_pause_ms) costs in waiting.
     python benchmarks/bench_answer_pause.py --part vad --answers 20
     python benchmarks/bench_answer_pause.py --part door --answer-pause-ms 300 --trials 5
     python benchmarks/bench_answer_pause.py --part door --paced --no-templates
+    python benchmarks/bench_answer_pause.py --part door --pauses 0.8 --trials 35  # vs reads_as
 
 Part `vad` (seconds, no services): real FSDD digits of all six speakers, `--answers` random
 5-digit answers per speaker and pause, joined with room tone; the daemon's endpointer run
@@ -18,8 +19,14 @@ FSDD speaker enrolled by `voxgate enroll --from ... --prompts` (so they have dig
 and MQTT to a real mosquitto for the challenge; `--trials` attempts per pause. Printed:
 granted attempts, attempts cut into several decisions, and with --paced (answers written
 into the pipe at real time) the wall-clock wait from the end of the answer's speech to the
-decision's audit line. `--answer-pause-ms 300` gives the old behaviour (the larger of it and
-vad.hangover_ms, 500 ms, applies).
+decision's audit line. With digit templates, each answer is also checked after the attempt by
+the door's own digit check on the whole answer at once (answer_door.PauseDoor.reads_as):
+printed are the answers it reads as the challenge, and the attempts whose decisions differ
+from it (granted, one decision, when read; one liveness_failed decision when misread), i.e.
+what test_answer_pause would fail on. The challenge is random, so a misread answer is a
+property of the recordings drawn, not of the pauses or of the load.
+`--answer-pause-ms 300` gives the old behaviour (the larger of it and vad.hangover_ms,
+500 ms, applies).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,8 +124,24 @@ def door_part(
                     f"pause {pause:.1f} s: granted {granted}/{trials}, cut {cut}/{trials}, "
                     f"first decisions' reasons {first}{wait}"
                 )
+                if templates:
+                    read = [door.reads_as(o) for o in got]
+                    differ = sum(not _as_read(o, r) for o, r in zip(got, read, strict=True))
+                    print(
+                        f"  whole-answer check: read as the challenge {sum(read)}/{trials}; "
+                        f"decisions that differ from it {differ}/{trials}"
+                    )
         finally:
             door.close()
+
+
+def _as_read(o: Any, read: bool) -> bool:
+    """The attempt's decisions are what the whole-answer check owes: granted when it read
+    the answer as the challenge, else one decision denied for liveness."""
+    summary = [(d["outcome"], d["reasons"]) for d in o.decisions]
+    if read:
+        return summary == [("granted", [])]
+    return len(summary) == 1 and "liveness_failed" in summary[0][1]
 
 
 def main() -> int:

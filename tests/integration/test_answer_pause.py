@@ -10,12 +10,13 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from answer_door import PauseDoor, wake_fields
+from answer_door import Outcome, PauseDoor, wake_fields
 from mqtt_helpers import wait_until
 
 from tests.audio_helpers import espeak
@@ -35,13 +36,43 @@ def door(
     assert d.close() == 0, d.log()[-3000:]
 
 
-def test_an_answer_with_pauses_between_digits_is_granted(door: PauseDoor) -> None:
-    wakes = wake_fields(door.digits.root, SPEAKER)
-    rng = np.random.default_rng(11)
-    for wake in wakes[:2]:
-        got = door.attempt(wake, 0.8, rng)
+def heard(got: Outcome) -> list[tuple[Any, ...]]:
+    """What the door decided and heard for each piece of the attempt, and its other audit
+    lines (an attempt_expired says the answer came after challenge.timeout_s)."""
+    keys = ("outcome", "reasons", "liveness_prompt", "liveness_heard", "speech_s")
+    return [tuple(d[k] for k in keys) for d in got.decisions] + [
+        (e["event"],) for e in got.events or []
+    ]
+
+
+def answers_granted(
+    door: PauseDoor, wakes: list[str], pause_s: float, rng: np.random.Generator, want: int
+) -> None:
+    """Attempts (one per wake) until `want` answers are granted. Which digits come up is
+    the daemon's CSPRNG's choice, and about 1 answer in 100 of george's is misread by the
+    door's own digit check whatever the pauses: so each attempt is held to that check run
+    on its whole answer at once (PauseDoor.reads_as). Read as the challenge: granted, one
+    decision. Misread: one decision too, denied for liveness (judged whole, not cut)."""
+    granted = 0
+    for wake in wakes:
+        got = door.attempt(wake, pause_s, rng)
         summary = [(d["outcome"], d["reasons"]) for d in got.decisions]
-        assert summary == [("granted", [])], (got.challenge, summary, door.log()[-2000:])
+        why = (got.challenge, heard(got), door.log()[-2000:])
+        if door.reads_as(got):
+            assert summary == [("granted", [])], why
+            granted += 1
+            if granted == want:
+                return
+        else:
+            assert len(summary) == 1 and "liveness_failed" in summary[0][1], why
+    raise AssertionError(f"only {granted} of {len(wakes)} answers were read as the challenge")
+
+
+def test_an_answer_with_pauses_between_digits_is_granted(door: PauseDoor) -> None:
+    """It failed once in about 7 CI runs (liveness_failed): george's answer for the digits
+    drawn that time was misread by the digit check, as it is with short pauses too."""
+    wakes = wake_fields(door.digits.root, SPEAKER)
+    answers_granted(door, wakes[:4], 0.8, np.random.default_rng(11), want=2)
 
 
 def test_a_pause_longer_than_answer_pause_ms_still_ends_the_answer(door: PauseDoor) -> None:
@@ -61,9 +92,7 @@ def test_a_pause_longer_than_answer_pause_ms_still_ends_the_answer(door: PauseDo
     seen = door.log().count("config reloaded")
     os.kill(door.proc.pid, signal.SIGHUP)
     wait_until(lambda: door.log().count("config reloaded") > seen, 15, "the reload")
-    whole = door.attempt(wakes[3], 1.6, rng)
-    summary = [(d["outcome"], d["reasons"]) for d in whole.decisions]
-    assert summary == [("granted", [])], (whole.challenge, summary)
+    answers_granted(door, wakes[3:6], 1.6, rng, want=1)
 
 
 def test_guided_enrollment_keeps_a_take_said_with_pauses_whole(
