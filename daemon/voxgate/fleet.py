@@ -24,7 +24,6 @@ How it works (docs/fleet.md has the full design and the broker ACL):
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -43,6 +42,7 @@ import numpy as np
 
 from voxgate.config.fleet import ALL_USERS, FleetConfig
 from voxgate.names import fold
+from voxgate.ownership import create_whole
 from voxgate.voiceprints import StoreError, VoiceprintStore, normalize_name
 
 log = logging.getLogger(__name__)
@@ -436,30 +436,7 @@ class SyncState:
         """A new state file with its schema, built under a temporary name and linked into
         place: a state file that exists is never empty (an empty one is damage), also
         while another process (the daemon, `voxgate enroll`) creates it."""
-        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        try:
-            db = sqlite3.connect(str(tmp), isolation_level=None)
-            try:
-                _sync_schema(db)
-            finally:
-                db.close()
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, self.path)
-            except FileExistsError:
-                pass  # another process made it meanwhile: use theirs
-            except OSError:  # a file system without hard links
-                if not self.path.exists():
-                    os.replace(tmp, self.path)
-        finally:
-            for leftover in [tmp] + [tmp.with_name(tmp.name + x) for x in ("-wal", "-shm")]:
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
+        create_whole(self.path, _sync_schema)
 
     def user(self, tag: str) -> tuple[int, str, bool, str] | None:
         """(version, kind, held, tie-break) of the newest change applied for the user."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,42 @@ def create_private(path: Path) -> None:
             if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077 and st.st_uid == os.geteuid():
                 os.chmod(each, 0o600)
                 log.info("%s was readable by others (mode %o); now 0600", each, st.st_mode & 0o777)
+
+
+def create_whole(path: Path, build: Callable[[sqlite3.Connection], None]) -> None:
+    """Make the SQLite file `path` (mode 0600) with what `build` writes into it, in one step:
+    built under a temporary name and linked into place. So a state file that exists is never
+    empty (an empty one is damage: a power cut, a failed restore), also while another
+    process creates it; when two create it at once, the second keeps the first's."""
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        db = sqlite3.connect(str(tmp), isolation_level=None)
+        try:
+            build(db)
+        finally:
+            db.close()
+        _fsync(tmp)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it meanwhile: use theirs
+        except OSError:  # a file system without hard links (vfat)
+            if not path.exists():
+                os.replace(tmp, path)
+        _fsync(path.parent)
+    finally:
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                tmp.with_name(tmp.name + suffix).unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def hand_over(folder: Path) -> list[Path]:

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from voxgate.ownership import create_whole
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -311,35 +313,12 @@ class VoiceprintStore:
         name and linked into place. So a voiceprints.db that exists is never empty (an empty
         one is damage, _check_header), also while another process creates it; when two
         create it at once, the second opens the first's."""
-        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        try:
-            self._db = sqlite3.connect(str(tmp), isolation_level=None)
-            try:
-                self._create()
-            finally:
-                self._db.close()
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, self.path)
-            except FileExistsError:
-                pass  # another process created it meanwhile: open theirs
-            except OSError:  # a file system without hard links (vfat)
-                if not self.path.exists():
-                    os.replace(tmp, self.path)
-            fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        finally:
-            for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
+
+        def build(db: sqlite3.Connection) -> None:
+            self._db = db
+            self._create()
+
+        create_whole(self.path, build)
 
     def _connect_read_only(self) -> None:
         """Read a store in a folder that cannot be written. SQLite needs <db>-shm beside a
