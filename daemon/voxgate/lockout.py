@@ -99,12 +99,13 @@ class Cleared:
 
 
 class LockoutError(Exception):
-    """The lockout file cannot be read or changed by a command (`damaged`: not a lockout
-    file, or unreadable; otherwise absent or not writable)."""
+    """The lockout file cannot be read or changed by a command. `kind`: "absent" (never
+    created), "damaged" (not a lockout file, unreadable) or "io" (permissions, read-only or
+    full disk, busy)."""
 
-    def __init__(self, message: str, *, damaged: bool = False) -> None:
+    def __init__(self, message: str, *, kind: Literal["absent", "damaged", "io"] = "io") -> None:
         super().__init__(message)
-        self.damaged = damaged
+        self.kind = kind
 
 
 class LockoutBook:
@@ -607,6 +608,8 @@ def _drop(db: sqlite3.Connection, key: str) -> bool:
     WAL emptied, and VACUUM rewrites pages that older versions (written before
     secure_delete was on) left behind. The file holds a few rows: this takes milliseconds."""
     gone = db.execute("DELETE FROM lockout WHERE key = ?", (key,)).rowcount > 0
+    if _has_table(db, "clears"):  # a clear still queued names them too
+        db.execute("DELETE FROM clears WHERE key = ?", (key,))
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.execute("VACUUM")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -639,7 +642,7 @@ def _damaged(path: Path, exc: Exception) -> LockoutError:
         f"lockout state {path} is damaged or not a lockout file ({exc}); it is left as it is. "
         "The daemon moves it aside at its next start (lockout.db.corrupt-<time>) and starts "
         "with no lockouts: restart it to lift every lock",
-        damaged=True,
+        kind="damaged",
     )
 
 
@@ -650,7 +653,8 @@ def _open_for_command(path: Path, *, write: bool) -> sqlite3.Connection:
     if not path.exists():
         raise LockoutError(
             f"no lockout state at {path}: the daemon creates it at its first start "
-            "(nothing has been counted there yet; check -c and data_dir)"
+            "(nothing has been counted there yet; check -c and data_dir)",
+            kind="absent",
         )
     if not path.is_file():
         raise _damaged(path, OSError("not a regular file"))
@@ -722,6 +726,7 @@ def clear_in_file(path: Path, user: str | None, by: str, now: float) -> ClearReq
     key = user_key(user) if user else DEVICE_KEY
     db = _open_for_command(path, write=True)
     try:
+        db.execute("PRAGMA secure_delete=ON")  # keys name users, as the daemon's writes
         db.execute("BEGIN IMMEDIATE")
         row = db.execute(
             "SELECT failures, locked_until FROM lockout WHERE key = ?", (key,)

@@ -102,9 +102,8 @@ def _error(exc: Exception) -> int:
 
     print(f"error: {exc}", file=sys.stderr)
     log.info("lockout command failed: %s", exc)
-    if isinstance(exc, LockoutError) and exc.damaged:
-        return EX_CONFIG
-    return EX_CANTCREAT
+    kind = exc.kind if isinstance(exc, LockoutError) else "io"
+    return {"absent": 1, "damaged": EX_CONFIG}.get(kind, EX_CANTCREAT)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -126,7 +125,8 @@ def run_list(args: argparse.Namespace) -> int:
             return _error(exc)
     lc = cfg.lockout
     window = snap.window_failures(now, lc.device_window_s) if snap else 0
-    keys = [
+    entries = snap.entries if snap else ()
+    keys: list[dict[str, Any]] = [
         {
             "key": e.key,
             "user": None if e.key == DEVICE_KEY else e.key[5:],
@@ -134,7 +134,7 @@ def run_list(args: argparse.Namespace) -> int:
             "locked": e.locked(now),
             "until": e.locked_until if e.locked(now) else None,
         }
-        for e in (snap.entries if snap else ())
+        for e in entries
     ]
     door = {
         "consecutive_failures": next((k["failures"] for k in keys if k["key"] == DEVICE_KEY), 0),
@@ -143,7 +143,9 @@ def run_list(args: argparse.Namespace) -> int:
         "device_window_failures": lc.device_window_failures,
         "device_window_s": lc.device_window_s,
     }
-    pending = [{"key": k, "at": a, "by": b} for k, a, b in (snap.pending if snap else ())]
+    pending: list[dict[str, Any]] = [
+        {"key": k, "at": a, "by": b} for k, a, b in (snap.pending if snap else ())
+    ]
     if args.json:
         print(
             json.dumps(
@@ -158,13 +160,13 @@ def run_list(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    if not keys:
+    if not entries:
         print("no failures counted, nothing locked")
     else:
         print(f"{'KEY':<28} {'FAILURES':>8}  LOCKED UNTIL")
-        for k in keys:
-            until = _when(k["until"]) if k["locked"] else "not locked"
-            print(f"{k['key']:<28} {k['failures']:>8}  {until}")
+        for e in entries:
+            until = _when(e.locked_until) if e.locked(now) else "not locked"
+            print(f"{e.key:<28} {e.failures:>8}  {until}")
     print(
         f"door: {door['consecutive_failures']} consecutive failure(s) of "
         f"{lc.device_max_failures}; {window} of {lc.device_window_failures} within the last "

@@ -1,0 +1,143 @@
+"""`voxgate lockout list|clear` against a real daemon (`voxgate run --source stdin`, real
+mosquitto, real lockout and audit files): a stranger's guesses lock the door, `clear --door`
+lifts it without a restart and the next attempt is judged again; a user's lock carried over
+from a previous run is cleared by a name spelled in another case. Before this command the
+only way was to stop the daemon and move lockout.db aside, which lifted every lock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import test_daemon_e2e as e2e
+import yaml
+from mqtt_helpers import child_env, wait_until
+
+from voxgate.config.service import LockoutConfig
+from voxgate.lockout import LockoutBook
+
+device = e2e.device  # the fixture: a door's config on the real broker
+
+pytestmark = pytest.mark.skipif(
+    __import__("shutil").which("espeak-ng") is None, reason="needs espeak-ng for test speech"
+)
+
+
+def _popen(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "voxgate", *args],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _run_beside(daemon: e2e.DaemonProcess, *args: str) -> tuple[int, str, str]:
+    """Run a command while feeding the daemon room noise: its housekeeping (where it
+    takes clears) runs on audio time."""
+    proc = _popen(*args)
+    while proc.poll() is None:
+        daemon.feed(e2e.pause(0.5))
+        time.sleep(0.1)
+    out, err = proc.communicate()
+    return proc.returncode, out, err
+
+
+def _decisions(device: dict[str, Any]) -> list[dict[str, Any]]:
+    return [x for x in e2e.audit_lines(device) if x["event"] == "decision"]
+
+
+def _attempt(daemon: e2e.DaemonProcess, device: dict[str, Any], voice: str) -> dict[str, Any]:
+    n = len(_decisions(device))
+    daemon.feed(np.concatenate([e2e.pause(0.5), e2e.speech(e2e.ATTEMPT, voice), e2e.pause(1.2)]))
+    wait_until(lambda: len(_decisions(device)) > n, 30, "a decision")
+    return _decisions(device)[-1]
+
+
+def test_clear_lifts_a_running_daemons_lock_without_a_restart(device: dict[str, Any]) -> None:
+    doc = device["doc"]
+    doc["lockout"] = {"max_failures": 3, "device_max_failures": 2, "initial_s": 3600}
+    config = e2e.write_config(device["dir"], doc)
+    cfg = str(config)
+    data = Path(doc["data_dir"])
+    data.mkdir(parents=True, exist_ok=True)
+    # A lock on alice left by a previous run (read at start, held in the daemon's memory).
+    book = LockoutBook(data / "lockout.db", LockoutConfig(**doc["lockout"]))
+    for _ in range(3):
+        book.record("alice", False)
+    book.reset(None)  # her failures counted for the door too; only her lock is wanted
+    book.close()
+
+    daemon = e2e.DaemonProcess(config)
+    try:
+        daemon.feed(e2e.pause(0.3))
+        daemon.wait_log("ready")
+        # Nobody is enrolled: a stranger's two guesses lock the door for an hour.
+        first = _attempt(daemon, device, "en+f2")
+        assert first["reasons"] == ["no_match"], first
+        _attempt(daemon, device, "en+f2")
+        daemon.wait_log("lockout: device after 2 consecutive failures")
+
+        code, out, err = _run_beside(daemon, "lockout", "list", "--json", "-c", cfg)
+        assert code == 0, err
+        listed = json.loads(out)
+        locked = {k["key"]: k for k in listed["keys"] if k["locked"]}
+        assert set(locked) == {"device", "user:alice"}, listed
+        assert locked["device"]["until"] > time.time() + 3000
+        assert locked["user:alice"]["failures"] == 3
+        assert listed["door"]["window_failures"] == 2
+
+        # While locked, speech starts no attempt the door judges.
+        n = len(_decisions(device))
+        daemon.feed(np.concatenate([e2e.pause(0.5), e2e.speech(e2e.ATTEMPT, "en+f2")]))
+        daemon.feed(e2e.pause(2.0))
+        time.sleep(1.0)
+        assert all("locked_out" in d["reasons"] for d in _decisions(device)[n:]), daemon.log()
+
+        code, out, err = _run_beside(
+            daemon, "lockout", "clear", "--door", "--reason", "stranger dealt with", "-c", cfg
+        )
+        assert code == 0, err
+        assert "cleared the door: 2 consecutive failure(s), 2 within the window" in out, out
+        assert "the running daemon has applied it" in out, out
+        daemon.wait_log("lockout: device cleared by")
+
+        # No restart: the next attempt is judged (no_match, not locked_out).
+        after = _attempt(daemon, device, "en+f2")
+        assert after["reasons"] == ["no_match"], after
+
+        code, out, err = _run_beside(daemon, "lockout", "clear", "ALICE", "-c", cfg)
+        assert code == 0, err
+        assert "cleared 'alice': 3 consecutive failure(s)" in out, out
+        assert "the running daemon has applied it" in out, out
+        daemon.wait_log("lockout: user:alice cleared by")
+
+        code, out, err = _run_beside(daemon, "lockout", "list", "--json", "-c", cfg)
+        listed = json.loads(out)
+        assert [k["key"] for k in listed["keys"]] == ["device"], listed  # the one new failure
+        assert not listed["keys"][0]["locked"] and listed["keys"][0]["failures"] == 1
+        assert listed["door"]["window_failures"] == 1
+        assert listed["pending_clears"] == []
+        assert daemon.close() == 0, daemon.log()
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+
+    cleared = [x for x in e2e.audit_lines(device) if x["event"] == "lockout-clear"]
+    assert [(x["key"], x.get("user"), x["via"]) for x in cleared] == [
+        ("device", None, "cli"),
+        ("user:alice", "alice", "cli"),
+    ]
+    assert cleared[0]["window_failures"] == 2 and cleared[0]["reason"] == "stranger dealt with"
+    assert cleared[1]["failures"] == 3
+    assert yaml.safe_load(config.read_text())["lockout"]["device_max_failures"] == 2
+    # The daemon's memory, written through at its stop, holds no lock either.
+    again = LockoutBook(data / "lockout.db", LockoutConfig(**doc["lockout"]))
+    assert not again.state("alice").locked
