@@ -230,3 +230,18 @@ def test_erasing_a_user_with_a_clear_still_queued_leaves_no_name_in_the_file(
     assert forget_in_file(_db(door), "kasimir") is False  # the clear took the row already
     raw = b"".join(p.read_bytes() for p in _db(door).parent.glob("lockout.db*"))
     assert b"kasimir" not in raw
+
+
+def test_config_before_or_after_the_action_is_the_same_file(
+    door: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`voxgate lockout -c FILE list` read the default data_dir's file (the action's own -c,
+    unset, overwrote the one given before it)."""
+    book = _book(door)
+    book.record("lena", False)
+    book.close()
+    for argv in (["-c", str(door), "list", "--json"], ["list", "--json", "-c", str(door)]):
+        assert main(["lockout", *argv]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert listed["file"] == str(_db(door)), argv
+        assert [k["user"] for k in listed["keys"]] == [None, "lena"]

@@ -20,12 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from voxgate.commands.common import (
-    add_config_option,
-    add_parser,
-    ascii_seconds,
-    config_from_args,
-)
+from voxgate.commands.common import add_config_option, add_parser, ascii_seconds, config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples="voxgate lockout list\nvoxgate lockout list --json | jq '.keys[]'",
     )
     ls.add_argument("--json", action="store_true", help="print one JSON object")
-    add_config_option(ls)
+    _config_after(ls)
     ls.set_defaults(func=run_list)
     cl = add_parser(
         actions,
@@ -85,8 +80,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help=f"how long to wait for a running daemon to apply it (default {WAIT_S:g})",
     )
-    add_config_option(cl)
+    _config_after(cl)
     cl.set_defaults(func=run_clear)
+
+
+def _config_after(parser: argparse.ArgumentParser) -> None:
+    """-c after the action too. Its default must not be None: argparse lets a
+    subcommand's defaults overwrite what the parent parsed, so `voxgate lockout -c FILE
+    list` read the default data_dir's lockout.db (another door's state, silently)."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="device config (YAML); without it the embedded defaults are used",
+    )
 
 
 def _path(cfg: Any) -> Path:
