@@ -748,7 +748,10 @@ def clear_in_file(path: Path, user: str | None, by: str, now: float) -> ClearReq
     except sqlite3.OperationalError as exc:
         with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
-        raise LockoutError(f"cannot write lockout state {path}: {exc}") from None
+        raise LockoutError(
+            f"cannot write lockout state {path}: {exc} (run it as root or the service's "
+            "user; a read-only or full disk must be fixed first)"
+        ) from None
     except sqlite3.DatabaseError as exc:
         raise _damaged(Path(path), exc) from None
     finally:

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import test_daemon_e2e as e2e
 import yaml
-from mqtt_helpers import child_env, wait_until
+from broker import Broker
+from mqtt_helpers import Recorder, child_env, wait_until
 
 from voxgate.config.service import LockoutConfig
 from voxgate.lockout import LockoutBook
@@ -61,7 +62,15 @@ def _attempt(daemon: e2e.DaemonProcess, device: dict[str, Any], voice: str) -> d
     return _decisions(device)[-1]
 
 
-def test_clear_lifts_a_running_daemons_lock_without_a_restart(device: dict[str, Any]) -> None:
+def _locked_on_mqtt(rec: Recorder) -> list[str] | None:
+    """The keys the last retained `lockout` message lists."""
+    got = rec.on(f"voxgate/{e2e.DEV}/lockout")
+    return [x["key"] for x in json.loads(got[-1].payload)["locked"]] if got else None
+
+
+def test_clear_lifts_a_running_daemons_lock_without_a_restart(
+    device: dict[str, Any], broker: Broker
+) -> None:
     doc = device["doc"]
     doc["lockout"] = {"max_failures": 3, "device_max_failures": 2, "initial_s": 3600}
     config = e2e.write_config(device["dir"], doc)
@@ -75,6 +84,7 @@ def test_clear_lifts_a_running_daemons_lock_without_a_restart(device: dict[str, 
     book.reset(None)  # her failures counted for the door too; only her lock is wanted
     book.close()
 
+    rec = Recorder(broker, "lock", [f"voxgate/{e2e.DEV}/lockout"])
     daemon = e2e.DaemonProcess(config)
     try:
         daemon.feed(e2e.pause(0.3))
@@ -84,6 +94,7 @@ def test_clear_lifts_a_running_daemons_lock_without_a_restart(device: dict[str, 
         assert first["reasons"] == ["no_match"], first
         _attempt(daemon, device, "en+f2")
         daemon.wait_log("lockout: device after 2 consecutive failures")
+        wait_until(lambda: _locked_on_mqtt(rec) == ["device", "user:alice"], 10, "both on MQTT")
 
         code, out, err = _run_beside(daemon, "lockout", "list", "--json", "-c", cfg)
         assert code == 0, err
@@ -108,6 +119,7 @@ def test_clear_lifts_a_running_daemons_lock_without_a_restart(device: dict[str, 
         assert "cleared the door: 2 consecutive failure(s), 2 within the window" in out, out
         assert "the running daemon has applied it" in out, out
         daemon.wait_log("lockout: device cleared by")
+        wait_until(lambda: _locked_on_mqtt(rec) == ["user:alice"], 10, "the door's lock gone")
 
         # No restart: the next attempt is judged (no_match, not locked_out).
         after = _attempt(daemon, device, "en+f2")
@@ -118,6 +130,7 @@ def test_clear_lifts_a_running_daemons_lock_without_a_restart(device: dict[str, 
         assert "cleared 'alice': 3 consecutive failure(s)" in out, out
         assert "the running daemon has applied it" in out, out
         daemon.wait_log("lockout: user:alice cleared by")
+        wait_until(lambda: _locked_on_mqtt(rec) == [], 10, "no lock on MQTT")
 
         code, out, err = _run_beside(daemon, "lockout", "list", "--json", "-c", cfg)
         listed = json.loads(out)
@@ -127,6 +140,7 @@ def test_clear_lifts_a_running_daemons_lock_without_a_restart(device: dict[str, 
         assert listed["pending_clears"] == []
         assert daemon.close() == 0, daemon.log()
     finally:
+        rec.close()
         if daemon.proc.poll() is None:
             daemon.proc.kill()
 
