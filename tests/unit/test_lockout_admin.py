@@ -51,6 +51,10 @@ def test_a_clear_reaches_the_running_book_and_is_audited(
     out = capsys.readouterr().out
     assert "cleared 'anna': 3 consecutive failure(s), was locked until" in out
     assert "no running daemon applied it" in out  # the book has not looked yet
+    # Her 3 failures also locked the door (device_max_failures 2): clearing her alone
+    # would leave her refused, so the command says so.
+    assert "note: the door itself is locked until" in out
+    assert "voxgate lockout clear --door" in out
     # Until the daemon takes it, its memory still holds the lock (it is what it enforces).
     assert book.state("anna").locked
     (taken,) = book.take_clears()
@@ -131,10 +135,16 @@ def test_an_unknown_user_is_an_error_naming_who_is_held(
     book = _book(door)
     book.record("erin", False)
     book.close()
+    assert main(["lockout", "clear", "erin", "--wait", "0.2", "-c", str(door)]) == 0
+    assert "door itself is locked" not in capsys.readouterr().out  # 1 failure: not locked
+    book = _book(door)
+    book.take_clears()
+    book.record("erin", False)
+    book.close()
     assert main(["lockout", "clear", "frank", "-c", str(door)]) == 1
     err = capsys.readouterr().err
     assert "no lockout entry for 'frank'" in err and "counted: erin" in err
-    assert not [x for x in _audit(door) if x["event"] == "lockout-clear"]
+    assert [x["user"] for x in _audit(door) if x["event"] == "lockout-clear"] == ["erin"]
     assert _book(door).state("erin").user_failures == 1
 
 

@@ -251,6 +251,8 @@ def run_clear(args: argparse.Namespace) -> int:
         )
         + (f", was locked until {_when(e.locked_until)}" if locked else ", was not locked")
     )
+    if e.key != DEVICE_KEY:
+        _door_note(path, now)
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:
         if clear_taken(path, req.request):
@@ -262,6 +264,23 @@ def run_clear(args: argparse.Namespace) -> int:
         "cleared, and a daemon applies the queued clear when it (re)starts"
     )
     return 0
+
+
+def _door_note(path: Path, now: float) -> None:
+    """A user's failures count for the door too (with the defaults, 5 in a row lock both):
+    with the door still locked, the user cleared is refused all the same."""
+    from voxgate.lockout import DEVICE_KEY, LockoutError, read_file
+
+    try:
+        door = [e for e in read_file(path).entries if e.key == DEVICE_KEY and e.locked(now)]
+    except LockoutError:
+        return
+    for e in door:
+        print(
+            f"note: the door itself is locked until {_when(e.locked_until)} (everyone is "
+            "refused; the failures counted there include this user's): if that is to go too, "
+            "voxgate lockout clear --door"
+        )
 
 
 def _audit(cfg: Any, fields: dict[str, Any]) -> None:
