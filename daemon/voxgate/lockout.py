@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -637,6 +638,10 @@ class Snapshot:
         return sum(1 for t in self.door_failures if t > now - window_s)
 
 
+# The file is the service user's, mode 0600.
+_AS_OWNER = " (run it as root or the service's user; a read-only or full disk must be fixed first)"
+
+
 def _damaged(path: Path, exc: Exception) -> LockoutError:
     return LockoutError(
         f"lockout state {path} is damaged or not a lockout file ({exc}); it is left as it is. "
@@ -650,13 +655,17 @@ def _open_for_command(path: Path, *, write: bool) -> sqlite3.Connection:
     """Open an existing lockout file (never create one: a wrong data_dir must not get a
     new empty file) and check it is one. Raises LockoutError."""
     path = Path(path)
-    if not path.exists():
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
         raise LockoutError(
             f"no lockout state at {path}: the daemon creates it at its first start "
             "(nothing has been counted there yet; check -c and data_dir)",
             kind="absent",
-        )
-    if not path.is_file():
+        ) from None
+    except OSError as exc:  # a data_dir closed to this user: not "nothing counted"
+        raise LockoutError(f"cannot read lockout state {path}: {exc}{_AS_OWNER}") from None
+    if not stat.S_ISREG(st.st_mode):
         raise _damaged(path, OSError("not a regular file"))
     mode = "rw" if write else "ro"
     try:
@@ -664,7 +673,7 @@ def _open_for_command(path: Path, *, write: bool) -> sqlite3.Connection:
             f"{path.absolute().as_uri()}?mode={mode}", uri=True, timeout=5.0, isolation_level=None
         )
     except sqlite3.Error as exc:
-        raise LockoutError(f"cannot open lockout state {path}: {exc}") from None
+        raise LockoutError(f"cannot open lockout state {path}: {exc}{_AS_OWNER}") from None
     try:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
         db.execute("SELECT key, failures, locked_until FROM lockout LIMIT 1").fetchall()
@@ -672,7 +681,7 @@ def _open_for_command(path: Path, *, write: bool) -> sqlite3.Connection:
         db.close()
         if "no such table" in str(exc):
             raise _damaged(path, exc) from None
-        raise LockoutError(f"cannot read lockout state {path}: {exc}") from None
+        raise LockoutError(f"cannot read lockout state {path}: {exc}{_AS_OWNER}") from None
     except sqlite3.DatabaseError as exc:
         db.close()
         raise _damaged(path, exc) from None
@@ -748,10 +757,7 @@ def clear_in_file(path: Path, user: str | None, by: str, now: float) -> ClearReq
     except sqlite3.OperationalError as exc:
         with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
-        raise LockoutError(
-            f"cannot write lockout state {path}: {exc} (run it as root or the service's "
-            "user; a read-only or full disk must be fixed first)"
-        ) from None
+        raise LockoutError(f"cannot write lockout state {path}: {exc}{_AS_OWNER}") from None
     except sqlite3.DatabaseError as exc:
         raise _damaged(Path(path), exc) from None
     finally:

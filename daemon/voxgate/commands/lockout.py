@@ -122,15 +122,14 @@ def run_list(args: argparse.Namespace) -> int:
         return EX_CONFIG
     path = _path(cfg)
     now = time.time()
-    if not path.exists():
+    try:
+        snap = read_file(path)
+    except LockoutError as exc:
+        if exc.kind != "absent":
+            return _error(exc)
         # Nothing was ever counted here; said on stderr so a wrong -c is noticed.
         print(f"note: no lockout state at {path} yet: nothing is counted", file=sys.stderr)
         snap = None
-    else:
-        try:
-            snap = read_file(path)
-        except LockoutError as exc:
-            return _error(exc)
     lc = cfg.lockout
     window = snap.window_failures(now, lc.device_window_s) if snap else 0
     entries = snap.entries if snap else ()
