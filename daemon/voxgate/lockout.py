@@ -667,10 +667,22 @@ def _open_for_command(path: Path, *, write: bool) -> sqlite3.Connection:
         raise LockoutError(f"cannot read lockout state {path}: {exc}{_AS_OWNER}") from None
     if not stat.S_ISREG(st.st_mode):
         raise _damaged(path, OSError("not a regular file"))
-    mode = "rw" if write else "ro"
+    # Reading: a read-only disk cannot hold the WAL's shared-memory file, so mode=ro fails
+    # there; immutable=1 reads the file as it stands (as the daemon's start does).
+    queries = ["mode=rw"] if write else ["mode=ro", "immutable=1"]
+    for n, query in enumerate(queries, 1):
+        try:
+            return _check_lockout_file(path, query)
+        except LockoutError as exc:
+            if exc.kind == "damaged" or n == len(queries):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _check_lockout_file(path: Path, query: str) -> sqlite3.Connection:
     try:
         db = sqlite3.connect(
-            f"{path.absolute().as_uri()}?mode={mode}", uri=True, timeout=5.0, isolation_level=None
+            f"{path.absolute().as_uri()}?{query}", uri=True, timeout=5.0, isolation_level=None
         )
     except sqlite3.Error as exc:
         raise LockoutError(f"cannot open lockout state {path}: {exc}{_AS_OWNER}") from None

@@ -155,3 +155,33 @@ def test_clear_lifts_a_running_daemons_lock_without_a_restart(
     # The daemon's memory, written through at its stop, holds no lock either.
     again = LockoutBook(data / "lockout.db", LockoutConfig(**doc["lockout"]))
     assert not again.state("alice").locked
+
+
+def test_on_a_read_only_disk_list_works_and_clear_says_why_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A door whose data folder went read-only (an SD card the kernel remounted): `list`
+    still shows the locks, `clear` exits 73 naming the file and leaves it as it was."""
+    import subprocess as sp
+
+    from small_fs import small_fs
+
+    from voxgate.cli import main
+
+    data = tmp_path / "data"
+    config = tmp_path / "voxgate.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(data), "lockout": {"max_failures": 2}}))
+    with small_fs(data, "1m"):
+        book = LockoutBook(data / "lockout.db", LockoutConfig(max_failures=2))
+        book.record("mia", False)
+        book.record("mia", False)
+        book.close()
+        before = (data / "lockout.db").read_bytes()
+        sp.run(["mount", "-o", "remount,ro", str(data)], check=True)
+        assert main(["lockout", "list", "--json", "-c", str(config)]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert [k["user"] for k in listed["keys"] if k["locked"]] == ["mia"]
+        assert main(["lockout", "clear", "mia", "--wait", "0.2", "-c", str(config)]) == 73
+        err = capsys.readouterr().err
+        assert f"lockout state {data / 'lockout.db'}" in err and "read-only" in err, err
+        assert (data / "lockout.db").read_bytes() == before
