@@ -181,8 +181,11 @@ class LockoutBook:
         Called every second by the daemon; reads the table only after another connection
         changed the file."""
         with self._lock:
-            if self._db is None:
+            # Opened read-only at the start (a read-only disk, since made writable): the
+            # command could write its clear, so the daemon can open the file again too.
+            if self._db is None and not self._try_reopen():
                 return []
+            assert self._db is not None
             try:
                 version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
                 if version == self._data_version:

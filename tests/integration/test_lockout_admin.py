@@ -185,3 +185,36 @@ def test_on_a_read_only_disk_list_works_and_clear_says_why_not(
         err = capsys.readouterr().err
         assert f"lockout state {data / 'lockout.db'}" in err and "read-only" in err, err
         assert (data / "lockout.db").read_bytes() == before
+
+
+def test_a_daemon_started_on_a_read_only_disk_takes_a_clear_once_it_is_writable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The daemon's book opened the file read-only (the disk was, at its start) and enforces
+    from memory; once the disk is writable again, a clear the command writes must reach it
+    (it looked at the file only at its next failure, so the lock stayed)."""
+    import subprocess as sp
+
+    from small_fs import small_fs
+
+    from voxgate.cli import main
+
+    data = tmp_path / "data"
+    config = tmp_path / "voxgate.yaml"
+    cfg = LockoutConfig(max_failures=2, initial_s=3600)
+    config.write_text(yaml.safe_dump({"data_dir": str(data), "lockout": {"max_failures": 2}}))
+    with small_fs(data, "1m"):
+        first = LockoutBook(data / "lockout.db", cfg)
+        first.record("noor", False)
+        first.record("noor", False)
+        first.close()
+        sp.run(["mount", "-o", "remount,ro", str(data)], check=True)
+        book = LockoutBook(data / "lockout.db", cfg)  # the daemon, started read-only
+        assert book.state("noor").locked
+        sp.run(["mount", "-o", "remount,rw", str(data)], check=True)
+        assert main(["lockout", "clear", "noor", "--wait", "0.2", "-c", str(config)]) == 0
+        capsys.readouterr()
+        (taken,) = book.take_clears()
+        assert taken.entry.key == "user:noor"
+        assert not book.state("noor").locked
+        book.close()
