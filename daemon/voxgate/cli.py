@@ -18,6 +18,7 @@ COMMANDS = [
     "verify",
     "identify",
     "users",
+    "lockout",
     "eval",
     "bench",
     "config",

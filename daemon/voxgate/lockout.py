@@ -31,6 +31,13 @@ while the daemon was stopped, ends early (nothing on disk tells that apart from 
 
 The in-memory table is the truth the daemon acts on; the file is written through. A write
 that fails (disk full, read-only) is logged and the daemon keeps enforcing from memory.
+
+An admin lifts a lock from another process (`voxgate lockout clear`): `clear_in_file`
+deletes the key's rows and queues the clear in the file's `clears` table, and the daemon,
+which checks the file every second (`take_clears`, cheap: `PRAGMA data_version` tells
+whether another process wrote it), clears its memory, writes through and removes the request.
+Deleting the rows alone would not do: the daemon writes its own copy back at the next
+failure, and enforces it until then.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -81,8 +89,24 @@ class RecordResult:
     new_locks: tuple[Entry, ...]  # keys this failure has just locked (for metrics, MQTT, audit)
 
 
+@dataclass(frozen=True)
+class Cleared:
+    """A clear the daemon applied: the entry as it was, the door's window count before."""
+
+    entry: Entry
+    window_failures: int | None  # the door only
+    requested_at: float
+    by: str
+
+
 class LockoutError(Exception):
-    pass
+    """The lockout file cannot be read or changed by a command. `kind`: "absent" (never
+    created), "damaged" (not a lockout file, unreadable) or "io" (permissions, read-only or
+    full disk, busy)."""
+
+    def __init__(self, message: str, *, kind: Literal["absent", "damaged", "io"] = "io") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class LockoutBook:
@@ -112,6 +136,8 @@ class LockoutBook:
         self._dirty: set[str] = set()
         self._save_log = LogLimit()  # a failed save: logged once until one works
         self._reopen = False  # the file could not be opened for writing: try again later
+        self._data_version: int | None = None  # the file's, when take_clears last read it
+        self._clears_log = LogLimit()
         self._db = self._open()
         if self._db is not None:
             self._load(self._db)
@@ -147,10 +173,46 @@ class LockoutBook:
         """Clear a user's counter (an admin unlock, or the user was erased); None: the door."""
         key = user_key(user) if user else DEVICE_KEY
         with self._lock:
-            if key == DEVICE_KEY:
-                self._door = []
-            self._entries[key] = Entry(key, 0, None)
-            self._write(self._entries[key])
+            self._reset(key)
+
+    def take_clears(self) -> list[Cleared]:
+        """Apply the clears another process queued in the file (`voxgate lockout clear`):
+        each key's lock and counts go from memory and the file, and the request is removed.
+        Called every second by the daemon; reads the table only after another connection
+        changed the file."""
+        with self._lock:
+            # Opened read-only at the start (a read-only disk, since made writable): the
+            # command could write its clear, so the daemon can open the file again too.
+            if self._db is None and not self._try_reopen():
+                return []
+            assert self._db is not None
+            try:
+                version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+                if version == self._data_version:
+                    return []
+                rows = self._db.execute("SELECT id, key, at, by FROM clears ORDER BY id").fetchall()
+            except sqlite3.Error as exc:
+                if self._clears_log.allow():
+                    log.error("cannot read lockout clear requests from %s: %s", self.path, exc)
+                return []
+            done: list[Cleared] = []
+            for rid, key, at, by in rows:
+                key = str(key)
+                if key != DEVICE_KEY and not key.startswith("user:"):
+                    log.warning("lockout clear request for an unknown key %r ignored", key)
+                else:
+                    old = self._entries.get(key, Entry(key, 0, None))
+                    window = len(self._door) if key == DEVICE_KEY else None
+                    self._reset(key)
+                    done.append(Cleared(old, window, float(at), str(by)))
+                try:
+                    self._db.execute("DELETE FROM clears WHERE id = ?", (rid,))
+                except sqlite3.Error as exc:  # applied again next time: a clear is idempotent
+                    log.error("cannot remove a lockout clear request from %s: %s", self.path, exc)
+            # Our own writes do not change data_version: read it after them.
+            with contextlib.suppress(sqlite3.Error):
+                self._data_version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+            return done
 
     def forget(self, user: str) -> bool:
         """Drop everything held about an erased user: the entry goes from memory and from the
@@ -198,6 +260,12 @@ class LockoutBook:
                 self._db = None
 
     # -- internals ----------------------------------------------------------------------
+
+    def _reset(self, key: str) -> None:
+        if key == DEVICE_KEY:
+            self._door = []
+        self._entries[key] = Entry(key, 0, None)
+        self._write(self._entries[key])
 
     def _over(self, key: str, failures: int, now: float | None) -> int:
         """How far `failures` consecutive failures (and for the door, its failures within the
@@ -374,6 +442,7 @@ class LockoutBook:
             # Added in place (a file from before gets it here); the previous release opens
             # the file as before and never reads it.
             db.execute("CREATE TABLE IF NOT EXISTS door_failures (at REAL NOT NULL)")
+            _create_clears(db)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -543,7 +612,183 @@ def _drop(db: sqlite3.Connection, key: str) -> bool:
     WAL emptied, and VACUUM rewrites pages that older versions (written before
     secure_delete was on) left behind. The file holds a few rows: this takes milliseconds."""
     gone = db.execute("DELETE FROM lockout WHERE key = ?", (key,)).rowcount > 0
+    if _has_table(db, "clears"):  # a clear still queued names them too
+        db.execute("DELETE FROM clears WHERE key = ?", (key,))
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.execute("VACUUM")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return gone
+
+
+def _create_clears(db: sqlite3.Connection) -> None:
+    # Clears queued by `voxgate lockout clear` for the daemon; the previous release never
+    # reads this table (the file stays user_version 1).
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS clears (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "key TEXT NOT NULL, at REAL NOT NULL, by TEXT NOT NULL)"
+    )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a lockout file holds, read by another process than the daemon."""
+
+    entries: tuple[Entry, ...]  # sorted by key
+    door_failures: tuple[float, ...]  # wall times of the door's failures, oldest first
+    pending: tuple[tuple[str, float, str], ...]  # clears not yet taken: key, at, by
+
+    def window_failures(self, now: float, window_s: float) -> int:
+        return sum(1 for t in self.door_failures if t > now - window_s)
+
+
+# The file is the service user's, mode 0600.
+_AS_OWNER = " (run it as root or the service's user; a read-only or full disk must be fixed first)"
+
+
+def _damaged(path: Path, exc: Exception) -> LockoutError:
+    return LockoutError(
+        f"lockout state {path} is damaged or not a lockout file ({exc}); it is left as it is. "
+        "The daemon moves it aside at its next start (lockout.db.corrupt-<time>) and starts "
+        "with no lockouts: restart it to lift every lock",
+        kind="damaged",
+    )
+
+
+def _open_for_command(path: Path, *, write: bool) -> sqlite3.Connection:
+    """Open an existing lockout file (never create one: a wrong data_dir must not get a
+    new empty file) and check it is one. Raises LockoutError."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise LockoutError(
+            f"no lockout state at {path}: the daemon creates it at its first start "
+            "(nothing has been counted there yet; check -c and data_dir)",
+            kind="absent",
+        ) from None
+    except OSError as exc:  # a data_dir closed to this user: not "nothing counted"
+        raise LockoutError(f"cannot read lockout state {path}: {exc}{_AS_OWNER}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _damaged(path, OSError("not a regular file"))
+    # Reading: a read-only disk cannot hold the WAL's shared-memory file, so mode=ro fails
+    # there; immutable=1 reads the file as it stands (as the daemon's start does).
+    queries = ["mode=rw"] if write else ["mode=ro", "immutable=1"]
+    for n, query in enumerate(queries, 1):
+        try:
+            return _check_lockout_file(path, query)
+        except LockoutError as exc:
+            if exc.kind == "damaged" or n == len(queries):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _check_lockout_file(path: Path, query: str) -> sqlite3.Connection:
+    try:
+        db = sqlite3.connect(
+            f"{path.absolute().as_uri()}?{query}", uri=True, timeout=5.0, isolation_level=None
+        )
+    except sqlite3.Error as exc:
+        raise LockoutError(f"cannot open lockout state {path}: {exc}{_AS_OWNER}") from None
+    try:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        db.execute("SELECT key, failures, locked_until FROM lockout LIMIT 1").fetchall()
+    except sqlite3.OperationalError as exc:
+        db.close()
+        if "no such table" in str(exc):
+            raise _damaged(path, exc) from None
+        raise LockoutError(f"cannot read lockout state {path}: {exc}{_AS_OWNER}") from None
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise _damaged(path, exc) from None
+    if version not in (0, SCHEMA_VERSION):
+        db.close()
+        raise _damaged(path, sqlite3.DatabaseError(f"schema version {version}"))
+    return db
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,))
+    return row.fetchone() is not None
+
+
+def read_file(path: Path) -> Snapshot:
+    """The lockout file as it stands (the running daemon writes every change through).
+    Raises LockoutError."""
+    db = _open_for_command(path, write=False)
+    try:
+        rows = db.execute("SELECT key, failures, locked_until FROM lockout ORDER BY key")
+        entries = tuple(Entry(str(k), int(f), None if u is None else float(u)) for k, f, u in rows)
+        times: tuple[float, ...] = ()
+        if _has_table(db, "door_failures"):
+            q = db.execute("SELECT at FROM door_failures ORDER BY at")
+            times = tuple(float(r[0]) for r in q)
+        pending: tuple[tuple[str, float, str], ...] = ()
+        if _has_table(db, "clears"):
+            q = db.execute("SELECT key, at, by FROM clears ORDER BY id")
+            pending = tuple((str(k), float(a), str(b)) for k, a, b in q)
+    except sqlite3.DatabaseError as exc:
+        raise _damaged(Path(path), exc) from None
+    finally:
+        db.close()
+    return Snapshot(entries, times, pending)
+
+
+@dataclass(frozen=True)
+class ClearRequest:
+    """A clear written to the file: what the key held, and the request's id in `clears`."""
+
+    entry: Entry
+    door_failures: tuple[float, ...]  # the door's failure times it held (the door only)
+    request: int
+
+
+def clear_in_file(path: Path, user: str | None, by: str, now: float) -> ClearRequest | None:
+    """Clear `user`'s lock and counts (None: the door's, with its window failures) in the
+    file, and queue the clear for a running daemon (which takes it within a second or so,
+    see LockoutBook.take_clears). None when the file holds nothing for the key: an unknown
+    user, or a door with no failure counted. Raises LockoutError."""
+    key = user_key(user) if user else DEVICE_KEY
+    db = _open_for_command(path, write=True)
+    try:
+        db.execute("PRAGMA secure_delete=ON")  # keys name users, as the daemon's writes
+        db.execute("BEGIN IMMEDIATE")
+        row = db.execute(
+            "SELECT failures, locked_until FROM lockout WHERE key = ?", (key,)
+        ).fetchone()
+        times: tuple[float, ...] = ()
+        if key == DEVICE_KEY and _has_table(db, "door_failures"):
+            times = tuple(float(r[0]) for r in db.execute("SELECT at FROM door_failures"))
+        if row is None and not times:
+            db.execute("ROLLBACK")
+            return None
+        entry = Entry(key, int(row[0]), row[1]) if row is not None else Entry(key, 0, None)
+        db.execute("DELETE FROM lockout WHERE key = ?", (key,))
+        if key == DEVICE_KEY and times:
+            db.execute("DELETE FROM door_failures")
+        _create_clears(db)
+        cur = db.execute("INSERT INTO clears (key, at, by) VALUES (?, ?, ?)", (key, now, by))
+        request = int(cur.lastrowid or 0)
+        db.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise LockoutError(f"cannot write lockout state {path}: {exc}{_AS_OWNER}") from None
+    except sqlite3.DatabaseError as exc:
+        raise _damaged(Path(path), exc) from None
+    finally:
+        db.close()
+    return ClearRequest(entry, times, request)
+
+
+def clear_taken(path: Path, request: int) -> bool:
+    """Whether the daemon has taken (applied and removed) clear request `request`."""
+    try:
+        db = _open_for_command(path, write=False)
+    except LockoutError:
+        return False
+    try:
+        return db.execute("SELECT 1 FROM clears WHERE id = ?", (request,)).fetchone() is None
+    except sqlite3.Error:
+        return False
+    finally:
+        db.close()

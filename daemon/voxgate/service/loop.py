@@ -598,7 +598,32 @@ class Daemon:
         if connected != self._mqtt_up:
             self._mqtt_up = connected
             self._status()
+        self._take_lockout_clears()
         self._sync_lockout()
+
+    def _take_lockout_clears(self) -> None:
+        """Apply what `voxgate lockout clear` queued in the lockout file (the command
+        audits it; the daemon's memory is what it enforces, so the clear counts from here)."""
+        if self.lockout is None:
+            return
+        try:
+            cleared = self.lockout.take_clears()
+        except Exception:
+            log.exception("applying lockout clears failed")
+            return
+        for c in cleared:
+            e = c.entry
+            log.warning(
+                "lockout: %s cleared by %s (voxgate lockout clear): it had %d consecutive "
+                "failure(s)%s%s",
+                e.key,
+                c.by,
+                e.failures,
+                "" if c.window_failures is None else f", {c.window_failures} door failure time(s)",
+                ""
+                if e.locked_until is None
+                else ", locked until " + time.strftime("%H:%M:%S", time.localtime(e.locked_until)),
+            )
 
     # -- events -------------------------------------------------------------------------
 
