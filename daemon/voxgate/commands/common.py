@@ -43,11 +43,16 @@ def ascii_seconds(text: str) -> float:
     return float(text)
 
 
-def add_config_option(parser: argparse.ArgumentParser) -> None:
+def add_config_option(parser: argparse.ArgumentParser, *, again: bool = False) -> None:
+    """-c/--config on `parser`. again=True on an action whose command takes -c before it
+    too: argparse lets a subcommand's defaults overwrite what the parent parsed, so with a
+    default of None there, `voxgate users -c FILE list` read the embedded defaults' data
+    folder (another door's file, silently)."""
     parser.add_argument(
         "-c",
         "--config",
         metavar="FILE",
+        default=argparse.SUPPRESS if again else None,
         help="device config (YAML); without it the embedded defaults are used",
     )
 

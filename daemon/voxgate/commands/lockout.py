@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples="voxgate lockout list\nvoxgate lockout list --json | jq '.keys[]'",
     )
     ls.add_argument("--json", action="store_true", help="print one JSON object")
-    _config_after(ls)
+    add_config_option(ls, again=True)
     ls.set_defaults(func=run_list)
     cl = add_parser(
         actions,
@@ -80,21 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help=f"how long to wait for a running daemon to apply it (default {WAIT_S:g})",
     )
-    _config_after(cl)
+    add_config_option(cl, again=True)
     cl.set_defaults(func=run_clear)
-
-
-def _config_after(parser: argparse.ArgumentParser) -> None:
-    """-c after the action too. Its default must not be None: argparse lets a
-    subcommand's defaults overwrite what the parent parsed, so `voxgate lockout -c FILE
-    list` read the default data_dir's lockout.db (another door's state, silently)."""
-    parser.add_argument(
-        "-c",
-        "--config",
-        metavar="FILE",
-        default=argparse.SUPPRESS,
-        help="device config (YAML); without it the embedded defaults are used",
-    )
 
 
 def _path(cfg: Any) -> Path:

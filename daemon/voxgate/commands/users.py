@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="enrolled users, their model and dates",
         examples="voxgate users list\nvoxgate users list -c /etc/voxgate/voxgate.yaml",
     )
-    add_config_option(ls)
+    add_config_option(ls, again=True)
     ls.set_defaults(func=run_list)
     er = add_parser(
         actions,
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "voxgate users erase alice -c /etc/voxgate/voxgate.yaml",
     )
     er.add_argument("name", metavar="NAME")
-    add_config_option(er)
+    add_config_option(er, again=True)
     er.set_defaults(func=run_erase)
     ex = add_parser(
         actions,
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     ex.add_argument("name", metavar="NAME")
     ex.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    add_config_option(ex)
+    add_config_option(ex, again=True)
     ex.set_defaults(func=run_export)
     ik = add_parser(
         actions,
