@@ -4,6 +4,7 @@ entries naming them) goes too, checked on the bytes of real SQLite files."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,10 @@ def raw(path: Path) -> bytes:
     )
 
 
-def fail(book: LockoutBook, user: str, times: int, now: float = 1000.0) -> None:
+def fail(book: LockoutBook, user: str, times: int, now: float | None = None) -> None:
+    # By default now: entries whose last failure is long past expire at a restart.
     for _ in range(times):
-        book.record(user, ok=False, now=now)
+        book.record(user, ok=False, now=time.time() if now is None else now)
 
 
 def test_forget_removes_the_name_from_the_lockout_file_bytes(tmp_path: Path) -> None:

@@ -598,6 +598,8 @@ class Daemon:
         if connected != self._mqtt_up:
             self._mqtt_up = connected
             self._status()
+        if self.lockout is not None:  # a quiet door's stale entries go too
+            self.lockout.expire(self.clock())
         self._sync_lockout()
 
     # -- events -------------------------------------------------------------------------
