@@ -174,6 +174,7 @@ def test_users_erase_command_drops_lockout_entry_and_recordings(tmp_path: Path) 
     data, kept = _door_with_erin(tmp_path)
     run = _cli(tmp_path, "erase", "erin")
     assert run.returncode == 0, run.stderr
+    assert "erased Erin\n" in run.stdout  # as enrolled, as the daemon and the API say
     assert "also dropped: lockout entry" in run.stdout
     assert "also dropped: 1 kept recording(s)" in run.stdout
     assert kept is not None and not kept.exists()

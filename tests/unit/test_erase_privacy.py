@@ -87,7 +87,7 @@ def test_daemon_forgets_a_user_erased_by_another_process(tmp_path: Path) -> None
     other = VoiceprintStore(store.path, KEY)
     assert other.erase("DORA")
     other.close()
-    assert users.check_erased() == ["dora"]
+    assert users.check_erased() == ["Dora"]
     assert book.users() == ["mallory"]
     assert b"dora" not in raw(tmp_path / "lockout.db")
     store.close()
@@ -101,7 +101,7 @@ def test_mqtt_erase_command_drops_the_lockout_entry(tmp_path: Path) -> None:
         VoxgateConfig(data_dir=tmp_path), store, None, lambda e, **f: None, lockout=book
     )
     fail(book, "dora", 6)
-    assert users.command_erase({"user": "dora"}) == {"user": "dora", "erased": True}
+    assert users.command_erase({"user": "dora"}) == {"user": "Dora", "erased": True}
     assert book.users() == []
     assert b"dora" not in raw(tmp_path / "lockout.db")
     store.close()

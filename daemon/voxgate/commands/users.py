@@ -115,17 +115,18 @@ def run_erase(args: argparse.Namespace) -> int:
     dropped: list[str] = []
     try:
         with open_store(cfg) as store:
+            shown = store.enrolled_name(args.name) or normalize_name(args.name)
             gone = store.erase(args.name)
             if gone:
                 # Before the fleet session (up to 5 s): a running daemon checks every 5 s and
                 # would otherwise often drop these first, and this command report nothing.
                 dropped = forget_on_disk(cfg, args.name)
-                record_change(cfg, store, "erased", normalize_name(args.name), None)
+                record_change(cfg, store, "erased", shown, None)
     except (CommandError, StoreError) as exc:
         return fail(str(exc))
     if not gone:
         return fail(f"no user '{args.name}' enrolled")
-    print(f"erased {args.name}")
+    print(f"erased {shown}")  # as enrolled, as the daemon's log and the API name them
     # A running daemon drops its copy of the lockout entry, and the retained `user` topic
     # naming them, within seconds.
     for what in dropped:
