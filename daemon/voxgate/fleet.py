@@ -652,6 +652,10 @@ class FleetSync:
         # the audit log by this process: their retained copies come back at each connect.
         self._unverified_told: set[tuple[str, str, str, Order]] = set()
         self._client: Any = None
+        # Why the last connect failed (the exception paho caught, or the broker's refusal),
+        # None once connected: the commands' short sessions say what went wrong.
+        self._connect_failure: BaseException | str | None = None
+        self._ever_connected = False
         # Its own MQTT session, apart from the daemon's MqttLink (whose id it must not reuse).
         self.client_id = client_id or f"voxgate-{device_id}-fleet"
         # e.g. the daemon's AuditLog.append: every voiceprint change the fleet makes is audited.
@@ -686,6 +690,7 @@ class FleetSync:
         self.enforce_access()
         client = build_client(self.mqtt_cfg, self.client_id)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
@@ -741,6 +746,44 @@ class FleetSync:
             time.sleep(0.05)
         return True
 
+    def why_unsent(self, waited: float) -> str:
+        """Why the outbox is still not empty after waiting `waited` s, and what to do: for
+        the commands that open a short session (`voxgate enroll`, `users erase`, `fleet`).
+        A refused connection was reported as "not reachable within 5 s", which sent people
+        to the network when mosquitto was simply not running."""
+        import socket
+        import ssl
+
+        where = f"{self.mqtt_cfg.host}:{self.mqtt_cfg.port}"
+        err = self._connect_failure
+        if isinstance(err, str):  # a CONNACK with a failure code
+            return (
+                f"the broker at {where} refused the connection ({err}): check mqtt.username "
+                "and the MQTT password (docs/mqtt.md)"
+            )
+        if isinstance(err, ConnectionRefusedError):
+            return (
+                f"connection refused by {where}: is mosquitto running there? (`systemctl "
+                "status mosquitto` on the broker's host; mqtt.host and mqtt.port say where "
+                "this door looks)"
+            )
+        if isinstance(err, socket.gaierror):
+            return f"cannot resolve the broker's host name {self.mqtt_cfg.host!r}: check mqtt.host"
+        if isinstance(err, ssl.SSLError):
+            return f"TLS with the broker at {where} failed: {err}; check tls.ca_file and the host"
+        if isinstance(err, OSError) and not isinstance(err, TimeoutError):
+            return f"cannot reach the broker at {where}: {err.strerror or err}"
+        if self._ever_connected:
+            return (
+                f"connected to the broker at {where}, but it did not acknowledge the update "
+                f"within {waited:g} s (a slow link, or an ACL that denies the fleet topics)"
+            )
+        return (
+            f"no answer from the broker at {where} within {waited:g} s: check the network and "
+            "firewall between this door and the broker, and mqtt.host, mqtt.port and mqtt.tls "
+            "(a TLS port spoken to in plain MQTT, or the other way round, stays silent)"
+        )
+
     def stop(self) -> None:
         if self._client is not None:
             self._client.disconnect()
@@ -752,7 +795,9 @@ class FleetSync:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
             log.error("fleet sync: broker refused the connection: %s", rc)
+            self._connect_failure = str(rc)
             return
+        self._connect_failure, self._ever_connected = None, True
         subs = [(f"{self.root}/{g}/+", 1) for g in self.cfg.groups]
         if subs:
             client.subscribe(subs)
@@ -791,6 +836,13 @@ class FleetSync:
             for topic, payload, order in todo:
                 self._send(topic, payload, order)
         return len(todo)
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        # paho calls this inside its `except OSError`, without passing the exception.
+        import sys
+
+        self._connect_failure = sys.exc_info()[1]
+        log.debug("fleet sync: cannot connect: %s", self._connect_failure)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self.connected.clear()

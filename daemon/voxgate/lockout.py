@@ -38,6 +38,12 @@ which checks the file every second (`take_clears`, cheap: `PRAGMA data_version` 
 whether another process wrote it), clears its memory, writes through and removes the request.
 Deleting the rows alone would not do: the daemon writes its own copy back at the next
 failure, and enforces it until then.
+
+A user's entry goes once it can no longer matter (`expire`): no lock in force and its last
+failure older than max(max_s, device_window_s). Every claimed name that failed (one not
+enrolled too: anyone can type one) got an entry, and entries stayed for ever, a row per name
+in the file. The last failure's time is a column the previous release leaves NULL (it names
+its columns); such a row counts from the start that reads it.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ SCHEMA_VERSION = 1  # door_failures was added without a bump: the previous relea
 # step (settimeofday, NTP's step); slewing moves the clocks apart by at most 0.5 ms/s.
 STEP_S = 2.0
 DEVICE_KEY = "device"
+# Users' entries checked for expiry per call of expire(): the daemon calls it every second.
+EXPIRE_BATCH = 64
 
 
 def user_key(user: str) -> str:
@@ -78,6 +86,7 @@ class Entry:
     key: str  # "device" or "user:<name>"
     failures: int  # consecutive
     locked_until: float | None  # wall clock; None when not locked
+    last_failure: float | None = None  # wall clock; users' entries expire by it
 
     def locked(self, now: float) -> bool:
         return self.locked_until is not None and now < self.locked_until
@@ -138,10 +147,13 @@ class LockoutBook:
         self._reopen = False  # the file could not be opened for writing: try again later
         self._data_version: int | None = None  # the file's, when take_clears last read it
         self._clears_log = LogLimit()
+        self._sweep: list[str] = []  # users' keys expire() has still to look at this round
         self._db = self._open()
         if self._db is not None:
             self._load(self._db)
         self._bound_loaded()
+        with self._lock:
+            self._expire(self._wall(), None)
 
     # -- public -------------------------------------------------------------------------
 
@@ -167,6 +179,7 @@ class LockoutBook:
                         new_locks.append(entry)
                 self._entries[key] = entry
                 self._write(entry)
+            self._expire(now, EXPIRE_BATCH)
             return RecordResult(self._state(user, now), tuple(new_locks))
 
     def reset(self, user: str | None) -> None:
@@ -232,6 +245,16 @@ class LockoutBook:
                 self._dirty.add(key)
             return had
 
+    def expire(self, now: float | None = None, limit: int = EXPIRE_BATCH) -> int:
+        """Drop users' entries that can no longer matter (no lock in force, last failure
+        older than max(max_s, device_window_s)), looking at `limit` entries a call, in
+        turn; the number dropped. Also done at a start (every entry) and by record(); the
+        daemon calls it every second for a door nobody uses."""
+        now = self._wall() if now is None else now
+        with self._lock:
+            self._follow_steps()
+            return self._expire(now, limit)
+
     def users(self) -> list[str]:
         """The (case-folded) names that have an entry: what the book holds about people."""
         with self._lock:
@@ -267,6 +290,48 @@ class LockoutBook:
         self._entries[key] = Entry(key, 0, None)
         self._write(self._entries[key])
 
+    def _expire(self, now: float, limit: int | None) -> int:
+        """See expire(); `limit` None: every entry. Call with _lock held."""
+        if not self._sweep:
+            self._sweep = [k for k in self._entries if k != DEVICE_KEY]
+        todo = self._sweep[-(limit or len(self._sweep)) :]
+        del self._sweep[len(self._sweep) - len(todo) :]
+        quiet_s = max(self.cfg.max_s, self.cfg.device_window_s)
+        gone = []
+        for key in todo:
+            e = self._entries.get(key)
+            if e is None or e.locked(now):
+                continue
+            # No last failure: a success's zero count, in memory only (not in the file);
+            # it tells the daemon who was seen enrolled (UserServices.check_erased).
+            if e.last_failure is not None and e.last_failure <= now - quiet_s:
+                del self._entries[key]
+                gone.append(key)
+        if not gone:
+            return 0
+        log.info(
+            "lockout: %d entry(ies) expired (no lock, no failure for %g s)", len(gone), quiet_s
+        )
+        self._dirty.update(gone)  # held is None: deleted with the next write that works
+        if self._db is None and not self._try_reopen():
+            return len(gone)
+        assert self._db is not None
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM lockout WHERE key = ?", [(k,) for k in gone])
+            self._db.execute("COMMIT")
+            # The rows are zeroed (secure_delete) once written back from the WAL; its frames
+            # still hold the names until it is emptied.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            if self._save_log.allow():
+                log.error("cannot drop expired lockout entries from %s: %s", self.path, exc)
+            return len(gone)
+        self._dirty.difference_update(gone)
+        return len(gone)
+
     def _over(self, key: str, failures: int, now: float | None) -> int:
         """How far `failures` consecutive failures (and for the door, its failures within the
         window at `now`) are over their limit; >= 0: locked. `now` None: the door's failures
@@ -298,8 +363,8 @@ class LockoutBook:
             self._door = [*recent, now][-self._keep() :]
         over = self._over(key, failures, now)
         if over < 0:
-            return Entry(key, failures, old.locked_until)
-        return Entry(key, failures, now + self._period(over))
+            return Entry(key, failures, old.locked_until, now)
+        return Entry(key, failures, now + self._period(over), now)
 
     def _follow_steps(self) -> None:
         """Move every end time with a wall-clock step since the last call, so a lock keeps
@@ -309,6 +374,13 @@ class LockoutBook:
         if abs(step) <= STEP_S:
             return
         moved = [e for e in self._entries.values() if e.locked_until is not None]
+        # A user's quiet time is real time too (NTP stepping forward must not expire a count).
+        for e in list(self._entries.values()):
+            if e.last_failure is not None:
+                self._entries[e.key] = Entry(
+                    e.key, e.failures, e.locked_until, e.last_failure + step
+                )
+        self._write_many("UPDATE lockout SET last_failure = last_failure + ?", (step,))
         log.warning(
             "lockout: the wall clock stepped %+.0f s (NTP, fake-hwclock, an admin); %d lock "
             "end time(s) and %d door failure time(s) moved with it, so each lock keeps the "
@@ -319,7 +391,9 @@ class LockoutBook:
         )
         for e in moved:
             assert e.locked_until is not None
-            self._entries[e.key] = Entry(e.key, e.failures, e.locked_until + step)
+            e = self._entries[e.key]
+            assert e.locked_until is not None
+            self._entries[e.key] = Entry(e.key, e.failures, e.locked_until + step, e.last_failure)
             self._write(self._entries[e.key])
         if self._door:
             self._door = [t + step for t in self._door]
@@ -333,6 +407,10 @@ class LockoutBook:
         if any(t > now for t in self._door):  # counted from now: a full window, no longer
             self._door = [min(t, now) for t in self._door]
             self._write(self._entries.get(DEVICE_KEY, Entry(DEVICE_KEY, 0, None)))
+        for e in list(self._entries.values()):
+            if e.last_failure is not None and e.last_failure > now:
+                self._entries[e.key] = e = Entry(e.key, e.failures, e.locked_until, now)
+        self._write_many("UPDATE lockout SET last_failure = ? WHERE last_failure > ?", (now, now))
         for e in list(self._entries.values()):
             if e.locked_until is None:
                 continue
@@ -350,7 +428,7 @@ class LockoutBook:
                 period,
                 period,
             )
-            self._entries[e.key] = Entry(e.key, e.failures, now + period)
+            self._entries[e.key] = Entry(e.key, e.failures, now + period, e.last_failure)
             self._write(self._entries[e.key])
 
     def _state(self, user: str | None, now: float) -> LockoutState:
@@ -443,6 +521,10 @@ class LockoutBook:
             # the file as before and never reads it.
             db.execute("CREATE TABLE IF NOT EXISTS door_failures (at REAL NOT NULL)")
             _create_clears(db)
+            # Also in place: the previous release names the columns it writes (NULL here).
+            columns = {r[1] for r in db.execute("PRAGMA table_info(lockout)")}
+            if "last_failure" not in columns:
+                db.execute("ALTER TABLE lockout ADD COLUMN last_failure REAL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -469,7 +551,7 @@ class LockoutBook:
 
     def _load(self, db: sqlite3.Connection, writable: bool = True) -> bool:
         try:
-            rows = db.execute("SELECT key, failures, locked_until FROM lockout").fetchall()
+            rows = _rows(db)
         except sqlite3.DatabaseError as exc:
             if writable:  # read-only tries say it once they have all failed
                 log.error(
@@ -477,7 +559,10 @@ class LockoutBook:
                 )
             return False
         renamed: list[tuple[str, str]] = []
-        for stored, failures, until in rows:
+        start = self._wall()
+        for stored, failures, until, last in rows:
+            # No time (the previous release wrote it, or one before this column): from now.
+            last = start if last is None else float(last)
             key = str(stored)
             if key.startswith("user:"):  # a file from before names were folded
                 key = user_key(key[5:])
@@ -487,13 +572,21 @@ class LockoutBook:
             if old is not None:  # spellings of one user: keep the stricter of the two
                 failures = max(int(failures), old.failures)
                 until = max((t for t in (until, old.locked_until) if t is not None), default=None)
-            self._entries[key] = Entry(key, int(failures), until)
+                last = max(last, old.last_failure or last)
+            self._entries[key] = Entry(key, int(failures), until, last)
         for stored, key in renamed if writable else ():  # one row per user from now on
             try:
                 db.execute("DELETE FROM lockout WHERE key = ?", (stored,))
             except sqlite3.Error as exc:
                 log.error("cannot rename lockout key %s in %s: %s", stored, self.path, exc)
             self._write(self._entries[key])
+        if writable:
+            try:
+                db.execute(
+                    "UPDATE lockout SET last_failure = ? WHERE last_failure IS NULL", (start,)
+                )
+            except sqlite3.Error as exc:
+                log.error("cannot date the lockout entries in %s: %s", self.path, exc)
         self._load_door(db)
         if rows:
             log.info("lockout state: %d key(s) loaded from %s", len(rows), self.path)
@@ -528,9 +621,9 @@ class LockoutBook:
                     self._db.execute("DELETE FROM lockout WHERE key = ?", (key,))
                 else:
                     self._db.execute(
-                        "INSERT OR REPLACE INTO lockout (key, failures, locked_until) "
-                        "VALUES (?, ?, ?)",
-                        (key, held.failures, held.locked_until),
+                        "INSERT OR REPLACE INTO lockout (key, failures, locked_until, "
+                        "last_failure) VALUES (?, ?, ?, ?)",
+                        (key, held.failures, held.locked_until, held.last_failure),
                     )
             except sqlite3.Error as exc:
                 if self._save_log.allow():
@@ -566,6 +659,20 @@ class LockoutBook:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
+
+    def _write_many(self, sql: str, args: tuple[float, ...]) -> None:
+        """One statement over many users' rows (a clock step moves every last failure);
+        if it fails, every entry is saved with the next write that works."""
+        if self._db is None and not self._try_reopen():
+            self._dirty.update(self._entries)
+            return
+        assert self._db is not None
+        try:
+            self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            if self._save_log.allow():
+                log.error("cannot save lockout state to %s: %s", self.path, exc)
+            self._dirty.update(self._entries)
 
     def _try_reopen(self) -> bool:
         """Open the file for writing again after it could not be at start (a full disk);
@@ -605,6 +712,14 @@ def forget_in_file(path: Path, user: str) -> bool:
         return False
     finally:
         db.close()
+
+
+def _rows(db: sqlite3.Connection) -> list[tuple[str, int, float | None, float | None]]:
+    """The lockout table's rows, with NULL for the last failure where the file has no such
+    column (a file from before, opened read-only)."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(lockout)")}
+    last = "last_failure" if "last_failure" in columns else "NULL"
+    return db.execute(f"SELECT key, failures, locked_until, {last} FROM lockout").fetchall()
 
 
 def _drop(db: sqlite3.Connection, key: str) -> bool:

@@ -649,6 +649,15 @@ class VoiceprintStore:
             )
         return vp
 
+    def enrolled_name(self, name: str) -> str | None:
+        """The name as it was enrolled (its stored spelling) of the user `name` matches, for
+        logs and replies; None when there is no such user or the row cannot be read."""
+        try:
+            vp = self.get(name)
+        except StoreError:
+            return None
+        return vp.name if vp is not None else None
+
     def has(self, name: str) -> bool:
         """Whether the user has a row, readable or not (a damaged row counts)."""
         uid = self._user_id(normalize_name(name))

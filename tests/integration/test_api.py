@@ -812,3 +812,21 @@ def test_connections_from_the_network_leave_slots_for_the_administrator_on_loopb
         for s in idle:
             s.close()
         server.stop()
+
+
+def test_erase_and_export_name_the_person_as_enrolled(
+    api: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DELETE /users/ALICE answered {"erased": "ALICE"} and audited "ALICE", while the
+    daemon's own lines said "alice": the person is named as enrolled now."""
+    c = api["client"]
+    assert c.request("GET", "/api/v1/users/ALICE/export")[0] == 200
+    with caplog.at_level(logging.INFO, logger="voxgate.api"):
+        status, body, _ = c.request("DELETE", "/api/v1/users/ALICE")
+    assert status == 200 and body == {"erased": "alice"}
+    assert api["changes"] == [("erased", "alice")]
+    assert [(e, f["user"]) for e, f in api["audit"]] == [
+        ("admin_export", "alice"),
+        ("admin_erase", "alice"),
+    ]
+    assert "erased alice over the API" in caplog.text

@@ -17,9 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 import test_daemon_e2e as e2e
+import yaml
 from broker import Broker
 from mqtt_helpers import REPO, Recorder, link_config, wait_until
+from small_fs import fill, small_fs
 
+from voxgate.audit import AuditLog, verify
 from voxgate.config import VoxgateConfig
 from voxgate.config.service import LockoutConfig
 from voxgate.decision import Issuer, SequenceCounter
@@ -171,6 +174,7 @@ def test_users_erase_command_drops_lockout_entry_and_recordings(tmp_path: Path) 
     data, kept = _door_with_erin(tmp_path)
     run = _cli(tmp_path, "erase", "erin")
     assert run.returncode == 0, run.stderr
+    assert "erased Erin\n" in run.stdout  # as enrolled, as the daemon and the API say
     assert "also dropped: lockout entry" in run.stdout
     assert "also dropped: 1 kept recording(s)" in run.stdout
     assert kept is not None and not kept.exists()
@@ -391,3 +395,65 @@ def test_users_erase_reports_what_it_dropped_while_the_daemon_runs(tmp_path: Pat
     assert "also dropped: lockout entry" in out, out + err
     assert "also dropped: 1 kept recording(s)" in out, out + err
     assert b"erin" not in b"".join(p.read_bytes() for p in data.glob("lockout.db*"))
+
+
+# `voxgate users export NAME` wrote no audit line, while the admin API's export writes
+# `admin_export`: a request for someone's biometric data made on the command line left no
+# trace. It is audited now, and a log that cannot be written does not withhold the export.
+
+
+def _audit_at(tmp_path: Path, path: Path) -> None:
+    conf = tmp_path / "voxgate.yaml"
+    cfg = yaml.safe_load(conf.read_text())
+    cfg["audit"] = {"path": str(path)}
+    conf.write_text(yaml.safe_dump(cfg))
+
+
+def test_users_export_writes_an_audit_event(tmp_path: Path) -> None:
+    data, _ = _door_with_erin(tmp_path)
+    run = _cli(tmp_path, "export", "ERIN")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["name"] == "Erin"
+    lines = [json.loads(x) for x in (data / "audit.jsonl").read_text().splitlines()]
+    last = lines[-1]
+    assert (last["event"], last["user"], last["via"]) == ("admin_export", "Erin", "cli")
+    assert verify(data / "audit.jsonl").ok
+    out = tmp_path / "erin.json"
+    assert _cli(tmp_path, "export", "erin", "-o", str(out)).returncode == 0
+    lines = (data / "audit.jsonl").read_text().splitlines()
+    assert [json.loads(x)["event"] for x in lines[-2:]] == ["admin_export", "admin_export"]
+
+
+def test_an_export_is_given_when_the_audit_disk_is_full(tmp_path: Path) -> None:
+    data, _ = _door_with_erin(tmp_path)
+    with small_fs(tmp_path / "auditfs", "1m") as folder:
+        log = folder / "audit.jsonl"
+        shutil.copy(data / "audit.jsonl", log)
+        (folder / "audit.jsonl.anchor").touch()
+        # tmpfs keeps the slack of a file's last page: leave less than a line there.
+        audit = AuditLog(log)
+        while 4096 - log.stat().st_size % 4096 > 100:
+            audit.append("service_start", device="filler")
+        _audit_at(tmp_path, log)
+        fill(folder)
+        run = _cli(tmp_path, "export", "erin")
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["name"] == "Erin"
+        assert "this export is not in it" in run.stderr and "to add by hand" in run.stderr
+        line = json.loads(run.stderr.strip().splitlines()[-1])
+        assert (line["event"], line["user"], line["via"]) == ("admin_export", "Erin", "cli")
+
+
+def test_an_export_is_given_when_the_audit_log_cannot_be_opened(tmp_path: Path) -> None:
+    """The log's signing key (audit.key_file) is missing: the log cannot be opened."""
+    _door_with_erin(tmp_path)
+    conf = tmp_path / "voxgate.yaml"
+    cfg = yaml.safe_load(conf.read_text())
+    cfg["audit"] = {"key_file": str(tmp_path / "gone.key")}
+    conf.write_text(yaml.safe_dump(cfg))
+    run = _cli(tmp_path, "export", "erin")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["name"] == "Erin"
+    assert "could not write the audit log" in run.stderr
+    line = json.loads(run.stderr.strip().splitlines()[-1])
+    assert (line["event"], line["user"], line["via"]) == ("admin_export", "Erin", "cli")

@@ -178,3 +178,39 @@ def test_a_change_left_in_the_outbox_is_named_in_plain_words(
     assert main(["users", "erase", "alice", "-c", str(cfg_file)]) == 0
     out = capsys.readouterr().out
     assert "the erase of alice waits in" in out, out
+
+
+def test_a_refused_connection_is_told_apart_from_a_broker_that_does_not_answer(
+    tmp_path: Path, no_secret_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With mosquitto stopped, `voxgate users erase` said "broker not reachable within 5 s"
+    though the connection was refused at once: the words sent people to the network. A
+    refused connection now says so and asks whether mosquitto runs; a broker that takes the
+    connection and never answers is "no answer ... within 5 s", with what to check."""
+    import socket
+
+    down = Broker(tmp_path / "broker", port=1)  # never started: nothing listens there
+    cfg_file, _ = _door_b(tmp_path, down, {"door-b": os.urandom(32)}, {"lobby": ["*"]})
+    cfg = parse_config(cfg_file.read_text())
+    with VoiceprintStore(cfg.data_dir / "voiceprints.db", load_key(cfg.speaker)) as store:
+        store.add_user("alice", np.ones((2, 8), np.float32), "m/1")
+        store.add_user("bob", np.ones((2, 8), np.float32), "m/1")
+    assert main(["users", "erase", "alice", "-c", str(cfg_file)]) == 0
+    out = capsys.readouterr().out
+    assert f"connection refused by {down.host}:1: is mosquitto running" in out, out
+    assert "the erase of alice waits in" in out and "within 5 s" not in out
+    # A port that takes the connection (the kernel completes it) and never answers MQTT.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        doc = yaml.safe_load(cfg_file.read_text())
+        doc["mqtt"]["port"] = silent.getsockname()[1]
+        doc["mqtt"]["host"] = "127.0.0.1"
+        cfg_file.write_text(yaml.safe_dump(doc))
+        assert main(["users", "erase", "bob", "-c", str(cfg_file)]) == 0
+    finally:
+        silent.close()
+    out = capsys.readouterr().out
+    assert f"no answer from the broker at 127.0.0.1:{doc['mqtt']['port']} within 5 s" in out, out
+    assert "the erase of bob waits in" in out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -241,26 +242,27 @@ def test_locks_set_while_the_disk_was_full_are_saved_once_it_has_room(tmp_path: 
     with small_fs(tmp_path / "state", "1m") as folder:
         path = folder / "lockout.db"
         book = LockoutBook(path, cfg)
-        book.record("alice", ok=False, now=1000.0)
+        t = time.time()  # entries whose last failure is long past expire at a restart
+        book.record("alice", ok=False, now=t + 0)
         book.close()
         fill(folder)
         book = LockoutBook(path, cfg)  # a restart on the full disk
         for _ in range(2):
-            book.record("bob", ok=False, now=1000.0)
-        assert book.state("bob", 1001.0).locked  # enforced from memory meanwhile
+            book.record("bob", ok=False, now=t + 0)
+        assert book.state("bob", t + 1).locked  # enforced from memory meanwhile
         free(folder)
-        book.record("carol", ok=False, now=1002.0)  # the first write with room
+        book.record("carol", ok=False, now=t + 2)  # the first write with room
         fill(folder)  # and again, while it runs
         for _ in range(2):
-            book.record("dave", ok=False, now=1003.0)
+            book.record("dave", ok=False, now=t + 3)
         free(folder)
-        book.record("carol", ok=False, now=1004.0)
+        book.record("carol", ok=False, now=t + 4)
         book.close()
         after = LockoutBook(path, cfg)
-        assert after.state("bob", 1005.0).locked
-        assert after.state("dave", 1005.0).locked
-        assert after.state("carol", 1005.0).user_failures == 2
-        assert after.state("alice", 1005.0).user_failures == 1
+        assert after.state("bob", t + 5).locked
+        assert after.state("dave", t + 5).locked
+        assert after.state("carol", t + 5).user_failures == 2
+        assert after.state("alice", t + 5).user_failures == 1
         after.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,13 +162,14 @@ def test_a_file_from_the_previous_release_gains_the_window_in_place(tmp_path: Pa
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:
     b = book(tmp_path)
+    t = time.time()  # entries whose last failure is long past expire at a restart
     for _ in range(5):
-        b.record("alice", ok=False, now=100)
+        b.record("alice", ok=False, now=t)
     b.close()
     again = book(tmp_path)
-    st = again.state("alice", 110)
-    assert st.locked and st.until == 130 and st.user_failures == 5
-    assert [e.key for e in again.locked(110)] == ["user:alice"]
+    st = again.state("alice", t + 10)
+    assert st.locked and st.until == t + 30 and st.user_failures == 5
+    assert [e.key for e in again.locked(t + 10)] == ["user:alice"]
     # The file is plain SQLite: an operator can read it.
     rows = sqlite3.connect(tmp_path / "lockout.db").execute("SELECT key FROM lockout").fetchall()
     assert ("user:alice",) in rows
@@ -231,7 +233,7 @@ def test_names_the_store_reads_as_one_user_share_one_counter(tmp_path: Path) -> 
         store.add_user("alice", emb, "m")
         assert store.get("Alice") is not None and store.get("ALICE") is not None
     b = book(tmp_path)
-    now = 1000.0
+    now = time.time()
     for _ in range(5):
         b.record("alice", ok=False, now=now)
     for other in ("Alice", "ALICE", " alice"):
@@ -252,7 +254,9 @@ def test_keys_saved_with_the_claimed_spelling_still_lock_after_an_upgrade(tmp_pa
     b = book(tmp_path)
     b.close()
     con = sqlite3.connect(tmp_path / "lockout.db")
-    con.execute("INSERT INTO lockout VALUES ('user:Alice', 5, 2000.0)")
+    con.execute(
+        "INSERT INTO lockout (key, failures, locked_until) VALUES ('user:Alice', 5, 2000.0)"
+    )
     con.commit()
     con.close()
     b = book(tmp_path)
@@ -291,20 +295,21 @@ def test_a_restart_on_a_read_only_disk_keeps_the_locks_it_finds(
     folder = tmp_path / "state"
     folder.mkdir()
     b = book(folder)
+    t = time.time()
     for _ in range(5):
-        b.record("alice", ok=False, now=1000.0)
+        b.record("alice", ok=False, now=t)
     b.close()
     undo = _make_read_only(folder)
     if undo is None:
         pytest.skip("cannot mount a read-only file system here")
     try:
         again = book(folder)
-        st = again.state("alice", 1001.0)
+        st = again.state("alice", t + 1)
         assert st.locked and st.user_failures == 5
         assert not list(folder.glob("lockout.db.corrupt-*"))
         assert "moved to" not in caplog.text
         # Still enforced and counted from memory.
-        again.record("bob", ok=False, now=1001.0)
-        assert again.state("bob", 1001.0).user_failures == 1
+        again.record("bob", ok=False, now=t + 1)
+        assert again.state("bob", t + 1).user_failures == 1
     finally:
         undo()

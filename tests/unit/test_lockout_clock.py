@@ -100,8 +100,14 @@ def test_a_lock_written_by_a_clock_far_ahead_is_not_permanent(tmp_path: Path) ->
     db = sqlite3.connect(path)
     year = 365 * 24 * HOUR
     # carol: 5 failures (a 30 s lock); the door: 12 failures (8 allowed: 30 * 2**4 = 480 s).
-    db.execute("INSERT INTO lockout VALUES ('user:carol', 5, ?)", (T + year + 30,))
-    db.execute("INSERT INTO lockout VALUES ('device', 12, ?)", (T + year + 480,))
+    db.execute(
+        "INSERT INTO lockout (key, failures, locked_until) VALUES ('user:carol', 5, ?)",
+        (T + year + 30,),
+    )
+    db.execute(
+        "INSERT INTO lockout (key, failures, locked_until) VALUES ('device', 12, ?)",
+        (T + year + 480,),
+    )
     db.commit()
     db.close()
     b = book(path, clk)

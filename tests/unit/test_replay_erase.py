@@ -173,7 +173,7 @@ def test_every_erase_path_of_the_daemon_drops_the_fingerprints(tmp_path: Path) -
     assert other.erase("finn")
     other.close()
     assert "1 replay fingerprint(s)" in forget_on_disk(cfg, "finn")
-    assert users.check_erased() == ["finn"]  # the daemon drops its copy in memory
+    assert users.check_erased() == ["Finn"]  # the daemon drops its copy in memory
     data = raw(path)
     assert not any(probe(s) in data for s in (30, 31, 32))
     assert probe(33) in data

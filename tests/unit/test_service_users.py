@@ -152,3 +152,38 @@ def test_fleet_with_broker_settings_it_cannot_use_is_a_config_error(
         with pytest.raises(StartError, match=r"mqtt-password|ca_file") as err:
             users.start(lambda name, stop: None)
         assert err.value.config
+
+
+def test_an_erase_names_the_person_as_enrolled(
+    store: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The MQTT reply echoed the request's spelling, and a user erased by another process
+    was logged case-folded ("zoë brandt is no longer enrolled"): now the enrolled name."""
+    import logging
+
+    from voxgate.config.service import LockoutConfig
+    from voxgate.lockout import LockoutBook
+
+    emb = np.eye(3, 8, dtype=np.float32)
+    store.add_user("Zoë Brandt", emb, "test/int8")
+    store.add_user("Bob", emb, "test/int8")
+    book = LockoutBook(tmp_path / "lockout.db", LockoutConfig())
+    book.record("zoë brandt", ok=False)
+    events: list[tuple[str, dict]] = []
+    users = UserServices(
+        VoxgateConfig(data_dir=tmp_path),
+        store,
+        Embedder(),
+        lambda e, **f: events.append((e, f)),
+        lockout=book,
+    )
+    with caplog.at_level(logging.INFO, logger="voxgate.service.users"):
+        assert users.command_erase({"user": "BOB"}) == {"user": "Bob", "erased": True}
+        assert events == [("erase", {"user": "Bob", "via": "mqtt"})]
+        assert "erased Bob (MQTT command)" in caplog.text
+        assert users.check_erased() == []  # seen enrolled
+        assert store.erase("ZOË BRANDT")  # as `voxgate users erase` does, behind its back
+        assert users.check_erased() == ["Zoë Brandt"]
+    assert "Zoë Brandt is no longer enrolled" in caplog.text
+    assert "zoë brandt" not in caplog.text
+    book.close()

@@ -276,7 +276,7 @@ def create_app(
     def erase(name: str) -> tuple[Response, int]:
         name = _name(name)
         try:
-            admin.erase(name)
+            name = admin.erase(name)  # as enrolled, not as this request spelled it
         except UnknownUser as exc:
             return _error(404, "not_found", str(exc))
         _audit("admin_erase", user=name)
@@ -292,7 +292,7 @@ def create_app(
         from voxgate.erasure import held_about
 
         doc["also_held"] = held_about(current() if current is not None else cfg, doc["name"])
-        _audit("admin_export", user=name)
+        _audit("admin_export", user=doc["name"])
         return jsonify(doc), 200
 
     @app.get(f"{PREFIX}/decisions")

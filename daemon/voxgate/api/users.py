@@ -116,12 +116,15 @@ class UserAdmin:
         self._changed("enrolled", vp.name)
         return {"name": vp.name, "version": vp.version, "model_id": vp.model_id, **report}
 
-    def erase(self, name: str) -> None:
+    def erase(self, name: str) -> str:
+        """Erase the user `name` matches; the name as enrolled (what logs and replies say)."""
         name = normalize_name(name)
+        shown = self.store.enrolled_name(name) or name
         if not self.store.erase(name):
             raise UnknownUser(f"no user '{name}' enrolled")
-        log.info("erased %s over the API", name)
-        self._changed("erased", name)
+        log.info("erased %s over the API", shown)
+        self._changed("erased", shown)
+        return shown
 
     def export(self, name: str) -> dict[str, Any]:
         name = normalize_name(name)

@@ -192,7 +192,7 @@ def _with_agent(args: argparse.Namespace, act: str) -> int:
             audit.append("fleet_sent", kind=kind, user=args.user, groups=sorted(groups), via="cli")
         if not agent.wait_sent(args.timeout):
             print(
-                f"voxgate fleet {act}: broker not reached in {args.timeout:g} s; the update is "
+                f"voxgate fleet {act}: {agent.why_unsent(args.timeout)}; the update is "
                 "queued and goes out with the daemon's next connection",
                 file=sys.stderr,
             )

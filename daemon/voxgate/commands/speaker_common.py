@@ -136,8 +136,8 @@ def _to_fleet(
             print(f"fleet: {name} ({kind}) sent to the broker")
         else:
             print(
-                f"fleet: broker not reachable within {FLEET_WAIT_S:.0f} s; the {what} of "
-                f"{name} waits in {agent.state.path} and the daemon sends it"
+                f"fleet: {agent.why_unsent(FLEET_WAIT_S)}; the {what} of {name} waits in "
+                f"{agent.state.path} and the daemon sends it once it reaches the broker"
             )
     except FleetError as exc:
         print(f"warning: not passed to the fleet: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from voxgate.commands.common import add_config_option, add_parser, config_from_args
 from voxgate.commands.speaker_common import CommandError, fail, open_store, record_change
@@ -114,17 +115,18 @@ def run_erase(args: argparse.Namespace) -> int:
     dropped: list[str] = []
     try:
         with open_store(cfg) as store:
+            shown = store.enrolled_name(args.name) or normalize_name(args.name)
             gone = store.erase(args.name)
             if gone:
                 # Before the fleet session (up to 5 s): a running daemon checks every 5 s and
                 # would otherwise often drop these first, and this command report nothing.
                 dropped = forget_on_disk(cfg, args.name)
-                record_change(cfg, store, "erased", normalize_name(args.name), None)
+                record_change(cfg, store, "erased", shown, None)
     except (CommandError, StoreError) as exc:
         return fail(str(exc))
     if not gone:
         return fail(f"no user '{args.name}' enrolled")
-    print(f"erased {args.name}")
+    print(f"erased {shown}")  # as enrolled, as the daemon's log and the API name them
     # A running daemon drops its copy of the lockout entry, and the retained `user` topic
     # naming them, within seconds.
     for what in dropped:
@@ -177,7 +179,33 @@ def run_export(args: argparse.Namespace) -> int:
             _to_stdout(text)
         except OSError as exc:  # `> alice.json` on a full disk, a closed pipe
             return fail(f"cannot write the export to standard output ({exc.strerror})")
+    _audit_export(cfg, str(doc["name"]))
     return 0
+
+
+def _audit_export(cfg: Any, name: str) -> None:
+    """An access to biometric data goes in the audit log as the API's does (`admin_export`),
+    after the export was given: a log that cannot be written (read-only, full disk) must not
+    keep a person from their data; the line is printed to add by hand instead."""
+    from voxgate.audit import open_log
+
+    fields = {"user": name, "via": "cli"}
+    try:
+        audit = open_log(cfg)
+        audit.append("admin_export", **fields)
+        held = audit.held()
+        where = str(audit.path)
+    except Exception as exc:  # SecretError, OSError: the export stands
+        print(f"warning: could not write the audit log: {exc}", file=sys.stderr)
+        held = [{"ts": round(time.time(), 3), "event": "admin_export", **fields}]
+        where = str(cfg.audit.path or cfg.data_dir / "audit.jsonl")
+    if held:
+        lines = "\n".join(json.dumps(h, sort_keys=True) for h in held)
+        print(
+            f"warning: the audit log {where} could not be written; this export is not in "
+            f"it. The line(s), to add by hand:\n{lines}",
+            file=sys.stderr,
+        )
 
 
 def _to_stdout(text: str) -> None:

@@ -47,7 +47,7 @@ from voxgate.mqtt import discovery
 from voxgate.mqtt.commands import CommandError, CommandGate, make_reply
 from voxgate.mqtt.nonces import UsedCommands
 from voxgate.mqtt.refusal import ADVICE, Refusal, RefusalError, parse_refusal
-from voxgate.mqtt.topics import STATES, Topics
+from voxgate.mqtt.topics import EVENT_QOS, STATE_QOS, STATES, USER_QOS, Topics
 from voxgate.names import fold
 
 log = logging.getLogger(__name__)
@@ -393,7 +393,9 @@ class MqttLink:
             raise ValueError(f"state must be one of {STATES}")
         with self._state_lock:  # with the publish, so a reconnect's republish never overtakes it
             self._last_state = state
-            self._publish_if_connected(self.topics.state, state.encode(), qos=1, retain=True)
+            self._publish_if_connected(
+                self.topics.state, state.encode(), qos=STATE_QOS, retain=True
+            )
 
     def publish_challenge(self, challenge: Any) -> None:
         """A challenge from challenge.new_challenge: what to show or say, valid until expiry."""
@@ -466,13 +468,13 @@ class MqttLink:
             "issued_at": round(decision.issued_at, 3),
         }
         self._publish_if_connected(
-            self.topics.event, json.dumps(summary, separators=(",", ":")).encode(), qos=0
+            self.topics.event, json.dumps(summary, separators=(",", ":")).encode(), qos=EVENT_QOS
         )
         if decision.user is not None and decision.outcome == "granted":
             with self._state_lock:  # remembered: a grant made while offline shows on reconnect
                 self._last_user = decision.user.encode()
                 self._clear_user = False
-                self._publish_if_connected(self.topics.user, self._last_user, 1, retain=True)
+                self._publish_if_connected(self.topics.user, self._last_user, USER_QOS, retain=True)
         return True
 
     @property
@@ -492,7 +494,7 @@ class MqttLink:
                 return False
             self._last_user = None
             self._clear_user = True
-            self._publish_if_connected(self.topics.user, b"", 1, retain=True)
+            self._publish_if_connected(self.topics.user, b"", USER_QOS, retain=True)
         log.info("MQTT: retained user topic cleared (that user was erased)")
         return True
 
@@ -833,13 +835,13 @@ class MqttLink:
                 client.publish(topic, payload, qos=1, retain=True)
         with self._state_lock:
             if self._last_state is not None:
-                client.publish(t.state, self._last_state.encode(), qos=1, retain=True)
+                client.publish(t.state, self._last_state.encode(), qos=STATE_QOS, retain=True)
             if self._last_lockout is not None:
                 client.publish(t.lockout, self._last_lockout, qos=1, retain=True)
             if self._last_user is not None:
-                client.publish(t.user, self._last_user, qos=1, retain=True)
+                client.publish(t.user, self._last_user, qos=USER_QOS, retain=True)
             elif self._clear_user:
-                client.publish(t.user, b"", qos=1, retain=True)
+                client.publish(t.user, b"", qos=USER_QOS, retain=True)
         self._notify(True)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:

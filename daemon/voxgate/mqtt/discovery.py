@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from voxgate.decision import OUTCOMES
-from voxgate.mqtt.topics import Topics
+from voxgate.mqtt.topics import EVENT_QOS, STATE_QOS, USER_QOS, Topics
 
 
 def entity_slug(device_id: str) -> str:
@@ -59,12 +59,14 @@ def configs(t: Topics, version: str) -> dict[str, dict[str, Any]]:
             "state_topic": t.event,
             "event_types": list(OUTCOMES),
             "icon": "mdi:account-lock",
+            "qos": EVENT_QOS,
         }
     )
+    # HA subscribes at `qos` (its default 0): without it a QoS 1 update reached it at QoS 0.
     user = _common(t, version, "sensor", "last_user", "Last user")
-    user.update({"state_topic": t.user, "icon": "mdi:account-check"})
+    user.update({"state_topic": t.user, "icon": "mdi:account-check", "qos": USER_QOS})
     state = _common(t, version, "sensor", "state", "State")
-    state.update({"state_topic": t.state, "icon": "mdi:microphone-message"})
+    state.update({"state_topic": t.state, "icon": "mdi:microphone-message", "qos": STATE_QOS})
     return {
         t.discovery("event", "decision"): event,
         t.discovery("sensor", "last_user"): user,

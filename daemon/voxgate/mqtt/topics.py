@@ -8,6 +8,12 @@ COMMANDS = ("attempt", "enroll-start", "enroll-finish", "reload", "erase-user")
 # "offline" is the daemon's last word on a clean stop (status says the same via the will).
 STATES = ("idle", "listening", "challenge", "verifying", "decided", "offline")
 _LEVEL = re.compile(r"^[^#+/]+$")
+# The QoS the door publishes the topics Home Assistant reads with; the discovery configs
+# give HA the same (docs/mqtt.md, "Topic tree"). The event summary stays at most once: a
+# dashboard event sent twice after a reconnect would show one entry as two.
+STATE_QOS = 1
+USER_QOS = 1
+EVENT_QOS = 0
 
 
 class Topics:

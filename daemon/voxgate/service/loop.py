@@ -599,6 +599,8 @@ class Daemon:
             self._mqtt_up = connected
             self._status()
         self._take_lockout_clears()
+        if self.lockout is not None:  # a quiet door's stale entries go too
+            self.lockout.expire(self.clock())
         self._sync_lockout()
 
     def _take_lockout_clears(self) -> None:

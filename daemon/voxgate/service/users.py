@@ -61,7 +61,8 @@ class UserServices:
         self.link = link  # mqtt.client.MqttLink (forget_user, last_user) or NoLink
         # Folded names seen enrolled that the daemon holds state for: one of them gone from
         # the store was erased (by another process, or while stopped) and is forgotten.
-        self._seen_enrolled: set[str] = set()
+        # Folded name -> the name as enrolled, of the users seen enrolled (logs name them so).
+        self._seen_enrolled: dict[str, str] = {}
         self._next_check = 0.0
         self.store = store
         self.embedder = embedder
@@ -191,7 +192,7 @@ class UserServices:
                 continue
             if done:
                 dropped.append(done)
-        self._seen_enrolled.discard(fold(name))
+        self._seen_enrolled.pop(fold(name), None)
         if dropped:
             log.info("erased %s: also dropped %s", name, ", ".join(dropped))
         return dropped
@@ -210,7 +211,7 @@ class UserServices:
         if last:
             name = fold(last)
             held.add(name)
-            self._seen_enrolled.add(name)  # granted, so it was enrolled
+            self._seen_enrolled.setdefault(name, last)  # granted, so it was enrolled
         gone: list[str] = []
         for name in sorted(held):
             try:
@@ -223,11 +224,13 @@ class UserServices:
                 log.warning("cannot check for erased users: %s", exc)
                 return gone
             if enrolled:
-                self._seen_enrolled.add(name)
+                if name not in self._seen_enrolled:
+                    self._seen_enrolled[name] = self.store.enrolled_name(name) or name
             elif name in self._seen_enrolled:
-                log.info("%s is no longer enrolled (erased by another process)", name)
-                self.forget(name)
-                gone.append(name)
+                shown = self._seen_enrolled[name]
+                log.info("%s is no longer enrolled (erased by another process)", shown)
+                self.forget(shown)
+                gone.append(shown)
         return gone
 
     def _to_fleet(self, kind: str, name: str) -> None:
@@ -259,6 +262,7 @@ class UserServices:
         except StoreError as exc:
             raise ValueError(str(exc)) from None
         with self._lock:
+            name = self.store.enrolled_name(name) or name  # named as enrolled from here on
             try:
                 erased = self.store.erase(name)
             except StoreError as exc:  # a damaged file, a full disk: say so in the reply
