@@ -75,14 +75,27 @@ def held_about(cfg: Any, name: str) -> dict[str, Any]:
     from voxgate.replay import fingerprints_of
     from voxgate.service.keep import recordings_in
 
-    events = records_naming(cfg.audit.path or cfg.data_dir / "audit.jsonl", name)
+    audit_path = cfg.audit.path or cfg.data_dir / "audit.jsonl"
+    not_included = list(NOT_INCLUDED)
+    try:
+        events = records_naming(audit_path, name)
+    except OSError as exc:
+        # The rest of the export is still owed; say what is missing and why.
+        log.error("export of %s: cannot read the audit log %s: %s", name, audit_path, exc)
+        events = []
+        not_included.insert(
+            0,
+            f"audit log {audit_path}: could not be read ({exc.strerror or exc}), so the events "
+            "naming the person and the kept recordings they tie to are not listed; fix "
+            "audit.path and export again",
+        )
     return {
         "lockout": _lockout_entry(cfg.lockout.path or cfg.data_dir / "lockout.db", name),
         "audit_events": events,
         "kept_recordings": [str(p) for p in recordings_in(events) if p.exists()],
         "replay_fingerprints": fingerprints_of(cfg.data_dir / "replay.db", name),
         "fleet": held_in_state(cfg, name),
-        "not_included": list(NOT_INCLUDED),
+        "not_included": not_included,
     }
 
 

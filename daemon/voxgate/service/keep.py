@@ -123,7 +123,18 @@ def erase_recordings(audit_path: Path, audio_dir: Path, name: str) -> int:
     in `audio_dir` are touched, whatever a line of the log names."""
     folder = Path(audio_dir).resolve()
     removed = 0
-    for path in recordings_of(audit_path, name):
+    try:
+        paths = recordings_of(audit_path, name)
+    except OSError as exc:
+        log.error(
+            "cannot find the kept recordings of erased user %s: the audit log %s cannot be "
+            "read (%s); they are only removed by audit.audio_retention_days",
+            name,
+            audit_path,
+            exc,
+        )
+        return 0
+    for path in paths:
         if path.suffix != SUFFIX or path.resolve().parent != folder:
             continue
         try:
