@@ -139,14 +139,34 @@ def test_the_kept_nonces_are_bounded_and_never_reopened(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text", ["garbage", "[]", '{"floor": "x", "used": {}}', '{"floor": 1, "used": {"a": null}}']
 )
-def test_a_damaged_file_stops_with_its_name_and_is_left_alone(tmp_path: Path, text: str) -> None:
+def test_a_damaged_file_is_moved_aside_and_the_door_goes_on(
+    tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A damaged file stopped the start with 78, which leaves the door down until someone
+    comes, for the sake of one more run of a command from the last minute (and only while
+    the door's clock is set back)."""
+    import logging
+
     path = tmp_path / "command-nonces.json"
     path.write_text(text)
+    with caplog.at_level(logging.ERROR, logger="voxgate.mqtt.nonces"):
+        used = UsedCommands(path)
+    assert len(used) == 0 and used.floor == 0.0
+    (aside,) = tmp_path.glob("command-nonces.json.corrupt-*")
+    assert aside.read_text() == text and not path.exists()  # kept for whoever looks
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert str(path) in line and "moved aside to " + aside.name in line
+    assert used.use("n1", 100.0, 160.0, 5.0) is None and path.is_file()  # and it goes on
+
+
+def test_a_file_that_cannot_be_read_still_stops_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "command-nonces.json"
+    path.mkdir()  # a folder in its place: not damage a move aside should hide
     with pytest.raises(DecisionError) as e:
         UsedCommands(path)
     assert e.value.reason == "state-unreadable"
     assert str(path) in e.value.detail and "move it aside" in e.value.detail
-    assert path.read_text() == text
+    assert path.is_dir()
 
 
 def test_a_file_that_cannot_be_written_keeps_the_nonces_in_memory_and_saves_them_later(

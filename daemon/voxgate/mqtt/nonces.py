@@ -18,15 +18,22 @@ door would otherwise run, unless the door's clock stepped between them.
 Only accepted commands (signature checked) are recorded, and at most MAX_KEPT nonces are
 kept: past that the oldest goes and the floor rises to its expires_at (still never reopened).
 A file that cannot be written (full or read-only disk) is logged once and the nonces are
-held in memory and saved with the next command; a damaged file stops the start
-(DecisionError "state-unreadable", naming the file).
+held in memory and saved with the next command. A damaged file (not the JSON written here)
+is moved aside (`command-nonces.json.corrupt-<time>`) with an ERROR, and the door starts
+with no used commands: what it guards against is one more run of a command from the last
+minute, and only while the door's clock is set back, which is not worth a door that stays
+down (exit 78 leaves it down until someone comes). A file that cannot be read at all (a
+folder in its place, no permission) still stops the start, naming it.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import os
 import threading
+import time
 from pathlib import Path
 
 from voxgate.decision import DecisionError, _JsonState, is_finite_number
@@ -40,6 +47,22 @@ _ADVICE = (
     "move it aside to start with no used commands (a copy of a command run in the last "
     "minute could then run once more, and only while the door's clock is set back)"
 )
+
+
+def _parse(text: str) -> tuple[float, dict[str, float]] | str:
+    """(floor, used) from the file's text, or what is wrong with it."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return f"not JSON: {exc}"
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    floor, used = data.get("floor", 0.0), data.get("used", {})
+    if not is_finite_number(floor) or not isinstance(used, dict):
+        return "no 'floor' number and 'used' map"
+    if not all(isinstance(n, str) and is_finite_number(e) for n, e in used.items()):
+        return "'used' is not a map of nonce to time"
+    return float(floor), {n: float(e) for n, e in used.items()}
 
 
 class UsedCommands:
@@ -58,22 +81,38 @@ class UsedCommands:
             self._load()
 
     def _load(self) -> None:
-        assert self._state is not None
+        assert self.path is not None
         try:
-            data = self._state.load()
-        except DecisionError as exc:
-            raise DecisionError("state-unreadable", f"{exc.detail}; {_ADVICE}") from None
-        floor, used = data.get("floor", 0.0), data.get("used", {})
-        if not is_finite_number(floor) or not isinstance(used, dict):
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except UnicodeDecodeError:
+            text = ""  # not ours: damaged below
+        except OSError as exc:
+            raise DecisionError("state-unreadable", f"{self.path}: {exc}; {_ADVICE}") from None
+        read = _parse(text)
+        if isinstance(read, str):
+            self._move_aside(read)
+            return
+        self.floor, self._used = read[0], {n: e for n, e in read[1].items() if e > read[0]}
+
+    def _move_aside(self, problem: str) -> None:
+        assert self.path is not None
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        try:
+            os.replace(self.path, aside)
+        except OSError as exc:
             raise DecisionError(
-                "state-unreadable", f"{self.path}: no 'floor' number and 'used' map; {_ADVICE}"
-            )
-        if not all(isinstance(n, str) and is_finite_number(e) for n, e in used.items()):
-            raise DecisionError(
-                "state-unreadable", f"{self.path}: 'used' is not a map of nonce to time; {_ADVICE}"
-            )
-        self.floor = float(floor)
-        self._used = {n: float(e) for n, e in used.items() if e > self.floor}
+                "state-unreadable", f"{self.path}: {problem}; cannot move it aside ({exc})"
+            ) from None
+        log.error(
+            "used commands %s: damaged (%s); moved aside to %s, starting with no used "
+            "commands (a copy of a command run in the last minute could run once more, and "
+            "only while the door's clock is set back)",
+            self.path,
+            problem,
+            aside.name,
+        )
 
     def __len__(self) -> int:
         return len(self._used)
