@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import textwrap
+from typing import Any
 
 from voxgate.config import ConfigError, VoxgateConfig, load_config
 
@@ -69,3 +71,32 @@ def config_from_args(args: argparse.Namespace) -> VoxgateConfig | None:
 def not_yet(name: str) -> int:
     print(f"voxgate {name}: not yet available in this build", file=sys.stderr)
     return 3
+
+
+def audit_from_command(cfg: Any, event: str, *, what: str | None = None, **fields: Any) -> Any:
+    """Append `event` to the audit log for a command line action that stands whatever happens
+    here; returns the log, or None when it cannot be opened (a warning says why). The log
+    keeps a line it cannot write in memory for a later try, but a command exits now and the
+    line would go with it unseen: such lines are printed, to be added by hand. `what`: the
+    action's name in that message (default: the event)."""
+    from voxgate.audit import open_log
+
+    try:
+        audit = open_log(cfg)
+        audit.append(event, **fields)
+        held = audit.held()
+    except Exception as exc:  # SecretError, OSError
+        print(f"warning: could not write the audit log: {exc}", file=sys.stderr)
+        return None
+    if held:
+        print_unaudited(str(audit.path), what or event, held, "could not be written (see above)")
+    return audit
+
+
+def print_unaudited(where: str, what: str, lines: list[dict[str, Any]], why: str) -> None:
+    text = "\n".join(json.dumps(h, sort_keys=True) for h in lines)
+    print(
+        f"warning: the audit log {where} {why}; this {what} is not in it. The line(s), to add "
+        f"by hand:\n{text}",
+        file=sys.stderr,
+    )

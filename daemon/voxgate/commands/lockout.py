@@ -20,7 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from voxgate.commands.common import add_config_option, add_parser, ascii_seconds, config_from_args
+from voxgate.commands.common import (
+    add_config_option,
+    add_parser,
+    ascii_seconds,
+    audit_from_command,
+    config_from_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -272,19 +278,4 @@ def _door_note(path: Path, now: float) -> None:
 def _audit(cfg: Any, fields: dict[str, Any]) -> None:
     """As `users erase` does: the clear stands whatever happens here; a line the log
     cannot take is printed, to be added by hand."""
-    from voxgate.audit import open_log
-
-    try:
-        audit = open_log(cfg)
-        audit.append("lockout-clear", **fields)
-        held = audit.held()
-    except Exception as exc:  # SecretError, OSError
-        print(f"warning: could not write the audit log: {exc}", file=sys.stderr)
-        return
-    if held:
-        lines = "\n".join(json.dumps(h, sort_keys=True) for h in held)
-        print(
-            f"warning: the audit log {audit.path} could not be written (see above); this "
-            f"lockout-clear is not in it. The line(s), to add by hand:\n{lines}",
-            file=sys.stderr,
-        )
+    audit_from_command(cfg, "lockout-clear", **fields)

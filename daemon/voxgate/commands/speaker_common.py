@@ -3,12 +3,13 @@ store, load the embedder and cohort, each failure turned into one clear line on 
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from voxgate.commands.common import audit_from_command
 
 log = logging.getLogger(__name__)
 
@@ -72,26 +73,8 @@ def record_change(cfg: Any, store: Any, kind: str, name: str, model_id: str | No
     """After `kind` ("enrolled" or "erased") of `name` on the command line: a line in the
     audit log, and with fleet.enabled the change handed to the fleet. The local change stands
     whatever happens here; problems are printed as warnings."""
-    from voxgate.audit import open_log
-
     event = {"enrolled": "enrollment", "erased": "erase"}[kind]
-    audit = None
-    try:
-        audit = open_log(cfg)
-        audit.append(event, user=name, via="cli", model_id=model_id)
-        held = audit.held()
-    except Exception as exc:  # SecretError, OSError: say so, do not undo the change
-        print(f"warning: could not write the audit log: {exc}", file=sys.stderr)
-    else:
-        if held:
-            # The log keeps a line it cannot write in memory for a later try; a command
-            # exits now, and the line would go with it unseen.
-            lines = "\n".join(json.dumps(h, sort_keys=True) for h in held)
-            print(
-                f"warning: the audit log {audit.path} could not be written (see above); "
-                f"this {event} is not in it. The line(s), to add by hand:\n{lines}",
-                file=sys.stderr,
-            )
+    audit = audit_from_command(cfg, event, user=name, via="cli", model_id=model_id)
     if cfg.fleet.enabled:
         # The fleet session audits what it applies into the same log (None: it opens it).
         _to_fleet(cfg, store, kind, name, model_id, audit.append if audit is not None else None)

@@ -10,7 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from voxgate.commands.common import add_config_option, add_parser, config_from_args
+from voxgate.commands.common import (
+    add_config_option,
+    add_parser,
+    audit_from_command,
+    config_from_args,
+    print_unaudited,
+)
 from voxgate.commands.speaker_common import CommandError, fail, open_store, record_change
 
 
@@ -187,25 +193,11 @@ def _audit_export(cfg: Any, name: str) -> None:
     """An access to biometric data goes in the audit log as the API's does (`admin_export`),
     after the export was given: a log that cannot be written (read-only, full disk) must not
     keep a person from their data; the line is printed to add by hand instead."""
-    from voxgate.audit import open_log
-
     fields = {"user": name, "via": "cli"}
-    try:
-        audit = open_log(cfg)
-        audit.append("admin_export", **fields)
-        held = audit.held()
-        where = str(audit.path)
-    except Exception as exc:  # SecretError, OSError: the export stands
-        print(f"warning: could not write the audit log: {exc}", file=sys.stderr)
-        held = [{"ts": round(time.time(), 3), "event": "admin_export", **fields}]
+    if audit_from_command(cfg, "admin_export", what="export", **fields) is None:
+        line = {"ts": round(time.time(), 3), "event": "admin_export", **fields}
         where = str(cfg.audit.path or cfg.data_dir / "audit.jsonl")
-    if held:
-        lines = "\n".join(json.dumps(h, sort_keys=True) for h in held)
-        print(
-            f"warning: the audit log {where} could not be written; this export is not in "
-            f"it. The line(s), to add by hand:\n{lines}",
-            file=sys.stderr,
-        )
+        print_unaudited(where, "export", [line], "could not be written")
 
 
 def _to_stdout(text: str) -> None:
