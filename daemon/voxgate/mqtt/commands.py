@@ -27,6 +27,25 @@ COMMAND_DOMAIN = b"voxgate.command.v1\n"
 REPLY_DOMAIN = b"voxgate.reply.v1\n"
 NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
 
+# Every code a refused command's reply carries (here and in mqtt/client.py); the refusal
+# metric's label values, a bounded set: the code comes from the door, not the sender.
+REFUSAL_CODES = frozenset(
+    {
+        "oversized",
+        "unknown-command",
+        "unauthorized",
+        "malformed",
+        "wrong-device",
+        "bad-args",
+        "bad-validity",
+        "expired",
+        "not-yet-valid",
+        "replayed",
+        "retained",
+        "busy",
+    }
+)
+
 # Each command's (required, optional) arguments; all are strings.
 ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "attempt": ((), ("user",)),  # start an attempt; with user: verify that claimed user

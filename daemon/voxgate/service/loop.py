@@ -38,6 +38,7 @@ from voxgate.audit import AuditError, AuditLog
 from voxgate.challenge import audit_fields
 from voxgate.config import ConfigError, VoxgateConfig, load_config
 from voxgate.lockout import LockoutBook, RecordResult
+from voxgate.mqtt.commands import REFUSAL_CODES
 from voxgate.mqtt.nonces import FILE_NAME as USED_COMMANDS_FILE
 from voxgate.mqtt.refusal import ADVICE, Refusal
 from voxgate.service.attempt import Attempt, conclude
@@ -55,24 +56,6 @@ EX_UNAVAILABLE = 69  # a stage or model could not be loaded
 EX_CANTCREAT = 73  # data_dir not writable
 EX_CONFIG = 78  # a setting or secret is missing or wrong
 EX_IOERR = 74  # audio capture failed while running (systemd restarts us)
-
-# The metric's label values (a bounded set: the code comes from the refusal, not the sender).
-COMMAND_REFUSAL_CODES = frozenset(
-    {
-        "oversized",
-        "unknown-command",
-        "unauthorized",
-        "malformed",
-        "wrong-device",
-        "bad-args",
-        "bad-validity",
-        "expired",
-        "not-yet-valid",
-        "replayed",
-        "retained",
-        "busy",
-    }
-)
 
 # How long a spoken challenge plays (espeak-ng at 140 words/min, digits with pauses).
 SPEAK_S_PER_WORD = 0.45
@@ -355,7 +338,7 @@ class Daemon:
     def _command_refused(self, code: str) -> None:
         """Counted (the link logs within its rate limit, so the count is the whole story)."""
         if self.metrics is not None:
-            known = code in COMMAND_REFUSAL_CODES
+            known = code in REFUSAL_CODES
             self.metrics.command_refusals.labels(code if known else "other").inc()
 
     def _cannot_start(self, code: int, why: str) -> bool:
