@@ -434,3 +434,23 @@ def test_stores_opened_at_once_on_a_new_path_all_open_the_same_file(tmp_path: Pa
     for s in stores:
         s.close()
     assert sorted(p.name for p in path.parent.iterdir() if ".new-" in p.name) == []
+
+
+def test_a_new_store_is_linked_in_already_in_wal_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen once in CI: of six openers racing on a new path, one failed with "database is
+    locked". The file was linked in with a rollback journal and each opener switched it to
+    WAL; a switch needs the shared lock every other opener holds while switching too, and
+    SQLite may fail such a deadlock at once instead of waiting. Made in WAL mode before it is
+    linked, the file needs no switch (header bytes 18-19: 2 = WAL, 1 = rollback journal)."""
+    seen: list[bytes] = []
+    first_open = VoiceprintStore._open
+
+    def header_then_open(self: VoiceprintStore) -> None:
+        seen.append(self.path.read_bytes()[18:20])
+        first_open(self)
+
+    monkeypatch.setattr(VoiceprintStore, "_open", header_then_open)
+    VoiceprintStore(tmp_path / "voiceprints.db", KEY).close()
+    assert seen == [b"\x02\x02"]
