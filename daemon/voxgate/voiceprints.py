@@ -316,8 +316,8 @@ class VoiceprintStore:
 
         def build(db: sqlite3.Connection) -> None:
             # WAL before it is linked in: openers racing on a new file each switched it from
-            # a rollback journal, and two such switches at once can fail without waiting ("database
-            # is locked" (each holds the shared lock the other's switch waits for: no wait).
+            # a rollback journal, and two such switches at once can fail without waiting
+            # ("database is locked": each holds the shared lock the other's switch needs).
             db.execute("PRAGMA journal_mode = WAL")
             self._db = db
             self._create()
