@@ -1,12 +1,17 @@
 """Where one embed() of the shipped model spends its time, step by step (docs/models.md).
 
     PYTHONPATH=daemon python benchmarks/embed_breakdown.py [--runs 300] [--cpu 0] [--card CARD]
+        [--nodes]
 
 The steps of SpeakerEmbedder.embed() are run one after the other, as embed() runs them, on
 the synthetic utterance `voxgate bench` uses (3 s by default), each timed on its own; medians
 over the runs, one thread pinned to one core, the daemon's allocator settings. The network
 is also timed alone on random input of the same shape, to see whether the steps before it
 slow it down (caches). The script checks once that its steps give embed()'s embedding.
+
+--nodes (ONNX models): also the network's time per graph node, from ONNX Runtime's own
+profiler on the same windows, and one core's float peak (a 1024 x 1024 float32 matrix
+product in numpy) to compare the float layer's rate with.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
 from itertools import pairwise  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -40,6 +48,7 @@ def main() -> int:
     ap.add_argument("--cpu", type=int, default=0, help="core to pin to (default 0)")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--card", type=Path, help="model card (default: the shipped default)")
+    ap.add_argument("--nodes", action="store_true", help="time each ONNX graph node too")
     args = ap.parse_args()
     if args.runs < 1:
         print("embed_breakdown.py: --runs must be >= 1", file=sys.stderr)
@@ -117,7 +126,58 @@ def main() -> int:
     for k, v in times.items():
         print(f"  {k:<17} {float(np.median(v)):7.2f} ms")
     print(f"  {'network alone':<17} {float(np.median(alone)):7.2f} ms (random input)")
+    if args.nodes:
+        speech = emb.speech_of(pcm)
+        audio = to_float(speech)
+        starts = emb.window_starts(speech.size)
+        frames = emb._fill_short(emb.frontend.frames(audio, starts[-1] + n), speech.size)
+        gains = emb._gains(audio, starts, from_int16=speech.dtype == np.int16)
+        real = np.stack([frames[s : s + n] * g for s, g in zip(starts, gains, strict=True)])
+        return _nodes(emb.card.model_path, real[:_MAX_BATCH], args.runs)
     return 0
+
+
+def _nodes(model: Path, batch: np.ndarray, runs: int) -> int:
+    """Median time per graph node over `runs` calls, from ONNX Runtime's profiler."""
+    if model.suffix != ".onnx":
+        print(f"  --nodes: {model.name} is not an ONNX model", file=sys.stderr)
+        return 2
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.enable_cpu_mem_arena = False  # as the daemon runs it (embedding/onnx_backend.py)
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "nodes")
+        session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        x = np.ascontiguousarray(batch, np.float32)
+        for _ in range(runs):
+            session.run(None, {name: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_node: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for ev in events:
+        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
+            key = (ev["name"].removesuffix("_kernel_time"), ev["args"].get("op_name", "?"))
+            per_node[key].append(ev["dur"] / 1000)
+    medians = sorted(((float(np.median(v)), k) for k, v in per_node.items()), reverse=True)
+    print(f"  per node ({x.shape[0]} windows a call, median of {runs} calls):")
+    for ms, (node, op) in medians:
+        if ms >= 0.01:
+            print(f"    {node:<22} {op:<22} {ms:7.3f} ms")
+    print(f"    {'(the other nodes)':<45} {sum(m for m, _ in medians if m < 0.01):7.3f} ms")
+    a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+    best = min(_timed_matmul(a) for _ in range(20))
+    rate = 1024**3 / best / 1e9
+    print(f"  float peak: numpy 1024 x 1024 float32 product {rate:.1f} G multiply-adds/s")
+    return 0
+
+
+def _timed_matmul(a: np.ndarray) -> float:
+    t0 = time.perf_counter()
+    a @ a
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

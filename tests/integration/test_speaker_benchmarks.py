@@ -113,3 +113,27 @@ def test_speaker_variants_shows_progress_while_it_embeds_the_cohort(
     assert sorted(short) == ["s0", "s1", "s2"] and sorted(long) == ["s0", "s1", "s2"]
     err = capsys.readouterr().err
     assert "cohort resemblyzer_ls: 3/3 (100 %)" in err
+
+
+def test_embed_breakdown_nodes_names_each_lstm_layer_and_the_float_peak(tmp_path: Path) -> None:
+    """--nodes times the shipped int8 graph node by node: its three LSTM layers (the float
+    first one and the two int8 ones) and a float peak to compare the first one's rate with."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+    script = REPO / "benchmarks" / "embed_breakdown.py"
+    core = str(min(os.sched_getaffinity(0)))
+    proc = subprocess.run(
+        [sys.executable, str(script), "--runs", "2", "--cpu", core, "--nodes"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    nodes = next(i for i, line in enumerate(lines) if line.strip().startswith("per node"))
+    rows = {line.split()[0]: line.split()[1] for line in lines[nodes + 1 :] if "ms" in line}
+    assert rows.get("lstm0") == "LSTM", proc.stdout
+    assert rows.get("lstm1_quant") == rows.get("lstm2_quant") == "DynamicQuantizeLSTM"
+    assert "float peak: numpy 1024 x 1024 float32 product" in proc.stdout
+    assert not list(tmp_path.iterdir())  # the profiler's file went with its temporary folder
