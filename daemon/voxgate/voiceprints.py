@@ -18,6 +18,7 @@ import errno
 import json
 import logging
 import os
+import shlex
 import sqlite3
 import threading
 import time
@@ -667,7 +668,7 @@ class VoiceprintStore:
         if model_id is not None and vp.model_id != model_id:
             raise ModelMismatch(
                 f"user '{vp.name}' was enrolled with model {vp.model_id}, but {model_id} is "
-                f"loaded; re-enroll: voxgate enroll {vp.name}"
+                f"loaded; re-enroll: voxgate enroll {shlex.quote(vp.name)} --replace"
             )
         return vp
 

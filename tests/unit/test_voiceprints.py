@@ -88,6 +88,18 @@ def test_model_mismatch_refused(tmp_path: Path) -> None:
             store.get("alice", model_id="other-model/int8")
 
 
+def test_model_mismatch_names_a_command_that_re_enrolls(tmp_path: Path) -> None:
+    # `voxgate verify` after switching speaker.model said "re-enroll: voxgate enroll alice",
+    # which, run as shown, refuses: "user 'alice' is already enrolled; add --replace".
+    with VoiceprintStore(tmp_path / "vp.db", KEY) as store:
+        store.add_user("alice", _emb(5), MODEL)
+        store.add_user("Mary Ann", _emb(6), MODEL)
+        with pytest.raises(ModelMismatch, match="voxgate enroll alice --replace"):
+            store.get("alice", model_id="other-model/int8")
+        with pytest.raises(ModelMismatch, match="voxgate enroll 'Mary Ann' --replace"):
+            store.get("mary ann", model_id="other-model/int8")
+
+
 def test_erase_removes_bytes_from_disk(tmp_path: Path) -> None:
     db = tmp_path / "vp.db"
     with VoiceprintStore(db, KEY) as store:
