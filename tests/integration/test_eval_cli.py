@@ -435,6 +435,24 @@ def test_embedding_errors_are_reported_again_from_the_cache(tmp_path: Path) -> N
     assert reports[1]["embedding_errors"] == reports[0]["embedding_errors"]
 
 
+def test_the_summary_names_recordings_without_an_embedding(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A protocol file that is missing (or too short) left the printed summary as if every
+    recording had been scored: the first run logs one warning among the progress lines, a
+    second run with the same --out (cached) says nothing at all, and the figures then rest
+    on fewer trials than the header counts (found in the walkthrough with one fsdd
+    enrollment file renamed away)."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    sf.write(root / "a" / "z.wav", np.zeros(4800, np.float32), 16000)  # 0.3 s: too short
+    out = tmp_path / "out"
+    for _ in range(2):
+        assert main(["eval", str(root), "--out", str(out)]) == 0
+        summary = capsys.readouterr().out
+        assert "1 recording(s) without an embedding" in summary, summary
+        assert "a/z.wav" in summary and "report.json" in summary, summary
+
+
 def test_a_cohort_file_that_is_not_there_is_named_as_set(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
