@@ -397,6 +397,22 @@ def test_built_cohort_says_where_it_is_and_how_to_use_it(
     assert main(["eval", str(test_set), "-c", str(cfg), "--out", str(tmp_path / "o")]) == 0
 
 
+def test_built_cohort_line_works_from_any_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/speaker-verification.md's rebuild, run from the checkout, printed the setting
+    with the path as given, 'speaker.cohort: models/cohort/ge2e-...npz': pasted into a
+    config, it names a file relative to wherever the daemon runs (systemd: /)."""
+    root = _cohort_pool(tmp_path / "pool", samples=220000)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "pool", "--build-cohort", "cohort"]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "speaker.cohort:" in ln]
+    printed = Path(line.split("speaker.cohort:", 1)[1].strip())
+    assert printed.is_absolute() and printed.is_file(), line
+    assert printed == next((tmp_path / "cohort").glob("*.npz"))
+    assert root.exists()
+
+
 def test_embedding_cache_is_not_reused_under_other_vad_settings(tmp_path: Path) -> None:
     """The cache keeps each recording's quality (net speech, SNR), which the VAD settings
     decide, but was keyed by model only: rerun with another `vad:` config and the same --out,

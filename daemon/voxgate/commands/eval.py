@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  FMR {fmr:<7g} threshold {thr:.3f}")
             npz = args.build_cohort / (slug(c.model_id) + ".npz")
             print(f"written to {npz}; to score with it, set in the device config:")
-            print(f"  speaker.cohort: {npz}")
+            # Absolute: a relative path in the config is taken from the daemon's folder.
+            print(f"  speaker.cohort: {npz.resolve()}")
             return 0
         cohort = load_cohort(cfg, embedder)
         out = args.out or Path(f"eval-{args.set_dir.resolve().name}")
