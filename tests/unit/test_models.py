@@ -185,3 +185,26 @@ def test_litert_model_matches_float_onnx() -> None:
     for i in range(0, pcm.size, 480):
         s.push(pcm[i : i + 480])
     assert 1.0 - float(s.finish() @ t.embed(pcm)) < 1e-5
+
+
+def test_the_no_level_card_command_in_the_docs_gives_a_valid_card(tmp_path: Path) -> None:
+    # docs/models.md's `sed` for the level_dbfs comparison changed both `level_dbfs` lines,
+    # the front end's and the trim's, and the trim's cannot be null: the card it wrote did
+    # not load ("trim.level_dbfs: Input should be a valid number").
+    import shlex
+    import subprocess
+
+    text = (REPO / "docs" / "models.md").read_text()
+    start = text.index("\nsed ", text.index("Why `level_dbfs: -30`")) + 1
+    command = text[start : text.index("\n", text.index("/tmp/nolevel.yaml", start))]
+    out = tmp_path / "nolevel.yaml"
+    command = command.replace("/tmp/nolevel.yaml", shlex.quote(str(out)))
+    subprocess.run(["bash", "-c", command], cwd=REPO, check=True)
+    (tmp_path / "ge2e-resemblyzer-float.onnx").write_bytes(
+        (SHIPPED / "ge2e-resemblyzer-float.onnx").read_bytes()
+    )
+    card = load_card(out)
+    shipped = load_card(SHIPPED / "ge2e-float.yaml")
+    assert card.frontend.level_dbfs is None
+    assert card.trim == shipped.trim
+    assert card.id == "ge2e-resemblyzer-0.1.4/float-nolevel"
