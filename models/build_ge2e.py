@@ -220,6 +220,16 @@ windowing:
   hop: 80
   min_coverage: 0.75
   min_audio_s: 0.5
+  last: end
+  short: repeat
+trim:
+  # Speech only reaches the network (embedding/trim.py; docs/speaker-verification.md).
+  vad_mode: 3
+  frame_ms: 30
+  level_dbfs: -30.0
+  onset_s: 1.0
+  smooth_frames: 8
+  pad_frames: 3
 {evaluation}"""
 
 NO_EVALUATION = "evaluation:\n  eer_percent: null\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -79,11 +81,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        if not _stdout_gone():  # another pipe or socket: a real error, with its traceback
+            raise
+        # The reader went away (`voxgate users list | head -1`): stop quietly, as a command
+        # killed by SIGPIPE would, and keep the exit flush from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     finally:
         _hand_over_data_dir(args)
+
+
+def _stdout_gone() -> bool:
+    """Is standard output a pipe whose reader has closed it? (poll reports POLLERR)"""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no descriptor (captured), or closed
+        return False
 
 
 def _hand_over_data_dir(args: argparse.Namespace) -> None:

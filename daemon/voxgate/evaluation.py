@@ -683,6 +683,15 @@ def format_report(report: dict[str, Any]) -> str:
                 f"FNMR {s['fnmr_percent']:.2f} %, retry {s['retry_rate_percent']:.1f} %"
             )
         lines.append(line)
+    errors = report.get("embedding_errors") or {}
+    if errors:  # else only report.json says so, and a rerun from the cache logs nothing
+        first, why = next(iter(errors.items()))
+        more = f" and {len(errors) - 1} more" if len(errors) > 1 else ""
+        lines.append(
+            f"  {len(errors)} recording(s) without an embedding (left out of enrollment; "
+            f"their trials score as no match): {first} ({why}){more}; all in report.json, "
+            "embedding_errors"
+        )
     if report.get("det_png"):
         lines.append(f"  DET curve: {report['det_png']}")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ import errno
 import json
 import logging
 import os
+import shlex
 import sqlite3
 import threading
 import time
@@ -218,7 +219,21 @@ def _open_error(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
     """What an SQLite error while opening means: a damaged file (malformed, not a database)
     stays damaged; an OperationalError (locked, cannot open, I/O) may pass."""
     kind = StoreError if isinstance(exc, sqlite3.OperationalError) else Damaged
-    return kind(f"{path}: cannot use the voiceprint database ({exc}){_disk_full(path)}")
+    return kind(
+        f"{path}: cannot use the voiceprint database ({exc}){_damage_hint(exc)}{_disk_full(path)}"
+    )
+
+
+DAMAGED_HINT = (
+    "; the file is damaged and left untouched. Restore it from a backup; or move it aside "
+    "(with any -wal and -shm file beside it) and enroll everyone again"
+)
+
+
+def _damage_hint(exc: sqlite3.DatabaseError) -> str:
+    """What to do about SQLite's "database disk image is malformed" / "file is not a
+    database" (plain DatabaseError; locked, I/O and full disks are OperationalError)."""
+    return DAMAGED_HINT if type(exc) is sqlite3.DatabaseError else ""
 
 
 def _disk_full(path: Path) -> str:
@@ -355,7 +370,9 @@ class VoiceprintStore:
                 self._unchanged = before
                 self._open_uri(uri + "&immutable=1")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot use the voiceprint database ({exc})") from None
+            raise StoreError(
+                f"{self.path}: cannot use the voiceprint database ({exc}){_damage_hint(exc)}"
+            ) from None
         self._file_id = _file_id(self.path)
 
     def _open_uri(self, uri: str) -> None:
@@ -404,7 +421,7 @@ class VoiceprintStore:
             except sqlite3.DatabaseError as exc:
                 raise StoreError(
                     f"{self.path}: cannot {doing} the voiceprint database ({exc})"
-                    f"{_disk_full(self.path)}"
+                    f"{_damage_hint(exc)}{_disk_full(self.path)}"
                 ) from None
             if self._unchanged is not None and self._unchanged != _snapshot(self.path):
                 # Read without locks: someone wrote it meanwhile, so what was read may mix
@@ -492,7 +509,9 @@ class VoiceprintStore:
         try:
             row = self._db.execute("SELECT v FROM meta WHERE k = 'key_check'").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise Damaged(f"{self.path}: damaged voiceprint store ({exc})") from None
+            raise Damaged(
+                f"{self.path}: damaged voiceprint store ({exc}){_damage_hint(exc)}"
+            ) from None
         if row is None:
             raise Damaged(f"{self.path}: voiceprint store has no key check; damaged?")
         try:
@@ -649,7 +668,7 @@ class VoiceprintStore:
         if model_id is not None and vp.model_id != model_id:
             raise ModelMismatch(
                 f"user '{vp.name}' was enrolled with model {vp.model_id}, but {model_id} is "
-                f"loaded; re-enroll: voxgate enroll {vp.name}"
+                f"loaded; re-enroll: voxgate enroll {shlex.quote(vp.name)} --replace"
             )
         return vp
 

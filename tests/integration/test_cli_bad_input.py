@@ -252,3 +252,32 @@ def test_export_to_standard_output_on_a_full_disk(device: dict[str, Path]) -> No
         with open(out, "wb") as stdout:
             subprocess.run(cmd, stdout=stdout, env=env, check=True)
     assert len(json.loads(out.read_text())["embeddings"]) == 20
+
+
+@pytest.mark.parametrize(
+    ("argv", "status"),
+    [(["users", "list"], 128 + signal.SIGPIPE), (["users", "export", "alice"], 1)],
+)
+def test_output_into_a_closed_pipe_is_no_traceback(
+    device: dict[str, Path], argv: list[str], status: int
+) -> None:
+    # `voxgate users list -c ... | head -1` ended in a BrokenPipeError traceback once head
+    # had gone (found in the walkthrough; also `voxgate enroll ... | head -3`): now it ends
+    # quietly with the status a shell gives a command killed by SIGPIPE. An export that
+    # could not be given keeps its own error line and exit 1. Here the reader is closed
+    # before the command starts, so every write meets EPIPE.
+    key = parse_key(device["key"].read_bytes())
+    with VoiceprintStore(device["db"], key) as store:
+        store.add_user("alice", np.eye(3, 256, dtype=np.float32), MODEL)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "PYTHONPATH": str(Path(voxgate.__file__).parents[1])}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "voxgate", *argv, "-c", str(device["cfg"])],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, env=env, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+    assert proc.returncode == status, proc.stderr

@@ -397,6 +397,22 @@ def test_built_cohort_says_where_it_is_and_how_to_use_it(
     assert main(["eval", str(test_set), "-c", str(cfg), "--out", str(tmp_path / "o")]) == 0
 
 
+def test_built_cohort_line_works_from_any_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/speaker-verification.md's rebuild, run from the checkout, printed the setting
+    with the path as given, 'speaker.cohort: models/cohort/ge2e-...npz': pasted into a
+    config, it names a file relative to wherever the daemon runs (systemd: /)."""
+    root = _cohort_pool(tmp_path / "pool", samples=220000)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "pool", "--build-cohort", "cohort"]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "speaker.cohort:" in ln]
+    printed = Path(line.split("speaker.cohort:", 1)[1].strip())
+    assert printed.is_absolute() and printed.is_file(), line
+    assert printed == next((tmp_path / "cohort").glob("*.npz"))
+    assert root.exists()
+
+
 def test_embedding_cache_is_not_reused_under_other_vad_settings(tmp_path: Path) -> None:
     """The cache keeps each recording's quality (net speech, SNR), which the VAD settings
     decide, but was keyed by model only: rerun with another `vad:` config and the same --out,
@@ -433,6 +449,24 @@ def test_embedding_errors_are_reported_again_from_the_cache(tmp_path: Path) -> N
         reports.append(json.loads((out / "report.json").read_text()))
     assert set(reports[0]["embedding_errors"]) == {"a/z.wav"}
     assert reports[1]["embedding_errors"] == reports[0]["embedding_errors"]
+
+
+def test_the_summary_names_recordings_without_an_embedding(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A protocol file that is missing (or too short) left the printed summary as if every
+    recording had been scored: the first run logs one warning among the progress lines, a
+    second run with the same --out (cached) says nothing at all, and the figures then rest
+    on fewer trials than the header counts (found in the walkthrough with one fsdd
+    enrollment file renamed away)."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    sf.write(root / "a" / "z.wav", np.zeros(4800, np.float32), 16000)  # 0.3 s: too short
+    out = tmp_path / "out"
+    for _ in range(2):
+        assert main(["eval", str(root), "--out", str(out)]) == 0
+        summary = capsys.readouterr().out
+        assert "1 recording(s) without an embedding" in summary, summary
+        assert "a/z.wav" in summary and "report.json" in summary, summary
 
 
 def test_a_cohort_file_that_is_not_there_is_named_as_set(

@@ -45,3 +45,37 @@ def test_api_help_curl_reaches_the_server_its_example_starts() -> None:
     (curl,) = [ln for ln in lines if ln.startswith("curl ")]
     assert f"http://127.0.0.1:{port}/" in curl
     assert 'Bearer $(cat token)"' in curl
+
+
+def _help(path: str) -> str:
+    parser = build_parser()
+    for word in path.split()[1:]:
+        (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        parser = action.choices[word]
+    return parser.format_help()
+
+
+def test_speaker_commands_help_says_exit_status_and_enrollment_needs() -> None:
+    # Walkthrough of the speaker commands: verify and identify said what their exit codes
+    # mean, enroll, users list/erase/export and eval did not (list exits 1 with users listed
+    # when a row is damaged; export exits 1 only when nothing is held). enroll named the
+    # settings it needs but not their values, and its --from example gave 5 takes, which
+    # with door-like digit strings (2-3 s of speech each) falls short of the default 20 s.
+    from voxgate.config.speaker import SpeakerConfig
+
+    for name in (
+        "voxgate enroll",
+        "voxgate verify",
+        "voxgate identify",
+        "voxgate users list",
+        "voxgate users erase",
+        "voxgate users export",
+        "voxgate eval",
+    ):
+        assert "exit status:" in " ".join(_help(name).lower().split()), name
+    enroll = " ".join(_help("voxgate enroll").split())
+    fields = SpeakerConfig.model_fields
+    assert f"default {fields['enroll_min_takes'].default}" in enroll
+    assert f"default {fields['enroll_min_speech_s'].default:g} s" in enroll
+    assert "t8.wav" in enroll
+    assert "(default: 100)" in " ".join(_help("voxgate eval").split())

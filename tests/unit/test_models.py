@@ -115,7 +115,10 @@ def test_cards_match_shipped_files() -> None:
 
 
 def test_build_is_reproducible(tmp_path: Path) -> None:
-    """models/build_ge2e.py rebuilds byte-identical files (same onnx/onnxruntime versions)."""
+    """models/build_ge2e.py rebuilds byte-identical files (same onnx/onnxruntime versions).
+    Run as docs/models.md says, it writes over the shipped folder: the cards must come out
+    as shipped too. They lost their windowing rule and `trim:` block, so the rebuilt model
+    embedded other audio and its cohort was refused (every verify failed)."""
     onnx = pytest.importorskip("onnx")
     import onnxruntime
 
@@ -130,6 +133,8 @@ def test_build_is_reproducible(tmp_path: Path) -> None:
     module = importlib.util.module_from_spec(spec)
     sys.modules["build_ge2e"] = module
     spec.loader.exec_module(module)
+    for name in ("ge2e-int8.yaml", "ge2e-float.yaml"):  # the rebuild in place keeps evaluation:
+        (tmp_path / name).write_bytes((SHIPPED / name).read_bytes())
     saved_stdout = sys.stdout
     sys.stdout = io.StringIO()
     try:
@@ -139,7 +144,7 @@ def test_build_is_reproducible(tmp_path: Path) -> None:
     for name in ("ge2e-resemblyzer-int8.onnx", "ge2e-resemblyzer-float.onnx"):
         assert (tmp_path / name).read_bytes() == (SHIPPED / name).read_bytes(), name
     for name in ("ge2e-int8.yaml", "ge2e-float.yaml"):
-        assert load_card(tmp_path / name).model == load_card(SHIPPED / name).model
+        assert (tmp_path / name).read_text() == (SHIPPED / name).read_text(), name
 
 
 def test_int8_window_embeddings_do_not_depend_on_the_batch() -> None:
@@ -180,3 +185,26 @@ def test_litert_model_matches_float_onnx() -> None:
     for i in range(0, pcm.size, 480):
         s.push(pcm[i : i + 480])
     assert 1.0 - float(s.finish() @ t.embed(pcm)) < 1e-5
+
+
+def test_the_no_level_card_command_in_the_docs_gives_a_valid_card(tmp_path: Path) -> None:
+    # docs/models.md's `sed` for the level_dbfs comparison changed both `level_dbfs` lines,
+    # the front end's and the trim's, and the trim's cannot be null: the card it wrote did
+    # not load ("trim.level_dbfs: Input should be a valid number").
+    import shlex
+    import subprocess
+
+    text = (REPO / "docs" / "models.md").read_text()
+    start = text.index("\nsed ", text.index("Why `level_dbfs: -30`")) + 1
+    command = text[start : text.index("\n", text.index("/tmp/nolevel.yaml", start))]
+    out = tmp_path / "nolevel.yaml"
+    command = command.replace("/tmp/nolevel.yaml", shlex.quote(str(out)))
+    subprocess.run(["bash", "-c", command], cwd=REPO, check=True)
+    (tmp_path / "ge2e-resemblyzer-float.onnx").write_bytes(
+        (SHIPPED / "ge2e-resemblyzer-float.onnx").read_bytes()
+    )
+    card = load_card(out)
+    shipped = load_card(SHIPPED / "ge2e-float.yaml")
+    assert card.frontend.level_dbfs is None
+    assert card.trim == shipped.trim
+    assert card.id == "ge2e-resemblyzer-0.1.4/float-nolevel"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +40,25 @@ def test_no_voiceprint_prints_no_score_not_minus_infinity(
     out = capsys.readouterr().out
     assert "inf" not in out
     assert "no score: no voiceprint to compare with (threshold" in out
+
+
+@pytest.mark.usefixtures("no_secret_env")
+@pytest.mark.parametrize("argv", [["verify", "carol"], ["identify"]])
+def test_audio_too_short_to_embed_is_a_retry_not_an_error(
+    door: tuple[Path, Path], argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A recording under the model's 0.5 s (one quick digit) ended with "error: ... cannot
+    # embed" and exit 1, which the help reserves for "no match or error"; it is too little
+    # speech, which the help and the daemon (policy: retry, no_speech) answer with a retry.
+    cfg, wav = door
+    audio, _ = sf.read(wav, dtype="int16")
+    short = wav.with_name("short.wav")
+    sf.write(short, audio[: int(0.4 * RATE)], RATE, subtype="PCM_16")
+    assert main([*argv, str(short), "-c", str(cfg)]) == 4
+    out = capsys.readouterr().out
+    assert out.startswith("RETRY: ") and "too_little_speech" in out, out
+    assert "no score: " in out and "inf" not in out, out
+    assert main([*argv, str(short), "-c", str(cfg), "--json"]) == 4
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["score"] is None and doc["quality_ok"] is False and not doc["accepted"]
+    assert doc["reasons"][0] == "too_little_speech"

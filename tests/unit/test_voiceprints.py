@@ -88,6 +88,18 @@ def test_model_mismatch_refused(tmp_path: Path) -> None:
             store.get("alice", model_id="other-model/int8")
 
 
+def test_model_mismatch_names_a_command_that_re_enrolls(tmp_path: Path) -> None:
+    # `voxgate verify` after switching speaker.model said "re-enroll: voxgate enroll alice",
+    # which, run as shown, refuses: "user 'alice' is already enrolled; add --replace".
+    with VoiceprintStore(tmp_path / "vp.db", KEY) as store:
+        store.add_user("alice", _emb(5), MODEL)
+        store.add_user("Mary Ann", _emb(6), MODEL)
+        with pytest.raises(ModelMismatch, match="voxgate enroll alice --replace"):
+            store.get("alice", model_id="other-model/int8")
+        with pytest.raises(ModelMismatch, match="voxgate enroll 'Mary Ann' --replace"):
+            store.get("mary ann", model_id="other-model/int8")
+
+
 def test_erase_removes_bytes_from_disk(tmp_path: Path) -> None:
     db = tmp_path / "vp.db"
     with VoiceprintStore(db, KEY) as store:
@@ -129,6 +141,35 @@ def test_corrupt_sqlite_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         VoiceprintStore(db, KEY)
     assert db.read_bytes() == bytes(data)
+
+
+def test_a_damaged_file_says_what_to_do(tmp_path: Path) -> None:
+    # Found smashing one 4 KiB page at a time of a real voiceprints.db and running `voxgate
+    # users list` / `verify`: SQLite's "database disk image is malformed" reached the user
+    # as "damaged voiceprint store (...)", "cannot read the voiceprint database (...)" or
+    # "cannot use ...", none saying what to do, unlike the 0-byte file's message.
+    clean = tmp_path / "clean.db"
+    with VoiceprintStore(clean, KEY) as store:
+        for i, name in enumerate(("alice", "bob", "carol")):
+            store.add_user(name, _emb(i, k=8, dim=256), MODEL)
+    data = clean.read_bytes()
+    messages = []
+    for page in range(1, len(data) // 4096):
+        db = tmp_path / f"page{page}.db"
+        smashed = bytearray(data)
+        smashed[page * 4096 : (page + 1) * 4096] = b"\x5a" * 4096
+        db.write_bytes(bytes(smashed))
+        for read_only in (False, True):
+            try:
+                with VoiceprintStore(db, KEY, read_only=read_only) as store:
+                    store.readable()
+                    store.get("alice", model_id=MODEL)
+            except StoreError as exc:
+                messages.append(str(exc))
+    malformed = [m for m in messages if "malformed" in m]
+    assert malformed, messages
+    for m in malformed:
+        assert "left untouched" in m and "Restore it from a backup" in m, m
 
 
 def test_store_path_not_a_file_is_a_store_error(tmp_path: Path) -> None:

@@ -28,18 +28,25 @@ REASONS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from voxgate.config.speaker import SpeakerConfig
+
+    need = SpeakerConfig.model_fields  # the defaults, as the schema has them
     p = add_parser(
         sub,
         "enroll",
         help="enroll a user from the microphone (guided) or from recordings",
         description="Enroll NAME. Without --from, shows a random digit string per take and "
-        "records until you stop speaking, until speaker.enroll_min_takes takes and "
-        "speaker.enroll_min_speech_s seconds of net speech are in. Takes should be the same "
-        "kind of speech as a door attempt (digit strings, same microphone). Takes that are "
-        "too short, clipped, noisy or inconsistent with the others are named and left out.",
+        "records until you stop speaking, until speaker.enroll_min_takes takes (default "
+        f"{need['enroll_min_takes'].default}) and speaker.enroll_min_speech_s seconds of net "
+        f"speech (default {need['enroll_min_speech_s'].default:g} s) are in; with --from, the "
+        "files must hold as much (a 5-digit string is 2-3 s of speech: about 8 takes). Takes "
+        "should be the same kind of speech as a door attempt (digit strings, same "
+        "microphone). Takes that are too short, clipped, noisy or inconsistent with the "
+        "others are named and left out. Exit status: 0 enrolled, 1 not enrolled (the "
+        "shortfall is printed) or an error.",
         examples="""
         voxgate enroll alice
-        voxgate enroll alice --from take1.wav take2.wav take3.wav take4.wav take5.wav
+        voxgate enroll alice --from t1.wav t2.wav t3.wav t4.wav t5.wav t6.wav t7.wav t8.wav
         voxgate enroll alice --from t1.wav t2.wav --prompts 40712 95368   # what each take says
         voxgate enroll alice --replace -c /etc/voxgate/voxgate.yaml
         """,

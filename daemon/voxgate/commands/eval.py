@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "writes "
         "report.json, scores.csv, det.png and an embedding cache to --out. "
         "With --build-cohort, instead builds the normalization cohort and its threshold "
-        "calibration from the set's speakers that have no trials.",
+        "calibration from the set's speakers that have no trials. Exit status: 0 done, "
+        "1 an error (the message says what).",
         examples="""
         voxgate eval ../shared/data/fsdd --out eval-out/fsdd
         voxgate eval ../shared/data/vcc2018_eval --model models/shipped/ge2e-float.yaml
@@ -30,13 +31,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         """,
     )
     p.add_argument("set_dir", metavar="SET_DIR", type=Path, help="protocol folder")
-    p.add_argument("--out", metavar="DIR", type=Path, help="output folder (default eval-SET)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        help="output folder (default: eval-<SET_DIR's name> in the current folder)",
+    )
     p.add_argument("--model", metavar="FILE", type=Path, help="speaker model (default: config)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--build-cohort", metavar="DIR", type=Path, help="build cohort + calibration into DIR"
     )
-    p.add_argument("--top-k", type=ascii_int, default=100, help="cohort top-k for --build-cohort")
+    p.add_argument(
+        "--top-k",
+        type=ascii_int,
+        default=100,
+        help="cohort top-k for --build-cohort (default: %(default)s)",
+    )
     add_config_option(p)
     p.set_defaults(func=run)
 
@@ -64,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  FMR {fmr:<7g} threshold {thr:.3f}")
             npz = args.build_cohort / (slug(c.model_id) + ".npz")
             print(f"written to {npz}; to score with it, set in the device config:")
-            print(f"  speaker.cohort: {npz}")
+            # Absolute: a relative path in the config is taken from the daemon's folder.
+            print(f"  speaker.cohort: {npz.resolve()}")
             return 0
         cohort = load_cohort(cfg, embedder)
         out = args.out or Path(f"eval-{args.set_dir.resolve().name}")

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         actions,
         "list",
         help="enrolled users, their model and dates",
+        description="List enrolled users, their model and dates. Exit status: 0; 1 when the "
+        "store cannot be opened, or when some voiceprints cannot be read (the others are "
+        "listed, the unreadable ones counted).",
         examples="voxgate users list\nvoxgate users list -c /etc/voxgate/voxgate.yaml",
     )
     add_config_option(ls, again=True)
@@ -50,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         actions,
         "erase",
         help="delete a user's voiceprint (file and journal), lockout entry and kept recordings",
+        description="Delete NAME's voiceprint (from the file and its journal), lockout entry "
+        "and kept recordings; the audit log keeps its lines. Exit status: 0 erased, 1 no "
+        "such user or an error.",
         examples="voxgate users erase alice\n"
         "voxgate users erase alice -c /etc/voxgate/voxgate.yaml",
     )
@@ -60,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         actions,
         "export",
         help="print everything held about a user as JSON (voiceprint, lockout, audit lines)",
+        description="Print everything held about NAME as JSON (voiceprint, lockout, audit "
+        "lines, fleet state), also for someone no longer enrolled ('enrolled': false). "
+        "Exit status: 0 exported, 1 nothing at all is held about NAME or an error.",
         examples="voxgate users export alice > alice.json\n"
         "voxgate users export alice -o alice.json",
     )

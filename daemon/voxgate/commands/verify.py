@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
 from typing import Any
+
+import numpy as np
 
 from voxgate.commands.common import add_config_option, add_parser, config_from_args
 from voxgate.commands.speaker_common import (
@@ -43,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def score_file(cfg: Any, path: str, claimed: str | None) -> tuple[Any, Any]:
     """(SpeakerResult, Quality) for one recording; claimed=None identifies (1:N)."""
+    from voxgate.embedding.errors import TooShort
     from voxgate.quality import assess
     from voxgate.scoring import Scorer, ScoringError
     from voxgate.voiceprints import StoreError
@@ -53,11 +57,15 @@ def score_file(cfg: Any, path: str, claimed: str | None) -> tuple[Any, Any]:
     quality = assess(pcm, cfg.vad)
     try:
         emb = embedder.embed(pcm)
-    except Exception as exc:  # TooShort: not enough audio for one window
-        raise CommandError(f"{path}: cannot embed ({exc}); record a longer attempt") from None
+    except TooShort:  # less audio than the model takes: too little speech, as in the daemon
+        emb = None
+    except Exception as exc:  # a model failure on odd audio
+        raise CommandError(f"{path}: cannot embed ({exc})") from None
     store = open_store(cfg)
     try:
         scorer = Scorer(store, embedder, cfg.speaker, cohort)
+        if emb is None:
+            return _unscored(scorer, claimed, quality, embedder.dim), quality
         if claimed is None:
             return scorer.identify(emb, quality), quality
         return scorer.verify(emb, claimed, quality), quality
@@ -65,6 +73,33 @@ def score_file(cfg: Any, path: str, claimed: str | None) -> tuple[Any, Any]:
         raise CommandError(str(exc)) from None
     finally:
         store.close()
+
+
+def _unscored(scorer: Any, claimed: str | None, quality: Any, dim: int) -> Any:
+    """The result for audio too short to embed: a retry with no score, as the daemon gives
+    (policy: no_speech). The scorer runs on a placeholder vector only for what does not
+    depend on the voice (the threshold, who is enrolled); its score is dropped."""
+    probe = np.full(dim, dim**-0.5, np.float32)
+    r = (
+        scorer.identify(probe, quality)
+        if claimed is None
+        else scorer.verify(probe, claimed, quality)
+    )
+    kept = [x for x in r.reasons if x not in ("score_below_threshold", "unknown_speaker")]
+    if "too_little_speech" not in kept:
+        kept.insert(0, "too_little_speech")
+    return dataclasses.replace(
+        r,
+        user=r.user if claimed is not None else None,
+        score=float("-inf"),
+        raw_cosine=float("-inf"),
+        accepted=False,
+        quality_ok=False,
+        reasons=tuple(kept),
+    )
+
+
+NO_VOICEPRINT = ("unknown_user", "no_users", "model_mismatch")
 
 
 def show(result: Any, quality: Any, as_json: bool) -> int:
@@ -83,8 +118,10 @@ def show(result: Any, quality: Any, as_json: bool) -> int:
                 f"  score {result.score:.3f} (threshold {result.threshold:.3f}), "
                 f"cosine {result.raw_cosine:.3f}"
             )
-        else:  # unknown user, nobody enrolled, voiceprints of another model
+        elif any(r in NO_VOICEPRINT for r in result.reasons):
             print(f"  no score: no voiceprint to compare with (threshold {result.threshold:.3f})")
+        else:  # shorter than the model's shortest input
+            print(f"  no score: too little audio for the model (threshold {result.threshold:.3f})")
         print(f"  net speech {quality.speech_s:.1f} s, SNR {quality.snr_db:.0f} dB")
         if result.reasons:
             print(f"  reasons: {', '.join(result.reasons)}")
