@@ -12,6 +12,9 @@ differ only in the noise level; a mix that would clip is scaled down whole. Ever
 `voxgate eval` on the protocol with the noisy recordings (evaluation.evaluate: enrollment
 checks, the shipped int8 model and cohort, the threshold for speaker.target_fmr,
 Scorer.verify with the quality gate), so an attempt is scored as the daemon scores it.
+With --room the noise also runs 2 s before and 1 s after the speech, and the recording
+scored is the utterance the endpointer (vad.segment, the `vad:` defaults) cuts from that,
+as the daemon gates and embeds `utt.pcm`.
 
 Printed per set and SNR: the gate's SNR estimate minus the true SNR (median, 10th to 90th
 percentile), the retry rate, FMR and FNMR at the threshold among the attempts the gate
@@ -19,7 +22,7 @@ lets through (a retried attempt is never accepted), and the EER over all trials 
 ones included, as `voxgate eval` counts them). Then, per noise type, the estimate's median
 error and the share of recordings the gate calls too_noisy.
 
-    PYTHONPATH=daemon python benchmarks/noise_gate.py [--data ../shared/data] [--enroll-noise]
+    PYTHONPATH=daemon python benchmarks/noise_gate.py [--data DIR] [--enroll-noise] [--room]
 
 Skips (exit 0, with a message) when the data is not there.
 """
@@ -41,15 +44,18 @@ from voxgate.audio.base import SAMPLE_RATE
 from voxgate.audio.file import read_audio
 from voxgate.cohort import for_model, model_sha256
 from voxgate.config import VoxgateConfig
+from voxgate.config.audio import VadConfig
 from voxgate.embedding import load_embedder
 from voxgate.evaluation import EvalSet, evaluate, load_recording, read_set
 from voxgate.quality import FRAME_MS, assess, gate_reasons
+from voxgate.vad import segment
 
 REPO = Path(__file__).resolve().parent.parent
 SETS = ["fsdd", "vcc2018_eval"]
 SNRS = ["clean", "30", "25", "20", "15", "10", "5", "0", "-5"]
 FRAME = SAMPLE_RATE * FRAME_MS // 1000
 ACTIVE_DB = 30.0  # frames this far below the loud ones still count as speech
+ROOM_S = (2.0, 1.0)  # --room: noise before and after the speech
 
 
 def speech_power(pcm: np.ndarray) -> float:
@@ -60,16 +66,27 @@ def speech_power(pcm: np.ndarray) -> float:
     return float(power[active].mean())
 
 
-def mix(clean: np.ndarray, noise: np.ndarray, snr_db: float | None) -> np.ndarray:
-    """`clean` (int16) plus `noise` (float, as long) scaled to `snr_db` over the speech."""
+def mix(
+    clean: np.ndarray, noise: np.ndarray, snr_db: float | None, power: float | None = None
+) -> np.ndarray:
+    """`clean` (int16) plus `noise` (float, as long) scaled to `snr_db` over the speech
+    (whose power is `power`, or measured on `clean`)."""
     if snr_db is None:
         return clean
-    gain = np.sqrt(speech_power(clean) / 10 ** (snr_db / 10) / np.mean(noise**2))
+    power = speech_power(clean) if power is None else power
+    gain = np.sqrt(power / 10 ** (snr_db / 10) / np.mean(noise**2))
     y = clean.astype(np.float64) + gain * noise
     peak = np.abs(y).max()
     if peak > 32767:  # as a level control would: the SNR is kept
         y *= 32767 / peak
     return np.round(y).astype(np.int16)
+
+
+def utterance(pcm: np.ndarray, vad_cfg: VadConfig) -> np.ndarray:
+    """What the daemon would score: the endpointer's utterance with the most speech (the
+    whole audio when it finds none)."""
+    found = segment(pcm, vad_cfg)
+    return max(found, key=lambda u: u.speech_s).pcm if found else pcm
 
 
 @dataclass(frozen=True)
@@ -131,15 +148,23 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
     kinds = sorted(noises)
     rng = np.random.default_rng(args.seed)
     clean = [load_recording(es.root, r) for r in recs]
+    before, after = (int(x * SAMPLE_RATE) for x in (ROOM_S if args.room else (0, 0)))
     pick = []  # one noise type and piece per recording, the same at every SNR
     for pcm in clean:
         kind = kinds[int(rng.integers(len(kinds)))]
-        start = int(rng.integers(len(noises[kind]) - len(pcm)))
-        pick.append((kind, noises[kind][start : start + len(pcm)]))
+        n = before + len(pcm) + after
+        start = int(rng.integers(len(noises[kind]) - n))
+        pick.append((kind, noises[kind][start : start + n]))
+    placed = [np.pad(pcm, (before, after)) for pcm in clean]
     rows = []
     for snr_arg in args.snrs:
         snr = None if snr_arg == "clean" else float(snr_arg)
-        mixed = [mix(pcm, piece, snr) for pcm, (_, piece) in zip(clean, pick, strict=True)]
+        mixed = [
+            mix(pcm, piece, snr, speech_power(c))
+            for c, pcm, (_, piece) in zip(clean, placed, pick, strict=True)
+        ]
+        if args.room and snr is not None:
+            mixed = [utterance(pcm, cfg.vad) for pcm in mixed]
         root = es.root
         if snr is not None:
             root = work / f"{name}-{snr_arg}"
@@ -210,6 +235,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="picks each recording's noise and piece")
     ap.add_argument("--enroll-noise", action="store_true", help="enrollment at the same SNR")
     ap.add_argument("--min-snr-db", type=float, help="gate level instead of speaker.min_snr_db")
+    ap.add_argument(
+        "--room",
+        action="store_true",
+        help=f"noise also {ROOM_S[0]:g} s before and {ROOM_S[1]:g} s after the speech, and "
+        "the endpointer's utterance scored, as the daemon scores it (not the clean row)",
+    )
     args = ap.parse_args()
     if not args.data.is_dir():  # a clone without ../shared: nothing to measure
         print(f"noise_gate.py: skipped: no evaluation data at {args.data}")
@@ -230,7 +261,8 @@ def main() -> int:
     print(
         f"int8, threshold {rows[0].threshold:.3f} (target FMR {s.target_fmr:g}); gate: "
         f"net speech >= {s.min_speech_s:g} s, estimated SNR >= {s.min_snr_db:g} dB; "
-        f"enrollment {'at the same SNR' if args.enroll_noise else 'clean'}\n"
+        f"enrollment {'at the same SNR' if args.enroll_noise else 'clean'}"
+        f"{'; in a room, the endpointed utterance scored' if args.room else ''}\n"
     )
     print(
         "| set | true SNR (dB) | estimate - true, median (10th to 90th pct) | retry "
