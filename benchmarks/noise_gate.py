@@ -17,10 +17,11 @@ scored is the utterance the endpointer (vad.segment, the `vad:` defaults) cuts f
 as the daemon gates and embeds `utt.pcm`.
 
 Printed per set and SNR: the gate's SNR estimate minus the true SNR (median, 10th to 90th
-percentile), the retry rate, FMR and FNMR at the threshold among the attempts the gate
-lets through (a retried attempt is never accepted), and the EER over all trials (retried
-ones included, as `voxgate eval` counts them). Then, per noise type, the estimate's median
-error and the share of recordings the gate calls too_noisy.
+percentile), the share of recordings whose noise the gate measured in pauses (the others
+get speaker.min_snr_db_no_pauses), the retry rate, FMR and FNMR at the threshold among the
+attempts the gate lets through (a retried attempt is never accepted), and the EER over all
+trials (retried ones included, as `voxgate eval` counts them). Then, per noise type, the
+estimate's median error and the share of recordings the gate calls too_noisy.
 
     PYTHONPATH=daemon python benchmarks/noise_gate.py [--data DIR] [--enroll-noise] [--room]
 
@@ -45,9 +46,10 @@ from voxgate.audio.file import read_audio
 from voxgate.cohort import for_model, model_sha256
 from voxgate.config import VoxgateConfig
 from voxgate.config.audio import VadConfig
+from voxgate.config.speaker import SpeakerConfig
 from voxgate.embedding import load_embedder
 from voxgate.evaluation import EvalSet, evaluate, load_recording, read_set
-from voxgate.quality import FRAME_MS, assess, gate_reasons
+from voxgate.quality import FRAME_MS, assess, gate_reasons, too_noisy
 from voxgate.vad import segment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,6 +98,8 @@ class Row:
     noise: np.ndarray  # noise type, per test recording
     err: np.ndarray  # estimated minus true SNR, per test recording (NaN for clean)
     est: np.ndarray  # estimated SNR, per test recording
+    pauses: np.ndarray  # SNR measured in pauses (not the quietest frames), per test recording
+    noisy: np.ndarray  # the gate calls it too_noisy, per test recording
     retry: np.ndarray  # per trial
     target: np.ndarray  # per trial
     scores: np.ndarray  # back-end score, per trial
@@ -126,8 +130,10 @@ def noisy_protocol(es: EvalSet, dst: Path, files: dict[str, str]) -> None:
 
 def config(args: argparse.Namespace) -> VoxgateConfig:
     cfg = VoxgateConfig()
-    if args.min_snr_db is not None:  # what another gate level would do (not the shipped one)
-        cfg.speaker = cfg.speaker.model_copy(update={"min_snr_db": args.min_snr_db})
+    # What other gate levels would do (not the shipped ones).
+    levels = {"min_snr_db": args.min_snr_db, "enroll_min_snr_db": args.enroll_min_snr_db}
+    update = {k: v for k, v in levels.items() if v is not None}
+    cfg.speaker = SpeakerConfig.model_validate({**cfg.speaker.model_dump(), **update})
     return cfg
 
 
@@ -177,7 +183,11 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
         quality = [assess(pcm, cfg.vad) for pcm in mixed[: len(tests)]]
         est = np.array([q.snr_db for q in quality])
         s = cfg.speaker
-        retry = np.array([bool(gate_reasons(q, s.min_speech_s, s.min_snr_db)) for q in quality])
+        noisy = np.array([too_noisy(q, s.min_snr_db, s.min_snr_db_no_pauses) for q in quality])
+        retry = np.array(
+            [bool(gate_reasons(q, s.min_speech_s, s.min_snr_db, s.min_snr_db_no_pauses))
+             for q in quality]
+        )  # fmt: skip
         out = work / f"out-{name}-{snr_arg}"
         back = evaluate(root, embedder, cfg, cohort, out, progress=False)["systems"]["backend"]
         if abs(100 * retry[of_trial].mean() - back["retry_rate_percent"]) > 0.01:
@@ -191,6 +201,8 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
                 np.array([k for k, _ in pick[: len(tests)]]),
                 est - snr if snr is not None else np.full(len(tests), np.nan),
                 est,
+                np.array([q.snr_from_pauses for q in quality]),
+                noisy,
                 retry[of_trial],
                 np.array([t for _, _, t in es.trials]),
                 scores,
@@ -236,6 +248,9 @@ def main() -> int:
     ap.add_argument("--enroll-noise", action="store_true", help="enrollment at the same SNR")
     ap.add_argument("--min-snr-db", type=float, help="gate level instead of speaker.min_snr_db")
     ap.add_argument(
+        "--enroll-min-snr-db", type=float, help="take level instead of speaker.enroll_min_snr_db"
+    )
+    ap.add_argument(
         "--room",
         action="store_true",
         help=f"noise also {ROOM_S[0]:g} s before and {ROOM_S[1]:g} s after the speech, and "
@@ -260,35 +275,38 @@ def main() -> int:
     s = config(args).speaker
     print(
         f"int8, threshold {rows[0].threshold:.3f} (target FMR {s.target_fmr:g}); gate: "
-        f"net speech >= {s.min_speech_s:g} s, estimated SNR >= {s.min_snr_db:g} dB; "
+        f"net speech >= {s.min_speech_s:g} s, estimated SNR >= {s.min_snr_db:g} dB "
+        f"(>= {s.min_snr_db_no_pauses:g} dB without pauses); enrollment takes >= "
+        f"{s.enroll_min_snr_db:g} dB (>= {s.enroll_min_snr_db_no_pauses:g}); "
         f"enrollment {'at the same SNR' if args.enroll_noise else 'clean'}"
         f"{'; in a room, the endpointed utterance scored' if args.room else ''}\n"
     )
     print(
-        "| set | true SNR (dB) | estimate - true, median (10th to 90th pct) | retry "
-        "| FMR, passed | FNMR, passed | EER, all trials |"
+        "| set | true SNR (dB) | estimate - true, median (10th to 90th pct) | from pauses "
+        "| retry | FMR, passed | FNMR, passed | EER, all trials |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         passed, accept = ~r.retry, r.scores >= r.threshold
         tar, non = passed & (r.target == 1), passed & (r.target == 0)
         est = f"estimate {np.median(r.est):.1f}" if r.snr == "clean" else spread(r.err)
         print(
-            f"| {r.set} | {r.snr} | {est} | {100 * r.retry.mean():.1f} % "
+            f"| {r.set} | {r.snr} | {est} | {100 * r.pauses.mean():.0f} % "
+            f"| {100 * r.retry.mean():.1f} % "
             f"| {rate(accept, non)} | {rate(~accept, tar)} "
             f"| {r.eer_percent:.2f} % |"
         )
     noisy = [x for x in args.snrs if x != "clean"]
     print(f"\nPer noise type, test recordings of {' and '.join(args.sets)}: estimate - true, "
-          "median (share read below speaker.min_snr_db: too_noisy)\n")  # fmt: skip
+          "median (share the gate calls too_noisy)\n")  # fmt: skip
     print("| noise | " + " | ".join(f"{x} dB" for x in noisy) + " |")
     print("|---|" + "---|" * len(noisy))
     for kind in sorted(set(rows[0].noise)):
         cells = []
         for x in noisy:
             err = np.concatenate([r.err[r.noise == kind] for r in rows if r.snr == x])
-            est = np.concatenate([r.est[r.noise == kind] for r in rows if r.snr == x])
-            cells.append(f"{np.median(err):+.1f} ({100 * np.mean(est < s.min_snr_db):.0f} %)")
+            bad = np.concatenate([r.noisy[r.noise == kind] for r in rows if r.snr == x])
+            cells.append(f"{np.median(err):+.1f} ({100 * np.mean(bad):.0f} %)")
         print(f"| {kind} | " + " | ".join(cells) + " |")
     return 0
 
