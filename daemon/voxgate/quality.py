@@ -25,10 +25,11 @@ class Quality:
     duration_s: float
     speech_s: float  # net speech: frames the VAD called speech, inside utterances it kept
     snr_db: float  # speech power over noise power, estimated from VAD labels
-    # True: the noise was measured in the recording's pauses (live non-speech frames). False:
-    # too few pauses (a file cut to its speech), so the noise floor is the quietest 10 % of
-    # frames, which takes quiet speech for noise: such an estimate reads clean speech at
-    # ~20 dB and cannot tell 20+ dB of noise from none, so it gets its own, lower gate level.
+    # True: the noise was measured in at least PAUSE_S of pauses (live non-speech frames), as
+    # in the door's utterance (pre-roll and hangover around the speech). False: a file cut to
+    # its speech. Its few "pauses" are often quiet speech the VAD missed, or there are none
+    # and the quietest 10 % of frames stand in: either way clean speech reads 15-25 dB, so
+    # such an estimate cannot tell 20+ dB of noise from none and gets its own, lower level.
     snr_from_pauses: bool
     clipped: float  # fraction of samples inside runs of full-scale samples
 
@@ -47,11 +48,15 @@ def _clipped_fraction(pcm: np.ndarray) -> float:
     return float(runs[runs >= CLIP_RUN].sum() / len(pcm))
 
 
-MIN_PAUSE_FRAMES = 5  # fewer live non-speech frames: no pauses to measure the noise in
+MIN_PAUSE_FRAMES = 5  # fewer live non-speech frames: the quietest frames are the floor
+# Pauses enough to trust the floor: about half the door utterance's pre-roll (0.3 s) and
+# hangover (0.5 s), which >= 97 % of vcc2018_eval utterances in a room at >= 15 dB reach
+# (benchmarks/noise_gate.py --room); 5 % of clean fsdd files do.
+PAUSE_S = 0.45
 
 
 def _snr_db(pcm: np.ndarray, vad_cfg: VadConfig) -> tuple[float, bool]:
-    """(estimated SNR, whether the noise was measured in pauses)."""
+    """(estimated SNR, whether the noise was measured in at least PAUSE_S of pauses)."""
     from voxgate.vad import Endpointer
 
     ep = Endpointer(vad_cfg, FRAME_MS)
@@ -69,13 +74,13 @@ def _snr_db(pcm: np.ndarray, vad_cfg: VadConfig) -> tuple[float, bool]:
     live = np.any(frames != 0, axis=1)
     pauses = power[~speech & live]
     # A file trimmed to its speech has few pauses: then the quietest frames are the floor.
-    from_pauses = len(pauses) >= MIN_PAUSE_FRAMES
-    if from_pauses:
+    if len(pauses) >= MIN_PAUSE_FRAMES:
         noise_power = np.median(pauses)
     else:
         noise_power = np.percentile(power[live], 10) if live.any() else 1.0
     signal = max(speech_power - noise_power, 1e-3)
-    return float(min(10 * np.log10(signal / noise_power), SNR_CEILING_DB)), bool(from_pauses)
+    from_pauses = len(pauses) * FRAME_MS / 1000 >= PAUSE_S - 1e-9
+    return float(min(10 * np.log10(signal / noise_power), SNR_CEILING_DB)), from_pauses
 
 
 def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None) -> Quality:

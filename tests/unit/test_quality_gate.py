@@ -56,6 +56,20 @@ def test_a_noisy_attempt_with_pauses_is_retried_clean_cut_speech_is_not(tmp_path
     assert gate_reasons(q, *_levels(cfg)) == ()
 
 
+def test_a_few_quiet_frames_inside_clean_speech_are_not_taken_for_the_room(
+    tmp_path: Path,
+) -> None:
+    """espeak's "one ... six" has a handful of live frames the VAD calls non-speech (the
+    fricatives' tails): their median is quiet speech, and the SNR read from them 15 dB.
+    Fewer than PAUSE_S of such frames is no room to measure: the lower level applies."""
+    cfg = SpeakerConfig(min_snr_db=26.0, min_snr_db_no_pauses=5.0)
+    pcm = espeak("one two three four five six", tmp_path / "six.wav", "en")
+    q = assess(pcm)
+    assert q.snr_db < 20 and not q.snr_from_pauses
+    assert gate_reasons(q, *_levels(cfg)) == ()
+    assert take_problem(q, SpeakerConfig(enroll_min_snr_db=26.0)) is None
+
+
 def test_grossly_noisy_cut_speech_is_still_retried(tmp_path: Path) -> None:
     cfg = SpeakerConfig(min_snr_db=26.0, min_snr_db_no_pauses=5.0)
     cut = _cut(tmp_path)
