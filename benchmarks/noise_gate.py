@@ -20,7 +20,9 @@ Printed per set and SNR: the gate's SNR estimate minus the true SNR (median, 10t
 percentile), the share of recordings whose noise the gate measured in pauses (the others
 get speaker.min_snr_db_no_pauses), the retry rate, FMR and FNMR at the threshold among the
 attempts the gate lets through (a retried attempt is never accepted), and the EER over all
-trials (retried ones included, as `voxgate eval` counts them). Then, per noise type, the
+trials (retried ones included, as `voxgate eval` counts them), and the enrollment takes the
+checks rejected (when all of a speaker's are, `voxgate eval` enrolls from them all anyway,
+where the daemon would store nothing). Then, per noise type, the
 estimate's median error and the share of recordings the gate calls too_noisy.
 
     PYTHONPATH=daemon python benchmarks/noise_gate.py [--data DIR] [--enroll-noise] [--room]
@@ -105,6 +107,7 @@ class Row:
     scores: np.ndarray  # back-end score, per trial
     threshold: float
     eer_percent: float
+    takes_rejected: str  # enrollment takes the checks rejected, of all
 
 
 def noisy_protocol(es: EvalSet, dst: Path, files: dict[str, str]) -> None:
@@ -208,6 +211,7 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
                 scores,
                 cohort.threshold_for(s.target_fmr),  # Scorer.threshold(1) without speaker.threshold
                 back["eer_percent"],
+                f"{back['rejected_enroll_takes']}/{sum(len(t) for t in es.enroll.values())}",
             )
         )
         print(f"{name} at {snr_arg}: done", file=sys.stderr)
@@ -283,9 +287,9 @@ def main() -> int:
     )
     print(
         "| set | true SNR (dB) | estimate - true, median (10th to 90th pct) | from pauses "
-        "| retry | FMR, passed | FNMR, passed | EER, all trials |"
+        "| retry | FMR, passed | FNMR, passed | EER, all trials | takes rejected |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         passed, accept = ~r.retry, r.scores >= r.threshold
         tar, non = passed & (r.target == 1), passed & (r.target == 0)
@@ -294,7 +298,7 @@ def main() -> int:
             f"| {r.set} | {r.snr} | {est} | {100 * r.pauses.mean():.0f} % "
             f"| {100 * r.retry.mean():.1f} % "
             f"| {rate(accept, non)} | {rate(~accept, tar)} "
-            f"| {r.eer_percent:.2f} % |"
+            f"| {r.eer_percent:.2f} % | {r.takes_rejected} |"
         )
     noisy = [x for x in args.snrs if x != "clean"]
     print(f"\nPer noise type, test recordings of {' and '.join(args.sets)}: estimate - true, "

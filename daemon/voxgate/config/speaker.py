@@ -36,7 +36,7 @@ class SpeakerConfig(Section):
         None, description="Voiceprint SQLite file; default <data_dir>/voiceprints.db."
     )
     min_snr_db: float = Field(
-        5.0,
+        26.0,
         ge=-10,
         le=60,
         description="Attempts whose SNR, measured in their pauses, is lower give 'retry' "
@@ -51,7 +51,7 @@ class SpeakerConfig(Section):
         "tell 20+ dB of noise from none, so only grossly noisy cut recordings are retried.",
     )
     enroll_min_snr_db: float = Field(
-        10.0,
+        26.0,
         ge=-10,
         le=60,
         description="Enrollment takes whose SNR, measured in their pauses, is lower are "
