@@ -50,7 +50,7 @@ def _clipped_fraction(pcm: np.ndarray) -> float:
 
 MIN_PAUSE_FRAMES = 5  # fewer live non-speech frames: the quietest frames are the floor
 # Pauses enough to trust the floor: about half the door utterance's pre-roll (0.3 s) and
-# hangover (0.5 s), which >= 97 % of vcc2018_eval utterances in a room at >= 15 dB reach
+# hangover (0.5 s), which 98-100 % of vcc2018_eval utterances in a room at >= 15 dB reach
 # (benchmarks/noise_gate.py --room); 5 % of clean fsdd files do.
 PAUSE_S = 0.45
 
@@ -111,8 +111,8 @@ def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None) -> Quality:
 
 
 def too_noisy(q: Quality, min_snr_db: float, min_snr_db_no_pauses: float) -> bool:
-    """Below the level for how its SNR was measured: `min_snr_db` when measured in pauses,
-    `min_snr_db_no_pauses` when estimated from the quietest frames."""
+    """Below the level for how its SNR was measured: `min_snr_db` when measured in at least
+    PAUSE_S of pauses, `min_snr_db_no_pauses` otherwise (a recording cut to its speech)."""
     return q.snr_db < (min_snr_db if q.snr_from_pauses else min_snr_db_no_pauses)
 
 

@@ -46,9 +46,10 @@ class SpeakerConfig(Section):
         5.0,
         ge=-10,
         le=60,
-        description="Level for attempts without pauses (files cut to their speech), whose SNR "
-        "is estimated from the quietest frames: that reads clean speech at ~20 dB and cannot "
-        "tell 20+ dB of noise from none, so only grossly noisy cut recordings are retried.",
+        description="Level for attempts with less than 0.45 s of pauses (files cut to their "
+        "speech), whose SNR estimate takes quiet speech for noise: it reads clean speech at "
+        "15-25 dB and cannot tell 20+ dB of noise from none, so only grossly noisy cut "
+        "recordings are retried.",
     )
     enroll_min_snr_db: float = Field(
         26.0,
@@ -72,8 +73,8 @@ class SpeakerConfig(Section):
 
     @model_validator(mode="after")
     def _snr_levels(self) -> SpeakerConfig:
-        # The quietest-frames estimate reads below the true SNR for clean speech, never a
-        # fair reading above it: a higher level for it than for pauses would retry clean files.
+        # An estimate without pauses reads clean speech far below its true SNR: a higher
+        # level for it than for pauses would retry clean files first.
         for pauses, no_pauses in (
             ("min_snr_db", "min_snr_db_no_pauses"),
             ("enroll_min_snr_db", "enroll_min_snr_db_no_pauses"),
