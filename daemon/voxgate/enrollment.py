@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from voxgate.config.audio import VadConfig
-from voxgate.quality import Quality, assess
+from voxgate.quality import Quality, assess, too_noisy
 from voxgate.voiceprints import l2_normalize
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def take_problem(q: Quality, cfg: Any) -> str | None:
         return "too_short"
     if q.clipped > MAX_CLIPPED:
         return "clipped"
-    if q.snr_db < cfg.enroll_min_snr_db:
+    if too_noisy(q, cfg.enroll_min_snr_db, cfg.enroll_min_snr_db_no_pauses):
         return "too_noisy"
     return None
 

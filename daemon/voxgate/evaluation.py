@@ -615,7 +615,10 @@ def evaluate(
     # Unreadable recordings are reported as embedding errors, not as short or noisy audio.
     readable = (cache.quality(r) for r in dict.fromkeys(r for _, r, _ in es.trials))
     qualities = [q for q in readable if q is not None]
-    gated = [gate_reasons(q, cfg.speaker.min_speech_s, cfg.speaker.min_snr_db) for q in qualities]
+    sp = cfg.speaker
+    gated = [
+        gate_reasons(q, sp.min_speech_s, sp.min_snr_db, sp.min_snr_db_no_pauses) for q in qualities
+    ]
     report = {
         "set": es.name,
         "model_id": embedder.model_id,

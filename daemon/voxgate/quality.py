@@ -25,6 +25,12 @@ class Quality:
     duration_s: float
     speech_s: float  # net speech: frames the VAD called speech, inside utterances it kept
     snr_db: float  # speech power over noise power, estimated from VAD labels
+    # True: the noise was measured in at least PAUSE_S of pauses (live non-speech frames), as
+    # in the door's utterance (pre-roll and hangover around the speech). False: a file cut to
+    # its speech. Its few "pauses" are often quiet speech the VAD missed, or there are none
+    # and the quietest 10 % of frames stand in: either way clean speech reads 15-25 dB, so
+    # such an estimate cannot tell 20+ dB of noise from none and gets its own, lower level.
+    snr_from_pauses: bool
     clipped: float  # fraction of samples inside runs of full-scale samples
 
 
@@ -42,30 +48,39 @@ def _clipped_fraction(pcm: np.ndarray) -> float:
     return float(runs[runs >= CLIP_RUN].sum() / len(pcm))
 
 
-def _snr_db(pcm: np.ndarray, vad_cfg: VadConfig) -> float:
+MIN_PAUSE_FRAMES = 5  # fewer live non-speech frames: the quietest frames are the floor
+# Pauses enough to trust the floor: about half the door utterance's pre-roll (0.3 s) and
+# hangover (0.5 s), which 98-100 % of vcc2018_eval utterances in a room at >= 15 dB reach
+# (benchmarks/noise_gate.py --room); 5 % of clean fsdd files do.
+PAUSE_S = 0.45
+
+
+def _snr_db(pcm: np.ndarray, vad_cfg: VadConfig) -> tuple[float, bool]:
+    """(estimated SNR, whether the noise was measured in at least PAUSE_S of pauses)."""
     from voxgate.vad import Endpointer
 
     ep = Endpointer(vad_cfg, FRAME_MS)
     n = ep.frame_len
     usable = len(pcm) // n * n
     if usable == 0:
-        return 0.0
+        return 0.0, False
     frames = pcm[:usable].reshape(-1, n)
     power = (frames.astype(np.float64) ** 2).mean(axis=1) + 1.0  # +1: 16-bit dither floor
     speech = np.array([ep.is_speech(f) for f in frames])
     if speech.sum() == 0:
-        return 0.0
+        return 0.0, False
     speech_power = power[speech].mean()
     # Digital silence (joined or padded files) says nothing about the room: leave it out.
     live = np.any(frames != 0, axis=1)
     pauses = power[~speech & live]
     # A file trimmed to its speech has few pauses: then the quietest frames are the floor.
-    if len(pauses) >= 5:
+    if len(pauses) >= MIN_PAUSE_FRAMES:
         noise_power = np.median(pauses)
     else:
         noise_power = np.percentile(power[live], 10) if live.any() else 1.0
     signal = max(speech_power - noise_power, 1e-3)
-    return float(min(10 * np.log10(signal / noise_power), SNR_CEILING_DB))
+    from_pauses = len(pauses) * FRAME_MS / 1000 >= PAUSE_S - 1e-9
+    return float(min(10 * np.log10(signal / noise_power), SNR_CEILING_DB)), from_pauses
 
 
 def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None) -> Quality:
@@ -85,19 +100,29 @@ def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None) -> Quality:
         speech_s = sum(
             u.speech_s for i in range(0, len(pcm), n) for u in segment(pcm[i : i + n], whole)
         )
+    snr_db, from_pauses = _snr_db(pcm, vad_cfg)
     return Quality(
         duration_s=len(pcm) / SAMPLE_RATE,
         speech_s=float(speech_s),
-        snr_db=_snr_db(pcm, vad_cfg),
+        snr_db=snr_db,
+        snr_from_pauses=from_pauses,
         clipped=_clipped_fraction(pcm),
     )
 
 
-def gate_reasons(q: Quality, min_speech_s: float, min_snr_db: float) -> tuple[str, ...]:
+def too_noisy(q: Quality, min_snr_db: float, min_snr_db_no_pauses: float) -> bool:
+    """Below the level for how its SNR was measured: `min_snr_db` when measured in at least
+    PAUSE_S of pauses, `min_snr_db_no_pauses` otherwise (a recording cut to its speech)."""
+    return q.snr_db < (min_snr_db if q.snr_from_pauses else min_snr_db_no_pauses)
+
+
+def gate_reasons(
+    q: Quality, min_speech_s: float, min_snr_db: float, min_snr_db_no_pauses: float
+) -> tuple[str, ...]:
     """Why an attempt of this quality must be retried (empty when it may be scored)."""
     reasons = []
     if q.speech_s < min_speech_s:
         reasons.append("too_little_speech")
-    if q.snr_db < min_snr_db:
+    if too_noisy(q, min_snr_db, min_snr_db_no_pauses):
         reasons.append("too_noisy")
     return tuple(reasons)

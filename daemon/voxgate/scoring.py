@@ -143,7 +143,7 @@ class Scorer:
         if quality is None:
             return True, ()
         need = self.cfg.min_speech_s if min_speech_s is None else min_speech_s
-        reasons = gate_reasons(quality, need, self.cfg.min_snr_db)
+        reasons = gate_reasons(quality, need, self.cfg.min_snr_db, self.cfg.min_snr_db_no_pauses)
         return not reasons, reasons
 
     def verify(

@@ -44,6 +44,8 @@ CASES = [
     ("embed_breakdown.py", ["--cpu", "99999"], "--cpu"),
     ("embed_breakdown.py", ["--runs", "0"], "--runs"),
     ("embed_breakdown.py", ["--seconds", "0.2"], "--seconds"),
+    ("noise_gate.py", ["--data", "{tmp}/data", "--sets", "fsdd"], "fsdd"),
+    ("noise_gate.py", ["--data", "{tmp}/data", "--snrs", "loud"], "loud"),
 ]
 
 

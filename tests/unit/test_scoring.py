@@ -178,16 +178,16 @@ def test_identify_skips_a_damaged_voiceprint_and_still_finds_the_others(
 def test_quality_gate_gives_retry_not_a_guess(enrolled: tuple[VoiceprintStore, Voices]) -> None:
     store, v = enrolled
     sc = _scorer(store, min_speech_s=1.0, min_snr_db=5.0)
-    short = Quality(duration_s=1.0, speech_s=0.4, snr_db=30.0, clipped=0.0)
+    short = Quality(duration_s=1.0, speech_s=0.4, snr_db=30.0, snr_from_pauses=True, clipped=0.0)
     r = sc.verify(v.utt(0)[0], "ann", quality=short)
     assert not r.accepted and not r.quality_ok and r.reasons == ("too_little_speech",)
-    noisy = Quality(duration_s=3.0, speech_s=2.5, snr_db=1.0, clipped=0.0)
+    noisy = Quality(duration_s=3.0, speech_s=2.5, snr_db=1.0, snr_from_pauses=True, clipped=0.0)
     r = sc.identify(v.utt(0)[0], quality=noisy)
     assert not r.accepted and not r.quality_ok and "too_noisy" in r.reasons
-    good = Quality(duration_s=3.0, speech_s=2.5, snr_db=25.0, clipped=0.0)
+    good = Quality(duration_s=3.0, speech_s=2.5, snr_db=25.0, snr_from_pauses=True, clipped=0.0)
     assert sc.verify(v.utt(0)[0], "ann", quality=good).accepted
     # The caller may set this attempt's minimum (a passphrase heard in full: 0.6 s).
-    short = Quality(duration_s=1.0, speech_s=0.7, snr_db=30.0, clipped=0.0)
+    short = Quality(duration_s=1.0, speech_s=0.7, snr_db=30.0, snr_from_pauses=True, clipped=0.0)
     assert not sc.verify(v.utt(0)[0], "ann", quality=short).quality_ok
     assert sc.verify(v.utt(0)[0], "ann", short, 0.6).accepted
     assert sc.identify(v.utt(0)[0], short, 0.6).user == "ann"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from voxgate.config.base import Section
 
@@ -36,13 +36,49 @@ class SpeakerConfig(Section):
         None, description="Voiceprint SQLite file; default <data_dir>/voiceprints.db."
     )
     min_snr_db: float = Field(
-        5.0, ge=-10, le=60, description="Attempts with a lower estimated SNR give 'retry'."
+        26.0,
+        ge=-10,
+        le=60,
+        description="Attempts whose SNR, measured in their pauses, is lower give 'retry' "
+        "(below ~25 dB the model's scores fail: docs/speaker-verification.md).",
+    )
+    min_snr_db_no_pauses: float = Field(
+        5.0,
+        ge=-10,
+        le=60,
+        description="Level for attempts with less than 0.45 s of pauses (files cut to their "
+        "speech), whose SNR estimate takes quiet speech for noise: it reads clean speech at "
+        "15-25 dB and cannot tell 20+ dB of noise from none, so only grossly noisy cut "
+        "recordings are retried.",
     )
     enroll_min_snr_db: float = Field(
-        10.0, ge=-10, le=60, description="Enrollment takes with a lower estimated SNR are rejected."
+        26.0,
+        ge=-10,
+        le=60,
+        description="Enrollment takes whose SNR, measured in their pauses, is lower are "
+        "rejected (noisy voiceprints raise false matches).",
+    )
+    enroll_min_snr_db_no_pauses: float = Field(
+        10.0,
+        ge=-10,
+        le=60,
+        description="Level for enrollment takes without pauses (files cut to their speech); "
+        "as min_snr_db_no_pauses, only grossly noisy ones can be told apart.",
     )
     cohort: Path | None = Field(
         None,
         description="Score-normalization cohort (.npz from 'voxgate eval --build-cohort'); "
         "None uses the one shipped for the loaded model.",
     )
+
+    @model_validator(mode="after")
+    def _snr_levels(self) -> SpeakerConfig:
+        # An estimate without pauses reads clean speech far below its true SNR: a higher
+        # level for it than for pauses would retry clean files first.
+        for pauses, no_pauses in (
+            ("min_snr_db", "min_snr_db_no_pauses"),
+            ("enroll_min_snr_db", "enroll_min_snr_db_no_pauses"),
+        ):
+            if getattr(self, no_pauses) > getattr(self, pauses):
+                raise ValueError(f"speaker.{no_pauses} must not be above speaker.{pauses}")
+        return self

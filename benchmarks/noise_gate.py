@@ -1,0 +1,319 @@
+"""The speaker-verification quality gate under real background noise: is a noisy attempt
+sent to 'retry', or scored as if it were clean?
+
+Each test recording of a protocol set (fsdd, vcc2018_eval) is mixed with a piece of a real
+noise recording (../shared/data/noise: dishes, a person miaowing, exercise bike, running
+tap, pink and white noise) at each --snrs; enrollment stays clean (with --enroll-noise, the
+enrollment takes get noise at the same SNR too). The true SNR is measured over the speech:
+the clean recording's active-speech power (its 30 ms frames within 30 dB of its
+95th-percentile frame; digital silence is never active) over the added noise's mean power.
+A recording gets the same noise type and piece at every SNR (chosen by --seed), so the rows
+differ only in the noise level; a mix that would clip is scaled down whole. Every row is
+`voxgate eval` on the protocol with the noisy recordings (evaluation.evaluate: enrollment
+checks, the shipped int8 model and cohort, the threshold for speaker.target_fmr,
+Scorer.verify with the quality gate), so an attempt is scored as the daemon scores it.
+With --room the noise also runs 2 s before and 1 s after the speech, and the recording
+scored is the utterance the endpointer (vad.segment, the `vad:` defaults) cuts from that,
+as the daemon gates and embeds `utt.pcm`.
+
+Printed per set and SNR: the gate's SNR estimate minus the true SNR (median, 10th to 90th
+percentile), the share of recordings whose noise the gate measured in pauses (the others
+get speaker.min_snr_db_no_pauses), the retry rate, FMR and FNMR at the threshold among the
+attempts the gate lets through (a retried attempt is never accepted), and the EER over all
+trials (retried ones included, as `voxgate eval` counts them), and the enrollment takes the
+checks rejected (when all of a speaker's are, `voxgate eval` enrolls from them all anyway,
+where the daemon would store nothing). Then, per noise type, the
+estimate's median error and the share of recordings the gate calls too_noisy.
+
+    PYTHONPATH=daemon python benchmarks/noise_gate.py [--data DIR] [--enroll-noise] [--room]
+
+Skips (exit 0, with a message) when the data is not there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from voxgate.audio.base import SAMPLE_RATE
+from voxgate.audio.file import read_audio
+from voxgate.cohort import for_model, model_sha256
+from voxgate.config import VoxgateConfig
+from voxgate.config.audio import VadConfig
+from voxgate.config.speaker import SpeakerConfig
+from voxgate.embedding import load_embedder
+from voxgate.evaluation import EvalSet, evaluate, load_recording, read_set
+from voxgate.quality import FRAME_MS, assess, gate_reasons, too_noisy
+from voxgate.vad import segment
+
+REPO = Path(__file__).resolve().parent.parent
+SETS = ["fsdd", "vcc2018_eval"]
+SNRS = ["clean", "30", "25", "20", "15", "10", "5", "0", "-5"]
+FRAME = SAMPLE_RATE * FRAME_MS // 1000
+ACTIVE_DB = 30.0  # frames this far below the loud ones still count as speech
+ROOM_S = (2.0, 1.0)  # --room: noise before and after the speech
+
+
+def speech_power(pcm: np.ndarray) -> float:
+    """Mean power of the active speech (a simple stand-in for ITU-T P.56's active level)."""
+    x = pcm[: len(pcm) // FRAME * FRAME].astype(np.float64).reshape(-1, FRAME)
+    power = (x**2).mean(axis=1)
+    active = power >= np.percentile(power, 95) * 10 ** (-ACTIVE_DB / 10)
+    return float(power[active].mean())
+
+
+def mix(
+    clean: np.ndarray, noise: np.ndarray, snr_db: float | None, power: float | None = None
+) -> np.ndarray:
+    """`clean` (int16) plus `noise` (float, as long) scaled to `snr_db` over the speech
+    (whose power is `power`, or measured on `clean`)."""
+    if snr_db is None:
+        return clean
+    power = speech_power(clean) if power is None else power
+    gain = np.sqrt(power / 10 ** (snr_db / 10) / np.mean(noise**2))
+    y = clean.astype(np.float64) + gain * noise
+    peak = np.abs(y).max()
+    if peak > 32767:  # as a level control would: the SNR is kept
+        y *= 32767 / peak
+    return np.round(y).astype(np.int16)
+
+
+def utterance(pcm: np.ndarray, vad_cfg: VadConfig) -> np.ndarray:
+    """What the daemon would score: the endpointer's utterance with the most speech (the
+    whole audio when it finds none)."""
+    found = segment(pcm, vad_cfg)
+    return max(found, key=lambda u: u.speech_s).pcm if found else pcm
+
+
+@dataclass(frozen=True)
+class Row:
+    set: str
+    snr: str
+    noise: np.ndarray  # noise type, per test recording
+    err: np.ndarray  # estimated minus true SNR, per test recording (NaN for clean)
+    est: np.ndarray  # estimated SNR, per test recording
+    pauses: np.ndarray  # SNR measured in pauses (not the quietest frames), per test recording
+    noisy: np.ndarray  # the gate calls it too_noisy, per test recording
+    retry: np.ndarray  # per trial
+    target: np.ndarray  # per trial
+    scores: np.ndarray  # back-end score, per trial
+    threshold: float
+    eer_percent: float
+    takes_rejected: str  # enrollment takes the checks rejected, of all
+
+
+def noisy_protocol(es: EvalSet, dst: Path, files: dict[str, str]) -> None:
+    """A copy of the protocol in `dst` where each recording in `files` is replaced by its
+    file under dst; the other audio is linked to the original."""
+    for entry in es.root.iterdir():
+        if entry.is_dir():
+            (dst / entry.name).symlink_to(entry.resolve())
+    with open(dst / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "speaker"])
+        w.writerows(es.speaker_of.items())
+        w.writerows([path, es.speaker(rec)] for rec, path in files.items())
+    with open(dst / "enroll.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "path"])
+        w.writerows([m, files.get(r, r)] for m, recs in es.enroll.items() for r in recs)
+    with open(dst / "trials.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "path", "target"])
+        w.writerows([m, files[r], t] for m, r, t in es.trials)
+
+
+def config(args: argparse.Namespace) -> VoxgateConfig:
+    cfg = VoxgateConfig()
+    # What other gate levels would do (not the shipped ones).
+    levels = {"min_snr_db": args.min_snr_db, "enroll_min_snr_db": args.enroll_min_snr_db}
+    update = {k: v for k, v in levels.items() if v is not None}
+    cfg.speaker = SpeakerConfig.model_validate({**cfg.speaker.model_dump(), **update})
+    return cfg
+
+
+def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> list[Row]:
+    cfg = config(args)
+    cohort = for_model(embedder.model_id, None, model_sha256(embedder))
+    es = read_set(args.data / name)
+    tests = list(dict.fromkeys(r for _, r, _ in es.trials))
+    recs = list(tests)
+    if args.enroll_noise:
+        recs += [r for takes in es.enroll.values() for r in takes if r not in set(tests)]
+    of_trial = np.array([tests.index(r) for _, r, _ in es.trials])
+    noises = {
+        p.stem: read_audio(p).astype(np.float64)
+        for p in sorted((args.data / "noise").glob("*.flac"))
+        if not args.noises or p.stem in args.noises
+    }
+    kinds = sorted(noises)
+    rng = np.random.default_rng(args.seed)
+    clean = [load_recording(es.root, r) for r in recs]
+    before, after = (int(x * SAMPLE_RATE) for x in (ROOM_S if args.room else (0, 0)))
+    pick = []  # one noise type and piece per recording, the same at every SNR
+    for pcm in clean:
+        kind = kinds[int(rng.integers(len(kinds)))]
+        n = before + len(pcm) + after
+        start = int(rng.integers(len(noises[kind]) - n))
+        pick.append((kind, noises[kind][start : start + n]))
+    placed = [np.pad(pcm, (before, after)) for pcm in clean]
+    rows = []
+    for snr_arg in args.snrs:
+        snr = None if snr_arg == "clean" else float(snr_arg)
+        mixed = [
+            mix(pcm, piece, snr, speech_power(c))
+            for c, pcm, (_, piece) in zip(clean, placed, pick, strict=True)
+        ]
+        if args.room and snr is not None:
+            mixed = [utterance(pcm, cfg.vad) for pcm in mixed]
+        root = es.root
+        if snr is not None:
+            root = work / f"{name}-{snr_arg}"
+            (root / "noisy").mkdir(parents=True)
+            files = {r: f"noisy/{i}.flac" for i, r in enumerate(recs)}
+            for r, pcm in zip(recs, mixed, strict=True):
+                sf.write(root / files[r], pcm, SAMPLE_RATE, subtype="PCM_16")
+            noisy_protocol(es, root, files)
+        # The gate's reading of each test recording, as Scorer.verify is given it.
+        quality = [assess(pcm, cfg.vad) for pcm in mixed[: len(tests)]]
+        est = np.array([q.snr_db for q in quality])
+        s = cfg.speaker
+        noisy = np.array([too_noisy(q, s.min_snr_db, s.min_snr_db_no_pauses) for q in quality])
+        retry = np.array(
+            [bool(gate_reasons(q, s.min_speech_s, s.min_snr_db, s.min_snr_db_no_pauses))
+             for q in quality]
+        )  # fmt: skip
+        out = work / f"out-{name}-{snr_arg}"
+        back = evaluate(root, embedder, cfg, cohort, out, progress=False)["systems"]["backend"]
+        if abs(100 * retry[of_trial].mean() - back["retry_rate_percent"]) > 0.01:
+            raise RuntimeError(f"{name} {snr_arg}: the gate read here is not the evaluation's")
+        with open(out / "scores.csv", newline="", encoding="utf-8") as f:
+            scores = np.array([float(row["backend"]) for row in csv.DictReader(f)])
+        rows.append(
+            Row(
+                name,
+                snr_arg,
+                np.array([k for k, _ in pick[: len(tests)]]),
+                est - snr if snr is not None else np.full(len(tests), np.nan),
+                est,
+                np.array([q.snr_from_pauses for q in quality]),
+                noisy,
+                retry[of_trial],
+                np.array([t for _, _, t in es.trials]),
+                scores,
+                cohort.threshold_for(s.target_fmr),  # Scorer.threshold(1) without speaker.threshold
+                back["eer_percent"],
+                f"{back['rejected_enroll_takes']}/{sum(len(t) for t in es.enroll.values())}",
+            )
+        )
+        print(f"{name} at {snr_arg}: done", file=sys.stderr)
+    return rows
+
+
+def rate(hit: np.ndarray, of: np.ndarray) -> str:
+    n, k = int(of.sum()), int((hit & of).sum())
+    return f"{100 * k / n:.2f} % ({k}/{n})" if n else "-"
+
+
+def spread(x: np.ndarray) -> str:
+    lo, mid, hi = np.percentile(x, [10, 50, 90])
+    return f"{mid:+.1f} ({lo:+.1f} to {hi:+.1f})"
+
+
+def snr_arg(text: str) -> str:
+    if text != "clean":
+        try:
+            float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: a number of dB, or 'clean'") from None
+    return text
+
+
+def main() -> int:
+    head, body = __doc__.split("\n\n", 1)
+    ap = argparse.ArgumentParser(
+        description=head, epilog=body, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--sets", nargs="+", default=SETS)
+    ap.add_argument(
+        "--snrs", nargs="+", default=SNRS, type=snr_arg, help="true SNRs in dB, or 'clean'"
+    )
+    ap.add_argument("--noises", nargs="+", help="noise files by name without .flac (default all)")
+    ap.add_argument("--seed", type=int, default=0, help="picks each recording's noise and piece")
+    ap.add_argument("--enroll-noise", action="store_true", help="enrollment at the same SNR")
+    ap.add_argument("--min-snr-db", type=float, help="gate level instead of speaker.min_snr_db")
+    ap.add_argument(
+        "--enroll-min-snr-db", type=float, help="take level instead of speaker.enroll_min_snr_db"
+    )
+    ap.add_argument(
+        "--room",
+        action="store_true",
+        help=f"noise also {ROOM_S[0]:g} s before and {ROOM_S[1]:g} s after the speech, and "
+        "the endpointer's utterance scored, as the daemon scores it (not the clean row)",
+    )
+    args = ap.parse_args()
+    if not args.data.is_dir():  # a clone without ../shared: nothing to measure
+        print(f"noise_gate.py: skipped: no evaluation data at {args.data}")
+        return 0
+    noise_files = {p.stem for p in (args.data / "noise").glob("*.flac")}
+    missing = [s for s in args.sets if not (args.data / s / "trials.csv").is_file()]
+    missing += [f"noise/{n}.flac" for n in args.noises or ["*"] if n not in noise_files | {"*"}]
+    if missing or not noise_files:
+        print(f"noise_gate.py: not in {args.data}: {', '.join(missing) or 'noise/*.flac'}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    embedder = load_embedder(REPO / "daemon" / "voxgate" / "models" / "ge2e-int8.yaml")
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.sets:
+            rows += run_set(name, args, embedder, Path(tmp))
+    s = config(args).speaker
+    print(
+        f"int8, threshold {rows[0].threshold:.3f} (target FMR {s.target_fmr:g}); gate: "
+        f"net speech >= {s.min_speech_s:g} s, estimated SNR >= {s.min_snr_db:g} dB "
+        f"(>= {s.min_snr_db_no_pauses:g} dB without pauses); enrollment takes >= "
+        f"{s.enroll_min_snr_db:g} dB (>= {s.enroll_min_snr_db_no_pauses:g}); "
+        f"enrollment {'at the same SNR' if args.enroll_noise else 'clean'}"
+        f"{'; in a room, the endpointed utterance scored' if args.room else ''}\n"
+    )
+    print(
+        "| set | true SNR (dB) | estimate - true, median (10th to 90th pct) | from pauses "
+        "| retry | FMR, passed | FNMR, passed | EER, all trials | takes rejected |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        passed, accept = ~r.retry, r.scores >= r.threshold
+        tar, non = passed & (r.target == 1), passed & (r.target == 0)
+        est = f"estimate {np.median(r.est):.1f}" if r.snr == "clean" else spread(r.err)
+        print(
+            f"| {r.set} | {r.snr} | {est} | {100 * r.pauses.mean():.0f} % "
+            f"| {100 * r.retry.mean():.1f} % "
+            f"| {rate(accept, non)} | {rate(~accept, tar)} "
+            f"| {r.eer_percent:.2f} % | {r.takes_rejected} |"
+        )
+    noisy = [x for x in args.snrs if x != "clean"]
+    print(f"\nPer noise type, test recordings of {' and '.join(args.sets)}: estimate - true, "
+          "median (share the gate calls too_noisy)\n")  # fmt: skip
+    print("| noise | " + " | ".join(f"{x} dB" for x in noisy) + " |")
+    print("|---|" + "---|" * len(noisy))
+    for kind in sorted(set(rows[0].noise)):
+        cells = []
+        for x in noisy:
+            err = np.concatenate([r.err[r.noise == kind] for r in rows if r.snr == x])
+            bad = np.concatenate([r.noisy[r.noise == kind] for r in rows if r.snr == x])
+            cells.append(f"{np.median(err):+.1f} ({100 * np.mean(bad):.0f} %)")
+        print(f"| {kind} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
