@@ -17,6 +17,8 @@ Commands.
 Run:  PYTHONPATH=daemon python benchmarks/bench_challenge.py --strings 40 --engine-strings 20
       (the figures in docs/challenge.md; about 20 minutes on 2 cores, mostly the engines)
       PYTHONPATH=daemon python benchmarks/bench_challenge.py --quick    (fewer strings per speaker)
+      PYTHONPATH=daemon python benchmarks/bench_challenge.py --templates-only --strings 200 \
+          --draw no-repeats       (the template check alone, on challenges as the door draws them)
 """
 
 from __future__ import annotations
@@ -79,13 +81,32 @@ def random_digits(rng: random.Random, n: int, not_equal: str | None = None) -> s
             return s
 
 
+def no_repeat_digits(rng: random.Random, n: int, not_equal: str | None = None) -> str:
+    """What challenge.new_challenge draws (no digit equal to the one before it), seeded."""
+    while True:
+        s = rng.choice("0123456789")
+        while len(s) < n:
+            s += rng.choice([c for c in "0123456789" if c != s[-1]])
+        if s != not_equal:
+            return s
+
+
+DRAWS = {"any": random_digits, "no-repeats": no_repeat_digits}
+
+
 def one_off(rng: random.Random, s: str) -> str:
     i = rng.randrange(len(s))
     return s[:i] + rng.choice([c for c in "0123456789" if c != s[i]]) + s[i + 1 :]
 
 
-def fsdd_trials(data: Path, n_strings: int, seed: int) -> list[dict]:
-    """Per speaker: templates from enrollment takes, then genuine + wrong-content trials."""
+def fsdd_trials(
+    data: Path, n_strings: int, seed: int, draw: str = "any", order: str = "shuffled"
+) -> list[dict]:
+    """Per speaker: templates from enrollment takes, then genuine + wrong-content trials.
+    draw: how challenge strings are drawn (DRAWS), the wrong strings too (other challenges
+    of the same door). order: the order of the enrollment digits, "shuffled", or "grouped"
+    (each digit's takes side by side: "00011", "12223", ...: every repeat there can be)."""
+    prompt_digits = DRAWS[draw]
     rng = random.Random(seed)
     by: dict[tuple[str, str], list[Path]] = defaultdict(list)
     with open(data / "fsdd" / "manifest.csv") as f:
@@ -97,7 +118,9 @@ def fsdd_trials(data: Path, n_strings: int, seed: int) -> list[dict]:
         enroll = {d: pools[d][:ENROLL_TAKES] for d in pools}
         test = {d: pools[d][ENROLL_TAKES:] for d in pools}
         seq = [d for d in "0123456789" for _ in range(ENROLL_TAKES)]
-        rng.shuffle(seq)
+        rng.shuffle(seq)  # grouped: shuffled all the same, so the challenges stay the same
+        if order == "grouped":
+            seq.sort()
         used: dict[str, int] = defaultdict(int)
         takes = []
         for k in range(0, len(seq), 5):
@@ -110,7 +133,7 @@ def fsdd_trials(data: Path, n_strings: int, seed: int) -> list[dict]:
         templates = templates_from_takes(takes)
         trials_before = len(trials)
         for _ in range(n_strings):
-            digits = random_digits(rng, rng.choice([4, 5]))
+            digits = prompt_digits(rng, rng.choice([4, 5]))
             paths = [rng.choice(test[d]) for d in digits]
             i, j = rng.randrange(len(digits)), rng.randrange(len(digits) + 1)
             trials.append(
@@ -119,10 +142,10 @@ def fsdd_trials(data: Path, n_strings: int, seed: int) -> list[dict]:
                     "pcm": join(paths),
                     "paths": paths,
                     "prompt": digits,
-                    "wrong": random_digits(rng, len(digits), digits),
+                    "wrong": prompt_digits(rng, len(digits), digits),
                     "one_off": one_off(rng, digits),
                     # More wrong strings for the engines' runs (4 beside "wrong").
-                    "wrongs": [random_digits(rng, len(digits), digits) for _ in range(4)],
+                    "wrongs": [prompt_digits(rng, len(digits), digits) for _ in range(4)],
                     # The answer holds one digit more than the prompt / one fewer.
                     "extra": digits[:i] + digits[i + 1 :],
                     "missing": digits[:j] + rng.choice("0123456789") + digits[j:],
@@ -130,6 +153,16 @@ def fsdd_trials(data: Path, n_strings: int, seed: int) -> list[dict]:
                 }
             )
         trials[trials_before]["enroll_takes"] = takes  # once per speaker
+    if draw != "any":
+        # Each speaker's enrollment is shuffled with the rng the draws use, so another draw
+        # would also mean other templates, which can move one speaker's refusals more than
+        # the draw does: the "any" run's templates, to compare the draws alone.
+        pinned = fsdd_trials(data, n_strings, seed, "any", order)
+        first = {t["speaker"]: t for t in pinned if "enroll_takes" in t}
+        for t in trials:
+            t["templates"] = first[t["speaker"]]["templates"]
+            if "enroll_takes" in t:
+                t["enroll_takes"] = first[t["speaker"]]["enroll_takes"]
     return trials
 
 
@@ -454,6 +487,17 @@ def main() -> int:
         action="store_true",
         help="only pocketsphinx's accuracy runs (FSDD subset and Speech Commands)",
     )
+    ap.add_argument(
+        "--draw",
+        choices=sorted(DRAWS),
+        default="any",
+        help="FSDD challenge strings: any digits, or no digit equal to the one before it",
+    )
+    ap.add_argument(
+        "--templates-only",
+        action="store_true",
+        help="only the template check on FSDD (and the enrollment prompt check)",
+    )
     ap.add_argument("--json", type=Path, help="write all figures here too")
     ap.add_argument(
         "--latency-only",
@@ -465,7 +509,7 @@ def main() -> int:
         print(f"no evaluation data at {args.data}", file=sys.stderr)
         return 2
     n = 15 if args.quick else args.strings
-    report: dict = {"command": " ".join(sys.argv), "strings_per_speaker": n}
+    report: dict = {"command": " ".join(sys.argv), "strings_per_speaker": n, "draw": args.draw}
 
     base = rss_mb()
     t0 = time.perf_counter()
@@ -474,7 +518,7 @@ def main() -> int:
     report["rss_mb_before_load"] = base
     report["rss_mb_pocketsphinx_loaded"] = rss_mb()
 
-    fsdd = fsdd_trials(args.data, n, args.seed)
+    fsdd = fsdd_trials(args.data, n, args.seed, args.draw)
     tm = fsdd[0]["templates"]
     report["template_bytes_per_user"] = len(tm.to_bytes())
     if args.latency_only:
@@ -490,6 +534,9 @@ def main() -> int:
     report["fsdd_templates"] = two_fold(fsdd, "t", args.target_fa, -SttConfig().template_threshold)
     report["fsdd_templates"]["free_string_correct"] = transcript_accuracy(fsdd, "t")
     report["fsdd_templates_score_s"] = time.perf_counter() - t0
+    if args.templates_only:
+        report["enrollment_prompt_check"] = enrollment_check(fsdd, SttConfig().template_threshold)
+        return write_report(args, report)
     sc = pocketsphinx_runs(args, n, rec, fsdd, report)
     score_templates(rec, sc)
     report["sc_speaker_independent_templates"] = two_fold(sc, "t", args.target_fa)
