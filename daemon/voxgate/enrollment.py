@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from voxgate.cohort import centered_cosine
 from voxgate.config.audio import VadConfig
 from voxgate.quality import Quality, assess, too_noisy
 from voxgate.voiceprints import l2_normalize
@@ -24,6 +25,7 @@ MIN_TAKE_SPEECH_S = 1.0  # a take with less net speech says little about the voi
 MAX_CLIPPED = 0.001  # fraction of samples in clipped runs
 OUTLIER_Z = 3.5  # robust z-score below which a take is inconsistent with the others
 OUTLIER_MIN_GAP = 0.08  # ... and at least this far (cosine) below the median take
+TWO_VOICES_MIN_GROUP = 2  # first pass: a lone odd take is the outlier rule's to judge
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,9 @@ class TakeReport:
     index: int  # 1-based take number, as shown to the person enrolling
     quality: Quality
     accepted: bool
-    reason: str | None = None  # too_short / clipped / too_noisy / outlier / no_embedding
+    # too_short / clipped / too_noisy / outlier / no_embedding / other_voice (the smaller of
+    # two groups of takes that sound like two people; the enrollment is then refused)
+    reason: str | None = None
     consistency: float | None = None  # cosine to the mean of the other accepted takes
 
 
@@ -87,11 +91,156 @@ def find_outliers(embeddings: np.ndarray) -> tuple[list[int], np.ndarray]:
     return out[: n // 3], loo
 
 
+@dataclass(frozen=True)
+class Split:
+    first: tuple[int, ...]  # indexes (0-based, into the embeddings given) of the larger group
+    second: tuple[int, ...]
+    cosine: float  # centred cosine between the two groups' voiceprints
+
+
+EXHAUSTIVE_MAX = 12  # up to this many takes every bipartition is tried (2048; 16 took 0.9 s)
+
+
+def split_two(embeddings: np.ndarray, center: np.ndarray, min_group: int = 2) -> Split | None:
+    """The two groups of takes that sound farthest apart, and how alike they still sound.
+
+    Groups: the bipartition (each group >= min_group takes) with the largest between-group
+    sum of squares of the centred unit embeddings (the 2-means objective), tried exhaustively
+    for up to EXHAUSTIVE_MAX takes, else 2-means (with single-take moves). The cosine is the
+    scorer's: centred cosine of the two groups' voiceprint means. None when too few takes.
+    """
+    e = l2_normalize(np.asarray(embeddings, np.float64))
+    n = len(e)
+    if n < 2 * min_group:
+        return None
+    c = l2_normalize(e - center)
+    if n <= EXHAUSTIVE_MAX:
+        # Every mask with take 0 in the first group; rows are group memberships.
+        codes = np.arange(2 ** (n - 1))
+        member = ((codes[:, None] >> np.arange(n - 1)) & 1).astype(bool)
+        member = np.hstack([np.ones((len(codes), 1), bool), member])
+        size = member.sum(axis=1)
+        ok = (size >= min_group) & (n - size >= min_group)
+        member, size = member[ok], size[ok]
+        total = c.sum(axis=0)
+        sum_a = member.astype(np.float64) @ c
+        mean_a = sum_a / size[:, None]
+        mean_b = (total - sum_a) / (n - size)[:, None]
+        between = size * (n - size) / n * np.sum((mean_a - mean_b) ** 2, axis=1)
+        best = member[int(np.argmax(between))]
+    else:
+        found = _two_means(c, min_group)
+        if found is None:
+            return None
+        best = found
+    a = tuple(int(i) for i in np.flatnonzero(best))
+    b = tuple(int(i) for i in np.flatnonzero(~best))
+    if len(b) > len(a):
+        a, b = b, a
+    mean_a = l2_normalize(e[list(a)].mean(axis=0))
+    mean_b = l2_normalize(e[list(b)].mean(axis=0))
+    cosine = float(centered_cosine(mean_a, mean_b, center)[0])
+    return Split(a, b, cosine)
+
+
+def _between(c: np.ndarray, member: np.ndarray) -> float:
+    """The 2-means objective: between-group sum of squares of the rows of c."""
+    n, na = len(c), int(member.sum())
+    diff = c[member].mean(axis=0) - c[~member].mean(axis=0)
+    return na * (n - na) / n * float(diff @ diff)
+
+
+def _two_means(c: np.ndarray, min_group: int) -> np.ndarray | None:
+    """2-means on rows of c, seeded from each row and the row farthest from it, each result
+    improved by moving single rows across while that helps (Lloyd's steps alone stopped at
+    worse splits than the exhaustive search). None when no split has min_group rows a side."""
+    n = len(c)
+    best: np.ndarray | None = None
+    best_between = -1.0
+    for seed in range(n):
+        member = np.zeros(n, bool)
+        member[seed] = True
+        centres = np.stack([c[seed], c[int(np.argmin(c @ c[seed]))]])
+        for _ in range(50):
+            new = np.sum((c - centres[0]) ** 2, axis=1) <= np.sum((c - centres[1]) ** 2, axis=1)
+            if not 0 < new.sum() < n or np.all(new == member):
+                break
+            member = new
+            centres = np.stack([c[member].mean(axis=0), c[~member].mean(axis=0)])
+        if not min_group <= member.sum() <= n - min_group:
+            continue
+        between = _between(c, member)
+        improved = True
+        while improved:
+            improved = False
+            for i in range(n):
+                trial = member.copy()
+                trial[i] = not trial[i]
+                if min_group <= trial.sum() <= n - min_group:
+                    value = _between(c, trial)
+                    if value > between + 1e-12:
+                        member, between, improved = trial, value, True
+        if between > best_between:
+            best, best_between = member, between
+    return best
+
+
+def two_voices(
+    embeddings: np.ndarray, outliers: list[int], center: np.ndarray, min_cosine: float
+) -> Split | None:
+    """The split of the kept takes into two voices, or None when they sound like one person.
+
+    Two passes. First all the good takes are split (2+ takes a group): the outlier rule
+    drops at most a third of the takes by design, so it cannot remove a second voice that
+    said half of them, and once it has dropped part of a second voice the rest can be too
+    few to stand out. When that split sounds like two voices, the takes the outlier rule
+    keeps are split again (1+ take a group): if they still sound like two voices, that split
+    is returned (its indexes are into `embeddings`); if not, the outlier rule already
+    dropped the other voice (a single odd take, the case it is for) and None is returned.
+    """
+    first = split_two(embeddings, center, TWO_VOICES_MIN_GROUP)
+    if first is None or first.cosine >= min_cosine:
+        return None
+    kept = [i for i in range(len(embeddings)) if i not in set(outliers)]
+    second = split_two(embeddings[kept], center, 1)
+    if second is None or second.cosine >= min_cosine:
+        return None
+    return Split(
+        tuple(kept[i] for i in second.first), tuple(kept[i] for i in second.second), second.cosine
+    )
+
+
+def cohort_center(embedder: Any, cfg: Any) -> np.ndarray | None:
+    """The centre direction the scorer uses for this model (speaker.cohort or the shipped
+    cohort), or None when there is no cohort to take it from."""
+    from voxgate.cohort import CohortError, center_of, for_model
+
+    try:
+        cohort = for_model(str(embedder.model_id), getattr(cfg, "cohort", None))
+    except (CohortError, OSError, ValueError, AttributeError) as exc:
+        log.warning("enrollment: no cohort, takes not checked for two voices: %s", exc)
+        return None
+    if cohort.center is not None:
+        return cohort.center
+    return center_of(cohort.embeddings)  # an AS-norm cohort: its mean direction
+
+
 def seconds_text(seconds: float) -> str:
     """Speech seconds as every enroll line shows them: rounded DOWN to 0.1 s (5.96 of a 6 s
     minimum is not "have 6.0 s"). One rule for the summary, the takes and the error: the
     summary rounded and said 4.0 s where the error said "have 3.9 s" for the same takes."""
     return f"{math.floor(seconds * 10 + 1e-9) / 10:.1f}"
+
+
+def two_voices_text(split: Split, numbers: list[int], level: float) -> str:
+    """The refusal, naming both groups by take number (1-based, as the take report)."""
+    second = ", ".join(str(numbers[j]) for j in split.second)
+    first = ", ".join(str(numbers[j]) for j in split.first)
+    return (
+        f"takes {second} sound like a different voice from takes {first} (cosine "
+        f"{split.cosine:.2f} < speaker.enroll_two_voices_cosine {level:g}): every take must "
+        "be the same person; enroll again"
+    )
 
 
 def check_takes(
@@ -119,17 +268,28 @@ def check_takes(
         else:
             assert emb is not None
             good.append((i, q, emb))
+    problems: list[str] = []
     if good:
-        outliers, loo = find_outliers(np.stack([g[2] for g in good]))
+        embs = np.stack([g[2] for g in good])
+        outliers, loo = find_outliers(embs)
+        level: float | None = getattr(cfg, "enroll_two_voices_cosine", None)
+        split = None
+        if level is not None and len(good) >= 2 * TWO_VOICES_MIN_GROUP:
+            center = cohort_center(embedder, cfg)
+            split = two_voices(embs, outliers, center, level) if center is not None else None
+            if split is not None:
+                problems.append(two_voices_text(split, [g[0] for g in good], level))
+                log.warning("enrollment refused: %s", problems[-1])
+        other = set(split.second) if split is not None else set()
         for j, (i, q, _) in enumerate(good):
-            bad = j in outliers
+            bad = j in outliers or j in other
+            reason = ("other_voice" if j in other else "outlier") if bad else None
             if bad:
-                log.info("enroll take %d rejected: outlier (cosine %.3f)", i, loo[j])
-            reports[i] = TakeReport(i, q, not bad, "outlier" if bad else None, float(loo[j]))
-        good = [g for j, g in enumerate(good) if j not in outliers]
+                log.info("enroll take %d rejected: %s (cosine %.3f)", i, reason, loo[j])
+            reports[i] = TakeReport(i, q, not bad, reason, float(loo[j]))
+        good = [g for j, g in enumerate(good) if j not in outliers and j not in other]
     ordered = tuple(reports[i] for i in sorted(reports))
     speech = float(sum(g[1].speech_s for g in good))
-    problems = []
     if len(good) < cfg.enroll_min_takes:
         problems.append(f"need {cfg.enroll_min_takes} good takes, have {len(good)}")
     if speech < cfg.enroll_min_speech_s:

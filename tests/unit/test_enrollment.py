@@ -11,7 +11,7 @@ import pytest
 
 from voxgate.audio.file import read_audio
 from voxgate.config.speaker import SpeakerConfig
-from voxgate.enrollment import check_takes, find_outliers, take_problem
+from voxgate.enrollment import check_takes, find_outliers, split_two, take_problem, two_voices
 from voxgate.quality import assess, gate_reasons
 from voxgate.voiceprints import l2_normalize
 
@@ -114,3 +114,61 @@ def test_a_speech_shortfall_reads_as_one(tmp_path: Path) -> None:
         (problem,) = short.problems
         need, have = map(float, re.findall(r"(\d+(?:\.\d+)?) s", problem))
         assert abs(need - minimum) < 0.01 and have < need, problem
+
+
+def test_two_voices_split_and_refused_on_synthetic_embeddings() -> None:
+    """Two voices that said half the takes each are named; one voice, or one odd take the
+    outlier rule drops, is not two voices."""
+    rng = np.random.default_rng(5)
+    center = l2_normalize(rng.normal(size=64))
+    a, b = (l2_normalize(center + l2_normalize(rng.normal(size=64))) for _ in range(2))
+    voice_a = l2_normalize(a + rng.normal(size=(5, 64)) * 0.05)
+    voice_b = l2_normalize(b + rng.normal(size=(5, 64)) * 0.05)
+    mixed = np.vstack([voice_a[:3], voice_b, voice_a[3:]])  # takes 4-8 are the other voice
+    outliers, _ = find_outliers(mixed)
+    assert outliers == []  # half the takes: the outlier rule cannot see it, by design
+    split = two_voices(mixed, outliers, center, 0.62)
+    assert split is not None and split.cosine < 0.62
+    assert {split.first, split.second} == {(0, 1, 2, 8, 9), (3, 4, 5, 6, 7)}
+
+    one = np.vstack([voice_a, l2_normalize(a + rng.normal(size=(5, 64)) * 0.05)])
+    assert two_voices(one, find_outliers(one)[0], center, 0.62) is None
+    odd = np.vstack([one[:9], voice_b[:1]])  # one take of another voice: an outlier
+    odd_out = find_outliers(odd)[0]
+    assert odd_out == [9] and two_voices(odd, odd_out, center, 0.62) is None
+    assert split_two(mixed[:3], center, 2) is None  # too few takes to split
+
+
+def fsdd_takes(data: Path, speaker: str, count: int) -> list[np.ndarray]:
+    """`count` takes of 4 digits of one FSDD speaker, as the protocol's enrollment takes."""
+    import csv
+
+    from voxgate.evaluation import load_recording
+
+    root = data / "fsdd"
+    with open(root / "manifest.csv") as f:
+        paths = sorted(r["path"] for r in csv.DictReader(f) if r["speaker"] == speaker)
+    return [load_recording(root, ";".join(paths[i * 4 : i * 4 + 4])) for i in range(count)]
+
+
+def test_two_fsdd_voices_are_not_enrolled_as_one(shared_data: Path) -> None:
+    """5 takes of george and 5 of lucas were all accepted as one person (take consistency
+    0.79-0.85): the outlier rule drops at most a third of the takes. Now refused, naming
+    the takes of the other voice."""
+    embedding = pytest.importorskip("voxgate.embedding")
+    embedder = embedding.load_embedder()
+    cfg = SpeakerConfig(enroll_min_speech_s=5)
+    george = fsdd_takes(shared_data, "george", 10)
+    lucas = fsdd_takes(shared_data, "lucas", 5)
+    result = check_takes(george[:5] + lucas, embedder, cfg)
+    assert not result.ok
+    (problem,) = result.problems
+    named = {t.index for t in result.takes if t.reason == "other_voice"}
+    assert named in ({1, 2, 3, 4, 5}, {6, 7, 8, 9, 10}), result.takes
+    assert f"takes {', '.join(map(str, sorted(named)))} sound like a different voice" in problem
+    genuine = check_takes(george, embedder, cfg)  # one voice, ten takes: enrolled
+    assert genuine.ok and len(genuine.accepted) == 10, genuine.problems
+    off = check_takes(
+        george[:5] + lucas, embedder, cfg.model_copy(update={"enroll_two_voices_cosine": None})
+    )
+    assert off.ok  # the check can be turned off (and without it the mix is stored)

@@ -23,6 +23,7 @@ REASONS = {
     "clipped": "clipped (too loud: move back or lower the gain)",
     "too_noisy": "too noisy",
     "outlier": "inconsistent with the other takes (another voice?)",
+    "other_voice": "a different voice from the other takes",
     "no_embedding": "the model could not use it",
 }
 
@@ -165,8 +166,8 @@ def _record_takes(
             )
             if len(takes) >= sp.enroll_min_takes and speech >= sp.enroll_min_speech_s:
                 result = check_takes(takes, embedder, sp, cfg.vad)
-                if result.ok:
-                    break
+                if result.ok or any(t.reason == "other_voice" for t in result.takes):
+                    break  # two voices: refused; recording more would not say whose voice
                 # An outlier was dropped: keep only the good takes and record more.
                 _print_takes(result, [f"mic take {i}" for i in range(1, len(takes) + 1)])
                 takes = [takes[t.index - 1] for t in result.accepted]

@@ -27,6 +27,14 @@ class SpeakerConfig(Section):
         20.0, ge=1, le=300, description="Net speech needed to enroll, over all takes."
     )
     enroll_min_takes: int = Field(3, ge=1, le=20, description="Takes needed to enroll.")
+    enroll_two_voices_cosine: float | None = Field(
+        0.62,
+        ge=-1,
+        le=1,
+        description="Enrollment is refused when its takes split into two groups (2+ takes "
+        "each) whose voiceprints score below this centred cosine: two people's takes. "
+        "None turns the check off.",
+    )
     key_file: Path | None = Field(
         None,
         description="AES-256 key for voiceprints (0600 file, 32 raw bytes or 64 hex); "

@@ -1,0 +1,54 @@
+"""`voxgate enroll --from` with the takes of two FSDD speakers: refused, the other voice's
+takes named, nothing stored (real audio from ../shared/data, the shipped model, a real store)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from voxgate.cli import main
+from voxgate.evaluation import load_recording
+
+pytest.importorskip("voxgate.embedding")
+
+
+def write_takes(data: Path, out: Path, speaker: str, count: int) -> list[str]:
+    """`count` 4-digit takes of one FSDD speaker as WAV files (as the protocol's takes)."""
+    root = data / "fsdd"
+    with open(root / "manifest.csv", newline="") as f:
+        paths = sorted(r["path"] for r in csv.DictReader(f) if r["speaker"] == speaker)
+    files = []
+    for i in range(count):
+        wav = out / f"{speaker}{i + 1}.wav"
+        sf.write(wav, load_recording(root, ";".join(paths[i * 4 : i * 4 + 4])), 16000)
+        files.append(str(wav))
+    return files
+
+
+def test_cli_refuses_two_voices_and_names_the_takes(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "voiceprint.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(
+        f"data_dir: {tmp_path / 'data'}\nspeaker:\n  key_file: {key}\n  enroll_min_speech_s: 6\n"
+    )
+    george = write_takes(shared_data, tmp_path, "george", 5)
+    lucas = write_takes(shared_data, tmp_path, "lucas", 5)
+    capsys.readouterr()
+    assert main(["enroll", "george", "--from", *george, *lucas, "-c", str(cfg)]) == 1
+    out, err = capsys.readouterr()
+    assert "sound like a different voice" in err and "not enrolled" in err
+    named = [line for line in out.splitlines() if "different voice from the other takes" in line]
+    assert len(named) == 5 and (
+        all("lucas" in n for n in named) or all("george" in n for n in named)
+    )
+    capsys.readouterr()
+    assert main(["users", "list", "-c", str(cfg)]) == 0
+    assert "george" not in capsys.readouterr().out  # nothing stored
+
+    assert main(["enroll", "george", "--from", *george, "-c", str(cfg)]) == 0  # one voice
