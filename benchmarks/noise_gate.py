@@ -14,7 +14,8 @@ checks, the shipped int8 model and cohort, the threshold for speaker.target_fmr,
 Scorer.verify with the quality gate), so an attempt is scored as the daemon scores it.
 With --room the noise also runs 2 s before and 1 s after the speech, and the recording
 scored is the utterance the endpointer (vad.segment, the `vad:` defaults) cuts from that,
-as the daemon gates and embeds `utt.pcm`.
+as the daemon gates and embeds `utt.pcm`, gated as a live utterance (quality.Quality.live:
+without pauses it is too noisy), as the door gates it; --room-as-files gates it as a file.
 
 Printed per set and SNR: the gate's SNR estimate minus the true SNR (median, 10th to 90th
 percentile), the share of recordings whose noise the gate measured in pauses (the others
@@ -183,7 +184,9 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
                 sf.write(root / files[r], pcm, SAMPLE_RATE, subtype="PCM_16")
             noisy_protocol(es, root, files)
         # The gate's reading of each test recording, as Scorer.verify is given it.
-        quality = [assess(pcm, cfg.vad) for pcm in mixed[: len(tests)]]
+        # A room's clean row is the protocol's files, not an utterance: gated as files.
+        live = args.room and not args.room_as_files and snr is not None
+        quality = [assess(pcm, cfg.vad, live) for pcm in mixed[: len(tests)]]
         est = np.array([q.snr_db for q in quality])
         s = cfg.speaker
         noisy = np.array([too_noisy(q, s.min_snr_db, s.min_snr_db_no_pauses) for q in quality])
@@ -192,7 +195,12 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
              for q in quality]
         )  # fmt: skip
         out = work / f"out-{name}-{snr_arg}"
-        back = evaluate(root, embedder, cfg, cohort, out, progress=False)["systems"]["backend"]
+        # Enrollment takes are endpointed too only with --enroll-noise (else the clean files).
+        live_takes = live and args.enroll_noise
+        report = evaluate(
+            root, embedder, cfg, cohort, out, progress=False, live=live, live_takes=live_takes
+        )
+        back = report["systems"]["backend"]
         if abs(100 * retry[of_trial].mean() - back["retry_rate_percent"]) > 0.01:
             raise RuntimeError(f"{name} {snr_arg}: the gate read here is not the evaluation's")
         with open(out / "scores.csv", newline="", encoding="utf-8") as f:
@@ -259,6 +267,12 @@ def main() -> int:
         action="store_true",
         help=f"noise also {ROOM_S[0]:g} s before and {ROOM_S[1]:g} s after the speech, and "
         "the endpointer's utterance scored, as the daemon scores it (not the clean row)",
+    )
+    ap.add_argument(
+        "--room-as-files",
+        action="store_true",
+        help="with --room: gate the utterances as files (no pauses: the lower level), as the "
+        "door did before it treated an utterance without pauses as noise",
     )
     args = ap.parse_args()
     if not args.data.is_dir():  # a clone without ../shared: nothing to measure

@@ -248,12 +248,14 @@ def check_takes(
     embedder: Any,
     cfg: Any,
     vad_cfg: VadConfig | None = None,
+    live: bool = False,
 ) -> EnrollResult:
-    """Check and embed enrollment takes (int16 16 kHz each); cfg is the speaker section."""
+    """Check and embed enrollment takes (int16 16 kHz each); cfg is the speaker section.
+    `live`: takes the daemon's endpointer cut at the door (quality.Quality.live)."""
     reports: dict[int, TakeReport] = {}
     good: list[tuple[int, Quality, np.ndarray]] = []
     for i, pcm in enumerate(takes, 1):
-        q = assess(pcm, vad_cfg)
+        q = assess(pcm, vad_cfg, live)
         problem = take_problem(q, cfg)
         emb = None
         if problem is None:

@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -499,6 +499,10 @@ def _writing(out_dir: Path | None) -> Iterator[None]:
         raise EvalError(f"{where}: cannot write the results ({exc.strerror or exc})") from None
 
 
+def _as_live(q: Quality | None, live: bool) -> Quality | None:
+    return replace(q, live=True) if q is not None and live else q
+
+
 def evaluate(
     set_dir: Path,
     embedder: Any,
@@ -506,8 +510,13 @@ def evaluate(
     cohort: Any,
     out_dir: Path | None = None,
     progress: bool = True,
+    live: bool = False,
+    live_takes: bool = False,
 ) -> dict[str, Any]:
-    """Run both systems on a protocol folder; returns the report (also written to out_dir)."""
+    """Run both systems on a protocol folder; returns the report (also written to out_dir).
+    `live` / `live_takes`: gate the test recordings / check the enrollment takes as
+    utterances the door's endpointer cut (quality.Quality.live; benchmarks/noise_gate.py
+    --room), not as files."""
     from voxgate.enrollment import check_takes
     from voxgate.scoring import Scorer
     from voxgate.voiceprints import VoiceprintStore, l2_normalize
@@ -572,7 +581,7 @@ def evaluate(
                     recs.append(rec_path)
                 except AudioError:
                     pass  # unreadable: fill() counted it among the embedding errors
-            result = check_takes(takes, cache, speaker_cfg, cfg.vad)
+            result = check_takes(takes, cache, speaker_cfg, cfg.vad, live_takes)
             enroll_embs = result.embeddings
             if len(enroll_embs) == 0:  # every take rejected: enroll from all so trials still count
                 usable = [e for e in (cache.get(r) for r in recs) if e is not None]
@@ -593,7 +602,7 @@ def evaluate(
                 backend[n] = -np.inf
                 retry += 1
                 continue
-            q = cache.quality(rec)
+            q = _as_live(cache.quality(rec), live)
             r = scorer.verify(emb, store_name[model], quality=q)
             backend[n] = r.score
             retry += not r.quality_ok
@@ -613,7 +622,7 @@ def evaluate(
     )
     back.extra["rejected_enroll_takes"] = sum(len(v) for v in rejected.values())
     # Unreadable recordings are reported as embedding errors, not as short or noisy audio.
-    readable = (cache.quality(r) for r in dict.fromkeys(r for _, r, _ in es.trials))
+    readable = (_as_live(cache.quality(r), live) for r in dict.fromkeys(r for _, r, _ in es.trials))
     qualities = [q for q in readable if q is not None]
     sp = cfg.speaker
     gated = [

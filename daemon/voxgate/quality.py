@@ -32,6 +32,11 @@ class Quality:
     # such an estimate cannot tell 20+ dB of noise from none and gets its own, lower level.
     snr_from_pauses: bool
     clipped: float  # fraction of samples inside runs of full-scale samples
+    # True: an utterance the endpointer cut live (the door's attempt, a take at the door),
+    # which always carries pre-roll and hangover. With less than PAUSE_S of them called
+    # non-speech, the VAD took the room's noise for speech: no level can trust its SNR.
+    live: bool = False
+    nonspeech_s: float = 0.0  # frames the VAD called non-speech, digital silence included
 
 
 def _clipped_fraction(pcm: np.ndarray) -> float:
@@ -55,20 +60,29 @@ MIN_PAUSE_FRAMES = 5  # fewer live non-speech frames: the quietest frames are th
 PAUSE_S = 0.45
 
 
-def _snr_db(pcm: np.ndarray, vad_cfg: VadConfig) -> tuple[float, bool]:
-    """(estimated SNR, whether the noise was measured in at least PAUSE_S of pauses)."""
+def leaves_pauses(vad_cfg: VadConfig) -> bool:
+    """Whether every utterance this endpointer ends carries PAUSE_S of non-speech: its
+    hangover alone (0.5 s by default) does. A shorter vad.hangover_ms would make the live
+    rule (Quality.live) retry every utterance spoken without pauses, so it is not applied."""
+    return vad_cfg.hangover_ms >= PAUSE_S * 1000 - 1e-6
+
+
+def _snr_db(pcm: np.ndarray, vad_cfg: VadConfig) -> tuple[float, bool, float]:
+    """(estimated SNR, whether the noise was measured in at least PAUSE_S of pauses,
+    seconds of non-speech frames)."""
     from voxgate.vad import Endpointer
 
     ep = Endpointer(vad_cfg, FRAME_MS)
     n = ep.frame_len
     usable = len(pcm) // n * n
     if usable == 0:
-        return 0.0, False
+        return 0.0, False, 0.0
     frames = pcm[:usable].reshape(-1, n)
     power = (frames.astype(np.float64) ** 2).mean(axis=1) + 1.0  # +1: 16-bit dither floor
     speech = np.array([ep.is_speech(f) for f in frames])
+    nonspeech_s = float((~speech).sum() * FRAME_MS / 1000)
     if speech.sum() == 0:
-        return 0.0, False
+        return 0.0, False, nonspeech_s
     speech_power = power[speech].mean()
     # Digital silence (joined or padded files) says nothing about the room: leave it out.
     live = np.any(frames != 0, axis=1)
@@ -80,11 +94,12 @@ def _snr_db(pcm: np.ndarray, vad_cfg: VadConfig) -> tuple[float, bool]:
         noise_power = np.percentile(power[live], 10) if live.any() else 1.0
     signal = max(speech_power - noise_power, 1e-3)
     from_pauses = len(pauses) * FRAME_MS / 1000 >= PAUSE_S - 1e-9
-    return float(min(10 * np.log10(signal / noise_power), SNR_CEILING_DB)), from_pauses
+    snr_db = float(min(10 * np.log10(signal / noise_power), SNR_CEILING_DB))
+    return snr_db, from_pauses, nonspeech_s
 
 
-def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None) -> Quality:
-    """Measure one recording (int16, 16 kHz mono)."""
+def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None, live: bool = False) -> Quality:
+    """Measure one recording (int16, 16 kHz mono); `live`: see Quality.live."""
     from voxgate.vad import segment
 
     vad_cfg = vad_cfg or VadConfig()
@@ -100,19 +115,26 @@ def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None) -> Quality:
         speech_s = sum(
             u.speech_s for i in range(0, len(pcm), n) for u in segment(pcm[i : i + n], whole)
         )
-    snr_db, from_pauses = _snr_db(pcm, vad_cfg)
+    snr_db, from_pauses, nonspeech_s = _snr_db(pcm, vad_cfg)
     return Quality(
         duration_s=len(pcm) / SAMPLE_RATE,
         speech_s=float(speech_s),
         snr_db=snr_db,
         snr_from_pauses=from_pauses,
         clipped=_clipped_fraction(pcm),
+        live=live,
+        nonspeech_s=nonspeech_s,
     )
 
 
 def too_noisy(q: Quality, min_snr_db: float, min_snr_db_no_pauses: float) -> bool:
     """Below the level for how its SNR was measured: `min_snr_db` when measured in at least
-    PAUSE_S of pauses, `min_snr_db_no_pauses` otherwise (a recording cut to its speech)."""
+    PAUSE_S of pauses, `min_snr_db_no_pauses` otherwise (a recording cut to its speech).
+    A live utterance whose VAD found less than PAUSE_S of non-speech is too noisy at any
+    level (Quality.live). Digital silence counts as non-speech there: a microphone chain
+    that outputs zeros between words (a noise suppressor) has a silent room, not a noisy one."""
+    if q.live and q.nonspeech_s < PAUSE_S - 1e-9:
+        return True
     return q.snr_db < (min_snr_db if q.snr_from_pauses else min_snr_db_no_pauses)
 
 

@@ -12,9 +12,11 @@ import pytest
 
 from tests.audio_helpers import espeak
 from voxgate.config import VoxgateConfig, parse_config
+from voxgate.config.audio import VadConfig
 from voxgate.config.speaker import SpeakerConfig
 from voxgate.enrollment import take_problem
-from voxgate.quality import Quality, assess, gate_reasons, too_noisy
+from voxgate.quality import Quality, assess, gate_reasons, leaves_pauses, too_noisy
+from voxgate.vad import segment
 
 TEXT = "three nine one four, seven two eight five"
 
@@ -91,6 +93,40 @@ def test_each_level_applies_to_its_kind_of_estimate() -> None:
     assert take_problem(q(20.0, True), cfg) == "too_noisy"
     assert take_problem(q(20.0, False), cfg) is None
     assert take_problem(q(8.0, False), cfg) == "too_noisy"
+
+
+def test_a_live_utterance_without_pauses_is_too_noisy_but_the_same_file_is_not(
+    tmp_path: Path,
+) -> None:
+    """The door's utterance always has pre-roll and hangover: when none of it is left as
+    pauses, the VAD took the room's noise for speech. At 9 dB of white noise it calls every
+    frame speech, and the quietest-frames estimate (7 dB) clears the 5 dB no-pauses level,
+    so the door scored it (and nearly always denied it, a counted failure)."""
+    cfg = SpeakerConfig(min_snr_db=26.0, min_snr_db_no_pauses=5.0)
+    cut = _cut(tmp_path)
+    room = _in_room(cut, 9.0)
+    (utt,) = segment(room, VadConfig())
+    live, as_file = assess(utt.pcm, live=True), assess(utt.pcm)
+    assert len(utt.pcm) >= len(room) - 480  # the whole recording: noise taken for speech
+    assert not live.snr_from_pauses and 5.0 < live.snr_db < 26.0
+    assert gate_reasons(live, *_levels(cfg)) == ("too_noisy",)
+    assert gate_reasons(as_file, *_levels(cfg)) == ()
+    # At any no-pauses level: there is no noise measurement to hold to a level.
+    assert too_noisy(live, 26.0, -10.0) and not too_noisy(as_file, 26.0, -10.0)
+    takes = SpeakerConfig(enroll_min_snr_db_no_pauses=5.0)
+    assert take_problem(live, takes) == "too_noisy" and take_problem(as_file, takes) is None
+    # A live utterance with its pauses is held to min_snr_db, as before.
+    (utt,) = segment(_in_room(cut, 40.0), VadConfig())
+    q = assess(utt.pcm, live=True)
+    assert q.snr_from_pauses and gate_reasons(q, *_levels(cfg)) == ()
+    # The door applies the rule only where its hangover alone leaves those pauses.
+    assert leaves_pauses(VadConfig()) and not leaves_pauses(VadConfig(hangover_ms=300))
+    # A microphone chain that outputs digital silence around the words (a noise suppressor):
+    # its pre-roll and hangover are non-speech, a silent room, not noise taken for speech.
+    (utt,) = segment(np.concatenate([np.zeros(16000), cut, np.zeros(16000)]), VadConfig())
+    q = assess(utt.pcm, live=True)
+    assert not q.snr_from_pauses and q.nonspeech_s >= 0.45
+    assert gate_reasons(q, *_levels(cfg)) == ()
 
 
 def _problems(text: str) -> list[str]:

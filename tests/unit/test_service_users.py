@@ -187,3 +187,39 @@ def test_an_erase_names_the_person_as_enrolled(
     assert "Zoë Brandt is no longer enrolled" in caplog.text
     assert "zoë brandt" not in caplog.text
     book.close()
+
+
+def test_a_take_at_the_door_without_pauses_is_rejected_as_too_noisy(
+    store: Any, tmp_path: Path
+) -> None:
+    """MQTT enroll-start / enroll-finish takes are the door endpointer's utterances (pre-roll
+    and hangover): one with no pauses left is room noise taken for speech, rejected as
+    too_noisy at any no-pauses level, as an attempt is retried. Files keep the level."""
+    from tests.audio_helpers import espeak
+    from voxgate.embedding import load_embedder
+    from voxgate.vad import segment
+
+    def in_room(text: str, snr_db: float) -> np.ndarray:
+        pcm = espeak(text, tmp_path / "take.wav", "en+m3")
+        loud = np.flatnonzero(np.abs(pcm) > 300)
+        cut = pcm[loud[0] : loud[-1] + 1].astype(np.float64)
+        placed = np.concatenate([np.zeros(16000), cut, np.zeros(16000)])
+        noise = np.random.default_rng(0).normal(0, 1, len(placed))
+        gain = np.sqrt(np.mean(cut**2) / 10 ** (snr_db / 10))
+        room = np.round(placed + gain * noise).clip(-32768, 32767).astype(np.int16)
+        (utt,) = segment(room, cfg.vad)  # as the door's endpointer cuts it
+        return utt.pcm
+
+    cfg = VoxgateConfig.model_validate(
+        {"data_dir": str(tmp_path), "speaker": {"enroll_min_snr_db_no_pauses": 5.0}}
+    )
+    users = UserServices(cfg, store, load_embedder(), lambda e, **f: None)
+    digits = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    users.command_enroll_start({"user": "bob"})
+    for t in range(10):  # quiet-room takes: over 20 s of speech
+        assert users.take(in_room(", ".join(digits[(3 * t + 7 * i) % 10] for i in range(8)), 40))
+    # At 9 dB the VAD calls all of it speech; its quietest-frames SNR (7 dB) clears 5 dB.
+    assert users.take(in_room("three nine one four, seven two eight five", 9.0))
+    report = users.command_enroll_finish({"user": "bob"})
+    assert report["rejected"] == [{"take": 11, "reason": "too_noisy"}]
+    assert report["used"] == 10 and store.get("bob") is not None

@@ -57,7 +57,8 @@ class SpeakerConfig(Section):
         description="Level for attempts with less than 0.45 s of pauses (files cut to their "
         "speech), whose SNR estimate takes quiet speech for noise: it reads clean speech at "
         "15-25 dB and cannot tell 20+ dB of noise from none, so only grossly noisy cut "
-        "recordings are retried.",
+        "recordings are retried. Not for the door's utterances: one without pauses there is "
+        "noise taken for speech, always 'retry'.",
     )
     enroll_min_snr_db: float = Field(
         26.0,
@@ -71,7 +72,8 @@ class SpeakerConfig(Section):
         ge=-10,
         le=60,
         description="Level for enrollment takes without pauses (files cut to their speech); "
-        "as min_snr_db_no_pauses, only grossly noisy ones can be told apart.",
+        "as min_snr_db_no_pauses, only grossly noisy ones can be told apart. Takes at the door "
+        "(MQTT enroll-start) without pauses are always rejected.",
     )
     cohort: Path | None = Field(
         None,

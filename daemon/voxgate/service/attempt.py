@@ -16,7 +16,7 @@ from typing import Any
 from voxgate.config import VoxgateConfig
 from voxgate.lockout import LockoutBook, RecordResult
 from voxgate.policy import LivenessLike, ReplayLike, SpeakerLike, decide
-from voxgate.quality import assess
+from voxgate.quality import assess, leaves_pauses
 from voxgate.service.stages import AttemptResult, Challenge, Stages
 from voxgate.vad import Utterance
 from voxgate.voiceprints import StoreError
@@ -84,7 +84,13 @@ def conclude(
     early = None if a.user_streams else _liveness(a, None, cut=utt.split)
     if emb is not None:
         # The quality gate: too little net speech or too much noise is a retry, not a guess.
-        quality = assess(utt.pcm, cfg.vad)
+        # Live: an utterance without pauses, despite its pre-roll and hangover, is room noise
+        # the VAD took for speech. A piece cut at vad.max_utterance_ms (utt.split) has no
+        # hangover, but speech that long (15 s by default) has pauses enough, and noise the
+        # VAD takes for speech runs to that limit: judged the same way. So is an utterance
+        # cut off by the end of a file or pipe source: nobody is left to answer anyway.
+        # (Not with a vad.hangover_ms under 0.45 s, which leaves no such pauses.)
+        quality = assess(utt.pcm, cfg.vad, live=leaves_pauses(cfg.vad))
         need = _min_speech_s(a, early, cfg)
         try:
             if a.claimed_user:

@@ -378,6 +378,7 @@ class UserServices:
         """MQTT `enroll-finish` {"user": NAME}: check the takes, store the voiceprint (an
         existing one is replaced), audit, tell the fleet."""
         from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes
+        from voxgate.quality import leaves_pauses
         from voxgate.voiceprints import StoreError, normalize_name
 
         try:
@@ -389,7 +390,9 @@ class UserServices:
                 raise ValueError(f"no enrollment of '{name}' in progress (send enroll-start)")
             takes, prompts = self._enroll_takes, self._enroll_prompts
             self._enroll_user, self._enroll_takes, self._enroll_prompts = None, [], []
-        result = check_takes(takes, self.embedder, self.cfg.speaker, self.cfg.vad)
+        # Utterances the door's endpointer cut (pre-roll and hangover): live takes.
+        live = leaves_pauses(self.cfg.vad)
+        result = check_takes(takes, self.embedder, self.cfg.speaker, self.cfg.vad, live)
         report = {
             "user": name,
             "takes": len(result.takes),
