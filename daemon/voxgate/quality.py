@@ -99,7 +99,9 @@ def _snr_db(pcm: np.ndarray, vad_cfg: VadConfig) -> tuple[float, bool, float]:
 
 
 def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None, live: bool = False) -> Quality:
-    """Measure one recording (int16, 16 kHz mono); `live`: see Quality.live."""
+    """Measure one recording (int16, 16 kHz mono). `live`: an utterance this endpointer cut
+    at the door (Quality.live); honoured only when the endpointer leaves pauses enough
+    (leaves_pauses), so callers need not check."""
     from voxgate.vad import segment
 
     vad_cfg = vad_cfg or VadConfig()
@@ -122,7 +124,7 @@ def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None, live: bool = False
         snr_db=snr_db,
         snr_from_pauses=from_pauses,
         clipped=_clipped_fraction(pcm),
-        live=live,
+        live=live and leaves_pauses(vad_cfg),
         nonspeech_s=nonspeech_s,
     )
 

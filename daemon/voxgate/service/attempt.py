@@ -16,7 +16,7 @@ from typing import Any
 from voxgate.config import VoxgateConfig
 from voxgate.lockout import LockoutBook, RecordResult
 from voxgate.policy import LivenessLike, ReplayLike, SpeakerLike, decide
-from voxgate.quality import assess, leaves_pauses
+from voxgate.quality import assess
 from voxgate.service.stages import AttemptResult, Challenge, Stages
 from voxgate.vad import Utterance
 from voxgate.voiceprints import StoreError
@@ -90,7 +90,7 @@ def conclude(
         # VAD takes for speech runs to that limit: judged the same way. So is an utterance
         # cut off by the end of a file or pipe source: nobody is left to answer anyway.
         # (Not with a vad.hangover_ms under 0.45 s, which leaves no such pauses.)
-        quality = assess(utt.pcm, cfg.vad, live=leaves_pauses(cfg.vad))
+        quality = assess(utt.pcm, cfg.vad, live=True)
         need = _min_speech_s(a, early, cfg)
         try:
             if a.claimed_user:

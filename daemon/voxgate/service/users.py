@@ -378,7 +378,6 @@ class UserServices:
         """MQTT `enroll-finish` {"user": NAME}: check the takes, store the voiceprint (an
         existing one is replaced), audit, tell the fleet."""
         from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes
-        from voxgate.quality import leaves_pauses
         from voxgate.voiceprints import StoreError, normalize_name
 
         try:
@@ -391,8 +390,7 @@ class UserServices:
             takes, prompts = self._enroll_takes, self._enroll_prompts
             self._enroll_user, self._enroll_takes, self._enroll_prompts = None, [], []
         # Utterances the door's endpointer cut (pre-roll and hangover): live takes.
-        live = leaves_pauses(self.cfg.vad)
-        result = check_takes(takes, self.embedder, self.cfg.speaker, self.cfg.vad, live)
+        result = check_takes(takes, self.embedder, self.cfg.speaker, self.cfg.vad, live=True)
         report = {
             "user": name,
             "takes": len(result.takes),
