@@ -232,6 +232,16 @@ def seconds_text(seconds: float) -> str:
     return f"{math.floor(seconds * 10 + 1e-9) / 10:.1f}"
 
 
+def progress_text(takes: int, speech_s: float, min_takes: int, min_speech_s: float) -> str:
+    """Guided enrollment's progress, true past either minimum: each count is shown against
+    its minimum only while short of it ("4 takes, 14.4 of 20 s of speech"; "4/3 takes"
+    read as an error once the takes were in and speech was still short)."""
+    have = seconds_text(speech_s)
+    count = f"{takes} of {min_takes} takes" if takes < min_takes else f"{takes} takes"
+    speech = f"{have} of {min_speech_s:g} s" if speech_s < min_speech_s else f"{have} s"
+    return f"{count}, {speech} of speech"
+
+
 def two_voices_text(split: Split, numbers: list[int], level: float) -> str:
     """The refusal, naming both groups by take number (1-based, as the take report)."""
     second = ", ".join(str(numbers[j]) for j in split.second)

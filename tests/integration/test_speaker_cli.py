@@ -143,6 +143,32 @@ def test_guided_enrollment_from_audio_source(
     assert "enrolled erin" in out
 
 
+def test_guided_enrollment_progress_stays_true_past_the_minimum_takes(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Past speaker.enroll_min_takes with too little speech, progress read "4/3 takes"; it
+    now counts takes against the minimum only while short of it, and speech against its
+    minimum until that is met."""
+    import re
+
+    parts = [sf.read(say(device["dir"] / f"m{i}.wav", t, "en+m3", 1.0)) for i, t in
+             enumerate(TAKES)]  # fmt: skip
+    rate = parts[0][1]
+    sf.write(device["dir"] / "mic.wav", np.concatenate([p[0] for p in parts]), rate)
+    cfg = device["cfg"]
+    text = cfg.read_text().replace("enroll_min_takes: 3", "enroll_min_takes: 2")
+    text = text.replace("enroll_min_speech_s: 6", "enroll_min_speech_s: 9")
+    cfg.write_text(text + f"audio:\n  source: file\n  path: {device['dir'] / 'mic.wav'}\n")
+    assert main(["enroll", "erin", "-c", str(cfg)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "progress:" in ln]
+    shown = [ln.split("progress: ")[1] for ln in lines]
+    assert len(shown) >= 3, lines  # the third take is past the minimum of two
+    assert re.fullmatch(r"1 of 2 takes, \d+\.\d of 9 s of speech", shown[0]), shown
+    assert re.fullmatch(r"3 takes, \d+\.\d of 9 s of speech", shown[2]), shown
+    assert re.fullmatch(rf"{len(shown)} takes, \d+\.\d s of speech", shown[-1]), shown
+    assert not any("/" in s for s in shown), shown
+
+
 def test_guided_enrollment_keeps_a_take_cut_off_by_the_end_of_the_stream(
     device: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -277,7 +303,7 @@ def test_microphone_lost_during_guided_enrollment(
     monkeypatch.setattr(voxgate.audio, "open_source", lambda cfg: _UnpluggedMic(take))
     assert main(["enroll", "erin", "-c", str(device["cfg"])]) == 1
     out, err = capsys.readouterr()
-    assert "take 1" in out and "progress: 1/3" in out
+    assert "take 1" in out and "progress: 1 of 3 takes" in out
     assert err.strip().splitlines()[-1].startswith("error: reading from 'USB Audio Device'"), err
     assert main(["users", "list", "-c", str(device["cfg"])]) == 0
     assert "no users enrolled" in capsys.readouterr().out

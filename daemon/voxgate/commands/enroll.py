@@ -115,7 +115,13 @@ def _record_takes(
 ) -> tuple[list[np.ndarray], list[str], Any]:
     """Guided microphone enrollment: prompt, record to end of speech, check, repeat."""
     from voxgate.audio import AudioError, open_source
-    from voxgate.enrollment import check_takes, prompt_plan, seconds_text, take_problem
+    from voxgate.enrollment import (
+        check_takes,
+        progress_text,
+        prompt_plan,
+        seconds_text,
+        take_problem,
+    )
     from voxgate.quality import assess
     from voxgate.vad import Endpointer
 
@@ -159,11 +165,9 @@ def _record_takes(
             takes.append(pcm)
             said.append(prompt)
             speech += q.speech_s
-            print(
-                f"  ok: {seconds_text(q.speech_s)} s of speech, SNR {q.snr_db:.0f} dB   progress: "
-                f"{len(takes)}/{sp.enroll_min_takes} takes, "
-                f"{seconds_text(speech)}/{sp.enroll_min_speech_s:g} s"
-            )
+            done = progress_text(len(takes), speech, sp.enroll_min_takes, sp.enroll_min_speech_s)
+            print(f"  ok: {seconds_text(q.speech_s)} s of speech, SNR {q.snr_db:.0f} dB   "
+                  f"progress: {done}")  # fmt: skip
             if len(takes) >= sp.enroll_min_takes and speech >= sp.enroll_min_speech_s:
                 result = check_takes(takes, embedder, sp, cfg.vad)
                 if result.ok or any(t.reason == "other_voice" for t in result.takes):
