@@ -146,42 +146,18 @@ class Scorer:
         reasons = gate_reasons(quality, need, self.cfg.min_snr_db, self.cfg.min_snr_db_no_pauses)
         return not reasons, reasons
 
-    def verify(
-        self,
-        emb: np.ndarray,
-        claimed_user: str,
-        quality: Quality | None = None,
-        min_speech_s: float | None = None,
-    ) -> SpeakerResult:
-        """Is this the claimed user? A bad-quality attempt is scored but never accepted.
-        `min_speech_s`: the gate's net-speech minimum for this attempt (default
-        speaker.min_speech_s; a passphrase heard in full needs less: service.attempt)."""
-        q_ok, reasons = self._quality(quality, min_speech_s)
-        threshold = self.threshold(1)
+    def _claimed(self, claimed_user: str) -> tuple[Voiceprint | None, str | None]:
+        """The claimed user's voiceprint, or None and why not (unknown_user, model_mismatch)."""
         try:
             vp = self.store.get(claimed_user, model_id=self.model_id)
         except ModelMismatch as exc:
             log.error("%s", exc)
-            return SpeakerResult(
-                claimed_user, float("-inf"), float("-inf"), threshold, False, q_ok,
-                (*reasons, "model_mismatch"),
-            )  # fmt: skip
-        if vp is None:
-            return SpeakerResult(
-                claimed_user, float("-inf"), float("-inf"), threshold, False, q_ok,
-                (*reasons, "unknown_user"),
-            )  # fmt: skip
-        score, raw = self.score(emb, vp)
-        accepted = q_ok and score >= threshold
-        if not accepted and q_ok:
-            reasons = (*reasons, "score_below_threshold")
-        return SpeakerResult(vp.name, score, raw, threshold, accepted, q_ok, reasons)
+            return None, "model_mismatch"
+        return (vp, None) if vp is not None else (None, "unknown_user")
 
-    def identify(
-        self, emb: np.ndarray, quality: Quality | None = None, min_speech_s: float | None = None
-    ) -> SpeakerResult:
-        """Who is this, among all users? user=None when nobody clears the threshold (open set)."""
-        q_ok, reasons = self._quality(quality, min_speech_s)
+    def _candidates(self) -> tuple[list[Voiceprint], int]:
+        """The voiceprints 1:N compares with (this model's, readable), and how many rows
+        could not be read."""
         prints = []
         readable, damaged = self.store.readable()
         if damaged:
@@ -199,6 +175,38 @@ class Scorer:
                 log.warning("identify: %s skipped (enrolled with %s)", vp.name, vp.model_id)
                 continue
             prints.append(vp)
+        return prints, damaged
+
+    def verify(
+        self,
+        emb: np.ndarray,
+        claimed_user: str,
+        quality: Quality | None = None,
+        min_speech_s: float | None = None,
+    ) -> SpeakerResult:
+        """Is this the claimed user? A bad-quality attempt is scored but never accepted.
+        `min_speech_s`: the gate's net-speech minimum for this attempt (default
+        speaker.min_speech_s; a passphrase heard in full needs less: service.attempt)."""
+        q_ok, reasons = self._quality(quality, min_speech_s)
+        threshold = self.threshold(1)
+        vp, missing = self._claimed(claimed_user)
+        if vp is None:
+            return SpeakerResult(
+                claimed_user, float("-inf"), float("-inf"), threshold, False, q_ok,
+                (*reasons, str(missing)),
+            )  # fmt: skip
+        score, raw = self.score(emb, vp)
+        accepted = q_ok and score >= threshold
+        if not accepted and q_ok:
+            reasons = (*reasons, "score_below_threshold")
+        return SpeakerResult(vp.name, score, raw, threshold, accepted, q_ok, reasons)
+
+    def identify(
+        self, emb: np.ndarray, quality: Quality | None = None, min_speech_s: float | None = None
+    ) -> SpeakerResult:
+        """Who is this, among all users? user=None when nobody clears the threshold (open set)."""
+        q_ok, reasons = self._quality(quality, min_speech_s)
+        prints, damaged = self._candidates()
         # Damaged rows still count: the 1:N threshold keeps the false-match bound of the
         # enrolled set rather than loosening with every row lost.
         threshold = self.threshold(len(prints) + damaged)
@@ -214,6 +222,33 @@ class Scorer:
         if q_ok:
             reasons = (*reasons, "unknown_speaker")
         return SpeakerResult(None, score, raw, threshold, False, q_ok, reasons)
+
+    def unscored(
+        self,
+        claimed_user: str | None,
+        quality: Quality | None = None,
+        min_speech_s: float | None = None,
+    ) -> SpeakerResult:
+        """The result for audio too short to embed (claimed_user None: 1:N): a retry with no
+        score, reasons too_little_speech first, then the gate's others and what does not
+        depend on the voice: the threshold verify or identify would use and who is enrolled
+        (unknown_user, model_mismatch, no_users). `verify` once ran the scorer on a
+        placeholder vector for these facts and dropped its score."""
+        _, reasons = self._quality(quality, min_speech_s)
+        if "too_little_speech" not in reasons:
+            reasons = ("too_little_speech", *reasons)
+        user = claimed_user
+        if claimed_user is not None:
+            threshold = self.threshold(1)
+            vp, missing = self._claimed(claimed_user)
+            user = vp.name if vp is not None else claimed_user  # the name as enrolled
+        else:
+            prints, damaged = self._candidates()
+            threshold = self.threshold(len(prints) + damaged)
+            missing = None if prints else "no_users"
+        if missing is not None:
+            reasons = (*reasons, missing)
+        return SpeakerResult(user, float("-inf"), float("-inf"), threshold, False, False, reasons)
 
 
 def cohort_for(cfg: Any, embedder: Any) -> Cohort | None:

@@ -202,6 +202,40 @@ def test_model_mismatch_is_refused(enrolled: tuple[VoiceprintStore, Voices]) -> 
     assert sc.identify(v.utt(2)[0]).user == "cat"  # 'old' is skipped, not compared
 
 
+def test_unscored_is_a_retry_with_the_threshold_and_enrollment_facts_and_no_score(
+    enrolled: tuple[VoiceprintStore, Voices], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audio too short to embed: `voxgate verify` ran verify/identify on a placeholder
+    vector for the threshold and who is enrolled, and dropped the score. unscored gives
+    those facts without scoring anything."""
+    store, v = enrolled
+    store.add_user("old", v.utt(2, 3), "previous-model/float")
+    sc = _scorer(store, min_speech_s=1.0, min_snr_db=5.0)
+
+    def no_scoring(*args: object) -> None:
+        raise AssertionError("nothing to score: there is no embedding")
+
+    monkeypatch.setattr(sc, "score", no_scoring)
+    short = Quality(duration_s=0.4, speech_s=0.3, snr_db=30.0, snr_from_pauses=True, clipped=0.0)
+    r = sc.unscored("ANN", short)
+    assert r.user == "ann" and r.threshold == sc.threshold(1)  # the name as enrolled
+    assert r.score == r.raw_cosine == float("-inf") and not r.accepted and not r.quality_ok
+    assert r.reasons == ("too_little_speech",)
+    assert sc.unscored("zed", short).reasons == ("too_little_speech", "unknown_user")
+    assert sc.unscored("old", short).reasons == ("too_little_speech", "model_mismatch")
+    anyone = sc.unscored(None, short)
+    assert anyone.user is None and anyone.reasons == ("too_little_speech",)
+    assert anyone.threshold == sc.threshold(3)  # 1:N over ann, ben, cat ('old' skipped)
+    # The gate's other reasons stay, after too_little_speech even when the gate let the
+    # speech through (the model still could not embed it).
+    noisy = Quality(duration_s=1.0, speech_s=1.5, snr_db=1.0, snr_from_pauses=True, clipped=0.0)
+    assert sc.unscored("ann", noisy).reasons == ("too_little_speech", "too_noisy")
+    empty = VoiceprintStore(tmp_path / "empty.db", bytes(32))
+    nobody = _scorer(empty).unscored(None, short)
+    assert nobody.reasons == ("too_little_speech", "no_users") and nobody.user is None
+    empty.close()
+
+
 def test_fixed_threshold_and_missing_calibration(tmp_path: Path) -> None:
     store = VoiceprintStore(tmp_path / "vp.db", bytes(32))
     emb = SimpleNamespace(model_id=MODEL)

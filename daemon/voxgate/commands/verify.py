@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
 from typing import Any
-
-import numpy as np
 
 from voxgate.commands.common import add_config_option, add_parser, config_from_args
 from voxgate.commands.speaker_common import (
@@ -64,8 +61,8 @@ def score_file(cfg: Any, path: str, claimed: str | None) -> tuple[Any, Any]:
     store = open_store(cfg)
     try:
         scorer = Scorer(store, embedder, cfg.speaker, cohort)
-        if emb is None:
-            return _unscored(scorer, claimed, quality, embedder.dim), quality
+        if emb is None:  # a retry with no score, as the daemon gives (policy: no_speech)
+            return scorer.unscored(claimed, quality), quality
         if claimed is None:
             return scorer.identify(emb, quality), quality
         return scorer.verify(emb, claimed, quality), quality
@@ -73,30 +70,6 @@ def score_file(cfg: Any, path: str, claimed: str | None) -> tuple[Any, Any]:
         raise CommandError(str(exc)) from None
     finally:
         store.close()
-
-
-def _unscored(scorer: Any, claimed: str | None, quality: Any, dim: int) -> Any:
-    """The result for audio too short to embed: a retry with no score, as the daemon gives
-    (policy: no_speech). The scorer runs on a placeholder vector only for what does not
-    depend on the voice (the threshold, who is enrolled); its score is dropped."""
-    probe = np.full(dim, dim**-0.5, np.float32)
-    r = (
-        scorer.identify(probe, quality)
-        if claimed is None
-        else scorer.verify(probe, claimed, quality)
-    )
-    kept = [x for x in r.reasons if x not in ("score_below_threshold", "unknown_speaker")]
-    if "too_little_speech" not in kept:
-        kept.insert(0, "too_little_speech")
-    return dataclasses.replace(
-        r,
-        user=r.user if claimed is not None else None,
-        score=float("-inf"),
-        raw_cosine=float("-inf"),
-        accepted=False,
-        quality_ok=False,
-        reasons=tuple(kept),
-    )
 
 
 NO_VOICEPRINT = ("unknown_user", "no_users", "model_mismatch")
