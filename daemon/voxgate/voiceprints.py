@@ -115,6 +115,22 @@ def parse_key(raw: bytes) -> bytes:
     )
 
 
+# A key of 32 hex digits is read as 32 raw bytes (the characters): a door may use such a
+# key on purpose, so it is not refused, but a wrong key that looks like this is most likely
+# init-key's 64 hex digits cut short, or a 16-byte key written in hex.
+HEX_TEXT_KEY_HINT = (
+    ". The key is 32 hex digits, which are read as 32 raw bytes (the characters themselves), "
+    "not decoded: a key written in hex must be all 64 hex digits of the 32-byte key, as "
+    "`voxgate users init-key` writes it (a newline after it is fine); check that it was not "
+    "cut short"
+)
+
+
+def _looks_hex(key: bytes) -> bool:
+    """Are these 32 key bytes all ASCII hex digits (hex text read as a raw key)?"""
+    return len(key) == KEY_BYTES and all(c in b"0123456789abcdefABCDEF" for c in key)
+
+
 def load_key(speaker_cfg: Any) -> bytes:
     """The voiceprint key from $VOXGATE_VOICEPRINT_KEY, a systemd credential or cfg.key_file."""
     from voxgate.config.secrets import (
@@ -282,6 +298,7 @@ class VoiceprintStore:
         if len(key) != KEY_BYTES:
             raise StoreError(f"voiceprint key must be {KEY_BYTES} bytes, not {len(key)}")
         self.path = Path(path)
+        self._hex_text_key = _looks_hex(key)  # for the wrong-key message; not the key
         self._aead = AESGCM(_subkey(key, b"seal v1"))
         self._name_key = _subkey(key, b"name v1")
         self._lock = threading.Lock()
@@ -519,9 +536,10 @@ class VoiceprintStore:
         except StoreError:
             ok = False
         if not ok:
+            hint = HEX_TEXT_KEY_HINT if self._hex_text_key else ""
             raise WrongKey(
                 f"{self.path}: wrong voiceprint key (it does not open this store); "
-                "nothing was changed"
+                f"nothing was changed{hint}"
             )
 
     # -- sealing

@@ -80,3 +80,28 @@ def test_a_wrong_voiceprint_key_is_exit_78(
     assert main(["users", "init-key", str(tmp_path / "voiceprint.key")]) == 0
     assert Daemon(load_config(cfg), config_path=cfg).run() == 78
     assert "wrong voiceprint key" in caplog.text
+    assert "read as 32 raw bytes" not in caplog.text  # a 64-hex-digit key: no hex hint
+
+
+@pytest.mark.usefixtures("no_secret_env")
+def test_a_key_of_32_hex_digits_is_read_raw_and_a_wrong_key_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A key file cut to the first 32 of init-key's 64 hex digits (no newline) is read as
+    # 32 raw bytes, which was only "wrong voiceprint key": the hint says why and what the
+    # reader decodes. Not refused: a door may use 32 bytes that happen to be hex text.
+    cfg = _door(tmp_path, voiceprint_key=True, decision_key=True)
+    key = tmp_path / "voiceprint.key"
+    assert main(["users", "list", "-c", str(cfg)]) == 0  # creates the store with this key
+    key.write_bytes(key.read_bytes()[:32])
+    capsys.readouterr()
+    assert main(["users", "list", "-c", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "wrong voiceprint key" in err and "read as 32 raw bytes" in err, err
+    assert "64 hex digits" in err, err
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 78
+    assert "read as 32 raw bytes" in caplog.text and "64 hex digits" in caplog.text
+    # Such a key opens the store it sealed: nothing refuses it.
+    (tmp_path / "data" / "voiceprints.db").unlink()
+    assert main(["users", "list", "-c", str(cfg)]) == 0
+    assert main(["users", "list", "-c", str(cfg)]) == 0
