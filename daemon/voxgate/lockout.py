@@ -464,15 +464,26 @@ class LockoutBook:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):
             if self.path.is_file() and self.path.stat().st_size == 0:
-                # Cut (a power cut, a failed restore): nothing left to keep, and the door
-                # must not stop over it, as for a damaged file; but not without a word.
+                # Cut (a power cut, a failed restore; or a first start on a full disk, by
+                # a version that made the file before its schema): nothing left to keep,
+                # and the door must not stop over it, as for a damaged file; but not
+                # without a word.
                 log.error(
                     "lockout state %s is empty (0 bytes: cut by a power cut or a failed "
-                    "restore); starting with no lockouts",
+                    "restore, or left by a start on a full disk); starting with no lockouts",
                     self.path,
                 )
         try:
             return self._connect()
+        except _NotCreated as exc:
+            log.error(
+                "cannot create lockout state %s (%s); nothing was left behind, lockouts are "
+                "kept in memory and the file is made once it can be written",
+                self.path,
+                exc,
+            )
+            self._reopen = True
+            return None
         except sqlite3.OperationalError as exc:
             # Not damage: a read-only or full disk, a busy file. Moving the file aside here
             # cleared every running lock at a restart; enforce what it holds from memory.
@@ -505,26 +516,23 @@ class LockoutBook:
                 return None
 
     def _connect(self) -> sqlite3.Connection:
-        from voxgate.ownership import create_private
+        from voxgate.ownership import create_private, create_whole
 
-        create_private(self.path)  # keys name users
+        if not self.path.exists():
+            # Built under a temporary name and linked into place: made in place, a first
+            # start on a full disk left a 0-byte file (SQLite makes the file, then cannot
+            # write the schema), which the next start took for one cut by a power cut.
+            try:
+                create_whole(self.path, _new_file)
+            except (OSError, sqlite3.Error) as exc:  # a full disk, a read-only folder
+                raise _NotCreated(getattr(exc, "strerror", None) or str(exc)) from None
+        create_private(self.path)  # keys name users (and one made by an older version)
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
             # Keys name users: a deleted row is zeroed, not left readable in a free page.
             db.execute("PRAGMA secure_delete=ON")
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS lockout (key TEXT PRIMARY KEY, "
-                "failures INTEGER NOT NULL, locked_until REAL)"
-            )
-            # Added in place (a file from before gets it here); the previous release opens
-            # the file as before and never reads it.
-            db.execute("CREATE TABLE IF NOT EXISTS door_failures (at REAL NOT NULL)")
-            _create_clears(db)
-            # Also in place: the previous release names the columns it writes (NULL here).
-            columns = {r[1] for r in db.execute("PRAGMA table_info(lockout)")}
-            if "last_failure" not in columns:
-                db.execute("ALTER TABLE lockout ADD COLUMN last_failure REAL")
+            _schema(db)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -733,6 +741,32 @@ def _drop(db: sqlite3.Connection, key: str) -> bool:
     db.execute("VACUUM")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return gone
+
+
+class _NotCreated(sqlite3.OperationalError):
+    """The lockout file is missing and cannot be made (a full disk, a read-only folder):
+    an OperationalError, so callers treat it as a disk that may have room later."""
+
+
+def _schema(db: sqlite3.Connection) -> None:
+    """The tables a lockout file holds, made where missing (a new file, or one from before)."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS lockout (key TEXT PRIMARY KEY, "
+        "failures INTEGER NOT NULL, locked_until REAL)"
+    )
+    # Added in place (a file from before gets it here); the previous release opens the file
+    # as before and never reads it.
+    db.execute("CREATE TABLE IF NOT EXISTS door_failures (at REAL NOT NULL)")
+    _create_clears(db)
+    # Also in place: the previous release names the columns it writes (NULL here).
+    columns = {r[1] for r in db.execute("PRAGMA table_info(lockout)")}
+    if "last_failure" not in columns:
+        db.execute("ALTER TABLE lockout ADD COLUMN last_failure REAL")
+
+
+def _new_file(db: sqlite3.Connection) -> None:
+    _schema(db)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
 def _create_clears(db: sqlite3.Connection) -> None:

@@ -205,18 +205,33 @@ class ReplayDetector:
         self._saved_as: dict[int, int] = {}
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        from voxgate.ownership import create_private
+        from voxgate.ownership import create_private, create_whole
 
         with contextlib.suppress(OSError):
             if self.path.is_file() and self.path.stat().st_size == 0:
-                # Cut (a power cut, a failed restore). Made again rather than refused: it
-                # only ever makes the door refuse, a 0-byte file holds nothing to recover,
-                # and deleting it is the fix for a damaged one anyway.
+                # Cut (a power cut, a failed restore; or a first start on a full disk, by a
+                # version that made the file before its schema). Made again rather than
+                # refused: it only ever makes the door refuse, a 0-byte file holds nothing
+                # to recover, and deleting it is the fix for a damaged one anyway.
                 log.warning(
-                    "%s is empty (0 bytes: cut by a power cut or a failed restore); starting "
-                    "an empty replay store: answers given before are not recognised as replays",
+                    "%s is empty (0 bytes: cut by a power cut or a failed restore, or left by "
+                    "a start on a full disk); starting an empty replay store: answers given "
+                    "before are not recognised as replays",
                     self.path,
                 )
+        if not self.path.exists():
+            # Built under a temporary name and linked into place: made in place, a first
+            # start on a full disk left a 0-byte file (SQLite makes the file, then cannot
+            # write the schema), which the next start took for one cut by a power cut.
+            try:
+                create_whole(self.path, lambda db: _prepare(db, self.path))
+            except (OSError, sqlite3.Error) as exc:  # a full disk, a read-only folder
+                why = getattr(exc, "strerror", None) or str(exc)
+                raise ReplayStoreError(
+                    f"{self.path}: cannot create the replay store ({why}); nothing was left "
+                    f"behind. Free space on {self.path.parent} if it is full",
+                    damaged=False,
+                ) from None
         create_private(self.path)  # fingerprints derived from people's voices
         try:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False)
@@ -282,49 +297,7 @@ class ReplayDetector:
         return first
 
     def _init_schema(self) -> None:
-        cur = self._db.execute("PRAGMA user_version")
-        version = cur.fetchone()[0]
-        # 2: marked so by this release's development builds; the same layout as 1 + user_key.
-        if version not in (0, 1, 2):
-            raise ReplayStoreError(f"{self.path}: schema version {version} is not supported")
-        keyed = _has_user_key(self._db)
-        if version != FILE_VERSION or not keyed:
-            # One transaction: a failed migration leaves the file as it was.
-            self._db.execute("BEGIN")
-            try:
-                if version == 0:
-                    self._db.execute(
-                        "CREATE TABLE IF NOT EXISTS fingerprints ("
-                        " id INTEGER PRIMARY KEY, created_at REAL NOT NULL,"
-                        " frames INTEGER NOT NULL, fp BLOB NOT NULL, loud BLOB NOT NULL)"
-                    )
-                    self._db.execute(
-                        "CREATE INDEX IF NOT EXISTS fp_time ON fingerprints(created_at)"
-                    )
-                if not keyed:
-                    # Schema 2: whose matched voice each row came from (NULL: written before,
-                    # or by the previous release after a rollback).
-                    self._db.execute("ALTER TABLE fingerprints ADD COLUMN user_key BLOB")
-                    self._db.execute("CREATE INDEX fp_user ON fingerprints(user_key)")
-                    self._db.execute(
-                        "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)"
-                    )
-                    self._db.execute(
-                        "INSERT INTO meta (name, value) VALUES ('user_salt', ?)",
-                        (os.urandom(16),),
-                    )
-                self._db.execute(f"PRAGMA user_version={FILE_VERSION}")
-                self._db.commit()
-            except BaseException:
-                self._db.rollback()
-                raise
-            if version == 1 and not keyed:
-                log.info(
-                    "%s: replay store upgraded to schema %d; fingerprints stored before name "
-                    "no user (erasing a user cannot drop those: they leave with the window)",
-                    self.path,
-                    SCHEMA_VERSION,
-                )
+        _prepare(self._db, self.path)
         self._salt = _salt(self._db)
 
     def check_and_add(
@@ -541,6 +514,49 @@ class ReplayDetector:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _prepare(db: sqlite3.Connection, path: Path) -> None:
+    """Make or upgrade the schema (a new file, schema 1, or a development build's 2)."""
+    cur = db.execute("PRAGMA user_version")
+    version = cur.fetchone()[0]
+    # 2: marked so by this release's development builds; the same layout as 1 + user_key.
+    if version not in (0, 1, 2):
+        raise ReplayStoreError(f"{path}: schema version {version} is not supported")
+    keyed = _has_user_key(db)
+    if version != FILE_VERSION or not keyed:
+        # One transaction: a failed migration leaves the file as it was.
+        db.execute("BEGIN")
+        try:
+            if version == 0:
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS fingerprints ("
+                    " id INTEGER PRIMARY KEY, created_at REAL NOT NULL,"
+                    " frames INTEGER NOT NULL, fp BLOB NOT NULL, loud BLOB NOT NULL)"
+                )
+                db.execute("CREATE INDEX IF NOT EXISTS fp_time ON fingerprints(created_at)")
+            if not keyed:
+                # Schema 2: whose matched voice each row came from (NULL: written before,
+                # or by the previous release after a rollback).
+                db.execute("ALTER TABLE fingerprints ADD COLUMN user_key BLOB")
+                db.execute("CREATE INDEX fp_user ON fingerprints(user_key)")
+                db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
+                db.execute(
+                    "INSERT INTO meta (name, value) VALUES ('user_salt', ?)",
+                    (os.urandom(16),),
+                )
+            db.execute(f"PRAGMA user_version={FILE_VERSION}")
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
+        if version == 1 and not keyed:
+            log.info(
+                "%s: replay store upgraded to schema %d; fingerprints stored before name "
+                "no user (erasing a user cannot drop those: they leave with the window)",
+                path,
+                SCHEMA_VERSION,
+            )
 
 
 def frames_for(memory_mb: int) -> int:

@@ -311,3 +311,46 @@ def test_an_anchor_the_full_disk_refuses_is_logged_once_and_rewritten_after(
         assert verify(folder / "audit.jsonl").ok
     assert failed == 1, caplog.text
     assert "written again" in caplog.text
+
+
+def test_a_first_start_on_a_full_disk_leaves_no_empty_state_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen (a first start with the data folder on a filled tmpfs): lockout.db and
+    replay.db were left at 0 bytes (SQLite makes the file, then cannot write its schema),
+    and the next start logged them as "cut by a power cut or a failed restore". Each is
+    now built under a temporary name and linked into place: a full disk leaves no file,
+    the log says it could not be created, the lockouts go on from memory and the file is
+    made once there is room."""
+    import logging
+
+    from voxgate.config.service import LockoutConfig
+    from voxgate.lockout import LockoutBook
+    from voxgate.replay import ReplayDetector, ReplayStoreError
+
+    cfg = LockoutConfig(max_failures=2)
+    t = time.time()
+    with small_fs(tmp_path / "state", "1m") as folder:
+        fill(folder)
+        with caplog.at_level(logging.INFO):
+            book = LockoutBook(folder / "lockout.db", cfg)
+            for _ in range(2):
+                book.record("bob", ok=False, now=t)
+            assert book.state("bob", t + 1).locked  # enforced from memory
+            with pytest.raises(ReplayStoreError) as raised:
+                ReplayDetector(folder / "replay.db", window_s=600)
+        assert sorted(p.name for p in folder.iterdir()) == [FILLER], list(folder.iterdir())
+        assert f"cannot create lockout state {folder / 'lockout.db'}" in caplog.text
+        assert not raised.value.damaged  # a restart may pass: not "move it aside"
+        assert f"{folder / 'replay.db'}: cannot create the replay store" in str(raised.value)
+        assert "not a replay-fingerprint database" not in str(raised.value)
+        free(folder)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            book.record("carol", ok=False, now=t + 2)  # the first write with room makes it
+            book.close()
+            again = LockoutBook(folder / "lockout.db", cfg)
+            ReplayDetector(folder / "replay.db", window_s=600).close()
+        assert again.state("bob", t + 3).locked and again.state("carol", t + 3).user_failures
+        again.close()
+        assert "is empty" not in caplog.text, caplog.text

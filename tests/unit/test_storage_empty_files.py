@@ -30,7 +30,7 @@ def test_an_empty_lockout_or_replay_file_is_named_in_the_log(
     assert (
         logging.ERROR,
         f"lockout state {tmp_path / 'lockout.db'} is empty (0 bytes: cut by a power cut or "
-        "a failed restore); starting with no lockouts",
+        "a failed restore, or left by a start on a full disk); starting with no lockouts",
     ) in text, text
     assert any(
         level == logging.WARNING and msg.startswith(f"{tmp_path / 'replay.db'} is empty (0 bytes")
