@@ -204,8 +204,11 @@ class ReplayDetector:
         self._unsaved: dict[int, _HeldRow] = {}
         self._saved_as: dict[int, int] = {}
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        from voxgate.ownership import create_private, create_whole
+        self._db: sqlite3.Connection | None = None  # None: no file yet (it could not be made)
+        # While there is no file: the user named by each tag held, in case the file is made
+        # under another salt after all (another process made it meanwhile).
+        self._names: dict[bytes, str] = {}
+        from voxgate.ownership import create_private
 
         with contextlib.suppress(OSError):
             if self.path.is_file() and self.path.stat().st_size == 0:
@@ -220,27 +223,28 @@ class ReplayDetector:
                     self.path,
                 )
         if not self.path.exists():
-            # Built under a temporary name and linked into place: made in place, a first
-            # start on a full disk left a 0-byte file (SQLite makes the file, then cannot
-            # write the schema), which the next start took for one cut by a power cut.
             try:
-                create_whole(self.path, lambda db: _prepare(db, self.path))
+                self._create(None)
             except (OSError, sqlite3.Error) as exc:  # a full disk, a read-only folder
-                why = getattr(exc, "strerror", None) or str(exc)
-                raise ReplayStoreError(
-                    f"{self.path}: cannot create the replay store ({why}); nothing was left "
-                    f"behind. Free space on {self.path.parent} if it is full",
-                    damaged=False,
-                ) from None
+                # As when a write fails later: the door goes on and compares answers from
+                # memory; stopping it (exit 69, restarted until there is room) kept a door
+                # on a full SD card shut for everyone.
+                self._salt = os.urandom(16)  # the file gets it when it is made
+                self._write_log.allow()  # logged here; the writes that fail until then not
+                log.error(
+                    "cannot create the replay store %s (%s); nothing was left behind. Answers "
+                    "are kept in memory (a replay of one given since this start is refused; a "
+                    "restart before the file is made forgets them) and the file is made with "
+                    "them by the first write that works. Free space on %s if it is full",
+                    self.path,
+                    getattr(exc, "strerror", None) or exc,
+                    self.path.parent,
+                )
+                return
         create_private(self.path)  # fingerprints derived from people's voices
         try:
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False)
-            # Fingerprints come from people's voices: one dropped from the window is zeroed,
-            # not left readable in a free page (see _scrub for the WAL).
-            self._db.execute("PRAGMA secure_delete=ON")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._init_schema()
-            self._load()
+            self._db = self._connect()
+            self._load(self._db)
             self._index.build()  # at start, not in the first check
         except sqlite3.DatabaseError as exc:
             # Malformed or foreign, or a folder in its place: a restart reads the same file.
@@ -250,9 +254,64 @@ class ReplayDetector:
                 f"{self.path}: not a replay-fingerprint database ({exc})", damaged=damaged
             ) from None
 
-    def _load(self) -> None:
-        first = self._first_kept()
-        for row_id, created, blob, mask, user in self._db.execute(
+    def _create(self, salt: bytes | None) -> None:
+        """Make the missing file, with `salt` (None: a new one). Built under a temporary
+        name and linked into place: made in place, a first start on a full disk left a
+        0-byte file (SQLite makes the file, then cannot write the schema), which the next
+        start took for one cut by a power cut."""
+        from voxgate.ownership import create_whole
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_whole(self.path, lambda db: _prepare(db, self.path, salt))
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False)
+        try:
+            # Fingerprints come from people's voices: one dropped from the window is zeroed,
+            # not left readable in a free page (see _scrub for the WAL).
+            db.execute("PRAGMA secure_delete=ON")
+            db.execute("PRAGMA journal_mode=WAL")
+            _prepare(db, self.path)
+            self._salt = _salt(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _file(self) -> sqlite3.Connection:
+        """The open file; made now if the start could not make it (raises as a write does
+        while it still cannot: sqlite3.Error or OSError)."""
+        if self._db is not None:
+            return self._db
+        from voxgate.ownership import create_private
+
+        held = self._salt
+        if not self.path.exists():
+            self._create(held)
+        create_private(self.path)
+        self._db = self._connect()
+        if self._salt != held:
+            # Made by another process meanwhile, under its own salt: the answers held are
+            # tagged again so that erasing their user still drops them. (Rows it may hold are
+            # not read: only the daemon writes fingerprints, and none ran meanwhile.)
+            tags = {
+                user_key(held, name): user_key(self._salt, name) for name in self._names.values()
+            }
+            for i in range(len(self._index)):
+                row = self._index.row(i)
+                if row.user is not None:
+                    row.user = tags.get(row.user, row.user)
+            self._unsaved = {
+                k: (*v[:4], tags.get(v[4], v[4]) if v[4] is not None else None)
+                for k, v in self._unsaved.items()
+            }
+        self._names.clear()
+        log.warning("replay store %s: made now, once it could be written", self.path)
+        return self._db
+
+    def _load(self, db: sqlite3.Connection) -> None:
+        first = self._first_kept(db)
+        for row_id, created, blob, mask, user in db.execute(
             "SELECT id, created_at, fp, loud, user_key FROM fingerprints WHERE id >= ? ORDER BY id",
             (first,),
         ):
@@ -263,13 +322,13 @@ class ReplayDetector:
                     "%s: fingerprint row %s is unreadable, skipped (%s)", self.path, row_id, exc
                 )
 
-    def _first_kept(self) -> int:
+    def _first_kept(self, db: sqlite3.Connection) -> int:
         """The oldest row id that fits both caps, newest first, read without the blobs; the
         older rows are deleted from the file. A store written under larger caps (or by a
         version without the memory budget) would otherwise be read whole into memory."""
         first, frames = 1 << 62, 0  # (none kept, if the newest alone is too big)
         for rows, (row_id, size) in enumerate(
-            self._db.execute("SELECT id, length(fp) FROM fingerprints ORDER BY id DESC"), 1
+            db.execute("SELECT id, length(fp) FROM fingerprints ORDER BY id DESC"), 1
         ):
             frames += int(size or 0) // 4 + GAP
             if rows > self.max_rows or frames > self.max_frames:
@@ -278,8 +337,8 @@ class ReplayDetector:
         else:
             return first
         try:
-            with self._db:
-                gone = self._db.execute("DELETE FROM fingerprints WHERE id < ?", (first,)).rowcount
+            with db:
+                gone = db.execute("DELETE FROM fingerprints WHERE id < ?", (first,)).rowcount
         except sqlite3.OperationalError as exc:  # a full disk: they are left out all the same
             log.warning("%s: cannot delete fingerprints beyond the caps: %s", self.path, exc)
             gone = -1
@@ -295,10 +354,6 @@ class ReplayDetector:
             gone if gone >= 0 else "left in the file",
         )
         return first
-
-    def _init_schema(self) -> None:
-        _prepare(self._db, self.path)
-        self._salt = _salt(self._db)
 
     def check_and_add(
         self, pcm: np.ndarray, now: float, keep: bool = True, user: str | None = None
@@ -332,8 +387,8 @@ class ReplayDetector:
             # Only answers long enough to compare are kept: a cough (a retry the lockout
             # does not count) would otherwise take a place under the cap.
             if keep and count >= MIN_FRAMES:
-                tag = user_key(self._salt, user) if user else None
-                self._index.add(self._store(now, count, fp, loud, tag), now, fp, loud, tag)
+                row_id, tag = self._store(now, count, fp, loud, user)
+                self._index.add(row_id, now, fp, loud, tag)
                 self._cap()
         # A replay needs an earlier attempt it matches: with threshold <= 0 and nothing
         # stored, best stays 0.0 and when None (this crashed on `now - when`).
@@ -360,20 +415,31 @@ class ReplayDetector:
         return sorted(set(picked.tolist()) | {int(score.argmax())})
 
     def _store(
-        self, now: float, count: int, fp: np.ndarray, loud: np.ndarray, tag: bytes | None
-    ) -> int:
-        """Save one fingerprint; its row id. One that cannot be saved (disk full, I/O
-        error) is still compared with from memory until a restart, under a negative id:
-        refusing the attempt would keep the door shut, and forgetting the answer would let
-        its replay pass."""
-        row = (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes(), tag)
+        self, now: float, count: int, fp: np.ndarray, loud: np.ndarray, user: str | None
+    ) -> tuple[int, bytes | None]:
+        """Save one fingerprint of `user`'s answer; its row id and user tag. One that cannot
+        be saved (disk full, I/O error, no file made yet) is still compared with from memory
+        until a restart, under a negative id: refusing the attempt would keep the door shut,
+        and forgetting the answer would let its replay pass."""
+        failed: Exception | None = None
         try:
-            row_id = self._insert(row)
-        except sqlite3.Error as exc:
-            self._write_failed(exc)
+            self._file()  # first: a file made now may bring another salt (see _file)
+        except (sqlite3.Error, OSError) as exc:  # the file cannot be made yet
+            failed = exc
+        tag = user_key(self._salt, user) if user else None
+        row = (now, count, fp.astype("<u4").tobytes(), np.packbits(loud).tobytes(), tag)
+        if failed is None:
+            try:
+                row_id = self._insert(row)
+            except sqlite3.Error as exc:
+                failed = exc
+        if failed is not None:
+            self._write_failed(failed)
+            if tag is not None and self._db is None:
+                self._names[tag] = user or ""
             self._memory_id -= 1
             self._unsaved[self._memory_id] = row
-            return self._memory_id
+            return self._memory_id, tag
         if self._write_log.active:
             held = self._save_held()
             log.warning(
@@ -382,11 +448,13 @@ class ReplayDetector:
                 held,
             )
             self._write_log.reset()
-        return row_id
+        return row_id, tag
 
     def _insert(self, row: _HeldRow) -> int:
-        with self._db:
-            cur = self._db.execute(
+        db = self._db
+        assert db is not None  # _store made it
+        with db:
+            cur = db.execute(
                 "INSERT INTO fingerprints (created_at, frames, fp, loud, user_key)"
                 " VALUES (?, ?, ?, ?, ?)",
                 row,
@@ -407,7 +475,7 @@ class ReplayDetector:
             saved += 1
         return saved
 
-    def _write_failed(self, exc: sqlite3.Error) -> None:
+    def _write_failed(self, exc: Exception) -> None:
         if self._write_log.allow():
             log.error(
                 "replay store %s: cannot write (%s); answers are remembered in memory only "
@@ -424,6 +492,8 @@ class ReplayDetector:
         if self._saved_as:  # only ids the index still holds
             held = {self._index.row(i).row_id for i in range(len(self._index))}
             self._saved_as = {k: v for k, v in self._saved_as.items() if k in held}
+        if self._db is None:  # no file yet: nothing in it to prune
+            return
         try:
             with self._db:
                 cur = self._db.execute(
@@ -438,6 +508,8 @@ class ReplayDetector:
     def _scrub(self) -> None:
         """Empty the WAL after rows were deleted: its frames still hold them otherwise.
         Only when something left the window or the cap, not at every attempt."""
+        if self._db is None:
+            return
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
@@ -468,15 +540,16 @@ class ReplayDetector:
         in_file = [
             i if i > 0 else self._saved_as.pop(i) for i in gone if i > 0 or i in self._saved_as
         ]
-        try:
-            with self._db:
-                self._db.executemany(
-                    "DELETE FROM fingerprints WHERE id = ?", [(i,) for i in in_file]
-                )
-        except sqlite3.Error as exc:
-            self._write_failed(exc)
-        else:
-            self._scrub()
+        if self._db is not None:  # else none was saved (the file is not made yet)
+            try:
+                with self._db:
+                    self._db.executemany(
+                        "DELETE FROM fingerprints WHERE id = ?", [(i,) for i in in_file]
+                    )
+            except sqlite3.Error as exc:
+                self._write_failed(exc)
+            else:
+                self._scrub()
         # One warning, then debug lines: at the cap every attempt drops one.
         first = self._cap_log.allow()
         (log.warning if first else log.debug)(
@@ -495,29 +568,38 @@ class ReplayDetector:
         `voxgate users erase` already dropped from the file count too: memory held them)."""
         with self._lock:
             tag = user_key(self._salt, user)
-            with self._db:
-                cur = self._db.execute("DELETE FROM fingerprints WHERE user_key = ?", (tag,))
+            erased = 0
+            if self._db is not None:  # else memory holds them all (the file is not made yet)
+                with self._db:
+                    cur = self._db.execute("DELETE FROM fingerprints WHERE user_key = ?", (tag,))
+                erased = cur.rowcount
+            self._names.pop(tag, None)
             gone = self._index.ids_of(tag)
             self._index.drop(gone)
             for i in gone:  # held in memory by a full disk: never to be saved now
                 self._unsaved.pop(i, None)
                 self._saved_as.pop(i, None)
             self._index.build()  # here (an erase), not in the loop's next check
-            if cur.rowcount > 0:
+            if erased > 0:
                 self._scrub()
-            return max(len(gone), cur.rowcount)
+            return max(len(gone), erased)
 
     def count(self) -> int:
+        """Fingerprints in the file (0 while it is not made)."""
         with self._lock:
+            if self._db is None:
+                return 0
             return int(self._db.execute("SELECT COUNT(*) FROM fingerprints").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
 
 
-def _prepare(db: sqlite3.Connection, path: Path) -> None:
-    """Make or upgrade the schema (a new file, schema 1, or a development build's 2)."""
+def _prepare(db: sqlite3.Connection, path: Path, salt: bytes | None = None) -> None:
+    """Make or upgrade the schema (a new file, schema 1, or a development build's 2); a new
+    user salt is `salt` (None: a random one)."""
     cur = db.execute("PRAGMA user_version")
     version = cur.fetchone()[0]
     # 2: marked so by this release's development builds; the same layout as 1 + user_key.
@@ -543,7 +625,7 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
                 db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
                 db.execute(
                     "INSERT INTO meta (name, value) VALUES ('user_salt', ?)",
-                    (os.urandom(16),),
+                    (salt or os.urandom(16),),
                 )
             db.execute(f"PRAGMA user_version={FILE_VERSION}")
             db.commit()

@@ -44,7 +44,10 @@ def online_door(config: Path, broker: Broker) -> Iterator[tuple[DaemonProcess, R
     daemon = DaemonProcess(config)
     try:
         daemon.feed(pause(0.3))
-        rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+        try:
+            rec.wait_for(f"voxgate/{DEV}/status", lambda m: m.payload == b"online", timeout=30)
+        except AssertionError as exc:  # say why: a daemon that stopped logged it
+            raise AssertionError(f"{exc}\n{daemon.log()[-3000:]}") from None
         yield daemon, rec
     finally:
         rec.close()
@@ -121,6 +124,59 @@ def test_a_full_disk_keeps_checking_replays_from_memory(
     assert (again.outcome, again.reasons) == ("denied", ("replay",)), log
     assert "attempt aborted" not in log and "Traceback" not in log, log
     assert f"replay store {data / 'replay.db'}: cannot write (database or disk is full)" in log
+
+
+def test_a_first_start_on_a_full_disk_checks_replays_from_memory_and_saves_them_later(
+    request: pytest.FixtureRequest, broker: Broker
+) -> None:
+    """Seen: `voxgate run` started on a full data folder with no replay.db yet stopped the
+    challenge stage ("cannot create the replay store", exit 69) and systemd restarted it
+    until there was room: the door opened for nobody. Now the fingerprints are kept in
+    memory (a replay of an answer given since the start is refused), and the file is made,
+    with what memory holds, by the first write once the disk has room."""
+    from voxgate.replay import ReplayDetector, fingerprints_of
+
+    door = request.getfixturevalue("device")
+    data = Path(door["doc"]["data_dir"])
+    # The voiceprints elsewhere: on a full disk their store stops the door by itself.
+    door["doc"]["speaker"]["database"] = str(door["dir"] / "voiceprints.db")
+    door["doc"]["challenge"] = {"mode": "passphrase", "passphrase": PHRASE, "timeout_s": 10}
+    write_config(door["dir"], door["doc"])
+    wake = np.concatenate([pause(0.5), speech("hello door, it is bob", "en+m3"), pause(1.5)])
+    answer = np.concatenate([speech(PHRASE, "en+m3"), pause(2.0)])
+    with small_fs(data):
+        done = enroll(door, "bob", "en+m3")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert not (data / "replay.db").exists()
+        fill(data)
+        with online_door(door["config"], broker) as (daemon, rec):
+            for n in (1, 2):
+                daemon.feed(wake)
+                daemon.feed(answer)
+                wait_until(lambda n=n: len(decisions(rec)) >= n, 20, f"decision {n}")
+                daemon.feed(pause(1.0))
+            assert not (data / "replay.db").exists()
+            freed_at = time.time()
+            free(data)
+            daemon.feed(wake)
+            daemon.feed(answer)  # the first fingerprint written with room makes the file
+            wait_until(lambda: len(decisions(rec)) >= 3, 20, "decision 3")
+            assert daemon.close() == 0
+        log = daemon.log()
+        stored = fingerprints_of(data / "replay.db", "bob")
+        again = ReplayDetector(data / "replay.db", window_s=600)
+        replayed = again.check_and_add(answer, time.time(), keep=False)
+        again.close()
+    first, second, third = decisions(rec)
+    assert (first.outcome, first.user) == ("granted", "bob"), log
+    assert (second.outcome, second.reasons) == ("denied", ("replay",)), log
+    assert third.outcome == "denied" and "replay" in third.reasons, log
+    assert "attempt aborted" not in log and "Traceback" not in log, log
+    assert log.count(f"cannot create the replay store {data / 'replay.db'}") == 1, log
+    # Every answer the door kept, those from the full disk included (stored at their time).
+    assert len(stored) == 3, stored
+    assert sum(float(str(s["stored_at"])) < freed_at for s in stored) == 2, stored
+    assert replayed.is_replay  # a restart now still knows the first answer
 
 
 def test_audit_lines_a_full_disk_held_are_not_lost_when_the_daemon_stops(
@@ -320,16 +376,18 @@ def test_a_first_start_on_a_full_disk_leaves_no_empty_state_files(
     replay.db were left at 0 bytes (SQLite makes the file, then cannot write its schema),
     and the next start logged them as "cut by a power cut or a failed restore". Each is
     now built under a temporary name and linked into place: a full disk leaves no file,
-    the log says it could not be created, the lockouts go on from memory and the file is
-    made once there is room."""
+    the log says it could not be created, the lockouts and the replay fingerprints go on
+    from memory and each file is made once there is room."""
     import logging
 
     from voxgate.config.service import LockoutConfig
     from voxgate.lockout import LockoutBook
-    from voxgate.replay import ReplayDetector, ReplayStoreError
+    from voxgate.replay import ReplayDetector, forget_user_in_file
 
     cfg = LockoutConfig(max_failures=2)
     t = time.time()
+    first = speech("four one seven two nine", "en+m3")
+    second = speech("eight three zero six five", "en+m3")
     with small_fs(tmp_path / "state", "1m") as folder:
         fill(folder)
         with caplog.at_level(logging.INFO):
@@ -337,20 +395,81 @@ def test_a_first_start_on_a_full_disk_leaves_no_empty_state_files(
             for _ in range(2):
                 book.record("bob", ok=False, now=t)
             assert book.state("bob", t + 1).locked  # enforced from memory
-            with pytest.raises(ReplayStoreError) as raised:
-                ReplayDetector(folder / "replay.db", window_s=600)
+            store = ReplayDetector(folder / "replay.db", window_s=600)
+            assert not store.check_and_add(first, t, user="bob").is_replay
+            assert store.check_and_add(first, t + 1, keep=False).is_replay  # from memory
         assert sorted(p.name for p in folder.iterdir()) == [FILLER], list(folder.iterdir())
         assert f"cannot create lockout state {folder / 'lockout.db'}" in caplog.text
-        assert not raised.value.damaged  # a restart may pass: not "move it aside"
-        assert f"{folder / 'replay.db'}: cannot create the replay store" in str(raised.value)
-        assert "not a replay-fingerprint database" not in str(raised.value)
+        assert caplog.text.count(f"cannot create the replay store {folder / 'replay.db'}") == 1
+        assert "cannot write" not in caplog.text  # the one line says it all
+        assert "not a replay-fingerprint database" not in caplog.text
         free(folder)
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             book.record("carol", ok=False, now=t + 2)  # the first write with room makes it
             book.close()
             again = LockoutBook(folder / "lockout.db", cfg)
-            ReplayDetector(folder / "replay.db", window_s=600).close()
+            assert not store.check_and_add(second, t + 2, user="bob").is_replay  # and this one
+            store.close()
+            replays = ReplayDetector(folder / "replay.db", window_s=600)
+            assert replays.check_and_add(first, t + 3, keep=False).is_replay  # saved
+            replays.close()
         assert again.state("bob", t + 3).locked and again.state("carol", t + 3).user_failures
         again.close()
         assert "is empty" not in caplog.text, caplog.text
+        assert "1 answer(s) held in memory saved" in caplog.text, caplog.text
+        # Saved under the file's salt: erasing bob drops both.
+        assert forget_user_in_file(folder / "replay.db", "bob") == 2
+
+
+def test_a_replay_store_a_read_only_folder_kept_from_memory_is_made_once_writable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for a data folder that cannot be written at all at the first start (a
+    file system mounted read-only after an error): the answers are checked from memory and
+    the file is made, with them, once the folder is writable again."""
+    import logging
+    import subprocess
+
+    from voxgate.replay import ReplayDetector
+
+    first = speech("four one seven two nine", "en+m3")
+    second = speech("eight three zero six five", "en+m3")
+    with small_fs(tmp_path / "state", "1m") as folder:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        with caplog.at_level(logging.WARNING):
+            store = ReplayDetector(folder / "replay.db", window_s=600)
+            assert not store.check_and_add(first, 1000.0, user="bob").is_replay
+            assert store.check_and_add(first, 1001.0, keep=False).is_replay
+            subprocess.run(["mount", "-o", "remount,rw", str(folder)], check=True)
+            assert not store.check_and_add(second, 1002.0, user="bob").is_replay
+            store.close()
+        assert "cannot create the replay store" in caplog.text
+        assert "Read-only file system" in caplog.text, caplog.text
+        again = ReplayDetector(folder / "replay.db", window_s=600)
+        assert again.check_and_add(first, 1003.0, keep=False).is_replay
+        assert again.count() == 2
+        assert again.forget("bob") == 2
+        again.close()
+
+
+def test_answers_held_before_another_process_made_the_replay_store_are_erased_with_their_user(
+    tmp_path: Path,
+) -> None:
+    """The file the store could not make at start may be made by another process before
+    this one writes (under its own salt): the answers held in memory are saved under that
+    salt, so that erasing their user still drops them."""
+    import subprocess
+
+    from voxgate.replay import ReplayDetector, forget_user_in_file
+
+    first = speech("four one seven two nine", "en+m3")
+    with small_fs(tmp_path / "state", "1m") as folder:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        held = ReplayDetector(folder / "replay.db", window_s=600)
+        assert not held.check_and_add(first, 1000.0, user="Bob").is_replay
+        subprocess.run(["mount", "-o", "remount,rw", str(folder)], check=True)
+        ReplayDetector(folder / "replay.db", window_s=600).close()  # the other process
+        held.check_and_add(speech("eight three zero six five", "en+m3"), 1001.0, user="bob")
+        held.close()
+        assert forget_user_in_file(folder / "replay.db", "bob") == 2
