@@ -43,7 +43,13 @@ import numpy as np
 from voxgate.config.fleet import ALL_USERS, FleetConfig
 from voxgate.names import fold
 from voxgate.ownership import create_whole
-from voxgate.voiceprints import StoreError, VoiceprintStore, normalize_name
+from voxgate.voiceprints import (
+    StoreError,
+    VoiceprintStore,
+    hex_text_hint,
+    looks_hex_text,
+    normalize_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +198,10 @@ class Codec:
         self._aead = AESGCM(_derive(keys.fleet_key, b"seal v1"))
         self._tag_key = _derive(keys.fleet_key, b"user tag v1")
         self._order_key = _derive(keys.fleet_key, b"order v1")
+        # For the messages of a decrypt or signature failure this door's key can cause; only
+        # whether the key is hex text is kept here, not the key.
+        self._hex_fleet_key = looks_hex_text(keys.fleet_key)
+        self._hex_signing_key = keys.signing_key is not None and looks_hex_text(keys.signing_key)
 
     def user_tag(self, name: str) -> str:
         """The name's topic level: a keyed hash, the same on every door of the site."""
@@ -313,7 +323,13 @@ class Codec:
         try:
             Ed25519PublicKey.from_public_bytes(pub).verify(_unb64(msg["sig"]), _canonical(signed))
         except (InvalidSignature, ValueError):
-            raise MessageError(f"bad signature (claimed signer {signer})") from None
+            # Its own message (a door reads its groups' topics): this door's key may be why.
+            hint = (
+                hex_text_hint("This door's fleet signing key", "`voxgate fleet keygen`")
+                if signer == self.device_id and self._hex_signing_key
+                else ""
+            )
+            raise MessageError(f"bad signature (claimed signer {signer}){hint}") from None
         if msg["issued_at"] > now + MAX_SKEW_S:
             raise MessageError("issued in the future; check the clocks")
         header = {k: msg[k] for k in fields if k not in ("nonce", "ct")}
@@ -321,7 +337,8 @@ class Codec:
         try:
             plain = self._aead.decrypt(_unb64(msg["nonce"]), _unb64(msg["ct"]), _canonical(header))
         except (InvalidTag, ValueError):
-            raise MessageError("cannot decrypt (another site's fleet key?)") from None
+            hint = hex_text_hint("This door's fleet key", None) if self._hex_fleet_key else ""
+            raise MessageError(f"cannot decrypt (another site's fleet key?){hint}") from None
         try:
             body = json.loads(plain)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):

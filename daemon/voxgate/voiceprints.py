@@ -117,16 +117,22 @@ def parse_key(raw: bytes) -> bytes:
 
 # A key of 32 hex digits is read as 32 raw bytes (the characters): a door may use such a
 # key on purpose, so it is not refused, but a wrong key that looks like this is most likely
-# init-key's 64 hex digits cut short, or a 16-byte key written in hex.
-HEX_TEXT_KEY_HINT = (
-    ". The key is 32 hex digits, which are read as 32 raw bytes (the characters themselves), "
-    "not decoded: a key written in hex must be all 64 hex digits of the 32-byte key, as "
-    "`voxgate users init-key` writes it (a newline after it is fine); check that it was not "
-    "cut short"
-)
+# init-key's 64 hex digits cut short, or a 16-byte key written in hex. The fleet and audio
+# key readers read such keys the same way and use the same hint.
+def hex_text_hint(key: str = "The key", written_by: str | None = "`voxgate users init-key`") -> str:
+    """What a wrong-key message adds when `key` was 32 hex digits (looks_hex_text)."""
+    made = f", as {written_by} writes it" if written_by else ""
+    return (
+        f". {key} is 32 hex digits, which are read as 32 raw bytes (the characters "
+        "themselves), not decoded: a key written in hex must be all 64 hex digits of the "
+        f"32-byte key{made} (a newline after it is fine); check that it was not cut short"
+    )
 
 
-def _looks_hex(key: bytes) -> bool:
+HEX_TEXT_KEY_HINT = hex_text_hint()
+
+
+def looks_hex_text(key: bytes) -> bool:
     """Are these 32 key bytes all ASCII hex digits (hex text read as a raw key)?"""
     return len(key) == KEY_BYTES and all(c in b"0123456789abcdefABCDEF" for c in key)
 
@@ -298,7 +304,7 @@ class VoiceprintStore:
         if len(key) != KEY_BYTES:
             raise StoreError(f"voiceprint key must be {KEY_BYTES} bytes, not {len(key)}")
         self.path = Path(path)
-        self._hex_text_key = _looks_hex(key)  # for the wrong-key message; not the key
+        self._hex_text_key = looks_hex_text(key)  # for the wrong-key message; not the key
         self._aead = AESGCM(_subkey(key, b"seal v1"))
         self._name_key = _subkey(key, b"name v1")
         self._lock = threading.Lock()

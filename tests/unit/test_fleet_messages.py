@@ -217,3 +217,58 @@ def test_every_door_computes_the_same_tie_break_and_the_sender_knows_it(
     erase = receiver.decode("lobby", tag, sender.encode("erase", "lobby", "alice", 5), NOW)
     assert newer(erase.order, a.order) and not newer(a.order, erase.order)
     assert newer((6, ""), erase.order) and not newer((5, ""), a.order)  # rows from before
+
+
+def test_a_key_of_32_hex_digits_that_fails_says_it_was_read_as_raw_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet key or signing key file holding 32 hex digits (the 64 cut short) is read as
+    32 raw bytes, as the voiceprint key reader does. Not refused (a site may use such a key
+    on purpose), but where it fails on this door the message says how it was read: a
+    message it cannot decrypt, and its own message whose signature does not verify."""
+    for var in ("VOXGATE_FLEET_KEY", "VOXGATE_FLEET_SIGNING_KEY", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(var, raising=False)
+    fleet_hex, sk = os.urandom(32).hex(), os.urandom(32)
+    files = {
+        "full": fleet_hex + "\n",
+        "cut": fleet_hex[:32],
+        "other": os.urandom(32).hex() + "\n",
+        "signing": sk.hex() + "\n",
+        "signing-cut": sk.hex()[:32] + "\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o600)
+    signers = {"door-a": public_key_hex(sk)}  # what `voxgate fleet keygen` printed
+
+    def door(device: str, key: str, signing: str = "absent") -> Codec:
+        cfg = FleetConfig(
+            key_file=tmp_path / key, signing_key_file=tmp_path / signing, signers=signers
+        )
+        return Codec(FleetKeys.load(cfg), "acme", device)
+
+    sender = door("door-a", "full", "signing")
+    msg = sender.encode("erase", "lobby", "alice", 3, now=NOW)
+    tag = sender.user_tag("alice")
+    with pytest.raises(MessageError, match="cannot decrypt") as cut:
+        door("door-b", "cut").decode("lobby", tag, msg, NOW)
+    assert "read as 32 raw bytes" in str(cut.value) and "64 hex digits" in str(cut.value)
+    with pytest.raises(MessageError, match="cannot decrypt") as other:
+        door("door-b", "other").decode("lobby", tag, msg, NOW)
+    assert "raw bytes" not in str(other.value)  # a 64-digit wrong key: no hint
+    # Such a key works between doors that all use it.
+    both = door("door-a", "cut", "signing")
+    sent = both.encode("erase", "lobby", "alice", 4, now=NOW)
+    assert door("door-b", "cut").decode("lobby", both.user_tag("alice"), sent, NOW).version == 4
+
+    # The signing key cut short: the door's own messages (it reads its groups' topics) do
+    # not verify under the public key listed for it.
+    cut_signer = door("door-a", "full", "signing-cut")
+    own = cut_signer.encode("erase", "lobby", "alice", 5, now=NOW)
+    with pytest.raises(MessageError, match="bad signature") as mine:
+        cut_signer.decode("lobby", tag, own, NOW)
+    assert "read as 32 raw bytes" in str(mine.value), mine.value
+    assert "voxgate fleet keygen" in str(mine.value)
+    with pytest.raises(MessageError, match="bad signature") as elsewhere:
+        door("door-b", "full").decode("lobby", tag, own, NOW)
+    assert "raw bytes" not in str(elsewhere.value)  # another door cannot tell why

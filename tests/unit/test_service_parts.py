@@ -155,3 +155,25 @@ def test_raw_audio_key_keeps_its_whitespace_bytes(tmp_path: Path) -> None:
     pcm = np.arange(1600, dtype=np.int16)
     stored = keeper.store(pcm, "n1", time.time())
     assert np.array_equal(AudioKeeper(tmp_path / "audio", raw, 1).load(stored), pcm)
+
+
+def test_a_wrong_audio_key_of_32_hex_digits_says_it_was_read_as_raw_bytes(tmp_path: Path) -> None:
+    """An audio key holding 32 hex digits (the 64 cut short) is read as 32 raw bytes, like
+    the voiceprint key. The daemon only writes kept audio, so nothing fails there; reading a
+    recording back (AudioKeeper.load, the documented way) with such a key says how it was
+    read. Such a key is not refused: recordings it sealed open with it."""
+    import os
+
+    full = os.urandom(32).hex()
+    pcm = (np.arange(1600) % 200).astype(np.int16)
+    stored = AudioKeeper(tmp_path, (full + "\n").encode(), 1).store(pcm, "n1")
+    assert stored is not None
+    with pytest.raises(KeepError, match="wrong key") as cut:
+        AudioKeeper(tmp_path, full[:32].encode(), 1).load(stored)
+    assert "read as 32 raw bytes" in str(cut.value) and "64 hex digits" in str(cut.value)
+    with pytest.raises(KeepError, match="wrong key") as other:
+        AudioKeeper(tmp_path, os.urandom(32).hex().encode(), 1).load(stored)
+    assert "raw bytes" not in str(other.value)
+    raw = AudioKeeper(tmp_path / "raw", full[:32].encode(), 1)
+    own = raw.store(pcm, "n2")
+    assert own is not None and np.array_equal(raw.load(own), pcm)

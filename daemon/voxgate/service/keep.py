@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from voxgate.voiceprints import hex_text_hint, looks_hex_text
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".vxa"
@@ -46,7 +48,9 @@ class AudioKeeper:
 
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._aead = AESGCM(parse_key(key))
+        parsed = parse_key(key)
+        self._aead = AESGCM(parsed)
+        self._hex_text_key = looks_hex_text(parsed)  # for the wrong-key message; not the key
         self.retention_s = retention_days * 86400.0
         self.purge()
 
@@ -78,7 +82,8 @@ class AudioKeeper:
         try:
             raw = self._aead.decrypt(blob[:12], blob[12:], Path(path).name.encode())
         except InvalidTag:
-            raise KeepError(f"{path}: wrong key, renamed or damaged file") from None
+            hint = hex_text_hint("The audio key", None) if self._hex_text_key else ""
+            raise KeepError(f"{path}: wrong key, renamed or damaged file{hint}") from None
         return np.frombuffer(raw, dtype="<i2").astype(np.int16)
 
     def purge(self, now: float | None = None) -> int:
