@@ -24,9 +24,15 @@ attempts the gate lets through (a retried attempt is never accepted), and the EE
 trials (retried ones included, as `voxgate eval` counts them), and the enrollment takes the
 checks rejected (when all of a speaker's are, `voxgate eval` enrolls from them all anyway,
 where the daemon would store nothing). Then, per noise type, the
-estimate's median error and the share of recordings the gate calls too_noisy.
+estimate's median error and the share of recordings the gate calls too_noisy; and per set
+and noise type, how unsteady the noise is (frame_power_spread) and the genuine attempts
+denied (FNMR) and impostors accepted (FMR) at the threshold with every attempt scored, the
+gate ignored: what the model does with that noise at that SNR, whatever the gate decides.
+--noises one type gives every recording that type (all its trials measure it); --lowpass
+makes each noise a rumble (its power below HZ), as a hum or LibriSpeech's background.
 
     PYTHONPATH=daemon python benchmarks/noise_gate.py [--data DIR] [--enroll-noise] [--room]
+        [--noises TYPE ...] [--lowpass HZ]
 
 Skips (exit 0, with a message) when the data is not there.
 """
@@ -87,6 +93,26 @@ def mix(
     return np.round(y).astype(np.int16)
 
 
+def lowpass(noise: np.ndarray, hz: float | None) -> np.ndarray:
+    """`noise` through a 4th-order Butterworth low-pass at `hz` (None: as it is): a rumble
+    or hum with the noise's own ups and downs, where the speech has little power."""
+    if hz is None:
+        return noise
+    from scipy.signal import butter, sosfilt
+
+    return np.asarray(sosfilt(butter(4, hz, "lowpass", fs=SAMPLE_RATE, output="sos"), noise))
+
+
+def frame_power_spread(noise: np.ndarray) -> float:
+    """How unsteady a noise is over what the gate's pauses hold: the spread (standard
+    deviation, dB) of its 30 ms frames' power within each 1 s piece, median over pieces.
+    White noise reads 0.3 dB; a clatter or a voice several dB."""
+    per = SAMPLE_RATE // FRAME  # whole frames in 1 s
+    frames = noise[: len(noise) // (per * FRAME) * per * FRAME].reshape(-1, per, FRAME)
+    db = 10 * np.log10((frames**2).mean(axis=2) + 1e-12)
+    return float(np.median(db.std(axis=1)))
+
+
 def utterance(pcm: np.ndarray, vad_cfg: VadConfig) -> np.ndarray:
     """What the daemon would score: the endpointer's utterance with the most speech (the
     whole audio when it finds none)."""
@@ -99,6 +125,7 @@ class Row:
     set: str
     snr: str
     noise: np.ndarray  # noise type, per test recording
+    trial_noise: np.ndarray  # noise type of the test recording, per trial
     err: np.ndarray  # estimated minus true SNR, per test recording (NaN for clean)
     est: np.ndarray  # estimated SNR, per test recording
     pauses: np.ndarray  # SNR measured in pauses (not the quietest frames), per test recording
@@ -151,7 +178,7 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
         recs += [r for takes in es.enroll.values() for r in takes if r not in set(tests)]
     of_trial = np.array([tests.index(r) for _, r, _ in es.trials])
     noises = {
-        p.stem: read_audio(p).astype(np.float64)
+        p.stem: lowpass(read_audio(p).astype(np.float64), args.lowpass)
         for p in sorted((args.data / "noise").glob("*.flac"))
         if not args.noises or p.stem in args.noises
     }
@@ -210,6 +237,7 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
                 name,
                 snr_arg,
                 np.array([k for k, _ in pick[: len(tests)]]),
+                np.array([pick[i][0] for i in of_trial]),
                 est - snr if snr is not None else np.full(len(tests), np.nan),
                 est,
                 np.array([q.snr_from_pauses for q in quality]),
@@ -256,6 +284,12 @@ def main() -> int:
         "--snrs", nargs="+", default=SNRS, type=snr_arg, help="true SNRs in dB, or 'clean'"
     )
     ap.add_argument("--noises", nargs="+", help="noise files by name without .flac (default all)")
+    ap.add_argument(
+        "--lowpass",
+        type=float,
+        metavar="HZ",
+        help="low-pass the noise at HZ first (a hum or rumble; the SNR stays over the full band)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="picks each recording's noise and piece")
     ap.add_argument("--enroll-noise", action="store_true", help="enrollment at the same SNR")
     ap.add_argument("--min-snr-db", type=float, help="gate level instead of speaker.min_snr_db")
@@ -326,6 +360,27 @@ def main() -> int:
             bad = np.concatenate([r.noisy[r.noise == kind] for r in rows if r.snr == x])
             cells.append(f"{np.median(err):+.1f} ({100 * np.mean(bad):.0f} %)")
         print(f"| {kind} | " + " | ".join(cells) + " |")
+    for name in args.sets:
+        print(f"\n{name}, per noise type: genuine attempts denied (FNMR) at the threshold "
+              "with every attempt scored (the gate ignored) [FMR, also ungated]\n")  # fmt: skip
+        mine = [r for r in rows if r.set == name]
+        print("| noise | frame power spread | " + " | ".join(f"{r.snr} dB" for r in mine) + " |")
+        print("|---|---|" + "---|" * len(mine))
+        for kind in sorted(set(mine[0].trial_noise)):
+            cells = []
+            for r in mine:
+                accept, of = r.scores >= r.threshold, r.trial_noise == kind
+                tar, non = of & (r.target == 1), of & (r.target == 0)
+                cells.append(
+                    f"{rate(~accept, tar)} [{100 * (accept & non).sum() / max(non.sum(), 1):.2f} %]"
+                )
+            spread_db = frame_power_spread(
+                lowpass(
+                    read_audio(args.data / "noise" / f"{kind}.flac").astype(np.float64),
+                    args.lowpass,
+                )
+            )
+            print(f"| {kind} | {spread_db:.2f} dB | " + " | ".join(cells) + " |")
     return 0
 
 
