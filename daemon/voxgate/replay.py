@@ -313,12 +313,14 @@ class ReplayDetector:
         after a clean stop). Read once and closed: immutable skips locks and change
         detection, so a file another process changes meanwhile may read wrong (uri.html)."""
         uri = self.path.absolute().as_uri()
-        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
+        db: sqlite3.Connection | None = None
         try:
+            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
             db.execute("SELECT COUNT(*) FROM fingerprints").fetchone()
             return db, 0
         except sqlite3.OperationalError:
-            db.close()
+            if db is not None:
+                db.close()
         wal = self.path.with_name(self.path.name + "-wal")
         skipped = wal.stat().st_size if wal.is_file() else 0
         return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False), skipped
