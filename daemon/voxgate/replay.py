@@ -208,6 +208,11 @@ class ReplayDetector:
         # While there is no file: the user named by each tag held, in case the file is made
         # under another salt after all (another process made it meanwhile).
         self._names: dict[bytes, str] = {}
+        # The file was read at start but cannot be written (a full disk): the user tags
+        # erased since, whose rows the file still holds (_catch_up deletes them).
+        self._read_only = False
+        self._erased: set[bytes] = set()
+        self._read_upto = 0  # the last row id read at start (the -wal may hold more)
         from voxgate.ownership import create_private
 
         with contextlib.suppress(OSError):
@@ -245,14 +250,80 @@ class ReplayDetector:
         try:
             self._db = self._connect()
             self._load(self._db)
-            self._index.build()  # at start, not in the first check
         except sqlite3.DatabaseError as exc:
             # Malformed or foreign, or a folder in its place: a restart reads the same file.
-            # Other OperationalErrors (a full disk, locked, I/O) may pass.
-            damaged = not isinstance(exc, sqlite3.OperationalError) or self.path.is_dir()
+            if not isinstance(exc, sqlite3.OperationalError) or self.path.is_dir():
+                raise ReplayStoreError(
+                    f"{self.path}: not a replay-fingerprint database ({exc})", damaged=True
+                ) from None
+            if "locked" in str(exc):  # another process writes it: not to be read unlocked
+                raise ReplayStoreError(f"{self.path}: {exc}", damaged=False) from None
+            # The file cannot be opened for writing (a full disk: SQLite cannot make its
+            # -wal and -shm; a read-only disk). Stopping here (exit 69, restarted for ever)
+            # kept a rebooted door on a full SD card shut for everyone: read it instead.
+            self._open_read_only(exc)
+        self._index.build()  # at start, not in the first check
+
+    def _open_read_only(self, cause: sqlite3.OperationalError) -> None:
+        """Read the fingerprints of a file that cannot be opened for writing; new answers are
+        held in memory and the file is opened again by the first write that works (_file).
+        Raises ReplayStoreError (not damaged: it may pass) when it cannot be read either."""
+        self._index = FingerprintIndex()  # whatever a failed _load had added
+        try:
+            db, skipped = self._read_only_connection()
+            try:
+                self._salt = _salt(db)
+                self._load(db, writable=False)
+                self._read_upto = int(
+                    db.execute("SELECT MAX(id) FROM fingerprints").fetchone()[0] or 0
+                )
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as exc:
+            self._index = FingerprintIndex()
             raise ReplayStoreError(
-                f"{self.path}: not a replay-fingerprint database ({exc})", damaged=damaged
+                f"{self.path}: cannot open the replay store ({_why(self.path, cause)}) "
+                f"nor read it ({exc})",
+                damaged=False,
             ) from None
+        self._read_only = True
+        self._write_log.allow()  # logged here; the writes that fail until then are not
+        unread = (
+            f"; {self.path.name}-wal holds {skipped} bytes not yet merged into the file, "
+            "unreadable without room for its -shm: the answers in it are not checked for "
+            "replays until then"
+            if skipped
+            else ""
+        )
+        log.error(
+            "replay store %s: %s; its %d fingerprint(s) were read and are checked from memory, "
+            "new answers are held in memory (a restart before they are saved forgets them) "
+            "and saved by the first write that works%s. Free space on %s if it is full",
+            self.path,
+            _why(self.path, cause),
+            len(self._index),
+            unread,
+            self.path.parent,
+        )
+
+    def _read_only_connection(self) -> tuple[sqlite3.Connection, int]:
+        """The file opened read-only, and the bytes of -wal it leaves unread. mode=ro reads
+        the -wal too but needs a -shm it can size, which a full disk refuses; immutable=1
+        needs none and reads the main file alone: the whole store when the -wal is empty (as
+        after a clean stop). Read once and closed: immutable skips locks and change
+        detection, so a file another process changes meanwhile may read wrong (uri.html)."""
+        uri = self.path.absolute().as_uri()
+        db: sqlite3.Connection | None = None
+        try:
+            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
+            db.execute("SELECT COUNT(*) FROM fingerprints").fetchone()
+            return db, 0
+        except sqlite3.OperationalError:
+            if db is not None:
+                db.close()
+        wal = self.path.with_name(self.path.name + "-wal")
+        skipped = wal.stat().st_size if wal.is_file() else 0
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False), skipped
 
     def _create(self, salt: bytes | None) -> None:
         """Make the missing file, with `salt` (None: a new one). Built under a temporary
@@ -286,10 +357,18 @@ class ReplayDetector:
         from voxgate.ownership import create_private
 
         held = self._salt
-        if not self.path.exists():
+        made = not self.path.exists()
+        if made:
             self._create(held)
         create_private(self.path)
-        self._db = self._connect()
+        db = self._connect()
+        if self._read_only:
+            try:
+                self._catch_up(db)
+            except BaseException:
+                db.close()
+                raise
+        self._db = db
         if self._salt != held:
             # Made by another process meanwhile, under its own salt: the answers held are
             # tagged again so that erasing their user still drops them. (Rows it may hold are
@@ -306,11 +385,30 @@ class ReplayDetector:
                 for k, v in self._unsaved.items()
             }
         self._names.clear()
-        log.warning("replay store %s: made now, once it could be written", self.path)
+        if made:
+            log.warning("replay store %s: made now, once it could be written", self.path)
+        self._read_only = False
         return self._db
 
-    def _load(self, db: sqlite3.Connection) -> None:
-        first = self._first_kept(db)
+    def _catch_up(self, db: sqlite3.Connection) -> None:
+        """Once the file read at start (_open_read_only) can be written: delete the rows of
+        the users erased meanwhile (memory dropped them, the file could not), and read the
+        rows the start could not (those in an unmerged -wal)."""
+        if self._erased:
+            with db:
+                db.executemany(
+                    "DELETE FROM fingerprints WHERE user_key = ?", [(t,) for t in self._erased]
+                )
+        for row_id, created, blob, mask, user in db.execute(
+            "SELECT id, created_at, fp, loud, user_key FROM fingerprints WHERE id > ? ORDER BY id",
+            (self._read_upto,),
+        ):
+            with contextlib.suppress(ValueError, TypeError):  # as _load: the rest still count
+                self._index.add(row_id, created, *_decode(blob, mask), user)
+        self._erased.clear()
+
+    def _load(self, db: sqlite3.Connection, writable: bool = True) -> None:
+        first = self._first_kept(db, writable)
         for row_id, created, blob, mask, user in db.execute(
             "SELECT id, created_at, fp, loud, user_key FROM fingerprints WHERE id >= ? ORDER BY id",
             (first,),
@@ -322,7 +420,7 @@ class ReplayDetector:
                     "%s: fingerprint row %s is unreadable, skipped (%s)", self.path, row_id, exc
                 )
 
-    def _first_kept(self, db: sqlite3.Connection) -> int:
+    def _first_kept(self, db: sqlite3.Connection, writable: bool = True) -> int:
         """The oldest row id that fits both caps, newest first, read without the blobs; the
         older rows are deleted from the file. A store written under larger caps (or by a
         version without the memory budget) would otherwise be read whole into memory."""
@@ -337,6 +435,8 @@ class ReplayDetector:
         else:
             return first
         try:
+            if not writable:  # read-only (a full disk): left out all the same
+                raise sqlite3.OperationalError("opened read-only")
             with db:
                 gone = db.execute("DELETE FROM fingerprints WHERE id < ?", (first,)).rowcount
         except sqlite3.OperationalError as exc:  # a full disk: they are left out all the same
@@ -569,6 +669,11 @@ class ReplayDetector:
         with self._lock:
             tag = user_key(self._salt, user)
             erased = 0
+            if self._db is None and self._read_only:
+                with contextlib.suppress(sqlite3.Error, OSError):
+                    self._file()  # writable again? then the file's rows go now
+                if self._db is None:  # not yet: they go when it is
+                    self._erased.add(tag)
             if self._db is not None:  # else memory holds them all (the file is not made yet)
                 with self._db:
                     cur = self._db.execute("DELETE FROM fingerprints WHERE user_key = ?", (tag,))
@@ -639,6 +744,16 @@ def _prepare(db: sqlite3.Connection, path: Path, salt: bytes | None = None) -> N
                 path,
                 SCHEMA_VERSION,
             )
+
+
+def _why(path: Path, exc: Exception) -> str:
+    """SQLite's error, named for what it is when the disk is full: SQLite says "disk I/O
+    error" when it cannot size the -shm, which named neither cause nor remedy."""
+    with contextlib.suppress(OSError):
+        st = os.statvfs(path.parent)
+        if st.f_bavail * st.f_frsize < 64 * 1024:
+            return f"the disk is full ({exc})"
+    return f"cannot be opened for writing ({exc})"
 
 
 def frames_for(memory_mb: int) -> int:

@@ -296,9 +296,13 @@ class VoiceprintStore:
 
     read_only=True (listing, export): on a folder that cannot be written (a read-only mount,
     a snapshot) the file is opened read-only and nothing is created; elsewhere it is opened
-    as usual."""
+    as usual. read_when_full=True (the daemon): a file that cannot be opened for writing
+    because the disk is full is read instead, and opened for writing again once there is
+    room (writes meanwhile raise StoreError saying the disk is full)."""
 
-    def __init__(self, path: Path, key: bytes, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: Path, key: bytes, *, read_only: bool = False, read_when_full: bool = False
+    ) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         if len(key) != KEY_BYTES:
@@ -310,6 +314,8 @@ class VoiceprintStore:
         self._lock = threading.Lock()
         self._read_only = read_only and not _writable_folder(self.path)
         self._unchanged: tuple[int, int, int] | None = None  # read without locks: must hold
+        self._read_when_full = read_when_full
+        self._full = False  # read-only for now: the disk was full when it was opened
         self._connect()
 
     def _connect(self) -> None:
@@ -317,6 +323,49 @@ class VoiceprintStore:
         if self._read_only:
             self._connect_read_only()
             return
+        try:
+            self._connect_writable()
+        except StoreError as exc:
+            # Only a full disk (not damage, a wrong key, a missing file): stopping the daemon
+            # here (exit 69, restarted until someone freed space) kept a door whose SD card
+            # filled up and that then rebooted shut for everyone.
+            full = type(exc) is StoreError and self.path.is_file() and _disk_full(self.path)
+            if not (self._read_when_full and full):
+                raise
+            log.error(
+                "%s; reading it: enrolled users are verified as usual, enrolling and erasing "
+                "fail (saying so) until there is room, and it is opened for writing again "
+                "then, without a restart",
+                exc,
+            )
+            self._read_only = self._full = True
+            try:
+                self._connect_read_only("the disk is full")
+            finally:
+                self._read_only = False
+
+    def _leave_full(self) -> None:
+        """Under the lock, while read from a full disk: open it for writing once there is
+        room, and read it again when another process changed it (an erase must count)."""
+        if not self._full:
+            return
+        room = not _disk_full(self.path)
+        changed = self._unchanged is not None and self._unchanged != _snapshot(self.path)
+        if not (room or changed):
+            return
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        self._full = False
+        self._unchanged = None
+        try:
+            self._connect()  # read-only again (self._full) while the disk is still full
+        except BaseException:
+            self._full = True  # tried again by the next operation
+            raise
+        if not self._full:
+            log.warning("%s: opened for writing again (the disk has room)", self.path)
+
+    def _connect_writable(self) -> None:
         try:
             _check_header(self.path)
             if not self.path.exists():
@@ -362,7 +411,7 @@ class VoiceprintStore:
 
         create_whole(self.path, build)
 
-    def _connect_read_only(self) -> None:
+    def _connect_read_only(self, why: str = "the folder is read-only") -> None:
         """Read a store in a folder that cannot be written. SQLite needs <db>-shm beside a
         WAL database; it can use one that exists, but cannot make one. Without it, the file is
         read as it is ('immutable', no locks), which is the whole store only while <db>-wal
@@ -385,11 +434,12 @@ class VoiceprintStore:
             try:
                 self._open_uri(uri)
             except sqlite3.OperationalError as exc:
-                # SQLITE_CANTOPEN (its name is on the exception only from Python 3.11)
-                if "unable to open" not in str(exc):
+                # SQLITE_CANTOPEN (its name is on the exception only from Python 3.11); on a
+                # full disk "disk I/O error": the -shm is there but cannot be sized.
+                if "unable to open" not in str(exc) and not self._full:
                     raise
                 if _wal_size(self.path):
-                    raise StoreError(self._pending_wal_message()) from None
+                    raise StoreError(self._pending_wal_message(why)) from None
                 self._unchanged = before
                 self._open_uri(uri + "&immutable=1")
         except sqlite3.DatabaseError as exc:
@@ -408,10 +458,10 @@ class VoiceprintStore:
             self._db.close()
             raise
 
-    def _pending_wal_message(self) -> str:
+    def _pending_wal_message(self, why: str) -> str:
         name = self.path.name
         return (
-            f"{self.path}: the folder is read-only and {name}-wal holds changes not yet "
+            f"{self.path}: {why} and {name}-wal holds changes not yet "
             f"merged into the database file; SQLite reads them only with a {name}-shm, which "
             "it cannot create here, and the file alone would leave them out. Run this where "
             "the folder is writable (on the door, as root or the service's user), or copy "
@@ -439,6 +489,7 @@ class VoiceprintStore:
         disk) become StoreError naming the file."""
         with self._lock:
             try:
+                self._leave_full()
                 self._follow_file()
                 yield
             except sqlite3.DatabaseError as exc:

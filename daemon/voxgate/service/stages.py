@@ -225,7 +225,7 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
     try:
         embedder = embedding.load_embedder(cfg.speaker.model, cfg.speaker.threads)
         store = voiceprints.VoiceprintStore(
-            cfg.speaker.database or cfg.data_dir / "voiceprints.db", key
+            cfg.speaker.database or cfg.data_dir / "voiceprints.db", key, read_when_full=True
         )
         # As `voxgate verify` scores: the cohort tied to this model file and preprocessing,
         # also under a fixed speaker.threshold (which is on the normalized score's scale).
