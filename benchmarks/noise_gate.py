@@ -30,9 +30,9 @@ denied (FNMR) and impostors accepted (FMR) at the threshold with every attempt s
 gate ignored: what the model does with that noise at that SNR, whatever the gate decides.
 --noises one type gives every recording that type (all its trials measure it); --lowpass
 makes each noise a rumble (its power below HZ), as a hum or LibriSpeech's background.
-Last, per set and SNR, the gate's SNR estimate above quality.SPLIT_HZ minus the true
+Last, per set and SNR, the gate's SNR estimate above band_gate.SPLIT_HZ minus the true
 (full-band) SNR, and for each --floors level what the band gate (speaker.min_snr_db above
-the split, that floor on the full band; quality.too_noisy's min_snr_db_full_band) would
+the split, that floor on the full band; benchmarks/band_gate.py) would
 retry and the FNMR among the attempts it lets through, from the same scores (each run
 scores every trial), then per noise type the same beside the shipped gate.
 
@@ -63,8 +63,13 @@ from voxgate.config.audio import VadConfig
 from voxgate.config.speaker import SpeakerConfig
 from voxgate.embedding import load_embedder
 from voxgate.evaluation import EvalSet, evaluate, load_recording, read_set
-from voxgate.quality import FRAME_MS, SPLIT_HZ, Quality, assess, gate_reasons, too_noisy
+from voxgate.quality import FRAME_MS, Quality, assess, gate_reasons, too_noisy
 from voxgate.vad import segment
+
+try:
+    from benchmarks.band_gate import SPLIT_HZ, band_reasons, snr_above_split
+except ImportError:  # run as a script: benchmarks/ itself is on the path
+    from band_gate import SPLIT_HZ, band_reasons, snr_above_split
 
 REPO = Path(__file__).resolve().parent.parent
 SETS = ["fsdd", "vcc2018_eval"]
@@ -142,6 +147,7 @@ class Row:
     eer_percent: float
     takes_rejected: str  # enrollment takes the checks rejected, of all
     quality: list[Quality]  # the gate's reading, per test recording
+    snr_high: list[float]  # its SNR estimate above band_gate.SPLIT_HZ, per test recording
     of_trial: np.ndarray  # test recording index, per trial
 
 
@@ -254,6 +260,7 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
                 back["eer_percent"],
                 f"{back['rejected_enroll_takes']}/{sum(len(t) for t in es.enroll.values())}",
                 quality,
+                [snr_above_split(pcm, cfg.vad) for pcm in mixed[: len(tests)]],
                 of_trial,
             )
         )
@@ -409,13 +416,14 @@ def print_floors(rows: list[Row], args: argparse.Namespace, s: SpeakerConfig) ->
     print("| set | true SNR (dB) | above split - true | " + " | ".join(names) + " |")
     print("|---|---|---|" + "---|" * len(floors))
     for r in rows:
-        high = np.array([np.nan if q.snr_high_db is None else q.snr_high_db for q in r.quality])
+        high = np.array(r.snr_high)
         true = np.nan if r.snr == "clean" else float(r.snr)
         est = f"estimate {np.nanmedian(high):.1f}" if r.snr == "clean" else spread(high - true)
         cells = []
         for f in floors:
-            levels = (s.min_snr_db, s.min_snr_db_no_pauses, f)
-            rec = np.array([bool(gate_reasons(q, s.min_speech_s, *levels)) for q in r.quality])
+            rec = np.array(
+                [bool(band_reasons(q, h, s, f)) for q, h in zip(r.quality, r.snr_high, strict=True)]
+            )
             retry = rec[r.of_trial]
             tar = ~retry & (r.target == 1)
             cells.append(f"{100 * retry.mean():.1f} % / {rate(r.scores < r.threshold, tar)}")
@@ -430,13 +438,15 @@ def print_floors(rows: list[Row], args: argparse.Namespace, s: SpeakerConfig) ->
                 continue
             gates = []
             for level in (None, f):
-                levels = (s.min_snr_db, s.min_snr_db_no_pauses, level)
-                rec = [bool(gate_reasons(q, s.min_speech_s, *levels)) for q in r.quality]
+                rec = [
+                    bool(band_reasons(q, h, s, level))
+                    for q, h in zip(r.quality, r.snr_high, strict=True)
+                ]
                 gates.append(np.array(rec)[r.of_trial])
             for kind in sorted(set(r.noise)):
                 mine = r.noise == kind
-                high = [q.snr_high_db for q, m in zip(r.quality, mine, strict=True) if m]
-                err = np.median([np.nan if h is None else h for h in high]) - float(r.snr)
+                high = [h for h, m in zip(r.snr_high, mine, strict=True) if m]
+                err = np.median(high) - float(r.snr)
                 of = r.trial_noise == kind
                 retry = " -> ".join(f"{100 * g[of].mean():.1f} %" for g in gates)
                 fnmr = " -> ".join(

@@ -6,6 +6,7 @@ not a guess) and by enrollment (bad takes are rejected with the reason named).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,10 +38,6 @@ class Quality:
     # non-speech, the VAD took the room's noise for speech: no level can trust its SNR.
     live: bool = False
     nonspeech_s: float = 0.0  # frames the VAD called non-speech, digital silence included
-    # The same estimate above SPLIT_HZ (speech and noise power there only), where a rumble
-    # has little power; None: not measured (a Quality made by hand). Measured for
-    # benchmarks/noise_gate.py --floors; the shipped gate does not use it.
-    snr_high_db: float | None = None
 
 
 def _clipped_fraction(pcm: np.ndarray) -> float:
@@ -62,10 +59,6 @@ MIN_PAUSE_FRAMES = 5  # fewer live non-speech frames: the quietest frames are th
 # hangover (0.5 s), which 98-100 % of vcc2018_eval utterances in a room at >= 15 dB reach
 # (benchmarks/noise_gate.py --room); 5 % of clean fsdd files do.
 PAUSE_S = 0.45
-# The upper edge of the speaker model's lowest mel filter (ge2e-*.yaml: 40 Slaney filters
-# from 0 to 8000 Hz, the first spanning 0-147 Hz): noise below it reaches only the lowest
-# two of the 40 bands the model hears, where speech has little power.
-SPLIT_HZ = 147.0
 
 
 def leaves_pauses(vad_cfg: VadConfig) -> bool:
@@ -75,50 +68,44 @@ def leaves_pauses(vad_cfg: VadConfig) -> bool:
     return vad_cfg.hangover_ms >= PAUSE_S * 1000 - 1e-6
 
 
-def _high_power(frames: np.ndarray) -> np.ndarray:
-    """Each frame's mean power above SPLIT_HZ (Hann-windowed spectrum, window loss undone)."""
-    n = frames.shape[1]
-    window = np.hanning(n)
-    spec = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
-    first = int(np.ceil(SPLIT_HZ * n / SAMPLE_RATE))
-    return 2 * spec[:, first:].sum(axis=1) / n**2 / float(np.mean(window**2))
+def _mean_power(frames: np.ndarray) -> np.ndarray:
+    return (frames**2).mean(axis=1)
 
 
-def _ratio_db(speech_power: float, noise_power: float) -> float:
-    signal = max(speech_power - noise_power, 1e-3)
-    return float(min(10 * np.log10(signal / noise_power), SNR_CEILING_DB))
-
-
-def _snr_db(pcm: np.ndarray, vad_cfg: VadConfig) -> tuple[float, bool, float, float | None]:
+def _snr_db(
+    pcm: np.ndarray,
+    vad_cfg: VadConfig,
+    frame_power: Callable[[np.ndarray], np.ndarray] = _mean_power,
+) -> tuple[float, bool, float]:
     """(estimated SNR, whether the noise was measured in at least PAUSE_S of pauses,
-    seconds of non-speech frames, the same SNR above SPLIT_HZ)."""
+    seconds of non-speech frames). `frame_power`: each float64 frame's power (another
+    measure lets benchmarks/band_gate.py read the same frames by band)."""
     from voxgate.vad import Endpointer
 
     ep = Endpointer(vad_cfg, FRAME_MS)
     n = ep.frame_len
     usable = len(pcm) // n * n
     if usable == 0:
-        return 0.0, False, 0.0, None
+        return 0.0, False, 0.0
     frames = pcm[:usable].reshape(-1, n)
-    power = (frames.astype(np.float64) ** 2).mean(axis=1) + 1.0  # +1: 16-bit dither floor
+    power = frame_power(frames.astype(np.float64)) + 1.0  # +1: 16-bit dither floor
     speech = np.array([ep.is_speech(f) for f in frames])
     nonspeech_s = float((~speech).sum() * FRAME_MS / 1000)
     if speech.sum() == 0:
-        return 0.0, False, nonspeech_s, None
+        return 0.0, False, nonspeech_s
+    speech_power = power[speech].mean()
     # Digital silence (joined or padded files) says nothing about the room: leave it out.
     live = np.any(frames != 0, axis=1)
-    quiet = ~speech & live
-    from_pauses = bool(quiet.sum() * FRAME_MS / 1000 >= PAUSE_S - 1e-9)
-    high = _high_power(frames.astype(np.float64)) + 1.0
-    snr = []
-    for p in (power, high):
-        # A file trimmed to its speech has few pauses: then the quietest frames are the floor.
-        if quiet.sum() >= MIN_PAUSE_FRAMES:
-            noise_power = np.median(p[quiet])
-        else:
-            noise_power = np.percentile(p[live], 10) if live.any() else 1.0
-        snr.append(_ratio_db(p[speech].mean(), noise_power))
-    return snr[0], from_pauses, nonspeech_s, snr[1]
+    pauses = power[~speech & live]
+    # A file trimmed to its speech has few pauses: then the quietest frames are the floor.
+    if len(pauses) >= MIN_PAUSE_FRAMES:
+        noise_power = np.median(pauses)
+    else:
+        noise_power = np.percentile(power[live], 10) if live.any() else 1.0
+    signal = max(speech_power - noise_power, 1e-3)
+    from_pauses = len(pauses) * FRAME_MS / 1000 >= PAUSE_S - 1e-9
+    snr_db = float(min(10 * np.log10(signal / noise_power), SNR_CEILING_DB))
+    return snr_db, from_pauses, nonspeech_s
 
 
 def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None, live: bool = False) -> Quality:
@@ -140,7 +127,7 @@ def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None, live: bool = False
         speech_s = sum(
             u.speech_s for i in range(0, len(pcm), n) for u in segment(pcm[i : i + n], whole)
         )
-    snr_db, from_pauses, nonspeech_s, snr_high_db = _snr_db(pcm, vad_cfg)
+    snr_db, from_pauses, nonspeech_s = _snr_db(pcm, vad_cfg)
     return Quality(
         duration_s=len(pcm) / SAMPLE_RATE,
         speech_s=float(speech_s),
@@ -149,45 +136,27 @@ def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None, live: bool = False
         clipped=_clipped_fraction(pcm),
         live=live and leaves_pauses(vad_cfg),
         nonspeech_s=nonspeech_s,
-        snr_high_db=snr_high_db,
     )
 
 
-def too_noisy(
-    q: Quality,
-    min_snr_db: float,
-    min_snr_db_no_pauses: float,
-    min_snr_db_full_band: float | None = None,
-) -> bool:
+def too_noisy(q: Quality, min_snr_db: float, min_snr_db_no_pauses: float) -> bool:
     """Below the level for how its SNR was measured: `min_snr_db` when measured in at least
     PAUSE_S of pauses, `min_snr_db_no_pauses` otherwise (a recording cut to its speech).
-    With `min_snr_db_full_band`, an SNR from pauses is judged by band: `min_snr_db` above
-    SPLIT_HZ and that lower floor over the whole band. The daemon never passes it: measured
-    (benchmarks/noise_gate.py --floors), it spared a rumble but let through more pink noise
-    and other noise with low-frequency pauses, whose denials rose (docs/speaker-verification.md).
     A live utterance whose VAD found less than PAUSE_S of non-speech is too noisy at any
     level (Quality.live). Digital silence counts as non-speech there: a microphone chain
     that outputs zeros between words (a noise suppressor) has a silent room, not a noisy one."""
     if q.live and q.nonspeech_s < PAUSE_S - 1e-9:
         return True
-    if not q.snr_from_pauses:
-        return q.snr_db < min_snr_db_no_pauses
-    if min_snr_db_full_band is None or q.snr_high_db is None:
-        return q.snr_db < min_snr_db
-    return q.snr_high_db < min_snr_db or q.snr_db < min_snr_db_full_band
+    return q.snr_db < (min_snr_db if q.snr_from_pauses else min_snr_db_no_pauses)
 
 
 def gate_reasons(
-    q: Quality,
-    min_speech_s: float,
-    min_snr_db: float,
-    min_snr_db_no_pauses: float,
-    min_snr_db_full_band: float | None = None,
+    q: Quality, min_speech_s: float, min_snr_db: float, min_snr_db_no_pauses: float
 ) -> tuple[str, ...]:
     """Why an attempt of this quality must be retried (empty when it may be scored)."""
     reasons = []
     if q.speech_s < min_speech_s:
         reasons.append("too_little_speech")
-    if too_noisy(q, min_snr_db, min_snr_db_no_pauses, min_snr_db_full_band):
+    if too_noisy(q, min_snr_db, min_snr_db_no_pauses):
         reasons.append("too_noisy")
     return tuple(reasons)
