@@ -30,9 +30,14 @@ denied (FNMR) and impostors accepted (FMR) at the threshold with every attempt s
 gate ignored: what the model does with that noise at that SNR, whatever the gate decides.
 --noises one type gives every recording that type (all its trials measure it); --lowpass
 makes each noise a rumble (its power below HZ), as a hum or LibriSpeech's background.
+Last, per set and SNR, the gate's SNR estimate above band_gate.SPLIT_HZ minus the true
+(full-band) SNR, and for each --floors level what the band gate (speaker.min_snr_db above
+the split, that floor on the full band; benchmarks/band_gate.py) would
+retry and the FNMR among the attempts it lets through, from the same scores (each run
+scores every trial), then per noise type the same beside the shipped gate.
 
     PYTHONPATH=daemon python benchmarks/noise_gate.py [--data DIR] [--enroll-noise] [--room]
-        [--noises TYPE ...] [--lowpass HZ]
+        [--noises TYPE ...] [--lowpass HZ] [--floors DB ...]
 
 Skips (exit 0, with a message) when the data is not there.
 """
@@ -58,8 +63,13 @@ from voxgate.config.audio import VadConfig
 from voxgate.config.speaker import SpeakerConfig
 from voxgate.embedding import load_embedder
 from voxgate.evaluation import EvalSet, evaluate, load_recording, read_set
-from voxgate.quality import FRAME_MS, assess, gate_reasons, too_noisy
+from voxgate.quality import FRAME_MS, Quality, assess, gate_reasons, too_noisy
 from voxgate.vad import segment
+
+try:
+    from benchmarks.band_gate import SPLIT_HZ, band_reasons, snr_above_split
+except ImportError:  # run as a script: benchmarks/ itself is on the path
+    from band_gate import SPLIT_HZ, band_reasons, snr_above_split
 
 REPO = Path(__file__).resolve().parent.parent
 SETS = ["fsdd", "vcc2018_eval"]
@@ -136,6 +146,9 @@ class Row:
     threshold: float
     eer_percent: float
     takes_rejected: str  # enrollment takes the checks rejected, of all
+    quality: list[Quality]  # the gate's reading, per test recording
+    snr_high: list[float]  # its SNR estimate above band_gate.SPLIT_HZ, per test recording
+    of_trial: np.ndarray  # test recording index, per trial
 
 
 def noisy_protocol(es: EvalSet, dst: Path, files: dict[str, str]) -> None:
@@ -216,11 +229,9 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
         quality = [assess(pcm, cfg.vad, live) for pcm in mixed[: len(tests)]]
         est = np.array([q.snr_db for q in quality])
         s = cfg.speaker
-        noisy = np.array([too_noisy(q, s.min_snr_db, s.min_snr_db_no_pauses) for q in quality])
-        retry = np.array(
-            [bool(gate_reasons(q, s.min_speech_s, s.min_snr_db, s.min_snr_db_no_pauses))
-             for q in quality]
-        )  # fmt: skip
+        levels = (s.min_snr_db, s.min_snr_db_no_pauses)
+        noisy = np.array([too_noisy(q, *levels) for q in quality])
+        retry = np.array([bool(gate_reasons(q, s.min_speech_s, *levels)) for q in quality])
         out = work / f"out-{name}-{snr_arg}"
         # Enrollment takes are endpointed too only with --enroll-noise (else the clean files).
         live_takes = live and args.enroll_noise
@@ -248,6 +259,9 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
                 cohort.threshold_for(s.target_fmr),  # Scorer.threshold(1) without speaker.threshold
                 back["eer_percent"],
                 f"{back['rejected_enroll_takes']}/{sum(len(t) for t in es.enroll.values())}",
+                quality,
+                [snr_above_split(pcm, cfg.vad) for pcm in mixed[: len(tests)]],
+                of_trial,
             )
         )
         print(f"{name} at {snr_arg}: done", file=sys.stderr)
@@ -295,6 +309,13 @@ def main() -> int:
     ap.add_argument("--min-snr-db", type=float, help="gate level instead of speaker.min_snr_db")
     ap.add_argument(
         "--enroll-min-snr-db", type=float, help="take level instead of speaker.enroll_min_snr_db"
+    )
+    ap.add_argument(
+        "--floors",
+        nargs="+",
+        type=float,
+        default=[],
+        help="full-band floors to print the band gate's retry and FNMR for (from the same scores)",
     )
     ap.add_argument(
         "--room",
@@ -381,7 +402,57 @@ def main() -> int:
                 )
             )
             print(f"| {kind} | {spread_db:.2f} dB | " + " | ".join(cells) + " |")
+    print_floors(rows, args, s)
     return 0
+
+
+def print_floors(rows: list[Row], args: argparse.Namespace, s: SpeakerConfig) -> None:
+    """The band gate at each --floors level, from the rows' readings and scores."""
+    print(f"\nThe band gate: estimate above {SPLIT_HZ:g} Hz - true SNR, median (10th to 90th "
+          f"pct); per full-band floor, retry / FNMR among passed ({s.min_snr_db:g} dB above "
+          "the split)\n")  # fmt: skip
+    floors = [None, *args.floors]
+    names = [f"{s.min_snr_db:g} dB full band (now)"] + [f"floor {f:g} dB" for f in args.floors]
+    print("| set | true SNR (dB) | above split - true | " + " | ".join(names) + " |")
+    print("|---|---|---|" + "---|" * len(floors))
+    for r in rows:
+        high = np.array(r.snr_high)
+        true = np.nan if r.snr == "clean" else float(r.snr)
+        est = f"estimate {np.nanmedian(high):.1f}" if r.snr == "clean" else spread(high - true)
+        cells = []
+        for f in floors:
+            rec = np.array(
+                [bool(band_reasons(q, h, s, f)) for q, h in zip(r.quality, r.snr_high, strict=True)]
+            )
+            retry = rec[r.of_trial]
+            tar = ~retry & (r.target == 1)
+            cells.append(f"{100 * retry.mean():.1f} % / {rate(r.scores < r.threshold, tar)}")
+        print(f"| {r.set} | {r.snr} | {est} | " + " | ".join(cells) + " |")
+    for f in args.floors:
+        print(f"\nPer noise type, floor {f:g} dB: above split - true (median); retry now -> band "
+              "gate; FNMR among passed now -> band gate\n")  # fmt: skip
+        print("| set | noise | true SNR (dB) | above split - true | retry | FNMR, passed |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            if r.snr == "clean":
+                continue
+            gates = []
+            for level in (None, f):
+                rec = [
+                    bool(band_reasons(q, h, s, level))
+                    for q, h in zip(r.quality, r.snr_high, strict=True)
+                ]
+                gates.append(np.array(rec)[r.of_trial])
+            for kind in sorted(set(r.noise)):
+                mine = r.noise == kind
+                high = [h for h, m in zip(r.snr_high, mine, strict=True) if m]
+                err = np.median(high) - float(r.snr)
+                of = r.trial_noise == kind
+                retry = " -> ".join(f"{100 * g[of].mean():.1f} %" for g in gates)
+                fnmr = " -> ".join(
+                    rate(r.scores < r.threshold, ~g & of & (r.target == 1)) for g in gates
+                )
+                print(f"| {r.set} | {kind} | {r.snr} | {err:+.1f} | {retry} | {fnmr} |")
 
 
 if __name__ == "__main__":

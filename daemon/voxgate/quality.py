@@ -6,6 +6,7 @@ not a guess) and by enrollment (bad takes are rejected with the reason named).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,9 +68,18 @@ def leaves_pauses(vad_cfg: VadConfig) -> bool:
     return vad_cfg.hangover_ms >= PAUSE_S * 1000 - 1e-6
 
 
-def _snr_db(pcm: np.ndarray, vad_cfg: VadConfig) -> tuple[float, bool, float]:
+def _mean_power(frames: np.ndarray) -> np.ndarray:
+    return (frames**2).mean(axis=1)
+
+
+def _snr_db(
+    pcm: np.ndarray,
+    vad_cfg: VadConfig,
+    frame_power: Callable[[np.ndarray], np.ndarray] = _mean_power,
+) -> tuple[float, bool, float]:
     """(estimated SNR, whether the noise was measured in at least PAUSE_S of pauses,
-    seconds of non-speech frames)."""
+    seconds of non-speech frames). `frame_power`: each float64 frame's power (another
+    measure lets benchmarks/band_gate.py read the same frames by band)."""
     from voxgate.vad import Endpointer
 
     ep = Endpointer(vad_cfg, FRAME_MS)
@@ -78,7 +88,7 @@ def _snr_db(pcm: np.ndarray, vad_cfg: VadConfig) -> tuple[float, bool, float]:
     if usable == 0:
         return 0.0, False, 0.0
     frames = pcm[:usable].reshape(-1, n)
-    power = (frames.astype(np.float64) ** 2).mean(axis=1) + 1.0  # +1: 16-bit dither floor
+    power = frame_power(frames.astype(np.float64)) + 1.0  # +1: 16-bit dither floor
     speech = np.array([ep.is_speech(f) for f in frames])
     nonspeech_s = float((~speech).sum() * FRAME_MS / 1000)
     if speech.sum() == 0:
