@@ -81,6 +81,14 @@ class MessageError(Exception):
     """A fleet message that is refused (bad signature, unknown signer, damaged, ...)."""
 
 
+class _Withheld(Exception):
+    """An erase or revoke the store could not write: the user is withheld in memory."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
 # --- keys --------------------------------------------------------------------------------------
 
 
@@ -631,6 +639,7 @@ class FleetSync:
         clock: Callable[[], float] = time.time,
         client_id: str | None = None,
         audit_event: Callable[..., Any] | None = None,
+        withheld_retry_s: float = 10.0,
     ) -> None:
         self.cfg = cfg
         self.mqtt_cfg = mqtt_cfg
@@ -664,7 +673,15 @@ class FleetSync:
             "restored": 0,
             "erase_unverified": 0,
             "revoke_unverified": 0,
+            "withheld": 0,
         }
+        # Erases and revokes the store could not write (a full disk), by user tag: the store
+        # withholds the user in memory at once, and they are written again every
+        # `withheld_retry_s` and before each message, until the store takes them.
+        self._withheld: dict[str, Update] = {}
+        self.withheld_retry_s = withheld_retry_s
+        self._stopping = threading.Event()
+        self._retrier: threading.Thread | None = None
         # (kind, tag, group, order) of the unverified tombstones already named at ERROR and in
         # the audit log by this process: their retained copies come back at each connect.
         self._unverified_told: set[tuple[str, str, str, Order]] = set()
@@ -716,6 +733,11 @@ class FleetSync:
         # A voiceprint message is at most MAX_MESSAGE_BYTES; its topic up to 64 kB.
         connect_async(client, self.mqtt_cfg, max_packet=MAX_MESSAGE_BYTES + 128 * 1024)
         client.loop_start()
+        self._stopping.clear()
+        self._retrier = threading.Thread(
+            target=self._retry_loop, name="fleet-withheld", daemon=True
+        )
+        self._retrier.start()
         log.info(
             "fleet sync: site %s, groups %s, broker %s:%d",
             self.cfg.site,
@@ -802,6 +824,10 @@ class FleetSync:
         )
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._retrier is not None:
+            self._retrier.join(timeout=5)
+            self._retrier = None
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
@@ -1013,9 +1039,12 @@ class FleetSync:
             self._audit("fleet_refused", topic=_shown(topic), reason=str(exc))
             return "refused"
         self._restore_newer(topic, payload, upd.order)
+        self.retry_withheld()  # an older erase waiting for room goes first
         try:
             with self._apply_lock:
                 outcome = self._apply(upd)
+        except _Withheld as held:
+            return held.outcome
         except StoreError as exc:
             # e.g. a read-only or full disk: nothing recorded in the sync state either, so the
             # retained message is applied again after the next connect.
@@ -1069,6 +1098,78 @@ class FleetSync:
             mine[1],
         )
 
+    # -- erases the store could not write
+
+    def withheld(self) -> list[str]:
+        """The users withheld in memory, their erase or revoke waiting for the store."""
+        with self._apply_lock:
+            return sorted(str(u.name) for u in self._withheld.values())
+
+    def _erase_or_withhold(self, upd: Update) -> bool:
+        """store.erase; when the store cannot write it (a full disk), the user is withheld at
+        once (the scorer, identify and the API no longer find them in this process) and
+        _Withheld is raised: nothing is recorded in the sync state, and the erase is tried
+        again by retry_withheld. Named at ERROR and audited once per change."""
+        assert upd.name is not None
+        try:
+            return self.store.erase(upd.name)
+        except StoreError as exc:
+            self.store.withhold(upd.name)
+            first = self._withheld.get(upd.tag) != upd
+            self._withheld[upd.tag] = upd
+            if first:
+                self.stats["withheld"] += 1
+            log.log(
+                logging.ERROR if first else logging.DEBUG,
+                "fleet sync: %s of %s (version %d, by %s, via %s) cannot be written (%s); %s "
+                "is no longer recognised at this door from now on, and the %s is written as "
+                "soon as the store takes it (tried every %g s)",
+                upd.kind,
+                upd.name,
+                upd.version,
+                upd.signer,
+                upd.group,
+                exc,
+                upd.name,
+                upd.kind,
+                self.withheld_retry_s,
+            )
+            outcome = f"{upd.kind}_withheld"
+            if first:
+                self._done(outcome, upd, error=str(exc))
+            raise _Withheld(outcome) from None
+
+    def retry_withheld(self) -> None:
+        """Apply again each withheld erase or revoke; a hold ends once the store no longer
+        withholds the user (the erase written, or a newer voiceprint stored)."""
+        with self._apply_lock:
+            for tag, upd in list(self._withheld.items()):
+                assert upd.name is not None
+                try:
+                    outcome = self._apply(upd)
+                except _Withheld:
+                    continue
+                except Exception as exc:  # e.g. the sync state: the erase itself may be done
+                    log.error("fleet sync: withheld %s of %s: %s", upd.kind, upd.name, exc)
+                    outcome = "failed"
+                if not self.store.withholds(upd.name):
+                    del self._withheld[tag]
+                    log.warning(
+                        "fleet sync: the withheld %s of %s is done (%s)",
+                        upd.kind,
+                        upd.name,
+                        outcome,
+                    )
+
+    def _retry_loop(self) -> None:
+        while not self._stopping.wait(self.withheld_retry_s):
+            if not self._withheld:
+                continue
+            try:
+                self.retry_withheld()
+            except Exception:  # the loop keeps going whatever one attempt does
+                log.exception("fleet sync: retrying withheld erases failed")
+
     def _erased(self, name: str) -> None:
         if self.on_erased is None:
             return
@@ -1095,6 +1196,9 @@ class FleetSync:
         """
         if upd.name is not None:
             return upd, 0
+        held = self._withheld.get(upd.tag)
+        if held is not None:  # the store no longer lists them, but the row is still there
+            return dataclasses.replace(upd, name=held.name), 0
         prints, damaged = self.store.readable()
         for vp in prints:
             if self.codec.user_tag(vp.name) == upd.tag:
@@ -1161,7 +1265,7 @@ class FleetSync:
                 return self._unverified(upd, unreadable, upd.order)
             erased = False
             if upd.name is not None:  # else: not held here; the version is what matters
-                erased = self.store.erase(upd.name)
+                erased = self._erase_or_withhold(upd)
                 self._erased(upd.name)
             self.state.set_user(upd.tag, upd.order, "erase", held=False)
             self.state.set_grant(upd.tag, upd.group, upd.order, "erase")
@@ -1186,7 +1290,7 @@ class FleetSync:
             if upd.name is None and unreadable:
                 return self._unverified(upd, unreadable, top)
             if upd.name is not None:
-                self.store.erase(upd.name)
+                self._erase_or_withhold(upd)
                 self._erased(upd.name)
             self.state.set_grant(upd.tag, upd.group, upd.order, "revoke")
             self.state.set_user(upd.tag, top, "revoke", held=False)

@@ -316,6 +316,9 @@ class VoiceprintStore:
         self._unchanged: tuple[int, int, int] | None = None  # read without locks: must hold
         self._read_when_full = read_when_full
         self._full = False  # read-only for now: the disk was full when it was opened
+        # Users whose erase could not be written (a full disk): this process no longer finds
+        # them (get, has, all, readable) until the erase or a new voiceprint is written.
+        self._withheld: set[bytes] = set()
         self._connect()
 
     def _connect(self) -> None:
@@ -658,6 +661,19 @@ class VoiceprintStore:
 
     # -- public API
 
+    def withhold(self, name: str) -> None:
+        """Stop finding `name` in this process at once, for an erase that could not be
+        written yet (the row stays in the file until `erase` succeeds)."""
+        uid = self._user_id(normalize_name(name))
+        with self._lock:
+            self._withheld.add(uid)
+
+    def withholds(self, name: str) -> bool:
+        """Whether `name` is withheld (an erase of theirs waits to be written)."""
+        uid = self._user_id(normalize_name(name))
+        with self._lock:
+            return uid in self._withheld
+
     def add_user(
         self,
         name: str,
@@ -712,6 +728,7 @@ class VoiceprintStore:
             )
             sealed = self._seal(self._pack(vp), uid)
             self._db.execute("INSERT OR REPLACE INTO voiceprints VALUES (?, ?)", (uid, sealed))
+        self._withheld.discard(uid)  # written after the erase: the new voiceprint counts
         log.info("voiceprint for %s stored (version %d, %d takes)", name, vp.version, len(emb))
         return vp
 
@@ -737,7 +754,8 @@ class VoiceprintStore:
         uid = self._user_id(name)
         with self._using("read"):
             row = self._db.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()
-        if row is None:
+            withheld = uid in self._withheld
+        if row is None or withheld:
             return None
         vp = self._unpack(self._unseal(row[0], uid))
         if model_id is not None and vp.model_id != model_id:
@@ -761,7 +779,7 @@ class VoiceprintStore:
         uid = self._user_id(normalize_name(name))
         with self._using("read"):
             row = self._db.execute("SELECT 1 FROM voiceprints WHERE id = ?", (uid,)).fetchone()
-        return row is not None
+            return row is not None and uid not in self._withheld
 
     def all(self) -> list[Voiceprint]:
         """Every voiceprint; StoreError if any one cannot be read."""
@@ -783,7 +801,8 @@ class VoiceprintStore:
 
     def _rows(self) -> list[tuple[bytes, bytes]]:
         with self._using("read"):
-            return self._db.execute("SELECT id, sealed FROM voiceprints").fetchall()
+            rows = self._db.execute("SELECT id, sealed FROM voiceprints").fetchall()
+            return [(uid, sealed) for uid, sealed in rows if uid not in self._withheld]
 
     def users(self) -> list[UserInfo]:
         return [self.info(v) for v in self.all()]
@@ -801,6 +820,7 @@ class VoiceprintStore:
         with self._using("erase from"):
             with self._tx():
                 cur = self._db.execute("DELETE FROM voiceprints WHERE id = ?", (uid,))
+            self._withheld.discard(uid)  # the erase is written: nothing left to withhold
             if cur.rowcount == 0:
                 return False
             try:

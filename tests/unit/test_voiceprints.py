@@ -495,3 +495,25 @@ def test_a_new_store_is_linked_in_already_in_wal_mode(
     monkeypatch.setattr(VoiceprintStore, "_open", header_then_open)
     VoiceprintStore(tmp_path / "voiceprints.db", KEY).close()
     assert seen == [b"\x02\x02"]
+
+
+def test_a_withheld_user_is_not_found_until_erased_or_enrolled_again(tmp_path: Path) -> None:
+    """A fleet erase the disk could not take (docs/fleet.md): the store hides the user from
+    this process at once; the erase written, or a newer voiceprint, ends the hold."""
+    with VoiceprintStore(tmp_path / "vp.db", KEY) as store:
+        store.add_user("Alice", _emb(1), MODEL)
+        store.add_user("Bob", _emb(2), MODEL)
+        store.withhold("ALICE")
+        assert store.withholds("alice")
+        assert store.get("alice") is None and not store.has("alice")
+        assert [v.name for v in store.all()] == ["Bob"]
+        assert [v.name for v in store.readable()[0]] == ["Bob"]
+        with VoiceprintStore(tmp_path / "vp.db", KEY) as other:  # only this process
+            assert other.has("alice")
+        assert store.erase("alice")
+        assert not store.withholds("alice")
+        store.add_user("Alice", _emb(3), MODEL)
+        assert store.get("alice") is not None
+        store.withhold("alice")
+        store.replace("Alice", _emb(4), MODEL)
+        assert not store.withholds("alice") and store.get("alice") is not None
