@@ -1371,7 +1371,22 @@ class FleetSync:
         for vp in prints:
             tag = self.codec.user_tag(vp.name)
             if tag in held and "fleet_version" in vp.meta and not self.allowed_here(vp.name):
-                self.store.erase(vp.name)
+                try:
+                    self.store.erase(vp.name)
+                except StoreError as exc:
+                    # A full disk: raising here stopped the start. Not let in from now on;
+                    # the file (and the sync state) keep them until a start that can write.
+                    self.store.withhold(vp.name)
+                    dropped.append(vp.name)
+                    log.error(
+                        "fleet sync: %s is no longer allowed here (config), but the erase "
+                        "cannot be written (%s); %s is not recognised from now on, and is "
+                        "erased by the next start that can write",
+                        vp.name,
+                        exc,
+                        vp.name,
+                    )
+                    continue
                 self._erased(vp.name)
                 known = self.state.user(tag)
                 order = (known[0], known[3]) if known else (0, "")
