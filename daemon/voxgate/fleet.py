@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import hashlib
 import hmac
 import json
@@ -74,7 +75,12 @@ def newer(a: Order, b: Order) -> bool:
 
 
 class FleetError(Exception):
-    """Keys or settings the sync agent cannot use; str() is meant for the user."""
+    """Keys or settings the sync agent cannot use; str() is meant for the user. `temporary`:
+    the cause may pass by itself (a full disk), so a restart may help."""
+
+    def __init__(self, message: str, *, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
 
 
 class MessageError(Exception):
@@ -392,6 +398,16 @@ class Codec:
 # --- sync state: versions, tombstones, outbox ------------------------------------------------
 
 
+def _disk_is_full(path: Path) -> bool:
+    """Whether the folder of `path` has (next to) no room left: SQLite then reports "disk
+    I/O error" (it cannot size the WAL index), which names neither cause nor remedy."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
+
+
 def _sync_schema(db: sqlite3.Connection) -> None:
     """The sync state's tables, made or brought up to date."""
     # The outbox holds sealed voiceprints until the broker has them: a sent or replaced one
@@ -436,10 +452,24 @@ class SyncState:
             )
             _sync_schema(self._db)
         except sqlite3.DatabaseError as exc:
+            # A full disk says "disk I/O error" (SQLite cannot size the -shm); stopping as
+            # for a damaged file (exit 78, not restarted) kept the door shut after space
+            # was freed. Damage (malformed, not a database) is a plain DatabaseError.
+            if isinstance(exc, sqlite3.OperationalError) and _disk_is_full(self.path):
+                raise FleetError(self._full_message(exc), temporary=True) from None
             raise FleetError(f"{self.path}: unusable fleet sync state ({exc})") from None
         except OSError as exc:
+            if exc.errno == errno.ENOSPC or _disk_is_full(self.path):
+                raise FleetError(self._full_message(exc), temporary=True) from None
             raise FleetError(f"{self.path}: cannot open the fleet sync state ({exc})") from None
         os.chmod(self.path, 0o600)
+
+    def _full_message(self, exc: Exception) -> str:
+        return (
+            f"{self.path}: cannot open the fleet sync state ({exc}); the disk is full: free "
+            f"space on {self.path.parent} (old recordings, rotated logs, copies left there); "
+            "the file is left untouched and the door starts once there is room"
+        )
 
     def _empty_message(self) -> str:
         # Created whole (_create), so an empty file was cut: a power cut while it was

@@ -7,8 +7,8 @@ espeak-ng embedded by the shipped speaker model, scored by the real Scorer.
 The daemon test runs `voxgate run` with fleet sync on, its data folder on the full tmpfs, and
 a tombstone signed by another door published on the broker.
 
-(A reboot on the full disk is not tested here: the fleet sync state cannot be opened then, so
-the fleet agent does not start at all: docs/fleet.md.)"""
+A door rebooted on the full disk (fleet.db made by an earlier run) is tested with `voxgate
+run` too: docs/fleet.md."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from broker import STANDARD_USERS
 from fleet_tts import DIGITS, say
-from mqtt_helpers import wait_until
+from mqtt_helpers import DaemonProcess, wait_until
 from small_fs import fill, free, small_fs
 from test_daemon_e2e import (
     ATTEMPT,
@@ -137,22 +137,8 @@ def test_the_daemon_refuses_at_once_a_user_the_fleet_erased_while_its_disk_was_f
     from voxgate.fleet import Codec, FleetKeys, public_key_hex, topic_root
 
     door = request.getfixturevalue("device")
-    tmp = door["dir"]
     data = Path(door["doc"]["data_dir"])
-    fleet_key, mine, theirs = os.urandom(32), os.urandom(32), os.urandom(32)
-    for name, raw in (("fleet.key", fleet_key), ("fleet-signing.key", mine)):
-        (tmp / name).write_text(raw.hex() + "\n")
-        (tmp / name).chmod(0o600)
-    door["doc"]["fleet"] = {
-        "enabled": True,
-        "site": "acme",
-        "key_file": str(tmp / "fleet.key"),
-        "signing_key_file": str(tmp / "fleet-signing.key"),
-        "signers": {DEV: public_key_hex(mine), "door-z": public_key_hex(theirs)},
-        "groups": ["lobby"],
-        "access": {"lobby": ["*"]},
-    }
-    door["config"] = write_config(tmp, door["doc"])
+    fleet_key, theirs = _fleet_on(door)
     attempt = np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)])
     signers = {"door-z": bytes.fromhex(public_key_hex(theirs))}
     other_door = Codec(FleetKeys(fleet_key, theirs, signers), "acme", "door-z")
@@ -192,6 +178,69 @@ def test_the_daemon_refuses_at_once_a_user_the_fleet_erased_while_its_disk_was_f
         assert "fleet_erase_withheld" in events and "fleet_erased" in events, events
         with VoiceprintStore(data / "voiceprints.db", _door_key(door), read_only=True) as vp:
             assert not vp.has("bob")
+
+
+def _fleet_on(door: dict[str, Any]) -> tuple[bytes, bytes]:
+    """Fleet sync on for the `device` door (site acme, group lobby, everyone); returns the
+    fleet key and the signing key of another door, door-z, it trusts."""
+    from voxgate.fleet import public_key_hex
+
+    tmp = door["dir"]
+    fleet_key, mine, theirs = os.urandom(32), os.urandom(32), os.urandom(32)
+    for name, raw in (("fleet.key", fleet_key), ("fleet-signing.key", mine)):
+        (tmp / name).write_text(raw.hex() + "\n")
+        (tmp / name).chmod(0o600)
+    door["doc"]["fleet"] = {
+        "enabled": True,
+        "site": "acme",
+        "key_file": str(tmp / "fleet.key"),
+        "signing_key_file": str(tmp / "fleet-signing.key"),
+        "signers": {DEV: public_key_hex(mine), "door-z": public_key_hex(theirs)},
+        "groups": ["lobby"],
+        "access": {"lobby": ["*"]},
+    }
+    door["config"] = write_config(tmp, door["doc"])
+    return fleet_key, theirs
+
+
+def test_a_door_with_fleet_sync_rebooted_on_a_full_disk_is_not_stopped_as_misconfigured(
+    request: pytest.FixtureRequest, broker: Any
+) -> None:
+    """Seen (`voxgate run` on a filled tmpfs): fleet.db, made by an earlier run, could not be
+    opened ("disk I/O error": SQLite cannot size its -shm) and the daemon stopped with exit
+    78, the config-error status systemd does not restart (RestartPreventExitStatus=78): the
+    door stayed shut for everyone after space was freed. A full disk is not a config error:
+    exit 69 (restarted), saying the disk is full and where to free space; once there is
+    room, the next start comes online."""
+    from test_sd_card_full import online_door
+
+    door = request.getfixturevalue("device")
+    data = Path(door["doc"]["data_dir"])
+    _fleet_on(door)
+    with small_fs(data):
+        done = enroll(door, "bob", "en+m3")
+        assert done.returncode == 0, done.stdout + done.stderr
+        with online_door(door["config"], broker) as (daemon, _):  # a normal run
+            daemon.wait_log("fleet sync: site acme", 30)
+            daemon.feed(pause(0.5))
+            assert daemon.close() == 0, daemon.log()
+        assert (data / "fleet.db").stat().st_size > 0
+        fill(data)
+        rebooted = DaemonProcess(door["config"])
+        try:
+            code = rebooted.proc.wait(90)
+        finally:
+            if rebooted.proc.poll() is None:
+                rebooted.proc.kill()
+        time.sleep(0.2)  # the stderr reader takes the last lines
+        log = rebooted.log()
+        assert code == 69, log
+        assert f"the disk is full: free space on {data}" in log, log
+        assert "unusable fleet sync state" not in log, log
+        free(data)
+        with online_door(door["config"], broker) as (daemon, _):
+            daemon.wait_log("fleet sync: site acme", 30)
+            assert daemon.close() == 0, daemon.log()
 
 
 def _door_key(door: dict[str, Any]) -> bytes:

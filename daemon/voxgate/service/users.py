@@ -96,8 +96,8 @@ class UserServices:
                 self.agent = FleetSync.from_config(
                     cfg, self.store, model_id=self.embedder.model_id, audit_event=self.audit_event
                 )
-            except FleetError as exc:
-                raise StartError(str(exc), config=True) from None
+            except FleetError as exc:  # a full disk is not a config error: restarted (69)
+                raise StartError(str(exc), config=not exc.temporary) from None
             self.agent.on_erased = self.forget
             from voxgate.config.secrets import SecretError
             from voxgate.mqtt.client import MqttSetupError
