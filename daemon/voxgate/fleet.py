@@ -24,7 +24,9 @@ How it works (docs/fleet.md has the full design and the broker ACL):
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import hmac
 import json
@@ -74,7 +76,12 @@ def newer(a: Order, b: Order) -> bool:
 
 
 class FleetError(Exception):
-    """Keys or settings the sync agent cannot use; str() is meant for the user."""
+    """Keys or settings the sync agent cannot use; str() is meant for the user. `temporary`:
+    the cause may pass by itself (a full disk), so a restart may help."""
+
+    def __init__(self, message: str, *, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
 
 
 class MessageError(Exception):
@@ -392,6 +399,16 @@ class Codec:
 # --- sync state: versions, tombstones, outbox ------------------------------------------------
 
 
+def _disk_is_full(path: Path) -> bool:
+    """Whether the folder of `path` has (next to) no room left: SQLite then reports "disk
+    I/O error" (it cannot size the WAL index), which names neither cause nor remedy."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
+
+
 def _sync_schema(db: sqlite3.Connection) -> None:
     """The sync state's tables, made or brought up to date."""
     # The outbox holds sealed voiceprints until the broker has them: a sent or replaced one
@@ -422,24 +439,133 @@ def _sync_schema(db: sqlite3.Connection) -> None:
 class SyncState:
     """What this door has applied per user (by tag) and per group, plus unsent messages."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, memory_when_full: bool = False) -> None:
+        """memory_when_full=True (the daemon): an existing file the full disk keeps from
+        being opened for writing is read into memory instead, and written back once there
+        is room (write_back). Otherwise that raises FleetError(temporary=True)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self.in_memory = False
+        try:
+            self._open()
+        except FleetError as exc:
+            if not (exc.temporary and memory_when_full and self.path.is_file()):
+                raise
+            self._db = self._read_into_memory(exc)
+            self.in_memory = True
+            log.error(
+                "%s; running on a copy in memory: the door comes online and applies the "
+                "fleet's changes, and the copy is written back to the file once there is "
+                "room (tried at the fleet agent's retries and before each fleet message); "
+                "a stop before then loses what was applied meanwhile (the fleet sends it "
+                "again at the next connect, except what this door had queued to send)",
+                exc,
+            )
+
+    def _open(self) -> None:
+        db: sqlite3.Connection | None = None
         try:
             if self.path.is_file() and self.path.stat().st_size == 0:
                 raise FleetError(self._empty_message())
             if not self.path.exists():
                 self._create()
-            self._db = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False
-            )
-            _sync_schema(self._db)
+            db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            _sync_schema(db)
+            self._db = db
         except sqlite3.DatabaseError as exc:
+            if db is not None:
+                db.close()
+            # A full disk says "disk I/O error" (SQLite cannot size the -shm); stopping as
+            # for a damaged file (exit 78, not restarted) kept the door shut after space
+            # was freed. Damage (malformed, not a database) is a plain DatabaseError.
+            if isinstance(exc, sqlite3.OperationalError) and _disk_is_full(self.path):
+                raise FleetError(self._full_message(exc), temporary=True) from None
             raise FleetError(f"{self.path}: unusable fleet sync state ({exc})") from None
         except OSError as exc:
+            if db is not None:
+                db.close()
+            if exc.errno == errno.ENOSPC or _disk_is_full(self.path):
+                raise FleetError(self._full_message(exc), temporary=True) from None
             raise FleetError(f"{self.path}: cannot open the fleet sync state ({exc})") from None
         os.chmod(self.path, 0o600)
+
+    def _read_into_memory(self, why: FleetError) -> sqlite3.Connection:
+        """The file copied into an in-memory database. Read-only first (a -shm that exists
+        may be usable); without one SQLite cannot read a WAL database on a full disk, so the
+        file is then read as it is (immutable), which is all of it only while its -wal is
+        empty (after a clean stop): pending changes are never skipped silently."""
+        uri = f"{self.path.absolute().as_uri()}?mode=ro"
+        wal = self.path.with_name(self.path.name + "-wal")
+        mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        try:
+            try:
+                self._copy(uri, mem)
+            except sqlite3.OperationalError:
+                if wal.is_file() and wal.stat().st_size > 0:
+                    raise FleetError(
+                        f"{why}; its -wal holds changes not yet in the file, which cannot "
+                        "be read without room for a -shm",
+                        temporary=True,
+                    ) from None
+                self._copy(uri + "&immutable=1", mem)
+            _sync_schema(mem)
+        except sqlite3.DatabaseError as exc:
+            mem.close()
+            raise FleetError(f"{self.path}: unusable fleet sync state ({exc})") from None
+        except BaseException:
+            mem.close()
+            raise
+        return mem
+
+    @staticmethod
+    def _copy(uri: str, mem: sqlite3.Connection) -> None:
+        src = sqlite3.connect(uri, uri=True, timeout=5.0)
+        try:
+            src.backup(mem)
+        finally:
+            src.close()
+
+    def write_back(self) -> bool:
+        """While in memory: once the disk has room, write the copy to the file and use the
+        file again. Returns whether it is on the file now."""
+        with self._lock:
+            if not self.in_memory:
+                return True
+            if _disk_is_full(self.path):
+                return False
+            disk: sqlite3.Connection | None = None
+            try:
+                disk = sqlite3.connect(
+                    str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False
+                )
+                self._db.backup(disk)
+                _sync_schema(disk)
+            except (sqlite3.Error, OSError) as exc:  # still no room: the next try
+                if disk is not None:
+                    disk.close()
+                log.debug(
+                    "%s: writing the in-memory fleet sync state back failed: %s", self.path, exc
+                )
+                return False
+            self._db.close()
+            self._db = disk
+            self.in_memory = False
+            with contextlib.suppress(OSError):  # made anew if it was removed meanwhile
+                os.chmod(self.path, 0o600)
+        log.warning(
+            "%s: the fleet sync state held in memory (the disk was full) is written back; "
+            "using the file again",
+            self.path,
+        )
+        return True
+
+    def _full_message(self, exc: Exception) -> str:
+        return (
+            f"{self.path}: cannot open the fleet sync state ({exc}); the disk is full: free "
+            f"space on {self.path.parent} (old recordings, rotated logs, copies left there); "
+            "the file is left untouched"
+        )
 
     def _empty_message(self) -> str:
         # Created whole (_create), so an empty file was cut: a power cut while it was
@@ -543,6 +669,12 @@ class SyncState:
 
     def close(self) -> None:
         with self._lock:
+            if self.in_memory:
+                log.error(
+                    "%s: stopping with the fleet sync state still in memory (the disk is "
+                    "full): what was applied since the start is not in the file",
+                    self.path,
+                )
             self._db.close()
 
 
@@ -640,6 +772,7 @@ class FleetSync:
         client_id: str | None = None,
         audit_event: Callable[..., Any] | None = None,
         withheld_retry_s: float = 10.0,
+        state_in_memory_when_full: bool = False,
     ) -> None:
         self.cfg = cfg
         self.mqtt_cfg = mqtt_cfg
@@ -649,7 +782,7 @@ class FleetSync:
         self.clock = clock
         self.keys = keys or FleetKeys.load(cfg)
         self.codec = Codec(self.keys, cfg.site, device_id)
-        self.state = SyncState(state_path)
+        self.state = SyncState(state_path, memory_when_full=state_in_memory_when_full)
         self.root = topic_root(mqtt_cfg.topic_prefix, cfg.site)
         self._apply_lock = threading.Lock()
         self._inflight: dict[int, tuple[str, Order]] = {}
@@ -1142,6 +1275,7 @@ class FleetSync:
     def retry_withheld(self) -> None:
         """Apply again each withheld erase or revoke; a hold ends once the store no longer
         withholds the user (the erase written, or a newer voiceprint stored)."""
+        self.state.write_back()  # the sync state first, so what follows lands in the file
         with self._apply_lock:
             for tag, upd in list(self._withheld.items()):
                 assert upd.name is not None
@@ -1163,7 +1297,7 @@ class FleetSync:
 
     def _retry_loop(self) -> None:
         while not self._stopping.wait(self.withheld_retry_s):
-            if not self._withheld:
+            if not self._withheld and not self.state.in_memory:
                 continue
             try:
                 self.retry_withheld()

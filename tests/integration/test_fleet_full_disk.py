@@ -7,8 +7,8 @@ espeak-ng embedded by the shipped speaker model, scored by the real Scorer.
 The daemon test runs `voxgate run` with fleet sync on, its data folder on the full tmpfs, and
 a tombstone signed by another door published on the broker.
 
-(A reboot on the full disk is not tested here: the fleet sync state cannot be opened then, so
-the fleet agent does not start at all: docs/fleet.md.)"""
+A door rebooted on the full disk (fleet.db made by an earlier run) is tested with `voxgate
+run` too: docs/fleet.md."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from broker import STANDARD_USERS
 from fleet_tts import DIGITS, say
-from mqtt_helpers import wait_until
+from mqtt_helpers import DaemonProcess, wait_until
 from small_fs import fill, free, small_fs
 from test_daemon_e2e import (
     ATTEMPT,
@@ -131,31 +131,12 @@ def test_the_daemon_refuses_at_once_a_user_the_fleet_erased_while_its_disk_was_f
     """`voxgate run` with fleet sync: bob enrolled here (and sent to the fleet), granted; the
     data folder fills up; another door's signed erase of bob arrives. bob must be refused at
     the next attempt, and the erase must reach voiceprints.db by itself once space is back."""
-    import paho.mqtt.client as mqtt
     from test_sd_card_full import online_door
 
-    from voxgate.fleet import Codec, FleetKeys, public_key_hex, topic_root
-
     door = request.getfixturevalue("device")
-    tmp = door["dir"]
     data = Path(door["doc"]["data_dir"])
-    fleet_key, mine, theirs = os.urandom(32), os.urandom(32), os.urandom(32)
-    for name, raw in (("fleet.key", fleet_key), ("fleet-signing.key", mine)):
-        (tmp / name).write_text(raw.hex() + "\n")
-        (tmp / name).chmod(0o600)
-    door["doc"]["fleet"] = {
-        "enabled": True,
-        "site": "acme",
-        "key_file": str(tmp / "fleet.key"),
-        "signing_key_file": str(tmp / "fleet-signing.key"),
-        "signers": {DEV: public_key_hex(mine), "door-z": public_key_hex(theirs)},
-        "groups": ["lobby"],
-        "access": {"lobby": ["*"]},
-    }
-    door["config"] = write_config(tmp, door["doc"])
+    other_door = _other_door(*_fleet_on(door))
     attempt = np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)])
-    signers = {"door-z": bytes.fromhex(public_key_hex(theirs))}
-    other_door = Codec(FleetKeys(fleet_key, theirs, signers), "acme", "door-z")
     with small_fs(data):
         done = enroll(door, "bob", "en+m3")
         assert done.returncode == 0, done.stdout + done.stderr
@@ -165,16 +146,7 @@ def test_the_daemon_refuses_at_once_a_user_the_fleet_erased_while_its_disk_was_f
             wait_until(lambda: len(decisions(rec)) >= 1, 30, "bob's first decision")
             daemon.feed(pause(1.0))
             fill(data)
-            erase = other_door.encode("erase", "lobby", "bob", int(time.time() * 1000))
-            topic = f"{topic_root('voxgate', 'acme')}/lobby/{other_door.user_tag('bob')}"
-            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, "door-z", protocol=mqtt.MQTTv5)
-            c.username_pw_set("device", STANDARD_USERS["device"])
-            c.tls_set(ca_certs=str(broker.ca_file))
-            c.connect(broker.host, broker.port)
-            c.loop_start()
-            c.publish(topic, erase, qos=1, retain=True).wait_for_publish(5)
-            c.disconnect()
-            c.loop_stop()
+            _publish_erase(broker, other_door, "bob")
             daemon.wait_log("is no longer recognised at this door", 20)
             daemon.feed(attempt)
             wait_until(lambda: len(decisions(rec)) >= 2, 30, "bob's decision after the erase")
@@ -192,6 +164,215 @@ def test_the_daemon_refuses_at_once_a_user_the_fleet_erased_while_its_disk_was_f
         assert "fleet_erase_withheld" in events and "fleet_erased" in events, events
         with VoiceprintStore(data / "voiceprints.db", _door_key(door), read_only=True) as vp:
             assert not vp.has("bob")
+
+
+def _fleet_on(door: dict[str, Any]) -> tuple[bytes, bytes]:
+    """Fleet sync on for the `device` door (site acme, group lobby, everyone); returns the
+    fleet key and the signing key of another door, door-z, it trusts."""
+    from voxgate.fleet import public_key_hex
+
+    tmp = door["dir"]
+    fleet_key, mine, theirs = os.urandom(32), os.urandom(32), os.urandom(32)
+    for name, raw in (("fleet.key", fleet_key), ("fleet-signing.key", mine)):
+        (tmp / name).write_text(raw.hex() + "\n")
+        (tmp / name).chmod(0o600)
+    door["doc"]["fleet"] = {
+        "enabled": True,
+        "site": "acme",
+        "key_file": str(tmp / "fleet.key"),
+        "signing_key_file": str(tmp / "fleet-signing.key"),
+        "signers": {DEV: public_key_hex(mine), "door-z": public_key_hex(theirs)},
+        "groups": ["lobby"],
+        "access": {"lobby": ["*"]},
+    }
+    door["config"] = write_config(tmp, door["doc"])
+    return fleet_key, theirs
+
+
+def _other_door(fleet_key: bytes, theirs: bytes) -> Any:
+    """The codec of door-z, another door of site acme the `device` door trusts."""
+    from voxgate.fleet import Codec, FleetKeys, public_key_hex
+
+    signers = {"door-z": bytes.fromhex(public_key_hex(theirs))}
+    return Codec(FleetKeys(fleet_key, theirs, signers), "acme", "door-z")
+
+
+def _publish_erase(broker: Any, other_door: Any, name: str) -> int:
+    """door-z's signed erase of `name` to group lobby, retained on the broker; its version."""
+    import paho.mqtt.client as mqtt
+
+    from voxgate.fleet import topic_root
+
+    version = int(time.time() * 1000)
+    erase = other_door.encode("erase", "lobby", name, version)
+    topic = f"{topic_root('voxgate', 'acme')}/lobby/{other_door.user_tag(name)}"
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, "door-z", protocol=mqtt.MQTTv5)
+    c.username_pw_set("device", STANDARD_USERS["device"])
+    c.tls_set(ca_certs=str(broker.ca_file))
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    c.publish(topic, erase, qos=1, retain=True).wait_for_publish(5)
+    c.disconnect()
+    c.loop_stop()
+    return version
+
+
+def test_a_door_with_fleet_sync_rebooted_on_a_full_disk_comes_online_and_applies_the_fleet(
+    request: pytest.FixtureRequest, broker: Any
+) -> None:
+    """Seen (`voxgate run` on a filled tmpfs): fleet.db, made by an earlier run, could not be
+    opened ("disk I/O error": SQLite cannot size its -shm) and the daemon stopped with exit
+    78, the config-error status systemd does not restart (RestartPreventExitStatus=78): the
+    door stayed shut for everyone, also after space was freed. Now the daemon reads the
+    file into memory and comes online; a fleet erase arriving meanwhile is applied (bob is
+    refused), and once space is freed the state is written back: the file holds the erase."""
+    import sqlite3
+
+    from test_sd_card_full import online_door
+
+    door = request.getfixturevalue("device")
+    data = Path(door["doc"]["data_dir"])
+    other_door = _other_door(*_fleet_on(door))
+    attempt = np.concatenate([pause(0.5), speech(ATTEMPT, "en+m3"), pause(1.2)])
+    with small_fs(data):
+        done = enroll(door, "bob", "en+m3")
+        assert done.returncode == 0, done.stdout + done.stderr
+        with online_door(door["config"], broker) as (daemon, rec):  # a normal run
+            daemon.wait_log("fleet sync: site acme", 30)
+            daemon.feed(attempt)
+            wait_until(lambda: len(decisions(rec)) >= 1, 30, "bob's first decision")
+            daemon.feed(pause(1.0))
+            assert daemon.close() == 0, daemon.log()
+        assert (data / "fleet.db").stat().st_size > 0
+        fill(data)
+        with online_door(door["config"], broker) as (daemon, rec2):  # the reboot
+            daemon.wait_log("running on a copy in memory", 30)
+            version = _publish_erase(broker, other_door, "bob")
+            daemon.wait_log("is no longer recognised at this door", 20)
+            daemon.feed(attempt)
+            wait_until(lambda: len(decisions(rec2)) >= 1, 30, "bob's decision after the erase")
+            daemon.feed(pause(1.0))
+            free(data)
+            wait_until(
+                lambda: "the withheld erase of bob is done" in daemon.log(), 30, "erase written"
+            )
+            daemon.feed(pause(1.0))
+            assert daemon.close() == 0, daemon.log()
+        log = daemon.log()
+        assert "unusable fleet sync state" not in log, log
+        assert f"the disk is full: free space on {data}" in log, log
+        assert "is written back; using the file again" in log, log
+        (granted,) = decisions(rec)
+        assert (granted.outcome, granted.user) == ("granted", "bob"), log
+        (after,) = decisions(rec2)
+        assert after.outcome != "granted", log
+        db = sqlite3.connect(f"{(data / 'fleet.db').as_uri()}?mode=ro", uri=True)
+        try:
+            row = db.execute(
+                "SELECT version, kind FROM users WHERE tag = ?", (other_door.user_tag("bob"),)
+            ).fetchone()
+        finally:
+            db.close()
+        assert tuple(row) == (version, "erase"), row
+
+
+def _pending_wal(path: Path) -> None:
+    """Leave `path` (WAL) with changes in its -wal and no -shm, as a copy taken without it."""
+    import sqlite3
+
+    folder = path.parent
+    writer = sqlite3.connect(str(path), isolation_level=None)
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute("UPDATE users SET version = version")
+    writer.execute("INSERT OR REPLACE INTO users VALUES ('t-pending', 9, 'erase', 0, 'x')")
+    for name in (path.name, path.name + "-wal"):
+        shutil.copy(folder / name, folder / f"copy-{name}")
+    writer.close()
+    for name in (path.name, path.name + "-wal"):
+        (folder / f"copy-{name}").replace(folder / name)
+    (folder / (path.name + "-shm")).unlink(missing_ok=True)
+    assert (folder / (path.name + "-wal")).stat().st_size > 0
+
+
+def test_a_fleet_sync_state_the_full_disk_cannot_read_stops_with_69_not_78(
+    request: pytest.FixtureRequest, broker: Any
+) -> None:
+    """Where fleet.db cannot be read on the full disk either (its -wal holds changes and
+    there is no room for a -shm), the daemon stops, but as for a resource (exit 69, which
+    systemd restarts), saying the disk is full and where: before, exit 78 (a config error,
+    RestartPreventExitStatus=78) left the door shut after space was freed. Once there is
+    room, the next start comes online."""
+    from test_sd_card_full import online_door
+
+    door = request.getfixturevalue("device")
+    data = Path(door["doc"]["data_dir"])
+    _fleet_on(door)
+    with small_fs(data):
+        done = enroll(door, "bob", "en+m3")
+        assert done.returncode == 0, done.stdout + done.stderr
+        with online_door(door["config"], broker) as (daemon, _):  # a normal run
+            daemon.wait_log("fleet sync: site acme", 30)
+            daemon.feed(pause(0.5))
+            assert daemon.close() == 0, daemon.log()
+        _pending_wal(data / "fleet.db")
+        fill(data)
+        rebooted = DaemonProcess(door["config"])
+        try:
+            code = rebooted.proc.wait(90)
+        finally:
+            if rebooted.proc.poll() is None:
+                rebooted.proc.kill()
+        time.sleep(0.2)  # the stderr reader takes the last lines
+        log = rebooted.log()
+        assert code == 69, log
+        assert f"the disk is full: free space on {data}" in log, log
+        assert "-wal holds changes" in log and "unusable fleet sync state" not in log, log
+        free(data)
+        with online_door(door["config"], broker) as (daemon, _):
+            daemon.wait_log("fleet sync: site acme", 30)
+            assert daemon.close() == 0, daemon.log()
+
+
+def test_the_fleet_sync_state_on_a_full_disk_is_read_into_memory_and_written_back(
+    tmp_path: Path,
+) -> None:
+    """SyncState on a real full tmpfs: commands keep a temporary FleetError saying the disk
+    is full (the daemon's start maps it to exit 69, restarted); the daemon's state
+    (memory_when_full) reads the file, takes changes in memory, and writes them to the file
+    once there is room. A -wal with changes that cannot be read stays the exit-69 error."""
+    from voxgate.fleet import FleetError, SyncState
+
+    with small_fs(tmp_path / "state", "1m") as folder:
+        path = folder / "fleet.db"
+        state = SyncState(path)
+        state.set_user("t1", (5, "a"), "voiceprint", False)
+        state.close()
+        fill(folder)
+        with pytest.raises(FleetError, match="the disk is full: free space on") as err:
+            SyncState(path)
+        assert err.value.temporary
+        state = SyncState(path, memory_when_full=True)
+        assert state.in_memory and state.user("t1") == (5, "voiceprint", False, "a")
+        state.set_user("t1", (7, "b"), "erase", False)
+        state.queue("topic/x", b"sealed", (7, "b"))
+        assert not state.write_back()  # still full
+        free(folder)
+        assert state.write_back() and not state.in_memory
+        state.set_grant("t1", "lobby", (7, "b"), "erase")  # on the file now
+        state.close()
+        again = SyncState(path)
+        try:
+            assert again.user("t1") == (7, "erase", False, "b")
+            assert again.grant("t1", "lobby") == (7, "erase", "b")
+            assert again.outbox() == [("topic/x", b"sealed", (7, "b"))]
+        finally:
+            again.close()
+        # A -wal still holding changes (a copy without its -shm): not read from the file alone.
+        _pending_wal(path)
+        fill(folder)
+        with pytest.raises(FleetError, match="-wal holds changes") as err:
+            SyncState(path, memory_when_full=True)
+        assert err.value.temporary
 
 
 def _door_key(door: dict[str, Any]) -> bytes:

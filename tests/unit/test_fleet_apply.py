@@ -480,9 +480,23 @@ def test_an_empty_sync_state_file_is_refused_and_left_alone(tmp_path: Path) -> N
     msg = str(err.value)
     assert f"{path}: the fleet sync state is empty (0 bytes)" in msg
     assert "Restore it from a backup" in msg and "voxgate users erase NAME" in msg
+    assert not err.value.temporary  # damage: the daemon stops with exit 78, not restarted
     assert path.stat().st_size == 0
     path.unlink()
     state = SyncState(path)
     assert path.stat().st_size > 0 and state.outbox() == []
     state.close()
     assert sorted(p.name for p in tmp_path.iterdir() if ".new-" in p.name) == []
+
+
+def test_a_foreign_sync_state_file_is_damage_not_a_full_disk(tmp_path: Path) -> None:
+    """Only a full disk makes the fleet sync state's error temporary (exit 69, restarted);
+    a file that is not a database stays a stop with exit 78 (restarting cannot mend it)."""
+    from voxgate.fleet import FleetError, SyncState
+
+    path = tmp_path / "fleet.db"
+    path.write_bytes(b"these are not the bytes of an SQLite database\n" * 200)
+    with pytest.raises(FleetError, match="unusable fleet sync state") as err:
+        SyncState(path)
+    assert not err.value.temporary
+    assert "the disk is full" not in str(err.value)

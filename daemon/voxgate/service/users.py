@@ -94,9 +94,17 @@ class UserServices:
 
             try:
                 self.agent = FleetSync.from_config(
-                    cfg, self.store, model_id=self.embedder.model_id, audit_event=self.audit_event
+                    cfg,
+                    self.store,
+                    model_id=self.embedder.model_id,
+                    audit_event=self.audit_event,
+                    state_in_memory_when_full=True,  # a full disk: online, written back later
                 )
             except FleetError as exc:
+                if exc.temporary:  # a full disk is not a config error: restarted (exit 69)
+                    raise StartError(
+                        f"{exc}; the door starts by itself once there is room", config=False
+                    ) from None
                 raise StartError(str(exc), config=True) from None
             self.agent.on_erased = self.forget
             from voxgate.config.secrets import SecretError
