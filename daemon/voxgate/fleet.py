@@ -436,6 +436,53 @@ def _sync_schema(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE {table} ADD COLUMN tiebreak TEXT NOT NULL DEFAULT ''")
 
 
+def _stamp(path: Path) -> tuple[tuple[int, int, int] | None, ...]:
+    """What changes when the state file (or its -wal) is written."""
+    stamps: list[tuple[int, int, int] | None] = []
+    for p in (path, path.with_name(path.name + "-wal")):
+        try:
+            st = p.stat()
+        except OSError:
+            stamps.append(None)
+        else:
+            stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(stamps)
+
+
+# Each table's key columns and its other columns (version and tiebreak among them).
+_MERGED = {
+    "users": (("tag",), ("version", "kind", "held", "tiebreak")),
+    "grants": (("tag", "grp"), ("version", "kind", "tiebreak")),
+    "outbox": (("topic",), ("payload", "version", "tiebreak")),
+}
+
+
+def _merge_newer(src: sqlite3.Connection, dst: sqlite3.Connection) -> None:
+    """Copy into `dst` each row of `src` that `dst` lacks or holds an older change of
+    (by `newer`, as messages are ordered), in one transaction. Rows only `dst` holds stay."""
+    dst.execute("BEGIN IMMEDIATE")
+    try:
+        for table, (keys, rest) in _MERGED.items():
+            cols = (*keys, *rest)
+            where = " AND ".join(f"{k} = ?" for k in keys)
+            for row in src.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall():
+                got = dict(zip(cols, row, strict=True))
+                have = dst.execute(
+                    f"SELECT version, tiebreak FROM {table} WHERE {where}",
+                    [got[k] for k in keys],
+                ).fetchone()
+                if have is None or newer((got["version"], got["tiebreak"]), tuple(have)):
+                    dst.execute(
+                        f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) "
+                        f"VALUES ({', '.join('?' * len(cols))})",
+                        row,
+                    )
+        dst.execute("COMMIT")
+    except BaseException:
+        dst.execute("ROLLBACK")
+        raise
+
+
 class SyncState:
     """What this door has applied per user (by tag) and per group, plus unsent messages."""
 
@@ -452,6 +499,7 @@ class SyncState:
         except FleetError as exc:
             if not (exc.temporary and memory_when_full and self.path.is_file()):
                 raise
+            self._read_as = _stamp(self.path)  # before reading: a later write shows
             self._db = self._read_into_memory(exc)
             self.in_memory = True
             log.error(
@@ -535,12 +583,20 @@ class SyncState:
             if _disk_is_full(self.path):
                 return False
             disk: sqlite3.Connection | None = None
+            # Written meanwhile by another process (`voxgate fleet erase`, `voxgate enroll`
+            # once there was room): copying the memory over the file lost that write (an
+            # erase never sent to the fleet), so then only the newer rows are merged in.
+            merge = _stamp(self.path) != self._read_as
             try:
                 disk = sqlite3.connect(
                     str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False
                 )
-                self._db.backup(disk)
-                _sync_schema(disk)
+                if merge:
+                    _sync_schema(disk)
+                    _merge_newer(self._db, disk)
+                else:
+                    self._db.backup(disk)
+                    _sync_schema(disk)
             except (sqlite3.Error, OSError) as exc:  # still no room: the next try
                 if disk is not None:
                     disk.close()
@@ -554,9 +610,13 @@ class SyncState:
             with contextlib.suppress(OSError):  # made anew if it was removed meanwhile
                 os.chmod(self.path, 0o600)
         log.warning(
-            "%s: the fleet sync state held in memory (the disk was full) is written back; "
+            "%s: the fleet sync state held in memory (the disk was full) is written back%s; "
             "using the file again",
             self.path,
+            " (the file was changed meanwhile by another process: per user, group and "
+            "unsent message, the newer of the two is kept)"
+            if merge
+            else "",
         )
         return True
 

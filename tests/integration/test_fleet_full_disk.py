@@ -379,3 +379,39 @@ def _door_key(door: dict[str, Any]) -> bytes:
     from voxgate.voiceprints import parse_key
 
     return parse_key(Path(door["doc"]["speaker"]["key_file"]).read_bytes())
+
+
+def test_a_write_by_another_process_before_the_write_back_is_kept(tmp_path: Path) -> None:
+    """Space comes back, and before the daemon's next retry writes its in-memory state back,
+    a command (`voxgate fleet erase`, `voxgate enroll`) writes the file: an erase queued for
+    the fleet, another user applied. Copying the memory over the file lost both (the erase
+    never reached the other doors). Now the newer change of each row is kept."""
+    from voxgate.fleet import SyncState
+
+    with small_fs(tmp_path / "state", "1m") as folder:
+        path = folder / "fleet.db"
+        state = SyncState(path)
+        state.set_user("t1", (5, "a"), "voiceprint", False)
+        state.set_user("t2", (3, "a"), "voiceprint", False)
+        state.close()
+        fill(folder)
+        daemon = SyncState(path, memory_when_full=True)
+        assert daemon.in_memory
+        daemon.set_user("t1", (7, "b"), "erase", False)  # the fleet's erase, in memory
+        daemon.set_user("t2", (4, "b"), "voiceprint", False)
+        free(folder)
+        command = SyncState(path)  # another process, now that there is room
+        command.set_user("t2", (9, "c"), "erase", True)  # newer than the daemon's t2
+        command.set_user("t3", (1, "c"), "voiceprint", True)
+        command.queue("topic/t2", b"sealed erase", (9, "c"))
+        command.close()
+        assert daemon.write_back() and not daemon.in_memory
+        daemon.close()
+        again = SyncState(path)
+        try:
+            assert again.user("t1") == (7, "erase", False, "b")  # the daemon's, newer
+            assert again.user("t2") == (9, "erase", True, "c")  # the command's, newer
+            assert again.user("t3") == (1, "voiceprint", True, "c")  # only the command's
+            assert again.outbox() == [("topic/t2", b"sealed erase", (9, "c"))]
+        finally:
+            again.close()
