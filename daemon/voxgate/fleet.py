@@ -479,7 +479,9 @@ def _merge_newer(src: sqlite3.Connection, dst: sqlite3.Connection) -> None:
                     )
         dst.execute("COMMIT")
     except BaseException:
-        dst.execute("ROLLBACK")
+        # SQLite may have rolled back by itself (a full disk): the error to show is the cause.
+        with contextlib.suppress(sqlite3.Error):
+            dst.execute("ROLLBACK")
         raise
 
 
@@ -872,6 +874,8 @@ class FleetSync:
         # withholds the user in memory at once, and they are written again every
         # `withheld_retry_s` and before each message, until the store takes them.
         self._withheld: dict[str, Update] = {}
+        # Users the config no longer allows whose erase the store could not write (tag: name).
+        self._not_allowed: dict[str, str] = {}
         self.withheld_retry_s = withheld_retry_s
         self._stopping = threading.Event()
         self._retrier: threading.Thread | None = None
@@ -1337,6 +1341,11 @@ class FleetSync:
         withholds the user (the erase written, or a newer voiceprint stored)."""
         self.state.write_back()  # the sync state first, so what follows lands in the file
         with self._apply_lock:
+            for tag, name in list(self._not_allowed.items()):
+                try:
+                    self._drop_not_allowed(tag, name)
+                except Exception as exc:  # e.g. the sync state: the erase itself may be done
+                    log.error("fleet sync: withheld erase of %s (config): %s", name, exc)
             for tag, upd in list(self._withheld.items()):
                 assert upd.name is not None
                 try:
@@ -1357,7 +1366,7 @@ class FleetSync:
 
     def _retry_loop(self) -> None:
         while not self._stopping.wait(self.withheld_retry_s):
-            if not self._withheld and not self.state.in_memory:
+            if not (self._withheld or self._not_allowed or self.state.in_memory):
                 continue
             try:
                 self.retry_withheld()
@@ -1393,6 +1402,8 @@ class FleetSync:
         held = self._withheld.get(upd.tag)
         if held is not None:  # the store no longer lists them, but the row is still there
             return dataclasses.replace(upd, name=held.name), 0
+        if upd.tag in self._not_allowed:  # likewise (enforce_access)
+            return dataclasses.replace(upd, name=self._not_allowed[upd.tag]), 0
         prints, damaged = self.store.readable()
         for vp in prints:
             if self.codec.user_tag(vp.name) == upd.tag:
@@ -1433,6 +1444,11 @@ class FleetSync:
         return self._done(outcome, upd, unreadable=damaged)
 
     def _apply(self, upd: Update) -> str:
+        hold = self._withheld.get(upd.tag)
+        if hold is not None and upd.kind == "voiceprint" and not newer(upd.order, hold.order):
+            # The withheld erase is in no record yet (the sync state is written with the
+            # store): an older voiceprint would count as new, and storing it ended the hold.
+            return self._ignored(upd, hold.order)
         row = self.state.user(upd.tag)
         known: Order | None = (row[0], row[3]) if row else None
         held = bool(row and row[2])
@@ -1565,29 +1581,39 @@ class FleetSync:
         for vp in prints:
             tag = self.codec.user_tag(vp.name)
             if tag in held and "fleet_version" in vp.meta and not self.allowed_here(vp.name):
-                try:
-                    self.store.erase(vp.name)
-                except StoreError as exc:
-                    # A full disk: raising here stopped the start. Not let in from now on;
-                    # the file (and the sync state) keep them until a start that can write.
-                    self.store.withhold(vp.name)
-                    dropped.append(vp.name)
-                    log.error(
-                        "fleet sync: %s is no longer allowed here (config), but the erase "
-                        "cannot be written (%s); %s is not recognised from now on, and is "
-                        "erased by the next start that can write",
-                        vp.name,
-                        exc,
-                        vp.name,
-                    )
-                    continue
-                self._erased(vp.name)
-                known = self.state.user(tag)
-                order = (known[0], known[3]) if known else (0, "")
-                self.state.set_user(tag, order, "revoke", held=False)
-                # Not a tombstone: if the config allows them again, the retained voiceprint
-                # (same version) must be applied, not skipped as one already seen.
-                self.state.drop_grants(tag)
+                self._drop_not_allowed(tag, vp.name)
                 dropped.append(vp.name)
-                log.info("fleet sync: %s no longer allowed here (config); erased", vp.name)
         return dropped
+
+    def _drop_not_allowed(self, tag: str, name: str) -> bool:
+        """Erase a user the config no longer allows; whether it is written. On a full disk
+        (raising stopped the start) they are withheld at once and tried again with the
+        withheld retries (retry_withheld); _name_for still finds them meanwhile, so a fleet
+        erase of theirs is not taken for one of a user this door does not hold."""
+        try:
+            gone = self.store.erase(name)
+        except StoreError as exc:
+            self.store.withhold(name)
+            if self._not_allowed.get(tag) != name:
+                self._not_allowed[tag] = name
+                log.error(
+                    "fleet sync: %s is no longer allowed here (config), but the erase cannot "
+                    "be written (%s); %s is not recognised from now on, and is erased once "
+                    "the store can write (tried every %g s)",
+                    name,
+                    exc,
+                    name,
+                    self.withheld_retry_s,
+                )
+            return False
+        if self._not_allowed.pop(tag, None) is not None and not gone:
+            return True  # erased meanwhile (a fleet erase of theirs): its record stands
+        self._erased(name)
+        known = self.state.user(tag)
+        order = (known[0], known[3]) if known else (0, "")
+        self.state.set_user(tag, order, "revoke", held=False)
+        # Not a tombstone: if the config allows them again, the retained voiceprint
+        # (same version) must be applied, not skipped as one already seen.
+        self.state.drop_grants(tag)
+        log.info("fleet sync: %s no longer allowed here (config); erased", name)
+        return True

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from small_fs import fill, free, small_fs
 
-from tests.unit.test_fleet_apply import KEYS, _vp
+from tests.unit.test_fleet_apply import KEYS, _tomb, _vp
 from voxgate.config import parse_config
 from voxgate.fleet import FleetSync
 from voxgate.voiceprints import VoiceprintStore
@@ -54,3 +54,65 @@ def test_a_user_the_config_no_longer_allows_is_withheld_when_the_full_disk_refus
         fresh = VoiceprintStore(data / "vp.db", KEY)
         assert [u.name for u in fresh.users()] == ["bob"]
         fresh.close()
+
+
+def test_a_fleet_erase_of_a_user_the_config_withheld_reaches_the_file(
+    tmp_path: Path,
+) -> None:
+    """Found in review: enforce_access withheld alice in the store only, so a fleet erase
+    arriving meanwhile could not find her (store.readable() leaves withheld rows out): it was
+    recorded as erased_absent and her row never erased; the next start skipped her (no
+    longer a held tag) and, the hold being in memory only, verified her again."""
+    state = tmp_path / "fleet.db"  # beside the tmpfs: only the voiceprint store is full
+    with small_fs(tmp_path / "data") as data:
+        door = _door(data, state, {"lobby": ["alice", "bob"]})
+        assert door.handle(*_vp("lobby", "alice", 1)) == "stored"
+        assert door.handle(*_vp("lobby", "bob", 1)) == "stored"
+        door.store.close()
+        fill(data)
+        # Restart with alice out of fleet.access on the full disk: withheld, not erased.
+        door = _door(data, state, {"lobby": ["bob"]})
+        assert door.enforce_access() == ["alice"]
+        # The fleet erases alice too (she left): the tombstone arrives while withheld.
+        outcome = door.handle(*_tomb("erase", "lobby", "alice", 2))
+        door.store.close()
+        free(data)
+        # A start with room: the erase (fleet's and config's) must be in the file by now.
+        door = _door(data, state, {"lobby": ["bob"]})
+        door.enforce_access()
+        door.store.close()
+        fresh = VoiceprintStore(data / "vp.db", KEY)
+        left = [u.name for u in fresh.users()]
+        fresh.close()
+        assert left == ["bob"], (
+            f"fleet erase outcome {outcome!r}; alice's voiceprint is still in the file and "
+            "verified after the restart"
+        )
+
+
+def test_an_older_fleet_voiceprint_does_not_end_a_withheld_erase(tmp_path: Path) -> None:
+    """Found in review. A fleet erase (v3) withheld on a full disk; space comes back between
+    handle()'s retry_withheld() and its _apply() of an older voiceprint (v2, e.g. still retained on
+    another group's topic). The sync state never recorded v3, so v2 counts as newer, is
+    stored, and VoiceprintStore._put ends the hold: the erased person is verified again until
+    the next retry (withheld_retry_s). The race is reproduced by calling _apply as handle()
+    does after its retry (docs/fleet.md says only a *newer* voiceprint ends the hold)."""
+    import time
+
+    state = tmp_path / "fleet.db"
+    with small_fs(tmp_path / "data") as data:
+        door = _door(data, state, {"lobby": ["alice"]})
+        assert door.handle(*_vp("lobby", "alice", 1)) == "stored"
+        fill(data)
+        assert door.handle(*_tomb("erase", "lobby", "alice", 3)) == "erase_withheld"
+        assert door.store.get("alice") is None
+        free(data)  # space comes back right after handle()'s retry_withheld()
+        topic, payload = _vp("lobby", "alice", 2)
+        group, tag = topic.split("/")[-2:]
+        upd = door.codec.decode(group, tag, payload, time.time())
+        with door._apply_lock:
+            outcome = door._apply(upd)
+        try:
+            assert door.store.get("alice") is None, f"v2 {outcome!r} ended the v3 erase's hold"
+        finally:
+            door.store.close()
