@@ -353,7 +353,7 @@ class VoiceprintStore:
         if not self._full:
             return
         room = not _disk_full(self.path)
-        changed = self._unchanged is not None and self._unchanged != _snapshot(self.path)
+        changed = self._unchanged is not None and self._unchanged != self._snapshot()
         if not (room or changed):
             return
         with contextlib.suppress(sqlite3.Error):
@@ -367,6 +367,22 @@ class VoiceprintStore:
             raise
         if not self._full:
             log.warning("%s: opened for writing again (the disk has room)", self.path)
+
+    def _snapshot(self) -> tuple[int, int, int]:
+        """The file's size and times now, to tell whether it changed while read without
+        locks; StoreError (not OSError, which the daemon's loop does not catch) when it is
+        gone or cannot be read. The connection is left as it is: the file may come back."""
+        try:
+            return _snapshot(self.path)
+        except FileNotFoundError:
+            raise StoreError(
+                f"{self.path}: the voiceprint database was moved or deleted while it was "
+                "read from a full disk; put it back (nobody is verified until then)"
+            ) from None
+        except OSError as exc:
+            raise StoreError(
+                f"{self.path}: cannot read the voiceprint database ({exc.strerror})"
+            ) from None
 
     def _connect_writable(self) -> None:
         try:
@@ -500,7 +516,7 @@ class VoiceprintStore:
                     f"{self.path}: cannot {doing} the voiceprint database ({exc})"
                     f"{_damage_hint(exc)}{_disk_full(self.path)}"
                 ) from None
-            if self._unchanged is not None and self._unchanged != _snapshot(self.path):
+            if self._unchanged is not None and self._unchanged != self._snapshot():
                 # Read without locks: someone wrote it meanwhile, so what was read may mix
                 # two versions.
                 raise StoreError(f"{self.path}: changed while it was read; run this again")

@@ -677,3 +677,34 @@ def test_the_daemon_reads_voiceprints_from_a_full_disk_and_writes_once_it_has_ro
         store.close()
         with VoiceprintStore(path, key) as after:
             assert sorted(u.name for u in after.users()) == ["alice", "carol"]
+
+
+def test_a_voiceprint_file_moved_aside_while_read_from_a_full_disk_is_a_store_error(
+    tmp_path: Path,
+) -> None:
+    """Found in review: read from a full disk (immutable=1, no locks), each operation stat()s
+    the file to see whether another process changed it; once it was moved aside that raised
+    FileNotFoundError, an OSError the daemon's scorer does not catch (StoreError only), and
+    the daemon's loop died. It is a StoreError naming the file now, and the store reads
+    again once the file is back."""
+    import os
+
+    from voxgate.voiceprints import StoreError, VoiceprintStore
+
+    key = bytes(range(32))
+    emb = np.random.default_rng(1).standard_normal((3, 256))
+    with small_fs(tmp_path / "state", "1m") as folder:
+        path = folder / "voiceprints.db"
+        with VoiceprintStore(path, key) as store:
+            store.add_user("alice", emb, "test-model/1")
+        fill(folder)
+        store = VoiceprintStore(path, key, read_when_full=True)
+        try:
+            assert store.get("alice") is not None
+            os.rename(path, folder / "voiceprints.db.aside")  # an operator moves it aside
+            with pytest.raises(StoreError, match=r"voiceprints\.db: .* moved or deleted"):
+                store.get("alice")
+            os.rename(folder / "voiceprints.db.aside", path)  # and puts it back
+            assert store.get("alice") is not None
+        finally:
+            store.close()
