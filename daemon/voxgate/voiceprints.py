@@ -727,24 +727,29 @@ class VoiceprintStore:
         emb = l2_normalize(emb)
         uid = self._user_id(name)
         now = time.time()
-        with self._using("write to"), self._tx():
-            row = self._db.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()
-            if row is not None and not allow_existing:
-                raise StoreError(f"user '{name}' is already enrolled (re-enroll to replace)")
-            old = self._old_row(row[0], uid, name) if row is not None else None
-            vp = Voiceprint(
-                name=name,
-                model_id=model_id,
-                embeddings=emb,
-                mean=mean_embedding(emb),
-                created_at=old.created_at if old else now,
-                updated_at=now,
-                version=old.version + 1 if old else 1,
-                meta=dict(meta or {}),
-            )
-            sealed = self._seal(self._pack(vp), uid)
-            self._db.execute("INSERT OR REPLACE INTO voiceprints VALUES (?, ?)", (uid, sealed))
-        self._withheld.discard(uid)  # written after the erase: the new voiceprint counts
+        with self._using("write to"):
+            with self._tx():
+                row = self._db.execute(
+                    "SELECT sealed FROM voiceprints WHERE id = ?", (uid,)
+                ).fetchone()
+                if row is not None and not allow_existing:
+                    raise StoreError(f"user '{name}' is already enrolled (re-enroll to replace)")
+                old = self._old_row(row[0], uid, name) if row is not None else None
+                vp = Voiceprint(
+                    name=name,
+                    model_id=model_id,
+                    embeddings=emb,
+                    mean=mean_embedding(emb),
+                    created_at=old.created_at if old else now,
+                    updated_at=now,
+                    version=old.version + 1 if old else 1,
+                    meta=dict(meta or {}),
+                )
+                sealed = self._seal(self._pack(vp), uid)
+                self._db.execute("INSERT OR REPLACE INTO voiceprints VALUES (?, ?)", (uid, sealed))
+            # Committed, and still under the lock (the set is shared with withhold and the
+            # readers): written after the erase, the new voiceprint counts.
+            self._withheld.discard(uid)
         log.info("voiceprint for %s stored (version %d, %d takes)", name, vp.version, len(emb))
         return vp
 
