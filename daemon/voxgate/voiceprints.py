@@ -732,6 +732,12 @@ class VoiceprintStore:
                 row = self._db.execute(
                     "SELECT sealed FROM voiceprints WHERE id = ?", (uid,)
                 ).fetchone()
+                if row is not None and not allow_existing and uid in self._withheld:
+                    # Not "already enrolled": get and the lists no longer show them.
+                    raise StoreError(
+                        f"user '{name}' cannot be enrolled yet: their erase is waiting to be "
+                        "written (the disk is full); enroll them once it is written"
+                    )
                 if row is not None and not allow_existing:
                     raise StoreError(f"user '{name}' is already enrolled (re-enroll to replace)")
                 old = self._old_row(row[0], uid, name) if row is not None else None
