@@ -300,6 +300,9 @@ class VoiceprintStore:
     because the disk is full is read instead, and opened for writing again once there is
     room (writes meanwhile raise StoreError saying the disk is full)."""
 
+    _db: sqlite3.Connection
+    _file_id: tuple[int, int] | None  # the file opened (device, inode); None: unknown
+
     def __init__(
         self, path: Path, key: bytes, *, read_only: bool = False, read_when_full: bool = False
     ) -> None:
@@ -356,15 +359,30 @@ class VoiceprintStore:
         changed = self._unchanged is not None and self._unchanged != self._snapshot()
         if not (room or changed):
             return
-        with contextlib.suppress(sqlite3.Error):
-            self._db.close()
+        # The read-only connection is closed only once another one is open: a reopen that
+        # fails (another process holds the file locked) left the store closed, and every
+        # verification failed until one worked.
+        old_db, old_unchanged, old_file_id = self._db, self._unchanged, self._file_id
         self._full = False
         self._unchanged = None
         try:
             self._connect()  # read-only again (self._full) while the disk is still full
-        except BaseException:
+        except BaseException as exc:
+            if self._db is not old_db:  # one the failed open left behind
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+            self._db, self._unchanged, self._file_id = old_db, old_unchanged, old_file_id
             self._full = True  # tried again by the next operation
-            raise
+            if changed or not isinstance(exc, StoreError):
+                raise  # what was read is out of date: it must not be served
+            log.warning(
+                "%s; reading it as before (the file is unchanged), and trying to open it for "
+                "writing again at the next use",
+                exc,
+            )
+            return
+        with contextlib.suppress(sqlite3.Error):
+            old_db.close()
         if not self._full:
             log.warning("%s: opened for writing again (the disk has room)", self.path)
 

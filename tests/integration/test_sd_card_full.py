@@ -708,3 +708,39 @@ def test_a_voiceprint_file_moved_aside_while_read_from_a_full_disk_is_a_store_er
             assert store.get("alice") is not None
         finally:
             store.close()
+
+
+def test_voiceprints_read_from_a_full_disk_stay_readable_while_the_reopen_for_writing_fails(
+    tmp_path: Path,
+) -> None:
+    """Found in review: once the disk had room, the store read from a full disk closed its
+    read-only connection before it opened the file for writing; when that failed for another
+    reason (here another process holds the file locked), the store was left closed and every
+    verification failed until a reopen worked. It keeps reading meanwhile now."""
+    import sqlite3
+
+    from voxgate.voiceprints import VoiceprintStore
+
+    key = bytes(range(32))
+    emb = np.random.default_rng(1).standard_normal((3, 256))
+    with small_fs(tmp_path / "state", "1m") as folder:
+        path = folder / "voiceprints.db"
+        with VoiceprintStore(path, key) as store:
+            store.add_user("alice", emb, "test-model/1")
+        fill(folder)
+        store = VoiceprintStore(path, key, read_when_full=True)
+        try:
+            assert store.get("alice") is not None
+            free(folder)
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("PRAGMA locking_mode = EXCLUSIVE")  # holds the file until closed
+            other.execute("BEGIN EXCLUSIVE")
+            try:
+                assert store.get("alice") is not None  # waits 5 s for the lock, then reads
+            finally:
+                other.close()
+            store.add_user("carol", emb, "test-model/1")  # opened for writing now
+        finally:
+            store.close()
+        with VoiceprintStore(path, key) as after:
+            assert sorted(u.name for u in after.users()) == ["alice", "carol"]
