@@ -504,6 +504,7 @@ def test_a_restart_on_a_full_disk_reads_the_replay_store_and_holds_new_answers_i
             assert store.check_and_add(before, 1001.0, keep=False).is_replay  # from the file
             assert not store.check_and_add(after, 1002.0, user="bob").is_replay  # held
             assert store.check_and_add(after, 1003.0, keep=False).is_replay  # from memory
+            assert store.count() == 2  # one read from the file, one held (review: it said 0)
         assert f"replay store {path}: the disk is full" in caplog.text, caplog.text
         assert "not a replay-fingerprint database" not in caplog.text
         assert "Traceback" not in caplog.text
