@@ -690,11 +690,14 @@ class ReplayDetector:
             return max(len(gone), erased)
 
     def count(self) -> int:
-        """Fingerprints in the file (0 while it is not made)."""
+        """Fingerprints held: those in the file and those a failed write holds in memory.
+        Without a writable file (not made yet, or read from a full disk), the ones in memory:
+        read from the file at start and held since (it said 0, though the file held rows)."""
         with self._lock:
             if self._db is None:
-                return 0
-            return int(self._db.execute("SELECT COUNT(*) FROM fingerprints").fetchone()[0])
+                return len(self._index)
+            saved = int(self._db.execute("SELECT COUNT(*) FROM fingerprints").fetchone()[0])
+            return saved + len(self._unsaved)
 
     def close(self) -> None:
         with self._lock:

@@ -300,6 +300,9 @@ class VoiceprintStore:
     because the disk is full is read instead, and opened for writing again once there is
     room (writes meanwhile raise StoreError saying the disk is full)."""
 
+    _db: sqlite3.Connection
+    _file_id: tuple[int, int] | None  # the file opened (device, inode); None: unknown
+
     def __init__(
         self, path: Path, key: bytes, *, read_only: bool = False, read_when_full: bool = False
     ) -> None:
@@ -353,20 +356,51 @@ class VoiceprintStore:
         if not self._full:
             return
         room = not _disk_full(self.path)
-        changed = self._unchanged is not None and self._unchanged != _snapshot(self.path)
+        changed = self._unchanged is not None and self._unchanged != self._snapshot()
         if not (room or changed):
             return
-        with contextlib.suppress(sqlite3.Error):
-            self._db.close()
+        # The read-only connection is closed only once another one is open: a reopen that
+        # fails (another process holds the file locked) left the store closed, and every
+        # verification failed until one worked.
+        old_db, old_unchanged, old_file_id = self._db, self._unchanged, self._file_id
         self._full = False
         self._unchanged = None
         try:
             self._connect()  # read-only again (self._full) while the disk is still full
-        except BaseException:
+        except BaseException as exc:
+            if self._db is not old_db:  # one the failed open left behind
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+            self._db, self._unchanged, self._file_id = old_db, old_unchanged, old_file_id
             self._full = True  # tried again by the next operation
-            raise
+            if changed or not isinstance(exc, StoreError):
+                raise  # what was read is out of date: it must not be served
+            log.warning(
+                "%s; reading it as before (the file is unchanged), and trying to open it for "
+                "writing again at the next use",
+                exc,
+            )
+            return
+        with contextlib.suppress(sqlite3.Error):
+            old_db.close()
         if not self._full:
             log.warning("%s: opened for writing again (the disk has room)", self.path)
+
+    def _snapshot(self) -> tuple[int, int, int]:
+        """The file's size and times now, to tell whether it changed while read without
+        locks; StoreError (not OSError, which the daemon's loop does not catch) when it is
+        gone or cannot be read. The connection is left as it is: the file may come back."""
+        try:
+            return _snapshot(self.path)
+        except FileNotFoundError:
+            raise StoreError(
+                f"{self.path}: the voiceprint database was moved or deleted while it was "
+                "read from a full disk; put it back (nobody is verified until then)"
+            ) from None
+        except OSError as exc:
+            raise StoreError(
+                f"{self.path}: cannot read the voiceprint database ({exc.strerror})"
+            ) from None
 
     def _connect_writable(self) -> None:
         try:
@@ -500,7 +534,7 @@ class VoiceprintStore:
                     f"{self.path}: cannot {doing} the voiceprint database ({exc})"
                     f"{_damage_hint(exc)}{_disk_full(self.path)}"
                 ) from None
-            if self._unchanged is not None and self._unchanged != _snapshot(self.path):
+            if self._unchanged is not None and self._unchanged != self._snapshot():
                 # Read without locks: someone wrote it meanwhile, so what was read may mix
                 # two versions.
                 raise StoreError(f"{self.path}: changed while it was read; run this again")
@@ -711,24 +745,35 @@ class VoiceprintStore:
         emb = l2_normalize(emb)
         uid = self._user_id(name)
         now = time.time()
-        with self._using("write to"), self._tx():
-            row = self._db.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()
-            if row is not None and not allow_existing:
-                raise StoreError(f"user '{name}' is already enrolled (re-enroll to replace)")
-            old = self._old_row(row[0], uid, name) if row is not None else None
-            vp = Voiceprint(
-                name=name,
-                model_id=model_id,
-                embeddings=emb,
-                mean=mean_embedding(emb),
-                created_at=old.created_at if old else now,
-                updated_at=now,
-                version=old.version + 1 if old else 1,
-                meta=dict(meta or {}),
-            )
-            sealed = self._seal(self._pack(vp), uid)
-            self._db.execute("INSERT OR REPLACE INTO voiceprints VALUES (?, ?)", (uid, sealed))
-        self._withheld.discard(uid)  # written after the erase: the new voiceprint counts
+        with self._using("write to"):
+            with self._tx():
+                row = self._db.execute(
+                    "SELECT sealed FROM voiceprints WHERE id = ?", (uid,)
+                ).fetchone()
+                if row is not None and not allow_existing and uid in self._withheld:
+                    # Not "already enrolled": get and the lists no longer show them.
+                    raise StoreError(
+                        f"user '{name}' cannot be enrolled yet: their erase is waiting to be "
+                        "written (the disk is full); enroll them once it is written"
+                    )
+                if row is not None and not allow_existing:
+                    raise StoreError(f"user '{name}' is already enrolled (re-enroll to replace)")
+                old = self._old_row(row[0], uid, name) if row is not None else None
+                vp = Voiceprint(
+                    name=name,
+                    model_id=model_id,
+                    embeddings=emb,
+                    mean=mean_embedding(emb),
+                    created_at=old.created_at if old else now,
+                    updated_at=now,
+                    version=old.version + 1 if old else 1,
+                    meta=dict(meta or {}),
+                )
+                sealed = self._seal(self._pack(vp), uid)
+                self._db.execute("INSERT OR REPLACE INTO voiceprints VALUES (?, ?)", (uid, sealed))
+            # Committed, and still under the lock (the set is shared with withhold and the
+            # readers): written after the erase, the new voiceprint counts.
+            self._withheld.discard(uid)
         log.info("voiceprint for %s stored (version %d, %d takes)", name, vp.version, len(emb))
         return vp
 

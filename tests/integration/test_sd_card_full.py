@@ -504,6 +504,7 @@ def test_a_restart_on_a_full_disk_reads_the_replay_store_and_holds_new_answers_i
             assert store.check_and_add(before, 1001.0, keep=False).is_replay  # from the file
             assert not store.check_and_add(after, 1002.0, user="bob").is_replay  # held
             assert store.check_and_add(after, 1003.0, keep=False).is_replay  # from memory
+            assert store.count() == 2  # one read from the file, one held (review: it said 0)
         assert f"replay store {path}: the disk is full" in caplog.text, caplog.text
         assert "not a replay-fingerprint database" not in caplog.text
         assert "Traceback" not in caplog.text
@@ -675,5 +676,72 @@ def test_the_daemon_reads_voiceprints_from_a_full_disk_and_writes_once_it_has_ro
         assert store.get("bob") is None  # the daemon sees it at once
         store.add_user("carol", emb, "test-model/1", {"takes": 3})  # and writes again
         store.close()
+        with VoiceprintStore(path, key) as after:
+            assert sorted(u.name for u in after.users()) == ["alice", "carol"]
+
+
+def test_a_voiceprint_file_moved_aside_while_read_from_a_full_disk_is_a_store_error(
+    tmp_path: Path,
+) -> None:
+    """Found in review: read from a full disk (immutable=1, no locks), each operation stat()s
+    the file to see whether another process changed it; once it was moved aside that raised
+    FileNotFoundError, an OSError the daemon's scorer does not catch (StoreError only), and
+    the daemon's loop died. It is a StoreError naming the file now, and the store reads
+    again once the file is back."""
+    import os
+
+    from voxgate.voiceprints import StoreError, VoiceprintStore
+
+    key = bytes(range(32))
+    emb = np.random.default_rng(1).standard_normal((3, 256))
+    with small_fs(tmp_path / "state", "1m") as folder:
+        path = folder / "voiceprints.db"
+        with VoiceprintStore(path, key) as store:
+            store.add_user("alice", emb, "test-model/1")
+        fill(folder)
+        store = VoiceprintStore(path, key, read_when_full=True)
+        try:
+            assert store.get("alice") is not None
+            os.rename(path, folder / "voiceprints.db.aside")  # an operator moves it aside
+            with pytest.raises(StoreError, match=r"voiceprints\.db: .* moved or deleted"):
+                store.get("alice")
+            os.rename(folder / "voiceprints.db.aside", path)  # and puts it back
+            assert store.get("alice") is not None
+        finally:
+            store.close()
+
+
+def test_voiceprints_read_from_a_full_disk_stay_readable_while_the_reopen_for_writing_fails(
+    tmp_path: Path,
+) -> None:
+    """Found in review: once the disk had room, the store read from a full disk closed its
+    read-only connection before it opened the file for writing; when that failed for another
+    reason (here another process holds the file locked), the store was left closed and every
+    verification failed until a reopen worked. It keeps reading meanwhile now."""
+    import sqlite3
+
+    from voxgate.voiceprints import VoiceprintStore
+
+    key = bytes(range(32))
+    emb = np.random.default_rng(1).standard_normal((3, 256))
+    with small_fs(tmp_path / "state", "1m") as folder:
+        path = folder / "voiceprints.db"
+        with VoiceprintStore(path, key) as store:
+            store.add_user("alice", emb, "test-model/1")
+        fill(folder)
+        store = VoiceprintStore(path, key, read_when_full=True)
+        try:
+            assert store.get("alice") is not None
+            free(folder)
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("PRAGMA locking_mode = EXCLUSIVE")  # holds the file until closed
+            other.execute("BEGIN EXCLUSIVE")
+            try:
+                assert store.get("alice") is not None  # waits 5 s for the lock, then reads
+            finally:
+                other.close()
+            store.add_user("carol", emb, "test-model/1")  # opened for writing now
+        finally:
+            store.close()
         with VoiceprintStore(path, key) as after:
             assert sorted(u.name for u in after.users()) == ["alice", "carol"]

@@ -517,3 +517,15 @@ def test_a_withheld_user_is_not_found_until_erased_or_enrolled_again(tmp_path: P
         store.withhold("alice")
         store.replace("Alice", _emb(4), MODEL)
         assert not store.withholds("alice") and store.get("alice") is not None
+
+
+def test_enrolling_a_withheld_user_says_their_erase_waits_for_the_disk(tmp_path: Path) -> None:
+    """Found in review: add_user for a user whose erase waits for a full disk answered
+    "already enrolled", though get and the lists no longer show them."""
+    with VoiceprintStore(tmp_path / "vp.db", KEY) as store:
+        store.add_user("Alice", _emb(1), MODEL)
+        store.withhold("alice")
+        with pytest.raises(StoreError, match="erase is waiting to be written") as err:
+            store.add_user("alice", _emb(2), MODEL)
+        assert "already enrolled" not in str(err.value)
+        assert store.withholds("alice") and store.get("alice") is None  # nothing changed
