@@ -44,7 +44,7 @@ import numpy as np
 
 from voxgate.config.fleet import ALL_USERS, FleetConfig
 from voxgate.names import fold
-from voxgate.ownership import create_whole
+from voxgate.ownership import create_whole, disk_is_full
 from voxgate.voiceprints import (
     StoreError,
     VoiceprintStore,
@@ -399,16 +399,6 @@ class Codec:
 # --- sync state: versions, tombstones, outbox ------------------------------------------------
 
 
-def _disk_is_full(path: Path) -> bool:
-    """Whether the folder of `path` has (next to) no room left: SQLite then reports "disk
-    I/O error" (it cannot size the WAL index), which names neither cause nor remedy."""
-    try:
-        st = os.statvfs(path.parent)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < 64 * 1024
-
-
 def _sync_schema(db: sqlite3.Connection) -> None:
     """The sync state's tables, made or brought up to date."""
     # The outbox holds sealed voiceprints until the broker has them: a sent or replaced one
@@ -529,13 +519,13 @@ class SyncState:
             # A full disk says "disk I/O error" (SQLite cannot size the -shm); stopping as
             # for a damaged file (exit 78, not restarted) kept the door shut after space
             # was freed. Damage (malformed, not a database) is a plain DatabaseError.
-            if isinstance(exc, sqlite3.OperationalError) and _disk_is_full(self.path):
+            if isinstance(exc, sqlite3.OperationalError) and disk_is_full(self.path):
                 raise FleetError(self._full_message(exc), temporary=True) from None
             raise FleetError(f"{self.path}: unusable fleet sync state ({exc})") from None
         except OSError as exc:
             if db is not None:
                 db.close()
-            if exc.errno == errno.ENOSPC or _disk_is_full(self.path):
+            if exc.errno == errno.ENOSPC or disk_is_full(self.path):
                 raise FleetError(self._full_message(exc), temporary=True) from None
             raise FleetError(f"{self.path}: cannot open the fleet sync state ({exc})") from None
         os.chmod(self.path, 0o600)
@@ -582,7 +572,7 @@ class SyncState:
         with self._lock:
             if not self.in_memory:
                 return True
-            if _disk_is_full(self.path):
+            if disk_is_full(self.path):
                 return False
             disk: sqlite3.Connection | None = None
             # Written meanwhile by another process (`voxgate fleet erase`, `voxgate enroll`

@@ -21,6 +21,16 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def disk_is_full(path: Path) -> bool:
+    """Whether the folder of `path` has (next to) no room left. SQLite then may report "disk
+    I/O error" (it cannot size the WAL index), which names neither cause nor remedy."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
+
+
 def create_private(path: Path) -> None:
     """Create `path` empty, mode 0600, unless it exists. For SQLite files that name users or
     hold voice-derived data: SQLite makes a missing file (and later its -wal and -shm, which

@@ -752,10 +752,10 @@ def _prepare(db: sqlite3.Connection, path: Path, salt: bytes | None = None) -> N
 def _why(path: Path, exc: Exception) -> str:
     """SQLite's error, named for what it is when the disk is full: SQLite says "disk I/O
     error" when it cannot size the -shm, which named neither cause nor remedy."""
-    with contextlib.suppress(OSError):
-        st = os.statvfs(path.parent)
-        if st.f_bavail * st.f_frsize < 64 * 1024:
-            return f"the disk is full ({exc})"
+    from voxgate.ownership import disk_is_full
+
+    if disk_is_full(path):
+        return f"the disk is full ({exc})"
     return f"cannot be opened for writing ({exc})"
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from voxgate.ownership import create_whole
+from voxgate.ownership import create_whole, disk_is_full
 
 log = logging.getLogger(__name__)
 
@@ -261,13 +261,7 @@ def _damage_hint(exc: sqlite3.DatabaseError) -> str:
 def _disk_full(path: Path) -> str:
     """A hint for an SQLite error on a full disk, which SQLite may report as "disk I/O
     error" (it cannot size the WAL index), naming neither cause nor remedy."""
-    try:
-        st = os.statvfs(path.parent)
-    except OSError:
-        return ""
-    if st.f_bavail * st.f_frsize >= 64 * 1024:
-        return ""
-    return f"; the disk is full: free space on {path.parent}"
+    return f"; the disk is full: free space on {path.parent}" if disk_is_full(path) else ""
 
 
 def _writable_folder(path: Path) -> bool:
