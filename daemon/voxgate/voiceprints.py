@@ -329,7 +329,7 @@ class VoiceprintStore:
             # Only a full disk (not damage, a wrong key, a missing file): stopping the daemon
             # here (exit 69, restarted until someone freed space) kept a door whose SD card
             # filled up and that then rebooted shut for everyone.
-            full = type(exc) is StoreError and self.path.is_file() and _disk_full(self.path)
+            full = type(exc) is StoreError and self.path.is_file() and disk_is_full(self.path)
             if not (self._read_when_full and full):
                 raise
             log.error(
@@ -349,7 +349,7 @@ class VoiceprintStore:
         room, and read it again when another process changed it (an erase must count)."""
         if not self._full:
             return
-        room = not _disk_full(self.path)
+        room = not disk_is_full(self.path)
         changed = self._unchanged is not None and self._unchanged != self._snapshot()
         if not (room or changed):
             return
