@@ -399,16 +399,14 @@ class ReplayDetector:
                 db.executemany(
                     "DELETE FROM fingerprints WHERE user_key = ?", [(t,) for t in self._erased]
                 )
-        for row_id, created, blob, mask, user in db.execute(
-            "SELECT id, created_at, fp, loud, user_key FROM fingerprints WHERE id > ? ORDER BY id",
-            (self._read_upto,),
-        ):
-            with contextlib.suppress(ValueError, TypeError):  # as _load: the rest still count
-                self._index.add(row_id, created, *_decode(blob, mask), user)
+        self._add_rows(db, self._read_upto + 1)
         self._erased.clear()
 
     def _load(self, db: sqlite3.Connection, writable: bool = True) -> None:
-        first = self._first_kept(db, writable)
+        self._add_rows(db, self._first_kept(db, writable))
+
+    def _add_rows(self, db: sqlite3.Connection, first: int) -> None:
+        """Index the file's rows from id `first` on."""
         for row_id, created, blob, mask, user in db.execute(
             "SELECT id, created_at, fp, loud, user_key FROM fingerprints WHERE id >= ? ORDER BY id",
             (first,),
