@@ -43,6 +43,9 @@ KEY_BYTES = 32
 PAD_BUCKET = 4096
 KEY_CHECK = b"voxgate voiceprint key check v1"
 MAX_NAME_LEN = 64
+# Read from a full disk, a reopen for writing that failed (another process held the file
+# locked) is tried again by a read only after this pause; writes always try.
+REOPEN_PAUSE_S = 10.0
 
 
 class StoreError(Exception):
@@ -313,6 +316,7 @@ class VoiceprintStore:
         self._unchanged: tuple[int, int, int] | None = None  # read without locks: must hold
         self._read_when_full = read_when_full
         self._full = False  # read-only for now: the disk was full when it was opened
+        self._reopen_after = 0.0  # time.monotonic() before which a read does not try again
         # Users whose erase could not be written (a full disk): this process no longer finds
         # them (get, has, all, readable) until the erase or a new voiceprint is written.
         self._withheld: set[bytes] = set()
@@ -344,7 +348,7 @@ class VoiceprintStore:
             finally:
                 self._read_only = False
 
-    def _leave_full(self) -> None:
+    def _leave_full(self, writing: bool) -> None:
         """Under the lock, while read from a full disk: open it for writing once there is
         room, and read it again when another process changed it (an erase must count)."""
         if not self._full:
@@ -353,6 +357,8 @@ class VoiceprintStore:
         changed = self._unchanged is not None and self._unchanged != self._snapshot()
         if not (room or changed):
             return
+        if not (changed or writing) and time.monotonic() < self._reopen_after:
+            return  # a reopen just failed: a read does not wait the busy timeout again
         # The read-only connection is closed only once another one is open: a reopen that
         # fails (another process holds the file locked) left the store closed, and every
         # verification failed until one worked.
@@ -366,13 +372,17 @@ class VoiceprintStore:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.close()
             self._db, self._unchanged, self._file_id = old_db, old_unchanged, old_file_id
-            self._full = True  # tried again by the next operation
+            self._full = True
             if changed or not isinstance(exc, StoreError):
                 raise  # what was read is out of date: it must not be served
+            # Each try waits the 5 s busy timeout while another process holds the file: at
+            # every verification that would slow the door by 5 s and repeat this line.
+            self._reopen_after = time.monotonic() + REOPEN_PAUSE_S
             log.warning(
-                "%s; reading it as before (the file is unchanged), and trying to open it for "
-                "writing again at the next use",
+                "%s; reading it as before (the file is unchanged); trying to open it for "
+                "writing again in %.0f s, or at the next enrollment or erase",
                 exc,
+                REOPEN_PAUSE_S,
             )
             return
         with contextlib.suppress(sqlite3.Error):
@@ -520,7 +530,7 @@ class VoiceprintStore:
         disk) become StoreError naming the file."""
         with self._lock:
             try:
-                self._leave_full()
+                self._leave_full(writing=doing != "read")
                 self._follow_file()
                 yield
             except sqlite3.DatabaseError as exc:

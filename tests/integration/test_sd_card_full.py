@@ -745,3 +745,52 @@ def test_voiceprints_read_from_a_full_disk_stay_readable_while_the_reopen_for_wr
             store.close()
         with VoiceprintStore(path, key) as after:
             assert sorted(u.name for u in after.users()) == ["alice", "carol"]
+
+
+def test_a_failing_reopen_for_writing_is_tried_again_after_a_pause_not_at_every_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Left alone at stop 18: while another process held the file locked, every operation
+    of the store read from a full disk tried to reopen it for writing, waited the 5 s busy
+    timeout each time, and logged the same warning each time: every verification at the door
+    took 5 s longer. A read tries once, then again only after a pause; a write tries."""
+    import logging
+    import sqlite3
+
+    from voxgate import voiceprints
+    from voxgate.voiceprints import VoiceprintStore
+
+    now = [1000.0]
+    monkeypatch.setattr(voiceprints.time, "monotonic", lambda: now[0])
+    key = bytes(range(32))
+    emb = np.random.default_rng(1).standard_normal((3, 256))
+    with small_fs(tmp_path / "state", "1m") as folder:
+        path = folder / "voiceprints.db"
+        with VoiceprintStore(path, key) as store:
+            store.add_user("alice", emb, "test-model/1")
+        fill(folder)
+        store = VoiceprintStore(path, key, read_when_full=True)
+        try:
+            free(folder)
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("PRAGMA locking_mode = EXCLUSIVE")
+            other.execute("BEGIN EXCLUSIVE")
+            try:
+                with caplog.at_level(logging.WARNING, logger="voxgate.voiceprints"):
+                    for _ in range(3):
+                        assert store.get("alice") is not None
+                        now[0] += 1.0
+                    tries = [r for r in caplog.records if "reading it as before" in r.message]
+                    assert len(tries) == 1
+                    now[0] += voiceprints.REOPEN_PAUSE_S  # after the pause, a read tries again
+                    assert store.get("alice") is not None
+                    tries = [r for r in caplog.records if "reading it as before" in r.message]
+                    assert len(tries) == 2
+            finally:
+                other.close()
+            # An enrollment does not wait for the pause: it tries at once, and now it works.
+            store.add_user("bob", emb, "test-model/1")
+        finally:
+            store.close()
+        with VoiceprintStore(path, key) as after:
+            assert sorted(u.name for u in after.users()) == ["alice", "bob"]
