@@ -362,13 +362,16 @@ class ReplayDetector:
             self._create(held)
         create_private(self.path)
         db = self._connect()
+        erased = 0
         if self._read_only:
             try:
-                self._catch_up(db)
+                erased = self._catch_up(db)
             except BaseException:
                 db.close()
                 raise
         self._db = db
+        if erased:
+            self._scrub()  # their pages, zeroed, into the file; the WAL emptied
         if self._salt != held:
             # Made by another process meanwhile, under its own salt: the answers held are
             # tagged again so that erasing their user still drops them. (Rows it may hold are
@@ -390,12 +393,13 @@ class ReplayDetector:
         self._read_only = False
         return self._db
 
-    def _catch_up(self, db: sqlite3.Connection) -> None:
+    def _catch_up(self, db: sqlite3.Connection) -> int:
         """Once the file read at start (_open_read_only) can be written: delete the rows of
         the users erased meanwhile (memory dropped them, the file could not), and read the
-        rows the start could not (those in an unmerged -wal)."""
-        self._drop_erased(db)
+        rows the start could not (those in an unmerged -wal). Returns the rows deleted."""
+        gone = sum(self._drop_erased(db).values())
         self._add_rows(db, self._read_upto + 1)
+        return gone
 
     def _load(self, db: sqlite3.Connection, writable: bool = True) -> None:
         self._add_rows(db, self._first_kept(db, writable))
