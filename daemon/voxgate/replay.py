@@ -469,8 +469,8 @@ class ReplayDetector:
         # four sub-hop offsets too (stored: offset 0 only).
         views = [(fp, loud)] + [fingerprint(pcm[k:]) for k in SUB_HOP[1:]]
         with self._lock:
-            self._prune(now)
-            self._retry_erased()
+            if self._prune(now):
+                self._retry_erased()
             best, when = 0.0, None
             count = int(loud.sum())
             self.last_examined = 0
@@ -583,7 +583,10 @@ class ReplayDetector:
                 self.path.parent,
             )
 
-    def _prune(self, now: float) -> None:
+    def _prune(self, now: float) -> bool:
+        """Drop what left the window; False when the file refused the delete (locked, a
+        full disk): then nothing else is tried on it in this check (each write to a locked
+        file waits for the busy timeout, 5 s)."""
         cutoff = now - self.window_s
         self._index.drop_before(cutoff)
         self._unsaved = {k: v for k, v in self._unsaved.items() if v[0] >= cutoff}
@@ -591,7 +594,7 @@ class ReplayDetector:
             held = {self._index.row(i).row_id for i in range(len(self._index))}
             self._saved_as = {k: v for k, v in self._saved_as.items() if k in held}
         if self._db is None:  # no file yet: nothing in it to prune
-            return
+            return True
         try:
             with self._db:
                 cur = self._db.execute(
@@ -599,9 +602,10 @@ class ReplayDetector:
                 )
         except sqlite3.Error as exc:  # the rows go at a later prune
             self._write_failed(exc)
-            return
+            return False
         if cur.rowcount > 0:
             self._scrub()
+        return True
 
     def _scrub(self) -> None:
         """Empty the WAL after rows were deleted: its frames still hold them otherwise.
