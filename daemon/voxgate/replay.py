@@ -362,13 +362,16 @@ class ReplayDetector:
             self._create(held)
         create_private(self.path)
         db = self._connect()
+        erased = 0
         if self._read_only:
             try:
-                self._catch_up(db)
+                erased = self._catch_up(db)
             except BaseException:
                 db.close()
                 raise
         self._db = db
+        if erased:
+            self._scrub()  # their pages, zeroed, into the file; the WAL emptied
         if self._salt != held:
             # Made by another process meanwhile, under its own salt: the answers held are
             # tagged again so that erasing their user still drops them. (Rows it may hold are
@@ -390,17 +393,13 @@ class ReplayDetector:
         self._read_only = False
         return self._db
 
-    def _catch_up(self, db: sqlite3.Connection) -> None:
+    def _catch_up(self, db: sqlite3.Connection) -> int:
         """Once the file read at start (_open_read_only) can be written: delete the rows of
         the users erased meanwhile (memory dropped them, the file could not), and read the
-        rows the start could not (those in an unmerged -wal)."""
-        if self._erased:
-            with db:
-                db.executemany(
-                    "DELETE FROM fingerprints WHERE user_key = ?", [(t,) for t in self._erased]
-                )
+        rows the start could not (those in an unmerged -wal). Returns the rows deleted."""
+        gone = sum(self._drop_erased(db).values())
         self._add_rows(db, self._read_upto + 1)
-        self._erased.clear()
+        return gone
 
     def _load(self, db: sqlite3.Connection, writable: bool = True) -> None:
         self._add_rows(db, self._first_kept(db, writable))
@@ -470,7 +469,8 @@ class ReplayDetector:
         # four sub-hop offsets too (stored: offset 0 only).
         views = [(fp, loud)] + [fingerprint(pcm[k:]) for k in SUB_HOP[1:]]
         with self._lock:
-            self._prune(now)
+            if self._prune(now):
+                self._retry_erased()
             best, when = 0.0, None
             count = int(loud.sum())
             self.last_examined = 0
@@ -583,7 +583,10 @@ class ReplayDetector:
                 self.path.parent,
             )
 
-    def _prune(self, now: float) -> None:
+    def _prune(self, now: float) -> bool:
+        """Drop what left the window; False when the file refused the delete (locked, a
+        full disk): then nothing else is tried on it in this check (each write to a locked
+        file waits for the busy timeout, 5 s)."""
         cutoff = now - self.window_s
         self._index.drop_before(cutoff)
         self._unsaved = {k: v for k, v in self._unsaved.items() if v[0] >= cutoff}
@@ -591,7 +594,7 @@ class ReplayDetector:
             held = {self._index.row(i).row_id for i in range(len(self._index))}
             self._saved_as = {k: v for k, v in self._saved_as.items() if k in held}
         if self._db is None:  # no file yet: nothing in it to prune
-            return
+            return True
         try:
             with self._db:
                 cur = self._db.execute(
@@ -599,9 +602,10 @@ class ReplayDetector:
                 )
         except sqlite3.Error as exc:  # the rows go at a later prune
             self._write_failed(exc)
-            return
+            return False
         if cur.rowcount > 0:
             self._scrub()
+        return True
 
     def _scrub(self) -> None:
         """Empty the WAL after rows were deleted: its frames still hold them otherwise.
@@ -661,21 +665,16 @@ class ReplayDetector:
         )
 
     def forget(self, user: str) -> int:
-        """Drop the fingerprints of `user`'s answers (the user was erased): from memory and
-        from the file, zeroed (secure_delete) and the WAL emptied. Returns how many (those
-        `voxgate users erase` already dropped from the file count too: memory held them)."""
+        """Drop the fingerprints of `user`'s answers (the user was erased): from memory at
+        once, and from the file, zeroed (secure_delete) and the WAL emptied. Never raises:
+        when the file cannot take the delete now (a full disk, locked by another process),
+        its rows are deleted by the first write that works, or at the latest by close (see
+        _drop_erased). Returns how many were dropped: those memory held, or the rows deleted
+        from the file now if more (those `voxgate users erase` already dropped from the file
+        count too: memory held them)."""
         with self._lock:
             tag = user_key(self._salt, user)
-            erased = 0
-            if self._db is None and self._read_only:
-                with contextlib.suppress(sqlite3.Error, OSError):
-                    self._file()  # writable again? then the file's rows go now
-                if self._db is None:  # not yet: they go when it is
-                    self._erased.add(tag)
-            if self._db is not None:  # else memory holds them all (the file is not made yet)
-                with self._db:
-                    cur = self._db.execute("DELETE FROM fingerprints WHERE user_key = ?", (tag,))
-                erased = cur.rowcount
+            # Memory first: the erase must hold at once, whatever the file does.
             self._names.pop(tag, None)
             gone = self._index.ids_of(tag)
             self._index.drop(gone)
@@ -683,22 +682,88 @@ class ReplayDetector:
                 self._unsaved.pop(i, None)
                 self._saved_as.pop(i, None)
             self._index.build()  # here (an erase), not in the loop's next check
-            if erased > 0:
-                self._scrub()
+            if self._db is None and self._read_only:
+                with contextlib.suppress(sqlite3.Error, OSError):
+                    self._file()  # writable again? then _catch_up deletes the rows now
+            if self._db is None:  # else memory held them all (the file is not made yet)
+                if self._read_only:  # not writable yet: _catch_up deletes them when it is
+                    self._erased.add(tag)
+                return len(gone)
+            self._erased.add(tag)  # until the file's rows are deleted
+            try:
+                erased = self._drop_erased(self._db).get(tag, 0)
+            except sqlite3.Error as exc:
+                log.error(
+                    "replay store %s: cannot delete the replay fingerprints of %s from the "
+                    "file now (%s); they were dropped from memory (no longer compared), and "
+                    "the file's rows are deleted by the next write that works, or when the "
+                    "daemon stops. Free space on %s if it is full",
+                    self.path,
+                    user,
+                    exc,
+                    self.path.parent,
+                )
+                return len(gone)
             return max(len(gone), erased)
+
+    def _drop_erased(self, db: sqlite3.Connection) -> dict[bytes, int]:
+        """Delete the file's rows of the users erased whose rows it still holds (a delete
+        that failed, or a file read-only until now); rows deleted per user tag. Raises
+        sqlite3.Error as a write does; the tags are then kept for the next try. Empties the
+        WAL when rows went, unless the file is not this detector's yet (_catch_up)."""
+        if not self._erased:
+            return {}
+        with db:
+            gone = {
+                t: db.execute("DELETE FROM fingerprints WHERE user_key = ?", (t,)).rowcount
+                for t in self._erased
+            }
+        self._erased.clear()
+        if db is self._db and any(n > 0 for n in gone.values()):
+            self._scrub()
+        return gone
+
+    def _retry_erased(self) -> None:
+        """A check or close: delete the rows an erase could not (logged then; a failure
+        here is not logged again, and the next write tries again)."""
+        if not self._erased or self._db is None:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            n = sum(self._drop_erased(self._db).values())
+            log.warning(
+                "replay store %s: the file takes writes again; %d replay fingerprint(s) of "
+                "erased users deleted from it",
+                self.path,
+                n,
+            )
 
     def count(self) -> int:
         """Fingerprints held: those in the file and those a failed write holds in memory.
         Without a writable file (not made yet, or read from a full disk), the ones in memory:
-        read from the file at start and held since (it said 0, though the file held rows)."""
+        read from the file at start and held since (it said 0, though the file held rows).
+        Rows of erased users that wait to be deleted from the file (_erased) are not held."""
         with self._lock:
             if self._db is None:
                 return len(self._index)
-            saved = int(self._db.execute("SELECT COUNT(*) FROM fingerprints").fetchone()[0])
+            erased = list(self._erased)
+            query = "SELECT COUNT(*) FROM fingerprints"
+            if erased:
+                marks = ", ".join("?" * len(erased))
+                query += f" WHERE user_key IS NULL OR user_key NOT IN ({marks})"
+            saved = int(self._db.execute(query, erased).fetchone()[0])
             return saved + len(self._unsaved)
 
     def close(self) -> None:
         with self._lock:
+            self._retry_erased()  # the last chance: a restart would read the rows back
+            if self._erased:
+                log.error(
+                    "replay store %s: the replay fingerprints of %d erased user(s) are still "
+                    "in the file (it could not be written); the next start reads them back "
+                    "and they leave with challenge.replay_window_s",
+                    self.path,
+                    len(self._erased),
+                )
             if self._db is not None:
                 self._db.close()
 

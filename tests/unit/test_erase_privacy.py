@@ -131,6 +131,41 @@ def test_fleet_erase_revoke_and_config_drop_forget_the_user(tmp_path: Path) -> N
     book.close()
 
 
+def test_a_fleet_erase_withheld_by_a_full_disk_is_not_logged_as_another_processs_erase(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found reading check_erased: a fleet erase the full disk could not write withholds the
+    user (VoiceprintStore.withhold), so store.has says no and housekeeping, seeing the
+    name gone, logged "is no longer enrolled (erased by another process)": neither was true
+    (this process's fleet sync; the voiceprint still in the file)."""
+    import logging
+
+    from tests.integration.small_fs import fill, free, small_fs
+    from tests.unit.test_fleet_apply import _door, _tomb, _vp
+
+    with small_fs(tmp_path / "state", "2m") as folder:
+        door = _door(folder, ["lobby"], {"lobby": ["alice"]})
+        book = LockoutBook(folder / "lockout.db", LockoutConfig())
+        users = UserServices(
+            VoxgateConfig(data_dir=folder), door.store, None, lambda e, **f: None, lockout=book
+        )
+        door.on_erased = users.forget  # what UserServices.start wires
+        assert door.handle(*_vp("lobby", "alice", 1)) == "stored"
+        fail(book, "alice", 2)
+        assert users.check_erased() == []  # seen enrolled
+        fill(folder)
+        assert door.handle(*_tomb("erase", "lobby", "alice", 2)) == "erase_withheld"
+        with caplog.at_level(logging.INFO, logger="voxgate.service.users"):
+            assert users.check_erased() == ["alice"]  # forgotten all the same
+        assert "erased by another process" not in caplog.text
+        assert "alice is no longer recognised here: the erase waits" in caplog.text
+        free(folder)
+        door.retry_withheld()
+        assert not door.store.has("alice") and not door.store.withholds("alice")
+        book.close()
+        door.store.close()
+
+
 def test_fingerprints_out_of_the_replay_window_are_gone_from_the_file_bytes(
     tmp_path: Path,
 ) -> None:

@@ -10,11 +10,14 @@ import logging
 import os
 import shutil
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.integration.small_fs import fill, free, small_fs
 from tests.unit.test_replay_prefilter import OLD_DB, signal
 from voxgate.config import VoxgateConfig
 from voxgate.config.service import LockoutConfig
@@ -227,9 +230,117 @@ def test_a_replay_store_that_cannot_drop_rows_does_not_keep_the_rest_of_an_erase
         other.execute("ROLLBACK")
         other.close()
     assert not kept.exists() and "1 kept recording(s)" in dropped
-    assert "replay fingerprints" in caplog.text and "database is locked" in caplog.text
+    assert "cannot delete the replay fingerprints of erin" in caplog.text
+    assert "database is locked" in caplog.text
     assert link.cleared == ["erin"] and "retained user topic" in dropped
     assert "lockout entry" in dropped
+    # Out of memory at once, and out of the file with the next attempt (the lock is gone).
+    assert "1 replay fingerprint(s)" in dropped
+    assert probe(40) in raw(tmp_path / "replay.db")
+    assert not caught(det, 40, 2.0)
+    assert probe(40) not in raw(tmp_path / "replay.db")
     det.close()
     book.close()
     store.close()
+
+
+@contextmanager
+def unwritable(cause: str, det: ReplayDetector) -> Iterator[None]:
+    """The replay file refuses writes inside: another process holds its write lock (as
+    `voxgate users erase` does while it deletes), or its disk is full (a real tmpfs)."""
+    if cause == "locked":
+        assert det._db is not None
+        det._db.execute("PRAGMA busy_timeout=50")  # not the 5 s default: a fast test
+        other = sqlite3.connect(det.path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    else:
+        fill(det.path.parent)
+        try:
+            yield
+        finally:
+            free(det.path.parent)
+
+
+@pytest.mark.parametrize("cause", ["locked", "full"])
+def test_an_erase_the_replay_file_cannot_take_drops_from_memory_at_once_and_from_the_file_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, cause: str
+) -> None:
+    """Found reading forget: it ran the file's DELETE first, so a DELETE that failed (the file
+    locked by another process, a full disk) raised with the erased user's fingerprints still
+    in memory (their answers still caught as replays, still counted) and in the file, and
+    nothing deleted those rows later. Now memory drops them at once, forget does not raise,
+    and the first write that works deletes the rows (zeroed, out of the WAL), no restart."""
+    folder = small_fs(tmp_path / "state", "1m") if cause == "full" else nullcontext(tmp_path)
+    with folder as where:
+        path = where / "replay.db"
+        det = ReplayDetector(path, window_s=10**9)
+        det.check_and_add(signal(1), now=1.0, user="Erin")
+        det.check_and_add(signal(2), now=2.0, user="frank")
+        det.check_and_add(signal(3), now=3.0, user="erin")
+        with unwritable(cause, det):
+            with caplog.at_level(logging.WARNING, logger="voxgate.replay"):
+                assert det.forget("erin") == 2  # memory held both
+            assert "cannot delete the replay fingerprints of erin" in caplog.text
+            assert not caught(det, 1, 10.0) and not caught(det, 3, 11.0)
+            assert caught(det, 2, 12.0)
+            assert det.count() == 1
+            assert probe(1) in raw(path)  # the file could not take the DELETE
+        det.check_and_add(signal(4), now=20.0, user="frank")  # the first write that works
+        data = raw(path)
+        assert probe(1) not in data and probe(3) not in data
+        assert probe(2) in data and probe(4) in data
+        assert forget_user_in_file(path, "erin") == 0  # nothing left to delete
+        det.close()
+        again = ReplayDetector(path, window_s=10**9)  # a restart does not read them back
+        assert again.count() == 2 and not caught(again, 1, 30.0) and caught(again, 2, 31.0)
+        again.close()
+
+
+def test_an_erase_the_replay_file_cannot_take_is_deleted_at_the_latest_when_it_stops(
+    tmp_path: Path,
+) -> None:
+    """No attempt after the erase (a quiet door): the stop deletes the rows, or a restart
+    would read them back."""
+    path = tmp_path / "replay.db"
+    det = ReplayDetector(path, window_s=10**9)
+    det.check_and_add(signal(1), now=1.0, user="erin")
+    with unwritable("locked", det):
+        assert det.forget("erin") == 1
+    det.close()
+    assert probe(1) not in raw(path)
+    assert ReplayDetector(path, window_s=10**9).count() == 0
+
+
+def test_the_daemon_closes_the_replay_store_at_stop_deleting_what_an_erase_left(
+    tmp_path: Path,
+) -> None:
+    """The daemon's stages never closed the replay store: what an erase left in a file that
+    could not take the delete would stay for the next start to read back."""
+    from voxgate.cli import main
+    from voxgate.config import load_config
+    from voxgate.service.loop import Daemon
+    from voxgate.service.notify import Notifier
+    from voxgate.service.stages import build_stages
+
+    key = tmp_path / "vp.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    path = tmp_path / "voxgate.yaml"
+    path.write_text(
+        f"data_dir: {tmp_path}\naudio: {{source: stdin}}\nmqtt: {{enabled: false}}\n"
+        f"speaker: {{key_file: {key}}}\nchallenge: {{mode: digits}}\n"
+    )
+    d = Daemon(load_config(path), config_path=path, notifier=Notifier({}))
+    d.stages = build_stages(d.cfg)
+    det = d.stages.replay
+    assert isinstance(det, ReplayDetector)
+    det.check_and_add(signal(1), now=1.0, user="erin")
+    with unwritable("locked", det):
+        assert det.forget("erin") == 1
+    assert probe(1) in raw(tmp_path / "replay.db")
+    d._close_stages()  # as the daemon stops
+    assert probe(1) not in raw(tmp_path / "replay.db")

@@ -313,5 +313,6 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
         templates_for=_templates_lookup(store) if recognizer is not None else None,
         no_speech_errors=(getattr(embedding, "TooShort", ValueError),),
         store=store,
-        close=[source.close, store.close],
+        # The replay store too: its close deletes what an erase could not (a full disk).
+        close=[source.close, store.close, *([replay.close] if replay is not None else [])],
     )

@@ -236,7 +236,18 @@ class UserServices:
                     self._seen_enrolled[name] = self.store.enrolled_name(name) or name
             elif name in self._seen_enrolled:
                 shown = self._seen_enrolled[name]
-                log.info("%s is no longer enrolled (erased by another process)", shown)
+                withholds = getattr(self.store, "withholds", None)
+                if withholds is not None and withholds(name):
+                    # Not another process: this one's fleet sync, whose erase the store
+                    # could not write (a full disk); the voiceprint is still in the file.
+                    log.info(
+                        "%s is no longer recognised here: the erase waits to be written to "
+                        "the voiceprint store (fleet sync retries it); dropping the rest the "
+                        "daemon holds about them",
+                        shown,
+                    )
+                else:
+                    log.info("%s is no longer enrolled (erased by another process)", shown)
                 self.forget(shown)
                 gone.append(shown)
         return gone
