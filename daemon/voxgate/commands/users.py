@@ -24,16 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(
         sub,
         "users",
-        help="list, erase or export enrolled users; create the voiceprint key",
+        help="list, erase or export enrolled users; create or change the voiceprint key",
         description="Voiceprints live in an encrypted SQLite file (speaker.database). "
         "'erase' removes a user's bytes from the file and its journal, their lockout entry "
         "and kept recordings (for deletion requests; the audit log keeps its lines, see "
-        "docs/speaker-verification.md); 'export' prints everything held about a user as JSON.",
+        "docs/speaker-verification.md); 'export' prints everything held about a user as JSON; "
+        "'rekey' seals every voiceprint with a new key.",
         examples="""
         voxgate users init-key /etc/voxgate/voiceprint.key
         voxgate users list -c /etc/voxgate/voxgate.yaml
         voxgate users export alice > alice.json
         voxgate users erase alice
+        voxgate users rekey /etc/voxgate/voiceprint.key.new
         """,
     )
     add_config_option(p)
@@ -84,6 +86,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     ik.add_argument("file", metavar="FILE", type=Path)
     ik.set_defaults(func=run_init_key)
+    rk = add_parser(
+        actions,
+        "rekey",
+        help="seal every voiceprint with a new key (then destroy the old key)",
+        description="Seal every voiceprint with the key in NEW_KEY_FILE (made by init-key), "
+        "keeping names, takes, times and versions; nobody enrolls again. Old copies of the "
+        "data (a flash card's spare blocks, backups of voiceprints.db) stay sealed with the "
+        "old key, so destroying it retires them: do this after an erase for a deletion "
+        "request, or when the key may have leaked. Stop the daemon first; afterwards point "
+        "speaker.key_file (or the voiceprint-key credential) at the new key, start the "
+        "daemon, and shred the old key file. The file is replaced in one step: on any "
+        "error nothing is changed. Exit status: 0 re-keyed, 1 an error.",
+        examples="voxgate users init-key /etc/voxgate/voiceprint.key.new\n"
+        "systemctl stop voxgate\n"
+        "voxgate users rekey /etc/voxgate/voiceprint.key.new -c /etc/voxgate/voxgate.yaml",
+    )
+    rk.add_argument("new_key", metavar="NEW_KEY_FILE", type=Path)
+    rk.add_argument(
+        "--drop-unreadable",
+        action="store_true",
+        help="leave out rows the current key cannot open (damaged); their owners enroll again",
+    )
+    add_config_option(rk, again=True)
+    rk.set_defaults(func=run_rekey)
 
 
 def _when(t: float) -> str:
@@ -251,4 +277,42 @@ def run_init_key(args: argparse.Namespace) -> int:
     except StoreError as exc:
         return fail(str(exc))
     print(f"wrote a new voiceprint key to {args.file} (mode 0600); set speaker.key_file to it")
+    return 0
+
+
+def run_rekey(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg is None:
+        return 1
+    from voxgate.config.secrets import override_source
+    from voxgate.rekey import rekey
+    from voxgate.voiceprints import StoreError, load_key, parse_key, store_path
+
+    path = store_path(cfg)
+    try:
+        old_key = load_key(cfg.speaker)
+        try:
+            new_key = parse_key(args.new_key.read_bytes())
+        except OSError as exc:
+            raise StoreError(
+                f"{args.new_key}: cannot read the new key ({exc.strerror}); create it with: "
+                f"voxgate users init-key {args.new_key}"
+            ) from None
+        done = rekey(path, old_key, new_key, drop_unreadable=args.drop_unreadable)
+    except StoreError as exc:
+        return fail(str(exc))
+    audit_from_command(
+        cfg, "voiceprints_rekeyed", what="re-key", count=done.moved, dropped=done.dropped
+    )
+    old = override_source("voiceprint-key") or str(cfg.speaker.key_file)
+    print(f"sealed {done.moved} voiceprint(s) in {path} with the key in {args.new_key}")
+    if done.dropped:
+        print(f"left out {done.dropped} unreadable row(s): their owners enroll again")
+    print(
+        "the old key no longer opens it. Next:\n"
+        f"  1. point speaker.key_file at {args.new_key} (or put it in the voiceprint-key "
+        "credential)\n"
+        "  2. start the daemon (systemctl start voxgate)\n"
+        f"  3. destroy the old key, {old} (shred -u FILE): that retires every old copy"
+    )
     return 0
