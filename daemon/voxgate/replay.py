@@ -19,6 +19,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,9 @@ SCHEMA_VERSION = 2  # 2: rows carry the matched user's key (user_key); schema 1 
 # a table, which the previous release (schema 1) does not read: it refused a file marked 2,
 # so rolling the package back one release stopped the door.
 FILE_VERSION = 1
+# A quiet door retries an erase the file could not take (housekeeping) at most this often:
+# while another process holds the file locked, each try waits the 5 s busy timeout.
+ERASE_RETRY_S = 30.0
 MAX_ROWS = 5000  # stored fingerprints kept at most; the oldest go first (docs/challenge.md)
 # Resident memory per frame held (10 ms of answer; the bits and loud flags, kept per row and
 # in the prefilter's flat array) at its peak, when the detector opens the store and builds
@@ -212,6 +216,7 @@ class ReplayDetector:
         # erased since, whose rows the file still holds (_catch_up deletes them).
         self._read_only = False
         self._erased: set[bytes] = set()
+        self._erase_retry_at = 0.0  # time.monotonic() of the next retry_erased try
         self._read_upto = 0  # the last row id read at start (the -wal may hold more)
         from voxgate.ownership import create_private
 
@@ -722,6 +727,20 @@ class ReplayDetector:
         if db is self._db and any(n > 0 for n in gone.values()):
             self._scrub()
         return gone
+
+    def retry_erased(self) -> None:
+        """For the daemon's housekeeping: delete the file's rows of users erased while it
+        could not be written (a full disk since freed, a lock since released), also when no
+        attempt comes to do it. At most every ERASE_RETRY_S."""
+        with self._lock:
+            if not self._erased or time.monotonic() < self._erase_retry_at:
+                return
+            self._erase_retry_at = time.monotonic() + ERASE_RETRY_S
+            if self._db is None:  # read from a full disk at start: writable again?
+                with contextlib.suppress(sqlite3.Error, OSError):
+                    self._file()  # _catch_up deletes their rows
+                return
+            self._retry_erased()
 
     def _retry_erased(self) -> None:
         """A check or close: delete the rows an erase could not (logged then; a failure

@@ -217,6 +217,9 @@ class HashReplay:
             del self.users[h]
         return len(gone)
 
+    def retry_erased(self) -> None:
+        """Nothing to retry: this stand-in holds no file."""
+
 
 class RecordingLink:
     """Keeps what the loop publishes (and appends it to `log_file` as JSON lines)."""

@@ -344,3 +344,32 @@ def test_the_daemon_closes_the_replay_store_at_stop_deleting_what_an_erase_left(
     assert probe(1) in raw(tmp_path / "replay.db")
     d._close_stages()  # as the daemon stops
     assert probe(1) not in raw(tmp_path / "replay.db")
+
+
+@pytest.mark.parametrize("cause", ["locked", "full"])
+def test_a_quiet_door_deletes_what_an_erase_left_in_the_file_without_an_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cause: str
+) -> None:
+    """Left alone at the fix above: the rows an erase could not delete waited for the next
+    attempt or the stop, so a quiet door kept an erased user's fingerprints on disk for
+    hours after the disk had room again. The daemon's housekeeping (every 5 s) now retries,
+    at most every replay.ERASE_RETRY_S (a locked file makes each try wait for it)."""
+    from voxgate import replay
+
+    now = [100.0]
+    monkeypatch.setattr(replay.time, "monotonic", lambda: now[0])
+    folder = small_fs(tmp_path / "state", "1m") if cause == "full" else nullcontext(tmp_path)
+    with folder as where:
+        path = where / "replay.db"
+        det = ReplayDetector(path, window_s=10**9)
+        det.check_and_add(signal(1), now=1.0, user="erin")
+        with unwritable(cause, det):
+            det.forget("erin")
+            det.retry_erased()  # still unwritable: nothing, no error
+            assert probe(1) in raw(path)
+        det.retry_erased()  # too soon after the last try
+        assert probe(1) in raw(path)
+        now[0] += replay.ERASE_RETRY_S
+        det.retry_erased()
+        assert probe(1) not in raw(path)
+        det.close()

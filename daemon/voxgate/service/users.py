@@ -447,7 +447,7 @@ class UserServices:
 
     def housekeeping(self, now: float | None = None) -> None:
         """Drop an enrollment left open too long; forget users erased by another process;
-        send what waits in the fleet outbox."""
+        delete what an erase left in the replay file; send what waits in the fleet outbox."""
         with self._enroll_lock:
             self._session_open(time.monotonic())
         now = time.monotonic() if now is None else now
@@ -457,6 +457,11 @@ class UserServices:
                 self.check_erased()
             except Exception:
                 log.exception("checking for erased users failed")
+            if self.replay is not None:  # an erase the replay file could not take yet
+                try:
+                    self.replay.retry_erased()
+                except Exception:
+                    log.exception("deleting erased users' replay fingerprints failed")
         if self.agent is None:
             return
         if now < self._next_flush:
