@@ -373,3 +373,20 @@ def test_a_quiet_door_deletes_what_an_erase_left_in_the_file_without_an_attempt(
         det.retry_erased()
         assert probe(1) not in raw(path)
         det.close()
+
+
+def test_the_daemons_housekeeping_retries_the_replay_erase(tmp_path: Path) -> None:
+    """The wiring of the test above: UserServices.housekeeping, as the daemon's loop calls it
+    every second, deletes the rows once the file takes writes again."""
+    store = VoiceprintStore(tmp_path / "voiceprints.db", KEY)
+    det = ReplayDetector(tmp_path / "replay.db", window_s=10**9)
+    det.check_and_add(signal(41), now=1.0, user="erin")
+    users = UserServices(VoxgateConfig(data_dir=tmp_path), store, None, lambda e, **f: None)
+    users.replay = det
+    with unwritable("locked", det):
+        det.forget("erin")
+    assert probe(41) in raw(tmp_path / "replay.db")
+    users.housekeeping()
+    assert probe(41) not in raw(tmp_path / "replay.db")
+    det.close()
+    store.close()
