@@ -61,7 +61,7 @@ def create_whole(path: Path, build: Callable[[sqlite3.Connection], None]) -> Non
             build(db)
         finally:
             db.close()
-        _fsync(tmp)
+        fsync_path(tmp)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -69,14 +69,15 @@ def create_whole(path: Path, build: Callable[[sqlite3.Connection], None]) -> Non
         except OSError:  # a file system without hard links (vfat)
             if not path.exists():
                 os.replace(tmp, path)
-        _fsync(path.parent)
+        fsync_path(path.parent)
     finally:
         for suffix in ("", "-journal", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 tmp.with_name(tmp.name + suffix).unlink()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder (its entries: a rename or link into it)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

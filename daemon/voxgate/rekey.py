@@ -21,7 +21,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from voxgate.ownership import disk_is_full
+from voxgate.ownership import disk_is_full, fsync_path
 from voxgate.voiceprints import StoreError, VoiceprintStore
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def rekey(path: Path, old_key: bytes, new_key: bytes, *, drop_unreadable: bool =
                 result = _copy(old, tmp, new_key, drop_unreadable)
                 _take_owner(path, tmp)
                 os.replace(tmp, path)
-                _fsync_dir(path.parent)
+                fsync_path(path.parent)
             finally:
                 old._db.execute("ROLLBACK")
     except sqlite3.DatabaseError as exc:
@@ -105,11 +105,7 @@ def _copy(old: VoiceprintStore, tmp: Path, new_key: bytes, drop_unreadable: bool
         new._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         new.close()
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(tmp)
     return Rekeyed(moved=len(voiceprints), dropped=unreadable)
 
 
@@ -119,14 +115,6 @@ def _take_owner(path: Path, tmp: Path) -> None:
     if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
         os.chown(tmp, st.st_uid, st.st_gid)
     os.chmod(tmp, 0o600)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def opened_by_others(path: Path) -> list[int]:
