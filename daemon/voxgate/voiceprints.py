@@ -195,6 +195,10 @@ def _subkey(key: bytes, purpose: bytes) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt=None, info=b"voxgate voiceprints " + purpose).derive(key)
 
 
+class NameTaken(StoreError):
+    """A new name that reads the same as an enrolled one (names.look_alike)."""
+
+
 def normalize_name(name: str) -> str:
     """Check a user name; returns it NFC-normalized and stripped."""
     clean = unicodedata.normalize("NFC", name).strip()
@@ -762,6 +766,12 @@ class VoiceprintStore:
                     )
                 if row is not None and not allow_existing:
                     raise StoreError(f"user '{name}' is already enrolled (re-enroll to replace)")
+                if row is None and (twin := self._look_alike(name)) is not None:
+                    raise NameTaken(
+                        f"user '{name}' is already enrolled as '{twin}' (the same name in "
+                        "other characters: full-width letters, a ligature, another space); "
+                        f"re-enroll '{twin}' to replace it, or choose a name that differs"
+                    )
                 old = self._old_row(row[0], uid, name) if row is not None else None
                 vp = Voiceprint(
                     name=name,
@@ -780,6 +790,20 @@ class VoiceprintStore:
             self._withheld.discard(uid)
         log.info("voiceprint for %s stored (version %d, %d takes)", name, vp.version, len(emb))
         return vp
+
+    def _look_alike(self, name: str) -> str | None:
+        """The enrolled name `name` reads the same as (names.look_alike) though it is not
+        the same user, if any; inside _put's transaction."""
+        from voxgate.names import look_alike
+
+        want = look_alike(name)
+        for uid, sealed in self._db.execute("SELECT id, sealed FROM voiceprints").fetchall():
+            if uid in self._withheld:
+                continue
+            vp = self._try_open(sealed, uid)
+            if vp is not None and look_alike(vp.name) == want:
+                return vp.name
+        return None
 
     def _old_row(self, sealed: bytes, uid: bytes, name: str) -> Voiceprint | None:
         """The voiceprint a re-enrollment replaces; None when its row is damaged (re-enrolling

@@ -398,6 +398,12 @@ def test_enroll_from_uploaded_takes(enroll_api: dict, tmp_path: Path) -> None:
     assert status == 409 and body["error"] == "conflict"
     status, body, _ = c.upload("/api/v1/users/carol", takes, {"replace": "true"})
     assert status == 201 and body["version"] == 2
+    # The same name in full-width letters was a second person: 409, with or without replace.
+    for fields in ({}, {"replace": "true"}):
+        status, body, _ = c.upload("/api/v1/users/%EF%BD%83arol", takes, fields)
+        assert status == 409 and body["error"] == "conflict", body
+        assert "already enrolled as 'carol'" in body["message"]
+    assert [u.name for u in enroll_api["store"].users()] == ["carol"]
 
 
 def test_enrolling_over_a_damaged_voiceprint(enroll_api: dict, tmp_path: Path) -> None:
