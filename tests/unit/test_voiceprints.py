@@ -552,8 +552,16 @@ def test_a_name_that_only_looks_different_is_not_a_second_person(tmp_path: Path)
         # The same spelling (or case) still re-enrolls; a different name still enrolls.
         assert store.replace("ALICE", _emb(7), MODEL).version == 2
         store.add_user("alicia", _emb(8), MODEL)
-    # Either way round: a name enrolled in its full-width form keeps its plain twin out.
+    # Either way round: a name enrolled in its full-width form keeps its plain twin out,
+    # also when another process (another connection) enrolled it after this one looked.
     with VoiceprintStore(tmp_path / "vp2.db", KEY) as store:
-        store.add_user("ａｌｉｃｅ", _emb(1), MODEL)
+        store.add_user("bob", _emb(1), MODEL)  # the names are read (and kept) here
+        with VoiceprintStore(tmp_path / "vp2.db", KEY) as other:
+            other.add_user("ａｌｉｃｅ", _emb(1), MODEL)
         with pytest.raises(StoreError, match="already enrolled as 'ａｌｉｃｅ'"):
             store.add_user("Alice", _emb(2), MODEL)
+        # Once erased, the other spelling enrolls.
+        assert store.erase("ａｌｉｃｅ")
+        store.add_user("Alice", _emb(2), MODEL)
+        with pytest.raises(StoreError, match="already enrolled as 'Alice'"):
+            store.add_user("ａｌｉｃｅ", _emb(3), MODEL)
