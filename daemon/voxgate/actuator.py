@@ -37,7 +37,10 @@ from voxgate.decision import (
     SequenceRewound,
     verify,
 )
+from voxgate.logs import LogLimit
 from voxgate.mqtt.client import (
+    REFUSAL_LOG_BURST,
+    REFUSAL_LOG_EVERY_S,
     MqttSetupError,
     QuickDrops,
     build_client,
@@ -254,6 +257,12 @@ class Actuator:
         except (MqttSetupError, SecretError) as exc:
             raise ActuatorSetupError(str(exc)) from None
         self.rejected: Counter[str] = Counter()
+        # Whoever can publish on a decision topic could write a WARNING line per message,
+        # as fast as they came, and journald's rate limit then dropped the GRANTED
+        # lines too: the first of a minute are logged, every one is counted in `rejected`.
+        self._reject_log = LogLimit(
+            REFUSAL_LOG_BURST, REFUSAL_LOG_EVERY_S, what="decision refusals", logger=log
+        )
         self.acted = 0
         # publish(topic, payload): set by run(), so each refusal also reaches the door.
         self.publish: Callable[[str, bytes], None] | None = None
@@ -311,7 +320,8 @@ class Actuator:
         decision: Decision | None = None,
     ) -> None:
         self.rejected[reason] += 1
-        log.warning("decision REJECTED on %s: %s (%s)", topic, reason, detail)
+        if self._reject_log.allow():
+            log.warning("decision REJECTED on %s: %s (%s)", topic, reason, detail)
         if device is not None:
             self._report(device, reason, detail, decision)
 

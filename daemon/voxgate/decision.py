@@ -299,9 +299,12 @@ class _JsonState:
             raise DecisionError("state-unreadable", f"{self.path}: not a JSON object")
         return data
 
-    def save(self, data: dict[str, Any], like: os.stat_result | None = None) -> None:
+    def save(
+        self, data: dict[str, Any], like: os.stat_result | None = None, sync_dir: bool = False
+    ) -> None:
         """`like`: give the new file that owner and mode (an admin's edit as root must leave
-        a file the service's own user can still read)."""
+        a file the service's own user can still read). `sync_dir`: also sync the folder, so
+        the rename itself survives a power cut (the file's fsync alone does not make it)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".")
         try:
@@ -317,6 +320,12 @@ class _JsonState:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        if sync_dir:
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
 
 
 class SequenceRewound(DecisionError):
@@ -417,10 +426,13 @@ class ReplayGuard:
                     raise SequenceRewound(d.device, d.seq, last, d.issued_at - before)
                 raise DecisionError("replayed", f"seq {d.seq} <= last accepted {last}")
             # Persist first: if the write fails the decision is refused (by the exception)
-            # and memory still agrees with the disk.
+            # and memory still agrees with the disk. With the folder synced: a rename lost to
+            # a power cut would bring back the old seq, and a grant acted on would be taken
+            # again while still valid.
             updated = {**self._last, d.device: d.seq}
             issued = {**self._issued, d.device: d.issued_at}
-            self._state.save({**self._other, "last_seq": updated, "last_issued_at": issued})
+            state = {**self._other, "last_seq": updated, "last_issued_at": issued}
+            self._state.save(state, sync_dir=True)
             self._last, self._issued = updated, issued
 
 

@@ -56,6 +56,10 @@ DRAIN_BYTES = 1 << 20
 # The slowest upload the API's deadline allows for: 128 kB/s, about 1 Mbit/s.
 MIN_UPLOAD_BYTES_PER_S = 128 * 1024
 REFUSAL_LOG_EVERY_S = 60.0
+# Lines a request without the token, or one that cannot be parsed, may add to the log: the
+# first of each minute, then one notice (logs.LogLimit). They need nothing but the port.
+REJECTED_LOG_BURST = 10
+REJECTED_LOG_EVERY_S = 60.0
 
 
 # IPv6 addresses one host is assumed to hold: the /64 every network hands out at least.

@@ -14,7 +14,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from broker import STANDARD_USERS, Broker
-from mqtt_helpers import REPO, ActuatorProcess, link_config, wait_until, write_key
+from mqtt_helpers import REPO, ActuatorProcess, Recorder, link_config, wait_until, write_key
 
 from voxgate.decision import Issuer, SequenceCounter, sign
 from voxgate.mqtt.client import MqttLink
@@ -302,3 +302,30 @@ def test_two_locks_cloned_from_one_sd_card_are_named_and_back_off(
     finally:
         for a in locks:
             a.stop()
+
+
+def test_a_flood_of_bad_messages_is_logged_within_a_limit_and_a_grant_still_opens(
+    tmp_path: Path, broker: Broker, link: MqttLink, raw: mqtt.Client, actuator: ActuatorProcess
+) -> None:
+    """Each message the lock refused was a WARNING line: whoever can publish on a decision
+    topic wrote one line each into the lock's log, as fast as they came, and journald's limit
+    then dropped its GRANTED lines too. Now the first 10 refusals a minute are logged, then
+    one notice; every one is still counted and reported to the door."""
+    refused = f"voxgate/{DEV}/decision/refused"
+    reports = Recorder(broker, "admin", [refused])
+    flood = 500
+    try:
+        for _ in range(flood):
+            raw.publish(f"voxgate/{DEV}/decision", b"not a decision", qos=1)
+        wait_until(lambda: len(reports.on(refused)) == flood, 20, "a report for each")
+        issuer = Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=30)
+        assert link.publish_decision(issuer.issue("granted", "alice", time.time()))
+        wait_until(lambda: len(actuator.actions()) == 1, 15, "the grant after the flood")
+        actuator.wait_log(r"GRANTED user='alice'")
+    finally:
+        reports.close()
+    assert actuator.log_count(r"decision REJECTED") == 10
+    assert actuator.log_count(r"held back") == 1
+    assert actuator.stop() == 0
+    stopped = rf"actuator stopped: 1 action\(s\), rejections \{{'malformed': {flood}\}}"
+    wait_until(lambda: actuator.log_count(stopped) == 1, 5, "the count of refusals")

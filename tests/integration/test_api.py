@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import logging
+import socket
 import struct
 import uuid
 from collections.abc import Iterator
@@ -398,6 +399,12 @@ def test_enroll_from_uploaded_takes(enroll_api: dict, tmp_path: Path) -> None:
     assert status == 409 and body["error"] == "conflict"
     status, body, _ = c.upload("/api/v1/users/carol", takes, {"replace": "true"})
     assert status == 201 and body["version"] == 2
+    # The same name in full-width letters was a second person: 409, with or without replace.
+    for fields in ({}, {"replace": "true"}):
+        status, body, _ = c.upload("/api/v1/users/%EF%BD%83arol", takes, fields)
+        assert status == 409 and body["error"] == "conflict", body
+        assert "already enrolled as 'carol'" in body["message"]
+    assert [u.name for u in enroll_api["store"].users()] == ["carol"]
 
 
 def test_enrolling_over_a_damaged_voiceprint(enroll_api: dict, tmp_path: Path) -> None:
@@ -830,3 +837,42 @@ def test_erase_and_export_name_the_person_as_enrolled(
         ("admin_erase", "alice"),
     ]
     assert "erased alice over the API" in caplog.text
+
+
+def test_a_flood_of_requests_without_the_token_is_logged_within_a_limit(
+    api: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone who reaches the port, no token needed, made two log lines per request: over
+    one keep-alive connection about 1300 lines a second, past journald's rate limit (10000
+    in 30 s by default) in seconds, which then dropped the daemon's own lines (decisions,
+    lockouts) with them. Now the first few a minute are logged, then one notice."""
+    from voxgate.httplimits import REJECTED_LOG_BURST
+
+    caplog.set_level(logging.INFO)
+    conn = http.client.HTTPConnection("127.0.0.1", api["port"], timeout=30)
+    for _ in range(200):
+        conn.request("GET", "/api/v1/users", headers={"Authorization": "Bearer wrong"})
+        resp = conn.getresponse()
+        assert resp.status == 401
+        resp.read()
+    conn.close()
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("voxgate")]
+    rejected = [m for m in lines if "rejected GET /api/v1/users" in m]
+    assert len(rejected) == REJECTED_LOG_BURST
+    assert sum("-> 401" in m for m in lines) == REJECTED_LOG_BURST
+    assert sum("held back" in m for m in lines) == 1, lines[-3:]
+    # The administrator's requests are still logged.
+    assert api["client"].request("GET", "/api/v1/health")[0] == 200
+    assert "API GET /api/v1/health -> 200" in caplog.records[-1].getMessage()
+    # Requests werkzeug cannot parse: an ERROR line each, ~700 a second.
+    caplog.clear()
+    for _ in range(100):
+        with socket.create_connection(("127.0.0.1", api["port"]), timeout=10) as sock:
+            sock.sendall(b"GARBAGE\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+            assert b"Error code: 400" in answer
+    bad = [r for r in caplog.records if "Bad request syntax" in r.getMessage()]
+    assert len(bad) == REJECTED_LOG_BURST
+    assert sum("held back" in r.getMessage() for r in caplog.records) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -383,3 +384,25 @@ def test_a_locked_out_decision_tells_nothing_about_the_voice_or_the_answer(
     verdict = decide(speaker, liveness, None, LockoutState(), False)
     d = issuer.from_attempt(NS(verdict=verdict, speaker=speaker, liveness=liveness, issued_at=NOW))
     assert d.reasons == ("liveness_failed", "no_match") and d.speaker_score == 0.58
+
+
+def test_an_accepted_seq_is_on_disk_with_its_folder_entry_before_the_lock_acts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard's new state file was fsynced, then renamed over the old one, but the folder
+    was not synced: after a power cut within the file system's commit interval (5 s on
+    ext4) the folder could still name the old file, with the old seq, and a grant acted on
+    just before would be accepted again while still valid. The rename is synced too."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:  # the real fsync, noting what it synced
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    state = tmp_path / "state.json"
+    guard = ReplayGuard(state)
+    monkeypatch.setattr(os, "fsync", fsync)
+    verify(sign(_decision(seq=10), KEY), KEY, NOW + 1, guard)
+    assert state.stat().st_ino in synced  # the new file's bytes
+    assert tmp_path.stat().st_ino in synced  # and the folder entry naming it

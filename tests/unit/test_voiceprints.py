@@ -529,3 +529,39 @@ def test_enrolling_a_withheld_user_says_their_erase_waits_for_the_disk(tmp_path:
             store.add_user("alice", _emb(2), MODEL)
         assert "already enrolled" not in str(err.value)
         assert store.withholds("alice") and store.get("alice") is None  # nothing changed
+
+
+def test_a_name_that_only_looks_different_is_not_a_second_person(tmp_path: Path) -> None:
+    """'ａｌｉｃｅ' (full-width), 'alice\u00a0smith' (no-break space), 'ｱﾘｽ' (half-width
+    kana) matched no enrolled name, so they enrolled as second people: an erase of 'alice'
+    left the other voiceprint opening the door, under a name that reads the same in logs."""
+    twins = {
+        "alice": ("ａｌｉｃｅ", "ＡＬＩＣＥ", "ａlice"),
+        "alice smith": ("alice\u00a0smith", "alice\u3000smith", "alice  smith", "Alice\u2002Smith"),
+        "アリス": ("ｱﾘｽ",),  # half-width katakana
+        "ΐris": ("Ϊ\u0301ris",),  # one letter, two case-insensitive spellings
+    }
+    with VoiceprintStore(tmp_path / "vp.db", KEY) as store:
+        for seed, (name, others) in enumerate(twins.items()):
+            store.add_user(name, _emb(seed), MODEL)
+            for other in others:
+                for enroll in (store.add_user, store.replace):
+                    with pytest.raises(StoreError, match=f"already enrolled as '{name}'"):
+                        enroll(other, _emb(99), MODEL)
+        assert sorted(u.name for u in store.users()) == sorted(twins)
+        # The same spelling (or case) still re-enrolls; a different name still enrolls.
+        assert store.replace("ALICE", _emb(7), MODEL).version == 2
+        store.add_user("alicia", _emb(8), MODEL)
+    # Either way round: a name enrolled in its full-width form keeps its plain twin out,
+    # also when another process (another connection) enrolled it after this one looked.
+    with VoiceprintStore(tmp_path / "vp2.db", KEY) as store:
+        store.add_user("bob", _emb(1), MODEL)  # the names are read (and kept) here
+        with VoiceprintStore(tmp_path / "vp2.db", KEY) as other:
+            other.add_user("ａｌｉｃｅ", _emb(1), MODEL)
+        with pytest.raises(StoreError, match="already enrolled as 'ａｌｉｃｅ'"):
+            store.add_user("Alice", _emb(2), MODEL)
+        # Once erased, the other spelling enrolls.
+        assert store.erase("ａｌｉｃｅ")
+        store.add_user("Alice", _emb(2), MODEL)
+        with pytest.raises(StoreError, match="already enrolled as 'Alice'"):
+            store.add_user("ａｌｉｃｅ", _emb(3), MODEL)

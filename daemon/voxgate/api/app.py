@@ -21,6 +21,8 @@ from voxgate import __version__
 from voxgate.api.decisions import recent_events
 from voxgate.api.users import EnrollRefused, UnknownUser, UserAdmin, UserExists
 from voxgate.config import ConfigError, VoxgateConfig, parse_config
+from voxgate.httplimits import REJECTED_LOG_BURST, REJECTED_LOG_EVERY_S
+from voxgate.logs import LogLimit
 from voxgate.voiceprints import StoreError, normalize_name
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,15 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     started = clock()
     audit = audit_file or audit_path(cfg)
+    # Requests without the right token need nothing but the port, and made two log lines
+    # each (about 1300 a second over one keep-alive connection): past journald's rate limit
+    # in seconds, which then dropped the daemon's own lines with them.
+    rejected_log = LogLimit(
+        REJECTED_LOG_BURST,
+        REJECTED_LOG_EVERY_S,
+        what="API requests without the right token",
+        logger=log,
+    )
 
     @app.before_request
     def _authenticate() -> tuple[Response, int] | None:
@@ -127,12 +138,14 @@ def create_app(
         sent = given.strip().encode("latin-1", "replace")
         ok = scheme.lower() == "bearer" and hmac.compare_digest(sent, token)
         if not ok:
-            log.warning(
-                "API: rejected %s %s from %s (bad or missing token)",
-                _method(),
-                _path(),
-                request.remote_addr,
-            )
+            g.quiet = not rejected_log.allow()  # nor its access line below
+            if not g.quiet:
+                log.warning(
+                    "API: rejected %s %s from %s (bad or missing token)",
+                    _method(),
+                    _path(),
+                    request.remote_addr,
+                )
             resp, status = _error(401, "unauthorized", "missing or wrong bearer token")
             resp.headers["WWW-Authenticate"] = 'Bearer realm="voxgate"'
             return resp, status
@@ -145,6 +158,8 @@ def create_app(
             allow = resp.headers.get("Allow", "")
             resp = jsonify({"allow": [m.strip() for m in allow.split(",") if m.strip()]})
             resp.headers["Allow"] = allow
+        if getattr(g, "quiet", False):
+            return resp
         t0 = getattr(g, "t0", None)
         ms = (time.monotonic() - t0) * 1000 if t0 is not None else 0.0
         log.info("API %s %s -> %d (%.0f ms)", _method(), _path(), resp.status_code, ms)

@@ -9,12 +9,15 @@ from typing import Any
 
 from voxgate.httplimits import (
     HEADER_TIMEOUT_S,
+    REJECTED_LOG_BURST,
+    REJECTED_LOG_EVERY_S,
     REQUEST_TIMEOUT_S,
     ConnectionLimit,
     HeaderDeadline,
     busy_reply,
     upload_deadline,
 )
+from voxgate.logs import LogLimit
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,13 @@ def _make_server(
     a read timeout (httplimits)."""
     from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
+    # werkzeug logs an ERROR for each request it cannot parse (a garbage request line, a
+    # path too long): anyone reaching the port made ~700 lines a second, one connection at a
+    # time, past journald's rate limit, which then dropped the daemon's own lines too.
+    bad_log = LogLimit(
+        REJECTED_LOG_BURST, REJECTED_LOG_EVERY_S, what="API requests it cannot parse", logger=log
+    )
+
     class Handler(HeaderDeadline, WSGIRequestHandler):
         timeout = timeout_s  # socketserver sets it on the connection
         header_timeout = header_s
@@ -36,7 +46,8 @@ def _make_server(
                 # An idle keep-alive connection closed: no error (werkzeug said ERROR).
                 log.debug("admin API: connection closed: %s", args[0] if args else "timeout")
                 return
-            super().log_error(format, *args)
+            if bad_log.allow():
+                super().log_error(format, *args)
 
     class Server(ConnectionLimit, ThreadedWSGIServer):
         busy = busy_reply("too many open connections to the API")

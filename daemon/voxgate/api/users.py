@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from voxgate.voiceprints import StoreError, VoiceprintStore, normalize_name
+from voxgate.voiceprints import NameTaken, StoreError, VoiceprintStore, normalize_name
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +103,17 @@ class UserAdmin:
                 meta, result, takes, prompts, self.template_threshold
             )
         report["digit_templates"] = TEMPLATES_META in meta
-        if replace:
-            vp = self.store.replace(name, result.embeddings, embedder.model_id, meta)
-        else:
-            try:
+        try:
+            if replace:
+                vp = self.store.replace(name, result.embeddings, embedder.model_id, meta)
+            else:
                 vp = self.store.add_user(name, result.embeddings, embedder.model_id, meta)
-            except StoreError:
-                if self.store.has(name):  # a concurrent enrollment won the race
-                    raise UserExists(f"user '{name}' was enrolled meanwhile") from None
-                raise
+        except NameTaken as exc:  # the same name in other characters: a conflict, not a 503
+            raise UserExists(str(exc)) from None
+        except StoreError:
+            if not replace and self.store.has(name):  # a concurrent enrollment won the race
+                raise UserExists(f"user '{name}' was enrolled meanwhile") from None
+            raise
         log.info("enrolled %s over the API (%d takes)", vp.name, len(vp.embeddings))
         self._changed("enrolled", vp.name)
         return {"name": vp.name, "version": vp.version, "model_id": vp.model_id, **report}

@@ -397,7 +397,7 @@ class UserServices:
         """MQTT `enroll-finish` {"user": NAME}: check the takes, store the voiceprint (an
         existing one is replaced), audit, tell the fleet."""
         from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes
-        from voxgate.voiceprints import StoreError, normalize_name
+        from voxgate.voiceprints import NameTaken, StoreError, normalize_name
 
         try:
             name = normalize_name(str(args.get("user", "")))
@@ -428,6 +428,9 @@ class UserServices:
         report["digit_templates"] = TEMPLATES_META in meta
         try:
             self.store.replace(name, result.embeddings, self.embedder.model_id, meta)
+        except NameTaken as exc:  # sending enroll-finish again cannot help: no takes kept
+            log.error("enrollment of %s not stored: %s", name, exc)
+            raise ValueError(f"not stored: {exc}") from None
         except StoreError as exc:
             # A full disk or a damaged file: keep the spoken takes, so that enroll-finish can
             # be sent again once the store is fixed (within the session's time).
