@@ -2,6 +2,9 @@
 --floors (docs/speaker-verification.md, "A gate that judges the SNR by band"). Not the
 shipped gate: it spared a rumble but let through more pink noise and other noise whose
 pauses hold mostly low frequencies, and the denials among those rose, so it lives here.
+Measured again with higher levels above the split and higher floors (noise_gate.py
+--band-levels, judged by within_rule below): no pair kept the rule on the held-out fsdd,
+where a rumble at 25-27 dB got through the floor.
 
 The rule: an SNR measured in pauses passes when the same estimate above SPLIT_HZ is at
 least speaker.min_snr_db and the full-band one at least a lower floor (which still retries
