@@ -32,12 +32,15 @@ gate ignored: what the model does with that noise at that SNR, whatever the gate
 makes each noise a rumble (its power below HZ), as a hum or LibriSpeech's background.
 Last, per set and SNR, the gate's SNR estimate above band_gate.SPLIT_HZ minus the true
 (full-band) SNR, and for each --floors level what the band gate (speaker.min_snr_db above
-the split, that floor on the full band; benchmarks/band_gate.py) would
+the split, or each --band-levels level, with that floor on the full band;
+benchmarks/band_gate.py) would
 retry and the FNMR among the attempts it lets through, from the same scores (each run
-scores every trial), then per noise type the same beside the shipped gate.
+scores every trial), then per noise type the same beside the shipped gate. With
+--band-levels, each level above the split is paired with each floor, and the pairs that
+break the acceptance rule (band_gate.within_rule, per noise type and SNR) are named.
 
     PYTHONPATH=daemon python benchmarks/noise_gate.py [--data DIR] [--enroll-noise] [--room]
-        [--noises TYPE ...] [--lowpass HZ] [--floors DB ...]
+        [--noises TYPE ...] [--lowpass HZ] [--floors DB ...] [--band-levels DB ...]
 
 Skips (exit 0, with a message) when the data is not there.
 """
@@ -48,6 +51,7 @@ import argparse
 import csv
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,9 +71,9 @@ from voxgate.quality import FRAME_MS, Quality, assess, gate_reasons, too_noisy
 from voxgate.vad import segment
 
 try:
-    from benchmarks.band_gate import SPLIT_HZ, band_reasons, snr_above_split
+    from benchmarks.band_gate import SPLIT_HZ, band_reasons, snr_above_split, within_rule
 except ImportError:  # run as a script: benchmarks/ itself is on the path
-    from band_gate import SPLIT_HZ, band_reasons, snr_above_split
+    from band_gate import SPLIT_HZ, band_reasons, snr_above_split, within_rule
 
 REPO = Path(__file__).resolve().parent.parent
 SETS = ["fsdd", "vcc2018_eval"]
@@ -77,6 +81,7 @@ SNRS = ["clean", "30", "25", "20", "15", "10", "5", "0", "-5"]
 FRAME = SAMPLE_RATE * FRAME_MS // 1000
 ACTIVE_DB = 30.0  # frames this far below the loud ones still count as speech
 ROOM_S = (2.0, 1.0)  # --room: noise before and after the speech
+QUIET_DB = 40.0  # --band-levels: at this SNR and above, a quiet room (retries must not rise)
 
 
 def speech_power(pcm: np.ndarray) -> float:
@@ -318,6 +323,14 @@ def main() -> int:
         help="full-band floors to print the band gate's retry and FNMR for (from the same scores)",
     )
     ap.add_argument(
+        "--band-levels",
+        nargs="+",
+        type=float,
+        metavar="DB",
+        help="with --floors: levels above the split to print the band gate at (default "
+        "speaker.min_snr_db), each with every floor; the shipped gate keeps its own level",
+    )
+    ap.add_argument(
         "--room",
         action="store_true",
         help=f"noise also {ROOM_S[0]:g} s before and {ROOM_S[1]:g} s after the speech, and "
@@ -330,6 +343,8 @@ def main() -> int:
         "door did before it treated an utterance without pauses as noise",
     )
     args = ap.parse_args()
+    if args.band_levels and not args.floors:  # else they would print nothing
+        ap.error("--band-levels needs --floors")
     if not args.data.is_dir():  # a clone without ../shared: nothing to measure
         print(f"noise_gate.py: skipped: no evaluation data at {args.data}")
         return 0
@@ -407,52 +422,105 @@ def main() -> int:
 
 
 def print_floors(rows: list[Row], args: argparse.Namespace, s: SpeakerConfig) -> None:
-    """The band gate at each --floors level, from the rows' readings and scores."""
+    """The band gate at each --band-levels level and --floors floor, from the rows'
+    readings and scores, beside the shipped gate."""
+    levels = args.band_levels or [s.min_snr_db]
+    # (band level, floor) pairs; None: the shipped gate, at its own level.
+    gates: list[tuple[float, float] | None] = [None] + [
+        (lv, f) for lv in levels for f in args.floors
+    ]
+
+    def gate_recs(r: Row, gate: tuple[float, float] | None) -> np.ndarray:
+        """Per test recording: the gate retries it."""
+        level, floor = gate or (s.min_snr_db, None)
+        sg = s.model_copy(update={"min_snr_db": level})
+        rec = [
+            bool(band_reasons(q, h, sg, floor)) for q, h in zip(r.quality, r.snr_high, strict=True)
+        ]
+        return np.array(rec)
+
+    def gate_retry(r: Row, gate: tuple[float, float] | None) -> np.ndarray:
+        """Per trial: the gate retries its test recording."""
+        return gate_recs(r, gate)[r.of_trial]
+
+    def name(gate: tuple[float, float] | None) -> str:
+        return (
+            f"{s.min_snr_db:g} dB full band (now)"
+            if gate is None
+            else (f"{gate[0]:g} dB above, floor {gate[1]:g} dB")
+        )
+
     print(f"\nThe band gate: estimate above {SPLIT_HZ:g} Hz - true SNR, median (10th to 90th "
-          f"pct); per full-band floor, retry / FNMR among passed ({s.min_snr_db:g} dB above "
-          "the split)\n")  # fmt: skip
-    floors = [None, *args.floors]
-    names = [f"{s.min_snr_db:g} dB full band (now)"] + [f"floor {f:g} dB" for f in args.floors]
-    print("| set | true SNR (dB) | above split - true | " + " | ".join(names) + " |")
-    print("|---|---|---|" + "---|" * len(floors))
+          "pct); per level above the split and full-band floor, retry / FNMR among "
+          "passed\n")  # fmt: skip
+    print("| set | true SNR (dB) | above split - true | " + " | ".join(map(name, gates)) + " |")
+    print("|---|---|---|" + "---|" * len(gates))
     for r in rows:
         high = np.array(r.snr_high)
         true = np.nan if r.snr == "clean" else float(r.snr)
         est = f"estimate {np.nanmedian(high):.1f}" if r.snr == "clean" else spread(high - true)
         cells = []
-        for f in floors:
-            rec = np.array(
-                [bool(band_reasons(q, h, s, f)) for q, h in zip(r.quality, r.snr_high, strict=True)]
-            )
-            retry = rec[r.of_trial]
+        for g in gates:
+            retry = gate_retry(r, g)
             tar = ~retry & (r.target == 1)
             cells.append(f"{100 * retry.mean():.1f} % / {rate(r.scores < r.threshold, tar)}")
         print(f"| {r.set} | {r.snr} | {est} | " + " | ".join(cells) + " |")
-    for f in args.floors:
-        print(f"\nPer noise type, floor {f:g} dB: above split - true (median); retry now -> band "
+    if args.band_levels and any(r.snr != "clean" for r in rows):
+        print_rule(rows, gates[1:], gate_recs, name)
+    for g in gates[1:]:
+        print(f"\nPer noise type, {name(g)}: above split - true (median); retry now -> band "
               "gate; FNMR among passed now -> band gate\n")  # fmt: skip
         print("| set | noise | true SNR (dB) | above split - true | retry | FNMR, passed |")
         print("|---|---|---|---|---|---|")
         for r in rows:
             if r.snr == "clean":
                 continue
-            gates = []
-            for level in (None, f):
-                rec = [
-                    bool(band_reasons(q, h, s, level))
-                    for q, h in zip(r.quality, r.snr_high, strict=True)
-                ]
-                gates.append(np.array(rec)[r.of_trial])
+            both = [gate_retry(r, None), gate_retry(r, g)]
             for kind in sorted(set(r.noise)):
                 mine = r.noise == kind
                 high = [h for h, m in zip(r.snr_high, mine, strict=True) if m]
                 err = np.median(high) - float(r.snr)
                 of = r.trial_noise == kind
-                retry = " -> ".join(f"{100 * g[of].mean():.1f} %" for g in gates)
+                retry = " -> ".join(f"{100 * x[of].mean():.1f} %" for x in both)
                 fnmr = " -> ".join(
-                    rate(r.scores < r.threshold, ~g & of & (r.target == 1)) for g in gates
+                    rate(r.scores < r.threshold, ~x & of & (r.target == 1)) for x in both
                 )
                 print(f"| {r.set} | {kind} | {r.snr} | {err:+.1f} | {retry} | {fnmr} |")
+
+
+def print_rule(
+    rows: list[Row],
+    gates: list[tuple[float, float]],
+    gate_recs: Callable[[Row, tuple[float, float] | None], np.ndarray],
+    name: Callable[[tuple[float, float] | None], str],
+) -> None:
+    """Per band gate, where it breaks the acceptance rule (band_gate.within_rule, per set,
+    SNR and noise type; at QUIET_DB and above, no more retried test recordings than the
+    shipped gate's plus one)."""
+    print("\nThe acceptance rule (genuine attempts let through denied <= 14 % and <= the "
+          f"shipped gate's, each +1 trial; at >= {QUIET_DB:g} dB, retried test recordings <= "
+          "the shipped gate's + 1), per band gate:\n")  # fmt: skip
+    for g in gates:
+        broken = []
+        for r in rows:
+            if r.snr == "clean":
+                continue
+            now, band = gate_recs(r, None), gate_recs(r, g)
+            scored_now, scored = ~now[r.of_trial], ~band[r.of_trial]
+            denied, tar = r.scores < r.threshold, r.target == 1
+            for kind in sorted(set(r.noise)):
+                of = (r.trial_noise == kind) & tar
+                k0, n0 = int((scored_now & of & denied).sum()), int((scored_now & of).sum())
+                k, n = int((scored & of & denied).sum()), int((scored & of).sum())
+                where = f"{r.set} {kind} {r.snr} dB"
+                if not within_rule(k, n, k0, n0):
+                    broken.append(f"{where}: {k}/{n} denied (now {k0}/{n0})")
+                mine = r.noise == kind
+                if float(r.snr) >= QUIET_DB and band[mine].sum() > now[mine].sum() + 1:
+                    broken.append(f"{where}: {band[mine].sum()} retried (now {now[mine].sum()})")
+        print(
+            f"- {name(g)}: " + ("keeps it" if not broken else "breaks it at " + "; ".join(broken))
+        )
 
 
 if __name__ == "__main__":

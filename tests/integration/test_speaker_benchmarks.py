@@ -46,6 +46,7 @@ CASES = [
     ("embed_breakdown.py", ["--seconds", "0.2"], "--seconds"),
     ("noise_gate.py", ["--data", "{tmp}/data", "--sets", "fsdd"], "fsdd"),
     ("noise_gate.py", ["--data", "{tmp}/data", "--snrs", "loud"], "loud"),
+    ("noise_gate.py", ["--data", "{tmp}/data", "--band-levels", "31"], "--floors"),
     ("pause_noise.py", ["--data", "{tmp}/data", "--sets", "fsdd"], "fsdd"),
 ]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import butter, sosfilt
 
-from benchmarks.band_gate import band_reasons, snr_above_split
+from benchmarks.band_gate import band_reasons, snr_above_split, within_rule
 from voxgate.audio.file import read_audio
 from voxgate.config import VoxgateConfig
 from voxgate.quality import assess
@@ -70,3 +70,15 @@ def test_a_loud_rumble_is_retried_by_the_full_band_floor(shared_data: Path) -> N
     assert snr_above_split(hum, VoxgateConfig().vad) >= s.min_snr_db
     assert q.snr_db < FLOOR_DB
     assert _reasons(hum, FLOOR_DB) == ("too_noisy",)
+
+
+def test_the_acceptance_rule_allows_one_trial_beyond_14_percent_and_the_shipped_rate() -> None:
+    # At most 14 % of the attempts let through denied, give or take one trial ...
+    assert within_rule(15, 100, 0, 0) and not within_rule(16, 100, 0, 0)
+    assert within_rule(1, 2, 0, 0) and not within_rule(2, 2, 0, 0)
+    # ... and no more often than the shipped gate where it lets any through (pink noise at
+    # 25 dB on vcc2018_eval under the old band rule: 0 of 13 -> 3 of 74 denied).
+    assert not within_rule(3, 74, 0, 13)
+    assert within_rule(8, 100, 7, 100) and not within_rule(9, 100, 7, 100)
+    # Fewer attempts let through at the shipped gate's rate keep it.
+    assert within_rule(18, 244, 19, 272)
