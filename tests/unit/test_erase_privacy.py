@@ -396,3 +396,35 @@ def test_lockout_and_replay_files_made_before_are_closed_to_others(tmp_path: Pat
             assert set(modes.values()) == {0o600}, modes
     finally:
         os.umask(old)
+
+
+def test_a_name_whose_fold_is_not_stable_is_not_taken_for_erased(tmp_path: Path) -> None:
+    """Found in the security review (stop 19): for a few names (a long s or a dotted capital I
+    before a combining mark) folding the folded name changes it again. check_erased asked
+    the store about the folded name from the lockout book, which the store folds once more:
+    "not enrolled", so every 5 s the enrolled user was taken for erased and their lockout
+    entry dropped (a lockout cleared by housekeeping). It asks with the enrolled spelling."""
+    name = "Jo\u017f\u0301"  # Joſ́
+    store = VoiceprintStore(tmp_path / "voiceprints.db", bytes(range(32)))
+    store.add_user(name, np.eye(3, 8, dtype=np.float32), "test/int8")
+    book = LockoutBook(tmp_path / "lockout.db", LockoutConfig())
+
+    class Link:
+        last_user = name  # granted last: the daemon has seen them enrolled
+
+    users = UserServices(
+        VoxgateConfig(data_dir=tmp_path),
+        store,
+        None,
+        lambda e, **f: None,
+        lockout=book,
+        link=Link(),
+    )
+    fail(book, name, 3)
+    assert users.check_erased() == []
+    assert users.check_erased() == []
+    assert book.users() != []  # the lockout entry is kept
+    store.erase(name)
+    assert users.check_erased() == [name]  # a real erase is still seen
+    book.close()
+    store.close()

@@ -227,7 +227,10 @@ class UserServices:
             except StoreError:
                 continue  # a name the store cannot hold was never enrolled
             try:
-                enrolled = self.store.has(name)
+                # The enrolled spelling when known: the store folds what it is given, and
+                # for a few names (a long s before a combining mark) folding the folded
+                # name changes it again, so the folded name would read as "not enrolled".
+                enrolled = self.store.has(self._seen_enrolled.get(name, name))
             except StoreError as exc:  # a damaged file: do not take everyone for erased
                 log.warning("cannot check for erased users: %s", exc)
                 return gone
