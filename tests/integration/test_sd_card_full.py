@@ -680,8 +680,30 @@ def test_the_daemon_reads_voiceprints_from_a_full_disk_and_writes_once_it_has_ro
         assert store.get("bob") is None  # the daemon sees it at once
         store.add_user("carol", emb, "test-model/1", {"takes": 3})  # and writes again
         store.close()
-        with VoiceprintStore(path, key) as after:
+        with VoiceprintStore(path, KEY) as after:
             assert sorted(u.name for u in after.users()) == ["alice", "carol"]
+
+
+KEY = bytes(range(32))
+EMB = np.random.default_rng(1).standard_normal((3, 256))
+
+
+@contextmanager
+def alice_read_from_a_full_disk(tmp_path: Path) -> Iterator[tuple[Path, Path, Any]]:
+    """A voiceprint store holding alice on a 1 MB tmpfs, filled, then opened as the daemon
+    opens it at a reboot (read_when_full): (folder, file, store). Closed at the end."""
+    from voxgate.voiceprints import VoiceprintStore
+
+    with small_fs(tmp_path / "state", "1m") as folder:
+        path = folder / "voiceprints.db"
+        with VoiceprintStore(path, KEY) as store:
+            store.add_user("alice", EMB, "test-model/1")
+        fill(folder)
+        store = VoiceprintStore(path, KEY, read_when_full=True)
+        try:
+            yield folder, path, store
+        finally:
+            store.close()
 
 
 def test_a_voiceprint_file_moved_aside_while_read_from_a_full_disk_is_a_store_error(
@@ -694,25 +716,15 @@ def test_a_voiceprint_file_moved_aside_while_read_from_a_full_disk_is_a_store_er
     again once the file is back."""
     import os
 
-    from voxgate.voiceprints import StoreError, VoiceprintStore
+    from voxgate.voiceprints import StoreError
 
-    key = bytes(range(32))
-    emb = np.random.default_rng(1).standard_normal((3, 256))
-    with small_fs(tmp_path / "state", "1m") as folder:
-        path = folder / "voiceprints.db"
-        with VoiceprintStore(path, key) as store:
-            store.add_user("alice", emb, "test-model/1")
-        fill(folder)
-        store = VoiceprintStore(path, key, read_when_full=True)
-        try:
-            assert store.get("alice") is not None
-            os.rename(path, folder / "voiceprints.db.aside")  # an operator moves it aside
-            with pytest.raises(StoreError, match=r"voiceprints\.db: .* moved or deleted"):
-                store.get("alice")
-            os.rename(folder / "voiceprints.db.aside", path)  # and puts it back
-            assert store.get("alice") is not None
-        finally:
-            store.close()
+    with alice_read_from_a_full_disk(tmp_path) as (folder, path, store):
+        assert store.get("alice") is not None
+        os.rename(path, folder / "voiceprints.db.aside")  # an operator moves it aside
+        with pytest.raises(StoreError, match=r"voiceprints\.db: .* moved or deleted"):
+            store.get("alice")
+        os.rename(folder / "voiceprints.db.aside", path)  # and puts it back
+        assert store.get("alice") is not None
 
 
 def test_voiceprints_read_from_a_full_disk_stay_readable_while_the_reopen_for_writing_fails(
@@ -726,28 +738,19 @@ def test_voiceprints_read_from_a_full_disk_stay_readable_while_the_reopen_for_wr
 
     from voxgate.voiceprints import VoiceprintStore
 
-    key = bytes(range(32))
-    emb = np.random.default_rng(1).standard_normal((3, 256))
-    with small_fs(tmp_path / "state", "1m") as folder:
-        path = folder / "voiceprints.db"
-        with VoiceprintStore(path, key) as store:
-            store.add_user("alice", emb, "test-model/1")
-        fill(folder)
-        store = VoiceprintStore(path, key, read_when_full=True)
+    with alice_read_from_a_full_disk(tmp_path) as (folder, path, store):
+        assert store.get("alice") is not None
+        free(folder)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("PRAGMA locking_mode = EXCLUSIVE")  # holds the file until closed
+        other.execute("BEGIN EXCLUSIVE")
         try:
-            assert store.get("alice") is not None
-            free(folder)
-            other = sqlite3.connect(path, isolation_level=None)
-            other.execute("PRAGMA locking_mode = EXCLUSIVE")  # holds the file until closed
-            other.execute("BEGIN EXCLUSIVE")
-            try:
-                assert store.get("alice") is not None  # waits 5 s for the lock, then reads
-            finally:
-                other.close()
-            store.add_user("carol", emb, "test-model/1")  # opened for writing now
+            assert store.get("alice") is not None  # waits 5 s for the lock, then reads
         finally:
-            store.close()
-        with VoiceprintStore(path, key) as after:
+            other.close()
+        store.add_user("carol", EMB, "test-model/1")  # opened for writing now
+        store.close()
+        with VoiceprintStore(path, KEY) as after:
             assert sorted(u.name for u in after.users()) == ["alice", "carol"]
 
 
@@ -766,35 +769,26 @@ def test_a_failing_reopen_for_writing_is_tried_again_after_a_pause_not_at_every_
 
     now = [1000.0]
     monkeypatch.setattr(voiceprints.time, "monotonic", lambda: now[0])
-    key = bytes(range(32))
-    emb = np.random.default_rng(1).standard_normal((3, 256))
-    with small_fs(tmp_path / "state", "1m") as folder:
-        path = folder / "voiceprints.db"
-        with VoiceprintStore(path, key) as store:
-            store.add_user("alice", emb, "test-model/1")
-        fill(folder)
-        store = VoiceprintStore(path, key, read_when_full=True)
+    with alice_read_from_a_full_disk(tmp_path) as (folder, path, store):
+        free(folder)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("PRAGMA locking_mode = EXCLUSIVE")
+        other.execute("BEGIN EXCLUSIVE")
         try:
-            free(folder)
-            other = sqlite3.connect(path, isolation_level=None)
-            other.execute("PRAGMA locking_mode = EXCLUSIVE")
-            other.execute("BEGIN EXCLUSIVE")
-            try:
-                with caplog.at_level(logging.WARNING, logger="voxgate.voiceprints"):
-                    for _ in range(3):
-                        assert store.get("alice") is not None
-                        now[0] += 1.0
-                    tries = [r for r in caplog.records if "reading it as before" in r.message]
-                    assert len(tries) == 1
-                    now[0] += voiceprints.REOPEN_PAUSE_S  # after the pause, a read tries again
+            with caplog.at_level(logging.WARNING, logger="voxgate.voiceprints"):
+                for _ in range(3):
                     assert store.get("alice") is not None
-                    tries = [r for r in caplog.records if "reading it as before" in r.message]
-                    assert len(tries) == 2
-            finally:
-                other.close()
-            # An enrollment does not wait for the pause: it tries at once, and now it works.
-            store.add_user("bob", emb, "test-model/1")
+                    now[0] += 1.0
+                tries = [r for r in caplog.records if "reading it as before" in r.message]
+                assert len(tries) == 1
+                now[0] += voiceprints.REOPEN_PAUSE_S  # after the pause, a read tries again
+                assert store.get("alice") is not None
+                tries = [r for r in caplog.records if "reading it as before" in r.message]
+                assert len(tries) == 2
         finally:
-            store.close()
-        with VoiceprintStore(path, key) as after:
+            other.close()
+        # An enrollment does not wait for the pause: it tries at once, and now it works.
+        store.add_user("bob", EMB, "test-model/1")
+        store.close()
+        with VoiceprintStore(path, KEY) as after:
             assert sorted(u.name for u in after.users()) == ["alice", "bob"]
