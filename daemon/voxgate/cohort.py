@@ -173,16 +173,29 @@ def _calibration(rows: Any, meta_path: Path) -> tuple[tuple[float, float], ...]:
     return table
 
 
+def preprocessing(embedder: Any) -> dict[str, Any] | None:
+    """The card's settings that shape an embedding besides the weights (front end, windows,
+    speech trim), or None without a card."""
+    card = getattr(embedder, "card", None)
+    if card is None:
+        return None
+    trim = getattr(card, "trim", None)
+    return {
+        "frontend": card.frontend.model_dump(),
+        "windowing": card.windowing.model_dump(),
+        "trim": trim.model_dump() if trim is not None else None,
+    }
+
+
 def model_sha256(embedder: Any) -> str | None:
-    """What a cohort is tied to: the sha256 of the embedder's model file (from its card), when
-    known; with a card `trim:` block, a sha256 over the model's sha256 and the trim settings,
-    since the preprocessing changes the embeddings as much as the weights do."""
+    """What a cohort is tied to: a sha256 over the model file's sha256 (from its card) and the
+    card's preprocessing, which changes the embeddings as much as the weights do; None
+    without a card."""
     card = getattr(embedder, "card", None)
     sha = getattr(getattr(card, "model", None), "sha256", None)
-    trim = getattr(card, "trim", None)
-    if sha is None or trim is None:
-        return sha
-    blob = json.dumps({"model_sha256": sha, "trim": trim.model_dump()}, sort_keys=True)
+    if sha is None:
+        return None
+    blob = json.dumps({"model_sha256": sha, **(preprocessing(embedder) or {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from voxgate.audio.base import SAMPLE_RATE, AudioError
-from voxgate.cohort import model_sha256
+from voxgate.cohort import model_sha256, preprocessing
 from voxgate.quality import Quality, assess, gate_reasons
 
 log = logging.getLogger(__name__)
@@ -168,8 +168,7 @@ class EmbeddingCache:
         self.dim: int = embedder.dim
         self.sha256 = model_sha256(embedder)
         # Embeddings also depend on the card's preprocessing: a cache made without it is stale.
-        trim = getattr(getattr(embedder, "card", None), "trim", None)
-        self.preprocess = trim.model_dump() if trim is not None else None
+        self.preprocess = preprocessing(embedder)
         self.root = root
         self.vad_cfg = vad_cfg
         # The cached quality (net speech, SNR) is the VAD's reading: other settings, other cache.
@@ -749,10 +748,9 @@ def build_cohort(
         list(loaded), embedder.embed, show, cut=lambda i, pcm: cohortmod.pieces(pcm, seed=i)
     )
     lo, hi = cohortmod.PIECE_S
-    trim = getattr(getattr(embedder, "card", None), "trim", None)
     info = {
         "model_sha256": cohortmod.model_sha256(embedder),
-        "preprocess": {"trim": trim.model_dump() if trim is not None else None},
+        "preprocess": cohortmod.preprocessing(embedder),
         "source": f"{es.name}: {len(recs)} recordings of speakers without trials, "
         f"cut into pieces of {lo:g}-{hi:g} s",
         "command": f"voxgate eval {set_dir} --build-cohort {out_dir}"

@@ -195,7 +195,11 @@ def _subkey(key: bytes, purpose: bytes) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt=None, info=b"voxgate voiceprints " + purpose).derive(key)
 
 
-class NameTaken(StoreError):
+class BadName(StoreError):
+    """A name the store refuses for a new user (enrolled users keep theirs)."""
+
+
+class NameTaken(BadName):
     """A new name that reads the same as an enrolled one (names.look_alike)."""
 
 
@@ -207,6 +211,20 @@ def normalize_name(name: str) -> str:
     if any(unicodedata.category(c).startswith("C") for c in clean):
         raise StoreError("user name must not contain control characters")
     return clean
+
+
+def _refuse_line_breaks(name: str) -> None:
+    """New names only: users enrolled with one before this check still open and erase."""
+    if any(unicodedata.category(c) in ("Zl", "Zp") for c in name):
+        raise BadName("user name must not contain line or paragraph separators")
+
+
+def _name_taken_text(name: str, twin: str) -> str:
+    return (
+        f"user '{name}' is already enrolled as '{twin}' (the same name in other characters: "
+        f"full-width letters, a ligature, another space); re-enroll '{twin}' to replace it, "
+        "or choose a name that differs"
+    )
 
 
 # --- store ------------------------------------------------------------------------------------
@@ -771,12 +789,10 @@ class VoiceprintStore:
                     )
                 if row is not None and not allow_existing:
                     raise StoreError(f"user '{name}' is already enrolled (re-enroll to replace)")
-                if row is None and (twin := self._look_alike(name)) is not None:
-                    raise NameTaken(
-                        f"user '{name}' is already enrolled as '{twin}' (the same name in "
-                        "other characters: full-width letters, a ligature, another space); "
-                        f"re-enroll '{twin}' to replace it, or choose a name that differs"
-                    )
+                if row is None:
+                    _refuse_line_breaks(name)
+                    if (twin := self._look_alike(name)) is not None:
+                        raise NameTaken(_name_taken_text(name, twin))
                 old = self._old_row(row[0], uid, name) if row is not None else None
                 vp = Voiceprint(
                     name=name,
@@ -861,6 +877,20 @@ class VoiceprintStore:
         except StoreError:
             return None
         return vp.name if vp is not None else None
+
+    def check_new_name(self, name: str) -> None:
+        """Before an enrollment's takes: NameTaken if `name` is not enrolled itself but reads
+        the same as someone who is (the check enrolling runs again at the end), or StoreError
+        if it holds a line or paragraph separator (a line break in many log viewers). A name
+        enrolled itself passes: enrolling it again replaces it."""
+        name = normalize_name(name)
+        uid = self._user_id(name)
+        with self._using("read"):
+            if self._db.execute("SELECT 1 FROM voiceprints WHERE id = ?", (uid,)).fetchone():
+                return
+            _refuse_line_breaks(name)
+            if (twin := self._look_alike(name)) is not None:
+                raise NameTaken(_name_taken_text(name, twin))
 
     def has(self, name: str) -> bool:
         """Whether the user has a row, readable or not (a damaged row counts)."""

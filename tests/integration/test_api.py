@@ -399,11 +399,17 @@ def test_enroll_from_uploaded_takes(enroll_api: dict, tmp_path: Path) -> None:
     assert status == 409 and body["error"] == "conflict"
     status, body, _ = c.upload("/api/v1/users/carol", takes, {"replace": "true"})
     assert status == 201 and body["version"] == 2
-    # The same name in full-width letters was a second person: 409, with or without replace.
+    # The same name in full-width letters was a second person: 409, with or without replace,
+    # said before the takes are embedded (silence would otherwise be a 422 about the takes).
+    silence = [("t.wav", write_wav(tmp_path / "s.wav", np.zeros(48000, np.int16)).read_bytes())]
     for fields in ({}, {"replace": "true"}):
-        status, body, _ = c.upload("/api/v1/users/%EF%BD%83arol", takes, fields)
-        assert status == 409 and body["error"] == "conflict", body
-        assert "already enrolled as 'carol'" in body["message"]
+        for upload in (takes, silence):
+            status, body, _ = c.upload("/api/v1/users/%EF%BD%83arol", upload, fields)
+            assert status == 409 and body["error"] == "conflict", body
+            assert "already enrolled as 'carol'" in body["message"]
+    # A line separator in a new name: the request's fault (400), not the store's (503).
+    status, body, _ = c.upload("/api/v1/users/dave%E2%80%A8granted", takes)
+    assert status == 400 and "line or paragraph separators" in body["message"], body
     assert [u.name for u in enroll_api["store"].users()] == ["carol"]
 
 

@@ -281,3 +281,22 @@ def test_output_into_a_closed_pipe_is_no_traceback(
         os.close(write_end)
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
     assert proc.returncode == status, proc.stderr
+
+
+def test_enroll_refuses_a_look_alike_name_before_any_take(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`voxgate enroll ａｌｉｃｅ` next to an enrolled 'alice' recorded every take from the
+    microphone first and was refused only when storing; now before the first take (here the
+    takes are noise, which would be refused for themselves)."""
+    key = parse_key(device["key"].read_bytes())
+    device["db"].parent.mkdir(parents=True, exist_ok=True)
+    with VoiceprintStore(device["db"], key) as store:
+        store.add_user("alice", np.ones((3, 256), np.float32), MODEL)
+    noise = _noise(device["dir"] / "noise.wav", 3.0)
+    capsys.readouterr()
+    for name, said in (("ａｌｉｃｅ", "already enrolled as 'alice'"),
+                       ("bob\u2028alice", "line or paragraph separators")):  # fmt: skip
+        assert main(["enroll", name, "--from", str(noise), "-c", str(device["cfg"])]) == 1
+        out, err = capsys.readouterr()
+        assert said in err and "takes used" not in out, (out, err)

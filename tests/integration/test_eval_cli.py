@@ -436,6 +436,39 @@ def test_embedding_cache_is_not_reused_under_other_vad_settings(tmp_path: Path) 
     assert [again[k] for k in keys] == [want[k] for k in keys]
 
 
+def test_embedding_cache_is_not_reused_under_other_windowing(tmp_path: Path) -> None:
+    """The cache (and the cohort tie) covered the card's trim but not its windows: after a
+    change of `windowing.hop`, a rerun with the same --out scored the old windows'
+    embeddings."""
+    from voxgate.commands.bench import synthetic_speech
+    from voxgate.embedding import default_card_path, load_card, load_embedder
+    from voxgate.evaluation import EmbeddingCache
+
+    root = _noise_set(tmp_path / "set", seed=1)
+    sf.write(root / "a" / "x.wav", synthetic_speech(4.5), 16000)  # several windows
+    card = default_card_path()
+    other = tmp_path / card.name
+    other.write_text(card.read_text().replace("  hop: 160\n", "  hop: 40\n"))
+    model = load_card(card).model.file
+    (tmp_path / model).symlink_to(card.parent / model)
+    assert load_card(other).windowing.hop == 40
+    cache_file = tmp_path / "embeddings.npz"
+
+    def embedding(c: Path) -> np.ndarray:
+        cache = EmbeddingCache(load_embedder(c), root, cache_file=cache_file)
+        cache.fill(["a/x.wav"], lambda done, total: None)
+        cache.save()
+        emb = cache.get("a/x.wav")
+        assert emb is not None
+        return emb
+
+    shipped, changed = embedding(card), embedding(other)
+    assert float(shipped @ changed) < 0.9999  # the windows do change the embedding here
+    fresh = EmbeddingCache(load_embedder(other), root)
+    fresh.fill(["a/x.wav"], lambda done, total: None)
+    assert np.array_equal(changed, fresh.get("a/x.wav"))
+
+
 def test_embedding_errors_are_reported_again_from_the_cache(tmp_path: Path) -> None:
     """A recording too short to embed is cached as 'no embedding' and still scores -inf on
     the next run with the same --out, but that run's report.json said "embedding_errors": {}

@@ -108,15 +108,17 @@ def test_stream_rejects_use_after_finish(embedder: SpeakerEmbedder) -> None:
 
 
 def test_window_plan(tmp_path: Path) -> None:
-    # The shipped cards: full windows every 80 frames, then one ending at the audio's end.
+    # The shipped cards: full windows end to end, then one ending at the audio's end.
     e = load_embedder()
-    assert e.window_starts(16000 * 3) == [0, 80, 141]  # 301 frames: last window 141..300
+    assert e.window_starts(16000 * 3) == [0, 141]  # 301 frames: last window 141..300
     assert e.window_starts(25600) == [0, 1]  # 161 frames (centred frames reach the end)
-    assert e.window_starts(25600 + 12800) == [0, 80, 81]
+    assert e.window_starts(25600 + 12800) == [0, 81]
+    assert e.window_starts(16000 * 5) == [0, 160, 320, 341]
     assert e.window_starts(12000) == [0]  # no full window: one window (filled, see below)
-    # `last: pad` (the card format's default, as upstream Resemblyzer cuts windows).
+    # 50 % overlap and `last: pad` (the card format's defaults, as upstream cuts windows).
     text = (SHIPPED / "ge2e-int8.yaml").read_text()
     text = text.replace("  last: end\n", "").replace("  short: repeat\n", "")
+    text = text.replace("  hop: 160\n", "")
     (tmp_path / "pad.yaml").write_text(text)
     (tmp_path / "ge2e-resemblyzer-int8.onnx").symlink_to(SHIPPED / "ge2e-resemblyzer-int8.onnx")
     p = load_embedder(tmp_path / "pad.yaml")

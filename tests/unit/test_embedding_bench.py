@@ -10,6 +10,7 @@ import pytest
 
 from voxgate.cli import main
 from voxgate.commands import bench
+from voxgate.embedding import load_embedder
 
 SHIPPED = Path(__file__).resolve().parents[2] / "daemon" / "voxgate" / "models"
 
@@ -24,6 +25,36 @@ def test_bench_reports_each_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert row["runtime"] == "onnxruntime"
     assert row["median_ms"] > 0 and row["peak_rss_mb"] > 10 and row["finish_ms"] is not None
     assert row["seconds"] == 2.0
+    e = load_embedder(card)
+    assert row["windows"] == len(e.window_starts(e.speech_of(bench.synthetic_speech(2.0)).size))
+
+
+def test_bench_compares_with_upstream_at_the_same_windows_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shipped cards run fewer windows than upstream's defaults: the table must also give
+    the ratio at the same number of windows. Torch is not installed here: its row stands in."""
+    torch_row = {
+        "system": "torch", "name": "resemblyzer-torch (upstream)", "runtime": "torch 0",
+        "seconds": 3.0, "load_ms": 1.0, "median_ms": 30.0, "p90_ms": 31.0, "finish_ms": None,
+        "peak_rss_mb": 400.0, "windows": 3, "embed_only_ms": 25.0, "end_to_end_ms": 24.0,
+        "end_to_end_windows": 2,
+    }  # fmt: skip
+    real = bench._run_worker
+    monkeypatch.setattr(bench, "_torch_missing", lambda: [])
+    monkeypatch.setattr(
+        bench, "_run_worker", lambda spec: torch_row if spec["system"] == "torch" else real(spec)
+    )
+    card = SHIPPED / "ge2e-int8.yaml"
+    assert main(["bench", "--model", str(card), "-n", "3"]) == 0
+    out = capsys.readouterr().out
+    ours = next(line for line in out.splitlines() if line.startswith("ge2e-resemblyzer"))
+    median, windows, speedup = float(ours.split()[3]), int(ours.split()[5]), float(ours.split()[-1])
+    assert windows == 2  # 3 s of speech, windows end to end
+    assert speedup == pytest.approx(30.0 / median, abs=0.01 + 0.3 / median)
+    same = out.split("at the same windows: ")[1].splitlines()[0]
+    assert same.startswith("ge2e-resemblyzer-0.1.4/int8 ") and same.endswith("x")
+    assert float(same.split()[-1][:-1]) == pytest.approx(24.0 / median, abs=0.01 + 0.3 / median)
 
 
 def test_bench_reports_a_broken_model_without_crashing(
@@ -125,3 +156,16 @@ def test_bench_default_skips_a_shipped_card_whose_runtime_is_not_installed(
     rows = json.loads(captured.out)
     assert [r["runtime"] for r in rows] == ["onnxruntime", "onnxruntime"]
     assert "ge2e-fp16-litert.yaml" in captured.err and "voxgate[litert]" in captured.err
+
+
+def test_bench_counts_one_run_for_a_whole_utterance_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A whole-utterance model (CAM++/ECAPA style) runs once per utterance, whatever the
+    sliding-window defaults of its card would say (they gave 3 on 3 s)."""
+    from tests.unit.test_embedding import build_fbank_demo
+
+    card = build_fbank_demo(tmp_path)
+    assert main(["bench", "--model", str(card), "-n", "1", "--no-torch", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["windows"] == 1

@@ -335,13 +335,19 @@ def test_cohort_tie_covers_the_preprocessing(tmp_path: Path) -> None:
 
     card = load_card()
     assert card.trim is not None
-    trimmed = cohortmod.model_sha256(SimpleNamespace(card=card))
-    plain = cohortmod.model_sha256(SimpleNamespace(card=card.model_copy(update={"trim": None})))
-    assert plain == card.model.sha256 and trimmed != plain and len(trimmed) == 64
-    shipped = cohortmod.for_model(card.id, None, trimmed)  # the shipped cohort fits
-    assert shipped.method == "center"
-    with pytest.raises(cohortmod.CohortError, match="preprocessing"):
-        cohortmod.for_model(card.id, None, plain)
+    shipped_tie = cohortmod.model_sha256(SimpleNamespace(card=card))
+    assert shipped_tie is not None and len(shipped_tie) == 64
+    assert cohortmod.for_model(card.id, None, shipped_tie).method == "center"  # it fits
+    overlap = card.windowing.model_copy(update={"hop": card.windowing.frames // 2})
+    for changed in (
+        card.model_copy(update={"trim": None}),
+        card.model_copy(update={"windowing": overlap}),
+        card.model_copy(update={"frontend": card.frontend.model_copy(update={"fmax": 7600.0})}),
+    ):
+        tie = cohortmod.model_sha256(SimpleNamespace(card=changed))
+        assert tie not in (shipped_tie, card.model.sha256)
+        with pytest.raises(cohortmod.CohortError, match="preprocessing"):
+            cohortmod.for_model(card.id, None, tie)
 
 
 def _damaged_tables(doc: dict) -> dict[str, object]:

@@ -97,6 +97,23 @@ def test_enrollment_session_refusals_and_expiry(
     assert events[-1] == ("enrollment_expired", {"user": "carol"})
 
 
+def test_enroll_start_refuses_a_name_no_new_user_may_have(store: Any, tmp_path: Path) -> None:
+    """'ａｌｉｃｅ' next to 'alice' was refused only at enroll-finish, after the person had
+    spoken every take; now enroll-start says so. The enrolled name itself still starts (a
+    re-enrollment)."""
+    events: list[tuple[str, dict]] = []
+    users = UserServices(
+        VoxgateConfig(data_dir=tmp_path), store, Embedder(), lambda e, **f: events.append((e, f))
+    )
+    with pytest.raises(ValueError, match="already enrolled as 'alice'"):
+        users.command_enroll_start({"user": "ａｌｉｃｅ"})
+    with pytest.raises(ValueError, match="line or paragraph separators"):
+        users.command_enroll_start({"user": "bob\u2028alice granted"})
+    assert not users.enrolling and events == []
+    assert users.command_enroll_start({"user": "ALICE"})["user"] == "ALICE"
+    assert users.enrolling
+
+
 def test_enrollment_prompts_are_shown_one_take_at_a_time(store: Any, tmp_path: Path) -> None:
     from voxgate.embedding import load_embedder
 

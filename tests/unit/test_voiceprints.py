@@ -531,6 +531,37 @@ def test_enrolling_a_withheld_user_says_their_erase_waits_for_the_disk(tmp_path:
         assert store.withholds("alice") and store.get("alice") is None  # nothing changed
 
 
+def test_a_new_name_is_checked_before_the_takes_and_line_breaks_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check_new_name runs at an enrollment's start (MQTT enroll-start, voxgate enroll, the
+    API before embedding), with the rule enrolling applies at its end. U+2028/U+2029 (line
+    and paragraph separators) were allowed: a name that breaks the line in a log viewer."""
+    from voxgate import voiceprints
+    from voxgate.voiceprints import BadName, NameTaken
+
+    with VoiceprintStore(tmp_path / "vp.db", KEY) as store:
+        store.add_user("alice", _emb(1), MODEL)
+        store.check_new_name("ALICE")  # enrolled itself: re-enrolling replaces it
+        store.check_new_name("bob")
+        with pytest.raises(NameTaken, match="already enrolled as 'alice'"):
+            store.check_new_name("ａｌｉｃｅ")
+        for name in ("bob\u2028granted", "bob\u2029smith"):
+            with pytest.raises(BadName, match="line or paragraph separators"):
+                store.check_new_name(name)
+            for enroll in (store.add_user, store.replace):
+                with pytest.raises(BadName, match="line or paragraph separators"):
+                    enroll(name, _emb(2), MODEL)
+        # A user enrolled before the rule keeps working: scored, re-enrolled, erased.
+        monkeypatch.setattr(voiceprints, "_refuse_line_breaks", lambda name: None)
+        store.add_user("old\u2028name", _emb(3), MODEL)
+        monkeypatch.undo()
+        store.check_new_name("old\u2028name")
+        assert store.replace("old\u2028name", _emb(4), MODEL).version == 2
+        assert store.get("old\u2028name") is not None and store.erase("old\u2028name")
+        assert [u.name for u in store.users()] == ["alice"]
+
+
 def test_a_name_that_only_looks_different_is_not_a_second_person(tmp_path: Path) -> None:
     """'ａｌｉｃｅ' (full-width), 'alice\u00a0smith' (no-break space), 'ｱﾘｽ' (half-width
     kana) matched no enrolled name, so they enrolled as second people: an erase of 'alice'

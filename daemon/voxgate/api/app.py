@@ -23,7 +23,7 @@ from voxgate.api.users import EnrollRefused, UnknownUser, UserAdmin, UserExists
 from voxgate.config import ConfigError, VoxgateConfig, parse_config
 from voxgate.httplimits import REJECTED_LOG_BURST, REJECTED_LOG_EVERY_S
 from voxgate.logs import LogLimit
-from voxgate.voiceprints import StoreError, normalize_name
+from voxgate.voiceprints import BadName, StoreError, normalize_name
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +281,8 @@ def create_app(
             result = admin.enroll(name, takes, replace=replace, prompts=prompts)
         except UserExists as exc:
             return _error(409, "conflict", str(exc))
+        except BadName as exc:  # a name no new user may have: the request's fault
+            raise _BadRequest(str(exc)) from None
         except EnrollRefused as exc:
             _audit("admin_enroll", user=name, ok=False, problems=exc.report["problems"])
             return _error(422, "enrollment_refused", str(exc), report=exc.report)

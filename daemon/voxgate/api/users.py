@@ -80,6 +80,10 @@ class UserAdmin:
         name = normalize_name(name)
         if not replace and self.store.has(name):  # a damaged row counts: replace repairs it
             raise UserExists(f"user '{name}' is already enrolled (send replace=true to re-enroll)")
+        try:
+            self.store.check_new_name(name)  # before the takes' CPU, not only at the end
+        except NameTaken as exc:
+            raise UserExists(str(exc)) from None
         embedder = self.embedder()
         result = check_takes(takes, embedder, self.speaker_cfg, self.vad_cfg)
         report = {

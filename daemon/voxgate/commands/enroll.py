@@ -211,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
             # Presence only: a damaged row must not stop its repair with --replace.
             if not args.replace and store.has(name):
                 return fail(f"user '{name}' is already enrolled; add --replace to re-enroll")
+            store.check_new_name(name)  # before the takes are spoken, not only at the end
             embedder = load_embedder(cfg)
             if args.files:
                 takes = [read_file(f) for f in args.files]

@@ -370,7 +370,7 @@ class UserServices:
         them: without a way to show the prompts, leave it "no" (the default; answers are then
         checked by the speaker-independent engine)."""
         from voxgate.enrollment import prompt_plan
-        from voxgate.voiceprints import StoreError, normalize_name
+        from voxgate.voiceprints import BadName, StoreError, normalize_name
 
         if self.store is None:
             raise ValueError("no voiceprint store in this daemon")
@@ -381,6 +381,12 @@ class UserServices:
         prompted = str(args.get("prompted", "no"))
         if prompted not in ("yes", "no"):
             raise ValueError("prompted must be 'yes' or 'no'")
+        try:
+            self.store.check_new_name(name)  # before the takes are spoken, not at the end
+        except BadName as exc:
+            raise ValueError(str(exc)) from None
+        except StoreError as exc:  # unreadable now: enroll-finish checks again when it writes
+            log.warning("enrollment of %s: name not checked at the start: %s", name, exc)
         prompts = prompt_plan(MAX_TAKES, self.cfg.challenge.length) if prompted == "yes" else []
         with self._enroll_lock:
             now = time.monotonic()
@@ -400,7 +406,7 @@ class UserServices:
         """MQTT `enroll-finish` {"user": NAME}: check the takes, store the voiceprint (an
         existing one is replaced), audit, tell the fleet."""
         from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes
-        from voxgate.voiceprints import NameTaken, StoreError, normalize_name
+        from voxgate.voiceprints import BadName, StoreError, normalize_name
 
         try:
             name = normalize_name(str(args.get("user", "")))
@@ -431,7 +437,7 @@ class UserServices:
         report["digit_templates"] = TEMPLATES_META in meta
         try:
             self.store.replace(name, result.embeddings, self.embedder.model_id, meta)
-        except NameTaken as exc:  # sending enroll-finish again cannot help: no takes kept
+        except BadName as exc:  # sending enroll-finish again cannot help: no takes kept
             log.error("enrollment of %s not stored: %s", name, exc)
             raise ValueError(f"not stored: {exc}") from None
         except StoreError as exc:
