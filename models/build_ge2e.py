@@ -247,30 +247,31 @@ def write_card(
     build: dict[str, str],
     tensors: tuple[str, str] = (INPUT_NAME, OUTPUT_NAME),
 ) -> None:
-    """Write a card. A rebuild that gives the same model bytes keeps the card's measured
-    `evaluation:` block; new bytes reset it, since old figures would not describe them."""
+    """Write a card. A rebuild that gives the same card (model bytes, build tools, front
+    end, windows, trim) keeps its measured `evaluation:` block; any change resets it, since
+    old figures would not describe the new card."""
     sha = sha256(model_file)
+    build_lines = "".join(f"  {k}: {v}\n" for k, v in build.items())
+    text = CARD.format(
+        model_id=model_id,
+        params=f"{params:,}",
+        variant_text=variant_text,
+        version=resemblyzer_version(),
+        source_sha=sha256(source),
+        build=build_lines,
+        file=model_file.name,
+        sha=sha,
+        input=tensors[0],
+        output=tensors[1],
+        evaluation="",
+    )
     evaluation = NO_EVALUATION
     if path.exists():
         old = path.read_text()
-        if f"sha256: {sha}" in old and "\nevaluation:" in old:
-            evaluation = old[old.index("\nevaluation:") + 1 :]
-    build_lines = "".join(f"  {k}: {v}\n" for k, v in build.items())
-    path.write_text(
-        CARD.format(
-            model_id=model_id,
-            params=f"{params:,}",
-            variant_text=variant_text,
-            version=resemblyzer_version(),
-            source_sha=sha256(source),
-            build=build_lines,
-            file=model_file.name,
-            sha=sha,
-            input=tensors[0],
-            output=tensors[1],
-            evaluation=evaluation,
-        )
-    )
+        cut = old.find("\nevaluation:") + 1
+        if cut and old[:cut] == text:
+            evaluation = old[cut:]
+    path.write_text(text + evaluation)
 
 
 def resemblyzer_version() -> str:

@@ -46,6 +46,7 @@ from voxgate.config.fleet import ALL_USERS, FleetConfig
 from voxgate.names import fold
 from voxgate.ownership import create_whole, disk_is_full
 from voxgate.voiceprints import (
+    BadName,
     StoreError,
     VoiceprintStore,
     hex_text_hint,
@@ -1232,6 +1233,13 @@ class FleetSync:
                 outcome = self._apply(upd)
         except _Withheld as held:
             return held.outcome
+        except BadName as exc:
+            # A look-alike of a user enrolled here, or a name from before a naming rule: not a
+            # disk fault, so not counted as one. Not recorded either: renamed and re-enrolled
+            # at its door, the user arrives as a new change.
+            log.error("fleet sync: %s of %s not stored at this door: %s", upd.kind, _who(upd), exc)
+            self.stats["refused"] += 1
+            return "name_refused"
         except StoreError as exc:
             # e.g. a read-only or full disk: nothing recorded in the sync state either, so the
             # retained message is applied again after the next connect.

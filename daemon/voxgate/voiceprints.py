@@ -880,7 +880,7 @@ class VoiceprintStore:
 
     def check_new_name(self, name: str) -> None:
         """Before an enrollment's takes: NameTaken if `name` is not enrolled itself but reads
-        the same as someone who is (the check enrolling runs again at the end), or StoreError
+        the same as someone who is (the check enrolling runs again at the end), or BadName
         if it holds a line or paragraph separator (a line break in many log viewers). A name
         enrolled itself passes: enrolling it again replaces it."""
         name = normalize_name(name)

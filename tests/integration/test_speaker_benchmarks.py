@@ -48,6 +48,8 @@ CASES = [
     ("noise_gate.py", ["--data", "{tmp}/data", "--snrs", "loud"], "loud"),
     ("noise_gate.py", ["--data", "{tmp}/data", "--band-levels", "31"], "--floors"),
     ("pause_noise.py", ["--data", "{tmp}/data", "--sets", "fsdd"], "fsdd"),
+    ("windows_compare.py", ["--data", "{tmp}/data", "--set", "fsdd"], "enroll"),
+    ("windows_compare.py", ["--data", "{tmp}/data", "--model", "{tmp}/none.yaml"], "none.yaml"),
 ]
 
 
@@ -141,3 +143,21 @@ def test_embed_breakdown_nodes_names_each_lstm_layer_and_the_float_peak(tmp_path
     assert rows.get("lstm1_quant") == rows.get("lstm2_quant") == "DynamicQuantizeLSTM"
     assert "float peak: numpy 1024 x 1024 float32 product" in proc.stdout
     assert not list(tmp_path.iterdir())  # the profiler's file went with its temporary folder
+
+
+def test_windows_compare_leaves_short_recordings_alone(shared_data: Path) -> None:
+    """speechcommands' items (about 1 s each) are shorter than 2.4 s of speech: both window
+    spacings cut the same windows, so nothing about them may change."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+    args = ["--data", str(shared_data), "--set", "speechcommands_v001_sample"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "windows_compare.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("speechcommands_v001_sample: 0/121 recordings get other windows")
+    assert "min 1.0000" in line and "|max| 0.000," in line

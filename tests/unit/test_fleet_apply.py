@@ -500,3 +500,16 @@ def test_a_foreign_sync_state_file_is_damage_not_a_full_disk(tmp_path: Path) -> 
         SyncState(path)
     assert not err.value.temporary
     assert "the disk is full" not in str(err.value)
+
+
+def test_a_name_this_door_refuses_for_a_new_user_is_not_a_disk_fault(tmp_path: Path) -> None:
+    """A fleet voiceprint under a look-alike of a user enrolled here ('ａｌｉｃｅ' beside
+    'alice'), or under a name from before a naming rule (a line separator), was counted and
+    logged as store_failed, the counter of full and read-only disks."""
+    door = _door(tmp_path, ["lobby"], {"lobby": ["*"]})
+    door.store.add_user("alice", np.ones((2, 8), np.float32), "m")
+    for name in ("ａｌｉｃｅ", "old\u2028name"):
+        assert door.handle(*_vp("lobby", name, 3)) == "name_refused"
+    assert door.stats["refused"] == 2 and door.stats["store_failed"] == 0
+    assert [u.name for u in door.store.users()] == ["alice"]
+    assert door.handle(*_vp("lobby", "bob", 3)) == "stored"

@@ -145,6 +145,21 @@ def test_build_is_reproducible(tmp_path: Path) -> None:
         assert (tmp_path / name).read_bytes() == (SHIPPED / name).read_bytes(), name
     for name in ("ge2e-int8.yaml", "ge2e-float.yaml"):
         assert (tmp_path / name).read_text() == (SHIPPED / name).read_text(), name
+    # A card whose windows differ from the script's (here: the earlier 50 % overlap) had its
+    # measured figures kept over a rebuild, though they describe other embeddings.
+    card_path = tmp_path / "other.yaml"
+
+    def write() -> str:
+        model = tmp_path / "ge2e-resemblyzer-int8.onnx"
+        module.write_card(card_path, model, card.id, "x", pretrained(), 1, {"command": "x"})
+        return card_path.read_text()
+
+    measured = "evaluation:\n  eer_percent: {fsdd: 1.0}\n"
+    card_path.write_text(write().replace(module.NO_EVALUATION, measured))
+    assert write().endswith(measured)  # the same card: its figures stay
+    card_path.write_text(card_path.read_text().replace("  hop: 160\n", "  hop: 80\n"))
+    rebuilt = write()
+    assert "  hop: 160\n" in rebuilt and rebuilt.endswith(module.NO_EVALUATION)
 
 
 def test_int8_window_embeddings_do_not_depend_on_the_batch() -> None:

@@ -350,6 +350,37 @@ def test_cohort_tie_covers_the_preprocessing(tmp_path: Path) -> None:
             cohortmod.for_model(card.id, None, tie)
 
 
+def test_a_cohort_tied_the_earlier_way_says_why_it_is_refused(tmp_path: Path) -> None:
+    """Until d5e569d a cohort's tie covered the model file and the card's `trim:` only. A
+    cohort built then for a card whose front end and windows have not changed since (a
+    custom model's, or a card kept at `hop: 80`) is refused as "built from another file or
+    preprocessing": nothing of the kind happened, only the tie's formula changed, and the
+    speaker stage stays down until the cohort is rebuilt. The refusal should say that the
+    tie comes from an earlier voxgate (found in review; reproduced with the previous
+    release's shipped int8 cohort and the int8 card at `hop: 80`)."""
+    import hashlib
+    import shutil
+
+    from voxgate.embedding import load_card
+
+    card = load_card()
+    assert card.trim is not None
+    earlier = card.model_copy(update={"windowing": card.windowing.model_copy(update={"hop": 80})})
+    trim = card.trim.model_dump()
+    blob = json.dumps({"model_sha256": card.model.sha256, "trim": trim}, sort_keys=True)
+    shipped = cohortmod.default_dir() / (cohortmod.slug(card.id) + ".npz")
+    npz = tmp_path / shipped.name
+    shutil.copy(shipped, npz)
+    doc = json.loads(shipped.with_suffix(".json").read_text())
+    doc.update(model_sha256=hashlib.sha256(blob.encode()).hexdigest(), preprocess={"trim": trim})
+    npz.with_suffix(".json").write_text(json.dumps(doc))
+    tie = cohortmod.model_sha256(SimpleNamespace(card=earlier))
+    with pytest.raises(cohortmod.CohortError) as refused:
+        cohortmod.for_model(card.id, npz, tie)
+    said = str(refused.value).replace(str(npz), "COHORT")  # tmp_path holds this test's name
+    assert "earlier" in said and "rebuild" in said, said
+
+
 def _damaged_tables(doc: dict) -> dict[str, object]:
     rows = doc["calibration"]
     return {
