@@ -221,20 +221,15 @@ def for_model(model_id: str, path: Path | None = None, sha256: str | None = None
             f"{path}: cohort made with model {cohort.model_id}, but {model_id} is loaded"
         )
     built_with = cohort.info.get("model_sha256")
-    prep = cohort.info.get("preprocess")
-    if (
-        sha256
-        and built_with
-        and built_with != sha256
-        and not (isinstance(prep, dict) and "windowing" in prep)
-    ):
-        # Its front end and windows were not recorded: whether they match cannot be told.
-        raise CohortError(
-            f"{path}: cohort built by an earlier voxgate, whose tie covered the model file and "
-            f"the speech trim only, not the card's front end and windows, which shape the "
-            f"embeddings as much; rebuild it: {cohort.info.get('command')}"
-        )
     if sha256 and built_with and built_with != sha256:
+        prep = cohort.info.get("preprocess")
+        if not (isinstance(prep, dict) and "windowing" in prep):
+            # Its front end and windows were not recorded: whether they match cannot be told.
+            raise CohortError(
+                f"{path}: cohort built by an earlier voxgate, whose tie covered the model file "
+                f"and the speech trim only, not the card's front end and windows, which shape "
+                f"the embeddings as much; rebuild it: {cohort.info.get('command')}"
+            )
         raise CohortError(
             f"{path}: cohort built from another file or preprocessing of model {model_id} (tie "
             f"{built_with[:12]}, loaded {sha256[:12]}); rebuild it: {cohort.info.get('command')}"
