@@ -28,18 +28,23 @@ def _door(data: Path, state: Path, access: dict) -> FleetSync:
     return FleetSync(cfg.fleet, cfg.mqtt, cfg.device_id, store, state, keys=KEYS, model_id="m")
 
 
+def _restart_full_without_alice(data: Path, state: Path) -> FleetSync:
+    """alice and bob stored from the fleet; then the disk fills, and the next start's
+    fleet.access allows bob only."""
+    door = _door(data, state, {"lobby": ["alice", "bob"]})
+    assert door.handle(*_vp("lobby", "alice", 1)) == "stored"
+    assert door.handle(*_vp("lobby", "bob", 1)) == "stored"
+    door.store.close()
+    fill(data)
+    return _door(data, state, {"lobby": ["bob"]})
+
+
 def test_a_user_the_config_no_longer_allows_is_withheld_when_the_full_disk_refuses_the_erase(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = tmp_path / "fleet.db"  # beside the tmpfs: only the voiceprint store is full
     with small_fs(tmp_path / "data") as data:
-        door = _door(data, state, {"lobby": ["alice", "bob"]})
-        assert door.handle(*_vp("lobby", "alice", 1)) == "stored"
-        assert door.handle(*_vp("lobby", "bob", 1)) == "stored"
-        door.store.close()
-        fill(data)
-        # The next start, with alice taken out of fleet.access, on the full disk.
-        door = _door(data, state, {"lobby": ["bob"]})
+        door = _restart_full_without_alice(data, state)
         with caplog.at_level(logging.ERROR, logger="voxgate.fleet"):
             assert door.enforce_access() == ["alice"]  # did raise StoreError: no start
         assert door.store.get("alice") is None  # not let in while the file still holds her
@@ -65,13 +70,8 @@ def test_a_fleet_erase_of_a_user_the_config_withheld_reaches_the_file(
     longer a held tag) and, the hold being in memory only, verified her again."""
     state = tmp_path / "fleet.db"  # beside the tmpfs: only the voiceprint store is full
     with small_fs(tmp_path / "data") as data:
-        door = _door(data, state, {"lobby": ["alice", "bob"]})
-        assert door.handle(*_vp("lobby", "alice", 1)) == "stored"
-        assert door.handle(*_vp("lobby", "bob", 1)) == "stored"
-        door.store.close()
-        fill(data)
         # Restart with alice out of fleet.access on the full disk: withheld, not erased.
-        door = _door(data, state, {"lobby": ["bob"]})
+        door = _restart_full_without_alice(data, state)
         assert door.enforce_access() == ["alice"]
         # The fleet erases alice too (she left): the tombstone arrives while withheld.
         outcome = door.handle(*_tomb("erase", "lobby", "alice", 2))
