@@ -7,6 +7,7 @@ docs/speaker-verification.md). A rejected take is named with its reason, never a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -34,9 +35,11 @@ class TakeReport:
     quality: Quality
     accepted: bool
     # too_short / clipped / too_noisy / outlier / no_embedding / other_voice (the smaller of
-    # two groups of takes that sound like two people; the enrollment is then refused)
+    # two groups of takes that sound like two people; the enrollment is then refused) /
+    # duplicate (the same samples as take `same_as`)
     reason: str | None = None
     consistency: float | None = None  # cosine to the mean of the other accepted takes
+    same_as: int | None = None  # for a duplicate: the earlier take it repeats
 
 
 @dataclass(frozen=True)
@@ -264,8 +267,17 @@ def check_takes(
     `live`: takes the daemon's endpointer cut at the door (quality.Quality.live)."""
     reports: dict[int, TakeReport] = {}
     good: list[tuple[int, Quality, np.ndarray]] = []
+    first_of: dict[bytes, int] = {}  # the audio's hash -> the first take with it
     for i, pcm in enumerate(takes, 1):
         q = assess(pcm, vad_cfg, live)
+        # One recording given twice (`--from a.wav a.wav`, a copy) is one take: counted
+        # again it met the minimums (takes, seconds of speech) with a single recording.
+        digest = hashlib.sha256(np.ascontiguousarray(pcm, dtype=np.int16).tobytes()).digest()
+        first = first_of.setdefault(digest, i)
+        if first != i:
+            log.info("enroll take %d rejected: the same recording as take %d", i, first)
+            reports[i] = TakeReport(i, q, False, "duplicate", same_as=first)
+            continue
         problem = take_problem(q, cfg)
         emb = None
         if problem is None:

@@ -52,3 +52,23 @@ def test_cli_refuses_two_voices_and_names_the_takes(
     assert "george" not in capsys.readouterr().out  # nothing stored
 
     assert main(["enroll", "george", "--from", *george, "-c", str(cfg)]) == 0  # one voice
+
+
+def test_cli_counts_a_take_given_twice_once(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`voxgate enroll george --from a.wav a.wav ...` (one recording ten times) was enrolled
+    as 10 takes and 25 s of speech; now the copies are named and nothing is stored."""
+    key = tmp_path / "voiceprint.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nspeaker:\n  key_file: {key}\n")
+    (one,) = write_takes(shared_data, tmp_path, "george", 1)
+    capsys.readouterr()
+    assert main(["enroll", "george", "--from", *[one] * 10, "-c", str(cfg)]) == 1
+    out, err = capsys.readouterr()
+    assert "1 of 10 takes used" in out, out
+    assert out.count("REJECTED: the same recording as take 1") == 9, out
+    assert "need 3 good takes, have 1" in err
+    assert main(["users", "list", "-c", str(cfg)]) == 0
+    assert "george" not in capsys.readouterr().out  # nothing stored

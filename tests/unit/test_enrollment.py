@@ -172,3 +172,29 @@ def test_two_fsdd_voices_are_not_enrolled_as_one(shared_data: Path) -> None:
         george[:5] + lucas, embedder, cfg.model_copy(update={"enroll_two_voices_cosine": None})
     )
     assert off.ok  # the check can be turned off (and without it the mix is stored)
+
+
+def test_the_same_recording_given_twice_counts_once(shared_data: Path) -> None:
+    """One 2.5 s FSDD recording given ten times (`--from a.wav a.wav ...`, a glob or a copy
+    gone wrong) was enrolled as 10 takes and 25 s of speech: the minimums (3 takes, 20 s)
+    were met by one recording. A take with the same samples as an earlier one is now
+    rejected as `duplicate`, naming that take, and does not count."""
+    embedding = pytest.importorskip("voxgate.embedding")
+    embedder = embedding.load_embedder()
+    george = fsdd_takes(shared_data, "george", 4)
+    cfg = SpeakerConfig(enroll_min_speech_s=5)
+    same = check_takes([george[0]] * 10, embedder, cfg)
+    assert not same.ok and len(same.accepted) == 1
+    assert [(t.index, t.reason, t.same_as) for t in same.rejected] == [
+        (i, "duplicate", 1) for i in range(2, 11)
+    ]
+    assert same.speech_s == same.takes[0].quality.speech_s
+    assert "need 3 good takes, have 1" in same.problems
+    # A copy among good takes is named and left out; the rest enroll as before.
+    mixed = check_takes(
+        [george[0], george[1], george[2], george[1].copy(), george[3]], embedder, cfg
+    )
+    assert mixed.ok and [t.index for t in mixed.accepted] == [1, 2, 3, 5]
+    (dup,) = mixed.rejected
+    assert (dup.index, dup.reason, dup.same_as) == (4, "duplicate", 2)
+    assert len(mixed.embeddings) == 4

@@ -25,6 +25,7 @@ REASONS = {
     "outlier": "inconsistent with the other takes (another voice?)",
     "other_voice": "a different voice from the other takes",
     "no_embedding": "the model could not use it",
+    "duplicate": "the same recording as an earlier take",
 }
 
 
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"speech (default {need['enroll_min_speech_s'].default:g} s) are in; with --from, the "
         "files must hold as much (a 5-digit string is 2-3 s of speech: about 8 takes). Takes "
         "should be the same kind of speech as a door attempt (digit strings, same "
-        "microphone). Takes that are too short, clipped, noisy or inconsistent with the "
+        "microphone). Takes that are too short, clipped, noisy, repeated or inconsistent with the "
         "others are named and left out. Exit status: 0 enrolled, 1 not enrolled (the "
         "shortfall is printed) or an error.",
         examples="""
@@ -98,7 +99,10 @@ def _print_takes(result: Any, labels: list[str]) -> None:
         )
         if t.consistency is not None:
             line += f"  consistency {t.consistency:.2f}"
-        line += "  ok" if t.accepted else f"  REJECTED: {REASONS.get(t.reason or '', t.reason)}"
+        why = REASONS.get(t.reason or "", t.reason)
+        if t.same_as is not None:
+            why = f"the same recording as take {t.same_as}"
+        line += "  ok" if t.accepted else f"  REJECTED: {why}"
         print(line)
 
 
