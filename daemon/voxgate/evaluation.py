@@ -634,6 +634,8 @@ def evaluate(
         "target_trials": int(sum(t for _, _, t in es.trials)),
         "models": len(es.enroll),
         "target_fmr": cfg.speaker.target_fmr,
+        # speaker.threshold, when set: the back end's threshold then is not target_fmr's
+        "fixed_threshold": cfg.speaker.threshold,
         "cohort": {
             "speakers": len(cohort.embeddings) if cohort is not None else 0,
             "method": cohort.method if cohort is not None else None,
@@ -688,9 +690,11 @@ def format_report(report: dict[str, Any]) -> str:
             f"minDCF {s['min_dcf']:.3f}"
         )
         if "threshold" in s:
+            fixed = report.get("fixed_threshold") is not None
+            source = "fixed: speaker.threshold" if fixed else f"target FMR {report['target_fmr']:g}"
             line += (
-                f"\n  {'':26s} at threshold {s['threshold']:.3f} (target FMR "
-                f"{report['target_fmr']:g}): FMR {s['fmr_percent']:.2f} %, "
+                f"\n  {'':26s} at threshold {s['threshold']:.3f} ({source}): "
+                f"FMR {s['fmr_percent']:.2f} %, "
                 f"FNMR {s['fnmr_percent']:.2f} %, retry {s['retry_rate_percent']:.1f} %"
             )
         lines.append(line)

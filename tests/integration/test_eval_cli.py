@@ -332,6 +332,29 @@ def test_report_is_strict_json_when_no_impostor_trial_could_be_scored(tmp_path: 
     assert report["embedding_errors"].keys() == {"a/gone.wav"}
 
 
+def test_a_fixed_threshold_is_not_reported_as_the_target_fmr_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With `speaker.threshold: 0.7` the summary said "at threshold 0.700 (target FMR
+    0.001)", as if 0.700 were the threshold calibrated for 1/1000 (0.559 for the shipped
+    int8 model). Found running `voxgate eval` on a fsdd subset with such a config."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    cfg = tmp_path / "fixed.yaml"
+    cfg.write_text("speaker:\n  threshold: 0.7\n")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["eval", str(root), "--out", str(out), "-c", str(cfg)]) == 0
+    summary = capsys.readouterr().out
+    (line,) = [x for x in summary.splitlines() if "at threshold" in x]
+    assert "at threshold 0.700 (fixed: speaker.threshold)" in line and "target FMR" not in line
+    report = json.loads((out / "report.json").read_text())
+    assert report["fixed_threshold"] == 0.7 and report["systems"]["backend"]["threshold"] == 0.7
+    assert main(["eval", str(root), "--out", str(out)]) == 0  # derived: as before
+    summary = capsys.readouterr().out
+    assert "(target FMR 0.001)" in summary and "speaker.threshold" not in summary
+    assert json.loads((out / "report.json").read_text())["fixed_threshold"] is None
+
+
 def test_a_set_whose_audio_is_all_missing_is_one_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
