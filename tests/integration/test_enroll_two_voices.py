@@ -72,3 +72,30 @@ def test_cli_counts_a_take_given_twice_once(
     assert "need 3 good takes, have 1" in err
     assert main(["users", "list", "-c", str(cfg)]) == 0
     assert "george" not in capsys.readouterr().out  # nothing stored
+
+
+def test_a_configured_cohort_that_cannot_be_read_stops_enroll(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`speaker.cohort` naming a missing file (a typo): `voxgate verify` and the daemon
+    refuse to score with it, but `voxgate enroll` logged "no cohort, takes not checked for
+    two voices", skipped that check and stored 5 takes of george and 5 of lucas as one
+    person. Now it stops before any take, naming the cohort file, as verify does."""
+    key = tmp_path / "voiceprint.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    cfg = tmp_path / "voxgate.yaml"
+    missing = tmp_path / "cohort-typo.npz"
+    cfg.write_text(
+        f"data_dir: {tmp_path / 'data'}\nspeaker:\n  key_file: {key}\n"
+        f"  enroll_min_speech_s: 6\n  cohort: {missing}\n"
+    )
+    george = write_takes(shared_data, tmp_path, "george", 5)
+    lucas = write_takes(shared_data, tmp_path, "lucas", 5)
+    capsys.readouterr()
+    assert main(["enroll", "george", "--from", *george, *lucas, "-c", str(cfg)]) == 1
+    out, err = capsys.readouterr()
+    assert f"error: cohort file missing: {missing}" in err and "takes used" not in out
+    assert main(["verify", "george", george[0], "-c", str(cfg)]) == 1  # the same refusal
+    assert f"error: cohort file missing: {missing}" in capsys.readouterr().err
+    assert main(["users", "list", "-c", str(cfg)]) == 0
+    assert "george" not in capsys.readouterr().out  # nothing stored

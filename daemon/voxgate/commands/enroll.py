@@ -12,6 +12,7 @@ from voxgate.commands.common import add_config_option, add_parser, ascii_int, co
 from voxgate.commands.speaker_common import (
     CommandError,
     fail,
+    load_cohort,
     load_embedder,
     open_store,
     read_file,
@@ -217,6 +218,11 @@ def run(args: argparse.Namespace) -> int:
                 return fail(f"user '{name}' is already enrolled; add --replace to re-enroll")
             store.check_new_name(name)  # before the takes are spoken, not only at the end
             embedder = load_embedder(cfg)
+            if cfg.speaker.cohort is not None:
+                # A configured cohort the scorer refuses (a typo, another model's) stops
+                # verify and the daemon; here it only skipped the two-voices check, and two
+                # people's takes were stored as one voiceprint.
+                load_cohort(cfg, embedder)
             if args.files:
                 takes = [read_file(f) for f in args.files]
                 prompts = list(args.prompts or [""] * len(takes))
