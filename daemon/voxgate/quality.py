@@ -144,9 +144,14 @@ def too_noisy(q: Quality, min_snr_db: float, min_snr_db_no_pauses: float) -> boo
     PAUSE_S of pauses, `min_snr_db_no_pauses` otherwise (a recording cut to its speech).
     A live utterance whose VAD found less than PAUSE_S of non-speech is too noisy at any
     level (Quality.live). Digital silence counts as non-speech there: a microphone chain
-    that outputs zeros between words (a noise suppressor) has a silent room, not a noisy one."""
+    that outputs zeros between words (a noise suppressor) has a silent room, not a noisy one.
+    A recording with no speech at all is not too noisy: nothing was measured."""
     if q.live and q.nonspeech_s < PAUSE_S - 1e-9:
         return True
+    if q.speech_s <= 0:
+        # No speech heard, so no SNR measured (it reads 0 dB): a silent file or speech far
+        # too quiet is too little speech; "too noisy" sent people looking for noise.
+        return False
     return q.snr_db < (min_snr_db if q.snr_from_pauses else min_snr_db_no_pauses)
 
 

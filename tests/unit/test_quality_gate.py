@@ -151,3 +151,26 @@ def test_no_pauses_levels_are_validated() -> None:
     assert "min_snr_db_no_pauses must not be above speaker.min_snr_db" in msg
     (msg,) = _problems("speaker:\n  enroll_min_snr_db: 20\n  enroll_min_snr_db_no_pauses: 21\n")
     assert "enroll_min_snr_db_no_pauses must not be above speaker.enroll_min_snr_db" in msg
+
+
+def test_silence_or_speech_too_quiet_to_hear_is_too_little_speech_not_too_noisy(
+    tmp_path: Path,
+) -> None:
+    """With no speech found the SNR is not measured (it reads 0 dB), and `voxgate verify`
+    on a silent file, or on speech 60 dB too quiet (a muted microphone, the gain turned
+    down), answered "reasons: too_little_speech, too_noisy": the person went looking for
+    noise in a quiet room. Found walking the CLI with an all-zero WAV."""
+    cfg = SpeakerConfig()
+    quiet = np.round(_cut(tmp_path) / 1000).astype(np.int16)
+    for pcm in (np.zeros(48000, np.int16), np.concatenate([np.zeros(16000, np.int16), quiet])):
+        q = assess(pcm)
+        assert q.speech_s == 0 and q.snr_db == 0
+        assert gate_reasons(q, *_levels(cfg)) == ("too_little_speech",)
+        assert take_problem(q, cfg) == "too_short"
+    # Noise the VAD calls speech is still too noisy, also when it is not speech enough.
+    hiss = np.random.default_rng(1).normal(0, 3000, 12000).clip(-32768, 32767).astype(np.int16)
+    q = assess(hiss)
+    assert 0 < q.speech_s < 1 and gate_reasons(q, *_levels(cfg)) == (
+        "too_little_speech",
+        "too_noisy",
+    )
