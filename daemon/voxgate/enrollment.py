@@ -215,12 +215,17 @@ def two_voices(
 
 def cohort_center(embedder: Any, cfg: Any) -> np.ndarray | None:
     """The centre direction the scorer uses for this model (speaker.cohort or the shipped
-    cohort), or None when there is no cohort to take it from."""
-    from voxgate.cohort import CohortError, center_of, for_model
+    cohort), or None when there is no cohort to take it from. A speaker.cohort that is set
+    but cannot be used raises CohortError: skipping the check then stored two people's
+    takes as one voiceprint (the standalone API), where verify and the daemon refuse it."""
+    from voxgate.cohort import CohortError, center_of, for_model, model_sha256
 
+    configured = getattr(cfg, "cohort", None)
     try:
-        cohort = for_model(str(embedder.model_id), getattr(cfg, "cohort", None))
+        cohort = for_model(str(embedder.model_id), configured, model_sha256(embedder))
     except (CohortError, OSError, ValueError, AttributeError) as exc:
+        if configured is not None:
+            raise CohortError(str(exc)) from None
         log.warning("enrollment: no cohort, takes not checked for two voices: %s", exc)
         return None
     if cohort.center is not None:

@@ -99,3 +99,65 @@ def test_a_configured_cohort_that_cannot_be_read_stops_enroll(
     assert f"error: cohort file missing: {missing}" in capsys.readouterr().err
     assert main(["users", "list", "-c", str(cfg)]) == 0
     assert "george" not in capsys.readouterr().out  # nothing stored
+
+
+def test_the_api_refuses_to_enroll_with_a_configured_cohort_it_cannot_use(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The standalone `voxgate api` loads no cohort at start; with `speaker.cohort` naming a
+    missing file its enrollment logged "no cohort, takes not checked for two voices" and
+    stored 5 takes of george and 5 of lucas as one person (201). Now: 503
+    `cohort_unavailable`, naming the file, and nothing stored."""
+    pytest.importorskip("flask")
+    import http.client
+    import json
+    import uuid
+
+    from voxgate.api import ApiServer, UserAdmin, create_app
+    from voxgate.config import parse_config
+    from voxgate.embedding import load_embedder
+    from voxgate.voiceprints import VoiceprintStore
+
+    missing = tmp_path / "cohort-typo.npz"
+    cfg = parse_config(
+        f"device_id: door-test\ndata_dir: {tmp_path}\n"
+        f"speaker: {{enroll_min_speech_s: 6, cohort: {missing}}}\n"
+    )
+    store = VoiceprintStore(tmp_path / "voiceprints.db", bytes(range(32)))
+    admin = UserAdmin(store, cfg.speaker, cfg.vad, load_embedder)
+    server = ApiServer(create_app(cfg, admin, b"t" * 32), "127.0.0.1", 0, poll_interval=0.05)
+    server.start()
+    try:
+        takes = write_takes(shared_data, tmp_path, "george", 5)
+        takes += write_takes(shared_data, tmp_path, "lucas", 5)
+        boundary = uuid.uuid4().hex
+        body = (
+            b"".join(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="take"; '
+                f'filename="t{i}.wav"\r\n\r\n'.encode()
+                + Path(t).read_bytes()
+                + b"\r\n"
+                for i, t in enumerate(takes)
+            )
+            + f"--{boundary}--\r\n".encode()
+        )
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        conn.request(
+            "POST",
+            "/api/v1/users/george",
+            body,
+            {
+                "Authorization": "Bearer " + "t" * 32,
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+            },
+        )
+        resp = conn.getresponse()
+        reply = json.loads(resp.read())
+        conn.close()
+        assert resp.status == 503, reply
+        assert reply["error"] == "cohort_unavailable"
+        assert f"cohort file missing: {missing}" in reply["message"]
+        assert store.users() == []
+    finally:
+        server.stop()
+        store.close()

@@ -20,6 +20,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 from voxgate import __version__
 from voxgate.api.decisions import recent_events
 from voxgate.api.users import EnrollRefused, UnknownUser, UserAdmin, UserExists
+from voxgate.cohort import CohortError
 from voxgate.config import ConfigError, VoxgateConfig, parse_config
 from voxgate.httplimits import REJECTED_LOG_BURST, REJECTED_LOG_EVERY_S
 from voxgate.logs import LogLimit
@@ -286,6 +287,9 @@ def create_app(
         except EnrollRefused as exc:
             _audit("admin_enroll", user=name, ok=False, problems=exc.report["problems"])
             return _error(422, "enrollment_refused", str(exc), report=exc.report)
+        except CohortError as exc:  # speaker.cohort set but unusable: the device's fault
+            log.error("API: enrollment of %s: speaker.cohort: %s", name, exc)
+            return _error(503, "cohort_unavailable", str(exc))
         _audit("admin_enroll", user=result["name"], ok=True, version=result["version"])
         return jsonify(result), 201
 
