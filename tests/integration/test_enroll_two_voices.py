@@ -28,17 +28,22 @@ def write_takes(data: Path, out: Path, speaker: str, count: int) -> list[str]:
     return files
 
 
+def george_and_lucas(data: Path, tmp: Path, extra: str = "") -> tuple[Path, list[str], list[str]]:
+    """A config with a fresh key (plus `extra` speaker lines) and 5 takes each of two FSDD
+    speakers, george and lucas."""
+    key = tmp / "voiceprint.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    cfg = tmp / "voxgate.yaml"
+    cfg.write_text(
+        f"data_dir: {tmp / 'data'}\nspeaker:\n  key_file: {key}\n  enroll_min_speech_s: 6\n" + extra
+    )
+    return cfg, write_takes(data, tmp, "george", 5), write_takes(data, tmp, "lucas", 5)
+
+
 def test_cli_refuses_two_voices_and_names_the_takes(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    key = tmp_path / "voiceprint.key"
-    assert main(["users", "init-key", str(key)]) == 0
-    cfg = tmp_path / "voxgate.yaml"
-    cfg.write_text(
-        f"data_dir: {tmp_path / 'data'}\nspeaker:\n  key_file: {key}\n  enroll_min_speech_s: 6\n"
-    )
-    george = write_takes(shared_data, tmp_path, "george", 5)
-    lucas = write_takes(shared_data, tmp_path, "lucas", 5)
+    cfg, george, lucas = george_and_lucas(shared_data, tmp_path)
     capsys.readouterr()
     assert main(["enroll", "george", "--from", *george, *lucas, "-c", str(cfg)]) == 1
     out, err = capsys.readouterr()
@@ -81,16 +86,8 @@ def test_a_configured_cohort_that_cannot_be_read_stops_enroll(
     refuse to score with it, but `voxgate enroll` logged "no cohort, takes not checked for
     two voices", skipped that check and stored 5 takes of george and 5 of lucas as one
     person. Now it stops before any take, naming the cohort file, as verify does."""
-    key = tmp_path / "voiceprint.key"
-    assert main(["users", "init-key", str(key)]) == 0
-    cfg = tmp_path / "voxgate.yaml"
     missing = tmp_path / "cohort-typo.npz"
-    cfg.write_text(
-        f"data_dir: {tmp_path / 'data'}\nspeaker:\n  key_file: {key}\n"
-        f"  enroll_min_speech_s: 6\n  cohort: {missing}\n"
-    )
-    george = write_takes(shared_data, tmp_path, "george", 5)
-    lucas = write_takes(shared_data, tmp_path, "lucas", 5)
+    cfg, george, lucas = george_and_lucas(shared_data, tmp_path, f"  cohort: {missing}\n")
     capsys.readouterr()
     assert main(["enroll", "george", "--from", *george, *lucas, "-c", str(cfg)]) == 1
     out, err = capsys.readouterr()
