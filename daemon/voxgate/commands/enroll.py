@@ -220,8 +220,8 @@ def run(args: argparse.Namespace) -> int:
             embedder = load_embedder(cfg)
             if cfg.speaker.cohort is not None:
                 # A configured cohort the scorer refuses (a typo, another model's) stops
-                # verify and the daemon; here it only skipped the two-voices check, and two
-                # people's takes were stored as one voiceprint.
+                # verify and the daemon; check_takes refuses it too, but only after every
+                # take has been spoken: say so before the first one.
                 load_cohort(cfg, embedder)
             if args.files:
                 takes = [read_file(f) for f in args.files]
