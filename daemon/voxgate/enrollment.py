@@ -18,6 +18,7 @@ import numpy as np
 from voxgate.cohort import centered_cosine
 from voxgate.config.audio import VadConfig
 from voxgate.quality import Quality, assess, too_noisy
+from voxgate.replay import SUB_HOP, Fingerprint, best_similarity, fingerprint
 from voxgate.voiceprints import l2_normalize
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,11 @@ MAX_CLIPPED = 0.001  # fraction of samples in clipped runs
 OUTLIER_Z = 3.5  # robust z-score below which a take is inconsistent with the others
 OUTLIER_MIN_GAP = 0.08  # ... and at least this far (cosine) below the median take
 TWO_VOICES_MIN_GROUP = 2  # first pass: a lone odd take is the outlier rule's to judge
+# Replay-fingerprint similarity (replay.best_similarity) at or above which a take is the
+# same recording as an earlier one, altered (resampled, re-encoded, gain, trimmed, a little
+# noise): two genuine takes of one speaker scored at most 0.555, altered copies at least
+# 0.759 on all four sets; level from fsdd + vcc2018_eval (benchmarks/near_duplicate_takes.py).
+NEAR_DUPLICATE = 0.65
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ class TakeReport:
     accepted: bool
     # too_short / clipped / too_noisy / outlier / no_embedding / other_voice (the smaller of
     # two groups of takes that sound like two people; the enrollment is then refused) /
-    # duplicate (the same samples as take `same_as`)
+    # duplicate (the same recording as take `same_as`: the same samples, or them altered)
     reason: str | None = None
     consistency: float | None = None  # cosine to the mean of the other accepted takes
     same_as: int | None = None  # for a duplicate: the earlier take it repeats
@@ -273,6 +279,7 @@ def check_takes(
     reports: dict[int, TakeReport] = {}
     good: list[tuple[int, Quality, np.ndarray]] = []
     first_of: dict[bytes, int] = {}  # the audio's hash -> the first take with it
+    prints: list[tuple[int, Fingerprint]] = []  # usable takes so far: number, fingerprint
     for i, pcm in enumerate(takes, 1):
         q = assess(pcm, vad_cfg, live)
         # One recording given twice (`--from a.wav a.wav`, a copy) is one take: counted
@@ -284,6 +291,17 @@ def check_takes(
             reports[i] = TakeReport(i, q, False, "duplicate", same_as=first)
             continue
         problem = take_problem(q, cfg)
+        if problem is None:
+            # The same recording resampled, re-encoded or trimmed has other samples, and its
+            # embedding is no closer to the original than a second genuine take is
+            # (benchmarks/near_duplicate_takes.py); its fingerprint is.
+            views = [fingerprint(pcm[k:]) for k in SUB_HOP]
+            near = [j for j, fp in prints if best_similarity(views, fp) >= NEAR_DUPLICATE]
+            if near:
+                log.info("enroll take %d rejected: take %d altered", i, near[0])
+                reports[i] = TakeReport(i, q, False, "duplicate", same_as=near[0])
+                continue
+            prints.append((i, views[0]))
         emb = None
         if problem is None:
             try:

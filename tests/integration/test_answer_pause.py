@@ -101,13 +101,22 @@ def test_guided_enrollment_keeps_a_take_said_with_pauses_whole(
     """`voxgate enroll` without --from prompts digit strings and records each take to the
     end of speech: at vad.hangover_ms a pause between digits ended the take, so a careful
     speaker's take became single digits (each too short, or taken as the next take)."""
-    words = ["four", "seven", "one", "four", "seven"]
-    said = {w: espeak(w, tmp_path / f"{w}.wav", "en+m3") for w in set(words)}
+    # Other digits in each take: one synthetic take said three times is one recording, which
+    # enrollment counts once (`duplicate`, test_the_same_recording_altered_counts_once).
+    takes = [
+        ["four", "seven", "one", "four", "seven"],
+        ["two", "nine", "three", "two", "nine"],
+        ["six", "eight", "five", "six", "eight"],
+    ]
+    said = {w: espeak(w, tmp_path / f"{w}.wav", "en+m3") for ws in takes for w in ws}
     tone = np.random.default_rng(0).normal(0, 3, 48000).astype(np.int16)
-    take: list[np.ndarray] = []
-    for w in words:
-        take += [said[w], tone[: int(0.8 * RATE)]]
-    mic = np.concatenate([tone[:RATE], *take[:-1], tone] * 3)
+    parts: list[np.ndarray] = []
+    for words in takes:
+        take: list[np.ndarray] = []
+        for w in words:
+            take += [said[w], tone[: int(0.8 * RATE)]]
+        parts += [tone[:RATE], *take[:-1], tone]
+    mic = np.concatenate(parts)
     sf.write(tmp_path / "mic.wav", mic, RATE, subtype="PCM_16")
     assert main(["users", "init-key", str(tmp_path / "vp.key")]) == 0
     cfg = tmp_path / "voxgate.yaml"

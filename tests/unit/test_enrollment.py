@@ -198,3 +198,50 @@ def test_the_same_recording_given_twice_counts_once(shared_data: Path) -> None:
     (dup,) = mixed.rejected
     assert (dup.index, dup.reason, dup.same_as) == (4, "duplicate", 2)
     assert len(mixed.embeddings) == 4
+
+
+def altered(pcm: np.ndarray, tmp: Path, how: str) -> np.ndarray:
+    """The same recording as a user might pass it on: through a file read back as enrollment
+    reads it (resampled to 16 kHz), with its samples changed."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    x = pcm / 32768.0
+    if how == "44.1 kHz, -3 dB, 30 ms cut":
+        sf.write(tmp / "a.wav", resample_poly(x[480:] * 0.7, 441, 160), 44100)
+        return read_audio(tmp / "a.wav")
+    if how == "8 kHz":
+        sf.write(tmp / "b.wav", resample_poly(x, 1, 2), 8000)
+        return read_audio(tmp / "b.wav")
+    if how == "ogg vorbis":
+        sf.write(tmp / "c.ogg", x, 16000, format="OGG", subtype="VORBIS")
+        return read_audio(tmp / "c.ogg")
+    assert how == "noise 40 dB"
+    return noisy(pcm, float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) / 100, seed=3)
+
+
+def test_the_same_recording_altered_counts_once(shared_data: Path, tmp_path: Path) -> None:
+    """The same recording resampled, re-encoded, made quieter and trimmed, or with a little
+    noise has other samples, so the hash check let it count as a second take (and its
+    embedding is no closer to the original than another take of the person is). Now it is
+    a `duplicate` of the take it came from. Five takes of george saying "0 0 0 0" (same
+    person, microphone and words: the hardest genuine case) all still count."""
+    embedding = pytest.importorskip("voxgate.embedding")
+    embedder = embedding.load_embedder()
+    george = fsdd_takes(shared_data, "george", 5)
+    cfg = SpeakerConfig(enroll_min_speech_s=5)
+    hows = ["44.1 kHz, -3 dB, 30 ms cut", "8 kHz", "ogg vorbis", "noise 40 dB"]
+    copies = [altered(george[k], tmp_path, how) for k, how in enumerate(hows)]
+    assert all(not np.array_equal(c, g) for c, g in zip(copies, george, strict=False))
+    result = check_takes(george + copies, embedder, cfg)
+    assert [t.index for t in result.accepted] == [1, 2, 3, 4, 5], result.takes
+    assert [(t.index, t.reason, t.same_as) for t in result.rejected] == [
+        (6, "duplicate", 1),
+        (7, "duplicate", 2),
+        (8, "duplicate", 3),
+        (9, "duplicate", 4),
+    ]
+    assert result.ok and len(result.embeddings) == 5
+    # Each copy alone is a usable take: only the earlier take makes it a duplicate.
+    for c in copies:
+        assert take_problem(assess(c), cfg) is None
