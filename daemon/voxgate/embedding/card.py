@@ -89,7 +89,8 @@ class ModelCard(_Strict):
         suffix = Path(self.model.file).suffix.lower()
         if suffix not in MODEL_SUFFIXES:
             raise ModelError(
-                f"{self.model.file}: unknown model type {suffix!r} (use .onnx or .tflite)"
+                f"card {self.path}: model.file {self.model.file}: unknown model type "
+                f"{suffix!r} (use .onnx or .tflite)"
             )
         return MODEL_SUFFIXES[suffix]
 
@@ -110,12 +111,13 @@ def read_card(path: Path) -> ModelCard:
     if not isinstance(data, dict):
         raise ModelError(f"model card {path} is not a YAML mapping")
     try:
-        return ModelCard.model_validate({**data, "path": path})
+        card = ModelCard.model_validate({**data, "path": path})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ModelError(f"model card {path} is invalid: {problems}") from None
+    return card
 
 
 def find_card(model: Path) -> Path:
@@ -148,12 +150,19 @@ def sha256_file(path: Path) -> str:
 def check_model_file(card: ModelCard) -> Path:
     """The model file, after checking it exists and matches the card's sha256."""
     path = card.model_path
-    if not path.is_file():
+    if not path.exists():
         raise ModelError(
             f"model file {path} (named by card {card.path}) does not exist; "
             f"expected sha256 {card.model.sha256}"
         )
-    actual = sha256_file(path)
+    if not path.is_file():
+        raise ModelError(f"model file {path} (named by card {card.path}) is not a file")
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:  # no read permission, an I/O error: say which file
+        raise ModelError(
+            f"model file {path} (named by card {card.path}) cannot be read: {exc.strerror or exc}"
+        ) from None
     if actual != card.model.sha256:
         raise ModelError(
             f"model file {path} has sha256 {actual}, but card {card.path} expects "
