@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.test_enroll_two_voices import write_takes
 from tests.unit.test_embedding import build_fbank_demo
@@ -105,3 +106,34 @@ def test_an_unreadable_model_file_is_named(
     shutil.copy(card.parent / "campp.onnx", card.parent / "campp.pt")
     card.write_text(text.replace("file: campp.onnx", "file: campp.pt"))
     refused(cfg, takes, capsys, str(card), "model.file campp.pt", "unknown model type")
+
+
+def test_an_fbank_card_with_sliding_windows_is_refused_at_load(
+    dropin: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`windowing: {type: sliding}` on a kaldi_fbank model (the shipped GE2E card used as the
+    template) passed the load and then every take was rejected ("all input arrays must have
+    the same shape": snip-edges frames leave the last window short), and mean_norm was never
+    applied in windows. Now the card is refused, naming the field."""
+    card, cfg, takes = dropin
+    card.write_text(card.read_text().replace("type: whole", "type: sliding"))
+    refused(cfg, takes, capsys, str(card), "windowing.type", "whole")
+
+
+def test_a_whole_utterance_mel_card_with_a_level_is_refused(
+    dropin: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`windowing: {type: whole}` with mel_power ignored `level_dbfs` (applied per window
+    only): the shipped float model then gave cosine 0.74 between a take and the same take
+    20 dB quieter, against 0.96 with its windows. Refused now; with `level_dbfs: null` the
+    card says what happens and loads."""
+    card, cfg, takes = dropin
+    data = yaml.safe_load((SHIPPED / "ge2e-float.yaml").read_text())
+    data["windowing"] = {"type": "whole"}
+    data.pop("trim")
+    shutil.copy(SHIPPED / data["model"]["file"], card.parent)
+    card.write_text(yaml.safe_dump(data))
+    refused(cfg, takes, capsys, str(card), "frontend.level_dbfs", "null")
+    data["frontend"]["level_dbfs"] = None
+    card.write_text(yaml.safe_dump(data))
+    assert main(["enroll", "george", "--from", *takes[:5], "-c", str(cfg)]) == 0

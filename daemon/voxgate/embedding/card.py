@@ -117,7 +117,28 @@ def read_card(path: Path) -> ModelCard:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ModelError(f"model card {path} is invalid: {problems}") from None
+    if problem := _unsupported(card):
+        raise ModelError(f"model card {path} is invalid: {problem}")
     return card
+
+
+def _unsupported(card: ModelCard) -> str | None:
+    """A front end and windowing the embedder cannot combine as the card asks. Each once
+    passed the card check and then failed on real audio (kaldi_fbank windows of unequal
+    length) or silently left a setting out (kaldi_fbank's mean_norm in sliding windows,
+    mel_power's level_dbfs on a whole utterance)."""
+    frontend, windowing = card.frontend.type, card.windowing.type
+    if frontend == "kaldi_fbank" and windowing == "sliding":
+        return (
+            "windowing.type: sliding works with frontend type mel_power only; a kaldi_fbank "
+            "model (CAM++, ECAPA-TDNN, ResNet) takes the whole utterance: windowing type whole"
+        )
+    if windowing == "whole" and getattr(card.frontend, "level_dbfs", None) is not None:
+        return (
+            "frontend.level_dbfs: applies to sliding windows only; with windowing type whole "
+            "set it to null"
+        )
+    return None
 
 
 def find_card(model: Path) -> Path:
