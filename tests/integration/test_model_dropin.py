@@ -6,6 +6,7 @@ with one line naming the card or file and the field, never a traceback or a wron
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 from pathlib import Path
@@ -137,3 +138,15 @@ def test_a_whole_utterance_mel_card_with_a_level_is_refused(
     data["frontend"]["level_dbfs"] = None
     card.write_text(yaml.safe_dump(data))
     assert main(["enroll", "george", "--from", *takes[:5], "-c", str(cfg)]) == 0
+
+
+def test_a_card_saved_as_json_is_not_taken_for_a_model_file(
+    dropin: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A card saved as campp.json was taken for a model file: "no model card for
+    campp.json: put a .yaml card naming it beside it"."""
+    card, cfg, takes = dropin
+    json_card = card.with_suffix(".json")
+    json_card.write_text(json.dumps(yaml.safe_load(card.read_text())))
+    cfg.write_text(cfg.read_text().replace(str(card), str(json_card)))
+    refused(cfg, takes, capsys, str(json_card), "neither a model card (.yaml or .yml)")

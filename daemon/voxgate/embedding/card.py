@@ -146,6 +146,11 @@ def find_card(model: Path) -> Path:
     whose `model.file` names it."""
     if model.suffix.lower() in CARD_SUFFIXES:
         return model
+    if model.suffix.lower() not in MODEL_SUFFIXES:
+        # A card saved as .json (or a typo) was taken for a model file with no card beside it.
+        raise ModelError(
+            f"{model}: neither a model card (.yaml or .yml) nor a model file (.onnx or .tflite)"
+        )
     if not model.exists():
         raise ModelError(f"model file {model} does not exist")
     for candidate in sorted(model.parent.glob("*.y*ml")):
