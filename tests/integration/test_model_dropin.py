@@ -150,3 +150,27 @@ def test_a_card_saved_as_json_is_not_taken_for_a_model_file(
     json_card.write_text(json.dumps(yaml.safe_load(card.read_text())))
     cfg.write_text(cfg.read_text().replace(str(card), str(json_card)))
     refused(cfg, takes, capsys, str(json_card), "neither a model card (.yaml or .yml)")
+
+
+def test_switching_models_refuses_to_score_and_says_re_enroll(
+    dropin: tuple[Path, Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """george enrolled with the dropped-in model, then speaker.model back to the default:
+    verify printed "no score: no voiceprint to compare with" (there is one, of another
+    model), and identify answered reason no_users with no word of re-enrolling."""
+    card, cfg, takes = dropin
+    assert main(["enroll", "george", "--from", *takes[:5], "-c", str(cfg)]) == 0
+    text = cfg.read_text()
+    cfg.write_text(text.replace(f"  model: {card}\n", "").replace("  threshold: 0.5\n", ""))
+    for command in (["verify", "george"], ["identify"]):
+        capsys.readouterr()
+        caplog.clear()
+        assert main([*command, takes[5], "-c", str(cfg), "--json"]) == 1
+        result = json.loads(capsys.readouterr().out)
+        assert result["reasons"] == ["model_mismatch"] and result["score"] is None, command
+        assert "re-enroll: voxgate enroll george --replace" in caplog.text, command
+        assert main([*command, takes[5], "-c", str(cfg)]) == 1
+        out = capsys.readouterr().out
+        assert "enrolled with another speaker model; re-enroll" in out, (command, out)
