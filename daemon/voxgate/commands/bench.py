@@ -247,10 +247,13 @@ def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "system": spec["system"],
             "error": f"no result within {WORKER_TIMEOUT_S:g} s (fewer --runs?)",
         }
+    last = (proc.stdout.strip().splitlines() or [""])[-1]
     if proc.returncode != 0:
+        if last.startswith('{"error": '):  # the worker's own account (see __main__ below)
+            return {"system": spec["system"], **json.loads(last)}
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"system": spec["system"], "error": tail[0]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(last)
 
 
 def _fmt(v: float | None, spec: str = ".1f") -> str:
@@ -381,4 +384,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    print(json.dumps(worker(json.loads(sys.argv[1]))))
+    try:
+        print(json.dumps(worker(json.loads(sys.argv[1]))))
+    except Exception as exc:
+        # The whole message on one line: its last line alone (all the parent could read from
+        # a traceback) was e.g. ONNX Runtime's 'Please fix either the inputs/outputs or the
+        # model.', without the file or the shape.
+        print(json.dumps({"error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"}))
+        sys.exit(1)
