@@ -183,3 +183,16 @@ def test_bench_counts_one_run_for_a_whole_utterance_model(
     assert main(["bench", "--model", str(card), "-n", "1", "--no-torch", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["windows"] == 1
+
+
+def test_bench_table_says_what_rss_and_x_torch_mean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table's 'RSS MB' is the peak (docs/models.md) and 'x torch' a speed-up, but the
+    legend under it explained only 'windows' and 'finish'; without upstream the column was
+    all '-', with the reason only on stderr before the runs."""
+    card = build_fbank_demo(tmp_path)
+    assert main(["bench", "--model", str(card), "-n", "1", "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    assert "RSS MB = the process's peak resident memory" in out
+    assert "x torch = -: no upstream Resemblyzer (torch) figures (--no-torch)" in out
