@@ -107,6 +107,12 @@ def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
                 f"  score {result.score:.3f} (threshold {result.threshold:.3f}), "
                 f"cosine {result.raw_cosine:.3f}"
             )
+        elif "model_mismatch" in result.reasons:
+            # Not 'no voiceprint': there is one, made by another model (the log line says which).
+            print(
+                "  no score: enrolled with another speaker model; re-enroll with this one "
+                f"(threshold {result.threshold:.3f})"
+            )
         elif any(r in NO_VOICEPRINT for r in result.reasons):
             print(f"  no score: no voiceprint to compare with (threshold {result.threshold:.3f})")
         else:  # shorter than the model's shortest input
