@@ -282,10 +282,21 @@ def resemblyzer_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import onnx
-    import onnxruntime
-
-    from voxgate.embedding.reference import load_ge2e_weights
+    # What is missing said in one line, not as a traceback (onnx is a build-time need only).
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise SystemExit(
+            f"{exc}: the build needs onnx and onnxruntime (pip install onnx)"
+        ) from None
+    try:
+        from voxgate.embedding.reference import load_ge2e_weights
+        from voxgate.embedding.torchfile import TorchFileError
+    except ImportError as exc:
+        raise SystemExit(
+            f"{exc}: the build needs voxgate's dependencies (pip install -e .)"
+        ) from None
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -303,7 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     source = args.weights or find_pretrained()
-    weights = load_ge2e_weights(source)
+    if not source.is_file():
+        raise SystemExit(f"{source}: not a file (--weights: Resemblyzer's pretrained.pt)")
+    try:
+        weights = load_ge2e_weights(source)
+    except (OSError, TorchFileError) as exc:
+        raise SystemExit(f"cannot read the weights: {exc}") from None
+    print(f"weights {source} (sha256 {sha256(source)})", flush=True)
     params = sum(v.size for v in weights.values())
     version = resemblyzer_version()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -155,10 +155,11 @@ class Scorer:
             return None, "model_mismatch"
         return (vp, None) if vp is not None else (None, "unknown_user")
 
-    def _candidates(self) -> tuple[list[Voiceprint], int]:
-        """The voiceprints 1:N compares with (this model's, readable), and how many rows
-        could not be read."""
+    def _candidates(self) -> tuple[list[Voiceprint], int, int]:
+        """The voiceprints 1:N compares with (this model's, readable), how many rows could
+        not be read, and how many were made by another model."""
         prints = []
+        other_model = 0
         readable, damaged = self.store.readable()
         if damaged:
             # One bad row must not lock every user out: the others are still compared. The
@@ -172,10 +173,25 @@ class Scorer:
             )
         for vp in readable:
             if vp.model_id != self.model_id:
-                log.warning("identify: %s skipped (enrolled with %s)", vp.name, vp.model_id)
+                # As verify says it (voiceprints.ModelMismatch): what to do, not only what.
+                log.warning(
+                    "identify: %s skipped: enrolled with model %s, but %s is loaded; "
+                    "re-enroll: voxgate enroll %s --replace",
+                    vp.name,
+                    vp.model_id,
+                    self.model_id,
+                    vp.name,
+                )
+                other_model += 1
                 continue
             prints.append(vp)
-        return prints, damaged
+        return prints, damaged, other_model
+
+    @staticmethod
+    def _nobody(other_model: int) -> str:
+        """Why 1:N has no voiceprint to compare with: users enrolled with another model only
+        (model_mismatch) or no users (no_users)."""
+        return "model_mismatch" if other_model else "no_users"
 
     def verify(
         self,
@@ -206,13 +222,14 @@ class Scorer:
     ) -> SpeakerResult:
         """Who is this, among all users? user=None when nobody clears the threshold (open set)."""
         q_ok, reasons = self._quality(quality, min_speech_s)
-        prints, damaged = self._candidates()
+        prints, damaged, other_model = self._candidates()
         # Damaged rows still count: the 1:N threshold keeps the false-match bound of the
         # enrolled set rather than loosening with every row lost.
         threshold = self.threshold(len(prints) + damaged)
         if not prints:
+            nobody = self._nobody(other_model)
             return SpeakerResult(
-                None, float("-inf"), float("-inf"), threshold, False, q_ok, (*reasons, "no_users")
+                None, float("-inf"), float("-inf"), threshold, False, q_ok, (*reasons, nobody)
             )
         scored = [(*self.score(emb, vp), vp.name) for vp in prints]
         score, raw, name = max(scored)
@@ -243,9 +260,9 @@ class Scorer:
             vp, missing = self._claimed(claimed_user)
             user = vp.name if vp is not None else claimed_user  # the name as enrolled
         else:
-            prints, damaged = self._candidates()
+            prints, damaged, other_model = self._candidates()
             threshold = self.threshold(len(prints) + damaged)
-            missing = None if prints else "no_users"
+            missing = None if prints else self._nobody(other_model)
         if missing is not None:
             reasons = (*reasons, missing)
         return SpeakerResult(user, float("-inf"), float("-inf"), threshold, False, False, reasons)

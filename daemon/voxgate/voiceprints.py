@@ -219,6 +219,13 @@ def _refuse_line_breaks(name: str) -> None:
         raise BadName("user name must not contain line or paragraph separators")
 
 
+def enrolled_text(name: str, enrolled: str | None) -> str:
+    """'user NAME is already enrolled', naming the stored spelling when it differs: names
+    match without case, and "'NICO' is already enrolled" read as if someone else were."""
+    shown = f" as '{enrolled}'" if enrolled is not None and enrolled != name else ""
+    return f"user '{name}' is already enrolled{shown}"
+
+
 def _name_taken_text(name: str, twin: str) -> str:
     return (
         f"user '{name}' is already enrolled as '{twin}' (the same name in other characters: "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import json
 import logging
 import socket
@@ -397,6 +398,8 @@ def test_enroll_from_uploaded_takes(enroll_api: dict, tmp_path: Path) -> None:
     # Again without replace: refused; with replace: a new version.
     status, body, _ = c.upload("/api/v1/users/carol", takes)
     assert status == 409 and body["error"] == "conflict"
+    status, body, _ = c.upload("/api/v1/users/CAROL", takes)  # carol herself, named as enrolled
+    assert status == 409 and "user 'CAROL' is already enrolled as 'carol'" in body["message"]
     status, body, _ = c.upload("/api/v1/users/carol", takes, {"replace": "true"})
     assert status == 201 and body["version"] == 2
     # The same name in full-width letters was a second person: 409, with or without replace,
@@ -473,6 +476,39 @@ def test_enrollment_with_unusable_takes_is_refused_with_reasons(
     assert body["report"]["takes"][0]["reason"] == "too_short"
     assert enroll_api["store"].get("dan") is None
     assert enroll_api["changes"] == []
+
+
+def test_enrolling_with_a_speaker_model_that_cannot_be_loaded_is_a_503_naming_it(
+    tmp_path: Path,
+) -> None:
+    """The standalone `voxgate api` loads the model at the first enrollment; a mistyped
+    `speaker.model` answered 500 internal_error with a traceback in the log. It is the
+    device's setting, not a bug: 503 `model_unavailable` naming the file, nothing stored,
+    and the next request tries again (the file may have been put in place meanwhile)."""
+    from voxgate.embedding import load_embedder
+
+    missing = tmp_path / "campp.onnx"
+    cfg = parse_config(
+        f"device_id: door-test\ndata_dir: {tmp_path}\nspeaker: {{model: {missing}}}\n"
+    )
+    store = VoiceprintStore(tmp_path / "voiceprints.db", bytes(range(32)))
+    admin = UserAdmin(store, cfg.speaker, cfg.vad, lambda: load_embedder(cfg.speaker.model))
+    server = ApiServer(create_app(cfg, admin, TOKEN.encode()), "127.0.0.1", 0, poll_interval=0.05)
+    server.start()
+    try:
+        c = Client(server.port)
+        speech = (np.sin(np.arange(48000) * 0.07) * 8000).astype(np.int16)
+        buf = io.BytesIO()
+        sf.write(buf, speech, 16000, format="WAV", subtype="PCM_16")
+        for _ in range(2):
+            status, body, _ = c.upload("/api/v1/users/carol", [("t.wav", buf.getvalue())])
+            assert status == 503, body
+            assert body["error"] == "model_unavailable"
+            assert str(missing) in body["message"] and "does not exist" in body["message"]
+        assert store.users() == []
+    finally:
+        server.stop()
+        store.close()
 
 
 def test_an_upload_longer_than_a_take_is_refused_before_it_is_decoded(

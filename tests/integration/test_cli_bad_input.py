@@ -295,7 +295,9 @@ def test_enroll_refuses_a_look_alike_name_before_any_take(
         store.add_user("alice", np.ones((3, 256), np.float32), MODEL)
     noise = _noise(device["dir"] / "noise.wav", 3.0)
     capsys.readouterr()
+    # 'ALICE' is alice herself (names match without case): named as she was enrolled.
     for name, said in (("ａｌｉｃｅ", "already enrolled as 'alice'"),
+                       ("ALICE", "user 'ALICE' is already enrolled as 'alice'; add --replace"),
                        ("bob\u2028alice", "line or paragraph separators")):  # fmt: skip
         assert main(["enroll", name, "--from", str(noise), "-c", str(device["cfg"])]) == 1
         out, err = capsys.readouterr()

@@ -4,6 +4,7 @@ espeak-ng voices play the people. The microphone path reads a file source (no mo
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -69,7 +70,19 @@ def test_enroll_verify_identify_erase(
     alice_try = say(device["dir"] / "a.wav", "five one nine two, zero eight", "en+f2")
     bob_try = say(device["dir"] / "b.wav", "five one nine two, zero eight", "en+m3")
     stranger = say(device["dir"] / "s.wav", "five one nine two, zero eight", "en+whisper")
+    capsys.readouterr()
     assert main(["verify", "alice", str(alice_try), "-c", cfg]) == 0
+    # The SNR line says which level gated it: pauses measured, or a file cut to its speech.
+    out = capsys.readouterr().out
+    assert re.search(r"SNR \d+ dB in its pauses \(needs 26: speaker.min_snr_db\)", out), out
+    cut = say(device["dir"] / "cut.wav", "five one nine two zero eight", "en+f2", pause_s=0)
+    assert main(["verify", "alice", str(cut), "-c", cfg, "--json"]) in (0, 1)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["snr_from_pauses"] is False and doc["min_snr_db"] == 5.0, doc
+    assert main(["verify", "alice", str(cut), "-c", cfg]) in (0, 1)
+    assert "without pauses to measure (needs 5: speaker.min_snr_db_no_pauses)" in (
+        capsys.readouterr().out
+    )
     assert main(["verify", "alice", str(bob_try), "-c", cfg]) == 1
     capsys.readouterr()
     assert main(["identify", str(bob_try), "-c", cfg, "--json"]) == 0

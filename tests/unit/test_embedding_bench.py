@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_embedding import build_fbank_demo
 from voxgate.cli import main
 from voxgate.commands import bench
 from voxgate.embedding import load_embedder
@@ -65,6 +66,19 @@ def test_bench_reports_a_broken_model_without_crashing(
     assert main(["bench", "--model", str(bad), "-n", "1", "--no-torch"]) == 1
     out = capsys.readouterr().out
     assert "failed" in out and "bad.yaml" in out
+
+
+def test_bench_failed_row_gives_the_whole_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A card whose bin count the model rejects (the fbank test model, num_mel_bins 40 for
+    its 80) printed only the last line of ONNX Runtime's message: 'failed:  Please fix
+    either the inputs/outputs or the model.', naming neither the card nor the shape."""
+    card = build_fbank_demo(tmp_path)
+    card.write_text(card.read_text().replace("num_mel_bins: 80", "num_mel_bins: 40"))
+    assert main(["bench", "--model", str(card), "-n", "1", "--no-torch"]) == 1
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if "failed" in line]
+    assert f"card {card} describes" in row and "rejects input (1, 100, 40)" in row, row
 
 
 def test_bench_with_a_bad_audio_file_says_so_once(
@@ -169,3 +183,16 @@ def test_bench_counts_one_run_for_a_whole_utterance_model(
     assert main(["bench", "--model", str(card), "-n", "1", "--no-torch", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["windows"] == 1
+
+
+def test_bench_table_says_what_rss_and_x_torch_mean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table's 'RSS MB' is the peak (docs/models.md) and 'x torch' a speed-up, but the
+    legend under it explained only 'windows' and 'finish'; without upstream the column was
+    all '-', with the reason only on stderr before the runs."""
+    card = build_fbank_demo(tmp_path)
+    assert main(["bench", "--model", str(card), "-n", "1", "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    assert "RSS MB = the process's peak resident memory" in out
+    assert "x torch = -: no upstream Resemblyzer (torch) figures (--no-torch)" in out

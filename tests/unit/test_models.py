@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import io
 import pickle
+import subprocess
 import sys
 from pathlib import Path
 
@@ -160,6 +161,24 @@ def test_build_is_reproducible(tmp_path: Path) -> None:
     card_path.write_text(card_path.read_text().replace("  hop: 160\n", "  hop: 80\n"))
     rebuilt = write()
     assert "  hop: 160\n" in rebuilt and rebuilt.endswith(module.NO_EVALUATION)
+
+
+def test_build_says_in_one_line_when_the_weights_cannot_be_read(tmp_path: Path) -> None:
+    """`python models/build_ge2e.py --weights X` with X missing, a folder or not a torch
+    checkpoint ended in a traceback (FileNotFoundError, IsADirectoryError, TorchFileError)."""
+    pytest.importorskip("onnx")
+    garbage = tmp_path / "pretrained.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    cases = {tmp_path / "none.pt": "not a file", tmp_path: "not a file", garbage: "cannot read"}
+    for weights, said in cases.items():
+        run = subprocess.run(
+            [sys.executable, str(REPO / "models" / "build_ge2e.py"), "--out", str(tmp_path / "o"),
+             "--weights", str(weights)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 1, run
+        assert "Traceback" not in run.stderr and said in run.stderr and str(weights) in run.stderr
+        assert not (tmp_path / "o" / "ge2e-float.yaml").exists()
 
 
 def test_int8_window_embeddings_do_not_depend_on_the_batch() -> None:

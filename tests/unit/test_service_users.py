@@ -243,3 +243,44 @@ def test_a_take_at_the_door_without_pauses_is_rejected_as_too_noisy(
     report = users.command_enroll_finish({"user": "bob"})
     assert report["rejected"] == [{"take": 11, "reason": "too_noisy"}]
     assert report["used"] == 10 and store.get("bob") is not None
+
+
+def test_takes_are_kept_when_the_cohort_cannot_be_read_at_enroll_finish(
+    store: Any, tmp_path: Path
+) -> None:
+    """speaker.cohort is read again at each enrollment (for the two-voices check); when the
+    file went missing after the daemon started (a redeploy half done), enroll-finish failed
+    as an internal error and the spoken takes were gone. Now the reply names the file, the
+    takes are kept, and enroll-finish succeeds once the file is back."""
+    import shutil
+
+    from tests.audio_helpers import espeak
+    from voxgate.cohort import default_dir, slug
+    from voxgate.embedding import load_embedder
+
+    embedder = load_embedder()
+    shipped = default_dir() / (slug(embedder.model_id) + ".npz")
+    cohort = tmp_path / "cohort" / shipped.name
+    cohort.parent.mkdir()
+    for suffix in (".npz", ".json"):
+        shutil.copy(shipped.with_suffix(suffix), cohort.with_suffix(suffix))
+    cfg = VoxgateConfig.model_validate(
+        {"data_dir": str(tmp_path), "speaker": {"cohort": str(cohort), "enroll_min_speech_s": 6}}
+    )
+    events: list[str] = []
+    users = UserServices(cfg, store, embedder, lambda e, **f: events.append(e))
+    users.command_enroll_start({"user": "bob"})
+    digits = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    gap = np.zeros(16000, np.int16)
+    for t in range(4):
+        text = ", ".join(digits[(3 * t + 7 * i) % 10] for i in range(8))
+        assert users.take(np.concatenate([gap, espeak(text, tmp_path / "t.wav", "en+m3"), gap]))
+    moved = tmp_path / "aside"
+    cohort.parent.rename(moved)
+    with pytest.raises(ValueError, match="cohort file missing") as err:
+        users.command_enroll_finish({"user": "bob"})
+    assert "the takes are kept; send enroll-finish again" in str(err.value)
+    assert store.get("bob") is None and users.enrolling
+    moved.rename(cohort.parent)
+    report = users.command_enroll_finish({"user": "bob"})
+    assert report["used"] == 4 and store.get("bob") is not None

@@ -22,6 +22,7 @@ from voxgate.api.decisions import recent_events
 from voxgate.api.users import EnrollRefused, UnknownUser, UserAdmin, UserExists
 from voxgate.cohort import CohortError
 from voxgate.config import ConfigError, VoxgateConfig, parse_config
+from voxgate.embedding.errors import ModelError
 from voxgate.httplimits import REJECTED_LOG_BURST, REJECTED_LOG_EVERY_S
 from voxgate.logs import LogLimit
 from voxgate.voiceprints import BadName, StoreError, normalize_name
@@ -290,6 +291,9 @@ def create_app(
         except CohortError as exc:  # speaker.cohort set but unusable: the device's fault
             log.error("API: enrollment of %s: speaker.cohort: %s", name, exc)
             return _error(503, "cohort_unavailable", str(exc))
+        except ModelError as exc:  # speaker.model: loaded at the first enrollment here
+            log.error("API: enrollment of %s: cannot load the speaker model: %s", name, exc)
+            return _error(503, "model_unavailable", f"cannot load the speaker model: {exc}")
         _audit("admin_enroll", user=result["name"], ok=True, version=result["version"])
         return jsonify(result), 201
 

@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from voxgate.voiceprints import NameTaken, StoreError, VoiceprintStore, normalize_name
+from voxgate.voiceprints import (
+    NameTaken,
+    StoreError,
+    VoiceprintStore,
+    enrolled_text,
+    normalize_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +85,8 @@ class UserAdmin:
 
         name = normalize_name(name)
         if not replace and self.store.has(name):  # a damaged row counts: replace repairs it
-            raise UserExists(f"user '{name}' is already enrolled (send replace=true to re-enroll)")
+            said = enrolled_text(name, self.store.enrolled_name(name))
+            raise UserExists(f"{said} (send replace=true to re-enroll)")
         try:
             self.store.check_new_name(name)  # before the takes' CPU, not only at the end
         except NameTaken as exc:

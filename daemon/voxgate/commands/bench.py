@@ -247,10 +247,13 @@ def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "system": spec["system"],
             "error": f"no result within {WORKER_TIMEOUT_S:g} s (fewer --runs?)",
         }
+    last = (proc.stdout.strip().splitlines() or [""])[-1]
     if proc.returncode != 0:
+        if last.startswith('{"error": '):  # the worker's own account (see __main__ below)
+            return {"system": spec["system"], **json.loads(last)}
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"system": spec["system"], "error": tail[0]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(last)
 
 
 def _fmt(v: float | None, spec: str = ".1f") -> str:
@@ -299,17 +302,18 @@ def run(args: argparse.Namespace) -> int:
                     print(f"({card.name}: {why}: skipped)", file=sys.stderr)
                 else:
                     systems.append(str(card))
+    no_torch = "--no-torch"  # why the table has no ratio to upstream, if it has none
     if not args.no_torch:
         missing = _torch_missing()
         if not missing:
             systems.append("torch")
+            no_torch = "its run failed: see its row"
         else:
-            print(
-                f"(upstream PyTorch Resemblyzer skipped: no {', '.join(missing)}; "
-                "pip install 'voxgate[upstream]' && pip install --no-deps resemblyzer==0.1.4, "
-                "see docs/models.md)",
-                file=sys.stderr,
+            no_torch = (
+                f"no {', '.join(missing)}; pip install 'voxgate[upstream]' && "
+                "pip install --no-deps resemblyzer==0.1.4, see docs/models.md"
             )
+            print(f"(upstream PyTorch Resemblyzer skipped: {no_torch})", file=sys.stderr)
     results = []
     for i, system in enumerate(systems, 1):
         print(f"[{i}/{len(systems)}] {system} ...", file=sys.stderr, flush=True)
@@ -359,6 +363,11 @@ def run(args: argparse.Namespace) -> int:
         )
     print("windows = network runs per utterance (1: the whole utterance in one run)")
     print("finish = time left after the last audio of a stream (windows run while speaking)")
+    print("RSS MB = the process's peak resident memory, model loaded and used (VmHWM)")
+    if torch_ms:
+        print("x torch = upstream's ms/utt / this row's: how many times faster than upstream")
+    else:  # said on stderr before the runs too, but the table may be read without it
+        print(f"x torch = -: no upstream Resemblyzer (torch) figures ({no_torch})")
     for r in results:
         if r.get("embed_only_ms") is not None:
             print(
@@ -381,4 +390,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    print(json.dumps(worker(json.loads(sys.argv[1]))))
+    try:
+        print(json.dumps(worker(json.loads(sys.argv[1]))))
+    except Exception as exc:
+        # The whole message on one line: its last line alone (all the parent could read from
+        # a traceback) was e.g. ONNX Runtime's 'Please fix either the inputs/outputs or the
+        # model.', without the file or the shape.
+        print(json.dumps({"error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"}))
+        sys.exit(1)

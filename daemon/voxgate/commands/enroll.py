@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes, seconds_text
-    from voxgate.voiceprints import StoreError, normalize_name
+    from voxgate.voiceprints import StoreError, enrolled_text, normalize_name
 
     if args.prompts and (not args.files or len(args.prompts) != len(args.files)):
         return fail("--prompts needs --from and one digit string per file")
@@ -215,7 +215,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             # Presence only: a damaged row must not stop its repair with --replace.
             if not args.replace and store.has(name):
-                return fail(f"user '{name}' is already enrolled; add --replace to re-enroll")
+                said = enrolled_text(name, store.enrolled_name(name))
+                return fail(f"{said}; add --replace to re-enroll")
             store.check_new_name(name)  # before the takes are spoken, not only at the end
             embedder = load_embedder(cfg)
             if cfg.speaker.cohort is not None:

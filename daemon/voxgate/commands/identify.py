@@ -37,4 +37,4 @@ def run(args: argparse.Namespace) -> int:
         result, quality = score_file(cfg, args.file, None)
     except CommandError as exc:
         return fail(str(exc))
-    return show(result, quality, args.json)
+    return show(result, quality, args.json, cfg.speaker)

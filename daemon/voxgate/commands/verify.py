@@ -75,9 +75,25 @@ def score_file(cfg: Any, path: str, claimed: str | None) -> tuple[Any, Any]:
 NO_VOICEPRINT = ("unknown_user", "no_users", "model_mismatch")
 
 
-def show(result: Any, quality: Any, as_json: bool) -> int:
+def snr_level(quality: Any, speaker: Any) -> tuple[float, str]:
+    """The SNR level this recording was gated at, and its setting's name: an SNR measured
+    in pauses and one estimated from a recording cut to its speech have different levels,
+    and the line printed only "SNR 18 dB" whichever applied."""
+    if quality.snr_from_pauses:
+        return speaker.min_snr_db, "speaker.min_snr_db"
+    return speaker.min_snr_db_no_pauses, "speaker.min_snr_db_no_pauses"
+
+
+def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
+    level, setting = snr_level(quality, speaker)
     if as_json:
-        doc = {**result.__dict__, "speech_s": quality.speech_s, "snr_db": quality.snr_db}
+        doc = {
+            **result.__dict__,
+            "speech_s": quality.speech_s,
+            "snr_db": quality.snr_db,
+            "snr_from_pauses": quality.snr_from_pauses,
+            "min_snr_db": level,
+        }
         # No score (unknown user, model mismatch) is -inf inside; JSON has no infinity.
         doc = {k: None if isinstance(v, float) and not math.isfinite(v) else v
                for k, v in doc.items()}  # fmt: skip
@@ -91,11 +107,21 @@ def show(result: Any, quality: Any, as_json: bool) -> int:
                 f"  score {result.score:.3f} (threshold {result.threshold:.3f}), "
                 f"cosine {result.raw_cosine:.3f}"
             )
+        elif "model_mismatch" in result.reasons:
+            # Not 'no voiceprint': there is one, made by another model (the log line says which).
+            print(
+                "  no score: enrolled with another speaker model; re-enroll with this one "
+                f"(threshold {result.threshold:.3f})"
+            )
         elif any(r in NO_VOICEPRINT for r in result.reasons):
             print(f"  no score: no voiceprint to compare with (threshold {result.threshold:.3f})")
         else:  # shorter than the model's shortest input
             print(f"  no score: too little audio for the model (threshold {result.threshold:.3f})")
-        print(f"  net speech {quality.speech_s:.1f} s, SNR {quality.snr_db:.0f} dB")
+        how = "in its pauses" if quality.snr_from_pauses else "without pauses to measure"
+        print(
+            f"  net speech {quality.speech_s:.1f} s (needs {speaker.min_speech_s:g}), "
+            f"SNR {quality.snr_db:.0f} dB {how} (needs {level:g}: {setting})"
+        )
         if result.reasons:
             print(f"  reasons: {', '.join(result.reasons)}")
     if result.accepted:
@@ -113,4 +139,4 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     if "unknown_user" in result.reasons:
         print(f"error: no user '{args.name}' enrolled", file=sys.stderr)
-    return show(result, quality, args.json)
+    return show(result, quality, args.json, cfg.speaker)

@@ -48,15 +48,12 @@ def load_embedder(model: Path | None = None, threads: int = 1) -> SpeakerEmbedde
     if not 1 <= threads <= 64:
         raise ValueError(f"threads must be 1..64, not {threads}")
     started = time.perf_counter()
-    try:
-        card = load_card(model)
-        path = check_model_file(card)
-        runtime = open_runtime(card.runtime, path, card.model.input, card.model.output, threads)
-        embedder = SpeakerEmbedder(card, runtime)
-        embedder.self_check()
-    except ModelError as exc:
-        log.error("cannot load speaker model: %s", exc)
-        raise
+    # No log line here: each caller reports the error once, with its own context.
+    card = load_card(model)
+    path = check_model_file(card)
+    runtime = open_runtime(card.runtime, path, card.model.input, card.model.output, threads)
+    embedder = SpeakerEmbedder(card, runtime)
+    embedder.self_check()
     log.info(
         "speaker model %s (%s, %s) loaded in %.0f ms",
         card.id,

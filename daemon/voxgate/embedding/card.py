@@ -89,7 +89,8 @@ class ModelCard(_Strict):
         suffix = Path(self.model.file).suffix.lower()
         if suffix not in MODEL_SUFFIXES:
             raise ModelError(
-                f"{self.model.file}: unknown model type {suffix!r} (use .onnx or .tflite)"
+                f"card {self.path}: model.file {self.model.file}: unknown model type "
+                f"{suffix!r} (use .onnx or .tflite)"
             )
         return MODEL_SUFFIXES[suffix]
 
@@ -110,12 +111,34 @@ def read_card(path: Path) -> ModelCard:
     if not isinstance(data, dict):
         raise ModelError(f"model card {path} is not a YAML mapping")
     try:
-        return ModelCard.model_validate({**data, "path": path})
+        card = ModelCard.model_validate({**data, "path": path})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ModelError(f"model card {path} is invalid: {problems}") from None
+    if problem := _unsupported(card):
+        raise ModelError(f"model card {path} is invalid: {problem}")
+    return card
+
+
+def _unsupported(card: ModelCard) -> str | None:
+    """A front end and windowing the embedder cannot combine as the card asks. Each once
+    passed the card check and then failed on real audio (kaldi_fbank windows of unequal
+    length) or silently left a setting out (kaldi_fbank's mean_norm in sliding windows,
+    mel_power's level_dbfs on a whole utterance)."""
+    frontend, windowing = card.frontend.type, card.windowing.type
+    if frontend == "kaldi_fbank" and windowing == "sliding":
+        return (
+            "windowing.type: sliding works with frontend type mel_power only; a kaldi_fbank "
+            "model (CAM++, ECAPA-TDNN, ResNet) takes the whole utterance: windowing type whole"
+        )
+    if windowing == "whole" and getattr(card.frontend, "level_dbfs", None) is not None:
+        return (
+            "frontend.level_dbfs: applies to sliding windows only; with windowing type whole "
+            "set it to null"
+        )
+    return None
 
 
 def find_card(model: Path) -> Path:
@@ -123,6 +146,11 @@ def find_card(model: Path) -> Path:
     whose `model.file` names it."""
     if model.suffix.lower() in CARD_SUFFIXES:
         return model
+    if model.suffix.lower() not in MODEL_SUFFIXES:
+        # A card saved as .json (or a typo) was taken for a model file with no card beside it.
+        raise ModelError(
+            f"{model}: neither a model card (.yaml or .yml) nor a model file (.onnx or .tflite)"
+        )
     if not model.exists():
         raise ModelError(f"model file {model} does not exist")
     for candidate in sorted(model.parent.glob("*.y*ml")):
@@ -148,12 +176,19 @@ def sha256_file(path: Path) -> str:
 def check_model_file(card: ModelCard) -> Path:
     """The model file, after checking it exists and matches the card's sha256."""
     path = card.model_path
-    if not path.is_file():
+    if not path.exists():
         raise ModelError(
             f"model file {path} (named by card {card.path}) does not exist; "
             f"expected sha256 {card.model.sha256}"
         )
-    actual = sha256_file(path)
+    if not path.is_file():
+        raise ModelError(f"model file {path} (named by card {card.path}) is not a file")
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:  # no read permission, an I/O error: say which file
+        raise ModelError(
+            f"model file {path} (named by card {card.path}) cannot be read: {exc.strerror or exc}"
+        ) from None
     if actual != card.model.sha256:
         raise ModelError(
             f"model file {path} has sha256 {actual}, but card {card.path} expects "

@@ -44,8 +44,15 @@ class OnnxRuntime:
             raise ModelError(f"{path}: no output tensor {output_name!r} (it has {outputs})")
         self._input = input_name
         self._output = output_name
+        # An export with a fixed batch of 1 (common for CAM++/ECAPA exports, and what a
+        # GE2E export gets without dynamic_axes) loaded and passed the one-window probe, then
+        # failed on every utterance of 2+ windows: such a model gets its windows one by one.
+        (shape,) = [i.shape for i in self._session.get_inputs() if i.name == input_name]
+        self._one_at_a_time = bool(shape) and shape[0] == 1
 
     def run(self, features: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(features, dtype=np.float32)
+        if self._one_at_a_time and x.shape[0] > 1:
+            return np.concatenate([self.run(x[i : i + 1]) for i in range(x.shape[0])])
         (out,) = self._session.run([self._output], {self._input: x})
         return np.asarray(out, np.float32).reshape(x.shape[0], -1)

@@ -405,6 +405,7 @@ class UserServices:
     def command_enroll_finish(self, args: dict[str, Any]) -> dict[str, Any]:
         """MQTT `enroll-finish` {"user": NAME}: check the takes, store the voiceprint (an
         existing one is replaced), audit, tell the fleet."""
+        from voxgate.cohort import CohortError
         from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes
         from voxgate.voiceprints import BadName, StoreError, normalize_name
 
@@ -418,7 +419,12 @@ class UserServices:
             takes, prompts = self._enroll_takes, self._enroll_prompts
             self._enroll_user, self._enroll_takes, self._enroll_prompts = None, [], []
         # Utterances the door's endpointer cut (pre-roll and hangover): live takes.
-        result = check_takes(takes, self.embedder, self.cfg.speaker, self.cfg.vad, live=True)
+        try:
+            result = check_takes(takes, self.embedder, self.cfg.speaker, self.cfg.vad, live=True)
+        except CohortError as exc:  # speaker.cohort is read again here: moved since start
+            kept = self._keep_takes(name, takes, prompts)
+            log.error("enrollment of %s not checked: speaker.cohort: %s; %s", name, exc, kept)
+            raise ValueError(f"not checked: speaker.cohort: {exc}; {kept}") from None
         report = {
             "user": name,
             "takes": len(result.takes),
@@ -440,22 +446,24 @@ class UserServices:
         except BadName as exc:  # sending enroll-finish again cannot help: no takes kept
             log.error("enrollment of %s not stored: %s", name, exc)
             raise ValueError(f"not stored: {exc}") from None
-        except StoreError as exc:
-            # A full disk or a damaged file: keep the spoken takes, so that enroll-finish can
-            # be sent again once the store is fixed (within the session's time).
-            with self._enroll_lock:
-                if self._enroll_user is None:
-                    self._enroll_user, self._enroll_takes = name, takes
-                    self._enroll_prompts = prompts
-                    self._enroll_until = time.monotonic() + ENROLL_TIMEOUT_S
-                    kept = "the takes are kept; send enroll-finish again"
-                else:
-                    kept = "the takes are lost (another enrollment started)"
+        except StoreError as exc:  # a full disk or a damaged file
+            kept = self._keep_takes(name, takes, prompts)
             log.error("enrollment of %s not stored: %s; %s", name, exc, kept)
             raise ValueError(f"not stored: {exc}; {kept}") from None
         log.info("enrolled %s from %d takes (MQTT)", name, len(result.accepted))
         self.changed("enrolled", name, via="mqtt")
         return report
+
+    def _keep_takes(self, name: str, takes: list[Any], prompts: list[str]) -> str:
+        """Reopen the session with the spoken takes, so that enroll-finish can be sent again
+        once the device is fixed (within the session's time); says whether they were kept."""
+        with self._enroll_lock:
+            if self._enroll_user is not None:
+                return "the takes are lost (another enrollment started)"
+            self._enroll_user, self._enroll_takes = name, takes
+            self._enroll_prompts = prompts
+            self._enroll_until = time.monotonic() + ENROLL_TIMEOUT_S
+        return "the takes are kept; send enroll-finish again"
 
     def housekeeping(self, now: float | None = None) -> None:
         """Drop an enrollment left open too long; forget users erased by another process;
