@@ -208,7 +208,7 @@ def for_model(model_id: str, path: Path | None = None, sha256: str | None = None
             raise CohortError(
                 f"no cohort shipped for model {model_id} (looked for {path}); build one with "
                 "'voxgate eval SET_DIR --build-cohort DIR' and set speaker.cohort to the .npz "
-                "it writes, or set speaker.threshold"
+                "it writes (or, to score without a cohort, set speaker.threshold)"
             )
     elif Path(path).is_dir():  # the DIR of --build-cohort: was "cohort file missing: DIR.json"
         npz = Path(path) / (slug(model_id) + ".npz")
