@@ -307,23 +307,15 @@ def genuine_pairs(
     return [r["path"] for r in enroll], pairs
 
 
-def stats_high(v: list[float]) -> str:
+def stats(v: list[float], high: bool) -> str:
+    """The tail that matters: the top of genuine pairs (high), the bottom of altered copies."""
     if not v:
         return "n=0"
     a = np.array(v)
+    edge, end, p1, p5 = ("max", a.max(), 99, 95) if high else ("min", a.min(), 1, 5)
     return (
-        f"n={len(a):4d} max={a.max():.3f} p99={np.percentile(a, 99):.3f} "
-        f"p95={np.percentile(a, 95):.3f} median={np.median(a):.3f}"
-    )
-
-
-def stats_low(v: list[float]) -> str:
-    if not v:
-        return "n=0"
-    a = np.array(v)
-    return (
-        f"n={len(a):4d} min={a.min():.3f} p1={np.percentile(a, 1):.3f} "
-        f"p5={np.percentile(a, 5):.3f} median={np.median(a):.3f}"
+        f"n={len(a):4d} {edge}={end:.3f} p{p1}={np.percentile(a, p1):.3f} "
+        f"p{p5}={np.percentile(a, p5):.3f} median={np.median(a):.3f}"
     )
 
 
@@ -374,7 +366,7 @@ def main() -> int:
                             genuine[name][check].append(v)
                 print(f"  genuine, {kind} ({len(plist)} pairs, both takes accepted):")
                 for check in CHECKS:
-                    print(f"    {check:9s} {stats_high(vals[check])}")
+                    print(f"    {check:9s} {stats(vals[check], high=True)}")
             altered[name] = defaultdict(list)
             for label, alter in {**alters, **BEYOND}.items():
                 vals = defaultdict(list)
@@ -396,7 +388,7 @@ def main() -> int:
                 beyond = " (beyond the claim: not in the separation)" if label in BEYOND else ""
                 print(f"  altered, {label}: {accepted} of {len(takes)} copies accepted{beyond}")
                 for check in CHECKS:
-                    print(f"    {check:9s} {stats_low(vals[check])}")
+                    print(f"    {check:9s} {stats(vals[check], high=False)}")
     print("\n== separation: highest genuine pair vs lowest altered copy (accepted takes)")
     for check in CHECKS:
         print(f"  {check}:")
