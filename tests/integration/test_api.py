@@ -460,6 +460,27 @@ def test_enroll_with_prompts_keeps_digit_templates(enroll_api: dict, tmp_path: P
     assert set(meta["template_digits"]) == set("".join(prompts))
 
 
+def test_a_duplicate_take_names_the_take_it_repeats(enroll_api: dict, tmp_path: Path) -> None:
+    """The CLI says which earlier take a `duplicate` repeats (docs: "named with that take's
+    number"); the API's report said only `duplicate`, so a caller could not tell the person
+    which of their recordings was sent twice."""
+    from fleet_tts import DIGITS, say, write_wav
+
+    c = enroll_api["client"]
+    takes = [
+        (f"take{i}.wav", write_wav(tmp_path / f"t{i}.wav", say(t, "en+m3")).read_bytes())
+        for i, t in enumerate(DIGITS[:3])
+    ]
+    status, body, _ = c.upload("/api/v1/users/erin", [*takes, ("again.wav", takes[1][1])])
+    assert status == 201, body
+    assert [(t["index"], t["reason"], t["same_as"]) for t in body["takes"]] == [
+        (1, None, None),
+        (2, None, None),
+        (3, None, None),
+        (4, "duplicate", 2),
+    ]
+
+
 def test_enrollment_with_unusable_takes_is_refused_with_reasons(
     enroll_api: dict, tmp_path: Path
 ) -> None:

@@ -284,3 +284,27 @@ def test_takes_are_kept_when_the_cohort_cannot_be_read_at_enroll_finish(
     moved.rename(cohort.parent)
     report = users.command_enroll_finish({"user": "bob"})
     assert report["used"] == 4 and store.get("bob") is not None
+
+
+def test_a_duplicate_take_at_the_door_names_the_take_it_repeats(store: Any, tmp_path: Path) -> None:
+    """enroll-finish's `rejected` said `duplicate` without the take it repeats, which the
+    CLI names (docs/speaker-verification.md: "named with that take's number")."""
+    from tests.audio_helpers import espeak
+    from voxgate.embedding import load_embedder
+
+    cfg = VoxgateConfig.model_validate(
+        {"data_dir": str(tmp_path), "speaker": {"enroll_min_speech_s": 6}}
+    )
+    users = UserServices(cfg, store, load_embedder(), lambda e, **f: None)
+    users.command_enroll_start({"user": "bob"})
+    digits = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    gap = np.zeros(16000, np.int16)
+    takes = []
+    for t in range(4):  # random orders: takes sharing a run of digits were one recording
+        text = ", ".join(random.Random(t).sample(digits, 8))
+        takes.append(np.concatenate([gap, espeak(text, tmp_path / "t.wav", "en+m3"), gap]))
+    for pcm in [*takes, takes[2]]:
+        assert users.take(pcm)
+    report = users.command_enroll_finish({"user": "bob"})
+    assert report["rejected"] == [{"take": 5, "reason": "duplicate", "same_as": 3}]
+    assert report["used"] == 4

@@ -99,6 +99,7 @@ class UserAdmin:
                     "index": t.index,
                     "accepted": t.accepted,
                     "reason": t.reason,
+                    "same_as": t.same_as,  # for a duplicate: the earlier take it repeats
                     "speech_s": round(float(t.quality.speech_s), 2),
                 }
                 for t in result.takes

@@ -43,6 +43,13 @@ class StartError(Exception):
 Undo = Callable[[str, Callable[[], None]], None]
 
 
+def rejected_entry(take: Any) -> dict[str, Any]:
+    """A rejected take in enroll-finish's reply; a duplicate names the take it repeats, as the
+    CLI does, so the door can tell the person which recording counted once."""
+    entry = {"take": take.index, "reason": take.reason}
+    return entry if take.same_as is None else {**entry, "same_as": take.same_as}
+
+
 class UserServices:
     def __init__(
         self,
@@ -430,7 +437,7 @@ class UserServices:
             "takes": len(result.takes),
             "used": len(result.accepted),
             "speech_s": round(result.speech_s, 2),
-            "rejected": [{"take": t.index, "reason": t.reason} for t in result.rejected],
+            "rejected": [rejected_entry(t) for t in result.rejected],
         }
         if not result.ok:
             self.audit_event("enrollment_refused", user=name, via="mqtt", problems=result.problems)
