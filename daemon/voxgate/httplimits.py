@@ -222,8 +222,18 @@ class ConnectionLimit:
         try:
             super().process_request_thread(request, client_address)  # type: ignore[misc]
         finally:
-            assert self._groups is not None
-            self._give_back(self._groups.pop(id(request)))
+            self._release(request)  # if shutdown_request did not run
+
+    def shutdown_request(self, request: Any) -> None:
+        # The slot goes back before the socket closes: given back after, a client that
+        # connects again as soon as it reads the end of its answer found it still held (503).
+        self._release(request)
+        super().shutdown_request(request)  # type: ignore[misc]
+
+    def _release(self, request: Any) -> None:
+        group = self._groups.pop(id(request), None) if self._groups is not None else None
+        if group is not None:  # None: a refused connection, or given back already
+            self._give_back(group)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went silent (the timeout) or away is no error worth a traceback.

@@ -939,3 +939,32 @@ def test_a_flood_of_requests_without_the_token_is_logged_within_a_limit(
     bad = [r for r in caplog.records if "Bad request syntax" in r.getMessage()]
     assert len(bad) == REJECTED_LOG_BURST
     assert sum("held back" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_client_that_waits_for_each_answer_is_never_refused_as_busy(
+    api: dict, tmp_path: Path
+) -> None:
+    """A connection's slot was given back only after its socket was closed: a client that
+    opened its next connection as soon as it read the answer's end could find its earlier
+    slots still held, and got 503 busy with nothing else open (seen under load, in
+    test_a_flood_of_requests_without_the_token_is_logged_within_a_limit). One slot per
+    client makes any slot held past the close a refusal."""
+    server = _small_api(api, tmp_path)
+    server._server.per_address = 1
+    try:
+        for i in range(300):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(
+                    b"GET /api/v1/health HTTP/1.0\r\nAuthorization: Bearer "
+                    + b"t" * 20
+                    + b"\r\n\r\n"
+                )
+                answer = b""
+                while chunk := sock.recv(4096):
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200") or answer.startswith(b"HTTP/1.0 200"), (
+                i,
+                answer[:120],
+            )
+    finally:
+        server.stop()
