@@ -298,7 +298,7 @@ def check_takes(
             views = [fingerprint(pcm[k:]) for k in SUB_HOP]
             near = [j for j, fp in prints if best_similarity(views, fp) >= NEAR_DUPLICATE]
             if near:
-                log.info("enroll take %d rejected: take %d altered", i, near[0])
+                log.info("enroll take %d rejected: an altered copy of take %d", i, near[0])
                 reports[i] = TakeReport(i, q, False, "duplicate", same_as=near[0])
                 continue
             prints.append((i, views[0]))

@@ -78,7 +78,7 @@ def test_enroll_verify_identify_erase(
     cut = say(device["dir"] / "cut.wav", "five one nine two zero eight", "en+f2", pause_s=0)
     assert main(["verify", "alice", str(cut), "-c", cfg, "--json"]) in (0, 1)
     doc = json.loads(capsys.readouterr().out)
-    assert doc["snr_from_pauses"] is False and doc["min_snr_db"] == 5.0, doc
+    assert doc["snr_from_pauses"] is False and doc["snr_needed_db"] == 5.0, doc
     assert main(["verify", "alice", str(cut), "-c", cfg]) in (0, 1)
     assert "without pauses to measure (needs 5: speaker.min_snr_db_no_pauses)" in (
         capsys.readouterr().out
@@ -94,6 +94,10 @@ def test_enroll_verify_identify_erase(
     short = say(device["dir"] / "short.wav", "two", "en+f2")
     assert main(["verify", "alice", str(short), "-c", cfg]) == 4
     assert "RETRY" in capsys.readouterr().out
+    silence = device["dir"] / "silence.wav"
+    sf.write(silence, np.zeros(48000, np.int16), 16000)
+    assert main(["verify", "alice", str(silence), "-c", cfg]) == 4
+    assert "SNR not measured (no speech)" in capsys.readouterr().out
 
     assert main(["users", "list", "-c", cfg]) == 0
     listing = capsys.readouterr().out

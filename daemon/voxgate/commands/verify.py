@@ -92,7 +92,7 @@ def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
             "speech_s": quality.speech_s,
             "snr_db": quality.snr_db,
             "snr_from_pauses": quality.snr_from_pauses,
-            "min_snr_db": level,
+            "snr_needed_db": level,
         }
         # No score (unknown user, model mismatch) is -inf inside; JSON has no infinity.
         doc = {k: None if isinstance(v, float) and not math.isfinite(v) else v
@@ -117,11 +117,12 @@ def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
             print(f"  no score: no voiceprint to compare with (threshold {result.threshold:.3f})")
         else:  # shorter than the model's shortest input
             print(f"  no score: too little audio for the model (threshold {result.threshold:.3f})")
-        how = "in its pauses" if quality.snr_from_pauses else "without pauses to measure"
-        print(
-            f"  net speech {quality.speech_s:.1f} s (needs {speaker.min_speech_s:g}), "
-            f"SNR {quality.snr_db:.0f} dB {how} (needs {level:g}: {setting})"
-        )
+        speech = f"  net speech {quality.speech_s:.1f} s (needs {speaker.min_speech_s:g}), "
+        if quality.speech_s <= 0:  # no speech, no SNR: it reads 0 dB (quality.too_noisy)
+            print(speech + "SNR not measured (no speech)")
+        else:
+            how = "in its pauses" if quality.snr_from_pauses else "without pauses to measure"
+            print(speech + f"SNR {quality.snr_db:.0f} dB {how} (needs {level:g}: {setting})")
         if result.reasons:
             print(f"  reasons: {', '.join(result.reasons)}")
     if result.accepted:
