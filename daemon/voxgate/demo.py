@@ -39,13 +39,21 @@ class DemoError(Exception):
     pass
 
 
-def say(text: str, voice: str, path: Path) -> np.ndarray:
+def say(text: str, voice: str, path: Path, speed: int = 150, pitch: int = 50) -> np.ndarray:
     subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", "150", "-w", str(path), text],
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(path), text],
         check=True,
         capture_output=True,
     )
     return read_audio(path)
+
+
+def take_pace_and_pitch(i: int) -> tuple[int, int]:
+    """espeak-ng speed and pitch for enrollment take i (from 0). A person never says a word
+    twice with the same samples; espeak-ng does, and takes sharing two digits in a row were
+    then one recording altered (enrollment's duplicate check): each take gets its own pace
+    and pitch, as a person's do."""
+    return 136 + 3 * i, 42 + (7 * i) % 17
 
 
 def spoken(digits: str) -> str:
@@ -226,7 +234,7 @@ def _run(work: Path, stack: ExitStack, keep: bool) -> int:
     # SNR estimate low) and enrollment must still go through.
     for i, digits in enumerate(prompt_plan(14)):
         path = work / f"take{i + 1}.wav"  # named as the take is numbered
-        say(spoken(digits), OWNER_VOICE, path)
+        say(spoken(digits), OWNER_VOICE, path, *take_pace_and_pitch(i))
         takes.append(str(path))
         prompts.append(digits)
         print(f'    take {i + 1}: "{spoken(digits)}"')
