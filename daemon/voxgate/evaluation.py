@@ -58,13 +58,15 @@ class EvalSet:
         return self.speaker_of.get(recording.split(";")[0], "?")
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """The rows with their line numbers in the file (the reader skips blank lines, so a
+    row's index is not its line)."""
     try:
         # utf-8-sig: a spreadsheet's BOM would otherwise become part of the first column's name
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
-            rows = list(reader)
+            rows = [(reader.line_num, row) for row in reader]
     except FileNotFoundError:
         raise EvalError(f"{path}: missing (a protocol folder needs {path.name})") from None
     except UnicodeDecodeError as exc:  # a spreadsheet's "Unicode text" (UTF-16) or Latin-1
@@ -78,7 +80,7 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     if any(c not in header for c in columns):
         found = ",".join(header) if header else "nothing"
         raise EvalError(f"{path}, line 1: needs columns {', '.join(columns)}; it has {found}")
-    for n, row in enumerate(rows, 2):
+    for n, row in rows:
         if any(not row.get(c) for c in columns):
             raise EvalError(f"{path}, line {n}: needs columns {', '.join(columns)}")
     return rows
@@ -93,7 +95,7 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
     manifest = _read_csv(root / "manifest.csv", ("path", "speaker"))
     speaker_of: dict[str, str] = {}
     first_line: dict[str, int] = {}
-    for n, r in enumerate(manifest, 2):
+    for n, r in manifest:
         path, spk = r["path"], r["speaker"]
         if speaker_of.setdefault(path, spk) != spk:  # the later row silently won before
             raise EvalError(
@@ -116,10 +118,10 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
     # A cohort pool (need_trials=False) with either protocol file needs both: the protocol's
     # speakers must be known to be kept out of the cohort.
     if need_trials or any((root / n).exists() for n in ("enroll.csv", "trials.csv")):
-        for n, r in enumerate(_read_csv(root / "enroll.csv", ("model", "path")), 2):
+        for n, r in _read_csv(root / "enroll.csv", ("model", "path")):
             listed("enroll.csv", n, r["path"])
             enroll.setdefault(r["model"], []).append(r["path"])
-        for n, r in enumerate(_read_csv(root / "trials.csv", ("model", "path", "target")), 2):
+        for n, r in _read_csv(root / "trials.csv", ("model", "path", "target")):
             if r["target"] not in ("0", "1"):
                 raise EvalError(
                     f"{root / 'trials.csv'}, line {n}: target must be 0 or 1, not {r['target']!r}"
