@@ -81,6 +81,12 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str,
         found = ",".join(header) if header else "nothing"
         raise EvalError(f"{path}, line 1: needs columns {', '.join(columns)}; it has {found}")
     for n, row in rows:
+        if None in row:  # DictReader's key for fields beyond the header's, else dropped unseen
+            fields = len(header) + len(row[None])  # type: ignore[index]
+            raise EvalError(
+                f"{path}, line {n}: {fields} fields, the header has {len(header)} "
+                f"({','.join(header)}); a field with a comma needs double quotes"
+            )
         if any(not row.get(c) for c in columns):
             raise EvalError(f"{path}, line {n}: needs columns {', '.join(columns)}")
     return rows

@@ -221,3 +221,18 @@ def test_line_numbers_count_blank_lines(tmp_path: Path) -> None:
     (tmp_path / "trials.csv").write_text("model,path,target\n\n\ns1,a/zz.wav,1\n")
     with pytest.raises(EvalError, match=r"trials\.csv, line 4: a/zz\.wav is not in manifest"):
         read_set(tmp_path)
+
+
+def test_a_row_with_more_fields_than_the_header_is_named(tmp_path: Path) -> None:
+    """'s1,a/x.wav,a/y.wav' (two takes on one row, or a path with an unquoted comma) was
+    read as a take a/x.wav and the rest dropped without a word: the model was enrolled
+    from fewer takes than the file lists."""
+    _write_set(tmp_path, "model,path,target\ns1,a/y.wav,0\n")
+    (tmp_path / "enroll.csv").write_text("model,path\ns1,a/x.wav,a/y.wav\n")
+    with pytest.raises(
+        EvalError, match=r"enroll\.csv, line 2: 3 fields, the header has 2 \(model,path\)"
+    ):
+        read_set(tmp_path)
+    # Extra named columns are fine (a spreadsheet's notes beside the protocol).
+    (tmp_path / "enroll.csv").write_text("model,path,note\ns1,a/x.wav,first take\n")
+    assert read_set(tmp_path).enroll == {"s1": ["a/x.wav"]}
