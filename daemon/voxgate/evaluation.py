@@ -78,7 +78,8 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str,
     # Said of the header itself: an empty file, or a ';'-separated spreadsheet export, was
     # blamed on line 2 or on another file ("model X not enrolled").
     if any(c not in header for c in columns):
-        found = ",".join(header) if header else "nothing"
+        # Quoted: 'model, path' split into 'model' and ' path' read like the needed names.
+        found = ", ".join(repr(c) for c in header) if header else "nothing"
         raise EvalError(f"{path}, line 1: needs columns {', '.join(columns)}; it has {found}")
     for n, row in rows:
         if None in row:  # DictReader's key for fields beyond the header's, else dropped unseen

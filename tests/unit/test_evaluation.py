@@ -159,7 +159,7 @@ def test_set_named_after_its_folder_when_given_as_dot(
         (
             "trials.csv",
             "model;path;target\ns1;a/x.wav;1\n",
-            r"trials\.csv, line 1: needs columns model, path, target; it has model;path;target",
+            r"trials\.csv, line 1: needs columns model, path, target; it has 'model;path;target'",
         ),
         ("manifest.csv", "", r"manifest\.csv, line 1: needs columns path, speaker"),
     ],
@@ -236,3 +236,11 @@ def test_a_row_with_more_fields_than_the_header_is_named(tmp_path: Path) -> None
     # Extra named columns are fine (a spreadsheet's notes beside the protocol).
     (tmp_path / "enroll.csv").write_text("model,path,note\ns1,a/x.wav,first take\n")
     assert read_set(tmp_path).enroll == {"s1": ["a/x.wav"]}
+
+
+def test_a_header_with_spaces_is_shown_quoted(tmp_path: Path) -> None:
+    """A header typed as 'model, path, target' was reported as 'needs columns model, path,
+    target; it has model, path, target': the needed and the found columns read the same."""
+    _write_set(tmp_path, "model, path, target\ns1,a/x.wav,1\n")
+    with pytest.raises(EvalError, match=r"it has 'model', ' path', ' target'$"):
+        read_set(tmp_path)
