@@ -122,12 +122,24 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
             if part not in speaker_of:
                 raise EvalError(f"{root / where}, line {n}: {part} is not in manifest.csv")
 
+    def once(where: str, seen: dict[tuple[str, str], int], n: int, r: dict[str, str]) -> None:
+        # A repeated row was counted twice: a trial scored twice, a take weighed double.
+        line = seen.setdefault((r["model"], r["path"]), n)
+        if line != n:
+            raise EvalError(
+                f"{root / where}, line {n}: model {r['model']!r} and {r['path']} again "
+                f"(line {line})"
+            )
+
     # A cohort pool (need_trials=False) with either protocol file needs both: the protocol's
     # speakers must be known to be kept out of the cohort.
     if need_trials or any((root / n).exists() for n in ("enroll.csv", "trials.csv")):
+        seen: dict[tuple[str, str], int] = {}
         for n, r in _read_csv(root / "enroll.csv", ("model", "path")):
             listed("enroll.csv", n, r["path"])
+            once("enroll.csv", seen, n, r)
             enroll.setdefault(r["model"], []).append(r["path"])
+        seen = {}
         for n, r in _read_csv(root / "trials.csv", ("model", "path", "target")):
             if r["target"] not in ("0", "1"):
                 raise EvalError(
@@ -140,6 +152,7 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
                     f"enroll.csv (it has {known or 'none'})"
                 )
             listed("trials.csv", n, r["path"])
+            once("trials.csv", seen, n, r)
             trials.append((r["model"], r["path"], int(r["target"])))
     return EvalSet(root, speaker_of, enroll, trials)
 

@@ -244,3 +244,33 @@ def test_a_header_with_spaces_is_shown_quoted(tmp_path: Path) -> None:
     _write_set(tmp_path, "model, path, target\ns1,a/x.wav,1\n")
     with pytest.raises(EvalError, match=r"it has 'model', ' path', ' target'$"):
         read_set(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        (
+            "trials.csv",
+            "model,path,target\ns1,a/y.wav,0\ns1,a/x.wav,1\ns1,a/y.wav,0\n",
+            r"trials\.csv, line 4: model 's1' and a/y\.wav again \(line 2\)",
+        ),
+        (  # the same pair with both answers: one of the two rows is wrong
+            "trials.csv",
+            "model,path,target\ns1,a/y.wav,0\ns1,a/y.wav,1\n",
+            r"trials\.csv, line 3: model 's1' and a/y\.wav again \(line 2\)",
+        ),
+        (
+            "enroll.csv",
+            "model,path\ns1,a/x.wav\ns1,a/x.wav\n",
+            r"enroll\.csv, line 3: model 's1' and a/x\.wav again \(line 2\)",
+        ),
+    ],
+)
+def test_a_repeated_row_is_named(tmp_path: Path, name: str, text: str, match: str) -> None:
+    """A trial listed twice (two protocol files pasted together) was scored and counted twice,
+    and a take listed twice weighed double in the model's mean: on an fsdd subset, one
+    repeated enroll row moved the upstream recipe's minDCF from 0.333 to 0.167, silently."""
+    _write_set(tmp_path, "model,path,target\ns1,a/y.wav,0\n")
+    (tmp_path / name).write_text(text)
+    with pytest.raises(EvalError, match=match):
+        read_set(tmp_path)
