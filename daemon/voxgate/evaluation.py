@@ -581,6 +581,18 @@ def evaluate(
         return float(m @ e) if e is not None and m is not None else float("-inf")
 
     baseline = np.array([cos(m, r) for m, r, _ in es.trials])
+    # Unscorable trials count as no match; with no trial of one class scored, EER and minDCF
+    # describe no trial at all (0.00 % with no impostor trial scored, 50.00 % with none).
+    is_target = np.array([t for _, _, t in es.trials])
+    for cls, label in ((1, "target"), (0, "non-target")):
+        if not np.isfinite(baseline[is_target == cls]).any():
+            one = next(iter(cache.errors.items()), None)
+            named = f"; the first: {one[0]} ({one[1]})" if one else ""
+            raise EvalError(
+                f"{es.root / 'trials.csv'}: no {label} trial could be scored (each names a "
+                f"recording or a model without an embedding: {len(cache.errors)} recording(s) "
+                f"have none{named}); EER and minDCF would be meaningless"
+            )
 
     # voxgate back end: enrollment checks, a real encrypted store, AS-norm, FMR threshold.
     # Protocol takes are a few seconds each: the enrollment totals (20 s, 3 takes) are a

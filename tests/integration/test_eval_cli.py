@@ -191,11 +191,13 @@ def test_trials_of_one_class_are_one_clear_error(
         assert "Traceback" not in err
 
 
-def _noise_set(root: Path, seed: int) -> Path:
-    """Three 1.5 s recordings of coloured noise; the seed makes the audio, not the names."""
+def _noise_set(root: Path, seed: int, second_impostor: bool = False) -> Path:
+    """Three 1.5 s recordings of coloured noise; the seed makes the audio, not the names.
+    second_impostor: a fourth, w (speaker s3), as a second non-target trial, so that one
+    impostor trial is still scored when z is made unusable."""
     rng = np.random.default_rng(seed)
     (root / "a").mkdir(parents=True)
-    for name in ("x", "y", "z"):
+    for name in ("x", "y", "z", "w"):
         sig = np.cumsum(rng.standard_normal(24000))
         sig = sig - np.convolve(sig, np.ones(50) / 50, mode="same")
         sf.write(
@@ -204,6 +206,13 @@ def _noise_set(root: Path, seed: int) -> Path:
     (root / "manifest.csv").write_text("path,speaker\na/x.wav,s1\na/y.wav,s1\na/z.wav,s2\n")
     (root / "enroll.csv").write_text("model,path\nm1,a/x.wav\n")
     (root / "trials.csv").write_text("model,path,target\nm1,a/y.wav,1\nm1,a/z.wav,0\n")
+    if second_impostor:
+        with open(root / "manifest.csv", "a") as f:
+            f.write("a/w.wav,s3\n")
+        with open(root / "trials.csv", "a") as f:
+            f.write("m1,a/w.wav,0\n")
+    else:
+        (root / "a" / "w.wav").unlink()
     return root
 
 
@@ -320,7 +329,10 @@ def test_report_is_strict_json_when_no_impostor_trial_could_be_scored(tmp_path: 
     Found with a fsdd subset whose impostor trials all named a missing file."""
     root = _noise_set(tmp_path / "set", seed=1)
     (root / "manifest.csv").write_text((root / "manifest.csv").read_text() + "a/gone.wav,s3\n")
-    (root / "trials.csv").write_text("model,path,target\nm1,a/y.wav,1\nm1,a/gone.wav,0\n")
+    # One impostor trial still scored: with none, the run is refused (the next test).
+    (root / "trials.csv").write_text(
+        "model,path,target\nm1,a/y.wav,1\nm1,a/gone.wav,0\nm1,a/z.wav,0\n"
+    )
     out = tmp_path / "out"
     assert main(["eval", str(root), "--out", str(out)]) == 0
 
@@ -330,6 +342,34 @@ def test_report_is_strict_json_when_no_impostor_trial_could_be_scored(tmp_path: 
     report = json.loads((out / "report.json").read_text(), parse_constant=refuse)
     assert report["systems"]["backend"]["threshold_for_target_fmr_on_this_set"] is None
     assert report["embedding_errors"].keys() == {"a/gone.wav"}
+
+
+@pytest.mark.parametrize(
+    ("trials", "which"),
+    [
+        ("m1,a/y.wav,1\nm1,a/gone.wav,0\n", "non-target"),  # EER 0.00 % was printed
+        ("m1,a/gone.wav,1\nm1,a/z.wav,0\n", "target"),
+        ("m1,a/gone.wav,1\nm1,a/gone2.wav,0\n", "target"),  # EER 50.00 %, CI 50.00-50.00
+    ],
+)
+def test_no_scored_trial_of_one_class_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], trials: str, which: str
+) -> None:
+    """Unscorable trials count as no match, so with every impostor trial unscorable (their
+    recordings missing) the EER came out 0.00 %, and with every trial unscorable 50.00 % with
+    an interval of 50.00-50.00: figures of no trial at all. Found with an fsdd subset whose
+    test recordings were all deleted."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    manifest = root / "manifest.csv"
+    manifest.write_text(manifest.read_text() + "a/gone.wav,s3\na/gone2.wav,s3\n")
+    (root / "trials.csv").write_text("model,path,target\n" + trials)
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"trials.csv: no {which} trial could be scored" in err
+    assert "a/gone.wav" in err and "Traceback" not in err
+    assert not (out / "report.json").exists()
+    assert list(out.glob("embeddings-*.npz"))  # what was embedded is kept for the next run
 
 
 def test_a_fixed_threshold_is_not_reported_as_the_target_fmr_one(
@@ -496,7 +536,7 @@ def test_embedding_errors_are_reported_again_from_the_cache(tmp_path: Path) -> N
     """A recording too short to embed is cached as 'no embedding' and still scores -inf on
     the next run with the same --out, but that run's report.json said "embedding_errors": {}
     (found by running eval twice on a fsdd subset with a header-only WAV among its trials)."""
-    root = _noise_set(tmp_path / "set", seed=1)
+    root = _noise_set(tmp_path / "set", seed=1, second_impostor=True)
     sf.write(root / "a" / "z.wav", np.zeros(4800, np.float32), 16000)  # 0.3 s: too short
     out = tmp_path / "out"
     reports = []
@@ -515,7 +555,7 @@ def test_the_summary_names_recordings_without_an_embedding(
     second run with the same --out (cached) says nothing at all, and the figures then rest
     on fewer trials than the header counts (found in the walkthrough with one fsdd
     enrollment file renamed away)."""
-    root = _noise_set(tmp_path / "set", seed=1)
+    root = _noise_set(tmp_path / "set", seed=1, second_impostor=True)
     sf.write(root / "a" / "z.wav", np.zeros(4800, np.float32), 16000)  # 0.3 s: too short
     out = tmp_path / "out"
     for _ in range(2):
