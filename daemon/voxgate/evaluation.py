@@ -240,6 +240,8 @@ class EmbeddingCache:
         if self.cache_file is None:
             return
         recs = sorted(r for r in self._emb if r not in self.unreadable)
+        if not recs:
+            return
         emb = np.stack(
             [e if (e := self._emb[r]) is not None else np.full(self.dim, np.nan) for r in recs]
         ).astype(np.float32)
@@ -258,10 +260,18 @@ class EmbeddingCache:
                 if self._emb[r] is None
             },
         }
+        # Written beside and renamed: a Ctrl-C or a full disk mid-write leaves the previous
+        # cache whole instead of a truncated file.
+        part = self.cache_file.with_name(self.cache_file.name + ".part")
         try:
-            np.savez(self.cache_file, emb=emb, meta=np.array(json.dumps(meta)))
-        except OSError:
-            self.cache_file.unlink(missing_ok=True)  # a half cache is only a warning next time
+            with open(part, "wb") as f:
+                np.savez(f, emb=emb, meta=np.array(json.dumps(meta)))
+            part.replace(self.cache_file)
+        except OSError as exc:  # named after the cache, not the part file
+            part.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror, str(self.cache_file)) from None
+        except BaseException:
+            part.unlink(missing_ok=True)
             raise
 
     def embed(self, pcm: np.ndarray) -> np.ndarray:
@@ -295,6 +305,9 @@ class EmbeddingCache:
             if r not in fresh and r in self._cached_errors:
                 self.errors[r] = self._cached_errors[r]
         for n, rec in enumerate(todo, 1):
+            # Forgotten until it is done again: a Ctrl-C halfway must not leave the old
+            # embedding saved under the new stamp (save() keeps what is done).
+            self._emb.pop(rec, None)
             self._stamps[rec] = stamps[rec]
             try:
                 pcm = load_recording(self.root, rec)
@@ -559,7 +572,13 @@ def evaluate(
     cache = EmbeddingCache(embedder, es.root, cfg.vad, cache_file)
     recordings = [r for recs in es.enroll.values() for r in recs] + [r for _, r, _ in es.trials]
     noop: Callable[[int, int], None] = lambda n, total: None  # noqa: E731
-    cache.fill(recordings, _progress_printer(f"embedding {es.name}") if progress else noop)
+    try:
+        cache.fill(recordings, _progress_printer(f"embedding {es.name}") if progress else noop)
+    except KeyboardInterrupt:
+        # Ctrl-C: what was embedded is kept, so a rerun with the same --out embeds the rest.
+        with _writing(out_dir):
+            cache.save()
+        raise
     if cache.unreadable >= set(recordings):  # e.g. the CSV files copied without the audio
         first = next(iter(cache.errors.values()))
         raise EvalError(

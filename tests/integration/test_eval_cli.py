@@ -590,3 +590,41 @@ def test_report_json_names_the_det_plot_it_printed(
     assert main(["eval", str(root), "--out", str(out)]) == 0
     assert f"DET curve: {out / 'det.png'}" in capsys.readouterr().out
     assert json.loads((out / "report.json").read_text())["det_png"] == str(out / "det.png")
+
+
+def test_ctrl_c_while_embedding_keeps_what_was_embedded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while embedding wrote nothing, so the rerun embedded the whole set again
+    (minutes on vcc2018_eval). Now the embeddings made so far are saved and the rerun
+    embeds only the rest, with the scores of an uninterrupted run."""
+    import signal
+
+    import voxgate.evaluation as evaluation
+
+    root = _noise_set(tmp_path / "set", seed=1)
+    real = evaluation._progress_printer
+    seen: list[tuple[int, int]] = []
+
+    def interrupting(label: str) -> Callable[[int, int], None]:
+        show = real(label)
+
+        def step(n: int, total: int) -> None:
+            seen.append((n, total))
+            show(n, total)
+            if n == 2 and total == 3:  # a real SIGINT, as the terminal sends it
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return step
+
+    monkeypatch.setattr(evaluation, "_progress_printer", interrupting)
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 130
+    assert not (out / "report.json").exists()
+    assert "Traceback" not in capsys.readouterr().err
+    seen.clear()
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    assert seen == [(1, 1)]  # only z.wav, the one not embedded before Ctrl-C
+    monkeypatch.setattr(evaluation, "_progress_printer", real)
+    assert main(["eval", str(root), "--out", str(tmp_path / "fresh")]) == 0
+    assert (out / "scores.csv").read_text() == (tmp_path / "fresh" / "scores.csv").read_text()
