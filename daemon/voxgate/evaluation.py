@@ -153,6 +153,16 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
                 )
             listed("trials.csv", n, r["path"])
             once("trials.csv", seen, n, r)
+            # The manifest's speakers decide what a target is (the bootstrap resamples by
+            # them): a flipped or shifted target column was scored as given.
+            model_spk = {speaker_of[rec.split(";")[0]] for rec in enroll[r["model"]]}
+            test_spk = speaker_of[r["path"].split(";")[0]]
+            if (test_spk in model_spk) != (r["target"] == "1"):
+                raise EvalError(
+                    f"{root / 'trials.csv'}, line {n}: target {r['target']}, but model "
+                    f"{r['model']!r} is {'/'.join(sorted(model_spk))} and {r['path']} is "
+                    f"{test_spk} in manifest.csv"
+                )
             trials.append((r["model"], r["path"], int(r["target"])))
     return EvalSet(root, speaker_of, enroll, trials)
 

@@ -181,9 +181,10 @@ def test_trials_of_one_class_are_one_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Only targets or only non-targets: EER is undefined; it was an IndexError traceback."""
-    (tmp_path / "manifest.csv").write_text("path,speaker\na.wav,s1\nb.wav,s1\n")
     (tmp_path / "enroll.csv").write_text("model,path\ns1,a.wav\n")
     for target in ("1", "0"):
+        speaker = "s1" if target == "1" else "s2"  # as the target says
+        (tmp_path / "manifest.csv").write_text(f"path,speaker\na.wav,s1\nb.wav,{speaker}\n")
         (tmp_path / "trials.csv").write_text(f"model,path,target\ns1,b.wav,{target}\n")
         assert main(["eval", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
         err = capsys.readouterr().err
@@ -345,15 +346,16 @@ def test_report_is_strict_json_when_no_impostor_trial_could_be_scored(tmp_path: 
 
 
 @pytest.mark.parametrize(
-    ("trials", "which"),
+    ("trials", "which", "named"),
     [
-        ("m1,a/y.wav,1\nm1,a/gone.wav,0\n", "non-target"),  # EER 0.00 % was printed
-        ("m1,a/gone.wav,1\nm1,a/z.wav,0\n", "target"),
-        ("m1,a/gone.wav,1\nm1,a/gone2.wav,0\n", "target"),  # EER 50.00 %, CI 50.00-50.00
+        ("m1,a/y.wav,1\nm1,a/gone.wav,0\n", "non-target", "a/gone.wav"),  # EER 0.00 % printed
+        ("m1,a/lost.wav,1\nm1,a/z.wav,0\n", "target", "a/lost.wav"),
+        # EER 50.00 %, CI 50.00-50.00 was printed
+        ("m1,a/lost.wav,1\nm1,a/gone.wav,0\n", "target", "a/lost.wav"),
     ],
 )
 def test_no_scored_trial_of_one_class_is_one_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], trials: str, which: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], trials: str, which: str, named: str
 ) -> None:
     """Unscorable trials count as no match, so with every impostor trial unscorable (their
     recordings missing) the EER came out 0.00 %, and with every trial unscorable 50.00 % with
@@ -361,13 +363,13 @@ def test_no_scored_trial_of_one_class_is_one_clear_error(
     test recordings were all deleted."""
     root = _noise_set(tmp_path / "set", seed=1)
     manifest = root / "manifest.csv"
-    manifest.write_text(manifest.read_text() + "a/gone.wav,s3\na/gone2.wav,s3\n")
+    manifest.write_text(manifest.read_text() + "a/lost.wav,s1\na/gone.wav,s3\n")
     (root / "trials.csv").write_text("model,path,target\n" + trials)
     out = tmp_path / "out"
     assert main(["eval", str(root), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert f"trials.csv: no {which} trial could be scored" in err
-    assert "a/gone.wav" in err and "Traceback" not in err
+    assert named in err and "Traceback" not in err
     assert not (out / "report.json").exists()
     assert list(out.glob("embeddings-*.npz"))  # what was embedded is kept for the next run
 

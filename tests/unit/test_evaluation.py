@@ -274,3 +274,24 @@ def test_a_repeated_row_is_named(tmp_path: Path, name: str, text: str, match: st
     (tmp_path / name).write_text(text)
     with pytest.raises(EvalError, match=match):
         read_set(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("trials", "match"),
+    [
+        ("s1,a/y.wav,1\n", r"line 2: target 1, but model 's1' is s1 and a/y\.wav is s2"),
+        (
+            "s1,a/y.wav,0\ns1,a/x.wav,0\n",
+            r"line 3: target 0, but model 's1' is s1 and a/x\.wav is s1",
+        ),
+    ],
+)
+def test_a_target_the_manifest_contradicts_is_named(
+    tmp_path: Path, trials: str, match: str
+) -> None:
+    """A target column flipped or shifted (a sorted spreadsheet column) was scored as given:
+    the EER of other labels than the speakers manifest.csv names, which the speaker
+    bootstrap resamples by."""
+    _write_set(tmp_path, "model,path,target\n" + trials)
+    with pytest.raises(EvalError, match=match + r" in manifest\.csv"):
+        read_set(tmp_path)
