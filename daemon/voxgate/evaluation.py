@@ -120,7 +120,8 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
             if not part:  # 'a;' or 'a;;b': would be read as the set folder itself
                 raise EvalError(f"{root / where}, line {n}: empty file name in {recording!r}")
             if part not in speaker_of:
-                raise EvalError(f"{root / where}, line {n}: {part} is not in manifest.csv")
+                # quoted: a stray space is otherwise invisible
+                raise EvalError(f"{root / where}, line {n}: {part!r} is not in manifest.csv")
 
     def once(where: str, seen: dict[tuple[str, str], int], n: int, r: dict[str, str]) -> None:
         # A repeated row was counted twice: a trial scored twice, a take weighed double.

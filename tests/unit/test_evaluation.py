@@ -101,9 +101,9 @@ def test_missing_folder_and_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("enroll", "trials", "where"),
     [
-        ("s1,a/x.wav\n", "s1,a/zz.wav,1\n", r"trials\.csv, line 2: a/zz\.wav"),
-        ("s1,a/x.wav\n", "s1,a/y.wav;a/q.wav,0\n", r"trials\.csv, line 2: a/q\.wav"),
-        ("s1,a/x.wav\ns1,b/x.wav\n", "s1,a/y.wav,1\n", r"enroll\.csv, line 3: b/x\.wav"),
+        ("s1,a/x.wav\n", "s1,a/zz.wav,1\n", r"trials\.csv, line 2: 'a/zz\.wav'"),
+        ("s1,a/x.wav\n", "s1,a/y.wav;a/q.wav,0\n", r"trials\.csv, line 2: 'a/q\.wav'"),
+        ("s1,a/x.wav\ns1,b/x.wav\n", "s1,a/y.wav,1\n", r"enroll\.csv, line 3: 'b/x\.wav'"),
     ],
 )
 def test_recordings_missing_from_the_manifest_are_named(
@@ -219,7 +219,7 @@ def test_line_numbers_count_blank_lines(tmp_path: Path) -> None:
     with pytest.raises(EvalError, match=r"trials\.csv, line 4: target must be 0 or 1"):
         read_set(tmp_path)
     (tmp_path / "trials.csv").write_text("model,path,target\n\n\ns1,a/zz.wav,1\n")
-    with pytest.raises(EvalError, match=r"trials\.csv, line 4: a/zz\.wav is not in manifest"):
+    with pytest.raises(EvalError, match=r"trials\.csv, line 4: 'a/zz\.wav' is not in manifest"):
         read_set(tmp_path)
 
 
@@ -294,4 +294,12 @@ def test_a_target_the_manifest_contradicts_is_named(
     bootstrap resamples by."""
     _write_set(tmp_path, "model,path,target\n" + trials)
     with pytest.raises(EvalError, match=match + r" in manifest\.csv"):
+        read_set(tmp_path)
+
+
+def test_a_path_not_in_the_manifest_is_quoted(tmp_path: Path) -> None:
+    """'a/x.wav  is not in manifest.csv' gave no hint of the trailing space a spreadsheet
+    cell kept (found on an fsdd subset); the path is shown quoted as model labels are."""
+    _write_set(tmp_path, "model,path,target\ns1,a/y.wav ,0\n")
+    with pytest.raises(EvalError, match=r"line 2: 'a/y\.wav ' is not in manifest\.csv"):
         read_set(tmp_path)
