@@ -58,13 +58,15 @@ class EvalSet:
         return self.speaker_of.get(recording.split(";")[0], "?")
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """The rows with their line numbers in the file (the reader skips blank lines, so a
+    row's index is not its line)."""
     try:
         # utf-8-sig: a spreadsheet's BOM would otherwise become part of the first column's name
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
-            rows = list(reader)
+            rows = [(reader.line_num, row) for row in reader]
     except FileNotFoundError:
         raise EvalError(f"{path}: missing (a protocol folder needs {path.name})") from None
     except UnicodeDecodeError as exc:  # a spreadsheet's "Unicode text" (UTF-16) or Latin-1
@@ -76,9 +78,16 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     # Said of the header itself: an empty file, or a ';'-separated spreadsheet export, was
     # blamed on line 2 or on another file ("model X not enrolled").
     if any(c not in header for c in columns):
-        found = ",".join(header) if header else "nothing"
+        # Quoted: 'model, path' split into 'model' and ' path' read like the needed names.
+        found = ", ".join(repr(c) for c in header) if header else "nothing"
         raise EvalError(f"{path}, line 1: needs columns {', '.join(columns)}; it has {found}")
-    for n, row in enumerate(rows, 2):
+    for n, row in rows:
+        if None in row:  # DictReader's key for fields beyond the header's, else dropped unseen
+            fields = len(header) + len(row[None])  # type: ignore[index]
+            raise EvalError(
+                f"{path}, line {n}: {fields} fields, the header has {len(header)} "
+                f"({','.join(header)}); a field with a comma needs double quotes"
+            )
         if any(not row.get(c) for c in columns):
             raise EvalError(f"{path}, line {n}: needs columns {', '.join(columns)}")
     return rows
@@ -93,7 +102,7 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
     manifest = _read_csv(root / "manifest.csv", ("path", "speaker"))
     speaker_of: dict[str, str] = {}
     first_line: dict[str, int] = {}
-    for n, r in enumerate(manifest, 2):
+    for n, r in manifest:
         path, spk = r["path"], r["speaker"]
         if speaker_of.setdefault(path, spk) != spk:  # the later row silently won before
             raise EvalError(
@@ -111,15 +120,28 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
             if not part:  # 'a;' or 'a;;b': would be read as the set folder itself
                 raise EvalError(f"{root / where}, line {n}: empty file name in {recording!r}")
             if part not in speaker_of:
-                raise EvalError(f"{root / where}, line {n}: {part} is not in manifest.csv")
+                # quoted: a stray space is otherwise invisible
+                raise EvalError(f"{root / where}, line {n}: {part!r} is not in manifest.csv")
+
+    def once(where: str, seen: dict[tuple[str, str], int], n: int, r: dict[str, str]) -> None:
+        # A repeated row was counted twice: a trial scored twice, a take weighed double.
+        line = seen.setdefault((r["model"], r["path"]), n)
+        if line != n:
+            raise EvalError(
+                f"{root / where}, line {n}: model {r['model']!r} and {r['path']} again "
+                f"(line {line})"
+            )
 
     # A cohort pool (need_trials=False) with either protocol file needs both: the protocol's
     # speakers must be known to be kept out of the cohort.
     if need_trials or any((root / n).exists() for n in ("enroll.csv", "trials.csv")):
-        for n, r in enumerate(_read_csv(root / "enroll.csv", ("model", "path")), 2):
+        seen: dict[tuple[str, str], int] = {}
+        for n, r in _read_csv(root / "enroll.csv", ("model", "path")):
             listed("enroll.csv", n, r["path"])
+            once("enroll.csv", seen, n, r)
             enroll.setdefault(r["model"], []).append(r["path"])
-        for n, r in enumerate(_read_csv(root / "trials.csv", ("model", "path", "target")), 2):
+        seen = {}
+        for n, r in _read_csv(root / "trials.csv", ("model", "path", "target")):
             if r["target"] not in ("0", "1"):
                 raise EvalError(
                     f"{root / 'trials.csv'}, line {n}: target must be 0 or 1, not {r['target']!r}"
@@ -131,6 +153,17 @@ def read_set(root: Path, need_trials: bool = True) -> EvalSet:
                     f"enroll.csv (it has {known or 'none'})"
                 )
             listed("trials.csv", n, r["path"])
+            once("trials.csv", seen, n, r)
+            # The manifest's speakers decide what a target is (the bootstrap resamples by
+            # them): a flipped or shifted target column was scored as given.
+            model_spk = {speaker_of[rec.split(";")[0]] for rec in enroll[r["model"]]}
+            test_spk = speaker_of[r["path"].split(";")[0]]
+            if (test_spk in model_spk) != (r["target"] == "1"):
+                raise EvalError(
+                    f"{root / 'trials.csv'}, line {n}: target {r['target']}, but model "
+                    f"{r['model']!r} is {'/'.join(sorted(model_spk))} and {r['path']} is "
+                    f"{test_spk} in manifest.csv"
+                )
             trials.append((r["model"], r["path"], int(r["target"])))
     return EvalSet(root, speaker_of, enroll, trials)
 
@@ -218,6 +251,8 @@ class EmbeddingCache:
         if self.cache_file is None:
             return
         recs = sorted(r for r in self._emb if r not in self.unreadable)
+        if not recs:
+            return
         emb = np.stack(
             [e if (e := self._emb[r]) is not None else np.full(self.dim, np.nan) for r in recs]
         ).astype(np.float32)
@@ -236,10 +271,18 @@ class EmbeddingCache:
                 if self._emb[r] is None
             },
         }
+        # Written beside and renamed: a Ctrl-C or a full disk mid-write leaves the previous
+        # cache whole instead of a truncated file.
+        part = self.cache_file.with_name(self.cache_file.name + ".part")
         try:
-            np.savez(self.cache_file, emb=emb, meta=np.array(json.dumps(meta)))
-        except OSError:
-            self.cache_file.unlink(missing_ok=True)  # a half cache is only a warning next time
+            with open(part, "wb") as f:
+                np.savez(f, emb=emb, meta=np.array(json.dumps(meta)))
+            part.replace(self.cache_file)
+        except OSError as exc:  # named after the cache, not the part file
+            part.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror, str(self.cache_file)) from None
+        except BaseException:
+            part.unlink(missing_ok=True)
             raise
 
     def embed(self, pcm: np.ndarray) -> np.ndarray:
@@ -273,6 +316,9 @@ class EmbeddingCache:
             if r not in fresh and r in self._cached_errors:
                 self.errors[r] = self._cached_errors[r]
         for n, rec in enumerate(todo, 1):
+            # Forgotten until it is done again: a Ctrl-C halfway must not leave the old
+            # embedding saved under the new stamp (save() keeps what is done).
+            self._emb.pop(rec, None)
             self._stamps[rec] = stamps[rec]
             try:
                 pcm = load_recording(self.root, rec)
@@ -537,7 +583,13 @@ def evaluate(
     cache = EmbeddingCache(embedder, es.root, cfg.vad, cache_file)
     recordings = [r for recs in es.enroll.values() for r in recs] + [r for _, r, _ in es.trials]
     noop: Callable[[int, int], None] = lambda n, total: None  # noqa: E731
-    cache.fill(recordings, _progress_printer(f"embedding {es.name}") if progress else noop)
+    try:
+        cache.fill(recordings, _progress_printer(f"embedding {es.name}") if progress else noop)
+    except KeyboardInterrupt:
+        # Ctrl-C: what was embedded is kept, so a rerun with the same --out embeds the rest.
+        with _writing(out_dir):
+            cache.save()
+        raise
     if cache.unreadable >= set(recordings):  # e.g. the CSV files copied without the audio
         first = next(iter(cache.errors.values()))
         raise EvalError(
@@ -559,6 +611,18 @@ def evaluate(
         return float(m @ e) if e is not None and m is not None else float("-inf")
 
     baseline = np.array([cos(m, r) for m, r, _ in es.trials])
+    # Unscorable trials count as no match; with no trial of one class scored, EER and minDCF
+    # describe no trial at all (0.00 % with no impostor trial scored, 50.00 % with none).
+    is_target = np.array([t for _, _, t in es.trials])
+    for cls, label in ((1, "target"), (0, "non-target")):
+        if not np.isfinite(baseline[is_target == cls]).any():
+            one = next(iter(cache.errors.items()), None)
+            named = f"; the first: {one[0]} ({one[1]})" if one else ""
+            raise EvalError(
+                f"{es.root / 'trials.csv'}: no {label} trial could be scored (each names a "
+                f"recording or a model without an embedding: {len(cache.errors)} recording(s) "
+                f"have none{named}); EER and minDCF would be meaningless"
+            )
 
     # voxgate back end: enrollment checks, a real encrypted store, AS-norm, FMR threshold.
     # Protocol takes are a few seconds each: the enrollment totals (20 s, 3 takes) are a

@@ -181,9 +181,10 @@ def test_trials_of_one_class_are_one_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Only targets or only non-targets: EER is undefined; it was an IndexError traceback."""
-    (tmp_path / "manifest.csv").write_text("path,speaker\na.wav,s1\nb.wav,s1\n")
     (tmp_path / "enroll.csv").write_text("model,path\ns1,a.wav\n")
     for target in ("1", "0"):
+        speaker = "s1" if target == "1" else "s2"  # as the target says
+        (tmp_path / "manifest.csv").write_text(f"path,speaker\na.wav,s1\nb.wav,{speaker}\n")
         (tmp_path / "trials.csv").write_text(f"model,path,target\ns1,b.wav,{target}\n")
         assert main(["eval", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
         err = capsys.readouterr().err
@@ -191,11 +192,13 @@ def test_trials_of_one_class_are_one_clear_error(
         assert "Traceback" not in err
 
 
-def _noise_set(root: Path, seed: int) -> Path:
-    """Three 1.5 s recordings of coloured noise; the seed makes the audio, not the names."""
+def _noise_set(root: Path, seed: int, second_impostor: bool = False) -> Path:
+    """Three 1.5 s recordings of coloured noise; the seed makes the audio, not the names.
+    second_impostor: a fourth, w (speaker s3), as a second non-target trial, so that one
+    impostor trial is still scored when z is made unusable."""
     rng = np.random.default_rng(seed)
     (root / "a").mkdir(parents=True)
-    for name in ("x", "y", "z"):
+    for name in ("x", "y", "z", "w"):
         sig = np.cumsum(rng.standard_normal(24000))
         sig = sig - np.convolve(sig, np.ones(50) / 50, mode="same")
         sf.write(
@@ -204,6 +207,13 @@ def _noise_set(root: Path, seed: int) -> Path:
     (root / "manifest.csv").write_text("path,speaker\na/x.wav,s1\na/y.wav,s1\na/z.wav,s2\n")
     (root / "enroll.csv").write_text("model,path\nm1,a/x.wav\n")
     (root / "trials.csv").write_text("model,path,target\nm1,a/y.wav,1\nm1,a/z.wav,0\n")
+    if second_impostor:
+        with open(root / "manifest.csv", "a") as f:
+            f.write("a/w.wav,s3\n")
+        with open(root / "trials.csv", "a") as f:
+            f.write("m1,a/w.wav,0\n")
+    else:
+        (root / "a" / "w.wav").unlink()
     return root
 
 
@@ -320,7 +330,10 @@ def test_report_is_strict_json_when_no_impostor_trial_could_be_scored(tmp_path: 
     Found with a fsdd subset whose impostor trials all named a missing file."""
     root = _noise_set(tmp_path / "set", seed=1)
     (root / "manifest.csv").write_text((root / "manifest.csv").read_text() + "a/gone.wav,s3\n")
-    (root / "trials.csv").write_text("model,path,target\nm1,a/y.wav,1\nm1,a/gone.wav,0\n")
+    # One impostor trial still scored: with none, the run is refused (the next test).
+    (root / "trials.csv").write_text(
+        "model,path,target\nm1,a/y.wav,1\nm1,a/gone.wav,0\nm1,a/z.wav,0\n"
+    )
     out = tmp_path / "out"
     assert main(["eval", str(root), "--out", str(out)]) == 0
 
@@ -330,6 +343,35 @@ def test_report_is_strict_json_when_no_impostor_trial_could_be_scored(tmp_path: 
     report = json.loads((out / "report.json").read_text(), parse_constant=refuse)
     assert report["systems"]["backend"]["threshold_for_target_fmr_on_this_set"] is None
     assert report["embedding_errors"].keys() == {"a/gone.wav"}
+
+
+@pytest.mark.parametrize(
+    ("trials", "which", "named"),
+    [
+        ("m1,a/y.wav,1\nm1,a/gone.wav,0\n", "non-target", "a/gone.wav"),  # EER 0.00 % printed
+        ("m1,a/lost.wav,1\nm1,a/z.wav,0\n", "target", "a/lost.wav"),
+        # EER 50.00 %, CI 50.00-50.00 was printed
+        ("m1,a/lost.wav,1\nm1,a/gone.wav,0\n", "target", "a/lost.wav"),
+    ],
+)
+def test_no_scored_trial_of_one_class_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], trials: str, which: str, named: str
+) -> None:
+    """Unscorable trials count as no match, so with every impostor trial unscorable (their
+    recordings missing) the EER came out 0.00 %, and with every trial unscorable 50.00 % with
+    an interval of 50.00-50.00: figures of no trial at all. Found with an fsdd subset whose
+    test recordings were all deleted."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    manifest = root / "manifest.csv"
+    manifest.write_text(manifest.read_text() + "a/lost.wav,s1\na/gone.wav,s3\n")
+    (root / "trials.csv").write_text("model,path,target\n" + trials)
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"trials.csv: no {which} trial could be scored" in err
+    assert named in err and "Traceback" not in err
+    assert not (out / "report.json").exists()
+    assert list(out.glob("embeddings-*.npz"))  # what was embedded is kept for the next run
 
 
 def test_a_fixed_threshold_is_not_reported_as_the_target_fmr_one(
@@ -496,7 +538,7 @@ def test_embedding_errors_are_reported_again_from_the_cache(tmp_path: Path) -> N
     """A recording too short to embed is cached as 'no embedding' and still scores -inf on
     the next run with the same --out, but that run's report.json said "embedding_errors": {}
     (found by running eval twice on a fsdd subset with a header-only WAV among its trials)."""
-    root = _noise_set(tmp_path / "set", seed=1)
+    root = _noise_set(tmp_path / "set", seed=1, second_impostor=True)
     sf.write(root / "a" / "z.wav", np.zeros(4800, np.float32), 16000)  # 0.3 s: too short
     out = tmp_path / "out"
     reports = []
@@ -515,7 +557,7 @@ def test_the_summary_names_recordings_without_an_embedding(
     second run with the same --out (cached) says nothing at all, and the figures then rest
     on fewer trials than the header counts (found in the walkthrough with one fsdd
     enrollment file renamed away)."""
-    root = _noise_set(tmp_path / "set", seed=1)
+    root = _noise_set(tmp_path / "set", seed=1, second_impostor=True)
     sf.write(root / "a" / "z.wav", np.zeros(4800, np.float32), 16000)  # 0.3 s: too short
     out = tmp_path / "out"
     for _ in range(2):
@@ -550,3 +592,41 @@ def test_report_json_names_the_det_plot_it_printed(
     assert main(["eval", str(root), "--out", str(out)]) == 0
     assert f"DET curve: {out / 'det.png'}" in capsys.readouterr().out
     assert json.loads((out / "report.json").read_text())["det_png"] == str(out / "det.png")
+
+
+def test_ctrl_c_while_embedding_keeps_what_was_embedded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while embedding wrote nothing, so the rerun embedded the whole set again
+    (minutes on vcc2018_eval). Now the embeddings made so far are saved and the rerun
+    embeds only the rest, with the scores of an uninterrupted run."""
+    import signal
+
+    import voxgate.evaluation as evaluation
+
+    root = _noise_set(tmp_path / "set", seed=1)
+    real = evaluation._progress_printer
+    seen: list[tuple[int, int]] = []
+
+    def interrupting(label: str) -> Callable[[int, int], None]:
+        show = real(label)
+
+        def step(n: int, total: int) -> None:
+            seen.append((n, total))
+            show(n, total)
+            if n == 2 and total == 3:  # a real SIGINT, as the terminal sends it
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return step
+
+    monkeypatch.setattr(evaluation, "_progress_printer", interrupting)
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 130
+    assert not (out / "report.json").exists()
+    assert "Traceback" not in capsys.readouterr().err
+    seen.clear()
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    assert seen == [(1, 1)]  # only z.wav, the one not embedded before Ctrl-C
+    monkeypatch.setattr(evaluation, "_progress_printer", real)
+    assert main(["eval", str(root), "--out", str(tmp_path / "fresh")]) == 0
+    assert (out / "scores.csv").read_text() == (tmp_path / "fresh" / "scores.csv").read_text()

@@ -101,9 +101,9 @@ def test_missing_folder_and_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("enroll", "trials", "where"),
     [
-        ("s1,a/x.wav\n", "s1,a/zz.wav,1\n", r"trials\.csv, line 2: a/zz\.wav"),
-        ("s1,a/x.wav\n", "s1,a/y.wav;a/q.wav,0\n", r"trials\.csv, line 2: a/q\.wav"),
-        ("s1,a/x.wav\ns1,b/x.wav\n", "s1,a/y.wav,1\n", r"enroll\.csv, line 3: b/x\.wav"),
+        ("s1,a/x.wav\n", "s1,a/zz.wav,1\n", r"trials\.csv, line 2: 'a/zz\.wav'"),
+        ("s1,a/x.wav\n", "s1,a/y.wav;a/q.wav,0\n", r"trials\.csv, line 2: 'a/q\.wav'"),
+        ("s1,a/x.wav\ns1,b/x.wav\n", "s1,a/y.wav,1\n", r"enroll\.csv, line 3: 'b/x\.wav'"),
     ],
 )
 def test_recordings_missing_from_the_manifest_are_named(
@@ -159,7 +159,7 @@ def test_set_named_after_its_folder_when_given_as_dot(
         (
             "trials.csv",
             "model;path;target\ns1;a/x.wav;1\n",
-            r"trials\.csv, line 1: needs columns model, path, target; it has model;path;target",
+            r"trials\.csv, line 1: needs columns model, path, target; it has 'model;path;target'",
         ),
         ("manifest.csv", "", r"manifest\.csv, line 1: needs columns path, speaker"),
     ],
@@ -208,4 +208,98 @@ def test_a_protocol_file_not_in_utf8_says_how_to_save_it(tmp_path: Path, data: b
     _write_set(tmp_path, "model,path,target\ns1,a/x.wav,1\n")
     (tmp_path / "enroll.csv").write_bytes(data)
     with pytest.raises(EvalError, match=r"enroll\.csv: not UTF-8 text \(byte \d+\); save it as"):
+        read_set(tmp_path)
+
+
+def test_line_numbers_count_blank_lines(tmp_path: Path) -> None:
+    """The csv reader skips blank lines, and rows were numbered by their index: a bad row
+    after a blank line (a spreadsheet's trailing empty row, a hand-edited file) was blamed
+    on the line above it (found with `voxgate eval` on an fsdd subset: 'line 4' for line 5)."""
+    _write_set(tmp_path, "model,path,target\ns1,a/x.wav,1\n\ns1,a/y.wav,2\n")
+    with pytest.raises(EvalError, match=r"trials\.csv, line 4: target must be 0 or 1"):
+        read_set(tmp_path)
+    (tmp_path / "trials.csv").write_text("model,path,target\n\n\ns1,a/zz.wav,1\n")
+    with pytest.raises(EvalError, match=r"trials\.csv, line 4: 'a/zz\.wav' is not in manifest"):
+        read_set(tmp_path)
+
+
+def test_a_row_with_more_fields_than_the_header_is_named(tmp_path: Path) -> None:
+    """'s1,a/x.wav,a/y.wav' (two takes on one row, or a path with an unquoted comma) was
+    read as a take a/x.wav and the rest dropped without a word: the model was enrolled
+    from fewer takes than the file lists."""
+    _write_set(tmp_path, "model,path,target\ns1,a/y.wav,0\n")
+    (tmp_path / "enroll.csv").write_text("model,path\ns1,a/x.wav,a/y.wav\n")
+    with pytest.raises(
+        EvalError, match=r"enroll\.csv, line 2: 3 fields, the header has 2 \(model,path\)"
+    ):
+        read_set(tmp_path)
+    # Extra named columns are fine (a spreadsheet's notes beside the protocol).
+    (tmp_path / "enroll.csv").write_text("model,path,note\ns1,a/x.wav,first take\n")
+    assert read_set(tmp_path).enroll == {"s1": ["a/x.wav"]}
+
+
+def test_a_header_with_spaces_is_shown_quoted(tmp_path: Path) -> None:
+    """A header typed as 'model, path, target' was reported as 'needs columns model, path,
+    target; it has model, path, target': the needed and the found columns read the same."""
+    _write_set(tmp_path, "model, path, target\ns1,a/x.wav,1\n")
+    with pytest.raises(EvalError, match=r"it has 'model', ' path', ' target'$"):
+        read_set(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        (
+            "trials.csv",
+            "model,path,target\ns1,a/y.wav,0\ns1,a/x.wav,1\ns1,a/y.wav,0\n",
+            r"trials\.csv, line 4: model 's1' and a/y\.wav again \(line 2\)",
+        ),
+        (  # the same pair with both answers: one of the two rows is wrong
+            "trials.csv",
+            "model,path,target\ns1,a/y.wav,0\ns1,a/y.wav,1\n",
+            r"trials\.csv, line 3: model 's1' and a/y\.wav again \(line 2\)",
+        ),
+        (
+            "enroll.csv",
+            "model,path\ns1,a/x.wav\ns1,a/x.wav\n",
+            r"enroll\.csv, line 3: model 's1' and a/x\.wav again \(line 2\)",
+        ),
+    ],
+)
+def test_a_repeated_row_is_named(tmp_path: Path, name: str, text: str, match: str) -> None:
+    """A trial listed twice (two protocol files pasted together) was scored and counted twice,
+    and a take listed twice weighed double in the model's mean: on an fsdd subset, one
+    repeated enroll row moved the upstream recipe's minDCF from 0.333 to 0.167, silently."""
+    _write_set(tmp_path, "model,path,target\ns1,a/y.wav,0\n")
+    (tmp_path / name).write_text(text)
+    with pytest.raises(EvalError, match=match):
+        read_set(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("trials", "match"),
+    [
+        ("s1,a/y.wav,1\n", r"line 2: target 1, but model 's1' is s1 and a/y\.wav is s2"),
+        (
+            "s1,a/y.wav,0\ns1,a/x.wav,0\n",
+            r"line 3: target 0, but model 's1' is s1 and a/x\.wav is s1",
+        ),
+    ],
+)
+def test_a_target_the_manifest_contradicts_is_named(
+    tmp_path: Path, trials: str, match: str
+) -> None:
+    """A target column flipped or shifted (a sorted spreadsheet column) was scored as given:
+    the EER of other labels than the speakers manifest.csv names, which the speaker
+    bootstrap resamples by."""
+    _write_set(tmp_path, "model,path,target\n" + trials)
+    with pytest.raises(EvalError, match=match + r" in manifest\.csv"):
+        read_set(tmp_path)
+
+
+def test_a_path_not_in_the_manifest_is_quoted(tmp_path: Path) -> None:
+    """'a/x.wav  is not in manifest.csv' gave no hint of the trailing space a spreadsheet
+    cell kept (found on an fsdd subset); the path is shown quoted as model labels are."""
+    _write_set(tmp_path, "model,path,target\ns1,a/y.wav ,0\n")
+    with pytest.raises(EvalError, match=r"line 2: 'a/y\.wav ' is not in manifest\.csv"):
         read_set(tmp_path)

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "report.json, scores.csv, det.png and an embedding cache to --out. "
         "With --build-cohort, instead builds the normalization cohort and its threshold "
         "calibration from the set's speakers that have no trials. Exit status: 0 done, "
-        "1 an error (the message says what).",
+        "1 an error (the message says what), 130 interrupted (Ctrl-C; the embeddings made "
+        "so far are kept in --out, and a rerun with it embeds only the rest).",
         examples="""
         voxgate eval ../shared/data/fsdd --out eval-out/fsdd
         voxgate eval ../shared/data/vcc2018_eval --model models/shipped/ge2e-float.yaml
