@@ -620,8 +620,14 @@ def test_ctrl_c_while_embedding_keeps_what_was_embedded(
         return step
 
     monkeypatch.setattr(evaluation, "_progress_printer", interrupting)
+    # Python raises KeyboardInterrupt on SIGINT only if SIGINT was not ignored when it
+    # started, and a shell's background job (`scripts/test &`) starts with it ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     out = tmp_path / "out"
-    assert main(["eval", str(root), "--out", str(out)]) == 130
+    try:
+        assert main(["eval", str(root), "--out", str(out)]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not (out / "report.json").exists()
     assert "Traceback" not in capsys.readouterr().err
     seen.clear()
