@@ -295,11 +295,12 @@ def check_takes(
             # The same recording resampled, re-encoded or trimmed has other samples, and its
             # embedding is no closer to the original than a second genuine take is
             # (benchmarks/near_duplicate_takes.py); its fingerprint is.
-            views = [fingerprint(pcm[k:]) for k in SUB_HOP]
-            near = [j for j, fp in prints if best_similarity(views, fp) >= NEAR_DUPLICATE]
+            # The sub-hop views serve only comparisons: none for the first usable take.
+            views = [fingerprint(pcm[k:]) for k in (SUB_HOP if prints else SUB_HOP[:1])]
+            near = next((j for j, fp in prints if best_similarity(views, fp) >= NEAR_DUPLICATE), 0)
             if near:
-                log.info("enroll take %d rejected: an altered copy of take %d", i, near[0])
-                reports[i] = TakeReport(i, q, False, "duplicate", same_as=near[0])
+                log.info("enroll take %d rejected: an altered copy of take %d", i, near)
+                reports[i] = TakeReport(i, q, False, "duplicate", same_as=near)
                 continue
             prints.append((i, views[0]))
         emb = None
