@@ -187,7 +187,7 @@ def load_recording(root: Path, recording: str) -> np.ndarray:
 class EmbeddingCache:
     """Embeds each recording once; also an embedder (embed(pcm)) keyed by the audio's hash,
     so enrollment checks reuse the same numbers. Optionally persisted to an .npz file, where
-    an embedding is reused only while its files keep their size and modification time."""
+    an embedding is reused only while its files keep their content (sha256 of the bytes)."""
 
     def __init__(
         self,
@@ -226,14 +226,16 @@ class EmbeddingCache:
                     or meta.get("sha256") != self.sha256
                     or meta.get("preprocess") != self.preprocess
                     or meta.get("vad") != self.vad
-                    or "stamps" not in meta  # from before the stamps: which audio is unknown
+                    # Older caches keyed files by size and modification time ("stamps"),
+                    # which other audio can share: their embeddings are all made again.
+                    or "file_sha256" not in meta
                 ):
                     return
                 # Read whole before any of it is used: entries that do not fit (another
                 # layout, lists of different lengths) leave nothing half taken in.
                 embs, quality, stamps = {}, {}, {}
                 for rec, emb, q, stamp in zip(meta["recordings"], data["emb"], meta["quality"],
-                                              meta["stamps"], strict=True):  # fmt: skip
+                                              meta["file_sha256"], strict=True):  # fmt: skip
                     embs[rec] = emb if np.all(np.isfinite(emb)) else None
                     quality[rec] = Quality(**q)
                     stamps[rec] = stamp
@@ -263,7 +265,7 @@ class EmbeddingCache:
             "vad": self.vad,
             "recordings": recs,
             "quality": [self._quality[r].__dict__ for r in recs],
-            "stamps": [self._stamps.get(r) for r in recs],
+            "file_sha256": [self._stamps.get(r) for r in recs],
             # Reported again by the next run, which reuses these recordings' missing embeddings.
             "errors": {
                 r: self.errors.get(r) or self._cached_errors.get(r, "no embedding")
@@ -295,14 +297,18 @@ class EmbeddingCache:
         return emb
 
     def _stamp(self, rec: str) -> str | None:
-        """Size and modification time of each file of a recording. The cache was keyed by
-        the relative path alone, so another copy of a set (other audio, same names) or a
-        replaced file was scored with the old embeddings."""
+        """sha256 of each file of a recording. The cache was keyed by the relative path
+        alone, then by size and modification time, which a file replaced by other audio of
+        the same length keeps under `cp -p`, `touch -r`, `rsync -t` or a tar extract: it was
+        scored with the old embedding. Hashing the bytes costs little next to embedding
+        them (benchmarks/eval_cache_hash.py)."""
         try:
-            st = [(self.root / part).stat() for part in rec.split(";")]
+            return ";".join(
+                hashlib.sha256((self.root / part).read_bytes()).hexdigest()
+                for part in rec.split(";")
+            )
         except OSError:
             return None
-        return ";".join(f"{s.st_size}:{s.st_mtime_ns}" for s in st)
 
     def fill(self, recordings: Iterable[str], progress: Callable[[int, int], None]) -> None:
         stamps = {r: self._stamp(r) for r in dict.fromkeys(recordings)}

@@ -238,6 +238,46 @@ def test_embedding_cache_is_not_reused_for_other_audio(tmp_path: Path) -> None:
     assert (shared / "scores.csv").read_text() == (tmp_path / "fresh2" / "scores.csv").read_text()
 
 
+def test_embedding_cache_sees_other_audio_of_the_same_size_and_time(tmp_path: Path) -> None:
+    """The cache was keyed by each file's size and modification time: a file replaced by
+    other audio of the same length with its time kept (`cp -p`, `touch -r`, `rsync -t`, a
+    tar extract) was scored with the old embedding. Found by copying one fsdd-made 1 s WAV
+    over another of the same size and restoring its time with `touch -r`."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    z, x = root / "a" / "z.wav", root / "a" / "x.wav"
+    before = z.stat()
+    assert x.stat().st_size == before.st_size
+    shutil.copyfile(x, z)  # other audio, the same size
+    os.utime(z, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    assert main(["eval", str(root), "--out", str(tmp_path / "fresh")]) == 0
+    assert (out / "scores.csv").read_text() == (tmp_path / "fresh" / "scores.csv").read_text()
+
+
+def test_embedding_cache_from_before_the_content_key_is_made_again(tmp_path: Path) -> None:
+    """A cache written by a voxgate that keyed files by size and modification time
+    ("stamps") is neither trusted nor a crash: every recording is embedded again."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert main(["eval", str(root), "--out", str(fresh)]) == 0
+
+    def old_layout(meta: dict, emb: np.ndarray) -> tuple[dict, np.ndarray]:
+        stamps = []
+        for rec in meta["recordings"]:
+            st = (root / rec).stat()
+            stamps.append(f"{st.st_size}:{st.st_mtime_ns}")
+        meta = {k: v for k, v in meta.items() if k != "file_sha256"}
+        # The embeddings swapped round: reused, they would change the scores.
+        return {**meta, "stamps": stamps}, emb[::-1].copy()
+
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    _rewrite_cache(out, old_layout)
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    assert (out / "scores.csv").read_text() == (fresh / "scores.csv").read_text()
+
+
 def _rewrite_cache(out: Path, edit: Callable[[dict, np.ndarray], tuple[dict, np.ndarray]]) -> None:
     (cache,) = out.glob("embeddings-*.npz")
     with np.load(cache) as data:
