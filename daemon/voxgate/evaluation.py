@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 
 GAP_S = 0.2  # silence between ';'-joined files: one recording, as a microphone gives it
 P_TARGET = 0.01
+# Below these a protocol is too thin for its EER interval to mean much: 4 speakers give a
+# speaker bootstrap only C(7, 4) = 35 distinct resamples, too few for 2.5 % tails, and
+# with fewer than 30 trials of a class one trial moves the EER by more than 3 points.
+MIN_CI_SPEAKERS = 5
+MIN_CI_TRIALS = 30
 
 
 class EvalError(Exception):
@@ -435,6 +440,42 @@ def bootstrap_eer_ci(
     return float(lo), float(hi)
 
 
+def binomial_interval(errors: int, n: int) -> tuple[float, float]:
+    """95 % interval of an error rate from `errors` in `n` independent trials: exact
+    (Clopper-Pearson); with no error, the one-sided bound 1 - 0.05^(1/n), about 3/n (the
+    rule of three), since the rate cannot be below 0."""
+    from scipy.stats import beta
+
+    if errors <= 0:
+        return 0.0, float(1 - 0.05 ** (1 / n))
+    lo = float(beta.ppf(0.025, errors, n - errors + 1))
+    hi = float(beta.ppf(0.975, errors + 1, n - errors)) if errors < n else 1.0
+    return lo, hi
+
+
+def eer_interval(
+    scores: np.ndarray, target: np.ndarray, spk_model: np.ndarray, spk_test: np.ndarray
+) -> tuple[tuple[float, float], str]:
+    """95 % interval of the EER and how it was made. The speaker bootstrap, except where
+    it cannot see the uncertainty: with no error it resamples only error-free trials (it
+    printed 0.00-0.00, which reads as certainty), and with few speakers or trials it has
+    few distinct outcomes. There the interval is widened to the exact binomial interval of
+    the EER's errors in the smaller class's trials, the count that limits the EER."""
+    tar, non = scores[target == 1], scores[target == 0]
+    point = eer(tar, non)
+    lo, hi = bootstrap_eer_ci(scores, target, spk_model, spk_test)
+    n = min(len(tar), len(non))
+    errors = max(1, round(point * n)) if point > 0 else 0
+    speakers = len(np.unique(np.concatenate([spk_model, spk_test])))
+    if errors > 0 and speakers >= MIN_CI_SPEAKERS and n >= MIN_CI_TRIALS:
+        return (lo, hi), "speaker bootstrap"
+    b_lo, b_hi = binomial_interval(errors, n)
+    how = f"speaker bootstrap widened to the exact binomial interval of {errors} error(s) in {n}"
+    if errors == 0:
+        how = f"no error in {n} trials: upper end 1 - 0.05^(1/{n}) (the rule of three)"
+    return (min(lo, b_lo), max(hi, b_hi)), how
+
+
 def det_plot(systems: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> bool:
     """DET curves (probit axes) to a PNG; False when matplotlib is not installed."""
     try:
@@ -479,6 +520,7 @@ class SystemResult:
     eer: float
     eer_ci: tuple[float, float]
     min_dcf: float
+    eer_ci_method: str = "speaker bootstrap"
     threshold: float | None = None
     fmr: float | None = None
     fnmr: float | None = None
@@ -488,6 +530,7 @@ class SystemResult:
         out = {
             "eer_percent": round(100 * self.eer, 2),
             "eer_ci95_percent": [round(100 * x, 2) for x in self.eer_ci],
+            "eer_ci95_method": self.eer_ci_method,
             "min_dcf": round(self.min_dcf, 4),
         }
         if self.threshold is not None:
@@ -526,13 +569,8 @@ def _system(
     # Models are named after speakers in the protocols; map a model to its speaker via its takes.
     model_spk = {m: es.speaker(recs[0]) for m, recs in es.enroll.items()}
     spk_m = np.array([model_spk.get(m, m) for m in spk_m])
-    res = SystemResult(
-        name,
-        scores,
-        eer(tar, non),
-        bootstrap_eer_ci(scores, target, spk_m, spk_t),
-        min_dcf(tar, non),
-    )
+    ci, how = eer_interval(scores, target, spk_m, spk_t)
+    res = SystemResult(name, scores, eer(tar, non), ci, min_dcf(tar, non), eer_ci_method=how)
     if threshold is not None:
         res.threshold = threshold
         res.fmr, res.fnmr = rates_at(tar, non, threshold)
@@ -548,6 +586,28 @@ def _writing(out_dir: Path | None) -> Iterator[None]:
     except OSError as exc:
         where = exc.filename or out_dir
         raise EvalError(f"{where}: cannot write the results ({exc.strerror or exc})") from None
+
+
+def too_few_trials(es: EvalSet) -> str | None:
+    """Said plainly, in the summary and in report.json, when the protocol is too thin for
+    its EER to mean much (4 trials printed "EER 0.00 % (95 % CI 0.00-0.00)")."""
+    n_target = sum(t for _, _, t in es.trials)
+    n_non = len(es.trials) - n_target
+    speakers = {es.speaker(recs[0]) for recs in es.enroll.values()}
+    speakers |= {es.speaker(r) for _, r, _ in es.trials}
+    n = min(n_target, n_non)
+    why = []
+    if n < MIN_CI_TRIALS:
+        cls = "target" if n_target <= n_non else "non-target"
+        why.append(f"one {cls} trial moves the EER by {100 / n:.1f} points")
+    if len(speakers) < MIN_CI_SPEAKERS:
+        why.append(f"a speaker bootstrap needs at least {MIN_CI_SPEAKERS} speakers")
+    if not why:
+        return None
+    return (
+        f"{n_target} target and {n_non} non-target trials of {len(speakers)} speaker(s) are "
+        f"too few for the EER or its interval to mean much ({'; '.join(why)})"
+    )
 
 
 def _as_live(q: Quality | None, live: bool) -> Quality | None:
@@ -702,6 +762,7 @@ def evaluate(
         "model_id": embedder.model_id,
         "trials": len(es.trials),
         "target_trials": int(sum(t for _, _, t in es.trials)),
+        "too_few_trials": too_few_trials(es),
         "models": len(es.enroll),
         "target_fmr": cfg.speaker.target_fmr,
         # speaker.threshold, when set: the back end's threshold then is not target_fmr's
@@ -752,6 +813,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['set']}: {report['trials']} trials ({report['target_trials']} target), "
         f"{report['models']} models, model {report['model_id']}",
     ]
+    if report.get("too_few_trials"):  # before the figures, which it qualifies
+        lines.append(f"  note: {report['too_few_trials']}")
     for key, label in (("cosine", "cosine (upstream recipe)"), ("backend", "voxgate back end")):
         s = report["systems"][key]
         lo, hi = s["eer_ci95_percent"]
@@ -759,6 +822,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"  {label:26s} EER {s['eer_percent']:5.2f} % (95 % CI {lo:.2f}-{hi:.2f})  "
             f"minDCF {s['min_dcf']:.3f}"
         )
+        if s.get("eer_ci95_method", "speaker bootstrap") != "speaker bootstrap":
+            line += f"\n  {'':26s} interval: {s['eer_ci95_method']}"
         if "threshold" in s:
             fixed = report.get("fixed_threshold") is not None
             source = "fixed: speaker.threshold" if fixed else f"target FMR {report['target_fmr']:g}"

@@ -414,6 +414,27 @@ def test_no_scored_trial_of_one_class_is_one_clear_error(
     assert list(out.glob("embeddings-*.npz"))  # what was embedded is kept for the next run
 
 
+def test_a_thin_protocol_says_its_figures_mean_little(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With 2 target and 2 non-target trials (a set cut from fsdd) eval printed "EER 0.00 %
+    (95 % CI 0.00-0.00)", which reads as certainty. Now the summary and report.json say the
+    trials are too few, and the interval is the binomial one for that count."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    summary = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    note = report["too_few_trials"]
+    assert note.startswith("1 target and 1 non-target trials of 2 speaker(s) are too few")
+    assert f"note: {note}" in summary
+    for s in report["systems"].values():
+        lo, hi = s["eer_ci95_percent"]
+        assert lo <= s["eer_percent"] <= hi and hi - lo >= 90  # 1 trial a class: anything
+        assert s["eer_ci95_method"] != "speaker bootstrap"
+
+
 def test_a_fixed_threshold_is_not_reported_as_the_target_fmr_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

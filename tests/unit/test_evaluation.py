@@ -10,8 +10,10 @@ import soundfile as sf
 
 from voxgate.evaluation import (
     EvalError,
+    binomial_interval,
     bootstrap_eer_ci,
     eer,
+    eer_interval,
     load_recording,
     min_dcf,
     rates_at,
@@ -50,6 +52,54 @@ def test_bootstrap_ci_brackets_estimate() -> None:
     lo, hi = bootstrap_eer_ci(scores, target, spk, test_spk, n=200)
     point = eer(scores[target == 1], scores[target == 0])
     assert lo <= point <= hi and hi - lo > 0.01
+
+
+def test_binomial_interval_known_values() -> None:
+    # No error in 70 trials (resemblyzer_ls's target trials): 1 - 0.05^(1/70), near 3/70.
+    assert binomial_interval(0, 70) == (0.0, pytest.approx(0.04189, abs=1e-5))
+    # 5 errors in 282 (fsdd's cosine EER): the exact Clopper-Pearson interval.
+    lo, hi = binomial_interval(5, 282)
+    assert lo == pytest.approx(0.00578, abs=1e-5) and hi == pytest.approx(0.04089, abs=1e-5)
+    assert binomial_interval(2, 2)[1] == 1.0
+
+
+def test_eer_interval_is_the_bootstrap_where_there_are_enough_trials() -> None:
+    """10 speakers, 40 target and 360 non-target trials, some errors: the speaker
+    bootstrap, as before (the real sets' figures stay as they were)."""
+    rng = np.random.default_rng(1)
+    spk = np.repeat(np.arange(10), 40).astype(str)
+    test_spk = np.tile(np.repeat(np.arange(10), 4), 10).astype(str)
+    target = (spk == test_spk).astype(int)
+    scores = rng.normal(0, 1, len(spk)) + 2.0 * target
+    (lo, hi), how = eer_interval(scores, target, spk, test_spk)
+    assert how == "speaker bootstrap"
+    assert (lo, hi) == bootstrap_eer_ci(scores, target, spk, test_spk)
+
+
+def test_eer_interval_with_no_error_is_not_a_point() -> None:
+    """Classes that never overlap: the bootstrap resamples only error-free trials and gave
+    0.00-0.00, which reads as certainty; 0 errors in 40 target trials allow up to 7.2 %."""
+    spk = np.repeat(np.arange(10), 40).astype(str)
+    test_spk = np.tile(np.repeat(np.arange(10), 4), 10).astype(str)
+    target = (spk == test_spk).astype(int)
+    scores = np.where(target == 1, 1.0, 0.0) + np.linspace(0, 0.1, len(spk))
+    assert bootstrap_eer_ci(scores, target, spk, test_spk) == (0.0, 0.0)
+    (lo, hi), how = eer_interval(scores, target, spk, test_spk)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.05 ** (1 / 40))
+    assert "no error in 40 trials" in how
+
+
+def test_eer_interval_of_two_speakers_is_widened() -> None:
+    """Two speakers, one error in two target trials: the bootstrap has three resamples."""
+    spk = np.array(["a", "a", "b", "b"])
+    test_spk = np.array(["a", "b", "a", "b"])
+    target = np.array([1, 0, 0, 1])
+    scores = np.array([0.9, 0.1, 0.95, 0.2])  # b's target trial below an impostor
+    (lo, hi), how = eer_interval(scores, target, spk, test_spk)
+    assert eer(scores[target == 1], scores[target == 0]) == 0.5
+    b_lo, b_hi = binomial_interval(1, 2)  # 1.3 % to 98.7 %
+    assert lo <= b_lo and hi >= b_hi
+    assert how.startswith("speaker bootstrap widened")
 
 
 def _write_set(root: Path, trials: str) -> None:
