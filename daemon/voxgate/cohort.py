@@ -12,8 +12,8 @@ The threshold for a target false-match rate is read from a calibration table mea
 impostor trials among the cohort speakers themselves, never with the normalizing speakers on
 either side of a trial, as with a real impostor. Both are built by one command:
 
-    voxgate eval ../shared/data/resemblyzer_ls --build-cohort models/cohort
-    voxgate eval ../shared/data/resemblyzer_ls --build-cohort models/cohort \
+    voxgate eval ../shared/data/resemblyzer_ls --build-cohort models/cohort --replace
+    voxgate eval ../shared/data/resemblyzer_ls --build-cohort models/cohort --replace \
         --model models/shipped/ge2e-float.yaml
 """
 
@@ -199,6 +199,15 @@ def model_sha256(embedder: Any) -> str | None:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _rebuild_command(cohort: Cohort) -> str:
+    """The command that built a cohort, to build it again over its files: --build-cohort
+    refuses to replace them without --replace."""
+    cmd = str(cohort.info.get("command"))
+    if "--build-cohort" in cmd.split() and "--replace" not in cmd.split():
+        cmd += " --replace"
+    return cmd
+
+
 def for_model(model_id: str, path: Path | None = None, sha256: str | None = None) -> Cohort:
     """The cohort for a model: `path` if given, else the shipped one for model_id. With sha256,
     a cohort built from another build of the model file is refused too."""
@@ -228,11 +237,11 @@ def for_model(model_id: str, path: Path | None = None, sha256: str | None = None
             raise CohortError(
                 f"{path}: cohort built by an earlier voxgate, whose tie covered the model file "
                 f"and the speech trim only, not the card's front end and windows, which shape "
-                f"the embeddings as much; rebuild it: {cohort.info.get('command')}"
+                f"the embeddings as much; rebuild it: {_rebuild_command(cohort)}"
             )
         raise CohortError(
             f"{path}: cohort built from another file or preprocessing of model {model_id} (tie "
-            f"{built_with[:12]}, loaded {sha256[:12]}); rebuild it: {cohort.info.get('command')}"
+            f"{built_with[:12]}, loaded {sha256[:12]}); rebuild it: {_rebuild_command(cohort)}"
         )
     return cohort
 

@@ -847,6 +847,14 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cohort_files(out_dir: Path, model_id: str) -> tuple[Path, Path]:
+    """The .npz and .json that --build-cohort writes for a model (cohort.save)."""
+    from voxgate.cohort import slug
+
+    npz = out_dir / (slug(model_id) + ".npz")
+    return npz, npz.with_suffix(".json")
+
+
 def build_cohort(
     set_dir: Path,
     embedder: Any,
@@ -854,9 +862,11 @@ def build_cohort(
     top_k: int,
     progress: bool = True,
     model_arg: str | None = None,
+    replace: bool = False,
 ) -> Any:
     """Cohort + calibration from a set's speakers that have no trials (e.g. resemblyzer_ls's
-    251 train-clean-100 speakers). Only embeddings are written, never audio."""
+    251 train-clean-100 speakers). Only embeddings are written, never audio. The model's
+    cohort files in out_dir are replaced only with `replace`."""
     from voxgate import cohort as cohortmod
 
     es = read_set(set_dir, need_trials=False)
@@ -872,6 +882,13 @@ def build_cohort(
     # Checked before embedding (seconds to minutes), not when the result is saved.
     if out_dir.exists() and not out_dir.is_dir():
         raise EvalError(f"{out_dir}: not a folder")
+    # They were overwritten without a word (a cohort other configs may point at).
+    there = [str(p) for p in cohort_files(out_dir, embedder.model_id) if p.exists()]
+    if there and not replace:
+        raise EvalError(
+            f"{' and '.join(there)}: the cohort of {embedder.model_id} is already there; "
+            f"add --replace to replace {'them' if len(there) > 1 else 'it'}"
+        )
     show = _progress_printer(f"cohort {es.name}") if progress else (lambda n, t: None)
 
     def load(p: str) -> np.ndarray:
@@ -893,7 +910,8 @@ def build_cohort(
         "source": f"{es.name}: {len(recs)} recordings of speakers without trials, "
         f"cut into pieces of {lo:g}-{hi:g} s",
         "command": f"voxgate eval {set_dir} --build-cohort {out_dir}"
-        + (f" --model {model_arg}" if model_arg else ""),
+        + (f" --model {model_arg}" if model_arg else "")
+        + (" --replace" if replace else ""),
         "license": "derived embeddings (numbers, no audio) of LibriSpeech train-clean-100, "
         "CC BY 4.0, Panayotov et al. 2015"
         if es.name == "resemblyzer_ls"

@@ -523,6 +523,32 @@ def test_built_cohort_says_where_it_is_and_how_to_use_it(
     assert main(["eval", str(test_set), "-c", str(cfg), "--out", str(tmp_path / "o")]) == 0
 
 
+def test_build_cohort_does_not_replace_a_cohort_without_being_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--build-cohort into a folder that already held the model's cohort overwrote its .npz
+    and .json without a word (found building resemblyzer_ls's cohort twice into one folder,
+    the second time with --top-k 50). Now it stops before embedding, names the files and
+    the flag; with --replace it builds and says what it replaced."""
+    root = _cohort_pool(tmp_path / "pool", samples=220000)
+    folder = tmp_path / "cohort"
+    assert main(["eval", str(root), "--build-cohort", str(folder)]) == 0
+    npz, meta = sorted(folder.glob("*.npz")), sorted(folder.glob("*.json"))
+    assert len(npz) == 1 and len(meta) == 1
+    first = {p: p.read_bytes() for p in (*npz, *meta)}
+    capsys.readouterr()
+    assert main(["eval", str(root), "--build-cohort", str(folder), "--top-k", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "cohort pool:" not in err  # refused before any recording was embedded
+    last = err.strip().splitlines()[-1]
+    assert str(npz[0]) in last and str(meta[0]) in last and "--replace" in last, last
+    assert {p: p.read_bytes() for p in first} == first
+    args = ["eval", str(root), "--build-cohort", str(folder), "--top-k", "5", "--replace"]
+    assert main(args) == 0
+    assert f"replaced {npz[0]} and {meta[0]}" in capsys.readouterr().out
+    assert json.loads(meta[0].read_text())["top_k"] == 5
+
+
 def test_built_cohort_line_works_from_any_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

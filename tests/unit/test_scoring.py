@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -107,6 +108,11 @@ def test_cohort_save_load_and_model_check(tmp_path: Path) -> None:
     assert cohortmod.for_model(MODEL, tagged_path, "a" * 64).info["model_sha256"] == "a" * 64
     with pytest.raises(cohortmod.CohortError, match="rebuild it: voxgate eval X"):
         cohortmod.for_model(MODEL, tagged_path, "b" * 64)
+    # Its files are there: the rebuild it names needs --replace, else it is refused.
+    built = replace(tagged, info={**tagged.info, "command": "voxgate eval S --build-cohort D"})
+    built_path = cohortmod.save(built, tmp_path / "built")
+    with pytest.raises(cohortmod.CohortError, match=r"voxgate eval S --build-cohort D --replace$"):
+        cohortmod.for_model(MODEL, built_path, "b" * 64)
     (tmp_path / "synthetic-1.0--float.json").write_text("{}")
     with pytest.raises(cohortmod.CohortError, match="not a"):
         cohortmod.load(path)

@@ -22,13 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "writes "
         "report.json, scores.csv, det.png and an embedding cache to --out. "
         "With --build-cohort, instead builds the normalization cohort and its threshold "
-        "calibration from the set's speakers that have no trials. Exit status: 0 done, "
+        "calibration from the set's speakers that have no trials (the model's cohort files "
+        "already in DIR are replaced only with --replace). Exit status: 0 done, "
         "1 an error (the message says what), 130 interrupted (Ctrl-C; the embeddings made "
         "so far are kept in --out, and a rerun with it embeds only the rest).",
         examples="""
         voxgate eval ../shared/data/fsdd --out eval-out/fsdd
         voxgate eval ../shared/data/vcc2018_eval --model models/shipped/ge2e-float.yaml
-        voxgate eval ../shared/data/resemblyzer_ls --build-cohort models/cohort
+        voxgate eval ../shared/data/resemblyzer_ls --build-cohort my-cohort
+        voxgate eval ../shared/data/resemblyzer_ls --build-cohort models/cohort --replace
         """,
     )
     p.add_argument("set_dir", metavar="SET_DIR", type=Path, help="protocol folder")
@@ -44,6 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--build-cohort", metavar="DIR", type=Path, help="build cohort + calibration into DIR"
     )
     p.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --build-cohort: replace the model's cohort files already in DIR",
+    )
+    p.add_argument(
         "--top-k",
         type=ascii_int,
         default=100,
@@ -57,24 +64,27 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
-    from voxgate.cohort import slug
-    from voxgate.evaluation import EvalError, build_cohort, evaluate, format_report
+    from voxgate.evaluation import EvalError, build_cohort, cohort_files, evaluate, format_report
 
     try:
         embedder = load_embedder(cfg, args.model)
         if args.build_cohort:
+            npz, meta = cohort_files(args.build_cohort, embedder.model_id)
+            replaced = [str(p) for p in (npz, meta) if p.exists()]
             c = build_cohort(
                 args.set_dir,
                 embedder,
                 args.build_cohort,
                 args.top_k,
                 model_arg=str(args.model) if args.model else None,
+                replace=args.replace,
             )
             print(f"cohort for {c.model_id}: {len(c.embeddings)} speakers, "
                   f"{c.info['calibration_trials']} impostor calibration trials")  # fmt: skip
             for fmr, thr in c.calibration:
                 print(f"  FMR {fmr:<7g} threshold {thr:.3f}")
-            npz = args.build_cohort / (slug(c.model_id) + ".npz")
+            if replaced:  # --replace: said, since a config elsewhere may use the old one
+                print(f"replaced {' and '.join(replaced)}")
             print(f"written to {npz}; to score with it, set in the device config:")
             # Absolute: a relative path in the config is taken from the daemon's folder.
             print(f"  speaker.cohort: {npz.resolve()}")
