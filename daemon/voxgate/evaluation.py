@@ -223,31 +223,50 @@ class EmbeddingCache:
             self._load(cache_file)
 
     def _load(self, path: Path) -> None:
+        # Said in plain words, naming the file: the warning repeated numpy's text, e.g. its
+        # advice to load a junk file "unsafely" with allow_pickle.
+        again = "every recording is embedded again"
         try:
             with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                if (
-                    meta.get("model_id") != self.model_id
-                    or meta.get("sha256") != self.sha256
-                    or meta.get("preprocess") != self.preprocess
-                    or meta.get("vad") != self.vad
-                    # Older caches keyed files by size and modification time ("stamps"),
-                    # which other audio can share: their embeddings are all made again.
-                    or "file_sha256" not in meta
-                ):
-                    return
-                # Read whole before any of it is used: entries that do not fit (another
-                # layout, lists of different lengths) leave nothing half taken in.
-                embs, quality, stamps = {}, {}, {}
-                for rec, emb, q, stamp in zip(meta["recordings"], data["emb"], meta["quality"],
-                                              meta["file_sha256"], strict=True):  # fmt: skip
-                    embs[rec] = emb if np.all(np.isfinite(emb)) else None
-                    quality[rec] = Quality(**q)
-                    stamps[rec] = stamp
-                errors = {str(k): str(v) for k, v in meta.get("errors", {}).items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError,
-                zipfile.BadZipFile) as exc:  # fmt: skip
-            log.warning("%s: embedding cache ignored (%s)", path, exc)
+                meta_text, all_emb = str(data["meta"]), np.asarray(data["emb"])
+        except OSError as exc:  # a permission, a failing disk: the reason is the user's to fix
+            log.warning("%s: embedding cache unreadable (%s); %s", path, exc.strerror, again)
+            return
+        except (ValueError, KeyError, TypeError, AttributeError, EOFError,
+                zipfile.BadZipFile):  # fmt: skip
+            log.warning(
+                "%s: embedding cache unreadable (damaged, or not a file voxgate eval wrote); %s",
+                path,
+                again,
+            )
+            return
+        try:
+            meta = json.loads(meta_text)
+            if (
+                meta.get("model_id") != self.model_id
+                or meta.get("sha256") != self.sha256
+                or meta.get("preprocess") != self.preprocess
+                or meta.get("vad") != self.vad
+                # Older caches keyed files by size and modification time ("stamps"),
+                # which other audio can share: their embeddings are all made again.
+                or "file_sha256" not in meta
+            ):
+                return
+            # Read whole before any of it is used: entries that do not fit (another
+            # layout, lists of different lengths) leave nothing half taken in.
+            embs, quality, stamps = {}, {}, {}
+            for rec, emb, q, stamp in zip(meta["recordings"], all_emb, meta["quality"],
+                                          meta["file_sha256"], strict=True):  # fmt: skip
+                embs[rec] = emb if np.all(np.isfinite(emb)) else None
+                quality[rec] = Quality(**q)
+                stamps[rec] = stamp
+            errors = {str(k): str(v) for k, v in meta.get("errors", {}).items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning(
+                "%s: embedding cache ignored: its entries do not fit this voxgate's layout; %s",
+                path,
+                again,
+            )
             return
         self._emb.update(embs)
         self._quality.update(quality)

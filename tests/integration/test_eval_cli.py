@@ -312,8 +312,36 @@ def test_embedding_cache_of_another_layout_is_ignored_whole(
         _rewrite_cache(out, edit)
         caplog.clear()
         assert main(["eval", str(root), "--out", str(out)]) == 0
-        assert "embedding cache ignored" in caplog.text
+        assert "embedding cache ignored: its entries do not fit" in caplog.text
         assert (out / "scores.csv").read_text() == want
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [b"this is junk\n", bytes(range(256)) * 2, b"", b"PK\x03\x04truncated"],
+    ids=["text", "binary", "empty", "truncated-zip"],
+)
+def test_a_junk_embedding_cache_is_named_in_plain_words(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, junk: bytes
+) -> None:
+    """A junk or damaged cache file was reported with numpy's error text: "embedding cache
+    ignored (This file contains pickled (object) data. If you trust the file you can load it
+    unsafely using the `allow_pickle=` keyword argument or `pickle.load()`.)". Found by
+    writing text over the cache of a run on a set cut from fsdd."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert main(["eval", str(root), "--out", str(fresh)]) == 0
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    (cache,) = out.glob("embeddings-*.npz")
+    cache.write_bytes(junk)
+    caplog.clear()
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    (warning,) = [r.getMessage() for r in caplog.records if "embedding cache" in r.getMessage()]
+    assert warning == (
+        f"{cache}: embedding cache unreadable (damaged, or not a file voxgate eval wrote); "
+        "every recording is embedded again"
+    )
+    assert (out / "scores.csv").read_text() == (fresh / "scores.csv").read_text()
 
 
 def test_scores_csv_is_utf8_whatever_the_locale(tmp_path: Path) -> None:
