@@ -813,9 +813,17 @@ def evaluate(
                 res.scores[target == 1],
                 res.scores[target == 0],
             )
+        png = out_dir / "det.png"
         with _writing(out_dir):
-            if det_plot(systems, out_dir / "det.png", f"{es.name} ({embedder.model_id})"):
-                report["det_png"] = str(out_dir / "det.png")
+            if det_plot(systems, png, f"{es.name} ({embedder.model_id})"):
+                report["det_png"] = str(png)
+            else:
+                # An earlier run's plot, left in place, looked like this run's.
+                why = "matplotlib is not installed (pip install 'voxgate[dev]')"
+                if png.exists():
+                    png.unlink()
+                    why += f"; the {png} of an earlier run was removed"
+                report["no_det_png"] = why
         with _writing(out_dir):
             (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
             # UTF-8 like the protocol it came from, whatever the locale (non-ASCII labels)
@@ -863,6 +871,8 @@ def format_report(report: dict[str, Any]) -> str:
         )
     if report.get("det_png"):
         lines.append(f"  DET curve: {report['det_png']}")
+    elif report.get("no_det_png"):
+        lines.append(f"  no DET curve: {report['no_det_png']}")
     return "\n".join(lines)
 
 

@@ -709,6 +709,31 @@ def test_report_json_names_the_det_plot_it_printed(
     assert json.loads((out / "report.json").read_text())["det_png"] == str(out / "det.png")
 
 
+def test_no_det_plot_leaves_no_old_one_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without matplotlib (a dev extra), the det.png of an earlier run with the same --out
+    stayed there and looked current. Found rerunning a set cut from fsdd in a Python where
+    matplotlib cannot be imported. Now it is removed and the summary and report.json say
+    why there is no plot."""
+    pytest.importorskip("matplotlib")
+    root = _noise_set(tmp_path / "set", seed=1)
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    png = out / "det.png"
+    assert png.exists()
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    assert not png.exists()
+    summary = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert "det_png" not in report
+    why = report["no_det_png"]
+    assert why.startswith("matplotlib is not installed") and f"the {png} of an earlier" in why
+    assert f"no DET curve: {why}" in summary and "DET curve: /" not in summary
+
+
 def test_ctrl_c_while_embedding_keeps_what_was_embedded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
