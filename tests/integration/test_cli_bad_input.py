@@ -164,7 +164,7 @@ def test_eval_output_is_a_file_and_damaged_cache(
     (cache,) = out.glob("embeddings-*.npz")
     cache.write_bytes(cache.read_bytes()[:300])  # cut short, e.g. by a full disk
     assert main(["eval", str(root), "--out", str(out)]) == 0
-    assert "embedding cache ignored" in caplog.text
+    assert f"{cache}: embedding cache unreadable (damaged" in caplog.text
 
 
 def _limit_file_size() -> None:
