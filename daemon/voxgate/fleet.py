@@ -905,12 +905,20 @@ class FleetSync:
 
     # -- connection
 
-    def start(self) -> None:
-        """Connect in the background (never raises for an unreachable broker)."""
-        from voxgate.mqtt.client import build_client, connect_async
+    def broker_client(self) -> Any:
+        """A client with this agent's broker credentials and TLS files read, not connected
+        (raises MqttSetupError, SecretError): what start() connects."""
+        from voxgate.mqtt.client import build_client
+
+        return build_client(self.mqtt_cfg, self.client_id)
+
+    def start(self, client: Any = None) -> None:
+        """Connect `client` (by default a new broker_client()) in the background (never
+        raises for an unreachable broker)."""
+        from voxgate.mqtt.client import connect_async
 
         self.enforce_access()
-        client = build_client(self.mqtt_cfg, self.client_id)
+        client = client or self.broker_client()
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect

@@ -126,6 +126,26 @@ def _check_access(paths: list[Path]) -> None:
             )
 
 
+def open_keeper(cfg: VoxgateConfig) -> Any:
+    """The keeper of attempt recordings (audit.keep_audio), or None; raises KeepError or
+    SecretError for a missing or unusable audio-key."""
+    if not cfg.audit.keep_audio:
+        return None
+    from voxgate.config.secrets import override_source, read_secret
+    from voxgate.service.keep import AudioKeeper, KeepError, parse_key
+
+    key = read_secret("audio-key", cfg.audit.audio_key_file, strip=False)
+    assert key is not None
+    try:
+        parse_key(key)
+    except KeepError as exc:  # a damaged or mistyped key: say which one
+        where = override_source("audio-key") or str(cfg.audit.audio_key_file)
+        raise KeepError(f"{where}: {exc}") from None
+    return AudioKeeper(
+        cfg.audit.audio_dir or cfg.data_dir / "audio", key, cfg.audit.audio_retention_days
+    )
+
+
 def _queue_frames(cfg: VoxgateConfig) -> int:
     """Frames the capture queue holds: service.queue_s of audio."""
     return int(cfg.service.queue_s * (1000 / cfg.audio.frame_ms))
@@ -354,21 +374,7 @@ class Daemon:
         return open_log(cfg)
 
     def _open_keeper(self, cfg: VoxgateConfig) -> Any:
-        if not cfg.audit.keep_audio:
-            return None
-        from voxgate.config.secrets import override_source, read_secret
-        from voxgate.service.keep import AudioKeeper, KeepError, parse_key
-
-        key = read_secret("audio-key", cfg.audit.audio_key_file, strip=False)
-        assert key is not None
-        try:
-            parse_key(key)
-        except KeepError as exc:  # a damaged or mistyped key: say which one
-            where = override_source("audio-key") or str(cfg.audit.audio_key_file)
-            raise KeepError(f"{where}: {exc}") from None
-        return AudioKeeper(
-            cfg.audit.audio_dir or cfg.data_dir / "audio", key, cfg.audit.audio_retention_days
-        )
+        return open_keeper(cfg)
 
     def _close_stages(self) -> None:
         if self.stages is None:

@@ -8,8 +8,9 @@ loop and out of `voxgate --help`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -209,98 +210,22 @@ def _templates_lookup(store: Any) -> Callable[[str | None], dict[str, Any | None
 
 
 def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
-    from voxgate.config.secrets import SecretError
+    from voxgate import embedding
 
-    try:
-        from voxgate import embedding, scoring, voiceprints
-        from voxgate.decision import DecisionError, Issuer, SequenceCounter
-        from voxgate.mqtt.client import MqttLink, MqttSetupError
-        from voxgate.mqtt.nonces import FILE_NAME as USED_COMMANDS_FILE
-    except ImportError as exc:
-        raise StageUnavailable(f"a stage is missing from this build: {exc}") from None
-
-    try:
-        key = voiceprints.load_key(cfg.speaker)
-    except voiceprints.StoreError as exc:  # no key, or not a key: a setting, not the build
-        raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
-    try:
-        embedder = embedding.load_embedder(cfg.speaker.model, cfg.speaker.threads)
-        store = voiceprints.VoiceprintStore(
-            cfg.speaker.database or cfg.data_dir / "voiceprints.db", key, read_when_full=True
-        )
-        # As `voxgate verify` scores: the cohort tied to this model file and preprocessing,
-        # also under a fixed speaker.threshold (which is on the normalized score's scale).
-        scorer = scoring.load_scorer(cfg, store, embedder)
-    except voiceprints.WrongKey as exc:  # the key of another store: a setting
-        raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
-    except voiceprints.EmptyFile as exc:  # its message says what to do
-        raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
-    except voiceprints.Damaged as exc:  # a restart reads the same file: the admin must act
-        raise StageUnavailable(
-            f"speaker stage: {exc}. Restore the file from a backup, or move it aside to "
-            "start with nobody enrolled",
-            config=True,
-        ) from None
-    except Exception as exc:  # ModelError, StoreError, SecretError, ScoringError: all say why
-        raise StageUnavailable(f"speaker stage: {exc}") from None
-
+    key = speaker_key(cfg)
+    embedder = speaker_model(cfg)
+    store = speaker_store(cfg, key)
+    scorer = speaker_scorer(cfg, store, embedder)
     recognizer = new_challenge = replay = speak = None
     if cfg.challenge.mode != "off":
-        try:
-            from voxgate import challenge, stt
-            from voxgate import replay as replay_mod
+        from voxgate import challenge
 
-            recognizer = stt.load_recognizer(cfg.stt)
-            log.info("speech engine for challenges: %s", recognizer.name)
-            if cfg.challenge.mode == "passphrase":
-                try:
-                    recognizer.check_words(challenge.new_challenge(cfg.challenge, 0.0).words)
-                except stt.SttError as exc:  # the phrase (or stt.backend): no restart helps
-                    raise StageUnavailable(
-                        f"challenge stage: challenge.passphrase: {exc}", config=True
-                    ) from None
-            new_challenge = challenge.new_challenge
-            speak = challenge.speak if cfg.challenge.speak else None
-            replay = replay_mod.ReplayDetector(
-                cfg.data_dir / "replay.db",
-                cfg.challenge.replay_window_s,
-                max_rows=cfg.challenge.replay_max_stored,
-                max_frames=replay_mod.frames_for(cfg.challenge.replay_memory_mb),
-            )
-        except StageUnavailable:
-            raise
-        except Exception as exc:
-            if getattr(exc, "damaged", False):  # replay.ReplayStoreError: stays damaged
-                raise StageUnavailable(
-                    f"challenge stage: {exc}. Move it aside: the door then starts with no "
-                    "answers to compare (a replay of an earlier answer passes that check)",
-                    config=True,
-                ) from None
-            raise StageUnavailable(f"challenge stage: {exc}") from None
-
-    try:
-        link: Link = (
-            MqttLink(cfg.mqtt, cfg.device_id, used_commands=cfg.data_dir / USED_COMMANDS_FILE)
-            if cfg.mqtt.enabled
-            else NoLink()
-        )
-    except (SecretError, MqttSetupError) as exc:  # no decision key, a TLS file missing
-        raise StageUnavailable(f"mqtt stage: {exc}", config=True) from None
-    except DecisionError as exc:  # a damaged used-commands file: the message says what to do
-        raise StageUnavailable(f"mqtt stage: {exc}", config=True) from None
-    except Exception as exc:
-        raise StageUnavailable(f"mqtt stage: {exc}") from None
-    try:
-        issuer = Issuer(
-            cfg.device_id,
-            SequenceCounter(cfg.data_dir / "decision-seq.json"),
-            cfg.mqtt.decision_ttl_s,
-        )
-    except DecisionError as exc:  # a damaged counter file: the message says what to do
-        raise StageUnavailable(f"mqtt stage: {exc}", config=True) from None
-    except Exception as exc:
-        raise StageUnavailable(f"mqtt stage: {exc}") from None
-
+        recognizer = challenge_recognizer(cfg)
+        new_challenge = challenge.new_challenge
+        speak = challenge.speak if cfg.challenge.speak else None
+        replay = replay_store(cfg)
+    link = mqtt_link(cfg)
+    issuer = decision_issuer(cfg)
     return Stages(
         source=source,
         embedder=embedder,
@@ -317,3 +242,158 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
         # The replay store too: its close deletes what an erase could not (a full disk).
         close=[source.close, store.close, *([replay.close] if replay is not None else [])],
     )
+
+
+# Each part below builds one thing from the config and raises StageUnavailable saying what
+# is wrong. build_stages calls them in order; `voxgate config check --deep` (preflight.py)
+# calls each on its own, so that it reports every problem and not only the first.
+
+
+def _missing(exc: ImportError) -> StageUnavailable:
+    return StageUnavailable(f"a stage is missing from this build: {exc}")
+
+
+def speaker_key(cfg: VoxgateConfig) -> bytes:
+    """The voiceprint key (speaker.key_file or the credential)."""
+    try:
+        from voxgate import voiceprints
+    except ImportError as exc:
+        raise _missing(exc) from None
+    try:
+        return voiceprints.load_key(cfg.speaker)
+    except voiceprints.StoreError as exc:  # no key, or not a key: a setting, not the build
+        raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
+
+
+@contextlib.contextmanager
+def _speaker_errors() -> Iterator[None]:
+    from voxgate import voiceprints
+
+    try:
+        yield
+    except voiceprints.WrongKey as exc:  # the key of another store: a setting
+        raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
+    except voiceprints.EmptyFile as exc:  # its message says what to do
+        raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
+    except voiceprints.Damaged as exc:  # a restart reads the same file: the admin must act
+        raise StageUnavailable(
+            f"speaker stage: {exc}. Restore the file from a backup, or move it aside to "
+            "start with nobody enrolled",
+            config=True,
+        ) from None
+    except Exception as exc:  # ModelError, StoreError, SecretError, ScoringError: all say why
+        raise StageUnavailable(f"speaker stage: {exc}") from None
+
+
+def speaker_model(cfg: VoxgateConfig) -> Any:
+    """The speaker embedding model (speaker.model, or the shipped default)."""
+    try:
+        from voxgate import embedding
+    except ImportError as exc:
+        raise _missing(exc) from None
+    with _speaker_errors():
+        return embedding.load_embedder(cfg.speaker.model, cfg.speaker.threads)
+
+
+def speaker_store(cfg: VoxgateConfig, key: bytes) -> Any:
+    """The voiceprint store (speaker.database, or voiceprints.db in data_dir)."""
+    from voxgate import voiceprints
+
+    with _speaker_errors():
+        return voiceprints.VoiceprintStore(
+            cfg.speaker.database or cfg.data_dir / "voiceprints.db", key, read_when_full=True
+        )
+
+
+def speaker_scorer(cfg: VoxgateConfig, store: Any, embedder: Any) -> Scorer:
+    """The scorer: as `voxgate verify` scores, with the cohort tied to this model file and
+    preprocessing, also under a fixed speaker.threshold (which is on the normalized score's
+    scale)."""
+    try:
+        from voxgate import scoring
+    except ImportError as exc:
+        raise _missing(exc) from None
+    with _speaker_errors():
+        return scoring.load_scorer(cfg, store, embedder)
+
+
+def challenge_recognizer(cfg: VoxgateConfig) -> Recognizer:
+    """The speech engine that checks answers (stt.*), and a passphrase it can score."""
+    try:
+        from voxgate import challenge, stt
+
+        recognizer = stt.load_recognizer(cfg.stt)
+        log.info("speech engine for challenges: %s", recognizer.name)
+        if cfg.challenge.mode == "passphrase":
+            try:
+                recognizer.check_words(challenge.new_challenge(cfg.challenge, 0.0).words)
+            except stt.SttError as exc:  # the phrase (or stt.backend): no restart helps
+                raise StageUnavailable(
+                    f"challenge stage: challenge.passphrase: {exc}", config=True
+                ) from None
+        return recognizer
+    except StageUnavailable:
+        raise
+    except Exception as exc:
+        raise StageUnavailable(f"challenge stage: {exc}") from None
+
+
+def replay_store(cfg: VoxgateConfig) -> Any:
+    """The fingerprints of recent answers (replay.db in data_dir)."""
+    try:
+        from voxgate import replay as replay_mod
+
+        return replay_mod.ReplayDetector(
+            cfg.data_dir / "replay.db",
+            cfg.challenge.replay_window_s,
+            max_rows=cfg.challenge.replay_max_stored,
+            max_frames=replay_mod.frames_for(cfg.challenge.replay_memory_mb),
+        )
+    except Exception as exc:
+        if getattr(exc, "damaged", False):  # replay.ReplayStoreError: stays damaged
+            raise StageUnavailable(
+                f"challenge stage: {exc}. Move it aside: the door then starts with no "
+                "answers to compare (a replay of an earlier answer passes that check)",
+                config=True,
+            ) from None
+        raise StageUnavailable(f"challenge stage: {exc}") from None
+
+
+def mqtt_link(cfg: VoxgateConfig) -> Link:
+    """The MQTT link (keys and TLS files read; it connects only at start())."""
+    from voxgate.config.secrets import SecretError
+
+    if not cfg.mqtt.enabled:
+        return NoLink()
+    try:
+        from voxgate.decision import DecisionError
+        from voxgate.mqtt.client import MqttLink, MqttSetupError
+        from voxgate.mqtt.nonces import FILE_NAME as USED_COMMANDS_FILE
+    except ImportError as exc:
+        raise _missing(exc) from None
+    try:
+        return MqttLink(cfg.mqtt, cfg.device_id, used_commands=cfg.data_dir / USED_COMMANDS_FILE)
+    except (SecretError, MqttSetupError) as exc:  # no decision key, a TLS file missing
+        raise StageUnavailable(f"mqtt stage: {exc}", config=True) from None
+    except DecisionError as exc:  # a damaged used-commands file: the message says what to do
+        raise StageUnavailable(f"mqtt stage: {exc}", config=True) from None
+    except Exception as exc:
+        raise StageUnavailable(f"mqtt stage: {exc}") from None
+
+
+def decision_issuer(cfg: VoxgateConfig) -> Any:
+    """Signs decisions with the next sequence number (decision-seq.json in data_dir)."""
+    try:
+        from voxgate.decision import DecisionError, Issuer, SequenceCounter
+    except ImportError as exc:
+        raise _missing(exc) from None
+    try:
+        return Issuer(
+            cfg.device_id,
+            SequenceCounter(cfg.data_dir / "decision-seq.json"),
+            cfg.mqtt.decision_ttl_s,
+        )
+    except DecisionError as exc:  # a damaged counter file: the message says what to do
+        raise StageUnavailable(f"mqtt stage: {exc}", config=True) from None
+    except Exception as exc:
+        raise StageUnavailable(f"mqtt stage: {exc}") from None

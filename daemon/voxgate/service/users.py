@@ -75,6 +75,8 @@ class UserServices:
         self.embedder = embedder
         self.audit_event = audit_event
         self.agent: Any = None
+        self._fleet_client: Any = None  # the agent's broker client, built by prepare()
+        self._app: Any = None  # the admin API's app, built by prepare()
         self.api: Any = None
         self._next_flush = 0.0
         self._lock = threading.Lock()  # one erase at a time (store scrub + fleet tombstone)
@@ -90,9 +92,10 @@ class UserServices:
         # ttl_s). The loop sets it (MQTT `challenge` topic, and the speaker when configured).
         self.on_prompt: Callable[[str, int, int, float], None] | None = None
 
-    def start(self, undo: Undo) -> None:
-        """Start what the config enables; `undo(name, stop)` registers each for shutdown.
-        Raises StartError."""
+    def prepare(self) -> None:
+        """Build what the config enables, without connecting or listening: the fleet agent
+        (its keys, its state file, its broker credentials and TLS files) and the admin API
+        (its token). Raises StartError. `voxgate config check --deep` runs this alone."""
         cfg = self.cfg
         if (cfg.fleet.enabled or cfg.api.enabled) and self.store is None:
             raise StartError("the stages have no voiceprint store to share", config=False)
@@ -118,13 +121,12 @@ class UserServices:
             from voxgate.mqtt.client import MqttSetupError
 
             try:
-                self.agent.start()
+                self._fleet_client = self.agent.broker_client()
             except (MqttSetupError, SecretError) as exc:  # TLS files, a named password file
                 raise StartError(f"fleet sync: {exc}", config=True) from None
-            undo("fleet sync", self.agent.stop)
         if cfg.api.enabled:
             try:
-                from voxgate.api import ApiError, ApiServer, UserAdmin, create_app, load_token
+                from voxgate.api import ApiError, UserAdmin, create_app, load_token
             except ImportError as exc:
                 raise StartError(
                     f"api.enabled, but the admin API is not installed ({exc}); "
@@ -142,14 +144,26 @@ class UserServices:
                     on_change=self._api_change,
                     template_threshold=cfg.stt.template_threshold,
                 )
-                app = create_app(
+                self._app = create_app(
                     cfg, admin, token, audit_event=self.audit_event, current=lambda: self.cfg
                 )
             except ApiError as exc:
                 raise StartError(str(exc), config=True) from None
+
+    def start(self, undo: Undo) -> None:
+        """prepare(), then connect the fleet agent and listen on the API's port;
+        `undo(name, stop)` registers each for shutdown. Raises StartError."""
+        cfg = self.cfg
+        self.prepare()
+        if self.agent is not None:
+            self.agent.start(self._fleet_client)
+            undo("fleet sync", self.agent.stop)
+        if self._app is not None:
+            from voxgate.api import ApiServer
+
             try:
                 # A shorter poll than the default 0.5 s: SIGTERM waits for it at shutdown.
-                self.api = ApiServer(app, cfg.api.host, cfg.api.port, poll_interval=0.2)
+                self.api = ApiServer(self._app, cfg.api.host, cfg.api.port, poll_interval=0.2)
             except OSError as exc:
                 raise StartError(
                     f"admin API: cannot listen on {cfg.api.host}:{cfg.api.port}: {exc.strerror}"
