@@ -3,16 +3,21 @@ on stderr naming the file or option, exit status 1 or 2, never a traceback."""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("voxgate.embedding")
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CARD = REPO / "daemon" / "voxgate" / "models" / "ge2e-int8.yaml"
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 
 
 @pytest.fixture
@@ -50,6 +55,8 @@ CASES = [
     ("pause_noise.py", ["--data", "{tmp}/data", "--sets", "fsdd"], "fsdd"),
     ("windows_compare.py", ["--data", "{tmp}/data", "--set", "fsdd"], "enroll"),
     ("windows_compare.py", ["--data", "{tmp}/data", "--model", "{tmp}/none.yaml"], "none.yaml"),
+    ("compare_eval_runs.py", ["{tmp}/none", "{tmp}/data"], "none"),
+    ("compare_eval_runs.py", ["{tmp}/data", "{tmp}/data"], "report.json"),
 ]
 
 
@@ -161,3 +168,53 @@ def test_windows_compare_leaves_short_recordings_alone(shared_data: Path) -> Non
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith("speechcommands_v001_sample: 0/121 recordings get other windows")
     assert "min 1.0000" in line and "|max| 0.000," in line
+
+
+def _compare(a: Path, b: Path) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "compare_eval_runs.py"), str(a), str(b)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "daemon")},
+        timeout=120,
+        check=True,
+    )
+    return proc.stdout
+
+
+@needs_espeak
+def test_compare_eval_runs_shows_a_recording_and_a_trial_that_moved(tmp_path: Path) -> None:
+    """Two runs of one set, as two machines leave them: identical runs read as such, and a
+    run where one embedding turned and one trial crossed the threshold shows both."""
+    from tests.integration.test_eval_cli import synth_set
+    from voxgate.cli import main
+
+    run_a, run_b = tmp_path / "a" / "voices", tmp_path / "b" / "voices"
+    assert main(["eval", str(synth_set(tmp_path / "set")), "--out", str(run_a)]) == 0
+    same = _compare(run_a.parent, run_a.parent)
+    assert "cosine A-B     min 1.000000" in same and " 0 on the other side" in same
+
+    shutil.copytree(run_a, run_b)
+    (cache,) = run_b.glob("embeddings-*.npz")
+    with np.load(cache) as data:
+        emb, meta = data["emb"].copy(), data["meta"]
+    turned = np.roll(emb[0], 1)
+    emb[0] = turned
+    with open(cache, "wb") as f:
+        np.savez(f, emb=emb, meta=meta)
+    threshold = json.loads((run_b / "report.json").read_text())["systems"]["backend"]["threshold"]
+    with open(run_b / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    row = next(r for r in rows if r["backend"])  # a trial the quality gate scored
+    row["backend"] = f"{threshold + (-0.2 if float(row['backend']) >= threshold else 0.2):.6f}"
+    with open(run_b / "scores.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    moved = _compare(run_a, run_b)
+    with np.load(next(run_a.glob("embeddings-*.npz"))) as data:
+        was = data["emb"][0]
+    cos = float(was @ turned / (np.linalg.norm(was) * np.linalg.norm(turned)))
+    assert f"min {cos:.6f}" in moved and cos < 0.9
+    assert " 1 on the other side" in moved
