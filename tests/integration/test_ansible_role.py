@@ -483,3 +483,120 @@ def test_every_file_the_config_names_is_installed(staged: dict) -> None:
     ca = root / named["mqtt.tls.ca_file"].lstrip("/")
     assert ca.read_bytes() == Path(staged["extra"]["voxgate_mqtt_ca_src"]).read_bytes()
     assert _mode(ca) == 0o644
+
+
+# --- The deep check before the service is (re)started -----------------------------------------
+# The staging root above cannot be deep-checked: its config names the final paths. Here the
+# role's folders themselves are moved under a temporary folder (voxgate_root empty), so the
+# rendered config names the files the role installed and `voxgate config check --deep` reads
+# them as on a door: the keys through CREDENTIALS_DIRECTORY, the shipped model, a real CA
+# certificate. This machine has no microphone: the door's input is a WAV file.
+
+
+def _ca_certificate(tmp: Path) -> Path:
+    ca = tmp / "real-ca.crt"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(tmp / "real-ca.key"),
+            "-out",
+            str(ca),
+            "-subj",
+            "/CN=voxgate role test CA",
+            "-days",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return ca
+
+
+def _door_extra(tmp: Path, staged: dict) -> dict:
+    import numpy as np
+    import soundfile as sf
+
+    wav = tmp / "quiet.wav"
+    sf.write(wav, np.zeros(16000, np.int16), 16000, subtype="PCM_16")
+    door = tmp / "door"
+    return {
+        **staged["extra"],
+        "voxgate_root": "",
+        "voxgate_prefix": str(door / "opt/voxgate"),
+        "voxgate_config_dir": str(door / "etc/voxgate"),
+        "voxgate_data_dir": str(door / "var/lib/voxgate"),
+        "voxgate_alsa_conf": str(door / "etc/alsa/conf.d/60-voxgate-mic.conf"),
+        "voxgate_systemd_unit": str(door / "etc/systemd/system/voxgate.service"),
+        "voxgate_systemd_dropin": str(door / "etc/systemd/system/voxgate.service.d/ansible.conf"),
+        "voxgate_mqtt_ca_src": str(_ca_certificate(tmp)),
+        "voxgate_host_config": {"audio": {"source": "file", "path": str(wav)}},
+        "voxgate_deep_check_command": (
+            f"{sys.executable} -m voxgate config check --deep --quiet %s"
+        ),
+    }
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl for a CA certificate")
+def test_deep_check_stops_a_door_whose_config_would_not_start(tmp_path: Path, staged: dict) -> None:
+    """The role checked the rendered config against the schema only, before the keys were in
+    place, then started the service: a speaker.model path that does not exist passed as "ok"
+    and left the door in a systemd restart loop, seen only in its journal (found running the
+    play with such a host var). Now `voxgate config check --deep` runs once everything is in
+    place, before the service is (re)started: the play fails with its problem text, and the
+    door keeps the config it had."""
+    extra = _door_extra(tmp_path, staged)
+    cfg_file = Path(extra["voxgate_config_dir"]) / "voxgate.yaml"
+
+    good = _play(tmp_path, extra)
+    assert good.returncode == 0, good.stdout[-4000:] + good.stderr[-2000:]
+    assert "Load what the config names, as voxgate run does at start" in good.stdout
+    again = _play(tmp_path, extra)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
+    assert _recap(again.stdout)["changed"] == 0, again.stdout  # the check changes nothing
+    before = cfg_file.read_bytes()
+
+    missing = tmp_path / "no-such-model.yaml"
+    broken = {
+        **extra,
+        "voxgate_host_config": {**extra["voxgate_host_config"], "speaker": {"model": str(missing)}},
+    }
+    run = _play(tmp_path, broken)
+    assert run.returncode != 0
+    out = run.stdout + run.stderr
+    assert f"speaker.model ({missing})" in out, out[-4000:]
+    assert "voxgate run: exit" in out
+    assert "so the service was not (re)started; the previous" in out
+    assert "RUNNING HANDLER [voxgate : Restart voxgate]" not in out  # a failed host runs none
+    # The schema accepted it, so it was installed; the deep check put the old one back.
+    assert cfg_file.read_bytes() == before
+    assert [p.name for p in cfg_file.parent.glob("voxgate.yaml*")] == ["voxgate.yaml"]
+
+    # With --tags voxgate_config (re-render configs only) the check runs too.
+    run = _play(tmp_path, broken, "--tags", "voxgate_config")
+    assert run.returncode != 0
+    assert f"speaker.model ({missing})" in run.stdout + run.stderr
+    assert cfg_file.read_bytes() == before
+
+    # Check mode writes nothing, so there is nothing new to check: the task is skipped.
+    run = _play(tmp_path, broken, "--check")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert cfg_file.read_bytes() == before
+
+    # voxgate_deep_check: false skips it; the schema-valid config is then installed.
+    run = _play(tmp_path, {**broken, "voxgate_deep_check": False})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "RUNNING HANDLER [voxgate : Restart voxgate]" in run.stdout
+    assert str(missing) in cfg_file.read_text()
+    # A changed config that passes is kept, and the previous one's backup is gone.
+    run = _play(tmp_path, extra)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert cfg_file.read_bytes() == before
+    assert [p.name for p in cfg_file.parent.glob("voxgate.yaml*")] == ["voxgate.yaml"]
