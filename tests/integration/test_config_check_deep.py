@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,6 +119,45 @@ def test_the_door_files_are_left_as_they_are(
     # ... which the daemon's own start does change: the check did not just skip them.
     assert Daemon(load_config(cfg), config_path=cfg).run() == 0
     assert _digest(data) != before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_the_copies_are_removed_when_the_check_is_stopped(tmp_path: Path, signum: int) -> None:
+    # The copies hold the voiceprints, the lockout state and the end of the audit log. A
+    # `timeout` or a closed SSH session stopped the check by its default action and left
+    # them in the temporary folder, where a later erase of a user does not reach.
+    cfg = _door(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "voiceprints.db").write_bytes(b"the door's voiceprints")
+    # A key file that is a FIFO: reading it waits for a writer, so the check is held at a
+    # known step (the speaker key, after the copies are made) until the signal arrives.
+    key = tmp_path / "voiceprint.key"
+    key.unlink()
+    os.mkfifo(key, 0o600)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = dict(os.environ, TMPDIR=str(scratch), PYTHONPATH=str(ROOT / "daemon"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voxgate", "config", "check", "--deep", str(cfg)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(scratch.glob("voxgate-check-*/data/voiceprints.db")):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the check made no copies"
+            time.sleep(0.01)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signum, err
+    assert list(scratch.iterdir()) == []
 
 
 # -- each broken reference ---------------------------------------------------------------

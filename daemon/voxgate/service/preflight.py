@@ -204,7 +204,7 @@ def check(cfg: VoxgateConfig, log_handler: logging.Handler | None = None) -> lis
     when it would start (as far as can be told without audio, broker or port).
     `log_handler`: where what the start-up functions log is shown; the scratch folder's
     paths are named as the real ones there too."""
-    with tempfile.TemporaryDirectory(prefix="voxgate-check-") as tmp:
+    with _stopped_by_signals(), tempfile.TemporaryDirectory(prefix="voxgate-check-") as tmp:
         scratch = _Scratch(cfg, Path(tmp))
         run = _Run(cfg, scratch)
         closers: list[Callable[[], None]] = []
@@ -220,6 +220,33 @@ def check(cfg: VoxgateConfig, log_handler: logging.Handler | None = None) -> lis
             if log_handler is not None:
                 log_handler.removeFilter(real_paths)
         return run.problems
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a `timeout`, a closed SSH session) raise SystemExit(128 + signal)
+    while the copies exist, so that they are removed: the default action killed the check
+    and left the copies of the voiceprints, lockout state and audit log in the temporary
+    folder. Ctrl-C already raises KeyboardInterrupt."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = (signal.SIGTERM, signal.SIGHUP)
+
+    def stop(signum: int, frame: Any) -> None:
+        for s in stops:  # a second signal must not cut the removal short
+            signal.signal(s, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    before = {s: signal.signal(s, stop) for s in stops}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 class _RealPaths(logging.Filter):
