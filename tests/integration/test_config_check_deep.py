@@ -101,6 +101,22 @@ def test_a_good_door_passes_and_its_data_folder_is_not_made(
     assert not (tmp_path / "data").exists()
 
 
+def test_quiet_prints_nothing_for_a_good_door_and_the_warnings_beside_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The door has no command key, as the install steps leave it: start warns about that.
+    cfg = _door(tmp_path)
+    capsys.readouterr()
+    assert main(["config", "check", "--deep", "--quiet", str(cfg)]) == 0
+    out = capsys.readouterr()
+    assert (out.out, out.err) == ("", "")
+    _foreign_cohort(tmp_path, cfg)
+    assert main(["config", "check", "--deep", "--quiet", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "no command key" in err
+    assert "speaker.cohort (" in err
+
+
 def test_the_door_files_are_left_as_they_are(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
