@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -174,6 +175,31 @@ def test_the_copies_are_removed_when_the_check_is_stopped(tmp_path: Path, signum
             proc.kill()
     assert proc.returncode == 128 + signum, err
     assert list(scratch.iterdir()) == []
+
+
+def test_a_full_temporary_folder_is_said_not_blamed_on_the_door(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With no room for the copies, they were cut short and the start-up functions opened
+    # them: the check printed "replay.db: ... database disk image is malformed" and "the
+    # disk is full: free space on <the door's data_dir>" (the copies named as the real
+    # files), blaming a healthy door. Found with TMPDIR on a 48 kB tmpfs.
+    sys.path.insert(0, str(Path(__file__).parent))
+    from small_fs import fill, small_fs
+
+    cfg = _door(tmp_path, challenge="digits")
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 0  # makes the door's files
+    before = _digest(tmp_path / "data")
+    with small_fs(tmp_path / "tmp", "1m") as tmp:
+        fill(tmp)
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+        code, out, err = _deep(cfg, capsys)
+        assert sorted(p.name for p in tmp.iterdir()) == [".filler"]  # nothing left behind
+    assert code == 1, (out, err)
+    assert _problem_lines(err) == [], err  # no problem of the door's
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"{cfg}: cannot check: ") and str(tmp) in last and "TMPDIR" in last
+    assert _digest(tmp_path / "data") == before
 
 
 # -- each broken reference ---------------------------------------------------------------

@@ -77,7 +77,7 @@ def check_command(args: argparse.Namespace) -> int:
 def deep_check(file: str, cfg: VoxgateConfig, *, quiet: bool) -> int:
     import logging
 
-    from voxgate.service.preflight import check
+    from voxgate.service.preflight import CannotCheck, check
 
     # What the start-up functions warn about (a key file others can read, a command key
     # that is not there) is worth seeing too; their progress is not. With --quiet it is
@@ -93,6 +93,9 @@ def deep_check(file: str, cfg: VoxgateConfig, *, quiet: bool) -> int:
     root.setLevel(logging.WARNING)
     try:
         problems = check(cfg, log_handler=handler)
+    except CannotCheck as exc:
+        print(f"{file}: cannot check: {exc}", file=sys.stderr)
+        return 1
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
