@@ -202,6 +202,23 @@ def test_a_full_temporary_folder_is_said_not_blamed_on_the_door(
     assert _digest(tmp_path / "data") == before
 
 
+def test_what_start_would_do_to_a_file_is_said_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A damaged lockout state does not stop the start: it is moved aside. The check did it
+    # to its copy and printed "moved to <the door's folder>/lockout.db.corrupt-...", named as
+    # the real file, which was still there and nothing beside it.
+    cfg = _door(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "lockout.db").write_bytes(os.urandom(4096))
+    code, _, err = _deep(cfg, capsys)
+    assert code == 0, err
+    (line,) = [x for x in err.splitlines() if "lockout.db.corrupt-" in x]
+    assert f"at start: lockout state {data / 'lockout.db'} is unreadable" in line, line
+    assert [p.name for p in data.iterdir()] == ["lockout.db"]
+
+
 # -- each broken reference ---------------------------------------------------------------
 
 

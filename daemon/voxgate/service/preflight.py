@@ -301,7 +301,11 @@ class _RealPaths(logging.Filter):
         self.scratch = scratch
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = self.scratch.real_text(record.getMessage()), None
+        text = record.getMessage()
+        real = self.scratch.real_text(text)
+        if real != text:  # about a copy ("moved to ..."): what start would do to the file
+            real = "at start: " + real
+        record.msg, record.args = real, None
         return True
 
 
