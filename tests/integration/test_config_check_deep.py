@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,6 +102,22 @@ def test_a_good_door_passes_and_its_data_folder_is_not_made(
     assert not (tmp_path / "data").exists()
 
 
+def test_quiet_prints_nothing_for_a_good_door_and_the_warnings_beside_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The door has no command key, as the install steps leave it: start warns about that.
+    cfg = _door(tmp_path)
+    capsys.readouterr()
+    assert main(["config", "check", "--deep", "--quiet", str(cfg)]) == 0
+    out = capsys.readouterr()
+    assert (out.out, out.err) == ("", "")
+    _foreign_cohort(tmp_path, cfg)
+    assert main(["config", "check", "--deep", "--quiet", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "no command key" in err
+    assert "speaker.cohort (" in err
+
+
 def test_the_door_files_are_left_as_they_are(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -117,6 +136,87 @@ def test_the_door_files_are_left_as_they_are(
     # ... which the daemon's own start does change: the check did not just skip them.
     assert Daemon(load_config(cfg), config_path=cfg).run() == 0
     assert _digest(data) != before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_the_copies_are_removed_when_the_check_is_stopped(tmp_path: Path, signum: int) -> None:
+    # The copies hold the voiceprints, the lockout state and the end of the audit log. A
+    # `timeout` or a closed SSH session stopped the check by its default action and left
+    # them in the temporary folder, where a later erase of a user does not reach.
+    cfg = _door(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "voiceprints.db").write_bytes(b"the door's voiceprints")
+    # A key file that is a FIFO: reading it waits for a writer, so the check is held at a
+    # known step (the speaker key, after the copies are made) until the signal arrives.
+    key = tmp_path / "voiceprint.key"
+    key.unlink()
+    os.mkfifo(key, 0o600)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = dict(os.environ, TMPDIR=str(scratch), PYTHONPATH=str(ROOT / "daemon"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voxgate", "config", "check", "--deep", str(cfg)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(scratch.glob("voxgate-check-*/data/voiceprints.db")):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the check made no copies"
+            time.sleep(0.01)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signum, err
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_full_temporary_folder_is_said_not_blamed_on_the_door(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With no room for the copies, they were cut short and the start-up functions opened
+    # them: the check printed "replay.db: ... database disk image is malformed" and "the
+    # disk is full: free space on <the door's data_dir>" (the copies named as the real
+    # files), blaming a healthy door. Found with TMPDIR on a 48 kB tmpfs.
+    sys.path.insert(0, str(Path(__file__).parent))
+    from small_fs import fill, small_fs
+
+    cfg = _door(tmp_path, challenge="digits")
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 0  # makes the door's files
+    before = _digest(tmp_path / "data")
+    with small_fs(tmp_path / "tmp", "1m") as tmp:
+        fill(tmp)
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+        code, out, err = _deep(cfg, capsys)
+        assert sorted(p.name for p in tmp.iterdir()) == [".filler"]  # nothing left behind
+    assert code == 1, (out, err)
+    assert _problem_lines(err) == [], err  # no problem of the door's
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"{cfg}: cannot check: ") and str(tmp) in last and "TMPDIR" in last
+    assert _digest(tmp_path / "data") == before
+
+
+def test_what_start_would_do_to_a_file_is_said_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A damaged lockout state does not stop the start: it is moved aside. The check did it
+    # to its copy and printed "moved to <the door's folder>/lockout.db.corrupt-...", named as
+    # the real file, which was still there and nothing beside it.
+    cfg = _door(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "lockout.db").write_bytes(os.urandom(4096))
+    code, _, err = _deep(cfg, capsys)
+    assert code == 0, err
+    (line,) = [x for x in err.splitlines() if "lockout.db.corrupt-" in x]
+    assert f"at start: lockout state {data / 'lockout.db'} is unreadable" in line, line
+    assert [p.name for p in data.iterdir()] == ["lockout.db"]
 
 
 # -- each broken reference ---------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 
 import yaml
@@ -76,11 +77,14 @@ def check_command(args: argparse.Namespace) -> int:
 def deep_check(file: str, cfg: VoxgateConfig, *, quiet: bool) -> int:
     import logging
 
-    from voxgate.service.preflight import check
+    from voxgate.service.preflight import CannotCheck, check
 
     # What the start-up functions warn about (a key file others can read, a command key
-    # that is not there) is worth seeing too; their progress is not.
-    handler = logging.StreamHandler(sys.stderr)
+    # that is not there) is worth seeing too; their progress is not. With --quiet it is
+    # shown only beside problems: "print nothing when valid" printed it for every door that
+    # leaves its command key empty, as the install steps do.
+    held = io.StringIO()
+    handler = logging.StreamHandler(held if quiet else sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.WARNING)
     root = logging.getLogger()
@@ -89,10 +93,15 @@ def deep_check(file: str, cfg: VoxgateConfig, *, quiet: bool) -> int:
     root.setLevel(logging.WARNING)
     try:
         problems = check(cfg, log_handler=handler)
+    except CannotCheck as exc:
+        print(f"{file}: cannot check: {exc}", file=sys.stderr)
+        return 1
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
     if problems:
+        if quiet:
+            print(held.getvalue(), end="", file=sys.stderr)
         print(
             f"{file}: valid schema, but voxgate run would not start; {len(problems)} problem(s):",
             file=sys.stderr,

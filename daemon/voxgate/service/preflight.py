@@ -41,6 +41,10 @@ EX_CONFIG = 78
 EX_SOFTWARE = 70  # an error the daemon does not expect at start (it would stop with a traceback)
 
 AUDIT_TAIL_BYTES = 64 * 1024  # of the audit log, copied: opening it reads only its last line
+# Free space kept beside the copies for what the start-up functions write to them (new
+# databases, WAL pages, an audit line): a few hundred kB; short of it, a copy cut short or a
+# write refused looked like a damaged or full door (see CannotCheck).
+SCRATCH_ROOM = 4 * 1024 * 1024
 
 # Which config key names each secret (read_secret's names), for the report.
 SECRET_KEYS = {
@@ -54,6 +58,12 @@ SECRET_KEYS = {
     "fleet-key": ("fleet", "key_file"),
     "fleet-signing-key": ("fleet", "signing_key_file"),
 }
+
+
+class CannotCheck(Exception):
+    """The check itself cannot be made (no room for the copies): nothing is said about the
+    door. Opening copies cut short, the start-up functions reported the door's healthy files
+    as empty or damaged, with their advice to restore or delete them."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +88,20 @@ class _Scratch:
         self.root = root
         self.folders: dict[Path, Path] = {}  # real folder -> scratch folder
         self.cfg = self._redirect(cfg)
-        for path in _data_files(cfg):
+        files = _data_files(cfg)
+        need = sum(_copy_size(p) for p in files) + SCRATCH_ROOM
+        if shutil.disk_usage(root).free < need:
+            raise self._full(f"the copies of the door's data files need about {need // 1024} kB")
+        for path in files:
             self._copy(path)
+
+    def _full(self, why: str) -> CannotCheck:
+        where = self.root.parent
+        free = shutil.disk_usage(where).free // 1024
+        return CannotCheck(
+            f"{why}, and the temporary folder {where} has {free} kB free; free some space "
+            "there or set TMPDIR to a folder with room"
+        )
 
     def place(self, path: Path | str) -> Path:
         real = Path(path).absolute()
@@ -121,14 +143,25 @@ class _Scratch:
                 _copy_tail(real, target, AUDIT_TAIL_BYTES)
             else:
                 shutil.copyfile(real, target)
-        except OSError as exc:  # unreadable: the access check names it
-            log.debug("preflight: not copied: %s: %s", real, exc)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the copy cut short
+                raise self._full(f"{real} could not be copied ({exc.strerror})") from None
+            log.debug("preflight: not copied: %s: %s", real, exc)  # the access check names it
 
     def real_text(self, text: str) -> str:
         """`text` with the scratch folders named as the real ones."""
         for real, scratch in sorted(self.folders.items(), key=lambda kv: -len(str(kv[1]))):
             text = text.replace(str(scratch), str(real))
         return text
+
+
+def _copy_size(path: Path) -> int:
+    """Bytes _copy writes for `path` (0 for what it does not copy)."""
+    try:
+        size = path.stat().st_size if path.is_file() and not path.name.endswith("-shm") else 0
+    except OSError:
+        return 0
+    return min(size, AUDIT_TAIL_BYTES) if path.name.endswith(".jsonl") else size
 
 
 def _copy_tail(src: Path, dst: Path, limit: int) -> None:
@@ -203,9 +236,9 @@ def check(cfg: VoxgateConfig, log_handler: logging.Handler | None = None) -> lis
     """Every problem `voxgate run` would stop at with this config, in start-up order; empty
     when it would start (as far as can be told without audio, broker or port).
     `log_handler`: where what the start-up functions log is shown; the scratch folder's
-    paths are named as the real ones there too."""
-    with tempfile.TemporaryDirectory(prefix="voxgate-check-") as tmp:
-        scratch = _Scratch(cfg, Path(tmp))
+    paths are named as the real ones there too. Raises CannotCheck."""
+    with _stopped_by_signals(), _scratch_folder() as tmp:
+        scratch = _Scratch(cfg, tmp)
         run = _Run(cfg, scratch)
         closers: list[Callable[[], None]] = []
         real_paths = _RealPaths(scratch)
@@ -222,13 +255,57 @@ def check(cfg: VoxgateConfig, log_handler: logging.Handler | None = None) -> lis
         return run.problems
 
 
+@contextlib.contextmanager
+def _scratch_folder() -> Iterator[Path]:
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="voxgate-check-")
+    except OSError as exc:
+        raise CannotCheck(
+            f"cannot make a folder for the copies of the door's data files in "
+            f"{tempfile.gettempdir()} ({exc.strerror}); set TMPDIR to a folder with room"
+        ) from None
+    with folder as tmp:
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a `timeout`, a closed SSH session) raise SystemExit(128 + signal)
+    while the copies exist, so that they are removed: the default action killed the check
+    and left the copies of the voiceprints, lockout state and audit log in the temporary
+    folder. Ctrl-C already raises KeyboardInterrupt."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = (signal.SIGTERM, signal.SIGHUP)
+
+    def stop(signum: int, frame: Any) -> None:
+        for s in stops:  # a second signal must not cut the removal short
+            signal.signal(s, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    before = {s: signal.signal(s, stop) for s in stops}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 class _RealPaths(logging.Filter):
     def __init__(self, scratch: _Scratch) -> None:
         super().__init__()
         self.scratch = scratch
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = self.scratch.real_text(record.getMessage()), None
+        text = record.getMessage()
+        real = self.scratch.real_text(text)
+        if real != text:  # about a copy ("moved to ..."): what start would do to the file
+            real = "at start: " + real
+        record.msg, record.args = real, None
         return True
 
 
