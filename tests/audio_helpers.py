@@ -11,6 +11,20 @@ import pytest
 
 from voxgate.audio.file import read_audio
 
+# An ALSA capture device that reads raw 16-bit PCM from the file {raw} (ALSA's `file` PCM):
+# the real PortAudio/ALSA path, with no microphone. Loaded through ALSA_CONFIG_PATH.
+ALSA_CONF = """\
+</usr/share/alsa/alsa.conf>
+pcm.voxgate_test_mic {{
+  type file
+  slave.pcm "null"
+  file "/dev/null"
+  infile "{raw}"
+  format "raw"
+  hint {{ show on description "voxgate test microphone" }}
+}}
+"""
+
 
 def espeak(text: str, path: Path, voice: str = "en") -> np.ndarray:
     """Synthesize text to a WAV with espeak-ng and return it as 16 kHz int16."""

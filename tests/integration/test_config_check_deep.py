@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.audio_helpers import ALSA_CONF
 from voxgate.cli import main
 from voxgate.config import load_config
 from voxgate.service.loop import Daemon
@@ -357,18 +358,6 @@ def test_every_problem_is_reported_not_only_the_first(
 
 
 # -- the microphone: a real ALSA device ----------------------------------------------------
-
-ALSA_CONF = """\
-</usr/share/alsa/alsa.conf>
-pcm.voxgate_test_mic {{
-  type file
-  slave.pcm "null"
-  file "/dev/null"
-  infile "{raw}"
-  format "raw"
-  hint {{ show on description "voxgate test microphone" }}
-}}
-"""
 
 
 def test_an_alsa_device_that_is_not_there_is_named(tmp_path: Path) -> None:

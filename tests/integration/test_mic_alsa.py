@@ -16,21 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.audio_helpers import espeak
+from tests.audio_helpers import ALSA_CONF, espeak
 
 pytest.importorskip("pyaudio", reason="PyAudio is not installed (pip install 'voxgate[mic]')")
-
-ALSA_CONF = """\
-</usr/share/alsa/alsa.conf>
-pcm.voxgate_test_mic {{
-  type file
-  slave.pcm "null"
-  file "/dev/null"
-  infile "{raw}"
-  format "raw"
-  hint {{ show on description "voxgate test microphone" }}
-}}
-"""
 
 READER = r"""
 import json, sys
