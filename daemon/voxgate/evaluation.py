@@ -583,11 +583,7 @@ def _system(
 ) -> SystemResult:
     target = np.array([t for _, _, t in es.trials])
     tar, non = scores[target == 1], scores[target == 0]
-    spk_m = np.array([m for m, _, _ in es.trials])
-    spk_t = np.array([es.speaker(r) for _, r, _ in es.trials])
-    # Models are named after speakers in the protocols; map a model to its speaker via its takes.
-    model_spk = {m: es.speaker(recs[0]) for m, recs in es.enroll.items()}
-    spk_m = np.array([model_spk.get(m, m) for m in spk_m])
+    spk_m, spk_t = _trial_speakers(es)
     ci, how = eer_interval(scores, target, spk_m, spk_t)
     res = SystemResult(name, scores, eer(tar, non), ci, min_dcf(tar, non), eer_ci_method=how)
     if threshold is not None:
@@ -607,13 +603,24 @@ def _writing(out_dir: Path | None) -> Iterator[None]:
         raise EvalError(f"{where}: cannot write the results ({exc.strerror or exc})") from None
 
 
+def _trial_speakers(es: EvalSet) -> tuple[np.ndarray, np.ndarray]:
+    """The speaker of each trial's model and of its test recording, which the speaker
+    bootstrap resamples. Models are named after speakers in the protocols; a model's
+    speaker is its takes'."""
+    model_spk = {m: es.speaker(recs[0]) for m, recs in es.enroll.items()}
+    spk_m = np.array([model_spk.get(m, m) for m, _, _ in es.trials])
+    spk_t = np.array([es.speaker(r) for _, r, _ in es.trials])
+    return spk_m, spk_t
+
+
 def too_few_trials(es: EvalSet) -> str | None:
     """Said plainly, in the summary and in report.json, when the protocol is too thin for
     its EER to mean much (4 trials printed "EER 0.00 % (95 % CI 0.00-0.00)")."""
     n_target = sum(t for _, _, t in es.trials)
     n_non = len(es.trials) - n_target
-    speakers = {es.speaker(recs[0]) for recs in es.enroll.values()}
-    speakers |= {es.speaker(r) for _, r, _ in es.trials}
+    # The speakers of the trials, as the interval counts them: a model enrolled for no
+    # trial does not help the bootstrap.
+    speakers = set(np.concatenate(_trial_speakers(es)).tolist())
     n = min(n_target, n_non)
     why = []
     if n < MIN_CI_TRIALS:

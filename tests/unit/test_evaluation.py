@@ -353,3 +353,22 @@ def test_a_path_not_in_the_manifest_is_quoted(tmp_path: Path) -> None:
     _write_set(tmp_path, "model,path,target\ns1,a/y.wav ,0\n")
     with pytest.raises(EvalError, match=r"line 2: 'a/y\.wav ' is not in manifest\.csv"):
         read_set(tmp_path)
+
+
+def test_the_thin_protocol_note_counts_the_speakers_the_interval_resamples() -> None:
+    """A model enrolled for no trial counted as a fifth speaker in the note, which stayed
+    silent, while the interval (4 speakers in the trials) was widened as too thin."""
+    from voxgate.evaluation import EvalSet, too_few_trials
+
+    speakers = ["ann", "bob", "cy", "dee", "eve"]
+    speaker_of = {f"{s}/{i}.wav": s for s in speakers for i in range(20)}
+    enroll = {s: [f"{s}/0.wav"] for s in speakers}
+    trials = [
+        (m, f"{s}/{i}.wav", int(m == s))
+        for m in speakers[:4]
+        for s in speakers[:4]
+        for i in range(1, 11)
+    ]
+    es = EvalSet(Path("set"), speaker_of, enroll, trials)
+    note = too_few_trials(es)
+    assert note is not None and "of 4 speaker(s)" in note and "at least 5 speakers" in note
