@@ -213,9 +213,7 @@ class _Run:
 
         try:
             yield
-        except SecretError as exc:
-            self.add(key, path, str(exc), EX_CONFIG)
-        except (KeepError, AuditError) as exc:
+        except (SecretError, KeepError, AuditError) as exc:
             self.add(key, path, str(exc), EX_CONFIG)
         except (StageUnavailable, StartError) as exc:
             code = EX_CONFIG if exc.config else EX_UNAVAILABLE
