@@ -577,6 +577,22 @@ def test_build_cohort_does_not_replace_a_cohort_without_being_told(
     assert json.loads(meta[0].read_text())["top_k"] == 5
 
 
+@pytest.mark.parametrize("flags", [["--replace"], ["--top-k", "5"], ["--replace", "--top-k", "5"]])
+def test_cohort_flags_without_build_cohort_are_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    """--replace and --top-k only mean something with --build-cohort. Without it they were
+    ignored and the set was evaluated, so `eval SET --top-k 50` (meant to build a cohort)
+    looked like it worked. Now: exit 2, naming the flags, before anything is read."""
+    test_set = _noise_set(tmp_path / "set", seed=1)
+    out = tmp_path / "o"
+    assert main(["eval", str(test_set), "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    named = [f for f in flags if f.startswith("--")]
+    assert f"{' and '.join(named)} only with --build-cohort DIR" in err, err
+    assert not out.exists()
+
+
 def test_built_cohort_line_works_from_any_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

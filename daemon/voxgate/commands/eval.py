@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from voxgate.commands.common import add_config_option, add_parser, ascii_int, config_from_args
 from voxgate.commands.speaker_common import CommandError, fail, load_cohort, load_embedder
+
+TOP_K = 100
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "With --build-cohort, instead builds the normalization cohort and its threshold "
         "calibration from the set's speakers that have no trials (the model's cohort files "
         "already in DIR are replaced only with --replace). Exit status: 0 done, "
-        "1 an error (the message says what), 130 interrupted (Ctrl-C; the embeddings made "
-        "so far are kept in --out, and a rerun with it embeds only the rest).",
+        "1 an error (the message says what), 2 a usage error, 130 interrupted (Ctrl-C; the "
+        "embeddings made so far are kept in --out, and a rerun with it embeds only the rest).",
         examples="""
         voxgate eval ../shared/data/fsdd --out eval-out/fsdd
         voxgate eval ../shared/data/vcc2018_eval --model models/shipped/ge2e-float.yaml
@@ -53,14 +56,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--top-k",
         type=ascii_int,
-        default=100,
-        help="cohort top-k for --build-cohort (default: %(default)s)",
+        help=f"with --build-cohort: cohort top-k (default: {TOP_K})",
     )
     add_config_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # Silently ignored, they let a user believe a cohort was replaced or built with top-k.
+    lone = [f for f, on in (("--replace", args.replace), ("--top-k", args.top_k is not None)) if on]
+    if lone and not args.build_cohort:
+        print(f"voxgate eval: {' and '.join(lone)} only with --build-cohort DIR", file=sys.stderr)
+        return 2
     cfg = config_from_args(args)
     if cfg is None:
         return 1
@@ -75,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                 args.set_dir,
                 embedder,
                 args.build_cohort,
-                args.top_k,
+                TOP_K if args.top_k is None else args.top_k,
                 model_arg=str(args.model) if args.model else None,
                 replace=args.replace,
             )
