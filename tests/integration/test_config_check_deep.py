@@ -391,3 +391,67 @@ def test_an_alsa_device_that_is_not_there_is_named(tmp_path: Path) -> None:
     assert "audio.device (voxgate_tset_mic): audio input: no input device matches" in typo.stderr
     assert "voxgate_test_mic" in typo.stderr  # the list of what is there
     assert "[voxgate run: exit 74]" in typo.stderr
+
+
+# -- a door that is running ---------------------------------------------------------------
+
+WRITER = """
+import os, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, b BLOB)")
+db.commit()
+print("ready", flush=True)
+i = 0
+while True:  # far faster than any door: 3 MB of rows, a checkpoint every other commit
+    i += 1
+    db.execute("INSERT INTO t (b) VALUES (?)", (os.urandom(3000),))
+    db.commit()
+    if i % 3 == 0:
+        db.execute("DELETE FROM t WHERE id < ?", (i - 1000,))
+        db.commit()
+    if i % 2 == 0:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+"""
+
+
+def test_a_database_the_door_is_writing_is_copied_as_of_one_moment(tmp_path: Path) -> None:
+    """On a running door, the database was copied before its WAL: a checkpoint between the
+    two gave a copy that read as "malformed" (219 of 709 copies under this writer), and the
+    check then blamed the door's healthy file (and the Ansible role put the old config
+    back). Each copy must open as a whole database; a file that never holds still for a
+    copy is said ("run the check again"), not read torn."""
+    from voxgate.service.preflight import CannotCheck, _Scratch
+
+    cfg = load_config(_door(tmp_path))
+    lockout = tmp_path / "data" / "lockout.db"
+    lockout.parent.mkdir()
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(lockout)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+        damaged, copies, busy, end = [], 0, 0, time.monotonic() + 6
+        while time.monotonic() < end and len(damaged) < 3:
+            with tempfile.TemporaryDirectory(dir=tmp_path) as scratch:
+                copies += 1
+                try:
+                    _Scratch(cfg, Path(scratch))
+                except CannotCheck as exc:
+                    assert "changed each time it was copied" in str(exc)
+                    busy += 1
+                    continue
+                copy = Path(scratch) / "data" / "lockout.db"
+                db = sqlite3.connect(copy)
+                try:
+                    verdict = db.execute("PRAGMA integrity_check").fetchone()[0]
+                except sqlite3.DatabaseError as exc:
+                    verdict = str(exc)
+                db.close()
+                if verdict != "ok":
+                    damaged.append(verdict)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert damaged == [], f"{len(damaged)} damaged copies in {copies}: {damaged[0]}"
+    assert copies > 20 and busy < copies / 2, (copies, busy)
