@@ -251,6 +251,16 @@ def _missing_decision_key(tmp_path: Path, cfg: Path) -> None:
     (tmp_path / "decision.key").unlink()
 
 
+def _missing_ca_file(tmp_path: Path, cfg: Path) -> None:
+    # Was shown as "mqtt (127.0.0.1:1)": the admin looked at the broker, not the file.
+    _set(cfg, "port: 1,", f"port: 1, tls: {{ca_file: {tmp_path / 'ca.pem'}}},")
+
+
+def _ca_file_not_a_certificate(tmp_path: Path, cfg: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    _set(cfg, "port: 1,", f"port: 1, tls: {{ca_file: {tmp_path / 'ca.pem'}}},")
+
+
 def _missing_audit_key(tmp_path: Path, cfg: Path) -> None:
     with cfg.open("a") as f:
         f.write(f"audit: {{key_file: {tmp_path / 'audit.key'}}}\n")
@@ -304,6 +314,8 @@ BROKEN: list[tuple[Callable[[Path, Path], None], str, str]] = [
     (_wrong_voiceprint_key, "speaker.database (", "wrong voiceprint key"),
     (_missing_decision_key, "mqtt.hmac_key_file (", "secret 'decision-key' not found"),
     (_missing_audit_key, "audit.key_file (", "secret 'audit-key' not found"),
+    (_missing_ca_file, "mqtt.tls.ca_file (", "does not exist"),
+    (_ca_file_not_a_certificate, "mqtt.tls (", "cannot load certificates"),
     (_missing_stt_model, "stt.deepspeech_model (", "does not exist"),
     (_store_not_sqlite, "speaker.database (", "not SQLite"),
     (_store_of_another_program, "speaker.database (", "not a voxgate voiceprint store"),

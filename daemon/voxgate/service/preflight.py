@@ -22,6 +22,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -229,6 +230,20 @@ def _secret_named(cfg: VoxgateConfig, message: str) -> tuple[str, str] | None:
     return None
 
 
+def _tls_named(cfg: VoxgateConfig, message: str) -> tuple[str, str] | None:
+    """The TLS setting a message names ("mqtt.tls.ca_file: ...", "mqtt.tls: cannot load
+    certificates"): shown under "mqtt" with the broker's address, the admin looked for the
+    broker and not for the file."""
+    m = re.search(r"\bmqtt\.tls(?:\.(ca_file|cert_file|key_file))?:", message)
+    if m is None or cfg.mqtt.tls is None:
+        return None
+    tls = cfg.mqtt.tls
+    if m.group(1):
+        return f"mqtt.tls.{m.group(1)}", str(getattr(tls, m.group(1)))
+    files = [str(f) for f in (tls.ca_file, tls.cert_file, tls.key_file) if f is not None]
+    return "mqtt.tls", ", ".join(files) or "the system's CA certificates"
+
+
 def _shown(path: Any, unset: str) -> str:
     return str(path) if path is not None else unset
 
@@ -242,7 +257,7 @@ class _Run:
     def add(self, key: str, path: Any, message: str, code: int) -> None:
         """One problem; one about a secret is shown under the secret's own key and file."""
         msg = self.scratch.real_text(message)
-        key, path = _secret_named(self.cfg, msg) or (key, path)
+        key, path = _secret_named(self.cfg, msg) or _tls_named(self.cfg, msg) or (key, path)
         self.problems.append(Problem(key, self.scratch.real_text(str(path)), msg, code))
 
     @contextlib.contextmanager
