@@ -99,7 +99,8 @@ def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
                for k, v in doc.items()}  # fmt: skip
         print(json.dumps(doc))
     else:
-        who = result.user or "unknown speaker"
+        # "unknown speaker" is identify's open-set verdict; a retry judged no voice at all.
+        who = result.user or ("unknown speaker" if result.quality_ok else "speaker not judged")
         verdict = "MATCH" if result.accepted else ("RETRY" if not result.quality_ok else "NO MATCH")
         print(f"{verdict}: {who}")
         if math.isfinite(result.score):
