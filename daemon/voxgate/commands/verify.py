@@ -90,7 +90,9 @@ def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
         doc = {
             **result.__dict__,
             "speech_s": quality.speech_s,
-            "snr_db": quality.snr_db,
+            # No speech, no SNR measured (quality.too_noisy), as the text says: its number
+            # is an artefact of the frames (-110 dB for a short tone).
+            "snr_db": quality.snr_db if quality.speech_s > 0 else None,
             "snr_from_pauses": quality.snr_from_pauses,
             "snr_needed_db": level,
         }
