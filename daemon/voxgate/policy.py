@@ -14,7 +14,8 @@ Reason codes (stable strings; they go into decisions, the audit log and metrics)
   liveness_retry      the answer could not be judged (nothing said, too short, longer than
                       stt.max_answer_s): try again; not counted by the lockout
   no_speech           no speaker embedding could be made (too little speech)
-  low_quality         the audio was usable for nothing trustworthy (clipped, noisy, short)
+  low_quality         the audio was usable for nothing trustworthy (noisy, short; clipping
+                      gates enrollment takes only: a clipped attempt is scored)
   no_match            the voice did not match (verify) or matched nobody (identify)
   store_unreadable    the door could not read its voiceprints (damaged file): nothing compared
 """

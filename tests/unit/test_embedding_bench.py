@@ -196,3 +196,27 @@ def test_bench_table_says_what_rss_and_x_torch_mean(
     out = capsys.readouterr().out
     assert "RSS MB = the process's peak resident memory" in out
     assert "x torch = -: no upstream Resemblyzer (torch) figures (--no-torch)" in out
+
+
+def test_bench_audio_at_another_rate_does_not_count_the_resampler_as_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--audio` at 44.1 kHz was read and resampled inside each measured worker, and the
+    resampler's import (scipy.signal, about 70 MB) went into the row's peak RSS, 'model
+    loaded and used': int8 read 148 MB with a 44.1 kHz file and 87 MB with the same audio at
+    16 kHz, against the task's 100 MB. Memory, not time: the two rows must agree."""
+    import numpy as np
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    speech = bench.synthetic_speech(3.0).astype(np.float64) / 32768
+    sf.write(tmp_path / "16k.wav", speech, 16000, subtype="PCM_16")
+    sf.write(tmp_path / "44k.wav", resample_poly(speech, 441, 160), 44100, subtype="PCM_16")
+    card = str(SHIPPED / "ge2e-int8.yaml")
+    rss = {}
+    for name in ("16k.wav", "44k.wav"):
+        argv = ["bench", "--model", card, "-n", "1", "--no-torch", "--json"]
+        assert main([*argv, "--audio", str(tmp_path / name)]) == 0
+        (row,) = json.loads(capsys.readouterr().out)
+        rss[name] = row["peak_rss_mb"]
+    assert rss["44k.wav"] < rss["16k.wav"] + 15, rss

@@ -43,6 +43,18 @@ def test_min_dcf_and_rates() -> None:
     assert rates_at(tar, non, 2.5) == (pytest.approx(1 / 3), pytest.approx(1 / 3))
 
 
+def test_min_dcf_is_at_p_target_one_in_a_hundred() -> None:
+    """The cases above give the same minDCF at any P_target (reject all, or no error), so a
+    minDCF at P_target 0.05 or 0.5 passed them. Here one impostor in 100 scores between
+    the two targets: accepting both costs 0.99 * 1 % (normalized 0.99) at P_target 0.01, so
+    missing one target (0.5) is cheaper; at 0.05 the false match is (0.19), at 0.5 (0.01)."""
+    tar = np.array([1.0, 2.0])
+    non = np.concatenate([np.zeros(99), [1.5]])
+    assert min_dcf(tar, non) == pytest.approx(0.5)
+    assert min_dcf(tar, non, p_target=0.05) == pytest.approx(0.19)
+    assert min_dcf(tar, non, p_target=0.5) == pytest.approx(0.01)
+
+
 def test_bootstrap_ci_brackets_estimate() -> None:
     rng = np.random.default_rng(1)
     spk = np.repeat(np.arange(10), 40).astype(str)

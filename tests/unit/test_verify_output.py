@@ -62,3 +62,38 @@ def test_audio_too_short_to_embed_is_a_retry_not_an_error(
     doc = json.loads(capsys.readouterr().out)
     assert doc["score"] is None and doc["quality_ok"] is False and not doc["accepted"]
     assert doc["reasons"][0] == "too_little_speech"
+
+
+@pytest.mark.usefixtures("no_secret_env")
+def test_identify_retry_does_not_say_unknown_speaker(
+    door: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A noisy or too short attempt at `voxgate identify` printed "RETRY: unknown speaker":
+    # "unknown speaker" is the open-set verdict (nobody enrolled clears the threshold), and
+    # a retry is no verdict on the voice at all (a noisy genuine attempt read as a stranger).
+    cfg, wav = door
+    audio, _ = sf.read(wav, dtype="int16")
+    short = wav.with_name("short.wav")
+    sf.write(short, audio[: int(0.4 * RATE)], RATE, subtype="PCM_16")
+    assert main(["identify", str(short), "-c", str(cfg)]) == 4
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == "RETRY: speaker not judged", first
+
+
+@pytest.mark.usefixtures("no_secret_env")
+@pytest.mark.parametrize("argv", [["verify", "carol"], ["identify"]])
+def test_json_gives_no_snr_where_the_text_says_not_measured(
+    door: tuple[Path, Path], argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # With no speech found the gate measures no SNR (quality.too_noisy) and the text says
+    # "SNR not measured (no speech)", but --json gave a number: 14.3 dB for 0.3 s cut from
+    # an FSDD digit string, which a script would report as the recording's SNR.
+    cfg, wav = door
+    audio, _ = sf.read(wav, dtype="int16")
+    short = wav.with_name("short.wav")
+    sf.write(short, audio[: int(0.4 * RATE)], RATE, subtype="PCM_16")
+    assert main([*argv, str(short), "-c", str(cfg)]) == 4
+    assert "SNR not measured (no speech)" in capsys.readouterr().out
+    assert main([*argv, str(short), "-c", str(cfg), "--json"]) == 4
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["speech_s"] == 0 and doc["snr_db"] is None, doc

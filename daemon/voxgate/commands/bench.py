@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -120,9 +121,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("cpu") is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {spec["cpu"]})
     if spec.get("audio"):
-        from voxgate.audio.file import read_audio
-
-        pcm = read_audio(spec["audio"])[: int(16000 * spec["seconds"])]
+        # 16 kHz int16 samples the parent read and converted: reading another rate here
+        # imported scipy's resampler, and its 60-70 MB counted as the model's peak RSS.
+        pcm = np.load(spec["audio"])[: int(16000 * spec["seconds"])]
     else:
         pcm = synthetic_speech(spec["seconds"])
     runs = spec["runs"]
@@ -271,13 +272,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"voxgate bench: --runs must be >= 1 and --seconds in (0, {MAX_TAKE_S:g}]",
               file=sys.stderr)  # fmt: skip
         return 2
+    audio = None
     if args.audio:
-        # Checked once here, not once per model in each worker.
+        # Read and converted once here, not once per model in each worker (see worker).
         from voxgate.audio import AudioError
         from voxgate.audio.file import read_audio
 
         try:
-            if read_audio(args.audio, max_s=MAX_TAKE_S).size == 0:
+            audio = read_audio(args.audio, max_s=MAX_TAKE_S)
+            if audio.size == 0:
                 raise AudioError(f"{args.audio}: no audio samples")
         except AudioError as exc:
             print(f"voxgate bench: {exc}", file=sys.stderr)
@@ -315,16 +318,23 @@ def run(args: argparse.Namespace) -> int:
             )
             print(f"(upstream PyTorch Resemblyzer skipped: {no_torch})", file=sys.stderr)
     results = []
-    for i, system in enumerate(systems, 1):
-        print(f"[{i}/{len(systems)}] {system} ...", file=sys.stderr, flush=True)
-        spec = {
-            "system": system,
-            "runs": args.runs,
-            "seconds": args.seconds,
-            "audio": str(args.audio) if args.audio else None,
-            "cpu": cpu,
-        }
-        results.append(_run_worker(spec))
+    with tempfile.TemporaryDirectory(prefix="voxgate-bench-") as tmp:
+        samples = None
+        if audio is not None:
+            import numpy as np
+
+            samples = str(Path(tmp) / "audio.npy")
+            np.save(samples, audio)
+        for i, system in enumerate(systems, 1):
+            print(f"[{i}/{len(systems)}] {system} ...", file=sys.stderr, flush=True)
+            spec = {
+                "system": system,
+                "runs": args.runs,
+                "seconds": args.seconds,
+                "audio": samples,
+                "cpu": cpu,
+            }
+            results.append(_run_worker(spec))
     torch_ms = next(
         (r["median_ms"] for r in results if r["system"] == "torch" and "error" not in r), None
     )

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="find which enrolled user speaks in a recording (1:N, may say unknown)",
         description="Score a recording against every enrolled user. The best match is named "
         "only if it clears the threshold for speaker.target_fmr divided by the number of "
-        "users; otherwise the answer is 'unknown speaker'. Exit status: 0 identified, "
+        "users (a fixed speaker.threshold is used as it is, for any number of users); "
+        "otherwise the answer is 'unknown speaker'. Exit status: 0 identified, "
         "1 unknown or error, 4 retry (too little speech or too noisy).",
         examples="""
         voxgate identify attempt.wav

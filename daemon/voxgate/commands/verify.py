@@ -90,7 +90,9 @@ def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
         doc = {
             **result.__dict__,
             "speech_s": quality.speech_s,
-            "snr_db": quality.snr_db,
+            # No speech, no SNR measured (quality.too_noisy), as the text says: its number
+            # is an artefact of the frames (-110 dB for a short tone).
+            "snr_db": quality.snr_db if quality.speech_s > 0 else None,
             "snr_from_pauses": quality.snr_from_pauses,
             "snr_needed_db": level,
         }
@@ -99,7 +101,8 @@ def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
                for k, v in doc.items()}  # fmt: skip
         print(json.dumps(doc))
     else:
-        who = result.user or "unknown speaker"
+        # "unknown speaker" is identify's open-set verdict; a retry judged no voice at all.
+        who = result.user or ("unknown speaker" if result.quality_ok else "speaker not judged")
         verdict = "MATCH" if result.accepted else ("RETRY" if not result.quality_ok else "NO MATCH")
         print(f"{verdict}: {who}")
         if math.isfinite(result.score):
