@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -29,9 +30,64 @@ def resample(x: np.ndarray, src_rate: int, dst_rate: int = SAMPLE_RATE) -> np.nd
     if src_rate == dst_rate:
         return np.asarray(x, dtype=np.float32)
     g = math.gcd(src_rate, dst_rate)
-    from scipy.signal import resample_poly  # 1-2 s to import: only when a rate differs
+    return _resample_poly(x, dst_rate // g, src_rate // g)
 
-    return resample_poly(x, dst_rate // g, src_rate // g).astype(np.float32)
+
+# Polyphase resampling as scipy.signal.resample_poly does it (the same Kaiser-windowed sinc,
+# the same alignment and length; equal to float32 rounding), in numpy: importing scipy.signal
+# cost a door with a 44.1/48 kHz input 60-70 MB of RSS and 1-2 s at start on a Pi.
+KAISER_BETA = 5.0
+HALF_LEN_PER_RATE = 10  # filter half-length in units of max(up, down), as resample_poly
+OUT_CHUNK = 1024  # outputs per gather: its (outputs x taps) arrays stay near 1.5 MB
+CACHED_MAX_RATE = 4096  # 44.1 kHz: 441, a 70 kB filter; an odd rate's (191999 Hz) is 30 MB
+
+
+def _polyphase(up: int, down: int) -> tuple[np.ndarray, int]:
+    """The filter split by phase (up rows of taps, in reverse input order) and how many
+    leading outputs of the full convolution to drop so the output is centred. Kept for the
+    usual rates, whose streams would otherwise design it again for every block."""
+    if max(up, down) <= CACHED_MAX_RATE:
+        return _cached_polyphase(up, down)
+    return _design(up, down)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_polyphase(up: int, down: int) -> tuple[np.ndarray, int]:
+    return _design(up, down)
+
+
+def _design(up: int, down: int) -> tuple[np.ndarray, int]:
+    max_rate = max(up, down)
+    half_len = HALF_LEN_PER_RATE * max_rate
+    n = 2 * half_len + 1
+    m = np.arange(n) - half_len
+    h = np.sinc(m / max_rate) / max_rate * np.kaiser(n, KAISER_BETA)
+    h *= up / h.sum()  # unit gain at DC, times up for the zeros upsampling inserts
+    pre = down - half_len % down
+    h = np.concatenate([np.zeros(pre), h])
+    taps = -(-len(h) // up)
+    h = np.concatenate([h, np.zeros(taps * up - len(h))])
+    return h.reshape(taps, up).T.copy(), (half_len + pre) // down
+
+
+def _resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    n_out = -(-len(x) * up // down)
+    phases, skip = _polyphase(up, down)
+    taps = phases.shape[1]
+    out = np.empty(n_out, dtype=np.float32)
+    for start in range(0, n_out, OUT_CHUNK):
+        # Output m is sum_i phases[t % up, i] * x[t // up - i], t = (m + skip) * down.
+        t = (np.arange(start, min(start + OUT_CHUNK, n_out)) + skip) * down
+        newest = t // up
+        lo = max(0, int(newest[0]) - taps + 1)
+        hi = int(newest[-1]) + 1
+        seg = np.zeros(hi - lo + taps, dtype=np.float64)  # zeros before and after x
+        part = x[lo : min(hi, len(x))]
+        seg[taps - 1 : taps - 1 + len(part)] = part
+        idx = (newest - lo + taps - 1)[:, None] - np.arange(taps)[None, :]
+        out[start : start + len(t)] = np.einsum("ij,ij->i", phases[t % up], seg[idx])
+    return out
 
 
 class StreamResampler:
@@ -46,8 +102,8 @@ class StreamResampler:
         g = math.gcd(src_rate, dst_rate)
         self.up, self.down = dst_rate // g, src_rate // g
         self.passthrough = src_rate == dst_rate
-        # resample_poly's filter reaches 10 * max(up, down) upsampled samples each way.
-        reach = math.ceil(10 * max(self.up, self.down) / self.up) + 1
+        # The filter reaches HALF_LEN_PER_RATE * max(up, down) upsampled samples each way.
+        reach = math.ceil(HALF_LEN_PER_RATE * max(self.up, self.down) / self.up) + 1
         self.pad = self.down * math.ceil(reach / self.down)
         self._buf = np.zeros(self.pad, dtype=np.float32)  # left context: silence before start
 
@@ -60,13 +116,11 @@ class StreamResampler:
         if usable <= 0:
             return np.zeros(0, dtype=np.float32)
         window = self._buf[: 2 * self.pad + usable]
-        from scipy.signal import resample_poly  # cached after the first call
-
-        y = resample_poly(window, self.up, self.down)
+        y = _resample_poly(window, self.up, self.down)
         start = self.pad * self.up // self.down
         out = y[start : start + usable * self.up // self.down]
         self._buf = self._buf[usable:]
-        return out.astype(np.float32)
+        return out
 
     def flush(self) -> np.ndarray:
         """Emit what is held back, as if the stream were followed by silence."""
