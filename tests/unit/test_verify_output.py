@@ -28,6 +28,14 @@ def door(tmp_path: Path) -> tuple[Path, Path]:
     return cfg, wav
 
 
+def _short(wav: Path) -> Path:
+    """The first 0.4 s: under the model's 0.5 s, no speech the gate can use."""
+    audio, _ = sf.read(wav, dtype="int16")
+    short = wav.with_name("short.wav")
+    sf.write(short, audio[: int(0.4 * RATE)], RATE, subtype="PCM_16")
+    return short
+
+
 @pytest.mark.usefixtures("no_secret_env")
 @pytest.mark.parametrize("argv", [["verify", "carol"], ["identify"]])
 def test_no_voiceprint_prints_no_score_not_minus_infinity(
@@ -51,9 +59,7 @@ def test_audio_too_short_to_embed_is_a_retry_not_an_error(
     # embed" and exit 1, which the help reserves for "no match or error"; it is too little
     # speech, which the help and the daemon (policy: retry, no_speech) answer with a retry.
     cfg, wav = door
-    audio, _ = sf.read(wav, dtype="int16")
-    short = wav.with_name("short.wav")
-    sf.write(short, audio[: int(0.4 * RATE)], RATE, subtype="PCM_16")
+    short = _short(wav)
     assert main([*argv, str(short), "-c", str(cfg)]) == 4
     out = capsys.readouterr().out
     assert out.startswith("RETRY: ") and "too_little_speech" in out, out
@@ -72,9 +78,7 @@ def test_identify_retry_does_not_say_unknown_speaker(
     # "unknown speaker" is the open-set verdict (nobody enrolled clears the threshold), and
     # a retry is no verdict on the voice at all (a noisy genuine attempt read as a stranger).
     cfg, wav = door
-    audio, _ = sf.read(wav, dtype="int16")
-    short = wav.with_name("short.wav")
-    sf.write(short, audio[: int(0.4 * RATE)], RATE, subtype="PCM_16")
+    short = _short(wav)
     assert main(["identify", str(short), "-c", str(cfg)]) == 4
     first = capsys.readouterr().out.splitlines()[0]
     assert first == "RETRY: speaker not judged", first
@@ -89,9 +93,7 @@ def test_json_gives_no_snr_where_the_text_says_not_measured(
     # "SNR not measured (no speech)", but --json gave a number: 14.3 dB for 0.3 s cut from
     # an FSDD digit string, which a script would report as the recording's SNR.
     cfg, wav = door
-    audio, _ = sf.read(wav, dtype="int16")
-    short = wav.with_name("short.wav")
-    sf.write(short, audio[: int(0.4 * RATE)], RATE, subtype="PCM_16")
+    short = _short(wav)
     assert main([*argv, str(short), "-c", str(cfg)]) == 4
     assert "SNR not measured (no speech)" in capsys.readouterr().out
     assert main([*argv, str(short), "-c", str(cfg), "--json"]) == 4
