@@ -650,7 +650,13 @@ class VoiceprintStore:
             raise Damaged(f"{self.path}: voiceprint store without a schema version; damaged?")
         for target in range(version + 1, SCHEMA_VERSION + 1):
             with self._tx():
-                self._db.executescript(self.MIGRATIONS[target - 2])
+                # Another process may have migrated it since `version` was read.
+                if self._db.execute("PRAGMA user_version").fetchone()[0] >= target:
+                    continue
+                # Statement by statement: executescript() COMMITs the open transaction
+                # first, so a migration and its version bump would not be one step.
+                for statement in _statements(self.MIGRATIONS[target - 2]):
+                    self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {target}")
             log.info("%s: migrated voiceprint schema to %d", self.path, target)
 
@@ -1027,6 +1033,22 @@ class _Tx:
         tb: TracebackType | None,
     ) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of an SQL script, in order (a `;` inside a trigger body or a string
+    does not end one: sqlite3.complete_statement decides)."""
+    out: list[str] = []
+    part = ""
+    for piece in script.split(";"):
+        part += piece + ";"
+        if sqlite3.complete_statement(part):
+            if part.strip(" \t\r\n;"):
+                out.append(part)
+            part = ""
+    if part.strip(" \t\r\n;"):
+        out.append(part)  # incomplete: execute() says what is wrong with it
+    return out
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

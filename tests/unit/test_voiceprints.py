@@ -218,6 +218,38 @@ def test_newer_schema_refused(tmp_path: Path) -> None:
         VoiceprintStore(db, KEY)
 
 
+def test_a_schema_migration_is_applied_once_and_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The migration loop ran each entry with executescript(), which COMMITs the open
+    transaction first: the script and the version bump were committed apart, and the
+    transaction's own COMMIT then failed ("cannot commit - no transaction is active"), so
+    the first schema change ever shipped would have stopped every door from opening its
+    store. Checked here with a made-up schema 2 (none exists yet)."""
+    db = tmp_path / "vp.db"
+    with VoiceprintStore(db, KEY) as store:
+        store.add_user("alice", _emb(10), MODEL)
+    monkeypatch.setattr(vpmod, "SCHEMA_VERSION", 2)
+    broken = ("CREATE TABLE extra (x INTEGER);\nINSERT INTO no_such_table VALUES (1);",)
+    monkeypatch.setattr(VoiceprintStore, "MIGRATIONS", broken)
+    with pytest.raises(StoreError, match="no_such_table"):
+        VoiceprintStore(db, KEY)
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 1  # nothing of it applied
+    assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
+    con.close()
+    good = ("CREATE TABLE extra (x INTEGER);\nINSERT INTO extra VALUES (1);",)
+    monkeypatch.setattr(VoiceprintStore, "MIGRATIONS", good)
+    with VoiceprintStore(db, KEY) as store:
+        assert store.get("alice") is not None
+    with VoiceprintStore(db, KEY) as store:  # applied once: the next open does nothing
+        assert store.get("alice") is not None
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert con.execute("SELECT x FROM extra").fetchall() == [(1,)]
+    con.close()
+
+
 def test_wrong_key_refused(tmp_path: Path) -> None:
     db = tmp_path / "vp.db"
     with VoiceprintStore(db, KEY) as store:
