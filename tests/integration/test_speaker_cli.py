@@ -334,3 +334,31 @@ def test_max_takes_out_of_range_is_refused(
     assert main(["enroll", "erin", "--max-takes", value, "-c", str(device["cfg"])]) == 1
     assert "--max-takes must be 1-200" in capsys.readouterr().err
     assert not device["db"].exists()
+
+
+def test_guided_enrollment_names_takes_by_the_number_they_were_prompted_with(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The take report labelled microphone takes by their place among the takes kept so
+    far, not by the prompt they answered: after a take that was not used (too short), the
+    other voice said at "take 4: say ..." was reported as "mic take 3", and after it was
+    dropped the later takes moved down a number too (in the take lines, in "did not say its
+    prompt" and in the two-voices refusal)."""
+    d = device["dir"]
+    texts = ["two", TAKES[0], TAKES[1], TAKES[2], TAKES[3], "five three one, nine two four"]
+    voices = ["en+m3", "en+m3", "en+m3", "en+f2", "en+m3", "en+m3"]
+    parts = [sf.read(say(d / f"m{i}.wav", t, v, 1.0)) for i, (t, v) in
+             enumerate(zip(texts, voices, strict=True))]  # fmt: skip
+    sf.write(d / "mic.wav", np.concatenate([p[0] for p in parts]), parts[0][1])
+    cfg = device["cfg"]
+    text = cfg.read_text().replace("enroll_min_speech_s: 6", "enroll_min_speech_s: 9")
+    cfg.write_text(text + f"audio:\n  source: file\n  path: {d / 'mic.wav'}\n")
+    main(["enroll", "erin", "-c", str(cfg)])
+    out = capsys.readouterr().out
+    assert "take 1: say" in out and "not used: too little speech" in out, out
+    rejected = [line for line in out.splitlines() if "REJECTED" in line]
+    assert rejected and all(line.startswith("  take  4 microphone") for line in rejected), out
+    used = re.findall(r"^  take +(\d+) microphone .*  ok$", out, re.M)
+    assert used and set(used) <= {"2", "3", "5", "6"}, out
+    # The last report and the lines after it name the takes the same way.
+    assert not re.search(r"^  take +[14][ :]", out.split("enrollment of erin:")[1], re.M), out
