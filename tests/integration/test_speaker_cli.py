@@ -362,3 +362,38 @@ def test_guided_enrollment_names_takes_by_the_number_they_were_prompted_with(
     assert used and set(used) <= {"2", "3", "5", "6"}, out
     # The last report and the lines after it name the takes the same way.
     assert not re.search(r"^  take +[14][ :]", out.split("enrollment of erin:")[1], re.M), out
+
+
+def test_a_noisy_take_says_which_level_it_missed(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A take rejected as too noisy said only "REJECTED: too noisy" beside "SNR 21 dB",
+    under accepted takes reading 15-20 dB: two levels apply (noise measured in pauses,
+    speaker.enroll_min_snr_db 26; a file cut to its speech, ..._no_pauses 10) and the
+    line did not say which. Now it says how the SNR was measured and the level it missed,
+    from files and from the microphone."""
+    d = device["dir"]
+    noisy = say(d / "noisy.wav", TAKES[3], "en+m3", 1.0)
+    audio, rate = sf.read(noisy)
+    level = np.sqrt(np.mean(audio[np.abs(audio) > 0.01] ** 2))
+    audio = audio + np.random.default_rng(5).normal(0, level * 10 ** (-18 / 20), len(audio))
+    sf.write(noisy, audio, rate)
+    good = [str(say(d / f"g{i}.wav", t, "en+m3")) for i, t in enumerate(TAKES[:3])]
+    cfg = device["cfg"]
+    main(["enroll", "erin", "--from", *good, str(noisy), "-c", str(cfg)])
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if "REJECTED" in x]
+    assert "noisy.wav" in line, out
+    assert line.endswith(
+        "REJECTED: too noisy (SNR in its pauses; needs 26 dB: speaker.enroll_min_snr_db)"
+    ), line
+    parts = [sf.read(p)[0] for p in (noisy, *good)]
+    sf.write(d / "mic.wav", np.concatenate(parts), rate)
+    cfg.write_text(cfg.read_text() + f"audio:\n  source: file\n  path: {d / 'mic.wav'}\n")
+    main(["enroll", "fred", "-c", str(cfg)])
+    out = capsys.readouterr().out
+    assert re.search(
+        r"take 1: say .*\n  not used: too noisy \(\d+\.\d s, SNR \d+ dB in its pauses; "
+        r"needs 26 dB: speaker\.enroll_min_snr_db\)\n",
+        out,
+    ), out

@@ -80,6 +80,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _noise_level(q: Any, sp: Any) -> str:
+    """How a take's SNR was measured and the level it had to reach: a take cut to its
+    speech is held to a lower level than one with pauses, so "SNR 21 dB: too noisy" next
+    to accepted takes of 15 dB needs this to make sense."""
+    if q.snr_from_pauses:
+        return f"in its pauses; needs {sp.enroll_min_snr_db:g} dB: speaker.enroll_min_snr_db"
+    return (
+        f"without pauses to measure; needs {sp.enroll_min_snr_db_no_pauses:g} dB: "
+        "speaker.enroll_min_snr_db_no_pauses"
+    )
+
+
 MAX_TAKES_LIMIT = 200  # a guided enrollment needs a handful; more is a typo
 
 
@@ -88,7 +100,7 @@ def _label(text: str, width: int = 24) -> str:
     return f"{text:{width}s}" if len(text) <= width else "..." + text[-(width - 3) :]
 
 
-def _print_takes(result: Any, labels: list[str], numbers: list[int] | None = None) -> None:
+def _print_takes(result: Any, labels: list[str], sp: Any, numbers: list[int] | None = None) -> None:
     """One line per take. `numbers`: what each take is called (a microphone take by the
     number of the prompt it answered, as shown when it was said); default 1, 2, ..."""
     from voxgate.enrollment import seconds_text
@@ -104,6 +116,8 @@ def _print_takes(result: Any, labels: list[str], numbers: list[int] | None = Non
         if t.consistency is not None:
             line += f"  consistency {t.consistency:.2f}"
         why = REASONS.get(t.reason or "", t.reason)
+        if t.reason == "too_noisy":
+            why = f"{why} (SNR {_noise_level(q, sp)})"
         if t.same_as is not None:
             why = f"the same recording as take {numbers[t.same_as - 1] if numbers else t.same_as}"
         line += "  ok" if t.accepted else f"  REJECTED: {why}"
@@ -171,6 +185,10 @@ def _record_takes(
             problem = take_problem(q, sp)
             if problem:
                 heard = f"{seconds_text(q.speech_s)} s, {q.snr_db:.0f} dB"
+                if problem == "too_noisy":
+                    heard = (
+                        f"{seconds_text(q.speech_s)} s, SNR {q.snr_db:.0f} dB {_noise_level(q, sp)}"
+                    )
                 print(f"  not used: {REASONS[problem]} ({heard})")
                 continue
             takes.append(pcm)
@@ -185,7 +203,7 @@ def _record_takes(
                 if result.ok or any(t.reason == "other_voice" for t in result.takes):
                     break  # two voices: refused; recording more would not say whose voice
                 # An outlier was dropped: keep only the good takes and record more.
-                _print_takes(result, ["microphone"] * len(takes), numbers)
+                _print_takes(result, ["microphone"] * len(takes), sp, numbers)
                 takes = [takes[t.index - 1] for t in result.accepted]
                 said = [said[t.index - 1] for t in result.accepted]
                 numbers = [numbers[t.index - 1] for t in result.accepted]
@@ -247,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
             return fail(str(exc))
         print(f"enrollment of {name}: {len(result.accepted)} of {len(result.takes)} takes used, "
               f"{seconds_text(result.speech_s)} s of net speech")  # fmt: skip
-        _print_takes(result, labels, numbers)
+        _print_takes(result, labels, cfg.speaker, numbers)
         if not result.ok:
             for problem in result.problems:
                 print(f"  not enrolled: {problem}", file=sys.stderr)
