@@ -273,9 +273,12 @@ def check_takes(
     cfg: Any,
     vad_cfg: VadConfig | None = None,
     live: bool = False,
+    numbers: list[int] | None = None,
 ) -> EnrollResult:
     """Check and embed enrollment takes (int16 16 kHz each); cfg is the speaker section.
-    `live`: takes the daemon's endpointer cut at the door (quality.Quality.live)."""
+    `live`: takes the daemon's endpointer cut at the door (quality.Quality.live).
+    `numbers`: what the problems call each take (guided enrollment: the number of the
+    prompt it answered); default 1, 2, ..."""
     reports: dict[int, TakeReport] = {}
     good: list[tuple[int, Quality, np.ndarray]] = []
     first_of: dict[bytes, int] = {}  # the audio's hash -> the first take with it
@@ -326,7 +329,8 @@ def check_takes(
             center = cohort_center(embedder, cfg)
             split = two_voices(embs, outliers, center, level) if center is not None else None
             if split is not None:
-                problems.append(two_voices_text(split, [g[0] for g in good], level))
+                called = [numbers[g[0] - 1] if numbers else g[0] for g in good]
+                problems.append(two_voices_text(split, called, level))
                 log.warning("enrollment refused: %s", problems[-1])
         other = set(split.second) if split is not None else set()
         for j, (i, q, _) in enumerate(good):

@@ -650,7 +650,13 @@ class VoiceprintStore:
             raise Damaged(f"{self.path}: voiceprint store without a schema version; damaged?")
         for target in range(version + 1, SCHEMA_VERSION + 1):
             with self._tx():
-                self._db.executescript(self.MIGRATIONS[target - 2])
+                # Another process may have migrated it since `version` was read.
+                if self._db.execute("PRAGMA user_version").fetchone()[0] >= target:
+                    continue
+                # Statement by statement: executescript() COMMITs the open transaction
+                # first, so a migration and its version bump would not be one step.
+                for statement in _statements(self.MIGRATIONS[target - 2]):
+                    self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {target}")
             log.info("%s: migrated voiceprint schema to %d", self.path, target)
 
@@ -948,9 +954,14 @@ class VoiceprintStore:
             self._alikes = None  # read again at the next new user
             self._withheld.discard(uid)  # the erase is written: nothing left to withhold
             if cur.rowcount == 0:
+                if _wal_size(self.path):
+                    # An earlier erase whose clean-up a reader blocked left old pages in the
+                    # file: erasing again, as its warning says, finishes it.
+                    with contextlib.suppress(sqlite3.DatabaseError):
+                        self._scrub(name)
                 return False
             try:
-                self._scrub()
+                self._scrub(name)
             except sqlite3.DatabaseError as exc:
                 # The DELETE is committed (and its cells zeroed by secure_delete): the erase
                 # happened and must be reported as done, or it is never audited nor sent to
@@ -967,14 +978,24 @@ class VoiceprintStore:
         log.info("voiceprint for %s erased", name)
         return True
 
-    def _scrub(self) -> None:
+    def _scrub(self, name: str) -> None:
         db = self._db
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.execute("VACUUM")
         busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         if busy:
-            # Another process holds a read snapshot; its pages may still sit in the WAL.
-            log.warning("%s: WAL checkpoint blocked by a reader; rerun erase later", self.path)
+            # Another connection holds a read snapshot: the file keeps the old pages (the
+            # erased voiceprint's among them) until a checkpoint can copy the new ones over.
+            log.warning(
+                "%s: the clean-up after erasing %s was blocked by another connection reading "
+                "the file (a sqlite3 shell, a backup?), so old copies of its pages stay in it; "
+                "when that reader is done, erase %s again (voxgate users erase %s): it answers "
+                "that nobody of that name is enrolled, and finishes the clean-up",
+                self.path,
+                name,
+                name,
+                shlex.quote(name),
+            )
 
     def export(self, name: str) -> dict[str, Any]:
         """Everything stored about a user, as JSON-ready data (for data-subject requests)."""
@@ -1027,6 +1048,22 @@ class _Tx:
         tb: TracebackType | None,
     ) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of an SQL script, in order (a `;` inside a trigger body or a string
+    does not end one: sqlite3.complete_statement decides)."""
+    out: list[str] = []
+    part = ""
+    for piece in script.split(";"):
+        part += piece + ";"
+        if sqlite3.complete_statement(part):
+            if part.strip(" \t\r\n;"):
+                out.append(part)
+            part = ""
+    if part.strip(" \t\r\n;"):
+        out.append(part)  # incomplete: execute() says what is wrong with it
+    return out
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

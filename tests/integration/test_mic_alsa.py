@@ -156,3 +156,54 @@ def test_stopping_the_capture_during_a_read_does_not_crash(tmp_path: Path) -> No
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "stopped cleanly" in proc.stdout
+
+
+def test_guided_enrollment_through_the_alsa_microphone_path(tmp_path: Path) -> None:
+    """`voxgate enroll NAME` with `audio.source: mic` (PortAudio/ALSA), fed from the file
+    PCM: the prompts, the progress and the stored voiceprint. The other guided-enrollment
+    tests read `audio.source: file`, which does not go through MicSource."""
+    if not Path("/usr/share/alsa/alsa.conf").exists():
+        pytest.skip("ALSA is not installed (apt-get install libasound2 alsa-utils)")
+    import voxgate
+
+    texts = [
+        "three nine one four, seven two eight five",
+        "six zero two eight, one one five nine",
+        "four four seven one, two six three zero",
+        "eight five zero two, nine three one seven",
+    ]
+    pause = np.zeros(16000, np.int16)
+    parts = [pause]
+    for i, text in enumerate(texts):
+        parts += [espeak(text, tmp_path / f"t{i}.wav", "en+m3"), pause]
+    noise = np.random.default_rng(3).normal(0, 10, sum(len(p) for p in parts))
+    raw = tmp_path / "mic.raw"
+    write_raw(np.clip(np.concatenate(parts) + noise, -32768, 32767).astype(np.int16), 48000, raw)
+    conf = tmp_path / "asound.conf"
+    conf.write_text(ALSA_CONF.format(raw=raw))
+    key = tmp_path / "voiceprint.key"
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(
+        f"data_dir: {tmp_path / 'data'}\naudio:\n  source: mic\n  device: voxgate_test_mic\n"
+        f"speaker:\n  key_file: {key}\n  enroll_min_speech_s: 6\n"
+    )
+    env = dict(
+        os.environ,
+        ALSA_CONFIG_PATH=str(conf),
+        PYTHONPATH=str(Path(voxgate.__file__).parents[1]),
+    )
+
+    def voxgate_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "voxgate", *args], env=env, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+
+    assert voxgate_cli("users", "init-key", str(key)).returncode == 0
+    run = voxgate_cli("enroll", "erin", "-c", str(cfg))
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = run.stdout
+    assert "take 1: say" in out and "progress: 1 of 3 takes" in out, out
+    assert "enrolled erin with model ge2e-resemblyzer-0.1.4/int8" in out, out
+    listing = voxgate_cli("users", "list", "-c", str(cfg))
+    assert "erin" in listing.stdout and "ge2e-resemblyzer-0.1.4/int8" in listing.stdout

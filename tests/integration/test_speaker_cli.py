@@ -334,3 +334,66 @@ def test_max_takes_out_of_range_is_refused(
     assert main(["enroll", "erin", "--max-takes", value, "-c", str(device["cfg"])]) == 1
     assert "--max-takes must be 1-200" in capsys.readouterr().err
     assert not device["db"].exists()
+
+
+def test_guided_enrollment_names_takes_by_the_number_they_were_prompted_with(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The take report labelled microphone takes by their place among the takes kept so
+    far, not by the prompt they answered: after a take that was not used (too short), the
+    other voice said at "take 4: say ..." was reported as "mic take 3", and after it was
+    dropped the later takes moved down a number too (in the take lines, in "did not say its
+    prompt" and in the two-voices refusal)."""
+    d = device["dir"]
+    texts = ["two", TAKES[0], TAKES[1], TAKES[2], TAKES[3], "five three one, nine two four"]
+    voices = ["en+m3", "en+m3", "en+m3", "en+f2", "en+m3", "en+m3"]
+    parts = [sf.read(say(d / f"m{i}.wav", t, v, 1.0)) for i, (t, v) in
+             enumerate(zip(texts, voices, strict=True))]  # fmt: skip
+    sf.write(d / "mic.wav", np.concatenate([p[0] for p in parts]), parts[0][1])
+    cfg = device["cfg"]
+    text = cfg.read_text().replace("enroll_min_speech_s: 6", "enroll_min_speech_s: 9")
+    cfg.write_text(text + f"audio:\n  source: file\n  path: {d / 'mic.wav'}\n")
+    main(["enroll", "erin", "-c", str(cfg)])
+    out = capsys.readouterr().out
+    assert "take 1: say" in out and "not used: too little speech" in out, out
+    rejected = [line for line in out.splitlines() if "REJECTED" in line]
+    assert rejected and all(line.startswith("  take  4 microphone") for line in rejected), out
+    used = re.findall(r"^  take +(\d+) microphone .*  ok$", out, re.M)
+    assert used and set(used) <= {"2", "3", "5", "6"}, out
+    # The last report and the lines after it name the takes the same way.
+    assert not re.search(r"^  take +[14][ :]", out.split("enrollment of erin:")[1], re.M), out
+
+
+def test_a_noisy_take_says_which_level_it_missed(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A take rejected as too noisy said only "REJECTED: too noisy" beside "SNR 21 dB",
+    under accepted takes reading 15-20 dB: two levels apply (noise measured in pauses,
+    speaker.enroll_min_snr_db 26; a file cut to its speech, ..._no_pauses 10) and the
+    line did not say which. Now it says how the SNR was measured and the level it missed,
+    from files and from the microphone."""
+    d = device["dir"]
+    noisy = say(d / "noisy.wav", TAKES[3], "en+m3", 1.0)
+    audio, rate = sf.read(noisy)
+    level = np.sqrt(np.mean(audio[np.abs(audio) > 0.01] ** 2))
+    audio = audio + np.random.default_rng(5).normal(0, level * 10 ** (-18 / 20), len(audio))
+    sf.write(noisy, audio, rate)
+    good = [str(say(d / f"g{i}.wav", t, "en+m3")) for i, t in enumerate(TAKES[:3])]
+    cfg = device["cfg"]
+    main(["enroll", "erin", "--from", *good, str(noisy), "-c", str(cfg)])
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if "REJECTED" in x]
+    assert "noisy.wav" in line, out
+    assert line.endswith(
+        "REJECTED: too noisy (SNR in its pauses; needs 26 dB: speaker.enroll_min_snr_db)"
+    ), line
+    parts = [sf.read(p)[0] for p in (noisy, *good)]
+    sf.write(d / "mic.wav", np.concatenate(parts), rate)
+    cfg.write_text(cfg.read_text() + f"audio:\n  source: file\n  path: {d / 'mic.wav'}\n")
+    main(["enroll", "fred", "-c", str(cfg)])
+    out = capsys.readouterr().out
+    assert re.search(
+        r"take 1: say .*\n  not used: too noisy \(\d+\.\d s, SNR \d+ dB in its pauses; "
+        r"needs 26 dB: speaker\.enroll_min_snr_db\)\n",
+        out,
+    ), out

@@ -166,6 +166,11 @@ def test_two_fsdd_voices_are_not_enrolled_as_one(shared_data: Path) -> None:
     named = {t.index for t in result.takes if t.reason == "other_voice"}
     assert named in ({1, 2, 3, 4, 5}, {6, 7, 8, 9, 10}), result.takes
     assert f"takes {', '.join(map(str, sorted(named)))} sound like a different voice" in problem
+    # Guided enrollment names takes by their prompts' numbers (a take not used leaves a gap).
+    called = [2, 3, 5, 6, 7, 9, 10, 11, 12, 14]
+    (renamed,) = check_takes(george[:5] + lucas, embedder, cfg, numbers=called).problems
+    shown = ", ".join(str(called[i - 1]) for i in sorted(named))
+    assert f"takes {shown} sound like a different voice" in renamed, renamed
     genuine = check_takes(george, embedder, cfg)  # one voice, ten takes: enrolled
     assert genuine.ok and len(genuine.accepted) == 10, genuine.problems
     off = check_takes(

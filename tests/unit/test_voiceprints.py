@@ -122,6 +122,33 @@ def test_erase_removes_bytes_from_disk(tmp_path: Path) -> None:
     assert len(export["embeddings"]) == 4 and len(export["mean"]) == 16
 
 
+def test_an_erase_blocked_by_a_reader_is_finished_by_erasing_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While another connection held a read transaction (a sqlite3 shell, a backup), the
+    erase's checkpoint could not run: the old pages with the voiceprint stayed in the file,
+    and the log said "rerun erase later", but erasing again only answered that nobody of
+    that name is enrolled and left them there. The second erase now finishes the clean-up."""
+    db = tmp_path / "vp.db"
+    with VoiceprintStore(db, KEY) as store:
+        store.add_user("alice", _emb(11), MODEL)
+        store.add_user("bob", _emb(12), MODEL)
+        uid = store._user_id("alice")
+        store._db.execute("PRAGMA busy_timeout = 50")  # not the 5 s a door waits
+        reader = sqlite3.connect(db, isolation_level=None)
+        sealed = reader.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()[0]
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM voiceprints").fetchone()
+        assert store.erase("alice") is True
+        assert "erase alice again" in caplog.text
+        assert sealed[40:72] in _raw_bytes(db)  # still on disk: the reader holds the pages
+        reader.execute("COMMIT")  # done reading; the connection stays open, as a daemon's
+        assert store.erase("alice") is False  # nobody of that name, as before ...
+        assert sealed[40:72] not in _raw_bytes(db)  # ... but the old pages are gone now
+        assert store.get("bob") is not None
+        reader.close()
+
+
 def test_random_bytes_file_refused_untouched(tmp_path: Path) -> None:
     db = tmp_path / "vp.db"
     junk = os.urandom(8192)
@@ -216,6 +243,38 @@ def test_newer_schema_refused(tmp_path: Path) -> None:
     con.close()
     with pytest.raises(StoreError, match="newer voxgate"):
         VoiceprintStore(db, KEY)
+
+
+def test_a_schema_migration_is_applied_once_and_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The migration loop ran each entry with executescript(), which COMMITs the open
+    transaction first: the script and the version bump were committed apart, and the
+    transaction's own COMMIT then failed ("cannot commit - no transaction is active"), so
+    the first schema change ever shipped would have stopped every door from opening its
+    store. Checked here with a made-up schema 2 (none exists yet)."""
+    db = tmp_path / "vp.db"
+    with VoiceprintStore(db, KEY) as store:
+        store.add_user("alice", _emb(10), MODEL)
+    monkeypatch.setattr(vpmod, "SCHEMA_VERSION", 2)
+    broken = ("CREATE TABLE extra (x INTEGER);\nINSERT INTO no_such_table VALUES (1);",)
+    monkeypatch.setattr(VoiceprintStore, "MIGRATIONS", broken)
+    with pytest.raises(StoreError, match="no_such_table"):
+        VoiceprintStore(db, KEY)
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 1  # nothing of it applied
+    assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
+    con.close()
+    good = ("CREATE TABLE extra (x INTEGER);\nINSERT INTO extra VALUES (1);",)
+    monkeypatch.setattr(VoiceprintStore, "MIGRATIONS", good)
+    with VoiceprintStore(db, KEY) as store:
+        assert store.get("alice") is not None
+    with VoiceprintStore(db, KEY) as store:  # applied once: the next open does nothing
+        assert store.get("alice") is not None
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert con.execute("SELECT x FROM extra").fetchall() == [(1,)]
+    con.close()
 
 
 def test_wrong_key_refused(tmp_path: Path) -> None:

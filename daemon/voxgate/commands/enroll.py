@@ -80,6 +80,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _noise_level(q: Any, sp: Any) -> str:
+    """How a take's SNR was measured and the level it had to reach: a take cut to its
+    speech is held to a lower level than one with pauses, so "SNR 21 dB: too noisy" next
+    to accepted takes of 15 dB needs this to make sense."""
+    if q.snr_from_pauses:
+        return f"in its pauses; needs {sp.enroll_min_snr_db:g} dB: speaker.enroll_min_snr_db"
+    return (
+        f"without pauses to measure; needs {sp.enroll_min_snr_db_no_pauses:g} dB: "
+        "speaker.enroll_min_snr_db_no_pauses"
+    )
+
+
 MAX_TAKES_LIMIT = 200  # a guided enrollment needs a handful; more is a typo
 
 
@@ -88,21 +100,26 @@ def _label(text: str, width: int = 24) -> str:
     return f"{text:{width}s}" if len(text) <= width else "..." + text[-(width - 3) :]
 
 
-def _print_takes(result: Any, labels: list[str]) -> None:
+def _print_takes(result: Any, labels: list[str], sp: Any, numbers: list[int] | None = None) -> None:
+    """One line per take. `numbers`: what each take is called (a microphone take by the
+    number of the prompt it answered, as shown when it was said); default 1, 2, ..."""
     from voxgate.enrollment import seconds_text
 
     for t in result.takes:
         q = t.quality
+        number = numbers[t.index - 1] if numbers else t.index
         line = (
-            f"  take {t.index:2d} {_label(labels[t.index - 1])} "
+            f"  take {number:2d} {_label(labels[t.index - 1])} "
             f"speech {seconds_text(q.speech_s):>4} s  "
             f"SNR {q.snr_db:3.0f} dB  clipped {100 * q.clipped:4.2f} %"
         )
         if t.consistency is not None:
             line += f"  consistency {t.consistency:.2f}"
         why = REASONS.get(t.reason or "", t.reason)
+        if t.reason == "too_noisy":
+            why = f"{why} (SNR {_noise_level(q, sp)})"
         if t.same_as is not None:
-            why = f"the same recording as take {t.same_as}"
+            why = f"the same recording as take {numbers[t.same_as - 1] if numbers else t.same_as}"
         line += "  ok" if t.accepted else f"  REJECTED: {why}"
         print(line)
 
@@ -117,8 +134,10 @@ def _ended_take(events: list[Any]) -> np.ndarray | None:
 
 def _record_takes(
     cfg: Any, embedder: Any, max_takes: int
-) -> tuple[list[np.ndarray], list[str], Any]:
-    """Guided microphone enrollment: prompt, record to end of speech, check, repeat."""
+) -> tuple[list[np.ndarray], list[str], list[int], Any]:
+    """Guided microphone enrollment: prompt, record to end of speech, check, repeat.
+    Returns the takes kept, the prompt each said, the number each was prompted with
+    (takes not used leave gaps), and the check of the takes."""
     from voxgate.audio import AudioError, open_source
     from voxgate.enrollment import (
         check_takes,
@@ -133,6 +152,7 @@ def _record_takes(
     sp = cfg.speaker
     takes: list[np.ndarray] = []
     said: list[str] = []
+    numbers: list[int] = []  # the prompt's number ("take 4: say ...") of each kept take
     plan = prompt_plan(max_takes)
     speech = 0.0
     result = None
@@ -165,26 +185,32 @@ def _record_takes(
             problem = take_problem(q, sp)
             if problem:
                 heard = f"{seconds_text(q.speech_s)} s, {q.snr_db:.0f} dB"
+                if problem == "too_noisy":
+                    heard = (
+                        f"{seconds_text(q.speech_s)} s, SNR {q.snr_db:.0f} dB {_noise_level(q, sp)}"
+                    )
                 print(f"  not used: {REASONS[problem]} ({heard})")
                 continue
             takes.append(pcm)
             said.append(prompt)
+            numbers.append(attempt)
             speech += q.speech_s
             done = progress_text(len(takes), speech, sp.enroll_min_takes, sp.enroll_min_speech_s)
             print(f"  ok: {seconds_text(q.speech_s)} s of speech, SNR {q.snr_db:.0f} dB   "
                   f"progress: {done}")  # fmt: skip
             if len(takes) >= sp.enroll_min_takes and speech >= sp.enroll_min_speech_s:
-                result = check_takes(takes, embedder, sp, cfg.vad)
+                result = check_takes(takes, embedder, sp, cfg.vad, numbers=numbers)
                 if result.ok or any(t.reason == "other_voice" for t in result.takes):
                     break  # two voices: refused; recording more would not say whose voice
                 # An outlier was dropped: keep only the good takes and record more.
-                _print_takes(result, [f"mic take {i}" for i in range(1, len(takes) + 1)])
+                _print_takes(result, ["microphone"] * len(takes), sp, numbers)
                 takes = [takes[t.index - 1] for t in result.accepted]
                 said = [said[t.index - 1] for t in result.accepted]
+                numbers = [numbers[t.index - 1] for t in result.accepted]
                 speech = result.speech_s
     if result is None or len(result.takes) != len(takes):
-        result = check_takes(takes, embedder, sp, cfg.vad)
-    return takes, said, result
+        result = check_takes(takes, embedder, sp, cfg.vad, numbers=numbers)
+    return takes, said, numbers, result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -224,21 +250,22 @@ def run(args: argparse.Namespace) -> int:
                 # verify and the daemon; check_takes refuses it too, but only after every
                 # take has been spoken: say so before the first one.
                 load_cohort(cfg, embedder)
+            numbers: list[int] | None = None  # microphone takes: their prompts' numbers
             if args.files:
                 takes = [read_file(f) for f in args.files]
                 prompts = list(args.prompts or [""] * len(takes))
                 labels = list(args.files)
                 result = check_takes(takes, embedder, cfg.speaker, cfg.vad)
             else:
-                takes, prompts, result = _record_takes(cfg, embedder, args.max_takes)
-                labels = [f"mic take {i}" for i in range(1, len(takes) + 1)]
+                takes, prompts, numbers, result = _record_takes(cfg, embedder, args.max_takes)
+                labels = ["microphone"] * len(takes)
         except CommandError as exc:
             return fail(str(exc))
         except StoreError as exc:
             return fail(str(exc))
         print(f"enrollment of {name}: {len(result.accepted)} of {len(result.takes)} takes used, "
               f"{seconds_text(result.speech_s)} s of net speech")  # fmt: skip
-        _print_takes(result, labels)
+        _print_takes(result, labels, cfg.speaker, numbers)
         if not result.ok:
             for problem in result.problems:
                 print(f"  not enrolled: {problem}", file=sys.stderr)
@@ -250,7 +277,8 @@ def run(args: argparse.Namespace) -> int:
         }
         dropped = attach_templates(meta, result, takes, prompts, cfg.stt.template_threshold)
         for n in dropped:
-            print(f"  take {n}: did not say its prompt; no digit templates from it")
+            shown = numbers[n - 1] if numbers else n
+            print(f"  take {shown}: did not say its prompt; no digit templates from it")
         if any(prompts) and TEMPLATES_META not in meta:
             print("  no digit templates: answers will be checked by the speech engine alone")
         try:
