@@ -874,7 +874,13 @@ class VoiceprintStore:
             withheld = uid in self._withheld
         if row is None or withheld:
             return None
-        vp = self._unpack(self._unseal(row[0], uid))
+        try:
+            vp = self._unpack(self._unseal(row[0], uid))
+        except StoreError as exc:  # the row is damaged: say whose and what mends it
+            raise StoreError(
+                f"{exc} (the voiceprint of '{name}'); enroll again to replace it: "
+                f"voxgate enroll {shlex.quote(name)} --replace"
+            ) from None
         if model_id is not None and vp.model_id != model_id:
             raise ModelMismatch(
                 f"user '{vp.name}' was enrolled with model {vp.model_id}, but {model_id} is "

@@ -84,7 +84,9 @@ def test_verify_and_identify_with_a_damaged_voiceprint(
     attempt = str(_noise(device["dir"] / "attempt.wav", 2.0))
     capsys.readouterr()
     assert main(["verify", "alice", attempt, "-c", str(device["cfg"])]) == 1
-    _one_error_line(capsys.readouterr().err, "fails authentication")
+    # Whose voiceprint, and what mends it (the message named neither).
+    fix = "(the voiceprint of 'alice'); enroll again to replace it: voxgate enroll alice --replace"
+    _one_error_line(capsys.readouterr().err, "fails authentication", fix)
     # identify skips the damaged row and still compares the others (see test_scoring).
     assert main(["identify", attempt, "-c", str(device["cfg"])]) != 1
     assert "Traceback" not in capsys.readouterr().err
