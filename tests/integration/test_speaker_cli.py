@@ -397,3 +397,44 @@ def test_a_noisy_take_says_which_level_it_missed(
         r"needs 26 dB: speaker\.enroll_min_snr_db\)\n",
         out,
     ), out
+
+
+def test_ctrl_c_during_guided_enrollment_says_nothing_was_stored(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while the takes were being spoken ended `voxgate enroll` with 130 and no word,
+    leaving the person to wonder whether the takes so far counted."""
+    import os
+    import signal
+    import sys
+
+    import voxgate
+
+    one = sf.read(say(device["dir"] / "m0.wav", TAKES[0], "en+m3", 1.0))
+    quiet = np.zeros(60 * one[1])  # then a minute of silence: the prompt for take 2 waits
+    sf.write(device["dir"] / "mic.wav", np.concatenate([one[0], quiet]), one[1])
+    cfg = device["cfg"]
+    mic = f"audio:\n  source: file\n  path: {device['dir'] / 'mic.wav'}\n  realtime: true\n"
+    cfg.write_text(cfg.read_text() + mic)
+    env = dict(os.environ, PYTHONPATH=str(Path(voxgate.__file__).parents[1]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voxgate", "enroll", "erin", "-c", str(cfg)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = ""
+    while "take 2: say" not in seen:  # after the first take was heard
+        line = proc.stdout.readline()
+        assert line, seen
+        seen += line
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, seen + out + err
+    assert "interrupted: nothing stored for erin" in err, err
+    assert "Traceback" not in err
+    capsys.readouterr()
+    assert main(["users", "list", "-c", str(cfg)]) == 0
+    assert "erin" not in capsys.readouterr().out

@@ -263,6 +263,11 @@ def run(args: argparse.Namespace) -> int:
             return fail(str(exc))
         except StoreError as exc:
             return fail(str(exc))
+        except KeyboardInterrupt:
+            # Said: a silent exit left the person unsure whether the takes so far counted.
+            print(f"\ninterrupted: nothing stored for {name}; the takes so far are discarded",
+                  file=sys.stderr)  # fmt: skip
+            return 130
         print(f"enrollment of {name}: {len(result.accepted)} of {len(result.takes)} takes used, "
               f"{seconds_text(result.speech_s)} s of net speech")  # fmt: skip
         _print_takes(result, labels, cfg.speaker, numbers)
