@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "should be the same kind of speech as a door attempt (digit strings, same "
         "microphone). Takes that are too short, clipped, noisy, repeated or inconsistent with the "
         "others are named and left out. Exit status: 0 enrolled, 1 not enrolled (the "
-        "shortfall is printed) or an error.",
+        "shortfall is printed) or an error, 130 interrupted (Ctrl-C: nothing stored).",
         examples="""
         voxgate enroll alice
         voxgate enroll alice --from t1.wav t2.wav t3.wav t4.wav t5.wav t6.wav t7.wav t8.wav
