@@ -142,23 +142,28 @@ def ref_best_similarity(views: list[Fp], other: Fp) -> float:
     return best
 
 
-def ref_altered_copy_of(pcm: np.ndarray, prints: list[tuple[int, Fp]]) -> tuple[int, Fp]:
+def ref_altered_copy_of(
+    pcm: np.ndarray, prints: list[tuple[int, Fp]], level: float = NEAR_DUPLICATE
+) -> tuple[int, Fp]:
     views = [ref_fingerprint(pcm[k:]) for k in (SUB_HOP if prints else SUB_HOP[:1])]
-    near = next((j for j, fp in prints if ref_best_similarity(views, fp) >= NEAR_DUPLICATE), 0)
+    near = next((j for j, fp in prints if ref_best_similarity(views, fp) >= level), 0)
     return near, views[0]
 
 
 # --- the check as check_takes runs it ----------------------------------------------------------
 
-Check = Callable[[np.ndarray, list[tuple[int, Fp]]], tuple[int, Fp]]
+Check = Callable[[np.ndarray, list[tuple[int, Fp]], float], tuple[int, Fp]]
 
 
-def duplicates(takes: list[tuple[int, np.ndarray]], check: Check) -> dict[int, int]:
-    """take number -> the earlier take it is an altered copy of, over usable takes in order."""
+def duplicates(
+    takes: list[tuple[int, np.ndarray]], check: Check, level: float = NEAR_DUPLICATE
+) -> dict[int, int]:
+    """take number -> the earlier take it is an altered copy of, over usable takes in order
+    (at enrollment's level, or another: the tests try several)."""
     prints: list[tuple[int, Fp]] = []
     found: dict[int, int] = {}
     for i, pcm in takes:
-        near, fp = check(pcm, prints)
+        near, fp = check(pcm, prints, level)
         if near:
             found[i] = near
         else:

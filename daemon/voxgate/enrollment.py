@@ -268,10 +268,10 @@ def two_voices_text(split: Split, numbers: list[int], level: float) -> str:
 
 
 def altered_copy_of(
-    pcm: np.ndarray, prints: list[tuple[int, Fingerprint]]
+    pcm: np.ndarray, prints: list[tuple[int, Fingerprint]], level: float = NEAR_DUPLICATE
 ) -> tuple[int, Fingerprint]:
     """The number of the first earlier take in `prints` (number, fingerprint) that this
-    take is an altered copy of (0: none), and this take's fingerprint.
+    take is an altered copy of (similarity >= `level`; 0: none), and this take's fingerprint.
 
     The same recording resampled, re-encoded or trimmed has other samples, and its
     embedding is no closer to the original than a second genuine take is
@@ -279,7 +279,7 @@ def altered_copy_of(
     benchmarks/near_duplicate_cost.py."""
     # The sub-hop views serve only comparisons: none for the first usable take.
     views = [fingerprint(pcm[k:]) for k in (SUB_HOP if prints else SUB_HOP[:1])]
-    near = next((j for j, fp in prints if best_similarity(views, fp) >= NEAR_DUPLICATE), 0)
+    near = next((j for j, fp in prints if best_similarity(views, fp) >= level), 0)
     return near, views[0]
 
 
