@@ -12,6 +12,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from benchmarks.near_duplicate_cost import (
     altered,
@@ -26,7 +27,7 @@ from voxgate.config.speaker import SpeakerConfig
 from voxgate.enrollment import altered_copy_of, take_problem
 from voxgate.evaluation import load_recording
 from voxgate.quality import assess
-from voxgate.replay import SPEC, SUB_HOP, best_similarity, far_offsets, fingerprint
+from voxgate.replay import SPEC, SUB_HOP, best_similarity, far_offsets, fingerprint, loud_overlaps
 from voxgate.stt.mfcc import DEEPSPEECH, FFT_ROWS, TEMPLATES, log_mel
 
 
@@ -101,3 +102,16 @@ def test_log_mel_is_the_reference_to_the_bit(shared_data: Path) -> None:
             assert a.dtype == b.dtype and np.array_equal(a, b), (spec, n)
     floats = pcm.astype(np.float32) / 40000.0
     assert np.array_equal(log_mel(floats, SPEC), ref_log_mel(floats, SPEC))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_loud_overlaps_is_np_correlate(seed: int) -> None:
+    """The FFT's counts, rounded, are np.correlate's to the last one, short or long, sparse
+    or dense, either longer."""
+    rng = np.random.default_rng(seed)
+    for _ in range(60 if seed % 2 else 15):
+        n, m = (int(x) for x in rng.integers(1, 800 if seed % 2 else 30000, 2))
+        la = (rng.random(n) < rng.uniform(0.02, 1.0)).astype(np.float32)
+        lb = (rng.random(m) < rng.uniform(0.02, 1.0)).astype(np.float32)
+        got, want = loud_overlaps(la, lb), np.correlate(lb, la, mode="full")
+        assert got.dtype == want.dtype and np.array_equal(got, want), (n, m)
