@@ -13,6 +13,9 @@ Printed per case: the usable takes (the quality checks passed), the check's CPU
 (time.process_time, all threads), the reference's, the embedding's, the duplicates found
 (take -> same_as) and whether the two checks decided the same (exit 1 if not). The check
 and the reference alternate --repeat times (interleaved A/B; the machine's load moves both).
+The CPU counts every thread: the mel projection's matrix product runs on OpenBLAS, whose
+second thread keeps spinning after each call (the daemon does not limit it); run with
+OPENBLAS_NUM_THREADS=1 to see the check's own work.
 
     PYTHONPATH=daemon python benchmarks/near_duplicate_cost.py [--cases 20x120,5x5,8x20+4]
 """
@@ -259,7 +262,11 @@ def main() -> int:
 
         embedder = load_embedder()
     cfg = SpeakerConfig()
-    print(f"{load_text()}; {os.cpu_count()} CPUs; seed {args.seed}; CPU = time.process_time()")
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "not set")
+    print(
+        f"{load_text()}; {os.cpu_count()} CPUs; OPENBLAS_NUM_THREADS {blas}; seed {args.seed}; "
+        "CPU = time.process_time()"
+    )
     same_everywhere = True
     with tempfile.TemporaryDirectory() as t:
         paths = pool(args.data, args.seed)
