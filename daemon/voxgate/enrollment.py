@@ -267,6 +267,22 @@ def two_voices_text(split: Split, numbers: list[int], level: float) -> str:
     )
 
 
+def altered_copy_of(
+    pcm: np.ndarray, prints: list[tuple[int, Fingerprint]], level: float = NEAR_DUPLICATE
+) -> tuple[int, Fingerprint]:
+    """The number of the first earlier take in `prints` (number, fingerprint) that this
+    take is an altered copy of (similarity >= `level`; 0: none), and this take's fingerprint.
+
+    The same recording resampled, re-encoded or trimmed has other samples, and its
+    embedding is no closer to the original than a second genuine take is
+    (benchmarks/near_duplicate_takes.py); its fingerprint is. Cost:
+    benchmarks/near_duplicate_cost.py."""
+    # The sub-hop views serve only comparisons: none for the first usable take.
+    views = [fingerprint(pcm[k:]) for k in (SUB_HOP if prints else SUB_HOP[:1])]
+    near = next((j for j, fp in prints if best_similarity(views, fp) >= level), 0)
+    return near, views[0]
+
+
 def check_takes(
     takes: list[np.ndarray],
     embedder: Any,
@@ -295,17 +311,12 @@ def check_takes(
             continue
         problem = take_problem(q, cfg)
         if problem is None:
-            # The same recording resampled, re-encoded or trimmed has other samples, and its
-            # embedding is no closer to the original than a second genuine take is
-            # (benchmarks/near_duplicate_takes.py); its fingerprint is.
-            # The sub-hop views serve only comparisons: none for the first usable take.
-            views = [fingerprint(pcm[k:]) for k in (SUB_HOP if prints else SUB_HOP[:1])]
-            near = next((j for j, fp in prints if best_similarity(views, fp) >= NEAR_DUPLICATE), 0)
+            near, fp = altered_copy_of(pcm, prints)
             if near:
                 log.info("enroll take %d rejected: an altered copy of take %d", i, near)
                 reports[i] = TakeReport(i, q, False, "duplicate", same_as=near)
                 continue
-            prints.append((i, views[0]))
+            prints.append((i, fp))
         emb = None
         if problem is None:
             try:

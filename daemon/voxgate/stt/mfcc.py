@@ -15,6 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 SAMPLE_RATE = 16000
+FFT_ROWS = 256  # frames per np.fft.rfft call in log_mel (see there)
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,20 @@ def log_mel(pcm: np.ndarray, spec: MfccSpec = TEMPLATES) -> np.ndarray:
     count = n_frames(len(x), spec)
     if count == 0:
         return np.zeros((0, spec.n_mels), dtype=np.float32)
-    idx = np.arange(spec.win)[None, :] + spec.step * np.arange(count)[:, None]
     if spec.tf_style:
         window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(spec.win) / spec.win)
     else:
         window = np.hanning(spec.win + 2)[1:-1]
-    frames = x[idx] * window.astype(np.float32)
-    mag = np.abs(np.fft.rfft(frames, n=spec.n_fft, axis=1)).astype(np.float32)
+    window = window.astype(np.float32)
+    # Frame m is x[m * step:][:win]: a strided view, where a (frames, win) index array and
+    # its gather cost more than the FFT. The FFT runs FFT_ROWS frames at a time: numpy
+    # transforms each row on its own (the same numbers as one call over all frames), and
+    # one call over a two-minute take took 2-4x as long as in cache-sized pieces.
+    view = np.lib.stride_tricks.sliding_window_view(x, spec.win)[:: spec.step]
+    mag = np.empty((count, spec.n_fft // 2 + 1), dtype=np.float32)
+    for lo in range(0, count, FFT_ROWS):
+        frames = view[lo : lo + FFT_ROWS] * window
+        mag[lo : lo + FFT_ROWS] = np.abs(np.fft.rfft(frames, n=spec.n_fft, axis=1))
     spectrum = mag if spec.tf_style else mag**2
     return np.log(np.maximum(spectrum @ _mel_matrix(spec), 1e-12 if spec.tf_style else 1e-10))
 
