@@ -94,7 +94,11 @@ class Row:
 
 def gated_now(q: Quality, cfg: VoxgateConfig) -> bool:
     s = cfg.speaker
-    return bool(gate_reasons(q, s.min_speech_s, s.min_snr_db, s.min_snr_db_no_pauses))
+    return bool(
+        gate_reasons(
+            q, s.min_speech_s, s.min_snr_db, s.min_snr_db_no_pauses, max_clipped=s.max_clipped
+        )
+    )
 
 
 def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> list[Row]:
