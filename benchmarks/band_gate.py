@@ -61,6 +61,8 @@ def band_reasons(
     )
     if noisy:
         reasons.append("too_noisy")
+    if q.clipped > s.max_clipped:  # as the shipped gate (quality.gate_reasons)
+        reasons.append("clipped")
     return tuple(reasons)
 
 

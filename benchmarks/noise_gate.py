@@ -236,7 +236,10 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
         s = cfg.speaker
         levels = (s.min_snr_db, s.min_snr_db_no_pauses)
         noisy = np.array([too_noisy(q, *levels) for q in quality])
-        retry = np.array([bool(gate_reasons(q, s.min_speech_s, *levels)) for q in quality])
+        retry = np.array(
+            [bool(gate_reasons(q, s.min_speech_s, *levels, max_clipped=s.max_clipped))
+             for q in quality]
+        )  # fmt: skip
         out = work / f"out-{name}-{snr_arg}"
         # Enrollment takes are endpointed too only with --enroll-noise (else the clean files).
         live_takes = live and args.enroll_noise

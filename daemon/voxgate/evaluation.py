@@ -781,7 +781,10 @@ def evaluate(
     qualities = [q for q in readable if q is not None]
     sp = cfg.speaker
     gated = [
-        gate_reasons(q, sp.min_speech_s, sp.min_snr_db, sp.min_snr_db_no_pauses) for q in qualities
+        gate_reasons(
+            q, sp.min_speech_s, sp.min_snr_db, sp.min_snr_db_no_pauses, max_clipped=sp.max_clipped
+        )
+        for q in qualities
     ]
     report = {
         "set": es.name,
@@ -807,6 +810,7 @@ def evaluate(
         ),
         "gate_too_little_speech": sum("too_little_speech" in g for g in gated),
         "gate_too_noisy": sum("too_noisy" in g for g in gated),
+        "gate_clipped": sum("clipped" in g for g in gated),
         "embedding_errors": cache.errors,
         "rejected_enroll_takes": rejected,
         "systems": {"cosine": base.summary(), "backend": back.summary()},

@@ -14,8 +14,10 @@ Reason codes (stable strings; they go into decisions, the audit log and metrics)
   liveness_retry      the answer could not be judged (nothing said, too short, longer than
                       stt.max_answer_s): try again; not counted by the lockout
   no_speech           no speaker embedding could be made (too little speech)
-  low_quality         the audio was usable for nothing trustworthy (noisy, short; clipping
-                      gates enrollment takes only: a clipped attempt is scored)
+  low_quality         the audio was usable for nothing trustworthy: too little speech, too
+                      noisy, or clipped (more than speaker.max_clipped of its samples in
+                      full-scale runs: a hot microphone); the speaker's reasons, and the
+                      audit line's quality_reasons, say which; not counted by the lockout
   no_match            the voice did not match (verify) or matched nobody (identify)
   store_unreadable    the door could not read its voiceprints (damaged file): nothing compared
 """

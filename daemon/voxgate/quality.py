@@ -1,7 +1,8 @@
 """Signal quality of one recording: net speech, estimated SNR, clipping.
 
-Used by the quality gate (an attempt with too little speech or too much noise gets 'retry',
-not a guess) and by enrollment (bad takes are rejected with the reason named).
+Used by the quality gate (an attempt with too little speech, too much noise or too much
+clipping gets 'retry', not a guess) and by enrollment (bad takes are rejected with the
+reason named).
 """
 
 from __future__ import annotations
@@ -155,13 +156,26 @@ def too_noisy(q: Quality, min_snr_db: float, min_snr_db_no_pauses: float) -> boo
     return q.snr_db < (min_snr_db if q.snr_from_pauses else min_snr_db_no_pauses)
 
 
+# The reasons gate_reasons gives (in this order), for whoever must tell them from the rest.
+GATE_REASONS = ("too_little_speech", "too_noisy", "clipped")
+
+
 def gate_reasons(
-    q: Quality, min_speech_s: float, min_snr_db: float, min_snr_db_no_pauses: float
+    q: Quality,
+    min_speech_s: float,
+    min_snr_db: float,
+    min_snr_db_no_pauses: float,
+    *,
+    max_clipped: float,
 ) -> tuple[str, ...]:
-    """Why an attempt of this quality must be retried (empty when it may be scored)."""
+    """Why an attempt of this quality must be retried (empty when it may be scored).
+    `max_clipped` (speaker.max_clipped) has no default: a caller that left it out applied a
+    gate without the clipping rule, and a hot microphone's genuine attempts were denied."""
     reasons = []
     if q.speech_s < min_speech_s:
         reasons.append("too_little_speech")
     if too_noisy(q, min_snr_db, min_snr_db_no_pauses):
         reasons.append("too_noisy")
+    if q.clipped > max_clipped:
+        reasons.append("clipped")
     return tuple(reasons)

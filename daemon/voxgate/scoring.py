@@ -143,7 +143,10 @@ class Scorer:
         if quality is None:
             return True, ()
         need = self.cfg.min_speech_s if min_speech_s is None else min_speech_s
-        reasons = gate_reasons(quality, need, self.cfg.min_snr_db, self.cfg.min_snr_db_no_pauses)
+        c = self.cfg
+        reasons = gate_reasons(
+            quality, need, c.min_snr_db, c.min_snr_db_no_pauses, max_clipped=c.max_clipped
+        )
         return not reasons, reasons
 
     def _claimed(self, claimed_user: str) -> tuple[Voiceprint | None, str | None]:

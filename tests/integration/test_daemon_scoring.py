@@ -170,6 +170,39 @@ def test_too_little_speech_or_too_much_noise_is_a_retry(door: dict[str, Any]) ->
     ]
 
 
+def test_a_clipped_attempt_is_a_retry_not_a_counted_denial(
+    door: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hot microphone: george's digit string 16 times louder, saturated at full scale
+    (about 10 % of its samples clipped). The daemon scored it like any other attempt and
+    denied it (no_match, counted by the lockout); a clipped genuine attempt scores below
+    the threshold far more often than a clean one (benchmarks/clip_gate.py). Now it is a
+    retry (low_quality; the audit line says clipped), by the daemon and by `voxgate verify`."""
+    clean = attempt(door, "george", 8)
+    hot = np.clip(clean.astype(np.int32) * 16, -32768, 32767).astype(np.int16)
+    got = run_door(door, "clipped", [hot])
+    assert [(d["outcome"], d["reasons"], d["user"]) for d in got] == [
+        ("retry", ["low_quality"], None)
+    ]
+    assert got[0]["quality_reasons"] == ["clipped"]
+    # The same string at its own level: granted, and nothing for the gate.
+    (ok,) = run_door(door, "unclipped", [clean])
+    assert (ok["outcome"], ok["user"], ok["quality_reasons"]) == ("granted", "george", [])
+    # `voxgate verify` on the file: RETRY (exit 4) with the reason and the measure.
+    wav = door["work"] / "clipped-attempt.wav"
+    sf.write(wav, hot, RATE, subtype="PCM_16")
+    cfg = str(door["work"] / "enroll.yaml")
+    capsys.readouterr()
+    assert main(["verify", "george", str(wav), "-c", cfg]) == 4
+    out = capsys.readouterr().out
+    assert out.startswith("RETRY: george") and "reasons: clipped" in out, out
+    assert "(at most 0.1 %: speaker.max_clipped)" in out, out
+    assert main(["verify", "george", str(wav), "-c", cfg, "--json"]) == 4
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["reasons"] == ["clipped"] and doc["quality_ok"] is False
+    assert doc["clipped"] > doc["clipped_max"] == 0.001
+
+
 def test_a_fixed_threshold_with_an_unusable_cohort_stops_the_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:

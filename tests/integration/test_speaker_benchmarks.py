@@ -53,6 +53,8 @@ CASES = [
     ("noise_gate.py", ["--data", "{tmp}/data", "--snrs", "loud"], "loud"),
     ("noise_gate.py", ["--data", "{tmp}/data", "--band-levels", "31"], "--floors"),
     ("pause_noise.py", ["--data", "{tmp}/data", "--sets", "fsdd"], "fsdd"),
+    ("clip_gate.py", ["--data", "{tmp}/data", "--sets", "fsdd"], "fsdd"),
+    ("clip_gate.py", ["--data", "{tmp}/data", "--gains", "2"], "--gains"),
     ("windows_compare.py", ["--data", "{tmp}/data", "--set", "fsdd"], "enroll"),
     ("windows_compare.py", ["--data", "{tmp}/data", "--model", "{tmp}/none.yaml"], "none.yaml"),
     ("compare_eval_runs.py", ["{tmp}/none", "{tmp}/data"], "none"),

@@ -57,6 +57,18 @@ def test_cross_field_rule() -> None:
     assert "min_utterance_ms must be below" in msg
 
 
+def test_max_clipped_is_a_fraction_of_the_samples() -> None:
+    """speaker.max_clipped (the quality gate's clipping level) is a fraction, 0 to 1: a
+    percentage typed as 10 would retry nothing and must be refused, as a negative level
+    that would retry every attempt."""
+    assert VoxgateConfig().speaker.max_clipped == 0.001
+    assert parse_config("speaker:\n  max_clipped: 0.01\n").speaker.max_clipped == 0.01
+    (msg,) = problems("speaker:\n  max_clipped: 10\n")
+    assert msg.startswith("line 2: speaker.max_clipped:") and "less than or equal to 1" in msg
+    (msg,) = problems("speaker:\n  max_clipped: -0.1\n")
+    assert msg.startswith("line 2: speaker.max_clipped:") and "greater than or equal to 0" in msg
+
+
 def test_every_problem_is_reported_at_once() -> None:
     assert len(problems("device_id: Bad Name\nvad:\n  aggressiveness: -1\nx: 1\n")) == 3
 

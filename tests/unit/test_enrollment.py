@@ -39,7 +39,7 @@ def test_quality_of_clean_noisy_clipped_and_short(tmp_path: Path) -> None:
     clean = say(tmp_path, "three nine one four, seven two eight five")
     q = assess(clean)
     assert 1.5 < q.speech_s < q.duration_s and q.snr_db > 30 and q.clipped == 0
-    assert take_problem(q, cfg) is None and gate_reasons(q, 1.0, 5.0, 5.0) == ()
+    assert take_problem(q, cfg) is None and gate_reasons(q, 1.0, 5.0, 5.0, max_clipped=0.001) == ()
 
     loud = (clean.astype(np.float64) * 8).clip(-32768, 32767).astype(np.int16)
     assert take_problem(assess(loud), cfg) == "clipped"
@@ -47,13 +47,13 @@ def test_quality_of_clean_noisy_clipped_and_short(tmp_path: Path) -> None:
     hiss = assess(noisy(clean, 3000))
     assert hiss.snr_db < 5
     assert take_problem(hiss, cfg) == "too_noisy"
-    assert "too_noisy" in gate_reasons(hiss, 1.0, 5.0, 5.0)
+    assert "too_noisy" in gate_reasons(hiss, 1.0, 5.0, 5.0, max_clipped=0.001)
 
     short = say(tmp_path, "one")
     qs = assess(short)
     assert qs.speech_s < 1.0
     assert take_problem(qs, cfg) == "too_short"
-    assert gate_reasons(qs, 1.0, 5.0, 5.0) == ("too_little_speech",)
+    assert gate_reasons(qs, 1.0, 5.0, 5.0, max_clipped=0.001) == ("too_little_speech",)
 
     silence = assess(np.zeros(32000, np.int16))
     assert silence.speech_s == 0 and take_problem(silence, cfg) == "too_short"

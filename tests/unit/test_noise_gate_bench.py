@@ -48,7 +48,7 @@ def test_a_mix_that_would_clip_is_scaled_down_whole() -> None:
     assert share < 1 and abs(got + 5.0) < 0.3
 
 
-@pytest.mark.parametrize("script", ["noise_gate.py", "pause_noise.py"])
+@pytest.mark.parametrize("script", ["noise_gate.py", "pause_noise.py", "clip_gate.py"])
 def test_without_the_data_it_skips_cleanly(tmp_path: Path, script: str) -> None:
     """A clone without ../shared: a message and exit 0 (a named set missing from data that is
     there is an error instead: tests/integration/test_speaker_benchmarks.py)."""

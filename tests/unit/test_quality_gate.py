@@ -37,8 +37,11 @@ def _in_room(speech: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
     return np.round(placed + gain * noise).clip(-32768, 32767).astype(np.int16)
 
 
-def _levels(cfg: SpeakerConfig) -> tuple[float, float, float]:
-    return cfg.min_speech_s, cfg.min_snr_db, cfg.min_snr_db_no_pauses
+def _gate(q: Quality, cfg: SpeakerConfig) -> tuple[str, ...]:
+    """The gate's reasons at `cfg`'s levels, as Scorer.verify applies them."""
+    return gate_reasons(
+        q, cfg.min_speech_s, cfg.min_snr_db, cfg.min_snr_db_no_pauses, max_clipped=cfg.max_clipped
+    )
 
 
 def test_a_noisy_attempt_with_pauses_is_retried_clean_cut_speech_is_not(tmp_path: Path) -> None:
@@ -47,15 +50,15 @@ def test_a_noisy_attempt_with_pauses_is_retried_clean_cut_speech_is_not(tmp_path
     for snr in (20.0, 12.0):  # between the two levels: scored as if clean by a 5 dB gate
         q = assess(_in_room(cut, snr))
         assert q.snr_from_pauses and abs(q.snr_db - snr) < 2.0
-        assert gate_reasons(q, *_levels(cfg)) == ("too_noisy",)
+        assert _gate(q, cfg) == ("too_noisy",)
     # The same speech in a quiet room passes.
     q = assess(_in_room(cut, 40.0))
-    assert q.snr_from_pauses and q.snr_db > 35 and gate_reasons(q, *_levels(cfg)) == ()
+    assert q.snr_from_pauses and q.snr_db > 35 and _gate(q, cfg) == ()
     # Cut to its speech, clean: no pauses, so the quietest frames are taken for the noise and
     # the estimate reads far below the truth, under 26 dB; it must not be retried for that.
     q = assess(cut)
     assert not q.snr_from_pauses and q.snr_db < cfg.min_snr_db
-    assert gate_reasons(q, *_levels(cfg)) == ()
+    assert _gate(q, cfg) == ()
 
 
 def test_a_few_quiet_frames_inside_clean_speech_are_not_taken_for_the_room(
@@ -68,7 +71,7 @@ def test_a_few_quiet_frames_inside_clean_speech_are_not_taken_for_the_room(
     pcm = espeak("one two three four five six", tmp_path / "six.wav", "en")
     q = assess(pcm)
     assert q.snr_db < 20 and not q.snr_from_pauses
-    assert gate_reasons(q, *_levels(cfg)) == ()
+    assert _gate(q, cfg) == ()
     assert take_problem(q, SpeakerConfig(enroll_min_snr_db=26.0)) is None
 
 
@@ -79,7 +82,30 @@ def test_grossly_noisy_cut_speech_is_still_retried(tmp_path: Path) -> None:
     gain = np.sqrt(np.mean(cut.astype(np.float64) ** 2) / 10 ** (0 / 10))
     q = assess(np.round(cut + gain * noise).clip(-32768, 32767).astype(np.int16))
     assert not q.snr_from_pauses and q.snr_db < 5.0
-    assert "too_noisy" in gate_reasons(q, *_levels(cfg))
+    assert "too_noisy" in _gate(q, cfg)
+
+
+def test_a_clipped_attempt_is_retried_a_few_clipped_peaks_are_not(tmp_path: Path) -> None:
+    """A hot microphone (the speech 16 times louder, saturated at full scale) clips a large
+    share of the samples; such genuine attempts were scored and mostly denied (no_match,
+    counted by the lockout: benchmarks/clip_gate.py). They are a retry, `clipped`; the same
+    speech at its own level is not, and neither is one with a few clipped peaks."""
+    cfg = SpeakerConfig()
+    room = _in_room(_cut(tmp_path), 40.0)
+    q = assess(room)
+    assert q.clipped == 0 and _gate(q, cfg) == ()
+    hot = np.clip(room.astype(np.int32) * 16, -32768, 32767).astype(np.int16)
+    q = assess(hot)
+    assert q.clipped > 0.01 and _gate(q, cfg) == ("clipped",)
+    # Five peaks flattened over 4 samples each: 20 samples, well under 0.1 % of them.
+    peaks = room.copy()
+    for start in np.linspace(16000, len(room) - 16000, 5).astype(int):
+        peaks[start : start + 4] = 32767
+    q = assess(peaks)
+    assert 0 < q.clipped < cfg.max_clipped and _gate(q, cfg) == ()
+    # The level is the setting's: 0 retries any clipped run, 1 none.
+    assert _gate(q, SpeakerConfig(max_clipped=0.0)) == ("clipped",)
+    assert _gate(assess(hot), SpeakerConfig(max_clipped=1.0)) == ()
 
 
 def test_each_level_applies_to_its_kind_of_estimate() -> None:
@@ -109,8 +135,8 @@ def test_a_live_utterance_without_pauses_is_too_noisy_but_the_same_file_is_not(
     live, as_file = assess(utt.pcm, live=True), assess(utt.pcm)
     assert len(utt.pcm) >= len(room) - 480  # the whole recording: noise taken for speech
     assert not live.snr_from_pauses and 5.0 < live.snr_db < 26.0
-    assert gate_reasons(live, *_levels(cfg)) == ("too_noisy",)
-    assert gate_reasons(as_file, *_levels(cfg)) == ()
+    assert _gate(live, cfg) == ("too_noisy",)
+    assert _gate(as_file, cfg) == ()
     # At any no-pauses level: there is no noise measurement to hold to a level.
     assert too_noisy(live, 26.0, -10.0) and not too_noisy(as_file, 26.0, -10.0)
     takes = SpeakerConfig(enroll_min_snr_db_no_pauses=5.0)
@@ -118,7 +144,7 @@ def test_a_live_utterance_without_pauses_is_too_noisy_but_the_same_file_is_not(
     # A live utterance with its pauses is held to min_snr_db, as before.
     (utt,) = segment(_in_room(cut, 40.0), VadConfig())
     q = assess(utt.pcm, live=True)
-    assert q.snr_from_pauses and gate_reasons(q, *_levels(cfg)) == ()
+    assert q.snr_from_pauses and _gate(q, cfg) == ()
     # The door applies the rule only where its hangover alone leaves those pauses.
     assert leaves_pauses(VadConfig()) and not leaves_pauses(VadConfig(hangover_ms=300))
     # A microphone chain that outputs digital silence around the words (a noise suppressor):
@@ -126,7 +152,7 @@ def test_a_live_utterance_without_pauses_is_too_noisy_but_the_same_file_is_not(
     (utt,) = segment(np.concatenate([np.zeros(16000), cut, np.zeros(16000)]), VadConfig())
     q = assess(utt.pcm, live=True)
     assert not q.snr_from_pauses and q.nonspeech_s >= 0.45
-    assert gate_reasons(q, *_levels(cfg)) == ()
+    assert _gate(q, cfg) == ()
 
 
 def _problems(text: str) -> list[str]:
@@ -165,12 +191,12 @@ def test_silence_or_speech_too_quiet_to_hear_is_too_little_speech_not_too_noisy(
     for pcm in (np.zeros(48000, np.int16), np.concatenate([np.zeros(16000, np.int16), quiet])):
         q = assess(pcm)
         assert q.speech_s == 0 and q.snr_db == 0
-        assert gate_reasons(q, *_levels(cfg)) == ("too_little_speech",)
+        assert _gate(q, cfg) == ("too_little_speech",)
         assert take_problem(q, cfg) == "too_short"
     # Noise the VAD calls speech is still too noisy, also when it is not speech enough.
     hiss = np.random.default_rng(1).normal(0, 3000, 12000).clip(-32768, 32767).astype(np.int16)
     q = assess(hiss)
-    assert 0 < q.speech_s < 1 and gate_reasons(q, *_levels(cfg)) == (
+    assert 0 < q.speech_s < 1 and _gate(q, cfg) == (
         "too_little_speech",
         "too_noisy",
     )

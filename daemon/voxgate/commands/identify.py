@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "only if it clears the threshold for speaker.target_fmr divided by the number of "
         "users (a fixed speaker.threshold is used as it is, for any number of users); "
         "otherwise the answer is 'unknown speaker'. Exit status: 0 identified, "
-        "1 unknown or error, 4 retry (too little speech or too noisy).",
+        "1 unknown or error, 4 retry (too little speech, too noisy or clipped).",
         examples="""
         voxgate identify attempt.wav
         voxgate identify attempt.flac -c /etc/voxgate/voxgate.yaml --json

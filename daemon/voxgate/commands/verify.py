@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="check a recording against one enrolled user (1:1)",
         description="Score a WAV/FLAC recording against the voiceprint of NAME, with the "
         "threshold set for speaker.target_fmr. Exit status: 0 match, 1 no match or error, "
-        "4 retry (too little speech or too noisy to decide).",
+        "4 retry (too little speech, too noisy or clipped to decide).",
         examples="""
         voxgate verify alice attempt.wav
         voxgate verify alice attempt.flac -c /etc/voxgate/voxgate.yaml --json
@@ -95,6 +95,8 @@ def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
             "snr_db": quality.snr_db if quality.speech_s > 0 else None,
             "snr_from_pauses": quality.snr_from_pauses,
             "snr_needed_db": level,
+            "clipped": quality.clipped,
+            "clipped_max": speaker.max_clipped,
         }
         # No score (unknown user, model mismatch) is -inf inside; JSON has no infinity.
         doc = {k: None if isinstance(v, float) and not math.isfinite(v) else v
@@ -126,6 +128,12 @@ def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
         else:
             how = "in its pauses" if quality.snr_from_pauses else "without pauses to measure"
             print(speech + f"SNR {quality.snr_db:.0f} dB {how} (needs {level:g}: {setting})")
+        # Said beside the other measures: a RETRY for `clipped` must show how much and the
+        # setting, as the SNR line does for `too_noisy`.
+        print(
+            f"  clipped {100 * quality.clipped:.2f} % of samples "
+            f"(at most {100 * speaker.max_clipped:g} %: speaker.max_clipped)"
+        )
         if result.reasons:
             print(f"  reasons: {', '.join(result.reasons)}")
     if result.accepted:

@@ -41,6 +41,7 @@ from voxgate.lockout import LockoutBook, RecordResult
 from voxgate.mqtt.commands import REFUSAL_CODES
 from voxgate.mqtt.nonces import FILE_NAME as USED_COMMANDS_FILE
 from voxgate.mqtt.refusal import ADVICE, Refusal
+from voxgate.quality import GATE_REASONS
 from voxgate.service.attempt import Attempt, conclude
 from voxgate.service.capture import Capture, EndOfStream, FrameQueue
 from voxgate.service.notify import Notifier
@@ -857,6 +858,12 @@ class Daemon:
             user=verdict.user,
             claimed_user=a.claimed_user,
             reasons=list(verdict.reasons),
+            # Which of the quality gate's rules made a `low_quality` retry (too_little_speech,
+            # too_noisy, clipped): the decision names none, and the fix differs (speak
+            # longer, quieter room, further from the microphone).
+            quality_reasons=[
+                r for r in getattr(result.speaker, "reasons", ()) if r in GATE_REASONS
+            ],
             score=getattr(result.speaker, "score", None),
             threshold=getattr(result.speaker, "threshold", None),
             liveness_ok=getattr(result.liveness, "ok", None),
