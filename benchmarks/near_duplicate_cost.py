@@ -41,8 +41,7 @@ from voxgate.audio.file import read_audio
 from voxgate.config.speaker import SpeakerConfig
 from voxgate.enrollment import NEAR_DUPLICATE, altered_copy_of, take_problem
 from voxgate.quality import assess
-from voxgate.replay import FAR_PROMISING, LOUD_DB, MAX_SHIFT, MIN_FRAMES, SPEC, SUB_HOP
-from voxgate.replay_index import popcount
+from voxgate.replay import FAR_PROMISING, LOUD_DB, MAX_SHIFT, SPEC, SUB_HOP, similarity
 from voxgate.stt.mfcc import MfccSpec, _mel_matrix, n_frames
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +52,7 @@ Fp = tuple[np.ndarray, np.ndarray]
 
 
 # --- REFERENCE: the check before it was made cheaper (main at f287847), verbatim -------------
+# (replay.similarity, which that change left as it was, is called as it is.)
 
 
 def ref_log_mel(pcm: np.ndarray, spec: MfccSpec) -> np.ndarray:
@@ -89,35 +89,6 @@ def ref_fingerprint(pcm: np.ndarray) -> Fp:
     return (bits.astype(np.uint64) @ weights).astype(np.uint32), loud
 
 
-def ref_similarity(a: Fp, b: Fp, max_shift: int = MAX_SHIFT, offset: int = 0) -> float:
-    (fa, la), (fb, lb) = a, b
-    if min(int(la.sum()), int(lb.sum())) < MIN_FRAMES:
-        return 0.0
-    need = int(0.8 * min(int(la.sum()), int(lb.sum())))
-    if offset > 0:
-        fb, lb = fb[offset:], lb[offset:]
-    elif offset < 0:
-        fa, la = fa[-offset:], la[-offset:]
-    if not len(fa) or not len(fb):
-        return 0.0
-    n, s = len(fa), max_shift
-    size = n + 2 * s
-    pb = np.zeros(size, dtype=np.uint32)
-    pl = np.zeros(size, dtype=bool)
-    inside = np.zeros(size, dtype=bool)
-    m = min(len(fb), size - s)
-    pb[s : s + m], pl[s : s + m], inside[s : s + m] = fb[:m], lb[:m], True
-    win = np.lib.stride_tricks.sliding_window_view
-    bits, loud, real = win(pb, n), win(pl, n), win(inside, n)
-    counted = (loud | la[None, :]) & real
-    counts = counted.sum(1)
-    errors = np.where(counted, popcount(bits ^ fa[None, :]), 0).sum(1)
-    ok = counts >= max(need, 1)
-    if not ok.any():
-        return 0.0
-    return float(1.0 - (errors[ok] / (32.0 * counts[ok])).min())
-
-
 def ref_far_offsets(a: Fp, b: Fp, k: int = 2) -> list[int]:
     la, lb = a[1].astype(np.float32), b[1].astype(np.float32)
     if not len(la) or not len(lb):
@@ -136,11 +107,11 @@ def ref_far_offsets(a: Fp, b: Fp, k: int = 2) -> list[int]:
 
 
 def ref_best_similarity(views: list[Fp], other: Fp) -> float:
-    best = max(ref_similarity(v, other) for v in views)
+    best = max(similarity(v, other) for v in views)
     for o in ref_far_offsets(views[0], other, k=1):
-        far = ref_similarity(views[0], other, offset=o)
+        far = similarity(views[0], other, offset=o)
         if far >= FAR_PROMISING:
-            far = max(far, *(ref_similarity(v, other, offset=o) for v in views[1:]))
+            far = max(far, *(similarity(v, other, offset=o) for v in views[1:]))
         best = max(best, far)
     return best
 
