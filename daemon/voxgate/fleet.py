@@ -51,7 +51,9 @@ from voxgate.voiceprints import (
     VoiceprintStore,
     hex_text_hint,
     looks_hex_text,
+    model_mismatch,
     normalize_name,
+    sha256_or_none,
 )
 
 log = logging.getLogger(__name__)
@@ -196,6 +198,7 @@ class Update:
     embeddings: np.ndarray | None = None
     meta: dict[str, Any] | None = None
     tiebreak: str = ""
+    model_sha256: str | None = None  # None from doors that did not send it
 
     @property
     def order(self) -> Order:
@@ -245,6 +248,7 @@ class Codec:
         model_id: str | None = None,
         embeddings: np.ndarray | None = None,
         meta: dict[str, Any] | None = None,
+        model_sha256: str | None = None,
     ) -> bytes:
         """The plaintext that is sealed into a message (canonical JSON)."""
         # A tombstone carries no name: it stays retained after the person is gone, readable
@@ -260,6 +264,8 @@ class Codec:
                 embeddings=emb.tobytes().hex(),
                 meta=meta or {},
             )
+            if model_sha256 is not None:  # a new key: older doors ignore it
+                body["model_sha256"] = model_sha256
         return _canonical(body)
 
     def encode(
@@ -272,6 +278,7 @@ class Codec:
         model_id: str | None = None,
         embeddings: np.ndarray | None = None,
         meta: dict[str, Any] | None = None,
+        model_sha256: str | None = None,
         now: float | None = None,
     ) -> bytes:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -281,7 +288,14 @@ class Codec:
                 "this door has no fleet signing key (fleet.signing_key_file or the credential "
                 "'fleet-signing-key'), so it cannot publish enrollments"
             )
-        body = self.body(kind, name, model_id=model_id, embeddings=embeddings, meta=meta)
+        body = self.body(
+            kind,
+            name,
+            model_id=model_id,
+            embeddings=embeddings,
+            meta=meta,
+            model_sha256=model_sha256,
+        )
         header = {
             "v": WIRE_VERSION,
             "kind": kind,
@@ -392,8 +406,15 @@ class Codec:
         meta = body.get("meta") or {}
         if not isinstance(meta, dict):
             raise MessageError("voiceprint meta is not a JSON object")
+        sha = body.get("model_sha256")
+        if sha is not None and sha256_or_none(sha) is None:
+            raise MessageError("voiceprint model_sha256 is not 64 hex digits")
         return dataclasses.replace(
-            update, model_id=str(body.get("model_id")), embeddings=emb, meta=dict(meta)
+            update,
+            model_id=str(body.get("model_id")),
+            embeddings=emb,
+            meta=dict(meta),
+            model_sha256=sha,
         )
 
 
@@ -821,6 +842,7 @@ class FleetSync:
         *,
         keys: FleetKeys | None = None,
         model_id: str | None = None,
+        model_sha256: str | None = None,
         clock: Callable[[], float] = time.time,
         client_id: str | None = None,
         audit_event: Callable[..., Any] | None = None,
@@ -832,6 +854,7 @@ class FleetSync:
         self.device_id = device_id
         self.store = store
         self.model_id = model_id
+        self.model_sha256 = model_sha256
         self.clock = clock
         self.keys = keys or FleetKeys.load(cfg)
         self.codec = Codec(self.keys, cfg.site, device_id)
@@ -1168,6 +1191,7 @@ class FleetSync:
                 vp.name,
                 groups,
                 model_id=vp.model_id,
+                model_sha256=vp.model_sha256,
                 embeddings=vp.embeddings,
                 meta={**vp.meta, "enrolled_at": vp.updated_at, "enrolled_by": self.device_id},
             )
@@ -1520,13 +1544,10 @@ class FleetSync:
             log.warning("fleet sync: %s is not allowed at this door; not stored", upd.name)
             self.stats["not_allowed"] += 1
             return self._done("not_allowed", upd)
-        if self.model_id is not None and upd.model_id != self.model_id:
-            log.error(
-                "fleet sync: %s was enrolled with model %s, this door runs %s; not stored",
-                upd.name,
-                upd.model_id,
-                self.model_id,
-            )
+        made_by = (upd.model_id, upd.model_sha256)
+        why = model_mismatch(made_by, self.model_id, self.model_sha256) if self.model_id else None
+        if why is not None:
+            log.error("fleet sync: %s %s here; not stored", upd.name, why)
             self.stats["refused"] += 1
             return "model_mismatch"
         if held and row and row[1] == "voiceprint" and known and not newer(upd.order, known):
@@ -1534,7 +1555,7 @@ class FleetSync:
             return "already_have"  # the same enrollment, through another group
         assert upd.embeddings is not None and upd.model_id is not None
         meta = {**(upd.meta or {}), "fleet_version": upd.version, "fleet_signer": upd.signer}
-        self.store.replace(upd.name, upd.embeddings, upd.model_id, meta)
+        self.store.replace(upd.name, upd.embeddings, upd.model_id, meta, upd.model_sha256)
         self.state.set_grant(upd.tag, upd.group, upd.order, "voiceprint")
         self.state.set_user(upd.tag, upd.order, "voiceprint", held=True)
         log.info(

@@ -13,6 +13,7 @@ microphones and utterance lengths much better than a raw cosine does.
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from voxgate.cohort import Cohort, centered_cosine
 from voxgate.quality import Quality, gate_reasons
-from voxgate.voiceprints import ModelMismatch, Voiceprint, l2_normalize
+from voxgate.voiceprints import ModelMismatch, Voiceprint, l2_normalize, model_mismatch
 
 if TYPE_CHECKING:
     from voxgate.config.speaker import SpeakerConfig
@@ -86,6 +87,7 @@ class Scorer:
         self.embedder = embedder
         self.cfg = cfg
         self.model_id: str = embedder.model_id
+        self.model_sha256: str | None = getattr(embedder, "model_sha256", None)
         self.cohort = cohort
         if cohort is not None and cohort.model_id != self.model_id:
             raise ScoringError(
@@ -152,7 +154,7 @@ class Scorer:
     def _claimed(self, claimed_user: str) -> tuple[Voiceprint | None, str | None]:
         """The claimed user's voiceprint, or None and why not (unknown_user, model_mismatch)."""
         try:
-            vp = self.store.get(claimed_user, model_id=self.model_id)
+            vp = self.store.get(claimed_user, self.model_id, self.model_sha256)
         except ModelMismatch as exc:
             log.error("%s", exc)
             return None, "model_mismatch"
@@ -175,15 +177,14 @@ class Scorer:
                 self.store.path,
             )
         for vp in readable:
-            if vp.model_id != self.model_id:
+            made_by = (vp.model_id, vp.model_sha256)
+            if (why := model_mismatch(made_by, self.model_id, self.model_sha256)) is not None:
                 # As verify says it (voiceprints.ModelMismatch): what to do, not only what.
                 log.warning(
-                    "identify: %s skipped: enrolled with model %s, but %s is loaded; "
-                    "re-enroll: voxgate enroll %s --replace",
+                    "identify: %s skipped: %s; re-enroll: voxgate enroll %s --replace",
                     vp.name,
-                    vp.model_id,
-                    self.model_id,
-                    vp.name,
+                    why,
+                    shlex.quote(vp.name),
                 )
                 other_model += 1
                 continue

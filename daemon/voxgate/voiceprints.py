@@ -3,10 +3,10 @@
 What a stolen SD card reveals (the threat this layout is built for):
 - The number of enrolled users (one row each) and the file's timestamps.
 - Nothing else without the key: user names are stored only as a keyed hash (HMAC-SHA256 under a
-  key derived from the voiceprint key), and the name, model id, embeddings, mean, times and
-  metadata live inside one AES-256-GCM sealed blob per user, padded to a 4 KiB bucket so its
-  size does not tell how many takes were enrolled. The row id is the blob's associated data,
-  so a blob cannot be moved onto another user's row.
+  key derived from the voiceprint key), and the name, model id and file sha256, embeddings,
+  mean, times and metadata live inside one AES-256-GCM sealed blob per user, padded to a 4 KiB
+  bucket so its size does not tell how many takes were enrolled. The row id is the blob's
+  associated data, so a blob cannot be moved onto another user's row.
 Erasing a user deletes the row with `secure_delete` on, checkpoints the WAL (TRUNCATE) and
 VACUUMs, so the bytes are gone from the file and its WAL, not just unlinked from the b-tree.
 """
@@ -79,6 +79,10 @@ class Voiceprint:
     updated_at: float
     version: int  # 1 at enrollment, +1 for each re-enrollment
     meta: dict[str, Any] = field(default_factory=dict)
+    # sha256 of the model file that made the embeddings (its card's): a file swapped in
+    # under the same card id gives other embeddings. None for voiceprints stored before it
+    # was recorded (they are scored as before: which file made them cannot be told).
+    model_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,23 @@ class UserInfo:
     created_at: float
     updated_at: float
     version: int
+
+
+def model_mismatch(
+    made_by: tuple[str | None, str | None], model_id: str, model_sha256: str | None = None
+) -> str | None:
+    """Why embeddings made by (model id, file sha256) must not be scored by the loaded
+    model (another card id, or another file under the same id), or None when they may be.
+    An unknown sha256 on either side passes: which file it was cannot be told."""
+    made_id, made_sha = made_by
+    if made_id != model_id:
+        return f"was enrolled with model {made_id}, but {model_id} is loaded"
+    if model_sha256 and made_sha and made_sha != model_sha256:
+        return (
+            f"was enrolled with another file of model {model_id} (sha256 "
+            f"{made_sha[:12]}, loaded {model_sha256[:12]})"
+        )
+    return None
 
 
 # --- keys -------------------------------------------------------------------------------------
@@ -712,6 +733,8 @@ class VoiceprintStore:
             "version": vp.version,
             "meta": vp.meta,
         }
+        if vp.model_sha256 is not None:
+            doc["model_sha256"] = vp.model_sha256
         raw = json.dumps(doc, separators=(",", ":")).encode()
         # Pad with spaces (valid JSON whitespace) to hide the number of takes.
         return raw + b" " * (-len(raw) % PAD_BUCKET)
@@ -730,6 +753,7 @@ class VoiceprintStore:
             updated_at=float(doc["updated_at"]),
             version=int(doc["version"]),
             meta=dict(doc.get("meta") or {}),
+            model_sha256=sha256_or_none(doc.get("model_sha256")),
         )
 
     # -- transactions
@@ -758,9 +782,10 @@ class VoiceprintStore:
         embeddings: np.ndarray,
         model_id: str,
         meta: dict[str, Any] | None = None,
+        model_sha256: str | None = None,
     ) -> Voiceprint:
         """Enroll a new user; StoreError if the name is taken."""
-        return self._put(name, embeddings, model_id, meta, allow_existing=False)
+        return self._put(name, embeddings, model_id, meta, model_sha256, allow_existing=False)
 
     def replace(
         self,
@@ -768,9 +793,10 @@ class VoiceprintStore:
         embeddings: np.ndarray,
         model_id: str,
         meta: dict[str, Any] | None = None,
+        model_sha256: str | None = None,
     ) -> Voiceprint:
         """Enroll or re-enroll: the old voiceprint is replaced, created_at kept, version +1."""
-        return self._put(name, embeddings, model_id, meta, allow_existing=True)
+        return self._put(name, embeddings, model_id, meta, model_sha256, allow_existing=True)
 
     def _put(
         self,
@@ -778,6 +804,7 @@ class VoiceprintStore:
         embeddings: np.ndarray,
         model_id: str,
         meta: dict[str, Any] | None,
+        model_sha256: str | None,
         allow_existing: bool,
     ) -> Voiceprint:
         name = normalize_name(name)
@@ -816,6 +843,7 @@ class VoiceprintStore:
                     updated_at=now,
                     version=old.version + 1 if old else 1,
                     meta=dict(meta or {}),
+                    model_sha256=sha256_or_none(model_sha256),
                 )
                 sealed = self._seal(self._pack(vp), uid)
                 self._db.execute("INSERT OR REPLACE INTO voiceprints VALUES (?, ?)", (uid, sealed))
@@ -865,8 +893,11 @@ class VoiceprintStore:
         except (StoreError, ValueError, KeyError, TypeError):
             return None
 
-    def get(self, name: str, model_id: str | None = None) -> Voiceprint | None:
-        """The user's voiceprint, or None. With model_id, ModelMismatch if made by another model."""
+    def get(
+        self, name: str, model_id: str | None = None, model_sha256: str | None = None
+    ) -> Voiceprint | None:
+        """The user's voiceprint, or None. With model_id (and the loaded file's sha256),
+        ModelMismatch if made by another model or another file of it."""
         name = normalize_name(name)
         uid = self._user_id(name)
         with self._using("read"):
@@ -881,10 +912,12 @@ class VoiceprintStore:
                 f"{exc} (the voiceprint of '{name}'); enroll again to replace it: "
                 f"voxgate enroll {shlex.quote(name)} --replace"
             ) from None
-        if model_id is not None and vp.model_id != model_id:
+        made_by = (vp.model_id, vp.model_sha256)
+        why = model_mismatch(made_by, model_id, model_sha256) if model_id is not None else None
+        if why is not None:
             raise ModelMismatch(
-                f"user '{vp.name}' was enrolled with model {vp.model_id}, but {model_id} is "
-                f"loaded; re-enroll: voxgate enroll {shlex.quote(vp.name)} --replace"
+                f"user '{vp.name}' {why}; re-enroll: voxgate enroll {shlex.quote(vp.name)} "
+                "--replace"
             )
         return vp
 
@@ -1012,14 +1045,16 @@ class VoiceprintStore:
             "format": "voxgate-voiceprint-export/1",
             "name": vp.name,
             "model_id": vp.model_id,
+            "model_sha256": vp.model_sha256,
             "created_at": vp.created_at,
             "updated_at": vp.updated_at,
             "version": vp.version,
             "meta": vp.meta,
             "embeddings": [[round(float(x), 7) for x in e] for e in vp.embeddings],
             "mean": [round(float(x), 7) for x in vp.mean],
-            "stored": "name, model id, times, enrollment metadata, one embedding per accepted "
-            "take (no audio). Encrypted with AES-256-GCM; the name is indexed by a keyed hash.",
+            "stored": "name, model id and model file sha256, times, enrollment metadata, one "
+            "embedding per accepted take (no audio). Encrypted with AES-256-GCM; the name is "
+            "indexed by a keyed hash.",
         }
 
     def close(self) -> None:
@@ -1070,6 +1105,12 @@ def _statements(script: str) -> list[str]:
     if part.strip(" \t\r\n;"):
         out.append(part)  # incomplete: execute() says what is wrong with it
     return out
+
+
+def sha256_or_none(value: Any) -> str | None:
+    """A model file sha256 as recorded (64 hex digits), or None for anything else."""
+    ok = isinstance(value, str) and len(value) == 64
+    return value if ok and all(c in "0123456789abcdef" for c in value) else None
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

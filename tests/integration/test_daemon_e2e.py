@@ -35,6 +35,7 @@ from mqtt_helpers import (
 )
 
 from voxgate.decision import verify
+from voxgate.embedding import default_card_path, load_card
 from voxgate.mqtt.commands import REPLY_DOMAIN, make_command
 
 pytest.importorskip("voxgate.embedding")
@@ -443,6 +444,9 @@ def test_enrollment_at_the_door_over_mqtt(
     events = [(x["event"], x.get("user"), x.get("via")) for x in audit_lines(device)]
     assert ("enrollment_started", "bob", "mqtt") in events
     assert ("enrollment", "bob", "mqtt") in events
+    exported = voxgate("users", "export", "bob", "-c", str(config))
+    card = load_card(default_card_path())  # the config's speaker.model: the default
+    assert json.loads(exported.stdout)["model_sha256"] == card.model.sha256  # its file
 
 
 def _flip_one_voiceprint(db: Path) -> None:

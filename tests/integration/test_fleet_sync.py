@@ -223,8 +223,10 @@ def test_enroll_on_a_verify_on_b_erase_on_a_then_b_refuses(
     ok = on_b.verify(attempt, "alice")
     assert ok.accepted, ok
     assert not on_b.verify(impostor, "alice").accepted
-    # B holds its own, differently encrypted copy of the same voiceprint.
+    # B holds its own, differently encrypted copy of the same voiceprint, and knows which
+    # model file made it.
     np.testing.assert_allclose(b.store.get("alice").mean, a.store.get("alice").mean, atol=1e-6)
+    assert b.store.get("alice").model_sha256 == embedder.model_sha256 == embedder.card.model.sha256
 
     # Door C (group lab) is not allowed for alice: it neither stores nor even receives her.
     assert c.store.get("alice") is None

@@ -174,3 +174,34 @@ def test_switching_models_refuses_to_score_and_says_re_enroll(
         assert main([*command, takes[5], "-c", str(cfg)]) == 1
         out = capsys.readouterr().out
         assert "enrolled with another speaker model; re-enroll" in out, (command, out)
+
+
+def test_another_file_under_the_same_card_id_is_refused_too(
+    dropin: tuple[Path, Path, list[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """New weights put in under the same card id (the file replaced, the card's sha256
+    updated as docs/models.md says) make other embeddings, but only the id was kept with a
+    voiceprint: george's old voiceprint was scored by the new model as if it were its own."""
+    card, cfg, takes = dropin
+    assert main(["enroll", "george", "--from", *takes[:5], "-c", str(cfg)]) == 0
+    model = card.with_suffix(".onnx")
+    build_fbank_demo(tmp_path / "retrained", seed=8)
+    shutil.copy(tmp_path / "retrained" / "fbank-demo.onnx", model)
+    card.write_text(docs_card(model, dim=32))  # the same id, the new file's sha256
+    for command in (["verify", "george"], ["identify"]):
+        capsys.readouterr()
+        caplog.clear()
+        assert main([*command, takes[5], "-c", str(cfg), "--json"]) == 1
+        result = json.loads(capsys.readouterr().out)
+        assert result["reasons"] == ["model_mismatch"] and result["score"] is None, command
+        assert "another file of model" in caplog.text, command
+        assert "voxgate enroll george --replace" in caplog.text, command
+    # Re-enrolled with the new file, george is scored again.
+    assert main(["enroll", "george", "--replace", "--from", *takes[:5], "-c", str(cfg)]) == 0
+    capsys.readouterr()
+    main(["verify", "george", takes[5], "-c", str(cfg), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert "model_mismatch" not in result["reasons"] and result["score"] is not None

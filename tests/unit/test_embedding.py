@@ -54,7 +54,7 @@ def embedder() -> SpeakerEmbedder:
     return load_embedder()
 
 
-def build_fbank_demo(out: Path) -> Path:
+def build_fbank_demo(out: Path, seed: int = 7) -> Path:
     pytest.importorskip("onnx", reason="building the test model needs onnx (the dev extra)")
     spec = importlib.util.spec_from_file_location(
         "build_fbank_demo", REPO / "models" / "build_fbank_demo.py"
@@ -62,7 +62,7 @@ def build_fbank_demo(out: Path) -> Path:
     module = importlib.util.module_from_spec(spec)
     sys.modules["build_fbank_demo"] = module
     spec.loader.exec_module(module)
-    return module.build(out)
+    return module.build(out, seed)
 
 
 def test_default_model_loads_and_embeds(embedder: SpeakerEmbedder) -> None:

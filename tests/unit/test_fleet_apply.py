@@ -63,6 +63,27 @@ def test_refusals_never_store(tmp_path: Path) -> None:
     assert door.store.users() == []
 
 
+def test_a_voiceprint_from_another_file_of_the_model_is_not_stored(tmp_path: Path) -> None:
+    """Doors of one site running other weights under the same card id: a voiceprint made
+    by one was stored and scored by the other. The file's sha256 now goes with it."""
+    door = _door(tmp_path, ["lobby"], {"lobby": ["alice", "bob", "carol", "dan"]})
+    door.model_sha256 = "a" * 64
+    emb = np.ones((2, 8), dtype=np.float32)
+
+    def sent(name: str, sha: str | None, version: int = 1) -> tuple[str, bytes]:
+        msg = SENDER.encode(
+            "voiceprint", "lobby", name, version, model_id="m", embeddings=emb, model_sha256=sha
+        )
+        return f"{ROOT}/lobby/{SENDER.user_tag(name)}", msg
+
+    assert door.handle(*sent("bob", "b" * 64)) == "model_mismatch"
+    assert door.handle(*sent("alice", "a" * 64)) == "stored"
+    assert door.store.get("alice").model_sha256 == "a" * 64
+    assert door.handle(*sent("carol", None)) == "stored"  # from a door that does not send it
+    assert door.handle(*sent("dan", "not a sha256")) == "refused"
+    assert [u.name for u in door.store.users()] == ["alice", "carol"]
+
+
 def test_revoke_keeps_users_another_group_still_allows(tmp_path: Path) -> None:
     door = _door(tmp_path, ["lobby", "lab"], {"lobby": ["alice"], "lab": ["alice"]})
     assert door.handle(*_vp("lobby", "alice", 5)) == "stored"

@@ -100,6 +100,42 @@ def test_model_mismatch_names_a_command_that_re_enrolls(tmp_path: Path) -> None:
             store.get("mary ann", model_id="other-model/int8")
 
 
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+def test_the_model_file_a_voiceprint_was_made_with_is_kept_and_checked(tmp_path: Path) -> None:
+    """Only the card id was kept with a voiceprint: weights swapped in under the same id
+    scored it as their own. The file's sha256 now travels with it (export shows it)."""
+    with VoiceprintStore(tmp_path / "vp.db", KEY) as store:
+        store.add_user("alice", _emb(5), MODEL, model_sha256=SHA_A)
+        assert store.get("alice", MODEL, SHA_A).model_sha256 == SHA_A
+        with pytest.raises(
+            ModelMismatch, match=r"another file of model .*sha256 a{12}, loaded b{12}\)"
+        ):
+            store.get("alice", MODEL, SHA_B)
+        assert store.export("alice")["model_sha256"] == SHA_A
+        store.replace("alice", _emb(6), MODEL, model_sha256=SHA_B)  # re-enrolled: the new file
+        assert store.get("alice", MODEL, SHA_B).version == 2
+    with VoiceprintStore(tmp_path / "vp.db", KEY) as store:  # as read back from disk
+        assert store.get("alice").model_sha256 == SHA_B
+
+
+def test_a_voiceprint_stored_before_the_file_was_recorded_is_scored_as_before(
+    tmp_path: Path,
+) -> None:
+    """Which file made it cannot be told: refusing it would lock every enrolled user out
+    on upgrade; a door that cannot say which file it runs checks the id alone."""
+    with VoiceprintStore(tmp_path / "vp.db", KEY) as store:
+        store.add_user("alice", _emb(5), MODEL)
+        store.add_user("bob", _emb(6), MODEL, model_sha256=SHA_A)
+        assert store.get("alice", MODEL, SHA_B).model_sha256 is None
+        assert store.get("bob", MODEL).model_sha256 == SHA_A
+        with pytest.raises(ModelMismatch, match="enrolled with model test-model/float, but"):
+            store.get("bob", "other-model/int8", SHA_A)
+        # Anything but 64 hex digits is not kept as a file's sha256.
+        assert store.replace("carol", _emb(7), MODEL, model_sha256="A" * 64).model_sha256 is None
+
+
 def test_erase_removes_bytes_from_disk(tmp_path: Path) -> None:
     db = tmp_path / "vp.db"
     with VoiceprintStore(db, KEY) as store:

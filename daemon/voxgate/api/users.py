@@ -116,10 +116,9 @@ class UserAdmin:
             )
         report["digit_templates"] = TEMPLATES_META in meta
         try:
-            if replace:
-                vp = self.store.replace(name, result.embeddings, embedder.model_id, meta)
-            else:
-                vp = self.store.add_user(name, result.embeddings, embedder.model_id, meta)
+            put = self.store.replace if replace else self.store.add_user
+            sha = getattr(embedder, "model_sha256", None)
+            vp = put(name, result.embeddings, embedder.model_id, meta, sha)
         except NameTaken as exc:  # the same name in other characters: a conflict, not a 503
             raise UserExists(str(exc)) from None
         except StoreError:

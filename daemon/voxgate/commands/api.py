@@ -71,8 +71,14 @@ def run(args: argparse.Namespace) -> int:
         from voxgate.fleet import FleetError, FleetSync
 
         try:
-            model_id = load_card(cfg.speaker.model).id
-            agent = FleetSync.from_config(cfg, store, model_id, audit_event=audit.append)
+            card = load_card(cfg.speaker.model)
+            agent = FleetSync.from_config(
+                cfg,
+                store,
+                card.id,
+                model_sha256=card.model.sha256,
+                audit_event=audit.append,
+            )
         except (FleetError, ModelError) as exc:
             print(f"voxgate api: {exc}", file=sys.stderr)
             store.close()

@@ -286,15 +286,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"  take {shown}: did not say its prompt; no digit templates from it")
         if any(prompts) and TEMPLATES_META not in meta:
             print("  no digit templates: answers will be checked by the speech engine alone")
+        sha = getattr(embedder, "model_sha256", None)
         try:
             if args.replace:
-                store.replace(name, result.embeddings, embedder.model_id, meta)
+                store.replace(name, result.embeddings, embedder.model_id, meta, sha)
             else:
                 # Not replace(): the daemon's API, the fleet or another shell may have
                 # enrolled this name while the takes were recorded; theirs stays.
-                store.add_user(name, result.embeddings, embedder.model_id, meta)
+                store.add_user(name, result.embeddings, embedder.model_id, meta, sha)
         except StoreError as exc:
             return fail(str(exc))
-        record_change(cfg, store, "enrolled", name, embedder.model_id)
+        record_change(cfg, store, "enrolled", name, embedder.model_id, sha)
     print(f"enrolled {name} with model {embedder.model_id}")
     return 0

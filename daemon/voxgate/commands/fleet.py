@@ -147,7 +147,7 @@ def _with_agent(args: argparse.Namespace, act: str) -> int:
     try:
         # While connected the agent also applies the fleet's retained messages: without the
         # model id it stored voiceprints of another model, which the daemon refuses.
-        model_id = load_card(cfg.speaker.model).id
+        card = load_card(cfg.speaker.model)
         # What this door sends to the fleet, and what the session applies, is audited here.
         audit = open_log(cfg)
         store = open_store(cfg)
@@ -158,7 +158,8 @@ def _with_agent(args: argparse.Namespace, act: str) -> int:
         agent = FleetSync.from_config(
             cfg,
             store,
-            model_id=model_id,
+            model_id=card.id,
+            model_sha256=card.model.sha256,
             client_id=f"voxgate-{cfg.device_id}-fleet-cli",
             audit_event=audit.append,
         )

@@ -69,7 +69,14 @@ def read_file(path: str) -> Any:
     return pcm
 
 
-def record_change(cfg: Any, store: Any, kind: str, name: str, model_id: str | None) -> None:
+def record_change(
+    cfg: Any,
+    store: Any,
+    kind: str,
+    name: str,
+    model_id: str | None,
+    model_sha256: str | None = None,
+) -> None:
     """After `kind` ("enrolled" or "erased") of `name` on the command line: a line in the
     audit log, and with fleet.enabled the change handed to the fleet. The local change stands
     whatever happens here; problems are printed as warnings."""
@@ -77,7 +84,8 @@ def record_change(cfg: Any, store: Any, kind: str, name: str, model_id: str | No
     audit = audit_from_command(cfg, event, user=name, via="cli", model_id=model_id)
     if cfg.fleet.enabled:
         # The fleet session audits what it applies into the same log (None: it opens it).
-        _to_fleet(cfg, store, kind, name, model_id, audit.append if audit is not None else None)
+        audit_event = audit.append if audit is not None else None
+        _to_fleet(cfg, store, kind, name, (model_id, model_sha256), audit_event)
 
 
 FLEET_WAIT_S = 5.0
@@ -88,7 +96,7 @@ def _to_fleet(
     store: Any,
     kind: str,
     name: str,
-    model_id: str | None,
+    model: tuple[str | None, str | None],
     audit_event: Callable[..., Any] | None,
 ) -> None:
     """Queue the change in the fleet outbox (the sync state file the daemon shares) and try
@@ -97,14 +105,17 @@ def _to_fleet(
     from voxgate.fleet import FleetError, FleetSync
 
     try:
+        model_id, model_sha256 = model
         if model_id is None:
             from voxgate.embedding import load_card
 
-            model_id = load_card(cfg.speaker.model).id
+            card = load_card(cfg.speaker.model)
+            model_id, model_sha256 = card.id, card.model.sha256
         agent = FleetSync.from_config(
             cfg,
             store,
             model_id=model_id,
+            model_sha256=model_sha256,
             client_id=f"voxgate-{cfg.device_id}-cli",
             audit_event=audit_event,
         )

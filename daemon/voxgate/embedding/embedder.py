@@ -87,6 +87,7 @@ class SpeakerEmbedder:
             )
         self.card = card
         self.model_id = card.id
+        self.model_sha256 = card.model.sha256  # recorded with each voiceprint it makes
         self.dim = card.model.dim
         self.runtime = runtime
         self.frontend: MelPower | KaldiFbank = make_frontend(card.frontend)

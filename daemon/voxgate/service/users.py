@@ -107,6 +107,7 @@ class UserServices:
                     cfg,
                     self.store,
                     model_id=self.embedder.model_id,
+                    model_sha256=getattr(self.embedder, "model_sha256", None),
                     audit_event=self.audit_event,
                     state_in_memory_when_full=True,  # a full disk: online, written back later
                 )
@@ -463,7 +464,8 @@ class UserServices:
             )
         report["digit_templates"] = TEMPLATES_META in meta
         try:
-            self.store.replace(name, result.embeddings, self.embedder.model_id, meta)
+            sha = getattr(self.embedder, "model_sha256", None)
+            self.store.replace(name, result.embeddings, self.embedder.model_id, meta, sha)
         except BadName as exc:  # sending enroll-finish again cannot help: no takes kept
             log.error("enrollment of %s not stored: %s", name, exc)
             raise ValueError(f"not stored: {exc}") from None
