@@ -152,6 +152,27 @@ def test_a_card_saved_as_json_is_not_taken_for_a_model_file(
     refused(cfg, takes, capsys, str(json_card), "neither a model card (.yaml or .yml)")
 
 
+def refused_as_another_model(
+    cfg: Path,
+    take: str,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    *logged: str,
+) -> None:
+    """verify george and identify, as JSON and as text: no score, reason model_mismatch,
+    and the log lines say `logged`."""
+    for command in (["verify", "george"], ["identify"]):
+        capsys.readouterr()
+        caplog.clear()
+        assert main([*command, take, "-c", str(cfg), "--json"]) == 1
+        result = json.loads(capsys.readouterr().out)
+        assert result["reasons"] == ["model_mismatch"] and result["score"] is None, command
+        assert all(text in caplog.text for text in logged), (command, caplog.text)
+        assert main([*command, take, "-c", str(cfg)]) == 1
+        out = capsys.readouterr().out
+        assert "enrolled with another speaker model; re-enroll" in out, (command, out)
+
+
 def test_switching_models_refuses_to_score_and_says_re_enroll(
     dropin: tuple[Path, Path, list[str]],
     capsys: pytest.CaptureFixture[str],
@@ -164,16 +185,9 @@ def test_switching_models_refuses_to_score_and_says_re_enroll(
     assert main(["enroll", "george", "--from", *takes[:5], "-c", str(cfg)]) == 0
     text = cfg.read_text()
     cfg.write_text(text.replace(f"  model: {card}\n", "").replace("  threshold: 0.5\n", ""))
-    for command in (["verify", "george"], ["identify"]):
-        capsys.readouterr()
-        caplog.clear()
-        assert main([*command, takes[5], "-c", str(cfg), "--json"]) == 1
-        result = json.loads(capsys.readouterr().out)
-        assert result["reasons"] == ["model_mismatch"] and result["score"] is None, command
-        assert "re-enroll: voxgate enroll george --replace" in caplog.text, command
-        assert main([*command, takes[5], "-c", str(cfg)]) == 1
-        out = capsys.readouterr().out
-        assert "enrolled with another speaker model; re-enroll" in out, (command, out)
+    refused_as_another_model(
+        cfg, takes[5], capsys, caplog, "re-enroll: voxgate enroll george --replace"
+    )
 
 
 def test_another_file_under_the_same_card_id_is_refused_too(
@@ -191,14 +205,9 @@ def test_another_file_under_the_same_card_id_is_refused_too(
     build_fbank_demo(tmp_path / "retrained", seed=8)
     shutil.copy(tmp_path / "retrained" / "fbank-demo.onnx", model)
     card.write_text(docs_card(model, dim=32))  # the same id, the new file's sha256
-    for command in (["verify", "george"], ["identify"]):
-        capsys.readouterr()
-        caplog.clear()
-        assert main([*command, takes[5], "-c", str(cfg), "--json"]) == 1
-        result = json.loads(capsys.readouterr().out)
-        assert result["reasons"] == ["model_mismatch"] and result["score"] is None, command
-        assert "another file of model" in caplog.text, command
-        assert "voxgate enroll george --replace" in caplog.text, command
+    refused_as_another_model(
+        cfg, takes[5], capsys, caplog, "another file of model", "voxgate enroll george --replace"
+    )
     # Re-enrolled with the new file, george is scored again.
     assert main(["enroll", "george", "--replace", "--from", *takes[:5], "-c", str(cfg)]) == 0
     capsys.readouterr()
