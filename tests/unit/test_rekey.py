@@ -33,7 +33,7 @@ def _store_with_two(db: Path) -> dict[str, Voiceprint]:
     with VoiceprintStore(db, OLD) as store:
         store.add_user("Alice", _emb(1), MODEL, {"takes": 3})
         store.replace("Alice", _emb(2), MODEL, {"takes": 3})  # version 2
-        store.add_user("Bob", _emb(3), MODEL)
+        store.add_user("Bob", _emb(3), MODEL, model_sha256="c" * 64)
         return {v.name: v for v in store.all()}
 
 
@@ -66,6 +66,7 @@ def test_rekey_seals_every_voiceprint_with_the_new_key_and_keeps_them_as_they_we
         np.testing.assert_array_equal(got.embeddings, vp.embeddings)
         kept = (got.created_at, got.updated_at, got.version, got.meta, got.model_id)
         assert kept == (vp.created_at, vp.updated_at, vp.version, vp.meta, vp.model_id)
+        assert got.model_sha256 == vp.model_sha256 == ("c" * 64 if name == "Bob" else None)
     raw = db.read_bytes()
     assert not any(blob in raw for blob in old_blobs)  # no old ciphertext in the new file
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
