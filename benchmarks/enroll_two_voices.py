@@ -9,6 +9,21 @@ scorer's centred cosine between the two groups' voiceprints. One speaker gives t
 that still sound alike; two speakers give two that do not. Below speaker.enroll_two_voices_
 cosine the enrollment is refused, unless the outlier rule dropped the whole smaller group.
 
+The outlier rule (a take inconsistent with the others is dropped and named) is judged on the
+same sets, with each --rules rule in turn: "shipped" is enrollment.find_outliers as
+check_takes calls it; "raw" (leave-one-out raw cosine, one pass: the shipped rule, written
+out so a comparison outlives a change to it), "centred" (leave-one-out with the scorer's
+centred cosine), "iterative" (raw, the worst flagged take dropped and the rest judged again)
+and "both" are the candidates measured against it (same OUTLIER_Z, OUTLIER_MIN_GAP and
+a-third cap; docs/speaker-verification.md has the figures and the verdict). Per rule:
+genuine sets refused, and their takes dropped as outliers (sets losing one or more, and
+takes); mixed sets refused, "two voices enrolled" (another voice's take averaged in) and the
+other voice dropped whole (stored with the majority's takes only). With --noisy, each
+genuine take is also mixed with a piece of a real noise (../shared/data/noise) at the
+lowest SNR of NOISY_SNRS the take gate still passes, and "noisy+other" sets are n-2 clean
+takes of one speaker, a noisy take of that speaker and one take of another: is the other
+voice dropped when a noisy take inflates the spread?
+
 Sets (takes per set in brackets):
   fsdd: 4-digit strings, like the protocol's takes; 6 speakers, all male [10]
   vcc2018_eval: one sentence per take; 12 speakers, F/M in the name [10]
@@ -20,6 +35,7 @@ the rule's refusals; "two voices enrolled" counts mixed sets stored with takes o
 speakers (neither refused nor the other voice dropped whole as outliers).
 
     PYTHONPATH=daemon python benchmarks/enroll_two_voices.py [--level 0.62] [--draws 20]
+        [--rules shipped raw centred iterative both] [--noisy] [--sets fsdd ...]
 """
 
 from __future__ import annotations
@@ -30,14 +46,19 @@ import itertools
 import random
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from voxgate.audio.file import read_audio
+from voxgate.cohort import centered_cosine
 from voxgate.config.speaker import SpeakerConfig
 from voxgate.enrollment import (
+    OUTLIER_MIN_GAP,
+    OUTLIER_Z,
     TWO_VOICES_MIN_GROUP,
     find_outliers,
     split_two,
@@ -46,15 +67,24 @@ from voxgate.enrollment import (
 )
 from voxgate.evaluation import load_recording
 from voxgate.quality import assess
+from voxgate.voiceprints import l2_normalize
+
+try:
+    from benchmarks.noise_gate import mix
+except ImportError:  # run as a script: benchmarks/ itself is on the path
+    from noise_gate import mix
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
+NOISY_SNRS = (5, 10, 15, 20, 25, 30, 35, 40)  # dB over the speech; the lowest that passes
 
 
 @dataclass
 class Take:
     speaker: str
     emb: np.ndarray | None  # None: the enrollment check rejects the take's audio
+    noisy: np.ndarray | None = None  # --noisy: the take with noise the take gate passes
+    snr: float | None = None  # ... mixed in at this SNR (dB)
 
 
 def csv_rows(path: Path) -> list[dict[str, str]]:
@@ -101,7 +131,11 @@ def ls_pieces(pcm: np.ndarray, rng: random.Random) -> list[np.ndarray]:
 
 
 def embed_set(
-    name: str, embedder: Any, cfg: SpeakerConfig, rng: random.Random
+    name: str,
+    embedder: Any,
+    cfg: SpeakerConfig,
+    rng: random.Random,
+    noises: list[np.ndarray] | None = None,
 ) -> dict[str, list[Take]]:
     root = DATA / name
     audio: dict[str, list[np.ndarray]] = {}
@@ -124,32 +158,115 @@ def embed_set(
             rng.shuffle(pieces)
             audio[spk] = pieces
     out: dict[str, list[Take]] = {}
+    pick = np.random.default_rng(rng.randrange(2**32))  # noise type and piece per take
     for spk, takes in audio.items():
         out[spk] = []
         for pcm in takes:
-            bad = take_problem(assess(pcm), cfg)
-            emb = None
-            if bad is None:
-                try:
-                    emb = embedder.embed(pcm)
-                except Exception:  # as check_takes: no embedding, take rejected
-                    emb = None
-            out[spk].append(Take(spk, emb))
+            emb = embed_take(pcm, embedder, cfg)
+            take = Take(spk, emb)
+            if noises and emb is not None:
+                noise = noises[int(pick.integers(len(noises)))]
+                start = int(pick.integers(len(noise) - len(pcm)))
+                piece = noise[start : start + len(pcm)]
+                for snr in NOISY_SNRS:
+                    noisy = embed_take(mix(pcm, piece, snr), embedder, cfg)
+                    if noisy is not None:
+                        take.noisy, take.snr = noisy, snr
+                        break
+            out[spk].append(take)
     return out
 
 
-def statistic(
-    embs: list[np.ndarray], center: np.ndarray, level: float, minority: int = 0
-) -> tuple[float, bool, bool]:
-    """(split cosine, refused by the two-voices rule, the other voice still enrolled) for a
-    take set whose last `minority` takes are the other voice (0 for a genuine set)."""
+def embed_take(pcm: np.ndarray, embedder: Any, cfg: SpeakerConfig) -> np.ndarray | None:
+    """The take's embedding, or None when the enrollment check would reject it."""
+    if take_problem(assess(pcm), cfg) is not None:
+        return None
+    try:
+        return np.asarray(embedder.embed(pcm))
+    except Exception:  # as check_takes: no embedding, take rejected
+        return None
+
+
+Rule = Callable[[np.ndarray, np.ndarray], list[int]]
+
+
+def candidate(centred: bool, iterate: bool) -> Rule:
+    """An outlier rule: leave-one-out cosine of each take to the normalised mean of the
+    others (`centred`: the scorer's centred cosine; else raw), robust z < -OUTLIER_Z and
+    OUTLIER_MIN_GAP below the median, at most a third of the takes; `iterate`: drop the
+    worst flagged take and judge the rest again, else all flagged takes in one pass."""
+
+    def rule(embeddings: np.ndarray, center: np.ndarray) -> list[int]:
+        e = l2_normalize(np.asarray(embeddings, np.float64))
+        n = len(e)
+        kept, out = list(range(n)), []
+        while n >= 3 and len(out) < n // 3:
+            sub = e[kept]
+            means = l2_normalize(sub.sum(axis=0) - sub)
+            loo = centered_cosine(means, sub, center) if centred else np.sum(means * sub, 1)
+            med = np.median(loo)
+            z = (loo - med) / (1.4826 * np.median(np.abs(loo - med)) + 0.01)
+            flagged = [kept[j] for j in np.argsort(z) if z[j] < -OUTLIER_Z]
+            flagged = [i for i in flagged if med - loo[kept.index(i)] > OUTLIER_MIN_GAP]
+            if not flagged:
+                break
+            if not iterate:
+                return flagged[: n // 3]
+            out.append(flagged[0])
+            kept.remove(flagged[0])
+        return out
+
+    return rule
+
+
+RULES: dict[str, Rule] = {
+    "shipped": lambda e, center: find_outliers(e)[0],
+    "raw": candidate(centred=False, iterate=False),
+    "centred": candidate(centred=True, iterate=False),
+    "iterative": candidate(centred=False, iterate=True),
+    "both": candidate(centred=True, iterate=True),
+}
+
+
+@dataclass
+class Outcome:
+    cosine: float  # first-pass split cosine (the outlier rule plays no part in it)
+    refused: bool  # by the two-voices rule
+    dropped: set[int]  # takes the outlier rule dropped
+    other: set[int]  # the other voice's takes (empty for a genuine set)
+    noisy: int | None = None  # the noisy take's index (noisy+other sets)
+
+    @property
+    def two_voices(self) -> bool:
+        """Stored with a take of the other voice averaged in."""
+        return bool(self.other) and not self.refused and not self.other <= self.dropped
+
+    @property
+    def other_dropped(self) -> bool:
+        """Stored with the other voice's takes all dropped as outliers."""
+        return bool(self.other) and not self.refused and self.other <= self.dropped
+
+
+def judge(
+    embs: list[np.ndarray],
+    center: np.ndarray,
+    level: float,
+    rules: list[str],
+    minority: int = 0,
+    noisy: int | None = None,
+) -> dict[str, Outcome]:
+    """Each rule's outcome for a take set whose last `minority` takes are the other voice
+    (0 for a genuine set)."""
     e = np.stack(embs)
-    outliers, _ = find_outliers(e)
     split = split_two(e, center, TWO_VOICES_MIN_GROUP)
-    refused = two_voices(e, outliers, center, level) is not None
+    cosine = split.cosine if split is not None else 1.0
     other = set(range(len(e) - minority, len(e)))
-    enrolled = minority > 0 and not refused and not other <= set(outliers)
-    return (split.cosine if split is not None else 1.0), refused, enrolled
+    out = {}
+    for name in rules:
+        outliers = RULES[name](e, center)
+        refused = two_voices(e, outliers, center, level) is not None
+        out[name] = Outcome(cosine, refused, set(outliers), other, noisy)
+    return out
 
 
 def main() -> int:
@@ -167,6 +284,10 @@ def main() -> int:
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--draws", type=int, default=20, help="random take sets per speaker/pair")
+    ap.add_argument(
+        "--rules", nargs="*", default=["shipped"], choices=list(RULES), help="outlier rules"
+    )
+    ap.add_argument("--noisy", action="store_true", help="also noisy+other take sets")
     args = ap.parse_args()
     if not DATA.is_dir():
         print(f"no data at {DATA}", file=sys.stderr)
@@ -177,20 +298,27 @@ def main() -> int:
     embedder = load_embedder()
     cohort = cohort_mod.for_model(embedder.model_id)
     assert cohort.center is not None
+    center = cohort.center
     cfg = SpeakerConfig()
     print(
         f"model {embedder.model_id}; verification threshold at target_fmr "
         f"{cfg.target_fmr:g}: {cohort.threshold_for(cfg.target_fmr):.3f} (centred cosine)"
     )
+    noises = None
+    if args.noisy:
+        noise_dir = DATA / "noise"
+        names = [r["path"] for r in csv_rows(noise_dir / "manifest.csv")]
+        noises = [read_audio(noise_dir / n).astype(np.float64) for n in names]
     for name in args.sets:
         rng = random.Random(args.seed)
-        takes = embed_set(name, embedder, cfg, rng)
+        takes = embed_set(name, embedder, cfg, rng, noises)
         n = 6 if name == "speechcommands_v001_sample" else 10
-        pool = {spk: [t.emb for t in ts if t.emb is not None] for spk, ts in takes.items()}
-        pool = {spk: p for spk, p in pool.items() if len(p) >= n}
+        good = {spk: [t for t in ts if t.emb is not None] for spk, ts in takes.items()}
+        good = {spk: ts for spk, ts in good.items() if len(ts) >= n}
+        pool = {spk: [t.emb for t in ts if t.emb is not None] for spk, ts in good.items()}
         draw = random.Random(args.seed)
         genuine = [
-            statistic(draw.sample(p, n), cohort.center, args.level)
+            judge(draw.sample(p, n), center, args.level, args.rules)
             for p in pool.values()
             for _ in range(args.draws)
         ]
@@ -200,7 +328,7 @@ def main() -> int:
             f"\n== {name}: {len(pool)} speakers, {total} takes ({rejected} rejected by "
             f"quality), {n} takes a set, {args.draws} random sets per speaker or pair"
         )
-        line("genuine", genuine, args.level, genuine=True)
+        line("genuine", genuine, args.level, args.rules, genuine=True, size=n)
         for k in range(n // 2, n):
             mixed, same = [], []
             worst: dict[tuple[str, str], float] = {}
@@ -209,40 +337,90 @@ def main() -> int:
                     continue  # 5+5 of (a, b) and (b, a) are the same kind of set
                 for _ in range(args.draws):
                     emb = draw.sample(pool[a], k) + draw.sample(pool[b], n - k)
-                    s = statistic(emb, cohort.center, args.level, n - k)
+                    s = judge(emb, center, args.level, args.rules, n - k)
                     mixed.append(s)
-                    if s[2]:
-                        worst[(a, b)] = max(worst.get((a, b), -1.0), s[0])
+                    first = s[args.rules[0]]
+                    if first.two_voices:
+                        worst[(a, b)] = max(worst.get((a, b), -1.0), first.cosine)
                     if name == "vcc2018_eval" and a[-2] == b[-2]:
                         same.append(s)
-            line(f"mixed {k}+{n - k}", mixed, args.level)
+            line(f"mixed {k}+{n - k}", mixed, args.level, args.rules)
             if same:
-                line(f"  same gender {k}+{n - k}", same, args.level)
+                line(f"  same gender {k}+{n - k}", same, args.level, args.rules)
             if k == n - k:
                 for v, (a, b) in sorted((v, p) for p, v in worst.items())[::-1]:
                     print(f"    two voices enrolled: {a}+{b} (highest split cosine {v:.3f})")
+        if noises:
+            noisy_other(good, n, center, args, draw)
     return 0
 
 
-def line(
-    label: str, values: list[tuple[float, bool, bool]], level: float, genuine: bool = False
+def noisy_other(
+    good: dict[str, list[Take]],
+    n: int,
+    center: np.ndarray,
+    args: argparse.Namespace,
+    draw: random.Random,
 ) -> None:
-    v = np.array([x[0] for x in values])
-    refused = sum(x[1] for x in values)
-    enrolled = sum(x[2] for x in values)
-    q = np.percentile(v, [0, 5, 50, 95, 100])
-    text = (
-        f"{label:22s} n={len(v):4d}  split cosine min {q[0]:.3f} p5 {q[1]:.3f} "
-        f"median {q[2]:.3f} p95 {q[3]:.3f} max {q[4]:.3f}  | at {level:g}: "
+    """n-2 clean takes of a speaker, another of theirs with noise, one of another speaker."""
+    sets = []
+    snrs = [t.snr for ts in good.values() for t in ts if t.snr is not None]
+    for a, b in itertools.permutations(good, 2):
+        with_noise = [i for i, t in enumerate(good[a]) if t.noisy is not None]
+        if not with_noise:
+            continue
+        for _ in range(args.draws):
+            j = draw.choice(with_noise)
+            rest = [t.emb for i, t in enumerate(good[a]) if i != j and t.emb is not None]
+            noisy = good[a][j].noisy
+            other = draw.choice(good[b]).emb
+            assert noisy is not None and other is not None
+            emb = [*draw.sample(rest, n - 2), noisy, other]
+            sets.append(judge(emb, center, args.level, args.rules, 1, n - 2))
+    q = np.percentile(snrs, [0, 50, 100]) if snrs else [np.nan] * 3
+    print(
+        f"noisy+other: {n - 2} clean + 1 noisy + 1 other (noisy takes at SNR {q[0]:g}-"
+        f"{q[2]:g} dB, median {q[1]:g}; {len(snrs)} takes)"
     )
-    if genuine:
-        text += f"refused {refused}/{len(v)} ({100 * refused / len(v):.1f} %)"
-    else:
-        text += (
-            f"refused {refused}, two voices enrolled {enrolled}/{len(v)} "
-            f"({100 * enrolled / len(v):.1f} %)"
-        )
-    print(text)
+    line(f"  {n - 2}+1 noisy+1 other", sets, args.level, args.rules)
+
+
+def line(
+    label: str,
+    sets: list[dict[str, Outcome]],
+    level: float,
+    rules: list[str],
+    genuine: bool = False,
+    size: int = 0,
+) -> None:
+    v = np.array([s[rules[0]].cosine for s in sets])
+    q = np.percentile(v, [0, 5, 50, 95, 100])
+    print(
+        f"{label:22s} n={len(v):4d}  split cosine min {q[0]:.3f} p5 {q[1]:.3f} "
+        f"median {q[2]:.3f} p95 {q[3]:.3f} max {q[4]:.3f}  | at {level:g}:"
+    )
+    for rule in rules:
+        got = [s[rule] for s in sets]
+        refused = sum(o.refused for o in got)
+        text = f"    {rule:10s} "
+        if genuine:
+            takes = sum(len(o.dropped) for o in got)
+            lost = sum(bool(o.dropped) for o in got)
+            text += (
+                f"refused {refused}/{len(v)} ({100 * refused / len(v):.1f} %); takes dropped "
+                f"as outliers: sets {lost}/{len(v)}, takes {takes}/{len(v) * size}"
+            )
+        else:
+            enrolled = sum(o.two_voices for o in got)
+            whole = sum(o.other_dropped for o in got)
+            text += (
+                f"refused {refused}, two voices enrolled {enrolled}/{len(v)} "
+                f"({100 * enrolled / len(v):.1f} %), other voice dropped whole {whole}"
+            )
+            if got[0].noisy is not None:
+                noisy = sum(o.noisy in o.dropped for o in got)
+                text += f", noisy take dropped {noisy}"
+        print(text)
 
 
 if __name__ == "__main__":
