@@ -5,7 +5,7 @@ thread per CPU the process may use (4 on a Pi), and after each matrix product th
 keep spinning on their CPU for a while before they sleep. voxgate's products are small (the
 mel projection of the replay check, the challenge's MFCCs, cohort scores): the extra threads
 save nothing and spin between products, on a device whose CPU the capture, VAD and speaker
-model need. Figures and the command that measures them: docs/speaker-verification.md,
+model need. Figures and the commands that measure them: docs/service.md,
 "OpenBLAS threads".
 
 OpenBLAS reads its setting once, when numpy loads it, so this must run before the first
