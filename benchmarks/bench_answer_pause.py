@@ -24,7 +24,11 @@ the door's own digit check on the whole answer at once (answer_door.PauseDoor.re
 printed are the answers it reads as the challenge, and the attempts whose decisions differ
 from it (granted, one decision, when read; one liveness_failed decision when misread), i.e.
 what test_answer_pause would fail on. The challenge is random, so a misread answer is a
-property of the recordings drawn, not of the pauses or of the load.
+property of the recordings drawn, not of the pauses or of the load. Also printed: the
+daemon's CPU per attempt (user + system of the whole process, all threads, from
+/proc/PID/stat, over all attempts: wake phrase, challenge, answer, the quiet after) and its
+peak RSS. The daemon inherits this process's CPU affinity and environment, so
+`taskset -c 0,1` and OPENBLAS_NUM_THREADS apply to it (docs/service.md, "OpenBLAS threads").
 `--answer-pause-ms 300` gives the old behaviour (the larger of it and vad.hangover_ms,
 500 ms, applies).
 """
@@ -32,6 +36,7 @@ property of the recordings drawn, not of the pauses or of the load.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -106,8 +111,11 @@ def door_part(
             rng = np.random.default_rng(7)
             print(
                 f"door: {speaker}, answer_pause_ms {answer_ms or 'default'}, paced {paced}, "
-                f"digit templates {templates}"
+                f"digit templates {templates}; CPUs {sorted(os.sched_getaffinity(0))}, "
+                f"OPENBLAS_NUM_THREADS {os.environ.get('OPENBLAS_NUM_THREADS') or 'not set'}, "
+                f"load average {os.getloadavg()[0]:.2f}"
             )
+            cpu_before = process_cpu_s(door.proc.pid)
             k = 0
             for pause in pauses:
                 got = []
@@ -131,8 +139,21 @@ def door_part(
                         f"  whole-answer check: read as the challenge {sum(read)}/{trials}; "
                         f"decisions that differ from it {differ}/{trials}"
                     )
+            cpu = process_cpu_s(door.proc.pid) - cpu_before
+            status = Path(f"/proc/{door.proc.pid}/status").read_text()
+            peak = next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM"))
+            print(
+                f"daemon CPU {cpu:.2f} s over {k} attempts: {cpu / max(1, k) * 1000:.0f} ms per "
+                f"attempt; peak RSS {peak / 1024:.1f} MB; load average {os.getloadavg()[0]:.2f}"
+            )
         finally:
             door.close()
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process, all its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _as_read(o: Any, read: bool) -> bool:

@@ -169,13 +169,13 @@ def run_alsa_route(
     }
     config.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "voxgate", "run", "-c", str(config)]
-    core = args.core % (os.cpu_count() or 1)
+    cpus = daemon_cpus(args)
     daemon = subprocess.Popen(
         cmd,
         env={**env, "ALSA_CONFIG_PATH": str(conf)},
         stdin=subprocess.DEVNULL,
         stderr=open(work / "daemon.log", "w"),  # noqa: SIM115
-        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
     )
     procs.append(daemon)
     seconds = len(audio) / RATE
@@ -187,7 +187,9 @@ def run_alsa_route(
     daemon.wait(15)
     audit = [json.loads(x) for x in (work / "data" / "audit.jsonl").read_text().splitlines()]
     made = [x for x in audit if x["event"] == "decision"]
-    print(f"bench_latency: route alsa (PyAudio -> PortAudio -> ALSA file PCM), CPU {core}")
+    print(
+        f"bench_latency: route alsa (PyAudio -> PortAudio -> ALSA file PCM), CPU {cpu_list(cpus)}"
+    )
     print(f"rerun: python {shlex.join(['benchmarks/bench_latency.py', *sys.argv[1:]])}")
     print(f"decisions: {len(made)}; published {sum(1 for x in made if x['published'])}")
     print(summary("endpoint -> published", [x["latency_s"] * 1000 for x in made]))
@@ -202,6 +204,11 @@ def main() -> int:
     ap.add_argument("--speakers", type=int, default=4, help="speakers enrolled per set")
     ap.add_argument("--items", type=int, default=16, help="test recordings per set")
     ap.add_argument("--core", type=int, default=0, help="CPU the daemon is pinned to")
+    ap.add_argument(
+        "--cpus",
+        help="CPUs the daemon may run on instead, comma-separated (0,1); a Pi has 4, and numpy's "
+        "OpenBLAS starts a thread per CPU it may use unless OPENBLAS_NUM_THREADS says otherwise",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     ap.add_argument("--gap-s", type=float, default=2.0, help="silence after each recording")
@@ -346,13 +353,13 @@ def main() -> int:
         if args.route == "alsa":
             return run_alsa_route(args, work, config, cfg, env, audio, procs)
         cmd = [sys.executable, "-m", "voxgate", "run", "-c", str(config)]
-        core = args.core % (os.cpu_count() or 1)
+        cpus = daemon_cpus(args)
         daemon = subprocess.Popen(
             cmd,
             env=env,
             stdin=subprocess.PIPE,
             stderr=open(work / "daemon.log", "w"),  # noqa: SIM115
-            preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
         )
         procs.append(daemon)
         assert daemon.stdin is not None
@@ -376,6 +383,7 @@ def main() -> int:
             if daemon.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("daemon did not start:\n" + (work / "daemon.log").read_text())
             time.sleep(0.05)
+        cpu_started = process_cpu_s(daemon.pid)
         written_at: list[float] = []  # wall time each end sample went into the pipe
         start = time.monotonic()
         wall0 = time.time() - start
@@ -390,6 +398,7 @@ def main() -> int:
             while len(written_at) < len(ends) and ends[len(written_at)] <= i + CHUNK:
                 written_at.append(wall0 + now)
         time.sleep(2.0)
+        cpu_session = process_cpu_s(daemon.pid) - cpu_started
         status = Path(f"/proc/{daemon.pid}/status").read_text().splitlines()
         mem = {
             k: int(v.split()[0])
@@ -426,15 +435,22 @@ def main() -> int:
         }
         print(
             f"bench_latency: {len(tests)} recordings from {', '.join(args.sets)}; "
-            f"daemon pinned to CPU {core}; {os.cpu_count()} CPUs; python {sys.version.split()[0]}"
+            f"daemon pinned to CPU {cpu_list(cpus)}; {os.cpu_count()} CPUs; "
+            f"OPENBLAS_NUM_THREADS {os.environ.get('OPENBLAS_NUM_THREADS') or 'not set'}; "
+            f"load average {os.getloadavg()[0]:.2f}; python {sys.version.split()[0]}"
         )
         print(f"rerun: python {shlex.join(['benchmarks/bench_latency.py', *sys.argv[1:]])}")
-        print(f"daemon: {shlex.join(['taskset', '-c', str(core), 'python', *cmd[1:]])}")
+        print(f"daemon: {shlex.join(['taskset', '-c', cpu_list(cpus), 'python', *cmd[1:]])}")
         print(
             f"decisions: {len(made)} ({', '.join(f'{k} {v}' for k, v in outcomes.items())}); "
             f"published {sum(1 for x in made if x['published'])}; acted {len(acts)}"
         )
         print(summary("endpoint -> published", [x["latency_s"] * 1000 for x in made]))
+        print(
+            f"daemon CPU (user+sys, all threads) to start {cpu_started:.2f} s; over the session "
+            f"{cpu_session:.2f} s, {cpu_session / max(1, len(made)) * 1000:.0f} ms per decision "
+            "(the silence between recordings included)"
+        )
         print(summary("endpoint -> on broker", on_broker))
         print(summary("endpoint -> acted (grants)", to_act))
         print(
@@ -460,6 +476,22 @@ def main() -> int:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def daemon_cpus(args: argparse.Namespace) -> set[int]:
+    if args.cpus:
+        return {int(c) for c in args.cpus.split(",")}
+    return {args.core % (os.cpu_count() or 1)}
+
+
+def cpu_list(cpus: set[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process, all its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

@@ -14,8 +14,9 @@ Printed per case: the usable takes (the quality checks passed), the check's CPU
 (take -> same_as) and whether the two checks decided the same (exit 1 if not). The check
 and the reference alternate --repeat times (interleaved A/B; the machine's load moves both).
 The CPU counts every thread: the mel projection's matrix product runs on OpenBLAS, whose
-second thread keeps spinning after each call (the daemon does not limit it); run with
-OPENBLAS_NUM_THREADS=1 to see the check's own work.
+other threads keep spinning after each call. The `voxgate` command runs OpenBLAS on one
+thread (voxgate/blas.py), but this script imports the modules itself: run it with
+OPENBLAS_NUM_THREADS=1 to see what `voxgate enroll` spends.
 
     PYTHONPATH=daemon python benchmarks/near_duplicate_cost.py [--cases 20x120,5x5,8x20+4]
 """

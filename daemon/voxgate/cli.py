@@ -12,6 +12,10 @@ import textwrap
 from pathlib import Path
 
 from voxgate import __version__
+from voxgate.blas import one_blas_thread
+
+# Before any command module (and so numpy) is imported: OpenBLAS reads it only then.
+one_blas_thread()
 
 # Order is the order --help lists them in.
 COMMANDS = [
