@@ -24,10 +24,10 @@ the trials reported. Printed per set and system:
     EER, and FNMR / FMR at the threshold;
 (b) cross-level trials, FNMR / FMR at the threshold and centred EER: "test xG louder" scores
     the unmodified test items against models enrolled from takes scaled by 1/G (int16,
-    rounded: the test items cannot be made louder without clipping, most peak above -8 dBFS;
-    the level *ratio* is what a hot door microphone gives, and the test items stay at their
-    own level, 71-100 % of them above -30 dBFS), "test /G quieter" the reverse (enrollment
-    unmodified, test items scaled by 1/G);
+    rounded: most items cannot be made 4-8 times louder without clipping, their median peak
+    is -11 to -5 dBFS; the level *ratio* is what a hot door microphone gives, and the test
+    items stay at their own level, 66-100 % above -30 dBFS: --levels), "test /G quieter" the
+    reverse (enrollment unmodified, test items scaled by 1/G);
 (c) placement: the unmodified enrollment against test items with a quiet lead-in (2 s of
     pink noise at -60 dBFS RMS before the item) or a loud burst (0.3 s of white noise at
     -15 dBFS RMS, then 0.2 s of silence, before the item).
@@ -42,8 +42,24 @@ exact two-sided sign test (McNemar) on the trials one system denies and the othe
 p < 0.01; (3) its FNMR with a lead-in or a burst is at most one target trial worse than
 raise/speech's on every set. `both/stream` is reported beside it, not judged.
 
+Added after the first run, outside the rule (it was not changed): (d) "random level": every
+recording, enrollment and test, scaled by its own factor between -18 and 0 dB (log-uniform,
+seeded by the recording), so a speaker's recordings no longer share a level (in fsdd,
+speechcommands and LibriSpeech the speakers' mean levels differ more than one speaker's
+recordings do, so a level-keeping front end can use the level as a speaker cue); (e) "hot
+xG": test items made G times louder in int16 where that does not clip (clip_gate.py
+--source-level's loud attempts), FNMR over the target trials whose test item fits, beside
+the unmodified FNMR of the same trials; and each system's cohort calibration EER (door-like
+trials among the LibriSpeech cohort speakers, as build_cohort reports it).
+
     PYTHONPATH=daemon python benchmarks/level_mode.py [--data DIR] [--sets SET ...]
-        [--card CARD]
+        [--card CARD] [--levels]
+
+--levels prints, instead (no embedding, seconds), what the sets' levels are: per set, over
+every item, the median level of the trimmed speech, the share above -30 dBFS, the median
+peak, the spread of the speakers' mean levels against the spread within a speaker, and the
+median seconds of the lead-in and of the burst that the card's speech trim keeps (and of the
+lead-in with the trim's level_dbfs at -80, where it raises nothing).
 
 Skips (exit 0, with a message) when the data is not there.
 """
@@ -66,6 +82,7 @@ from voxgate.embedding import load_embedder
 from voxgate.embedding.card import ModelCard
 from voxgate.embedding.embedder import SpeakerEmbedder, _energy_to
 from voxgate.embedding.runtime import Runtime
+from voxgate.embedding.trim import trim_speech
 from voxgate.evaluation import build_cohort, read_set
 from voxgate.features import level_gain
 
@@ -160,6 +177,24 @@ CONDITIONS.update({f"test x{g} louder": (by(1 / g), SAME) for g in GAINS})
 CONDITIONS.update({f"test /{g} quieter": (SAME, by(1 / g)) for g in GAINS})
 CONDITIONS.update({"lead-in": (SAME, lead_in), "burst": (SAME, burst)})
 CROSS = [c for c in CONDITIONS if c.startswith("test")]
+RANDOM_DB = 18.0
+HOT = (4, 8)
+
+
+def random_level(pcm: np.ndarray, seed: int) -> np.ndarray:
+    return scaled(pcm, 10 ** (-np.random.default_rng(seed).uniform(0, RANDOM_DB) / 20))
+
+
+def fits(pcm: np.ndarray, g: float) -> bool:
+    return int(np.abs(pcm.astype(np.int32)).max(initial=0)) * g <= 32767
+
+
+def hot(g: float) -> Transform:
+    return lambda pcm, seed: scaled(pcm, g) if fits(pcm, g) else pcm
+
+
+CONDITIONS.update({"random level": (random_level, random_level)})
+CONDITIONS.update({f"hot x{g}": (SAME, hot(g)) for g in HOT})
 
 
 @dataclass
@@ -170,6 +205,7 @@ class Result:
     centred_eer: float
     raw_eer: float
     raw_mindcf: float
+    subset: np.ndarray | None = None  # hot xG: the target trials whose test item fits
 
 
 def run(set_dir: Path, emb: LevelEmbedder, cohort: Cohort, threshold: float) -> dict[str, Result]:
@@ -199,6 +235,10 @@ def run(set_dir: Path, emb: LevelEmbedder, cohort: Cohort, threshold: float) -> 
             centred.append(float(centered_cosine(models[model], t, cohort.center)[0]))
             target.append(bool(tgt))
         raw_a, cen, tar = np.array(raw), np.array(centred), np.array(target)
+        subset = None
+        if name.startswith("hot x"):
+            g = float(name.removeprefix("hot x"))
+            subset = np.array([fits(load_item(set_dir, r), g) for _, r, t in es.trials if t])
         raw_eer, raw_dcf = eer_and_mindcf(raw_a, tar)
         out[name] = Result(
             denied=cen[tar] < threshold,
@@ -207,6 +247,7 @@ def run(set_dir: Path, emb: LevelEmbedder, cohort: Cohort, threshold: float) -> 
             centred_eer=eer_and_mindcf(cen, tar)[0],
             raw_eer=raw_eer,
             raw_mindcf=raw_dcf,
+            subset=subset,
         )
     return out
 
@@ -232,7 +273,36 @@ def check_shipped(card: Path, data: Path, emb: LevelEmbedder) -> float:
     )
 
 
+def levels(set_dir: Path, emb: SpeakerEmbedder) -> None:
+    es = read_set(set_dir, need_trials=False)
+    assert emb.card.trim is not None
+    quiet = emb.card.trim.model_copy(update={"level_dbfs": -80.0})
+    by_speaker: dict[str, list[float]] = {}
+    peaks, lead, lead_quiet, noise = [], [], [], []
+    for i, item in enumerate(es.speaker_of):
+        pcm = load_item(set_dir, item)
+        speech = emb.speech_of(pcm).astype(np.float64) / 32768.0
+        by_speaker.setdefault(es.speaker(item), []).append(10 * np.log10(np.mean(speech**2)))
+        peaks.append(20 * np.log10(max(1, int(np.abs(pcm.astype(np.int32)).max())) / 32768))
+        own = trim_speech(pcm, emb.card.trim).size
+        lead.append((trim_speech(lead_in(pcm, i), emb.card.trim).size - own) / 16000)
+        lead_quiet.append(
+            (trim_speech(lead_in(pcm, i), quiet).size - trim_speech(pcm, quiet).size) / 16000
+        )
+        noise.append((trim_speech(burst(pcm, i), emb.card.trim).size - own) / 16000)
+    level = np.concatenate([np.array(v) for v in by_speaker.values()])
+    between = float(np.std([np.mean(v) for v in by_speaker.values()]))
+    within = float(np.sqrt(np.mean([np.var(v) for v in by_speaker.values() if len(v) > 1])))
+    print(
+        f"| {es.name} | {level.size} | {np.median(level):.1f} | {100 * np.mean(level > -30):.0f} % "
+        f"| {np.median(peaks):.1f} | {between:.1f} / {within:.1f} | {np.median(lead):.2f} "
+        f"({np.median(lead_quiet):.2f}) | {np.median(noise):.2f} |"
+    )
+
+
 def fnmr(denied: np.ndarray) -> str:
+    if denied.size == 0:
+        return "- (0/0)"
     return f"{100 * denied.mean():.2f} % ({int(denied.sum())}/{denied.size})"
 
 
@@ -244,11 +314,26 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     ap.add_argument("--card", type=Path, default=CARD)
+    ap.add_argument("--levels", action="store_true", help="only the sets' levels (see above)")
     args = ap.parse_args()
-    if not (args.data / "resemblyzer_ls" / "manifest.csv").is_file():
+    if not args.data.is_dir():  # a clone without ../shared: nothing to measure
         print(f"level_mode.py: skipped: no evaluation data at {args.data}")
         return 0
+    # The cohort comes from resemblyzer_ls's speakers without trials: it is always needed.
+    need = dict.fromkeys(["resemblyzer_ls", *args.sets])
+    missing = [s for s in need if not (args.data / s / "trials.csv").is_file()]
+    if missing:
+        print(f"level_mode.py: not in {args.data}: {', '.join(missing)}", file=sys.stderr)
+        return 1
     base = load_embedder(args.card)
+    if args.levels:
+        print("| set | items | speech level, median dBFS | above -30 dBFS | peak, median dBFS "
+              "| speaker means sd / within sd, dB | lead-in kept, s (no VAD raise) "
+              "| burst kept, s |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
+        for set_name in args.sets:
+            levels(args.data / set_name, base)
+        return 0
     fmr = VoxgateConfig().speaker.target_fmr
     systems = {
         f"{mode}/{where}": LevelEmbedder(base.card, base.runtime, mode, where)
@@ -257,10 +342,12 @@ def main() -> int:
     diff = check_shipped(args.card, args.data, systems["raise/speech"])
     print(f"{base.model_id}; raise/speech against the shipped embedder: max |diff| {diff:g}")
     results: dict[tuple[str, str], dict[str, Result]] = {}
+    calibration: dict[str, float] = {}
     for sname, emb in systems.items():
         with tempfile.TemporaryDirectory() as tmp:
             cohort = build_cohort(args.data / "resemblyzer_ls", emb, Path(tmp), 100, False)
         thr = cohort.threshold_for(fmr)
+        calibration[sname] = float(cohort.info["calibration_eer_percent"])
         print(f"{sname}: own cohort threshold {thr:.4f} for FMR {fmr:g}", flush=True)
         for set_name in args.sets:
             results[sname, set_name] = run(args.data / set_name, emb, cohort, thr)
@@ -279,11 +366,11 @@ def main() -> int:
                 f"| {100 * r.accepted_impostors / r.impostors:.2f} % "
                 f"({r.accepted_impostors}/{r.impostors}) |"
             )
-    print("\n(b, c) FNMR at the threshold / FMR / centred EER %, per condition\n")
+    print("\n(b, c, d) FNMR at the threshold / FMR / centred EER %, per condition\n")
     print("| set | condition | " + " | ".join(systems) + " |")
     print("|---|---|" + "---|" * len(systems))
     for set_name in args.sets:
-        for cond in CONDITIONS:
+        for cond in (c for c in CONDITIONS if not c.startswith("hot")):
             cells = []
             for sname in systems:
                 r = results[sname, set_name][cond]
@@ -319,6 +406,22 @@ def main() -> int:
           f"only {b}, by both/speech only {c}; sign test p = {p:.2g} "
           f"({'clear' if clear else 'not clear'} at {P_CLEAR:g})")  # fmt: skip
     print(f"- verdict: {'adopt both/speech' if ok and clear else 'keep raise (do not adopt)'}")
+
+    print("\nAdded after the first run, outside the rule: (e) hot xG, FNMR over the target trials")
+    print("whose test item fits G times louder in int16, and the same trials unmodified\n")
+    print("| set | condition | " + " | ".join(systems) + " |")
+    print("|---|---|" + "---|" * len(systems))
+    for set_name in args.sets:
+        for g in HOT:
+            cells = []
+            for sname in systems:
+                r = results[sname, set_name][f"hot x{g}"]
+                assert r.subset is not None
+                base = results[sname, set_name]["unmodified"].denied[r.subset]
+                cells.append(f"{fnmr(r.denied[r.subset])} (unmodified {fnmr(base)})")
+            print(f"| {set_name} | hot x{g} | " + " | ".join(cells) + " |")
+    print("\nCohort calibration EER % (LibriSpeech cohort speakers, door-like trials): "
+          + ", ".join(f"{n} {c:.2f}" for n, c in calibration.items()))  # fmt: skip
     return 0
 
 
