@@ -55,6 +55,7 @@ CASES = [
     ("pause_noise.py", ["--data", "{tmp}/data", "--sets", "fsdd"], "fsdd"),
     ("clip_gate.py", ["--data", "{tmp}/data", "--sets", "fsdd"], "fsdd"),
     ("clip_gate.py", ["--data", "{tmp}/data", "--gains", "2"], "--gains"),
+    ("level_mode.py", ["--data", "{tmp}/data", "--sets", "fsdd"], "fsdd"),
     ("windows_compare.py", ["--data", "{tmp}/data", "--set", "fsdd"], "enroll"),
     ("windows_compare.py", ["--data", "{tmp}/data", "--model", "{tmp}/none.yaml"], "none.yaml"),
     ("compare_eval_runs.py", ["{tmp}/none", "{tmp}/data"], "none"),
