@@ -56,6 +56,8 @@ CASES = [
     ("clip_gate.py", ["--data", "{tmp}/data", "--sets", "fsdd"], "fsdd"),
     ("clip_gate.py", ["--data", "{tmp}/data", "--gains", "2"], "--gains"),
     ("level_mode.py", ["--data", "{tmp}/data", "--sets", "fsdd"], "fsdd"),
+    ("trim_quiet_start.py", ["--data", "{tmp}/data", "--sets", "fsdd"], "fsdd"),
+    ("trim_quiet_start.py", ["--data", "{tmp}/data", "--against", "nosuchcommit"], "nosuchcommit"),
     ("windows_compare.py", ["--data", "{tmp}/data", "--set", "fsdd"], "enroll"),
     ("windows_compare.py", ["--data", "{tmp}/data", "--model", "{tmp}/none.yaml"], "none.yaml"),
     ("compare_eval_runs.py", ["{tmp}/none", "{tmp}/data"], "none"),

@@ -101,6 +101,51 @@ def test_trim_stream_equals_batch(chunk: int) -> None:
     assert np.array_equal(np.concatenate(parts), trim_speech(pcm, SPEC))
 
 
+def pink(seconds: float, dbfs: float, seed: int) -> np.ndarray:
+    """Pink noise (power falling 3 dB an octave), like a room's hum and rumble."""
+    n = int(seconds * RATE)
+    spec = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    spec[1:] /= np.sqrt(np.arange(1, spec.size))
+    spec[0] = 0
+    x = np.fft.irfft(spec, n)
+    x *= 32768 * 10 ** (dbfs / 20) / np.sqrt(np.mean(x**2))
+    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+
+
+def test_seconds_of_quiet_room_before_the_speech_are_not_kept(
+    embedder: SpeakerEmbedder,
+) -> None:
+    """A file that starts with 2 s of -60 dBFS room noise (a phone recording, `enroll
+    --from`): the first second shared one gain, raised 30 dB to -30 dBFS, and the VAD called
+    the noise speech: 1.3 s of it was kept and embedded with the voice."""
+    a, b = words()
+    speech = np.concatenate([a, noise(0.3, seed=5), b])
+    lead = np.concatenate([pink(2.0, -60.0, seed=6), speech])
+    own = trim_speech(speech, SPEC).size
+    assert trim_speech(lead, SPEC).size - own < 0.15 * RATE
+    assert float(embedder.embed(lead) @ embedder.embed(speech)) > 0.99
+    for chunk in (480, 4801):  # streaming keeps the same, in any chunks
+        t = SpeechTrim(SPEC)
+        parts = [t.push(lead[i : i + chunk]) for i in range(0, lead.size, chunk)]
+        parts.append(t.finish())
+        assert np.array_equal(np.concatenate(parts), trim_speech(lead, SPEC))
+
+
+def test_a_recording_quiet_throughout_is_trimmed_at_its_own_level() -> None:
+    """Speech 35 dB down, in its room noise: the first stretch never gets loud, so it runs
+    to the end and every frame is heard at the whole recording's gain (upstream's); the
+    stream holds its frames until finish() and then gives what trim_speech does."""
+    a, b = words()
+    speech = np.concatenate([noise(1.5, seed=7), a, noise(0.5, seed=8), b])
+    quiet = np.round(speech * 10 ** (-35 / 20)).astype(np.int16)
+    t = SpeechTrim(SPEC)
+    assert t.push(quiet).size == 0  # nothing decided before the end
+    kept = t.finish()
+    assert np.array_equal(kept, trim_speech(quiet, SPEC))
+    loud = trim_speech(speech, SPEC)
+    assert abs(kept.size - loud.size) < 0.1 * RATE  # the same speech found at either level
+
+
 def test_embedding_stream_equals_batch_and_leaves_one_window(embedder: SpeakerEmbedder) -> None:
     a, b = words()
     # As the daemon pushes an utterance: pre-roll, speech with a pause, 0.5 s hangover.

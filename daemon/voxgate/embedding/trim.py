@@ -8,7 +8,9 @@ this is a causal version with a short, bounded look-ahead:
 1. 30 ms frames; each is raised to `level_dbfs` with the gain of the audio seen so far (never
    lowered) and classified by webrtcvad. The first `onset_s` of audio share the gain of that
    whole first stretch: a prefix of only leading silence would otherwise get a huge gain and
-   its noise would be called speech.
+   its noise would be called speech. The stretch goes on past `onset_s` while it is still
+   QUIET_DB below `level_dbfs` (a file that starts with seconds of room noise: raised 30 dB,
+   -60 dBFS of it read as speech), up to the whole utterance, whose gain is then upstream's.
 2. The speech flags are smoothed (majority over `smooth_frames`) and every kept frame keeps
    `pad_frames` of context on each side, so word edges and short gaps inside words stay.
 
@@ -25,6 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from voxgate.features import INT16_SCALE, level_gain, to_float
 
 SAMPLE_RATE = 16000
+# A first stretch this far below level_dbfs (-50 dBFS) is room noise, not speech (the sets'
+# trimmed speech has a median level of -21 to -26 dBFS): it waits for louder audio.
+QUIET_DB = 20.0
 
 
 class TrimSpec(BaseModel):
@@ -57,6 +62,9 @@ class SpeechTrim:
         self._after = spec.smooth_frames // 2
         # level_gain() changes nothing at or above this mean square: frames that loud skip it.
         self._loud = 10.0 ** (spec.level_dbfs / 10.0) * (1.0 + 1e-6)
+        self._quiet = 10.0 ** ((spec.level_dbfs - QUIET_DB) / 10.0)
+        self._onset_end: int | None = None  # last frame of the first stretch, once known
+        self._scan = self._onset - 1  # the next frame that could end it
         self._pending = np.zeros(0, np.int16)
         self._held = np.zeros((0, self._n), np.int16)  # frames _decided, _decided + 1, ...
         self._energy: list[float] = []  # running sum of squares (float scale) per frame end
@@ -73,7 +81,7 @@ class SpeechTrim:
     def _step(self, final: bool) -> np.ndarray:
         n_frames = self._decided + len(self._held)
         k0 = len(self._flags)
-        if k0 < n_frames and (final or n_frames >= self._onset):
+        if k0 < n_frames and self._stretch_end(n_frames, final) is not None:
             self._flag(k0, n_frames)
         s0 = len(self._smooth)
         s1 = len(self._flags) if final else max(s0, len(self._flags) - self._after)
@@ -92,12 +100,25 @@ class SpeechTrim:
         self._decided = d1
         return out
 
+    def _stretch_end(self, n_frames: int, final: bool) -> int | None:
+        """The last frame of the first stretch (module doc, 1.), or None while it is not
+        known yet: the first frame from onset - 1 on whose running level is no longer
+        QUIET_DB below level_dbfs; at finish() at the latest, the last frame."""
+        while self._onset_end is None and self._scan < n_frames:
+            if self._energy[self._scan] >= (self._scan + 1) * self._n * self._quiet:
+                self._onset_end = self._scan
+            self._scan += 1
+        if self._onset_end is None and final:
+            self._onset_end = n_frames - 1
+        return self._onset_end
+
     def _flag(self, k0: int, n_frames: int) -> None:
         """VAD flags of frames k0..n_frames-1, each heard with the gain of the audio up to
-        frame j = max(k, onset - 1) (the last frame, when there are fewer)."""
+        frame j = max(k, end of the first stretch) (the last frame, when there are fewer)."""
+        assert self._onset_end is not None
         gains = []
         for k in range(k0, n_frames):
-            j = min(max(k, self._onset - 1), n_frames - 1)
+            j = min(max(k, self._onset_end), n_frames - 1)
             loud = self._energy[j] >= (j + 1) * self._n * self._loud
             gains.append(
                 1.0
