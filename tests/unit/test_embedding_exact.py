@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from voxgate.embedding import TooShort, load_embedder
 from voxgate.embedding.embedder import _MAX_BATCH, _energy_to
-from voxgate.embedding.trim import SpeechTrim, TrimSpec, trim_speech
+from voxgate.embedding.trim import QUIET_DB, SpeechTrim, TrimSpec, trim_speech
 from voxgate.evaluation import load_recording
 from voxgate.features import (
     SparseBank,
@@ -48,9 +48,14 @@ def ref_trim(pcm: np.ndarray, spec: TrimSpec) -> np.ndarray:
     f = frames.astype(np.float64) / 32768.0
     energy = np.cumsum(np.sum(f * f, axis=1))
     onset = max(1, round(spec.onset_s * 1000 / spec.frame_ms))
+    # The first stretch: at least onset frames, and on while the audio so far is QUIET_DB
+    # below the level (the last frame if it never gets that loud).
+    quiet = 10.0 ** ((spec.level_dbfs - QUIET_DB) / 10.0)
+    loud_enough = [j for j in range(onset - 1, len(frames)) if energy[j] >= (j + 1) * n * quiet]
+    end = loud_enough[0] if loud_enough else len(frames) - 1
     flags = []
     for k, frame in enumerate(frames):
-        j = min(max(k, onset - 1), len(frames) - 1)
+        j = min(max(k, end), len(frames) - 1)
         gain = level_gain(float(energy[j]), (j + 1) * n, spec.level_dbfs)
         if gain != 1.0:
             frame = np.clip(np.round(frame * gain), -32768, 32767).astype(np.int16)
