@@ -1,5 +1,6 @@
 """`voxgate run` exit codes for a door that is not set up yet (docs/service.md, run --help):
-78, which systemd does not restart, for a missing secret; 69 for a stage that cannot load."""
+78, which systemd does not restart, for a missing secret or a setting that names nothing usable;
+69 for a stage that cannot load."""
 
 from __future__ import annotations
 
@@ -61,10 +62,18 @@ def test_a_missing_voiceprint_key_is_exit_78(
 
 
 @pytest.mark.usefixtures("no_secret_env")
-def test_a_model_that_cannot_load_is_still_exit_69(tmp_path: Path) -> None:
+def test_a_model_file_that_cannot_load_is_still_exit_69(tmp_path: Path) -> None:
+    # A card that is there, naming a model file that is not the one it describes (a damaged
+    # install): a stage that cannot load. A speaker.model naming no card at all is a setting,
+    # exit 78 (test_a_mistyped_speaker_model_is_a_config_error_not_a_restart).
+    from voxgate.embedding.card import default_card_path
+
+    card = tmp_path / "model" / "ge2e-int8.yaml"
+    card.parent.mkdir()
+    card.write_text(default_card_path().read_text())
+    (card.parent / "ge2e-resemblyzer-int8.onnx").write_bytes(b"not the model")
     cfg = _door(tmp_path, voiceprint_key=True, decision_key=True)
-    text = cfg.read_text().replace("speaker: {", f"speaker: {{model: {tmp_path / 'no.yaml'}, ")
-    cfg.write_text(text)
+    cfg.write_text(cfg.read_text().replace("speaker: {", f"speaker: {{model: {card}, "))
     assert Daemon(load_config(cfg), config_path=cfg).run() == 69
 
 
