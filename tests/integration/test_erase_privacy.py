@@ -197,6 +197,24 @@ def test_users_export_lists_what_is_held_besides_the_voiceprint(tmp_path: Path) 
     assert any("journald" in x for x in held["not_included"])
 
 
+def test_the_exported_lockout_entry_is_the_whole_row(tmp_path: Path) -> None:
+    """The lockout entry holds when the person last failed at the door (docs: "failures,
+    lock end, last failure"); the export gave the count and the lock end only."""
+    data, _ = _door_with_erin(tmp_path)
+    run = _cli(tmp_path, "export", "erin")
+    assert run.returncode == 0, run.stderr
+    entry = json.loads(run.stdout)["also_held"]["lockout"]
+    import sqlite3
+
+    db = sqlite3.connect(data / "lockout.db")
+    (row,) = db.execute(
+        "SELECT failures, locked_until, last_failure FROM lockout WHERE key = 'user:erin'"
+    ).fetchall()
+    db.close()
+    assert entry == {"failures": row[0], "locked_until": row[1], "last_failure": row[2]}
+    assert isinstance(entry["last_failure"], float)
+
+
 def test_a_running_daemon_clears_the_name_after_voxgate_users_erase(
     device: dict[str, Any], broker: Broker
 ) -> None:
