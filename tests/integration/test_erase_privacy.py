@@ -215,6 +215,24 @@ def test_the_exported_lockout_entry_is_the_whole_row(tmp_path: Path) -> None:
     assert isinstance(entry["last_failure"], float)
 
 
+def test_every_field_of_an_export_is_described_in_the_docs(tmp_path: Path) -> None:
+    """A compliance officer handing an export to the person it is about must be able to say
+    what each field is: the docs named a few (`also_held`, `enrolled`) and not `format`,
+    `model_sha256`, `version`, `mean` or the lockout entry's fields."""
+    import re
+
+    _door_with_erin(tmp_path)
+    run = _cli(tmp_path, "export", "erin")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    fields = set(doc) | {f"also_held.{k}" for k in doc["also_held"]}
+    fields |= set(doc["also_held"]["lockout"])
+    text = (REPO / "docs" / "speaker-verification.md").read_text()
+    section = text.split("**Export.**", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([a-z_.0-9]+)`", section))
+    assert not fields - named, f"export fields not described: {sorted(fields - named)}"
+
+
 def test_a_running_daemon_clears_the_name_after_voxgate_users_erase(
     device: dict[str, Any], broker: Broker
 ) -> None:
