@@ -107,6 +107,20 @@ def test_an_empty_or_scalar_section_says_so_in_the_files_words() -> None:
     assert "Config" not in msg
 
 
+def test_a_value_of_the_wrong_form_is_described_in_words_not_a_regex() -> None:
+    """`device_id: front door/1` gave "String should match pattern
+    '^[a-z0-9][a-z0-9_-]{0,62}$'": what to type, for an administrator, is the words."""
+    (msg,) = problems("device_id: front door/1\n")
+    assert msg.startswith("line 1: device_id: should be 1-63 lowercase letters"), msg
+    assert "pattern" not in msg and "(got 'front door/1')" in msg
+    (msg,) = problems("mqtt:\n  topic_prefix: site1/doors\n")
+    assert "without '/', '#' or '+'" in msg, msg
+    (msg,) = problems("stt:\n  deepspeech_sha256: ABC\n")
+    assert "64 hex digits" in msg, msg
+    (msg,) = problems("fleet:\n  site: my site\n")
+    assert "no spaces" in msg, msg
+
+
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.yaml")

@@ -71,6 +71,16 @@ def _key_lines(
             _key_lines(item, (*path, i), out, twice, budget)
 
 
+# The schema's patterns in words (device_id, topic levels, sha256, fleet names).
+_PATTERN_WORDS = {
+    r"^[a-z0-9][a-z0-9_-]{0,62}$": "1-63 lowercase letters, digits, '-' or '_', starting "
+    "with a letter or digit (no spaces, no capitals)",
+    r"^[^#+/]+$": "one MQTT topic level: any text without '/', '#' or '+'",
+    r"^[0-9a-f]{64}$": "64 hex digits (a sha256)",
+    r"^[A-Za-z0-9_.-]+$": "letters, digits, '_', '.' or '-' (no spaces)",
+}
+
+
 def _describe(err: ErrorDetails, lines: dict[tuple[Any, ...], int]) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     # pydantic puts union member names into loc ("str", "int"); drop them for the key path.
@@ -99,6 +109,9 @@ def _describe(err: ErrorDetails, lines: dict[tuple[Any, ...], int]) -> str:
         )
     if kind == "model_type":  # pydantic named its own class ("instance of SpeakerConfig")
         msg = "should be a section of settings, indented under it (key: value)"
+    if kind == "string_pattern_mismatch":  # a regular expression is not what to type
+        words = _PATTERN_WORDS.get(str((err.get("ctx") or {}).get("pattern")))
+        msg = f"should be {words}" if words else msg
     shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
     return f"{where}{dotted}: {msg}{shown}"
 
