@@ -4,6 +4,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +118,37 @@ def test_a_key_of_32_hex_digits_is_read_raw_and_a_wrong_key_says_so(
     (tmp_path / "data" / "voiceprints.db").unlink()
     assert main(["users", "list", "-c", str(cfg)]) == 0
     assert main(["users", "list", "-c", str(cfg)]) == 0
+
+
+@pytest.mark.usefixtures("no_secret_env")
+def test_a_second_daemon_on_the_same_data_dir_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A `voxgate run` started by hand beside the service (dsnoop lets both read the
+    microphone) ran: both answered every attempt (two signed decisions per utterance), counted
+    each failure twice and took the MQTT connection from each other. Now the second stops at
+    once (69: systemd tries again, and gets in once the other has stopped) and touches nothing."""
+    cfg = _door(tmp_path, voiceprint_key=True, decision_key=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "daemon")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "voxgate", "run", "-c", str(cfg), "--realtime", "--loop"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stderr is not None
+        deadline = time.monotonic() + 60
+        while "ready" not in first.stderr.readline():
+            assert first.poll() is None and time.monotonic() < deadline, "first daemon not ready"
+        audit = tmp_path / "data" / "audit.jsonl"
+        before = audit.read_bytes()
+        assert Daemon(load_config(cfg), config_path=cfg).run() == 69
+        assert f"another voxgate daemon is running on data_dir {tmp_path / 'data'}" in caplog.text
+        assert audit.read_bytes() == before  # no start or stop line from the refused one
+    finally:
+        first.terminate()
+        assert first.wait(30) == 0
+    # Once the first has stopped, a daemon starts there (the lock went with its process).
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 0
