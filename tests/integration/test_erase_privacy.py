@@ -233,6 +233,28 @@ def test_every_field_of_an_export_is_described_in_the_docs(tmp_path: Path) -> No
     assert not fields - named, f"export fields not described: {sorted(fields - named)}"
 
 
+def test_the_users_help_names_everything_erase_drops_and_export_gives(tmp_path: Path) -> None:
+    """`users erase --help` said "voiceprint, lockout entry and kept recordings" and `users
+    export --help` "voiceprint, lockout, audit lines, fleet state": neither named the replay
+    fingerprints of the person's answers (derived from their voice), which both handle."""
+    from voxgate.erasure import held_about
+
+    words = {
+        "lockout": "lockout",
+        "audit_events": "audit lines",
+        "kept_recordings": "kept recordings",
+        "replay_fingerprints": "replay fingerprints",
+        "fleet": "fleet state",
+    }
+    held = held_about(VoxgateConfig.model_validate({"data_dir": str(tmp_path)}), "erin")
+    assert set(held) - {"not_included"} == set(words)  # a new kind needs its word here
+    export = " ".join(_cli(tmp_path, "export", "--help").stdout.split())
+    assert all(w in export for w in words.values()), export
+    erase = " ".join(_cli(tmp_path, "erase", "--help").stdout.split())
+    for dropped in ("lockout entry", "replay fingerprints", "kept recordings"):
+        assert dropped in erase, erase
+
+
 def test_a_running_daemon_clears_the_name_after_voxgate_users_erase(
     device: dict[str, Any], broker: Broker
 ) -> None:
