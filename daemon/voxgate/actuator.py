@@ -28,6 +28,7 @@ from typing import IO, Any
 import yaml
 from pydantic import ValidationError
 
+from voxgate.config.loader import yaml_problem
 from voxgate.config.mqtt import ActuatorConfig
 from voxgate.config.secrets import SecretError, override_source, read_secret
 from voxgate.decision import (
@@ -93,10 +94,7 @@ def load_actuator_config(path: str | os.PathLike[str]) -> ActuatorConfig:
     except FileNotFoundError:
         raise ActuatorSetupError(f"{p}: file not found") from None
     except yaml.YAMLError as exc:  # one line, as voxgate config check says it
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ActuatorSetupError(f"{p}: {where}not valid YAML: {problem}") from None
+        raise ActuatorSetupError(f"{p}: {yaml_problem(exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ActuatorSetupError(f"{p}: cannot read: {exc}") from None
     try:

@@ -118,11 +118,15 @@ def _lockout_entry(path: Path, name: str) -> dict[str, Any] | None:
         return None
     try:
         row = db.execute(
-            "SELECT failures, locked_until FROM lockout WHERE key = ?", (user_key(name),)
+            "SELECT failures, locked_until, last_failure FROM lockout WHERE key = ?",
+            (user_key(name),),
         ).fetchone()
     except sqlite3.Error as exc:
         log.warning("export: cannot read lockout state %s: %s", path, exc)
         return None
     finally:
         db.close()
-    return None if row is None else {"failures": int(row[0]), "locked_until": row[1]}
+    if row is None:
+        return None
+    # The whole row: when they last failed at the door is held about them too.
+    return {"failures": int(row[0]), "locked_until": row[1], "last_failure": row[2]}

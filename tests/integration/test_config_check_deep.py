@@ -351,6 +351,24 @@ def test_a_broken_reference_is_named_with_the_daemons_exit_code(
     assert f"[voxgate run: exit {daemon_code}]" in problems[0], (daemon_code, err)
 
 
+@pytest.mark.parametrize("model", ["ge2e-resemblyzer-0.1.4/int9", "{tmp}/ge2e-int9.yaml"])
+def test_a_mistyped_speaker_model_is_a_config_error_not_a_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str
+) -> None:
+    """A typo in speaker.model (or the model id `users list` shows, where a path goes) stopped
+    the daemon with 69, which systemd restarts every 2 s for ever; no restart can fix a
+    setting, so it is 78 like a missing key, and the message names the shipped cards."""
+    cfg = _door(tmp_path)
+    _set(cfg, "speaker: {", f"speaker: {{model: '{model.format(tmp=tmp_path)}', ")
+    code, _, err = _deep(cfg, capsys)
+    assert code == 1
+    (problem,) = _problem_lines(err)
+    assert problem.lstrip().startswith("speaker.model ("), err
+    assert "[voxgate run: exit 78]" in problem, err
+    assert "ge2e-int8.yaml" in problem, err  # what to put there instead
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 78
+
+
 def test_every_problem_is_reported_not_only_the_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

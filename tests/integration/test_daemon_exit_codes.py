@@ -1,8 +1,13 @@
 """`voxgate run` exit codes for a door that is not set up yet (docs/service.md, run --help):
-78, which systemd does not restart, for a missing secret; 69 for a stage that cannot load."""
+78, which systemd does not restart, for a missing secret or a setting that names nothing usable;
+69 for a stage that cannot load."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +66,18 @@ def test_a_missing_voiceprint_key_is_exit_78(
 
 
 @pytest.mark.usefixtures("no_secret_env")
-def test_a_model_that_cannot_load_is_still_exit_69(tmp_path: Path) -> None:
+def test_a_model_file_that_cannot_load_is_still_exit_69(tmp_path: Path) -> None:
+    # A card that is there, naming a model file that is not the one it describes (a damaged
+    # install): a stage that cannot load. A speaker.model naming no card at all is a setting,
+    # exit 78 (test_a_mistyped_speaker_model_is_a_config_error_not_a_restart).
+    from voxgate.embedding.card import default_card_path
+
+    card = tmp_path / "model" / "ge2e-int8.yaml"
+    card.parent.mkdir()
+    card.write_text(default_card_path().read_text())
+    (card.parent / "ge2e-resemblyzer-int8.onnx").write_bytes(b"not the model")
     cfg = _door(tmp_path, voiceprint_key=True, decision_key=True)
-    text = cfg.read_text().replace("speaker: {", f"speaker: {{model: {tmp_path / 'no.yaml'}, ")
-    cfg.write_text(text)
+    cfg.write_text(cfg.read_text().replace("speaker: {", f"speaker: {{model: {card}, "))
     assert Daemon(load_config(cfg), config_path=cfg).run() == 69
 
 
@@ -105,3 +118,37 @@ def test_a_key_of_32_hex_digits_is_read_raw_and_a_wrong_key_says_so(
     (tmp_path / "data" / "voiceprints.db").unlink()
     assert main(["users", "list", "-c", str(cfg)]) == 0
     assert main(["users", "list", "-c", str(cfg)]) == 0
+
+
+@pytest.mark.usefixtures("no_secret_env")
+def test_a_second_daemon_on_the_same_data_dir_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A `voxgate run` started by hand beside the service (dsnoop lets both read the
+    microphone) ran: both answered every attempt (two signed decisions per utterance), counted
+    each failure twice and took the MQTT connection from each other. Now the second stops at
+    once (69: systemd tries again, and gets in once the other has stopped) and touches nothing."""
+    cfg = _door(tmp_path, voiceprint_key=True, decision_key=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "daemon")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "voxgate", "run", "-c", str(cfg), "--realtime", "--loop"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stderr is not None
+        deadline = time.monotonic() + 60
+        while "ready" not in first.stderr.readline():
+            assert first.poll() is None and time.monotonic() < deadline, "first daemon not ready"
+        audit = tmp_path / "data" / "audit.jsonl"
+        before = audit.read_bytes()
+        assert Daemon(load_config(cfg), config_path=cfg).run() == 69
+        assert f"another voxgate daemon is running on data_dir {tmp_path / 'data'}" in caplog.text
+        assert audit.read_bytes() == before  # no start or stop line from the refused one
+    finally:
+        first.terminate()
+        assert first.wait(30) == 0
+    # Once the first has stopped, a daemon starts there (the lock went with its process).
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 0

@@ -197,6 +197,64 @@ def test_users_export_lists_what_is_held_besides_the_voiceprint(tmp_path: Path) 
     assert any("journald" in x for x in held["not_included"])
 
 
+def test_the_exported_lockout_entry_is_the_whole_row(tmp_path: Path) -> None:
+    """The lockout entry holds when the person last failed at the door (docs: "failures,
+    lock end, last failure"); the export gave the count and the lock end only."""
+    data, _ = _door_with_erin(tmp_path)
+    run = _cli(tmp_path, "export", "erin")
+    assert run.returncode == 0, run.stderr
+    entry = json.loads(run.stdout)["also_held"]["lockout"]
+    import sqlite3
+
+    db = sqlite3.connect(data / "lockout.db")
+    (row,) = db.execute(
+        "SELECT failures, locked_until, last_failure FROM lockout WHERE key = 'user:erin'"
+    ).fetchall()
+    db.close()
+    assert entry == {"failures": row[0], "locked_until": row[1], "last_failure": row[2]}
+    assert isinstance(entry["last_failure"], float)
+
+
+def test_every_field_of_an_export_is_described_in_the_docs(tmp_path: Path) -> None:
+    """A compliance officer handing an export to the person it is about must be able to say
+    what each field is: the docs named a few (`also_held`, `enrolled`) and not `format`,
+    `model_sha256`, `version`, `mean` or the lockout entry's fields."""
+    import re
+
+    _door_with_erin(tmp_path)
+    run = _cli(tmp_path, "export", "erin")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    fields = set(doc) | {f"also_held.{k}" for k in doc["also_held"]}
+    fields |= set(doc["also_held"]["lockout"])
+    text = (REPO / "docs" / "speaker-verification.md").read_text()
+    section = text.split("**Export.**", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([a-z_.0-9]+)`", section))
+    assert not fields - named, f"export fields not described: {sorted(fields - named)}"
+
+
+def test_the_users_help_names_everything_erase_drops_and_export_gives(tmp_path: Path) -> None:
+    """`users erase --help` said "voiceprint, lockout entry and kept recordings" and `users
+    export --help` "voiceprint, lockout, audit lines, fleet state": neither named the replay
+    fingerprints of the person's answers (derived from their voice), which both handle."""
+    from voxgate.erasure import held_about
+
+    words = {
+        "lockout": "lockout",
+        "audit_events": "audit lines",
+        "kept_recordings": "kept recordings",
+        "replay_fingerprints": "replay fingerprints",
+        "fleet": "fleet state",
+    }
+    held = held_about(VoxgateConfig.model_validate({"data_dir": str(tmp_path)}), "erin")
+    assert set(held) - {"not_included"} == set(words)  # a new kind needs its word here
+    export = " ".join(_cli(tmp_path, "export", "--help").stdout.split())
+    assert all(w in export for w in words.values()), export
+    erase = " ".join(_cli(tmp_path, "erase", "--help").stdout.split())
+    for dropped in ("lockout entry", "replay fingerprints", "kept recordings"):
+        assert dropped in erase, erase
+
+
 def test_a_running_daemon_clears_the_name_after_voxgate_users_erase(
     device: dict[str, Any], broker: Broker
 ) -> None:

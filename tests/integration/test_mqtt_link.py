@@ -266,6 +266,42 @@ def test_messages_held_in_a_dead_connection_do_not_overwrite_the_republished_sta
         display.close()
 
 
+def test_challenge_and_lockout_times_have_millisecond_precision(
+    broker: Broker, link_factory: Callable[..., MqttLink]
+) -> None:
+    """docs/mqtt.md: "Times are Unix seconds (float, millisecond precision)". Seen on a real
+    door: the challenge carried "issued_at":1795779076.594386 and the lockout
+    "until":1795779274.4883978, where decisions, events and replies carry milliseconds."""
+    from types import SimpleNamespace
+
+    link = link_factory()
+    wait_until(lambda: link.connected, 10, "link connected")
+    display = Recorder(
+        broker, "admin", ["voxgate/front-door/challenge", "voxgate/front-door/lockout"]
+    )
+    try:
+        now = round(time.time(), 3) + 0.000386  # below the millisecond, as time.time() is
+        link.publish_challenge(
+            SimpleNamespace(
+                mode="digits", text="4719", words=(), nonce="ab" * 8,
+                issued_at=now, expires_at=now + 10.000123,
+            )
+        )  # fmt: skip
+        link.publish_lockout([{"key": "device", "failures": 5, "until": now + 30.0000017}])
+        shown = json.loads(display.wait_for("voxgate/front-door/challenge", lambda m: True).payload)
+        locked = json.loads(display.wait_for("voxgate/front-door/lockout", lambda m: True).payload)
+        times = [
+            shown["issued_at"],
+            shown["expires_at"],
+            locked["at"],
+            locked["locked"][0]["until"],
+        ]
+        assert all(t == round(t, 3) for t in times), times
+        assert abs(shown["expires_at"] - (now + 10)) < 0.001
+    finally:
+        display.close()
+
+
 def test_commands_authenticated(
     broker: Broker, link_factory: Callable[..., MqttLink], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -227,6 +227,28 @@ def test_cli_verify_reads_the_path_from_config(tmp_path: Path) -> None:
     assert cli("verify", "-c", str(cfg)).returncode == 78
 
 
+def test_cli_verify_checks_the_signature_with_the_key_the_config_names(tmp_path: Path) -> None:
+    """`voxgate audit verify -c CONFIG` found the log from the config but not its key
+    (audit.key_file): it printed "pass the audit key" and "intact" for an anchor signed
+    with another key, i.e. a log rebuilt by someone without the door's key."""
+    key_file = tmp_path / "audit-key"
+    key_file.write_bytes(b"k" * 32)
+    key_file.chmod(0o600)
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(f"data_dir: {tmp_path}\naudit: {{key_file: {key_file}}}\n")
+    log = tmp_path / "audit.jsonl"
+    write_log(log, 3, key=b"k" * 32)
+    good = cli("verify", "-c", str(cfg))
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "pass the audit key" not in good.stdout
+    AuditLog(log, key=b"x" * 32).append("decision", outcome="granted")  # a forged head
+    forged = cli("verify", "-c", str(cfg))
+    assert forged.returncode == 1, forged.stdout + forged.stderr
+    key_file.unlink()
+    missing = cli("verify", "-c", str(cfg))
+    assert missing.returncode == 2 and "audit-key" in missing.stderr
+
+
 def test_two_writers_share_one_chain(tmp_path: Path) -> None:
     # The daemon and an admin's `voxgate enroll` append to the same file.
     p = tmp_path / "audit.jsonl"

@@ -80,6 +80,47 @@ def test_broken_yaml_and_wrong_shape() -> None:
     assert "top level must be a mapping" in msg
 
 
+def test_a_yaml_mistake_is_named_at_the_line_to_fix() -> None:
+    """Found breaking a copy of pi4.yaml: `  length 5` (no colon) was reported at the next
+    line, which was right, and a tab or an open bracket gave PyYAML's words only."""
+    text = "challenge:\n  mode: digits\n  length 5\n  timeout_s: 10\n"
+    (msg,) = problems(text)
+    assert msg.startswith("line 3: not valid YAML: no ':' after the key"), msg
+    (msg,) = problems("mqtt:\n  host: localhost\n\tport: 1883\n")
+    assert msg.startswith("line 3:") and "spaces, not tabs" in msg, msg
+    (msg,) = problems("fleet:\n  groups: [a, b\n  enabled: true\n")
+    assert msg.startswith("line 3:") and "flow sequence on line 2" in msg, msg
+    (msg,) = problems("vad:\n\naggressiveness: 2\n  pre_roll_ms: 300\n")
+    assert msg.startswith("line 4:") and "indentation" in msg, msg
+
+
+def test_an_empty_or_scalar_section_says_so_in_the_files_words() -> None:
+    """`speaker:` with nothing under it gave "Input should be a valid dictionary or instance
+    of SpeakerConfig": a class name the file never shows, and no word of it being empty."""
+    (msg,) = problems("speaker:\nchallenge:\n  mode: digits\n")
+    assert msg == (
+        "line 1: speaker: the section is empty: put its settings under it, indented "
+        "(key: value), or delete the line"
+    )
+    (msg,) = problems("vad: 3\n")
+    assert msg.startswith("line 1: vad: should be a section of settings") and "(got 3)" in msg
+    assert "Config" not in msg
+
+
+def test_a_value_of_the_wrong_form_is_described_in_words_not_a_regex() -> None:
+    """`device_id: front door/1` gave "String should match pattern
+    '^[a-z0-9][a-z0-9_-]{0,62}$'": what to type, for an administrator, is the words."""
+    (msg,) = problems("device_id: front door/1\n")
+    assert msg.startswith("line 1: device_id: should be 1-63 lowercase letters"), msg
+    assert "pattern" not in msg and "(got 'front door/1')" in msg
+    (msg,) = problems("mqtt:\n  topic_prefix: site1/doors\n")
+    assert "without '/', '#' or '+'" in msg, msg
+    (msg,) = problems("stt:\n  deepspeech_sha256: ABC\n")
+    assert "64 hex digits" in msg, msg
+    (msg,) = problems("fleet:\n  site: my site\n")
+    assert "no spaces" in msg, msg
+
+
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.yaml")

@@ -43,7 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("file", nargs="?", metavar="FILE", help="log file (default: from config)")
     v.add_argument("--anchor", metavar="FILE", help="anchor file (default: FILE.anchor)")
     v.add_argument("--no-anchor", action="store_true", help="check the chain only")
-    v.add_argument("--key-file", metavar="FILE", help="audit key, to check the anchor's signature")
+    v.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="audit key, to check the anchor's signature (default: the key the config names)",
+    )
     v.set_defaults(func=verify_command)
     s = add_parser(
         actions,
@@ -79,12 +83,19 @@ def verify_command(args: argparse.Namespace) -> int:
     if path is None:
         return 78
     key = None
-    if args.key_file:
-        try:
+    try:
+        if args.key_file:
             key = read_secret("audit-key", Path(args.key_file))
-        except (SecretError, OSError) as exc:
-            print(f"voxgate audit verify: {exc}", file=sys.stderr)
-            return 2
+        elif args.config or not args.file:
+            # The key the door signs its anchor with, as open_log reads it (audit.key_file,
+            # the credential, $VOXGATE_AUDIT_KEY): with -c naming it, the signature was left
+            # unchecked and a rebuilt log with a forged anchor verified as intact.
+            cfg = config_from_args(args)
+            key_file = cfg.audit.key_file if cfg is not None else None
+            key = read_secret("audit-key", key_file, required=key_file is not None)
+    except (SecretError, OSError) as exc:
+        print(f"voxgate audit verify: {exc}", file=sys.stderr)
+        return 2
     anchor = Path(args.anchor) if args.anchor else None
     rep = verify(path, anchor, key, use_anchor=not args.no_anchor)
     for note in rep.notes:

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run the voxgate daemon in the foreground. Under systemd it reports "
         "READY/WATCHDOG/STATUS over $NOTIFY_SOCKET; SIGTERM stops it (exit 0), SIGHUP "
         "reloads the config file (an invalid one is refused and the old one kept). Exit "
-        "codes: 78 invalid config or missing secret, 69 a model or stage cannot load, "
+        "codes: 78 invalid config or missing secret, 69 a model or stage cannot load or "
+        "another daemon runs on data_dir, "
         "73 data_dir not writable, 74 audio input failed.",
         examples="""
             voxgate run -c /etc/voxgate/voxgate.yaml

@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "users",
         help="list, erase or export enrolled users; create or change the voiceprint key",
         description="Voiceprints live in an encrypted SQLite file (speaker.database). "
-        "'erase' removes a user's bytes from the file and its journal, their lockout entry "
-        "and kept recordings (for deletion requests; the audit log keeps its lines, see "
+        "'erase' removes a user's bytes from the file and its journal, their lockout entry, "
+        "replay fingerprints and kept recordings (for deletion requests; the audit log keeps "
+        "its lines, see "
         "docs/speaker-verification.md); 'export' prints everything held about a user as JSON; "
         "'rekey' seals every voiceprint with a new key.",
         examples="""
@@ -54,10 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     er = add_parser(
         actions,
         "erase",
-        help="delete a user's voiceprint (file and journal), lockout entry and kept recordings",
-        description="Delete NAME's voiceprint (from the file and its journal), lockout entry "
-        "and kept recordings; the audit log keeps its lines. Exit status: 0 erased, 1 no "
-        "such user or an error.",
+        help="delete a user's voiceprint (file and journal), lockout entry, replay "
+        "fingerprints and kept recordings",
+        description="Delete NAME's voiceprint (from the file and its journal), lockout entry, "
+        "the replay fingerprints of their answers and their kept recordings; the audit log "
+        "keeps its lines. Exit status: 0 erased, 1 no such user or an error.",
         examples="voxgate users erase alice\n"
         "voxgate users erase alice -c /etc/voxgate/voxgate.yaml",
     )
@@ -67,9 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex = add_parser(
         actions,
         "export",
-        help="print everything held about a user as JSON (voiceprint, lockout, audit lines)",
-        description="Print everything held about NAME as JSON (voiceprint, lockout, audit "
-        "lines, fleet state), also for someone no longer enrolled ('enrolled': false). "
+        help="print everything held about a user as JSON (voiceprint, lockout, audit lines, "
+        "kept recordings, replay fingerprints, fleet state)",
+        description="Print everything held about NAME as JSON (voiceprint, lockout entry, "
+        "audit lines, kept recordings, replay fingerprints, fleet state; each field is "
+        "described in docs/speaker-verification.md, Export), also for someone no longer "
+        "enrolled ('enrolled': false). "
         "Exit status: 0 exported, 1 nothing at all is held about NAME or an error.",
         examples="voxgate users export alice > alice.json\n"
         "voxgate users export alice -o alice.json",

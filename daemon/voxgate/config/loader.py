@@ -71,6 +71,16 @@ def _key_lines(
             _key_lines(item, (*path, i), out, twice, budget)
 
 
+# The schema's patterns in words (device_id, topic levels, sha256, fleet names).
+_PATTERN_WORDS = {
+    r"^[a-z0-9][a-z0-9_-]{0,62}$": "1-63 lowercase letters, digits, '-' or '_', starting "
+    "with a letter or digit (no spaces, no capitals)",
+    r"^[^#+/]+$": "one MQTT topic level: any text without '/', '#' or '+'",
+    r"^[0-9a-f]{64}$": "64 hex digits (a sha256)",
+    r"^[A-Za-z0-9_.-]+$": "letters, digits, '_', '.' or '-' (no spaces)",
+}
+
+
 def _describe(err: ErrorDetails, lines: dict[tuple[Any, ...], int]) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     # pydantic puts union member names into loc ("str", "int"); drop them for the key path.
@@ -92,6 +102,16 @@ def _describe(err: ErrorDetails, lines: dict[tuple[Any, ...], int]) -> str:
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
     got = err.get("input")
+    if kind in ("model_type", "dict_type") and got is None:  # `speaker:`, nothing under it
+        return (
+            f"{where}{dotted}: the section is empty: put its settings under it, "
+            "indented (key: value), or delete the line"
+        )
+    if kind == "model_type":  # pydantic named its own class ("instance of SpeakerConfig")
+        msg = "should be a section of settings, indented under it (key: value)"
+    if kind == "string_pattern_mismatch":  # a regular expression is not what to type
+        words = _PATTERN_WORDS.get(str((err.get("ctx") or {}).get("pattern")))
+        msg = f"should be {words}" if words else msg
     shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
     return f"{where}{dotted}: {msg}{shown}"
 
@@ -139,10 +159,7 @@ def _parse(text: str, source: str) -> VoxgateConfig:
         root = yaml.compose(text)
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [f"{where}not valid YAML: {problem}"]) from None
+        raise ConfigError(source, [yaml_problem(exc)]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -165,6 +182,37 @@ def _parse(text: str, source: str) -> VoxgateConfig:
         # In file order: pydantic reports them in schema order, which jumped about the file.
         found = [_describe(e, lines) for e in exc.errors()]
         raise ConfigError(source, sorted(found, key=_line_of)) from None
+
+
+# What to do about PyYAML's commonest messages, which say what it found, not what to fix.
+_YAML_HINTS = {
+    "found character '\\t' that cannot start any token": "indent with spaces, not tabs",
+    "mapping values are not allowed here": "a 'key:' where YAML expects none: check this "
+    "line's indentation against the lines above it, and quote a value that holds ': '",
+}
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error as one line, at the line to fix. A key written without its ':' is only
+    noticed on the next line (or later), so that message named a line that was right; the
+    line where the key began is the one to fix. Other errors that began earlier (an open
+    bracket or quote) say where they began."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    context = getattr(exc, "context", None)
+    begun = getattr(exc, "context_mark", None)
+    if mark is None:
+        return f"not valid YAML: {problem}"
+    line = mark.line + 1
+    if begun is not None and begun.line + 1 != line:
+        if context == "while scanning a simple key":
+            return (
+                f"line {begun.line + 1}: not valid YAML: no ':' after the key on this line "
+                f"(write 'key: value'; the parser gave up on line {line})"
+            )
+        return f"line {line}: not valid YAML: {problem} ({context} on line {begun.line + 1})"
+    hint = _YAML_HINTS.get(problem)
+    return f"line {line}: not valid YAML: {problem}" + (f" ({hint})" if hint else "")
 
 
 def _line_of(problem: str) -> tuple[bool, int]:

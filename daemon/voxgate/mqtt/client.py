@@ -222,6 +222,11 @@ def _expiry_props(seconds: float) -> Properties:
     return props
 
 
+def _ms(t: Any) -> Any:
+    """A time as the topics carry it (docs/mqtt.md): Unix seconds, millisecond precision."""
+    return round(float(t), 3) if isinstance(t, (int, float)) else t
+
+
 class _HeldDecision(NamedTuple):
     """A signed decision made while the link was down, waiting for the reconnect."""
 
@@ -405,8 +410,8 @@ class MqttLink:
             "text": text,
             "words": list(getattr(challenge, "words", ())),
             "nonce": getattr(challenge, "nonce", None),
-            "issued_at": getattr(challenge, "issued_at", None),
-            "expires_at": getattr(challenge, "expires_at", None),
+            "issued_at": _ms(getattr(challenge, "issued_at", None)),
+            "expires_at": _ms(getattr(challenge, "expires_at", None)),
         }
         if getattr(challenge, "take", None) is not None:
             body["take"] = challenge.take
@@ -427,6 +432,7 @@ class MqttLink:
 
     def publish_lockout(self, locked: list[dict[str, Any]]) -> None:
         """Who is locked out right now: [{"key": user-or-scope, "failures": n, "until": t}]."""
+        locked = [{**e, "until": _ms(e.get("until"))} if "until" in e else e for e in locked]
         payload = json.dumps(
             {"locked": locked, "at": round(time.time(), 3)}, separators=(",", ":"), default=str
         ).encode()

@@ -87,6 +87,33 @@ def _probe_writable(folder: Path) -> None:
         pass
 
 
+class DataDirInUse(Exception):
+    """Another daemon holds the data folder (its message says what to do)."""
+
+
+def _hold_data_dir(folder: Path) -> int:
+    """Take an exclusive flock on the data folder itself, held for the daemon's life (the
+    kernel drops it however the process ends); returns the descriptor to close at the end.
+    Two daemons on one folder (a `voxgate run` started by hand beside the service: dsnoop
+    lets both read the microphone) each answered every attempt, counted each failure twice
+    and took the MQTT connection from each other. The folder and not a file in it: a lock
+    file made by root would shut out the service's own user."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirInUse(
+            f"another voxgate daemon is running on data_dir {folder}: two on one door answer "
+            "every attempt twice, count each failure twice and take the MQTT connection from "
+            "each other. Stop the other one first (systemctl stop voxgate, or the "
+            "`voxgate run` started by hand)"
+        ) from None
+    return fd
+
+
 def _data_files(cfg: VoxgateConfig) -> list[Path]:
     """Every file the daemon reads and writes under its config (those that exist are
     checked at start), with the WAL and shared-memory files of its SQLite databases."""
@@ -247,11 +274,16 @@ class Daemon:
         self._step("audit log and lockout state")
         try:
             _probe_writable(Path(cfg.data_dir))
+            held = _hold_data_dir(Path(cfg.data_dir))
+            self._undo.append(("data_dir lock", lambda: os.close(held)))  # released last
             _check_access(_data_files(cfg))
             self.audit = self._open_audit(cfg)
             self.lockout = LockoutBook(cfg.lockout.path or cfg.data_dir / "lockout.db", cfg.lockout)
             self._undo.append(("lockout", self.lockout.close))
             self.keeper = self._open_keeper(cfg)
+        except DataDirInUse as exc:
+            log.error("cannot start: %s", exc)
+            return self._cannot_start(EX_UNAVAILABLE, str(exc))
         except OSError as exc:
             why = exc.strerror or str(exc)
             if exc.errno == errno.EROFS:

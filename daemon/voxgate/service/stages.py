@@ -291,8 +291,26 @@ def speaker_model(cfg: VoxgateConfig) -> Any:
         from voxgate import embedding
     except ImportError as exc:
         raise _missing(exc) from None
+    if cfg.speaker.model is not None:
+        try:
+            embedding.load_card(cfg.speaker.model)
+        except embedding.ModelError as exc:
+            # The setting names no usable card (a typo, a model id where a path goes): an
+            # edit fixes it, a restart never does, so exit 78 and not 69.
+            raise StageUnavailable(
+                f"speaker stage: {exc}. speaker.model is the path of a model card (or of a "
+                "model file with its card beside it); leave it unset for the shipped model, "
+                f"or use one of the shipped cards: {_shipped_cards()}",
+                config=True,
+            ) from None
     with _speaker_errors():
         return embedding.load_embedder(cfg.speaker.model, cfg.speaker.threads)
+
+
+def _shipped_cards() -> str:
+    from voxgate.embedding.card import default_card_path
+
+    return ", ".join(str(p) for p in sorted(default_card_path().parent.glob("*.yaml")))
 
 
 def speaker_store(cfg: VoxgateConfig, key: bytes) -> Any:
