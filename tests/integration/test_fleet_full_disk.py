@@ -100,12 +100,15 @@ def test_a_fleet_erase_the_full_disk_cannot_store_stops_the_user_at_once_and_lan
             # "store_failed": how the door answered before (the erase lost until a reconnect).
             tried = ("withheld", "store_failed")
             wait_until(lambda: any(agent.stats.get(k) for k in tried), 15, f"the {kind} on E")
+            # The agent counts the withhold before it writes the audit line: wait for both.
+            withheld = f"fleet_{kind}_withheld"
+            wait_until(lambda: any(ev == withheld for ev, _ in e.audit), 15, "audited")
             refused = scorer.verify(attempt, "alice")
             assert not refused.accepted and "unknown_user" in refused.reasons, refused
             assert scorer.identify(attempt).user != "alice"
             assert e.store.get("alice") is None
             assert "alice" not in [v.name for v in e.store.all()]  # the admin API's list
-            fields = dict(e.audit)[f"fleet_{kind}_withheld"]
+            fields = dict(e.audit)[withheld]
             assert fields["user"] == "alice" and fields["signer"] == "door-a"
             said = [r for r in caplog.records if r.levelno == logging.ERROR]
             assert any("no longer recognised" in r.getMessage() for r in said), said
