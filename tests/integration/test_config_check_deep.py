@@ -369,6 +369,32 @@ def test_a_mistyped_speaker_model_is_a_config_error_not_a_restart(
     assert Daemon(load_config(cfg), config_path=cfg).run() == 78
 
 
+@pytest.mark.parametrize(
+    ("cohort", "what"),
+    [
+        ("{tmp}/missing.npz", "cohort file missing"),
+        ("{tmp}", "a folder"),
+        (str(COHORTS / "ge2e-resemblyzer-0.1.4--float.npz"), "cohort made with model"),
+    ],
+    ids=["missing", "folder", "another-model"],
+)
+def test_a_cohort_that_cannot_be_used_is_a_config_error_not_a_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cohort: str, what: str
+) -> None:
+    """speaker.cohort naming a file that is not there, a folder or another model's cohort
+    stopped the daemon with 69, which systemd restarts every 2 s for ever: the same file is
+    read again at each start, so only an edit or a rebuild helps (78)."""
+    cfg = _door(tmp_path)
+    _set(cfg, "speaker: {", f"speaker: {{cohort: '{cohort.format(tmp=tmp_path)}', ")
+    code, _, err = _deep(cfg, capsys)
+    assert code == 1
+    (problem,) = _problem_lines(err)
+    assert problem.lstrip().startswith("speaker.cohort ("), err
+    assert what in problem, err
+    assert "[voxgate run: exit 78]" in problem, err
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 78
+
+
 def test_every_problem_is_reported_not_only_the_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

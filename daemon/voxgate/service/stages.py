@@ -268,9 +268,15 @@ def speaker_key(cfg: VoxgateConfig) -> bytes:
 @contextlib.contextmanager
 def _speaker_errors() -> Iterator[None]:
     from voxgate import voiceprints
+    from voxgate.scoring import ScoringError
 
     try:
         yield
+    except ScoringError as exc:
+        # A cohort missing, damaged, a folder or built for another model or preprocessing,
+        # or none and no threshold: an edit or a rebuild fixes it, a restart reads the same
+        # files (78, not 69, which systemd retries for ever).
+        raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
     except voiceprints.WrongKey as exc:  # the key of another store: a setting
         raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
     except voiceprints.EmptyFile as exc:  # its message says what to do
@@ -281,7 +287,7 @@ def _speaker_errors() -> Iterator[None]:
             "start with nobody enrolled",
             config=True,
         ) from None
-    except Exception as exc:  # ModelError, StoreError, SecretError, ScoringError: all say why
+    except Exception as exc:  # ModelError, StoreError, SecretError: all say why
         raise StageUnavailable(f"speaker stage: {exc}") from None
 
 
