@@ -395,6 +395,23 @@ def test_a_cohort_that_cannot_be_used_is_a_config_error_not_a_restart(
     assert Daemon(load_config(cfg), config_path=cfg).run() == 78
 
 
+def test_a_data_dir_under_a_file_is_named_before_the_start_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A data_dir that does not exist yet is made at start; under a file it never can be,
+    and `voxgate run` stops with 73, but the deep check called such a door fine."""
+    cfg = _door(tmp_path)
+    (tmp_path / "state").write_text("a file where a folder should be\n")
+    _set(cfg, f"data_dir: {tmp_path / 'data'}", f"data_dir: {tmp_path / 'state' / 'voxgate'}")
+    code, _, err = _deep(cfg, capsys)
+    assert code == 1
+    (problem,) = _problem_lines(err)
+    assert problem.lstrip().startswith("data_dir ("), err
+    assert f"{tmp_path / 'state'}: a file, not a folder" in problem, err
+    assert "[voxgate run: exit 73]" in problem, err
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 73
+
+
 def test_every_problem_is_reported_not_only_the_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

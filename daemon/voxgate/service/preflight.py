@@ -367,6 +367,18 @@ class _RealPaths(logging.Filter):
         return True
 
 
+def _can_be_made(folder: Path) -> None:
+    """A folder made at start must not lie under a file: that start stops with 73, and the
+    check called such a door fine."""
+    for up in folder.absolute().parents:
+        if up.exists():
+            if not up.is_dir():
+                raise NotADirectoryError(
+                    errno.ENOTDIR, "a file, not a folder: data_dir cannot be made under it", up
+                )
+            return
+
+
 def _check_all(
     real: VoxgateConfig, cfg: VoxgateConfig, run: _Run, closers: list[Callable[[], None]]
 ) -> None:
@@ -379,9 +391,11 @@ def _check_all(
     # there: the probe's file is unnamed and gone when closed). A folder that is not there
     # yet is made at start (by systemd's StateDirectory=, or by the daemon).
     data = Path(real.data_dir)
-    if data.exists():
-        with run.step("data_dir", data):
+    with run.step("data_dir", data):
+        if data.exists():
             _probe_writable(data)
+        else:
+            _can_be_made(data)
     keys = _file_keys(real)
     for path in _data_files(real):
         with run.step(keys.get(path, "data_dir"), path):
