@@ -370,6 +370,29 @@ def test_an_anchor_the_full_disk_refuses_is_logged_once_and_rewritten_after(
     assert "written again" in caplog.text
 
 
+def test_an_anchor_the_full_disk_refused_is_written_once_there_is_room_without_a_new_line(
+    tmp_path: Path,
+) -> None:
+    """Seen with `voxgate run` under a notify socket on a filled tmpfs: once space was back
+    the anchor stayed behind the log until the next audit line (on a quiet door, hours), so
+    a power cut meanwhile left a log that verify reports as appended to without its anchor.
+    The daemon's housekeeping calls flush_pending() every second while the log is failing."""
+    from voxgate.audit import AuditLog, verify
+
+    with small_fs(tmp_path / "state", "1m") as folder:
+        log = AuditLog(folder / "audit.jsonl")
+        log.append("service_start")
+        fill(folder)
+        log.append("decision", outcome="denied")
+        assert log.pending == 0 and log.failing  # the line fitted, its anchor did not
+        free(folder)
+        assert log.flush_pending() == 0
+        assert not log.failing
+        anchor = json.loads((folder / "audit.jsonl.anchor").read_text())
+        assert anchor["seq"] == 2
+        assert verify(folder / "audit.jsonl").ok
+
+
 def test_a_first_start_on_a_full_disk_leaves_no_empty_state_files(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -575,7 +575,7 @@ class Daemon:
                     new,
                     dropped,
                 )
-        if self.audit is not None and self.audit.pending:
+        if self.audit is not None and self.audit.failing:
             self.audit.flush_pending()
         if self.users is not None:
             self.users.housekeeping(now)
