@@ -124,10 +124,15 @@ class AuditLog:
         body = {"ts": round(time.time(), 3), "event": event, **_plain(fields)}
         with self._lock:
             if len(self._pending) >= MAX_PENDING:
-                self._pending.popleft()
+                lost = self._pending.popleft()
                 self.dropped += 1
+                # It leaves memory, not the record: the journal (kept elsewhere) gets it
+                # whole, in the form the daemon's stop uses for lines still held.
                 log.error(
-                    "audit backlog full: oldest unwritten line dropped (%d so far)", self.dropped
+                    "audit backlog full: oldest unwritten line leaves memory (%d so far); "
+                    "unwritten audit line: %s",
+                    self.dropped,
+                    json.dumps(lost, sort_keys=True),
                 )
             self._pending.append(body)
             records = self._flush_locked()

@@ -393,6 +393,35 @@ def test_an_anchor_the_full_disk_refused_is_written_once_there_is_room_without_a
         assert verify(folder / "audit.jsonl").ok
 
 
+def test_a_line_the_full_backlog_drops_is_carried_whole_to_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past audit.MAX_PENDING held lines the oldest left memory with only "oldest unwritten
+    line dropped (N so far)": the record was gone. Lines still held at a stop already went to
+    the journal whole ('unwritten audit line: {...}'); a dropped one now does the same. The
+    limit is lowered here (10000 lines would take minutes): the code path is the same."""
+    from voxgate import audit
+
+    monkeypatch.setattr(audit, "MAX_PENDING", 3)
+    with small_fs(tmp_path / "state", "1m") as folder:
+        log = audit.AuditLog(folder / "audit.jsonl")
+        log.append("service_start")
+        fill(folder)
+        big = "x" * 8192  # more than a file's slack in its last block: the write fails
+        for n in range(5):
+            log.append("decision", outcome="denied", n=n, pad=big)
+        assert log.pending == 3 and log.dropped == 2
+    carried = [
+        json.loads(r.getMessage().split("unwritten audit line: ", 1)[1])
+        for r in caplog.records
+        if "unwritten audit line: " in r.getMessage()
+    ]
+    assert [(c["event"], c["n"], c["pad"]) for c in carried] == [
+        ("decision", 0, big),
+        ("decision", 1, big),
+    ]
+
+
 def test_a_first_start_on_a_full_disk_leaves_no_empty_state_files(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
