@@ -207,6 +207,8 @@ class Daemon:
         self.users: Any = None  # service.users.UserServices, once the stages are built
         self._mqtt_up = True  # until housekeeping learns otherwise
         self._zero_frames = 0  # frames in a row with every sample 0
+        self._audio_frames = 0  # frames the loop took, for what the end of a source says
+        self._utterances = 0  # speech the VAD ended as an utterance (not a click)
         self._muted = False  # ZEROS_S of them: said in the log and in STATUS=
         self._store_unreadable = False  # the last attempt that scored could not read them
         self._problems: tuple[str, ...] = ()  # what STATUS= adds to the state
@@ -404,6 +406,9 @@ class Daemon:
         link.stop()
 
     def _shutdown(self) -> None:
+        # The last line says why the daemon stops (an end of input exited 0 after
+        # 'MQTT: disconnected', a SIGTERM without a word of its own).
+        log.info("stopping: %s", self._stop_reason or "source ended")
         if self.attempt is not None:
             self._abort_attempt(f"shutdown ({self._stop_reason or 'source ended'})")
         self.notifier.stopping(f"stopping: {self._stop_reason or 'source ended'}")
@@ -470,6 +475,14 @@ class Daemon:
             self._run_commands()
             item = self.frames.get(TICK_S)
             if isinstance(item, EndOfStream):
+                if item.error is None and self.endpointer.in_speech:
+                    # A writer that died mid-word, a recording cut short: the verdict that
+                    # follows is on a piece of an utterance, and the log should say so.
+                    log.warning(
+                        "the %s source ended during speech: the utterance is judged as far "
+                        "as it went",
+                        self.cfg.audio.source,
+                    )
                 for ev in self.endpointer.flush():
                     self._on_event(ev)
                 if item.error is not None and not self._stop.is_set():
@@ -484,6 +497,17 @@ class Daemon:
                         f" ({where})" if where else "",
                     )
                     self._stop_reason = self._stop_reason or "source ended without audio"
+                elif item.error is None and not self._utterances:
+                    # Room tone, or a recording of nobody: exit 0 with no verdict read like
+                    # a check that passed.
+                    where = self.cfg.audio.path if self.cfg.audio.source == "file" else None
+                    log.warning(
+                        "the %s source ended after %.1f s of audio without speech%s: nothing "
+                        "was checked",
+                        self.cfg.audio.source,
+                        self._audio_frames * self.cfg.audio.frame_ms / 1000,
+                        f" ({where})" if where else "",
+                    )
                 elif item.error is None and self._waiting_for_answer():
                     # A recording opens the challenge but cannot answer digits drawn after
                     # it was made: say why nothing was decided, and what checks a recording.
@@ -499,6 +523,7 @@ class Daemon:
                 break
             if item is not None:
                 self._frames_since += 1
+                self._audio_frames += 1
                 self._watch_zeros(item)
                 if self._deaf_frames > 0:  # our own prompt is playing
                     self._deaf_frames -= 1
@@ -716,8 +741,10 @@ class Daemon:
             stream.push(pcm)
 
     def _speech_ended(self, utt: Utterance | None) -> None:
-        if self.metrics is not None and utt is not None:
-            self.metrics.utterances.inc()
+        if utt is not None:
+            self._utterances += 1
+            if self.metrics is not None:
+                self.metrics.utterances.inc()
         a = self.attempt
         if a is None:
             if utt is not None and self.users is not None:
