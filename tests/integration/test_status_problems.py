@@ -136,3 +136,42 @@ def test_a_full_data_disk_and_unreadable_voiceprints_show_in_status_until_they_p
     assert "voiceprints" not in restored, seen
     assert "audit log cannot be written" in full, seen
     assert "Traceback" not in daemon.log()
+
+
+@pytest.mark.parametrize("sig", ["SIGBUS", "SIGSEGV"])
+def test_a_fatal_signal_leaves_every_threads_stack_in_the_log(tmp_path: Path, sig: str) -> None:
+    """Found making the data files immutable (chattr +i, as root) under a running daemon and
+    then sending erase-user: SQLite's COMMIT wrote to the mmapped voiceprints.db-shm, the
+    kernel answered with SIGBUS and the daemon vanished (exit -7) without a line; nothing in
+    the journal said where. Python cannot survive a SIGBUS in SQLite's C code, but with
+    faulthandler on, the log carries the fatal error and every thread's stack. (A file system
+    the kernel remounts read-only after errors does not do this: SQLite gets EROFS and the
+    door runs on, checked with ext4's trigger_fs_error.) The kernel's SIGBUS there depends on
+    page writeback timing, so the signal is sent here: the handler is the same."""
+    import signal
+
+    key = tmp_path / "voiceprint.key"
+    assert voxgate("users", "init-key", str(key)).returncode == 0
+    doc: dict[str, Any] = {
+        "data_dir": str(tmp_path / "data"),
+        "audio": {"source": "stdin"},
+        "speaker": {"key_file": str(key)},
+        "mqtt": {"enabled": False},
+        "metrics": {"enabled": False},
+    }
+    config = tmp_path / "voxgate.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    daemon = DaemonProcess(config)
+    try:
+        daemon.feed(pause(0.5))
+        daemon.wait_log("ready:", 30)
+        daemon.proc.send_signal(getattr(signal, sig))
+        code = daemon.proc.wait(20)
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    time.sleep(0.3)  # the reader thread takes the last lines
+    log = daemon.log()
+    assert code == -getattr(signal, sig)  # still fatal: systemd restarts the door
+    assert "Fatal Python error" in log, log[-3000:]
+    assert "service/loop.py" in log and "service/capture.py" in log, log[-3000:]
