@@ -124,10 +124,15 @@ class AuditLog:
         body = {"ts": round(time.time(), 3), "event": event, **_plain(fields)}
         with self._lock:
             if len(self._pending) >= MAX_PENDING:
-                self._pending.popleft()
+                lost = self._pending.popleft()
                 self.dropped += 1
+                # It leaves memory, not the record: the journal (kept elsewhere) gets it
+                # whole, in the form the daemon's stop uses for lines still held.
                 log.error(
-                    "audit backlog full: oldest unwritten line dropped (%d so far)", self.dropped
+                    "audit backlog full: oldest unwritten line leaves memory (%d so far); "
+                    "unwritten audit line: %s",
+                    self.dropped,
+                    json.dumps(lost, sort_keys=True),
                 )
             self._pending.append(body)
             records = self._flush_locked()
@@ -136,15 +141,39 @@ class AuditLog:
         return record
 
     def flush_pending(self) -> int:
-        """Retry lines a failed write left in memory; returns how many are still pending."""
+        """Retry lines a failed write left in memory, and an anchor a failed write left
+        behind the log; returns how many lines are still pending."""
         with self._lock:
             if self._pending:
                 self._flush_locked()
+            elif self._anchor_log.active:
+                self._anchor_again_locked()
             return len(self._pending)
+
+    def _anchor_again_locked(self) -> None:
+        """The anchor for the head as it is now. Without this an anchor the full disk refused
+        stayed behind until the next line: on a quiet door for hours, and a power cut then
+        left a log that `voxgate audit verify` reports as appended to without its anchor."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # anchors follow the file's order
+            self.seq, self.head = _tail_head(fd, os.fstat(fd).st_size, self.seq, self.head)
+            self._write_anchor()
+        finally:
+            os.close(fd)
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def failing(self) -> bool:
+        """Lines are held in memory, or the anchor could not be written since its last write
+        that worked (for the daemon's STATUS=: the log alone was not where an admin looks)."""
+        return bool(self._pending) or self._anchor_log.active
 
     def held(self) -> list[dict[str, Any]]:
         """A copy of the lines still unwritten (without seq and hash: those are given when

@@ -161,8 +161,25 @@ def looks_hex_text(key: bytes) -> bool:
     return len(key) == KEY_BYTES and all(c in b"0123456789abcdefABCDEF" for c in key)
 
 
-def load_key(speaker_cfg: Any) -> bytes:
-    """The voiceprint key from $VOXGATE_VOICEPRINT_KEY, a systemd credential or cfg.key_file."""
+def _sealed_count(store: Path | None) -> int:
+    """How many voiceprints `store` holds (read-only, no key needed); 0 when there is no
+    such file or it cannot be read (the store's own open then says what is wrong)."""
+    if store is None or not store.is_file():
+        return 0
+    try:
+        con = sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return int(con.execute("SELECT COUNT(*) FROM voiceprints").fetchone()[0])
+        finally:
+            con.close()
+    except (sqlite3.Error, OSError, ValueError):
+        return 0
+
+
+def load_key(speaker_cfg: Any, store: Path | None = None) -> bytes:
+    """The voiceprint key from $VOXGATE_VOICEPRINT_KEY, a systemd credential or cfg.key_file.
+    `store`: the voiceprint file the key is for, so that a key lost beside stored
+    voiceprints is answered with "restore it", not with "create one" (which opens none)."""
     from voxgate.config.secrets import (
         SecretError,
         SecretUnreadable,
@@ -175,7 +192,14 @@ def load_key(speaker_cfg: Any) -> bytes:
     except SecretUnreadable as exc:  # a new key would not open the stored voiceprints
         raise StoreError(str(exc)) from None
     except SecretError as exc:
-        if speaker_cfg.key_file is not None:
+        held = _sealed_count(store)
+        if held:
+            hint = (
+                f"{store} holds {held} voiceprint(s) sealed with that key: restore the key "
+                "from its backup (a new key opens none of them; without the key everyone "
+                f"must enroll again, after moving {store} aside)"
+            )
+        elif speaker_cfg.key_file is not None:
             hint = f"create it with: voxgate users init-key {speaker_cfg.key_file}"
         else:  # init-key alone is not enough: nothing tells the config where the key is
             hint = (
@@ -609,6 +633,10 @@ class VoiceprintStore:
             app_id = db.execute("PRAGMA application_id").fetchone()[0]
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            # Every page once: a damaged page past the schema (a card fault in the middle
+            # of the file) opened without a word, and the door then denied everyone as
+            # store_unreadable. A few pages a user: milliseconds, at open only.
+            check = [r[0] for r in db.execute("PRAGMA quick_check(3)").fetchall()]
         except BaseException:
             # A failed read ends the transaction: COMMIT here raised "cannot commit - no
             # transaction is active" and hid the cause (a full disk: "disk I/O error").
@@ -616,6 +644,9 @@ class VoiceprintStore:
                 db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        if check != ["ok"]:
+            found = " ".join(" ".join(check).replace("*** in database main ***", "").split())
+            raise Damaged(f"{self.path}: SQLite finds it damaged ({found[:200]}); left untouched")
         new = app_id == 0 and tables == 0
         if not new and app_id != APPLICATION_ID:
             raise Damaged(
@@ -1130,4 +1161,5 @@ def store_path(cfg: Any) -> Path:
 
 def open_store(cfg: Any, *, read_only: bool = False) -> VoiceprintStore:
     """The device's store, with its key (StoreError with a message for each problem)."""
-    return VoiceprintStore(store_path(cfg), load_key(cfg.speaker), read_only=read_only)
+    path = store_path(cfg)
+    return VoiceprintStore(path, load_key(cfg.speaker, path), read_only=read_only)

@@ -152,3 +152,36 @@ def test_a_second_daemon_on_the_same_data_dir_is_refused(
         assert first.wait(30) == 0
     # Once the first has stopped, a daemon starts there (the lock went with its process).
     assert Daemon(load_config(cfg), config_path=cfg).run() == 0
+
+
+@pytest.mark.usefixtures("no_secret_env")
+@pytest.mark.parametrize("lost", ["deleted", "emptied"])
+def test_a_lost_key_beside_enrolled_voiceprints_says_restore_it_not_make_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, lost: str
+) -> None:
+    # Seen running the daemon with its key file deleted, then emptied (a card fault, a full
+    # disk cutting it to 0 bytes) beside a store of five users: "create it with: voxgate
+    # users init-key FILE". init-key writes into an empty file (credential placeholders are
+    # empty), and the new key opens none of the voiceprints: the next start said "wrong
+    # voiceprint key", and with the old key gone for good everyone had to enroll again.
+    from voxgate.voiceprints import VoiceprintStore, parse_key
+
+    cfg = _door(tmp_path, voiceprint_key=True, decision_key=True)
+    key = tmp_path / "voiceprint.key"
+    store = VoiceprintStore(tmp_path / "data" / "voiceprints.db", parse_key(key.read_bytes()))
+    store.add_user("alice", np.ones((1, 256), np.float32), "some-model")
+    store.close()
+    if lost == "deleted":
+        key.unlink()
+    else:
+        key.write_bytes(b"")
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 78
+    assert "holds 1 voiceprint(s)" in caplog.text, caplog.text
+    assert "restore the key from its backup" in caplog.text
+    assert f"create it with: voxgate users init-key {key}" not in caplog.text
+
+    # With no voiceprints stored, making a key is the answer, as before.
+    caplog.clear()
+    (tmp_path / "data" / "voiceprints.db").unlink()
+    assert Daemon(load_config(cfg), config_path=cfg).run() == 78
+    assert f"create it with: voxgate users init-key {key}" in caplog.text

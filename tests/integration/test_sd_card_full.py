@@ -370,6 +370,58 @@ def test_an_anchor_the_full_disk_refuses_is_logged_once_and_rewritten_after(
     assert "written again" in caplog.text
 
 
+def test_an_anchor_the_full_disk_refused_is_written_once_there_is_room_without_a_new_line(
+    tmp_path: Path,
+) -> None:
+    """Seen with `voxgate run` under a notify socket on a filled tmpfs: once space was back
+    the anchor stayed behind the log until the next audit line (on a quiet door, hours), so
+    a power cut meanwhile left a log that verify reports as appended to without its anchor.
+    The daemon's housekeeping calls flush_pending() every second while the log is failing."""
+    from voxgate.audit import AuditLog, verify
+
+    with small_fs(tmp_path / "state", "1m") as folder:
+        log = AuditLog(folder / "audit.jsonl")
+        log.append("service_start")
+        fill(folder)
+        log.append("decision", outcome="denied")
+        assert log.pending == 0 and log.failing  # the line fitted, its anchor did not
+        free(folder)
+        assert log.flush_pending() == 0
+        assert not log.failing
+        anchor = json.loads((folder / "audit.jsonl.anchor").read_text())
+        assert anchor["seq"] == 2
+        assert verify(folder / "audit.jsonl").ok
+
+
+def test_a_line_the_full_backlog_drops_is_carried_whole_to_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past audit.MAX_PENDING held lines the oldest left memory with only "oldest unwritten
+    line dropped (N so far)": the record was gone. Lines still held at a stop already went to
+    the journal whole ('unwritten audit line: {...}'); a dropped one now does the same. The
+    limit is lowered here (10000 lines would take minutes): the code path is the same."""
+    from voxgate import audit
+
+    monkeypatch.setattr(audit, "MAX_PENDING", 3)
+    with small_fs(tmp_path / "state", "1m") as folder:
+        log = audit.AuditLog(folder / "audit.jsonl")
+        log.append("service_start")
+        fill(folder)
+        big = "x" * 8192  # more than a file's slack in its last block: the write fails
+        for n in range(5):
+            log.append("decision", outcome="denied", n=n, pad=big)
+        assert log.pending == 3 and log.dropped == 2
+    carried = [
+        json.loads(r.getMessage().split("unwritten audit line: ", 1)[1])
+        for r in caplog.records
+        if "unwritten audit line: " in r.getMessage()
+    ]
+    assert [(c["event"], c["n"], c["pad"]) for c in carried] == [
+        ("decision", 0, big),
+        ("decision", 1, big),
+    ]
+
+
 def test_a_first_start_on_a_full_disk_leaves_no_empty_state_files(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

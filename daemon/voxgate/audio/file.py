@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import stat
 import time
 from collections.abc import Iterator
@@ -56,6 +57,33 @@ def _open(path: Path) -> sf.SoundFile:
     return f
 
 
+# libsndfile's log of a WAV whose data chunk claims more bytes than the file holds.
+_DATA_CLAIM = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# What a writer that cannot seek back (arecord, sox or ffmpeg into a pipe) leaves as the
+# length: 0, or a value near 2**31 or 2**32 (tools differ in the exact one).
+_STREAMED_MIN = 0x7FFF0000
+
+
+def _warn_if_cut_short(path: Path, f: sf.SoundFile) -> None:
+    """A WAV cut short (an interrupted copy, a recorder that lost power) reads without an
+    error, as far as it goes: say so, or a verdict on half a sentence comes without a word
+    about the file (a cut FLAC does raise, and its read error is logged)."""
+    m = _DATA_CLAIM.search(f.extra_info)
+    if m is None:
+        return
+    claimed, present = int(m.group(1)), int(m.group(2))
+    if not claimed or claimed >= _STREAMED_MIN or not present or claimed <= present:
+        return
+    held_s = f.frames / f.samplerate
+    log.warning(
+        "%s: cut short: its header promises %.1f s of audio, the file holds %.1f s (an "
+        "interrupted copy or recording?); reading what is there",
+        path,
+        held_s * claimed / present,
+        held_s,
+    )
+
+
 def read_audio(path: str | Path, max_s: float | None = None) -> np.ndarray:
     """The whole file as 16 kHz mono int16. With max_s, AudioError for a longer file, found
     while reading so that a long stream is never held in memory."""
@@ -82,6 +110,7 @@ class FileSource(AudioSource):
         self.realtime = realtime
         self.loop = loop
         info = _open(self.path)
+        _warn_if_cut_short(self.path, info)
         self.file_rate = info.samplerate
         self.channels = info.channels
         info.close()

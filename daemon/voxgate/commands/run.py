@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import logging
 import sys
 from typing import TYPE_CHECKING
@@ -92,6 +94,12 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"voxgate run: {exc}", file=sys.stderr)
         return EX_CONFIG
     setup_logging(cfg.logging)
+    # A fatal signal inside C code (SIGBUS from SQLite's mmapped -shm when the kernel refuses
+    # a page, SIGSEGV in a native library) ended the daemon without a line: systemd saw
+    # status=7/BUS and the journal held nothing that said where. faulthandler writes the
+    # fatal error and every thread's stack to stderr (the journal), then dies as before.
+    with contextlib.suppress(RuntimeError, ValueError, OSError):  # no usable stderr: no dump
+        faulthandler.enable(all_threads=True)
     code = build_daemon(args, cfg).run()
     if code:
         print(f"voxgate run: stopped with exit code {code} (see the log above)", file=sys.stderr)

@@ -154,8 +154,12 @@ class CommandGate:
             wants = ", ".join([*required, *(f"[{o}]" for o in optional)]) or "nothing"
             raise CommandError("bad-args", f"{name} takes: {wants}")
         for k, v in args.items():
-            if not isinstance(v, str) or (k == "user" and not _user_name_ok(v)):
-                raise CommandError("bad-args", f"invalid {k}")
+            if not isinstance(v, str):
+                raise CommandError("bad-args", f"{k} must be a string")
+            why = _user_name_problem(v) if k == "user" else None
+            if why is not None:
+                # Why, not the name: it may hold control characters meant for the log.
+                raise CommandError("bad-args", f"invalid user: {why}")
         nonce = body.get("nonce")
         if not isinstance(nonce, str) or not NONCE_RE.match(nonce):
             raise CommandError("malformed", "nonce must be 16-64 lowercase hex digits")
@@ -180,17 +184,20 @@ class CommandGate:
         return Command(name, dict(args), nonce, float(issued), float(expires))
 
 
-def _user_name_ok(name: str) -> bool:
-    """A name the voiceprint store accepts (as the CLI and the API do), without path
-    separators. An ASCII-only pattern refused 'José' and "O'Brien", so users enrolled
-    with the CLI or the API could not be erased, enrolled or claimed over MQTT."""
+def _user_name_problem(name: str) -> str | None:
+    """What keeps `name` from being a name the voiceprint store accepts (as the CLI and the
+    API do), without path separators; None when it is one. An ASCII-only pattern refused
+    'José' and "O'Brien", so users enrolled with the CLI or the API could not be erased,
+    enrolled or claimed over MQTT."""
     from voxgate.voiceprints import StoreError, normalize_name  # numpy: not for the actuator
 
     try:
         normalize_name(name)
-    except StoreError:
-        return False
-    return "/" not in name and "\\" not in name
+    except StoreError as exc:
+        return str(exc)
+    if "/" in name or "\\" in name:
+        return "user name must not contain / or \\"
+    return None
 
 
 def make_reply(

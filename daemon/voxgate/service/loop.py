@@ -62,6 +62,10 @@ EX_IOERR = 74  # audio capture failed while running (systemd restarts us)
 SPEAK_S_PER_WORD = 0.45
 SPEAK_TAIL_S = 0.8
 TICK_S = 0.1  # longest the loop waits for a frame before doing its housekeeping
+# An input giving nothing but zeros for this long is muted or dead, not a quiet room: a
+# working microphone always has a noise floor. Counted in audio, so a pipe read faster than
+# real time is judged the same.
+ZEROS_S = 30.0
 HOUSEKEEPING_S = 1.0
 
 STATUS = {
@@ -229,6 +233,13 @@ class Daemon:
         self.keeper: Any = None
         self.users: Any = None  # service.users.UserServices, once the stages are built
         self._mqtt_up = True  # until housekeeping learns otherwise
+        self._zero_frames = 0  # frames in a row with every sample 0
+        self._audio_frames = 0  # frames the loop took, for what the end of a source says
+        self._utterances = 0  # speech the VAD ended as an utterance (not a click)
+        self._muted = False  # ZEROS_S of them: said in the log and in STATUS=
+        self._store_unreadable = False  # the last attempt that scored could not read them
+        self._problems: tuple[str, ...] = ()  # what STATUS= adds to the state
+        self._status_why = ""
         self._published_locks: tuple[tuple[str, float | None], ...] | None = None
         self.sm.subscribe(self._on_state)
 
@@ -427,6 +438,9 @@ class Daemon:
         link.stop()
 
     def _shutdown(self) -> None:
+        # The last line says why the daemon stops (an end of input exited 0 after
+        # 'MQTT: disconnected', a SIGTERM without a word of its own).
+        log.info("stopping: %s", self._stop_reason or "source ended")
         if self.attempt is not None:
             self._abort_attempt(f"shutdown ({self._stop_reason or 'source ended'})")
         self.notifier.stopping(f"stopping: {self._stop_reason or 'source ended'}")
@@ -493,6 +507,14 @@ class Daemon:
             self._run_commands()
             item = self.frames.get(TICK_S)
             if isinstance(item, EndOfStream):
+                if item.error is None and self.endpointer.in_speech:
+                    # A writer that died mid-word, a recording cut short: the verdict that
+                    # follows is on a piece of an utterance, and the log should say so.
+                    log.warning(
+                        "the %s source ended during speech: the utterance is judged as far "
+                        "as it went",
+                        self.cfg.audio.source,
+                    )
                 for ev in self.endpointer.flush():
                     self._on_event(ev)
                 if item.error is not None and not self._stop.is_set():
@@ -507,6 +529,17 @@ class Daemon:
                         f" ({where})" if where else "",
                     )
                     self._stop_reason = self._stop_reason or "source ended without audio"
+                elif item.error is None and not self._utterances:
+                    # Room tone, or a recording of nobody: exit 0 with no verdict read like
+                    # a check that passed.
+                    where = self.cfg.audio.path if self.cfg.audio.source == "file" else None
+                    log.warning(
+                        "the %s source ended after %.1f s of audio without speech%s: nothing "
+                        "was checked",
+                        self.cfg.audio.source,
+                        self._audio_frames * self.cfg.audio.frame_ms / 1000,
+                        f" ({where})" if where else "",
+                    )
                 elif item.error is None and self._waiting_for_answer():
                     # A recording opens the challenge but cannot answer digits drawn after
                     # it was made: say why nothing was decided, and what checks a recording.
@@ -522,6 +555,8 @@ class Daemon:
                 break
             if item is not None:
                 self._frames_since += 1
+                self._audio_frames += 1
+                self._watch_zeros(item)
                 if self._deaf_frames > 0:  # our own prompt is playing
                     self._deaf_frames -= 1
                     if not self._deaf_frames:
@@ -530,6 +565,32 @@ class Daemon:
                 for ev in self.endpointer.feed(item):
                     self._on_event(ev)
             self._tick(time.monotonic())
+
+    def _watch_zeros(self, frame: np.ndarray) -> None:
+        """A muted capture switch or a dead microphone gives exact zeros: the door looked
+        healthy (READY, watchdog, `idle: listening for speech`) and heard nobody."""
+        if frame.any():
+            if self._muted:
+                self._muted = False
+                log.warning(
+                    "the %s input gives sound again after %.0f s of digital silence",
+                    self.cfg.audio.source,
+                    self._zero_frames * self.cfg.audio.frame_ms / 1000,
+                )
+                self._status()
+            self._zero_frames = 0
+            return
+        self._zero_frames += 1
+        if not self._muted and self._zero_frames * self.cfg.audio.frame_ms >= ZEROS_S * 1000:
+            self._muted = True
+            log.warning(
+                "the %s input has given digital silence (every sample 0) for %.0f s: a muted "
+                "capture switch, a level at zero or a dead microphone? (alsamixer, voxgate "
+                "devices). Nobody can be heard until it gives sound again",
+                self.cfg.audio.source,
+                ZEROS_S,
+            )
+            self._status()
 
     def _waiting_for_answer(self) -> bool:
         a = self.attempt
@@ -607,7 +668,7 @@ class Daemon:
                     new,
                     dropped,
                 )
-        if self.audit is not None and self.audit.pending:
+        if self.audit is not None and self.audit.failing:
             self.audit.flush_pending()
         if self.users is not None:
             self.users.housekeeping(now)
@@ -617,7 +678,7 @@ class Daemon:
             connected = False
         if self.metrics is not None:
             self.metrics.mqtt_connected.set(1 if connected else 0)
-        if connected != self._mqtt_up:
+        if connected != self._mqtt_up or self._current_problems() != self._problems:
             self._mqtt_up = connected
             self._status()
         self._take_lockout_clears()
@@ -712,8 +773,10 @@ class Daemon:
             stream.push(pcm)
 
     def _speech_ended(self, utt: Utterance | None) -> None:
-        if self.metrics is not None and utt is not None:
-            self.metrics.utterances.inc()
+        if utt is not None:
+            self._utterances += 1
+            if self.metrics is not None:
+                self.metrics.utterances.inc()
         a = self.attempt
         if a is None:
             if utt is not None and self.users is not None:
@@ -874,6 +937,8 @@ class Daemon:
             self._announce_locks(done.record)
         result = done.result
         verdict = result.verdict
+        if result.speaker is not None:  # the store was read, or failed to be
+            self._store_unreadable = "store_unreadable" in getattr(result.speaker, "reasons", ())
         published = self._publish_decision(result)
         latency = time.monotonic() - a.ended_at
         self.attempt = None
@@ -1073,15 +1138,29 @@ class Daemon:
         if self.metrics is not None and self.audit.write_errors > before:
             self.metrics.audit_write_errors.inc(self.audit.write_errors - before)
 
-    def _status(self, why: str = "") -> None:
-        """STATUS= for systemctl status: the state, and what the door is waiting for."""
-        text = STATUS[self.sm.state] + (f": {why}" if why else "")
+    def _status(self) -> None:
+        """STATUS= for systemctl status: the state, what the door is waiting for, and what
+        keeps it from working fully (each also logged when it began)."""
+        why = self._status_why
+        self._problems = self._current_problems()
+        text = "; ".join([STATUS[self.sm.state] + (f": {why}" if why else ""), *self._problems])
         if self.cfg.mqtt.enabled and not self._mqtt_up:
             text += "; MQTT broker not connected (decisions are not reaching the lock)"
         self.notifier.status(text)
 
+    def _current_problems(self) -> tuple[str, ...]:
+        found = []
+        if self._muted:
+            found.append(f"audio input is digital silence (all zeros for {ZEROS_S:.0f} s+)")
+        if self._store_unreadable:
+            found.append("voiceprints cannot be read (attempts denied; see the log)")
+        if self.audit is not None and self.audit.failing:
+            found.append("audit log cannot be written (lines held in memory; see the log)")
+        return tuple(found)
+
     def _on_state(self, old: State, new: State, why: str) -> None:
-        self._status(why if new == State.DECIDED else "")
+        self._status_why = why if new == State.DECIDED else ""
+        self._status()
         if self.metrics is not None:
             self.metrics.state.state(new.value)
         self._publish_state()

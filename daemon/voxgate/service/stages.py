@@ -260,7 +260,7 @@ def speaker_key(cfg: VoxgateConfig) -> bytes:
     except ImportError as exc:
         raise _missing(exc) from None
     try:
-        return voiceprints.load_key(cfg.speaker)
+        return voiceprints.load_key(cfg.speaker, voiceprints.store_path(cfg))
     except voiceprints.StoreError as exc:  # no key, or not a key: a setting, not the build
         raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
 
