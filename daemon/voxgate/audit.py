@@ -76,6 +76,21 @@ def line_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(body)).hexdigest()
 
 
+MIN_LINE_BYTES = 129  # a chained line holds two 64-digit hashes and its newline at least
+
+
+def _may_fit(fd: int, st: os.stat_result, lines: int) -> bool:
+    """False only when `lines` chained lines certainly cannot be appended: fewer bytes are
+    free (root's reserve counted, and the slack of the file's last block) than the least
+    they take. A write it lets through may still fail; one it stops never could succeed."""
+    try:
+        vfs = os.fstatvfs(fd)
+    except OSError:
+        return True
+    free = vfs.f_bfree * vfs.f_frsize + max(0, st.st_blocks * 512 - st.st_size)
+    return free >= lines * MIN_LINE_BYTES
+
+
 def anchor_path_for(path: Path) -> Path:
     return path.with_name(path.name + ".anchor")
 
@@ -199,7 +214,14 @@ class AuditLog:
             return []
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
+            if not _may_fit(fd, st, len(self._pending)):
+                # Chaining and serialising the whole backlog for a write that cannot succeed
+                # cost about 130 ms of CPU per try at 10,000 held lines, once a second from the
+                # daemon's housekeeping (benchmarks/audit_backlog_cost.py).
+                self._write_failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+                return []
             self.seq, self.head = _tail_head(fd, size, self.seq, self.head)
             records = self._chain(list(self._pending), self.seq, self.head)
             data = b"".join(canonical(r) + b"\n" for r in records)
