@@ -311,7 +311,13 @@ def _check_header(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(len(SQLITE_MAGIC))
     if head != SQLITE_MAGIC:
-        raise Damaged(f"{path}: not a voxgate voiceprint database (not SQLite); left untouched")
+        # Either speaker.database names another file, or the store's header was overwritten.
+        raise Damaged(
+            f"{path}: not a voxgate voiceprint database (not SQLite); left untouched. If "
+            "speaker.database names the wrong file, point it at the voiceprint store; if this "
+            "is the store, it is damaged: restore it from a backup, or move it aside (with any "
+            "-wal and -shm file beside it) and enroll everyone again"
+        )
 
 
 def _open_error(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
@@ -646,7 +652,7 @@ class VoiceprintStore:
         db.execute("COMMIT")
         if check != ["ok"]:
             found = " ".join(" ".join(check).replace("*** in database main ***", "").split())
-            raise Damaged(f"{self.path}: SQLite finds it damaged ({found[:200]}); left untouched")
+            raise Damaged(f"{self.path}: SQLite finds it damaged ({found[:200]}){DAMAGED_HINT}")
         new = app_id == 0 and tables == 0
         if not new and app_id != APPLICATION_ID:
             raise Damaged(

@@ -235,6 +235,38 @@ def test_a_damaged_file_says_what_to_do(tmp_path: Path) -> None:
         assert "left untouched" in m and "Restore it from a backup" in m, m
 
 
+def test_every_damaged_file_message_says_what_to_do(tmp_path: Path) -> None:
+    # Found in review running `voxgate users list` on a real voiceprints.db with page 4
+    # overwritten: "SQLite finds it damaged (Page 4: btreeInitPage() ...); left untouched",
+    # and on random bytes: "not a voxgate voiceprint database (not SQLite); left untouched".
+    # Neither said what to do, unlike the "malformed" and 0-byte messages (the daemon adds
+    # advice of its own; the commands print the store's message alone).
+    clean = tmp_path / "clean.db"
+    with VoiceprintStore(clean, KEY) as store:
+        for i, name in enumerate(("alice", "bob", "carol")):
+            store.add_user(name, _emb(i, k=8, dim=256), MODEL)
+    data = clean.read_bytes()
+    messages = []
+    for page in range(1, len(data) // 4096):
+        db = tmp_path / f"page{page}.db"
+        smashed = bytearray(data)
+        smashed[page * 4096 : (page + 1) * 4096] = np.random.default_rng(page).bytes(4096)
+        db.write_bytes(bytes(smashed))
+        try:
+            with VoiceprintStore(db, KEY) as store:
+                store.readable()
+        except vpmod.Damaged as exc:
+            messages.append(str(exc))
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(os.urandom(8192))
+    with pytest.raises(vpmod.Damaged) as refused:
+        VoiceprintStore(junk, KEY)
+    messages.append(str(refused.value))
+    assert any("finds it damaged" in m for m in messages), messages
+    for m in messages:
+        assert "left untouched" in m and "from a backup" in m, m
+
+
 def test_store_path_not_a_file_is_a_store_error(tmp_path: Path) -> None:
     folder = tmp_path / "vp.db"
     folder.mkdir()
