@@ -1168,4 +1168,23 @@ def store_path(cfg: Any) -> Path:
 def open_store(cfg: Any, *, read_only: bool = False) -> VoiceprintStore:
     """The device's store, with its key (StoreError with a message for each problem)."""
     path = store_path(cfg)
-    return VoiceprintStore(path, load_key(cfg.speaker, path), read_only=read_only)
+    key = load_key(cfg.speaker, path)
+    try:
+        return VoiceprintStore(path, key, read_only=read_only)
+    except WrongKey as exc:
+        raise WrongKey(f"{exc}{key_source(cfg.speaker)}") from None
+
+
+def key_source(speaker_cfg: Any) -> str:
+    """Where the key that did not open the store came from: a variable or credential left
+    set to another door's key hides a right speaker.key_file, and the store's message alone
+    sent the person to check that file."""
+    from voxgate.config.secrets import override_source
+
+    file = speaker_cfg.key_file
+    src = override_source("voiceprint-key")
+    if src is None:
+        return f" (the key in {file}, speaker.key_file)"
+    if file is None:
+        return f" (the key came from {src})"
+    return f" (the key came from {src}, which is read before speaker.key_file {file})"

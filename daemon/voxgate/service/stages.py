@@ -326,9 +326,12 @@ def speaker_store(cfg: VoxgateConfig, key: bytes) -> Any:
     from voxgate import voiceprints
 
     with _speaker_errors():
-        return voiceprints.VoiceprintStore(
-            cfg.speaker.database or cfg.data_dir / "voiceprints.db", key, read_when_full=True
-        )
+        try:
+            return voiceprints.VoiceprintStore(
+                cfg.speaker.database or cfg.data_dir / "voiceprints.db", key, read_when_full=True
+            )
+        except voiceprints.WrongKey as exc:  # say which key: a credential hides the file
+            raise voiceprints.WrongKey(f"{exc}{voiceprints.key_source(cfg.speaker)}") from None
 
 
 def speaker_scorer(cfg: VoxgateConfig, store: Any, embedder: Any) -> Scorer:
