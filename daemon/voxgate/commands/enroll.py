@@ -119,6 +119,7 @@ def _print_takes(result: Any, labels: list[str], sp: Any, numbers: list[int] | N
     """One line per take. `numbers`: what each take is called (a microphone take by the
     number of the prompt it answered, as shown when it was said); default 1, 2, ..."""
     from voxgate.enrollment import seconds_text
+    from voxgate.quality import db_text
 
     for t in result.takes:
         q = t.quality
@@ -126,7 +127,7 @@ def _print_takes(result: Any, labels: list[str], sp: Any, numbers: list[int] | N
         line = (
             f"  take {number:2d} {_label(labels[t.index - 1])} "
             f"speech {seconds_text(q.speech_s):>4} s  "
-            f"SNR {q.snr_db:3.0f} dB  clipped {100 * q.clipped:4.2f} %"
+            f"SNR {db_text(q.snr_db):>3} dB  clipped {100 * q.clipped:4.2f} %"
         )
         if t.consistency is not None:
             line += f"  consistency {t.consistency:.2f}"
@@ -161,7 +162,7 @@ def _record_takes(
         seconds_text,
         take_problem,
     )
-    from voxgate.quality import assess
+    from voxgate.quality import assess, db_text
     from voxgate.vad import Endpointer
 
     sp = cfg.speaker
@@ -199,7 +200,7 @@ def _record_takes(
             q = assess(pcm, cfg.vad)
             problem = take_problem(q, sp)
             if problem:
-                heard = f"{seconds_text(q.speech_s)} s, SNR {q.snr_db:.0f} dB"
+                heard = f"{seconds_text(q.speech_s)} s, SNR {db_text(q.snr_db)} dB"
                 if problem == "clipped":
                     heard = f"{100 * q.clipped:.2f} % clipped"
                 level = _level_missed(problem, q, sp)
@@ -213,7 +214,7 @@ def _record_takes(
             numbers.append(attempt)
             speech += q.speech_s
             done = progress_text(len(takes), speech, sp.enroll_min_takes, sp.enroll_min_speech_s)
-            print(f"  ok: {seconds_text(q.speech_s)} s of speech, SNR {q.snr_db:.0f} dB   "
+            print(f"  ok: {seconds_text(q.speech_s)} s of speech, SNR {db_text(q.snr_db)} dB   "
                   f"progress: {done}")  # fmt: skip
             if len(takes) >= sp.enroll_min_takes and speech >= sp.enroll_min_speech_s:
                 result = check_takes(takes, embedder, sp, cfg.vad, numbers=numbers)
