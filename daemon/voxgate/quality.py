@@ -140,6 +140,12 @@ def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None, live: bool = False
     )
 
 
+def db_text(db: float) -> str:
+    """A level in whole dB as the commands print it: "0", not "-0", for -0.5 < db < 0."""
+    text = f"{db:.0f}"
+    return "0" if text == "-0" else text
+
+
 def too_noisy(q: Quality, min_snr_db: float, min_snr_db_no_pauses: float) -> bool:
     """Below the level for how its SNR was measured: `min_snr_db` when measured in at least
     PAUSE_S of pauses, `min_snr_db_no_pauses` otherwise (a recording cut to its speech).

@@ -311,7 +311,13 @@ def _check_header(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(len(SQLITE_MAGIC))
     if head != SQLITE_MAGIC:
-        raise Damaged(f"{path}: not a voxgate voiceprint database (not SQLite); left untouched")
+        # Either speaker.database names another file, or the store's header was overwritten.
+        raise Damaged(
+            f"{path}: not a voxgate voiceprint database (not SQLite); left untouched. If "
+            "speaker.database names the wrong file, point it at the voiceprint store; if this "
+            "is the store, it is damaged: restore it from a backup, or move it aside (with any "
+            "-wal and -shm file beside it) and enroll everyone again"
+        )
 
 
 def _open_error(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
@@ -646,7 +652,7 @@ class VoiceprintStore:
         db.execute("COMMIT")
         if check != ["ok"]:
             found = " ".join(" ".join(check).replace("*** in database main ***", "").split())
-            raise Damaged(f"{self.path}: SQLite finds it damaged ({found[:200]}); left untouched")
+            raise Damaged(f"{self.path}: SQLite finds it damaged ({found[:200]}){DAMAGED_HINT}")
         new = app_id == 0 and tables == 0
         if not new and app_id != APPLICATION_ID:
             raise Damaged(
@@ -1162,4 +1168,23 @@ def store_path(cfg: Any) -> Path:
 def open_store(cfg: Any, *, read_only: bool = False) -> VoiceprintStore:
     """The device's store, with its key (StoreError with a message for each problem)."""
     path = store_path(cfg)
-    return VoiceprintStore(path, load_key(cfg.speaker, path), read_only=read_only)
+    key = load_key(cfg.speaker, path)
+    try:
+        return VoiceprintStore(path, key, read_only=read_only)
+    except WrongKey as exc:
+        raise WrongKey(f"{exc}{key_source(cfg.speaker)}") from None
+
+
+def key_source(speaker_cfg: Any) -> str:
+    """Where the key that did not open the store came from: a variable or credential left
+    set to another door's key hides a right speaker.key_file, and the store's message alone
+    sent the person to check that file."""
+    from voxgate.config.secrets import override_source
+
+    file = speaker_cfg.key_file
+    src = override_source("voiceprint-key")
+    if src is None:
+        return f" (the key in {file}, speaker.key_file)"
+    if file is None:
+        return f" (the key came from {src})"
+    return f" (the key came from {src}, which is read before speaker.key_file {file})"

@@ -94,6 +94,8 @@ def test_a_wrong_voiceprint_key_is_exit_78(
     assert Daemon(load_config(cfg), config_path=cfg).run() == 78
     assert "wrong voiceprint key" in caplog.text
     assert "read as 32 raw bytes" not in caplog.text  # a 64-hex-digit key: no hex hint
+    # Which key: the file here (a credential or variable would be named instead).
+    assert f"the key in {tmp_path / 'voiceprint.key'}" in caplog.text, caplog.text
 
 
 @pytest.mark.usefixtures("no_secret_env")

@@ -84,8 +84,8 @@ def _snapshot(path: Path) -> bytes | str:
 @pytest.mark.parametrize(
     ("name", "how", "challenge", "advice"),
     [
-        ("voiceprints.db", "garbage", "off", "Restore the file from a backup"),
-        ("voiceprints.db", "half", "off", "Restore the file from a backup"),
+        ("voiceprints.db", "garbage", "off", "restore it from a backup"),
+        ("voiceprints.db", "half", "off", "Restore it from a backup"),
         ("voiceprints.db", "folder", "off", "Restore the file from a backup"),
         ("voiceprints.db", "empty", "off", "Restore it from a backup"),
         # Seen overwriting bytes in the middle of the file: the door started, READY, and

@@ -399,6 +399,46 @@ def test_a_noisy_take_says_which_level_it_missed(
     ), out
 
 
+def test_a_short_or_clipped_take_says_which_level_it_missed(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in review enrolling real FSDD takes: "speech 0.5 s ... REJECTED: too little
+    speech" and "clipped 3.76 % ... REJECTED: clipped" gave no level, while a noisy take's
+    line names the one it missed; a person could not tell how much speech or how little
+    clipping would do. Now both say it, from files and from the microphone."""
+    d = device["dir"]
+    short = say(d / "short.wav", "two", "en+m3")
+    clipped = say(d / "clipped.wav", TAKES[3], "en+m3")
+    audio, rate = sf.read(clipped)
+    sf.write(clipped, np.clip(audio * 8, -1, 1), rate)
+    good = [str(say(d / f"g{i}.wav", t, "en+m3")) for i, t in enumerate(TAKES[:3])]
+    cfg = device["cfg"]
+    main(["enroll", "erin", "--from", *good, str(short), str(clipped), "-c", str(cfg)])
+    out = capsys.readouterr().out
+    lines = {x.split()[2].split("/")[-1]: x for x in out.splitlines() if "REJECTED" in x}
+    assert lines.keys() == {"short.wav", "clipped.wav"}, out
+    assert lines["short.wav"].endswith("REJECTED: too little speech (needs 1 s of net speech)"), out
+    assert lines["clipped.wav"].endswith(
+        "REJECTED: clipped (too loud: move back or lower the gain; at most 0.1 % of samples)"
+    ), out
+    gap = np.zeros(int(1.5 * rate))  # each take its own utterance at the endpointer
+    parts = [x for p in (short, clipped, *good) for x in (sf.read(p)[0], gap)]
+    sf.write(d / "mic.wav", np.concatenate(parts), rate)
+    cfg.write_text(cfg.read_text() + f"audio:\n  source: file\n  path: {d / 'mic.wav'}\n")
+    main(["enroll", "fred", "-c", str(cfg)])
+    out = capsys.readouterr().out
+    assert re.search(
+        r"take 1: say .*\n  not used: too little speech \(\d\.\d s, SNR \d+ dB; "
+        r"needs 1 s of net speech\)\n",
+        out,
+    ), out
+    assert re.search(
+        r"take 2: say .*\n  not used: clipped \(\d+\.\d+ % clipped; too loud: move back or "
+        r"lower the gain; at most 0\.1 % of samples\)\n",
+        out,
+    ), out
+
+
 def test_ctrl_c_during_guided_enrollment_says_nothing_was_stored(
     device: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -200,3 +200,13 @@ def test_silence_or_speech_too_quiet_to_hear_is_too_little_speech_not_too_noisy(
         "too_little_speech",
         "too_noisy",
     )
+
+
+def test_an_snr_just_below_zero_is_not_printed_as_minus_zero() -> None:
+    # Found in review: a take with real noise mixed in at about 0 dB read "SNR  -0 dB" in
+    # `voxgate enroll` and `voxgate verify` (format "{:.0f}" of -0.3).
+    from voxgate.quality import db_text
+
+    assert db_text(-0.3) == "0" and db_text(0.3) == "0"
+    assert db_text(-0.6) == "-1" and db_text(25.5) == "26" and db_text(26.4) == "26"
+    assert f"{db_text(-0.3):>3}" == "  0"

@@ -235,6 +235,38 @@ def test_a_damaged_file_says_what_to_do(tmp_path: Path) -> None:
         assert "left untouched" in m and "Restore it from a backup" in m, m
 
 
+def test_every_damaged_file_message_says_what_to_do(tmp_path: Path) -> None:
+    # Found in review running `voxgate users list` on a real voiceprints.db with page 4
+    # overwritten: "SQLite finds it damaged (Page 4: btreeInitPage() ...); left untouched",
+    # and on random bytes: "not a voxgate voiceprint database (not SQLite); left untouched".
+    # Neither said what to do, unlike the "malformed" and 0-byte messages (the daemon adds
+    # advice of its own; the commands print the store's message alone).
+    clean = tmp_path / "clean.db"
+    with VoiceprintStore(clean, KEY) as store:
+        for i, name in enumerate(("alice", "bob", "carol")):
+            store.add_user(name, _emb(i, k=8, dim=256), MODEL)
+    data = clean.read_bytes()
+    messages = []
+    for page in range(1, len(data) // 4096):
+        db = tmp_path / f"page{page}.db"
+        smashed = bytearray(data)
+        smashed[page * 4096 : (page + 1) * 4096] = np.random.default_rng(page).bytes(4096)
+        db.write_bytes(bytes(smashed))
+        try:
+            with VoiceprintStore(db, KEY) as store:
+                store.readable()
+        except vpmod.Damaged as exc:
+            messages.append(str(exc))
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(os.urandom(8192))
+    with pytest.raises(vpmod.Damaged) as refused:
+        VoiceprintStore(junk, KEY)
+    messages.append(str(refused.value))
+    assert any("finds it damaged" in m for m in messages), messages
+    for m in messages:
+        assert "left untouched" in m and "from a backup" in m, m
+
+
 def test_store_path_not_a_file_is_a_store_error(tmp_path: Path) -> None:
     folder = tmp_path / "vp.db"
     folder.mkdir()
@@ -691,3 +723,41 @@ def test_a_name_that_only_looks_different_is_not_a_second_person(tmp_path: Path)
         store.add_user("Alice", _emb(2), MODEL)
         with pytest.raises(StoreError, match="already enrolled as 'Alice'"):
             store.add_user("ａｌｉｃｅ", _emb(3), MODEL)
+
+
+def test_a_wrong_key_says_where_it_was_read_from(
+    tmp_path: Path, no_secret_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: with $VOXGATE_VOICEPRINT_KEY (or a systemd credential) left set to
+    another door's key, `voxgate users list -c voxgate.yaml` said only "wrong voiceprint
+    key (it does not open this store)", while speaker.key_file named the right key: the
+    person checks that file, finds it right, and is stuck. The message now names where the
+    key was read from, and that it comes before speaker.key_file."""
+    from voxgate.config import VoxgateConfig
+
+    key_file = tmp_path / "voiceprint.key"
+    vpmod.write_key_file(key_file)
+    cfg = VoxgateConfig(data_dir=tmp_path / "data", speaker={"key_file": key_file})
+    with vpmod.open_store(cfg) as store:
+        store.add_user("alice", _emb(1), MODEL)
+    monkeypatch.setenv("VOXGATE_VOICEPRINT_KEY", bytes(range(32)).hex())
+    with pytest.raises(vpmod.WrongKey) as refused:
+        vpmod.open_store(cfg)
+    assert "$VOXGATE_VOICEPRINT_KEY" in str(refused.value), refused.value
+    assert str(key_file) in str(refused.value), refused.value  # the file it stood in for
+    monkeypatch.delenv("VOXGATE_VOICEPRINT_KEY")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "voiceprint-key").write_text(bytes(range(32)).hex())
+    (creds / "voiceprint-key").chmod(0o600)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    with pytest.raises(vpmod.WrongKey) as refused:
+        vpmod.open_store(cfg)
+    assert str(creds / "voiceprint-key") in str(refused.value), refused.value
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    other = tmp_path / "other.key"
+    vpmod.write_key_file(other)
+    cfg = VoxgateConfig(data_dir=tmp_path / "data", speaker={"key_file": other})
+    with pytest.raises(vpmod.WrongKey) as refused:
+        vpmod.open_store(cfg)
+    assert f"the key in {other}" in str(refused.value), refused.value

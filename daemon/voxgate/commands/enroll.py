@@ -21,7 +21,7 @@ from voxgate.commands.speaker_common import (
 
 REASONS = {
     "too_short": "too little speech",
-    "clipped": "clipped (too loud: move back or lower the gain)",
+    "clipped": "clipped",
     "too_noisy": "too noisy",
     "outlier": "inconsistent with the other takes (another voice?)",
     "other_voice": "a different voice from the other takes",
@@ -92,6 +92,21 @@ def _noise_level(q: Any, sp: Any) -> str:
     )
 
 
+def _level_missed(problem: str, q: Any, sp: Any) -> str:
+    """What a rejected take's audio missed, in brackets after the reason: how the SNR was
+    measured and its level, the net speech or the clipping needed. "too little speech"
+    alone did not say how much would do."""
+    from voxgate.enrollment import MAX_CLIPPED, MIN_TAKE_SPEECH_S
+
+    if problem == "too_noisy":
+        return f"SNR {_noise_level(q, sp)}"
+    if problem == "too_short":
+        return f"needs {MIN_TAKE_SPEECH_S:g} s of net speech"
+    if problem == "clipped":
+        return f"too loud: move back or lower the gain; at most {100 * MAX_CLIPPED:g} % of samples"
+    return ""
+
+
 MAX_TAKES_LIMIT = 200  # a guided enrollment needs a handful; more is a typo
 
 
@@ -104,6 +119,7 @@ def _print_takes(result: Any, labels: list[str], sp: Any, numbers: list[int] | N
     """One line per take. `numbers`: what each take is called (a microphone take by the
     number of the prompt it answered, as shown when it was said); default 1, 2, ..."""
     from voxgate.enrollment import seconds_text
+    from voxgate.quality import db_text
 
     for t in result.takes:
         q = t.quality
@@ -111,13 +127,13 @@ def _print_takes(result: Any, labels: list[str], sp: Any, numbers: list[int] | N
         line = (
             f"  take {number:2d} {_label(labels[t.index - 1])} "
             f"speech {seconds_text(q.speech_s):>4} s  "
-            f"SNR {q.snr_db:3.0f} dB  clipped {100 * q.clipped:4.2f} %"
+            f"SNR {db_text(q.snr_db):>3} dB  clipped {100 * q.clipped:4.2f} %"
         )
         if t.consistency is not None:
             line += f"  consistency {t.consistency:.2f}"
         why = REASONS.get(t.reason or "", t.reason)
-        if t.reason == "too_noisy":
-            why = f"{why} (SNR {_noise_level(q, sp)})"
+        if t.reason in ("too_noisy", "too_short", "clipped"):
+            why = f"{why} ({_level_missed(t.reason, q, sp)})"
         if t.same_as is not None:
             why = f"the same recording as take {numbers[t.same_as - 1] if numbers else t.same_as}"
         line += "  ok" if t.accepted else f"  REJECTED: {why}"
@@ -146,7 +162,7 @@ def _record_takes(
         seconds_text,
         take_problem,
     )
-    from voxgate.quality import assess
+    from voxgate.quality import assess, db_text
     from voxgate.vad import Endpointer
 
     sp = cfg.speaker
@@ -184,19 +200,21 @@ def _record_takes(
             q = assess(pcm, cfg.vad)
             problem = take_problem(q, sp)
             if problem:
-                heard = f"{seconds_text(q.speech_s)} s, {q.snr_db:.0f} dB"
-                if problem == "too_noisy":
-                    heard = (
-                        f"{seconds_text(q.speech_s)} s, SNR {q.snr_db:.0f} dB {_noise_level(q, sp)}"
-                    )
-                print(f"  not used: {REASONS[problem]} ({heard})")
+                heard = f"{seconds_text(q.speech_s)} s, SNR {db_text(q.snr_db)} dB"
+                if problem == "clipped":
+                    heard = f"{100 * q.clipped:.2f} % clipped"
+                level = _level_missed(problem, q, sp)
+                # A noisy take reads "SNR 20 dB in its pauses; needs 26 dB: ...".
+                noisy = problem == "too_noisy"
+                level = " " + level.removeprefix("SNR ") if noisy else "; " + level
+                print(f"  not used: {REASONS[problem]} ({heard}{level})")
                 continue
             takes.append(pcm)
             said.append(prompt)
             numbers.append(attempt)
             speech += q.speech_s
             done = progress_text(len(takes), speech, sp.enroll_min_takes, sp.enroll_min_speech_s)
-            print(f"  ok: {seconds_text(q.speech_s)} s of speech, SNR {q.snr_db:.0f} dB   "
+            print(f"  ok: {seconds_text(q.speech_s)} s of speech, SNR {db_text(q.snr_db)} dB   "
                   f"progress: {done}")  # fmt: skip
             if len(takes) >= sp.enroll_min_takes and speech >= sp.enroll_min_speech_s:
                 result = check_takes(takes, embedder, sp, cfg.vad, numbers=numbers)

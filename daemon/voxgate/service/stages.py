@@ -282,11 +282,13 @@ def _speaker_errors() -> Iterator[None]:
     except voiceprints.EmptyFile as exc:  # its message says what to do
         raise StageUnavailable(f"speaker stage: {exc}", config=True) from None
     except voiceprints.Damaged as exc:  # a restart reads the same file: the admin must act
-        raise StageUnavailable(
-            f"speaker stage: {exc}. Restore the file from a backup, or move it aside to "
-            "start with nobody enrolled",
-            config=True,
-        ) from None
+        # Most of the store's messages say what to do already; say it once.
+        advice = (
+            ""
+            if "from a backup" in str(exc)
+            else ". Restore the file from a backup, or move it aside to start with nobody enrolled"
+        )
+        raise StageUnavailable(f"speaker stage: {exc}{advice}", config=True) from None
     except Exception as exc:  # ModelError, StoreError, SecretError: all say why
         raise StageUnavailable(f"speaker stage: {exc}") from None
 
@@ -324,9 +326,12 @@ def speaker_store(cfg: VoxgateConfig, key: bytes) -> Any:
     from voxgate import voiceprints
 
     with _speaker_errors():
-        return voiceprints.VoiceprintStore(
-            cfg.speaker.database or cfg.data_dir / "voiceprints.db", key, read_when_full=True
-        )
+        try:
+            return voiceprints.VoiceprintStore(
+                cfg.speaker.database or cfg.data_dir / "voiceprints.db", key, read_when_full=True
+            )
+        except voiceprints.WrongKey as exc:  # say which key: a credential hides the file
+            raise voiceprints.WrongKey(f"{exc}{voiceprints.key_source(cfg.speaker)}") from None
 
 
 def speaker_scorer(cfg: VoxgateConfig, store: Any, embedder: Any) -> Scorer:
