@@ -112,6 +112,9 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for event, fields in self._open_checks():
             self.append(event, **fields)
+        # An anchor that disagrees with the log is recorded now, not only with the next line.
+        with self._lock:
+            self._flush_locked()
 
     # -- writing ------------------------------------------------------------------------
 
@@ -201,7 +204,15 @@ class AuditLog:
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
             self.seq, self.head = _tail_head(fd, size, self.seq, self.head)
-            records = self._chain(list(self._pending), self.seq, self.head)
+            bodies = list(self._pending)
+            # The head is read back from the file and the anchor then signed over it: a cut
+            # or an edited tail found here, left unrecorded, was made good by the next line.
+            gap = None if self._anchor_log.active else self._anchor_gap()
+            if gap is not None:
+                bodies.insert(0, {"ts": round(time.time(), 3), "event": "audit_anchor_gap", **gap})
+            if not bodies:
+                return []
+            records = self._chain(bodies, self.seq, self.head)
             data = b"".join(canonical(r) + b"\n" for r in records)
             try:
                 view = memoryview(data)
@@ -313,22 +324,37 @@ class AuditLog:
                     )
                 )
             self.seq, self.head = _tail_head(fd, size, 0, GENESIS)
-            gap = self._anchor_gap()
-            if gap:
-                events.append(("audit_anchor_gap", gap))
         finally:
             os.close(fd)
         return events
 
     def _anchor_gap(self) -> dict[str, Any] | None:
+        """What the anchor says when it is not the file's head (self.seq, self.head) with a
+        good signature; None when it is. The anchor naming an earlier line of this log,
+        unchanged, is a line written without its anchor (a crash between the two): verify
+        notes it. Any other disagreement (lines cut off, the anchored line changed, a missing,
+        unreadable or wrongly signed anchor) verify reports as tampering."""
         try:
             anchored = json.loads(self.anchor.read_text())
-            a_seq = int(anchored["seq"])
+            a_seq, a_hash = int(anchored["seq"]), str(anchored["hash"])
+            mac = anchored.get("mac")
         except FileNotFoundError:
-            a_seq = 0 if self.seq <= 0 else -1
-        except (OSError, ValueError, KeyError, TypeError):
-            a_seq = -1
-        if a_seq == self.seq or (a_seq == 0 and self.seq <= 0):
+            a_seq, a_hash, mac = (0 if self.seq <= 0 else -1), None, None
+            if a_seq == 0:
+                return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            a_seq, a_hash, mac = -1, None, None
+        signature = None
+        if self.key is not None and a_seq >= 0:
+            if not isinstance(mac, str):
+                signature = "missing"
+            elif hmac.compare_digest(mac, anchor_mac(self.key, a_seq, a_hash or "")):
+                signature = "ok"
+            else:
+                signature = "bad"
+        if a_seq == self.seq and a_hash == self.head and signature in (None, "ok"):
+            return None
+        if a_seq == 0 and self.seq <= 0 and signature in (None, "ok"):
             return None
         if a_seq > self.seq:
             log.error(
@@ -337,6 +363,14 @@ class AuditLog:
                 self.seq,
                 a_seq,
             )
+        elif a_seq == self.seq or signature in ("bad", "missing"):
+            log.error(
+                "audit log %s: its anchor (seq %d, signature %s) does not match the last "
+                "line: the log or the anchor was changed",
+                self.path,
+                a_seq,
+                signature or "not checked",
+            )
         else:
             log.warning(
                 "audit log %s is ahead of its anchor (%s vs %d); recording that and re-anchoring",
@@ -344,7 +378,13 @@ class AuditLog:
                 a_seq if a_seq >= 0 else "missing/unreadable",
                 self.seq,
             )
-        return {"anchored_seq": a_seq, "log_seq": self.seq}
+        return {
+            "anchored_seq": a_seq,
+            "anchored_hash": a_hash,
+            "anchor_signature": signature,
+            "log_seq": self.seq,
+            "log_hash": self.head,
+        }
 
 
 def _read_back(fd: int, size: int, limit: int = 65536) -> bytes:
@@ -478,7 +518,9 @@ def verify(
             )
         if got_seq != seq + 1:
             rep.problems.append(f"line {n}: seq {got_seq} where {seq + 1} was expected")
-        if rec.get("event") in ("audit_anchor_gap", "audit_torn_tail"):
+        if rec.get("event") == "audit_anchor_gap" and (why := _gap_problem(rec, hashes)):
+            rep.problems.append(f"line {n}: the writer found {why}: {raw.decode()}")
+        elif rec.get("event") in ("audit_anchor_gap", "audit_torn_tail"):
             rep.notes.append(f"line {n}: the daemon recorded {rec['event']}: {raw.decode()}")
         prev, seq = got_hash, got_seq if isinstance(got_seq, int) else seq + 1
         hashes[seq] = prev
@@ -486,6 +528,25 @@ def verify(
     if use_anchor:
         _check_head(rep, anchor or anchor_path_for(path), key, hashes)
     return rep
+
+
+def _gap_problem(rec: dict[str, Any], hashes: dict[int, str]) -> str | None:
+    """Why an audit_anchor_gap line records tampering (the writer re-anchored after it, so
+    the anchor check alone no longer sees it), or None for a line written without its anchor
+    (the anchor named an earlier line, still there unchanged)."""
+    a_seq, l_seq = rec.get("anchored_seq"), rec.get("log_seq")
+    if not isinstance(a_seq, int) or not isinstance(l_seq, int):
+        return "an anchor it could not compare"
+    if a_seq < 0:
+        return "the anchor missing or unreadable (lines may have been cut off)"
+    if a_seq > l_seq:
+        return f"{a_seq - l_seq} line(s) removed from the end (anchor seq {a_seq}, log seq {l_seq})"
+    if rec.get("anchor_signature") in ("bad", "missing"):
+        return f"an anchor whose signature is {rec['anchor_signature']} (a forged anchor)"
+    a_hash = rec.get("anchored_hash", hashes.get(a_seq))  # older lines do not carry it
+    if hashes.get(a_seq) != a_hash:
+        return f"line seq {a_seq} changed after it was anchored"
+    return None
 
 
 def _check_head(rep: VerifyReport, anchor: Path, key: bytes | None, hashes: dict[int, str]) -> None:
