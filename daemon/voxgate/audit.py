@@ -207,7 +207,10 @@ class AuditLog:
             bodies = list(self._pending)
             # The head is read back from the file and the anchor then signed over it: a cut
             # or an edited tail found here, left unrecorded, was made good by the next line.
-            gap = None if self._anchor_log.active else self._anchor_gap()
+            # A writer without the key leaves a signed anchor to the door (_write_anchor),
+            # which compares it with the log at its next line.
+            keyless = not self.key and _signed(self.anchor)
+            gap = None if self._anchor_log.active or keyless else self._anchor_gap()
             if gap is not None:
                 bodies.insert(0, {"ts": round(time.time(), 3), "event": "audit_anchor_gap", **gap})
             if not bodies:
@@ -251,6 +254,12 @@ class AuditLog:
             )
 
     def _write_anchor(self) -> None:
+        if not self.key and _signed(self.anchor):
+            # A writer without the key (an admin's command on a door whose key comes by
+            # LoadCredential=) leaves the signed anchor: the door's next line records these
+            # lines as written without it (a note) and signs the new head. An unsigned one
+            # in its place is what a forger writes, and reads as tampering.
+            return
         body: dict[str, Any] = {"seq": self.seq, "hash": self.head}
         if self.key:
             body["mac"] = anchor_mac(self.key, self.seq, self.head)
@@ -385,6 +394,15 @@ class AuditLog:
             "log_seq": self.seq,
             "log_hash": self.head,
         }
+
+
+def _signed(anchor: Path) -> bool:
+    """Whether the anchor file carries a signature."""
+    try:
+        body = json.loads(anchor.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(body, dict) and "mac" in body
 
 
 def _read_back(fd: int, size: int, limit: int = 65536) -> bytes:

@@ -371,3 +371,21 @@ def test_a_line_written_just_before_a_crash_without_its_anchor_stays_a_note(
     rep = verify(p, key=key)
     assert rep.ok, rep.problems
     assert any("audit_anchor_gap" in n for n in rep.notes)
+
+
+def test_a_writer_without_the_key_leaves_the_signed_anchor_for_the_door_to_renew(
+    tmp_path: Path,
+) -> None:
+    # `voxgate users erase` run by root on a door whose key comes by LoadCredential= has no
+    # key: its unsigned anchor over the signed one read as a forged anchor to the daemon.
+    p, key = tmp_path / "audit.jsonl", b"k" * 32
+    write_log(p, 3, key=key)
+    admin = AuditLog(p)  # the admin's command, no key
+    admin.append("erase", user="u1")
+    admin.append("erase", user="u2")
+    assert "mac" in json.loads(anchor_path_for(p).read_text())
+    AuditLog(p, key=key).append("service_start")  # the door's next line
+    rep = verify(p, key=key)
+    assert rep.ok, rep.problems
+    events = [json.loads(x)["event"] for x in lines(p)]
+    assert events[3:] == ["erase", "erase", "audit_anchor_gap", "service_start"]
