@@ -84,6 +84,12 @@ def anchor_mac(key: bytes, seq: int, head: str) -> str:
     return hmac.new(key, f"voxgate-audit:{seq}:{head}".encode(), hashlib.sha256).hexdigest()
 
 
+def mac_matches(mac: str, key: bytes, seq: int, head: str) -> bool:
+    """Whether an anchor's `mac` signs (seq, head). compare_digest raises TypeError on a
+    non-ASCII string: an anchor with one crashed verify, and the daemon's start."""
+    return mac.isascii() and hmac.compare_digest(mac, anchor_mac(key, seq, head))
+
+
 class AuditLog:
     """Appends chained lines. Several processes may append to one log (the daemon, and
     `voxgate enroll` / `voxgate users erase` run by an admin): each write takes an exclusive
@@ -357,7 +363,7 @@ class AuditLog:
         if self.key is not None and a_seq >= 0:
             if not isinstance(mac, str):
                 signature = "missing"
-            elif hmac.compare_digest(mac, anchor_mac(self.key, a_seq, a_hash or "")):
+            elif mac_matches(mac, self.key, a_seq, a_hash or ""):
                 signature = "ok"
             else:
                 signature = "bad"
@@ -582,7 +588,7 @@ def _check_head(rep: VerifyReport, anchor: Path, key: bytes | None, hashes: dict
         return
     if key is not None:
         mac = body.get("mac")
-        if not isinstance(mac, str) or not hmac.compare_digest(mac, anchor_mac(key, a_seq, a_hash)):
+        if not isinstance(mac, str) or not mac_matches(mac, key, a_seq, a_hash):
             rep.problems.append(f"{anchor}: signature does not match (wrong key or forged anchor)")
     elif "mac" in body:
         rep.notes.append("the anchor is signed; pass the audit key to check the signature")

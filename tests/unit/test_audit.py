@@ -389,3 +389,17 @@ def test_a_writer_without_the_key_leaves_the_signed_anchor_for_the_door_to_renew
     assert rep.ok, rep.problems
     events = [json.loads(x)["event"] for x in lines(p)]
     assert events[3:] == ["erase", "erase", "audit_anchor_gap", "service_start"]
+
+
+def test_an_anchor_signature_with_non_ascii_characters_is_a_problem_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    # hmac.compare_digest raises TypeError on non-ASCII strings: verify crashed, and so did
+    # the door's start once it compared the anchor.
+    p, key = tmp_path / "audit.jsonl", b"k" * 32
+    write_log(p, 2, key=key)
+    head = json.loads(lines(p)[-1])
+    anchor_path_for(p).write_text(json.dumps({"seq": 2, "hash": head["hash"], "mac": "\u00e9"}))
+    assert any("signature" in x for x in verify(p, key=key).problems)
+    AuditLog(p, key=key).append("service_start")
+    assert any("signature is bad" in x for x in verify(p, key=key).problems)
