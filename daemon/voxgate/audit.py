@@ -357,7 +357,7 @@ class AuditLog:
             a_seq, a_hash, mac = (0 if self.seq <= 0 else -1), None, None
             if a_seq == 0:
                 return None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
             a_seq, a_hash, mac = -1, None, None
         signature = None
         if self.key is not None and a_seq >= 0:
@@ -438,7 +438,7 @@ def _tail_head(fd: int, size: int, seq: int, head: str) -> tuple[int, str]:
         try:
             last_seq = int(json.loads(raw)["seq"]) + back
             break
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: 1e400
             continue
     try:
         return last_seq, str(json.loads(lines[-1])["hash"])
@@ -529,11 +529,13 @@ def verify(
             if not isinstance(rec, dict):
                 raise ValueError("not an object")
             got_hash, got_prev, got_seq = rec["hash"], rec["prev"], rec["seq"]
+            # ValueError from canonical(): a number JSON cannot hold (1e400 reads as inf).
+            want_hash = line_hash(rec)
         except (ValueError, KeyError) as exc:
             rep.problems.append(f"line {n}: not an audit record ({exc})")
             prev, seq = hashlib.sha256(raw).hexdigest(), seq + 1
             continue
-        if line_hash(rec) != got_hash:
+        if want_hash != got_hash:
             rep.problems.append(f"line {n} (seq {got_seq}): edited (its hash does not match)")
         if got_prev != prev:
             rep.problems.append(
@@ -583,7 +585,7 @@ def _check_head(rep: VerifyReport, anchor: Path, key: bytes | None, hashes: dict
                 f"{anchor}: anchor missing (cannot tell whether lines were cut off)"
             )
         return
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
         rep.problems.append(f"{anchor}: unreadable anchor ({exc})")
         return
     if key is not None:

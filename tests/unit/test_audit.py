@@ -403,3 +403,24 @@ def test_an_anchor_signature_with_non_ascii_characters_is_a_problem_not_a_traceb
     assert any("signature" in x for x in verify(p, key=key).problems)
     AuditLog(p, key=key).append("service_start")
     assert any("signature is bad" in x for x in verify(p, key=key).problems)
+
+
+def test_an_anchor_with_a_huge_number_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    # int(1e400) raises OverflowError: verify crashed, and so did the door's start.
+    p = tmp_path / "audit.jsonl"
+    write_log(p, 2)
+    anchor_path_for(p).write_text('{"seq": 1e400, "hash": "h"}')
+    assert any("unreadable anchor" in x for x in verify(p).problems)
+    AuditLog(p).append("service_start")
+    assert any("anchor missing or unreadable" in x for x in verify(p).problems)
+
+
+def test_a_last_line_with_a_huge_seq_is_reported_and_the_door_still_starts(
+    tmp_path: Path,
+) -> None:
+    p = tmp_path / "audit.jsonl"
+    write_log(p, 2)
+    with open(p, "ab") as f:
+        f.write(b'{"seq": 1e400, "hash": "x", "prev": "y", "event": "z"}\n')
+    AuditLog(p).append("service_start")  # raised OverflowError
+    assert not verify(p).ok
