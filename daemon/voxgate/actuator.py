@@ -11,6 +11,7 @@ environment variables.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import queue
@@ -240,6 +241,7 @@ class Actuator:
                 except Exception as exc:
                     raise ActuatorSetupError(f"device {dev.id}: {exc}") from None
                 keys[dev.id] = key or b""
+            _refuse_shared_keys(keys)
         for dev_id, key in keys.items():
             if not key:
                 raise ActuatorSetupError(f"device {dev_id}: empty decision key")
@@ -507,6 +509,22 @@ class Actuator:
                 self._gpio.close()
             log.info(
                 "actuator stopped: %d action(s), rejections %s", self.acted, dict(self.rejected)
+            )
+
+
+def _refuse_shared_keys(keys: dict[str, bytes]) -> None:
+    """Two doors with one decision key (a key file copied, or named twice): whoever holds
+    one door's key (its SD card) could sign a grant naming the other, and this lock opened
+    it. Refused like the override shared by several doors."""
+    by_key: dict[bytes, list[str]] = {}
+    for dev_id, key in keys.items():
+        if key:
+            by_key.setdefault(hashlib.sha256(key).digest(), []).append(dev_id)
+    for doors in by_key.values():
+        if len(doors) > 1:
+            raise ActuatorSetupError(
+                f"doors {', '.join(doors)} have the same decision key: one door's key would "
+                "open the others; give each door its own key (and the door its copy)"
             )
 
 

@@ -99,6 +99,12 @@ def anchor_mac(key: bytes, seq: int, head: str) -> str:
     return hmac.new(key, f"voxgate-audit:{seq}:{head}".encode(), hashlib.sha256).hexdigest()
 
 
+def mac_matches(mac: str, key: bytes, seq: int, head: str) -> bool:
+    """Whether an anchor's `mac` signs (seq, head). compare_digest raises TypeError on a
+    non-ASCII string: an anchor with one crashed verify, and the daemon's start."""
+    return mac.isascii() and hmac.compare_digest(mac, anchor_mac(key, seq, head))
+
+
 class AuditLog:
     """Appends chained lines. Several processes may append to one log (the daemon, and
     `voxgate enroll` / `voxgate users erase` run by an admin): each write takes an exclusive
@@ -127,6 +133,9 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for event, fields in self._open_checks():
             self.append(event, **fields)
+        # An anchor that disagrees with the log is recorded now, not only with the next line.
+        with self._lock:
+            self._flush_locked()
 
     # -- writing ------------------------------------------------------------------------
 
@@ -223,7 +232,18 @@ class AuditLog:
                 self._write_failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
                 return []
             self.seq, self.head = _tail_head(fd, size, self.seq, self.head)
-            records = self._chain(list(self._pending), self.seq, self.head)
+            bodies = list(self._pending)
+            # The head is read back from the file and the anchor then signed over it: a cut
+            # or an edited tail found here, left unrecorded, was made good by the next line.
+            # A writer without the key leaves a signed anchor to the door (_write_anchor),
+            # which compares it with the log at its next line.
+            keyless = not self.key and _signed(self.anchor)
+            gap = None if self._anchor_log.active or keyless else self._anchor_gap()
+            if gap is not None:
+                bodies.insert(0, {"ts": round(time.time(), 3), "event": "audit_anchor_gap", **gap})
+            if not bodies:
+                return []
+            records = self._chain(bodies, self.seq, self.head)
             data = b"".join(canonical(r) + b"\n" for r in records)
             try:
                 view = memoryview(data)
@@ -262,6 +282,12 @@ class AuditLog:
             )
 
     def _write_anchor(self) -> None:
+        if not self.key and _signed(self.anchor):
+            # A writer without the key (an admin's command on a door whose key comes by
+            # LoadCredential=) leaves the signed anchor: the door's next line records these
+            # lines as written without it (a note) and signs the new head. An unsigned one
+            # in its place is what a forger writes, and reads as tampering.
+            return
         body: dict[str, Any] = {"seq": self.seq, "hash": self.head}
         if self.key:
             body["mac"] = anchor_mac(self.key, self.seq, self.head)
@@ -335,22 +361,37 @@ class AuditLog:
                     )
                 )
             self.seq, self.head = _tail_head(fd, size, 0, GENESIS)
-            gap = self._anchor_gap()
-            if gap:
-                events.append(("audit_anchor_gap", gap))
         finally:
             os.close(fd)
         return events
 
     def _anchor_gap(self) -> dict[str, Any] | None:
+        """What the anchor says when it is not the file's head (self.seq, self.head) with a
+        good signature; None when it is. The anchor naming an earlier line of this log,
+        unchanged, is a line written without its anchor (a crash between the two): verify
+        notes it. Any other disagreement (lines cut off, the anchored line changed, a missing,
+        unreadable or wrongly signed anchor) verify reports as tampering."""
         try:
             anchored = json.loads(self.anchor.read_text())
-            a_seq = int(anchored["seq"])
+            a_seq, a_hash = int(anchored["seq"]), str(anchored["hash"])
+            mac = anchored.get("mac")
         except FileNotFoundError:
-            a_seq = 0 if self.seq <= 0 else -1
-        except (OSError, ValueError, KeyError, TypeError):
-            a_seq = -1
-        if a_seq == self.seq or (a_seq == 0 and self.seq <= 0):
+            a_seq, a_hash, mac = (0 if self.seq <= 0 else -1), None, None
+            if a_seq == 0:
+                return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
+            a_seq, a_hash, mac = -1, None, None
+        signature = None
+        if self.key is not None and a_seq >= 0:
+            if not isinstance(mac, str):
+                signature = "missing"
+            elif mac_matches(mac, self.key, a_seq, a_hash or ""):
+                signature = "ok"
+            else:
+                signature = "bad"
+        if a_seq == self.seq and a_hash == self.head and signature in (None, "ok"):
+            return None
+        if a_seq == 0 and self.seq <= 0 and signature in (None, "ok"):
             return None
         if a_seq > self.seq:
             log.error(
@@ -359,6 +400,14 @@ class AuditLog:
                 self.seq,
                 a_seq,
             )
+        elif a_seq == self.seq or signature in ("bad", "missing"):
+            log.error(
+                "audit log %s: its anchor (seq %d, signature %s) does not match the last "
+                "line: the log or the anchor was changed",
+                self.path,
+                a_seq,
+                signature or "not checked",
+            )
         else:
             log.warning(
                 "audit log %s is ahead of its anchor (%s vs %d); recording that and re-anchoring",
@@ -366,7 +415,22 @@ class AuditLog:
                 a_seq if a_seq >= 0 else "missing/unreadable",
                 self.seq,
             )
-        return {"anchored_seq": a_seq, "log_seq": self.seq}
+        return {
+            "anchored_seq": a_seq,
+            "anchored_hash": a_hash,
+            "anchor_signature": signature,
+            "log_seq": self.seq,
+            "log_hash": self.head,
+        }
+
+
+def _signed(anchor: Path) -> bool:
+    """Whether the anchor file carries a signature."""
+    try:
+        body = json.loads(anchor.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(body, dict) and "mac" in body
 
 
 def _read_back(fd: int, size: int, limit: int = 65536) -> bytes:
@@ -396,7 +460,7 @@ def _tail_head(fd: int, size: int, seq: int, head: str) -> tuple[int, str]:
         try:
             last_seq = int(json.loads(raw)["seq"]) + back
             break
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: 1e400
             continue
     try:
         return last_seq, str(json.loads(lines[-1])["hash"])
@@ -487,11 +551,13 @@ def verify(
             if not isinstance(rec, dict):
                 raise ValueError("not an object")
             got_hash, got_prev, got_seq = rec["hash"], rec["prev"], rec["seq"]
+            # ValueError from canonical(): a number JSON cannot hold (1e400 reads as inf).
+            want_hash = line_hash(rec)
         except (ValueError, KeyError) as exc:
             rep.problems.append(f"line {n}: not an audit record ({exc})")
             prev, seq = hashlib.sha256(raw).hexdigest(), seq + 1
             continue
-        if line_hash(rec) != got_hash:
+        if want_hash != got_hash:
             rep.problems.append(f"line {n} (seq {got_seq}): edited (its hash does not match)")
         if got_prev != prev:
             rep.problems.append(
@@ -500,7 +566,9 @@ def verify(
             )
         if got_seq != seq + 1:
             rep.problems.append(f"line {n}: seq {got_seq} where {seq + 1} was expected")
-        if rec.get("event") in ("audit_anchor_gap", "audit_torn_tail"):
+        if rec.get("event") == "audit_anchor_gap" and (why := _gap_problem(rec, hashes)):
+            rep.problems.append(f"line {n}: the writer found {why}: {raw.decode()}")
+        elif rec.get("event") in ("audit_anchor_gap", "audit_torn_tail"):
             rep.notes.append(f"line {n}: the daemon recorded {rec['event']}: {raw.decode()}")
         prev, seq = got_hash, got_seq if isinstance(got_seq, int) else seq + 1
         hashes[seq] = prev
@@ -508,6 +576,25 @@ def verify(
     if use_anchor:
         _check_head(rep, anchor or anchor_path_for(path), key, hashes)
     return rep
+
+
+def _gap_problem(rec: dict[str, Any], hashes: dict[int, str]) -> str | None:
+    """Why an audit_anchor_gap line records tampering (the writer re-anchored after it, so
+    the anchor check alone no longer sees it), or None for a line written without its anchor
+    (the anchor named an earlier line, still there unchanged)."""
+    a_seq, l_seq = rec.get("anchored_seq"), rec.get("log_seq")
+    if not isinstance(a_seq, int) or not isinstance(l_seq, int):
+        return "an anchor it could not compare"
+    if a_seq < 0:
+        return "the anchor missing or unreadable (lines may have been cut off)"
+    if a_seq > l_seq:
+        return f"{a_seq - l_seq} line(s) removed from the end (anchor seq {a_seq}, log seq {l_seq})"
+    if rec.get("anchor_signature") in ("bad", "missing"):
+        return f"an anchor whose signature is {rec['anchor_signature']} (a forged anchor)"
+    a_hash = rec.get("anchored_hash", hashes.get(a_seq))  # older lines do not carry it
+    if hashes.get(a_seq) != a_hash:
+        return f"line seq {a_seq} changed after it was anchored"
+    return None
 
 
 def _check_head(rep: VerifyReport, anchor: Path, key: bytes | None, hashes: dict[int, str]) -> None:
@@ -520,12 +607,12 @@ def _check_head(rep: VerifyReport, anchor: Path, key: bytes | None, hashes: dict
                 f"{anchor}: anchor missing (cannot tell whether lines were cut off)"
             )
         return
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
         rep.problems.append(f"{anchor}: unreadable anchor ({exc})")
         return
     if key is not None:
         mac = body.get("mac")
-        if not isinstance(mac, str) or not hmac.compare_digest(mac, anchor_mac(key, a_seq, a_hash)):
+        if not isinstance(mac, str) or not mac_matches(mac, key, a_seq, a_hash):
             rep.problems.append(f"{anchor}: signature does not match (wrong key or forged anchor)")
     elif "mac" in body:
         rep.notes.append("the anchor is signed; pass the audit key to check the signature")

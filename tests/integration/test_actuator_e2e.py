@@ -329,3 +329,26 @@ def test_a_flood_of_bad_messages_is_logged_within_a_limit_and_a_grant_still_open
     assert actuator.stop() == 0
     stopped = rf"actuator stopped: 1 action\(s\), rejections \{{'malformed': {flood}\}}"
     wait_until(lambda: actuator.log_count(stopped) == 1, 5, "the count of refusals")
+
+
+def test_two_doors_given_one_key_are_refused_so_one_door_cannot_open_the_other(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """Two key_files with the same key (a copied file): whoever holds the front door's key
+    (its SD card) signed a grant naming the back door, and the actuator opened the back door.
+    The same reason as for $VOXGATE_DECISION_KEY with several doors, which was refused."""
+    keys = {
+        DEV: write_key(tmp_path / "front.key", DKEY),
+        OTHER: write_key(tmp_path / "back.key", DKEY),
+    }
+    a = ActuatorProcess(tmp_path, broker, keys)
+    check = _run_cli("-c", str(a.config), "--check")
+    assert check.returncode == 2, check.stdout + check.stderr
+    assert f"{DEV}, {OTHER}" in check.stderr and "same decision key" in check.stderr
+    try:
+        with pytest.raises(AssertionError, match="actuator exited"):
+            a.start()
+        assert a.proc is not None and a.proc.wait(30) == 2
+    finally:
+        a.stop()
+    assert any("same decision key" in line for line in a.lines)

@@ -19,6 +19,7 @@ from voxgate.actuator import Actuator, load_actuator_config
 from voxgate.decision import Issuer, SequenceCounter, sign
 
 KEY = b"integration-forget-decision-key!"
+BACK_KEY = b"integration-forget-back-door-key!"
 DEV = "front-door"
 T0 = 1_790_000_000.0
 
@@ -33,10 +34,12 @@ def _voxgate(*args: str) -> subprocess.CompletedProcess[str]:
 def lock_cfg(tmp_path: Path) -> Path:
     key = tmp_path / "front-door.key"
     key.write_bytes(KEY)
+    back = tmp_path / "back-door.key"  # each door its own key: one key for two is refused
+    back.write_bytes(BACK_KEY)
     cfg = tmp_path / "actuator.yaml"
     cfg.write_text(
         "broker: {host: 127.0.0.1, port: 1}\n"  # nothing listens: the actuator just retries
-        f"devices: [{{id: {DEV}, key_file: {key}}}, {{id: back-door, key_file: {key}}}]\n"
+        f"devices: [{{id: {DEV}, key_file: {key}}}, {{id: back-door, key_file: {back}}}]\n"
         f"state_file: {tmp_path / 'state' / 'state.json'}\n"
         "command: {argv: [/bin/true]}\n"
     )
@@ -105,7 +108,7 @@ def test_forget_is_refused_while_the_actuator_runs_then_frees_the_door(
 
     # The door's rewound numbers are accepted again; the record carried on keeps the history.
     cfg = load_actuator_config(lock_cfg)
-    lock = Actuator(cfg, keys={DEV: KEY, "back-door": KEY}, clock=lambda: T0 + 60)
+    lock = Actuator(cfg, keys={DEV: KEY, "back-door": BACK_KEY}, clock=lambda: T0 + 60)
     door = Issuer(DEV, SequenceCounter(state.parent / "door-seq.json", clock=None), ttl_s=5)
     d = door.issue("granted", "alice", T0 + 60)
     assert d.seq == 1

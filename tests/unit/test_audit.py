@@ -165,7 +165,8 @@ def test_lines_removed_while_stopped_are_recorded_on_open(tmp_path: Path) -> Non
     AuditLog(p)  # re-anchors, but writes down that the anchor said 4
     rec = json.loads(lines(p)[-1])
     assert rec["event"] == "audit_anchor_gap" and rec["anchored_seq"] == 4
-    assert any("audit_anchor_gap" in n for n in verify(p).notes)
+    # Recorded, and still tampering: the re-anchored log must not verify as intact.
+    assert any("2 line(s) removed" in x for x in verify(p).problems)
 
 
 def test_full_disk_keeps_lines_in_memory_and_goes_on(
@@ -295,3 +296,131 @@ def test_a_damaged_last_line_is_reported_alone(
     # The damaged line is seq 4 (never anchored): the daemon records the gap, then goes on.
     tail = [json.loads(x) for x in lines(p)[-2:]]
     assert [(r["seq"], r["event"]) for r in tail] == [(5, "audit_anchor_gap"), (6, "decision")]
+
+
+# -- the writer must not sign over tampering it finds (attack review) -------------------------
+# Every append re-reads the head from the file and re-anchors it, and a start re-anchored a
+# log whose anchor disagreed with only a note: lines cut off (or the last line edited and its
+# hash recomputed) were laundered by the door's next decision, and `verify` said intact.
+
+
+def test_a_tail_cut_while_the_door_runs_is_still_reported_after_its_next_line(
+    tmp_path: Path,
+) -> None:
+    p, key = tmp_path / "audit.jsonl", b"k" * 32
+    log = write_log(p, 6, key=key)
+    p.write_bytes(b"".join(lines(p)[:3]))  # someone with write access to the data folder
+    log.append("decision", outcome="denied", user="u9")  # the door's next decision
+    rep = verify(p, key=key)
+    assert not rep.ok
+    assert any("6" in x and "removed" in x for x in rep.problems), rep.problems
+
+
+def test_a_tail_cut_while_stopped_is_still_reported_after_a_restart(tmp_path: Path) -> None:
+    p, key = tmp_path / "audit.jsonl", b"k" * 32
+    write_log(p, 6, key=key)
+    p.write_bytes(b"".join(lines(p)[:2]))
+    AuditLog(p, key=key).append("service_start")
+    key_file = tmp_path / "audit-key"
+    key_file.write_bytes(key)
+    key_file.chmod(0o600)
+    res = cli("verify", str(p), "--key-file", str(key_file))
+    assert res.returncode == 1, res.stdout + res.stderr
+
+
+def test_an_edited_last_line_with_its_hash_recomputed_is_reported_after_the_next_line(
+    tmp_path: Path,
+) -> None:
+    from voxgate.audit import canonical, line_hash
+
+    p, key = tmp_path / "audit.jsonl", b"k" * 32
+    write_log(p, 4, key=key)
+    ls = lines(p)
+    last = json.loads(ls[-1])
+    last["outcome"] = "denied" if last["outcome"] == "granted" else "granted"
+    last["hash"] = line_hash(last)
+    p.write_bytes(b"".join(ls[:-1]) + canonical(last) + b"\n")
+    AuditLog(p, key=key).append("decision", outcome="granted", user="u9")
+    rep = verify(p, key=key)
+    assert not rep.ok, rep.notes
+
+
+def test_an_unsigned_anchor_forged_for_a_cut_log_is_not_signed_over(tmp_path: Path) -> None:
+    p, key = tmp_path / "audit.jsonl", b"k" * 32
+    write_log(p, 6, key=key)
+    ls = lines(p)[:3]
+    p.write_bytes(b"".join(ls))
+    head = json.loads(ls[-1])
+    anchor_path_for(p).write_text(json.dumps({"seq": head["seq"], "hash": head["hash"]}))
+    AuditLog(p, key=key).append("service_start")  # the door signs the next head
+    rep = verify(p, key=key)
+    assert not rep.ok
+    assert any("signature" in x for x in rep.problems), rep.problems
+
+
+def test_a_line_written_just_before_a_crash_without_its_anchor_stays_a_note(
+    tmp_path: Path,
+) -> None:
+    # The benign gap: the old anchor names a line that is still in the log, unchanged.
+    p, key = tmp_path / "audit.jsonl", b"k" * 32
+    log = write_log(p, 4, key=key)
+    anchored = anchor_path_for(p).read_bytes()
+    log.append("decision", outcome="granted", user="u4")
+    anchor_path_for(p).write_bytes(anchored)  # the power went before the anchor was replaced
+    AuditLog(p, key=key).append("service_start")
+    rep = verify(p, key=key)
+    assert rep.ok, rep.problems
+    assert any("audit_anchor_gap" in n for n in rep.notes)
+
+
+def test_a_writer_without_the_key_leaves_the_signed_anchor_for_the_door_to_renew(
+    tmp_path: Path,
+) -> None:
+    # `voxgate users erase` run by root on a door whose key comes by LoadCredential= has no
+    # key: its unsigned anchor over the signed one read as a forged anchor to the daemon.
+    p, key = tmp_path / "audit.jsonl", b"k" * 32
+    write_log(p, 3, key=key)
+    admin = AuditLog(p)  # the admin's command, no key
+    admin.append("erase", user="u1")
+    admin.append("erase", user="u2")
+    assert "mac" in json.loads(anchor_path_for(p).read_text())
+    AuditLog(p, key=key).append("service_start")  # the door's next line
+    rep = verify(p, key=key)
+    assert rep.ok, rep.problems
+    events = [json.loads(x)["event"] for x in lines(p)]
+    assert events[3:] == ["erase", "erase", "audit_anchor_gap", "service_start"]
+
+
+def test_an_anchor_signature_with_non_ascii_characters_is_a_problem_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    # hmac.compare_digest raises TypeError on non-ASCII strings: verify crashed, and so did
+    # the door's start once it compared the anchor.
+    p, key = tmp_path / "audit.jsonl", b"k" * 32
+    write_log(p, 2, key=key)
+    head = json.loads(lines(p)[-1])
+    anchor_path_for(p).write_text(json.dumps({"seq": 2, "hash": head["hash"], "mac": "\u00e9"}))
+    assert any("signature" in x for x in verify(p, key=key).problems)
+    AuditLog(p, key=key).append("service_start")
+    assert any("signature is bad" in x for x in verify(p, key=key).problems)
+
+
+def test_an_anchor_with_a_huge_number_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    # int(1e400) raises OverflowError: verify crashed, and so did the door's start.
+    p = tmp_path / "audit.jsonl"
+    write_log(p, 2)
+    anchor_path_for(p).write_text('{"seq": 1e400, "hash": "h"}')
+    assert any("unreadable anchor" in x for x in verify(p).problems)
+    AuditLog(p).append("service_start")
+    assert any("anchor missing or unreadable" in x for x in verify(p).problems)
+
+
+def test_a_last_line_with_a_huge_seq_is_reported_and_the_door_still_starts(
+    tmp_path: Path,
+) -> None:
+    p = tmp_path / "audit.jsonl"
+    write_log(p, 2)
+    with open(p, "ab") as f:
+        f.write(b'{"seq": 1e400, "hash": "x", "prev": "y", "event": "z"}\n')
+    AuditLog(p).append("service_start")  # raised OverflowError
+    assert not verify(p).ok
