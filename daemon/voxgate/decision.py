@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from voxgate.logs import LogLimit
+from voxgate.ownership import what_to_do
 from voxgate.policy import Verdict
 
 log = logging.getLogger(__name__)
@@ -501,10 +502,10 @@ class SequenceCounter:
             if self._save_log.allow():
                 log.error(
                     "decision sequence %s: cannot save (%s); numbering goes on from memory "
-                    "and is saved again with the next decision. Free space on %s",
+                    "and is saved again with the next decision; %s",
                     self._state.path,
                     "disk full" if exc.errno == errno.ENOSPC else exc.strerror or exc,
-                    self._state.path.parent,
+                    what_to_do(self._state.path),
                 )
             return
         if self._save_log.reset():

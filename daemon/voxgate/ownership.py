@@ -31,6 +31,24 @@ def disk_is_full(path: Path) -> bool:
     return st.f_bavail * st.f_frsize < 64 * 1024
 
 
+def what_to_do(path: Path) -> str:
+    """What to do about a write refused in the folder of `path`, read off its file system.
+    "Free space" on a read-only one (an SD card the kernel remounted after errors) sent the
+    administrator looking at `df`, which showed room."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return f"check {path.parent} and the disk (dmesg)"
+    if st.f_flag & os.ST_RDONLY:
+        return (
+            f"{path.parent} is on a read-only file system (an SD card the kernel remounted "
+            "read-only after errors? see dmesg)"
+        )
+    if disk_is_full(path):
+        return f"the disk is full: free space on {path.parent}"
+    return f"check {path.parent}: its permissions, and the disk (dmesg)"
+
+
 def create_private(path: Path) -> None:
     """Create `path` empty, mode 0600, unless it exists. For SQLite files that name users or
     hold voice-derived data: SQLite makes a missing file (and later its -wal and -shm, which

@@ -27,6 +27,7 @@ import numpy as np
 
 from voxgate.logs import LogLimit
 from voxgate.names import fold
+from voxgate.ownership import what_to_do
 from voxgate.replay_index import COARSE_MIN, GAP, FingerprintIndex, popcount
 from voxgate.stt.mfcc import MfccSpec, log_mel
 
@@ -271,10 +272,10 @@ class ReplayDetector:
                     "cannot create the replay store %s (%s); nothing was left behind. Answers "
                     "are kept in memory (a replay of one given since this start is refused; a "
                     "restart before the file is made forgets them) and the file is made with "
-                    "them by the first write that works. Free space on %s if it is full",
+                    "them by the first write that works; %s",
                     self.path,
                     getattr(exc, "strerror", None) or exc,
-                    self.path.parent,
+                    what_to_do(self.path),
                 )
                 return
         create_private(self.path)  # fingerprints derived from people's voices
@@ -329,12 +330,12 @@ class ReplayDetector:
         log.error(
             "replay store %s: %s; its %d fingerprint(s) were read and are checked from memory, "
             "new answers are held in memory (a restart before they are saved forgets them) "
-            "and saved by the first write that works%s. Free space on %s if it is full",
+            "and saved by the first write that works%s; %s",
             self.path,
             _why(self.path, cause),
             len(self._index),
             unread,
-            self.path.parent,
+            what_to_do(self.path),
         )
 
     def _read_only_connection(self) -> tuple[sqlite3.Connection, int]:
@@ -608,10 +609,10 @@ class ReplayDetector:
         if self._write_log.allow():
             log.error(
                 "replay store %s: cannot write (%s); answers are remembered in memory only "
-                "until it can be written again, and the door goes on. Free space on %s",
+                "until it can be written again, and the door goes on; %s",
                 self.path,
                 exc,
-                self.path.parent,
+                what_to_do(self.path),
             )
 
     def _prune(self, now: float) -> bool:
@@ -728,11 +729,11 @@ class ReplayDetector:
                     "replay store %s: cannot delete the replay fingerprints of %s from the "
                     "file now (%s); they were dropped from memory (no longer compared), and "
                     "the file's rows are deleted by the next write that works, or when the "
-                    "daemon stops. Free space on %s if it is full",
+                    "daemon stops; %s",
                     self.path,
                     user,
                     exc,
-                    self.path.parent,
+                    what_to_do(self.path),
                 )
                 return len(gone)
             return max(len(gone), erased)

@@ -41,6 +41,7 @@ from voxgate.lockout import LockoutBook, RecordResult
 from voxgate.mqtt.commands import REFUSAL_CODES
 from voxgate.mqtt.nonces import FILE_NAME as USED_COMMANDS_FILE
 from voxgate.mqtt.refusal import ADVICE, Refusal
+from voxgate.ownership import what_to_do
 from voxgate.quality import GATE_REASONS
 from voxgate.service.attempt import Attempt, conclude
 from voxgate.service.capture import Capture, EndOfStream, FrameQueue
@@ -465,10 +466,10 @@ class Daemon:
         held = self.audit.held()
         log.error(
             "audit log %s: %d line(s) could not be written before stopping; each follows as "
-            "'unwritten audit line' so the record survives in this log (free space on %s)",
+            "'unwritten audit line' so the record survives in this log (%s)",
             self.audit.path,
             len(held),
-            self.audit.path.parent,
+            what_to_do(self.audit.path),
         )
         for body in held:
             log.error("unwritten audit line: %s", json.dumps(body, sort_keys=True))
