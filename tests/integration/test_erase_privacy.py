@@ -383,6 +383,8 @@ def test_users_export_of_an_erased_user_gives_what_is_still_held(tmp_path: Path)
     doc = json.loads(run.stdout)
     assert doc["name"] == "Erin" and doc["enrolled"] is False and "embeddings" not in doc
     assert [e["event"] for e in doc["also_held"]["audit_events"]] == ["decision", "erase"]
+    erase_line = doc["also_held"]["audit_events"][1]
+    assert "model_id" not in erase_line, erase_line  # was "model_id": null
     run = _cli(tmp_path, "export", "nobody")
     assert run.returncode == 1
     assert "no user 'nobody' enrolled, and nothing else is held about them" in run.stderr

@@ -81,7 +81,9 @@ def record_change(
     audit log, and with fleet.enabled the change handed to the fleet. The local change stands
     whatever happens here; problems are printed as warnings."""
     event = {"enrolled": "enrollment", "erased": "erase"}[kind]
-    audit = audit_from_command(cfg, event, user=name, via="cli", model_id=model_id)
+    # An erase has no model: its line said "model_id": null, as if one were missing.
+    model = {"model_id": model_id} if model_id is not None else {}
+    audit = audit_from_command(cfg, event, user=name, via="cli", **model)
     if cfg.fleet.enabled:
         # The fleet session audits what it applies into the same log (None: it opens it).
         audit_event = audit.append if audit is not None else None
