@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -206,22 +207,28 @@ def test_corrupt_sqlite_refused(tmp_path: Path) -> None:
     assert db.read_bytes() == bytes(data)
 
 
-def test_a_damaged_file_says_what_to_do(tmp_path: Path) -> None:
-    # Found smashing one 4 KiB page at a time of a real voiceprints.db and running `voxgate
-    # users list` / `verify`: SQLite's "database disk image is malformed" reached the user
-    # as "damaged voiceprint store (...)", "cannot read the voiceprint database (...)" or
-    # "cannot use ...", none saying what to do, unlike the 0-byte file's message.
+def _each_page_smashed(tmp_path: Path, fill: Callable[[int], bytes]) -> Iterator[Path]:
+    """A real three-user voiceprints.db, once per page with that page overwritten."""
     clean = tmp_path / "clean.db"
     with VoiceprintStore(clean, KEY) as store:
         for i, name in enumerate(("alice", "bob", "carol")):
             store.add_user(name, _emb(i, k=8, dim=256), MODEL)
     data = clean.read_bytes()
-    messages = []
     for page in range(1, len(data) // 4096):
         db = tmp_path / f"page{page}.db"
         smashed = bytearray(data)
-        smashed[page * 4096 : (page + 1) * 4096] = b"\x5a" * 4096
+        smashed[page * 4096 : (page + 1) * 4096] = fill(page)
         db.write_bytes(bytes(smashed))
+        yield db
+
+
+def test_a_damaged_file_says_what_to_do(tmp_path: Path) -> None:
+    # Found smashing one 4 KiB page at a time of a real voiceprints.db and running `voxgate
+    # users list` / `verify`: SQLite's "database disk image is malformed" reached the user
+    # as "damaged voiceprint store (...)", "cannot read the voiceprint database (...)" or
+    # "cannot use ...", none saying what to do, unlike the 0-byte file's message.
+    messages = []
+    for db in _each_page_smashed(tmp_path, lambda page: b"\x5a" * 4096):
         for read_only in (False, True):
             try:
                 with VoiceprintStore(db, KEY, read_only=read_only) as store:
@@ -241,17 +248,8 @@ def test_every_damaged_file_message_says_what_to_do(tmp_path: Path) -> None:
     # and on random bytes: "not a voxgate voiceprint database (not SQLite); left untouched".
     # Neither said what to do, unlike the "malformed" and 0-byte messages (the daemon adds
     # advice of its own; the commands print the store's message alone).
-    clean = tmp_path / "clean.db"
-    with VoiceprintStore(clean, KEY) as store:
-        for i, name in enumerate(("alice", "bob", "carol")):
-            store.add_user(name, _emb(i, k=8, dim=256), MODEL)
-    data = clean.read_bytes()
     messages = []
-    for page in range(1, len(data) // 4096):
-        db = tmp_path / f"page{page}.db"
-        smashed = bytearray(data)
-        smashed[page * 4096 : (page + 1) * 4096] = np.random.default_rng(page).bytes(4096)
-        db.write_bytes(bytes(smashed))
+    for db in _each_page_smashed(tmp_path, lambda page: np.random.default_rng(page).bytes(4096)):
         try:
             with VoiceprintStore(db, KEY) as store:
                 store.readable()
