@@ -115,6 +115,9 @@ def test_a_full_data_disk_and_unreadable_voiceprints_show_in_status_until_they_p
             decide(2)
             shutil.copy(good, data / "restore.db")  # renamed over it, as a restore does
             (data / "restore.db").replace(db)
+            # STATUS= clears without an attempt (it lingered until the next one).
+            daemon.feed(pause(7.0))
+            wait_until(lambda: "voiceprints" not in _last_status(listener), 15, "restored")
             decide(3)
             fill(data)
             decide(4)

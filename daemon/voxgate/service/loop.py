@@ -68,6 +68,7 @@ TICK_S = 0.1  # longest the loop waits for a frame before doing its housekeeping
 # real time is judged the same.
 ZEROS_S = 30.0
 HOUSEKEEPING_S = 1.0
+STORE_PROBE_S = 5.0  # unreadable voiceprints are read again this often, for STATUS=
 
 STATUS = {
     State.IDLE: "idle: listening for speech",
@@ -239,6 +240,7 @@ class Daemon:
         self._utterances = 0  # speech the VAD ended as an utterance (not a click)
         self._muted = False  # ZEROS_S of them: said in the log and in STATUS=
         self._store_unreadable = False  # the last attempt that scored could not read them
+        self._next_store_probe = 0.0  # while unreadable: when housekeeping reads them again
         self._problems: tuple[str, ...] = ()  # what STATUS= adds to the state
         self._status_why = ""
         self._published_locks: tuple[tuple[str, float | None], ...] | None = None
@@ -673,6 +675,8 @@ class Daemon:
             self.audit.flush_pending()
         if self.users is not None:
             self.users.housekeeping(now)
+        if self._store_unreadable and now >= self._next_store_probe:
+            self._probe_store(now)
         try:
             connected = bool(self.stages.link.connected)
         except Exception:
@@ -686,6 +690,20 @@ class Daemon:
         if self.lockout is not None:  # a quiet door's stale entries go too
             self.lockout.expire(self.clock())
         self._sync_lockout()
+
+    def _probe_store(self, now: float) -> None:
+        """Voiceprints that could not be read: read them again now and then, so that a
+        restored file clears STATUS= without waiting for someone at the door."""
+        self._next_store_probe = now + STORE_PROBE_S
+        store = self.stages.store if self.stages is not None else None
+        if store is None:
+            return
+        try:
+            store.readable()
+        except Exception:  # StoreError, sqlite3 errors: still unreadable, said already
+            return
+        self._store_unreadable = False
+        log.info("voiceprints can be read again")
 
     def _take_lockout_clears(self) -> None:
         """Apply what `voxgate lockout clear` queued in the lockout file (the command
