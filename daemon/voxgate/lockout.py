@@ -276,6 +276,20 @@ class LockoutBook:
         with self._lock:
             self.cfg = cfg
 
+    @property
+    def unsaved(self) -> bool:
+        """Changes held in memory only: a save failed (a full or read-only disk)."""
+        return bool(self._dirty)
+
+    def save_held(self) -> None:
+        """Save what a failed save left in memory, without a new change: a quiet door's lock
+        set while the disk was full otherwise waited for the next attempt, and a restart
+        before it cleared the lock. The daemon calls this every second; a no-op when all
+        is saved."""
+        with self._lock:
+            if self._dirty:
+                self._save_dirty()
+
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
@@ -615,6 +629,9 @@ class LockoutBook:
         while the disk was full must reach the file once it has room, or the next restart
         clears it."""
         self._dirty.add(entry.key)
+        self._save_dirty()
+
+    def _save_dirty(self) -> None:
         if self._db is None and not self._try_reopen():
             return
         assert self._db is not None

@@ -323,6 +323,36 @@ def test_locks_set_while_the_disk_was_full_are_saved_once_it_has_room(tmp_path: 
         after.close()
 
 
+def test_a_lock_held_in_memory_is_saved_once_there_is_room_without_another_attempt(
+    tmp_path: Path,
+) -> None:
+    """A lock set while the disk was full was saved only by the next write: a quiet door
+    restarted after space came back (an update, a reboot) forgot it. The daemon's
+    housekeeping now calls save_held() every second."""
+    from voxgate.config.service import LockoutConfig
+    from voxgate.lockout import LockoutBook
+
+    cfg = LockoutConfig(max_failures=2)
+    with small_fs(tmp_path / "state", "1m") as folder:
+        path = folder / "lockout.db"
+        book = LockoutBook(path, cfg)
+        t = time.time()
+        book.record("alice", ok=True, now=t)  # the file exists, as on a door in service
+        fill(folder)
+        for _ in range(2):
+            book.record("bob", ok=False, now=t)
+        assert book.state("bob", t + 1).locked and book.unsaved
+        book.save_held()  # still full: still held
+        assert book.unsaved
+        free(folder)
+        book.save_held()
+        assert not book.unsaved
+        book.close()
+        after = LockoutBook(path, cfg)  # what a restart now reads
+        assert after.state("bob", t + 1).locked
+        after.close()
+
+
 def test_answers_held_while_the_disk_was_full_are_saved_once_it_has_room(tmp_path: Path) -> None:
     """Seen (the daemon's replay store on a filled tmpfs): an answer whose fingerprint could
     not be saved was compared with from memory, and stayed memory-only after space came

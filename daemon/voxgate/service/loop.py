@@ -688,6 +688,7 @@ class Daemon:
             self._status()
         self._take_lockout_clears()
         if self.lockout is not None:  # a quiet door's stale entries go too
+            self.lockout.save_held()
             self.lockout.expire(self.clock())
         self._sync_lockout()
 
@@ -1175,6 +1176,8 @@ class Daemon:
             found.append("voiceprints cannot be read (attempts denied; see the log)")
         if self.audit is not None and self.audit.failing:
             found.append("audit log cannot be written (lines held in memory; see the log)")
+        if self.lockout is not None and self.lockout.unsaved:
+            found.append("lockout state cannot be saved (enforced from memory; see the log)")
         return tuple(found)
 
     def _on_state(self, old: State, new: State, why: str) -> None:
