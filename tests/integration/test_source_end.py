@@ -21,7 +21,8 @@ from test_daemon_e2e import pause, speech
 pytest.importorskip("voxgate.embedding")
 
 
-def _config(tmp_path: Path, audio: dict[str, Any]) -> Path:
+def quiet_door_config(tmp_path: Path, audio: dict[str, Any]) -> Path:
+    """A door with a new voiceprint key, no challenge, no MQTT: the audio path alone."""
     key = tmp_path / "voiceprint.key"
     done = subprocess.run(
         [sys.executable, "-m", "voxgate", "users", "init-key", str(key)],
@@ -47,7 +48,7 @@ def _config(tmp_path: Path, audio: dict[str, Any]) -> Path:
 def test_a_file_without_speech_says_nothing_was_checked_and_why_it_stops(tmp_path: Path) -> None:
     wav = tmp_path / "hallway.wav"
     sf.write(wav, pause(6.0), 16000, subtype="PCM_16")
-    config = _config(tmp_path, {"source": "file", "path": str(wav)})
+    config = quiet_door_config(tmp_path, {"source": "file", "path": str(wav)})
     done = subprocess.run(
         [sys.executable, "-m", "voxgate", "run", "-c", str(config)],
         env=child_env(),
@@ -62,7 +63,7 @@ def test_a_file_without_speech_says_nothing_was_checked_and_why_it_stops(tmp_pat
 
 
 def test_a_stream_cut_off_mid_sentence_says_what_was_judged(tmp_path: Path) -> None:
-    config = _config(tmp_path, {"source": "stdin"})
+    config = quiet_door_config(tmp_path, {"source": "stdin"})
     daemon = DaemonProcess(config)
     try:
         said = speech("three nine one four, seven two eight five, six zero", "en+m3")

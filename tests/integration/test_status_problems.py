@@ -31,6 +31,7 @@ from test_daemon_e2e import (
     speech,
     voxgate,
 )
+from test_source_end import quiet_door_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
@@ -47,19 +48,7 @@ def _last_status(listener: NotifyListener) -> str:
 def test_an_input_of_digital_zeros_is_named_in_the_log_and_in_status_until_sound_is_back(
     tmp_path: Path,
 ) -> None:
-    key = tmp_path / "voiceprint.key"
-    assert voxgate("users", "init-key", str(key)).returncode == 0
-    doc: dict[str, Any] = {
-        "data_dir": str(tmp_path / "data"),
-        "logging": {"level": "info"},
-        "audio": {"source": "stdin"},
-        "speaker": {"key_file": str(key)},
-        "challenge": {"mode": "off"},
-        "mqtt": {"enabled": False},
-        "metrics": {"enabled": False},
-    }
-    config = tmp_path / "voxgate.yaml"
-    config.write_text(yaml.safe_dump(doc))
+    config = quiet_door_config(tmp_path, {"source": "stdin"})
     listener = NotifyListener(tmp_path / "notify")
     daemon = DaemonProcess(config, NOTIFY_SOCKET=str(tmp_path / "notify"))
     try:
