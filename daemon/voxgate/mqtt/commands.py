@@ -160,6 +160,10 @@ class CommandGate:
             if why is not None:
                 # Why, not the name: it may hold control characters meant for the log.
                 raise CommandError("bad-args", f"invalid user: {why}")
+            if k == "prompted" and v not in ("yes", "no"):
+                # An argument the handler would refuse is bad-args here, before the nonce
+                # is spent: it came back as `failed`, a valid command the door could not do.
+                raise CommandError("bad-args", "prompted must be 'yes' or 'no'")
         nonce = body.get("nonce")
         if not isinstance(nonce, str) or not NONCE_RE.match(nonce):
             raise CommandError("malformed", "nonce must be 16-64 lowercase hex digits")
