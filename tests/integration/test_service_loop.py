@@ -262,6 +262,42 @@ def test_mqtt_attempt_command_starts_a_challenge_for_a_claimed_user(
     assert audited["claimed_user"] == "me"
 
 
+def test_an_attempt_command_while_a_challenge_is_open_is_answered_busy(
+    tmp_path: Path, audio_dir: Path, voiceprint: np.ndarray
+) -> None:
+    # Found sending `attempt` to a running daemon over a real broker while a challenge was
+    # open: the reply said ok (signed, {"ok": true}) and the log alone said "attempt command
+    # ignored: busy", so the operator's tool showed a challenge that was never issued.
+    import threading
+
+    from service_standins import wait_until
+
+    path = write_wav(
+        audio_dir / "late_answer_busy.wav",
+        np.concatenate([silence(1.5), espeak("four, seven, one, nine, two", "en+m3"), silence(1)]),
+    )
+    link = RecordingLink()
+    stages = standin_stages(FileSource(path, realtime=True), {"me": voiceprint}, link)
+    d = Daemon(config(tmp_path, path), stage_factory=lambda c: stages, notifier=Notifier({}))
+    replies: list[dict] = []
+
+    def door_keypad() -> None:
+        assert wait_until(lambda: "attempt" in link.handlers and link.of("state"), 10)
+        handler = link.handlers["attempt"]
+        replies.append(handler({"user": "me"}))
+        assert wait_until(lambda: "challenge" in link.of("state"), 10)
+        replies.append(handler({"user": "someone-else"}))
+
+    t = threading.Thread(target=door_keypad)
+    t.start()
+    assert d.run() == 0
+    t.join()
+    assert [r["ok"] for r in replies] == [True, False], replies
+    assert "busy" in replies[1]["error"] and "challenge" in replies[1]["error"], replies
+    (decision,) = link.of("decision")  # the open challenge went on, for its own user
+    assert (decision["outcome"], decision["user"]) == ("granted", "me")
+
+
 def test_full_disk_for_the_audit_log_is_logged_and_the_door_still_decides(
     tmp_path: Path, audio_dir: Path, voiceprint: np.ndarray, caplog: pytest.LogCaptureFixture
 ) -> None:

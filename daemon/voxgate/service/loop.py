@@ -886,11 +886,18 @@ class Daemon:
                 return {"ok": False, "error": str(exc)}
         if self.stages is None or self.stages.new_challenge is None:
             return {"ok": False, "error": "challenge mode is off; just speak"}
+        if self._attempt_busy():  # the reply said ok while the loop ignored it
+            return {"ok": False, "error": f"busy: the door is in {self.sm.state.value}; send later"}
         try:
             self._commands.put_nowait(("attempt", {"user": user}))
         except queue.Full:
             return {"ok": False, "error": "busy"}
         return {"ok": True}
+
+    def _attempt_busy(self) -> bool:
+        """A challenge, a verification or someone's speech is under way."""
+        speaking = self.endpointer is not None and self.endpointer.in_speech
+        return self.sm.state not in (State.IDLE, State.DECIDED) or speaking
 
     def _command_reload(self, payload: dict[str, Any]) -> dict[str, Any]:
         """MQTT `reload`: the same as SIGHUP (the loop re-reads the file between frames).
@@ -916,7 +923,7 @@ class Daemon:
                 else:  # never over a live challenge or into someone's speech
                     self._enroll_prompt = payload
             elif name == "attempt":
-                if self.sm.state not in (State.IDLE, State.DECIDED) or self.endpointer.in_speech:
+                if self._attempt_busy():
                     log.info("attempt command ignored: busy (%s)", self.sm.state.value)
                     continue
                 self.attempt = Attempt(claimed_user=payload.get("user"))
