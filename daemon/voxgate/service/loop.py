@@ -513,9 +513,12 @@ class Daemon:
                 if item.error is None and self.endpointer.in_speech:
                     # A writer that died mid-word, a recording cut short: the verdict that
                     # follows is on a piece of an utterance, and the log should say so.
+                    # Without the pause that ends speech at a microphone, a piece with
+                    # under PAUSE_S of pauses is a retry (too_noisy): say how to avoid it.
                     log.warning(
                         "the %s source ended during speech: the utterance is judged as far "
-                        "as it went",
+                        "as it went (end a recording with 0.5 s of silence, or it may be a "
+                        "retry: too_noisy)",
                         self.cfg.audio.source,
                     )
                 for ev in self.endpointer.flush():
@@ -976,6 +979,7 @@ class Daemon:
         if self.keeper is not None:
             tag = a.challenge.nonce if a.challenge is not None else f"{now:.0f}"
             kept = self.keeper.store(utt.pcm, tag, now)
+        gate = [r for r in getattr(result.speaker, "reasons", ()) if r in GATE_REASONS]
         self._audit(
             "decision",
             outcome=verdict.outcome,
@@ -985,9 +989,7 @@ class Daemon:
             # Which of the quality gate's rules made a `low_quality` retry (too_little_speech,
             # too_noisy, clipped): the decision names none, and the fix differs (speak
             # longer, quieter room, further from the microphone).
-            quality_reasons=[
-                r for r in getattr(result.speaker, "reasons", ()) if r in GATE_REASONS
-            ],
+            quality_reasons=gate,
             score=getattr(result.speaker, "score", None),
             threshold=getattr(result.speaker, "threshold", None),
             liveness_ok=getattr(result.liveness, "ok", None),
@@ -1008,10 +1010,11 @@ class Daemon:
             published=published,
         )
         log.info(
-            "decision %s user=%s reasons=%s (%.0f ms after end of speech)",
+            "decision %s user=%s reasons=%s%s (%.0f ms after end of speech)",
             verdict.outcome,
             verdict.user,
             ",".join(verdict.reasons) or "-",
+            f" quality={','.join(gate)}" if gate else "",
             latency * 1000,
         )
         self._decided_until = time.monotonic() + self.cfg.service.decided_hold_s
