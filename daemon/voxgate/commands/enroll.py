@@ -306,7 +306,9 @@ def run(args: argparse.Namespace) -> int:
             "speech_s": round(result.speech_s, 1),
             "source": "files" if args.files else "microphone",
         }
-        dropped = attach_templates(meta, result, takes, prompts, cfg.stt.template_threshold)
+        dropped = attach_templates(
+            meta, result, takes, prompts, cfg.stt.template_threshold, numbers
+        )
         for n in dropped:
             shown = numbers[n - 1] if numbers else n
             print(f"  take {shown}: did not say its prompt; no digit templates from it")
