@@ -31,7 +31,7 @@ from service_standins import (
 
 from voxgate.audio.file import FileSource
 from voxgate.audit import verify
-from voxgate.config import VoxgateConfig
+from voxgate.config import VoxgateConfig, load_config
 from voxgate.service.loop import Daemon
 from voxgate.service.notify import Notifier
 
@@ -548,3 +548,21 @@ def test_a_source_failing_before_its_first_frame_is_a_failed_start(
     assert last.startswith("stopping: cannot start (exit 74): audio input: "), last
     assert "no audio samples" in last
     assert "idle" not in link.of("state")
+
+
+def test_a_reload_command_with_a_broken_config_file_is_answered_failed(tmp_path: Path) -> None:
+    # Found sending `reload` over a real broker after a bad edit of the config file: the
+    # signed reply said ok ({"queued": true}) while the loop then refused the file and kept
+    # the running config, which only the door's log and audit said. The MQTT handler is
+    # what the link calls for cmd/reload.
+    path = tmp_path / "voxgate.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'data'}\n")
+    d = Daemon(load_config(path), config_path=path, notifier=Notifier({}))
+    path.write_text(f"data_dir: {tmp_path / 'data'}\nvad:\n  aggressiveness: 7\n")
+    reply = d._command_reload({})
+    assert reply["ok"] is False, reply
+    assert "vad.aggressiveness" in reply["error"] and "keeping the running config" in reply["error"]
+    assert not d._reload.is_set()  # nothing queued: the loop would refuse it anyway
+    path.write_text(f"data_dir: {tmp_path / 'data'}\nvad:\n  aggressiveness: 3\n")
+    assert d._command_reload({}) == {"queued": True}
+    assert d._reload.is_set()

@@ -907,6 +907,10 @@ class Daemon:
         Voiceprints need no reload: the scorer reads the store at every attempt."""
         if self.config_path is None:
             return {"ok": False, "error": "no config file was given; nothing to reload"}
+        try:  # the schema check here, so that the reply says what the loop would refuse
+            self.load(self.config_path)
+        except ConfigError as exc:
+            return {"ok": False, "error": f"keeping the running config: {exc}"}
         self.request_reload()
         return {"queued": True}
 
