@@ -734,7 +734,7 @@ class MqttLink:
             cmd = self._gate.check(name, payload, self._command_clock())
         except CommandError as exc:
             self._command_refused(exc.code, "MQTT: command %r rejected: %s", name[:64], exc)
-            self._reply(name, None, ok=False, error=exc.code, detail=exc.detail)
+            self._reply(name, exc.nonce, ok=False, error=exc.code, detail=exc.detail)
             return
         handler = self._handlers.get(name)
         if handler is None:
