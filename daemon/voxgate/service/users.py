@@ -238,9 +238,13 @@ class UserServices:
             return []
         held = set(self.lockout.users()) if self.lockout is not None else set()
         last = getattr(self.link, "last_user", None)
+        retained_only = None  # a name known from the broker alone, not seen enrolled here
         if last:
             name = fold(last)
             held.add(name)
+            from_broker = bool(getattr(self.link, "last_user_from_broker", False))
+            if name not in self._seen_enrolled and from_broker:
+                retained_only = name
             self._seen_enrolled.setdefault(name, last)  # granted, so it was enrolled
         gone: list[str] = []
         for name in sorted(held):
@@ -269,6 +273,15 @@ class UserServices:
                         "%s is no longer recognised here: the erase waits to be written to "
                         "the voiceprint store (fleet sync retries it); dropping the rest the "
                         "daemon holds about them",
+                        shown,
+                    )
+                elif name == retained_only:
+                    # Left on the broker by a previous run: erased while stopped, or a run
+                    # with another data folder. "Erased by another process" was not true.
+                    log.info(
+                        "the retained user topic named %s, who is not enrolled here (erased "
+                        "while the daemon was stopped, or left by a run with another data "
+                        "folder): cleared",
                         shown,
                     )
                 else:
