@@ -687,6 +687,8 @@ class Daemon:
             self._mqtt_up = connected
             self._status()
         self._take_lockout_clears()
+        if self.stages.sequence is not None:  # as the lockout: a restart must not rewind it
+            self.stages.sequence.save_held()
         if self.lockout is not None:  # a quiet door's stale entries go too
             self.lockout.save_held()
             self.lockout.expire(self.clock())
@@ -1178,6 +1180,9 @@ class Daemon:
             found.append("audit log cannot be written (lines held in memory; see the log)")
         if self.lockout is not None and self.lockout.unsaved:
             found.append("lockout state cannot be saved (enforced from memory; see the log)")
+        sequence = self.stages.sequence if self.stages is not None else None
+        if sequence is not None and sequence.unsaved:
+            found.append("decision sequence cannot be saved (numbered from memory; see the log)")
         return tuple(found)
 
     def _on_state(self, old: State, new: State, why: str) -> None:
