@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from voxgate.ownership import create_whole, disk_is_full
+from voxgate.ownership import create_whole, disk_hint, disk_is_full
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ def _open_error(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
     stays damaged; an OperationalError (locked, cannot open, I/O) may pass."""
     kind = StoreError if isinstance(exc, sqlite3.OperationalError) else Damaged
     return kind(
-        f"{path}: cannot use the voiceprint database ({exc}){_damage_hint(exc)}{_disk_full(path)}"
+        f"{path}: cannot use the voiceprint database ({exc}){_damage_hint(exc)}{disk_hint(path)}"
     )
 
 
@@ -339,12 +339,6 @@ def _damage_hint(exc: sqlite3.DatabaseError) -> str:
     """What to do about SQLite's "database disk image is malformed" / "file is not a
     database" (plain DatabaseError; locked, I/O and full disks are OperationalError)."""
     return DAMAGED_HINT if type(exc) is sqlite3.DatabaseError else ""
-
-
-def _disk_full(path: Path) -> str:
-    """A hint for an SQLite error on a full disk, which SQLite may report as "disk I/O
-    error" (it cannot size the WAL index), naming neither cause nor remedy."""
-    return f"; the disk is full: free space on {path.parent}" if disk_is_full(path) else ""
 
 
 def _writable_folder(path: Path) -> bool:
@@ -621,7 +615,7 @@ class VoiceprintStore:
             except sqlite3.DatabaseError as exc:
                 raise StoreError(
                     f"{self.path}: cannot {doing} the voiceprint database ({exc})"
-                    f"{_damage_hint(exc)}{_disk_full(self.path)}"
+                    f"{_damage_hint(exc)}{disk_hint(self.path)}"
                 ) from None
             if self._unchanged is not None and self._unchanged != self._snapshot():
                 # Read without locks: someone wrote it meanwhile, so what was read may mix

@@ -481,3 +481,24 @@ def test_ctrl_c_during_guided_enrollment_says_nothing_was_stored(
     capsys.readouterr()
     assert main(["users", "list", "-c", str(cfg)]) == 0
     assert "erin" not in capsys.readouterr().out
+
+
+def test_the_enroll_summary_and_users_export_give_the_same_net_speech(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seen: `enrollment of alice: ... 11.1 s of net speech` (rounded down, as every enroll
+    line) while `users export alice` said "speech_s": 11.2 (the stored value was rounded to
+    nearest), for the same takes (11.16 s: espeak-ng's en+f2 reading TAKES)."""
+    cfg = str(device["cfg"])
+    capsys.readouterr()
+    _enroll(device, "alice", "en+f2")
+    summary = re.search(
+        r"enrollment of alice: .*, (\d+\.\d) s of net speech", capsys.readouterr().out
+    )
+    assert summary is not None
+    assert main(["users", "export", "alice", "-c", cfg]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["meta"]["speech_s"] == float(summary.group(1)), (
+        summary.group(0),
+        exported["meta"],
+    )

@@ -235,7 +235,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
-    from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes, seconds_text
+    from voxgate.enrollment import (
+        TEMPLATES_META,
+        attach_templates,
+        check_takes,
+        seconds_text,
+        speech_seconds,
+    )
     from voxgate.voiceprints import StoreError, enrolled_text, normalize_name
 
     if args.prompts and (not args.files or len(args.prompts) != len(args.files)):
@@ -295,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         meta = {
             "takes": len(result.accepted),
-            "speech_s": round(result.speech_s, 1),
+            "speech_s": speech_seconds(result.speech_s),  # what the summary above says
             "source": "files" if args.files else "microphone",
         }
         dropped = attach_templates(meta, result, takes, prompts, cfg.stt.template_threshold)
