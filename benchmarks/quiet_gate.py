@@ -19,7 +19,10 @@ speech, takes rejected, and the median SNR estimate. With --door, each test reco
 put in a quiet room first (1.5 s of pink noise before and after it, 45 dB below its speech;
 ../shared/data/noise), the whole scaled by the gain, and the endpointer's utterance with the
 most speech (vad.segment, the `vad:` defaults, on the audio as it is, as the daemon's
-endpointer hears it) gated as the door gates it (live).
+endpointer hears it) gated as the door gates it (live), and last, over all gains, the share
+of utterances retried by the recording's speech level (Quality.speech_dbfs of the turned-down
+recording, as `voxgate enroll` shows a take's; 5 dB bins): where quality.QUIET_SPEECH_DBFS
+comes from.
 
     PYTHONPATH=daemon python benchmarks/quiet_gate.py [--data DIR] [--sets SET ...]
         [--gains DB ...] [--door]
@@ -84,6 +87,7 @@ def run_set(name: str, args: argparse.Namespace, noise: np.ndarray | None) -> No
     takes = sorted({r for recs in es.enroll.values() for r in recs})
     audio = {r: load_recording(es.root, r) for r in tests + takes}
     print(f"{name}: {len(tests)} test recordings, {len(takes)} enrollment takes", flush=True)
+    by_level: list[tuple[float, bool]] = []  # --door, now: (speech level, retried)
     for gain in args.gains:
         cells = []
         for hear in (None, "now"):
@@ -99,6 +103,9 @@ def run_set(name: str, args: argparse.Namespace, noise: np.ndarray | None) -> No
                 why = gate_reasons(q, *levels, max_clipped=s.max_clipped)
                 noisy += "too_noisy" in why
                 little += "too_little_speech" in why
+                if noise is not None and hear:
+                    level = assess(scaled(audio[r], gain), vad).speech_dbfs
+                    by_level.append((-99.0 if level is None else level, bool(why)))
                 snrs.append(q.snr_db)
             rejected = sum(
                 take_problem(assess(scaled(audio[r], gain), vad, **kw), s) is not None
@@ -111,6 +118,15 @@ def run_set(name: str, args: argparse.Namespace, noise: np.ndarray | None) -> No
             f"{l1:3d}   takes rejected {r0:3d} -> {r1:3d}   median SNR {m0:5.1f} -> {m1:5.1f} dB",
             flush=True,
         )
+    if by_level:
+        levels = np.array([lv for lv, _ in by_level])
+        retried = np.array([r for _, r in by_level])
+        print("  retried at the door by speech level (all gains):")
+        for top in range(-10, -65, -5):
+            inside = (levels <= top) & (levels > top - 5)
+            if inside.sum():
+                share = 100 * retried[inside].mean()
+                print(f"    {top - 5:4d} to {top:4d} dBFS  {share:5.1f} % of {inside.sum()}")
 
 
 def main() -> int:
