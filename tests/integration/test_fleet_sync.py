@@ -651,3 +651,47 @@ def test_a_long_topic_is_not_written_whole_into_the_log_and_the_audit_log(
     assert "60" in refused[0]["topic"]  # its length is told
     snoop.client.publish(f"{ROOT}/lobby/{'t' * 60_000}", b"", retain=True).wait_for_publish(5)
     snoop.close()
+
+
+def _file_bytes(db: Path) -> bytes:
+    """A SQLite file with its -wal and -shm, as a stolen SD card would give them."""
+    return b"".join(
+        Path(f"{db}{suffix}").read_bytes()
+        for suffix in ("", "-wal", "-shm")
+        if Path(f"{db}{suffix}").exists()
+    )
+
+
+def test_a_door_offline_during_an_erase_applies_audits_and_scrubs_it_at_reconnect(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray]
+) -> None:
+    """The compliance path for a door that was off when a person was erased: at reconnect it
+    erases them from the store, its voiceprints.db, -wal and -shm no longer hold the row's
+    bytes, and its audit log says so (`fleet_erased`, naming the person and the erasing door)."""
+    import sqlite3
+
+    a, b = fleet["a"], fleet["b"]
+    a.start(embedder.model_id)
+    b.start(embedder.model_id)
+    admin_a = a.admin(embedder)
+    admin_a.enroll("alice", alice_takes)
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    db = b.dir / "voiceprints.db"
+    uid = b.store._user_id("alice")
+    con = sqlite3.connect(db)
+    sealed = con.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()[0]
+    con.close()
+    assert uid in _file_bytes(db) and sealed[40:72] in _file_bytes(db)
+
+    b.stop()  # door B is off while alice is erased at door A
+    b.audit.clear()
+    admin_a.erase("alice")
+    assert a.agent is not None and a.agent.wait_sent(10)
+    b.start(embedder.model_id)
+    wait_until(lambda: b.store.get("alice") is None, 10, "alice erased on door B")
+    wait_until(lambda: b.audit, 10, "B's audit event")
+    assert [(e, f["user"], f["signer"]) for e, f in b.audit] == [
+        ("fleet_erased", "alice", "door-a")
+    ]
+    raw = _file_bytes(db)
+    assert uid not in raw and sealed[40:72] not in raw
