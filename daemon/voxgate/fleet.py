@@ -710,11 +710,6 @@ class SyncState:
             ).fetchall()
         return [r[0] for r in rows]
 
-    def held_tags(self) -> list[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT tag FROM users WHERE held = 1").fetchall()
-        return [r[0] for r in rows]
-
     def queue(self, topic: str, payload: bytes, order: Order) -> None:
         with self._lock:
             self._db.execute(
@@ -1593,9 +1588,10 @@ class FleetSync:
         access even for doors that were offline when it changed.
         """
         dropped: list[str] = []
-        held = set(self.state.held_tags())
-        if not held:
-            return dropped
+        # Which voiceprints came from the fleet is read off the voiceprints themselves
+        # (`fleet_version`), not off the sync state's held tags: after `fleet.db` was deleted
+        # or the fleet key replaced (every tag changes), no tag matched and a user the config
+        # no longer allows stayed enrolled here.
         try:
             prints, damaged = self.store.readable()
         except StoreError as exc:
@@ -1606,8 +1602,8 @@ class FleetSync:
         if damaged:
             log.error("fleet sync: %d unreadable voiceprint(s) not checked against access", damaged)
         for vp in prints:
-            tag = self.codec.user_tag(vp.name)
-            if tag in held and "fleet_version" in vp.meta and not self.allowed_here(vp.name):
+            if "fleet_version" in vp.meta and not self.allowed_here(vp.name):
+                tag = self.codec.user_tag(vp.name)
                 self._drop_not_allowed(tag, vp.name)
                 dropped.append(vp.name)
         return dropped

@@ -695,3 +695,35 @@ def test_a_door_offline_during_an_erase_applies_audits_and_scrubs_it_at_reconnec
     ]
     raw = _file_bytes(db)
     assert uid not in raw and sealed[40:72] not in raw
+
+
+@pytest.mark.parametrize("what", ["sync state deleted", "fleet key rotated"])
+def test_a_shrunk_access_map_drops_a_fleet_voiceprint_the_sync_state_does_not_know(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray], what: str
+) -> None:
+    """At start a door erases the fleet-received voiceprints its config no longer allows, but
+    it only looked at users its sync state recorded as held, by user tag. After `fleet.db`
+    was deleted (the recovery docs/fleet.md gives for a cut file) or the fleet key replaced
+    (every user tag changes with it), no tag matched: alice stayed enrolled, and recognised,
+    at a door whose access map no longer lets her in. The voiceprint itself says it came
+    from the fleet (`fleet_version`); that is what counts now."""
+    a, b = fleet["a"], fleet["b"]
+    a.start(embedder.model_id)
+    b.start(embedder.model_id)
+    a.admin(embedder).enroll("alice", alice_takes)
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    b.stop()
+    if what == "sync state deleted":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{b.dir / 'fleet.db'}{suffix}").unlink(missing_ok=True)
+    else:
+        new_key = b.dir / "fleet-key-2"
+        new_key.write_text(os.urandom(32).hex() + "\n")
+        new_key.chmod(0o600)
+        b.fleet["key_file"] = str(new_key)
+    b.fleet["access"] = {"lobby": ["bob"], "lab": ["carol"]}
+    b.audit.clear()
+    b.agent_for(embedder.model_id)
+    assert b.agent is not None
+    assert b.agent.enforce_access() == ["alice"]
+    assert b.store.get("alice") is None
