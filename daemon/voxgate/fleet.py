@@ -1639,4 +1639,6 @@ class FleetSync:
         # (same version) must be applied, not skipped as one already seen.
         self.state.drop_grants(tag)
         log.info("fleet sync: %s no longer allowed here (config); erased", name)
+        # A voiceprint change like any other the agent makes: on the door's record.
+        self._audit("fleet_dropped_by_config", user=name, groups=list(self.cfg.groups))
         return True

@@ -727,3 +727,23 @@ def test_a_shrunk_access_map_drops_a_fleet_voiceprint_the_sync_state_does_not_kn
     assert b.agent is not None
     assert b.agent.enforce_access() == ["alice"]
     assert b.store.get("alice") is None
+
+
+def test_a_voiceprint_the_config_no_longer_allows_is_erased_on_the_record(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray]
+) -> None:
+    """Every voiceprint change the agent makes goes to the door's audit log, but the erase a
+    shrunk access map makes at start had only an INFO line: a data-protection officer
+    reading the door's audit log saw alice stored and never erased."""
+    a, b = fleet["a"], fleet["b"]
+    a.start(embedder.model_id)
+    b.start(embedder.model_id)
+    a.admin(embedder).enroll("alice", alice_takes)
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    b.stop()
+    b.fleet["access"] = {"lobby": ["bob"], "lab": ["carol"]}
+    b.audit.clear()
+    b.agent_for(embedder.model_id)
+    assert b.agent is not None
+    assert b.agent.enforce_access() == ["alice"]
+    assert b.audit == [("fleet_dropped_by_config", {"user": "alice", "groups": ["lobby"]})]
