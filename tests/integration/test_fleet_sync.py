@@ -747,3 +747,42 @@ def test_a_voiceprint_the_config_no_longer_allows_is_erased_on_the_record(
     assert b.agent is not None
     assert b.agent.enforce_access() == ["alice"]
     assert b.audit == [("fleet_dropped_by_config", {"user": "alice", "groups": ["lobby"]})]
+
+
+def test_after_the_fleet_key_is_replaced_a_resend_reaches_a_new_door(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray]
+) -> None:
+    """The fleet key rotation docs/fleet.md describes ("Rotating keys"): every door gets the
+    new key; the retained messages sealed with the old one are refused (and audited) by
+    every door from then on; an enrollment reaches a door added later only once it is sent
+    again (`voxgate fleet resend NAME`: publish_enrollment), under the new user tag."""
+    a, b = fleet["a"], fleet["b"]
+    a.start(embedder.model_id)
+    b.start(embedder.model_id)
+    a.admin(embedder).enroll("alice", alice_takes)
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    old_tag = a.agent.codec.user_tag("alice")
+    a.stop()
+    b.stop()
+    key = b.dir.parent / "fleet-key"  # every door's key_file
+    key.write_text(os.urandom(32).hex() + "\n")
+
+    d = Door(b.dir.parent, "door-d", fleet["broker"], ["lobby"])
+    try:
+        d.start(embedder.model_id)
+        # The old retained voiceprint reaches D, which cannot open it: refused, audited.
+        wait_until(lambda: d.audit, 10, "D's refusal")
+        assert d.audit[0][0] == "fleet_refused"
+        assert old_tag in d.audit[0][1]["topic"]
+        assert "cannot decrypt" in d.audit[0][1]["reason"]
+        assert d.store.get("alice") is None
+        a.start(embedder.model_id)
+        new_tag = a.agent.codec.user_tag("alice")
+        assert new_tag != old_tag
+        assert a.agent.publish_enrollment("alice") == ["lobby"]
+        wait_until(lambda: d.store.get("alice") is not None, 10, "alice on door D")
+        stored = ("fleet_stored", "alice")
+        wait_until(lambda: stored in [(e, f.get("user")) for e, f in d.audit], 10, "audited")
+    finally:
+        d.stop()
+        d.store.close()
