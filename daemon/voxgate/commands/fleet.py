@@ -244,7 +244,7 @@ def status(args: argparse.Namespace) -> int:
     import json
     import sqlite3
 
-    from voxgate import fleetstatus
+    from voxgate.fleet import status as fleetstatus
 
     cfg = config_from_args(args)
     if cfg is None:
