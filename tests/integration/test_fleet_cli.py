@@ -265,3 +265,9 @@ def test_fleet_status_shows_unsent_changes_and_users_by_tag_with_their_names(
     capsys.readouterr()
     assert main(["fleet", "status", *c]) == 0
     assert "outbox: empty" in capsys.readouterr().out
+    # The sessions' fleet_sent and applied changes are on the door's record, chain intact.
+    events = [
+        json.loads(x)["event"] for x in (tmp_path / "data/audit.jsonl").read_text().splitlines()
+    ]
+    assert events.count("fleet_sent") == 3
+    assert main(["audit", "verify", *c]) == 0
