@@ -223,6 +223,28 @@ def test_export_is_private_atomic_and_writes_through_links(tmp_path: Path) -> No
     assert not target.exists() and not list(tmp_path.glob(".big.json*")), os.listdir(tmp_path)
 
 
+def test_ctrl_c_during_an_export_leaves_no_copy_of_it_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C while `users export -o` wrote or synced its temporary file (the sync is the
+    slow part on an SD card) left that file, a whole copy of the voiceprint, beside the
+    target: only OSError removed it, and with a fresh name per run nothing ever reused or
+    removed it. The interrupt is raised where the sync would have been interrupted."""
+    from voxgate.commands.users import _write_new
+
+    target = tmp_path / "alice.json"
+    target.write_text("old")
+
+    def interrupted(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _write_new(target, "the voiceprint")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alice.json"]
+
+
 def _limit_output_size() -> None:
     """In the child: no file may grow past 16 kB, like a disk that fills up mid-export."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
