@@ -100,7 +100,7 @@ def verify_command(args: argparse.Namespace) -> int:
         print(f"voxgate audit verify: {exc}", file=sys.stderr)
         return 2
     anchor = Path(args.anchor) if args.anchor else None
-    if not path.exists() and (args.no_anchor or not (anchor or anchor_path_for(path)).exists()):
+    if _absent(path) and (args.no_anchor or _absent(anchor or anchor_path_for(path))):
         return _no_log(path, args)
     rep = verify(path, anchor, key, use_anchor=not args.no_anchor)
     for note in rep.notes:
@@ -112,6 +112,19 @@ def verify_command(args: argparse.Namespace) -> int:
     for problem in rep.problems:
         print(f"  - {problem}", file=sys.stderr)
     return 1
+
+
+def _absent(path: Path) -> bool:
+    """Whether `path` is not there. A file this user may not see (a data folder only the
+    service's user can enter) is not absent: verify() then says it cannot be read, where
+    Path.exists() raised PermissionError."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _no_log(path: Path, args: argparse.Namespace) -> int:
@@ -150,7 +163,7 @@ def traces_of_use(log: Path, cfg: Any) -> list[str]:
         seq = None
     if isinstance(seq, int) and seq > 0:
         found.append(f"{seq_file} shows signed decisions (seq {seq})")
-    if lockout.exists():
+    if not _absent(lockout):
         found.append(f"{lockout} exists (made at the daemon's start)")
     count = _voiceprint_count(prints)
     if count:
@@ -160,7 +173,7 @@ def traces_of_use(log: Path, cfg: Any) -> list[str]:
 
 def _voiceprint_count(path: Path) -> int:
     """Rows in the store, read without its key; 0 when absent or unreadable."""
-    if not path.exists():
+    if _absent(path):
         return 0
     for query in ("mode=ro", "immutable=1"):  # immutable: a read-only folder (no -shm)
         try:

@@ -1,0 +1,41 @@
+"""Read-only commands run on a door without sudo: the data folder (0700, the service's user)
+cannot be entered. They must say so, not end in a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import test_sd_card_damaged
+
+as_nobody = test_sd_card_damaged.as_nobody  # the fixture: runs a command as user nobody
+
+
+def _door_folder(home: Path) -> Path:
+    """A config beside a data folder only root can enter, as /var/lib/voxgate (0700) is to
+    an administrator without sudo; returns the config."""
+    data = home / "data"
+    data.mkdir()
+    (data / "audit.jsonl").write_text("")
+    (data / "fleet.db").write_bytes(b"")
+    data.chmod(0o700)
+    cfg = home / "voxgate.yaml"
+    cfg.write_text(f"data_dir: {data}\n")
+    cfg.chmod(0o644)
+    return cfg
+
+
+def test_audit_verify_without_access_to_the_log_says_so(as_nobody: Any) -> None:
+    """`voxgate audit verify` said "NOT intact ... cannot read: Permission denied" here;
+    since the check for a lost log (2865dc3) it ended in a PermissionError traceback from
+    the log's exists()."""
+    home, prefix, env, _ = as_nobody
+    cfg = _door_folder(home)
+    proc = subprocess.run(
+        [*prefix, "-m", "voxgate", "audit", "verify", "-c", str(cfg)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Permission denied" in proc.stdout + proc.stderr
