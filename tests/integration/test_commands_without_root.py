@@ -39,3 +39,18 @@ def test_audit_verify_without_access_to_the_log_says_so(as_nobody: Any) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Permission denied" in proc.stdout + proc.stderr
+
+
+def test_fleet_status_without_access_to_the_state_says_so(as_nobody: Any) -> None:
+    """`voxgate fleet status` caught only sqlite3 errors: the sync state under a folder this
+    user cannot enter ended in a PermissionError traceback from Path.is_file()."""
+    home, prefix, env, _ = as_nobody
+    cfg = _door_folder(home)
+    proc = subprocess.run(
+        [*prefix, "-m", "voxgate", "fleet", "status", "-c", str(cfg)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("voxgate fleet status: ") and "fleet.db" in proc.stderr
+    assert "Permission denied" in proc.stderr, proc.stderr
