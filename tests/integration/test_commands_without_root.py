@@ -26,31 +26,30 @@ def _door_folder(home: Path) -> Path:
     return cfg
 
 
-def test_audit_verify_without_access_to_the_log_says_so(as_nobody: Any) -> None:
-    """`voxgate audit verify` said "NOT intact ... cannot read: Permission denied" here;
-    since the check for a lost log (2865dc3) it ended in a PermissionError traceback from
-    the log's exists()."""
+def _run_without_root(as_nobody: Any, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`voxgate ARGV -c CFG` as user nobody on such a door: exit 1 and no traceback."""
     home, prefix, env, _ = as_nobody
     cfg = _door_folder(home)
     proc = subprocess.run(
-        [*prefix, "-m", "voxgate", "audit", "verify", "-c", str(cfg)],
+        [*prefix, "-m", "voxgate", *argv, "-c", str(cfg)],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 1, proc.stdout + proc.stderr
+    return proc
+
+
+def test_audit_verify_without_access_to_the_log_says_so(as_nobody: Any) -> None:
+    """`voxgate audit verify` said "NOT intact ... cannot read: Permission denied" here;
+    since the check for a lost log (2865dc3) it ended in a PermissionError traceback from
+    the log's exists()."""
+    proc = _run_without_root(as_nobody, "audit", "verify")
     assert "Permission denied" in proc.stdout + proc.stderr
 
 
 def test_fleet_status_without_access_to_the_state_says_so(as_nobody: Any) -> None:
     """`voxgate fleet status` caught only sqlite3 errors: the sync state under a folder this
     user cannot enter ended in a PermissionError traceback from Path.is_file()."""
-    home, prefix, env, _ = as_nobody
-    cfg = _door_folder(home)
-    proc = subprocess.run(
-        [*prefix, "-m", "voxgate", "fleet", "status", "-c", str(cfg)],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    proc = _run_without_root(as_nobody, "fleet", "status")
     assert proc.stderr.startswith("voxgate fleet status: ") and "fleet.db" in proc.stderr
     assert "Permission denied" in proc.stderr, proc.stderr
