@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from collections import deque
 from pathlib import Path
@@ -150,6 +149,8 @@ def traces_of_use(log: Path, cfg: Any) -> list[str]:
     """What shows the door has written audit lines before: each of these files is made only
     by something that is audited (a signed decision, the daemon's start, an enrollment).
     `cfg` None (a FILE given without -c): the files beside the log, by their default names."""
+    from voxgate.voiceprints import sealed_count
+
     data = Path(cfg.data_dir) if cfg is not None else log.parent
     seq_file = data / "decision-seq.json"
     lockout = Path(cfg.lockout.path or data / "lockout.db") if cfg else data / "lockout.db"
@@ -165,26 +166,10 @@ def traces_of_use(log: Path, cfg: Any) -> list[str]:
         found.append(f"{seq_file} shows signed decisions (seq {seq})")
     if not _absent(lockout):
         found.append(f"{lockout} exists (made at the daemon's start)")
-    count = _voiceprint_count(prints)
+    count = sealed_count(prints)
     if count:
         found.append(f"{prints} holds {count} voiceprint(s)")
     return found
-
-
-def _voiceprint_count(path: Path) -> int:
-    """Rows in the store, read without its key; 0 when absent or unreadable."""
-    if _absent(path):
-        return 0
-    for query in ("mode=ro", "immutable=1"):  # immutable: a read-only folder (no -shm)
-        try:
-            db = sqlite3.connect(f"{path.absolute().as_uri()}?{query}", uri=True)
-            try:
-                return int(db.execute("SELECT count(*) FROM voiceprints").fetchone()[0])
-            finally:
-                db.close()
-        except sqlite3.Error:
-            continue
-    return 0
 
 
 def show_command(args: argparse.Namespace) -> int:
