@@ -161,19 +161,21 @@ def looks_hex_text(key: bytes) -> bool:
     return len(key) == KEY_BYTES and all(c in b"0123456789abcdefABCDEF" for c in key)
 
 
-def _sealed_count(store: Path | None) -> int:
+def sealed_count(store: Path | None) -> int:
     """How many voiceprints `store` holds (read-only, no key needed); 0 when there is no
     such file or it cannot be read (the store's own open then says what is wrong)."""
-    if store is None or not store.is_file():
-        return 0
-    try:
-        con = sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True)
+    for query in ("mode=ro", "immutable=1"):  # immutable: a read-only folder (no -shm)
         try:
-            return int(con.execute("SELECT COUNT(*) FROM voiceprints").fetchone()[0])
-        finally:
-            con.close()
-    except (sqlite3.Error, OSError, ValueError):
-        return 0
+            if store is None or not store.is_file():
+                return 0
+            con = sqlite3.connect(f"{store.resolve().as_uri()}?{query}", uri=True)
+            try:
+                return int(con.execute("SELECT COUNT(*) FROM voiceprints").fetchone()[0])
+            finally:
+                con.close()
+        except (sqlite3.Error, OSError, ValueError):
+            continue
+    return 0
 
 
 def load_key(speaker_cfg: Any, store: Path | None = None) -> bytes:
@@ -192,7 +194,7 @@ def load_key(speaker_cfg: Any, store: Path | None = None) -> bytes:
     except SecretUnreadable as exc:  # a new key would not open the stored voiceprints
         raise StoreError(str(exc)) from None
     except SecretError as exc:
-        held = _sealed_count(store)
+        held = sealed_count(store)
         if held:
             hint = (
                 f"{store} holds {held} voiceprint(s) sealed with that key: restore the key "

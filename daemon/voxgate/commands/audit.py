@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from collections import deque
 from pathlib import Path
@@ -100,7 +99,7 @@ def verify_command(args: argparse.Namespace) -> int:
         print(f"voxgate audit verify: {exc}", file=sys.stderr)
         return 2
     anchor = Path(args.anchor) if args.anchor else None
-    if not path.exists() and (args.no_anchor or not (anchor or anchor_path_for(path)).exists()):
+    if _absent(path) and (args.no_anchor or _absent(anchor or anchor_path_for(path))):
         return _no_log(path, args)
     rep = verify(path, anchor, key, use_anchor=not args.no_anchor)
     for note in rep.notes:
@@ -112,6 +111,19 @@ def verify_command(args: argparse.Namespace) -> int:
     for problem in rep.problems:
         print(f"  - {problem}", file=sys.stderr)
     return 1
+
+
+def _absent(path: Path) -> bool:
+    """Whether `path` is not there. A file this user may not see (a data folder only the
+    service's user can enter) is not absent: verify() then says it cannot be read, where
+    Path.exists() raised PermissionError."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _no_log(path: Path, args: argparse.Namespace) -> int:
@@ -137,6 +149,8 @@ def traces_of_use(log: Path, cfg: Any) -> list[str]:
     """What shows the door has written audit lines before: each of these files is made only
     by something that is audited (a signed decision, the daemon's start, an enrollment).
     `cfg` None (a FILE given without -c): the files beside the log, by their default names."""
+    from voxgate.voiceprints import sealed_count
+
     data = Path(cfg.data_dir) if cfg is not None else log.parent
     seq_file = data / "decision-seq.json"
     lockout = Path(cfg.lockout.path or data / "lockout.db") if cfg else data / "lockout.db"
@@ -150,28 +164,12 @@ def traces_of_use(log: Path, cfg: Any) -> list[str]:
         seq = None
     if isinstance(seq, int) and seq > 0:
         found.append(f"{seq_file} shows signed decisions (seq {seq})")
-    if lockout.exists():
+    if not _absent(lockout):
         found.append(f"{lockout} exists (made at the daemon's start)")
-    count = _voiceprint_count(prints)
+    count = sealed_count(prints)
     if count:
         found.append(f"{prints} holds {count} voiceprint(s)")
     return found
-
-
-def _voiceprint_count(path: Path) -> int:
-    """Rows in the store, read without its key; 0 when absent or unreadable."""
-    if not path.exists():
-        return 0
-    for query in ("mode=ro", "immutable=1"):  # immutable: a read-only folder (no -shm)
-        try:
-            db = sqlite3.connect(f"{path.absolute().as_uri()}?{query}", uri=True)
-            try:
-                return int(db.execute("SELECT count(*) FROM voiceprints").fetchone()[0])
-            finally:
-                db.close()
-        except sqlite3.Error:
-            continue
-    return 0
 
 
 def show_command(args: argparse.Namespace) -> int:

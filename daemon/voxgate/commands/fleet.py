@@ -251,10 +251,11 @@ def status(args: argparse.Namespace) -> int:
         return 1
     try:
         report = fleetstatus.read(cfg)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:  # OSError: a folder this user cannot enter
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(
             f"voxgate fleet status: {fleetstatus.state_file(cfg)}: cannot read the fleet sync "
-            f"state ({exc})",
+            f"state ({why})",
             file=sys.stderr,
         )
         return 1

@@ -275,7 +275,7 @@ def _write_new(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError:
+    except BaseException:  # a full disk, and a Ctrl-C: no copy of the export left behind
         tmp.unlink(missing_ok=True)
         raise
     # The new name on disk too; some file systems cannot sync a folder (the export is written).

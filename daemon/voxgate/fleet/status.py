@@ -64,7 +64,8 @@ def state_file(cfg: Any) -> Path:
 
 
 def read(cfg: Any) -> Report:
-    """The report for a device config. Raises sqlite3.Error when the state cannot be read."""
+    """The report for a device config. Raises sqlite3.Error or OSError when the state
+    cannot be read."""
     path = state_file(cfg)
     if not path.is_file():
         return Report(path, exists=False)
