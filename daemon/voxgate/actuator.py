@@ -29,6 +29,7 @@ from typing import IO, Any
 import yaml
 from pydantic import ValidationError
 
+from voxgate.blas import users_environ
 from voxgate.config.loader import yaml_problem
 from voxgate.config.mqtt import ActuatorConfig
 from voxgate.config.secrets import SecretError, override_source, read_secret
@@ -379,7 +380,7 @@ class Actuator:
         else:
             assert self.cfg.command is not None
             argv = self.cfg.command.argv
-            env = {**os.environ, **decision_env(d)}
+            env = {**users_environ(), **decision_env(d)}
             log.info("GRANTED user=%r seq=%d: running %s", d.user, d.seq, argv[0])
             # stderr to a file, not a pipe: a program that leaves a background child (e.g.
             # "relay off in 5 s") keeps a pipe open, and the wait for its end took the whole

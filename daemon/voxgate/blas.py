@@ -21,10 +21,25 @@ import os
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
 
 
+_set_here = False  # one_blas_thread() set the variable: it is voxgate's, not the user's
+
+
 def one_blas_thread() -> bool:
     """Set OPENBLAS_NUM_THREADS=1 unless the environment sets a thread count already.
     Returns whether it was set."""
+    global _set_here
     if any(os.environ.get(name) for name in THREAD_VARIABLES):
         return False
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    _set_here = True
     return True
+
+
+def users_environ() -> dict[str, str]:
+    """The environment for a program voxgate runs on the user's behalf (the actuator's
+    command): without the thread count voxgate set for itself, which pinned an unlock
+    program's own numpy to one thread. A count the user set is theirs and stays."""
+    env = dict(os.environ)
+    if _set_here and env.get("OPENBLAS_NUM_THREADS") == "1":
+        del env["OPENBLAS_NUM_THREADS"]
+    return env

@@ -480,12 +480,28 @@ class SequenceCounter:
     def last(self) -> int:
         return self._seq
 
+    @property
+    def unsaved(self) -> bool:
+        """The ceiling in memory is above the file's: a save failed (a full or read-only
+        disk). A restart now would number from the file's, below numbers already sent."""
+        return self._unsaved
+
+    def save_held(self) -> None:
+        """Save a ceiling a failed save left in memory, without a new decision: a quiet door
+        restarted after space came back numbered from the old ceiling, and with its clock
+        behind (no RTC, before NTP) the lock refused every decision as replayed. The
+        daemon calls this every second and at its stop; a no-op when all is saved."""
+        with self._lock:
+            if self._unsaved:
+                self._save()
+
     def next(self) -> int:
         """The next number. A ceiling that cannot be saved (disk full, read-only, I/O
-        error) is logged and held in memory, and saved again with the next number: the
-        decision still goes out. A lost save only risks numbers a restart repeats when the
-        clock is also behind, which the lock refuses as replays (it fails closed); refusing
-        the decision here would keep every door shut until the disk is fixed."""
+        error) is logged and held in memory, and saved again with the next number or by
+        save_held(): the decision still goes out. A lost save only risks numbers a restart
+        repeats when the clock is also behind, which the lock refuses as replays (it fails
+        closed); refusing the decision here would keep every door shut until the disk is
+        fixed."""
         with self._lock:
             self._seq = max(self._seq + 1, clock_floor(self._clock))
             if self._seq > self._ceiling:
@@ -502,7 +518,7 @@ class SequenceCounter:
             if self._save_log.allow():
                 log.error(
                     "decision sequence %s: cannot save (%s); numbering goes on from memory "
-                    "and is saved again with the next decision; %s",
+                    "and is saved again once there is room; %s",
                     self._state.path,
                     "disk full" if exc.errno == errno.ENOSPC else exc.strerror or exc,
                     what_to_do(self._state.path),

@@ -239,11 +239,17 @@ def cohort_center(embedder: Any, cfg: Any) -> np.ndarray | None:
     return center_of(cohort.embeddings)  # an AS-norm cohort: its mean direction
 
 
+def speech_seconds(seconds: float) -> float:
+    """Speech seconds as every enroll line shows them and the CLI stores them: rounded DOWN
+    to 0.1 s (5.96 of a 6 s minimum is not "have 6.0 s"). The stored value was rounded to
+    nearest: the summary said 11.1 s where `users export` said 11.2 for the same takes."""
+    return math.floor(seconds * 10 + 1e-9) / 10
+
+
 def seconds_text(seconds: float) -> str:
-    """Speech seconds as every enroll line shows them: rounded DOWN to 0.1 s (5.96 of a 6 s
-    minimum is not "have 6.0 s"). One rule for the summary, the takes and the error: the
+    """speech_seconds() as text. One rule for the summary, the takes and the error: the
     summary rounded and said 4.0 s where the error said "have 3.9 s" for the same takes."""
-    return f"{math.floor(seconds * 10 + 1e-9) / 10:.1f}"
+    return f"{speech_seconds(seconds):.1f}"
 
 
 def progress_text(takes: int, speech_s: float, min_takes: int, min_speech_s: float) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 
 from voxgate.audio.base import SAMPLE_RATE, AudioError
 from voxgate.cohort import model_sha256, preprocessing
-from voxgate.quality import Quality, assess, gate_reasons
+from voxgate.quality import READING, Quality, assess, gate_reasons
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +261,10 @@ class EmbeddingCache:
                 quality[rec] = Quality(**q)
                 stamps[rec] = stamp
             errors = {str(k): str(v) for k, v in meta.get("errors", {}).items()}
+            if meta.get("quality_reading") != READING:
+                # Read by an older gate (quality.READING): the embeddings hold, the
+                # readings are made again (fill), or the gate's figures would be stale.
+                quality = {}
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning(
                 "%s: embedding cache ignored: its entries do not fit this voxgate's layout; %s",
@@ -276,7 +280,8 @@ class EmbeddingCache:
     def save(self) -> None:
         if self.cache_file is None:
             return
-        recs = sorted(r for r in self._emb if r not in self.unreadable)
+        # Without a reading (a Ctrl-C while an older cache's were made again), not kept.
+        recs = sorted(r for r in self._emb if r not in self.unreadable and r in self._quality)
         if not recs:
             return
         emb = np.stack(
@@ -289,6 +294,7 @@ class EmbeddingCache:
             "vad": self.vad,
             "recordings": recs,
             "quality": [self._quality[r].__dict__ for r in recs],
+            "quality_reading": READING,
             "file_sha256": [self._stamps.get(r) for r in recs],
             # Reported again by the next run, which reuses these recordings' missing embeddings.
             "errors": {
@@ -342,14 +348,17 @@ class EmbeddingCache:
             if r not in self._emb or st is None or self._stamps.get(r) != st
         ]
         fresh = set(todo)
+        # Embedded already, but read by an older gate: read again, not embedded again.
+        todo += [r for r in stamps if r not in fresh and r not in self._quality]
         for r in stamps:  # in protocol order, as fill() reports them
             if r not in fresh and r in self._cached_errors:
                 self.errors[r] = self._cached_errors[r]
         for n, rec in enumerate(todo, 1):
-            # Forgotten until it is done again: a Ctrl-C halfway must not leave the old
-            # embedding saved under the new stamp (save() keeps what is done).
-            self._emb.pop(rec, None)
-            self._stamps[rec] = stamps[rec]
+            if rec in fresh:
+                # Forgotten until it is done again: a Ctrl-C halfway must not leave the old
+                # embedding saved under the new stamp (save() keeps what is done).
+                self._emb.pop(rec, None)
+                self._stamps[rec] = stamps[rec]
             try:
                 pcm = load_recording(self.root, rec)
             except AudioError as exc:  # a corrupt or missing file: counted, the run goes on
@@ -360,6 +369,9 @@ class EmbeddingCache:
                 progress(n, len(todo))
                 continue
             self._quality[rec] = assess(pcm, self.vad_cfg)
+            if rec not in fresh:
+                progress(n, len(todo))
+                continue
             try:
                 emb = self.embedder.embed(pcm)
             except Exception as exc:  # TooShort, or audio the model cannot take

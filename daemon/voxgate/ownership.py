@@ -31,6 +31,21 @@ def disk_is_full(path: Path) -> bool:
     return st.f_bavail * st.f_frsize < 64 * 1024
 
 
+def is_read_only(path: Path) -> bool:
+    """Whether the folder of `path` is on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def disk_hint(path: Path) -> str:
+    """ "; " + what_to_do() for an SQLite error in the folder of `path` when its file system
+    is read-only or full (SQLite says "unable to open database file" or "disk I/O error",
+    naming neither), else "" (a locked or damaged file has its own advice)."""
+    return f"; {what_to_do(path)}" if is_read_only(path) or disk_is_full(path) else ""
+
+
 def what_to_do(path: Path) -> str:
     """What to do about a write refused in the folder of `path`, read off its file system.
     "Free space" on a read-only one (an SD card the kernel remounted after errors) sent the

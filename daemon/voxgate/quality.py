@@ -21,6 +21,22 @@ FULL_SCALE = 32767
 CLIP_LEVEL = 0.99 * FULL_SCALE
 CLIP_RUN = 3  # consecutive samples at full scale: a clipped peak, not a loud sample
 SNR_CEILING_DB = 60.0
+# The VAD labels speech on a copy of the recording raised to HEAR_DBFS (never lowered), as the
+# embedding trim hears its audio (the card's frontend level): webrtcvad misses quiet speech,
+# so a quiet microphone's words counted as pause noise (too noisy) and as too little speech.
+# A recording quieter than MIN_HEAR_DBFS as a whole is heard as it is: 16-bit audio there
+# holds speech at most ~30 dB above its quantization floor (a muted microphone, not a quiet
+# one), and raised it would be scored. benchmarks/quiet_gate.py measures both.
+HEAR_DBFS = -30.0
+MIN_HEAR_DBFS = -60.0
+# Speech quieter than this (Quality.speech_dbfs) the gate reads well, but the door's
+# endpointer, which hears the stream as it is, starts to cut words off: turned down and put
+# in a quiet room, vcc2018_eval's utterances with speech at -50 to -45 dBFS were retried
+# 10.6 %, fsdd's at -55 to -50 13.7 %, against 1-9 % above -45 (benchmarks/quiet_gate.py
+# --door, by speech level). Guided enrollment says so.
+QUIET_SPEECH_DBFS = -45.0
+# How these readings were made: `voxgate eval`'s cache keeps readings made another way apart.
+READING = {"hear_dbfs": HEAR_DBFS, "min_hear_dbfs": MIN_HEAR_DBFS, "speech_dbfs": True}
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,9 @@ class Quality:
     # non-speech, the VAD took the room's noise for speech: no level can trust its SNR.
     live: bool = False
     nonspeech_s: float = 0.0  # frames the VAD called non-speech, digital silence included
+    # Mean power of the frames the VAD called speech, in dBFS (None: no speech): how loud the
+    # microphone hears the voice (QUIET_SPEECH_DBFS).
+    speech_dbfs: float | None = None
 
 
 def _clipped_fraction(pcm: np.ndarray) -> float:
@@ -74,28 +93,49 @@ def _mean_power(frames: np.ndarray) -> np.ndarray:
     return (frames**2).mean(axis=1)
 
 
+def heard(pcm: np.ndarray, hear_dbfs: float | None = HEAR_DBFS) -> np.ndarray:
+    """What the VAD labels: `pcm` raised as a whole to `hear_dbfs` RMS (None: as it is),
+    unless it is quieter than MIN_HEAR_DBFS."""
+    from voxgate.features import level_gain
+
+    x = pcm.astype(np.float64) / 32768.0
+    energy = float(np.dot(x, x))
+    if hear_dbfs is None or energy <= len(x) * 10 ** (MIN_HEAR_DBFS / 10):
+        return pcm
+    gain = level_gain(energy, len(x), hear_dbfs)
+    if gain == 1.0:
+        return pcm
+    return np.clip(np.round(pcm * gain), -32768, 32767).astype(np.int16)
+
+
 def _snr_db(
     pcm: np.ndarray,
     vad_cfg: VadConfig,
     frame_power: Callable[[np.ndarray], np.ndarray] = _mean_power,
-) -> tuple[float, bool, float]:
+    hear_dbfs: float | None = HEAR_DBFS,
+) -> tuple[float, bool, float, float | None]:
     """(estimated SNR, whether the noise was measured in at least PAUSE_S of pauses,
-    seconds of non-speech frames). `frame_power`: each float64 frame's power (another
-    measure lets benchmarks/band_gate.py read the same frames by band)."""
+    seconds of non-speech frames, the speech frames' level in dBFS). `frame_power`: each
+    float64 frame's power (another measure lets benchmarks/band_gate.py read the same frames
+    by band). Speech and pauses are labelled on `heard(pcm, hear_dbfs)`; the powers are the
+    recording's own."""
     from voxgate.vad import Endpointer
 
     ep = Endpointer(vad_cfg, FRAME_MS)
     n = ep.frame_len
     usable = len(pcm) // n * n
     if usable == 0:
-        return 0.0, False, 0.0
+        return 0.0, False, 0.0, None
     frames = pcm[:usable].reshape(-1, n)
     power = frame_power(frames.astype(np.float64)) + 1.0  # +1: 16-bit dither floor
-    speech = np.array([ep.is_speech(f) for f in frames])
+    labelled = heard(pcm, hear_dbfs)[:usable].reshape(-1, n)
+    speech = np.array([ep.is_speech(f) for f in labelled])
     nonspeech_s = float((~speech).sum() * FRAME_MS / 1000)
     if speech.sum() == 0:
-        return 0.0, False, nonspeech_s
+        return 0.0, False, nonspeech_s, None
     speech_power = power[speech].mean()
+    voice = frames[speech].astype(np.float64)
+    speech_dbfs = float(10 * np.log10(max(np.mean(voice * voice), 1e-3) / FULL_SCALE**2))
     # Digital silence (joined or padded files) says nothing about the room: leave it out.
     live = np.any(frames != 0, axis=1)
     pauses = power[~speech & live]
@@ -107,13 +147,19 @@ def _snr_db(
     signal = max(speech_power - noise_power, 1e-3)
     from_pauses = len(pauses) * FRAME_MS / 1000 >= PAUSE_S - 1e-9
     snr_db = float(min(10 * np.log10(signal / noise_power), SNR_CEILING_DB))
-    return snr_db, from_pauses, nonspeech_s
+    return snr_db, from_pauses, nonspeech_s, speech_dbfs
 
 
-def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None, live: bool = False) -> Quality:
+def assess(
+    pcm: np.ndarray,
+    vad_cfg: VadConfig | None = None,
+    live: bool = False,
+    hear_dbfs: float | None = HEAR_DBFS,
+) -> Quality:
     """Measure one recording (int16, 16 kHz mono). `live`: an utterance this endpointer cut
     at the door (Quality.live); honoured only when the endpointer leaves pauses enough
-    (leaves_pauses), so callers need not check."""
+    (leaves_pauses), so callers need not check. `hear_dbfs`: see HEAR_DBFS (None: the VAD
+    hears the recording at its own level, as before it; for benchmarks/quiet_gate.py)."""
     from voxgate.vad import segment
 
     vad_cfg = vad_cfg or VadConfig()
@@ -122,14 +168,15 @@ def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None, live: bool = False
     # utterance still split at the bound's edge (vad.Endpointer.flush with nothing buffered)
     # raises ValueError: then count the speech of the utterances already closed.
     whole = vad_cfg.model_copy(update={"max_utterance_ms": 120000})
+    loud = heard(pcm, hear_dbfs)
     try:
-        speech_s = sum(u.speech_s for u in segment(pcm, whole, FRAME_MS))
+        speech_s = sum(u.speech_s for u in segment(loud, whole, FRAME_MS))
     except ValueError:
         n = 120 * SAMPLE_RATE
         speech_s = sum(
-            u.speech_s for i in range(0, len(pcm), n) for u in segment(pcm[i : i + n], whole)
+            u.speech_s for i in range(0, len(loud), n) for u in segment(loud[i : i + n], whole)
         )
-    snr_db, from_pauses, nonspeech_s = _snr_db(pcm, vad_cfg)
+    snr_db, from_pauses, nonspeech_s, speech_dbfs = _snr_db(pcm, vad_cfg, hear_dbfs=hear_dbfs)
     return Quality(
         duration_s=len(pcm) / SAMPLE_RATE,
         speech_s=float(speech_s),
@@ -138,6 +185,7 @@ def assess(pcm: np.ndarray, vad_cfg: VadConfig | None = None, live: bool = False
         clipped=_clipped_fraction(pcm),
         live=live and leaves_pauses(vad_cfg),
         nonspeech_s=nonspeech_s,
+        speech_dbfs=speech_dbfs,
     )
 
 

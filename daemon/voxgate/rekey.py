@@ -21,7 +21,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from voxgate.ownership import disk_is_full, fsync_path
+from voxgate.ownership import disk_hint, fsync_path
 from voxgate.voiceprints import StoreError, VoiceprintStore
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ def rekey(path: Path, old_key: bytes, new_key: bytes, *, drop_unreadable: bool =
             finally:
                 old._db.execute("ROLLBACK")
     except sqlite3.DatabaseError as exc:
-        full = f"; the disk is full: free space on {path.parent}" if disk_is_full(path) else ""
-        raise StoreError(f"{path}: cannot re-key ({exc}){full}; nothing was changed") from None
+        hint = disk_hint(path)  # a read-only card is not called full
+        raise StoreError(f"{path}: cannot re-key ({exc}){hint}; nothing was changed") from None
     except OSError as exc:
         raise StoreError(f"{path}: cannot re-key ({exc.strerror}); nothing was changed") from None
     finally:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from voxgate.ownership import create_whole, disk_is_full
+from voxgate.ownership import create_whole, disk_hint, disk_is_full
 
 log = logging.getLogger(__name__)
 
@@ -161,19 +161,21 @@ def looks_hex_text(key: bytes) -> bool:
     return len(key) == KEY_BYTES and all(c in b"0123456789abcdefABCDEF" for c in key)
 
 
-def _sealed_count(store: Path | None) -> int:
+def sealed_count(store: Path | None) -> int:
     """How many voiceprints `store` holds (read-only, no key needed); 0 when there is no
     such file or it cannot be read (the store's own open then says what is wrong)."""
-    if store is None or not store.is_file():
-        return 0
-    try:
-        con = sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True)
+    for query in ("mode=ro", "immutable=1"):  # immutable: a read-only folder (no -shm)
         try:
-            return int(con.execute("SELECT COUNT(*) FROM voiceprints").fetchone()[0])
-        finally:
-            con.close()
-    except (sqlite3.Error, OSError, ValueError):
-        return 0
+            if store is None or not store.is_file():
+                return 0
+            con = sqlite3.connect(f"{store.resolve().as_uri()}?{query}", uri=True)
+            try:
+                return int(con.execute("SELECT COUNT(*) FROM voiceprints").fetchone()[0])
+            finally:
+                con.close()
+        except (sqlite3.Error, OSError, ValueError):
+            continue
+    return 0
 
 
 def load_key(speaker_cfg: Any, store: Path | None = None) -> bytes:
@@ -192,7 +194,7 @@ def load_key(speaker_cfg: Any, store: Path | None = None) -> bytes:
     except SecretUnreadable as exc:  # a new key would not open the stored voiceprints
         raise StoreError(str(exc)) from None
     except SecretError as exc:
-        held = _sealed_count(store)
+        held = sealed_count(store)
         if held:
             hint = (
                 f"{store} holds {held} voiceprint(s) sealed with that key: restore the key "
@@ -325,7 +327,7 @@ def _open_error(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
     stays damaged; an OperationalError (locked, cannot open, I/O) may pass."""
     kind = StoreError if isinstance(exc, sqlite3.OperationalError) else Damaged
     return kind(
-        f"{path}: cannot use the voiceprint database ({exc}){_damage_hint(exc)}{_disk_full(path)}"
+        f"{path}: cannot use the voiceprint database ({exc}){_damage_hint(exc)}{disk_hint(path)}"
     )
 
 
@@ -339,12 +341,6 @@ def _damage_hint(exc: sqlite3.DatabaseError) -> str:
     """What to do about SQLite's "database disk image is malformed" / "file is not a
     database" (plain DatabaseError; locked, I/O and full disks are OperationalError)."""
     return DAMAGED_HINT if type(exc) is sqlite3.DatabaseError else ""
-
-
-def _disk_full(path: Path) -> str:
-    """A hint for an SQLite error on a full disk, which SQLite may report as "disk I/O
-    error" (it cannot size the WAL index), naming neither cause nor remedy."""
-    return f"; the disk is full: free space on {path.parent}" if disk_is_full(path) else ""
 
 
 def _writable_folder(path: Path) -> bool:
@@ -621,7 +617,7 @@ class VoiceprintStore:
             except sqlite3.DatabaseError as exc:
                 raise StoreError(
                     f"{self.path}: cannot {doing} the voiceprint database ({exc})"
-                    f"{_damage_hint(exc)}{_disk_full(self.path)}"
+                    f"{_damage_hint(exc)}{disk_hint(self.path)}"
                 ) from None
             if self._unchanged is not None and self._unchanged != self._snapshot():
                 # Read without locks: someone wrote it meanwhile, so what was read may mix

@@ -352,3 +352,54 @@ def test_two_doors_given_one_key_are_refused_so_one_door_cannot_open_the_other(
     finally:
         a.stop()
     assert any("same decision key" in line for line in a.lines)
+
+
+ENV_DUMP = (
+    "import json, os, sys\n"
+    "keys = ('OPENBLAS_NUM_THREADS', 'GOTO_NUM_THREADS', 'OMP_NUM_THREADS', 'VOXGATE_USER')\n"
+    "with open(sys.argv[1], 'a') as f:\n"
+    "    f.write(json.dumps({k: os.environ.get(k) for k in keys}) + '\\n')\n"
+)
+
+
+@pytest.mark.parametrize("users_own", [None, "3"], ids=["unset", "set-by-the-user"])
+def test_the_action_gets_the_users_thread_settings_not_voxgates(
+    tmp_path: Path, broker: Broker, link: MqttLink, users_own: str | None
+) -> None:
+    """`voxgate actuator` sets OPENBLAS_NUM_THREADS=1 for itself (voxgate.blas, before numpy
+    loads) and its action inherited it: an unlock program using numpy ran its matrix
+    products on one thread, without anybody having asked for that. It gets the environment
+    the actuator was started with (a thread count the user set is theirs, and kept)."""
+    out = tmp_path / "env.jsonl"
+    script = tmp_path / "env_dump.py"
+    script.write_text(ENV_DUMP)
+    lock = ActuatorProcess(
+        tmp_path,
+        broker,
+        {DEV: write_key(tmp_path / "front.key", DKEY)},
+        argv=[sys.executable, str(script), str(out)],
+    )
+    saved = {k: os.environ.pop(k, None) for k in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS")}
+    saved["OMP_NUM_THREADS"] = os.environ.pop("OMP_NUM_THREADS", None)
+    try:
+        if users_own is not None:
+            os.environ["OMP_NUM_THREADS"] = users_own
+        lock.start()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
+    try:
+        issuer = Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=30)
+        assert link.publish_decision(issuer.issue("granted", "alice", time.time()))
+        wait_until(lambda: out.exists() and out.read_text().strip(), 10, "the action ran")
+    finally:
+        lock.stop()
+    seen = json.loads(out.read_text().splitlines()[0])
+    assert seen == {
+        "OPENBLAS_NUM_THREADS": None,
+        "GOTO_NUM_THREADS": None,
+        "OMP_NUM_THREADS": users_own,
+        "VOXGATE_USER": "alice",
+    }, seen

@@ -600,3 +600,64 @@ def test_deep_check_stops_a_door_whose_config_would_not_start(tmp_path: Path, st
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert cfg_file.read_bytes() == before
     assert [p.name for p in cfg_file.parent.glob("voxgate.yaml*")] == ["voxgate.yaml"]
+
+
+def _effective(unit: str, dropin: str) -> tuple[dict[str, str], list[str]]:
+    """LoadCredential= (id -> path) and ReadWritePaths= of the unit with its drop-in, read as
+    systemd reads them: an empty assignment resets the list, a later one for an id wins."""
+    creds: dict[str, str] = {}
+    writable: list[str] = []
+    for line in (unit + "\n" + dropin).splitlines():
+        key, _, value = line.partition("=")
+        if key == "LoadCredential":
+            if not value:
+                creds.clear()
+            else:
+                name, _, path = value.partition(":")
+                creds[name] = path
+        elif key == "ReadWritePaths":
+            writable = [] if not value else writable + value.split()
+    return creds, writable
+
+
+def test_a_door_with_its_own_credentials_and_data_folders_can_start(
+    tmp_path: Path, staged: dict
+) -> None:
+    """voxgate_credentials_dir and voxgate_data_dir are role variables, but the drop-in only
+    set ExecStart=: the shipped unit still loaded every credential from
+    /etc/voxgate/credentials (systemd refuses to start when one is missing) and the data
+    folder stayed read-only under ProtectSystem=strict (found running the play with both
+    moved and reading the unit with its drop-in)."""
+    root = tmp_path / "root"
+    extra = {
+        **staged["extra"],
+        "voxgate_root": str(root),
+        "voxgate_credentials_dir": "/etc/voxgate/keys",
+        "voxgate_data_dir": "/srv/voxgate",
+    }
+    run = _play(tmp_path, extra)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    unit = (root / "etc/systemd/system/voxgate.service").read_text()
+    dropin = (root / "etc/systemd/system/voxgate.service.d/ansible.conf").read_text()
+    creds, writable = _effective(unit, dropin)
+    installed = {p.name for p in (root / "etc/voxgate/keys").iterdir()}
+    assert set(creds) == installed
+    for name, path in creds.items():
+        assert path == f"/etc/voxgate/keys/{name}"
+        assert (root / path.lstrip("/")).is_file(), path  # what systemd opens at start
+    cfg = load_config(root / "etc/voxgate/voxgate.yaml")
+    assert str(cfg.data_dir) == "/srv/voxgate"
+    assert "/srv/voxgate" in writable  # else read-only under ProtectSystem=strict
+    assert (root / "srv/voxgate").is_dir()
+    # The default paths need none of this: the drop-in stays as it was.
+    default_creds, default_writable = _effective(
+        unit, (staged["root"] / "etc/systemd/system/voxgate.service.d/ansible.conf").read_text()
+    )
+    assert all(p.startswith("/etc/voxgate/credentials/") for p in default_creds.values())
+    assert default_writable == []
+    if shutil.which("systemd-analyze"):
+        exe = root / "opt/voxgate/bin/voxgate"
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+        assert _analyze(root) == []

@@ -134,7 +134,8 @@ def test_export_to_a_directory_or_missing_folder(
     for out in (device["dir"], device["dir"] / "no-such-folder" / "alice.json"):
         assert main(["users", "export", "alice", "-o", str(out), "-c", cfg]) == 1
         _one_error_line(capsys.readouterr().err, str(out), "cannot write the export")
-        assert not out.with_name(f".{out.name}.tmp").exists()
+        # No temporary file beside it, whatever its name (one per try, O_EXCL).
+        assert not list(out.parent.glob(f".{out.name}*")), list(out.parent.glob(".*"))
     good = device["dir"] / "alice.json"
     assert main(["users", "export", "alice", "-o", str(good), "-c", cfg]) == 0
     assert '"name": "alice"' in good.read_text()
@@ -219,7 +220,29 @@ def test_export_is_private_atomic_and_writes_through_links(tmp_path: Path) -> No
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)
-    assert not target.exists() and not (tmp_path / ".big.json.tmp").exists()
+    assert not target.exists() and not list(tmp_path.glob(".big.json*")), os.listdir(tmp_path)
+
+
+def test_ctrl_c_during_an_export_leaves_no_copy_of_it_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C while `users export -o` wrote or synced its temporary file (the sync is the
+    slow part on an SD card) left that file, a whole copy of the voiceprint, beside the
+    target: only OSError removed it, and with a fresh name per run nothing ever reused or
+    removed it. The interrupt is raised where the sync would have been interrupted."""
+    from voxgate.commands.users import _write_new
+
+    target = tmp_path / "alice.json"
+    target.write_text("old")
+
+    def interrupted(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _write_new(target, "the voiceprint")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alice.json"]
 
 
 def _limit_output_size() -> None:

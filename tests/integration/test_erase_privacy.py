@@ -517,3 +517,27 @@ def test_an_export_is_given_when_the_audit_log_cannot_be_opened(tmp_path: Path) 
     assert "could not write the audit log" in run.stderr
     line = json.loads(run.stderr.strip().splitlines()[-1])
     assert (line["event"], line["user"], line["via"]) == ("admin_export", "Erin", "cli")
+
+
+def test_an_export_to_a_file_does_not_write_through_a_link_left_at_its_temporary_name(
+    tmp_path: Path,
+) -> None:
+    """`users export -o erin.json` wrote to `.erin.json.tmp` (opened with O_TRUNC, links
+    followed), then renamed that name over erin.json. A symlink found there (left in a shared
+    folder) had the export written into the file it pointed at, truncating it, and erin.json
+    became that link: the person's biometric data in a file of someone else's choosing."""
+    _door_with_erin(tmp_path)
+    out_dir = tmp_path / "exports"
+    out_dir.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not an export\n")
+    (out_dir / ".erin.json.tmp").symlink_to(victim)
+    run = _cli(tmp_path, "export", "erin", "-o", str(out_dir / "erin.json"))
+    assert run.returncode == 0, run.stderr
+    assert victim.read_text() == "not an export\n"
+    out = out_dir / "erin.json"
+    assert not out.is_symlink()
+    assert json.loads(out.read_text())["name"] == "Erin"
+    assert out.stat().st_mode & 0o777 == 0o600
+    # Only the export itself is left beside it (the link was not ours to remove).
+    assert sorted(p.name for p in out_dir.iterdir()) == [".erin.json.tmp", "erin.json"]

@@ -632,6 +632,37 @@ def test_embedding_cache_is_not_reused_under_other_vad_settings(tmp_path: Path) 
     assert [again[k] for k in keys] == [want[k] for k in keys]
 
 
+def test_readings_cached_by_an_older_gate_are_made_again(tmp_path: Path) -> None:
+    """The cache keeps each recording's quality reading. When the gate's way of reading
+    changed (quality.READING: its VAD now hears quiet audio raised), a cache from before it
+    gave the old readings again: the gate's figures of the old release under the new one.
+    Now those readings are made again from the audio, and the embeddings are kept."""
+    from voxgate.commands.bench import synthetic_speech
+
+    root = _noise_set(tmp_path / "set", seed=1)
+    for i, name in enumerate("xyz"):  # voiced bursts and pauses: the VAD has work to do
+        sf.write(root / "a" / f"{name}.wav", synthetic_speech(1.5 + i, seed=i), 16000)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert main(["eval", str(root), "--out", str(fresh)]) == 0
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+
+    def older_gate(meta: dict, emb: np.ndarray) -> tuple[dict, np.ndarray]:
+        meta.pop("quality_reading")
+        for q in meta["quality"]:
+            q.update(speech_s=0.1, snr_db=-3.0)  # what another reading might have said
+        return meta, emb
+
+    _rewrite_cache(out, older_gate)
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    again, want = (json.loads((d / "report.json").read_text()) for d in (out, fresh))
+    keys = ("test_net_speech_s_median", "test_snr_db_median", "gate_too_little_speech")
+    assert [again[k] for k in keys] == [want[k] for k in keys]
+    assert (out / "scores.csv").read_text() == (fresh / "scores.csv").read_text()
+    (cache,) = out.glob("embeddings-*.npz")
+    with np.load(cache) as data:
+        assert "quality_reading" in json.loads(str(data["meta"]))
+
+
 def test_embedding_cache_is_not_reused_under_other_windowing(tmp_path: Path) -> None:
     """The cache (and the cohort tie) covered the card's trim but not its windows: after a
     change of `windowing.hop`, a rerun with the same --out scored the old windows'

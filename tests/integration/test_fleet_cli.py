@@ -214,3 +214,60 @@ def test_a_refused_connection_is_told_apart_from_a_broker_that_does_not_answer(
     out = capsys.readouterr().out
     assert f"no answer from the broker at 127.0.0.1:{doc['mqtt']['port']} within 5 s" in out, out
     assert "the erase of bob waits in" in out
+
+
+def test_fleet_status_shows_unsent_changes_and_users_by_tag_with_their_names(
+    tmp_path: Path, plain_broker: Broker, no_secret_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An administrator could not see what a door had not yet sent to the fleet (an erase
+    waiting in the outbox while the broker was down: the other doors still let the person
+    in) short of opening fleet.db with sqlite3 by hand; and fleet.db names users only by
+    their user tag. `voxgate fleet status` reads it, names the tags this door holds a
+    voiceprint for, and exits 2 while changes wait."""
+    sk_b = os.urandom(32)
+    access = {"lobby": ["*"], "lab": ["alice"]}
+    cfg_file, fleet_key = _door_b(tmp_path, plain_broker, {"door-b": sk_b}, access)
+    cfg = parse_config(cfg_file.read_text())
+    with VoiceprintStore(tmp_path / "data" / "voiceprints.db", load_key(cfg.speaker)) as store:
+        emb = np.random.default_rng(2).normal(size=(3, 256)).astype(np.float32)
+        store.add_user("Carol", emb, load_card(cfg.speaker.model).id)
+    codec = Codec(FleetKeys(fleet_key, None, {}), "acme", "door-b")
+    carol, alice = codec.user_tag("carol"), codec.user_tag("alice")
+    c = ["-c", str(cfg_file)]
+
+    assert main(["fleet", "status", *c]) == 0  # before any sync: nothing there yet
+    assert "not there yet" in capsys.readouterr().out
+
+    plain_broker.stop()  # the broker is down: both changes stay in the outbox
+    assert main(["fleet", "resend", "carol", "--timeout", "0.5", *c]) == 2
+    assert main(["fleet", "erase", "alice", "--timeout", "0.5", *c]) == 2
+    capsys.readouterr()
+    assert main(["fleet", "status", *c]) == 2
+    out = capsys.readouterr().out
+    assert "outbox: 3 message(s) not yet acknowledged by the broker" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("  ")]
+    assert ["voiceprint", "lobby", carol] == rows[1][:3]
+    assert {tuple(r[:3]) for r in rows[2:4]} == {("erase", "lab", alice), ("erase", "lobby", alice)}
+    users = {r[0]: r[1:] for r in rows if len(r[0]) == 32}
+    assert users[carol][:3] == ["Carol", "stored", "here"]  # the name as enrolled
+    assert users[alice][:2] == ["-", "erased"]  # not held here: only the tag is known
+    assert main(["fleet", "status", "--json", *c]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert [(p["kind"], p["user_tag"]) for p in doc["outbox"]] == [
+        ("voiceprint", carol),
+        ("erase", alice),
+        ("erase", alice),
+    ]
+    assert {u["user_tag"]: u["name"] for u in doc["users"]} == {carol: "Carol", alice: None}
+
+    plain_broker.start()  # a session delivers the outbox: the report says so
+    assert main(["fleet", "resend", "carol", *c]) == 0
+    capsys.readouterr()
+    assert main(["fleet", "status", *c]) == 0
+    assert "outbox: empty" in capsys.readouterr().out
+    # The sessions' fleet_sent and applied changes are on the door's record, chain intact.
+    events = [
+        json.loads(x)["event"] for x in (tmp_path / "data/audit.jsonl").read_text().splitlines()
+    ]
+    assert events.count("fleet_sent") == 3
+    assert main(["audit", "verify", *c]) == 0

@@ -651,3 +651,138 @@ def test_a_long_topic_is_not_written_whole_into_the_log_and_the_audit_log(
     assert "60" in refused[0]["topic"]  # its length is told
     snoop.client.publish(f"{ROOT}/lobby/{'t' * 60_000}", b"", retain=True).wait_for_publish(5)
     snoop.close()
+
+
+def _file_bytes(db: Path) -> bytes:
+    """A SQLite file with its -wal and -shm, as a stolen SD card would give them."""
+    return b"".join(
+        Path(f"{db}{suffix}").read_bytes()
+        for suffix in ("", "-wal", "-shm")
+        if Path(f"{db}{suffix}").exists()
+    )
+
+
+def test_a_door_offline_during_an_erase_applies_audits_and_scrubs_it_at_reconnect(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray]
+) -> None:
+    """The compliance path for a door that was off when a person was erased: at reconnect it
+    erases them from the store, its voiceprints.db, -wal and -shm no longer hold the row's
+    bytes, and its audit log says so (`fleet_erased`, naming the person and the erasing door)."""
+    import sqlite3
+
+    a, b = fleet["a"], fleet["b"]
+    a.start(embedder.model_id)
+    b.start(embedder.model_id)
+    admin_a = a.admin(embedder)
+    admin_a.enroll("alice", alice_takes)
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    db = b.dir / "voiceprints.db"
+    uid = b.store._user_id("alice")
+    con = sqlite3.connect(db)
+    sealed = con.execute("SELECT sealed FROM voiceprints WHERE id = ?", (uid,)).fetchone()[0]
+    con.close()
+    assert uid in _file_bytes(db) and sealed[40:72] in _file_bytes(db)
+
+    b.stop()  # door B is off while alice is erased at door A
+    b.audit.clear()
+    admin_a.erase("alice")
+    assert a.agent is not None and a.agent.wait_sent(10)
+    b.start(embedder.model_id)
+    wait_until(lambda: b.store.get("alice") is None, 10, "alice erased on door B")
+    wait_until(lambda: b.audit, 10, "B's audit event")
+    assert [(e, f["user"], f["signer"]) for e, f in b.audit] == [
+        ("fleet_erased", "alice", "door-a")
+    ]
+    raw = _file_bytes(db)
+    assert uid not in raw and sealed[40:72] not in raw
+
+
+@pytest.mark.parametrize("what", ["sync state deleted", "fleet key rotated"])
+def test_a_shrunk_access_map_drops_a_fleet_voiceprint_the_sync_state_does_not_know(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray], what: str
+) -> None:
+    """At start a door erases the fleet-received voiceprints its config no longer allows, but
+    it only looked at users its sync state recorded as held, by user tag. After `fleet.db`
+    was deleted (the recovery docs/fleet.md gives for a cut file) or the fleet key replaced
+    (every user tag changes with it), no tag matched: alice stayed enrolled, and recognised,
+    at a door whose access map no longer lets her in. The voiceprint itself says it came
+    from the fleet (`fleet_version`); that is what counts now."""
+    a, b = fleet["a"], fleet["b"]
+    a.start(embedder.model_id)
+    b.start(embedder.model_id)
+    a.admin(embedder).enroll("alice", alice_takes)
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    b.stop()
+    if what == "sync state deleted":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{b.dir / 'fleet.db'}{suffix}").unlink(missing_ok=True)
+    else:
+        new_key = b.dir / "fleet-key-2"
+        new_key.write_text(os.urandom(32).hex() + "\n")
+        new_key.chmod(0o600)
+        b.fleet["key_file"] = str(new_key)
+    b.fleet["access"] = {"lobby": ["bob"], "lab": ["carol"]}
+    b.audit.clear()
+    b.agent_for(embedder.model_id)
+    assert b.agent is not None
+    assert b.agent.enforce_access() == ["alice"]
+    assert b.store.get("alice") is None
+
+
+def test_a_voiceprint_the_config_no_longer_allows_is_erased_on_the_record(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray]
+) -> None:
+    """Every voiceprint change the agent makes goes to the door's audit log, but the erase a
+    shrunk access map makes at start had only an INFO line: a data-protection officer
+    reading the door's audit log saw alice stored and never erased."""
+    a, b = fleet["a"], fleet["b"]
+    a.start(embedder.model_id)
+    b.start(embedder.model_id)
+    a.admin(embedder).enroll("alice", alice_takes)
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    b.stop()
+    b.fleet["access"] = {"lobby": ["bob"], "lab": ["carol"]}
+    b.audit.clear()
+    b.agent_for(embedder.model_id)
+    assert b.agent is not None
+    assert b.agent.enforce_access() == ["alice"]
+    assert b.audit == [("fleet_dropped_by_config", {"user": "alice", "groups": ["lobby"]})]
+
+
+def test_after_the_fleet_key_is_replaced_a_resend_reaches_a_new_door(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray]
+) -> None:
+    """The fleet key rotation docs/fleet.md describes ("Rotating keys"): every door gets the
+    new key; the retained messages sealed with the old one are refused (and audited) by
+    every door from then on; an enrollment reaches a door added later only once it is sent
+    again (`voxgate fleet resend NAME`: publish_enrollment), under the new user tag."""
+    a, b = fleet["a"], fleet["b"]
+    a.start(embedder.model_id)
+    b.start(embedder.model_id)
+    a.admin(embedder).enroll("alice", alice_takes)
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    old_tag = a.agent.codec.user_tag("alice")
+    a.stop()
+    b.stop()
+    key = b.dir.parent / "fleet-key"  # every door's key_file
+    key.write_text(os.urandom(32).hex() + "\n")
+
+    d = Door(b.dir.parent, "door-d", fleet["broker"], ["lobby"])
+    try:
+        d.start(embedder.model_id)
+        # The old retained voiceprint reaches D, which cannot open it: refused, audited.
+        wait_until(lambda: d.audit, 10, "D's refusal")
+        assert d.audit[0][0] == "fleet_refused"
+        assert old_tag in d.audit[0][1]["topic"]
+        assert "cannot decrypt" in d.audit[0][1]["reason"]
+        assert d.store.get("alice") is None
+        a.start(embedder.model_id)
+        new_tag = a.agent.codec.user_tag("alice")
+        assert new_tag != old_tag
+        assert a.agent.publish_enrollment("alice") == ["lobby"]
+        wait_until(lambda: d.store.get("alice") is not None, 10, "alice on door D")
+        stored = ("fleet_stored", "alice")
+        wait_until(lambda: stored in [(e, f.get("user")) for e, f in d.audit], 10, "audited")
+    finally:
+        d.stop()
+        d.store.close()

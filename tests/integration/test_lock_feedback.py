@@ -246,3 +246,34 @@ def test_a_retained_report_is_not_taken_for_a_new_refusal_at_every_connect(
     observer.disconnect()
     observer.loop_stop()
     assert seen == []
+
+
+def test_a_report_naming_another_door_is_not_logged_as_this_doors_refusal(
+    acl_broker: Broker, door: MqttLink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A report on this door's topic whose `device` names another door (a lock of another
+    make that sends every door's reports to one topic, a lock configured with the wrong
+    prefix) was logged as "the lock REFUSED" this door's decision and counted as one: the
+    administrator went looking for a refusal that never happened here."""
+    lock = _client(acl_broker, "lock-front")
+    body = {"v": 1, "device": "back-door", "reason": "expired", "detail": "late", "seq": 9}
+    topic = f"voxgate/{DEV}/decision/refused"
+    with caplog.at_level(logging.WARNING, logger="voxgate.mqtt.client"):
+        try:
+            time.sleep(0.3)
+            lock.publish(topic, json.dumps(body), qos=1).wait_for_publish(5)
+            wait_until(
+                lambda: door.stats["lock_refusals"] or "refusal report" in caplog.text,
+                5,
+                "the report handled",
+            )
+            time.sleep(0.3)
+        finally:
+            lock.disconnect()
+            lock.loop_stop()
+    assert door.stats["lock_refusals"] == 0
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert (
+        f"MQTT: refusal report on {topic} names device 'back-door', not this door "
+        f"({DEV}): ignored" in caplog.text
+    ), caplog.text

@@ -38,3 +38,41 @@ def test_a_read_only_disk_is_named_as_such_not_as_full(
         said = [r.getMessage() for r in caplog.records if "decision sequence" in r.getMessage()]
         assert said and f"the disk is full: free space on {data}" in said[0], said
         free(data)
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["with-room", "full-then-read-only"])
+def test_the_voiceprint_store_and_rekey_name_a_read_only_disk_as_such(
+    tmp_path: Path, full: bool
+) -> None:
+    """voiceprints.py and rekey.py kept their own "; the disk is full: free space on ..."
+    suffix: a card the kernel remounted read-only got no advice at all ("unable to open
+    database file"), or, if it was also full, "free space", which `df` answers with room.
+    They use ownership.what_to_do now, as the decision sequence does."""
+    import numpy as np
+
+    from voxgate.rekey import rekey
+    from voxgate.voiceprints import StoreError, VoiceprintStore
+
+    key = bytes(range(32))
+    emb = np.random.default_rng(1).standard_normal((3, 256))
+    data = tmp_path / "data"
+    with small_fs(data, "1m"):
+        path = data / "voiceprints.db"
+        with VoiceprintStore(path, key) as store:
+            store.add_user("alice", emb, "test-model/1", {"takes": 3})
+        if full:
+            fill(data)
+        subprocess.run(["mount", "-o", "remount,ro", str(data)], check=True)
+        try:
+            said = []
+            with pytest.raises(StoreError) as err:
+                VoiceprintStore(path, key)  # `voxgate enroll`, `users erase`
+            said.append(str(err.value))
+            with pytest.raises(StoreError) as err:
+                rekey(path, key, bytes(range(1, 33)))
+            said.append(str(err.value))
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(data)], check=True)
+    for text in said:
+        assert f"{data} is on a read-only file system" in text, said
+        assert "free space" not in text, said

@@ -933,3 +933,39 @@ def test_held_lines_are_written_in_order_once_the_full_disk_has_room(tmp_path: P
         lines = [json.loads(x) for x in (folder / "audit.jsonl").read_text().splitlines()]
         assert [r.get("n") for r in lines if r["event"] == "decision"] == list(range(41))
         assert audit.verify(folder / "audit.jsonl").ok
+
+
+def test_a_sequence_held_in_memory_is_saved_once_there_is_room_so_a_restart_cannot_rewind_it(
+    tmp_path: Path,
+) -> None:
+    """A decision sequence ceiling the full disk refused was saved only with the next
+    decision: a quiet door restarted after space came back (a reboot: a Pi without RTC, its
+    clock behind until NTP) numbered from the old ceiling, below what the lock had accepted,
+    and the lock refused every decision as replayed. The daemon's housekeeping now calls
+    save_held() every second; the lock here is a real ReplayGuard."""
+    from voxgate.decision import DecisionError, Issuer, ReplayGuard, SequenceCounter
+
+    now = [time.time()]
+    with small_fs(tmp_path / "state", "1m") as folder:
+        path = folder / "decision-seq.json"
+        lock = ReplayGuard(tmp_path / "lock-state.json")
+        door = Issuer(DEV, SequenceCounter(path, clock=lambda: now[0]), ttl_s=5.0)
+        lock.check_and_record(door.issue("granted", "bob", now[0]))
+        fill(folder)
+        now[0] += 60.0
+        sent = door.issue("granted", "bob", now[0])
+        lock.check_and_record(sent)
+        assert door.seq.unsaved
+        door.seq.save_held()  # still full: still held
+        assert door.seq.unsaved
+        free(folder)
+        door.seq.save_held()
+        assert not door.seq.unsaved
+        # The restart, with the clock far behind: it must number above what the lock saw.
+        behind = Issuer(DEV, SequenceCounter(path, clock=lambda: 1000.0), ttl_s=5.0)
+        after = behind.issue("granted", "bob", now[0] + 1.0)
+        assert after.seq > sent.seq
+        try:
+            lock.check_and_record(after)
+        except DecisionError as exc:  # pragma: no cover - the failure being tested
+            raise AssertionError(f"the lock refused the restarted door: {exc}") from None

@@ -114,6 +114,8 @@ def test_a_full_data_disk_and_unreadable_voiceprints_show_in_status_until_they_p
             daemon.feed(pause(2.5))  # housekeeping writes what was held
             # The anchor the full disk refused is written again with no new line.
             wait_until(lambda: "audit log" not in _last_status(listener), 10, "STATUS clear")
+            # The decision sequence's ceiling too: saved without a decision.
+            wait_until(lambda: "sequence" not in _last_status(listener), 10, "sequence saved")
             assert daemon.close() == 0
         finally:
             rec.close()
@@ -127,6 +129,9 @@ def test_a_full_data_disk_and_unreadable_voiceprints_show_in_status_until_they_p
     assert "voiceprints cannot be read" in unreadable, seen
     assert "voiceprints" not in restored, seen
     assert "audit log cannot be written" in full, seen
+    # Numbered from memory: a restart then would rewind the sequence below the lock's.
+    assert "decision sequence cannot be saved" in full, seen
+    assert "sequence" not in ok and "sequence" not in restored, seen
     assert "Traceback" not in daemon.log()
 
 

@@ -440,3 +440,39 @@ def test_an_unsigned_anchor_checked_with_a_key_is_named_unsigned_not_a_wrong_key
     (problem,) = rep.problems
     assert "anchor is not signed" in problem and "audit key" in problem, problem
     assert "wrong key" not in problem
+
+
+@pytest.mark.parametrize("trace", ["decision-seq", "lockout", "voiceprints"])
+def test_verify_says_a_door_that_has_run_has_lost_its_log(tmp_path: Path, trace: str) -> None:
+    """`voxgate audit verify` on a door whose audit log and anchor were both deleted said
+    "intact, 0 line(s)", as for a fresh door. Each of the door's other files is only made
+    by something that is audited (a signed decision, the daemon's start, an enrollment), so
+    with one of them there the log is lost; a fresh door has nothing to verify yet."""
+    from voxgate.config.service import LockoutConfig
+    from voxgate.decision import SequenceCounter
+    from voxgate.lockout import LockoutBook
+    from voxgate.voiceprints import VoiceprintStore
+
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(f"data_dir: {tmp_path}\n")
+    fresh = cli("verify", "-c", str(cfg))
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert "no audit log yet" in fresh.stdout and "nothing to verify" in fresh.stdout
+    if trace == "decision-seq":
+        SequenceCounter(tmp_path / "decision-seq.json").next()
+        named = "decision-seq.json"
+    elif trace == "lockout":
+        LockoutBook(tmp_path / "lockout.db", LockoutConfig()).close()
+        named = "lockout.db"
+    else:
+        rng = np.random.default_rng(1)
+        emb = rng.normal(size=(3, 16)).astype(np.float32)
+        with VoiceprintStore(tmp_path / "voiceprints.db", os.urandom(32)) as store:
+            store.add_user("alice", emb / np.linalg.norm(emb, axis=1, keepdims=True), "m")
+        named = "voiceprints.db holds 1 voiceprint"
+    for args in (("-c", str(cfg)), (str(tmp_path / "audit.jsonl"),)):
+        lost = cli("verify", *args)
+        assert lost.returncode == 1, lost.stdout + lost.stderr
+        assert "NOT intact" in lost.stderr and "has run" in lost.stderr, lost.stderr
+        assert named in lost.stderr, lost.stderr
+        assert "intact" not in lost.stdout

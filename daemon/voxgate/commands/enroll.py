@@ -112,6 +112,29 @@ def _level_missed(problem: str, q: Any, sp: Any) -> str:
     return ""
 
 
+def _level_text(q: Any) -> str:
+    from voxgate.quality import db_text
+
+    return "-" if q.speech_dbfs is None else db_text(q.speech_dbfs)
+
+
+def _quiet_note(result: Any, again: str) -> str | None:
+    """Advice when the microphone hears the voice too quietly for the door: the gate reads
+    such takes well, but the door's endpointer hears the stream as it is and cuts quiet
+    words off (quality.QUIET_SPEECH_DBFS)."""
+    from voxgate.quality import QUIET_SPEECH_DBFS, db_text
+
+    levels = [t.quality.speech_dbfs for t in result.accepted if t.quality.speech_dbfs is not None]
+    if not levels or float(np.median(levels)) >= QUIET_SPEECH_DBFS:
+        return None
+    return (
+        f"  quiet: the takes' speech is at {db_text(float(np.median(levels)))} dBFS, below "
+        f"{QUIET_SPEECH_DBFS:g}; the door's endpointer cuts quiet words off, so attempts will "
+        f"often be retried. Raise the microphone's capture gain (alsamixer) or move it closer, "
+        f"then {again}"
+    )
+
+
 MAX_TAKES_LIMIT = 200  # a guided enrollment needs a handful; more is a typo
 
 
@@ -132,7 +155,8 @@ def _print_takes(result: Any, labels: list[str], sp: Any, numbers: list[int] | N
         line = (
             f"  take {number:2d} {_label(labels[t.index - 1])} "
             f"speech {seconds_text(q.speech_s):>4} s  "
-            f"SNR {db_text(q.snr_db, _snr_limit(q, sp)):>3} dB  clipped {100 * q.clipped:4.2f} %"
+            f"SNR {db_text(q.snr_db, _snr_limit(q, sp)):>3} dB  level {_level_text(q):>3} dBFS  "
+            f"clipped {100 * q.clipped:4.2f} %"
         )
         if t.consistency is not None:
             line += f"  consistency {t.consistency:.2f}"
@@ -222,8 +246,8 @@ def _record_takes(
             speech += q.speech_s
             done = progress_text(len(takes), speech, sp.enroll_min_takes, sp.enroll_min_speech_s)
             snr = db_text(q.snr_db, _snr_limit(q, sp))
-            print(f"  ok: {seconds_text(q.speech_s)} s of speech, SNR {snr} dB   "
-                  f"progress: {done}")  # fmt: skip
+            print(f"  ok: {seconds_text(q.speech_s)} s of speech, SNR {snr} dB, "
+                  f"level {_level_text(q)} dBFS   progress: {done}")  # fmt: skip
             if len(takes) >= sp.enroll_min_takes and speech >= sp.enroll_min_speech_s:
                 result = check_takes(takes, embedder, sp, cfg.vad, numbers=numbers)
                 if result.ok or any(t.reason == "other_voice" for t in result.takes):
@@ -243,7 +267,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
-    from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes, seconds_text
+    from voxgate.enrollment import (
+        TEMPLATES_META,
+        attach_templates,
+        check_takes,
+        seconds_text,
+        speech_seconds,
+    )
     from voxgate.voiceprints import StoreError, enrolled_text, normalize_name
 
     if args.prompts and (not args.files or len(args.prompts) != len(args.files)):
@@ -297,13 +327,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"enrollment of {name}: {len(result.accepted)} of {len(result.takes)} takes used, "
               f"{seconds_text(result.speech_s)} s of net speech")  # fmt: skip
         _print_takes(result, labels, cfg.speaker, numbers)
+        # The door's own microphone only: a file may come from another one.
+        again = "enroll again" + (" with --replace" if result.ok else "")
+        if not args.files and (note := _quiet_note(result, again)):
+            print(note, flush=True)
         if not result.ok:
             for problem in result.problems:
                 print(f"  not enrolled: {problem}", file=sys.stderr)
             return 1
         meta = {
             "takes": len(result.accepted),
-            "speech_s": round(result.speech_s, 1),
+            "speech_s": speech_seconds(result.speech_s),  # what the summary above says
             "source": "files" if args.files else "microphone",
         }
         dropped = attach_templates(

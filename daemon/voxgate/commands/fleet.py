@@ -14,17 +14,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(
         sub,
         "fleet",
-        help="fleet sync: keys, resend, revoke or erase a user",
+        help="fleet sync: keys, resend, revoke or erase a user, status",
         description="Voiceprint sync between doors (docs/fleet.md). keygen makes a door's "
         "Ed25519 signing key and prints the public half for fleet.signers; resend publishes a "
         "locally enrolled user again; revoke withdraws a user from some groups; erase tells every "
-        "group to erase a user this door does not hold (`voxgate users erase` for one it does).",
+        "group to erase a user this door does not hold (`voxgate users erase` for one it does); "
+        "status shows what the door has not sent yet and the users it knows by tag.",
         examples="""
             voxgate fleet keygen /etc/voxgate/credentials/fleet-signing-key
             voxgate fleet pubkey /etc/voxgate/credentials/fleet-signing-key
             voxgate fleet resend alice -c /etc/voxgate/voxgate.yaml
             voxgate fleet revoke alice --group hq_lab -c /etc/voxgate/voxgate.yaml
             voxgate fleet erase alice -c /etc/voxgate/voxgate.yaml
+            voxgate fleet status -c /etc/voxgate/voxgate.yaml
         """,
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -82,6 +84,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     er.add_argument("user", metavar="NAME", help="the user to erase on every door")
     _session_options(er)
     er.set_defaults(func=erase)
+    st = add_parser(
+        actions,
+        "status",
+        help="what this door's fleet sync state holds: unsent changes, users by tag",
+        description="Read this door's fleet sync state (fleet.state_file) without changing it "
+        "or connecting: the outbox (changes made here that the broker has not acknowledged: "
+        "until it is empty the other doors have not heard of them) and, per user tag, the "
+        "newest change applied here, with the name of the voiceprint this door holds under "
+        "that tag. Exit status: 0, the outbox is empty; 2, changes wait in the outbox; 1, an "
+        "error.",
+        examples="""
+            voxgate fleet status -c /etc/voxgate/voxgate.yaml
+            voxgate fleet status --json -c /etc/voxgate/voxgate.yaml
+        """,
+    )
+    st.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_config_option(st)
+    st.set_defaults(func=status)
 
 
 def _session_options(p: argparse.ArgumentParser) -> None:
@@ -218,3 +238,29 @@ def revoke(args: argparse.Namespace) -> int:
 
 def erase(args: argparse.Namespace) -> int:
     return _with_agent(args, "erase")
+
+
+def status(args: argparse.Namespace) -> int:
+    import json
+    import sqlite3
+
+    from voxgate.fleet import status as fleetstatus
+
+    cfg = config_from_args(args)
+    if cfg is None:
+        return 1
+    try:
+        report = fleetstatus.read(cfg)
+    except (sqlite3.Error, OSError) as exc:  # OSError: a folder this user cannot enter
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(
+            f"voxgate fleet status: {fleetstatus.state_file(cfg)}: cannot read the fleet sync "
+            f"state ({why})",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        print(json.dumps(fleetstatus.as_json(report), indent=2))
+    else:
+        print(fleetstatus.render(report), end="")
+    return 2 if report.outbox else 0

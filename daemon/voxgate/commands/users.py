@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from voxgate.commands.common import (
     print_unaudited,
 )
 from voxgate.commands.speaker_common import CommandError, fail, open_store, record_change
+from voxgate.ownership import fsync_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -256,22 +258,29 @@ def _to_stdout(text: str) -> None:
 
 
 def _write_new(path: Path, text: str) -> None:
-    """Write an export (biometric data: mode 0600). A new or regular file goes through a
-    temporary file beside it, so a full disk leaves no half export behind; anything else
-    (a symlink, /dev/stdout, a pipe) is written through as given."""
+    """Write an export (biometric data: mode 0600). A new or regular file is written whole to
+    a temporary file of a fresh name beside it (O_EXCL: a link left at a fixed name had the
+    export written into the file it pointed at), synced, then renamed over the target: a full
+    disk or a power cut leaves the old file or the whole export, never half of one. Anything
+    else (a symlink, /dev/stdout, a pipe) is written through as given."""
     if path.is_symlink() or (path.exists() and not path.is_file()):
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         return
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError:
+    except BaseException:  # a full disk, and a Ctrl-C: no copy of the export left behind
         tmp.unlink(missing_ok=True)
         raise
+    # The new name on disk too; some file systems cannot sync a folder (the export is written).
+    with contextlib.suppress(OSError):
+        fsync_path(path.parent)
 
 
 def run_init_key(args: argparse.Namespace) -> int:

@@ -697,6 +697,19 @@ class MqttLink:
                 topic = self.topics.decision_refused
                 log.warning("MQTT: unreadable report on %s ignored: %s", topic, exc)
             return
+        if r.device != self.device_id:
+            # A lock reports on the refused door's own topic, naming that door: another
+            # name here is not this door's refusal (a lock of another make sending all its
+            # doors' reports to one topic, a wrong prefix), and was logged and counted as one.
+            if self._report_log.allow():
+                log.warning(
+                    "MQTT: refusal report on %s names device %r, not this door (%s): ignored; "
+                    "check the lock's configuration",
+                    self.topics.decision_refused,
+                    r.device,
+                    self.device_id,
+                )
+            return
         self._count("lock_refusals")
         if self._report_log.allow():
             what = "a decision" if r.seq is None else f"{r.outcome or 'decision'} seq={r.seq}"

@@ -159,3 +159,22 @@ def erase_recordings_for(cfg: Any, name: str) -> int:
     if not Path(audio_dir).is_dir():
         return 0
     return erase_recordings(cfg.audit.path or cfg.data_dir / "audit.jsonl", audio_dir, name)
+
+
+def open_keeper(cfg: Any) -> AudioKeeper | None:
+    """The keeper of attempt recordings (audit.keep_audio), or None; raises KeepError or
+    SecretError for a missing or unusable audio-key."""
+    if not cfg.audit.keep_audio:
+        return None
+    from voxgate.config.secrets import override_source, read_secret
+
+    key = read_secret("audio-key", cfg.audit.audio_key_file, strip=False)
+    assert key is not None
+    try:
+        parse_key(key)
+    except KeepError as exc:  # a damaged or mistyped key: say which one
+        where = override_source("audio-key") or str(cfg.audit.audio_key_file)
+        raise KeepError(f"{where}: {exc}") from None
+    return AudioKeeper(
+        cfg.audit.audio_dir or cfg.data_dir / "audio", key, cfg.audit.audio_retention_days
+    )

@@ -24,7 +24,6 @@ import logging
 import os
 import queue
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -39,16 +38,24 @@ from voxgate.challenge import audit_fields
 from voxgate.config import ConfigError, VoxgateConfig, load_config
 from voxgate.lockout import LockoutBook, RecordResult
 from voxgate.mqtt.commands import REFUSAL_CODES
-from voxgate.mqtt.nonces import FILE_NAME as USED_COMMANDS_FILE
 from voxgate.mqtt.refusal import ADVICE, Refusal
 from voxgate.ownership import what_to_do
 from voxgate.quality import GATE_REASONS
 from voxgate.service.attempt import Attempt, conclude
 from voxgate.service.capture import Capture, EndOfStream, FrameQueue
+from voxgate.service.datadir import (
+    DataDirInUse,
+    check_access,
+    data_files,
+    hold_data_dir,
+    probe_writable,
+)
+from voxgate.service.keep import open_keeper
 from voxgate.service.notify import Notifier
 from voxgate.service.reload import plan_reload
 from voxgate.service.stages import AttemptResult, Stages, build_stages
 from voxgate.service.states import State, StateMachine
+from voxgate.service.status import STATUS, ZEROS_S, problems, status_line
 from voxgate.vad import Endpointer, SpeechAudio, SpeechEnded, SpeechStarted, Utterance
 
 log = logging.getLogger(__name__)
@@ -63,121 +70,13 @@ EX_IOERR = 74  # audio capture failed while running (systemd restarts us)
 SPEAK_S_PER_WORD = 0.45
 SPEAK_TAIL_S = 0.8
 TICK_S = 0.1  # longest the loop waits for a frame before doing its housekeeping
-# An input giving nothing but zeros for this long is muted or dead, not a quiet room: a
-# working microphone always has a noise floor. Counted in audio, so a pipe read faster than
-# real time is judged the same.
-ZEROS_S = 30.0
 HOUSEKEEPING_S = 1.0
 STORE_PROBE_S = 5.0  # unreadable voiceprints are read again this often, for STATUS=
-
-STATUS = {
-    State.IDLE: "idle: listening for speech",
-    State.LISTENING: "listening: someone is speaking",
-    State.CHALLENGE: "challenge: waiting for the spoken answer",
-    State.VERIFYING: "verifying: finishing embedding and transcript",
-    State.DECIDED: "decided",
-}
 
 
 def _speak_s(challenge: Any) -> float:
     """A guess at how long a challenge takes to say, for a speaker that does not tell."""
     return SPEAK_S_PER_WORD * len(challenge.words) + SPEAK_TAIL_S
-
-
-def _probe_writable(folder: Path) -> None:
-    """Raise OSError unless a file can be created in `folder` (made if missing). A data
-    folder that is read-only failed later and less clearly (exit 69, "cannot use the
-    voiceprint database (unable to open database file)")."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with tempfile.TemporaryFile(dir=folder):
-        pass
-
-
-class DataDirInUse(Exception):
-    """Another daemon holds the data folder (its message says what to do)."""
-
-
-def _hold_data_dir(folder: Path) -> int:
-    """Take an exclusive flock on the data folder itself, held for the daemon's life (the
-    kernel drops it however the process ends); returns the descriptor to close at the end.
-    Two daemons on one folder (a `voxgate run` started by hand beside the service: dsnoop
-    lets both read the microphone) each answered every attempt, counted each failure twice
-    and took the MQTT connection from each other. The folder and not a file in it: a lock
-    file made by root would shut out the service's own user."""
-    import fcntl
-
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirInUse(
-            f"another voxgate daemon is running on data_dir {folder}: two on one door answer "
-            "every attempt twice, count each failure twice and take the MQTT connection from "
-            "each other. Stop the other one first (systemctl stop voxgate, or the "
-            "`voxgate run` started by hand)"
-        ) from None
-    return fd
-
-
-def _data_files(cfg: VoxgateConfig) -> list[Path]:
-    """Every file the daemon reads and writes under its config (those that exist are
-    checked at start), with the WAL and shared-memory files of its SQLite databases."""
-    data = Path(cfg.data_dir)
-    audit = Path(cfg.audit.path or data / "audit.jsonl")
-    dbs = [Path(cfg.speaker.database or data / "voiceprints.db")]
-    dbs.append(Path(cfg.lockout.path or data / "lockout.db"))
-    if cfg.challenge.mode != "off":
-        dbs.append(data / "replay.db")
-    if cfg.fleet.enabled:
-        dbs.append(Path(cfg.fleet.state_file or data / "fleet.db"))
-    files = [p.with_name(p.name + end) for p in dbs for end in ("", "-wal", "-shm")]
-    files += [audit, audit.with_name(audit.name + ".anchor"), data / "decision-seq.json"]
-    if cfg.mqtt.enabled:
-        files.append(data / USED_COMMANDS_FILE)
-    if cfg.audit.keep_audio:
-        files.append(Path(cfg.audit.audio_dir or data / "audio"))
-    return files
-
-
-def _check_access(paths: list[Path]) -> None:
-    """Raise PermissionError for a file this user cannot read and write. Such a file (left
-    by a command run as root without the hand-over to the service's user) failed in a
-    different way for each: the audit log and lockout state were given up in memory, the
-    replay store said "not a replay-fingerprint database", the voiceprints "restore from a
-    backup"; none said whose the file is."""
-    for path in paths:
-        try:
-            st = path.stat()
-        except OSError:
-            continue  # absent: created when needed
-        if not os.access(path, os.R_OK | os.W_OK | (os.X_OK if path.is_dir() else 0)):
-            raise PermissionError(
-                errno.EACCES,
-                f"{path} cannot be read and written by this user (uid {os.geteuid()}): it "
-                f"belongs to uid {st.st_uid}, mode {st.st_mode & 0o7777:o}. Give it to the "
-                "service's user (chown), as the daemon's own files are",
-            )
-
-
-def open_keeper(cfg: VoxgateConfig) -> Any:
-    """The keeper of attempt recordings (audit.keep_audio), or None; raises KeepError or
-    SecretError for a missing or unusable audio-key."""
-    if not cfg.audit.keep_audio:
-        return None
-    from voxgate.config.secrets import override_source, read_secret
-    from voxgate.service.keep import AudioKeeper, KeepError, parse_key
-
-    key = read_secret("audio-key", cfg.audit.audio_key_file, strip=False)
-    assert key is not None
-    try:
-        parse_key(key)
-    except KeepError as exc:  # a damaged or mistyped key: say which one
-        where = override_source("audio-key") or str(cfg.audit.audio_key_file)
-        raise KeepError(f"{where}: {exc}") from None
-    return AudioKeeper(
-        cfg.audit.audio_dir or cfg.data_dir / "audio", key, cfg.audit.audio_retention_days
-    )
 
 
 def _queue_frames(cfg: VoxgateConfig) -> int:
@@ -287,10 +186,10 @@ class Daemon:
         cfg = self.cfg
         self._step("audit log and lockout state")
         try:
-            _probe_writable(Path(cfg.data_dir))
-            held = _hold_data_dir(Path(cfg.data_dir))
+            probe_writable(Path(cfg.data_dir))
+            held = hold_data_dir(Path(cfg.data_dir))
             self._undo.append(("data_dir lock", lambda: os.close(held)))  # released last
-            _check_access(_data_files(cfg))
+            check_access(data_files(cfg))
             self.audit = self._open_audit(cfg)
             self.lockout = LockoutBook(cfg.lockout.path or cfg.data_dir / "lockout.db", cfg.lockout)
             self._undo.append(("lockout", self.lockout.close))
@@ -690,6 +589,8 @@ class Daemon:
             self._mqtt_up = connected
             self._status()
         self._take_lockout_clears()
+        if self.stages.sequence is not None:  # as the lockout: a restart must not rewind it
+            self.stages.sequence.save_held()
         if self.lockout is not None:  # a quiet door's stale entries go too
             self.lockout.save_held()
             self.lockout.expire(self.clock())
@@ -1175,24 +1076,19 @@ class Daemon:
     def _status(self) -> None:
         """STATUS= for systemctl status: the state, what the door is waiting for, and what
         keeps it from working fully (each also logged when it began)."""
-        why = self._status_why
         self._problems = self._current_problems()
-        text = "; ".join([STATUS[self.sm.state] + (f": {why}" if why else ""), *self._problems])
-        if self.cfg.mqtt.enabled and not self._mqtt_up:
-            text += "; MQTT broker not connected (decisions are not reaching the lock)"
+        mqtt_down = self.cfg.mqtt.enabled and not self._mqtt_up
+        text = status_line(self.sm.state, self._status_why, self._problems, mqtt_down)
         self.notifier.status(text)
 
     def _current_problems(self) -> tuple[str, ...]:
-        found = []
-        if self._muted:
-            found.append(f"audio input is digital silence (all zeros for {ZEROS_S:.0f} s+)")
-        if self._store_unreadable:
-            found.append("voiceprints cannot be read (attempts denied; see the log)")
-        if self.audit is not None and self.audit.failing:
-            found.append("audit log cannot be written (lines held in memory; see the log)")
-        if self.lockout is not None and self.lockout.unsaved:
-            found.append("lockout state cannot be saved (enforced from memory; see the log)")
-        return tuple(found)
+        return problems(
+            muted=self._muted,
+            store_unreadable=self._store_unreadable,
+            audit=self.audit,
+            lockout=self.lockout,
+            sequence=self.stages.sequence if self.stages is not None else None,
+        )
 
     def _on_state(self, old: State, new: State, why: str) -> None:
         self._status_why = why if new == State.DECIDED else ""

@@ -11,7 +11,7 @@ connects to no broker and listens on no port.
 It changes none of the door's files. The daemon's start writes to its data files (it creates
 missing databases, repairs a torn audit line, moves a damaged nonce file aside), and a check
 run as root would leave root-owned files the service's user cannot write. So the data files
-(those Daemon's `_data_files` lists) are copied into a scratch folder first and the start-up
+(those `service.datadir.data_files` lists) are copied into a scratch folder first and the start-up
 functions open the copies; messages name the real paths. Secrets and model files are only
 read, from where the config says.
 """
@@ -89,12 +89,12 @@ class _Scratch:
     names stay as they are."""
 
     def __init__(self, cfg: VoxgateConfig, root: Path) -> None:
-        from voxgate.service.loop import _data_files
+        from voxgate.service.datadir import data_files
 
         self.root = root
         self.folders: dict[Path, Path] = {}  # real folder -> scratch folder
         self.cfg = self._redirect(cfg)
-        files = _data_files(cfg)
+        files = data_files(cfg)
         need = sum(_copy_size(p) for p in files) + SCRATCH_ROOM
         if shutil.disk_usage(root).free < need:
             raise self._full(f"the copies of the door's data files need about {need // 1024} kB")
@@ -385,7 +385,8 @@ def _check_all(
     from voxgate.audit import open_log
     from voxgate.lockout import LockoutBook
     from voxgate.service import stages
-    from voxgate.service.loop import _check_access, _data_files, _probe_writable, open_keeper
+    from voxgate.service.datadir import check_access, data_files, probe_writable
+    from voxgate.service.keep import open_keeper
 
     # 1. The data folder and the files in it, where they really are (nothing is left
     # there: the probe's file is unnamed and gone when closed). A folder that is not there
@@ -393,13 +394,13 @@ def _check_all(
     data = Path(real.data_dir)
     with run.step("data_dir", data):
         if data.exists():
-            _probe_writable(data)
+            probe_writable(data)
         else:
             _can_be_made(data)
     keys = _file_keys(real)
-    for path in _data_files(real):
+    for path in data_files(real):
         with run.step(keys.get(path, "data_dir"), path):
-            _check_access([path])
+            check_access([path])
 
     # 2. Audit log, lockout state, kept recordings (on the copies).
     audit_path = real.audit.path or data / "audit.jsonl"

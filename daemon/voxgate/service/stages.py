@@ -128,6 +128,8 @@ class Stages:
     templates_for: Callable[[str | None], dict[str, Any | None]] | None = None
     no_speech_errors: tuple[type[BaseException], ...] = ()  # e.g. embedding.TooShort
     store: Any = None  # voiceprints.VoiceprintStore, shared with the fleet sync and the API
+    # decision.SequenceCounter: its unsaved ceiling is in STATUS= and saved by housekeeping.
+    sequence: Any = None
     close: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -239,8 +241,15 @@ def _build_with_source(cfg: VoxgateConfig, source: Any) -> Stages:
         templates_for=_templates_lookup(store) if recognizer is not None else None,
         no_speech_errors=(getattr(embedding, "TooShort", ValueError),),
         store=store,
+        sequence=issuer.seq,
         # The replay store too: its close deletes what an erase could not (a full disk).
-        close=[source.close, store.close, *([replay.close] if replay is not None else [])],
+        # The sequence: a last try to save a ceiling held in memory before a restart.
+        close=[
+            issuer.seq.save_held,
+            source.close,
+            store.close,
+            *([replay.close] if replay is not None else []),
+        ],
     )
 
 
