@@ -26,17 +26,31 @@ need_debs() {
     "${missing[@]}" >/dev/null
 }
 
+venv_stamp() {
+  # What an install covered: the extras and the project's packaging files. A venv stamped
+  # with it is not installed again, so a second `scripts/demo` works without a network
+  # (pip re-resolved setuptools and every dependency from the index on each run).
+  echo "$1 $(cat pyproject.toml setup.py 2>/dev/null | sha256sum | cut -c1-16)"
+}
+
 need_venv() {
   # $1: the pip extras to install, e.g. "mic,dev"
   if [ ! -x "$VENV/bin/python" ]; then
     echo ">> python3 -m venv $VENV"
     python3 -m venv "$VENV"
   fi
+  local stamp="$VENV/.voxgate-install"
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$(venv_stamp "$1")" ] \
+      && "$VENV/bin/python" -c 'import voxgate' 2>/dev/null; then
+    return 0
+  fi
+  rm -f "$stamp"
   echo ">> pip install -e .[$1]"
   # setuptools >= 77 reads pyproject's SPDX license (venvs may bundle an older one).
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip \
-    "setuptools>=77" wheel >/dev/null
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$1]"
+    "setuptools>=77" wheel >/dev/null \
+    && "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$1]" \
+    && venv_stamp "$1" > "$stamp"  # only once both went through
 }
 
 BASE_DEBS=(python3 python3-venv python3-dev gcc libsndfile1 portaudio19-dev

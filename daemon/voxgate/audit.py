@@ -612,7 +612,14 @@ def _check_head(rep: VerifyReport, anchor: Path, key: bytes | None, hashes: dict
         return
     if key is not None:
         mac = body.get("mac")
-        if not isinstance(mac, str) or not mac_matches(mac, key, a_seq, a_hash):
+        if mac is None:
+            # Said apart from a wrong key: a door without the audit key writes it so, and a
+            # removed signature looks the same; "wrong key" sent people looking at the key.
+            rep.problems.append(
+                f"{anchor}: the anchor is not signed, but a key was given (the door wrote it "
+                "without the audit key, or its signature was removed)"
+            )
+        elif not isinstance(mac, str) or not mac_matches(mac, key, a_seq, a_hash):
             rep.problems.append(f"{anchor}: signature does not match (wrong key or forged anchor)")
     elif "mac" in body:
         rep.notes.append("the anchor is signed; pass the audit key to check the signature")

@@ -389,6 +389,7 @@ def attach_templates(
     takes: list[np.ndarray],
     prompts: list[str],
     threshold: float | None = None,
+    numbers: list[int] | None = None,
 ) -> list[int]:
     """Cut the accepted, prompted takes into per-digit templates and keep them in `meta`.
 
@@ -396,7 +397,8 @@ def attach_templates(
     Without them the spoken challenge falls back to the speaker-independent engine check.
     Takes that do not say their prompt (leave-one-out check at the challenge's
     `threshold`, stt.template_threshold by default) give no templates; their numbers
-    (1-based, as in the take report) are returned.
+    (1-based, as in the take report) are returned. `numbers`: what each take is called in
+    the log line (a guided enrollment's prompt numbers, which skip takes not used).
     """
     from base64 import b64encode
 
@@ -413,7 +415,8 @@ def attach_templates(
     bad, tm = checked_templates([(pcm, p) for _, pcm, p in numbered], threshold)
     dropped = [numbered[k][0] for k in bad]
     if dropped:
-        log.warning("takes %s do not say their prompts: no digit templates from them", dropped)
+        named = [numbers[n - 1] for n in dropped] if numbers else dropped
+        log.warning("takes %s do not say their prompts: no digit templates from them", named)
     if tm is None:
         if len(numbered) > len(dropped):
             log.warning("no digit templates from the enrollment takes: no usable enrollment take")

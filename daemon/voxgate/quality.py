@@ -7,6 +7,7 @@ reason named).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -188,10 +189,14 @@ def assess(
     )
 
 
-def db_text(db: float) -> str:
-    """A level in whole dB as the commands print it: "0", not "-0", for -0.5 < db < 0."""
+def db_text(db: float, limit: float | None = None) -> str:
+    """A level in whole dB as the commands print it: "0", not "-0", for -0.5 < db < 0.
+    With the `limit` it is held to, a level that whole dB would put on the other side of it
+    gets one decimal, rounded away from it: 9.7 dB read "10" next to "needs 10 dB"."""
     text = f"{db:.0f}"
-    return "0" if text == "-0" else text
+    if limit is not None and (db < limit) != (float(text) < limit):
+        text = f"{math.floor(db * 10) / 10:.1f}" if db < limit else f"{math.ceil(db * 10) / 10:.1f}"
+    return "0" if text in ("-0", "-0.0") else text
 
 
 def too_noisy(q: Quality, min_snr_db: float, min_snr_db_no_pauses: float) -> bool:

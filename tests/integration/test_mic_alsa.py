@@ -207,3 +207,23 @@ def test_guided_enrollment_through_the_alsa_microphone_path(tmp_path: Path) -> N
     assert "enrolled erin with model ge2e-resemblyzer-0.1.4/int8" in out, out
     listing = voxgate_cli("users", "list", "-c", str(cfg))
     assert "erin" in listing.stdout and "ge2e-resemblyzer-0.1.4/int8" in listing.stdout
+
+
+def test_devices_with_no_input_says_what_to_check() -> None:
+    # Found running README's `voxgate devices` on a machine without a microphone: it printed
+    # only "no audio input devices found" (exit 1), not where to look next.
+    if not Path("/usr/share/alsa/alsa.conf").exists():
+        pytest.skip("ALSA is not installed (apt-get install libasound2 alsa-utils)")
+    env = dict(os.environ, ALSA_CONFIG_PATH="/usr/share/alsa/alsa.conf")  # no user ALSA setup
+    done = subprocess.run(
+        [sys.executable, "-m", "voxgate", "devices"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if done.returncode == 0:
+        pytest.skip(f"this machine has an audio input: {done.stdout}")
+    assert done.returncode == 1
+    assert "no audio input devices found" in done.stderr, done
+    assert "arecord -l" in done.stderr and "'audio' group" in done.stderr, done.stderr

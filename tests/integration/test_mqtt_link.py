@@ -302,6 +302,53 @@ def test_challenge_and_lockout_times_have_millisecond_precision(
         display.close()
 
 
+def test_a_signed_command_refused_after_its_signature_is_answered_with_its_nonce(
+    broker: Broker, link_factory: Callable[..., MqttLink]
+) -> None:
+    # Found following docs/mqtt.md against a running daemon: the doc says a reply's nonce is
+    # null "when the command was refused before its nonce could be read (e.g. malformed)",
+    # but every refusal came back with null: a signed command refused as expired, replayed
+    # or bad-args could not be matched to what was sent. Unsigned ones still get null.
+    link = link_factory()
+    link.on_command("erase-user", lambda args: {"erased": args["user"]})
+    wait_until(lambda: link.connected, 10, "link connected")
+    replies = Recorder(broker, "admin", ["voxgate/front-door/cmd/+/result"])
+    admin = admin_client(broker)
+    topic = "voxgate/front-door/cmd/erase-user"
+
+    def send(payload: bytes) -> dict[str, object]:
+        before = len(replies.on(topic + "/result"))
+        admin.publish(topic, payload, qos=1).wait_for_publish(5)
+        wait_until(lambda: len(replies.on(topic + "/result")) > before, 5, "a reply")
+        return read_reply(replies.on(topic + "/result")[-1].payload, DKEY)
+
+    try:
+        now = time.time()
+        cases = {
+            "expired": make_command(CKEY, DEV, "erase-user", {"user": "a"}, now=now - 100),
+            "bad-args": make_command(CKEY, DEV, "erase-user", {"who": "a"}, now=now),
+            "wrong-device": make_command(CKEY, "back-door", "erase-user", {"user": "a"}, now=now),
+        }
+        for code, payload in cases.items():
+            r = send(payload)
+            sent = json.loads(json.loads(payload)["body"])["nonce"]
+            assert (r["error"], r["nonce"]) == (code, sent), r
+        good = make_command(CKEY, DEV, "erase-user", {"user": "a"}, now=now)
+        assert send(good)["ok"] is True
+        r = send(good)
+        assert (r["error"], r["nonce"]) == (
+            "replayed",
+            json.loads(json.loads(good)["body"])["nonce"],
+        )
+        forged = make_command(b"guessed key", DEV, "erase-user", {"user": "b"}, now=now)
+        r = send(forged)
+        assert (r["error"], r["nonce"]) == ("unauthorized", None)  # not echoed unsigned
+    finally:
+        admin.disconnect()
+        admin.loop_stop()
+        replies.close()
+
+
 def test_commands_authenticated(
     broker: Broker, link_factory: Callable[..., MqttLink], caplog: pytest.LogCaptureFixture
 ) -> None:

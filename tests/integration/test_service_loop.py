@@ -31,7 +31,7 @@ from service_standins import (
 
 from voxgate.audio.file import FileSource
 from voxgate.audit import verify
-from voxgate.config import VoxgateConfig
+from voxgate.config import VoxgateConfig, load_config
 from voxgate.service.loop import Daemon
 from voxgate.service.notify import Notifier
 
@@ -260,6 +260,42 @@ def test_mqtt_attempt_command_starts_a_challenge_for_a_claimed_user(
     assert (decision["outcome"], decision["user"]) == ("granted", "me")
     audited = next(e for e in audit_events(tmp_path) if e["event"] == "decision")
     assert audited["claimed_user"] == "me"
+
+
+def test_an_attempt_command_while_a_challenge_is_open_is_answered_busy(
+    tmp_path: Path, audio_dir: Path, voiceprint: np.ndarray
+) -> None:
+    # Found sending `attempt` to a running daemon over a real broker while a challenge was
+    # open: the reply said ok (signed, {"ok": true}) and the log alone said "attempt command
+    # ignored: busy", so the operator's tool showed a challenge that was never issued.
+    import threading
+
+    from service_standins import wait_until
+
+    path = write_wav(
+        audio_dir / "late_answer_busy.wav",
+        np.concatenate([silence(1.5), espeak("four, seven, one, nine, two", "en+m3"), silence(1)]),
+    )
+    link = RecordingLink()
+    stages = standin_stages(FileSource(path, realtime=True), {"me": voiceprint}, link)
+    d = Daemon(config(tmp_path, path), stage_factory=lambda c: stages, notifier=Notifier({}))
+    replies: list[dict] = []
+
+    def door_keypad() -> None:
+        assert wait_until(lambda: "attempt" in link.handlers and link.of("state"), 10)
+        handler = link.handlers["attempt"]
+        replies.append(handler({"user": "me"}))
+        assert wait_until(lambda: "challenge" in link.of("state"), 10)
+        replies.append(handler({"user": "someone-else"}))
+
+    t = threading.Thread(target=door_keypad)
+    t.start()
+    assert d.run() == 0
+    t.join()
+    assert [r["ok"] for r in replies] == [True, False], replies
+    assert "busy" in replies[1]["error"] and "challenge" in replies[1]["error"], replies
+    (decision,) = link.of("decision")  # the open challenge went on, for its own user
+    assert (decision["outcome"], decision["user"]) == ("granted", "me")
 
 
 def test_full_disk_for_the_audit_log_is_logged_and_the_door_still_decides(
@@ -512,3 +548,21 @@ def test_a_source_failing_before_its_first_frame_is_a_failed_start(
     assert last.startswith("stopping: cannot start (exit 74): audio input: "), last
     assert "no audio samples" in last
     assert "idle" not in link.of("state")
+
+
+def test_a_reload_command_with_a_broken_config_file_is_answered_failed(tmp_path: Path) -> None:
+    # Found sending `reload` over a real broker after a bad edit of the config file: the
+    # signed reply said ok ({"queued": true}) while the loop then refused the file and kept
+    # the running config, which only the door's log and audit said. The MQTT handler is
+    # what the link calls for cmd/reload.
+    path = tmp_path / "voxgate.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'data'}\n")
+    d = Daemon(load_config(path), config_path=path, notifier=Notifier({}))
+    path.write_text(f"data_dir: {tmp_path / 'data'}\nvad:\n  aggressiveness: 7\n")
+    reply = d._command_reload({})
+    assert reply["ok"] is False, reply
+    assert "vad.aggressiveness" in reply["error"] and "keeping the running config" in reply["error"]
+    assert not d._reload.is_set()  # nothing queued: the loop would refuse it anyway
+    path.write_text(f"data_dir: {tmp_path / 'data'}\nvad:\n  aggressiveness: 3\n")
+    assert d._command_reload({}) == {"queued": True}
+    assert d._reload.is_set()

@@ -77,3 +77,29 @@ def test_a_stream_cut_off_mid_sentence_says_what_was_judged(tmp_path: Path) -> N
     assert "judged as far as it went" in log
     ended = log.index("ended during speech")
     assert ended < log.index("decision "), log  # said before the verdict on the cut piece
+
+
+def test_a_recording_cut_at_its_last_word_says_why_it_is_a_retry_and_what_to_do(
+    tmp_path: Path,
+) -> None:
+    # Found running `voxgate run --file` (README: "any WAV/FLAC") on a recording cut to its
+    # speech that `voxgate verify` called a MATCH: the door said only `retry
+    # reasons=low_quality`; which gate rule, and that the file wanted silence after the
+    # speech, was in the audit log's quality_reasons alone.
+    said = speech("seven three nine one four", "en+m3")
+    said = said[: np.nonzero(np.abs(said) > 300)[0][-1] + 1]  # ends on the last word
+    wav = tmp_path / "cut.wav"
+    sf.write(wav, np.concatenate([pause(1.0), said]), 16000, subtype="PCM_16")
+    config = quiet_door_config(tmp_path, {"source": "file", "path": str(wav)})
+    done = subprocess.run(
+        [sys.executable, "-m", "voxgate", "run", "-c", str(config)],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    log = done.stderr
+    assert "the file source ended during speech" in log, log
+    assert "end a recording with 0.5 s of silence" in log, log
+    assert "decision retry user=None reasons=low_quality quality=too_noisy (" in log, log

@@ -510,6 +510,42 @@ def test_ctrl_c_during_guided_enrollment_says_nothing_was_stored(
     assert "erin" not in capsys.readouterr().out
 
 
+def test_guided_enrollment_names_takes_without_their_prompt_by_the_numbers_shown(
+    device: dict[str, Path],
+) -> None:
+    # Found enrolling from stdin as README's guided enrollment does (take 1 too noisy, takes
+    # 2-8 kept): the report said "take 2: did not say its prompt" ... "take 8", and the
+    # warning under it "takes [1, 2, 3, 4, 5, 6, 7] do not say their prompts".
+    import os
+    import sys
+
+    import voxgate
+    from voxgate.audio.file import read_audio
+
+    cfg = device["cfg"]
+    text = cfg.read_text().replace("enroll_min_speech_s: 6", "enroll_min_speech_s: 12")
+    cfg.write_text(text + "audio:\n  source: stdin\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(voxgate.__file__).parents[1])}
+    gap = np.zeros(16000, np.int16)
+    # A take too short to use, then takes that do not say the random prompts shown.
+    said = ["one", *TAKES, "two five nine zero, six one four eight"]
+    pcm = [read_audio(say(device["dir"] / f"g{i}.wav", t, "en+m3")) for i, t in enumerate(said)]
+    audio = np.concatenate([np.concatenate([gap, p, gap]) for p in pcm]).tobytes()
+    done = subprocess.run(
+        [sys.executable, "-m", "voxgate", "enroll", "gus", "-c", str(cfg)],
+        input=audio,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, out + err
+    assert "take 1: say" in out and "too little speech" in out, out
+    shown = sorted(int(n) for n in re.findall(r"take (\d+): did not say its prompt", out))
+    assert shown and shown[0] >= 2, out  # named as the prompts were: take 1 was not used
+    assert f"takes {shown} do not say their prompts" in err, err
+
+
 def test_the_enroll_summary_and_users_export_give_the_same_net_speech(
     device: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -426,6 +426,22 @@ def test_a_last_line_with_a_huge_seq_is_reported_and_the_door_still_starts(
     assert not verify(p).ok
 
 
+def test_an_unsigned_anchor_checked_with_a_key_is_named_unsigned_not_a_wrong_key(
+    tmp_path: Path,
+) -> None:
+    # Found running `voxgate audit verify LOG --key-file KEY` (the --help example) on the log
+    # of a door without an audit key: "signature does not match (wrong key or forged
+    # anchor)", where the anchor carried no signature at all. Still a problem (a stripped
+    # signature looks the same), but one that says what it is.
+    p = tmp_path / "audit.jsonl"
+    write_log(p)  # no key: the door writes an unsigned anchor
+    rep = verify(p, key=os.urandom(32))
+    assert not rep.ok
+    (problem,) = rep.problems
+    assert "anchor is not signed" in problem and "audit key" in problem, problem
+    assert "wrong key" not in problem
+
+
 @pytest.mark.parametrize("trace", ["decision-seq", "lockout", "voiceprints"])
 def test_verify_says_a_door_that_has_run_has_lost_its_log(tmp_path: Path, trace: str) -> None:
     """`voxgate audit verify` on a door whose audit log and anchor were both deleted said

@@ -38,6 +38,19 @@ def test_unknown_top_level_section() -> None:
     assert "line 1: audo: unknown key" in msg and "audio" in msg
 
 
+def test_a_misspelled_key_names_the_one_it_resembles() -> None:
+    # Found checking a config with typical typos (`speeker:`, `treshold:`): the message listed
+    # every allowed key (16 under speaker) and left the reader to spot the right one.
+    (msg,) = problems("speeker:\n  threads: 2\n")
+    assert msg.startswith("line 1: speeker: unknown key (did you mean 'speaker'?")
+    (msg,) = problems("speaker:\n  treshold: 0.5\n")
+    assert "speaker.treshold: unknown key (did you mean 'threshold'?" in msg
+    (msg,) = problems("vad:\n  hangover: 300\n")  # a key with its unit missing
+    assert "did you mean 'hangover_ms'?" in msg
+    (msg,) = problems("colour: blue\n")  # nothing close: no guess
+    assert "did you mean" not in msg and "allowed here:" in msg
+
+
 def test_out_of_range_reports_bound_and_value() -> None:
     (msg,) = problems("vad:\n  aggressiveness: 7\n")
     assert msg.startswith("line 2: vad.aggressiveness:")

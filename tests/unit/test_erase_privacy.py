@@ -428,3 +428,45 @@ def test_a_name_whose_fold_is_not_stable_is_not_taken_for_erased(tmp_path: Path)
     assert users.check_erased() == [name]  # a real erase is still seen
     book.close()
     store.close()
+
+
+def test_a_retained_name_not_enrolled_here_is_not_logged_as_erased_by_another_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found starting `voxgate run` with a new data_dir on a broker where an earlier run of
+    the same device_id had left `user` = sf1 retained: the first line after ready was "sf1
+    is no longer enrolled (erased by another process)", though no process had erased
+    anyone. A name this process never saw enrolled says where it came from."""
+    import logging
+
+    store = VoiceprintStore(tmp_path / "voiceprints.db", bytes(range(32)))
+    store.add_user("alice", np.eye(3, 8, dtype=np.float32), "test/int8")
+
+    class Link:
+        def __init__(self) -> None:
+            self.last_user: str | None = "sf1"
+            self.last_user_from_broker = True  # read back from the broker at connect
+            self.cleared: list[str] = []
+
+        def forget_user(self, name: str) -> bool:
+            self.cleared.append(name)
+            return True
+
+    link = Link()
+    users = UserServices(
+        VoxgateConfig(data_dir=tmp_path), store, None, lambda e, **f: None, link=link
+    )
+    with caplog.at_level(logging.INFO, logger="voxgate.service.users"):
+        assert users.check_erased() == ["sf1"]
+    assert link.cleared == ["sf1"]  # the topic is still cleared
+    assert "erased by another process" not in caplog.text
+    assert "the retained user topic named sf1, who is not enrolled here" in caplog.text
+    # Someone seen enrolled by this process and then erased elsewhere keeps the old line.
+    link.last_user, link.last_user_from_broker = "alice", False  # granted by this process
+    caplog.clear()
+    assert users.check_erased() == []
+    store.erase("alice")
+    with caplog.at_level(logging.INFO, logger="voxgate.service.users"):
+        assert users.check_erased() == ["alice"]
+    assert "alice is no longer enrolled (erased by another process)" in caplog.text
+    store.close()

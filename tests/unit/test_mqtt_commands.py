@@ -329,3 +329,21 @@ def test_a_password_file_without_a_user_name_is_named_in_a_warning(
     with caplog.at_level(logging.WARNING, logger="voxgate.mqtt.client"):
         MqttLink(cfg.model_copy(update={"password_file": None}), "front-door", decision_key=b"k")
     assert not [r for r in caplog.records if "password_file" in r.getMessage()]
+
+
+def test_an_enroll_start_prompted_that_is_not_yes_or_no_is_bad_args() -> None:
+    # Sent `prompted: "maybe"` to a running daemon while following docs/mqtt.md: the reply was
+    # `failed` (a valid command the door could not do) and the nonce was spent, where the doc
+    # lists an invalid argument as `bad-args`, refused before the command counts as used.
+    gate = _gate()
+    payload = make_command(
+        KEY, "front-door", "enroll-start", {"user": "bob", "prompted": "maybe"}, now=NOW
+    )
+    with pytest.raises(CommandError) as e:
+        gate.check("enroll-start", payload, NOW + 1)
+    assert (e.value.code, e.value.detail) == ("bad-args", "prompted must be 'yes' or 'no'")
+    for prompted in ("yes", "no"):
+        ok = make_command(
+            KEY, "front-door", "enroll-start", {"user": "bob", "prompted": prompted}, now=NOW
+        )
+        assert gate.check("enroll-start", ok, NOW + 1).args["prompted"] == prompted

@@ -242,3 +242,13 @@ def test_an_snr_just_below_zero_is_not_printed_as_minus_zero() -> None:
     assert db_text(-0.3) == "0" and db_text(0.3) == "0"
     assert db_text(-0.6) == "-1" and db_text(25.5) == "26" and db_text(26.4) == "26"
     assert f"{db_text(-0.3):>3}" == "  0"
+
+
+def test_an_snr_is_not_rounded_across_the_level_it_is_held_to() -> None:
+    # "SNR 10 dB ... REJECTED: too noisy (... needs 10 dB)": 9.7 dB rounded onto its level.
+    from voxgate.quality import db_text
+
+    assert db_text(9.7, 10) == "9.7" and db_text(9.96, 10) == "9.9"
+    assert db_text(10.45, 10.4) == "10.5" and db_text(26.4, 26.5) == "26"
+    assert db_text(10.2, 10) == "10" and db_text(31.7, 26) == "32"  # same side: whole dB
+    assert db_text(-0.3, 1) == "0"

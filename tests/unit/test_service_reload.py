@@ -131,3 +131,21 @@ def test_api_shows_the_config_running_after_a_reload(tmp_path: Path) -> None:
     )
     assert resp.status_code == 200
     assert resp.get_json()["lockout"]["max_failures"] == 3
+
+
+def test_run_loop_without_a_file_is_a_command_line_error(tmp_path: Path) -> None:
+    # Found trying `voxgate run -c door.yaml --loop < /dev/null` (--help: "--loop replay
+    # --file forever"): the stdin source ended and the daemon stopped, the flag ignored
+    # without a word.
+    from voxgate.cli import build_parser
+    from voxgate.commands.run import resolve_config
+    from voxgate.config import ConfigError
+
+    path = tmp_path / "voxgate.yaml"
+    path.write_text(f"data_dir: {tmp_path}\naudio: {{source: stdin}}\n")
+    args = build_parser().parse_args(["run", "-c", str(path), "--loop"])
+    with pytest.raises(ConfigError, match="--loop replays a file: give --file PATH"):
+        resolve_config(args)
+    wav = tmp_path / "door.wav"
+    args = build_parser().parse_args(["run", "-c", str(path), "--file", str(wav), "--loop"])
+    assert resolve_config(args).audio.loop

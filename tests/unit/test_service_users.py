@@ -308,3 +308,27 @@ def test_a_duplicate_take_at_the_door_names_the_take_it_repeats(store: Any, tmp_
     report = users.command_enroll_finish({"user": "bob"})
     assert report["rejected"] == [{"take": 5, "reason": "duplicate", "same_as": 3}]
     assert report["used"] == 4
+
+
+def test_enroll_finish_and_start_match_the_session_name_as_the_store_does(
+    store: Any, tmp_path: Path
+) -> None:
+    # Found over MQTT with a running daemon: enroll-start {"user": "Zoë"}, then enroll-finish
+    # {"user": "zoë"} was refused "no enrollment of 'zoë' in progress" (and enroll-start
+    # "zoë" was "busy: enrolling Zoë"), where docs/mqtt.md says names match
+    # case-insensitively, as the store, the CLI and erase-user match them.
+    from voxgate.embedding import load_embedder
+
+    events: list[tuple[str, dict]] = []
+    cfg = VoxgateConfig(data_dir=tmp_path)
+    users = UserServices(cfg, store, load_embedder(), lambda e, **f: events.append((e, f)))
+    noise = np.random.default_rng(1).normal(0, 30, 16000).astype(np.int16)
+    users.command_enroll_start({"user": "Zoë"})
+    assert users.command_enroll_start({"user": "ZOË"})["user"] == "ZOË"  # the same person
+    assert users.take(noise)
+    with pytest.raises(ValueError, match="not enrolled: need"):  # the takes were checked
+        users.command_enroll_finish({"user": "zoë"})
+    assert [e for e, _ in events][-1] == "enrollment_refused"
+    users.command_enroll_start({"user": "carol"})
+    with pytest.raises(ValueError, match="busy: enrolling carol"):
+        users.command_enroll_start({"user": "Zoë"})

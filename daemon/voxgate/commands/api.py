@@ -21,11 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="serve the local admin HTTP API",
         description="Serve the token-authenticated admin API (users, enrollment upload, erase, "
         "export, recent decisions, config check) described in docs/api/openapi.yaml. The token "
-        "comes from $VOXGATE_API_TOKEN, the systemd credential 'api-token' or api.token_file.",
+        "comes from $VOXGATE_API_TOKEN, the systemd credential 'api-token' or api.token_file. "
+        "It opens the voiceprints at start, so the config must name their key "
+        "(speaker.key_file, $VOXGATE_VOICEPRINT_KEY or the credential 'voiceprint-key').",
         examples="""
             voxgate api -c /etc/voxgate/voxgate.yaml
             openssl rand -hex 32 > token; chmod 600 token      # a token, once
-            VOXGATE_API_TOKEN=$(cat token) voxgate api -c firmware_config/dev.yaml --port 9800
+            VOXGATE_API_TOKEN=$(cat token) voxgate api -c /etc/voxgate/voxgate.yaml --port 9800
             curl -H "Authorization: Bearer $(cat token)" http://127.0.0.1:9800/api/v1/users
         """,
     )

@@ -31,7 +31,13 @@ def devices_command(args: argparse.Namespace) -> int:
         print(f"voxgate devices: {exc}", file=sys.stderr)
         return 1
     if not devices:
-        print("no audio input devices found")
+        # Where to look next: the card itself, then permissions (no error, just no devices).
+        print(
+            "voxgate devices: no audio input devices found. Is the microphone plugged in? "
+            "`arecord -l` lists the capture devices ALSA sees; a user outside the 'audio' "
+            "group sees none (the systemd unit adds it: SupplementaryGroups=audio)",
+            file=sys.stderr,
+        )
         return 1
     print(f"{'index':>5}  {'channels':>8}  {'rate':>6}  name")
     for d in devices:

@@ -92,6 +92,11 @@ def _noise_level(q: Any, sp: Any) -> str:
     )
 
 
+def _snr_limit(q: Any, sp: Any) -> float:
+    """The SNR a take is held to, by how its SNR was measured (see _noise_level)."""
+    return float(sp.enroll_min_snr_db if q.snr_from_pauses else sp.enroll_min_snr_db_no_pauses)
+
+
 def _level_missed(problem: str, q: Any, sp: Any) -> str:
     """What a rejected take's audio missed, in brackets after the reason: how the SNR was
     measured and its level, the net speech or the clipping needed. "too little speech"
@@ -150,7 +155,7 @@ def _print_takes(result: Any, labels: list[str], sp: Any, numbers: list[int] | N
         line = (
             f"  take {number:2d} {_label(labels[t.index - 1])} "
             f"speech {seconds_text(q.speech_s):>4} s  "
-            f"SNR {db_text(q.snr_db):>3} dB  level {_level_text(q):>3} dBFS  "
+            f"SNR {db_text(q.snr_db, _snr_limit(q, sp)):>3} dB  level {_level_text(q):>3} dBFS  "
             f"clipped {100 * q.clipped:4.2f} %"
         )
         if t.consistency is not None:
@@ -224,7 +229,9 @@ def _record_takes(
             q = assess(pcm, cfg.vad)
             problem = take_problem(q, sp)
             if problem:
-                heard = f"{seconds_text(q.speech_s)} s, SNR {db_text(q.snr_db)} dB"
+                heard = (
+                    f"{seconds_text(q.speech_s)} s, SNR {db_text(q.snr_db, _snr_limit(q, sp))} dB"
+                )
                 if problem == "clipped":
                     heard = f"{100 * q.clipped:.2f} % clipped"
                 level = _level_missed(problem, q, sp)
@@ -238,7 +245,8 @@ def _record_takes(
             numbers.append(attempt)
             speech += q.speech_s
             done = progress_text(len(takes), speech, sp.enroll_min_takes, sp.enroll_min_speech_s)
-            print(f"  ok: {seconds_text(q.speech_s)} s of speech, SNR {db_text(q.snr_db)} dB, "
+            snr = db_text(q.snr_db, _snr_limit(q, sp))
+            print(f"  ok: {seconds_text(q.speech_s)} s of speech, SNR {snr} dB, "
                   f"level {_level_text(q)} dBFS   progress: {done}")  # fmt: skip
             if len(takes) >= sp.enroll_min_takes and speech >= sp.enroll_min_speech_s:
                 result = check_takes(takes, embedder, sp, cfg.vad, numbers=numbers)
@@ -332,7 +340,9 @@ def run(args: argparse.Namespace) -> int:
             "speech_s": speech_seconds(result.speech_s),  # what the summary above says
             "source": "files" if args.files else "microphone",
         }
-        dropped = attach_templates(meta, result, takes, prompts, cfg.stt.template_threshold)
+        dropped = attach_templates(
+            meta, result, takes, prompts, cfg.stt.template_threshold, numbers
+        )
         for n in dropped:
             shown = numbers[n - 1] if numbers else n
             print(f"  take {shown}: did not say its prompt; no digit templates from it")

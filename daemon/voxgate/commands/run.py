@@ -64,6 +64,10 @@ def resolve_config(args: argparse.Namespace) -> VoxgateConfig:
     if args.realtime:
         audio["realtime"] = True
     if args.loop:
+        source = audio.get("source", cfg.audio.source)
+        if source != "file":  # other sources ignored the flag without a word
+            why = f"--loop replays a file: give --file PATH (the source is {source})"
+            raise ConfigError("command line", [why])
         audio["loop"] = True
     if not audio:
         return cfg

@@ -129,7 +129,10 @@ def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
             print(speech + "SNR not measured (no speech)")
         else:
             how = "in its pauses" if quality.snr_from_pauses else "without pauses to measure"
-            print(speech + f"SNR {db_text(quality.snr_db)} dB {how} (needs {level:g}: {setting})")
+            print(
+                speech
+                + f"SNR {db_text(quality.snr_db, level)} dB {how} (needs {level:g}: {setting})"
+            )
         # Said beside the other measures: a RETRY for `clipped` must show how much and the
         # setting, as the SNR line does for `too_noisy`.
         print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -97,6 +98,11 @@ def _describe(err: ErrorDetails, lines: dict[tuple[Any, ...], int]) -> str:
         parent = key_path[:-1]
         allowed = _allowed_keys(parent)
         hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+        # A typo names the key it resembles: the list alone (16 keys under speaker) left
+        # the reader to find `threshold` for `treshold`.
+        close = difflib.get_close_matches(str(key_path[-1]), allowed, n=1, cutoff=0.7)
+        if close:
+            hint = f" (did you mean '{close[0]}'?; allowed here: {', '.join(allowed)})"
         return f"{where}{dotted}: unknown key{hint}"
     msg = err["msg"]
     if kind == "value_error":

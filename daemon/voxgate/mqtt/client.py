@@ -309,6 +309,8 @@ class MqttLink:
         self._last_state: str | None = None
         self._last_lockout: bytes | None = None
         self._last_user: bytes | None = None  # the last user granted (retained `user` topic)
+        # True while _last_user is a name read back from the broker, not one granted here.
+        self.last_user_from_broker = False
         self._subscribing: dict[int, str] = {}  # mid -> topic, until the broker's SUBACK
         # That user was erased: the retained `user` topic is cleared at every connect until
         # the next grant (a clear sent just before a drop would otherwise be lost).
@@ -479,6 +481,7 @@ class MqttLink:
         if decision.user is not None and decision.outcome == "granted":
             with self._state_lock:  # remembered: a grant made while offline shows on reconnect
                 self._last_user = decision.user.encode()
+                self.last_user_from_broker = False
                 self._clear_user = False
                 self._publish_if_connected(self.topics.user, self._last_user, USER_QOS, retain=True)
         return True
@@ -499,6 +502,7 @@ class MqttLink:
             if last is None or fold(last.decode("utf-8", "replace")) != fold(name):
                 return False
             self._last_user = None
+            self.last_user_from_broker = False
             self._clear_user = True
             self._publish_if_connected(self.topics.user, b"", USER_QOS, retain=True)
         log.info("MQTT: retained user topic cleared (that user was erased)")
@@ -731,6 +735,7 @@ class MqttLink:
         with self._state_lock:
             if self._last_user is None and not self._clear_user:
                 self._last_user = bytes(msg.payload[:256])
+                self.last_user_from_broker = True
 
     def _work_loop(self) -> None:
         while True:
@@ -747,7 +752,7 @@ class MqttLink:
             cmd = self._gate.check(name, payload, self._command_clock())
         except CommandError as exc:
             self._command_refused(exc.code, "MQTT: command %r rejected: %s", name[:64], exc)
-            self._reply(name, None, ok=False, error=exc.code, detail=exc.detail)
+            self._reply(name, exc.nonce, ok=False, error=exc.code, detail=exc.detail)
             return
         handler = self._handlers.get(name)
         if handler is None:

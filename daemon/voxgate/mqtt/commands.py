@@ -62,6 +62,9 @@ class CommandError(Exception):
     def __init__(self, code: str, detail: str = "") -> None:
         self.code = code
         self.detail = detail
+        # The refused command's nonce, once its signature checked out and the nonce has its
+        # form: the reply carries it so the sender can match it. None for anything unsigned.
+        self.nonce: str | None = None
         super().__init__(f"{code}: {detail}" if detail else code)
 
 
@@ -138,6 +141,16 @@ class CommandGate:
         except DecisionError as exc:
             code = "unauthorized" if exc.reason == "bad-signature" else exc.reason
             raise CommandError(code, exc.detail) from None
+        try:
+            return self._check_body(name, body, now)
+        except CommandError as exc:
+            nonce = body.get("nonce") if isinstance(body, dict) else None
+            if isinstance(nonce, str) and NONCE_RE.match(nonce):
+                exc.nonce = nonce
+            raise
+
+    def _check_body(self, name: str, body: Any, now: float) -> Command:
+        """The signed body: shape, arguments, freshness, single use."""
         if not isinstance(body, dict) or body.get("v") != 1:
             raise CommandError("malformed", "body must be an object with v=1")
         if body.get("device") != self.device:
@@ -160,6 +173,10 @@ class CommandGate:
             if why is not None:
                 # Why, not the name: it may hold control characters meant for the log.
                 raise CommandError("bad-args", f"invalid user: {why}")
+            if k == "prompted" and v not in ("yes", "no"):
+                # An argument the handler would refuse is bad-args here, before the nonce
+                # is spent: it came back as `failed`, a valid command the door could not do.
+                raise CommandError("bad-args", "prompted must be 'yes' or 'no'")
         nonce = body.get("nonce")
         if not isinstance(nonce, str) or not NONCE_RE.match(nonce):
             raise CommandError("malformed", "nonce must be 16-64 lowercase hex digits")

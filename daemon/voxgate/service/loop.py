@@ -412,9 +412,12 @@ class Daemon:
                 if item.error is None and self.endpointer.in_speech:
                     # A writer that died mid-word, a recording cut short: the verdict that
                     # follows is on a piece of an utterance, and the log should say so.
+                    # Without the pause that ends speech at a microphone, a piece with
+                    # under PAUSE_S of pauses is a retry (too_noisy): say how to avoid it.
                     log.warning(
                         "the %s source ended during speech: the utterance is judged as far "
-                        "as it went",
+                        "as it went (end a recording with 0.5 s of silence, or it may be a "
+                        "retry: too_noisy)",
                         self.cfg.audio.source,
                     )
                 for ev in self.endpointer.flush():
@@ -787,17 +790,28 @@ class Daemon:
                 return {"ok": False, "error": str(exc)}
         if self.stages is None or self.stages.new_challenge is None:
             return {"ok": False, "error": "challenge mode is off; just speak"}
+        if self._attempt_busy():  # the reply said ok while the loop ignored it
+            return {"ok": False, "error": f"busy: the door is in {self.sm.state.value}; send later"}
         try:
             self._commands.put_nowait(("attempt", {"user": user}))
         except queue.Full:
             return {"ok": False, "error": "busy"}
         return {"ok": True}
 
+    def _attempt_busy(self) -> bool:
+        """A challenge, a verification or someone's speech is under way."""
+        speaking = self.endpointer is not None and self.endpointer.in_speech
+        return self.sm.state not in (State.IDLE, State.DECIDED) or speaking
+
     def _command_reload(self, payload: dict[str, Any]) -> dict[str, Any]:
         """MQTT `reload`: the same as SIGHUP (the loop re-reads the file between frames).
         Voiceprints need no reload: the scorer reads the store at every attempt."""
         if self.config_path is None:
             return {"ok": False, "error": "no config file was given; nothing to reload"}
+        try:  # the schema check here, so that the reply says what the loop would refuse
+            self.load(self.config_path)
+        except ConfigError as exc:
+            return {"ok": False, "error": f"keeping the running config: {exc}"}
         self.request_reload()
         return {"queued": True}
 
@@ -817,7 +831,7 @@ class Daemon:
                 else:  # never over a live challenge or into someone's speech
                     self._enroll_prompt = payload
             elif name == "attempt":
-                if self.sm.state not in (State.IDLE, State.DECIDED) or self.endpointer.in_speech:
+                if self._attempt_busy():
                     log.info("attempt command ignored: busy (%s)", self.sm.state.value)
                     continue
                 self.attempt = Attempt(claimed_user=payload.get("user"))
@@ -870,6 +884,7 @@ class Daemon:
         if self.keeper is not None:
             tag = a.challenge.nonce if a.challenge is not None else f"{now:.0f}"
             kept = self.keeper.store(utt.pcm, tag, now)
+        gate = [r for r in getattr(result.speaker, "reasons", ()) if r in GATE_REASONS]
         self._audit(
             "decision",
             outcome=verdict.outcome,
@@ -879,9 +894,7 @@ class Daemon:
             # Which of the quality gate's rules made a `low_quality` retry (too_little_speech,
             # too_noisy, clipped): the decision names none, and the fix differs (speak
             # longer, quieter room, further from the microphone).
-            quality_reasons=[
-                r for r in getattr(result.speaker, "reasons", ()) if r in GATE_REASONS
-            ],
+            quality_reasons=gate,
             score=getattr(result.speaker, "score", None),
             threshold=getattr(result.speaker, "threshold", None),
             liveness_ok=getattr(result.liveness, "ok", None),
@@ -902,10 +915,11 @@ class Daemon:
             published=published,
         )
         log.info(
-            "decision %s user=%s reasons=%s (%.0f ms after end of speech)",
+            "decision %s user=%s reasons=%s%s (%.0f ms after end of speech)",
             verdict.outcome,
             verdict.user,
             ",".join(verdict.reasons) or "-",
+            f" quality={','.join(gate)}" if gate else "",
             latency * 1000,
         )
         self._decided_until = time.monotonic() + self.cfg.service.decided_hold_s

@@ -238,9 +238,13 @@ class UserServices:
             return []
         held = set(self.lockout.users()) if self.lockout is not None else set()
         last = getattr(self.link, "last_user", None)
+        retained_only = None  # a name known from the broker alone, not seen enrolled here
         if last:
             name = fold(last)
             held.add(name)
+            from_broker = bool(getattr(self.link, "last_user_from_broker", False))
+            if name not in self._seen_enrolled and from_broker:
+                retained_only = name
             self._seen_enrolled.setdefault(name, last)  # granted, so it was enrolled
         gone: list[str] = []
         for name in sorted(held):
@@ -269,6 +273,15 @@ class UserServices:
                         "%s is no longer recognised here: the erase waits to be written to "
                         "the voiceprint store (fleet sync retries it); dropping the rest the "
                         "daemon holds about them",
+                        shown,
+                    )
+                elif name == retained_only:
+                    # Left on the broker by a previous run: erased while stopped, or a run
+                    # with another data folder. "Erased by another process" was not true.
+                    log.info(
+                        "the retained user topic named %s, who is not enrolled here (erased "
+                        "while the daemon was stopped, or left by a run with another data "
+                        "folder): cleared",
                         shown,
                     )
                 else:
@@ -412,7 +425,7 @@ class UserServices:
         prompts = prompt_plan(MAX_TAKES, self.cfg.challenge.length) if prompted == "yes" else []
         with self._enroll_lock:
             now = time.monotonic()
-            if self._session_open(now) and self._enroll_user != name:
+            if self._session_open(now) and not self._is_session_user(name):
                 raise ValueError(f"busy: enrolling {self._enroll_user}")
             self._session += 1
             self._enroll_user, self._enroll_takes = name, []
@@ -423,6 +436,11 @@ class UserServices:
         self.audit_event("enrollment_started", user=name, via="mqtt")
         self._announce(first)
         return {"user": name, "timeout_s": ENROLL_TIMEOUT_S, "prompts": prompts}
+
+    def _is_session_user(self, name: str) -> bool:
+        """`name` is the person being enrolled, matched as the store matches names (ZOË is
+        Zoë): an exact match refused enroll-finish for a name sent in another case."""
+        return self._enroll_user is not None and fold(self._enroll_user) == fold(name)
 
     def command_enroll_finish(self, args: dict[str, Any]) -> dict[str, Any]:
         """MQTT `enroll-finish` {"user": NAME}: check the takes, store the voiceprint (an
@@ -436,8 +454,9 @@ class UserServices:
         except StoreError as exc:
             raise ValueError(str(exc)) from None
         with self._enroll_lock:
-            if not self._session_open(time.monotonic()) or self._enroll_user != name:
+            if not self._session_open(time.monotonic()) or not self._is_session_user(name):
                 raise ValueError(f"no enrollment of '{name}' in progress (send enroll-start)")
+            name = self._enroll_user or name  # stored as enroll-start spelled it
             takes, prompts = self._enroll_takes, self._enroll_prompts
             self._enroll_user, self._enroll_takes, self._enroll_prompts = None, [], []
         # Utterances the door's endpointer cut (pre-roll and hangover): live takes.
