@@ -45,9 +45,8 @@ def quiet_door_config(tmp_path: Path, audio: dict[str, Any]) -> Path:
     return config
 
 
-def test_a_file_without_speech_says_nothing_was_checked_and_why_it_stops(tmp_path: Path) -> None:
-    wav = tmp_path / "hallway.wav"
-    sf.write(wav, pause(6.0), 16000, subtype="PCM_16")
+def _run_on_file(tmp_path: Path, wav: Path) -> subprocess.CompletedProcess[str]:
+    """`voxgate run` on a quiet door reading `wav`, to the file's end; it must exit 0."""
     config = quiet_door_config(tmp_path, {"source": "file", "path": str(wav)})
     done = subprocess.run(
         [sys.executable, "-m", "voxgate", "run", "-c", str(config)],
@@ -57,6 +56,13 @@ def test_a_file_without_speech_says_nothing_was_checked_and_why_it_stops(tmp_pat
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_a_file_without_speech_says_nothing_was_checked_and_why_it_stops(tmp_path: Path) -> None:
+    wav = tmp_path / "hallway.wav"
+    sf.write(wav, pause(6.0), 16000, subtype="PCM_16")
+    done = _run_on_file(tmp_path, wav)
     assert f"the file source ended after 6.0 s of audio without speech ({wav})" in done.stderr
     assert "nothing was checked" in done.stderr
     assert done.stderr.rstrip().splitlines()[-1].endswith("stopping: source ended"), done.stderr
@@ -90,15 +96,7 @@ def test_a_recording_cut_at_its_last_word_says_why_it_is_a_retry_and_what_to_do(
     said = said[: np.nonzero(np.abs(said) > 300)[0][-1] + 1]  # ends on the last word
     wav = tmp_path / "cut.wav"
     sf.write(wav, np.concatenate([pause(1.0), said]), 16000, subtype="PCM_16")
-    config = quiet_door_config(tmp_path, {"source": "file", "path": str(wav)})
-    done = subprocess.run(
-        [sys.executable, "-m", "voxgate", "run", "-c", str(config)],
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _run_on_file(tmp_path, wav)
     log = done.stderr
     assert "the file source ended during speech" in log, log
     assert "end a recording with 0.5 s of silence" in log, log
