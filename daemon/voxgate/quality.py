@@ -113,12 +113,13 @@ def _snr_db(
     vad_cfg: VadConfig,
     frame_power: Callable[[np.ndarray], np.ndarray] = _mean_power,
     hear_dbfs: float | None = HEAR_DBFS,
+    loud: np.ndarray | None = None,
 ) -> tuple[float, bool, float, float | None]:
     """(estimated SNR, whether the noise was measured in at least PAUSE_S of pauses,
     seconds of non-speech frames, the speech frames' level in dBFS). `frame_power`: each
     float64 frame's power (another measure lets benchmarks/band_gate.py read the same frames
-    by band). Speech and pauses are labelled on `heard(pcm, hear_dbfs)`; the powers are the
-    recording's own."""
+    by band). Speech and pauses are labelled on `heard(pcm, hear_dbfs)` (`loud`, when the
+    caller has it already); the powers are the recording's own."""
     from voxgate.vad import Endpointer
 
     ep = Endpointer(vad_cfg, FRAME_MS)
@@ -128,7 +129,9 @@ def _snr_db(
         return 0.0, False, 0.0, None
     frames = pcm[:usable].reshape(-1, n)
     power = frame_power(frames.astype(np.float64)) + 1.0  # +1: 16-bit dither floor
-    labelled = heard(pcm, hear_dbfs)[:usable].reshape(-1, n)
+    if loud is None:
+        loud = heard(pcm, hear_dbfs)
+    labelled = loud[:usable].reshape(-1, n)
     speech = np.array([ep.is_speech(f) for f in labelled])
     nonspeech_s = float((~speech).sum() * FRAME_MS / 1000)
     if speech.sum() == 0:
@@ -176,7 +179,7 @@ def assess(
         speech_s = sum(
             u.speech_s for i in range(0, len(loud), n) for u in segment(loud[i : i + n], whole)
         )
-    snr_db, from_pauses, nonspeech_s, speech_dbfs = _snr_db(pcm, vad_cfg, hear_dbfs=hear_dbfs)
+    snr_db, from_pauses, nonspeech_s, speech_dbfs = _snr_db(pcm, vad_cfg, loud=loud)
     return Quality(
         duration_s=len(pcm) / SAMPLE_RATE,
         speech_s=float(speech_s),
