@@ -697,6 +697,19 @@ def test_a_door_offline_during_an_erase_applies_audits_and_scrubs_it_at_reconnec
     assert uid not in raw and sealed[40:72] not in raw
 
 
+def _alice_sent_to_b_then_b_stopped(
+    fleet: dict, embedder: Any, alice_takes: list[np.ndarray]
+) -> Door:
+    """Door A enrolls alice for the fleet; door B receives her voiceprint, then stops."""
+    a, b = fleet["a"], fleet["b"]
+    a.start(embedder.model_id)
+    b.start(embedder.model_id)
+    a.admin(embedder).enroll("alice", alice_takes)
+    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
+    b.stop()
+    return b
+
+
 @pytest.mark.parametrize("what", ["sync state deleted", "fleet key rotated"])
 def test_a_shrunk_access_map_drops_a_fleet_voiceprint_the_sync_state_does_not_know(
     fleet: dict, embedder: Any, alice_takes: list[np.ndarray], what: str
@@ -707,12 +720,7 @@ def test_a_shrunk_access_map_drops_a_fleet_voiceprint_the_sync_state_does_not_kn
     (every user tag changes with it), no tag matched: alice stayed enrolled, and recognised,
     at a door whose access map no longer lets her in. The voiceprint itself says it came
     from the fleet (`fleet_version`); that is what counts now."""
-    a, b = fleet["a"], fleet["b"]
-    a.start(embedder.model_id)
-    b.start(embedder.model_id)
-    a.admin(embedder).enroll("alice", alice_takes)
-    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
-    b.stop()
+    b = _alice_sent_to_b_then_b_stopped(fleet, embedder, alice_takes)
     if what == "sync state deleted":
         for suffix in ("", "-wal", "-shm"):
             Path(f"{b.dir / 'fleet.db'}{suffix}").unlink(missing_ok=True)
@@ -735,12 +743,7 @@ def test_a_voiceprint_the_config_no_longer_allows_is_erased_on_the_record(
     """Every voiceprint change the agent makes goes to the door's audit log, but the erase a
     shrunk access map makes at start had only an INFO line: a data-protection officer
     reading the door's audit log saw alice stored and never erased."""
-    a, b = fleet["a"], fleet["b"]
-    a.start(embedder.model_id)
-    b.start(embedder.model_id)
-    a.admin(embedder).enroll("alice", alice_takes)
-    wait_until(lambda: b.store.get("alice") is not None, 10, "alice on door B")
-    b.stop()
+    b = _alice_sent_to_b_then_b_stopped(fleet, embedder, alice_takes)
     b.fleet["access"] = {"lobby": ["bob"], "lab": ["carol"]}
     b.audit.clear()
     b.agent_for(embedder.model_id)
