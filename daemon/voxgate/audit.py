@@ -71,6 +71,42 @@ def canonical(record: dict[str, Any]) -> bytes:
     ).encode()
 
 
+def loads(raw: bytes | str) -> Any:
+    """json.loads for a line or anchor someone may have edited: deep nesting ("[[[[...", a
+    few kB) raised RecursionError, a traceback from `audit verify` and from the daemon's
+    start, instead of a damaged line; it is a ValueError here."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+class _TwiceKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _TwiceKey(k)
+        out[k] = v
+    return out
+
+
+def _twice_key(raw: bytes) -> str | None:
+    """A key the line gives twice, or None. The hash covers the value json keeps (the last),
+    so a value put in front of it ("user":"mallory","user":"alice") passed as intact while a
+    reader that takes the first, or a person, read the other."""
+    try:
+        json.loads(raw, object_pairs_hook=_no_duplicates)
+    except _TwiceKey as exc:
+        return str(exc)
+    except (ValueError, RecursionError):
+        pass
+    return None
+
+
 def line_hash(record: dict[str, Any]) -> str:
     body = {k: v for k, v in record.items() if k != "hash"}
     return hashlib.sha256(canonical(body)).hexdigest()
@@ -372,7 +408,7 @@ class AuditLog:
         notes it. Any other disagreement (lines cut off, the anchored line changed, a missing,
         unreadable or wrongly signed anchor) verify reports as tampering."""
         try:
-            anchored = json.loads(self.anchor.read_text())
+            anchored = loads(self.anchor.read_text())
             a_seq, a_hash = int(anchored["seq"]), str(anchored["hash"])
             mac = anchored.get("mac")
         except FileNotFoundError:
@@ -427,7 +463,7 @@ class AuditLog:
 def _signed(anchor: Path) -> bool:
     """Whether the anchor file carries a signature."""
     try:
-        body = json.loads(anchor.read_text())
+        body = loads(anchor.read_text())
     except (OSError, ValueError):
         return False
     return isinstance(body, dict) and "mac" in body
@@ -458,12 +494,12 @@ def _tail_head(fd: int, size: int, seq: int, head: str) -> tuple[int, str]:
     last_seq = -1
     for back, raw in enumerate(reversed(lines)):
         try:
-            last_seq = int(json.loads(raw)["seq"]) + back
+            last_seq = int(loads(raw)["seq"]) + back
             break
         except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: 1e400
             continue
     try:
-        return last_seq, str(json.loads(lines[-1])["hash"])
+        return last_seq, str(loads(lines[-1])["hash"])
     except (ValueError, KeyError, TypeError):
         log.error("audit log: the last line is damaged; new lines chain from its bytes")
         return last_seq, hashlib.sha256(lines[-1]).hexdigest()
@@ -481,7 +517,7 @@ def records_naming(path: Path, name: str) -> list[dict[str, Any]]:
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
-                    rec = json.loads(line)
+                    rec = loads(line)
                 except ValueError:
                     continue
                 if not isinstance(rec, dict):
@@ -547,7 +583,7 @@ def verify(
     for n, raw in enumerate(data.splitlines(), start=1):
         rep.lines = n
         try:
-            rec = json.loads(raw)
+            rec = loads(raw)
             if not isinstance(rec, dict):
                 raise ValueError("not an object")
             got_hash, got_prev, got_seq = rec["hash"], rec["prev"], rec["seq"]
@@ -559,6 +595,12 @@ def verify(
             continue
         if want_hash != got_hash:
             rep.problems.append(f"line {n} (seq {got_seq}): edited (its hash does not match)")
+        # The daemon writes each line in canonical form: only another one can give a key twice.
+        elif raw != canonical(rec) and (twice := _twice_key(raw)) is not None:
+            rep.problems.append(
+                f"line {n} (seq {got_seq}): edited (the key {twice!r} appears twice: a value "
+                "was added in front of the one its hash covers)"
+            )
         if got_prev != prev:
             rep.problems.append(
                 f"line {n} (seq {got_seq}): chain broken (a line before it was removed, "
@@ -599,7 +641,7 @@ def _gap_problem(rec: dict[str, Any], hashes: dict[int, str]) -> str | None:
 
 def _check_head(rep: VerifyReport, anchor: Path, key: bytes | None, hashes: dict[int, str]) -> None:
     try:
-        body = json.loads(anchor.read_text())
+        body = loads(anchor.read_text())
         a_seq, a_hash = int(body["seq"]), str(body["hash"])
     except FileNotFoundError:
         if rep.lines:

@@ -476,3 +476,43 @@ def test_verify_says_a_door_that_has_run_has_lost_its_log(tmp_path: Path, trace:
         assert "NOT intact" in lost.stderr and "has run" in lost.stderr, lost.stderr
         assert named in lost.stderr, lost.stderr
         assert "intact" not in lost.stdout
+
+
+def _second_value_in_front(line: bytes) -> bytes:
+    return line.replace(b'"user":"u2"', b'"user":"mallory","user":"u2"')
+
+
+def test_a_value_added_in_front_of_a_key_is_reported_as_an_edit(tmp_path: Path) -> None:
+    # json keeps the last of two values, so the hash still matched; a reader taking the
+    # first (or a person) read "mallory" in a log verify called intact.
+    p = tmp_path / "audit.jsonl"
+    write_log(p)
+    ls = lines(p)
+    p.write_bytes(b"".join([*ls[:2], _second_value_in_front(ls[2]), *ls[3:]]))
+    problems = verify(p).problems
+    assert problems == [
+        "line 3 (seq 3): edited (the key 'user' appears twice: a value was added in front of "
+        "the one its hash covers)"
+    ]
+
+
+DEEP = b"[" * 20000 + b"]" * 20000  # well under the 64 kB the door reads back at its start
+
+
+def test_a_deeply_nested_line_is_a_damaged_line_not_a_traceback(tmp_path: Path) -> None:
+    p = tmp_path / "audit.jsonl"
+    write_log(p, 2)
+    with open(p, "ab") as f:
+        f.write(DEEP + b"\n")
+    assert "line 3: not an audit record (nested too deeply)" in verify(p).problems
+    AuditLog(p).append("service_start")  # raised RecursionError: the door did not start
+    assert not verify(p).ok
+
+
+def test_a_deeply_nested_anchor_is_unreadable_not_a_traceback(tmp_path: Path) -> None:
+    p = tmp_path / "audit.jsonl"
+    write_log(p, 2)
+    anchor_path_for(p).write_bytes(DEEP)
+    assert any("unreadable anchor (nested too deeply)" in x for x in verify(p).problems)
+    AuditLog(p).append("service_start")  # raised RecursionError
+    assert any("anchor missing or unreadable" in x for x in verify(p).problems)
