@@ -143,6 +143,27 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
         load_config(binary)
 
 
+def test_a_config_path_that_is_no_regular_file_is_refused_not_read(tmp_path: Path) -> None:
+    # A link to /dev/zero was read without end at a SIGHUP (GBs a second, and SIGTERM no
+    # longer stopped the door); a FIFO's open() waited for ever. /dev/null stands for both.
+    link = tmp_path / "voxgate.yaml"
+    link.symlink_to("/dev/null")
+    with pytest.raises(ConfigError, match=r"not a regular file \(a device, a pipe\?\)"):
+        load_config(link)
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="cannot read: a folder"):
+        load_config(folder)
+
+
+def test_a_config_file_far_larger_than_a_config_is_refused(tmp_path: Path) -> None:
+    # All comments: read whole, it passed as a config of defaults (another data_dir, no keys).
+    big = tmp_path / "voxgate.yaml"
+    big.write_bytes(b"#" * (5 * 2**20))
+    with pytest.raises(ConfigError, match="larger than 4 MB: not a voxgate config"):
+        load_config(big)
+
+
 def test_shipped_device_configs_are_valid() -> None:
     files = sorted((REPO / "firmware_config").glob("*.yaml"))
     names = {f.name for f in files}
