@@ -230,6 +230,18 @@ def test_secret_path_that_is_a_directory_is_an_error_not_a_traceback(
         read_secret("decision-key", folder)
 
 
+def test_a_secret_file_far_larger_than_a_key_is_refused_not_read_whole(
+    tmp_path: Path, no_secret_env: None
+) -> None:
+    # key_file: /dev/urandom (meant for `head -c 32 /dev/urandom > FILE`) was read without
+    # end at the start; a regular file over the limit stands for it.
+    big = tmp_path / "decision.key"
+    big.write_bytes(b"k" * (65 * 1024))
+    os.chmod(big, 0o600)
+    with pytest.raises(SecretError, match=r"holds more than 64 kB: not a key or password"):
+        read_secret("decision-key", big)
+
+
 def test_secret_path_that_cannot_be_looked_up_is_an_error_not_a_traceback(
     tmp_path: Path, no_secret_env: None
 ) -> None:
