@@ -606,13 +606,14 @@ def verify(
                 f"line {n} (seq {got_seq}): chain broken (a line before it was removed, "
                 "inserted or reordered)"
             )
-        if got_seq != seq + 1:
-            rep.problems.append(f"line {n}: seq {got_seq} where {seq + 1} was expected")
+        # type(): true == 1, and "5" printed as 5 read "seq 5 where 5 was expected".
+        if type(got_seq) is not int or got_seq != seq + 1:
+            rep.problems.append(f"line {n}: seq {got_seq!r} where {seq + 1} was expected")
         if rec.get("event") == "audit_anchor_gap" and (why := _gap_problem(rec, hashes)):
             rep.problems.append(f"line {n}: the writer found {why}: {raw.decode()}")
         elif rec.get("event") in ("audit_anchor_gap", "audit_torn_tail"):
             rep.notes.append(f"line {n}: the daemon recorded {rec['event']}: {raw.decode()}")
-        prev, seq = got_hash, got_seq if isinstance(got_seq, int) else seq + 1
+        prev, seq = got_hash, got_seq if type(got_seq) is int else seq + 1
         hashes[seq] = prev
     rep.head_seq, rep.head = seq, prev
     if use_anchor:

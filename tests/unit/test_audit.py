@@ -516,3 +516,22 @@ def test_a_deeply_nested_anchor_is_unreadable_not_a_traceback(tmp_path: Path) ->
     assert any("unreadable anchor (nested too deeply)" in x for x in verify(p).problems)
     AuditLog(p).append("service_start")  # raised RecursionError
     assert any("anchor missing or unreadable" in x for x in verify(p).problems)
+
+
+def test_a_seq_that_is_not_a_number_is_named_as_written(tmp_path: Path) -> None:
+    # "seq": "2" read "seq 2 where 2 was expected"; "seq": true at line 1 passed as 1.
+    from voxgate.audit import canonical, line_hash
+
+    p = tmp_path / "audit.jsonl"
+    write_log(p, 2)
+    ls = lines(p)
+    rec = json.loads(ls[1])
+    rec["seq"] = "2"
+    rec["hash"] = line_hash(rec)  # rewritten consistently, as whoever has no key can
+    p.write_bytes(ls[0] + canonical(rec) + b"\n")
+    assert "line 2: seq '2' where 2 was expected" in verify(p, use_anchor=False).problems
+    first = json.loads(ls[0])
+    first["seq"] = True
+    first["hash"] = line_hash(first)
+    p.write_bytes(canonical(first) + b"\n")
+    assert verify(p, use_anchor=False).problems == ["line 1: seq True where 1 was expected"]
