@@ -107,6 +107,16 @@ def _twice_key(raw: bytes) -> str | None:
     return None
 
 
+def _text_hash(value: Any) -> str:
+    """A line's or an anchor's `hash` as read back; ValueError for one that is not ASCII text.
+    JSON's escapes give a lone surrogate ("\\ud800") from valid UTF-8: chained from, or
+    signed, it could not be encoded, and the door's start and `verify` ended in a traceback."""
+    text = str(value)
+    if not text.isascii():
+        raise ValueError("the hash is not ASCII text")
+    return text
+
+
 def line_hash(record: dict[str, Any]) -> str:
     body = {k: v for k, v in record.items() if k != "hash"}
     return hashlib.sha256(canonical(body)).hexdigest()
@@ -409,7 +419,7 @@ class AuditLog:
         unreadable or wrongly signed anchor) verify reports as tampering."""
         try:
             anchored = loads(self.anchor.read_text())
-            a_seq, a_hash = int(anchored["seq"]), str(anchored["hash"])
+            a_seq, a_hash = int(anchored["seq"]), _text_hash(anchored["hash"])
             mac = anchored.get("mac")
         except FileNotFoundError:
             a_seq, a_hash, mac = (0 if self.seq <= 0 else -1), None, None
@@ -499,7 +509,7 @@ def _tail_head(fd: int, size: int, seq: int, head: str) -> tuple[int, str]:
         except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: 1e400
             continue
     try:
-        return last_seq, str(loads(lines[-1])["hash"])
+        return last_seq, _text_hash(loads(lines[-1])["hash"])
     except (ValueError, KeyError, TypeError):
         log.error("audit log: the last line is damaged; new lines chain from its bytes")
         return last_seq, hashlib.sha256(lines[-1]).hexdigest()
@@ -587,6 +597,8 @@ def verify(
             if not isinstance(rec, dict):
                 raise ValueError("not an object")
             got_hash, got_prev, got_seq = rec["hash"], rec["prev"], rec["seq"]
+            if isinstance(got_hash, str):
+                _text_hash(got_hash)  # the door chains from its bytes instead: so does verify
             # ValueError from canonical(): a number JSON cannot hold (1e400 reads as inf).
             want_hash = line_hash(rec)
         except (ValueError, KeyError) as exc:
@@ -643,7 +655,7 @@ def _gap_problem(rec: dict[str, Any], hashes: dict[int, str]) -> str | None:
 def _check_head(rep: VerifyReport, anchor: Path, key: bytes | None, hashes: dict[int, str]) -> None:
     try:
         body = loads(anchor.read_text())
-        a_seq, a_hash = int(body["seq"]), str(body["hash"])
+        a_seq, a_hash = int(body["seq"]), _text_hash(body["hash"])
     except FileNotFoundError:
         if rep.lines:
             rep.problems.append(

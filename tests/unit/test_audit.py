@@ -535,3 +535,25 @@ def test_a_seq_that_is_not_a_number_is_named_as_written(tmp_path: Path) -> None:
     first["hash"] = line_hash(first)
     p.write_bytes(canonical(first) + b"\n")
     assert verify(p, use_anchor=False).problems == ["line 1: seq True where 1 was expected"]
+
+
+def test_a_hash_escaped_to_a_lone_surrogate_is_damage_not_a_traceback(tmp_path: Path) -> None:
+    # "\ud800" is valid JSON in valid UTF-8, but no string holding it can be encoded: chained
+    # from (the last line) or signed over (the anchor), it crashed verify and the door's start.
+    key = b"k" * 32
+    p = tmp_path / "audit.jsonl"
+    write_log(p, 2, key=key)
+    ls = lines(p)
+    p.write_bytes(ls[0] + ls[1].replace(b'"hash":"', b'"hash":"\\ud800', 1))
+    assert "line 2: not an audit record (the hash is not ASCII text)" in verify(p, key=key).problems
+    AuditLog(p, key=key).append("service_start")  # raised UnicodeEncodeError
+    assert not verify(p, key=key).ok
+
+    q = tmp_path / "other.jsonl"
+    write_log(q, 2, key=key)
+    anchor = anchor_path_for(q)
+    anchor.write_text(anchor.read_text().replace('"hash":"', '"hash":"\\ud800', 1))
+    problems = verify(q, key=key).problems
+    assert any("unreadable anchor (the hash is not ASCII text)" in x for x in problems)
+    AuditLog(q, key=key).append("service_start")  # raised UnicodeEncodeError
+    assert any("anchor missing or unreadable" in x for x in verify(q, key=key).problems)
