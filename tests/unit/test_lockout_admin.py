@@ -264,3 +264,7 @@ def test_a_name_with_bytes_that_are_not_utf8_is_an_error_not_a_traceback(
     _book(door).close()
     assert main(["lockout", "clear", "al\udcffice", "-c", str(door)]) == 2
     assert "holds characters no user name has" in capsys.readouterr().err
+    book = _book(door)
+    book.record("mary\u00a0ann", False)  # a no-break space is a name's character
+    book.close()
+    assert main(["lockout", "clear", "mary\u00a0ann", "--wait", "0.2", "-c", str(door)]) == 0

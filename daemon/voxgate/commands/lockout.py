@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +198,7 @@ def run_clear(args: argparse.Namespace) -> int:
     if user is not None and not user.strip():
         print("error: USER is empty", file=sys.stderr)
         return 2
-    if user is not None and not user.isprintable():
+    if user is not None and any(unicodedata.category(c).startswith("C") for c in user):
         # Bytes the terminal's encoding does not read (argv holds them as surrogates) were a
         # UnicodeEncodeError traceback from SQLite; no name with them, or with a control
         # character, can be counted: a claimed name must be one the store could enroll.
