@@ -557,3 +557,29 @@ def test_a_hash_escaped_to_a_lone_surrogate_is_damage_not_a_traceback(tmp_path: 
     assert any("unreadable anchor (the hash is not ASCII text)" in x for x in problems)
     AuditLog(q, key=key).append("service_start")  # raised UnicodeEncodeError
     assert any("anchor missing or unreadable" in x for x in verify(q, key=key).problems)
+
+
+def test_verify_reads_the_log_line_by_line_not_whole(tmp_path: Path) -> None:
+    # Read whole and split, a log took more than twice its size in memory: a busy door's
+    # year (117 MB) needed 359 MB, more than a Pi Zero 2 W has beside the daemon.
+    import tracemalloc
+
+    from voxgate.audit import GENESIS, canonical, line_hash
+
+    p = tmp_path / "audit.jsonl"
+    head = GENESIS
+    with open(p, "wb") as f:
+        for seq in range(1, 8001):
+            rec = {"seq": seq, "ts": 1.0, "event": "decision", "pad": "x" * 900, "prev": head}
+            rec["hash"] = head = line_hash(rec)
+            f.write(canonical(rec) + b"\n")
+    anchor_path_for(p).write_text(json.dumps({"seq": 8000, "hash": head}))
+    size = p.stat().st_size
+    tracemalloc.start()
+    try:
+        rep = verify(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rep.ok and rep.lines == 8000, rep.problems
+    assert peak < size / 2, (peak, size)
