@@ -338,10 +338,13 @@ class AuditLog:
         body: dict[str, Any] = {"seq": self.seq, "hash": self.head}
         if self.key:
             body["mac"] = anchor_mac(self.key, self.seq, self.head)
-        tmp = self.anchor.with_name(self.anchor.name + ".tmp")
+        # A fresh name, made new (O_EXCL, O_NOFOLLOW): at the fixed "<anchor>.tmp", a link
+        # the folder's owner (the service user) left there had a root shell's `voxgate users
+        # erase` truncate and overwrite the file it pointed at, /etc/shadow as well as any.
+        tmp = self.anchor.with_name(f".{self.anchor.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
         try:
             # 0600 like the log itself, whatever the umask of the command writing it.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with open(fd, "wb") as f:
                 f.write(canonical(body) + b"\n")
                 if self.fsync:
@@ -355,6 +358,8 @@ class AuditLog:
                 finally:
                     os.close(dfd)
         except OSError as exc:
+            with contextlib.suppress(OSError):  # no copy left per failed write (full disk)
+                tmp.unlink()
             self.write_errors += 1
             if self._anchor_log.allow():  # once, not for every line while the disk is full
                 log.error(

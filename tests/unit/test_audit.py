@@ -583,3 +583,39 @@ def test_verify_reads_the_log_line_by_line_not_whole(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert rep.ok and rep.lines == 8000, rep.problems
     assert peak < size / 2, (peak, size)
+
+
+def test_the_anchor_is_not_written_through_a_link_left_at_a_temporary_name(
+    tmp_path: Path,
+) -> None:
+    # The service user owns the data folder; a root shell's `voxgate users erase` writes the
+    # anchor there. A link at the fixed "<anchor>.tmp" had it truncate and overwrite the
+    # file the link pointed at.
+    p = tmp_path / "audit.jsonl"
+    victim = tmp_path / "shadow"
+    victim.write_text("root:secret\n")
+    (tmp_path / "audit.jsonl.anchor.tmp").symlink_to(victim)
+    log = AuditLog(p)
+    log.append("erase", user="bob")
+    assert victim.read_text() == "root:secret\n"
+    assert verify(p).ok
+    assert sorted(x.name for x in tmp_path.iterdir()) == [
+        "audit.jsonl",
+        "audit.jsonl.anchor",
+        "audit.jsonl.anchor.tmp",  # the link, left as it was
+        "shadow",
+    ]
+
+
+def test_a_failed_anchor_write_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = tmp_path / "audit.jsonl"
+    log = AuditLog(p)
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    log.append("x")
+    assert [x.name for x in tmp_path.iterdir()] == ["audit.jsonl"]  # a fresh name each time
