@@ -226,7 +226,7 @@ class AuditLog:
         stayed behind until the next line: on a quiet door for hours, and a power cut then
         left a log that `voxgate audit verify` reports as appended to without its anchor."""
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | _no_follow(self.path))
         except OSError:
             return
         try:
@@ -264,7 +264,9 @@ class AuditLog:
 
     def _flush_locked(self) -> list[dict[str, Any]]:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(
+                self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _no_follow(self.path), 0o600
+            )
         except OSError as exc:
             self._write_failed(exc)
             return []
@@ -321,6 +323,8 @@ class AuditLog:
         self.write_errors += 1
         if self._write_log.allow():
             why = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            if exc.errno == errno.ELOOP:
+                why = _LINK_ADVICE
             log.error(
                 "audit log %s: cannot write (%s); keeping %d line(s) in memory and going on",
                 self.path,
@@ -386,9 +390,10 @@ class AuditLog:
                     "(look inside first) and start again"
                 )
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _no_follow(self.path), 0o600)
         except OSError as exc:
-            log.error("audit log %s: cannot open (%s)", self.path, exc)
+            why = _LINK_ADVICE if exc.errno == errno.ELOOP else exc
+            log.error("audit log %s: cannot open (%s)", self.path, why)
             return events
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -474,6 +479,26 @@ class AuditLog:
             "log_seq": self.seq,
             "log_hash": self.head,
         }
+
+
+def _no_follow(path: Path) -> int:
+    """O_NOFOLLOW for a root process writing the log in a folder another user owns (a root
+    shell's `voxgate users erase` in the service's data folder), else 0. That user could
+    leave the log as a link to a root file, /root/.bashrc as well as any, and root appended
+    its JSON lines there, one of them quoting what the anchor file (theirs too) says: a
+    `$(...)` a login shell would run."""
+    if os.geteuid() != 0:
+        return 0
+    try:
+        return os.O_NOFOLLOW if os.stat(path.parent).st_uid != 0 else 0
+    except OSError:
+        return 0
+
+
+_LINK_ADVICE = (
+    "it is a symbolic link in a folder another user owns, which a root command does not "
+    "write through: set audit.path to the file itself"
+)
 
 
 def _signed(anchor: Path) -> bool:

@@ -619,3 +619,27 @@ def test_a_failed_anchor_write_leaves_no_temporary_file(
     monkeypatch.setattr(os, "replace", full)
     log.append("x")
     assert [x.name for x in tmp_path.iterdir()] == ["audit.jsonl"]  # a fresh name each time
+
+
+def test_a_root_command_does_not_append_through_a_link_the_folders_owner_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The service user owns the data folder and can leave audit.jsonl as a link to a root
+    # file; `sudo voxgate users erase` appended its lines there, one quoting the anchor (also
+    # theirs): a "$(...)" in /root/.bashrc runs at root's next login.
+    import logging
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        os.chown(folder, 1234, 1234)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    victim = tmp_path / "bashrc"
+    victim.write_text("alias ll='ls -l'\n")
+    (folder / "audit.jsonl").symlink_to(victim)
+    anchor_path_for(folder / "audit.jsonl").write_text('{"seq": 9, "hash": "$(id>/tmp/x)"}')
+    with caplog.at_level(logging.ERROR, logger="voxgate.audit"):
+        log = AuditLog(folder / "audit.jsonl")
+        log.append("erase", user="bob")
+    assert victim.read_text() == "alias ll='ls -l'\n"
+    assert log.pending and "which a root command does not write through" in caplog.text
