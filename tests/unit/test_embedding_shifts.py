@@ -128,3 +128,10 @@ def test_one_shift_keeps_the_cohort_tie(tmp_path: Path) -> None:
 def test_bad_short_shifts_is_refused(tmp_path: Path, short: str, extra: str, match: str) -> None:
     with pytest.raises(ModelError, match=match):
         load_embedder(card_with(tmp_path, "bad.yaml", short, extra))
+
+
+def test_network_runs_count_the_shifts(pair: tuple[SpeakerEmbedder, SpeakerEmbedder]) -> None:
+    # voxgate bench prints this as "windows": the network's runs, which the shifts multiply.
+    one, four = pair
+    assert one.network_runs(16000) == 1 and four.network_runs(16000) == 4
+    assert four.network_runs(16000 * 3) == len(four.window_starts(16000 * 3)) == 2

@@ -140,6 +140,13 @@ class SpeakerEmbedder:
                 starts.append(start)
             return starts
 
+    def network_runs(self, n_samples: int) -> int:
+        """How many windows the network runs on for speech this long (sliding windows):
+        one per window, or one per shift for short speech the card repeats."""
+        if self._repeats(n_samples):
+            return min(self._win.short_shifts, max(1, self.frontend.default_frames(n_samples)))
+        return len(self.window_starts(n_samples))
+
     def _gains(self, audio: np.ndarray, starts: list[int], from_int16: bool = False) -> np.ndarray:
         """Power gain per window: level normalisation over the audio up to the window's end.
         `from_int16`: `audio` is int16 samples / 32768 (a faster, identical sum)."""
