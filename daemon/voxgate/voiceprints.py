@@ -56,6 +56,11 @@ class WrongKey(StoreError):
     """The key does not open this store (it was sealed with another one)."""
 
 
+class KeyMissing(StoreError):
+    """No voiceprint key was given (no file, credential or variable); str() names where it
+    was looked for and what to do."""
+
+
 class Damaged(StoreError):
     """The file is not a voiceprint store this build can use (not SQLite, damaged, another
     program's database, a newer schema, a folder): restarting cannot fix it, an admin must."""
@@ -208,7 +213,7 @@ def load_key(speaker_cfg: Any, store: Path | None = None) -> bytes:
                 "create a key with: voxgate users init-key FILE, then set speaker.key_file: "
                 "FILE in the config"
             )
-        raise StoreError(f"{exc}; {hint}") from None
+        raise KeyMissing(f"{exc}; {hint}") from None
     assert raw is not None
     try:
         return parse_key(raw)
