@@ -277,3 +277,34 @@ def test_a_report_naming_another_door_is_not_logged_as_this_doors_refusal(
         f"MQTT: refusal report on {topic} names device 'back-door', not this door "
         f"({DEV}): ignored" in caplog.text
     ), caplog.text
+
+
+
+def test_reports_naming_another_door_cannot_hide_this_doors_refusals(
+    acl_broker: Broker, door: MqttLink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reports naming another door were ignored within the same log limit as this door's
+    real refusals: a neighbour's lock sending a burst of them held back the ERROR line of
+    this door's next refusal for the rest of the minute."""
+    from voxgate.mqtt.client import REFUSAL_LOG_BURST
+
+    lock = _client(acl_broker, "lock-front")
+    topic = f"voxgate/{DEV}/decision/refused"
+    stray = {"v": 1, "device": "back-door", "reason": "expired", "detail": "late", "seq": 9}
+    mine = {"v": 1, "device": DEV, "reason": "expired", "detail": "expired 3 s ago", "seq": 7}
+    with caplog.at_level(logging.WARNING, logger="voxgate.mqtt.client"):
+        try:
+            time.sleep(0.3)
+            for _ in range(REFUSAL_LOG_BURST + 5):
+                lock.publish(topic, json.dumps(stray), qos=1).wait_for_publish(5)
+            lock.publish(topic, json.dumps(mine), qos=1).wait_for_publish(5)
+            wait_until(lambda: door.stats["lock_refusals"] == 1, 10, "this door's refusal")
+        finally:
+            lock.disconnect()
+            lock.loop_stop()
+    assert caplog.text.count("names device 'back-door'") == REFUSAL_LOG_BURST
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        "MQTT: the lock REFUSED decision seq=7: expired (expired 3 s ago); the door's and the "
+        "lock's clocks differ, or the decision was held up on the way: check NTP on both"
+    ], caplog.text
