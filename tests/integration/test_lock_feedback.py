@@ -279,7 +279,6 @@ def test_a_report_naming_another_door_is_not_logged_as_this_doors_refusal(
     ), caplog.text
 
 
-
 def test_reports_naming_another_door_cannot_hide_this_doors_refusals(
     acl_broker: Broker, door: MqttLink, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -308,3 +307,56 @@ def test_reports_naming_another_door_cannot_hide_this_doors_refusals(
         "MQTT: the lock REFUSED decision seq=7: expired (expired 3 s ago); the door's and the "
         "lock's clocks differ, or the decision was held up on the way: check NTP on both"
     ], caplog.text
+
+
+def test_junk_on_the_decision_topic_is_not_taken_for_a_version_mismatch(
+    tmp_path: Path, acl_broker: Broker, door: MqttLink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bytes that are not a decision, published on the door's decision topic by something
+    other than the door (here a tool with the door's account), were reported by the lock as
+    `malformed` and logged by the door as an ERROR telling its administrator to "compare the
+    voxgate versions". They are now named for what they are, with the bytes received, as a
+    warning within a limit of their own: a stream of them, or of reports naming another
+    door, no longer uses up the lines of this door's real refusals."""
+    from voxgate.mqtt.client import REFUSAL_LOG_BURST
+
+    lock = ActuatorProcess(
+        tmp_path, acl_broker, {DEV: write_key(tmp_path / "front.key", KEY)}, user="lock-front"
+    ).start()
+    tool = _client(acl_broker, "front-door")
+    neighbour = _client(acl_broker, "lock-front")
+    issuer = Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=30)
+    topic = f"voxgate/{DEV}/decision"
+    stray = {"v": 1, "device": "back-door", "reason": "expired", "detail": "late", "seq": 9}
+    try:
+        with caplog.at_level(logging.INFO, logger="voxgate.mqtt.client"):
+            tool.publish(topic, b"hello from a test tool", qos=1).wait_for_publish(5)
+            wait_until(lambda: "not a voxgate decision" in caplog.text, 10, "the door's line")
+            for _ in range(REFUSAL_LOG_BURST):
+                tool.publish(topic, b"hello from a test tool", qos=1).wait_for_publish(5)
+                neighbour.publish(f"{topic}/refused", json.dumps(stray), qos=1).wait_for_publish(5)
+            wait_until(lambda: "held back" in caplog.text, 10, "the stray reports' limit")
+            # Then a real refusal of this door's own decision: the same grant twice.
+            grant = issuer.issue("granted", "alice", time.time())
+            assert door.publish_decision(grant)
+            wait_until(lambda: len(lock.actions()) == 1, 10, "the grant acted on")
+            tool.publish(topic, sign(grant, KEY), qos=1).wait_for_publish(5)
+            wait_until(lambda: door.stats["lock_refusals"] == 1, 10, "the replay refused")
+    finally:
+        for c in (tool, neighbour):
+            c.disconnect()
+            c.loop_stop()
+        lock.stop()
+    text = caplog.text
+    assert "compare the voxgate versions" not in text, text
+    junk = [r for r in caplog.records if "not a voxgate decision" in r.getMessage()]
+    assert junk and all(r.levelno == logging.WARNING for r in junk)
+    assert "received 22 bytes: b'hello from a test tool'" in junk[0].getMessage()
+    assert "broker ACL" in junk[0].getMessage()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        f"MQTT: the lock REFUSED granted seq={grant.seq}: replayed "
+        f"(seq {grant.seq} <= last accepted {grant.seq}); the lock already accepted a "
+        "higher sequence number from this door (data folder restored? see 'Sequence "
+        "numbers and restored doors' in docs/mqtt.md)"
+    ], text

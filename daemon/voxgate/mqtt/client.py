@@ -344,8 +344,8 @@ class MqttLink:
             REFUSAL_LOG_BURST, REFUSAL_LOG_EVERY_S, what="MQTT lock refusal reports", logger=log
         )
         # Reports that are not about this door's own decisions (unreadable, naming another
-        # door): their own limit, so that a chatty neighbour cannot use up the lines of this
-        # door's refusals.
+        # door, a message that was no decision): their own limit, so that a chatty
+        # neighbour or a stream of junk cannot use up the lines of this door's refusals.
         self._stray_report_log = LogLimit(
             REFUSAL_LOG_BURST,
             REFUSAL_LOG_EVERY_S,
@@ -717,6 +717,16 @@ class MqttLink:
                     self.topics.decision_refused,
                     r.device,
                     self.device_id,
+                )
+            return
+        if r.reason == "not-a-decision":
+            # Not one of this door's decisions (it sent no such bytes): nobody is outside.
+            if self._stray_report_log.allow():
+                log.warning(
+                    "MQTT: the lock refused a message on this door's decision topic that is "
+                    "not a voxgate decision: %s; %s",
+                    r.detail or "no detail",
+                    ADVICE[r.reason],
                 )
             return
         self._count("lock_refusals")
