@@ -529,7 +529,7 @@ class SequenceCounter:
             if self._save_log.allow():
                 log.error(
                     "decision sequence %s: cannot save (%s); numbering goes on from memory "
-                    "and is saved again once there is room; %s",
+                    "and is saved again once the file can be written; %s",
                     self._state.path,
                     "disk full" if exc.errno == errno.ENOSPC else exc.strerror or exc,
                     what_to_do(self._state.path),

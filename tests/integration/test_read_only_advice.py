@@ -28,7 +28,7 @@ def test_a_read_only_disk_is_named_as_such_not_as_full(
             subprocess.run(["mount", "-o", "remount,rw", str(data)], check=True)
         said = [r.getMessage() for r in caplog.records if "decision sequence" in r.getMessage()]
         assert said and "read-only file system" in said[0], said
-        assert "free space" not in said[0], said
+        assert "free space" not in said[0] and "once there is room" not in said[0], said
 
         # A full disk is still told to free space.
         caplog.clear()
