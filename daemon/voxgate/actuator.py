@@ -85,6 +85,16 @@ def default_client_id(cfg: ActuatorConfig) -> str:
     return new
 
 
+SHOWN_BYTES = 60  # of a message that is not a decision, quoted in the refusal
+
+
+def _shown(payload: bytes) -> str:
+    """The start of a message for a log line and a report: its length and first bytes,
+    escaped (repr) so no control character reaches a log."""
+    cut = "..." if len(payload) > SHOWN_BYTES else ""
+    return f"{len(payload)} bytes: {payload[:SHOWN_BYTES]!r}{cut}"
+
+
 class ActuatorSetupError(Exception):
     """The actuator cannot start (bad config, missing key, unreadable state); a user message."""
 
@@ -294,6 +304,13 @@ class Actuator:
             self._rewound(exc)
             return None
         except DecisionError as exc:
+            if exc.reason == "malformed" and not exc.signed:
+                # Not signed, not even a signed envelope: bytes from something other than
+                # the door (a test tool, a misrouted client). Reported as "malformed", the
+                # door's log told its administrator to compare the voxgate versions.
+                detail = f"{exc.detail}; received {_shown(payload)}"
+                self._reject(topic, "not-a-decision", detail, device)
+                return None
             self._reject(topic, exc.reason, exc.detail, device, exc.decision)
             return None
         except OSError as exc:

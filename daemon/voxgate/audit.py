@@ -571,19 +571,84 @@ def records_naming(path: Path, name: str) -> list[dict[str, Any]]:
     return found
 
 
-def open_log(cfg: Any) -> AuditLog:
+def open_log(cfg: Any, *, note_loss: bool = False) -> AuditLog:
     """The audit log a VoxgateConfig names, for the daemon and for commands that change
-    users (`enrollment`, `erase` events): AuditLog(cfg...).append("erase", user=name)."""
+    users (`enrollment`, `erase` events): AuditLog(cfg...).append("erase", user=name).
+
+    `note_loss` (the daemon's start): when neither the log nor its anchor is there but the
+    door's other files show it has run, the new log begins with an `audit_log_lost` line
+    naming what was found, which `verify` reports. Without it a daemon started after the
+    loss began a log that verified as intact. Only the daemon asks: a command that changes
+    users has made its trace (an enrollment's voiceprint) before it writes its first line."""
     from voxgate.config.secrets import read_secret
 
+    path = Path(cfg.audit.path or cfg.data_dir / "audit.jsonl")
+    # Looked at before AuditLog creates the file. On a fresh door the daemon's first start
+    # finds none of the traces: it makes lockout.db only after this.
+    lost = traces_of_use(path, cfg) if note_loss and log_gone(path) else []
     # A key_file that is named must be there: skipping it would leave the anchor unsigned
     # while the config says it is signed.
     key_file = cfg.audit.key_file
-    return AuditLog(
-        cfg.audit.path or cfg.data_dir / "audit.jsonl",
+    audit = AuditLog(
+        path,
         fsync=cfg.audit.fsync == "always",
         key=read_secret("audit-key", key_file, required=key_file is not None),
     )
+    if lost:
+        log.error(
+            "audit log %s and its anchor are missing, but this door has run (%s): its "
+            "history is lost (deleted, or a data folder restored without it); the new log "
+            "begins by recording that",
+            path,
+            "; ".join(lost),
+        )
+        audit.append("audit_log_lost", log=str(path), found=lost)
+    return audit
+
+
+def log_gone(path: Path) -> bool:
+    """Neither the log nor its anchor is there."""
+    return absent(path) and absent(anchor_path_for(path))
+
+
+def absent(path: Path) -> bool:
+    """Whether `path` is not there. A file this user may not see (a data folder only the
+    service's user can enter) is not absent: verify() then says it cannot be read, where
+    Path.exists() raised PermissionError."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def traces_of_use(log: Path, cfg: Any) -> list[str]:
+    """What shows the door has written audit lines before: each of these files is made only
+    by something that is audited (a signed decision, the daemon's start, an enrollment).
+    `cfg` None (a FILE given without -c): the files beside the log, by their default names."""
+    from voxgate.voiceprints import sealed_count
+
+    data = Path(cfg.data_dir) if cfg is not None else log.parent
+    seq_file = data / "decision-seq.json"
+    lockout = Path(cfg.lockout.path or data / "lockout.db") if cfg else data / "lockout.db"
+    prints = (
+        Path(cfg.speaker.database or data / "voiceprints.db") if cfg else data / "voiceprints.db"
+    )
+    found = []
+    try:
+        seq = loads(seq_file.read_text(encoding="utf-8")).get("seq")
+    except (OSError, ValueError, AttributeError):
+        seq = None
+    if isinstance(seq, int) and seq > 0:
+        found.append(f"{seq_file} shows signed decisions (seq {seq})")
+    if not absent(lockout):
+        found.append(f"{lockout} exists (made at the daemon's start)")
+    count = sealed_count(prints)
+    if count:
+        found.append(f"{prints} holds {count} voiceprint(s)")
+    return found
 
 
 @dataclass
@@ -665,6 +730,12 @@ def _check_lines(lines: Iterable[bytes], rep: VerifyReport, hashes: dict[int, st
             rep.problems.append(f"line {n}: seq {got_seq!r} where {seq + 1} was expected")
         if rec.get("event") == "audit_anchor_gap" and (why := _gap_problem(rec, hashes)):
             rep.problems.append(f"line {n}: the writer found {why}: {raw.decode()}")
+        elif rec.get("event") == "audit_log_lost":
+            # The log was begun again: what came before it cannot be checked, ever.
+            rep.problems.append(
+                f"line {n}: the daemon found the audit log and its anchor missing on a door "
+                f"that had run; the history before this line is lost: {raw.decode()}"
+            )
         elif rec.get("event") in ("audit_anchor_gap", "audit_torn_tail"):
             rep.notes.append(f"line {n}: the daemon recorded {rec['event']}: {raw.decode()}")
         prev, seq = got_hash, got_seq if type(got_seq) is int else seq + 1

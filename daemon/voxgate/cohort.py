@@ -180,9 +180,13 @@ def preprocessing(embedder: Any) -> dict[str, Any] | None:
     if card is None:
         return None
     trim = getattr(card, "trim", None)
+    windowing = card.windowing.model_dump()
+    if windowing.get("short_shifts") == 1:
+        # One shift embeds as cards did before the setting existed: their cohorts still fit.
+        del windowing["short_shifts"]
     return {
         "frontend": card.frontend.model_dump(),
-        "windowing": card.windowing.model_dump(),
+        "windowing": windowing,
         "trim": trim.model_dump() if trim is not None else None,
     }
 

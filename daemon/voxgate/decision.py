@@ -61,6 +61,9 @@ class DecisionError(Exception):
         # The authentic decision refused (stale, replayed, ...), set by verify(); None when
         # the message was not one (forged, malformed): a lock's refusal report names its seq.
         self.decision: Decision | None = None
+        # The signature matched (set by open_sealed and verify): the sender holds the key,
+        # so a body it cannot read is another version's, not a stranger's bytes.
+        self.signed = False
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
@@ -232,7 +235,9 @@ def open_sealed(payload: bytes, key: bytes, domain: bytes, max_size: int = MAX_P
     try:
         return json.loads(body)
     except (ValueError, RecursionError):
-        raise DecisionError("malformed", "body is not JSON") from None
+        unread = DecisionError("malformed", "body is not JSON")
+        unread.signed = True
+        raise unread from None
 
 
 def sign(decision: Decision, key: bytes) -> bytes:
@@ -257,10 +262,16 @@ def verify(
     the topic). `max_skew_s`: how far in the future issued_at may be (clock differences).
     The replay guard is updated only when every other check passed.
     """
-    d = Decision.from_body(open_sealed(payload, key, DECISION_DOMAIN))
+    body = open_sealed(payload, key, DECISION_DOMAIN)
+    try:
+        d = Decision.from_body(body)
+    except DecisionError as exc:
+        exc.signed = True
+        raise
     try:
         _check(d, now, replay_guard, device, max_skew_s)
     except DecisionError as exc:
+        exc.signed = True
         exc.decision = d
         raise
     return d
@@ -520,7 +531,7 @@ class SequenceCounter:
             if self._save_log.allow():
                 log.error(
                     "decision sequence %s: cannot save (%s); numbering goes on from memory "
-                    "and is saved again once there is room; %s",
+                    "and is saved again once the file can be written; %s",
                     self._state.path,
                     "disk full" if exc.errno == errno.ENOSPC else exc.strerror or exc,
                     what_to_do(self._state.path),

@@ -258,7 +258,8 @@ class EmbeddingCache:
             for rec, emb, q, stamp in zip(meta["recordings"], all_emb, meta["quality"],
                                           meta["file_sha256"], strict=True):  # fmt: skip
                 embs[rec] = emb if np.all(np.isfinite(emb)) else None
-                quality[rec] = Quality(**q)
+                if q is not None:  # None: not read again yet by this gate (see save)
+                    quality[rec] = Quality(**q)
                 stamps[rec] = stamp
             errors = {str(k): str(v) for k, v in meta.get("errors", {}).items()}
             if meta.get("quality_reading") != READING:
@@ -280,8 +281,9 @@ class EmbeddingCache:
     def save(self) -> None:
         if self.cache_file is None:
             return
-        # Without a reading (a Ctrl-C while an older cache's were made again), not kept.
-        recs = sorted(r for r in self._emb if r not in self.unreadable and r in self._quality)
+        # A recording without a reading (a Ctrl-C while an older gate's were read again) is
+        # kept with quality null: the next run reads it again, without embedding it again.
+        recs = sorted(r for r in self._emb if r not in self.unreadable)
         if not recs:
             return
         emb = np.stack(
@@ -293,7 +295,7 @@ class EmbeddingCache:
             "preprocess": self.preprocess,
             "vad": self.vad,
             "recordings": recs,
-            "quality": [self._quality[r].__dict__ for r in recs],
+            "quality": [q.__dict__ if (q := self._quality.get(r)) else None for r in recs],
             "quality_reading": READING,
             "file_sha256": [self._stamps.get(r) for r in recs],
             # Reported again by the next run, which reuses these recordings' missing embeddings.
@@ -340,47 +342,60 @@ class EmbeddingCache:
         except OSError:
             return None
 
-    def fill(self, recordings: Iterable[str], progress: Callable[[int, int], None]) -> None:
+    def fill(
+        self,
+        recordings: Iterable[str],
+        progress: Callable[[int, int], None],
+        reread: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Embed what the cache lacks, with progress(n, total); then read again the quality of
+        recordings whose cached embeddings an older gate read, with reread(n, total) (default:
+        progress). Either may be interrupted: save() keeps what was done."""
         stamps = {r: self._stamp(r) for r in dict.fromkeys(recordings)}
-        todo = [
+        fresh = [
             r
             for r, st in stamps.items()
             if r not in self._emb or st is None or self._stamps.get(r) != st
         ]
-        fresh = set(todo)
+        done = set(stamps) - set(fresh)
         # Embedded already, but read by an older gate: read again, not embedded again.
-        todo += [r for r in stamps if r not in fresh and r not in self._quality]
+        again = [r for r in stamps if r in done and r not in self._quality]
         for r in stamps:  # in protocol order, as fill() reports them
-            if r not in fresh and r in self._cached_errors:
+            if r in done and r in self._cached_errors:
                 self.errors[r] = self._cached_errors[r]
-        for n, rec in enumerate(todo, 1):
-            if rec in fresh:
-                # Forgotten until it is done again: a Ctrl-C halfway must not leave the old
-                # embedding saved under the new stamp (save() keeps what is done).
-                self._emb.pop(rec, None)
-                self._stamps[rec] = stamps[rec]
-            try:
-                pcm = load_recording(self.root, rec)
-            except AudioError as exc:  # a corrupt or missing file: counted, the run goes on
-                self.errors[rec] = str(exc)
-                self.unreadable.add(rec)
-                log.warning("%s: no embedding: %s", rec, exc)
-                self._emb[rec] = None
-                progress(n, len(todo))
-                continue
-            self._quality[rec] = assess(pcm, self.vad_cfg)
-            if rec not in fresh:
-                progress(n, len(todo))
-                continue
-            try:
-                emb = self.embedder.embed(pcm)
-            except Exception as exc:  # TooShort, or audio the model cannot take
-                self.errors[rec] = str(exc)
-                log.warning("%s: no embedding: %s", rec, exc)
-                emb = None
-            self._emb[rec] = emb
-            self._by_hash[hashlib.sha1(pcm.tobytes()).hexdigest()] = emb
-            progress(n, len(todo))
+        for n, rec in enumerate(fresh, 1):
+            # Forgotten until it is done again: a Ctrl-C halfway must not leave the old
+            # embedding saved under the new stamp (save() keeps what is done).
+            self._emb.pop(rec, None)
+            self._stamps[rec] = stamps[rec]
+            pcm = self._read(rec)
+            if pcm is not None:
+                try:
+                    emb = self.embedder.embed(pcm)
+                except Exception as exc:  # TooShort, or audio the model cannot take
+                    self.errors[rec] = str(exc)
+                    log.warning("%s: no embedding: %s", rec, exc)
+                    emb = None
+                self._emb[rec] = emb
+                self._by_hash[hashlib.sha1(pcm.tobytes()).hexdigest()] = emb
+            progress(n, len(fresh))
+        for n, rec in enumerate(again, 1):
+            self._read(rec)
+            (reread or progress)(n, len(again))
+
+    def _read(self, rec: str) -> np.ndarray | None:
+        """The recording's audio, its quality reading taken; None (counted) when it cannot
+        be read."""
+        try:
+            pcm = load_recording(self.root, rec)
+        except AudioError as exc:  # a corrupt or missing file: counted, the run goes on
+            self.errors[rec] = str(exc)
+            self.unreadable.add(rec)
+            log.warning("%s: no embedding: %s", rec, exc)
+            self._emb[rec] = None
+            return None
+        self._quality[rec] = assess(pcm, self.vad_cfg)
+        return pcm
 
     def get(self, rec: str) -> np.ndarray | None:
         return self._emb[rec]
@@ -688,9 +703,15 @@ def evaluate(
     recordings = [r for recs in es.enroll.values() for r in recs] + [r for _, r, _ in es.trials]
     noop: Callable[[int, int], None] = lambda n, total: None  # noqa: E731
     try:
-        cache.fill(recordings, _progress_printer(f"embedding {es.name}") if progress else noop)
+        cache.fill(
+            recordings,
+            _progress_printer(f"embedding {es.name}") if progress else noop,
+            # Only the quality gate's readings (an older gate's in the cache), not embedding.
+            _progress_printer(f"re-reading {es.name} (quality only)") if progress else noop,
+        )
     except KeyboardInterrupt:
-        # Ctrl-C: what was embedded is kept, so a rerun with the same --out embeds the rest.
+        # Ctrl-C: what was embedded or read again is kept, so a rerun with the same --out
+        # does only the rest.
         with _writing(out_dir):
             cache.save()
         raise

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from voxgate.ownership import create_whole, disk_hint, disk_is_full
+from voxgate.ownership import create_whole, disk_hint, disk_is_full, is_read_only
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ class StoreError(Exception):
 
 class WrongKey(StoreError):
     """The key does not open this store (it was sealed with another one)."""
+
+
+class KeyMissing(StoreError):
+    """No voiceprint key was given (no file, credential or variable); str() names where it
+    was looked for and what to do."""
 
 
 class Damaged(StoreError):
@@ -208,7 +213,7 @@ def load_key(speaker_cfg: Any, store: Path | None = None) -> bytes:
                 "create a key with: voxgate users init-key FILE, then set speaker.key_file: "
                 "FILE in the config"
             )
-        raise StoreError(f"{exc}; {hint}") from None
+        raise KeyMissing(f"{exc}; {hint}") from None
     assert raw is not None
     try:
         return parse_key(raw)
@@ -417,15 +422,28 @@ class VoiceprintStore:
             full = type(exc) is StoreError and self.path.is_file() and disk_is_full(self.path)
             if not (self._read_when_full and full):
                 raise
-            log.error(
-                "%s; reading it: enrolled users are verified as usual, enrolling and erasing "
-                "fail (saying so) until there is room, and it is opened for writing again "
-                "then, without a restart",
-                exc,
-            )
+            if is_read_only(self.path):
+                # Full and read-only (a card the kernel remounted after errors): freeing
+                # space cannot be done, so "until there is room" had nothing to wait for.
+                why = "the file system is read-only"
+                log.error(
+                    "%s; reading it: enrolled users are verified as usual, enrolling and "
+                    "erasing fail (saying so). A read-only file system does not pass by "
+                    "itself: once it is writable again and has room, the store is opened for "
+                    "writing without a restart",
+                    exc,
+                )
+            else:
+                why = "the disk is full"
+                log.error(
+                    "%s; reading it: enrolled users are verified as usual, enrolling and "
+                    "erasing fail (saying so) until there is room, and it is opened for "
+                    "writing again then, without a restart",
+                    exc,
+                )
             self._read_only = self._full = True
             try:
-                self._connect_read_only("the disk is full")
+                self._connect_read_only(why)
             finally:
                 self._read_only = False
 

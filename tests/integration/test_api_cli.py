@@ -132,6 +132,43 @@ def test_an_erase_through_the_standalone_api_is_audited(
     assert proc.returncode == 0, out + err
 
 
+def test_the_standalone_api_without_the_voiceprint_key_serves_what_does_not_need_it(
+    tmp_path: Path,
+) -> None:
+    """`voxgate api` refused to start without the voiceprint key, although health, decisions
+    and config read no voiceprint: an integrator had to hand the biometric key to a process
+    that only shows decisions. Now those work, and the user endpoints say which key is
+    missing (503 voiceprint_key_missing) instead of the server not being there at all."""
+    key_file = tmp_path / "voiceprint.key"  # named, never made
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(
+        f"device_id: door-cli\ndata_dir: {tmp_path}\nspeaker: {{key_file: {key_file}}}\n"
+    )
+    port = _free_port()
+    proc = _voxgate("api", "-c", str(cfg), "--port", str(port), env=_env(VOXGATE_API_TOKEN=TOKEN))
+    try:
+        status, body = _request(port, "GET", "/api/v1/health", proc)
+        assert status == 200 and body["status"] == "ok", body
+        assert "users" not in body and str(key_file) in body["voiceprints"], body
+        status, body = _request(port, "GET", "/api/v1/decisions", proc)
+        assert status == 200 and body["events"] == [], body
+        status, body = _request(port, "GET", "/api/v1/config", proc)
+        assert status == 200 and body["device_id"] == "door-cli", body
+        for method, path in (
+            ("GET", "/api/v1/users"),
+            ("GET", "/api/v1/users/alice/export"),
+            ("DELETE", "/api/v1/users/alice"),
+        ):
+            status, body = _request(port, method, path, proc)
+            assert status == 503 and body["error"] == "voiceprint_key_missing", (path, body)
+            assert "voiceprint-key" in body["message"] and str(key_file) in body["message"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "no voiceprint key" in err and "Traceback" not in err, err
+
+
 def test_api_command_refuses_to_start_without_a_token(tmp_path: Path) -> None:
     cfg = tmp_path / "voxgate.yaml"
     cfg.write_text(f"data_dir: {tmp_path}\napi: {{token_file: {tmp_path / 'missing'}}}\n")

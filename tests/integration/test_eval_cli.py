@@ -823,3 +823,53 @@ def test_ctrl_c_while_embedding_keeps_what_was_embedded(
     monkeypatch.setattr(evaluation, "_progress_printer", real)
     assert main(["eval", str(root), "--out", str(tmp_path / "fresh")]) == 0
     assert (out / "scores.csv").read_text() == (tmp_path / "fresh" / "scores.csv").read_text()
+
+
+def test_ctrl_c_while_re_reading_an_older_gates_readings_keeps_the_embeddings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cache whose quality readings an older gate made is read again without embedding.
+    Its progress said "embedding", and a Ctrl-C during it dropped every recording not yet
+    read again from the cache, so the next run embedded them all again. Now it says
+    "re-reading", and the rerun reads again only the rest, embedding nothing."""
+    import signal
+
+    import voxgate.evaluation as evaluation
+
+    root = _noise_set(tmp_path / "set", seed=1)
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+
+    def older_gate(meta: dict, emb: np.ndarray) -> tuple[dict, np.ndarray]:
+        meta.pop("quality_reading")
+        return meta, emb
+
+    _rewrite_cache(out, older_gate)
+    real = evaluation._progress_printer
+    seen: list[tuple[str, int, int]] = []
+
+    def interrupting(label: str) -> Callable[[int, int], None]:
+        show = real(label)
+
+        def step(n: int, total: int) -> None:
+            seen.append((label.split()[0], n, total))
+            show(n, total)
+            if n == 1 and total == 3:  # a real SIGINT, as the terminal sends it
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return step
+
+    monkeypatch.setattr(evaluation, "_progress_printer", interrupting)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # see above
+    try:
+        assert main(["eval", str(root), "--out", str(out)]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [("re-reading", 1, 3)], seen
+    assert "re-reading set (quality only): 1/3" in capsys.readouterr().err
+    seen.clear()
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    assert seen == [("re-reading", 1, 2), ("re-reading", 2, 2)], seen  # nothing embedded
+    monkeypatch.setattr(evaluation, "_progress_printer", real)
+    assert main(["eval", str(root), "--out", str(tmp_path / "fresh")]) == 0
+    assert (out / "scores.csv").read_text() == (tmp_path / "fresh" / "scores.csv").read_text()

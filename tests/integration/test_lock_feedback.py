@@ -277,3 +277,86 @@ def test_a_report_naming_another_door_is_not_logged_as_this_doors_refusal(
         f"MQTT: refusal report on {topic} names device 'back-door', not this door "
         f"({DEV}): ignored" in caplog.text
     ), caplog.text
+
+
+def test_reports_naming_another_door_cannot_hide_this_doors_refusals(
+    acl_broker: Broker, door: MqttLink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reports naming another door were ignored within the same log limit as this door's
+    real refusals: a neighbour's lock sending a burst of them held back the ERROR line of
+    this door's next refusal for the rest of the minute."""
+    from voxgate.mqtt.client import REFUSAL_LOG_BURST
+
+    lock = _client(acl_broker, "lock-front")
+    topic = f"voxgate/{DEV}/decision/refused"
+    stray = {"v": 1, "device": "back-door", "reason": "expired", "detail": "late", "seq": 9}
+    mine = {"v": 1, "device": DEV, "reason": "expired", "detail": "expired 3 s ago", "seq": 7}
+    with caplog.at_level(logging.WARNING, logger="voxgate.mqtt.client"):
+        try:
+            time.sleep(0.3)
+            for _ in range(REFUSAL_LOG_BURST + 5):
+                lock.publish(topic, json.dumps(stray), qos=1).wait_for_publish(5)
+            lock.publish(topic, json.dumps(mine), qos=1).wait_for_publish(5)
+            wait_until(lambda: door.stats["lock_refusals"] == 1, 10, "this door's refusal")
+        finally:
+            lock.disconnect()
+            lock.loop_stop()
+    assert caplog.text.count("names device 'back-door'") == REFUSAL_LOG_BURST
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        "MQTT: the lock REFUSED decision seq=7: expired (expired 3 s ago); the door's and the "
+        "lock's clocks differ, or the decision was held up on the way: check NTP on both"
+    ], caplog.text
+
+
+def test_junk_on_the_decision_topic_is_not_taken_for_a_version_mismatch(
+    tmp_path: Path, acl_broker: Broker, door: MqttLink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bytes that are not a decision, published on the door's decision topic by something
+    other than the door (here a tool with the door's account), were reported by the lock as
+    `malformed` and logged by the door as an ERROR telling its administrator to "compare the
+    voxgate versions". They are now named for what they are, with the bytes received, as a
+    warning within a limit of their own: a stream of them, or of reports naming another
+    door, no longer uses up the lines of this door's real refusals."""
+    from voxgate.mqtt.client import REFUSAL_LOG_BURST
+
+    lock = ActuatorProcess(
+        tmp_path, acl_broker, {DEV: write_key(tmp_path / "front.key", KEY)}, user="lock-front"
+    ).start()
+    tool = _client(acl_broker, "front-door")
+    neighbour = _client(acl_broker, "lock-front")
+    issuer = Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=30)
+    topic = f"voxgate/{DEV}/decision"
+    stray = {"v": 1, "device": "back-door", "reason": "expired", "detail": "late", "seq": 9}
+    try:
+        with caplog.at_level(logging.INFO, logger="voxgate.mqtt.client"):
+            tool.publish(topic, b"hello from a test tool", qos=1).wait_for_publish(5)
+            wait_until(lambda: "not a voxgate decision" in caplog.text, 10, "the door's line")
+            for _ in range(REFUSAL_LOG_BURST):
+                tool.publish(topic, b"hello from a test tool", qos=1).wait_for_publish(5)
+                neighbour.publish(f"{topic}/refused", json.dumps(stray), qos=1).wait_for_publish(5)
+            wait_until(lambda: "held back" in caplog.text, 10, "the stray reports' limit")
+            # Then a real refusal of this door's own decision: the same grant twice.
+            grant = issuer.issue("granted", "alice", time.time())
+            assert door.publish_decision(grant)
+            wait_until(lambda: len(lock.actions()) == 1, 10, "the grant acted on")
+            tool.publish(topic, sign(grant, KEY), qos=1).wait_for_publish(5)
+            wait_until(lambda: door.stats["lock_refusals"] == 1, 10, "the replay refused")
+    finally:
+        for c in (tool, neighbour):
+            c.disconnect()
+            c.loop_stop()
+        lock.stop()
+    text = caplog.text
+    assert "compare the voxgate versions" not in text, text
+    junk = [r for r in caplog.records if "not a voxgate decision" in r.getMessage()]
+    assert junk and all(r.levelno == logging.WARNING for r in junk)
+    assert "received 22 bytes: b'hello from a test tool'" in junk[0].getMessage()
+    assert "broker ACL" in junk[0].getMessage()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        f"MQTT: the lock REFUSED granted seq={grant.seq}: replayed "
+        f"(seq {grant.seq} <= last accepted {grant.seq}); the lock already accepted a "
+        "higher sequence number from this door (data folder restored? see 'Sequence "
+        "numbers and restored doors' in docs/mqtt.md)"
+    ], text

@@ -28,7 +28,7 @@ def test_a_read_only_disk_is_named_as_such_not_as_full(
             subprocess.run(["mount", "-o", "remount,rw", str(data)], check=True)
         said = [r.getMessage() for r in caplog.records if "decision sequence" in r.getMessage()]
         assert said and "read-only file system" in said[0], said
-        assert "free space" not in said[0], said
+        assert "free space" not in said[0] and "once there is room" not in said[0], said
 
         # A full disk is still told to free space.
         caplog.clear()
@@ -76,3 +76,38 @@ def test_the_voiceprint_store_and_rekey_name_a_read_only_disk_as_such(
     for text in said:
         assert f"{data} is on a read-only file system" in text, said
         assert "free space" not in text, said
+
+
+def test_the_daemons_store_on_a_full_read_only_disk_does_not_wait_for_room(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon reads its voiceprints from a full disk and writes again once there is
+    room. On a disk both full and read-only its ERROR named the read-only file system, then
+    said enrolling would work "until there is room": no room can be made there, and the
+    message sent the administrator to wait for, or free, space."""
+    import numpy as np
+
+    from voxgate.voiceprints import StoreError, VoiceprintStore
+
+    caplog.set_level(logging.ERROR, logger="voxgate")
+    key = bytes(range(32))
+    emb = np.random.default_rng(1).standard_normal((3, 256))
+    data = tmp_path / "data"
+    with small_fs(data, "1m"):
+        path = data / "voiceprints.db"
+        with VoiceprintStore(path, key) as store:
+            store.add_user("alice", emb, "test-model/1", {"takes": 3})
+        fill(data)
+        subprocess.run(["mount", "-o", "remount,ro", str(data)], check=True)
+        try:
+            with VoiceprintStore(path, key, read_when_full=True) as store:  # the daemon's
+                assert store.get("alice") is not None  # she is still let in
+                with pytest.raises(StoreError) as err:
+                    store.add_user("bob", emb, "test-model/1", {"takes": 3})
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(data)], check=True)
+    said = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert said and f"{data} is on a read-only file system" in said[0], said
+    assert "does not pass by itself" in said[0], said
+    assert "until there is room" not in said[0] and "free space" not in said[0], said
+    assert "read-only file system" in str(err.value) and "free space" not in str(err.value)

@@ -478,6 +478,37 @@ def test_verify_says_a_door_that_has_run_has_lost_its_log(tmp_path: Path, trace:
         assert "intact" not in lost.stdout
 
 
+def test_a_new_log_started_on_purpose_is_not_taken_for_a_lost_one(tmp_path: Path) -> None:
+    """docs/service.md, "Starting a new log on purpose": the log emptied in place and its
+    anchor deleted. The daemon's start (open_log with note_loss) must not record that as a
+    lost log, while the same door with both files deleted gets its audit_log_lost line."""
+    from voxgate.audit import open_log
+    from voxgate.config import load_config
+    from voxgate.config.service import LockoutConfig
+    from voxgate.lockout import LockoutBook
+
+    cfg_file = tmp_path / "voxgate.yaml"
+    cfg_file.write_text(f"data_dir: {tmp_path}\n")
+    cfg = load_config(cfg_file)
+    LockoutBook(tmp_path / "lockout.db", LockoutConfig()).close()  # the door has run
+    p = tmp_path / "audit.jsonl"
+    write_log(p, 3)
+    p.write_bytes(b"")
+    anchor_path_for(p).unlink()
+    open_log(cfg, note_loss=True).append("service_start")
+    assert [json.loads(x)["event"] for x in lines(p)] == ["service_start"]
+    assert verify(p).ok
+
+    p.unlink()
+    anchor_path_for(p).unlink()
+    open_log(cfg, note_loss=True).append("service_start")
+    events = [json.loads(x) for x in lines(p)]
+    assert [e["event"] for e in events] == ["audit_log_lost", "service_start"]
+    assert events[0]["found"] == [f"{tmp_path / 'lockout.db'} exists (made at the daemon's start)"]
+    rep = verify(p)
+    assert not rep.ok and "history before this line is lost" in rep.problems[0], rep.problems
+
+
 def _second_value_in_front(line: bytes) -> bytes:
     return line.replace(b'"user":"u2"', b'"user":"mallory","user":"u2"')
 

@@ -12,7 +12,7 @@ import pytest
 
 from voxgate.actuator import Actuator
 from voxgate.config.mqtt import ActuatorConfig
-from voxgate.decision import Issuer, SequenceCounter, sign
+from voxgate.decision import DECISION_DOMAIN, Issuer, SequenceCounter, seal, sign
 from voxgate.mqtt.refusal import RefusalError, parse_refusal, refusal_payload
 
 KEY = b"unit-test-feedback-decision-key"
@@ -44,15 +44,19 @@ def test_the_lock_reports_refusals_and_failed_actions_but_not_other_doors(
     a.act(a._jobs.get_nowait())  # the program exits 3: accepted, but the door stays shut
     a.handle("site/front-door/decision", sign(grant, KEY))  # replayed
     a.handle("site/front-door/decision", b"not json")
+    # Signed with the door's key but not a body this build reads: another voxgate version.
+    a.handle("site/front-door/decision", seal({"v": 1}, KEY, DECISION_DOMAIN))
     a.handle("site/back-door/decision", sign(grant, KEY))  # not a door of this lock: no one to tell
-    assert [t for t, _ in sent] == ["site/front-door/decision/refused"] * 3
+    assert [t for t, _ in sent] == ["site/front-door/decision/refused"] * 4
     got = [(b["reason"], b["seq"], b["outcome"]) for _, b in sent]
     assert got == [
         ("action-failed", grant.seq, "granted"),
         ("replayed", grant.seq, "granted"),
+        ("not-a-decision", None, None),
         ("malformed", None, None),
     ]
     assert sent[0][1]["detail"] == "command exited 3"
+    assert sent[2][1]["detail"].endswith("; received 8 bytes: b'not json'"), sent[2]
     assert all("alice" not in json.dumps(b) for _, b in sent)
 
 
@@ -67,7 +71,7 @@ def test_a_report_that_cannot_be_sent_does_not_stop_the_lock(
     a.publish = broken
     with caplog.at_level(logging.WARNING):
         assert a.handle("site/front-door/decision", b"{}") is None
-    assert a.rejected["malformed"] == 1
+    assert a.rejected["not-a-decision"] == 1
     assert "cannot report the refusal to site/front-door/decision/refused" in caplog.text
 
 

@@ -5,6 +5,7 @@ command writes the same file through its own connection as it would from a shell
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import yaml
 from voxgate.cli import main
 from voxgate.config.service import LockoutConfig
 from voxgate.lockout import LockoutBook
+from voxgate.service.datadir import hold_data_dir
 
 CFG = LockoutConfig(max_failures=3, device_max_failures=2, initial_s=3600)
 
@@ -47,7 +49,11 @@ def test_a_clear_reaches_the_running_book_and_is_audited(
     for _ in range(3):
         book.record("Anna", False)
     assert book.state("anna").locked
-    assert main(["lockout", "clear", "ANNA", "--wait", "0.3", "-c", str(door)]) == 0
+    held = hold_data_dir(_db(door).parent)  # as the running daemon does
+    try:
+        assert main(["lockout", "clear", "ANNA", "--wait", "0.3", "-c", str(door)]) == 0
+    finally:
+        os.close(held)
     out = capsys.readouterr().out
     assert "cleared 'anna': 3 consecutive failure(s), was locked until" in out
     assert "no running daemon applied it" in out  # the book has not looked yet
@@ -75,6 +81,22 @@ def test_a_clear_reaches_the_running_book_and_is_audited(
         "cli",
     )
     assert line["by"]
+
+
+def test_a_clear_with_no_daemon_running_says_so_at_once(
+    door: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing holds the data folder: the command waited its 5 s for a daemon that was not
+    there before asking whether it was stopped."""
+    book = _book(door)
+    for _ in range(3):
+        book.record("lena", False)
+    book.close()  # the daemon has stopped
+    assert main(["lockout", "clear", "lena", "-c", str(door)]) == 0  # the default --wait
+    out = capsys.readouterr().out
+    assert "cleared 'lena'" in out
+    assert f"no daemon is running on {_db(door).parent}" in out, out
+    assert "within" not in out and "is it stopped" not in out, out
 
 
 def test_clearing_the_door_drops_its_window_failures(

@@ -25,7 +25,7 @@ from voxgate.config import ConfigError, VoxgateConfig, parse_config
 from voxgate.embedding.errors import ModelError
 from voxgate.httplimits import REJECTED_LOG_BURST, REJECTED_LOG_EVERY_S
 from voxgate.logs import LogLimit
-from voxgate.voiceprints import BadName, StoreError, normalize_name
+from voxgate.voiceprints import BadName, KeyMissing, StoreError, normalize_name
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,13 @@ def create_app(
         log.error("API: voiceprint store: %s", exc)
         return _error(503, "store_unavailable", str(exc))
 
+    @app.errorhandler(KeyMissing)
+    def _no_key(exc: KeyMissing) -> tuple[Response, int]:
+        # `voxgate api` run without the key, as its start said: not logged as an error.
+        return _error(
+            503, "voiceprint_key_missing", f"this endpoint needs the voiceprint key: {exc}"
+        )
+
     # -- routes ---------------------------------------------------------------------------
 
     @app.get(f"{PREFIX}/health")
@@ -250,6 +257,8 @@ def create_app(
         }
         try:
             body["users"] = len(admin.store.users())
+        except KeyMissing as exc:  # run so on purpose: health, decisions and config work
+            body["voiceprints"] = f"not opened: {exc}"
         except StoreError as exc:
             body.update(status="degraded", problem=str(exc))
             return jsonify(body), 503

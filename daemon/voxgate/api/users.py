@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from voxgate.voiceprints import (
+    KeyMissing,
     NameTaken,
     StoreError,
     VoiceprintStore,
@@ -46,14 +47,18 @@ class UnknownUser(Exception):
 class UserAdmin:
     def __init__(
         self,
-        store: VoiceprintStore,
+        store: VoiceprintStore | None,
         speaker_cfg: Any,
         vad_cfg: Any,
         load_embedder: Callable[[], Any],
         on_change: ChangeHook | None = None,
         template_threshold: float | None = None,
+        no_store: str | None = None,
     ) -> None:
-        self.store = store
+        """`store` None, `no_store` why (`voxgate api` run without the voiceprint key): every
+        use of the store raises KeyMissing with that text (503 for the user endpoints)."""
+        self._store = store
+        self._no_store = no_store
         self.template_threshold = template_threshold  # stt.template_threshold; None: default
         self.speaker_cfg = speaker_cfg
         self.vad_cfg = vad_cfg
@@ -61,6 +66,12 @@ class UserAdmin:
         self._embedder: Any = None
         self._lock = threading.Lock()
         self.on_change = on_change
+
+    @property
+    def store(self) -> VoiceprintStore:
+        if self._store is None:
+            raise KeyMissing(self._no_store or "no voiceprint store")
+        return self._store
 
     def embedder(self) -> Any:
         # Loaded on first enrollment: listing or erasing users must not pay for the model.

@@ -22,8 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve the token-authenticated admin API (users, enrollment upload, erase, "
         "export, recent decisions, config check) described in docs/api/openapi.yaml. The token "
         "comes from $VOXGATE_API_TOKEN, the systemd credential 'api-token' or api.token_file. "
-        "It opens the voiceprints at start, so the config must name their key "
-        "(speaker.key_file, $VOXGATE_VOICEPRINT_KEY or the credential 'voiceprint-key').",
+        "The user endpoints need the voiceprint key (speaker.key_file, "
+        "$VOXGATE_VOICEPRINT_KEY or the credential 'voiceprint-key'); without it, health, "
+        "decisions and config are served and the user endpoints answer 503 "
+        "voiceprint_key_missing (fleet sync needs the key to start).",
         examples="""
             voxgate api -c /etc/voxgate/voxgate.yaml
             openssl rand -hex 32 > token; chmod 600 token      # a token, once
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from voxgate.audit import open_log
     from voxgate.config.secrets import SecretError
     from voxgate.erasure import after_erase
-    from voxgate.voiceprints import StoreError, open_store
+    from voxgate.voiceprints import KeyMissing, StoreError, open_store
 
     cfg = config_from_args(args)
     if cfg is None:
@@ -63,12 +65,30 @@ def run(args: argparse.Namespace) -> int:
         # Changes made here go to the audit log like the daemon's API and the CLI's: without
         # it an erase or enrollment through this server left no line at all.
         audit = open_log(cfg)
+    except (ApiError, SecretError, OSError) as exc:
+        print(f"voxgate api: {exc}", file=sys.stderr)
+        return 1
+    store, no_key = None, None
+    try:
         store = open_store(cfg)
-    except (ApiError, StoreError, SecretError, OSError) as exc:
+    except KeyMissing as exc:
+        # Health, decisions and config do not read voiceprints: an integrator may serve
+        # them without giving this process the biometric key. Fleet sync does need it.
+        if cfg.fleet.enabled:
+            print(f"voxgate api: fleet sync needs the voiceprint key: {exc}", file=sys.stderr)
+            return 1
+        no_key = str(exc)
+        log.warning(
+            "no voiceprint key: serving health, decisions and config; the user endpoints "
+            "answer 503 voiceprint_key_missing (%s)",
+            exc,
+        )
+    except (StoreError, OSError) as exc:
         print(f"voxgate api: {exc}", file=sys.stderr)
         return 1
     agent = None
     if cfg.fleet.enabled:
+        assert store is not None
         from voxgate.embedding import ModelError, load_card
         from voxgate.fleet import FleetError, FleetSync
 
@@ -93,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         lambda: load_embedder_for(cfg),
         on_change=after_erase(cfg, agent.on_local_change if agent else None),
         template_threshold=cfg.stt.template_threshold,
+        no_store=no_key,
     )
     if host not in {"127.0.0.1", "::1", "localhost"}:
         log.warning("admin API bound to %s: reachable from the network, keep the token safe", host)
@@ -103,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"voxgate api: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         if agent is not None:
             agent.stop()
-        store.close()
+        if store is not None:
+            store.close()
         return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -114,5 +136,6 @@ def run(args: argparse.Namespace) -> int:
     server.stop()
     if agent is not None:
         agent.stop()
-    store.close()
+    if store is not None:
+        store.close()
     return 0

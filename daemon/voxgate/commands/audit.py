@@ -7,7 +7,6 @@ import json
 import sys
 from collections import deque
 from pathlib import Path
-from typing import Any
 
 from voxgate.commands.common import add_config_option, add_parser, ascii_int, config_from_args
 
@@ -78,7 +77,7 @@ def _log_path(args: argparse.Namespace) -> Path | None:
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    from voxgate.audit import anchor_path_for, verify
+    from voxgate.audit import absent, anchor_path_for, verify
     from voxgate.config.secrets import SecretError, read_secret
 
     path = _log_path(args)
@@ -99,7 +98,7 @@ def verify_command(args: argparse.Namespace) -> int:
         print(f"voxgate audit verify: {exc}", file=sys.stderr)
         return 2
     anchor = Path(args.anchor) if args.anchor else None
-    if _absent(path) and (args.no_anchor or _absent(anchor or anchor_path_for(path))):
+    if absent(path) and (args.no_anchor or absent(anchor or anchor_path_for(path))):
         return _no_log(path, args)
     rep = verify(path, anchor, key, use_anchor=not args.no_anchor)
     for note in rep.notes:
@@ -113,22 +112,11 @@ def verify_command(args: argparse.Namespace) -> int:
     return 1
 
 
-def _absent(path: Path) -> bool:
-    """Whether `path` is not there. A file this user may not see (a data folder only the
-    service's user can enter) is not absent: verify() then says it cannot be read, where
-    Path.exists() raised PermissionError."""
-    try:
-        path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        return True
-    except OSError:
-        return False
-    return False
-
-
 def _no_log(path: Path, args: argparse.Namespace) -> int:
     """Neither the log nor its anchor: a fresh door, or a door whose log was deleted. It
     said "intact, 0 line(s)" for both; the door's other files tell them apart."""
+    from voxgate.audit import traces_of_use
+
     traces = traces_of_use(path, config_from_args(args) if args.config or not args.file else None)
     if not traces:
         print(
@@ -143,33 +131,6 @@ def _no_log(path: Path, args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 1
-
-
-def traces_of_use(log: Path, cfg: Any) -> list[str]:
-    """What shows the door has written audit lines before: each of these files is made only
-    by something that is audited (a signed decision, the daemon's start, an enrollment).
-    `cfg` None (a FILE given without -c): the files beside the log, by their default names."""
-    from voxgate.voiceprints import sealed_count
-
-    data = Path(cfg.data_dir) if cfg is not None else log.parent
-    seq_file = data / "decision-seq.json"
-    lockout = Path(cfg.lockout.path or data / "lockout.db") if cfg else data / "lockout.db"
-    prints = (
-        Path(cfg.speaker.database or data / "voiceprints.db") if cfg else data / "voiceprints.db"
-    )
-    found = []
-    try:
-        seq = json.loads(seq_file.read_text(encoding="utf-8")).get("seq")
-    except (OSError, ValueError, AttributeError):
-        seq = None
-    if isinstance(seq, int) and seq > 0:
-        found.append(f"{seq_file} shows signed decisions (seq {seq})")
-    if not _absent(lockout):
-        found.append(f"{lockout} exists (made at the daemon's start)")
-    count = sealed_count(prints)
-    if count:
-        found.append(f"{prints} holds {count} voiceprint(s)")
-    return found
 
 
 def show_command(args: argparse.Namespace) -> int:

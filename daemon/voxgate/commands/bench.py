@@ -173,7 +173,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         result["runtime"] = e.runtime.name
         e.embed(pcm)
         whole = e.card.windowing.type == "whole"  # one network run over the whole utterance
-        result["windows"] = 1 if whole else len(e.window_starts(e.speech_of(pcm).size))
+        result["windows"] = 1 if whole else e.network_runs(e.speech_of(pcm).size)
         times = _timed(lambda: e.embed(pcm), runs)
         finish = []
         for _ in range(max(3, runs // 3)):

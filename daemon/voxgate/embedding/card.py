@@ -58,6 +58,14 @@ class WindowingSpec(_Strict):
         description="sliding: audio shorter than one window; pad: zero padded; repeat: its "
         "frames repeated until the window is full.",
     )
+    short_shifts: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="sliding, short: repeat: audio shorter than one window is embedded this "
+        "many times, the repeated frames starting at evenly spaced points of the audio "
+        "(circular shifts), and the embeddings averaged; 1: once, from its start.",
+    )
 
 
 FrontendSpec = Annotated[MelPowerConfig | KaldiFbankConfig, Field(discriminator="type")]
@@ -132,6 +140,12 @@ def _unsupported(card: ModelCard) -> str | None:
         return (
             "windowing.type: sliding works with frontend type mel_power only; a kaldi_fbank "
             "model (CAM++, ECAPA-TDNN, ResNet) takes the whole utterance: windowing type whole"
+        )
+    shifts, short = card.windowing.short_shifts, card.windowing.short
+    if shifts > 1 and (windowing != "sliding" or short != "repeat"):
+        return (
+            "windowing.short_shifts: shifts the repeated frames of short audio, so it needs "
+            "windowing type sliding with short: repeat; set it to 1 or remove it"
         )
     if windowing == "whole" and getattr(card.frontend, "level_dbfs", None) is not None:
         return (

@@ -4,10 +4,11 @@ Two ways to cut audio into network inputs (the card's `windowing.type`):
 - sliding (GE2E): windows of `frames` frames every `hop` frames; every full window is used,
   plus, with `last: pad`, a last partly filled one (zero padded) when it is at least
   `min_coverage` full, or, with `last: end`, one that ends where the audio ends. Audio
-  shorter than one window is zero padded (`short: pad`) or repeated (`short: repeat`). The
-  embedding is the normalised mean of the window embeddings. A stream runs each window as
-  soon as its audio has arrived; with `last: end` the window ending at the audio's end is
-  the only one left for finish().
+  shorter than one window is zero padded (`short: pad`) or repeated (`short: repeat`; with
+  `short_shifts: K`, K times, the loop starting at K evenly spaced frames, the K embeddings
+  averaged). The embedding is the normalised mean of the window embeddings. A stream runs
+  each window as soon as its audio has arrived; with `last: end` the window ending at the
+  audio's end is the only one left for finish().
 - whole (CAM++/ECAPA/ResNet exports): the whole utterance's frames, mean-normalised, in one
   input of shape (1, T, bins). A stream computes the frames as audio arrives; the network runs
   at finish(), since mean normalisation needs the whole utterance.
@@ -139,6 +140,13 @@ class SpeakerEmbedder:
                 starts.append(start)
             return starts
 
+    def network_runs(self, n_samples: int) -> int:
+        """How many windows the network runs on for speech this long (sliding windows):
+        one per window, or one per shift for short speech the card repeats."""
+        if self._repeats(n_samples):
+            return min(self._win.short_shifts, max(1, self.frontend.default_frames(n_samples)))
+        return len(self.window_starts(n_samples))
+
     def _gains(self, audio: np.ndarray, starts: list[int], from_int16: bool = False) -> np.ndarray:
         """Power gain per window: level normalisation over the audio up to the window's end.
         `from_int16`: `audio` is int16 samples / 32768 (a faster, identical sum)."""
@@ -153,14 +161,48 @@ class SpeakerEmbedder:
             gains.append(amp * amp)  # the features are power: amplitude gain squared
         return np.asarray(gains, np.float32)
 
-    def _fill_short(self, frames: np.ndarray, n_samples: int) -> np.ndarray:
+    def _repeats(self, n_samples: int) -> bool:
+        """Audio this long is shorter than one window and the card repeats it to fill one."""
+        return self._win.short == "repeat" and n_samples < self._win.frames * self.frontend.hop
+
+    def _fill_short(self, frames: np.ndarray, n_samples: int, shift: int = 0) -> np.ndarray:
         """Frames for audio shorter than one window, with the card's `short: repeat`: the
-        audio's own frames repeated to fill the window instead of zero padding."""
+        audio's own frames repeated to fill the window instead of zero padding, starting
+        `shift` frames into them (a circular shift of the repeated loop)."""
         n = self._win.frames
-        if self._win.short != "repeat" or n_samples >= n * self.frontend.hop:
+        if not self._repeats(n_samples):
             return frames
         own = max(1, min(self.frontend.default_frames(n_samples), frames.shape[0]))
-        return np.tile(frames[:own], (-(-n // own), 1))[:n]
+        loop = np.roll(frames[:own], -(shift % own), axis=0) if shift % own else frames[:own]
+        return np.tile(loop, (-(-n // own), 1))[:n]
+
+    def _shifts(self, frames: np.ndarray, n_samples: int) -> list[int]:
+        """Where the repeated loop starts, for each of the card's `short_shifts` embeddings of
+        short audio: evenly spaced over the audio's own frames (0 first)."""
+        own = max(1, min(self.frontend.default_frames(n_samples), frames.shape[0]))
+        k = min(self._win.short_shifts, own)
+        return sorted({round(j * own / k) for j in range(k)})
+
+    def _embed_windows(
+        self, frames: np.ndarray, starts: list[int], gains: np.ndarray, n_samples: int
+    ) -> np.ndarray:
+        """Normalised embeddings of the windows at `starts`, one row each. Audio shorter
+        than one window that the card repeats is one window whose row is the normalised mean
+        over the card's `short_shifts` circular shifts: which frame a repeated loop starts on
+        changes the LSTM's last state, and so the embedding, on the same speech. One-shot and
+        streaming embeddings both come through here."""
+        if not self._repeats(n_samples):
+            return self._run_windows(frames, starts, gains)
+        n = self._win.frames
+        shifts = self._shifts(frames, n_samples)
+        filled = np.concatenate([self._fill_short(frames, n_samples, s) for s in shifts])
+        per_shift = self._run_windows(
+            filled, [i * n for i in range(len(shifts))], np.repeat(gains[:1], len(shifts))
+        )
+        if len(shifts) == 1:
+            return per_shift  # as before short_shifts existed, bit for bit
+        mean = per_shift.mean(axis=0, keepdims=True)
+        return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
     def _run_windows(self, frames: np.ndarray, starts: list[int], gains: np.ndarray) -> np.ndarray:
         n = self._win.frames
@@ -208,9 +250,8 @@ class SpeakerEmbedder:
         starts = self.window_starts(pcm.size)
         audio = to_float(pcm)
         frames = self.frontend.frames(audio, n_frames=starts[-1] + self._win.frames)
-        frames = self._fill_short(frames, pcm.size)
         gains = self._gains(audio, starts, from_int16=pcm.dtype == np.int16)
-        per_window = self._run_windows(frames, starts, gains)
+        per_window = self._embed_windows(frames, starts, gains, pcm.size)
         return _normalise(per_window.mean(axis=0))
 
     def stream(self) -> EmbeddingStream:
@@ -309,6 +350,5 @@ class EmbeddingStream:
             if rest.shape[0]:
                 self._frames.append(rest)
             gains = e._gains(self._audio(), todo, self._int16)
-            frames = e._fill_short(self._all_frames(), self._n)
-            self._done.extend(e._run_windows(frames, todo, gains))
+            self._done.extend(e._embed_windows(self._all_frames(), todo, gains, self._n))
         return _normalise(np.mean(self._done[: len(starts)], axis=0))

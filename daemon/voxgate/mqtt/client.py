@@ -343,6 +343,15 @@ class MqttLink:
         self._report_log = LogLimit(
             REFUSAL_LOG_BURST, REFUSAL_LOG_EVERY_S, what="MQTT lock refusal reports", logger=log
         )
+        # Reports that are not about this door's own decisions (unreadable, naming another
+        # door, a message that was no decision): their own limit, so that a chatty
+        # neighbour or a stream of junk cannot use up the lines of this door's refusals.
+        self._stray_report_log = LogLimit(
+            REFUSAL_LOG_BURST,
+            REFUSAL_LOG_EVERY_S,
+            what="MQTT reports not about this door's decisions",
+            logger=log,
+        )
         self.stats: dict[str, int] = {
             "connects": 0,
             "disconnects": 0,
@@ -693,7 +702,7 @@ class MqttLink:
         try:
             r = parse_refusal(payload)
         except RefusalError as exc:
-            if self._report_log.allow():
+            if self._stray_report_log.allow():
                 topic = self.topics.decision_refused
                 log.warning("MQTT: unreadable report on %s ignored: %s", topic, exc)
             return
@@ -701,13 +710,23 @@ class MqttLink:
             # A lock reports on the refused door's own topic, naming that door: another
             # name here is not this door's refusal (a lock of another make sending all its
             # doors' reports to one topic, a wrong prefix), and was logged and counted as one.
-            if self._report_log.allow():
+            if self._stray_report_log.allow():
                 log.warning(
                     "MQTT: refusal report on %s names device %r, not this door (%s): ignored; "
                     "check the lock's configuration",
                     self.topics.decision_refused,
                     r.device,
                     self.device_id,
+                )
+            return
+        if r.reason == "not-a-decision":
+            # Not one of this door's decisions (it sent no such bytes): nobody is outside.
+            if self._stray_report_log.allow():
+                log.warning(
+                    "MQTT: the lock refused a message on this door's decision topic that is "
+                    "not a voxgate decision: %s; %s",
+                    r.detail or "no detail",
+                    ADVICE[r.reason],
                 )
             return
         self._count("lock_refusals")

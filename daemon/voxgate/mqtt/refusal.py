@@ -38,6 +38,8 @@ ADVICE = {
     "unsupported-version": "the lock cannot read this door's decisions: compare the voxgate "
     "versions",
     "oversized": "the message was larger than a lock accepts (8 kB): not this door's decision",
+    "not-a-decision": "something other than this door published on its decision topic (the "
+    "detail shows what): let only the door's account write there (broker ACL)",
     "busy": "the lock's action queue was full",
     "state-write-failed": "the lock cannot write its state file",
     "action-failed": "the lock's action (relay or program) failed",

@@ -49,6 +49,26 @@ def hold_data_dir(folder: Path) -> int:
     return fd
 
 
+def data_dir_held(folder: Path) -> bool | None:
+    """Whether a process holds a flock on `folder` (a daemon running on it, hold_data_dir),
+    read from /proc/locks: asking by taking the lock, even for a moment, would make a daemon
+    starting at that moment exit as "another voxgate daemon is running". None when it
+    cannot be told (no /proc, the folder not there). Matched on the inode alone: on btrfs
+    the device stat() gives is not the one /proc/locks prints, and a stray match only means
+    waiting for a daemon that is not there, as before."""
+    try:
+        ino = folder.stat().st_ino
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        # "6: FLOCK  ADVISORY  WRITE 8470 fe:00:2155753 0 EOF" (a waiter: "6: -> FLOCK ...")
+        fields = line.split()
+        if "FLOCK" in fields and any(":" in f and f.rsplit(":", 1)[1] == str(ino) for f in fields):
+            return True
+    return False
+
+
 def data_files(cfg: VoxgateConfig) -> list[Path]:
     """Every file the daemon reads and writes under its config (those that exist are
     checked at start), with the WAL and shared-memory files of its SQLite databases."""

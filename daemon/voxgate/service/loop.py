@@ -317,7 +317,7 @@ class Daemon:
     def _open_audit(self, cfg: VoxgateConfig) -> AuditLog:
         from voxgate.audit import open_log
 
-        return open_log(cfg)
+        return open_log(cfg, note_loss=True)
 
     def _open_keeper(self, cfg: VoxgateConfig) -> Any:
         return open_keeper(cfg)
