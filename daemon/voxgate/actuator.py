@@ -30,7 +30,7 @@ import yaml
 from pydantic import ValidationError
 
 from voxgate.blas import users_environ
-from voxgate.config.loader import yaml_problem
+from voxgate.config.loader import ConfigError, read_config_text, yaml_problem
 from voxgate.config.mqtt import ActuatorConfig
 from voxgate.config.secrets import SecretError, override_source, read_secret
 from voxgate.decision import (
@@ -102,7 +102,11 @@ class ActuatorSetupError(Exception):
 def load_actuator_config(path: str | os.PathLike[str]) -> ActuatorConfig:
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        # Bounded and regular files only, as the door's config (a link to /dev/zero was read
+        # without end).
+        data = yaml.safe_load(read_config_text(p))
+    except ConfigError as exc:
+        raise ActuatorSetupError(str(exc).rstrip()) from None
     except FileNotFoundError:
         raise ActuatorSetupError(f"{p}: file not found") from None
     except yaml.YAMLError as exc:  # one line, as voxgate config check says it

@@ -32,6 +32,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,52 @@ def canonical(record: dict[str, Any]) -> bytes:
     return json.dumps(
         record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode()
+
+
+def loads(raw: bytes | str) -> Any:
+    """json.loads for a line or anchor someone may have edited: deep nesting ("[[[[...", a
+    few kB) raised RecursionError, a traceback from `audit verify` and from the daemon's
+    start, instead of a damaged line; it is a ValueError here."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+class _TwiceKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _TwiceKey(k)
+        out[k] = v
+    return out
+
+
+def _twice_key(raw: bytes) -> str | None:
+    """A key the line gives twice, or None. The hash covers the value json keeps (the last),
+    so a value put in front of it ("user":"mallory","user":"alice") passed as intact while a
+    reader that takes the first, or a person, read the other."""
+    try:
+        json.loads(raw, object_pairs_hook=_no_duplicates)
+    except _TwiceKey as exc:
+        return str(exc)
+    except (ValueError, RecursionError):
+        pass
+    return None
+
+
+def _text_hash(value: Any) -> str:
+    """A line's or an anchor's `hash` as read back; ValueError for one that is not ASCII text.
+    JSON's escapes give a lone surrogate ("\\ud800") from valid UTF-8: chained from, or
+    signed, it could not be encoded, and the door's start and `verify` ended in a traceback."""
+    text = str(value)
+    if not text.isascii():
+        raise ValueError("the hash is not ASCII text")
+    return text
 
 
 def line_hash(record: dict[str, Any]) -> str:
@@ -179,7 +226,7 @@ class AuditLog:
         stayed behind until the next line: on a quiet door for hours, and a power cut then
         left a log that `voxgate audit verify` reports as appended to without its anchor."""
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | _no_follow(self.path))
         except OSError:
             return
         try:
@@ -217,7 +264,9 @@ class AuditLog:
 
     def _flush_locked(self) -> list[dict[str, Any]]:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(
+                self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _no_follow(self.path), 0o600
+            )
         except OSError as exc:
             self._write_failed(exc)
             return []
@@ -274,6 +323,8 @@ class AuditLog:
         self.write_errors += 1
         if self._write_log.allow():
             why = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            if exc.errno == errno.ELOOP:
+                why = _LINK_ADVICE
             log.error(
                 "audit log %s: cannot write (%s); keeping %d line(s) in memory and going on",
                 self.path,
@@ -291,10 +342,13 @@ class AuditLog:
         body: dict[str, Any] = {"seq": self.seq, "hash": self.head}
         if self.key:
             body["mac"] = anchor_mac(self.key, self.seq, self.head)
-        tmp = self.anchor.with_name(self.anchor.name + ".tmp")
+        # A fresh name, made new (O_EXCL, O_NOFOLLOW): at the fixed "<anchor>.tmp", a link
+        # the folder's owner (the service user) left there had a root shell's `voxgate users
+        # erase` truncate and overwrite the file it pointed at, /etc/shadow as well as any.
+        tmp = self.anchor.with_name(f".{self.anchor.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
         try:
             # 0600 like the log itself, whatever the umask of the command writing it.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with open(fd, "wb") as f:
                 f.write(canonical(body) + b"\n")
                 if self.fsync:
@@ -308,6 +362,8 @@ class AuditLog:
                 finally:
                     os.close(dfd)
         except OSError as exc:
+            with contextlib.suppress(OSError):  # no copy left per failed write (full disk)
+                tmp.unlink()
             self.write_errors += 1
             if self._anchor_log.allow():  # once, not for every line while the disk is full
                 log.error(
@@ -334,9 +390,10 @@ class AuditLog:
                     "(look inside first) and start again"
                 )
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _no_follow(self.path), 0o600)
         except OSError as exc:
-            log.error("audit log %s: cannot open (%s)", self.path, exc)
+            why = _LINK_ADVICE if exc.errno == errno.ELOOP else exc
+            log.error("audit log %s: cannot open (%s)", self.path, why)
             return events
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -372,8 +429,8 @@ class AuditLog:
         notes it. Any other disagreement (lines cut off, the anchored line changed, a missing,
         unreadable or wrongly signed anchor) verify reports as tampering."""
         try:
-            anchored = json.loads(self.anchor.read_text())
-            a_seq, a_hash = int(anchored["seq"]), str(anchored["hash"])
+            anchored = loads(self.anchor.read_text())
+            a_seq, a_hash = int(anchored["seq"]), _text_hash(anchored["hash"])
             mac = anchored.get("mac")
         except FileNotFoundError:
             a_seq, a_hash, mac = (0 if self.seq <= 0 else -1), None, None
@@ -424,10 +481,30 @@ class AuditLog:
         }
 
 
+def _no_follow(path: Path) -> int:
+    """O_NOFOLLOW for a root process writing the log in a folder another user owns (a root
+    shell's `voxgate users erase` in the service's data folder), else 0. That user could
+    leave the log as a link to a root file, /root/.bashrc as well as any, and root appended
+    its JSON lines there, one of them quoting what the anchor file (theirs too) says: a
+    `$(...)` a login shell would run."""
+    if os.geteuid() != 0:
+        return 0
+    try:
+        return os.O_NOFOLLOW if os.stat(path.parent).st_uid != 0 else 0
+    except OSError:
+        return 0
+
+
+_LINK_ADVICE = (
+    "it is a symbolic link in a folder another user owns, which a root command does not "
+    "write through: set audit.path to the file itself"
+)
+
+
 def _signed(anchor: Path) -> bool:
     """Whether the anchor file carries a signature."""
     try:
-        body = json.loads(anchor.read_text())
+        body = loads(anchor.read_text())
     except (OSError, ValueError):
         return False
     return isinstance(body, dict) and "mac" in body
@@ -458,12 +535,12 @@ def _tail_head(fd: int, size: int, seq: int, head: str) -> tuple[int, str]:
     last_seq = -1
     for back, raw in enumerate(reversed(lines)):
         try:
-            last_seq = int(json.loads(raw)["seq"]) + back
+            last_seq = int(loads(raw)["seq"]) + back
             break
         except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: 1e400
             continue
     try:
-        return last_seq, str(json.loads(lines[-1])["hash"])
+        return last_seq, _text_hash(loads(lines[-1])["hash"])
     except (ValueError, KeyError, TypeError):
         log.error("audit log: the last line is damaged; new lines chain from its bytes")
         return last_seq, hashlib.sha256(lines[-1]).hexdigest()
@@ -481,7 +558,7 @@ def records_naming(path: Path, name: str) -> list[dict[str, Any]]:
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
-                    rec = json.loads(line)
+                    rec = loads(line)
                 except ValueError:
                     continue
                 if not isinstance(rec, dict):
@@ -561,7 +638,7 @@ def traces_of_use(log: Path, cfg: Any) -> list[str]:
     )
     found = []
     try:
-        seq = json.loads(seq_file.read_text(encoding="utf-8")).get("seq")
+        seq = loads(seq_file.read_text(encoding="utf-8")).get("seq")
     except (OSError, ValueError, AttributeError):
         seq = None
     if isinstance(seq, int) and seq > 0:
@@ -597,25 +674,38 @@ def verify(
     """Check the chain line by line and the head against the anchor."""
     path = Path(path)
     rep = VerifyReport()
+    hashes: dict[int, str] = {0: GENESIS}
     try:
-        data = path.read_bytes()
+        # Line by line: read whole (and split), a year's log of a busy door (117 MB) took
+        # 359 MB, more than a Pi Zero 2 W has free beside the daemon.
+        with open(path, "rb") as f:
+            _check_lines(f, rep, hashes)
     except FileNotFoundError:
-        data = b""
         rep.notes.append(f"{path}: no such file (an empty log)")
     except OSError as exc:
         rep.problems.append(f"{path}: cannot read: {exc}")
         return rep
-    if data and not data.endswith(b"\n"):
-        rep.problems.append(f"line {len(data.splitlines())}: torn (no newline at the end)")
+    if use_anchor:
+        _check_head(rep, anchor or anchor_path_for(path), key, hashes)
+    return rep
+
+
+def _check_lines(lines: Iterable[bytes], rep: VerifyReport, hashes: dict[int, str]) -> None:
+    """The chain of `lines` (each with its newline); the problems, the head and each seq's
+    hash go into `rep` and `hashes`."""
     prev, seq = GENESIS, 0
-    hashes: dict[int, str] = {0: GENESIS}
-    for n, raw in enumerate(data.splitlines(), start=1):
+    first = len(rep.problems)
+    line = b""
+    for n, line in enumerate(lines, start=1):
+        raw = line[:-1] if line.endswith(b"\n") else line
         rep.lines = n
         try:
-            rec = json.loads(raw)
+            rec = loads(raw)
             if not isinstance(rec, dict):
                 raise ValueError("not an object")
             got_hash, got_prev, got_seq = rec["hash"], rec["prev"], rec["seq"]
+            if isinstance(got_hash, str):
+                _text_hash(got_hash)  # the door chains from its bytes instead: so does verify
             # ValueError from canonical(): a number JSON cannot hold (1e400 reads as inf).
             want_hash = line_hash(rec)
         except (ValueError, KeyError) as exc:
@@ -624,13 +714,20 @@ def verify(
             continue
         if want_hash != got_hash:
             rep.problems.append(f"line {n} (seq {got_seq}): edited (its hash does not match)")
+        # The daemon writes each line in canonical form: only another one can give a key twice.
+        elif raw != canonical(rec) and (twice := _twice_key(raw)) is not None:
+            rep.problems.append(
+                f"line {n} (seq {got_seq}): edited (the key {twice!r} appears twice: a value "
+                "was added in front of the one its hash covers)"
+            )
         if got_prev != prev:
             rep.problems.append(
                 f"line {n} (seq {got_seq}): chain broken (a line before it was removed, "
                 "inserted or reordered)"
             )
-        if got_seq != seq + 1:
-            rep.problems.append(f"line {n}: seq {got_seq} where {seq + 1} was expected")
+        # type(): true == 1, and "5" printed as 5 read "seq 5 where 5 was expected".
+        if type(got_seq) is not int or got_seq != seq + 1:
+            rep.problems.append(f"line {n}: seq {got_seq!r} where {seq + 1} was expected")
         if rec.get("event") == "audit_anchor_gap" and (why := _gap_problem(rec, hashes)):
             rep.problems.append(f"line {n}: the writer found {why}: {raw.decode()}")
         elif rec.get("event") == "audit_log_lost":
@@ -641,12 +738,11 @@ def verify(
             )
         elif rec.get("event") in ("audit_anchor_gap", "audit_torn_tail"):
             rep.notes.append(f"line {n}: the daemon recorded {rec['event']}: {raw.decode()}")
-        prev, seq = got_hash, got_seq if isinstance(got_seq, int) else seq + 1
+        prev, seq = got_hash, got_seq if type(got_seq) is int else seq + 1
         hashes[seq] = prev
+    if line and not line.endswith(b"\n"):
+        rep.problems.insert(first, f"line {rep.lines}: torn (no newline at the end)")
     rep.head_seq, rep.head = seq, prev
-    if use_anchor:
-        _check_head(rep, anchor or anchor_path_for(path), key, hashes)
-    return rep
 
 
 def _gap_problem(rec: dict[str, Any], hashes: dict[int, str]) -> str | None:
@@ -670,8 +766,8 @@ def _gap_problem(rec: dict[str, Any], hashes: dict[int, str]) -> str | None:
 
 def _check_head(rep: VerifyReport, anchor: Path, key: bytes | None, hashes: dict[int, str]) -> None:
     try:
-        body = json.loads(anchor.read_text())
-        a_seq, a_hash = int(body["seq"]), str(body["hash"])
+        body = loads(anchor.read_text())
+        a_seq, a_hash = int(body["seq"]), _text_hash(body["hash"])
     except FileNotFoundError:
         if rep.lines:
             rep.problems.append(

@@ -307,6 +307,8 @@ class _JsonState:
             # Refusing to start beats silently forgetting the last sequence (which would
             # reopen the replay window).
             raise DecisionError("state-unreadable", f"{self.path}: {exc}") from None
+        except RecursionError:  # "[[[[...": a traceback at the lock's and the door's start
+            raise DecisionError("state-unreadable", f"{self.path}: nested too deeply") from None
         if not isinstance(data, dict):
             raise DecisionError("state-unreadable", f"{self.path}: not a JSON object")
         return data

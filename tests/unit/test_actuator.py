@@ -141,6 +141,10 @@ def test_load_config_errors(tmp_path: Path) -> None:
     assert "\n" not in str(bad_yaml.value)  # one line, like voxgate config check
     with pytest.raises(ActuatorSetupError, match="not found"):
         load_actuator_config(tmp_path / "none.yaml")
+    # A link to /dev/zero was read without end; /dev/null stands for it.
+    (tmp_path / "zero.yaml").symlink_to("/dev/null")
+    with pytest.raises(ActuatorSetupError, match="not a regular file"):
+        load_actuator_config(tmp_path / "zero.yaml")
     cfg = ActuatorConfig.model_validate({"devices": [{"id": "d"}], "command": {"argv": ["x"]}})
     with pytest.raises(ActuatorSetupError, match="empty decision key"):
         Actuator(cfg, keys={"d": b""})

@@ -87,3 +87,14 @@ def test_a_line_with_nan_or_infinity_is_skipped(tmp_path: Path) -> None:
     got = recent_events(log, 10, None)
     assert [e["seq"] for e in got.events] == [2, 1] and got.skipped_lines == 2
     json.dumps(got.events, allow_nan=False)
+
+
+def test_a_deeply_nested_line_is_skipped_not_a_server_error(tmp_path: Path) -> None:
+    # RecursionError got past the ValueError handler: every call to /decisions was a 500.
+    log = tmp_path / "audit.jsonl"
+    _write(log, 2)
+    with open(log, "a") as f:
+        f.write("[" * 20000 + "]" * 20000 + "\n")
+    got = recent_events(log, 10, None)
+    assert [e["seq"] for e in got.events] == [2, 1]
+    assert got.skipped_lines == 1

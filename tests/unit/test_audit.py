@@ -507,3 +507,170 @@ def test_a_new_log_started_on_purpose_is_not_taken_for_a_lost_one(tmp_path: Path
     assert events[0]["found"] == [f"{tmp_path / 'lockout.db'} exists (made at the daemon's start)"]
     rep = verify(p)
     assert not rep.ok and "history before this line is lost" in rep.problems[0], rep.problems
+
+
+def _second_value_in_front(line: bytes) -> bytes:
+    return line.replace(b'"user":"u2"', b'"user":"mallory","user":"u2"')
+
+
+def test_a_value_added_in_front_of_a_key_is_reported_as_an_edit(tmp_path: Path) -> None:
+    # json keeps the last of two values, so the hash still matched; a reader taking the
+    # first (or a person) read "mallory" in a log verify called intact.
+    p = tmp_path / "audit.jsonl"
+    write_log(p)
+    ls = lines(p)
+    p.write_bytes(b"".join([*ls[:2], _second_value_in_front(ls[2]), *ls[3:]]))
+    problems = verify(p).problems
+    assert problems == [
+        "line 3 (seq 3): edited (the key 'user' appears twice: a value was added in front of "
+        "the one its hash covers)"
+    ]
+
+
+DEEP = b"[" * 20000 + b"]" * 20000  # well under the 64 kB the door reads back at its start
+
+
+def test_a_deeply_nested_line_is_a_damaged_line_not_a_traceback(tmp_path: Path) -> None:
+    p = tmp_path / "audit.jsonl"
+    write_log(p, 2)
+    with open(p, "ab") as f:
+        f.write(DEEP + b"\n")
+    assert "line 3: not an audit record (nested too deeply)" in verify(p).problems
+    AuditLog(p).append("service_start")  # raised RecursionError: the door did not start
+    assert not verify(p).ok
+
+
+def test_a_deeply_nested_anchor_is_unreadable_not_a_traceback(tmp_path: Path) -> None:
+    p = tmp_path / "audit.jsonl"
+    write_log(p, 2)
+    anchor_path_for(p).write_bytes(DEEP)
+    assert any("unreadable anchor (nested too deeply)" in x for x in verify(p).problems)
+    AuditLog(p).append("service_start")  # raised RecursionError
+    assert any("anchor missing or unreadable" in x for x in verify(p).problems)
+
+
+def test_a_seq_that_is_not_a_number_is_named_as_written(tmp_path: Path) -> None:
+    # "seq": "2" read "seq 2 where 2 was expected"; "seq": true at line 1 passed as 1.
+    from voxgate.audit import canonical, line_hash
+
+    p = tmp_path / "audit.jsonl"
+    write_log(p, 2)
+    ls = lines(p)
+    rec = json.loads(ls[1])
+    rec["seq"] = "2"
+    rec["hash"] = line_hash(rec)  # rewritten consistently, as whoever has no key can
+    p.write_bytes(ls[0] + canonical(rec) + b"\n")
+    assert "line 2: seq '2' where 2 was expected" in verify(p, use_anchor=False).problems
+    first = json.loads(ls[0])
+    first["seq"] = True
+    first["hash"] = line_hash(first)
+    p.write_bytes(canonical(first) + b"\n")
+    assert verify(p, use_anchor=False).problems == ["line 1: seq True where 1 was expected"]
+
+
+def test_a_hash_escaped_to_a_lone_surrogate_is_damage_not_a_traceback(tmp_path: Path) -> None:
+    # "\ud800" is valid JSON in valid UTF-8, but no string holding it can be encoded: chained
+    # from (the last line) or signed over (the anchor), it crashed verify and the door's start.
+    key = b"k" * 32
+    p = tmp_path / "audit.jsonl"
+    write_log(p, 2, key=key)
+    ls = lines(p)
+    p.write_bytes(ls[0] + ls[1].replace(b'"hash":"', b'"hash":"\\ud800', 1))
+    assert "line 2: not an audit record (the hash is not ASCII text)" in verify(p, key=key).problems
+    AuditLog(p, key=key).append("service_start")  # raised UnicodeEncodeError
+    assert not verify(p, key=key).ok
+
+    q = tmp_path / "other.jsonl"
+    write_log(q, 2, key=key)
+    anchor = anchor_path_for(q)
+    anchor.write_text(anchor.read_text().replace('"hash":"', '"hash":"\\ud800', 1))
+    problems = verify(q, key=key).problems
+    assert any("unreadable anchor (the hash is not ASCII text)" in x for x in problems)
+    AuditLog(q, key=key).append("service_start")  # raised UnicodeEncodeError
+    assert any("anchor missing or unreadable" in x for x in verify(q, key=key).problems)
+
+
+def test_verify_reads_the_log_line_by_line_not_whole(tmp_path: Path) -> None:
+    # Read whole and split, a log took more than twice its size in memory: a busy door's
+    # year (117 MB) needed 359 MB, more than a Pi Zero 2 W has beside the daemon.
+    import tracemalloc
+
+    from voxgate.audit import GENESIS, canonical, line_hash
+
+    p = tmp_path / "audit.jsonl"
+    head = GENESIS
+    with open(p, "wb") as f:
+        for seq in range(1, 8001):
+            rec = {"seq": seq, "ts": 1.0, "event": "decision", "pad": "x" * 900, "prev": head}
+            rec["hash"] = head = line_hash(rec)
+            f.write(canonical(rec) + b"\n")
+    anchor_path_for(p).write_text(json.dumps({"seq": 8000, "hash": head}))
+    size = p.stat().st_size
+    tracemalloc.start()
+    try:
+        rep = verify(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rep.ok and rep.lines == 8000, rep.problems
+    assert peak < size / 2, (peak, size)
+
+
+def test_the_anchor_is_not_written_through_a_link_left_at_a_temporary_name(
+    tmp_path: Path,
+) -> None:
+    # The service user owns the data folder; a root shell's `voxgate users erase` writes the
+    # anchor there. A link at the fixed "<anchor>.tmp" had it truncate and overwrite the
+    # file the link pointed at.
+    p = tmp_path / "audit.jsonl"
+    victim = tmp_path / "shadow"
+    victim.write_text("root:secret\n")
+    (tmp_path / "audit.jsonl.anchor.tmp").symlink_to(victim)
+    log = AuditLog(p)
+    log.append("erase", user="bob")
+    assert victim.read_text() == "root:secret\n"
+    assert verify(p).ok
+    assert sorted(x.name for x in tmp_path.iterdir()) == [
+        "audit.jsonl",
+        "audit.jsonl.anchor",
+        "audit.jsonl.anchor.tmp",  # the link, left as it was
+        "shadow",
+    ]
+
+
+def test_a_failed_anchor_write_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = tmp_path / "audit.jsonl"
+    log = AuditLog(p)
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    log.append("x")
+    assert [x.name for x in tmp_path.iterdir()] == ["audit.jsonl"]  # a fresh name each time
+
+
+def test_a_root_command_does_not_append_through_a_link_the_folders_owner_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The service user owns the data folder and can leave audit.jsonl as a link to a root
+    # file; `sudo voxgate users erase` appended its lines there, one quoting the anchor (also
+    # theirs): a "$(...)" in /root/.bashrc runs at root's next login.
+    import logging
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        os.chown(folder, 1234, 1234)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    victim = tmp_path / "bashrc"
+    victim.write_text("alias ll='ls -l'\n")
+    (folder / "audit.jsonl").symlink_to(victim)
+    anchor_path_for(folder / "audit.jsonl").write_text('{"seq": 9, "hash": "$(id>/tmp/x)"}')
+    with caplog.at_level(logging.ERROR, logger="voxgate.audit"):
+        log = AuditLog(folder / "audit.jsonl")
+        log.append("erase", user="bob")
+    assert victim.read_text() == "alias ll='ls -l'\n"
+    assert log.pending and "which a root command does not write through" in caplog.text

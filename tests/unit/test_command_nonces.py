@@ -137,7 +137,14 @@ def test_the_kept_nonces_are_bounded_and_never_reopened(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["garbage", "[]", '{"floor": "x", "used": {}}', '{"floor": 1, "used": {"a": null}}']
+    "text",
+    [
+        "garbage",
+        "[]",
+        '{"floor": "x", "used": {}}',
+        '{"floor": 1, "used": {"a": null}}',
+        "[" * 20000 + "]" * 20000,  # was a RecursionError traceback at the start
+    ],
 )
 def test_a_damaged_file_is_moved_aside_and_the_door_goes_on(
     tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture

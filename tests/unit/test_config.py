@@ -143,6 +143,27 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
         load_config(binary)
 
 
+def test_a_config_path_that_is_no_regular_file_is_refused_not_read(tmp_path: Path) -> None:
+    # A link to /dev/zero was read without end at a SIGHUP (GBs a second, and SIGTERM no
+    # longer stopped the door); a FIFO's open() waited for ever. /dev/null stands for both.
+    link = tmp_path / "voxgate.yaml"
+    link.symlink_to("/dev/null")
+    with pytest.raises(ConfigError, match=r"not a regular file \(a device, a pipe\?\)"):
+        load_config(link)
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="cannot read: a folder"):
+        load_config(folder)
+
+
+def test_a_config_file_far_larger_than_a_config_is_refused(tmp_path: Path) -> None:
+    # All comments: read whole, it passed as a config of defaults (another data_dir, no keys).
+    big = tmp_path / "voxgate.yaml"
+    big.write_bytes(b"#" * (5 * 2**20))
+    with pytest.raises(ConfigError, match="larger than 4 MB: not a voxgate config"):
+        load_config(big)
+
+
 def test_shipped_device_configs_are_valid() -> None:
     files = sorted((REPO / "firmware_config").glob("*.yaml"))
     names = {f.name for f in files}
@@ -207,6 +228,18 @@ def test_secret_path_that_is_a_directory_is_an_error_not_a_traceback(
     folder.mkdir()
     with pytest.raises(SecretError, match=rf"cannot read {folder} \(Is a directory\)"):
         read_secret("decision-key", folder)
+
+
+def test_a_secret_file_far_larger_than_a_key_is_refused_not_read_whole(
+    tmp_path: Path, no_secret_env: None
+) -> None:
+    # key_file: /dev/urandom (meant for `head -c 32 /dev/urandom > FILE`) was read without
+    # end at the start; a regular file over the limit stands for it.
+    big = tmp_path / "decision.key"
+    big.write_bytes(b"k" * (65 * 1024))
+    os.chmod(big, 0o600)
+    with pytest.raises(SecretError, match=r"holds more than 64 kB: not a key or password"):
+        read_secret("decision-key", big)
 
 
 def test_secret_path_that_cannot_be_looked_up_is_an_error_not_a_traceback(

@@ -192,6 +192,16 @@ def test_corrupt_state_file_is_an_error_not_a_reset(tmp_path: Path) -> None:
         ReplayGuard(state)
 
 
+def test_a_deeply_nested_state_file_is_unreadable_not_a_traceback(tmp_path: Path) -> None:
+    # RecursionError got past the handler: the lock's start (and the door's, for its
+    # sequence file) ended in a traceback instead of naming the file.
+    state = tmp_path / "state.json"
+    state.write_text("[" * 20000 + "]" * 20000)
+    for make in (ReplayGuard, SequenceCounter):
+        with pytest.raises(DecisionError, match=r"state-unreadable.*nested too deeply"):
+            make(state)
+
+
 def test_sequence_counter_persists(tmp_path: Path) -> None:
     # The file's own count (clock=None: no clock floor, as with a clock far behind; the
     # floor itself is tested in test_seq_restore.py).

@@ -277,3 +277,16 @@ def test_config_before_or_after_the_action_is_the_same_file(
         listed = json.loads(capsys.readouterr().out)
         assert listed["file"] == str(_db(door)), argv
         assert [k["user"] for k in listed["keys"]] == [None, "lena"]
+
+
+def test_a_name_with_bytes_that_are_not_utf8_is_an_error_not_a_traceback(
+    door: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argv holds such bytes as lone surrogates: SQLite could not encode them.
+    _book(door).close()
+    assert main(["lockout", "clear", "al\udcffice", "-c", str(door)]) == 2
+    assert "holds characters no user name has" in capsys.readouterr().err
+    book = _book(door)
+    book.record("mary\u00a0ann", False)  # a no-break space is a name's character
+    book.close()
+    assert main(["lockout", "clear", "mary\u00a0ann", "--wait", "0.2", "-c", str(door)]) == 0

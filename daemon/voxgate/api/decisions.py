@@ -91,7 +91,8 @@ def recent_events(
     for raw in _lines_backwards(path, max_scan_bytes, out):
         try:
             rec = json.loads(raw, parse_constant=_no_constant)
-        except ValueError:  # not JSON, not UTF-8 (both ValueErrors), or NaN/Infinity
+        # RecursionError: an edited line nested "[[[[..." made every call a 500.
+        except (ValueError, RecursionError):  # not JSON, not UTF-8 (ValueErrors), NaN/Infinity
             out.skipped_lines += 1
             continue
         # A damaged line may still parse; an `event` that is not a string cannot be filtered

@@ -159,6 +159,6 @@ def show_command(args: argparse.Namespace) -> int:
                 k: v for k, v in rec.items() if k not in ("seq", "ts", "event", "prev", "hash")
             }
             print(f"{rec['seq']:>6} {rec['ts']:.3f} {rec['event']:<14} {json.dumps(extra)}")
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             print(f"  (damaged) {raw[:120]!r}")
     return 0

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,17 @@ def run_clear(args: argparse.Namespace) -> int:
     user = None if args.door else args.user
     if user is not None and not user.strip():
         print("error: USER is empty", file=sys.stderr)
+        return 2
+    if user is not None and any(unicodedata.category(c).startswith("C") for c in user):
+        # Bytes the terminal's encoding does not read (argv holds them as surrogates) were a
+        # UnicodeEncodeError traceback from SQLite; no name with them, or with a control
+        # character, can be counted: a claimed name must be one the store could enroll.
+        print(
+            f"error: USER {user!r} holds "
+            "characters no user name has (control characters, or bytes that are not UTF-8 "
+            "text: check the terminal's encoding)",
+            file=sys.stderr,
+        )
         return 2
     by = _operator()
     now = time.time()

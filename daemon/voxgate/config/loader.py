@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,10 @@ class ConfigError(Exception):
 # thousands); nested YAML aliases can stand for billions in a few lines, and the line map, the
 # schema check and the error messages would each walk all of them.
 MAX_VALUES = 100_000
+# A config is a few kB (a large fleet access map some hundred). Read no more than this: a
+# config path that is a link to /dev/zero, or a log copied over it, was read whole, the
+# daemon's memory grew by GBs a second at a SIGHUP and SIGTERM no longer stopped it.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 class _TooBig(Exception):
@@ -233,7 +238,7 @@ def load_config(path: str | os.PathLike[str] | None) -> VoxgateConfig:
         return VoxgateConfig()
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_config_text(p)
     except FileNotFoundError:
         raise ConfigError(str(p), ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -250,3 +255,29 @@ def load_config(path: str | os.PathLike[str] | None) -> VoxgateConfig:
             ],
         )
     return parse_config(text, str(p))
+
+
+def read_config_text(p: Path) -> str:
+    """The file's text; ConfigError for anything but a regular file of a config's size. Opened
+    without blocking, so a FIFO (no writer: open() waits for ever) is refused, not waited on."""
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, a pipe?)"
+        raise ConfigError(str(p), [f"cannot read: {what}; give the YAML config file"])
+    with open(fd, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            str(p),
+            [
+                f"larger than {MAX_CONFIG_BYTES // 2**20} MB: not a voxgate config (a log copied "
+                "over it?); restore the YAML config"
+            ],
+        )
+    return data.decode("utf-8")

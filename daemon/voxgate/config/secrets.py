@@ -82,6 +82,12 @@ def override_source(name: str) -> str | None:
     return None
 
 
+# Keys and passwords are at most a few hundred bytes. A key_file naming /dev/zero or
+# /dev/urandom (meant for `head -c 32 /dev/urandom > FILE`) was read without end at the start.
+# Not limited to regular files: `--key-file <(pass show audit-key)` is a pipe.
+MAX_SECRET_BYTES = 64 * 1024
+
+
 def read_secret(
     name: str, file: Path | None = None, *, required: bool = True, strip: bool = True
 ) -> bytes | None:
@@ -122,11 +128,17 @@ def read_secret(
                 stat.S_IMODE(mode),
             )
         try:
-            value = path.read_bytes()
+            with open(path, "rb") as f:
+                value = f.read(MAX_SECRET_BYTES + 1)
         except OSError as exc:  # a directory, no permission: say which file
             raise SecretUnreadable(
                 f"secret '{name}': cannot read {path} ({exc.strerror})"
             ) from None
+        if len(value) > MAX_SECRET_BYTES:
+            raise SecretUnreadable(
+                f"secret '{name}': {path} holds more than {MAX_SECRET_BYTES // 1024} kB: not a "
+                "key or password (the wrong file, or a device such as /dev/zero?)"
+            )
         if value.strip():
             return value.strip() if strip else value
         # An empty file is a placeholder (the systemd unit loads every credential a door

@@ -55,6 +55,8 @@ def _parse(text: str) -> tuple[float, dict[str, float]] | str:
         data = json.loads(text)
     except ValueError as exc:
         return f"not JSON: {exc}"
+    except RecursionError:  # "[[[[...": a traceback at the door's start, not moved aside
+        return "not JSON: nested too deeply"
     if not isinstance(data, dict):
         return "not a JSON object"
     floor, used = data.get("floor", 0.0), data.get("used", {})
