@@ -309,15 +309,9 @@ class UserServices:
         """A local change made by the daemon itself: audit it and tell the fleet."""
         event = {"enrolled": "enrollment", "erased": "erase"}[kind]
         self.audit_event(event, user=name, via=via)
-        from voxgate.fleet import FleetError
+        from voxgate.fleet import tell_fleet
 
-        try:
-            self._to_fleet(kind, name)
-        except FleetError as exc:  # e.g. a receive-only door (no signing key): not a crash
-            log.warning("fleet sync: %s of %s stays on this door: %s", kind, name, exc)
-        except Exception:
-            # The local change stands; the outbox keeps what could not be sent.
-            log.exception("could not hand %s of %s to the fleet sync", kind, name)
+        tell_fleet(self._to_fleet, kind, name, log)
 
     def command_erase(self, args: dict[str, Any]) -> dict[str, Any]:
         """MQTT `erase-user` {"user": NAME} (runs on the command worker thread)."""
