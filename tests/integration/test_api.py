@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from mqtt_helpers import wait_until
+from socket_helpers import sent_so_far
 
 pytest.importorskip("flask")
 
@@ -705,7 +706,7 @@ def test_idle_connections_without_a_token_cannot_exhaust_the_daemons_threads(
         time.sleep(0.5)
         assert threading.active_count() - before <= MAX_CONNECTIONS
         # Over the limit: a short 503 and the connection closed, not a thread.
-        assert any(_reply(s).startswith(b"HTTP/1.1 503") for s in idle)
+        assert any(sent_so_far(s).startswith(b"HTTP/1.1 503") for s in idle)
         # The idle ones are closed after the request timeout; then the API answers again.
         idle[0].settimeout(5)
         assert idle[0].recv(100) == b""
@@ -721,15 +722,6 @@ def test_idle_connections_without_a_token_cannot_exhaust_the_daemons_threads(
         for s in idle:
             s.close()
         server.stop()
-
-
-def _reply(sock: Any) -> bytes:
-    """What the server has sent on `sock` so far (nothing: b"")."""
-    sock.settimeout(0.01)
-    try:
-        return sock.recv(200)
-    except TimeoutError:
-        return b""
 
 
 def test_a_request_without_a_token_cannot_write_long_lines_or_escapes_into_the_log(
@@ -796,7 +788,7 @@ def test_idle_sockets_from_one_address_do_not_keep_the_admin_out(
     try:
         assert any(f"the latest from {address}" in r.getMessage() for r in caplog.records)
         # One address holds only its share; the rest are told so and closed.
-        told = [_reply(s) for s in idle]
+        told = [sent_so_far(s) for s in idle]
         assert sum(r.startswith(b"HTTP/1.1 503") for r in told) == 5, told
         assert any(b"from this address" in r for r in told)
         status, body, _ = Client(server.port, "t" * 20).request("GET", "/api/v1/health")
@@ -870,12 +862,12 @@ def test_connections_from_the_network_leave_slots_for_the_administrator_on_loopb
     try:
         idle = [socket.create_connection((address, server.port)) for _ in range(8)]
         time.sleep(0.3)
-        told = [_reply(s) for s in idle]
+        told = [sent_so_far(s) for s in idle]
         assert sum(r.startswith(b"HTTP/1.1 503") for r in told) == 2, told
         # Two at once from loopback still get in (one idle, one request).
         idle += _idle_from("127.0.0.1", server.port, 1)
         time.sleep(0.1)
-        assert _reply(idle[-1]) == b""
+        assert sent_so_far(idle[-1]) == b""
         status, body, _ = Client(server.port, "t" * 20).request("GET", "/api/v1/health")
         assert status == 200, body
     finally:

@@ -13,6 +13,8 @@ import pytest
 
 pytest.importorskip("flask")
 
+from socket_helpers import sent_so_far
+
 from voxgate.api import ApiServer, UserAdmin, create_app
 from voxgate.config import parse_config
 from voxgate.voiceprints import VoiceprintStore
@@ -48,15 +50,6 @@ def _idle(source: str, server: str, port: int) -> socket.socket:
     return s
 
 
-def _told(sock: socket.socket) -> bytes:
-    """What the server has sent on `sock` so far (nothing: b"")."""
-    sock.settimeout(0.01)
-    try:
-        return sock.recv(200)
-    except TimeoutError:
-        return b""
-
-
 def _ask_health(host: str, port: int) -> bytes:
     with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(
@@ -74,7 +67,7 @@ def test_many_loopback_addresses_count_as_one_client(make_api: Any) -> None:
     idle = [_idle(f"127.0.0.{i}", "127.0.0.1", server.port) for i in range(2, 10)]
     try:
         time.sleep(0.3)
-        told = [_told(s) for s in idle]
+        told = [sent_so_far(s) for s in idle]
         refused = [r for r in told if r.startswith(b"HTTP/1.1 503")]
         assert len(refused) == 5, told
         assert all(b"from this address" in r for r in refused), refused
@@ -97,7 +90,7 @@ def test_ipv6_loopback_and_ipv4_mapped_loopback_are_one_client(make_api: Any) ->
         idle += [_idle("::1", "::1", server.port) for _ in range(2)]
         idle += [_idle("127.0.0.2", "127.0.0.1", server.port) for _ in range(2)]
         time.sleep(0.3)
-        told = [_told(s) for s in idle]
+        told = [sent_so_far(s) for s in idle]
         assert sum(r.startswith(b"HTTP/1.1 503") for r in told) == 1, told
     finally:
         for s in idle:

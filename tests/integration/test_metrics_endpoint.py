@@ -7,7 +7,6 @@ import sys
 import threading
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,6 +21,7 @@ from service_standins import (
     standin_stages,
     wait_until,
 )
+from socket_helpers import sent_so_far
 
 from voxgate.audio.file import FileSource
 from voxgate.config import VoxgateConfig
@@ -110,7 +110,7 @@ def test_idle_connections_cannot_exhaust_the_daemons_threads(
         time.sleep(0.5)
         assert threading.active_count() - before <= MAX_CONNECTIONS
         # Over the limit: a short 503 and the connection closed, not a thread.
-        assert any(_reply(s).startswith(b"HTTP/1.1 503") for s in idle)
+        assert any(sent_so_far(s).startswith(b"HTTP/1.1 503") for s in idle)
         idle[0].settimeout(5)
         assert idle[0].recv(100) == b""  # closed after the request timeout
         for s in idle:
@@ -125,12 +125,3 @@ def test_idle_connections_cannot_exhaust_the_daemons_threads(
     # Refusals cost the sender a connection each: not a log line each.
     refusals = [r for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1, [r.getMessage() for r in refusals]
-
-
-def _reply(sock: Any) -> bytes:
-    """What the server has sent on `sock` so far (nothing: b"")."""
-    sock.settimeout(0.01)
-    try:
-        return sock.recv(200)
-    except TimeoutError:
-        return b""

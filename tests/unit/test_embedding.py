@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
-import io
 import shutil
-import subprocess
 import sys
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import soundfile as sf
 
-from voxgate.audio.convert import float_to_int16, resample
+from tests.audio_helpers import speak
 from voxgate.embedding import (
     EmbeddingError,
     ModelError,
@@ -30,20 +26,6 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "daemon" / "voxgate" / "models"
-
-
-@cache
-def speak(text: str, voice: str = "en-us") -> np.ndarray:
-    """Synthetic speech from espeak-ng, as 16 kHz int16."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    wav = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", "150", "--stdout", text],
-        check=True,
-        capture_output=True,
-    ).stdout
-    data, rate = sf.read(io.BytesIO(wav), dtype="float32")
-    return float_to_int16(resample(data, rate))
 
 
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it runs far away home."
@@ -70,7 +52,7 @@ def test_default_model_loads_and_embeds(embedder: SpeakerEmbedder) -> None:
     assert embedder.model_id.endswith("/int8")
     assert embedder.dim == 256
     assert embedder.card.path == default_card_path()
-    v = embedder.embed(speak(SENTENCE))
+    v = embedder.embed(speak(SENTENCE, "en-us"))
     assert v.dtype == np.float32 and v.shape == (256,)
     assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-5)
 
@@ -84,7 +66,7 @@ def test_same_voice_scores_higher_than_other_voice(embedder: SpeakerEmbedder) ->
 
 @pytest.mark.parametrize("chunk", [480, 1600, 7777])
 def test_stream_equals_embed(embedder: SpeakerEmbedder, chunk: int) -> None:
-    pcm = speak(SENTENCE)
+    pcm = speak(SENTENCE, "en-us")
     batch = embedder.embed(pcm)
     stream = embedder.stream()
     seen_before_finish = 0
@@ -99,7 +81,7 @@ def test_stream_equals_embed(embedder: SpeakerEmbedder, chunk: int) -> None:
 
 def test_stream_rejects_use_after_finish(embedder: SpeakerEmbedder) -> None:
     s = embedder.stream()
-    s.push(speak(SENTENCE))
+    s.push(speak(SENTENCE, "en-us"))
     s.finish()
     with pytest.raises(EmbeddingError):
         s.push(np.zeros(160, np.int16))
@@ -146,7 +128,7 @@ def test_silence_and_clipping_stay_finite(embedder: SpeakerEmbedder) -> None:
     silent = embedder.embed(np.zeros(32000, np.int16))
     assert np.all(np.isfinite(silent))
     assert np.linalg.norm(silent) == pytest.approx(1.0, abs=1e-5)
-    speech = speak(SENTENCE)
+    speech = speak(SENTENCE, "en-us")
     clipped = np.clip(speech.astype(np.int32) * 20, -32768, 32767).astype(np.int16)
     v = embedder.embed(clipped)
     assert np.all(np.isfinite(v))
@@ -271,7 +253,7 @@ def test_a_fixed_batch_export_gets_its_windows_one_by_one(tmp_path: Path) -> Non
     text = shipped.path.read_text().replace(shipped.model.file, "batch1.onnx")
     (tmp_path / "batch1.yaml").write_text(text.replace(shipped.model.sha256, sha))
     one = load_embedder(tmp_path / "batch1.yaml")
-    pcm = speak(SENTENCE)
+    pcm = speak(SENTENCE, "en-us")
     assert len(one.window_starts(one.speech_of(pcm).size)) >= 3
     want = load_embedder(SHIPPED / "ge2e-float.yaml").embed(pcm)
     assert float(one.embed(pcm) @ want) > 1 - 1e-6
@@ -289,7 +271,7 @@ def test_fbank_whole_utterance_model(tmp_path: Path) -> None:
     e = load_embedder(tmp_path / "fbank-demo.onnx")
     assert e.card.frontend.type == "kaldi_fbank"
     assert e.dim == 32
-    pcm = speak(SENTENCE)
+    pcm = speak(SENTENCE, "en-us")
     v = e.embed(pcm)
     assert v.shape == (32,) and np.linalg.norm(v) == pytest.approx(1.0, abs=1e-5)
     s = e.stream()

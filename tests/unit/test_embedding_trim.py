@@ -3,18 +3,13 @@ the latency bound, the too-little-speech fallback, bad card values."""
 
 from __future__ import annotations
 
-import io
-import shutil
-import subprocess
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import soundfile as sf
 
-from voxgate.audio.convert import float_to_int16, resample
+from tests.audio_helpers import speak
 from voxgate.embedding import ModelError, load_embedder
 from voxgate.embedding.card import read_card
 from voxgate.embedding.trim import SpeechTrim, TrimSpec, trim_speech
@@ -24,17 +19,6 @@ if TYPE_CHECKING:
 
 SHIPPED = Path(__file__).resolve().parents[2] / "daemon" / "voxgate" / "models"
 RATE = 16000
-
-
-@cache
-def speak(text: str) -> np.ndarray:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    wav = subprocess.run(
-        ["espeak-ng", "-s", "150", "--stdout", text], check=True, capture_output=True
-    ).stdout
-    data, rate = sf.read(io.BytesIO(wav), dtype="float32")
-    return float_to_int16(resample(data, rate))
 
 
 SPEC = TrimSpec()

@@ -332,3 +332,38 @@ def test_enroll_finish_and_start_match_the_session_name_as_the_store_does(
     users.command_enroll_start({"user": "carol"})
     with pytest.raises(ValueError, match="busy: enrolling carol"):
         users.command_enroll_start({"user": "Zoë"})
+
+
+def test_a_change_the_fleet_cannot_take_stands_and_is_logged(
+    store: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The erase stands when handing it to the fleet fails: a FleetError (a receive-only
+    door) is a warning, anything else an error with its traceback, both under this module's
+    logger."""
+    from voxgate.fleet import FleetError
+
+    users = UserServices(VoxgateConfig(data_dir=tmp_path), store, Embedder(), lambda e, **f: None)
+
+    def refuse(kind: str, name: str) -> None:
+        raise FleetError("no fleet.signing_key: this door only receives")
+
+    users._to_fleet = refuse  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="voxgate"):
+        assert users.command_erase({"user": "alice"}) == {"user": "alice", "erased": True}
+    (rec,) = caplog.records
+    assert (rec.name, rec.levelname) == ("voxgate.service.users", "WARNING")
+    assert rec.getMessage() == (
+        "fleet sync: erased of alice stays on this door: no fleet.signing_key: this door only "
+        "receives"
+    )
+
+    def broken(kind: str, name: str) -> None:
+        raise RuntimeError("outbox gone")
+
+    caplog.clear()
+    users._to_fleet = broken  # type: ignore[method-assign]
+    users.changed("enrolled", "bob", via="mqtt")
+    (rec,) = caplog.records
+    assert (rec.name, rec.levelname) == ("voxgate.service.users", "ERROR")
+    assert rec.getMessage() == "could not hand enrolled of bob to the fleet sync"
+    assert rec.exc_info is not None

@@ -159,15 +159,9 @@ class UserAdmin:
     def _changed(self, kind: str, name: str) -> None:
         if self.on_change is None:
             return
-        from voxgate.fleet import FleetError
+        from voxgate.fleet import tell_fleet
 
-        try:
-            self.on_change(kind, name)
-        except FleetError as exc:  # e.g. a receive-only door (no signing key): not a crash
-            log.warning("fleet sync: %s of %s stays on this door: %s", kind, name, exc)
-        except Exception:
-            # The local change stands; the sync agent logs and retries on its side.
-            log.exception("could not hand %s of %s to the fleet sync", kind, name)
+        tell_fleet(self.on_change, kind, name, log)
 
 
 __all__ = ["EnrollRefused", "StoreError", "UnknownUser", "UserAdmin", "UserExists"]

@@ -29,7 +29,7 @@ Everything is importable from `voxgate.fleet` as it was from the single module b
 from __future__ import annotations
 
 from voxgate.fleet.agent import FleetSync, allows, topic_root
-from voxgate.fleet.errors import FleetError, MessageError
+from voxgate.fleet.errors import FleetError, MessageError, tell_fleet
 from voxgate.fleet.keys import FleetKeys, parse_key32, public_key_hex
 from voxgate.fleet.state import SyncState, held_in_state, state_path
 from voxgate.fleet.wire import (
@@ -66,5 +66,6 @@ __all__ = [
     "parse_key32",
     "public_key_hex",
     "state_path",
+    "tell_fleet",
     "topic_root",
 ]

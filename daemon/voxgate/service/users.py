@@ -50,6 +50,17 @@ def rejected_entry(take: Any) -> dict[str, Any]:
     return entry if take.same_as is None else {**entry, "same_as": take.same_as}
 
 
+def _command_user(args: dict[str, Any]) -> str:
+    """The "user" of an MQTT command, normalised as the store names users; ValueError (the
+    command's error reply) for a name the store refuses."""
+    from voxgate.voiceprints import StoreError, normalize_name
+
+    try:
+        return normalize_name(str(args.get("user", "")))
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
+
+
 class UserServices:
     def __init__(
         self,
@@ -298,26 +309,17 @@ class UserServices:
         """A local change made by the daemon itself: audit it and tell the fleet."""
         event = {"enrolled": "enrollment", "erased": "erase"}[kind]
         self.audit_event(event, user=name, via=via)
-        from voxgate.fleet import FleetError
+        from voxgate.fleet import tell_fleet
 
-        try:
-            self._to_fleet(kind, name)
-        except FleetError as exc:  # e.g. a receive-only door (no signing key): not a crash
-            log.warning("fleet sync: %s of %s stays on this door: %s", kind, name, exc)
-        except Exception:
-            # The local change stands; the outbox keeps what could not be sent.
-            log.exception("could not hand %s of %s to the fleet sync", kind, name)
+        tell_fleet(self._to_fleet, kind, name, log)
 
     def command_erase(self, args: dict[str, Any]) -> dict[str, Any]:
         """MQTT `erase-user` {"user": NAME} (runs on the command worker thread)."""
-        from voxgate.voiceprints import StoreError, normalize_name
+        from voxgate.voiceprints import StoreError
 
         if self.store is None:
             raise ValueError("no voiceprint store in this daemon")
-        try:
-            name = normalize_name(str(args.get("user", "")))
-        except StoreError as exc:
-            raise ValueError(str(exc)) from None
+        name = _command_user(args)
         with self._lock:
             name = self.store.enrolled_name(name) or name  # named as enrolled from here on
             try:
@@ -405,14 +407,11 @@ class UserServices:
         them: without a way to show the prompts, leave it "no" (the default; answers are then
         checked by the speaker-independent engine)."""
         from voxgate.enrollment import prompt_plan
-        from voxgate.voiceprints import BadName, StoreError, normalize_name
+        from voxgate.voiceprints import BadName, StoreError
 
         if self.store is None:
             raise ValueError("no voiceprint store in this daemon")
-        try:
-            name = normalize_name(str(args.get("user", "")))
-        except StoreError as exc:
-            raise ValueError(str(exc)) from None
+        name = _command_user(args)
         prompted = str(args.get("prompted", "no"))
         if prompted not in ("yes", "no"):
             raise ValueError("prompted must be 'yes' or 'no'")
@@ -447,12 +446,9 @@ class UserServices:
         existing one is replaced), audit, tell the fleet."""
         from voxgate.cohort import CohortError
         from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes
-        from voxgate.voiceprints import BadName, StoreError, normalize_name
+        from voxgate.voiceprints import BadName, StoreError
 
-        try:
-            name = normalize_name(str(args.get("user", "")))
-        except StoreError as exc:
-            raise ValueError(str(exc)) from None
+        name = _command_user(args)
         with self._enroll_lock:
             if not self._session_open(time.monotonic()) or not self._is_session_user(name):
                 raise ValueError(f"no enrollment of '{name}' in progress (send enroll-start)")

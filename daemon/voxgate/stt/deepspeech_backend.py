@@ -9,7 +9,6 @@ read from the model file, not assumed. The user supplies the model (docs/challen
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from voxgate.config.stt import SttConfig
+from voxgate.embedding.card import sha256_file
 from voxgate.stt import ctc
 from voxgate.stt.base import (
     DIGIT_WORDS,
@@ -34,14 +34,6 @@ log = logging.getLogger(__name__)
 INPUTS = ("input_node", "previous_state_c", "previous_state_h")
 OUTPUTS = ("logits", "new_state_c", "new_state_h")
 FREE_WORDS = [*DIGIT_WORDS, "oh"]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class AcousticModel:
