@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -43,6 +44,15 @@ def test_resampling_keeps_a_tone_and_removes_aliases() -> None:
 def test_clipping_saturates_instead_of_wrapping() -> None:
     out = float_to_int16(np.array([-3.0, -1.0, 0.0, 0.5, 1.0, 3.0], dtype=np.float32))
     assert out.tolist() == [-32768, -32767, 0, 16384, 32767, 32767]
+
+
+def test_huge_float_samples_saturate_without_an_overflow_warning() -> None:
+    # A float WAV may hold any float32; scaling 3e38 by 32767 went to inf with a warning.
+    x = np.array([-3e38, -1e30, 1e30, 3e38], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = float_to_int16(x)
+    assert out.tolist() == [-32768, -32768, 32767, 32767]
 
 
 def test_framer_carries_remainder_and_pads_the_tail() -> None:

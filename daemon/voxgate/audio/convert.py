@@ -17,8 +17,9 @@ def to_mono(block: np.ndarray) -> np.ndarray:
 
 
 def float_to_int16(x: np.ndarray) -> np.ndarray:
-    """[-1, 1] float to int16, clipping anything outside (clipped input must not wrap around)."""
-    return np.clip(np.rint(x * 32767.0), -32768, 32767).astype(np.int16)
+    """[-1, 1] float to int16, clipping anything outside (clipped input must not wrap around).
+    Clipped before scaling: a float file's 1e38 times 32767 overflowed to inf with a warning."""
+    return np.rint(np.clip(x, -32768.0 / 32767.0, 1.0) * 32767.0).astype(np.int16)
 
 
 def int16_to_float(x: np.ndarray) -> np.ndarray:
