@@ -279,6 +279,19 @@ def test_a_scalar_yaml_cannot_build_names_its_line() -> None:
     assert msg.startswith("line 2: not valid YAML:"), msg
 
 
+def test_a_lone_surrogate_escape_is_named_at_its_line_not_a_traceback_later() -> None:
+    # "\ud800" passed the schema; `voxgate run` then died building a path from it.
+    (msg,) = problems('device_id: door-1\ndata_dir: "/var/lib/x\\ud800y"\n')
+    assert msg.startswith("line 2: not valid YAML:") and "surrogate" in msg, msg
+    (msg,) = problems('mqtt:\n  "\\udfff": 1\n')  # a key is checked too
+    assert msg.startswith("line 2: not valid YAML:"), msg
+    # A character outside the BMP written as its \U escape is fine.
+    assert (
+        parse_config('mqtt:\n  topic_prefix: "door\\U0001F6AA"\n').mqtt.topic_prefix
+        == "door\U0001f6aa"
+    )
+
+
 def test_challenge_mode_off_written_as_the_docs_show_it_is_off() -> None:
     """README and docs/service.md say `challenge.mode: off`. YAML 1.1 reads a bare `off` as
     false, and the config was refused with "Input should be 'digits', 'passphrase' or 'off'

@@ -141,6 +141,9 @@ def _allowed_keys(parent: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader whose scalars that cannot be built (2001-02-30, an int of 5000 digits) are
     YAML errors at their line: PyYAML raises a bare ValueError there, which escaped as a
@@ -148,12 +151,23 @@ class _Loader(yaml.SafeLoader):
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
-            return super().construct_object(node, deep)
+            value = super().construct_object(node, deep)
         except ValueError as exc:
             shown = str(node.value) if len(str(node.value)) <= 40 else f"{str(node.value)[:37]}..."
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read '{shown}': {exc}", node.start_mark
             ) from None
+        if isinstance(value, str) and _SURROGATE.search(value):
+            # YAML's "\ud800" escape passes the schema, then every path or topic built
+            # from it raised UnicodeEncodeError at start (a traceback from `voxgate run`).
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                "a lone UTF-16 surrogate escape (\\ud800-\\udfff) is not a character: write "
+                "the character itself or its \\U00XXXXXX escape",
+                node.start_mark,
+            )
+        return value
 
 
 def parse_config(text: str, source: str = "<config>") -> VoxgateConfig:
