@@ -30,7 +30,7 @@ import yaml
 from pydantic import ValidationError
 
 from voxgate.blas import users_environ
-from voxgate.config.loader import ConfigError, read_config_text, yaml_problem
+from voxgate.config.loader import ConfigError, read_config_text, read_yaml, yaml_problem
 from voxgate.config.mqtt import ActuatorConfig
 from voxgate.config.secrets import SecretError, override_source, read_secret
 from voxgate.decision import (
@@ -104,7 +104,7 @@ def load_actuator_config(path: str | os.PathLike[str]) -> ActuatorConfig:
     try:
         # Bounded and regular files only, as the door's config (a link to /dev/zero was read
         # without end).
-        data = yaml.safe_load(read_config_text(p))
+        data = read_yaml(read_config_text(p))
     except ConfigError as exc:
         raise ActuatorSetupError(str(exc).rstrip()) from None
     except FileNotFoundError:

@@ -141,6 +141,16 @@ def test_load_config_errors(tmp_path: Path) -> None:
     assert "\n" not in str(bad_yaml.value)  # one line, like voxgate config check
     with pytest.raises(ActuatorSetupError, match="not found"):
         load_actuator_config(tmp_path / "none.yaml")
+    # Scalars PyYAML cannot build, a lone surrogate and deep nesting were tracebacks here.
+    for text, line in (
+        ("devices: [{id: d}]\ncommand: {argv: [x]}\nexpires: 2024-13-01\n", 3),
+        ('devices: [{id: d}]\nstate_file: "/tmp/x\\ud800"\n', 2),
+        ("devices: " + "[" * 5000 + "\n", None),
+    ):
+        p.write_text(text)
+        with pytest.raises(ActuatorSetupError, match="not valid YAML") as bad:
+            load_actuator_config(p)
+        assert line is None or f"line {line}:" in str(bad.value), bad.value
     # A link to /dev/zero was read without end; /dev/null stands for it.
     (tmp_path / "zero.yaml").symlink_to("/dev/null")
     with pytest.raises(ActuatorSetupError, match="not a regular file"):

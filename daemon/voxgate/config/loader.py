@@ -170,6 +170,15 @@ class _Loader(yaml.SafeLoader):
         return value
 
 
+def read_yaml(text: str) -> Any:
+    """YAML text as data, with the door config's scalar checks (for the actuator's config);
+    raises yaml.YAMLError for any problem, a nesting too deep included."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise yaml.YAMLError("the YAML is nested too deeply") from None
+
+
 def parse_config(text: str, source: str = "<config>") -> VoxgateConfig:
     """Validate YAML text; raises ConfigError with every problem found."""
     try:
