@@ -208,6 +208,13 @@ def test_card_with_unknown_key_or_wrong_tensor(tmp_path: Path) -> None:
     card.write_text("just a string")
     with pytest.raises(ModelError, match="not a YAML mapping"):
         load_embedder(card)
+    # A date PyYAML cannot build and deep nesting were a ValueError / RecursionError traceback.
+    card.write_text(text + "built: 2024-13-01\n")
+    with pytest.raises(ModelError, match=r"unreadable: line \d+: not valid YAML: .*month"):
+        load_embedder(card)
+    card.write_text("model: " + "[" * 5000)
+    with pytest.raises(ModelError, match="nested too deeply"):
+        load_embedder(card)
 
 
 def test_card_that_does_not_fit_the_model(tmp_path: Path) -> None:

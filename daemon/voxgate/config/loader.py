@@ -176,7 +176,9 @@ def read_yaml(text: str) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)
     except RecursionError:
-        raise yaml.YAMLError("the YAML is nested too deeply") from None
+        raise yaml.YAMLError(
+            "nested too deeply, or an alias refers to the value holding it"
+        ) from None
 
 
 def parse_config(text: str, source: str = "<config>") -> VoxgateConfig:

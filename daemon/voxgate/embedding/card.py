@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from voxgate.config.loader import read_yaml, yaml_problem
 from voxgate.embedding.errors import ModelError
 from voxgate.embedding.trim import TrimSpec
 from voxgate.features import KaldiFbankConfig, MelPowerConfig
@@ -111,10 +112,12 @@ def default_card_path() -> Path:
 def read_card(path: Path) -> ModelCard:
     """Parse and validate a card; ModelError with the file name when it is unusable."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(f"model card {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:
+        raise ModelError(f"model card {path} is unreadable: {yaml_problem(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"model card {path} is unreadable: {exc}") from None
     if not isinstance(data, dict):
         raise ModelError(f"model card {path} is not a YAML mapping")
@@ -169,7 +172,7 @@ def find_card(model: Path) -> Path:
         raise ModelError(f"model file {model} does not exist")
     for candidate in sorted(model.parent.glob("*.y*ml")):
         try:
-            data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+            data = read_yaml(candidate.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
         if isinstance(data, dict) and (data.get("model") or {}).get("file") == model.name:
