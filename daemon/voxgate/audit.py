@@ -733,8 +733,9 @@ def _check_lines(lines: Iterable[bytes], rep: VerifyReport, hashes: dict[int, st
         elif rec.get("event") == "audit_log_lost":
             # The log was begun again: what came before it cannot be checked, ever.
             rep.problems.append(
-                f"line {n}: the daemon found the audit log and its anchor missing on a door "
-                f"that had run; the history before this line is lost: {raw.decode()}"
+                f"line {n}: a writer (the daemon, voxgate api, a command) found the audit log "
+                f"and its anchor missing on a door that had run; the history before this line "
+                f"is lost: {raw.decode()}"
             )
         elif rec.get("event") in ("audit_anchor_gap", "audit_torn_tail"):
             rep.notes.append(f"line {n}: the daemon recorded {rec['event']}: {raw.decode()}")

@@ -104,6 +104,7 @@ def test_an_erase_through_the_standalone_api_is_audited(
     daemon's API, `voxgate users erase` and the MQTT command all write one."""
     import numpy as np
 
+    from voxgate.audit import open_log
     from voxgate.config import load_config
     from voxgate.voiceprints import open_store
 
@@ -113,6 +114,8 @@ def test_an_erase_through_the_standalone_api_is_audited(
     monkeypatch.setenv("VOXGATE_VOICEPRINT_KEY", "ab" * 32)
     with open_store(load_config(cfg)) as store:
         store.add_user("alice", np.ones((3, 256)), "test-model/1", {"takes": 3})
+    # As `voxgate enroll` leaves it: a voiceprint without any log reads as a lost log.
+    open_log(load_config(cfg)).append("enrollment", user="alice", via="cli")
     port = _free_port()
     proc = _voxgate("api", "-c", str(cfg), "--port", str(port), env=env)
     try:
@@ -197,3 +200,30 @@ def test_fleet_keygen_and_pubkey(tmp_path: Path) -> None:
     proc = _voxgate("fleet", "pubkey", str(key), env=_env())
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "64 hex" in err
+
+
+def test_the_standalone_api_on_a_door_whose_audit_log_was_lost_records_the_loss(
+    tmp_path: Path,
+) -> None:
+    """Opening the log made an empty one: `voxgate api` started (and stopped, changing
+    nothing) after the log and its anchor were lost left a log the daemon's next start took
+    for a new one, and the loss was seen nowhere."""
+    from voxgate.config.service import LockoutConfig
+    from voxgate.lockout import LockoutBook
+
+    LockoutBook(tmp_path / "lockout.db", LockoutConfig()).close()  # the daemon has run
+    cfg = tmp_path / "voxgate.yaml"
+    cfg.write_text(f"device_id: door-cli\ndata_dir: {tmp_path}\n")
+    port = _free_port()
+    env = _env(VOXGATE_API_TOKEN=TOKEN, VOXGATE_VOICEPRINT_KEY="ab" * 32)
+    proc = _voxgate("api", "-c", str(cfg), "--port", str(port), env=env)
+    try:
+        status, _ = _request(port, "GET", "/api/v1/health", proc)
+        assert status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "history is lost" in err, err
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    assert [json.loads(x)["event"] for x in lines] == ["audit_log_lost"], lines

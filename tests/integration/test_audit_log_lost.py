@@ -61,3 +61,38 @@ def test_a_daemon_started_after_its_audit_log_was_lost_begins_by_saying_so(
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert "NOT intact" in checked.stderr and "history before this line is lost" in checked.stderr
     assert "intact" not in checked.stdout
+
+
+def test_commands_after_a_lost_log_record_the_loss_and_an_enrollment_on_a_fresh_door_does_not(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each writer's first line created a new log: `voxgate users erase` run after the loss
+    began one from seq 1 that verified as intact, and the daemon's next start found a log and
+    said nothing. An enrollment makes its voiceprint before its first line, so on a fresh
+    door it must not take that voiceprint for a trace of a lost log."""
+    from voxgate.cli import main
+
+    key = tmp_path / "voiceprint.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    config = tmp_path / "voxgate.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nspeaker:\n  key_file: {key}\n")
+    log = tmp_path / "data" / "audit.jsonl"
+    ls = shared_data / "resemblyzer_ls"
+    rows = [r.split(",") for r in (ls / "manifest.csv").read_text().splitlines()[1:]]
+    takes = [str(ls / r[0]) for r in rows if r[1] == "LS1688"][:6]  # one person, 20 s or more
+
+    assert main(["enroll", "alice", "-c", str(config), "--from", *takes]) == 0
+    assert [json.loads(x)["event"] for x in log.read_text().splitlines()] == ["enrollment"]
+
+    from voxgate.config.service import LockoutConfig
+    from voxgate.lockout import LockoutBook
+
+    LockoutBook(tmp_path / "data" / "lockout.db", LockoutConfig()).close()  # the door ran
+    log.unlink()
+    (tmp_path / "data" / "audit.jsonl.anchor").unlink()
+    capsys.readouterr()
+    assert main(["users", "erase", "alice", "-c", str(config)]) == 0
+    recs = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r["event"] for r in recs] == ["audit_log_lost", "erase"], recs
+    assert any("lockout.db exists" in f for f in recs[0]["found"]), recs[0]
+    assert main(["audit", "verify", "-c", str(config)]) == 1

@@ -290,3 +290,21 @@ def test_a_name_with_bytes_that_are_not_utf8_is_an_error_not_a_traceback(
     book.record("mary\u00a0ann", False)  # a no-break space is a name's character
     book.close()
     assert main(["lockout", "clear", "mary\u00a0ann", "--wait", "0.2", "-c", str(door)]) == 0
+
+
+def test_a_clear_on_a_door_whose_audit_log_was_lost_records_the_loss(
+    door: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """lockout.db shows the daemon has run, the log and its anchor are gone: the clear's line
+    began a new log from seq 1 that verified as intact, and the daemon's next start then
+    found a log there and said nothing of the loss."""
+    book = _book(door)
+    for _ in range(3):
+        book.record("lena", False)
+    book.close()
+    assert _audit(door) == []  # no log, no anchor: lost (or never written)
+    assert main(["lockout", "clear", "lena", "-c", str(door)]) == 0
+    assert [e["event"] for e in _audit(door)] == ["audit_log_lost", "lockout-clear"]
+    capsys.readouterr()
+    assert main(["audit", "verify", "-c", str(door)]) == 1
+    assert "history before this line is lost" in capsys.readouterr().err

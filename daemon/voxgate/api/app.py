@@ -271,6 +271,7 @@ def create_app(
     @app.post(f"{PREFIX}/users/<name>")
     def enroll(name: str) -> tuple[Response, int]:
         name = _name(name, new=True)
+        admin.need_store()  # without the voiceprint key: 503 before the upload is looked at
         if request.mimetype != "multipart/form-data":
             raise _BadRequest("send multipart/form-data with one or more 'take' audio files")
         files = request.files.getlist("take")

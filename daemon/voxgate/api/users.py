@@ -69,9 +69,16 @@ class UserAdmin:
 
     @property
     def store(self) -> VoiceprintStore:
+        self.need_store()
+        assert self._store is not None
+        return self._store
+
+    def need_store(self) -> None:
+        """KeyMissing when run without the voiceprint key: an enrollment asks before its
+        upload is decoded, which otherwise answered a bad take with 400 and a good one only
+        after the decoding's CPU, never naming the key that was the problem."""
         if self._store is None:
             raise KeyMissing(self._no_store or "no voiceprint store")
-        return self._store
 
     def embedder(self) -> Any:
         # Loaded on first enrollment: listing or erasing users must not pay for the model.

@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
         token = load_token(cfg)
         # Changes made here go to the audit log like the daemon's API and the CLI's: without
         # it an erase or enrollment through this server left no line at all.
-        audit = open_log(cfg)
+        # Before anything here writes: a log found lost begins with audit_log_lost, where
+        # the empty log opening it creates hid the loss from the daemon's next start.
+        audit = open_log(cfg, note_loss=True)
     except (ApiError, SecretError, OSError) as exc:
         print(f"voxgate api: {exc}", file=sys.stderr)
         return 1

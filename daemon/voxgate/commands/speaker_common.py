@@ -83,7 +83,10 @@ def record_change(
     event = {"enrolled": "enrollment", "erased": "erase"}[kind]
     # An erase has no model: its line said "model_id": null, as if one were missing.
     model = {"model_id": model_id} if model_id is not None else {}
-    audit = audit_from_command(cfg, event, user=name, via="cli", **model)
+    # An enrollment has just made the voiceprint open_log would take for a trace of use.
+    audit = audit_from_command(
+        cfg, event, note_loss=kind != "enrolled", user=name, via="cli", **model
+    )
     if cfg.fleet.enabled:
         # The fleet session audits what it applies into the same log (None: it opens it).
         audit_event = audit.append if audit is not None else None

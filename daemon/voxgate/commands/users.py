@@ -235,7 +235,7 @@ def _audit_export(cfg: Any, name: str) -> None:
     """An access to biometric data goes in the audit log as the API's does (`admin_export`),
     after the export was given: a log that cannot be written (read-only, full disk) must not
     keep a person from their data; the line is printed to add by hand instead."""
-    fields = {"user": name, "via": "cli"}
+    fields: dict[str, Any] = {"user": name, "via": "cli"}
     if audit_from_command(cfg, "admin_export", what="export", **fields) is None:
         line = {"ts": round(time.time(), 3), "event": "admin_export", **fields}
         where = str(cfg.audit.path or cfg.data_dir / "audit.jsonl")
