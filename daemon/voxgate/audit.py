@@ -571,21 +571,23 @@ def records_naming(path: Path, name: str) -> list[dict[str, Any]]:
     return found
 
 
-def open_log(cfg: Any, *, note_loss: bool = False) -> AuditLog:
+def open_log(cfg: Any, *, note_loss: bool = False, lost: list[str] | None = None) -> AuditLog:
     """The audit log a VoxgateConfig names, for the daemon and for commands that change
     users (`enrollment`, `erase` events): AuditLog(cfg...).append("erase", user=name).
 
     `note_loss` (the daemon's start): when neither the log nor its anchor is there but the
     door's other files show it has run, the new log begins with an `audit_log_lost` line
     naming what was found, which `verify` reports. Without it a daemon started after the
-    loss began a log that verified as intact. Only the daemon asks: a command that changes
-    users has made its trace (an enrollment's voiceprint) before it writes its first line."""
+    loss began a log that verified as intact. `lost`: what loss_traces() found before a
+    command changed the files it looks at (an enrollment's voiceprint, an erase's last one),
+    used instead of looking now."""
     from voxgate.config.secrets import read_secret
 
-    path = Path(cfg.audit.path or cfg.data_dir / "audit.jsonl")
+    path = log_path(cfg)
     # Looked at before AuditLog creates the file. On a fresh door the daemon's first start
     # finds none of the traces: it makes lockout.db only after this.
-    lost = traces_of_use(path, cfg) if note_loss and log_gone(path) else []
+    if lost is None:
+        lost = loss_traces(cfg) if note_loss else []
     # A key_file that is named must be there: skipping it would leave the anchor unsigned
     # while the config says it is signed.
     key_file = cfg.audit.key_file
@@ -604,6 +606,17 @@ def open_log(cfg: Any, *, note_loss: bool = False) -> AuditLog:
         )
         audit.append("audit_log_lost", log=str(path), found=lost)
     return audit
+
+
+def log_path(cfg: Any) -> Path:
+    return Path(cfg.audit.path or cfg.data_dir / "audit.jsonl")
+
+
+def loss_traces(cfg: Any) -> list[str]:
+    """When neither the log nor its anchor is there: what shows this door has run (empty
+    when the log is there, or on a fresh door)."""
+    path = log_path(cfg)
+    return traces_of_use(path, cfg) if log_gone(path) else []
 
 
 def log_gone(path: Path) -> bool:

@@ -96,3 +96,39 @@ def test_commands_after_a_lost_log_record_the_loss_and_an_enrollment_on_a_fresh_
     assert [r["event"] for r in recs] == ["audit_log_lost", "erase"], recs
     assert any("lockout.db exists" in f for f in recs[0]["found"]), recs[0]
     assert main(["audit", "verify", "-c", str(config)]) == 1
+
+
+def test_an_enrollment_or_erase_after_a_lost_log_records_it_from_what_was_there_before(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Commands that change voiceprints looked for traces of use after their change: an
+    enrollment after the loss was never flagged (its own voiceprint ruled it out), and an
+    erase of the last voiceprint on a door whose daemon never ran found nothing left."""
+    from voxgate.cli import main
+
+    key = tmp_path / "voiceprint.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    config = tmp_path / "voxgate.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nspeaker:\n  key_file: {key}\n")
+    log = tmp_path / "data" / "audit.jsonl"
+    ls = shared_data / "resemblyzer_ls"
+    rows = [r.split(",") for r in (ls / "manifest.csv").read_text().splitlines()[1:]]
+
+    takes = [str(ls / r[0]) for r in rows if r[1] == "LS1688"][:6]
+
+    def lose_the_log() -> None:
+        log.unlink()
+        (tmp_path / "data" / "audit.jsonl.anchor").unlink()
+
+    def events() -> list[str]:
+        return [json.loads(x)["event"] for x in log.read_text().splitlines()]
+
+    assert main(["enroll", "alice", "-c", str(config), "--from", *takes]) == 0
+    lose_the_log()
+    # Her voiceprint was there before the new one replaced it.
+    assert main(["enroll", "alice", "--replace", "-c", str(config), "--from", *takes]) == 0
+    assert events() == ["audit_log_lost", "enrollment"]
+
+    lose_the_log()  # her voiceprint is the only trace, and the erase removes it
+    assert main(["users", "erase", "alice", "-c", str(config)]) == 0
+    assert events() == ["audit_log_lost", "erase"]

@@ -74,20 +74,26 @@ def not_yet(name: str) -> int:
 
 
 def audit_from_command(
-    cfg: Any, event: str, *, what: str | None = None, note_loss: bool = True, **fields: Any
+    cfg: Any,
+    event: str,
+    *,
+    what: str | None = None,
+    note_loss: bool = True,
+    lost: list[str] | None = None,
+    **fields: Any,
 ) -> Any:
     """Append `event` to the audit log for a command line action that stands whatever happens
     here; returns the log, or None when it cannot be opened (a warning says why). The log
     keeps a line it cannot write in memory for a later try, but a command exits now and the
     line would go with it unseen: such lines are printed, to be added by hand. `what`: the
     action's name in that message (default: the event). `note_loss`: a log found lost begins
-    with `audit_log_lost` (open_log); False only for an action that itself made one of the
-    traces it looks for (an enrollment's voiceprint). Without it the command's new log hid
-    the loss from the daemon's next start, which then found a log there."""
+    with `audit_log_lost` (open_log). Without it the command's new log hid the loss from
+    the daemon's next start, which then found a log there. `lost`: what audit.loss_traces
+    found before the action changed the files it looks at (an enrollment's voiceprint)."""
     from voxgate.audit import open_log
 
     try:
-        audit = open_log(cfg, note_loss=note_loss)
+        audit = open_log(cfg, note_loss=note_loss, lost=lost)
         audit.append(event, **fields)
         held = audit.held()
     except Exception as exc:  # SecretError, OSError

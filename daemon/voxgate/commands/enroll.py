@@ -267,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
+    from voxgate.audit import loss_traces
     from voxgate.enrollment import (
         TEMPLATES_META,
         attach_templates,
@@ -349,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
         if any(prompts) and TEMPLATES_META not in meta:
             print("  no digit templates: answers will be checked by the speech engine alone")
         sha = getattr(embedder, "model_sha256", None)
+        lost = loss_traces(cfg)  # before this voiceprint, which would read as a trace of use
         try:
             if args.replace:
                 store.replace(name, result.embeddings, embedder.model_id, meta, sha)
@@ -358,6 +360,6 @@ def run(args: argparse.Namespace) -> int:
                 store.add_user(name, result.embeddings, embedder.model_id, meta, sha)
         except StoreError as exc:
             return fail(str(exc))
-        record_change(cfg, store, "enrolled", name, embedder.model_id, sha)
+        record_change(cfg, store, "enrolled", name, embedder.model_id, sha, lost=lost)
     print(f"enrolled {name} with model {embedder.model_id}")
     return 0

@@ -157,6 +157,7 @@ def run_erase(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
+    from voxgate.audit import loss_traces
     from voxgate.erasure import forget_on_disk
     from voxgate.voiceprints import StoreError, normalize_name
 
@@ -164,12 +165,13 @@ def run_erase(args: argparse.Namespace) -> int:
     try:
         with open_store(cfg) as store:
             shown = store.enrolled_name(args.name) or normalize_name(args.name)
+            lost = loss_traces(cfg)  # before the erase, which may remove the last trace
             gone = store.erase(args.name)
             if gone:
                 # Before the fleet session (up to 5 s): a running daemon checks every 5 s and
                 # would otherwise often drop these first, and this command report nothing.
                 dropped = forget_on_disk(cfg, args.name)
-                record_change(cfg, store, "erased", shown, None)
+                record_change(cfg, store, "erased", shown, None, lost=lost)
     except (CommandError, StoreError) as exc:
         return fail(str(exc))
     if not gone:
