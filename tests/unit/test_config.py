@@ -277,6 +277,17 @@ def test_a_secret_file_far_larger_than_a_key_is_refused_not_read_whole(
         read_secret("decision-key", big)
 
 
+def test_a_secret_through_a_pipe_is_read(tmp_path: Path, no_secret_env: None) -> None:
+    # The size limit is no regular-file rule: `--key-file <(pass show audit-key)` is a pipe.
+    r, w = os.pipe()
+    os.write(w, b"from-a-pipe\n")
+    os.close(w)
+    try:
+        assert read_secret("audit-key", Path(f"/dev/fd/{r}")) == b"from-a-pipe"
+    finally:
+        os.close(r)
+
+
 def test_secret_path_that_cannot_be_looked_up_is_an_error_not_a_traceback(
     tmp_path: Path, no_secret_env: None
 ) -> None:
