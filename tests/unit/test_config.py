@@ -277,6 +277,16 @@ def test_a_secret_file_far_larger_than_a_key_is_refused_not_read_whole(
         read_secret("decision-key", big)
 
 
+def test_a_device_as_secret_file_is_refused_without_chmod_advice(
+    no_secret_env: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "secret file /dev/zero is readable by others (mode 666); chmod 600 it" came first:
+    # advice that, followed, breaks every program on the machine.
+    with pytest.raises(SecretError, match=r"/dev/zero holds more than 64 kB"):
+        read_secret("decision-key", Path("/dev/zero"))
+    assert "chmod" not in caplog.text
+
+
 def test_a_secret_through_a_pipe_is_read(tmp_path: Path, no_secret_env: None) -> None:
     # The size limit is no regular-file rule: `--key-file <(pass show audit-key)` is a pipe.
     r, w = os.pipe()
