@@ -182,6 +182,35 @@ def test_users_erase_command_drops_lockout_entry_and_recordings(tmp_path: Path) 
     assert b"erin" not in lock
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown), as `sudo voxgate` runs")
+def test_sudo_users_erase_on_the_shipped_units_layout_is_audited_and_leaves_no_root_files(
+    tmp_path: Path,
+) -> None:
+    """`sudo voxgate users erase` on a door as the unit lays it out (DynamicUser=yes,
+    StateDirectory=: /var/lib/voxgate is root's link to private/voxgate, which the service's
+    user owns). The erase is in the audit log itself, not only printed (a root command does
+    not write the log through a link in that folder; a plain file it does), and the files
+    it made (the audit anchor) go to the service's user: behind the link they stayed root's."""
+    data, _ = _door_with_erin(tmp_path)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    data.rename(private / "voxgate")
+    data.symlink_to("private/voxgate")
+    uid = gid = 61236
+    for each in [private / "voxgate", *(private / "voxgate").rglob("*")]:
+        os.chown(each, uid, gid, follow_symlinks=False)
+
+    run = _cli(tmp_path, "erase", "erin")
+
+    assert run.returncode == 0, run.stderr
+    assert "to add by hand" not in run.stderr, run.stderr
+    last = json.loads((data / "audit.jsonl").read_bytes().splitlines()[-1])
+    assert (last["event"], last["user"]) == ("erase", "Erin")
+    assert verify(data / "audit.jsonl").ok
+    root_owned = [p.name for p in (private / "voxgate").rglob("*") if p.lstat().st_uid == 0]
+    assert root_owned == []
+
+
 def test_users_export_lists_what_is_held_besides_the_voiceprint(tmp_path: Path) -> None:
     """A data access request got the voiceprint only: not the lockout entry, the audit lines
     naming the person, nor the recordings kept of them."""

@@ -275,7 +275,7 @@ def load_config(path: str | os.PathLike[str] | None) -> VoxgateConfig:
         raise ConfigError(
             str(p),
             [
-                f"the file is empty ({p.stat().st_size} bytes): cut off or damaged? restore it; "
+                f"the file is empty ({len(text.encode())} bytes): cut off or damaged? restore it; "
                 "a config meant to use every default is the line '{}'"
             ],
         )
@@ -283,17 +283,20 @@ def load_config(path: str | os.PathLike[str] | None) -> VoxgateConfig:
 
 
 def read_config_text(p: Path) -> str:
-    """The file's text; ConfigError for anything but a regular file of a config's size. Opened
-    without blocking, so a FIFO (no writer: open() waits for ever) is refused, not waited on."""
+    """The file's text; ConfigError for a folder, a device or a socket, or more than a
+    config's size. A pipe is read (`-c <(...)`, a config piped to /dev/stdin): opened without
+    blocking, so a named FIFO no one writes to reads as empty instead of waiting for ever."""
     fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         mode = os.fstat(fd).st_mode
+        if stat.S_ISFIFO(mode):
+            os.set_blocking(fd, True)  # a writer that is there may not have written yet
     except OSError:
         os.close(fd)
         raise
-    if not stat.S_ISREG(mode):
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
         os.close(fd)
-        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, a pipe?)"
+        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device?)"
         raise ConfigError(str(p), [f"cannot read: {what}; give the YAML config file"])
     with open(fd, "rb") as f:
         data = f.read(MAX_CONFIG_BYTES + 1)

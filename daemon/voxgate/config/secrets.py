@@ -121,7 +121,9 @@ def read_secret(
             raise SecretUnreadable(
                 f"secret '{name}': cannot read {path} ({exc.strerror})"
             ) from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO) and not stat.S_ISDIR(mode):
+        # A file's mode only: "chmod 600 it" said of /dev/zero (key_file: /dev/zero, refused
+        # below) would break the system for everyone.
+        if mode & (stat.S_IRWXG | stat.S_IRWXO) and stat.S_ISREG(mode):
             log.warning(
                 "secret file %s is readable by others (mode %o); chmod 600 it",
                 path,
