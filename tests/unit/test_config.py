@@ -10,7 +10,7 @@ import pytest
 
 from voxgate.cli import main
 from voxgate.config import ConfigError, VoxgateConfig, load_config, parse_config, read_secret
-from voxgate.config.secrets import SecretError
+from voxgate.config.secrets import SecretError, override_source
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -275,6 +275,28 @@ def test_a_secret_file_far_larger_than_a_key_is_refused_not_read_whole(
     os.chmod(big, 0o600)
     with pytest.raises(SecretError, match=r"holds more than 64 kB: not a key or password"):
         read_secret("decision-key", big)
+
+
+def test_where_a_secret_comes_from_reads_a_credential_no_further_than_the_secret(
+    tmp_path: Path, no_secret_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # override_source() read the credential whole (the actuator asks it before read_secret):
+    # a credential linked to /dev/zero was read without end; a 50 MB sparse file stands for it.
+    import tracemalloc
+
+    big = tmp_path / "decision-key"
+    with open(big, "wb") as f:
+        f.truncate(50 * 1024 * 1024)
+    with open(big, "r+b") as f:
+        f.write(b"k")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    tracemalloc.start()
+    try:
+        assert override_source("decision-key") == f"the credential decision-key ({big})"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, peak
 
 
 def test_a_device_as_secret_file_is_refused_without_chmod_advice(

@@ -73,8 +73,9 @@ def override_source(name: str) -> str | None:
     if cred_dir:
         path = Path(cred_dir) / name
         try:
-            if path.read_bytes().strip():
-                return f"the credential {name} ({path})"
+            with open(path, "rb") as f:  # bounded, as read_secret reads it
+                if f.read(MAX_SECRET_BYTES + 1).strip():
+                    return f"the credential {name} ({path})"
         except FileNotFoundError:
             pass
         except OSError:  # read_secret stops there with the error
