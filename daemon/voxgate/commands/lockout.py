@@ -203,8 +203,8 @@ def run_clear(args: argparse.Namespace) -> int:
         # UnicodeEncodeError traceback from SQLite; no name with them, or with a control
         # character, can be counted: a claimed name must be one the store could enroll.
         print(
-            f"error: USER {user!r}: {problem} (bytes that are not UTF-8 text also count "
-            "here: check the terminal's encoding)",
+            f"error: USER {user!r} holds characters no user name has ({problem}; or bytes "
+            "that are not UTF-8 text: check the terminal's encoding)",
             file=sys.stderr,
         )
         return 2
