@@ -7,6 +7,7 @@ the audit lines of an erased user must treat them as one person too.
 from __future__ import annotations
 
 import unicodedata
+from itertools import pairwise
 
 # ZERO WIDTH NON-JOINER and ZERO WIDTH JOINER (category Cf) are part of how many Persian,
 # Urdu, Hindi and Malayalam names are spelled, so a name may hold them; every other
@@ -22,17 +23,16 @@ def name_problem(name: str) -> str | None:
             "user name must not contain control characters, direction overrides or other "
             "invisible characters (only a zero width joiner or non-joiner may join two letters)"
         )
-    joined = [i for i, c in enumerate(name) if c in JOINERS]
-    if joined and (joined[0] == 0 or joined[-1] == len(name) - 1 or _adjacent(joined)):
+    # A joiner joins two letters: at an end, or beside another, it only hides in the name.
+    ends = name[:1] + name[-1:]
+    if any(c in JOINERS for c in ends) or any(
+        a in JOINERS and b in JOINERS for a, b in pairwise(name)
+    ):
         return (
             "a zero width joiner or non-joiner (U+200D, U+200C) in a user name must stand "
             "between two other characters, one at a time"
         )
     return None
-
-
-def _adjacent(positions: list[int]) -> bool:
-    return any(b == a + 1 for a, b in zip(positions, positions[1:], strict=False))
 
 
 def fold(name: str) -> str:

@@ -282,8 +282,8 @@ def enrolled_text(name: str, enrolled: str | None) -> str:
 def _name_taken_text(name: str, twin: str) -> str:
     return (
         f"user '{name}' is already enrolled as '{twin}' (the same name in other characters: "
-        f"full-width letters, a ligature, another space, an invisible joiner); re-enroll '{twin}' to replace it, "
-        "or choose a name that differs"
+        "full-width letters, a ligature, another space, an invisible joiner); re-enroll "
+        f"'{twin}' to replace it, or choose a name that differs"
     )
 
 
