@@ -125,3 +125,11 @@ def test_lockout_clear_takes_a_name_with_a_joiner(
     assert "cleared" in capsys.readouterr().out
     assert main(["lockout", "clear", f"a{ZWNJ}\u202eb", "-c", str(cfg_file)]) == 2
     assert "direction overrides" in capsys.readouterr().err
+
+
+def test_the_mqtt_commands_take_a_name_with_a_joiner() -> None:
+    # enroll-start and erase-user check names with this: they refused every joiner.
+    from voxgate.mqtt.commands import _user_name_problem
+
+    assert _user_name_problem(MEHR) is None
+    assert "direction overrides" in (_user_name_problem("ali\u202ece") or "")
