@@ -62,7 +62,7 @@ from typing import Literal
 from voxgate.clocks import elapsed
 from voxgate.config.service import LockoutConfig
 from voxgate.logs import LogLimit
-from voxgate.names import fold
+from voxgate.names import person_key
 from voxgate.policy import LockoutState
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,9 @@ EXPIRE_BATCH = 64
 
 
 def user_key(user: str) -> str:
-    # One key per voiceprint: a lock on "alice" must also hold an attempt claiming "ALICE".
-    return f"user:{fold(user)}"
+    # One key per person: a lock on "alice" must also hold an attempt claiming "ALICE", or
+    # "al<ZWNJ>ice" (an invisible joiner: names.person_key).
+    return f"user:{person_key(user)}"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from voxgate.logs import LogLimit
-from voxgate.names import fold
+from voxgate.names import person_key
 from voxgate.ownership import what_to_do
 from voxgate.replay_index import COARSE_MIN, GAP, FingerprintIndex, popcount
 from voxgate.stt.mfcc import MfccSpec, log_mel
@@ -874,9 +874,9 @@ def frames_for(memory_mb: int) -> int:
 
 
 def user_key(salt: bytes, user: str) -> bytes:
-    """What a row stores instead of the name: a hash of the folded name (names.fold, as
-    the voiceprint store matches them) keyed with the file's random salt."""
-    return hmac.new(salt, fold(user).encode(), hashlib.sha256).digest()[:16]
+    """What a row stores instead of the name: a hash of the folded name (names.person_key,
+    as the lockout counts them) keyed with the file's random salt."""
+    return hmac.new(salt, person_key(user).encode(), hashlib.sha256).digest()[:16]
 
 
 def _salt(db: sqlite3.Connection) -> bytes:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from voxgate.names import name_problem
 from voxgate.ownership import create_whole, disk_hint, disk_is_full, is_read_only
 
 log = logging.getLogger(__name__)
@@ -260,8 +261,8 @@ def normalize_name(name: str) -> str:
     clean = unicodedata.normalize("NFC", name).strip()
     if not clean or len(clean) > MAX_NAME_LEN:
         raise StoreError(f"user name must be 1-{MAX_NAME_LEN} characters")
-    if any(unicodedata.category(c).startswith("C") for c in clean):
-        raise StoreError("user name must not contain control characters")
+    if (problem := name_problem(clean)) is not None:
+        raise StoreError(problem)
     return clean
 
 
@@ -281,8 +282,8 @@ def enrolled_text(name: str, enrolled: str | None) -> str:
 def _name_taken_text(name: str, twin: str) -> str:
     return (
         f"user '{name}' is already enrolled as '{twin}' (the same name in other characters: "
-        f"full-width letters, a ligature, another space); re-enroll '{twin}' to replace it, "
-        "or choose a name that differs"
+        "full-width letters, a ligature, another space, an invisible joiner); re-enroll "
+        f"'{twin}' to replace it, or choose a name that differs"
     )
 
 

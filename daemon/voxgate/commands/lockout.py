@@ -188,7 +188,7 @@ def _operator() -> str:
 
 def run_clear(args: argparse.Namespace) -> int:
     from voxgate.lockout import DEVICE_KEY, LockoutError, clear_in_file, clear_taken, read_file
-    from voxgate.names import fold
+    from voxgate.names import name_problem, person_key
 
     cfg = config_from_args(args)
     if cfg is None:
@@ -198,14 +198,13 @@ def run_clear(args: argparse.Namespace) -> int:
     if user is not None and not user.strip():
         print("error: USER is empty", file=sys.stderr)
         return 2
-    if user is not None and any(unicodedata.category(c).startswith("C") for c in user):
+    if user is not None and (problem := name_problem(unicodedata.normalize("NFC", user).strip())):
         # Bytes the terminal's encoding does not read (argv holds them as surrogates) were a
         # UnicodeEncodeError traceback from SQLite; no name with them, or with a control
         # character, can be counted: a claimed name must be one the store could enroll.
         print(
-            f"error: USER {user!r} holds "
-            "characters no user name has (control characters, or bytes that are not UTF-8 "
-            "text: check the terminal's encoding)",
+            f"error: USER {user!r} holds characters no user name has ({problem}; or bytes "
+            "that are not UTF-8 text: check the terminal's encoding)",
             file=sys.stderr,
         )
         return 2
@@ -219,11 +218,11 @@ def run_clear(args: argparse.Namespace) -> int:
                 return 0
             held = [e.key[5:] for e in read_file(path).entries if e.key != DEVICE_KEY]
             print(
-                f"error: no lockout entry for {user!r} (as stored: {fold(user)!r}): nothing "
+                f"error: no lockout entry for {user!r} (as stored: {person_key(user)!r}): nothing "
                 f"to clear. Users with failures counted: {', '.join(held) or 'none'}",
                 file=sys.stderr,
             )
-            log.info("lockout clear: no entry for %s", fold(user))
+            log.info("lockout clear: no entry for %s", person_key(user))
             return 1
     except LockoutError as exc:
         return _error(exc)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from voxgate.config import VoxgateConfig
-from voxgate.names import fold
+from voxgate.names import fold, person_key
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class UserServices:
                 continue
             if done:
                 dropped.append(done)
-        self._seen_enrolled.pop(fold(name), None)
+        self._seen_enrolled.pop(person_key(name), None)
         if dropped:
             log.info("erased %s: also dropped %s", name, ", ".join(dropped))
         return dropped
@@ -251,7 +251,7 @@ class UserServices:
         last = getattr(self.link, "last_user", None)
         retained_only = None  # a name known from the broker alone, not seen enrolled here
         if last:
-            name = fold(last)
+            name = person_key(last)  # as the lockout keys users: held's names
             held.add(name)
             from_broker = bool(getattr(self.link, "last_user_from_broker", False))
             if name not in self._seen_enrolled and from_broker:
