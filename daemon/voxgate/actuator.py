@@ -349,11 +349,15 @@ class Actuator:
 
     def _report(self, device: str, reason: str, detail: str, decision: Decision | None) -> None:
         """Tell the door (its decision/refused topic): it logged a grant, the door stays shut."""
-        if self.publish is None:
+        key = self.keys.get(device)
+        if self.publish is None or key is None:
             return
         topic = Topics(self.cfg.broker.topic_prefix, device).decision_refused
         try:
-            self.publish(topic, refusal_payload(device, reason, detail, decision, time.time()))
+            # Sealed with the door's own decision key: the door believes only reports from a
+            # lock holding it (anyone on the broker could otherwise make it log refusals).
+            report = refusal_payload(device, reason, detail, decision, time.time(), key)
+            self.publish(topic, report)
         except Exception as exc:  # the report is a courtesy: never let it stop the lock
             log.warning("cannot report the refusal to %s: %s", topic, exc)
 
