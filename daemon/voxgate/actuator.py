@@ -304,10 +304,12 @@ class Actuator:
             self._rewound(exc)
             return None
         except DecisionError as exc:
-            if exc.reason == "malformed" and not exc.signed:
+            if exc.reason == "malformed" and not exc.signed and not exc.envelope:
                 # Not signed, not even a signed envelope: bytes from something other than
                 # the door (a test tool, a misrouted client). Reported as "malformed", the
-                # door's log told its administrator to compare the voxgate versions.
+                # door's log told its administrator to compare the voxgate versions. An
+                # envelope with an algorithm this lock does not know stays "malformed": a
+                # newer door's, where that advice is the right one.
                 detail = f"{exc.detail}; received {_shown(payload)}"
                 self._reject(topic, "not-a-decision", detail, device)
                 return None

@@ -17,8 +17,11 @@ from broker import Broker
 from mqtt_helpers import ActuatorProcess, link_config, wait_until, write_key
 
 from voxgate.decision import (
+    DECISION_DOMAIN,
     Issuer,
     SequenceCounter,
+    canonical_json,
+    mac,
     open_sealed,
     seal,
     sign,
@@ -435,3 +438,36 @@ def test_forged_reports_are_warnings_and_cannot_hide_the_locks_own(
         "higher sequence number from this door (data folder restored? see 'Sequence "
         "numbers and restored doors' in docs/mqtt.md)"
     ], text
+
+
+def test_a_decision_signed_with_an_unknown_algorithm_is_taken_for_a_version_mismatch(
+    tmp_path: Path, acl_broker: Broker, door: MqttLink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A voxgate envelope whose `alg` this lock does not know (a newer door's signature
+    scheme) was reported as `not-a-decision`, with the advice to fix the broker ACL; the
+    likely cause is a version mismatch. Junk that is no envelope keeps `not-a-decision`."""
+    lock = ActuatorProcess(
+        tmp_path, acl_broker, {DEV: write_key(tmp_path / "front.key", KEY)}, user="lock-front"
+    ).start()
+    raw = _client(acl_broker, "front-door")
+    issuer = Issuer(DEV, SequenceCounter(tmp_path / "seq.json"), ttl_s=30)
+    body = canonical_json(issuer.issue("granted", "alice", time.time()).to_body())
+    newer = {"alg": "HMAC-SHA3-256", "body": body, "sig": mac(KEY, DECISION_DOMAIN, body)}
+    try:
+        with caplog.at_level(logging.INFO, logger="voxgate.mqtt.client"):
+            time.sleep(0.3)
+            raw.publish(f"voxgate/{DEV}/decision", json.dumps(newer), qos=1).wait_for_publish(5)
+            wait_until(lambda: door.stats["lock_refusals"] == 1, 10, "the refusal")
+        lock.wait_log(r"REJECTED on voxgate/front-door/decision: malformed \(alg 'HMAC-SHA3-256'")
+        assert lock.actions() == [] and lock.alive
+    finally:
+        raw.disconnect()
+        raw.loop_stop()
+        lock.stop()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        "MQTT: the lock REFUSED a decision: malformed (alg 'HMAC-SHA3-256' is not HMAC-SHA256, "
+        "the one this build knows); the lock cannot read this door's decisions: compare the "
+        "voxgate versions"
+    ], caplog.text
+    assert "broker ACL" not in caplog.text

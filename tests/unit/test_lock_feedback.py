@@ -144,6 +144,20 @@ def test_the_door_ignores_a_report_it_cannot_read(caplog: pytest.LogCaptureFixtu
     assert "the door's clock is ahead of the lock's" in caplog.text
 
 
+def test_an_envelope_with_an_unknown_algorithm_is_malformed_and_junk_is_not_a_decision(
+    tmp_path: Path,
+) -> None:
+    """A newer door's signature scheme is a version mismatch (`malformed`, whose advice is to
+    compare the versions), not bytes from a stranger (`not-a-decision`: fix the ACL)."""
+    a, sent = _actuator(tmp_path, ["/bin/true"])
+    newer = json.dumps({"alg": "Ed25519", "body": "{}", "sig": "00" * 64}).encode()
+    a.handle("site/front-door/decision", newer)
+    a.handle("site/front-door/decision", json.dumps({"alg": 7, "body": 1}).encode())
+    got = [(b["reason"], b["detail"]) for _, b in sent]
+    assert got[0] == ("malformed", "alg 'Ed25519' is not HMAC-SHA256, the one this build knows")
+    assert got[1][0] == "not-a-decision", got
+
+
 def test_the_door_does_not_count_reports_it_cannot_verify(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
