@@ -3,9 +3,9 @@
 It subscribes to `<prefix>/<device>/decision` for each configured door, verifies every message
 with decision.verify (signature, version, device, expiry, sequence replay against a state file
 that survives restarts), logs every refusal with its reason and reports it to the door on
-`<prefix>/<device>/decision/refused` (mqtt.refusal), and on 'granted' either pulses a
-GPIO (gpiozero, optional) or runs a program without a shell, passing the decision in VOXGATE_*
-environment variables.
+`<prefix>/<device>/decision/refused`, signed with that door's key (mqtt.refusal), and on
+'granted' either pulses a GPIO (gpiozero, optional) or runs a program without a shell,
+passing the decision in VOXGATE_* environment variables.
 """
 
 from __future__ import annotations
