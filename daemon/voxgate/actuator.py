@@ -3,9 +3,9 @@
 It subscribes to `<prefix>/<device>/decision` for each configured door, verifies every message
 with decision.verify (signature, version, device, expiry, sequence replay against a state file
 that survives restarts), logs every refusal with its reason and reports it to the door on
-`<prefix>/<device>/decision/refused` (mqtt.refusal), and on 'granted' either pulses a
-GPIO (gpiozero, optional) or runs a program without a shell, passing the decision in VOXGATE_*
-environment variables.
+`<prefix>/<device>/decision/refused`, signed with that door's key (mqtt.refusal), and on
+'granted' either pulses a GPIO (gpiozero, optional) or runs a program without a shell,
+passing the decision in VOXGATE_* environment variables.
 """
 
 from __future__ import annotations
@@ -304,10 +304,12 @@ class Actuator:
             self._rewound(exc)
             return None
         except DecisionError as exc:
-            if exc.reason == "malformed" and not exc.signed:
+            if exc.reason == "malformed" and not exc.signed and not exc.envelope:
                 # Not signed, not even a signed envelope: bytes from something other than
                 # the door (a test tool, a misrouted client). Reported as "malformed", the
-                # door's log told its administrator to compare the voxgate versions.
+                # door's log told its administrator to compare the voxgate versions. An
+                # envelope with an algorithm this lock does not know stays "malformed": a
+                # newer door's, where that advice is the right one.
                 detail = f"{exc.detail}; received {_shown(payload)}"
                 self._reject(topic, "not-a-decision", detail, device)
                 return None
@@ -349,11 +351,15 @@ class Actuator:
 
     def _report(self, device: str, reason: str, detail: str, decision: Decision | None) -> None:
         """Tell the door (its decision/refused topic): it logged a grant, the door stays shut."""
-        if self.publish is None:
+        key = self.keys.get(device)
+        if self.publish is None or key is None:
             return
         topic = Topics(self.cfg.broker.topic_prefix, device).decision_refused
         try:
-            self.publish(topic, refusal_payload(device, reason, detail, decision, time.time()))
+            # Sealed with the door's own decision key: the door believes only reports from a
+            # lock holding it (anyone on the broker could otherwise make it log refusals).
+            report = refusal_payload(device, reason, detail, decision, time.time(), key)
+            self.publish(topic, report)
         except Exception as exc:  # the report is a courtesy: never let it stop the lock
             log.warning("cannot report the refusal to %s: %s", topic, exc)
 

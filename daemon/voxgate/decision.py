@@ -64,6 +64,9 @@ class DecisionError(Exception):
         # The signature matched (set by open_sealed and verify): the sender holds the key,
         # so a body it cannot read is another version's, not a stranger's bytes.
         self.signed = False
+        # Unsigned, but a voxgate envelope (string alg, body and sig) with an algorithm this
+        # build does not know: another version's signature scheme, not a stranger's bytes.
+        self.envelope = False
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
@@ -217,9 +220,15 @@ def open_sealed(payload: bytes, key: bytes, domain: bytes, max_size: int = MAX_P
         raise DecisionError("malformed", f"not JSON ({exc.__class__.__name__})") from None
     if not isinstance(env, dict):
         raise DecisionError("malformed", "envelope is not a JSON object")
-    if env.get("alg") != ALG:
-        raise DecisionError("malformed", f"alg must be {ALG}")
-    body, sig = env.get("body"), env.get("sig")
+    alg, body, sig = env.get("alg"), env.get("body"), env.get("sig")
+    if alg != ALG:
+        other = DecisionError("malformed", f"alg must be {ALG}")
+        if isinstance(alg, str) and isinstance(body, str) and isinstance(sig, str):
+            other = DecisionError(
+                "malformed", f"alg {alg[:40]!r} is not {ALG}, the one this build knows"
+            )
+            other.envelope = True
+        raise other
     if not isinstance(body, str) or not isinstance(sig, str):
         raise DecisionError("malformed", "envelope needs string 'body' and 'sig'")
     if not SIG_RE.fullmatch(sig):

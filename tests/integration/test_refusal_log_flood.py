@@ -41,7 +41,9 @@ def test_a_flood_of_refusals_is_logged_within_the_limit_and_counted_whole(
             for i in range(FLOOD):
                 forged = make_command(b"not-the-key", DEV, "reload", now=time.time())
                 admin.publish(topic, forged, qos=1).wait_for_publish(5)
-                report = refusal_payload(DEV, "bad-signature", f"report {i}", None, time.time())
+                report = refusal_payload(
+                    DEV, "bad-signature", f"report {i}", None, time.time(), DKEY
+                )
                 lock.publish(f"voxgate/{DEV}/decision/refused", report, qos=1)
                 if i % 10 == 9:  # the door answers at its pace: at most 16 wait
                     wait_until(lambda i=i: len(codes) > i, 10, f"refusal {i + 1}")

@@ -12,8 +12,15 @@ import pytest
 
 from voxgate.actuator import Actuator
 from voxgate.config.mqtt import ActuatorConfig
-from voxgate.decision import DECISION_DOMAIN, Issuer, SequenceCounter, seal, sign
-from voxgate.mqtt.refusal import RefusalError, parse_refusal, refusal_payload
+from voxgate.decision import DECISION_DOMAIN, Issuer, SequenceCounter, open_sealed, seal, sign
+from voxgate.mqtt.refusal import (
+    MAX_BYTES,
+    REFUSAL_DOMAIN,
+    RefusalError,
+    UnsignedReport,
+    parse_refusal,
+    refusal_payload,
+)
 
 KEY = b"unit-test-feedback-decision-key"
 T0 = 1_790_000_000.0
@@ -30,7 +37,10 @@ def _actuator(tmp_path: Path, argv: list[str]) -> tuple[Actuator, list[tuple[str
     )
     a = Actuator(cfg, keys={"front-door": KEY}, clock=lambda: T0 + 1)
     sent: list[tuple[str, dict]] = []
-    a.publish = lambda topic, payload: sent.append((topic, json.loads(payload)))
+    # Sealed with the door's key: opened as the door does.
+    a.publish = lambda topic, payload: sent.append(
+        (topic, open_sealed(payload, KEY, REFUSAL_DOMAIN, MAX_BYTES))
+    )
     return a, sent
 
 
@@ -76,7 +86,9 @@ def test_a_report_that_cannot_be_sent_does_not_stop_the_lock(
 
 
 def test_a_report_round_trips_and_hostile_ones_are_refused() -> None:
-    r = parse_refusal(refusal_payload("front-door", "expired", "expired 3 s ago", None, T0))
+    r = parse_refusal(
+        refusal_payload("front-door", "expired", "expired 3 s ago", None, T0, KEY), KEY
+    )
     assert (r.device, r.reason, r.detail, r.seq, r.outcome, r.at) == (
         "front-door",
         "expired",
@@ -87,7 +99,7 @@ def test_a_report_round_trips_and_hostile_ones_are_refused() -> None:
     )
     # A forged log line in the detail arrives as one line.
     body = {"v": 1, "device": "d", "reason": "busy", "detail": "x\nERROR fake line", "seq": 1}
-    assert parse_refusal(json.dumps(body).encode()).detail == "x?ERROR fake line"
+    assert parse_refusal(seal(body, KEY, REFUSAL_DOMAIN), KEY).detail == "x?ERROR fake line"
     for bad in (
         b"x" * 3000,
         b"\xff",
@@ -101,7 +113,11 @@ def test_a_report_round_trips_and_hostile_ones_are_refused() -> None:
         b'{"v": 1, "device": "d", "reason": "busy", "outcome": 7}',
     ):
         with pytest.raises(RefusalError):
-            parse_refusal(bad)
+            parse_refusal(bad, KEY)
+        if bad.startswith(b"{"):  # sealed with the door's key, the same body is no report
+            with pytest.raises(RefusalError) as raised:
+                parse_refusal(seal(json.loads(bad), KEY, REFUSAL_DOMAIN), KEY)
+            assert not isinstance(raised.value, UnsignedReport)
 
 
 def test_the_door_ignores_a_report_it_cannot_read(caplog: pytest.LogCaptureFixture) -> None:
@@ -123,6 +139,43 @@ def test_the_door_ignores_a_report_it_cannot_read(caplog: pytest.LogCaptureFixtu
         deliver(b"garbage")
         assert link.stats["lock_refusals"] == 0 and counted == []
         assert "unreadable report on voxgate/front-door/decision/refused ignored" in caplog.text
-        deliver(refusal_payload("front-door", "not-yet-valid", "issued 9 s ahead", None, T0))
+        deliver(refusal_payload("front-door", "not-yet-valid", "issued 9 s ahead", None, T0, KEY))
     assert link.stats["lock_refusals"] == 1 and counted == ["not-yet-valid"]
     assert "the door's clock is ahead of the lock's" in caplog.text
+
+
+def test_an_envelope_with_an_unknown_algorithm_is_malformed_and_junk_is_not_a_decision(
+    tmp_path: Path,
+) -> None:
+    """A newer door's signature scheme is a version mismatch (`malformed`, whose advice is to
+    compare the versions), not bytes from a stranger (`not-a-decision`: fix the ACL)."""
+    a, sent = _actuator(tmp_path, ["/bin/true"])
+    newer = json.dumps({"alg": "Ed25519", "body": "{}", "sig": "00" * 64}).encode()
+    a.handle("site/front-door/decision", newer)
+    a.handle("site/front-door/decision", json.dumps({"alg": 7, "body": 1}).encode())
+    got = [(b["reason"], b["detail"]) for _, b in sent]
+    assert got[0] == ("malformed", "alg 'Ed25519' is not HMAC-SHA256, the one this build knows")
+    assert got[1][0] == "not-a-decision", got
+
+
+def test_the_door_does_not_count_reports_it_cannot_verify(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import paho.mqtt.client as paho
+
+    from voxgate.config.mqtt import MqttConfig
+    from voxgate.mqtt.client import MqttLink
+
+    link = MqttLink(MqttConfig(), "front-door", decision_key=KEY, command_key=b"c" * 32)
+    counted: list[str] = []
+    link.on_lock_refusal = lambda r: counted.append(r.reason)
+    body = {"v": 1, "device": "front-door", "reason": "bad-signature", "detail": "x", "seq": None}
+    for payload in (json.dumps(body).encode(), seal(body, b"another-key", REFUSAL_DOMAIN)):
+        msg = paho.MQTTMessage(topic=b"voxgate/front-door/decision/refused")
+        msg.payload = payload
+        with caplog.at_level(logging.WARNING):
+            link._on_message(link._client, None, msg)
+    assert counted == [] and link.stats["lock_refusals"] == 0
+    assert link.stats["reports_unverified"] == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "give both the same key" not in caplog.text

@@ -34,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="reference lock controller: obey signed decisions",
         description="Subscribe to doors' decisions, refuse anything forged, tampered, replayed "
         "or expired (each refusal is logged with its reason and reported to the door on "
-        "<prefix>/<device>/decision/refused), and on 'granted' pulse a GPIO "
-        "or run a program (no shell; decision fields in VOXGATE_* environment variables).",
+        "<prefix>/<device>/decision/refused, signed with that door's key), and on 'granted' "
+        "pulse a GPIO or run a program (no shell; decision fields in VOXGATE_* environment "
+        "variables).",
         examples=EXAMPLES,
     )
     p.add_argument("-c", "--config", metavar="FILE", required=True, help="actuator config (YAML)")

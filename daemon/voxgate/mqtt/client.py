@@ -46,7 +46,7 @@ from voxgate.logs import LogLimit
 from voxgate.mqtt import discovery
 from voxgate.mqtt.commands import CommandError, CommandGate, make_reply
 from voxgate.mqtt.nonces import UsedCommands
-from voxgate.mqtt.refusal import ADVICE, Refusal, RefusalError, parse_refusal
+from voxgate.mqtt.refusal import ADVICE, Refusal, RefusalError, UnsignedReport, parse_refusal
 from voxgate.mqtt.topics import EVENT_QOS, STATE_QOS, STATES, USER_QOS, Topics
 from voxgate.names import fold
 
@@ -57,6 +57,16 @@ REFUSAL_LOG_BURST = 10
 REFUSAL_LOG_EVERY_S = 60.0
 
 CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+# Who sends a refusal report the door cannot verify (with "or someone else on the broker").
+_UNSIGNED_FROM = (
+    "a lock of an older voxgate (its reports are unsigned: upgrade it; its own log has the refusal)"
+)
+_OTHER_KEY_FROM = (
+    "a lock holding another decision key for this door (it then refuses this door's "
+    "decisions as bad-signature: give it the door's mqtt.hmac_key_file)"
+)
 
 
 class MqttSetupError(Exception):
@@ -363,6 +373,7 @@ class MqttLink:
             "commands_ok": 0,
             "commands_rejected": 0,
             "lock_refusals": 0,
+            "reports_unverified": 0,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -700,7 +711,24 @@ class MqttLink:
         """A lock did not act on one of this door's decisions: the door logged the outcome,
         the person is still outside. Said here, where the door's administrator looks."""
         try:
-            r = parse_refusal(payload)
+            r = parse_refusal(payload, self._key)
+        except UnsignedReport as exc:
+            # Not counted, and a WARNING within the stray reports' limit: unsigned, anyone
+            # the broker lets write the topic made the door log an ERROR with the wrong
+            # advice ("give both the same key"), or used up the lines of real refusals.
+            self._count("reports_unverified")
+            if self._stray_report_log.allow():
+                claims = f" (it claims {exc.claimed!r})" if exc.claimed else ""
+                log.warning(
+                    "MQTT: refusal report on %s ignored, not counted as a refusal: %s%s, so "
+                    "not from a lock holding this door's decision key. Either %s, or someone "
+                    "else on the broker sent it (check the broker ACL)",
+                    self.topics.decision_refused,
+                    exc,
+                    claims,
+                    _OTHER_KEY_FROM if exc.other_key else _UNSIGNED_FROM,
+                )
+            return
         except RefusalError as exc:
             if self._stray_report_log.allow():
                 topic = self.topics.decision_refused

@@ -2,10 +2,13 @@
 
 Without it a lock's refusal (a wrong key, a clock off, a rewound sequence) was only in the
 lock's own log: the door logged "granted" and the person stood at a shut door. The lock
-(voxgate actuator) publishes one small JSON object per refusal; the door logs it as an ERROR
-and counts it. Unsigned, like `event`: it explains, it never opens or shuts anything, and
-the broker ACL decides who may write it. No user name in it (the decision topic carries the
-name; this one need not).
+(voxgate actuator) publishes one small JSON object per refusal, sealed with the door's
+decision key like a decision (its own domain, so a report can never pass for a decision);
+the door logs it as an ERROR and counts it. It used to be unsigned: whoever could publish
+on the topic made the door log an ERROR with wrong advice ("give both the same key"), or
+used up the log lines of real refusals. A report the door cannot verify (an older lock's,
+or a stranger's) is a WARNING, not a refusal. No user name in it (the decision topic
+carries the name; this one need not).
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from voxgate.decision import Decision, is_finite_number
+from voxgate.decision import Decision, DecisionError, is_finite_number, open_sealed, seal
 
 VERSION = 1
-MAX_BYTES = 2048
+REFUSAL_DOMAIN = b"voxgate.refusal.v1\n"
+# The envelope carries the body as an escaped JSON string: a detail of 300 control
+# characters (\\u0001 in the envelope) is about 2.1 kB, well under this.
+MAX_BYTES = 4096
 MAX_DETAIL = 300
 _REASON = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 
@@ -57,33 +63,74 @@ class Refusal:
 
 
 def refusal_payload(
-    device: str, reason: str, detail: str, decision: Decision | None, now: float
+    device: str, reason: str, detail: str, decision: Decision | None, now: float, key: bytes
 ) -> bytes:
-    """What the lock publishes. seq and outcome only when the decision was authentic."""
+    """What the lock publishes, sealed with the door's decision key. seq and outcome only
+    when the decision was authentic."""
+    if not key:
+        raise ValueError("empty signing key")
     body: dict[str, Any] = {
         "v": VERSION,
         "device": device,
         "reason": reason,
-        "detail": detail[:MAX_DETAIL],
+        # ASCII (non-ASCII as \\x.. escapes): a few bytes a character at most in the envelope,
+        # so any detail fits MAX_BYTES (an emoji would take 14).
+        "detail": detail[:MAX_DETAIL].encode("ascii", "backslashreplace").decode()[:MAX_DETAIL],
         "seq": None if decision is None else decision.seq,
         "outcome": None if decision is None else decision.outcome,
         "at": round(now, 3),
     }
-    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    return seal(body, key, REFUSAL_DOMAIN)
 
 
 class RefusalError(ValueError):
     """A payload on the refusal topic that is not a refusal report."""
 
 
-def parse_refusal(payload: bytes) -> Refusal:
-    """Check a report's form (raises RefusalError); the text fields are cleaned for a log."""
-    if len(payload) > MAX_BYTES:
-        raise RefusalError(f"{len(payload)} bytes > {MAX_BYTES}")
+class UnsignedReport(RefusalError):
+    """A report not sealed with the door's key: an older lock's unsigned one, one signed
+    with another key, or a stranger's. `claimed`: the reason it gives, when readable."""
+
+    def __init__(self, other_key: bool, claimed: str | None = None) -> None:
+        self.other_key = other_key  # a seal made with another key, else none at all
+        self.claimed = claimed
+        super().__init__("signed with another key" if other_key else "not signed")
+
+
+def parse_refusal(payload: bytes, key: bytes) -> Refusal:
+    """Check a report's seal with the door's decision key and its form (raises
+    UnsignedReport, or RefusalError for bytes that are no report); the text fields are
+    cleaned for a log."""
     try:
-        body = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise RefusalError("not JSON") from None
+        body = open_sealed(payload, key, REFUSAL_DOMAIN, max_size=MAX_BYTES)
+    except DecisionError as exc:
+        if exc.reason == "bad-signature":
+            raise UnsignedReport(True, _claimed(payload)) from None
+        if exc.signed:
+            raise RefusalError(f"signed, but {exc.detail}") from None
+        if exc.reason == "oversized":
+            raise RefusalError(exc.detail) from None
+        # No envelope: the bare report of a lock from before the seal, or one forged.
+        try:
+            bare = _read(json.loads(payload.decode("utf-8")))
+        except RefusalError as bad:
+            raise RefusalError(str(bad)) from None
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise RefusalError("not JSON") from None
+        raise UnsignedReport(False, bare.reason) from None
+    return _read(body)
+
+
+def _claimed(payload: bytes) -> str | None:
+    """The reason a report sealed with another key gives (read, not believed): a lock
+    holding another key for this door says "bad-signature"."""
+    try:
+        return _read(json.loads(json.loads(payload)["body"])).reason
+    except (ValueError, RecursionError, TypeError, KeyError):  # RefusalError is a ValueError
+        return None
+
+
+def _read(body: Any) -> Refusal:
     if not isinstance(body, dict) or body.get("v") != VERSION:
         raise RefusalError("not a version 1 refusal report")
     reason, device = body.get("reason"), body.get("device")
