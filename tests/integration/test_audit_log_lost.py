@@ -63,6 +63,21 @@ def test_a_daemon_started_after_its_audit_log_was_lost_begins_by_saying_so(
     assert "intact" not in checked.stdout
 
 
+def _keyed_door(tmp_path: Path, shared_data: Path) -> tuple[Path, Path, list[str]]:
+    """A door config with a voiceprint key; returns it, its audit log's path and six
+    LibriSpeech takes of one person (20 s of speech or more)."""
+    from voxgate.cli import main
+
+    key = tmp_path / "voiceprint.key"
+    assert main(["users", "init-key", str(key)]) == 0
+    config = tmp_path / "voxgate.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nspeaker:\n  key_file: {key}\n")
+    ls = shared_data / "resemblyzer_ls"
+    rows = [r.split(",") for r in (ls / "manifest.csv").read_text().splitlines()[1:]]
+    takes = [str(ls / r[0]) for r in rows if r[1] == "LS1688"][:6]
+    return config, tmp_path / "data" / "audit.jsonl", takes
+
+
 def test_commands_after_a_lost_log_record_the_loss_and_an_enrollment_on_a_fresh_door_does_not(
     tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -72,14 +87,7 @@ def test_commands_after_a_lost_log_record_the_loss_and_an_enrollment_on_a_fresh_
     door it must not take that voiceprint for a trace of a lost log."""
     from voxgate.cli import main
 
-    key = tmp_path / "voiceprint.key"
-    assert main(["users", "init-key", str(key)]) == 0
-    config = tmp_path / "voxgate.yaml"
-    config.write_text(f"data_dir: {tmp_path / 'data'}\nspeaker:\n  key_file: {key}\n")
-    log = tmp_path / "data" / "audit.jsonl"
-    ls = shared_data / "resemblyzer_ls"
-    rows = [r.split(",") for r in (ls / "manifest.csv").read_text().splitlines()[1:]]
-    takes = [str(ls / r[0]) for r in rows if r[1] == "LS1688"][:6]  # one person, 20 s or more
+    config, log, takes = _keyed_door(tmp_path, shared_data)
 
     assert main(["enroll", "alice", "-c", str(config), "--from", *takes]) == 0
     assert [json.loads(x)["event"] for x in log.read_text().splitlines()] == ["enrollment"]
@@ -106,15 +114,7 @@ def test_an_enrollment_or_erase_after_a_lost_log_records_it_from_what_was_there_
     erase of the last voiceprint on a door whose daemon never ran found nothing left."""
     from voxgate.cli import main
 
-    key = tmp_path / "voiceprint.key"
-    assert main(["users", "init-key", str(key)]) == 0
-    config = tmp_path / "voxgate.yaml"
-    config.write_text(f"data_dir: {tmp_path / 'data'}\nspeaker:\n  key_file: {key}\n")
-    log = tmp_path / "data" / "audit.jsonl"
-    ls = shared_data / "resemblyzer_ls"
-    rows = [r.split(",") for r in (ls / "manifest.csv").read_text().splitlines()[1:]]
-
-    takes = [str(ls / r[0]) for r in rows if r[1] == "LS1688"][:6]
+    config, log, takes = _keyed_door(tmp_path, shared_data)
 
     def lose_the_log() -> None:
         log.unlink()
