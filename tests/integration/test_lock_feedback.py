@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -67,6 +68,26 @@ def _client(broker: Broker, user: str) -> mqtt.Client:
     return c
 
 
+def _replayed_error(seq: int) -> str:
+    """The door's ERROR for the lock's refusal of a grant it had already acted on."""
+    return (
+        f"MQTT: the lock REFUSED granted seq={seq}: replayed (seq {seq} <= last accepted "
+        f"{seq}); the lock already accepted a higher sequence number from this door (data "
+        "folder restored? see 'Sequence numbers and restored doors' in docs/mqtt.md)"
+    )
+
+
+def _lock_refuses_a_replayed_grant(door: Any, lock: Any, issuer: Any, client: Any) -> Any:
+    """The door grants, the lock acts; `client` sends the same grant again and the lock
+    refuses it (the door's first refusal). Returns the grant."""
+    grant = issuer.issue("granted", "alice", time.time())
+    assert door.publish_decision(grant)
+    wait_until(lambda: len(lock.actions()) == 1, 10, "the grant acted on")
+    client.publish(f"voxgate/{DEV}/decision", sign(grant, KEY), qos=1).wait_for_publish(5)
+    wait_until(lambda: door.stats["lock_refusals"] == 1, 10, "the replay refused")
+    return grant
+
+
 def test_the_door_logs_and_counts_what_the_lock_refused(
     tmp_path: Path, acl_broker: Broker, door: MqttLink, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -104,10 +125,7 @@ def test_the_door_logs_and_counts_what_the_lock_refused(
             refused(3)
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         assert errors == [
-            f"MQTT: the lock REFUSED granted seq={grant.seq}: replayed "
-            f"(seq {grant.seq} <= last accepted {grant.seq}); the lock already accepted a "
-            "higher sequence number from this door (data folder restored? see 'Sequence "
-            "numbers and restored doors' in docs/mqtt.md)",
+            _replayed_error(grant.seq),
             errors[1],
             "MQTT: the lock REFUSED a decision: bad-signature (HMAC does not match); the lock "
             "holds another decision key for this door than the door's mqtt.hmac_key_file: "
@@ -354,11 +372,7 @@ def test_junk_on_the_decision_topic_is_not_taken_for_a_version_mismatch(
                 neighbour.publish(f"{topic}/refused", _report(stray), qos=1).wait_for_publish(5)
             wait_until(lambda: "held back" in caplog.text, 10, "the stray reports' limit")
             # Then a real refusal of this door's own decision: the same grant twice.
-            grant = issuer.issue("granted", "alice", time.time())
-            assert door.publish_decision(grant)
-            wait_until(lambda: len(lock.actions()) == 1, 10, "the grant acted on")
-            tool.publish(topic, sign(grant, KEY), qos=1).wait_for_publish(5)
-            wait_until(lambda: door.stats["lock_refusals"] == 1, 10, "the replay refused")
+            grant = _lock_refuses_a_replayed_grant(door, lock, issuer, tool)
     finally:
         for c in (tool, neighbour):
             c.disconnect()
@@ -371,12 +385,7 @@ def test_junk_on_the_decision_topic_is_not_taken_for_a_version_mismatch(
     assert "received 22 bytes: b'hello from a test tool'" in junk[0].getMessage()
     assert "broker ACL" in junk[0].getMessage()
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert errors == [
-        f"MQTT: the lock REFUSED granted seq={grant.seq}: replayed "
-        f"(seq {grant.seq} <= last accepted {grant.seq}); the lock already accepted a "
-        "higher sequence number from this door (data folder restored? see 'Sequence "
-        "numbers and restored doors' in docs/mqtt.md)"
-    ], text
+    assert errors == [_replayed_error(grant.seq)], text
 
 
 def test_forged_reports_are_warnings_and_cannot_hide_the_locks_own(
@@ -411,11 +420,7 @@ def test_forged_reports_are_warnings_and_cannot_hide_the_locks_own(
                 forger.publish(topic, bare, qos=1).wait_for_publish(5)
             wait_until(lambda: "held back" in caplog.text, 10, "the stray reports' limit")
             # The lock's own refusal after the burst: the same grant twice.
-            grant = issuer.issue("granted", "alice", time.time())
-            assert door.publish_decision(grant)
-            wait_until(lambda: len(lock.actions()) == 1, 10, "the grant acted on")
-            raw.publish(f"voxgate/{DEV}/decision", sign(grant, KEY), qos=1).wait_for_publish(5)
-            wait_until(lambda: door.stats["lock_refusals"] == 1, 10, "the replay refused")
+            grant = _lock_refuses_a_replayed_grant(door, lock, issuer, raw)
     finally:
         for c in (forger, raw):
             c.disconnect()
@@ -432,12 +437,7 @@ def test_forged_reports_are_warnings_and_cannot_hide_the_locks_own(
     assert "signed with another key (it claims 'bad-signature')" in second, second
     assert "check the broker ACL" in second, second
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert errors == [
-        f"MQTT: the lock REFUSED granted seq={grant.seq}: replayed "
-        f"(seq {grant.seq} <= last accepted {grant.seq}); the lock already accepted a "
-        "higher sequence number from this door (data folder restored? see 'Sequence "
-        "numbers and restored doors' in docs/mqtt.md)"
-    ], text
+    assert errors == [_replayed_error(grant.seq)], text
 
 
 def test_a_decision_signed_with_an_unknown_algorithm_is_taken_for_a_version_mismatch(
