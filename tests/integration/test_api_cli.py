@@ -55,12 +55,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_api_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+def _door_config(tmp_path: Path) -> Path:
     cfg = tmp_path / "voxgate.yaml"
     cfg.write_text(f"device_id: door-cli\ndata_dir: {tmp_path}\n")
+    return cfg
+
+
+def _start_api(cfg: Path) -> tuple[subprocess.Popen, int]:
+    """`voxgate api` on `cfg` with a token and a voiceprint key; returns it and its port."""
     port = _free_port()
     env = _env(VOXGATE_API_TOKEN=TOKEN, VOXGATE_VOICEPRINT_KEY="ab" * 32)
-    proc = _voxgate("api", "-c", str(cfg), "--port", str(port), env=env)
+    return _voxgate("api", "-c", str(cfg), "--port", str(port), env=env), port
+
+
+def test_api_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    proc, port = _start_api(_door_config(tmp_path))
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -108,16 +117,13 @@ def test_an_erase_through_the_standalone_api_is_audited(
     from voxgate.config import load_config
     from voxgate.voiceprints import open_store
 
-    cfg = tmp_path / "voxgate.yaml"
-    cfg.write_text(f"device_id: door-cli\ndata_dir: {tmp_path}\n")
-    env = _env(VOXGATE_API_TOKEN=TOKEN, VOXGATE_VOICEPRINT_KEY="ab" * 32)
+    cfg = _door_config(tmp_path)
     monkeypatch.setenv("VOXGATE_VOICEPRINT_KEY", "ab" * 32)
     with open_store(load_config(cfg)) as store:
         store.add_user("alice", np.ones((3, 256)), "test-model/1", {"takes": 3})
     # As `voxgate enroll` leaves it: a voiceprint without any log reads as a lost log.
     open_log(load_config(cfg)).append("enrollment", user="alice", via="cli")
-    port = _free_port()
-    proc = _voxgate("api", "-c", str(cfg), "--port", str(port), env=env)
+    proc, port = _start_api(cfg)
     try:
         status, body = _request(port, "DELETE", "/api/v1/users/alice", proc)
         assert status == 200, body
@@ -212,11 +218,7 @@ def test_the_standalone_api_on_a_door_whose_audit_log_was_lost_records_the_loss(
     from voxgate.lockout import LockoutBook
 
     LockoutBook(tmp_path / "lockout.db", LockoutConfig()).close()  # the daemon has run
-    cfg = tmp_path / "voxgate.yaml"
-    cfg.write_text(f"device_id: door-cli\ndata_dir: {tmp_path}\n")
-    port = _free_port()
-    env = _env(VOXGATE_API_TOKEN=TOKEN, VOXGATE_VOICEPRINT_KEY="ab" * 32)
-    proc = _voxgate("api", "-c", str(cfg), "--port", str(port), env=env)
+    proc, port = _start_api(_door_config(tmp_path))
     try:
         status, _ = _request(port, "GET", "/api/v1/health", proc)
         assert status == 200
