@@ -118,10 +118,12 @@ def _hand_over_data_dir(args: argparse.Namespace) -> None:
     from voxgate.config import ConfigError, load_config
     from voxgate.ownership import hand_over
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError:
-        return
+    cfg = getattr(args, "loaded_config", None)
+    if cfg is None:
+        try:
+            cfg = load_config(args.config)
+        except ConfigError:
+            return
     hand_over(Path(cfg.data_dir))
 
 

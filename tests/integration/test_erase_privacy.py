@@ -570,3 +570,30 @@ def test_an_export_to_a_file_does_not_write_through_a_link_left_at_its_temporary
     assert out.stat().st_mode & 0o777 == 0o600
     # Only the export itself is left beside it (the link was not ours to remove).
     assert sorted(p.name for p in out_dir.iterdir()) == [".erin.json.tmp", "erin.json"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown), as `sudo voxgate` runs")
+def test_sudo_users_erase_with_a_piped_config_hands_over_the_folder_it_wrote_to(
+    tmp_path: Path,
+) -> None:
+    """The hand-over after a root command read the config again: given as a pipe
+    (`-c <(...)`), it was empty the second time, so the defaults' data folder was handed
+    over and the files the erase made in the door's own folder stayed root's."""
+    data, _ = _door_with_erin(tmp_path)
+    uid = gid = 61237
+    for each in [data, *data.rglob("*")]:
+        os.chown(each, uid, gid, follow_symlinks=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    env["PYTHONPATH"] = str(REPO / "daemon")
+    config = tmp_path / "voxgate.yaml"
+    run = subprocess.run(
+        ["bash", "-c", f'"{sys.executable}" -m voxgate users erase erin -c <(cat "{config}")'],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "erased Erin" in run.stdout
+    root_owned = [p.name for p in data.rglob("*") if p.lstat().st_uid == 0]
+    assert root_owned == []

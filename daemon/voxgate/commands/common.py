@@ -60,12 +60,17 @@ def add_config_option(parser: argparse.ArgumentParser, *, again: bool = False) -
 
 
 def config_from_args(args: argparse.Namespace) -> VoxgateConfig | None:
-    """Load --config, printing the problems and returning None when it is invalid."""
+    """Load --config, printing the problems and returning None when it is invalid. The
+    config is kept on `args` (`loaded_config`) for the hand-over after a root command: read
+    again, a config given as a pipe (`-c <(...)`) was empty, and the defaults' data folder
+    was handed over instead of the one the command wrote to."""
     try:
-        return load_config(getattr(args, "config", None))
+        cfg = load_config(getattr(args, "config", None))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return None
+    args.loaded_config = cfg
+    return cfg
 
 
 def not_yet(name: str) -> int:

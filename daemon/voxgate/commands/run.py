@@ -56,6 +56,7 @@ def resolve_config(args: argparse.Namespace) -> VoxgateConfig:
     from voxgate.config import ConfigError, VoxgateConfig, load_config
 
     cfg = load_config(args.config)
+    args.loaded_config = cfg  # for the hand-over after a root run: a piped config reads once
     audio: dict[str, object] = {}
     if args.file:
         audio.update(source="file", path=args.file)
