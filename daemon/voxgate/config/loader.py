@@ -142,6 +142,7 @@ def _allowed_keys(parent: tuple[Any, ...]) -> list[str]:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_TOO_DEEP = "the YAML is nested too deeply, or an alias refers to the value holding it"
 
 
 class _Loader(yaml.SafeLoader):
@@ -176,9 +177,7 @@ def read_yaml(text: str) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)
     except RecursionError:
-        raise yaml.YAMLError(
-            "nested too deeply, or an alias refers to the value holding it"
-        ) from None
+        raise yaml.YAMLError(_TOO_DEEP) from None
 
 
 def parse_config(text: str, source: str = "<config>") -> VoxgateConfig:
@@ -186,8 +185,7 @@ def parse_config(text: str, source: str = "<config>") -> VoxgateConfig:
     try:
         return _parse(text, source)
     except RecursionError:  # PyYAML and the line map recurse per level of nesting
-        problem = "the YAML is nested too deeply, or an alias refers to the value holding it"
-        raise ConfigError(source, [problem]) from None
+        raise ConfigError(source, [_TOO_DEEP]) from None
 
 
 def _parse(text: str, source: str) -> VoxgateConfig:
