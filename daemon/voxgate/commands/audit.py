@@ -78,7 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             voxgate audit rotate -c /etc/voxgate/voxgate.yaml --archive-dir /var/backups/voxgate
             # change the audit key: stop the daemon, rotate with the new key, install it, start
             systemctl stop voxgate
-            voxgate audit rotate -c /etc/voxgate/voxgate.yaml --new-key-file /root/audit-key.new
+            voxgate audit rotate -c /etc/voxgate/voxgate.yaml \\
+                --key-file /etc/voxgate/credentials/audit-key --new-key-file /root/audit-key.new
             install -m 0600 /root/audit-key.new /etc/voxgate/credentials/audit-key
             systemctl start voxgate
             voxgate audit verify -c /etc/voxgate/voxgate.yaml --archive-dir /var/backups/voxgate
