@@ -767,6 +767,16 @@ def verify(
     return rep
 
 
+def _as_recorded(arc: VerifyReport, rec: dict[str, Any]) -> bool:
+    """The archive has the problems the rotation found in it: as many, or (checked without
+    the key that changed then) as many less a wrong signature, which is not checked now."""
+    recorded = rec.get("previous_problems")
+    if type(recorded) is not int:
+        return False
+    changed = rec.get("key_changed") is True
+    return len(arc.problems) == recorded or (changed and len(arc.problems) == recorded - 1)
+
+
 ROTATED = "audit_log_rotated"
 _HEX = frozenset("0123456789abcdef")
 
@@ -815,11 +825,7 @@ def _check_archive(
             f"the archive {found} ends at seq {arc.head_seq} {arc.head}, but the rotation "
             f"recorded seq {want[0]} {want[1]}: the archive was changed after the rotation"
         )
-    elif (
-        arc.problems
-        and rec.get("previous_verified") is False
-        and len(arc.problems) == rec.get("previous_problems")
-    ):
+    elif arc.problems and rec.get("previous_verified") is False and _as_recorded(arc, rec):
         rep.notes.append(
             f"the archive {found} was already NOT intact when it was rotated "
             f"({len(arc.problems)} problem(s), kept as evidence): voxgate audit verify {found}"

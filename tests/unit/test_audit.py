@@ -650,7 +650,10 @@ def test_a_failed_anchor_write_leaves_no_temporary_file(
 
     monkeypatch.setattr(os, "replace", full)
     log.append("x")
-    assert [x.name for x in tmp_path.iterdir()] == ["audit.jsonl"]  # a fresh name each time
+    # A fresh name each time, none left behind; the anchor is the one the open wrote (seq 0).
+    names = sorted(x.name for x in tmp_path.iterdir())
+    assert names == ["audit.jsonl", "audit.jsonl.anchor"], names
+    assert json.loads((tmp_path / "audit.jsonl.anchor").read_text())["seq"] == 0
 
 
 def test_a_root_command_does_not_append_through_a_link_the_folders_owner_left(

@@ -136,7 +136,7 @@ def verify_command(args: argparse.Namespace) -> int:
     if path is None:
         return 78
     try:
-        key = _key(args, "verify")
+        key = _key(args)
     except (SecretError, OSError) as exc:
         print(f"voxgate audit verify: {exc}", file=sys.stderr)
         return 2
@@ -162,7 +162,7 @@ def verify_command(args: argparse.Namespace) -> int:
     return 1
 
 
-def _key(args: argparse.Namespace, action: str) -> bytes | None:
+def _key(args: argparse.Namespace) -> bytes | None:
     """--key-file, else the key the door signs its anchor with, as open_log reads it
     (audit.key_file, the credential, $VOXGATE_AUDIT_KEY): with -c naming it, the signature
     was left unchecked and a rebuilt log with a forged anchor verified as intact. Given a
@@ -188,7 +188,7 @@ def rotate_command(args: argparse.Namespace) -> int:
         return 78
     path = cfg.audit.path or cfg.data_dir / "audit.jsonl"
     try:
-        key = _key(args, "rotate")
+        key = _key(args)
         new_key = read_secret("audit-key", Path(args.new_key_file)) if args.new_key_file else None
     except (SecretError, OSError) as exc:
         print(f"voxgate audit rotate: {exc}", file=sys.stderr)
