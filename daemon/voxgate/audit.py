@@ -10,6 +10,10 @@ who can write both files can rewrite them consistently; with a key, they can sti
 an older log together with its older anchor. The daemon also logs each head to the journal,
 which lives elsewhere, so a rollback can be seen by comparing the two.
 
+rotate() archives the log and begins it again in place with an `audit_log_rotated` line whose
+seq and prev follow the archive's last line: the chain goes on across the two files, and
+verify() checks the archive when it finds it.
+
 fsync: with fsync "always" (default) a line and then the anchor are fsynced before append()
 returns; with "never" the kernel writes them when it likes.
 
@@ -201,7 +205,12 @@ class AuditLog:
         fsync: bool = True,
         key: bytes | None = None,
         anchor: Path | None = None,
+        anchor_fresh: bool = True,
     ) -> None:
+        """`anchor_fresh`: a log still empty after the open gets its anchor at seq 0, which
+        tells it from one emptied by hand (log_gone). Not for a log found lost: its first
+        line records that, and were that line held (a full disk), the anchor would hide
+        the loss from the next start."""
         self.path = Path(path)
         self.anchor = anchor or anchor_path_for(self.path)
         self.fsync = fsync
@@ -213,6 +222,7 @@ class AuditLog:
         self._write_log = LogLimit()  # a failed write: logged once until one works
         self._anchor_log = LogLimit()  # the same for the anchor
         self.seq, self.head = 0, GENESIS
+        self._anchor_fresh = anchor_fresh
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for event, fields in self._open_checks():
             self.append(event, **fields)
@@ -327,7 +337,7 @@ class AuditLog:
             if gap is not None:
                 bodies.insert(0, {"ts": round(time.time(), 3), "event": "audit_anchor_gap", **gap})
             if not bodies:
-                if size == 0 and self.seq == 0 and absent(self.anchor):
+                if self._anchor_fresh and size == 0 and self.seq == 0 and absent(self.anchor):
                     # A log opened and not yet written to (a first start that fails after
                     # this) gets its anchor at seq 0: an empty log WITHOUT one, on a door
                     # that has run, is one emptied by hand and reads as lost (log_gone).
@@ -636,6 +646,7 @@ def open_log(cfg: Any, *, note_loss: bool = False, lost: list[str] | None = None
         path,
         fsync=cfg.audit.fsync == "always",
         key=read_secret("audit-key", key_file, required=key_file is not None),
+        anchor_fresh=not lost,
     )
     if lost:
         log.error(

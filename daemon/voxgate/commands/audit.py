@@ -33,8 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="check every line and the anchor; exit 0 intact, 1 tampered or damaged",
         description="Check the hash chain of every line and that the log ends where its "
         "anchor (FILE.anchor) says. Exit 0 intact, 1 tampered or damaged (each problem is "
-        "printed with its line). With neither log nor anchor: exit 1 if the door's other "
-        "files show it has run (the log is lost), 0 for a fresh door (nothing to verify).",
+        "printed with its line). With neither log nor anchor (or the log empty and its anchor "
+        "gone): exit 1 if the door's other files show it has run (the log is lost), 0 for a "
+        "fresh door (nothing to verify). A log begun by `audit rotate` continues the archive "
+        "it names: found beside the log or in --archive-dir, that is checked too.",
         examples="""
             voxgate audit verify                          # the log the default config names
             voxgate audit verify -c /etc/voxgate/voxgate.yaml
@@ -70,9 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "evidence; the new first line records it). This is the way to start a new log "
         "(retention, or after tampering) and to change the audit key (--new-key-file); "
         "emptying the log by hand reads as a lost log. Exit 0 done; 1 done, but the log was "
-        "NOT intact (listed), or there was no log; 2 a key file cannot be read; 73 the archive "
-        "cannot be written (full disk, folder not writable: nothing was changed); 74 the log "
-        "cannot be read.",
+        "NOT intact (listed), or there was no log (or an empty one); 2 a key file cannot be "
+        "read, or the anchor is signed and no key was given; 73 the archive cannot be written "
+        "(full disk, folder not writable); 74 the log cannot be read. Nothing is changed "
+        "then: the log is emptied only once its archive is on disk (the one exception, said "
+        "so with 74: archived, but the new first line could not be written).",
         examples="""
             voxgate audit rotate -c /etc/voxgate/voxgate.yaml     # archive beside the log
             voxgate audit rotate -c /etc/voxgate/voxgate.yaml --archive-dir /var/backups/voxgate
