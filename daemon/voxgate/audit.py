@@ -10,6 +10,10 @@ who can write both files can rewrite them consistently; with a key, they can sti
 an older log together with its older anchor. The daemon also logs each head to the journal,
 which lives elsewhere, so a rollback can be seen by comparing the two.
 
+rotate() archives the log and begins it again in place with an `audit_log_rotated` line whose
+seq and prev follow the archive's last line: the chain goes on across the two files, and
+verify() checks the archive when it finds it.
+
 fsync: with fsync "always" (default) a line and then the anchor are fsynced before append()
 returns; with "never" the kernel writes them when it likes.
 
@@ -29,6 +33,7 @@ import json
 import logging
 import math
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -152,6 +157,41 @@ def mac_matches(mac: str, key: bytes, seq: int, head: str) -> bool:
     return mac.isascii() and hmac.compare_digest(mac, anchor_mac(key, seq, head))
 
 
+def write_anchor(anchor: Path, seq: int, head: str, key: bytes | None, *, fsync: bool) -> None:
+    """Replace the anchor with (seq, head), signed with `key`; OSError when it cannot be
+    written (no copy is left behind then)."""
+    body: dict[str, Any] = {"seq": seq, "hash": head}
+    if key:
+        body["mac"] = anchor_mac(key, seq, head)
+    # A fresh name, made new (O_EXCL, O_NOFOLLOW): at the fixed "<anchor>.tmp", a link
+    # the folder's owner (the service user) left there had a root shell's `voxgate users
+    # erase` truncate and overwrite the file it pointed at, /etc/shadow as well as any.
+    tmp = anchor.with_name(f".{anchor.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    try:
+        # 0600 like the log itself, whatever the umask of the command writing it.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with open(fd, "wb") as f:
+            f.write(canonical(body) + b"\n")
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, anchor)
+        if fsync:
+            _fsync_dir(anchor.parent)
+    except OSError:
+        with contextlib.suppress(OSError):  # no copy left per failed write (full disk)
+            tmp.unlink()
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    dfd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 class AuditLog:
     """Appends chained lines. Several processes may append to one log (the daemon, and
     `voxgate enroll` / `voxgate users erase` run by an admin): each write takes an exclusive
@@ -165,7 +205,12 @@ class AuditLog:
         fsync: bool = True,
         key: bytes | None = None,
         anchor: Path | None = None,
+        anchor_fresh: bool = True,
     ) -> None:
+        """`anchor_fresh`: a log still empty after the open gets its anchor at seq 0, which
+        tells it from one emptied by hand (log_gone). Not for a log found lost: its first
+        line records that, and were that line held (a full disk), the anchor would hide
+        the loss from the next start."""
         self.path = Path(path)
         self.anchor = anchor or anchor_path_for(self.path)
         self.fsync = fsync
@@ -177,6 +222,7 @@ class AuditLog:
         self._write_log = LogLimit()  # a failed write: logged once until one works
         self._anchor_log = LogLimit()  # the same for the anchor
         self.seq, self.head = 0, GENESIS
+        self._anchor_fresh = anchor_fresh
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for event, fields in self._open_checks():
             self.append(event, **fields)
@@ -291,6 +337,11 @@ class AuditLog:
             if gap is not None:
                 bodies.insert(0, {"ts": round(time.time(), 3), "event": "audit_anchor_gap", **gap})
             if not bodies:
+                if self._anchor_fresh and size == 0 and self.seq == 0 and absent(self.anchor):
+                    # A log opened and not yet written to (a first start that fails after
+                    # this) gets its anchor at seq 0: an empty log WITHOUT one, on a door
+                    # that has run, is one emptied by hand and reads as lost (log_gone).
+                    self._write_anchor()
                 return []
             records = self._chain(bodies, self.seq, self.head)
             data = b"".join(canonical(r) + b"\n" for r in records)
@@ -339,31 +390,9 @@ class AuditLog:
             # lines as written without it (a note) and signs the new head. An unsigned one
             # in its place is what a forger writes, and reads as tampering.
             return
-        body: dict[str, Any] = {"seq": self.seq, "hash": self.head}
-        if self.key:
-            body["mac"] = anchor_mac(self.key, self.seq, self.head)
-        # A fresh name, made new (O_EXCL, O_NOFOLLOW): at the fixed "<anchor>.tmp", a link
-        # the folder's owner (the service user) left there had a root shell's `voxgate users
-        # erase` truncate and overwrite the file it pointed at, /etc/shadow as well as any.
-        tmp = self.anchor.with_name(f".{self.anchor.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
         try:
-            # 0600 like the log itself, whatever the umask of the command writing it.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with open(fd, "wb") as f:
-                f.write(canonical(body) + b"\n")
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, self.anchor)
-            if self.fsync:
-                dfd = os.open(self.anchor.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+            write_anchor(self.anchor, self.seq, self.head, self.key, fsync=self.fsync)
         except OSError as exc:
-            with contextlib.suppress(OSError):  # no copy left per failed write (full disk)
-                tmp.unlink()
             self.write_errors += 1
             if self._anchor_log.allow():  # once, not for every line while the disk is full
                 log.error(
@@ -505,13 +534,19 @@ _LINK_ADVICE = (
 MAX_ANCHOR_BYTES = 64 * 1024
 
 
-def _anchor_text(anchor: Path) -> str:
-    """The anchor's text, read no further than an anchor's size. The service's user owns the
-    folder: an anchor left as a link to /dev/zero had a root shell's `voxgate users erase` read
-    GBs (its line then lost); a FIFO is not waited on (an empty or unreadable anchor)."""
+def _anchor_bytes(anchor: Path) -> bytes:
+    """The anchor's bytes, read no further than one byte past an anchor's size. The service's
+    user owns the folder: an anchor left as a link to /dev/zero had a root shell's `voxgate
+    users erase` read GBs (its line then lost); a FIFO is not waited on (an empty or
+    unreadable anchor)."""
     fd = os.open(anchor, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with open(fd, "rb") as f:
-        data = f.read(MAX_ANCHOR_BYTES + 1) or b""  # None: a FIFO not written to yet
+        return f.read(MAX_ANCHOR_BYTES + 1) or b""  # None: a FIFO not written to yet
+
+
+def _anchor_text(anchor: Path) -> str:
+    """The anchor's text (_anchor_bytes); ValueError for more than an anchor holds."""
+    data = _anchor_bytes(anchor)
     if len(data) > MAX_ANCHOR_BYTES:
         raise ValueError(f"larger than {MAX_ANCHOR_BYTES // 1024} kB: not an anchor")
     return data.decode()
@@ -611,12 +646,14 @@ def open_log(cfg: Any, *, note_loss: bool = False, lost: list[str] | None = None
         path,
         fsync=cfg.audit.fsync == "always",
         key=read_secret("audit-key", key_file, required=key_file is not None),
+        anchor_fresh=not lost,
     )
     if lost:
         log.error(
-            "audit log %s and its anchor are missing, but this door has run (%s): its "
-            "history is lost (deleted, or a data folder restored without it); the new log "
-            "begins by recording that",
+            "audit log %s and its anchor are missing (or the log was emptied), but this door "
+            "has run (%s): its history is lost (deleted or emptied, or a data folder restored "
+            "without it; `voxgate audit rotate` starts a new log); the new log begins by "
+            "recording that",
             path,
             "; ".join(lost),
         )
@@ -629,15 +666,30 @@ def log_path(cfg: Any) -> Path:
 
 
 def loss_traces(cfg: Any) -> list[str]:
-    """When neither the log nor its anchor is there: what shows this door has run (empty
-    when the log is there, or on a fresh door)."""
+    """When neither the log nor its anchor is there (or the log is empty and its anchor
+    gone, log_gone): what shows this door has run (empty when the log is there, or on a
+    fresh door)."""
     path = log_path(cfg)
     return traces_of_use(path, cfg) if log_gone(path) else []
 
 
 def log_gone(path: Path) -> bool:
-    """Neither the log nor its anchor is there."""
-    return absent(path) and absent(anchor_path_for(path))
+    """Neither the log nor its anchor is there, or the log is there empty (0 bytes) without
+    its anchor. Emptying the log in place and deleting its anchor was the documented way to
+    start a new log, so the empty log read as a fresh one and verified as intact, even with
+    an audit key: anyone who could write both files erased the history unseen. A new log is
+    begun by `voxgate audit rotate` now, and a log a writer opened but did not write to yet
+    has its anchor at seq 0 (AuditLog)."""
+    return (absent(path) or emptied(path)) and absent(anchor_path_for(path))
+
+
+def emptied(path: Path) -> bool:
+    """Whether `path` is a file of 0 bytes (not a device or FIFO, which report 0 too)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
 
 
 def absent(path: Path) -> bool:
@@ -687,6 +739,7 @@ class VerifyReport:
     head: str = GENESIS
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    rotated: dict[str, Any] | None = None  # the log's first line, when it continues an archive
 
     @property
     def ok(self) -> bool:
@@ -699,8 +752,12 @@ def verify(
     key: bytes | None = None,
     *,
     use_anchor: bool = True,
+    archive_dir: Path | None = None,
+    archives: bool = True,
 ) -> VerifyReport:
-    """Check the chain line by line and the head against the anchor."""
+    """Check the chain line by line and the head against the anchor. A log that begins with
+    `audit_log_rotated` continues the archive it names: found beside the log or in
+    `archive_dir`, that archive is checked too (`archives`), else a note says so."""
     path = Path(path)
     rep = VerifyReport()
     hashes: dict[int, str] = {0: GENESIS}
@@ -716,7 +773,79 @@ def verify(
         return rep
     if use_anchor:
         _check_head(rep, anchor or anchor_path_for(path), key, hashes)
+    if rep.rotated is not None and archives:
+        _check_archive(rep, path, archive_dir, key)
     return rep
+
+
+def _as_recorded(arc: VerifyReport, rec: dict[str, Any]) -> bool:
+    """The archive has the problems the rotation found in it: as many, or (checked without
+    the key that changed then) as many less a wrong signature, which is not checked now."""
+    recorded = rec.get("previous_problems")
+    if type(recorded) is not int:
+        return False
+    changed = rec.get("key_changed") is True
+    return len(arc.problems) == recorded or (changed and len(arc.problems) == recorded - 1)
+
+
+ROTATED = "audit_log_rotated"
+_HEX = frozenset("0123456789abcdef")
+
+
+def _rotation_start(rec: dict[str, Any]) -> tuple[int, str] | None:
+    """(previous_seq, previous_hash) an audit_log_rotated line continues from; None when
+    it does not carry them in a usable form."""
+    p_seq, p_hash = rec.get("previous_seq"), rec.get("previous_hash")
+    if type(p_seq) is not int or p_seq < 0 or not isinstance(rec.get("archive"), str):
+        return None
+    if not isinstance(p_hash, str) or len(p_hash) != 64 or not set(p_hash) <= _HEX:
+        return None
+    return p_seq, p_hash
+
+
+def _check_archive(
+    rep: VerifyReport, path: Path, archive_dir: Path | None, key: bytes | None
+) -> None:
+    """The archive a rotated log continues: it must verify and end at the head the rotation
+    line recorded. Not found is a note: archives are moved off the door."""
+    rec = rep.rotated or {}
+    name = Path(str(rec.get("archive", ""))).name  # its name only: the line picks no path
+    folders = [path.parent] + ([Path(archive_dir)] if archive_dir else [])
+    found = next((f / name for f in folders if name and not absent(f / name)), None)
+    if found is None:
+        rep.notes.append(
+            f"line 1: this log continues the archive {name} (seq {rec.get('previous_seq')}), "
+            f"not found in {', '.join(map(str, folders))}: not checked (give --archive-dir "
+            "where it is kept to check it)"
+        )
+        return
+    try:
+        regular = stat.S_ISREG(found.stat().st_mode)
+    except OSError as exc:
+        rep.problems.append(f"the archive {found}: cannot read: {exc.strerror or exc}")
+        return
+    if not regular:
+        rep.problems.append(f"the archive {found} is not a file")
+        return
+    # A key changed at the rotation signs the new log only: the archive's anchor has the old.
+    changed = rec.get("key_changed") is True
+    arc = verify(found, key=None if changed else key, archives=False)
+    want = (rec.get("previous_seq"), rec.get("previous_hash"))
+    if (arc.head_seq, arc.head) != want:
+        rep.problems.append(
+            f"the archive {found} ends at seq {arc.head_seq} {arc.head}, but the rotation "
+            f"recorded seq {want[0]} {want[1]}: the archive was changed after the rotation"
+        )
+    elif arc.problems and rec.get("previous_verified") is False and _as_recorded(arc, rec):
+        rep.notes.append(
+            f"the archive {found} was already NOT intact when it was rotated "
+            f"({len(arc.problems)} problem(s), kept as evidence): voxgate audit verify {found}"
+        )
+    elif arc.problems:
+        rep.problems.extend(f"the archive {found}: {p}" for p in arc.problems)
+    else:
+        rep.notes.append(f"the archive {found} is intact and ends where this log begins")
+    rep.notes.extend(f"the archive {found}: {n}" for n in arc.notes)
 
 
 def _check_lines(lines: Iterable[bytes], rep: VerifyReport, hashes: dict[int, str]) -> None:
@@ -741,6 +870,36 @@ def _check_lines(lines: Iterable[bytes], rep: VerifyReport, hashes: dict[int, st
             rep.problems.append(f"line {n}: not an audit record ({exc})")
             prev, seq = hashlib.sha256(raw).hexdigest(), seq + 1
             continue
+        if rec.get("event") == ROTATED:
+            if n > 1:
+                rep.problems.append(
+                    f"line {n} (seq {got_seq}): an {ROTATED} line, which only ever begins a log "
+                    "(lines were put in front of it)"
+                )
+            elif (start := _rotation_start(rec)) is None:
+                rep.problems.append(
+                    f"line 1: an {ROTATED} line without the previous_seq, previous_hash and "
+                    f"archive it must name: {raw.decode()}"
+                )
+            elif (got_seq, got_prev) != (start[0] + 1, start[1]):
+                rep.problems.append(
+                    f"line 1 (seq {got_seq!r}): an {ROTATED} line that does not continue the "
+                    f"log it names (previous seq {start[0]}, hash {start[1]}; its own prev "
+                    f"{got_prev!r}): edited or forged"
+                )
+                prev, seq = got_prev, got_seq - 1 if type(got_seq) is int else 0
+            else:
+                # The chain goes on across files: this line's seq and prev follow the
+                # archive's last line, where a new log would start at 1 and 64 zeros.
+                prev, seq = start[1], start[0]
+                hashes[seq] = prev
+                rep.rotated = rec
+                if rec.get("previous_verified") is not True:
+                    rep.notes.append(
+                        f"line 1: the log before this rotation was NOT intact when it was "
+                        f"archived ({rec.get('previous_problems')} problem(s)): "
+                        f"{rec.get('archive')} keeps the evidence"
+                    )
         if want_hash != got_hash:
             rep.problems.append(f"line {n} (seq {got_seq}): edited (its hash does not match)")
         # The daemon writes each line in canonical form: only another one can give a key twice.
@@ -763,8 +922,8 @@ def _check_lines(lines: Iterable[bytes], rep: VerifyReport, hashes: dict[int, st
             # The log was begun again: what came before it cannot be checked, ever.
             rep.problems.append(
                 f"line {n}: a writer (the daemon, voxgate api, a command) found the audit log "
-                f"and its anchor missing on a door that had run; the history before this line "
-                f"is lost: {raw.decode()}"
+                f"and its anchor missing (or the log emptied) on a door that had run; the "
+                f"history before this line is lost: {raw.decode()}"
             )
         elif rec.get("event") in ("audit_anchor_gap", "audit_torn_tail"):
             rep.notes.append(f"line {n}: the daemon recorded {rec['event']}: {raw.decode()}")
@@ -831,3 +990,178 @@ def _check_head(rep: VerifyReport, anchor: Path, key: bytes | None, hashes: dict
             f"{rep.head_seq - a_seq} line(s) after the anchored head (seq {a_seq}) were "
             "appended without updating the anchor"
         )
+
+
+class RotateError(AuditError):
+    """Rotation refused or failed. `kind`: "absent" (no log, or an empty one), "key" (the
+    anchor is signed and no key was given), "read" (the log cannot be read), "archive"
+    (cannot be written): nothing was changed; "write": the log was archived but its first
+    line could not be written."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class Rotation:
+    archive: Path
+    archive_anchor: Path | None  # None: the log had no anchor to keep
+    previous: VerifyReport
+    record: dict[str, Any]  # the new log's first line
+    anchor_error: str | None = None  # the new anchor could not be written
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "disk full"
+    if exc.errno == errno.ELOOP:
+        return _LINK_ADVICE
+    return exc.strerror or str(exc)
+
+
+def rotate(
+    path: Path,
+    *,
+    key: bytes | None,
+    new_key: bytes | None = None,
+    archive_dir: Path | None = None,
+    fields: dict[str, Any] | None = None,
+    now: float | None = None,
+) -> Rotation:
+    """Archive the log and its anchor, then begin the log again, in place, with an
+    `audit_log_rotated` line that continues the chain (seq and prev follow the archived
+    head) and an anchor signed with `new_key` (default `key`).
+
+    All of it under the log's flock: a writer (the daemon) waits, then reads the new head
+    from the file's tail and chains after the rotation line. In place (the same inode
+    truncated), so a writer that opened the file before the rotation and takes the flock
+    after it still writes to the log, not to the archive. The log is truncated only once
+    the archive is on disk (fsynced, with its folder): a RotateError before that changed
+    nothing. The log is checked first (verify, with `key`) and rotated even when it is not
+    intact: the archive keeps the evidence, and the new first line records the result."""
+    path = Path(path)
+    anchor = anchor_path_for(path)
+    folder = Path(archive_dir) if archive_dir else path.parent
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | _no_follow(path))
+    except FileNotFoundError:
+        raise RotateError(
+            f"{path}: no such file: there is no audit log to rotate", "absent"
+        ) from None
+    except OSError as exc:
+        raise RotateError(f"{path}: cannot open the audit log ({_why(exc)})", "read") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RotateError(f"{path} is not a file: not an audit log", "read")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size  # after the flock: a writer may have just added a line
+        if size == 0:
+            raise RotateError(f"{path} is empty: nothing to archive", "absent")
+        if key is None and new_key is None and _signed(anchor):
+            raise RotateError(
+                f"{anchor} is signed, but no audit key was given: the new anchor would be "
+                "unsigned and read as forged. Give the key (audit.key_file in -c CONFIG, "
+                "--key-file, or $VOXGATE_AUDIT_KEY)",
+                "key",
+            )
+        rep = VerifyReport()
+        hashes: dict[int, str] = {0: GENESIS}
+        try:
+            with open(os.dup(fd), "rb") as f:
+                _check_lines(f, rep, hashes)
+        except OSError as exc:
+            raise RotateError(f"{path}: cannot read the audit log ({_why(exc)})", "read") from None
+        _check_head(rep, anchor, key, hashes)
+        try:
+            kept = _anchor_bytes(anchor)
+        except FileNotFoundError:
+            kept = None  # the archive has none either: verify reports it missing there
+        except OSError as exc:
+            kept = None
+            rep.problems.append(f"{anchor}: cannot read: {_why(exc)}")
+        when = time.gmtime(time.time() if now is None else now)
+        name = f"{path.stem}-{time.strftime('%Y%m%dT%H%M%SZ', when)}-seq{rep.head_seq}"
+        archive = folder / f"{name}{path.suffix or '.jsonl'}"
+        archive_anchor = anchor_path_for(archive) if kept is not None else None
+        _write_archive(fd, size, archive, archive_anchor, kept or b"")
+        body: dict[str, Any] = {
+            "ts": round(time.time(), 3),
+            "event": ROTATED,
+            "archive": str(archive),
+            "previous_seq": rep.head_seq,
+            "previous_hash": rep.head,
+            "previous_lines": rep.lines,
+            "previous_verified": rep.ok,
+            "previous_problems": len(rep.problems),
+            "key_changed": new_key is not None and new_key != key,
+            **_plain(fields or {}),
+        }
+        record = AuditLog._chain([body], rep.head_seq, rep.head)[0]
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, canonical(record) + b"\n")  # one short line: written whole or not
+            os.fsync(fd)
+        except OSError as exc:
+            raise RotateError(
+                f"{path}: archived to {archive}, but the new log's first line could not be "
+                f"written ({_why(exc)}); the log may be empty now: the next writer records "
+                "its anchor as ahead of it",
+                "write",
+            ) from None
+        anchor_error = None
+        try:
+            write_anchor(anchor, record["seq"], record["hash"], new_key or key, fsync=True)
+        except OSError as exc:
+            anchor_error = _why(exc)
+        return Rotation(archive, archive_anchor, rep, record, anchor_error)
+    finally:
+        os.close(fd)  # also releases the flock
+
+
+def _write_archive(
+    fd: int, size: int, archive: Path, archive_anchor: Path | None, anchor_bytes: bytes
+) -> None:
+    """Copy `size` bytes of the log (fd) to `archive`, and the anchor's bytes beside it; both
+    made new (O_EXCL, 0600), fsynced, then their folder. On failure neither is left."""
+    made: list[Path] = []
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        for target in (archive, archive_anchor):
+            if target is None:
+                continue
+            out = os.open(target, flags, 0o600)
+            made.append(target)
+            try:
+                if target == archive:
+                    done = 0
+                    while done < size:
+                        chunk = os.pread(fd, min(1 << 20, size - done), done)
+                        if not chunk:
+                            raise OSError(errno.EIO, "the log ended early while it was copied")
+                        _write_all(out, chunk)
+                        done += len(chunk)
+                else:
+                    _write_all(out, anchor_bytes)
+                os.fsync(out)
+            finally:
+                os.close(out)
+        _fsync_dir(archive.parent)
+    except OSError as exc:
+        for target in made:
+            with contextlib.suppress(OSError):
+                target.unlink()
+        where = archive.parent
+        if exc.errno == errno.EEXIST:
+            raise RotateError(
+                f"{exc.filename} exists already; nothing was changed", "archive"
+            ) from None
+        raise RotateError(
+            f"cannot write the archive in {where} ({_why(exc)}); nothing was changed", "archive"
+        ) from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

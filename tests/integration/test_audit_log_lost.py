@@ -63,6 +63,40 @@ def test_a_daemon_started_after_its_audit_log_was_lost_begins_by_saying_so(
     assert "intact" not in checked.stdout
 
 
+def test_a_daemon_started_after_its_audit_log_was_emptied_by_hand_begins_by_saying_so(
+    tmp_path: Path,
+) -> None:
+    """Emptying the log in place and deleting its anchor (the old advice for starting a new
+    log) read as a fresh log: the daemon's new log verified as intact, even with a key. It is
+    a lost log now; `voxgate audit rotate` is the way to begin again, and the daemon's next
+    line follows the rotation line."""
+    wav = tmp_path / "hallway.wav"
+    sf.write(wav, pause(1.0), 16000, subtype="PCM_16")
+    config = quiet_door_config(tmp_path, {"source": "file", "path": str(wav)})
+    data = Path(yaml.safe_load(config.read_text())["data_dir"])
+    log, anchor = data / "audit.jsonl", data / "audit.jsonl.anchor"
+    assert _voxgate("run", "-c", str(config)).returncode == 0
+
+    log.write_bytes(b"")
+    anchor.unlink()
+    checked = _voxgate("audit", "verify", "-c", str(config))
+    assert checked.returncode == 1 and "empty" in checked.stderr, checked.stderr
+    again = _voxgate("run", "-c", str(config))
+    assert again.returncode == 0, again.stderr
+    assert "history is lost" in again.stderr, again.stderr
+    recs = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r["event"] for r in recs[:2]] == ["audit_log_lost", "service_start"], recs
+
+    rotated = _voxgate("audit", "rotate", "-c", str(config))
+    assert rotated.returncode == 1, rotated.stderr  # rotated, but the log was not intact
+    assert _voxgate("run", "-c", str(config)).returncode == 0
+    recs = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r["event"] for r in recs[:2]] == ["audit_log_rotated", "service_start"], recs
+    assert recs[0]["previous_verified"] is False
+    checked = _voxgate("audit", "verify", "-c", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def _keyed_door(tmp_path: Path, shared_data: Path) -> tuple[Path, Path, list[str]]:
     """A door config with a voiceprint key; returns it, its audit log's path and six
     LibriSpeech takes of one person (20 s of speech or more)."""

@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 from mqtt_helpers import REPO
 
+from voxgate.audit import AuditLog
 from voxgate.cli import main
 from voxgate.voiceprints import VoiceprintStore, parse_key
 
@@ -360,8 +361,10 @@ def test_the_bytes_of_a_torn_audit_line_are_kept_in_the_event_recording_them(
     cfg, data = _door(tmp_path, "off")
     assert main(["users", "list", "-c", str(cfg)]) == 0
     audit = data / "audit.jsonl"
-    audit.write_bytes(b"")
-    done = _run(cfg)  # a clean log: service_start, service_stop
+    # A clean log: alice's enrollment, then service_start, service_stop. (Left empty, on a
+    # door with a voiceprint, it reads as a log emptied by hand: lost.)
+    AuditLog(audit).append("enrollment", user="alice", via="cli")
+    done = _run(cfg)
     assert done.returncode == 0, done.stderr[-2000:]
     torn = b'{"event":"decision","outcome":"granted","user":"alice","se'
     with open(audit, "ab") as f:

@@ -478,10 +478,11 @@ def test_verify_says_a_door_that_has_run_has_lost_its_log(tmp_path: Path, trace:
         assert "intact" not in lost.stdout
 
 
-def test_a_new_log_started_on_purpose_is_not_taken_for_a_lost_one(tmp_path: Path) -> None:
-    """docs/service.md, "Starting a new log on purpose": the log emptied in place and its
-    anchor deleted. The daemon's start (open_log with note_loss) must not record that as a
-    lost log, while the same door with both files deleted gets its audit_log_lost line."""
+def test_a_log_emptied_in_place_is_lost_like_a_deleted_one(tmp_path: Path) -> None:
+    """Emptying the log in place and deleting its anchor was the documented way to start a
+    new log, and the daemon's start took it for a fresh one: anyone who could write both
+    files erased the history unseen. On a door that has run it is a lost log now, as a
+    deleted one is (`voxgate audit rotate` begins a new log, tests/unit/test_audit_rotate.py)."""
     from voxgate.audit import open_log
     from voxgate.config import load_config
     from voxgate.config.service import LockoutConfig
@@ -496,8 +497,8 @@ def test_a_new_log_started_on_purpose_is_not_taken_for_a_lost_one(tmp_path: Path
     p.write_bytes(b"")
     anchor_path_for(p).unlink()
     open_log(cfg, note_loss=True).append("service_start")
-    assert [json.loads(x)["event"] for x in lines(p)] == ["service_start"]
-    assert verify(p).ok
+    assert [json.loads(x)["event"] for x in lines(p)] == ["audit_log_lost", "service_start"]
+    assert not verify(p).ok
 
     p.unlink()
     anchor_path_for(p).unlink()
@@ -649,7 +650,10 @@ def test_a_failed_anchor_write_leaves_no_temporary_file(
 
     monkeypatch.setattr(os, "replace", full)
     log.append("x")
-    assert [x.name for x in tmp_path.iterdir()] == ["audit.jsonl"]  # a fresh name each time
+    # A fresh name each time, none left behind; the anchor is the one the open wrote (seq 0).
+    names = sorted(x.name for x in tmp_path.iterdir())
+    assert names == ["audit.jsonl", "audit.jsonl.anchor"], names
+    assert json.loads((tmp_path / "audit.jsonl.anchor").read_text())["seq"] == 0
 
 
 def test_a_root_command_does_not_append_through_a_link_the_folders_owner_left(
