@@ -16,6 +16,7 @@ import yaml
 from broker import Broker
 from mqtt_helpers import wait_until
 
+from voxgate.audit import open_log
 from voxgate.cli import main
 from voxgate.config import parse_config
 from voxgate.embedding import load_card
@@ -231,6 +232,8 @@ def test_fleet_status_shows_unsent_changes_and_users_by_tag_with_their_names(
     with VoiceprintStore(tmp_path / "data" / "voiceprints.db", load_key(cfg.speaker)) as store:
         emb = np.random.default_rng(2).normal(size=(3, 256)).astype(np.float32)
         store.add_user("Carol", emb, load_card(cfg.speaker.model).id)
+    # Her enrollment's line: a voiceprint on a door without an audit log reads as a lost log.
+    open_log(cfg).append("enrollment", user="Carol", via="cli")
     codec = Codec(FleetKeys(fleet_key, None, {}), "acme", "door-b")
     carol, alice = codec.user_tag("carol"), codec.user_tag("alice")
     c = ["-c", str(cfg_file)]
@@ -271,3 +274,25 @@ def test_fleet_status_shows_unsent_changes_and_users_by_tag_with_their_names(
     ]
     assert events.count("fleet_sent") == 3
     assert main(["audit", "verify", *c]) == 0
+
+
+def test_a_fleet_command_on_a_door_whose_audit_log_was_lost_records_the_loss(
+    tmp_path: Path, plain_broker: Broker, no_secret_env: None
+) -> None:
+    """`voxgate fleet` opened the audit log without looking for a loss: on a door that had
+    run, it began a new log (anchored at seq 0 when nothing was applied), which the daemon's
+    next start then took for a log kept all along, and `audit verify` called intact."""
+    from voxgate.config.service import LockoutConfig
+    from voxgate.lockout import LockoutBook
+
+    cfg_file, _ = _door_b(tmp_path, plain_broker, {"door-b": os.urandom(32)}, {"lobby": ["*"]})
+    (tmp_path / "data").mkdir(exist_ok=True)
+    LockoutBook(tmp_path / "data" / "lockout.db", LockoutConfig()).close()  # the door ran
+    assert not (tmp_path / "data" / "audit.jsonl").exists()
+
+    assert main(["fleet", "revoke", "dave", "--group", "lobby", "-c", str(cfg_file)]) == 0
+    lines = (tmp_path / "data" / "audit.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first["event"] == "audit_log_lost", lines
+    assert any("lockout.db" in f for f in first["found"]), first
+    assert main(["audit", "verify", "-c", str(cfg_file)]) == 1

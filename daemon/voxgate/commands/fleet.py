@@ -169,7 +169,9 @@ def _with_agent(args: argparse.Namespace, act: str) -> int:
         # model id it stored voiceprints of another model, which the daemon refuses.
         card = load_card(cfg.speaker.model)
         # What this door sends to the fleet, and what the session applies, is audited here.
-        audit = open_log(cfg)
+        # A log found lost is said so first: a new log begun here hid the loss from the
+        # daemon's next start and from `audit verify`.
+        audit = open_log(cfg, note_loss=True)
         store = open_store(cfg)
     except (StoreError, ModelError, SecretError, OSError) as exc:
         print(f"voxgate fleet {act}: {exc}", file=sys.stderr)
