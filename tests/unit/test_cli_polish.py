@@ -130,3 +130,23 @@ def test_ascii_seconds_reads_plain_decimals() -> None:
     for bad in ("", "nan", "-1", "1e3", ".5", "0.0"):
         with pytest.raises(argparse.ArgumentTypeError):
             ascii_seconds(bad)
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage"),
+    [
+        (["users", "list", "--json"], "usage: voxgate users list [-h] [-c FILE]"),
+        (["verify", "alice", "a.wav", "--bogus"], "usage: voxgate verify [-h] [--json]"),
+        (["eval", "set", "--quiet"], "usage: voxgate eval [-h] [--out DIR]"),
+    ],
+)
+def test_an_unknown_option_is_shown_with_its_commands_usage(
+    argv: list[str], usage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    # Was "usage: voxgate [-h] [--version] COMMAND ...": no option of the command shown.
+    assert err.startswith(usage), err
+    assert f"voxgate {argv[0]}" in err and f"unrecognized arguments: {argv[-1]}" in err
