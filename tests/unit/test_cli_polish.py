@@ -150,3 +150,37 @@ def test_an_unknown_option_is_shown_with_its_commands_usage(
     # Was "usage: voxgate [-h] [--version] COMMAND ...": no option of the command shown.
     assert err.startswith(usage), err
     assert f"voxgate {argv[0]}" in err and f"unrecognized arguments: {argv[-1]}" in err
+
+
+def test_users_list_keeps_its_columns_for_long_and_wide_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+    import unicodedata
+
+    import numpy as np
+
+    from voxgate.config import load_config
+    from voxgate.voiceprints import open_store
+
+    cfg = _device(tmp_path)
+    emb = np.eye(4, 256, dtype=np.float32)
+    with open_store(load_config(str(cfg))) as store:
+        store.add_user("bo", emb, "ge2e-resemblyzer-0.1.4/int8")
+        store.add_user("Zoë Ångström 李小龍", emb, "ge2e-resemblyzer-0.1.4/int8")
+        store.add_user("Maximiliana Evangelina Montgomery", emb, "ge2e-resemblyzer-0.1.4/int8")
+        store.add_user("al", emb, "ge2e-resemblyzer-0.1.4/fp16-litert")  # a 34-character id
+    capsys.readouterr()
+    assert main(["users", "list", "-c", str(cfg)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+
+    def cells(text: str) -> int:  # on screen: CJK characters take two cells
+        return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+    # Where the "enrolled" column starts, in terminal cells, on every line.
+    starts = {cells(lines[0][: lines[0].index("enrolled")])}
+    for line in lines[1:]:
+        date = re.search(r"\d{4}-\d\d-\d\d", line)
+        assert date, line
+        starts.add(cells(line[: date.start()]))
+    assert len(starts) == 1, "\n".join(lines)

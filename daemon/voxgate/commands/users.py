@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     rk.set_defaults(func=run_rekey)
 
 
+def _cells(text: str) -> int:
+    """Terminal cells `text` takes: East Asian wide and full-width characters two, combining
+    marks and zero width joiners none."""
+    return sum(
+        0
+        if unicodedata.combining(c) or unicodedata.category(c) == "Cf"
+        else 2
+        if unicodedata.east_asian_width(c) in "WF"
+        else 1
+        for c in text
+    )
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _cells(text))
+
+
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
 
@@ -138,11 +156,19 @@ def run_list(args: argparse.Namespace) -> int:
     if not users and not damaged:
         print("no users enrolled")
         return 0
-    print(f"{'name':20s} {'model':32s} {'takes':>5s}  {'enrolled':16s}  {'updated':16s}  ver")
+    # Columns as wide as their longest entry on screen: names are up to 64 characters, CJK
+    # ones take two cells each, and the fp16 model id is 34; fixed widths of 20 and 32 left
+    # every later column out of line for them.
+    name_w = max(_cells(t) for t in ["name", *(u.name for u in users)])
+    model_w = max(_cells(t) for t in ["model", *(u.model_id for u in users)])
+    print(
+        f"{_pad('name', name_w)} {_pad('model', model_w)} {'takes':>5s}  {'enrolled':16s}  "
+        f"{'updated':16s}  ver"
+    )
     for u in users:
         print(
-            f"{u.name:20s} {u.model_id:32s} {u.takes:5d}  {_when(u.created_at):16s}  "
-            f"{_when(u.updated_at):16s}  {u.version}"
+            f"{_pad(u.name, name_w)} {_pad(u.model_id, model_w)} {u.takes:5d}  "
+            f"{_when(u.created_at):16s}  {_when(u.updated_at):16s}  {u.version}"
         )
     if damaged:
         # Listed as far as possible, but an exit status that scripts and Ansible notice.
