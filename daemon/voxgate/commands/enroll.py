@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="files",
         nargs="+",
         metavar="FILE",
-        help="enrollment takes as WAV/FLAC files, one take per file (default: microphone)",
+        help="enrollment takes as WAV/FLAC (or OGG) files, one take per file, 8-192 kHz, "
+        "at most 120 s each (default: microphone)",
     )
     p.add_argument(
         "--prompts",

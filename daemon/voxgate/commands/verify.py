@@ -19,6 +19,9 @@ from voxgate.commands.speaker_common import (
 )
 
 EXIT_MATCH, EXIT_NO_MATCH, EXIT_RETRY = 0, 1, 4
+# What read_file takes (audio/file.py: MIN_RATE, MAX_RATE, MAX_TAKE_S): "any rate" was
+# said, and a 4 kHz or 10-minute file was then refused.
+AUDIO_FILE_HELP = "WAV/FLAC (or OGG) recording, 8-192 kHz, any channels, at most 120 s"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         """,
     )
     p.add_argument("name", metavar="NAME", help="the claimed user")
-    p.add_argument("file", metavar="FILE", help="WAV/FLAC recording (any rate; converted)")
+    p.add_argument("file", metavar="FILE", help=AUDIO_FILE_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_config_option(p)
     p.set_defaults(func=run)
