@@ -326,7 +326,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"\ninterrupted: nothing stored for {name}; the takes so far are discarded",
                   file=sys.stderr)  # fmt: skip
             return 130
-        print(f"enrollment of {name}: {len(result.accepted)} of {len(result.takes)} takes used, "
+        # Refused, no take is used: "10 of 20 takes used" above a refusal of two voices read
+        # as if half had been stored.
+        counted = "takes used" if result.ok else "takes passed their checks, nothing stored"
+        print(f"enrollment of {name}: {len(result.accepted)} of {len(result.takes)} {counted}, "
               f"{seconds_text(result.speech_s)} s of net speech")  # fmt: skip
         _print_takes(result, labels, cfg.speaker, numbers)
         # The door's own microphone only: a file may come from another one.
