@@ -184,3 +184,32 @@ def test_users_list_keeps_its_columns_for_long_and_wide_names(
         assert date, line
         starts.add(cells(line[: date.start()]))
     assert len(starts) == 1, "\n".join(lines)
+
+
+def test_users_export_gives_each_vector_on_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import numpy as np
+
+    from voxgate.config import load_config
+    from voxgate.voiceprints import open_store
+
+    cfg = _device(tmp_path)
+    rng = np.random.default_rng(0)
+    emb = rng.random((10, 256)).astype(np.float32)
+    emb[0, :3] = [-1.5e-05, 0.0, 1.0]  # a sign and an exponent, as floats print them
+    with open_store(load_config(str(cfg))) as store:
+        store.add_user("Dana [1, 2]", emb, "ge2e-resemblyzer-0.1.4/int8", {"takes": 10})
+    capsys.readouterr()
+    assert main(["users", "export", "dana [1, 2]", "-c", str(cfg)]) == 0
+    text = capsys.readouterr().out
+    doc = json.loads(text)
+    # The same document: every number, and a name that looks like an array left as it is.
+    assert doc["name"] == "Dana [1, 2]" and doc["meta"] == {"takes": 10}
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.array(doc["embeddings"]), unit, rtol=1e-5, atol=1e-6)
+    # One line a vector: it was one number a line, 2,800 lines for ten takes.
+    assert len(text.splitlines()) < 100, len(text.splitlines())
+    assert any(line.strip().startswith("[-1.5") for line in text.splitlines())
