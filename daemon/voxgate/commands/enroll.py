@@ -328,9 +328,10 @@ def run(args: argparse.Namespace) -> int:
             return 130
         # Refused, no take is used: "10 of 20 takes used" above a refusal of two voices read
         # as if half had been stored.
-        counted = "takes used" if result.ok else "takes passed their checks, nothing stored"
-        print(f"enrollment of {name}: {len(result.accepted)} of {len(result.takes)} {counted}, "
-              f"{seconds_text(result.speech_s)} s of net speech")  # fmt: skip
+        stored, counted = ("", "takes used") if result.ok else (
+            "nothing stored; ", "takes passed their checks")  # fmt: skip
+        print(f"enrollment of {name}: {stored}{len(result.accepted)} of {len(result.takes)} "
+              f"{counted}, {seconds_text(result.speech_s)} s of net speech")  # fmt: skip
         _print_takes(result, labels, cfg.speaker, numbers)
         # The door's own microphone only: a file may come from another one.
         again = "enroll again" + (" with --replace" if result.ok else "")
