@@ -74,8 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-takes",
         type=ascii_int,
-        default=20,
-        help="microphone: give up after this many takes (1-200)",
+        default=None,
+        help=f"microphone: give up after this many takes (1-200; default: {DEFAULT_MAX_TAKES})",
     )
     add_config_option(p)
     p.set_defaults(func=run)
@@ -137,6 +137,7 @@ def _quiet_note(result: Any, again: str) -> str | None:
 
 
 MAX_TAKES_LIMIT = 200  # a guided enrollment needs a handful; more is a typo
+DEFAULT_MAX_TAKES = 20  # guided: room for takes the checks reject
 
 
 def _label(text: str, width: int = 24) -> str:
@@ -282,6 +283,11 @@ def run(args: argparse.Namespace) -> int:
         return fail("--prompts needs --from and one digit string per file")
     if args.prompts and not all(p.isascii() and p.isdigit() for p in args.prompts):  # not '²'
         return fail("--prompts takes digit strings, e.g. --prompts 40712 95368")
+    if args.files and args.max_takes is not None:  # was ignored: every file is a take
+        return fail("--max-takes is for takes from the microphone; with --from each file is "
+                    "a take: give the files to use")  # fmt: skip
+    if args.max_takes is None:
+        args.max_takes = DEFAULT_MAX_TAKES
     if not 1 <= args.max_takes <= MAX_TAKES_LIMIT:  # a typo of 10**9 hung in the prompt plan
         return fail(f"--max-takes must be 1-{MAX_TAKES_LIMIT}")
 
