@@ -279,6 +279,21 @@ def enrolled_text(name: str, enrolled: str | None) -> str:
     return f"user '{name}' is already enrolled{shown}"
 
 
+def not_enrolled_text(name: str, twin: str | None) -> str:
+    """'no user NAME enrolled', naming the enrolled user whose name reads the same when there
+    is one (VoiceprintStore.reads_as): a name typed with two spaces, or pasted with a no-break
+    space, did not open 'Ann Marie', and an export or erase for a data request answered that
+    nobody of that name was held."""
+    said = f"no user '{name}' enrolled"
+    if twin is None:
+        return said
+    return (
+        f"{said}, but '{twin}' is, a name that reads the same (in other characters: "
+        f"full-width letters, a ligature, another space, an invisible joiner): give it as "
+        f"'{twin}'"
+    )
+
+
 def _name_taken_text(name: str, twin: str) -> str:
     return (
         f"user '{name}' is already enrolled as '{twin}' (the same name in other characters: "
@@ -995,6 +1010,16 @@ class VoiceprintStore:
             _refuse_line_breaks(name)
             if (twin := self._look_alike(name)) is not None:
                 raise NameTaken(_name_taken_text(name, twin))
+
+    def reads_as(self, name: str) -> str | None:
+        """The enrolled name that reads the same as `name` (names.look_alike) when `name`
+        itself is not enrolled; None otherwise. For a "no user" answer to point at it."""
+        name = normalize_name(name)
+        uid = self._user_id(name)
+        with self._using("read"):
+            if self._db.execute("SELECT 1 FROM voiceprints WHERE id = ?", (uid,)).fetchone():
+                return None
+            return self._look_alike(name)
 
     def has(self, name: str) -> bool:
         """Whether the user has a row, readable or not (a damaged row counts)."""

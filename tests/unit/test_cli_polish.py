@@ -213,3 +213,32 @@ def test_users_export_gives_each_vector_on_one_line(
     # One line a vector: it was one number a line, 2,800 lines for ten takes.
     assert len(text.splitlines()) < 100, len(text.splitlines())
     assert any(line.strip().startswith("[-1.5") for line in text.splitlines())
+
+
+def test_export_and_erase_of_a_name_that_reads_as_an_enrolled_one_point_at_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A data request typed with two spaces (or pasted with a no-break space) did not open
+    'Ann Marie': export answered that nothing at all was held about the person, and erase
+    that nobody of that name was enrolled, while her voiceprint stayed."""
+    import numpy as np
+
+    from voxgate.config import load_config
+    from voxgate.voiceprints import open_store
+
+    cfg = _device(tmp_path)
+    with open_store(load_config(str(cfg))) as store:
+        store.add_user("Ann Marie", np.eye(3, 256, dtype=np.float32), "m/1")
+    pointed = "but 'Ann Marie' is, a name that reads the same"
+    for typed in ("ann  marie", "Ann\u00a0Marie"):
+        capsys.readouterr()
+        assert main(["users", "export", typed, "-c", str(cfg)]) == 1
+        err = capsys.readouterr().err
+        assert pointed in err and "nothing else is held" not in err, err
+        assert main(["users", "erase", typed, "-c", str(cfg)]) == 1
+        assert pointed in capsys.readouterr().err
+    assert main(["users", "list", "-c", str(cfg)]) == 0
+    assert "Ann Marie" in capsys.readouterr().out  # still there: the message is the truth
+    # A name like nobody's is answered as before.
+    assert main(["users", "erase", "bob", "-c", str(cfg)]) == 1
+    assert capsys.readouterr().err.strip() == "error: no user 'bob' enrolled"

@@ -201,9 +201,10 @@ def run_erase(args: argparse.Namespace) -> int:
         return 1
     from voxgate.audit import loss_traces
     from voxgate.erasure import forget_on_disk
-    from voxgate.voiceprints import StoreError, normalize_name
+    from voxgate.voiceprints import StoreError, normalize_name, not_enrolled_text
 
     dropped: list[str] = []
+    twin = None
     try:
         with open_store(cfg) as store:
             shown = store.enrolled_name(args.name) or normalize_name(args.name)
@@ -214,10 +215,12 @@ def run_erase(args: argparse.Namespace) -> int:
                 # would otherwise often drop these first, and this command report nothing.
                 dropped = forget_on_disk(cfg, args.name)
                 record_change(cfg, store, "erased", shown, None, lost=lost)
+            else:
+                twin = store.reads_as(args.name)
     except (CommandError, StoreError) as exc:
         return fail(str(exc))
     if not gone:
-        return fail(f"no user '{args.name}' enrolled")
+        return fail(not_enrolled_text(args.name, twin))
     print(f"erased {shown}")  # as enrolled, as the daemon's log and the API name them
     # A running daemon drops its copy of the lockout entry, and the retained `user` topic
     # naming them, within seconds.
@@ -231,15 +234,22 @@ def run_export(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     from voxgate.erasure import held_about, holds_anything
-    from voxgate.voiceprints import StoreError, normalize_name
+    from voxgate.voiceprints import StoreError, normalize_name, not_enrolled_text
 
+    twin = None
     try:
         name = normalize_name(args.name)
         with open_store(cfg, read_only=True) as store:
             doc = store.export(name) if store.has(name) else None
+            if doc is None:
+                twin = store.reads_as(name)
     except (CommandError, StoreError) as exc:
         return fail(str(exc))
     if doc is None:
+        if twin is not None:
+            # Not "nothing else is held about them": the person is enrolled under the
+            # spelling that reads the same, and the request meant them.
+            return fail(not_enrolled_text(name, twin))
         # Erased (or never enrolled here): the audit log still names them, and the fleet
         # state and replay store may hold more; an access request must get that too.
         held = held_about(cfg, name)

@@ -149,6 +149,17 @@ def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
     return EXIT_RETRY if not result.quality_ok else EXIT_NO_MATCH
 
 
+def _not_enrolled(cfg: Any, name: str) -> str:
+    """'no user NAME enrolled', with the enrolled name it reads the same as, if any."""
+    from voxgate.voiceprints import StoreError, not_enrolled_text
+
+    try:
+        with open_store(cfg, read_only=True) as store:
+            return not_enrolled_text(name, store.reads_as(name))
+    except (CommandError, StoreError):  # said by score_file already, if it matters
+        return not_enrolled_text(name, None)
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
@@ -158,5 +169,5 @@ def run(args: argparse.Namespace) -> int:
     except CommandError as exc:
         return fail(str(exc))
     if "unknown_user" in result.reasons:
-        print(f"error: no user '{args.name}' enrolled", file=sys.stderr)
+        print(f"error: {_not_enrolled(cfg, args.name)}", file=sys.stderr)
     return show(result, quality, args.json, cfg.speaker)
