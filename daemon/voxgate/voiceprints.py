@@ -260,7 +260,10 @@ def normalize_name(name: str) -> str:
     """Check a user name; returns it NFC-normalized and stripped."""
     clean = unicodedata.normalize("NFC", name).strip()
     if not clean or len(clean) > MAX_NAME_LEN:
-        raise StoreError(f"user name must be 1-{MAX_NAME_LEN} characters")
+        # " " is one character: said, or "must be 1-64 characters" read as false.
+        raise StoreError(
+            f"user name must be 1-{MAX_NAME_LEN} characters, not counting spaces around it"
+        )
     if (problem := name_problem(clean)) is not None:
         raise StoreError(problem)
     return clean

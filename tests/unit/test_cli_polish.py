@@ -242,3 +242,14 @@ def test_export_and_erase_of_a_name_that_reads_as_an_enrolled_one_point_at_it(
     # A name like nobody's is answered as before.
     assert main(["users", "erase", "bob", "-c", str(cfg)]) == 1
     assert capsys.readouterr().err.strip() == "error: no user 'bob' enrolled"
+
+
+def test_a_name_of_spaces_is_refused_with_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # " " is one character: "user name must be 1-64 characters" read as false.
+    cfg = _device(tmp_path)
+    capsys.readouterr()
+    assert main(["users", "export", "  ", "-c", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "user name must be 1-64 characters, not counting spaces around it" in err
