@@ -227,8 +227,17 @@ def write_key_file(path: Path) -> None:
     """Create a new random key in `path` (mode 0600). Refuses to overwrite an existing file."""
     from voxgate.config.secrets import PartialWrite, write_new_secret
 
+    if Path(path).is_dir():  # else "already exists; not overwriting a key", as if a key
+        raise StoreError(
+            f"{path} is a folder; give the key's file name, e.g. {Path(path) / 'voiceprint.key'}"
+        )
     try:
         write_new_secret(path, os.urandom(KEY_BYTES).hex() + "\n")
+    except FileNotFoundError:  # was the raw "[Errno 2] No such file or directory: '...'"
+        raise StoreError(
+            f"{path}: cannot create the key file: the folder {Path(path).parent} does not "
+            "exist; create it first"
+        ) from None
     except FileExistsError:
         raise StoreError(
             f"{path} already exists; not overwriting a key (voiceprints sealed with it "

@@ -253,3 +253,18 @@ def test_a_name_of_spaces_is_refused_with_why(
     assert main(["users", "export", "  ", "-c", str(cfg)]) == 1
     err = capsys.readouterr().err
     assert "user name must be 1-64 characters, not counting spaces around it" in err
+
+
+def test_init_key_into_a_folder_or_a_missing_folder_says_which(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    assert main(["users", "init-key", str(folder)]) == 1
+    err = capsys.readouterr().err  # was "already exists; not overwriting a key"
+    assert f"{folder} is a folder; give the key's file name" in err and "overwriting" not in err
+    missing = tmp_path / "nowhere" / "voiceprint.key"
+    assert main(["users", "init-key", str(missing)]) == 1
+    err = capsys.readouterr().err  # was "[Errno 2] No such file or directory: '...'"
+    assert f"the folder {missing.parent} does not exist; create it first" in err, err
+    assert "Errno" not in err and list(folder.iterdir()) == []
