@@ -268,3 +268,22 @@ def test_init_key_into_a_folder_or_a_missing_folder_says_which(
     err = capsys.readouterr().err  # was "[Errno 2] No such file or directory: '...'"
     assert f"the folder {missing.parent} does not exist; create it first" in err, err
     assert "Errno" not in err and list(folder.iterdir()) == []
+
+
+def test_enroll_with_an_unreadable_take_says_nothing_was_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    cfg = _device(tmp_path)
+    good = tmp_path / "good.wav"
+    sf.write(good, np.random.default_rng(0).normal(0, 0.1, 16000), 16000)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\0\0\0\0WAVEfmt garbage")
+    capsys.readouterr()
+    assert main(["enroll", "carol", "--from", str(good), str(bad), "-c", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    # It named the file only: did the other takes count, was carol half enrolled?
+    assert f"{bad}: not a readable" in err, err
+    assert "; nothing stored for carol: leave that file out or replace it" in err, err

@@ -316,7 +316,12 @@ def run(args: argparse.Namespace) -> int:
                 load_cohort(cfg, embedder)
             numbers: list[int] | None = None  # microphone takes: their prompts' numbers
             if args.files:
-                takes = [read_file(f) for f in args.files]
+                try:
+                    takes = [read_file(f) for f in args.files]
+                except CommandError as exc:  # said whether the other takes counted
+                    raise CommandError(
+                        f"{exc}; nothing stored for {name}: leave that file out or replace it"
+                    ) from None
                 prompts = list(args.prompts or [""] * len(takes))
                 labels = list(args.files)
                 result = check_takes(takes, embedder, cfg.speaker, cfg.vad)
