@@ -80,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
 
         hold()
     parser = build_parser()
-    args = parser.parse_args(args_in)
+    args, unknown = parser.parse_known_args(args_in)
+    if unknown:
+        # parse_args() said it with voxgate's own usage ("COMMAND ..."), which shows none of
+        # the options `voxgate users list --json` could have meant.
+        command_parser = getattr(args, "command_parser", parser)
+        command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -219,6 +219,7 @@ class EmbeddingCache:
         self._cached_errors: dict[str, str] = {}  # why a cached recording has no embedding
         self.errors: dict[str, str] = {}
         self.unreadable: set[str] = set()  # never cached: a fixed file is read next run
+        self.reused = 0  # recordings fill() took from the cache, not embedded again
         if cache_file is not None and cache_file.exists():
             self._load(cache_file)
 
@@ -358,6 +359,7 @@ class EmbeddingCache:
             if r not in self._emb or st is None or self._stamps.get(r) != st
         ]
         done = set(stamps) - set(fresh)
+        self.reused = len(done)
         # Embedded already, but read by an older gate: read again, not embedded again.
         again = [r for r in stamps if r in done and r not in self._quality]
         for r in stamps:  # in protocol order, as fill() reports them
@@ -715,6 +717,13 @@ def evaluate(
         with _writing(out_dir):
             cache.save()
         raise
+    if progress and cache.reused:
+        # A rerun printed no progress at all: whether the cache was used was not said.
+        print(
+            f"{es.name}: {cache.reused} of {len(set(recordings))} recording(s) taken from the "
+            f"embedding cache {cache_file} (a changed file is embedded again)",
+            file=sys.stderr,
+        )
     if cache.unreadable >= set(recordings):  # e.g. the CSV files copied without the audio
         first = next(iter(cache.errors.values()))
         raise EvalError(

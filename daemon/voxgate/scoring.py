@@ -288,7 +288,14 @@ def cohort_for(cfg: Any, embedder: Any) -> Cohort | None:
         shipped = (default_dir() / (slug(embedder.model_id) + ".npz")).exists()
         if cfg.speaker.threshold is None or cfg.speaker.cohort is not None or shipped:
             raise ScoringError(str(exc)) from None
-        log.warning("%s; scoring raw cosine against speaker.threshold", exc)
+        # Not exc's text: it ends "or ... set speaker.threshold", which is set here.
+        log.warning(
+            "no cohort for model %s (none shipped, speaker.cohort not set): scoring the raw "
+            "cosine against speaker.threshold %g; for a normalized score build one with "
+            "'voxgate eval SET_DIR --build-cohort DIR' and set speaker.cohort to its .npz",
+            embedder.model_id,
+            cfg.speaker.threshold,
+        )
         return None
 
 

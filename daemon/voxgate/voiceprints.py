@@ -227,8 +227,17 @@ def write_key_file(path: Path) -> None:
     """Create a new random key in `path` (mode 0600). Refuses to overwrite an existing file."""
     from voxgate.config.secrets import PartialWrite, write_new_secret
 
+    if Path(path).is_dir():  # else "already exists; not overwriting a key", as if a key
+        raise StoreError(
+            f"{path} is a folder; give the key's file name, e.g. {Path(path) / 'voiceprint.key'}"
+        )
     try:
         write_new_secret(path, os.urandom(KEY_BYTES).hex() + "\n")
+    except FileNotFoundError:  # was the raw "[Errno 2] No such file or directory: '...'"
+        raise StoreError(
+            f"{path}: cannot create the key file: the folder {Path(path).parent} does not "
+            "exist; create it first"
+        ) from None
     except FileExistsError:
         raise StoreError(
             f"{path} already exists; not overwriting a key (voiceprints sealed with it "
@@ -260,7 +269,10 @@ def normalize_name(name: str) -> str:
     """Check a user name; returns it NFC-normalized and stripped."""
     clean = unicodedata.normalize("NFC", name).strip()
     if not clean or len(clean) > MAX_NAME_LEN:
-        raise StoreError(f"user name must be 1-{MAX_NAME_LEN} characters")
+        # " " is one character: said, or "must be 1-64 characters" read as false.
+        raise StoreError(
+            f"user name must be 1-{MAX_NAME_LEN} characters, not counting spaces around it"
+        )
     if (problem := name_problem(clean)) is not None:
         raise StoreError(problem)
     return clean
@@ -277,6 +289,21 @@ def enrolled_text(name: str, enrolled: str | None) -> str:
     match without case, and "'NICO' is already enrolled" read as if someone else were."""
     shown = f" as '{enrolled}'" if enrolled is not None and enrolled != name else ""
     return f"user '{name}' is already enrolled{shown}"
+
+
+def not_enrolled_text(name: str, twin: str | None) -> str:
+    """'no user NAME enrolled', naming the enrolled user whose name reads the same when there
+    is one (VoiceprintStore.reads_as): a name typed with two spaces, or pasted with a no-break
+    space, did not open 'Ann Marie', and an export or erase for a data request answered that
+    nobody of that name was held."""
+    said = f"no user '{name}' enrolled"
+    if twin is None:
+        return said
+    return (
+        f"{said}, but '{twin}' is, a name that reads the same (in other characters: "
+        f"full-width letters, a ligature, another space, an invisible joiner): give it as "
+        f"'{twin}'"
+    )
 
 
 def _name_taken_text(name: str, twin: str) -> str:
@@ -995,6 +1022,16 @@ class VoiceprintStore:
             _refuse_line_breaks(name)
             if (twin := self._look_alike(name)) is not None:
                 raise NameTaken(_name_taken_text(name, twin))
+
+    def reads_as(self, name: str) -> str | None:
+        """The enrolled name that reads the same as `name` (names.look_alike) when `name`
+        itself is not enrolled; None otherwise. For a "no user" answer to point at it."""
+        name = normalize_name(name)
+        uid = self._user_id(name)
+        with self._using("read"):
+            if self._db.execute("SELECT 1 FROM voiceprints WHERE id = ?", (uid,)).fetchone():
+                return None
+            return self._look_alike(name)
 
     def has(self, name: str) -> bool:
         """Whether the user has a row, readable or not (a damaged row counts)."""

@@ -104,9 +104,17 @@ def test_audio_path_is_a_directory_or_too_long(
     # Minutes of audio would cost the embedder hundreds of MB: refused while reading.
     long = _noise(device["dir"] / "long.wav", 130, rate=8000)
     assert main(["identify", str(long), "-c", str(device["cfg"])]) == 1
-    _one_error_line(capsys.readouterr().err, str(long), "longer than 120 s")
+    # What to do, in words: it said "cut it to one recording".
+    cut = "longer than 120 s, the most a take or an attempt may be; cut out the part with"
+    _one_error_line(capsys.readouterr().err, str(long), cut)
     assert main(["enroll", "carol", "--from", str(long), "-c", str(device["cfg"])]) == 1
-    _one_error_line(capsys.readouterr().err, "longer than 120 s")
+    _one_error_line(capsys.readouterr().err, cut)
+    # The limits are in the help, where "any rate" was said.
+    for command in (["verify", "--help"], ["identify", "--help"], ["enroll", "--help"]):
+        with pytest.raises(SystemExit):
+            main(command)
+        helptext = " ".join(capsys.readouterr().out.split())
+        assert "8-192 kHz" in helptext and "120 s" in helptext, command
 
 
 def test_store_and_key_paths_that_are_directories(

@@ -45,7 +45,7 @@ def test_enroll_summary_and_error_show_the_same_speech_seconds(
     capsys.readouterr()
     assert main(["enroll", "zed", "--from", *files, "-c", str(cfg)]) == 1
     got = capsys.readouterr()
-    summary = re.search(r"takes used, (\d+\.\d) s of net speech", got.out)
+    summary = re.search(r"takes passed their checks, (\d+\.\d) s of net speech", got.out)
     error = re.search(r"need 60 s of net speech, have (\d+\.\d) s", got.err)
     assert summary and error, got
     assert summary.group(1) == error.group(1) == f"{math.floor(total * 10) / 10:.1f}"

@@ -48,6 +48,9 @@ def test_cli_refuses_two_voices_and_names_the_takes(
     assert main(["enroll", "george", "--from", *george, *lucas, "-c", str(cfg)]) == 1
     out, err = capsys.readouterr()
     assert "sound like a different voice" in err and "not enrolled" in err
+    # Not "5 of 10 takes used": none is.
+    assert "takes used" not in out, out
+    assert ": nothing stored; 5 of 10 takes passed their checks" in out, out
     named = [line for line in out.splitlines() if "different voice from the other takes" in line]
     assert len(named) == 5 and (
         all("lucas" in n for n in named) or all("george" in n for n in named)
@@ -72,7 +75,7 @@ def test_cli_counts_a_take_given_twice_once(
     capsys.readouterr()
     assert main(["enroll", "george", "--from", *[one] * 10, "-c", str(cfg)]) == 1
     out, err = capsys.readouterr()
-    assert "1 of 10 takes used" in out, out
+    assert "nothing stored; 1 of 10 takes passed their checks" in out, out
     assert out.count("REJECTED: the same recording as take 1") == 9, out
     assert "need 3 good takes, have 1" in err
     assert main(["users", "list", "-c", str(cfg)]) == 0

@@ -873,3 +873,19 @@ def test_ctrl_c_while_re_reading_an_older_gates_readings_keeps_the_embeddings(
     monkeypatch.setattr(evaluation, "_progress_printer", real)
     assert main(["eval", str(root), "--out", str(tmp_path / "fresh")]) == 0
     assert (out / "scores.csv").read_text() == (tmp_path / "fresh" / "scores.csv").read_text()
+
+
+def test_a_rerun_says_it_used_the_embedding_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rerun with the same --out embedded nothing and printed nothing before the summary:
+    whether the cache had been used could not be told."""
+    root = _noise_set(tmp_path / "set", seed=1)
+    out = tmp_path / "out"
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    first = capsys.readouterr().err
+    assert "embedding set: 3/3" in first and "embedding cache" not in first
+    assert main(["eval", str(root), "--out", str(out)]) == 0
+    again = capsys.readouterr().err
+    assert "embedding set:" not in again
+    assert f"set: 3 of 3 recording(s) taken from the embedding cache {out}" in again

@@ -565,3 +565,17 @@ def test_the_enroll_summary_and_users_export_give_the_same_net_speech(
         summary.group(0),
         exported["meta"],
     )
+
+
+def test_max_takes_with_files_is_refused_not_ignored(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It limits guided takes only; with --from it was silently ignored, and
+    # `--max-takes 3` over ten files still read and weighed all ten.
+    take = str(device["dir"] / "take.wav")
+    sf.write(take, np.random.default_rng(0).normal(0, 0.1, 16000), 16000)
+    argv = ["enroll", "erin", "--from", take, "--max-takes", "3", "-c", str(device["cfg"])]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--max-takes is for takes from the microphone; with --from each file is a take" in err
+    assert not device["db"].exists()

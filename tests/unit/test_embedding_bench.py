@@ -220,3 +220,25 @@ def test_bench_audio_at_another_rate_does_not_count_the_resampler_as_the_model(
         (row,) = json.loads(capsys.readouterr().out)
         rss[name] = row["peak_rss_mb"]
     assert rss["44k.wav"] < rss["16k.wav"] + 15, rss
+
+
+def test_bench_says_how_much_of_the_audio_it_timed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 0.3 s --audio failed every row, and the table's title still said "3.0 s
+    utterance"; a longer one was cut to --seconds without a word."""
+    import numpy as np
+    import soundfile as sf
+
+    speech = bench.synthetic_speech(5.0).astype(np.float64) / 32768
+    sf.write(tmp_path / "short.wav", speech[:4800], 16000, subtype="PCM_16")
+    sf.write(tmp_path / "long.wav", speech, 16000, subtype="PCM_16")
+    card = str(SHIPPED / "ge2e-int8.yaml")
+    argv = ["bench", "--model", card, "-n", "1", "--no-torch", "--audio"]
+    assert main([*argv, str(tmp_path / "short.wav")]) == 1  # shorter than the model takes
+    out = capsys.readouterr().out
+    assert "speaker embedding, 0.3 s utterance" in out and "TooShort" in out, out
+    assert main([*argv, str(tmp_path / "long.wav")]) == 0
+    got = capsys.readouterr()
+    assert "speaker embedding, 3.0 s utterance" in got.out
+    assert "(--audio: timing its first 3 s of 5.0 s; --seconds sets how much)" in got.err

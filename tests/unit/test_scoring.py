@@ -450,6 +450,8 @@ def test_raw_cosine_only_for_a_model_without_any_cohort(
     custom = SimpleNamespace(model_id="custom-net/1")  # nothing shipped for it
     fixed = VoxgateConfig.model_validate({"speaker": {"threshold": 0.7}})
     assert cohort_for(fixed, custom) is None and "raw cosine" in caplog.text
+    # The threshold is set: the warning must not tell the reader to set it.
+    assert "set speaker.threshold" not in caplog.text and "0.7" in caplog.text
     with pytest.raises(ScoringError, match="no cohort shipped"):
         cohort_for(VoxgateConfig(), custom)  # no fixed threshold: nothing to score against
     typo = fixed.model_copy(update={"speaker": fixed.speaker.model_copy(

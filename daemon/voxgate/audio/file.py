@@ -96,7 +96,10 @@ def read_audio(path: str | Path, max_s: float | None = None) -> np.ndarray:
             frames.append(frame)
             n += len(frame)
             if limit is not None and n > limit:
-                raise AudioError(f"{path}: longer than {max_s:g} s; cut it to one recording")
+                raise AudioError(
+                    f"{path}: longer than {max_s:g} s, the most a take or an attempt may be; "
+                    "cut out the part with the speech"
+                )
     finally:
         src.close()
     return np.concatenate(frames) if frames else np.zeros(0, dtype=np.int16)

@@ -16,13 +16,17 @@ def add_parser(
     sub: argparse._SubParsersAction, name: str, help: str, examples: str, description: str = ""
 ) -> argparse.ArgumentParser:
     """A subcommand parser whose --help ends with examples."""
-    return sub.add_parser(
+    parser = sub.add_parser(
         name,
         help=help,
         description=description or help,
         epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip("\n"), "  "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # The deepest command's parser wins (a subcommand's defaults overwrite its parent's):
+    # cli.main reports an unknown option with that command's usage, not voxgate's.
+    parser.set_defaults(command_parser=parser)
+    return parser
 
 
 def ascii_int(text: str) -> int:

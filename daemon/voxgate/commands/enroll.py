@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="files",
         nargs="+",
         metavar="FILE",
-        help="enrollment takes as WAV/FLAC files, one take per file (default: microphone)",
+        help="enrollment takes as WAV/FLAC (or OGG) files, one take per file, 8-192 kHz, "
+        "at most 120 s each (default: microphone)",
     )
     p.add_argument(
         "--prompts",
@@ -73,8 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-takes",
         type=ascii_int,
-        default=20,
-        help="microphone: give up after this many takes (1-200)",
+        default=None,
+        help=f"microphone: give up after this many takes (1-200; default: {DEFAULT_MAX_TAKES})",
     )
     add_config_option(p)
     p.set_defaults(func=run)
@@ -136,6 +137,7 @@ def _quiet_note(result: Any, again: str) -> str | None:
 
 
 MAX_TAKES_LIMIT = 200  # a guided enrollment needs a handful; more is a typo
+DEFAULT_MAX_TAKES = 20  # guided: room for takes the checks reject
 
 
 def _label(text: str, width: int = 24) -> str:
@@ -281,6 +283,11 @@ def run(args: argparse.Namespace) -> int:
         return fail("--prompts needs --from and one digit string per file")
     if args.prompts and not all(p.isascii() and p.isdigit() for p in args.prompts):  # not '²'
         return fail("--prompts takes digit strings, e.g. --prompts 40712 95368")
+    if args.files and args.max_takes is not None:  # was ignored: every file is a take
+        return fail("--max-takes is for takes from the microphone; with --from each file is "
+                    "a take: give the files to use")  # fmt: skip
+    if args.max_takes is None:
+        args.max_takes = DEFAULT_MAX_TAKES
     if not 1 <= args.max_takes <= MAX_TAKES_LIMIT:  # a typo of 10**9 hung in the prompt plan
         return fail(f"--max-takes must be 1-{MAX_TAKES_LIMIT}")
 
@@ -309,7 +316,12 @@ def run(args: argparse.Namespace) -> int:
                 load_cohort(cfg, embedder)
             numbers: list[int] | None = None  # microphone takes: their prompts' numbers
             if args.files:
-                takes = [read_file(f) for f in args.files]
+                try:
+                    takes = [read_file(f) for f in args.files]
+                except CommandError as exc:  # said whether the other takes counted
+                    raise CommandError(
+                        f"{exc}; nothing stored for {name}: leave that file out or replace it"
+                    ) from None
                 prompts = list(args.prompts or [""] * len(takes))
                 labels = list(args.files)
                 result = check_takes(takes, embedder, cfg.speaker, cfg.vad)
@@ -325,8 +337,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"\ninterrupted: nothing stored for {name}; the takes so far are discarded",
                   file=sys.stderr)  # fmt: skip
             return 130
-        print(f"enrollment of {name}: {len(result.accepted)} of {len(result.takes)} takes used, "
-              f"{seconds_text(result.speech_s)} s of net speech")  # fmt: skip
+        # Refused, no take is used: "10 of 20 takes used" above a refusal of two voices read
+        # as if half had been stored.
+        stored, counted = ("", "takes used") if result.ok else (
+            "nothing stored; ", "takes passed their checks")  # fmt: skip
+        print(f"enrollment of {name}: {stored}{len(result.accepted)} of {len(result.takes)} "
+              f"{counted}, {seconds_text(result.speech_s)} s of net speech")  # fmt: skip
         _print_takes(result, labels, cfg.speaker, numbers)
         # The door's own microphone only: a file may come from another one.
         again = "enroll again" + (" with --replace" if result.ok else "")

@@ -6,7 +6,7 @@ import argparse
 
 from voxgate.commands.common import add_config_option, add_parser, config_from_args
 from voxgate.commands.speaker_common import CommandError, fail
-from voxgate.commands.verify import score_file, show
+from voxgate.commands.verify import AUDIO_FILE_HELP, score_file, show
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         voxgate identify attempt.flac -c /etc/voxgate/voxgate.yaml --json
         """,
     )
-    p.add_argument("file", metavar="FILE", help="WAV/FLAC recording (any rate; converted)")
+    p.add_argument("file", metavar="FILE", help=AUDIO_FILE_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_config_option(p)
     p.set_defaults(func=run)

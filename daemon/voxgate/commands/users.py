@@ -6,8 +6,10 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +121,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     rk.set_defaults(func=run_rekey)
 
 
+def _cells(text: str) -> int:
+    """Terminal cells `text` takes: East Asian wide and full-width characters two, combining
+    marks and zero width joiners none."""
+    return sum(
+        0
+        if unicodedata.combining(c) or unicodedata.category(c) == "Cf"
+        else 2
+        if unicodedata.east_asian_width(c) in "WF"
+        else 1
+        for c in text
+    )
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _cells(text))
+
+
+# A JSON array of numbers only, as json.dumps(indent=2) lays it out: one number a line. A
+# newline inside a JSON string is escaped, so only the layout's own newlines can match.
+_NUMBER_ARRAY = re.compile(r"\[\n\s*(-?[0-9][0-9.eE+-]*(?:,\n\s*-?[0-9][0-9.eE+-]*)*)\n\s*\]")
+
+
+def _export_text(doc: dict[str, Any]) -> str:
+    """The export as indented JSON with each vector on one line: one number a line made a
+    10-take voiceprint 2,800 lines long, the rest of the document lost among them."""
+    text = json.dumps(doc, indent=2)
+    one_line = _NUMBER_ARRAY.sub(
+        lambda m: f"[{', '.join(n.strip() for n in m[1].split(','))}]", text
+    )
+    return one_line + "\n"
+
+
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
 
@@ -138,11 +172,19 @@ def run_list(args: argparse.Namespace) -> int:
     if not users and not damaged:
         print("no users enrolled")
         return 0
-    print(f"{'name':20s} {'model':32s} {'takes':>5s}  {'enrolled':16s}  {'updated':16s}  ver")
+    # Columns as wide as their longest entry on screen: names are up to 64 characters, CJK
+    # ones take two cells each, and the fp16 model id is 34; fixed widths of 20 and 32 left
+    # every later column out of line for them.
+    name_w = max(_cells(t) for t in ["name", *(u.name for u in users)])
+    model_w = max(_cells(t) for t in ["model", *(u.model_id for u in users)])
+    print(
+        f"{_pad('name', name_w)} {_pad('model', model_w)} {'takes':>5s}  {'enrolled':16s}  "
+        f"{'updated':16s}  ver"
+    )
     for u in users:
         print(
-            f"{u.name:20s} {u.model_id:32s} {u.takes:5d}  {_when(u.created_at):16s}  "
-            f"{_when(u.updated_at):16s}  {u.version}"
+            f"{_pad(u.name, name_w)} {_pad(u.model_id, model_w)} {u.takes:5d}  "
+            f"{_when(u.created_at):16s}  {_when(u.updated_at):16s}  {u.version}"
         )
     if damaged:
         # Listed as far as possible, but an exit status that scripts and Ansible notice.
@@ -159,9 +201,10 @@ def run_erase(args: argparse.Namespace) -> int:
         return 1
     from voxgate.audit import loss_traces
     from voxgate.erasure import forget_on_disk
-    from voxgate.voiceprints import StoreError, normalize_name
+    from voxgate.voiceprints import StoreError, normalize_name, not_enrolled_text
 
     dropped: list[str] = []
+    twin = None
     try:
         with open_store(cfg) as store:
             shown = store.enrolled_name(args.name) or normalize_name(args.name)
@@ -172,10 +215,12 @@ def run_erase(args: argparse.Namespace) -> int:
                 # would otherwise often drop these first, and this command report nothing.
                 dropped = forget_on_disk(cfg, args.name)
                 record_change(cfg, store, "erased", shown, None, lost=lost)
+            else:
+                twin = store.reads_as(args.name)
     except (CommandError, StoreError) as exc:
         return fail(str(exc))
     if not gone:
-        return fail(f"no user '{args.name}' enrolled")
+        return fail(not_enrolled_text(args.name, twin))
     print(f"erased {shown}")  # as enrolled, as the daemon's log and the API name them
     # A running daemon drops its copy of the lockout entry, and the retained `user` topic
     # naming them, within seconds.
@@ -189,15 +234,22 @@ def run_export(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     from voxgate.erasure import held_about, holds_anything
-    from voxgate.voiceprints import StoreError, normalize_name
+    from voxgate.voiceprints import StoreError, normalize_name, not_enrolled_text
 
+    twin = None
     try:
         name = normalize_name(args.name)
         with open_store(cfg, read_only=True) as store:
             doc = store.export(name) if store.has(name) else None
+            if doc is None:
+                twin = store.reads_as(name)
     except (CommandError, StoreError) as exc:
         return fail(str(exc))
     if doc is None:
+        if twin is not None:
+            # Not "nothing else is held about them": the person is enrolled under the
+            # spelling that reads the same, and the request meant them.
+            return fail(not_enrolled_text(name, twin))
         # Erased (or never enrolled here): the audit log still names them, and the fleet
         # state and replay store may hold more; an access request must get that too.
         held = held_about(cfg, name)
@@ -217,7 +269,7 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         doc["enrolled"] = True
         doc["also_held"] = held_about(cfg, doc["name"])
-    text = json.dumps(doc, indent=2) + "\n"
+    text = _export_text(doc)
     if args.output:
         try:
             _write_new(Path(args.output), text)

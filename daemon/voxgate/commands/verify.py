@@ -19,6 +19,9 @@ from voxgate.commands.speaker_common import (
 )
 
 EXIT_MATCH, EXIT_NO_MATCH, EXIT_RETRY = 0, 1, 4
+# What read_file takes (audio/file.py: MIN_RATE, MAX_RATE, MAX_TAKE_S): "any rate" was
+# said, and a 4 kHz or 10-minute file was then refused.
+AUDIO_FILE_HELP = "WAV/FLAC (or OGG) recording, 8-192 kHz, any channels, at most 120 s"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         """,
     )
     p.add_argument("name", metavar="NAME", help="the claimed user")
-    p.add_argument("file", metavar="FILE", help="WAV/FLAC recording (any rate; converted)")
+    p.add_argument("file", metavar="FILE", help=AUDIO_FILE_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_config_option(p)
     p.set_defaults(func=run)
@@ -146,6 +149,17 @@ def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
     return EXIT_RETRY if not result.quality_ok else EXIT_NO_MATCH
 
 
+def _not_enrolled(cfg: Any, name: str) -> str:
+    """'no user NAME enrolled', with the enrolled name it reads the same as, if any."""
+    from voxgate.voiceprints import StoreError, not_enrolled_text
+
+    try:
+        with open_store(cfg, read_only=True) as store:
+            return not_enrolled_text(name, store.reads_as(name))
+    except (CommandError, StoreError):  # said by score_file already, if it matters
+        return not_enrolled_text(name, None)
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
@@ -155,5 +169,5 @@ def run(args: argparse.Namespace) -> int:
     except CommandError as exc:
         return fail(str(exc))
     if "unknown_user" in result.reasons:
-        print(f"error: no user '{args.name}' enrolled", file=sys.stderr)
+        print(f"error: {_not_enrolled(cfg, args.name)}", file=sys.stderr)
     return show(result, quality, args.json, cfg.speaker)
