@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from voxgate.logs import LogLimit
+from voxgate.ownership import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -177,19 +178,11 @@ def write_anchor(anchor: Path, seq: int, head: str, key: bytes | None, *, fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, anchor)
         if fsync:
-            _fsync_dir(anchor.parent)
+            fsync_path(anchor.parent)
     except OSError:
         with contextlib.suppress(OSError):  # no copy left per failed write (full disk)
             tmp.unlink()
         raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class AuditLog:
@@ -1146,7 +1139,7 @@ def _write_archive(
                 os.fsync(out)
             finally:
                 os.close(out)
-        _fsync_dir(archive.parent)
+        fsync_path(archive.parent)
     except OSError as exc:
         for target in made:
             with contextlib.suppress(OSError):

@@ -191,7 +191,9 @@ def test_full_disk_keeps_lines_in_memory_and_goes_on(
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`voxgate audit ARGS` as a process, with no audit key from the environment."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+    env.pop("VOXGATE_AUDIT_KEY", None)
     return subprocess.run(
         [sys.executable, "-m", "voxgate", "audit", *args],
         capture_output=True,

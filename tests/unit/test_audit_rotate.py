@@ -7,33 +7,20 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
 import subprocess
-import sys
 import types
 from pathlib import Path
 
 import pytest
 
 import voxgate.audit as audit_mod
+from tests.unit.test_audit import cli
 from voxgate.audit import AuditLog, anchor_path_for, canonical, line_hash, verify
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = b"k" * 32
 NEW_KEY = b"n" * 32
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
-    env.pop("VOXGATE_AUDIT_KEY", None)
-    return subprocess.run(
-        [sys.executable, "-m", "voxgate", "audit", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
 
 
 def door(tmp_path: Path, key: bytes | None = None) -> Path:
