@@ -135,7 +135,7 @@ def test_ascii_seconds_reads_plain_decimals() -> None:
 @pytest.mark.parametrize(
     ("argv", "usage"),
     [
-        (["users", "list", "--json"], "usage: voxgate users list [-h] [-c FILE]"),
+        (["users", "list", "--bogus"], "usage: voxgate users list [-h] [-c FILE]"),
         (["verify", "alice", "a.wav", "--bogus"], "usage: voxgate verify [-h] [--json]"),
         (["eval", "set", "--quiet"], "usage: voxgate eval [-h] [--out DIR]"),
     ],
@@ -287,3 +287,35 @@ def test_enroll_with_an_unreadable_take_says_nothing_was_stored(
     # It named the file only: did the other takes count, was carol half enrolled?
     assert f"{bad}: not a readable" in err, err
     assert "; nothing stored for carol: leave that file out or replace it" in err, err
+
+
+def test_users_list_json_gives_every_user_for_scripts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An integrator's script had only the table to parse (`users list --json` was an
+    unknown option): names with spaces and wide characters made columns a parser cannot split."""
+    import json
+
+    import numpy as np
+
+    from voxgate.config import load_config
+    from voxgate.voiceprints import open_store
+
+    cfg = _device(tmp_path)
+    capsys.readouterr()
+    assert main(["users", "list", "--json", "-c", str(cfg)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"users": [], "unreadable": 0}
+
+    emb = np.eye(3, 256, dtype=np.float32)
+    with open_store(load_config(str(cfg))) as store:
+        store.add_user("Ann Marie", emb, "ge2e-resemblyzer-0.1.4/int8")
+        store.add_user("李小龍", emb[:2], "ge2e-resemblyzer-0.1.4/int8")
+    capsys.readouterr()
+    assert main(["users", "list", "--json", "-c", str(cfg)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["unreadable"] == 0
+    rows = {u["name"]: u for u in doc["users"]}
+    assert set(rows) == {"Ann Marie", "李小龍"}
+    assert rows["Ann Marie"]["takes"] == 3 and rows["李小龍"]["takes"] == 2
+    assert rows["Ann Marie"]["model"] == "ge2e-resemblyzer-0.1.4/int8"
+    assert rows["Ann Marie"]["enrolled"].endswith("Z") and rows["Ann Marie"]["version"] >= 1
