@@ -960,3 +960,18 @@ def test_a_client_that_waits_for_each_answer_is_never_refused_as_busy(
             )
     finally:
         server.stop()
+
+
+def test_a_name_that_reads_as_an_enrolled_one_is_pointed_at_it(api: dict) -> None:
+    """`users erase` and `users export` name the enrolled spelling of a look-alike name; the
+    API answered 404 "no user ... enrolled" to a data request for "ａlice" (a full-width a)
+    while alice's voiceprint stayed."""
+    c = api["client"]
+    for method, path in (
+        ("GET", "/api/v1/users/%EF%BD%81lice/export"),
+        ("DELETE", "/api/v1/users/%EF%BD%81lice"),
+    ):
+        status, body, _ = c.request(method, path)
+        assert status == 404 and body["error"] == "not_found", body
+        assert "but 'alice' is" in body["message"], body
+    assert api["store"].get("alice") is not None

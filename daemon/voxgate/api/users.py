@@ -21,6 +21,7 @@ from voxgate.voiceprints import (
     VoiceprintStore,
     enrolled_text,
     normalize_name,
+    not_enrolled_text,
 )
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class UserAdmin:
         name = normalize_name(name)
         shown = self.store.enrolled_name(name) or name
         if not self.store.erase(name):
-            raise UnknownUser(f"no user '{name}' enrolled")
+            raise UnknownUser(not_enrolled_text(name, self.store.reads_as(name)))
         log.info("erased %s over the API", shown)
         self._changed("erased", shown)
         return shown
@@ -160,7 +161,8 @@ class UserAdmin:
     def export(self, name: str) -> dict[str, Any]:
         name = normalize_name(name)
         if self.store.get(name) is None:
-            raise UnknownUser(f"no user '{name}' enrolled")
+            # "Ann  Marie" for "Ann Marie": a data request must find her, not "nobody".
+            raise UnknownUser(not_enrolled_text(name, self.store.reads_as(name)))
         return self.store.export(name)
 
     def _changed(self, kind: str, name: str) -> None:
