@@ -215,5 +215,5 @@ def test_a_fixed_threshold_with_an_unusable_cohort_stops_the_start(
     wav = tmp_path / "quiet.wav"
     assert Daemon(load_config(cfg_path), config_path=cfg_path).run() == 78  # an edit fixes it
     assert "cohort file missing" in caplog.text
-    assert main(["verify", "alice", str(wav), "-c", str(cfg_path)]) == 1
+    assert main(["verify", "alice", str(wav), "-c", str(cfg_path)]) == 2
     assert "cohort file missing" in capsys.readouterr().err

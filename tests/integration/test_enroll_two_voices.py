@@ -95,7 +95,7 @@ def test_a_configured_cohort_that_cannot_be_read_stops_enroll(
     assert main(["enroll", "george", "--from", *george, *lucas, "-c", str(cfg)]) == 1
     out, err = capsys.readouterr()
     assert f"error: cohort file missing: {missing}" in err and "takes used" not in out
-    assert main(["verify", "george", george[0], "-c", str(cfg)]) == 1  # the same refusal
+    assert main(["verify", "george", george[0], "-c", str(cfg)]) == 2  # the same refusal
     assert f"error: cohort file missing: {missing}" in capsys.readouterr().err
     assert main(["users", "list", "-c", str(cfg)]) == 0
     assert "george" not in capsys.readouterr().out  # nothing stored

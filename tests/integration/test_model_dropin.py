@@ -73,7 +73,7 @@ def refused(
     assert "cannot load the speaker model" in line
     for word in expected:
         assert word in line, (word, line)
-    assert main(["verify", "george", takes[5], "-c", str(cfg)]) == 1
+    assert main(["verify", "george", takes[5], "-c", str(cfg)]) == 2
     out, err = capsys.readouterr()
     assert "MATCH" not in out and all(w in err for w in expected)
 

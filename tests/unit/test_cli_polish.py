@@ -319,3 +319,24 @@ def test_users_list_json_gives_every_user_for_scripts(
     assert rows["Ann Marie"]["takes"] == 3 and rows["李小龍"]["takes"] == 2
     assert rows["Ann Marie"]["model"] == "ge2e-resemblyzer-0.1.4/int8"
     assert rows["Ann Marie"]["enrolled"].endswith("Z") and rows["Ann Marie"]["version"] >= 1
+
+
+def test_verify_and_identify_tell_an_error_from_no_match(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 1 was both "not this person" and "could not check" (a missing file, a broken
+    config), and with --json an error left stdout empty for the script parsing it."""
+    import json
+
+    cfg = _device(tmp_path)
+    missing = str(tmp_path / "nowhere.wav")
+    capsys.readouterr()
+    assert main(["verify", "alice", missing, "-c", str(cfg), "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert "no such file" in json.loads(out)["error"] and "no such file" in err
+    assert main(["identify", missing, "-c", str(cfg)]) == 2
+    assert capsys.readouterr().out == ""  # without --json: the message on stderr only
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("speaker: [\n")
+    assert main(["identify", missing, "-c", str(broken), "--json"]) == 2
+    assert "config" in json.loads(capsys.readouterr().out)["error"]

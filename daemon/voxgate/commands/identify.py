@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from voxgate.commands.common import add_config_option, add_parser, config_from_args
-from voxgate.commands.speaker_common import CommandError, fail
-from voxgate.commands.verify import AUDIO_FILE_HELP, score_file, show
+from voxgate.commands.speaker_common import CommandError
+from voxgate.commands.verify import AUDIO_FILE_HELP, error, score_file, show
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "only if it clears the threshold for speaker.target_fmr divided by the number of "
         "users (a fixed speaker.threshold is used as it is, for any number of users); "
         "otherwise the answer is 'unknown speaker'. Exit status: 0 identified, "
-        "1 unknown or error, 4 retry (too little speech, too noisy or clipped).",
+        '1 unknown, 2 error (as for verify; with --json also {"error": ...} on stdout), '
+        "4 retry (too little speech, too noisy or clipped).",
         examples="""
         voxgate identify attempt.wav
         voxgate identify attempt.flac -c /etc/voxgate/voxgate.yaml --json
@@ -33,9 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
-        return 1
+        return error(None, args.json)
     try:
         result, quality = score_file(cfg, args.file, None)
     except CommandError as exc:
-        return fail(str(exc))
+        return error(str(exc), args.json)
     return show(result, quality, args.json, cfg.speaker)

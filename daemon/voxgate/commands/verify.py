@@ -18,7 +18,8 @@ from voxgate.commands.speaker_common import (
     read_file,
 )
 
-EXIT_MATCH, EXIT_NO_MATCH, EXIT_RETRY = 0, 1, 4
+# grep's convention: a script can tell "not this person" (1) from "could not check" (2).
+EXIT_MATCH, EXIT_NO_MATCH, EXIT_ERROR, EXIT_RETRY = 0, 1, 2, 4
 # What read_file takes (audio/file.py: MIN_RATE, MAX_RATE, MAX_TAKE_S): "any rate" was
 # said, and a 4 kHz or 10-minute file was then refused.
 AUDIO_FILE_HELP = "WAV/FLAC (or OGG) recording, 8-192 kHz, any channels, at most 120 s"
@@ -30,8 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "verify",
         help="check a recording against one enrolled user (1:1)",
         description="Score a WAV/FLAC recording against the voiceprint of NAME, with the "
-        "threshold set for speaker.target_fmr. Exit status: 0 match, 1 no match or error, "
-        "4 retry (too little speech, too noisy or clipped to decide).",
+        "threshold set for speaker.target_fmr. Exit status: 0 match, 1 no match (also for a "
+        "NAME not enrolled), 2 error (unreadable file or config, no voiceprint store or key, "
+        'model or cohort that cannot be loaded; with --json also {"error": ...} on '
+        "stdout), 4 retry (too little speech, too noisy or clipped to decide).",
         examples="""
         voxgate verify alice attempt.wav
         voxgate verify alice attempt.flac -c /etc/voxgate/voxgate.yaml --json
@@ -160,14 +163,25 @@ def _not_enrolled(cfg: Any, name: str) -> str:
         return not_enrolled_text(name, None)
 
 
+def error(message: str | None, as_json: bool) -> int:
+    """Exit 2, the message on stderr (config_from_args printed its own: None) and, for a
+    script reading --json, as an object on stdout (it got no output at all and failed to
+    parse it)."""
+    if message is not None:
+        fail(message)
+    if as_json:
+        print(json.dumps({"error": message or "the config could not be loaded (see stderr)"}))
+    return EXIT_ERROR
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
-        return 1
+        return error(None, args.json)
     try:
         result, quality = score_file(cfg, args.file, args.name)
     except CommandError as exc:
-        return fail(str(exc))
+        return error(str(exc), args.json)
     if "unknown_user" in result.reasons:
         print(f"error: {_not_enrolled(cfg, args.name)}", file=sys.stderr)
     return show(result, quality, args.json, cfg.speaker)
