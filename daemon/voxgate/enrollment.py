@@ -440,3 +440,74 @@ def templates_of(meta: dict[str, Any]) -> Any:
     except (TemplateError, ValueError) as exc:
         log.error("stored digit templates are unreadable (%s); re-enroll to restore them", exc)
         return None
+
+
+@dataclass(frozen=True)
+class SameVoice:
+    """Other enrolled users whose voiceprint the new one matches (the 1:N de-duplication
+    search of the new voiceprint): the same person under two names, or a close relative."""
+
+    matches: tuple[tuple[str, float], ...]  # (user as enrolled, score), best first
+    threshold: float  # the door's 1:1 threshold the scores were held to
+
+    def audit(self) -> list[dict[str, Any]]:
+        """The audit line's and the API reply's `same_voice_as`."""
+        return [
+            {"user": user, "score": round(score, 3), "threshold": round(self.threshold, 3)}
+            for user, score in self.matches
+        ]
+
+    def text(self) -> str:
+        """The warning, in the words the person enrolling needs."""
+        if len(self.matches) == 1:
+            user, score = self.matches[0]
+            heard = f"enrolled user '{user}' (score {score:.2f}, threshold {self.threshold:.2f})"
+        else:
+            each = ", ".join(f"'{u}' (score {s:.2f})" for u, s in self.matches)
+            heard = f"enrolled users {each} (threshold {self.threshold:.2f})"
+        return (
+            f"the takes sound like {heard}: the same person under two names? "
+            "`voxgate identify` names whichever scores higher; erase one of them if so"
+        )
+
+
+def same_voice(
+    embeddings: np.ndarray, name: str, store: Any, embedder: Any, cfg: Any
+) -> SameVoice | None:
+    """Score the voiceprint these accepted takes make (their mean, as stored) against every
+    other enrolled user's with the door's scorer (cfg: the speaker section; its cohort and
+    1:1 threshold) and return those at or above the threshold; None when none is (or it
+    cannot be told: no cohort, an unreadable store). `name`'s own voiceprint, which a
+    re-enrollment replaces, is not another user. A warning, never a refusal: relatives can
+    sound alike. Cost: one dot product per enrolled user."""
+    from voxgate.cohort import CohortError, for_model, model_sha256
+    from voxgate.names import fold
+    from voxgate.scoring import Scorer, ScoringError
+    from voxgate.voiceprints import StoreError, mean_embedding, model_mismatch
+
+    if len(embeddings) == 0:
+        return None
+    try:
+        cohort = for_model(str(embedder.model_id), getattr(cfg, "cohort", None),
+                           model_sha256(embedder))  # fmt: skip
+        scorer = Scorer(store, embedder, cfg, cohort)
+        others, _ = store.readable()
+    except (CohortError, ScoringError, StoreError, OSError, ValueError, AttributeError) as exc:
+        # Without the door's scorer there is no level to call two voiceprints one voice.
+        log.debug("enrollment of %s: not compared with the enrolled users: %s", name, exc)
+        return None
+    threshold = scorer.threshold(1)
+    new = mean_embedding(embeddings)
+    matches = []
+    for vp in others:
+        if fold(vp.name) == fold(name):
+            continue
+        if model_mismatch((vp.model_id, vp.model_sha256), scorer.model_id, scorer.model_sha256):
+            continue  # another model's embeddings: not comparable (identify skips it too)
+        score, _ = scorer.score(new, vp)
+        if score >= threshold:
+            matches.append((vp.name, score))
+    if not matches:
+        return None
+    matches.sort(key=lambda m: -m[1])
+    return SameVoice(tuple(matches), threshold)

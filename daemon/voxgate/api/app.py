@@ -304,7 +304,9 @@ def create_app(
         except ModelError as exc:  # speaker.model: loaded at the first enrollment here
             log.error("API: enrollment of %s: cannot load the speaker model: %s", name, exc)
             return _error(503, "model_unavailable", f"cannot load the speaker model: {exc}")
-        _audit("admin_enroll", user=result["name"], ok=True, version=result["version"])
+        # The users the new voiceprint matched (enrollment.same_voice), when there are any.
+        alike = {"same_voice_as": result["same_voice_as"]} if result["same_voice_as"] else {}
+        _audit("admin_enroll", user=result["name"], ok=True, version=result["version"], **alike)
         return jsonify(result), 201
 
     @app.delete(f"{PREFIX}/users/<name>")

@@ -100,7 +100,7 @@ class UserAdmin:
     ) -> dict[str, Any]:
         """Enroll from takes; `prompts` (the digits each take says) adds the person's digit
         templates for the spoken challenge."""
-        from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes
+        from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes, same_voice
 
         name = normalize_name(name)
         if not replace and self.store.has(name):  # a damaged row counts: replace repairs it
@@ -134,6 +134,11 @@ class UserAdmin:
                 meta, result, takes, prompts, self.template_threshold
             )
         report["digit_templates"] = TEMPLATES_META in meta
+        # Stored anyway (relatives can sound alike); the reply and the audit line say so.
+        alike = same_voice(result.embeddings, name, self.store, embedder, self.speaker_cfg)
+        report["same_voice_as"] = alike.audit() if alike is not None else []
+        if alike is not None:
+            log.warning("enrollment of %s over the API: %s", name, alike.text())
         try:
             put = self.store.replace if replace else self.store.add_user
             sha = getattr(embedder, "model_sha256", None)

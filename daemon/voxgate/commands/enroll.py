@@ -274,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
         TEMPLATES_META,
         attach_templates,
         check_takes,
+        same_voice,
         seconds_text,
         speech_seconds,
     )
@@ -365,6 +366,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"  take {shown}: did not say its prompt; no digit templates from it")
         if any(prompts) and TEMPLATES_META not in meta:
             print("  no digit templates: answers will be checked by the speech engine alone")
+        # Stored anyway (relatives can sound alike), but said and audited.
+        alike = same_voice(result.embeddings, name, store, embedder, cfg.speaker)
+        if alike is not None:
+            print(f"warning: {alike.text()}", file=sys.stderr)
         sha = getattr(embedder, "model_sha256", None)
         lost = loss_traces(cfg)  # before this voiceprint, which would read as a trace of use
         try:
@@ -376,6 +381,9 @@ def run(args: argparse.Namespace) -> int:
                 store.add_user(name, result.embeddings, embedder.model_id, meta, sha)
         except StoreError as exc:
             return fail(str(exc))
-        record_change(cfg, store, "enrolled", name, embedder.model_id, sha, lost=lost)
+        record_change(
+            cfg, store, "enrolled", name, embedder.model_id, sha, lost=lost,
+            same_voice_as=alike.audit() if alike is not None else None,
+        )  # fmt: skip
     print(f"enrolled {name} with model {embedder.model_id}")
     return 0

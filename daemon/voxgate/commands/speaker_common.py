@@ -78,16 +78,19 @@ def record_change(
     model_sha256: str | None = None,
     *,
     lost: list[str],
+    same_voice_as: list[dict[str, Any]] | None = None,
 ) -> None:
     """After `kind` ("enrolled" or "erased") of `name` on the command line: a line in the
     audit log, and with fleet.enabled the change handed to the fleet. The local change stands
     whatever happens here; problems are printed as warnings."""
     event = {"enrolled": "enrollment", "erased": "erase"}[kind]
     # An erase has no model: its line said "model_id": null, as if one were missing.
-    model: dict[str, Any] = {"model_id": model_id} if model_id is not None else {}
+    fields: dict[str, Any] = {"model_id": model_id} if model_id is not None else {}
+    if same_voice_as:  # the other users the new voiceprint matched (enrollment.same_voice)
+        fields["same_voice_as"] = same_voice_as
     # `lost`: looked for before the change, which made (or erased) a voiceprint that
     # open_log would otherwise take for a trace of use (or miss).
-    audit = audit_from_command(cfg, event, lost=lost, user=name, via="cli", **model)
+    audit = audit_from_command(cfg, event, lost=lost, user=name, via="cli", **fields)
     if cfg.fleet.enabled:
         # The fleet session audits what it applies into the same log (None: it opens it).
         audit_event = audit.append if audit is not None else None

@@ -305,10 +305,11 @@ class UserServices:
         if self.agent is not None:
             self.agent.on_local_change(kind, name)
 
-    def changed(self, kind: str, name: str, via: str) -> None:
-        """A local change made by the daemon itself: audit it and tell the fleet."""
+    def changed(self, kind: str, name: str, via: str, **fields: Any) -> None:
+        """A local change made by the daemon itself: audit it (with `fields`) and tell the
+        fleet."""
         event = {"enrolled": "enrollment", "erased": "erase"}[kind]
-        self.audit_event(event, user=name, via=via)
+        self.audit_event(event, user=name, via=via, **fields)
         from voxgate.fleet import tell_fleet
 
         tell_fleet(self._to_fleet, kind, name, log)
@@ -445,7 +446,7 @@ class UserServices:
         """MQTT `enroll-finish` {"user": NAME}: check the takes, store the voiceprint (an
         existing one is replaced), audit, tell the fleet."""
         from voxgate.cohort import CohortError
-        from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes
+        from voxgate.enrollment import TEMPLATES_META, attach_templates, check_takes, same_voice
         from voxgate.voiceprints import BadName, StoreError
 
         name = _command_user(args)
@@ -478,6 +479,11 @@ class UserServices:
                 meta, result, takes, prompts[: len(takes)], self.cfg.stt.template_threshold
             )
         report["digit_templates"] = TEMPLATES_META in meta
+        # Stored anyway (relatives can sound alike); the reply and the audit line say so.
+        alike = same_voice(result.embeddings, name, self.store, self.embedder, self.cfg.speaker)
+        report["same_voice_as"] = alike.audit() if alike is not None else []
+        if alike is not None:
+            log.warning("enrollment of %s (MQTT): %s", name, alike.text())
         try:
             sha = getattr(self.embedder, "model_sha256", None)
             self.store.replace(name, result.embeddings, self.embedder.model_id, meta, sha)
@@ -489,7 +495,8 @@ class UserServices:
             log.error("enrollment of %s not stored: %s; %s", name, exc, kept)
             raise ValueError(f"not stored: {exc}; {kept}") from None
         log.info("enrolled %s from %d takes (MQTT)", name, len(result.accepted))
-        self.changed("enrolled", name, via="mqtt")
+        extra = {"same_voice_as": report["same_voice_as"]} if alike is not None else {}
+        self.changed("enrolled", name, via="mqtt", **extra)
         return report
 
     def _keep_takes(self, name: str, takes: list[Any], prompts: list[str]) -> str:
