@@ -488,8 +488,9 @@ def same_voice(
     if len(embeddings) == 0:
         return None
     try:
-        cohort = for_model(str(embedder.model_id), getattr(cfg, "cohort", None),
-                           model_sha256(embedder))  # fmt: skip
+        cohort = for_model(
+            str(embedder.model_id), getattr(cfg, "cohort", None), model_sha256(embedder)
+        )
         scorer = Scorer(store, embedder, cfg, cohort)
         others, _ = store.readable()
     except (CohortError, ScoringError, StoreError, OSError, ValueError, AttributeError) as exc:
