@@ -18,6 +18,11 @@ median cosine of each test recording's embedding to its unmodified one.
         [--offsets F ...] [--remove]
     PYTHONPATH=daemon python benchmarks/dc_offset.py --file-means   # the sets' own offsets
 
+--every-file scores each set as it is but with every file's own mean removed, enrollment
+takes and tests alike: what a door would score if its audio carried no offset at all (a
+door's users share one microphone, so an offset cannot tell them apart there, while in a
+protocol set one speaker's recording setup can).
+
 --file-means prints, per set, the mean (LSB) of every file in manifest.csv: how many files
 sit 16 and 66 LSB or more from zero, the largest, and the speakers whose files' median
 offset is largest.
@@ -83,6 +88,28 @@ def file_means(data: Path, sets: list[str]) -> None:
         )
 
 
+def every_file(name: str, args: argparse.Namespace, embedder: object, work: Path) -> None:
+    cfg = VoxgateConfig()
+    cohort = for_model(embedder.model_id, None, model_sha256(embedder))  # type: ignore[attr-defined]
+    es = read_set(args.data / name)
+    dst = work / f"{name}-every-file"
+    for rel in es.speaker_of:
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        pcm = mean_removed(read_audio(es.root / rel))
+        sf.write(dst / rel, pcm, SAMPLE_RATE, subtype="PCM_16")
+    for table in ("manifest.csv", "enroll.csv", "trials.csv"):
+        (dst / table).write_bytes((es.root / table).read_bytes())
+    for label, root in (("as it is", es.root), ("every file's mean removed", dst)):
+        b = evaluate(root, embedder, cfg, cohort, work / f"out-{name}-{label[:5]}", progress=False)
+        s = b["systems"]["backend"]
+        print(
+            f"{name:28s} {label:26s} EER {s['eer_percent']:5.2f}  minDCF {s['min_dcf']:.3f}  "
+            f"FMR {s['fmr_percent']:5.2f} %  FNMR {s['fnmr_percent']:5.2f} %  "
+            f"retry {s['retry_rate_percent']:4.1f} %",
+            flush=True,
+        )
+
+
 def run(name: str, args: argparse.Namespace, embedder: object, work: Path) -> None:
     cfg = VoxgateConfig()
     cohort = for_model(embedder.model_id, None, model_sha256(embedder))  # type: ignore[attr-defined]
@@ -132,6 +159,9 @@ def main() -> int:
     ap.add_argument("--offsets", nargs="+", type=float, default=OFFSETS)
     ap.add_argument("--remove", action="store_true", help="also score with the mean removed")
     ap.add_argument("--file-means", action="store_true", help="the sets' own offsets only")
+    ap.add_argument(
+        "--every-file", action="store_true", help="each set with every file's mean removed"
+    )
     args = ap.parse_args()
     missing = [s for s in args.sets if not (args.data / s / "trials.csv").is_file()]
     if missing:
@@ -141,6 +171,11 @@ def main() -> int:
         file_means(args.data, args.sets)
         return 0
     embedder = load_embedder()
+    if args.every_file:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in args.sets:
+                every_file(name, args, embedder, Path(tmp))
+        return 0
     print(
         f"{'set':28s} {'offset':>7s} {'level':>9s} {'removed':>7s} {'retry':>8s} "
         f"{'FNMR at threshold':>18s} {'FMR at threshold':>18s} {'EER %':>6s} "
