@@ -8,15 +8,14 @@ and cohort, a real store."""
 from __future__ import annotations
 
 import csv
-import http.client
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
+from test_api import Client
 
 from voxgate.cli import main
 from voxgate.evaluation import load_recording
@@ -120,26 +119,10 @@ def test_the_api_says_it_in_the_reply_and_the_audit_line(shared_data: Path, tmp_
     server.start()
 
     def enroll(name: str, takes: list[str]) -> tuple[int, dict[str, Any]]:
-        boundary = uuid.uuid4().hex
-        body = (
-            b"".join(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="take"; '
-                f'filename="t{i}.wav"\r\n\r\n'.encode()
-                + Path(t).read_bytes()
-                + b"\r\n"
-                for i, t in enumerate(takes)
-            )
-            + f"--{boundary}--\r\n".encode()
-        )
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        conn.request("POST", f"/api/v1/users/{name}", body, {
-            "Authorization": "Bearer " + "t" * 32,
-            "Content-Type": f"multipart/form-data; boundary={boundary}",
-        })  # fmt: skip
-        resp = conn.getresponse()
-        reply = json.loads(resp.read())
-        conn.close()
-        return resp.status, reply
+        client = Client(server.port, "t" * 32)
+        files = [(f"t{i}.wav", Path(t).read_bytes()) for i, t in enumerate(takes)]
+        status, reply, _ = client.upload(f"/api/v1/users/{name}", files)
+        return status, reply
 
     try:
         status, reply = enroll("george", write_takes(shared_data, tmp_path, "george", 5))

@@ -109,9 +109,7 @@ def test_the_api_refuses_to_enroll_with_a_configured_cohort_it_cannot_use(
     stored 5 takes of george and 5 of lucas as one person (201). Now: 503
     `cohort_unavailable`, naming the file, and nothing stored."""
     pytest.importorskip("flask")
-    import http.client
-    import json
-    import uuid
+    from test_api import Client
 
     from voxgate.api import ApiServer, UserAdmin, create_app
     from voxgate.config import parse_config
@@ -130,31 +128,9 @@ def test_the_api_refuses_to_enroll_with_a_configured_cohort_it_cannot_use(
     try:
         takes = write_takes(shared_data, tmp_path, "george", 5)
         takes += write_takes(shared_data, tmp_path, "lucas", 5)
-        boundary = uuid.uuid4().hex
-        body = (
-            b"".join(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="take"; '
-                f'filename="t{i}.wav"\r\n\r\n'.encode()
-                + Path(t).read_bytes()
-                + b"\r\n"
-                for i, t in enumerate(takes)
-            )
-            + f"--{boundary}--\r\n".encode()
-        )
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        conn.request(
-            "POST",
-            "/api/v1/users/george",
-            body,
-            {
-                "Authorization": "Bearer " + "t" * 32,
-                "Content-Type": f"multipart/form-data; boundary={boundary}",
-            },
-        )
-        resp = conn.getresponse()
-        reply = json.loads(resp.read())
-        conn.close()
-        assert resp.status == 503, reply
+        files = [(f"t{i}.wav", Path(t).read_bytes()) for i, t in enumerate(takes)]
+        status, reply, _ = Client(server.port, "t" * 32).upload("/api/v1/users/george", files)
+        assert status == 503, reply
         assert reply["error"] == "cohort_unavailable"
         assert f"cohort file missing: {missing}" in reply["message"]
         assert store.users() == []
