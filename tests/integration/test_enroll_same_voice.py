@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
-from test_api import Client
 
 from voxgate.cli import main
 from voxgate.evaluation import load_recording
@@ -103,6 +102,8 @@ def test_two_voices_and_a_re_enrollment_give_no_warning(
 
 def test_the_api_says_it_in_the_reply_and_the_audit_line(shared_data: Path, tmp_path: Path) -> None:
     pytest.importorskip("flask")
+    from test_api import Client
+
     from voxgate.api import ApiServer, UserAdmin, create_app
     from voxgate.config import parse_config
     from voxgate.embedding import load_embedder
