@@ -8,7 +8,13 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from voxgate.commands.common import add_config_option, add_parser, ascii_int, config_from_args
+from voxgate.commands.common import (
+    add_config_option,
+    add_parser,
+    ascii_int,
+    config_from_args,
+    operator,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -184,7 +190,6 @@ def _key(args: argparse.Namespace) -> bytes | None:
 
 def rotate_command(args: argparse.Namespace) -> int:
     from voxgate.audit import RotateError, rotate
-    from voxgate.commands.lockout import _operator
     from voxgate.config.secrets import SecretError, read_secret
 
     cfg = config_from_args(args)
@@ -207,7 +212,7 @@ def rotate_command(args: argparse.Namespace) -> int:
             key=key,
             new_key=new_key,
             archive_dir=archive_dir,
-            fields={"by": _operator(), "via": "cli"},
+            fields={"by": operator(), "via": "cli"},
         )
     except RotateError as exc:
         print(f"voxgate audit rotate: {exc}", file=sys.stderr)

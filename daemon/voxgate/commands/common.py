@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import re
 import sys
 import textwrap
@@ -120,3 +122,12 @@ def print_unaudited(where: str, what: str, lines: list[dict[str, Any]], why: str
         f"by hand:\n{text}",
         file=sys.stderr,
     )
+
+
+def operator() -> str:
+    """Who runs this admin command, for its audit line (`by`): under sudo the person is
+    SUDO_USER; getpass falls back to the uid's name."""
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"

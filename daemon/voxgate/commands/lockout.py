@@ -11,10 +11,8 @@ the flask extra) and a locked-out door must be clearable on every install.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
-import os
 import sys
 import time
 import unicodedata
@@ -27,6 +25,7 @@ from voxgate.commands.common import (
     ascii_seconds,
     audit_from_command,
     config_from_args,
+    operator,
 )
 
 log = logging.getLogger(__name__)
@@ -178,14 +177,6 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _operator() -> str:
-    # Under sudo the person is SUDO_USER; getpass falls back to the uid's name.
-    try:
-        return os.environ.get("SUDO_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"
-
-
 def run_clear(args: argparse.Namespace) -> int:
     from voxgate.lockout import DEVICE_KEY, LockoutError, clear_in_file, clear_taken, read_file
     from voxgate.names import name_problem, person_key
@@ -208,7 +199,7 @@ def run_clear(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    by = _operator()
+    by = operator()
     now = time.time()
     try:
         req = clear_in_file(path, user, by, now)
