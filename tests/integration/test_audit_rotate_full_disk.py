@@ -4,27 +4,17 @@ only once its copy is on disk. Once there is room the same command rotates."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from small_fs import fill, free, small_fs
 
+from tests.unit.test_audit import cli
 from voxgate.audit import AuditLog, anchor_path_for, verify
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def rotate(cfg: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
-    return subprocess.run(
-        [sys.executable, "-m", "voxgate", "audit", "rotate", "-c", str(cfg)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    return cli("rotate", "-c", str(cfg))
 
 
 def test_rotate_on_a_full_disk_changes_nothing_and_works_once_there_is_room(
