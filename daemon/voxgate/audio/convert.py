@@ -144,13 +144,13 @@ DC_BLOCK = 160  # samples per step (10 ms): divides every frame length, so no ad
 class DcBlocker:
     """Remove a DC offset from a 16 kHz int16 stream, causally, block by block.
 
-    The tracker starts at the mean of the first DC_BLOCK samples, so a constant offset is
+    The tracker starts at the mean of the first block with sound, so a constant offset is
     gone from the first sample on instead of fading out. Work is done in fixed blocks counted
     from the start of the stream (a partial block is held until it fills or flush()), and each
     block's recursion is a closed form (a cumulative sum), so the output is bit-identical
-    however the stream is cut into chunks. Digital silence before any offset stays exactly 0;
-    after audio with an offset, it returns to exact 0 once the tracker has decayed (~250 ms
-    for 230 LSB).
+    however the stream is cut into chunks. A block of digital silence (every sample 0) stays
+    exactly 0 and leaves the tracker where it was; only the samples of a block that is not
+    all zeros are filtered (a gap's edge, inside a block, carries the offset removed).
     """
 
     def __init__(self, rate: int = SAMPLE_RATE, cutoff_hz: float = DC_CUTOFF_HZ) -> None:
@@ -166,24 +166,27 @@ class DcBlocker:
     def _blocks(self, x: np.ndarray) -> np.ndarray:
         """Filter whole blocks (or one final partial block) of x; the state moves on."""
         n = len(x)
-        xf = x.astype(np.float64)
-        if self._m is None:
-            self._m = float(np.mean(xf[:DC_BLOCK]))
         rows = -(-n // DC_BLOCK)
         flat = np.zeros(rows * DC_BLOCK, dtype=np.float64)
-        flat[:n] = xf
+        flat[:n] = x
         padded = flat.reshape(rows, DC_BLOCK)
         # Zero-state response of each block: alpha * sum_k b^(n-k) x[k], as a prefix sum.
         zs = self._scale * np.cumsum(padded * self._grow, axis=1)
-        mean = np.empty_like(zs)
+        silent = ~padded.any(axis=1)
+        y = np.zeros_like(padded)
         m = self._m
         for r in range(rows):  # one step per 10 ms, not per sample
-            mean[r] = zs[r] + m * self._decay
-            m = float(mean[r, -1])
-        y = (padded - mean).reshape(-1)[:n]
-        if n % DC_BLOCK == 0:
-            self._m = m
-        return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
+            if silent[r]:
+                # Digital silence (a muted input, padding, a TTS gap) is no sound at all: it
+                # stays exact zeros and says nothing about the offset, which is held.
+                continue
+            if m is None:  # the first sound: start at its mean, not at zero
+                m = float(np.mean(padded[r, : min(DC_BLOCK, n - r * DC_BLOCK)]))
+            mean = zs[r] + m * self._decay
+            y[r] = padded[r] - mean
+            m = float(mean[-1])
+        self._m = m  # after a final partial block it is not used again
+        return np.clip(np.rint(y.reshape(-1)[:n]), -32768, 32767).astype(np.int16)
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """int16 in, int16 out (rounded, saturated); whole blocks only, the rest is held."""
