@@ -172,7 +172,7 @@ class DcBlocker:
         padded = flat.reshape(rows, DC_BLOCK)
         # Zero-state response of each block: alpha * sum_k b^(n-k) x[k], as a prefix sum.
         zs = self._scale * np.cumsum(padded * self._grow, axis=1)
-        silent = ~padded.any(axis=1)
+        silent = np.logical_not(np.any(padded, axis=1))
         y = np.zeros_like(padded)
         m = self._m
         for r in range(rows):  # one step per 10 ms, not per sample
