@@ -9,6 +9,8 @@ clean. Every row is `voxgate eval` on the protocol with those recordings
 every trial scored whatever the gate says. With --remove, each offset recording is also
 scored after subtracting its own mean (the whole recording's: what a DC blocker at the
 audio boundary would come close to), to show how much of the harm is the offset alone.
+The retry and cosine columns read each modified recording back through the audio boundary
+(audio.file.read_audio), as the scored trials do.
 
 Printed per set and offset: the share of test recordings the shipped gate retries, genuine
 FNMR and impostor FMR at the shipped threshold (speaker.target_fmr), the EER, and the
@@ -126,8 +128,6 @@ def run(name: str, args: argparse.Namespace, embedder: object, work: Path) -> No
         pcms = [offset(pcm, fraction) for pcm in clean]
         if remove:
             pcms = [mean_removed(pcm) for pcm in pcms]
-        gated = np.mean([gated_now(assess(pcm, cfg.vad), cfg) for pcm in pcms])
-        cosines = [float(b @ embedder.embed(p)) for b, p in zip(base, pcms, strict=True)]  # type: ignore[attr-defined]
         label = f"dc{fraction:g}{'-removed' if remove else ''}"
         root = es.root
         if fraction or remove:
@@ -137,6 +137,11 @@ def run(name: str, args: argparse.Namespace, embedder: object, work: Path) -> No
             for r, pcm in zip(tests, pcms, strict=True):
                 sf.write(root / files[r], pcm, SAMPLE_RATE, subtype="PCM_16")
             noisy_protocol(es, root, files)
+            # The gate and the cosines get what the scored trials get: the file as the audio
+            # boundary reads it (with its DC removal, where there is one).
+            pcms = [read_audio(root / files[r]) for r in tests]
+        gated = np.mean([gated_now(assess(pcm, cfg.vad), cfg) for pcm in pcms])
+        cosines = [float(b @ embedder.embed(p)) for b, p in zip(base, pcms, strict=True)]  # type: ignore[attr-defined]
         out = work / f"out-{name}-{label}"
         report = evaluate(root, embedder, cfg, cohort, out, progress=False)
         with open(out / "scores.csv", newline="", encoding="utf-8") as f:

@@ -101,6 +101,21 @@ def test_pyaudio_capture_through_alsa_file_pcm(tmp_path: Path, rate: int) -> Non
     assert corr > 0.99
 
 
+def test_a_microphone_offset_is_removed_as_from_a_file(tmp_path: Path) -> None:
+    """A microphone whose silence sits 230 LSB off zero: the capture path removes it to the
+    very samples the file path gives for the same audio (audio.convert.remove_dc)."""
+    from voxgate.audio.convert import remove_dc
+
+    speech = espeak("please open the front door", tmp_path / "s.wav")
+    pcm = np.rint(speech.astype(np.float64) * 0.4 + 230).astype(np.int16)
+    raw = tmp_path / "mic.raw"
+    raw.write_bytes(pcm.astype("<i2").tobytes())
+    n = len(pcm) // 480 - 2
+    got = run_reader(tmp_path, raw, "voxgate_test_mic", 16000, n)["audio"]
+    assert np.array_equal(got, remove_dc(pcm)[: len(got)])
+    assert abs(float(np.mean(got))) < 3
+
+
 def test_missing_device_lists_the_available_ones(tmp_path: Path) -> None:
     raw = tmp_path / "mic.raw"
     raw.write_bytes(b"\x00" * 32000)

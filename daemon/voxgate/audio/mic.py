@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 
 from voxgate.audio.base import SAMPLE_RATE, AudioError, AudioSource, frame_samples
-from voxgate.audio.convert import Framer, StreamResampler, float_to_int16, int16_to_float
+from voxgate.audio.convert import (
+    DcBlocker,
+    Framer,
+    StreamResampler,
+    float_to_int16,
+    int16_to_float,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +174,7 @@ class MicSource(AudioSource):
 
         framer = Framer(frame_samples(frame_ms))
         resampler = StreamResampler(self.rate)
+        blocker = DcBlocker()
         block = max(1, self.rate * frame_ms // 1000)
         with self._lock:
             if self._closed:
@@ -213,10 +220,9 @@ class MicSource(AudioSource):
             data = np.frombuffer(raw, dtype=np.int16)
             if self.channels > 1:
                 data = data.reshape(-1, self.channels).mean(axis=1).astype(np.int16)
-            if self.rate == SAMPLE_RATE:
-                yield from framer.push(data)
-            else:
-                yield from framer.push(float_to_int16(resampler.process(int16_to_float(data))))
+            if self.rate != SAMPLE_RATE:
+                data = float_to_int16(resampler.process(int16_to_float(data)))
+            yield from framer.push(blocker.process(data))
 
     def close(self) -> None:
         with self._lock:
