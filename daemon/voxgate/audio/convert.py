@@ -17,9 +17,12 @@ def to_mono(block: np.ndarray) -> np.ndarray:
 
 
 def float_to_int16(x: np.ndarray) -> np.ndarray:
-    """[-1, 1] float to int16, clipping anything outside (clipped input must not wrap around).
-    Clipped before scaling: a float file's 1e38 times 32767 overflowed to inf with a warning."""
-    return np.rint(np.clip(x, -32768.0 / 32767.0, 1.0) * 32767.0).astype(np.int16)
+    """[-1, 1) float to int16, clipping anything outside (clipped input must not wrap around).
+    Scaled by 32768, the inverse of int16_to_float and of soundfile's float reading, so an
+    int16 file or microphone arrives sample for sample (by 32767, every sample above half
+    scale lost 1 LSB and a clipped top read 32766, below the rails DcBlocker keeps).
+    Clipped before scaling: a float file's 1e38 times 32768 overflowed to inf with a warning."""
+    return np.rint(np.clip(x, -1.0, 32767.0 / 32768.0) * 32768.0).astype(np.int16)
 
 
 def int16_to_float(x: np.ndarray) -> np.ndarray:
@@ -186,7 +189,12 @@ class DcBlocker:
             y[r] = padded[r] - mean
             m = float(mean[-1])
         self._m = m  # after a final partial block it is not used again
-        return np.clip(np.rint(y.reshape(-1)[:n]), -32768, 32767).astype(np.int16)
+        out = np.clip(np.rint(y.reshape(-1)[:n]), -32768, 32767).astype(np.int16)
+        # A sample at full scale says the microphone clipped; moved by the offset it would
+        # fall below the gate's clipping level (a hot take's clipped share read ~40 % lower).
+        rails = (x == 32767) | (x == -32768)
+        out[rails] = x[rails]
+        return out
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """int16 in, int16 out (rounded, saturated); whole blocks only, the rest is held."""
