@@ -74,12 +74,19 @@ def mean_removed(pcm: np.ndarray) -> np.ndarray:
     return np.clip(np.round(centred), -32768, 32767).astype(np.int16)
 
 
+def raw_mean(path: Path) -> float:
+    """A file's mean in LSB as stored: read_audio would remove it (the audio boundary's DC
+    removal)."""
+    data = sf.read(path, dtype="int16", always_2d=True)[0]
+    return float(np.mean(data, dtype=np.float64))
+
+
 def file_means(data: Path, sets: list[str]) -> None:
     for name in sets:
         es = read_set(data / name, need_trials=False)
         by: dict[str, list[float]] = {}
         for path, speaker in es.speaker_of.items():
-            by.setdefault(speaker, []).append(float(np.mean(read_audio(es.root / path))))
+            by.setdefault(speaker, []).append(raw_mean(es.root / path))
         means = np.abs([m for v in by.values() for m in v])
         top = sorted(by, key=lambda sp: -float(np.median(np.abs(by[sp]))))[:3]
         print(
