@@ -388,7 +388,7 @@ def test_a_cohort_tied_the_earlier_way_says_why_it_is_refused(tmp_path: Path) ->
 
 
 def test_a_cohort_built_before_dc_removal_is_refused_and_says_why(tmp_path: Path) -> None:
-    """The audio sources remove a DC offset since stop 30, which changes every embedding of
+    """The audio sources remove a DC offset since 2026-11-27, which changes every embedding of
     audio that had one. A cohort built before (its tie without the `audio` entry) would score
     new embeddings against old ones: it is refused, and the refusal says what changed."""
     import hashlib
