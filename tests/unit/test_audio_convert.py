@@ -196,10 +196,14 @@ def test_digital_silence_stays_exactly_zero() -> None:
 
 
 def test_dc_removal_saturates_instead_of_wrapping() -> None:
-    x = np.full(3200, -32768, dtype=np.int16)
-    x[1600:] = 32767  # a jump the tracker lags behind: y would be about 65535
+    # Below full scale: samples at the rails are kept as they are, so a jump between the
+    # rails themselves would never reach the saturation.
+    x = np.full(3200, -32000, dtype=np.int16)
+    x[1600:] = 32000  # a jump the tracker lags behind: y would be about 64000
     y = remove_dc(x)
+    assert not ((x == 32767) | (x == -32768)).any()  # the premise
     assert y.max() == 32767 and y.min() >= -32768
+    assert (y[1600:1700] == 32767).all()  # saturated, not wrapped to negative
 
 
 def test_clipped_samples_stay_at_full_scale() -> None:
