@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from voxgate.audio.convert import DC_CUTOFF_HZ
+from voxgate.audio.convert import AUDIO_PATH_VERSION, DC_CUTOFF_HZ
 from voxgate.voiceprints import l2_normalize
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def preprocessing(embedder: Any) -> dict[str, Any] | None:
         del windowing["short_shifts"]
     return {
         # Not the card's, but it shapes every embedding: the audio sources' DC removal.
-        "audio": {"dc_cutoff_hz": DC_CUTOFF_HZ},
+        "audio": {"version": AUDIO_PATH_VERSION, "dc_cutoff_hz": DC_CUTOFF_HZ},
         "frontend": card.frontend.model_dump(),
         "windowing": windowing,
         "trim": trim.model_dump() if trim is not None else None,

@@ -141,6 +141,9 @@ class StreamResampler:
 # -3 dB corner at DC_CUTOFF_HZ. 4 Hz is four octaves below the lowest voice (~60 Hz; there
 # -0.02 dB, 1 degree of phase) and settles a start-up error in 5 time constants (200 ms).
 DC_CUTOFF_HZ = 4.0
+# What the sources do to the samples, for the cohort tie (cohort.preprocessing): raise it when
+# a change here alters the int16 they deliver (1: DC removal, rails kept, int16 exact).
+AUDIO_PATH_VERSION = 1
 DC_BLOCK = 160  # samples per step (10 ms): divides every frame length, so no added latency
 
 
