@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 # The microphone's DC offset is said once per stream, after this much audio with sound: the
 # tracker's average over a second of speech is within a few LSB of a constant offset.
 DC_REPORT_S = 1.0
-# From here an offset matters: voiceprints enrolled with it in their takes and attempts now
-# without it tripled fsdd's EER (benchmarks/dc_offset.py). Below it, a good microphone's.
+# From here an offset matters: at 16 LSB, takes and attempts that differ by it tripled fsdd's
+# EER (benchmarks/dc_offset.py; docs/speaker-verification.md). Clean speech reads within 3.
 DC_WARN_LSB = 16.0
 DC_REMOVED_SINCE = "2026-11-27"  # the first voxgate that removed it (audio path version 1)
 
