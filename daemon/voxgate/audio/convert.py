@@ -168,6 +168,33 @@ class DcBlocker:
         self._scale = self.alpha * beta**k
         self._m: float | None = None  # the tracked offset at the end of the last block
         self._rest = np.zeros(0, dtype=np.int16)
+        # What was subtracted, summed over the samples with sound once the start-up has
+        # settled (5 time constants: a first block with loud voice in it starts the tracker
+        # far off), for mean_offset; the output does not depend on it.
+        self._settle = math.ceil(5 / self.alpha)
+        self._removed = 0.0
+        self._counted = 0
+        self._sound = 0
+
+    @property
+    def offset(self) -> float | None:
+        """The offset (LSB) the tracker holds now; None before the first block with sound.
+        It ripples with a low voice (tens of LSB, more for a loud one): to say what the
+        microphone's offset is, mean_offset is the steady figure."""
+        return self._m
+
+    @property
+    def mean_offset(self) -> float | None:
+        """The offset removed, averaged over the samples with sound since the tracker settled
+        (the first 200 ms of sound); None before then. Over a second of sound it is within a
+        few LSB of a constant offset, speech or not."""
+        counted = self._counted
+        return self._removed / counted if counted else None
+
+    @property
+    def sound_samples(self) -> int:
+        """Samples filtered so far that were not in a block of digital silence."""
+        return self._sound
 
     def _blocks(self, x: np.ndarray) -> np.ndarray:
         """Filter whole blocks (or one final partial block) of x; the state moves on."""
@@ -192,12 +219,25 @@ class DcBlocker:
             y[r] = padded[r] - mean
             m = float(mean[-1])
         self._m = m  # after a final partial block it is not used again
+        self._count_removed(padded, y, silent, n)
         out = np.clip(np.rint(y.reshape(-1)[:n]), -32768, 32767).astype(np.int16)
         # A sample at full scale says the microphone clipped; moved by the offset it would
         # fall below the gate's clipping level (a hot take's clipped share read ~40 % lower).
         rails = (x == 32767) | (x == -32768)
         out[rails] = x[rails]
         return out
+
+    def _count_removed(self, padded: np.ndarray, y: np.ndarray, silent: np.ndarray, n: int) -> None:
+        """Add what each block with sound had removed to the mean_offset sums."""
+        flat = y.reshape(-1)
+        flat[n:] = 0.0  # a final partial block's padding: no audio, and not output
+        removed = padded.sum(axis=1) - y.sum(axis=1)
+        for r in np.flatnonzero(~silent).tolist():
+            used = min(DC_BLOCK, n - r * DC_BLOCK)
+            if self._sound >= self._settle:
+                self._removed += float(removed[r])
+                self._counted += used
+            self._sound += used
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """int16 in, int16 out (rounded, saturated); whole blocks only, the rest is held."""

@@ -157,7 +157,8 @@ class FileSource(AudioSource):
             )
             self.file_rate, self.channels = f.samplerate, f.channels
         resampler = StreamResampler(self.file_rate)
-        blocker = DcBlocker()  # per pass: each file is one recording with its own offset
+        # Per pass: each file is one recording with its own offset.
+        blocker = self._blocker = DcBlocker()
         try:
             block = max(1, int(BLOCK_S * self.file_rate))
             bad, first_bad_s = 0, 0.0

@@ -40,7 +40,7 @@ class StdinSource(AudioSource):
         t0 = time.monotonic()
         emitted = 0
         read = self._reader()
-        blocker = DcBlocker()  # frames are whole 10 ms blocks: nothing is held back
+        blocker = self._blocker = DcBlocker()  # frames are whole 10 ms blocks: nothing is held back
         pending = self._skip_wav_header(read)
         while not self._closed:
             chunk = read(want - len(pending))
