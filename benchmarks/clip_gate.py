@@ -51,6 +51,7 @@ import numpy as np
 import soundfile as sf
 
 from voxgate.audio.base import SAMPLE_RATE
+from voxgate.audio.file import read_audio
 from voxgate.cohort import for_model, model_sha256
 from voxgate.config import VoxgateConfig
 from voxgate.embedding import load_embedder
@@ -123,6 +124,9 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
             for r, pcm in zip(tests, pcms, strict=True):
                 sf.write(root / files[r], pcm, SAMPLE_RATE, subtype="PCM_16")
             noisy_protocol(es, root, files)
+            if not args.source_level:  # the gate reads what the evaluation reads: the file
+                # through the audio boundary, whose DC removal can move a clipped top
+                quality = [assess(read_audio(root / files[r]), cfg.vad) for r in tests]
         out = work / f"out-{name}-x{gain:g}"
         report = evaluate(root, embedder, cfg, cohort, out, progress=False)
         with open(out / "scores.csv", newline="", encoding="utf-8") as f:

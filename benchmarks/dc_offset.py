@@ -1,14 +1,16 @@
 """A microphone with a DC offset: what a constant added to every sample does to the gate
-and to the scores, and what removing it again would give.
+and to the scores, through the audio boundary's DC removal (audio/convert.py, DcBlocker).
 
 Cheap USB and I2S MEMS microphones often deliver their silence a few dozen LSB away from
 zero. Each test recording of a protocol set gets a constant offset (--offsets, as a fraction
 of full scale; 0.002 is -54 dBFS, 66 LSB), saturated at int16 full scale; enrollment stays
 clean. Every row is `voxgate eval` on the protocol with those recordings
 (evaluation.evaluate: enrollment checks, the shipped int8 model and cohort, Scorer.verify),
-every trial scored whatever the gate says. With --remove, each offset recording is also
-scored after subtracting its own mean (the whole recording's: what a DC blocker at the
-audio boundary would come close to), to show how much of the harm is the offset alone.
+every trial scored whatever the gate says. The files are read as the door reads audio, so
+the DC removal takes the offset out again; the rows show how exactly. With --remove, each
+offset recording is also scored after subtracting its own whole mean first (what no causal
+filter can do), for comparison. The retry and cosine columns read each modified recording
+back through the audio boundary (audio.file.read_audio), as the scored trials do.
 
 Printed per set and offset: the share of test recordings the shipped gate retries, genuine
 FNMR and impostor FMR at the shipped threshold (speaker.target_fmr), the EER, and the
@@ -18,10 +20,11 @@ median cosine of each test recording's embedding to its unmodified one.
         [--offsets F ...] [--remove]
     PYTHONPATH=daemon python benchmarks/dc_offset.py --file-means   # the sets' own offsets
 
---every-file scores each set as it is but with every file's own mean removed, enrollment
-takes and tests alike: what a door would score if its audio carried no offset at all (a
-door's users share one microphone, so an offset cannot tell them apart there, while in a
-protocol set one speaker's recording setup can).
+--every-file scores each set as it is and with every file's own whole mean removed first,
+enrollment takes and tests alike: whether the causal DC removal leaves anything of a set's
+own offsets that the whole-mean removal would not (a door's users share one microphone, so
+an offset cannot tell them apart there, while in a protocol set one speaker's recording
+setup could).
 
 --file-means prints, per set, the mean (LSB) of every file in manifest.csv: how many files
 sit 16 and 66 LSB or more from zero, the largest, and the speakers whose files' median
@@ -72,12 +75,19 @@ def mean_removed(pcm: np.ndarray) -> np.ndarray:
     return np.clip(np.round(centred), -32768, 32767).astype(np.int16)
 
 
+def raw_mean(path: Path) -> float:
+    """A file's mean in LSB as stored: read_audio would remove it (the audio boundary's DC
+    removal)."""
+    data = sf.read(path, dtype="int16", always_2d=True)[0]
+    return float(np.mean(data, dtype=np.float64))
+
+
 def file_means(data: Path, sets: list[str]) -> None:
     for name in sets:
         es = read_set(data / name, need_trials=False)
         by: dict[str, list[float]] = {}
         for path, speaker in es.speaker_of.items():
-            by.setdefault(speaker, []).append(float(np.mean(read_audio(es.root / path))))
+            by.setdefault(speaker, []).append(raw_mean(es.root / path))
         means = np.abs([m for v in by.values() for m in v])
         top = sorted(by, key=lambda sp: -float(np.median(np.abs(by[sp]))))[:3]
         print(
@@ -126,8 +136,6 @@ def run(name: str, args: argparse.Namespace, embedder: object, work: Path) -> No
         pcms = [offset(pcm, fraction) for pcm in clean]
         if remove:
             pcms = [mean_removed(pcm) for pcm in pcms]
-        gated = np.mean([gated_now(assess(pcm, cfg.vad), cfg) for pcm in pcms])
-        cosines = [float(b @ embedder.embed(p)) for b, p in zip(base, pcms, strict=True)]  # type: ignore[attr-defined]
         label = f"dc{fraction:g}{'-removed' if remove else ''}"
         root = es.root
         if fraction or remove:
@@ -137,6 +145,11 @@ def run(name: str, args: argparse.Namespace, embedder: object, work: Path) -> No
             for r, pcm in zip(tests, pcms, strict=True):
                 sf.write(root / files[r], pcm, SAMPLE_RATE, subtype="PCM_16")
             noisy_protocol(es, root, files)
+            # The gate and the cosines get what the scored trials get: the file as the audio
+            # boundary reads it (with its DC removal, where there is one).
+            pcms = [read_audio(root / files[r]) for r in tests]
+        gated = np.mean([gated_now(assess(pcm, cfg.vad), cfg) for pcm in pcms])
+        cosines = [float(b @ embedder.embed(p)) for b, p in zip(base, pcms, strict=True)]  # type: ignore[attr-defined]
         out = work / f"out-{name}-{label}"
         report = evaluate(root, embedder, cfg, cohort, out, progress=False)
         with open(out / "scores.csv", newline="", encoding="utf-8") as f:

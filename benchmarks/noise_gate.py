@@ -228,6 +228,8 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
             for r, pcm in zip(recs, mixed, strict=True):
                 sf.write(root / files[r], pcm, SAMPLE_RATE, subtype="PCM_16")
             noisy_protocol(es, root, files)
+            # As the evaluation reads them: through the audio boundary and its DC removal.
+            mixed = [read_audio(root / files[r]) for r in recs]
         # The gate's reading of each test recording, as Scorer.verify is given it.
         # A room's clean row is the protocol's files, not an utterance: gated as files.
         live = args.room and not args.room_as_files and snr is not None

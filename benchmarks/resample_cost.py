@@ -1,6 +1,7 @@
 """What an input at another rate than 16 kHz costs the door (docs/service.md, Benchmarks):
 the streamed resampler's CPU per second of audio, in this process, and the peak RSS of
-`voxgate run` on the same 30 s of audio written at 16 kHz and at the other rates.
+`voxgate run` on the same 30 s of audio written at 16 kHz and at the other rates. Also the
+CPU of the DC removal every source does at 16 kHz, whatever the input rate.
 
     PYTHONPATH=daemon python benchmarks/resample_cost.py [--rates 44100 48000] [--seconds 30]
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from voxgate.audio.convert import StreamResampler
+from voxgate.audio.convert import DcBlocker, StreamResampler, float_to_int16
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,6 +42,16 @@ def stream_cpu_ms_per_s(rate: int, seconds: float) -> float:
     start = time.process_time()
     for i in range(0, len(x), block):
         r.process(x[i : i + block])
+    return (time.process_time() - start) / seconds * 1000
+
+
+def dc_removal_cpu_ms_per_s(seconds: float) -> float:
+    x = float_to_int16(audio(16000, seconds)) + np.int16(40)  # an offset to remove
+    block = 16000 * 30 // 1000
+    blocker = DcBlocker()
+    start = time.process_time()
+    for i in range(0, len(x), block):
+        blocker.process(x[i : i + block])
     return (time.process_time() - start) / seconds * 1000
 
 
@@ -82,6 +93,8 @@ def main() -> int:
         work = Path(tmp)
         base = daemon_peak_rss_mb(16000, args.seconds, work)
         print(f"16000 Hz: voxgate run peak RSS {base:.1f} MB (no resampling)")
+        dc = dc_removal_cpu_ms_per_s(args.seconds)
+        print(f"16000 Hz: DC removal {dc:.2f} ms CPU per s of audio (every source, any rate)")
         for rate in args.rates:
             cpu = stream_cpu_ms_per_s(rate, args.seconds)
             rss = daemon_peak_rss_mb(rate, args.seconds, work)

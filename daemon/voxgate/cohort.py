@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from voxgate.audio.convert import AUDIO_PATH_VERSION, DC_CUTOFF_HZ
 from voxgate.voiceprints import l2_normalize
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,8 @@ def preprocessing(embedder: Any) -> dict[str, Any] | None:
         # One shift embeds as cards did before the setting existed: their cohorts still fit.
         del windowing["short_shifts"]
     return {
+        # Not the card's, but it shapes every embedding: the audio sources' DC removal.
+        "audio": {"version": AUDIO_PATH_VERSION, "dc_cutoff_hz": DC_CUTOFF_HZ},
         "frontend": card.frontend.model_dump(),
         "windowing": windowing,
         "trim": trim.model_dump() if trim is not None else None,
@@ -242,6 +245,12 @@ def for_model(model_id: str, path: Path | None = None, sha256: str | None = None
                 f"{path}: cohort built by an earlier voxgate, whose tie covered the model file "
                 f"and the speech trim only, not the card's front end and windows, which shape "
                 f"the embeddings as much; rebuild it: {_rebuild_command(cohort)}"
+            )
+        if "audio" not in prep:
+            raise CohortError(
+                f"{path}: cohort built by an earlier voxgate, before the audio sources removed "
+                f"a DC offset, which changes the embeddings; rebuild it: "
+                f"{_rebuild_command(cohort)}"
             )
         raise CohortError(
             f"{path}: cohort built from another file or preprocessing of model {model_id} (tie "

@@ -8,6 +8,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
@@ -125,3 +126,41 @@ def test_idle_connections_cannot_exhaust_the_daemons_threads(
     # Refusals cost the sender a connection each: not a log line each.
     refusals = [r for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1, [r.getMessage() for r in refusals]
+
+
+def test_the_inputs_dc_offset_is_a_gauge(tmp_path: Path, shared_data: Path) -> None:
+    """Real speech (fsdd) 66 LSB off zero, looped as the door's input: the offset removed
+    shows as voxgate_audio_dc_offset_lsb, read from the source by the loop (the audio
+    sources know nothing of metrics)."""
+    import csv
+
+    import soundfile as sf
+
+    from voxgate.audio.file import read_audio
+
+    with (shared_data / "fsdd" / "manifest.csv").open() as f:
+        paths = [r["path"] for r in csv.DictReader(f) if r["speaker"] == "lucas"][:8]
+    speech = np.concatenate([read_audio(shared_data / "fsdd" / p) for p in paths])
+    rec = tmp_path / "offset.wav"
+    sf.write(rec, np.clip(speech.astype(np.int32) + 66, -32768, 32767).astype(np.int16), 16000)
+    stages = standin_stages(FileSource(rec, loop=True), {}, RecordingLink())
+    cfg = VoxgateConfig.model_validate(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "audio": {"source": "file", "path": str(rec), "loop": True},
+            "metrics": {"port": 0},
+        }
+    )
+    d = Daemon(cfg, stage_factory=lambda c: stages, notifier=Notifier({}))
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    try:
+        assert wait_until(lambda: d.metrics_port is not None, 30)
+        assert wait_until(
+            lambda: scrape(d.metrics_port or 0).get("voxgate_audio_dc_offset_lsb", 0) > 0, 30
+        )
+        m = scrape(d.metrics_port or 0)
+    finally:
+        d.request_stop("test over")
+        t.join(10)
+    assert abs(m["voxgate_audio_dc_offset_lsb"] - 66) < 3, m

@@ -10,7 +10,16 @@ import warnings
 import numpy as np
 import pytest
 
-from voxgate.audio.convert import Framer, StreamResampler, float_to_int16, resample
+from voxgate.audio.convert import (
+    DC_BLOCK,
+    DcBlocker,
+    Framer,
+    StreamResampler,
+    float_to_int16,
+    int16_to_float,
+    remove_dc,
+    resample,
+)
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
@@ -43,7 +52,15 @@ def test_resampling_keeps_a_tone_and_removes_aliases() -> None:
 
 def test_clipping_saturates_instead_of_wrapping() -> None:
     out = float_to_int16(np.array([-3.0, -1.0, 0.0, 0.5, 1.0, 3.0], dtype=np.float32))
-    assert out.tolist() == [-32768, -32767, 0, 16384, 32767, 32767]
+    assert out.tolist() == [-32768, -32768, 0, 16384, 32767, 32767]
+
+
+def test_int16_survives_the_float_path_sample_for_sample() -> None:
+    """Files are read as float (soundfile: int16 / 32768) and resampled microphones go
+    through float: scaled back by 32767, every sample above half scale lost 1 LSB and a
+    clipped top read 32766 instead of 32767 (found with the DC removal's clip rails)."""
+    every = np.arange(-32768, 32768, dtype=np.int32).astype(np.int16)
+    assert np.array_equal(float_to_int16(int16_to_float(every)), every)
 
 
 def test_huge_float_samples_saturate_without_an_overflow_warning() -> None:
@@ -92,3 +109,115 @@ def test_resampling_does_not_load_scipy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+# --- DC removal at the boundary -----------------------------------------------------------
+
+
+def _streamed(x: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    b = DcBlocker()
+    parts, i = [], 0
+    while i < len(x):  # ragged chunks, as a resampler or a device hands them out
+        n = int(rng.integers(1, 2500))
+        parts.append(b.process(x[i : i + n]))
+        i += n
+    parts.append(b.flush())
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("n", [0, 1, 159, 160, 161, 48_000, 48_037])
+def test_dc_removal_is_the_same_streamed_in_any_chunks_as_whole(n: int) -> None:
+    rng = np.random.default_rng(n)
+    x = np.clip(rng.standard_normal(n) * 4000 + 230, -32768, 32767).astype(np.int16)
+    whole = remove_dc(x)
+    assert whole.dtype == np.int16 and len(whole) == n
+    for seed in range(3):
+        assert np.array_equal(_streamed(x, seed), whole)
+
+
+def test_dc_removal_matches_the_per_sample_recursion() -> None:
+    rng = np.random.default_rng(1)
+    x = np.clip(rng.standard_normal(4000) * 3000 - 500, -32768, 32767).astype(np.int16)
+    b = DcBlocker()
+    m = float(np.mean(x[:DC_BLOCK].astype(np.float64)))
+    ref = np.empty(len(x))
+    for i, v in enumerate(x.astype(np.float64)):
+        m += b.alpha * (v - m)
+        ref[i] = v - m
+    got = remove_dc(x).astype(np.float64)
+    assert np.max(np.abs(got - ref)) <= 0.5 + 1e-6  # the same filter, rounded to int16
+
+
+@pytest.mark.parametrize("lsb", [16, 66, 230, -700])
+def test_a_constant_offset_is_gone_from_the_start(lsb: int) -> None:
+    rng = np.random.default_rng(abs(lsb))
+    noise = rng.standard_normal(16000) * 20  # a quiet room
+    x = np.rint(noise + lsb).astype(np.int16)
+    y = remove_dc(x).astype(np.float64)
+    # The tracker starts at the first 10 ms's mean: no fade-out of the offset to wait for.
+    assert abs(y[:160].mean()) < 3
+    assert abs(y[:1600].mean()) < 1.5  # first 100 ms
+    assert abs(y[8000:].mean()) < 1.5
+    # A step in the offset (a gain change, a replugged microphone) is gone within 200 ms.
+    step = np.concatenate([x, x + np.int16(300)])
+    z = remove_dc(step).astype(np.float64)
+    assert abs(z[16000 + 3200 : 16000 + 4800].mean()) < 3
+
+
+@pytest.mark.parametrize("hz", [60, 100, 1000])
+def test_voice_frequencies_pass(hz: int) -> None:
+    t = np.arange(32000) / 16000
+    x = np.rint(8000 * np.sin(2 * np.pi * hz * t) + 230).astype(np.int16)
+    y = remove_dc(x).astype(np.float64)
+    steady = slice(8000, None)  # after 5 time constants
+    gain_db = 20 * math.log10(np.std(y[steady]) / np.std(x[steady].astype(np.float64)))
+    assert abs(gain_db) < 0.03
+    assert abs(y[steady].mean()) < 2
+
+
+def test_digital_silence_stays_exactly_zero() -> None:
+    assert not remove_dc(np.zeros(16000, dtype=np.int16)).any()
+    # Padding before a recording with an offset stays zero; after it, back to exact zeros.
+    rng = np.random.default_rng(2)
+    talk = np.rint(rng.standard_normal(16000) * 1000 + 230).astype(np.int16)
+    x = np.concatenate([np.zeros(3200, np.int16), talk, np.zeros(16000, np.int16)])
+    y = remove_dc(x)
+    assert not y[:3200].any() and not y[3200 + 16000 :].any()
+    # The tracker starts at the first sound, not at the padding's zero: no offset fades out.
+    assert abs(float(y[3200:4800].astype(np.float64).mean())) < 80  # 100 ms, noise 1000 rms
+    assert abs(float(y[3200 : 3200 + 16000].astype(np.float64).mean())) < 10
+    # A gap of digital silence (a TTS pause, a muted input) stays zero whatever its
+    # alignment; only the 10 ms blocks it shares with sound are filtered.
+    gap = np.concatenate([talk[:8000], np.zeros(4000, np.int16), talk[8000:]])
+    z = remove_dc(gap)
+    assert not z[8160:11840].any()
+    assert abs(float(z[12000:].astype(np.float64).mean())) < 10  # the offset was held
+
+
+def test_dc_removal_saturates_instead_of_wrapping() -> None:
+    # Below full scale: samples at the rails are kept as they are, so a jump between the
+    # rails themselves would never reach the saturation.
+    x = np.full(3200, -32000, dtype=np.int16)
+    x[1600:] = 32000  # a jump the tracker lags behind: y would be about 64000
+    y = remove_dc(x)
+    assert not ((x == 32767) | (x == -32768)).any()  # the premise
+    assert y.max() == 32767 and y.min() >= -32768
+    assert (y[1600:1700] == 32767).all()  # saturated, not wrapped to negative
+
+
+def test_clipped_samples_stay_at_full_scale() -> None:
+    """A hot microphone clips one side harder than the other, which moves the tracked mean
+    by hundreds of LSB; subtracted from a clipped top it fell below the gate's clipping level,
+    and a clipped take read about 40 % less clipped (fsdd at x8: median 3.2 -> 1.8 %)."""
+    from voxgate.quality import assess
+
+    t = np.arange(32000) / 16000
+    hot = 50000 * np.sin(2 * np.pi * 180 * t) + 9000 * np.sin(2 * np.pi * 90 * t) + 4000
+    x = np.clip(np.rint(hot), -32768, 32767).astype(np.int16)
+    y = remove_dc(x)
+    rails = (x == 32767) | (x == -32768)
+    assert rails.mean() > 0.2  # the premise: a heavily, unevenly clipped recording
+    assert np.array_equal(y[rails], x[rails])
+    assert assess(y).clipped >= assess(x).clipped  # the gate sees at least what came in
+    assert not np.array_equal(y[~rails], x[~rails])  # the rest is filtered as ever

@@ -16,6 +16,7 @@ import soundfile as sf
 import voxgate
 from tests.audio_helpers import espeak
 from voxgate.audio import AudioError, open_source
+from voxgate.audio.convert import remove_dc
 from voxgate.audio.file import FileSource, read_audio
 from voxgate.audio.stdin import StdinSource
 from voxgate.config.audio import AudioConfig
@@ -128,7 +129,7 @@ def test_stdin_source_frames_raw_pcm_and_pads_partial_tail(speech: np.ndarray) -
     frames = list(StdinSource(io.BytesIO(raw)).frames(10))
     got = np.concatenate(frames)
     assert all(len(f) == 160 for f in frames)
-    assert np.array_equal(got[: len(speech)], speech)
+    assert np.array_equal(got[: len(speech)], remove_dc(speech))  # the samples, DC removed
     assert not got[len(speech) :].any()
 
 
@@ -258,7 +259,7 @@ def test_stdin_source_skips_the_wav_header_arecord_writes(
     # a 44-byte WAV header first: it was read as 22 samples of loud garbage.
     with caplog.at_level("INFO", logger="voxgate.audio.stdin"):
         got = np.concatenate(list(StdinSource(io.BytesIO(wav_bytes(speech, 16000))).frames(10)))
-    assert np.array_equal(got[: len(speech)], speech)
+    assert np.array_equal(got[: len(speech)], remove_dc(speech))  # the samples, DC removed
     assert "WAV header skipped" in caplog.text
 
 
@@ -269,3 +270,18 @@ def test_stdin_source_refuses_a_wav_stream_of_another_rate_or_layout(speech: np.
     stereo48 = np.stack([stereo48, stereo48], axis=1)
     with pytest.raises(AudioError, match=r"WAV stream \(48000 Hz, 2 channel\(s\), 16-bit\)"):
         list(StdinSource(io.BytesIO(wav_bytes(stereo48, 48000))).frames(30))
+
+
+def test_file_and_stdin_paths_remove_an_offset_to_the_same_samples(
+    tmp_path: Path, speech: np.ndarray
+) -> None:
+    # Below half scale: a 16-bit file's float read and back is exact there (not above it).
+    pcm = np.rint(speech.astype(np.float64) * 0.4 + 230).astype(np.int16)
+    path = tmp_path / "dc.wav"
+    sf.write(path, pcm, 16000, subtype="PCM_16")
+    from_file = read_audio(path)
+    raw = pcm.astype("<i2").tobytes()
+    from_stdin = np.concatenate(list(StdinSource(io.BytesIO(raw)).frames(30)))[: len(pcm)]
+    assert np.array_equal(from_file, from_stdin)
+    assert np.array_equal(from_file, remove_dc(pcm))
+    assert abs(float(np.mean(from_file))) < 2  # the 230 LSB offset is gone

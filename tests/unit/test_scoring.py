@@ -387,6 +387,48 @@ def test_a_cohort_tied_the_earlier_way_says_why_it_is_refused(tmp_path: Path) ->
     assert "earlier" in said and "rebuild" in said, said
 
 
+def test_cohort_tie_covers_the_audio_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change at the audio boundary that alters the samples (the int16 scale, the DC
+    removal's rails) moved the calibration without moving the tie, so an eval cache or a
+    cohort from before it was reused silently: the path's version is in the tie."""
+    from voxgate.embedding import load_card
+
+    card = load_card()
+    shipped_tie = cohortmod.model_sha256(SimpleNamespace(card=card))
+    monkeypatch.setattr(cohortmod, "AUDIO_PATH_VERSION", cohortmod.AUDIO_PATH_VERSION + 1)
+    tie = cohortmod.model_sha256(SimpleNamespace(card=card))
+    assert tie != shipped_tie
+    with pytest.raises(cohortmod.CohortError, match="preprocessing"):
+        cohortmod.for_model(card.id, None, tie)
+
+
+def test_a_cohort_built_before_dc_removal_is_refused_and_says_why(tmp_path: Path) -> None:
+    """The audio sources remove a DC offset since 2026-11-27, which changes every embedding of
+    audio that had one. A cohort built before (its tie without the `audio` entry) would score
+    new embeddings against old ones: it is refused, and the refusal says what changed."""
+    import hashlib
+    import shutil
+
+    from voxgate.embedding import load_card
+
+    card = load_card()
+    prep = cohortmod.preprocessing(SimpleNamespace(card=card))
+    assert prep is not None and prep["audio"] == {"version": 1, "dc_cutoff_hz": 4.0}
+    del prep["audio"]
+    blob = json.dumps({"model_sha256": card.model.sha256, **prep}, sort_keys=True)
+    shipped = cohortmod.default_dir() / (cohortmod.slug(card.id) + ".npz")
+    npz = tmp_path / shipped.name
+    shutil.copy(shipped, npz)
+    doc = json.loads(shipped.with_suffix(".json").read_text())
+    doc.update(model_sha256=hashlib.sha256(blob.encode()).hexdigest(), preprocess=prep)
+    npz.with_suffix(".json").write_text(json.dumps(doc))
+    tie = cohortmod.model_sha256(SimpleNamespace(card=card))
+    with pytest.raises(cohortmod.CohortError) as refused:
+        cohortmod.for_model(card.id, npz, tie)
+    said = str(refused.value).replace(str(npz), "COHORT")
+    assert "DC offset" in said and "rebuild it" in said, said
+
+
 def _damaged_tables(doc: dict) -> dict[str, object]:
     rows = doc["calibration"]
     return {

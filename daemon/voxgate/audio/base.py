@@ -5,8 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # convert imports this module
+    from voxgate.audio.convert import DcBlocker
 
 SAMPLE_RATE = 16000
 
@@ -19,6 +23,14 @@ class AudioSource(ABC):
     """A stream of 16 kHz mono int16 frames of a fixed length (10, 20 or 30 ms)."""
 
     sample_rate: int = SAMPLE_RATE
+    _blocker: DcBlocker | None = None  # the current stream's, set by frames()
+
+    @property
+    def dc_offset(self) -> float | None:
+        """The DC offset (LSB) removed from the current stream, averaged over its sound so
+        far; None before any sound. Read from another thread (the daemon's metrics)."""
+        blocker = self._blocker
+        return None if blocker is None else blocker.mean_offset
 
     @abstractmethod
     def frames(self, frame_ms: int = 30) -> Iterator[np.ndarray]:

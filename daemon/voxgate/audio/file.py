@@ -13,7 +13,7 @@ import numpy as np
 import soundfile as sf
 
 from voxgate.audio.base import SAMPLE_RATE, AudioError, AudioSource, frame_samples
-from voxgate.audio.convert import Framer, StreamResampler, float_to_int16, to_mono
+from voxgate.audio.convert import DcBlocker, Framer, StreamResampler, float_to_int16, to_mono
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,8 @@ class FileSource(AudioSource):
             )
             self.file_rate, self.channels = f.samplerate, f.channels
         resampler = StreamResampler(self.file_rate)
+        # Per pass: each file is one recording with its own offset.
+        blocker = self._blocker = DcBlocker()
         try:
             block = max(1, int(BLOCK_S * self.file_rate))
             bad, first_bad_s = 0, 0.0
@@ -178,7 +180,8 @@ class FileSource(AudioSource):
                         first_bad_s = (f.tell() - len(data)) / self.file_rate
                     bad += int(np.count_nonzero(~np.isfinite(data)))
                     data = np.nan_to_num(data, nan=0.0, posinf=1.0, neginf=-1.0)
-                yield from framer.push(float_to_int16(resampler.process(to_mono(data))))
+                pcm = float_to_int16(resampler.process(to_mono(data)))
+                yield from framer.push(blocker.process(pcm))
             if bad:
                 log.warning(
                     "%s: %d NaN/Inf sample(s) from %.1f s on, read as silence/full scale",
@@ -186,7 +189,8 @@ class FileSource(AudioSource):
                     bad,
                     first_bad_s,
                 )
-            yield from framer.push(float_to_int16(resampler.flush()))
+            yield from framer.push(blocker.process(float_to_int16(resampler.flush())))
+            yield from framer.push(blocker.flush())
             yield from framer.flush()
         finally:
             f.close()

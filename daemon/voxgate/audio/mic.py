@@ -7,16 +7,46 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from voxgate.audio.base import SAMPLE_RATE, AudioError, AudioSource, frame_samples
-from voxgate.audio.convert import Framer, StreamResampler, float_to_int16, int16_to_float
+from voxgate.audio.convert import (
+    DcBlocker,
+    Framer,
+    StreamResampler,
+    float_to_int16,
+    int16_to_float,
+)
 
 log = logging.getLogger(__name__)
+
+# The microphone's DC offset is said once per stream, after this much audio with sound: the
+# tracker's average over a second of speech is within a few LSB of a constant offset.
+DC_REPORT_S = 1.0
+# From here an offset matters: at 16 LSB, takes and attempts that differ by it tripled fsdd's
+# EER (benchmarks/dc_offset.py; docs/speaker-verification.md). Clean speech reads within 3.
+DC_WARN_LSB = 16.0
+DC_REMOVED_SINCE = "2026-11-27"  # the first voxgate that removed it (audio path version 1)
+
+
+def log_dc_offset(offset: float) -> None:
+    """The daemon's line for a microphone's offset: one line, the figure also as a field."""
+    fields = {"dc_offset_lsb": round(offset, 1)}
+    if abs(offset) < DC_WARN_LSB:
+        log.info("microphone DC offset %+.0f LSB (removed before the VAD)", offset, extra=fields)
+        return
+    log.warning(
+        "microphone DC offset %+.0f LSB (removed before the VAD); voiceprints enrolled "
+        "through this microphone by a voxgate that did not remove it (before %s) hold the "
+        "offset and match worse: those users should re-enroll (voxgate enroll NAME --replace)",
+        offset,
+        DC_REMOVED_SINCE,
+        extra=fields,
+    )
 
 
 @dataclass(frozen=True)
@@ -104,6 +134,10 @@ def find_device(
 class MicSource(AudioSource):
     """Blocking reads from a PortAudio input stream."""
 
+    # Told the stream's DC offset (LSB) once, after DC_REPORT_S of sound; guided enrollment
+    # puts its own here (it prints, and gives no re-enroll advice to someone enrolling).
+    dc_report: Callable[[float], None] | None = staticmethod(log_dc_offset)
+
     def __init__(
         self,
         device: str | int | None = None,
@@ -168,6 +202,8 @@ class MicSource(AudioSource):
 
         framer = Framer(frame_samples(frame_ms))
         resampler = StreamResampler(self.rate)
+        blocker = self._blocker = DcBlocker()
+        reported = False
         block = max(1, self.rate * frame_ms // 1000)
         with self._lock:
             if self._closed:
@@ -213,10 +249,15 @@ class MicSource(AudioSource):
             data = np.frombuffer(raw, dtype=np.int16)
             if self.channels > 1:
                 data = data.reshape(-1, self.channels).mean(axis=1).astype(np.int16)
-            if self.rate == SAMPLE_RATE:
-                yield from framer.push(data)
-            else:
-                yield from framer.push(float_to_int16(resampler.process(int16_to_float(data))))
+            if self.rate != SAMPLE_RATE:
+                data = float_to_int16(resampler.process(int16_to_float(data)))
+            out = blocker.process(data)
+            if not reported and blocker.sound_samples >= DC_REPORT_S * SAMPLE_RATE:
+                reported = True
+                offset = blocker.mean_offset
+                if self.dc_report is not None and offset is not None:
+                    self.dc_report(offset)
+            yield from framer.push(out)
 
     def close(self) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ from typing import BinaryIO
 import numpy as np
 
 from voxgate.audio.base import SAMPLE_RATE, AudioError, AudioSource, frame_samples
+from voxgate.audio.convert import DcBlocker
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class StdinSource(AudioSource):
         t0 = time.monotonic()
         emitted = 0
         read = self._reader()
+        blocker = self._blocker = DcBlocker()  # frames are whole 10 ms blocks: nothing is held back
         pending = self._skip_wav_header(read)
         while not self._closed:
             chunk = read(want - len(pending))
@@ -49,7 +51,7 @@ class StdinSource(AudioSource):
             pending += chunk
             if len(pending) < want:
                 continue
-            frame = np.frombuffer(pending, dtype="<i2").astype(np.int16)
+            frame = blocker.process(np.frombuffer(pending, dtype="<i2").astype(np.int16))
             pending = b""
             if self.realtime:
                 delay = t0 + emitted / SAMPLE_RATE - time.monotonic()
@@ -61,7 +63,9 @@ class StdinSource(AudioSource):
             # An odd trailing byte cannot be a sample; the rest is padded, not lost.
             usable = len(pending) // 2 * 2
             last = np.zeros(n, dtype=np.int16)
-            last[: usable // 2] = np.frombuffer(pending[:usable], dtype="<i2")
+            tail = blocker.process(np.frombuffer(pending[:usable], dtype="<i2").astype(np.int16))
+            tail = np.concatenate([tail, blocker.flush()])
+            last[: len(tail)] = tail
             yield last
 
     def _read_exact(self, read: Callable[[int], bytes | None], k: int) -> bytes:

@@ -179,6 +179,15 @@ def _ended_take(events: list[Any]) -> np.ndarray | None:
     return ended[0].utterance.pcm if ended and ended[0].utterance is not None else None
 
 
+def _show_dc_offset(offset: float) -> None:
+    """A microphone's offset, said while enrolling: it is removed, as at the door, so the
+    takes are fine; the daemon's advice to re-enroll is for voiceprints made before."""
+    from voxgate.audio.mic import DC_WARN_LSB
+
+    if abs(offset) >= DC_WARN_LSB:
+        print(f"  (microphone DC offset {offset:+.0f} LSB: removed)", flush=True)
+
+
 def _record_takes(
     cfg: Any, embedder: Any, max_takes: int
 ) -> tuple[list[np.ndarray], list[str], list[int], Any]:
@@ -207,6 +216,10 @@ def _record_takes(
         source = open_source(cfg.audio)
     except AudioError as exc:
         raise CommandError(str(exc)) from None
+    from voxgate.audio.mic import MicSource
+
+    if isinstance(source, MicSource):
+        source.dc_report = _show_dc_offset  # printed, instead of the daemon's log line
     with source:
         frames = source.frames(cfg.audio.frame_ms)
         ep = Endpointer(cfg.vad, cfg.audio.frame_ms)

@@ -585,6 +585,10 @@ class Daemon:
             connected = False
         if self.metrics is not None:
             self.metrics.mqtt_connected.set(1 if connected else 0)
+            # Polled here, so the audio sources know nothing of metrics.
+            offset = getattr(self.stages.source, "dc_offset", None)
+            if offset is not None:
+                self.metrics.dc_offset.set(offset)
         if connected != self._mqtt_up or self._current_problems() != self._problems:
             self._mqtt_up = connected
             self._status()

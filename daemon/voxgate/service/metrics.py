@@ -42,6 +42,11 @@ class Metrics:
             "Audio dropped because processing fell behind capture.",
             registry=r,
         )
+        self.dc_offset = Gauge(
+            "voxgate_audio_dc_offset_lsb",
+            "DC offset removed from the audio input, in LSB, averaged over its sound so far.",
+            registry=r,
+        )
         self.mqtt_connected = Gauge(
             "voxgate_mqtt_connected", "1 while the MQTT broker connection is up.", registry=r
         )
