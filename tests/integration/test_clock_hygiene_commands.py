@@ -34,11 +34,14 @@ def test_commands_are_obeyed_after_ntp_sets_back_a_clock_that_was_ahead(broker: 
     )
     link.on_command("erase-user", lambda args: ran.append(args) or {"erased": True})
     topic = f"voxgate/{DEV}/cmd/erase-user"
-    replies = Recorder(broker, "admin", [f"{topic}/result"])
+    status = link.topics.status
+    replies = Recorder(broker, "admin", [f"{topic}/result", status])
     admin = admin_client(broker)
     link.start()
     try:
-        wait_until(lambda: link.connected, 10, "link connected")
+        # 'online' follows the door's SUBSCRIBE in its packet order: its command subscription
+        # is in place (waiting for `connected` alone lost the command under load in CI).
+        replies.wait_for(status, lambda m: m.payload == b"online", timeout=10)
         ahead[0] = 0.0  # NTP steps the door's clock back by the hour
         fresh = make_command(CKEY, DEV, "erase-user", {"user": "alice"}, now=time.time())
         admin.publish(topic, fresh, qos=1).wait_for_publish(5)
