@@ -213,31 +213,23 @@ class DcBlocker:
                 # Digital silence (a muted input, padding, a TTS gap) is no sound at all: it
                 # stays exact zeros and says nothing about the offset, which is held.
                 continue
+            used = min(DC_BLOCK, n - r * DC_BLOCK)  # a final partial block's padding is not audio
             if m is None:  # the first sound: start at its mean, not at zero
-                m = float(np.mean(padded[r, : min(DC_BLOCK, n - r * DC_BLOCK)]))
+                m = float(np.mean(padded[r, :used]))
             mean = zs[r] + m * self._decay
             y[r] = padded[r] - mean
             m = float(mean[-1])
+            if self._sound >= self._settle:  # for mean_offset; the output does not depend on it
+                self._removed += float(mean[:used].sum())
+                self._counted += used
+            self._sound += used
         self._m = m  # after a final partial block it is not used again
-        self._count_removed(padded, y, silent, n)
         out = np.clip(np.rint(y.reshape(-1)[:n]), -32768, 32767).astype(np.int16)
         # A sample at full scale says the microphone clipped; moved by the offset it would
         # fall below the gate's clipping level (a hot take's clipped share read ~40 % lower).
         rails = (x == 32767) | (x == -32768)
         out[rails] = x[rails]
         return out
-
-    def _count_removed(self, padded: np.ndarray, y: np.ndarray, silent: np.ndarray, n: int) -> None:
-        """Add what each block with sound had removed to the mean_offset sums."""
-        flat = y.reshape(-1)
-        flat[n:] = 0.0  # a final partial block's padding: no audio, and not output
-        removed = padded.sum(axis=1) - y.sum(axis=1)
-        for r in np.flatnonzero(~silent).tolist():
-            used = min(DC_BLOCK, n - r * DC_BLOCK)
-            if self._sound >= self._settle:
-                self._removed += float(removed[r])
-                self._counted += used
-            self._sound += used
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """int16 in, int16 out (rounded, saturated); whole blocks only, the rest is held."""
