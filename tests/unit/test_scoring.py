@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -356,6 +357,22 @@ def test_cohort_tie_covers_the_preprocessing(tmp_path: Path) -> None:
             cohortmod.for_model(card.id, None, tie)
 
 
+def _shipped_cohort_tied_as(tmp_path: Path, card: Any, preprocess: dict) -> Path:
+    """A copy of the shipped cohort whose tie an earlier voxgate made: the model file's sha256
+    hashed with `preprocess` only (what that voxgate recorded)."""
+    import hashlib
+    import shutil
+
+    blob = json.dumps({"model_sha256": card.model.sha256, **preprocess}, sort_keys=True)
+    shipped = cohortmod.default_dir() / (cohortmod.slug(card.id) + ".npz")
+    npz = tmp_path / shipped.name
+    shutil.copy(shipped, npz)
+    doc = json.loads(shipped.with_suffix(".json").read_text())
+    doc.update(model_sha256=hashlib.sha256(blob.encode()).hexdigest(), preprocess=preprocess)
+    npz.with_suffix(".json").write_text(json.dumps(doc))
+    return npz
+
+
 def test_a_cohort_tied_the_earlier_way_says_why_it_is_refused(tmp_path: Path) -> None:
     """Until d5e569d a cohort's tie covered the model file and the card's `trim:` only. A
     cohort built then for a card whose front end and windows have not changed since (a
@@ -364,22 +381,12 @@ def test_a_cohort_tied_the_earlier_way_says_why_it_is_refused(tmp_path: Path) ->
     speaker stage stays down until the cohort is rebuilt. The refusal should say that the
     tie comes from an earlier voxgate (found in review; reproduced with the previous
     release's shipped int8 cohort and the int8 card at `hop: 80`)."""
-    import hashlib
-    import shutil
-
     from voxgate.embedding import load_card
 
     card = load_card()
     assert card.trim is not None
     earlier = card.model_copy(update={"windowing": card.windowing.model_copy(update={"hop": 80})})
-    trim = card.trim.model_dump()
-    blob = json.dumps({"model_sha256": card.model.sha256, "trim": trim}, sort_keys=True)
-    shipped = cohortmod.default_dir() / (cohortmod.slug(card.id) + ".npz")
-    npz = tmp_path / shipped.name
-    shutil.copy(shipped, npz)
-    doc = json.loads(shipped.with_suffix(".json").read_text())
-    doc.update(model_sha256=hashlib.sha256(blob.encode()).hexdigest(), preprocess={"trim": trim})
-    npz.with_suffix(".json").write_text(json.dumps(doc))
+    npz = _shipped_cohort_tied_as(tmp_path, card, {"trim": card.trim.model_dump()})
     tie = cohortmod.model_sha256(SimpleNamespace(card=earlier))
     with pytest.raises(cohortmod.CohortError) as refused:
         cohortmod.for_model(card.id, npz, tie)
@@ -406,22 +413,13 @@ def test_a_cohort_built_before_dc_removal_is_refused_and_says_why(tmp_path: Path
     """The audio sources remove a DC offset since 2026-11-27, which changes every embedding of
     audio that had one. A cohort built before (its tie without the `audio` entry) would score
     new embeddings against old ones: it is refused, and the refusal says what changed."""
-    import hashlib
-    import shutil
-
     from voxgate.embedding import load_card
 
     card = load_card()
     prep = cohortmod.preprocessing(SimpleNamespace(card=card))
     assert prep is not None and prep["audio"] == {"version": 1, "dc_cutoff_hz": 4.0}
     del prep["audio"]
-    blob = json.dumps({"model_sha256": card.model.sha256, **prep}, sort_keys=True)
-    shipped = cohortmod.default_dir() / (cohortmod.slug(card.id) + ".npz")
-    npz = tmp_path / shipped.name
-    shutil.copy(shipped, npz)
-    doc = json.loads(shipped.with_suffix(".json").read_text())
-    doc.update(model_sha256=hashlib.sha256(blob.encode()).hexdigest(), preprocess=prep)
-    npz.with_suffix(".json").write_text(json.dumps(doc))
+    npz = _shipped_cohort_tied_as(tmp_path, card, prep)
     tie = cohortmod.model_sha256(SimpleNamespace(card=card))
     with pytest.raises(cohortmod.CohortError) as refused:
         cohortmod.for_model(card.id, npz, tie)
