@@ -117,6 +117,44 @@ def test_audio_path_is_a_directory_or_too_long(
         assert "8-192 kHz" in helptext and "120 s" in helptext, command
 
 
+def _cut(path: Path) -> Path:
+    """An interrupted copy of `path`: its first half, header and all."""
+    raw = path.read_bytes()
+    cut = path.with_name(f"cut-{path.name}")
+    cut.write_bytes(raw[: len(raw) // 2])
+    return cut
+
+
+def test_a_take_or_attempt_cut_short_is_refused_not_read_in_part(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file cut short (a WAV whose header promises more; a FLAC that cannot be read to its
+    end) was read as far as it went with one log line: half a take joined a voiceprint, or
+    half an attempt got a verdict. Truncation is about the container: noise will do."""
+    pytest.importorskip("voxgate.embedding")
+    cfg = ["-c", str(device["cfg"])]
+    wav = _cut(_noise(device["dir"] / "take.wav", 4.0))
+    flac = _cut(_noise(device["dir"] / "take.flac", 4.0))
+    whole = str(_noise(device["dir"] / "whole.wav", 4.0))
+    wav_said = "cut short: its header promises 4.0 s of audio, the file holds 2.0 s"
+    again = "(an interrupted copy or recording?); record or copy it again"
+    assert main(["enroll", "bob", "--from", whole, str(wav), *cfg]) == 1
+    _one_error_line(capsys.readouterr().err, f"{wav}: {wav_said} {again}", "nothing stored for bob")
+    assert main(["enroll", "bob", "--from", str(flac), whole, *cfg]) == 1
+    flac_said = ("of the 4.0 s its header promises", f"cut short or damaged {again}")
+    _one_error_line(capsys.readouterr().err, f"{flac}: read error after ", *flac_said, "for bob")
+    assert main(["users", "list", *cfg]) == 0 and "bob" not in capsys.readouterr().out
+    # A one-off check refuses it as it does any unreadable file: exit 2, and with --json the
+    # error on stdout; never a verdict on the part that was there.
+    assert main(["verify", "bob", str(wav), *cfg]) == 2
+    _one_error_line(capsys.readouterr().err, f"{wav}: {wav_said} {again}")
+    assert main(["verify", "bob", str(flac), "--json", *cfg]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["error"].startswith(f"{flac}: read error after ") and out["error"].endswith(again)
+    assert main(["identify", str(wav), *cfg]) == 2
+    _one_error_line(capsys.readouterr().err, f"{wav}: {wav_said} {again}")
+
+
 def test_store_and_key_paths_that_are_directories(
     device: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
