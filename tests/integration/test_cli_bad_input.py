@@ -4,6 +4,7 @@ status 1, never a traceback. Real files, a real SQLite store, the shipped model.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import signal
@@ -153,6 +154,29 @@ def test_a_take_or_attempt_cut_short_is_refused_not_read_in_part(
     assert out["error"].startswith(f"{flac}: read error after ") and out["error"].endswith(again)
     assert main(["identify", str(wav), *cfg]) == 2
     _one_error_line(capsys.readouterr().err, f"{wav}: {wav_said} {again}")
+
+
+def test_a_library_warning_reaches_the_command_line_as_a_warning_line(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A warning logged while a command runs (here: NaN samples in a float WAV, read as
+    silence) was printed bare by Python, a line that did not say it was a warning."""
+    pytest.importorskip("voxgate.embedding")
+    path = device["dir"] / "nan.wav"
+    noise = (0.1 * np.random.default_rng(7).standard_normal(2 * 16000)).astype(np.float32)
+    noise[1000:1003] = np.nan
+    sf.write(path, noise, 16000, subtype="FLOAT")
+    cmd = [sys.executable, "-m", "voxgate", "verify", "alice", str(path), "-c", str(device["cfg"])]
+    env = {**os.environ, "PYTHONPATH": str(Path(voxgate.__file__).parents[1])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    said = f"{path}: 3 NaN/Inf sample(s) from 0.0 s on, read as silence/full scale"
+    assert proc.stderr.splitlines() == [f"warning: {said}", "error: no user 'alice' enrolled"]
+    # In a process that keeps running (a test, a script calling main()) the handler goes
+    # with the command: the next warning is not printed by it a second time.
+    handlers = list(logging.getLogger().handlers)
+    assert main(["verify", "alice", str(path), "-c", str(device["cfg"])]) == 4
+    assert f"warning: {said}\n" in capsys.readouterr().err
+    assert logging.getLogger().handlers == handlers
 
 
 def test_store_and_key_paths_that_are_directories(
