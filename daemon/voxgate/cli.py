@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import select
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from voxgate import __version__
 from voxgate.blas import one_blas_thread
+from voxgate.logs import command_line_warnings
 
 # Before any command module (and so numpy) is imported: OpenBLAS reads it only then.
 one_blas_thread()
@@ -35,6 +37,22 @@ COMMANDS = [
     "fleet",
     "demo",
 ]
+
+# Commands that set up no logging of their own (run, api, actuator and config do): their
+# libraries' warnings are printed as "warning: <message>" lines (logs.command_line_warnings).
+PLAIN_WARNINGS = {
+    "enroll",
+    "verify",
+    "identify",
+    "users",
+    "lockout",
+    "eval",
+    "bench",
+    "devices",
+    "audit",
+    "fleet",
+    "demo",
+}
 
 DESCRIPTION = textwrap.dedent(
     """\
@@ -90,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        status = int(args.func(args) or 0)
+        plain = args.command in PLAIN_WARNINGS
+        with command_line_warnings() if plain else contextlib.nullcontext():
+            status = int(args.func(args) or 0)
         sys.stdout.flush()  # here, where a closed pipe can still be caught
         return status
     except KeyboardInterrupt:

@@ -11,7 +11,8 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -43,6 +44,38 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
+
+
+class _CommandLine(logging.Handler):
+    """A command's warnings as `warning: <message>` (`error: ` from ERROR up) on stderr, the
+    form its own messages take. Without a handler Python printed the bare message, which did
+    not say it was a warning. sys.stderr is looked up per line: a test swaps it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                text += f" ({record.exc_info[1]})"  # what failed, without a traceback
+            level = "warning" if record.levelno < logging.ERROR else "error"
+            sys.stderr.write(f"{level}: {text}\n")
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def command_line_warnings() -> Iterator[None]:
+    """For a one-shot command (enroll, verify, ...) that sets up no logging of its own: its
+    libraries' warnings reach the person as plain lines for as long as it runs."""
+    root = logging.getLogger()
+    handler = _CommandLine()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 def _journal_handler() -> logging.Handler | None:

@@ -345,6 +345,27 @@ def test_an_upload_claiming_an_absurd_sample_rate_gets_400(api: dict) -> None:
     assert c.request("GET", "/api/v1/health")[0] == 200
 
 
+def test_an_upload_cut_short_is_refused_not_enrolled_in_part(api: dict, tmp_path: Path) -> None:
+    """An upload decodes through the reader the daemon streams files with, which reads a file
+    cut short as far as it goes: half a take went into a voiceprint, with a log line only."""
+    c = api["client"]
+    noise = (0.1 * np.random.default_rng(6).standard_normal(4 * 16000)).astype(np.float32)
+    for fmt, said in (
+        ("wav", "cut short: its header promises 4.0 s of audio, the file holds 2.0 s"),
+        ("flac", "read error after "),
+    ):
+        buf = io.BytesIO()
+        sf.write(buf, noise, 16000, format=fmt.upper(), subtype="PCM_16")
+        raw = buf.getvalue()
+        status, body, _ = c.upload("/api/v1/users/carol", [(f"t.{fmt}", raw[: len(raw) // 2])])
+        assert status == 400, body  # before the model is loaded (the fixture's fails the test)
+        msg = body["message"]
+        assert msg.startswith(f"take 1 (t.{fmt}): {said}") and str(tmp_path) not in msg, msg
+        # What to do: not "send WAV or FLAC", which it is.
+        assert msg.endswith("(an interrupted copy or recording?); record or copy it again"), msg
+    assert api["store"].get("carol") is None
+
+
 def test_the_api_will_not_start_without_a_good_token(tmp_path: Path, no_secret_env: None) -> None:
     token_file = tmp_path / "api-token"
     cfg = parse_config(f"api: {{token_file: {token_file}}}\n")

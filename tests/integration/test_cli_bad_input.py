@@ -4,6 +4,7 @@ status 1, never a traceback. Real files, a real SQLite store, the shipped model.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import signal
@@ -115,6 +116,67 @@ def test_audio_path_is_a_directory_or_too_long(
             main(command)
         helptext = " ".join(capsys.readouterr().out.split())
         assert "8-192 kHz" in helptext and "120 s" in helptext, command
+
+
+def _cut(path: Path) -> Path:
+    """An interrupted copy of `path`: its first half, header and all."""
+    raw = path.read_bytes()
+    cut = path.with_name(f"cut-{path.name}")
+    cut.write_bytes(raw[: len(raw) // 2])
+    return cut
+
+
+def test_a_take_or_attempt_cut_short_is_refused_not_read_in_part(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file cut short (a WAV whose header promises more; a FLAC that cannot be read to its
+    end) was read as far as it went with one log line: half a take joined a voiceprint, or
+    half an attempt got a verdict. Truncation is about the container: noise will do."""
+    pytest.importorskip("voxgate.embedding")
+    cfg = ["-c", str(device["cfg"])]
+    wav = _cut(_noise(device["dir"] / "take.wav", 4.0))
+    flac = _cut(_noise(device["dir"] / "take.flac", 4.0))
+    whole = str(_noise(device["dir"] / "whole.wav", 4.0))
+    wav_said = "cut short: its header promises 4.0 s of audio, the file holds 2.0 s"
+    again = "(an interrupted copy or recording?); record or copy it again"
+    assert main(["enroll", "bob", "--from", whole, str(wav), *cfg]) == 1
+    _one_error_line(capsys.readouterr().err, f"{wav}: {wav_said} {again}", "nothing stored for bob")
+    assert main(["enroll", "bob", "--from", str(flac), whole, *cfg]) == 1
+    flac_said = ("of the 4.0 s its header promises", f"cut short or damaged {again}")
+    _one_error_line(capsys.readouterr().err, f"{flac}: read error after ", *flac_said, "for bob")
+    assert main(["users", "list", *cfg]) == 0 and "bob" not in capsys.readouterr().out
+    # A one-off check refuses it as it does any unreadable file: exit 2, and with --json the
+    # error on stdout; never a verdict on the part that was there.
+    assert main(["verify", "bob", str(wav), *cfg]) == 2
+    _one_error_line(capsys.readouterr().err, f"{wav}: {wav_said} {again}")
+    assert main(["verify", "bob", str(flac), "--json", *cfg]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["error"].startswith(f"{flac}: read error after ") and out["error"].endswith(again)
+    assert main(["identify", str(wav), *cfg]) == 2
+    _one_error_line(capsys.readouterr().err, f"{wav}: {wav_said} {again}")
+
+
+def test_a_library_warning_reaches_the_command_line_as_a_warning_line(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A warning logged while a command runs (here: NaN samples in a float WAV, read as
+    silence) was printed bare by Python, a line that did not say it was a warning."""
+    pytest.importorskip("voxgate.embedding")
+    path = device["dir"] / "nan.wav"
+    noise = (0.1 * np.random.default_rng(7).standard_normal(2 * 16000)).astype(np.float32)
+    noise[1000:1003] = np.nan
+    sf.write(path, noise, 16000, subtype="FLOAT")
+    cmd = [sys.executable, "-m", "voxgate", "verify", "alice", str(path), "-c", str(device["cfg"])]
+    env = {**os.environ, "PYTHONPATH": str(Path(voxgate.__file__).parents[1])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    said = f"{path}: 3 NaN/Inf sample(s) from 0.0 s on, read as silence/full scale"
+    assert proc.stderr.splitlines() == [f"warning: {said}", "error: no user 'alice' enrolled"]
+    # In a process that keeps running (a test, a script calling main()) the handler goes
+    # with the command: the next warning is not printed by it a second time.
+    handlers = list(logging.getLogger().handlers)
+    assert main(["verify", "alice", str(path), "-c", str(device["cfg"])]) == 4
+    assert f"warning: {said}\n" in capsys.readouterr().err
+    assert logging.getLogger().handlers == handlers
 
 
 def test_store_and_key_paths_that_are_directories(

@@ -15,7 +15,7 @@ import soundfile as sf
 
 import voxgate
 from tests.audio_helpers import espeak
-from voxgate.audio import AudioError, open_source
+from voxgate.audio import AudioError, AudioIncomplete, open_source
 from voxgate.audio.convert import remove_dc
 from voxgate.audio.file import FileSource, read_audio
 from voxgate.audio.stdin import StdinSource
@@ -106,6 +106,52 @@ def test_truncated_file_keeps_what_was_there(
         f"file holds {len(speech) // 2 / 16000:.1f} s"
     ), warned
     assert warned[0].endswith("(an interrupted copy or recording?); reading what is there")
+
+
+def _cut_copy(src: Path, dst: Path, fraction: float = 0.5) -> Path:
+    """`src` as an interrupted copy leaves it: the first `fraction` of its bytes."""
+    raw = src.read_bytes()
+    dst.write_bytes(raw[: int(len(raw) * fraction)])
+    return dst
+
+
+def test_a_whole_file_read_refuses_a_wav_cut_short(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A take is read whole (complete=True): half a take made a voiceprint, with one log line.
+    full = tmp_path / "full.wav"
+    sf.write(full, np.random.default_rng(5).standard_normal(4 * 16000) * 0.1, 16000)
+    cut = _cut_copy(full, tmp_path / "cut.wav")
+    with pytest.raises(AudioIncomplete) as info:
+        read_audio(cut, complete=True)
+    assert str(info.value) == (
+        f"{cut}: cut short: its header promises 4.0 s of audio, the file holds 2.0 s (an "
+        "interrupted copy or recording?); record or copy it again"
+    )
+    assert isinstance(info.value, AudioError)  # callers that catch AudioError still do
+    assert not caplog.records  # refused, not warned about as well
+    assert len(read_audio(full, complete=True)) == 4 * 16000  # a whole file reads as before
+
+
+def test_a_whole_file_read_refuses_a_cut_flac(
+    tmp_path: Path, shared_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A real recording (fsdd, 16 kHz FLAC of 0.7 s), cut as an interrupted copy would.
+    src = shared_data / "fsdd" / "audio" / "george" / "recordings_0_george_18.flac"
+    cut = _cut_copy(src, tmp_path / "cut.flac")
+    with pytest.raises(AudioIncomplete) as info:
+        read_audio(cut, complete=True)
+    said = str(info.value)
+    assert said.startswith(f"{cut}: read error after 0.3 s of the 0.7 s its header promises ("), (
+        said
+    )
+    assert said.endswith(
+        "): cut short or damaged (an interrupted copy or recording?); record or copy it again"
+    ), said
+    # A stream (the daemon's file source, eval) still reads what is there, with its log line.
+    read_audio(cut)
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+    assert caplog.records[0].getMessage().startswith(f"{cut}: read error after 0.3 s: ")
 
 
 def test_a_wav_streamed_without_its_length_is_not_called_cut_short(

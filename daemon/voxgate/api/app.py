@@ -414,7 +414,7 @@ def upload_folder() -> str | None:
 
 def _read_takes(files: list[Any]) -> list[Any]:
     """Decode every uploaded take to 16 kHz mono int16, or explain which one is unusable."""
-    from voxgate.audio import AudioError
+    from voxgate.audio import AudioError, AudioIncomplete
     from voxgate.audio.file import MAX_TAKE_S, read_audio
 
     takes = []
@@ -426,7 +426,10 @@ def _read_takes(files: list[Any]) -> list[Any]:
             if path.stat().st_size == 0:
                 raise _BadRequest(f"{label}: empty file")
             try:
-                pcm = read_audio(path, max_s=MAX_TAKE_S)  # uploads decode inside the daemon
+                # Uploads decode inside the daemon. complete: half a take makes no voiceprint.
+                pcm = read_audio(path, max_s=MAX_TAKE_S, complete=True)
+            except AudioIncomplete as exc:  # its message says what to do; the format is fine
+                raise _BadRequest(str(exc).replace(str(path), label)) from None
             except AudioError as exc:
                 msg = str(exc).replace(str(path), label)
                 raise _BadRequest(f"{msg}; send WAV or FLAC") from None

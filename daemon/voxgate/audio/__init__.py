@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from voxgate.audio.base import SAMPLE_RATE, AudioError, AudioSource, frame_samples
+from voxgate.audio.base import SAMPLE_RATE, AudioError, AudioIncomplete, AudioSource, frame_samples
 from voxgate.config.audio import AudioConfig
 
 
@@ -22,4 +22,11 @@ def open_source(cfg: AudioConfig) -> AudioSource:
     return MicSource(cfg.device, cfg.device_rate, realtime=cfg.realtime)
 
 
-__all__ = ["SAMPLE_RATE", "AudioError", "AudioSource", "frame_samples", "open_source"]
+__all__ = [
+    "SAMPLE_RATE",
+    "AudioError",
+    "AudioIncomplete",
+    "AudioSource",
+    "frame_samples",
+    "open_source",
+]

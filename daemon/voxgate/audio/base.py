@@ -19,6 +19,12 @@ class AudioError(Exception):
     """An audio source that cannot be opened or read; str() is meant for the user."""
 
 
+class AudioIncomplete(AudioError):
+    """A file that holds less than its header promises, or cannot be read past some point
+    (an interrupted copy or recording): raised only where the whole recording must be there
+    (an enrollment take, a one-off check); a stream reads what there is (FileSource)."""
+
+
 class AudioSource(ABC):
     """A stream of 16 kHz mono int16 frames of a fixed length (10, 20 or 30 ms)."""
 

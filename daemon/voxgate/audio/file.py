@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from voxgate.audio.base import SAMPLE_RATE, AudioError, AudioSource, frame_samples
+from voxgate.audio.base import SAMPLE_RATE, AudioError, AudioIncomplete, AudioSource, frame_samples
 from voxgate.audio.convert import DcBlocker, Framer, StreamResampler, float_to_int16, to_mono
 
 log = logging.getLogger(__name__)
@@ -64,30 +64,35 @@ _DATA_CLAIM = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILIN
 _STREAMED_MIN = 0x7FFF0000
 
 
-def _warn_if_cut_short(path: Path, f: sf.SoundFile) -> None:
+# What to do with a file refused as incomplete (FileSource's `complete`).
+AGAIN = "record or copy it again"
+
+
+def _cut_short(path: Path, f: sf.SoundFile) -> str | None:
     """A WAV cut short (an interrupted copy, a recorder that lost power) reads without an
-    error, as far as it goes: say so, or a verdict on half a sentence comes without a word
-    about the file (a cut FLAC does raise, and its read error is logged)."""
+    error, as far as it goes: what it lacks, or None. Unsaid, a verdict on half a sentence
+    came without a word about the file (a cut FLAC does raise: see _one_pass)."""
     m = _DATA_CLAIM.search(f.extra_info)
     if m is None:
-        return
+        return None
     claimed, present = int(m.group(1)), int(m.group(2))
     if not claimed or claimed >= _STREAMED_MIN or not present or claimed <= present:
-        return
+        return None
     held_s = f.frames / f.samplerate
-    log.warning(
-        "%s: cut short: its header promises %.1f s of audio, the file holds %.1f s (an "
-        "interrupted copy or recording?); reading what is there",
-        path,
-        held_s * claimed / present,
-        held_s,
+    return (
+        f"{path}: cut short: its header promises {held_s * claimed / present:.1f} s of audio, "
+        f"the file holds {held_s:.1f} s (an interrupted copy or recording?)"
     )
 
 
-def read_audio(path: str | Path, max_s: float | None = None) -> np.ndarray:
+def read_audio(
+    path: str | Path, max_s: float | None = None, *, complete: bool = False
+) -> np.ndarray:
     """The whole file as 16 kHz mono int16. With max_s, AudioError for a longer file, found
-    while reading so that a long stream is never held in memory."""
-    src = FileSource(path)
+    while reading so that a long stream is never held in memory. complete=True: a file cut
+    short or damaged part way is refused (AudioIncomplete) instead of read as far as it goes
+    with a log line; for an enrollment take, where half a take must not make a voiceprint."""
+    src = FileSource(path, complete=complete)
     frames: list[np.ndarray] = []
     n = 0
     limit = None if max_s is None else int(max_s * SAMPLE_RATE)
@@ -106,14 +111,24 @@ def read_audio(path: str | Path, max_s: float | None = None) -> np.ndarray:
 
 
 class FileSource(AudioSource):
-    """Stream a file in blocks, converted to 16 kHz mono int16 at the boundary."""
+    """Stream a file in blocks, converted to 16 kHz mono int16 at the boundary. A file cut
+    short or damaged part way is read as far as it goes, with a log line; complete=True
+    raises AudioIncomplete instead (read_audio)."""
 
-    def __init__(self, path: str | Path, realtime: bool = False, loop: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, realtime: bool = False, loop: bool = False, complete: bool = False
+    ) -> None:
         self.path = Path(path)
         self.realtime = realtime
         self.loop = loop
+        self.complete = complete
         info = _open(self.path)
-        _warn_if_cut_short(self.path, info)
+        cut = _cut_short(self.path, info)
+        if cut is not None and complete:
+            info.close()
+            raise AudioIncomplete(f"{cut}; {AGAIN}")
+        if cut is not None:
+            log.warning("%s; reading what is there", cut)
         self.file_rate = info.samplerate
         self.channels = info.channels
         info.close()
@@ -166,10 +181,19 @@ class FileSource(AudioSource):
                 try:
                     data = f.read(block, dtype="float32", always_2d=True)
                 except (sf.LibsndfileError, RuntimeError) as exc:
-                    # A truncated or damaged file: keep what was read, say what happened.
-                    log.error(
-                        "%s: read error after %.1f s: %s", self.path, f.tell() / self.file_rate, exc
-                    )
+                    # A truncated or damaged file (a cut FLAC): a stream keeps what was read
+                    # and says what happened; a whole-file read that needs it all refuses it.
+                    at_s = f.tell() / self.file_rate
+                    if self.complete:
+                        promised = f" of the {f.frames / self.file_rate:.1f} s its header promises"
+                        # libsndfile's text reads "Error : flac decoder lost sync."
+                        why = str(exc).removeprefix("Error : ").rstrip(".")
+                        raise AudioIncomplete(
+                            f"{self.path}: read error after {at_s:.1f} s"
+                            f"{promised if f.frames > f.tell() else ''} ({why}): cut short or "
+                            f"damaged (an interrupted copy or recording?); {AGAIN}"
+                        ) from None
+                    log.error("%s: read error after %.1f s: %s", self.path, at_s, exc)
                     break
                 if not len(data):
                     break

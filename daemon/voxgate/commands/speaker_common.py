@@ -57,11 +57,14 @@ def load_cohort(cfg: Any, embedder: Any) -> Any:
 
 
 def read_file(path: str) -> Any:
+    """A take (enroll) or an attempt (verify, identify): the whole file or an error. A file
+    cut short is refused, not read as far as it goes: half a take made a voiceprint, and a
+    verdict on half an attempt came with one log line that was easy to miss."""
     from voxgate.audio import AudioError
     from voxgate.audio.file import MAX_TAKE_S, read_audio
 
     try:
-        pcm = read_audio(path, max_s=MAX_TAKE_S)
+        pcm = read_audio(path, max_s=MAX_TAKE_S, complete=True)
     except AudioError as exc:
         raise CommandError(str(exc)) from None
     if len(pcm) == 0:

@@ -32,9 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="check a recording against one enrolled user (1:1)",
         description="Score a WAV/FLAC recording against the voiceprint of NAME, with the "
         "threshold set for speaker.target_fmr. Exit status: 0 match, 1 no match (also for a "
-        "NAME not enrolled), 2 error (unreadable file or config, no voiceprint store or key, "
-        'model or cohort that cannot be loaded; with --json also {"error": ...} on '
-        "stdout), 4 retry (too little speech, too noisy or clipped to decide).",
+        "NAME not enrolled), 2 error (unreadable or cut-short file, unreadable config, no "
+        "voiceprint store or key, model or cohort that cannot be loaded; with --json also "
+        '{"error": ...} on stdout), 4 retry (too little speech, too noisy or clipped to decide).',
         examples="""
         voxgate verify alice attempt.wav
         voxgate verify alice attempt.flac -c /etc/voxgate/voxgate.yaml --json
