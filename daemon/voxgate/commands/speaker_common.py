@@ -57,15 +57,16 @@ def load_cohort(cfg: Any, embedder: Any) -> Any:
 
 
 def read_file(path: str) -> Any:
+    """A recording as 16 kHz int16; path `-` reads it from standard input."""
     from voxgate.audio import AudioError
-    from voxgate.audio.file import MAX_TAKE_S, read_audio
+    from voxgate.audio.file import MAX_TAKE_S, STDIN, STDIN_NAME, read_audio
 
     try:
         pcm = read_audio(path, max_s=MAX_TAKE_S)
     except AudioError as exc:
         raise CommandError(str(exc)) from None
     if len(pcm) == 0:
-        raise CommandError(f"{path}: no audio in the file")
+        raise CommandError(f"{STDIN_NAME if path == STDIN else path}: no audio in the file")
     return pcm
 
 
