@@ -60,15 +60,41 @@ def _open(path: Path) -> sf.SoundFile:
         raise AudioError(f"{path}: empty file (0 bytes)")
     try:
         # libsndfile reports an unreadable file as "System error": open it ourselves first.
-        with open(path, "rb"):
-            pass
+        with open(path, "rb") as fh:
+            fill = _streamed_data_size(fh.read(_HEAD_BYTES), st.st_size)
     except OSError as exc:
         raise AudioError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        f = sf.SoundFile(str(path))
+        # A WAV saved from a pipe (`... | tee take.wav`) is read as the piped bytes are.
+        f = sf.SoundFile(str(path)) if fill is None else _FilledSoundFile(path, *fill)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"{path}: not a readable WAV/FLAC file ({exc})") from None
+        why = exc if fill is None else _reason(exc)
+        raise AudioError(f"{path}: not a readable WAV/FLAC file ({why})") from None
     return _check_rate(path, f)
+
+
+def _reason(exc: Exception) -> str:
+    """libsndfile's reason, without "Error opening <..._LengthFilled object at 0x...>"."""
+    return str(getattr(exc, "error_string", exc))
+
+
+class _FilledSoundFile(sf.SoundFile):
+    """A SoundFile of a file whose WAV data length is filled in (_LengthFilled), which
+    closes that file when it is closed itself."""
+
+    def __init__(self, path: Path, at: int, size: int) -> None:
+        self._fh = fh = open(path, "rb")  # noqa: SIM115 (closed with this SoundFile)
+        try:
+            super().__init__(_LengthFilled(fh, at, size))
+        except BaseException:
+            fh.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._fh.close()
 
 
 def _check_rate(name: str | Path, f: sf.SoundFile) -> sf.SoundFile:
@@ -88,9 +114,8 @@ def _open_bytes(name: str, data: bytes) -> sf.SoundFile:
         f = sf.SoundFile(_LengthFilled(raw, *fill) if fill else raw)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         # Raw PCM (arecord without -t wav) has no header to say its rate or layout.
-        why = getattr(exc, "error_string", str(exc))  # without "<_io.BytesIO object at 0x..>"
         raise AudioError(
-            f"{name}: not a readable WAV/FLAC recording ({why}); pipe a WAV or FLAC file "
+            f"{name}: not a readable WAV/FLAC recording ({_reason(exc)}); pipe a WAV or FLAC file "
             "(with arecord: add -t wav)"
         ) from None
     return _check_rate(name, f)
