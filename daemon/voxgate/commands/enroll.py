@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="FILE",
         help="enrollment takes as WAV/FLAC (or OGG) files, one take per file, 8-192 kHz, "
-        "at most 120 s each (default: microphone)",
+        "at most 120 s each; - reads one take from standard input (default: microphone)",
     )
     p.add_argument(
         "--prompts",
@@ -297,6 +297,8 @@ def run(args: argparse.Namespace) -> int:
         return fail("--prompts needs --from and one digit string per file")
     if args.prompts and not all(p.isascii() and p.isdigit() for p in args.prompts):  # not '²'
         return fail("--prompts takes digit strings, e.g. --prompts 40712 95368")
+    if args.files and args.files.count("-") > 1:  # a second read finds standard input empty
+        return fail("--from: - (standard input) can hold one take; give the others as files")
     if args.files and args.max_takes is not None:  # was ignored: every file is a take
         return fail("--max-takes is for takes from the microphone; with --from each file is "
                     "a take: give the files to use")  # fmt: skip

@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples="""
         voxgate identify attempt.wav
         voxgate identify attempt.flac -c /etc/voxgate/voxgate.yaml --json
+        arecord -f S16_LE -r 16000 -d 4 -t wav | voxgate identify -
         """,
     )
     p.add_argument("file", metavar="FILE", help=AUDIO_FILE_HELP)

@@ -57,18 +57,19 @@ def load_cohort(cfg: Any, embedder: Any) -> Any:
 
 
 def read_file(path: str) -> Any:
-    """A take (enroll) or an attempt (verify, identify): the whole file or an error. A file
-    cut short is refused, not read as far as it goes: half a take made a voiceprint, and a
-    verdict on half an attempt came with one log line that was easy to miss."""
+    """A take (enroll) or an attempt (verify, identify) as 16 kHz int16, the whole file or
+    an error; path `-` reads it from standard input. A file cut short is refused, not read
+    as far as it goes: half a take made a voiceprint, and a verdict on half an attempt came
+    with one log line that was easy to miss."""
     from voxgate.audio import AudioError
-    from voxgate.audio.file import MAX_TAKE_S, read_audio
+    from voxgate.audio.file import MAX_TAKE_S, STDIN, STDIN_NAME, read_audio
 
     try:
         pcm = read_audio(path, max_s=MAX_TAKE_S, complete=True)
     except AudioError as exc:
         raise CommandError(str(exc)) from None
     if len(pcm) == 0:
-        raise CommandError(f"{path}: no audio in the file")
+        raise CommandError(f"{STDIN_NAME if path == STDIN else path}: no audio in the file")
     return pcm
 
 

@@ -20,9 +20,12 @@ from voxgate.commands.speaker_common import (
 
 # grep's convention: a script can tell "not this person" (1) from "could not check" (2).
 EXIT_MATCH, EXIT_NO_MATCH, EXIT_ERROR, EXIT_RETRY = 0, 1, 2, 4
-# What read_file takes (audio/file.py: MIN_RATE, MAX_RATE, MAX_TAKE_S): "any rate" was
-# said, and a 4 kHz or 10-minute file was then refused.
-AUDIO_FILE_HELP = "WAV/FLAC (or OGG) recording, 8-192 kHz, any channels, at most 120 s"
+# What read_file takes (audio/file.py: MIN_RATE, MAX_RATE, MAX_TAKE_S, MAX_PIPED_BYTES):
+# "any rate" was said, and a 4 kHz or 10-minute file was then refused.
+AUDIO_FILE_HELP = (
+    "WAV/FLAC (or OGG) recording, 8-192 kHz, any channels, at most 120 s; "
+    "- reads it from standard input (at most 200 MB piped)"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples="""
         voxgate verify alice attempt.wav
         voxgate verify alice attempt.flac -c /etc/voxgate/voxgate.yaml --json
+        arecord -f S16_LE -r 16000 -d 4 -t wav | voxgate verify alice -
         """,
     )
     p.add_argument("name", metavar="NAME", help="the claimed user")
