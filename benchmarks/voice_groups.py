@@ -6,7 +6,8 @@
 Prints the sizes of the shipped cohort's voice groups (`cohort.voice_groups`), the group each
 labelled speaker of vcc2018_eval (SF/TF women, SM/TM men) and fsdd (six men) falls in, and,
 with `--out` a folder `benchmarks/speaker_eval.py` filled, the back end's false-match rate at
-its threshold split into impostors of the claimed user's gender and of the other one.
+its threshold (and at each of `--thresholds`) split into impostors of the claimed user's gender
+and of the other one.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, help="speaker_eval.py's --out, for the FMR split")
     ap.add_argument("--kind", default="int8", choices=["int8", "float", "fp16-litert"])
+    ap.add_argument(
+        "--thresholds", type=float, nargs="*", default=[], help="more thresholds for the split"
+    )
     args = ap.parse_args()
     if not (args.data / "vcc2018_eval" / "manifest.csv").exists():
         print(f"no protocol sets under {args.data}", file=sys.stderr)
@@ -62,12 +66,15 @@ def main() -> int:
         for k in (0, 1):
             print(f"  {name}, group {k}: {' '.join(by_group[k]) or '-'}")
         if args.out:
-            split_fmr(args.out / f"{name}-{args.kind}", gender, es.speaker)
+            split_fmr(args.out / f"{name}-{args.kind}", gender, es.speaker, args.thresholds)
     return 0
 
 
-def split_fmr(folder: Path, gender: Callable[[str], str], speaker: Callable[[str], str]) -> None:
-    """FMR at the run's threshold among impostors of the claimed user's gender and the other."""
+def split_fmr(
+    folder: Path, gender: Callable[[str], str], speaker: Callable[[str], str], more: list[float]
+) -> None:
+    """FMR at the run's threshold (and `more`) among impostors of the claimed user's gender
+    and of the other."""
     report, scores = folder / "report.json", folder / "scores.csv"
     if not (report.exists() and scores.exists()):
         print(f"  ({folder}: no speaker_eval.py run there)")
@@ -81,10 +88,11 @@ def split_fmr(folder: Path, gender: Callable[[str], str], speaker: Callable[[str
                 continue
             kind = same if gender(row["model"]) == gender(speaker(row["path"])) else other
             kind.append(float(row["backend"]))
-    for label, s in (("same gender", same), ("other gender", other)):
-        if s:
-            hits = sum(x >= thr for x in s)
-            print(f"    FMR at {thr:.4f}, {label}: {100 * hits / len(s):.2f} % ({hits}/{len(s)})")
+    for t in [thr, *more]:
+        for label, s in (("same gender", same), ("other gender", other)):
+            if s:
+                hits = sum(x >= t for x in s)
+                print(f"    FMR at {t:.4f}, {label}: {100 * hits / len(s):.2f} % ({hits}/{len(s)})")
 
 
 if __name__ == "__main__":

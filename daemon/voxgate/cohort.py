@@ -383,6 +383,8 @@ def voice_groups(means: np.ndarray, center: np.ndarray) -> np.ndarray:
     axis = np.linalg.svd(x - x.mean(0), full_matrices=False)[2][0]
     proj = x @ axis
     group = np.argmax(x @ np.stack([x[np.argmin(proj)], x[np.argmax(proj)]]).T, axis=1)
+    if min(np.bincount(group, minlength=2)) == 0:  # every speaker alike: one group
+        return group
     for _ in range(100):
         cents = l2_normalize(np.stack([x[group == k].mean(0) for k in (0, 1)]))
         new = np.argmax(x @ cents.T, axis=1)
