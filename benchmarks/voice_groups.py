@@ -1,25 +1,31 @@
-"""The cohort's two voice groups, and why the threshold is calibrated within them
-(docs/speaker-verification.md, "Threshold from a target false-match rate").
+"""Calibrating the threshold within voice groups: measured, not adopted yet
+(docs/speaker-verification.md, "Calibrating within voice groups").
 
-    PYTHONPATH=daemon python benchmarks/voice_groups.py --data ../shared/data [--out eval-out]
+    PYTHONPATH=daemon python benchmarks/speaker_eval.py --data ../shared/data --out eval-out
+    PYTHONPATH=daemon python benchmarks/voice_groups.py --data ../shared/data --out eval-out
 
-Prints the sizes of the shipped cohort's voice groups (`cohort.voice_groups`), the group each
-labelled speaker of vcc2018_eval (SF/TF women, SM/TM men) and fsdd (six men) falls in, and,
-with `--out` a folder `benchmarks/speaker_eval.py` filled, the back end's false-match rate at
-its threshold (and at each of `--thresholds`) split into impostors of the claimed user's gender
-and of the other one.
+The shipped calibration counts every other cohort speaker as an impostor, half of them of the
+other gender. This prints:
+- the two voice groups `cohort.voice_groups` finds among the shipped cohort's speakers, and
+  the group of each labelled speaker of vcc2018_eval (SF/TF women, SM/TM men) and fsdd (six
+  men);
+- the threshold for each `--fmr` calibrated as shipped and within voice groups (the cohort's
+  pieces embedded again, cut as `--build-cohort` cuts them; about 20 s);
+- with `--out` (a folder `benchmarks/speaker_eval.py` filled), per protocol set, FMR and FNMR
+  of the back end's scores at both thresholds, the FMR split into impostors of the claimed
+  user's gender and of the other one where the set names genders.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from speaker_variants import cohort_embeddings
 
 from voxgate import cohort as cohortmod
 from voxgate.embedding import load_embedder
@@ -27,33 +33,29 @@ from voxgate.evaluation import load_recording, read_set
 from voxgate.voiceprints import l2_normalize
 
 REPO = Path(__file__).resolve().parent.parent
-# What each set's README says of its speakers; VCC 2018 names carry it (VCC2SF1: source female).
-GENDER: dict[str, Callable[[str], str]] = {
-    "vcc2018_eval": lambda spk: spk[5],
-    "fsdd": lambda spk: "M",
-}
+SETS = ["vcc2018_eval", "fsdd", "speechcommands_v001_sample"]
+# What each set says of its speakers: VCC 2018 names carry it (VCC2SF1: source, female);
+# fsdd's six speakers are men (its README).
+GENDER: dict[str, Callable[[str], str]] = {"vcc2018_eval": lambda s: s[5], "fsdd": lambda s: "M"}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--out", type=Path, help="speaker_eval.py's --out, for the FMR split")
-    ap.add_argument("--kind", default="int8", choices=["int8", "float", "fp16-litert"])
-    ap.add_argument(
-        "--thresholds", type=float, nargs="*", default=[], help="more thresholds for the split"
-    )
+    ap.add_argument("--out", type=Path, help="speaker_eval.py's --out, for the per-set figures")
+    ap.add_argument("--fmr", type=float, nargs="*", default=[0.001, 0.0001])
     args = ap.parse_args()
-    if not (args.data / "vcc2018_eval" / "manifest.csv").exists():
-        print(f"no protocol sets under {args.data}", file=sys.stderr)
+    if not (args.data / "resemblyzer_ls" / "manifest.csv").exists():
+        print(f"no evaluation sets under {args.data}", file=sys.stderr)
         return 2
-    embedder = load_embedder(REPO / "daemon" / "voxgate" / "models" / f"ge2e-{args.kind}.yaml")
-    cohort = cohortmod.load(cohortmod.default_dir() / (cohortmod.slug(embedder.model_id) + ".npz"))
-    assert cohort.center is not None
-    group = cohortmod.voice_groups(cohort.embeddings, cohort.center)
-    print(f"cohort {embedder.model_id}: voice groups of {np.bincount(group).tolist()} speakers")
+    embedder = load_embedder(REPO / "daemon" / "voxgate" / "models" / "ge2e-int8.yaml")
+    shipped = cohortmod.load(cohortmod.default_dir() / (cohortmod.slug(embedder.model_id) + ".npz"))
+    assert shipped.center is not None
+    group = cohortmod.voice_groups(shipped.embeddings, shipped.center)
+    print(f"{embedder.model_id}: cohort voice groups of {np.bincount(group).tolist()} speakers")
     cents = l2_normalize(
         np.stack(
-            [l2_normalize(cohort.embeddings[group == k] - cohort.center).mean(0) for k in (0, 1)]
+            [l2_normalize(shipped.embeddings[group == k] - shipped.center).mean(0) for k in (0, 1)]
         )
     )
     for name, gender in GENDER.items():
@@ -61,38 +63,67 @@ def main() -> int:
         by_group: dict[int, list[str]] = {0: [], 1: []}
         for model, recs in sorted(es.enroll.items()):
             takes = [embedder.embed(load_recording(es.root, r)) for r in recs]
-            emb = l2_normalize(np.mean(takes, 0) - cohort.center)
+            emb = l2_normalize(np.mean(takes, 0) - shipped.center)
             by_group[int(np.argmax(cents @ emb))].append(f"{model}({gender(model)})")
         for k in (0, 1):
             print(f"  {name}, group {k}: {' '.join(by_group[k]) or '-'}")
-        if args.out:
-            split_fmr(args.out / f"{name}-{args.kind}", gender, es.speaker, args.thresholds)
+
+    pieces, _ = cohort_embeddings(args.data, embedder)
+    pooled = cohortmod.build_centered(embedder.model_id, pieces)
+    grouped = cohortmod.build_centered(embedder.model_id, pieces, within_voice_groups=True)
+    print(
+        f"calibration: {pooled.info['calibration_trials']} impostor trials as shipped, "
+        f"{grouped.info['calibration_trials']} within voice groups "
+        f"(groups of {grouped.info['voice_groups']})"
+    )
+    thresholds = []
+    for f in args.fmr:
+        pair = (pooled.threshold_for(f), grouped.threshold_for(f))
+        thresholds.append(pair)
+        print(f"  FMR {f:g}: threshold {pair[0]:.4f} as shipped, {pair[1]:.4f} within groups")
+    if args.out:
+        for name in SETS:
+            per_set(args.out / f"{name}-int8", args.data / name, GENDER.get(name), thresholds)
     return 0
 
 
-def split_fmr(
-    folder: Path, gender: Callable[[str], str], speaker: Callable[[str], str], more: list[float]
+def per_set(
+    folder: Path,
+    set_dir: Path,
+    gender: Callable[[str], str] | None,
+    thresholds: list[tuple[float, float]],
 ) -> None:
-    """FMR at the run's threshold (and `more`) among impostors of the claimed user's gender
-    and of the other."""
-    report, scores = folder / "report.json", folder / "scores.csv"
-    if not (report.exists() and scores.exists()):
+    """FMR / FNMR of the back end's scores (scores.csv) at each threshold."""
+    if not (folder / "scores.csv").exists():
         print(f"  ({folder}: no speaker_eval.py run there)")
         return
-    thr = json.loads(report.read_text())["systems"]["backend"]["threshold"]
+    es = read_set(set_dir)
+    tar: list[float] = []
     same: list[float] = []
     other: list[float] = []
-    with scores.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            if row["target"] == "1" or row["backend"] == "":
-                continue
-            kind = same if gender(row["model"]) == gender(speaker(row["path"])) else other
-            kind.append(float(row["backend"]))
-    for t in [thr, *more]:
-        for label, s in (("same gender", same), ("other gender", other)):
-            if s:
-                hits = sum(x >= t for x in s)
-                print(f"    FMR at {t:.4f}, {label}: {100 * hits / len(s):.2f} % ({hits}/{len(s)})")
+    with (folder / "scores.csv").open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            # An unscored trial (no voiceprint or embedding) is a no match, as eval counts it.
+            s = float(row["backend"]) if row["backend"] else -np.inf
+            if row["target"] == "1":
+                tar.append(s)
+            elif gender is None or gender(row["model"]) == gender(es.speaker(row["path"])):
+                same.append(s)
+            else:
+                other.append(s)
+    print(f"  {set_dir.name}:")
+    for pair in thresholds:
+        for label, t in zip(("as shipped", "within groups"), pair, strict=True):
+            fnmr = 100 * np.mean(np.array(tar) < t)
+            fmr = 100 * np.mean(np.array(same + other) >= t)
+            line = f"    {label} {t:.4f}: FMR {fmr:.2f} %, FNMR {fnmr:.2f} %"
+            if gender is not None and other:
+                n_same, n_other = (
+                    int(np.sum(np.array(same) >= t)),
+                    int(np.sum(np.array(other) >= t)),
+                )
+                line += f" (same gender {n_same}/{len(same)}, other {n_other}/{len(other)})"
+            print(line)
 
 
 if __name__ == "__main__":

@@ -256,15 +256,6 @@ def for_model(model_id: str, path: Path | None = None, sha256: str | None = None
             f"{path}: cohort built from another file or preprocessing of model {model_id} (tie "
             f"{built_with[:12]}, loaded {sha256[:12]}); rebuild it: {_rebuild_command(cohort)}"
         )
-    if cohort.method == "center" and "voice_groups" not in cohort.info:
-        # Still usable, but its threshold is too low for the target it is asked for.
-        log.warning(
-            "%s: calibrated by an earlier voxgate, on impostors of either voice group (about "
-            "half of them of the other gender, whom the model never confuses), so strangers of "
-            "a user's own gender pass more often than speaker.target_fmr says; rebuild it: %s",
-            path,
-            _rebuild_command(cohort),
-        )
     return cohort
 
 
@@ -377,8 +368,8 @@ def centered_cosine(a: np.ndarray, b: np.ndarray, center: np.ndarray) -> np.ndar
 def voice_groups(means: np.ndarray, center: np.ndarray) -> np.ndarray:
     """Split speakers (rows: unit speaker means) into two groups of like voices: 2-means on
     the centred means, started from the two ends of their first principal axis, so a rebuild
-    gives the same split. On the labelled speakers here (vcc2018_eval, fsdd) it separates
-    women from men, which is what an impostor who chooses whom to imitate shares."""
+    gives the same split. With the shipped cohort's groups, every labelled speaker of
+    vcc2018_eval and fsdd falls in the group of its gender (benchmarks/voice_groups.py)."""
     x = l2_normalize(np.asarray(means, np.float64) - center)
     axis = np.linalg.svd(x - x.mean(0), full_matrices=False)[2][0]
     proj = x @ axis
@@ -400,23 +391,25 @@ def build_centered(
     top_k: int = 100,
     info: dict[str, Any] | None = None,
     model_pieces: int = MODEL_PIECES,
+    within_voice_groups: bool = False,
 ) -> Cohort:
     """A "center" cohort from short-piece embeddings per speaker, calibrated like a door.
 
     Calibration, in two speaker folds: the speakers of one fold make the trials (a model is the
     mean of a speaker's first `model_pieces` pieces, as enrollment averages takes; each later
     piece is one attempt, against every model of the fold), while the centre is taken from the
-    other fold only, so no trial speaker shapes its own normalization.
+    other fold only, so no trial speaker shapes its own normalization. within_voice_groups:
+    a model's impostors only from its own voice group (voice_groups), as same-gender
+    non-target trials; measured, not the shipped calibration (docs/speaker-verification.md).
     """
     names = sorted(s for s in speakers if len(speakers[s]) > 0)
     if len(names) < 10:
         raise CohortError("need at least 10 cohort speakers")
     entries = l2_normalize(np.stack([l2_normalize(np.stack(speakers[s]).mean(0)) for s in names]))
     all_pieces = np.stack([e for s in names for e in speakers[s]])
-    # Impostor trials only within a group of like voices (same-gender non-target trials, as
-    # speaker-recognition evaluations make them): a cross-gender impostor is no test of the
-    # threshold, and counting those trials made the FMR look several times lower than it is.
-    group = dict(zip(names, voice_groups(entries, center_of(all_pieces)).tolist(), strict=True))
+    split = voice_groups(entries, center_of(all_pieces)) if within_voice_groups else None
+    one = np.zeros(len(names), dtype=int)  # without the split: every impostor counts
+    group = dict(zip(names, (split if split is not None else one).tolist(), strict=True))
     folds = [names[0::2], names[1::2]]
     non: list[np.ndarray] = []
     tar: list[np.ndarray] = []
@@ -451,13 +444,15 @@ def build_centered(
             "calibration_eer_percent": round(100 * eer(np.concatenate(tar), norm), 3),
             "calibration_protocol": f"two speaker folds; model = mean of {model_pieces} "
             f"pieces of {PIECE_S[0]:g}-{PIECE_S[1]:g} s, attempt = one later piece; centre "
-            "from the other fold; impostors from the model's own voice group",
-            "voice_groups": sorted(np.bincount(list(group.values()), minlength=2).tolist()),
+            "from the other fold",
             "raw_cosine_calibration": [
                 {"fmr": f, "threshold": float(np.quantile(cos, 1 - f))} for f in CALIBRATION_FMRS
             ],
         }
     )
+    if split is not None:
+        info["calibration_protocol"] += "; impostors from the model's own voice group"
+        info["voice_groups"] = sorted(np.bincount(split, minlength=2).tolist())
     log.info("cohort: %d speakers, %d impostor calibration trials", len(names), len(norm))
     return Cohort(
         model_id, entries, top_k, calibration, info, method="center", center=center_of(all_pieces)
