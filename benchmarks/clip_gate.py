@@ -140,7 +140,7 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
                 of_trial,
                 target,
                 scores,
-                cohort.threshold_for(cfg.speaker.target_fmr),
+                args.threshold or cohort.threshold_for(cfg.speaker.target_fmr),
                 report["systems"]["backend"]["eer_percent"],
             )
         )
@@ -252,6 +252,12 @@ def main() -> int:
         "without the loudness (binned by the loud recording's clipped fraction)",
     )
     ap.add_argument("--levels", nargs="+", type=float, default=LEVELS, help="for the clean check")
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        help="score threshold instead of the shipped cohort's for speaker.target_fmr "
+        "(e.g. one benchmarks/voice_groups.py prints)",
+    )
     args = ap.parse_args()
     if 1 not in args.gains:
         ap.error("--gains must include 1 (the unmodified recordings the rule compares with)")
@@ -270,7 +276,8 @@ def main() -> int:
         for name in args.sets:
             rows += run_set(name, args, embedder, Path(tmp))
     s = VoxgateConfig().speaker
-    print(f"int8, threshold {rows[0].threshold:.3f} (target FMR {s.target_fmr:g}); test "
+    why = "given" if args.threshold else f"target FMR {s.target_fmr:g}"
+    print(f"int8, threshold {rows[0].threshold:.3f} ({why}); test "
           "recordings louder by each gain, saturated at int16 full scale; enrollment clean; "
           "every trial scored\n")  # fmt: skip
     print("| set | gain | clipped, median | clipped, p90 | FNMR | FMR | EER | gate retries now |")

@@ -266,7 +266,8 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
                 retry[of_trial],
                 np.array([t for _, _, t in es.trials]),
                 scores,
-                cohort.threshold_for(s.target_fmr),  # Scorer.threshold(1) without speaker.threshold
+                # Scorer.threshold(1) without speaker.threshold
+                args.threshold or cohort.threshold_for(s.target_fmr),
                 back["eer_percent"],
                 f"{back['rejected_enroll_takes']}/{sum(len(t) for t in es.enroll.values())}",
                 quality,
@@ -347,6 +348,12 @@ def main() -> int:
         help="with --room: gate the utterances as files (no pauses: the lower level), as the "
         "door did before it treated an utterance without pauses as noise",
     )
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        help="score threshold instead of the shipped cohort's for speaker.target_fmr "
+        "(e.g. one benchmarks/voice_groups.py prints)",
+    )
     args = ap.parse_args()
     if args.band_levels and not args.floors:  # else they would print nothing
         ap.error("--band-levels needs --floors")
@@ -367,7 +374,8 @@ def main() -> int:
             rows += run_set(name, args, embedder, Path(tmp))
     s = config(args).speaker
     print(
-        f"int8, threshold {rows[0].threshold:.3f} (target FMR {s.target_fmr:g}); gate: "
+        f"int8, threshold {rows[0].threshold:.3f} "
+        f"({'given' if args.threshold else f'target FMR {s.target_fmr:g}'}); gate: "
         f"net speech >= {s.min_speech_s:g} s, estimated SNR >= {s.min_snr_db:g} dB "
         f"(>= {s.min_snr_db_no_pauses:g} dB without pauses); enrollment takes >= "
         f"{s.enroll_min_snr_db:g} dB (>= {s.enroll_min_snr_db_no_pauses:g}); "

@@ -365,25 +365,51 @@ def centered_cosine(a: np.ndarray, b: np.ndarray, center: np.ndarray) -> np.ndar
     return np.sum(a * b, axis=1)
 
 
+def voice_groups(means: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Split speakers (rows: unit speaker means) into two groups of like voices: 2-means on
+    the centred means, started from the two ends of their first principal axis, so a rebuild
+    gives the same split. With the shipped cohort's groups, every labelled speaker of
+    vcc2018_eval and fsdd falls in the group of its gender (benchmarks/voice_groups.py)."""
+    x = l2_normalize(np.asarray(means, np.float64) - center)
+    axis = np.linalg.svd(x - x.mean(0), full_matrices=False)[2][0]
+    proj = x @ axis
+    group = np.argmax(x @ np.stack([x[np.argmin(proj)], x[np.argmax(proj)]]).T, axis=1)
+    if min(np.bincount(group, minlength=2)) == 0:  # every speaker alike: one group
+        return group
+    for _ in range(100):
+        cents = l2_normalize(np.stack([x[group == k].mean(0) for k in (0, 1)]))
+        new = np.argmax(x @ cents.T, axis=1)
+        if np.array_equal(new, group) or min(np.bincount(new, minlength=2)) == 0:
+            break
+        group = new
+    return group
+
+
 def build_centered(
     model_id: str,
     speakers: dict[str, list[np.ndarray]],
     top_k: int = 100,
     info: dict[str, Any] | None = None,
     model_pieces: int = MODEL_PIECES,
+    within_voice_groups: bool = False,
 ) -> Cohort:
     """A "center" cohort from short-piece embeddings per speaker, calibrated like a door.
 
     Calibration, in two speaker folds: the speakers of one fold make the trials (a model is the
     mean of a speaker's first `model_pieces` pieces, as enrollment averages takes; each later
     piece is one attempt, against every model of the fold), while the centre is taken from the
-    other fold only, so no trial speaker shapes its own normalization.
+    other fold only, so no trial speaker shapes its own normalization. within_voice_groups:
+    a model's impostors only from its own voice group (voice_groups), as same-gender
+    non-target trials; measured, not the shipped calibration (docs/speaker-verification.md).
     """
     names = sorted(s for s in speakers if len(speakers[s]) > 0)
     if len(names) < 10:
         raise CohortError("need at least 10 cohort speakers")
     entries = l2_normalize(np.stack([l2_normalize(np.stack(speakers[s]).mean(0)) for s in names]))
     all_pieces = np.stack([e for s in names for e in speakers[s]])
+    split = voice_groups(entries, center_of(all_pieces)) if within_voice_groups else None
+    one = np.zeros(len(names), dtype=int)  # without the split: every impostor counts
+    group = dict(zip(names, (split if split is not None else one).tolist(), strict=True))
     folds = [names[0::2], names[1::2]]
     non: list[np.ndarray] = []
     tar: list[np.ndarray] = []
@@ -401,9 +427,11 @@ def build_centered(
         ct = l2_normalize(t_mat - center)
         scores = ct @ cm.T  # (tests, models)
         same = owner[:, None] == np.arange(len(usable))[None, :]
+        g = np.array([group[s] for s in usable])
+        impostor = ~same & (g[owner][:, None] == g[None, :])
         tar.append(scores[same])
-        non.append(scores[~same])
-        raw_non.append((t_mat @ models.T)[~same])
+        non.append(scores[impostor])
+        raw_non.append((t_mat @ models.T)[impostor])
     norm, cos = np.concatenate(non), np.concatenate(raw_non)
     calibration = tuple((f, float(np.quantile(norm, 1 - f))) for f in CALIBRATION_FMRS)
     from voxgate.evaluation import eer
@@ -422,6 +450,9 @@ def build_centered(
             ],
         }
     )
+    if split is not None:
+        info["calibration_protocol"] += "; impostors from the model's own voice group"
+        info["voice_groups"] = sorted(np.bincount(split, minlength=2).tolist())
     log.info("cohort: %d speakers, %d impostor calibration trials", len(names), len(norm))
     return Cohort(
         model_id, entries, top_k, calibration, info, method="center", center=center_of(all_pieces)

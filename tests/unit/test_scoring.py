@@ -293,6 +293,69 @@ def test_centered_cohort_calibrates_and_transfers() -> None:
     assert gap_centered > gap_raw
 
 
+class TwoKinds(SharedChannel):
+    """SharedChannel voices of two kinds (as women and men): each leans to its kind's side."""
+
+    def __init__(self, seed: int, n: int) -> None:
+        super().__init__(seed, n)
+        kinds = l2_normalize(np.random.default_rng(99).normal(size=(2, DIM)))
+        self.kind = np.arange(n) // 2 % 2  # not the folds' alternation (sorted names)
+        self.centres = l2_normalize(self.centres + 1.2 * kinds[self.kind])
+
+
+def test_voice_groups_find_the_two_kinds_whatever_the_order() -> None:
+    v = TwoKinds(3, 60)
+    means = np.stack([l2_normalize(v.utt(i, 6).mean(0)) for i in range(60)])
+    center = cohortmod.center_of(means)
+    group = cohortmod.voice_groups(means, center)
+    assert np.array_equal(group, v.kind) or np.array_equal(group, 1 - v.kind)
+    order = np.random.default_rng(0).permutation(60)
+    again = cohortmod.voice_groups(means[order], center)
+    assert np.array_equal(again == again[0], group[order] == group[order][0])
+
+
+def test_calibration_within_voice_groups_takes_impostors_of_the_models_own_group() -> None:
+    v = TwoKinds(4, 80)
+    speakers = {f"c{i:02d}": list(v.utt(i, 6)) for i in range(80)}
+    grouped = cohortmod.build_centered(MODEL, speakers, top_k=20, within_voice_groups=True)
+    # Two folds of 40 speakers, 20 of each kind; a model (3 pieces) meets the 3 later
+    # pieces of each of the 19 other speakers of its kind in its fold.
+    assert grouped.info["calibration_trials"] == 2 * 40 * 19 * 3
+    assert grouped.info["voice_groups"] == [40, 40]
+    pooled = cohortmod.build_centered(MODEL, speakers, top_k=20)  # as shipped: every impostor
+    assert pooled.info["calibration_trials"] == 2 * 40 * 39 * 3
+    assert "voice_groups" not in pooled.info
+    # The other kind's impostors are easy to refuse: counted, they pulled the threshold down.
+    for fmr in (0.1, 0.01, 0.001):
+        assert grouped.threshold_for(fmr) > pooled.threshold_for(fmr) + 0.01
+
+
+def test_shipped_cohort_groups_put_women_and_men_apart(shared_data: Path) -> None:
+    """The voice groups of the shipped cohort, on speakers whose gender is known
+    (vcc2018_eval names them: SF/TF women, SM/TM men), as benchmarks/voice_groups.py prints
+    them (docs/speaker-verification.md: "Calibrating within voice groups")."""
+    from voxgate.embedding import load_embedder
+    from voxgate.evaluation import load_recording, read_set
+
+    card = Path(cohortmod.__file__).parent / "models" / "ge2e-int8.yaml"
+    embedder = load_embedder(card)
+    cohort = cohortmod.load(cohortmod.default_dir() / (cohortmod.slug(embedder.model_id) + ".npz"))
+    group = cohortmod.voice_groups(cohort.embeddings, cohort.center)
+    cents = l2_normalize(
+        np.stack(
+            [l2_normalize(cohort.embeddings[group == k] - cohort.center).mean(0) for k in (0, 1)]
+        )
+    )
+    es = read_set(shared_data / "vcc2018_eval")
+    side = {}
+    for model, recs in es.enroll.items():
+        emb = l2_normalize(np.mean([embedder.embed(load_recording(es.root, r)) for r in recs], 0))
+        side[model] = int(np.argmax(cents @ l2_normalize(emb - cohort.center)))
+    women = {side[m] for m in side if m[5] == "F"}
+    men = {side[m] for m in side if m[5] == "M"}
+    assert len(women) == 1 and len(men) == 1 and women != men, side
+
+
 def test_scorer_uses_the_cohort_method(tmp_path: Path) -> None:
     v = SharedChannel(5, 3)
     store = VoiceprintStore(tmp_path / "vp.db", bytes(32))
