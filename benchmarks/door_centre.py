@@ -87,6 +87,14 @@ def main() -> int:
     args = ap.parse_args()
     cohort = cohortmod.load(cohortmod.default_dir() / "ge2e-resemblyzer-0.1.4--int8.npz")
     assert cohort.center is not None
+    missing = [n for n in SETS if not (args.out / f"{n}-int8").is_dir()]
+    if missing:
+        print(
+            f"door_centre.py: no {', '.join(missing)} run in {args.out}: run "
+            f"benchmarks/speaker_eval.py --out {args.out} first",
+            file=sys.stderr,
+        )
+        return 2
     print("EER % of the centred cosine, by where the centre comes from")
     print(
         "| set | cohort | "
@@ -96,11 +104,6 @@ def main() -> int:
     print("|---" * (2 + 2 * len(args.weight)) + "|")
     for name in SETS:
         folder = args.out / f"{name}-int8"
-        if not folder.is_dir():
-            print(
-                f"{folder}: run benchmarks/speaker_eval.py --out {args.out} first", file=sys.stderr
-            )
-            return 2
         cells = row(read_set(args.data / name), cached(folder), cohort.center, args.weight)
         print(f"| {name} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
     return 0

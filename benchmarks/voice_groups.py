@@ -45,8 +45,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="speaker_eval.py's --out, for the per-set figures")
     ap.add_argument("--fmr", type=float, nargs="*", default=[0.001, 0.0001])
     args = ap.parse_args()
-    if not (args.data / "resemblyzer_ls" / "manifest.csv").exists():
-        print(f"no evaluation sets under {args.data}", file=sys.stderr)
+    need = ["resemblyzer_ls", *GENDER]
+    missing = [n for n in need if not (args.data / n / "manifest.csv").is_file()]
+    missing += [
+        n for n in GENDER if n not in missing and not (args.data / n / "enroll.csv").is_file()
+    ]
+    if missing:
+        print(f"voice_groups.py: not in {args.data}: {', '.join(missing)}", file=sys.stderr)
         return 2
     embedder = load_embedder(REPO / "daemon" / "voxgate" / "models" / "ge2e-int8.yaml")
     shipped = cohortmod.load(cohortmod.default_dir() / (cohortmod.slug(embedder.model_id) + ".npz"))

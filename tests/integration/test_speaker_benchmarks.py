@@ -44,6 +44,8 @@ CASES = [
         "vcc2018_eval",
     ),
     ("speaker_variants.py", ["--data", "{tmp}/data", "--out", "{tmp}/o"], "speaker_eval.py"),
+    ("door_centre.py", ["--data", "{tmp}/data", "--out", "{tmp}/o"], "speaker_eval.py"),
+    ("voice_groups.py", ["--data", "{tmp}/data"], "resemblyzer_ls, vcc2018_eval, fsdd"),
     ("speaker_trim_cost.py", ["--data", "{tmp}/data"], "vcc2018_eval"),
     ("embed_breakdown.py", ["--card", "{tmp}/none.yaml"], "none.yaml"),
     ("embed_breakdown.py", ["--cpu", "99999"], "--cpu"),
