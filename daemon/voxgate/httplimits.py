@@ -19,6 +19,13 @@ is one party, the device itself, or a local user took every slot with 127.0.0.2,
 Clients on the door's own network (the /64 of the address they reached, or link-local) count
 per address, as on IPv4: with SLAAC every device of the LAN shares that /64, and one of them
 holding a few connections (a browser) had Home Assistant and the admin refused.
+
+A slot is held by a thread, and a thread lives on a little after its answer went out (werkzeug
+looks for an unread body, then the socket is closed): a client that waits for each answer
+and opens its next connection at once (http.client after `Connection: close`) found its
+earlier, finished connections still counted, and under CPU load got 503 busy with nothing
+else open. So a connection whose answer has begun and whose client has closed it holds no
+slot: its thread has nothing left to wait for from the client, its reads end at once.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import ipaddress
 import json
 import logging
 import math
+import select
 import socket
 import sys
 import threading
@@ -114,6 +122,25 @@ def upload_deadline(max_body_bytes: int) -> float:
     return REQUEST_DEADLINE_S + max_body_bytes / MIN_UPLOAD_BYTES_PER_S
 
 
+# poll() events of a socket whose client has closed it (at least its sending side) or reset it.
+# Without POLLRDHUP (not Linux) a finished connection holds its slot until its thread ends.
+_PEER_GONE = getattr(select, "POLLRDHUP", 0) | getattr(select, "POLLHUP", 0)
+
+
+def peer_gone(sock: Any) -> bool:
+    """The client has closed `sock` (or at least its sending side) or reset it: a read on
+    it no longer waits. Never waits itself; False when the socket is closed here already."""
+    if not hasattr(select, "poll") or not getattr(select, "POLLRDHUP", 0):
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sock, _PEER_GONE)
+        events = poller.poll(0)
+    except (OSError, ValueError):  # closed by its thread meanwhile (fileno -1)
+        return False
+    return any(ev & (_PEER_GONE | select.POLLERR) for _, ev in events)
+
+
 def busy_reply(message: str) -> bytes:
     """The 503 a connection over the limit gets before it is closed."""
     body = (json.dumps({"error": "busy", "message": message}) + "\r\n").encode()
@@ -130,7 +157,9 @@ class ConnectionLimit:
     (client_group: an IPv4 address, an IPv6 /64 or on the door's network an address, all
     of loopback), and
     clients that are not loopback together at most `max_connections - loopback_reserved`.
-    One more gets `busy` and is closed at once."""
+    One more gets `busy` and is closed at once, unless a connection whose answer has begun
+    (reply_begun, told by HeaderDeadline) has been closed by its client: that one gives its
+    slot back first, as its thread has only to finish (no read of it can wait any more)."""
 
     max_connections = MAX_CONNECTIONS
     per_address = PER_ADDRESS_CONNECTIONS
@@ -143,6 +172,7 @@ class ConnectionLimit:
     _lock: threading.Lock | None = None
     _open: dict[str, int] | None = None
     _groups: dict[int, str] | None = None  # id(socket) -> the group its slot counts for
+    _answered: dict[int, Any] | None = None  # id(socket) -> socket, its reply begun
     _remote = 0
     _refused = 0
     _refusal_logged = -math.inf
@@ -152,7 +182,15 @@ class ConnectionLimit:
         none."""
         if self._lock is None or self._open is None:
             # Only the serving thread calls this first, so the lazy creation does not race.
-            self._lock, self._open, self._groups = threading.Lock(), {}, {}
+            self._lock, self._open, self._groups, self._answered = threading.Lock(), {}, {}, {}
+        reply = self._try_take(host)
+        # Only when refusing: a poll() per answered connection, none on the way in.
+        if reply is not None and self._free_finished():
+            reply = self._try_take(host)
+        return reply
+
+    def _try_take(self, host: str) -> bytes | None:
+        assert self._lock is not None and self._open is not None
         with self._lock:
             total = sum(self._open.values())
             mine = self._open.get(host, 0)
@@ -168,9 +206,17 @@ class ConnectionLimit:
                 self._remote += 1
             return None
 
-    def _give_back(self, host: str) -> None:
-        assert self._lock is not None and self._open is not None
+    def _release_key(self, key: int) -> bool:
+        """Give back the slot of the connection whose id(socket) is `key`; False: it held
+        none (refused, or given back already)."""
+        if self._lock is None or self._open is None or self._groups is None:
+            return False
         with self._lock:
+            if self._answered is not None:
+                self._answered.pop(key, None)
+            host = self._groups.pop(key, None)
+            if host is None:
+                return False
             left = self._open.get(host, 0) - 1
             if left > 0:
                 self._open[host] = left
@@ -178,6 +224,30 @@ class ConnectionLimit:
                 self._open.pop(host, None)
             if host != LOOPBACK_GROUP:
                 self._remote -= 1
+            return True
+
+    def _free_finished(self) -> bool:
+        """Give back the slots of connections answered and closed by their client; True if
+        any was."""
+        assert self._lock is not None and self._answered is not None
+        with self._lock:
+            answered = list(self._answered.items())
+        # peer_gone outside the lock; its thread may meanwhile give the slot back itself,
+        # then _release_key finds none.
+        return any([self._release_key(key) for key, sock in answered if peer_gone(sock)])
+
+    def reply_begun(self, request: Any, begun: bool = True) -> None:
+        """The connection's answer has begun (False: the next request on it has). Called
+        by the request's thread before the answer's first byte is sent, so before its
+        client can have read it, closed the connection and opened its next one."""
+        if self._lock is None or self._groups is None or self._answered is None:
+            return
+        key = id(request)
+        with self._lock:
+            if begun and key in self._groups:
+                self._answered[key] = request
+            else:
+                self._answered.pop(key, None)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         host = str(client_address[0]) if client_address else ""
@@ -208,14 +278,14 @@ class ConnectionLimit:
                 pass
             self.shutdown_request(request)  # type: ignore[attr-defined]
             return
-        assert self._groups is not None
+        assert self._groups is not None and self._lock is not None
         # The socket's own address is gone once it is closed: give back the group taken.
-        self._groups[id(request)] = group
+        with self._lock:
+            self._groups[id(request)] = group
         try:
             super().process_request(request, client_address)  # type: ignore[misc]
         except BaseException:
-            self._groups.pop(id(request), None)
-            self._give_back(group)
+            self._release_key(id(request))
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -231,9 +301,7 @@ class ConnectionLimit:
         super().shutdown_request(request)  # type: ignore[misc]
 
     def _release(self, request: Any) -> None:
-        group = self._groups.pop(id(request), None) if self._groups is not None else None
-        if group is not None:  # None: a refused connection, or given back already
-            self._give_back(group)
+        self._release_key(id(request))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went silent (the timeout) or away is no error worth a traceback.
@@ -311,6 +379,7 @@ class HeaderDeadline:
         setattr(self, "rfile", io.BufferedReader(self._reader))  # noqa: B010
 
     def _start_request(self) -> None:
+        self._tell_reply_begun(False)
         now = time.monotonic()
         self._in_headers = True
         self._request_due = now + max(self.request_deadline, self.header_timeout)
@@ -339,7 +408,17 @@ class HeaderDeadline:
             # The reply is written with the socket's timeout: not what was left of the deadline.
             self.connection.settimeout(getattr(self, "timeout", None))  # type: ignore[attr-defined]
 
+    def _tell_reply_begun(self, begun: bool) -> None:
+        # The server's connection limit (ConnectionLimit), if it has one.
+        tell = getattr(getattr(self, "server", None), "reply_begun", None)
+        if tell is not None:
+            tell(getattr(self, "connection", None), begun)
+
     def send_response(self, *args: Any, **kwargs: Any) -> None:
+        # Before the status line is written: once the client has the answer it may close
+        # the connection and open its next one. (werkzeug starts every answer here; wsgiref,
+        # under the metrics endpoint, only its errors.)
+        self._tell_reply_begun(True)
         super().send_response(*args, **kwargs)  # type: ignore[misc]
         reader = self._reader
         if not self._in_headers:  # a reply to a request whose headers are in: the body is over

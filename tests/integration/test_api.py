@@ -958,10 +958,11 @@ def test_a_client_that_waits_for_each_answer_is_never_refused_as_busy(
     api: dict, tmp_path: Path
 ) -> None:
     """A connection's slot was given back only after its socket was closed: a client that
-    opened its next connection as soon as it read the answer's end could find its earlier
-    slots still held, and got 503 busy with nothing else open (seen under load, in
-    test_a_flood_of_requests_without_the_token_is_logged_within_a_limit). One slot per
-    client makes any slot held past the close a refusal."""
+    opened its next connection as soon as it read the answer's end (the server's close)
+    could find its earlier slots still held, and got 503 busy with nothing else open. One
+    slot per client makes any slot held past the close a refusal. (A client that stops
+    reading at Content-Length, before the server closes, as http.client does: the tests
+    of answered threads in test_api_limits.py.)"""
     server = _small_api(api, tmp_path)
     server._server.per_address = 1
     try:

@@ -3,7 +3,9 @@ how long one request may hold its slot."""
 
 from __future__ import annotations
 
+import http.client
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 
 pytest.importorskip("flask")
 
+from mqtt_helpers import wait_until
 from socket_helpers import sent_so_far
 
 from voxgate.api import ApiServer, UserAdmin, create_app
@@ -275,3 +278,83 @@ def test_an_ipv6_host_rotating_addresses_in_its_64_counts_once() -> None:
     # Devices on the door's own /64 are clients of their own (as IPv4 addresses are): with
     # the whole LAN one client, the second device's connections were refused.
     assert int(lan_refused) == 0, done.stdout
+
+
+def _hold_after_answer(server: ApiServer, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list]:
+    """Keep each request's thread, once its answer is out, from ending until the returned
+    event is set (a thread the scheduler runs late, as on a loaded machine); the list holds
+    the handlers waiting."""
+    handler = server._server.RequestHandlerClass
+    finish = handler.finish
+    go, waiting = threading.Event(), []
+
+    def finish_later(self: Any) -> None:
+        waiting.append(self)
+        go.wait(30)
+        finish(self)
+
+    monkeypatch.setattr(handler, "finish", finish_later)
+    return go, waiting
+
+
+def test_a_client_that_waits_for_each_answer_is_not_refused_for_threads_still_ending(
+    make_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread ends a little after its answer went out (werkzeug looks for an unread body,
+    then closes), and its slot was held till then: a client that read each answer, closed,
+    and connected again at once (http.client after `Connection: close`) found its earlier
+    connections still counted and got 503 busy. Under CPU load that was 30 runs in 40 of
+    a 200-request loop (test_api's flood of requests without the token). Here every
+    thread waits after its answer until the end, so each request finds all the earlier
+    ones not ended."""
+    from voxgate.httplimits import MAX_CONNECTIONS
+
+    server = make_api()
+    go, waiting = _hold_after_answer(server, monkeypatch)
+    try:
+        statuses = []
+        for _ in range(2 * MAX_CONNECTIONS):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.request("GET", "/api/v1/users", headers={"Authorization": "Bearer wrong"})
+            resp = conn.getresponse()
+            statuses.append((resp.status, resp.read()[:100]))
+            conn.close()
+        assert all(status == 401 for status, _ in statuses), statuses
+        # Every one of them answered and not ended, twice the server's limit.
+        wait_until(lambda: len(waiting) == 2 * MAX_CONNECTIONS, 10, "every answered thread waiting")
+    finally:
+        go.set()
+
+
+def test_connections_answered_but_kept_open_still_hold_their_slots(
+    make_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished connection gives its slot back early only once its client has closed it:
+    one kept open can still send (a body after the 401, read for up to DRAIN_S), so it
+    counts until its thread ends, and a client still gets at most its share of threads."""
+    from voxgate.httplimits import PER_ADDRESS_CONNECTIONS
+
+    server = make_api()
+    go, _ = _hold_after_answer(server, monkeypatch)
+    kept = []
+    try:
+        for _ in range(PER_ADDRESS_CONNECTIONS):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            kept.append(s)
+            s.sendall(b"GET /api/v1/users HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 401")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            refused = b""  # a refusal is closed at once: read to the end
+            while chunk := s.recv(4096):
+                refused += chunk
+        assert refused.startswith(b"HTTP/1.1 503"), refused
+        assert b"from this address" in refused, refused
+        # Closed by the client: their slots are free though their threads have not ended.
+        for s in kept:
+            s.close()
+        answer = _ask_health("127.0.0.1", server.port)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+    finally:
+        for s in kept:
+            s.close()
+        go.set()
