@@ -6,9 +6,11 @@ import math
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from voxgate.audio.convert import (
     DC_BLOCK,
@@ -221,3 +223,93 @@ def test_clipped_samples_stay_at_full_scale() -> None:
     assert np.array_equal(y[rails], x[rails])
     assert assess(y).clipped >= assess(x).clipped  # the gate sees at least what came in
     assert not np.array_equal(y[~rails], x[~rails])  # the rest is filtered as ever
+
+
+# --- clipping through a 44.1/48 kHz input --------------------------------------------------
+
+# Real speech (fsdd digits, a vcc2018 sentence) that a microphone 4 times too hot with a
+# 1000 LSB offset clips: at 16 kHz they read 0.58-6.5 % clipped; at 44.1/48 kHz they read
+# 0.05, 0.3-0.4, 2.3-2.8, 3.9-4.0 and ~1.4 % before their clipped tops were kept
+# (benchmarks/clip_rates.py has whole sets).
+CLIPPED_TAKES = [
+    "fsdd/audio/theo/recordings_7_theo_27.flac",
+    "fsdd/audio/george/recordings_9_george_20.flac",
+    "fsdd/audio/lucas/recordings_8_lucas_46.flac",
+    "fsdd/audio/jackson/recordings_0_jackson_3.flac",
+    "vcc2018_eval/audio/VCC2SF1/30014.flac",
+]
+
+
+def _hot_take(pcm16k: np.ndarray, rate: int, gain: float, offset: float) -> np.ndarray:
+    """The take as a microphone at `rate` with a DC offset, `gain` times too hot, delivers it:
+    the speech sampled at that rate (scipy's resampler, not the one under test), the offset
+    added, then clipped at int16 full scale."""
+    from scipy.signal import resample_poly
+
+    g = math.gcd(rate, 16000)
+    x = pcm16k.astype(np.float64)
+    if rate != 16000:
+        x = resample_poly(x, rate // g, 16000 // g)
+    return np.clip(np.rint(x * gain + offset), -32768, 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_a_hot_take_at_44k_or_48k_reads_as_clipped_as_at_16k(
+    rate: int, shared_data: Path, tmp_path: Path
+) -> None:
+    """Resampled, a clipped top ripples below the gate's clipping level and the DC removal
+    moves it by the offset: 44.1/48 kHz takes read a third less clipped than the same takes
+    at 16 kHz, and takes the gate retries at 16 kHz (> 0.1 %) went through (theo: 0.05 %)."""
+    from voxgate.audio.file import read_audio
+    from voxgate.config import VoxgateConfig
+    from voxgate.quality import assess
+
+    level = VoxgateConfig().speaker.max_clipped
+    for rel in CLIPPED_TAKES:
+        clean = read_audio(shared_data / rel)
+        read = {}
+        for r in (16000, rate):
+            wav = tmp_path / f"{r}.wav"
+            sf.write(wav, _hot_take(clean, r, 4.0, 1000.0), r, subtype="PCM_16")
+            read[r] = assess(read_audio(wav)).clipped
+        assert read[16000] > level, rel  # the premise: the gate retries it at 16 kHz
+        assert read[rate] > level, (rel, read)
+        assert read[rate] >= 0.85 * read[16000], (rel, read)
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_a_clipped_take_resampled_is_the_same_in_any_chunks(rate: int, shared_data: Path) -> None:
+    from voxgate.audio.file import read_audio
+
+    clean = read_audio(shared_data / CLIPPED_TAKES[-1])
+    x = int16_to_float(_hot_take(clean, rate, 4.0, 1000.0))
+    one = StreamResampler(rate)
+    whole = np.concatenate([one.process(x), one.flush()])
+    assert (float_to_int16(whole) == 32767).mean() > 0.01  # the premise: clipped tops
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        r = StreamResampler(rate)
+        parts, i = [], 0
+        while i < len(x):
+            n = int(rng.integers(1, 2500))
+            parts.append(r.process(x[i : i + n]))
+            i += n
+        parts.append(r.flush())
+        assert np.array_equal(np.concatenate(parts), whole)
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_speech_below_full_scale_is_resampled_untouched(rate: int, shared_data: Path) -> None:
+    """Only source samples at a rail are kept at full scale: loud speech that never reaches
+    it comes out as the filter alone makes it, and does not read as clipped."""
+    from voxgate.audio.file import read_audio
+    from voxgate.quality import assess
+
+    clean = read_audio(shared_data / CLIPPED_TAKES[-1]).astype(np.float64)
+    src = _hot_take(clean * (32000 / np.abs(clean).max()), rate, 1.0, 300.0)
+    assert np.abs(src.astype(np.int32)).max() < 32767  # the premise
+    x = int16_to_float(src)
+    r = StreamResampler(rate)
+    got = np.concatenate([r.process(x), r.flush()])
+    np.testing.assert_allclose(got, resample(x, rate), atol=1e-6)
+    assert assess(remove_dc(float_to_int16(got))).clipped == 0.0
