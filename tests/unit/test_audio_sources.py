@@ -415,3 +415,32 @@ def test_a_recording_cut_short_is_refused_piped_in_as_in_a_file(
     caplog.clear()
     assert 0 < len(_through_a_fifo(tmp_path, cut)) < 4 * 16000
     assert caplog.records[0].getMessage().startswith(f"{tmp_path / 'pipe'}: {said}")
+
+
+def test_a_flac_written_into_a_pipe_reads_to_its_end(
+    tmp_path: Path, speech: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A FLAC encoder writing into a pipe (`sox -d -t flac - |`) cannot go back to fill in its
+    # STREAMINFO: total samples 0 (unknown), MD5 0. soundfile's seek after the last block
+    # then failed: its last 0.5 s was lost with an error logged, and verify and enroll
+    # (complete=True) refused the whole recording as cut short or damaged.
+    whole = tmp_path / "take.flac"
+    sf.write(whole, speech, 16000, subtype="PCM_16")
+    raw = bytearray(whole.read_bytes())
+    assert raw[:4] == b"fLaC" and raw[4] & 0x7F == 0  # STREAMINFO comes first
+    info = int.from_bytes(raw[18:26], "big")
+    raw[18:26] = (info & ~(2**36 - 1)).to_bytes(8, "big")  # total samples: unknown
+    raw[26:42] = bytes(16)  # MD5: not computed
+    piped = tmp_path / "piped.flac"
+    piped.write_bytes(raw)
+    expected = read_audio(whole, complete=True)
+    assert np.array_equal(read_audio(piped), expected)
+    assert np.array_equal(read_audio(piped, complete=True), expected)
+    assert np.array_equal(_through_a_fifo(tmp_path, bytes(raw), complete=True), expected)
+    assert not caplog.records, caplog.text
+    # Cut short, it is still refused, without a length that its header never stated.
+    cut = _cut_copy(piped, tmp_path / "cut.flac")
+    with pytest.raises(AudioIncomplete) as refused:
+        read_audio(cut, complete=True)
+    assert str(refused.value).startswith(f"{cut}: read error after "), refused.value
+    assert "promises" not in str(refused.value) and "(flac decoder lost sync)" in str(refused.value)
