@@ -140,7 +140,9 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
                 of_trial,
                 target,
                 scores,
-                args.threshold or cohort.threshold_for(cfg.speaker.target_fmr),
+                cohort.threshold_for(cfg.speaker.target_fmr)
+                if args.threshold is None
+                else args.threshold,
                 report["systems"]["backend"]["eer_percent"],
             )
         )
@@ -276,7 +278,7 @@ def main() -> int:
         for name in args.sets:
             rows += run_set(name, args, embedder, Path(tmp))
     s = VoxgateConfig().speaker
-    why = "given" if args.threshold else f"target FMR {s.target_fmr:g}"
+    why = "given" if args.threshold is not None else f"target FMR {s.target_fmr:g}"
     print(f"int8, threshold {rows[0].threshold:.3f} ({why}); test "
           "recordings louder by each gain, saturated at int16 full scale; enrollment clean; "
           "every trial scored\n")  # fmt: skip

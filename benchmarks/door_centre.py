@@ -87,13 +87,18 @@ def main() -> int:
     args = ap.parse_args()
     cohort = cohortmod.load(cohortmod.default_dir() / "ge2e-resemblyzer-0.1.4--int8.npz")
     assert cohort.center is not None
-    missing = [n for n in SETS if not (args.out / f"{n}-int8").is_dir()]
+    # The embedding cache, not just the folder: an interrupted speaker_eval.py leaves the
+    # folder without it.
+    missing = [n for n in SETS if not any((args.out / f"{n}-int8").glob("embeddings-*.npz"))]
     if missing:
         print(
             f"door_centre.py: no {', '.join(missing)} run in {args.out}: run "
             f"benchmarks/speaker_eval.py --out {args.out} first",
             file=sys.stderr,
         )
+        return 2
+    if no_set := [n for n in SETS if not (args.data / n / "trials.csv").is_file()]:
+        print(f"door_centre.py: not in {args.data}: {', '.join(no_set)}", file=sys.stderr)
         return 2
     print("EER % of the centred cosine, by where the centre comes from")
     print(

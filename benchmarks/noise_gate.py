@@ -267,7 +267,7 @@ def run_set(name: str, args: argparse.Namespace, embedder: Any, work: Path) -> l
                 np.array([t for _, _, t in es.trials]),
                 scores,
                 # Scorer.threshold(1) without speaker.threshold
-                args.threshold or cohort.threshold_for(s.target_fmr),
+                cohort.threshold_for(s.target_fmr) if args.threshold is None else args.threshold,
                 back["eer_percent"],
                 f"{back['rejected_enroll_takes']}/{sum(len(t) for t in es.enroll.values())}",
                 quality,
@@ -375,7 +375,7 @@ def main() -> int:
     s = config(args).speaker
     print(
         f"int8, threshold {rows[0].threshold:.3f} "
-        f"({'given' if args.threshold else f'target FMR {s.target_fmr:g}'}); gate: "
+        f"({'given' if args.threshold is not None else f'target FMR {s.target_fmr:g}'}); gate: "
         f"net speech >= {s.min_speech_s:g} s, estimated SNR >= {s.min_snr_db:g} dB "
         f"(>= {s.min_snr_db_no_pauses:g} dB without pauses); enrollment takes >= "
         f"{s.enroll_min_snr_db:g} dB (>= {s.enroll_min_snr_db_no_pauses:g}); "

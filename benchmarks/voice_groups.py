@@ -13,7 +13,8 @@ other gender. This prints:
   pieces embedded again, cut as `--build-cohort` cuts them; about 20 s);
 - with `--out` (a folder `benchmarks/speaker_eval.py` filled), per protocol set, FMR and FNMR
   of the back end's scores at both thresholds, the FMR split into impostors of the claimed
-  user's gender and of the other one where the set names genders.
+  user's gender and of the other one where the set names genders, and at the thresholds
+  calibrated within groups the speaker pairs those false matches come from.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -106,13 +108,17 @@ def per_set(
     tar: list[float] = []
     same: list[float] = []
     other: list[float] = []
+    pairs: list[tuple[float, str]] = []  # impostor score, "claimed/test" speakers
     with (folder / "scores.csv").open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             # An unscored trial (no voiceprint or embedding) is a no match, as eval counts it.
             s = float(row["backend"]) if row["backend"] else -np.inf
             if row["target"] == "1":
                 tar.append(s)
-            elif gender is None or gender(row["model"]) == gender(es.speaker(row["path"])):
+                continue
+            owner = es.speaker(es.enroll[row["model"]][0])
+            pairs.append((s, "/".join(sorted((owner, es.speaker(row["path"]))))))
+            if gender is None or gender(row["model"]) == gender(es.speaker(row["path"])):
                 same.append(s)
             else:
                 other.append(s)
@@ -129,6 +135,10 @@ def per_set(
                 )
                 line += f" (same gender {n_same}/{len(same)}, other {n_other}/{len(other)})"
             print(line)
+        # Who passes the within-groups threshold: a few look-alike pairs, or everyone?
+        by_pair = Counter(p for s, p in pairs if s >= pair[1])
+        print(f"      false matches at {pair[1]:.4f} by speaker pair: " + (
+            ", ".join(f"{p} {n}" for p, n in by_pair.most_common()) or "none"))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -87,6 +87,31 @@ def test_bad_input_is_one_line_not_a_traceback(
     assert line.startswith(f"{script}: ") and named in line
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_door_centre_on_an_interrupted_eval_or_without_the_sets(
+    no_protocol: Path, cache: bool
+) -> None:
+    """speaker_eval.py's folders without their embedding cache (an interrupted run) ended in
+    a StopIteration traceback; with the caches but no protocol sets under --data, in
+    read_set's."""
+    for name in ("vcc2018_eval", "fsdd", "speechcommands_v001_sample"):
+        (no_protocol / "o" / f"{name}-int8").mkdir(parents=True)
+        if cache:
+            (no_protocol / "o" / f"{name}-int8" / "embeddings-m.npz").write_bytes(b"")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+    args = ["--data", str(no_protocol / "data"), "--out", str(no_protocol / "o")]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "door_centre.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    named = "fsdd" if cache else "run benchmarks/speaker_eval.py"
+    assert proc.stderr.startswith("door_centre.py: ") and named in proc.stderr, proc.stderr
+
+
 def test_speaker_eval_without_litert_names_the_extra(no_protocol: Path) -> None:
     """--models fp16-litert on an install without the 'litert' extra: a ModelError traceback."""
     tmp_path = no_protocol

@@ -195,6 +195,9 @@ _STREAMED_MIN = 0x7FFF0000
 
 # What to do with a file refused as incomplete (FileSource's `complete`).
 AGAIN = "record or copy it again"
+# libsndfile's frame count (SF_COUNT_MAX) for a file that does not state its length: a FLAC
+# written into a pipe (`sox -d -t flac - |`) has 0 samples in its STREAMINFO.
+_LENGTH_UNKNOWN = 0x7FFFFFFFFFFFFFFF
 
 
 def _cut_short(path: str, f: sf.SoundFile) -> str | None:
@@ -299,6 +302,16 @@ def _read_pipe(name: str, stream: BinaryIO) -> bytes:
     return buf.getvalue()
 
 
+def _decoded(f: sf.SoundFile, read: int) -> int:
+    """How far libsndfile got in `f` (past the `read` frames handed out when a block failed
+    part way); `read` where it cannot say (-1, or an error, after a failed read)."""
+    try:
+        at = f.tell()
+    except (sf.LibsndfileError, RuntimeError):
+        return read
+    return at if at >= read else read
+
+
 class FileSource(AudioSource):
     """Stream a file in blocks, converted to 16 kHz mono int16 at the boundary. A file cut
     short or damaged part way is read as far as it goes, with a log line; complete=True
@@ -375,34 +388,42 @@ class FileSource(AudioSource):
         resampler = StreamResampler(self.file_rate)
         # Per pass: each file is one recording with its own offset.
         blocker = self._blocker = DcBlocker()
+        known = f.frames != _LENGTH_UNKNOWN
+        if not known:
+            # soundfile seeks to where each read ended, and libsndfile cannot seek to the end
+            # of such a file: its last block was lost to "Internal psf_fseek() failed", and a
+            # whole one refused as damaged. Read as the stream it is, nothing is sought.
+            f.seekable = lambda: False  # type: ignore[method-assign]
         try:
             block = max(1, int(BLOCK_S * self.file_rate))
-            bad, first_bad_s = 0, 0.0
+            bad, first_bad_s, done = 0, 0.0, 0  # done: frames read so far
             while True:
                 try:
                     data = f.read(block, dtype="float32", always_2d=True)
                 except (sf.LibsndfileError, RuntimeError) as exc:
                     # A truncated or damaged file (a cut FLAC): a stream keeps what was read
                     # and says what happened; a whole-file read that needs it all refuses it.
-                    at_s = f.tell() / self.file_rate
+                    at = _decoded(f, done)
+                    at_s = at / self.file_rate
                     if self.complete:
                         promised = f" of the {f.frames / self.file_rate:.1f} s its header promises"
                         # libsndfile's text reads "Error : flac decoder lost sync."
                         why = str(exc).removeprefix("Error : ").rstrip(".")
                         raise AudioIncomplete(
                             f"{self.name}: read error after {at_s:.1f} s"
-                            f"{promised if f.frames > f.tell() else ''} ({why}): cut short or "
-                            f"damaged (an interrupted copy or recording?); {AGAIN}"
+                            f"{promised if known and f.frames > at else ''} ({why}): cut short "
+                            f"or damaged (an interrupted copy or recording?); {AGAIN}"
                         ) from None
                     log.error("%s: read error after %.1f s: %s", self.name, at_s, exc)
                     break
                 if not len(data):
                     break
+                done += len(data)
                 if not np.isfinite(data).all():
                     # A float file may hold NaN/Inf: NaN has no int16 value (the cast is
                     # undefined) and either one smears over the resampler's whole filter.
                     if not bad:
-                        first_bad_s = (f.tell() - len(data)) / self.file_rate
+                        first_bad_s = (done - len(data)) / self.file_rate
                     bad += int(np.count_nonzero(~np.isfinite(data)))
                     data = np.nan_to_num(data, nan=0.0, posinf=1.0, neginf=-1.0)
                 pcm = float_to_int16(resampler.process(to_mono(data)))
