@@ -38,21 +38,10 @@ COMMANDS = [
     "demo",
 ]
 
-# Commands that set up no logging of their own (run, api, actuator and config do): their
-# libraries' warnings are printed as "warning: <message>" lines (logs.command_line_warnings).
-PLAIN_WARNINGS = {
-    "enroll",
-    "verify",
-    "identify",
-    "users",
-    "lockout",
-    "eval",
-    "bench",
-    "devices",
-    "audit",
-    "fleet",
-    "demo",
-}
+# Commands that set up logging of their own; the others' libraries' warnings are printed as
+# "warning: <message>" lines (logs.command_line_warnings).
+OWN_LOGGING = {"run", "api", "actuator", "config"}
+PLAIN_WARNINGS = set(COMMANDS) - OWN_LOGGING
 
 DESCRIPTION = textwrap.dedent(
     """\
