@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+from _stats import sets_status
 
 from voxgate.audio.base import SAMPLE_RATE
 from voxgate.audio.file import read_audio
@@ -265,13 +266,9 @@ def main() -> int:
         ap.error("--gains must include 1 (the unmodified recordings the rule compares with)")
     if any(g < 1 for g in args.gains):
         ap.error("--gains: factors of 1 or more (louder, as a hot microphone)")
-    if not args.data.is_dir():  # a clone without ../shared: nothing to measure
-        print(f"clip_gate.py: skipped: no evaluation data at {args.data}")
-        return 0
-    missing = [s for s in args.sets if not (args.data / s / "trials.csv").is_file()]
-    if missing:
-        print(f"clip_gate.py: not in {args.data}: {', '.join(missing)}", file=sys.stderr)
-        return 1
+    status = sets_status("clip_gate.py", args.data, args.sets)
+    if status is not None:
+        return status
     embedder = load_embedder(REPO / "daemon" / "voxgate" / "models" / "ge2e-int8.yaml")
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from _stats import sets_status
 from scipy.signal import resample_poly
 
 from voxgate.audio.base import SAMPLE_RATE
@@ -85,13 +86,9 @@ def main() -> int:
         ap.error("--rates: 8000-192000 Hz")
     if args.files < 1 or any(g <= 0 for g in args.gains):
         ap.error("--files and --gains must be positive")
-    if not args.data.is_dir():  # a clone without ../shared: nothing to measure
-        print(f"clip_rates.py: skipped: no evaluation data at {args.data}")
-        return 0
-    missing = [s for s in args.sets if not (args.data / s / "manifest.csv").is_file()]
-    if missing:
-        print(f"clip_rates.py: not in {args.data}: {', '.join(missing)}", file=sys.stderr)
-        return 1
+    status = sets_status("clip_rates.py", args.data, args.sets, need="manifest.csv")
+    if status is not None:
+        return status
     cfg = VoxgateConfig()
     level = cfg.speaker.max_clipped
     print(f"Clipped fraction read through read_audio (Quality.clipped); gate level {level:.2%}\n")

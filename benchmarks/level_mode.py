@@ -75,6 +75,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _stats import sets_status
 
 from voxgate.cohort import Cohort, centered_cosine
 from voxgate.config import VoxgateConfig
@@ -316,15 +317,10 @@ def main() -> int:
     ap.add_argument("--card", type=Path, default=CARD)
     ap.add_argument("--levels", action="store_true", help="only the sets' levels (see above)")
     args = ap.parse_args()
-    if not args.data.is_dir():  # a clone without ../shared: nothing to measure
-        print(f"level_mode.py: skipped: no evaluation data at {args.data}")
-        return 0
     # The cohort comes from resemblyzer_ls's speakers without trials: it is always needed.
-    need = dict.fromkeys(["resemblyzer_ls", *args.sets])
-    missing = [s for s in need if not (args.data / s / "trials.csv").is_file()]
-    if missing:
-        print(f"level_mode.py: not in {args.data}: {', '.join(missing)}", file=sys.stderr)
-        return 1
+    status = sets_status("level_mode.py", args.data, dict.fromkeys(["resemblyzer_ls", *args.sets]))
+    if status is not None:
+        return status
     base = load_embedder(args.card)
     if args.levels:
         print("| set | items | speech level, median dBFS | above -30 dBFS | peak, median dBFS "

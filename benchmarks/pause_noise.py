@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from _stats import sets_status
 from scipy.signal import butter, sosfilt
 
 from voxgate.audio.base import SAMPLE_RATE
@@ -70,13 +71,9 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--sets", nargs="+", default=SETS)
     args = ap.parse_args()
-    if not args.data.is_dir():  # a clone without ../shared: nothing to measure
-        print(f"pause_noise.py: skipped: no evaluation data at {args.data}")
-        return 0
-    missing = [s for s in args.sets if not (args.data / s / "trials.csv").is_file()]
-    if missing:
-        print(f"pause_noise.py: not in {args.data}: {', '.join(missing)}", file=sys.stderr)
-        return 1
+    status = sets_status("pause_noise.py", args.data, args.sets)
+    if status is not None:
+        return status
     vad_cfg = VadConfig()
     print(
         "| set | test recordings | gate SNR (dB) | from pauses | pause power spread (dB) "
