@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("VOXGATE_SHARED_DATA", REPO.parent / "shared" / "data"))
+# A benchmark imports its sibling helpers (`from _stats import ...`) as it does when run as a
+# script, from its own folder: tests that import a benchmark module need that folder too.
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 @pytest.fixture(scope="session")
