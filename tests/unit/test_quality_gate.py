@@ -97,7 +97,7 @@ def test_a_clipped_attempt_is_retried_a_few_clipped_peaks_are_not(tmp_path: Path
     hot = np.clip(room.astype(np.int32) * 16, -32768, 32767).astype(np.int16)
     q = assess(hot)
     assert q.clipped > 0.01 and _gate(q, cfg) == ("clipped",)
-    # Five peaks flattened over 4 samples each: 20 samples, well under 0.1 % of them.
+    # Five peaks flattened over 4 samples each: 20 samples, under the level of them.
     peaks = room.copy()
     for start in np.linspace(16000, len(room) - 16000, 5).astype(int):
         peaks[start : start + 4] = 32767

@@ -102,14 +102,15 @@ def _level_missed(problem: str, q: Any, sp: Any) -> str:
     """What a rejected take's audio missed, in brackets after the reason: how the SNR was
     measured and its level, the net speech or the clipping needed. "too little speech"
     alone did not say how much would do."""
-    from voxgate.enrollment import MAX_CLIPPED, MIN_TAKE_SPEECH_S
+    from voxgate.enrollment import MIN_TAKE_SPEECH_S
 
     if problem == "too_noisy":
         return f"SNR {_noise_level(q, sp)}"
     if problem == "too_short":
         return f"needs {MIN_TAKE_SPEECH_S:g} s of net speech"
     if problem == "clipped":
-        return f"too loud: move back or lower the gain; at most {100 * MAX_CLIPPED:g} % of samples"
+        most = f"{100 * sp.max_clipped:g} % of samples: speaker.max_clipped"
+        return f"too loud: move back or lower the gain; at most {most}"
     return ""
 
 
