@@ -446,7 +446,8 @@ def test_a_short_or_clipped_take_says_which_level_it_missed(
     assert lines.keys() == {"short.wav", "clipped.wav"}, out
     assert lines["short.wav"].endswith("REJECTED: too little speech (needs 1 s of net speech)"), out
     assert lines["clipped.wav"].endswith(
-        "REJECTED: clipped (too loud: move back or lower the gain; at most 0.1 % of samples)"
+        "REJECTED: clipped (too loud: move back or lower the gain; at most 0.03 % of samples: "
+        "speaker.max_clipped)"
     ), out
     gap = np.zeros(int(1.5 * rate))  # each take its own utterance at the endpointer
     parts = [x for p in (short, clipped, *good) for x in (sf.read(p)[0], gap)]
@@ -461,7 +462,7 @@ def test_a_short_or_clipped_take_says_which_level_it_missed(
     ), out
     assert re.search(
         r"take 2: say .*\n  not used: clipped \(\d+\.\d+ % clipped; too loud: move back or "
-        r"lower the gain; at most 0\.1 % of samples\)\n",
+        r"lower the gain; at most 0\.03 % of samples: speaker\.max_clipped\)\n",
         out,
     ), out
 
