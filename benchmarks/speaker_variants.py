@@ -124,7 +124,9 @@ VARIANTS: dict[str, Variant] = {
 
 def calibrate(variant: Variant, short: dict, long: dict) -> float:
     """The variant's FMR-1/1000 threshold from door-like impostor trials among the cohort
-    speakers: two folds, the other fold normalizes (as cohort.build_centered does)."""
+    speakers: two folds, the other fold normalizes, every other speaker of the fold an
+    impostor (as cohort.build_centered did until 2026-11-28; it now takes a model's impostors
+    from its own voice group only, within_voice_groups, so this is not the shipped calibration)."""
     names = sorted(short)
     folds = [names[0::2], names[1::2]]
     non = []

@@ -1,16 +1,17 @@
-"""Calibrating the threshold within voice groups: measured, not adopted yet
-(docs/speaker-verification.md, "Calibrating within voice groups").
+"""Calibrating the threshold within voice groups, shipped since 2026-11-28, against every
+impostor, as before (docs/speaker-verification.md, "Calibrating within voice groups").
 
     PYTHONPATH=daemon python benchmarks/speaker_eval.py --data ../shared/data --out eval-out
     PYTHONPATH=daemon python benchmarks/voice_groups.py --data ../shared/data --out eval-out
 
-The shipped calibration counts every other cohort speaker as an impostor, half of them of the
-other gender. This prints:
+The calibration before 2026-11-28 counted every other cohort speaker as an impostor, half of
+them of the other gender; the shipped one counts only those of the model's own voice group.
+This prints:
 - the two voice groups `cohort.voice_groups` finds among the shipped cohort's speakers, and
   the group of each labelled speaker of vcc2018_eval (SF/TF women, SM/TM men) and fsdd (six
   men);
-- the threshold for each `--fmr` calibrated as shipped and within voice groups (the cohort's
-  pieces embedded again, cut as `--build-cohort` cuts them; about 20 s);
+- the threshold for each `--fmr` calibrated with every impostor and within voice groups (the
+  cohort's pieces embedded again, cut as `--build-cohort` cuts them; about 20 s);
 - with `--out` (a folder `benchmarks/speaker_eval.py` filled), per protocol set, FMR and FNMR
   of the back end's scores at both thresholds, the FMR split into impostors of the claimed
   user's gender and of the other one where the set names genders, and at the thresholds
@@ -76,10 +77,10 @@ def main() -> int:
             print(f"  {name}, group {k}: {' '.join(by_group[k]) or '-'}")
 
     pieces, _ = cohort_embeddings(args.data, embedder)
-    pooled = cohortmod.build_centered(embedder.model_id, pieces)
-    grouped = cohortmod.build_centered(embedder.model_id, pieces, within_voice_groups=True)
+    pooled = cohortmod.build_centered(embedder.model_id, pieces, within_voice_groups=False)
+    grouped = cohortmod.build_centered(embedder.model_id, pieces)
     print(
-        f"calibration: {pooled.info['calibration_trials']} impostor trials as shipped, "
+        f"calibration: {pooled.info['calibration_trials']} impostor trials with every impostor, "
         f"{grouped.info['calibration_trials']} within voice groups "
         f"(groups of {grouped.info['voice_groups']})"
     )
@@ -87,7 +88,10 @@ def main() -> int:
     for f in args.fmr:
         pair = (pooled.threshold_for(f), grouped.threshold_for(f))
         thresholds.append(pair)
-        print(f"  FMR {f:g}: threshold {pair[0]:.4f} as shipped, {pair[1]:.4f} within groups")
+        print(
+            f"  FMR {f:g}: threshold {pair[0]:.4f} with every impostor, "
+            f"{pair[1]:.4f} within groups (shipped)"
+        )
     if args.out:
         for name in SETS:
             per_set(args.out / f"{name}-int8", args.data / name, GENDER.get(name), thresholds)
@@ -124,7 +128,7 @@ def per_set(
                 other.append(s)
     print(f"  {set_dir.name}:")
     for pair in thresholds:
-        for label, t in zip(("as shipped", "within groups"), pair, strict=True):
+        for label, t in zip(("all impostors", "within groups"), pair, strict=True):
             fnmr = 100 * np.mean(np.array(tar) < t)
             fmr = 100 * np.mean(np.array(same + other) >= t)
             line = f"    {label} {t:.4f}: FMR {fmr:.2f} %, FNMR {fnmr:.2f} %"

@@ -391,16 +391,19 @@ def build_centered(
     top_k: int = 100,
     info: dict[str, Any] | None = None,
     model_pieces: int = MODEL_PIECES,
-    within_voice_groups: bool = False,
+    within_voice_groups: bool = True,
 ) -> Cohort:
     """A "center" cohort from short-piece embeddings per speaker, calibrated like a door.
 
     Calibration, in two speaker folds: the speakers of one fold make the trials (a model is the
     mean of a speaker's first `model_pieces` pieces, as enrollment averages takes; each later
     piece is one attempt, against every model of the fold), while the centre is taken from the
-    other fold only, so no trial speaker shapes its own normalization. within_voice_groups:
-    a model's impostors only from its own voice group (voice_groups), as same-gender
-    non-target trials; measured, not the shipped calibration (docs/speaker-verification.md).
+    other fold only, so no trial speaker shapes its own normalization. A model's impostors
+    come from its own voice group only (voice_groups), as same-gender non-target trials: the
+    other group's are refused at any useful threshold and would pull it down, so strangers of
+    the user's own gender would pass more often than the target FMR says
+    (docs/speaker-verification.md). within_voice_groups=False counts every impostor (the
+    calibration shipped before 2026-11-28).
     """
     names = sorted(s for s in speakers if len(speakers[s]) > 0)
     if len(names) < 10:

@@ -24,7 +24,6 @@ from voxgate.voiceprints import l2_normalize
 log = logging.getLogger(__name__)
 
 MIN_TAKE_SPEECH_S = 1.0  # a take with less net speech says little about the voice
-MAX_CLIPPED = 0.001  # fraction of samples in clipped runs
 OUTLIER_Z = 3.5  # robust z-score below which a take is inconsistent with the others
 OUTLIER_MIN_GAP = 0.08  # ... and at least this far (cosine) below the median take
 TWO_VOICES_MIN_GROUP = 2  # first pass: a lone odd take is the outlier rule's to judge
@@ -72,7 +71,7 @@ def take_problem(q: Quality, cfg: Any) -> str | None:
     """Why a take's audio is unusable, or None."""
     if q.speech_s < MIN_TAKE_SPEECH_S:
         return "too_short"
-    if q.clipped > MAX_CLIPPED:
+    if q.clipped > cfg.max_clipped:  # a take at least as clean as an attempt the door scores
         return "clipped"
     if too_noisy(q, cfg.enroll_min_snr_db, cfg.enroll_min_snr_db_no_pauses):
         return "too_noisy"

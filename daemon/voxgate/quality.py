@@ -202,6 +202,20 @@ def db_text(db: float, limit: float | None = None) -> str:
     return "0" if text in ("-0", "-0.0") else text
 
 
+def clipped_text(fraction: float, limit: float) -> str:
+    """A clipped share in % as the commands print it, two decimals. One that two decimals
+    would put on the other side of its `limit` (a fraction) gets as many more as it takes
+    (at most six, then rounded away from it): 0.031 % read "0.03" next to "at most 0.03 %"
+    and was retried."""
+    pct, most = 100 * fraction, 100 * limit
+    for places in (2, 3, 4, 5, 6):
+        text = f"{pct:.{places}f}"
+        if (pct > most) == (float(text) > most):
+            return text
+    step = 10**6
+    return f"{(math.ceil(pct * step) if pct > most else math.floor(pct * step)) / step:.6f}"
+
+
 def too_noisy(q: Quality, min_snr_db: float, min_snr_db_no_pauses: float) -> bool:
     """Below the level for how its SNR was measured: `min_snr_db` when measured in at least
     PAUSE_S of pauses, `min_snr_db_no_pauses` otherwise (a recording cut to its speech).

@@ -74,7 +74,7 @@ def test_enroll_verify_identify_erase(
     assert main(["verify", "alice", str(alice_try), "-c", cfg]) == 0
     # The SNR line says which level gated it: pauses measured, or a file cut to its speech.
     out = capsys.readouterr().out
-    assert re.search(r"SNR \d+ dB in its pauses \(needs 26: speaker.min_snr_db\)", out), out
+    assert re.search(r"SNR \d+ dB in its pauses \(needs 28: speaker.min_snr_db\)", out), out
     cut = say(device["dir"] / "cut.wav", "five one nine two zero eight", "en+f2", pause_s=0)
     assert main(["verify", "alice", str(cut), "-c", cfg, "--json"]) in (0, 1)
     doc = json.loads(capsys.readouterr().out)
@@ -396,7 +396,7 @@ def test_a_noisy_take_says_which_level_it_missed(
 ) -> None:
     """A take rejected as too noisy said only "REJECTED: too noisy" beside "SNR 21 dB",
     under accepted takes reading 15-20 dB: two levels apply (noise measured in pauses,
-    speaker.enroll_min_snr_db 26; a file cut to its speech, ..._no_pauses 10) and the
+    speaker.enroll_min_snr_db 28; a file cut to its speech, ..._no_pauses 10) and the
     line did not say which. Now it says how the SNR was measured and the level it missed,
     from files and from the microphone."""
     d = device["dir"]
@@ -412,7 +412,7 @@ def test_a_noisy_take_says_which_level_it_missed(
     (line,) = [x for x in out.splitlines() if "REJECTED" in x]
     assert "noisy.wav" in line, out
     assert line.endswith(
-        "REJECTED: too noisy (SNR in its pauses; needs 26 dB: speaker.enroll_min_snr_db)"
+        "REJECTED: too noisy (SNR in its pauses; needs 28 dB: speaker.enroll_min_snr_db)"
     ), line
     parts = [sf.read(p)[0] for p in (noisy, *good)]
     sf.write(d / "mic.wav", np.concatenate(parts), rate)
@@ -421,7 +421,7 @@ def test_a_noisy_take_says_which_level_it_missed(
     out = capsys.readouterr().out
     assert re.search(
         r"take 1: say .*\n  not used: too noisy \(\d+\.\d s, SNR \d+ dB in its pauses; "
-        r"needs 26 dB: speaker\.enroll_min_snr_db\)\n",
+        r"needs 28 dB: speaker\.enroll_min_snr_db\)\n",
         out,
     ), out
 
@@ -446,7 +446,8 @@ def test_a_short_or_clipped_take_says_which_level_it_missed(
     assert lines.keys() == {"short.wav", "clipped.wav"}, out
     assert lines["short.wav"].endswith("REJECTED: too little speech (needs 1 s of net speech)"), out
     assert lines["clipped.wav"].endswith(
-        "REJECTED: clipped (too loud: move back or lower the gain; at most 0.1 % of samples)"
+        "REJECTED: clipped (too loud: move back or lower the gain; at most 0.03 % of samples: "
+        "speaker.max_clipped)"
     ), out
     gap = np.zeros(int(1.5 * rate))  # each take its own utterance at the endpointer
     parts = [x for p in (short, clipped, *good) for x in (sf.read(p)[0], gap)]
@@ -461,7 +462,7 @@ def test_a_short_or_clipped_take_says_which_level_it_missed(
     ), out
     assert re.search(
         r"take 2: say .*\n  not used: clipped \(\d+\.\d+ % clipped; too loud: move back or "
-        r"lower the gain; at most 0\.1 % of samples\)\n",
+        r"lower the gain; at most 0\.03 % of samples: speaker\.max_clipped\)\n",
         out,
     ), out
 

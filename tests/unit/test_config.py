@@ -74,7 +74,7 @@ def test_max_clipped_is_a_fraction_of_the_samples() -> None:
     """speaker.max_clipped (the quality gate's clipping level) is a fraction, 0 to 1: a
     percentage typed as 10 would retry nothing and must be refused, as a negative level
     that would retry every attempt."""
-    assert VoxgateConfig().speaker.max_clipped == 0.001
+    assert VoxgateConfig().speaker.max_clipped == 0.0003
     assert parse_config("speaker:\n  max_clipped: 0.01\n").speaker.max_clipped == 0.01
     (msg,) = problems("speaker:\n  max_clipped: 10\n")
     assert msg.startswith("line 2: speaker.max_clipped:") and "less than or equal to 1" in msg

@@ -317,12 +317,12 @@ def test_voice_groups_find_the_two_kinds_whatever_the_order() -> None:
 def test_calibration_within_voice_groups_takes_impostors_of_the_models_own_group() -> None:
     v = TwoKinds(4, 80)
     speakers = {f"c{i:02d}": list(v.utt(i, 6)) for i in range(80)}
-    grouped = cohortmod.build_centered(MODEL, speakers, top_k=20, within_voice_groups=True)
+    grouped = cohortmod.build_centered(MODEL, speakers, top_k=20)  # as shipped
     # Two folds of 40 speakers, 20 of each kind; a model (3 pieces) meets the 3 later
     # pieces of each of the 19 other speakers of its kind in its fold.
     assert grouped.info["calibration_trials"] == 2 * 40 * 19 * 3
     assert grouped.info["voice_groups"] == [40, 40]
-    pooled = cohortmod.build_centered(MODEL, speakers, top_k=20)  # as shipped: every impostor
+    pooled = cohortmod.build_centered(MODEL, speakers, top_k=20, within_voice_groups=False)
     assert pooled.info["calibration_trials"] == 2 * 40 * 39 * 3
     assert "voice_groups" not in pooled.info
     # The other kind's impostors are easy to refuse: counted, they pulled the threshold down.

@@ -102,14 +102,15 @@ def _level_missed(problem: str, q: Any, sp: Any) -> str:
     """What a rejected take's audio missed, in brackets after the reason: how the SNR was
     measured and its level, the net speech or the clipping needed. "too little speech"
     alone did not say how much would do."""
-    from voxgate.enrollment import MAX_CLIPPED, MIN_TAKE_SPEECH_S
+    from voxgate.enrollment import MIN_TAKE_SPEECH_S
 
     if problem == "too_noisy":
         return f"SNR {_noise_level(q, sp)}"
     if problem == "too_short":
         return f"needs {MIN_TAKE_SPEECH_S:g} s of net speech"
     if problem == "clipped":
-        return f"too loud: move back or lower the gain; at most {100 * MAX_CLIPPED:g} % of samples"
+        most = f"{100 * sp.max_clipped:g} % of samples: speaker.max_clipped"
+        return f"too loud: move back or lower the gain; at most {most}"
     return ""
 
 
@@ -149,7 +150,7 @@ def _print_takes(result: Any, labels: list[str], sp: Any, numbers: list[int] | N
     """One line per take. `numbers`: what each take is called (a microphone take by the
     number of the prompt it answered, as shown when it was said); default 1, 2, ..."""
     from voxgate.enrollment import seconds_text
-    from voxgate.quality import db_text
+    from voxgate.quality import clipped_text, db_text
 
     for t in result.takes:
         q = t.quality
@@ -158,7 +159,7 @@ def _print_takes(result: Any, labels: list[str], sp: Any, numbers: list[int] | N
             f"  take {number:2d} {_label(labels[t.index - 1])} "
             f"speech {seconds_text(q.speech_s):>4} s  "
             f"SNR {db_text(q.snr_db, _snr_limit(q, sp)):>3} dB  level {_level_text(q):>3} dBFS  "
-            f"clipped {100 * q.clipped:4.2f} %"
+            f"clipped {clipped_text(q.clipped, sp.max_clipped):>4} %"
         )
         if t.consistency is not None:
             line += f"  consistency {t.consistency:.2f}"
@@ -202,7 +203,7 @@ def _record_takes(
         seconds_text,
         take_problem,
     )
-    from voxgate.quality import assess, db_text
+    from voxgate.quality import assess, clipped_text, db_text
     from voxgate.vad import Endpointer
 
     sp = cfg.speaker
@@ -248,9 +249,9 @@ def _record_takes(
                     f"{seconds_text(q.speech_s)} s, SNR {db_text(q.snr_db, _snr_limit(q, sp))} dB"
                 )
                 if problem == "clipped":
-                    heard = f"{100 * q.clipped:.2f} % clipped"
+                    heard = f"{clipped_text(q.clipped, sp.max_clipped)} % clipped"
                 level = _level_missed(problem, q, sp)
-                # A noisy take reads "SNR 20 dB in its pauses; needs 26 dB: ...".
+                # A noisy take reads "SNR 20 dB in its pauses; needs 28 dB: ...".
                 noisy = problem == "too_noisy"
                 level = " " + level.removeprefix("SNR ") if noisy else "; " + level
                 print(f"  not used: {REASONS[problem]} ({heard}{level})")

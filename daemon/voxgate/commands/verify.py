@@ -95,7 +95,7 @@ def snr_level(quality: Any, speaker: Any) -> tuple[float, str]:
 
 
 def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
-    from voxgate.quality import db_text
+    from voxgate.quality import clipped_text, db_text
 
     level, setting = snr_level(quality, speaker)
     if as_json:
@@ -146,7 +146,7 @@ def show(result: Any, quality: Any, as_json: bool, speaker: Any) -> int:
         # Said beside the other measures: a RETRY for `clipped` must show how much and the
         # setting, as the SNR line does for `too_noisy`.
         print(
-            f"  clipped {100 * quality.clipped:.2f} % of samples "
+            f"  clipped {clipped_text(quality.clipped, speaker.max_clipped)} % of samples "
             f"(at most {100 * speaker.max_clipped:g} %: speaker.max_clipped)"
         )
         if result.reasons:

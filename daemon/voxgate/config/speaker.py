@@ -44,11 +44,12 @@ class SpeakerConfig(Section):
         None, description="Voiceprint SQLite file; default <data_dir>/voiceprints.db."
     )
     min_snr_db: float = Field(
-        26.0,
+        28.0,
         ge=-10,
         le=60,
         description="Attempts whose SNR, measured in their pauses, is lower give 'retry' "
-        "(below ~25 dB the model's scores fail: docs/speaker-verification.md).",
+        "(below ~28 dB genuine attempts are denied more than 10 % of the time: "
+        "docs/speaker-verification.md).",
     )
     min_snr_db_no_pauses: float = Field(
         5.0,
@@ -61,19 +62,19 @@ class SpeakerConfig(Section):
         "noise taken for speech, always 'retry'.",
     )
     max_clipped: float = Field(
-        0.001,
+        0.0003,
         ge=0,
         le=1,
-        description="Attempts with a larger fraction of their samples in clipped runs (>= 3 "
-        "full-scale samples) give 'retry' (clipped: too loud for the microphone). 0.001 (0.1 "
-        "%, as for enrollment takes): from there up, genuine attempts from a hot microphone "
+        description="Attempts (and enrollment takes) with a larger fraction of their samples "
+        "in clipped runs (>= 3 full-scale samples) give 'retry' (clipped: too loud for the "
+        "microphone). 0.0003 (0.03 %): from there up, genuine attempts from a hot microphone "
         "were denied more than 5 points more often than unclipped ones on both fsdd and "
         "vcc2018_eval, the rule benchmarks/clip_gate.py states (docs/speaker-verification.md, "
         "'Clipped attempts'); no clean recording of the protocol sets is clipped at all. "
         "1 turns the rule off.",
     )
     enroll_min_snr_db: float = Field(
-        26.0,
+        28.0,
         ge=-10,
         le=60,
         description="Enrollment takes whose SNR, measured in their pauses, is lower are "
