@@ -19,6 +19,7 @@ import soundfile as sf
 
 from voxgate.audio.base import SAMPLE_RATE, AudioError, AudioIncomplete, AudioSource, frame_samples
 from voxgate.audio.convert import DcBlocker, Framer, StreamResampler, float_to_int16, to_mono
+from voxgate.logs import WENT_ON
 
 log = logging.getLogger(__name__)
 
@@ -405,16 +406,24 @@ class FileSource(AudioSource):
                     # and says what happened; a whole-file read that needs it all refuses it.
                     at = _decoded(f, done)
                     at_s = at / self.file_rate
+                    # libsndfile's text reads "Error : flac decoder lost sync."
+                    why = str(exc).removeprefix("Error : ").rstrip(".")
                     if self.complete:
                         promised = f" of the {f.frames / self.file_rate:.1f} s its header promises"
-                        # libsndfile's text reads "Error : flac decoder lost sync."
-                        why = str(exc).removeprefix("Error : ").rstrip(".")
                         raise AudioIncomplete(
                             f"{self.name}: read error after {at_s:.1f} s"
                             f"{promised if known and f.frames > at else ''} ({why}): cut short "
                             f"or damaged (an interrupted copy or recording?); {AGAIN}"
                         ) from None
-                    log.error("%s: read error after %.1f s: %s", self.name, at_s, exc)
+                    # An error in the log; a warning on a command's line (logs.WENT_ON):
+                    # `voxgate eval` goes on with the rest of its set and succeeds.
+                    log.error(
+                        "%s: read error after %.1f s (%s); using what was read before it",
+                        self.name,
+                        at_s,
+                        why,
+                        extra={WENT_ON: True},
+                    )
                     break
                 if not len(data):
                     break

@@ -279,6 +279,17 @@ def _record_takes(
 
 
 def run(args: argparse.Namespace) -> int:
+    from voxgate.enrollment import NO_TEMPLATES_FACT, PROMPT_MISMATCH_FACT, TWO_VOICES_FACT
+    from voxgate.logs import reported_by_command
+
+    # Said below in the command's own words ("not enrolled: takes 6, 7 sound like a different
+    # voice ...", "take 4: did not say its prompt"): the library's warning of the same fact
+    # above them read as a second problem.
+    with reported_by_command(TWO_VOICES_FACT, PROMPT_MISMATCH_FACT, NO_TEMPLATES_FACT):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
