@@ -43,6 +43,16 @@ MAX_PIPED_BYTES = 200_000_000
 PIPE_CHUNK = 1 << 16
 
 
+def piped_cap_text() -> str:
+    """MAX_PIPED_BYTES as the refusal and `--help` say it ("200 MB"): one figure for both."""
+    return f"{MAX_PIPED_BYTES / 1_000_000:g} MB"
+
+
+def rates_text() -> str:
+    """MIN_RATE-MAX_RATE as `--help` says it ("8-192 kHz")."""
+    return f"{MIN_RATE / 1000:g}-{MAX_RATE / 1000:g} kHz"
+
+
 def _open(path: Path) -> sf.SoundFile:
     try:
         st = path.stat()
@@ -296,7 +306,7 @@ def _read_pipe(name: str, stream: BinaryIO) -> bytes:
         buf.write(chunk)
         if buf.tell() > MAX_PIPED_BYTES:
             raise AudioError(
-                f"{name}: more than {MAX_PIPED_BYTES // 1_000_000} MB piped in, more than a "
+                f"{name}: more than {piped_cap_text()} piped in, more than a "
                 f"take or an attempt of at most {MAX_TAKE_S:g} s needs; cut out the part with "
                 "the speech"
             )

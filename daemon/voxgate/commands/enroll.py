@@ -55,13 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         """,
     )
     p.add_argument("name", metavar="NAME", help="the user's name (1-64 characters, no / or \\)")
+    from voxgate.audio.file import MAX_TAKE_S, piped_cap_text, rates_text
+
     p.add_argument(
         "--from",
         dest="files",
         nargs="+",
         metavar="FILE",
-        help="enrollment takes as WAV/FLAC (or OGG) files, one take per file, 8-192 kHz, "
-        "at most 120 s each; - reads one take from standard input (default: microphone)",
+        help=f"enrollment takes as WAV/FLAC (or OGG) files, one take per file, {rates_text()}, "
+        f"at most {MAX_TAKE_S:g} s each; - reads one take from standard input (at most "
+        f"{piped_cap_text()} piped; default: microphone)",
     )
     p.add_argument(
         "--prompts",
