@@ -296,6 +296,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
+    from voxgate.audio.file import STDIN, STDIN_NAME
     from voxgate.audit import loss_traces
     from voxgate.enrollment import (
         TEMPLATES_META,
@@ -353,7 +354,8 @@ def _run(args: argparse.Namespace) -> int:
                         f"{exc}; nothing stored for {name}: leave that file out or replace it"
                     ) from None
                 prompts = list(args.prompts or [""] * len(takes))
-                labels = list(args.files)
+                # A take piped in is called what the read errors call it, not "-".
+                labels = [STDIN_NAME if f == STDIN else f for f in args.files]
                 result = check_takes(takes, embedder, cfg.speaker, cfg.vad)
             else:
                 takes, prompts, numbers, result = _record_takes(cfg, embedder, args.max_takes)
