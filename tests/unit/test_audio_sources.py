@@ -232,6 +232,16 @@ def test_nan_and_inf_in_a_float_file_are_logged_and_kept_local(
     # filtered when resampled): no zeros or -32768 clicks spread around them.
     differ = np.flatnonzero(np.abs(got.astype(int) - want.astype(int)) > 2000)
     assert len(differ) <= 3 * (1 if rate == 16000 else 12)
+    # A take or an attempt (read whole) is refused instead: silence or full scale in place
+    # of what was recorded made a voiceprint or a verdict, with one warning.
+    caplog.clear()
+    with pytest.raises(AudioIncomplete) as refused:
+        read_audio(path, complete=True)
+    assert str(refused.value) == (
+        f"{path}: 3 sample(s) are not finite numbers (NaN or infinite) from 0.5 s on: a damaged "
+        "recording; record or copy it again"
+    )
+    assert not caplog.records  # refused, not warned about as well
 
 
 def test_stdin_source_with_standard_input_closed_is_an_audio_error() -> None:

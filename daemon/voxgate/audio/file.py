@@ -235,9 +235,10 @@ def read_audio(
     while reading so that a long stream is never held in memory. `-` reads standard input,
     and a pipe (a FIFO, bash's `<(...)`, /dev/stdin on a pipe) is read too: into memory, at
     most MAX_PIPED_BYTES, then decoded on the same path as a file of those bytes.
-    complete=True: a file cut short or damaged part way is refused (AudioIncomplete) instead
-    of read as far as it goes with a log line; for an enrollment take, where half a take
-    must not make a voiceprint."""
+    complete=True: a file cut short or damaged part way, or a float file holding NaN or
+    infinite samples, is refused (AudioIncomplete) instead of read as far as it goes (NaN/Inf
+    as silence/full scale) with a log line; for an enrollment take, where half a take must
+    not make a voiceprint."""
     src = _recording(path, complete)
     name = src.name
     frames: list[np.ndarray] = []
@@ -325,8 +326,8 @@ def _decoded(f: sf.SoundFile, read: int) -> int:
 
 class FileSource(AudioSource):
     """Stream a file in blocks, converted to 16 kHz mono int16 at the boundary. A file cut
-    short or damaged part way is read as far as it goes, with a log line; complete=True
-    raises AudioIncomplete instead (read_audio)."""
+    short or damaged part way is read as far as it goes, and NaN/Inf samples as silence/full
+    scale, with a log line; complete=True raises AudioIncomplete instead (read_audio)."""
 
     def __init__(
         self,
@@ -447,6 +448,14 @@ class FileSource(AudioSource):
                     data = np.nan_to_num(data, nan=0.0, posinf=1.0, neginf=-1.0)
                 pcm = float_to_int16(resampler.process(to_mono(data)))
                 yield from framer.push(blocker.process(pcm))
+            if bad and self.complete:
+                # A take or an attempt: silence or full scale in place of what was recorded
+                # is a damaged recording, refused as one cut short is (a verdict or a
+                # voiceprint on altered audio came with one warning).
+                raise AudioIncomplete(
+                    f"{self.name}: {bad} sample(s) are not finite numbers (NaN or infinite) from "
+                    f"{first_bad_s:.1f} s on: a damaged recording; {AGAIN}"
+                )
             if bad:
                 log.warning(
                     "%s: %d NaN/Inf sample(s) from %.1f s on, read as silence/full scale",
