@@ -17,6 +17,7 @@ import numpy as np
 
 from voxgate.cohort import centered_cosine
 from voxgate.config.audio import VadConfig
+from voxgate.logs import FACT
 from voxgate.quality import Quality, assess, too_noisy
 from voxgate.replay import SUB_HOP, Fingerprint, best_similarity, fingerprint
 from voxgate.voiceprints import l2_normalize
@@ -32,6 +33,11 @@ TWO_VOICES_MIN_GROUP = 2  # first pass: a lone odd take is the outlier rule's to
 # noise): two genuine takes of one speaker scored at most 0.555, altered copies at least
 # 0.759 on all four sets; level from fsdd + vcc2018_eval (benchmarks/near_duplicate_takes.py).
 NEAR_DUPLICATE = 0.65
+# What the log lines below also hand back to the caller (logs.FACT): `voxgate enroll` reports
+# these itself, so its command line leaves the log lines out.
+TWO_VOICES_FACT = "enroll.two_voices"  # EnrollResult.problems
+PROMPT_MISMATCH_FACT = "enroll.prompt_mismatch"  # attach_templates' return
+NO_TEMPLATES_FACT = "enroll.no_templates"  # no TEMPLATES_META in the meta
 
 
 @dataclass(frozen=True)
@@ -347,7 +353,7 @@ def check_takes(
             if split is not None:
                 called = [numbers[g[0] - 1] if numbers else g[0] for g in good]
                 problems.append(two_voices_text(split, called, level))
-                log.warning("enrollment refused: %s", problems[-1])
+                log.warning("enrollment refused: %s", problems[-1], extra={FACT: TWO_VOICES_FACT})
         other = set(split.second) if split is not None else set()
         for j, (i, q, _) in enumerate(good):
             bad = j in outliers or j in other
@@ -415,10 +421,17 @@ def attach_templates(
     dropped = [numbered[k][0] for k in bad]
     if dropped:
         named = [numbers[n - 1] for n in dropped] if numbers else dropped
-        log.warning("takes %s do not say their prompts: no digit templates from them", named)
+        log.warning(
+            "takes %s do not say their prompts: no digit templates from them",
+            named,
+            extra={FACT: PROMPT_MISMATCH_FACT},
+        )
     if tm is None:
         if len(numbered) > len(dropped):
-            log.warning("no digit templates from the enrollment takes: no usable enrollment take")
+            log.warning(
+                "no digit templates from the enrollment takes: no usable enrollment take",
+                extra={FACT: NO_TEMPLATES_FACT},
+            )
         return dropped
     meta[TEMPLATES_META] = b64encode(tm.to_bytes()).decode()
     meta["template_digits"] = "".join(sorted(tm.digits()))

@@ -46,6 +46,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+# Marks a library's log line carries (`extra={...}`) for the command-line handler below; the
+# leading _ keeps them out of JSON lines. FACT: the name of a fact the library also hands back
+# to its caller (a refusal, the takes that gave no templates), which a command that reports
+# it in its own words names with reported_by_command(): printed twice, it read as two
+# problems. WENT_ON: an ERROR about one recording that was read in part, after which the
+# work went on with what was read; in a log an error, on the command line a warning (the
+# command did not fail: `voxgate eval` read the rest of its set).
+FACT = "_voxgate_fact"
+WENT_ON = "_voxgate_went_on"
+_reported: set[str] = set()  # facts the running command reports itself
+
+
 class _CommandLine(logging.Handler):
     """A command's warnings as `warning: <message>` (`error: ` from ERROR up) on stderr, the
     form its own messages take. Without a handler Python printed the bare message, which did
@@ -56,11 +68,13 @@ class _CommandLine(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if getattr(record, FACT, None) in _reported:
+                return  # the command's own report says it
             text = record.getMessage()
             if record.exc_info and record.exc_info[1] is not None:
                 text += f" ({record.exc_info[1]})"  # what failed, without a traceback
-            level = "warning" if record.levelno < logging.ERROR else "error"
-            sys.stderr.write(f"{level}: {text}\n")
+            error = record.levelno >= logging.ERROR and not getattr(record, WENT_ON, False)
+            sys.stderr.write(f"{'error' if error else 'warning'}: {text}\n")
         except Exception:
             self.handleError(record)
 
@@ -76,6 +90,19 @@ def command_line_warnings() -> Iterator[None]:
         yield
     finally:
         root.removeHandler(handler)
+
+
+@contextmanager
+def reported_by_command(*facts: str) -> Iterator[None]:
+    """While a command runs that prints these facts (FACT) in its own report: the command
+    line leaves out the library's log line of them. Other handlers (the daemon's log, the
+    journal) still get it."""
+    added = set(facts) - _reported
+    _reported.update(added)
+    try:
+        yield
+    finally:
+        _reported.difference_update(added)
 
 
 def _journal_handler() -> logging.Handler | None:

@@ -4,6 +4,7 @@ set of espeak-ng voices (each voice variant plays one "speaker")."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -137,6 +138,28 @@ def test_corrupt_recordings_are_counted_and_do_not_stop_the_run(
         fixed = [r for r in csv.DictReader(f) if r["path"] == "audio/spk2/2.wav"]
     scored = [r for r in fixed if r["model"] != "spk1"]  # spk1 has no usable enrollment
     assert len(scored) == 3 and all(np.isfinite(float(r["cosine"])) for r in scored)
+
+
+@needs_espeak
+def test_a_recording_read_in_part_is_a_warning_of_a_run_that_succeeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A FLAC cut short (an interrupted copy) among the set: eval reads what is there and goes
+    on, and succeeds; its line said "error: ... read error after 0.6 s", as if eval had
+    failed. Errors of the command itself stay errors (test_eval_bad_folder)."""
+    root = synth_set(tmp_path / "set", takes=2, tests=2)
+    cut = root / "audio" / "spk2" / "2.wav"  # libsndfile goes by the header, not the name
+    audio, rate = sf.read(cut)
+    flac = io.BytesIO()
+    sf.write(flac, audio, rate, format="FLAC")
+    cut.write_bytes(flac.getvalue()[: len(flac.getvalue()) // 2])
+    capsys.readouterr()
+    assert main(["eval", str(root), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "read error after" in line]
+    assert len(said) == 1 and said[0].startswith(f"warning: {cut}: read error after "), err
+    assert said[0].endswith("; using what was read before it"), said
+    assert not any(line.startswith("error:") for line in err.splitlines()), err
 
 
 def _rewrite(path: Path, edit: Callable[[str], str], bom: bool = False) -> None:

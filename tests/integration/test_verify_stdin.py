@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -232,3 +233,6 @@ def test_enroll_takes_one_take_from_stdin(door: Door, shared_data: Path) -> None
     code, out, err = voxgate("enroll", "lucas", "--from", *takes[:4], "-", "-c", cfg, stdin=piped)
     assert code == 0, (out, err)
     assert "5 of 5 takes used" in out, out
+    # The piped take is called what the read errors call it, not "-".
+    assert re.search(r"\n  take  5 standard input +speech", out), out
+    assert not re.search(r"take +\d+ - ", out), out

@@ -20,6 +20,7 @@ from voxgate.audio.convert import remove_dc
 from voxgate.audio.file import FileSource, read_audio
 from voxgate.audio.stdin import StdinSource
 from voxgate.config.audio import AudioConfig
+from voxgate.logs import WENT_ON
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +149,14 @@ def test_a_whole_file_read_refuses_a_cut_flac(
     assert said.endswith(
         "): cut short or damaged (an interrupted copy or recording?); record or copy it again"
     ), said
-    # A stream (the daemon's file source, eval) still reads what is there, with its log line.
+    # A stream (the daemon's file source, eval) still reads what is there, with its log line:
+    # an error in a log, a warning on a command's line (logs.WENT_ON), which goes on.
     read_audio(cut)
     assert [r.levelname for r in caplog.records] == ["ERROR"]
-    assert caplog.records[0].getMessage().startswith(f"{cut}: read error after 0.3 s: ")
+    assert caplog.records[0].getMessage() == (
+        f"{cut}: read error after 0.3 s (flac decoder lost sync); using what was read before it"
+    )
+    assert getattr(caplog.records[0], WENT_ON) is True
 
 
 def test_a_wav_streamed_without_its_length_is_not_called_cut_short(
@@ -227,6 +232,16 @@ def test_nan_and_inf_in_a_float_file_are_logged_and_kept_local(
     # filtered when resampled): no zeros or -32768 clicks spread around them.
     differ = np.flatnonzero(np.abs(got.astype(int) - want.astype(int)) > 2000)
     assert len(differ) <= 3 * (1 if rate == 16000 else 12)
+    # A take or an attempt (read whole) is refused instead: silence or full scale in place
+    # of what was recorded made a voiceprint or a verdict, with one warning.
+    caplog.clear()
+    with pytest.raises(AudioIncomplete) as refused:
+        read_audio(path, complete=True)
+    assert str(refused.value) == (
+        f"{path}: 3 sample(s) are not finite numbers (NaN or infinite) from 0.5 s on: a damaged "
+        "recording; record or copy it again"
+    )
+    assert not caplog.records  # refused, not warned about as well
 
 
 def test_stdin_source_with_standard_input_closed_is_an_audio_error() -> None:

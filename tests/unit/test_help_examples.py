@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
+import pytest
+
 from voxgate.cli import build_parser
 
 
@@ -102,3 +104,27 @@ def test_help_examples_do_not_start_key_commands_on_a_shipped_config_without_a_k
             if load_config(root / m.group(2)).speaker.key_file is None:
                 wrong.append(line.strip())
     assert wrong == []
+
+
+def test_the_piped_input_cap_in_the_help_is_the_one_enforced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # verify's and identify's help said "at most 200 MB piped" as literal text, beside the
+    # constant the reader enforces: a new cap would have left the help saying the old one.
+    import io
+    import sys
+
+    from voxgate.audio import AudioError
+    from voxgate.audio.file import read_audio
+
+    monkeypatch.setattr("voxgate.audio.file.MAX_PIPED_BYTES", 1_500_000)
+    for name in ("voxgate verify", "voxgate identify", "voxgate enroll"):
+        said = " ".join(_help(name).split())
+        assert "at most 1.5 MB piped" in said and "200 MB" not in said, (name, said)
+
+    class Stdin:  # a pipe of 2 MB on standard input
+        buffer = io.BytesIO(bytes(2_000_000))
+
+    monkeypatch.setattr(sys, "stdin", Stdin())
+    with pytest.raises(AudioError, match=r"^standard input: more than 1\.5 MB piped in"):
+        read_audio("-")

@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 import threading
 import warnings
 
+import pytest
+
 from voxgate.config.logging import LoggingConfig
-from voxgate.logs import setup_logging
+from voxgate.logs import (
+    FACT,
+    WENT_ON,
+    JsonFormatter,
+    command_line_warnings,
+    reported_by_command,
+    setup_logging,
+)
 
 
 def test_thread_crashes_and_warnings_stay_json() -> None:
@@ -41,3 +51,45 @@ def test_thread_crashes_and_warnings_stay_json() -> None:
     crash = next(r for r in records if "mqtt-worker" in r["msg"])
     assert crash["level"] == "error" and "RuntimeError: broker callback failed" in crash["exc"]
     assert any("a library warning" in r["msg"] and r["level"] == "warning" for r in records)
+
+
+def test_the_command_line_leaves_out_what_the_command_reports_itself(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`voxgate enroll` printed the library's "warning: enrollment refused: takes 6, 7 ..."
+    above its own "not enrolled: takes 6, 7 ...": one fact, said twice. A fact the running
+    command reports is left out on its command line, and nowhere else; `voxgate eval`'s
+    "error: ... read error after 0.6 s" read as if the run had failed, which went on."""
+    log = logging.getLogger("voxgate.test_facts")
+    with command_line_warnings():
+        with reported_by_command("refusal"):
+            log.warning("refused: two voices", extra={FACT: "refusal"})
+            log.warning("another fact", extra={FACT: "other"})
+            log.warning("a plain warning")
+            log.error("a cut file: read error", extra={WENT_ON: True})
+            log.error("a real error")
+        log.warning("refused again", extra={FACT: "refusal"})  # no command reports it now
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: another fact",
+        "warning: a plain warning",
+        "warning: a cut file: read error",
+        "error: a real error",
+        "warning: refused again",
+    ]
+    # A log (the daemon's, the API's) keeps every line at its level, without the markers.
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    log.addHandler(handler)
+    try:
+        with reported_by_command("refusal"):
+            log.warning("refused: two voices", extra={FACT: "refusal"})
+            log.error("a cut file: read error", extra={WENT_ON: True})
+    finally:
+        log.removeHandler(handler)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["level"], r["msg"]) for r in lines] == [
+        ("warning", "refused: two voices"),
+        ("error", "a cut file: read error"),
+    ]
+    assert all(set(r) == {"ts", "time", "level", "logger", "msg"} for r in lines), lines

@@ -19,6 +19,7 @@ import soundfile as sf
 
 from voxgate.audio.base import SAMPLE_RATE, AudioError, AudioIncomplete, AudioSource, frame_samples
 from voxgate.audio.convert import DcBlocker, Framer, StreamResampler, float_to_int16, to_mono
+from voxgate.logs import WENT_ON
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,16 @@ STDIN_NAME = "standard input"
 # the refusal (120 s of 192 kHz 8-channel float32 would be 737 MB).
 MAX_PIPED_BYTES = 200_000_000
 PIPE_CHUNK = 1 << 16
+
+
+def piped_cap_text() -> str:
+    """MAX_PIPED_BYTES as the refusal and `--help` say it ("200 MB"): one figure for both."""
+    return f"{MAX_PIPED_BYTES / 1_000_000:g} MB"
+
+
+def rates_text() -> str:
+    """MIN_RATE-MAX_RATE as `--help` says it ("8-192 kHz")."""
+    return f"{MIN_RATE / 1000:g}-{MAX_RATE / 1000:g} kHz"
 
 
 def _open(path: Path) -> sf.SoundFile:
@@ -224,9 +235,10 @@ def read_audio(
     while reading so that a long stream is never held in memory. `-` reads standard input,
     and a pipe (a FIFO, bash's `<(...)`, /dev/stdin on a pipe) is read too: into memory, at
     most MAX_PIPED_BYTES, then decoded on the same path as a file of those bytes.
-    complete=True: a file cut short or damaged part way is refused (AudioIncomplete) instead
-    of read as far as it goes with a log line; for an enrollment take, where half a take
-    must not make a voiceprint."""
+    complete=True: a file cut short or damaged part way, or a float file holding NaN or
+    infinite samples, is refused (AudioIncomplete) instead of read as far as it goes (NaN/Inf
+    as silence/full scale) with a log line; for an enrollment take, where half a take must
+    not make a voiceprint."""
     src = _recording(path, complete)
     name = src.name
     frames: list[np.ndarray] = []
@@ -295,7 +307,7 @@ def _read_pipe(name: str, stream: BinaryIO) -> bytes:
         buf.write(chunk)
         if buf.tell() > MAX_PIPED_BYTES:
             raise AudioError(
-                f"{name}: more than {MAX_PIPED_BYTES // 1_000_000} MB piped in, more than a "
+                f"{name}: more than {piped_cap_text()} piped in, more than a "
                 f"take or an attempt of at most {MAX_TAKE_S:g} s needs; cut out the part with "
                 "the speech"
             )
@@ -314,8 +326,8 @@ def _decoded(f: sf.SoundFile, read: int) -> int:
 
 class FileSource(AudioSource):
     """Stream a file in blocks, converted to 16 kHz mono int16 at the boundary. A file cut
-    short or damaged part way is read as far as it goes, with a log line; complete=True
-    raises AudioIncomplete instead (read_audio)."""
+    short or damaged part way is read as far as it goes, and NaN/Inf samples as silence/full
+    scale, with a log line; complete=True raises AudioIncomplete instead (read_audio)."""
 
     def __init__(
         self,
@@ -405,16 +417,24 @@ class FileSource(AudioSource):
                     # and says what happened; a whole-file read that needs it all refuses it.
                     at = _decoded(f, done)
                     at_s = at / self.file_rate
+                    # libsndfile's text reads "Error : flac decoder lost sync."
+                    why = str(exc).removeprefix("Error : ").rstrip(".")
                     if self.complete:
                         promised = f" of the {f.frames / self.file_rate:.1f} s its header promises"
-                        # libsndfile's text reads "Error : flac decoder lost sync."
-                        why = str(exc).removeprefix("Error : ").rstrip(".")
                         raise AudioIncomplete(
                             f"{self.name}: read error after {at_s:.1f} s"
                             f"{promised if known and f.frames > at else ''} ({why}): cut short "
                             f"or damaged (an interrupted copy or recording?); {AGAIN}"
                         ) from None
-                    log.error("%s: read error after %.1f s: %s", self.name, at_s, exc)
+                    # An error in the log; a warning on a command's line (logs.WENT_ON):
+                    # `voxgate eval` goes on with the rest of its set and succeeds.
+                    log.error(
+                        "%s: read error after %.1f s (%s); using what was read before it",
+                        self.name,
+                        at_s,
+                        why,
+                        extra={WENT_ON: True},
+                    )
                     break
                 if not len(data):
                     break
@@ -428,6 +448,14 @@ class FileSource(AudioSource):
                     data = np.nan_to_num(data, nan=0.0, posinf=1.0, neginf=-1.0)
                 pcm = float_to_int16(resampler.process(to_mono(data)))
                 yield from framer.push(blocker.process(pcm))
+            if bad and self.complete:
+                # A take or an attempt: silence or full scale in place of what was recorded
+                # is a damaged recording, refused as one cut short is (a verdict or a
+                # voiceprint on altered audio came with one warning).
+                raise AudioIncomplete(
+                    f"{self.name}: {bad} sample(s) are not finite numbers (NaN or infinite) from "
+                    f"{first_bad_s:.1f} s on: a damaged recording; {AGAIN}"
+                )
             if bad:
                 log.warning(
                     "%s: %d NaN/Inf sample(s) from %.1f s on, read as silence/full scale",

@@ -55,13 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         """,
     )
     p.add_argument("name", metavar="NAME", help="the user's name (1-64 characters, no / or \\)")
+    from voxgate.audio.file import MAX_TAKE_S, piped_cap_text, rates_text
+
     p.add_argument(
         "--from",
         dest="files",
         nargs="+",
         metavar="FILE",
-        help="enrollment takes as WAV/FLAC (or OGG) files, one take per file, 8-192 kHz, "
-        "at most 120 s each; - reads one take from standard input (default: microphone)",
+        help=f"enrollment takes as WAV/FLAC (or OGG) files, one take per file, {rates_text()}, "
+        f"at most {MAX_TAKE_S:g} s each; - reads one take from standard input (at most "
+        f"{piped_cap_text()} piped; default: microphone)",
     )
     p.add_argument(
         "--prompts",
@@ -280,9 +283,21 @@ def _record_takes(
 
 
 def run(args: argparse.Namespace) -> int:
+    from voxgate.enrollment import NO_TEMPLATES_FACT, PROMPT_MISMATCH_FACT, TWO_VOICES_FACT
+    from voxgate.logs import reported_by_command
+
+    # Said below in the command's own words ("not enrolled: takes 6, 7 sound like a different
+    # voice ...", "take 4: did not say its prompt"): the library's warning of the same fact
+    # above them read as a second problem.
+    with reported_by_command(TWO_VOICES_FACT, PROMPT_MISMATCH_FACT, NO_TEMPLATES_FACT):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 1
+    from voxgate.audio.file import STDIN, STDIN_NAME
     from voxgate.audit import loss_traces
     from voxgate.enrollment import (
         TEMPLATES_META,
@@ -340,7 +355,8 @@ def run(args: argparse.Namespace) -> int:
                         f"{exc}; nothing stored for {name}: leave that file out or replace it"
                     ) from None
                 prompts = list(args.prompts or [""] * len(takes))
-                labels = list(args.files)
+                # A take piped in is called what the read errors call it, not "-".
+                labels = [STDIN_NAME if f == STDIN else f for f in args.files]
                 result = check_takes(takes, embedder, cfg.speaker, cfg.vad)
             else:
                 takes, prompts, numbers, result = _record_takes(cfg, embedder, args.max_takes)

@@ -6,7 +6,7 @@ import argparse
 
 from voxgate.commands.common import add_config_option, add_parser, config_from_args
 from voxgate.commands.speaker_common import CommandError
-from voxgate.commands.verify import AUDIO_FILE_HELP, error, score_file, show
+from voxgate.commands.verify import audio_file_help, error, score_file, show
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         arecord -f S16_LE -r 16000 -d 4 -t wav | voxgate identify -
         """,
     )
-    p.add_argument("file", metavar="FILE", help=AUDIO_FILE_HELP)
+    p.add_argument("file", metavar="FILE", help=audio_file_help())
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_config_option(p)
     p.set_defaults(func=run)

@@ -20,12 +20,18 @@ from voxgate.commands.speaker_common import (
 
 # grep's convention: a script can tell "not this person" (1) from "could not check" (2).
 EXIT_MATCH, EXIT_NO_MATCH, EXIT_ERROR, EXIT_RETRY = 0, 1, 2, 4
-# What read_file takes (audio/file.py: MIN_RATE, MAX_RATE, MAX_TAKE_S, MAX_PIPED_BYTES):
-# "any rate" was said, and a 4 kHz or 10-minute file was then refused.
-AUDIO_FILE_HELP = (
-    "WAV/FLAC (or OGG) recording, 8-192 kHz, any channels, at most 120 s; "
-    "- reads it from standard input (at most 200 MB piped)"
-)
+
+
+def audio_file_help() -> str:
+    """What read_file takes: "any rate" was said, and a 4 kHz or 10-minute file was then
+    refused. The figures are the limits read_audio enforces (the cap on piped bytes was
+    written out here, free to drift from its constant)."""
+    from voxgate.audio.file import MAX_TAKE_S, piped_cap_text, rates_text
+
+    return (
+        f"WAV/FLAC (or OGG) recording, {rates_text()}, any channels, at most {MAX_TAKE_S:g} s; "
+        f"- reads it from standard input (at most {piped_cap_text()} piped)"
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         """,
     )
     p.add_argument("name", metavar="NAME", help="the claimed user")
-    p.add_argument("file", metavar="FILE", help=AUDIO_FILE_HELP)
+    p.add_argument("file", metavar="FILE", help=audio_file_help())
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_config_option(p)
     p.set_defaults(func=run)
