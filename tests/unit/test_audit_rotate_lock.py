@@ -226,3 +226,57 @@ def test_the_anchor_a_writer_signs_meanwhile_is_the_one_archived(
     assert verify(done.archive, key=KEY, archives=False).ok
     AuditLog(log, key=KEY).append("decision", outcome="denied", user="dave")
     assert verify(log, key=KEY, archive_dir=tmp_path).ok
+
+
+def test_a_torn_line_appended_meanwhile_is_archived_and_reported_as_a_whole_check_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked in two parts (the copy, then the rest under the lock), the log gets the same
+    report as when it is checked at once: the same problems in the same order, the torn
+    last line first."""
+    door(tmp_path, KEY)
+    log = tmp_path / "audit.jsonl"
+    _edit_in_place(log)  # a problem in the part copied first, too
+
+    def damage() -> None:
+        write_lines(log, 2, "late")
+        with open(log, "ab") as f:
+            f.write(b'{"seq": 6, "event": "decis')  # a write cut off by a power cut
+
+    hold_after_prefix(monkeypatch, damage)
+    done = rotate(log, key=KEY)
+    whole = verify(done.archive, key=KEY, archives=False)
+    assert done.archive.read_bytes().endswith(b'"event": "decis')
+    assert done.previous.problems == whole.problems and whole.problems
+    assert whole.problems[0].startswith("line 6: torn"), whole.problems
+    assert "line 2 (seq 2): edited" in whole.problems[1], whole.problems
+    (first,) = records(log)
+    assert (first["previous_lines"], first["previous_problems"]) == (6, len(whole.problems))
+    assert first["previous_verified"] is False
+
+
+def test_an_archive_name_taken_meanwhile_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy becomes the archive by a link, which like the copy made new (O_EXCL) never
+    replaces a file of that name: refused, the log, its anchor and the folder as they were."""
+    from voxgate.audit import RotateError, anchor_path_for
+
+    door(tmp_path, KEY)
+    log = tmp_path / "audit.jsonl"
+    now = 1.8e9
+    taken = tmp_path / "audit-20270115T080000Z-seq3.jsonl"
+
+    def take() -> None:
+        taken.write_bytes(b"someone else's\n")
+
+    hold_after_prefix(monkeypatch, take)
+    before = (log.read_bytes(), anchor_path_for(log).read_bytes())
+    with pytest.raises(RotateError) as refused:
+        rotate(log, key=KEY, now=now)
+    assert refused.value.kind == "archive" and "exists already" in str(refused.value)
+    assert str(taken) in str(refused.value)
+    assert (log.read_bytes(), anchor_path_for(log).read_bytes()) == before
+    assert taken.read_bytes() == b"someone else's\n"
+    assert archives(tmp_path) == [taken] and not anchor_path_for(taken).exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
