@@ -4,8 +4,9 @@ A log of --lines chained lines (the daemon's decision line) is rotated by anothe
 (voxgate.audit.rotate, as the CLI calls it) while a writer in this process appends a line
 every --interval seconds, as the daemon does for each decision (fsync on, real flock).
 Printed per version: the rotation's own time, and the writer's longest and median append
-while it ran (an append outside any rotation for scale). "before" is voxgate/audit.py of
---before (a git ref, default main) in a copy of this package, "after" is this tree's.
+while it ran (an append outside any rotation for scale). "before" is voxgate/audit.py at
+--before (a git ref; default 9130db8, the last commit whose rotation held the lock
+throughout) in a copy of this package, "after" is this tree's.
 
     PYTHONPATH=daemon python benchmarks/rotate_lock_wait.py [--lines 100000] [--repeat 3]
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 from voxgate.audit import GENESIS, AuditLog, anchor_path_for, canonical, verify, write_anchor
 
 REPO = Path(__file__).resolve().parents[1]
+BEFORE = "9130db8"  # main before rotate() checked and copied the log without its lock
 FIELDS = {
     "event": "decision",
     "user": "alice",
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lines", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--interval", type=float, default=0.01, help="s between the writer's lines")
-    ap.add_argument("--before", default="main", help="git ref whose audit.py is 'before'")
+    ap.add_argument("--before", default=BEFORE, help="git ref whose audit.py is 'before'")
     ap.add_argument("--dir", type=Path, default=None, help="where the logs go (default: TMPDIR)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
