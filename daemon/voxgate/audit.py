@@ -1109,6 +1109,7 @@ def rotate(
             archive_anchor,
             kept or b"",
             copied=prefix.tmp if prefix is not None else None,
+            copied_fd=prefix.out if prefix is not None else -1,
         )
         body: dict[str, Any] = {
             "ts": round(time.time(), 3),
@@ -1200,6 +1201,9 @@ def _copy_prefix(fd: int, path: Path, folder: Path, *, keyless: bool) -> _Prefix
     except OSError:
         prefix.discard()
         return None
+    except BaseException:
+        prefix.discard()  # Ctrl-C in the long read: rotate() has no prefix to remove yet
+        raise
     if prefix.size == 0:  # no whole line yet
         prefix.discard()
         return None
@@ -1270,12 +1274,14 @@ def _write_archive(
     anchor_bytes: bytes,
     *,
     copied: Path | None = None,
+    copied_fd: int = -1,
 ) -> None:
     """Copy `size` bytes of the log (fd) to `archive`, and the anchor's bytes beside it; both
     made new (O_EXCL, 0600), fsynced, then their folder. On failure neither is left.
     `copied`: a file beside it already holding those bytes, fsynced (rotate()'s copy made
-    without the lock), linked as the archive instead; where links are refused (a FAT
-    backup drive) the log is copied as without it."""
+    without the lock, open as `copied_fd`), linked as the archive instead when that name
+    is still that file; where links are refused (a FAT backup drive) the log is copied as
+    without it."""
     made: list[Path] = []
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -1290,9 +1296,14 @@ def _write_archive(
                         raise OSError(errno.EEXIST, exc.strerror, str(archive)) from None
                 else:
                     made.append(archive)
-                    with contextlib.suppress(OSError):
-                        copied.unlink()
-                    continue
+                    if _same_file(archive, copied_fd):
+                        with contextlib.suppress(OSError):
+                            copied.unlink()
+                        continue
+                    # Not the copy made: its name, in a folder others may write to, was
+                    # given to another file or a symlink meanwhile. Copied anew instead.
+                    made.remove(archive)
+                    archive.unlink()
             out = os.open(target, flags, 0o600)
             made.append(target)
             try:
@@ -1322,6 +1333,15 @@ def _write_archive(
         raise RotateError(
             f"cannot write the archive in {where} ({_why(exc)}); nothing was changed", "archive"
         ) from None
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    """Whether `path` (not followed if a symlink) is the file open as `fd`."""
+    try:
+        a, b = os.stat(path, follow_symlinks=False), os.fstat(fd)
+    except OSError:
+        return False
+    return stat.S_ISREG(a.st_mode) and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _write_all(fd: int, data: bytes) -> None:

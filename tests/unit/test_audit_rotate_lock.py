@@ -280,3 +280,56 @@ def test_an_archive_name_taken_meanwhile_changes_nothing(
     assert taken.read_bytes() == b"someone else's\n"
     assert archives(tmp_path) == [taken] and not anchor_path_for(taken).exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_rotation_interrupted_while_it_copies_the_log_leaves_no_copy_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during the long read without the lock (1.6 s for 100k lines): the hidden copy,
+    up to the log's size, was left in the archive folder for good (only an OSError removed
+    it). Interrupted there, nothing is changed and nothing is left."""
+    door(tmp_path, KEY)
+    log = tmp_path / "audit.jsonl"
+    check_lines = audit_mod._check_lines
+
+    def interrupted(lines: Iterable[bytes], *args: Any, **kwargs: Any) -> None:
+        for n, _ in enumerate(lines):
+            if n == 1:  # the copy has begun
+                raise KeyboardInterrupt
+        check_lines(lines, *args, **kwargs)
+
+    monkeypatch.setattr(audit_mod, "_check_lines", interrupted)
+    before = log.read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        rotate(log, key=KEY)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert log.read_bytes() == before and archives(tmp_path) == []
+
+
+def test_a_link_put_in_place_of_the_copy_meanwhile_is_not_archived(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hidden copy sits in the archive folder while the lock is not held; whoever can
+    write there (the data folder's owner, when root rotates) can put a symlink in its place.
+    The archive was linked to whatever had the name then: the symlink itself, so the
+    archive named another file and the log's bytes were not archived. The archive must be
+    the rotation's own copy of the log, or the log copied anew."""
+    door(tmp_path, KEY)
+    log = tmp_path / "audit.jsonl"
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    secret = other / "secret"
+    secret.write_bytes(b"not the audit log\n")
+
+    def swap() -> None:
+        (tmp,) = [p for p in tmp_path.iterdir() if p.name.startswith(".audit-rotating-")]
+        tmp.unlink()
+        tmp.symlink_to(secret)
+
+    hold_after_prefix(monkeypatch, swap)
+    before = log.read_bytes()
+    done = rotate(log, key=KEY)
+    assert not done.archive.is_symlink()
+    assert done.archive.read_bytes() == before
+    assert secret.read_bytes() == b"not the audit log\n" and secret.stat().st_nlink == 1
+    assert verify(done.archive, key=KEY, archives=False).ok
