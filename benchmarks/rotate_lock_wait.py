@@ -24,19 +24,13 @@ import threading
 import time
 from pathlib import Path
 
+from audit_backlog_cost import FIELDS as DECISION
+
 from voxgate.audit import GENESIS, AuditLog, anchor_path_for, canonical, verify, write_anchor
 
 REPO = Path(__file__).resolve().parents[1]
 BEFORE = "9130db8"  # main before rotate() checked and copied the log without its lock
-FIELDS = {
-    "event": "decision",
-    "user": "alice",
-    "outcome": "denied",
-    "reasons": ["no_match"],
-    "score": 0.41,
-    "device": "door-1",
-    "speech_s": 2.1,
-}
+FIELDS = {"event": "decision", **DECISION}  # a door decision's line, as the daemon writes it
 ROTATE = """
 import sys, time
 from pathlib import Path
