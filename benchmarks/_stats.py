@@ -1,12 +1,16 @@
-"""Percentiles, one-line latency summaries and the evaluation-data check shared by the
-benchmark scripts."""
+"""Percentiles, one-line latency summaries, the evaluation-data check and the common
+arguments shared by the benchmark scripts."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def pct(values: list[float], p: float) -> float:
@@ -35,3 +39,16 @@ def sets_status(
         print(f"{script}: not in {data}: {', '.join(missing)}", file=sys.stderr)
         return 1
     return None
+
+
+def set_parser(doc: str, sets: list[str], **sets_kw: Any) -> argparse.ArgumentParser:
+    """A benchmark's parser over protocol sets: the first paragraph of its docstring as the
+    description, the rest as the epilog, with --data (default ../shared/data beside the
+    repository) and --sets (`sets_kw` adds to it, e.g. choices)."""
+    head, body = doc.split("\n\n", 1)
+    ap = argparse.ArgumentParser(
+        description=head, epilog=body, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--sets", nargs="+", default=list(sets), **sets_kw)
+    return ap

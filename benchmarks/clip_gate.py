@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-from _stats import sets_status
+from _stats import set_parser, sets_status
 
 from voxgate.audio.base import SAMPLE_RATE
 from voxgate.audio.file import read_audio
@@ -237,12 +237,7 @@ def clean_retries(data: Path, levels: list[float]) -> None:
 
 
 def main() -> int:
-    head, body = __doc__.split("\n\n", 1)
-    ap = argparse.ArgumentParser(
-        description=head, epilog=body, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--sets", nargs="+", default=SETS)
+    ap = set_parser(__doc__, SETS)
     ap.add_argument("--choose-on", nargs="+", default=CHOOSE_ON, help="sets the rule reads")
     ap.add_argument("--gains", nargs="+", type=float, default=GAINS)
     ap.add_argument(

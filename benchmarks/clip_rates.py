@@ -22,7 +22,6 @@ Skips (exit 0, with a message) when the data is not there.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from _stats import sets_status
+from _stats import set_parser, sets_status
 from scipy.signal import resample_poly
 
 from voxgate.audio.base import SAMPLE_RATE
@@ -39,7 +38,6 @@ from voxgate.audio.file import read_audio
 from voxgate.config import VoxgateConfig
 from voxgate.quality import assess
 
-REPO = Path(__file__).resolve().parent.parent
 SETS = ["fsdd", "vcc2018_eval"]
 RATES = [16000, 44100, 48000]
 OFFSETS = [0, 100, 300, 1000]
@@ -69,12 +67,7 @@ def hot(x: np.ndarray, gain: float, offset: float) -> np.ndarray:
 
 
 def main() -> int:
-    head, body = __doc__.split("\n\n", 1)
-    ap = argparse.ArgumentParser(
-        description=head, epilog=body, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--sets", nargs="+", default=SETS)
+    ap = set_parser(__doc__, SETS)
     ap.add_argument("--files", type=int, default=40, help="speech files per set (default 40)")
     ap.add_argument("--rates", nargs="+", type=int, default=RATES)
     ap.add_argument("--offsets", nargs="+", type=float, default=OFFSETS)

@@ -66,7 +66,6 @@ Skips (exit 0, with a message) when the data is not there.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile
@@ -75,7 +74,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from _stats import sets_status
+from _stats import set_parser, sets_status
 
 from voxgate.cohort import Cohort, centered_cosine
 from voxgate.config import VoxgateConfig
@@ -308,12 +307,7 @@ def fnmr(denied: np.ndarray) -> str:
 
 
 def main() -> int:
-    head, body = __doc__.split("\n\n", 1)
-    ap = argparse.ArgumentParser(
-        description=head, epilog=body, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    ap = set_parser(__doc__, list(SETS), choices=SETS)
     ap.add_argument("--card", type=Path, default=CARD)
     ap.add_argument("--levels", action="store_true", help="only the sets' levels (see above)")
     args = ap.parse_args()

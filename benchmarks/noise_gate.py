@@ -71,8 +71,10 @@ from voxgate.quality import FRAME_MS, Quality, assess, gate_reasons, too_noisy
 from voxgate.vad import segment
 
 try:
+    from benchmarks._stats import set_parser
     from benchmarks.band_gate import SPLIT_HZ, band_reasons, snr_above_split, within_rule
 except ImportError:  # run as a script: benchmarks/ itself is on the path
+    from _stats import set_parser
     from band_gate import SPLIT_HZ, band_reasons, snr_above_split, within_rule
 
 REPO = Path(__file__).resolve().parent.parent
@@ -299,12 +301,7 @@ def snr_arg(text: str) -> str:
 
 
 def main() -> int:
-    head, body = __doc__.split("\n\n", 1)
-    ap = argparse.ArgumentParser(
-        description=head, epilog=body, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--sets", nargs="+", default=SETS)
+    ap = set_parser(__doc__, SETS)
     ap.add_argument(
         "--snrs", nargs="+", default=SNRS, type=snr_arg, help="true SNRs in dB, or 'clean'"
     )

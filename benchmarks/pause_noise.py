@@ -17,12 +17,10 @@ Skips (exit 0, with a message) when the data is not there.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
-from _stats import sets_status
+from _stats import set_parser, sets_status
 from scipy.signal import butter, sosfilt
 
 from voxgate.audio.base import SAMPLE_RATE
@@ -31,7 +29,6 @@ from voxgate.evaluation import load_recording, read_set
 from voxgate.quality import FRAME_MS, assess
 from voxgate.vad import Endpointer
 
-REPO = Path(__file__).resolve().parent.parent
 SETS = ["vcc2018_eval", "fsdd", "speechcommands_v001_sample", "resemblyzer_ls"]
 SPLIT_HZ = 150.0
 
@@ -64,12 +61,7 @@ def pct(x: np.ndarray) -> str:
 
 
 def main() -> int:
-    head, body = __doc__.split("\n\n", 1)
-    ap = argparse.ArgumentParser(
-        description=head, epilog=body, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--sets", nargs="+", default=SETS)
+    ap = set_parser(__doc__, SETS)
     args = ap.parse_args()
     status = sets_status("pause_noise.py", args.data, args.sets)
     if status is not None:
